@@ -1,0 +1,1 @@
+//! placeholder auth (issue #3)

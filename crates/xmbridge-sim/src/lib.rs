@@ -1,0 +1,35 @@
+//! Simulators of the external APIs xmbridge talks to.
+//!
+//! xmbridge cannot reach Qualtrics, Salesforce or ServiceNow from a test machine, so this crate
+//! serves faithful, seeded, deterministic copies of their public APIs on loopback: the Qualtrics
+//! REST API v3 with its OAuth server and mutual TLS ([`qualtrics`]). It owns the simulated data and
+//! the fault switches; it must not depend on xmbridge's client, sync or workflow crates, so that the
+//! simulator stays an independent referee of what the real APIs do. Users run it with
+//! `xmbridge simulate`; tests start it in-process with [`server::start_qualtrics`].
+
+pub mod clock;
+pub mod config;
+pub mod normalize;
+pub mod qualtrics;
+pub mod rng;
+pub mod server;
+
+pub use config::SimConfig;
+pub use server::{SimHandle, start_qualtrics};
+
+/// Why a simulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("the simulator only listens on loopback addresses; {0} is not one (use 127.0.0.1:0)")]
+    NotLoopback(std::net::SocketAddr),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(std::net::SocketAddr, #[source] std::io::Error),
+    #[error("cannot set up the brand's TLS certificates: {0}")]
+    Tls(String),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,123 @@
+//! The seeded brand: users, their tokens and permissions.
+
+use crate::config::SimConfig;
+use crate::rng::Rng;
+
+/// What a user may do, as Qualtrics' permission matrix decides it.
+#[derive(Clone, Debug)]
+pub struct Permissions {
+    /// "Access API": without it every API call answers 403.
+    pub api_access: bool,
+    /// XM Directory "Manage Directories": needed for transaction batches.
+    pub manage_directories: bool,
+    pub brand_admin: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub email: String,
+    /// `UT_BRANDADMIN`, `UT_PARTICIPANT` …
+    pub user_type: String,
+    pub api_token: String,
+    pub permissions: Permissions,
+    pub division_id: Option<String>,
+    pub account_status: String,
+    pub language: String,
+    pub time_zone: String,
+    pub creation_ms: i64,
+    pub last_login_ms: i64,
+}
+
+/// The users every simulated brand has. Index 0 is the brand administrator.
+pub fn seed_users(cfg: &SimConfig) -> Vec<User> {
+    // (first, last, role key, user type, api, manage directories, admin)
+    let roster: [(&str, &str, &str, &str, bool, bool, bool); 5] = [
+        ("Ana", "Ruiz", "admin", "UT_BRANDADMIN", true, true, true),
+        (
+            "Ben",
+            "Okafor",
+            "analyst",
+            "UT_4H1x9kMzb3e0bQ2",
+            true,
+            true,
+            false,
+        ),
+        (
+            "Chloé",
+            "Martin",
+            "viewer",
+            "UT_4H1x9kMzb3e0bQ2",
+            true,
+            false,
+            false,
+        ),
+        (
+            "Dev",
+            "Patel",
+            "noapi",
+            "UT_PARTICIPANT",
+            false,
+            false,
+            false,
+        ),
+        (
+            "Eun-ji",
+            "Kim",
+            "researcher",
+            "UT_4H1x9kMzb3e0bQ2",
+            true,
+            true,
+            false,
+        ),
+    ];
+    roster
+        .iter()
+        .enumerate()
+        .map(|(i, (first, last, role, ut, api, md, admin))| {
+            let mut r = Rng::derive(cfg.seed, &[0x05E5, i as u64]);
+            let id = format!("UR_{}", r.alnum(15));
+            let api_token = if i == 0 {
+                cfg.admin_token()
+            } else {
+                r.alnum(40)
+            };
+            let username = format!("{role}@{}.test", cfg.brand_id);
+            User {
+                id,
+                email: username.clone(),
+                username,
+                first_name: first.to_string(),
+                last_name: last.to_string(),
+                user_type: ut.to_string(),
+                api_token,
+                permissions: Permissions {
+                    api_access: *api,
+                    manage_directories: *md,
+                    brand_admin: *admin,
+                },
+                division_id: if i == 0 {
+                    None
+                } else {
+                    Some(format!("DV_{}", Rng::derive(cfg.seed, &[0xD1]).alnum(15)))
+                },
+                account_status: "active".into(),
+                language: ["EN", "EN", "FR", "EN", "KO"][i].into(),
+                time_zone: [
+                    "Europe/Madrid",
+                    "Africa/Lagos",
+                    "Europe/Paris",
+                    "Asia/Kolkata",
+                    "Asia/Seoul",
+                ][i]
+                    .into(),
+                creation_ms: cfg.history_start_ms()
+                    - (400 + 30 * i as i64) * crate::clock::MS_PER_DAY,
+                last_login_ms: cfg.start_ms - (i as i64 + 1) * 3_600_000,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,9 @@
+//! (to be written)
+use super::SharedSim;
+use axum::Router;
+
+pub fn routes() -> Router<SharedSim> {
+    Router::new()
+}
+#[derive(Debug, Default)]
+pub struct EventSubState;

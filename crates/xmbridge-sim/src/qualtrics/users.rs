@@ -1,0 +1,7 @@
+//! (to be written)
+use super::SharedSim;
+use axum::Router;
+
+pub fn routes() -> Router<SharedSim> {
+    Router::new()
+}

@@ -1,0 +1,1 @@
+//! placeholder vault (issue #3)
