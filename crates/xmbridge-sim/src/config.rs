@@ -31,6 +31,8 @@ pub struct SimConfig {
     pub mtls: bool,
     /// The instant the account is generated at (simulated "now" at start), epoch ms.
     pub start_ms: i64,
+    /// Faults switched on from the start (also settable at run time through `/_sim/faults`).
+    pub faults: crate::qualtrics::faults::FaultSettings,
 }
 
 impl Default for SimConfig {
@@ -50,6 +52,7 @@ impl Default for SimConfig {
             mtls: false,
             // 2026-11-01T00:00:00Z: a fixed start so dates do not depend on the wall clock.
             start_ms: 1_793_491_200_000,
+            faults: Default::default(),
         }
     }
 }

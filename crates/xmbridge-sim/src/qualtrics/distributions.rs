@@ -11,7 +11,12 @@ pub fn routes() -> Router<SharedSim> {
     Router::new()
 }
 impl DistributionState {
-    pub fn new(_cfg: &SimConfig, _users: &[User], _surveys: &[super::survey::Survey]) -> Self {
+    pub fn new(
+        _cfg: &SimConfig,
+        _users: &[User],
+        _surveys: &[super::survey::Survey],
+        _directory: &super::directory::DirectoryState,
+    ) -> Self {
         Self::default()
     }
 }

@@ -17,3 +17,13 @@ impl FaultState {
 pub async fn layer(State(_sim): State<SharedSim>, req: Request, next: Next) -> Response {
     next.run(req).await
 }
+
+/// Fault switches, settable from the CLI (`--fault key=value`, deserialized from a JSON object)
+/// and from `POST /_sim/faults`.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSettings {}
+
+pub fn admin_routes() -> axum::Router<SharedSim> {
+    axum::Router::new()
+}

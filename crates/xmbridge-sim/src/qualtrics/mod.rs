@@ -71,13 +71,16 @@ impl Sim {
         } else {
             None
         };
+        let directory = directory::DirectoryState::new(&cfg, &users);
         Ok(Sim {
+            distributions: distributions::DistributionState::new(
+                &cfg, &users, &surveys, &directory,
+            ),
+            directory,
             oauth: oauth::OAuthState::new(&cfg, &users),
             faults: faults::FaultState::new(&cfg),
             responses: responses::ResponseStore::default(),
             exports: export::ExportStore::default(),
-            directory: directory::DirectoryState::new(&cfg, &users),
-            distributions: distributions::DistributionState::new(&cfg, &users, &surveys),
             libraries: libraries::LibraryState::new(&cfg, &users, &surveys),
             eventsubs: eventsubs::EventSubState::default(),
             tokens: Mutex::new(auth::TokenStore::default()),

@@ -23,3 +23,7 @@ pub async fn serve_tls(
     _shutdown: tokio::sync::oneshot::Receiver<()>,
 ) {
 }
+
+pub fn admin_routes() -> axum::Router<super::SharedSim> {
+    axum::Router::new()
+}
