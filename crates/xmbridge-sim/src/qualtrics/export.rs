@@ -134,7 +134,7 @@ pub struct Filter {
 
 /// The seeded filters of a survey: one or two, derived from the seed.
 pub fn survey_filters(sim: &Sim, survey: &Survey) -> Vec<Filter> {
-    let defs: &[(&str, &str)] = if survey.idx % 2 == 0 {
+    let defs: &[(&str, &str)] = if survey.idx.is_multiple_of(2) {
         &[
             ("Finished email responses", "email"),
             ("Finished anonymous-link responses", "anonymous"),
@@ -1123,7 +1123,7 @@ fn write_body<W: Write>(
         }
         body.record(w, rec)?;
         rows += 1;
-        if rows % 256 == 0 {
+        if rows.is_multiple_of(256) {
             progress
                 .per_mille
                 .store(meter.per_mille(rows, rec.recorded_ms), Ordering::Relaxed);
