@@ -71,7 +71,10 @@ pub struct FaultSettings {
 impl FaultSettings {
     /// Why these settings make no sense, if they don't.
     pub fn validate(&self) -> Result<(), String> {
-        for (name, v) in [("error_rate", self.error_rate), ("drop_rate", self.drop_rate)] {
+        for (name, v) in [
+            ("error_rate", self.error_rate),
+            ("drop_rate", self.drop_rate),
+        ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(format!("{name} must be between 0.0 and 1.0, got {v}"));
             }
@@ -377,12 +380,11 @@ pub fn route_family(path: &str) -> String {
     }
     let rest = path.strip_prefix("/API/v3").unwrap_or(path);
     rest.split('/')
-        .filter(|seg| {
+        .rfind(|seg| {
             !seg.is_empty()
                 && *seg != "file"
                 && seg.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
         })
-        .next_back()
         .unwrap_or("other")
         .to_string()
 }
@@ -481,6 +483,9 @@ fn cut_body(resp: Response) -> Response {
         let room = st.keep.map(|k| k.saturating_sub(st.sent));
         if room == Some(0) {
             st.done = true;
+            // Let the server flush the headers and the part already sent before it aborts;
+            // hyper drops buffered output when the body fails in the same poll.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             return Some((Err(abort()), st));
         }
         match st.data.next().await {
@@ -598,7 +603,10 @@ mod tests {
         for _ in 0..10 {
             assert!(f.admit("whoami", 0, &s).rejection.is_none());
         }
-        let e = f.admit("whoami", 0, &s).rejection.expect("11th call throttled");
+        let e = f
+            .admit("whoami", 0, &s)
+            .rejection
+            .expect("11th call throttled");
         assert_eq!(e.retry_after_secs, Some(6));
         assert!(f.admit("whoami", 6_000, &s).rejection.is_none());
         assert!(f.admit("whoami", 6_000, &s).rejection.is_some());

@@ -139,7 +139,9 @@ impl BrandPki {
 
         let ca_key = KeyPair::generate().map_err(tls_err("CA key"))?;
         let ca_p = ca_params(format!("{brand} Qualtrics brand CA"), serial());
-        let ca_cert = ca_p.self_signed(&ca_key).map_err(tls_err("CA certificate"))?;
+        let ca_cert = ca_p
+            .self_signed(&ca_key)
+            .map_err(tls_err("CA certificate"))?;
         let ca = Issuer::new(ca_p, ca_key);
 
         let server_key = KeyPair::generate().map_err(tls_err("server key"))?;
