@@ -272,6 +272,8 @@ async fn revoke_tokens_after_n_calls() {
             .send()
     };
     assert_eq!(call().await.unwrap().status(), 200);
+    // Changing another switch does not restart the countdown.
+    set_faults(&c, &h, json!({"slow_ms": 0})).await;
     assert_eq!(call().await.unwrap().status(), 200);
     assert_eq!(h.sim.faults.tokens_revoked_epoch(), 0);
     assert_eq!(call().await.unwrap().status(), 401);

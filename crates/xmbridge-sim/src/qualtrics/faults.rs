@@ -194,13 +194,20 @@ impl FaultState {
         self.settings.read().clone()
     }
 
-    /// Replaces the settings (a `None` brand limit means the configured one). Arms the token
-    /// revocation countdown anew when `revoke_tokens_after` is set.
-    pub fn set(&self, mut s: FaultSettings) {
+    /// Replaces the settings (a `None` brand limit means the configured one) and arms the token
+    /// revocation countdown from `revoke_tokens_after`.
+    pub fn set(&self, s: FaultSettings) {
+        self.set_with(s, true);
+    }
+
+    /// Like [`Self::set`]; `rearm = false` leaves a running revocation countdown alone.
+    fn set_with(&self, mut s: FaultSettings, rearm: bool) {
         if s.rate_limit_per_min.is_none() {
             s.rate_limit_per_min = self.initial.rate_limit_per_min;
         }
-        self.counters.lock().revoke_remaining = s.revoke_tokens_after;
+        if rearm || s.revoke_tokens_after.is_none() {
+            self.counters.lock().revoke_remaining = s.revoke_tokens_after;
+        }
         *self.settings.write() = s;
     }
 
@@ -529,6 +536,8 @@ async fn post_faults(State(sim): State<SharedSim>, body: Bytes) -> Response {
                 .into_response();
         }
     };
+    // Only a POST that names the key restarts the revocation countdown.
+    let rearm = patch.get("revoke_tokens_after").is_some();
     let mut current = serde_json::to_value(sim.faults.settings()).unwrap_or_else(|_| json!({}));
     if let (Value::Object(cur), Value::Object(p)) = (&mut current, patch) {
         for (k, v) in p {
@@ -544,7 +553,7 @@ async fn post_faults(State(sim): State<SharedSim>, body: Bytes) -> Response {
     if let Err(e) = merged.validate() {
         return ApiError::bad_request(format!("Invalid fault settings: {e}")).into_response();
     }
-    sim.faults.set(merged);
+    sim.faults.set_with(merged, rearm);
     axum::Json(sim.faults.settings()).into_response()
 }
 
