@@ -202,18 +202,13 @@ pub fn config(args: &SimulateArgs) -> Result<SimConfig, UsageError> {
 
 /// Writes the mutual-TLS client bundle (CA certificate, client certificate and key) into `dir`.
 fn write_client_bundle(handle: &SimHandle, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let _pki = handle
+    let pki = handle
         .sim
         .pki
         .as_ref()
         .context("mutual TLS is on but the simulator has no PKI")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    // TODO(lead): when the tls helper's `BrandPki::write_client_bundle(&self, dir: &Path)
-    // -> Result<Vec<PathBuf>, SimError>` is merged, replace the error below with:
-    //     Ok(_pki.write_client_bundle(dir)?)
-    anyhow::bail!(
-        "writing the mutual-TLS client bundle is not available in this build yet (BrandPki::write_client_bundle)"
-    )
+    Ok(pki.write_client_bundle(dir)?)
 }
 
 fn token_line(cfg: &SimConfig, base: &str) -> String {
