@@ -192,3 +192,55 @@ fn every_command_has_help_with_an_example() {
         assert!(text.contains("Example"), "{cmd:?}: {text}");
     }
 }
+
+#[tokio::test]
+async fn mtls_writes_a_working_client_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let mtls_dir = dir.path().join("mtls");
+    let (_sim, url) = start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--surveys",
+        "1",
+        "--responses",
+        "5",
+        "--api-token",
+        "TOKEN",
+        "--mtls",
+        "--mtls-dir",
+        mtls_dir.to_str().unwrap(),
+    ]);
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let read = |name: &str| std::fs::read(mtls_dir.join(name)).unwrap();
+    for name in ["ca.pem", "client.pem", "client.key", "passphrase.txt"] {
+        assert!(mtls_dir.join(name).exists(), "{name} not written");
+    }
+    let ca = reqwest::Certificate::from_pem(&read("ca.pem")).unwrap();
+    let mut identity = read("client.pem");
+    identity.extend_from_slice(&read("client-plain.key"));
+    let with_cert = reqwest::Client::builder()
+        .tls_certs_only([ca.clone()])
+        .identity(reqwest::Identity::from_pem(&identity).unwrap())
+        .build()
+        .unwrap();
+    let r = with_cert
+        .get(format!("{url}/API/v3/whoami"))
+        .header("X-API-TOKEN", "TOKEN")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let without = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let refused = without
+        .get(format!("{url}/API/v3/whoami"))
+        .header("X-API-TOKEN", "TOKEN")
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "a call without a client certificate must be refused"
+    );
+}

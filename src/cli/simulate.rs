@@ -232,34 +232,38 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let handle = xmbridge_sim::start_qualtrics(cfg, args.listen)
         .await
         .context("cannot start the simulator")?;
+    let stop = super::shutdown_signal();
     let base = handle.base_url.clone();
+    // Written before the first line, so the bundle exists as soon as a script sees the URL.
+    let bundle = if args.mtls {
+        write_client_bundle(&handle, &args.mtls_dir)?
+    } else {
+        Vec::new()
+    };
     let mut out = std::io::stdout().lock();
     // The first line is a contract: scripts and tests read the URL from it.
     writeln!(out, "listening on {base}")?;
     out.flush()?;
-    writeln!(out, "{summary}")?;
-    writeln!(out, "API base URL: {}", handle.api_url())?;
-    writeln!(out, "{}", token_line(&handle.sim.cfg, &base))?;
-    writeln!(
-        out,
-        "credentials of every simulated user (tokens, OAuth clients): GET {base}/_sim/credentials"
-    )?;
-    if args.mtls {
-        let files = write_client_bundle(&handle, &args.mtls_dir)?;
-        writeln!(out, "mutual TLS client bundle:")?;
-        for f in files {
-            writeln!(out, "  {}", f.display())?;
+    // The rest is for people. A script that stops reading after the first line closes the pipe;
+    // the server must keep serving then, so later write errors are ignored.
+    let mut info = format!(
+        "{summary}\nAPI base URL: {}\n{}\ncredentials of every simulated user (tokens, OAuth clients): GET {base}/_sim/credentials\n",
+        handle.api_url(),
+        token_line(&handle.sim.cfg, &base)
+    );
+    if !bundle.is_empty() {
+        info.push_str("mutual TLS client bundle:\n");
+        for f in &bundle {
+            info.push_str(&format!("  {}\n", f.display()));
         }
     }
-    writeln!(
-        out,
-        "try: curl -H 'X-API-TOKEN: <token>' {}/whoami",
+    info.push_str(&format!(
+        "try: curl -H 'X-API-TOKEN: <token>' {}/whoami\nstop with Ctrl-C\n",
         handle.api_url()
-    )?;
-    writeln!(out, "stop with Ctrl-C")?;
-    out.flush()?;
+    ));
+    let _ = out.write_all(info.as_bytes()).and_then(|()| out.flush());
     drop(out);
-    super::shutdown_signal().await;
+    stop.await;
     eprintln!("stopping the simulator");
     handle.stop().await;
     Ok(())
