@@ -69,7 +69,10 @@ impl T {
 }
 
 fn err_msg(v: &Value) -> String {
-    v["meta"]["error"]["errorMessage"].as_str().unwrap_or("").to_string()
+    v["meta"]["error"]["errorMessage"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
 fn email_body(sid: &str, recipients: Value, send: &str) -> Value {
@@ -99,7 +102,10 @@ async fn list_get_and_filters() {
     assert!(err_msg(&v).contains("surveyid"));
 
     let (items, _) = t.all(&format!("/distributions?surveyId={sid}")).await;
-    let types: Vec<&str> = items.iter().map(|d| d["requestType"].as_str().unwrap()).collect();
+    let types: Vec<&str> = items
+        .iter()
+        .map(|d| d["requestType"].as_str().unwrap())
+        .collect();
     assert_eq!(types, ["Invite", "Reminder", "ThankYou", "GeneratedInvite"]);
     let invite = &items[0];
     assert!(invite["id"].as_str().unwrap().starts_with("EMD_"));
@@ -107,9 +113,20 @@ async fn list_get_and_filters() {
     assert_eq!(items[2]["parentDistributionId"], invite["id"]);
     // Every column of the `distribution` table is in the answer.
     for k in [
-        "id", "parentDistributionId", "ownerId", "organizationId", "requestStatus", "requestType",
-        "sendDate", "createdDate", "modifiedDate", "headers", "recipients", "message",
-        "surveyLink", "stats",
+        "id",
+        "parentDistributionId",
+        "ownerId",
+        "organizationId",
+        "requestStatus",
+        "requestType",
+        "sendDate",
+        "createdDate",
+        "modifiedDate",
+        "headers",
+        "recipients",
+        "message",
+        "surveyLink",
+        "stats",
     ] {
         assert!(invite.get(k).is_some(), "missing {k}");
     }
@@ -122,11 +139,23 @@ async fn list_get_and_filters() {
     for k in ["libraryId", "messageId", "messageText"] {
         assert!(invite["message"].get(k).is_some(), "message.{k}");
     }
-    assert!(invite["message"]["messageId"].as_str().unwrap().starts_with("MS_"));
+    assert!(
+        invite["message"]["messageId"]
+            .as_str()
+            .unwrap()
+            .starts_with("MS_")
+    );
     assert_eq!(invite["surveyLink"]["surveyId"], sid.as_str());
     assert_eq!(invite["surveyLink"]["linkType"], "Individual");
     for k in [
-        "sent", "failed", "started", "bounced", "opened", "skipped", "finished", "complaints",
+        "sent",
+        "failed",
+        "started",
+        "bounced",
+        "opened",
+        "skipped",
+        "finished",
+        "complaints",
         "blocked",
     ] {
         assert!(invite["stats"][k].is_u64(), "stats.{k}");
@@ -140,28 +169,40 @@ async fn list_get_and_filters() {
         .await;
     assert_eq!(pages, 4);
     assert_eq!(paged, items);
-    let (s, _) = t.get(&format!("/distributions?surveyId={sid}&pageSize=0")).await;
+    let (s, _) = t
+        .get(&format!("/distributions?surveyId={sid}&pageSize=0"))
+        .await;
     assert_eq!(s, 400);
-    let (s, _) = t.get(&format!("/distributions?surveyId={sid}&skipToken=!!")).await;
+    let (s, _) = t
+        .get(&format!("/distributions?surveyId={sid}&skipToken=!!"))
+        .await;
     assert_eq!(s, 400);
 
     // Filters.
     let (r, _) = t
-        .all(&format!("/distributions?surveyId={sid}&distributionRequestType=Reminder"))
+        .all(&format!(
+            "/distributions?surveyId={sid}&distributionRequestType=Reminder"
+        ))
         .await;
     assert_eq!(r.len(), 1);
     assert_eq!(r[0]["requestType"], "Reminder");
     let (s, v) = t
-        .get(&format!("/distributions?surveyId={sid}&distributionRequestType=Bogus"))
+        .get(&format!(
+            "/distributions?surveyId={sid}&distributionRequestType=Bogus"
+        ))
         .await;
     assert_eq!(s, 400);
     assert!(err_msg(&v).contains("distributionRequestType"));
     let (s, _) = t
-        .get(&format!("/distributions?surveyId={sid}&sendStartDate=yesterday"))
+        .get(&format!(
+            "/distributions?surveyId={sid}&sendStartDate=yesterday"
+        ))
         .await;
     assert_eq!(s, 400);
     let (r, _) = t
-        .all(&format!("/distributions?surveyId={sid}&sendEndDate=2000-01-01T00:00:00Z"))
+        .all(&format!(
+            "/distributions?surveyId={sid}&sendEndDate=2000-01-01T00:00:00Z"
+        ))
         .await;
     assert!(r.is_empty());
     let send = invite["sendDate"].as_str().unwrap();
@@ -173,7 +214,9 @@ async fn list_get_and_filters() {
     assert_eq!(r.len(), 1);
     assert_eq!(r[0]["id"], invite["id"]);
     let (r, _) = t
-        .all(&format!("/distributions?surveyId={sid}&mailingListId=CG_none"))
+        .all(&format!(
+            "/distributions?surveyId={sid}&mailingListId=CG_none"
+        ))
         .await;
     assert!(r.is_empty());
 
@@ -189,7 +232,9 @@ async fn list_get_and_filters() {
         .get(&format!("/distributions/{id}?surveyId={}", t.survey(1)))
         .await;
     assert_eq!(s, 404);
-    let (s, _) = t.get(&format!("/distributions/EMD_nope?surveyId={sid}")).await;
+    let (s, _) = t
+        .get(&format!("/distributions/EMD_nope?surveyId={sid}"))
+        .await;
     assert_eq!(s, 404);
 }
 
@@ -205,10 +250,7 @@ async fn history_and_links() {
     let (s, _) = t.get("/distributions/EMD_nope/history").await;
     assert_eq!(s, 404);
     // Stats agree with the history rows.
-    let sent = rows
-        .iter()
-        .filter(|r| !r["sentAt"].is_null())
-        .count() as u64;
+    let sent = rows.iter().filter(|r| !r["sentAt"].is_null()).count() as u64;
     assert_eq!(items[0]["stats"]["sent"].as_u64().unwrap(), sent);
 
     let (links, _) = t
@@ -225,9 +267,18 @@ async fn history_and_links() {
     assert!(!rows.is_empty());
     for r in &rows {
         for k in [
-            "contactId", "contactLookupId", "distributionID", "status", "surveyLink",
-            "contactFrequencyRuleId", "responseId", "responseCompletedAt", "sentAt", "openedAt",
-            "responseStartedAt", "surveySessionId",
+            "contactId",
+            "contactLookupId",
+            "distributionID",
+            "status",
+            "surveyLink",
+            "contactFrequencyRuleId",
+            "responseId",
+            "responseCompletedAt",
+            "sentAt",
+            "openedAt",
+            "responseStartedAt",
+            "surveySessionId",
         ] {
             assert!(r.get(k).is_some(), "history.{k}");
         }
@@ -246,8 +297,17 @@ async fn history_and_links() {
     assert!(!links.is_empty());
     for l in &links {
         for k in [
-            "contactId", "transactionId", "link", "exceededContactFrequency", "linkExpiration",
-            "status", "lastName", "firstName", "externalDataReference", "email", "unsubscribed",
+            "contactId",
+            "transactionId",
+            "link",
+            "exceededContactFrequency",
+            "linkExpiration",
+            "status",
+            "lastName",
+            "firstName",
+            "externalDataReference",
+            "email",
+            "unsubscribed",
         ] {
             assert!(l.get(k).is_some(), "links.{k}");
         }
@@ -260,17 +320,20 @@ async fn create_remind_delete() {
     let sid = t.survey(1);
 
     // Validation.
-    let r = t
-        .c
-        .post(format!("{}/distributions", t.h.api_url()))
-        .header("X-API-TOKEN", &t.admin)
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let r =
+        t.c.post(format!("{}/distributions", t.h.api_url()))
+            .header("X-API-TOKEN", &t.admin)
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
     assert_eq!(r.status(), 400);
-    let good = email_body(&sid, json!({"transactionBatchId": "BT_abc"}), "2026-10-01T09:00:00Z");
+    let good = email_body(
+        &sid,
+        json!({"transactionBatchId": "BT_abc"}),
+        "2026-10-01T09:00:00Z",
+    );
     let mut bad = good.clone();
     bad["header"].as_object_mut().unwrap().remove("fromEmail");
     let (s, v) = t.post("/distributions", bad).await;
@@ -304,7 +367,10 @@ async fn create_remind_delete() {
     let (_, msgs) = t
         .get(&format!("/libraries/{admin_id}/messages?category=invite"))
         .await;
-    let msg_id = msgs["result"]["elements"][0]["id"].as_str().unwrap().to_string();
+    let msg_id = msgs["result"]["elements"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut lib_body = good.clone();
     lib_body["message"] = json!({"libraryId": admin_id, "messageId": msg_id});
     let (s, v) = t.post("/distributions", lib_body).await;
@@ -324,7 +390,11 @@ async fn create_remind_delete() {
     assert_eq!(d["ownerId"], admin_id.as_str());
 
     // Scheduled in the future → Pending.
-    let future = email_body(&sid, json!({"transactionBatchId": "BT_abc"}), "2030-01-01T00:00:00Z");
+    let future = email_body(
+        &sid,
+        json!({"transactionBatchId": "BT_abc"}),
+        "2030-01-01T00:00:00Z",
+    );
     let (_, v) = t.post("/distributions", future).await;
     let fid = v["result"]["id"].as_str().unwrap().to_string();
     let (_, v) = t.get(&format!("/distributions/{fid}?surveyId={sid}")).await;
@@ -336,19 +406,34 @@ async fn create_remind_delete() {
         "message": {"messageText": "Reminder ${l://SurveyURL}"},
         "sendDate": "2026-10-05T09:00:00Z",
     });
-    let (s, v) = t.post(&format!("/distributions/{id}/reminders"), reminder.clone()).await;
+    let (s, v) = t
+        .post(&format!("/distributions/{id}/reminders"), reminder.clone())
+        .await;
     assert_eq!(s, 200, "{v}");
     let rid = v["result"]["distributionId"].as_str().unwrap().to_string();
     let (_, v) = t.get(&format!("/distributions/{rid}?surveyId={sid}")).await;
     assert_eq!(v["result"]["parentDistributionId"], id.as_str());
     assert_eq!(v["result"]["requestType"], "Reminder");
     // A reminder of a reminder is refused; unknown parent is 404; missing header 400.
-    assert_eq!(t.post(&format!("/distributions/{rid}/reminders"), reminder.clone()).await.0, 400);
-    assert_eq!(t.post("/distributions/EMD_nope/reminders", reminder.clone()).await.0, 404);
     assert_eq!(
-        t.post(&format!("/distributions/{id}/reminders"), json!({"sendDate": "2026-10-05T09:00:00Z"}))
+        t.post(&format!("/distributions/{rid}/reminders"), reminder.clone())
             .await
             .0,
+        400
+    );
+    assert_eq!(
+        t.post("/distributions/EMD_nope/reminders", reminder.clone())
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        t.post(
+            &format!("/distributions/{id}/reminders"),
+            json!({"sendDate": "2026-10-05T09:00:00Z"})
+        )
+        .await
+        .0,
         400
     );
 
@@ -357,7 +442,9 @@ async fn create_remind_delete() {
         json!({"action": "CreateDistribution", "surveyId": sid, "linkType": "Individual",
                "description": "panel links", "expirationDate": exp, "mailingListId": ml})
     };
-    let (s, v) = t.post("/distributions", links("CG_nope", "2027-01-01 00:00:00")).await;
+    let (s, v) = t
+        .post("/distributions", links("CG_nope", "2027-01-01 00:00:00"))
+        .await;
     assert_eq!(s, 400);
     assert!(err_msg(&v).contains("CG_nope"));
     let mut b = links("CG_nope", "2027-01-01 00:00:00");
@@ -366,24 +453,52 @@ async fn create_remind_delete() {
     assert_eq!(s, 400);
     assert!(err_msg(&v).contains("mailingListId"));
     if let Some((_, ml)) = t.h.sim.directory.mailing_lists().first().cloned() {
-        let (s, v) = t.post("/distributions", links(&ml, "2027-01-01T00:00:00Z")).await;
+        let (s, v) = t
+            .post("/distributions", links(&ml, "2027-01-01T00:00:00Z"))
+            .await;
         assert_eq!(s, 400, "{v}");
-        let (s, v) = t.post("/distributions", links(&ml, "2027-01-01 00:00:00")).await;
+        let (s, v) = t
+            .post("/distributions", links(&ml, "2027-01-01 00:00:00"))
+            .await;
         assert_eq!(s, 200, "{v}");
         let gid = v["result"]["id"].as_str().unwrap().to_string();
-        let (links, _) = t.all(&format!("/distributions/{gid}/links?surveyId={sid}")).await;
-        assert_eq!(links.len(), t.h.sim.directory.mailing_list_members(&ml).len());
+        let (links, _) = t
+            .all(&format!("/distributions/{gid}/links?surveyId={sid}"))
+            .await;
+        assert_eq!(
+            links.len(),
+            t.h.sim.directory.mailing_list_members(&ml).len()
+        );
         if let Some(l) = links.first() {
             assert_eq!(l["linkExpiration"], "2027-01-01 00:00:00");
         }
     }
 
     // Delete.
-    let (s, _) = t.call(Method::DELETE, &format!("/distributions/{id}"), &t.admin, None).await;
+    let (s, _) = t
+        .call(
+            Method::DELETE,
+            &format!("/distributions/{id}"),
+            &t.admin,
+            None,
+        )
+        .await;
     assert_eq!(s, 200);
-    assert_eq!(t.get(&format!("/distributions/{id}?surveyId={sid}")).await.0, 404);
+    assert_eq!(
+        t.get(&format!("/distributions/{id}?surveyId={sid}"))
+            .await
+            .0,
+        404
+    );
     assert_eq!(t.get(&format!("/distributions/{id}/history")).await.0, 404);
-    let (s, _) = t.call(Method::DELETE, &format!("/distributions/{id}"), &t.admin, None).await;
+    let (s, _) = t
+        .call(
+            Method::DELETE,
+            &format!("/distributions/{id}"),
+            &t.admin,
+            None,
+        )
+        .await;
     assert_eq!(s, 404);
 }
 
@@ -402,13 +517,26 @@ async fn sms_distributions() {
     assert_eq!((paged.clone(), pages), (items.clone(), 2));
     let first = &items[0];
     for k in [
-        "id", "name", "ownerId", "organizationId", "surveyId", "requestStatus", "requestType",
-        "sendDate", "recipients", "message", "surveyLink",
+        "id",
+        "name",
+        "ownerId",
+        "organizationId",
+        "surveyId",
+        "requestStatus",
+        "requestType",
+        "sendDate",
+        "recipients",
+        "message",
+        "surveyLink",
     ] {
         assert!(first.get(k).is_some(), "sms.{k}");
     }
     for k in [
-        "mailingListId", "contactId", "libraryId", "sampleId", "transactionBatchId",
+        "mailingListId",
+        "contactId",
+        "libraryId",
+        "sampleId",
+        "transactionBatchId",
         "transactionId",
     ] {
         assert!(first["recipients"].get(k).is_some(), "sms.recipients.{k}");
@@ -426,12 +554,22 @@ async fn sms_distributions() {
     let (rows, _) = t.all(&format!("/distributions/sms/{id}/history")).await;
     if !t.h.sim.directory.mailing_lists().is_empty() {
         assert!(!rows.is_empty());
-        assert!(rows[0]["surveyLink"].as_str().unwrap().contains("Q_CHL=sms"));
+        assert!(
+            rows[0]["surveyLink"]
+                .as_str()
+                .unwrap()
+                .contains("Q_CHL=sms")
+        );
     }
     assert_eq!(t.get("/distributions/sms/SMSD_nope").await.0, 404);
     assert_eq!(t.get("/distributions/sms/SMSD_nope/history").await.0, 404);
     // SMS ids are not e-mail distributions and vice versa.
-    assert_eq!(t.get(&format!("/distributions/{id}?surveyId={sid}")).await.0, 404);
+    assert_eq!(
+        t.get(&format!("/distributions/{id}?surveyId={sid}"))
+            .await
+            .0,
+        404
+    );
 
     let body = json!({"name": "Pulse SMS", "surveyId": sid, "method": "Invite",
                       "message": {"messageText": "Answer: ${l://SurveyLink}"},
@@ -485,7 +623,9 @@ async fn same_seed_same_answers() {
             assert_eq!(a.all(&p).await.0, b.all(&p).await.0);
         }
     }
-    let (items, _) = a.all(&format!("/distributions?surveyId={}", a.survey(0))).await;
+    let (items, _) = a
+        .all(&format!("/distributions?surveyId={}", a.survey(0)))
+        .await;
     let id = items[0]["id"].as_str().unwrap();
     let p = format!("/distributions/{id}/history");
     assert_eq!(a.all(&p).await.0, b.all(&p).await.0);

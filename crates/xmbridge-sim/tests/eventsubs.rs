@@ -80,7 +80,10 @@ impl T {
 }
 
 fn err_msg(v: &Value) -> String {
-    v["meta"]["error"]["errorMessage"].as_str().unwrap_or("").to_string()
+    v["meta"]["error"]["errorMessage"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
 async fn wait_for(posts: &Posts, n: usize) {
@@ -98,7 +101,10 @@ async fn management_validation_and_permissions() {
     let t = T::new().await;
     let sub = |topics: &str, url: &str| json!({"topics": topics, "publicationUrl": url});
     let (s, v) = t
-        .create(sub("surveyengine.completedResponse.*", "https://hooks.example.com/qx"))
+        .create(sub(
+            "surveyengine.completedResponse.*",
+            "https://hooks.example.com/qx",
+        ))
         .await;
     assert_eq!(s, 400);
     assert!(err_msg(&v).contains("loopback"), "{v}");
@@ -106,9 +112,13 @@ async fn management_validation_and_permissions() {
         .create(sub("surveyengine.completedResponse.*", "ftp://127.0.0.1/x"))
         .await;
     assert_eq!(s, 400);
-    let (s, _) = t.create(sub("surveyengine.completedResponse.*", "not a url")).await;
+    let (s, _) = t
+        .create(sub("surveyengine.completedResponse.*", "not a url"))
+        .await;
     assert_eq!(s, 400);
-    let (s, v) = t.create(sub("surveyengine.bogus", "http://127.0.0.1:9/x")).await;
+    let (s, v) = t
+        .create(sub("surveyengine.bogus", "http://127.0.0.1:9/x"))
+        .await;
     assert_eq!(s, 400);
     assert!(err_msg(&v).contains("surveyengine.bogus"));
     let (s, v) = t
@@ -120,7 +130,9 @@ async fn management_validation_and_permissions() {
         .create(json!({"topics": "*", "publicationUrl": "http://127.0.0.1:9/x", "encrypt": "no"}))
         .await;
     assert_eq!(s, 400);
-    let (s, v) = t.create(json!({"publicationUrl": "http://127.0.0.1:9/x"})).await;
+    let (s, v) = t
+        .create(json!({"publicationUrl": "http://127.0.0.1:9/x"}))
+        .await;
     assert_eq!(s, 400);
     assert!(err_msg(&v).contains("topics"));
 
@@ -128,7 +140,12 @@ async fn management_validation_and_permissions() {
     let body = sub("*", "http://localhost:9/x");
     for idx in [1, 2, 3] {
         let (s, _) = t
-            .call(Method::POST, "/eventsubscriptions", &t.token(idx), Some(body.clone()))
+            .call(
+                Method::POST,
+                "/eventsubscriptions",
+                &t.token(idx),
+                Some(body.clone()),
+            )
             .await;
         assert_eq!(s, 403, "user {idx}");
         let (s, _) = t
@@ -140,10 +157,14 @@ async fn management_validation_and_permissions() {
     let (s, v) = t.create(body).await;
     assert_eq!(s, 200);
     let id = v["result"]["id"].as_str().unwrap().to_string();
-    let (s, v) = t.create(sub("controlpanel.activateSurvey", "http://[::1]:9/y")).await;
+    let (s, v) = t
+        .create(sub("controlpanel.activateSurvey", "http://[::1]:9/y"))
+        .await;
     assert_eq!(s, 200);
     let id2 = v["result"]["id"].as_str().unwrap().to_string();
-    let (s, v) = t.call(Method::GET, "/eventsubscriptions", &t.admin, None).await;
+    let (s, v) = t
+        .call(Method::GET, "/eventsubscriptions", &t.admin, None)
+        .await;
     assert_eq!(s, 200);
     let els = v["result"]["elements"].as_array().unwrap();
     assert_eq!(els.len(), 2);
@@ -151,12 +172,22 @@ async fn management_validation_and_permissions() {
     assert_eq!(els[0]["topics"], "*");
     assert_eq!(els[0]["publicationUrl"], "http://localhost:9/x");
     let (s, v) = t
-        .call(Method::GET, &format!("/eventsubscriptions/{id2}"), &t.admin, None)
+        .call(
+            Method::GET,
+            &format!("/eventsubscriptions/{id2}"),
+            &t.admin,
+            None,
+        )
         .await;
     assert_eq!(s, 200);
     assert_eq!(v["result"]["topics"], "controlpanel.activateSurvey");
     let (s, _) = t
-        .call(Method::DELETE, &format!("/eventsubscriptions/{id}"), &t.admin, None)
+        .call(
+            Method::DELETE,
+            &format!("/eventsubscriptions/{id}"),
+            &t.admin,
+            None,
+        )
         .await;
     assert_eq!(s, 200);
     for m in [Method::GET, Method::DELETE] {
@@ -180,26 +211,43 @@ async fn delivers_completed_responses() {
     let other = t.h.sim.surveys[1].id.clone();
     let key = "s3cret-key";
     let mk = |topics: String, path: &str, key: Option<&str>| {
-        let mut b = json!({"topics": topics, "publicationUrl": format!("{base}/{path}"), "encrypt": false});
+        let mut b =
+            json!({"topics": topics, "publicationUrl": format!("{base}/{path}"), "encrypt": false});
         if let Some(k) = key {
             b["sharedKey"] = json!(k);
         }
         b
     };
     let (s, v) = t
-        .create(mk(format!("surveyengine.completedResponse.{sid}"), "exact", Some(key)))
+        .create(mk(
+            format!("surveyengine.completedResponse.{sid}"),
+            "exact",
+            Some(key),
+        ))
         .await;
     assert_eq!(s, 200, "{v}");
     let exact_id = v["result"]["id"].as_str().unwrap().to_string();
-    assert_eq!(t.create(mk("surveyengine.completedResponse.*".into(), "wild", None)).await.0, 200);
-    assert_eq!(t.create(mk("*".into(), "all", None)).await.0, 200);
     assert_eq!(
-        t.create(mk(format!("surveyengine.completedResponse.{other}"), "other", None))
+        t.create(mk("surveyengine.completedResponse.*".into(), "wild", None))
             .await
             .0,
         200
     );
-    assert_eq!(t.create(mk("controlpanel.*".into(), "cp", None)).await.0, 200);
+    assert_eq!(t.create(mk("*".into(), "all", None)).await.0, 200);
+    assert_eq!(
+        t.create(mk(
+            format!("surveyengine.completedResponse.{other}"),
+            "other",
+            None
+        ))
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        t.create(mk("controlpanel.*".into(), "cp", None)).await.0,
+        200
+    );
 
     let completed_ms = 1_793_491_200_000 - 3_600_000;
     publish_completed_response(&t.h.sim, &sid, "R_abcdefghijklmno", completed_ms);
@@ -224,7 +272,16 @@ async fn delivers_completed_responses() {
         assert!(msg["CreatorID"].as_str().unwrap().starts_with("UR_"));
         // Key order as in §11.2.
         let keys: Vec<&String> = msg.as_object().unwrap().keys().collect();
-        assert_eq!(keys[..5], ["Status", "SurveyID", "ResponseID", "CompletedDate", "BrandID"]);
+        assert_eq!(
+            keys[..5],
+            [
+                "Status",
+                "SurveyID",
+                "ResponseID",
+                "CompletedDate",
+                "BrandID"
+            ]
+        );
         if path == "/exact" {
             let mut mac = <Hmac<Sha512> as KeyInit>::new_from_slice(key.as_bytes()).unwrap();
             mac.update(f["MSG"].as_bytes());
@@ -239,7 +296,11 @@ async fn delivers_completed_responses() {
 
     let deliveries = t.h.sim.eventsubs.deliveries();
     assert_eq!(deliveries.len(), 3);
-    assert!(deliveries.iter().all(|d| d.status == "delivered" && d.attempts == 1));
+    assert!(
+        deliveries
+            .iter()
+            .all(|d| d.status == "delivered" && d.attempts == 1)
+    );
     assert!(deliveries.iter().any(|d| d.subscription_id == exact_id));
 
     // The admin route shows the same records.
@@ -256,7 +317,9 @@ async fn delivers_completed_responses() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
     let v: Value = serde_json::from_slice(&body).unwrap();
     let els = v["result"]["elements"].as_array().unwrap();
     assert_eq!(els.len(), 3);
@@ -276,7 +339,13 @@ async fn retries_then_gives_up() {
     assert_eq!(s, 200);
     publish_completed_response(&t.h.sim, &sid, "R_000000000000001", 1_793_400_000_000);
     for _ in 0..200 {
-        if t.h.sim.eventsubs.deliveries().iter().any(|d| d.status == "failed") {
+        if t.h
+            .sim
+            .eventsubs
+            .deliveries()
+            .iter()
+            .any(|d| d.status == "failed")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -297,7 +366,13 @@ async fn retries_then_gives_up() {
         .await;
     publish_completed_response(&t.h.sim, &sid, "R_000000000000002", 1_793_400_000_000);
     for _ in 0..200 {
-        if t.h.sim.eventsubs.deliveries().iter().any(|d| d.status == "failed") {
+        if t.h
+            .sim
+            .eventsubs
+            .deliveries()
+            .iter()
+            .any(|d| d.status == "failed")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -73,7 +73,10 @@ impl T {
 }
 
 fn err_msg(v: &Value) -> String {
-    v["meta"]["error"]["errorMessage"].as_str().unwrap_or("").to_string()
+    v["meta"]["error"]["errorMessage"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
 fn new_user(name: &str) -> Value {
@@ -98,7 +101,10 @@ async fn libraries() {
     // A non-admin sees their own library and the group libraries.
     let viewer = t.token(2);
     let (vl, _) = t.all("/libraries", &viewer).await;
-    let ids: HashSet<&str> = vl.iter().map(|l| l["libraryId"].as_str().unwrap()).collect();
+    let ids: HashSet<&str> = vl
+        .iter()
+        .map(|l| l["libraryId"].as_str().unwrap())
+        .collect();
     assert_eq!(vl.len(), 3);
     assert!(ids.contains(t.user_id(2).as_str()));
     let (s, _) = t
@@ -118,31 +124,54 @@ async fn libraries() {
         assert!(m["id"].as_str().unwrap().starts_with("MS_"));
         assert!(m["description"].is_string() && m["category"].is_string());
     }
-    let (s, v) = t.get(&format!("/libraries/{big}/messages?offset=100")).await;
+    let (s, v) = t
+        .get(&format!("/libraries/{big}/messages?offset=100"))
+        .await;
     assert_eq!(s, 200);
     assert_eq!(v["result"]["elements"].as_array().unwrap().len(), 30);
     assert!(v["result"]["nextPage"].is_null());
     let (invites, _) = t
-        .all(&format!("/libraries/{big}/messages?category=invite"), &admin)
+        .all(
+            &format!("/libraries/{big}/messages?category=invite"),
+            &admin,
+        )
         .await;
     assert!(!invites.is_empty());
     assert!(invites.iter().all(|m| m["category"] == "invite"));
-    let (s, v) = t.get(&format!("/libraries/{big}/messages?category=nope")).await;
+    let (s, v) = t
+        .get(&format!("/libraries/{big}/messages?category=nope"))
+        .await;
     assert_eq!(s, 400);
     assert!(err_msg(&v).contains("category"));
-    assert_eq!(t.get(&format!("/libraries/{big}/messages?offset=x")).await.0, 400);
+    assert_eq!(
+        t.get(&format!("/libraries/{big}/messages?offset=x"))
+            .await
+            .0,
+        400
+    );
 
     let mid = invites[0]["id"].as_str().unwrap();
     let (s, v) = t.get(&format!("/libraries/{big}/messages/{mid}")).await;
     assert_eq!(s, 200);
     assert_eq!(v["result"]["category"], "invite");
-    assert!(v["result"]["messages"]["EN"].as_str().unwrap().contains("SurveyURL"));
-    assert_eq!(t.get(&format!("/libraries/{big}/messages/MS_nope")).await.0, 404);
+    assert!(
+        v["result"]["messages"]["EN"]
+            .as_str()
+            .unwrap()
+            .contains("SurveyURL")
+    );
+    assert_eq!(
+        t.get(&format!("/libraries/{big}/messages/MS_nope")).await.0,
+        404
+    );
     assert_eq!(t.get("/libraries/UR_nope/messages").await.0, 404);
 
     for (path, keys) in [
         ("blocks", ["libraryBlockId", "blockName", "folderName"]),
-        ("questions", ["libraryQuestionId", "questionName", "folderName"]),
+        (
+            "questions",
+            ["libraryQuestionId", "questionName", "folderName"],
+        ),
         ("surveys", ["librarySurveyId", "surveyName", "folderName"]),
     ] {
         let (items, _) = t.all(&format!("/libraries/{big}/{path}"), &admin).await;
@@ -167,7 +196,15 @@ async fn users_read() {
     let admin = t.admin.clone();
     let (users, _) = t.all("/users", &admin).await;
     assert_eq!(users.len(), 5);
-    for k in ["id", "username", "firstName", "lastName", "email", "divisionId", "accountStatus"] {
+    for k in [
+        "id",
+        "username",
+        "firstName",
+        "lastName",
+        "email",
+        "divisionId",
+        "accountStatus",
+    ] {
         assert!(users[1].get(k).is_some(), "{k}");
     }
     let (f, _) = t.all("/users?username=viewer@simbrand.test", &admin).await;
@@ -179,10 +216,24 @@ async fn users_read() {
     assert_eq!(s, 200);
     let u = &v["result"];
     for k in [
-        "accountCreationDate", "accountExpirationDate", "accountStatus", "divisionId", "email",
-        "firstName", "language", "lastLoginDate", "lastName", "organizationId",
-        "passwordExpirationDate", "passwordLastChangedDate", "timeZone", "unsubscribed",
-        "userType", "username", "responseCounts", "permissions",
+        "accountCreationDate",
+        "accountExpirationDate",
+        "accountStatus",
+        "divisionId",
+        "email",
+        "firstName",
+        "language",
+        "lastLoginDate",
+        "lastName",
+        "organizationId",
+        "passwordExpirationDate",
+        "passwordLastChangedDate",
+        "timeZone",
+        "unsubscribed",
+        "userType",
+        "username",
+        "responseCounts",
+        "permissions",
     ] {
         assert!(u.get(k).is_some(), "{k}");
     }
@@ -190,13 +241,23 @@ async fn users_read() {
         assert!(u["responseCounts"][k].is_i64(), "{k}");
     }
     assert_eq!(u["organizationId"], "simbrand");
-    assert!(u["passwordLastChangedDate"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        u["passwordLastChangedDate"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
 
     // Permission rules: non-admins get 403 except on their own user.
     let viewer = t.token(2);
     assert_eq!(t.get_as("/users", &viewer).await.0, 403);
     assert_eq!(t.get_as(&format!("/users/{id}"), &viewer).await.0, 403);
-    assert_eq!(t.get_as(&format!("/users/{}", t.user_id(2)), &viewer).await.0, 200);
+    assert_eq!(
+        t.get_as(&format!("/users/{}", t.user_id(2)), &viewer)
+            .await
+            .0,
+        200
+    );
     assert_eq!(t.get_as("/users", &t.token(3)).await.0, 403);
     assert_eq!(t.get_as("/users", "bogus").await.0, 401);
     assert_eq!(t.get("/users/UR_nope").await.0, 404);
@@ -237,9 +298,14 @@ async fn users_write_and_tokens() {
     let mut b = new_user("x");
     b["firstName"] = json!(5);
     assert_eq!(t.post("/users", b).await.0, 400);
-    let (s, _) = t.post("/users", json!({"username": "viewer@simbrand.test", "firstName": "a",
+    let (s, _) = t
+        .post(
+            "/users",
+            json!({"username": "viewer@simbrand.test", "firstName": "a",
         "lastName": "b", "userType": "UT_X", "email": "a@b.c", "password": "12345678",
-        "language": "EN"})).await;
+        "language": "EN"}),
+        )
+        .await;
     assert_eq!(s, 400, "duplicate username");
     let (s, _) = t
         .call(Method::POST, "/users", &t.token(2), Some(new_user("y")))
@@ -280,41 +346,85 @@ async fn users_write_and_tokens() {
     let analyst = t.user_id(1);
     let old = t.token(1);
     assert_eq!(t.get_as("/whoami", &old).await.0, 200);
-    let (_, v) = t.post(&format!("/users/{analyst}/apitoken"), json!({})).await;
+    let (_, v) = t
+        .post(&format!("/users/{analyst}/apitoken"), json!({}))
+        .await;
     let fresh = v["result"]["apiToken"].as_str().unwrap().to_string();
     assert_eq!(t.get_as("/whoami", &old).await.0, 401);
     assert_eq!(t.get_as("/whoami", &fresh).await.0, 200);
     assert_eq!(
-        t.call(Method::GET, &format!("/users/{analyst}/apitoken"), &fresh, None).await.0,
+        t.call(
+            Method::GET,
+            &format!("/users/{analyst}/apitoken"),
+            &fresh,
+            None
+        )
+        .await
+        .0,
         403,
         "non-admins cannot read tokens"
     );
     // Rotation is deterministic per seed.
     let t2 = T::new().await;
-    let (_, v) = t2.post(&format!("/users/{analyst}/apitoken"), json!({})).await;
+    let (_, v) = t2
+        .post(&format!("/users/{analyst}/apitoken"), json!({}))
+        .await;
     assert_eq!(v["result"]["apiToken"], fresh.as_str());
 
     // Update: bad status 400; Disabled blocks the token; Active restores it.
-    let (s, _) = t.put(&format!("/users/{nid}"), json!({"status": "Frozen"})).await;
+    let (s, _) = t
+        .put(&format!("/users/{nid}"), json!({"status": "Frozen"}))
+        .await;
     assert_eq!(s, 400);
-    let (s, _) = t.put(&format!("/users/{nid}"), json!({"nickname": "x"})).await;
+    let (s, _) = t
+        .put(&format!("/users/{nid}"), json!({"nickname": "x"}))
+        .await;
     assert_eq!(s, 400);
-    let (s, _) = t.put(&format!("/users/{nid}"), json!({"status": "Disabled", "lastName": "Gone"})).await;
+    let (s, _) = t
+        .put(
+            &format!("/users/{nid}"),
+            json!({"status": "Disabled", "lastName": "Gone"}),
+        )
+        .await;
     assert_eq!(s, 200);
     assert_eq!(t.get_as("/whoami", &tok2).await.0, 401);
     let (_, v) = t.get(&format!("/users/{nid}")).await;
     assert_eq!(v["result"]["accountStatus"], "disabled");
     assert_eq!(v["result"]["lastName"], "Gone");
-    t.put(&format!("/users/{nid}"), json!({"status": "Active"})).await;
+    t.put(&format!("/users/{nid}"), json!({"status": "Active"}))
+        .await;
     assert_eq!(t.get_as("/whoami", &tok2).await.0, 200);
-    assert_eq!(t.put("/users/UR_nope", json!({"status": "Active"})).await.0, 404);
+    assert_eq!(
+        t.put("/users/UR_nope", json!({"status": "Active"})).await.0,
+        404
+    );
 
     // Delete.
-    assert_eq!(t.call(Method::DELETE, &format!("/users/{}", t.user_id(0)), &admin, None).await.0, 400);
-    assert_eq!(t.call(Method::DELETE, &format!("/users/{nid}"), &admin, None).await.0, 200);
+    assert_eq!(
+        t.call(
+            Method::DELETE,
+            &format!("/users/{}", t.user_id(0)),
+            &admin,
+            None
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        t.call(Method::DELETE, &format!("/users/{nid}"), &admin, None)
+            .await
+            .0,
+        200
+    );
     assert_eq!(t.get(&format!("/users/{nid}")).await.0, 404);
     assert_eq!(t.get_as("/whoami", &tok2).await.0, 401);
-    assert_eq!(t.call(Method::DELETE, &format!("/users/{nid}"), &admin, None).await.0, 404);
+    assert_eq!(
+        t.call(Method::DELETE, &format!("/users/{nid}"), &admin, None)
+            .await
+            .0,
+        404
+    );
     let (all, _) = t.all("/users", &admin).await;
     assert_eq!(all.len(), 5);
 }

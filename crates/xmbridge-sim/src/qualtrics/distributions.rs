@@ -452,7 +452,7 @@ fn seed_for_survey(
         sms.history.push(row);
     }
     out.extend([invite, reminder, thanks, gen_links, sms]);
-    if survey.idx % 2 == 0 {
+    if survey.idx.is_multiple_of(2) {
         // A second SMS wave with a free-text message, so both message forms occur.
         let ms = sms_ms + 2 * MS_PER_DAY;
         let mut sms2 = blank(
