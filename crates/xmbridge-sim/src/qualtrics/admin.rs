@@ -31,6 +31,7 @@ pub fn routes() -> Router<SharedSim> {
         .route("/_sim/clock/advance", post(advance_clock))
         .merge(super::faults::admin_routes())
         .merge(super::tls::admin_routes())
+        .merge(super::eventsubs::admin_routes())
 }
 
 /// An admin API error: `{"error": message}`.
