@@ -227,6 +227,9 @@ impl DirData {
     }
 }
 
+/// Reads one deduplication field of a contact.
+type Getter = fn(&Contact) -> &str;
+
 impl Directory {
     fn contact(&self, id: &str) -> Result<&Contact, ApiError> {
         self.contacts.get(id).ok_or_else(|| {
@@ -287,8 +290,8 @@ impl Directory {
     /// enabled nothing is ever a duplicate.
     fn find_duplicate(&self, input: &ContactInput) -> Option<String> {
         let d = &self.dedup;
-        let mut wanted: Vec<(fn(&Contact) -> &str, String, bool)> = Vec::new();
-        let fields: [(bool, &Option<String>, fn(&Contact) -> &str, bool); 5] = [
+        let mut wanted: Vec<(Getter, String, bool)> = Vec::new();
+        let fields: [(bool, &Option<String>, Getter, bool); 5] = [
             (d.email, &input.email, |c| &c.email, true),
             (d.first_name, &input.first_name, |c| &c.first_name, false),
             (d.last_name, &input.last_name, |c| &c.last_name, false),
@@ -2324,7 +2327,7 @@ fn check_transaction(
     key: &str,
     v: &Value,
     now: i64,
-) -> Result<(String, Option<String>, i64, Map<String, Value>), (&'static str, String)> {
+) -> Result<Transaction, (&'static str, String)> {
     let Value::Object(o) = v else {
         return Err((
             "INVALID_TRANSACTION",
@@ -2423,7 +2426,14 @@ fn check_transaction(
             )
         })?,
     };
-    Ok((contact_id, list_id, date_ms, data))
+    // The id is filled in by the caller once the transaction is accepted.
+    Ok(Transaction {
+        id: String::new(),
+        contact_id,
+        mailing_list_id: list_id,
+        date_ms,
+        data,
+    })
 }
 
 async fn create_transactions(
@@ -2453,18 +2463,10 @@ async fn create_transactions(
     let mut unprocessed = Map::new();
     for (key, v) in &obj {
         match check_transaction(data.dir(&d)?, key, v, now) {
-            Ok((contact_id, mailing_list_id, date_ms, tx_data)) => {
+            Ok(mut tx) => {
                 let id = data.new_id(seed, "CTR_");
-                data.dir_mut(&d)?.transactions.insert(
-                    id.clone(),
-                    Transaction {
-                        id: id.clone(),
-                        contact_id,
-                        mailing_list_id,
-                        date_ms,
-                        data: tx_data,
-                    },
-                );
+                tx.id = id.clone();
+                data.dir_mut(&d)?.transactions.insert(id.clone(), tx);
                 created.insert(key.clone(), json!({"id": id}));
             }
             Err((code, message)) => {
