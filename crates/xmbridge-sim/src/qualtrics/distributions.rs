@@ -231,6 +231,7 @@ fn make_row(
     cfg: &SimConfig,
     r: &mut Rng,
     dist: &Distribution,
+    survey: &Survey,
     m: &ListMember,
     status: &'static str,
     chl: &str,
@@ -246,7 +247,10 @@ fn make_row(
     let started_ms = is_started(status).then(|| opened_ms.unwrap_or(base) + r.range(5_000, HOUR));
     let completed_ms = matches!(status, "SurveyFinished" | "SurveyScreenedOut")
         .then(|| started_ms.unwrap_or(base) + r.range(60_000, 30 * 60_000));
-    let response_id = completed_ms.map(|_| format!("R_{}", r.alnum(15)));
+    // A real seeded response of the survey, so history rows join to exported responses.
+    let response_id = completed_ms.filter(|_| survey.responses > 0).map(|_| {
+        super::responses::encode_response_id(cfg.seed, survey.idx, r.below(survey.responses))
+    });
     let session_id =
         (started_ms.is_some() && completed_ms.is_none()).then(|| format!("FS_{}", r.alnum(15)));
     let frequency_rule_id = (status == "Skipped").then(|| format!("FQ_{}", r.alnum(15)));
@@ -360,7 +364,7 @@ fn seed_for_survey(
     let mut rows = Vec::new();
     for m in &invite_members {
         let status = draw_status(&mut r, INVITE_OUTCOMES);
-        rows.push(make_row(cfg, &mut r, &invite, m, status, "email"));
+        rows.push(make_row(cfg, &mut r, &invite, survey, m, status, "email"));
     }
     invite.history = rows;
 
@@ -387,7 +391,7 @@ fn seed_for_survey(
         .collect();
     for m in &pending {
         let status = draw_status(&mut r, REMINDER_OUTCOMES);
-        let row = make_row(cfg, &mut r, &reminder, m, status, "email");
+        let row = make_row(cfg, &mut r, &reminder, survey, m, status, "email");
         reminder.history.push(row);
     }
 
@@ -413,7 +417,7 @@ fn seed_for_survey(
         .collect();
     for m in &finished {
         let status = draw_status(&mut r, THANKS_OUTCOMES);
-        let row = make_row(cfg, &mut r, &thanks, m, status, "email");
+        let row = make_row(cfg, &mut r, &thanks, survey, m, status, "email");
         thanks.history.push(row);
     }
 
@@ -430,7 +434,7 @@ fn seed_for_survey(
     gen_links.description = Some(format!("Personal links — {}", survey.name));
     for m in &members(&link_list) {
         let status = draw_status(&mut r, LINK_OUTCOMES);
-        let row = make_row(cfg, &mut r, &gen_links, m, status, "gl");
+        let row = make_row(cfg, &mut r, &gen_links, survey, m, status, "gl");
         gen_links.history.push(row);
     }
 
@@ -448,7 +452,7 @@ fn seed_for_survey(
     sms.message = message_from(libs, &lib, "smsInvite");
     for m in &invite_members {
         let status = draw_status(&mut r, SMS_OUTCOMES);
-        let row = make_row(cfg, &mut r, &sms, m, status, "sms");
+        let row = make_row(cfg, &mut r, &sms, survey, m, status, "sms");
         sms.history.push(row);
     }
     out.extend([invite, reminder, thanks, gen_links, sms]);
@@ -471,7 +475,7 @@ fn seed_for_survey(
         };
         for m in &members(&link_list) {
             let status = draw_status(&mut r, SMS_OUTCOMES);
-            let row = make_row(cfg, &mut r, &sms2, m, status, "sms");
+            let row = make_row(cfg, &mut r, &sms2, survey, m, status, "sms");
             sms2.history.push(row);
         }
         out.push(sms2);
@@ -1306,7 +1310,7 @@ mod tests {
         };
         let mut r = Rng::new(1);
         for (status, _) in INVITE_OUTCOMES {
-            let row = make_row(&cfg, &mut r, &d, &m, status, "email");
+            let row = make_row(&cfg, &mut r, &d, &surveys[0], &m, status, "email");
             assert_eq!(row.response_id.is_some(), row.completed_ms.is_some());
             if let (Some(s), Some(c)) = (row.started_ms, row.completed_ms) {
                 assert!(c > s);
