@@ -1,1 +1,109 @@
-fn main() {}
+//! The `xmbridge` command line: argument parsing, logging set-up and exit codes. Each command lives
+//! in `cli/`; the work itself belongs to the library crates (`xmbridge-qualtrics`, `xmbridge-sim`, …).
+//!
+//! Exit codes: 0 ok, 1 failure, 2 bad usage or configuration.
+
+mod cli;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::process::ExitCode;
+
+/// xmbridge: an open, self-hosted Qualtrics integration engine.
+///
+/// It syncs Qualtrics data into your own database and runs workflows on survey responses. It ships
+/// simulators of the APIs it talks to, so you can try everything offline.
+#[derive(Parser, Debug)]
+#[command(name = "xmbridge", version, propagate_version = true)]
+#[command(after_help = "Examples:
+  xmbridge demo                      # see the whole export round trip against a simulator
+  xmbridge simulate --api-token mytoken --listen 127.0.0.1:8080
+  xmbridge help simulate")]
+struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "XMBRIDGE_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    /// More log output: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the whole response export round trip against an in-process Qualtrics simulator.
+    Demo(cli::demo::DemoArgs),
+    /// Serve a simulated Qualtrics brand (REST API v3) on loopback until stopped.
+    Simulate(cli::simulate::SimulateArgs),
+}
+
+fn init_logging(format: LogFormat, verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (never expected) is harmless, so its error is ignored.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse(); // prints usage errors and exits with 2 itself
+    init_logging(cli.log_format, cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Demo(args) => cli::demo::run(args).await,
+            Command::Simulate(args) => cli::simulate::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(usage) = e.downcast_ref::<cli::UsageError>() {
+                eprintln!("error: {usage}");
+                eprintln!("\nFor more information, try '--help'.");
+                return ExitCode::from(2);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -7,6 +7,8 @@
 //! simulator stays an independent referee of what the real APIs do. Users run it with
 //! `xmbridge simulate`; tests start it in-process with [`server::start_qualtrics`].
 
+#![recursion_limit = "256"]
+
 pub mod clock;
 pub mod config;
 pub mod normalize;

@@ -24,18 +24,20 @@ fn strip_trailing_slash(mut req: Request) -> Request {
     req
 }
 
+/// The router behind the trailing-slash normalization.
+pub type Normalized = tower::util::MapRequest<Router, fn(Request) -> Request>;
+
+/// What `axum::serve` takes: the normalized router, with the peer address available.
+pub type NormalizedMakeService =
+    axum::extract::connect_info::IntoMakeServiceWithConnectInfo<Normalized, std::net::SocketAddr>;
+
 /// The router wrapped so that trailing slashes are ignored, ready for `axum::serve`.
-pub fn service(
-    app: Router,
-) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<
-    tower::util::MapRequest<Router, fn(Request) -> Request>,
-    std::net::SocketAddr,
-> {
+pub fn service(app: Router) -> NormalizedMakeService {
     let svc = app.map_request(strip_trailing_slash as fn(Request) -> Request);
     axum::ServiceExt::<Request>::into_make_service_with_connect_info::<std::net::SocketAddr>(svc)
 }
 
 /// The router wrapped for per-connection serving (TLS path).
-pub fn per_connection(app: Router) -> tower::util::MapRequest<Router, fn(Request) -> Request> {
+pub fn per_connection(app: Router) -> Normalized {
     app.map_request(strip_trailing_slash as fn(Request) -> Request)
 }

@@ -30,6 +30,11 @@ pub struct User {
     pub time_zone: String,
     pub creation_ms: i64,
     pub last_login_ms: i64,
+    pub password_last_changed_ms: i64,
+    pub password_expiration_ms: Option<i64>,
+    pub account_expiration_ms: Option<i64>,
+    /// Opted out of Qualtrics product e-mails.
+    pub unsubscribed: bool,
 }
 
 /// The users every simulated brand has. Index 0 is the brand administrator.
@@ -117,6 +122,14 @@ pub fn seed_users(cfg: &SimConfig) -> Vec<User> {
                 creation_ms: cfg.history_start_ms()
                     - (400 + 30 * i as i64) * crate::clock::MS_PER_DAY,
                 last_login_ms: cfg.start_ms - (i as i64 + 1) * 3_600_000,
+                password_last_changed_ms: cfg.start_ms
+                    - (20 + 17 * i as i64) * crate::clock::MS_PER_DAY,
+                // Brand policy: passwords expire 180 days after a change; the admin's never does.
+                password_expiration_ms: (i != 0)
+                    .then(|| cfg.start_ms + (160 - 17 * i as i64) * crate::clock::MS_PER_DAY),
+                account_expiration_ms: (i == 3)
+                    .then(|| cfg.start_ms + 90 * crate::clock::MS_PER_DAY),
+                unsubscribed: i == 4,
             }
         })
         .collect()

@@ -497,7 +497,7 @@ pub fn seeded_response(sim: &Sim, survey: &Survey, index: u64) -> ResponseRecord
 #[derive(Clone, Debug)]
 pub enum Change {
     /// Created or updated: the record as it now is.
-    Upsert(ResponseRecord),
+    Upsert(Box<ResponseRecord>),
     Deleted,
 }
 
@@ -603,7 +603,7 @@ pub fn for_each_response<E>(
         .values()
         .filter(|c| sel.since_seq.is_none_or(|s| c.seq > s))
         .filter_map(|c| match &c.change {
-            Change::Upsert(r) => Some(r),
+            Change::Upsert(r) => Some(r.as_ref()),
             Change::Deleted => None,
         })
         .filter(|r| sel.accepts(r))
@@ -668,7 +668,7 @@ pub fn find_response(sim: &Sim, survey: &Survey, response_id: &str) -> Option<Re
     let snap = sim.responses.snapshot(&survey.id);
     if let Some(c) = snap.changes.get(response_id) {
         return match &c.change {
-            Change::Upsert(r) => Some(r.clone()),
+            Change::Upsert(r) => Some(r.as_ref().clone()),
             Change::Deleted => None,
         };
     }
@@ -1077,7 +1077,7 @@ async fn create_response(
     rec.values
         .insert("recordedDate".into(), json!(iso_millis(now)));
     sim.responses
-        .record(&survey.id, &id, Change::Upsert(rec.clone()));
+        .record(&survey.id, &id, Change::Upsert(Box::new(rec.clone())));
     if rec.finished {
         super::eventsubs::publish_completed_response(&sim, &survey.id, &id, now);
     }
@@ -1163,7 +1163,8 @@ fn apply_update(sim: &SharedSim, sid: &str, rid: &str, body: &Map<String, Value>
     rec.last_modified_ms = now;
     rec.values
         .insert("recordedDate".into(), json!(iso_millis(rec.recorded_ms)));
-    sim.responses.record(&survey.id, rid, Change::Upsert(rec));
+    sim.responses
+        .record(&survey.id, rid, Change::Upsert(Box::new(rec)));
     Ok(envelope::ok_empty())
 }
 

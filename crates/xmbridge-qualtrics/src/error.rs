@@ -1,0 +1,160 @@
+//! Errors of the client: what the API said ([`ApiError`]) and what went wrong on our side ([`Error`]).
+
+use std::fmt;
+
+/// An error answer of the API, from the `meta` of its envelope (qualtrics-api.md §3.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status code.
+    pub status: u16,
+    /// `meta.error.errorCode`, when the answer carried one.
+    pub error_code: Option<String>,
+    /// `meta.error.errorMessage`, or a short excerpt of a body that was not an envelope.
+    pub error_message: String,
+    /// `meta.requestId`: quote it to Qualtrics support.
+    pub request_id: Option<String>,
+}
+
+impl ApiError {
+    /// 429 and 5xx answers that may succeed when tried again later.
+    pub fn is_transient(&self) -> bool {
+        is_transient_status(self.status)
+    }
+}
+
+/// 429, 500, 502, 503 and 504 are worth retrying (qualtrics-api.md §3.3); other codes are not.
+pub fn is_transient_status(status: u16) -> bool {
+    matches!(status, 429 | 500 | 502 | 503 | 504)
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Qualtrics answered {}", self.status)?;
+        if let Some(code) = &self.error_code {
+            write!(f, " {code}")?;
+        }
+        write!(f, ": {}", self.error_message)?;
+        if let Some(id) = &self.request_id {
+            write!(f, " (requestId {id})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// Everything a client call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid data center: {0}")]
+    InvalidDataCenter(String),
+    #[error("invalid account URL: {0}")]
+    InvalidBaseUrl(String),
+    #[error("invalid client setting: {0}")]
+    Config(String),
+    /// The API answered with an error envelope.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The request did not get an answer (connection refused, reset, TLS failure, timeout).
+    #[error("cannot reach {url}: {message}")]
+    Transport {
+        url: String,
+        message: String,
+        /// Whether the request surely never reached the server (safe to retry even a POST).
+        not_sent: bool,
+        timeout: bool,
+    },
+    /// The answer was not the JSON we expected.
+    #[error("unexpected answer from {url}: {message}")]
+    Decode { url: String, message: String },
+    /// `nextPage` pointed somewhere we will not follow.
+    #[error("pagination stopped: {0}")]
+    Pagination(String),
+    /// A response export did not finish.
+    #[error("response export of survey {survey_id} failed: {message}")]
+    Export { survey_id: String, message: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the export file is not a valid zip archive (download truncated?): {0}")]
+    Zip(String),
+}
+
+impl Error {
+    /// The HTTP status of an API error answer.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Api(e) => Some(e.status),
+            _ => None,
+        }
+    }
+
+    pub fn api(&self) -> Option<&ApiError> {
+        match self {
+            Error::Api(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Whether trying the same idempotent call again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Api(e) => e.is_transient(),
+            Error::Transport { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn transport(url: &str, e: &reqwest::Error) -> Error {
+        // reqwest's Display is terse ("error sending request"); the source chain says why.
+        let mut message = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(s) = src {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            src = s.source();
+        }
+        Error::Transport {
+            url: strip_query(url),
+            message,
+            not_sent: e.is_connect(),
+            timeout: e.is_timeout(),
+        }
+    }
+}
+
+/// URLs in errors and logs lose their query (it may carry tokens such as a skipToken).
+pub(crate) fn strip_query(url: &str) -> String {
+    url.split('?').next().unwrap_or(url).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_code_and_request_id() {
+        let e = ApiError {
+            status: 404,
+            error_code: Some("SURVEY_1".into()),
+            error_message: "Survey 'SV_x' was not found.".into(),
+            request_id: Some("r-1".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "Qualtrics answered 404 SURVEY_1: Survey 'SV_x' was not found. (requestId r-1)"
+        );
+        assert!(!e.is_transient());
+        assert!(is_transient_status(429) && is_transient_status(503) && !is_transient_status(501));
+    }
+}

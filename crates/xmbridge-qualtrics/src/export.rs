@@ -1,0 +1,520 @@
+//! The response export flow (qualtrics-api.md §6): start → poll → download → unzip → stream-parse.
+//!
+//! The download goes to a temporary file, never into memory; the zip is then opened with its central
+//! directory (a truncated download fails cleanly there and is fetched again), and the JSON inside is
+//! parsed one response at a time so memory stays flat whatever the export size.
+
+use crate::client::{Client, RetryMode};
+use crate::error::Error;
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value, json};
+use std::fmt;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+/// File formats of `POST /surveys/{id}/export-responses`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExportFormat {
+    #[default]
+    Json,
+    Ndjson,
+    Csv,
+    Tsv,
+    Spss,
+    Xml,
+}
+
+impl ExportFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportFormat::Json => "json",
+            ExportFormat::Ndjson => "ndjson",
+            ExportFormat::Csv => "csv",
+            ExportFormat::Tsv => "tsv",
+            ExportFormat::Spss => "spss",
+            ExportFormat::Xml => "xml",
+        }
+    }
+}
+
+/// What to export and how patiently to wait for it.
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    pub format: ExportFormat,
+    /// Zip the file (the API's default).
+    pub compress: bool,
+    /// Ask for a `continuationToken` to fetch only newer responses next time.
+    pub allow_continuation: bool,
+    /// Export only responses recorded or modified since the export that issued this token.
+    pub continuation_token: Option<String>,
+    /// `recordedDate` window, ISO-8601 (start inclusive, end exclusive).
+    pub start_date: Option<String>,
+    pub end_date: Option<String>,
+    pub limit: Option<u64>,
+    /// Any other body field of the API (`questionIds`, `surveyMetadataIds`, …), sent as is.
+    pub extra: Map<String, Value>,
+    /// First wait between progress polls; grows up to `max_poll_interval`.
+    pub poll_interval: Duration,
+    pub max_poll_interval: Duration,
+    /// Give up when the export has not completed after this long.
+    pub max_wait: Duration,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions {
+            format: ExportFormat::Json,
+            compress: true,
+            allow_continuation: false,
+            continuation_token: None,
+            start_date: None,
+            end_date: None,
+            limit: None,
+            extra: Map::new(),
+            poll_interval: Duration::from_millis(250),
+            max_poll_interval: Duration::from_secs(5),
+            max_wait: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+impl ExportOptions {
+    /// The request body; refuses combinations the API rejects.
+    pub fn body(&self) -> Result<Value, Error> {
+        if self.allow_continuation && self.continuation_token.is_some() {
+            return Err(Error::Config(
+                "allowContinuation and continuationToken cannot be sent together".into(),
+            ));
+        }
+        let mut body = self.extra.clone();
+        body.insert("format".into(), json!(self.format.as_str()));
+        body.insert("compress".into(), json!(self.compress));
+        if self.allow_continuation {
+            body.insert("allowContinuation".into(), json!(true));
+        }
+        if let Some(t) = &self.continuation_token {
+            body.insert("continuationToken".into(), json!(t));
+        }
+        if let Some(d) = &self.start_date {
+            body.insert("startDate".into(), json!(d));
+        }
+        if let Some(d) = &self.end_date {
+            body.insert("endDate".into(), json!(d));
+        }
+        if let Some(l) = self.limit {
+            body.insert("limit".into(), json!(l));
+        }
+        Ok(Value::Object(body))
+    }
+}
+
+/// `GET /surveys/{id}/export-responses/{progressId}`
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportProgress {
+    #[serde(default)]
+    pub percent_complete: f64,
+    /// `inProgress`, `complete` or `failed`.
+    pub status: String,
+    #[serde(default)]
+    pub file_id: Option<String>,
+    #[serde(default)]
+    pub continuation_token: Option<String>,
+    /// Some servers describe a failure here.
+    #[serde(default)]
+    pub error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Started {
+    progress_id: String,
+}
+
+/// A downloaded export, in a temporary file deleted on drop.
+#[derive(Debug)]
+pub struct ExportFile {
+    pub survey_id: String,
+    pub progress_id: String,
+    pub file_id: String,
+    /// Present when the export was started with `allow_continuation` or a continuation token.
+    pub continuation_token: Option<String>,
+    pub format: ExportFormat,
+    pub compressed: bool,
+    /// Size of the downloaded file.
+    pub bytes: u64,
+    file: tempfile::NamedTempFile,
+}
+
+impl ExportFile {
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// Calls `on_response` for every response of a `json` or `ndjson` export, one at a time,
+    /// and returns how many there were. Blocking: run it on a blocking thread.
+    pub fn for_each_response(&self, on_response: impl FnMut(Value)) -> Result<u64, Error> {
+        read_responses(self.path(), self.compressed, self.format, on_response)
+    }
+}
+
+/// Parses the responses of an export file on disk (see [`ExportFile::for_each_response`]).
+pub fn read_responses(
+    path: &Path,
+    compressed: bool,
+    format: ExportFormat,
+    mut on_response: impl FnMut(Value),
+) -> Result<u64, Error> {
+    if !matches!(format, ExportFormat::Json | ExportFormat::Ndjson) {
+        return Err(Error::Config(format!(
+            "cannot parse {} exports; use json or ndjson",
+            format.as_str()
+        )));
+    }
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    if compressed {
+        let mut archive =
+            zip::ZipArchive::new(BufReader::new(file)).map_err(|e| Error::Zip(e.to_string()))?;
+        let index = (0..archive.len())
+            .find(|i| archive.by_index(*i).map(|f| f.is_file()).unwrap_or(false))
+            .ok_or_else(|| Error::Zip("the archive holds no file".into()))?;
+        let entry = archive
+            .by_index(index)
+            .map_err(|e| Error::Zip(e.to_string()))?;
+        parse_stream(BufReader::new(entry), format, &mut on_response)
+    } else {
+        parse_stream(BufReader::new(file), format, &mut on_response)
+    }
+}
+
+fn parse_stream<R: Read>(
+    reader: BufReader<R>,
+    format: ExportFormat,
+    on_response: &mut dyn FnMut(Value),
+) -> Result<u64, Error> {
+    let decode = |e: serde_json::Error| Error::Decode {
+        url: "export file".into(),
+        message: e.to_string(),
+    };
+    match format {
+        ExportFormat::Ndjson => {
+            let mut n = 0;
+            for line in reader.lines() {
+                let line = line.map_err(|e| Error::io("cannot read the export file", e))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                on_response(serde_json::from_str(&line).map_err(decode)?);
+                n += 1;
+            }
+            Ok(n)
+        }
+        _ => {
+            let mut de = serde_json::Deserializer::from_reader(reader);
+            let n = Root(on_response).deserialize(&mut de).map_err(decode)?;
+            de.end().map_err(decode)?;
+            Ok(n)
+        }
+    }
+}
+
+/// `{"responses": [...]}` visited element by element (other keys skipped).
+struct Root<'f>(&'f mut dyn FnMut(Value));
+
+impl<'de> DeserializeSeed<'de> for Root<'_> {
+    type Value = u64;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Root<'_> {
+    type Value = u64;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object with a \"responses\" array")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+        let mut count = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "responses" && count.is_none() {
+                count = Some(map.next_value_seed(Responses(&mut *self.0))?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        count.ok_or_else(|| de::Error::missing_field("responses"))
+    }
+}
+
+struct Responses<'f>(&'f mut dyn FnMut(Value));
+
+impl<'de> DeserializeSeed<'de> for Responses<'_> {
+    type Value = u64;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Responses<'_> {
+    type Value = u64;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of responses")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+        let mut n = 0;
+        while let Some(v) = seq.next_element::<Value>()? {
+            (self.0)(v);
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// Downloads tried when the zip turns out truncated.
+const DOWNLOAD_ATTEMPTS: u32 = 3;
+
+impl Client {
+    /// `POST /surveys/{id}/export-responses` → the `progressId`.
+    ///
+    /// Never retried after the request may have reached the server (that could start a second
+    /// export); 429 and refused connections are retried.
+    pub async fn start_response_export(
+        &self,
+        survey_id: &str,
+        opts: &ExportOptions,
+    ) -> Result<String, Error> {
+        let body = opts.body()?;
+        let url = self.url(&["surveys", survey_id, "export-responses"]);
+        let started: Started = self.post(url, &body, RetryMode::NotIdempotent).await?;
+        Ok(started.progress_id)
+    }
+
+    /// `GET /surveys/{id}/export-responses/{progressId}`
+    pub async fn response_export_progress(
+        &self,
+        survey_id: &str,
+        progress_id: &str,
+    ) -> Result<ExportProgress, Error> {
+        self.get(self.url(&["surveys", survey_id, "export-responses", progress_id]))
+            .await
+    }
+
+    /// `GET /surveys/{id}/export-responses/{fileId}/file` streamed into a temporary file; returns
+    /// the file and its size.
+    pub async fn download_response_export(
+        &self,
+        survey_id: &str,
+        file_id: &str,
+    ) -> Result<(tempfile::NamedTempFile, u64), Error> {
+        let url = self.url(&["surveys", survey_id, "export-responses", file_id, "file"]);
+        let tmp = tempfile::Builder::new()
+            .prefix("xmbridge-export-")
+            .tempfile()
+            .map_err(|e| Error::io("cannot create a temporary file", e))?;
+        let std_file = tmp
+            .as_file()
+            .try_clone()
+            .map_err(|e| Error::io("cannot open the temporary file", e))?;
+        let mut out = tokio::fs::File::from_std(std_file);
+        let mut resp = self.get_file(&url).await?;
+        let mut bytes = 0u64;
+        loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => return Err(Error::transport(url.as_str(), &e)),
+            };
+            bytes += chunk.len() as u64;
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| Error::io("cannot write the export file", e))?;
+        }
+        out.flush()
+            .await
+            .map_err(|e| Error::io("cannot write the export file", e))?;
+        Ok((tmp, bytes))
+    }
+
+    /// Runs the whole export of one survey: start, poll until `complete`, download.
+    ///
+    /// Polling stops on 404 (the export is gone) and on `failed`. A zip that does not open is
+    /// downloaded again (up to 3 times).
+    pub async fn export_responses(
+        &self,
+        survey_id: &str,
+        opts: &ExportOptions,
+    ) -> Result<ExportFile, Error> {
+        let progress_id = self.start_response_export(survey_id, opts).await?;
+        let started = Instant::now();
+        let mut wait = opts.poll_interval;
+        let done = loop {
+            let p = self
+                .response_export_progress(survey_id, &progress_id)
+                .await?;
+            match p.status.as_str() {
+                "complete" => break p,
+                "failed" => {
+                    let detail = p
+                        .error
+                        .as_ref()
+                        .and_then(|e| e.get("errorMessage"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("Qualtrics reported status 'failed'");
+                    return Err(Error::Export {
+                        survey_id: survey_id.into(),
+                        message: detail.to_string(),
+                    });
+                }
+                _ => {}
+            }
+            if started.elapsed() >= opts.max_wait {
+                return Err(Error::Export {
+                    survey_id: survey_id.into(),
+                    message: format!(
+                        "not complete after {:?} ({}%)",
+                        opts.max_wait, p.percent_complete
+                    ),
+                });
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(opts.max_poll_interval);
+        };
+        let file_id = done.file_id.clone().ok_or_else(|| Error::Export {
+            survey_id: survey_id.into(),
+            message: "status is complete but no fileId was given".into(),
+        })?;
+        let mut attempt = 0;
+        let (file, bytes) = loop {
+            attempt += 1;
+            let (file, bytes) = self.download_response_export(survey_id, &file_id).await?;
+            if !opts.compress {
+                break (file, bytes);
+            }
+            let path = file.path().to_path_buf();
+            let check = tokio::task::spawn_blocking(move || -> Result<(), Error> {
+                let f = std::fs::File::open(&path)
+                    .map_err(|e| Error::io("cannot open the export file", e))?;
+                zip::ZipArchive::new(BufReader::new(f)).map_err(|e| Error::Zip(e.to_string()))?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| Error::Zip(format!("checking the zip failed: {e}")))?;
+            match check {
+                Ok(()) => break (file, bytes),
+                Err(e) if attempt < DOWNLOAD_ATTEMPTS => {
+                    tracing::warn!(survey_id, attempt, error = %e, "export download unusable; downloading again");
+                    let delay = self.retry_policy().backoff(attempt - 1);
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        Ok(ExportFile {
+            survey_id: survey_id.into(),
+            progress_id,
+            file_id,
+            continuation_token: done.continuation_token,
+            format: opts.format,
+            compressed: opts.compress,
+            bytes,
+            file,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn collect(json: &str) -> Result<(u64, Vec<Value>), Error> {
+        let mut v = Vec::new();
+        let n = parse_stream(
+            BufReader::new(json.as_bytes()),
+            ExportFormat::Json,
+            &mut |r| v.push(r),
+        )?;
+        Ok((n, v))
+    }
+
+    #[test]
+    fn streams_responses_and_skips_other_keys() {
+        let (n, v) = collect(
+            r#"{"meta":{"x":[1,2]},"responses":[{"responseId":"R_1","values":{"QID1":2}},
+               {"responseId":"R_2","values":{}}],"tail":null}"#,
+        )
+        .unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(v[1]["responseId"], "R_2");
+        assert_eq!(collect(r#"{"responses":[]}"#).unwrap().0, 0);
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        assert!(collect(r#"{"other":[]}"#).is_err());
+        assert!(collect(r#"{"responses":[{"a":1}"#).is_err(), "truncated");
+        assert!(collect(r#"[]"#).is_err());
+        assert!(collect(r#"{"responses":[]} trailing"#).is_err());
+    }
+
+    #[test]
+    fn ndjson_and_zip_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let nd = dir.path().join("a.ndjson");
+        std::fs::write(
+            &nd,
+            "{\"responseId\":\"R_1\"}\n\n{\"responseId\":\"R_2\"}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_responses(&nd, false, ExportFormat::Ndjson, |_| {}).unwrap(),
+            2
+        );
+
+        let zpath = dir.path().join("a.zip");
+        let mut zw = zip::ZipWriter::new(std::fs::File::create(&zpath).unwrap());
+        zw.start_file("Survey.json", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zw.write_all(br#"{"responses":[{"values":{"a":1,"b":2}}]}"#)
+            .unwrap();
+        zw.finish().unwrap();
+        let mut values = 0;
+        let n = read_responses(&zpath, true, ExportFormat::Json, |r| {
+            values += r["values"].as_object().map(|m| m.len()).unwrap_or(0);
+        })
+        .unwrap();
+        assert_eq!((n, values), (1, 2));
+
+        // A truncated zip fails cleanly.
+        let bytes = std::fs::read(&zpath).unwrap();
+        let cut = dir.path().join("cut.zip");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(matches!(
+            read_responses(&cut, true, ExportFormat::Json, |_| {}),
+            Err(Error::Zip(_))
+        ));
+    }
+
+    #[test]
+    fn body_fields() {
+        let opts = ExportOptions {
+            allow_continuation: true,
+            limit: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(
+            opts.body().unwrap(),
+            json!({"format":"json","compress":true,"allowContinuation":true,"limit":5})
+        );
+        let bad = ExportOptions {
+            allow_continuation: true,
+            continuation_token: Some("t".into()),
+            ..Default::default()
+        };
+        assert!(bad.body().is_err());
+    }
+}

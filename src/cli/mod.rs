@@ -1,0 +1,64 @@
+//! The commands of the `xmbridge` binary. Each file is one command: its arguments (clap derive, with
+//! an example in `--help`) and a `run` function. Only the binary uses `anyhow`; the libraries return
+//! typed errors.
+
+pub mod demo;
+pub mod simulate;
+
+use std::fmt;
+
+/// A mistake in the command line or configuration found after parsing; exits with code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Resolves on Ctrl-C or SIGTERM, whichever comes first.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    // Handlers are installed now, not when the future is first polled: a SIGTERM that arrives
+    // right after the "listening on" line must already stop the server gracefully.
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let (mut term, mut int) = signals;
+            let term = async {
+                match term.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let int = async {
+                match int.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = term => {},
+                _ = int => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
