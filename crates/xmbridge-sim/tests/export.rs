@@ -866,3 +866,32 @@ async fn million_response_export() {
         );
     }
 }
+
+#[tokio::test]
+async fn fault_switches_fail_jobs_and_truncate_files() {
+    use xmbridge_sim::qualtrics::faults::FaultSettings;
+    let api = Api::new(cfg()).await;
+    let sid = api.sid(0);
+    api.h.sim.faults.set(FaultSettings {
+        fail_exports: true,
+        ..FaultSettings::default()
+    });
+    let (st, v) = api.start_export(&sid, json!({"format": "json"})).await;
+    assert_eq!(st, 200);
+    let r = api
+        .wait(&sid, v["result"]["progressId"].as_str().unwrap())
+        .await;
+    assert_eq!(r["status"], "failed");
+    assert!(r.get("fileId").is_none());
+    assert!(r["error"]["errorCode"].is_string() && r["error"]["errorMessage"].is_string());
+
+    api.h.sim.faults.set(FaultSettings::default());
+    let (_, full, _) = api.export(&sid, json!({"format": "json"})).await;
+    api.h.sim.faults.set(FaultSettings {
+        truncate_zip: true,
+        ..FaultSettings::default()
+    });
+    let (_, cut, _) = api.export(&sid, json!({"format": "json"})).await;
+    assert_eq!(cut.len(), full.len() / 2);
+    assert!(zip::ZipArchive::new(std::io::Cursor::new(&cut)).is_err());
+}

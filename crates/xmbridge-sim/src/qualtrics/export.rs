@@ -39,16 +39,16 @@ use std::time::{Duration, Instant};
 pub const TTL_MS: i64 = 7 * MS_PER_DAY;
 
 // ---------------------------------------------------------------------------------------------
-// Fault hooks: the lead wires these to `sim.faults` (one line each) once the faults module has them.
+// Fault hooks (switches of `/_sim/faults`).
 
-/// `sim.faults.fail_exports()`: every new export job ends `failed`.
-fn fault_fail_exports(_sim: &Sim) -> bool {
-    false
+/// Every new export job ends `failed`.
+fn fault_fail_exports(sim: &Sim) -> bool {
+    sim.faults.fail_exports()
 }
 
-/// `sim.faults.truncate_zip()`: downloads serve only the first half of the file.
-fn fault_truncate_zip(_sim: &Sim) -> bool {
-    false
+/// Downloads serve only the first half of the file.
+fn fault_truncate_zip(sim: &Sim) -> bool {
+    sim.faults.truncate_zip()
 }
 
 // ---------------------------------------------------------------------------------------------
