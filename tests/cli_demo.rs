@@ -3,7 +3,6 @@
 use std::process::Command;
 
 #[test]
-#[ignore = "needs the simulator's response export endpoints (being built on another branch)"]
 fn demo_exports_every_survey() {
     let out = Command::new(env!("CARGO_BIN_EXE_xmbridge"))
         .args(["demo", "--surveys", "3", "--responses", "200"])
@@ -13,10 +12,13 @@ fn demo_exports_every_survey() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("connected as"), "{stdout}");
-    assert!(
-        stdout.contains("summary: 3 surveys, 600 responses"),
-        "{stdout}"
-    );
+    // 3 × 200 seeded responses, less the few still in progress (not recorded, so not exported).
+    let summary = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("summary: 3 surveys, "))
+        .unwrap_or_else(|| panic!("no summary line in {stdout}"));
+    let responses: u64 = summary.split(' ').next().unwrap().parse().unwrap();
+    assert!((500..600).contains(&responses), "{summary}");
     assert!(
         stdout.contains("xmbridge simulate"),
         "names what to try next"

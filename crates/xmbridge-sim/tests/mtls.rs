@@ -101,7 +101,7 @@ async fn bundle_works_and_everything_else_is_refused() {
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["meta"]["httpStatus"], "200 - OK");
-    assert_eq!(body["result"]["userName"].as_str().is_some(), true);
+    assert!(body["result"]["userName"].as_str().is_some());
     // Admin routes sit behind the same listener and work with the certificate.
     let info: serde_json::Value = good
         .get(format!("{}/_sim/mtls", h.base_url))
