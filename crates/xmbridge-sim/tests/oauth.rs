@@ -1050,3 +1050,34 @@ async fn admin_clock() {
         );
     }
 }
+
+/// The `revoke_tokens_after` fault: a token revoked mid-run takes the refresh token with it.
+#[tokio::test]
+async fn revoked_mid_run_fault_kills_refresh_tokens_too() {
+    let t = start().await;
+    let v = t.code_flow("analyst", "manage:all").await;
+    let at = s(&v["access_token"]).to_string();
+    let rt = s(&v["refresh_token"]).to_string();
+    let (st, _) = t
+        .post("/_sim/faults", json!({"revoke_tokens_after": 2}))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(t.api("/whoami", None, &at).await.0, StatusCode::OK);
+    assert_eq!(t.api("/whoami", None, &at).await.0, StatusCode::OK);
+    // Call 3: revoked before it is handled.
+    assert_eq!(
+        t.api("/whoami", None, &at).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (st, e) = t.refresh(&rt).await;
+    assert_eq!(
+        (st, s(&e["error"])),
+        (StatusCode::BAD_REQUEST, "invalid_grant")
+    );
+    // A fresh authorization works again.
+    let v = t.code_flow("analyst", "manage:all").await;
+    assert_eq!(
+        t.api("/whoami", None, s(&v["access_token"])).await.0,
+        StatusCode::OK
+    );
+}

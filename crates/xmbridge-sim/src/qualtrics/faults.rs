@@ -427,9 +427,17 @@ pub async fn layer(State(sim): State<SharedSim>, req: Request, next: Next) -> Re
     let adm = sim.faults.admit(&family, now, &s);
     if adm.revoke {
         // Outside the counters lock: never hold two module locks at once.
-        sim.tokens.lock().access.clear();
+        // Access and refresh tokens alike, as when a brand admin revokes an app: only a new
+        // authorization (or client-credentials grant) gets the caller back in.
+        sim.oauth.revoke(
+            &sim,
+            &super::oauth::Revocation {
+                all: true,
+                ..Default::default()
+            },
+        );
         sim.faults.tokens_epoch.fetch_add(1, Ordering::SeqCst);
-        tracing::debug!("fault: revoked all OAuth access tokens");
+        tracing::debug!("fault: revoked all OAuth access and refresh tokens");
     }
     if let Some(e) = adm.rejection {
         return e.into_response();
