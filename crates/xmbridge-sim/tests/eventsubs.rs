@@ -382,3 +382,50 @@ async fn retries_then_gives_up() {
     assert_eq!(d[0].attempts, 4);
     assert!(d[0].error.is_some());
 }
+
+/// The whole path: a response created through the API is delivered, signed, to the subscriber;
+/// an in-progress one is not.
+#[tokio::test]
+async fn response_created_through_the_api_is_delivered_signed() {
+    let t = T::new().await;
+    let (base, posts) = receiver(StatusCode::OK).await;
+    let sid = t.h.sim.surveys[2].id.clone();
+    let key = "k3y";
+    let (s, v) = t
+        .create(json!({"topics": format!("surveyengine.completedResponse.{sid}"),
+                       "publicationUrl": format!("{base}/hook"), "encrypt": false, "sharedKey": key}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    let (s, v) = t
+        .call(
+            Method::POST,
+            &format!("/surveys/{sid}/responses"),
+            &t.admin,
+            Some(json!({"values": {"QID1": 1, "finished": 0}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = t
+        .call(
+            Method::POST,
+            &format!("/surveys/{sid}/responses"),
+            &t.admin,
+            Some(json!({"values": {"QID1": 1, "segment": "gold"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let rid = v["result"]["responseId"].as_str().unwrap().to_string();
+
+    wait_for(&posts, 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let got = posts.lock().clone();
+    assert_eq!(got.len(), 1, "only the finished response fires: {got:?}");
+    let (_, f) = &got[0];
+    let msg: Value = serde_json::from_str(&f["MSG"]).unwrap();
+    assert_eq!(msg["ResponseID"], rid.as_str());
+    assert_eq!(msg["SurveyID"], sid.as_str());
+    let mut mac = <Hmac<Sha512> as KeyInit>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(f["MSG"].as_bytes());
+    mac.verify_slice(&hex::decode(&f["HMAC"]).unwrap()).unwrap();
+}
