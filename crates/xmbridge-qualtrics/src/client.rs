@@ -1,12 +1,18 @@
-//! The HTTP client: authentication, timeouts, retries, the envelope, host switching, pagination.
+//! The HTTP client: authentication, rate limits, timeouts, retries, the envelope, host switching,
+//! pagination.
+//!
+//! Every HTTP request goes through [`Client::send_once`]'s loop: ask the [`Auth`] for a header,
+//! take a rate-limit token, send, and on failure decide between retrying (backoff, `Retry-After`),
+//! refreshing credentials once (401) and giving up with a typed [`Error`].
 
-use crate::datacenter::{BaseUrl, proxied_host};
+use crate::datacenter::{BaseUrl, DataCenter, proxied_host};
 use crate::envelope::{self, Envelope};
-use crate::error::{Error, is_transient_status, strip_query};
+use crate::error::{ApiError, Error, is_transient_status, strip_query};
+use crate::ratelimit::{RateLimiter, RateLimits};
 use crate::retry::{Jitter, RetryPolicy, parse_retry_after};
 use futures_util::stream::{self, Stream, StreamExt, TryStreamExt};
 use reqwest::Method;
-use reqwest::header::{HeaderValue, RETRY_AFTER};
+use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -14,60 +20,99 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use url::Url;
-
-/// A secret string that never shows in `Debug` output or logs.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-
-    /// The secret itself; call only where it is sent.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[REDACTED]")
-    }
-}
+use xmbridge_auth::{AuthError, ExposeSecret, SecretString, TokenSource};
 
 /// How calls are authenticated.
 ///
-/// Only the API token mode exists today; the OAuth modes (authorization code with refresh token,
-/// client credentials over mutual TLS) will be added as variants holding a token source owned by
-/// the `xmbridge-auth` crate, so callers that match on this enum must keep a wildcard arm.
+/// New modes may be added, so callers that match on this enum must keep a wildcard arm.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Auth {
-    /// `X-API-TOKEN: <token>` (qualtrics-api.md §2.1).
-    ApiToken(Secret),
+    /// `X-API-TOKEN: <token>` (qualtrics-api.md §2.1). It cannot be refreshed, so a 401 is final.
+    ApiToken(SecretString),
+    /// Headers from a token source of `xmbridge-auth` (OAuth authorization code with refresh
+    /// token, client credentials over mutual TLS …): asked before every request, invalidated
+    /// after a 401, which is then retried once with a fresh header.
+    TokenSource(Arc<dyn TokenSource>),
 }
 
 impl Auth {
+    /// An API token (`X-API-TOKEN`).
     pub fn api_token(token: impl Into<String>) -> Auth {
-        Auth::ApiToken(Secret::new(token))
+        Auth::ApiToken(SecretString::from(token.into()))
     }
 
-    fn header(&self) -> Result<(&'static str, HeaderValue), Error> {
+    /// Credentials from a token source.
+    pub fn token_source(source: Arc<dyn TokenSource>) -> Auth {
+        Auth::TokenSource(source)
+    }
+
+    /// What kind of credential this is, for people (`API token`, the source's description).
+    pub fn describe(&self) -> String {
         match self {
-            Auth::ApiToken(t) => {
-                let mut v = HeaderValue::from_str(t.expose()).map_err(|_| {
-                    Error::Config(
-                        "the API token contains characters that cannot be sent in a header".into(),
-                    )
-                })?;
-                v.set_sensitive(true);
-                Ok(("X-API-TOKEN", v))
+            Auth::ApiToken(_) => "API token".into(),
+            Auth::TokenSource(s) => s.describe(),
+        }
+    }
+
+    /// When the current access token expires, if the credential has one.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        match self {
+            Auth::ApiToken(_) => None,
+            Auth::TokenSource(s) => s.expires_at(),
+        }
+    }
+
+    /// Whether a 401 may be cured by fetching a fresh token.
+    fn can_refresh(&self) -> bool {
+        matches!(self, Auth::TokenSource(_))
+    }
+
+    fn invalidate(&self) {
+        if let Auth::TokenSource(s) = self {
+            s.invalidate();
+        }
+    }
+
+    /// Checks what can be checked without a network call (an API token's characters).
+    fn check(&self) -> Result<(), Error> {
+        match self {
+            Auth::ApiToken(t) => api_token_header(t).map(|_| ()),
+            Auth::TokenSource(_) => Ok(()),
+        }
+    }
+
+    /// The header for the next request; a token source gets at most `timeout` to produce it.
+    async fn header(&self, timeout: Duration) -> Result<(HeaderName, HeaderValue), Error> {
+        match self {
+            Auth::ApiToken(t) => api_token_header(t),
+            Auth::TokenSource(s) => {
+                let h = tokio::time::timeout(timeout, s.authorization())
+                    .await
+                    .map_err(|_| {
+                        Error::Auth(AuthError::Other(format!(
+                            "getting credentials ({}) took longer than {timeout:?}; check that the token endpoint is reachable, then try again",
+                            s.describe()
+                        )))
+                    })??;
+                let mut value = h.value;
+                value.set_sensitive(true);
+                Ok((h.name, value))
             }
         }
     }
+}
+
+fn api_token_header(t: &SecretString) -> Result<(HeaderName, HeaderValue), Error> {
+    let mut v = HeaderValue::from_str(t.expose_secret()).map_err(|_| {
+        Error::Config(
+            "the API token contains characters that cannot be sent in a header (a line break or a non-ASCII character?); copy it again from Account Settings > Qualtrics IDs".into(),
+        )
+    })?;
+    v.set_sensitive(true);
+    Ok((HeaderName::from_static("x-api-token"), v))
 }
 
 /// Whether a failed request may be sent again.
@@ -76,8 +121,17 @@ pub enum RetryMode {
     /// Safe to repeat (GET): retry 429, 5xx and transport failures.
     Idempotent,
     /// Repeating could do the work twice (e.g. starting an export): retry only when the server
-    /// surely did not act on it — a 429, or a connection that was never established.
+    /// surely did not act on it — a 429, a 401 (retried once with fresh credentials), or a
+    /// connection that was never established.
     NotIdempotent,
+}
+
+/// How the client paces itself.
+#[derive(Clone, Debug)]
+enum Limiting {
+    Limits(RateLimits),
+    Shared(Arc<RateLimiter>),
+    Off,
 }
 
 /// Settings of a [`Client`].
@@ -91,21 +145,23 @@ pub struct ClientBuilder {
     user_agent: String,
     jitter_seed: Option<u64>,
     http: Option<reqwest::Client>,
+    limiting: Limiting,
 }
 
 impl ClientBuilder {
+    /// How transient failures are retried (default [`RetryPolicy::default`]).
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
     }
 
-    /// Time to establish a connection (default 10 s).
+    /// Time to establish a connection (default 10 s; ignored with [`ClientBuilder::http_client`]).
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = d;
         self
     }
 
-    /// Time for a whole JSON call (default 60 s).
+    /// Time for a whole JSON call (default 60 s); also bounds how long a token source may take.
     pub fn request_timeout(mut self, d: Duration) -> Self {
         self.request_timeout = d;
         self
@@ -117,6 +173,7 @@ impl ClientBuilder {
         self
     }
 
+    /// The `User-Agent` (default `xmbridge/<version>`; ignored with [`ClientBuilder::http_client`]).
     pub fn user_agent(mut self, ua: impl Into<String>) -> Self {
         self.user_agent = ua.into();
         self
@@ -128,15 +185,68 @@ impl ClientBuilder {
         self
     }
 
-    /// Uses a preconfigured reqwest client (custom roots, client certificates). Its own timeouts
-    /// apply in addition to the per-request ones.
+    /// Uses a prebuilt reqwest client instead of building one.
+    ///
+    /// This is how the **advanced** auth mode (client credentials over mutual TLS) plugs in: build
+    /// a `reqwest::Client` carrying the client identity (`reqwest::Identity::from_pem` of the
+    /// certificate chain plus the decrypted private key, see `xmbridge-auth`), custom roots
+    /// (`tls_certs_only`/`tls_certs_merge`) or DNS overrides (`resolve`), and pass it here — and
+    /// the same client to the token source, so the token call and the API calls present the same
+    /// certificate. Its own settings (connect timeout, user agent, proxy) apply instead of this
+    /// builder's `connect_timeout`/`user_agent`; the per-request timeouts of this builder still
+    /// apply on top.
     pub fn http_client(mut self, http: reqwest::Client) -> Self {
         self.http = Some(http);
         self
     }
 
+    /// The brand-wide and per-route limits (default: 2000 requests per minute, no route limits).
+    /// Limits above Qualtrics' 3000/min brand limit are refused by [`ClientBuilder::build`].
+    pub fn rate_limits(mut self, limits: RateLimits) -> Self {
+        self.limiting = Limiting::Limits(limits);
+        self
+    }
+
+    /// Sets the brand-wide limit, requests per minute (1..=3000), keeping route limits.
+    pub fn rate_limit_per_min(mut self, per_min: u32) -> Self {
+        let mut limits = match self.limiting {
+            Limiting::Limits(l) => l,
+            Limiting::Shared(s) => s.limits().clone(),
+            Limiting::Off => RateLimits::default(),
+        };
+        limits.brand_per_min = per_min;
+        self.limiting = Limiting::Limits(limits);
+        self
+    }
+
+    /// Shares the buckets of another client of the same brand (see [`Client::rate_limiter`]),
+    /// so that together they stay under the brand limit.
+    pub fn rate_limiter(mut self, limiter: Arc<RateLimiter>) -> Self {
+        self.limiting = Limiting::Shared(limiter);
+        self
+    }
+
+    /// No client-side pacing at all. Only for loopback simulators (benchmarks, fault tests);
+    /// [`ClientBuilder::build`] refuses it for any other host.
+    pub fn no_rate_limit(mut self) -> Self {
+        self.limiting = Limiting::Off;
+        self
+    }
+
+    /// Checks the settings and builds the client (no network call).
     pub fn build(self) -> Result<Client, Error> {
-        self.auth.header()?;
+        self.auth.check()?;
+        let limiter = match self.limiting {
+            Limiting::Limits(l) => Some(RateLimiter::new(l)?),
+            Limiting::Shared(s) => Some(s),
+            Limiting::Off if self.base.is_loopback() => None,
+            Limiting::Off => {
+                return Err(Error::Config(format!(
+                    "rate limiting can only be switched off for loopback simulators, not for {}; keep the default (2000 requests/min) or set a limit up to 3000",
+                    self.base.host()
+                )));
+            }
+        };
         let http = match self.http {
             Some(h) => h,
             None => reqwest::Client::builder()
@@ -158,6 +268,7 @@ impl ClientBuilder {
                 },
                 request_timeout: self.request_timeout,
                 download_timeout: self.download_timeout,
+                limiter,
                 calls: AtomicU64::new(0),
             }),
         })
@@ -173,10 +284,12 @@ struct Inner {
     jitter: Jitter,
     request_timeout: Duration,
     download_timeout: Duration,
+    limiter: Option<Arc<RateLimiter>>,
     calls: AtomicU64,
 }
 
-/// A Qualtrics API v3 client for one account. Cheap to clone (shared state).
+/// A Qualtrics API v3 client for one account. Cheap to clone (shared state: the base URL, the
+/// credentials, the rate-limit buckets and the call counter).
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -250,7 +363,19 @@ impl Client {
             user_agent: format!("xmbridge/{}", env!("CARGO_PKG_VERSION")),
             jitter_seed: None,
             http: None,
+            limiting: Limiting::Limits(RateLimits::default()),
         }
+    }
+
+    /// How this client authenticates.
+    pub fn auth(&self) -> &Auth {
+        &self.inner.auth
+    }
+
+    /// The rate-limit buckets (absent only with [`ClientBuilder::no_rate_limit`]); hand them to
+    /// [`ClientBuilder::rate_limiter`] to make another client of the same brand share them.
+    pub fn rate_limiter(&self) -> Option<&Arc<RateLimiter>> {
+        self.inner.limiter.as_ref()
     }
 
     /// The base URL calls go to now (it changes once if Qualtrics names a better host).
@@ -321,6 +446,7 @@ impl Client {
             let bytes = match resp.bytes().await {
                 Ok(b) => b,
                 Err(e) => {
+                    // The connection broke while the answer arrived (a dropped connection).
                     let err = Error::transport(url.as_str(), &e);
                     if mode == RetryMode::Idempotent && retry < self.inner.retry.max_retries {
                         self.wait_before_retry(&mut retry, None, &err).await;
@@ -337,7 +463,14 @@ impl Client {
         }
     }
 
-    /// Sends until a 2xx answer arrives or retrying must stop; error answers become [`Error::Api`].
+    /// Sends until a 2xx answer arrives or retrying must stop; error answers become [`Error::Api`]
+    /// (401: [`Error::Unauthorized`]).
+    ///
+    /// Each attempt asks the credentials for a header and the rate limiter for a token first.
+    /// A 401 with a token source invalidates it and retries once at once, whatever the method
+    /// (the request was not processed). 429s slow the limiter down and are retried on their own
+    /// budget ([`RetryPolicy::max_throttled_retries`]); other transient failures on
+    /// [`RetryPolicy::max_retries`].
     async fn send_once(
         &self,
         method: Method,
@@ -347,21 +480,31 @@ impl Client {
         timeout: Duration,
         retry: &mut u32,
     ) -> Result<reqwest::Response, Error> {
-        let (name, value) = self.inner.auth.header()?;
+        let mut refreshed = false;
+        let mut throttled = 0u32;
         loop {
+            let (name, value) = self.inner.auth.header(self.inner.request_timeout).await?;
+            if let Some(limiter) = &self.inner.limiter {
+                limiter.acquire(method.as_str(), url.path()).await;
+            }
             let mut rb = self
                 .inner
                 .http
                 .request(method.clone(), url.clone())
                 .timeout(timeout)
-                .header(name, value.clone());
+                .header(name, value);
             if let Some(b) = body {
                 rb = rb.json(b);
             }
             self.inner.calls.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%method, url = %strip_query(url.as_str()), "qualtrics call");
             let (err, retry_after) = match rb.send().await {
-                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) if resp.status().is_success() => {
+                    if let Some(limiter) = &self.inner.limiter {
+                        limiter.on_success(method.as_str(), url.path());
+                    }
+                    return Ok(resp);
+                }
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     let retry_after = resp
@@ -370,25 +513,56 @@ impl Client {
                         .and_then(|v| v.to_str().ok())
                         .and_then(parse_retry_after);
                     let bytes = resp.bytes().await.unwrap_or_default();
-                    let err = match envelope::parse(status, &bytes, url.as_str()) {
-                        Err(e) => e,
+                    let api = match envelope::parse(status, &bytes, url.as_str()) {
+                        Err(Error::Api(api)) => api,
+                        Err(e) => return Err(e),
                         // A non-2xx status with a success-looking body: still an error.
-                        Ok(_) => Error::Api(crate::ApiError {
+                        Ok(env) => ApiError {
                             status,
                             error_code: None,
                             error_message: format!("HTTP {status}"),
-                            request_id: None,
-                        }),
+                            request_id: env.meta.request_id,
+                        },
                     };
-                    let retryable = match mode {
-                        RetryMode::Idempotent => is_transient_status(status),
-                        // A 429 was refused before any work was done.
-                        RetryMode::NotIdempotent => status == 429,
-                    };
-                    if !retryable {
-                        return Err(err);
+                    if status == 401 {
+                        if self.inner.auth.can_refresh() && !refreshed {
+                            refreshed = true;
+                            tracing::info!(
+                                credential = %self.inner.auth.describe(),
+                                "Qualtrics answered 401; fetching fresh credentials and retrying once"
+                            );
+                            self.inner.auth.invalidate();
+                            continue;
+                        }
+                        return Err(self.unauthorized(api, refreshed));
                     }
-                    (err, retry_after)
+                    if status == 429 {
+                        if let Some(limiter) = &self.inner.limiter {
+                            limiter.on_throttled(method.as_str(), url.path(), retry_after);
+                        }
+                        if throttled >= self.inner.retry.max_throttled_retries {
+                            return Err(Error::Api(api));
+                        }
+                        let err = Error::Api(api);
+                        let delay =
+                            self.inner
+                                .retry
+                                .delay(throttled, retry_after, &self.inner.jitter);
+                        throttled += 1;
+                        tracing::warn!(
+                            attempt = throttled,
+                            delay_ms = delay.as_millis() as u64,
+                            error = %err,
+                            "Qualtrics throttled the call; retrying"
+                        );
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    let retryable = mode == RetryMode::Idempotent && is_transient_status(status);
+                    if !retryable {
+                        return Err(Error::Api(api));
+                    }
+                    (Error::Api(api), retry_after)
                 }
                 Err(e) => {
                     let err = Error::transport(url.as_str(), &e);
@@ -407,6 +581,36 @@ impl Client {
                 return Err(err);
             }
             self.wait_before_retry(retry, retry_after, &err).await;
+        }
+    }
+
+    /// The 401 as an error that says what was refused and what to do.
+    fn unauthorized(&self, api: ApiError, refreshed: bool) -> Error {
+        let base = self.base();
+        let credential = self.inner.auth.describe();
+        let hint = if self.inner.auth.can_refresh() {
+            let dc = match base.data_center() {
+                Some(dc) => format!("this client calls {} (data center {dc})", base.host()),
+                None => format!("this client calls {}", base.host()),
+            };
+            format!(
+                "{}OAuth tokens only work on the data center that issued them and {dc}: if the message names another data center, point the connection at that one (or run `xmbridge connection test` to discover it) and fetch the token from the same host. Otherwise re-authorize the connection or check the OAuth client id and secret.",
+                if refreshed {
+                    "A freshly fetched token was refused too. "
+                } else {
+                    ""
+                }
+            )
+        } else {
+            format!(
+                "Check the API token (Qualtrics: Account Settings > Qualtrics IDs; generating a new token invalidates the old one) and that {} is your account's host.",
+                base.host()
+            )
+        };
+        Error::Unauthorized {
+            credential,
+            hint,
+            api,
         }
     }
 
@@ -433,7 +637,7 @@ impl Client {
             return;
         };
         let mut base = self.inner.base.write().unwrap_or_else(|e| e.into_inner());
-        if !base.host().ends_with(".qualtrics.com") || base.host() == host {
+        if !base.is_qualtrics_host() || base.host() == host {
             return;
         }
         if self.inner.switched_host.swap(true, Ordering::SeqCst) {
@@ -445,6 +649,53 @@ impl Client {
                 *base = new;
             }
             Err(e) => tracing::warn!(error = %e, "ignoring proxy notice"),
+        }
+    }
+
+    /// Asks `/whoami` which data center the account lives in and, when the base URL is a
+    /// Qualtrics host that does not name that data center (a vanity or organization host such as
+    /// `acme.qualtrics.com`, which Qualtrics proxies), switches later calls to `{dc}.qualtrics.com`.
+    /// Loopback and non-Qualtrics bases (simulators, gateways) are never switched.
+    ///
+    /// When `/whoami` names no data center, the one the (possibly proxy-switched) host names is
+    /// returned; if that names none either, it is an error saying to give the data center.
+    pub async fn discover_data_center(&self) -> Result<DataCenter, Error> {
+        let me = self.whoami().await?;
+        let named = me
+            .datacenter
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        let dc = match named {
+            Some(id) => DataCenter::from_server(id)?,
+            None => self.base().data_center().ok_or_else(|| {
+                Error::Config(format!(
+                    "/whoami did not name a data center and the host {} names none; give the data center explicitly (e.g. fra1) or the account host from your browser (acme.fra1.qualtrics.com)",
+                    self.base().host()
+                ))
+            })?,
+        };
+        self.use_data_center(&dc);
+        Ok(dc)
+    }
+
+    /// Points a Qualtrics-hosted base at `{dc}.qualtrics.com` unless it already names `dc`.
+    fn use_data_center(&self, dc: &DataCenter) {
+        let mut base = self.inner.base.write().unwrap_or_else(|e| e.into_inner());
+        if base.is_loopback()
+            || !base.is_qualtrics_host()
+            || base.data_center().as_ref() == Some(dc)
+        {
+            return;
+        }
+        match base.with_host(&dc.host()) {
+            Ok(new) => {
+                tracing::info!(from = base.host(), to = %dc.host(), "switching to the account's data center");
+                *base = new;
+                // The data center is now known; a later proxy notice is not needed.
+                self.inner.switched_host.store(true, Ordering::SeqCst);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot switch to the data center host"),
         }
     }
 

@@ -43,15 +43,34 @@ impl fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
-/// Everything a client call can fail with.
+/// Everything a client call can fail with. Messages name the problem and the fix and never
+/// contain a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A data-center id that is not one of Qualtrics' (see [`crate::DataCenter::parse`]).
     #[error("invalid data center: {0}")]
     InvalidDataCenter(String),
+    /// An account URL, host or organization id that cannot name a Qualtrics account.
     #[error("invalid account URL: {0}")]
     InvalidBaseUrl(String),
+    /// A client setting that cannot work (rate limits, headers, TLS setup).
     #[error("invalid client setting: {0}")]
     Config(String),
+    /// The token source could not produce credentials (refresh refused, token endpoint down …).
+    /// The message is the source's own; `AccountTokenExpired` carries the re-authorize command.
+    #[error(transparent)]
+    Auth(#[from] xmbridge_auth::AuthError),
+    /// Qualtrics answered 401: the credentials were refused — for a token source, also after
+    /// [`xmbridge_auth::TokenSource::invalidate`] and one retry with a fresh token.
+    #[error("Qualtrics refused the {credential} ({api}). {hint}")]
+    Unauthorized {
+        /// What was sent, e.g. `API token` or the token source's description.
+        credential: String,
+        /// What to do about it.
+        hint: String,
+        /// The 401 answer.
+        api: ApiError,
+    },
     /// The API answered with an error envelope.
     #[error(transparent)]
     Api(#[from] ApiError),
@@ -84,17 +103,15 @@ pub enum Error {
 }
 
 impl Error {
-    /// The HTTP status of an API error answer.
+    /// The HTTP status of an API error answer (401 for [`Error::Unauthorized`]).
     pub fn status(&self) -> Option<u16> {
-        match self {
-            Error::Api(e) => Some(e.status),
-            _ => None,
-        }
+        self.api().map(|e| e.status)
     }
 
+    /// The API's error answer, if the error is one.
     pub fn api(&self) -> Option<&ApiError> {
         match self {
-            Error::Api(e) => Some(e),
+            Error::Api(e) | Error::Unauthorized { api: e, .. } => Some(e),
             _ => None,
         }
     }

@@ -31,10 +31,13 @@ pub mod datacenter;
 pub mod envelope;
 pub mod error;
 pub mod export;
+pub mod ratelimit;
 pub mod retry;
 
-pub use client::{Auth, Client, ClientBuilder, RetryMode, Secret, SurveySummary, WhoAmI};
+pub use client::{Auth, Client, ClientBuilder, RetryMode, SurveySummary, WhoAmI};
 pub use datacenter::{BaseUrl, DataCenter};
 pub use error::{ApiError, Error};
 pub use export::{ExportFile, ExportFormat, ExportOptions, ExportProgress};
+pub use ratelimit::{RateLimiter, RateLimiterStats, RateLimits};
 pub use retry::RetryPolicy;
+pub use xmbridge_auth::{AuthError, AuthHeader, ExposeSecret, SecretString, TokenSource};

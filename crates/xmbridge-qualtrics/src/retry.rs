@@ -6,8 +6,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// How often and how patiently transient failures are retried.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
-    /// Retries after the first attempt (0 disables retrying).
+    /// Retries after the first attempt for 5xx answers and dropped connections (0 disables them).
     pub max_retries: u32,
+    /// Retries after 429 answers, counted separately: a 429 means the request was not processed
+    /// and the client slows down, so a busy brand gets more patience than a failing server.
+    pub max_throttled_retries: u32,
     /// Delay before the first retry; doubles every retry.
     pub base_delay: Duration,
     /// Upper bound of one computed delay.
@@ -20,6 +23,7 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             max_retries: 5,
+            max_throttled_retries: 30,
             base_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(30),
             max_retry_after: Duration::from_secs(120),
@@ -28,10 +32,11 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// No retries at all.
+    /// No retries at all (429s included).
     pub fn none() -> Self {
         RetryPolicy {
             max_retries: 0,
+            max_throttled_retries: 0,
             ..Default::default()
         }
     }
@@ -113,6 +118,7 @@ mod tests {
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
             max_retry_after: Duration::from_secs(5),
+            ..Default::default()
         };
         assert_eq!(p.backoff(0), Duration::from_millis(100));
         assert_eq!(p.backoff(1), Duration::from_millis(200));

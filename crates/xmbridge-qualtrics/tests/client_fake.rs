@@ -111,6 +111,7 @@ fn client(base: &str) -> Client {
             base_delay: Duration::from_millis(5),
             max_delay: Duration::from_millis(20),
             max_retry_after: Duration::from_secs(1),
+            ..Default::default()
         })
         .jitter_seed(1)
         .build()
