@@ -27,7 +27,8 @@ use xmbridge_auth::{AuthError, ExposeSecret, SecretString, TokenSource};
 /// How calls are authenticated.
 ///
 /// New modes may be added, so callers that match on this enum must keep a wildcard arm.
-#[derive(Clone, Debug)]
+/// `Debug` shows only the kind of credential (never a token, whatever the source's own `Debug`).
+#[derive(Clone)]
 #[non_exhaustive]
 pub enum Auth {
     /// `X-API-TOKEN: <token>` (qualtrics-api.md §2.1). It cannot be refreshed, so a 401 is final.
@@ -36,6 +37,15 @@ pub enum Auth {
     /// token, client credentials over mutual TLS …): asked before every request, invalidated
     /// after a 401, which is then retried once with a fresh header.
     TokenSource(Arc<dyn TokenSource>),
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Auth::ApiToken(_) => f.write_str("ApiToken([REDACTED])"),
+            Auth::TokenSource(s) => write!(f, "TokenSource({:?})", s.describe()),
+        }
+    }
 }
 
 impl Auth {
@@ -614,7 +624,12 @@ impl Client {
         }
     }
 
-    async fn wait_before_retry(&self, retry: &mut u32, retry_after: Option<Duration>, err: &Error) {
+    pub(crate) async fn wait_before_retry(
+        &self,
+        retry: &mut u32,
+        retry_after: Option<Duration>,
+        err: &Error,
+    ) {
         let delay = self
             .inner
             .retry

@@ -13,7 +13,7 @@ use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 /// File formats of `POST /surveys/{id}/export-responses`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -305,6 +305,9 @@ impl Client {
 
     /// `GET /surveys/{id}/export-responses/{fileId}/file` streamed into a temporary file; returns
     /// the file and its size.
+    ///
+    /// A connection that breaks mid-body (a dropped download) starts the download over, up to
+    /// [`crate::RetryPolicy::max_retries`] times; failures before the body are retried like any GET.
     pub async fn download_response_export(
         &self,
         survey_id: &str,
@@ -315,28 +318,45 @@ impl Client {
             .prefix("xmbridge-export-")
             .tempfile()
             .map_err(|e| Error::io("cannot create a temporary file", e))?;
-        let std_file = tmp
-            .as_file()
-            .try_clone()
-            .map_err(|e| Error::io("cannot open the temporary file", e))?;
-        let mut out = tokio::fs::File::from_std(std_file);
-        let mut resp = self.get_file(&url).await?;
-        let mut bytes = 0u64;
+        let mut retry = 0u32;
         loop {
-            let chunk = match resp.chunk().await {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(e) => return Err(Error::transport(url.as_str(), &e)),
+            let std_file = tmp
+                .as_file()
+                .try_clone()
+                .map_err(|e| Error::io("cannot open the temporary file", e))?;
+            let mut out = tokio::fs::File::from_std(std_file);
+            // A previous attempt may have written part of the file.
+            out.set_len(0)
+                .await
+                .map_err(|e| Error::io("cannot truncate the export file", e))?;
+            out.seek(std::io::SeekFrom::Start(0))
+                .await
+                .map_err(|e| Error::io("cannot rewind the export file", e))?;
+            let mut resp = self.get_file(&url).await?;
+            let mut bytes = 0u64;
+            let broken = loop {
+                match resp.chunk().await {
+                    Ok(Some(chunk)) => {
+                        bytes += chunk.len() as u64;
+                        out.write_all(&chunk)
+                            .await
+                            .map_err(|e| Error::io("cannot write the export file", e))?;
+                    }
+                    Ok(None) => break None,
+                    Err(e) => break Some(Error::transport(url.as_str(), &e)),
+                }
             };
-            bytes += chunk.len() as u64;
-            out.write_all(&chunk)
+            out.flush()
                 .await
                 .map_err(|e| Error::io("cannot write the export file", e))?;
+            match broken {
+                None => return Ok((tmp, bytes)),
+                Some(err) if retry < self.retry_policy().max_retries => {
+                    self.wait_before_retry(&mut retry, None, &err).await;
+                }
+                Some(err) => return Err(err),
+            }
         }
-        out.flush()
-            .await
-            .map_err(|e| Error::io("cannot write the export file", e))?;
-        Ok((tmp, bytes))
     }
 
     /// Runs the whole export of one survey: start, poll until `complete`, download.
