@@ -620,7 +620,7 @@ impl Client {
         Error::Unauthorized {
             credential,
             hint,
-            api,
+            api: Box::new(api),
         }
     }
 

@@ -68,8 +68,8 @@ pub enum Error {
         credential: String,
         /// What to do about it.
         hint: String,
-        /// The 401 answer.
-        api: ApiError,
+        /// The 401 answer (boxed: it keeps `Error` small).
+        api: Box<ApiError>,
     },
     /// The API answered with an error envelope.
     #[error(transparent)]
@@ -111,7 +111,8 @@ impl Error {
     /// The API's error answer, if the error is one.
     pub fn api(&self) -> Option<&ApiError> {
         match self {
-            Error::Api(e) | Error::Unauthorized { api: e, .. } => Some(e),
+            Error::Api(e) => Some(e),
+            Error::Unauthorized { api, .. } => Some(api),
             _ => None,
         }
     }

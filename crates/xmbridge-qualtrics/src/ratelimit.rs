@@ -123,8 +123,7 @@ pub fn route_family(path: &str) -> &str {
         None => path,
     };
     rest.split('/')
-        .filter(|s| is_family_word(s) && *s != "file")
-        .next_back()
+        .rfind(|s| is_family_word(s) && *s != "file")
         .unwrap_or("other")
 }
 

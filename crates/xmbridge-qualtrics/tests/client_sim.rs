@@ -90,3 +90,153 @@ async fn refused_connection_is_a_transport_error() {
     );
     assert_eq!(c.api_calls(), 3, "first try + 2 retries");
 }
+
+// ---- transient faults: injected 5xx and dropped connections (the simulator's `/_sim/faults`) ----
+
+async fn faults(h: &xmbridge_sim::SimHandle, body: serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/_sim/faults", h.base_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{body}: {}", resp.status());
+}
+
+async fn sim_stats(h: &xmbridge_sim::SimHandle) -> serde_json::Value {
+    reqwest::get(format!("{}/_sim/stats", h.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A client that retries quickly and patiently (faults are frequent here).
+async fn faulty_sim(surveys: usize) -> (xmbridge_sim::SimHandle, Client) {
+    let cfg = SimConfig {
+        surveys,
+        responses: 20,
+        api_token: "test-token".into(),
+        export_delay_ms: 50,
+        ..Default::default()
+    };
+    let h = start_qualtrics(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let c = Client::builder(
+        BaseUrl::parse(&h.base_url).unwrap(),
+        Auth::api_token("test-token"),
+    )
+    .retry(RetryPolicy {
+        max_retries: 8,
+        base_delay: std::time::Duration::from_millis(5),
+        max_delay: std::time::Duration::from_millis(40),
+        ..Default::default()
+    })
+    .jitter_seed(3)
+    .build()
+    .unwrap();
+    (h, c)
+}
+
+fn quick_export() -> ExportOptions {
+    ExportOptions {
+        poll_interval: std::time::Duration::from_millis(10),
+        max_poll_interval: std::time::Duration::from_millis(40),
+        ..Default::default()
+    }
+}
+
+async fn response_ids(c: &Client, sid: &str) -> Vec<String> {
+    let file = c.export_responses(sid, &quick_export()).await.unwrap();
+    let mut ids = Vec::new();
+    file.for_each_response(|r| ids.push(r["responseId"].as_str().unwrap().to_string()))
+        .unwrap();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn survey_walk_survives_injected_server_errors() {
+    let (h, c) = faulty_sim(250).await;
+    faults(&h, serde_json::json!({"error_rate": 0.3})).await;
+    let surveys: Vec<_> = c.surveys().try_collect().await.unwrap();
+    let ids: std::collections::HashSet<_> = surveys.iter().map(|s| s.id.clone()).collect();
+    assert_eq!((surveys.len(), ids.len()), (250, 250));
+    let s = sim_stats(&h).await;
+    assert!(s["injected_errors"].as_u64().unwrap() > 0, "{s}");
+}
+
+#[tokio::test]
+async fn survey_walk_survives_dropped_connections() {
+    let (h, c) = faulty_sim(250).await;
+    faults(&h, serde_json::json!({"drop_rate": 0.2})).await;
+    // Several walks so that drops surely happen.
+    for _ in 0..4 {
+        let surveys: Vec<_> = c.surveys().try_collect().await.unwrap();
+        let ids: std::collections::HashSet<_> = surveys.iter().map(|s| s.id.clone()).collect();
+        assert_eq!((surveys.len(), ids.len()), (250, 250));
+    }
+    let s = sim_stats(&h).await;
+    assert!(s["dropped"].as_u64().unwrap() > 0, "{s}");
+}
+
+#[tokio::test]
+async fn export_survives_faults_on_progress_and_download() {
+    let (h, c) = faulty_sim(1).await;
+    let sid = c.surveys().try_collect::<Vec<_>>().await.unwrap()[0]
+        .id
+        .clone();
+    let want = response_ids(&c, &sid).await;
+    assert_eq!(want.len(), 20);
+    // Faults on everything after the start (progress polls and the file): the trailing slash
+    // keeps the start itself out, which is never re-POSTed blindly (next test).
+    let scope = format!("/API/v3/surveys/{sid}/export-responses/");
+    faults(
+        &h,
+        serde_json::json!({"error_rate": 0.3, "only_paths": scope}),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(response_ids(&c, &sid).await, want);
+    }
+    faults(
+        &h,
+        serde_json::json!({"error_rate": 0.0, "drop_rate": 0.3, "only_paths": scope}),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(response_ids(&c, &sid).await, want);
+    }
+    let s = sim_stats(&h).await;
+    assert!(s["injected_errors"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["dropped"].as_u64().unwrap() > 0, "{s}");
+}
+
+#[tokio::test]
+async fn export_start_is_never_re_posted_after_a_5xx_or_a_drop() {
+    let (h, c) = faulty_sim(1).await;
+    let sid = c.surveys().try_collect::<Vec<_>>().await.unwrap()[0]
+        .id
+        .clone();
+    let start = format!("/API/v3/surveys/{sid}/export-responses");
+    let starts = |s: &serde_json::Value| s["by_route"]["export-responses"]["calls"].as_u64();
+    faults(
+        &h,
+        serde_json::json!({"error_rate": 1.0, "error_status": 500, "only_paths": start}),
+    )
+    .await;
+    let err = c.export_responses(&sid, &quick_export()).await.unwrap_err();
+    assert_eq!(err.status(), Some(500), "{err}");
+    assert_eq!(starts(&sim_stats(&h).await), Some(1), "one POST only");
+
+    faults(
+        &h,
+        serde_json::json!({"error_rate": 0.0, "error_status": null, "drop_rate": 1.0}),
+    )
+    .await;
+    let err = c.export_responses(&sid, &quick_export()).await.unwrap_err();
+    assert!(matches!(err, Error::Transport { .. }), "{err}");
+    assert_eq!(starts(&sim_stats(&h).await), Some(2), "one more POST only");
+}
