@@ -318,20 +318,28 @@ impl fmt::Debug for Client {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct WhoAmI {
+    /// `UR_…`
     pub user_id: String,
     #[serde(default)]
+    /// The login name, e.g. `admin@acme`.
     pub user_name: Option<String>,
     #[serde(default)]
+    /// The brand (organization) id.
     pub brand_id: Option<String>,
     #[serde(default)]
+    /// e.g. `UT_BRANDADMIN`.
     pub account_type: Option<String>,
     #[serde(default)]
+    /// The user's first name.
     pub first_name: Option<String>,
     #[serde(default)]
+    /// The user's last name.
     pub last_name: Option<String>,
     #[serde(default)]
+    /// The user's e-mail address.
     pub email: Option<String>,
     #[serde(default)]
+    /// The data center the account lives in (see [`Client::discover_data_center`]).
     pub datacenter: Option<String>,
 }
 
@@ -339,16 +347,22 @@ pub struct WhoAmI {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct SurveySummary {
+    /// `SV_…`
     pub id: String,
     #[serde(default)]
+    /// The survey's name.
     pub name: String,
     #[serde(default)]
+    /// `UR_…` of the owner.
     pub owner_id: Option<String>,
     #[serde(default)]
+    /// ISO-8601.
     pub last_modified: Option<String>,
     #[serde(default)]
+    /// ISO-8601.
     pub creation_date: Option<String>,
     #[serde(default)]
+    /// Whether the survey is active.
     pub is_active: Option<bool>,
 }
 
@@ -362,6 +376,8 @@ struct Page<T> {
 }
 
 impl Client {
+    /// Starts configuring a client for `base` with `auth`; defaults: 2000 requests/min, retries
+    /// of [`RetryPolicy::default`], 10 s connect / 60 s call / 30 min download timeouts.
     pub fn builder(base: BaseUrl, auth: Auth) -> ClientBuilder {
         ClientBuilder {
             base,

@@ -77,27 +77,44 @@ pub enum Error {
     /// The request did not get an answer (connection refused, reset, TLS failure, timeout).
     #[error("cannot reach {url}: {message}")]
     Transport {
+        /// The URL without its query.
         url: String,
+        /// What failed, with the causes.
         message: String,
         /// Whether the request surely never reached the server (safe to retry even a POST).
         not_sent: bool,
+        /// Whether a timeout ended it.
         timeout: bool,
     },
     /// The answer was not the JSON we expected.
     #[error("unexpected answer from {url}: {message}")]
-    Decode { url: String, message: String },
+    Decode {
+        /// The URL without its query.
+        url: String,
+        /// What did not match.
+        message: String,
+    },
     /// `nextPage` pointed somewhere we will not follow.
     #[error("pagination stopped: {0}")]
     Pagination(String),
     /// A response export did not finish.
     #[error("response export of survey {survey_id} failed: {message}")]
-    Export { survey_id: String, message: String },
+    Export {
+        /// The survey whose export failed.
+        survey_id: String,
+        /// What Qualtrics (or the wait) said.
+        message: String,
+    },
+    /// A local file operation failed (temporary export files).
     #[error("{context}: {source}")]
     Io {
+        /// What was being done.
         context: String,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
+    /// A downloaded export is not a readable zip.
     #[error("the export file is not a valid zip archive (download truncated?): {0}")]
     Zip(String),
 }

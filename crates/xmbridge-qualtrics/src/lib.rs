@@ -1,12 +1,15 @@
 //! A client for the Qualtrics REST API v3 (the contract is `qualtrics-api.md` in the design notes).
 //!
 //! It owns everything about talking to Qualtrics: turning what a person types (`fra1`,
-//! `acme.ca1.qualtrics.com`, a pasted URL) into a base URL, authentication headers, timeouts, the
-//! `{result, meta}` envelope and its typed errors, retries with backoff that honour `Retry-After`,
-//! the "use this host instead" notice, `nextPage` pagination as a stream, and the response export
-//! flow (start → poll → download to a temporary file → unzip → stream-parse). It must not know about
-//! storage, sync cursors or workflows; those crates build on it. OAuth token lifecycles live in
-//! `xmbridge-auth` and plug in through [`Auth`].
+//! `acme.ca1.qualtrics.com`, a pasted URL, an organization id) into a base URL, data-center
+//! discovery (`/whoami`, the "use this host instead" notice), authentication headers, the
+//! brand-wide and per-route rate limits ([`ratelimit`]), timeouts, the `{result, meta}` envelope
+//! and its typed errors, retries with backoff that honour `Retry-After`, `nextPage` pagination as
+//! a stream, and the response export flow (start → poll → download to a temporary file → unzip →
+//! stream-parse). It must not know about storage, sync cursors or workflows; those crates build
+//! on it. Credentials are either an API token or a [`TokenSource`] of `xmbridge-auth` (OAuth
+//! token lifecycles live there); mutual TLS comes in as a prebuilt `reqwest::Client`
+//! ([`ClientBuilder::http_client`]). Secrets are [`SecretString`]s.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), xmbridge_qualtrics::Error> {

@@ -338,6 +338,7 @@ impl RateLimiter {
         self.brand.lock().speed_up(now);
     }
 
+    /// The counters so far.
     pub fn stats(&self) -> RateLimiterStats {
         RateLimiterStats {
             acquired: self.acquired.load(Ordering::Relaxed),

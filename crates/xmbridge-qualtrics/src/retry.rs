@@ -85,10 +85,12 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 pub struct Jitter(AtomicU64);
 
 impl Jitter {
+    /// A reproducible sequence.
     pub fn seeded(seed: u64) -> Self {
         Jitter(AtomicU64::new(seed | 1))
     }
 
+    /// A sequence seeded from the clock and the process id.
     pub fn from_time() -> Self {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -97,6 +99,7 @@ impl Jitter {
         Self::seeded(nanos ^ (std::process::id() as u64).rotate_left(32))
     }
 
+    /// The next pseudo-random number.
     pub fn next(&self) -> u64 {
         let mut x = self.0.load(Ordering::Relaxed);
         x ^= x << 13;
