@@ -492,7 +492,7 @@ impl Client {
     /// Sends until a 2xx answer arrives or retrying must stop; error answers become [`Error::Api`]
     /// (401: [`Error::Unauthorized`]).
     ///
-    /// Each attempt asks the credentials for a header and the rate limiter for a token first.
+    /// Each attempt takes a rate-limit token and asks the credentials for a header first.
     /// A 401 with a token source invalidates it and retries once at once, whatever the method
     /// (the request was not processed). 429s slow the limiter down and are retried on their own
     /// budget ([`RetryPolicy::max_throttled_retries`]); other transient failures on
@@ -509,10 +509,11 @@ impl Client {
         let mut refreshed = false;
         let mut throttled = 0u32;
         loop {
-            let (name, value) = self.inner.auth.header(self.inner.request_timeout).await?;
+            // The rate-limit wait comes first so the credentials are as fresh as possible.
             if let Some(limiter) = &self.inner.limiter {
                 limiter.acquire(method.as_str(), url.path()).await;
             }
+            let (name, value) = self.inner.auth.header(self.inner.request_timeout).await?;
             let mut rb = self
                 .inner
                 .http
