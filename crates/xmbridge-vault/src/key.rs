@@ -105,7 +105,19 @@ impl MasterKey {
                 key.source = KeySource::Environment;
                 Ok(key)
             }
-            None => MasterKey::load_or_create_file(&home.master_key_file()),
+            None => {
+                let key_file = home.master_key_file();
+                // A missing key file next to a store that has data means the key was lost or
+                // moved: creating a new one would only lead to WrongMasterKey later and leave
+                // a useless key file behind.
+                if !key_file.exists() && store_has_data(&home.state_db()) {
+                    return Err(VaultError::KeyFileMissing {
+                        path: key_file,
+                        store: home.state_db(),
+                    });
+                }
+                MasterKey::load_or_create_file(&key_file)
+            }
         }
     }
 
@@ -204,6 +216,14 @@ fn getrandom_fill(buf: &mut [u8; MASTER_KEY_LEN]) -> Result<(), VaultError> {
     let random = Zeroizing::new(random);
     buf.copy_from_slice(&*random);
     Ok(())
+}
+
+fn store_has_data(db: &Path) -> bool {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    [db.to_path_buf(), PathBuf::from(wal)]
+        .iter()
+        .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
 }
 
 fn read_key_file(path: &Path) -> Result<MasterKey, VaultError> {

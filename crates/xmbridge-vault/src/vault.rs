@@ -27,8 +27,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Which kind of account a connection is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Provider {
+    /// Qualtrics XM (`qualtrics`).
     Qualtrics,
+    /// Salesforce (`salesforce`).
     Salesforce,
+    /// ServiceNow (`servicenow`).
     ServiceNow,
 }
 
@@ -139,18 +142,23 @@ impl FromStr for SecretField {
 pub struct ConnectionRecord {
     /// Unique name, `[A-Za-z0-9_.-]{1,64}`.
     pub name: String,
+    /// The provider the account belongs to.
     pub provider: Provider,
     /// Non-secret settings (base URL, data center, auth mode, client id, certificate PEM,
     /// default directory, scopes …), always a JSON object.
     pub settings: Value,
+    /// When it was added (millisecond precision).
     pub created_at: DateTime<Utc>,
+    /// When its settings last changed (secret writes do not count).
     pub updated_at: DateTime<Utc>,
 }
 
 /// That a secret is set, and when it was last written (never its value).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretInfo {
+    /// Which secret.
     pub field: SecretField,
+    /// When it was last written.
     pub updated_at: DateTime<Utc>,
 }
 

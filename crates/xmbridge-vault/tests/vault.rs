@@ -193,9 +193,13 @@ fn wrong_master_key_is_a_clear_error() {
         .unwrap();
     drop(v);
 
-    // Without the env var the key file (a different, new key) is used: refused.
-    let other = MasterKey::load(&home, None).unwrap();
-    assert!(matches!(other.source(), KeySource::NewKeyFile(_)));
+    // Forgetting the env var: no key file is invented, the error says what to set.
+    let err = MasterKey::load(&home, None).unwrap_err();
+    assert!(matches!(err, VaultError::KeyFileMissing { .. }), "{err}");
+
+    // Another key (env or file) is refused.
+    let other_env = MasterKey::generate().unwrap().to_base64();
+    let other = MasterKey::load(&home, Some(other_env.expose_secret())).unwrap();
     let err = Vault::open_home(&home, other).unwrap_err();
     assert!(matches!(err, VaultError::WrongMasterKey { .. }), "{err}");
     let msg = err.to_string();
@@ -718,4 +722,25 @@ fn racing_first_use_agrees_on_one_key_file() {
         .filter(|n| n.ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_lost_key_file_is_not_silently_replaced() {
+    let (_t, home) = home();
+    let v = open(&home);
+    v.add_connection("prod", Provider::Qualtrics, json!({}))
+        .unwrap();
+    drop(v);
+    std::fs::remove_file(home.master_key_file()).unwrap();
+    let err = MasterKey::load(&home, None).unwrap_err();
+    assert!(matches!(err, VaultError::KeyFileMissing { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("backup") && msg.contains("XMBRIDGE_MASTER_KEY"),
+        "{msg}"
+    );
+    assert!(
+        !home.master_key_file().exists(),
+        "no new key file was written"
+    );
 }
