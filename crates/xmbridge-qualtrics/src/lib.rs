@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod capabilities;
 pub mod client;
 pub mod datacenter;
 pub mod envelope;

@@ -1,0 +1,289 @@
+//! "Save & Test": which destination table groups this account can sync.
+//!
+//! Each group of `shared/schema.md` tables is fed by a few API routes; one cheap call per group
+//! (a page of one element) tells whether the credentials may read it. A 403 on an optional group
+//! means it is skipped with the reason and the fix, and the rest still syncs; a 403 on surveys or
+//! responses means the account cannot sync at all. This module only reads; it never changes the
+//! account.
+
+use crate::client::Client;
+use crate::error::Error;
+use serde_json::Value;
+
+/// A group of destination tables that share their source routes and permissions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableGroup {
+    pub name: &'static str,
+    pub tables: &'static [&'static str],
+    /// Without it the account cannot sync at all.
+    pub required: bool,
+}
+
+/// The table groups of schema.md, in the order a sync fills them.
+pub const TABLE_GROUPS: &[TableGroup] = &[
+    TableGroup {
+        name: "surveys and definitions",
+        tables: &[
+            "survey",
+            "survey_version",
+            "block",
+            "block_question",
+            "question",
+            "question_option",
+            "sub_question",
+            "quota",
+            "quota_group",
+        ],
+        required: true,
+    },
+    TableGroup {
+        name: "responses",
+        tables: &[
+            "survey_response",
+            "question_response",
+            "survey_embedded_data",
+        ],
+        required: true,
+    },
+    TableGroup {
+        name: "directories and contacts",
+        tables: &[
+            "directory",
+            "directory_contact",
+            "directory_mailing_list",
+            "contact_mailing_list_membership",
+            "contact_transaction",
+            "directory_sample",
+            "frequency_rule",
+            "frequency_rule_target",
+        ],
+        required: false,
+    },
+    TableGroup {
+        name: "transaction batches",
+        tables: &["transaction_batch", "batch_transaction_membership"],
+        required: false,
+    },
+    TableGroup {
+        name: "distributions",
+        tables: &[
+            "distribution",
+            "distribution_contact",
+            "sms_distribution",
+            "sms_distribution_contact",
+        ],
+        required: false,
+    },
+    TableGroup {
+        name: "users",
+        tables: &["user"],
+        required: false,
+    },
+    TableGroup {
+        name: "libraries",
+        tables: &[
+            "library",
+            "library_message",
+            "library_block",
+            "library_question",
+            "library_survey",
+        ],
+        required: false,
+    },
+];
+
+/// What the probe found for one group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    Ok,
+    /// Not readable with these credentials; the text says why and how to fix it.
+    Skipped(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct GroupReport {
+    pub group: &'static TableGroup,
+    pub access: Access,
+}
+
+/// The outcome of [`probe`].
+#[derive(Clone, Debug)]
+pub struct Capabilities {
+    pub groups: Vec<GroupReport>,
+    /// The directory the XM Directory tables sync from: the configured one, else the default
+    /// (or first) directory of the brand.
+    pub directory: Option<String>,
+    pub directory_discovered: bool,
+    pub surveys_seen: usize,
+}
+
+impl Capabilities {
+    /// True when every required group is readable.
+    pub fn can_sync(&self) -> bool {
+        self.groups
+            .iter()
+            .all(|g| !g.group.required || g.access == Access::Ok)
+    }
+}
+
+fn why_forbidden(group: &str, e: &Error) -> String {
+    let server = e.api().map(|a| a.error_message.clone()).unwrap_or_default();
+    let fix = match group {
+        "transaction batches" => {
+            "needs the XM Directory permission \"Manage Directories\"; a brand administrator grants it under Admin → Users → permissions → Contacts"
+        }
+        "users" => "needs a brand administrator (the users API is for brand admins only)",
+        "directories and contacts" => {
+            "needs XM Directory access (and the read:directories / read:directory_contacts scopes for OAuth clients)"
+        }
+        "distributions" => {
+            "needs access to the surveys' distributions (scope read:distributions for OAuth clients)"
+        }
+        "libraries" => "needs library access (scope read:libraries for OAuth clients)",
+        "responses" => "needs response access (scope read:survey_responses for OAuth clients)",
+        _ => "needs survey access (scope read:surveys for OAuth clients)",
+    };
+    if server.is_empty() {
+        fix.to_string()
+    } else {
+        format!("{fix} (Qualtrics said: {server})")
+    }
+}
+
+/// Probes one group: Ok, Skipped on 403/401-for-scope, or the error for anything else.
+async fn check(
+    group: &str,
+    client: &Client,
+    segments: &[&str],
+    query: &[(&str, &str)],
+) -> Result<Access, Error> {
+    let mut url = client.url(segments);
+    {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in query {
+            q.append_pair(k, v);
+        }
+    }
+    if url.query() == Some("") {
+        url.set_query(None);
+    }
+    match client.get::<Value>(url).await {
+        Ok(_) => Ok(Access::Ok),
+        Err(e) if e.status() == Some(403) => Ok(Access::Skipped(why_forbidden(group, &e))),
+        Err(e) => Err(e),
+    }
+}
+
+/// Calls one cheap route per table group. `directory`: the configured default directory, if any.
+pub async fn probe(client: &Client, directory: Option<&str>) -> Result<Capabilities, Error> {
+    let mut reports = Vec::new();
+    let mut access = |name: &str, a: Access| {
+        let group = TABLE_GROUPS
+            .iter()
+            .find(|g| g.name == name)
+            .unwrap_or(&TABLE_GROUPS[0]);
+        reports.push(GroupReport { group, access: a });
+    };
+
+    let surveys: Result<Value, Error> = client.get(client.url(&["surveys"])).await;
+    let first_survey = match surveys {
+        Ok(v) => {
+            let elements = v["elements"].as_array().cloned().unwrap_or_default();
+            access("surveys and definitions", Access::Ok);
+            elements
+                .first()
+                .and_then(|s| s["id"].as_str())
+                .map(str::to_string)
+                .map(|id| (id, elements.len()))
+        }
+        Err(e) if e.status() == Some(403) => {
+            access(
+                "surveys and definitions",
+                Access::Skipped(why_forbidden("surveys and definitions", &e)),
+            );
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let surveys_seen = first_survey.as_ref().map(|(_, n)| *n).unwrap_or(0);
+    match &first_survey {
+        Some((sid, _)) => {
+            let a = check("responses", client, &["surveys", sid, "filters"], &[]).await?;
+            access("responses", a);
+            let a = check(
+                "distributions",
+                client,
+                &["distributions"],
+                &[("surveyId", sid), ("pageSize", "1")],
+            )
+            .await?;
+            access("distributions", a);
+        }
+        None => {
+            // No survey to ask about: nothing to sync there, which is not an error.
+            access("responses", Access::Ok);
+            access("distributions", Access::Ok);
+        }
+    }
+
+    let mut directory_id = directory.map(str::to_string);
+    let mut discovered = false;
+    match client.get::<Value>(client.url(&["directories"])).await {
+        Ok(v) => {
+            if directory_id.is_none() {
+                let els = v["elements"].as_array().cloned().unwrap_or_default();
+                directory_id = els
+                    .iter()
+                    .find(|d| d["isDefault"].as_bool() == Some(true))
+                    .or_else(|| els.first())
+                    .and_then(|d| d["directoryId"].as_str())
+                    .map(str::to_string);
+                discovered = directory_id.is_some();
+            }
+            match &directory_id {
+                Some(d) => {
+                    let a = check(
+                        "directories and contacts",
+                        client,
+                        &["directories", d, "contacts"],
+                        &[("pageSize", "1")],
+                    )
+                    .await?;
+                    access("directories and contacts", a);
+                    let a = check(
+                        "transaction batches",
+                        client,
+                        &["directories", d, "transactionbatches"],
+                        &[("pageSize", "1")],
+                    )
+                    .await?;
+                    access("transaction batches", a);
+                }
+                None => {
+                    let why = "the brand has no XM Directory".to_string();
+                    access("directories and contacts", Access::Skipped(why.clone()));
+                    access("transaction batches", Access::Skipped(why));
+                }
+            }
+        }
+        Err(e) if e.status() == Some(403) => {
+            let why = why_forbidden("directories and contacts", &e);
+            access("directories and contacts", Access::Skipped(why.clone()));
+            access("transaction batches", Access::Skipped(why));
+        }
+        Err(e) => return Err(e),
+    }
+    let a = check("users", client, &["users"], &[]).await?;
+    access("users", a);
+    let a = check("libraries", client, &["libraries"], &[]).await?;
+    access("libraries", a);
+
+    // Report in schema order whatever order the calls ran in.
+    reports.sort_by_key(|r| TABLE_GROUPS.iter().position(|g| g.name == r.group.name));
+    Ok(Capabilities {
+        groups: reports,
+        directory: directory_id,
+        directory_discovered: discovered,
+        surveys_seen,
+    })
+}
