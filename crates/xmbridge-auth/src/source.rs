@@ -135,14 +135,14 @@ impl TokenCache {
             name: http::header::AUTHORIZATION,
             value: bearer_header(token)?,
         };
-        // Short-lived tokens (tests, odd providers) refresh at half-life instead of never
-        // being "fresh".
         // A provider's `expires_in` is outside data: cap it so the arithmetic cannot overflow.
         let (expires_at, refresh_at) = match lifetime.map(|l| l.min(MAX_LIFETIME)) {
-            Some(l) => (
-                obtained.checked_add(l),
-                obtained.checked_add(l - self.margin.min(l / 2)),
-            ),
+            Some(l) => {
+                // A token that lives no longer than the margin is renewed at half-life instead
+                // of on every call.
+                let margin = if l > self.margin { self.margin } else { l / 2 };
+                (obtained.checked_add(l), obtained.checked_add(l - margin))
+            }
             None => (None, None),
         };
         *lock(&self.state) = Some(Cached {
@@ -228,7 +228,7 @@ impl ClientCredentialsSource {
         self
     }
 
-    /// Refreshes this long before expiry (default 60 s; at most half the token's lifetime).
+    /// Refreshes this long before expiry (default 60 s; tokens living no longer than that are renewed at half-life).
     pub fn with_refresh_margin(mut self, margin: Duration) -> Self {
         self.cache.margin = margin;
         self
@@ -323,7 +323,7 @@ impl RefreshTokenSource {
         self
     }
 
-    /// Refreshes this long before expiry (default 60 s; at most half the token's lifetime).
+    /// Refreshes this long before expiry (default 60 s; tokens living no longer than that are renewed at half-life).
     pub fn with_refresh_margin(mut self, margin: Duration) -> Self {
         self.cache.margin = margin;
         self
