@@ -97,10 +97,13 @@ pub enum AuthError {
 
     /// The TLS handshake failed: a client certificate the server does not accept, or a server
     /// certificate we do not trust.
-    #[error(
-        "the TLS handshake with {url} failed: {detail}. With mutual TLS the server must trust the CA that issued the client certificate (--cert/--key), and the server's certificate must chain to a trusted CA (pass the provider's CA file if it uses a private one)"
-    )]
-    TlsHandshake { url: String, detail: String },
+    #[error("the TLS handshake with {url} failed ({detail}): {hint}")]
+    TlsHandshake {
+        url: String,
+        detail: String,
+        /// What probably went wrong and what to do.
+        hint: String,
+    },
 
     // ---- authorize flow -------------------------------------------------------------------
     /// The redirect's `state` did not match: nothing was exchanged.

@@ -625,17 +625,40 @@ impl OAuthClient {
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> AuthError {
-        let detail = error_chain(e);
         let url = self.provider.token_url.to_string();
         if is_tls_error(e) {
-            AuthError::TlsHandshake { url, detail }
+            tls_error(url, e)
         } else {
             AuthError::Network {
                 provider: self.provider.name.clone(),
                 url,
-                detail,
+                detail: error_chain(e),
             }
         }
+    }
+}
+
+/// A TLS failure with a hint told from rustls' wording: the server refused our certificate
+/// (an alert), or we do not trust the server's (invalid peer certificate).
+pub(crate) fn tls_error(url: String, e: &(dyn std::error::Error + 'static)) -> AuthError {
+    let chain = error_chain(e);
+    // The innermost cause is the TLS library's own words; the outer ones repeat the URL.
+    let mut inner = e;
+    while let Some(s) = inner.source() {
+        inner = s;
+    }
+    let detail = inner.to_string();
+    let hint = if chain.contains("invalid peer certificate") {
+        "the server's certificate is not trusted; if the provider (or a simulator) uses a private CA, pass its CA certificate file"
+    } else if chain.contains("alert") {
+        "the server refused the client certificate; with mutual TLS it must be issued by the CA the provider trusts for this account (check the --cert/--key files, or add them if none are set)"
+    } else {
+        "check the client certificate and key, and that the server's certificate chains to a trusted CA"
+    };
+    AuthError::TlsHandshake {
+        url,
+        detail,
+        hint: hint.to_string(),
     }
 }
 

@@ -26,7 +26,7 @@ async fn api_token_source_sends_x_api_token() {
     assert_eq!(st, 200, "{me}");
     assert_eq!(src.expires_at(), None);
     assert_eq!(src.describe(), "API token (X-API-TOKEN)");
-    assert_debug_clean(&src, &[token.clone()]);
+    assert_debug_clean(&src, std::slice::from_ref(&token));
     assert_debug_clean(&h, &[token]);
     assert!(ApiTokenSource::new(SecretString::from("  ")).is_err());
     assert!(ApiTokenSource::new(SecretString::from("a\nb")).is_err());
