@@ -4,6 +4,8 @@
 
 /// Why credentials could not be obtained. Messages say what was wrong and what to do; they
 /// never contain a secret.
+// Variant fields are named for what they hold; each variant's doc and message explain them.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthError {

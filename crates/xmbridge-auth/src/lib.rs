@@ -11,6 +11,8 @@
 //! store anything: rotated refresh tokens are handed to a [`RefreshTokenSink`] that the caller
 //! backs with `xmbridge-vault`.
 
+#![warn(missing_docs)]
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;

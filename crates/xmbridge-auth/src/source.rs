@@ -330,7 +330,8 @@ impl RefreshTokenSource {
     }
 
     /// Starts with an access token already in hand (e.g. from the authorize flow), valid for
-    /// `expires_in` from now (`None`: until a 401).
+    /// `expires_in` from now (`None`: until a 401). Call it after [`Self::with_clock`]: "now"
+    /// is read from the clock set at that point.
     pub fn with_access_token(
         self,
         access_token: &SecretString,
