@@ -1,8 +1,40 @@
-//! Connections and their sealed secrets in the state store (to be built in issue #3).
+//! Connections and their sealed secrets in the state store.
 //!
-//! It will own named connections (account URL, data center, auth mode, default directory) and
-//! their secrets — API tokens, OAuth client secrets and refresh tokens, private keys and pass
-//! phrases — sealed with an AEAD under a master key taken from an environment variable or a 0600
-//! key file created on first use. Secrets never appear in logs, errors or `Debug` output. It must
-//! not talk to any external API (that is `xmbridge-auth` and the clients) and must not hold sync
-//! cursors, workflow state or destination data.
+//! It owns the installation directory ([`Home`]: `XMBRIDGE_HOME`, default `~/.xmbridge`), the
+//! [`MasterKey`] (from `XMBRIDGE_MASTER_KEY` or a 0600 key file created on first use), and the
+//! [`Vault`]: named connections with non-secret JSON settings, and their secrets — API tokens,
+//! OAuth client secrets and refresh tokens, private keys and pass phrases — sealed with
+//! XChaCha20-Poly1305 under the master key, bound to connection, field and key id. A wrong master
+//! key is [`VaultError::WrongMasterKey`] and a damaged value [`VaultError::Corrupted`], never
+//! garbage. Secrets are [`SecretString`]s and never appear in errors, logs or `Debug` output.
+//!
+//! It must not talk to any external API (that is `xmbridge-auth` and the clients) and must not
+//! hold sync cursors, workflow state or destination data (other components own their own tables
+//! in the same state store).
+//!
+//! ```no_run
+//! use xmbridge_vault::{Home, MasterKey, Provider, SecretField, SecretString, Vault};
+//! # fn main() -> Result<(), xmbridge_vault::VaultError> {
+//! let home = Home::from_env()?;
+//! let vault = Vault::open_home(&home, MasterKey::from_env(&home)?)?;
+//! vault.add_connection("prod", Provider::Qualtrics, serde_json::json!({"datacenter": "ca1"}))?;
+//! vault.set_secret("prod", SecretField::ApiToken, &SecretString::from("…"))?;
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod error;
+mod home;
+mod key;
+mod seal;
+mod vault;
+
+pub use error::VaultError;
+pub use home::{HOME_ENV, Home};
+pub use key::{KeyId, KeySource, MASTER_KEY_ENV, MASTER_KEY_LEN, MasterKey};
+pub use secrecy::{ExposeSecret, SecretString};
+pub use vault::{
+    ConnectionRecord, Provider, SCHEMA_VERSION, SecretField, SecretInfo, Vault,
+    VaultRefreshTokenSink, validate_connection_name,
+};

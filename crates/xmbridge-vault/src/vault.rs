@@ -1,0 +1,833 @@
+//! The vault proper: named connections (non-secret settings as JSON) and their sealed secrets in
+//! the SQLite state store. It owns the tables `vault_meta`, `connections` and
+//! `connection_secrets`; other components share the same file with their own tables and must not
+//! touch these.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use parking_lot::Mutex;
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+use crate::seal::{self, Sealer};
+use crate::{Home, KeyId, MasterKey, VaultError};
+
+/// The vault schema version this code writes and understands.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How long a writer waits for another process's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which kind of account a connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Provider {
+    /// Qualtrics XM (`qualtrics`).
+    Qualtrics,
+    /// Salesforce (`salesforce`).
+    Salesforce,
+    /// ServiceNow (`servicenow`).
+    ServiceNow,
+}
+
+impl Provider {
+    /// The stable stored name: `qualtrics`, `salesforce`, `servicenow`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Qualtrics => "qualtrics",
+            Provider::Salesforce => "salesforce",
+            Provider::ServiceNow => "servicenow",
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Provider {
+    type Err = VaultError;
+    fn from_str(s: &str) -> Result<Provider, VaultError> {
+        match s.to_ascii_lowercase().as_str() {
+            "qualtrics" => Ok(Provider::Qualtrics),
+            "salesforce" => Ok(Provider::Salesforce),
+            "servicenow" => Ok(Provider::ServiceNow),
+            _ => Err(VaultError::UnknownProvider {
+                provider: s.to_string(),
+            }),
+        }
+    }
+}
+
+/// A secret a connection may hold. The stored names (`as_str`) never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SecretField {
+    /// Qualtrics `X-API-TOKEN`.
+    ApiToken,
+    /// OAuth client secret.
+    ClientSecret,
+    /// OAuth refresh token (rotated by the provider; saved through [`VaultRefreshTokenSink`]).
+    RefreshToken,
+    /// PEM private key of a mutual-TLS client certificate (possibly encrypted PKCS#8).
+    PrivateKey,
+    /// Pass phrase of the private key.
+    Passphrase,
+    /// A cached OAuth access token.
+    AccessToken,
+}
+
+impl SecretField {
+    /// Every field, in a stable order.
+    pub const ALL: [SecretField; 6] = [
+        SecretField::ApiToken,
+        SecretField::ClientSecret,
+        SecretField::RefreshToken,
+        SecretField::PrivateKey,
+        SecretField::Passphrase,
+        SecretField::AccessToken,
+    ];
+
+    /// The stable stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretField::ApiToken => "api_token",
+            SecretField::ClientSecret => "client_secret",
+            SecretField::RefreshToken => "refresh_token",
+            SecretField::PrivateKey => "private_key",
+            SecretField::Passphrase => "passphrase",
+            SecretField::AccessToken => "access_token",
+        }
+    }
+
+    /// Words for people ("API token", "client secret" …).
+    pub fn label(self) -> &'static str {
+        match self {
+            SecretField::ApiToken => "API token",
+            SecretField::ClientSecret => "client secret",
+            SecretField::RefreshToken => "refresh token",
+            SecretField::PrivateKey => "private key",
+            SecretField::Passphrase => "pass phrase",
+            SecretField::AccessToken => "access token",
+        }
+    }
+}
+
+impl fmt::Display for SecretField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SecretField {
+    type Err = VaultError;
+    fn from_str(s: &str) -> Result<SecretField, VaultError> {
+        SecretField::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| VaultError::UnknownSecretField {
+                field: s.to_string(),
+            })
+    }
+}
+
+/// A stored connection without its secrets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionRecord {
+    /// Unique name, `[A-Za-z0-9_.-]{1,64}`.
+    pub name: String,
+    /// The provider the account belongs to.
+    pub provider: Provider,
+    /// Non-secret settings (base URL, data center, auth mode, client id, certificate PEM,
+    /// default directory, scopes …), always a JSON object.
+    pub settings: Value,
+    /// When it was added (millisecond precision).
+    pub created_at: DateTime<Utc>,
+    /// When its settings last changed (secret writes do not count).
+    pub updated_at: DateTime<Utc>,
+}
+
+/// That a secret is set, and when it was last written (never its value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretInfo {
+    /// Which secret.
+    pub field: SecretField,
+    /// When it was last written.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Checks the connection naming rule `[A-Za-z0-9_.-]{1,64}`.
+pub fn validate_connection_name(name: &str) -> Result<(), VaultError> {
+    let reason = if name.is_empty() {
+        Some("it is empty".to_string())
+    } else if name.len() > 64 {
+        Some(format!("it is {} characters long", name.chars().count()))
+    } else {
+        name.chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+            .map(|c| format!("it contains {c:?}"))
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(VaultError::InvalidName {
+            // A name this long is not worth echoing whole.
+            name: name.chars().take(80).collect(),
+            reason,
+        }),
+    }
+}
+
+/// Settings keys that would put a secret in the clear; such values go to `set_secret`.
+const FORBIDDEN_SETTING_KEYS: &[&str] = &[
+    "api_token",
+    "apiToken",
+    "client_secret",
+    "clientSecret",
+    "refresh_token",
+    "refreshToken",
+    "access_token",
+    "accessToken",
+    "private_key",
+    "privateKey",
+    "passphrase",
+    "password",
+    "secret",
+];
+
+fn validate_settings(settings: &Value) -> Result<(), VaultError> {
+    let Some(obj) = settings.as_object() else {
+        return Err(VaultError::InvalidSettings {
+            reason: "they must be a JSON object".into(),
+        });
+    };
+    for (k, v) in obj {
+        if FORBIDDEN_SETTING_KEYS.contains(&k.as_str()) {
+            return Err(VaultError::InvalidSettings {
+                reason: format!(
+                    "'{k}' looks like a secret and would be stored in the clear; store it with set_secret instead"
+                ),
+            });
+        }
+        if v.as_str().is_some_and(|s| s.contains("PRIVATE KEY-----")) {
+            return Err(VaultError::InvalidSettings {
+                reason: format!(
+                    "'{k}' holds a private key, which would be stored in the clear; store it with set_secret(PrivateKey) instead"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Connections and sealed secrets in one SQLite state store. `Send + Sync`: share it with `Arc`;
+/// calls are serialized on one SQLite connection, and several `Vault`s (threads or processes)
+/// may open the same file.
+pub struct Vault {
+    conn: Mutex<Connection>,
+    sealer: Sealer,
+    path: PathBuf,
+}
+
+impl fmt::Debug for Vault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vault")
+            .field("path", &self.path)
+            .field("key_id", &self.sealer.key_id())
+            .finish()
+    }
+}
+
+impl Vault {
+    /// Opens (creating if missing) the state store of `home`.
+    pub fn open_home(home: &Home, key: MasterKey) -> Result<Vault, VaultError> {
+        Vault::open(home.state_db(), key)
+    }
+
+    /// Opens (creating if missing, mode 0600) the state store at `path` with `key`.
+    ///
+    /// A new store records the key's id and a sealed key-check value; an existing one must have
+    /// been created with the same key ([`VaultError::WrongMasterKey`] otherwise). A file that is
+    /// not an SQLite database is [`VaultError::Corrupted`].
+    pub fn open(path: impl AsRef<Path>, key: MasterKey) -> Result<Vault, VaultError> {
+        let path = path.as_ref().to_path_buf();
+        precreate_private(&path)?;
+        let db = |e: rusqlite::Error| db_error(&path, e);
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+        // journal_mode answers with a row; pragma_update would reject that.
+        let _mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(db)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db)?;
+        let vault = Vault {
+            conn: Mutex::new(conn),
+            sealer: Sealer::new(&key),
+            path,
+        };
+        vault.init()?;
+        Ok(vault)
+    }
+
+    /// The state store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The id of the master key this vault seals with.
+    pub fn key_id(&self) -> KeyId {
+        self.sealer.key_id()
+    }
+
+    fn db(&self, e: rusqlite::Error) -> VaultError {
+        db_error(&self.path, e)
+    }
+
+    /// Creates the tables and key check on first use; checks schema version and key otherwise.
+    fn init(&self) -> Result<(), VaultError> {
+        let mut conn = self.conn.lock();
+        // IMMEDIATE: two processes initialising a fresh file must not both write a key check.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.db(e))?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS vault_meta (
+                 key   TEXT PRIMARY KEY,
+                 value BLOB NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS connections (
+                 name       TEXT PRIMARY KEY,
+                 provider   TEXT NOT NULL,
+                 settings   TEXT NOT NULL,
+                 created_at TEXT NOT NULL,
+                 updated_at TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS connection_secrets (
+                 connection TEXT NOT NULL REFERENCES connections(name) ON DELETE CASCADE,
+                 field      TEXT NOT NULL,
+                 key_id     TEXT NOT NULL,
+                 nonce      BLOB NOT NULL,
+                 ciphertext BLOB NOT NULL,
+                 updated_at TEXT NOT NULL,
+                 PRIMARY KEY (connection, field)
+             );",
+        )
+        .map_err(|e| self.db(e))?;
+        let meta = |k: &str| -> Result<Option<Vec<u8>>, rusqlite::Error> {
+            tx.query_row("SELECT value FROM vault_meta WHERE key = ?1", [k], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })
+            .optional()
+        };
+        let version = meta("schema_version").map_err(|e| self.db(e))?;
+        let key_id = meta("key_id").map_err(|e| self.db(e))?;
+        let key_check = meta("key_check").map_err(|e| self.db(e))?;
+        let ours = self.sealer.key_id();
+        match (version, key_id, key_check) {
+            (None, None, None) => {
+                let sealed = self
+                    .sealer
+                    .seal(seal::KEY_CHECK_PLAINTEXT, &seal::key_check_aad(ours))?;
+                let mut check = sealed.nonce;
+                check.extend_from_slice(&sealed.ciphertext);
+                let put = "INSERT INTO vault_meta (key, value) VALUES (?1, ?2)";
+                tx.execute(
+                    put,
+                    params!["schema_version", SCHEMA_VERSION.to_string().into_bytes()],
+                )
+                .and_then(|_| tx.execute(put, params!["key_id", ours.to_hex().into_bytes()]))
+                .and_then(|_| tx.execute(put, params!["key_check", check]))
+                .map_err(|e| self.db(e))?;
+            }
+            (Some(version), Some(key_id), Some(check)) => {
+                let version = std::str::from_utf8(&version)
+                    .ok()
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .ok_or_else(|| self.corrupted("the vault schema version"))?;
+                if version > SCHEMA_VERSION {
+                    return Err(VaultError::SchemaTooNew {
+                        path: self.path.clone(),
+                        found: version,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                let store_key_id = String::from_utf8_lossy(&key_id).into_owned();
+                if store_key_id != ours.to_hex() {
+                    return Err(VaultError::WrongMasterKey {
+                        path: self.path.clone(),
+                        store_key_id,
+                        given_key_id: ours.to_hex(),
+                    });
+                }
+                let opened = (check.len() > seal::NONCE_LEN)
+                    .then(|| {
+                        let (nonce, ct) = check.split_at(seal::NONCE_LEN);
+                        self.sealer.open(nonce, ct, &seal::key_check_aad(ours))
+                    })
+                    .flatten();
+                if opened.as_deref().map(Vec::as_slice) != Some(seal::KEY_CHECK_PLAINTEXT) {
+                    return Err(self.corrupted("the master key check value"));
+                }
+            }
+            _ => return Err(self.corrupted("the vault metadata (table vault_meta)")),
+        }
+        tx.commit().map_err(|e| self.db(e))
+    }
+
+    fn corrupted(&self, what: impl Into<String>) -> VaultError {
+        VaultError::Corrupted {
+            what: what.into(),
+            path: self.path.clone(),
+        }
+    }
+
+    /// Adds a connection. Fails on a bad name, a duplicate name or settings that are not a JSON
+    /// object or that carry a secret.
+    pub fn add_connection(
+        &self,
+        name: &str,
+        provider: Provider,
+        settings: Value,
+    ) -> Result<ConnectionRecord, VaultError> {
+        validate_connection_name(name)?;
+        validate_settings(&settings)?;
+        let now = now();
+        let conn = self.conn.lock();
+        let res = conn.execute(
+            "INSERT INTO connections (name, provider, settings, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![name, provider.as_str(), settings.to_string(), ts(now)],
+        );
+        match res {
+            Ok(_) => {}
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                return Err(VaultError::DuplicateConnection {
+                    name: name.to_string(),
+                });
+            }
+            Err(e) => return Err(self.db(e)),
+        }
+        Ok(ConnectionRecord {
+            name: name.to_string(),
+            provider,
+            settings,
+            created_at: now,
+            updated_at: now,
+        })
+    }
+
+    /// One connection by name.
+    pub fn get_connection(&self, name: &str) -> Result<ConnectionRecord, VaultError> {
+        let conn = self.conn.lock();
+        let row = conn
+            .query_row(
+                "SELECT name, provider, settings, created_at, updated_at
+                 FROM connections WHERE name = ?1",
+                [name],
+                raw_record,
+            )
+            .optional()
+            .map_err(|e| self.db(e))?;
+        match row {
+            Some(raw) => self.record(raw),
+            None => Err(not_found(name)),
+        }
+    }
+
+    /// Every connection, ordered by name.
+    pub fn list_connections(&self) -> Result<Vec<ConnectionRecord>, VaultError> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT name, provider, settings, created_at, updated_at
+                 FROM connections ORDER BY name",
+            )
+            .map_err(|e| self.db(e))?;
+        let raws = stmt
+            .query_map([], raw_record)
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.db(e))?;
+        raws.into_iter().map(|raw| self.record(raw)).collect()
+    }
+
+    /// Replaces a connection's settings; returns the updated record.
+    pub fn update_settings(
+        &self,
+        name: &str,
+        settings: Value,
+    ) -> Result<ConnectionRecord, VaultError> {
+        validate_settings(&settings)?;
+        {
+            let conn = self.conn.lock();
+            let n = conn
+                .execute(
+                    "UPDATE connections SET settings = ?2, updated_at = ?3 WHERE name = ?1",
+                    params![name, settings.to_string(), ts(now())],
+                )
+                .map_err(|e| self.db(e))?;
+            if n == 0 {
+                return Err(not_found(name));
+            }
+        }
+        self.get_connection(name)
+    }
+
+    /// Removes a connection and all its secrets, in one transaction.
+    pub fn remove_connection(&self, name: &str) -> Result<(), VaultError> {
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.db(e))?;
+        tx.execute(
+            "DELETE FROM connection_secrets WHERE connection = ?1",
+            [name],
+        )
+        .map_err(|e| self.db(e))?;
+        let n = tx
+            .execute("DELETE FROM connections WHERE name = ?1", [name])
+            .map_err(|e| self.db(e))?;
+        if n == 0 {
+            return Err(not_found(name));
+        }
+        tx.commit().map_err(|e| self.db(e))
+    }
+
+    /// Seals and saves a secret, replacing any previous value atomically: a concurrent reader
+    /// sees the old or the new value, never neither.
+    pub fn set_secret(
+        &self,
+        connection: &str,
+        field: SecretField,
+        value: &SecretString,
+    ) -> Result<(), VaultError> {
+        let key_id = self.sealer.key_id();
+        let sealed = self.sealer.seal(
+            value.expose_secret().as_bytes(),
+            &seal::secret_aad(connection, field.as_str(), key_id),
+        )?;
+        let conn = self.conn.lock();
+        // One statement: it fails on the foreign key when the connection is missing, and an
+        // upsert is a single atomic write.
+        let res = conn.execute(
+            "INSERT INTO connection_secrets (connection, field, key_id, nonce, ciphertext, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (connection, field) DO UPDATE SET
+                 key_id = excluded.key_id, nonce = excluded.nonce,
+                 ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
+            params![
+                connection,
+                field.as_str(),
+                key_id.to_hex(),
+                sealed.nonce,
+                sealed.ciphertext,
+                ts(now())
+            ],
+        );
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                Err(not_found(connection))
+            }
+            Err(e) => Err(self.db(e)),
+        }
+    }
+
+    /// The secret, if set. A value that fails authentication (tampered, moved from another
+    /// row, sealed under another key) is [`VaultError::Corrupted`], never garbage.
+    pub fn get_secret(
+        &self,
+        connection: &str,
+        field: SecretField,
+    ) -> Result<Option<SecretString>, VaultError> {
+        let row = {
+            let conn = self.conn.lock();
+            conn.query_row(
+                "SELECT key_id, nonce, ciphertext FROM connection_secrets
+                 WHERE connection = ?1 AND field = ?2",
+                params![connection, field.as_str()],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(|e| self.db(e))?
+        };
+        let Some((row_key_id, nonce, ciphertext)) = row else {
+            // Distinguish "no such connection" from "not set".
+            self.get_connection(connection)?;
+            return Ok(None);
+        };
+        let what = || format!("the sealed {} of connection '{connection}'", field.label());
+        let key_id = self.sealer.key_id();
+        if row_key_id != key_id.to_hex() {
+            return Err(self.corrupted(format!("{} (sealed under another key)", what())));
+        }
+        let plain = self
+            .sealer
+            .open(
+                &nonce,
+                &ciphertext,
+                &seal::secret_aad(connection, field.as_str(), key_id),
+            )
+            .ok_or_else(|| self.corrupted(what()))?;
+        let text = std::str::from_utf8(&plain).map_err(|_| self.corrupted(what()))?;
+        Ok(Some(SecretString::from(text)))
+    }
+
+    /// Deletes one secret; `true` if it was set.
+    pub fn remove_secret(&self, connection: &str, field: SecretField) -> Result<bool, VaultError> {
+        let n = {
+            let conn = self.conn.lock();
+            conn.execute(
+                "DELETE FROM connection_secrets WHERE connection = ?1 AND field = ?2",
+                params![connection, field.as_str()],
+            )
+            .map_err(|e| self.db(e))?
+        };
+        if n == 0 {
+            self.get_connection(connection)?;
+        }
+        Ok(n > 0)
+    }
+
+    /// Which secrets a connection has (names and times only), in [`SecretField::ALL`] order.
+    /// Unknown field names written by a newer xmbridge are skipped.
+    pub fn list_secrets(&self, connection: &str) -> Result<Vec<SecretInfo>, VaultError> {
+        self.get_connection(connection)?;
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT field, updated_at FROM connection_secrets WHERE connection = ?1",
+            )
+            .map_err(|e| self.db(e))?;
+        let rows = stmt
+            .query_map([connection], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.db(e))?;
+        let mut out = Vec::new();
+        for (field, at) in rows {
+            let Ok(field) = field.parse::<SecretField>() else {
+                continue;
+            };
+            let updated_at = parse_ts(&at).ok_or_else(|| {
+                self.corrupted(format!(
+                    "the time of the {} of '{connection}'",
+                    field.label()
+                ))
+            })?;
+            out.push(SecretInfo { field, updated_at });
+        }
+        out.sort_by_key(|s| s.field);
+        Ok(out)
+    }
+
+    /// A [`xmbridge_auth::RefreshTokenSink`] that saves rotated refresh tokens of `connection`.
+    pub fn refresh_token_sink(self: &Arc<Self>, connection: &str) -> VaultRefreshTokenSink {
+        VaultRefreshTokenSink {
+            vault: Arc::clone(self),
+            connection: connection.to_string(),
+        }
+    }
+
+    fn record(&self, raw: RawRecord) -> Result<ConnectionRecord, VaultError> {
+        let what = |part: &str| format!("the {part} of connection '{}'", raw.name);
+        let provider = raw
+            .provider
+            .parse::<Provider>()
+            .map_err(|_| self.corrupted(what("provider")))?;
+        let settings: Value = serde_json::from_str(&raw.settings)
+            .ok()
+            .filter(Value::is_object)
+            .ok_or_else(|| self.corrupted(what("settings")))?;
+        let created_at =
+            parse_ts(&raw.created_at).ok_or_else(|| self.corrupted(what("creation time")))?;
+        let updated_at =
+            parse_ts(&raw.updated_at).ok_or_else(|| self.corrupted(what("update time")))?;
+        Ok(ConnectionRecord {
+            name: raw.name,
+            provider,
+            settings,
+            created_at,
+            updated_at,
+        })
+    }
+}
+
+/// Saves rotated refresh tokens into one connection's [`SecretField::RefreshToken`], atomically.
+/// It blocks on SQLite briefly; from async code that is acceptable for this rare write.
+#[derive(Debug, Clone)]
+pub struct VaultRefreshTokenSink {
+    vault: Arc<Vault>,
+    connection: String,
+}
+
+impl VaultRefreshTokenSink {
+    /// A sink for `connection` in `vault`.
+    pub fn new(vault: Arc<Vault>, connection: impl Into<String>) -> Self {
+        VaultRefreshTokenSink {
+            vault,
+            connection: connection.into(),
+        }
+    }
+}
+
+impl xmbridge_auth::RefreshTokenSink for VaultRefreshTokenSink {
+    fn save(&self, refresh_token: &SecretString) -> Result<(), String> {
+        self.vault
+            .set_secret(&self.connection, SecretField::RefreshToken, refresh_token)
+            .map_err(|e| e.to_string())
+    }
+}
+
+struct RawRecord {
+    name: String,
+    provider: String,
+    settings: String,
+    created_at: String,
+    updated_at: String,
+}
+
+fn raw_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
+    Ok(RawRecord {
+        name: r.get(0)?,
+        provider: r.get(1)?,
+        settings: r.get(2)?,
+        created_at: r.get(3)?,
+        updated_at: r.get(4)?,
+    })
+}
+
+fn not_found(name: &str) -> VaultError {
+    VaultError::ConnectionNotFound {
+        name: name.to_string(),
+    }
+}
+
+fn db_error(path: &Path, e: rusqlite::Error) -> VaultError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => VaultError::Corrupted {
+            what: "the file itself (it is not a valid SQLite database)".into(),
+            path: path.to_path_buf(),
+        },
+        _ => VaultError::Database {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    }
+}
+
+fn now() -> DateTime<Utc> {
+    // Stored with millisecond precision; truncate here so the returned record equals a re-read.
+    let t = Utc::now();
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// SQLite creates files with the umask's mode; create the store 0600 first so its `-wal` and
+/// `-shm` companions (which copy the store's mode) are private too.
+fn precreate_private(path: &Path) -> Result<(), VaultError> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(VaultError::io("create the state store", path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "prod.ca1", "A_b-9", &"x".repeat(64)] {
+            validate_connection_name(ok).unwrap();
+        }
+        for bad in ["", "a b", "ä", "a/b", &"x".repeat(65), "--;drop"] {
+            let r = validate_connection_name(bad);
+            if bad == "--;drop" {
+                assert!(r.is_err());
+            } else {
+                let msg = r.unwrap_err().to_string();
+                assert!(msg.contains("1 to 64 characters"), "{msg}");
+            }
+        }
+    }
+
+    #[test]
+    fn field_and_provider_names_are_stable() {
+        let names: Vec<_> = SecretField::ALL.iter().map(|f| f.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "api_token",
+                "client_secret",
+                "refresh_token",
+                "private_key",
+                "passphrase",
+                "access_token"
+            ]
+        );
+        for f in SecretField::ALL {
+            assert_eq!(f.as_str().parse::<SecretField>().unwrap(), f);
+        }
+        assert!("nope".parse::<SecretField>().is_err());
+        assert_eq!(
+            "ServiceNow".parse::<Provider>().unwrap(),
+            Provider::ServiceNow
+        );
+        assert!(
+            "jira"
+                .parse::<Provider>()
+                .unwrap_err()
+                .to_string()
+                .contains("qualtrics")
+        );
+    }
+
+    #[test]
+    fn settings_must_not_carry_secrets() {
+        validate_settings(&serde_json::json!({"client_id": "x", "token_url": "https://a"}))
+            .unwrap();
+        assert!(validate_settings(&serde_json::json!([1])).is_err());
+        assert!(validate_settings(&serde_json::json!({"client_secret": "x"})).is_err());
+        let pem = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nabc\n-----END ENCRYPTED PRIVATE KEY-----";
+        assert!(validate_settings(&serde_json::json!({ "key": pem })).is_err());
+        let cert = "-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----";
+        validate_settings(&serde_json::json!({ "certificate_pem": cert })).unwrap();
+    }
+}
