@@ -333,17 +333,16 @@ fn decrypt(der: &[u8], passphrase: Option<&SecretString>) -> Result<Zeroizing<Ve
             Ok(doc) if pkcs8::PrivateKeyInfoRef::from_der(doc.as_bytes()).is_ok() => {
                 return Ok(Zeroizing::new(doc.as_bytes().to_vec()));
             }
-            Ok(_) | Err(pkcs8::Error::EncryptedPrivateKey(pkcs8::pkcs5::Error::DecryptFailed)) => {}
-            Err(pkcs8::Error::EncryptedPrivateKey(e)) => {
+            Err(pkcs8::Error::EncryptedPrivateKey(e))
+                if e != pkcs8::pkcs5::Error::DecryptFailed =>
+            {
                 return Err(AuthError::UnsupportedKeyEncryption {
                     scheme: format!("PBES2 with parameters this program cannot use ({e})"),
                 });
             }
-            Err(e) => {
-                return Err(AuthError::InvalidIdentity {
-                    detail: format!("cannot decrypt the private key: {e}"),
-                });
-            }
+            // Bad padding, or (about 1 in 256 wrong pass phrases) good padding around bytes
+            // that are not DER: the pass phrase is wrong either way.
+            Ok(_) | Err(_) => {}
         }
     }
     Err(AuthError::PassphraseWrong)

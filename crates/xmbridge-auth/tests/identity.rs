@@ -311,6 +311,31 @@ fn v1_certificate_traditional_and_pbes1_keys() {
 }
 
 #[test]
+fn every_wrong_pass_phrase_says_so() {
+    // With CBC about 1 in 256 wrong pass phrases still yields valid padding (then non-DER
+    // bytes); those must read "wrong pass phrase" too, not some decoding error.
+    let key = fixture("pbes2-aes256.key");
+    let v3 = xmbridge_sim::qualtrics::tls::BrandPki::generate(&SimConfig {
+        mtls: true,
+        ..Default::default()
+    })
+    .unwrap();
+    for i in 0..800 {
+        let pass = SecretString::from(format!("wrong-{i}"));
+        let e = ClientIdentity::load(v3.client_pem.as_bytes(), &key, Some(&pass)).unwrap_err();
+        assert!(matches!(e, AuthError::PassphraseWrong), "{i}: {e:?}");
+    }
+    // The right one decrypts (and then the key does not match this certificate).
+    let e = ClientIdentity::load(
+        v3.client_pem.as_bytes(),
+        &key,
+        Some(&SecretString::from("fixture")),
+    )
+    .unwrap_err();
+    assert!(matches!(e, AuthError::KeyMismatch), "{e:?}");
+}
+
+#[test]
 fn garbage_pem_is_refused_clearly() {
     let key = fixture("plain.key");
     for (input, needle) in [
