@@ -11,6 +11,8 @@
 //! store anything: rotated refresh tokens are handed to a [`RefreshTokenSink`] that the caller
 //! backs with `xmbridge-vault`.
 
+#![warn(missing_docs)]
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -18,13 +20,27 @@ use std::time::SystemTime;
 
 pub use secrecy::{ExposeSecret, SecretString};
 
+mod authorize;
+mod error;
+mod identity;
+mod oauth;
+mod source;
+
+pub use authorize::{AuthorizeFlow, AuthorizeOptions, authorize};
+pub use error::AuthError;
+pub use identity::{ClientIdentity, Roots, http_client_builder};
+pub use oauth::{ClientAuth, OAuthClient, OAuthProvider, RetryPolicy, TokenResponse};
+pub use source::{ApiTokenSource, ClientCredentialsSource, Clock, RefreshTokenSource, SystemClock};
+
 /// A boxed future, so that [`TokenSource`] stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// One credential header, marked sensitive so HTTP stacks never log it.
 #[derive(Clone)]
 pub struct AuthHeader {
+    /// `Authorization` or `X-API-TOKEN`.
     pub name: http::HeaderName,
+    /// The credential, marked sensitive.
     pub value: http::HeaderValue,
 }
 
@@ -57,24 +73,16 @@ pub trait TokenSource: Send + Sync + fmt::Debug {
 /// Receives a rotated refresh token; it must persist it atomically before returning, because the
 /// previous one no longer works.
 pub trait RefreshTokenSink: Send + Sync {
+    /// Stores `refresh_token` durably; `Err` says why it could not (no secret in it).
     fn save(&self, refresh_token: &SecretString) -> Result<(), String>;
 }
 
-/// Why credentials could not be obtained. Messages say what was wrong and what to do; they
-/// never contain a secret.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum AuthError {
-    /// The refresh token was refused (`invalid_grant`): revoked, expired or rotated away.
-    #[error(
-        "account token expired for connection '{connection}': the provider refused the refresh token ({detail}). Re-authorize with: {reauthorize}"
-    )]
-    AccountTokenExpired {
-        connection: String,
-        detail: String,
-        reauthorize: String,
-    },
-    /// Anything else, with a message a person can act on.
-    #[error("{0}")]
-    Other(String),
+/// Any `Fn(&SecretString) -> Result<(), String>` closure is a sink.
+impl<F> RefreshTokenSink for F
+where
+    F: Fn(&SecretString) -> Result<(), String> + Send + Sync,
+{
+    fn save(&self, refresh_token: &SecretString) -> Result<(), String> {
+        self(refresh_token)
+    }
 }

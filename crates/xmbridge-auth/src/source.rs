@@ -1,0 +1,417 @@
+//! The [`TokenSource`] implementations: a fixed API token, OAuth client credentials and OAuth
+//! refresh tokens. It owns caching (refresh `margin` before expiry, forget on `invalidate`),
+//! single-flight refreshes and handing rotated refresh tokens to the [`RefreshTokenSink`]. It
+//! must not persist anything itself nor talk HTTP other than through [`OAuthClient`].
+
+use crate::error::AuthError;
+use crate::oauth::{OAuthClient, TokenResponse, bearer_header};
+use crate::{AuthHeader, BoxFuture, RefreshTokenSink, TokenSource};
+use secrecy::{ExposeSecret, SecretString};
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+/// Where sources read "now" from; tests plug in a simulator's clock.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// The current time.
+    fn now(&self) -> SystemTime;
+}
+
+/// The system's wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// Refresh this long before expiry (Qualtrics tokens last an hour).
+const DEFAULT_MARGIN: Duration = Duration::from_secs(60);
+/// Longest lifetime believed (ten years).
+const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves plain data behind; keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// A fixed API token sent as `X-API-TOKEN` (Qualtrics). Never expires, cannot refresh.
+pub struct ApiTokenSource {
+    header: AuthHeader,
+}
+
+impl fmt::Debug for ApiTokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiTokenSource({}: [REDACTED])", self.header.name)
+    }
+}
+
+impl ApiTokenSource {
+    /// The token as `X-API-TOKEN`.
+    pub fn new(token: SecretString) -> Result<Self, AuthError> {
+        let t = token.expose_secret().trim();
+        if t.is_empty() {
+            return Err(AuthError::Config(
+                "the API token is empty; pass the token from Account Settings → Qualtrics IDs"
+                    .into(),
+            ));
+        }
+        let mut value = http::HeaderValue::from_str(t).map_err(|_| {
+            AuthError::Config(
+                "the API token contains characters that cannot go into an HTTP header (a line break or a non-ASCII character?); check the token file"
+                    .into(),
+            )
+        })?;
+        value.set_sensitive(true);
+        Ok(ApiTokenSource {
+            header: AuthHeader {
+                name: http::HeaderName::from_static("x-api-token"),
+                value,
+            },
+        })
+    }
+}
+
+impl TokenSource for ApiTokenSource {
+    fn authorization(&self) -> BoxFuture<'_, Result<AuthHeader, AuthError>> {
+        let h = self.header.clone();
+        Box::pin(async move { Ok(h) })
+    }
+
+    fn describe(&self) -> String {
+        "API token (X-API-TOKEN)".into()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Cached {
+    header: AuthHeader,
+    expires_at: Option<SystemTime>,
+    refresh_at: Option<SystemTime>,
+}
+
+/// An access-token cache with single-flight refresh.
+struct TokenCache {
+    state: Mutex<Option<Cached>>,
+    /// Held while fetching, so concurrent callers share one token call.
+    flight: tokio::sync::Mutex<()>,
+    clock: Arc<dyn Clock>,
+    margin: Duration,
+}
+
+impl TokenCache {
+    fn new() -> Self {
+        TokenCache {
+            state: Mutex::new(None),
+            flight: tokio::sync::Mutex::new(()),
+            clock: Arc::new(SystemClock),
+            margin: DEFAULT_MARGIN,
+        }
+    }
+
+    fn fresh(&self) -> Option<AuthHeader> {
+        let now = self.clock.now();
+        let st = lock(&self.state);
+        let c = st.as_ref()?;
+        match c.refresh_at {
+            Some(at) if now >= at => None,
+            _ => Some(c.header.clone()),
+        }
+    }
+
+    fn put(
+        &self,
+        token: &SecretString,
+        obtained: SystemTime,
+        lifetime: Option<Duration>,
+    ) -> Result<AuthHeader, AuthError> {
+        let header = AuthHeader {
+            name: http::header::AUTHORIZATION,
+            value: bearer_header(token)?,
+        };
+        // A provider's `expires_in` is outside data: cap it so the arithmetic cannot overflow.
+        let (expires_at, refresh_at) = match lifetime.map(|l| l.min(MAX_LIFETIME)) {
+            Some(l) => {
+                // A token that lives no longer than the margin is renewed at half-life instead
+                // of on every call.
+                let margin = if l > self.margin { self.margin } else { l / 2 };
+                (obtained.checked_add(l), obtained.checked_add(l - margin))
+            }
+            None => (None, None),
+        };
+        *lock(&self.state) = Some(Cached {
+            header: header.clone(),
+            expires_at,
+            refresh_at,
+        });
+        Ok(header)
+    }
+
+    fn store(&self, resp: &TokenResponse, obtained: SystemTime) -> Result<AuthHeader, AuthError> {
+        if !resp.token_type.eq_ignore_ascii_case("bearer") {
+            tracing::warn!(token_type = %resp.token_type, "token type is not Bearer; sending it as Bearer");
+        }
+        self.put(
+            &resp.access_token,
+            obtained,
+            resp.expires_in.map(Duration::from_secs),
+        )
+    }
+
+    async fn get<Fut>(&self, fetch: impl FnOnce() -> Fut) -> Result<AuthHeader, AuthError>
+    where
+        Fut: Future<Output = Result<TokenResponse, AuthError>>,
+    {
+        if let Some(h) = self.fresh() {
+            return Ok(h);
+        }
+        let _flight = self.flight.lock().await;
+        // Another caller may have refreshed while we waited.
+        if let Some(h) = self.fresh() {
+            return Ok(h);
+        }
+        // The lifetime counts from before the call: never believe a token lives longer than it does.
+        let obtained = self.clock.now();
+        let resp = fetch().await?;
+        self.store(&resp, obtained)
+    }
+
+    fn clear(&self) {
+        *lock(&self.state) = None;
+    }
+
+    fn expires_at(&self) -> Option<SystemTime> {
+        lock(&self.state).as_ref().and_then(|c| c.expires_at)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// OAuth client credentials ("advanced" mode; the [`OAuthClient`]'s HTTP client may carry a
+/// mutual-TLS identity). Caches the access token and gets a new one `margin` (60 s) before it
+/// expires and after [`TokenSource::invalidate`].
+pub struct ClientCredentialsSource {
+    oauth: OAuthClient,
+    scope: Option<String>,
+    cache: TokenCache,
+}
+
+impl fmt::Debug for ClientCredentialsSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCredentialsSource")
+            .field("oauth", &self.oauth)
+            .field("scope", &self.scope)
+            .field("expires_at", &self.cache.expires_at())
+            .finish()
+    }
+}
+
+impl ClientCredentialsSource {
+    /// Asks for `scope` (space-separated; `None` = the client's default scopes).
+    pub fn new(oauth: OAuthClient, scope: Option<String>) -> Self {
+        ClientCredentialsSource {
+            oauth,
+            scope,
+            cache: TokenCache::new(),
+        }
+    }
+
+    /// Reads "now" from `clock` (default: the system clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.cache.clock = clock;
+        self
+    }
+
+    /// Refreshes this long before expiry (default 60 s; tokens living no longer than that are renewed at half-life).
+    pub fn with_refresh_margin(mut self, margin: Duration) -> Self {
+        self.cache.margin = margin;
+        self
+    }
+
+    /// The OAuth client.
+    pub fn oauth(&self) -> &OAuthClient {
+        &self.oauth
+    }
+}
+
+impl TokenSource for ClientCredentialsSource {
+    fn authorization(&self) -> BoxFuture<'_, Result<AuthHeader, AuthError>> {
+        Box::pin(async move {
+            self.cache
+                .get(|| self.oauth.client_credentials(self.scope.as_deref()))
+                .await
+        })
+    }
+
+    fn invalidate(&self) {
+        self.cache.clear();
+    }
+
+    fn expires_at(&self) -> Option<SystemTime> {
+        self.cache.expires_at()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "OAuth client credentials ({}, client id {})",
+            self.oauth.provider().name,
+            self.oauth.client_id()
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// OAuth refresh token ("standard" mode). Caches the access token like
+/// [`ClientCredentialsSource`]; refreshes with the stored refresh token; a rotated refresh
+/// token goes to the [`RefreshTokenSink`] before the new access token is used. A refusal
+/// (`invalid_grant`) becomes [`AuthError::AccountTokenExpired`] and sticks: later calls fail the
+/// same way without asking the provider again.
+pub struct RefreshTokenSource {
+    oauth: OAuthClient,
+    refresh_token: Mutex<SecretString>,
+    sink: Arc<dyn RefreshTokenSink>,
+    scope: Option<String>,
+    cache: TokenCache,
+    /// The `detail` of the refusal once the refresh token is known dead.
+    dead: Mutex<Option<String>>,
+}
+
+impl fmt::Debug for RefreshTokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshTokenSource")
+            .field("oauth", &self.oauth)
+            .field("refresh_token", &"[REDACTED]")
+            .field("scope", &self.scope)
+            .field("expires_at", &self.cache.expires_at())
+            .finish()
+    }
+}
+
+impl RefreshTokenSource {
+    /// Refreshes with `refresh_token`; rotated ones go to `sink`.
+    pub fn new(
+        oauth: OAuthClient,
+        refresh_token: SecretString,
+        sink: Arc<dyn RefreshTokenSink>,
+    ) -> Self {
+        RefreshTokenSource {
+            oauth,
+            refresh_token: Mutex::new(refresh_token),
+            sink,
+            scope: None,
+            cache: TokenCache::new(),
+            dead: Mutex::new(None),
+        }
+    }
+
+    /// Narrows the access tokens to `scope` on each refresh (optional).
+    pub fn with_scope(mut self, scope: Option<String>) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// Reads "now" from `clock` (default: the system clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.cache.clock = clock;
+        self
+    }
+
+    /// Refreshes this long before expiry (default 60 s; tokens living no longer than that are renewed at half-life).
+    pub fn with_refresh_margin(mut self, margin: Duration) -> Self {
+        self.cache.margin = margin;
+        self
+    }
+
+    /// Starts with an access token already in hand (e.g. from the authorize flow), valid for
+    /// `expires_in` from now (`None`: until a 401). Call it after [`Self::with_clock`]: "now"
+    /// is read from the clock set at that point.
+    pub fn with_access_token(
+        self,
+        access_token: &SecretString,
+        expires_in: Option<Duration>,
+    ) -> Result<Self, AuthError> {
+        let now = self.cache.clock.now();
+        self.cache.put(access_token, now, expires_in)?;
+        Ok(self)
+    }
+
+    /// The OAuth client.
+    pub fn oauth(&self) -> &OAuthClient {
+        &self.oauth
+    }
+
+    fn expired_error(&self, detail: String) -> AuthError {
+        AuthError::AccountTokenExpired {
+            connection: self.oauth.connection().to_string(),
+            detail,
+            reauthorize: self.oauth.reauthorize_command().to_string(),
+        }
+    }
+
+    async fn refresh_once(&self) -> Result<TokenResponse, AuthError> {
+        // A caller that queued behind a refusal must not send the dead token again.
+        if let Some(detail) = lock(&self.dead).clone() {
+            return Err(self.expired_error(detail));
+        }
+        let current = lock(&self.refresh_token).clone();
+        let resp = match self.oauth.refresh(&current, self.scope.as_deref()).await {
+            Ok(r) => r,
+            Err(AuthError::AccountTokenExpired { detail, .. }) => {
+                *lock(&self.dead) = Some(detail.clone());
+                return Err(self.expired_error(detail));
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(new) = &resp.refresh_token
+            && new.expose_secret() != current.expose_secret()
+        {
+            // The old refresh token is dead from now on: keep the new one in memory whatever
+            // happens, and persist it before anything uses the new access token.
+            *lock(&self.refresh_token) = new.clone();
+            if let Err(detail) = self.sink.save(new) {
+                return Err(AuthError::RefreshTokenNotSaved {
+                    connection: self.oauth.connection().to_string(),
+                    detail,
+                    reauthorize: self.oauth.reauthorize_command().to_string(),
+                });
+            }
+            tracing::debug!(connection = %self.oauth.connection(), "refresh token rotated and saved");
+        }
+        Ok(resp)
+    }
+}
+
+impl TokenSource for RefreshTokenSource {
+    fn authorization(&self) -> BoxFuture<'_, Result<AuthHeader, AuthError>> {
+        Box::pin(async move {
+            if let Some(detail) = lock(&self.dead).clone() {
+                return Err(self.expired_error(detail));
+            }
+            self.cache.get(|| self.refresh_once()).await
+        })
+    }
+
+    fn invalidate(&self) {
+        self.cache.clear();
+    }
+
+    fn expires_at(&self) -> Option<SystemTime> {
+        self.cache.expires_at()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "OAuth refresh token ({}, client id {}, connection {})",
+            self.oauth.provider().name,
+            self.oauth.client_id(),
+            self.oauth.connection()
+        )
+    }
+}
