@@ -43,6 +43,8 @@ enum Command {
     Demo(cli::demo::DemoArgs),
     /// Serve a simulated Qualtrics brand (REST API v3) on loopback until stopped.
     Simulate(cli::simulate::SimulateArgs),
+    /// Add, list, show, remove, authorize and test connections to Qualtrics accounts.
+    Connection(cli::connection::ConnectionArgs),
 }
 
 fn init_logging(format: LogFormat, verbose: u8) {
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Demo(args) => cli::demo::run(args).await,
             Command::Simulate(args) => cli::simulate::run(args).await,
+            Command::Connection(args) => cli::connection::run(args).await,
         }
     });
     match result {

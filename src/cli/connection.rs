@@ -1,0 +1,749 @@
+//! `xmbridge connection add|list|show|remove|authorize|test`: named Qualtrics connections.
+//!
+//! Connections live in the state store under `XMBRIDGE_HOME` (default `~/.xmbridge`), their
+//! secrets sealed by `xmbridge-vault`. Secrets come from files, environment variables or a prompt,
+//! never from the command line. This module turns a stored connection into a working client
+//! (API token, OAuth refresh token, or OAuth client credentials over mutual TLS) and prints what
+//! works; the mechanics live in the library crates.
+
+use super::UsageError;
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use xmbridge_auth::{ExposeSecret, SecretString, TokenSource};
+use xmbridge_qualtrics::capabilities::{self, Access};
+use xmbridge_qualtrics::{Auth, BaseUrl, Client, DataCenter};
+use xmbridge_vault::{Home, MasterKey, Provider, SecretField, Vault};
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  # API token (read from a file or XMBRIDGE_QUALTRICS_API_TOKEN):
+  xmbridge connection add qualtrics acme --url acme.fra1.qualtrics.com --auth token --api-token-file ~/qualtrics.token
+  # OAuth with refresh token (\"Standard\"): add, then authorize in a browser once:
+  xmbridge connection add qualtrics acme --datacenter fra1 --auth standard --client-id ID --client-secret-file secret.txt
+  xmbridge connection authorize acme
+  # OAuth client credentials over mutual TLS (\"Advanced\"):
+  xmbridge connection add qualtrics acme --datacenter fra1 --auth advanced --client-id ID \\
+      --client-secret-file secret.txt --cert client.pem --key client.key --passphrase-file pass.txt
+  xmbridge connection test acme
+
+Connections and their sealed secrets live in XMBRIDGE_HOME (default ~/.xmbridge).")]
+pub struct ConnectionArgs {
+    #[command(subcommand)]
+    pub command: ConnectionCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConnectionCommand {
+    /// Save a new connection (secrets from files, environment variables or a prompt).
+    Add(AddArgs),
+    /// List saved connections (never their secrets).
+    List,
+    /// Show one connection's settings and which secrets are stored.
+    Show { name: String },
+    /// Delete a connection and its secrets.
+    Remove { name: String },
+    /// Authorize a "standard" (OAuth refresh token) connection in a browser.
+    #[command(after_help = "Example:
+  xmbridge connection authorize acme
+It prints the Qualtrics authorize URL, waits on 127.0.0.1 for the browser's redirect, checks its
+state, exchanges the code and stores the refresh token.")]
+    Authorize(AuthorizeArgs),
+    /// "Save & Test": who this connection is, its data center, and which tables it can sync.
+    #[command(after_help = "Example:
+  xmbridge connection test acme
+Exit code 0 only if the account can sync (skipped optional tables do not count).")]
+    Test { name: String },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// X-API-TOKEN.
+    Token,
+    /// OAuth authorization code + refresh token (Fivetran's "Standard").
+    Standard,
+    /// OAuth client credentials over mutual TLS (Fivetran's "Advanced").
+    Advanced,
+}
+
+impl AuthMode {
+    fn label(self) -> &'static str {
+        match self {
+            AuthMode::Token => "token (API token)",
+            AuthMode::Standard => "standard (OAuth authorization code with refresh token)",
+            AuthMode::Advanced => "advanced (OAuth client credentials over mutual TLS)",
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum ProviderArg {
+    Qualtrics,
+}
+
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    /// The system the connection is for.
+    #[arg(value_enum)]
+    pub provider: ProviderArg,
+    /// A name for the connection (letters, digits, `_`, `.`, `-`).
+    pub name: String,
+    /// The account URL as you see it in the browser (e.g. `acme.fra1.qualtrics.com`), or a
+    /// simulator's `http://127.0.0.1:PORT`.
+    #[arg(long, conflicts_with_all = ["datacenter", "organization"])]
+    pub url: Option<String>,
+    /// The data center id (`fra1`, `iad1`, legacy `ca1`, `co1` …).
+    #[arg(long, conflicts_with = "organization")]
+    pub datacenter: Option<String>,
+    /// The organization (brand) id; the data center is then found from the account.
+    #[arg(long)]
+    pub organization: Option<String>,
+    /// How to authenticate.
+    #[arg(long, value_enum, default_value_t = AuthMode::Token)]
+    pub auth: AuthMode,
+    /// File holding the API token (else XMBRIDGE_QUALTRICS_API_TOKEN, else a prompt).
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
+    /// OAuth client id (else XMBRIDGE_QUALTRICS_CLIENT_ID).
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// File holding the OAuth client secret (else XMBRIDGE_QUALTRICS_CLIENT_SECRET, else a prompt).
+    #[arg(long)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM, PKCS#8; may be encrypted) for mutual TLS.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// File holding the private key's pass phrase (else XMBRIDGE_QUALTRICS_PASSPHRASE, else a
+    /// prompt when the key is encrypted).
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
+    /// Extra CA certificate (PEM) to trust, e.g. a simulator's `ca.pem`.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// The XM Directory to sync contacts from (`POOL_…`); discovered by `connection test` if absent.
+    #[arg(long)]
+    pub directory: Option<String>,
+    /// OAuth scopes to ask for (space separated); default: everything the sync reads.
+    #[arg(long)]
+    pub scopes: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct AuthorizeArgs {
+    pub name: String,
+    /// Where to listen for the browser's redirect (loopback only).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// How long to wait for the browser, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
+/// The scopes a full sync needs.
+pub const DEFAULT_SCOPES: &str = "read:surveys read:survey_responses read:distributions read:directories read:directory_contacts read:mailing_lists read:mailing_list_contacts read:contact_transactions read:samples read:libraries read:users offline";
+
+/// What a connection stores in clear (never a secret).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QualtricsSettings {
+    pub base_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datacenter: Option<String>,
+    pub auth: AuthMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<String>,
+    /// Client certificate PEM (public).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_pem: Option<String>,
+    /// Extra CA to trust (public).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brand_id: Option<String>,
+}
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow!(UsageError(msg.into()))
+}
+
+fn open_vault() -> anyhow::Result<(Home, Arc<Vault>)> {
+    let home = Home::from_env()?;
+    let key = MasterKey::from_env(&home)?;
+    let vault = Vault::open_home(&home, key)?;
+    Ok((home, Arc::new(vault)))
+}
+
+/// A secret from a file (trailing newline trimmed), else an env var, else a prompt on a terminal.
+fn read_secret(
+    file: Option<&Path>,
+    env: &str,
+    what: &str,
+    flag: &str,
+) -> anyhow::Result<SecretString> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the {what} from {}", path.display()))?;
+        let text = text.trim_end_matches(['\r', '\n']).to_string();
+        if text.is_empty() {
+            return Err(usage(format!(
+                "{} is empty; it must hold the {what}",
+                path.display()
+            )));
+        }
+        return Ok(SecretString::from(text));
+    }
+    if let Ok(v) = std::env::var(env)
+        && !v.is_empty()
+    {
+        return Ok(SecretString::from(v));
+    }
+    if std::io::stdin().is_terminal() {
+        eprint!("{what}: ");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        let line = line.trim_end_matches(['\r', '\n']).to_string();
+        if !line.is_empty() {
+            return Ok(SecretString::from(line));
+        }
+    }
+    Err(usage(format!("no {what}: pass {flag} FILE or set {env}")))
+}
+
+fn read_public(path: &Path, what: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the {what} from {}", path.display()))
+}
+
+fn base_url_of(args: &AddArgs) -> anyhow::Result<(BaseUrl, Option<String>)> {
+    if let Some(url) = &args.url {
+        let base = BaseUrl::parse(url).map_err(|e| usage(e.to_string()))?;
+        let dc = base.data_center().map(|d| d.id().to_string());
+        Ok((base, dc))
+    } else if let Some(dc) = &args.datacenter {
+        let dc = DataCenter::parse(dc).map_err(|e| usage(e.to_string()))?;
+        Ok((dc.base_url(), Some(dc.id().to_string())))
+    } else if let Some(org) = &args.organization {
+        let base = BaseUrl::from_organization(org).map_err(|e| usage(e.to_string()))?;
+        Ok((base, None))
+    } else {
+        Err(usage(
+            "say where the account lives: --url ACCOUNT_URL, --datacenter ID or --organization ID",
+        ))
+    }
+}
+
+pub async fn run(args: ConnectionArgs) -> anyhow::Result<()> {
+    match args.command {
+        ConnectionCommand::Add(a) => add(a).await,
+        ConnectionCommand::List => list(),
+        ConnectionCommand::Show { name } => show(&name),
+        ConnectionCommand::Remove { name } => {
+            let (_, vault) = open_vault()?;
+            vault.remove_connection(&name)?;
+            println!("removed connection '{name}' and its secrets");
+            Ok(())
+        }
+        ConnectionCommand::Authorize(a) => authorize(a).await,
+        ConnectionCommand::Test { name } => test(&name).await,
+    }
+}
+
+async fn add(args: AddArgs) -> anyhow::Result<()> {
+    let ProviderArg::Qualtrics = args.provider;
+    let (base, dc) = base_url_of(&args)?;
+    let (_, vault) = open_vault()?;
+    let mut secrets: Vec<(SecretField, SecretString)> = Vec::new();
+    let ca_cert_pem = args
+        .ca_cert
+        .as_deref()
+        .map(|p| read_public(p, "CA certificate"))
+        .transpose()?;
+    let mut settings = QualtricsSettings {
+        base_url: base.as_str().to_string(),
+        datacenter: dc,
+        auth: args.auth,
+        client_id: None,
+        scopes: None,
+        certificate_pem: None,
+        ca_cert_pem,
+        directory: args.directory.clone(),
+        brand_id: None,
+    };
+    let client_id = || -> anyhow::Result<String> {
+        args.client_id
+            .clone()
+            .or_else(|| {
+                std::env::var("XMBRIDGE_QUALTRICS_CLIENT_ID")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+            })
+            .ok_or_else(|| {
+                usage(
+                    format!(
+                        "--auth {:?} needs --client-id (or XMBRIDGE_QUALTRICS_CLIENT_ID)",
+                        args.auth
+                    )
+                    .to_lowercase(),
+                )
+            })
+    };
+    match args.auth {
+        AuthMode::Token => {
+            for (flag, set) in [
+                ("--client-id", args.client_id.is_some()),
+                ("--cert", args.cert.is_some()),
+                ("--key", args.key.is_some()),
+            ] {
+                if set {
+                    return Err(usage(format!(
+                        "{flag} is for --auth standard/advanced; --auth token uses only an API token"
+                    )));
+                }
+            }
+            let token = read_secret(
+                args.api_token_file.as_deref(),
+                "XMBRIDGE_QUALTRICS_API_TOKEN",
+                "API token",
+                "--api-token-file",
+            )?;
+            secrets.push((SecretField::ApiToken, token));
+        }
+        AuthMode::Standard | AuthMode::Advanced => {
+            settings.client_id = Some(client_id()?);
+            settings.scopes = Some(
+                args.scopes
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_SCOPES.to_string()),
+            );
+            let secret = read_secret(
+                args.client_secret_file.as_deref(),
+                "XMBRIDGE_QUALTRICS_CLIENT_SECRET",
+                "OAuth client secret",
+                "--client-secret-file",
+            )?;
+            secrets.push((SecretField::ClientSecret, secret));
+        }
+    }
+    if args.auth == AuthMode::Advanced {
+        let (Some(cert), Some(key)) = (&args.cert, &args.key) else {
+            return Err(usage(
+                "--auth advanced needs --cert CLIENT_CERT.pem and --key CLIENT_KEY.pem (mutual TLS)",
+            ));
+        };
+        let cert_pem = read_public(cert, "client certificate")?;
+        let key_pem = SecretString::from(read_public(key, "private key")?);
+        let passphrase = if key_pem.expose_secret().contains("ENCRYPTED") {
+            Some(read_secret(
+                args.passphrase_file.as_deref(),
+                "XMBRIDGE_QUALTRICS_PASSPHRASE",
+                "private key pass phrase",
+                "--passphrase-file",
+            )?)
+        } else {
+            args.passphrase_file
+                .as_deref()
+                .map(|p| read_secret(Some(p), "", "private key pass phrase", "--passphrase-file"))
+                .transpose()?
+        };
+        // Check certificate, key and pass phrase now, not at the first sync.
+        xmbridge_auth::ClientIdentity::load(
+            cert_pem.as_bytes(),
+            key_pem.expose_secret().as_bytes(),
+            passphrase.as_ref(),
+        )
+        .map_err(|e| usage(e.to_string()))?;
+        settings.certificate_pem = Some(cert_pem);
+        secrets.push((SecretField::PrivateKey, key_pem));
+        if let Some(p) = passphrase {
+            secrets.push((SecretField::Passphrase, p));
+        }
+    } else if args.cert.is_some() || args.key.is_some() {
+        return Err(usage(
+            "--cert and --key are for --auth advanced (mutual TLS)",
+        ));
+    }
+    let name = args.name.clone();
+    vault.add_connection(&name, Provider::Qualtrics, serde_json::to_value(&settings)?)?;
+    for (field, value) in &secrets {
+        if let Err(e) = vault.set_secret(&name, *field, value) {
+            let _ = vault.remove_connection(&name);
+            return Err(e.into());
+        }
+    }
+    println!(
+        "saved connection '{name}' ({}, {})",
+        settings.base_url,
+        args.auth.label()
+    );
+    match args.auth {
+        AuthMode::Standard => println!("next: xmbridge connection authorize {name}"),
+        _ => println!("next: xmbridge connection test {name}"),
+    }
+    Ok(())
+}
+
+fn load(vault: &Vault, name: &str) -> anyhow::Result<QualtricsSettings> {
+    let rec = vault.get_connection(name)?;
+    serde_json::from_value(rec.settings.clone()).with_context(|| {
+        format!("the settings of connection '{name}' are not readable; remove and add it again")
+    })
+}
+
+fn list() -> anyhow::Result<()> {
+    let (home, vault) = open_vault()?;
+    let conns = vault.list_connections()?;
+    if conns.is_empty() {
+        println!(
+            "no connections in {} (add one with: xmbridge connection add qualtrics NAME --url … --auth token)",
+            home.root().display()
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<10} {:<9} {:<45} DIRECTORY",
+        "NAME", "PROVIDER", "AUTH", "URL"
+    );
+    for c in conns {
+        let s: Option<QualtricsSettings> = serde_json::from_value(c.settings.clone()).ok();
+        let (auth, url, dir) = match &s {
+            Some(s) => (
+                format!("{:?}", s.auth).to_lowercase(),
+                s.base_url.clone(),
+                s.directory.clone().unwrap_or_else(|| "-".into()),
+            ),
+            None => ("?".into(), "?".into(), "-".into()),
+        };
+        println!(
+            "{:<20} {:<10} {:<9} {:<45} {dir}",
+            c.name, c.provider, auth, url
+        );
+    }
+    Ok(())
+}
+
+fn show(name: &str) -> anyhow::Result<()> {
+    let (_, vault) = open_vault()?;
+    let rec = vault.get_connection(name)?;
+    let s = load(&vault, name)?;
+    println!("connection:   {name} ({})", rec.provider);
+    println!("url:          {}", s.base_url);
+    println!(
+        "data center:  {}",
+        s.datacenter
+            .as_deref()
+            .unwrap_or("(found by `xmbridge connection test`)")
+    );
+    println!("auth:         {}", s.auth.label());
+    if let Some(c) = &s.client_id {
+        println!("client id:    {c}");
+    }
+    if let Some(sc) = &s.scopes {
+        println!("scopes:       {sc}");
+    }
+    if s.certificate_pem.is_some() {
+        println!("certificate:  stored (PEM)");
+    }
+    println!(
+        "directory:    {}",
+        s.directory
+            .as_deref()
+            .unwrap_or("(discovered by `xmbridge connection test`)")
+    );
+    let stored = vault.list_secrets(name)?;
+    let names: Vec<String> = stored
+        .iter()
+        .map(|i| {
+            format!(
+                "{} (set {})",
+                i.field.label(),
+                i.updated_at.format("%Y-%m-%d %H:%M UTC")
+            )
+        })
+        .collect();
+    println!(
+        "secrets:      {}",
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    );
+    println!(
+        "created:      {}",
+        rec.created_at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    println!(
+        "updated:      {}",
+        rec.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    Ok(())
+}
+
+/// The HTTP client a connection's calls go through: its extra CA and, in advanced mode, its
+/// client certificate.
+fn http_client(
+    vault: &Vault,
+    name: &str,
+    s: &QualtricsSettings,
+) -> anyhow::Result<reqwest::Client> {
+    let identity = if s.auth == AuthMode::Advanced {
+        let cert = s.certificate_pem.as_deref().ok_or_else(|| {
+            anyhow!(
+                "connection '{name}' has no client certificate; remove and add it again with --cert"
+            )
+        })?;
+        let key = vault
+            .get_secret(name, SecretField::PrivateKey)?
+            .ok_or_else(|| {
+                anyhow!(
+                    "connection '{name}' has no private key; remove and add it again with --key"
+                )
+            })?;
+        let pass = vault.get_secret(name, SecretField::Passphrase)?;
+        Some(xmbridge_auth::ClientIdentity::load(
+            cert.as_bytes(),
+            key.expose_secret().as_bytes(),
+            pass.as_ref(),
+        )?)
+    } else {
+        None
+    };
+    let roots = match &s.ca_cert_pem {
+        Some(pem) => xmbridge_auth::Roots::Add(pem.as_bytes().to_vec()),
+        None => xmbridge_auth::Roots::System,
+    };
+    // Exports can take long: per-call timeouts are set by the Qualtrics client.
+    Ok(
+        xmbridge_auth::http_client_builder(identity.as_ref(), &roots)?
+            .timeout(std::time::Duration::from_secs(60 * 60))
+            .build()?,
+    )
+}
+
+fn reauthorize_command(name: &str) -> String {
+    format!("xmbridge connection authorize {name}")
+}
+
+/// Builds the token source of a stored connection.
+fn token_source(
+    vault: &Arc<Vault>,
+    name: &str,
+    s: &QualtricsSettings,
+    http: &reqwest::Client,
+) -> anyhow::Result<Arc<dyn TokenSource>> {
+    let base = BaseUrl::parse(&s.base_url)?;
+    match s.auth {
+        AuthMode::Token => {
+            let token = vault
+                .get_secret(name, SecretField::ApiToken)?
+                .ok_or_else(|| {
+                    anyhow!("connection '{name}' has no API token; remove it and add it again")
+                })?;
+            Ok(Arc::new(xmbridge_auth::ApiTokenSource::new(token)?))
+        }
+        AuthMode::Standard | AuthMode::Advanced => {
+            let client_id = s.client_id.clone().ok_or_else(|| {
+                anyhow!("connection '{name}' has no client id; remove and add it again")
+            })?;
+            let secret = vault
+                .get_secret(name, SecretField::ClientSecret)?
+                .ok_or_else(|| {
+                    anyhow!("connection '{name}' has no client secret; remove and add it again")
+                })?;
+            let provider = xmbridge_auth::OAuthProvider::qualtrics(base.url())?;
+            let oauth = xmbridge_auth::OAuthClient::new(provider, client_id, secret)?
+                .with_http_client(http.clone())
+                .for_connection(name)
+                .with_reauthorize_command(reauthorize_command(name));
+            if s.auth == AuthMode::Advanced {
+                Ok(Arc::new(xmbridge_auth::ClientCredentialsSource::new(
+                    oauth,
+                    s.scopes.clone(),
+                )))
+            } else {
+                let refresh = vault
+                    .get_secret(name, SecretField::RefreshToken)?
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "connection '{name}' is not authorized yet: run `{}`",
+                            reauthorize_command(name)
+                        )
+                    })?;
+                let sink = Arc::new(vault.refresh_token_sink(name));
+                Ok(Arc::new(xmbridge_auth::RefreshTokenSource::new(
+                    oauth, refresh, sink,
+                )))
+            }
+        }
+    }
+}
+
+async fn authorize(args: AuthorizeArgs) -> anyhow::Result<()> {
+    if !args.listen.ip().is_loopback() {
+        return Err(usage(format!(
+            "--listen {} is not a loopback address; the redirect listener only listens on 127.0.0.1",
+            args.listen
+        )));
+    }
+    let (_, vault) = open_vault()?;
+    let name = args.name.as_str();
+    let s = load(&vault, name)?;
+    if s.auth != AuthMode::Standard {
+        return Err(usage(format!(
+            "connection '{name}' uses --auth {}; only standard (OAuth refresh token) connections are authorized in a browser",
+            format!("{:?}", s.auth).to_lowercase()
+        )));
+    }
+    let http = http_client(&vault, name, &s)?;
+    let base = BaseUrl::parse(&s.base_url)?;
+    let client_id = s
+        .client_id
+        .clone()
+        .ok_or_else(|| anyhow!("connection '{name}' has no client id"))?;
+    let secret = vault
+        .get_secret(name, SecretField::ClientSecret)?
+        .ok_or_else(|| anyhow!("connection '{name}' has no client secret"))?;
+    let provider = xmbridge_auth::OAuthProvider::qualtrics(base.url())?;
+    let oauth = xmbridge_auth::OAuthClient::new(provider, client_id, secret)?
+        .with_http_client(http)
+        .for_connection(name)
+        .with_reauthorize_command(reauthorize_command(name));
+    let scopes = s
+        .scopes
+        .clone()
+        .unwrap_or_else(|| DEFAULT_SCOPES.to_string());
+    let opts = xmbridge_auth::AuthorizeOptions {
+        scope: Some(scopes),
+        port: args.listen.port(),
+        timeout: std::time::Duration::from_secs(args.timeout),
+        ..Default::default()
+    };
+    let tokens = xmbridge_auth::authorize(&oauth, opts, |url| {
+        println!("open this URL in your browser and approve access:");
+        println!("{url}");
+        let _ = std::io::stdout().flush();
+    })
+    .await?;
+    let refresh = tokens.refresh_token.as_ref().ok_or_else(|| {
+        anyhow!("Qualtrics did not return a refresh token; ask for the 'offline' scope")
+    })?;
+    vault.set_secret(name, SecretField::RefreshToken, refresh)?;
+    println!("authorized connection '{name}'; the refresh token is stored sealed");
+    println!("next: xmbridge connection test {name}");
+    Ok(())
+}
+
+async fn test(name: &str) -> anyhow::Result<()> {
+    let (_, vault) = open_vault()?;
+    let mut s = load(&vault, name)?;
+    let http = http_client(&vault, name, &s)?;
+    let source = token_source(&vault, name, &s, &http)?;
+    let base = BaseUrl::parse(&s.base_url)?;
+    let client = Client::builder(base, Auth::token_source(source.clone()))
+        .http_client(http)
+        .build()?;
+
+    println!("connection '{name}': {}", s.auth.label());
+    let me = client
+        .whoami()
+        .await
+        .with_context(|| format!("connection '{name}' cannot authenticate"))?;
+    let dc = client
+        .discover_data_center()
+        .await
+        .ok()
+        .map(|d| d.id().to_string())
+        .or(me.datacenter.clone());
+    // Discovery may have moved a vanity host to the data center's own host: keep it.
+    if client.base().as_str() != s.base_url {
+        s.base_url = client.base().as_str().to_string();
+    }
+    println!(
+        "  data center: {} ({})",
+        dc.as_deref().unwrap_or("unknown"),
+        client.base().as_str()
+    );
+    println!(
+        "  user:        {} ({}), brand {}, account type {}",
+        me.user_name.as_deref().unwrap_or("?"),
+        me.user_id,
+        me.brand_id.as_deref().unwrap_or("?"),
+        me.account_type.as_deref().unwrap_or("?")
+    );
+    match source.expires_at() {
+        Some(t) => {
+            let at: chrono::DateTime<chrono::Utc> = t.into();
+            let mins = (at - chrono::Utc::now()).num_minutes();
+            println!(
+                "  token:       {}, expires {} (in {mins} min)",
+                source.describe(),
+                at.format("%Y-%m-%dT%H:%M:%SZ")
+            );
+        }
+        None => println!("  token:       {} (does not expire)", source.describe()),
+    }
+    let caps = capabilities::probe(&client, s.directory.as_deref()).await?;
+    match (&caps.directory, caps.directory_discovered) {
+        (Some(d), true) => {
+            println!("  directory:   {d} (discovered: the brand's default directory)")
+        }
+        (Some(d), false) => println!("  directory:   {d}"),
+        (None, _) => println!("  directory:   none"),
+    }
+    println!("  tables:");
+    for g in &caps.groups {
+        match &g.access {
+            Access::Ok => println!(
+                "    ok       {} ({})",
+                g.group.name,
+                g.group.tables.join(", ")
+            ),
+            Access::Skipped(why) => println!(
+                "    skipped  {} ({}): {why}",
+                g.group.name,
+                g.group.tables.join(", ")
+            ),
+        }
+    }
+    // Remember what was learned, so later runs skip the discovery.
+    let mut changed = s.base_url != load(&vault, name)?.base_url;
+    if s.datacenter.is_none() && dc.is_some() {
+        s.datacenter = dc.clone();
+        changed = true;
+    }
+    if s.directory.is_none() && caps.directory.is_some() {
+        s.directory = caps.directory.clone();
+        changed = true;
+    }
+    if s.brand_id.is_none() && me.brand_id.is_some() {
+        s.brand_id = me.brand_id.clone();
+        changed = true;
+    }
+    if changed {
+        vault.update_settings(name, serde_json::to_value(&s)?)?;
+    }
+    let skipped = caps
+        .groups
+        .iter()
+        .filter(|g| g.access != Access::Ok)
+        .count();
+    if caps.can_sync() {
+        println!("result: connection '{name}' can sync ({skipped} table group(s) skipped)");
+        Ok(())
+    } else {
+        bail!(
+            "connection '{name}' cannot sync: it cannot read surveys or responses (see the lines above)"
+        )
+    }
+}
