@@ -39,7 +39,7 @@ pub struct ConnectionArgs {
 #[derive(Subcommand, Debug)]
 pub enum ConnectionCommand {
     /// Save a new connection (secrets from files, environment variables or a prompt).
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// List saved connections (never their secrets).
     List,
     /// Show one connection's settings and which secrets are stored.
@@ -179,6 +179,12 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
 fn open_vault() -> anyhow::Result<(Home, Arc<Vault>)> {
     let home = Home::from_env()?;
     let key = MasterKey::from_env(&home)?;
+    if let xmbridge_vault::KeySource::NewKeyFile(path) = key.source() {
+        eprintln!(
+            "created a new master key in {} (mode 0600); back it up: without it the stored secrets cannot be opened",
+            path.display()
+        );
+    }
     let vault = Vault::open_home(&home, key)?;
     Ok((home, Arc::new(vault)))
 }
@@ -245,7 +251,7 @@ fn base_url_of(args: &AddArgs) -> anyhow::Result<(BaseUrl, Option<String>)> {
 
 pub async fn run(args: ConnectionArgs) -> anyhow::Result<()> {
     match args.command {
-        ConnectionCommand::Add(a) => add(a).await,
+        ConnectionCommand::Add(a) => add(*a).await,
         ConnectionCommand::List => list(),
         ConnectionCommand::Show { name } => show(&name),
         ConnectionCommand::Remove { name } => {
@@ -321,11 +327,16 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
         }
         AuthMode::Standard | AuthMode::Advanced => {
             settings.client_id = Some(client_id()?);
-            settings.scopes = Some(
-                args.scopes
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_SCOPES.to_string()),
-            );
+            // Standard mode asks the user to consent to the sync's scopes (plus `offline` for a
+            // refresh token); client credentials get what the client is allowed unless told.
+            settings.scopes = match args.auth {
+                AuthMode::Standard => Some(
+                    args.scopes
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_SCOPES.to_string()),
+                ),
+                _ => args.scopes.clone(),
+            };
             let secret = read_secret(
                 args.client_secret_file.as_deref(),
                 "XMBRIDGE_QUALTRICS_CLIENT_SECRET",

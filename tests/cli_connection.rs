@@ -1,0 +1,870 @@
+//! `xmbridge connection …` end to end: the real binary, a real state store in a temporary
+//! XMBRIDGE_HOME, and the Qualtrics simulator over loopback (plain HTTP and mutual TLS).
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use xmbridge_sim::{SimConfig, SimHandle, start_qualtrics};
+
+const BIN: &str = env!("CARGO_BIN_EXE_xmbridge");
+
+/// One independent installation: its own XMBRIDGE_HOME and a place for secret files.
+struct Install {
+    dir: tempfile::TempDir,
+    master_key: Option<String>,
+}
+
+impl Install {
+    fn new() -> Install {
+        Install {
+            dir: tempfile::tempdir().unwrap(),
+            master_key: None,
+        }
+    }
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+    fn file(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("XMBRIDGE_HOME", self.home())
+            .env_remove("XMBRIDGE_QUALTRICS_API_TOKEN")
+            .env_remove("XMBRIDGE_QUALTRICS_CLIENT_SECRET")
+            .env_remove("XMBRIDGE_QUALTRICS_CLIENT_ID")
+            .env_remove("XMBRIDGE_QUALTRICS_PASSPHRASE")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        match &self.master_key {
+            Some(k) => c.env("XMBRIDGE_MASTER_KEY", k),
+            None => c.env_remove("XMBRIDGE_MASTER_KEY"),
+        };
+        c
+    }
+    /// Runs in a blocking thread so the in-process simulator keeps serving.
+    async fn run(&self, args: &[&str]) -> Run {
+        let mut c = self.cmd(args);
+        let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap();
+        Run(out)
+    }
+}
+
+struct Run(Output);
+
+impl Run {
+    fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    fn all(&self) -> String {
+        format!("{}{}", self.stdout(), self.stderr())
+    }
+    #[track_caller]
+    fn ok(&self) -> &Self {
+        assert_eq!(
+            self.code(),
+            0,
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+    #[track_caller]
+    fn fails(&self, code: i32, needle: &str) -> &Self {
+        assert_eq!(
+            self.code(),
+            code,
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        assert!(
+            self.all().contains(needle),
+            "expected {needle:?} in:\n{}",
+            self.all()
+        );
+        self
+    }
+}
+
+async fn sim(cfg: SimConfig) -> SimHandle {
+    start_qualtrics(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+fn small() -> SimConfig {
+    SimConfig {
+        surveys: 2,
+        responses: 10,
+        ..SimConfig::default()
+    }
+}
+
+async fn admin(h: &SimHandle, client: &reqwest::Client, path: &str, body: Value) -> Value {
+    let r = client
+        .post(format!("{}{path}", h.base_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+async fn credentials(h: &SimHandle, client: &reqwest::Client) -> Value {
+    client
+        .get(format!("{}/_sim/credentials", h.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn oauth_client<'a>(creds: &'a Value, grant: &str, user: &str) -> &'a Value {
+    creds["oauth_clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["grants"].as_array().unwrap().iter().any(|g| g == grant)
+                && c["user"].as_str().is_none_or(|u| u.starts_with(user))
+        })
+        .unwrap_or_else(|| panic!("no {grant} client for {user} in {creds}"))
+}
+
+fn read_all(paths: &[PathBuf]) -> Vec<u8> {
+    let mut all = Vec::new();
+    for p in paths {
+        if let Ok(b) = std::fs::read(p) {
+            all.extend(b);
+        }
+    }
+    all
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    !needle.is_empty()
+        && haystack
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn token_mode_save_test_list_show_remove() {
+    let h = sim(small()).await;
+    let i = Install::new();
+    let token = h.sim.cfg.admin_token();
+    let tf = i.file("token", &format!("{token}\n"));
+    let url = h.base_url.clone();
+    let r = i
+        .run(&[
+            "connection",
+            "add",
+            "qualtrics",
+            "acme",
+            "--url",
+            &url,
+            "--auth",
+            "token",
+            "--api-token-file",
+            tf.to_str().unwrap(),
+        ])
+        .await;
+    r.ok();
+    assert!(
+        r.stderr().contains("created a new master key"),
+        "{}",
+        r.stderr()
+    );
+    assert!(i.home().join("master.key").exists());
+
+    let r = i.run(&["connection", "test", "acme"]).await;
+    r.ok();
+    let out = r.stdout();
+    assert!(out.contains("data center: fra1"), "{out}");
+    assert!(out.contains("admin@simbrand.test"), "{out}");
+    assert!(out.contains("brand simbrand"), "{out}");
+    assert!(out.contains("API token"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "directory:   {} (discovered",
+            h.sim.directory.default_directory_id()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("ok       transaction batches"), "{out}");
+    assert!(out.contains("can sync"), "{out}");
+
+    let list = i.run(&["connection", "list"]).await;
+    list.ok();
+    assert!(
+        list.stdout().contains("acme")
+            && list
+                .stdout()
+                .contains(&h.sim.directory.default_directory_id())
+    );
+    let show = i.run(&["connection", "show", "acme"]).await;
+    show.ok();
+    assert!(
+        show.stdout().contains("API token (set"),
+        "{}",
+        show.stdout()
+    );
+    for r in [&list, &show] {
+        assert!(!r.all().contains(&token), "a secret reached the output");
+    }
+    i.run(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "acme",
+        "--url",
+        &url,
+        "--api-token-file",
+        tf.to_str().unwrap(),
+    ])
+    .await
+    .fails(1, "already");
+    i.run(&["connection", "remove", "acme"]).await.ok();
+    i.run(&["connection", "test", "acme"])
+        .await
+        .fails(1, "xmbridge connection list");
+}
+
+#[tokio::test]
+async fn permissions_decide_which_tables_sync() {
+    let h = sim(small()).await;
+    let i = Install::new();
+    let users = h.sim.users.read().clone();
+    let url = h.base_url.clone();
+    // The viewer lacks "Manage Directories" and is no brand admin: two groups skipped, still syncs.
+    let tf = i.file("viewer", &users[2].api_token);
+    i.run(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "viewer",
+        "--url",
+        &url,
+        "--api-token-file",
+        tf.to_str().unwrap(),
+    ])
+    .await
+    .ok();
+    let r = i.run(&["connection", "test", "viewer"]).await;
+    r.ok();
+    let out = r.stdout();
+    assert!(out.contains("skipped  transaction batches"), "{out}");
+    assert!(
+        out.contains("Manage Directories")
+            && out.contains("Admin → Users → permissions → Contacts"),
+        "{out}"
+    );
+    assert!(out.contains("skipped  users"), "{out}");
+    assert!(out.contains("2 table group(s) skipped"), "{out}");
+    // Without API access nothing works: exit 1 with the reason.
+    let tf = i.file("noapi", &users[3].api_token);
+    i.run(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "noapi",
+        "--url",
+        &url,
+        "--api-token-file",
+        tf.to_str().unwrap(),
+    ])
+    .await
+    .ok();
+    i.run(&["connection", "test", "noapi"])
+        .await
+        .fails(1, "Access API");
+    // A wrong token.
+    let tf = i.file("wrong", "0123456789012345678901234567890123456789");
+    i.run(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "wrong",
+        "--url",
+        &url,
+        "--api-token-file",
+        tf.to_str().unwrap(),
+    ])
+    .await
+    .ok();
+    i.run(&["connection", "test", "wrong"])
+        .await
+        .fails(1, "API token");
+    // The API token also comes from the environment.
+    let mut c = i.cmd(&["connection", "add", "qualtrics", "envtok", "--url", &url]);
+    c.env("XMBRIDGE_QUALTRICS_API_TOKEN", &users[1].api_token);
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    i.run(&["connection", "test", "envtok"]).await.ok();
+}
+
+/// Standard mode: add, authorize through the browser redirect (auto-approved by the simulator),
+/// test, refresh with rotation, then a revoked refresh token.
+#[tokio::test]
+async fn standard_mode_authorize_rotate_and_revoke() {
+    let h = sim(small()).await;
+    let web = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let creds = credentials(&h, &web).await;
+    let app = oauth_client(&creds, "authorization_code", "");
+    let client_id = app["client_id"].as_str().unwrap().to_string();
+    let secret = app["client_secret"].as_str().unwrap().to_string();
+    admin(
+        &h,
+        &web,
+        "/_sim/oauth/auto-approve",
+        json!({"user": "admin"}),
+    )
+    .await;
+
+    let i = Install::new();
+    let sf = i.file("secret", &secret);
+    let url = h.base_url.clone();
+    i.run(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "std",
+        "--url",
+        &url,
+        "--auth",
+        "standard",
+        "--client-id",
+        &client_id,
+        "--client-secret-file",
+        sf.to_str().unwrap(),
+    ])
+    .await
+    .ok();
+    i.run(&["connection", "test", "std"])
+        .await
+        .fails(1, "xmbridge connection authorize std");
+
+    // A redirect with the wrong state is refused and nothing is stored.
+    let (child, auth_url) = start_authorize(&i, "std");
+    let redirect = query(&auth_url, "redirect_uri");
+    let r = web
+        .get(format!("{redirect}?code=forged&state=not-the-state"))
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.status().is_success());
+    let (code, _, stderr) = child.finish().await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("state"), "{stderr}");
+    i.run(&["connection", "test", "std"])
+        .await
+        .fails(1, "not authorized yet");
+
+    // The real flow: the browser follows the authorize URL, the simulator approves and redirects
+    // to the listener, which exchanges the code.
+    let (child, auth_url) = start_authorize(&i, "std");
+    let r = web.get(&auth_url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    let back = r.headers()["location"].to_str().unwrap().to_string();
+    let page = web.get(&back).send().await.unwrap();
+    assert!(page.status().is_success());
+    let (code, stdout, stderr) = child.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("authorized connection 'std'"), "{stdout}");
+
+    let r = i.run(&["connection", "test", "std"]).await;
+    r.ok();
+    assert!(r.stdout().contains("expires"), "{}", r.stdout());
+
+    // Access tokens last 1 s now: every run refreshes, and Qualtrics rotates refresh tokens. If a
+    // rotated token were not saved, the second run would present a dead one.
+    admin(
+        &h,
+        &web,
+        "/_sim/oauth/settings",
+        json!({"access_token_ttl_secs": 1}),
+    )
+    .await;
+    i.run(&["connection", "test", "std"]).await.ok();
+    i.run(&["connection", "test", "std"]).await.ok();
+
+    // A revoked refresh token: "account token expired" with the command that re-authorizes.
+    admin(&h, &web, "/_sim/tokens/revoke", json!({"all": true})).await;
+    i.run(&["connection", "test", "std"])
+        .await
+        .fails(1, "account token expired")
+        .fails(1, "xmbridge connection authorize std");
+}
+
+fn start_authorize(i: &Install, name: &str) -> (Authorizing, String) {
+    let mut child = i
+        .cmd(&["connection", "authorize", name, "--timeout", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        let line = lines.next().expect("authorize printed no URL").unwrap();
+        if line.starts_with("http") {
+            break line;
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    let rest =
+        std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+    (Authorizing { child, rest }, url)
+}
+
+struct Authorizing {
+    child: std::process::Child,
+    rest: std::thread::JoinHandle<String>,
+}
+
+impl Authorizing {
+    /// Waits for the command; returns its exit code, the rest of its stdout, and its stderr.
+    async fn finish(self) -> (Option<i32>, String, String) {
+        tokio::task::spawn_blocking(move || {
+            let out = self.child.wait_with_output().unwrap();
+            let rest = self.rest.join().unwrap();
+            (
+                out.status.code(),
+                rest,
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+        .await
+        .unwrap()
+    }
+}
+
+fn query(url: &str, key: &str) -> String {
+    let u = url::Url::parse(url).unwrap();
+    u.query_pairs()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+        .unwrap()
+}
+
+/// Advanced mode: client credentials over mutual TLS with an encrypted PKCS#8 key and its pass
+/// phrase; every certificate problem is refused at `add` with a clear message.
+#[tokio::test]
+async fn advanced_mode_over_mutual_tls() {
+    let h = sim(SimConfig {
+        mtls: true,
+        ..small()
+    })
+    .await;
+    let i = Install::new();
+    let bundle = i.dir.path().join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    h.sim
+        .pki
+        .as_ref()
+        .unwrap()
+        .write_client_bundle(&bundle)
+        .unwrap();
+    let b = |f: &str| bundle.join(f).to_str().unwrap().to_string();
+
+    // The admin API sits behind mTLS too: read the client credentials with the bundle.
+    let ca =
+        reqwest::Certificate::from_pem(&std::fs::read(bundle.join("ca.pem")).unwrap()).unwrap();
+    let mut id = std::fs::read(bundle.join("client.pem")).unwrap();
+    id.extend(std::fs::read(bundle.join("client-plain.key")).unwrap());
+    let web = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .identity(reqwest::Identity::from_pem(&id).unwrap())
+        .build()
+        .unwrap();
+    let creds = credentials(&h, &web).await;
+    let cc = oauth_client(&creds, "client_credentials", "admin");
+    let client_id = cc["client_id"].as_str().unwrap().to_string();
+    let sf = i.file("secret", cc["client_secret"].as_str().unwrap());
+    let url = h.base_url.clone();
+    let add = |name: &str, cert: String, key: String, pass: String| {
+        vec![
+            "connection".to_string(),
+            "add".into(),
+            "qualtrics".into(),
+            name.into(),
+            "--url".into(),
+            url.clone(),
+            "--auth".into(),
+            "advanced".into(),
+            "--client-id".into(),
+            client_id.clone(),
+            "--client-secret-file".into(),
+            sf.to_str().unwrap().into(),
+            "--cert".into(),
+            cert,
+            "--key".into(),
+            key,
+            "--passphrase-file".into(),
+            pass,
+            "--ca-cert".into(),
+            b("ca.pem"),
+        ]
+    };
+    let run = |args: Vec<String>| {
+        let v: Vec<&str> = args.iter().map(String::as_str).collect();
+        let c = i.cmd(&v);
+        async move {
+            let mut c = c;
+            Run(tokio::task::spawn_blocking(move || c.output().unwrap())
+                .await
+                .unwrap())
+        }
+    };
+    let wrong_pass = i.file("wrong-pass", "not the pass phrase");
+    run(add(
+        "bad",
+        b("client.pem"),
+        b("client.key"),
+        wrong_pass.to_str().unwrap().into(),
+    ))
+    .await
+    .fails(2, "pass phrase is wrong");
+    run(add(
+        "bad",
+        b("client.pem"),
+        b("mismatched.key"),
+        b("passphrase.txt"),
+    ))
+    .await
+    .fails(2, "does not match");
+    run(add(
+        "bad",
+        b("expired-client.pem"),
+        b("expired-client.key"),
+        b("passphrase.txt"),
+    ))
+    .await
+    .fails(2, "expired");
+
+    run(add(
+        "mtls",
+        b("client.pem"),
+        b("client.key"),
+        b("passphrase.txt"),
+    ))
+    .await
+    .ok();
+    let r = i.run(&["connection", "test", "mtls"]).await;
+    r.ok();
+    assert!(r.stdout().contains("client credentials"), "{}", r.stdout());
+    assert!(r.stdout().contains("expires"), "{}", r.stdout());
+
+    // A certificate from another CA passes our checks but the brand refuses it.
+    run(add(
+        "foreign",
+        b("foreign-client.pem"),
+        b("foreign-client.key"),
+        b("passphrase.txt"),
+    ))
+    .await
+    .ok();
+    i.run(&["connection", "test", "foreign"])
+        .await
+        .fails(1, "client certificate");
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error() {
+    let i = Install::new();
+    let tf = i.file("token", "t");
+    let t = tf.to_str().unwrap();
+    i.run(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "a",
+        "--datacenter",
+        "fra9",
+        "--api-token-file",
+        t,
+    ])
+    .await
+    .fails(2, "unknown data center");
+    i.run(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "a",
+        "--url",
+        "https://example.com",
+        "--api-token-file",
+        t,
+    ])
+    .await
+    .fails(2, "qualtrics.com");
+    i.run(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "a",
+        "--url",
+        "http://fra1.qualtrics.com",
+        "--api-token-file",
+        t,
+    ])
+    .await
+    .fails(2, "https");
+    i.run(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "a",
+        "--datacenter",
+        "fra1",
+    ])
+    .await
+    .fails(2, "XMBRIDGE_QUALTRICS_API_TOKEN");
+    i.run(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "a",
+        "--datacenter",
+        "fra1",
+        "--auth",
+        "standard",
+        "--api-token-file",
+        t,
+    ])
+    .await
+    .fails(2, "--client-id");
+    i.run(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "bad name!",
+        "--datacenter",
+        "fra1",
+        "--api-token-file",
+        t,
+    ])
+    .await
+    .fails(1, "name");
+
+    // The wrong master key never yields garbage.
+    let mut i = Install::new();
+    i.master_key = Some("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into());
+    let tf = i.file("token", "t");
+    i.run(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "a",
+        "--datacenter",
+        "fra1",
+        "--api-token-file",
+        tf.to_str().unwrap(),
+    ])
+    .await
+    .ok();
+    i.master_key = Some("ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=".into());
+    i.run(&["connection", "list"])
+        .await
+        .fails(1, "master key does not match");
+    i.master_key = Some("short".into());
+    i.run(&["connection", "list"])
+        .await
+        .fails(1, "XMBRIDGE_MASTER_KEY");
+
+    // A corrupted state store.
+    let i = Install::new();
+    std::fs::create_dir_all(i.home()).unwrap();
+    std::fs::write(
+        i.home().join("state.db"),
+        b"this is not a database, it is a grocery list",
+    )
+    .unwrap();
+    let mut c = i.cmd(&["connection", "list"]);
+    c.env(
+        "XMBRIDGE_MASTER_KEY",
+        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+    );
+    let out = Run(tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap());
+    assert_eq!(out.code(), 1, "{}", out.all());
+    assert!(out.stderr().contains("state.db"), "{}", out.all());
+}
+
+/// Runs every mode with debug logs in both formats and greps the logs, the outputs and the
+/// state store for each secret.
+#[tokio::test]
+async fn no_secret_reaches_logs_outputs_or_the_state_store() {
+    let h = sim(small()).await;
+    let web = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let creds = credentials(&h, &web).await;
+    let app = oauth_client(&creds, "authorization_code", "");
+    let app_secret = app["client_secret"].as_str().unwrap().to_string();
+    admin(
+        &h,
+        &web,
+        "/_sim/oauth/auto-approve",
+        json!({"user": "admin"}),
+    )
+    .await;
+    let api_token = h.sim.cfg.admin_token();
+
+    let i = Install::new();
+    let tf = i.file("token", &api_token);
+    let sf = i.file("secret", &app_secret);
+    let url = h.base_url.clone();
+    let mut outputs = Vec::new();
+    for fmt in ["text", "json"] {
+        let name = format!("tok-{fmt}");
+        let r = i
+            .run(&[
+                "-vvv",
+                "--log-format",
+                fmt,
+                "connection",
+                "add",
+                "qualtrics",
+                &name,
+                "--url",
+                &url,
+                "--api-token-file",
+                tf.to_str().unwrap(),
+            ])
+            .await;
+        r.ok();
+        outputs.push(r.all());
+        let r = i
+            .run(&["-vvv", "--log-format", fmt, "connection", "test", &name])
+            .await;
+        r.ok();
+        outputs.push(r.all());
+    }
+    let app_id = app["client_id"].as_str().unwrap().to_string();
+    let r = i
+        .run(&[
+            "-vvv",
+            "connection",
+            "add",
+            "qualtrics",
+            "std",
+            "--url",
+            &url,
+            "--auth",
+            "standard",
+            "--client-id",
+            &app_id,
+            "--client-secret-file",
+            sf.to_str().unwrap(),
+        ])
+        .await;
+    r.ok();
+    outputs.push(r.all());
+    let mut child = i
+        .cmd(&["-vvv", "connection", "authorize", "std", "--timeout", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    let auth_url = loop {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "no URL printed");
+        printed.push_str(&line);
+        if line.starts_with("http") {
+            break line.trim().to_string();
+        }
+    };
+    let r = web.get(&auth_url).send().await.unwrap();
+    let back = r.headers()["location"].to_str().unwrap().to_string();
+    // The code in the redirect is a secret too (single use, but still).
+    let code = query(&back, "code");
+    web.get(&back).send().await.unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+        (child.wait_with_output().unwrap(), rest)
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.0.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.0.stderr)
+    );
+    outputs.push(format!(
+        "{printed}{}{}",
+        out.1,
+        String::from_utf8_lossy(&out.0.stderr)
+    ));
+    let r = i
+        .run(&["-vvv", "--log-format", "json", "connection", "test", "std"])
+        .await;
+    r.ok();
+    outputs.push(r.all());
+    assert!(
+        outputs
+            .iter()
+            .any(|o| o.contains("DEBUG") || o.contains("\"level\"")),
+        "debug logs were on"
+    );
+
+    let home = i.home();
+    let store = read_all(&[home.join("state.db"), home.join("state.db-wal")]);
+    let master_key = std::fs::read(home.join("master.key")).unwrap();
+    let logs = outputs.join("\n").into_bytes();
+    for (what, secret) in [
+        ("API token", api_token.as_str()),
+        ("client secret", app_secret.as_str()),
+        ("authorization code", code.as_str()),
+    ] {
+        assert!(!contains(&logs, secret), "the {what} reached the logs");
+        assert!(
+            !contains(&store, secret),
+            "the {what} is in the state store in clear text"
+        );
+    }
+    let key_text = String::from_utf8_lossy(&master_key).trim().to_string();
+    assert!(
+        !contains(&logs, &key_text),
+        "the master key reached the logs"
+    );
+    assert!(
+        !Path::new(&home.join("xmbridge.toml")).exists()
+            || !contains(
+                &std::fs::read(home.join("xmbridge.toml")).unwrap(),
+                &api_token
+            )
+    );
+}
