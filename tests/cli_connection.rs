@@ -868,3 +868,59 @@ async fn no_secret_reaches_logs_outputs_or_the_state_store() {
             )
     );
 }
+
+/// An account authorized with too few scopes: the missing scope is named, and without response
+/// access the account cannot sync.
+#[tokio::test]
+async fn a_missing_scope_is_named() {
+    let h = sim(small()).await;
+    let web = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let creds = credentials(&h, &web).await;
+    let app = oauth_client(&creds, "authorization_code", "");
+    let client_id = app["client_id"].as_str().unwrap().to_string();
+    admin(
+        &h,
+        &web,
+        "/_sim/oauth/auto-approve",
+        json!({"user": "admin"}),
+    )
+    .await;
+    let i = Install::new();
+    let sf = i.file("secret", app["client_secret"].as_str().unwrap());
+    let url = h.base_url.clone();
+    i.run(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "narrow",
+        "--url",
+        &url,
+        "--auth",
+        "standard",
+        "--client-id",
+        &client_id,
+        "--client-secret-file",
+        sf.to_str().unwrap(),
+        "--scopes",
+        "read:surveys offline",
+    ])
+    .await
+    .ok();
+    let (child, auth_url) = start_authorize(&i, "narrow");
+    let r = web.get(&auth_url).send().await.unwrap();
+    let back = r.headers()["location"].to_str().unwrap().to_string();
+    web.get(&back).send().await.unwrap();
+    let (code, _, stderr) = child.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let r = i.run(&["connection", "test", "narrow"]).await;
+    r.fails(1, "cannot sync");
+    assert!(r.stdout().contains("skipped  responses"), "{}", r.stdout());
+    assert!(
+        r.stdout().contains("read:survey_responses"),
+        "{}",
+        r.stdout()
+    );
+}

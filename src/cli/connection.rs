@@ -10,7 +10,7 @@ use super::UsageError;
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use xmbridge_auth::{ExposeSecret, SecretString, TokenSource};
@@ -214,11 +214,9 @@ fn read_secret(
         return Ok(SecretString::from(v));
     }
     if std::io::stdin().is_terminal() {
-        eprint!("{what}: ");
-        let _ = std::io::stderr().flush();
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line)?;
-        let line = line.trim_end_matches(['\r', '\n']).to_string();
+        // Not echoed, so the secret stays off the screen and out of terminal scrollback.
+        let line = rpassword::prompt_password(format!("{what}: "))
+            .with_context(|| format!("cannot read the {what} from the terminal"))?;
         if !line.is_empty() {
             return Ok(SecretString::from(line));
         }
