@@ -389,13 +389,7 @@ async fn standard_mode_authorize_rotate_and_revoke() {
 
     // The real flow: the browser follows the authorize URL, the simulator approves and redirects
     // to the listener, which exchanges the code.
-    let (child, auth_url) = start_authorize(&i, "std");
-    let r = web.get(&auth_url).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::FOUND);
-    let back = r.headers()["location"].to_str().unwrap().to_string();
-    let page = web.get(&back).send().await.unwrap();
-    assert!(page.status().is_success());
-    let (code, stdout, stderr) = child.finish().await;
+    let (code, stdout, stderr, _) = approve_in_browser(&web, &i, "std").await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("authorized connection 'std'"), "{stdout}");
 
@@ -464,6 +458,24 @@ impl Authorizing {
         .await
         .unwrap()
     }
+}
+
+/// Plays the browser: follows the authorize URL (the simulator auto-approves and redirects) to the
+/// command's listener, waits for the command and returns its exit code, stdout and stderr, plus
+/// the redirect it followed.
+async fn approve_in_browser(
+    web: &reqwest::Client,
+    i: &Install,
+    name: &str,
+) -> (Option<i32>, String, String, String) {
+    let (child, auth_url) = start_authorize(i, name);
+    let r = web.get(&auth_url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    let back = r.headers()["location"].to_str().unwrap().to_string();
+    let page = web.get(&back).send().await.unwrap();
+    assert!(page.status().is_success());
+    let (code, stdout, stderr) = child.finish().await;
+    (code, stdout, stderr, back)
 }
 
 fn query(url: &str, key: &str) -> String {
@@ -909,11 +921,7 @@ async fn a_missing_scope_is_named() {
     ])
     .await
     .ok();
-    let (child, auth_url) = start_authorize(&i, "narrow");
-    let r = web.get(&auth_url).send().await.unwrap();
-    let back = r.headers()["location"].to_str().unwrap().to_string();
-    web.get(&back).send().await.unwrap();
-    let (code, _, stderr) = child.finish().await;
+    let (code, _, stderr, _) = approve_in_browser(&web, &i, "narrow").await;
     assert_eq!(code, Some(0), "{stderr}");
     let r = i.run(&["connection", "test", "narrow"]).await;
     r.fails(1, "cannot sync");

@@ -167,6 +167,20 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult = Result<Response, ApiError>;
 
+/// Parses a JSON request body that must be an object. Handlers parse bodies themselves (not with
+/// axum's `Json`) so that malformed input gets the documented 400 envelope.
+pub fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::bad_request(
+            "The request body must be a JSON object.",
+        )),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "The request body is not valid JSON: {e}"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -949,18 +949,6 @@ pub fn routes() -> Router<SharedSim> {
         )
 }
 
-fn parse_body(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::bad_request(
-            "The request body must be a JSON object.",
-        )),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "The request body is not valid JSON: {e}"
-        ))),
-    }
-}
-
 async fn get_response(
     State(sim): State<SharedSim>,
     Extension(caller): Extension<Caller>,
@@ -1006,7 +994,7 @@ async fn create_response(
 ) -> ApiResult {
     caller.require_scope("write:survey_responses")?;
     let survey = sim.survey(&sid)?;
-    let body = parse_body(&body)?;
+    let body = envelope::json_object(&body)?;
     for k in body.keys() {
         if k != "values" {
             return Err(ApiError::bad_request(format!(
@@ -1091,7 +1079,7 @@ async fn update_response(
     body: Bytes,
 ) -> ApiResult {
     caller.require_scope("write:survey_responses")?;
-    let body = parse_body(&body)?;
+    let body = envelope::json_object(&body)?;
     let sid = match body.get("surveyId") {
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(ApiError::bad_request("'surveyId' must be a string.")),
@@ -1108,7 +1096,7 @@ async fn update_response_nested(
     body: Bytes,
 ) -> ApiResult {
     caller.require_scope("write:survey_responses")?;
-    let body = parse_body(&body)?;
+    let body = envelope::json_object(&body)?;
     apply_update(&sim, &sid, &rid, &body)
 }
 

@@ -163,19 +163,7 @@ async fn get_user(
     Ok(envelope::ok(full(&sim.cfg, &users[i])))
 }
 
-/// JSON request bodies are parsed by hand so malformed input gets the 400 envelope (shared with
-/// `distributions` and `eventsubs`).
-pub(crate) fn parse_body(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::bad_request(
-            "The request body must be a JSON object.",
-        )),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "The request body is not valid JSON: {e}"
-        ))),
-    }
-}
+pub(crate) use super::envelope::json_object as parse_body;
 
 pub(crate) fn opt_str<'a>(
     m: &'a Map<String, Value>,
