@@ -1,0 +1,514 @@
+//! The engine: picks the streams, prepares the tables, runs the streams in order and adds up
+//! what every commit changed. Streams live in `streams/`; they talk to the destination only
+//! through [`Ctx`], which stamps every commit with the run's time and counts its changes.
+
+use crate::catalog;
+use crate::convert::Row;
+use crate::progress::Progress;
+use crate::streams;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use xmbridge_destinations::{Commit, Compat, DestError, Destination, TableBatch, TableSpec, Value};
+use xmbridge_qualtrics::Client;
+
+/// What to sync and how.
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    /// Only these tables (schema.md names); `None` = every table. A table pulls in its whole
+    /// stream group (see [`GROUPS`]): asking for `question_response` also writes
+    /// `survey_response` and `survey_embedded_data` (they share one export and one cursor), and
+    /// the response group also syncs the survey definitions it flattens answers with.
+    pub tables: Option<Vec<String>>,
+    /// Ignore cursors: re-read every definition and export every response (rows are upserts, so
+    /// a full sync over an existing destination rewrites rows rather than doubling them).
+    pub full: bool,
+    /// The system-column prefix the destination was opened with (kept for messages; the
+    /// destination applies it).
+    pub compat: Compat,
+    /// Surveys exported (and definitions read) at the same time. Default 4.
+    pub survey_parallelism: usize,
+    /// Responses per destination transaction within one survey's export. Default 5,000.
+    pub commit_every: usize,
+    /// The run's time written into `<p>_synced`; `None` = now. Tests pin it.
+    pub synced_at_ms: Option<i64>,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            tables: None,
+            full: false,
+            compat: Compat::default(),
+            survey_parallelism: 4,
+            commit_every: 5_000,
+            synced_at_ms: None,
+        }
+    }
+}
+
+/// Stream groups and the tables each writes, in the order a sync runs them.
+pub const GROUPS: &[(&str, &[&str])] = &[
+    (
+        "surveys",
+        &[
+            "survey",
+            "survey_version",
+            "survey_version_publish_event",
+            "block",
+            "block_question",
+            "question",
+            "question_option",
+            "sub_question",
+            "quota",
+            "quota_group",
+            "group_quota_membership",
+        ],
+    ),
+    (
+        "responses",
+        &[
+            "survey_response",
+            "question_response",
+            "survey_embedded_data",
+        ],
+    ),
+    (
+        "directories",
+        &[
+            "directory",
+            "directory_contact",
+            "directory_mailing_list",
+            "contact_mailing_list_membership",
+        ],
+    ),
+    (
+        "transaction_batches",
+        &["transaction_batch", "batch_transaction_membership"],
+    ),
+    ("distributions", &["distribution", "distribution_contact"]),
+    ("users", &["user"]),
+    (
+        "libraries",
+        &[
+            "library",
+            "library_message",
+            "library_block",
+            "library_question",
+            "library_survey",
+        ],
+    ),
+];
+
+/// Rows one table gained, changed and lost in a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableCounts {
+    pub inserted: u64,
+    pub updated: u64,
+    /// Hard deletes and soft-delete marks.
+    pub deleted: u64,
+}
+
+/// A table not synced, and why (e.g. a permission the credentials lack).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub table: String,
+    pub reason: String,
+}
+
+/// What a sync did.
+#[derive(Clone, Debug, Default)]
+pub struct SyncSummary {
+    /// Every table the run prepared, with its counts (zeros included).
+    pub tables: BTreeMap<String, TableCounts>,
+    pub skipped: Vec<Skipped>,
+    pub duration: Duration,
+    /// HTTP requests made to Qualtrics (retries included).
+    pub api_calls: u64,
+    /// Survey definitions (re-)read.
+    pub definitions_read: u64,
+    /// Surveys whose responses were exported.
+    pub surveys_exported: u64,
+    /// Responses written (new and updated).
+    pub responses: u64,
+}
+
+impl SyncSummary {
+    /// Counts of one table (zeros when it was not touched).
+    pub fn table(&self, name: &str) -> TableCounts {
+        self.tables.get(name).copied().unwrap_or_default()
+    }
+}
+
+impl fmt::Display for SyncSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let w = self
+            .tables
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        writeln!(
+            f,
+            "{:w$}  {:>10}  {:>10}  {:>10}",
+            "table", "inserted", "updated", "deleted"
+        )?;
+        for (t, c) in &self.tables {
+            writeln!(
+                f,
+                "{t:w$}  {:>10}  {:>10}  {:>10}",
+                c.inserted, c.updated, c.deleted
+            )?;
+        }
+        for s in &self.skipped {
+            writeln!(f, "skipped {}: {}", s.table, s.reason)?;
+        }
+        write!(
+            f,
+            "{} responses from {} surveys, {} definitions read, {} API calls, {:.1} s",
+            self.responses,
+            self.surveys_exported,
+            self.definitions_read,
+            self.api_calls,
+            self.duration.as_secs_f64()
+        )
+    }
+}
+
+/// Why a sync stopped. Tables (and surveys) committed before the failure stay committed; the
+/// next run resumes from their cursors.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// Qualtrics refused or failed a call.
+    #[error("{}: {source}", place(table, survey.as_deref()))]
+    Qualtrics {
+        table: String,
+        survey: Option<String>,
+        #[source]
+        source: xmbridge_qualtrics::Error,
+    },
+    /// The destination refused a write.
+    #[error("{}: {source}", place(table, survey.as_deref()))]
+    Destination {
+        table: String,
+        survey: Option<String>,
+        #[source]
+        source: DestError,
+    },
+    /// Something else went wrong in a stream (a worker that died, an unreadable export).
+    #[error("{}: {message}", place(table, survey.as_deref()))]
+    Stream {
+        table: String,
+        survey: Option<String>,
+        message: String,
+    },
+    /// Options that cannot work (an unknown table name …).
+    #[error("invalid sync options: {0}")]
+    Options(String),
+}
+
+fn place(table: &str, survey: Option<&str>) -> String {
+    match survey {
+        Some(s) => format!("table {table}, survey {s}"),
+        None => format!("table {table}"),
+    }
+}
+
+impl SyncError {
+    /// The table being written when it failed.
+    pub fn table(&self) -> Option<&str> {
+        match self {
+            SyncError::Qualtrics { table, .. }
+            | SyncError::Destination { table, .. }
+            | SyncError::Stream { table, .. } => Some(table),
+            SyncError::Options(_) => None,
+        }
+    }
+
+    /// The survey at fault, when one was.
+    pub fn survey(&self) -> Option<&str> {
+        match self {
+            SyncError::Qualtrics { survey, .. }
+            | SyncError::Destination { survey, .. }
+            | SyncError::Stream { survey, .. } => survey.as_deref(),
+            SyncError::Options(_) => None,
+        }
+    }
+
+    pub(crate) fn api(
+        table: &str,
+        survey: Option<&str>,
+        source: xmbridge_qualtrics::Error,
+    ) -> Self {
+        SyncError::Qualtrics {
+            table: table.into(),
+            survey: survey.map(Into::into),
+            source,
+        }
+    }
+}
+
+/// The table specs of a run, by name (shared read-only with export workers).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Specs(HashMap<String, TableSpec>);
+
+impl Specs {
+    pub fn get(&self, table: &str) -> Option<&TableSpec> {
+        self.0.get(table)
+    }
+
+    /// A new row of `table`. Streams only name tables of their group, which the engine always
+    /// prepares; a missing spec is a programming error.
+    pub fn row(&self, table: &str) -> Row<'_> {
+        match self.0.get(table) {
+            Some(spec) => Row::new(spec),
+            None => panic!("table {table} was not prepared by the engine"),
+        }
+    }
+}
+
+/// Rows and deletes of one commit, grouped by table.
+#[derive(Debug, Default)]
+pub(crate) struct Batches(BTreeMap<String, TableBatch>);
+
+impl Batches {
+    fn batch(&mut self, table: &str) -> &mut TableBatch {
+        self.0
+            .entry(table.to_string())
+            .or_insert_with(|| TableBatch {
+                table: table.to_string(),
+                ..Default::default()
+            })
+    }
+
+    pub fn push(&mut self, table: &str, row: Vec<Value>) {
+        self.batch(table).upserts.push(row);
+    }
+
+    /// Hard-deletes rows of `table` whose `column` is one of `values` (applied before the
+    /// batch's upserts).
+    pub fn delete_where(&mut self, table: &str, column: &str, values: Vec<Value>) {
+        if values.is_empty() {
+            return;
+        }
+        self.batch(table)
+            .delete_where
+            .push((column.to_string(), values));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_vec(self) -> Vec<TableBatch> {
+        self.0.into_values().collect()
+    }
+}
+
+/// What streams see of a run.
+pub(crate) struct Ctx<'a> {
+    pub client: &'a Client,
+    dest: &'a mut dyn Destination,
+    pub opts: &'a SyncOptions,
+    pub progress: &'a dyn Progress,
+    pub synced_at_ms: i64,
+    pub specs: Arc<Specs>,
+    pub summary: SyncSummary,
+    /// Definitions read during this run (the response stream flattens answers with them).
+    pub defs: HashMap<String, Arc<streams::surveys::SurveyDef>>,
+}
+
+impl Ctx<'_> {
+    /// The committed cursor of a stream (`None` with [`SyncOptions::full`] is up to the stream).
+    pub async fn cursor(
+        &mut self,
+        stream: &str,
+        table: &str,
+    ) -> Result<Option<serde_json::Value>, SyncError> {
+        self.dest
+            .cursor(stream)
+            .await
+            .map_err(|source| SyncError::Destination {
+                table: table.into(),
+                survey: None,
+                source,
+            })
+    }
+
+    /// Applies one commit (rows + cursors, atomically) and adds its counts to the summary.
+    pub async fn commit(
+        &mut self,
+        mut commit: Commit,
+        table: &str,
+        survey: Option<&str>,
+    ) -> Result<(), SyncError> {
+        commit.synced_at_ms = self.synced_at_ms;
+        let stats = self
+            .dest
+            .commit(commit)
+            .await
+            .map_err(|source| SyncError::Destination {
+                table: table.into(),
+                survey: survey.map(Into::into),
+                source,
+            })?;
+        for (t, i, u, d) in stats.tables {
+            let c = self.summary.tables.entry(t).or_default();
+            c.inserted += i;
+            c.updated += u;
+            c.deleted += d;
+        }
+        Ok(())
+    }
+
+    /// Widens a table (schema evolution, e.g. a new `stats_*` column) and tells the destination.
+    pub async fn widen(&mut self, spec: TableSpec) -> Result<(), SyncError> {
+        let name = spec.name.clone();
+        self.dest
+            .ensure_tables(std::slice::from_ref(&spec))
+            .await
+            .map_err(|source| SyncError::Destination {
+                table: name.clone(),
+                survey: None,
+                source,
+            })?;
+        let mut specs = (*self.specs).clone();
+        specs.0.insert(name, spec);
+        self.specs = Arc::new(specs);
+        Ok(())
+    }
+
+    /// Records that `tables` were not synced and why (said once, in the summary and the log).
+    pub fn skip(&mut self, tables: &[&str], reason: &str) {
+        for t in tables {
+            tracing::warn!(table = t, reason, "table skipped");
+            self.summary.tables.remove(*t);
+            self.summary.skipped.push(Skipped {
+                table: t.to_string(),
+                reason: reason.to_string(),
+            });
+        }
+    }
+}
+
+/// Which groups a table selection runs.
+fn selected_groups(opts: &SyncOptions) -> Result<Vec<&'static str>, SyncError> {
+    let Some(wanted) = &opts.tables else {
+        return Ok(GROUPS.iter().map(|(g, _)| *g).collect());
+    };
+    let mut groups = Vec::new();
+    for t in wanted {
+        let Some((g, _)) = GROUPS.iter().find(|(_, ts)| ts.contains(&t.as_str())) else {
+            let known: Vec<&str> = GROUPS
+                .iter()
+                .flat_map(|(_, ts)| ts.iter().copied())
+                .collect();
+            return Err(SyncError::Options(format!(
+                "unknown table {t:?}; tables are: {}",
+                known.join(", ")
+            )));
+        };
+        groups.push(*g);
+    }
+    // Answers are flattened with their survey's definition.
+    if groups.contains(&"responses") {
+        groups.push("surveys");
+    }
+    Ok(GROUPS
+        .iter()
+        .map(|(g, _)| *g)
+        .filter(|g| groups.contains(g))
+        .collect())
+}
+
+/// Runs one sync: prepares the tables of the selected streams, then runs the streams in
+/// [`GROUPS`] order. Each stream reads its cursor from the destination and commits rows and
+/// cursor together. Optional groups the credentials may not read (403) are skipped with the
+/// reason; the rest syncs.
+pub async fn sync(
+    client: &Client,
+    dest: &mut dyn Destination,
+    opts: &SyncOptions,
+    progress: &dyn Progress,
+) -> Result<SyncSummary, SyncError> {
+    let started = Instant::now();
+    let calls_before = client.api_calls();
+    let groups = selected_groups(opts)?;
+    let mut specs = Specs::default();
+    let mut summary = SyncSummary::default();
+    for (g, tables) in GROUPS {
+        if !groups.contains(g) {
+            continue;
+        }
+        for t in *tables {
+            let spec = catalog::table(t).ok_or_else(|| {
+                SyncError::Options(format!("table {t} is missing from the catalog"))
+            })?;
+            summary.tables.insert(t.to_string(), TableCounts::default());
+            specs.0.insert(t.to_string(), spec);
+        }
+    }
+    let mut list: Vec<TableSpec> = specs.0.values().cloned().collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    dest.ensure_tables(&list)
+        .await
+        .map_err(|source| SyncError::Destination {
+            table: list
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            survey: None,
+            source,
+        })?;
+    let synced_at_ms = opts
+        .synced_at_ms
+        .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+    let mut ctx = Ctx {
+        client,
+        dest,
+        opts,
+        progress,
+        synced_at_ms,
+        specs: Arc::new(specs),
+        summary,
+        defs: HashMap::new(),
+    };
+    tracing::info!(groups = ?groups, full = opts.full, "sync started");
+
+    let mut surveys = Vec::new();
+    if groups.contains(&"surveys") {
+        surveys = streams::surveys::run(&mut ctx).await?;
+    }
+    if groups.contains(&"responses") {
+        streams::responses::run(&mut ctx, &surveys).await?;
+    }
+    if groups.contains(&"directories") {
+        streams::directories::run(&mut ctx).await?;
+    }
+    if groups.contains(&"transaction_batches") {
+        streams::directories::run_batches(&mut ctx).await?;
+    }
+    if groups.contains(&"distributions") {
+        streams::distributions::run(&mut ctx, &surveys).await?;
+    }
+    if groups.contains(&"users") {
+        streams::users::run(&mut ctx).await?;
+    }
+    if groups.contains(&"libraries") {
+        streams::libraries::run(&mut ctx).await?;
+    }
+
+    let mut summary = ctx.summary;
+    summary.duration = started.elapsed();
+    summary.api_calls = client.api_calls() - calls_before;
+    tracing::info!(
+        responses = summary.responses,
+        api_calls = summary.api_calls,
+        duration_ms = summary.duration.as_millis() as u64,
+        "sync finished"
+    );
+    Ok(summary)
+}

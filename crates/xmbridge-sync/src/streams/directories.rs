@@ -1,0 +1,8 @@
+//! (stub)
+use crate::engine::{Ctx, SyncError};
+pub(crate) async fn run(_ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
+    Ok(())
+}
+pub(crate) async fn run_batches(_ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
+    Ok(())
+}

@@ -1,0 +1,649 @@
+//! Responses → `survey_response`, `question_response` (one row per answer cell) and
+//! `survey_embedded_data`, through the response export API.
+//!
+//! **Cursor.** One stream per survey, `responses:{survey_id}` =
+//! `{"continuationToken": T | null, "complete": bool}`. Per-survey streams let surveys export in
+//! parallel and commit independently, with no shared map to read-modify-write. The first export
+//! asks `allowContinuation`; later ones send the stored token (the API's own "since the last
+//! export": new and updated responses). A token the API refuses (expired after a week, unknown)
+//! starts a full export with `allowContinuation` again.
+//!
+//! **Exactly once.** A survey's responses are committed every `commit_every` responses; the token
+//! advances only in the last commit of the survey (it covers the whole file). Intermediate commits
+//! write `{"continuationToken": <the old token>, "complete": false}`. If the run dies in between,
+//! the next run exports again from the old token and re-applies the same rows: every table is an
+//! upsert by primary key (`<p>_id` is a hash of the cell's identity), and a rewritten response's
+//! answer and embedded-data rows are deleted in the same commit before its new rows are written,
+//! so nothing is doubled and edits leave no stale answers. The deletes are skipped while a
+//! survey has no cursor at all (nothing of it was ever committed), which keeps the first load a
+//! pure insert.
+//!
+//! **Parallelism.** Up to `survey_parallelism` surveys export and parse at once (parsing runs on a
+//! blocking thread, one response at a time); their commits go through a bounded channel to the
+//! engine task, the only writer of the destination.
+
+use super::surveys::{QDef, SurveyDef, definition};
+use crate::convert::as_text;
+use crate::engine::{Batches, Ctx, Specs, SyncError};
+use serde_json::{Map, Value as Json, json};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc};
+use xmbridge_destinations::{Commit, Value};
+use xmbridge_qualtrics::{Client, ExportOptions, SurveySummary};
+
+/// Metadata keys of an export record's `values` (qualtrics-api.md §6.4); everything else is a
+/// question cell (`QID…`) or embedded data.
+const METADATA: &[&str] = &[
+    "startDate",
+    "endDate",
+    "status",
+    "ipAddress",
+    "progress",
+    "duration",
+    "finished",
+    "recordedDate",
+    "_recordId",
+    "locationLatitude",
+    "locationLongitude",
+    "distributionChannel",
+    "userLanguage",
+    "recipientLastName",
+    "recipientFirstName",
+    "recipientEmail",
+    "externalDataReference",
+    "externalReference",
+    "lastModifiedDate",
+];
+
+/// The `<p>_id` of a `question_response` row: sha256 (hex) of the cell's identity. Fields are
+/// length-prefixed so no two different identities hash the same input.
+pub fn answer_id(
+    response_id: &str,
+    question_id: &str,
+    sub_question_key: Option<&str>,
+    sub_question_text: Option<&str>,
+    question_option_key: Option<&str>,
+    loop_id: Option<&str>,
+    import_id: &str,
+) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        Some(response_id),
+        Some(question_id),
+        sub_question_key,
+        sub_question_text,
+        question_option_key,
+        loop_id,
+        Some(import_id),
+    ] {
+        match part {
+            None => h.update(b"N"),
+            Some(p) => {
+                h.update(b"S");
+                h.update((p.len() as u64).to_le_bytes());
+                h.update(p.as_bytes());
+            }
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+/// An export key split into its parts: `{loop}_QID{n}[#{col}]{rest}`.
+#[derive(Debug, PartialEq, Eq)]
+struct Key<'a> {
+    loop_id: Option<&'a str>,
+    /// `QID7` or a side-by-side column `QID9#1`.
+    qid: &'a str,
+    /// `""`, `_TEXT`, `_3`, `_3_TEXT`, `_NPS_GROUP`, `_DO` …
+    rest: &'a str,
+}
+
+fn digits(s: &str) -> usize {
+    s.bytes().take_while(u8::is_ascii_digit).count()
+}
+
+fn parse_key(key: &str) -> Option<Key<'_>> {
+    let (loop_id, body) = match key.find("_QID") {
+        Some(i) if i > 0 && digits(key) == i => (Some(&key[..i]), &key[i + 1..]),
+        _ => (None, key),
+    };
+    let n = digits(body.strip_prefix("QID")?);
+    if n == 0 {
+        return None;
+    }
+    let mut end = 3 + n;
+    if body[end..].starts_with('#') {
+        let m = digits(&body[end + 1..]);
+        if m > 0 {
+            end += 1 + m;
+        }
+    }
+    let rest = &body[end..];
+    if !(rest.is_empty() || rest.starts_with('_')) {
+        return None;
+    }
+    Some(Key {
+        loop_id,
+        qid: &body[..end],
+        rest,
+    })
+}
+
+/// One answer cell before it becomes a row.
+#[derive(Debug, Default)]
+struct Cell {
+    sub_question_key: Option<String>,
+    sub_question_text: Option<String>,
+    option_key: Option<String>,
+    label: Option<String>,
+    text: Option<String>,
+    value: Option<String>,
+}
+
+fn label_at(label: Option<&Json>, i: Option<usize>) -> Option<String> {
+    match (label, i) {
+        (Some(Json::Array(a)), Some(i)) => a.get(i).and_then(as_text),
+        (Some(Json::Array(_)), None) => None,
+        (Some(l), _) => as_text(l),
+        (None, _) => None,
+    }
+}
+
+/// The cells of one `values` entry (empty for display-order fields).
+fn cells(q: Option<&QDef>, rest: &str, value: &Json, label: Option<&Json>) -> Vec<Cell> {
+    let is_text_entry = q.is_some_and(|q| q.qtype == "TE");
+    let matrix = q.is_some_and(|q| !q.answers.is_empty());
+    match rest {
+        "_DO" => Vec::new(),
+        "" => match value {
+            // Multi-select: one row per selected choice.
+            Json::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| Cell {
+                    option_key: as_text(v),
+                    label: label_at(label, Some(i)),
+                    value: as_text(v),
+                    ..Default::default()
+                })
+                .collect(),
+            v => {
+                let value = as_text(v);
+                let option_key = value
+                    .as_ref()
+                    .and_then(|v| q.and_then(|q| q.choice_by_recode.get(v).cloned()));
+                if is_text_entry {
+                    vec![Cell {
+                        text: value,
+                        ..Default::default()
+                    }]
+                } else {
+                    vec![Cell {
+                        option_key,
+                        label: label_at(label, None),
+                        value,
+                        ..Default::default()
+                    }]
+                }
+            }
+        },
+        "_TEXT" => vec![Cell {
+            text: as_text(value),
+            ..Default::default()
+        }],
+        "_NPS_GROUP" => vec![Cell {
+            label: label_at(label, None),
+            value: as_text(value),
+            ..Default::default()
+        }],
+        _ => {
+            let tail = &rest[1..];
+            let n = digits(tail);
+            if n > 0 && &tail[n..] == "_TEXT" {
+                // "Other, please specify" text of choice n (or a text box on matrix row n).
+                return vec![Cell {
+                    option_key: Some(tail[..n].to_string()),
+                    text: as_text(value),
+                    ..Default::default()
+                }];
+            }
+            if n > 0 && n == tail.len() {
+                let sub = tail.to_string();
+                let sub_text = q.and_then(|q| q.choices.get(&sub).cloned());
+                let v = as_text(value);
+                if is_text_entry {
+                    return vec![Cell {
+                        sub_question_key: Some(sub),
+                        sub_question_text: sub_text,
+                        text: v,
+                        ..Default::default()
+                    }];
+                }
+                let option_key = if matrix {
+                    v.as_ref()
+                        .and_then(|v| q.and_then(|q| q.answer_by_recode.get(v).cloned()))
+                } else {
+                    None
+                };
+                return vec![Cell {
+                    sub_question_key: Some(sub),
+                    sub_question_text: sub_text,
+                    option_key,
+                    label: label_at(label, None),
+                    value: v,
+                    ..Default::default()
+                }];
+            }
+            // Anything else (timing, file upload, heat map …): keep it, keyed by its suffix.
+            match value {
+                Json::Array(items) => items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| Cell {
+                        sub_question_key: Some(tail.to_string()),
+                        option_key: as_text(v),
+                        label: label_at(label, Some(i)),
+                        value: as_text(v),
+                        ..Default::default()
+                    })
+                    .collect(),
+                v => vec![Cell {
+                    sub_question_key: Some(tail.to_string()),
+                    label: label_at(label, None),
+                    value: as_text(v),
+                    ..Default::default()
+                }],
+            }
+        }
+    }
+}
+
+fn opt(s: Option<String>) -> Value {
+    s.map(Value::Text).unwrap_or(Value::Null)
+}
+
+/// Adds one export record's rows to `b`; returns its response id.
+fn flatten(
+    specs: &Specs,
+    def: &SurveyDef,
+    survey_id: &str,
+    resp: &Json,
+    b: &mut Batches,
+) -> Option<String> {
+    let rid = resp.get("responseId").and_then(Json::as_str)?;
+    let empty = Map::new();
+    let values = resp
+        .get("values")
+        .and_then(Json::as_object)
+        .unwrap_or(&empty);
+    let labels = resp
+        .get("labels")
+        .and_then(Json::as_object)
+        .unwrap_or(&empty);
+
+    let mut r = specs.row("survey_response");
+    r.text("id", rid).text("survey_id", survey_id);
+    for (col, key) in [
+        ("distribution_channel", "distributionChannel"),
+        ("duration_in_seconds", "duration"),
+        ("end_date", "endDate"),
+        ("finished", "finished"),
+        ("ip_address", "ipAddress"),
+        ("last_modified_date", "lastModifiedDate"),
+        ("location_latitude", "locationLatitude"),
+        ("location_longitude", "locationLongitude"),
+        ("progress", "progress"),
+        ("recipient_email", "recipientEmail"),
+        ("recipient_first_name", "recipientFirstName"),
+        ("recipient_last_name", "recipientLastName"),
+        ("recorded_date", "recordedDate"),
+        ("start_date", "startDate"),
+        ("status", "status"),
+        ("user_language", "userLanguage"),
+    ] {
+        r.put(col, values.get(key));
+    }
+    r.put(
+        "external_reference",
+        values
+            .get("externalDataReference")
+            .or_else(|| values.get("externalReference")),
+    );
+    b.push("survey_response", r.build());
+
+    for (key, value) in values {
+        if METADATA.contains(&key.as_str()) || value.is_null() {
+            continue;
+        }
+        let Some(k) = parse_key(key) else {
+            // Embedded data: declared in the flow, or set on the response through the API.
+            let mut r = specs.row("survey_embedded_data");
+            r.text("import_id", key.clone())
+                .text("key", key.clone())
+                .text("response_id", rid)
+                .put("value", Some(value));
+            b.push("survey_embedded_data", r.build());
+            continue;
+        };
+        let q = def.questions.get(k.qid);
+        let question = match q {
+            Some(q) if !q.tag.is_empty() => match k.loop_id {
+                Some(l) => format!("{l}_{}{}", q.tag, k.rest),
+                None => format!("{}{}", q.tag, k.rest),
+            },
+            _ => key.clone(),
+        };
+        for c in cells(q, k.rest, value, labels.get(key)) {
+            let id = answer_id(
+                rid,
+                k.qid,
+                c.sub_question_key.as_deref(),
+                c.sub_question_text.as_deref(),
+                c.option_key.as_deref(),
+                k.loop_id,
+                key,
+            );
+            let mut r = specs.row("question_response");
+            r.text("<p>_id", id)
+                .text("response_id", rid)
+                .text("question_id", k.qid)
+                .text("question", question.clone())
+                .set("sub_question_key", opt(c.sub_question_key))
+                .set("sub_question_text", opt(c.sub_question_text))
+                .set("question_option_key", opt(c.option_key))
+                .opt_text("loop_id", k.loop_id)
+                .set("label", opt(c.label))
+                .set("text", opt(c.text))
+                .set("value", opt(c.value));
+            b.push("question_response", r.build());
+        }
+    }
+    Some(rid.to_string())
+}
+
+/// Messages from export workers to the engine task.
+enum Msg {
+    Started {
+        survey: String,
+    },
+    Rows {
+        survey: String,
+        commit: Commit,
+        responses: u64,
+    },
+    Done {
+        survey: String,
+    },
+    Failed(SyncError),
+}
+
+struct Job {
+    survey: String,
+    token: Option<String>,
+    /// Some rows of this survey may already be in the destination (a cursor exists).
+    loaded: bool,
+    def: Option<Arc<SurveyDef>>,
+}
+
+fn cursor_stream(survey: &str) -> String {
+    format!("responses:{survey}")
+}
+
+fn cursor_value(token: Option<&str>, complete: bool) -> Json {
+    json!({"continuationToken": token, "complete": complete})
+}
+
+async fn export(
+    client: &Client,
+    survey: &str,
+    token: Option<String>,
+) -> Result<xmbridge_qualtrics::ExportFile, xmbridge_qualtrics::Error> {
+    let mut extra = Map::new();
+    // Adds values.lastModifiedDate (survey_response.last_modified_date); filters nothing here.
+    extra.insert("sortByLastModifiedDate".into(), json!(true));
+    let opts = |token: Option<String>| ExportOptions {
+        allow_continuation: token.is_none(),
+        continuation_token: token,
+        extra: extra.clone(),
+        ..Default::default()
+    };
+    let had_token = token.is_some();
+    match client.export_responses(survey, &opts(token)).await {
+        Err(e) if had_token && e.status() == Some(400) => {
+            tracing::warn!(survey, error = %e, "continuation token refused; exporting every response again");
+            client.export_responses(survey, &opts(None)).await
+        }
+        other => other,
+    }
+}
+
+async fn worker(
+    client: Client,
+    specs: Arc<Specs>,
+    commit_every: usize,
+    job: Job,
+    tx: mpsc::Sender<Msg>,
+) {
+    let survey = job.survey.clone();
+    let fail = |e: SyncError| Msg::Failed(e);
+    let def = match job.def {
+        Some(d) => d,
+        None => match definition(&client, &survey).await {
+            Ok(d) => Arc::new(SurveyDef::parse(&d)),
+            Err(e) => {
+                let _ = tx
+                    .send(fail(SyncError::api("survey_response", Some(&survey), e)))
+                    .await;
+                return;
+            }
+        },
+    };
+    let file = match export(&client, &survey, job.token.clone()).await {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = tx
+                .send(fail(SyncError::api("survey_response", Some(&survey), e)))
+                .await;
+            return;
+        }
+    };
+    if tx
+        .send(Msg::Started {
+            survey: survey.clone(),
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let old_token = job.token;
+    let loaded = job.loaded;
+    let tx2 = tx.clone();
+    let sv = survey.clone();
+    let parsed = tokio::task::spawn_blocking(move || {
+        let stream = cursor_stream(&sv);
+        let partial = cursor_value(old_token.as_deref(), false);
+        let mut b = Batches::default();
+        let mut ids: Vec<Value> = Vec::new();
+        let mut n = 0u64;
+        let mut gone = false;
+        let take =
+            |b: &mut Batches, ids: &mut Vec<Value>| -> Vec<xmbridge_destinations::TableBatch> {
+                let mut out = std::mem::take(b);
+                if loaded {
+                    // Rewritten responses lose their old answer and embedded-data rows first.
+                    out.delete_where("question_response", "response_id", ids.clone());
+                    out.delete_where("survey_embedded_data", "response_id", std::mem::take(ids));
+                }
+                ids.clear();
+                out.into_vec()
+            };
+        let res = file.for_each_response(|resp| {
+            if gone {
+                return;
+            }
+            if let Some(rid) = flatten(&specs, &def, &sv, &resp, &mut b) {
+                ids.push(Value::Text(rid));
+                n += 1;
+            }
+            if n as usize >= commit_every {
+                let commit = Commit {
+                    batches: take(&mut b, &mut ids),
+                    cursors: vec![(stream.clone(), partial.clone())],
+                    ..Default::default()
+                };
+                gone = tx2
+                    .blocking_send(Msg::Rows {
+                        survey: sv.clone(),
+                        commit,
+                        responses: n,
+                    })
+                    .is_err();
+                n = 0;
+            }
+        });
+        if gone {
+            return Ok(());
+        }
+        res?;
+        // The last commit carries the new token: the whole file is in.
+        let commit = Commit {
+            batches: take(&mut b, &mut ids),
+            cursors: vec![(
+                stream.clone(),
+                cursor_value(file.continuation_token.as_deref(), true),
+            )],
+            ..Default::default()
+        };
+        let _ = tx2.blocking_send(Msg::Rows {
+            survey: sv.clone(),
+            commit,
+            responses: n,
+        });
+        Ok::<(), xmbridge_qualtrics::Error>(())
+    })
+    .await;
+    let msg = match parsed {
+        Ok(Ok(())) => Msg::Done { survey },
+        Ok(Err(e)) => fail(SyncError::api("survey_response", Some(&survey), e)),
+        Err(e) => fail(SyncError::Stream {
+            table: "survey_response".into(),
+            survey: Some(survey),
+            message: format!("the export parser stopped: {e}"),
+        }),
+    };
+    let _ = tx.send(msg).await;
+}
+
+/// Exports every listed survey's new and changed responses.
+pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<(), SyncError> {
+    let mut jobs = Vec::new();
+    for s in surveys {
+        let cursor = ctx.cursor(&cursor_stream(&s.id), "survey_response").await?;
+        let token = cursor
+            .as_ref()
+            .and_then(|c| c.get("continuationToken"))
+            .and_then(Json::as_str)
+            .map(str::to_string);
+        jobs.push(Job {
+            survey: s.id.clone(),
+            token: if ctx.opts.full { None } else { token },
+            loaded: cursor.is_some(),
+            def: ctx.defs.get(&s.id).cloned(),
+        });
+    }
+    ctx.progress
+        .stream_started("responses", Some(jobs.len() as u64));
+    let par = ctx.opts.survey_parallelism.max(1);
+    let sem = Arc::new(Semaphore::new(par));
+    let (tx, mut rx) = mpsc::channel::<Msg>(par * 2);
+    let commit_every = ctx.opts.commit_every.max(1);
+    let mut handles = Vec::new();
+    for job in jobs {
+        let (client, specs, tx, sem) = (
+            ctx.client.clone(),
+            ctx.specs.clone(),
+            tx.clone(),
+            sem.clone(),
+        );
+        handles.push(tokio::spawn(async move {
+            let Ok(_permit) = sem.acquire_owned().await else {
+                return;
+            };
+            worker(client, specs, commit_every, job, tx).await;
+        }));
+    }
+    drop(tx);
+    let abort = |handles: &[tokio::task::JoinHandle<()>]| handles.iter().for_each(|h| h.abort());
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Msg::Started { survey } => {
+                ctx.progress.stream_started(&cursor_stream(&survey), None);
+            }
+            Msg::Rows {
+                survey,
+                commit,
+                responses,
+            } => {
+                if let Err(e) = ctx.commit(commit, "survey_response", Some(&survey)).await {
+                    abort(&handles);
+                    return Err(e);
+                }
+                ctx.summary.responses += responses;
+                ctx.progress.advanced(&cursor_stream(&survey), responses);
+                ctx.progress.advanced("responses", responses);
+            }
+            Msg::Done { survey } => {
+                ctx.summary.surveys_exported += 1;
+                ctx.progress.stream_finished(&cursor_stream(&survey));
+            }
+            Msg::Failed(e) => {
+                abort(&handles);
+                ctx.progress.stream_finished("responses");
+                return Err(e);
+            }
+        }
+    }
+    ctx.progress.stream_finished("responses");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_grammar() {
+        let k = parse_key("QID1").unwrap();
+        assert_eq!((k.loop_id, k.qid, k.rest), (None, "QID1", ""));
+        let k = parse_key("2_QID12_TEXT").unwrap();
+        assert_eq!((k.loop_id, k.qid, k.rest), (Some("2"), "QID12", "_TEXT"));
+        let k = parse_key("QID9#2_3").unwrap();
+        assert_eq!((k.loop_id, k.qid, k.rest), (None, "QID9#2", "_3"));
+        let k = parse_key("QID5_NPS_GROUP").unwrap();
+        assert_eq!(k.rest, "_NPS_GROUP");
+        assert!(parse_key("segment").is_none());
+        assert!(parse_key("QIDx").is_none());
+        assert!(parse_key("QID1x").is_none());
+        assert!(parse_key("a_QID1").is_none());
+    }
+
+    #[test]
+    fn answer_ids_are_stable_and_distinct() {
+        let a = answer_id("R_1", "QID1", None, None, Some("2"), None, "QID1");
+        assert_eq!(
+            a,
+            answer_id("R_1", "QID1", None, None, Some("2"), None, "QID1")
+        );
+        assert_eq!(a.len(), 64);
+        assert_ne!(
+            a,
+            answer_id("R_1", "QID1", None, None, Some("3"), None, "QID1")
+        );
+        assert_ne!(
+            answer_id("R_1", "QID1", Some(""), None, None, None, "QID1"),
+            answer_id("R_1", "QID1", None, None, None, None, "QID1")
+        );
+    }
+}
