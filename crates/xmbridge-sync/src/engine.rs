@@ -255,8 +255,12 @@ impl SyncError {
 pub(crate) struct Specs(HashMap<String, TableSpec>);
 
 impl Specs {
-    pub fn get(&self, table: &str) -> Option<&TableSpec> {
-        self.0.get(table)
+    /// A copy of a table's spec (to widen it).
+    pub fn row_spec(&self, table: &str) -> TableSpec {
+        match self.0.get(table) {
+            Some(spec) => spec.clone(),
+            None => panic!("table {table} was not prepared by the engine"),
+        }
     }
 
     /// A new row of `table`. Streams only name tables of their group, which the engine always
@@ -296,10 +300,6 @@ impl Batches {
         self.batch(table)
             .delete_where
             .push((column.to_string(), values));
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 
     pub fn into_vec(self) -> Vec<TableBatch> {

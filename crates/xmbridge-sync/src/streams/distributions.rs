@@ -1,8 +1,151 @@
-//! (stub)
-use crate::engine::{Ctx, SyncError};
-pub(crate) async fn run(
-    _ctx: &mut Ctx<'_>,
-    _s: &[xmbridge_qualtrics::SurveySummary],
-) -> Result<(), SyncError> {
+//! Distributions → `distribution` (with one `stats_*` column per stats field the API returns:
+//! a field not yet in the table widens it through `ensure_tables`, never failing the sync) and
+//! `distribution_contact` (the distribution history).
+//!
+//! Full stream per survey, no cursor: one commit per survey replaces the history rows of its
+//! distributions; `distribution` is a soft table, so distributions not seen in this run are
+//! marked deleted at the end.
+
+use super::{first_call, list};
+use crate::catalog::{add_column, stats_column};
+use crate::engine::{Batches, Ctx, SyncError};
+use futures_util::TryStreamExt;
+use serde_json::Value as Json;
+use xmbridge_destinations::{ColumnType, Commit, MarkUnseenDeleted, Value};
+use xmbridge_qualtrics::SurveySummary;
+
+const TABLES: &[&str] = &["distribution", "distribution_contact"];
+
+pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<(), SyncError> {
+    let client = ctx.client.clone();
+    let owned;
+    let surveys = if surveys.is_empty() {
+        owned = client
+            .surveys()
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| SyncError::api("distribution", None, e))?;
+        &owned[..]
+    } else {
+        surveys
+    };
+    let fix =
+        "needs access to the surveys' distributions (scope read:distributions for OAuth clients)";
+    ctx.progress
+        .stream_started("distributions", Some(surveys.len() as u64));
+    for s in surveys {
+        let Some(dists) = first_call(
+            ctx,
+            TABLES,
+            fix,
+            list(
+                &client,
+                &["distributions"],
+                &[("surveyId", &s.id), ("pageSize", "100")],
+            ),
+        )
+        .await?
+        else {
+            return Ok(());
+        };
+        // Schema evolution: a stats field the table does not have yet becomes a column.
+        let mut spec = ctx.specs.row_spec("distribution");
+        let mut widened = false;
+        for d in &dists {
+            if let Some(Json::Object(st)) = d.get("stats") {
+                for k in st.keys() {
+                    widened |= add_column(&mut spec, &stats_column(k), ColumnType::Int);
+                }
+            }
+        }
+        if widened {
+            tracing::info!(
+                columns = spec.columns.len(),
+                "distribution: new stats columns"
+            );
+            ctx.widen(spec).await?;
+        }
+        let mut b = Batches::default();
+        let mut ids = Vec::new();
+        for d in &dists {
+            let Some(id) = d.get("id").and_then(Json::as_str) else {
+                continue;
+            };
+            ids.push(Value::Text(id.to_string()));
+            let mut r = ctx.specs.row("distribution");
+            r.text("id", id);
+            for (col, path) in [
+                ("created_date", "createdDate"),
+                ("header_from_email", "headers.fromEmail"),
+                ("header_from_name", "headers.fromName"),
+                ("header_reply_to_email", "headers.replyToEmail"),
+                ("header_subject", "headers.subject"),
+                ("message_library_id", "message.libraryId"),
+                ("message_message_id", "message.messageId"),
+                ("message_message_text", "message.messageText"),
+                ("modified_date", "modifiedDate"),
+                ("organization_id", "organizationId"),
+                ("owner_id", "ownerId"),
+                ("parent_distribution_id", "parentDistributionId"),
+                ("recipient_contact_id", "recipients.contactId"),
+                ("recipient_library_id", "recipients.libraryId"),
+                ("recipient_mailing_list_id", "recipients.mailingListId"),
+                ("recipient_sample_id", "recipients.sampleId"),
+                ("request_status", "requestStatus"),
+                ("request_type", "requestType"),
+                ("send_date", "sendDate"),
+                ("survey_link_expiration_date", "surveyLink.expirationDate"),
+                ("survey_link_link_type", "surveyLink.linkType"),
+                ("survey_link_survey_id", "surveyLink.surveyId"),
+            ] {
+                r.put(col, crate::convert::at(d, path));
+            }
+            if let Some(Json::Object(st)) = d.get("stats") {
+                for (k, v) in st {
+                    r.put(&stats_column(k), Some(v));
+                }
+            }
+            b.push("distribution", r.build());
+            let history = list(&client, &["distributions", id, "history"], &[])
+                .await
+                .map_err(|e| SyncError::api("distribution_contact", Some(&s.id), e))?;
+            for h in &history {
+                let mut r = ctx.specs.row("distribution_contact");
+                r.put("contact_id", h.get("contactId"))
+                    .put("contact_lookup_id", h.get("contactLookupId"))
+                    .text("distribution_id", id);
+                for (col, k) in [
+                    ("contact_frequency_rule_id", "contactFrequencyRuleId"),
+                    ("opened_at", "openedAt"),
+                    ("response_completed_at", "responseCompletedAt"),
+                    ("response_id", "responseId"),
+                    ("response_started_at", "responseStartedAt"),
+                    ("sent_at", "sentAt"),
+                    ("status", "status"),
+                    ("survey_link", "surveyLink"),
+                    ("survey_session_id", "surveySessionId"),
+                ] {
+                    r.put(col, h.get(k));
+                }
+                b.push("distribution_contact", r.build());
+            }
+        }
+        b.delete_where("distribution_contact", "distribution_id", ids);
+        let commit = Commit {
+            batches: b.into_vec(),
+            ..Default::default()
+        };
+        ctx.commit(commit, "distribution", Some(&s.id)).await?;
+        ctx.progress.advanced("distributions", 1);
+    }
+    let commit = Commit {
+        mark_unseen_deleted: vec![MarkUnseenDeleted {
+            table: "distribution".into(),
+            scope: vec![],
+        }],
+        ..Default::default()
+    };
+    ctx.commit(commit, "distribution", None).await?;
+    ctx.progress.stream_finished("distributions");
     Ok(())
 }
