@@ -187,7 +187,7 @@ pub enum SyncError {
         table: String,
         survey: Option<String>,
         #[source]
-        source: xmbridge_qualtrics::Error,
+        source: Box<xmbridge_qualtrics::Error>,
     },
     /// The destination refused a write.
     #[error("{}: {source}", place(table, survey.as_deref()))]
@@ -245,7 +245,7 @@ impl SyncError {
         SyncError::Qualtrics {
             table: table.into(),
             survey: survey.map(Into::into),
-            source,
+            source: Box::new(source),
         }
     }
 }

@@ -323,3 +323,79 @@ async fn answer_ids_are_stable_and_cells_carry_loop_and_side_by_side_keys() {
             && sa.text("question_response", r, "label").is_some()
     }));
 }
+
+/// Table contents without the sync time: (table, key) → cells.
+fn contents(d: &MemDest) -> std::collections::BTreeMap<(String, String), String> {
+    let st = d.state();
+    let mut out = std::collections::BTreeMap::new();
+    for (t, rows) in &st.tables {
+        for (k, r) in rows {
+            out.insert(
+                (t.clone(), k.clone()),
+                format!("{:?} {}", r.cells, r.deleted),
+            );
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_crash_after_any_commit_then_a_rerun_equals_a_clean_sync() {
+    let (_h, client) = sim(cfg(2, 20)).await;
+    let o = SyncOptions {
+        survey_parallelism: 2,
+        ..opts()
+    };
+    let mut clean = MemDest::default();
+    sync(&client, &mut clean, &o, &NoProgress).await.unwrap();
+    let total_commits = clean.state().commits;
+    assert!(
+        total_commits > 6,
+        "{total_commits}: several commits per survey"
+    );
+    let want = contents(&clean);
+    for crash_at in 0..total_commits {
+        let mut d = MemDest::default();
+        d.with(|st| st.fail_after = Some(crash_at));
+        let e = sync(&client, &mut d, &o, &NoProgress).await.unwrap_err();
+        assert!(e.table().is_some(), "{e}");
+        d.with(|st| st.fail_after = None);
+        sync(&client, &mut d, &o, &NoProgress).await.unwrap();
+        assert_eq!(contents(&d), want, "crash after commit {crash_at}");
+        let again = sync(&client, &mut d, &o, &NoProgress).await.unwrap();
+        assert_eq!(
+            again.responses, 0,
+            "crash after commit {crash_at}: cursors complete"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_expired_continuation_token_falls_back_to_a_full_export() {
+    let (h, client) = sim(cfg(1, 12)).await;
+    let mut dest = MemDest::default();
+    let first = sync(&client, &mut dest, &opts(), &NoProgress)
+        .await
+        .unwrap();
+    h.sim.clock.advance(8 * 86_400_000);
+    let s = sync(&client, &mut dest, &opts(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.responses, first.responses,
+        "every response exported again"
+    );
+    assert_eq!(
+        s.table("survey_response").inserted,
+        0,
+        "…and upserted, not doubled"
+    );
+    assert_eq!(
+        dest.state().count("survey_response") as u64,
+        first.responses
+    );
+    let s = sync(&client, &mut dest, &opts(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(s.responses, 0, "a fresh token was stored");
+}
