@@ -73,7 +73,12 @@ pub fn tables() -> Vec<TableSpec> {
             true,
             "block_locking, block_visibility, description, randomize_questions, type",
         ),
-        t("block_question", "block_id, question_id, survey_id", true, ""),
+        t(
+            "block_question",
+            "block_id, question_id, survey_id",
+            true,
+            "",
+        ),
         t(
             "question",
             "id, survey_id",
@@ -242,7 +247,12 @@ pub fn tables() -> Vec<TableSpec> {
             false,
             "multi_match, name, public b, selected b",
         ),
-        t("group_quota_membership", "quota_group_id, quota_id", false, ""),
+        t(
+            "group_quota_membership",
+            "quota_group_id, quota_id",
+            false,
+            "",
+        ),
         t(
             "survey_version_publish_event",
             "date, survey_id, user_id, version_id",
@@ -345,9 +355,17 @@ mod tests {
         ("survey", &["id"], true),
         ("survey_version", &["id", "survey_id"], true),
         ("block", &["id", "survey_id"], true),
-        ("block_question", &["block_id", "question_id", "survey_id"], true),
+        (
+            "block_question",
+            &["block_id", "question_id", "survey_id"],
+            true,
+        ),
         ("question", &["id", "survey_id"], true),
-        ("question_option", &["key", "question_id", "survey_id"], true),
+        (
+            "question_option",
+            &["key", "question_id", "survey_id"],
+            true,
+        ),
         ("sub_question", &["key", "question_id", "survey_id"], true),
         ("survey_response", &["id"], false),
         ("question_response", &["<p>_id"], false),
@@ -403,7 +421,11 @@ mod tests {
         ),
         ("quota", &["id", "survey_id"], false),
         ("quota_group", &["id", "survey_id"], false),
-        ("group_quota_membership", &["quota_group_id", "quota_id"], false),
+        (
+            "group_quota_membership",
+            &["quota_group_id", "quota_id"],
+            false,
+        ),
         (
             "survey_version_publish_event",
             &["date", "survey_id", "user_id", "version_id"],
@@ -442,9 +464,18 @@ mod tests {
             let s = table(t).unwrap();
             s.columns[s.column_index(c).unwrap()].ty
         };
-        assert_eq!(ty("survey_response", "duration_in_seconds"), ColumnType::Int);
-        assert_eq!(ty("survey_response", "location_latitude"), ColumnType::Float);
-        assert_eq!(ty("survey_response", "recorded_date"), ColumnType::Timestamp);
+        assert_eq!(
+            ty("survey_response", "duration_in_seconds"),
+            ColumnType::Int
+        );
+        assert_eq!(
+            ty("survey_response", "location_latitude"),
+            ColumnType::Float
+        );
+        assert_eq!(
+            ty("survey_response", "recorded_date"),
+            ColumnType::Timestamp
+        );
         assert_eq!(ty("survey", "is_active"), ColumnType::Bool);
         assert_eq!(ty("quota", "occurrences"), ColumnType::BigInt);
         assert_eq!(ty("ticket", "data"), ColumnType::Json);

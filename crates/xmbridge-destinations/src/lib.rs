@@ -196,16 +196,24 @@ pub enum DestError {
     #[error("invalid name {name:?}: {reason}")]
     InvalidName { name: String, reason: String },
     /// A commit names a table that `ensure_tables` was not called for (a bug in the caller).
-    #[error("table {table} was not prepared: call ensure_tables with its spec before committing rows to it")]
+    #[error(
+        "table {table} was not prepared: call ensure_tables with its spec before committing rows to it"
+    )]
     UnknownTable { table: String },
     /// The table was dropped by hand after `ensure_tables`.
-    #[error("table {table} does not exist (dropped by hand?); nothing of this commit was applied; run the sync again to re-create it")]
+    #[error(
+        "table {table} does not exist (dropped by hand?); nothing of this commit was applied; run the sync again to re-create it"
+    )]
     MissingTable { table: String },
     /// A column was dropped by hand after `ensure_tables`.
-    #[error("table {table} has no column {column:?} (dropped by hand?); nothing of this commit was applied; run the sync again to re-add it")]
+    #[error(
+        "table {table} has no column {column:?} (dropped by hand?); nothing of this commit was applied; run the sync again to re-add it"
+    )]
     MissingColumn { table: String, column: String },
     /// An existing column has another type than the spec (altered by hand).
-    #[error("table {table} column {column:?} has type {found} but xmbridge writes {expected}; fix: {fix}")]
+    #[error(
+        "table {table} column {column:?} has type {found} but xmbridge writes {expected}; fix: {fix}"
+    )]
     TypeConflict {
         table: String,
         column: String,
@@ -269,10 +277,14 @@ pub async fn open(
     compat: Compat,
 ) -> Result<Box<dyn Destination>, DestError> {
     if let Some(path) = sqlite::path_of_url(url) {
-        return Ok(Box::new(sqlite::SqliteDestination::open(path, schema, compat).await?));
+        return Ok(Box::new(
+            sqlite::SqliteDestination::open(path, schema, compat).await?,
+        ));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Box::new(postgres::PostgresDestination::connect(url, schema, compat).await?));
+        return Ok(Box::new(
+            postgres::PostgresDestination::connect(url, schema, compat).await?,
+        ));
     }
     Err(DestError::UnknownScheme {
         url: names::redact_url(url),

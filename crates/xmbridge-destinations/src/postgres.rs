@@ -145,26 +145,28 @@ struct Failure {
     error: Result<DestError, tokio_postgres::Error>,
 }
 
-impl From<DestError> for Failure {
+impl From<DestError> for Box<Failure> {
     fn from(e: DestError) -> Self {
-        Failure {
+        Box::new(Failure {
             table: None,
             error: Ok(e),
-        }
+        })
     }
 }
 
-fn failure(table: &str, error: tokio_postgres::Error) -> Failure {
-    Failure {
+fn failure(table: &str, error: tokio_postgres::Error) -> Box<Failure> {
+    Box::new(Failure {
         table: Some(table.to_string()),
         error: Err(error),
-    }
+    })
 }
 
-fn at(table: &str) -> impl FnOnce(tokio_postgres::Error) -> Failure + '_ {
-    move |e| Failure {
-        table: Some(table.to_string()),
-        error: Err(e),
+fn at(table: &str) -> impl FnOnce(tokio_postgres::Error) -> Box<Failure> + '_ {
+    move |e| {
+        Box::new(Failure {
+            table: Some(table.to_string()),
+            error: Err(e),
+        })
     }
 }
 
@@ -193,14 +195,13 @@ impl PostgresDestination {
             .to_string();
         let user = config.get_user().unwrap_or("").to_string();
         let where_ = format!("PostgreSQL at {host}:{port} (database {db:?}, user {user:?})");
-        let (client, connection) =
-            config
-                .connect(NoTls)
-                .await
-                .map_err(|e| DestError::Connect {
-                    destination: where_.clone(),
-                    reason: pg_message(&e),
-                })?;
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| DestError::Connect {
+                destination: where_.clone(),
+                reason: pg_message(&e),
+            })?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "PostgreSQL connection closed");
@@ -234,12 +235,7 @@ impl PostgresDestination {
     async fn ensure(&mut self, specs: &[TableSpec]) -> Result<(), DestError> {
         let mut resolved = Vec::with_capacity(specs.len());
         for spec in specs {
-            let r = Resolved::new(
-                spec,
-                self.compat,
-                self.display(&spec.name),
-                Some(MAX_IDENT),
-            )?;
+            let r = Resolved::new(spec, self.compat, self.display(&spec.name), Some(MAX_IDENT))?;
             resolved.push((spec.name.clone(), r));
         }
         let schema = self.schema.clone();
@@ -266,11 +262,10 @@ impl PostgresDestination {
                         }
                         defs.push(d);
                     }
-                    let pk: Vec<String> = r
-                        .pk
-                        .iter()
-                        .map(|&i| quote_ident(&r.columns[i].name))
-                        .collect();
+                    let pk: Vec<String> =
+                        r.pk.iter()
+                            .map(|&i| quote_ident(&r.columns[i].name))
+                            .collect();
                     defs.push(format!("PRIMARY KEY ({})", pk.join(", ")));
                     tx.batch_execute(&format!("CREATE TABLE {q} ({})", defs.join(", ")))
                         .await
@@ -300,9 +295,7 @@ impl PostgresDestination {
                 }
             }
         }
-        tx.commit()
-            .await
-            .map_err(|e| sql_err("ensure_tables", e))?;
+        tx.commit().await.map_err(|e| sql_err("ensure_tables", e))?;
         for (name, r) in resolved {
             self.tables.insert(name, r);
         }
@@ -341,7 +334,7 @@ impl PostgresDestination {
             &commit,
         )
         .await;
-        match result {
+        match result.map_err(|f| *f) {
             Ok(stats) => Ok(stats),
             Err(Failure { error: Ok(e), .. }) => Err(e),
             Err(Failure {
@@ -403,8 +396,10 @@ fn try_commit<'a>(
     state: &'a str,
     compat: Compat,
     commit: &'a Commit,
-) -> BoxFuture<'a, Result<CommitStats, Failure>> {
-    Box::pin(try_commit_inner(client, tables, schema, state, compat, commit))
+) -> BoxFuture<'a, Result<CommitStats, Box<Failure>>> {
+    Box::pin(try_commit_inner(
+        client, tables, schema, state, compat, commit,
+    ))
 }
 
 async fn try_commit_inner(
@@ -414,7 +409,7 @@ async fn try_commit_inner(
     state: &str,
     compat: Compat,
     commit: &Commit,
-) -> Result<CommitStats, Failure> {
+) -> Result<CommitStats, Box<Failure>> {
     let synced = Value::Timestamp(commit.synced_at_ms);
     let mut stats = Stats::default();
     let mut tx = client.transaction().await.map_err(at("commit"))?;
@@ -432,9 +427,11 @@ async fn try_commit_inner(
             })?;
     }
     for m in &commit.mark_unseen_deleted {
-        let r = tables.get(&m.table).ok_or_else(|| DestError::UnknownTable {
-            table: format!("{schema}.{}", m.table),
-        })?;
+        let r = tables
+            .get(&m.table)
+            .ok_or_else(|| DestError::UnknownTable {
+                table: format!("{schema}.{}", m.table),
+            })?;
         let Some(deleted) = &r.deleted else {
             return Err(DestError::Other(format!(
                 "table {} is not a soft-delete table: mark_unseen_deleted needs its deleted column",
@@ -457,7 +454,11 @@ async fn try_commit_inner(
             } else {
                 r.check_value(c, v)?;
                 params.push(PgCell(v, c.ty));
-                sql.push_str(&format!(" AND {} = ${}", quote_ident(&c.name), params.len()));
+                sql.push_str(&format!(
+                    " AND {} = ${}",
+                    quote_ident(&c.name),
+                    params.len()
+                ));
             }
         }
         let refs: Vec<&(dyn ToSql + Sync)> =
@@ -494,7 +495,7 @@ async fn apply_batch(
     synced: &Value,
     compat: Compat,
     stats: &mut Stats,
-) -> Result<(), Failure> {
+) -> Result<(), Box<Failure>> {
     let table = format!("{}.{}", quote_ident(schema), quote_ident(&batch.table));
     let entry = stats.entry(&batch.table);
     // Deletes first: a response about to be rewritten loses its old answer rows.
@@ -510,8 +511,14 @@ async fn apply_batch(
         if cells.is_empty() {
             continue;
         }
-        let sql = format!("DELETE FROM {table} WHERE {} = ANY($1)", quote_ident(&c.name));
-        entry.3 += tx.execute(&sql, &[&cells]).await.map_err(|e| failure(&batch.table, e))?;
+        let sql = format!(
+            "DELETE FROM {table} WHERE {} = ANY($1)",
+            quote_ident(&c.name)
+        );
+        entry.3 += tx
+            .execute(&sql, &[&cells])
+            .await
+            .map_err(|e| failure(&batch.table, e))?;
     }
     if batch.upserts.is_empty() {
         return Ok(());
@@ -550,17 +557,23 @@ async fn apply_batch(
             cols: &r.columns,
             at: 0,
         };
-        writer.as_mut().write_raw(cells).await.map_err(|e| failure(&batch.table, e))?;
+        writer
+            .as_mut()
+            .write_raw(cells)
+            .await
+            .map_err(|e| failure(&batch.table, e))?;
     }
-    writer.finish().await.map_err(|e| failure(&batch.table, e))?;
+    writer
+        .finish()
+        .await
+        .map_err(|e| failure(&batch.table, e))?;
 
     let synced_col = quote_ident(&r.synced);
-    let pk_list = r
-        .pk
-        .iter()
-        .map(|&i| cols[i].as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let pk_list =
+        r.pk.iter()
+            .map(|&i| cols[i].as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
     let mut sets: Vec<String> = (0..cols.len())
         .filter(|i| !r.pk.contains(i))
         .map(|i| format!("{c} = EXCLUDED.{c}", c = cols[i]))
@@ -588,7 +601,10 @@ async fn apply_batch(
     ));
     let param = PgCell(synced, ColumnType::Timestamp);
     let counts = {
-        let sp = tx.savepoint("xmbridge_merge").await.map_err(|e| failure(&batch.table, e))?;
+        let sp = tx
+            .savepoint("xmbridge_merge")
+            .await
+            .map_err(|e| failure(&batch.table, e))?;
         match sp.query_one(&plain, &[&param]).await {
             Ok(row) => {
                 sp.commit().await.map_err(|e| failure(&batch.table, e))?;
@@ -604,9 +620,10 @@ async fn apply_batch(
     };
     let row = match counts {
         Ok(row) => row,
-        Err(()) => {
-            tx.query_one(&dedup, &[&param]).await.map_err(|e| failure(&batch.table, e))?
-        }
+        Err(()) => tx
+            .query_one(&dedup, &[&param])
+            .await
+            .map_err(|e| failure(&batch.table, e))?,
     };
     let inserted: i64 = row.try_get(0).map_err(|e| failure(&batch.table, e))?;
     let updated: i64 = row.try_get(1).map_err(|e| failure(&batch.table, e))?;

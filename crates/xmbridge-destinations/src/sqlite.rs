@@ -14,6 +14,8 @@
 //!   upserted in the same transaction. Upserts are `INSERT … ON CONFLICT (pk) DO NOTHING`
 //!   followed, when nothing was inserted, by `UPDATE … WHERE pk`, both `prepare_cached`: exact
 //!   inserted/updated counts for the price of one statement per new row.
+//! - Double-quoted string literals are switched off (`SQLITE_DBCONFIG_DQS_*`), so a quoted
+//!   name that is not a column is an error rather than a string constant.
 //! - rusqlite is synchronous: every call runs on tokio's blocking pool (`spawn_blocking`) holding
 //!   the connection's mutex.
 //!
@@ -22,6 +24,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use rusqlite::config::DbConfig;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ToSql};
 
@@ -145,19 +148,21 @@ struct Failure {
     error: Result<DestError, rusqlite::Error>,
 }
 
-impl From<DestError> for Failure {
+impl From<DestError> for Box<Failure> {
     fn from(e: DestError) -> Self {
-        Failure {
+        Box::new(Failure {
             table: None,
             error: Ok(e),
-        }
+        })
     }
 }
 
-fn at(table: &str) -> impl FnOnce(rusqlite::Error) -> Failure + '_ {
-    move |e| Failure {
-        table: Some(table.to_string()),
-        error: Err(e),
+fn at(table: &str) -> impl FnOnce(rusqlite::Error) -> Box<Failure> + '_ {
+    move |e| {
+        Box::new(Failure {
+            table: Some(table.to_string()),
+            error: Err(e),
+        })
     }
 }
 
@@ -172,6 +177,15 @@ impl Inner {
         let _mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .map_err(connect_err)?;
+        // SQLite's legacy misfeature reads a double-quoted name that is not a column as a string
+        // literal: a dropped column would silently turn `WHERE "col" = ?` into a constant.
+        // Off, so a missing column is an error.
+        for c in [
+            DbConfig::SQLITE_DBCONFIG_DQS_DML,
+            DbConfig::SQLITE_DBCONFIG_DQS_DDL,
+        ] {
+            conn.set_db_config(c, false).map_err(connect_err)?;
+        }
         conn.execute_batch("PRAGMA synchronous=NORMAL")
             .map_err(connect_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
@@ -219,11 +233,10 @@ impl Inner {
                         }
                         defs.push(d);
                     }
-                    let pk: Vec<String> = r
-                        .pk
-                        .iter()
-                        .map(|&i| quote_ident(&r.columns[i].name))
-                        .collect();
+                    let pk: Vec<String> =
+                        r.pk.iter()
+                            .map(|&i| quote_ident(&r.columns[i].name))
+                            .collect();
                     defs.push(format!("PRIMARY KEY ({})", pk.join(", ")));
                     tx.execute_batch(&format!("CREATE TABLE {q} ({})", defs.join(", ")))
                         .map_err(|e| sql_err(&r.display, e))?;
@@ -274,15 +287,17 @@ impl Inner {
         let text: Option<String> = row.get(0).map_err(|e| sql_err(&ctx, e))?;
         match text {
             None => Ok(None),
-            Some(t) => serde_json::from_str(&t).map(Some).map_err(|e| DestError::Sql {
-                context: ctx,
-                message: format!("cursor of stream {stream:?} is not JSON: {e}"),
-            }),
+            Some(t) => serde_json::from_str(&t)
+                .map(Some)
+                .map_err(|e| DestError::Sql {
+                    context: ctx,
+                    message: format!("cursor of stream {stream:?} is not JSON: {e}"),
+                }),
         }
     }
 
     fn commit(&mut self, commit: &Commit) -> Result<CommitStats, DestError> {
-        match self.try_commit(commit) {
+        match self.try_commit(commit).map_err(|f| *f) {
             Ok(stats) => Ok(stats),
             Err(Failure { error: Ok(e), .. }) => Err(e),
             Err(Failure {
@@ -304,7 +319,7 @@ impl Inner {
         }
     }
 
-    fn try_commit(&mut self, commit: &Commit) -> Result<CommitStats, Failure> {
+    fn try_commit(&mut self, commit: &Commit) -> Result<CommitStats, Box<Failure>> {
         let synced = iso_millis(commit.synced_at_ms);
         let mut stats = Stats::default();
         let tx = self.conn.transaction().map_err(at("commit"))?;
@@ -413,7 +428,7 @@ fn apply_batch(
     synced: &str,
     compat: Compat,
     stats: &mut Stats,
-) -> Result<(), Failure> {
+) -> Result<(), Box<Failure>> {
     let table = quote_ident(&r.display);
     let fail = || at(&batch.table);
     let entry = stats.entry(&batch.table);
@@ -461,11 +476,10 @@ fn apply_batch(
         "INSERT INTO {table} ({insert_cols}) VALUES ({insert_vals}) ON CONFLICT ({}) DO NOTHING",
         pk.join(", ")
     );
-    let wheres: Vec<String> = r
-        .pk
-        .iter()
-        .map(|&i| format!("{} = ?{}", cols[i], i + 1))
-        .collect();
+    let wheres: Vec<String> =
+        r.pk.iter()
+            .map(|&i| format!("{} = ?{}", cols[i], i + 1))
+            .collect();
     let update = format!(
         "UPDATE {table} SET {} WHERE {}",
         sets.join(", "),
