@@ -1015,6 +1015,7 @@ async fn unreachable_and_unknown_destinations() {
     .err()
     .unwrap();
     let msg = err.to_string();
+    eprintln!("{msg}");
     assert!(matches!(err, DestError::Connect { .. }), "{err:?}");
     assert!(msg.contains("127.0.0.1:1"), "{msg}");
     assert!(!msg.contains("s3cret"), "{msg}");
@@ -1038,6 +1039,7 @@ async fn unreachable_and_unknown_destinations() {
     .err()
     .unwrap();
     let msg = err.to_string();
+    eprintln!("{msg}");
     assert!(msg.contains("/nonexistent-dir-xmbridge/x.db"), "{msg}");
 }
 
