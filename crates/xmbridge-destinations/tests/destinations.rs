@@ -973,6 +973,47 @@ async fn fivetran_compat(mut h: H) {
     assert_eq!(h.count("_fivetran_state", "stream = 'x'").await, 1);
 }
 
+/// Thousands of rows in one batch: the COPY stream is flushed many times mid-batch.
+async fn large_batch(mut h: H) {
+    let spec = catalog::table("question_response").unwrap();
+    h.dest
+        .ensure_tables(std::slice::from_ref(&spec))
+        .await
+        .unwrap();
+    let row = |i: usize, v: &str| -> Vec<Value> {
+        let mut r: Vec<Value> = (0..spec.columns.len())
+            .map(|c| Value::Text(format!("c{c}-{i}")))
+            .collect();
+        r[0] = Value::Text(format!("h{i:06}"));
+        r[10] = Value::Text(v.into());
+        r
+    };
+    let s = h
+        .commit(commit_of(
+            T0,
+            vec![upserts(
+                "question_response",
+                (0..6000).map(|i| row(i, "old")).collect(),
+            )],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stat(&s, "question_response"), (6000, 0, 0));
+    let s = h
+        .commit(commit_of(
+            T0 + 1,
+            vec![upserts(
+                "question_response",
+                (3000..9000).map(|i| row(i, "new")).collect(),
+            )],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stat(&s, "question_response"), (3000, 3000, 0));
+    assert_eq!(h.count("question_response", "value = 'new'").await, 6000);
+    assert_eq!(h.count("question_response", "value = 'old'").await, 3000);
+}
+
 macro_rules! both {
     ($case:ident, $compat:expr) => {
         mod $case {
@@ -1003,6 +1044,7 @@ both!(dropped_table);
 both!(hostile_identifiers);
 both!(values_round_trip);
 both!(fivetran_compat, Compat::Fivetran);
+both!(large_batch);
 
 #[tokio::test]
 async fn unreachable_and_unknown_destinations() {
