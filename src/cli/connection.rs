@@ -653,15 +653,39 @@ async fn authorize(args: AuthorizeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn test(name: &str) -> anyhow::Result<()> {
+/// A ready client for a stored connection, with its settings and token source: what `sync` and
+/// `connection test` work through.
+pub struct Connected {
+    pub client: Client,
+    pub settings: QualtricsSettings,
+    pub source: Arc<dyn TokenSource>,
+    pub vault: Arc<Vault>,
+}
+
+pub fn connect(name: &str) -> anyhow::Result<Connected> {
     let (_, vault) = open_vault()?;
-    let mut s = load(&vault, name)?;
-    let http = http_client(&vault, name, &s)?;
-    let source = token_source(&vault, name, &s, &http)?;
-    let base = BaseUrl::parse(&s.base_url)?;
+    let settings = load(&vault, name)?;
+    let http = http_client(&vault, name, &settings)?;
+    let source = token_source(&vault, name, &settings, &http)?;
+    let base = BaseUrl::parse(&settings.base_url)?;
     let client = Client::builder(base, Auth::token_source(source.clone()))
         .http_client(http)
         .build()?;
+    Ok(Connected {
+        client,
+        settings,
+        source,
+        vault,
+    })
+}
+
+async fn test(name: &str) -> anyhow::Result<()> {
+    let Connected {
+        client,
+        settings: mut s,
+        source,
+        vault,
+    } = connect(name)?;
 
     println!("connection '{name}': {}", s.auth.label());
     let me = client

@@ -13,6 +13,13 @@
 use std::future::Future;
 use std::pin::Pin;
 
+pub mod catalog;
+mod names;
+pub mod postgres;
+pub mod sqlite;
+
+pub use names::{iso_millis, parse_iso_millis, quote_ident};
+
 /// A boxed future, so that [`Destination`] stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -82,6 +89,57 @@ impl Compat {
     }
 }
 
+impl TableSpec {
+    /// Adds a column unless one of that name exists (schema evolution: the sync widens a spec,
+    /// e.g. a new `stats_*` field, then calls [`Destination::ensure_tables`] again). Returns
+    /// whether it was added.
+    pub fn add_column(&mut self, name: &str, ty: ColumnType) -> bool {
+        if self.columns.iter().any(|c| c.name == name) {
+            return false;
+        }
+        self.columns.push(Column {
+            name: name.to_string(),
+            ty,
+        });
+        true
+    }
+
+    /// Position of a column in the rows of a [`TableBatch`].
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+}
+
+impl ColumnType {
+    /// The schema.md spelling (`s`, `ts`, `b`, `i`, `l`, `f`, `json`).
+    pub fn short(self) -> &'static str {
+        match self {
+            ColumnType::Text => "s",
+            ColumnType::Timestamp => "ts",
+            ColumnType::Bool => "b",
+            ColumnType::Int => "i",
+            ColumnType::BigInt => "l",
+            ColumnType::Float => "f",
+            ColumnType::Json => "json",
+        }
+    }
+}
+
+impl Value {
+    /// The variant's name, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Text(_) => "text",
+            Value::Int(_) => "int",
+            Value::Float(_) => "float",
+            Value::Bool(_) => "bool",
+            Value::Timestamp(_) => "timestamp",
+            Value::Json(_) => "json",
+        }
+    }
+}
+
 /// Rows for one table; each row holds one value per column of its [`TableSpec`], in order.
 #[derive(Clone, Debug, Default)]
 pub struct TableBatch {
@@ -121,11 +179,69 @@ pub struct CommitStats {
 }
 
 /// Why a destination call failed; messages name the table (and column) and what to do.
+/// Table names are the physical ones (`qualtrics.survey` on PostgreSQL, `qualtrics_survey` on
+/// SQLite). No message ever contains a password.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DestError {
     #[error("{0}")]
     Other(String),
+    /// The destination could not be reached or opened.
+    #[error("cannot connect to {destination}: {reason}")]
+    Connect { destination: String, reason: String },
+    /// The URL's scheme names no known destination.
+    #[error("unknown destination {url:?}: expected one of {known}")]
+    UnknownScheme { url: String, known: &'static str },
+    /// A table, column or schema name the destination cannot store.
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+    /// A commit names a table that `ensure_tables` was not called for (a bug in the caller).
+    #[error(
+        "table {table} was not prepared: call ensure_tables with its spec before committing rows to it"
+    )]
+    UnknownTable { table: String },
+    /// The table was dropped by hand after `ensure_tables`.
+    #[error(
+        "table {table} does not exist (dropped by hand?); nothing of this commit was applied; run the sync again to re-create it"
+    )]
+    MissingTable { table: String },
+    /// A column was dropped by hand after `ensure_tables`.
+    #[error(
+        "table {table} has no column {column:?} (dropped by hand?); nothing of this commit was applied; run the sync again to re-add it"
+    )]
+    MissingColumn { table: String, column: String },
+    /// An existing column has another type than the spec (altered by hand).
+    #[error(
+        "table {table} column {column:?} has type {found} but xmbridge writes {expected}; fix: {fix}"
+    )]
+    TypeConflict {
+        table: String,
+        column: String,
+        found: String,
+        expected: String,
+        fix: String,
+    },
+    /// A row has more or fewer values than its table has columns (a bug in the caller).
+    #[error("table {table}: a row has {found} values but the spec has {expected} columns")]
+    RowShape {
+        table: String,
+        expected: usize,
+        found: usize,
+    },
+    /// A value of the wrong kind for its column (a bug in the caller).
+    #[error("table {table} column {column:?}: cannot store a {found} value in a {expected} column")]
+    ValueType {
+        table: String,
+        column: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    /// A primary-key cell is null.
+    #[error("table {table}: primary-key column {column:?} is null in a row")]
+    NullKey { table: String, column: String },
+    /// The database refused a statement; `context` names the table or the step.
+    #[error("{context}: {message}")]
+    Sql { context: String, message: String },
 }
 
 /// A place synced tables are written to.
@@ -148,4 +264,30 @@ pub trait Destination: Send {
 
     /// `sqlite:PATH (prefix qualtrics_)`, `postgres://host/db (schema qualtrics)` — no secret.
     fn describe(&self) -> String;
+}
+
+/// The destinations [`open`] knows, for error messages.
+pub const KNOWN_DESTINATIONS: &str = "sqlite:PATH, sqlite://PATH, postgres://USER@HOST:PORT/DB";
+
+/// Opens the destination a URL names. `schema` is the PostgreSQL schema or the SQLite table-name
+/// prefix (`qualtrics` → tables `qualtrics_survey`, …); `compat` chooses the system-column prefix.
+pub async fn open(
+    url: &str,
+    schema: &str,
+    compat: Compat,
+) -> Result<Box<dyn Destination>, DestError> {
+    if let Some(path) = sqlite::path_of_url(url) {
+        return Ok(Box::new(
+            sqlite::SqliteDestination::open(path, schema, compat).await?,
+        ));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Box::new(
+            postgres::PostgresDestination::connect(url, schema, compat).await?,
+        ));
+    }
+    Err(DestError::UnknownScheme {
+        url: names::redact_url(url),
+        known: KNOWN_DESTINATIONS,
+    })
 }

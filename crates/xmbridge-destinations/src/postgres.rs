@@ -1,0 +1,759 @@
+//! The PostgreSQL destination (`postgres://…` / `postgresql://…`, tokio-postgres, NoTls).
+//!
+//! Choices (also in `docs/destinations.md`):
+//! - The schema name is a real schema (`CREATE SCHEMA IF NOT EXISTS`); the cursor table is
+//!   `<schema>.<p>_state (stream text PRIMARY KEY, cursor jsonb, updated_at timestamptz)`.
+//! - Types: s text, ts timestamptz, b boolean, i integer, l bigint, f double precision,
+//!   json jsonb. NUL characters, which PostgreSQL text cannot hold, are dropped from text values.
+//! - One transaction per [`Commit`]: per batch, deletes (`= ANY($1)`), then the rows go by binary
+//!   `COPY` into a temporary staging table built from the spec (`ON COMMIT DROP`) and one
+//!   `INSERT … SELECT … ON CONFLICT (pk) DO UPDATE` merges them (`RETURNING xmax = 0` counts
+//!   inserts vs updates). A batch repeating a key is merged again with `DISTINCT ON` (last row
+//!   wins) inside a savepoint. Then soft deletes, then the cursors; then `COMMIT`.
+//! - A failed write is diagnosed after the rollback: a table or column dropped or retyped by
+//!   hand becomes a [`DestError`] naming table and column.
+//!
+//! It owns the tables of its schema; it must not touch other schemas.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+
+use bytes::{BufMut, BytesMut};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::config::Host;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::names::{Resolved, check_name, quote_ident, redact_url, resolve_name};
+use crate::{
+    BoxFuture, ColumnType, Commit, CommitStats, Compat, DestError, Destination, TableBatch,
+    TableSpec, Value,
+};
+
+/// PostgreSQL's longest identifier (longer ones are truncated, which could merge columns).
+const MAX_IDENT: usize = 63;
+/// 2000-01-01T00:00:00Z, PostgreSQL's timestamp epoch, in Unix milliseconds.
+const PG_EPOCH_MS: i64 = 946_684_800_000;
+
+/// The type a column gets (as `information_schema.columns.data_type` spells it).
+pub fn pg_type(ty: ColumnType) -> &'static str {
+    match ty {
+        ColumnType::Text => "text",
+        ColumnType::Timestamp => "timestamp with time zone",
+        ColumnType::Bool => "boolean",
+        ColumnType::Int => "integer",
+        ColumnType::BigInt => "bigint",
+        ColumnType::Float => "double precision",
+        ColumnType::Json => "jsonb",
+    }
+}
+
+fn wire_type(ty: ColumnType) -> Type {
+    match ty {
+        ColumnType::Text => Type::TEXT,
+        ColumnType::Timestamp => Type::TIMESTAMPTZ,
+        ColumnType::Bool => Type::BOOL,
+        ColumnType::Int => Type::INT4,
+        ColumnType::BigInt => Type::INT8,
+        ColumnType::Float => Type::FLOAT8,
+        ColumnType::Json => Type::JSONB,
+    }
+}
+
+pub struct PostgresDestination {
+    client: Client,
+    schema: String,
+    compat: Compat,
+    /// Spec name → resolved spec, filled by `ensure_tables`.
+    tables: HashMap<String, Resolved>,
+    state: String,
+    describe: String,
+}
+
+/// Encodes a [`Value`] in PostgreSQL's binary format for its column type.
+#[derive(Debug)]
+struct PgCell<'a>(&'a Value, ColumnType);
+
+impl ToSql for PgCell<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        match (self.0, self.1) {
+            (Value::Null, _) => return Ok(IsNull::Yes),
+            (Value::Text(s), _) => put_text(s, out),
+            (Value::Json(s), _) => {
+                out.put_u8(1); // jsonb binary format version
+                put_text(s, out);
+            }
+            (Value::Int(i), ColumnType::Int) => out.put_i32(i32::try_from(*i)?),
+            (Value::Int(i), ColumnType::Float) => out.put_f64(*i as f64),
+            (Value::Int(i), _) => out.put_i64(*i),
+            (Value::Float(f), _) => out.put_f64(*f),
+            (Value::Bool(b), _) => out.put_u8(u8::from(*b)),
+            (Value::Timestamp(ms), _) => {
+                out.put_i64(ms.saturating_sub(PG_EPOCH_MS).saturating_mul(1000))
+            }
+        }
+        Ok(IsNull::No)
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        // The column type decides the encoding; the value kinds were checked against it.
+        true
+    }
+
+    to_sql_checked!();
+}
+
+fn put_text(s: &str, out: &mut BytesMut) {
+    if s.contains('\0') {
+        out.extend(s.bytes().filter(|&b| b != 0));
+    } else {
+        out.put_slice(s.as_bytes());
+    }
+}
+
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut m = db.message().to_string();
+            if let Some(d) = db.detail() {
+                m.push_str(": ");
+                m.push_str(d);
+            }
+            m
+        }
+        None => match e.source() {
+            Some(src) => format!("{e}: {src}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+fn sql_err(context: &str, e: tokio_postgres::Error) -> DestError {
+    DestError::Sql {
+        context: context.to_string(),
+        message: pg_message(&e),
+    }
+}
+
+/// A failure inside a commit, before diagnosis: which table was being written.
+struct Failure {
+    table: Option<String>,
+    error: Result<DestError, tokio_postgres::Error>,
+}
+
+impl From<DestError> for Box<Failure> {
+    fn from(e: DestError) -> Self {
+        Box::new(Failure {
+            table: None,
+            error: Ok(e),
+        })
+    }
+}
+
+fn failure(table: &str, error: tokio_postgres::Error) -> Box<Failure> {
+    Box::new(Failure {
+        table: Some(table.to_string()),
+        error: Err(error),
+    })
+}
+
+fn at(table: &str) -> impl FnOnce(tokio_postgres::Error) -> Box<Failure> + '_ {
+    move |e| {
+        Box::new(Failure {
+            table: Some(table.to_string()),
+            error: Err(e),
+        })
+    }
+}
+
+impl PostgresDestination {
+    /// Connects, creates the schema and the cursor table.
+    pub async fn connect(url: &str, schema: &str, compat: Compat) -> Result<Self, DestError> {
+        let safe_url = redact_url(url);
+        let mut config: Config = url.parse().map_err(|e| DestError::Connect {
+            destination: safe_url.clone(),
+            reason: format!("invalid PostgreSQL URL: {e}"),
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(10));
+        }
+        let host = match config.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".to_string(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let db = config
+            .get_dbname()
+            .or(config.get_user())
+            .unwrap_or("postgres")
+            .to_string();
+        let user = config.get_user().unwrap_or("").to_string();
+        let where_ = format!("PostgreSQL at {host}:{port} (database {db:?}, user {user:?})");
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| DestError::Connect {
+                destination: where_.clone(),
+                reason: pg_message(&e),
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "PostgreSQL connection closed");
+            }
+        });
+        check_name(schema, Some(MAX_IDENT))?;
+        let state = format!("{}_state", compat.prefix());
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {s}; \
+                 CREATE TABLE IF NOT EXISTS {s}.{t} (\"stream\" text PRIMARY KEY, \"cursor\" jsonb, \"updated_at\" timestamptz)",
+                s = quote_ident(schema),
+                t = quote_ident(&state)
+            ))
+            .await
+            .map_err(|e| sql_err(&format!("schema {schema}"), e))?;
+        Ok(PostgresDestination {
+            client,
+            schema: schema.to_string(),
+            compat,
+            tables: HashMap::new(),
+            state,
+            describe: format!("postgres://{user}@{host}:{port}/{db} (schema {schema})"),
+        })
+    }
+
+    fn display(&self, table: &str) -> String {
+        format!("{}.{table}", self.schema)
+    }
+
+    async fn ensure(&mut self, specs: &[TableSpec]) -> Result<(), DestError> {
+        let mut resolved = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let r = Resolved::new(spec, self.compat, self.display(&spec.name), Some(MAX_IDENT))?;
+            resolved.push((spec.name.clone(), r));
+        }
+        let schema = self.schema.clone();
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .map_err(|e| sql_err("ensure_tables", e))?;
+        for (name, r) in &resolved {
+            let q = format!("{}.{}", quote_ident(&schema), quote_ident(name));
+            let existing = columns_of(&tx, &schema, name)
+                .await
+                .map_err(|e| sql_err(&r.display, e))?;
+            match existing {
+                None => {
+                    let mut defs: Vec<String> = Vec::new();
+                    for (i, (col, ty)) in r.stored_columns().into_iter().enumerate() {
+                        let mut d = format!("{} {}", quote_ident(&col), pg_type(ty));
+                        if r.pk.contains(&i) {
+                            d.push_str(" NOT NULL");
+                        }
+                        if r.deleted.as_deref() == Some(col.as_str()) {
+                            d.push_str(" NOT NULL DEFAULT false");
+                        }
+                        defs.push(d);
+                    }
+                    let pk: Vec<String> =
+                        r.pk.iter()
+                            .map(|&i| quote_ident(&r.columns[i].name))
+                            .collect();
+                    defs.push(format!("PRIMARY KEY ({})", pk.join(", ")));
+                    tx.batch_execute(&format!("CREATE TABLE {q} ({})", defs.join(", ")))
+                        .await
+                        .map_err(|e| sql_err(&r.display, e))?;
+                }
+                Some(existing) => {
+                    for (col, ty) in r.stored_columns() {
+                        match existing.iter().find(|(n, _)| *n == col) {
+                            Some((_, found)) => check_type(&schema, name, r, &col, found, ty)?,
+                            None => {
+                                let extra = if r.deleted.as_deref() == Some(col.as_str()) {
+                                    " NOT NULL DEFAULT false"
+                                } else {
+                                    ""
+                                };
+                                tx.batch_execute(&format!(
+                                    "ALTER TABLE {q} ADD COLUMN {} {}{extra}",
+                                    quote_ident(&col),
+                                    pg_type(ty)
+                                ))
+                                .await
+                                .map_err(|e| sql_err(&r.display, e))?;
+                                tracing::info!(table = %r.display, column = %col, "added column");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        tx.commit().await.map_err(|e| sql_err("ensure_tables", e))?;
+        for (name, r) in resolved {
+            self.tables.insert(name, r);
+        }
+        Ok(())
+    }
+
+    async fn cursor(&self, stream: &str) -> Result<Option<serde_json::Value>, DestError> {
+        let ctx = self.display(&self.state);
+        let row = self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT \"cursor\" FROM {}.{} WHERE \"stream\" = $1",
+                    quote_ident(&self.schema),
+                    quote_ident(&self.state)
+                ),
+                &[&stream],
+            )
+            .await
+            .map_err(|e| sql_err(&ctx, e))?;
+        match row {
+            None => Ok(None),
+            Some(row) => row
+                .try_get::<_, Option<serde_json::Value>>(0)
+                .map_err(|e| sql_err(&ctx, e)),
+        }
+    }
+
+    async fn commit(&mut self, commit: Commit) -> Result<CommitStats, DestError> {
+        let result = try_commit(
+            &mut self.client,
+            &self.tables,
+            &self.schema,
+            &self.state,
+            self.compat,
+            &commit,
+        )
+        .await;
+        match result.map_err(|f| *f) {
+            Ok(stats) => Ok(stats),
+            Err(Failure { error: Ok(e), .. }) => Err(e),
+            Err(Failure {
+                table,
+                error: Err(e),
+            }) => {
+                // The transaction is rolled back; find out whether the table was altered by hand.
+                if let Some(t) = table.as_deref()
+                    && let Some(r) = self.tables.get(t)
+                    && let Some(diag) = diagnose(&self.client, &self.schema, t, r).await
+                {
+                    return Err(diag);
+                }
+                let context = match table {
+                    Some(t) => format!("table {}", self.display(&t)),
+                    None => "commit".to_string(),
+                };
+                Err(sql_err(&context, e))
+            }
+        }
+    }
+}
+
+/// Per-table counters in first-touched order.
+#[derive(Default)]
+struct Stats(Vec<(String, u64, u64, u64)>);
+
+impl Stats {
+    fn entry(&mut self, table: &str) -> &mut (String, u64, u64, u64) {
+        let i = match self.0.iter().position(|e| e.0 == table) {
+            Some(i) => i,
+            None => {
+                self.0.push((table.to_string(), 0, 0, 0));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[i]
+    }
+}
+
+fn spec_column<'r>(
+    r: &'r Resolved,
+    name: &str,
+    compat: Compat,
+) -> Result<&'r crate::Column, DestError> {
+    r.column(&resolve_name(name, compat))
+        .ok_or_else(|| DestError::InvalidName {
+            name: name.to_string(),
+            reason: format!("not a column of table {}", r.display),
+        })
+}
+
+// Boxed with an explicit `Send` bound: proving `Send` for the whole commit future from the
+// trait method trips the compiler's higher-ranked lifetime check (rust-lang/rust#102211).
+fn try_commit<'a>(
+    client: &'a mut Client,
+    tables: &'a HashMap<String, Resolved>,
+    schema: &'a str,
+    state: &'a str,
+    compat: Compat,
+    commit: &'a Commit,
+) -> BoxFuture<'a, Result<CommitStats, Box<Failure>>> {
+    Box::pin(try_commit_inner(
+        client, tables, schema, state, compat, commit,
+    ))
+}
+
+async fn try_commit_inner(
+    client: &mut Client,
+    tables: &HashMap<String, Resolved>,
+    schema: &str,
+    state: &str,
+    compat: Compat,
+    commit: &Commit,
+) -> Result<CommitStats, Box<Failure>> {
+    let synced = Value::Timestamp(commit.synced_at_ms);
+    let mut stats = Stats::default();
+    let mut tx = client.transaction().await.map_err(at("commit"))?;
+    for (bi, batch) in commit.batches.iter().enumerate() {
+        let r = tables
+            .get(&batch.table)
+            .ok_or_else(|| DestError::UnknownTable {
+                table: format!("{schema}.{}", batch.table),
+            })?;
+        apply_batch(&mut tx, schema, r, batch, bi, &synced, compat, &mut stats)
+            .await
+            .map_err(|mut f| {
+                f.table = Some(batch.table.clone());
+                f
+            })?;
+    }
+    for m in &commit.mark_unseen_deleted {
+        let r = tables
+            .get(&m.table)
+            .ok_or_else(|| DestError::UnknownTable {
+                table: format!("{schema}.{}", m.table),
+            })?;
+        let Some(deleted) = &r.deleted else {
+            return Err(DestError::Other(format!(
+                "table {} is not a soft-delete table: mark_unseen_deleted needs its deleted column",
+                r.display
+            ))
+            .into());
+        };
+        let synced_col = quote_ident(&r.synced);
+        let mut sql = format!(
+            "UPDATE {}.{} SET {d} = true, {synced_col} = $1 WHERE ({synced_col} IS NULL OR {synced_col} < $1) AND NOT {d}",
+            quote_ident(schema),
+            quote_ident(&m.table),
+            d = quote_ident(deleted),
+        );
+        let mut params: Vec<PgCell<'_>> = vec![PgCell(&synced, ColumnType::Timestamp)];
+        for (col, v) in &m.scope {
+            let c = spec_column(r, col, compat)?;
+            if matches!(v, Value::Null) {
+                sql.push_str(&format!(" AND {} IS NULL", quote_ident(&c.name)));
+            } else {
+                r.check_value(c, v)?;
+                params.push(PgCell(v, c.ty));
+                sql.push_str(&format!(
+                    " AND {} = ${}",
+                    quote_ident(&c.name),
+                    params.len()
+                ));
+            }
+        }
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let n = tx.execute(&sql, &refs).await.map_err(at(&m.table))?;
+        stats.entry(&m.table).3 += n;
+    }
+    if !commit.cursors.is_empty() {
+        let sql = format!(
+            "INSERT INTO {}.{} (\"stream\", \"cursor\", \"updated_at\") VALUES ($1, $2, now()) \
+             ON CONFLICT (\"stream\") DO UPDATE SET \"cursor\" = EXCLUDED.\"cursor\", \"updated_at\" = EXCLUDED.\"updated_at\"",
+            quote_ident(schema),
+            quote_ident(state)
+        );
+        let st = tx.prepare(&sql).await.map_err(at("cursor table"))?;
+        for i in 0..commit.cursors.len() {
+            let (stream, cursor) = &commit.cursors[i];
+            tx.execute(&st, &[stream as &(dyn ToSql + Sync), cursor])
+                .await
+                .map_err(at("cursor table"))?;
+        }
+    }
+    tx.commit().await.map_err(at("commit"))?;
+    Ok(CommitStats { tables: stats.0 })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn apply_batch(
+    tx: &mut tokio_postgres::Transaction<'_>,
+    schema: &str,
+    r: &Resolved,
+    batch: &TableBatch,
+    index: usize,
+    synced: &Value,
+    compat: Compat,
+    stats: &mut Stats,
+) -> Result<(), Box<Failure>> {
+    let table = format!("{}.{}", quote_ident(schema), quote_ident(&batch.table));
+    let entry = stats.entry(&batch.table);
+    // Deletes first: a response about to be rewritten loses its old answer rows.
+    for (col, values) in &batch.delete_where {
+        let c = spec_column(r, col, compat)?;
+        let mut cells = Vec::with_capacity(values.len());
+        for v in values {
+            r.check_value(c, v)?;
+            if !matches!(v, Value::Null) {
+                cells.push(PgCell(v, c.ty));
+            }
+        }
+        if cells.is_empty() {
+            continue;
+        }
+        let sql = format!(
+            "DELETE FROM {table} WHERE {} = ANY($1)",
+            quote_ident(&c.name)
+        );
+        entry.3 += tx
+            .execute(&sql, &[&cells])
+            .await
+            .map_err(|e| failure(&batch.table, e))?;
+    }
+    if batch.upserts.is_empty() {
+        return Ok(());
+    }
+    // Check every row before the COPY starts: a bad row must not leave a COPY half sent.
+    for row in &batch.upserts {
+        r.check_row(row)?;
+    }
+    let stage = quote_ident(&format!("xmbridge_stage_{index}"));
+    let cols: Vec<String> = r.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let col_list = cols.join(", ");
+    let defs: Vec<String> = r
+        .columns
+        .iter()
+        .zip(&cols)
+        .map(|(c, q)| format!("{q} {}", pg_type(c.ty)))
+        .collect();
+    tx.batch_execute(&format!(
+        "CREATE TEMP TABLE {stage} ({}) ON COMMIT DROP",
+        defs.join(", ")
+    ))
+    .await
+    .map_err(|e| failure(&batch.table, e))?;
+    let types: Vec<Type> = r.columns.iter().map(|c| wire_type(c.ty)).collect();
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {stage} ({col_list}) FROM STDIN (FORMAT binary)"
+        ))
+        .await
+        .map_err(|e| failure(&batch.table, e))?;
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    futures_util::pin_mut!(writer);
+    for i in 0..batch.upserts.len() {
+        let cells = RowCells {
+            row: &batch.upserts[i],
+            cols: &r.columns,
+            at: 0,
+        };
+        writer
+            .as_mut()
+            .write_raw(cells)
+            .await
+            .map_err(|e| failure(&batch.table, e))?;
+    }
+    writer
+        .finish()
+        .await
+        .map_err(|e| failure(&batch.table, e))?;
+
+    let synced_col = quote_ident(&r.synced);
+    let pk_list =
+        r.pk.iter()
+            .map(|&i| cols[i].as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+    let mut sets: Vec<String> = (0..cols.len())
+        .filter(|i| !r.pk.contains(i))
+        .map(|i| format!("{c} = EXCLUDED.{c}", c = cols[i]))
+        .collect();
+    sets.push(format!("{synced_col} = EXCLUDED.{synced_col}"));
+    let mut target_cols = format!("{col_list}, {synced_col}");
+    let mut select_cols = format!("{col_list}, $1::timestamptz");
+    if let Some(d) = &r.deleted {
+        let d = quote_ident(d);
+        target_cols.push_str(&format!(", {d}"));
+        select_cols.push_str(", false");
+        sets.push(format!("{d} = false"));
+    }
+    let sets = sets.join(", ");
+    let merge = |source: String| -> String {
+        format!(
+            "WITH m AS (INSERT INTO {table} ({target_cols}) {source} \
+             ON CONFLICT ({pk_list}) DO UPDATE SET {sets} RETURNING (xmax = 0) AS inserted) \
+             SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM m"
+        )
+    };
+    let plain = merge(format!("SELECT {select_cols} FROM {stage}"));
+    let dedup = merge(format!(
+        "SELECT DISTINCT ON ({pk_list}) {select_cols} FROM {stage} ORDER BY {pk_list}, ctid DESC"
+    ));
+    let param = PgCell(synced, ColumnType::Timestamp);
+    let counts = {
+        let sp = tx
+            .savepoint("xmbridge_merge")
+            .await
+            .map_err(|e| failure(&batch.table, e))?;
+        match sp.query_one(&plain, &[&param]).await {
+            Ok(row) => {
+                sp.commit().await.map_err(|e| failure(&batch.table, e))?;
+                Ok(row)
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::CARDINALITY_VIOLATION) => {
+                // The batch repeats a key; drop back and keep the last row of each key.
+                sp.rollback().await.map_err(|e| failure(&batch.table, e))?;
+                Err(())
+            }
+            Err(e) => return Err(failure(&batch.table, e)),
+        }
+    };
+    let row = match counts {
+        Ok(row) => row,
+        Err(()) => tx
+            .query_one(&dedup, &[&param])
+            .await
+            .map_err(|e| failure(&batch.table, e))?,
+    };
+    let inserted: i64 = row.try_get(0).map_err(|e| failure(&batch.table, e))?;
+    let updated: i64 = row.try_get(1).map_err(|e| failure(&batch.table, e))?;
+    entry.1 += inserted as u64;
+    entry.2 += updated as u64;
+    Ok(())
+}
+
+/// The cells of one row, without a closure (closures held across an await trip the compiler's
+/// `Send` check, rust-lang/rust#102211).
+struct RowCells<'a> {
+    row: &'a [Value],
+    cols: &'a [crate::Column],
+    at: usize,
+}
+
+impl<'a> Iterator for RowCells<'a> {
+    type Item = PgCell<'a>;
+    fn next(&mut self) -> Option<PgCell<'a>> {
+        let v = self.row.get(self.at)?;
+        let c = self.cols.get(self.at)?;
+        self.at += 1;
+        Some(PgCell(v, c.ty))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.row.len().min(self.cols.len()) - self.at;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for RowCells<'_> {}
+
+/// Columns (name, data_type) of a table, or `None` when it does not exist.
+async fn columns_of<C: tokio_postgres::GenericClient>(
+    client: &C,
+    schema: &str,
+    table: &str,
+) -> Result<Option<Vec<(String, String)>>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+            &[&schema, &table],
+        )
+        .await?;
+    let cols: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
+    Ok((!cols.is_empty()).then_some(cols))
+}
+
+fn check_type(
+    schema: &str,
+    table: &str,
+    r: &Resolved,
+    column: &str,
+    found: &str,
+    ty: ColumnType,
+) -> Result<(), DestError> {
+    let expected = pg_type(ty);
+    if found == expected {
+        return Ok(());
+    }
+    let q = format!("{}.{}", quote_ident(schema), quote_ident(table));
+    let c = quote_ident(column);
+    let short = match ty {
+        ColumnType::Timestamp => "timestamptz",
+        other => pg_type(other),
+    };
+    Err(DestError::TypeConflict {
+        table: r.display.clone(),
+        column: column.to_string(),
+        found: found.to_string(),
+        expected: expected.to_string(),
+        fix: format!(
+            "ALTER TABLE {q} ALTER COLUMN {c} TYPE {short} USING {c}::{short}; or drop the column (ALTER TABLE {q} DROP COLUMN {c}) and run the sync again with --full"
+        ),
+    })
+}
+
+/// After a failed write: a structured error when the table no longer matches its spec.
+async fn diagnose(client: &Client, schema: &str, table: &str, r: &Resolved) -> Option<DestError> {
+    let existing = match columns_of(client, schema, table).await {
+        Ok(Some(cols)) => cols,
+        Ok(None) => {
+            return Some(DestError::MissingTable {
+                table: r.display.clone(),
+            });
+        }
+        Err(_) => return None,
+    };
+    for (name, ty) in r.stored_columns() {
+        match existing.iter().find(|(n, _)| *n == name) {
+            None => {
+                return Some(DestError::MissingColumn {
+                    table: r.display.clone(),
+                    column: name,
+                });
+            }
+            Some((_, found)) => {
+                if let Err(e) = check_type(schema, table, r, &name, found, ty) {
+                    return Some(e);
+                }
+            }
+        }
+    }
+    None
+}
+
+impl Destination for PostgresDestination {
+    fn ensure_tables<'a>(
+        &'a mut self,
+        specs: &'a [TableSpec],
+    ) -> BoxFuture<'a, Result<(), DestError>> {
+        Box::pin(self.ensure(specs))
+    }
+
+    fn cursor<'a>(
+        &'a mut self,
+        stream: &'a str,
+    ) -> BoxFuture<'a, Result<Option<serde_json::Value>, DestError>> {
+        Box::pin(PostgresDestination::cursor(self, stream))
+    }
+
+    fn commit(&mut self, commit: Commit) -> BoxFuture<'_, Result<CommitStats, DestError>> {
+        Box::pin(PostgresDestination::commit(self, commit))
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}
