@@ -6,7 +6,6 @@
 //! numbers. Anything that does not fit becomes NULL rather than failing the sync (Qualtrics
 //! answers are loosely typed; a stray value must not stop a table).
 
-use crate::catalog::column_index;
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use serde_json::Value as Json;
 use xmbridge_destinations::{ColumnType, TableSpec, Value};
@@ -129,7 +128,7 @@ impl<'a> Row<'a> {
     /// Sets a column from a JSON value, converted to the column's type. Unknown columns are a
     /// bug in a stream: caught in debug builds, ignored in release.
     pub fn put(&mut self, col: &str, v: Option<&Json>) -> &mut Self {
-        match column_index(self.spec, col) {
+        match self.spec.column_index(col) {
             Some(i) => self.cells[i] = convert(self.spec.columns[i].ty, v),
             None => debug_assert!(false, "{}.{col} is not in the catalog", self.spec.name),
         }
@@ -138,7 +137,7 @@ impl<'a> Row<'a> {
 
     /// Sets a column to a typed cell as is.
     pub fn set(&mut self, col: &str, v: Value) -> &mut Self {
-        match column_index(self.spec, col) {
+        match self.spec.column_index(col) {
             Some(i) => self.cells[i] = v,
             None => debug_assert!(false, "{}.{col} is not in the catalog", self.spec.name),
         }

@@ -195,7 +195,7 @@ pub enum SyncError {
         table: String,
         survey: Option<String>,
         #[source]
-        source: DestError,
+        source: Box<DestError>,
     },
     /// Something else went wrong in a stream (a worker that died, an unreadable export).
     #[error("{}: {message}", place(table, survey.as_deref()))]
@@ -333,7 +333,7 @@ impl Ctx<'_> {
             .map_err(|source| SyncError::Destination {
                 table: table.into(),
                 survey: None,
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -352,7 +352,7 @@ impl Ctx<'_> {
             .map_err(|source| SyncError::Destination {
                 table: table.into(),
                 survey: survey.map(Into::into),
-                source,
+                source: Box::new(source),
             })?;
         for (t, i, u, d) in stats.tables {
             let c = self.summary.tables.entry(t).or_default();
@@ -372,7 +372,7 @@ impl Ctx<'_> {
             .map_err(|source| SyncError::Destination {
                 table: name.clone(),
                 survey: None,
-                source,
+                source: Box::new(source),
             })?;
         let mut specs = (*self.specs).clone();
         specs.0.insert(name, spec);
@@ -461,7 +461,7 @@ pub async fn sync(
                 .collect::<Vec<_>>()
                 .join(", "),
             survey: None,
-            source,
+            source: Box::new(source),
         })?;
     let synced_at_ms = opts
         .synced_at_ms
@@ -511,4 +511,33 @@ pub async fn sync(
         "sync finished"
     );
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CLI and server spawn the sync: its future must stay `Send`.
+    #[allow(dead_code)]
+    fn sync_future_is_send(c: &Client, d: &mut dyn Destination, o: &SyncOptions, p: &dyn Progress) {
+        fn send<T: Send>(_: T) {}
+        send(sync(c, d, o, p));
+    }
+
+    #[test]
+    fn table_selection_pulls_whole_groups() {
+        let o = SyncOptions {
+            tables: Some(vec!["question_response".into(), "user".into()]),
+            ..Default::default()
+        };
+        assert_eq!(
+            selected_groups(&o).unwrap(),
+            vec!["surveys", "responses", "users"]
+        );
+        let o = SyncOptions {
+            tables: Some(vec!["nope".into()]),
+            ..Default::default()
+        };
+        assert!(selected_groups(&o).is_err());
+    }
 }

@@ -7,7 +7,7 @@
 //! marked deleted at the end.
 
 use super::{first_call, list};
-use crate::catalog::{add_column, stats_column};
+use crate::catalog::stats_column;
 use crate::engine::{Batches, Ctx, SyncError};
 use futures_util::TryStreamExt;
 use serde_json::Value as Json;
@@ -54,7 +54,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
         for d in &dists {
             if let Some(Json::Object(st)) = d.get("stats") {
                 for k in st.keys() {
-                    widened |= add_column(&mut spec, &stats_column(k), ColumnType::Int);
+                    widened |= spec.add_column(&stats_column(k), ColumnType::Int);
                 }
             }
         }

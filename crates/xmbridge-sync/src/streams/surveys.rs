@@ -475,9 +475,12 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<Vec<SurveySummary>, SyncErr
         .cloned()
         .unwrap_or_default();
     let full = ctx.opts.full;
-    let changed: Vec<&SurveySummary> = surveys
+    // Owned: futures over borrowed items make the sync future !Send (rustc's higher-ranked
+    // lifetime limitation), and the CLI and server spawn it.
+    let changed: Vec<SurveySummary> = surveys
         .iter()
         .filter(|s| full || known.get(&s.id) != Some(&stamp(s)))
+        .cloned()
         .collect();
     ctx.progress
         .stream_started("surveys", Some(changed.len() as u64));
@@ -485,13 +488,16 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<Vec<SurveySummary>, SyncErr
     let mut fetches = stream::iter(changed)
         .map(|s| {
             let client = client.clone();
-            async move { (s, fetch(&client, &s.id).await) }
+            async move {
+                let r = fetch(&client, &s.id).await;
+                (s, r)
+            }
         })
         .buffer_unordered(par);
     while let Some((s, res)) = fetches.next().await {
         let fetched = res.map_err(|e| SyncError::api("survey", Some(&s.id), e))?;
-        let (batches, marks) = definition_rows(&ctx.specs, s, &fetched);
-        known.insert(s.id.clone(), stamp(s));
+        let (batches, marks) = definition_rows(&ctx.specs, &s, &fetched);
+        known.insert(s.id.clone(), stamp(&s));
         let commit = Commit {
             batches: batches.into_vec(),
             mark_unseen_deleted: marks,
