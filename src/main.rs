@@ -45,12 +45,15 @@ enum Command {
     Simulate(cli::simulate::SimulateArgs),
     /// Add, list, show, remove, authorize and test connections to Qualtrics accounts.
     Connection(cli::connection::ConnectionArgs),
+    /// Sync a connection's Qualtrics data into SQLite or PostgreSQL, incrementally.
+    Sync(cli::sync::SyncArgs),
 }
 
 fn init_logging(format: LogFormat, verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
-        0 => "warn",
+        // Sync progress is structured log lines when stderr is not a terminal.
+        0 => "warn,xmbridge_sync::progress=info",
         1 => "info",
         2 => "debug",
         _ => "trace",
@@ -58,6 +61,7 @@ fn init_logging(format: LogFormat, verbose: u8) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // A second initialisation (never expected) is harmless, so its error is ignored.
     let _ = match format {
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => cli::demo::run(args).await,
             Command::Simulate(args) => cli::simulate::run(args).await,
             Command::Connection(args) => cli::connection::run(args).await,
+            Command::Sync(args) => cli::sync::run(args).await,
         }
     });
     match result {

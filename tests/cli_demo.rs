@@ -1,11 +1,14 @@
-//! `xmbridge demo` end to end: the real binary against its in-process simulator.
+//! `xmbridge demo` end to end: the real binary, its in-process simulator and the SQLite file.
 
 use std::process::Command;
 
 #[test]
-fn demo_exports_every_survey() {
+fn demo_syncs_the_simulated_brand_into_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
     let out = Command::new(env!("CARGO_BIN_EXE_xmbridge"))
-        .args(["demo", "--surveys", "3", "--responses", "200"])
+        .args(["demo", "--surveys", "3", "--responses", "200", "--database"])
+        .arg(&db)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -23,4 +26,21 @@ fn demo_exports_every_survey() {
         stdout.contains("xmbridge simulate"),
         "names what to try next"
     );
+    assert!(stdout.contains("Net Promoter Score per survey"), "{stdout}");
+    // The file holds what the summary says.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let n: i64 = c
+        .query_row("SELECT COUNT(*) FROM qualtrics_survey_response", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(n as u64, responses);
+    let answers: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM qualtrics_question_response",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(answers as u64 > responses * 10, "{answers}");
 }

@@ -1,20 +1,22 @@
-//! `xmbridge demo`: start a Qualtrics simulator in-process and run the response export round trip
-//! against it through the real client library, printing what happens.
+//! `xmbridge demo`: start a Qualtrics simulator in-process, sync the whole account into a SQLite
+//! file through the real client, sync engine and SQLite writer, and show what to query next.
 
 use anyhow::Context;
 use clap::Args;
-use futures_util::TryStreamExt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use xmbridge_qualtrics::{Auth, BaseUrl, Client, Error, ExportOptions, SurveySummary};
+use xmbridge_destinations::Compat;
+use xmbridge_qualtrics::{Auth, BaseUrl, Client};
 use xmbridge_sim::SimConfig;
+use xmbridge_sync::SyncOptions;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Example:
   xmbridge demo
-  xmbridge demo --surveys 10 --responses 5000 --seed 42
+  xmbridge demo --surveys 10 --responses 5000 --seed 42 --database /tmp/demo.db
 
-Everything runs on this machine: a simulated Qualtrics brand on 127.0.0.1 and the same client code
-that talks to real Qualtrics accounts.")]
+Everything runs on this machine: a simulated Qualtrics brand on 127.0.0.1, the same client and
+sync code that talk to real Qualtrics accounts, and a SQLite file you can query afterwards.")]
 pub struct DemoArgs {
     /// Seed of the simulated brand's data.
     #[arg(long, default_value_t = 7)]
@@ -27,14 +29,30 @@ pub struct DemoArgs {
     /// Responses per survey.
     #[arg(long, default_value_t = 1000)]
     pub responses: u64,
+
+    /// The SQLite file to sync into (replaced if it exists).
+    #[arg(long, default_value = "xmbridge-demo.db")]
+    pub database: PathBuf,
 }
 
-struct SurveyResult {
-    responses: u64,
-    values: u64,
-    bytes: u64,
-    seconds: f64,
-}
+/// Net Promoter Score per survey, from the answer rows.
+const NPS_QUERY: &str = "SELECT s.survey_name,
+       COUNT(*) AS answers,
+       ROUND(100.0 * (SUM(CAST(qr.value AS INTEGER) >= 9) - SUM(CAST(qr.value AS INTEGER) <= 6)) / COUNT(*), 1) AS nps
+FROM qualtrics_question_response qr
+JOIN qualtrics_survey_response r ON r.id = qr.response_id
+JOIN qualtrics_question q ON q.id = qr.question_id AND q.survey_id = r.survey_id
+JOIN qualtrics_survey s ON s.id = r.survey_id
+WHERE q.selector = 'NPS' AND qr.question = q.data_export_tag
+GROUP BY s.survey_name ORDER BY nps DESC;";
+
+const MONTHLY_QUERY: &str = "SELECT substr(recorded_date, 1, 7) AS month, COUNT(*) AS responses,
+       ROUND(AVG(duration_in_seconds) / 60.0, 1) AS avg_minutes
+FROM qualtrics_survey_response GROUP BY month ORDER BY month;";
+
+const SEGMENT_QUERY: &str = "SELECT e.key, e.value, COUNT(*) AS responses
+FROM qualtrics_survey_embedded_data e
+GROUP BY e.key, e.value ORDER BY responses DESC LIMIT 10;";
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -54,10 +72,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         handle.base_url, args.seed, args.surveys, args.responses
     );
 
+    // The simulator is on this machine: no need to pace calls for a remote brand's limit.
     let client = Client::builder(BaseUrl::parse(&handle.base_url)?, Auth::api_token(token))
         .request_timeout(Duration::from_secs(30))
+        .no_rate_limit()
         .build()?;
-
     let me = client.whoami().await.context("GET /whoami failed")?;
     println!(
         "connected as {} ({}), brand {}, data center {}",
@@ -67,107 +86,67 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         me.datacenter.as_deref().unwrap_or("?"),
     );
 
-    let surveys: Vec<SurveySummary> = client
-        .surveys()
-        .try_collect()
-        .await
-        .context("listing surveys failed")?;
-    println!(
-        "{} surveys; exporting their responses (json, zipped):",
-        surveys.len()
-    );
-
-    let mut total_responses = 0u64;
-    let mut total_values = 0u64;
-    for s in &surveys {
-        let r = export_one(&client, s).await?;
-        total_responses += r.responses;
-        total_values += r.values;
-        println!(
-            "  {:<18} {:<40} {:>8} responses {:>10} values {:>8} KiB  {:.2} s",
-            s.id,
-            truncate(&s.name, 40),
-            r.responses,
-            r.values,
-            r.bytes.div_ceil(1024),
-            r.seconds
-        );
+    // A fresh file each time: the simulator is re-seeded, so an old file's cursors mean nothing.
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = args.database.clone().into_os_string();
+        p.push(suffix);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot replace {}", args.database.display()));
+            }
+        }
     }
-
+    let url = format!("sqlite:{}", args.database.display());
+    let mut dest = xmbridge_destinations::open(&url, "qualtrics", Compat::Xmbridge)
+        .await
+        .with_context(|| format!("cannot create {}", args.database.display()))?;
+    println!("syncing everything into {} …", dest.describe());
+    let summary = super::sync::run_sync(&client, dest.as_mut(), &SyncOptions::default()).await?;
+    drop(dest);
+    handle.stop().await;
+    print!("{summary}");
+    println!();
     println!(
-        "\nsummary: {} surveys, {} responses, {} answer values, {} API calls, {:.2} s",
-        surveys.len(),
-        total_responses,
-        total_values,
-        client.api_calls(),
+        "summary: {} surveys, {} responses, {:.1} s in all",
+        args.surveys,
+        summary.responses,
         started.elapsed().as_secs_f64()
     );
-    handle.stop().await;
+
+    let db = args.database.clone();
+    let nps = tokio::task::spawn_blocking(move || -> rusqlite::Result<Vec<(String, i64, f64)>> {
+        let c = rusqlite::Connection::open(&db)?;
+        let mut st = c.prepare(NPS_QUERY)?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect()
+    })
+    .await?
+    .context("the example query failed")?;
     println!(
-        "\nwhat next:
-  xmbridge simulate --listen 127.0.0.1:8080 --api-token mytoken   # keep a simulator running
-  curl -H 'X-API-TOKEN: mytoken' http://127.0.0.1:8080/API/v3/surveys
-  xmbridge simulate --help                                          # scale, faults, mutual TLS"
+        "
+Net Promoter Score per survey (the first query below):"
+    );
+    for (name, answers, score) in nps {
+        println!("  {score:>6.1}  {answers:>6} answers  {name}");
+    }
+    let db = args.database.display();
+    println!(
+        "
+what next: query the file with `sqlite3 {db}`, for example:
+
+{NPS_QUERY}
+
+{MONTHLY_QUERY}
+
+{SEGMENT_QUERY}
+
+then connect a real account (or a running simulator) and sync it:
+  xmbridge simulate --listen 127.0.0.1:8080 --api-token mytoken &
+  xmbridge connection add qualtrics sim --url http://127.0.0.1:8080 --auth token   # token from a prompt
+  xmbridge sync sim --destination sqlite:./qualtrics.db"
     );
     Ok(())
-}
-
-/// Start → poll → download → unzip → stream-parse, counting responses and answer values.
-async fn export_one(client: &Client, survey: &SurveySummary) -> anyhow::Result<SurveyResult> {
-    let t = Instant::now();
-    let opts = ExportOptions {
-        allow_continuation: true,
-        poll_interval: Duration::from_millis(50),
-        max_poll_interval: Duration::from_millis(500),
-        max_wait: Duration::from_secs(120),
-        ..ExportOptions::default()
-    };
-    let file = match client.export_responses(&survey.id, &opts).await {
-        Ok(f) => f,
-        Err(e)
-            if e.status() == Some(404)
-                && e.api()
-                    .is_some_and(|a| a.error_message.contains("API call does not exist")) =>
-        {
-            anyhow::bail!(
-                "this build's simulator does not serve response exports yet \
-                 (POST /API/v3/surveys/{}/export-responses answered 404: {e})",
-                survey.id
-            );
-        }
-        Err(e) => {
-            return Err(e).with_context(|| format!("exporting survey {} failed", survey.id));
-        }
-    };
-    let bytes = file.bytes;
-    let (responses, values) = tokio::task::spawn_blocking(move || {
-        let mut values = 0u64;
-        let n = file.for_each_response(|r| {
-            values += r
-                .get("values")
-                .and_then(|v| v.as_object())
-                .map(|m| m.len() as u64)
-                .unwrap_or(0);
-        })?;
-        Ok::<_, Error>((n, values))
-    })
-    .await
-    .context("the export parser stopped unexpectedly")?
-    .with_context(|| format!("reading the export of survey {} failed", survey.id))?;
-    Ok(SurveyResult {
-        responses,
-        values,
-        bytes,
-        seconds: t.elapsed().as_secs_f64(),
-    })
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(max - 1).collect();
-        t.push('…');
-        t
-    }
 }

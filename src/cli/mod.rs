@@ -5,6 +5,7 @@
 pub mod connection;
 pub mod demo;
 pub mod simulate;
+pub mod sync;
 
 use std::fmt;
 

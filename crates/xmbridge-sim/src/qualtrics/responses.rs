@@ -222,7 +222,7 @@ impl Builder<'_> {
                 if !answer {
                     return;
                 }
-                // Skewed towards promoters, as real NPS data is.
+                // Spread over detractors, passives and promoters.
                 let v =
                     [0, 2, 4, 5, 6, 6, 7, 7, 8, 8, 9, 9, 9, 10, 10, 10][self.r.below(16) as usize];
                 let (group, label) = match v {

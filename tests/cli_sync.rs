@@ -1,0 +1,348 @@
+//! `xmbridge sync` end to end: the real binary, a stored connection, the simulator over
+//! loopback, and real SQLite and PostgreSQL destinations — including a sync killed with SIGKILL
+//! at several moments and resumed.
+
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+use xmbridge_sim::{SimConfig, SimHandle, start_qualtrics};
+
+const BIN: &str = env!("CARGO_BIN_EXE_xmbridge");
+
+struct Install {
+    dir: tempfile::TempDir,
+}
+
+impl Install {
+    fn new() -> Install {
+        Install {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("XMBRIDGE_HOME", self.path("home"))
+            .env_remove("XMBRIDGE_MASTER_KEY")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+    async fn run(&self, args: &[&str]) -> Output {
+        let mut c = self.cmd(args);
+        tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap()
+    }
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}\nstdout:\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+    /// A token connection named `name` to the simulator.
+    async fn connect(&self, h: &SimHandle, name: &str) {
+        let tf = self.path(&format!("{name}.token"));
+        std::fs::write(&tf, h.sim.cfg.admin_token()).unwrap();
+        self.ok(&[
+            "connection",
+            "add",
+            "qualtrics",
+            name,
+            "--url",
+            &h.base_url,
+            "--api-token-file",
+            tf.to_str().unwrap(),
+        ])
+        .await;
+    }
+}
+
+async fn sim(cfg: SimConfig) -> SimHandle {
+    start_qualtrics(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// `inserted` of a table in the summary printed by `xmbridge sync`.
+fn inserted(summary: &str, table: &str) -> u64 {
+    summary
+        .lines()
+        .find_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next() == Some(table)).then(|| it.next().unwrap().parse().unwrap())
+        })
+        .unwrap_or(0)
+}
+
+fn sqlite_rows(db: &Path, sql: &str) -> Vec<String> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut st = c.prepare(sql).unwrap();
+    let rows = st.query_map([], |r| r.get::<_, String>(0)).unwrap();
+    rows.map(|r| r.unwrap()).collect()
+}
+
+#[tokio::test]
+async fn sqlite_full_then_incremental() {
+    let h = sim(SimConfig {
+        surveys: 2,
+        responses: 200,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = Install::new();
+    i.connect(&h, "acme").await;
+    let db = i.path("q.db");
+    let dest = format!("sqlite:{}", db.display());
+
+    let first = i.ok(&["sync", "acme", "--destination", &dest]).await;
+    let responses = inserted(&first, "survey_response");
+    assert!(responses > 300, "{first}");
+    assert!(
+        inserted(&first, "question_response") > responses * 10,
+        "{first}"
+    );
+    let in_db = sqlite_rows(&db, "SELECT id FROM qualtrics_survey_response");
+    assert_eq!(in_db.len() as u64, responses);
+
+    // Nothing changed: no response is written again.
+    let second = i.ok(&["sync", "acme", "--destination", &dest]).await;
+    assert_eq!(inserted(&second, "survey_response"), 0, "{second}");
+
+    // One new response through the API: exactly that one arrives, with its answers.
+    let sid = h.sim.surveys[0].id.clone();
+    let r: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/surveys/{sid}/responses", h.api_url()))
+        .header("X-API-TOKEN", h.sim.cfg.admin_token())
+        .json(&json!({"values": {"QID1": 1, "segment": "3"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rid = r["result"]["responseId"].as_str().unwrap().to_string();
+    let third = i.ok(&["sync", "acme", "--destination", &dest]).await;
+    assert_eq!(inserted(&third, "survey_response"), 1, "{third}");
+    let answers = sqlite_rows(
+        &db,
+        &format!("SELECT question_id FROM qualtrics_question_response WHERE response_id = '{rid}'"),
+    );
+    assert_eq!(answers, ["QID1"]);
+}
+
+/// Kill -9 at several moments, run again each time, finish: the destination equals a clean sync,
+/// row for row, with nothing doubled.
+#[tokio::test]
+async fn killed_syncs_resume_to_the_same_rows() {
+    let cfg = SimConfig {
+        surveys: 3,
+        responses: 1500,
+        ..SimConfig::default()
+    };
+    let h = sim(cfg).await;
+    let i = Install::new();
+    i.connect(&h, "acme").await;
+
+    let clean = i.path("clean.db");
+    i.ok(&[
+        "sync",
+        "acme",
+        "--destination",
+        &format!("sqlite:{}", clean.display()),
+        "--parallel",
+        "1",
+    ])
+    .await;
+
+    let killed = i.path("killed.db");
+    let dest = format!("sqlite:{}", killed.display());
+    let mut kills = 0;
+    for delay_ms in [150u64, 300, 450, 600, 800, 1000, 1300] {
+        let mut child = i
+            .cmd(&["sync", "acme", "--destination", &dest, "--parallel", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    eprintln!("{kills} syncs killed with SIGKILL before the final run");
+    // The killed runs did commit work (so the final run really resumes rather than starts over).
+    let partial = sqlite_rows(&killed, "SELECT id FROM qualtrics_survey").len();
+    assert!(partial > 0, "no killed run committed anything");
+    assert!(
+        kills >= 3,
+        "the sync finished too fast to be killed ({kills} kills)"
+    );
+    i.ok(&["sync", "acme", "--destination", &dest, "--parallel", "1"])
+        .await;
+
+    for (table, key) in [
+        (
+            "survey_response",
+            "id || '|' || survey_id || '|' || recorded_date || '|' || finished",
+        ),
+        (
+            "question_response",
+            "_xmbridge_id || '|' || response_id || '|' || coalesce(value, '') || '|' || coalesce(label, '')",
+        ),
+        (
+            "survey_embedded_data",
+            "response_id || '|' || key || '|' || coalesce(value, '')",
+        ),
+        ("question", "id || '|' || survey_id"),
+    ] {
+        let sql = format!("SELECT {key} FROM qualtrics_{table} ORDER BY 1");
+        let a = sqlite_rows(&clean, &sql);
+        let b = sqlite_rows(&killed, &sql);
+        assert_eq!(
+            a.len(),
+            b.len(),
+            "{table}: row counts differ after {kills} kills"
+        );
+        assert!(a == b, "{table}: rows differ after {kills} kills");
+    }
+}
+
+/// PostgreSQL, its own database, Fivetran-compatible system columns.
+#[tokio::test]
+async fn postgres_with_fivetran_compat() {
+    let base = std::env::var("XMBRIDGE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let (admin, conn) = match tokio_postgres::connect(&base, tokio_postgres::NoTls).await {
+        Ok(x) => x,
+        Err(e) => {
+            panic!("PostgreSQL at {base} is required for this test (scripts/test starts it): {e}")
+        }
+    };
+    tokio::spawn(conn);
+    let name = format!("xmb_cli_sync_{}", std::process::id());
+    admin
+        .execute(&format!("DROP DATABASE IF EXISTS {name}"), &[])
+        .await
+        .unwrap();
+    admin
+        .execute(&format!("CREATE DATABASE {name}"), &[])
+        .await
+        .unwrap();
+    struct Drop_(tokio_postgres::Client, String);
+    let guard = Drop_(admin, name.clone());
+    let url = match base.rsplit_once('/') {
+        Some((head, _)) => format!("{head}/{name}"),
+        None => panic!("XMBRIDGE_TEST_PG must end with a database name"),
+    };
+
+    let h = sim(SimConfig {
+        surveys: 2,
+        responses: 100,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = Install::new();
+    i.connect(&h, "acme").await;
+    let out = i
+        .ok(&[
+            "sync",
+            "acme",
+            "--destination",
+            &url,
+            "--schema",
+            "qx",
+            "--compat",
+            "fivetran",
+        ])
+        .await;
+    let responses = inserted(&out, "survey_response");
+    assert!(responses > 150, "{out}");
+
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    let n: i64 = c
+        .query_one("SELECT COUNT(*) FROM qx.survey_response", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n as u64, responses);
+    let synced: i64 = c
+        .query_one("SELECT COUNT(*) FROM qx.survey WHERE _fivetran_synced IS NOT NULL AND _fivetran_deleted = false", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(synced, 2);
+    drop(c);
+    task.abort();
+
+    let again = i
+        .ok(&[
+            "sync",
+            "acme",
+            "--destination",
+            &url,
+            "--schema",
+            "qx",
+            "--compat",
+            "fivetran",
+        ])
+        .await;
+    assert_eq!(inserted(&again, "survey_response"), 0, "{again}");
+
+    guard
+        .0
+        .execute(
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", guard.1),
+            &[],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn bad_destinations_are_clear_errors() {
+    let h = sim(SimConfig {
+        surveys: 1,
+        responses: 5,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = Install::new();
+    i.connect(&h, "acme").await;
+    let out = i.run(&["sync", "acme", "--destination", "mysql://x"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sqlite") && err.contains("postgres"), "{err}");
+    let out = i
+        .run(&[
+            "sync",
+            "acme",
+            "--destination",
+            "postgres://postgres@127.0.0.1:1/nope",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("127.0.0.1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = i
+        .run(&["sync", "nosuch", "--destination", "sqlite:x.db"])
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("xmbridge connection list"));
+}
