@@ -8,6 +8,8 @@
 //! `responses:{survey}` cursor (keeping its continuation token): a run killed before that commit
 //! simply reconciles again.
 //!
+//! Id exports of due surveys run `survey_parallelism` at a time.
+//!
 //! When: every survey with [`SyncOptions::reconcile`](crate::SyncOptions::reconcile), else a
 //! survey whose `lastReconciled` is at least `reconcile_every` old (default 7 days). It runs
 //! after the survey's export is committed, so ids written in this run are compared with an id
@@ -15,6 +17,7 @@
 
 use super::responses::{cursor_stream, cursor_value};
 use crate::engine::{Batches, Ctx, SyncError};
+use futures_util::{StreamExt, stream};
 use serde_json::{Value as Json, json};
 use std::collections::HashSet;
 use xmbridge_destinations::{Commit, Value};
@@ -72,9 +75,20 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
     }
     ctx.progress
         .stream_started("reconcile", Some(due.len() as u64));
+    // Id exports run `survey_parallelism` at a time (each is an export job Qualtrics prepares);
+    // comparisons and commits stay on this task, the only writer of the destination.
     let client = ctx.client.clone();
-    for (sid, cursor) in due {
-        let upstream = upstream_ids(&client, &sid).await.map_err(|e| match e {
+    let mut exports = stream::iter(due)
+        .map(|(sid, cursor)| {
+            let client = client.clone();
+            async move {
+                let ids = upstream_ids(&client, &sid).await;
+                (sid, cursor, ids)
+            }
+        })
+        .buffer_unordered(ctx.opts.survey_parallelism.max(1));
+    while let Some((sid, cursor, ids)) = exports.next().await {
+        let upstream = ids.map_err(|e| match e {
             Ok(e) => SyncError::api("survey_response", Some(&sid), e),
             Err(message) => SyncError::Stream {
                 table: "survey_response".into(),
