@@ -264,6 +264,25 @@ pub trait Destination: Send {
 
     /// `sqlite:PATH (prefix qualtrics_)`, `postgres://host/db (schema qualtrics)` — no secret.
     fn describe(&self) -> String;
+
+    /// The distinct non-NULL values of the text column `column` of a prepared table, on the rows
+    /// where every `(column, value)` of `filter` is equal (soft-deleted rows included). The only
+    /// read besides cursors: the sync's reconcile pass compares the response ids it holds with
+    /// the ids Qualtrics still has. Destinations that cannot read back keep this default, and a
+    /// reconcile against them fails with this message.
+    fn keys<'a>(
+        &'a mut self,
+        table: &'a str,
+        column: &'a str,
+        filter: &'a [(String, Value)],
+    ) -> BoxFuture<'a, Result<Vec<String>, DestError>> {
+        let _ = (column, filter);
+        let msg = format!(
+            "{}: this destination cannot read keys of table {table} back",
+            self.describe()
+        );
+        Box::pin(async move { Err(DestError::Other(msg)) })
+    }
 }
 
 /// The destinations [`open`] knows, for error messages.

@@ -324,6 +324,49 @@ impl PostgresDestination {
         }
     }
 
+    async fn keys(
+        &self,
+        table: &str,
+        column: &str,
+        filter: &[(String, Value)],
+    ) -> Result<Vec<String>, DestError> {
+        let r = self.tables.get(table).ok_or_else(|| {
+            DestError::Other(format!("table {table} was not prepared (ensure_tables)"))
+        })?;
+        let c = spec_column(r, column, self.compat)?;
+        if c.ty != ColumnType::Text {
+            return Err(DestError::Other(format!(
+                "{}.{}: keys are read from text columns only",
+                r.display, c.name
+            )));
+        }
+        let mut sql = format!(
+            "SELECT DISTINCT {} FROM {}.{} WHERE {} IS NOT NULL",
+            quote_ident(&c.name),
+            quote_ident(&self.schema),
+            quote_ident(table),
+            quote_ident(&c.name)
+        );
+        let mut cells = Vec::with_capacity(filter.len());
+        for (i, (col, v)) in filter.iter().enumerate() {
+            let fc = spec_column(r, col, self.compat)?;
+            r.check_value(fc, v)?;
+            sql.push_str(&format!(" AND {} = ${}", quote_ident(&fc.name), i + 1));
+            cells.push(PgCell(v, fc.ty));
+        }
+        let params: Vec<&(dyn ToSql + Sync)> =
+            cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        let rows = self
+            .client
+            .query(&sql, &params)
+            .await
+            .map_err(|e| sql_err(&r.display, e))?;
+        rows.iter()
+            .map(|row| row.try_get::<_, String>(0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| sql_err(&r.display, e))
+    }
+
     async fn commit(&mut self, commit: Commit) -> Result<CommitStats, DestError> {
         let result = try_commit(
             &mut self.client,
@@ -755,5 +798,14 @@ impl Destination for PostgresDestination {
 
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    fn keys<'a>(
+        &'a mut self,
+        table: &'a str,
+        column: &'a str,
+        filter: &'a [(String, Value)],
+    ) -> BoxFuture<'a, Result<Vec<String>, DestError>> {
+        Box::pin(PostgresDestination::keys(self, table, column, filter))
     }
 }

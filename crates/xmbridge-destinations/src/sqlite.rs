@@ -296,6 +296,45 @@ impl Inner {
         }
     }
 
+    fn keys(
+        &self,
+        table: &str,
+        column: &str,
+        filter: &[(String, Value)],
+    ) -> Result<Vec<String>, DestError> {
+        let r = self.tables.get(table).ok_or_else(|| {
+            DestError::Other(format!("table {table} was not prepared (ensure_tables)"))
+        })?;
+        let c = spec_column(r, column, self.compat)?;
+        if c.ty != ColumnType::Text {
+            return Err(DestError::Other(format!(
+                "{}.{}: keys are read from text columns only",
+                r.display, c.name
+            )));
+        }
+        let mut sql = format!(
+            "SELECT DISTINCT {} FROM {} WHERE {} IS NOT NULL",
+            quote_ident(&c.name),
+            quote_ident(&r.display),
+            quote_ident(&c.name)
+        );
+        for (i, (col, v)) in filter.iter().enumerate() {
+            let fc = spec_column(r, col, self.compat)?;
+            r.check_value(fc, v)?;
+            sql.push_str(&format!(" AND {} = ?{}", quote_ident(&fc.name), i + 1));
+        }
+        let ctx = format!("keys of {}", r.display);
+        let mut st = self.conn.prepare(&sql).map_err(|e| sql_err(&ctx, e))?;
+        let params: Vec<Cell<'_>> = filter.iter().map(|(_, v)| Cell(v)).collect();
+        let rows = st
+            .query_map(rusqlite::params_from_iter(params.iter()), |row| {
+                row.get::<_, String>(0)
+            })
+            .map_err(|e| sql_err(&ctx, e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| sql_err(&ctx, e))
+    }
+
     fn commit(&mut self, commit: &Commit) -> Result<CommitStats, DestError> {
         match self.try_commit(commit).map_err(|f| *f) {
             Ok(stats) => Ok(stats),
@@ -599,5 +638,15 @@ impl Destination for SqliteDestination {
 
     fn describe(&self) -> String {
         format!("sqlite:{} (prefix {})", self.path, self.prefix)
+    }
+
+    fn keys<'a>(
+        &'a mut self,
+        table: &'a str,
+        column: &'a str,
+        filter: &'a [(String, Value)],
+    ) -> BoxFuture<'a, Result<Vec<String>, DestError>> {
+        let (table, column, filter) = (table.to_string(), column.to_string(), filter.to_vec());
+        Box::pin(async move { self.run(move |i| i.keys(&table, &column, &filter)).await })
     }
 }

@@ -434,6 +434,47 @@ async fn delete_where(mut h: H) {
     assert_eq!(ids, ["a2", "b"]);
 }
 
+/// `keys`: distinct values of a text column, filtered by equal columns (the sync's reconcile).
+async fn keys(mut h: H) {
+    h.dest.ensure_tables(&[item_spec()]).await.unwrap();
+    h.commit(commit_of(
+        T0,
+        vec![upserts(
+            "item",
+            vec![
+                item("a", "s1", "A", 1),
+                item("b", "s2", "B", 2),
+                item("c", "s1", "it's; DROP", 1),
+            ],
+        )],
+    ))
+    .await
+    .unwrap();
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let f = [("survey_id".to_string(), Value::Text("s1".into()))];
+    let k = h.dest.keys("item", "id", &f).await.unwrap();
+    assert_eq!(sorted(k), ["a", "c"]);
+    let k = h.dest.keys("item", "survey_id", &[]).await.unwrap();
+    assert_eq!(sorted(k), ["s1", "s2"]);
+    let f2 = [
+        ("survey_id".to_string(), Value::Text("s1".into())),
+        ("n".to_string(), Value::Int(1)),
+        ("name".to_string(), Value::Text("it's; DROP".into())),
+    ];
+    assert_eq!(h.dest.keys("item", "id", &f2).await.unwrap(), ["c"]);
+    let none = [("survey_id".to_string(), Value::Text("nope".into()))];
+    assert!(h.dest.keys("item", "id", &none).await.unwrap().is_empty());
+    assert!(
+        h.dest.keys("item", "n", &[]).await.is_err(),
+        "text columns only"
+    );
+    assert!(h.dest.keys("item", "nope", &[]).await.is_err());
+    assert!(h.dest.keys("other", "id", &[]).await.is_err());
+}
+
 async fn mark_unseen_with_scope(mut h: H) {
     h.dest.ensure_tables(&[item_spec()]).await.unwrap();
     h.commit(commit_of(
@@ -1036,6 +1077,7 @@ macro_rules! both {
 both!(create_catalog);
 both!(upsert_counts);
 both!(delete_where);
+both!(keys);
 both!(mark_unseen_with_scope);
 both!(cursor_round_trip_and_atomicity);
 both!(schema_evolution);

@@ -33,6 +33,12 @@ pub struct SyncOptions {
     pub commit_every: usize,
     /// The run's time written into `<p>_synced`; `None` = now. Tests pin it.
     pub synced_at_ms: Option<i64>,
+    /// Run the reconcile pass on every survey now: export response ids only and remove the
+    /// responses Qualtrics no longer has, with their answer and embedded-data rows.
+    pub reconcile: bool,
+    /// Reconcile a survey automatically when its last reconcile (kept in its
+    /// `responses:{survey}` cursor) is at least this old. Default 7 days.
+    pub reconcile_every: Duration,
 }
 
 impl Default for SyncOptions {
@@ -44,6 +50,8 @@ impl Default for SyncOptions {
             survey_parallelism: 4,
             commit_every: 5_000,
             synced_at_ms: None,
+            reconcile: false,
+            reconcile_every: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -81,13 +89,25 @@ pub const GROUPS: &[(&str, &[&str])] = &[
             "directory_contact",
             "directory_mailing_list",
             "contact_mailing_list_membership",
+            "contact_transaction",
+            "directory_sample",
+            "frequency_rule",
+            "frequency_rule_target",
         ],
     ),
     (
         "transaction_batches",
         &["transaction_batch", "batch_transaction_membership"],
     ),
-    ("distributions", &["distribution", "distribution_contact"]),
+    (
+        "distributions",
+        &[
+            "distribution",
+            "distribution_contact",
+            "sms_distribution",
+            "sms_distribution_contact",
+        ],
+    ),
     ("users", &["user"]),
     (
         "libraries",
@@ -132,6 +152,8 @@ pub struct SyncSummary {
     pub surveys_exported: u64,
     /// Responses written (new and updated).
     pub responses: u64,
+    /// Surveys whose response ids were reconciled with Qualtrics (deleted responses removed).
+    pub surveys_reconciled: u64,
 }
 
 impl SyncSummary {
@@ -167,9 +189,10 @@ impl fmt::Display for SyncSummary {
         }
         write!(
             f,
-            "{} responses from {} surveys, {} definitions read, {} API calls, {:.1} s",
+            "{} responses from {} surveys, {} surveys reconciled, {} definitions read, {} API calls, {:.1} s",
             self.responses,
             self.surveys_exported,
+            self.surveys_reconciled,
             self.definitions_read,
             self.api_calls,
             self.duration.as_secs_f64()
@@ -333,6 +356,25 @@ impl Ctx<'_> {
             .map_err(|source| SyncError::Destination {
                 table: table.into(),
                 survey: None,
+                source: Box::new(source),
+            })
+    }
+
+    /// Distinct values of a text column on rows matching `filter` (the reconcile pass reads the
+    /// response ids it holds).
+    pub async fn keys(
+        &mut self,
+        table: &str,
+        column: &str,
+        filter: &[(String, Value)],
+        survey: Option<&str>,
+    ) -> Result<Vec<String>, SyncError> {
+        self.dest
+            .keys(table, column, filter)
+            .await
+            .map_err(|source| SyncError::Destination {
+                table: table.into(),
+                survey: survey.map(Into::into),
                 source: Box::new(source),
             })
     }

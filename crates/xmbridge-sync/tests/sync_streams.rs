@@ -142,3 +142,103 @@ async fn unknown_table_is_refused_and_a_destination_failure_names_the_table() {
     assert_eq!(s.surveys_exported, 2);
     assert!(dest.state().count("survey_response") > 0);
 }
+
+/// Every element of a paged list, through the client (the test's own count of the simulator).
+async fn count(
+    client: &xmbridge_qualtrics::Client,
+    segs: &[&str],
+    query: &[(&str, &str)],
+) -> Vec<serde_json::Value> {
+    use futures_util::TryStreamExt;
+    let mut url = client.url(segs);
+    for (k, v) in query {
+        url.query_pairs_mut().append_pair(k, v);
+    }
+    client
+        .paginate::<serde_json::Value>(url)
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+fn ids(v: &[serde_json::Value], key: &str) -> Vec<String> {
+    v.iter()
+        .filter_map(|x| x.get(key).and_then(|s| s.as_str()).map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn tier2_directory_and_sms_tables_match_the_simulator() {
+    let (h, client) = sim(cfg()).await;
+    let mut dest = MemDest::default();
+    let o = SyncOptions {
+        tables: Some(vec![
+            "contact_transaction".into(),
+            "sms_distribution".into(),
+        ]),
+        ..Default::default()
+    };
+    let s = sync(&client, &mut dest, &o, &NoProgress).await.unwrap();
+    assert!(s.skipped.is_empty(), "{:?}", s.skipped);
+    let (mut tx, mut samples, mut rules, mut targets) = (0, 0, 0, 0);
+    for d in ids(&count(&client, &["directories"], &[]).await, "directoryId") {
+        let contacts = count(
+            &client,
+            &["directories", &d, "contacts"],
+            &[("useNewPaginationScheme", "true")],
+        )
+        .await;
+        for c in ids(&contacts, "contactId") {
+            tx += count(
+                &client,
+                &["directories", &d, "contacts", &c, "transactions"],
+                &[],
+            )
+            .await
+            .len();
+        }
+        samples += count(&client, &["directories", &d, "samples"], &[])
+            .await
+            .len();
+        let r = count(&client, &["directories", &d, "frequencyrules"], &[]).await;
+        rules += r.len();
+        targets += r
+            .iter()
+            .map(|x| x["targets"].as_array().map_or(0, Vec::len))
+            .sum::<usize>();
+    }
+    let (mut sms, mut sms_rows) = (0, 0);
+    for sv in &h.sim.surveys {
+        let list = count(&client, &["distributions", "sms"], &[("surveyId", &sv.id)]).await;
+        sms += list.len();
+        for id in ids(&list, "id") {
+            sms_rows += count(&client, &["distributions", "sms", &id, "history"], &[])
+                .await
+                .len();
+        }
+    }
+    assert!(tx > 0 && samples > 0 && rules > 0 && targets > 0 && sms > 0 && sms_rows > 0);
+    let st = dest.state();
+    assert_eq!(st.count("contact_transaction"), tx);
+    assert_eq!(st.count("directory_sample"), samples);
+    assert_eq!(st.count("frequency_rule"), rules);
+    assert_eq!(st.count("frequency_rule_target"), targets);
+    assert_eq!(st.count("sms_distribution"), sms);
+    assert_eq!(st.count("sms_distribution_contact"), sms_rows);
+    let r = &st.rows("directory_sample")[0];
+    assert!(st.text("directory_sample", r, "name").is_some());
+
+    // A second run replaces, never doubles.
+    sync(&client, &mut dest, &o, &NoProgress).await.unwrap();
+    let st2 = dest.state();
+    for t in [
+        "contact_transaction",
+        "directory_sample",
+        "frequency_rule",
+        "frequency_rule_target",
+        "sms_distribution",
+        "sms_distribution_contact",
+    ] {
+        assert_eq!(st2.count(t), st.count(t), "{t}");
+    }
+}

@@ -3,6 +3,10 @@
 //! `batch_transaction_membership` (these two need "Manage Directories": on 403 they are skipped
 //! with the reason and everything else syncs).
 //!
+//! Tier 2, in the same per-directory commit: `contact_transaction` (per contact,
+//! `GET …/contacts/{id}/transactions`), `directory_sample`, `frequency_rule` and
+//! `frequency_rule_target` (replaced per directory; a refused read skips just that table).
+//!
 //! Full streams, no cursor: `directory` and `directory_mailing_list` are soft-delete tables
 //! (unseen rows are marked deleted); the contact, membership and batch tables are not soft, so
 //! each directory's rows are replaced in one commit (delete by `directory_id`, then upsert), which
@@ -22,6 +26,10 @@ const TABLES: &[&str] = &[
     "directory_contact",
     "directory_mailing_list",
     "contact_mailing_list_membership",
+    "contact_transaction",
+    "directory_sample",
+    "frequency_rule",
+    "frequency_rule_target",
 ];
 const BATCH_TABLES: &[&str] = &["transaction_batch", "batch_transaction_membership"];
 /// Full contacts read at the same time.
@@ -43,6 +51,8 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
     };
     ctx.progress
         .stream_started("directories", Some(dirs.len() as u64));
+    // Tier 2 tables whose reads need their own OAuth scope: skipped (said once) when refused.
+    let mut off: Vec<&'static str> = Vec::new();
     let mut b = Batches::default();
     for d in &dirs {
         let mut r = ctx.specs.row("directory");
@@ -112,6 +122,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
         let dv = || vec![Value::Text(did.clone())];
         b.delete_where("directory_contact", "directory_id", dv());
         b.delete_where("contact_mailing_list_membership", "directory_id", dv());
+        tier2(ctx, &client, &did, &full, &mut b, &mut off).await?;
         for l in &lists {
             let mut r = ctx.specs.row("directory_mailing_list");
             r.put("id", l.get("mailingListId"))
@@ -170,6 +181,153 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
         ctx.progress.advanced("directories", 1);
     }
     ctx.progress.stream_finished("directories");
+    Ok(())
+}
+
+/// A Tier 2 read of one directory: `Ok(None)` when refused (the table is skipped, once).
+async fn optional<T>(
+    ctx: &mut Ctx<'_>,
+    table: &'static str,
+    scope: &str,
+    off: &mut Vec<&'static str>,
+    fut: impl std::future::Future<Output = Result<T, xmbridge_qualtrics::Error>>,
+) -> Result<Option<T>, SyncError> {
+    if off.contains(&table) {
+        return Ok(None);
+    }
+    match fut.await {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if super::forbidden(&e) => {
+            let fix = format!("needs the {scope} scope (OAuth clients) or XM Directory access");
+            ctx.skip(&[table], &super::skip_reason(&fix, &e));
+            off.push(table);
+            Ok(None)
+        }
+        Err(e) => Err(SyncError::api(table, None, e)),
+    }
+}
+
+/// `contact_transaction` (per contact), `directory_sample`, `frequency_rule` and
+/// `frequency_rule_target` of one directory, replacing its rows in `b` (not soft tables).
+async fn tier2(
+    ctx: &mut Ctx<'_>,
+    client: &Client,
+    did: &str,
+    contacts: &[Json],
+    b: &mut Batches,
+    off: &mut Vec<&'static str>,
+) -> Result<(), SyncError> {
+    let dv = || vec![Value::Text(did.to_string())];
+    let ids: Vec<String> = contacts.iter().filter_map(|c| s(c, "contactId")).collect();
+    let txs = optional(
+        ctx,
+        "contact_transaction",
+        "read:contact_transactions",
+        off,
+        stream::iter(ids)
+            .map(|cid| {
+                let client = client.clone();
+                async move {
+                    list(
+                        &client,
+                        &["directories", did, "contacts", &cid, "transactions"],
+                        &[("pageSize", "100")],
+                    )
+                    .await
+                }
+            })
+            .buffer_unordered(CONTACT_PARALLELISM)
+            .try_concat(),
+    )
+    .await?;
+    if let Some(txs) = txs {
+        b.delete_where("contact_transaction", "directory_id", dv());
+        for t in &txs {
+            let mut r = ctx.specs.row("contact_transaction");
+            r.put("id", t.get("transactionId"))
+                .text("directory_id", did)
+                .put("contact_id", t.get("contactId"))
+                .put("mailing_list_id", t.get("mailingListId"))
+                .put("transaction_date", t.get("transactionDate"));
+            b.push("contact_transaction", r.build());
+        }
+    }
+    let samples = optional(
+        ctx,
+        "directory_sample",
+        "read:samples",
+        off,
+        list(
+            client,
+            &["directories", did, "samples"],
+            &[("pageSize", "100")],
+        ),
+    )
+    .await?;
+    if let Some(samples) = samples {
+        b.delete_where("directory_sample", "directory_id", dv());
+        for x in &samples {
+            let mut r = ctx.specs.row("directory_sample");
+            r.put("id", x.get("sampleId")).text("directory_id", did);
+            for (col, k) in [
+                ("category", "category"),
+                ("creation_logic", "creationLogic"),
+                ("creator_id", "creatorId"),
+                ("description", "description"),
+                ("frozen", "frozen"),
+                ("hidden", "hidden"),
+                ("name", "name"),
+                ("owner_id", "ownerId"),
+                ("parent_group_id", "parentGroupId"),
+            ] {
+                r.put(col, x.get(k));
+            }
+            b.push("directory_sample", r.build());
+        }
+    }
+    let rules = optional(
+        ctx,
+        "frequency_rule",
+        "read:directories",
+        off,
+        list(
+            client,
+            &["directories", did, "frequencyrules"],
+            &[("pageSize", "100")],
+        ),
+    )
+    .await?;
+    if let Some(rules) = rules {
+        b.delete_where("frequency_rule", "directory_id", dv());
+        b.delete_where("frequency_rule_target", "directory_id", dv());
+        for x in &rules {
+            let mut r = ctx.specs.row("frequency_rule");
+            r.put("id", x.get("ruleId")).text("directory_id", did);
+            for (col, k) in [
+                ("always_send", "alwaysSend"),
+                ("days_between", "daysBetween"),
+                ("email_type", "emailType"),
+                ("num_messages", "numMessages"),
+                ("period", "period"),
+                ("target_type", "targetType"),
+            ] {
+                r.put(col, x.get(k));
+            }
+            b.push("frequency_rule", r.build());
+            for t in x
+                .get("targets")
+                .and_then(Json::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let mut r = ctx.specs.row("frequency_rule_target");
+                r.put("target_id", t.get("targetId"))
+                    .text("directory_id", did)
+                    .put("rule_id", x.get("ruleId"));
+                b.push("frequency_rule_target", r.build());
+            }
+        }
+    }
     Ok(())
 }
 

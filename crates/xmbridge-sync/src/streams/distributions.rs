@@ -4,7 +4,9 @@
 //!
 //! Full stream per survey, no cursor: one commit per survey replaces the history rows of its
 //! distributions; `distribution` is a soft table, so distributions not seen in this run are
-//! marked deleted at the end.
+//! marked deleted at the end. The same commit replaces the survey's SMS distributions
+//! (`sms_distribution`, `sms_distribution_contact` from `/distributions/sms?surveyId=` and
+//! `/distributions/sms/{id}/history`; not soft tables).
 
 use super::{first_call, list};
 use crate::catalog::stats_column;
@@ -14,7 +16,105 @@ use serde_json::Value as Json;
 use xmbridge_destinations::{ColumnType, Commit, MarkUnseenDeleted, Value};
 use xmbridge_qualtrics::SurveySummary;
 
-const TABLES: &[&str] = &["distribution", "distribution_contact"];
+const TABLES: &[&str] = &[
+    "distribution",
+    "distribution_contact",
+    "sms_distribution",
+    "sms_distribution_contact",
+];
+
+/// `distribution_contact` / `sms_distribution_contact` columns ← history row fields.
+const HISTORY: &[(&str, &str)] = &[
+    ("contact_frequency_rule_id", "contactFrequencyRuleId"),
+    ("opened_at", "openedAt"),
+    ("response_completed_at", "responseCompletedAt"),
+    ("response_id", "responseId"),
+    ("response_started_at", "responseStartedAt"),
+    ("sent_at", "sentAt"),
+    ("status", "status"),
+    ("survey_link", "surveyLink"),
+    ("survey_session_id", "surveySessionId"),
+];
+
+/// SMS distributions of one survey → `sms_distribution` and `sms_distribution_contact`, added
+/// to `b`. Not soft tables: the survey's SMS distributions are replaced (delete by `survey_id`),
+/// and the history rows of every SMS distribution seen now or held from an earlier run (read
+/// back with `Destination::keys`) are replaced, so a distribution deleted upstream loses its
+/// history rows too.
+async fn sms(ctx: &mut Ctx<'_>, survey: &str, b: &mut Batches) -> Result<(), SyncError> {
+    let client = ctx.client.clone();
+    let dists = list(
+        &client,
+        &["distributions", "sms"],
+        &[("surveyId", survey), ("pageSize", "100")],
+    )
+    .await
+    .map_err(|e| SyncError::api("sms_distribution", Some(survey), e))?;
+    let held = ctx
+        .keys(
+            "sms_distribution",
+            "id",
+            &[("survey_id".into(), Value::Text(survey.to_string()))],
+            Some(survey),
+        )
+        .await?;
+    let mut ids: Vec<Value> = held.into_iter().map(Value::Text).collect();
+    b.delete_where(
+        "sms_distribution",
+        "survey_id",
+        vec![Value::Text(survey.to_string())],
+    );
+    for d in &dists {
+        let Some(id) = d.get("id").and_then(Json::as_str) else {
+            continue;
+        };
+        if !ids.contains(&Value::Text(id.to_string())) {
+            ids.push(Value::Text(id.to_string()));
+        }
+        let mut r = ctx.specs.row("sms_distribution");
+        r.text("id", id);
+        for (col, path) in [
+            ("message_message_type", "message.messageType"),
+            ("name", "name"),
+            ("organization_id", "organizationId"),
+            ("owner_id", "ownerId"),
+            ("survey_id", "surveyId"),
+            ("recipient_contact_id", "recipients.contactId"),
+            ("recipient_library_id", "recipients.libraryId"),
+            ("recipient_mailing_list_id", "recipients.mailingListId"),
+            ("recipient_sample_id", "recipients.sampleId"),
+            (
+                "recipient_transaction_batch_id",
+                "recipients.transactionBatchId",
+            ),
+            ("recipient_transaction_id", "recipients.transactionId"),
+            ("message_message_id", "message.messageId"),
+            ("message_library_id", "message.libraryId"),
+            ("request_status", "requestStatus"),
+            ("request_type", "requestType"),
+            ("send_date", "sendDate"),
+            ("survey_link_expiration_date", "surveyLink.expirationDate"),
+        ] {
+            r.put(col, crate::convert::at(d, path));
+        }
+        b.push("sms_distribution", r.build());
+        let history = list(&client, &["distributions", "sms", id, "history"], &[])
+            .await
+            .map_err(|e| SyncError::api("sms_distribution_contact", Some(survey), e))?;
+        for h in &history {
+            let mut r = ctx.specs.row("sms_distribution_contact");
+            r.put("contact_id", h.get("contactId"))
+                .put("contact_lookup_id", h.get("contactLookupId"))
+                .text("distribution_id", id);
+            for (col, k) in HISTORY {
+                r.put(col, h.get(*k));
+            }
+            b.push("sms_distribution_contact", r.build());
+        }
+    }
+    b.delete_where("sms_distribution_contact", "distribution_id", ids);
+    Ok(())
+}
 
 pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<(), SyncError> {
     let client = ctx.client.clone();
@@ -114,23 +214,14 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
                 r.put("contact_id", h.get("contactId"))
                     .put("contact_lookup_id", h.get("contactLookupId"))
                     .text("distribution_id", id);
-                for (col, k) in [
-                    ("contact_frequency_rule_id", "contactFrequencyRuleId"),
-                    ("opened_at", "openedAt"),
-                    ("response_completed_at", "responseCompletedAt"),
-                    ("response_id", "responseId"),
-                    ("response_started_at", "responseStartedAt"),
-                    ("sent_at", "sentAt"),
-                    ("status", "status"),
-                    ("survey_link", "surveyLink"),
-                    ("survey_session_id", "surveySessionId"),
-                ] {
-                    r.put(col, h.get(k));
+                for (col, k) in HISTORY {
+                    r.put(col, h.get(*k));
                 }
                 b.push("distribution_contact", r.build());
             }
         }
         b.delete_where("distribution_contact", "distribution_id", ids);
+        sms(ctx, &s.id, &mut b).await?;
         let commit = Commit {
             batches: b.into_vec(),
             ..Default::default()

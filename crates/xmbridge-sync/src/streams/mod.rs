@@ -3,6 +3,7 @@
 pub mod directories;
 pub mod distributions;
 pub mod libraries;
+pub mod reconcile;
 pub mod responses;
 pub mod surveys;
 pub mod users;

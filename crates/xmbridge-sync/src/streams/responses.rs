@@ -384,14 +384,21 @@ struct Job {
     /// Some rows of this survey may already be in the destination (a cursor exists).
     loaded: bool,
     def: Option<Arc<SurveyDef>>,
+    last_reconciled: Option<i64>,
 }
 
-fn cursor_stream(survey: &str) -> String {
+pub(crate) fn cursor_stream(survey: &str) -> String {
     format!("responses:{survey}")
 }
 
-fn cursor_value(token: Option<&str>, complete: bool) -> Json {
-    json!({"continuationToken": token, "complete": complete})
+/// A survey's cursor. `lastReconciled` (epoch ms) is carried through every export commit so the
+/// reconcile schedule survives; see `reconcile.rs`.
+pub(crate) fn cursor_value(
+    token: Option<&str>,
+    complete: bool,
+    last_reconciled: Option<i64>,
+) -> Json {
+    json!({"continuationToken": token, "complete": complete, "lastReconciled": last_reconciled})
 }
 
 async fn export(
@@ -459,11 +466,12 @@ async fn worker(
     }
     let old_token = job.token;
     let loaded = job.loaded;
+    let last_reconciled = job.last_reconciled;
     let tx2 = tx.clone();
     let sv = survey.clone();
     let parsed = tokio::task::spawn_blocking(move || {
         let stream = cursor_stream(&sv);
-        let partial = cursor_value(old_token.as_deref(), false);
+        let partial = cursor_value(old_token.as_deref(), false, last_reconciled);
         let mut b = Batches::default();
         let mut ids: Vec<Value> = Vec::new();
         let mut n = 0u64;
@@ -512,7 +520,7 @@ async fn worker(
             batches: take(&mut b, &mut ids),
             cursors: vec![(
                 stream.clone(),
-                cursor_value(file.continuation_token.as_deref(), true),
+                cursor_value(file.continuation_token.as_deref(), true, last_reconciled),
             )],
             ..Default::default()
         };
@@ -551,6 +559,12 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
             token: if ctx.opts.full { None } else { token },
             loaded: cursor.is_some(),
             def: ctx.defs.get(&s.id).cloned(),
+            // A survey loaded for the first time holds nothing stale: its first load counts as
+            // a reconcile. A cursor without the field (older runs) makes a reconcile due.
+            last_reconciled: match &cursor {
+                None => Some(ctx.synced_at_ms),
+                Some(c) => c.get("lastReconciled").and_then(Json::as_i64),
+            },
         });
     }
     ctx.progress
@@ -606,7 +620,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
         }
     }
     ctx.progress.stream_finished("responses");
-    Ok(())
+    super::reconcile::run(ctx, surveys).await
 }
 
 #[cfg(test)]

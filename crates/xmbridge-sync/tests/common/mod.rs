@@ -282,6 +282,47 @@ impl Destination for MemDest {
     fn describe(&self) -> String {
         "memory".into()
     }
+
+    fn keys<'a>(
+        &'a mut self,
+        table: &'a str,
+        column: &'a str,
+        filter: &'a [(String, Value)],
+    ) -> BoxFuture<'a, Result<Vec<String>, DestError>> {
+        Box::pin(async move {
+            let st = self.0.lock();
+            let spec = st
+                .specs
+                .get(table)
+                .ok_or_else(|| DestError::Other(format!("table {table} not prepared")))?;
+            let pos = |c: &str| {
+                spec.columns
+                    .iter()
+                    .position(|x| x.name == c)
+                    .ok_or_else(|| DestError::Other(format!("{table}: no column {c}")))
+            };
+            let i = pos(column)?;
+            let f: Vec<(usize, &Value)> = filter
+                .iter()
+                .map(|(c, v)| pos(c).map(|j| (j, v)))
+                .collect::<Result<_, _>>()?;
+            let mut out = std::collections::BTreeSet::new();
+            for r in st
+                .tables
+                .get(table)
+                .map(|t| t.values())
+                .into_iter()
+                .flatten()
+            {
+                if f.iter().all(|(j, v)| &r.cells[*j] == *v)
+                    && let Value::Text(s) = &r.cells[i]
+                {
+                    out.insert(s.clone());
+                }
+            }
+            Ok(out.into_iter().collect())
+        })
+    }
 }
 
 pub async fn sim(cfg: SimConfig) -> (SimHandle, Client) {
