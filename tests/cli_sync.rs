@@ -137,6 +137,41 @@ async fn sqlite_full_then_incremental() {
         &format!("SELECT question_id FROM qualtrics_question_response WHERE response_id = '{rid}'"),
     );
     assert_eq!(answers, ["QID1"]);
+
+    // Deleted upstream: kept until a reconcile, then gone with its answer rows.
+    let gone = sqlite_rows(&db, &format!("SELECT id FROM qualtrics_survey_response WHERE survey_id = '{sid}' AND id <> '{rid}' ORDER BY id LIMIT 1"))
+        .pop()
+        .unwrap();
+    let r = reqwest::Client::new()
+        .delete(format!("{}/surveys/{sid}/responses/{gone}", h.api_url()))
+        .header("X-API-TOKEN", h.sim.cfg.admin_token())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let survey_of = |id: &str| {
+        sqlite_rows(
+            &db,
+            &format!("SELECT survey_id FROM qualtrics_survey_response WHERE id = '{id}'"),
+        )
+    };
+    i.ok(&["sync", "acme", "--destination", &dest]).await;
+    assert_eq!(survey_of(&gone), [sid.clone()], "kept without --reconcile");
+    i.ok(&["sync", "acme", "--destination", &dest, "--reconcile"])
+        .await;
+    assert!(survey_of(&gone).is_empty(), "removed by --reconcile");
+    let left = sqlite_rows(
+        &db,
+        &format!(
+            "SELECT _xmbridge_id FROM qualtrics_question_response WHERE response_id = '{gone}'"
+        ),
+    );
+    assert!(left.is_empty(), "its answer rows are removed too");
+    assert_eq!(
+        sqlite_rows(&db, "SELECT id FROM qualtrics_survey_response").len(),
+        in_db.len(),
+        "one added, one removed"
+    );
 }
 
 /// Kill -9 at several moments, run again each time, finish: the destination equals a clean sync,

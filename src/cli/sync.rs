@@ -21,6 +21,7 @@ use xmbridge_sync::{LogProgress, Progress, SyncOptions, SyncSummary};
   xmbridge sync acme --destination postgres://postgres@127.0.0.1:5432/warehouse --schema qualtrics
   xmbridge sync acme --destination sqlite:./q.db --tables survey_response,question_response
   xmbridge sync acme --destination sqlite:./q.db --compat fivetran   # dbt_qualtrics runs unchanged
+  xmbridge sync acme --destination sqlite:./q.db --reconcile         # drop responses deleted upstream
 
 Runs are incremental: each table's cursor is committed with its rows, so a killed sync resumes
 where it stopped. On SQLite the schema is a table prefix (qualtrics_survey, …).")]
@@ -45,6 +46,12 @@ pub struct SyncArgs {
     /// Surveys exported at the same time.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
+    /// Also remove responses deleted upstream (with their answer rows) now, whatever the schedule.
+    #[arg(long)]
+    pub reconcile: bool,
+    /// Reconcile a survey automatically when its last reconcile is older than this many days.
+    #[arg(long, default_value_t = 7)]
+    pub reconcile_every_days: u64,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -144,6 +151,8 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
         full: args.full,
         compat,
         survey_parallelism: args.parallel,
+        reconcile: args.reconcile,
+        reconcile_every: std::time::Duration::from_secs(args.reconcile_every_days * 86_400),
         ..SyncOptions::default()
     };
     println!(
