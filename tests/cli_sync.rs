@@ -156,7 +156,11 @@ async fn sqlite_full_then_incremental() {
         )
     };
     i.ok(&["sync", "acme", "--destination", &dest]).await;
-    assert_eq!(survey_of(&gone), [sid.clone()], "kept without --reconcile");
+    assert_eq!(
+        survey_of(&gone),
+        std::slice::from_ref(&sid),
+        "kept without --reconcile"
+    );
     i.ok(&["sync", "acme", "--destination", &dest, "--reconcile"])
         .await;
     assert!(survey_of(&gone).is_empty(), "removed by --reconcile");
