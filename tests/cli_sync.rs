@@ -178,8 +178,8 @@ async fn sqlite_full_then_incremental() {
     );
 }
 
-/// Kill -9 at several moments, run again each time, finish: the destination equals a clean sync,
-/// row for row, with nothing doubled.
+/// Kill -9 at 20+ pseudo-random moments (fixed seed), running again each time, then finish: the
+/// destination equals a clean sync, row for row, with nothing doubled.
 #[tokio::test]
 async fn killed_syncs_resume_to_the_same_rows() {
     let cfg = SimConfig {
@@ -190,24 +190,39 @@ async fn killed_syncs_resume_to_the_same_rows() {
     let h = sim(cfg).await;
     let i = Install::new();
     i.connect(&h, "acme").await;
+    let args = |dest: String| {
+        vec![
+            "sync".to_string(),
+            "acme".into(),
+            "--destination".into(),
+            dest,
+            "--parallel".into(),
+            "2".into(),
+            "--commit-every".into(),
+            "300".into(),
+        ]
+    };
 
     let clean = i.path("clean.db");
-    i.ok(&[
-        "sync",
-        "acme",
-        "--destination",
-        &format!("sqlite:{}", clean.display()),
-        "--parallel",
-        "1",
-    ])
-    .await;
+    let clean_args = args(format!("sqlite:{}", clean.display()));
+    let clean_argv: Vec<&str> = clean_args.iter().map(String::as_str).collect();
+    i.ok(&clean_argv).await;
 
     let killed = i.path("killed.db");
-    let dest = format!("sqlite:{}", killed.display());
+    let killed_args = args(format!("sqlite:{}", killed.display()));
+    let killed_argv: Vec<&str> = killed_args.iter().map(String::as_str).collect();
     let mut kills = 0;
-    for delay_ms in [150u64, 300, 450, 600, 800, 1000, 1300] {
+    let mut seed: u64 = 0x5EED;
+    for _attempt in 0..80 {
+        if kills >= 20 {
+            break;
+        }
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay_ms = 60 + (seed >> 33) % 600;
         let mut child = i
-            .cmd(&["sync", "acme", "--destination", &dest, "--parallel", "1"])
+            .cmd(&killed_argv)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -220,15 +235,11 @@ async fn killed_syncs_resume_to_the_same_rows() {
         child.wait().unwrap();
     }
     eprintln!("{kills} syncs killed with SIGKILL before the final run");
+    assert!(kills >= 20, "only {kills} runs could be killed");
     // The killed runs did commit work (so the final run really resumes rather than starts over).
     let partial = sqlite_rows(&killed, "SELECT id FROM qualtrics_survey").len();
     assert!(partial > 0, "no killed run committed anything");
-    assert!(
-        kills >= 3,
-        "the sync finished too fast to be killed ({kills} kills)"
-    );
-    i.ok(&["sync", "acme", "--destination", &dest, "--parallel", "1"])
-        .await;
+    i.ok(&killed_argv).await;
 
     for (table, key) in [
         (

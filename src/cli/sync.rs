@@ -46,6 +46,9 @@ pub struct SyncArgs {
     /// Surveys exported at the same time.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
+    /// Responses per destination transaction (smaller: less re-done after a kill; larger: faster).
+    #[arg(long, default_value_t = 5000)]
+    pub commit_every: usize,
     /// Also remove responses deleted upstream (with their answer rows) now, whatever the schedule.
     #[arg(long)]
     pub reconcile: bool,
@@ -138,6 +141,11 @@ pub async fn run_sync(
 }
 
 pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
+    if args.commit_every == 0 {
+        return Err(anyhow!(UsageError(
+            "--commit-every must be at least 1".into()
+        )));
+    }
     if args.parallel == 0 {
         return Err(anyhow!(UsageError("--parallel must be at least 1".into())));
     }
@@ -152,6 +160,7 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
         compat,
         survey_parallelism: args.parallel,
         reconcile: args.reconcile,
+        commit_every: args.commit_every,
         reconcile_every: std::time::Duration::from_secs(args.reconcile_every_days * 86_400),
         ..SyncOptions::default()
     };
