@@ -99,15 +99,39 @@ fn main() -> ExitCode {
                 eprintln!("\nFor more information, try '--help'.");
                 return ExitCode::from(2);
             }
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes joined by ": ", skipping a cause whose text the message already
+/// includes (library errors often quote their source), so nothing is said twice.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.is_empty() {
+            text = part;
+        } else if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn causes_already_quoted_are_not_repeated() {
+        let e = anyhow::anyhow!("inner failure").context("outer: inner failure");
+        assert_eq!(error_chain(&e), "outer: inner failure");
+        let e = anyhow::anyhow!("disk full").context("cannot write the state store");
+        assert_eq!(error_chain(&e), "cannot write the state store: disk full");
+    }
     use clap::CommandFactory;
 
     #[test]

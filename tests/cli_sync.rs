@@ -396,3 +396,58 @@ async fn bad_destinations_are_clear_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("xmbridge connection list"));
 }
+
+/// A 5xx storm that outlasts the retries stops the sync with an error naming what failed; what
+/// was committed stays, and the next run (storm over) completes.
+#[tokio::test]
+async fn a_5xx_storm_fails_clearly_and_the_next_run_completes() {
+    let h = sim(SimConfig {
+        surveys: 2,
+        responses: 300,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = Install::new();
+    i.connect(&h, "acme").await;
+    let db = i.path("q.db");
+    let dest = format!("sqlite:{}", db.display());
+    let web = reqwest::Client::new();
+    // Only the export routes fail: the survey definitions commit, the responses cannot.
+    let r = web
+        .post(format!("{}/_sim/faults", h.base_url))
+        .json(&json!({"error_rate": 1.0, "error_status": 503, "only_paths": "/API/v3/surveys/"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let out = i
+        .run(&[
+            "sync",
+            "acme",
+            "--destination",
+            &dest,
+            "--tables",
+            "survey_response",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("503") || err.contains("Temporary"), "{err}");
+    assert!(err.contains("survey"), "{err}");
+
+    web.delete(format!("{}/_sim/faults", h.base_url))
+        .send()
+        .await
+        .unwrap();
+    let done = i
+        .ok(&[
+            "sync",
+            "acme",
+            "--destination",
+            &dest,
+            "--tables",
+            "survey_response",
+        ])
+        .await;
+    assert!(inserted(&done, "survey_response") > 400, "{done}");
+}
