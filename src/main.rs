@@ -47,6 +47,8 @@ enum Command {
     Connection(cli::connection::ConnectionArgs),
     /// Sync a connection's Qualtrics data into SQLite or PostgreSQL, incrementally.
     Sync(cli::sync::SyncArgs),
+    /// Measure sync speed and memory against a raw load of the same rows (`bench sync`).
+    Bench(cli::bench::BenchArgs),
 }
 
 fn init_logging(format: LogFormat, verbose: u8) {
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
             Command::Simulate(args) => cli::simulate::run(args).await,
             Command::Connection(args) => cli::connection::run(args).await,
             Command::Sync(args) => cli::sync::run(args).await,
+            Command::Bench(args) => cli::bench::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,734 @@
+//! `xmbridge bench sync`: how fast and how lean the response sync is, against a raw load of the
+//! same rows measured in the same run.
+//!
+//! For each destination the parent process runs a child of the same binary (hidden `--child`),
+//! so peak RSS (`VmHWM`) is per destination. The child starts the simulator in-process (one
+//! survey, N responses), syncs the response tables into a fresh destination (its own PostgreSQL
+//! database, or a SQLite file in a temp dir), reads the peak RSS, then reads the synced rows back
+//! into memory and times the baseline: binary `COPY` (PostgreSQL) or a bare prepared-insert loop
+//! in one transaction (SQLite) into empty tables of the same shape. It prints one JSON line; the
+//! parent combines them. The sync itself belongs to `xmbridge-sync`; this file only measures.
+
+use super::UsageError;
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+use xmbridge_destinations::Compat;
+use xmbridge_qualtrics::{Auth, BaseUrl, Client};
+use xmbridge_sim::SimConfig;
+use xmbridge_sync::{NoProgress, SyncOptions};
+
+/// The tables the response stream writes; the baseline loads the same rows into copies of them.
+const TABLES: [&str; 3] = [
+    "survey_response",
+    "question_response",
+    "survey_embedded_data",
+];
+
+/// Targets from issue 4.
+const TARGET_RATIO: f64 = 0.7;
+const TARGET_RSS_MB: f64 = 250.0;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchWhat,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchWhat {
+    /// Time a response sync into PostgreSQL and SQLite against a raw load of the same rows.
+    Sync(BenchSyncArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  xmbridge bench sync                                  # 200,000 responses × 30 questions, both destinations
+  xmbridge bench sync --responses 20000 --destination sqlite
+  xmbridge bench sync --postgres postgres://postgres@127.0.0.1:5432/postgres --json
+
+ratio = baseline seconds / sync seconds: higher is better, 1.0 means the sync is as fast as a raw
+load of the same rows (binary COPY on PostgreSQL, a bare prepared-insert loop on SQLite).
+The bench creates and drops its own PostgreSQL database and uses a temp dir for SQLite.")]
+pub struct BenchSyncArgs {
+    /// Responses in the simulated survey.
+    #[arg(long, default_value_t = 200_000)]
+    pub responses: u64,
+    /// Questions in the simulated survey.
+    #[arg(long, default_value_t = 30)]
+    pub questions: usize,
+    /// Run only this destination (default: both).
+    #[arg(long, value_enum)]
+    pub destination: Option<BenchDest>,
+    /// PostgreSQL server to use (the bench creates and drops its own database there).
+    #[arg(
+        long,
+        env = "XMBRIDGE_TEST_PG",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub postgres: String,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: measure one destination in this process and print its JSON line.
+    #[arg(long, hide = true)]
+    pub child: bool,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchDest {
+    Postgres,
+    Sqlite,
+}
+
+impl BenchDest {
+    fn name(self) -> &'static str {
+        match self {
+            BenchDest::Postgres => "postgres",
+            BenchDest::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// What one child measured.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Measure {
+    responses: u64,
+    /// question_response rows written by the sync.
+    rows: u64,
+    sync_s: f64,
+    /// Rows the baseline loaded (all response tables).
+    baseline_rows: u64,
+    baseline_s: f64,
+    peak_rss_mb: f64,
+    api_calls: u64,
+}
+
+impl Measure {
+    fn ratio(&self) -> f64 {
+        if self.sync_s > 0.0 {
+            self.baseline_s / self.sync_s
+        } else {
+            0.0
+        }
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.what {
+        BenchWhat::Sync(a) => sync(a).await,
+    }
+}
+
+async fn sync(args: BenchSyncArgs) -> anyhow::Result<()> {
+    if args.responses == 0 {
+        return Err(anyhow!(UsageError("--responses must be at least 1".into())));
+    }
+    if args.questions == 0 {
+        return Err(anyhow!(UsageError("--questions must be at least 1".into())));
+    }
+    if args.child {
+        let dest = args
+            .destination
+            .ok_or_else(|| anyhow!(UsageError("--child needs --destination".into())))?;
+        let m = child(&args, dest).await?;
+        println!("{}", serde_json::to_string(&m)?);
+        return Ok(());
+    }
+    let dests = match args.destination {
+        Some(d) => vec![d],
+        None => vec![BenchDest::Postgres, BenchDest::Sqlite],
+    };
+    if !args.json {
+        println!(
+            "xmbridge bench sync: 1 survey × {} responses × {} questions ({} build)",
+            args.responses,
+            args.questions,
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            }
+        );
+    }
+    let mut results = Vec::new();
+    for d in dests {
+        if !args.json {
+            println!("running {} …", d.name());
+        }
+        let m = spawn_child(&args, d).await?;
+        if !args.json {
+            print_table(d, &m);
+        }
+        results.push((d, m));
+    }
+    if args.json {
+        let mut obj = serde_json::Map::new();
+        for (d, m) in &results {
+            obj.insert(
+                d.name().to_string(),
+                serde_json::json!({
+                    "responses": m.responses,
+                    "rows": m.rows,
+                    "sync_s": round3(m.sync_s),
+                    "baseline_s": round3(m.baseline_s),
+                    "ratio": round3(m.ratio()),
+                    "peak_rss_mb": round3(m.peak_rss_mb),
+                }),
+            );
+        }
+        println!("{}", serde_json::Value::Object(obj));
+    }
+    Ok(())
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn print_table(d: BenchDest, m: &Measure) {
+    let per_s = |n: u64| {
+        if m.sync_s > 0.0 {
+            n as f64 / m.sync_s
+        } else {
+            0.0
+        }
+    };
+    let met = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!("{}:", d.name());
+    println!("  wall time (sync)      {:>12.2} s", m.sync_s);
+    println!("  responses/s           {:>12.0}", per_s(m.responses));
+    println!(
+        "  rows/s                {:>12.0}   ({} question_response rows)",
+        per_s(m.rows),
+        m.rows
+    );
+    println!("  peak RSS              {:>12.1} MB", m.peak_rss_mb);
+    println!("  API calls             {:>12}", m.api_calls);
+    println!(
+        "  baseline              {:>12.2} s   ({} rows, {})",
+        m.baseline_s,
+        m.baseline_rows,
+        match d {
+            BenchDest::Postgres => "binary COPY",
+            BenchDest::Sqlite => "prepared inserts, one transaction",
+        }
+    );
+    println!(
+        "  ratio baseline/sync   {:>12.2}     (1.0 = as fast as the raw load)",
+        m.ratio()
+    );
+    println!(
+        "  target ratio ≥ {TARGET_RATIO}: {}; target peak RSS < {TARGET_RSS_MB} MB: {}",
+        met(m.ratio() >= TARGET_RATIO),
+        met(m.peak_rss_mb < TARGET_RSS_MB)
+    );
+}
+
+/// Runs one destination in a child process so that its peak RSS is its own.
+async fn spawn_child(args: &BenchSyncArgs, d: BenchDest) -> anyhow::Result<Measure> {
+    let exe = std::env::current_exe().context("cannot find the xmbridge executable")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([
+        "bench",
+        "sync",
+        "--child",
+        "--destination",
+        d.name(),
+        "--responses",
+        &args.responses.to_string(),
+        "--questions",
+        &args.questions.to_string(),
+        "--postgres",
+        &args.postgres,
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::inherit());
+    // tokio's process support is not compiled in; a blocking thread waits instead.
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .context("the bench child waiter panicked")?
+        .context("cannot start the bench child process")?;
+    if !out.status.success() {
+        bail!("the {} bench failed ({})", d.name(), out.status);
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .ok_or_else(|| anyhow!("the {} bench printed no result", d.name()))?;
+    serde_json::from_str(line)
+        .with_context(|| format!("the {} bench printed an unreadable result", d.name()))
+}
+
+/// Peak resident set size of this process in MB (`VmHWM`; 0 where /proc is missing).
+fn peak_rss_mb() -> f64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
+        return 0.0;
+    };
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// One destination: sync, peak RSS, baseline.
+async fn child(args: &BenchSyncArgs, d: BenchDest) -> anyhow::Result<Measure> {
+    match d {
+        BenchDest::Sqlite => {
+            let dir = tempfile::tempdir().context("cannot create a temp dir")?;
+            let db = dir.path().join("bench.db");
+            let url = format!("sqlite:{}", db.display());
+            let mut m = measure_sync(args, &url).await?;
+            let path = db.clone();
+            let (rows, secs) = tokio::task::spawn_blocking(move || sqlite_baseline(&path))
+                .await
+                .context("the SQLite baseline panicked")??;
+            m.baseline_rows = rows;
+            m.baseline_s = secs;
+            Ok(m)
+        }
+        BenchDest::Postgres => {
+            let db = PgDatabase::create(&args.postgres).await?;
+            let result = async {
+                let mut m = measure_sync(args, &db.url).await?;
+                let (rows, secs) = pg_baseline(&db.url).await?;
+                m.baseline_rows = rows;
+                m.baseline_s = secs;
+                Ok(m)
+            }
+            .await;
+            // Dropped on success and on failure alike.
+            db.drop_database().await;
+            result
+        }
+    }
+}
+
+/// Starts the simulator, syncs the response tables into `url` and times it.
+async fn measure_sync(args: &BenchSyncArgs, url: &str) -> anyhow::Result<Measure> {
+    let cfg = SimConfig {
+        surveys: 1,
+        responses: args.responses,
+        questions: args.questions,
+        // Loopback: no simulated export wait or brand rate limit to pace the bench.
+        export_delay_ms: 0,
+        rate_limit_per_min: 0,
+        ..SimConfig::default()
+    };
+    let token = cfg.admin_token();
+    let handle = xmbridge_sim::start_qualtrics(cfg, "127.0.0.1:0".parse()?)
+        .await
+        .context("cannot start the Qualtrics simulator")?;
+    let client = Client::builder(BaseUrl::parse(&handle.base_url)?, Auth::api_token(token))
+        .request_timeout(Duration::from_secs(3600))
+        .no_rate_limit()
+        .build()?;
+    let mut dest = xmbridge_destinations::open(url, "qualtrics", Compat::Xmbridge)
+        .await
+        .context("cannot open the destination")?;
+    let opts = SyncOptions {
+        tables: Some(TABLES.iter().map(|t| t.to_string()).collect()),
+        ..SyncOptions::default()
+    };
+    let started = Instant::now();
+    let summary = xmbridge_sync::sync(&client, dest.as_mut(), &opts, &NoProgress).await?;
+    let sync_s = started.elapsed().as_secs_f64();
+    drop(dest);
+    handle.stop().await;
+    let qr = summary.table("question_response");
+    Ok(Measure {
+        responses: summary.responses,
+        rows: qr.inserted + qr.updated,
+        sync_s,
+        baseline_rows: 0,
+        baseline_s: 0.0,
+        // Read before the baseline loads every row into memory.
+        peak_rss_mb: peak_rss_mb(),
+        api_calls: client.api_calls(),
+    })
+}
+
+/// Cells of many rows in a few flat buffers (a `Vec` per cell would need gigabytes at full
+/// scale). Each cell is a tag and bytes; chunks keep offsets in `u32`.
+struct Cells {
+    ncols: usize,
+    chunks: Vec<Chunk>,
+}
+
+#[derive(Default)]
+struct Chunk {
+    data: Vec<u8>,
+    ends: Vec<u32>,
+    tags: Vec<u8>,
+}
+
+const CHUNK_ROWS: usize = 65_536;
+
+impl Cells {
+    fn new(ncols: usize) -> Cells {
+        Cells {
+            ncols,
+            chunks: Vec::new(),
+        }
+    }
+
+    /// Starts a row; a new chunk when the current one is full.
+    fn start_row(&mut self) {
+        let full = match self.chunks.last() {
+            None => true,
+            Some(c) => c.tags.len() >= CHUNK_ROWS * self.ncols || c.data.len() > (1 << 30),
+        };
+        if full {
+            self.chunks.push(Chunk::default());
+        }
+    }
+
+    fn push(&mut self, tag: u8, bytes: &[u8]) -> anyhow::Result<()> {
+        let c = self
+            .chunks
+            .last_mut()
+            .ok_or_else(|| anyhow!("push before start_row"))?;
+        c.data.extend_from_slice(bytes);
+        c.ends
+            .push(u32::try_from(c.data.len()).context("a cell chunk over 4 GB")?);
+        c.tags.push(tag);
+        Ok(())
+    }
+
+    fn rows(&self) -> u64 {
+        let cells: usize = self.chunks.iter().map(|c| c.tags.len()).sum();
+        (cells / self.ncols.max(1)) as u64
+    }
+
+    /// Every row as (chunk, index of its first cell).
+    fn each_row(&self) -> impl Iterator<Item = (&Chunk, usize)> {
+        let n = self.ncols.max(1);
+        self.chunks
+            .iter()
+            .flat_map(move |c| (0..c.tags.len() / n).map(move |r| (c, r * n)))
+    }
+}
+
+impl Chunk {
+    fn cell(&self, i: usize) -> (u8, &[u8]) {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        (self.tags[i], &self.data[start..self.ends[i] as usize])
+    }
+}
+
+// ---------------------------------------------------------------- SQLite baseline
+
+const SQL_NULL: u8 = 0;
+const SQL_INT: u8 = 1;
+const SQL_REAL: u8 = 2;
+const SQL_TEXT: u8 = 3;
+const SQL_BLOB: u8 = 4;
+
+/// Reads the synced response tables into memory, then times a prepared-insert loop in one
+/// transaction into a fresh file with the same tables, indexes and pragmas.
+fn sqlite_baseline(synced: &std::path::Path) -> anyhow::Result<(u64, f64)> {
+    use rusqlite::types::{ToSqlOutput, ValueRef};
+    let src = rusqlite::Connection::open(synced)?;
+    let target_path = synced.with_file_name("baseline.db");
+    let dst = rusqlite::Connection::open(&target_path)?;
+    let _mode: String = dst.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    dst.execute_batch("PRAGMA synchronous=NORMAL")?;
+
+    let mut loaded = Vec::new();
+    for t in TABLES {
+        let table = format!("qualtrics_{t}");
+        // The same DDL (table and its indexes) in an empty database.
+        let mut st = src.prepare(
+            "SELECT sql FROM sqlite_master WHERE tbl_name = ?1 AND sql IS NOT NULL ORDER BY type = 'index'",
+        )?;
+        let ddl: Vec<String> = st
+            .query_map([&table], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        if ddl.is_empty() {
+            bail!("the sync wrote no table {table}");
+        }
+        for sql in &ddl {
+            dst.execute_batch(sql)?;
+        }
+        let mut st = src.prepare(&format!(
+            "SELECT * FROM {}",
+            xmbridge_destinations::quote_ident(&table)
+        ))?;
+        let ncols = st.column_count();
+        let mut cells = Cells::new(ncols);
+        let mut rows = st.query([])?;
+        while let Some(row) = rows.next()? {
+            cells.start_row();
+            for i in 0..ncols {
+                match row.get_ref(i)? {
+                    ValueRef::Null => cells.push(SQL_NULL, &[])?,
+                    ValueRef::Integer(v) => cells.push(SQL_INT, &v.to_le_bytes())?,
+                    ValueRef::Real(v) => cells.push(SQL_REAL, &v.to_le_bytes())?,
+                    ValueRef::Text(b) => cells.push(SQL_TEXT, b)?,
+                    ValueRef::Blob(b) => cells.push(SQL_BLOB, b)?,
+                }
+            }
+        }
+        loaded.push((table, cells));
+    }
+
+    let started = Instant::now();
+    let tx = dst.unchecked_transaction()?;
+    let mut total = 0u64;
+    for (table, cells) in &loaded {
+        let placeholders: Vec<String> = (1..=cells.ncols).map(|i| format!("?{i}")).collect();
+        let mut st = tx.prepare(&format!(
+            "INSERT INTO {} VALUES ({})",
+            xmbridge_destinations::quote_ident(table),
+            placeholders.join(", ")
+        ))?;
+        for (chunk, first) in cells.each_row() {
+            for j in 0..cells.ncols {
+                let (tag, b) = chunk.cell(first + j);
+                let v = match tag {
+                    SQL_INT => ValueRef::Integer(i64::from_le_bytes(b.try_into()?)),
+                    SQL_REAL => ValueRef::Real(f64::from_le_bytes(b.try_into()?)),
+                    SQL_TEXT => ValueRef::Text(b),
+                    SQL_BLOB => ValueRef::Blob(b),
+                    _ => ValueRef::Null,
+                };
+                st.raw_bind_parameter(j + 1, ToSqlOutput::Borrowed(v))?;
+            }
+            st.raw_execute()?;
+        }
+        total += cells.rows();
+    }
+    tx.commit()?;
+    let secs = started.elapsed().as_secs_f64();
+    drop(dst);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = target_path.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    Ok((total, secs))
+}
+
+// ---------------------------------------------------------------- PostgreSQL baseline
+
+/// Any PostgreSQL value as its binary wire bytes (`None` = NULL).
+struct RawIn<'a>(Option<&'a [u8]>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for RawIn<'a> {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(RawIn(Some(raw)))
+    }
+    fn from_sql_null(
+        _: &tokio_postgres::types::Type,
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(RawIn(None))
+    }
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
+
+/// Binary wire bytes written back unchanged (they came from a column of the same type).
+#[derive(Debug)]
+struct RawOut<'a>(Option<&'a [u8]>);
+
+impl tokio_postgres::types::ToSql for RawOut<'_> {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self.0 {
+            None => Ok(tokio_postgres::types::IsNull::Yes),
+            Some(b) => {
+                out.extend_from_slice(b);
+                Ok(tokio_postgres::types::IsNull::No)
+            }
+        }
+    }
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// Reads the synced response tables into memory, then times a binary COPY of them into empty
+/// tables `LIKE` the synced ones (indexes included) in a fresh schema.
+async fn pg_baseline(url: &str) -> anyhow::Result<(u64, f64)> {
+    use futures_util::{StreamExt, pin_mut};
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .context("cannot connect to the bench database")?;
+    let conn = tokio::spawn(conn);
+    c.batch_execute("CREATE SCHEMA bench_baseline").await?;
+    let mut loaded = Vec::new();
+    for t in TABLES {
+        c.batch_execute(&format!(
+            "CREATE TABLE bench_baseline.{t} (LIKE qualtrics.{t} INCLUDING ALL)"
+        ))
+        .await?;
+        let st = c.prepare(&format!("SELECT * FROM qualtrics.{t}")).await?;
+        let types: Vec<_> = st.columns().iter().map(|c| c.type_().clone()).collect();
+        let names: Vec<String> = st
+            .columns()
+            .iter()
+            .map(|c| xmbridge_destinations::quote_ident(c.name()))
+            .collect();
+        let mut cells = Cells::new(types.len());
+        let rows = c.query_raw(&st, std::iter::empty::<i32>()).await?;
+        pin_mut!(rows);
+        while let Some(row) = rows.next().await {
+            let row = row?;
+            cells.start_row();
+            for i in 0..types.len() {
+                let v: RawIn = row.try_get(i)?;
+                match v.0 {
+                    None => cells.push(0, &[])?,
+                    Some(b) => cells.push(1, b)?,
+                }
+            }
+        }
+        loaded.push((t, types, names, cells));
+    }
+
+    let started = Instant::now();
+    let mut total = 0u64;
+    for (t, types, names, cells) in &loaded {
+        let sink = c
+            .copy_in(&format!(
+                "COPY bench_baseline.{t} ({}) FROM STDIN (FORMAT binary)",
+                names.join(", ")
+            ))
+            .await?;
+        let writer = BinaryCopyInWriter::new(sink, types);
+        pin_mut!(writer);
+        for (chunk, first) in cells.each_row() {
+            writer
+                .as_mut()
+                .write_raw((0..cells.ncols).map(|j| {
+                    let (tag, b) = chunk.cell(first + j);
+                    RawOut(if tag == 0 { None } else { Some(b) })
+                }))
+                .await?;
+        }
+        total += writer.finish().await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    drop(c);
+    let _ = conn.await;
+    Ok((total, secs))
+}
+
+/// The bench's own database on the PostgreSQL server, dropped by [`PgDatabase::drop_database`].
+struct PgDatabase {
+    admin: tokio_postgres::Client,
+    name: String,
+    url: String,
+}
+
+impl PgDatabase {
+    async fn create(server: &str) -> anyhow::Result<PgDatabase> {
+        let (admin, conn) = tokio_postgres::connect(server, tokio_postgres::NoTls)
+            .await
+            .context("cannot connect to PostgreSQL (set --postgres or XMBRIDGE_TEST_PG)")?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!("xmbridge_bench_{}_{nanos}", std::process::id());
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .with_context(|| format!("cannot create database {name}"))?;
+        let url = with_database(server, &name);
+        Ok(PgDatabase { admin, name, url })
+    }
+
+    async fn drop_database(self) {
+        if let Err(e) = self
+            .admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await
+        {
+            eprintln!("warning: cannot drop bench database {}: {e}", self.name);
+        }
+    }
+}
+
+/// The server URL with its database replaced (query parameters kept).
+fn with_database(server: &str, db: &str) -> String {
+    let (main, query) = match server.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (server, None),
+    };
+    let (scheme, rest) = main.split_once("://").unwrap_or(("postgres", main));
+    let authority = rest.split_once('/').map(|(a, _)| a).unwrap_or(rest);
+    let mut url = format!("{scheme}://{authority}/{db}");
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_is_replaced_in_urls() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "b"),
+            "postgres://postgres@127.0.0.1:5432/b"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/db?sslmode=disable", "b"),
+            "postgres://u:p@h/b?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://h:5432", "b"),
+            "postgres://h:5432/b"
+        );
+    }
+
+    #[test]
+    fn cells_round_trip() {
+        let mut c = Cells::new(2);
+        for i in 0..100_000u32 {
+            c.start_row();
+            c.push(1, &i.to_le_bytes()).unwrap();
+            c.push(0, &[]).unwrap();
+        }
+        assert_eq!(c.rows(), 100_000);
+        let mut n = 0u32;
+        for (chunk, first) in c.each_row() {
+            assert_eq!(chunk.cell(first), (1, &n.to_le_bytes()[..]));
+            assert_eq!(chunk.cell(first + 1).0, 0);
+            n += 1;
+        }
+        assert_eq!(n, 100_000);
+    }
+
+    #[test]
+    fn peak_rss_is_read() {
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_mb() > 0.0);
+        }
+    }
+}
