@@ -137,6 +137,27 @@ async fn credentials(h: &SimHandle, client: &reqwest::Client) -> Value {
         .unwrap()
 }
 
+/// A browser-like HTTP client (no redirects followed) and the simulator's authorization-code
+/// client (id, secret), with auto-approve on for the brand admin.
+async fn web_app(h: &SimHandle) -> (reqwest::Client, String, String) {
+    let web = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let creds = credentials(h, &web).await;
+    let app = oauth_client(&creds, "authorization_code", "");
+    let id = app["client_id"].as_str().unwrap().to_string();
+    let secret = app["client_secret"].as_str().unwrap().to_string();
+    admin(
+        h,
+        &web,
+        "/_sim/oauth/auto-approve",
+        json!({"user": "admin"}),
+    )
+    .await;
+    (web, id, secret)
+}
+
 fn oauth_client<'a>(creds: &'a Value, grant: &str, user: &str) -> &'a Value {
     creds["oauth_clients"]
         .as_array()
@@ -332,21 +353,7 @@ async fn permissions_decide_which_tables_sync() {
 #[tokio::test]
 async fn standard_mode_authorize_rotate_and_revoke() {
     let h = sim(small()).await;
-    let web = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let creds = credentials(&h, &web).await;
-    let app = oauth_client(&creds, "authorization_code", "");
-    let client_id = app["client_id"].as_str().unwrap().to_string();
-    let secret = app["client_secret"].as_str().unwrap().to_string();
-    admin(
-        &h,
-        &web,
-        "/_sim/oauth/auto-approve",
-        json!({"user": "admin"}),
-    )
-    .await;
+    let (web, client_id, secret) = web_app(&h).await;
 
     let i = Install::new();
     let sf = i.file("secret", &secret);
@@ -736,20 +743,7 @@ async fn bad_input_gets_a_clear_error() {
 #[tokio::test]
 async fn no_secret_reaches_logs_outputs_or_the_state_store() {
     let h = sim(small()).await;
-    let web = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let creds = credentials(&h, &web).await;
-    let app = oauth_client(&creds, "authorization_code", "");
-    let app_secret = app["client_secret"].as_str().unwrap().to_string();
-    admin(
-        &h,
-        &web,
-        "/_sim/oauth/auto-approve",
-        json!({"user": "admin"}),
-    )
-    .await;
+    let (web, app_id, app_secret) = web_app(&h).await;
     let api_token = h.sim.cfg.admin_token();
 
     let i = Install::new();
@@ -782,7 +776,6 @@ async fn no_secret_reaches_logs_outputs_or_the_state_store() {
         r.ok();
         outputs.push(r.all());
     }
-    let app_id = app["client_id"].as_str().unwrap().to_string();
     let r = i
         .run(&[
             "-vvv",
@@ -886,22 +879,9 @@ async fn no_secret_reaches_logs_outputs_or_the_state_store() {
 #[tokio::test]
 async fn a_missing_scope_is_named() {
     let h = sim(small()).await;
-    let web = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let creds = credentials(&h, &web).await;
-    let app = oauth_client(&creds, "authorization_code", "");
-    let client_id = app["client_id"].as_str().unwrap().to_string();
-    admin(
-        &h,
-        &web,
-        "/_sim/oauth/auto-approve",
-        json!({"user": "admin"}),
-    )
-    .await;
+    let (web, client_id, secret) = web_app(&h).await;
     let i = Install::new();
-    let sf = i.file("secret", app["client_secret"].as_str().unwrap());
+    let sf = i.file("secret", &secret);
     let url = h.base_url.clone();
     i.run(&[
         "connection",

@@ -72,7 +72,36 @@ pub struct Resolved {
     pub deleted: Option<String>,
 }
 
+/// The table and text column `Destination::keys` reads, checked alike on every destination.
+pub fn keys_target<'a>(
+    tables: &'a std::collections::HashMap<String, Resolved>,
+    table: &str,
+    column: &str,
+    compat: Compat,
+) -> Result<(&'a Resolved, &'a Column), DestError> {
+    let r = tables.get(table).ok_or_else(|| {
+        DestError::Other(format!("table {table} was not prepared (ensure_tables)"))
+    })?;
+    let c = r.spec_column(column, compat)?;
+    if c.ty != ColumnType::Text {
+        return Err(DestError::Other(format!(
+            "{}.{}: keys are read from text columns only",
+            r.display, c.name
+        )));
+    }
+    Ok((r, c))
+}
+
 impl Resolved {
+    /// A spec column named in a delete, a scope or a filter (`<p>` resolved).
+    pub fn spec_column(&self, name: &str, compat: Compat) -> Result<&Column, DestError> {
+        self.column(&resolve_name(name, compat))
+            .ok_or_else(|| DestError::InvalidName {
+                name: name.to_string(),
+                reason: format!("not a column of table {}", self.display),
+            })
+    }
+
     pub fn new(
         spec: &TableSpec,
         compat: Compat,

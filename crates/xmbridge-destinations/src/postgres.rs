@@ -24,7 +24,7 @@ use tokio_postgres::config::Host;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, Config, NoTls};
 
-use crate::names::{Resolved, check_name, quote_ident, redact_url, resolve_name};
+use crate::names::{Resolved, check_name, keys_target, quote_ident, redact_url};
 use crate::{
     BoxFuture, ColumnType, Commit, CommitStats, Compat, DestError, Destination, TableBatch,
     TableSpec, Value,
@@ -330,16 +330,7 @@ impl PostgresDestination {
         column: &str,
         filter: &[(String, Value)],
     ) -> Result<Vec<String>, DestError> {
-        let r = self.tables.get(table).ok_or_else(|| {
-            DestError::Other(format!("table {table} was not prepared (ensure_tables)"))
-        })?;
-        let c = spec_column(r, column, self.compat)?;
-        if c.ty != ColumnType::Text {
-            return Err(DestError::Other(format!(
-                "{}.{}: keys are read from text columns only",
-                r.display, c.name
-            )));
-        }
+        let (r, c) = keys_target(&self.tables, table, column, self.compat)?;
         let mut sql = format!(
             "SELECT DISTINCT {} FROM {}.{} WHERE {} IS NOT NULL",
             quote_ident(&c.name),
@@ -349,7 +340,7 @@ impl PostgresDestination {
         );
         let mut cells = Vec::with_capacity(filter.len());
         for (i, (col, v)) in filter.iter().enumerate() {
-            let fc = spec_column(r, col, self.compat)?;
+            let fc = r.spec_column(col, self.compat)?;
             r.check_value(fc, v)?;
             sql.push_str(&format!(" AND {} = ${}", quote_ident(&fc.name), i + 1));
             cells.push(PgCell(v, fc.ty));
@@ -418,18 +409,6 @@ impl Stats {
     }
 }
 
-fn spec_column<'r>(
-    r: &'r Resolved,
-    name: &str,
-    compat: Compat,
-) -> Result<&'r crate::Column, DestError> {
-    r.column(&resolve_name(name, compat))
-        .ok_or_else(|| DestError::InvalidName {
-            name: name.to_string(),
-            reason: format!("not a column of table {}", r.display),
-        })
-}
-
 // Boxed with an explicit `Send` bound: proving `Send` for the whole commit future from the
 // trait method trips the compiler's higher-ranked lifetime check (rust-lang/rust#102211).
 fn try_commit<'a>(
@@ -491,7 +470,7 @@ async fn try_commit_inner(
         );
         let mut params: Vec<PgCell<'_>> = vec![PgCell(&synced, ColumnType::Timestamp)];
         for (col, v) in &m.scope {
-            let c = spec_column(r, col, compat)?;
+            let c = r.spec_column(col, compat)?;
             if matches!(v, Value::Null) {
                 sql.push_str(&format!(" AND {} IS NULL", quote_ident(&c.name)));
             } else {
@@ -543,7 +522,7 @@ async fn apply_batch(
     let entry = stats.entry(&batch.table);
     // Deletes first: a response about to be rewritten loses its old answer rows.
     for (col, values) in &batch.delete_where {
-        let c = spec_column(r, col, compat)?;
+        let c = r.spec_column(col, compat)?;
         let mut cells = Vec::with_capacity(values.len());
         for v in values {
             r.check_value(c, v)?;

@@ -28,7 +28,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ToSql};
 
-use crate::names::{Resolved, iso_millis, quote_ident, resolve_name};
+use crate::names::{Resolved, iso_millis, keys_target, quote_ident};
 use crate::{
     BoxFuture, ColumnType, Commit, CommitStats, Compat, DestError, Destination, TableBatch,
     TableSpec, Value,
@@ -302,16 +302,7 @@ impl Inner {
         column: &str,
         filter: &[(String, Value)],
     ) -> Result<Vec<String>, DestError> {
-        let r = self.tables.get(table).ok_or_else(|| {
-            DestError::Other(format!("table {table} was not prepared (ensure_tables)"))
-        })?;
-        let c = spec_column(r, column, self.compat)?;
-        if c.ty != ColumnType::Text {
-            return Err(DestError::Other(format!(
-                "{}.{}: keys are read from text columns only",
-                r.display, c.name
-            )));
-        }
+        let (r, c) = keys_target(&self.tables, table, column, self.compat)?;
         let mut sql = format!(
             "SELECT DISTINCT {} FROM {} WHERE {} IS NOT NULL",
             quote_ident(&c.name),
@@ -319,7 +310,7 @@ impl Inner {
             quote_ident(&c.name)
         );
         for (i, (col, v)) in filter.iter().enumerate() {
-            let fc = spec_column(r, col, self.compat)?;
+            let fc = r.spec_column(col, self.compat)?;
             r.check_value(fc, v)?;
             sql.push_str(&format!(" AND {} = ?{}", quote_ident(&fc.name), i + 1));
         }
@@ -396,7 +387,7 @@ impl Inner {
             );
             let mut binds: Vec<&Value> = Vec::new();
             for (col, v) in &m.scope {
-                let c = spec_column(r, col, self.compat)?;
+                let c = r.spec_column(col, self.compat)?;
                 if matches!(v, Value::Null) {
                     sql.push_str(&format!(" AND {} IS NULL", quote_ident(&c.name)));
                 } else {
@@ -447,19 +438,6 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A spec column named in a delete or a scope (`<p>` resolved).
-fn spec_column<'r>(
-    r: &'r Resolved,
-    name: &str,
-    compat: Compat,
-) -> Result<&'r crate::Column, DestError> {
-    r.column(&resolve_name(name, compat))
-        .ok_or_else(|| DestError::InvalidName {
-            name: name.to_string(),
-            reason: format!("not a column of table {}", r.display),
-        })
-}
-
 fn apply_batch(
     tx: &rusqlite::Transaction<'_>,
     r: &Resolved,
@@ -473,7 +451,7 @@ fn apply_batch(
     let entry = stats.entry(&batch.table);
     // Deletes first: a response about to be rewritten loses its old answer rows.
     for (col, values) in &batch.delete_where {
-        let c = spec_column(r, col, compat)?;
+        let c = r.spec_column(col, compat)?;
         let mut st = tx
             .prepare_cached(&format!(
                 "DELETE FROM {table} WHERE {} = ?1",
