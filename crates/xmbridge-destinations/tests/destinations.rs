@@ -208,8 +208,12 @@ impl H {
         }
     }
 
+    /// One commit, made durable (as a sync does before it ends), so the raw connection can
+    /// read and alter the tables in between.
     async fn commit(&mut self, c: Commit) -> Result<CommitStats, DestError> {
-        self.dest.commit(c).await
+        let stats = self.dest.commit(c).await?;
+        self.dest.flush().await?;
+        Ok(stats)
     }
 }
 
@@ -1136,6 +1140,53 @@ both!(hostile_identifiers);
 both!(values_round_trip);
 both!(fivetran_compat, Compat::Fivetran);
 both!(large_batch);
+
+/// SQLite groups commits into one transaction until `flush` (or the group's size or age): a
+/// second connection sees nothing before, everything after; a failed commit in the middle
+/// takes only itself back.
+#[tokio::test]
+async fn sqlite_group_commit_is_durable_at_flush_and_keeps_earlier_commits() {
+    let mut h = sqlite(Compat::Xmbridge).await;
+    h.dest.ensure_tables(&[item_spec()]).await.unwrap();
+    h.dest
+        .commit(commit_of(
+            T0,
+            vec![upserts("item", vec![item("a", "s1", "A", 1)])],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(h.count("item", "1=1").await, 0, "not visible before flush");
+    // A commit naming an unknown column fails alone; "a" stays and is committed.
+    let bad = commit_of(
+        T0,
+        vec![TableBatch {
+            delete_where: vec![("nope".into(), vec![Value::Text("x".into())])],
+            ..upserts("item", vec![item("b", "s1", "B", 2)])
+        }],
+    );
+    assert!(h.dest.commit(bad).await.is_err());
+    assert_eq!(
+        h.count("item", "1=1").await,
+        1,
+        "the earlier commit is kept"
+    );
+    h.dest
+        .commit(commit_of(
+            T0,
+            vec![upserts("item", vec![item("c", "s1", "C", 3)])],
+        ))
+        .await
+        .unwrap();
+    h.dest.flush().await.unwrap();
+    let rows = h
+        .rows(&format!("SELECT id FROM {} ORDER BY id", h.t("item")))
+        .await;
+    let ids: Vec<_> = rows
+        .into_iter()
+        .map(|r| r[0].clone().unwrap_or_default())
+        .collect();
+    assert_eq!(ids, vec!["a", "c"]);
+}
 
 #[tokio::test]
 async fn unreachable_and_unknown_destinations() {
