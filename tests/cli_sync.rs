@@ -451,3 +451,265 @@ async fn a_5xx_storm_fails_clearly_and_the_next_run_completes() {
         .await;
     assert!(inserted(&done, "survey_response") > 400, "{done}");
 }
+
+/// A destination the schema-evolution and failure tests read back: a SQLite file (table-name
+/// prefix `qualtrics_`) or a PostgreSQL database of its own (schema `qualtrics`).
+enum Db {
+    Sqlite(PathBuf),
+    Pg {
+        url: String,
+        name: String,
+        base: String,
+    },
+}
+
+impl Db {
+    /// A fresh PostgreSQL database `xmb_cli_sync_<tag>_<pid>` (dropped by [`Db::drop_pg`]).
+    async fn postgres(tag: &str) -> Db {
+        let base = std::env::var("XMBRIDGE_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("xmb_cli_sync_{tag}_{}", std::process::id());
+        let admin = pg_client(&base).await;
+        admin
+            .execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), &[])
+            .await
+            .unwrap();
+        admin
+            .execute(&format!("CREATE DATABASE {name}"), &[])
+            .await
+            .unwrap();
+        let url = match base.rsplit_once('/') {
+            Some((head, _)) => format!("{head}/{name}"),
+            None => panic!("XMBRIDGE_TEST_PG must end with a database name"),
+        };
+        Db::Pg { url, name, base }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Db::Sqlite(p) => format!("sqlite:{}", p.display()),
+            Db::Pg { url, .. } => url.clone(),
+        }
+    }
+
+    /// The physical name of a synced table.
+    fn t(&self, table: &str) -> String {
+        match self {
+            Db::Sqlite(_) => format!("qualtrics_{table}"),
+            Db::Pg { .. } => format!("qualtrics.{table}"),
+        }
+    }
+
+    /// Runs a query whose first column is text.
+    async fn rows(&self, sql: &str) -> Vec<String> {
+        match self {
+            Db::Sqlite(p) => sqlite_rows(p, sql),
+            Db::Pg { url, .. } => {
+                let c = pg_client(url).await;
+                let rows = c
+                    .query(sql, &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                rows.iter().map(|r| r.get::<_, String>(0)).collect()
+            }
+        }
+    }
+
+    async fn count(&self, table: &str, filter: &str) -> u64 {
+        let sql = format!(
+            "SELECT CAST(COUNT(*) AS TEXT) FROM {} WHERE {filter}",
+            self.t(table)
+        );
+        self.rows(&sql).await[0].parse().unwrap()
+    }
+
+    /// Runs statements (hand edits).
+    async fn exec(&self, sql: &str) {
+        match self {
+            Db::Sqlite(p) => rusqlite::Connection::open(p)
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap(),
+            Db::Pg { url, .. } => pg_client(url).await.batch_execute(sql).await.unwrap(),
+        }
+    }
+
+    async fn drop_pg(&self) {
+        if let Db::Pg { name, base, .. } = self {
+            pg_client(base)
+                .await
+                .execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), &[])
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn pg_client(url: &str) -> tokio_postgres::Client {
+    let (c, conn) = match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+        Ok(x) => x,
+        Err(e) => {
+            panic!("PostgreSQL at {url} is required for this test (scripts/test starts it): {e}")
+        }
+    };
+    tokio::spawn(conn);
+    c
+}
+
+async fn admin_post(h: &SimHandle, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let r = reqwest::Client::new()
+        .post(format!("{}{path}", h.base_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(status.is_success(), "{path}: {status} {v}");
+    v
+}
+
+/// Hostile names: a question export tag and an embedded data field a naive writer would break on.
+const EVIL_TAG: &str = "select\"; DROP TABLE x;--";
+const EVIL_FIELD: &str = "ünïcode \"order\"";
+
+/// A question, an embedded data field and a distribution stats field appear between two syncs:
+/// the second sync adds what is needed, fails on nothing, and keeps the old rows.
+async fn schema_evolution(db: &Db) {
+    let h = sim(SimConfig {
+        surveys: 2,
+        responses: 40,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = Install::new();
+    i.connect(&h, "acme").await;
+    let dest = db.url();
+    i.ok(&["sync", "acme", "--destination", &dest]).await;
+    let answers_before = db
+        .rows(&format!(
+            "SELECT response_id || '|' || question_id || '|' || coalesce(value, '') FROM {} ORDER BY 1",
+            db.t("question_response")
+        ))
+        .await;
+    let responses_before = db.count("survey_response", "1 = 1").await;
+    assert!(responses_before > 60, "{responses_before}");
+
+    let sid = h.sim.surveys[1].id.clone();
+    let q = admin_post(
+        &h,
+        &format!("/_sim/surveys/{sid}/questions"),
+        json!({"kind": "mc_single", "export_tag": EVIL_TAG, "text": "Pick one; or 'two' — ✓"}),
+    )
+    .await;
+    let qid = q["qid"].as_str().unwrap().to_string();
+    admin_post(
+        &h,
+        &format!("/_sim/surveys/{sid}/embedded-data"),
+        json!({"name": EVIL_FIELD, "values": ["naïve; 'x'", "DROP \"y\""]}),
+    )
+    .await;
+    admin_post(
+        &h,
+        "/_sim/distributions/stats-fields",
+        json!({"name": "clicked"}),
+    )
+    .await;
+    let generated = admin_post(
+        &h,
+        &format!("/_sim/surveys/{sid}/responses"),
+        json!({"count": 6}),
+    )
+    .await;
+    let new_ids: Vec<String> = generated["response_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+
+    let out = i.ok(&["sync", "acme", "--destination", &dest]).await;
+    assert_eq!(inserted(&out, "survey_response"), 6, "{out}");
+    // The question, with its hostile export tag, unchanged.
+    let tags = db
+        .rows(&format!(
+            "SELECT data_export_tag FROM {} WHERE id = '{qid}' AND survey_id = '{sid}'",
+            db.t("question")
+        ))
+        .await;
+    assert_eq!(tags, [EVIL_TAG]);
+    // Its answers, named by the export tag.
+    let answered = db
+        .rows(&format!(
+            "SELECT question FROM {} WHERE question_id = '{qid}'",
+            db.t("question_response")
+        ))
+        .await;
+    assert!(answered.len() >= 3, "{answered:?}");
+    assert!(answered.iter().all(|q| q == EVIL_TAG), "{answered:?}");
+    // The new embedded data field on every new response, name and values unchanged.
+    let fields = db
+        .rows(&format!(
+            "SELECT value FROM {} WHERE key = '{}' ORDER BY response_id",
+            db.t("survey_embedded_data"),
+            EVIL_FIELD.replace('\'', "''")
+        ))
+        .await;
+    assert_eq!(fields.len(), new_ids.len(), "{fields:?}");
+    assert!(
+        fields
+            .iter()
+            .all(|v| v == "naïve; 'x'" || v == "DROP \"y\""),
+        "{fields:?}"
+    );
+    let keyed = db
+        .rows(&format!(
+            "SELECT import_id FROM {} WHERE key = '{EVIL_FIELD}'",
+            db.t("survey_embedded_data")
+        ))
+        .await;
+    assert!(keyed.iter().all(|k| k == EVIL_FIELD), "{keyed:?}");
+    // The new stats column, with values.
+    let clicked = db
+        .rows(&format!(
+            "SELECT CAST(stats_clicked AS TEXT) FROM {} WHERE stats_clicked IS NOT NULL",
+            db.t("distribution")
+        ))
+        .await;
+    assert!(!clicked.is_empty(), "no stats_clicked values");
+    // Old rows intact.
+    assert_eq!(
+        db.count("survey_response", "1 = 1").await,
+        responses_before + 6
+    );
+    let answers_after = db
+        .rows(&format!(
+            "SELECT response_id || '|' || question_id || '|' || coalesce(value, '') FROM {} ORDER BY 1",
+            db.t("question_response")
+        ))
+        .await;
+    let old: Vec<&String> = answers_after
+        .iter()
+        .filter(|r| !new_ids.iter().any(|id| r.starts_with(id.as_str())))
+        .collect();
+    assert!(
+        old.len() == answers_before.len() && old.iter().zip(&answers_before).all(|(a, b)| *a == b),
+        "old answer rows changed"
+    );
+    // A third run with nothing new writes no response again.
+    let again = i.ok(&["sync", "acme", "--destination", &dest]).await;
+    assert_eq!(inserted(&again, "survey_response"), 0, "{again}");
+}
+
+#[tokio::test]
+async fn schema_evolution_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    schema_evolution(&Db::Sqlite(dir.path().join("evo.db"))).await;
+}
+
+#[tokio::test]
+async fn schema_evolution_postgres() {
+    let db = Db::postgres("evo").await;
+    schema_evolution(&db).await;
+    db.drop_pg().await;
+}
