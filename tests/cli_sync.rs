@@ -713,3 +713,167 @@ async fn schema_evolution_postgres() {
     schema_evolution(&db).await;
     db.drop_pg().await;
 }
+
+/// Streams whose cursor the destination holds, with the cursor, as text.
+async fn cursors(db: &Db) -> Vec<String> {
+    let sql = match db {
+        Db::Sqlite(_) => "SELECT stream || cursor FROM qualtrics__xmbridge_state ORDER BY 1",
+        Db::Pg { .. } => "SELECT stream || cursor::text FROM qualtrics._xmbridge_state ORDER BY 1",
+    };
+    db.rows(sql).await
+}
+
+/// PostgreSQL: a column whose type was changed by hand stops the sync before it writes anything,
+/// with an error naming table and column and the statement that fixes it; after the fix the
+/// next run completes.
+#[tokio::test]
+async fn postgres_column_retyped_by_hand_is_a_clear_error() {
+    let db = Db::postgres("retype").await;
+    let h = sim(SimConfig {
+        surveys: 1,
+        responses: 30,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = Install::new();
+    i.connect(&h, "acme").await;
+    let dest = db.url();
+    i.ok(&["sync", "acme", "--destination", &dest]).await;
+    db.exec(
+        "ALTER TABLE qualtrics.survey_response ALTER COLUMN duration_in_seconds TYPE boolean \
+         USING duration_in_seconds > 0",
+    )
+    .await;
+    let sid = h.sim.surveys[0].id.clone();
+    let new = admin_post(
+        &h,
+        &format!("/_sim/surveys/{sid}/responses"),
+        json!({"count": 2}),
+    )
+    .await;
+    let before = cursors(&db).await;
+    let rows_before = db.count("survey_response", "1 = 1").await;
+
+    let out = i.run(&["sync", "acme", "--destination", &dest]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("qualtrics.survey_response")
+            && err.contains("duration_in_seconds")
+            && err.contains("boolean")
+            && err.contains("ALTER TABLE"),
+        "{err}"
+    );
+    assert!(
+        err.contains("table survey_response: "),
+        "names only the table at fault: {err}"
+    );
+    assert_eq!(cursors(&db).await, before, "no cursor moved");
+    assert_eq!(db.count("survey_response", "1 = 1").await, rows_before);
+
+    // The fix the message gives, then the next run completes with the new responses.
+    db.exec(
+        "ALTER TABLE qualtrics.survey_response ALTER COLUMN duration_in_seconds TYPE integer \
+         USING duration_in_seconds::integer",
+    )
+    .await;
+    let done = i.ok(&["sync", "acme", "--destination", &dest]).await;
+    assert_eq!(inserted(&done, "survey_response"), 2, "{done}");
+    let id = new["response_ids"][0].as_str().unwrap();
+    assert_eq!(
+        db.count("survey_response", &format!("id = '{id}'")).await,
+        1
+    );
+    db.drop_pg().await;
+}
+
+/// Polls until a query returns a non-zero count (the observable event a test waits for).
+async fn await_rows(db: &Db, table: &str, filter: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let sql = format!(
+            "SELECT CAST(COUNT(*) AS TEXT) FROM {} WHERE {filter}",
+            db.t(table)
+        );
+        let n = match db {
+            Db::Sqlite(p) => rusqlite::Connection::open(p)
+                .and_then(|c| c.query_row(&sql, [], |r| r.get::<_, String>(0)))
+                .unwrap_or_default(),
+            Db::Pg { .. } => db.rows(&sql).await.pop().unwrap_or_default(),
+        };
+        if n.parse::<u64>().unwrap_or(0) > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{table} never got rows"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SQLite: a column dropped by hand while a sync runs fails the commit that writes it, naming
+/// table, column and what to do; nothing of that commit lands, and the next run re-adds the
+/// column and completes equal to a clean sync.
+#[tokio::test]
+async fn sqlite_column_dropped_during_a_sync_is_a_clear_error() {
+    let h = sim(SimConfig {
+        surveys: 1,
+        responses: 60,
+        export_delay_ms: 1500,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = Install::new();
+    i.connect(&h, "acme").await;
+    let db = Db::Sqlite(i.path("dropped.db"));
+    let dest = db.url();
+    let child = i
+        .cmd(&["sync", "acme", "--destination", &dest])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The definitions are committed before the response export completes: the window.
+    await_rows(&db, "survey", "1 = 1").await;
+    db.exec("ALTER TABLE qualtrics_survey_response DROP COLUMN duration_in_seconds")
+        .await;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("qualtrics_survey_response")
+            && err.contains("duration_in_seconds")
+            && err.contains("nothing of this commit was applied")
+            && err.contains("--full"),
+        "{err}"
+    );
+    let sid = &h.sim.surveys[0].id;
+    assert!(err.contains(sid.as_str()), "names the survey: {err}");
+    assert_eq!(db.count("survey_response", "1 = 1").await, 0);
+    assert_eq!(db.count("question_response", "1 = 1").await, 0);
+    assert!(db.count("question", "1 = 1").await > 0, "definitions stay");
+
+    i.ok(&["sync", "acme", "--destination", &dest]).await;
+    let clean = Db::Sqlite(i.path("clean.db"));
+    i.ok(&["sync", "acme", "--destination", &clean.url()]).await;
+    for (table, key) in [
+        (
+            "survey_response",
+            "id || '|' || coalesce(duration_in_seconds, '')",
+        ),
+        (
+            "question_response",
+            "_xmbridge_id || '|' || coalesce(value, '')",
+        ),
+    ] {
+        let sql = |d: &Db| format!("SELECT {key} FROM {} ORDER BY 1", d.t(table));
+        assert_eq!(
+            db.rows(&sql(&db)).await,
+            clean.rows(&sql(&clean)).await,
+            "{table}"
+        );
+    }
+}

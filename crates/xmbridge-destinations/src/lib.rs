@@ -207,7 +207,7 @@ pub enum DestError {
     MissingTable { table: String },
     /// A column was dropped by hand after `ensure_tables`.
     #[error(
-        "table {table} has no column {column:?} (dropped by hand?); nothing of this commit was applied; run the sync again to re-add it"
+        "table {table} has no column {column:?} (dropped by hand?); nothing of this commit was applied; run the sync again to re-add it (rows synced before keep no value there: sync with --full to refill them, or restore the column by hand)"
     )]
     MissingColumn { table: String, column: String },
     /// An existing column has another type than the spec (altered by hand).
