@@ -877,3 +877,219 @@ async fn sqlite_column_dropped_during_a_sync_is_a_clear_error() {
         );
     }
 }
+
+#[derive(Clone, Copy, Debug)]
+enum Auth {
+    ApiToken,
+    OAuth,
+}
+
+/// Authorizes a standard (OAuth) connection: runs `connection authorize`, plays the browser
+/// (the simulator auto-approves), and waits for the command to finish.
+async fn authorize(i: &Install, web: &reqwest::Client, name: &str) {
+    use std::io::{BufRead, BufReader};
+    let mut child = i
+        .cmd(&["connection", "authorize", name, "--timeout", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = tokio::task::spawn_blocking(move || {
+        let url = loop {
+            let line = lines.next().expect("authorize printed no URL").unwrap();
+            if line.starts_with("http") {
+                break line;
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || lines.map_while(Result::ok).count());
+        url
+    })
+    .await
+    .unwrap();
+    let r = web.get(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 302, "{url}");
+    let back = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(web.get(&back).send().await.unwrap().status().is_success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A standard-mode (OAuth) connection `name`, authorized.
+async fn connect_oauth(i: &Install, h: &SimHandle, web: &reqwest::Client, name: &str) {
+    let creds: serde_json::Value = web
+        .get(format!("{}/_sim/credentials", h.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let app = creds["oauth_clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["grants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g == "authorization_code")
+        })
+        .unwrap();
+    let sf = i.path("client.secret");
+    std::fs::write(&sf, app["client_secret"].as_str().unwrap()).unwrap();
+    admin_post(h, "/_sim/oauth/auto-approve", json!({"user": "admin"})).await;
+    i.ok(&[
+        "connection",
+        "add",
+        "qualtrics",
+        name,
+        "--url",
+        &h.base_url,
+        "--auth",
+        "standard",
+        "--client-id",
+        app["client_id"].as_str().unwrap(),
+        "--client-secret-file",
+        sf.to_str().unwrap(),
+    ])
+    .await;
+    authorize(i, web, name).await;
+}
+
+/// The credentials die while a sync runs (after the definitions are committed, during the
+/// response export): a clear error naming table and survey and what to do; committed tables
+/// stay; after new credentials the next run completes equal to a clean sync, row for row.
+async fn token_revoked_mid_sync(auth: Auth) {
+    let h = sim(SimConfig {
+        surveys: 2,
+        responses: 80,
+        export_delay_ms: 1500,
+        ..SimConfig::default()
+    })
+    .await;
+    let web = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let i = Install::new();
+    match auth {
+        Auth::ApiToken => i.connect(&h, "acme").await,
+        Auth::OAuth => connect_oauth(&i, &h, &web, "acme").await,
+    }
+    let db = Db::Sqlite(i.path("revoked.db"));
+    let dest = db.url();
+    let child = i
+        .cmd(&["sync", "acme", "--destination", &dest])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    await_rows(&db, "survey", "1 = 1").await;
+    let new_token = match auth {
+        Auth::ApiToken => {
+            // Generating a new API token invalidates the old one (as in Qualtrics).
+            let admin_id = h.sim.users.read()[0].id.clone();
+            let r: serde_json::Value = web
+                .post(format!("{}/users/{admin_id}/apitoken", h.api_url()))
+                .header("X-API-TOKEN", h.sim.cfg.admin_token())
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            Some(r["result"]["apiToken"].as_str().unwrap().to_string())
+        }
+        Auth::OAuth => {
+            admin_post(&h, "/_sim/tokens/revoke", json!({"all": true})).await;
+            None
+        }
+    };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{auth:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("table survey_response, survey SV_"), "{err}");
+    match auth {
+        Auth::ApiToken => assert!(
+            err.contains("refused the API token") || err.contains("API token"),
+            "{err}"
+        ),
+        Auth::OAuth => assert!(
+            err.contains("account token expired")
+                && err.contains("xmbridge connection authorize acme"),
+            "{err}"
+        ),
+    }
+    let definitions = db.count("question", "1 = 1").await;
+    assert!(definitions > 0, "committed definitions stay");
+
+    // New credentials, then the next run completes.
+    match (auth, new_token) {
+        (Auth::ApiToken, Some(token)) => {
+            i.ok(&["connection", "remove", "acme"]).await;
+            let tf = i.path("acme.token");
+            std::fs::write(&tf, token).unwrap();
+            i.ok(&[
+                "connection",
+                "add",
+                "qualtrics",
+                "acme",
+                "--url",
+                &h.base_url,
+                "--api-token-file",
+                tf.to_str().unwrap(),
+            ])
+            .await;
+        }
+        _ => authorize(&i, &web, "acme").await,
+    }
+    i.ok(&["sync", "acme", "--destination", &dest]).await;
+    let clean = Db::Sqlite(i.path("clean.db"));
+    i.ok(&["sync", "acme", "--destination", &clean.url()]).await;
+    for (table, key) in [
+        (
+            "survey_response",
+            "id || '|' || survey_id || '|' || recorded_date",
+        ),
+        (
+            "question_response",
+            "_xmbridge_id || '|' || coalesce(value, '')",
+        ),
+        (
+            "survey_embedded_data",
+            "response_id || '|' || key || '|' || coalesce(value, '')",
+        ),
+        ("question", "id || '|' || survey_id"),
+    ] {
+        let sql = |d: &Db| format!("SELECT {key} FROM {} ORDER BY 1", d.t(table));
+        let (a, b) = (db.rows(&sql(&db)).await, clean.rows(&sql(&clean)).await);
+        assert!(!a.is_empty(), "{table}");
+        assert!(
+            a == b,
+            "{table}: {} rows vs {} in a clean sync",
+            a.len(),
+            b.len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn api_token_revoked_mid_sync() {
+    token_revoked_mid_sync(Auth::ApiToken).await;
+}
+
+#[tokio::test]
+async fn oauth_token_revoked_mid_sync() {
+    token_revoked_mid_sync(Auth::OAuth).await;
+}
