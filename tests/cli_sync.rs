@@ -1093,3 +1093,71 @@ async fn api_token_revoked_mid_sync() {
 async fn oauth_token_revoked_mid_sync() {
     token_revoked_mid_sync(Auth::OAuth).await;
 }
+
+/// A SQLite destination that runs out of space (`?max_size_mb=1`, SQLite's page cap, which fails
+/// writes with the full-disk error): a clear error naming table and survey and what to do;
+/// committed tables stay; with the cap lifted the next run completes equal to a clean sync.
+#[tokio::test]
+async fn sqlite_disk_full_fails_clearly_and_the_next_run_completes() {
+    let h = sim(SimConfig {
+        surveys: 2,
+        responses: 300,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = Install::new();
+    i.connect(&h, "acme").await;
+    let db = Db::Sqlite(i.path("full.db"));
+    let capped = format!("{}?max_size_mb=1", db.url());
+    let out = i.run(&["sync", "acme", "--destination", &capped]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("database or disk is full")
+            && err.contains("max_size_mb=1")
+            && err.contains("run the sync again"),
+        "{err}"
+    );
+    assert!(err.contains(", survey SV_"), "names the survey: {err}");
+    assert!(db.count("question", "1 = 1").await > 0, "definitions stay");
+    let size = std::fs::metadata(i.path("full.db")).unwrap().len();
+    assert!(size <= 1024 * 1024, "the cap held: {size} bytes");
+
+    let out = i
+        .run(&[
+            "sync",
+            "acme",
+            "--destination",
+            &format!("{}?cache=big", db.url()),
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "an unknown option is refused");
+
+    i.ok(&["sync", "acme", "--destination", &db.url()]).await;
+    let clean = Db::Sqlite(i.path("clean.db"));
+    i.ok(&["sync", "acme", "--destination", &clean.url()]).await;
+    for (table, key) in [
+        (
+            "survey_response",
+            "id || '|' || survey_id || '|' || recorded_date",
+        ),
+        (
+            "question_response",
+            "_xmbridge_id || '|' || coalesce(value, '')",
+        ),
+        (
+            "survey_embedded_data",
+            "response_id || '|' || key || '|' || coalesce(value, '')",
+        ),
+    ] {
+        let sql = |d: &Db| format!("SELECT {key} FROM {} ORDER BY 1", d.t(table));
+        let (a, b) = (db.rows(&sql(&db)).await, clean.rows(&sql(&clean)).await);
+        assert!(!a.is_empty(), "{table}");
+        assert!(
+            a == b,
+            "{table}: {} rows vs {} in a clean sync",
+            a.len(),
+            b.len()
+        );
+    }
+}
