@@ -158,6 +158,12 @@ impl SqliteDestination {
     }
 }
 
+/// The index on `column` of `table` (SQLite index names are file-wide: the physical, prefixed
+/// table name keeps them apart).
+pub fn index_name(table: &str, column: &str) -> String {
+    format!("{table}__{column}_idx")
+}
+
 /// SQLITE_FULL: the disk (or the `max_size_mb` cap) is full.
 fn is_disk_full(e: &rusqlite::Error) -> bool {
     e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
@@ -343,6 +349,17 @@ impl Inner {
                         }
                     }
                 }
+            }
+        }
+        for (spec, (_, r)) in specs.iter().zip(&resolved) {
+            for col in crate::catalog::indexed_columns(spec) {
+                tx.execute_batch(&format!(
+                    "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
+                    quote_ident(&index_name(&r.display, col)),
+                    quote_ident(&r.display),
+                    quote_ident(col)
+                ))
+                .map_err(|e| sql_err(&r.display, e))?;
             }
         }
         tx.commit().map_err(|e| sql_err(ctx, e))?;
