@@ -261,7 +261,18 @@ async fn upsert(
                 )],
             };
         };
-        match sobjects::upsert(&sim, st, &s.profile, o, key, &value, r, false) {
+        match sobjects::upsert(
+            &sim,
+            st,
+            &s.profile,
+            o,
+            sobjects::UpsertKey {
+                field: key,
+                value: &value,
+                update_only: false,
+            },
+            r,
+        ) {
             Ok(Upserted::Created(id)) => Outcome::Ok {
                 id,
                 created: Some(true),

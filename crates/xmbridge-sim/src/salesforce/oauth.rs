@@ -214,22 +214,19 @@ pub fn callback_matches(registered: &[String], uri: &str) -> bool {
 }
 
 /// Checks the client id and redirect of an authorization request.
-fn check_auth_request(st: &State, p: &BTreeMap<String, String>) -> Result<(), Response> {
+fn check_auth_request(
+    st: &State,
+    p: &BTreeMap<String, String>,
+) -> Result<(), (&'static str, &'static str)> {
     if p.get("response_type").map(String::as_str) != Some("code") {
-        return Err(oauth_error(
-            "unsupported_response_type",
-            "response type not supported",
-        ));
+        return Err(("unsupported_response_type", "response type not supported"));
     }
     if p.get("client_id") != Some(&st.oauth.app.client_id) {
-        return Err(oauth_error(
-            "invalid_client_id",
-            "client identifier invalid",
-        ));
+        return Err(("invalid_client_id", "client identifier invalid"));
     }
     let uri = p.get("redirect_uri").map(String::as_str).unwrap_or("");
     if !callback_matches(&st.oauth.app.callbacks, uri) {
-        return Err(oauth_error(
+        return Err((
             "redirect_uri_mismatch",
             "redirect_uri must match configuration",
         ));
@@ -237,10 +234,7 @@ fn check_auth_request(st: &State, p: &BTreeMap<String, String>) -> Result<(), Re
     if let Some(m) = p.get("code_challenge_method")
         && m != "S256"
     {
-        return Err(oauth_error(
-            "invalid_request",
-            "code_challenge_method must be S256",
-        ));
+        return Err(("invalid_request", "code_challenge_method must be S256"));
     }
     Ok(())
 }
@@ -303,8 +297,8 @@ fn approve(
 async fn authorize(AxState(sim): AxState<SharedSf>, RawQuery(q): RawQuery) -> Response {
     let p = parse_form(q.unwrap_or_default().as_bytes());
     let mut st = sim.state.lock();
-    if let Err(r) = check_auth_request(&st, &p) {
-        return r;
+    if let Err((error, description)) = check_auth_request(&st, &p) {
+        return oauth_error(error, description);
     }
     if let Some(a) = st.oauth.auto_approve.clone() {
         let Some(user) = st.users.iter().position(|u| u.username == a.user) else {
@@ -364,8 +358,8 @@ fn login_page(st: &State, p: &BTreeMap<String, String>) -> Response {
 async fn consent(AxState(sim): AxState<SharedSf>, body: Bytes) -> Response {
     let p = parse_form(&body);
     let mut st = sim.state.lock();
-    if let Err(r) = check_auth_request(&st, &p) {
-        return r;
+    if let Err((error, description)) = check_auth_request(&st, &p) {
+        return oauth_error(error, description);
     }
     let name = p.get("sim_user").cloned().unwrap_or_default();
     let Some(user) = st.users.iter().position(|u| u.username == name && u.active) else {

@@ -438,10 +438,12 @@ async fn upsert(
         &mut st,
         &s.profile,
         o,
-        key,
-        &value,
+        sobjects::UpsertKey {
+            field: key,
+            value: &value,
+            update_only,
+        },
         &body,
-        update_only,
     )
     .map_err(errors_response)?;
     let v46 = s.major >= 46;

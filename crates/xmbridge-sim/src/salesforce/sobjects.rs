@@ -101,7 +101,7 @@ fn find_any_live(sim: &SfSim, st: &State, id: &str) -> bool {
 fn coerce(
     sim: &SfSim,
     st: &State,
-    obj: &ObjectDef,
+    _obj: &ObjectDef,
     fd: &FieldDef,
     v: &Value,
 ) -> Result<Value, Vec<ErrItem>> {
@@ -221,10 +221,6 @@ fn coerce(
         }
         _ => Ok(v.clone()),
     }
-    .map(|ok| {
-        let _ = obj;
-        ok
-    })
 }
 
 /// Resolves `"Contact__r": {"Qualtrics_Contact_Id__c": "X"}` to the lookup field's record id.
@@ -599,17 +595,29 @@ pub enum Upserted {
     Multiple(Vec<String>),
 }
 
+/// What an upsert matches on.
+#[derive(Clone, Copy, Debug)]
+pub struct UpsertKey<'a> {
+    pub field: &'a FieldDef,
+    pub value: &'a str,
+    /// `?updateOnly=true`: never create.
+    pub update_only: bool,
+}
+
 /// Upsert by an external id (or `Id`) field.
 pub fn upsert(
     sim: &SfSim,
     st: &mut State,
     profile: &Profile,
     obj: &ObjectDef,
-    key: &FieldDef,
-    value: &str,
+    key: UpsertKey<'_>,
     body: &Map<String, Value>,
-    update_only: bool,
 ) -> Result<Upserted, Vec<ErrItem>> {
+    let UpsertKey {
+        field: key,
+        value,
+        update_only,
+    } = key;
     let mut body = body.clone();
     if let Some((k, v)) = body
         .iter()
