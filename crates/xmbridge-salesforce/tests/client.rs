@@ -418,3 +418,28 @@ async fn client_credentials_refused_is_token_expired() {
     );
     assert!(!format!("{err:?} {c:?}").contains("nope"));
 }
+
+#[tokio::test]
+async fn concurrent_401s_cause_one_refresh() {
+    let h = sim().await;
+    // With rotation on, two refreshes racing would kill each other's token: one must happen.
+    admin(&h, "POST", "/_sim/oauth/policy", json!({"rotation": true})).await;
+    let sink = Arc::new(Captured::default());
+    let (c, _, _) = client_for(&h, "admin@acme.sim", Some(sink.clone())).await;
+    admin(&h, "POST", "/_sim/tokens/expire", json!({})).await;
+    let c = Arc::new(c);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.query_all("SELECT Id FROM Account").await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().len(), 5);
+    }
+    assert_eq!(
+        sink.0.lock().unwrap().len(),
+        1,
+        "one refresh for eight 401s"
+    );
+}

@@ -1224,8 +1224,46 @@ async fn outbound_messages_retry_until_acked_and_are_recorded() {
         "<Id>{}</Id>",
         v["notification_id"].as_str().unwrap()
     )));
+    // "Send Session ID" carries a session that works against the REST API.
+    let (endpoint2, mut rx2) = soap_listener(0).await;
+    let r = http()
+        .post(format!("{}/_sim/outbound", h.base_url))
+        .json(&json!({"object": "Case", "record_id": case_id, "endpoint": endpoint2, "send_session_id": true}))
+        .send()
+        .await
+        .unwrap();
+    let v2: Value = r.json().await.unwrap();
+    let d = admin(
+        &h,
+        "GET",
+        &format!(
+            "/_sim/outbound/deliveries/{}?wait_ms=10000",
+            v2["delivery_id"].as_str().unwrap()
+        ),
+        json!({}),
+    )
+    .await;
+    assert_eq!(d["acked"], true);
+    let body = rx2.recv().await.unwrap();
+    let session = body
+        .split("<SessionId>")
+        .nth(1)
+        .unwrap()
+        .split("</SessionId>")
+        .next()
+        .unwrap();
+    let r = http()
+        .get(format!(
+            "{}/services/data/v60.0/sobjects/Case/{case_id}",
+            h.base_url
+        ))
+        .bearer_auth(session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let all = admin(&h, "GET", "/_sim/outbound/deliveries", json!({})).await;
-    assert_eq!(all.as_array().unwrap().len(), 1);
+    assert_eq!(all.as_array().unwrap().len(), 2);
     // Only loopback endpoints.
     let r = http()
         .post(format!("{}/_sim/outbound", h.base_url))

@@ -494,9 +494,28 @@ async fn send_outbound(State(sim): State<SharedSf>, body: Bytes) -> AdminResult 
         let d = format!("OM{}", &n[5..15]);
         (fields, d, n, super::make_id("04k", 1))
     };
+    // "Send Session ID": a real session of the run-as user, usable against the REST API.
     let session = if b.send_session_id {
+        let mut st = sim.state.lock();
+        let run_as = st.oauth.app.run_as.clone();
+        let user = run_as
+            .and_then(|n| st.users.iter().position(|u| u.username == n))
+            .ok_or_else(|| {
+                AdminError::bad("send_session_id needs a run-as user (POST /_sim/oauth/policy)")
+            })?;
         let org15: String = sim.org_id.chars().take(15).collect();
-        Some(format!("{org15}!AQoutbound"))
+        let token = format!("{org15}!AQ{}", st.rng.alnum(96));
+        st.oauth.access.insert(
+            token.clone(),
+            super::oauth::AccessToken {
+                user,
+                scope: "api".into(),
+                last_used_ms: sim.clock.now_ms(),
+                refresh: None,
+                revoked: false,
+            },
+        );
+        Some(token)
     } else {
         None
     };
