@@ -443,3 +443,52 @@ async fn concurrent_401s_cause_one_refresh() {
         "one refresh for eight 401s"
     );
 }
+
+/// Also a rough loopback throughput figure (printed with `--nocapture`).
+#[tokio::test]
+async fn many_upserts_land_once_each() {
+    let h = sim().await;
+    let c = Arc::new(SalesforceClient::new(
+        reqwest::Client::new(),
+        Arc::new(TokenProvider::client_credentials(
+            reqwest::Client::new(),
+            creds(&h).await,
+        )),
+    ));
+    let n = 400;
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..4)
+        .map(|w| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                for i in (w..n).step_by(4) {
+                    // Every key twice: the second is an update, never a second record.
+                    for _ in 0..2 {
+                        c.upsert(
+                            "Survey_Response__c",
+                            "Response_Id__c",
+                            &format!("R_{i:05}"),
+                            &obj(json!({"NPS__c": i % 11})),
+                        )
+                        .await
+                        .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{} upserts in {secs:.2} s: {:.0}/s over loopback (debug build, 4 workers)",
+        2 * n,
+        2.0 * n as f64 / secs
+    );
+    let rows = c
+        .query_all("SELECT Id FROM Survey_Response__c")
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), n);
+}
