@@ -55,7 +55,20 @@ const CREATE: ActionSpec = ActionSpec {
     system: System::Salesforce,
     title: "Create Record",
     category: "Salesforce Records",
-    inputs: &[OBJECT, FIELDS],
+    inputs: &[
+        OBJECT,
+        FIELDS,
+        InputSpec {
+            name: "key_field",
+            required: false,
+            help: "makes a retry safe: a field holding the idempotency key (upserted on when it is an external id, else looked up first)",
+        },
+        InputSpec {
+            name: "key",
+            required: false,
+            help: "with key_field: the idempotency key (default: the delivery key)",
+        },
+    ],
     stream: false,
     writes: true,
 };
@@ -276,6 +289,12 @@ async fn run_create(c: &SalesforceConnection, r: &ActionRequest) -> Result<Value
     let spec = &CREATE;
     let object = text(spec, &r.inputs, "object")?;
     let f = fields(spec, &r.inputs)?;
+    if let Some(Value::String(key_field)) = r.inputs.get("key_field")
+        && !key_field.trim().is_empty()
+    {
+        let key = idempotency_key(spec, r)?;
+        return idempotent_create(spec, c, &object, f, key_field.trim(), &key).await;
+    }
     let id = c
         .client
         .create(&object, &f)
@@ -335,38 +354,37 @@ fn soql_quote(s: &str) -> String {
     s.replace('\\', "\\\\").replace('\'', "\\'")
 }
 
-/// Idempotent Case creation: upsert on the key field when it is an external id; otherwise look
-/// the key up first and create only when no Case carries it.
-async fn run_create_case(
-    c: &SalesforceConnection,
-    r: &ActionRequest,
-) -> Result<Value, ActionError> {
-    let spec = &CREATE_CASE;
-    let mut f = fields(spec, &r.inputs)?;
-    let key_field = match r.inputs.get("key_field") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-        _ => DEFAULT_CASE_KEY_FIELD.to_string(),
-    };
-    let key = match r.inputs.get("key") {
-        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
-        _ => r.delivery_key.clone(),
-    };
-    let Some(key) = key else {
-        return Err(ActionError::BadInput {
+/// The `key` input, else the delivery key; without either a retry could duplicate: refused.
+fn idempotency_key(spec: &ActionSpec, r: &ActionRequest) -> Result<String, ActionError> {
+    match r.inputs.get("key") {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        _ => r.delivery_key.clone().ok_or_else(|| ActionError::BadInput {
             action: spec.name.into(),
             field: "key".into(),
             reason:
                 "no idempotency key: pass `key` or run with a delivery key (workflows always do)"
                     .into(),
-        });
-    };
+        }),
+    }
+}
+
+/// Creates at most one record per key: upsert on the key field when it is an external id;
+/// otherwise look the key up first and create only when no record carries it.
+async fn idempotent_create(
+    spec: &ActionSpec,
+    c: &SalesforceConnection,
+    object: &str,
+    mut f: Map<String, Value>,
+    key_field: &str,
+    key: &str,
+) -> Result<Value, ActionError> {
     let map = |e| map_error(spec, &c.account, e);
-    let describe = c.client.describe("Case").await.map_err(map)?;
-    let Some(kf) = describe.field(&key_field) else {
+    let describe = c.client.describe(object).await.map_err(map)?;
+    let Some(kf) = describe.field(key_field) else {
         return Err(ActionError::Permanent {
             action: spec.name.into(),
             message: format!(
-                "Case has no field {key_field} visible to account '{}'; create it (text, External ID, unique) or grant read/edit access, or choose another key_field",
+                "{object} has no field {key_field} visible to account '{}'; create it (text, External ID, unique) or grant read/edit access, or choose another key_field",
                 c.account
             ),
             details: None,
@@ -377,14 +395,14 @@ async fn run_create_case(
         f.remove(&kf_name);
         let out = c
             .client
-            .upsert("Case", &kf_name, &key, &f)
+            .upsert(object, &kf_name, key, &f)
             .await
             .map_err(map)?;
-        return Ok(upsert_output("Case", out));
+        return Ok(upsert_output(object, out));
     }
     let soql = format!(
-        "SELECT Id FROM Case WHERE {kf_name} = '{}' LIMIT 2",
-        soql_quote(&key)
+        "SELECT Id FROM {object} WHERE {kf_name} = '{}' LIMIT 2",
+        soql_quote(key)
     );
     let found = c.client.query_all(&soql).await.map_err(map)?;
     if let Some(id) = found
@@ -392,11 +410,26 @@ async fn run_create_case(
         .and_then(|r| r.get("Id"))
         .and_then(Value::as_str)
     {
-        return Ok(json!({"object": "Case", "id": id, "created": false}));
+        return Ok(json!({"object": object, "id": id, "created": false}));
     }
-    f.insert(kf_name, Value::String(key));
-    let id = c.client.create("Case", &f).await.map_err(map)?;
-    Ok(json!({"object": "Case", "id": id, "created": true}))
+    f.insert(kf_name, Value::String(key.to_string()));
+    let id = c.client.create(object, &f).await.map_err(map)?;
+    Ok(json!({"object": object, "id": id, "created": true}))
+}
+
+/// Idempotent Case creation keyed on `key_field` (default `Qualtrics_Delivery_Key__c`).
+async fn run_create_case(
+    c: &SalesforceConnection,
+    r: &ActionRequest,
+) -> Result<Value, ActionError> {
+    let spec = &CREATE_CASE;
+    let f = fields(spec, &r.inputs)?;
+    let key_field = match r.inputs.get("key_field") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
+        _ => DEFAULT_CASE_KEY_FIELD.to_string(),
+    };
+    let key = idempotency_key(spec, r)?;
+    idempotent_create(spec, c, "Case", f, &key_field, &key).await
 }
 
 async fn run_query(c: &SalesforceConnection, r: &ActionRequest) -> Result<Value, ActionError> {

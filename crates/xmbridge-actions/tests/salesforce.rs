@@ -88,6 +88,18 @@ async fn create_update_upsert_delete_and_query() {
     .unwrap();
     let id = out["id"].as_str().unwrap().to_string();
     assert!(id.starts_with("003"));
+    // With a key field, a retried create finds the first record instead of making a second.
+    let keyed = json!({"object": "Survey_Response__c", "fields": {"NPS__c": 9}, "key_field": "Response_Id__c"});
+    let a = run(&ctx, "salesforce.create", keyed.clone(), Some("ev7:create"))
+        .await
+        .unwrap();
+    let b = run(&ctx, "salesforce.create", keyed, Some("ev7:create"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (a["id"].clone(), b["created"].as_bool()),
+        (b["id"].clone(), Some(false))
+    );
     let out = run(
         &ctx,
         "salesforce.update",
@@ -109,7 +121,7 @@ async fn create_update_upsert_delete_and_query() {
         (second["created"].as_bool(), &second["id"]),
         (Some(false), &first["id"])
     );
-    assert_eq!(count(&h, "Survey_Response__c").await, 1);
+    assert_eq!(count(&h, "Survey_Response__c").await, 2);
     let rows = run(
         &ctx,
         "salesforce.query",
