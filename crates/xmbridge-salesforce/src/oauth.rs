@@ -302,6 +302,7 @@ enum Grant {
 pub(crate) struct Session {
     pub access_token: SecretString,
     pub instance_url: String,
+    obtained: std::time::Instant,
 }
 
 /// Hands out access tokens and renews them: by refresh token (web-server flow) or by asking
@@ -310,6 +311,8 @@ pub struct TokenProvider {
     http: reqwest::Client,
     grant: parking_lot::Mutex<Grant>,
     session: tokio::sync::Mutex<Option<Session>>,
+    /// Renew before use once a token is this old (Salesforce tokens carry no expiry).
+    max_age: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for TokenProvider {
@@ -338,6 +341,7 @@ impl TokenProvider {
                 sink,
             }),
             session: tokio::sync::Mutex::new(None),
+            max_age: None,
         }
     }
 
@@ -346,6 +350,7 @@ impl TokenProvider {
             http,
             grant: parking_lot::Mutex::new(Grant::ClientCredentials(creds)),
             session: tokio::sync::Mutex::new(None),
+            max_age: None,
         }
     }
 
@@ -354,13 +359,23 @@ impl TokenProvider {
         *self.session.lock().await = Some(Session {
             access_token,
             instance_url,
+            obtained: std::time::Instant::now(),
         });
+        self
+    }
+
+    /// Renews proactively once the access token is older than `age`, instead of waiting for a
+    /// 401 (the contract's advice, since Salesforce sends no `expires_in`).
+    pub fn with_max_age(mut self, age: std::time::Duration) -> Self {
+        self.max_age = Some(age);
         self
     }
 
     pub(crate) async fn current(&self) -> Result<Session, SalesforceError> {
         let mut s = self.session.lock().await;
-        if let Some(sess) = &*s {
+        if let Some(sess) = &*s
+            && self.max_age.is_none_or(|age| sess.obtained.elapsed() < age)
+        {
             return Ok(sess.clone());
         }
         let new = self.obtain().await?;
@@ -430,6 +445,7 @@ impl TokenProvider {
         Ok(Session {
             access_token: t.access_token,
             instance_url: t.instance_url,
+            obtained: std::time::Instant::now(),
         })
     }
 }

@@ -492,3 +492,30 @@ async fn many_upserts_land_once_each() {
         .unwrap();
     assert_eq!(rows.len(), n);
 }
+
+#[tokio::test]
+async fn max_age_renews_before_use() {
+    let h = sim().await;
+    admin(&h, "POST", "/_sim/oauth/policy", json!({"rotation": true})).await;
+    let app = app(&h).await;
+    let t = link(&h, &app, "admin@acme.sim").await;
+    let sink = Arc::new(Captured::default());
+    let provider = TokenProvider::web_server(
+        reqwest::Client::new(),
+        app,
+        t.refresh_token.clone().unwrap(),
+        Some(sink.clone()),
+    )
+    .with_max_age(Duration::ZERO)
+    .with_access(t.access_token.clone(), t.instance_url.clone())
+    .await;
+    let c = SalesforceClient::new(reqwest::Client::new(), Arc::new(provider));
+    for n in 1..=3 {
+        c.query_all("SELECT Id FROM Account LIMIT 1").await.unwrap();
+        assert_eq!(
+            sink.0.lock().unwrap().len(),
+            n,
+            "a renewal before each call"
+        );
+    }
+}
