@@ -159,6 +159,23 @@ async fn read_and_write_actions_through_a_stored_connection() {
     assert_eq!(found["contact"]["embeddedData"]["tier"], "gold");
     assert_eq!(found["contact"]["embeddedData"]["since"], "2019");
 
+    // Inputs from a file (how secrets stay off the command line).
+    let file = i.path("inputs.json");
+    std::fs::write(
+        &file,
+        format!(r#"{{"directory_id":"{dir}","email":"ana.ruiz@example.test"}}"#),
+    )
+    .unwrap();
+    let from_file = i
+        .json(&[
+            "action",
+            "look-up-contact-by-email",
+            "--inputs-json",
+            &format!("@{}", file.display()),
+        ])
+        .await;
+    assert_eq!(from_file["contactId"], cid.as_str());
+
     // Same delivery key again: nothing new.
     let again = i
         .json(&[

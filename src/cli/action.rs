@@ -25,8 +25,9 @@ pub struct ActionArgs {
     /// `embeddedData.tier=gold` → {"embeddedData":{"tier":"gold"}}.
     #[arg(long = "input", value_name = "KEY=VALUE")]
     pub inputs: Vec<String>,
-    /// All inputs as one JSON object; `--input` values are merged over it.
-    #[arg(long, value_name = "JSON")]
+    /// All inputs as one JSON object, or `@FILE` to read it from a file (keeps secrets such as
+    /// `shared_key` off the command line); `--input` values are merged over it.
+    #[arg(long, value_name = "JSON|@FILE")]
     pub inputs_json: Option<String>,
     /// The XM Directory (POOL_…) used when `directory_id` is not given (default: the
     /// connection's directory).
@@ -46,7 +47,7 @@ pub fn help_text() -> String {
 JSON is taken as that object or list (for object inputs such as embeddedData). Inputs that \
 expect a number or true/false accept their text (limit=50, unsubscribed=true). Dotted keys \
 build objects (embeddedData.tier=gold). `--inputs-json` gives typed JSON; `--input` is merged \
-over it. Unknown or missing inputs exit with code 2.\n\nActions:\n",
+over it (`--inputs-json @FILE` reads it from a file: use that for secrets such as shared_key). Unknown or missing inputs exit with code 2.\n\nActions:\n",
     );
     let width = reg.iter().map(|a| a.spec().name.len()).max().unwrap_or(0);
     for a in reg.iter() {
@@ -258,7 +259,17 @@ pub async fn run(args: ActionArgs) -> anyhow::Result<()> {
             spec.name, spec.system
         )));
     }
-    let inputs = build_inputs(args.inputs_json.as_deref(), &args.inputs).map_err(usage)?;
+    let inputs_json = match args.inputs_json.as_deref() {
+        Some(arg) if arg.starts_with('@') => {
+            let path = &arg[1..];
+            Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| usage(format!("--inputs-json {arg}: cannot read {path}: {e}")))?,
+            )
+        }
+        other => other.map(str::to_string),
+    };
+    let inputs = build_inputs(inputs_json.as_deref(), &args.inputs).map_err(usage)?;
     // Input mistakes are found before anything is opened or called.
     xmbridge_actions::check_inputs(spec, &inputs).map_err(|e| usage(e.to_string()))?;
 

@@ -592,10 +592,22 @@ async fn distributions_send_once_per_delivery_key_and_show_links_and_history() {
     assert_eq!(retry["distributionId"], did.as_str());
     let after = api_all(&h, &["distributions"], &format!("surveyId={sid}")).await;
     assert_eq!(after.len(), before.len() + 1);
-    // Another event is another distribution.
-    let other = ok(&ctx, "create-distribution", input, Some("evt-8:send")).await;
+    // Another event is another distribution (sent now: no send_date).
+    let mut now = input.clone();
+    now.as_object_mut().unwrap().remove("send_date");
+    let other = ok(&ctx, "create-distribution", now, Some("evt-8:send")).await;
     assert_eq!(other["created"], true);
     assert_ne!(other["distributionId"], did.as_str());
+    let other = api(
+        &h,
+        &["distributions", other["distributionId"].as_str().unwrap()],
+        &format!("surveyId={sid}"),
+    )
+    .await;
+    assert!(
+        other["sendDate"].as_str().unwrap().ends_with('Z'),
+        "{other}"
+    );
 
     // The streams: the survey's distributions, and one link per recipient.
     let listed = ok(
