@@ -595,9 +595,12 @@ async fn distributions_send_once_per_delivery_key_and_show_links_and_history() {
     // Another event is another distribution (sent now: no send_date).
     let mut now = input.clone();
     now.as_object_mut().unwrap().remove("send_date");
-    let other = ok(&ctx, "create-distribution", now, Some("evt-8:send")).await;
+    let other = ok(&ctx, "create-distribution", now.clone(), Some("evt-8:send")).await;
     assert_eq!(other["created"], true);
     assert_ne!(other["distributionId"], did.as_str());
+    let other_retry = ok(&ctx, "create-distribution", now, Some("evt-8:send")).await;
+    assert_eq!(other_retry["created"], false);
+    assert_eq!(other_retry["distributionId"], other["distributionId"]);
     let other = api(
         &h,
         &["distributions", other["distributionId"].as_str().unwrap()],

@@ -10,6 +10,9 @@ use xmbridge_qualtrics::RetryMode;
 
 const CATEGORY: &str = "Distribution Management";
 
+/// How far back a retry of a distribution sent "now" looks for the first attempt's send.
+const RETRY_WINDOW_DAYS: i64 = 30;
+
 const SURVEY_ID: InputSpec = InputSpec {
     name: "survey_id",
     required: true,
@@ -236,14 +239,29 @@ fn create_distribution(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionErro
         // Idempotency: the delivery key travels in the distribution's embedded data; a retry
         // lists the survey's invites to the same recipients and returns the one carrying it.
         // (Qualtrics has no client-chosen id or idempotency header for distributions.)
+        let send_date = call.str("send_date")?;
         if let Some(key) = &call.delivery_key {
             embedded.insert(DELIVERY_KEY_FIELD.into(), Value::String(key.clone()));
+            // Only the send dates an earlier attempt can have used are scanned, so the look-up
+            // stays small on a list that gets an invite per event: the given send date exactly,
+            // or (sent "now") the last RETRY_WINDOW_DAYS — far longer than a delivery retries.
+            let (from, to) = match &send_date {
+                Some(d) => (d.clone(), Some(d.clone())),
+                None => (
+                    (chrono::Utc::now() - chrono::Duration::days(RETRY_WINDOW_DAYS))
+                        .format("%Y-%m-%dT%H:%M:%SZ")
+                        .to_string(),
+                    None,
+                ),
+            };
             let url = call.url_with(
                 &["distributions"],
                 &[
                     ("surveyId", Some(survey.clone())),
                     ("distributionRequestType", Some("Invite".into())),
                     ("mailingListId", list.clone()),
+                    ("sendStartDate", Some(from)),
+                    ("sendEndDate", to),
                 ],
             );
             let existing = call.client.paginate::<Value>(url);
@@ -262,7 +280,7 @@ fn create_distribution(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionErro
             "message": message,
             "recipients": recipients,
             "surveyLink": link,
-            "sendDate": call.str("send_date")?.unwrap_or_else(now_iso),
+            "sendDate": send_date.unwrap_or_else(now_iso),
         });
         if !embedded.is_empty() {
             body["embeddedData"] = Value::Object(embedded);
