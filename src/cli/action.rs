@@ -8,7 +8,6 @@ use super::UsageError;
 use anyhow::anyhow;
 use clap::Args;
 use serde_json::{Map, Value, json};
-use xmbridge_actions::qualtrics::{ConnectionName, DefaultDirectory};
 use xmbridge_actions::{ActionContext, ActionError, ActionRequest, Inputs, Registry, System};
 
 #[derive(Args, Debug)]
@@ -275,12 +274,13 @@ pub async fn run(args: ActionArgs) -> anyhow::Result<()> {
 
     let name = choose_connection(args.connection.as_deref())?;
     let connected = super::connection::connect(&name)?;
-    let mut ctx = ActionContext::new()
-        .with(connected.client)
-        .with(ConnectionName(name));
-    if let Some(dir) = args.directory.or(connected.settings.directory) {
-        ctx.insert(DefaultDirectory(dir));
-    }
+    let mut ctx = ActionContext::new();
+    xmbridge_actions::qualtrics::provide(
+        &mut ctx,
+        connected.client,
+        &name,
+        args.directory.or(connected.settings.directory),
+    );
     let request = ActionRequest {
         inputs,
         delivery_key: args.delivery_key,

@@ -43,6 +43,21 @@ pub struct ConnectionName(pub String);
 /// finds the distribution the first attempt created.
 pub const DELIVERY_KEY_FIELD: &str = "xmbridgeDeliveryKey";
 
+/// Puts what the Qualtrics actions need into `ctx`: the client of a connection, its name (for
+/// the re-authorize hint) and its default directory. The CLI and the workflow engine both use it.
+pub fn provide(
+    ctx: &mut ActionContext,
+    client: Client,
+    connection: &str,
+    directory: Option<String>,
+) {
+    ctx.insert(client);
+    ctx.insert(ConnectionName(connection.to_string()));
+    if let Some(d) = directory.filter(|d| !d.is_empty()) {
+        ctx.insert(DefaultDirectory(d));
+    }
+}
+
 /// Adds every Qualtrics action to `r`.
 pub fn register(r: &mut Registry) {
     let all = contacts::actions()
