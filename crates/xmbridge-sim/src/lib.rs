@@ -15,9 +15,11 @@ pub mod normalize;
 pub mod qualtrics;
 pub mod rng;
 pub mod server;
+pub mod servicenow;
 
 pub use config::SimConfig;
 pub use server::{SimHandle, start_qualtrics};
+pub use server::{SnHandle, start_servicenow};
 
 /// Why a simulator could not start.
 #[derive(Debug, thiserror::Error)]
