@@ -262,10 +262,15 @@ mod tests {
     fn and_binds_looser_than_or() {
         let q = parse(t(), "active=true^state=1^ORstate=2");
         assert!(!q.invalid);
+        let (a, b, c) = (
+            rec(json!({"active":"true","state":"2"})),
+            rec(json!({"active":"false","state":"2"})),
+            rec(json!({"active":"true","state":"7"})),
+        );
         let none = |_: &str, _: &str| None;
-        assert!(q.matches(&rec(json!({"active":"true","state":"2"})), &none));
-        assert!(!q.matches(&rec(json!({"active":"false","state":"2"})), &none));
-        assert!(!q.matches(&rec(json!({"active":"true","state":"7"})), &none));
+        assert!(q.matches(&a, &none));
+        assert!(!q.matches(&b, &none));
+        assert!(!q.matches(&c, &none));
     }
 
     #[test]
