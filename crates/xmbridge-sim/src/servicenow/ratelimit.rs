@@ -96,7 +96,7 @@ impl RateLimits {
             limit: rule.limit,
             rule: rule.sys_id,
             reset: reset_ms / 1000,
-            retry_after: ((reset_ms - now_ms) / 1000).max(1),
+            retry_after: ((reset_ms - now_ms + 999) / 1000).max(1),
             exceeded,
         })
     }
