@@ -67,8 +67,8 @@ fn bad(msg: impl Into<String>) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({"error": msg.into()}))).into_response()
 }
 
-fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Response> {
-    serde_json::from_value(v).map_err(|e| bad(e.to_string()))
+fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Box<Response>> {
+    serde_json::from_value(v).map_err(|e| Box::new(bad(e.to_string())))
 }
 
 pub fn router() -> Router<SharedSn> {
@@ -135,7 +135,7 @@ fn yes() -> bool {
 async fn add_user(State(sim): State<SharedSn>, Json(v): Json<Value>) -> Response {
     let u: NewUser = match parse(v) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if u.user_name.is_empty() {
         return bad("user_name is required");
@@ -200,7 +200,7 @@ async fn add_client(State(sim): State<SharedSn>, Json(v): Json<Value>) -> Respon
     }
     let c: NewClient = match parse(v) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut db = sim.db.lock();
     db.creds.clients.retain(|x| x.client_id != c.client_id);
@@ -278,7 +278,7 @@ async fn list_limits(State(sim): State<SharedSn>) -> Response {
 async fn add_limit(State(sim): State<SharedSn>, Json(v): Json<Value>) -> Response {
     let mut rule: Rule = match parse(v) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut db = sim.db.lock();
     if rule.sys_id.is_empty() {
@@ -306,7 +306,7 @@ async fn set_faults(State(sim): State<SharedSn>, Json(v): Json<Value>) -> Respon
             sim.db.lock().faults = f;
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -320,7 +320,7 @@ async fn set_acl(State(sim): State<SharedSn>, Json(v): Json<Value>) -> Response 
             sim.db.lock().acl.set(r);
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -330,7 +330,7 @@ async fn add_row_rule(State(sim): State<SharedSn>, Json(v): Json<Value>) -> Resp
             sim.db.lock().acl.rows.push(r);
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -353,7 +353,7 @@ async fn list_rules(State(sim): State<SharedSn>) -> Response {
 async fn add_rule(State(sim): State<SharedSn>, Json(v): Json<Value>) -> Response {
     let mut rule: BusinessRule = match parse(v) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(e) = check_url(&rule.url) {
         return bad(e);

@@ -99,10 +99,10 @@ pub fn triggered(
     let lookup = |tb: &str, id: &str| super::table::find(db, tb, id);
     let mut jobs = Vec::new();
     for rule in db.rules.rules.iter().filter(|r| r.table == t.name) {
-        let on_ok = match (rule.on, before.is_some()) {
-            (On::Both, _) | (On::Insert, false) | (On::Update, true) => true,
-            _ => false,
-        };
+        let on_ok = matches!(
+            (rule.on, before.is_some()),
+            (On::Both, _) | (On::Insert, false) | (On::Update, true)
+        );
         if !on_ok {
             continue;
         }

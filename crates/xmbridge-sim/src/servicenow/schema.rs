@@ -57,9 +57,8 @@ impl TableDef {
 
     /// Whether a client may write the field (`sys_*` and computed fields are read-only).
     pub fn writable(&self, field: &str) -> bool {
-        !field.starts_with("sys_")
-            && !(self.name == "incident" && matches!(field, "number" | "priority"))
-            && self.fields.iter().any(|(f, _)| *f == field)
+        let computed = self.name == "incident" && matches!(field, "number" | "priority");
+        !field.starts_with("sys_") && !computed && self.fields.iter().any(|(f, _)| *f == field)
     }
 }
 
