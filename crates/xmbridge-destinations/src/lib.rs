@@ -149,6 +149,10 @@ pub struct TableBatch {
     /// Remove (hard delete) rows whose `column` equals one of `values` — e.g. the answer rows of
     /// responses deleted upstream, or of a response about to be rewritten.
     pub delete_where: Vec<(String, Vec<Value>)>,
+    /// The caller knows none of these rows' keys is in the destination yet (a survey's first
+    /// load): a destination may insert without merging. It must still behave as an upsert if a
+    /// key turns out to exist (PostgreSQL then falls back to its merge).
+    pub fresh: bool,
 }
 
 /// After a full read of a soft-delete table (optionally limited to rows where `scope` matches),
@@ -259,8 +263,16 @@ pub trait Destination: Send {
         stream: &'a str,
     ) -> BoxFuture<'a, Result<Option<serde_json::Value>, DestError>>;
 
-    /// Applies a [`Commit`] atomically.
+    /// Applies a [`Commit`] atomically: its rows and cursors are stored together or not at all.
+    /// A destination may group several commits into one transaction of its own for speed
+    /// (SQLite does); such a commit is durable once [`Destination::flush`] returns.
     fn commit(&mut self, commit: Commit) -> BoxFuture<'_, Result<CommitStats, DestError>>;
+
+    /// Makes every commit so far durable. Callers flush at the end of a run and before they
+    /// report a failure, so that work done before it is kept.
+    fn flush(&mut self) -> BoxFuture<'_, Result<(), DestError>> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// `sqlite:PATH (prefix qualtrics_)`, `postgres://host/db (schema qualtrics)` — no secret.
     fn describe(&self) -> String;

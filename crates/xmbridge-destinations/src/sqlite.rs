@@ -34,6 +34,11 @@ use crate::{
     TableSpec, Value,
 };
 
+/// Page cache of the destination's connection, in KiB. SQLite's 2 MB default makes a large load
+/// re-read its primary-key index pages (random 64-hex ids) from the file on almost every insert;
+/// the cache grows only as pages are used.
+pub const CACHE_KIB: u32 = 65_536;
+
 /// The path of a `sqlite:PATH` / `sqlite://PATH` URL.
 pub fn path_of_url(url: &str) -> Option<&str> {
     url.strip_prefix("sqlite://")
@@ -66,7 +71,26 @@ struct Inner {
     /// Spec name → resolved spec, filled by `ensure_tables`.
     tables: HashMap<String, Resolved>,
     state: String,
+    /// The open group transaction, if any (see [`GROUP_ROWS`]).
+    group: Option<Group>,
 }
+
+/// Commits grouped into one SQLite transaction.
+struct Group {
+    rows: usize,
+    since: std::time::Instant,
+}
+
+/// Group commit: [`Commit`]s are applied one per SAVEPOINT inside a longer SQLite transaction
+/// that commits once it holds this many rows or is [`GROUP_SECS`] old, and on
+/// [`Destination::flush`]. Each commit rewrites every page it touched into the WAL, and answer
+/// rows have random 64-hex keys, so small transactions rewrite most of the primary-key index
+/// every time (measured: 37 commits of 40,000 rows took 33 s where one took 20 s). Rows and
+/// their cursor still commit together, so a kill loses at most the open group's work, which the
+/// next run redoes from the last committed cursor.
+pub const GROUP_ROWS: usize = 500_000;
+/// See [`GROUP_ROWS`].
+pub const GROUP_SECS: u64 = 10;
 
 impl SqliteDestination {
     /// Opens (creates) the file, sets WAL, creates the cursor table.
@@ -186,8 +210,10 @@ impl Inner {
         ] {
             conn.set_db_config(c, false).map_err(connect_err)?;
         }
-        conn.execute_batch("PRAGMA synchronous=NORMAL")
-            .map_err(connect_err)?;
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-{CACHE_KIB}"
+        ))
+        .map_err(connect_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(connect_err)?;
         conn.set_prepared_statement_cache_capacity(256);
@@ -203,6 +229,7 @@ impl Inner {
             compat,
             tables: HashMap::new(),
             state,
+            group: None,
         })
     }
 
@@ -211,6 +238,8 @@ impl Inner {
     }
 
     fn ensure(&mut self, specs: &[TableSpec]) -> Result<(), DestError> {
+        // Schema changes run in a transaction of their own.
+        self.flush()?;
         let mut resolved = Vec::with_capacity(specs.len());
         for spec in specs {
             let r = Resolved::new(spec, self.compat, self.physical(&spec.name), None)?;
@@ -326,8 +355,55 @@ impl Inner {
             .map_err(|e| sql_err(&ctx, e))
     }
 
+    /// Commits the open group transaction, if any.
+    fn flush(&mut self) -> Result<(), DestError> {
+        if self.group.take().is_some() && !self.conn.is_autocommit() {
+            self.conn
+                .execute_batch("COMMIT")
+                .map_err(|e| sql_err("commit", e))?;
+        }
+        Ok(())
+    }
+
     fn commit(&mut self, commit: &Commit) -> Result<CommitStats, DestError> {
-        match self.try_commit(commit).map_err(|f| *f) {
+        if self.group.is_none() || self.conn.is_autocommit() {
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(|e| sql_err("commit", e))?;
+            self.group = Some(Group {
+                rows: 0,
+                since: std::time::Instant::now(),
+            });
+        }
+        self.conn
+            .execute_batch("SAVEPOINT xmbridge_commit")
+            .map_err(|e| sql_err("commit", e))?;
+        let result = self.try_commit(commit).map_err(|f| *f);
+        if result.is_ok() {
+            self.conn
+                .execute_batch("RELEASE xmbridge_commit")
+                .map_err(|e| sql_err("commit", e))?;
+            let rows: usize = commit.batches.iter().map(|b| b.upserts.len()).sum();
+            if let Some(g) = self.group.as_mut() {
+                g.rows += rows;
+                if g.rows >= GROUP_ROWS || g.since.elapsed().as_secs() >= GROUP_SECS {
+                    self.flush()?;
+                }
+            }
+        } else if !self.conn.is_autocommit() {
+            // Undo this commit only; the group's earlier commits stay and are committed now.
+            let _ = self
+                .conn
+                .execute_batch("ROLLBACK TO xmbridge_commit; RELEASE xmbridge_commit");
+            if let Err(e) = self.flush() {
+                tracing::warn!(error = %e, "could not commit the writes before a failed one");
+            }
+        } else {
+            // SQLite rolled the whole transaction back itself (a full disk, an I/O error): the
+            // group's cursors went with its rows, so the next run redoes them.
+            self.group = None;
+        }
+        match result {
             Ok(stats) => Ok(stats),
             Err(Failure { error: Ok(e), .. }) => Err(e),
             Err(Failure {
@@ -352,7 +428,7 @@ impl Inner {
     fn try_commit(&mut self, commit: &Commit) -> Result<CommitStats, Box<Failure>> {
         let synced = iso_millis(commit.synced_at_ms);
         let mut stats = Stats::default();
-        let tx = self.conn.transaction().map_err(at("commit"))?;
+        let tx = &self.conn;
         for batch in &commit.batches {
             let r = self
                 .tables
@@ -360,7 +436,7 @@ impl Inner {
                 .ok_or_else(|| DestError::UnknownTable {
                     table: self.prefix.clone() + &batch.table,
                 })?;
-            apply_batch(&tx, r, batch, &synced, self.compat, &mut stats).map_err(|mut f| {
+            apply_batch(tx, r, batch, &synced, self.compat, &mut stats).map_err(|mut f| {
                 f.table = Some(batch.table.clone());
                 f
             })?;
@@ -426,8 +502,17 @@ impl Inner {
                     .map_err(at("cursor table"))?;
             }
         }
-        tx.commit().map_err(at("commit"))?;
         Ok(CommitStats { tables: stats.0 })
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Every commit applied so far is whole (a failed one was rolled back to its savepoint),
+        // so committing the open group is always consistent.
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "could not commit the last writes when closing the destination");
+        }
     }
 }
 
@@ -439,7 +524,7 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 fn apply_batch(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     r: &Resolved,
     batch: &TableBatch,
     synced: &str,
@@ -612,6 +697,10 @@ impl Destination for SqliteDestination {
 
     fn commit(&mut self, commit: Commit) -> BoxFuture<'_, Result<CommitStats, DestError>> {
         Box::pin(async move { self.run(move |i| i.commit(&commit)).await })
+    }
+
+    fn flush(&mut self) -> BoxFuture<'_, Result<(), DestError>> {
+        Box::pin(async move { self.run(|i| i.flush()).await })
     }
 
     fn describe(&self) -> String {
