@@ -473,6 +473,17 @@ async fn encoded_queries_including_ignored_invalid_parts() {
         st["display_value"].is_string() && st["value"].is_string(),
         "{st}"
     );
+    let (_, _, v) = json_of(sn.get(
+        "/api/now/table/incident?sysparm_query=state=7&sysparm_limit=1&sysparm_fields=state,caller_id&sysparm_display_value=true",
+    ))
+    .await;
+    assert_eq!(v["result"][0]["state"], "Closed");
+    let caller = &v["result"][0]["caller_id"];
+    assert!(
+        caller["display_value"].as_str().unwrap().contains(' '),
+        "{caller}"
+    );
+    assert!(caller.get("value").is_none());
     let (_, _, v) = json_of(sn.get("/api/now/table/incident?sysparm_limit=1&sysparm_fields=caller_id&sysparm_exclude_reference_link=true")).await;
     assert!(v["result"][0]["caller_id"].is_string());
 }
