@@ -199,6 +199,12 @@ impl ServiceNowClient {
         })
     }
 
+    /// Refreshes the access token when it has less than `margin` left (default 60 s).
+    pub fn with_refresh_margin(mut self, margin: Duration) -> Self {
+        self.margin = margin;
+        self
+    }
+
     pub fn base_url(&self) -> &str {
         &self.base
     }

@@ -367,3 +367,24 @@ async fn import_set_rows_coalesce() {
     assert_eq!(mine.len(), 1);
     assert_eq!(mine[0]["u_qualtrics_id"], "CID_2");
 }
+
+#[tokio::test]
+async fn access_token_is_refreshed_before_it_expires() {
+    let sn = Sn::start().await;
+    let issued = || sn.h.sim.db.lock().tokens.issued_access_tokens();
+    // Default margin (60 s) and a 1800 s token: one grant serves many calls.
+    let c = sn.oauth_password();
+    for _ in 0..3 {
+        c.get_property("instance_name").await.unwrap();
+    }
+    assert_eq!(issued(), 1);
+    // A margin longer than the token's life: every call refreshes first (no 401 round trip).
+    let c = sn
+        .oauth_password()
+        .with_refresh_margin(std::time::Duration::from_secs(3600));
+    for _ in 0..3 {
+        c.get_property("instance_name").await.unwrap();
+    }
+    assert_eq!(issued(), 4);
+    assert!(c.refresh_token().await.is_some());
+}

@@ -86,6 +86,11 @@ impl TokenStore {
         Rng::derive(seed, &[0x70C, kind, self.issued]).alnum(86)
     }
 
+    /// How many access tokens have been issued so far (tests count grants with it).
+    pub fn issued_access_tokens(&self) -> usize {
+        self.access.len()
+    }
+
     /// Revokes every token (of one user, or of all); returns how many were dropped.
     pub fn revoke(&mut self, user: Option<&str>) -> usize {
         let before = self.access.len() + self.refresh.len();
