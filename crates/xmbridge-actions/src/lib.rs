@@ -10,6 +10,7 @@
 //! Salesforce/ServiceNow client crates, reached through [`ActionContext`]), store anything, or
 //! schedule retries itself: that is the workflow engine's job.
 
+pub mod salesforce;
 pub mod servicenow;
 
 use futures_util::future::BoxFuture;
@@ -259,6 +260,7 @@ impl Registry {
         // Registration lines for each system's module go here (`qualtrics::register(&mut r);`).
         let mut r = Registry::new();
         servicenow::register(&mut r);
+        salesforce::register(&mut r);
         r
     }
 

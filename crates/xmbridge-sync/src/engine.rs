@@ -244,6 +244,32 @@ fn place(table: &str, survey: Option<&str>) -> String {
     }
 }
 
+/// The table an `ensure_tables` error is about (its physical name is `qualtrics.x` or
+/// `qualtrics_x`: the longest spec name it ends with), else every table of the call.
+fn failing_table(list: &[TableSpec], e: &DestError) -> String {
+    let physical = match e {
+        DestError::TypeConflict { table, .. }
+        | DestError::MissingColumn { table, .. }
+        | DestError::MissingTable { table } => Some(table.as_str()),
+        DestError::Sql { context, .. } => Some(context.as_str()),
+        _ => None,
+    };
+    let named = physical.and_then(|p| {
+        list.iter()
+            .map(|s| s.name.as_str())
+            .filter(|n| p == *n || p.ends_with(&format!(".{n}")) || p.ends_with(&format!("_{n}")))
+            .max_by_key(|n| n.len())
+    });
+    match named {
+        Some(n) => n.to_string(),
+        None => list
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 impl SyncError {
     /// The table being written when it failed.
     pub fn table(&self) -> Option<&str> {
@@ -553,11 +579,7 @@ pub async fn sync(
     dest.ensure_tables(&list)
         .await
         .map_err(|source| SyncError::Destination {
-            table: list
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            table: failing_table(&list, &source),
             survey: None,
             source: Box::new(source),
         })?;
