@@ -41,7 +41,7 @@ enum LogFormat {
 enum Command {
     /// Run the whole response export round trip against an in-process Qualtrics simulator.
     Demo(cli::demo::DemoArgs),
-    /// Serve a simulated Qualtrics brand (REST API v3) on loopback until stopped.
+    /// Serve a simulated Qualtrics brand (REST API v3), Salesforce org or ServiceNow instance on loopback until stopped.
     Simulate(cli::simulate::SimulateArgs),
     /// Add, list, show, remove, authorize and test connections to Qualtrics accounts.
     Connection(cli::connection::ConnectionArgs),

@@ -284,3 +284,40 @@ async fn salesforce_flag_serves_the_salesforce_simulator() {
         .unwrap();
     assert_eq!(creds["instance_url"], url.as_str());
 }
+
+#[tokio::test]
+async fn servicenow_flag_serves_the_table_api() {
+    let (_sim, url) = start(&["--servicenow", "--listen", "127.0.0.1:0", "--seed", "3"]);
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let http = reqwest::Client::new();
+    let creds: serde_json::Value = http
+        .get(format!("{url}/_sim/credentials"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let user = creds["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user_name"] == "admin")
+        .unwrap();
+    let r = http
+        .get(format!("{url}/api/now/table/incident?sysparm_limit=2"))
+        .basic_auth("admin", user["password"].as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-total-count"], "30");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["result"].as_array().unwrap().len(), 2);
+    let r = http
+        .get(format!("{url}/api/now/table/incident"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}

@@ -33,6 +33,10 @@ fn defaults() -> SimConfig {
   xmbridge simulate --salesforce --listen 127.0.0.1:8090
   curl http://127.0.0.1:8090/_sim/credentials
 
+  # A ServiceNow instance instead (Table API, OAuth, import sets; see docs/simulator/servicenow.md):
+  xmbridge simulate --servicenow --instance acme --incidents 100
+  curl http://127.0.0.1:PORT/_sim/credentials
+
 The first line printed is always 'listening on URL'. Same seed and settings give the same data,
 byte for byte.")]
 pub struct SimulateArgs {
@@ -120,6 +124,23 @@ pub struct SimulateArgs {
         requires = "salesforce"
     )]
     pub sf_api_limit: u64,
+
+    /// Serve a simulated ServiceNow instance instead of Qualtrics (uses --listen and --seed).
+    #[arg(long, conflicts_with_all = ["mtls", "faults", "salesforce"])]
+    pub servicenow: bool,
+
+    /// ServiceNow instance name (with --servicenow).
+    #[arg(
+        long,
+        requires = "servicenow",
+        default_value = "dev-xmbridge",
+        value_name = "NAME"
+    )]
+    pub instance: String,
+
+    /// Incidents in the ServiceNow instance (with --servicenow).
+    #[arg(long, requires = "servicenow", default_value_t = 30, value_name = "N")]
+    pub incidents: usize,
 }
 
 /// A socket address on loopback; `localhost:PORT` is accepted as `127.0.0.1:PORT`.
@@ -274,7 +295,44 @@ async fn run_salesforce(args: &SimulateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `xmbridge simulate --servicenow`: the same first line, then how to log in.
+async fn run_servicenow(args: SimulateArgs) -> anyhow::Result<()> {
+    check_brand(&args.instance).map_err(|_| {
+        UsageError(format!(
+            "--instance '{}': use lowercase letters, digits and '-'",
+            args.instance
+        ))
+    })?;
+    let cfg = xmbridge_sim::servicenow::SnConfig {
+        seed: args.seed,
+        instance: args.instance.clone(),
+        incidents: args.incidents,
+        ..Default::default()
+    };
+    let handle = xmbridge_sim::start_servicenow(cfg, args.listen)
+        .await
+        .context("cannot start the ServiceNow simulator")?;
+    let stop = super::shutdown_signal();
+    let base = handle.base_url.clone();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on {base}")?;
+    out.flush()?;
+    let info = format!(
+        "ServiceNow instance {} (seed {}: {} incidents)\nTable API: {base}/api/now/table/incident\nOAuth token endpoint: {base}/oauth_token.do\nusers, passwords and the OAuth client: GET {base}/_sim/credentials\nstop with Ctrl-C\n",
+        args.instance, args.seed, args.incidents
+    );
+    let _ = out.write_all(info.as_bytes()).and_then(|()| out.flush());
+    drop(out);
+    stop.await;
+    eprintln!("stopping the simulator");
+    handle.stop().await;
+    Ok(())
+}
+
 pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    if args.servicenow {
+        return run_servicenow(args).await;
+    }
     if args.salesforce {
         return run_salesforce(&args).await;
     }

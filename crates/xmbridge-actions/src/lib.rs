@@ -13,6 +13,7 @@
 pub mod inputs;
 pub mod qualtrics;
 pub mod salesforce;
+pub mod servicenow;
 
 pub use inputs::{opt_bool, opt_object, opt_str, opt_u64, req_str};
 
@@ -263,6 +264,7 @@ impl Registry {
         // Registration lines for each system's module go here (`qualtrics::register(&mut r);`).
         let mut r = Registry::new();
         qualtrics::register(&mut r);
+        servicenow::register(&mut r);
         salesforce::register(&mut r);
         r
     }

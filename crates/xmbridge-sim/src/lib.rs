@@ -17,10 +17,12 @@ pub mod qualtrics;
 pub mod rng;
 pub mod salesforce;
 pub mod server;
+pub mod servicenow;
 
 pub use config::SimConfig;
 pub use server::{SalesforceHandle, start_salesforce};
 pub use server::{SimHandle, start_qualtrics};
+pub use server::{SnHandle, start_servicenow};
 
 /// Why a simulator could not start.
 #[derive(Debug, thiserror::Error)]

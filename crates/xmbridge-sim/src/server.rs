@@ -154,3 +154,67 @@ pub async fn start_salesforce(
         task: Some(task),
     })
 }
+
+/// A running ServiceNow simulator. Dropping it stops the server.
+pub struct SnHandle {
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:PORT`: the instance URL (`/oauth_token.do`, `/api/now/...`).
+    pub base_url: String,
+    pub sim: Arc<crate::servicenow::SnSim>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SnHandle {
+    /// Stops accepting connections and waits for the server task.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for SnHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Starts the ServiceNow simulator on `listen` (use `127.0.0.1:0` for an ephemeral port).
+pub async fn start_servicenow(
+    cfg: crate::servicenow::SnConfig,
+    listen: SocketAddr,
+) -> Result<SnHandle, SimError> {
+    check_loopback(&listen)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| SimError::Bind(listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| SimError::Bind(listen, e))?;
+    let sim = Arc::new(crate::servicenow::SnSim::new(cfg));
+    let base_url = format!("http://{addr}");
+    let _ = sim.base_url.set(base_url.clone());
+    let (tx, rx) = oneshot::channel::<()>();
+    let app = crate::servicenow::router(sim.clone());
+    let task = tokio::spawn(async move {
+        let svc = crate::normalize::service(app);
+        let _ = axum::serve(listener, svc)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Ok(SnHandle {
+        addr,
+        base_url,
+        sim,
+        shutdown: Some(tx),
+        task: Some(task),
+    })
+}

@@ -1,0 +1,733 @@
+//! [`ServiceNowClient`]: one instance, one account; Table API, properties and import sets.
+
+use crate::auth::{Auth, Grant, Tokens, token_call};
+use crate::error::Error;
+use crate::fields::query_fields;
+use futures_util::Stream;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// One record as the Table API returns it (values are strings, references objects).
+pub type Record = Map<String, Value>;
+
+/// `sysparm_display_value`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DisplayValue {
+    #[default]
+    Value,
+    Display,
+    All,
+}
+
+/// What to list.
+#[derive(Clone, Debug)]
+pub struct ListOptions {
+    /// Encoded query (`active=true^caller_id.email=pat@example.com`); field names are checked.
+    pub query: Option<String>,
+    /// Columns to return (default: all); checked like the query's fields.
+    pub fields: Vec<String>,
+    /// Rows per request (`sysparm_limit`).
+    pub page_size: usize,
+    /// Stop after this many rows.
+    pub max_rows: Option<usize>,
+    pub display_value: DisplayValue,
+    /// Return references as plain sys_ids.
+    pub exclude_reference_link: bool,
+}
+
+impl Default for ListOptions {
+    fn default() -> Self {
+        ListOptions {
+            query: None,
+            fields: Vec::new(),
+            page_size: 100,
+            max_rows: None,
+            display_value: DisplayValue::Value,
+            exclude_reference_link: false,
+        }
+    }
+}
+
+/// One transform outcome of an import-set row.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ImportResult {
+    pub import_set: String,
+    pub staging_table: String,
+    pub result: Vec<Value>,
+}
+
+/// A ServiceNow instance client. Cheap to share (`Arc`); tokens are refreshed under a lock.
+pub struct ServiceNowClient {
+    base: String,
+    http: reqwest::Client,
+    auth: Auth,
+    tokens: Mutex<Tokens>,
+    /// Refresh this long before the access token expires.
+    margin: Duration,
+    /// table → its fields (with the referenced table of reference fields).
+    dictionary: Mutex<HashMap<String, HashMap<String, Option<String>>>>,
+}
+
+impl fmt::Debug for ServiceNowClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceNowClient")
+            .field("base", &self.base)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn rate_limited(h: &HeaderMap) -> Error {
+    let header = |k: &str| h.get(k).and_then(|v| v.to_str().ok());
+    Error::RateLimited {
+        retry_after: header("retry-after")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs),
+        rule: header("x-ratelimit-rule").map(str::to_string),
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    detail: Option<String>,
+}
+
+async fn classify(resp: reqwest::Response, what: &str) -> Error {
+    let status = resp.status();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return rate_limited(resp.headers());
+    }
+    let body = resp.text().await.unwrap_or_default();
+    let (message, detail) = match serde_json::from_str::<Envelope>(&body) {
+        Ok(Envelope { error: Some(e) }) => {
+            (e.message.unwrap_or_else(|| status.to_string()), e.detail)
+        }
+        _ => (status.to_string(), None),
+    };
+    if status.is_server_error() {
+        return Error::Transient {
+            status: Some(status.as_u16()),
+            message,
+        };
+    }
+    if status == StatusCode::NOT_FOUND {
+        return Error::NotFound {
+            what: what.to_string(),
+            message: detail.unwrap_or(message),
+        };
+    }
+    Error::Permanent {
+        status: status.as_u16(),
+        message,
+        detail,
+    }
+}
+
+fn transport(e: reqwest::Error) -> Error {
+    Error::Transient {
+        status: None,
+        message: e.without_url().to_string(),
+    }
+}
+
+fn result_of(v: Value) -> Result<Value, Error> {
+    match v {
+        Value::Object(mut m) => m
+            .remove("result")
+            .ok_or_else(|| Error::Decode("no `result` in the reply".into())),
+        _ => Err(Error::Decode("the reply is not a JSON object".into())),
+    }
+}
+
+fn next_link(h: &HeaderMap) -> Option<String> {
+    let raw = h.get(reqwest::header::LINK)?.to_str().ok()?;
+    raw.split(',').find_map(|part| {
+        let (url, params) = part.split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim().replace(' ', "") == "rel=\"next\"")
+            .then(|| {
+                url.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+    })
+}
+
+impl ServiceNowClient {
+    /// A client for the instance at `base_url` (`https://acme.service-now.com`, or a
+    /// simulator's `http://127.0.0.1:PORT`).
+    pub fn new(base_url: &str, auth: Auth) -> Result<ServiceNowClient, Error> {
+        let url = url::Url::parse(base_url)
+            .map_err(|e| Error::Config(format!("instance URL '{base_url}': {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(Error::Config(format!(
+                "instance URL '{base_url}' must be http(s)://host"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        let mut tokens = Tokens::default();
+        if let Auth::RefreshToken { refresh_token, .. } = &auth {
+            tokens.refresh = Some(refresh_token.clone());
+        }
+        Ok(ServiceNowClient {
+            base: base_url.trim_end_matches('/').to_string(),
+            http,
+            auth,
+            tokens: Mutex::new(tokens),
+            margin: Duration::from_secs(60),
+            dictionary: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Refreshes the access token when it has less than `margin` left (default 60 s).
+    pub fn with_refresh_margin(mut self, margin: Duration) -> Self {
+        self.margin = margin;
+        self
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// The current refresh token (to store it after a password grant); `None` for Basic and
+    /// client credentials.
+    pub async fn refresh_token(&self) -> Option<SecretString> {
+        self.tokens.lock().await.refresh.clone()
+    }
+
+    /// A valid access token: cached, refreshed, or newly granted.
+    async fn bearer(&self, force: bool) -> Result<SecretString, Error> {
+        let mut t = self.tokens.lock().await;
+        if !force && let Some(a) = t.fresh(self.margin) {
+            return Ok(a);
+        }
+        let base = self.base.as_str();
+        match &self.auth {
+            Auth::Basic { .. } => {
+                return Err(Error::Config("Basic auth has no bearer token".into()));
+            }
+            Auth::ClientCredentials {
+                client_id,
+                client_secret,
+            } => {
+                token_call(
+                    &self.http,
+                    base,
+                    client_id,
+                    client_secret,
+                    Grant::ClientCredentials,
+                    &mut t,
+                )
+                .await?
+            }
+            Auth::RefreshToken {
+                client_id,
+                client_secret,
+                ..
+            } => {
+                let rt = t.refresh.clone().ok_or_else(|| Error::AuthExpired {
+                    instance: base.to_string(),
+                    reason: "no refresh token".into(),
+                })?;
+                token_call(
+                    &self.http,
+                    base,
+                    client_id,
+                    client_secret,
+                    Grant::Refresh(&rt),
+                    &mut t,
+                )
+                .await?
+            }
+            Auth::Password {
+                client_id,
+                client_secret,
+                username,
+                password,
+            } => {
+                let refreshed = match t.refresh.clone() {
+                    Some(rt) => {
+                        match token_call(
+                            &self.http,
+                            base,
+                            client_id,
+                            client_secret,
+                            Grant::Refresh(&rt),
+                            &mut t,
+                        )
+                        .await
+                        {
+                            Ok(()) => true,
+                            Err(Error::AuthExpired { .. }) => {
+                                t.refresh = None;
+                                false
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    None => false,
+                };
+                if !refreshed {
+                    let grant = Grant::Password { username, password };
+                    token_call(&self.http, base, client_id, client_secret, grant, &mut t).await?;
+                }
+            }
+        }
+        t.access
+            .clone()
+            .ok_or_else(|| Error::Decode("the token reply had no access token".into()))
+    }
+
+    async fn authorized(
+        &self,
+        rb: reqwest::RequestBuilder,
+        force: bool,
+    ) -> Result<reqwest::RequestBuilder, Error> {
+        Ok(match &self.auth {
+            Auth::Basic { username, password } => {
+                rb.basic_auth(username, Some(password.expose_secret()))
+            }
+            _ => rb.bearer_auth(self.bearer(force).await?.expose_secret()),
+        })
+    }
+
+    /// Sends a request; a 401 on OAuth refreshes the token and replays once.
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        query: &[(String, String)],
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<reqwest::Response, Error> {
+        let build = || {
+            let mut rb = self
+                .http
+                .request(method.clone(), url)
+                .header(reqwest::header::ACCEPT, "application/json")
+                .query(query);
+            if let Some(b) = body {
+                rb = rb.json(b);
+            }
+            rb
+        };
+        let mut replayed = false;
+        loop {
+            let rb = self.authorized(build(), replayed).await?;
+            let resp = rb.send().await.map_err(transport)?;
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                if !replayed && !matches!(self.auth, Auth::Basic { .. }) {
+                    tracing::debug!(target: "xmbridge_servicenow", "access token refused; refreshing once");
+                    replayed = true;
+                    continue;
+                }
+                return Err(Error::AuthExpired {
+                    instance: self.base.clone(),
+                    reason: match self.auth {
+                        Auth::Basic { .. } => "the user name or password was refused (HTTP 401; on instances that block Basic auth for interactive users, the user needs \"web service access only\")".into(),
+                        _ => "a freshly issued access token was refused (HTTP 401)".into(),
+                    },
+                });
+            }
+            if resp.status().is_success() {
+                return Ok(resp);
+            }
+            return Err(classify(resp, what).await);
+        }
+    }
+
+    fn table_url(&self, table: &str, sys_id: Option<&str>) -> String {
+        match sys_id {
+            Some(id) => format!("{}/api/now/table/{table}/{id}", self.base),
+            None => format!("{}/api/now/table/{table}", self.base),
+        }
+    }
+
+    /// The table's fields and, for references, the referenced table: from `sys_dictionary`
+    /// when readable, else from one record's keys.
+    pub async fn fields(&self, table: &str) -> Result<HashMap<String, Option<String>>, Error> {
+        if let Some(f) = self.dictionary.lock().await.get(table) {
+            return Ok(f.clone());
+        }
+        let q = vec![
+            ("sysparm_query".to_string(), format!("name={table}")),
+            (
+                "sysparm_fields".to_string(),
+                "element,internal_type,reference".to_string(),
+            ),
+            ("sysparm_limit".to_string(), "10000".to_string()),
+        ];
+        let from_dictionary = match self
+            .send(
+                Method::GET,
+                &self.table_url("sys_dictionary", None),
+                &q,
+                None,
+                "sys_dictionary",
+            )
+            .await
+        {
+            Ok(resp) => {
+                let v: Value = resp
+                    .json()
+                    .await
+                    .map_err(|e| Error::Decode(e.without_url().to_string()))?;
+                let rows = result_of(v)?;
+                let map: HashMap<String, Option<String>> = rows
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| {
+                        let element = r.get("element")?.as_str()?.to_string();
+                        let reference = r
+                            .get("reference")
+                            .and_then(|v| {
+                                v.as_str()
+                                    .or_else(|| v.get("value").and_then(Value::as_str))
+                            })
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_string);
+                        Some((element, reference))
+                    })
+                    .collect();
+                Some(map).filter(|m| !m.is_empty())
+            }
+            Err(Error::Permanent { .. } | Error::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let map = match from_dictionary {
+            Some(m) => m,
+            None => {
+                let q = vec![("sysparm_limit".to_string(), "1".to_string())];
+                let resp = self
+                    .send(Method::GET, &self.table_url(table, None), &q, None, table)
+                    .await?;
+                let v: Value = resp
+                    .json()
+                    .await
+                    .map_err(|e| Error::Decode(e.without_url().to_string()))?;
+                let rows = result_of(v)?;
+                let first = rows
+                    .as_array()
+                    .and_then(|a| a.first())
+                    .and_then(Value::as_object);
+                let Some(first) = first else {
+                    return Err(Error::Permanent {
+                        status: 400,
+                        message: format!(
+                            "cannot check field names of {table}: sys_dictionary is not readable and the table has no rows"
+                        ),
+                        detail: None,
+                    });
+                };
+                first.keys().map(|k| (k.clone(), None)).collect()
+            }
+        };
+        self.dictionary
+            .lock()
+            .await
+            .insert(table.to_string(), map.clone());
+        Ok(map)
+    }
+
+    /// Checks that every field (dot-walks through references included) exists.
+    pub async fn check_fields(&self, table: &str, names: &[String]) -> Result<(), Error> {
+        for name in names {
+            let mut current = table.to_string();
+            let mut parts = name.split('.').peekable();
+            while let Some(part) = parts.next() {
+                let fields = self.fields(&current).await?;
+                let Some(reference) = fields.get(part) else {
+                    let mut known: Vec<&String> = fields.keys().collect();
+                    known.sort();
+                    let known: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
+                    return Err(Error::UnknownField {
+                        table: current,
+                        field: part.to_string(),
+                        known: known.join(", "),
+                    });
+                };
+                match (parts.peek(), reference) {
+                    (Some(_), Some(target)) => current = target.clone(),
+                    // Cannot walk further without the dictionary: the first step was checked.
+                    (Some(_), None) => break,
+                    (None, _) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists records, page by page, following the `Link` header's `next`. Field names in the
+    /// query and field list are checked first: a typo is an [`Error::UnknownField`], never a
+    /// query that matches every row.
+    pub fn list<'a>(
+        &'a self,
+        table: &'a str,
+        opts: ListOptions,
+    ) -> impl Stream<Item = Result<Record, Error>> + 'a {
+        enum State {
+            Start,
+            Next(String),
+            Done,
+        }
+        struct S {
+            state: State,
+            buffer: std::collections::VecDeque<Record>,
+            yielded: usize,
+        }
+        let first_query = {
+            let mut q = vec![(
+                "sysparm_limit".to_string(),
+                opts.page_size.max(1).to_string(),
+            )];
+            if let Some(query) = &opts.query {
+                q.push(("sysparm_query".into(), query.clone()));
+            }
+            if !opts.fields.is_empty() {
+                q.push(("sysparm_fields".into(), opts.fields.join(",")));
+            }
+            match opts.display_value {
+                DisplayValue::Value => {}
+                DisplayValue::Display => q.push(("sysparm_display_value".into(), "true".into())),
+                DisplayValue::All => q.push(("sysparm_display_value".into(), "all".into())),
+            }
+            if opts.exclude_reference_link {
+                q.push(("sysparm_exclude_reference_link".into(), "true".into()));
+            }
+            q
+        };
+        let init = S {
+            state: State::Start,
+            buffer: Default::default(),
+            yielded: 0,
+        };
+        futures_util::stream::try_unfold(init, move |mut s| {
+            let opts = opts.clone();
+            let first_query = first_query.clone();
+            async move {
+                loop {
+                    if opts.max_rows.is_some_and(|m| s.yielded >= m) {
+                        return Ok(None);
+                    }
+                    if let Some(r) = s.buffer.pop_front() {
+                        s.yielded += 1;
+                        return Ok(Some((r, s)));
+                    }
+                    let (url, query) = match std::mem::replace(&mut s.state, State::Done) {
+                        State::Done => return Ok(None),
+                        State::Start => {
+                            let mut names = opts.fields.clone();
+                            if let Some(q) = &opts.query {
+                                names.extend(query_fields(q));
+                            }
+                            self.check_fields(table, &names).await?;
+                            (self.table_url(table, None), first_query.clone())
+                        }
+                        State::Next(url) => {
+                            // Only follow links to the same instance.
+                            if !url.starts_with(&format!("{}/", self.base)) {
+                                return Err(Error::Decode(format!(
+                                    "Link next points elsewhere: {url}"
+                                )));
+                            }
+                            (url, Vec::new())
+                        }
+                    };
+                    let resp = match self.send(Method::GET, &url, &query, None, table).await {
+                        Ok(r) => r,
+                        // v1 answers 404 to an empty page.
+                        Err(Error::NotFound { .. }) if url.contains("/api/now/v1/") => {
+                            return Ok(None);
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    if let Some(next) = next_link(resp.headers()) {
+                        s.state = State::Next(next);
+                    }
+                    let v: Value = resp
+                        .json()
+                        .await
+                        .map_err(|e| Error::Decode(e.without_url().to_string()))?;
+                    match result_of(v)? {
+                        Value::Array(rows) => {
+                            s.buffer.extend(rows.into_iter().filter_map(|r| match r {
+                                Value::Object(m) => Some(m),
+                                _ => None,
+                            }))
+                        }
+                        _ => return Err(Error::Decode("`result` is not a list".into())),
+                    }
+                }
+            }
+        })
+    }
+
+    /// Every row [`list`](Self::list) yields, collected.
+    pub async fn list_all(&self, table: &str, opts: ListOptions) -> Result<Vec<Record>, Error> {
+        use futures_util::TryStreamExt;
+        self.list(table, opts).try_collect().await
+    }
+
+    async fn record(resp: reqwest::Response) -> Result<Record, Error> {
+        let v: Value = resp
+            .json()
+            .await
+            .map_err(|e| Error::Decode(e.without_url().to_string()))?;
+        match result_of(v)? {
+            Value::Object(m) => Ok(m),
+            _ => Err(Error::Decode("`result` is not a record".into())),
+        }
+    }
+
+    /// One record by sys_id.
+    pub async fn get(&self, table: &str, sys_id: &str, fields: &[String]) -> Result<Record, Error> {
+        let mut q = Vec::new();
+        if !fields.is_empty() {
+            q.push(("sysparm_fields".to_string(), fields.join(",")));
+        }
+        let what = format!("{table} record {sys_id}");
+        let resp = self
+            .send(
+                Method::GET,
+                &self.table_url(table, Some(sys_id)),
+                &q,
+                None,
+                &what,
+            )
+            .await?;
+        Self::record(resp).await
+    }
+
+    /// Inserts one record (201); returns it as stored (unknown fields were ignored: compare).
+    pub async fn create(&self, table: &str, fields: &Record) -> Result<Record, Error> {
+        let body = Value::Object(fields.clone());
+        let resp = self
+            .send(
+                Method::POST,
+                &self.table_url(table, None),
+                &[],
+                Some(&body),
+                table,
+            )
+            .await?;
+        Self::record(resp).await
+    }
+
+    /// Updates the given fields of one record (PATCH).
+    pub async fn update(
+        &self,
+        table: &str,
+        sys_id: &str,
+        fields: &Record,
+    ) -> Result<Record, Error> {
+        let body = Value::Object(fields.clone());
+        let what = format!("{table} record {sys_id}");
+        let resp = self
+            .send(
+                Method::PATCH,
+                &self.table_url(table, Some(sys_id)),
+                &[],
+                Some(&body),
+                &what,
+            )
+            .await?;
+        Self::record(resp).await
+    }
+
+    /// Deletes one record (204).
+    pub async fn delete(&self, table: &str, sys_id: &str) -> Result<(), Error> {
+        let what = format!("{table} record {sys_id}");
+        self.send(
+            Method::DELETE,
+            &self.table_url(table, Some(sys_id)),
+            &[],
+            None,
+            &what,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The value of a system property (`sys_properties`), `None` when it does not exist.
+    pub async fn get_property(&self, name: &str) -> Result<Option<String>, Error> {
+        let q = vec![
+            ("sysparm_query".to_string(), format!("name={name}")),
+            ("sysparm_fields".to_string(), "name,value".to_string()),
+            ("sysparm_limit".to_string(), "1".to_string()),
+        ];
+        let resp = match self
+            .send(
+                Method::GET,
+                &self.table_url("sys_properties", None),
+                &q,
+                None,
+                "sys_properties",
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let v: Value = resp
+            .json()
+            .await
+            .map_err(|e| Error::Decode(e.without_url().to_string()))?;
+        Ok(result_of(v)?
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|r| r.get("value"))
+            .and_then(Value::as_str)
+            .map(str::to_string))
+    }
+
+    /// Inserts one import-set row; the instance transforms it synchronously (coalescing into
+    /// its target table). Values are sent as strings, as the API requires.
+    pub async fn import(&self, staging_table: &str, row: &Record) -> Result<ImportResult, Error> {
+        let flat: Map<String, Value> = row
+            .iter()
+            .map(|(k, v)| {
+                let s = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Null => String::new(),
+                    other => other.to_string(),
+                };
+                (k.clone(), Value::String(s))
+            })
+            .collect();
+        let url = format!("{}/api/now/import/{staging_table}", self.base);
+        let resp = self
+            .send(
+                Method::POST,
+                &url,
+                &[],
+                Some(&Value::Object(flat)),
+                staging_table,
+            )
+            .await?;
+        resp.json()
+            .await
+            .map_err(|e| Error::Decode(format!("import reply: {}", e.without_url())))
+    }
+}

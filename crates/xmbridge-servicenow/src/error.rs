@@ -1,0 +1,100 @@
+//! Errors classified so a caller knows whether to retry, pause (re-authorize) or give up.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The account's credentials or refresh token were refused: a person must re-authorize.
+    #[error("ServiceNow account token expired ({instance}): {reason}; re-authorize the account")]
+    AuthExpired { instance: String, reason: String },
+    /// HTTP 429 (a rate-limit rule): wait `retry_after`, keep the work queued.
+    #[error("ServiceNow rate limit reached{}{}", .rule.as_ref().map(|r| format!(" (rule {r})")).unwrap_or_default(), .retry_after.map(|d| format!("; retry after {} s", d.as_secs())).unwrap_or_default())]
+    RateLimited {
+        retry_after: Option<Duration>,
+        rule: Option<String>,
+    },
+    /// 5xx, timeouts, connection failures: may pass.
+    #[error("ServiceNow is unavailable{}: {message}", .status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
+    Transient {
+        status: Option<u16>,
+        message: String,
+    },
+    /// The instance refused the request for a reason a retry cannot fix (400, 403 ACL or data
+    /// policy, 405 …).
+    #[error("ServiceNow refused the request (HTTP {status}): {message}{}", .detail.as_ref().map(|d| format!(" — {d}")).unwrap_or_default())]
+    Permanent {
+        status: u16,
+        message: String,
+        detail: Option<String>,
+    },
+    /// 404: no such record (or an ACL hides it), or an unknown API path.
+    #[error("ServiceNow: {what} not found: {message}")]
+    NotFound { what: String, message: String },
+    /// A field name in a query or field list does not exist on the table (a typo would otherwise
+    /// make ServiceNow ignore that part of the query and match every row).
+    #[error("table {table} has no field `{field}` (check the spelling; known fields: {known})")]
+    UnknownField {
+        table: String,
+        field: String,
+        known: String,
+    },
+    /// The client was configured wrongly (bad URL …).
+    #[error("ServiceNow client configuration: {0}")]
+    Config(String),
+    /// The instance answered something this client cannot read.
+    #[error("unexpected ServiceNow answer: {0}")]
+    Decode(String),
+}
+
+impl Error {
+    /// Whether the same call may succeed later without anyone changing anything.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::RateLimited { .. } | Error::Transient { .. })
+    }
+
+    /// The server's requested wait, for rate limits.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::RateLimited { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let rl = Error::RateLimited {
+            retry_after: Some(Duration::from_secs(30)),
+            rule: Some("abc".into()),
+        };
+        assert!(rl.is_retryable());
+        assert_eq!(
+            rl.to_string(),
+            "ServiceNow rate limit reached (rule abc); retry after 30 s"
+        );
+        assert!(
+            Error::Transient {
+                status: Some(503),
+                message: "x".into()
+            }
+            .is_retryable()
+        );
+        let p = Error::Permanent {
+            status: 403,
+            message: "Operation Failed".into(),
+            detail: Some("ACL Exception Insert Failed due to security constraints".into()),
+        };
+        assert!(!p.is_retryable());
+        assert!(p.to_string().contains("ACL Exception"));
+        let e = Error::AuthExpired {
+            instance: "http://127.0.0.1:1".into(),
+            reason: "refresh token refused".into(),
+        };
+        assert!(!e.is_retryable());
+        assert!(e.to_string().contains("account token expired"));
+    }
+}

@@ -1,0 +1,171 @@
+//! Business rules that call out: "when a record of table T is written so that condition C
+//! becomes true, POST the record as JSON to URL" (loopback only). This is how a ServiceNow event
+//! (an incident closed) reaches xmbridge in tests. Each call and its outcome is recorded.
+
+use super::schema::TableDef;
+use super::table::{Display, Render, render};
+use super::{Db, Record, SharedSn, query};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum On {
+    Insert,
+    Update,
+    #[default]
+    Both,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BusinessRule {
+    #[serde(default)]
+    pub sys_id: String,
+    #[serde(default)]
+    pub name: String,
+    pub table: String,
+    /// Encoded query the record must match after the write (and not before it, on update).
+    pub condition: String,
+    /// Loopback URL the record is POSTed to.
+    pub url: String,
+    #[serde(default)]
+    pub on: On,
+    /// Comma list of fields (dot-walks allowed, e.g. `caller_id.email`); default all.
+    #[serde(default)]
+    pub fields: Option<String>,
+    /// Call after answering the client ("async" rule) instead of before ("after" rule).
+    #[serde(default)]
+    pub asynchronous: bool,
+}
+
+/// One outbound call and how it went.
+#[derive(Clone, Debug, Serialize)]
+pub struct Delivery {
+    pub rule: String,
+    pub rule_name: String,
+    pub table: String,
+    pub sys_id: String,
+    pub url: String,
+    pub body: Value,
+    /// HTTP status of the receiver's answer; `None` when the call failed.
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub at: String,
+}
+
+#[derive(Debug, Default)]
+pub struct RuleState {
+    pub rules: Vec<BusinessRule>,
+    pub deliveries: Vec<Delivery>,
+}
+
+/// An outbound call to make once the database lock is released.
+#[derive(Debug)]
+pub struct Job {
+    rule: BusinessRule,
+    sys_id: String,
+    body: Value,
+}
+
+/// Checks that a rule's URL is an http(s) URL on a loopback address.
+pub fn check_url(u: &str) -> Result<(), String> {
+    let url = url::Url::parse(u).map_err(|e| format!("url '{u}': {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("url '{u}': only http and https"));
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    if loopback {
+        Ok(())
+    } else {
+        Err(format!(
+            "url '{u}': the simulator only calls loopback addresses (127.0.0.1, ::1, localhost)"
+        ))
+    }
+}
+
+/// The rules a write of `after` (previously `before`, `None` on insert) triggers.
+pub fn triggered(
+    sim: &SharedSn,
+    db: &Db,
+    t: &'static TableDef,
+    before: Option<&Record>,
+    after: &Record,
+) -> Vec<Job> {
+    let lookup = |tb: &str, id: &str| super::table::find(db, tb, id);
+    let mut jobs = Vec::new();
+    for rule in db.rules.rules.iter().filter(|r| r.table == t.name) {
+        let on_ok = matches!(
+            (rule.on, before.is_some()),
+            (On::Both, _) | (On::Insert, false) | (On::Update, true)
+        );
+        if !on_ok {
+            continue;
+        }
+        let q = query::parse(t, &rule.condition);
+        let now = q.matches(after, &lookup);
+        let was = before.is_some_and(|b| q.matches(b, &lookup));
+        if now && !was {
+            let opts = Render {
+                fields: rule
+                    .fields
+                    .as_ref()
+                    .map(|f| f.split(',').map(|s| s.trim().to_string()).collect()),
+                display: Display::Value,
+                exclude_link: false,
+            };
+            jobs.push(Job {
+                rule: rule.clone(),
+                sys_id: after
+                    .get("sys_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                body: render(db, &sim.base(), t, after, &opts),
+            });
+        }
+    }
+    jobs
+}
+
+async fn send(sim: SharedSn, job: Job) {
+    let result = sim
+        .http
+        .post(&job.rule.url)
+        .header("x-sn-table", &job.rule.table)
+        .header("x-sn-business-rule", &job.rule.sys_id)
+        .json(&job.body)
+        .send()
+        .await;
+    let (status, error) = match result {
+        Ok(r) => (Some(r.status().as_u16()), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let at = sim.now_sql();
+    sim.db.lock().rules.deliveries.push(Delivery {
+        rule: job.rule.sys_id.clone(),
+        rule_name: job.rule.name.clone(),
+        table: job.rule.table.clone(),
+        sys_id: job.sys_id,
+        url: job.rule.url.clone(),
+        body: job.body,
+        status,
+        error,
+        at,
+    });
+}
+
+/// Makes the calls: "after" rules before the client gets its answer, "async" ones in the background.
+pub async fn dispatch(sim: &SharedSn, jobs: Vec<Job>) {
+    for job in jobs {
+        if job.rule.asynchronous {
+            tokio::spawn(send(sim.clone(), job));
+        } else {
+            send(sim.clone(), job).await;
+        }
+    }
+}
