@@ -7,3 +7,5 @@
 //! plus the Salesforce extension's account rules (linked accounts, sharing, paused workflows). It
 //! must not store secrets itself (that is `xmbridge-vault`) or run HTTP servers (that is
 //! `xmbridge-server`).
+
+pub mod expr;
