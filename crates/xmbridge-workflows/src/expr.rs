@@ -9,7 +9,7 @@
 //! false; `==`/`!=` treat `null` as a value (so `x == null` tests absence); numeric strings compare
 //! as numbers.
 
-use serde_json::{Map, Number, Value};
+use serde_json::{Number, Value};
 use std::fmt;
 
 /// A parsed expression with the text it came from.

@@ -1,0 +1,301 @@
+//! Stand-in specs for the actions other branches of issue #5 build (Salesforce, ServiceNow and
+//! Qualtrics actions), so workflow files and templates can be validated before those land.
+//!
+//! It owns nothing but names and input lists: [`fill_missing`] adds a stand-in only where the
+//! registry has no action of that name, so once the real actions are registered these are never
+//! used. Running a stand-in fails with `NotConfigured` (it must never pretend to deliver).
+
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use xmbridge_actions::{
+    Action, ActionContext, ActionError, ActionRequest, ActionSpec, InputSpec, Registry, System,
+};
+
+const fn req(name: &'static str, help: &'static str) -> InputSpec {
+    InputSpec {
+        name,
+        required: true,
+        help,
+    }
+}
+const fn opt(name: &'static str, help: &'static str) -> InputSpec {
+    InputSpec {
+        name,
+        required: false,
+        help,
+    }
+}
+
+const fn spec(
+    name: &'static str,
+    system: System,
+    title: &'static str,
+    category: &'static str,
+    inputs: &'static [InputSpec],
+    writes: bool,
+) -> ActionSpec {
+    ActionSpec {
+        name,
+        system,
+        title,
+        category,
+        inputs,
+        stream: false,
+        writes,
+    }
+}
+
+const OBJECT: InputSpec = req("object", "sObject API name, e.g. Survey_Response__c");
+const FIELDS: InputSpec = req("fields", "field name → value");
+const DIR: InputSpec = opt(
+    "directory_id",
+    "XM Directory id (POOL_…); default: the connection's default directory",
+);
+
+/// The specs, as the issue names the actions.
+pub const SPECS: &[ActionSpec] = &[
+    spec(
+        "salesforce.create",
+        System::Salesforce,
+        "Create Record",
+        "Salesforce",
+        &[OBJECT, FIELDS],
+        true,
+    ),
+    spec(
+        "salesforce.update",
+        System::Salesforce,
+        "Update Record",
+        "Salesforce",
+        &[OBJECT, req("id", "record id"), FIELDS],
+        true,
+    ),
+    spec(
+        "salesforce.upsert",
+        System::Salesforce,
+        "Upsert Record",
+        "Salesforce",
+        &[
+            OBJECT,
+            req("external_id_field", "External ID field"),
+            req("external_id", "key value"),
+            FIELDS,
+        ],
+        true,
+    ),
+    spec(
+        "salesforce.delete",
+        System::Salesforce,
+        "Delete Record",
+        "Salesforce",
+        &[OBJECT, req("id", "record id")],
+        true,
+    ),
+    spec(
+        "salesforce.create-case",
+        System::Salesforce,
+        "Create Case",
+        "Salesforce",
+        &[FIELDS],
+        true,
+    ),
+    spec(
+        "salesforce.query",
+        System::Salesforce,
+        "Query",
+        "Salesforce",
+        &[req("soql", "SOQL query")],
+        false,
+    ),
+    spec(
+        "servicenow.create-record",
+        System::ServiceNow,
+        "Create Record",
+        "ServiceNow",
+        &[req("table", "table name"), FIELDS],
+        true,
+    ),
+    spec(
+        "servicenow.update-record",
+        System::ServiceNow,
+        "Update Record",
+        "ServiceNow",
+        &[
+            req("table", "table name"),
+            req("sys_id", "record sys_id"),
+            FIELDS,
+        ],
+        true,
+    ),
+    spec(
+        "servicenow.look-up-records",
+        System::ServiceNow,
+        "Look up Records",
+        "ServiceNow",
+        &[
+            req("table", "table name"),
+            opt("query", "encoded query"),
+            opt("fields", "fields to return"),
+            opt("limit", "maximum records"),
+        ],
+        false,
+    ),
+    spec(
+        "servicenow.get-property",
+        System::ServiceNow,
+        "Get Property",
+        "ServiceNow",
+        &[req("name", "sys_properties name")],
+        false,
+    ),
+    spec(
+        "servicenow.create-incident",
+        System::ServiceNow,
+        "Create Incident",
+        "ServiceNow",
+        &[
+            req("short_description", "one line"),
+            opt("description", "details"),
+            opt("caller_id", "sys_user sys_id or email"),
+            opt("urgency", "1 high, 2 medium, 3 low"),
+            opt("impact", "1 high, 2 medium, 3 low"),
+            opt("category", "e.g. inquiry"),
+            opt("correlation_id", "external id (the response id)"),
+            opt("fields", "other incident fields"),
+        ],
+        true,
+    ),
+    spec(
+        "create-contact",
+        System::Qualtrics,
+        "Create Contact",
+        "Contact Management",
+        &[
+            DIR,
+            opt("first_name", "first name"),
+            opt("last_name", "last name"),
+            opt("email", "email"),
+            opt("phone", "phone"),
+            opt("ext_ref", "external reference"),
+            opt("language", "language"),
+            opt("embedded_data", "embedded data"),
+        ],
+        true,
+    ),
+    spec(
+        "upsert-contact",
+        System::Qualtrics,
+        "Upsert Contact",
+        "Contact Management",
+        &[
+            DIR,
+            req("email", "email (the match key)"),
+            opt("first_name", "first name"),
+            opt("last_name", "last name"),
+            opt("phone", "phone"),
+            opt("ext_ref", "external reference"),
+            opt("language", "language"),
+            opt("embedded_data", "embedded data"),
+            opt("mailing_list_id", "also add to this mailing list (CG_…)"),
+        ],
+        true,
+    ),
+    spec(
+        "update-contact",
+        System::Qualtrics,
+        "Update Contact",
+        "Contact Management",
+        &[
+            DIR,
+            req("contact_id", "CID_…"),
+            opt("first_name", "first name"),
+            opt("last_name", "last name"),
+            opt("email", "email"),
+            opt("phone", "phone"),
+            opt("ext_ref", "external reference"),
+            opt("embedded_data", "embedded data"),
+        ],
+        true,
+    ),
+    spec(
+        "look-up-contact-by-email",
+        System::Qualtrics,
+        "Look up Contact by Email",
+        "Contact Management",
+        &[DIR, req("email", "email")],
+        false,
+    ),
+    spec(
+        "create-distribution",
+        System::Qualtrics,
+        "Create Distribution",
+        "Distribution Management",
+        &[
+            req("survey_id", "SV_…"),
+            req("library_id", "UR_… or GR_…"),
+            req("message_id", "MS_…"),
+            req("mailing_list_id", "CG_…"),
+            opt("contact_id", "send only to this contact"),
+            req("from_email", "sender address"),
+            req("from_name", "sender name"),
+            req("subject", "subject"),
+            opt("reply_to_email", "reply-to"),
+            opt("send_date", "ISO-8601; default now"),
+            opt("expiration_date", "ISO-8601"),
+        ],
+        true,
+    ),
+    spec(
+        "create-contact-in-mailing-list",
+        System::Qualtrics,
+        "Create Contact in Mailing List",
+        "Mailing List Management",
+        &[
+            DIR,
+            req("mailing_list_id", "CG_…"),
+            opt("first_name", "first name"),
+            opt("last_name", "last name"),
+            opt("email", "email"),
+            opt("ext_ref", "external reference"),
+            opt("embedded_data", "embedded data"),
+        ],
+        true,
+    ),
+];
+
+struct StandIn(&'static ActionSpec);
+
+impl Action for StandIn {
+    fn spec(&self) -> &ActionSpec {
+        self.0
+    }
+    fn run<'a>(
+        &'a self,
+        _ctx: &'a ActionContext,
+        _request: ActionRequest,
+    ) -> BoxFuture<'a, Result<Value, ActionError>> {
+        Box::pin(async move {
+            Err(ActionError::NotConfigured {
+                action: self.0.name.to_string(),
+                system: self.0.system,
+                fix: "this build has only the action's description, not its implementation".into(),
+            })
+        })
+    }
+}
+
+/// Adds a stand-in for every action in [`SPECS`] the registry does not have yet.
+pub fn fill_missing(registry: &mut Registry) {
+    for s in SPECS {
+        if registry.get(s.name).is_none() {
+            registry.register(StandIn(s));
+        }
+    }
+}
+
+/// A registry with only the stand-ins (tests).
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    fill_missing(&mut r);
+    r
+}
