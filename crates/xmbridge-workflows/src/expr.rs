@@ -262,7 +262,11 @@ fn lex(src: &str) -> Result<Vec<Token>, ParseError> {
             })
         } else if c.is_ascii_digit() {
             let start = i;
-            while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
+            // A dot belongs to the number only when a digit follows (`steps.x.0.email`).
+            while i < chars.len()
+                && (chars[i].is_ascii_digit()
+                    || (chars[i] == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)))
+            {
                 i += 1;
             }
             let text: String = chars[start..i].iter().collect();
@@ -1067,7 +1071,8 @@ mod tests {
             "embedded": {"tier": "gold", "empty": ""},
             "contact": {"email": "Pat@Example.com", "firstName": "Pat"},
             "steps": {"upsert": {"id": "a0B1"}},
-            "list": [10, 20]
+            "list": [10, 20],
+            "rows": [{"email": "a@b"}]
         })
     }
 
@@ -1127,6 +1132,7 @@ mod tests {
             ("steps.upsert.id", json!("a0B1")),
             ("response.values['QID4#1_1']", json!("x")),
             ("list.1", json!(20)),
+            ("rows.0.email", json!("a@b")),
             ("list[0]", json!(10)),
             ("true and null", json!(false)),
             ("1.5 * 2", json!(3)),

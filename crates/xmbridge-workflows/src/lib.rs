@@ -8,6 +8,7 @@
 //! must not store secrets itself (that is `xmbridge-vault`) or run HTTP servers (that is
 //! `xmbridge-server`).
 
+pub mod catalog;
 pub mod definition;
 pub mod expr;
 pub mod mapping;
