@@ -12,4 +12,5 @@ pub mod catalog;
 pub mod definition;
 pub mod expr;
 pub mod mapping;
+pub mod preflight;
 pub mod stand_ins;
