@@ -49,6 +49,8 @@ enum Command {
     Sync(cli::sync::SyncArgs),
     /// Measure sync speed and memory against a raw load of the same rows (`bench sync`).
     Bench(cli::bench::BenchArgs),
+    /// Define workflows (trigger → condition → steps), list them, and dry-run them on a response.
+    Workflow(cli::workflow::WorkflowArgs),
 }
 
 fn init_logging(format: LogFormat, verbose: u8) {
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
             Command::Connection(args) => cli::connection::run(args).await,
             Command::Sync(args) => cli::sync::run(args).await,
             Command::Bench(args) => cli::bench::run(args).await,
+            Command::Workflow(args) => cli::workflow::run(args).await,
         }
     });
     match result {

@@ -379,6 +379,16 @@ pub fn response_event(
         .iter()
         .filter_map(|n| values.get(n).map(|v| (n.clone(), v.clone())))
         .collect();
+    // Without a directory lookup, the recipient fields of the response are what is known.
+    let contact = contact.or_else(|| {
+        let email = values.get("recipientEmail").filter(|v| !v.is_null())?;
+        Some(serde_json::json!({
+            "email": email,
+            "firstName": values.get("recipientFirstName").cloned().unwrap_or_default(),
+            "lastName": values.get("recipientLastName").cloned().unwrap_or_default(),
+            "extRef": values.get("externalDataReference").cloned().unwrap_or_default(),
+        }))
+    });
     let mut event = Map::new();
     event.insert("response".into(), Value::Object(response));
     event.insert("embedded".into(), Value::Object(embedded));
