@@ -149,6 +149,10 @@ pub struct TableBatch {
     /// Remove (hard delete) rows whose `column` equals one of `values` — e.g. the answer rows of
     /// responses deleted upstream, or of a response about to be rewritten.
     pub delete_where: Vec<(String, Vec<Value>)>,
+    /// The caller knows none of these rows' keys is in the destination yet (a survey's first
+    /// load): a destination may insert without merging. It must still behave as an upsert if a
+    /// key turns out to exist (PostgreSQL then falls back to its merge).
+    pub fresh: bool,
 }
 
 /// After a full read of a soft-delete table (optionally limited to rows where `scope` matches),

@@ -248,6 +248,7 @@ fn upserts(table: &str, rows: Vec<Vec<Value>>) -> TableBatch {
     TableBatch {
         table: table.into(),
         upserts: rows,
+        fresh: false,
         delete_where: vec![],
     }
 }
@@ -392,6 +393,50 @@ async fn upsert_counts(mut h: H) {
     assert_eq!(rows, vec![vec![Some("last".to_string())]]);
 }
 
+/// `fresh` batches (a survey's first load) are inserted directly; a key that exists after all
+/// still upserts, with nothing doubled and the same counts a merge gives.
+async fn fresh_batches(mut h: H) {
+    h.dest.ensure_tables(&[item_spec()]).await.unwrap();
+    let fresh = |rows| TableBatch {
+        fresh: true,
+        ..upserts("item", rows)
+    };
+    let s = h
+        .commit(commit_of(
+            T0,
+            vec![fresh(vec![
+                item("a", "s1", "A", 1),
+                item("b", "s1", "B", 2),
+            ])],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stat(&s, "item"), (2, 0, 0));
+    // Wrongly marked fresh: "a" exists. The destination must upsert anyway.
+    let s = h
+        .commit(commit_of(
+            T0 + 1,
+            vec![fresh(vec![
+                item("a", "s1", "A2", 10),
+                item("c", "s1", "C", 3),
+            ])],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stat(&s, "item"), (1, 1, 0));
+    assert_eq!(h.count("item", "1=1").await, 3);
+    let sql = format!(
+        "SELECT name, {} FROM {} ORDER BY id",
+        h.txt(&h.p("_synced"), ColumnType::Timestamp),
+        h.t("item")
+    );
+    let rows = h.rows(&sql).await;
+    let s = |x: &str| Some(x.to_string());
+    assert_eq!(rows[0], vec![s("A2"), s(&iso_millis(T0 + 1))]);
+    assert_eq!(rows[1], vec![s("B"), s(&iso_millis(T0))]);
+    assert_eq!(rows[2], vec![s("C"), s(&iso_millis(T0 + 1))]);
+}
+
 async fn delete_where(mut h: H) {
     h.dest.ensure_tables(&[item_spec()]).await.unwrap();
     h.commit(commit_of(
@@ -414,6 +459,7 @@ async fn delete_where(mut h: H) {
             vec![TableBatch {
                 table: "item".into(),
                 upserts: vec![item("a2", "s1", "A2", 1)],
+                fresh: false,
                 delete_where: vec![(
                     "survey_id".into(),
                     vec![
@@ -617,6 +663,7 @@ async fn cursor_round_trip_and_atomicity(mut h: H) {
             batches: vec![TableBatch {
                 table: "other".into(),
                 upserts: vec![],
+                fresh: false,
                 delete_where: vec![("gone".into(), vec![Value::Text("gone".into())])],
             }],
             ..Default::default()
@@ -815,6 +862,7 @@ async fn hostile_identifiers(mut h: H) {
             batches: vec![TableBatch {
                 table: table.into(),
                 upserts: vec![row("k1", "v1b", 3)],
+                fresh: false,
                 delete_where: vec![(c1.into(), vec![Value::Text("v2".into())])],
             }],
             mark_unseen_deleted: vec![MarkUnseenDeleted {
@@ -1076,6 +1124,7 @@ macro_rules! both {
 
 both!(create_catalog);
 both!(upsert_counts);
+both!(fresh_batches);
 both!(delete_where);
 both!(keys);
 both!(mark_unseen_with_scope);

@@ -31,6 +31,10 @@ pub struct SyncOptions {
     pub survey_parallelism: usize,
     /// Responses per destination transaction within one survey's export. Default 5,000.
     pub commit_every: usize,
+    /// Rows (of all tables) per destination transaction within one survey's export, whichever
+    /// of this and `commit_every` comes first. It bounds the memory a sync holds: one survey's
+    /// rows being built, one waiting and one being written. Default 40,000 (≈ 30 MB).
+    pub commit_rows: usize,
     /// The run's time written into `<p>_synced`; `None` = now. Tests pin it.
     pub synced_at_ms: Option<i64>,
     /// Run the reconcile pass on every survey now: export response ids only and remove the
@@ -49,6 +53,7 @@ impl Default for SyncOptions {
             compat: Compat::default(),
             survey_parallelism: 4,
             commit_every: 5_000,
+            commit_rows: 40_000,
             synced_at_ms: None,
             reconcile: false,
             reconcile_every: Duration::from_secs(7 * 24 * 3600),
@@ -323,6 +328,11 @@ impl Batches {
         self.batch(table)
             .delete_where
             .push((column.to_string(), values));
+    }
+
+    /// Rows to upsert, all tables together.
+    pub fn rows(&self) -> usize {
+        self.0.values().map(|b| b.upserts.len()).sum()
     }
 
     pub fn into_vec(self) -> Vec<TableBatch> {
