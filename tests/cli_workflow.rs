@@ -503,12 +503,12 @@ async fn workflow_test_on_an_event_file() {
     assert_eq!(
         steps[1]["inputs"],
         json!({"directory_id": "<output of step directory: value>", "email": "pat@example.com",
-               "first_name": "Pat", "phone": "555", "ext_ref": "abc123"})
+               "firstName": "Pat", "phone": "555", "extRef": "abc123"})
     );
     assert_eq!(
         steps[2]["inputs"],
         json!({"sys_id": "abc123", "table": "customer_contact",
-               "fields": {"u_qualtrics_reference_id": "<output of step contact: id>"}})
+               "fields": {"u_qualtrics_reference_id": "<output of step contact: contactId>"}})
     );
     i.run(&["workflow", "test", "upsert-contact", "--response", "R_1"])
         .await

@@ -1089,7 +1089,8 @@ short_description = "'Detractor (NPS {{ response.values.QID1 }}): {{ contact.ema
 urgency = "'1'"
 correlation_id = "response.id"
 description = "concat('Salesforce record ', steps.upsert.id)"
-fields = { u_tier = "upper(embedded.tier)", u_missing = "response.values.QID99" }
+category = "lower(embedded.tier)"
+impact = "response.values.QID99"
 "#;
 
     fn parse(text: &str) -> Result<Vec<Workflow>, DefinitionError> {
@@ -1146,7 +1147,7 @@ fields = { u_tier = "upper(embedded.tier)", u_missing = "response.values.QID99" 
             Value::Object(s.inputs),
             json!({"short_description": "Detractor (NPS 3): pat@example.com", "urgency": "1",
                    "correlation_id": "R_1", "description": "Salesforce record a0B1",
-                   "fields": {"u_tier": "GOLD"}})
+                   "category": "gold"})
         );
         let ctx = event("5");
         assert!(w.render_step(1, &ctx).unwrap().is_none(), "when is false");
@@ -1171,7 +1172,7 @@ fields = { u_tier = "upper(embedded.tier)", u_missing = "response.values.QID99" 
     #[test]
     fn errors_name_file_workflow_step_and_field() {
         let bad = GOOD
-            .replace("upper(embedded.tier)", "lenght(embedded.tier)")
+            .replace("lower(embedded.tier)", "lenght(embedded.tier)")
             .replace("urgency = ", "urgncy = ")
             .replace("steps.upsert.id", "steps.incident.id")
             .replace(
@@ -1182,9 +1183,9 @@ fields = { u_tier = "upper(embedded.tier)", u_missing = "response.values.QID99" 
             errors(&bad),
             vec![
                 "workflows/nps.toml: workflow \"detractors\", trigger.type: unknown trigger type \"qualtrics-responses\"; did you mean \"qualtrics-response\"? types: qualtrics-response, sync-responses, salesforce-outbound, servicenow",
+                "workflows/nps.toml: workflow \"detractors\", step \"incident\", input \"category\": unknown function lenght(); did you mean length()? (column 1)",
                 "workflows/nps.toml: workflow \"detractors\", step \"incident\", input \"description\": `steps.incident` refers to no earlier step (earlier steps: upsert); a step can only read the outputs of steps before it",
-                "workflows/nps.toml: workflow \"detractors\", step \"incident\", input \"fields\": unknown function lenght(); did you mean length()? (column 1)",
-                "workflows/nps.toml: workflow \"detractors\", step \"incident\", input \"urgncy\": servicenow.create-incident has no such input; did you mean \"urgency\"? its inputs: short_description, description, caller_id, urgency, impact, category, correlation_id, fields",
+                "workflows/nps.toml: workflow \"detractors\", step \"incident\", input \"urgncy\": servicenow.create-incident has no such input; did you mean \"urgency\"? its inputs: short_description, description, caller, urgency, impact, category, correlation_id",
             ]
         );
     }
