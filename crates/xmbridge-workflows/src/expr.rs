@@ -1224,6 +1224,42 @@ mod tests {
         );
     }
 
+    /// Parsing and evaluating arbitrary input never panics: random token soups (deterministic
+    /// seed) either parse and evaluate, or fail with a column inside the text (or just past it).
+    #[test]
+    fn random_input_never_panics() {
+        const PIECES: &[&str] = &[
+            "response", ".", "values", "QID1", "'", "\"", "{{", "}}", "(", ")", "[", "]", ",",
+            "==", "<=", "<", "+", "-", "*", "/", "and", "or", "not", "null", "true", "3", "0.5",
+            "length", "substr", "date", "coalesce", "default", " ", "é", "😀", "#", "=", "!", "0.",
+            "steps", "x",
+        ];
+        let root = event();
+        let mut state: u64 = 0x5EED_1234_ABCD_0001;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let n = (next() % 12) as usize;
+            let src: String = (0..n)
+                .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+                .collect();
+            match Expr::parse(&src) {
+                Ok(e) => {
+                    let _ = e.eval(&root);
+                    let _ = e.static_type();
+                }
+                Err(err) => assert!(
+                    err.column >= 1 && err.column <= src.chars().count() + 1,
+                    "{src:?}: {err}"
+                ),
+            }
+        }
+    }
+
     /// Property-style check over a deterministic grid: numeric strings compare like numbers,
     /// every comparison with null is false, and `a < b` equals `not (a >= b)` when both are
     /// numbers.
