@@ -500,6 +500,73 @@ mod tests {
         );
     }
 
+    #[test]
+    fn response_event_takes_the_recipient_as_contact_and_embedded_fields() {
+        let e = response_event(
+            "SV_1",
+            &json!({"responseId": "R_1", "values": {"recipientEmail": "a@b.c", "recipientFirstName": "A",
+                    "tier": "gold", "QID1": 4}}),
+            &json!({"name": "S", "embeddedData": [{"name": "tier"}, {"name": "absent"}]}),
+            None,
+        );
+        assert_eq!(e["response"]["id"], json!("R_1"));
+        assert_eq!(e["response"]["surveyId"], json!("SV_1"));
+        assert_eq!(e["embedded"], json!({"tier": "gold"}));
+        assert_eq!(e["contact"]["email"], json!("a@b.c"));
+        assert_eq!(e["contact"]["firstName"], json!("A"));
+        assert_eq!(e["survey"], json!({"id": "SV_1", "name": "S"}));
+        let anonymous = response_event("SV_1", &json!({"values": {}}), &json!({}), None);
+        assert!(anonymous.get("contact").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_salesforce_triggered_survey_renders_from_an_outbound_message() {
+        let t = crate::catalog::template("salesforce-triggered-survey").unwrap();
+        let mut p = std::collections::BTreeMap::new();
+        for k in [
+            "owner",
+            "survey_id",
+            "library_id",
+            "message_id",
+            "mailing_list_id",
+            "from_email",
+            "from_name",
+        ] {
+            p.insert(k.to_string(), format!("{k}-v"));
+        }
+        let text = t.instantiate(&p).unwrap();
+        let w = parse_file(
+            "t",
+            &text,
+            FileKind::WorkflowFile,
+            &crate::stand_ins::registry(),
+        )
+        .unwrap()
+        .remove(0);
+        let ctx = EventContext::new(json!({
+            "record": {"type": "Case", "Id": "500xx1", "ContactEmail": "pat@example.com", "ContactId": "003xx1"},
+            "notification": {"id": "04l1", "organizationId": "00D1", "actionId": "04k1"}
+        }));
+        let r = preflight(&w, &ctx, &crate::stand_ins::registry(), &NoDescribers).await;
+        assert!(r.passed(), "{}", r.to_text());
+        let Outcome::Send { inputs } = &r.steps[2].outcome else {
+            panic!("{}", r.to_text())
+        };
+        assert_eq!(
+            inputs["contact_id"],
+            json!("<output of step member: contactId>")
+        );
+        assert_eq!(inputs["mailing_list_id"], json!("mailing_list_id-v"));
+        assert_eq!(inputs["embeddedData"], json!({"salesforce_id": "500xx1"}));
+        let no_email = EventContext::new(json!({"record": {"type": "Case", "Id": "500xx2"}}));
+        let r = preflight(&w, &no_email, &crate::stand_ins::registry(), &NoDescribers).await;
+        assert!(
+            r.steps
+                .iter()
+                .all(|s| matches!(s.outcome, Outcome::Skipped { .. }))
+        );
+    }
+
     #[tokio::test]
     async fn a_promoter_skips_the_incident() {
         let w = workflow();
