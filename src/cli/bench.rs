@@ -493,7 +493,10 @@ fn sqlite_baseline(synced: &std::path::Path) -> anyhow::Result<(u64, f64)> {
     let target_path = synced.with_file_name("baseline.db");
     let dst = rusqlite::Connection::open(&target_path)?;
     let _mode: String = dst.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-    dst.execute_batch("PRAGMA synchronous=NORMAL")?;
+    dst.execute_batch(&format!(
+        "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-{}",
+        xmbridge_destinations::sqlite::CACHE_KIB
+    ))?;
 
     let mut loaded = Vec::new();
     for t in TABLES {

@@ -10,6 +10,8 @@
 //! Salesforce/ServiceNow client crates, reached through [`ActionContext`]), store anything, or
 //! schedule retries itself: that is the workflow engine's job.
 
+pub mod salesforce;
+
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value};
 use std::any::{Any, TypeId};
@@ -255,7 +257,9 @@ impl Registry {
     /// The built-in actions of every system. Each system's module adds its own with one line here.
     pub fn builtin() -> Self {
         // Registration lines for each system's module go here (`qualtrics::register(&mut r);`).
-        Registry::new()
+        let mut r = Registry::new();
+        salesforce::register(&mut r);
+        r
     }
 
     /// Adds an action; a second action with the same name replaces the first (tests use this to

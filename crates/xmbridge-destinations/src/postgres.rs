@@ -295,6 +295,21 @@ impl PostgresDestination {
                 }
             }
         }
+        for (spec, (name, r)) in specs.iter().zip(&resolved) {
+            for col in crate::catalog::indexed_columns(spec) {
+                // Index names are per schema; the target gets the index, the staging table of
+                // a merge does not, so first loads pay only the target's index maintenance.
+                tx.batch_execute(&format!(
+                    "CREATE INDEX IF NOT EXISTS {} ON {}.{} ({})",
+                    quote_ident(&index_name(name, col)),
+                    quote_ident(&schema),
+                    quote_ident(name),
+                    quote_ident(col)
+                ))
+                .await
+                .map_err(|e| sql_err(&r.display, e))?;
+            }
+        }
         tx.commit().await.map_err(|e| sql_err("ensure_tables", e))?;
         for (name, r) in resolved {
             self.tables.insert(name, r);
@@ -780,6 +795,11 @@ fn check_type(
             "ALTER TABLE {q} ALTER COLUMN {c} TYPE {short} USING {c}::{short}; or drop the column (ALTER TABLE {q} DROP COLUMN {c}) and run the sync again with --full"
         ),
     })
+}
+
+/// The index on `column` of `table` (unique within the schema).
+pub fn index_name(table: &str, column: &str) -> String {
+    format!("{table}__{column}_idx")
 }
 
 /// After a failed write: a structured error when the table no longer matches its spec.

@@ -244,6 +244,32 @@ fn place(table: &str, survey: Option<&str>) -> String {
     }
 }
 
+/// The table an `ensure_tables` error is about (its physical name is `qualtrics.x` or
+/// `qualtrics_x`: the longest spec name it ends with), else every table of the call.
+fn failing_table(list: &[TableSpec], e: &DestError) -> String {
+    let physical = match e {
+        DestError::TypeConflict { table, .. }
+        | DestError::MissingColumn { table, .. }
+        | DestError::MissingTable { table } => Some(table.as_str()),
+        DestError::Sql { context, .. } => Some(context.as_str()),
+        _ => None,
+    };
+    let named = physical.and_then(|p| {
+        list.iter()
+            .map(|s| s.name.as_str())
+            .filter(|n| p == *n || p.ends_with(&format!(".{n}")) || p.ends_with(&format!("_{n}")))
+            .max_by_key(|n| n.len())
+    });
+    match named {
+        Some(n) => n.to_string(),
+        None => list
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 impl SyncError {
     /// The table being written when it failed.
     pub fn table(&self) -> Option<&str> {
@@ -340,6 +366,40 @@ impl Batches {
     }
 }
 
+/// Runs the selected stream groups in order, making each group's commits durable before the
+/// next starts.
+async fn run_groups(ctx: &mut Ctx<'_>, groups: &[&str]) -> Result<(), SyncError> {
+    let mut surveys = Vec::new();
+    if groups.contains(&"surveys") {
+        surveys = streams::surveys::run(ctx).await?;
+        ctx.flush().await?;
+    }
+    if groups.contains(&"responses") {
+        streams::responses::run(ctx, &surveys).await?;
+        ctx.flush().await?;
+    }
+    if groups.contains(&"directories") {
+        streams::directories::run(ctx).await?;
+        ctx.flush().await?;
+    }
+    if groups.contains(&"transaction_batches") {
+        streams::directories::run_batches(ctx).await?;
+        ctx.flush().await?;
+    }
+    if groups.contains(&"distributions") {
+        streams::distributions::run(ctx, &surveys).await?;
+        ctx.flush().await?;
+    }
+    if groups.contains(&"users") {
+        streams::users::run(ctx).await?;
+        ctx.flush().await?;
+    }
+    if groups.contains(&"libraries") {
+        streams::libraries::run(ctx).await?;
+    }
+    Ok(())
+}
+
 /// What streams see of a run.
 pub(crate) struct Ctx<'a> {
     pub client: &'a Client,
@@ -413,6 +473,18 @@ impl Ctx<'_> {
             c.deleted += d;
         }
         Ok(())
+    }
+
+    /// Makes every commit so far durable (destinations may group commits).
+    pub async fn flush(&mut self) -> Result<(), SyncError> {
+        self.dest
+            .flush()
+            .await
+            .map_err(|source| SyncError::Destination {
+                table: "(commit)".into(),
+                survey: None,
+                source: Box::new(source),
+            })
     }
 
     /// Widens a table (schema evolution, e.g. a new `stats_*` column) and tells the destination.
@@ -507,11 +579,7 @@ pub async fn sync(
     dest.ensure_tables(&list)
         .await
         .map_err(|source| SyncError::Destination {
-            table: list
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            table: failing_table(&list, &source),
             survey: None,
             source: Box::new(source),
         })?;
@@ -530,28 +598,11 @@ pub async fn sync(
     };
     tracing::info!(groups = ?groups, full = opts.full, "sync started");
 
-    let mut surveys = Vec::new();
-    if groups.contains(&"surveys") {
-        surveys = streams::surveys::run(&mut ctx).await?;
-    }
-    if groups.contains(&"responses") {
-        streams::responses::run(&mut ctx, &surveys).await?;
-    }
-    if groups.contains(&"directories") {
-        streams::directories::run(&mut ctx).await?;
-    }
-    if groups.contains(&"transaction_batches") {
-        streams::directories::run_batches(&mut ctx).await?;
-    }
-    if groups.contains(&"distributions") {
-        streams::distributions::run(&mut ctx, &surveys).await?;
-    }
-    if groups.contains(&"users") {
-        streams::users::run(&mut ctx).await?;
-    }
-    if groups.contains(&"libraries") {
-        streams::libraries::run(&mut ctx).await?;
-    }
+    let run = run_groups(&mut ctx, &groups).await;
+    // Durable before returning, also when a stream failed: what was committed stays committed.
+    let flushed = ctx.flush().await;
+    run?;
+    flushed?;
 
     let mut summary = ctx.summary;
     summary.duration = started.elapsed();
