@@ -326,8 +326,7 @@ fn describe(nps_updateable: bool) -> Value {
         {"name": "Response_Id__c", "type": "string", "length": 40, "createable": true, "updateable": true, "nillable": true, "externalId": true},
         {"name": "Survey_Id__c", "type": "string", "length": 40, "createable": true, "updateable": true, "nillable": true},
         {"name": "NPS__c", "type": "double", "createable": true, "updateable": nps_updateable, "nillable": true},
-        {"name": "Contact_Email__c", "type": "email", "length": 80, "createable": true, "updateable": true, "nillable": true},
-        {"name": "Completed__c", "type": "date", "createable": true, "updateable": true, "nillable": true}
+        {"name": "Completed_At__c", "type": "datetime", "createable": true, "updateable": true, "nillable": true}
     ]}})
 }
 

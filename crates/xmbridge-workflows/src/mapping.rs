@@ -207,6 +207,45 @@ impl TargetSchema for StaticSchema {
     }
 }
 
+/// Salesforce describes through the `xmbridge-salesforce` client, as its linked user sees them
+/// (the describe reflects the user's object and field-level security).
+pub struct SalesforceSchema {
+    pub client: std::sync::Arc<xmbridge_salesforce::SalesforceClient>,
+}
+
+impl TargetSchema for SalesforceSchema {
+    fn describe<'a>(
+        &'a self,
+        object: &'a str,
+    ) -> BoxFuture<'a, Result<ObjectDescribe, SchemaError>> {
+        Box::pin(async move {
+            use xmbridge_salesforce::SalesforceError;
+            let d = self.client.describe(object).await.map_err(|e| match &e {
+                SalesforceError::Permanent { status: 404, .. } => SchemaError::UnknownObject {
+                    object: object.to_string(),
+                },
+                SalesforceError::Permanent { errors, .. }
+                    if errors.iter().any(|x| x.error_code == "NOT_FOUND") =>
+                {
+                    SchemaError::UnknownObject {
+                        object: object.to_string(),
+                    }
+                }
+                _ => SchemaError::Unavailable {
+                    object: object.to_string(),
+                    reason: e.to_string(),
+                },
+            })?;
+            // The client's describe serializes in Salesforce's own shape.
+            let v = serde_json::to_value(&*d).map_err(|e| SchemaError::Malformed {
+                object: object.to_string(),
+                reason: e.to_string(),
+            })?;
+            ObjectDescribe::from_salesforce_json(&v)
+        })
+    }
+}
+
 /// One problem a mapping has against a describe: the field it concerns (`None` for the object)
 /// and what to do.
 #[derive(Clone, Debug, PartialEq, Eq)]

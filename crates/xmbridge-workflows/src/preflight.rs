@@ -454,8 +454,7 @@ mod tests {
                 {"name": "Response_Id__c", "type": "string", "length": 40, "createable": true, "updateable": true, "nillable": true, "externalId": true},
                 {"name": "Survey_Id__c", "type": "string", "length": 40, "createable": true, "updateable": true, "nillable": true},
                 {"name": "NPS__c", "type": "double", "createable": true, "updateable": true, "nillable": true},
-                {"name": "Contact_Email__c", "type": "email", "length": 80, "createable": true, "updateable": true, "nillable": true},
-                {"name": "Completed__c", "type": "date", "createable": true, "updateable": true, "nillable": true}
+                {"name": "Completed_At__c", "type": "datetime", "createable": true, "updateable": true, "nillable": true}
             ]
         });
         edit(&mut d);
@@ -476,9 +475,13 @@ mod tests {
         assert_eq!(
             r.steps[0].outcome,
             Outcome::Send {
-                inputs: json!({"object": "Survey_Response__c", "external_id_field": "Response_Id__c",
-                    "external_id": "R_9", "fields": {"Completed__c": "2026-11-30", "Contact_Email__c": "pat@example.com",
-                    "NPS__c": 3, "Survey_Id__c": "SV_1"}}).as_object().unwrap().clone()
+                inputs:
+                    json!({"object": "Survey_Response__c", "external_id_field": "Response_Id__c",
+                    "external_id": "R_9", "fields": {"Completed_At__c": "2026-11-30T08:00:00Z",
+                    "NPS__c": 3, "Survey_Id__c": "SV_1"}})
+                    .as_object()
+                    .unwrap()
+                    .clone()
             }
         );
         let Outcome::Send { inputs } = &r.steps[1].outcome else {
@@ -592,7 +595,7 @@ mod tests {
         let schema = describe(|d| {
             d["createable"] = json!(false);
             d["fields"][2]["updateable"] = json!(false);
-            d["fields"].as_array_mut().unwrap().remove(4);
+            d["fields"].as_array_mut().unwrap().remove(3);
         });
         let r = preflight(
             &w,
@@ -611,7 +614,7 @@ mod tests {
             vec![
                 "the linked Salesforce user needs Create on Survey_Response__c",
                 "the linked Salesforce user needs field Edit access on Survey_Response__c.NPS__c",
-                "Survey_Response__c has no field Completed__c (or the linked Salesforce user has no field access to it)",
+                "Survey_Response__c has no field Completed_At__c (or the linked Salesforce user has no field access to it)",
             ]
         );
         assert!(
