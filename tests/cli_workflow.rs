@@ -513,3 +513,79 @@ async fn workflow_test_on_an_event_file() {
         .await
         .expect(2, &["give --event-json FILE"]);
 }
+
+#[tokio::test]
+async fn workflow_test_checks_a_live_salesforce_describe() {
+    let q = sim().await;
+    let sf = xmbridge_sim::start_salesforce(
+        xmbridge_sim::salesforce::SalesforceConfig::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let i = Install::new();
+    let (sid, _) = first_survey(&q).await;
+    let rid = create_response(&q, &sid, json!({"QID1": 2})).await;
+    let tf = i.file("token", &format!("{}\n", q.sim.cfg.admin_token()));
+    i.run(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "acme",
+        "--url",
+        &q.base_url,
+        "--auth",
+        "token",
+        "--api-token-file",
+        tf.to_str().unwrap(),
+    ])
+    .await
+    .expect(0, &[]);
+    i.run(&[
+        "workflow",
+        "add",
+        "--template",
+        "response-to-salesforce",
+        "--set",
+        &format!("survey_id={sid}"),
+        "--set",
+        "salesforce_account=sf-prod",
+        "--set",
+        "servicenow_account=sn-prod",
+    ])
+    .await
+    .expect(0, &[]);
+    let creds: Value = reqwest::get(format!("{}/_sim/credentials", sf.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = i.file("sf-secret", creds["client_secret"].as_str().unwrap());
+    let token_url = sf.token_url();
+    let args = [
+        "workflow",
+        "test",
+        "response-to-salesforce",
+        "--response",
+        &rid,
+        "--connection",
+        "acme",
+        "--salesforce-token-url",
+        &token_url,
+        "--salesforce-client-id",
+        creds["client_id"].as_str().unwrap(),
+        "--salesforce-client-secret-file",
+        secret.to_str().unwrap(),
+    ];
+    let r = i.run(&args).await;
+    r.expect(0, &["\"NPS__c\": 2", "checks: ok", "preflight passed"]);
+    assert!(
+        !r.stdout().contains("not checked: no describe"),
+        "{}",
+        r.stdout()
+    );
+    // The secret never reaches the output.
+    let all = format!("{}{}", r.stdout(), r.stderr());
+    assert!(!all.contains(creds["client_secret"].as_str().unwrap()));
+}

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use xmbridge_actions::Registry;
 use xmbridge_workflows::catalog::{self, Catalog, Sources, TEMPLATES};
 use xmbridge_workflows::definition::{EventContext, FileKind, Trigger, Workflow, parse_file};
-use xmbridge_workflows::mapping::{StaticSchema, TargetSchema};
+use xmbridge_workflows::mapping::{SalesforceSchema, StaticSchema, TargetSchema};
 use xmbridge_workflows::preflight::{self, Describers};
 
 #[derive(Args, Debug)]
@@ -111,8 +111,19 @@ pub struct TestArgs {
     pub event_json: Option<PathBuf>,
     /// Salesforce describe bodies (`{"Object": describe, …}`) to check mappings and permissions
     /// against, as the linked user sees them.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "salesforce_token_url")]
     pub describe: Option<PathBuf>,
+    /// Check Salesforce steps against the live describe of a server-to-server connection (client
+    /// credentials): the org's token URL, e.g. https://acme.my.salesforce.com/services/oauth2/token.
+    #[arg(long, value_name = "URL")]
+    pub salesforce_token_url: Option<String>,
+    /// The connected app's client id for --salesforce-token-url.
+    #[arg(long, value_name = "ID", env = "XMBRIDGE_SALESFORCE_CLIENT_ID")]
+    pub salesforce_client_id: Option<String>,
+    /// A file holding the client secret for --salesforce-token-url (else the environment variable
+    /// XMBRIDGE_SALESFORCE_CLIENT_SECRET).
+    #[arg(long, value_name = "FILE")]
+    pub salesforce_client_secret_file: Option<PathBuf>,
     /// The report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -515,15 +526,45 @@ fn templates() {
     }
 }
 
-struct SalesforceDescribes(Option<StaticSchema>);
+/// The describe source for every Salesforce step. Linked accounts (per step `account`) replace
+/// this once the account store is merged; until then one source serves all Salesforce steps.
+struct SalesforceDescribes(Option<Box<dyn TargetSchema>>);
 
 impl Describers for SalesforceDescribes {
     fn schema_for(&self, step: &xmbridge_workflows::definition::Step) -> Option<&dyn TargetSchema> {
         match (&self.0, step.system) {
-            (Some(s), xmbridge_actions::System::Salesforce) => Some(s as &dyn TargetSchema),
+            (Some(s), xmbridge_actions::System::Salesforce) => Some(s.as_ref()),
             _ => None,
         }
     }
+}
+
+/// A Salesforce client over client credentials (server-to-server), for live describes.
+fn salesforce_schema(t: &TestArgs, url: &str) -> anyhow::Result<SalesforceSchema> {
+    use secrecy::SecretString;
+    use xmbridge_salesforce::{ClientCredentials, SalesforceClient, TokenProvider};
+    let client_id = t.salesforce_client_id.clone().ok_or_else(|| {
+        usage("--salesforce-token-url needs --salesforce-client-id (or XMBRIDGE_SALESFORCE_CLIENT_ID)")
+    })?;
+    let secret = match &t.salesforce_client_secret_file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read {}", f.display()))?
+            .trim_end_matches(['\r', '\n'])
+            .to_string(),
+        None => std::env::var("XMBRIDGE_SALESFORCE_CLIENT_SECRET").map_err(|_| {
+            usage("--salesforce-token-url needs --salesforce-client-secret-file FILE (or XMBRIDGE_SALESFORCE_CLIENT_SECRET)")
+        })?,
+    };
+    let creds = ClientCredentials {
+        token_url: url.to_string(),
+        client_id,
+        client_secret: SecretString::from(secret),
+    };
+    let http = reqwest::Client::new();
+    let tokens = TokenProvider::client_credentials(http.clone(), creds);
+    Ok(SalesforceSchema {
+        client: std::sync::Arc::new(SalesforceClient::new(http, std::sync::Arc::new(tokens))),
+    })
 }
 
 async fn test(t: TestArgs, sources: &Sources, registry: &Registry) -> anyhow::Result<()> {
@@ -580,15 +621,18 @@ async fn test(t: TestArgs, sources: &Sources, registry: &Registry) -> anyhow::Re
         }
         (None, None) => return Err(usage("give --response ID or --event-json FILE")),
     };
-    let describes = match &t.describe {
-        None => None,
-        Some(f) => {
+    let describes: Option<Box<dyn TargetSchema>> = match (&t.describe, &t.salesforce_token_url) {
+        (Some(f), _) => {
             let text = std::fs::read_to_string(f)
                 .with_context(|| format!("cannot read {}", f.display()))?;
             let v: Value = serde_json::from_str(&text)
                 .map_err(|e| usage(format!("{}: not JSON: {e}", f.display())))?;
-            Some(StaticSchema::from_json(&v).map_err(|e| usage(format!("{}: {e}", f.display())))?)
+            Some(Box::new(
+                StaticSchema::from_json(&v).map_err(|e| usage(format!("{}: {e}", f.display())))?,
+            ))
         }
+        (None, Some(url)) => Some(Box::new(salesforce_schema(&t, url)?)),
+        (None, None) => None,
     };
     let ctx = EventContext::new(event);
     let report = preflight::preflight(w, &ctx, registry, &SalesforceDescribes(describes)).await;
