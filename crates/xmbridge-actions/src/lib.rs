@@ -10,7 +10,11 @@
 //! Salesforce/ServiceNow client crates, reached through [`ActionContext`]), store anything, or
 //! schedule retries itself: that is the workflow engine's job.
 
+pub mod inputs;
+pub mod qualtrics;
 pub mod salesforce;
+
+pub use inputs::{opt_bool, opt_object, opt_str, opt_u64, req_str};
 
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value};
@@ -258,6 +262,7 @@ impl Registry {
     pub fn builtin() -> Self {
         // Registration lines for each system's module go here (`qualtrics::register(&mut r);`).
         let mut r = Registry::new();
+        qualtrics::register(&mut r);
         salesforce::register(&mut r);
         r
     }

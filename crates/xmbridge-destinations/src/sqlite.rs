@@ -194,6 +194,14 @@ fn is_disk_full(e: &rusqlite::Error) -> bool {
 }
 
 fn sql_err(context: &str, e: rusqlite::Error) -> DestError {
+    if is_disk_full(&e) {
+        // Outside a commit (creating tables, reading): no file name at hand, still the fix.
+        return DestError::DiskFull {
+            table: context.to_string(),
+            destination: "the SQLite file".into(),
+            fix: "free disk space (or raise max_size_mb in the destination URL)".into(),
+        };
+    }
     DestError::Sql {
         context: context.to_string(),
         message: e.to_string(),
@@ -523,7 +531,9 @@ impl Inner {
             }) => {
                 if is_disk_full(&e) {
                     let table = match table {
-                        Some(t) => self.physical(&t),
+                        Some(t) if self.tables.contains_key(&t) => self.physical(&t),
+                        // A step rather than a table ("commit", "cursor table").
+                        Some(t) => t,
                         None => "commit".to_string(),
                     };
                     return Err(self.disk_full(table));

@@ -313,3 +313,26 @@ pub fn registry() -> Registry {
     fill_missing(&mut r);
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each stand-in whose real action is registered must describe it exactly (names, inputs,
+    /// required flags), so files validated against stand-ins stay valid after the merge.
+    #[test]
+    fn stand_ins_match_the_registered_actions() {
+        let real = Registry::builtin();
+        let mut compared = 0;
+        for s in SPECS {
+            let Some(a) = real.get(s.name) else { continue };
+            let r = a.spec();
+            let mine: Vec<(&str, bool)> = s.inputs.iter().map(|i| (i.name, i.required)).collect();
+            let theirs: Vec<(&str, bool)> = r.inputs.iter().map(|i| (i.name, i.required)).collect();
+            assert_eq!(mine, theirs, "{}", s.name);
+            assert_eq!(s.system, r.system, "{}", s.name);
+            compared += 1;
+        }
+        assert!(compared > 0, "no real actions registered to compare with");
+    }
+}

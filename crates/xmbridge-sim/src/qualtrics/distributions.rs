@@ -1065,8 +1065,47 @@ async fn create_email(
     };
     d.deleted = false;
     let id = d.id.clone();
+    record_sent(&sim, &d);
     sim.distributions.dists.write().push(d);
     Ok(envelope::ok(json!({"id": id})))
+}
+
+/// Every recipient of an e-mail sent through the API gets an entry in its contact's e-mail
+/// history (`…/contacts/{id}/history?type=email`), as Qualtrics records every send. Generated
+/// links send nothing and record nothing.
+fn record_sent(sim: &SharedSim, d: &Distribution) {
+    if d.request_type == "GeneratedInvite" {
+        return;
+    }
+    let Some(ml) = d.recipients.mailing_list_id.as_deref() else {
+        return;
+    };
+    let Some((dir, _)) = sim
+        .directory
+        .mailing_lists()
+        .into_iter()
+        .find(|(_, id)| id == ml)
+    else {
+        return;
+    };
+    for row in &d.history {
+        sim.directory.record_email_history(
+            &dir,
+            &row.member.contact_id,
+            crate::qualtrics::directory::EmailHistoryEntry {
+                distribution_id: d.id.clone(),
+                survey_id: Some(d.survey_id.clone()),
+                mailing_list_id: Some(ml.to_string()),
+                email_type: d.request_type.clone(),
+                // The directory's history speaks of `Sent` where a distribution row says `Success`.
+                status: match row.status {
+                    "Success" => "Sent".to_string(),
+                    other => other.to_string(),
+                },
+                date_ms: d.send_ms,
+            },
+        );
+    }
 }
 
 async fn create_reminder(
