@@ -1199,7 +1199,7 @@ impact = "response.values.QID99"
             ),
             (
                 "[[workflow]]\nname = \"x\"\nowner = \"a\"\ntrigger = { type = \"servicenow\", table = \"incident\" }\n[[workflow.step]]\nname = \"s\"\naction = \"salesforce.upsert\"\ninputs = { object = \"'A'\" }\n",
-                "workflows/nps.toml: workflow \"x\", step \"s\", input \"external_id_field\": is required by salesforce.upsert (External ID field); add it to [workflow.step.mapping]",
+                "workflows/nps.toml: workflow \"x\", step \"s\", input \"external_id_field\": is required by salesforce.upsert (the external id field to match on, e.g. Response_Id__c); add it to [workflow.step.mapping]",
             ),
             (
                 "[[workflow]]\nname = \"Bad Name\"\nowner = \"a\"\ntrigger = { type = \"servicenow\", table = \"incident\" }\n[[workflow.step]]\nname = \"s\"\naction = \"servicenow.get-property\"\ninputs = { name = \"record.short_description\" }\n",
