@@ -7,3 +7,10 @@
 //! plus the Salesforce extension's account rules (linked accounts, sharing, paused workflows). It
 //! must not store secrets itself (that is `xmbridge-vault`) or run HTTP servers (that is
 //! `xmbridge-server`).
+
+pub mod catalog;
+pub mod definition;
+pub mod expr;
+pub mod mapping;
+pub mod preflight;
+pub mod stand_ins;
