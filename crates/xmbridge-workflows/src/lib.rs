@@ -7,3 +7,9 @@
 //! plus the Salesforce extension's account rules (linked accounts, sharing, paused workflows). It
 //! must not store secrets itself (that is `xmbridge-vault`) or run HTTP servers (that is
 //! `xmbridge-server`).
+
+pub mod accounts;
+pub mod event;
+pub mod outbox;
+pub mod store;
+pub mod worker;
