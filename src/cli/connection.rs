@@ -176,7 +176,7 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
     anyhow!(UsageError(msg.into()))
 }
 
-fn open_vault() -> anyhow::Result<(Home, Arc<Vault>)> {
+pub(crate) fn open_vault() -> anyhow::Result<(Home, Arc<Vault>)> {
     let home = Home::from_env()?;
     let key = MasterKey::from_env(&home)?;
     if let xmbridge_vault::KeySource::NewKeyFile(path) = key.source() {
@@ -190,7 +190,7 @@ fn open_vault() -> anyhow::Result<(Home, Arc<Vault>)> {
 }
 
 /// A secret from a file (trailing newline trimmed), else an env var, else a prompt on a terminal.
-fn read_secret(
+pub(crate) fn read_secret(
     file: Option<&Path>,
     env: &str,
     what: &str,

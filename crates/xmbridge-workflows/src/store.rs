@@ -350,6 +350,16 @@ pub trait Store: Send + Sync + 'static {
     /// Records an edit; the first editor is the creator, an edit by anyone else drops the
     /// credential binding. Returns the new state.
     fn note_edit(&self, workflow: &str, editor: &str) -> Result<WorkflowState, StoreError>;
+    /// Records the definition seen at start-up. The first time, `owner` becomes the creator; a
+    /// changed `fingerprint` is an edit by `editor` (dropping the binding unless the editor is
+    /// the creator; an unknown editor keeps it). Returns the new state.
+    fn note_definition(
+        &self,
+        workflow: &str,
+        fingerprint: &str,
+        editor: Option<&str>,
+        owner: &str,
+    ) -> Result<WorkflowState, StoreError>;
     /// Re-establishes the credential binding (re-authorization).
     fn rebind(&self, workflow: &str) -> Result<(), StoreError>;
     /// Workflows whose binding is dropped.
@@ -422,7 +432,8 @@ CREATE TABLE IF NOT EXISTS wf_workflow_state (
     paused_account TEXT,
     creator        TEXT,
     last_editor    TEXT,
-    binding_valid  INTEGER NOT NULL DEFAULT 1
+    binding_valid  INTEGER NOT NULL DEFAULT 1,
+    fingerprint    TEXT
 );
 CREATE TABLE IF NOT EXISTS wf_accounts (
     name       TEXT PRIMARY KEY,
@@ -1048,6 +1059,48 @@ impl Store for SqliteStore {
         self.workflow_state(workflow)
     }
 
+    fn note_definition(
+        &self,
+        workflow: &str,
+        fingerprint: &str,
+        editor: Option<&str>,
+        owner: &str,
+    ) -> Result<WorkflowState, StoreError> {
+        {
+            let mut conn = self.conn.lock();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| self.db(e))?;
+            Self::ensure_state_row(&tx, workflow).map_err(|e| self.db(e))?;
+            let old: Option<String> = tx
+                .query_row(
+                    "SELECT fingerprint FROM wf_workflow_state WHERE workflow = ?1",
+                    [workflow],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.db(e))?;
+            tx.execute(
+                "UPDATE wf_workflow_state SET creator = COALESCE(creator, ?2), fingerprint = ?3
+                 WHERE workflow = ?1",
+                params![workflow, owner, fingerprint],
+            )
+            .map_err(|e| self.db(e))?;
+            if let (Some(old), Some(editor)) = (old, editor)
+                && old != fingerprint
+            {
+                tx.execute(
+                    "UPDATE wf_workflow_state SET last_editor = ?2,
+                         binding_valid = CASE WHEN creator = ?2 THEN binding_valid ELSE 0 END
+                     WHERE workflow = ?1",
+                    params![workflow, editor],
+                )
+                .map_err(|e| self.db(e))?;
+            }
+            tx.commit().map_err(|e| self.db(e))?;
+        }
+        self.workflow_state(workflow)
+    }
+
     fn rebind(&self, workflow: &str) -> Result<(), StoreError> {
         let conn = self.conn.lock();
         Self::ensure_state_row(&conn, workflow).map_err(|e| self.db(e))?;
@@ -1297,6 +1350,32 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn a_changed_definition_is_an_edit() {
+        let (_d, s) = store();
+        let st = s.note_definition("wf", "v1", Some("sam"), "pat").unwrap();
+        assert_eq!(st.creator.as_deref(), Some("pat"));
+        assert!(st.binding_valid, "first sight is not an edit");
+        assert!(
+            s.note_definition("wf", "v1", Some("sam"), "pat")
+                .unwrap()
+                .binding_valid
+        );
+        assert!(
+            s.note_definition("wf", "v2", Some("pat"), "pat")
+                .unwrap()
+                .binding_valid
+        );
+        assert!(
+            s.note_definition("wf", "v3", None, "pat")
+                .unwrap()
+                .binding_valid
+        );
+        let st = s.note_definition("wf", "v4", Some("sam"), "pat").unwrap();
+        assert!(!st.binding_valid);
+        assert_eq!(st.last_editor.as_deref(), Some("sam"));
     }
 
     #[test]
