@@ -414,3 +414,42 @@ async fn a_dropped_credential_binding_holds_events_until_reauthorized() {
     drain(&s).await;
     assert_eq!(s.target.count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_engines_on_one_store_file_never_deliver_an_event_twice() {
+    let s = setup(&["a"], 8);
+    for n in 0..200 {
+        s.outbox.enqueue(&event(n)).unwrap();
+    }
+    // A second process's view: its own connection to the same file, same target.
+    let store2 = Arc::new(SqliteStore::open(s.store.path()).unwrap());
+    let mut registry = Registry::new();
+    registry.register(WriteAction(s.target.clone()));
+    let plan: Arc<dyn Plan> = Arc::new(TestPlan {
+        name: "wf".into(),
+        steps: vec!["a".into()],
+        max_attempts: 8,
+    });
+    let engine2 = Arc::new(Engine::new(
+        store2,
+        Arc::new(registry),
+        vec![plan],
+        Arc::new(TestConnector),
+        EngineConfig {
+            workers: 3,
+            batch: 2,
+            ..EngineConfig::default()
+        },
+        Arc::new(tokio::sync::Notify::new()),
+    ));
+    let e1 = s.engine.clone();
+    let (a, b) = tokio::join!(
+        e1.run(RunMode::UntilIdle, std::future::pending()),
+        engine2.run(RunMode::UntilIdle, std::future::pending())
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.done + b.done + a.skipped + b.skipped, 200);
+    assert!(a.done > 0 && b.done > 0, "both engines worked: {a:?} {b:?}");
+    assert_eq!(s.target.count(), 199);
+    assert_eq!(s.target.max_per_key(), 1);
+}
