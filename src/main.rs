@@ -5,7 +5,7 @@
 
 mod cli;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
 
 /// xmbridge: an open, self-hosted Qualtrics integration engine.
@@ -49,6 +49,9 @@ enum Command {
     Sync(cli::sync::SyncArgs),
     /// Measure sync speed and memory against a raw load of the same rows (`bench sync`).
     Bench(cli::bench::BenchArgs),
+    /// Run one Qualtrics action (create a contact, send a distribution, look up …), JSON out;
+    /// `action list` shows them all.
+    Action(cli::action::ActionArgs),
 }
 
 fn init_logging(format: LogFormat, verbose: u8) {
@@ -73,7 +76,11 @@ fn init_logging(format: LogFormat, verbose: u8) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse(); // prints usage errors and exits with 2 itself
+    // `action --help` lists every registered action, so its help text is built at run time.
+    let command =
+        Cli::command().mut_subcommand("action", |c| c.after_help(cli::action::help_text()));
+    // Usage errors print themselves and exit with 2.
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     init_logging(cli.log_format, cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -92,6 +99,7 @@ fn main() -> ExitCode {
             Command::Connection(args) => cli::connection::run(args).await,
             Command::Sync(args) => cli::sync::run(args).await,
             Command::Bench(args) => cli::bench::run(args).await,
+            Command::Action(args) => cli::action::run(args).await,
         }
     });
     match result {

@@ -244,3 +244,43 @@ async fn mtls_writes_a_working_client_bundle() {
         "a call without a client certificate must be refused"
     );
 }
+
+#[tokio::test]
+async fn salesforce_flag_serves_the_salesforce_simulator() {
+    let (_sim, url) = start(&["--salesforce", "--listen", "127.0.0.1:0", "--seed", "3"]);
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let http = reqwest::Client::new();
+    let versions: serde_json::Value = http
+        .get(format!("{url}/services/data/"))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        versions
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["url"] == "/services/data/v60.0"),
+        "{versions}"
+    );
+    let denied = http
+        .get(format!("{url}/services/data/v60.0/sobjects"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 401);
+    let creds: serde_json::Value = http
+        .get(format!("{url}/_sim/credentials"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(creds["instance_url"], url.as_str());
+}

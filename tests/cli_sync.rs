@@ -451,3 +451,713 @@ async fn a_5xx_storm_fails_clearly_and_the_next_run_completes() {
         .await;
     assert!(inserted(&done, "survey_response") > 400, "{done}");
 }
+
+/// A destination the schema-evolution and failure tests read back: a SQLite file (table-name
+/// prefix `qualtrics_`) or a PostgreSQL database of its own (schema `qualtrics`).
+enum Db {
+    Sqlite(PathBuf),
+    Pg {
+        url: String,
+        name: String,
+        base: String,
+    },
+}
+
+impl Db {
+    /// A fresh PostgreSQL database `xmb_cli_sync_<tag>_<pid>` (dropped by [`Db::drop_pg`]).
+    async fn postgres(tag: &str) -> Db {
+        let base = std::env::var("XMBRIDGE_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("xmb_cli_sync_{tag}_{}", std::process::id());
+        let admin = pg_client(&base).await;
+        admin
+            .execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), &[])
+            .await
+            .unwrap();
+        admin
+            .execute(&format!("CREATE DATABASE {name}"), &[])
+            .await
+            .unwrap();
+        let url = match base.rsplit_once('/') {
+            Some((head, _)) => format!("{head}/{name}"),
+            None => panic!("XMBRIDGE_TEST_PG must end with a database name"),
+        };
+        Db::Pg { url, name, base }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Db::Sqlite(p) => format!("sqlite:{}", p.display()),
+            Db::Pg { url, .. } => url.clone(),
+        }
+    }
+
+    /// The physical name of a synced table.
+    fn t(&self, table: &str) -> String {
+        match self {
+            Db::Sqlite(_) => format!("qualtrics_{table}"),
+            Db::Pg { .. } => format!("qualtrics.{table}"),
+        }
+    }
+
+    /// Runs a query whose first column is text.
+    async fn rows(&self, sql: &str) -> Vec<String> {
+        match self {
+            Db::Sqlite(p) => sqlite_rows(p, sql),
+            Db::Pg { url, .. } => {
+                let c = pg_client(url).await;
+                let rows = c
+                    .query(sql, &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                rows.iter().map(|r| r.get::<_, String>(0)).collect()
+            }
+        }
+    }
+
+    async fn count(&self, table: &str, filter: &str) -> u64 {
+        let sql = format!(
+            "SELECT CAST(COUNT(*) AS TEXT) FROM {} WHERE {filter}",
+            self.t(table)
+        );
+        self.rows(&sql).await[0].parse().unwrap()
+    }
+
+    /// Runs statements (hand edits).
+    async fn exec(&self, sql: &str) {
+        match self {
+            Db::Sqlite(p) => rusqlite::Connection::open(p)
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap(),
+            Db::Pg { url, .. } => pg_client(url).await.batch_execute(sql).await.unwrap(),
+        }
+    }
+
+    async fn drop_pg(&self) {
+        if let Db::Pg { name, base, .. } = self {
+            pg_client(base)
+                .await
+                .execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), &[])
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn pg_client(url: &str) -> tokio_postgres::Client {
+    let (c, conn) = match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+        Ok(x) => x,
+        Err(e) => {
+            panic!("PostgreSQL at {url} is required for this test (scripts/test starts it): {e}")
+        }
+    };
+    tokio::spawn(conn);
+    c
+}
+
+async fn admin_post(h: &SimHandle, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let r = reqwest::Client::new()
+        .post(format!("{}{path}", h.base_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(status.is_success(), "{path}: {status} {v}");
+    v
+}
+
+/// Hostile names: a question export tag and an embedded data field a naive writer would break on.
+const EVIL_TAG: &str = "select\"; DROP TABLE x;--";
+const EVIL_FIELD: &str = "ünïcode \"order\"";
+
+/// A question, an embedded data field and a distribution stats field appear between two syncs:
+/// the second sync adds what is needed, fails on nothing, and keeps the old rows.
+async fn schema_evolution(db: &Db) {
+    let h = sim(SimConfig {
+        surveys: 2,
+        responses: 40,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = Install::new();
+    i.connect(&h, "acme").await;
+    let dest = db.url();
+    i.ok(&["sync", "acme", "--destination", &dest]).await;
+    let answers_before = db
+        .rows(&format!(
+            "SELECT response_id || '|' || question_id || '|' || coalesce(value, '') FROM {} ORDER BY 1",
+            db.t("question_response")
+        ))
+        .await;
+    let responses_before = db.count("survey_response", "1 = 1").await;
+    assert!(responses_before > 60, "{responses_before}");
+
+    let sid = h.sim.surveys[1].id.clone();
+    let q = admin_post(
+        &h,
+        &format!("/_sim/surveys/{sid}/questions"),
+        json!({"kind": "mc_single", "export_tag": EVIL_TAG, "text": "Pick one; or 'two' — ✓"}),
+    )
+    .await;
+    let qid = q["qid"].as_str().unwrap().to_string();
+    admin_post(
+        &h,
+        &format!("/_sim/surveys/{sid}/embedded-data"),
+        json!({"name": EVIL_FIELD, "values": ["naïve; 'x'", "DROP \"y\""]}),
+    )
+    .await;
+    admin_post(
+        &h,
+        "/_sim/distributions/stats-fields",
+        json!({"name": "clicked"}),
+    )
+    .await;
+    let generated = admin_post(
+        &h,
+        &format!("/_sim/surveys/{sid}/responses"),
+        json!({"count": 6}),
+    )
+    .await;
+    let new_ids: Vec<String> = generated["response_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+
+    let out = i.ok(&["sync", "acme", "--destination", &dest]).await;
+    assert_eq!(inserted(&out, "survey_response"), 6, "{out}");
+    // The question, with its hostile export tag, unchanged.
+    let tags = db
+        .rows(&format!(
+            "SELECT data_export_tag FROM {} WHERE id = '{qid}' AND survey_id = '{sid}'",
+            db.t("question")
+        ))
+        .await;
+    assert_eq!(tags, [EVIL_TAG]);
+    // Its answers, named by the export tag.
+    let answered = db
+        .rows(&format!(
+            "SELECT question FROM {} WHERE question_id = '{qid}'",
+            db.t("question_response")
+        ))
+        .await;
+    assert!(answered.len() >= 3, "{answered:?}");
+    assert!(answered.iter().all(|q| q == EVIL_TAG), "{answered:?}");
+    // The new embedded data field on every new response, name and values unchanged.
+    let fields = db
+        .rows(&format!(
+            "SELECT value FROM {} WHERE key = '{}' ORDER BY response_id",
+            db.t("survey_embedded_data"),
+            EVIL_FIELD.replace('\'', "''")
+        ))
+        .await;
+    assert_eq!(fields.len(), new_ids.len(), "{fields:?}");
+    assert!(
+        fields
+            .iter()
+            .all(|v| v == "naïve; 'x'" || v == "DROP \"y\""),
+        "{fields:?}"
+    );
+    let keyed = db
+        .rows(&format!(
+            "SELECT import_id FROM {} WHERE key = '{EVIL_FIELD}'",
+            db.t("survey_embedded_data")
+        ))
+        .await;
+    assert!(keyed.iter().all(|k| k == EVIL_FIELD), "{keyed:?}");
+    // The new stats column, with values.
+    let clicked = db
+        .rows(&format!(
+            "SELECT CAST(stats_clicked AS TEXT) FROM {} WHERE stats_clicked IS NOT NULL",
+            db.t("distribution")
+        ))
+        .await;
+    assert!(!clicked.is_empty(), "no stats_clicked values");
+    // Old rows intact.
+    assert_eq!(
+        db.count("survey_response", "1 = 1").await,
+        responses_before + 6
+    );
+    let answers_after = db
+        .rows(&format!(
+            "SELECT response_id || '|' || question_id || '|' || coalesce(value, '') FROM {} ORDER BY 1",
+            db.t("question_response")
+        ))
+        .await;
+    let old: Vec<&String> = answers_after
+        .iter()
+        .filter(|r| !new_ids.iter().any(|id| r.starts_with(id.as_str())))
+        .collect();
+    assert!(
+        old.len() == answers_before.len() && old.iter().zip(&answers_before).all(|(a, b)| *a == b),
+        "old answer rows changed"
+    );
+    // A third run with nothing new writes no response again.
+    let again = i.ok(&["sync", "acme", "--destination", &dest]).await;
+    assert_eq!(inserted(&again, "survey_response"), 0, "{again}");
+}
+
+#[tokio::test]
+async fn schema_evolution_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    schema_evolution(&Db::Sqlite(dir.path().join("evo.db"))).await;
+}
+
+#[tokio::test]
+async fn schema_evolution_postgres() {
+    let db = Db::postgres("evo").await;
+    schema_evolution(&db).await;
+    db.drop_pg().await;
+}
+
+/// Streams whose cursor the destination holds, with the cursor, as text.
+async fn cursors(db: &Db) -> Vec<String> {
+    let sql = match db {
+        Db::Sqlite(_) => "SELECT stream || cursor FROM qualtrics__xmbridge_state ORDER BY 1",
+        Db::Pg { .. } => "SELECT stream || cursor::text FROM qualtrics._xmbridge_state ORDER BY 1",
+    };
+    db.rows(sql).await
+}
+
+/// PostgreSQL: a column whose type was changed by hand stops the sync before it writes anything,
+/// with an error naming table and column and the statement that fixes it; after the fix the
+/// next run completes.
+#[tokio::test]
+async fn postgres_column_retyped_by_hand_is_a_clear_error() {
+    let db = Db::postgres("retype").await;
+    let h = sim(SimConfig {
+        surveys: 1,
+        responses: 30,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = Install::new();
+    i.connect(&h, "acme").await;
+    let dest = db.url();
+    i.ok(&["sync", "acme", "--destination", &dest]).await;
+    db.exec(
+        "ALTER TABLE qualtrics.survey_response ALTER COLUMN duration_in_seconds TYPE boolean \
+         USING duration_in_seconds > 0",
+    )
+    .await;
+    let sid = h.sim.surveys[0].id.clone();
+    let new = admin_post(
+        &h,
+        &format!("/_sim/surveys/{sid}/responses"),
+        json!({"count": 2}),
+    )
+    .await;
+    let before = cursors(&db).await;
+    let rows_before = db.count("survey_response", "1 = 1").await;
+
+    let out = i.run(&["sync", "acme", "--destination", &dest]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("qualtrics.survey_response")
+            && err.contains("duration_in_seconds")
+            && err.contains("boolean")
+            && err.contains("ALTER TABLE"),
+        "{err}"
+    );
+    assert!(
+        err.contains("table survey_response: "),
+        "names only the table at fault: {err}"
+    );
+    assert_eq!(cursors(&db).await, before, "no cursor moved");
+    assert_eq!(db.count("survey_response", "1 = 1").await, rows_before);
+
+    // The fix the message gives, then the next run completes with the new responses.
+    db.exec(
+        "ALTER TABLE qualtrics.survey_response ALTER COLUMN duration_in_seconds TYPE integer \
+         USING duration_in_seconds::integer",
+    )
+    .await;
+    let done = i.ok(&["sync", "acme", "--destination", &dest]).await;
+    assert_eq!(inserted(&done, "survey_response"), 2, "{done}");
+    let id = new["response_ids"][0].as_str().unwrap();
+    assert_eq!(
+        db.count("survey_response", &format!("id = '{id}'")).await,
+        1
+    );
+    db.drop_pg().await;
+}
+
+/// Polls until a query returns a non-zero count (the observable event a test waits for).
+async fn await_rows(db: &Db, table: &str, filter: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let sql = format!(
+            "SELECT CAST(COUNT(*) AS TEXT) FROM {} WHERE {filter}",
+            db.t(table)
+        );
+        let n = match db {
+            Db::Sqlite(p) => rusqlite::Connection::open(p)
+                .and_then(|c| c.query_row(&sql, [], |r| r.get::<_, String>(0)))
+                .unwrap_or_default(),
+            Db::Pg { .. } => db.rows(&sql).await.pop().unwrap_or_default(),
+        };
+        if n.parse::<u64>().unwrap_or(0) > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{table} never got rows"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SQLite: a column dropped by hand while a sync runs fails the commit that writes it, naming
+/// table, column and what to do; nothing of that commit lands, and the next run re-adds the
+/// column and completes equal to a clean sync.
+#[tokio::test]
+async fn sqlite_column_dropped_during_a_sync_is_a_clear_error() {
+    let h = sim(SimConfig {
+        surveys: 1,
+        responses: 60,
+        export_delay_ms: 1500,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = Install::new();
+    i.connect(&h, "acme").await;
+    let db = Db::Sqlite(i.path("dropped.db"));
+    let dest = db.url();
+    let child = i
+        .cmd(&["sync", "acme", "--destination", &dest])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The definitions are committed before the response export completes: the window.
+    await_rows(&db, "survey", "1 = 1").await;
+    db.exec("ALTER TABLE qualtrics_survey_response DROP COLUMN duration_in_seconds")
+        .await;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("qualtrics_survey_response")
+            && err.contains("duration_in_seconds")
+            && err.contains("nothing of this commit was applied")
+            && err.contains("--full"),
+        "{err}"
+    );
+    let sid = &h.sim.surveys[0].id;
+    assert!(err.contains(sid.as_str()), "names the survey: {err}");
+    assert_eq!(db.count("survey_response", "1 = 1").await, 0);
+    assert_eq!(db.count("question_response", "1 = 1").await, 0);
+    assert!(db.count("question", "1 = 1").await > 0, "definitions stay");
+
+    i.ok(&["sync", "acme", "--destination", &dest]).await;
+    let clean = Db::Sqlite(i.path("clean.db"));
+    i.ok(&["sync", "acme", "--destination", &clean.url()]).await;
+    for (table, key) in [
+        (
+            "survey_response",
+            "id || '|' || coalesce(duration_in_seconds, '')",
+        ),
+        (
+            "question_response",
+            "_xmbridge_id || '|' || coalesce(value, '')",
+        ),
+    ] {
+        let sql = |d: &Db| format!("SELECT {key} FROM {} ORDER BY 1", d.t(table));
+        assert_eq!(
+            db.rows(&sql(&db)).await,
+            clean.rows(&sql(&clean)).await,
+            "{table}"
+        );
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Auth {
+    ApiToken,
+    OAuth,
+}
+
+/// Authorizes a standard (OAuth) connection: runs `connection authorize`, plays the browser
+/// (the simulator auto-approves), and waits for the command to finish.
+async fn authorize(i: &Install, web: &reqwest::Client, name: &str) {
+    use std::io::{BufRead, BufReader};
+    let mut child = i
+        .cmd(&["connection", "authorize", name, "--timeout", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = tokio::task::spawn_blocking(move || {
+        let url = loop {
+            let line = lines.next().expect("authorize printed no URL").unwrap();
+            if line.starts_with("http") {
+                break line;
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || lines.map_while(Result::ok).count());
+        url
+    })
+    .await
+    .unwrap();
+    let r = web.get(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 302, "{url}");
+    let back = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(web.get(&back).send().await.unwrap().status().is_success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A standard-mode (OAuth) connection `name`, authorized.
+async fn connect_oauth(i: &Install, h: &SimHandle, web: &reqwest::Client, name: &str) {
+    let creds: serde_json::Value = web
+        .get(format!("{}/_sim/credentials", h.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let app = creds["oauth_clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["grants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g == "authorization_code")
+        })
+        .unwrap();
+    let sf = i.path("client.secret");
+    std::fs::write(&sf, app["client_secret"].as_str().unwrap()).unwrap();
+    admin_post(h, "/_sim/oauth/auto-approve", json!({"user": "admin"})).await;
+    i.ok(&[
+        "connection",
+        "add",
+        "qualtrics",
+        name,
+        "--url",
+        &h.base_url,
+        "--auth",
+        "standard",
+        "--client-id",
+        app["client_id"].as_str().unwrap(),
+        "--client-secret-file",
+        sf.to_str().unwrap(),
+    ])
+    .await;
+    authorize(i, web, name).await;
+}
+
+/// The credentials die while a sync runs (after the definitions are committed, during the
+/// response export): a clear error naming table and survey and what to do; committed tables
+/// stay; after new credentials the next run completes equal to a clean sync, row for row.
+async fn token_revoked_mid_sync(auth: Auth) {
+    let h = sim(SimConfig {
+        surveys: 2,
+        responses: 80,
+        export_delay_ms: 1500,
+        ..SimConfig::default()
+    })
+    .await;
+    let web = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let i = Install::new();
+    match auth {
+        Auth::ApiToken => i.connect(&h, "acme").await,
+        Auth::OAuth => connect_oauth(&i, &h, &web, "acme").await,
+    }
+    let db = Db::Sqlite(i.path("revoked.db"));
+    let dest = db.url();
+    let child = i
+        .cmd(&["sync", "acme", "--destination", &dest])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    await_rows(&db, "survey", "1 = 1").await;
+    let new_token = match auth {
+        Auth::ApiToken => {
+            // Generating a new API token invalidates the old one (as in Qualtrics).
+            let admin_id = h.sim.users.read()[0].id.clone();
+            let r: serde_json::Value = web
+                .post(format!("{}/users/{admin_id}/apitoken", h.api_url()))
+                .header("X-API-TOKEN", h.sim.cfg.admin_token())
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            Some(r["result"]["apiToken"].as_str().unwrap().to_string())
+        }
+        Auth::OAuth => {
+            admin_post(&h, "/_sim/tokens/revoke", json!({"all": true})).await;
+            None
+        }
+    };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{auth:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("table survey_response, survey SV_"), "{err}");
+    match auth {
+        Auth::ApiToken => assert!(
+            err.contains("refused the API token") || err.contains("API token"),
+            "{err}"
+        ),
+        Auth::OAuth => assert!(
+            err.contains("account token expired")
+                && err.contains("xmbridge connection authorize acme"),
+            "{err}"
+        ),
+    }
+    let definitions = db.count("question", "1 = 1").await;
+    assert!(definitions > 0, "committed definitions stay");
+
+    // New credentials, then the next run completes.
+    match (auth, new_token) {
+        (Auth::ApiToken, Some(token)) => {
+            i.ok(&["connection", "remove", "acme"]).await;
+            let tf = i.path("acme.token");
+            std::fs::write(&tf, token).unwrap();
+            i.ok(&[
+                "connection",
+                "add",
+                "qualtrics",
+                "acme",
+                "--url",
+                &h.base_url,
+                "--api-token-file",
+                tf.to_str().unwrap(),
+            ])
+            .await;
+        }
+        _ => authorize(&i, &web, "acme").await,
+    }
+    i.ok(&["sync", "acme", "--destination", &dest]).await;
+    let clean = Db::Sqlite(i.path("clean.db"));
+    i.ok(&["sync", "acme", "--destination", &clean.url()]).await;
+    for (table, key) in [
+        (
+            "survey_response",
+            "id || '|' || survey_id || '|' || recorded_date",
+        ),
+        (
+            "question_response",
+            "_xmbridge_id || '|' || coalesce(value, '')",
+        ),
+        (
+            "survey_embedded_data",
+            "response_id || '|' || key || '|' || coalesce(value, '')",
+        ),
+        ("question", "id || '|' || survey_id"),
+    ] {
+        let sql = |d: &Db| format!("SELECT {key} FROM {} ORDER BY 1", d.t(table));
+        let (a, b) = (db.rows(&sql(&db)).await, clean.rows(&sql(&clean)).await);
+        assert!(!a.is_empty(), "{table}");
+        assert!(
+            a == b,
+            "{table}: {} rows vs {} in a clean sync",
+            a.len(),
+            b.len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn api_token_revoked_mid_sync() {
+    token_revoked_mid_sync(Auth::ApiToken).await;
+}
+
+#[tokio::test]
+async fn oauth_token_revoked_mid_sync() {
+    token_revoked_mid_sync(Auth::OAuth).await;
+}
+
+/// A SQLite destination that runs out of space (`?max_size_mb=1`, SQLite's page cap, which fails
+/// writes with the full-disk error): a clear error naming table and survey and what to do;
+/// committed tables stay; with the cap lifted the next run completes equal to a clean sync.
+#[tokio::test]
+async fn sqlite_disk_full_fails_clearly_and_the_next_run_completes() {
+    let h = sim(SimConfig {
+        surveys: 2,
+        responses: 300,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = Install::new();
+    i.connect(&h, "acme").await;
+    let db = Db::Sqlite(i.path("full.db"));
+    let capped = format!("{}?max_size_mb=1", db.url());
+    let out = i.run(&["sync", "acme", "--destination", &capped]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("database or disk is full")
+            && err.contains("max_size_mb=1")
+            && err.contains("run the sync again"),
+        "{err}"
+    );
+    assert!(err.contains(", survey SV_"), "names the survey: {err}");
+    assert!(db.count("question", "1 = 1").await > 0, "definitions stay");
+    let size = std::fs::metadata(i.path("full.db")).unwrap().len();
+    assert!(size <= 1024 * 1024, "the cap held: {size} bytes");
+
+    let out = i
+        .run(&[
+            "sync",
+            "acme",
+            "--destination",
+            &format!("{}?cache=big", db.url()),
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "an unknown option is refused");
+
+    i.ok(&["sync", "acme", "--destination", &db.url()]).await;
+    let clean = Db::Sqlite(i.path("clean.db"));
+    i.ok(&["sync", "acme", "--destination", &clean.url()]).await;
+    for (table, key) in [
+        (
+            "survey_response",
+            "id || '|' || survey_id || '|' || recorded_date",
+        ),
+        (
+            "question_response",
+            "_xmbridge_id || '|' || coalesce(value, '')",
+        ),
+        (
+            "survey_embedded_data",
+            "response_id || '|' || key || '|' || coalesce(value, '')",
+        ),
+    ] {
+        let sql = |d: &Db| format!("SELECT {key} FROM {} ORDER BY 1", d.t(table));
+        let (a, b) = (db.rows(&sql(&db)).await, clean.rows(&sql(&clean)).await);
+        assert!(!a.is_empty(), "{table}");
+        assert!(
+            a == b,
+            "{table}: {} rows vs {} in a clean sync",
+            a.len(),
+            b.len()
+        );
+    }
+}

@@ -2,8 +2,8 @@
 //! same rows measured in the same run.
 //!
 //! For each destination the parent process runs a child of the same binary (hidden `--child`),
-//! so peak RSS (`VmHWM`) is per destination. The child starts the simulator in-process (one
-//! survey, N responses), syncs the response tables into a fresh destination (its own PostgreSQL
+//! so peak RSS (`VmHWM`) is per destination. The child starts the simulator as a process of its
+//! own (one survey, N responses; its memory is not the sync's), syncs the response tables into a fresh destination (its own PostgreSQL
 //! database, or a SQLite file in a temp dir), reads the peak RSS, then reads the synced rows back
 //! into memory and times the baseline: binary `COPY` (PostgreSQL) or a bare prepared-insert loop
 //! in one transaction (SQLite) into empty tables of the same shape. It prints one JSON line; the
@@ -310,22 +310,77 @@ async fn child(args: &BenchSyncArgs, d: BenchDest) -> anyhow::Result<Measure> {
     }
 }
 
+/// The simulator in a process of its own (`xmbridge simulate`), so that generating and zipping
+/// the export does not count in the sync's peak RSS. Killed on drop.
+struct SimProcess {
+    child: std::process::Child,
+    base_url: String,
+}
+
+impl SimProcess {
+    async fn start(args: &BenchSyncArgs, token: &str) -> anyhow::Result<SimProcess> {
+        let exe = std::env::current_exe().context("cannot find the xmbridge executable")?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args([
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--surveys",
+            "1",
+            "--responses",
+            &args.responses.to_string(),
+            "--questions",
+            &args.questions.to_string(),
+            // Loopback: no simulated export wait or brand rate limit to pace the bench.
+            "--export-delay-ms",
+            "0",
+            "--rate-limit",
+            "0",
+        ])
+        .env("XMBRIDGE_SIM_API_TOKEN", token)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+        let mut child = cmd
+            .spawn()
+            .context("cannot start the Qualtrics simulator")?;
+        let stdout = child.stdout.take();
+        let first = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut line = String::new();
+            if let Some(out) = stdout {
+                std::io::BufReader::new(out).read_line(&mut line)?;
+            }
+            Ok::<_, std::io::Error>(line)
+        })
+        .await
+        .context("the simulator reader panicked")?
+        .context("cannot read the simulator's first line")?;
+        let mut sim = SimProcess {
+            child,
+            base_url: String::new(),
+        };
+        sim.base_url = first
+            .trim()
+            .strip_prefix("listening on ")
+            .ok_or_else(|| anyhow!("the simulator did not start: it printed {first:?}"))?
+            .to_string();
+        Ok(sim)
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Starts the simulator, syncs the response tables into `url` and times it.
 async fn measure_sync(args: &BenchSyncArgs, url: &str) -> anyhow::Result<Measure> {
-    let cfg = SimConfig {
-        surveys: 1,
-        responses: args.responses,
-        questions: args.questions,
-        // Loopback: no simulated export wait or brand rate limit to pace the bench.
-        export_delay_ms: 0,
-        rate_limit_per_min: 0,
-        ..SimConfig::default()
-    };
-    let token = cfg.admin_token();
-    let handle = xmbridge_sim::start_qualtrics(cfg, "127.0.0.1:0".parse()?)
-        .await
-        .context("cannot start the Qualtrics simulator")?;
-    let client = Client::builder(BaseUrl::parse(&handle.base_url)?, Auth::api_token(token))
+    let token = SimConfig::default().admin_token();
+    let sim = SimProcess::start(args, &token).await?;
+    let client = Client::builder(BaseUrl::parse(&sim.base_url)?, Auth::api_token(token))
         .request_timeout(Duration::from_secs(3600))
         .no_rate_limit()
         .build()?;
@@ -340,7 +395,7 @@ async fn measure_sync(args: &BenchSyncArgs, url: &str) -> anyhow::Result<Measure
     let summary = xmbridge_sync::sync(&client, dest.as_mut(), &opts, &NoProgress).await?;
     let sync_s = started.elapsed().as_secs_f64();
     drop(dest);
-    handle.stop().await;
+    drop(sim);
     let qr = summary.table("question_response");
     Ok(Measure {
         responses: summary.responses,
@@ -438,7 +493,10 @@ fn sqlite_baseline(synced: &std::path::Path) -> anyhow::Result<(u64, f64)> {
     let target_path = synced.with_file_name("baseline.db");
     let dst = rusqlite::Connection::open(&target_path)?;
     let _mode: String = dst.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-    dst.execute_batch("PRAGMA synchronous=NORMAL")?;
+    dst.execute_batch(&format!(
+        "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-{}",
+        xmbridge_destinations::sqlite::CACHE_KIB
+    ))?;
 
     let mut loaded = Vec::new();
     for t in TABLES {

@@ -2,6 +2,7 @@
 //! an example in `--help`) and a `run` function. Only the binary uses `anyhow`; the libraries return
 //! typed errors.
 
+pub mod action;
 pub mod bench;
 pub mod connection;
 pub mod demo;

@@ -29,6 +29,10 @@ fn defaults() -> SimConfig {
   # Switch on faults from the start (also changeable at run time: POST /_sim/faults):
   xmbridge simulate --fault key=value --fault other=3
 
+  # A Salesforce org instead (OAuth + REST under /services/data/v60.0; docs/simulator/salesforce.md):
+  xmbridge simulate --salesforce --listen 127.0.0.1:8090
+  curl http://127.0.0.1:8090/_sim/credentials
+
 The first line printed is always 'listening on URL'. Same seed and settings give the same data,
 byte for byte.")]
 pub struct SimulateArgs {
@@ -102,6 +106,20 @@ pub struct SimulateArgs {
     /// Repeatable. See docs/simulator.md for the keys.
     #[arg(long = "fault", value_name = "KEY=VALUE", value_parser = parse_fault)]
     pub faults: Vec<(String, Value)>,
+
+    /// Serve a simulated Salesforce org (OAuth, REST, outbound messages) instead of Qualtrics.
+    /// Uses --seed; the Qualtrics-only flags are ignored.
+    #[arg(long, conflicts_with_all = ["mtls"])]
+    pub salesforce: bool,
+
+    /// With --salesforce: the org's daily API request allowance.
+    #[arg(
+        long = "sf-api-limit",
+        default_value_t = 15_000,
+        value_name = "N",
+        requires = "salesforce"
+    )]
+    pub sf_api_limit: u64,
 }
 
 /// A socket address on loopback; `localhost:PORT` is accepted as `127.0.0.1:PORT`.
@@ -223,7 +241,43 @@ fn token_line(cfg: &SimConfig, base: &str) -> String {
     }
 }
 
+/// `xmbridge simulate --salesforce`: one simulated Salesforce org.
+async fn run_salesforce(args: &SimulateArgs) -> anyhow::Result<()> {
+    let cfg = xmbridge_sim::salesforce::SalesforceConfig {
+        seed: args.seed,
+        api_limit: args.sf_api_limit,
+        ..Default::default()
+    };
+    let handle = xmbridge_sim::start_salesforce(cfg, args.listen)
+        .await
+        .context("cannot start the Salesforce simulator")?;
+    let stop = super::shutdown_signal();
+    let base = handle.base_url.clone();
+    let mut out = std::io::stdout().lock();
+    // The first line is a contract: scripts and tests read the URL from it.
+    writeln!(out, "listening on {base}")?;
+    out.flush()?;
+    let info = format!(
+        "Salesforce org {} (seed {}): instance URL and login host {base}\n\
+         token endpoint: {}\n\
+         connected app, users and secrets: GET {base}/_sim/credentials\n\
+         try: curl {base}/services/data\nstop with Ctrl-C\n",
+        handle.sim.org_id,
+        args.seed,
+        handle.token_url()
+    );
+    let _ = out.write_all(info.as_bytes()).and_then(|()| out.flush());
+    drop(out);
+    stop.await;
+    eprintln!("stopping the simulator");
+    handle.stop().await;
+    Ok(())
+}
+
 pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    if args.salesforce {
+        return run_salesforce(&args).await;
+    }
     let cfg = config(&args)?;
     let summary = format!(
         "brand: {} in data center {} (seed {}: {} surveys × {} responses, {} contacts)",

@@ -49,6 +49,10 @@ pub struct SyncArgs {
     /// Responses per destination transaction (smaller: less re-done after a kill; larger: faster).
     #[arg(long, default_value_t = 5000)]
     pub commit_every: usize,
+    /// Rows (all tables) per destination transaction, whichever of this and --commit-every comes
+    /// first; bounds memory (about 800 bytes per row, three batches held at most).
+    #[arg(long, default_value_t = 40_000)]
+    pub commit_rows: usize,
     /// Also remove responses deleted upstream (with their answer rows) now, whatever the schedule.
     #[arg(long)]
     pub reconcile: bool,
@@ -141,9 +145,9 @@ pub async fn run_sync(
 }
 
 pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
-    if args.commit_every == 0 {
+    if args.commit_every == 0 || args.commit_rows == 0 {
         return Err(anyhow!(UsageError(
-            "--commit-every must be at least 1".into()
+            "--commit-every and --commit-rows must be at least 1".into()
         )));
     }
     if args.parallel == 0 {
@@ -161,6 +165,7 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
         survey_parallelism: args.parallel,
         reconcile: args.reconcile,
         commit_every: args.commit_every,
+        commit_rows: args.commit_rows,
         reconcile_every: std::time::Duration::from_secs(args.reconcile_every_days * 86_400),
         ..SyncOptions::default()
     };

@@ -10,6 +10,12 @@
 //! Salesforce/ServiceNow client crates, reached through [`ActionContext`]), store anything, or
 //! schedule retries itself: that is the workflow engine's job.
 
+pub mod inputs;
+pub mod qualtrics;
+pub mod salesforce;
+
+pub use inputs::{opt_bool, opt_object, opt_str, opt_u64, req_str};
+
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value};
 use std::any::{Any, TypeId};
@@ -255,7 +261,10 @@ impl Registry {
     /// The built-in actions of every system. Each system's module adds its own with one line here.
     pub fn builtin() -> Self {
         // Registration lines for each system's module go here (`qualtrics::register(&mut r);`).
-        Registry::new()
+        let mut r = Registry::new();
+        qualtrics::register(&mut r);
+        salesforce::register(&mut r);
+        r
     }
 
     /// Adds an action; a second action with the same name replaces the first (tests use this to

@@ -31,6 +31,75 @@ pub const DISTRIBUTION_STATS: [&str; 9] = [
     "blocked",
 ];
 
+/// The columns the sync deletes, marks or reads rows by, per table (`xmbridge-sync`: edited
+/// and reconciled responses by `response_id`; per-parent replacing commits (`delete_where`),
+/// soft-delete scopes (`MarkUnseenDeleted`) and `keys` filters by `survey_id`, `directory_id`,
+/// `distribution_id`, `library_id`). Destinations index each one that is not already the
+/// leading column of the table's primary key, so incremental syncs of large tables do not scan.
+/// Keep in step with the sync's scoped deletes.
+pub const FILTER_COLUMNS: &[(&str, &[&str])] = &[
+    (
+        "response_id",
+        &["question_response", "survey_embedded_data"],
+    ),
+    (
+        "survey_id",
+        &[
+            "survey_response",
+            "survey_version",
+            "block",
+            "block_question",
+            "question",
+            "question_option",
+            "sub_question",
+            "quota",
+            "quota_group",
+            "survey_version_publish_event",
+            "sms_distribution",
+        ],
+    ),
+    (
+        "directory_id",
+        &[
+            "directory_contact",
+            "directory_mailing_list",
+            "contact_mailing_list_membership",
+            "transaction_batch",
+            "batch_transaction_membership",
+            "contact_transaction",
+            "directory_sample",
+            "frequency_rule",
+            "frequency_rule_target",
+        ],
+    ),
+    (
+        "distribution_id",
+        &["distribution_contact", "sms_distribution_contact"],
+    ),
+    (
+        "library_id",
+        &[
+            "library_block",
+            "library_message",
+            "library_question",
+            "library_survey",
+        ],
+    ),
+    ("quota_group_id", &["group_quota_membership"]),
+];
+
+/// The columns of `spec` a destination indexes: those of [`FILTER_COLUMNS`] the table has,
+/// except the leading primary-key column (the key's own index serves it).
+pub fn indexed_columns(spec: &TableSpec) -> Vec<&'static str> {
+    FILTER_COLUMNS
+        .iter()
+        .filter(|(_, tables)| tables.contains(&spec.name.as_str()))
+        .map(|(col, _)| *col)
+        .filter(|col| spec.primary_key.first().map(String::as_str) != Some(*col))
+        .filter(|col| spec.columns.iter().any(|c| c.name == *col))
+        .collect()
+}
+
 /// Every table of schema.md Tier 1 and Tier 2.
 pub fn tables() -> Vec<TableSpec> {
     let stats: String = DISTRIBUTION_STATS
@@ -348,6 +417,30 @@ fn t(name: &str, key: &str, soft: bool, cols: &str) -> TableSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filter_columns_name_real_tables_and_columns() {
+        let all = tables();
+        for (col, names) in FILTER_COLUMNS {
+            for name in *names {
+                let spec = all
+                    .iter()
+                    .find(|t| t.name == *name)
+                    .unwrap_or_else(|| panic!("FILTER_COLUMNS: no table {name}"));
+                assert!(
+                    spec.columns.iter().any(|c| c.name == *col),
+                    "FILTER_COLUMNS: {name} has no column {col}"
+                );
+            }
+        }
+        let qr = all.iter().find(|t| t.name == "question_response").unwrap();
+        assert_eq!(indexed_columns(qr), ["response_id"]);
+        let gqm = all
+            .iter()
+            .find(|t| t.name == "group_quota_membership")
+            .unwrap();
+        assert!(indexed_columns(gqm).is_empty(), "leading key column");
+    }
 
     /// (table, primary key, soft) of schema.md, Tier 1 then Tier 2.
     const EXPECTED: &[(&str, &[&str], bool)] = &[

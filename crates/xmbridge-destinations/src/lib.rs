@@ -149,6 +149,10 @@ pub struct TableBatch {
     /// Remove (hard delete) rows whose `column` equals one of `values` — e.g. the answer rows of
     /// responses deleted upstream, or of a response about to be rewritten.
     pub delete_where: Vec<(String, Vec<Value>)>,
+    /// The caller knows none of these rows' keys is in the destination yet (a survey's first
+    /// load): a destination may insert without merging. It must still behave as an upsert if a
+    /// key turns out to exist (PostgreSQL then falls back to its merge).
+    pub fresh: bool,
 }
 
 /// After a full read of a soft-delete table (optionally limited to rows where `scope` matches),
@@ -207,7 +211,7 @@ pub enum DestError {
     MissingTable { table: String },
     /// A column was dropped by hand after `ensure_tables`.
     #[error(
-        "table {table} has no column {column:?} (dropped by hand?); nothing of this commit was applied; run the sync again to re-add it"
+        "table {table} has no column {column:?} (dropped by hand?); nothing of this commit was applied; run the sync again to re-add it (rows synced before keep no value there: sync with --full to refill them, or restore the column by hand)"
     )]
     MissingColumn { table: String, column: String },
     /// An existing column has another type than the spec (altered by hand).
@@ -239,6 +243,15 @@ pub enum DestError {
     /// A primary-key cell is null.
     #[error("table {table}: primary-key column {column:?} is null in a row")]
     NullKey { table: String, column: String },
+    /// The disk (or the destination's size cap) is full; the commit was rolled back.
+    #[error(
+        "table {table}: database or disk is full ({destination}); nothing of this commit was applied, earlier commits stay; {fix}, then run the sync again: it resumes from the last commit"
+    )]
+    DiskFull {
+        table: String,
+        destination: String,
+        fix: String,
+    },
     /// The database refused a statement; `context` names the table or the step.
     #[error("{context}: {message}")]
     Sql { context: String, message: String },
@@ -259,8 +272,16 @@ pub trait Destination: Send {
         stream: &'a str,
     ) -> BoxFuture<'a, Result<Option<serde_json::Value>, DestError>>;
 
-    /// Applies a [`Commit`] atomically.
+    /// Applies a [`Commit`] atomically: its rows and cursors are stored together or not at all.
+    /// A destination may group several commits into one transaction of its own for speed
+    /// (SQLite does); such a commit is durable once [`Destination::flush`] returns.
     fn commit(&mut self, commit: Commit) -> BoxFuture<'_, Result<CommitStats, DestError>>;
+
+    /// Makes every commit so far durable. Callers flush at the end of a run and before they
+    /// report a failure, so that work done before it is kept.
+    fn flush(&mut self) -> BoxFuture<'_, Result<(), DestError>> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// `sqlite:PATH (prefix qualtrics_)`, `postgres://host/db (schema qualtrics)` — no secret.
     fn describe(&self) -> String;
@@ -286,7 +307,8 @@ pub trait Destination: Send {
 }
 
 /// The destinations [`open`] knows, for error messages.
-pub const KNOWN_DESTINATIONS: &str = "sqlite:PATH, sqlite://PATH, postgres://USER@HOST:PORT/DB";
+pub const KNOWN_DESTINATIONS: &str =
+    "sqlite:PATH, sqlite://PATH, sqlite:PATH?max_size_mb=N, postgres://USER@HOST:PORT/DB";
 
 /// Opens the destination a URL names. `schema` is the PostgreSQL schema or the SQLite table-name
 /// prefix (`qualtrics` → tables `qualtrics_survey`, …); `compat` chooses the system-column prefix.
@@ -296,8 +318,9 @@ pub async fn open(
     compat: Compat,
 ) -> Result<Box<dyn Destination>, DestError> {
     if let Some(path) = sqlite::path_of_url(url) {
+        let opts = sqlite::SqliteOptions::from_url(url)?;
         return Ok(Box::new(
-            sqlite::SqliteDestination::open(path, schema, compat).await?,
+            sqlite::SqliteDestination::open_with(path, schema, compat, opts).await?,
         ));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {

@@ -295,6 +295,21 @@ impl PostgresDestination {
                 }
             }
         }
+        for (spec, (name, r)) in specs.iter().zip(&resolved) {
+            for col in crate::catalog::indexed_columns(spec) {
+                // Index names are per schema; the target gets the index, the staging table of
+                // a merge does not, so first loads pay only the target's index maintenance.
+                tx.batch_execute(&format!(
+                    "CREATE INDEX IF NOT EXISTS {} ON {}.{} ({})",
+                    quote_ident(&index_name(name, col)),
+                    quote_ident(&schema),
+                    quote_ident(name),
+                    quote_ident(col)
+                ))
+                .await
+                .map_err(|e| sql_err(&r.display, e))?;
+            }
+        }
         tx.commit().await.map_err(|e| sql_err("ensure_tables", e))?;
         for (name, r) in resolved {
             self.tables.insert(name, r);
@@ -549,9 +564,47 @@ async fn apply_batch(
     for row in &batch.upserts {
         r.check_row(row)?;
     }
-    let stage = quote_ident(&format!("xmbridge_stage_{index}"));
     let cols: Vec<String> = r.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let col_list = cols.join(", ");
+    let mut types: Vec<Type> = r.columns.iter().map(|c| wire_type(c.ty)).collect();
+    if batch.fresh && batch.delete_where.is_empty() {
+        // New rows only: one COPY straight into the table, no staging table and no merge. A key
+        // that exists after all (unique violation) rolls back to the savepoint and merges.
+        let mut target_cols = format!("{col_list}, {}", quote_ident(&r.synced));
+        let mut tail = vec![PgCell(synced, ColumnType::Timestamp)];
+        let mut direct_types = types.clone();
+        direct_types.push(Type::TIMESTAMPTZ);
+        if let Some(d) = &r.deleted {
+            target_cols.push_str(&format!(", {}", quote_ident(d)));
+            tail.push(PgCell(&Value::Bool(false), ColumnType::Bool));
+            direct_types.push(Type::BOOL);
+        }
+        let sp = tx
+            .savepoint("xmbridge_direct")
+            .await
+            .map_err(|e| failure(&batch.table, e))?;
+        let copied = copy_rows(
+            &sp,
+            &format!("COPY {table} ({target_cols}) FROM STDIN (FORMAT binary)"),
+            &direct_types,
+            &batch.upserts,
+            &r.columns,
+            &tail,
+        )
+        .await;
+        match copied {
+            Ok(()) => {
+                sp.commit().await.map_err(|e| failure(&batch.table, e))?;
+                entry.1 += batch.upserts.len() as u64;
+                return Ok(());
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                sp.rollback().await.map_err(|e| failure(&batch.table, e))?;
+            }
+            Err(e) => return Err(failure(&batch.table, e)),
+        }
+    }
+    let stage = quote_ident(&format!("xmbridge_stage_{index}"));
     let defs: Vec<String> = r
         .columns
         .iter()
@@ -564,31 +617,17 @@ async fn apply_batch(
     ))
     .await
     .map_err(|e| failure(&batch.table, e))?;
-    let types: Vec<Type> = r.columns.iter().map(|c| wire_type(c.ty)).collect();
-    let sink = tx
-        .copy_in(&format!(
-            "COPY {stage} ({col_list}) FROM STDIN (FORMAT binary)"
-        ))
-        .await
-        .map_err(|e| failure(&batch.table, e))?;
-    let writer = BinaryCopyInWriter::new(sink, &types);
-    futures_util::pin_mut!(writer);
-    for i in 0..batch.upserts.len() {
-        let cells = RowCells {
-            row: &batch.upserts[i],
-            cols: &r.columns,
-            at: 0,
-        };
-        writer
-            .as_mut()
-            .write_raw(cells)
-            .await
-            .map_err(|e| failure(&batch.table, e))?;
-    }
-    writer
-        .finish()
-        .await
-        .map_err(|e| failure(&batch.table, e))?;
+    types.truncate(r.columns.len());
+    copy_rows(
+        tx,
+        &format!("COPY {stage} ({col_list}) FROM STDIN (FORMAT binary)"),
+        &types,
+        &batch.upserts,
+        &r.columns,
+        &[],
+    )
+    .await
+    .map_err(|e| failure(&batch.table, e))?;
 
     let synced_col = quote_ident(&r.synced);
     let pk_list =
@@ -654,24 +693,55 @@ async fn apply_batch(
     Ok(())
 }
 
+/// Sends `rows` (each followed by the `tail` cells) through one binary `COPY … FROM STDIN`.
+async fn copy_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    copy: &str,
+    types: &[Type],
+    rows: &[Vec<Value>],
+    cols: &[crate::Column],
+    tail: &[PgCell<'_>],
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx.copy_in(copy).await?;
+    let writer = BinaryCopyInWriter::new(sink, types);
+    futures_util::pin_mut!(writer);
+    for row in rows {
+        let cells = RowCells {
+            row,
+            cols,
+            at: 0,
+            tail,
+        };
+        writer.as_mut().write_raw(cells).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
 /// The cells of one row, without a closure (closures held across an await trip the compiler's
 /// `Send` check, rust-lang/rust#102211).
 struct RowCells<'a> {
     row: &'a [Value],
     cols: &'a [crate::Column],
     at: usize,
+    /// Cells after the row's own (the `<p>_synced` and `<p>_deleted` of a direct COPY).
+    tail: &'a [PgCell<'a>],
 }
 
 impl<'a> Iterator for RowCells<'a> {
     type Item = PgCell<'a>;
     fn next(&mut self) -> Option<PgCell<'a>> {
-        let v = self.row.get(self.at)?;
-        let c = self.cols.get(self.at)?;
+        let n = self.row.len().min(self.cols.len());
+        let i = self.at;
         self.at += 1;
-        Some(PgCell(v, c.ty))
+        if i < n {
+            Some(PgCell(&self.row[i], self.cols[i].ty))
+        } else {
+            self.tail.get(i - n).map(|c| PgCell(c.0, c.1))
+        }
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.row.len().min(self.cols.len()) - self.at;
+        let n = (self.row.len().min(self.cols.len()) + self.tail.len()).saturating_sub(self.at);
         (n, Some(n))
     }
 }
@@ -725,6 +795,11 @@ fn check_type(
             "ALTER TABLE {q} ALTER COLUMN {c} TYPE {short} USING {c}::{short}; or drop the column (ALTER TABLE {q} DROP COLUMN {c}) and run the sync again with --full"
         ),
     })
+}
+
+/// The index on `column` of `table` (unique within the schema).
+pub fn index_name(table: &str, column: &str) -> String {
+    format!("{table}__{column}_idx")
 }
 
 /// After a failed write: a structured error when the table no longer matches its spec.

@@ -34,10 +34,54 @@ use crate::{
     TableSpec, Value,
 };
 
-/// The path of a `sqlite:PATH` / `sqlite://PATH` URL.
+/// Page cache of the destination's connection, in KiB. SQLite's 2 MB default makes a large load
+/// re-read its primary-key index pages (random 64-hex ids) from the file on almost every insert;
+/// the cache grows only as pages are used.
+pub const CACHE_KIB: u32 = 65_536;
+
+/// The path of a `sqlite:PATH` / `sqlite://PATH` URL (without its `?options`).
 pub fn path_of_url(url: &str) -> Option<&str> {
-    url.strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    Some(rest.split_once('?').map_or(rest, |(path, _)| path))
+}
+
+/// Options of a SQLite destination URL: `sqlite:PATH?max_size_mb=N`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// The file may not grow beyond this many MiB (`PRAGMA max_page_count`); a write that would
+    /// fails like a full disk. Useful to cap a destination on a shared disk.
+    pub max_size_mb: Option<u64>,
+}
+
+impl SqliteOptions {
+    /// The options of a `sqlite:` URL; an unknown or malformed option is an error.
+    pub fn from_url(url: &str) -> Result<SqliteOptions, DestError> {
+        let mut opts = SqliteOptions::default();
+        let Some((_, query)) = url.split_once('?') else {
+            return Ok(opts);
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "max_size_mb" => {
+                    let mb = value.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        DestError::Other(format!(
+                            "sqlite URL option max_size_mb={value:?}: expected a whole number of MiB greater than 0"
+                        ))
+                    })?;
+                    opts.max_size_mb = Some(mb);
+                }
+                other => {
+                    return Err(DestError::Other(format!(
+                        "unknown sqlite URL option {other:?}: the only option is max_size_mb=N (e.g. sqlite:PATH?max_size_mb=500)"
+                    )));
+                }
+            }
+        }
+        Ok(opts)
+    }
 }
 
 /// The declared type a column gets in SQLite.
@@ -57,31 +101,68 @@ pub struct SqliteDestination {
     inner: Arc<Mutex<Inner>>,
     path: String,
     prefix: String,
+    max_size_mb: Option<u64>,
 }
 
 struct Inner {
     conn: Connection,
+    /// `sqlite:PATH`, and the size cap, for the disk-full message.
+    destination: String,
+    max_size_mb: Option<u64>,
     prefix: String,
     compat: Compat,
     /// Spec name → resolved spec, filled by `ensure_tables`.
     tables: HashMap<String, Resolved>,
     state: String,
+    /// The open group transaction, if any (see [`GROUP_ROWS`]).
+    group: Option<Group>,
 }
+
+/// Commits grouped into one SQLite transaction.
+struct Group {
+    rows: usize,
+    since: std::time::Instant,
+}
+
+/// Group commit: [`Commit`]s are applied one per SAVEPOINT inside a longer SQLite transaction
+/// that commits once it holds this many rows or is [`GROUP_SECS`] old, and on
+/// [`Destination::flush`]. Each commit rewrites every page it touched into the WAL, and answer
+/// rows have random 64-hex keys, so small transactions rewrite most of the primary-key index
+/// every time (measured: 37 commits of 40,000 rows took 33 s where one took 20 s). Rows and
+/// their cursor still commit together, so a kill loses at most the open group's work, which the
+/// next run redoes from the last committed cursor.
+pub const GROUP_ROWS: usize = 500_000;
+/// See [`GROUP_ROWS`].
+pub const GROUP_SECS: u64 = 10;
 
 impl SqliteDestination {
     /// Opens (creates) the file, sets WAL, creates the cursor table.
     pub async fn open(path: &str, schema: &str, compat: Compat) -> Result<Self, DestError> {
+        Self::open_with(path, schema, compat, SqliteOptions::default()).await
+    }
+
+    /// [`SqliteDestination::open`] with URL options (a size cap).
+    pub async fn open_with(
+        path: &str,
+        schema: &str,
+        compat: Compat,
+        opts: SqliteOptions,
+    ) -> Result<Self, DestError> {
         crate::names::check_name(schema, None)?;
         let prefix = format!("{schema}_");
         let path_owned = path.to_string();
         let prefix2 = prefix.clone();
-        let inner = tokio::task::spawn_blocking(move || Inner::open(&path_owned, prefix2, compat))
-            .await
-            .map_err(|e| DestError::Other(format!("sqlite worker failed: {e}")))??;
+        let max_size_mb = opts.max_size_mb;
+        let inner = tokio::task::spawn_blocking(move || {
+            Inner::open(&path_owned, prefix2, compat, max_size_mb)
+        })
+        .await
+        .map_err(|e| DestError::Other(format!("sqlite worker failed: {e}")))??;
         Ok(SqliteDestination {
             inner: Arc::new(Mutex::new(inner)),
             path: path.to_string(),
             prefix,
+            max_size_mb,
         })
     }
 
@@ -101,7 +182,26 @@ impl SqliteDestination {
     }
 }
 
+/// The index on `column` of `table` (SQLite index names are file-wide: the physical, prefixed
+/// table name keeps them apart).
+pub fn index_name(table: &str, column: &str) -> String {
+    format!("{table}__{column}_idx")
+}
+
+/// SQLITE_FULL: the disk (or the `max_size_mb` cap) is full.
+fn is_disk_full(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+}
+
 fn sql_err(context: &str, e: rusqlite::Error) -> DestError {
+    if is_disk_full(&e) {
+        // Outside a commit (creating tables, reading): no file name at hand, still the fix.
+        return DestError::DiskFull {
+            table: context.to_string(),
+            destination: "the SQLite file".into(),
+            fix: "free disk space (or raise max_size_mb in the destination URL)".into(),
+        };
+    }
     DestError::Sql {
         context: context.to_string(),
         message: e.to_string(),
@@ -167,7 +267,12 @@ fn at(table: &str) -> impl FnOnce(rusqlite::Error) -> Box<Failure> + '_ {
 }
 
 impl Inner {
-    fn open(path: &str, prefix: String, compat: Compat) -> Result<Inner, DestError> {
+    fn open(
+        path: &str,
+        prefix: String,
+        compat: Compat,
+        max_size_mb: Option<u64>,
+    ) -> Result<Inner, DestError> {
         let connect_err = |e: rusqlite::Error| DestError::Connect {
             destination: format!("sqlite:{path}"),
             reason: e.to_string(),
@@ -186,11 +291,25 @@ impl Inner {
         ] {
             conn.set_db_config(c, false).map_err(connect_err)?;
         }
-        conn.execute_batch("PRAGMA synchronous=NORMAL")
-            .map_err(connect_err)?;
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-{CACHE_KIB}"
+        ))
+        .map_err(connect_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(connect_err)?;
         conn.set_prepared_statement_cache_capacity(256);
+        if let Some(mb) = max_size_mb {
+            // A per-connection cap: writes beyond it fail with SQLITE_FULL, as on a full disk.
+            let page_size: i64 = conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(connect_err)?;
+            let pages = (mb.saturating_mul(1024 * 1024) / page_size.max(512) as u64).max(1);
+            let _now: i64 = conn
+                .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                    r.get(0)
+                })
+                .map_err(connect_err)?;
+        }
         let state = format!("{prefix}{}_state", compat.prefix());
         conn.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS {} (\"stream\" TEXT PRIMARY KEY NOT NULL, \"cursor\" JSON_TEXT, \"updated_at\" TIMESTAMP)",
@@ -199,10 +318,13 @@ impl Inner {
         .map_err(connect_err)?;
         Ok(Inner {
             conn,
+            destination: format!("sqlite:{path}"),
+            max_size_mb,
             prefix,
             compat,
             tables: HashMap::new(),
             state,
+            group: None,
         })
     }
 
@@ -211,6 +333,8 @@ impl Inner {
     }
 
     fn ensure(&mut self, specs: &[TableSpec]) -> Result<(), DestError> {
+        // Schema changes run in a transaction of their own.
+        self.flush()?;
         let mut resolved = Vec::with_capacity(specs.len());
         for spec in specs {
             let r = Resolved::new(spec, self.compat, self.physical(&spec.name), None)?;
@@ -264,11 +388,35 @@ impl Inner {
                 }
             }
         }
+        for (spec, (_, r)) in specs.iter().zip(&resolved) {
+            for col in crate::catalog::indexed_columns(spec) {
+                tx.execute_batch(&format!(
+                    "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
+                    quote_ident(&index_name(&r.display, col)),
+                    quote_ident(&r.display),
+                    quote_ident(col)
+                ))
+                .map_err(|e| sql_err(&r.display, e))?;
+            }
+        }
         tx.commit().map_err(|e| sql_err(ctx, e))?;
         for (name, r) in resolved {
             self.tables.insert(name, r);
         }
         Ok(())
+    }
+
+    fn disk_full(&self, table: String) -> DestError {
+        DestError::DiskFull {
+            table,
+            destination: self.destination.clone(),
+            fix: match self.max_size_mb {
+                Some(mb) => format!(
+                    "the file reached its cap max_size_mb={mb}: raise the cap (or drop it from the destination URL) or free space"
+                ),
+                None => "free disk space where the file lives (or move it to a larger disk)".into(),
+            },
+        }
     }
 
     fn cursor(&self, stream: &str) -> Result<Option<serde_json::Value>, DestError> {
@@ -326,14 +474,70 @@ impl Inner {
             .map_err(|e| sql_err(&ctx, e))
     }
 
+    /// Commits the open group transaction, if any.
+    fn flush(&mut self) -> Result<(), DestError> {
+        if self.group.take().is_some() && !self.conn.is_autocommit() {
+            self.conn
+                .execute_batch("COMMIT")
+                .map_err(|e| sql_err("commit", e))?;
+        }
+        Ok(())
+    }
+
     fn commit(&mut self, commit: &Commit) -> Result<CommitStats, DestError> {
-        match self.try_commit(commit).map_err(|f| *f) {
+        if self.group.is_none() || self.conn.is_autocommit() {
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(|e| sql_err("commit", e))?;
+            self.group = Some(Group {
+                rows: 0,
+                since: std::time::Instant::now(),
+            });
+        }
+        self.conn
+            .execute_batch("SAVEPOINT xmbridge_commit")
+            .map_err(|e| sql_err("commit", e))?;
+        let result = self.try_commit(commit).map_err(|f| *f);
+        if result.is_ok() {
+            self.conn
+                .execute_batch("RELEASE xmbridge_commit")
+                .map_err(|e| sql_err("commit", e))?;
+            let rows: usize = commit.batches.iter().map(|b| b.upserts.len()).sum();
+            if let Some(g) = self.group.as_mut() {
+                g.rows += rows;
+                if g.rows >= GROUP_ROWS || g.since.elapsed().as_secs() >= GROUP_SECS {
+                    self.flush()?;
+                }
+            }
+        } else if !self.conn.is_autocommit() {
+            // Undo this commit only; the group's earlier commits stay and are committed now.
+            let _ = self
+                .conn
+                .execute_batch("ROLLBACK TO xmbridge_commit; RELEASE xmbridge_commit");
+            if let Err(e) = self.flush() {
+                tracing::warn!(error = %e, "could not commit the writes before a failed one");
+            }
+        } else {
+            // SQLite rolled the whole transaction back itself (a full disk, an I/O error): the
+            // group's cursors went with its rows, so the next run redoes them.
+            self.group = None;
+        }
+        match result {
             Ok(stats) => Ok(stats),
             Err(Failure { error: Ok(e), .. }) => Err(e),
             Err(Failure {
                 table,
                 error: Err(e),
             }) => {
+                if is_disk_full(&e) {
+                    let table = match table {
+                        Some(t) if self.tables.contains_key(&t) => self.physical(&t),
+                        // A step rather than a table ("commit", "cursor table").
+                        Some(t) => t,
+                        None => "commit".to_string(),
+                    };
+                    return Err(self.disk_full(table));
+                }
                 // The transaction is rolled back; find out whether the table was altered by hand.
                 if let Some(r) = table.as_deref().and_then(|t| self.tables.get(t))
                     && let Some(diag) = diagnose(&self.conn, r)
@@ -352,7 +556,7 @@ impl Inner {
     fn try_commit(&mut self, commit: &Commit) -> Result<CommitStats, Box<Failure>> {
         let synced = iso_millis(commit.synced_at_ms);
         let mut stats = Stats::default();
-        let tx = self.conn.transaction().map_err(at("commit"))?;
+        let tx = &self.conn;
         for batch in &commit.batches {
             let r = self
                 .tables
@@ -360,7 +564,7 @@ impl Inner {
                 .ok_or_else(|| DestError::UnknownTable {
                     table: self.prefix.clone() + &batch.table,
                 })?;
-            apply_batch(&tx, r, batch, &synced, self.compat, &mut stats).map_err(|mut f| {
+            apply_batch(tx, r, batch, &synced, self.compat, &mut stats).map_err(|mut f| {
                 f.table = Some(batch.table.clone());
                 f
             })?;
@@ -426,8 +630,17 @@ impl Inner {
                     .map_err(at("cursor table"))?;
             }
         }
-        tx.commit().map_err(at("commit"))?;
         Ok(CommitStats { tables: stats.0 })
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Every commit applied so far is whole (a failed one was rolled back to its savepoint),
+        // so committing the open group is always consistent.
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "could not commit the last writes when closing the destination");
+        }
     }
 }
 
@@ -439,7 +652,7 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 fn apply_batch(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     r: &Resolved,
     batch: &TableBatch,
     synced: &str,
@@ -504,7 +717,7 @@ fn apply_batch(
     );
     let mut ins = tx.prepare_cached(&insert).map_err(fail())?;
     let mut upd = tx.prepare_cached(&update).map_err(fail())?;
-    for row in &batch.upserts {
+    for row in in_key_order(&batch.upserts, &r.pk) {
         r.check_row(row)?;
         for (i, v) in row.iter().enumerate() {
             ins.raw_bind_parameter(i + 1, Cell(v)).map_err(fail())?;
@@ -522,6 +735,34 @@ fn apply_batch(
         }
     }
     Ok(())
+}
+
+/// The rows sorted by primary key (stable: of rows repeating a key, the last still wins).
+/// Answer rows have random hash keys; inserting a batch in key order walks the primary-key index
+/// from one end to the other instead of jumping to a random page for every row, which keeps the
+/// page cache hot on large tables.
+fn in_key_order<'a>(rows: &'a [Vec<Value>], pk: &[usize]) -> Vec<&'a Vec<Value>> {
+    let mut sorted: Vec<&Vec<Value>> = rows.iter().collect();
+    if sorted.len() > 1 {
+        sorted.sort_by(|a, b| {
+            pk.iter()
+                .map(|&i| key_cmp(a.get(i), b.get(i)))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+    }
+    sorted
+}
+
+/// Orders key cells the way SQLite's BINARY collation orders them for text and integers; other
+/// kinds (never keys in the catalog) compare equal and keep their order.
+fn key_cmp(a: Option<&Value>, b: Option<&Value>) -> std::cmp::Ordering {
+    use std::cmp::Ordering::Equal;
+    match (a, b) {
+        (Some(Value::Text(x)), Some(Value::Text(y))) => x.as_bytes().cmp(y.as_bytes()),
+        (Some(Value::Int(x)), Some(Value::Int(y))) => x.cmp(y),
+        _ => Equal,
+    }
 }
 
 /// Columns (name, declared type) of a table, or `None` when it does not exist.
@@ -614,8 +855,18 @@ impl Destination for SqliteDestination {
         Box::pin(async move { self.run(move |i| i.commit(&commit)).await })
     }
 
+    fn flush(&mut self) -> BoxFuture<'_, Result<(), DestError>> {
+        Box::pin(async move { self.run(|i| i.flush()).await })
+    }
+
     fn describe(&self) -> String {
-        format!("sqlite:{} (prefix {})", self.path, self.prefix)
+        match self.max_size_mb {
+            Some(mb) => format!(
+                "sqlite:{} (prefix {}, max_size_mb {mb})",
+                self.path, self.prefix
+            ),
+            None => format!("sqlite:{} (prefix {})", self.path, self.prefix),
+        }
     }
 
     fn keys<'a>(
@@ -626,5 +877,33 @@ impl Destination for SqliteDestination {
     ) -> BoxFuture<'a, Result<Vec<String>, DestError>> {
         let (table, column, filter) = (table.to_string(), column.to_string(), filter.to_vec());
         Box::pin(async move { self.run(move |i| i.keys(&table, &column, &filter)).await })
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn options_come_from_the_url_query() {
+        assert_eq!(
+            path_of_url("sqlite:/tmp/a.db?max_size_mb=5"),
+            Some("/tmp/a.db")
+        );
+        assert_eq!(path_of_url("sqlite:///tmp/a.db"), Some("/tmp/a.db"));
+        assert_eq!(
+            SqliteOptions::from_url("sqlite:a.db?max_size_mb=5").unwrap(),
+            SqliteOptions {
+                max_size_mb: Some(5)
+            }
+        );
+        assert_eq!(
+            SqliteOptions::from_url("sqlite:a.db").unwrap(),
+            SqliteOptions::default()
+        );
+        let e = SqliteOptions::from_url("sqlite:a.db?max_size_mb=0").unwrap_err();
+        assert!(e.to_string().contains("max_size_mb"), "{e}");
+        let e = SqliteOptions::from_url("sqlite:a.db?cache=big").unwrap_err();
+        assert!(e.to_string().contains("\"cache\""), "{e}");
     }
 }

@@ -208,8 +208,12 @@ impl H {
         }
     }
 
+    /// One commit, made durable (as a sync does before it ends), so the raw connection can
+    /// read and alter the tables in between.
     async fn commit(&mut self, c: Commit) -> Result<CommitStats, DestError> {
-        self.dest.commit(c).await
+        let stats = self.dest.commit(c).await?;
+        self.dest.flush().await?;
+        Ok(stats)
     }
 }
 
@@ -248,6 +252,7 @@ fn upserts(table: &str, rows: Vec<Vec<Value>>) -> TableBatch {
     TableBatch {
         table: table.into(),
         upserts: rows,
+        fresh: false,
         delete_where: vec![],
     }
 }
@@ -392,6 +397,50 @@ async fn upsert_counts(mut h: H) {
     assert_eq!(rows, vec![vec![Some("last".to_string())]]);
 }
 
+/// `fresh` batches (a survey's first load) are inserted directly; a key that exists after all
+/// still upserts, with nothing doubled and the same counts a merge gives.
+async fn fresh_batches(mut h: H) {
+    h.dest.ensure_tables(&[item_spec()]).await.unwrap();
+    let fresh = |rows| TableBatch {
+        fresh: true,
+        ..upserts("item", rows)
+    };
+    let s = h
+        .commit(commit_of(
+            T0,
+            vec![fresh(vec![
+                item("a", "s1", "A", 1),
+                item("b", "s1", "B", 2),
+            ])],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stat(&s, "item"), (2, 0, 0));
+    // Wrongly marked fresh: "a" exists. The destination must upsert anyway.
+    let s = h
+        .commit(commit_of(
+            T0 + 1,
+            vec![fresh(vec![
+                item("a", "s1", "A2", 10),
+                item("c", "s1", "C", 3),
+            ])],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stat(&s, "item"), (1, 1, 0));
+    assert_eq!(h.count("item", "1=1").await, 3);
+    let sql = format!(
+        "SELECT name, {} FROM {} ORDER BY id",
+        h.txt(&h.p("_synced"), ColumnType::Timestamp),
+        h.t("item")
+    );
+    let rows = h.rows(&sql).await;
+    let s = |x: &str| Some(x.to_string());
+    assert_eq!(rows[0], vec![s("A2"), s(&iso_millis(T0 + 1))]);
+    assert_eq!(rows[1], vec![s("B"), s(&iso_millis(T0))]);
+    assert_eq!(rows[2], vec![s("C"), s(&iso_millis(T0 + 1))]);
+}
+
 async fn delete_where(mut h: H) {
     h.dest.ensure_tables(&[item_spec()]).await.unwrap();
     h.commit(commit_of(
@@ -414,6 +463,7 @@ async fn delete_where(mut h: H) {
             vec![TableBatch {
                 table: "item".into(),
                 upserts: vec![item("a2", "s1", "A2", 1)],
+                fresh: false,
                 delete_where: vec![(
                     "survey_id".into(),
                     vec![
@@ -617,6 +667,7 @@ async fn cursor_round_trip_and_atomicity(mut h: H) {
             batches: vec![TableBatch {
                 table: "other".into(),
                 upserts: vec![],
+                fresh: false,
                 delete_where: vec![("gone".into(), vec![Value::Text("gone".into())])],
             }],
             ..Default::default()
@@ -815,6 +866,7 @@ async fn hostile_identifiers(mut h: H) {
             batches: vec![TableBatch {
                 table: table.into(),
                 upserts: vec![row("k1", "v1b", 3)],
+                fresh: false,
                 delete_where: vec![(c1.into(), vec![Value::Text("v2".into())])],
             }],
             mark_unseen_deleted: vec![MarkUnseenDeleted {
@@ -1055,6 +1107,69 @@ async fn large_batch(mut h: H) {
     assert_eq!(h.count("question_response", "value = 'old'").await, 3000);
 }
 
+/// Every column the sync deletes or filters by has an index (with the tables, idempotent).
+async fn filter_indexes(mut h: H) {
+    let specs = catalog::tables();
+    h.dest.ensure_tables(&specs).await.unwrap();
+    h.dest.ensure_tables(&specs).await.unwrap();
+    let mut checked = 0;
+    for spec in &specs {
+        for col in catalog::indexed_columns(spec) {
+            let sql = if h.is_pg() {
+                format!(
+                    "SELECT a.attname::text FROM pg_index i \
+                     JOIN pg_class c ON c.oid = i.indrelid \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0] \
+                     WHERE n.nspname = '{SCHEMA}' AND c.relname = '{}' AND a.attname = '{col}'",
+                    spec.name
+                )
+            } else {
+                format!(
+                    "SELECT ii.name FROM pragma_index_list('{SCHEMA}_{}') il \
+                     JOIN pragma_index_info(il.name) ii WHERE ii.seqno = 0 AND ii.name = '{col}'",
+                    spec.name
+                )
+            };
+            let found = h.rows(&sql).await;
+            assert!(!found.is_empty(), "{}: no index on {col}", spec.name);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 25, "only {checked} indexes");
+    // The incremental response path: deleting answer rows by response id uses the index.
+    let plan: Vec<String> = match &h.raw {
+        Raw::Sqlite(c) => {
+            let sql = format!(
+                "EXPLAIN QUERY PLAN DELETE FROM {} WHERE response_id = 'R_1'",
+                h.t("question_response")
+            );
+            let mut st = c.prepare(&sql).unwrap();
+            st.query_map([], |r| r.get::<_, String>(3))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect()
+        }
+        Raw::Pg(c) => {
+            c.batch_execute("SET enable_seqscan = off").await.unwrap();
+            let sql = format!(
+                "EXPLAIN (COSTS OFF) DELETE FROM {} WHERE response_id = 'R_1'",
+                h.t("question_response")
+            );
+            c.query(&sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect()
+        }
+    };
+    assert!(
+        plan.iter().any(|l| l.contains("response_id_idx")),
+        "{plan:?}"
+    );
+}
+
 macro_rules! both {
     ($case:ident, $compat:expr) => {
         mod $case {
@@ -1076,6 +1191,7 @@ macro_rules! both {
 
 both!(create_catalog);
 both!(upsert_counts);
+both!(fresh_batches);
 both!(delete_where);
 both!(keys);
 both!(mark_unseen_with_scope);
@@ -1087,6 +1203,54 @@ both!(hostile_identifiers);
 both!(values_round_trip);
 both!(fivetran_compat, Compat::Fivetran);
 both!(large_batch);
+both!(filter_indexes);
+
+/// SQLite groups commits into one transaction until `flush` (or the group's size or age): a
+/// second connection sees nothing before, everything after; a failed commit in the middle
+/// takes only itself back.
+#[tokio::test]
+async fn sqlite_group_commit_is_durable_at_flush_and_keeps_earlier_commits() {
+    let mut h = sqlite(Compat::Xmbridge).await;
+    h.dest.ensure_tables(&[item_spec()]).await.unwrap();
+    h.dest
+        .commit(commit_of(
+            T0,
+            vec![upserts("item", vec![item("a", "s1", "A", 1)])],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(h.count("item", "1=1").await, 0, "not visible before flush");
+    // A commit naming an unknown column fails alone; "a" stays and is committed.
+    let bad = commit_of(
+        T0,
+        vec![TableBatch {
+            delete_where: vec![("nope".into(), vec![Value::Text("x".into())])],
+            ..upserts("item", vec![item("b", "s1", "B", 2)])
+        }],
+    );
+    assert!(h.dest.commit(bad).await.is_err());
+    assert_eq!(
+        h.count("item", "1=1").await,
+        1,
+        "the earlier commit is kept"
+    );
+    h.dest
+        .commit(commit_of(
+            T0,
+            vec![upserts("item", vec![item("c", "s1", "C", 3)])],
+        ))
+        .await
+        .unwrap();
+    h.dest.flush().await.unwrap();
+    let rows = h
+        .rows(&format!("SELECT id FROM {} ORDER BY id", h.t("item")))
+        .await;
+    let ids: Vec<_> = rows
+        .into_iter()
+        .map(|r| r[0].clone().unwrap_or_default())
+        .collect();
+    assert_eq!(ids, vec!["a", "c"]);
+}
 
 #[tokio::test]
 async fn unreachable_and_unknown_destinations() {

@@ -540,7 +540,7 @@ impl Client {
                         .and_then(|v| v.to_str().ok())
                         .and_then(parse_retry_after);
                     let bytes = resp.bytes().await.unwrap_or_default();
-                    let api = match envelope::parse(status, &bytes, url.as_str()) {
+                    let mut api = match envelope::parse(status, &bytes, url.as_str()) {
                         Err(Error::Api(api)) => api,
                         Err(e) => return Err(e),
                         // A non-2xx status with a success-looking body: still an error.
@@ -549,8 +549,10 @@ impl Client {
                             error_code: None,
                             error_message: format!("HTTP {status}"),
                             request_id: env.meta.request_id,
+                            retry_after: None,
                         },
                     };
+                    api.retry_after = retry_after;
                     if status == 401 {
                         if self.inner.auth.can_refresh() && !refreshed {
                             refreshed = true;

@@ -88,6 +88,7 @@ pub fn parse(status: u16, body: &[u8], url: &str) -> Result<Envelope, Error> {
         error_code,
         error_message,
         request_id: meta.request_id,
+        retry_after: None,
     }))
 }
 
@@ -141,6 +142,7 @@ mod tests {
                 error_code: Some("XYZ_1".into()),
                 error_message: "Survey not found".into(),
                 request_id: Some("1b5c".into()),
+                retry_after: None,
             }
         );
         assert_eq!(err.status(), Some(404));

@@ -13,6 +13,9 @@ pub struct ApiError {
     pub error_message: String,
     /// `meta.requestId`: quote it to Qualtrics support.
     pub request_id: Option<String>,
+    /// The `Retry-After` header of the answer (429, some 503s), so a caller that schedules its
+    /// own retries (a workflow's delivery worker) can honour it after the client gave up.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -184,6 +187,7 @@ mod tests {
             error_code: Some("SURVEY_1".into()),
             error_message: "Survey 'SV_x' was not found.".into(),
             request_id: Some("r-1".into()),
+            retry_after: None,
         };
         assert_eq!(
             e.to_string(),

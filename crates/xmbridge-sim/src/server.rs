@@ -85,3 +85,72 @@ pub async fn start_qualtrics(cfg: SimConfig, listen: SocketAddr) -> Result<SimHa
         task: Some(task),
     })
 }
+
+/// A running Salesforce simulator. Dropping it stops the server.
+pub struct SalesforceHandle {
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:PORT`: the org's `instance_url` and its login host.
+    pub base_url: String,
+    pub sim: Arc<crate::salesforce::SfSim>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SalesforceHandle {
+    /// `{base_url}/services/oauth2/token`
+    pub fn token_url(&self) -> String {
+        format!("{}/services/oauth2/token", self.base_url)
+    }
+
+    /// Stops accepting connections and waits for the server task.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for SalesforceHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Starts the Salesforce simulator on `listen` (use `127.0.0.1:0` for an ephemeral port).
+pub async fn start_salesforce(
+    cfg: crate::salesforce::SalesforceConfig,
+    listen: SocketAddr,
+) -> Result<SalesforceHandle, SimError> {
+    check_loopback(&listen)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| SimError::Bind(listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| SimError::Bind(listen, e))?;
+    let sim = Arc::new(crate::salesforce::SfSim::new(cfg));
+    let base_url = format!("http://{addr}");
+    *sim.base_url.lock() = base_url.clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    let app = crate::salesforce::router(sim.clone());
+    let task = tokio::spawn(async move {
+        let svc = crate::normalize::service(app);
+        let _ = axum::serve(listener, svc)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Ok(SalesforceHandle {
+        addr,
+        base_url,
+        sim,
+        shutdown: Some(tx),
+        task: Some(task),
+    })
+}

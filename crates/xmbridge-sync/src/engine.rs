@@ -31,6 +31,10 @@ pub struct SyncOptions {
     pub survey_parallelism: usize,
     /// Responses per destination transaction within one survey's export. Default 5,000.
     pub commit_every: usize,
+    /// Rows (of all tables) per destination transaction within one survey's export, whichever
+    /// of this and `commit_every` comes first. It bounds the memory a sync holds: one survey's
+    /// rows being built, one waiting and one being written. Default 40,000 (≈ 30 MB).
+    pub commit_rows: usize,
     /// The run's time written into `<p>_synced`; `None` = now. Tests pin it.
     pub synced_at_ms: Option<i64>,
     /// Run the reconcile pass on every survey now: export response ids only and remove the
@@ -49,6 +53,7 @@ impl Default for SyncOptions {
             compat: Compat::default(),
             survey_parallelism: 4,
             commit_every: 5_000,
+            commit_rows: 40_000,
             synced_at_ms: None,
             reconcile: false,
             reconcile_every: Duration::from_secs(7 * 24 * 3600),
@@ -239,6 +244,32 @@ fn place(table: &str, survey: Option<&str>) -> String {
     }
 }
 
+/// The table an `ensure_tables` error is about (its physical name is `qualtrics.x` or
+/// `qualtrics_x`: the longest spec name it ends with), else every table of the call.
+fn failing_table(list: &[TableSpec], e: &DestError) -> String {
+    let physical = match e {
+        DestError::TypeConflict { table, .. }
+        | DestError::MissingColumn { table, .. }
+        | DestError::MissingTable { table } => Some(table.as_str()),
+        DestError::Sql { context, .. } => Some(context.as_str()),
+        _ => None,
+    };
+    let named = physical.and_then(|p| {
+        list.iter()
+            .map(|s| s.name.as_str())
+            .filter(|n| p == *n || p.ends_with(&format!(".{n}")) || p.ends_with(&format!("_{n}")))
+            .max_by_key(|n| n.len())
+    });
+    match named {
+        Some(n) => n.to_string(),
+        None => list
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 impl SyncError {
     /// The table being written when it failed.
     pub fn table(&self) -> Option<&str> {
@@ -325,9 +356,48 @@ impl Batches {
             .push((column.to_string(), values));
     }
 
+    /// Rows to upsert, all tables together.
+    pub fn rows(&self) -> usize {
+        self.0.values().map(|b| b.upserts.len()).sum()
+    }
+
     pub fn into_vec(self) -> Vec<TableBatch> {
         self.0.into_values().collect()
     }
+}
+
+/// Runs the selected stream groups in order, making each group's commits durable before the
+/// next starts.
+async fn run_groups(ctx: &mut Ctx<'_>, groups: &[&str]) -> Result<(), SyncError> {
+    let mut surveys = Vec::new();
+    if groups.contains(&"surveys") {
+        surveys = streams::surveys::run(ctx).await?;
+        ctx.flush().await?;
+    }
+    if groups.contains(&"responses") {
+        streams::responses::run(ctx, &surveys).await?;
+        ctx.flush().await?;
+    }
+    if groups.contains(&"directories") {
+        streams::directories::run(ctx).await?;
+        ctx.flush().await?;
+    }
+    if groups.contains(&"transaction_batches") {
+        streams::directories::run_batches(ctx).await?;
+        ctx.flush().await?;
+    }
+    if groups.contains(&"distributions") {
+        streams::distributions::run(ctx, &surveys).await?;
+        ctx.flush().await?;
+    }
+    if groups.contains(&"users") {
+        streams::users::run(ctx).await?;
+        ctx.flush().await?;
+    }
+    if groups.contains(&"libraries") {
+        streams::libraries::run(ctx).await?;
+    }
+    Ok(())
 }
 
 /// What streams see of a run.
@@ -403,6 +473,18 @@ impl Ctx<'_> {
             c.deleted += d;
         }
         Ok(())
+    }
+
+    /// Makes every commit so far durable (destinations may group commits).
+    pub async fn flush(&mut self) -> Result<(), SyncError> {
+        self.dest
+            .flush()
+            .await
+            .map_err(|source| SyncError::Destination {
+                table: "(commit)".into(),
+                survey: None,
+                source: Box::new(source),
+            })
     }
 
     /// Widens a table (schema evolution, e.g. a new `stats_*` column) and tells the destination.
@@ -497,11 +579,7 @@ pub async fn sync(
     dest.ensure_tables(&list)
         .await
         .map_err(|source| SyncError::Destination {
-            table: list
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            table: failing_table(&list, &source),
             survey: None,
             source: Box::new(source),
         })?;
@@ -520,28 +598,11 @@ pub async fn sync(
     };
     tracing::info!(groups = ?groups, full = opts.full, "sync started");
 
-    let mut surveys = Vec::new();
-    if groups.contains(&"surveys") {
-        surveys = streams::surveys::run(&mut ctx).await?;
-    }
-    if groups.contains(&"responses") {
-        streams::responses::run(&mut ctx, &surveys).await?;
-    }
-    if groups.contains(&"directories") {
-        streams::directories::run(&mut ctx).await?;
-    }
-    if groups.contains(&"transaction_batches") {
-        streams::directories::run_batches(&mut ctx).await?;
-    }
-    if groups.contains(&"distributions") {
-        streams::distributions::run(&mut ctx, &surveys).await?;
-    }
-    if groups.contains(&"users") {
-        streams::users::run(&mut ctx).await?;
-    }
-    if groups.contains(&"libraries") {
-        streams::libraries::run(&mut ctx).await?;
-    }
+    let run = run_groups(&mut ctx, &groups).await;
+    // Durable before returning, also when a stream failed: what was committed stays committed.
+    let flushed = ctx.flush().await;
+    run?;
+    flushed?;
 
     let mut summary = ctx.summary;
     summary.duration = started.elapsed();

@@ -32,6 +32,7 @@ pub fn routes() -> Router<SharedSim> {
         .merge(super::faults::admin_routes())
         .merge(super::tls::admin_routes())
         .merge(super::eventsubs::admin_routes())
+        .merge(super::editor::admin_routes())
 }
 
 /// An admin API error: `{"error": message}`.

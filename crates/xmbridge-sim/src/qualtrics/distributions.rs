@@ -129,6 +129,8 @@ impl Distribution {
 pub struct DistributionState {
     pub dists: RwLock<Vec<Distribution>>,
     created: AtomicU64,
+    /// `stats` fields beyond the documented ones, added through `/_sim/distributions/stats-fields`.
+    extra_stats: RwLock<Vec<String>>,
 }
 
 pub fn routes() -> Router<SharedSim> {
@@ -499,6 +501,7 @@ impl DistributionState {
         DistributionState {
             dists: RwLock::new(dists),
             created: AtomicU64::new(0),
+            extra_stats: RwLock::new(Vec::new()),
         }
     }
 
@@ -531,6 +534,32 @@ fn effective(row: &HistoryRow, d: &Distribution, now: i64) -> HistoryRow {
     } else {
         row.clone()
     }
+}
+
+impl DistributionState {
+    /// Adds a `stats` field every distribution reports from now on; returns all extra fields.
+    pub fn add_stats_field(&self, name: &str) -> Vec<String> {
+        let mut extra = self.extra_stats.write();
+        if !extra.iter().any(|f| f == name) {
+            extra.push(name.to_string());
+        }
+        extra.clone()
+    }
+}
+
+/// The documented stats plus the extra fields (each: recipients who opened or started).
+fn stats_with_extras(sim: &SharedSim, d: &Distribution, now: i64) -> Value {
+    let mut v = stats(d, now);
+    let extra = sim.distributions.extra_stats.read();
+    if !extra.is_empty()
+        && let Some(o) = v.as_object_mut()
+    {
+        let opened = o.get("opened").cloned().unwrap_or(json!(0));
+        for f in extra.iter() {
+            o.insert(f.clone(), opened.clone());
+        }
+    }
+    v
 }
 
 fn stats(d: &Distribution, now: i64) -> Value {
@@ -594,7 +623,7 @@ fn render_email(sim: &SharedSim, d: &Distribution, now: i64) -> Value {
         "surveyLink": {"surveyId": d.survey_id, "expirationDate": opt_iso(d.link_expiration_ms),
                        "linkType": d.link_type},
         "embeddedData": d.embedded,
-        "stats": stats(d, now),
+        "stats": stats_with_extras(sim, d, now),
     });
     if let (Some(desc), Some(o)) = (&d.description, v.as_object_mut()) {
         o.insert("description".into(), Value::String(desc.clone()));
@@ -618,7 +647,7 @@ fn render_sms(sim: &SharedSim, d: &Distribution, now: i64) -> Value {
                     "libraryId": d.message.library_id, "messageText": d.message.message_text},
         "surveyLink": {"surveyId": d.survey_id, "expirationDate": opt_iso(d.link_expiration_ms),
                        "linkType": d.link_type},
-        "stats": stats(d, now),
+        "stats": stats_with_extras(sim, d, now),
     })
 }
 
@@ -869,7 +898,7 @@ fn parse_recipients(
     }
 }
 
-fn survey_in_body<'a>(sim: &'a SharedSim, sid: &str) -> Result<&'a Survey, ApiError> {
+fn survey_in_body(sim: &SharedSim, sid: &str) -> Result<std::sync::Arc<Survey>, ApiError> {
     sim.survey(sid)
         .map_err(|_| ApiError::bad_request(format!("Survey '{sid}' was not found in this brand.")))
 }
@@ -962,7 +991,8 @@ async fn create_email(
         Some("CreateDistribution") => {
             // Generate individual links for a mailing list (no e-mail is sent).
             let sid = req_str(&m, "surveyId")?;
-            let survey = survey_in_body(&sim, sid)?;
+            let survey_def = survey_in_body(&sim, sid)?;
+            let survey = &*survey_def;
             let link_type = req_str(&m, "linkType")?;
             one_of(link_type, LINK_TYPES, "linkType")?;
             let description = req_str(&m, "description")?;
@@ -1001,7 +1031,8 @@ async fn create_email(
             let sid = req_str(link, "surveyId").map_err(|_| {
                 ApiError::bad_request("Missing required field 'surveyLink.surveyId'.")
             })?;
-            let survey = survey_in_body(&sim, sid)?;
+            let survey_def = survey_in_body(&sim, sid)?;
+            let survey = &*survey_def;
             let link_type = opt_str(link, "type")?.unwrap_or("Individual");
             one_of(link_type, LINK_TYPES, "surveyLink.type")?;
             let exp = iso_field(link, "expirationDate", "surveyLink.expirationDate")?;
@@ -1034,8 +1065,47 @@ async fn create_email(
     };
     d.deleted = false;
     let id = d.id.clone();
+    record_sent(&sim, &d);
     sim.distributions.dists.write().push(d);
     Ok(envelope::ok(json!({"id": id})))
+}
+
+/// Every recipient of an e-mail sent through the API gets an entry in its contact's e-mail
+/// history (`…/contacts/{id}/history?type=email`), as Qualtrics records every send. Generated
+/// links send nothing and record nothing.
+fn record_sent(sim: &SharedSim, d: &Distribution) {
+    if d.request_type == "GeneratedInvite" {
+        return;
+    }
+    let Some(ml) = d.recipients.mailing_list_id.as_deref() else {
+        return;
+    };
+    let Some((dir, _)) = sim
+        .directory
+        .mailing_lists()
+        .into_iter()
+        .find(|(_, id)| id == ml)
+    else {
+        return;
+    };
+    for row in &d.history {
+        sim.directory.record_email_history(
+            &dir,
+            &row.member.contact_id,
+            crate::qualtrics::directory::EmailHistoryEntry {
+                distribution_id: d.id.clone(),
+                survey_id: Some(d.survey_id.clone()),
+                mailing_list_id: Some(ml.to_string()),
+                email_type: d.request_type.clone(),
+                // The directory's history speaks of `Sent` where a distribution row says `Success`.
+                status: match row.status {
+                    "Success" => "Sent".to_string(),
+                    other => other.to_string(),
+                },
+                date_ms: d.send_ms,
+            },
+        );
+    }
 }
 
 async fn create_reminder(
@@ -1061,7 +1131,8 @@ async fn create_reminder(
             parent.request_type
         )));
     }
-    let survey = sim.survey(&parent.survey_id)?;
+    let survey_def = sim.survey(&parent.survey_id)?;
+    let survey = &*survey_def;
     let new_id = sim.distributions.next_id(sim.cfg.seed, "EMD");
     let mut d = blank(
         new_id.clone(),
@@ -1261,7 +1332,8 @@ async fn create_sms(
     let m = parse_body(&body)?;
     let name = req_str(&m, "name")?;
     let sid = req_str(&m, "surveyId")?;
-    let survey = survey_in_body(&sim, sid)?;
+    let survey_def = survey_in_body(&sim, sid)?;
+    let survey = &*survey_def;
     let method = req_str(&m, "method")?;
     one_of(method, SMS_METHODS, "method")?;
     let message = parse_message(&sim, &m, "smsInvite")?;

@@ -159,7 +159,8 @@ async fn list_filters(
     Path(sid): Path<String>,
 ) -> ApiResult {
     caller.require_scope("read:survey_responses")?;
-    let survey = sim.survey(&sid)?;
+    let survey_def = sim.survey(&sid)?;
+    let survey = &*survey_def;
     let elements: Vec<Value> = survey_filters(&sim, survey)
         .into_iter()
         .map(
@@ -814,7 +815,8 @@ async fn start_export(
     body: Bytes,
 ) -> ApiResult {
     caller.require_scope("read:survey_responses")?;
-    let survey = sim.survey(&sid)?;
+    let survey_def = sim.survey(&sid)?;
+    let survey = &*survey_def;
     let req = parse_request(&sim, survey, &body)?;
     let now = sim.clock.now_ms();
     sim.exports.sweep(now);
@@ -860,7 +862,8 @@ async fn export_progress(
     Path((sid, pid)): Path<(String, String)>,
 ) -> ApiResult {
     caller.require_scope("read:survey_responses")?;
-    let survey = sim.survey(&sid)?;
+    let survey_def = sim.survey(&sid)?;
+    let survey = &*survey_def;
     let jobs = sim.exports.jobs.lock();
     let job = jobs
         .get(&pid)
@@ -905,7 +908,8 @@ async fn export_file(
     Path((sid, fid)): Path<(String, String)>,
 ) -> ApiResult {
     caller.require_scope("read:survey_responses")?;
-    let survey = sim.survey(&sid)?;
+    let survey_def = sim.survey(&sid)?;
+    let survey = &*survey_def;
     sim.exports.sweep(sim.clock.now_ms());
     let not_found = || {
         ApiError::not_found(format!(
@@ -1002,9 +1006,10 @@ fn run_job(
     file_id: String,
     started_ms: i64,
 ) {
-    let Some(survey) = sim.surveys.get(survey_idx) else {
+    let Some(survey_def) = sim.survey_at(survey_idx) else {
         return;
     };
+    let survey = &*survey_def;
     match write_export(sim, survey, req, snap, progress, started_ms) {
         Ok((tmp, len)) => {
             let stem = file_stem(survey);

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod auth;
 pub mod directory;
 pub mod distributions;
+pub mod editor;
 pub mod envelope;
 pub mod eventsubs;
 pub mod export;
@@ -46,7 +47,11 @@ pub struct Sim {
     pub cfg: SimConfig,
     pub clock: SimClock,
     pub users: RwLock<Vec<User>>,
+    /// The surveys as seeded (the definitions seeded responses are generated from).
     pub surveys: Vec<survey::Survey>,
+    /// The surveys as they are now: seeded, plus edits through `/_sim/surveys/…` (a new
+    /// question or embedded data field). Same order and indices as `surveys`.
+    current: RwLock<Vec<Arc<survey::Survey>>>,
     pub tokens: Mutex<auth::TokenStore>,
     pub oauth: oauth::OAuthState,
     pub faults: faults::FaultState,
@@ -85,6 +90,7 @@ impl Sim {
             eventsubs: eventsubs::EventSubState::default(),
             tokens: Mutex::new(auth::TokenStore::default()),
             users: RwLock::new(users),
+            current: RwLock::new(surveys.iter().cloned().map(Arc::new).collect()),
             surveys,
             clock,
             pki,
@@ -104,11 +110,42 @@ impl Sim {
         Rng::derive(self.cfg.seed, &[kind, n]).uuid()
     }
 
-    pub fn survey(&self, id: &str) -> Result<&survey::Survey, ApiError> {
-        self.surveys
+    /// A survey's current definition (with any edits made through `/_sim`).
+    pub fn survey(&self, id: &str) -> Result<Arc<survey::Survey>, ApiError> {
+        self.current
+            .read()
             .iter()
             .find(|s| s.id == id)
+            .cloned()
             .ok_or_else(|| ApiError::not_found(format!("Survey '{id}' was not found.")))
+    }
+
+    /// The current definition of the survey at `idx`.
+    pub fn survey_at(&self, idx: usize) -> Option<Arc<survey::Survey>> {
+        self.current.read().get(idx).cloned()
+    }
+
+    /// Every survey's current definition, in seeding order.
+    pub fn current_surveys(&self) -> Vec<Arc<survey::Survey>> {
+        self.current.read().clone()
+    }
+
+    /// Replaces a survey's current definition with `edit(definition)` (the simulator's survey
+    /// editor). Returns the new definition.
+    pub fn edit_survey<T>(
+        &self,
+        id: &str,
+        edit: impl FnOnce(&mut survey::Survey) -> Result<T, String>,
+    ) -> Result<(Arc<survey::Survey>, T), String> {
+        let mut all = self.current.write();
+        let slot = all
+            .iter_mut()
+            .find(|s| s.id == id)
+            .ok_or_else(|| format!("no survey '{id}'"))?;
+        let mut next = survey::Survey::clone(slot);
+        let out = edit(&mut next)?;
+        *slot = Arc::new(next);
+        Ok((slot.clone(), out))
     }
 }
 

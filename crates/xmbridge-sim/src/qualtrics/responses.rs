@@ -481,13 +481,28 @@ fn build_record(
     }
 }
 
-/// Seeded response `index` of `survey` (before any API change).
+/// Seeded response `index` of `survey` (before any API change). Always generated from the
+/// survey as seeded: a question or field added later through `/_sim` is not in old responses.
 pub fn seeded_response(sim: &Sim, survey: &Survey, index: u64) -> ResponseRecord {
+    let survey = sim.surveys.get(survey.idx).unwrap_or(survey);
     let mut r = Rng::derive(survey.seed, &[index, 0x8E5]);
     let recorded_ms = seeded_recorded_ms(sim, survey, index);
     let finished = !r.chance(0.06);
     let id = encode_response_id(sim.cfg.seed, survey.idx, index);
     build_record(sim, survey, id, &mut r, recorded_ms, finished, None)
+}
+
+/// A new finished response generated from the survey's *current* definition (so it answers
+/// questions and carries embedded data fields added through `/_sim`), recorded now. Returns its id.
+pub fn generate_response(sim: &Sim, survey: &Survey) -> String {
+    let index = sim.responses.next_created_index(survey);
+    let id = encode_response_id(sim.cfg.seed, survey.idx, index);
+    let mut r = Rng::derive(survey.seed, &[index, 0x6E4]);
+    let now = sim.clock.now_ms();
+    let rec = build_record(sim, survey, id.clone(), &mut r, now, true, None);
+    sim.responses
+        .record(&survey.id, &id, Change::Upsert(Box::new(rec)));
+    id
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -955,7 +970,8 @@ async fn get_response(
     Path((sid, rid)): Path<(String, String)>,
 ) -> ApiResult {
     caller.require_scope("read:survey_responses")?;
-    let survey = sim.survey(&sid)?;
+    let survey_def = sim.survey(&sid)?;
+    let survey = &*survey_def;
     let rec = find_response(&sim, survey, &rid).ok_or_else(|| {
         ApiError::not_found(format!("Response '{rid}' was not found in survey '{sid}'."))
     })?;
@@ -993,7 +1009,8 @@ async fn create_response(
     body: Bytes,
 ) -> ApiResult {
     caller.require_scope("write:survey_responses")?;
-    let survey = sim.survey(&sid)?;
+    let survey_def = sim.survey(&sid)?;
+    let survey = &*survey_def;
     let body = envelope::json_object(&body)?;
     for k in body.keys() {
         if k != "values" {
@@ -1130,7 +1147,8 @@ fn apply_update(sim: &SharedSim, sid: &str, rid: &str, body: &Map<String, Value>
             ));
         }
     };
-    let survey = sim.survey(sid)?;
+    let survey_def = sim.survey(sid)?;
+    let survey = &*survey_def;
     let mut rec = find_response(sim, survey, rid).ok_or_else(|| {
         ApiError::not_found(format!("Response '{rid}' was not found in survey '{sid}'."))
     })?;
@@ -1171,7 +1189,8 @@ async fn delete_response(
             "'decrementQuotas' must be true or false.",
         ));
     }
-    let survey = sim.survey(&sid)?;
+    let survey_def = sim.survey(&sid)?;
+    let survey = &*survey_def;
     if find_response(&sim, survey, &rid).is_none() {
         return Err(ApiError::not_found(format!(
             "Response '{rid}' was not found in survey '{sid}'."

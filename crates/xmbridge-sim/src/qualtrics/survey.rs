@@ -229,7 +229,7 @@ fn choices(texts: &[&str]) -> Vec<Choice> {
         .collect()
 }
 
-fn question(num: u32, kind: QuestionKind, r: &mut Rng, block_id: &str) -> Question {
+pub(crate) fn question(num: u32, kind: QuestionKind, r: &mut Rng, block_id: &str) -> Question {
     use QuestionKind::*;
     let (text, ch, ans, sbs): (String, Vec<Choice>, Vec<Choice>, Vec<SbsColumn>) = match kind {
         McSingle => {

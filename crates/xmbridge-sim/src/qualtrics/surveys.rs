@@ -39,7 +39,7 @@ async fn list_surveys(
 ) -> ApiResult {
     caller.require_scope("read:surveys")?;
     let items: Vec<_> = sim
-        .surveys
+        .current_surveys()
         .iter()
         .map(|s| {
             json!({"id": s.id, "name": s.name, "ownerId": s.owner_id,
@@ -367,7 +367,8 @@ async fn get_survey(
     Path(sid): Path<String>,
 ) -> ApiResult {
     caller.require_scope("read:surveys")?;
-    let s = sim.survey(&sid)?;
+    let s_def = sim.survey(&sid)?;
+    let s = &*s_def;
     Ok(envelope::ok(legacy_json(&sim, s)))
 }
 
@@ -378,7 +379,8 @@ async fn get_definition(
     Query(q): Query<BTreeMap<String, String>>,
 ) -> ApiResult {
     caller.require_scope("read:surveys")?;
-    let s = sim.survey(&sid)?;
+    let s_def = sim.survey(&sid)?;
+    let s = &*s_def;
     if let Some(f) = q.get("format")
         && f != "qsf"
     {
@@ -401,7 +403,8 @@ async fn list_versions(
     Path(sid): Path<String>,
 ) -> ApiResult {
     caller.require_scope("read:surveys")?;
-    let s = sim.survey(&sid)?;
+    let s_def = sim.survey(&sid)?;
+    let s = &*s_def;
     let elements: Vec<Value> = s.versions.iter().map(|v| version_json(s, v)).collect();
     Ok(envelope::ok(
         json!({"elements": elements, "nextPage": null}),
@@ -414,7 +417,8 @@ async fn get_version(
     Path((sid, vid)): Path<(String, String)>,
 ) -> ApiResult {
     caller.require_scope("read:surveys")?;
-    let s = sim.survey(&sid)?;
+    let s_def = sim.survey(&sid)?;
+    let s = &*s_def;
     let v = s.versions.iter().find(|v| v.id == vid).ok_or_else(|| {
         ApiError::not_found(format!("Version '{vid}' of survey '{sid}' was not found."))
     })?;
@@ -441,7 +445,8 @@ async fn definition_quotas(
     Path(sid): Path<String>,
 ) -> ApiResult {
     caller.require_scope("read:surveys")?;
-    let s = sim.survey(&sid)?;
+    let s_def = sim.survey(&sid)?;
+    let s = &*s_def;
     let elements: Vec<Value> = s
         .quotas
         .iter()
@@ -465,7 +470,8 @@ async fn definition_quota_groups(
     Path(sid): Path<String>,
 ) -> ApiResult {
     caller.require_scope("read:surveys")?;
-    let s = sim.survey(&sid)?;
+    let s_def = sim.survey(&sid)?;
+    let s = &*s_def;
     let elements: Vec<Value> = s
         .quota_groups
         .iter()
@@ -486,7 +492,8 @@ async fn survey_quotas(
     Query(q): Query<BTreeMap<String, String>>,
 ) -> ApiResult {
     caller.require_scope("read:surveys")?;
-    let s = sim.survey(&sid)?;
+    let s_def = sim.survey(&sid)?;
+    let s = &*s_def;
     let items: Vec<Value> = s
         .quotas
         .iter()

@@ -378,6 +378,13 @@ enum Msg {
     Failed(SyncError),
 }
 
+/// When a survey's rows are committed: after this many responses or rows, whichever is first.
+#[derive(Clone, Copy)]
+struct CommitLimits {
+    responses: usize,
+    rows: usize,
+}
+
 struct Job {
     survey: String,
     token: Option<String>,
@@ -428,7 +435,7 @@ async fn export(
 async fn worker(
     client: Client,
     specs: Arc<Specs>,
-    commit_every: usize,
+    limits: CommitLimits,
     job: Job,
     tx: mpsc::Sender<Msg>,
 ) {
@@ -485,7 +492,12 @@ async fn worker(
                     out.delete_where("survey_embedded_data", "response_id", std::mem::take(ids));
                 }
                 ids.clear();
-                out.into_vec()
+                let mut batches = out.into_vec();
+                if !loaded {
+                    // Nothing of this survey is in the destination: its rows are all new.
+                    batches.iter_mut().for_each(|b| b.fresh = true);
+                }
+                batches
             };
         let res = file.for_each_response(|resp| {
             if gone {
@@ -495,7 +507,7 @@ async fn worker(
                 ids.push(Value::Text(rid));
                 n += 1;
             }
-            if n as usize >= commit_every {
+            if n as usize >= limits.responses || b.rows() >= limits.rows {
                 let commit = Commit {
                     batches: take(&mut b, &mut ids),
                     cursors: vec![(stream.clone(), partial.clone())],
@@ -571,8 +583,13 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
         .stream_started("responses", Some(jobs.len() as u64));
     let par = ctx.opts.survey_parallelism.max(1);
     let sem = Arc::new(Semaphore::new(par));
-    let (tx, mut rx) = mpsc::channel::<Msg>(par * 2);
-    let commit_every = ctx.opts.commit_every.max(1);
+    // One message waits while the engine writes another: more would only hold more rows in
+    // memory, since the destination (one writer) is the pace-setter.
+    let (tx, mut rx) = mpsc::channel::<Msg>(1);
+    let limits = CommitLimits {
+        responses: ctx.opts.commit_every.max(1),
+        rows: ctx.opts.commit_rows.max(1),
+    };
     let mut handles = Vec::new();
     for job in jobs {
         let (client, specs, tx, sem) = (
@@ -585,7 +602,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
             let Ok(_permit) = sem.acquire_owned().await else {
                 return;
             };
-            worker(client, specs, commit_every, job, tx).await;
+            worker(client, specs, limits, job, tx).await;
         }));
     }
     drop(tx);

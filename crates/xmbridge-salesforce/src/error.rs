@@ -1,0 +1,182 @@
+//! Errors of the Salesforce client, classified for the caller: pause (token expired), slow down
+//! (limits), retry (transient) or give up (permanent, multiple matches).
+
+use std::time::Duration;
+
+/// One element of Salesforce's error array (`errorCode` on REST calls, `statusCode` inside
+/// Collections results).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SfError {
+    #[serde(alias = "errorCode", alias = "statusCode")]
+    pub error_code: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub fields: Vec<String>,
+}
+
+impl std::fmt::Display for SfError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.error_code, self.message)?;
+        if !self.fields.is_empty() {
+            write!(f, " (fields: {})", self.fields.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+fn join(errors: &[SfError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SalesforceError {
+    /// The refresh token (or client credentials) was refused for good: the account must be
+    /// re-authorized.
+    #[error(
+        "account token expired: Salesforce refused the stored token ({description}); re-authorize the account"
+    )]
+    TokenExpired { description: String },
+    /// Any other token-endpoint refusal (wrong client id/secret, flow not enabled, IP range).
+    #[error("Salesforce OAuth error {error}: {description}")]
+    OAuth { error: String, description: String },
+    /// HTTP 429.
+    #[error("Salesforce throttled the request (HTTP 429){}", after(.retry_after))]
+    RateLimited { retry_after: Option<Duration> },
+    /// 403 REQUEST_LIMIT_EXCEEDED: the org's daily API allowance is used up.
+    #[error("Salesforce API request limit exceeded{}: {message}", usage_text(.usage))]
+    LimitExceeded {
+        message: String,
+        usage: Option<crate::ApiUsage>,
+    },
+    /// 5xx, UNABLE_TO_LOCK_ROW, network failures: may pass.
+    #[error("Salesforce is temporarily unavailable: {message}")]
+    Transient {
+        status: Option<u16>,
+        message: String,
+    },
+    /// The request was refused for a reason a retry cannot fix.
+    #[error("Salesforce refused the request (HTTP {status}): {}", join(.errors))]
+    Permanent { status: u16, errors: Vec<SfError> },
+    /// An upsert key matched several records (HTTP 300); nothing was written.
+    #[error("the external id matches {} records ({}); nothing was written", .ids.len(), .ids.join(", "))]
+    MultipleMatches { ids: Vec<String> },
+    /// The rotated refresh token could not be persisted by the caller's sink.
+    #[error("cannot store the rotated Salesforce refresh token: {0}")]
+    Sink(String),
+    /// Salesforce answered something this client does not understand.
+    #[error("unexpected answer from Salesforce: {0}")]
+    Protocol(String),
+}
+
+fn after(d: &Option<Duration>) -> String {
+    d.map(|d| format!("; retry after {} s", d.as_secs().max(1)))
+        .unwrap_or_default()
+}
+
+fn usage_text(u: &Option<crate::ApiUsage>) -> String {
+    u.map(|u| format!(" ({}/{} calls used)", u.used, u.max))
+        .unwrap_or_default()
+}
+
+impl SalesforceError {
+    /// True when trying again later can succeed (limits, 5xx, row locks, network).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            SalesforceError::RateLimited { .. }
+                | SalesforceError::LimitExceeded { .. }
+                | SalesforceError::Transient { .. }
+        )
+    }
+
+    /// The Salesforce error codes carried, if any.
+    pub fn codes(&self) -> Vec<&str> {
+        match self {
+            SalesforceError::Permanent { errors, .. } => {
+                errors.iter().map(|e| e.error_code.as_str()).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Classifies an error answer of the REST API.
+    pub(crate) fn from_rest(
+        status: u16,
+        retry_after: Option<Duration>,
+        usage: Option<crate::ApiUsage>,
+        body: &[u8],
+    ) -> SalesforceError {
+        let errors: Vec<SfError> = serde_json::from_slice(body).unwrap_or_default();
+        let has = |code: &str| errors.iter().any(|e| e.error_code == code);
+        let first_message = errors
+            .first()
+            .map(|e| e.message.clone())
+            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
+        if status == 429 {
+            return SalesforceError::RateLimited { retry_after };
+        }
+        if has("REQUEST_LIMIT_EXCEEDED") {
+            return SalesforceError::LimitExceeded {
+                message: first_message,
+                usage,
+            };
+        }
+        if status >= 500 || has("UNABLE_TO_LOCK_ROW") || has("SERVER_UNAVAILABLE") {
+            return SalesforceError::Transient {
+                status: Some(status),
+                message: first_message,
+            };
+        }
+        let errors = if errors.is_empty() {
+            vec![SfError {
+                error_code: format!("HTTP_{status}"),
+                message: first_message,
+                fields: Vec::new(),
+            }]
+        } else {
+            errors
+        };
+        SalesforceError::Permanent { status, errors }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let e = SalesforceError::from_rest(
+            400,
+            None,
+            None,
+            br#"[{"message":"Required fields are missing: [LastName]","errorCode":"REQUIRED_FIELD_MISSING","fields":["LastName"]}]"#,
+        );
+        assert!(!e.is_retryable());
+        assert_eq!(e.codes(), vec!["REQUIRED_FIELD_MISSING"]);
+        assert!(e.to_string().contains("LastName"), "{e}");
+        let e = SalesforceError::from_rest(
+            400,
+            None,
+            None,
+            br#"[{"message":"x","errorCode":"UNABLE_TO_LOCK_ROW"}]"#,
+        );
+        assert!(matches!(e, SalesforceError::Transient { .. }));
+        let e = SalesforceError::from_rest(
+            403,
+            None,
+            None,
+            br#"[{"message":"TotalRequests Limit exceeded.","errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#,
+        );
+        assert!(matches!(e, SalesforceError::LimitExceeded { .. }) && e.is_retryable());
+        let e = SalesforceError::from_rest(503, None, None, b"<html>down</html>");
+        assert!(e.is_retryable());
+        let e: SfError = serde_json::from_str(r#"{"statusCode":"X","message":"m"}"#).unwrap();
+        assert_eq!(e.error_code, "X");
+    }
+}
