@@ -49,6 +49,8 @@ enum Command {
     Sync(cli::sync::SyncArgs),
     /// Measure sync speed and memory against a raw load of the same rows (`bench sync`).
     Bench(cli::bench::BenchArgs),
+    /// Define workflows (trigger → condition → steps), list them, and dry-run them on a response.
+    Workflow(cli::workflow::WorkflowArgs),
     /// Run one Qualtrics action (create a contact, send a distribution, look up …), JSON out;
     /// `action list` shows them all.
     Action(cli::action::ActionArgs),
@@ -99,6 +101,7 @@ fn main() -> ExitCode {
             Command::Connection(args) => cli::connection::run(args).await,
             Command::Sync(args) => cli::sync::run(args).await,
             Command::Bench(args) => cli::bench::run(args).await,
+            Command::Workflow(args) => cli::workflow::run(args).await,
             Command::Action(args) => cli::action::run(args).await,
         }
     });

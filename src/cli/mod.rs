@@ -8,6 +8,7 @@ pub mod connection;
 pub mod demo;
 pub mod simulate;
 pub mod sync;
+pub mod workflow;
 
 use std::fmt;
 

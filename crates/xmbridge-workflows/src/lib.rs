@@ -9,7 +9,13 @@
 //! `xmbridge-server`).
 
 pub mod accounts;
+pub mod catalog;
+pub mod definition;
 pub mod event;
+pub mod expr;
+pub mod mapping;
 pub mod outbox;
+pub mod preflight;
+pub mod stand_ins;
 pub mod store;
 pub mod worker;

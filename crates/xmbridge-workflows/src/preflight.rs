@@ -1,0 +1,639 @@
+//! Dry run and preflight: what a workflow would send for one event, and whether the linked
+//! accounts may do it.
+//!
+//! It owns the [`Report`]: per step the rendered action and exact JSON payload (or why the step is
+//! skipped), the input check against the action's spec, the mapping's type checks and the
+//! permission check from the target's describe as the linked user sees it, worded like the
+//! Salesforce extension's profile requirements ("the linked Salesforce user needs Create on X",
+//! "field Edit access on X.F"). It must not send anything: describes are the only calls, made
+//! through the [`Describers`] the caller supplies.
+
+use crate::definition::{EventContext, Step, Workflow};
+use crate::mapping::{MappingProblem, SchemaError, TargetSchema, WriteKind, check_mapping};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::fmt::Write as _;
+use xmbridge_actions::{Inputs, Registry, System, check_inputs};
+
+/// Finds the schema (describe source) for a step's target, as seen by the step's account.
+pub trait Describers: Sync {
+    fn schema_for(&self, step: &Step) -> Option<&dyn TargetSchema>;
+}
+
+/// No describes at all: only rendering and input checks.
+pub struct NoDescribers;
+
+impl Describers for NoDescribers {
+    fn schema_for(&self, _step: &Step) -> Option<&dyn TargetSchema> {
+        None
+    }
+}
+
+/// One kind of problem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckKind {
+    /// The linked user lacks an object or field permission.
+    Permission,
+    /// A mapped value does not fit the field (type, picklist, length, unknown field, key).
+    Type,
+    /// The rendered inputs do not satisfy the action's spec, or a required value is empty.
+    Input,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub kind: CheckKind,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+/// What happens to a step for this event.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Would run with exactly these inputs.
+    Send { inputs: Inputs },
+    /// Would not run.
+    Skipped { reason: String },
+    /// Could not be rendered for this event.
+    Error { message: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StepReport {
+    pub name: String,
+    pub action: String,
+    pub system: String,
+    pub account: Option<String>,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    pub problems: Vec<Check>,
+    /// What was not checked and why (no describe for this system, …).
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    pub workflow: String,
+    pub owner: String,
+    pub trigger: String,
+    /// The condition's text and its value for this event.
+    pub condition: Option<(String, bool)>,
+    pub steps: Vec<StepReport>,
+}
+
+impl Report {
+    pub fn problem_count(&self) -> usize {
+        self.steps.iter().map(|s| s.problems.len()).sum()
+    }
+
+    pub fn passed(&self) -> bool {
+        self.problem_count() == 0
+    }
+
+    /// The human-readable report `workflow test` prints.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "workflow {} (owner {})", self.workflow, self.owner);
+        let _ = writeln!(out, "trigger: {}", self.trigger);
+        if let Some((c, v)) = &self.condition {
+            let _ = writeln!(out, "condition: {c} → {v}");
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            let via = s
+                .account
+                .as_deref()
+                .map(|a| format!(" with account {a}"))
+                .unwrap_or_else(|| " with the owner's default account".into());
+            let _ = writeln!(out, "\nstep {} \"{}\": {}{via}", i + 1, s.name, s.action);
+            match &s.outcome {
+                Outcome::Send { inputs } => {
+                    let _ = writeln!(out, "  would send:");
+                    let json = serde_json::to_string_pretty(inputs).unwrap_or_default();
+                    for line in json.lines() {
+                        let _ = writeln!(out, "    {line}");
+                    }
+                }
+                Outcome::Skipped { reason } => {
+                    let _ = writeln!(out, "  skipped: {reason}");
+                }
+                Outcome::Error { message } => {
+                    let _ = writeln!(out, "  cannot render: {message}");
+                }
+            }
+            for n in &s.notes {
+                let _ = writeln!(out, "  note: {n}");
+            }
+            if s.problems.is_empty() {
+                let _ = writeln!(out, "  checks: ok");
+            } else {
+                for p in &s.problems {
+                    let kind = match p.kind {
+                        CheckKind::Permission => "missing permission",
+                        CheckKind::Type => "mapping",
+                        CheckKind::Input => "input",
+                    };
+                    let _ = writeln!(out, "  ✗ {kind}: {}", p.message);
+                }
+            }
+        }
+        let n = self.problem_count();
+        let _ = writeln!(
+            out,
+            "\n{}",
+            if n == 0 {
+                "preflight passed".to_string()
+            } else {
+                format!(
+                    "preflight found {n} problem{}",
+                    if n == 1 { "" } else { "s" }
+                )
+            }
+        );
+        out
+    }
+}
+
+/// Placeholder outputs for every `steps.<name>.<path>` the workflow reads, so later steps render
+/// in a dry run: each leaf is the text `<output of step NAME: PATH>`.
+fn placeholder_steps(w: &Workflow) -> Map<String, Value> {
+    let mut steps = Map::new();
+    for (_, e) in w.expressions() {
+        for path in e.paths() {
+            if path.len() < 2 || path[0] != "steps" {
+                continue;
+            }
+            let step = path[1].clone();
+            let entry = steps
+                .entry(step.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+            let mut cur = entry;
+            let rest = &path[2..];
+            if rest.is_empty() {
+                continue;
+            }
+            for (i, seg) in rest.iter().enumerate() {
+                let Value::Object(m) = cur else { break };
+                let leaf = i == rest.len() - 1;
+                cur = m.entry(seg.clone()).or_insert_with(|| {
+                    if leaf {
+                        Value::String(format!("<output of step {step}: {}>", rest.join(".")))
+                    } else {
+                        Value::Object(Map::new())
+                    }
+                });
+            }
+        }
+    }
+    steps
+}
+
+fn system_name(s: System) -> &'static str {
+    match s {
+        System::Qualtrics => "Qualtrics",
+        System::Salesforce => "Salesforce",
+        System::ServiceNow => "ServiceNow",
+    }
+}
+
+/// Renders every step of `workflow` for the event in `ctx` (outputs of earlier steps are
+/// placeholders) and checks inputs, mapping types and the linked users' permissions.
+pub async fn preflight(
+    workflow: &Workflow,
+    ctx: &EventContext,
+    registry: &Registry,
+    describers: &dyn Describers,
+) -> Report {
+    let mut dry = ctx.clone();
+    for (k, v) in placeholder_steps(workflow) {
+        dry.steps.entry(k).or_insert(v);
+    }
+    let condition_value = workflow.matches(&dry).unwrap_or(false);
+    let mut steps = Vec::new();
+    for (i, step) in workflow.steps.iter().enumerate() {
+        let mut problems = Vec::new();
+        let mut notes = Vec::new();
+        let outcome = if !condition_value {
+            Outcome::Skipped {
+                reason: "the workflow's condition is false for this event".into(),
+            }
+        } else {
+            match workflow.render_step(i, &dry) {
+                Ok(None) => Outcome::Skipped {
+                    reason: format!(
+                        "when `{}` is false for this event",
+                        step.when.as_ref().map(|w| w.source()).unwrap_or("")
+                    ),
+                },
+                Ok(Some(r)) => {
+                    if let Some(action) = registry.get(&step.action)
+                        && let Err(e) = check_inputs(action.spec(), &r.inputs)
+                    {
+                        problems.push(Check {
+                            kind: CheckKind::Input,
+                            field: None,
+                            message: e.to_string(),
+                        });
+                    }
+                    Outcome::Send { inputs: r.inputs }
+                }
+                Err(e) => {
+                    problems.push(Check {
+                        kind: CheckKind::Input,
+                        field: None,
+                        message: e.to_string(),
+                    });
+                    Outcome::Error {
+                        message: e.to_string(),
+                    }
+                }
+            }
+        };
+        if let Some(mapping) = &step.mapping {
+            let kind = WriteKind::of_action(&step.action);
+            match describers.schema_for(step) {
+                None => notes.push(format!(
+                    "{} object {} and its fields not checked: no describe available for this account",
+                    system_name(step.system),
+                    mapping.object
+                )),
+                Some(schema) => match schema.describe(&mapping.object).await {
+                    Err(SchemaError::UnknownObject { object }) => problems.push(Check {
+                        kind: CheckKind::Permission,
+                        field: None,
+                        message: format!(
+                            "the linked {} user cannot see {object}: it does not exist or the user's profile has no Read access to it",
+                            system_name(step.system)
+                        ),
+                    }),
+                    Err(e) => notes.push(format!("not checked: {e}")),
+                    Ok(d) => {
+                        let who = format!("the linked {} user", system_name(step.system));
+                        if kind.creates() && !d.createable {
+                            problems.push(Check {
+                                kind: CheckKind::Permission,
+                                field: None,
+                                message: format!("{who} needs Create on {}", d.name),
+                            });
+                        }
+                        if kind.updates() && !d.updateable {
+                            problems.push(Check {
+                                kind: CheckKind::Permission,
+                                field: None,
+                                message: format!(
+                                    "{who} needs Edit on {} (the extension asks for Modify All on objects updated from Qualtrics)",
+                                    d.name
+                                ),
+                            });
+                        }
+                        for name in mapping.fields.keys() {
+                            let Some(f) = d.field(name) else { continue };
+                            if (kind.creates() && !f.createable) || (kind.updates() && !f.updateable) {
+                                problems.push(Check {
+                                    kind: CheckKind::Permission,
+                                    field: Some(f.name.clone()),
+                                    message: format!(
+                                        "{who} needs field Edit access on {}.{}",
+                                        d.name, f.name
+                                    ),
+                                });
+                            }
+                        }
+                        for MappingProblem { field, message } in check_mapping(mapping, kind, &d) {
+                            let message = if message.contains(" has no field ") {
+                                format!("{message} (or {who} has no field access to it)")
+                            } else {
+                                message
+                            };
+                            problems.push(Check {
+                                kind: CheckKind::Type,
+                                field,
+                                message,
+                            });
+                        }
+                    }
+                },
+            }
+        } else if step.system != System::Qualtrics
+            && registry.get(&step.action).is_some_and(|a| a.spec().writes)
+        {
+            notes.push(format!(
+                "no record mapping: {} permissions for this step are not checked",
+                system_name(step.system)
+            ));
+        }
+        steps.push(StepReport {
+            name: step.name.clone(),
+            action: step.action.clone(),
+            system: system_name(step.system).to_string(),
+            account: step.account.clone(),
+            outcome,
+            problems,
+            notes,
+        });
+    }
+    Report {
+        workflow: workflow.name.clone(),
+        owner: workflow.owner.clone(),
+        trigger: workflow.trigger.to_string(),
+        condition: workflow
+            .condition
+            .as_ref()
+            .map(|c| (c.source().to_string(), condition_value)),
+        steps,
+    }
+}
+
+/// The event of a Qualtrics response, shaped as the workflow engine gives it to expressions:
+/// `response` (`id`, `surveyId`, `values`, `labels`, `displayedFields`), `embedded` (the survey's
+/// embedded data fields found in the values), `contact` (when known) and `survey` (`id`, `name`).
+/// `result` is the `result` of `GET /surveys/{sid}/responses/{rid}`; `survey` the `result` of
+/// `GET /surveys/{sid}`.
+pub fn response_event(
+    survey_id: &str,
+    result: &Value,
+    survey: &Value,
+    contact: Option<Value>,
+) -> Value {
+    let mut response = match result {
+        Value::Object(m) => m.clone(),
+        _ => Map::new(),
+    };
+    if let Some(id) = response.get("responseId").cloned() {
+        response.entry("id").or_insert(id);
+    }
+    response
+        .entry("surveyId")
+        .or_insert_with(|| Value::String(survey_id.to_string()));
+    let names: Vec<String> = survey["embeddedData"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let values = response.get("values").cloned().unwrap_or_default();
+    let embedded: Map<String, Value> = names
+        .iter()
+        .filter_map(|n| values.get(n).map(|v| (n.clone(), v.clone())))
+        .collect();
+    // Without a directory lookup, the recipient fields of the response are what is known.
+    let contact = contact.or_else(|| {
+        let email = values.get("recipientEmail").filter(|v| !v.is_null())?;
+        Some(serde_json::json!({
+            "email": email,
+            "firstName": values.get("recipientFirstName").cloned().unwrap_or_default(),
+            "lastName": values.get("recipientLastName").cloned().unwrap_or_default(),
+            "extRef": values.get("externalDataReference").cloned().unwrap_or_default(),
+        }))
+    });
+    let mut event = Map::new();
+    event.insert("response".into(), Value::Object(response));
+    event.insert("embedded".into(), Value::Object(embedded));
+    if let Some(c) = contact {
+        event.insert("contact".into(), c);
+    }
+    event.insert(
+        "survey".into(),
+        serde_json::json!({"id": survey_id, "name": survey["name"].clone()}),
+    );
+    Value::Object(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::{FileKind, parse_file};
+    use crate::mapping::{ObjectDescribe, StaticSchema};
+    use serde_json::json;
+
+    struct One(StaticSchema);
+    impl Describers for One {
+        fn schema_for(&self, step: &Step) -> Option<&dyn TargetSchema> {
+            (step.system == System::Salesforce).then_some(&self.0 as &dyn TargetSchema)
+        }
+    }
+
+    fn workflow() -> Workflow {
+        let t = crate::catalog::template("response-to-salesforce").unwrap();
+        let mut p = std::collections::BTreeMap::new();
+        for (k, v) in [
+            ("owner", "alice"),
+            ("survey_id", "SV_1"),
+            ("salesforce_account", "sf-prod"),
+            ("servicenow_account", "sn-prod"),
+        ] {
+            p.insert(k.to_string(), v.to_string());
+        }
+        let text = t.instantiate(&p).unwrap();
+        parse_file(
+            "t",
+            &text,
+            FileKind::WorkflowFile,
+            &crate::stand_ins::registry(),
+        )
+        .unwrap()
+        .remove(0)
+    }
+
+    fn ctx(nps: Value) -> EventContext {
+        EventContext::new(response_event(
+            "SV_1",
+            &json!({"responseId": "R_9", "values": {"QID1": nps, "endDate": "2026-11-30T08:00:00Z", "tier": "gold"}, "labels": {}}),
+            &json!({"name": "NPS survey", "embeddedData": [{"name": "tier"}]}),
+            Some(json!({"email": "pat@example.com"})),
+        ))
+    }
+
+    fn describe(mut edit: impl FnMut(&mut Value)) -> StaticSchema {
+        let mut d = json!({
+            "name": "Survey_Response__c", "createable": true, "updateable": true,
+            "fields": [
+                {"name": "Response_Id__c", "type": "string", "length": 40, "createable": true, "updateable": true, "nillable": true, "externalId": true},
+                {"name": "Survey_Id__c", "type": "string", "length": 40, "createable": true, "updateable": true, "nillable": true},
+                {"name": "NPS__c", "type": "double", "createable": true, "updateable": true, "nillable": true},
+                {"name": "Completed_At__c", "type": "datetime", "createable": true, "updateable": true, "nillable": true}
+            ]
+        });
+        edit(&mut d);
+        StaticSchema::new([ObjectDescribe::from_salesforce_json(&d).unwrap()])
+    }
+
+    #[tokio::test]
+    async fn detractor_dry_run_shows_both_payloads_and_passes() {
+        let w = workflow();
+        let r = preflight(
+            &w,
+            &ctx(json!("3")),
+            &crate::stand_ins::registry(),
+            &One(describe(|_| {})),
+        )
+        .await;
+        assert!(r.passed(), "{}", r.to_text());
+        assert_eq!(
+            r.steps[0].outcome,
+            Outcome::Send {
+                inputs:
+                    json!({"object": "Survey_Response__c", "external_id_field": "Response_Id__c",
+                    "external_id": "R_9", "fields": {"Completed_At__c": "2026-11-30T08:00:00Z",
+                    "NPS__c": 3, "Survey_Id__c": "SV_1"}})
+                    .as_object()
+                    .unwrap()
+                    .clone()
+            }
+        );
+        let Outcome::Send { inputs } = &r.steps[1].outcome else {
+            panic!("{}", r.to_text())
+        };
+        assert_eq!(
+            inputs["short_description"],
+            json!("Detractor feedback (NPS 3) on NPS survey")
+        );
+        assert_eq!(
+            inputs["description"],
+            json!(
+                "Response R_9 from pat@example.com; Salesforce record <output of step upsert: id>"
+            )
+        );
+        assert_eq!(
+            r.steps[1].notes,
+            vec!["no record mapping: ServiceNow permissions for this step are not checked"]
+        );
+    }
+
+    #[test]
+    fn response_event_takes_the_recipient_as_contact_and_embedded_fields() {
+        let e = response_event(
+            "SV_1",
+            &json!({"responseId": "R_1", "values": {"recipientEmail": "a@b.c", "recipientFirstName": "A",
+                    "tier": "gold", "QID1": 4}}),
+            &json!({"name": "S", "embeddedData": [{"name": "tier"}, {"name": "absent"}]}),
+            None,
+        );
+        assert_eq!(e["response"]["id"], json!("R_1"));
+        assert_eq!(e["response"]["surveyId"], json!("SV_1"));
+        assert_eq!(e["embedded"], json!({"tier": "gold"}));
+        assert_eq!(e["contact"]["email"], json!("a@b.c"));
+        assert_eq!(e["contact"]["firstName"], json!("A"));
+        assert_eq!(e["survey"], json!({"id": "SV_1", "name": "S"}));
+        let anonymous = response_event("SV_1", &json!({"values": {}}), &json!({}), None);
+        assert!(anonymous.get("contact").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_salesforce_triggered_survey_renders_from_an_outbound_message() {
+        let t = crate::catalog::template("salesforce-triggered-survey").unwrap();
+        let mut p = std::collections::BTreeMap::new();
+        for k in [
+            "owner",
+            "survey_id",
+            "library_id",
+            "message_id",
+            "mailing_list_id",
+            "from_email",
+            "from_name",
+        ] {
+            p.insert(k.to_string(), format!("{k}-v"));
+        }
+        let text = t.instantiate(&p).unwrap();
+        let w = parse_file(
+            "t",
+            &text,
+            FileKind::WorkflowFile,
+            &crate::stand_ins::registry(),
+        )
+        .unwrap()
+        .remove(0);
+        let ctx = EventContext::new(json!({
+            "record": {"type": "Case", "Id": "500xx1", "ContactEmail": "pat@example.com", "ContactId": "003xx1"},
+            "notification": {"id": "04l1", "organizationId": "00D1", "actionId": "04k1"}
+        }));
+        let r = preflight(&w, &ctx, &crate::stand_ins::registry(), &NoDescribers).await;
+        assert!(r.passed(), "{}", r.to_text());
+        let Outcome::Send { inputs } = &r.steps[2].outcome else {
+            panic!("{}", r.to_text())
+        };
+        assert_eq!(
+            inputs["contact_id"],
+            json!("<output of step member: contactId>")
+        );
+        assert_eq!(inputs["mailing_list_id"], json!("mailing_list_id-v"));
+        assert_eq!(inputs["embeddedData"], json!({"salesforce_id": "500xx1"}));
+        let no_email = EventContext::new(json!({"record": {"type": "Case", "Id": "500xx2"}}));
+        let r = preflight(&w, &no_email, &crate::stand_ins::registry(), &NoDescribers).await;
+        assert!(
+            r.steps
+                .iter()
+                .all(|s| matches!(s.outcome, Outcome::Skipped { .. }))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_promoter_skips_the_incident() {
+        let w = workflow();
+        let r = preflight(
+            &w,
+            &ctx(json!(10)),
+            &crate::stand_ins::registry(),
+            &One(describe(|_| {})),
+        )
+        .await;
+        assert!(matches!(r.steps[0].outcome, Outcome::Send { .. }));
+        assert_eq!(
+            r.steps[1].outcome,
+            Outcome::Skipped {
+                reason: "when `number(response.values.QID1) <= 6` is false for this event".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_permissions_are_named_in_the_extensions_words() {
+        let w = workflow();
+        let schema = describe(|d| {
+            d["createable"] = json!(false);
+            d["fields"][2]["updateable"] = json!(false);
+            d["fields"].as_array_mut().unwrap().remove(3);
+        });
+        let r = preflight(
+            &w,
+            &ctx(json!("3")),
+            &crate::stand_ins::registry(),
+            &One(schema),
+        )
+        .await;
+        let msgs: Vec<&str> = r.steps[0]
+            .problems
+            .iter()
+            .map(|p| p.message.as_str())
+            .collect();
+        assert_eq!(
+            msgs,
+            vec![
+                "the linked Salesforce user needs Create on Survey_Response__c",
+                "the linked Salesforce user needs field Edit access on Survey_Response__c.NPS__c",
+                "Survey_Response__c has no field Completed_At__c (or the linked Salesforce user has no field access to it)",
+            ]
+        );
+        assert!(
+            r.to_text().contains("preflight found 3 problems"),
+            "{}",
+            r.to_text()
+        );
+        let none = StaticSchema::new([]);
+        let r = preflight(
+            &w,
+            &ctx(json!("3")),
+            &crate::stand_ins::registry(),
+            &One(none),
+        )
+        .await;
+        assert!(
+            r.steps[0].problems[0]
+                .message
+                .starts_with("the linked Salesforce user cannot see Survey_Response__c")
+        );
+    }
+}

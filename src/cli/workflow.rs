@@ -1,0 +1,684 @@
+//! `xmbridge workflow add|list|show|remove|templates|test`: workflow definitions and their dry run.
+//!
+//! Workflows are read from `xmbridge.toml` (`--config`, else the current directory),
+//! `./workflows/*.toml` and `$XMBRIDGE_HOME/workflows/*.toml`; `workflow add` writes the last. This
+//! module only parses arguments, reads and writes those files and prints; parsing, validation,
+//! templates and the preflight live in `xmbridge-workflows`. Running workflows (`run`, `pause`,
+//! `resume`, `replay`) is one more variant each of [`WorkflowCommand`].
+
+use super::UsageError;
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use xmbridge_actions::Registry;
+use xmbridge_workflows::catalog::{self, Catalog, Sources, TEMPLATES};
+use xmbridge_workflows::definition::{EventContext, FileKind, Trigger, Workflow, parse_file};
+use xmbridge_workflows::mapping::{SalesforceSchema, StaticSchema, TargetSchema};
+use xmbridge_workflows::preflight::{self, Describers};
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  xmbridge workflow templates
+  xmbridge workflow add --template response-to-salesforce --set survey_id=SV_abc --set salesforce_account=sf-prod \\
+      --set servicenow_account=sn-prod --name nps-to-salesforce
+  xmbridge workflow add --file detractors.toml
+  xmbridge workflow list
+  xmbridge workflow test nps-to-salesforce --response R_1a2b3c --connection acme
+
+Workflow files: xmbridge.toml, ./workflows/*.toml and $XMBRIDGE_HOME/workflows/*.toml (see docs/workflows.md).")]
+pub struct WorkflowArgs {
+    /// The xmbridge.toml to read workflows from (default: ./xmbridge.toml when it exists).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: WorkflowCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkflowCommand {
+    /// Validate a workflow (from a file or a template) and save it to $XMBRIDGE_HOME/workflows.
+    #[command(after_help = "Examples:
+  xmbridge workflow add --file detractors.toml
+  xmbridge workflow add --template incident-closed-survey --set survey_id=SV_abc --set library_id=UR_1 \\
+      --set message_id=MS_1 --set mailing_list_id=CG_1 --set from_email=cx@acme.example --set from_name=Acme
+  xmbridge workflow add --file detractors.toml --replace      # an edit of an existing workflow")]
+    Add(AddArgs),
+    /// List every workflow with its trigger, owner and file.
+    List {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one workflow: where it is defined, its trigger and steps, and its TOML.
+    Show { name: String },
+    /// Remove a workflow saved by `workflow add`.
+    Remove { name: String },
+    /// List the built-in templates and their parameters.
+    Templates,
+    /// Dry run: render every step for one response or event and check types and permissions.
+    #[command(after_help = "Examples:
+  xmbridge workflow test nps-to-salesforce --response R_1a2b3c --connection acme
+  xmbridge workflow test nps-to-salesforce --response R_1a2b3c --connection acme --describe describe.json
+  xmbridge workflow test incident-closed-survey --event-json incident.json
+Exit code 0 when every check passes, 1 when a permission, type or input problem is found.")]
+    Test(TestArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    /// A TOML file with one [[workflow]].
+    #[arg(
+        long,
+        conflicts_with = "template",
+        required_unless_present = "template"
+    )]
+    pub file: Option<PathBuf>,
+    /// A built-in template (see `xmbridge workflow templates`).
+    #[arg(long)]
+    pub template: Option<String>,
+    /// A template parameter, NAME=VALUE (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE", requires = "template")]
+    pub set: Vec<String>,
+    /// The workflow's name (overrides the file's or the template's).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Who makes this change (default $XMBRIDGE_USER, else $USER); the owner of a new workflow
+    /// whose file names none.
+    #[arg(long = "as", value_name = "USER", env = "XMBRIDGE_USER")]
+    pub as_user: Option<String>,
+    /// Replace an existing workflow of the same name (an edit).
+    #[arg(long)]
+    pub replace: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TestArgs {
+    pub name: String,
+    /// The response to run on (R_…), fetched from Qualtrics.
+    #[arg(long, required_unless_present = "event_json")]
+    pub response: Option<String>,
+    /// The survey of the response (default: the trigger's survey).
+    #[arg(long)]
+    pub survey: Option<String>,
+    /// The Qualtrics connection to fetch the response with (see `xmbridge connection list`).
+    #[arg(long, env = "XMBRIDGE_CONNECTION")]
+    pub connection: Option<String>,
+    /// Use this event JSON instead of fetching a response (`{"record": {...}}` for Salesforce or
+    /// ServiceNow triggers).
+    #[arg(long, value_name = "FILE")]
+    pub event_json: Option<PathBuf>,
+    /// Salesforce describe bodies (`{"Object": describe, …}`) to check mappings and permissions
+    /// against, as the linked user sees them.
+    #[arg(long, value_name = "FILE", conflicts_with = "salesforce_token_url")]
+    pub describe: Option<PathBuf>,
+    /// Check Salesforce steps against the live describe of a server-to-server connection (client
+    /// credentials): the org's token URL, e.g. https://acme.my.salesforce.com/services/oauth2/token.
+    #[arg(long, value_name = "URL")]
+    pub salesforce_token_url: Option<String>,
+    /// The connected app's client id for --salesforce-token-url.
+    #[arg(long, value_name = "ID", env = "XMBRIDGE_SALESFORCE_CLIENT_ID")]
+    pub salesforce_client_id: Option<String>,
+    /// A file holding the client secret for --salesforce-token-url (else the environment variable
+    /// XMBRIDGE_SALESFORCE_CLIENT_SECRET).
+    #[arg(long, value_name = "FILE")]
+    pub salesforce_client_secret_file: Option<PathBuf>,
+    /// The report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: WorkflowArgs) -> anyhow::Result<()> {
+    let home = xmbridge_vault::Home::from_env()?;
+    let sources = Sources::standard(args.config.clone(), Some(home.root()));
+    let registry = registry();
+    match args.command {
+        WorkflowCommand::Add(a) => add(a, &sources, &home, &registry),
+        WorkflowCommand::List { json } => list(json, &sources, &registry),
+        WorkflowCommand::Show { name } => show(&name, &sources, &registry),
+        WorkflowCommand::Remove { name } => remove(&name, &sources, &home, &registry),
+        WorkflowCommand::Templates => {
+            templates();
+            Ok(())
+        }
+        WorkflowCommand::Test(t) => test(t, &sources, &registry).await,
+    }
+}
+
+/// Every action this binary knows; actions still being built elsewhere appear as stand-ins so
+/// files naming them validate.
+pub fn registry() -> Registry {
+    let mut r = Registry::builtin();
+    xmbridge_workflows::stand_ins::fill_missing(&mut r);
+    r
+}
+
+fn load_catalog(sources: &Sources, registry: &Registry) -> anyhow::Result<Catalog> {
+    catalog::load(sources, registry).map_err(|e| anyhow::Error::new(UsageError(e.to_string())))
+}
+
+fn find<'c>(catalog: &'c Catalog, name: &str) -> anyhow::Result<&'c catalog::Entry> {
+    catalog.get(name).ok_or_else(|| {
+        let names = catalog.names();
+        let hint = xmbridge_workflows::expr::closest(name, names.iter().copied())
+            .map(|s| format!("did you mean {s}? "))
+            .unwrap_or_default();
+        anyhow::Error::new(UsageError(format!(
+            "no workflow named \"{name}\"; {hint}workflows: {}",
+            if names.is_empty() {
+                "(none; add one with `xmbridge workflow add`)".to_string()
+            } else {
+                names.join(", ")
+            }
+        )))
+    })
+}
+
+fn current_user(as_user: Option<String>) -> Option<String> {
+    as_user
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|u| !u.trim().is_empty())
+}
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg.into()))
+}
+
+fn add(
+    a: AddArgs,
+    sources: &Sources,
+    home: &xmbridge_vault::Home,
+    registry: &Registry,
+) -> anyhow::Result<()> {
+    let editor = current_user(a.as_user.clone());
+    let (shown, text) = if let Some(t) = &a.template {
+        let template = catalog::find_template(t).map_err(|e| usage(e.to_string()))?;
+        let mut values = BTreeMap::new();
+        for kv in &a.set {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| usage(format!("--set {kv}: write NAME=VALUE")))?;
+            values.insert(k.trim().to_string(), v.to_string());
+        }
+        if let Some(n) = &a.name {
+            values.insert("name".into(), n.clone());
+        }
+        if !values.contains_key("owner")
+            && let Some(u) = &editor
+        {
+            values.insert("owner".into(), u.clone());
+        }
+        let text = template
+            .instantiate(&values)
+            .map_err(|e| usage(e.to_string()))?;
+        (format!("template {t}"), text)
+    } else {
+        let file = a
+            .file
+            .clone()
+            .ok_or_else(|| usage("give --file FILE or --template NAME"))?;
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let shown = file.display().to_string();
+        (
+            shown.clone(),
+            adjust_file(&shown, &text, a.name.as_deref(), editor.as_deref())?,
+        )
+    };
+    let mut workflows = parse_file(&shown, &text, FileKind::WorkflowFile, registry)
+        .map_err(|e| usage(e.to_string()))?;
+    if workflows.len() != 1 {
+        return Err(usage(format!(
+            "{shown}: holds {} workflows; `workflow add` takes exactly one (put several in ./workflows/ instead)",
+            workflows.len()
+        )));
+    }
+    let w = workflows.remove(0);
+    let dir = home.root().join("workflows");
+    let target = dir.join(format!("{}.toml", w.name));
+    let catalog = load_catalog(sources, registry)?;
+    let replacing = match catalog.get(&w.name) {
+        None => false,
+        Some(existing) => {
+            let same = existing.file.canonicalize().ok() == target.canonicalize().ok();
+            if !same {
+                return Err(usage(format!(
+                    "workflow \"{}\" is defined in {}; edit that file, or choose another --name",
+                    w.name,
+                    existing.file.display()
+                )));
+            }
+            if !a.replace {
+                return Err(usage(format!(
+                    "workflow \"{}\" already exists ({}); adding it again is an edit: pass --replace",
+                    w.name,
+                    target.display()
+                )));
+            }
+            true
+        }
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = dir.join(format!(".{}.toml.tmp", w.name));
+    std::fs::write(&tmp, &text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &target).with_context(|| format!("cannot write {}", target.display()))?;
+    if replacing {
+        record_workflow_edit(&w, editor.as_deref());
+    }
+    println!(
+        "{} workflow \"{}\" (owner {}): {}, {} step{}",
+        if replacing { "replaced" } else { "added" },
+        w.name,
+        w.owner,
+        w.trigger,
+        w.steps.len(),
+        if w.steps.len() == 1 { "" } else { "s" }
+    );
+    println!("  saved to {}", target.display());
+    if replacing && editor.as_deref() != Some(w.owner.as_str()) {
+        println!(
+            "  note: {} is not the owner ({}); the workflow's credential binding is dropped until the owner re-authorizes",
+            editor.as_deref().unwrap_or("an unknown user"),
+            w.owner
+        );
+    }
+    println!(
+        "next: xmbridge workflow test {} {}",
+        w.name,
+        test_hint(&w.trigger)
+    );
+    Ok(())
+}
+
+/// The collaborator rule's hook: an edit of a saved workflow by someone other than its creator
+/// must drop the workflow's credential binding until someone re-authorizes. The state store that
+/// records edits and bindings belongs to the workflow runner (`store.rs`, h5-wfrun); its call goes
+/// here.
+fn record_workflow_edit(workflow: &Workflow, editor: Option<&str>) {
+    tracing::info!(
+        workflow = %workflow.name,
+        owner = %workflow.owner,
+        editor = editor.unwrap_or("?"),
+        "workflow edited"
+    );
+}
+
+fn test_hint(t: &Trigger) -> &'static str {
+    match t {
+        Trigger::QualtricsResponse { .. } | Trigger::SyncResponses { .. } => {
+            "--response R_… --connection CONN"
+        }
+        _ => "--event-json event.json",
+    }
+}
+
+/// Applies `--name` and a default owner to a file's single workflow. The file text is kept as
+/// written (comments included) when nothing changes.
+fn adjust_file(
+    shown: &str,
+    text: &str,
+    name: Option<&str>,
+    owner: Option<&str>,
+) -> anyhow::Result<String> {
+    let mut table: toml::Table = match toml::from_str(text) {
+        Ok(t) => t,
+        // parse_file reports the syntax error with the file name.
+        Err(_) => return Ok(text.to_string()),
+    };
+    let Some(toml::Value::Array(list)) = table.get_mut("workflow") else {
+        return Ok(text.to_string());
+    };
+    let mut changed = false;
+    if list.len() == 1
+        && let Some(toml::Value::Table(w)) = list.get_mut(0)
+    {
+        if let Some(n) = name
+            && w.get("name").and_then(toml::Value::as_str) != Some(n)
+        {
+            w.insert("name".into(), toml::Value::String(n.to_string()));
+            changed = true;
+        }
+        if !w.contains_key("owner")
+            && let Some(o) = owner
+        {
+            w.insert("owner".into(), toml::Value::String(o.to_string()));
+            changed = true;
+        }
+    } else if name.is_some() {
+        return Err(usage(format!(
+            "{shown}: --name needs a file with exactly one [[workflow]]"
+        )));
+    }
+    if !changed {
+        return Ok(text.to_string());
+    }
+    toml::to_string(&table).map_err(|e| anyhow!("cannot write the workflow back as TOML: {e}"))
+}
+
+fn trigger_json(t: &Trigger) -> Value {
+    match t {
+        Trigger::QualtricsResponse { survey_id } | Trigger::SyncResponses { survey_id } => {
+            json!({"type": t.kind(), "survey_id": survey_id})
+        }
+        Trigger::SalesforceOutbound { object } => json!({"type": t.kind(), "object": object}),
+        Trigger::ServiceNow { table } => json!({"type": t.kind(), "table": table}),
+    }
+}
+
+fn list(as_json: bool, sources: &Sources, registry: &Registry) -> anyhow::Result<()> {
+    let catalog = load_catalog(sources, registry)?;
+    if as_json {
+        let rows: Vec<Value> = catalog
+            .entries
+            .iter()
+            .map(|e| {
+                let w = &e.workflow;
+                json!({
+                    "name": w.name,
+                    "description": w.description,
+                    "owner": w.owner,
+                    "trigger": trigger_json(&w.trigger),
+                    "condition": w.condition.as_ref().map(|c| c.source()),
+                    "steps": w.steps.iter().map(|s| json!({"name": s.name, "action": s.action, "account": s.account})).collect::<Vec<_>>(),
+                    "max_attempts": w.max_attempts,
+                    "file": e.file.display().to_string(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if catalog.entries.is_empty() {
+        println!(
+            "no workflows; add one with `xmbridge workflow add --template NAME` (see `xmbridge workflow templates`)"
+        );
+        return Ok(());
+    }
+    let width = catalog
+        .names()
+        .iter()
+        .map(|n| n.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{:width$}  {:10}  {:5}  TRIGGER / FILE",
+        "NAME", "OWNER", "STEPS"
+    );
+    for e in &catalog.entries {
+        let w = &e.workflow;
+        println!(
+            "{:width$}  {:10}  {:5}  {}",
+            w.name,
+            w.owner,
+            w.steps.len(),
+            w.trigger
+        );
+        println!("{:width$}  {:10}  {:5}  {}", "", "", "", e.file.display());
+    }
+    Ok(())
+}
+
+fn show(name: &str, sources: &Sources, registry: &Registry) -> anyhow::Result<()> {
+    let catalog = load_catalog(sources, registry)?;
+    let e = find(&catalog, name)?;
+    let w = &e.workflow;
+    println!("workflow {} (owner {})", w.name, w.owner);
+    if let Some(d) = &w.description {
+        println!("  {d}");
+    }
+    println!("file:      {}", e.file.display());
+    println!("trigger:   {}", w.trigger);
+    if let Some(c) = &w.condition {
+        println!("condition: {c}");
+    }
+    println!("attempts:  {} before the dead letter", w.max_attempts);
+    for (i, s) in w.steps.iter().enumerate() {
+        let mut line = format!(
+            "step {}:    {} → {} ({})",
+            i + 1,
+            s.name,
+            s.action,
+            s.system
+        );
+        if let Some(a) = &s.account {
+            line.push_str(&format!(", account {a}"));
+        }
+        if let Some(m) = &s.mapping {
+            line.push_str(&format!(
+                ", maps {} field{} onto {}",
+                m.fields.len(),
+                if m.fields.len() == 1 { "" } else { "s" },
+                m.object
+            ));
+        }
+        if let Some(wh) = &s.when {
+            line.push_str(&format!(", when {wh}"));
+        }
+        println!("{line}");
+    }
+    println!();
+    let text = std::fs::read_to_string(&e.file)
+        .with_context(|| format!("cannot read {}", e.file.display()))?;
+    print!("{}", workflow_toml(&text, name));
+    Ok(())
+}
+
+/// The TOML of one workflow: the whole file when it holds only that one, else that table.
+fn workflow_toml(text: &str, name: &str) -> String {
+    let Ok(mut table) = toml::from_str::<toml::Table>(text) else {
+        return text.to_string();
+    };
+    let Some(toml::Value::Array(list)) = table.remove("workflow") else {
+        return text.to_string();
+    };
+    if list.len() == 1 && table.is_empty() {
+        return text.to_string();
+    }
+    let one: Vec<toml::Value> = list
+        .into_iter()
+        .filter(|w| w.get("name").and_then(toml::Value::as_str) == Some(name))
+        .collect();
+    let mut out = toml::Table::new();
+    out.insert("workflow".into(), toml::Value::Array(one));
+    toml::to_string(&out).unwrap_or_else(|_| text.to_string())
+}
+
+fn remove(
+    name: &str,
+    sources: &Sources,
+    home: &xmbridge_vault::Home,
+    registry: &Registry,
+) -> anyhow::Result<()> {
+    let target = home.root().join("workflows").join(format!("{name}.toml"));
+    // A broken file elsewhere must not block removing this one: fall back to the path itself.
+    match catalog::load(sources, registry) {
+        Ok(catalog) => {
+            let e = find(&catalog, name)?;
+            if e.file.canonicalize().ok() != target.canonicalize().ok() {
+                return Err(usage(format!(
+                    "workflow \"{name}\" is defined in {}, not saved by `workflow add`; delete it from that file",
+                    e.file.display()
+                )));
+            }
+        }
+        Err(_) if target.is_file() => {}
+        Err(e) => return Err(usage(e.to_string())),
+    }
+    std::fs::remove_file(&target).with_context(|| format!("cannot remove {}", target.display()))?;
+    println!("removed workflow \"{name}\" ({})", target.display());
+    Ok(())
+}
+
+fn templates() {
+    for t in TEMPLATES {
+        println!("{}\n  {}", t.name, t.description);
+        for p in t.params {
+            let d = match (p.name, p.default) {
+                (_, Some(d)) => format!(" [default: {d}]"),
+                ("name", None) => format!(" [default: {}]", t.name),
+                _ => String::new(),
+            };
+            println!("    --set {}=…  {}{d}", p.name, p.help);
+        }
+        println!();
+    }
+}
+
+/// The describe source for every Salesforce step. Linked accounts (per step `account`) replace
+/// this once the account store is merged; until then one source serves all Salesforce steps.
+struct SalesforceDescribes(Option<Box<dyn TargetSchema>>);
+
+impl Describers for SalesforceDescribes {
+    fn schema_for(&self, step: &xmbridge_workflows::definition::Step) -> Option<&dyn TargetSchema> {
+        match (&self.0, step.system) {
+            (Some(s), xmbridge_actions::System::Salesforce) => Some(s.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+/// A Salesforce client over client credentials (server-to-server), for live describes.
+fn salesforce_schema(t: &TestArgs, url: &str) -> anyhow::Result<SalesforceSchema> {
+    use secrecy::SecretString;
+    use xmbridge_salesforce::{ClientCredentials, SalesforceClient, TokenProvider};
+    let client_id = t.salesforce_client_id.clone().ok_or_else(|| {
+        usage("--salesforce-token-url needs --salesforce-client-id (or XMBRIDGE_SALESFORCE_CLIENT_ID)")
+    })?;
+    let secret = match &t.salesforce_client_secret_file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read {}", f.display()))?
+            .trim_end_matches(['\r', '\n'])
+            .to_string(),
+        None => std::env::var("XMBRIDGE_SALESFORCE_CLIENT_SECRET").map_err(|_| {
+            usage("--salesforce-token-url needs --salesforce-client-secret-file FILE (or XMBRIDGE_SALESFORCE_CLIENT_SECRET)")
+        })?,
+    };
+    let creds = ClientCredentials {
+        token_url: url.to_string(),
+        client_id,
+        client_secret: SecretString::from(secret),
+    };
+    let http = reqwest::Client::new();
+    let tokens = TokenProvider::client_credentials(http.clone(), creds);
+    Ok(SalesforceSchema {
+        client: std::sync::Arc::new(SalesforceClient::new(http, std::sync::Arc::new(tokens))),
+    })
+}
+
+async fn test(t: TestArgs, sources: &Sources, registry: &Registry) -> anyhow::Result<()> {
+    let catalog = load_catalog(sources, registry)?;
+    let w = &find(&catalog, &t.name)?.workflow;
+    let event = match (&t.event_json, &t.response) {
+        (Some(f), _) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read {}", f.display()))?;
+            let v: Value = serde_json::from_str(&text)
+                .map_err(|e| usage(format!("{}: not JSON: {e}", f.display())))?;
+            if !v.is_object() {
+                return Err(usage(format!(
+                    "{}: the event must be a JSON object",
+                    f.display()
+                )));
+            }
+            v
+        }
+        (None, Some(rid)) => {
+            let sid = match (&t.survey, &w.trigger) {
+                (Some(s), _) => s.clone(),
+                (
+                    None,
+                    Trigger::QualtricsResponse { survey_id } | Trigger::SyncResponses { survey_id },
+                ) => survey_id.clone(),
+                (None, _) => {
+                    return Err(usage(format!(
+                        "workflow \"{}\" is triggered by {}; give --event-json FILE (or --survey to test it on a response)",
+                        w.name, w.trigger
+                    )));
+                }
+            };
+            let conn = t.connection.as_deref().ok_or_else(|| {
+                usage("give --connection NAME to fetch the response (see `xmbridge connection list`), or --event-json FILE")
+            })?;
+            let connected = super::connection::connect(conn)?;
+            let client = &connected.client;
+            let response: Value = client
+                .get(client.url(&["surveys", &sid, "responses", rid]))
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot fetch response {rid} of survey {sid} through connection '{conn}'"
+                    )
+                })?;
+            let survey: Value = client
+                .get(client.url(&["surveys", &sid]))
+                .await
+                .with_context(|| {
+                    format!("cannot fetch survey {sid} through connection '{conn}'")
+                })?;
+            preflight::response_event(&sid, &response, &survey, None)
+        }
+        (None, None) => return Err(usage("give --response ID or --event-json FILE")),
+    };
+    let describes: Option<Box<dyn TargetSchema>> = match (&t.describe, &t.salesforce_token_url) {
+        (Some(f), _) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read {}", f.display()))?;
+            let v: Value = serde_json::from_str(&text)
+                .map_err(|e| usage(format!("{}: not JSON: {e}", f.display())))?;
+            Some(Box::new(
+                StaticSchema::from_json(&v).map_err(|e| usage(format!("{}: {e}", f.display())))?,
+            ))
+        }
+        (None, Some(url)) => Some(Box::new(salesforce_schema(&t, url)?)),
+        (None, None) => None,
+    };
+    let ctx = EventContext::new(event);
+    let report = preflight::preflight(w, &ctx, registry, &SalesforceDescribes(describes)).await;
+    if t.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"event": ctx.event, "report": report, "passed": report.passed()})
+            )?
+        );
+    } else {
+        print!("{}", report.to_text());
+    }
+    if !report.passed() {
+        bail!(
+            "workflow \"{}\": preflight found {} problem{}",
+            w.name,
+            report.problem_count(),
+            if report.problem_count() == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjust_keeps_text_unless_it_changes() {
+        let text = "# comment\n[[workflow]]\nname = \"a\"\nowner = \"o\"\n";
+        assert_eq!(adjust_file("f", text, None, Some("me")).unwrap(), text);
+        let out = adjust_file("f", "[[workflow]]\nname = \"a\"\n", Some("b"), Some("me")).unwrap();
+        let t: toml::Table = toml::from_str(&out).unwrap();
+        let w = &t["workflow"][0];
+        assert_eq!(w["name"].as_str(), Some("b"));
+        assert_eq!(w["owner"].as_str(), Some("me"));
+    }
+
+    #[test]
+    fn one_workflow_is_cut_from_a_shared_file() {
+        let text = "[sync]\nx = 1\n[[workflow]]\nname = \"a\"\n[[workflow]]\nname = \"b\"\n";
+        let out = workflow_toml(text, "b");
+        assert!(
+            out.contains("name = \"b\"") && !out.contains("name = \"a\"") && !out.contains("sync"),
+            "{out}"
+        );
+    }
+}
