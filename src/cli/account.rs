@@ -106,7 +106,7 @@ pub struct LinkArgs {
     #[arg(long)]
     pub client_secret_file: Option<PathBuf>,
     /// Port of the loopback redirect listener (0 = any; register
-    /// `http://127.0.0.1:PORT/callback` as the app's callback URL).
+    /// `http://127.0.0.1:PORT/oauth/callback` as the app's callback URL).
     #[arg(long, default_value_t = 0)]
     pub callback_port: u16,
     /// Seconds to wait for the browser.
@@ -228,12 +228,15 @@ async fn login(
     )?;
     let oauth = OAuthClient::new(provider, client_id, secret)?
         .for_connection(name)
-        .with_reauthorize_command(format!("xmbridge account link {name} --refresh --as {user}"));
+        .with_reauthorize_command(format!(
+            "xmbridge account link {name} --refresh --as {user}"
+        ));
     let opts = xmbridge_auth::AuthorizeOptions {
         scope: Some("api refresh_token".into()),
         port,
         timeout: std::time::Duration::from_secs(timeout),
         pkce: true,
+        callback_path: "/oauth/callback".into(),
         ..Default::default()
     };
     let tokens = xmbridge_auth::authorize(&oauth, opts, |url| {
@@ -375,7 +378,12 @@ async fn refresh(
     let name = args.name.as_str();
     let account = store.get_account(name)?;
     let rec = vault.get_connection(name)?;
-    let setting = |k: &str| rec.settings.get(k).and_then(Value::as_str).map(str::to_string);
+    let setting = |k: &str| {
+        rec.settings
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
     let client_id = args
         .client_id
         .clone()
@@ -385,14 +393,22 @@ async fn refresh(
         Some(_) => client_secret(args)?,
         None => vault
             .get_secret(name, SecretField::ClientSecret)?
-            .ok_or_else(|| anyhow!("account {name} has no client secret; pass --client-secret-file"))?,
+            .ok_or_else(|| {
+                anyhow!("account {name} has no client secret; pass --client-secret-file")
+            })?,
     };
     let refresh_token = match account.kind {
         AccountKind::ServerToServer => {
-            let token_url = setting("token_url")
-                .ok_or_else(|| anyhow!("account {name} has no token URL"))?;
-            client_credentials(name, &account.system, &token_url, &client_id, secret.clone())
-                .await?;
+            let token_url =
+                setting("token_url").ok_or_else(|| anyhow!("account {name} has no token URL"))?;
+            client_credentials(
+                name,
+                &account.system,
+                &token_url,
+                &client_id,
+                secret.clone(),
+            )
+            .await?;
             None
         }
         AccountKind::OAuth => {
@@ -428,4 +444,95 @@ async fn refresh(
         println!("resumed workflow {wf}; its held events will be delivered");
     }
     Ok(())
+}
+
+/// The clients a Salesforce or ServiceNow step runs with, from a linked account. Rotated
+/// refresh tokens are sealed back into the vault.
+pub(crate) fn external_context(
+    vault: &Arc<Vault>,
+    row: &xmbridge_workflows::store::AccountRow,
+    spec: &xmbridge_actions::ActionSpec,
+) -> Result<xmbridge_actions::ActionContext, xmbridge_actions::ActionError> {
+    use xmbridge_actions::{ActionContext, ActionError, System};
+    use xmbridge_salesforce::{
+        ClientCredentials, OAuthApp, RefreshSink, SalesforceClient, TokenProvider,
+    };
+    let not_configured = |fix: String| ActionError::NotConfigured {
+        action: spec.name.to_string(),
+        system: spec.system,
+        fix,
+    };
+    if spec.system != System::Salesforce {
+        return Err(not_configured(format!(
+            "this build has no {} client for account {} yet",
+            spec.system, row.name
+        )));
+    }
+    let name = row.name.as_str();
+    let rec = vault
+        .get_connection(name)
+        .map_err(|e| not_configured(format!("account {name}: {e}")))?;
+    let setting = |k: &str| {
+        rec.settings
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| not_configured(format!("account {name} has no {k}; link it again")))
+    };
+    let secret = |f: SecretField| {
+        vault
+            .get_secret(name, f)
+            .map_err(|e| not_configured(format!("account {name}: {e}")))?
+            .ok_or_else(|| {
+                not_configured(format!(
+                    "account {name} has no {}; re-authorize with `xmbridge account link {name} --refresh`",
+                    f.label()
+                ))
+            })
+    };
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| not_configured(format!("cannot set up the HTTP client: {e}")))?;
+    let client_id = setting("client_id")?;
+    let client_secret = secret(SecretField::ClientSecret)?;
+    let tokens = match row.kind {
+        AccountKind::ServerToServer => TokenProvider::client_credentials(
+            http.clone(),
+            ClientCredentials {
+                token_url: setting("token_url")?,
+                client_id,
+                client_secret,
+            },
+        ),
+        AccountKind::OAuth => {
+            let sink_vault = vault.clone();
+            let sink_name = name.to_string();
+            let sink: Arc<dyn RefreshSink> = Arc::new(move |t: &SecretString| {
+                sink_vault
+                    .set_secret(&sink_name, SecretField::RefreshToken, t)
+                    .map_err(|e| e.to_string())
+            });
+            TokenProvider::web_server(
+                http.clone(),
+                OAuthApp {
+                    login_url: setting("login_url")?,
+                    client_id,
+                    client_secret,
+                    redirect_uri: String::new(),
+                },
+                secret(SecretField::RefreshToken)?,
+                Some(sink),
+            )
+        }
+    };
+    let client = Arc::new(SalesforceClient::new(http, Arc::new(tokens)));
+    Ok(
+        ActionContext::new().with(xmbridge_actions::salesforce::SalesforceConnection {
+            client,
+            account: name.to_string(),
+        }),
+    )
 }

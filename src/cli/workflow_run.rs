@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,9 +26,7 @@ use xmbridge_workflows::definition::{Trigger, Workflow};
 use xmbridge_workflows::event::QUALTRICS_MSG;
 use xmbridge_workflows::outbox::Outbox;
 use xmbridge_workflows::store::{EventState, SqliteStore, Store, now_ms};
-use xmbridge_workflows::worker::{
-    Connector, Engine, EngineConfig, Plan, RetryPolicy, RunMode,
-};
+use xmbridge_workflows::worker::{Connector, Engine, EngineConfig, Plan, RetryPolicy, RunMode};
 
 use super::UsageError;
 use super::account::AsUser;
@@ -76,9 +73,6 @@ pub struct RunArgs {
     /// Longest retry delay in milliseconds.
     #[arg(long, default_value_t = 900_000)]
     pub retry_cap_ms: u64,
-    /// Workflow config file (default ./xmbridge.toml when present).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub user: AsUser,
 }
@@ -105,8 +99,6 @@ pub struct ResumeArgs {
     /// Re-establish the credential binding (only the workflow's owner).
     #[arg(long)]
     pub reauthorize: bool,
-    #[arg(long)]
-    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub user: AsUser,
 }
@@ -141,9 +133,8 @@ fn open_store() -> anyhow::Result<(Home, Arc<Vault>, Arc<SqliteStore>)> {
     Ok((home, vault, store))
 }
 
-fn load_catalog(home: &Home, config: Option<PathBuf>) -> anyhow::Result<Vec<Workflow>> {
-    let sources = Sources::standard(config, Some(home.root()));
-    let cat = catalog::load(&sources, &Registry::builtin())?;
+fn load_catalog(sources: &Sources, registry: &Registry) -> anyhow::Result<Vec<Workflow>> {
+    let cat = catalog::load(sources, registry).map_err(|e| usage(e.to_string()))?;
     Ok(cat.entries.into_iter().map(|e| e.workflow).collect())
 }
 
@@ -163,9 +154,7 @@ pub fn rebind_for_owner(store: &SqliteStore, owner: &str) -> anyhow::Result<Vec<
 pub fn pause(args: PauseArgs) -> anyhow::Result<()> {
     let (_, _, store) = open_store()?;
     let user = args.user.resolve()?;
-    let reason = args
-        .reason
-        .unwrap_or_else(|| format!("paused by {user}"));
+    let reason = args.reason.unwrap_or_else(|| format!("paused by {user}"));
     store.set_paused(
         &args.name,
         &reason,
@@ -179,12 +168,12 @@ pub fn pause(args: PauseArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn resume(args: ResumeArgs) -> anyhow::Result<()> {
-    let (home, _, store) = open_store()?;
+pub fn resume(args: ResumeArgs, sources: &Sources, registry: &Registry) -> anyhow::Result<()> {
+    let (_, _, store) = open_store()?;
     let state = store.workflow_state(&args.name)?;
     if args.reauthorize {
         let user = args.user.resolve()?;
-        let owner = load_catalog(&home, args.config.clone())?
+        let owner = load_catalog(sources, registry)?
             .into_iter()
             .find(|w| w.name == args.name)
             .map(|w| w.owner)
@@ -196,7 +185,10 @@ pub fn resume(args: ResumeArgs) -> anyhow::Result<()> {
             )));
         }
         store.rebind(&args.name)?;
-        println!("workflow {}: credential binding re-authorized by {user}", args.name);
+        println!(
+            "workflow {}: credential binding re-authorized by {user}",
+            args.name
+        );
     } else if !state.binding_valid {
         return Err(usage(format!(
             "workflow {} was edited by {} (not its creator {}), which dropped its credential binding; its owner re-authorizes with `xmbridge workflow resume {} --reauthorize --as {}`",
@@ -213,7 +205,10 @@ pub fn resume(args: ResumeArgs) -> anyhow::Result<()> {
         return Err(usage(format!(
             "workflow {} is paused because account {account}'s token expired; re-authorize it with `{}`",
             args.name,
-            state.fix.as_deref().unwrap_or("xmbridge account link NAME --refresh")
+            state
+                .fix
+                .as_deref()
+                .unwrap_or("xmbridge account link NAME --refresh")
         )));
     }
     store.resume(&args.name)?;
@@ -246,7 +241,12 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     let ws = store.workflow_state(&args.name)?;
     let counts: Map<String, Value> = EventState::ALL
         .iter()
-        .map(|s| (s.as_str().to_string(), json!(st.counts.get(s).copied().unwrap_or(0))))
+        .map(|s| {
+            (
+                s.as_str().to_string(),
+                json!(st.counts.get(s).copied().unwrap_or(0)),
+            )
+        })
         .collect();
     let dead: Vec<Value> = st
         .dead
@@ -406,6 +406,7 @@ pub struct LiveConnector {
     registry: Arc<Registry>,
     default_qualtrics: Option<String>,
     qualtrics: Mutex<HashMap<String, ActionContext>>,
+    external: Mutex<HashMap<String, ActionContext>>,
 }
 
 impl LiveConnector {
@@ -471,9 +472,25 @@ impl Connector for LiveConnector {
                             fix: Accounts::reauthorize_command(&row),
                         });
                     }
-                    super::account::external_context(&self.vault, &row, spec)
-                        .await
-                        .map(|ctx| (ctx, Some(row.name.clone())))
+                    // Cached per account and refresh-token version: a re-authorization in
+                    // another process (`account link --refresh`) takes effect here too.
+                    let version = self
+                        .vault
+                        .list_secrets(&row.name)
+                        .ok()
+                        .and_then(|s| {
+                            s.into_iter()
+                                .find(|i| i.field == SecretField::RefreshToken)
+                                .map(|i| i.updated_at.timestamp_millis())
+                        })
+                        .unwrap_or(0);
+                    let key = format!("{}@{version}", row.name);
+                    if let Some(ctx) = self.external.lock().get(&key) {
+                        return Ok((ctx.clone(), Some(row.name.clone())));
+                    }
+                    let ctx = super::account::external_context(&self.vault, &row, spec)?;
+                    self.external.lock().insert(key, ctx.clone());
+                    Ok((ctx, Some(row.name.clone())))
                 }
             }
         })
@@ -547,9 +564,7 @@ pub fn enriched_event(payload: &Value, sid: &str, rid: &str, result: Value) -> V
         .as_object()
         .into_iter()
         .flatten()
-        .filter(|(k, _)| {
-            !k.starts_with("QID") && !RESPONSE_METADATA.contains(&k.as_str())
-        })
+        .filter(|(k, _)| !k.starts_with("QID") && !RESPONSE_METADATA.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let v = |k: &str| values.get(k).cloned().unwrap_or(Value::Null);
@@ -614,10 +629,10 @@ async fn ensure_subscription(
     Ok(())
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+pub async fn run(args: RunArgs, sources: &Sources, registry: Registry) -> anyhow::Result<()> {
     let (home, vault, store) = open_store()?;
-    let registry = Arc::new(Registry::builtin());
-    let workflows = load_catalog(&home, args.config.clone())?;
+    let workflows = load_catalog(sources, &registry)?;
+    let registry = Arc::new(registry);
     let acting = args.user.resolve().ok();
     // Edits: a changed definition counts as an edit by the acting user; a user other than the
     // creator (the owner when first seen) drops the credential binding.
@@ -641,6 +656,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         registry: registry.clone(),
         default_qualtrics: qualtrics_connection(&vault, args.qualtrics.as_deref())?,
         qualtrics: Mutex::new(HashMap::new()),
+        external: Mutex::new(HashMap::new()),
     });
     let outbox = Outbox::new(store.clone());
     let cfg = EngineConfig {
@@ -675,18 +691,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    let receiver = Receiver::bind(args.listen)
+        .await
+        .map_err(|e| usage(e.to_string()))?;
     let mut hooks = Hooks::new();
     let public = args
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{}", args.listen));
+        .unwrap_or_else(|| receiver.base_url());
     let public = public.trim_end_matches('/').to_string();
     for w in &workflows {
         match &w.trigger {
             Trigger::QualtricsResponse { survey_id } => {
                 let (key, _) = hook_secret(&vault, &w.name)?;
                 let url = format!("{public}/hooks/qualtrics/{}", w.name);
-                if let Err(e) = ensure_subscription(&connector, &registry, survey_id, &url, &key).await {
+                if let Err(e) =
+                    ensure_subscription(&connector, &registry, survey_id, &url, &key).await
+                {
                     eprintln!(
                         "workflow {}: could not register the Qualtrics event subscription ({e:#}); events from it will not arrive until it is",
                         w.name
@@ -731,13 +752,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Trigger::SyncResponses { .. } => {}
         }
     }
-    let receiver = Receiver::bind(args.listen, router(outbox, hooks))
-        .await
-        .map_err(|e| usage(e.to_string()))?;
     println!("receiving webhooks on {}", receiver.base_url());
+    let app = router(outbox, hooks);
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut rx2 = rx.clone();
-    let server = tokio::spawn(receiver.serve(async move {
+    let server = tokio::spawn(receiver.serve(app, async move {
         let _ = rx2.wait_for(|v| *v).await;
     }));
     let mut rx3 = rx.clone();

@@ -66,16 +66,15 @@ pub enum ServeError {
     Bind(SocketAddr, #[source] std::io::Error),
 }
 
-/// A bound receiver.
+/// A bound receiver (bound first, so the URL is known before hooks are registered).
 pub struct Receiver {
     pub addr: SocketAddr,
     listener: tokio::net::TcpListener,
-    app: Router,
 }
 
 impl Receiver {
     /// Binds `listen` (loopback only; port 0 picks one).
-    pub async fn bind(listen: SocketAddr, app: Router) -> Result<Receiver, ServeError> {
+    pub async fn bind(listen: SocketAddr) -> Result<Receiver, ServeError> {
         if !listen.ip().is_loopback() {
             return Err(ServeError::NotLoopback(listen));
         }
@@ -85,11 +84,7 @@ impl Receiver {
         let addr = listener
             .local_addr()
             .map_err(|e| ServeError::Bind(listen, e))?;
-        Ok(Receiver {
-            addr,
-            listener,
-            app,
-        })
+        Ok(Receiver { addr, listener })
     }
 
     /// `http://127.0.0.1:PORT`
@@ -97,12 +92,13 @@ impl Receiver {
         format!("http://{}", self.addr)
     }
 
-    /// Serves until `shutdown` resolves.
+    /// Serves `app` until `shutdown` resolves.
     pub async fn serve(
         self,
+        app: Router,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, self.app)
+        axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await
     }

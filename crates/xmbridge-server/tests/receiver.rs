@@ -55,12 +55,12 @@ async fn start() -> Running {
         },
     );
     let app = router(Outbox::new(store), hooks);
-    let r = Receiver::bind("127.0.0.1:0".parse().unwrap(), app)
+    let r = Receiver::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let base = r.base_url();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(r.serve(async {
+    tokio::spawn(r.serve(app, async {
         let _ = rx.await;
     }));
     Running {

@@ -66,7 +66,12 @@ pub fn qualtrics_event(
     })?;
     let field = |k: &str| parsed.get(k).and_then(Value::as_str).unwrap_or_default();
     let expected_topic = format!("surveyengine.completedResponse.{survey_id}");
-    if topic != expected_topic || field("SurveyID") != survey_id {
+    // Qualtrics prefixes the topic with the brand id (`acme.surveyengine.completedResponse.SV_…`).
+    let topic_ok = topic == expected_topic
+        || topic
+            .strip_suffix(&expected_topic)
+            .is_some_and(|brand| brand.ends_with('.') && !brand[..brand.len() - 1].contains('.'));
+    if !topic_ok || field("SurveyID") != survey_id {
         return Ok(QualtricsInbound::Ignored(format!(
             "topic {topic} (survey {}) is not {expected_topic}",
             field("SurveyID")
@@ -445,6 +450,17 @@ mod tests {
         );
         let other = qualtrics_event("wf", "SV_2", "k", topic, msg, &good).unwrap();
         assert!(matches!(other, QualtricsInbound::Ignored(_)));
+        let branded = "acme.surveyengine.completedResponse.SV_1";
+        let e = qualtrics_event("wf", "SV_1", "k", branded, msg, &good).unwrap();
+        assert!(matches!(e, QualtricsInbound::Event(_)));
+        for bad in [
+            "a.b.surveyengine.completedResponse.SV_1",
+            "surveyengine.partialResponse.SV_1",
+            "xsurveyengine.completedResponse.SV_1",
+        ] {
+            let e = qualtrics_event("wf", "SV_1", "k", bad, msg, &good).unwrap();
+            assert!(matches!(e, QualtricsInbound::Ignored(_)), "{bad}");
+        }
     }
 
     const SOAP: &str = r#"<?xml version="1.0" encoding="UTF-8"?>

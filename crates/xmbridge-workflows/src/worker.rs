@@ -490,7 +490,13 @@ impl Engine {
             Disposition::Pause => {
                 let (reason, fix) = match &e {
                     ActionError::TokenExpired { fix, .. } => {
-                        ("account token expired".to_string(), fix.clone())
+                        // A linked account's own command beats the action's generic advice.
+                        let fix = account
+                            .as_deref()
+                            .and_then(|a| self.store.get_account(a).ok())
+                            .map(|row| crate::accounts::Accounts::reauthorize_command(&row))
+                            .unwrap_or_else(|| fix.clone());
+                        ("account token expired".to_string(), fix)
                     }
                     ActionError::NotConfigured { fix, .. } => (err.clone(), fix.clone()),
                     _ => (
