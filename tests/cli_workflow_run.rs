@@ -473,7 +473,7 @@ extRef = "response.id"
         .unwrap()
         .to_string();
     let st = wait_done(&inst, "responses", 1).await;
-    if st.counts.get(&EventState::Done).is_none() {
+    if !st.counts.contains_key(&EventState::Done) {
         let d: Value = http
             .get(format!("{}/_sim/eventsubs/deliveries", h.base_url))
             .header("X-API-TOKEN", &token)

@@ -308,6 +308,8 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<(), StoreError>;
     /// Counts a failed attempt and schedules the next one.
+    // One row update's columns; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     fn retry_at(
         &self,
         event: &str,
@@ -820,6 +822,7 @@ impl Store for SqliteStore {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn retry_at(
         &self,
         event: &str,
