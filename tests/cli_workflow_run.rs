@@ -202,7 +202,7 @@ async fn twenty_kills_during_delivery_of_a_thousand_events_deliver_each_once() {
                 "run",
                 "--once",
                 "--workers",
-                "2",
+                "1",
                 "--lease-secs",
                 "1",
             ])
@@ -210,7 +210,7 @@ async fn twenty_kills_during_delivery_of_a_thousand_events_deliver_each_once() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(rng.range(40, 300))).await;
+        tokio::time::sleep(Duration::from_millis(rng.range(30, 200))).await;
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
             kills += 1;
