@@ -54,6 +54,8 @@ enum Command {
     /// Run one Qualtrics action (create a contact, send a distribution, look up …), JSON out;
     /// `action list` shows them all.
     Action(cli::action::ActionArgs),
+    /// Link, list, share and unlink the Salesforce and ServiceNow accounts workflows run with.
+    Account(cli::account::AccountArgs),
 }
 
 fn init_logging(format: LogFormat, verbose: u8) {
@@ -103,6 +105,7 @@ fn main() -> ExitCode {
             Command::Bench(args) => cli::bench::run(args).await,
             Command::Workflow(args) => cli::workflow::run(args).await,
             Command::Action(args) => cli::action::run(args).await,
+            Command::Account(args) => cli::account::run(args).await,
         }
     });
     match result {

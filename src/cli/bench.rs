@@ -40,6 +40,8 @@ pub struct BenchArgs {
 pub enum BenchWhat {
     /// Time a response sync into PostgreSQL and SQLite against a raw load of the same rows.
     Sync(BenchSyncArgs),
+    /// Events/s and latency from a webhook POST to the Salesforce upsert, against direct upserts.
+    Workflows(super::bench_workflows::BenchWorkflowsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -119,6 +121,7 @@ impl Measure {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchWhat::Sync(a) => sync(a).await,
+        BenchWhat::Workflows(a) => super::bench_workflows::run(a).await,
     }
 }
 

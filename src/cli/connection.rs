@@ -190,7 +190,7 @@ pub(crate) fn open_vault() -> anyhow::Result<(Home, Arc<Vault>)> {
 }
 
 /// A secret from a file (trailing newline trimmed), else an env var, else a prompt on a terminal.
-fn read_secret(
+pub(crate) fn read_secret(
     file: Option<&Path>,
     env: &str,
     what: &str,

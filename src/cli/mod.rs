@@ -2,13 +2,16 @@
 //! an example in `--help`) and a `run` function. Only the binary uses `anyhow`; the libraries return
 //! typed errors.
 
+pub mod account;
 pub mod action;
 pub mod bench;
+pub mod bench_workflows;
 pub mod connection;
 pub mod demo;
 pub mod simulate;
 pub mod sync;
 pub mod workflow;
+pub mod workflow_run;
 
 use std::fmt;
 

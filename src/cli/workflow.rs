@@ -64,6 +64,16 @@ pub enum WorkflowCommand {
   xmbridge workflow test incident-closed-survey --event-json incident.json
 Exit code 0 when every check passes, 1 when a permission, type or input problem is found.")]
     Test(TestArgs),
+    /// Receive webhooks and deliver events until stopped (`--once`: deliver what is due, exit).
+    Run(Box<super::workflow_run::RunArgs>),
+    /// Stop delivering a workflow's events (they keep arriving and wait).
+    Pause(super::workflow_run::PauseArgs),
+    /// Deliver a paused workflow's events again (`--reauthorize` restores its credentials).
+    Resume(super::workflow_run::ResumeArgs),
+    /// Put dead-lettered events back in the outbox with fresh attempts.
+    Replay(super::workflow_run::ReplayArgs),
+    /// Events per state, the pause reason and the dead letters with their last error.
+    Status(super::workflow_run::StatusArgs),
 }
 
 #[derive(Args, Debug)]
@@ -143,6 +153,11 @@ pub async fn run(args: WorkflowArgs) -> anyhow::Result<()> {
             Ok(())
         }
         WorkflowCommand::Test(t) => test(t, &sources, &registry).await,
+        WorkflowCommand::Run(a) => super::workflow_run::run(*a, &sources, registry).await,
+        WorkflowCommand::Pause(a) => super::workflow_run::pause(a),
+        WorkflowCommand::Resume(a) => super::workflow_run::resume(a, &sources, &registry),
+        WorkflowCommand::Replay(a) => super::workflow_run::replay(a),
+        WorkflowCommand::Status(a) => super::workflow_run::status(a),
     }
 }
 

@@ -1,8 +1,10 @@
-//! `xmbridge serve`: the long-running process (to be built in issue #5).
+//! `xmbridge serve` and `xmbridge workflow run`: the long-running process.
 //!
-//! It will own the scheduler for syncs (workers leasing jobs with `FOR UPDATE SKIP LOCKED` when
-//! several share one PostgreSQL state store), the webhook receiver, the workflow runner loop, a
-//! JSON HTTP API described by an OpenAPI file, and a small web UI (connections with "Save & Test",
-//! sync history, workflow runs, dead letters) behind brand-admin and user roles. It wires the other
-//! crates together and must not reimplement their logic: API calls stay in `xmbridge-qualtrics`,
-//! tokens in `xmbridge-auth`, secrets in `xmbridge-vault`, data movement in `xmbridge-sync`.
+//! Today it owns the webhook receiver ([`receiver`]): `POST /hooks/qualtrics/{workflow}`,
+//! `/hooks/salesforce/{workflow}` and `/hooks/servicenow/{workflow}`, each answering only after
+//! the event is committed to the outbox. Later it will also own the sync scheduler, a JSON HTTP
+//! API and a small web UI. It wires the other crates together and must not reimplement their
+//! logic: parsing and checking inbound calls and storing events stay in `xmbridge-workflows`,
+//! secrets in `xmbridge-vault`, API calls in the client crates.
+
+pub mod receiver;

@@ -81,17 +81,20 @@ pub enum SecretField {
     Passphrase,
     /// A cached OAuth access token.
     AccessToken,
+    /// The shared key (or secret header value) that signs a webhook sent to xmbridge.
+    SharedKey,
 }
 
 impl SecretField {
     /// Every field, in a stable order.
-    pub const ALL: [SecretField; 6] = [
+    pub const ALL: [SecretField; 7] = [
         SecretField::ApiToken,
         SecretField::ClientSecret,
         SecretField::RefreshToken,
         SecretField::PrivateKey,
         SecretField::Passphrase,
         SecretField::AccessToken,
+        SecretField::SharedKey,
     ];
 
     /// The stable stored name.
@@ -103,6 +106,7 @@ impl SecretField {
             SecretField::PrivateKey => "private_key",
             SecretField::Passphrase => "passphrase",
             SecretField::AccessToken => "access_token",
+            SecretField::SharedKey => "shared_key",
         }
     }
 
@@ -115,6 +119,7 @@ impl SecretField {
             SecretField::PrivateKey => "private key",
             SecretField::Passphrase => "pass phrase",
             SecretField::AccessToken => "access token",
+            SecretField::SharedKey => "webhook shared key",
         }
     }
 }
@@ -799,7 +804,8 @@ mod tests {
                 "refresh_token",
                 "private_key",
                 "passphrase",
-                "access_token"
+                "access_token",
+                "shared_key"
             ]
         );
         for f in SecretField::ALL {

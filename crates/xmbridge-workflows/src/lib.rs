@@ -8,9 +8,14 @@
 //! must not store secrets itself (that is `xmbridge-vault`) or run HTTP servers (that is
 //! `xmbridge-server`).
 
+pub mod accounts;
 pub mod catalog;
 pub mod definition;
+pub mod event;
 pub mod expr;
 pub mod mapping;
+pub mod outbox;
 pub mod preflight;
 pub mod stand_ins;
+pub mod store;
+pub mod worker;

@@ -1,0 +1,306 @@
+//! Linked Salesforce and ServiceNow accounts with the Qualtrics Salesforce extension's rules: a
+//! user links at most [`MAX_USER_SALESFORCE_ACCOUNTS`] Salesforce accounts privately; a brand
+//! admin links an account once and shares it with chosen users; an account is either OAuth
+//! (refresh token) or server-to-server (client credentials); a workflow uses only accounts its
+//! project owner owns or was granted; a refused token marks the account and pauses the
+//! workflows using it, and re-authorizing resumes them.
+//!
+//! Account rows and grants live in the workflow store; secrets (client secret, refresh token)
+//! are sealed in the vault under a connection of the same name. It must not call Salesforce or
+//! ServiceNow (the CLI runs the OAuth flow and hands the tokens in).
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use xmbridge_vault::{Provider, SecretField, SecretString, Vault, VaultError};
+
+use crate::store::{AccountKind, AccountRow, Store, StoreError, now_ms};
+
+/// The extension's limit of privately linked Salesforce accounts per user.
+pub const MAX_USER_SALESFORCE_ACCOUNTS: usize = 5;
+
+/// Why an account operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error(
+        "user {user} already has {MAX_USER_SALESFORCE_ACCOUNTS} linked Salesforce accounts (the limit); unlink one with `xmbridge account unlink NAME`"
+    )]
+    Limit { user: String },
+    #[error(
+        "account {account} belongs to {owner}; only {owner} can {what} it (run the command with `--as {owner}`)"
+    )]
+    NotOwner {
+        account: String,
+        owner: String,
+        what: &'static str,
+    },
+    #[error(
+        "account {account} was linked privately by {owner}; only accounts a brand admin links (`xmbridge account link {account} … --brand`) can be shared"
+    )]
+    NotShareable { account: String, owner: String },
+    #[error(
+        "workflow owner {user} may not use account {account}: it belongs to {owner} and is not shared with {user}; ask {owner} to run `xmbridge account share {account} --with {user}`, or link an account as {user}"
+    )]
+    NotGranted {
+        user: String,
+        account: String,
+        owner: String,
+    },
+    #[error(
+        "user {user} has no linked {system} account; link one with `xmbridge account link NAME --{system} … --as {user}`"
+    )]
+    NoAccount { user: String, system: String },
+    #[error(
+        "user {user} can use several {system} accounts ({names}); name one in the step's `account`"
+    )]
+    Ambiguous {
+        user: String,
+        system: String,
+        names: String,
+    },
+    #[error("unknown system {system}: use salesforce or servicenow")]
+    UnknownSystem { system: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+}
+
+/// An account to link.
+pub struct LinkRequest {
+    pub name: String,
+    /// `salesforce` or `servicenow`.
+    pub system: String,
+    /// The local user linking it (its owner).
+    pub user: String,
+    /// Linked by a brand admin: shareable, not counted against the user's limit.
+    pub brand: bool,
+    pub kind: AccountKind,
+    /// Non-secret settings: `login_url` / `token_url`, `client_id`, `instance_url` …
+    pub settings: Value,
+    pub client_secret: Option<SecretString>,
+    /// OAuth accounts: the refresh token from the login.
+    pub refresh_token: Option<SecretString>,
+    pub org_id: Option<String>,
+}
+
+/// How a user may use an account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Owned,
+    Granted,
+}
+
+/// The account rules over a store and the vault.
+#[derive(Clone)]
+pub struct Accounts {
+    store: Arc<dyn Store>,
+    vault: Arc<Vault>,
+}
+
+fn provider(system: &str) -> Result<Provider, AccountError> {
+    match system {
+        "salesforce" => Ok(Provider::Salesforce),
+        "servicenow" => Ok(Provider::ServiceNow),
+        _ => Err(AccountError::UnknownSystem {
+            system: system.to_string(),
+        }),
+    }
+}
+
+impl Accounts {
+    pub fn new(store: Arc<dyn Store>, vault: Arc<Vault>) -> Accounts {
+        Accounts { store, vault }
+    }
+
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    /// Links a new account: checks the per-user limit, seals its secrets, records it.
+    pub fn link(&self, req: LinkRequest) -> Result<AccountRow, AccountError> {
+        let provider = provider(&req.system)?;
+        if req.system == "salesforce" && !req.brand {
+            let private = self
+                .store
+                .list_accounts()?
+                .into_iter()
+                .filter(|a| a.owner == req.user && a.system == "salesforce" && !a.brand)
+                .count();
+            if private >= MAX_USER_SALESFORCE_ACCOUNTS {
+                return Err(AccountError::Limit { user: req.user });
+            }
+        }
+        if self.store.get_account(&req.name).is_ok() {
+            return Err(StoreError::DuplicateAccount { name: req.name }.into());
+        }
+        self.vault
+            .add_connection(&req.name, provider, req.settings.clone())?;
+        let sealed = (|| {
+            if let Some(s) = &req.client_secret {
+                self.vault
+                    .set_secret(&req.name, SecretField::ClientSecret, s)?;
+            }
+            if let Some(t) = &req.refresh_token {
+                self.vault
+                    .set_secret(&req.name, SecretField::RefreshToken, t)?;
+            }
+            Ok::<(), VaultError>(())
+        })();
+        let row = AccountRow {
+            name: req.name.clone(),
+            system: req.system.clone(),
+            owner: req.user.clone(),
+            kind: req.kind,
+            brand: req.brand,
+            org_id: req.org_id.clone(),
+            token_ok: true,
+            created_at: now_ms(),
+        };
+        let stored = sealed
+            .map_err(AccountError::from)
+            .and_then(|_| self.store.insert_account(&row).map_err(AccountError::from));
+        if let Err(e) = stored {
+            // Leave nothing half-linked behind.
+            let _ = self.vault.remove_connection(&req.name);
+            return Err(e);
+        }
+        Ok(row)
+    }
+
+    /// Re-authorization (`account link NAME --refresh`): saves the new refresh token (if any),
+    /// marks the token good, and resumes the workflows its refusal paused. Returns them.
+    pub fn reauthorize(
+        &self,
+        name: &str,
+        user: &str,
+        refresh_token: Option<&SecretString>,
+    ) -> Result<Vec<String>, AccountError> {
+        let account = self.store.get_account(name)?;
+        if account.owner != user {
+            return Err(AccountError::NotOwner {
+                account: name.to_string(),
+                owner: account.owner,
+                what: "re-authorize",
+            });
+        }
+        if let Some(t) = refresh_token {
+            self.vault.set_secret(name, SecretField::RefreshToken, t)?;
+        }
+        self.vault.remove_secret(name, SecretField::AccessToken)?;
+        self.store.set_token_ok(name, true)?;
+        let paused = self.store.paused_on_account(name)?;
+        for wf in &paused {
+            self.store.resume(wf)?;
+        }
+        Ok(paused)
+    }
+
+    /// Shares a brand account with users.
+    pub fn share(&self, name: &str, by: &str, with: &[String]) -> Result<(), AccountError> {
+        let account = self.store.get_account(name)?;
+        if account.owner != by {
+            return Err(AccountError::NotOwner {
+                account: name.to_string(),
+                owner: account.owner,
+                what: "share",
+            });
+        }
+        if !account.brand {
+            return Err(AccountError::NotShareable {
+                account: name.to_string(),
+                owner: account.owner,
+            });
+        }
+        for u in with {
+            self.store.grant(name, u)?;
+        }
+        Ok(())
+    }
+
+    /// Removes an account, its grants and its secrets.
+    pub fn unlink(&self, name: &str, by: &str) -> Result<(), AccountError> {
+        let account = self.store.get_account(name)?;
+        if account.owner != by {
+            return Err(AccountError::NotOwner {
+                account: name.to_string(),
+                owner: account.owner,
+                what: "unlink",
+            });
+        }
+        self.store.remove_account(name)?;
+        match self.vault.remove_connection(name) {
+            Ok(()) | Err(VaultError::ConnectionNotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Accounts `user` owns or was granted, with how.
+    pub fn visible_to(&self, user: &str) -> Result<Vec<(AccountRow, Access)>, AccountError> {
+        let mut out = Vec::new();
+        for a in self.store.list_accounts()? {
+            if a.owner == user {
+                out.push((a, Access::Owned));
+            } else if self.store.grants(&a.name)?.iter().any(|g| g == user) {
+                out.push((a, Access::Granted));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every account (for admins' listings).
+    pub fn all(&self) -> Result<Vec<AccountRow>, AccountError> {
+        Ok(self.store.list_accounts()?)
+    }
+
+    /// The account a workflow owned by `user` runs a `system` step with: the named one if `user`
+    /// owns it or was granted it, else `user`'s only account of that system.
+    pub fn resolve(
+        &self,
+        user: &str,
+        system: &str,
+        name: Option<&str>,
+    ) -> Result<AccountRow, AccountError> {
+        if let Some(name) = name {
+            let account = self.store.get_account(name)?;
+            if account.owner == user || self.store.grants(name)?.iter().any(|g| g == user) {
+                return Ok(account);
+            }
+            return Err(AccountError::NotGranted {
+                user: user.to_string(),
+                account: name.to_string(),
+                owner: account.owner,
+            });
+        }
+        let mut candidates: Vec<AccountRow> = self
+            .visible_to(user)?
+            .into_iter()
+            .filter(|(a, _)| a.system == system)
+            .map(|(a, _)| a)
+            .collect();
+        match candidates.len() {
+            0 => Err(AccountError::NoAccount {
+                user: user.to_string(),
+                system: system.to_string(),
+            }),
+            1 => Ok(candidates.remove(0)),
+            _ => Err(AccountError::Ambiguous {
+                user: user.to_string(),
+                system: system.to_string(),
+                names: candidates
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// The re-authorize command for an account, for pause messages.
+    pub fn reauthorize_command(account: &AccountRow) -> String {
+        format!(
+            "xmbridge account link {} --refresh --as {}",
+            account.name, account.owner
+        )
+    }
+}

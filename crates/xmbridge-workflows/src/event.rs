@@ -1,0 +1,514 @@
+//! Inbound calls turned into outbox events: a Qualtrics event-subscription POST, a Salesforce
+//! outbound message (SOAP) and a ServiceNow record call. It only parses and checks what arrived
+//! (HMAC, organization id, shape) and builds [`NewEvent`]s with their dedupe keys; it does not
+//! store anything (the outbox does) or call any API (Qualtrics events are enriched by the worker).
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Map, Value, json};
+use sha2::Sha512;
+
+use crate::store::{EventSource, NewEvent};
+
+/// Why an inbound call was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EventError {
+    /// The `HMAC` field does not match the body under the subscription's shared key.
+    #[error("the HMAC signature does not match the message (wrong shared key or altered body)")]
+    BadSignature,
+    /// A required part is missing or malformed.
+    #[error("malformed {what}: {detail}")]
+    Malformed { what: &'static str, detail: String },
+    /// The Salesforce organization is not the linked account's.
+    #[error("organization {got} is not the linked Salesforce organization {expected}")]
+    WrongOrganization { got: String, expected: String },
+}
+
+/// Payload key marking a Qualtrics event the worker has not yet enriched with the response.
+pub const QUALTRICS_MSG: &str = "qualtrics_msg";
+
+/// Verifies `hex(HMAC-SHA512(shared_key, msg))` in constant time.
+pub fn verify_qualtrics_hmac(
+    shared_key: &str,
+    msg: &str,
+    hmac_hex: &str,
+) -> Result<(), EventError> {
+    let given = hex::decode(hmac_hex.trim()).map_err(|_| EventError::BadSignature)?;
+    let mut mac = <Hmac<Sha512> as KeyInit>::new_from_slice(shared_key.as_bytes())
+        .map_err(|_| EventError::BadSignature)?;
+    mac.update(msg.as_bytes());
+    mac.verify_slice(&given)
+        .map_err(|_| EventError::BadSignature)
+}
+
+/// What a Qualtrics POST carried, once verified.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QualtricsInbound {
+    /// A completed response for the workflow's survey.
+    Event(NewEvent),
+    /// Signed correctly but for another survey or topic: answered 200 and ignored.
+    Ignored(String),
+}
+
+/// Checks a Qualtrics event-subscription POST (`Topic`, `MSG`, `HMAC`) for `workflow`, which
+/// listens to completed responses of `survey_id`.
+pub fn qualtrics_event(
+    workflow: &str,
+    survey_id: &str,
+    shared_key: &str,
+    topic: &str,
+    msg: &str,
+    hmac_hex: &str,
+) -> Result<QualtricsInbound, EventError> {
+    verify_qualtrics_hmac(shared_key, msg, hmac_hex)?;
+    let parsed: Value = serde_json::from_str(msg).map_err(|e| EventError::Malformed {
+        what: "MSG",
+        detail: e.to_string(),
+    })?;
+    let field = |k: &str| parsed.get(k).and_then(Value::as_str).unwrap_or_default();
+    let expected_topic = format!("surveyengine.completedResponse.{survey_id}");
+    // Qualtrics prefixes the topic with the brand id (`acme.surveyengine.completedResponse.SV_…`).
+    let topic_ok = topic == expected_topic
+        || topic
+            .strip_suffix(&expected_topic)
+            .is_some_and(|brand| brand.ends_with('.') && !brand[..brand.len() - 1].contains('.'));
+    if !topic_ok || field("SurveyID") != survey_id {
+        return Ok(QualtricsInbound::Ignored(format!(
+            "topic {topic} (survey {}) is not {expected_topic}",
+            field("SurveyID")
+        )));
+    }
+    let response_id = field("ResponseID");
+    if response_id.is_empty() {
+        return Err(EventError::Malformed {
+            what: "MSG",
+            detail: "no ResponseID".into(),
+        });
+    }
+    Ok(QualtricsInbound::Event(NewEvent {
+        workflow: workflow.to_string(),
+        source: EventSource::Qualtrics,
+        dedupe_key: response_id.to_string(),
+        payload: json!({ QUALTRICS_MSG: parsed, "topic": topic }),
+    }))
+}
+
+/// A Qualtrics response seen by a sync (or a test): the event the worker enriches.
+pub fn response_event(workflow: &str, survey_id: &str, response_id: &str) -> NewEvent {
+    NewEvent {
+        workflow: workflow.to_string(),
+        source: EventSource::Sync,
+        dedupe_key: response_id.to_string(),
+        payload: json!({ QUALTRICS_MSG: {"SurveyID": survey_id, "ResponseID": response_id} }),
+    }
+}
+
+/// The parts of an outbound message the receiver needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundMessage {
+    pub organization_id: String,
+    pub action_id: String,
+    pub events: Vec<NewEvent>,
+}
+
+/// Parses a Salesforce outbound message (SOAP 1.1, §2.8) into one event per `Notification`,
+/// deduplicated on the notification `Id`. `expected_org` is the linked account's organization id
+/// (checked when known; Salesforce ids compare on their first 15 characters).
+pub fn salesforce_outbound(
+    workflow: &str,
+    body: &str,
+    expected_org: Option<&str>,
+) -> Result<OutboundMessage, EventError> {
+    let root = xml::parse(body).map_err(|detail| EventError::Malformed {
+        what: "SOAP message",
+        detail,
+    })?;
+    let notifications = root
+        .find("notifications")
+        .ok_or_else(|| EventError::Malformed {
+            what: "SOAP message",
+            detail: "no <notifications> element".into(),
+        })?;
+    let text = |name: &str| {
+        notifications
+            .child(name)
+            .map(|e| e.text())
+            .unwrap_or_default()
+    };
+    let org = text("OrganizationId");
+    if org.is_empty() {
+        return Err(EventError::Malformed {
+            what: "SOAP message",
+            detail: "no OrganizationId".into(),
+        });
+    }
+    if let Some(expected) = expected_org
+        && !same_sf_id(&org, expected)
+    {
+        return Err(EventError::WrongOrganization {
+            got: org,
+            expected: expected.to_string(),
+        });
+    }
+    let action = text("ActionId");
+    let mut events = Vec::new();
+    for n in notifications
+        .children
+        .iter()
+        .filter(|c| c.name == "Notification")
+    {
+        let id = n.child("Id").map(|e| e.text()).unwrap_or_default();
+        let sobject = n.child("sObject").ok_or_else(|| EventError::Malformed {
+            what: "Notification",
+            detail: format!("notification {id} has no sObject"),
+        })?;
+        if id.is_empty() {
+            return Err(EventError::Malformed {
+                what: "Notification",
+                detail: "a notification has no Id".into(),
+            });
+        }
+        let mut record = Map::new();
+        let ty = sobject
+            .attr("type")
+            .map(|t| t.rsplit(':').next().unwrap_or(t).to_string())
+            .unwrap_or_default();
+        record.insert("type".into(), Value::String(ty));
+        for f in &sobject.children {
+            let nil = f.attr("nil") == Some("true");
+            let v = if nil {
+                Value::Null
+            } else {
+                Value::String(f.text())
+            };
+            record.insert(f.name.clone(), v);
+        }
+        events.push(NewEvent {
+            workflow: workflow.to_string(),
+            source: EventSource::Salesforce,
+            dedupe_key: id.clone(),
+            payload: json!({
+                "record": record,
+                "notification": {"id": id, "organizationId": org, "actionId": action},
+            }),
+        });
+    }
+    if events.is_empty() || events.len() > 100 {
+        return Err(EventError::Malformed {
+            what: "SOAP message",
+            detail: format!("{} notifications (1 to 100 expected)", events.len()),
+        });
+    }
+    Ok(OutboundMessage {
+        organization_id: org,
+        action_id: action,
+        events,
+    })
+}
+
+fn same_sf_id(a: &str, b: &str) -> bool {
+    let a15 = &a[..a.len().min(15)];
+    let b15 = &b[..b.len().min(15)];
+    a15 == b15
+}
+
+/// The acknowledgement of an outbound message.
+pub const SALESFORCE_ACK: &str = r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack>true</Ack></notificationsResponse></soapenv:Body></soapenv:Envelope>"#;
+
+/// A SOAP 1.1 fault with `message` (XML-escaped).
+pub fn soap_fault(message: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><soapenv:Fault><faultcode>soapenv:Client</faultcode><faultstring>{}</faultstring></soapenv:Fault></soapenv:Body></soapenv:Envelope>"#,
+        xml::escape(message)
+    )
+}
+
+/// A ServiceNow call: the posted record of `table`, deduplicated on `sys_id` + `sys_updated_on`
+/// (the same record updated later is a new event).
+pub fn servicenow_event(workflow: &str, table: &str, body: &Value) -> Result<NewEvent, EventError> {
+    // A business rule may post the record itself or `{"record": {...}}`.
+    let record = body.get("record").filter(|r| r.is_object()).unwrap_or(body);
+    let Some(obj) = record.as_object() else {
+        return Err(EventError::Malformed {
+            what: "ServiceNow record",
+            detail: "the body is not a JSON object".into(),
+        });
+    };
+    let sys_id = obj
+        .get("sys_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if sys_id.is_empty() {
+        return Err(EventError::Malformed {
+            what: "ServiceNow record",
+            detail: "no sys_id".into(),
+        });
+    }
+    let updated = obj
+        .get("sys_updated_on")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    Ok(NewEvent {
+        workflow: workflow.to_string(),
+        source: EventSource::ServiceNow,
+        dedupe_key: format!("{sys_id}@{updated}"),
+        payload: json!({"record": record, "table": table}),
+    })
+}
+
+/// A small XML reader: enough for SOAP outbound messages (elements, attributes, text, entities,
+/// CDATA, comments and declarations skipped). Namespace prefixes are dropped from names.
+mod xml {
+    #[derive(Debug, Default)]
+    pub struct Element {
+        pub name: String,
+        pub attrs: Vec<(String, String)>,
+        pub children: Vec<Element>,
+        text: String,
+    }
+
+    impl Element {
+        pub fn text(&self) -> String {
+            self.text.trim().to_string()
+        }
+        pub fn child(&self, name: &str) -> Option<&Element> {
+            self.children.iter().find(|c| c.name == name)
+        }
+        pub fn attr(&self, name: &str) -> Option<&str> {
+            self.attrs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        }
+        /// Depth-first search for an element named `name`.
+        pub fn find(&self, name: &str) -> Option<&Element> {
+            if self.name == name {
+                return Some(self);
+            }
+            self.children.iter().find_map(|c| c.find(name))
+        }
+    }
+
+    fn local(name: &str) -> String {
+        name.rsplit(':').next().unwrap_or(name).to_string()
+    }
+
+    pub fn escape(s: &str) -> String {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    }
+
+    fn unescape(s: &str) -> Result<String, String> {
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        while let Some(i) = rest.find('&') {
+            out.push_str(&rest[..i]);
+            let end = rest[i..]
+                .find(';')
+                .ok_or_else(|| "an unterminated entity".to_string())?;
+            let ent = &rest[i + 1..i + end];
+            match ent {
+                "amp" => out.push('&'),
+                "lt" => out.push('<'),
+                "gt" => out.push('>'),
+                "quot" => out.push('"'),
+                "apos" => out.push('\''),
+                _ => {
+                    let code = if let Some(h) = ent.strip_prefix("#x") {
+                        u32::from_str_radix(h, 16).ok()
+                    } else if let Some(d) = ent.strip_prefix('#') {
+                        d.parse().ok()
+                    } else {
+                        None
+                    };
+                    match code.and_then(char::from_u32) {
+                        Some(c) => out.push(c),
+                        None => return Err(format!("unknown entity &{ent};")),
+                    }
+                }
+            }
+            rest = &rest[i + end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    pub fn parse(input: &str) -> Result<Element, String> {
+        let mut stack: Vec<Element> = vec![Element::default()];
+        let mut rest = input;
+        while !rest.is_empty() {
+            let Some(lt) = rest.find('<') else {
+                let top = stack.last_mut().ok_or("unbalanced")?;
+                top.text.push_str(&unescape(rest)?);
+                break;
+            };
+            if lt > 0 {
+                let top = stack.last_mut().ok_or("unbalanced")?;
+                top.text.push_str(&unescape(&rest[..lt])?);
+            }
+            rest = &rest[lt..];
+            if let Some(r) = rest.strip_prefix("<![CDATA[") {
+                let end = r.find("]]>").ok_or("an unterminated CDATA section")?;
+                let top = stack.last_mut().ok_or("unbalanced")?;
+                top.text.push_str(&r[..end]);
+                rest = &r[end + 3..];
+            } else if let Some(r) = rest.strip_prefix("<!--") {
+                let end = r.find("-->").ok_or("an unterminated comment")?;
+                rest = &r[end + 3..];
+            } else if rest.starts_with("<?") || rest.starts_with("<!") {
+                let end = rest.find('>').ok_or("an unterminated declaration")?;
+                rest = &rest[end + 1..];
+            } else if let Some(r) = rest.strip_prefix("</") {
+                let end = r.find('>').ok_or("an unterminated end tag")?;
+                let name = local(r[..end].trim());
+                let done = stack.pop().ok_or("unbalanced")?;
+                if done.name != name || stack.is_empty() {
+                    return Err(format!("</{name}> does not close <{}>", done.name));
+                }
+                stack.last_mut().ok_or("unbalanced")?.children.push(done);
+                rest = &r[end + 1..];
+            } else {
+                let end = rest.find('>').ok_or("an unterminated start tag")?;
+                let mut tag = &rest[1..end];
+                let self_closing = tag.ends_with('/');
+                if self_closing {
+                    tag = &tag[..tag.len() - 1];
+                }
+                let (name, mut attrs_src) = match tag.find(char::is_whitespace) {
+                    Some(i) => (&tag[..i], tag[i..].trim()),
+                    None => (tag, ""),
+                };
+                if name.is_empty() {
+                    return Err("an empty tag name".into());
+                }
+                let mut el = Element {
+                    name: local(name),
+                    ..Element::default()
+                };
+                while !attrs_src.is_empty() {
+                    let eq = attrs_src.find('=').ok_or("an attribute without a value")?;
+                    let key = attrs_src[..eq].trim();
+                    let after = attrs_src[eq + 1..].trim_start();
+                    let quote = after.chars().next().ok_or("an attribute without a value")?;
+                    if quote != '"' && quote != '\'' {
+                        return Err("an unquoted attribute".into());
+                    }
+                    let close = after[1..]
+                        .find(quote)
+                        .ok_or("an unterminated attribute value")?;
+                    el.attrs.push((local(key), unescape(&after[1..1 + close])?));
+                    attrs_src = after[close + 2..].trim_start();
+                }
+                rest = &rest[end + 1..];
+                if self_closing {
+                    stack.last_mut().ok_or("unbalanced")?.children.push(el);
+                } else {
+                    stack.push(el);
+                }
+            }
+        }
+        if stack.len() != 1 {
+            return Err("the document ends inside an element".into());
+        }
+        let root = stack.pop().ok_or("unbalanced")?;
+        if root.children.is_empty() {
+            return Err("no element".into());
+        }
+        Ok(root)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign(key: &str, msg: &str) -> String {
+        let mut mac = <Hmac<Sha512> as KeyInit>::new_from_slice(key.as_bytes()).unwrap();
+        mac.update(msg.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    #[test]
+    fn qualtrics_signature_and_survey_are_checked() {
+        let msg = r#"{"Status":"Complete","SurveyID":"SV_1","ResponseID":"R_9"}"#;
+        let topic = "surveyengine.completedResponse.SV_1";
+        let good = sign("k", msg);
+        let e = qualtrics_event("wf", "SV_1", "k", topic, msg, &good).unwrap();
+        let QualtricsInbound::Event(e) = e else {
+            panic!("not an event")
+        };
+        assert_eq!(e.dedupe_key, "R_9");
+        assert_eq!(e.payload[QUALTRICS_MSG]["SurveyID"], "SV_1");
+        assert_eq!(
+            qualtrics_event("wf", "SV_1", "other", topic, msg, &good),
+            Err(EventError::BadSignature)
+        );
+        assert_eq!(
+            qualtrics_event("wf", "SV_1", "k", topic, msg, "zz"),
+            Err(EventError::BadSignature)
+        );
+        let other = qualtrics_event("wf", "SV_2", "k", topic, msg, &good).unwrap();
+        assert!(matches!(other, QualtricsInbound::Ignored(_)));
+        let branded = "acme.surveyengine.completedResponse.SV_1";
+        let e = qualtrics_event("wf", "SV_1", "k", branded, msg, &good).unwrap();
+        assert!(matches!(e, QualtricsInbound::Event(_)));
+        for bad in [
+            "a.b.surveyengine.completedResponse.SV_1",
+            "surveyengine.partialResponse.SV_1",
+            "xsurveyengine.completedResponse.SV_1",
+        ] {
+            let e = qualtrics_event("wf", "SV_1", "k", bad, msg, &good).unwrap();
+            assert!(matches!(e, QualtricsInbound::Ignored(_)), "{bad}");
+        }
+    }
+
+    const SOAP: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+ <soapenv:Body>
+  <notifications xmlns="http://soap.sforce.com/2005/09/outbound">
+   <OrganizationId>00Dxx0000000001EAA</OrganizationId><ActionId>04kxx0000000001AAA</ActionId>
+   <SessionId xsi:nil="true"/>
+   <EnterpriseUrl>https://acme.my.salesforce.com/services/Soap/c/60.0/00Dxx01</EnterpriseUrl>
+   <PartnerUrl>https://acme.my.salesforce.com/services/Soap/u/60.0/00Dxx01</PartnerUrl>
+   <Notification><Id>04lxx0000000001AAA</Id>
+    <sObject xsi:type="sf:Case" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">
+     <sf:Id>500xx0000000001AAA</sf:Id><sf:ContactEmail>pat&amp;co@example.com</sf:ContactEmail>
+     <sf:Subject xsi:nil="true"/>
+    </sObject></Notification>
+   <Notification><Id>04lxx0000000002AAA</Id>
+    <sObject xsi:type="sf:Case" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">
+     <sf:Id>500xx0000000002AAA</sf:Id>
+    </sObject></Notification>
+  </notifications>
+ </soapenv:Body>
+</soapenv:Envelope>"#;
+
+    #[test]
+    fn outbound_message_becomes_one_event_per_notification() {
+        let m = salesforce_outbound("wf", SOAP, Some("00Dxx0000000001")).unwrap();
+        assert_eq!(m.events.len(), 2);
+        let p = &m.events[0].payload;
+        assert_eq!(p["record"]["type"], "Case");
+        assert_eq!(p["record"]["Id"], "500xx0000000001AAA");
+        assert_eq!(p["record"]["ContactEmail"], "pat&co@example.com");
+        assert_eq!(p["record"]["Subject"], Value::Null);
+        assert_eq!(p["notification"]["organizationId"], "00Dxx0000000001EAA");
+        assert_eq!(m.events[1].dedupe_key, "04lxx0000000002AAA");
+        let err = salesforce_outbound("wf", SOAP, Some("00Dyy0000000009EAA")).unwrap_err();
+        assert!(matches!(err, EventError::WrongOrganization { .. }));
+        for bad in ["", "<a>", "<notifications></notifications>", "not xml <"] {
+            assert!(salesforce_outbound("wf", bad, None).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn servicenow_record_dedupes_on_id_and_update_time() {
+        let body = json!({"sys_id": "abc", "sys_updated_on": "2026-11-30 08:00:00", "state": "7"});
+        let e = servicenow_event("wf", "incident", &body).unwrap();
+        assert_eq!(e.dedupe_key, "abc@2026-11-30 08:00:00");
+        assert_eq!(e.payload["table"], "incident");
+        assert!(servicenow_event("wf", "incident", &json!({"x": 1})).is_err());
+        assert!(servicenow_event("wf", "incident", &json!([1])).is_err());
+    }
+}

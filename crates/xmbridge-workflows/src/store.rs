@@ -1,0 +1,1401 @@
+//! The workflow state store: the outbox of events, each step's recorded output, per-workflow run
+//! state (paused, credential binding) and linked accounts with their grants.
+//!
+//! [`Store`] is the trait the outbox, workers and account rules use; [`SqliteStore`] keeps the
+//! tables (all prefixed `wf_`) in the vault's SQLite file (`$XMBRIDGE_HOME/state.db`, WAL, busy
+//! timeout) on a connection of its own. A PostgreSQL store (leases with `FOR UPDATE SKIP LOCKED`
+//! for several processes) is one more file implementing [`Store`]. It must not touch the vault's
+//! tables or hold secrets: tokens and shared keys are sealed in `xmbridge-vault`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// How long a writer waits for another process's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("workflow state store {path}: {source}")]
+    Database {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A row holds something this code cannot read (hand-edited or from a newer version).
+    #[error("workflow state store {path}: {what} is not readable ({detail})")]
+    Corrupted {
+        path: PathBuf,
+        what: String,
+        detail: String,
+    },
+    /// Another worker took the event over (this worker's lease ran out); its work is dropped.
+    #[error("event {event}: the lease of worker {owner} ran out and another worker took it over")]
+    LeaseLost { event: String, owner: String },
+    /// No such event.
+    #[error("no event {event} (see `xmbridge workflow status WORKFLOW`)")]
+    NoSuchEvent { event: String },
+    /// An account name is taken.
+    #[error("an account named {name} already exists; pick another name or unlink it first")]
+    DuplicateAccount { name: String },
+    /// No such account.
+    #[error("no linked account named {name} (see `xmbridge account list`)")]
+    NoSuchAccount { name: String },
+}
+
+/// Where an event came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventSource {
+    /// A Qualtrics event subscription POST (`surveyengine.completedResponse.{SV}`).
+    Qualtrics,
+    /// A new response seen by `xmbridge sync`.
+    Sync,
+    /// A Salesforce outbound message notification.
+    Salesforce,
+    /// An inbound ServiceNow call.
+    ServiceNow,
+    /// Put in by hand or by a test.
+    Manual,
+}
+
+impl EventSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventSource::Qualtrics => "qualtrics",
+            EventSource::Sync => "sync",
+            EventSource::Salesforce => "salesforce",
+            EventSource::ServiceNow => "servicenow",
+            EventSource::Manual => "manual",
+        }
+    }
+
+    fn parse(s: &str) -> Option<EventSource> {
+        [
+            EventSource::Qualtrics,
+            EventSource::Sync,
+            EventSource::Salesforce,
+            EventSource::ServiceNow,
+            EventSource::Manual,
+        ]
+        .into_iter()
+        .find(|e| e.as_str() == s)
+    }
+}
+
+/// The life of an event in the outbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EventState {
+    /// Waiting for its `next_attempt_at`.
+    Pending,
+    /// Leased by a worker (comes back when the lease runs out).
+    Running,
+    /// Every step done.
+    Done,
+    /// The workflow's condition was false.
+    Skipped,
+    /// In the dead letter, with its last error.
+    Dead,
+}
+
+impl EventState {
+    pub const ALL: [EventState; 5] = [
+        EventState::Pending,
+        EventState::Running,
+        EventState::Done,
+        EventState::Skipped,
+        EventState::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventState::Pending => "pending",
+            EventState::Running => "running",
+            EventState::Done => "done",
+            EventState::Skipped => "skipped",
+            EventState::Dead => "dead",
+        }
+    }
+
+    fn parse(s: &str) -> Option<EventState> {
+        EventState::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+impl fmt::Display for EventState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An event to put in the outbox.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub workflow: String,
+    pub source: EventSource,
+    /// Unique per workflow: the same key again is a duplicate and is dropped (webhook
+    /// `ResponseID`, Salesforce notification `Id`, ServiceNow `sys_id` + `sys_updated_on` …).
+    pub dedupe_key: String,
+    pub payload: Value,
+}
+
+impl NewEvent {
+    /// The event id: derived from workflow and dedupe key, so the delivery keys of a redelivered
+    /// webhook are the same as the first time's even if the first event was purged.
+    pub fn id(&self) -> String {
+        event_id(&self.workflow, &self.dedupe_key)
+    }
+}
+
+/// `ev_` + 20 hex digits of SHA-256(workflow NUL dedupe key).
+pub fn event_id(workflow: &str, dedupe_key: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(workflow.as_bytes());
+    h.update([0u8]);
+    h.update(dedupe_key.as_bytes());
+    let digest = h.finalize();
+    format!("ev_{}", &hex::encode(digest)[..20])
+}
+
+/// What `enqueue` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Stored (committed) under this id.
+    New(String),
+    /// An event with the same dedupe key exists already: acknowledged and dropped.
+    Duplicate(String),
+}
+
+impl Enqueued {
+    pub fn id(&self) -> &str {
+        match self {
+            Enqueued::New(id) | Enqueued::Duplicate(id) => id,
+        }
+    }
+}
+
+/// One event as stored.
+#[derive(Clone, Debug)]
+pub struct EventRow {
+    pub id: String,
+    pub workflow: String,
+    pub source: EventSource,
+    pub dedupe_key: String,
+    pub payload: Value,
+    pub state: EventState,
+    /// Failed attempts so far (a pause does not count).
+    pub attempts: u32,
+    /// Unix milliseconds.
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    /// The step that failed last.
+    pub last_step: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A workflow's run state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkflowState {
+    pub workflow: String,
+    pub paused: bool,
+    /// Why (`account token expired`, `paused by pat` …).
+    pub reason: Option<String>,
+    /// The command that fixes it.
+    pub fix: Option<String>,
+    /// The account whose refused token paused it (resumed when that account is re-authorized).
+    pub paused_account: Option<String>,
+    /// Who created the workflow (the first editor); only their edits keep the binding.
+    pub creator: Option<String>,
+    pub last_editor: Option<String>,
+    /// False after an edit by a collaborator who is not the creator, until re-authorized.
+    pub binding_valid: bool,
+}
+
+/// Kind of linked account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccountKind {
+    /// OAuth web-server flow: a refresh token sealed in the vault.
+    OAuth,
+    /// Client credentials (client id, secret, token URL).
+    ServerToServer,
+}
+
+impl AccountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::OAuth => "oauth",
+            AccountKind::ServerToServer => "server-to-server",
+        }
+    }
+    fn parse(s: &str) -> Option<AccountKind> {
+        match s {
+            "oauth" => Some(AccountKind::OAuth),
+            "server-to-server" => Some(AccountKind::ServerToServer),
+            _ => None,
+        }
+    }
+}
+
+/// A linked Salesforce or ServiceNow account (its secrets live in the vault connection of the
+/// same name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountRow {
+    pub name: String,
+    /// `salesforce` or `servicenow`.
+    pub system: String,
+    /// The local user who linked it.
+    pub owner: String,
+    pub kind: AccountKind,
+    /// Linked by a brand admin (shareable) rather than privately by a user.
+    pub brand: bool,
+    /// The Salesforce organization id (`00D…`), when known.
+    pub org_id: Option<String>,
+    /// False after the provider refused the token, until re-authorized.
+    pub token_ok: bool,
+    pub created_at: i64,
+}
+
+/// Counts per state and the dead letters of one workflow.
+#[derive(Clone, Debug, Default)]
+pub struct WorkflowStatus {
+    pub counts: BTreeMap<EventState, u64>,
+    pub dead: Vec<EventRow>,
+}
+
+/// The operations the outbox, workers, receiver and account rules need from a state store.
+pub trait Store: Send + Sync + 'static {
+    /// Commits the event (or finds its duplicate) before returning.
+    fn enqueue(&self, event: &NewEvent, now_ms: i64) -> Result<Enqueued, StoreError>;
+    /// Leases up to `limit` due events of workflows that are not paused: pending ones whose time
+    /// has come and running ones whose lease ran out (their worker died).
+    fn lease_due(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<EventRow>, StoreError>;
+    /// When the next event becomes due (pending or leased), for workflows not paused.
+    fn next_due_at(&self) -> Result<Option<i64>, StoreError>;
+    /// Recorded outputs of the event's finished steps, by step name.
+    fn step_outputs(&self, event: &str) -> Result<Map<String, Value>, StoreError>;
+    /// Records a step as done and extends the lease, in one transaction.
+    fn record_step(
+        &self,
+        event: &str,
+        owner: &str,
+        step: &str,
+        output: &Value,
+        now_ms: i64,
+        lease: Duration,
+    ) -> Result<(), StoreError>;
+    /// Replaces the payload (after enrichment) while leased.
+    fn set_payload(&self, event: &str, owner: &str, payload: &Value) -> Result<(), StoreError>;
+    /// Marks a leased event done or skipped.
+    fn complete(
+        &self,
+        event: &str,
+        owner: &str,
+        state: EventState,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Counts a failed attempt and schedules the next one.
+    // One row update's columns; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
+    fn retry_at(
+        &self,
+        event: &str,
+        owner: &str,
+        attempts: u32,
+        next_ms: i64,
+        error: &str,
+        step: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Moves a leased event to the dead letter.
+    fn dead(
+        &self,
+        event: &str,
+        owner: &str,
+        attempts: u32,
+        error: &str,
+        step: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Hands a leased event back as pending without counting an attempt (pause).
+    fn release(&self, event: &str, owner: &str, now_ms: i64) -> Result<(), StoreError>;
+    /// Moves dead events back to pending with fresh attempts: one (`event`) or all of the
+    /// workflow's. Returns how many.
+    fn replay(&self, workflow: &str, event: Option<&str>, now_ms: i64) -> Result<u64, StoreError>;
+    fn get_event(&self, event: &str) -> Result<EventRow, StoreError>;
+    fn status(&self, workflow: &str) -> Result<WorkflowStatus, StoreError>;
+
+    fn workflow_state(&self, workflow: &str) -> Result<WorkflowState, StoreError>;
+    fn set_paused(
+        &self,
+        workflow: &str,
+        reason: &str,
+        fix: &str,
+        account: Option<&str>,
+    ) -> Result<(), StoreError>;
+    fn resume(&self, workflow: &str) -> Result<(), StoreError>;
+    /// Workflows paused because of this account's refused token.
+    fn paused_on_account(&self, account: &str) -> Result<Vec<String>, StoreError>;
+    /// Records an edit; the first editor is the creator, an edit by anyone else drops the
+    /// credential binding. Returns the new state.
+    fn note_edit(&self, workflow: &str, editor: &str) -> Result<WorkflowState, StoreError>;
+    /// Records the definition seen at start-up. The first time, `owner` becomes the creator; a
+    /// changed `fingerprint` is an edit by `editor` (dropping the binding unless the editor is
+    /// the creator; an unknown editor keeps it). Returns the new state.
+    fn note_definition(
+        &self,
+        workflow: &str,
+        fingerprint: &str,
+        editor: Option<&str>,
+        owner: &str,
+    ) -> Result<WorkflowState, StoreError>;
+    /// Re-establishes the credential binding (re-authorization).
+    fn rebind(&self, workflow: &str) -> Result<(), StoreError>;
+    /// Workflows whose binding is dropped.
+    fn unbound_workflows(&self) -> Result<Vec<String>, StoreError>;
+
+    fn insert_account(&self, account: &AccountRow) -> Result<(), StoreError>;
+    fn get_account(&self, name: &str) -> Result<AccountRow, StoreError>;
+    fn list_accounts(&self) -> Result<Vec<AccountRow>, StoreError>;
+    fn remove_account(&self, name: &str) -> Result<(), StoreError>;
+    fn set_token_ok(&self, name: &str, ok: bool) -> Result<(), StoreError>;
+    fn set_org_id(&self, name: &str, org_id: &str) -> Result<(), StoreError>;
+    fn grant(&self, account: &str, user: &str) -> Result<(), StoreError>;
+    fn grants(&self, account: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The SQLite state store.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS wf_events (
+    id              TEXT PRIMARY KEY,
+    workflow        TEXT NOT NULL,
+    source          TEXT NOT NULL,
+    dedupe_key      TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    lease_owner     TEXT,
+    lease_until     INTEGER,
+    last_error      TEXT,
+    last_step       TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    UNIQUE (workflow, dedupe_key)
+);
+CREATE INDEX IF NOT EXISTS wf_events_due ON wf_events (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS wf_events_workflow ON wf_events (workflow, state);
+CREATE TABLE IF NOT EXISTS wf_step_results (
+    event_id TEXT NOT NULL,
+    step     TEXT NOT NULL,
+    output   TEXT NOT NULL,
+    done_at  INTEGER NOT NULL,
+    PRIMARY KEY (event_id, step)
+);
+CREATE TABLE IF NOT EXISTS wf_workflow_state (
+    workflow       TEXT PRIMARY KEY,
+    paused         INTEGER NOT NULL DEFAULT 0,
+    reason         TEXT,
+    fix            TEXT,
+    paused_account TEXT,
+    creator        TEXT,
+    last_editor    TEXT,
+    binding_valid  INTEGER NOT NULL DEFAULT 1,
+    fingerprint    TEXT
+);
+CREATE TABLE IF NOT EXISTS wf_accounts (
+    name       TEXT PRIMARY KEY,
+    system     TEXT NOT NULL,
+    owner      TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    brand      INTEGER NOT NULL,
+    org_id     TEXT,
+    token_ok   INTEGER NOT NULL DEFAULT 1,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS wf_account_grants (
+    account TEXT NOT NULL REFERENCES wf_accounts(name) ON DELETE CASCADE,
+    user    TEXT NOT NULL,
+    PRIMARY KEY (account, user)
+);
+";
+
+const EVENT_COLUMNS: &str = "id, workflow, source, dedupe_key, payload, state, attempts, \
+     next_attempt_at, last_error, last_step, created_at, updated_at";
+
+struct RawEvent {
+    id: String,
+    workflow: String,
+    source: String,
+    dedupe_key: String,
+    payload: String,
+    state: String,
+    attempts: i64,
+    next_attempt_at: i64,
+    last_error: Option<String>,
+    last_step: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+fn raw_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawEvent> {
+    Ok(RawEvent {
+        id: r.get(0)?,
+        workflow: r.get(1)?,
+        source: r.get(2)?,
+        dedupe_key: r.get(3)?,
+        payload: r.get(4)?,
+        state: r.get(5)?,
+        attempts: r.get(6)?,
+        next_attempt_at: r.get(7)?,
+        last_error: r.get(8)?,
+        last_step: r.get(9)?,
+        created_at: r.get(10)?,
+        updated_at: r.get(11)?,
+    })
+}
+
+struct RawAccount {
+    name: String,
+    system: String,
+    owner: String,
+    kind: String,
+    brand: bool,
+    org_id: Option<String>,
+    token_ok: bool,
+    created_at: i64,
+}
+
+fn raw_account(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawAccount> {
+    Ok(RawAccount {
+        name: r.get(0)?,
+        system: r.get(1)?,
+        owner: r.get(2)?,
+        kind: r.get(3)?,
+        brand: r.get(4)?,
+        org_id: r.get(5)?,
+        token_ok: r.get(6)?,
+        created_at: r.get(7)?,
+    })
+}
+
+const ACCOUNT_COLUMNS: &str = "name, system, owner, kind, brand, org_id, token_ok, created_at";
+
+/// Leases exclude workflows paused or with a dropped credential binding.
+const NOT_HELD: &str = "workflow NOT IN (SELECT workflow FROM wf_workflow_state \
+     WHERE paused = 1 OR binding_valid = 0)";
+
+impl SqliteStore {
+    /// Opens (creating tables if missing) the store at `path`, normally `Home::state_db()`.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let db = |e| StoreError::Database {
+            path: path.clone(),
+            source: e,
+        };
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+        let _mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(db)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        // FULL: an acknowledged webhook must survive a power cut, not only a process kill.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn db(&self, e: rusqlite::Error) -> StoreError {
+        StoreError::Database {
+            path: self.path.clone(),
+            source: e,
+        }
+    }
+
+    fn event(&self, raw: RawEvent) -> Result<EventRow, StoreError> {
+        let corrupted = |what: &str, detail: String| StoreError::Corrupted {
+            path: self.path.clone(),
+            what: format!("{what} of event {}", raw.id),
+            detail,
+        };
+        let payload = serde_json::from_str(&raw.payload)
+            .map_err(|e| corrupted("the payload", e.to_string()))?;
+        let state = EventState::parse(&raw.state)
+            .ok_or_else(|| corrupted("the state", raw.state.clone()))?;
+        let source = EventSource::parse(&raw.source)
+            .ok_or_else(|| corrupted("the source", raw.source.clone()))?;
+        Ok(EventRow {
+            id: raw.id,
+            workflow: raw.workflow,
+            source,
+            dedupe_key: raw.dedupe_key,
+            payload,
+            state,
+            attempts: u32::try_from(raw.attempts).unwrap_or(0),
+            next_attempt_at: raw.next_attempt_at,
+            last_error: raw.last_error,
+            last_step: raw.last_step,
+            created_at: raw.created_at,
+            updated_at: raw.updated_at,
+        })
+    }
+
+    fn account(&self, raw: RawAccount) -> Result<AccountRow, StoreError> {
+        let kind = AccountKind::parse(&raw.kind).ok_or_else(|| StoreError::Corrupted {
+            path: self.path.clone(),
+            what: format!("the kind of account {}", raw.name),
+            detail: raw.kind.clone(),
+        })?;
+        Ok(AccountRow {
+            name: raw.name,
+            system: raw.system,
+            owner: raw.owner,
+            kind,
+            brand: raw.brand,
+            org_id: raw.org_id,
+            token_ok: raw.token_ok,
+            created_at: raw.created_at,
+        })
+    }
+
+    /// Runs an UPDATE on a leased event; zero rows means the lease is gone.
+    fn leased_update(
+        &self,
+        event: &str,
+        owner: &str,
+        sql: &str,
+        extra: &[&dyn rusqlite::ToSql],
+    ) -> Result<(), StoreError> {
+        let conn = self.conn.lock();
+        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&event, &owner];
+        args.extend_from_slice(extra);
+        let n = conn
+            .execute(sql, rusqlite::params_from_iter(args))
+            .map_err(|e| self.db(e))?;
+        if n == 0 {
+            return Err(StoreError::LeaseLost {
+                event: event.to_string(),
+                owner: owner.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn ensure_state_row(conn: &Connection, workflow: &str) -> rusqlite::Result<()> {
+        conn.execute(
+            "INSERT OR IGNORE INTO wf_workflow_state (workflow) VALUES (?1)",
+            [workflow],
+        )
+        .map(|_| ())
+    }
+}
+
+impl Store for SqliteStore {
+    fn enqueue(&self, event: &NewEvent, now_ms: i64) -> Result<Enqueued, StoreError> {
+        let id = event.id();
+        let conn = self.conn.lock();
+        let n = conn
+            .execute(
+                "INSERT INTO wf_events (id, workflow, source, dedupe_key, payload, state, attempts,
+                     next_attempt_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6, ?6)
+                 ON CONFLICT DO NOTHING",
+                params![
+                    id,
+                    event.workflow,
+                    event.source.as_str(),
+                    event.dedupe_key,
+                    event.payload.to_string(),
+                    now_ms
+                ],
+            )
+            .map_err(|e| self.db(e))?;
+        if n == 1 {
+            return Ok(Enqueued::New(id));
+        }
+        let existing: Option<String> = conn
+            .query_row(
+                "SELECT id FROM wf_events WHERE workflow = ?1 AND dedupe_key = ?2",
+                params![event.workflow, event.dedupe_key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db(e))?;
+        Ok(Enqueued::Duplicate(existing.unwrap_or(id)))
+    }
+
+    fn lease_due(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let until = now_ms + lease.as_millis() as i64;
+        let raws = {
+            let mut conn = self.conn.lock();
+            // IMMEDIATE: select and mark in one write transaction so two processes never lease
+            // the same event.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| self.db(e))?;
+            let raws = {
+                let mut stmt = tx
+                    .prepare_cached(&format!(
+                        "SELECT {EVENT_COLUMNS} FROM wf_events
+                         WHERE ((state = 'pending' AND next_attempt_at <= ?1)
+                             OR (state = 'running' AND lease_until < ?1))
+                           AND {NOT_HELD}
+                         ORDER BY next_attempt_at, created_at LIMIT ?2"
+                    ))
+                    .map_err(|e| self.db(e))?;
+                stmt.query_map(params![now_ms, limit as i64], raw_event)
+                    .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| self.db(e))?
+            };
+            {
+                let mut mark = tx
+                    .prepare_cached(
+                        "UPDATE wf_events SET state = 'running', lease_owner = ?2, lease_until = ?3,
+                             updated_at = ?4 WHERE id = ?1",
+                    )
+                    .map_err(|e| self.db(e))?;
+                for raw in &raws {
+                    mark.execute(params![raw.id, owner, until, now_ms])
+                        .map_err(|e| self.db(e))?;
+                }
+            }
+            tx.commit().map_err(|e| self.db(e))?;
+            raws
+        };
+        raws.into_iter()
+            .map(|mut raw| {
+                raw.state = "running".into();
+                self.event(raw)
+            })
+            .collect()
+    }
+
+    fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
+        let conn = self.conn.lock();
+        conn.query_row(
+            &format!(
+                "SELECT MIN(CASE state WHEN 'pending' THEN next_attempt_at ELSE lease_until END)
+                 FROM wf_events WHERE state IN ('pending', 'running') AND {NOT_HELD}"
+            ),
+            [],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .map_err(|e| self.db(e))
+    }
+
+    fn step_outputs(&self, event: &str) -> Result<Map<String, Value>, StoreError> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT step, output FROM wf_step_results WHERE event_id = ?1")
+            .map_err(|e| self.db(e))?;
+        let rows = stmt
+            .query_map([event], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.db(e))?;
+        let mut out = Map::new();
+        for (step, output) in rows {
+            let v = serde_json::from_str(&output).map_err(|e| StoreError::Corrupted {
+                path: self.path.clone(),
+                what: format!("the output of step {step} of event {event}"),
+                detail: e.to_string(),
+            })?;
+            out.insert(step, v);
+        }
+        Ok(out)
+    }
+
+    fn record_step(
+        &self,
+        event: &str,
+        owner: &str,
+        step: &str,
+        output: &Value,
+        now_ms: i64,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.db(e))?;
+        let n = tx
+            .execute(
+                "UPDATE wf_events SET lease_until = ?3, updated_at = ?4
+                 WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
+                params![event, owner, now_ms + lease.as_millis() as i64, now_ms],
+            )
+            .map_err(|e| self.db(e))?;
+        if n == 0 {
+            return Err(StoreError::LeaseLost {
+                event: event.to_string(),
+                owner: owner.to_string(),
+            });
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO wf_step_results (event_id, step, output, done_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![event, step, output.to_string(), now_ms],
+        )
+        .map_err(|e| self.db(e))?;
+        tx.commit().map_err(|e| self.db(e))
+    }
+
+    fn set_payload(&self, event: &str, owner: &str, payload: &Value) -> Result<(), StoreError> {
+        self.leased_update(
+            event,
+            owner,
+            "UPDATE wf_events SET payload = ?3
+             WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
+            &[&payload.to_string()],
+        )
+    }
+
+    fn complete(
+        &self,
+        event: &str,
+        owner: &str,
+        state: EventState,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.leased_update(
+            event,
+            owner,
+            "UPDATE wf_events SET state = ?3, lease_owner = NULL, lease_until = NULL,
+                 updated_at = ?4
+             WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
+            &[&state.as_str(), &now_ms],
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn retry_at(
+        &self,
+        event: &str,
+        owner: &str,
+        attempts: u32,
+        next_ms: i64,
+        error: &str,
+        step: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.leased_update(
+            event,
+            owner,
+            "UPDATE wf_events SET state = 'pending', attempts = ?3, next_attempt_at = ?4,
+                 last_error = ?5, last_step = ?6, lease_owner = NULL, lease_until = NULL,
+                 updated_at = ?7
+             WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
+            &[&attempts, &next_ms, &error, &step, &now_ms],
+        )
+    }
+
+    fn dead(
+        &self,
+        event: &str,
+        owner: &str,
+        attempts: u32,
+        error: &str,
+        step: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.leased_update(
+            event,
+            owner,
+            "UPDATE wf_events SET state = 'dead', attempts = ?3, last_error = ?4, last_step = ?5,
+                 lease_owner = NULL, lease_until = NULL, updated_at = ?6
+             WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
+            &[&attempts, &error, &step, &now_ms],
+        )
+    }
+
+    fn release(&self, event: &str, owner: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.leased_update(
+            event,
+            owner,
+            "UPDATE wf_events SET state = 'pending', lease_owner = NULL, lease_until = NULL,
+                 updated_at = ?3
+             WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
+            &[&now_ms],
+        )
+    }
+
+    fn replay(&self, workflow: &str, event: Option<&str>, now_ms: i64) -> Result<u64, StoreError> {
+        let conn = self.conn.lock();
+        let n = match event {
+            Some(id) => {
+                let n = conn
+                    .execute(
+                        "UPDATE wf_events SET state = 'pending', attempts = 0, next_attempt_at = ?3,
+                             updated_at = ?3
+                         WHERE id = ?1 AND workflow = ?2 AND state = 'dead'",
+                        params![id, workflow, now_ms],
+                    )
+                    .map_err(|e| self.db(e))?;
+                if n == 0 {
+                    let exists: Option<String> = conn
+                        .query_row(
+                            "SELECT state FROM wf_events WHERE id = ?1 AND workflow = ?2",
+                            params![id, workflow],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(|e| self.db(e))?;
+                    if exists.is_none() {
+                        return Err(StoreError::NoSuchEvent {
+                            event: id.to_string(),
+                        });
+                    }
+                }
+                n
+            }
+            None => conn
+                .execute(
+                    "UPDATE wf_events SET state = 'pending', attempts = 0, next_attempt_at = ?2,
+                         updated_at = ?2
+                     WHERE workflow = ?1 AND state = 'dead'",
+                    params![workflow, now_ms],
+                )
+                .map_err(|e| self.db(e))?,
+        };
+        Ok(n as u64)
+    }
+
+    fn get_event(&self, event: &str) -> Result<EventRow, StoreError> {
+        let raw = {
+            let conn = self.conn.lock();
+            conn.query_row(
+                &format!("SELECT {EVENT_COLUMNS} FROM wf_events WHERE id = ?1"),
+                [event],
+                raw_event,
+            )
+            .optional()
+            .map_err(|e| self.db(e))?
+        };
+        match raw {
+            Some(raw) => self.event(raw),
+            None => Err(StoreError::NoSuchEvent {
+                event: event.to_string(),
+            }),
+        }
+    }
+
+    fn status(&self, workflow: &str) -> Result<WorkflowStatus, StoreError> {
+        let (counts, dead) = {
+            let conn = self.conn.lock();
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT state, COUNT(*) FROM wf_events WHERE workflow = ?1 GROUP BY state",
+                )
+                .map_err(|e| self.db(e))?;
+            let counts = stmt
+                .query_map([workflow], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| self.db(e))?;
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM wf_events WHERE workflow = ?1 AND state = 'dead'
+                     ORDER BY updated_at"
+                ))
+                .map_err(|e| self.db(e))?;
+            let dead = stmt
+                .query_map([workflow], raw_event)
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| self.db(e))?;
+            (counts, dead)
+        };
+        let mut status = WorkflowStatus::default();
+        for (state, n) in counts {
+            if let Some(s) = EventState::parse(&state) {
+                status.counts.insert(s, n as u64);
+            }
+        }
+        for raw in dead {
+            status.dead.push(self.event(raw)?);
+        }
+        Ok(status)
+    }
+
+    fn workflow_state(&self, workflow: &str) -> Result<WorkflowState, StoreError> {
+        let conn = self.conn.lock();
+        let row = conn
+            .query_row(
+                "SELECT paused, reason, fix, paused_account, creator, last_editor, binding_valid
+                 FROM wf_workflow_state WHERE workflow = ?1",
+                [workflow],
+                |r| {
+                    Ok(WorkflowState {
+                        workflow: workflow.to_string(),
+                        paused: r.get(0)?,
+                        reason: r.get(1)?,
+                        fix: r.get(2)?,
+                        paused_account: r.get(3)?,
+                        creator: r.get(4)?,
+                        last_editor: r.get(5)?,
+                        binding_valid: r.get(6)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.db(e))?;
+        Ok(row.unwrap_or_else(|| WorkflowState {
+            workflow: workflow.to_string(),
+            binding_valid: true,
+            ..WorkflowState::default()
+        }))
+    }
+
+    fn set_paused(
+        &self,
+        workflow: &str,
+        reason: &str,
+        fix: &str,
+        account: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn.lock();
+        Self::ensure_state_row(&conn, workflow).map_err(|e| self.db(e))?;
+        conn.execute(
+            "UPDATE wf_workflow_state SET paused = 1, reason = ?2, fix = ?3, paused_account = ?4
+             WHERE workflow = ?1",
+            params![workflow, reason, fix, account],
+        )
+        .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    fn resume(&self, workflow: &str) -> Result<(), StoreError> {
+        let conn = self.conn.lock();
+        Self::ensure_state_row(&conn, workflow).map_err(|e| self.db(e))?;
+        conn.execute(
+            "UPDATE wf_workflow_state SET paused = 0, reason = NULL, fix = NULL,
+                 paused_account = NULL WHERE workflow = ?1",
+            [workflow],
+        )
+        .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    fn paused_on_account(&self, account: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT workflow FROM wf_workflow_state
+                 WHERE paused = 1 AND paused_account = ?1 ORDER BY workflow",
+            )
+            .map_err(|e| self.db(e))?;
+        stmt.query_map([account], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.db(e))
+    }
+
+    fn note_edit(&self, workflow: &str, editor: &str) -> Result<WorkflowState, StoreError> {
+        {
+            let conn = self.conn.lock();
+            Self::ensure_state_row(&conn, workflow).map_err(|e| self.db(e))?;
+            conn.execute(
+                "UPDATE wf_workflow_state SET
+                     creator = COALESCE(creator, ?2),
+                     last_editor = ?2,
+                     binding_valid = CASE WHEN COALESCE(creator, ?2) = ?2 THEN binding_valid
+                                          ELSE 0 END
+                 WHERE workflow = ?1",
+                params![workflow, editor],
+            )
+            .map_err(|e| self.db(e))?;
+        }
+        self.workflow_state(workflow)
+    }
+
+    fn note_definition(
+        &self,
+        workflow: &str,
+        fingerprint: &str,
+        editor: Option<&str>,
+        owner: &str,
+    ) -> Result<WorkflowState, StoreError> {
+        {
+            let mut conn = self.conn.lock();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| self.db(e))?;
+            Self::ensure_state_row(&tx, workflow).map_err(|e| self.db(e))?;
+            let old: Option<String> = tx
+                .query_row(
+                    "SELECT fingerprint FROM wf_workflow_state WHERE workflow = ?1",
+                    [workflow],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.db(e))?;
+            tx.execute(
+                "UPDATE wf_workflow_state SET creator = COALESCE(creator, ?2), fingerprint = ?3
+                 WHERE workflow = ?1",
+                params![workflow, owner, fingerprint],
+            )
+            .map_err(|e| self.db(e))?;
+            if let (Some(old), Some(editor)) = (old, editor)
+                && old != fingerprint
+            {
+                tx.execute(
+                    "UPDATE wf_workflow_state SET last_editor = ?2,
+                         binding_valid = CASE WHEN creator = ?2 THEN binding_valid ELSE 0 END
+                     WHERE workflow = ?1",
+                    params![workflow, editor],
+                )
+                .map_err(|e| self.db(e))?;
+            }
+            tx.commit().map_err(|e| self.db(e))?;
+        }
+        self.workflow_state(workflow)
+    }
+
+    fn rebind(&self, workflow: &str) -> Result<(), StoreError> {
+        let conn = self.conn.lock();
+        Self::ensure_state_row(&conn, workflow).map_err(|e| self.db(e))?;
+        conn.execute(
+            "UPDATE wf_workflow_state SET binding_valid = 1 WHERE workflow = ?1",
+            [workflow],
+        )
+        .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    fn unbound_workflows(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT workflow FROM wf_workflow_state WHERE binding_valid = 0 ORDER BY workflow",
+            )
+            .map_err(|e| self.db(e))?;
+        stmt.query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.db(e))
+    }
+
+    fn insert_account(&self, a: &AccountRow) -> Result<(), StoreError> {
+        let conn = self.conn.lock();
+        let n = conn
+            .execute(
+                &format!(
+                    "INSERT INTO wf_accounts ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT DO NOTHING"
+                ),
+                params![
+                    a.name,
+                    a.system,
+                    a.owner,
+                    a.kind.as_str(),
+                    a.brand,
+                    a.org_id,
+                    a.token_ok,
+                    a.created_at
+                ],
+            )
+            .map_err(|e| self.db(e))?;
+        if n == 0 {
+            return Err(StoreError::DuplicateAccount {
+                name: a.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn get_account(&self, name: &str) -> Result<AccountRow, StoreError> {
+        let raw = {
+            let conn = self.conn.lock();
+            conn.query_row(
+                &format!("SELECT {ACCOUNT_COLUMNS} FROM wf_accounts WHERE name = ?1"),
+                [name],
+                raw_account,
+            )
+            .optional()
+            .map_err(|e| self.db(e))?
+        };
+        match raw {
+            Some(raw) => self.account(raw),
+            None => Err(StoreError::NoSuchAccount {
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    fn list_accounts(&self) -> Result<Vec<AccountRow>, StoreError> {
+        let raws = {
+            let conn = self.conn.lock();
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {ACCOUNT_COLUMNS} FROM wf_accounts ORDER BY name"
+                ))
+                .map_err(|e| self.db(e))?;
+            stmt.query_map([], raw_account)
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| self.db(e))?
+        };
+        raws.into_iter().map(|r| self.account(r)).collect()
+    }
+
+    fn remove_account(&self, name: &str) -> Result<(), StoreError> {
+        let conn = self.conn.lock();
+        let n = conn
+            .execute("DELETE FROM wf_accounts WHERE name = ?1", [name])
+            .map_err(|e| self.db(e))?;
+        if n == 0 {
+            return Err(StoreError::NoSuchAccount {
+                name: name.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn set_token_ok(&self, name: &str, ok: bool) -> Result<(), StoreError> {
+        let conn = self.conn.lock();
+        let n = conn
+            .execute(
+                "UPDATE wf_accounts SET token_ok = ?2 WHERE name = ?1",
+                params![name, ok],
+            )
+            .map_err(|e| self.db(e))?;
+        if n == 0 {
+            return Err(StoreError::NoSuchAccount {
+                name: name.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn set_org_id(&self, name: &str, org_id: &str) -> Result<(), StoreError> {
+        let conn = self.conn.lock();
+        conn.execute(
+            "UPDATE wf_accounts SET org_id = ?2 WHERE name = ?1",
+            params![name, org_id],
+        )
+        .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    fn grant(&self, account: &str, user: &str) -> Result<(), StoreError> {
+        let conn = self.conn.lock();
+        conn.execute(
+            "INSERT OR IGNORE INTO wf_account_grants (account, user) VALUES (?1, ?2)",
+            params![account, user],
+        )
+        .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    fn grants(&self, account: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT user FROM wf_account_grants WHERE account = ?1 ORDER BY user")
+            .map_err(|e| self.db(e))?;
+        stmt.query_map([account], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.db(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path().join("state.db")).unwrap();
+        (dir, s)
+    }
+
+    fn ev(key: &str) -> NewEvent {
+        NewEvent {
+            workflow: "wf".into(),
+            source: EventSource::Manual,
+            dedupe_key: key.into(),
+            payload: json!({"k": key}),
+        }
+    }
+
+    #[test]
+    fn duplicates_are_dropped_and_ids_are_stable() {
+        let (_d, s) = store();
+        let a = s.enqueue(&ev("R_1"), 1).unwrap();
+        assert!(matches!(a, Enqueued::New(_)));
+        let b = s.enqueue(&ev("R_1"), 2).unwrap();
+        assert_eq!(b, Enqueued::Duplicate(a.id().to_string()));
+        assert_eq!(a.id(), event_id("wf", "R_1"));
+        assert_ne!(event_id("wf", "R_1"), event_id("wf2", "R_1"));
+    }
+
+    #[test]
+    fn leases_expire_and_fence_the_old_owner() {
+        let (_d, s) = store();
+        s.enqueue(&ev("R_1"), 0).unwrap();
+        let got = s
+            .lease_due("w1", 10, Duration::from_millis(100), 10)
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert!(
+            s.lease_due("w2", 50, Duration::from_millis(100), 10)
+                .unwrap()
+                .is_empty()
+        );
+        // w1 died: after the lease the event comes back to w2.
+        let again = s
+            .lease_due("w2", 200, Duration::from_millis(100), 10)
+            .unwrap();
+        assert_eq!(again.len(), 1);
+        let err = s
+            .record_step(
+                &got[0].id,
+                "w1",
+                "a",
+                &json!(1),
+                201,
+                Duration::from_secs(1),
+            )
+            .unwrap_err();
+        assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
+        s.record_step(
+            &got[0].id,
+            "w2",
+            "a",
+            &json!(1),
+            201,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(s.step_outputs(&got[0].id).unwrap()["a"], json!(1));
+        s.complete(&got[0].id, "w2", EventState::Done, 300).unwrap();
+        assert_eq!(s.get_event(&got[0].id).unwrap().state, EventState::Done);
+    }
+
+    #[test]
+    fn paused_or_unbound_workflows_are_not_leased() {
+        let (_d, s) = store();
+        s.enqueue(&ev("R_1"), 0).unwrap();
+        s.set_paused("wf", "account token expired", "fix", Some("sf"))
+            .unwrap();
+        assert!(
+            s.lease_due("w", 10, Duration::from_secs(1), 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(s.next_due_at().unwrap(), None);
+        assert_eq!(s.paused_on_account("sf").unwrap(), vec!["wf".to_string()]);
+        s.resume("wf").unwrap();
+        s.note_edit("wf", "pat").unwrap();
+        let st = s.note_edit("wf", "sam").unwrap();
+        assert!(!st.binding_valid);
+        assert_eq!(st.creator.as_deref(), Some("pat"));
+        assert!(
+            s.lease_due("w", 10, Duration::from_secs(1), 10)
+                .unwrap()
+                .is_empty()
+        );
+        s.rebind("wf").unwrap();
+        assert_eq!(
+            s.lease_due("w", 10, Duration::from_secs(1), 10)
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_changed_definition_is_an_edit() {
+        let (_d, s) = store();
+        let st = s.note_definition("wf", "v1", Some("sam"), "pat").unwrap();
+        assert_eq!(st.creator.as_deref(), Some("pat"));
+        assert!(st.binding_valid, "first sight is not an edit");
+        assert!(
+            s.note_definition("wf", "v1", Some("sam"), "pat")
+                .unwrap()
+                .binding_valid
+        );
+        assert!(
+            s.note_definition("wf", "v2", Some("pat"), "pat")
+                .unwrap()
+                .binding_valid
+        );
+        assert!(
+            s.note_definition("wf", "v3", None, "pat")
+                .unwrap()
+                .binding_valid
+        );
+        let st = s.note_definition("wf", "v4", Some("sam"), "pat").unwrap();
+        assert!(!st.binding_valid);
+        assert_eq!(st.last_editor.as_deref(), Some("sam"));
+    }
+
+    #[test]
+    fn replay_moves_dead_back() {
+        let (_d, s) = store();
+        let id = s.enqueue(&ev("R_1"), 0).unwrap().id().to_string();
+        s.lease_due("w", 0, Duration::from_secs(1), 1).unwrap();
+        s.dead(&id, "w", 3, "boom", "step1", 5).unwrap();
+        let st = s.status("wf").unwrap();
+        assert_eq!(st.counts[&EventState::Dead], 1);
+        assert_eq!(st.dead[0].last_error.as_deref(), Some("boom"));
+        assert_eq!(s.replay("wf", Some(&id), 6).unwrap(), 1);
+        let e = s.get_event(&id).unwrap();
+        assert_eq!((e.state, e.attempts), (EventState::Pending, 0));
+        assert!(matches!(
+            s.replay("wf", Some("ev_nope"), 7),
+            Err(StoreError::NoSuchEvent { .. })
+        ));
+    }
+}

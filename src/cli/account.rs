@@ -1,0 +1,538 @@
+//! `xmbridge account link|list|share|unlink`: Salesforce (and ServiceNow) accounts that workflows
+//! run with, under the Qualtrics Salesforce extension's rules (5 private Salesforce accounts per
+//! user, brand accounts shared with chosen users, server-to-server accounts, re-authorize with
+//! `--refresh`). The rules live in `xmbridge_workflows::accounts`; this file runs the OAuth login
+//! (the same loopback redirect listener as `xmbridge connection authorize`) and prints.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use xmbridge_auth::{ClientAuth, OAuthClient, OAuthProvider, SecretString, TokenResponse};
+use xmbridge_vault::{SecretField, Vault};
+use xmbridge_workflows::accounts::{Access, Accounts, LinkRequest};
+use xmbridge_workflows::store::{AccountKind, SqliteStore, Store};
+
+use super::UsageError;
+use super::connection::{open_vault, read_secret};
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  # A private Salesforce account (OAuth login in the browser; up to 5 per user):
+  xmbridge account link sf-prod --salesforce --login-url https://login.salesforce.com \\
+      --client-id ID --client-secret-file secret.txt --as pat
+  # A server-to-server account (client credentials), linked by a brand admin and shared:
+  xmbridge account link sf-brand --salesforce --server-to-server \\
+      --token-url https://acme.my.salesforce.com/services/oauth2/token \\
+      --client-id ID --client-secret-file secret.txt --brand --as admin
+  xmbridge account share sf-brand --with pat sam --as admin
+  # After \"account token expired\": log in again; paused workflows resume:
+  xmbridge account link sf-prod --refresh --as pat
+
+The acting user is --as, else XMBRIDGE_USER, else USER.")]
+pub struct AccountArgs {
+    #[command(subcommand)]
+    pub command: AccountCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AccountCommand {
+    /// Link an account (or re-authorize one with --refresh).
+    Link(Box<LinkArgs>),
+    /// List the accounts a user owns or was granted.
+    List(AsUser),
+    /// Share a brand account with users.
+    Share {
+        name: String,
+        /// Users to grant the account to.
+        #[arg(long, num_args = 1.., required = true)]
+        with: Vec<String>,
+        #[command(flatten)]
+        user: AsUser,
+    },
+    /// Remove an account, its grants and its sealed secrets.
+    Unlink {
+        name: String,
+        #[command(flatten)]
+        user: AsUser,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AsUser {
+    /// The local user acting (else XMBRIDGE_USER, else USER).
+    #[arg(long = "as", value_name = "USER")]
+    pub user: Option<String>,
+}
+
+impl AsUser {
+    pub fn resolve(&self) -> anyhow::Result<String> {
+        self.user
+            .clone()
+            .or_else(|| std::env::var("XMBRIDGE_USER").ok())
+            .or_else(|| std::env::var("USER").ok())
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| anyhow!(UsageError("name the user with --as USER".into())))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct LinkArgs {
+    /// A name for the account (letters, digits, `_`, `.`, `-`).
+    pub name: String,
+    /// A Salesforce account.
+    #[arg(long, conflicts_with = "servicenow")]
+    pub salesforce: bool,
+    /// A ServiceNow account (server-to-server only).
+    #[arg(long)]
+    pub servicenow: bool,
+    /// Salesforce login host for the OAuth web-server flow (`https://login.salesforce.com`,
+    /// `https://test.salesforce.com`, or a simulator's `http://127.0.0.1:PORT`).
+    #[arg(long)]
+    pub login_url: Option<String>,
+    /// Client credentials instead of a login: needs --token-url.
+    #[arg(long)]
+    pub server_to_server: bool,
+    /// The token endpoint of a server-to-server account.
+    #[arg(long)]
+    pub token_url: Option<String>,
+    /// The connected app's client id (consumer key).
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// File holding the client secret (else XMBRIDGE_ACCOUNT_CLIENT_SECRET, else a prompt).
+    #[arg(long)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Port of the loopback redirect listener (0 = any; register
+    /// `http://127.0.0.1:PORT/oauth/callback` as the app's callback URL).
+    #[arg(long, default_value_t = 0)]
+    pub callback_port: u16,
+    /// Seconds to wait for the browser.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// Linked as a brand admin: shareable with `account share`, not counted in the user's 5.
+    #[arg(long)]
+    pub brand: bool,
+    /// Re-authorize an existing account (log in again, or re-check client credentials); resumes
+    /// the workflows its expired token paused.
+    #[arg(long)]
+    pub refresh: bool,
+    #[command(flatten)]
+    pub user: AsUser,
+}
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow!(UsageError(msg.into()))
+}
+
+/// The vault, the workflow store on the same file, and the account rules.
+pub(crate) fn open_accounts() -> anyhow::Result<(Arc<Vault>, Arc<SqliteStore>, Accounts)> {
+    let (home, vault) = open_vault()?;
+    let store = Arc::new(SqliteStore::open(home.state_db())?);
+    let accounts = Accounts::new(store.clone(), vault.clone());
+    Ok((vault, store, accounts))
+}
+
+pub async fn run(args: AccountArgs) -> anyhow::Result<()> {
+    match args.command {
+        AccountCommand::Link(a) => link(*a).await,
+        AccountCommand::List(u) => list(&u.resolve()?),
+        AccountCommand::Share { name, with, user } => {
+            let (_, _, accounts) = open_accounts()?;
+            accounts.share(&name, &user.resolve()?, &with)?;
+            println!("account {name} is shared with {}", with.join(", "));
+            Ok(())
+        }
+        AccountCommand::Unlink { name, user } => {
+            let (_, _, accounts) = open_accounts()?;
+            accounts.unlink(&name, &user.resolve()?)?;
+            println!("account {name} unlinked; its secrets are deleted");
+            Ok(())
+        }
+    }
+}
+
+fn list(user: &str) -> anyhow::Result<()> {
+    let (_, store, accounts) = open_accounts()?;
+    let rows = accounts.visible_to(user)?;
+    if rows.is_empty() {
+        println!("user {user} has no linked accounts");
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<11} {:<17} {:<8} {:<12} {:<8} GRANTED TO",
+        "NAME", "SYSTEM", "KIND", "SCOPE", "OWNER", "TOKEN"
+    );
+    for (a, access) in rows {
+        let grants = store.grants(&a.name)?;
+        println!(
+            "{:<20} {:<11} {:<17} {:<8} {:<12} {:<8} {}",
+            a.name,
+            a.system,
+            a.kind.as_str(),
+            if a.brand { "brand" } else { "private" },
+            match access {
+                Access::Owned => a.owner.clone(),
+                Access::Granted => format!("{} (shared)", a.owner),
+            },
+            if a.token_ok { "ok" } else { "EXPIRED" },
+            if grants.is_empty() {
+                "-".to_string()
+            } else {
+                grants.join(", ")
+            }
+        );
+    }
+    Ok(())
+}
+
+fn join_url(base: &str, path: &str) -> anyhow::Result<url::Url> {
+    let base = url::Url::parse(base).with_context(|| format!("{base} is not a URL"))?;
+    base.join(path)
+        .with_context(|| format!("cannot build {path} from {base}"))
+}
+
+fn client_secret(args: &LinkArgs) -> anyhow::Result<SecretString> {
+    read_secret(
+        args.client_secret_file.as_deref(),
+        "XMBRIDGE_ACCOUNT_CLIENT_SECRET",
+        "client secret",
+        "--client-secret-file",
+    )
+}
+
+/// The organization id from a Salesforce identity URL (`…/id/{orgId}/{userId}`).
+fn org_from_identity(tokens: &TokenResponse) -> Option<String> {
+    let id = tokens.extra.get("id")?.as_str()?;
+    let mut parts = id.rsplit('/');
+    let _user = parts.next()?;
+    parts.next().map(str::to_string)
+}
+
+async fn login(
+    name: &str,
+    user: &str,
+    login_url: &str,
+    client_id: &str,
+    secret: SecretString,
+    port: u16,
+    timeout: u64,
+) -> anyhow::Result<TokenResponse> {
+    let provider = OAuthProvider::new(
+        "Salesforce",
+        join_url(login_url, "/services/oauth2/token")?,
+        Some(join_url(login_url, "/services/oauth2/authorize")?),
+        ClientAuth::FormFields,
+    )?;
+    let oauth = OAuthClient::new(provider, client_id, secret)?
+        .for_connection(name)
+        .with_reauthorize_command(format!(
+            "xmbridge account link {name} --refresh --as {user}"
+        ));
+    let opts = xmbridge_auth::AuthorizeOptions {
+        scope: Some("api refresh_token".into()),
+        port,
+        timeout: std::time::Duration::from_secs(timeout),
+        pkce: true,
+        callback_path: "/oauth/callback".into(),
+        ..Default::default()
+    };
+    let tokens = xmbridge_auth::authorize(&oauth, opts, |url| {
+        println!("open this URL in your browser and log in to Salesforce:");
+        println!("{url}");
+        let _ = std::io::stdout().flush();
+    })
+    .await?;
+    Ok(tokens)
+}
+
+async fn client_credentials(
+    name: &str,
+    system: &str,
+    token_url: &str,
+    client_id: &str,
+    secret: SecretString,
+) -> anyhow::Result<TokenResponse> {
+    let provider = OAuthProvider::new(
+        if system == "salesforce" {
+            "Salesforce"
+        } else {
+            "ServiceNow"
+        },
+        url::Url::parse(token_url).with_context(|| format!("{token_url} is not a URL"))?,
+        None,
+        ClientAuth::FormFields,
+    )?;
+    let oauth = OAuthClient::new(provider, client_id, secret)?.for_connection(name);
+    Ok(oauth.client_credentials(None).await?)
+}
+
+async fn link(args: LinkArgs) -> anyhow::Result<()> {
+    let user = args.user.resolve()?;
+    let (vault, store, accounts) = open_accounts()?;
+    if args.refresh {
+        return refresh(&args, &user, &vault, &store, &accounts).await;
+    }
+    let system = match (args.salesforce, args.servicenow) {
+        (true, _) => "salesforce",
+        (_, true) => "servicenow",
+        _ => return Err(usage("say which system: --salesforce or --servicenow")),
+    };
+    let client_id = args
+        .client_id
+        .clone()
+        .ok_or_else(|| usage("--client-id is required"))?;
+    let name = args.name.as_str();
+    // Check the limit before anyone logs in for nothing.
+    if system == "salesforce" && !args.brand {
+        let private = store
+            .list_accounts()?
+            .into_iter()
+            .filter(|a| a.owner == user && a.system == "salesforce" && !a.brand)
+            .count();
+        if private >= xmbridge_workflows::accounts::MAX_USER_SALESFORCE_ACCOUNTS {
+            return Err(xmbridge_workflows::accounts::AccountError::Limit { user }.into());
+        }
+    }
+    let secret = client_secret(&args)?;
+    let (kind, settings, tokens) = if args.server_to_server || system == "servicenow" {
+        let token_url = args
+            .token_url
+            .clone()
+            .ok_or_else(|| usage("--server-to-server needs --token-url"))?;
+        let tokens =
+            client_credentials(name, system, &token_url, &client_id, secret.clone()).await?;
+        (
+            AccountKind::ServerToServer,
+            json!({"token_url": token_url, "client_id": client_id}),
+            tokens,
+        )
+    } else {
+        let login_url = args
+            .login_url
+            .clone()
+            .ok_or_else(|| usage("a login needs --login-url (or use --server-to-server)"))?;
+        let tokens = login(
+            name,
+            &user,
+            &login_url,
+            &client_id,
+            secret.clone(),
+            args.callback_port,
+            args.timeout,
+        )
+        .await?;
+        if tokens.refresh_token.is_none() {
+            return Err(anyhow!(
+                "Salesforce did not return a refresh token; give the connected app the `refresh_token` scope"
+            ));
+        }
+        (
+            AccountKind::OAuth,
+            json!({"login_url": login_url, "client_id": client_id}),
+            tokens,
+        )
+    };
+    let mut settings = settings;
+    if let Some(instance) = tokens.extra.get("instance_url").and_then(Value::as_str) {
+        settings["instance_url"] = json!(instance);
+    }
+    let org_id = org_from_identity(&tokens);
+    let row = accounts.link(LinkRequest {
+        name: name.to_string(),
+        system: system.to_string(),
+        user: user.clone(),
+        brand: args.brand,
+        kind,
+        settings,
+        client_secret: Some(secret),
+        refresh_token: tokens.refresh_token.clone(),
+        org_id: org_id.clone(),
+    })?;
+    println!(
+        "linked {} account {} for {}{} ({}{})",
+        system,
+        row.name,
+        user,
+        if row.brand { " as a brand account" } else { "" },
+        row.kind.as_str(),
+        org_id
+            .map(|o| format!(", organization {o}"))
+            .unwrap_or_default()
+    );
+    if row.brand {
+        println!("share it with: xmbridge account share {name} --with USER… --as {user}");
+    }
+    Ok(())
+}
+
+async fn refresh(
+    args: &LinkArgs,
+    user: &str,
+    vault: &Vault,
+    store: &SqliteStore,
+    accounts: &Accounts,
+) -> anyhow::Result<()> {
+    let name = args.name.as_str();
+    let account = store.get_account(name)?;
+    let rec = vault.get_connection(name)?;
+    let setting = |k: &str| {
+        rec.settings
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let client_id = args
+        .client_id
+        .clone()
+        .or_else(|| setting("client_id"))
+        .ok_or_else(|| anyhow!("account {name} has no client id; pass --client-id"))?;
+    let secret = match &args.client_secret_file {
+        Some(_) => client_secret(args)?,
+        None => vault
+            .get_secret(name, SecretField::ClientSecret)?
+            .ok_or_else(|| {
+                anyhow!("account {name} has no client secret; pass --client-secret-file")
+            })?,
+    };
+    let refresh_token = match account.kind {
+        AccountKind::ServerToServer => {
+            let token_url =
+                setting("token_url").ok_or_else(|| anyhow!("account {name} has no token URL"))?;
+            client_credentials(
+                name,
+                &account.system,
+                &token_url,
+                &client_id,
+                secret.clone(),
+            )
+            .await?;
+            None
+        }
+        AccountKind::OAuth => {
+            let login_url = args
+                .login_url
+                .clone()
+                .or_else(|| setting("login_url"))
+                .ok_or_else(|| anyhow!("account {name} has no login URL; pass --login-url"))?;
+            let tokens = login(
+                name,
+                user,
+                &login_url,
+                &client_id,
+                secret.clone(),
+                args.callback_port,
+                args.timeout,
+            )
+            .await?;
+            Some(tokens.refresh_token.ok_or_else(|| {
+                anyhow!("Salesforce did not return a refresh token on the new login")
+            })?)
+        }
+    };
+    if args.client_secret_file.is_some() {
+        vault.set_secret(name, SecretField::ClientSecret, &secret)?;
+    }
+    let resumed = accounts.reauthorize(name, user, refresh_token.as_ref())?;
+    // Re-authorizing also restores credential bindings a collaborator's edit dropped, for
+    // workflows the account's owner owns (see `workflow resume --reauthorize`).
+    let rebound = super::workflow_run::rebind_for_owner(store, user)?;
+    println!("re-authorized account {name}");
+    for wf in resumed.iter().chain(rebound.iter()) {
+        println!("resumed workflow {wf}; its held events will be delivered");
+    }
+    Ok(())
+}
+
+/// The clients a Salesforce or ServiceNow step runs with, from a linked account. Rotated
+/// refresh tokens are sealed back into the vault.
+pub(crate) fn external_context(
+    vault: &Arc<Vault>,
+    row: &xmbridge_workflows::store::AccountRow,
+    spec: &xmbridge_actions::ActionSpec,
+) -> Result<xmbridge_actions::ActionContext, xmbridge_actions::ActionError> {
+    use xmbridge_actions::{ActionContext, ActionError, System};
+    use xmbridge_salesforce::{
+        ClientCredentials, OAuthApp, RefreshSink, SalesforceClient, TokenProvider,
+    };
+    let not_configured = |fix: String| ActionError::NotConfigured {
+        action: spec.name.to_string(),
+        system: spec.system,
+        fix,
+    };
+    if spec.system != System::Salesforce {
+        return Err(not_configured(format!(
+            "this build has no {} client for account {} yet",
+            spec.system, row.name
+        )));
+    }
+    let name = row.name.as_str();
+    let rec = vault
+        .get_connection(name)
+        .map_err(|e| not_configured(format!("account {name}: {e}")))?;
+    let setting = |k: &str| {
+        rec.settings
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| not_configured(format!("account {name} has no {k}; link it again")))
+    };
+    let secret = |f: SecretField| {
+        vault
+            .get_secret(name, f)
+            .map_err(|e| not_configured(format!("account {name}: {e}")))?
+            .ok_or_else(|| {
+                not_configured(format!(
+                    "account {name} has no {}; re-authorize with `xmbridge account link {name} --refresh`",
+                    f.label()
+                ))
+            })
+    };
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| not_configured(format!("cannot set up the HTTP client: {e}")))?;
+    let client_id = setting("client_id")?;
+    let client_secret = secret(SecretField::ClientSecret)?;
+    let tokens = match row.kind {
+        AccountKind::ServerToServer => TokenProvider::client_credentials(
+            http.clone(),
+            ClientCredentials {
+                token_url: setting("token_url")?,
+                client_id,
+                client_secret,
+            },
+        ),
+        AccountKind::OAuth => {
+            let sink_vault = vault.clone();
+            let sink_name = name.to_string();
+            let sink: Arc<dyn RefreshSink> = Arc::new(move |t: &SecretString| {
+                sink_vault
+                    .set_secret(&sink_name, SecretField::RefreshToken, t)
+                    .map_err(|e| e.to_string())
+            });
+            TokenProvider::web_server(
+                http.clone(),
+                OAuthApp {
+                    login_url: setting("login_url")?,
+                    client_id,
+                    client_secret,
+                    redirect_uri: String::new(),
+                },
+                secret(SecretField::RefreshToken)?,
+                Some(sink),
+            )
+        }
+    };
+    let client = Arc::new(SalesforceClient::new(http, Arc::new(tokens)));
+    Ok(
+        ActionContext::new().with(xmbridge_actions::salesforce::SalesforceConnection {
+            client,
+            account: name.to_string(),
+        }),
+    )
+}

@@ -1,0 +1,837 @@
+//! `xmbridge workflow run` and `xmbridge account` end to end: the real binary, the Qualtrics
+//! simulator over loopback, the state store in a temporary XMBRIDGE_HOME — including the kill
+//! loop: 1,000 events, the runner killed with SIGKILL 20 times at seeded random moments, every
+//! event delivered exactly once.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use xmbridge_sim::{SimConfig, SimHandle, start_qualtrics};
+use xmbridge_workflows::store::{EventSource, EventState, NewEvent, SqliteStore, Store};
+
+const BIN: &str = env!("CARGO_BIN_EXE_xmbridge");
+
+struct Install {
+    dir: tempfile::TempDir,
+}
+
+impl Install {
+    fn new() -> Install {
+        Install {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn home(&self) -> PathBuf {
+        self.path("home")
+    }
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("XMBRIDGE_HOME", self.home())
+            .env("XMBRIDGE_USER", "pat")
+            .env_remove("XMBRIDGE_MASTER_KEY")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+    async fn run(&self, args: &[&str]) -> Output {
+        let mut c = self.cmd(args);
+        tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap()
+    }
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}\nstdout:\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+    async fn fails(&self, args: &[&str]) -> (i32, String) {
+        let out = self.run(args).await;
+        assert!(!out.status.success(), "{args:?} should fail");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+    async fn connect(&self, h: &SimHandle, name: &str) {
+        let tf = self.path(&format!("{name}.token"));
+        std::fs::write(&tf, h.sim.cfg.admin_token()).unwrap();
+        self.ok(&[
+            "connection",
+            "add",
+            "qualtrics",
+            name,
+            "--url",
+            &h.base_url,
+            "--api-token-file",
+            tf.to_str().unwrap(),
+        ])
+        .await;
+    }
+    fn write_workflow(&self, file: &str, text: &str) {
+        let dir = self.home().join("workflows");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    fn store(&self) -> SqliteStore {
+        SqliteStore::open(self.home().join("state.db")).unwrap()
+    }
+}
+
+async fn sim() -> SimHandle {
+    let cfg = SimConfig {
+        seed: 5,
+        contacts: 0,
+        rate_limit_per_min: 0,
+        ..SimConfig::default()
+    };
+    start_qualtrics(cfg, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Every contact of `dir` through the API: extRef → count.
+async fn contacts_by_ext_ref(h: &SimHandle, dir: &str) -> std::collections::HashMap<String, u32> {
+    let http = reqwest::Client::new();
+    let mut url = format!("{}/directories/{dir}/contacts?pageSize=100", h.api_url());
+    let mut out = std::collections::HashMap::new();
+    loop {
+        let body: Value = http
+            .get(&url)
+            .header("X-API-TOKEN", h.sim.cfg.admin_token())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for c in body["result"]["elements"].as_array().unwrap() {
+            if let Some(r) = c["extRef"].as_str() {
+                *out.entry(r.to_string()).or_default() += 1;
+            }
+        }
+        match body["result"]["nextPage"].as_str() {
+            Some(next) if !next.is_empty() => url = next.to_string(),
+            _ => return out,
+        }
+    }
+}
+
+fn kill_workflow(dir: &str) -> String {
+    format!(
+        r#"[[workflow]]
+name = "kill-loop"
+owner = "pat"
+
+[workflow.trigger]
+type = "servicenow"
+table = "incident"
+
+[[workflow.step]]
+name = "contact"
+action = "create-contact"
+[workflow.step.inputs]
+directory_id = "'{dir}'"
+email = "record.email"
+extRef = "record.sys_id"
+"#
+    )
+}
+
+fn argv(a: &[String]) -> Vec<&str> {
+    a.iter().map(String::as_str).collect()
+}
+
+/// A seeded xorshift for the kill moments.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_kills_during_delivery_of_a_thousand_events_deliver_each_once() {
+    const EVENTS: usize = 1000;
+    const KILLS: usize = 20;
+    let inst = Install::new();
+    let h = sim().await;
+    inst.connect(&h, "q").await;
+    let dir = h.sim.directory.default_directory_id();
+    inst.write_workflow("kill-loop.toml", &kill_workflow(&dir));
+    {
+        // What the receiver does for each ServiceNow call (tested in xmbridge-server).
+        let store = inst.store();
+        for n in 0..EVENTS {
+            let e = NewEvent {
+                workflow: "kill-loop".into(),
+                source: EventSource::ServiceNow,
+                dedupe_key: format!("kill-{n:04}@1"),
+                payload: json!({"table": "incident", "record": {
+                    "sys_id": format!("kill-{n:04}"), "email": format!("k{n}@example.com")}}),
+            };
+            store.enqueue(&e, 0).unwrap();
+        }
+    }
+    let mut rng = Rng(20261130);
+    let mut kills = 0;
+    let started = Instant::now();
+    let mut runs = 0;
+    while kills < KILLS && runs < 3 * KILLS {
+        runs += 1;
+        let mut child = inst
+            .cmd(&[
+                "workflow",
+                "run",
+                "--once",
+                "--workers",
+                "1",
+                "--lease-secs",
+                "1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(rng.range(30, 200))).await;
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    let done_before_final = inst
+        .store()
+        .status("kill-loop")
+        .unwrap()
+        .counts
+        .get(&EventState::Done)
+        .copied()
+        .unwrap_or(0);
+    // Let the killed runs' leases run out, then finish.
+    let mut status = inst.store().status("kill-loop").unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        inst.ok(&[
+            "workflow",
+            "run",
+            "--once",
+            "--workers",
+            "4",
+            "--lease-secs",
+            "1",
+        ])
+        .await;
+        status = inst.store().status("kill-loop").unwrap();
+        if status.counts.get(&EventState::Done) == Some(&(EVENTS as u64)) {
+            break;
+        }
+    }
+    eprintln!(
+        "{kills} kills; {done_before_final} events done before the final run; {:?} in all",
+        started.elapsed()
+    );
+    assert_eq!(
+        status.counts.get(&EventState::Done),
+        Some(&(EVENTS as u64)),
+        "{status:?}"
+    );
+    assert_eq!(kills, KILLS, "every kill landed on a running process");
+    assert!(
+        done_before_final < EVENTS as u64,
+        "the kills must happen during delivery"
+    );
+    let seen = contacts_by_ext_ref(&h, &dir).await;
+    let ours: Vec<_> = seen
+        .iter()
+        .filter(|(k, _)| k.starts_with("kill-"))
+        .collect();
+    assert_eq!(ours.len(), EVENTS, "every event reached the target");
+    let dupes: Vec<_> = ours.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dupes.is_empty(), "duplicated: {dupes:?}");
+}
+
+#[tokio::test]
+async fn pause_resume_replay_and_status_from_the_command_line() {
+    let inst = Install::new();
+    let h = sim().await;
+    inst.connect(&h, "q").await;
+    let dir = h.sim.directory.default_directory_id();
+    inst.write_workflow("kill-loop.toml", &kill_workflow(&dir));
+    {
+        let store = inst.store();
+        for n in 0..3 {
+            let e = NewEvent {
+                workflow: "kill-loop".into(),
+                source: EventSource::ServiceNow,
+                dedupe_key: format!("p-{n}@1"),
+                // Event 2 has neither email nor extRef: the action refuses it (dead letter).
+                payload: if n == 2 {
+                    json!({"table": "incident", "record": {"sys_id": null}})
+                } else {
+                    json!({"table": "incident", "record": {"sys_id": format!("p-{n}"), "email": format!("p{n}@example.com")}})
+                },
+            };
+            store.enqueue(&e, 0).unwrap();
+        }
+    }
+    inst.ok(&["workflow", "pause", "kill-loop", "--reason", "testing"])
+        .await;
+    let out = inst.ok(&["workflow", "run", "--once"]).await;
+    assert!(out.contains("delivered 0 event(s)"), "{out}");
+    let st = inst.ok(&["workflow", "status", "kill-loop"]).await;
+    assert!(st.contains("PAUSED: testing"), "{st}");
+    inst.ok(&["workflow", "resume", "kill-loop"]).await;
+    let out = inst.ok(&["workflow", "run", "--once"]).await;
+    assert!(
+        out.contains("delivered 2 event(s)") && out.contains("1 dead"),
+        "{out}"
+    );
+    let st: Value = serde_json::from_str(
+        &inst
+            .ok(&["workflow", "status", "kill-loop", "--json"])
+            .await,
+    )
+    .unwrap();
+    assert_eq!(st["counts"]["done"], 2);
+    assert_eq!(st["counts"]["dead"], 1);
+    let id = st["dead"][0]["id"].as_str().unwrap().to_string();
+    assert!(
+        st["dead"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("contact"),
+        "{st}"
+    );
+    let (code, err) = inst.fails(&["workflow", "replay", "kill-loop"]).await;
+    assert_eq!(code, 2, "{err}");
+    let out = inst
+        .ok(&["workflow", "replay", "kill-loop", "--event", &id])
+        .await;
+    assert!(out.contains("1 dead event(s)"), "{out}");
+    assert_eq!(
+        inst.store().get_event(&id).unwrap().state,
+        EventState::Pending
+    );
+}
+
+/// A child process killed when dropped, so a failing test leaves no runner behind.
+struct Runner(std::process::Child);
+
+impl Runner {
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `workflow run` on an ephemeral port; returns the child and the receiver's URL.
+fn start_runner(inst: &Install, extra: &[&str]) -> (Runner, String) {
+    use std::io::BufRead;
+    let mut args = vec![
+        "workflow",
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = inst
+        .cmd(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("workflow run ended before listening")
+            .unwrap();
+        if let Some(u) = line.strip_prefix("receiving webhooks on ") {
+            break u.to_string();
+        }
+    };
+    // Keep draining so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    (Runner(child), url)
+}
+
+async fn wait_done(
+    inst: &Install,
+    workflow: &str,
+    n: u64,
+) -> xmbridge_workflows::store::WorkflowStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = inst.store().status(workflow).unwrap();
+        if st.counts.get(&EventState::Done).copied().unwrap_or(0) >= n || Instant::now() > deadline
+        {
+            return st;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_response_arrives_by_signed_webhook_and_is_delivered_once() {
+    let inst = Install::new();
+    let h = sim().await;
+    inst.connect(&h, "q").await;
+    let dir = h.sim.directory.default_directory_id();
+    let survey = h.sim.surveys[0].id.clone();
+    inst.write_workflow(
+        "responses.toml",
+        &format!(
+            r#"[[workflow]]
+name = "responses"
+owner = "pat"
+
+[workflow.trigger]
+type = "qualtrics-response"
+survey_id = "{survey}"
+
+[[workflow.step]]
+name = "contact"
+action = "create-contact"
+[workflow.step.inputs]
+directory_id = "'{dir}'"
+email = "'respondent@example.com'"
+extRef = "response.id"
+"#
+        ),
+    );
+    let (mut child, url) = start_runner(&inst, &[]);
+    let http = reqwest::Client::new();
+    let token = h.sim.cfg.admin_token();
+    let subs = |http: reqwest::Client| {
+        let u = format!("{}/eventsubscriptions", h.api_url());
+        let token = token.clone();
+        async move {
+            let v: Value = http
+                .get(u)
+                .header("X-API-TOKEN", token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["result"]["elements"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        }
+    };
+    let listed = subs(http.clone()).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        listed[0]["publicationUrl"],
+        format!("{url}/hooks/qualtrics/responses")
+    );
+    // A respondent finishes the survey: the simulator signs and posts the event.
+    let created: Value = http
+        .post(format!("{}/surveys/{survey}/responses", h.api_url()))
+        .header("X-API-TOKEN", &token)
+        .json(&json!({"values": {}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rid = created["result"]["responseId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let st = wait_done(&inst, "responses", 1).await;
+    if !st.counts.contains_key(&EventState::Done) {
+        let d: Value = http
+            .get(format!("{}/_sim/eventsubs/deliveries", h.base_url))
+            .header("X-API-TOKEN", &token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or_default();
+        eprintln!("simulator deliveries: {d}");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(st.counts.get(&EventState::Done), Some(&1), "{st:?}");
+    let ev = inst
+        .store()
+        .get_event(&xmbridge_workflows::store::event_id("responses", &rid))
+        .unwrap();
+    assert_eq!(ev.payload["response"]["id"], json!(rid));
+    assert_eq!(ev.payload["survey"]["id"], json!(survey));
+    let seen = contacts_by_ext_ref(&h, &dir).await;
+    assert_eq!(seen.get(&rid), Some(&1));
+    // A restart on the same URL does not subscribe twice.
+    let (mut child, _) = start_runner(&inst, &["--public-url", &url]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(subs(http.clone()).await.len(), 1);
+}
+
+// ---- Salesforce ---------------------------------------------------------------------------------
+
+struct Sf {
+    h: xmbridge_sim::SalesforceHandle,
+    creds: Value,
+}
+
+async fn salesforce() -> Sf {
+    let h = xmbridge_sim::start_salesforce(
+        xmbridge_sim::salesforce::SalesforceConfig::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let creds: Value = reqwest::get(format!("{}/_sim/credentials", h.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    Sf { h, creds }
+}
+
+impl Sf {
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let resp = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.h.base_url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+        resp.json().await.unwrap_or(Value::Null)
+    }
+    async fn records(&self, object: &str) -> Vec<Value> {
+        let v = self
+            .admin(
+                reqwest::Method::GET,
+                &format!("/_sim/records/{object}"),
+                Value::Null,
+            )
+            .await;
+        v.as_array()
+            .cloned()
+            .or_else(|| v["records"].as_array().cloned())
+            .unwrap_or_default()
+    }
+}
+
+/// `account link NAME --salesforce …` with the OAuth login: the test plays the browser (the
+/// simulator auto-approves).
+async fn link_oauth(inst: &Install, sf: &Sf, name: &str, extra: &[&str]) -> String {
+    use std::io::BufRead;
+    let secret = inst.path("sf.secret");
+    std::fs::write(&secret, sf.creds["client_secret"].as_str().unwrap()).unwrap();
+    let mut args = vec![
+        "account".to_string(),
+        "link".into(),
+        name.into(),
+        "--salesforce".into(),
+        "--login-url".into(),
+        sf.h.base_url.clone(),
+        "--client-id".into(),
+        sf.creds["client_id"].as_str().unwrap().into(),
+        "--client-secret-file".into(),
+        secret.to_str().unwrap().into(),
+        "--timeout".into(),
+        "30".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = inst
+        .cmd(&argv)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if line.starts_with("http") {
+                let _ = tx.send(line.clone());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let url = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)))
+        .await
+        .unwrap()
+        .expect("no authorize URL printed");
+    // The browser: the simulator redirects to the CLI's loopback listener.
+    let _ = reqwest::get(&url).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stdout = reader.join().unwrap();
+    assert!(
+        out.status.success(),
+        "account link {name}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_upsert_into_salesforce_and_an_expired_token_pauses_until_reauthorized() {
+    let inst = Install::new();
+    let q = sim().await;
+    inst.connect(&q, "q").await;
+    let sf = salesforce().await;
+    sf.admin(
+        reqwest::Method::POST,
+        "/_sim/oauth/auto-approve",
+        json!({"user": "admin@acme.sim"}),
+    )
+    .await;
+    let out = link_oauth(&inst, &sf, "sf-prod", &["--as", "pat"]).await;
+    assert!(
+        out.contains("linked salesforce account sf-prod for pat"),
+        "{out}"
+    );
+    let survey = q.sim.surveys[0].id.clone();
+    inst.write_workflow(
+        "to-sf.toml",
+        &format!(
+            r#"[[workflow]]
+name = "to-sf"
+owner = "pat"
+
+[workflow.trigger]
+type = "qualtrics-response"
+survey_id = "{survey}"
+
+[[workflow.step]]
+name = "upsert"
+action = "salesforce.upsert"
+account = "sf-prod"
+[workflow.step.mapping]
+object = "Survey_Response__c"
+external_id_field = "Response_Id__c"
+external_id = "response.id"
+[workflow.step.mapping.fields]
+Survey_Id__c = "survey.id"
+"#
+        ),
+    );
+    let (mut child, _url) = start_runner(&inst, &["--retry-base-ms", "50"]);
+    let http = reqwest::Client::new();
+    let token = q.sim.cfg.admin_token();
+    let respond = || {
+        let http = http.clone();
+        let url = format!("{}/surveys/{survey}/responses", q.api_url());
+        let token = token.clone();
+        async move {
+            let v: Value = http
+                .post(url)
+                .header("X-API-TOKEN", token)
+                .json(&json!({"values": {}}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["result"]["responseId"].as_str().unwrap().to_string()
+        }
+    };
+    let first = respond().await;
+    let st = wait_done(&inst, "to-sf", 1).await;
+    assert_eq!(st.counts.get(&EventState::Done), Some(&1), "{st:?}");
+    let recs = sf.records("Survey_Response__c").await;
+    assert!(
+        recs.iter().any(|r| r["Response_Id__c"] == json!(first)),
+        "{recs:?}"
+    );
+
+    // Salesforce revokes the account's tokens: the next events pause the workflow.
+    sf.admin(
+        reqwest::Method::POST,
+        "/_sim/tokens/revoke",
+        json!({"user": "admin@acme.sim"}),
+    )
+    .await;
+    let mut later = Vec::new();
+    for _ in 0..3 {
+        later.push(respond().await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ws = loop {
+        let ws = inst.store().workflow_state("to-sf").unwrap();
+        if ws.paused || Instant::now() > deadline {
+            break ws;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(ws.paused, "{ws:?}");
+    assert_eq!(ws.reason.as_deref(), Some("account token expired"));
+    assert_eq!(
+        ws.fix.as_deref(),
+        Some("xmbridge account link sf-prod --refresh --as pat")
+    );
+    // Wait until all three are stored, then check nothing was lost or charged an attempt.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = inst.store().status("to-sf").unwrap();
+        if st.counts.get(&EventState::Pending) == Some(&3) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Held, not retried: no attempt is charged while paused (the attempts seen are the
+    // simulator's "response is being processed" answers before the pause).
+    let attempts = |inst: &Install| -> Vec<(EventState, u32)> {
+        later
+            .iter()
+            .map(|rid| {
+                let e = inst
+                    .store()
+                    .get_event(&xmbridge_workflows::store::event_id("to-sf", rid))
+                    .unwrap();
+                (e.state, e.attempts)
+            })
+            .collect()
+    };
+    let before = attempts(&inst);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(attempts(&inst), before);
+    assert!(
+        before.iter().all(|(s, _)| *s == EventState::Pending),
+        "{before:?}"
+    );
+    let status = inst.ok(&["workflow", "status", "to-sf"]).await;
+    assert!(
+        status.contains("PAUSED: account token expired")
+            && status.contains("xmbridge account link sf-prod --refresh --as pat"),
+        "{status}"
+    );
+    let listed = inst.ok(&["account", "list", "--as", "pat"]).await;
+    assert!(listed.contains("EXPIRED"), "{listed}");
+
+    // The owner logs in again: the workflow resumes and the held events are delivered.
+    let out = link_oauth(&inst, &sf, "sf-prod", &["--refresh", "--as", "pat"]).await;
+    assert!(out.contains("resumed workflow to-sf"), "{out}");
+    let st = wait_done(&inst, "to-sf", 4).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(st.counts.get(&EventState::Done), Some(&4), "{st:?}");
+    let recs = sf.records("Survey_Response__c").await;
+    for rid in later.iter().chain([&first]) {
+        let n = recs
+            .iter()
+            .filter(|r| r["Response_Id__c"] == json!(rid))
+            .count();
+        assert_eq!(n, 1, "{rid}");
+    }
+}
+
+#[tokio::test]
+async fn the_account_rules_through_the_command_line() {
+    let inst = Install::new();
+    let sf = salesforce().await;
+    let secret = inst.path("sf.secret");
+    std::fs::write(&secret, sf.creds["client_secret"].as_str().unwrap()).unwrap();
+    let token_url = sf.h.token_url();
+    let client_id = sf.creds["client_id"].as_str().unwrap().to_string();
+    let link = |name: String, user: &'static str, brand: bool| {
+        let mut a = vec![
+            "account".to_string(),
+            "link".into(),
+            name,
+            "--salesforce".into(),
+            "--server-to-server".into(),
+            "--token-url".into(),
+            token_url.clone(),
+            "--client-id".into(),
+            client_id.clone(),
+            "--client-secret-file".into(),
+            secret.to_str().unwrap().into(),
+            "--as".into(),
+            user.into(),
+        ];
+        if brand {
+            a.push("--brand".into());
+        }
+        a
+    };
+    for i in 0..5 {
+        let a = link(format!("sf-{i}"), "pat", false);
+        inst.ok(&argv(&a)[..]).await;
+    }
+    let a = link("sf-5".into(), "pat", false);
+    let (code, err) = inst.fails(&argv(&a)[..]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "user pat already has 5 linked Salesforce accounts (the limit); unlink one with `xmbridge account unlink NAME`"
+        ),
+        "{err}"
+    );
+    // A brand admin links once and shares with chosen users.
+    let a = link("sf-brand".into(), "admin", true);
+    let out = inst.ok(&argv(&a)[..]).await;
+    assert!(out.contains("organization 00D"), "{out}");
+    let (_, err) = inst
+        .fails(&["account", "share", "sf-0", "--with", "sam", "--as", "pat"])
+        .await;
+    assert!(err.contains("can be shared"), "{err}");
+    inst.ok(&[
+        "account", "share", "sf-brand", "--with", "pat", "kim", "--as", "admin",
+    ])
+    .await;
+    let pat = inst.ok(&["account", "list", "--as", "pat"]).await;
+    assert!(
+        pat.contains("sf-brand") && pat.contains("admin (shared)"),
+        "{pat}"
+    );
+    let sam = inst.ok(&["account", "list", "--as", "sam"]).await;
+    assert!(sam.contains("no linked accounts"), "{sam}");
+    // Only the owner unlinks; then there is room again.
+    let (_, err) = inst
+        .fails(&["account", "unlink", "sf-0", "--as", "sam"])
+        .await;
+    assert!(err.contains("only pat can unlink it"), "{err}");
+    inst.ok(&["account", "unlink", "sf-0", "--as", "pat"]).await;
+    let a = link("sf-5".into(), "pat", false);
+    inst.ok(&argv(&a)[..]).await;
+}
