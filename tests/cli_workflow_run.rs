@@ -835,3 +835,283 @@ async fn the_account_rules_through_the_command_line() {
     let a = link("sf-5".into(), "pat", false);
     inst.ok(&argv(&a)[..]).await;
 }
+
+// ---- ServiceNow ---------------------------------------------------------------------------------
+
+async fn servicenow() -> (xmbridge_sim::SnHandle, Value) {
+    let h = xmbridge_sim::start_servicenow(
+        xmbridge_sim::servicenow::SnConfig::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let creds: Value = reqwest::get(format!("{}/_sim/credentials", h.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (h, creds)
+}
+
+/// Every row of a ServiceNow simulator table (admin dump).
+async fn sn_table(sn: &xmbridge_sim::SnHandle, table: &str) -> Vec<Value> {
+    let v: Value = reqwest::get(format!("{}/_sim/tables/{table}", sn.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// `account link NAME --servicenow --oauth-password …` as the simulator's integration user.
+async fn link_sn(
+    inst: &Install,
+    sn: &xmbridge_sim::SnHandle,
+    creds: &Value,
+    name: &str,
+    extra: &[&str],
+) -> String {
+    let user = creds["integration_user"].as_str().unwrap();
+    let password = creds["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user_name"] == json!(user))
+        .unwrap()["password"]
+        .as_str()
+        .unwrap();
+    let client = &creds["oauth_clients"][0];
+    let secret = inst.path("sn.secret");
+    std::fs::write(&secret, client["client_secret"].as_str().unwrap()).unwrap();
+    let pw = inst.path("sn.password");
+    std::fs::write(&pw, password).unwrap();
+    let mut args = vec![
+        "account",
+        "link",
+        name,
+        "--servicenow",
+        "--instance-url",
+        &sn.base_url,
+        "--oauth-password",
+        "--client-id",
+        client["client_id"].as_str().unwrap(),
+        "--client-secret-file",
+        secret.to_str().unwrap(),
+        "--user",
+        user,
+        "--password-file",
+        pw.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    inst.ok(&args).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detractor_opens_one_servicenow_incident_and_every_response_is_upserted_in_salesforce() {
+    use xmbridge_sim::qualtrics::survey::QuestionKind;
+    use xmbridge_workflows::store::event_id;
+    const WF: &str = "response-to-salesforce";
+    let inst = Install::new();
+    let q = sim().await;
+    inst.connect(&q, "q").await;
+    let sf = salesforce().await;
+    sf.admin(
+        reqwest::Method::POST,
+        "/_sim/oauth/auto-approve",
+        json!({"user": "admin@acme.sim"}),
+    )
+    .await;
+    link_oauth(&inst, &sf, "sf-prod", &["--as", "pat"]).await;
+    let (sn, creds) = servicenow().await;
+    let out = link_sn(&inst, &sn, &creds, "sn-prod", &["--as", "pat"]).await;
+    assert!(
+        out.contains("linked servicenow account sn-prod for pat (oauth-password"),
+        "{out}"
+    );
+    let listed = inst.ok(&["account", "list", "--as", "pat"]).await;
+    assert!(
+        listed.contains("sn-prod") && listed.contains("servicenow"),
+        "{listed}"
+    );
+    let survey = q.sim.surveys[0].id.clone();
+    let nps = q.sim.surveys[0]
+        .questions
+        .iter()
+        .find(|x| x.kind == QuestionKind::Nps)
+        .unwrap()
+        .qid
+        .clone();
+    inst.ok(&[
+        "workflow",
+        "add",
+        "--template",
+        WF,
+        "--set",
+        &format!("survey_id={survey}"),
+        "--set",
+        "salesforce_account=sf-prod",
+        "--set",
+        "servicenow_account=sn-prod",
+        "--set",
+        &format!("nps_question={nps}"),
+    ])
+    .await;
+    let (mut child, _url) = start_runner(&inst, &["--retry-base-ms", "50"]);
+    let http = reqwest::Client::new();
+    let token = q.sim.cfg.admin_token();
+    let respond = |score: u32| {
+        let http = http.clone();
+        let url = format!("{}/surveys/{survey}/responses", q.api_url());
+        let token = token.clone();
+        let nps = nps.clone();
+        async move {
+            let v: Value = http
+                .post(url)
+                .header("X-API-TOKEN", token)
+                .json(&json!({"values": {nps: score}}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["result"]["responseId"].as_str().unwrap().to_string()
+        }
+    };
+    let detractor = respond(3).await;
+    let promoter = respond(9).await;
+    let st = wait_done(&inst, WF, 2).await;
+    assert_eq!(st.counts.get(&EventState::Done), Some(&2), "{st:?}");
+
+    let upserted = |recs: &[Value], rid: &str| {
+        recs.iter()
+            .filter(|r| r["Response_Id__c"] == json!(rid))
+            .count()
+    };
+    let recs = sf.records("Survey_Response__c").await;
+    assert_eq!(upserted(&recs, &detractor), 1, "{recs:?}");
+    assert_eq!(upserted(&recs, &promoter), 1, "{recs:?}");
+    let nps_of = |rid: &str| {
+        recs.iter()
+            .find(|r| r["Response_Id__c"] == json!(rid))
+            .map(|r| r["NPS__c"].as_f64())
+    };
+    assert_eq!(nps_of(&detractor), Some(Some(3.0)));
+    assert_eq!(nps_of(&promoter), Some(Some(9.0)));
+
+    // One incident, keyed by the step's delivery key; none for the promoter.
+    let detractor_key = format!("{}:incident", event_id(WF, &detractor));
+    let promoter_event = event_id(WF, &promoter);
+    let ours = |rows: Vec<Value>| -> Vec<Value> {
+        rows.into_iter()
+            .filter(|r| r["correlation_id"].as_str().is_some_and(|c| !c.is_empty()))
+            .collect()
+    };
+    let incidents = ours(sn_table(&sn, "incident").await);
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert_eq!(incidents[0]["correlation_id"], json!(detractor_key));
+    assert!(
+        incidents[0]["short_description"]
+            .as_str()
+            .is_some_and(|d| d.contains("NPS 3")),
+        "{incidents:?}"
+    );
+    assert!(
+        !incidents.iter().any(|r| r["correlation_id"]
+            .as_str()
+            .is_some_and(|c| c.starts_with(&promoter_event))),
+        "{incidents:?}"
+    );
+
+    // Qualtrics redelivers the detractor's event: accepted, and nothing new is created.
+    let delivered = |rid: &str| {
+        q.sim
+            .eventsubs
+            .deliveries()
+            .iter()
+            .filter(|d| d.response_id == rid && d.status == "delivered")
+            .count()
+    };
+    assert_eq!(delivered(&detractor), 1);
+    xmbridge_sim::qualtrics::eventsubs::publish_completed_response(
+        &q.sim,
+        &survey,
+        &detractor,
+        q.sim.clock.now_ms(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while delivered(&detractor) < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(delivered(&detractor), 2, "the redelivery was not accepted");
+    // Let the workers run a few polls over the store before looking again.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let st = inst.store().status(WF).unwrap();
+    assert_eq!(st.counts.get(&EventState::Done), Some(&2), "{st:?}");
+    assert_eq!(st.counts.values().sum::<u64>(), 2, "{st:?}");
+    let recs = sf.records("Survey_Response__c").await;
+    assert_eq!(upserted(&recs, &detractor), 1, "{recs:?}");
+    assert_eq!(ours(sn_table(&sn, "incident").await).len(), 1);
+
+    // ServiceNow revokes the account's tokens: the next detractor pauses the workflow with the
+    // re-authorize command, and is delivered once after re-authorization.
+    let user = creds["integration_user"].as_str().unwrap();
+    let revoke = http
+        .post(format!("{}/_sim/tokens/revoke", sn.base_url))
+        .json(&json!({"user": user}))
+        .send()
+        .await
+        .unwrap();
+    assert!(revoke.status().is_success());
+    let late = respond(1).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ws = loop {
+        let ws = inst.store().workflow_state(WF).unwrap();
+        if ws.paused || Instant::now() > deadline {
+            break ws;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(ws.paused, "{ws:?}");
+    assert_eq!(ws.reason.as_deref(), Some("account token expired"));
+    assert_eq!(
+        ws.fix.as_deref(),
+        Some("xmbridge account link sn-prod --refresh --as pat")
+    );
+    assert_eq!(
+        inst.store().get_event(&event_id(WF, &late)).unwrap().state,
+        EventState::Pending
+    );
+    let pw = inst.path("sn.password");
+    let out = inst
+        .ok(&[
+            "account",
+            "link",
+            "sn-prod",
+            "--refresh",
+            "--password-file",
+            pw.to_str().unwrap(),
+            "--as",
+            "pat",
+        ])
+        .await;
+    assert!(out.contains(&format!("resumed workflow {WF}")), "{out}");
+    let st = wait_done(&inst, WF, 3).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(st.counts.get(&EventState::Done), Some(&3), "{st:?}");
+    let incidents = ours(sn_table(&sn, "incident").await);
+    assert_eq!(incidents.len(), 2, "{incidents:?}");
+    let late_key = format!("{}:incident", event_id(WF, &late));
+    assert_eq!(
+        incidents
+            .iter()
+            .filter(|r| r["correlation_id"] == json!(late_key))
+            .count(),
+        1
+    );
+    let recs = sf.records("Survey_Response__c").await;
+    assert_eq!(upserted(&recs, &late), 1, "{recs:?}");
+}

@@ -31,6 +31,13 @@ use super::connection::{open_vault, read_secret};
   xmbridge account share sf-brand --with pat sam --as admin
   # After \"account token expired\": log in again; paused workflows resume:
   xmbridge account link sf-prod --refresh --as pat
+  # ServiceNow (Basic, OAuth password grant, or client credentials):
+  xmbridge account link sn-prod --servicenow --instance-url https://acme.service-now.com \\
+      --oauth-password --client-id ID --client-secret-file secret.txt \\
+      --user xmbridge.integration --password-file password.txt --as pat
+  xmbridge account link sn-basic --servicenow --instance-url https://acme.service-now.com \\
+      --basic-user xmbridge.integration --password-file password.txt --as pat
+  xmbridge account link sn-prod --refresh --password-file password.txt --as pat
 
 The acting user is --as, else XMBRIDGE_USER, else USER.")]
 pub struct AccountArgs {
@@ -86,9 +93,30 @@ pub struct LinkArgs {
     /// A Salesforce account.
     #[arg(long, conflicts_with = "servicenow")]
     pub salesforce: bool,
-    /// A ServiceNow account (server-to-server only).
+    /// A ServiceNow account: --instance-url and one of --basic-user, --oauth-password,
+    /// --client-credentials.
     #[arg(long)]
     pub servicenow: bool,
+    /// The ServiceNow instance (`https://acme.service-now.com`, or a simulator's
+    /// `http://127.0.0.1:PORT`).
+    #[arg(long)]
+    pub instance_url: Option<String>,
+    /// ServiceNow Basic auth as this user (with --password-file; the password is sealed).
+    #[arg(long, conflicts_with_all = ["oauth_password", "client_credentials"])]
+    pub basic_user: Option<String>,
+    /// ServiceNow OAuth password grant (with --client-id, --client-secret-file, --user,
+    /// --password-file): only the refresh token is kept, not the password.
+    #[arg(long, conflicts_with = "client_credentials")]
+    pub oauth_password: bool,
+    /// ServiceNow OAuth client credentials (with --client-id, --client-secret-file).
+    #[arg(long)]
+    pub client_credentials: bool,
+    /// The ServiceNow user of --oauth-password.
+    #[arg(long = "user", value_name = "USER")]
+    pub sn_user: Option<String>,
+    /// File holding the ServiceNow password (else XMBRIDGE_ACCOUNT_PASSWORD, else a prompt).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
     /// Salesforce login host for the OAuth web-server flow (`https://login.salesforce.com`,
     /// `https://test.salesforce.com`, or a simulator's `http://127.0.0.1:PORT`).
     #[arg(long)]
@@ -277,7 +305,7 @@ async fn link(args: LinkArgs) -> anyhow::Result<()> {
     }
     let system = match (args.salesforce, args.servicenow) {
         (true, _) => "salesforce",
-        (_, true) => "servicenow",
+        (_, true) => return link_servicenow(&args, &user, &accounts).await,
         _ => return Err(usage("say which system: --salesforce or --servicenow")),
     };
     let client_id = args
@@ -297,7 +325,7 @@ async fn link(args: LinkArgs) -> anyhow::Result<()> {
         }
     }
     let secret = client_secret(&args)?;
-    let (kind, settings, tokens) = if args.server_to_server || system == "servicenow" {
+    let (kind, settings, tokens) = if args.server_to_server {
         let token_url = args
             .token_url
             .clone()
@@ -377,6 +405,9 @@ async fn refresh(
 ) -> anyhow::Result<()> {
     let name = args.name.as_str();
     let account = store.get_account(name)?;
+    if account.system == "servicenow" {
+        return refresh_servicenow(args, user, vault, store, accounts).await;
+    }
     let rec = vault.get_connection(name)?;
     let setting = |k: &str| {
         rec.settings
@@ -462,11 +493,15 @@ pub(crate) fn external_context(
         system: spec.system,
         fix,
     };
-    if spec.system != System::Salesforce {
-        return Err(not_configured(format!(
-            "this build has no {} client for account {} yet",
-            spec.system, row.name
-        )));
+    match spec.system {
+        System::Salesforce => {}
+        System::ServiceNow => return servicenow_context(vault, row, spec),
+        System::Qualtrics => {
+            return Err(not_configured(format!(
+                "account {} is a {} account; a Qualtrics step needs a Qualtrics connection",
+                row.name, row.system
+            )));
+        }
     }
     let name = row.name.as_str();
     let rec = vault
@@ -535,4 +570,353 @@ pub(crate) fn external_context(
             account: name.to_string(),
         }),
     )
+}
+
+// ---- ServiceNow ---------------------------------------------------------------------------------
+
+/// How a ServiceNow account authenticates (`auth` in its vault settings).
+const SN_BASIC: &str = "basic";
+const SN_PASSWORD: &str = "oauth-password";
+const SN_CLIENT_CREDENTIALS: &str = "client-credentials";
+
+fn sn_password(args: &LinkArgs) -> anyhow::Result<SecretString> {
+    read_secret(
+        args.password_file.as_deref(),
+        "XMBRIDGE_ACCOUNT_PASSWORD",
+        "ServiceNow password",
+        "--password-file",
+    )
+}
+
+/// Proves the credentials with one authenticated call. An ACL refusal or a missing property
+/// still means the instance accepted who we are; only a refused login fails the link.
+async fn sn_check(
+    client: &xmbridge_servicenow::ServiceNowClient,
+    name: &str,
+) -> anyhow::Result<()> {
+    use xmbridge_servicenow::Error;
+    match client.get_property("glide.servlet.uri").await {
+        Ok(_) | Err(Error::Permanent { .. } | Error::NotFound { .. }) => Ok(()),
+        Err(e @ Error::AuthExpired { .. }) => Err(anyhow!(
+            "ServiceNow refused the credentials of account {name}: {e}"
+        )),
+        Err(e) => Err(anyhow!(
+            "could not check account {name} against ServiceNow: {e}"
+        )),
+    }
+}
+
+fn sn_client(
+    instance: &str,
+    auth: xmbridge_servicenow::Auth,
+) -> anyhow::Result<xmbridge_servicenow::ServiceNowClient> {
+    xmbridge_servicenow::ServiceNowClient::new(instance, auth).map_err(|e| usage(e.to_string()))
+}
+
+/// The password grant once: its refresh token is what the account keeps.
+async fn sn_password_grant(
+    name: &str,
+    instance: &str,
+    client_id: &str,
+    client_secret: &SecretString,
+    sn_user: &str,
+    password: SecretString,
+) -> anyhow::Result<SecretString> {
+    let client = sn_client(
+        instance,
+        xmbridge_servicenow::Auth::Password {
+            client_id: client_id.to_string(),
+            client_secret: client_secret.clone(),
+            username: sn_user.to_string(),
+            password,
+        },
+    )?;
+    sn_check(&client, name).await?;
+    client.refresh_token().await.ok_or_else(|| {
+        anyhow!("ServiceNow returned no refresh token for account {name}; allow the refresh_token grant on the OAuth application")
+    })
+}
+
+async fn link_servicenow(args: &LinkArgs, user: &str, accounts: &Accounts) -> anyhow::Result<()> {
+    let name = args.name.as_str();
+    let instance = args
+        .instance_url
+        .clone()
+        .ok_or_else(|| usage("a ServiceNow account needs --instance-url"))?;
+    let instance = instance.trim_end_matches('/').to_string();
+    let mut settings = json!({"instance_url": instance});
+    let (kind, client_secret, refresh_token, password) = if let Some(basic_user) = &args.basic_user
+    {
+        let password = sn_password(args)?;
+        let client = sn_client(
+            &instance,
+            xmbridge_servicenow::Auth::Basic {
+                username: basic_user.clone(),
+                password: password.clone(),
+            },
+        )?;
+        sn_check(&client, name).await?;
+        settings["auth"] = json!(SN_BASIC);
+        settings["user"] = json!(basic_user);
+        (AccountKind::ServerToServer, None, None, Some(password))
+    } else if args.oauth_password || args.client_credentials {
+        let client_id = args
+            .client_id
+            .clone()
+            .ok_or_else(|| usage("--client-id is required"))?;
+        let secret = client_secret(args)?;
+        settings["client_id"] = json!(client_id);
+        if args.oauth_password {
+            let sn_user = args
+                .sn_user
+                .clone()
+                .ok_or_else(|| usage("--oauth-password needs --user (the ServiceNow user)"))?;
+            let rt = sn_password_grant(
+                name,
+                &instance,
+                &client_id,
+                &secret,
+                &sn_user,
+                sn_password(args)?,
+            )
+            .await?;
+            settings["auth"] = json!(SN_PASSWORD);
+            settings["user"] = json!(sn_user);
+            (AccountKind::OAuth, Some(secret), Some(rt), None)
+        } else {
+            let client = sn_client(
+                &instance,
+                xmbridge_servicenow::Auth::ClientCredentials {
+                    client_id,
+                    client_secret: secret.clone(),
+                },
+            )?;
+            sn_check(&client, name).await?;
+            settings["auth"] = json!(SN_CLIENT_CREDENTIALS);
+            (AccountKind::ServerToServer, Some(secret), None, None)
+        }
+    } else {
+        return Err(usage(
+            "say how the ServiceNow account signs in: --basic-user U, --oauth-password, or --client-credentials",
+        ));
+    };
+    let auth = settings["auth"].as_str().unwrap_or_default().to_string();
+    let row = accounts.link(LinkRequest {
+        name: name.to_string(),
+        system: "servicenow".into(),
+        user: user.to_string(),
+        brand: args.brand,
+        kind,
+        settings,
+        client_secret,
+        refresh_token,
+        org_id: None,
+    })?;
+    if let Some(p) = password
+        && let Err(e) = accounts.vault().set_secret(name, SecretField::Password, &p)
+    {
+        // Leave nothing half-linked behind.
+        let _ = accounts.unlink(name, user);
+        return Err(e.into());
+    }
+    println!(
+        "linked servicenow account {} for {}{} ({auth}, {instance})",
+        row.name,
+        user,
+        if row.brand { " as a brand account" } else { "" },
+    );
+    if row.brand {
+        println!("share it with: xmbridge account share {name} --with USER… --as {user}");
+    }
+    Ok(())
+}
+
+/// `account link NAME --refresh` of a ServiceNow account: a new password (Basic), a new
+/// password grant (OAuth password), or a fresh client-credentials check; then the workflows
+/// its refused token paused resume.
+async fn refresh_servicenow(
+    args: &LinkArgs,
+    user: &str,
+    vault: &Vault,
+    store: &SqliteStore,
+    accounts: &Accounts,
+) -> anyhow::Result<()> {
+    let name = args.name.as_str();
+    let rec = vault.get_connection(name)?;
+    let setting = |k: &str| {
+        rec.settings
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let instance = args
+        .instance_url
+        .clone()
+        .or_else(|| setting("instance_url"))
+        .ok_or_else(|| anyhow!("account {name} has no instance URL; pass --instance-url"))?;
+    let stored_secret = || -> anyhow::Result<SecretString> {
+        match &args.client_secret_file {
+            Some(_) => client_secret(args),
+            None => vault
+                .get_secret(name, SecretField::ClientSecret)?
+                .ok_or_else(|| {
+                    anyhow!("account {name} has no client secret; pass --client-secret-file")
+                }),
+        }
+    };
+    let client_id = || {
+        args.client_id
+            .clone()
+            .or_else(|| setting("client_id"))
+            .ok_or_else(|| anyhow!("account {name} has no client id; pass --client-id"))
+    };
+    let auth = setting("auth").unwrap_or_default();
+    let mut new_secret = None;
+    let refresh_token = match auth.as_str() {
+        SN_BASIC => {
+            let sn_user = args
+                .basic_user
+                .clone()
+                .or_else(|| setting("user"))
+                .ok_or_else(|| anyhow!("account {name} has no user; pass --basic-user"))?;
+            let password = match &args.password_file {
+                Some(_) => sn_password(args)?,
+                None => vault
+                    .get_secret(name, SecretField::Password)?
+                    .ok_or_else(|| {
+                        anyhow!("account {name} has no password; pass --password-file")
+                    })?,
+            };
+            let client = sn_client(
+                &instance,
+                xmbridge_servicenow::Auth::Basic {
+                    username: sn_user,
+                    password: password.clone(),
+                },
+            )?;
+            sn_check(&client, name).await?;
+            vault.set_secret(name, SecretField::Password, &password)?;
+            None
+        }
+        SN_PASSWORD => {
+            let secret = stored_secret()?;
+            let sn_user = args
+                .sn_user
+                .clone()
+                .or_else(|| setting("user"))
+                .ok_or_else(|| anyhow!("account {name} has no user; pass --user"))?;
+            let rt = sn_password_grant(
+                name,
+                &instance,
+                &client_id()?,
+                &secret,
+                &sn_user,
+                sn_password(args)?,
+            )
+            .await?;
+            new_secret = Some(secret);
+            Some(rt)
+        }
+        SN_CLIENT_CREDENTIALS => {
+            let secret = stored_secret()?;
+            let client = sn_client(
+                &instance,
+                xmbridge_servicenow::Auth::ClientCredentials {
+                    client_id: client_id()?,
+                    client_secret: secret.clone(),
+                },
+            )?;
+            sn_check(&client, name).await?;
+            new_secret = Some(secret);
+            None
+        }
+        other => {
+            return Err(anyhow!(
+                "account {name} has an unknown ServiceNow sign-in `{other}`; unlink and link it again"
+            ));
+        }
+    };
+    if args.client_secret_file.is_some()
+        && let Some(s) = &new_secret
+    {
+        vault.set_secret(name, SecretField::ClientSecret, s)?;
+    }
+    let resumed = accounts.reauthorize(name, user, refresh_token.as_ref())?;
+    let rebound = super::workflow_run::rebind_for_owner(store, user)?;
+    println!("re-authorized account {name}");
+    for wf in resumed.iter().chain(rebound.iter()) {
+        println!("resumed workflow {wf}; its held events will be delivered");
+    }
+    Ok(())
+}
+
+/// The ServiceNow client of a linked account, as `crates/xmbridge-actions/src/servicenow.rs`
+/// takes it from the context (`Arc<ServiceNowClient>`). OAuth-password accounts run on their
+/// stored refresh token: a refusal is `TokenExpired`, which pauses the workflow.
+fn servicenow_context(
+    vault: &Arc<Vault>,
+    row: &xmbridge_workflows::store::AccountRow,
+    spec: &xmbridge_actions::ActionSpec,
+) -> Result<xmbridge_actions::ActionContext, xmbridge_actions::ActionError> {
+    use xmbridge_actions::{ActionContext, ActionError, System};
+    use xmbridge_servicenow::{Auth, ServiceNowClient};
+    let not_configured = |fix: String| ActionError::NotConfigured {
+        action: spec.name.to_string(),
+        system: System::ServiceNow,
+        fix,
+    };
+    let name = row.name.as_str();
+    if row.system != "servicenow" {
+        return Err(not_configured(format!(
+            "account {name} is a {} account; name a ServiceNow account in the step's `account`",
+            row.system
+        )));
+    }
+    let rec = vault
+        .get_connection(name)
+        .map_err(|e| not_configured(format!("account {name}: {e}")))?;
+    let setting = |k: &str| {
+        rec.settings
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| not_configured(format!("account {name} has no {k}; link it again")))
+    };
+    let secret = |f: SecretField| {
+        vault
+            .get_secret(name, f)
+            .map_err(|e| not_configured(format!("account {name}: {e}")))?
+            .ok_or_else(|| ActionError::TokenExpired {
+                action: spec.name.to_string(),
+                system: System::ServiceNow,
+                fix: format!(
+                    "account {name} has no {}; re-authorize with `xmbridge account link {name} --refresh --as {}`",
+                    f.label(),
+                    row.owner
+                ),
+            })
+    };
+    let auth = match setting("auth")?.as_str() {
+        SN_BASIC => Auth::Basic {
+            username: setting("user")?,
+            password: secret(SecretField::Password)?,
+        },
+        SN_PASSWORD => Auth::RefreshToken {
+            client_id: setting("client_id")?,
+            client_secret: secret(SecretField::ClientSecret)?,
+            refresh_token: secret(SecretField::RefreshToken)?,
+        },
+        SN_CLIENT_CREDENTIALS => Auth::ClientCredentials {
+            client_id: setting("client_id")?,
+            client_secret: secret(SecretField::ClientSecret)?,
+        },
+        other => {
+            return Err(not_configured(format!(
+                "account {name} has an unknown ServiceNow sign-in `{other}`; unlink and link it again"
+            )));
+        }
+    };
+    let client = ServiceNowClient::new(&setting("instance_url")?, auth)
+        .map_err(|e| not_configured(format!("account {name}: {e}")))?;
+    Ok(ActionContext::new().with(Arc::new(client)))
 }

@@ -472,16 +472,25 @@ impl Connector for LiveConnector {
                             fix: Accounts::reauthorize_command(&row),
                         });
                     }
-                    // Cached per account and refresh-token version: a re-authorization in
-                    // another process (`account link --refresh`) takes effect here too.
+                    // Cached per account and credential version: a re-authorization in
+                    // another process (`account link --refresh`: a new refresh token, password
+                    // or client secret) takes effect here too.
                     let version = self
                         .vault
                         .list_secrets(&row.name)
                         .ok()
                         .and_then(|s| {
                             s.into_iter()
-                                .find(|i| i.field == SecretField::RefreshToken)
+                                .filter(|i| {
+                                    matches!(
+                                        i.field,
+                                        SecretField::RefreshToken
+                                            | SecretField::Password
+                                            | SecretField::ClientSecret
+                                    )
+                                })
                                 .map(|i| i.updated_at.timestamp_millis())
+                                .max()
                         })
                         .unwrap_or(0);
                     let key = format!("{}@{version}", row.name);

@@ -83,11 +83,13 @@ pub enum SecretField {
     AccessToken,
     /// The shared key (or secret header value) that signs a webhook sent to xmbridge.
     SharedKey,
+    /// A user's password (ServiceNow Basic auth accounts).
+    Password,
 }
 
 impl SecretField {
     /// Every field, in a stable order.
-    pub const ALL: [SecretField; 7] = [
+    pub const ALL: [SecretField; 8] = [
         SecretField::ApiToken,
         SecretField::ClientSecret,
         SecretField::RefreshToken,
@@ -95,6 +97,7 @@ impl SecretField {
         SecretField::Passphrase,
         SecretField::AccessToken,
         SecretField::SharedKey,
+        SecretField::Password,
     ];
 
     /// The stable stored name.
@@ -107,6 +110,7 @@ impl SecretField {
             SecretField::Passphrase => "passphrase",
             SecretField::AccessToken => "access_token",
             SecretField::SharedKey => "shared_key",
+            SecretField::Password => "password",
         }
     }
 
@@ -120,6 +124,7 @@ impl SecretField {
             SecretField::Passphrase => "pass phrase",
             SecretField::AccessToken => "access token",
             SecretField::SharedKey => "webhook shared key",
+            SecretField::Password => "password",
         }
     }
 }
