@@ -1115,3 +1115,181 @@ async fn a_detractor_opens_one_servicenow_incident_and_every_response_is_upserte
     let recs = sf.records("Survey_Response__c").await;
     assert_eq!(upserted(&recs, &late), 1, "{recs:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_servicenow_incident_sends_its_caller_a_qualtrics_survey() {
+    const WF: &str = "incident-closed-survey";
+    let inst = Install::new();
+    let q = sim().await;
+    inst.connect(&q, "q").await;
+    let dir = q.sim.directory.default_directory_id();
+    let sn = xmbridge_sim::start_servicenow(
+        xmbridge_sim::servicenow::SnConfig {
+            qualtrics_directory: Some(dir.clone()),
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let creds: Value = reqwest::get(format!("{}/_sim/credentials", sn.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    link_sn(&inst, &sn, &creds, "sn-prod", &["--as", "pat"]).await;
+
+    // The Qualtrics side: a mailing list and the admin's invite message.
+    let action = |args: Vec<String>| {
+        let inst = &inst;
+        async move {
+            let mut a = vec!["action".to_string()];
+            a.extend(args);
+            let out = inst.ok(&argv(&a)).await;
+            serde_json::from_str::<Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+        }
+    };
+    let ml = action(vec![
+        "create-mailing-list".into(),
+        "--input".into(),
+        "name=Closed incidents".into(),
+        "--input".into(),
+        format!("directory_id={dir}"),
+    ])
+    .await["mailingListId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let http = reqwest::Client::new();
+    let token = q.sim.cfg.admin_token();
+    let me: Value = http
+        .get(format!("{}/whoami", q.api_url()))
+        .header("X-API-TOKEN", &token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let me = me["result"]["userId"].as_str().unwrap().to_string();
+    let invites = action(vec![
+        "look-up-library-messages-stream".into(),
+        "--input".into(),
+        format!("library_id={me}"),
+        "--input".into(),
+        "category=invite".into(),
+    ])
+    .await;
+    let msg = invites[0]["id"].as_str().unwrap().to_string();
+    let survey = q.sim.surveys[0].id.clone();
+    inst.ok(&argv(&[
+        "workflow".into(),
+        "add".into(),
+        "--template".into(),
+        WF.into(),
+        "--set".into(),
+        format!("survey_id={survey}"),
+        "--set".into(),
+        format!("library_id={me}"),
+        "--set".into(),
+        format!("message_id={msg}"),
+        "--set".into(),
+        format!("mailing_list_id={ml}"),
+        "--set".into(),
+        "from_email=servicedesk@example.test".into(),
+        "--set".into(),
+        "from_name=Service Desk".into(),
+    ]))
+    .await;
+    let (mut child, url) = start_runner(&inst, &["--retry-base-ms", "50"]);
+    let secret =
+        std::fs::read_to_string(inst.home().join("hooks").join(format!("{WF}.secret"))).unwrap();
+
+    // The ServiceNow admin's business rule: incident closed → POST to xmbridge with the secret.
+    let rule = http
+        .post(format!("{}/_sim/business-rule", sn.base_url))
+        .json(&json!({
+            "name": "Survey on close", "table": "incident", "condition": "state=7",
+            "on": "update", "url": format!("{url}/hooks/servicenow/{WF}"),
+            "headers": {"X-Xmbridge-Secret": secret.trim()},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(rule.status().is_success(), "{}", rule.status());
+
+    // Close an open incident whose caller has an email.
+    let users = sn_table(&sn, "sys_user").await;
+    let email_of = |id: &str| {
+        users
+            .iter()
+            .find(|u| u["sys_id"] == json!(id))
+            .and_then(|u| u["email"].as_str())
+            .filter(|e| !e.is_empty())
+            .map(str::to_string)
+    };
+    let reference = |v: &Value| {
+        v.as_str()
+            .or_else(|| v["value"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let incident = sn_table(&sn, "incident")
+        .await
+        .into_iter()
+        .find(|i| i["state"] != json!("7") && email_of(&reference(&i["caller_id"])).is_some())
+        .expect("an open incident with a caller");
+    let sys_id = incident["sys_id"].as_str().unwrap().to_string();
+    let caller = reference(&incident["caller_id"]);
+    let email = email_of(&caller).unwrap();
+    let admin_pw = creds["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user_name"] == json!("admin"))
+        .unwrap()["password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let closed = http
+        .patch(format!("{}/api/now/table/incident/{sys_id}", sn.base_url))
+        .basic_auth("admin", Some(&admin_pw))
+        .json(&json!({"state": "7", "close_code": "Solved (Permanently)", "close_notes": "done"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(closed.status().is_success(), "{}", closed.status());
+    let st = wait_done(&inst, WF, 1).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(st.counts.get(&EventState::Done), Some(&1), "{st:?}");
+
+    // The caller is a member of the list, and one distribution to the list was created.
+    let members = q.sim.directory.mailing_list_members(&ml);
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert_eq!(members[0].email, email);
+    assert_eq!(members[0].ext_ref, caller);
+    let contacts = contacts_by_ext_ref(&q, &dir).await;
+    assert_eq!(contacts.get(&caller), Some(&1), "{contacts:?}");
+    let d: Value = http
+        .get(format!("{}/distributions?surveyId={survey}", q.api_url()))
+        .header("X-API-TOKEN", &token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sent: Vec<&Value> = d["result"]["elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["recipients"]["mailingListId"] == json!(ml))
+        .collect();
+    assert_eq!(sent.len(), 1, "{d}");
+    assert_eq!(
+        sent[0]["headers"]["fromEmail"],
+        json!("servicedesk@example.test")
+    );
+}

@@ -247,6 +247,20 @@ pub fn servicenow_event(workflow: &str, table: &str, body: &Value) -> Result<New
         .get("sys_updated_on")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    // Fields are strings (WF-ISSUE.md): a reference rendered as `{"link","value"}` (the Table
+    // API's default form, which a rule may post as is) becomes its sys_id.
+    let record: serde_json::Map<String, Value> = obj
+        .iter()
+        .map(|(k, v)| {
+            let flat = match v {
+                Value::Object(r) if r.contains_key("link") => {
+                    r.get("value").cloned().unwrap_or(Value::Null)
+                }
+                other => other.clone(),
+            };
+            (k.clone(), flat)
+        })
+        .collect();
     Ok(NewEvent {
         workflow: workflow.to_string(),
         source: EventSource::ServiceNow,
@@ -510,5 +524,16 @@ mod tests {
         assert_eq!(e.payload["table"], "incident");
         assert!(servicenow_event("wf", "incident", &json!({"x": 1})).is_err());
         assert!(servicenow_event("wf", "incident", &json!([1])).is_err());
+    }
+
+    #[test]
+    fn servicenow_references_become_their_sys_id() {
+        let body = json!({"sys_id": "abc", "state": "7", "number": "INC0010001",
+            "caller_id": {"link": "http://127.0.0.1:1/api/now/table/sys_user/u1", "value": "u1"},
+            "assigned_to": ""});
+        let e = servicenow_event("wf", "incident", &body).unwrap();
+        assert_eq!(e.payload["record"]["caller_id"], "u1");
+        assert_eq!(e.payload["record"]["assigned_to"], "");
+        assert_eq!(e.payload["record"]["number"], "INC0010001");
     }
 }

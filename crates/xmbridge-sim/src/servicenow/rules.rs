@@ -36,6 +36,10 @@ pub struct BusinessRule {
     /// Call after answering the client ("async" rule) instead of before ("after" rule).
     #[serde(default)]
     pub asynchronous: bool,
+    /// Extra request headers, as a rule script's `RESTMessageV2.setRequestHeader` sets them
+    /// (e.g. `X-Xmbridge-Secret`). Never listed back: they may hold a secret.
+    #[serde(default, skip_serializing)]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 /// One outbound call and how it went.
@@ -133,14 +137,15 @@ pub fn triggered(
 }
 
 async fn send(sim: SharedSn, job: Job) {
-    let result = sim
+    let mut req = sim
         .http
         .post(&job.rule.url)
         .header("x-sn-table", &job.rule.table)
-        .header("x-sn-business-rule", &job.rule.sys_id)
-        .json(&job.body)
-        .send()
-        .await;
+        .header("x-sn-business-rule", &job.rule.sys_id);
+    for (k, v) in &job.rule.headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let result = req.json(&job.body).send().await;
     let (status, error) = match result {
         Ok(r) => (Some(r.status().as_u16()), None),
         Err(e) => (None, Some(e.to_string())),
