@@ -1293,3 +1293,132 @@ async fn a_closed_servicenow_incident_sends_its_caller_a_qualtrics_survey() {
         json!("servicedesk@example.test")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servicenow_accounts_link_with_basic_and_client_credentials_and_refuse_bad_credentials() {
+    let inst = Install::new();
+    let (sn, creds) = servicenow().await;
+    let user = creds["integration_user"].as_str().unwrap();
+    let password = creds["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user_name"] == json!(user))
+        .unwrap()["password"]
+        .as_str()
+        .unwrap();
+    let pw = inst.path("pw");
+    std::fs::write(&pw, password).unwrap();
+    let wrong = inst.path("wrong");
+    std::fs::write(&wrong, "not-the-password").unwrap();
+    let basic = |name: &'static str, file: PathBuf| {
+        let url = sn.base_url.clone();
+        let user = user.to_string();
+        move || {
+            vec![
+                "account".to_string(),
+                "link".into(),
+                name.into(),
+                "--servicenow".into(),
+                "--instance-url".into(),
+                url,
+                "--basic-user".into(),
+                user,
+                "--password-file".into(),
+                file.to_str().unwrap().into(),
+            ]
+        }
+    };
+    let out = inst.ok(&argv(&basic("sn-basic", pw.clone())())).await;
+    assert!(
+        out.contains("linked servicenow account sn-basic for pat (basic"),
+        "{out}"
+    );
+    let (_, err) = inst.fails(&argv(&basic("sn-bad", wrong.clone())())).await;
+    assert!(
+        err.contains("ServiceNow refused the credentials of account sn-bad"),
+        "{err}"
+    );
+    assert!(!err.contains(password), "the password leaked: {err}");
+    // Nothing half-linked stays behind.
+    let listed = inst.ok(&["account", "list", "--as", "pat"]).await;
+    assert!(
+        listed.contains("sn-basic") && !listed.contains("sn-bad"),
+        "{listed}"
+    );
+    // No sign-in named: a usage error.
+    let (code, err) = inst
+        .fails(&[
+            "account",
+            "link",
+            "sn-x",
+            "--servicenow",
+            "--instance-url",
+            &sn.base_url,
+        ])
+        .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--basic-user U, --oauth-password, or --client-credentials"),
+        "{err}"
+    );
+
+    // Client credentials, once the instance allows the grant.
+    let client = &creds["oauth_clients"][0];
+    let secret = inst.path("cs");
+    std::fs::write(&secret, client["client_secret"].as_str().unwrap()).unwrap();
+    let cc = [
+        "account",
+        "link",
+        "sn-cc",
+        "--servicenow",
+        "--instance-url",
+        &sn.base_url,
+        "--client-credentials",
+        "--client-id",
+        client["client_id"].as_str().unwrap(),
+        "--client-secret-file",
+        secret.to_str().unwrap(),
+        "--brand",
+    ];
+    let (_, err) = inst.fails(&cc).await;
+    assert!(
+        err.contains("refused the credentials of account sn-cc"),
+        "{err}"
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{}/_sim/properties", sn.base_url))
+        .json(&json!({"glide.oauth.inbound.client.credential.grant_type.enabled": "true"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let out = inst.ok(&cc).await;
+    assert!(
+        out.contains(
+            "linked servicenow account sn-cc for pat as a brand account (client-credentials"
+        ),
+        "{out}"
+    );
+    // Re-authorizing a Basic account checks the stored password again.
+    let out = inst
+        .ok(&["account", "link", "sn-basic", "--refresh", "--as", "pat"])
+        .await;
+    assert!(out.contains("re-authorized account sn-basic"), "{out}");
+    let (_, err) = inst
+        .fails(&[
+            "account",
+            "link",
+            "sn-basic",
+            "--refresh",
+            "--password-file",
+            wrong.to_str().unwrap(),
+            "--as",
+            "pat",
+        ])
+        .await;
+    assert!(
+        err.contains("refused the credentials of account sn-basic"),
+        "{err}"
+    );
+}
