@@ -1346,6 +1346,11 @@ async fn servicenow_accounts_link_with_basic_and_client_credentials_and_refuse_b
         listed.contains("sn-basic") && !listed.contains("sn-bad"),
         "{listed}"
     );
+    let row = listed.lines().find(|l| l.starts_with("sn-basic")).unwrap();
+    assert!(
+        row.contains("servicenow") && row.contains("basic") && row.contains("ok"),
+        "{row}"
+    );
     // No sign-in named: a usage error.
     let (code, err) = inst
         .fails(&[

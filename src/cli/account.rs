@@ -183,23 +183,35 @@ pub async fn run(args: AccountArgs) -> anyhow::Result<()> {
 }
 
 fn list(user: &str) -> anyhow::Result<()> {
-    let (_, store, accounts) = open_accounts()?;
+    let (vault, store, accounts) = open_accounts()?;
     let rows = accounts.visible_to(user)?;
     if rows.is_empty() {
         println!("user {user} has no linked accounts");
         return Ok(());
     }
     println!(
-        "{:<20} {:<11} {:<17} {:<8} {:<12} {:<8} GRANTED TO",
+        "{:<20} {:<11} {:<18} {:<8} {:<12} {:<8} GRANTED TO",
         "NAME", "SYSTEM", "KIND", "SCOPE", "OWNER", "TOKEN"
     );
     for (a, access) in rows {
         let grants = store.grants(&a.name)?;
+        // A ServiceNow account says how it signs in (basic, oauth-password, client-credentials).
+        let kind = vault
+            .get_connection(&a.name)
+            .ok()
+            .filter(|_| a.system == "servicenow")
+            .and_then(|r| {
+                r.settings
+                    .get("auth")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| a.kind.as_str().to_string());
         println!(
-            "{:<20} {:<11} {:<17} {:<8} {:<12} {:<8} {}",
+            "{:<20} {:<11} {:<18} {:<8} {:<12} {:<8} {}",
             a.name,
             a.system,
-            a.kind.as_str(),
+            kind,
             if a.brand { "brand" } else { "private" },
             match access {
                 Access::Owned => a.owner.clone(),
