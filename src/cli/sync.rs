@@ -230,10 +230,11 @@ impl ResponseObserver for WorkflowTrigger {
     }
 }
 
-/// The `sync-responses` workflows by survey, or `None` when there are none.
-fn sync_workflows(
+/// The trigger for the `sync-responses` workflows, or `None` when there are none.
+fn workflow_trigger(
     config: Option<PathBuf>,
-) -> anyhow::Result<Option<(BTreeMap<String, Vec<String>>, Outbox)>> {
+    on_first_load: bool,
+) -> anyhow::Result<Option<WorkflowTrigger>> {
     let home = xmbridge_vault::Home::from_env()?;
     let sources = Sources::standard(config, Some(home.root()));
     let registry = super::workflow::registry();
@@ -255,7 +256,8 @@ fn sync_workflows(
         return Ok(None);
     }
     let store = SqliteStore::open(home.state_db())?;
-    Ok(Some((by_survey, Outbox::new(Arc::new(store)))))
+    let outbox = Outbox::new(Arc::new(store));
+    Ok(Some(WorkflowTrigger::new(outbox, by_survey, on_first_load)))
 }
 
 /// Runs the engine with bars on a terminal, log lines otherwise.
@@ -288,13 +290,7 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     let trigger = if args.no_triggers {
         None
     } else {
-        sync_workflows(args.config.clone())?.map(|(by_survey, outbox)| {
-            Arc::new(WorkflowTrigger::new(
-                outbox,
-                by_survey,
-                args.trigger_on_first_load,
-            ))
-        })
+        workflow_trigger(args.config.clone(), args.trigger_on_first_load)?.map(Arc::new)
     };
     let opts = SyncOptions {
         tables: args.tables.clone(),
