@@ -230,6 +230,24 @@ async fn a_response_added_after_a_sync_becomes_one_event_and_is_delivered() {
     assert_eq!(counts["done"], 1, "{counts}");
     assert_eq!(counts["pending"], 0, "{counts}");
     assert_eq!(contacts_with_ext_ref(&h, &dir, &rid).await, 1);
+
+    // The response changes in Qualtrics (new lastModifiedDate): one more event, keyed on the
+    // new version (docs/workflows.md: new or changed responses trigger).
+    let r = reqwest::Client::new()
+        .put(format!("{}/responses/{rid}", h.api_url()))
+        .header("X-API-TOKEN", h.sim.cfg.admin_token())
+        .json(&json!({"surveyId": survey, "embeddedData": {"segment": "9"}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let out = inst.ok(&["sync", "q", "--destination", &dest]).await;
+    assert!(out.contains("workflow events: 1 new"), "{out}");
+    let counts = inst.counts().await;
+    assert_eq!(
+        (counts["done"].as_u64(), counts["pending"].as_u64()),
+        (Some(1), Some(1))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
