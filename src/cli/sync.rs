@@ -3,17 +3,34 @@
 //! Opens the stored connection and the destination, runs the sync engine with progress bars on
 //! a terminal (structured log lines otherwise) and prints the summary. The engine, the streams and
 //! the writers live in `xmbridge-sync` and `xmbridge-destinations`.
+//!
+//! Workflows triggered by `sync-responses` get one outbox event per new or changed response
+//! ([`WorkflowTrigger`], a [`ResponseObserver`]): the events are committed in the state store
+//! before each response commit of the destination, so a sync killed in between loses none (the
+//! next run re-exports those responses and the duplicates are dropped).
 
 use super::UsageError;
 use anyhow::{Context, anyhow};
 use clap::{Args, ValueEnum};
+use futures_util::future::BoxFuture;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use xmbridge_destinations::Compat;
 use xmbridge_qualtrics::Client;
-use xmbridge_sync::{LogProgress, Progress, SyncOptions, SyncSummary};
+use xmbridge_sync::{
+    ExportKind, LogProgress, Observer, Progress, ResponseObserver, SeenBatch, SyncOptions,
+    SyncSummary,
+};
+use xmbridge_workflows::catalog::{self, Sources};
+use xmbridge_workflows::definition::Trigger;
+use xmbridge_workflows::event::sync_response_event;
+use xmbridge_workflows::outbox::Outbox;
+use xmbridge_workflows::store::{Enqueued, NewEvent, SqliteStore};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -22,9 +39,13 @@ use xmbridge_sync::{LogProgress, Progress, SyncOptions, SyncSummary};
   xmbridge sync acme --destination sqlite:./q.db --tables survey_response,question_response
   xmbridge sync acme --destination sqlite:./q.db --compat fivetran   # dbt_qualtrics runs unchanged
   xmbridge sync acme --destination sqlite:./q.db --reconcile         # drop responses deleted upstream
+  xmbridge sync acme --destination sqlite:./q.db --config xmbridge.toml  # + sync-responses workflows
 
 Runs are incremental: each table's cursor is committed with its rows, so a killed sync resumes
-where it stopped. On SQLite the schema is a table prefix (qualtrics_survey, …).")]
+where it stopped. On SQLite the schema is a table prefix (qualtrics_survey, …).
+Workflows with `trigger.type = \"sync-responses\"` get one event per response that is new or
+changed since the last run (not for a survey's first load unless --trigger-on-first-load);
+`xmbridge workflow run` delivers them.")]
 pub struct SyncArgs {
     /// The connection to read (see `xmbridge connection list`).
     pub connection: String,
@@ -59,6 +80,18 @@ pub struct SyncArgs {
     /// Reconcile a survey automatically when its last reconcile is older than this many days.
     #[arg(long, default_value_t = 7)]
     pub reconcile_every_days: u64,
+    /// The workflow file (`xmbridge.toml`) whose `sync-responses` workflows get events (default:
+    /// ./xmbridge.toml when it exists, plus ./workflows/ and $XMBRIDGE_HOME/workflows/).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Also trigger workflows for every response of a survey's first load and of a full
+    /// re-export (--full, or an expired continuation token); by default only responses new or
+    /// changed since the previous run do.
+    #[arg(long)]
+    pub trigger_on_first_load: bool,
+    /// Do not look at workflows at all (no events are enqueued).
+    #[arg(long, conflicts_with = "trigger_on_first_load")]
+    pub no_triggers: bool,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -131,6 +164,102 @@ impl Progress for Bars {
     }
 }
 
+/// Enqueues one outbox event per (sync-responses workflow of the survey, response seen).
+pub struct WorkflowTrigger {
+    outbox: Outbox,
+    /// Workflow names by survey id.
+    by_survey: BTreeMap<String, Vec<String>>,
+    on_first_load: bool,
+    new_events: AtomicU64,
+    duplicates: AtomicU64,
+    not_triggered: AtomicU64,
+}
+
+impl WorkflowTrigger {
+    pub fn new(
+        outbox: Outbox,
+        by_survey: BTreeMap<String, Vec<String>>,
+        on_first_load: bool,
+    ) -> WorkflowTrigger {
+        WorkflowTrigger {
+            outbox,
+            by_survey,
+            on_first_load,
+            new_events: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            not_triggered: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ResponseObserver for WorkflowTrigger {
+    fn responses_seen<'a>(&'a self, batch: SeenBatch<'a>) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let Some(workflows) = self.by_survey.get(batch.survey_id) else {
+                return Ok(());
+            };
+            if batch.kind != ExportKind::Incremental && !self.on_first_load {
+                // A first load or full re-export holds the survey's history, not news.
+                self.not_triggered
+                    .fetch_add(batch.responses.len() as u64, Ordering::Relaxed);
+                return Ok(());
+            }
+            let events: Vec<NewEvent> = workflows
+                .iter()
+                .flat_map(|w| {
+                    batch.responses.iter().map(move |r| {
+                        sync_response_event(w, batch.survey_id, &r.response_id, &r.last_modified)
+                    })
+                })
+                .collect();
+            let outbox = self.outbox.clone();
+            // SQLite commits block: keep them off the async workers.
+            let stored = tokio::task::spawn_blocking(move || outbox.enqueue_batch(&events))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            let new = stored
+                .iter()
+                .filter(|e| matches!(e, Enqueued::New(_)))
+                .count() as u64;
+            self.new_events.fetch_add(new, Ordering::Relaxed);
+            self.duplicates
+                .fetch_add(stored.len() as u64 - new, Ordering::Relaxed);
+            Ok(())
+        })
+    }
+}
+
+/// The trigger for the `sync-responses` workflows, or `None` when there are none.
+fn workflow_trigger(
+    config: Option<PathBuf>,
+    on_first_load: bool,
+) -> anyhow::Result<Option<WorkflowTrigger>> {
+    let home = xmbridge_vault::Home::from_env()?;
+    let sources = Sources::standard(config, Some(home.root()));
+    let registry = super::workflow::registry();
+    let cat = catalog::load(&sources, &registry).map_err(|e| {
+        anyhow!(UsageError(format!(
+            "{e} (fix the workflow definitions, or pass --no-triggers to sync without them)"
+        )))
+    })?;
+    let mut by_survey: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for entry in cat.entries {
+        if let Trigger::SyncResponses { survey_id } = &entry.workflow.trigger {
+            by_survey
+                .entry(survey_id.clone())
+                .or_default()
+                .push(entry.workflow.name.clone());
+        }
+    }
+    if by_survey.is_empty() {
+        return Ok(None);
+    }
+    let store = SqliteStore::open(home.state_db())?;
+    let outbox = Outbox::new(Arc::new(store));
+    Ok(Some(WorkflowTrigger::new(outbox, by_survey, on_first_load)))
+}
+
 /// Runs the engine with bars on a terminal, log lines otherwise.
 pub async fn run_sync(
     client: &Client,
@@ -158,6 +287,11 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     let mut dest = xmbridge_destinations::open(&args.destination, &args.schema, compat)
         .await
         .with_context(|| "cannot open the destination".to_string())?;
+    let trigger = if args.no_triggers {
+        None
+    } else {
+        workflow_trigger(args.config.clone(), args.trigger_on_first_load)?.map(Arc::new)
+    };
     let opts = SyncOptions {
         tables: args.tables.clone(),
         full: args.full,
@@ -167,6 +301,9 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
         commit_every: args.commit_every,
         commit_rows: args.commit_rows,
         reconcile_every: std::time::Duration::from_secs(args.reconcile_every_days * 86_400),
+        observer: trigger
+            .clone()
+            .map(|t| Observer(t as Arc<dyn ResponseObserver>)),
         ..SyncOptions::default()
     };
     println!(
@@ -177,5 +314,13 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     let summary = run_sync(&connected.client, dest.as_mut(), &opts).await?;
     print!("{summary}");
     println!();
+    if let Some(t) = trigger {
+        println!(
+            "workflow events: {} new, {} already in the outbox, {} responses of first loads not triggered",
+            t.new_events.load(Ordering::Relaxed),
+            t.duplicates.load(Ordering::Relaxed),
+            t.not_triggered.load(Ordering::Relaxed)
+        );
+    }
     Ok(())
 }

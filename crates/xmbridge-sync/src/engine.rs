@@ -43,6 +43,8 @@ pub struct SyncOptions {
     /// Reconcile a survey automatically when its last reconcile (kept in its
     /// `responses:{survey}` cursor) is at least this old. Default 7 days.
     pub reconcile_every: Duration,
+    /// Told about each response commit before it is applied (workflow triggers); `None` = nobody.
+    pub observer: Option<crate::observer::Observer>,
 }
 
 impl Default for SyncOptions {
@@ -57,6 +59,7 @@ impl Default for SyncOptions {
             synced_at_ms: None,
             reconcile: false,
             reconcile_every: Duration::from_secs(7 * 24 * 3600),
+            observer: None,
         }
     }
 }

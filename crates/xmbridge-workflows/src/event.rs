@@ -102,6 +102,21 @@ pub fn response_event(workflow: &str, survey_id: &str, response_id: &str) -> New
     }
 }
 
+/// A response written by `xmbridge sync`: the same payload a webhook gives the worker (which
+/// fetches and enriches the response), deduplicated on response id + `lastModifiedDate`, so a
+/// re-run of the same export adds nothing while a response changed in Qualtrics is a new event.
+pub fn sync_response_event(
+    workflow: &str,
+    survey_id: &str,
+    response_id: &str,
+    last_modified: &str,
+) -> NewEvent {
+    NewEvent {
+        dedupe_key: format!("{response_id}@{last_modified}"),
+        ..response_event(workflow, survey_id, response_id)
+    }
+}
+
 /// The parts of an outbound message the receiver needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboundMessage {
@@ -514,6 +529,21 @@ mod tests {
         for bad in ["", "<a>", "<notifications></notifications>", "not xml <"] {
             assert!(salesforce_outbound("wf", bad, None).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn sync_events_dedupe_on_response_and_version() {
+        let a = sync_response_event("wf", "SV_1", "R_1", "2026-11-30T08:00:00Z");
+        assert_eq!(a.dedupe_key, "R_1@2026-11-30T08:00:00Z");
+        assert_eq!(a.source, EventSource::Sync);
+        assert_eq!(a.payload[QUALTRICS_MSG]["ResponseID"], "R_1");
+        assert_eq!(a.payload[QUALTRICS_MSG]["SurveyID"], "SV_1");
+        let b = sync_response_event("wf", "SV_1", "R_1", "2026-11-30T09:00:00Z");
+        assert_ne!(a.id(), b.id());
+        assert_eq!(
+            a.id(),
+            sync_response_event("wf", "SV_1", "R_1", "2026-11-30T08:00:00Z").id()
+        );
     }
 
     #[test]

@@ -51,6 +51,19 @@ impl Outbox {
         Ok(r)
     }
 
+    /// Commits a batch of events in one transaction (a sync's commit of responses): all are
+    /// stored, duplicates dropped, before this returns; on an error none are.
+    pub fn enqueue_batch(&self, events: &[NewEvent]) -> Result<Vec<Enqueued>, StoreError> {
+        let r = self.store.enqueue_batch(events, now_ms())?;
+        let new = r.iter().filter(|e| matches!(e, Enqueued::New(_))).count();
+        if new > 0 {
+            tracing::info!(new, duplicates = r.len() - new, "events stored");
+            self.wake.notify_waiters();
+            self.wake.notify_one();
+        }
+        Ok(r)
+    }
+
     /// Commits several events (one Salesforce outbound message); all are stored before this
     /// returns, or the first error is returned (the sender then retries the whole message and
     /// the ones already stored are dropped as duplicates).

@@ -274,6 +274,8 @@ pub struct WorkflowStatus {
 pub trait Store: Send + Sync + 'static {
     /// Commits the event (or finds its duplicate) before returning.
     fn enqueue(&self, event: &NewEvent, now_ms: i64) -> Result<Enqueued, StoreError>;
+    /// Commits several events (duplicates dropped) in one transaction: all or none are stored.
+    fn enqueue_batch(&self, events: &[NewEvent], now_ms: i64) -> Result<Vec<Enqueued>, StoreError>;
     /// Leases up to `limit` due events of workflows that are not paused: pending ones whose time
     /// has come and running ones whose lease ran out (their worker died).
     fn lease_due(
@@ -629,19 +631,14 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn ensure_state_row(conn: &Connection, workflow: &str) -> rusqlite::Result<()> {
-        conn.execute(
-            "INSERT OR IGNORE INTO wf_workflow_state (workflow) VALUES (?1)",
-            [workflow],
-        )
-        .map(|_| ())
-    }
-}
-
-impl Store for SqliteStore {
-    fn enqueue(&self, event: &NewEvent, now_ms: i64) -> Result<Enqueued, StoreError> {
+    /// Inserts one event unless its dedupe key is taken (no transaction of its own).
+    fn insert_event(
+        &self,
+        conn: &Connection,
+        event: &NewEvent,
+        now_ms: i64,
+    ) -> Result<Enqueued, StoreError> {
         let id = event.id();
-        let conn = self.conn.lock();
         let n = conn
             .execute(
                 "INSERT INTO wf_events (id, workflow, source, dedupe_key, payload, state, attempts,
@@ -670,6 +667,35 @@ impl Store for SqliteStore {
             .optional()
             .map_err(|e| self.db(e))?;
         Ok(Enqueued::Duplicate(existing.unwrap_or(id)))
+    }
+
+    fn ensure_state_row(conn: &Connection, workflow: &str) -> rusqlite::Result<()> {
+        conn.execute(
+            "INSERT OR IGNORE INTO wf_workflow_state (workflow) VALUES (?1)",
+            [workflow],
+        )
+        .map(|_| ())
+    }
+}
+
+impl Store for SqliteStore {
+    fn enqueue_batch(&self, events: &[NewEvent], now_ms: i64) -> Result<Vec<Enqueued>, StoreError> {
+        let mut conn = self.conn.lock();
+        // One transaction: one fsync for a sync's whole commit of responses, not one per event.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.db(e))?;
+        let out = events
+            .iter()
+            .map(|e| self.insert_event(&tx, e, now_ms))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit().map_err(|e| self.db(e))?;
+        Ok(out)
+    }
+
+    fn enqueue(&self, event: &NewEvent, now_ms: i64) -> Result<Enqueued, StoreError> {
+        let conn = self.conn.lock();
+        self.insert_event(&conn, event, now_ms)
     }
 
     fn lease_due(
@@ -1278,6 +1304,19 @@ mod tests {
         assert_eq!(b, Enqueued::Duplicate(a.id().to_string()));
         assert_eq!(a.id(), event_id("wf", "R_1"));
         assert_ne!(event_id("wf", "R_1"), event_id("wf2", "R_1"));
+    }
+
+    #[test]
+    fn batches_store_new_events_and_drop_duplicates_in_one_go() {
+        let (_d, s) = store();
+        s.enqueue(&ev("R_1"), 1).unwrap();
+        let r = s
+            .enqueue_batch(&[ev("R_1"), ev("R_2"), ev("R_2")], 2)
+            .unwrap();
+        assert!(matches!(r[0], Enqueued::Duplicate(_)));
+        assert!(matches!(r[1], Enqueued::New(_)));
+        assert!(matches!(r[2], Enqueued::Duplicate(_)));
+        assert_eq!(s.status("wf").unwrap().counts[&EventState::Pending], 2);
     }
 
     #[test]

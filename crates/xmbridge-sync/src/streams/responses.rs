@@ -25,6 +25,7 @@
 use super::surveys::{QDef, SurveyDef, definition};
 use crate::convert::as_text;
 use crate::engine::{Batches, Ctx, Specs, SyncError};
+use crate::observer::{ExportKind, SeenBatch, SeenResponse};
 use serde_json::{Map, Value as Json, json};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -259,6 +260,17 @@ fn cells(q: Option<&QDef>, rest: &str, value: &Json, label: Option<&Json>) -> Ve
     }
 }
 
+/// A response's version for observers: `lastModifiedDate` (the export asks for it), else
+/// `recordedDate`.
+fn last_modified(resp: &Json) -> String {
+    let values = resp.get("values");
+    ["lastModifiedDate", "recordedDate"]
+        .iter()
+        .find_map(|k| values.and_then(|v| v.get(*k)).and_then(Json::as_str))
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn opt(s: Option<String>) -> Value {
     s.map(Value::Text).unwrap_or(Value::Null)
 }
@@ -371,6 +383,9 @@ enum Msg {
         survey: String,
         commit: Commit,
         responses: u64,
+        /// The commit's responses, for the observer (empty when there is none).
+        seen: Vec<SeenResponse>,
+        kind: ExportKind,
     },
     Done {
         survey: String,
@@ -392,6 +407,8 @@ struct Job {
     loaded: bool,
     def: Option<Arc<SurveyDef>>,
     last_reconciled: Option<i64>,
+    /// Collect the responses of each commit for the observer.
+    observe: bool,
 }
 
 pub(crate) fn cursor_stream(survey: &str) -> String {
@@ -408,11 +425,12 @@ pub(crate) fn cursor_value(
     json!({"continuationToken": token, "complete": complete, "lastReconciled": last_reconciled})
 }
 
+/// The export file, and whether a refused token made it a full export.
 async fn export(
     client: &Client,
     survey: &str,
     token: Option<String>,
-) -> Result<xmbridge_qualtrics::ExportFile, xmbridge_qualtrics::Error> {
+) -> Result<(xmbridge_qualtrics::ExportFile, bool), xmbridge_qualtrics::Error> {
     let mut extra = Map::new();
     // Adds values.lastModifiedDate (survey_response.last_modified_date); filters nothing here.
     extra.insert("sortByLastModifiedDate".into(), json!(true));
@@ -426,9 +444,9 @@ async fn export(
     match client.export_responses(survey, &opts(token)).await {
         Err(e) if had_token && e.status() == Some(400) => {
             tracing::warn!(survey, error = %e, "continuation token refused; exporting every response again");
-            client.export_responses(survey, &opts(None)).await
+            Ok((client.export_responses(survey, &opts(None)).await?, true))
         }
-        other => other,
+        other => other.map(|f| (f, false)),
     }
 }
 
@@ -453,8 +471,16 @@ async fn worker(
             }
         },
     };
-    let file = match export(&client, &survey, job.token.clone()).await {
-        Ok(f) => f,
+    let kind = if !job.loaded {
+        ExportKind::FirstLoad
+    } else if job.token.is_none() {
+        ExportKind::FullReload
+    } else {
+        ExportKind::Incremental
+    };
+    let (file, kind) = match export(&client, &survey, job.token.clone()).await {
+        Ok((f, false)) => (f, kind),
+        Ok((f, true)) => (f, ExportKind::FullReload),
         Err(e) => {
             let _ = tx
                 .send(fail(SyncError::api("survey_response", Some(&survey), e)))
@@ -474,6 +500,7 @@ async fn worker(
     let old_token = job.token;
     let loaded = job.loaded;
     let last_reconciled = job.last_reconciled;
+    let observe = job.observe;
     let tx2 = tx.clone();
     let sv = survey.clone();
     let parsed = tokio::task::spawn_blocking(move || {
@@ -481,6 +508,7 @@ async fn worker(
         let partial = cursor_value(old_token.as_deref(), false, last_reconciled);
         let mut b = Batches::default();
         let mut ids: Vec<Value> = Vec::new();
+        let mut seen: Vec<SeenResponse> = Vec::new();
         let mut n = 0u64;
         let mut gone = false;
         let take =
@@ -504,6 +532,12 @@ async fn worker(
                 return;
             }
             if let Some(rid) = flatten(&specs, &def, &sv, &resp, &mut b) {
+                if observe {
+                    seen.push(SeenResponse {
+                        last_modified: last_modified(&resp),
+                        response_id: rid.clone(),
+                    });
+                }
                 ids.push(Value::Text(rid));
                 n += 1;
             }
@@ -518,6 +552,8 @@ async fn worker(
                         survey: sv.clone(),
                         commit,
                         responses: n,
+                        seen: std::mem::take(&mut seen),
+                        kind,
                     })
                     .is_err();
                 n = 0;
@@ -540,6 +576,8 @@ async fn worker(
             survey: sv.clone(),
             commit,
             responses: n,
+            seen,
+            kind,
         });
         Ok::<(), xmbridge_qualtrics::Error>(())
     })
@@ -577,6 +615,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
                 None => Some(ctx.synced_at_ms),
                 Some(c) => c.get("lastReconciled").and_then(Json::as_i64),
             },
+            observe: ctx.opts.observer.is_some(),
         });
     }
     ctx.progress
@@ -616,7 +655,28 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
                 survey,
                 commit,
                 responses,
+                seen,
+                kind,
             } => {
+                // Before the commit: a sync killed in between re-exports these responses (the
+                // token has not moved) and tells the observer again; it never misses them.
+                if let Some(obs) = &ctx.opts.observer
+                    && !seen.is_empty()
+                {
+                    let batch = SeenBatch {
+                        survey_id: &survey,
+                        kind,
+                        responses: &seen,
+                    };
+                    if let Err(message) = obs.0.responses_seen(batch).await {
+                        abort(&handles);
+                        return Err(SyncError::Stream {
+                            table: "survey_response".into(),
+                            survey: Some(survey),
+                            message: format!("the response observer failed: {message}"),
+                        });
+                    }
+                }
                 if let Err(e) = ctx.commit(commit, "survey_response", Some(&survey)).await {
                     abort(&handles);
                     return Err(e);

@@ -1,0 +1,55 @@
+//! The hook through which callers learn which responses a sync wrote, without the engine knowing
+//! what they do with them (the CLI turns them into workflow events).
+//!
+//! The engine calls [`ResponseObserver::responses_seen`] once per response commit, with that
+//! commit's responses only (at most `commit_every`, so memory stays bounded on any survey size),
+//! and **before** the commit is applied: if the observer fails, the commit is not made and the
+//! sync fails, so the next run exports the same responses again and calls the observer again.
+//! Observers must therefore be idempotent (the workflow outbox drops duplicates by dedupe key).
+
+use futures_util::future::BoxFuture;
+use std::fmt;
+use std::sync::Arc;
+
+/// Why a survey's responses are in the export.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportKind {
+    /// Since the survey's stored continuation token: responses new or changed since the last run.
+    Incremental,
+    /// The survey had no cursor: its first load (every response it ever had).
+    FirstLoad,
+    /// A full re-export of a survey loaded before (`--full`, or a refused continuation token):
+    /// mostly responses already seen.
+    FullReload,
+}
+
+/// One response in a commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenResponse {
+    pub response_id: String,
+    /// `values.lastModifiedDate` of the export (ISO 8601), else `recordedDate`, else empty.
+    pub last_modified: String,
+}
+
+/// The responses of one commit of one survey.
+#[derive(Clone, Debug)]
+pub struct SeenBatch<'a> {
+    pub survey_id: &'a str,
+    pub kind: ExportKind,
+    pub responses: &'a [SeenResponse],
+}
+
+/// Told about every response commit before it is applied; an error stops the sync.
+pub trait ResponseObserver: Send + Sync {
+    fn responses_seen<'a>(&'a self, batch: SeenBatch<'a>) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// A [`ResponseObserver`] in [`crate::SyncOptions`] (cloneable, printable).
+#[derive(Clone)]
+pub struct Observer(pub Arc<dyn ResponseObserver>);
+
+impl fmt::Debug for Observer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Observer(..)")
+    }
+}
