@@ -459,3 +459,162 @@ async fn a_salesforce_outbound_message_on_a_case_sends_the_contact_a_survey_once
     let dists = ours(q_get(&q, &format!("distributions?surveyId={survey}")).await);
     assert_eq!(dists.len(), 1, "no second distribution: {dists:?}");
 }
+
+// ---- 2. delivery to Salesforce under faults ------------------------------------------------------
+
+fn upsert_workflow() -> &'static str {
+    r#"[[workflow]]
+name = "to-sf"
+owner = "pat"
+
+[workflow.trigger]
+type = "servicenow"
+table = "u_survey_response"
+
+[[workflow.step]]
+name = "upsert"
+action = "salesforce.upsert"
+account = "sf-prod"
+[workflow.step.mapping]
+object = "Survey_Response__c"
+external_id_field = "Response_Id__c"
+external_id = "record.sys_id"
+[workflow.step.mapping.fields]
+Survey_Id__c = "record.survey"
+"#
+}
+
+/// Response_Id__c → number of live Survey_Response__c records.
+async fn responses_by_id(sf: &Sf) -> std::collections::HashMap<String, u32> {
+    let mut out = std::collections::HashMap::new();
+    for r in sf.records("Survey_Response__c").await {
+        if r["IsDeleted"] == json!(true) {
+            continue;
+        }
+        if let Some(id) = r["Response_Id__c"].as_str() {
+            *out.entry(id.to_string()).or_default() += 1;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upserts_survive_5xx_storms_throttling_and_the_daily_limit_and_a_rule_violation_is_replayed()
+ {
+    const EVENTS: usize = 50;
+    let inst = Install::new();
+    let sf = salesforce().await;
+    link_server_to_server(&inst, &sf, "sf-prod").await;
+    inst.write_workflow("to-sf.toml", upsert_workflow());
+    sf.admin(
+        reqwest::Method::POST,
+        "/_sim/validation-rules",
+        json!({"object": "Survey_Response__c", "name": "retired_survey", "field": "Survey_Id__c",
+               "condition": "equals", "value": "SV_retired",
+               "message": "Survey SV_retired is retired; map responses of its successor"}),
+    )
+    .await;
+    {
+        // What the receiver stores for each ServiceNow call (tested in xmbridge-server).
+        let store = inst.store();
+        for n in 0..=EVENTS {
+            let (sys_id, survey) = if n == EVENTS {
+                ("R_retired".to_string(), "SV_retired")
+            } else {
+                (format!("R_{n:04}"), "SV_current")
+            };
+            let e = NewEvent {
+                workflow: "to-sf".into(),
+                source: EventSource::ServiceNow,
+                dedupe_key: format!("{sys_id}@1"),
+                payload: json!({"table": "u_survey_response",
+                                "record": {"sys_id": sys_id, "survey": survey}}),
+            };
+            store.enqueue(&e, 0).unwrap();
+        }
+    }
+    // The storm: 15 calls answered 503, then 4 throttled (429, Retry-After 1 s), then 4 over the
+    // daily limit (403 REQUEST_LIMIT_EXCEEDED).
+    sf.admin(
+        reqwest::Method::POST,
+        "/_sim/faults",
+        json!({"server_error_storm": 15, "throttle_429": 4, "retry_after_secs": 1,
+               "limit_exceeded": 4}),
+    )
+    .await;
+    let (_runner, _url) = start_runner(&inst, &["--retry-base-ms", "20", "--retry-cap-ms", "500"]);
+    let st = wait_status(&inst, "to-sf", |s| {
+        count(s, EventState::Done) + count(s, EventState::Dead) > EVENTS as u64
+    })
+    .await;
+    assert_eq!(count(&st, EventState::Done), EVENTS as u64, "{st:?}");
+    assert_eq!(count(&st, EventState::Dead), 1, "{st:?}");
+    let faults = sf
+        .admin(reqwest::Method::GET, "/_sim/faults", Value::Null)
+        .await;
+    eprintln!("faults left: {faults}; status: {st:?}");
+    // Every fault was spent on our calls, and each cost an attempt that was retried.
+    assert!(
+        st.failed_attempts >= 15 + 4 + 4,
+        "failed attempts {} (faults left {faults})",
+        st.failed_attempts
+    );
+    assert!(st.retried_events >= 2, "{st:?}");
+
+    // Only the rule violation is dead, with Salesforce's message, after one attempt.
+    let dead = &st.dead[0];
+    assert_eq!(dead.dedupe_key, "R_retired@1");
+    let err = dead.last_error.as_deref().unwrap_or_default();
+    assert!(
+        err.contains("FIELD_CUSTOM_VALIDATION_EXCEPTION") || err.contains("is retired"),
+        "{err}"
+    );
+    assert!(err.contains("Survey SV_retired is retired"), "{err}");
+    assert_eq!(dead.attempts, 1, "a permanent error is not retried");
+    let status = inst.ok(&["workflow", "status", "to-sf"]).await;
+    assert!(
+        status.contains(&format!(
+            "retries  {} failed attempt(s) on {} event(s)",
+            st.failed_attempts, st.retried_events
+        )),
+        "{status}"
+    );
+    assert!(status.contains("Survey SV_retired is retired"), "{status}");
+    let js = inst.json(&["workflow", "status", "to-sf", "--json"]).await;
+    assert_eq!(js["retries"]["failed_attempts"], json!(st.failed_attempts));
+    assert_eq!(js["counts"]["dead"], 1);
+
+    let seen = responses_by_id(&sf).await;
+    assert_eq!(
+        seen.len(),
+        EVENTS,
+        "every transient failure delivered in the end"
+    );
+    let dupes: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dupes.is_empty(), "duplicated: {dupes:?}");
+    assert!(!seen.contains_key("R_retired"));
+
+    // The admin removes the rule; the replay delivers the parked event once.
+    sf.admin(
+        reqwest::Method::DELETE,
+        "/_sim/validation-rules",
+        Value::Null,
+    )
+    .await;
+    let out = inst
+        .ok(&["workflow", "replay", "to-sf", "--event", &dead.id])
+        .await;
+    assert!(out.contains("1 dead event(s)"), "{out}");
+    // A --once pass delivers it even if the running runner sleeps until its next due time.
+    let out = inst.ok(&["workflow", "run", "--once"]).await;
+    eprintln!("{out}");
+    let st = wait_status(&inst, "to-sf", |s| {
+        count(s, EventState::Done) == EVENTS as u64 + 1
+    })
+    .await;
+    assert_eq!(count(&st, EventState::Done), EVENTS as u64 + 1, "{st:?}");
+    assert_eq!(count(&st, EventState::Dead), 0, "{st:?}");
+    let seen = responses_by_id(&sf).await;
+    assert_eq!(seen.get("R_retired"), Some(&1));
+    assert_eq!(seen.len(), EVENTS + 1);
+}
