@@ -618,3 +618,68 @@ async fn upserts_survive_5xx_storms_throttling_and_the_daily_limit_and_a_rule_vi
     assert_eq!(seen.get("R_retired"), Some(&1));
     assert_eq!(seen.len(), EVENTS + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_api_limit_holds_events_without_dead_letters_until_the_window_resets() {
+    const EVENTS: usize = 12;
+    let inst = Install::new();
+    let sf = salesforce().await;
+    link_server_to_server(&inst, &sf, "sf-prod").await;
+    inst.write_workflow("to-sf.toml", upsert_workflow());
+    {
+        let store = inst.store();
+        for n in 0..EVENTS {
+            let e = NewEvent {
+                workflow: "to-sf".into(),
+                source: EventSource::ServiceNow,
+                dedupe_key: format!("L_{n:04}@1"),
+                payload: json!({"table": "u_survey_response",
+                                "record": {"sys_id": format!("L_{n:04}"), "survey": "SV_current"}}),
+            };
+            store.enqueue(&e, 0).unwrap();
+        }
+    }
+    // The org has 4 calls left today.
+    let limits = sf
+        .admin(reqwest::Method::GET, "/_sim/limits", Value::Null)
+        .await;
+    let used = limits["used"].as_u64().unwrap();
+    sf.admin(
+        reqwest::Method::POST,
+        "/_sim/limits",
+        json!({"max": used + 4}),
+    )
+    .await;
+    let (_runner, _url) = start_runner(&inst, &["--retry-base-ms", "10", "--retry-cap-ms", "100"]);
+    // Wait until the held events have been refused more often than max_attempts (8) allows
+    // for failures: a daily limit is not the event's failure, so none may be dead.
+    let st = wait_status(&inst, "to-sf", |s| {
+        count(s, EventState::Dead) > 0 || s.failed_attempts >= 8 * 8
+    })
+    .await;
+    assert_eq!(count(&st, EventState::Dead), 0, "{st:?}");
+    assert!(count(&st, EventState::Done) < EVENTS as u64, "{st:?}");
+    assert!(st.failed_attempts >= 8 * 8, "{st:?}");
+    // 24 hours later the window starts again with the org's usual allowance: everything is
+    // delivered, once.
+    sf.admin(
+        reqwest::Method::POST,
+        "/_sim/limits",
+        json!({"max": limits["max"]}),
+    )
+    .await;
+    sf.admin(
+        reqwest::Method::POST,
+        "/_sim/clock/advance",
+        json!({"secs": 86_400}),
+    )
+    .await;
+    let st = wait_status(&inst, "to-sf", |s| {
+        count(s, EventState::Done) == EVENTS as u64 || count(s, EventState::Dead) > 0
+    })
+    .await;
+    assert_eq!(count(&st, EventState::Done), EVENTS as u64, "{st:?}");
+    let seen = responses_by_id(&sf).await;
+    assert_eq!(seen.len(), EVENTS);
+    assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+}

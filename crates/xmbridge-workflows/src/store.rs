@@ -271,7 +271,7 @@ pub struct WorkflowStatus {
     /// Failed attempts charged to the workflow's events (retried, or leading to a dead letter);
     /// a replay resets an event's count.
     pub failed_attempts: u64,
-    /// Events that needed at least one retry.
+    /// Events with at least one failed attempt (retried, or dead).
     pub retried_events: u64,
 }
 
