@@ -161,11 +161,7 @@ impl Sf {
             .unwrap_or_default()
     }
     fn org_id(&self) -> String {
-        self.creds["org_id"]
-            .as_str()
-            .or_else(|| self.creds["organization_id"].as_str())
-            .unwrap_or_default()
-            .to_string()
+        self.creds["org_id"].as_str().unwrap().to_string()
     }
 }
 
