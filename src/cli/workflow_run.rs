@@ -262,6 +262,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
             "paused": ws.paused, "reason": ws.reason, "fix": ws.fix,
             "binding_valid": ws.binding_valid, "creator": ws.creator, "last_editor": ws.last_editor,
             "counts": counts, "dead": dead,
+            "retries": {"failed_attempts": st.failed_attempts, "events": st.retried_events},
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -288,6 +289,10 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     for (state, n) in &counts {
         println!("  {state:<8} {n}");
     }
+    println!(
+        "  retries  {} failed attempt(s) on {} event(s)",
+        st.failed_attempts, st.retried_events
+    );
     for d in &st.dead {
         println!(
             "  dead {} (key {}, step {}, {} attempts): {}",

@@ -268,6 +268,11 @@ pub struct AccountRow {
 pub struct WorkflowStatus {
     pub counts: BTreeMap<EventState, u64>,
     pub dead: Vec<EventRow>,
+    /// Failed attempts charged to the workflow's events (retried, or leading to a dead letter);
+    /// a replay resets an event's count.
+    pub failed_attempts: u64,
+    /// Events with at least one failed attempt (retried, or dead).
+    pub retried_events: u64,
 }
 
 /// The operations the outbox, workers, receiver and account rules need from a state store.
@@ -965,12 +970,19 @@ impl Store for SqliteStore {
             let conn = self.conn.lock();
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT state, COUNT(*) FROM wf_events WHERE workflow = ?1 GROUP BY state",
+                    "SELECT state, COUNT(*), COALESCE(SUM(attempts), 0),
+                            COALESCE(SUM(attempts > 0), 0)
+                     FROM wf_events WHERE workflow = ?1 GROUP BY state",
                 )
                 .map_err(|e| self.db(e))?;
             let counts = stmt
                 .query_map([workflow], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
                 })
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| self.db(e))?;
@@ -987,10 +999,12 @@ impl Store for SqliteStore {
             (counts, dead)
         };
         let mut status = WorkflowStatus::default();
-        for (state, n) in counts {
+        for (state, n, attempts, retried) in counts {
             if let Some(s) = EventState::parse(&state) {
                 status.counts.insert(s, n as u64);
             }
+            status.failed_attempts += attempts.max(0) as u64;
+            status.retried_events += retried.max(0) as u64;
         }
         for raw in dead {
             status.dead.push(self.event(raw)?);

@@ -468,7 +468,10 @@ impl Engine {
         match e.disposition() {
             Disposition::Retry { after } => {
                 let attempts = ev.attempts + 1;
-                if attempts >= plan.max_attempts() {
+                // A rate or daily API limit says "later", not "this event is bad": it is
+                // retried with the growing delay (up to the cap) but never parks the event.
+                let limited = matches!(e, ActionError::RateLimited { .. });
+                if attempts >= plan.max_attempts() && !limited {
                     let msg = format!("{err} (gave up after {attempts} attempts)");
                     self.store
                         .dead(&ev.id, owner, attempts, &msg, step, now_ms())?;

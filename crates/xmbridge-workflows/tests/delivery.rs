@@ -330,6 +330,27 @@ async fn n_failures_park_the_event_in_the_dead_letter_and_replay_delivers_once()
 }
 
 #[tokio::test]
+async fn rate_limits_beyond_max_attempts_never_park_the_event_and_status_counts_them() {
+    let s = setup(&["a"], 3);
+    let id = s.outbox.enqueue(&event(1)).unwrap().id().to_string();
+    // Twice max_attempts refusals for the daily limit (no Retry-After), then it lifts.
+    for _ in 0..6 {
+        s.target.fail_next(ActionError::RateLimited {
+            action: "test.write".into(),
+            system: System::Salesforce,
+            retry_after: None,
+        });
+    }
+    let summary = drain(&s).await;
+    assert_eq!((summary.retried, summary.dead), (6, 0));
+    let e = s.store.get_event(&id).unwrap();
+    assert_eq!((e.state, e.attempts), (EventState::Done, 6));
+    assert_eq!(s.target.count(), 1);
+    let st = s.store.status("wf").unwrap();
+    assert_eq!((st.failed_attempts, st.retried_events), (6, 1));
+}
+
+#[tokio::test]
 async fn a_permanent_error_is_dead_at_once() {
     let s = setup(&["a"], 8);
     s.outbox.enqueue(&event(1)).unwrap();

@@ -457,6 +457,26 @@ fn loopback_url(s: &str) -> bool {
     })
 }
 
+/// A read-only field Salesforce computes from a related record: `Case.ContactEmail` is the
+/// email of the case's contact.
+fn derived_field(
+    st: &super::State,
+    object: &str,
+    field: &str,
+    rec: &super::sobjects::Record,
+) -> Option<Value> {
+    match (object, field) {
+        ("Case", "ContactEmail") => {
+            let contact = rec.fields.get("ContactId")?.as_str()?;
+            super::sobjects::find(st, "Contact", contact)?
+                .fields
+                .get("Email")
+                .cloned()
+        }
+        _ => None,
+    }
+}
+
 async fn send_outbound(State(sim): State<SharedSf>, body: Bytes) -> AdminResult {
     let b: OutboundBody = parse(&body)?;
     if !loopback_url(&b.endpoint) {
@@ -482,7 +502,8 @@ async fn send_outbound(State(sim): State<SharedSf>, body: Bytes) -> AdminResult 
             let fd = o
                 .field(&name)
                 .ok_or_else(|| AdminError::bad(format!("fields: no field {}.{name}", o.name)))?;
-            match rec.fields.get(fd.name) {
+            let derived = derived_field(&st, o.name, fd.name, rec);
+            match derived.as_ref().or(rec.fields.get(fd.name)) {
                 Some(Value::Null) | None => {}
                 Some(v) => fields.push((fd.name.to_string(), super::sobjects::value_text(v))),
             }

@@ -266,6 +266,14 @@ pub fn schema() -> Vec<ObjectDef> {
                     "Contact",
                     "Contact",
                 ),
+                // Salesforce derives it from the case's contact; read-only. The simulator fills it
+                // in outbound messages (what the Salesforce-triggered survey needs).
+                {
+                    let mut e = f("ContactEmail", "Contact Email", "email");
+                    e.createable = false;
+                    e.updateable = false;
+                    e
+                },
                 lookup(
                     f("AccountId", "Account ID", "reference"),
                     "Account",
