@@ -810,7 +810,8 @@ mod tests {
                 "private_key",
                 "passphrase",
                 "access_token",
-                "shared_key"
+                "shared_key",
+                "password"
             ]
         );
         for f in SecretField::ALL {
