@@ -3,76 +3,19 @@
 //! triggers nothing (by default); a response added afterwards becomes exactly one outbox event,
 //! re-runs add none, and `workflow run --once` delivers it.
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-
 use serde_json::{Value, json};
 use xmbridge_sim::{SimConfig, SimHandle, start_qualtrics};
-use xmbridge_workflows::store::{EventSource, SqliteStore, Store, event_id};
+use xmbridge_workflows::store::{EventSource, Store, event_id};
 
-const BIN: &str = env!("CARGO_BIN_EXE_xmbridge");
+mod support;
+use support::Install;
 
-struct Install {
-    dir: tempfile::TempDir,
-}
-
-impl Install {
-    fn new() -> Install {
-        Install {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn home(&self) -> PathBuf {
-        self.path("home")
-    }
-    async fn run(&self, args: &[&str]) -> Output {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env("XMBRIDGE_HOME", self.home())
-            .env("XMBRIDGE_USER", "pat")
-            .env_remove("XMBRIDGE_MASTER_KEY")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null());
-        tokio::task::spawn_blocking(move || c.output().unwrap())
-            .await
-            .unwrap()
-    }
-    async fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args).await;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{args:?}\nstdout:\n{stdout}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    }
-    async fn connect(&self, h: &SimHandle) {
-        let tf = self.path("q.token");
-        std::fs::write(&tf, h.sim.cfg.admin_token()).unwrap();
-        self.ok(&[
-            "connection",
-            "add",
-            "qualtrics",
-            "q",
-            "--url",
-            &h.base_url,
-            "--api-token-file",
-            tf.to_str().unwrap(),
-        ])
-        .await;
-    }
-    fn write_workflow(&self, survey: &str, dir: &str) {
-        let wf = self.home().join("workflows");
-        std::fs::create_dir_all(&wf).unwrap();
-        std::fs::write(
-            wf.join("synced.toml"),
-            format!(
-                r#"[[workflow]]
+/// The test's workflow: each new response of `survey` creates a contact in `dir`.
+fn write_synced_workflow(inst: &Install, survey: &str, dir: &str) {
+    inst.write_workflow(
+        "synced.toml",
+        &format!(
+            r#"[[workflow]]
 name = "synced"
 owner = "pat"
 
@@ -88,19 +31,12 @@ directory_id = "'{dir}'"
 email = "'respondent@example.com'"
 extRef = "response.id"
 "#
-            ),
-        )
-        .unwrap();
-    }
-    fn store(&self) -> SqliteStore {
-        SqliteStore::open(self.home().join("state.db")).unwrap()
-    }
-    async fn counts(&self) -> Value {
-        let st: Value =
-            serde_json::from_str(&self.ok(&["workflow", "status", "synced", "--json"]).await)
-                .unwrap();
-        st["counts"].clone()
-    }
+        ),
+    );
+}
+
+async fn outbox_counts(inst: &Install) -> Value {
+    inst.json(&["workflow", "status", "synced", "--json"]).await["counts"].clone()
 }
 
 async fn sim() -> SimHandle {
@@ -149,16 +85,16 @@ async fn contacts_with_ext_ref(h: &SimHandle, dir: &str, ext: &str) -> usize {
 async fn a_response_added_after_a_sync_becomes_one_event_and_is_delivered() {
     let inst = Install::new();
     let h = sim().await;
-    inst.connect(&h).await;
+    inst.connect(&h, "q").await;
     let survey = h.sim.surveys[0].id.clone();
     let dir = h.sim.directory.default_directory_id();
-    inst.write_workflow(&survey, &dir);
+    write_synced_workflow(&inst, &survey, &dir);
     let dest = format!("sqlite:{}", inst.path("q.db").display());
 
     // The first load is history, not news: no event.
     let out = inst.ok(&["sync", "q", "--destination", &dest]).await;
     assert!(out.contains("workflow events: 0 new"), "{out}");
-    assert_eq!(inst.counts().await["pending"], 0);
+    assert_eq!(outbox_counts(&inst).await["pending"], 0);
 
     let created: Value = reqwest::Client::new()
         .post(format!("{}/surveys/{survey}/responses", h.api_url()))
@@ -177,7 +113,7 @@ async fn a_response_added_after_a_sync_becomes_one_event_and_is_delivered() {
 
     let out = inst.ok(&["sync", "q", "--destination", &dest]).await;
     assert!(out.contains("workflow events: 1 new"), "{out}");
-    let counts = inst.counts().await;
+    let counts = outbox_counts(&inst).await;
     assert_eq!(counts["pending"], 1, "{counts}");
     let total: u64 = counts
         .as_object()
@@ -222,11 +158,11 @@ async fn a_response_added_after_a_sync_becomes_one_event_and_is_delivered() {
         .ok(&["sync", "q", "--destination", &dest, "--full"])
         .await;
     assert!(out.contains("workflow events: 0 new"), "{out}");
-    assert_eq!(inst.counts().await["pending"], 1);
+    assert_eq!(outbox_counts(&inst).await["pending"], 1);
 
     let out = inst.ok(&["workflow", "run", "--once"]).await;
     assert!(out.contains("delivered 1 event(s)"), "{out}");
-    let counts = inst.counts().await;
+    let counts = outbox_counts(&inst).await;
     assert_eq!(counts["done"], 1, "{counts}");
     assert_eq!(counts["pending"], 0, "{counts}");
     assert_eq!(contacts_with_ext_ref(&h, &dir, &rid).await, 1);
@@ -243,7 +179,7 @@ async fn a_response_added_after_a_sync_becomes_one_event_and_is_delivered() {
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     let out = inst.ok(&["sync", "q", "--destination", &dest]).await;
     assert!(out.contains("workflow events: 1 new"), "{out}");
-    let counts = inst.counts().await;
+    let counts = outbox_counts(&inst).await;
     assert_eq!(
         (counts["done"].as_u64(), counts["pending"].as_u64()),
         (Some(1), Some(1))
@@ -254,16 +190,16 @@ async fn a_response_added_after_a_sync_becomes_one_event_and_is_delivered() {
 async fn trigger_on_first_load_enqueues_the_history_and_no_triggers_enqueues_nothing() {
     let inst = Install::new();
     let h = sim().await;
-    inst.connect(&h).await;
+    inst.connect(&h, "q").await;
     let survey = h.sim.surveys[0].id.clone();
     let dir = h.sim.directory.default_directory_id();
-    inst.write_workflow(&survey, &dir);
+    write_synced_workflow(&inst, &survey, &dir);
     let off = format!("sqlite:{}", inst.path("off.db").display());
     let out = inst
         .ok(&["sync", "q", "--destination", &off, "--no-triggers"])
         .await;
     assert!(!out.contains("workflow events"), "{out}");
-    assert_eq!(inst.counts().await["pending"], 0);
+    assert_eq!(outbox_counts(&inst).await["pending"], 0);
 
     let dest = format!("sqlite:{}", inst.path("q.db").display());
     let out = inst
@@ -288,5 +224,5 @@ async fn trigger_on_first_load_enqueues_the_history_and_no_triggers_enqueues_not
         out.contains(&format!("workflow events: {responses} new")),
         "{responses}\n{out}"
     );
-    assert_eq!(inst.counts().await["pending"], responses);
+    assert_eq!(outbox_counts(&inst).await["pending"], responses);
 }

@@ -4,90 +4,15 @@
 //! event delivered exactly once.
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use xmbridge_sim::{SimConfig, SimHandle, start_qualtrics};
-use xmbridge_workflows::store::{EventSource, EventState, NewEvent, SqliteStore, Store};
+use xmbridge_workflows::store::{EventSource, EventState, NewEvent, Store};
 
-const BIN: &str = env!("CARGO_BIN_EXE_xmbridge");
-
-struct Install {
-    dir: tempfile::TempDir,
-}
-
-impl Install {
-    fn new() -> Install {
-        Install {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn home(&self) -> PathBuf {
-        self.path("home")
-    }
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env("XMBRIDGE_HOME", self.home())
-            .env("XMBRIDGE_USER", "pat")
-            .env_remove("XMBRIDGE_MASTER_KEY")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null());
-        c
-    }
-    async fn run(&self, args: &[&str]) -> Output {
-        let mut c = self.cmd(args);
-        tokio::task::spawn_blocking(move || c.output().unwrap())
-            .await
-            .unwrap()
-    }
-    async fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args).await;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{args:?}\nstdout:\n{stdout}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    }
-    async fn fails(&self, args: &[&str]) -> (i32, String) {
-        let out = self.run(args).await;
-        assert!(!out.status.success(), "{args:?} should fail");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-    async fn connect(&self, h: &SimHandle, name: &str) {
-        let tf = self.path(&format!("{name}.token"));
-        std::fs::write(&tf, h.sim.cfg.admin_token()).unwrap();
-        self.ok(&[
-            "connection",
-            "add",
-            "qualtrics",
-            name,
-            "--url",
-            &h.base_url,
-            "--api-token-file",
-            tf.to_str().unwrap(),
-        ])
-        .await;
-    }
-    fn write_workflow(&self, file: &str, text: &str) {
-        let dir = self.home().join("workflows");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(file), text).unwrap();
-    }
-    fn store(&self) -> SqliteStore {
-        SqliteStore::open(self.home().join("state.db")).unwrap()
-    }
-}
+mod support;
+use support::Install;
 
 async fn sim() -> SimHandle {
     let cfg = SimConfig {

@@ -4,89 +4,15 @@
 //! faults (5xx storm, 429, the daily API limit) with a permanent validation error parked in the
 //! dead letter and replayed.
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use xmbridge_sim::{SimConfig, SimHandle, start_qualtrics};
-use xmbridge_workflows::store::{EventSource, EventState, NewEvent, SqliteStore, Store};
+use xmbridge_workflows::store::{EventSource, EventState, NewEvent, Store};
 
-const BIN: &str = env!("CARGO_BIN_EXE_xmbridge");
-
-struct Install {
-    dir: tempfile::TempDir,
-}
-
-impl Install {
-    fn new() -> Install {
-        Install {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn home(&self) -> PathBuf {
-        self.path("home")
-    }
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env("XMBRIDGE_HOME", self.home())
-            .env("XMBRIDGE_USER", "pat")
-            .env_remove("XMBRIDGE_MASTER_KEY")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null());
-        c
-    }
-    async fn run(&self, args: &[&str]) -> Output {
-        let mut c = self.cmd(args);
-        tokio::task::spawn_blocking(move || c.output().unwrap())
-            .await
-            .unwrap()
-    }
-    async fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args).await;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{args:?}\nstdout:\n{stdout}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    }
-    async fn json(&self, args: &[&str]) -> Value {
-        let out = self.ok(args).await;
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}\n{out}"))
-    }
-    async fn connect(&self, h: &SimHandle, name: &str) {
-        let tf = self.path(&format!("{name}.token"));
-        std::fs::write(&tf, h.sim.cfg.admin_token()).unwrap();
-        self.ok(&[
-            "connection",
-            "add",
-            "qualtrics",
-            name,
-            "--url",
-            &h.base_url,
-            "--api-token-file",
-            tf.to_str().unwrap(),
-        ])
-        .await;
-        // Discovers the brand's default directory (the template's steps name none).
-        self.ok(&["connection", "test", name]).await;
-    }
-    fn write_workflow(&self, file: &str, text: &str) {
-        let dir = self.home().join("workflows");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(file), text).unwrap();
-    }
-    fn store(&self) -> SqliteStore {
-        SqliteStore::open(self.home().join("state.db")).unwrap()
-    }
-}
+mod support;
+use support::Install;
 
 async fn qualtrics() -> SimHandle {
     let cfg = SimConfig {
@@ -258,6 +184,8 @@ async fn a_salesforce_outbound_message_on_a_case_sends_the_contact_a_survey_once
     let inst = Install::new();
     let q = qualtrics().await;
     inst.connect(&q, "q").await;
+    // Discovers the brand's default directory (the template's steps name none).
+    inst.ok(&["connection", "test", "q"]).await;
     let sf = salesforce().await;
     let linked = link_server_to_server(&inst, &sf, "sf-prod").await;
     assert!(linked.contains("organization 00D"), "{linked}");
