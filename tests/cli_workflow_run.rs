@@ -12,7 +12,7 @@ use xmbridge_sim::{SimConfig, SimHandle, start_qualtrics};
 use xmbridge_workflows::store::{EventSource, EventState, NewEvent, Store};
 
 mod support;
-use support::Install;
+use support::{Install, start_runner};
 
 async fn sim() -> SimHandle {
     let cfg = SimConfig {
@@ -255,59 +255,6 @@ async fn pause_resume_replay_and_status_from_the_command_line() {
         inst.store().get_event(&id).unwrap().state,
         EventState::Pending
     );
-}
-
-/// A child process killed when dropped, so a failing test leaves no runner behind.
-struct Runner(std::process::Child);
-
-impl Runner {
-    fn kill(&mut self) -> std::io::Result<()> {
-        self.0.kill()
-    }
-    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.0.wait()
-    }
-}
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `workflow run` on an ephemeral port; returns the child and the receiver's URL.
-fn start_runner(inst: &Install, extra: &[&str]) -> (Runner, String) {
-    use std::io::BufRead;
-    let mut args = vec![
-        "workflow",
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "2",
-    ];
-    args.extend_from_slice(extra);
-    let mut child = inst
-        .cmd(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("workflow run ended before listening")
-            .unwrap();
-        if let Some(u) = line.strip_prefix("receiving webhooks on ") {
-            break u.to_string();
-        }
-    };
-    // Keep draining so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    (Runner(child), url)
 }
 
 async fn wait_done(

@@ -4,7 +4,6 @@
 //! faults (5xx storm, 429, the daily API limit) with a permanent validation error parked in the
 //! dead letter and replayed.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -12,7 +11,7 @@ use xmbridge_sim::{SimConfig, SimHandle, start_qualtrics};
 use xmbridge_workflows::store::{EventSource, EventState, NewEvent, Store};
 
 mod support;
-use support::Install;
+use support::{Install, start_runner};
 
 async fn qualtrics() -> SimHandle {
     let cfg = SimConfig {
@@ -111,50 +110,6 @@ async fn link_server_to_server(inst: &Install, sf: &Sf, name: &str) -> String {
         "pat",
     ])
     .await
-}
-
-/// A child process killed when dropped, so a failing test leaves no runner behind.
-struct Runner(std::process::Child);
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `workflow run` on an ephemeral port; returns the child and the receiver's URL.
-fn start_runner(inst: &Install, extra: &[&str]) -> (Runner, String) {
-    use std::io::BufRead;
-    let mut args = vec![
-        "workflow",
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "2",
-    ];
-    args.extend_from_slice(extra);
-    let mut child = inst
-        .cmd(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("workflow run ended before listening")
-            .unwrap();
-        if let Some(u) = line.strip_prefix("receiving webhooks on ") {
-            break u.to_string();
-        }
-    };
-    // Keep draining so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    (Runner(child), url)
 }
 
 /// Waits until `pred` holds for the workflow's status (or 60 s pass); returns the last status.

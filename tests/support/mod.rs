@@ -91,3 +91,56 @@ impl Install {
         SqliteStore::open(self.home().join("state.db")).unwrap()
     }
 }
+
+/// A child process killed when dropped, so a failing test leaves no runner behind.
+pub struct Runner(pub std::process::Child);
+
+impl Runner {
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `workflow run` on an ephemeral port; returns the child and the receiver's URL.
+pub fn start_runner(inst: &Install, extra: &[&str]) -> (Runner, String) {
+    use std::io::BufRead;
+    let mut args = vec![
+        "workflow",
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = inst
+        .cmd(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("workflow run ended before listening")
+            .unwrap();
+        if let Some(u) = line.strip_prefix("receiving webhooks on ") {
+            break u.to_string();
+        }
+    };
+    // Keep draining so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    (Runner(child), url)
+}

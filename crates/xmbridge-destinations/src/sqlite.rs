@@ -717,7 +717,7 @@ fn apply_batch(
     );
     let mut ins = tx.prepare_cached(&insert).map_err(fail())?;
     let mut upd = tx.prepare_cached(&update).map_err(fail())?;
-    for row in in_key_order(&batch.upserts, &r.pk) {
+    for row in &batch.upserts {
         r.check_row(row)?;
         for (i, v) in row.iter().enumerate() {
             ins.raw_bind_parameter(i + 1, Cell(v)).map_err(fail())?;
@@ -735,34 +735,6 @@ fn apply_batch(
         }
     }
     Ok(())
-}
-
-/// The rows sorted by primary key (stable: of rows repeating a key, the last still wins).
-/// Answer rows have random hash keys; inserting a batch in key order walks the primary-key index
-/// from one end to the other instead of jumping to a random page for every row, which keeps the
-/// page cache hot on large tables.
-fn in_key_order<'a>(rows: &'a [Vec<Value>], pk: &[usize]) -> Vec<&'a Vec<Value>> {
-    let mut sorted: Vec<&Vec<Value>> = rows.iter().collect();
-    if sorted.len() > 1 {
-        sorted.sort_by(|a, b| {
-            pk.iter()
-                .map(|&i| key_cmp(a.get(i), b.get(i)))
-                .find(|o| o.is_ne())
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
-    }
-    sorted
-}
-
-/// Orders key cells the way SQLite's BINARY collation orders them for text and integers; other
-/// kinds (never keys in the catalog) compare equal and keep their order.
-fn key_cmp(a: Option<&Value>, b: Option<&Value>) -> std::cmp::Ordering {
-    use std::cmp::Ordering::Equal;
-    match (a, b) {
-        (Some(Value::Text(x)), Some(Value::Text(y))) => x.as_bytes().cmp(y.as_bytes()),
-        (Some(Value::Int(x)), Some(Value::Int(y))) => x.cmp(y),
-        _ => Equal,
-    }
 }
 
 /// Columns (name, declared type) of a table, or `None` when it does not exist.

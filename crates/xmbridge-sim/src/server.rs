@@ -7,22 +7,25 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-/// A running simulator. Dropping it stops the server.
-pub struct SimHandle {
+/// A running simulator of type `S`. Dropping it stops the server.
+pub struct Handle<S> {
     pub addr: SocketAddr,
-    /// `http://127.0.0.1:PORT` (or `https://` with mutual TLS on).
+    /// `http://127.0.0.1:PORT` (or `https://` with mutual TLS on): for Salesforce also the org's
+    /// `instance_url` and login host, for ServiceNow the instance URL.
     pub base_url: String,
-    pub sim: Arc<Sim>,
+    pub sim: Arc<S>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl SimHandle {
-    /// `{base_url}/API/v3`
-    pub fn api_url(&self) -> String {
-        format!("{}/API/v3", self.base_url)
-    }
+/// The Qualtrics simulator.
+pub type SimHandle = Handle<Sim>;
+/// The Salesforce simulator.
+pub type SalesforceHandle = Handle<crate::salesforce::SfSim>;
+/// The ServiceNow simulator.
+pub type SnHandle = Handle<crate::servicenow::SnSim>;
 
+impl<S> Handle<S> {
     /// Stops accepting connections and waits for the server task.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -34,12 +37,54 @@ impl SimHandle {
     }
 }
 
-impl Drop for SimHandle {
+impl<S> Drop for Handle<S> {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
     }
+}
+
+impl SimHandle {
+    /// `{base_url}/API/v3`
+    pub fn api_url(&self) -> String {
+        format!("{}/API/v3", self.base_url)
+    }
+}
+
+impl SalesforceHandle {
+    /// `{base_url}/services/oauth2/token`
+    pub fn token_url(&self) -> String {
+        format!("{}/services/oauth2/token", self.base_url)
+    }
+}
+
+/// Binds `listen` (loopback only) and returns the listener and its address.
+async fn bind(listen: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), SimError> {
+    check_loopback(&listen)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| SimError::Bind(listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| SimError::Bind(listen, e))?;
+    Ok((listener, addr))
+}
+
+/// Serves `app` over plain HTTP until the sender side of `rx` fires or is dropped.
+fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    rx: oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let svc = crate::normalize::service(app);
+        let _ = axum::serve(listener, svc)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    })
 }
 
 /// Refuses anything but loopback: the simulators are never a network service.
@@ -55,12 +100,7 @@ fn check_loopback(addr: &SocketAddr) -> Result<(), SimError> {
 pub async fn start_qualtrics(cfg: SimConfig, listen: SocketAddr) -> Result<SimHandle, SimError> {
     check_loopback(&listen)?;
     let sim = Arc::new(Sim::new(cfg)?);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| SimError::Bind(listen, e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| SimError::Bind(listen, e))?;
+    let (listener, addr) = bind(listen).await?;
     let (tx, rx) = oneshot::channel::<()>();
     let app = qualtrics::router(sim.clone());
     let scheme = if sim.pki.is_some() { "https" } else { "http" };
@@ -68,16 +108,9 @@ pub async fn start_qualtrics(cfg: SimConfig, listen: SocketAddr) -> Result<SimHa
         let acceptor = pki.acceptor()?;
         tokio::spawn(qualtrics::tls::serve_tls(listener, acceptor, app, rx))
     } else {
-        tokio::spawn(async move {
-            let svc = crate::normalize::service(app);
-            let _ = axum::serve(listener, svc)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-        })
+        serve_http(listener, app, rx)
     };
-    Ok(SimHandle {
+    Ok(Handle {
         addr,
         base_url: format!("{scheme}://{addr}"),
         sim,
@@ -86,67 +119,18 @@ pub async fn start_qualtrics(cfg: SimConfig, listen: SocketAddr) -> Result<SimHa
     })
 }
 
-/// A running Salesforce simulator. Dropping it stops the server.
-pub struct SalesforceHandle {
-    pub addr: SocketAddr,
-    /// `http://127.0.0.1:PORT`: the org's `instance_url` and its login host.
-    pub base_url: String,
-    pub sim: Arc<crate::salesforce::SfSim>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl SalesforceHandle {
-    /// `{base_url}/services/oauth2/token`
-    pub fn token_url(&self) -> String {
-        format!("{}/services/oauth2/token", self.base_url)
-    }
-
-    /// Stops accepting connections and waits for the server task.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
-    }
-}
-
-impl Drop for SalesforceHandle {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
 /// Starts the Salesforce simulator on `listen` (use `127.0.0.1:0` for an ephemeral port).
 pub async fn start_salesforce(
     cfg: crate::salesforce::SalesforceConfig,
     listen: SocketAddr,
 ) -> Result<SalesforceHandle, SimError> {
-    check_loopback(&listen)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| SimError::Bind(listen, e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| SimError::Bind(listen, e))?;
+    let (listener, addr) = bind(listen).await?;
     let sim = Arc::new(crate::salesforce::SfSim::new(cfg));
     let base_url = format!("http://{addr}");
     *sim.base_url.lock() = base_url.clone();
     let (tx, rx) = oneshot::channel::<()>();
-    let app = crate::salesforce::router(sim.clone());
-    let task = tokio::spawn(async move {
-        let svc = crate::normalize::service(app);
-        let _ = axum::serve(listener, svc)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await;
-    });
-    Ok(SalesforceHandle {
+    let task = serve_http(listener, crate::salesforce::router(sim.clone()), rx);
+    Ok(Handle {
         addr,
         base_url,
         sim,
@@ -155,62 +139,18 @@ pub async fn start_salesforce(
     })
 }
 
-/// A running ServiceNow simulator. Dropping it stops the server.
-pub struct SnHandle {
-    pub addr: SocketAddr,
-    /// `http://127.0.0.1:PORT`: the instance URL (`/oauth_token.do`, `/api/now/...`).
-    pub base_url: String,
-    pub sim: Arc<crate::servicenow::SnSim>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl SnHandle {
-    /// Stops accepting connections and waits for the server task.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
-    }
-}
-
-impl Drop for SnHandle {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
 /// Starts the ServiceNow simulator on `listen` (use `127.0.0.1:0` for an ephemeral port).
 pub async fn start_servicenow(
     cfg: crate::servicenow::SnConfig,
     listen: SocketAddr,
 ) -> Result<SnHandle, SimError> {
-    check_loopback(&listen)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| SimError::Bind(listen, e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| SimError::Bind(listen, e))?;
+    let (listener, addr) = bind(listen).await?;
     let sim = Arc::new(crate::servicenow::SnSim::new(cfg));
     let base_url = format!("http://{addr}");
     let _ = sim.base_url.set(base_url.clone());
     let (tx, rx) = oneshot::channel::<()>();
-    let app = crate::servicenow::router(sim.clone());
-    let task = tokio::spawn(async move {
-        let svc = crate::normalize::service(app);
-        let _ = axum::serve(listener, svc)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await;
-    });
-    Ok(SnHandle {
+    let task = serve_http(listener, crate::servicenow::router(sim.clone()), rx);
+    Ok(Handle {
         addr,
         base_url,
         sim,
