@@ -15,7 +15,7 @@
 //!
 //! It owns the tables of its schema; it must not touch other schemas.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::error::Error as StdError;
 
 use bytes::{BufMut, BytesMut};
@@ -66,6 +66,16 @@ pub struct PostgresDestination {
     compat: Compat,
     /// Spec name → resolved spec, filled by `ensure_tables`.
     tables: HashMap<String, Resolved>,
+    /// Spec name → its filter-index columns, filled by `ensure_tables`.
+    filter_indexes: HashMap<String, Vec<String>>,
+    /// Tables in bulk load: primary key and filter indexes dropped until
+    /// [`PostgresDestination::finish_bulk`]. A first load into an empty table `COPY`s its rows
+    /// in without maintaining a random-key index row by row, and builds the indexes once at
+    /// the end; a kill in between leaves the table without them, and the next `ensure_tables`
+    /// adds them back before anything merges.
+    bulk: HashSet<String>,
+    /// Tables whose first fresh batch was seen this session (bulk load is decided once).
+    bulk_judged: HashSet<String>,
     state: String,
     describe: String,
 }
@@ -223,6 +233,9 @@ impl PostgresDestination {
             schema: schema.to_string(),
             compat,
             tables: HashMap::new(),
+            filter_indexes: HashMap::new(),
+            bulk: HashSet::new(),
+            bulk_judged: HashSet::new(),
             state,
             describe: format!("postgres://{user}@{host}:{port}/{db} (schema {schema})"),
         })
@@ -233,6 +246,7 @@ impl PostgresDestination {
     }
 
     async fn ensure(&mut self, specs: &[TableSpec]) -> Result<(), DestError> {
+        self.finish_bulk(None).await?;
         let mut resolved = Vec::with_capacity(specs.len());
         for spec in specs {
             let r = Resolved::new(spec, self.compat, self.display(&spec.name), Some(MAX_IDENT))?;
@@ -295,6 +309,10 @@ impl PostgresDestination {
                 }
             }
         }
+        for (name, r) in &resolved {
+            // Missing after a first load that was killed before its indexes were built.
+            add_primary_key(&tx, &schema, name, r).await?;
+        }
         for (spec, (name, r)) in specs.iter().zip(&resolved) {
             for col in crate::catalog::indexed_columns(spec) {
                 // Index names are per schema; the target gets the index, the staging table of
@@ -311,8 +329,109 @@ impl PostgresDestination {
             }
         }
         tx.commit().await.map_err(|e| sql_err("ensure_tables", e))?;
-        for (name, r) in resolved {
+        for (spec, (name, r)) in specs.iter().zip(resolved) {
+            let filter = crate::catalog::indexed_columns(spec)
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            self.filter_indexes.insert(name.clone(), filter);
             self.tables.insert(name, r);
+        }
+        Ok(())
+    }
+
+    /// Starts a bulk load of each table that gets its first fresh rows of this session and is
+    /// empty: its primary key and filter indexes are dropped (see [`Self::bulk`]).
+    async fn begin_bulk(&mut self, commit: &Commit) -> Result<(), DestError> {
+        for batch in &commit.batches {
+            if !batch.fresh
+                || !batch.delete_where.is_empty()
+                || batch.upserts.is_empty()
+                || !self.bulk_judged.insert(batch.table.clone())
+            {
+                continue;
+            }
+            let Some(r) = self.tables.get(&batch.table) else {
+                continue;
+            };
+            let q = format!(
+                "{}.{}",
+                quote_ident(&self.schema),
+                quote_ident(&batch.table)
+            );
+            let row = self
+                .client
+                .query_one(
+                    &format!(
+                        "SELECT NOT EXISTS (SELECT 1 FROM {q}), \
+                         (SELECT conname::text FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'p')"
+                    ),
+                    &[&q],
+                )
+                .await
+                .map_err(|e| sql_err(&r.display, e))?;
+            let empty: bool = row.try_get(0).map_err(|e| sql_err(&r.display, e))?;
+            let key: Option<String> = row.try_get(1).map_err(|e| sql_err(&r.display, e))?;
+            let (true, Some(key)) = (empty, key) else {
+                continue;
+            };
+            let mut sql = format!("ALTER TABLE {q} DROP CONSTRAINT {};", quote_ident(&key));
+            for col in self.filter_indexes.get(&batch.table).into_iter().flatten() {
+                sql.push_str(&format!(
+                    "DROP INDEX IF EXISTS {}.{};",
+                    quote_ident(&self.schema),
+                    quote_ident(&index_name(&batch.table, col))
+                ));
+            }
+            self.client
+                .batch_execute(&format!("BEGIN; {sql} COMMIT"))
+                .await
+                .map_err(|e| sql_err(&r.display, e))?;
+            tracing::debug!(table = %r.display, "first load into an empty table: the key and indexes are built after the rows are in");
+            self.bulk.insert(batch.table.clone());
+        }
+        Ok(())
+    }
+
+    /// Ends the bulk load of `only` (or of every table in bulk): adds the primary key back and
+    /// builds the filter indexes, in one transaction.
+    async fn finish_bulk(&mut self, only: Option<&str>) -> Result<(), DestError> {
+        let names: Vec<String> = self
+            .bulk
+            .iter()
+            .filter(|t| only.is_none_or(|o| o == t.as_str()))
+            .cloned()
+            .collect();
+        for name in names {
+            let Some(r) = self.tables.get(&name) else {
+                self.bulk.remove(&name);
+                continue;
+            };
+            let started = std::time::Instant::now();
+            let tx = self
+                .client
+                .transaction()
+                .await
+                .map_err(|e| sql_err(&r.display, e))?;
+            add_primary_key(&tx, &self.schema, &name, r).await?;
+            for col in self.filter_indexes.get(&name).into_iter().flatten() {
+                tx.batch_execute(&format!(
+                    "CREATE INDEX IF NOT EXISTS {} ON {}.{} ({})",
+                    quote_ident(&index_name(&name, col)),
+                    quote_ident(&self.schema),
+                    quote_ident(&name),
+                    quote_ident(col)
+                ))
+                .await
+                .map_err(|e| sql_err(&r.display, e))?;
+            }
+            tx.commit().await.map_err(|e| sql_err(&r.display, e))?;
+            tracing::info!(
+                table = %r.display,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "built the key and indexes after a first load"
+            );
+            self.bulk.remove(&name);
         }
         Ok(())
     }
@@ -340,11 +459,14 @@ impl PostgresDestination {
     }
 
     async fn keys(
-        &self,
+        &mut self,
         table: &str,
         column: &str,
         filter: &[(String, Value)],
     ) -> Result<Vec<String>, DestError> {
+        if self.bulk.contains(table) {
+            self.finish_bulk(Some(table)).await?;
+        }
         let (r, c) = keys_target(&self.tables, table, column, self.compat)?;
         let mut sql = format!(
             "SELECT DISTINCT {} FROM {}.{} WHERE {} IS NOT NULL",
@@ -374,9 +496,22 @@ impl PostgresDestination {
     }
 
     async fn commit(&mut self, commit: Commit) -> Result<CommitStats, DestError> {
+        self.begin_bulk(&commit).await?;
+        let merging: Vec<String> = commit
+            .batches
+            .iter()
+            .filter(|b| !b.fresh || !b.delete_where.is_empty())
+            .map(|b| b.table.clone())
+            .chain(commit.mark_unseen_deleted.iter().map(|m| m.table.clone()))
+            .filter(|t| self.bulk.contains(t))
+            .collect();
+        for table in merging {
+            self.finish_bulk(Some(&table)).await?;
+        }
         let result = try_commit(
             &mut self.client,
             &self.tables,
+            &self.bulk,
             &self.schema,
             &self.state,
             self.compat,
@@ -429,19 +564,21 @@ impl Stats {
 fn try_commit<'a>(
     client: &'a mut Client,
     tables: &'a HashMap<String, Resolved>,
+    bulk: &'a HashSet<String>,
     schema: &'a str,
     state: &'a str,
     compat: Compat,
     commit: &'a Commit,
 ) -> BoxFuture<'a, Result<CommitStats, Box<Failure>>> {
     Box::pin(try_commit_inner(
-        client, tables, schema, state, compat, commit,
+        client, tables, bulk, schema, state, compat, commit,
     ))
 }
 
 async fn try_commit_inner(
     client: &mut Client,
     tables: &HashMap<String, Resolved>,
+    bulk: &HashSet<String>,
     schema: &str,
     state: &str,
     compat: Compat,
@@ -456,12 +593,15 @@ async fn try_commit_inner(
             .ok_or_else(|| DestError::UnknownTable {
                 table: format!("{schema}.{}", batch.table),
             })?;
-        apply_batch(&mut tx, schema, r, batch, bi, &synced, compat, &mut stats)
-            .await
-            .map_err(|mut f| {
-                f.table = Some(batch.table.clone());
-                f
-            })?;
+        let bulk = bulk.contains(&batch.table);
+        apply_batch(
+            &mut tx, schema, r, batch, bi, bulk, &synced, compat, &mut stats,
+        )
+        .await
+        .map_err(|mut f| {
+            f.table = Some(batch.table.clone());
+            f
+        })?;
     }
     for m in &commit.mark_unseen_deleted {
         let r = tables
@@ -529,6 +669,7 @@ async fn apply_batch(
     r: &Resolved,
     batch: &TableBatch,
     index: usize,
+    bulk: bool,
     synced: &Value,
     compat: Compat,
     stats: &mut Stats,
@@ -579,19 +720,21 @@ async fn apply_batch(
             tail.push(PgCell(&Value::Bool(false), ColumnType::Bool));
             direct_types.push(Type::BOOL);
         }
+        let copy = format!("COPY {table} ({target_cols}) FROM STDIN (FORMAT binary)");
+        if bulk {
+            // No key to violate while the table is in bulk load: a repeated key is resolved
+            // when the key is added back.
+            copy_rows(tx, &copy, &direct_types, &batch.upserts, &r.columns, &tail)
+                .await
+                .map_err(|e| failure(&batch.table, e))?;
+            entry.1 += batch.upserts.len() as u64;
+            return Ok(());
+        }
         let sp = tx
             .savepoint("xmbridge_direct")
             .await
             .map_err(|e| failure(&batch.table, e))?;
-        let copied = copy_rows(
-            &sp,
-            &format!("COPY {table} ({target_cols}) FROM STDIN (FORMAT binary)"),
-            &direct_types,
-            &batch.upserts,
-            &r.columns,
-            &tail,
-        )
-        .await;
+        let copied = copy_rows(&sp, &copy, &direct_types, &batch.upserts, &r.columns, &tail).await;
         match copied {
             Ok(()) => {
                 sp.commit().await.map_err(|e| failure(&batch.table, e))?;
@@ -802,6 +945,61 @@ pub fn index_name(table: &str, column: &str) -> String {
     format!("{table}__{column}_idx")
 }
 
+/// Adds the primary key of `table` when it has none (a first load built it last, or was killed
+/// before it could). Rows that repeat a key keep the last one written, as an upsert would.
+async fn add_primary_key(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    table: &str,
+    r: &Resolved,
+) -> Result<(), DestError> {
+    let q = format!("{}.{}", quote_ident(schema), quote_ident(table));
+    let err = |e| sql_err(&r.display, e);
+    let has_key: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'p')",
+            &[&q],
+        )
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(err)?;
+    if has_key {
+        return Ok(());
+    }
+    let pk: Vec<String> =
+        r.pk.iter()
+            .map(|&i| quote_ident(&r.columns[i].name))
+            .collect();
+    let add = format!("ALTER TABLE {q} ADD PRIMARY KEY ({})", pk.join(", "));
+    tx.batch_execute("SAVEPOINT xmbridge_key")
+        .await
+        .map_err(err)?;
+    match tx.batch_execute(&add).await {
+        Ok(()) => tx.batch_execute("RELEASE xmbridge_key").await.map_err(err),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+            tx.batch_execute("ROLLBACK TO xmbridge_key; RELEASE xmbridge_key")
+                .await
+                .map_err(err)?;
+            // Appended only (no update or delete during a bulk load): the later ctid is the
+            // later row.
+            let same: Vec<String> = pk.iter().map(|c| format!("a.{c} = b.{c}")).collect();
+            let removed = tx
+                .execute(
+                    &format!(
+                        "DELETE FROM {q} a USING {q} b WHERE {} AND a.ctid < b.ctid",
+                        same.join(" AND ")
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(err)?;
+            tracing::warn!(table = %r.display, removed, "rows repeating a key were loaded; kept the last of each");
+            tx.batch_execute(&add).await.map_err(err)
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
 /// After a failed write: a structured error when the table no longer matches its spec.
 async fn diagnose(client: &Client, schema: &str, table: &str, r: &Resolved) -> Option<DestError> {
     let existing = match columns_of(client, schema, table).await {
@@ -848,6 +1046,10 @@ impl Destination for PostgresDestination {
 
     fn commit(&mut self, commit: Commit) -> BoxFuture<'_, Result<CommitStats, DestError>> {
         Box::pin(PostgresDestination::commit(self, commit))
+    }
+
+    fn flush(&mut self) -> BoxFuture<'_, Result<(), DestError>> {
+        Box::pin(self.finish_bulk(None))
     }
 
     fn describe(&self) -> String {

@@ -21,7 +21,7 @@
 //!
 //! It owns the SQLite file's tables with this prefix; it must not touch other tables.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::config::DbConfig;
@@ -38,6 +38,10 @@ use crate::{
 /// re-read its primary-key index pages (random 64-hex ids) from the file on almost every insert;
 /// the cache grows only as pages are used.
 pub const CACHE_KIB: u32 = 65_536;
+
+/// Page cache while the indexes of a bulk load are built (see [`Indexes`]): SQLite's sorter
+/// holds up to this much in memory per sorted run.
+pub const SORT_CACHE_KIB: u32 = 16_384;
 
 /// The path of a `sqlite:PATH` / `sqlite://PATH` URL (without its `?options`).
 pub fn path_of_url(url: &str) -> Option<&str> {
@@ -113,9 +117,38 @@ struct Inner {
     compat: Compat,
     /// Spec name → resolved spec, filled by `ensure_tables`.
     tables: HashMap<String, Resolved>,
+    /// Spec name → the table's indexes, filled by `ensure_tables`.
+    indexes: HashMap<String, Indexes>,
+    /// Tables in bulk load: their indexes are dropped until [`Inner::finish_bulk`] (see
+    /// [`Indexes`]).
+    bulk: HashSet<String>,
+    /// Tables whose first fresh batch was seen this session (bulk load is decided once).
+    bulk_judged: HashSet<String>,
     state: String,
     /// The open group transaction, if any (see [`GROUP_ROWS`]).
     group: Option<Group>,
+}
+
+/// A table's indexes, and how a first load treats them.
+///
+/// The key is a unique index `<table>__pkey` rather than a `PRIMARY KEY` constraint, so that a
+/// first load into an empty table (batches marked `fresh`) can drop it and the filter indexes,
+/// append the rows with plain `INSERT`s and build the indexes once at the end with SQLite's
+/// sorter. Inserting answer rows one by one into a random 64-hex key index that outgrows the
+/// page cache costs a page miss and a rewrite per row; building it afterwards is one sort (see
+/// `docs/destinations.md` for the figures). A kill in between leaves a table without indexes:
+/// the next `ensure_tables` builds them before anything reads or merges.
+struct Indexes {
+    /// The key is our own unique index (tables made by xmbridge before 0.1 carry a `PRIMARY KEY`
+    /// constraint, which cannot be dropped: those load with their key in place).
+    own_key: bool,
+    /// Columns with an index `<table>__<column>_idx`.
+    filter: Vec<String>,
+}
+
+/// The unique index that is the key of `table`.
+pub fn key_index_name(table: &str) -> String {
+    format!("{table}__pkey")
 }
 
 /// Commits grouped into one SQLite transaction.
@@ -292,7 +325,7 @@ impl Inner {
             conn.set_db_config(c, false).map_err(connect_err)?;
         }
         conn.execute_batch(&format!(
-            "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-{CACHE_KIB}"
+            "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-{CACHE_KIB}; PRAGMA temp_store=FILE"
         ))
         .map_err(connect_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
@@ -323,6 +356,9 @@ impl Inner {
             prefix,
             compat,
             tables: HashMap::new(),
+            indexes: HashMap::new(),
+            bulk: HashSet::new(),
+            bulk_judged: HashSet::new(),
             state,
             group: None,
         })
@@ -334,7 +370,7 @@ impl Inner {
 
     fn ensure(&mut self, specs: &[TableSpec]) -> Result<(), DestError> {
         // Schema changes run in a transaction of their own.
-        self.flush()?;
+        self.close_group()?;
         let mut resolved = Vec::with_capacity(specs.len());
         for spec in specs {
             let r = Resolved::new(spec, self.compat, self.physical(&spec.name), None)?;
@@ -357,11 +393,7 @@ impl Inner {
                         }
                         defs.push(d);
                     }
-                    let pk: Vec<String> =
-                        r.pk.iter()
-                            .map(|&i| quote_ident(&r.columns[i].name))
-                            .collect();
-                    defs.push(format!("PRIMARY KEY ({})", pk.join(", ")));
+                    // The key is a unique index (see `Indexes`), created below.
                     tx.execute_batch(&format!("CREATE TABLE {q} ({})", defs.join(", ")))
                         .map_err(|e| sql_err(&r.display, e))?;
                 }
@@ -388,20 +420,117 @@ impl Inner {
                 }
             }
         }
+        let mut indexes = Vec::with_capacity(specs.len());
         for (spec, (_, r)) in specs.iter().zip(&resolved) {
-            for col in crate::catalog::indexed_columns(spec) {
-                tx.execute_batch(&format!(
-                    "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
-                    quote_ident(&index_name(&r.display, col)),
-                    quote_ident(&r.display),
-                    quote_ident(col)
-                ))
-                .map_err(|e| sql_err(&r.display, e))?;
-            }
+            let ix = Indexes {
+                own_key: !has_primary_key(&tx, &r.display).map_err(|e| sql_err(&r.display, e))?,
+                filter: crate::catalog::indexed_columns(spec)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect(),
+            };
+            // Also rebuilds what a killed first load left without indexes.
+            create_indexes(&tx, r, &ix)?;
+            indexes.push(ix);
         }
         tx.commit().map_err(|e| sql_err(ctx, e))?;
-        for (name, r) in resolved {
+        for ((name, r), ix) in resolved.into_iter().zip(indexes) {
+            self.bulk.remove(&name);
+            self.indexes.insert(name.clone(), ix);
             self.tables.insert(name, r);
+        }
+        Ok(())
+    }
+
+    /// Starts a bulk load of each table that gets its first fresh rows of this session and is
+    /// empty: its indexes are dropped inside the open group transaction (see [`Indexes`]).
+    fn begin_bulk(&mut self, commit: &Commit) -> Result<(), DestError> {
+        for batch in &commit.batches {
+            if !batch.fresh
+                || !batch.delete_where.is_empty()
+                || batch.upserts.is_empty()
+                || !self.bulk_judged.insert(batch.table.clone())
+            {
+                continue;
+            }
+            let (Some(r), Some(ix)) = (
+                self.tables.get(&batch.table),
+                self.indexes.get(&batch.table),
+            ) else {
+                continue;
+            };
+            if !ix.own_key {
+                continue;
+            }
+            let q = quote_ident(&r.display);
+            let empty = self
+                .conn
+                .query_row(
+                    &format!("SELECT NOT EXISTS (SELECT 1 FROM {q})"),
+                    [],
+                    |row| row.get::<_, bool>(0),
+                )
+                .map_err(|e| sql_err(&r.display, e))?;
+            if !empty {
+                continue;
+            }
+            let mut drops = format!(
+                "DROP INDEX IF EXISTS {};",
+                quote_ident(&key_index_name(&r.display))
+            );
+            for col in &ix.filter {
+                drops.push_str(&format!(
+                    "DROP INDEX IF EXISTS {};",
+                    quote_ident(&index_name(&r.display, col))
+                ));
+            }
+            self.conn
+                .execute_batch(&drops)
+                .map_err(|e| sql_err(&r.display, e))?;
+            tracing::debug!(table = %r.display, "first load into an empty table: indexes are built after the rows are in");
+            self.bulk.insert(batch.table.clone());
+        }
+        Ok(())
+    }
+
+    /// Ends the bulk load of `only` (or of every table in bulk): builds the indexes in the open
+    /// group transaction.
+    fn finish_bulk(&mut self, only: Option<&str>) -> Result<(), DestError> {
+        let names: Vec<String> = self
+            .bulk
+            .iter()
+            .filter(|t| only.is_none_or(|o| o == t.as_str()))
+            .cloned()
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        // SQLite's sorter keeps up to a cache's worth of keys in memory before it spills a run
+        // to a temp file; a smaller cache while building keeps peak memory down.
+        self.conn
+            .execute_batch(&format!("PRAGMA cache_size=-{SORT_CACHE_KIB}"))
+            .map_err(|e| sql_err("index build", e))?;
+        let built = self.build_bulk_indexes(names);
+        self.conn
+            .execute_batch(&format!("PRAGMA cache_size=-{CACHE_KIB}"))
+            .map_err(|e| sql_err("index build", e))?;
+        built
+    }
+
+    fn build_bulk_indexes(&mut self, names: Vec<String>) -> Result<(), DestError> {
+        for name in names {
+            let (Some(r), Some(ix)) = (self.tables.get(&name), self.indexes.get(&name)) else {
+                self.bulk.remove(&name);
+                continue;
+            };
+            let started = std::time::Instant::now();
+            create_indexes(&self.conn, r, ix)?;
+            tracing::info!(
+                table = %r.display,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "built the indexes after a first load"
+            );
+            self.bulk.remove(&name);
         }
         Ok(())
     }
@@ -445,11 +574,14 @@ impl Inner {
     }
 
     fn keys(
-        &self,
+        &mut self,
         table: &str,
         column: &str,
         filter: &[(String, Value)],
     ) -> Result<Vec<String>, DestError> {
+        if self.bulk.contains(table) {
+            self.finish_bulk(Some(table))?;
+        }
         let (r, c) = keys_target(&self.tables, table, column, self.compat)?;
         let mut sql = format!(
             "SELECT DISTINCT {} FROM {} WHERE {} IS NOT NULL",
@@ -474,6 +606,14 @@ impl Inner {
             .map_err(|e| sql_err(&ctx, e))
     }
 
+    /// Builds the indexes of tables in bulk load, then commits the open group.
+    fn close_group(&mut self) -> Result<(), DestError> {
+        let built = self.finish_bulk(None);
+        // Commit what is applied even when an index build failed: the next ensure retries it.
+        let committed = self.flush();
+        built.and(committed)
+    }
+
     /// Commits the open group transaction, if any.
     fn flush(&mut self) -> Result<(), DestError> {
         if self.group.take().is_some() && !self.conn.is_autocommit() {
@@ -493,6 +633,19 @@ impl Inner {
                 rows: 0,
                 since: std::time::Instant::now(),
             });
+        }
+        // Outside the savepoint: index drops and builds stay whatever happens to this commit.
+        self.begin_bulk(commit)?;
+        let merging = commit
+            .batches
+            .iter()
+            .filter(|b| !b.fresh || !b.delete_where.is_empty())
+            .map(|b| b.table.as_str())
+            .chain(commit.mark_unseen_deleted.iter().map(|m| m.table.as_str()));
+        for table in merging.collect::<Vec<_>>() {
+            if self.bulk.contains(table) {
+                self.finish_bulk(Some(table))?;
+            }
         }
         self.conn
             .execute_batch("SAVEPOINT xmbridge_commit")
@@ -519,8 +672,22 @@ impl Inner {
             }
         } else {
             // SQLite rolled the whole transaction back itself (a full disk, an I/O error): the
-            // group's cursors went with its rows, so the next run redoes them.
+            // group's cursors went with its rows, so the next run redoes them. Index drops of
+            // this group went too: those tables are not in bulk load any more.
             self.group = None;
+            let restored: Vec<String> = self
+                .bulk
+                .iter()
+                .filter(|t| {
+                    self.tables.get(*t).is_none_or(|r| {
+                        index_exists(&self.conn, &key_index_name(&r.display)).unwrap_or(false)
+                    })
+                })
+                .cloned()
+                .collect();
+            for t in restored {
+                self.bulk.remove(&t);
+            }
         }
         match result {
             Ok(stats) => Ok(stats),
@@ -564,10 +731,13 @@ impl Inner {
                 .ok_or_else(|| DestError::UnknownTable {
                     table: self.prefix.clone() + &batch.table,
                 })?;
-            apply_batch(tx, r, batch, &synced, self.compat, &mut stats).map_err(|mut f| {
-                f.table = Some(batch.table.clone());
-                f
-            })?;
+            let bulk = self.bulk.contains(&batch.table);
+            apply_batch(tx, r, batch, bulk, &synced, self.compat, &mut stats).map_err(
+                |mut f| {
+                    f.table = Some(batch.table.clone());
+                    f
+                },
+            )?;
         }
         for m in &commit.mark_unseen_deleted {
             let r = self
@@ -638,7 +808,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // Every commit applied so far is whole (a failed one was rolled back to its savepoint),
         // so committing the open group is always consistent.
-        if let Err(e) = self.flush() {
+        if let Err(e) = self.close_group() {
             tracing::warn!(error = %e, "could not commit the last writes when closing the destination");
         }
     }
@@ -651,10 +821,12 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// `bulk`: the table is in bulk load (no key index): rows are appended with plain `INSERT`s.
 fn apply_batch(
     tx: &Connection,
     r: &Resolved,
     batch: &TableBatch,
+    bulk: bool,
     synced: &str,
     compat: Compat,
     stats: &mut Stats,
@@ -702,6 +874,23 @@ fn apply_batch(
         insert_vals.push_str(", 0");
         sets.push(format!("{} = 0", quote_ident(d)));
     }
+    if bulk {
+        let mut ins = tx
+            .prepare_cached(&format!(
+                "INSERT INTO {table} ({insert_cols}) VALUES ({insert_vals})"
+            ))
+            .map_err(fail())?;
+        for row in &batch.upserts {
+            r.check_row(row)?;
+            for (i, v) in row.iter().enumerate() {
+                ins.raw_bind_parameter(i + 1, Cell(v)).map_err(fail())?;
+            }
+            ins.raw_bind_parameter(n + 1, synced).map_err(fail())?;
+            ins.raw_execute().map_err(fail())?;
+        }
+        entry.1 += batch.upserts.len() as u64;
+        return Ok(());
+    }
     let insert = format!(
         "INSERT INTO {table} ({insert_cols}) VALUES ({insert_vals}) ON CONFLICT ({}) DO NOTHING",
         pk.join(", ")
@@ -733,6 +922,69 @@ fn apply_batch(
             upd.raw_execute().map_err(fail())?;
             entry.2 += 1;
         }
+    }
+    Ok(())
+}
+
+/// Whether `table` has a `PRIMARY KEY` constraint (tables made before the key became a unique
+/// index).
+fn has_primary_key(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE pk > 0)",
+        [table],
+        |row| row.get(0),
+    )
+}
+
+fn index_exists(conn: &Connection, index: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1)",
+        [index],
+        |row| row.get(0),
+    )
+}
+
+/// Creates the key index (when it is ours) and the filter indexes that are missing.
+fn create_indexes(conn: &Connection, r: &Resolved, ix: &Indexes) -> Result<(), DestError> {
+    let q = quote_ident(&r.display);
+    let err = |e| sql_err(&r.display, e);
+    if ix.own_key && !index_exists(conn, &key_index_name(&r.display)).map_err(err)? {
+        let pk: Vec<String> =
+            r.pk.iter()
+                .map(|&i| quote_ident(&r.columns[i].name))
+                .collect();
+        let create = format!(
+            "CREATE UNIQUE INDEX {} ON {q} ({})",
+            quote_ident(&key_index_name(&r.display)),
+            pk.join(", ")
+        );
+        match conn.execute_batch(&create) {
+            Ok(()) => {}
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                // A bulk load appended a key twice (an export that repeats a cell): keep the
+                // last row written, as the upsert it stands for would have.
+                let removed = conn
+                    .execute(
+                        &format!(
+                            "DELETE FROM {q} WHERE rowid NOT IN (SELECT max(rowid) FROM {q} GROUP BY {})",
+                            pk.join(", ")
+                        ),
+                        [],
+                    )
+                    .map_err(err)?;
+                tracing::warn!(table = %r.display, removed, "rows repeating a key were loaded; kept the last of each");
+                conn.execute_batch(&create).map_err(err)?;
+            }
+            Err(e) => return Err(err(e)),
+        }
+    }
+    for col in &ix.filter {
+        conn.execute_batch(&format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {q} ({})",
+            quote_ident(&index_name(&r.display, col)),
+            quote_ident(col)
+        ))
+        .map_err(err)?;
     }
     Ok(())
 }
@@ -828,7 +1080,7 @@ impl Destination for SqliteDestination {
     }
 
     fn flush(&mut self) -> BoxFuture<'_, Result<(), DestError>> {
-        Box::pin(async move { self.run(|i| i.flush()).await })
+        Box::pin(async move { self.run(|i| i.close_group()).await })
     }
 
     fn describe(&self) -> String {

@@ -1170,6 +1170,76 @@ async fn filter_indexes(mut h: H) {
     );
 }
 
+/// A first load into an empty table (fresh batches) ends with the same table, key and indexes
+/// as row-by-row upserts would give, even when the load repeats a key (the last row wins), and
+/// the table merges normally afterwards.
+async fn first_load_builds_indexes(mut h: H) {
+    let spec = catalog::table("question_response").unwrap();
+    h.dest
+        .ensure_tables(std::slice::from_ref(&spec))
+        .await
+        .unwrap();
+    let row = |i: usize, v: &str| -> Vec<Value> {
+        let mut r: Vec<Value> = (0..spec.columns.len())
+            .map(|c| Value::Text(format!("c{c}-{i}")))
+            .collect();
+        r[0] = Value::Text(format!("h{i:06}"));
+        r[1] = Value::Text(format!("R_{}", i / 10));
+        r[10] = Value::Text(v.into());
+        r
+    };
+    let fresh = |rows| TableBatch {
+        fresh: true,
+        ..upserts("question_response", rows)
+    };
+    // Two commits of one load, no flush in between; the second repeats ten keys.
+    for (range, v) in [(0..3000, "first"), (2990..3500, "again")] {
+        h.dest
+            .commit(commit_of(
+                T0,
+                vec![fresh(range.map(|i| row(i, v)).collect())],
+            ))
+            .await
+            .unwrap();
+    }
+    h.dest.flush().await.unwrap();
+    assert_eq!(h.count("question_response", "1=1").await, 3500);
+    assert_eq!(h.count("question_response", "value = 'again'").await, 510);
+    assert_eq!(
+        h.count(
+            "question_response",
+            "value = 'first' AND response_id = 'R_299'"
+        )
+        .await,
+        0,
+        "the repeated keys keep their last row"
+    );
+    // The key is enforced again: a plain upsert of an existing key updates it.
+    let s = h
+        .commit(commit_of(
+            T0 + 1,
+            vec![upserts("question_response", vec![row(5, "merged")])],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stat(&s, "question_response"), (0, 1, 0));
+    assert_eq!(h.count("question_response", "1=1").await, 3500);
+    // And the filter index is back.
+    let found = if h.is_pg() {
+        h.rows(&format!(
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = '{SCHEMA}' \
+             AND tablename = 'question_response' AND indexdef LIKE '%(response_id)%'"
+        ))
+        .await
+    } else {
+        h.rows(&format!(
+            "SELECT name FROM pragma_index_list('{SCHEMA}_question_response') WHERE name LIKE '%response_id_idx'"
+        ))
+        .await
+    };
+    assert_eq!(found.len(), 1, "{found:?}");
+}
+
 macro_rules! both {
     ($case:ident, $compat:expr) => {
         mod $case {
@@ -1204,6 +1274,50 @@ both!(values_round_trip);
 both!(fivetran_compat, Compat::Fivetran);
 both!(large_batch);
 both!(filter_indexes);
+both!(first_load_builds_indexes);
+
+/// A first load killed after its indexes were dropped (the group with the drop committed, the
+/// rest not) leaves a table without indexes, perhaps holding a key twice; the next run's
+/// `ensure_tables` builds them again, keeping the last row of a repeated key.
+#[tokio::test]
+async fn sqlite_indexes_come_back_after_a_killed_first_load() {
+    let mut h = sqlite(Compat::Xmbridge).await;
+    h.dest.ensure_tables(&[item_spec()]).await.unwrap();
+    let table = format!("{SCHEMA}_item");
+    let key = xmbridge_destinations::sqlite::key_index_name(&table);
+    h.exec(&format!("DROP INDEX {}", quote_ident(&key))).await;
+    h.exec(&format!(
+        "INSERT INTO {t} (id, survey_id, name, n, _xmbridge_synced) VALUES \
+         ('a', 's1', 'old', 1, '2026-01-01T00:00:00.000Z'), \
+         ('a', 's1', 'new', 2, '2026-01-01T00:00:00.000Z'), \
+         ('b', 's1', 'B', 3, '2026-01-01T00:00:00.000Z')",
+        t = h.t("item")
+    ))
+    .await;
+    drop(h.dest);
+    h.dest = open(&h.url, SCHEMA, Compat::Xmbridge).await.unwrap();
+    h.dest.ensure_tables(&[item_spec()]).await.unwrap();
+    let rows = h
+        .rows(&format!("SELECT id, name FROM {} ORDER BY id", h.t("item")))
+        .await;
+    let s = |x: &str| Some(x.to_string());
+    assert_eq!(rows, vec![vec![s("a"), s("new")], vec![s("b"), s("B")]]);
+    let found = h
+        .rows(&format!(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name = '{key}'"
+        ))
+        .await;
+    assert_eq!(found.len(), 1, "the key index is back");
+    // Upserts merge on it again.
+    let st = h
+        .commit(commit_of(
+            T0,
+            vec![upserts("item", vec![item("a", "s1", "A", 9)])],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stat(&st, "item"), (0, 1, 0));
+}
 
 /// SQLite groups commits into one transaction until `flush` (or the group's size or age): a
 /// second connection sees nothing before, everything after; a failed commit in the middle
