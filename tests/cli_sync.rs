@@ -179,9 +179,9 @@ async fn sqlite_full_then_incremental() {
 }
 
 /// Kill -9 at 20+ pseudo-random moments (fixed seed), running again each time, then finish: the
-/// destination equals a clean sync, row for row, with nothing doubled.
-#[tokio::test]
-async fn killed_syncs_resume_to_the_same_rows() {
+/// destination equals a clean sync, row for row, with nothing doubled, and has its key and
+/// indexes (a first load builds them last, so kills land between their drop and their build).
+async fn kill_loop(clean: &Db, killed: &Db) {
     let cfg = SimConfig {
         surveys: 3,
         responses: 1500,
@@ -203,15 +203,18 @@ async fn killed_syncs_resume_to_the_same_rows() {
         ]
     };
 
-    let clean = i.path("clean.db");
-    let clean_args = args(format!("sqlite:{}", clean.display()));
+    let clean_args = args(clean.url());
     let clean_argv: Vec<&str> = clean_args.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
     i.ok(&clean_argv).await;
+    // Kill moments spread over a whole sync, so kills land in the response loads too.
+    let span_ms = (started.elapsed().as_millis() as u64).clamp(600, 3000);
 
-    let killed = i.path("killed.db");
-    let killed_args = args(format!("sqlite:{}", killed.display()));
+    let killed_args = args(killed.url());
     let killed_argv: Vec<&str> = killed_args.iter().map(String::as_str).collect();
     let mut kills = 0;
+    // PostgreSQL: kills that left a first load without its primary key (dropped, not yet rebuilt).
+    let mut keyless = 0;
     let mut seed: u64 = 0x5EED;
     for _attempt in 0..80 {
         if kills >= 20 {
@@ -220,7 +223,7 @@ async fn killed_syncs_resume_to_the_same_rows() {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let delay_ms = 60 + (seed >> 33) % 600;
+        let delay_ms = 60 + (seed >> 33) % span_ms;
         let mut child = i
             .cmd(&killed_argv)
             .stdout(Stdio::null())
@@ -233,11 +236,21 @@ async fn killed_syncs_resume_to_the_same_rows() {
             kills += 1;
         }
         child.wait().unwrap();
+        if let Db::Pg { url, .. } = killed {
+            let state = key_state(&pg_client(url).await).await;
+            keyless += usize::from(state.starts_with("keyless"));
+        }
     }
-    eprintln!("{kills} syncs killed with SIGKILL before the final run");
+    eprintln!(
+        "{kills} syncs killed with SIGKILL before the final run ({keyless} left a keyless table)"
+    );
     assert!(kills >= 20, "only {kills} runs could be killed");
+
     // The killed runs did commit work (so the final run really resumes rather than starts over).
-    let partial = sqlite_rows(&killed, "SELECT id FROM qualtrics_survey").len();
+    let partial = killed
+        .rows(&format!("SELECT id FROM {}", killed.t("survey")))
+        .await
+        .len();
     assert!(partial > 0, "no killed run committed anything");
     i.ok(&killed_argv).await;
 
@@ -256,9 +269,12 @@ async fn killed_syncs_resume_to_the_same_rows() {
         ),
         ("question", "id || '|' || survey_id"),
     ] {
-        let sql = format!("SELECT {key} FROM qualtrics_{table} ORDER BY 1");
-        let a = sqlite_rows(&clean, &sql);
-        let b = sqlite_rows(&killed, &sql);
+        let a = clean
+            .rows(&format!("SELECT {key} FROM {} ORDER BY 1", clean.t(table)))
+            .await;
+        let b = killed
+            .rows(&format!("SELECT {key} FROM {} ORDER BY 1", killed.t(table)))
+            .await;
         assert_eq!(
             a.len(),
             b.len(),
@@ -266,6 +282,158 @@ async fn killed_syncs_resume_to_the_same_rows() {
         );
         assert!(a == b, "{table}: rows differ after {kills} kills");
     }
+    // Key and filter index of the answer table are in place.
+    let (key_sql, index_sql) = match killed {
+        Db::Sqlite(_) => (
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'qualtrics_question_response__pkey'",
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'qualtrics_question_response__response_id_idx'",
+        ),
+        Db::Pg { .. } => (
+            "SELECT conname::text FROM pg_constraint WHERE conrelid = 'qualtrics.question_response'::regclass AND contype = 'p'",
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'qualtrics' AND indexname = 'question_response__response_id_idx'",
+        ),
+    };
+    assert_eq!(
+        killed.rows(key_sql).await.len(),
+        1,
+        "no key after the kills"
+    );
+    assert_eq!(
+        killed.rows(index_sql).await.len(),
+        1,
+        "no response_id index after the kills"
+    );
+}
+
+#[tokio::test]
+async fn killed_syncs_resume_to_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    kill_loop(
+        &Db::Sqlite(dir.path().join("clean.db")),
+        &Db::Sqlite(dir.path().join("killed.db")),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn killed_postgres_syncs_resume_to_the_same_rows() {
+    let clean = Db::postgres("kill_clean").await;
+    let killed = Db::postgres("kill_killed").await;
+    kill_loop(&clean, &killed).await;
+    clean.drop_pg().await;
+    killed.drop_pg().await;
+}
+
+/// `none` (no answer table yet), `key`, `keyless` or `keyless with rows`.
+async fn key_state(client: &tokio_postgres::Client) -> String {
+    let state: String = client
+        .query_one(
+            "SELECT CASE WHEN to_regclass('qualtrics.question_response') IS NULL THEN 'none' \
+             WHEN EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'p' \
+               AND conrelid = to_regclass('qualtrics.question_response')) THEN 'key' \
+             ELSE 'keyless' END",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    if state != "keyless" {
+        return state;
+    }
+    let rows: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM qualtrics.question_response)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    if rows {
+        "keyless with rows".into()
+    } else {
+        state
+    }
+}
+
+/// PostgreSQL commits every batch of a first load on its own, after dropping the table's primary
+/// key: a sync killed right when answer rows are committed and the key is still gone resumes to
+/// the same rows as a clean sync, with the key back.
+#[tokio::test]
+async fn postgres_first_load_killed_before_its_key_is_built() {
+    let clean = Db::postgres("keyless_clean").await;
+    let killed = Db::postgres("keyless_killed").await;
+    let h = sim(SimConfig {
+        surveys: 3,
+        responses: 1500,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = Install::new();
+    i.connect(&h, "acme").await;
+    let args = |url: String| {
+        vec![
+            "sync".to_string(),
+            "acme".into(),
+            "--destination".into(),
+            url,
+            "--commit-every".into(),
+            "100".into(),
+        ]
+    };
+    let clean_args = args(clean.url());
+    i.ok(&clean_args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    let killed_args = args(killed.url());
+    let killed_argv: Vec<&str> = killed_args.iter().map(String::as_str).collect();
+    let mut child = i
+        .cmd(&killed_argv)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = pg_client(&killed.url()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let caught = loop {
+        let state = key_state(&client).await;
+        if state == "keyless with rows" {
+            child.kill().unwrap(); // SIGKILL
+            break true;
+        }
+        if child.try_wait().unwrap().is_some() || std::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    child.wait().unwrap();
+    assert!(
+        caught,
+        "the sync finished before a keyless first load could be seen"
+    );
+    let state = key_state(&client).await;
+    assert_eq!(state, "keyless with rows");
+    drop(client);
+
+    i.ok(&killed_argv).await;
+    for (table, key) in [
+        (
+            "question_response",
+            "_xmbridge_id || '|' || response_id || '|' || coalesce(value, '')",
+        ),
+        ("survey_response", "id || '|' || survey_id"),
+        ("survey_embedded_data", "response_id || '|' || key"),
+    ] {
+        let sql = |db: &Db| format!("SELECT {key} FROM {} ORDER BY 1", db.t(table));
+        let a = clean.rows(&sql(&clean)).await;
+        let b = killed.rows(&sql(&killed)).await;
+        assert_eq!(a.len(), b.len(), "{table}: row counts differ");
+        assert!(a == b, "{table}: rows differ");
+    }
+    let client = pg_client(&killed.url()).await;
+    let state = key_state(&client).await;
+    assert_eq!(state, "key");
+    drop(client);
+    clean.drop_pg().await;
+    killed.drop_pg().await;
 }
 
 /// PostgreSQL, its own database, Fivetran-compatible system columns.

@@ -10,6 +10,8 @@
 //!   `INSERT … SELECT … ON CONFLICT (pk) DO UPDATE` merges them (`RETURNING xmax = 0` counts
 //!   inserts vs updates). A batch repeating a key is merged again with `DISTINCT ON` (last row
 //!   wins) inside a savepoint. Then soft deletes, then the cursors; then `COMMIT`.
+//! - A first load into an empty table drops the primary key and filter indexes, `COPY`s the rows
+//!   straight in and adds them back at `flush` (see `PostgresDestination::bulk`).
 //! - A failed write is diagnosed after the rollback: a table or column dropped or retyped by
 //!   hand becomes a [`DestError`] naming table and column.
 //!
@@ -407,6 +409,8 @@ impl PostgresDestination {
                 self.bulk.remove(&name);
                 continue;
             };
+            // Minutes on a large first load: say so before, not only after.
+            tracing::info!(table = %r.display, "building the key and indexes after a first load");
             let started = std::time::Instant::now();
             let tx = self
                 .client
@@ -966,6 +970,7 @@ async fn add_primary_key(
     if has_key {
         return Ok(());
     }
+    tracing::info!(table = %r.display, "adding the primary key (a first load builds it last)");
     let pk: Vec<String> =
         r.pk.iter()
             .map(|&i| quote_ident(&r.columns[i].name))

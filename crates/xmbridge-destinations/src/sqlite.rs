@@ -14,6 +14,8 @@
 //!   upserted in the same transaction. Upserts are `INSERT … ON CONFLICT (pk) DO NOTHING`
 //!   followed, when nothing was inserted, by `UPDATE … WHERE pk`, both `prepare_cached`: exact
 //!   inserted/updated counts for the price of one statement per new row.
+//! - The key is a unique index `<table>__pkey`, not a `PRIMARY KEY` constraint, so that a first
+//!   load into an empty table can append without it and build it at the end (see `Indexes`).
 //! - Double-quoted string literals are switched off (`SQLITE_DBCONFIG_DQS_*`), so a quoted
 //!   name that is not a column is an error rather than a string constant.
 //! - rusqlite is synchronous: every call runs on tokio's blocking pool (`spawn_blocking`) holding
@@ -523,12 +525,14 @@ impl Inner {
                 self.bulk.remove(&name);
                 continue;
             };
+            // Minutes on a large first load: say so before, not only after.
+            tracing::info!(table = %r.display, "building the key and indexes after a first load");
             let started = std::time::Instant::now();
             create_indexes(&self.conn, r, ix)?;
             tracing::info!(
                 table = %r.display,
                 duration_ms = started.elapsed().as_millis() as u64,
-                "built the indexes after a first load"
+                "built the key and indexes after a first load"
             );
             self.bulk.remove(&name);
         }

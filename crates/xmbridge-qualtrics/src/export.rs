@@ -277,6 +277,20 @@ impl<'de> Visitor<'de> for Responses<'_> {
 /// Downloads tried when the zip turns out truncated.
 const DOWNLOAD_ATTEMPTS: u32 = 3;
 
+/// The wait before the next progress poll: the backoff `wait`, or less when `percentComplete`
+/// says the export will be done sooner (linear estimate from the time so far). Never less
+/// than [`MIN_POLL_WAIT`], so a nearly finished export is polled a few times a second at most.
+fn next_poll_wait(wait: Duration, elapsed: Duration, percent_complete: f64) -> Duration {
+    if !(percent_complete > 0.0 && percent_complete < 100.0) {
+        return wait;
+    }
+    let remaining = elapsed.as_secs_f64() * (100.0 - percent_complete) / percent_complete;
+    Duration::from_secs_f64(remaining.min(wait.as_secs_f64())).max(MIN_POLL_WAIT.min(wait))
+}
+
+/// See [`next_poll_wait`].
+const MIN_POLL_WAIT: Duration = Duration::from_millis(200);
+
 impl Client {
     /// `POST /surveys/{id}/export-responses` → the `progressId`.
     ///
@@ -400,7 +414,7 @@ impl Client {
                     ),
                 });
             }
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep(next_poll_wait(wait, started.elapsed(), p.percent_complete)).await;
             wait = (wait * 2).min(opts.max_poll_interval);
         };
         let file_id = done.file_id.clone().ok_or_else(|| Error::Export {
@@ -459,6 +473,20 @@ mod tests {
             &mut |r| v.push(r),
         )?;
         Ok((n, v))
+    }
+
+    #[test]
+    fn poll_waits_follow_percent_complete() {
+        let ms = Duration::from_millis;
+        // No usable progress: the backoff.
+        assert_eq!(next_poll_wait(ms(2000), ms(1750), 0.0), ms(2000));
+        assert_eq!(next_poll_wait(ms(2000), ms(1750), 100.0), ms(2000));
+        // 70 % after 1.75 s: 0.75 s to go.
+        assert_eq!(next_poll_wait(ms(2000), ms(1750), 70.0), ms(750));
+        // Slow progress never waits longer than the backoff, nearly done never below 200 ms.
+        assert_eq!(next_poll_wait(ms(2000), ms(1000), 1.0), ms(2000));
+        assert_eq!(next_poll_wait(ms(2000), ms(1000), 99.9), ms(200));
+        assert_eq!(next_poll_wait(ms(100), ms(1000), 99.9), ms(100));
     }
 
     #[test]
