@@ -10,7 +10,9 @@
 //!   `JSON_TEXT` (TEXT affinity, so a JSON text such as `123` is never turned into a number).
 //! - Timestamps are ISO-8601 text `YYYY-MM-DDTHH:MM:SS.sssZ` (UTC, fixed width, so they sort and
 //!   compare as text; SQLite's date functions read them), booleans 0/1, JSON as text.
-//! - `PRAGMA journal_mode=WAL`, `synchronous=NORMAL`; one transaction per [`Commit`], cursors
+//! - `PRAGMA journal_mode=WAL`, `synchronous=NORMAL`, `temp_store=FILE` (savepoint journals and
+//!   the index sorter spill to disk rather than memory); one SAVEPOINT per [`Commit`] inside a
+//!   group transaction (see [`GROUP_ROWS`]), cursors
 //!   upserted in the same transaction. Upserts are `INSERT … ON CONFLICT (pk) DO NOTHING`
 //!   followed, when nothing was inserted, by `UPDATE … WHERE pk`, both `prepare_cached`: exact
 //!   inserted/updated counts for the price of one statement per new row.
