@@ -254,34 +254,27 @@ async fn kill_loop(clean: &Db, killed: &Db) {
     assert!(partial > 0, "no killed run committed anything");
     i.ok(&killed_argv).await;
 
-    for (table, key) in [
-        (
-            "survey_response",
-            "id || '|' || survey_id || '|' || recorded_date || '|' || finished",
-        ),
-        (
-            "question_response",
-            "_xmbridge_id || '|' || response_id || '|' || coalesce(value, '') || '|' || coalesce(label, '')",
-        ),
-        (
-            "survey_embedded_data",
-            "response_id || '|' || key || '|' || coalesce(value, '')",
-        ),
-        ("question", "id || '|' || survey_id"),
-    ] {
-        let a = clean
-            .rows(&format!("SELECT {key} FROM {} ORDER BY 1", clean.t(table)))
-            .await;
-        let b = killed
-            .rows(&format!("SELECT {key} FROM {} ORDER BY 1", killed.t(table)))
-            .await;
-        assert_eq!(
-            a.len(),
-            b.len(),
-            "{table}: row counts differ after {kills} kills"
-        );
-        assert!(a == b, "{table}: rows differ after {kills} kills");
-    }
+    assert_same_rows(
+        clean,
+        killed,
+        &[
+            (
+                "survey_response",
+                "id || '|' || survey_id || '|' || recorded_date || '|' || finished",
+            ),
+            (
+                "question_response",
+                "_xmbridge_id || '|' || response_id || '|' || coalesce(value, '') || '|' || coalesce(label, '')",
+            ),
+            (
+                "survey_embedded_data",
+                "response_id || '|' || key || '|' || coalesce(value, '')",
+            ),
+            ("question", "id || '|' || survey_id"),
+        ],
+        &format!("after {kills} kills"),
+    )
+    .await;
     // Key and filter index of the answer table are in place.
     let (key_sql, index_sql) = match killed {
         Db::Sqlite(_) => (
@@ -322,6 +315,17 @@ async fn killed_postgres_syncs_resume_to_the_same_rows() {
     kill_loop(&clean, &killed).await;
     clean.drop_pg().await;
     killed.drop_pg().await;
+}
+
+/// Each table's rows, read as `key` (an SQL text expression) in order, are the same in both.
+async fn assert_same_rows(clean: &Db, other: &Db, tables: &[(&str, &str)], when: &str) {
+    for (table, key) in tables {
+        let sql = |db: &Db| format!("SELECT {key} FROM {} ORDER BY 1", db.t(table));
+        let a = clean.rows(&sql(clean)).await;
+        let b = other.rows(&sql(other)).await;
+        assert_eq!(a.len(), b.len(), "{table}: row counts differ {when}");
+        assert!(a == b, "{table}: rows differ {when}");
+    }
 }
 
 /// `none` (no answer table yet), `key`, `keyless` or `keyless with rows`.
@@ -414,20 +418,20 @@ async fn postgres_first_load_killed_before_its_key_is_built() {
     drop(client);
 
     i.ok(&killed_argv).await;
-    for (table, key) in [
-        (
-            "question_response",
-            "_xmbridge_id || '|' || response_id || '|' || coalesce(value, '')",
-        ),
-        ("survey_response", "id || '|' || survey_id"),
-        ("survey_embedded_data", "response_id || '|' || key"),
-    ] {
-        let sql = |db: &Db| format!("SELECT {key} FROM {} ORDER BY 1", db.t(table));
-        let a = clean.rows(&sql(&clean)).await;
-        let b = killed.rows(&sql(&killed)).await;
-        assert_eq!(a.len(), b.len(), "{table}: row counts differ");
-        assert!(a == b, "{table}: rows differ");
-    }
+    assert_same_rows(
+        &clean,
+        &killed,
+        &[
+            (
+                "question_response",
+                "_xmbridge_id || '|' || response_id || '|' || coalesce(value, '')",
+            ),
+            ("survey_response", "id || '|' || survey_id"),
+            ("survey_embedded_data", "response_id || '|' || key"),
+        ],
+        "after the kill",
+    )
+    .await;
     let client = pg_client(&killed.url()).await;
     let state = key_state(&client).await;
     assert_eq!(state, "key");

@@ -155,6 +155,14 @@ pub struct TableBatch {
     pub fresh: bool,
 }
 
+impl TableBatch {
+    /// New rows only (a first load), nothing to delete or merge: what a destination may append
+    /// to a table whose indexes it builds afterwards.
+    pub fn appends_only(&self) -> bool {
+        self.fresh && self.delete_where.is_empty()
+    }
+}
+
 /// After a full read of a soft-delete table (optionally limited to rows where `scope` matches),
 /// mark every row not written by this sync (`<p>_synced` older than the commit's `synced_at_ms`)
 /// as deleted.
@@ -173,6 +181,18 @@ pub struct Commit {
     pub mark_unseen_deleted: Vec<MarkUnseenDeleted>,
     /// Stream cursors committed with the rows (stream name → opaque JSON).
     pub cursors: Vec<(String, serde_json::Value)>,
+}
+
+impl Commit {
+    /// Tables this commit merges into, deletes from or soft-deletes in: everything but
+    /// [`TableBatch::appends_only`] batches (a table may be named more than once).
+    pub fn merged_tables(&self) -> impl Iterator<Item = &str> {
+        self.batches
+            .iter()
+            .filter(|b| !b.appends_only())
+            .map(|b| b.table.as_str())
+            .chain(self.mark_unseen_deleted.iter().map(|m| m.table.as_str()))
+    }
 }
 
 /// What a commit changed, per table.

@@ -311,24 +311,16 @@ impl PostgresDestination {
                 }
             }
         }
-        for (name, r) in &resolved {
-            // Missing after a first load that was killed before its indexes were built.
-            add_primary_key(&tx, &schema, name, r).await?;
-        }
         for (spec, (name, r)) in specs.iter().zip(&resolved) {
-            for col in crate::catalog::indexed_columns(spec) {
-                // Index names are per schema; the target gets the index, the staging table of
-                // a merge does not, so first loads pay only the target's index maintenance.
-                tx.batch_execute(&format!(
-                    "CREATE INDEX IF NOT EXISTS {} ON {}.{} ({})",
-                    quote_ident(&index_name(name, col)),
-                    quote_ident(&schema),
-                    quote_ident(name),
-                    quote_ident(col)
-                ))
-                .await
-                .map_err(|e| sql_err(&r.display, e))?;
-            }
+            // Also adds back what a first load killed before its index build left out.
+            create_indexes(
+                &tx,
+                &schema,
+                name,
+                r,
+                &crate::catalog::indexed_columns(spec),
+            )
+            .await?;
         }
         tx.commit().await.map_err(|e| sql_err("ensure_tables", e))?;
         for (spec, (name, r)) in specs.iter().zip(resolved) {
@@ -346,8 +338,7 @@ impl PostgresDestination {
     /// empty: its primary key and filter indexes are dropped (see [`Self::bulk`]).
     async fn begin_bulk(&mut self, commit: &Commit) -> Result<(), DestError> {
         for batch in &commit.batches {
-            if !batch.fresh
-                || !batch.delete_where.is_empty()
+            if !batch.appends_only()
                 || batch.upserts.is_empty()
                 || !self.bulk_judged.insert(batch.table.clone())
             {
@@ -417,18 +408,8 @@ impl PostgresDestination {
                 .transaction()
                 .await
                 .map_err(|e| sql_err(&r.display, e))?;
-            add_primary_key(&tx, &self.schema, &name, r).await?;
-            for col in self.filter_indexes.get(&name).into_iter().flatten() {
-                tx.batch_execute(&format!(
-                    "CREATE INDEX IF NOT EXISTS {} ON {}.{} ({})",
-                    quote_ident(&index_name(&name, col)),
-                    quote_ident(&self.schema),
-                    quote_ident(&name),
-                    quote_ident(col)
-                ))
-                .await
-                .map_err(|e| sql_err(&r.display, e))?;
-            }
+            let filter = self.filter_indexes.get(&name).cloned().unwrap_or_default();
+            create_indexes(&tx, &self.schema, &name, r, &filter).await?;
             tx.commit().await.map_err(|e| sql_err(&r.display, e))?;
             tracing::info!(
                 table = %r.display,
@@ -502,12 +483,9 @@ impl PostgresDestination {
     async fn commit(&mut self, commit: Commit) -> Result<CommitStats, DestError> {
         self.begin_bulk(&commit).await?;
         let merging: Vec<String> = commit
-            .batches
-            .iter()
-            .filter(|b| !b.fresh || !b.delete_where.is_empty())
-            .map(|b| b.table.clone())
-            .chain(commit.mark_unseen_deleted.iter().map(|m| m.table.clone()))
-            .filter(|t| self.bulk.contains(t))
+            .merged_tables()
+            .filter(|t| self.bulk.contains(*t))
+            .map(str::to_string)
             .collect();
         for table in merging {
             self.finish_bulk(Some(&table)).await?;
@@ -712,7 +690,7 @@ async fn apply_batch(
     let cols: Vec<String> = r.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let col_list = cols.join(", ");
     let mut types: Vec<Type> = r.columns.iter().map(|c| wire_type(c.ty)).collect();
-    if batch.fresh && batch.delete_where.is_empty() {
+    if batch.appends_only() {
         // New rows only: one COPY straight into the table, no staging table and no merge. A key
         // that exists after all (unique violation) rolls back to the savepoint and merges.
         let mut target_cols = format!("{col_list}, {}", quote_ident(&r.synced));
@@ -947,6 +925,31 @@ fn check_type(
 /// The index on `column` of `table` (unique within the schema).
 pub fn index_name(table: &str, column: &str) -> String {
     format!("{table}__{column}_idx")
+}
+
+/// Adds the primary key (when missing) and the filter indexes on `columns` of `table`. Index
+/// names are per schema; only the target is indexed, never a merge's staging table.
+async fn create_indexes<S: AsRef<str>>(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    table: &str,
+    r: &Resolved,
+    columns: &[S],
+) -> Result<(), DestError> {
+    add_primary_key(tx, schema, table, r).await?;
+    for col in columns {
+        let col = col.as_ref();
+        tx.batch_execute(&format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {}.{} ({})",
+            quote_ident(&index_name(table, col)),
+            quote_ident(schema),
+            quote_ident(table),
+            quote_ident(col)
+        ))
+        .await
+        .map_err(|e| sql_err(&r.display, e))?;
+    }
+    Ok(())
 }
 
 /// Adds the primary key of `table` when it has none (a first load built it last, or was killed

@@ -450,8 +450,7 @@ impl Inner {
     /// empty: its indexes are dropped inside the open group transaction (see [`Indexes`]).
     fn begin_bulk(&mut self, commit: &Commit) -> Result<(), DestError> {
         for batch in &commit.batches {
-            if !batch.fresh
-                || !batch.delete_where.is_empty()
+            if !batch.appends_only()
                 || batch.upserts.is_empty()
                 || !self.bulk_judged.insert(batch.table.clone())
             {
@@ -642,13 +641,7 @@ impl Inner {
         }
         // Outside the savepoint: index drops and builds stay whatever happens to this commit.
         self.begin_bulk(commit)?;
-        let merging = commit
-            .batches
-            .iter()
-            .filter(|b| !b.fresh || !b.delete_where.is_empty())
-            .map(|b| b.table.as_str())
-            .chain(commit.mark_unseen_deleted.iter().map(|m| m.table.as_str()));
-        for table in merging.collect::<Vec<_>>() {
+        for table in commit.merged_tables() {
             if self.bulk.contains(table) {
                 self.finish_bulk(Some(table))?;
             }
@@ -880,27 +873,15 @@ fn apply_batch(
         insert_vals.push_str(", 0");
         sets.push(format!("{} = 0", quote_ident(d)));
     }
-    if bulk {
-        let mut ins = tx
-            .prepare_cached(&format!(
-                "INSERT INTO {table} ({insert_cols}) VALUES ({insert_vals})"
-            ))
-            .map_err(fail())?;
-        for row in &batch.upserts {
-            r.check_row(row)?;
-            for (i, v) in row.iter().enumerate() {
-                ins.raw_bind_parameter(i + 1, Cell(v)).map_err(fail())?;
-            }
-            ins.raw_bind_parameter(n + 1, synced).map_err(fail())?;
-            ins.raw_execute().map_err(fail())?;
-        }
-        entry.1 += batch.upserts.len() as u64;
-        return Ok(());
-    }
-    let insert = format!(
-        "INSERT INTO {table} ({insert_cols}) VALUES ({insert_vals}) ON CONFLICT ({}) DO NOTHING",
-        pk.join(", ")
-    );
+    // In bulk load there is no key to conflict on: every row is appended (and counted inserted).
+    let insert = if bulk {
+        format!("INSERT INTO {table} ({insert_cols}) VALUES ({insert_vals})")
+    } else {
+        format!(
+            "INSERT INTO {table} ({insert_cols}) VALUES ({insert_vals}) ON CONFLICT ({}) DO NOTHING",
+            pk.join(", ")
+        )
+    };
     let wheres: Vec<String> =
         r.pk.iter()
             .map(|&i| format!("{} = ?{}", cols[i], i + 1))
