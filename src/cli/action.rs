@@ -204,7 +204,12 @@ fn choose_connection(named: Option<&str>) -> anyhow::Result<String> {
     let all: Vec<String> = vault
         .list_connections()?
         .into_iter()
-        .filter(|c| c.provider == xmbridge_vault::Provider::Qualtrics)
+        .filter(|c| {
+            c.provider == xmbridge_vault::Provider::Qualtrics
+                && !c
+                    .name
+                    .starts_with(xmbridge_workflows::hooks::HOOK_CONNECTION_PREFIX)
+        })
         .map(|c| c.name)
         .collect();
     match named {

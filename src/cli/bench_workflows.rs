@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use xmbridge_actions::salesforce::SalesforceConnection;
 use xmbridge_actions::{Action, ActionContext, ActionError, ActionRequest, ActionSpec, Registry};
 use xmbridge_salesforce::{ClientCredentials, SalesforceClient, TokenProvider};
-use xmbridge_server::receiver::{Hook, Hooks, Receiver, SERVICENOW_SECRET_HEADER, router};
+use xmbridge_server::receiver::{Hook, Hooks, Limits, Receiver, SERVICENOW_SECRET_HEADER, router};
 use xmbridge_vault::SecretString;
 use xmbridge_workflows::outbox::Outbox;
 use xmbridge_workflows::store::SqliteStore;
@@ -238,11 +238,12 @@ pub async fn run(args: BenchWorkflowsArgs) -> anyhow::Result<()> {
             secret: SecretString::from("bench-secret"),
         },
     );
-    let receiver = Receiver::bind("127.0.0.1:0".parse()?).await?;
+    let receiver = Receiver::bind("127.0.0.1:0".parse()?, Limits::default()).await?;
     let url = format!("{}/hooks/servicenow/bench", receiver.base_url());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut rx1 = stop_rx.clone();
-    let server = tokio::spawn(receiver.serve(router(outbox, hooks), async move {
+    let app = router(outbox, hooks, engine.health(), Limits::default());
+    let server = tokio::spawn(receiver.serve(app, async move {
         let _ = rx1.wait_for(|v| *v).await;
     }));
     let mut rx2 = stop_rx.clone();

@@ -411,7 +411,15 @@ fn load(vault: &Vault, name: &str) -> anyhow::Result<QualtricsSettings> {
 
 fn list() -> anyhow::Result<()> {
     let (home, vault) = open_vault()?;
-    let conns = vault.list_connections()?;
+    // Workflow hook secrets live in the vault as `hook.*` entries; they are not connections.
+    let conns: Vec<_> = vault
+        .list_connections()?
+        .into_iter()
+        .filter(|c| {
+            !c.name
+                .starts_with(xmbridge_workflows::hooks::HOOK_CONNECTION_PREFIX)
+        })
+        .collect();
     if conns.is_empty() {
         println!(
             "no connections in {} (add one with: xmbridge connection add qualtrics NAME --url … --auth token)",

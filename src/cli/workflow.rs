@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use xmbridge_actions::Registry;
+use xmbridge_workflows::accounts::Accounts;
 use xmbridge_workflows::catalog::{self, Catalog, Sources, TEMPLATES};
 use xmbridge_workflows::definition::{EventContext, FileKind, Trigger, Workflow, parse_file};
 use xmbridge_workflows::mapping::{SalesforceSchema, StaticSchema, TargetSchema};
@@ -64,6 +65,16 @@ pub enum WorkflowCommand {
   xmbridge workflow test incident-closed-survey --event-json incident.json
 Exit code 0 when every check passes, 1 when a permission, type or input problem is found.")]
     Test(TestArgs),
+    /// Print the URL a Salesforce outbound message or a ServiceNow business rule posts to (the
+    /// Salesforce one carries the workflow's secret token), or the hook's secret itself.
+    #[command(after_help = "Examples:
+  # The endpoint URL to paste into the Salesforce outbound message (it holds a secret token):
+  xmbridge workflow endpoint case-closed-survey --public-url https://hooks.example.org
+  # The value a ServiceNow business rule sends in the X-Xmbridge-Secret header:
+  xmbridge workflow endpoint incident-closed-survey --secret
+
+The URL and the secret are printed only on standard output, for you to copy; nothing is logged.")]
+    Endpoint(EndpointArgs),
     /// Receive webhooks and deliver events until stopped (`--once`: deliver what is due, exit).
     Run(Box<super::workflow_run::RunArgs>),
     /// Stop delivering a workflow's events (they keep arriving and wait).
@@ -101,6 +112,19 @@ pub struct AddArgs {
     /// Replace an existing workflow of the same name (an edit).
     #[arg(long)]
     pub replace: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EndpointArgs {
+    pub name: String,
+    /// How Salesforce, ServiceNow or Qualtrics reach the receiver (the `--public-url` of
+    /// `workflow run`).
+    #[arg(long, default_value = "http://127.0.0.1:8787")]
+    pub public_url: String,
+    /// Print the hook's secret (the ServiceNow header value, the Qualtrics shared key, the
+    /// Salesforce token) instead of the URL.
+    #[arg(long)]
+    pub secret: bool,
 }
 
 #[derive(Args, Debug)]
@@ -153,11 +177,12 @@ pub async fn run(args: WorkflowArgs) -> anyhow::Result<()> {
             Ok(())
         }
         WorkflowCommand::Test(t) => test(t, &sources, &registry).await,
+        WorkflowCommand::Endpoint(e) => endpoint(e, &sources, &registry),
         WorkflowCommand::Run(a) => super::workflow_run::run(*a, &sources, registry).await,
         WorkflowCommand::Pause(a) => super::workflow_run::pause(a),
         WorkflowCommand::Resume(a) => super::workflow_run::resume(a, &sources, &registry),
-        WorkflowCommand::Replay(a) => super::workflow_run::replay(a),
-        WorkflowCommand::Status(a) => super::workflow_run::status(a),
+        WorkflowCommand::Replay(a) => super::workflow_run::replay(a, &sources, &registry),
+        WorkflowCommand::Status(a) => super::workflow_run::status(a, &sources, &registry),
     }
 }
 
@@ -274,6 +299,23 @@ fn add(
             true
         }
     };
+    // A hook's secret exists from the moment the workflow does: its endpoint never accepts an
+    // unauthenticated call, not even before the first `workflow run`.
+    let hook = match w.trigger.hook_auth() {
+        None => None,
+        Some(_) => super::workflow_run::open_store()
+            .and_then(|(_, vault, store)| {
+                xmbridge_workflows::hooks::ensure_secret(&vault, &w.name)?;
+                let accounts = Accounts::new(store, vault);
+                Ok(xmbridge_workflows::hooks::protection(&w, Some(&accounts)))
+            })
+            .with_context(|| {
+                format!(
+                    "cannot create the secret of workflow \"{}\"'s hook; nothing was saved",
+                    w.name
+                )
+            })?,
+    };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tmp = dir.join(format!(".{}.toml.tmp", w.name));
     std::fs::write(&tmp, &text).with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -291,6 +333,15 @@ fn add(
         if w.steps.len() == 1 { "" } else { "s" }
     );
     println!("  saved to {}", target.display());
+    if let (Some(p), Some(path)) = (&hook, w.trigger.hook_path(&w.name)) {
+        println!("  hook: POST {path}, protected by {}", p.describe());
+        if matches!(w.trigger, Trigger::SalesforceOutbound { .. }) {
+            println!(
+                "  the outbound message's endpoint URL: `xmbridge workflow endpoint {} --public-url URL`",
+                w.name
+            );
+        }
+    }
     if replacing && editor.as_deref() != Some(w.owner.as_str()) {
         println!(
             "  note: {} is not the owner ({}); the workflow's credential binding is dropped until the owner re-authorizes",
@@ -376,7 +427,12 @@ fn trigger_json(t: &Trigger) -> Value {
         Trigger::QualtricsResponse { survey_id } | Trigger::SyncResponses { survey_id } => {
             json!({"type": t.kind(), "survey_id": survey_id})
         }
-        Trigger::SalesforceOutbound { object } => json!({"type": t.kind(), "object": object}),
+        Trigger::SalesforceOutbound {
+            object,
+            organization_id,
+        } => {
+            json!({"type": t.kind(), "object": object, "organization_id": organization_id})
+        }
         Trigger::ServiceNow { table } => json!({"type": t.kind(), "table": table}),
     }
 }
@@ -445,6 +501,9 @@ fn show(name: &str, sources: &Sources, registry: &Registry) -> anyhow::Result<()
     }
     println!("file:      {}", e.file.display());
     println!("trigger:   {}", w.trigger);
+    if let (Some(p), Some(path)) = (hook_protection(w), w.trigger.hook_path(&w.name)) {
+        println!("hook:      POST {path}, protected by {}", p.describe());
+    }
     if let Some(c) = &w.condition {
         println!("condition: {c}");
     }
@@ -523,6 +582,85 @@ fn remove(
     }
     std::fs::remove_file(&target).with_context(|| format!("cannot remove {}", target.display()))?;
     println!("removed workflow \"{name}\" ({})", target.display());
+    // Its endpoint must stop accepting calls even if the name comes back later.
+    let (_, vault) = super::connection::open_vault()?;
+    if xmbridge_workflows::hooks::remove_secret(&vault, name)? {
+        let _ = std::fs::remove_file(home.root().join("hooks").join(format!("{name}.secret")));
+        println!("  its hook secret is deleted; a workflow added under this name gets a new one");
+    }
+    Ok(())
+}
+
+/// The hook's protection as the state store knows it now (the linked accounts may be unreadable:
+/// then the org check says so).
+fn hook_protection(w: &Workflow) -> Option<xmbridge_workflows::hooks::Protection> {
+    w.trigger.hook_auth()?;
+    let accounts = super::workflow_run::open_store()
+        .ok()
+        .map(|(_, vault, store)| Accounts::new(store, vault));
+    xmbridge_workflows::hooks::protection(w, accounts.as_ref())
+}
+
+fn endpoint(e: EndpointArgs, sources: &Sources, registry: &Registry) -> anyhow::Result<()> {
+    use xmbridge_vault::ExposeSecret;
+    let catalog = load_catalog(sources, registry)?;
+    let w = &find(&catalog, &e.name)?.workflow;
+    if w.trigger.hook_auth().is_none() {
+        return Err(usage(format!(
+            "workflow \"{}\" is started by {}; it has no inbound endpoint",
+            w.name, w.trigger
+        )));
+    }
+    let public = url::Url::parse(&e.public_url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| {
+            usage(format!(
+                "--public-url {}: write the http(s) URL the caller reaches the receiver at, e.g. https://hooks.example.org",
+                e.public_url
+            ))
+        })?;
+    let (_, vault) = super::connection::open_vault()?;
+    let (secret, created) = xmbridge_workflows::hooks::ensure_secret(&vault, &w.name)?;
+    if created {
+        eprintln!(
+            "workflow {}: its hook had no secret yet; made one (a running `workflow run` picks it up when restarted)",
+            w.name
+        );
+    }
+    if e.secret {
+        println!("{}", secret.expose_secret());
+        return Ok(());
+    }
+    let loopback = match public.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    let url =
+        xmbridge_workflows::hooks::endpoint_url(public.as_str(), &w.trigger, &w.name, &secret)
+            .ok_or_else(|| anyhow!("workflow {} has no endpoint", w.name))?;
+    println!("{url}");
+    match &w.trigger {
+        Trigger::SalesforceOutbound { .. } => eprintln!(
+            "paste it as the outbound message's Endpoint URL; it holds the workflow's secret token, so treat it as a password"
+        ),
+        Trigger::ServiceNow { .. } => eprintln!(
+            "the business rule must also send the header X-Xmbridge-Secret; `xmbridge workflow endpoint {} --secret` prints its value",
+            w.name
+        ),
+        _ => eprintln!(
+            "`xmbridge workflow run --public-url {}` registers this URL with Qualtrics, with the shared key; nothing to configure by hand",
+            e.public_url
+        ),
+    }
+    if public.scheme() == "http" && !loopback {
+        eprintln!(
+            "warning: {} is plain http: the secret would cross the network unencrypted; put a TLS reverse proxy in front and use its https URL",
+            e.public_url
+        );
+    }
     Ok(())
 }
 
@@ -651,14 +789,26 @@ async fn test(t: TestArgs, sources: &Sources, registry: &Registry) -> anyhow::Re
     };
     let ctx = EventContext::new(event);
     let report = preflight::preflight(w, &ctx, registry, &SalesforceDescribes(describes)).await;
+    let hook = hook_protection(w);
     if t.json {
+        let hook = match (&hook, w.trigger.hook_path(&w.name)) {
+            (Some(p), Some(path)) => {
+                let mut v = p.to_json();
+                v["path"] = json!(path);
+                v
+            }
+            _ => Value::Null,
+        };
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({"event": ctx.event, "report": report, "passed": report.passed()})
+                &json!({"event": ctx.event, "hook": hook, "report": report, "passed": report.passed()})
             )?
         );
     } else {
+        if let (Some(p), Some(path)) = (&hook, w.trigger.hook_path(&w.name)) {
+            println!("hook: POST {path}, protected by {}", p.describe());
+        }
         print!("{}", report.to_text());
     }
     if !report.passed() {

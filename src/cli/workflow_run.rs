@@ -18,12 +18,13 @@ use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 use xmbridge_actions::{ActionContext, ActionError, ActionRequest, ActionSpec, Registry, System};
-use xmbridge_server::receiver::{Hook, Hooks, Receiver, router};
-use xmbridge_vault::{ExposeSecret, Home, Provider, SecretField, SecretString, Vault};
+use xmbridge_server::receiver::{Hook, Hooks, Limits, Receiver, router};
+use xmbridge_vault::{ExposeSecret, Home, Provider, SecretField, Vault};
 use xmbridge_workflows::accounts::Accounts;
 use xmbridge_workflows::catalog::{self, Sources};
 use xmbridge_workflows::definition::{Trigger, Workflow};
 use xmbridge_workflows::event::QUALTRICS_MSG;
+use xmbridge_workflows::hooks::{self, SubscriptionChange, WantedSubscription};
 use xmbridge_workflows::outbox::Outbox;
 use xmbridge_workflows::store::{EventState, SqliteStore, Store, now_ms};
 use xmbridge_workflows::worker::{Connector, Engine, EngineConfig, Plan, RetryPolicy, RunMode};
@@ -127,7 +128,7 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-fn open_store() -> anyhow::Result<(Home, Arc<Vault>, Arc<SqliteStore>)> {
+pub(super) fn open_store() -> anyhow::Result<(Home, Arc<Vault>, Arc<SqliteStore>)> {
     let (home, vault) = open_vault()?;
     let store = Arc::new(SqliteStore::open(home.state_db())?);
     Ok((home, vault, store))
@@ -219,9 +220,38 @@ pub fn resume(args: ResumeArgs, sources: &Sources, registry: &Registry) -> anyho
     Ok(())
 }
 
-pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+/// A workflow the catalog defines, or an error naming the ones that exist.
+fn defined(name: &str, sources: &Sources, registry: &Registry) -> anyhow::Result<Workflow> {
+    let workflows = load_catalog(sources, registry)?;
+    if let Some(w) = workflows.iter().find(|w| w.name == name) {
+        return Ok(w.clone());
+    }
+    let names: Vec<&str> = workflows.iter().map(|w| w.name.as_str()).collect();
+    let hint = xmbridge_workflows::expr::closest(name, names.iter().copied())
+        .map(|s| format!("did you mean {s}? "))
+        .unwrap_or_default();
+    Err(usage(format!(
+        "no workflow named \"{name}\"; {hint}workflows: {}",
+        if names.is_empty() {
+            "(none; add one with `xmbridge workflow add`)".to_string()
+        } else {
+            names.join(", ")
+        }
+    )))
+}
+
+pub fn replay(args: ReplayArgs, sources: &Sources, registry: &Registry) -> anyhow::Result<()> {
     if args.event.is_none() && !args.all {
         return Err(usage("say what to replay: --event ID or --all"));
+    }
+    // Replaying events of a workflow that is not defined would only dead-letter them again.
+    if let Err(e) = defined(&args.name, sources, registry) {
+        return Err(usage(format!(
+            "{}; a workflow must be defined to replay its events (add it back with `xmbridge workflow add`, then replay)",
+            e.downcast_ref::<UsageError>()
+                .map(|u| u.0.clone())
+                .unwrap_or_else(|| format!("{e:#}"))
+        )));
     }
     let (_, _, store) = open_store()?;
     let n = store.replay(&args.name, args.event.as_deref(), now_ms())?;
@@ -235,10 +265,16 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn status(args: StatusArgs) -> anyhow::Result<()> {
+pub fn status(args: StatusArgs, sources: &Sources, registry: &Registry) -> anyhow::Result<()> {
     let (_, _, store) = open_store()?;
     let st = store.status(&args.name)?;
     let ws = store.workflow_state(&args.name)?;
+    // A workflow removed from the files may still have events: show them, saying so.
+    let is_defined = match defined(&args.name, sources, registry) {
+        Ok(_) => true,
+        Err(_) if st.counts.values().any(|n| *n > 0) => false,
+        Err(e) => return Err(e),
+    };
     let counts: Map<String, Value> = EventState::ALL
         .iter()
         .map(|s| {
@@ -259,6 +295,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     if args.json {
         let out = json!({
             "workflow": args.name,
+            "defined": is_defined,
             "paused": ws.paused, "reason": ws.reason, "fix": ws.fix,
             "binding_valid": ws.binding_valid, "creator": ws.creator, "last_editor": ws.last_editor,
             "counts": counts, "dead": dead,
@@ -268,6 +305,11 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("workflow {}", args.name);
+    if !is_defined {
+        println!(
+            "  NOT DEFINED any more (no workflow file names it); its events stay until it is added back"
+        );
+    }
     if ws.paused {
         println!(
             "  PAUSED: {}{}",
@@ -322,7 +364,9 @@ fn qualtrics_connection(vault: &Vault, chosen: Option<&str>) -> anyhow::Result<O
     let names: Vec<String> = vault
         .list_connections()?
         .into_iter()
-        .filter(|c| c.provider == Provider::Qualtrics && !c.name.starts_with("hook."))
+        .filter(|c| {
+            c.provider == Provider::Qualtrics && !c.name.starts_with(hooks::HOOK_CONNECTION_PREFIX)
+        })
         .map(|c| c.name)
         .collect();
     match names.len() {
@@ -333,29 +377,6 @@ fn qualtrics_connection(vault: &Vault, chosen: Option<&str>) -> anyhow::Result<O
             names.join(", ")
         ))),
     }
-}
-
-/// The sealed per-workflow hook secret (`hook.{workflow}` in the vault), created on first use.
-fn hook_secret(vault: &Vault, workflow: &str) -> anyhow::Result<(SecretString, bool)> {
-    let conn = format!("hook.{workflow}");
-    if vault.get_connection(&conn).is_ok()
-        && let Some(s) = vault.get_secret(&conn, SecretField::SharedKey)?
-    {
-        return Ok((s, false));
-    }
-    let mut bytes = [0u8; 32];
-    let mut f = std::fs::File::open("/dev/urandom").context("open /dev/urandom")?;
-    std::io::Read::read_exact(&mut f, &mut bytes).context("read /dev/urandom")?;
-    let key = SecretString::from(hex::encode(bytes));
-    if vault.get_connection(&conn).is_err() {
-        vault.add_connection(
-            &conn,
-            Provider::Qualtrics,
-            json!({"kind": "workflow-hook", "workflow": workflow}),
-        )?;
-    }
-    vault.set_secret(&conn, SecretField::SharedKey, &key)?;
-    Ok((key, true))
 }
 
 /// Adapts a parsed definition to the workers' [`Plan`].
@@ -602,47 +623,6 @@ pub fn enriched_event(payload: &Value, sid: &str, rid: &str, result: Value) -> V
     out
 }
 
-/// Creates the `surveyengine.completedResponse.{SV}` subscription unless one with this URL exists.
-async fn ensure_subscription(
-    connector: &LiveConnector,
-    registry: &Registry,
-    survey_id: &str,
-    url: &str,
-    key: &SecretString,
-) -> anyhow::Result<()> {
-    let (ctx, _) = connector.qualtrics_context("create-subscription", None)?;
-    let topic = format!("surveyengine.completedResponse.{survey_id}");
-    let list = registry
-        .find("look-up-subscriptions-stream")?
-        .run(&ctx, ActionRequest::default())
-        .await?;
-    let exists = list.as_array().into_iter().flatten().any(|s| {
-        s["publicationUrl"].as_str() == Some(url)
-            && s["topics"]
-                .as_str()
-                .is_some_and(|t| t.split(',').any(|t| t.trim() == topic))
-    });
-    if exists {
-        return Ok(());
-    }
-    let mut inputs = Map::new();
-    inputs.insert("topics".into(), json!(topic));
-    inputs.insert("publication_url".into(), json!(url));
-    inputs.insert("shared_key".into(), json!(key.expose_secret()));
-    registry
-        .find("create-subscription")?
-        .run(
-            &ctx,
-            ActionRequest {
-                inputs,
-                delivery_key: None,
-            },
-        )
-        .await?;
-    println!("registered the Qualtrics event subscription {topic} → {url}");
-    Ok(())
-}
-
 pub async fn run(args: RunArgs, sources: &Sources, registry: Registry) -> anyhow::Result<()> {
     let (home, vault, store) = open_store()?;
     let workflows = load_catalog(sources, &registry)?;
@@ -705,7 +685,7 @@ pub async fn run(args: RunArgs, sources: &Sources, registry: Registry) -> anyhow
         return Ok(());
     }
 
-    let receiver = Receiver::bind(args.listen)
+    let receiver = Receiver::bind(args.listen, Limits::default())
         .await
         .map_err(|e| usage(e.to_string()))?;
     let mut hooks = Hooks::new();
@@ -714,19 +694,17 @@ pub async fn run(args: RunArgs, sources: &Sources, registry: Registry) -> anyhow
         .clone()
         .unwrap_or_else(|| receiver.base_url());
     let public = public.trim_end_matches('/').to_string();
+    let mut wanted = Vec::new();
     for w in &workflows {
         match &w.trigger {
             Trigger::QualtricsResponse { survey_id } => {
-                let (key, _) = hook_secret(&vault, &w.name)?;
-                let url = format!("{public}/hooks/qualtrics/{}", w.name);
-                if let Err(e) =
-                    ensure_subscription(&connector, &registry, survey_id, &url, &key).await
-                {
-                    eprintln!(
-                        "workflow {}: could not register the Qualtrics event subscription ({e:#}); events from it will not arrive until it is",
-                        w.name
-                    );
-                }
+                let (key, _) = hooks::ensure_secret(&vault, &w.name)?;
+                wanted.push(WantedSubscription {
+                    workflow: w.name.clone(),
+                    topic: format!("surveyengine.completedResponse.{survey_id}"),
+                    url: format!("{public}/hooks/qualtrics/{}", w.name),
+                    shared_key: key.clone(),
+                });
                 hooks.insert(
                     w.name.clone(),
                     Hook::Qualtrics {
@@ -736,14 +714,26 @@ pub async fn run(args: RunArgs, sources: &Sources, registry: Registry) -> anyhow
                 );
             }
             Trigger::SalesforceOutbound { .. } => {
-                let org_id = accounts
-                    .resolve(&w.owner, "salesforce", None)
-                    .ok()
-                    .and_then(|a| a.org_id);
-                hooks.insert(w.name.clone(), Hook::Salesforce { org_id });
+                let (token, created) = hooks::ensure_secret(&vault, &w.name)?;
+                let protection = hooks::protection(w, Some(&accounts));
+                let org_id = protection
+                    .as_ref()
+                    .and_then(|p| p.org.as_ref())
+                    .and_then(|o| o.org_id())
+                    .map(str::to_string);
+                if created {
+                    println!(
+                        "workflow {}: new endpoint token; `xmbridge workflow endpoint {} --public-url {public}` prints the URL for the Salesforce outbound message",
+                        w.name, w.name
+                    );
+                }
+                if let Some(p) = &protection {
+                    println!("workflow {}: hook protected by {}", w.name, p.describe());
+                }
+                hooks.insert(w.name.clone(), Hook::Salesforce { token, org_id });
             }
             Trigger::ServiceNow { table } => {
-                let (secret, created) = hook_secret(&vault, &w.name)?;
+                let (secret, created) = hooks::ensure_secret(&vault, &w.name)?;
                 if created {
                     let dir = home.root().join("hooks");
                     std::fs::create_dir_all(&dir)?;
@@ -766,8 +756,36 @@ pub async fn run(args: RunArgs, sources: &Sources, registry: Registry) -> anyhow
             Trigger::SyncResponses { .. } => {}
         }
     }
+    // Subscriptions: exactly one per Qualtrics-triggered workflow at this URL; the ones this
+    // installation made for earlier URLs or removed workflows are deleted.
+    if let Some(conn) = connector.default_qualtrics.clone() {
+        let context_for = |name: &str| {
+            connector
+                .qualtrics_context("create-subscription", Some(name))
+                .map(|(ctx, _)| ctx)
+        };
+        let changes =
+            hooks::reconcile_subscriptions(store.as_ref(), &registry, &conn, &context_for, &wanted)
+                .await;
+        for change in changes {
+            match change {
+                SubscriptionChange::Failed { .. } | SubscriptionChange::Foreign { .. } => {
+                    eprintln!("{change}")
+                }
+                SubscriptionChange::Kept { .. } => tracing::info!("{change}"),
+                _ => println!("{change}"),
+            }
+        }
+    } else {
+        for w in &wanted {
+            eprintln!(
+                "workflow {}: no Qualtrics connection to register its event subscription with; add one (`xmbridge connection add qualtrics …`) and pass --qualtrics NAME — its events will not arrive until then",
+                w.workflow
+            );
+        }
+    }
     println!("receiving webhooks on {}", receiver.base_url());
-    let app = router(outbox, hooks);
+    let app = router(outbox, hooks, engine.health(), Limits::default());
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut rx2 = rx.clone();
     let server = tokio::spawn(receiver.serve(app, async move {

@@ -126,7 +126,7 @@ fn arr(v: &Value) -> &Vec<Value> {
 }
 
 #[tokio::test]
-async fn the_registry_holds_the_spokes_twenty_and_three_extras() {
+async fn the_registry_holds_the_spokes_twenty_and_four_extras() {
     let reg = Registry::builtin();
     let spoke = [
         "create-contact",
@@ -150,10 +150,12 @@ async fn the_registry_holds_the_spokes_twenty_and_three_extras() {
         "look-up-subscription-by-subscription-id",
         "look-up-subscriptions-stream",
     ];
-    for name in spoke
-        .iter()
-        .chain(&["upsert-contact", "create-mailing-list", "get-response"])
-    {
+    for name in spoke.iter().chain(&[
+        "upsert-contact",
+        "create-mailing-list",
+        "get-response",
+        "delete-subscription",
+    ]) {
         let a = reg
             .get(name)
             .unwrap_or_else(|| panic!("{name} is not registered"));
@@ -165,7 +167,8 @@ async fn the_registry_holds_the_spokes_twenty_and_three_extras() {
             name.starts_with("create-")
                 || name.starts_with("update-")
                 || name.starts_with("upsert-")
-                || name.starts_with("remove-"),
+                || name.starts_with("remove-")
+                || name.starts_with("delete-"),
             "{name}"
         );
     }
@@ -173,7 +176,7 @@ async fn the_registry_holds_the_spokes_twenty_and_three_extras() {
         .iter()
         .filter(|a| a.spec().system == System::Qualtrics)
         .count();
-    assert_eq!(qualtrics, 23);
+    assert_eq!(qualtrics, 24);
 }
 
 #[tokio::test]
@@ -775,6 +778,25 @@ async fn subscriptions_create_once_and_look_up() {
     let all = ok(&ctx, "look-up-subscriptions-stream", json!({}), None).await;
     assert_eq!(arr(&all).len(), 1);
     assert_eq!(arr(&all), &api_all(&h, &["eventsubscriptions"], "").await);
+
+    // Deleting removes it; deleting again (a retry) finds it gone and still succeeds.
+    let del = ok(
+        &ctx,
+        "delete-subscription",
+        json!({"subscription_id": id}),
+        None,
+    )
+    .await;
+    assert_eq!(del["deleted"], true);
+    assert!(api_all(&h, &["eventsubscriptions"], "").await.is_empty());
+    let again = ok(
+        &ctx,
+        "delete-subscription",
+        json!({"subscription_id": id}),
+        None,
+    )
+    .await;
+    assert_eq!(again["deleted"], false);
 
     let e = run(
         &ctx,

@@ -1,25 +1,43 @@
-//! The webhook receiver: one route per trigger kind, keyed by workflow name. A handler checks the
-//! call (HMAC, organization, shared secret), turns it into outbox events and answers only after
-//! they are committed; a duplicate is acknowledged like a new one. It does not deliver anything.
+//! The webhook receiver: one route per trigger kind, keyed by workflow name. A handler
+//! authenticates the call before it reads anything else (Qualtrics: the HMAC of the message under
+//! the subscription's shared key; Salesforce: the workflow's endpoint token in the URL, then the
+//! organization when one is known; ServiceNow: the shared secret header), turns it into outbox
+//! events and answers only after they are committed; a duplicate is acknowledged like a new one.
+//! It does not deliver anything.
+//!
+//! A refused call learns nothing: an unknown workflow, a wrong token, signature, secret or
+//! organization all get the same answer per route (the reason goes to the log). Connections that
+//! send their headers or body too slowly are closed ([`Limits`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Form, Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Form, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde_json::{Value, json};
 use xmbridge_vault::{ExposeSecret, SecretString};
 use xmbridge_workflows::event::{self, EventError, QualtricsInbound, SALESFORCE_ACK, soap_fault};
 use xmbridge_workflows::outbox::Outbox;
 use xmbridge_workflows::store::{Enqueued, NewEvent};
+use xmbridge_workflows::worker::Health;
 
 /// The header a ServiceNow business rule sends the workflow's shared secret in.
 pub const SERVICENOW_SECRET_HEADER: &str = "x-xmbridge-secret";
+
+/// The query parameter of a Salesforce hook's endpoint URL that carries its token.
+pub const SALESFORCE_TOKEN_PARAM: &str = "token";
+
+/// What every refusal says: nothing about what would have passed.
+pub const REFUSED: &str = "refused";
 
 /// What the receiver knows about one workflow's trigger.
 pub enum Hook {
@@ -28,8 +46,12 @@ pub enum Hook {
         survey_id: String,
         shared_key: SecretString,
     },
-    /// Outbound messages from the linked organization (checked when known).
-    Salesforce { org_id: Option<String> },
+    /// Outbound messages whose endpoint URL carries `token`; from organization `org_id` when one
+    /// is known (pinned in the trigger or the owner's linked account).
+    Salesforce {
+        token: SecretString,
+        org_id: Option<String>,
+    },
     /// Records of `table`, with `secret` in the [`SERVICENOW_SECRET_HEADER`] header.
     ServiceNow { table: String, secret: SecretString },
 }
@@ -37,24 +59,98 @@ pub enum Hook {
 /// Hooks by workflow name.
 pub type Hooks = HashMap<String, Hook>;
 
+/// How long a client may take, and how much it may send.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// To send a request's headers (also how long an idle keep-alive connection stays open).
+    pub header_timeout: Duration,
+    /// To send a request's body once the headers are in.
+    pub body_timeout: Duration,
+    /// The largest body accepted (413 above it).
+    pub max_body: usize,
+    /// Connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            // Salesforce sends at most 100 notifications per message; 2 MB is far above that.
+            max_body: 2 * 1024 * 1024,
+            max_connections: 512,
+        }
+    }
+}
+
 #[derive(Clone)]
 struct App {
     outbox: Outbox,
     hooks: Arc<Hooks>,
+    health: Health,
 }
 
-/// The receiver's routes.
-pub fn router(outbox: Outbox, hooks: Hooks) -> Router {
+/// The receiver's routes. `/healthz` answers 200 only while every delivery worker in `health`
+/// runs, 503 with the reasons otherwise.
+pub fn router(outbox: Outbox, hooks: Hooks, health: Health, limits: Limits) -> Router {
     let app = App {
         outbox,
         hooks: Arc::new(hooks),
+        health,
     };
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/hooks/qualtrics/{workflow}", post(qualtrics))
         .route("/hooks/salesforce/{workflow}", post(salesforce))
         .route("/hooks/servicenow/{workflow}", post(servicenow))
+        .layer(middleware::from_fn(move |req, next| {
+            read_body_in_time(limits, req, next)
+        }))
         .with_state(app)
+}
+
+/// Reads the whole body within `limits.body_timeout` (408 after it, 413 above `max_body`), so a
+/// client that stops half way cannot hold a connection open.
+async fn read_body_in_time(limits: Limits, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body as u64) {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large");
+    }
+    let (parts, body) = req.into_parts();
+    let read = tokio::time::timeout(
+        limits.body_timeout,
+        axum::body::to_bytes(body, limits.max_body),
+    )
+    .await;
+    match read {
+        Err(_) => text(
+            StatusCode::REQUEST_TIMEOUT,
+            "the body did not arrive in time",
+        ),
+        Ok(Err(_)) => text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the body is too large or was cut off",
+        ),
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+    }
+}
+
+async fn healthz(State(app): State<App>) -> Response {
+    match app.health.check() {
+        Ok(summary) => text(StatusCode::OK, format!("ok: receiving; {summary}\n")),
+        Err(problems) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy:\n{problems}\n"),
+        ),
+    }
 }
 
 /// Errors starting the receiver.
@@ -70,11 +166,12 @@ pub enum ServeError {
 pub struct Receiver {
     pub addr: SocketAddr,
     listener: tokio::net::TcpListener,
+    limits: Limits,
 }
 
 impl Receiver {
     /// Binds `listen` (loopback only; port 0 picks one).
-    pub async fn bind(listen: SocketAddr) -> Result<Receiver, ServeError> {
+    pub async fn bind(listen: SocketAddr, limits: Limits) -> Result<Receiver, ServeError> {
         if !listen.ip().is_loopback() {
             return Err(ServeError::NotLoopback(listen));
         }
@@ -84,7 +181,11 @@ impl Receiver {
         let addr = listener
             .local_addr()
             .map_err(|e| ServeError::Bind(listen, e))?;
-        Ok(Receiver { addr, listener })
+        Ok(Receiver {
+            addr,
+            listener,
+            limits,
+        })
     }
 
     /// `http://127.0.0.1:PORT`
@@ -92,15 +193,65 @@ impl Receiver {
         format!("http://{}", self.addr)
     }
 
-    /// Serves `app` until `shutdown` resolves.
+    /// Serves `app` until `shutdown` resolves, then lets requests in flight finish (a connection
+    /// idle in keep-alive is closed at once).
     pub async fn serve(
         self,
         app: Router,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut connections = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let slot = tokio::select! {
+                _ = &mut shutdown => break,
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(s) => s,
+                    Err(_) => break,
+                },
+            };
+            let stream = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, say: wait a little instead of spinning.
+                        tracing::warn!(error = %e, "could not accept a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let service = TowerToHyperService::new(app.clone());
+            let mut stop = stop_rx.clone();
+            let header_timeout = self.limits.header_timeout;
+            connections.spawn(async move {
+                let _slot = slot;
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout);
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                let stopping = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stopping => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+            // Reap finished connections so the set does not grow without bound.
+            while connections.try_join_next().is_some() {}
+        }
+        let _ = stop_tx.send(true);
+        while connections.join_next().await.is_some() {}
+        Ok(())
     }
 }
 
@@ -117,20 +268,28 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response {
     (status, body.into()).into_response()
 }
 
+/// Compares in time independent of where the strings differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8;
+    for (i, x) in a.iter().enumerate() {
+        diff |= x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0);
+    }
+    diff == 0 && a.len() == b.len()
+}
+
 async fn qualtrics(
     State(app): State<App>,
     Path(workflow): Path<String>,
     Form(fields): Form<HashMap<String, String>>,
 ) -> Response {
+    let refused = || text(StatusCode::UNAUTHORIZED, REFUSED);
     let Some(Hook::Qualtrics {
         survey_id,
         shared_key,
     }) = app.hooks.get(&workflow)
     else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("no Qualtrics-triggered workflow named {workflow}"),
-        );
+        tracing::warn!(workflow = %workflow, "Qualtrics call for no Qualtrics-triggered workflow refused");
+        return refused();
     };
     let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or_default();
     match event::qualtrics_event(
@@ -157,10 +316,7 @@ async fn qualtrics(
         }
         Err(EventError::BadSignature) => {
             tracing::warn!(workflow = %workflow, "Qualtrics event with a bad HMAC refused");
-            text(
-                StatusCode::UNAUTHORIZED,
-                EventError::BadSignature.to_string(),
-            )
+            refused()
         }
         Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
     }
@@ -175,20 +331,41 @@ fn soap(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-async fn salesforce(State(app): State<App>, Path(workflow): Path<String>, body: Bytes) -> Response {
-    let Some(Hook::Salesforce { org_id }) = app.hooks.get(&workflow) else {
-        return soap(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            soap_fault(&format!(
-                "no Salesforce-triggered workflow named {workflow}"
-            )),
-        );
+/// The value of `name` in a URL query string (percent-decoded).
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+async fn salesforce(
+    State(app): State<App>,
+    Path(workflow): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    // Salesforce retries a message that was not acknowledged; a SOAP fault with HTTP 500 is
+    // the contract's answer for a refused endpoint.
+    let refused = || soap(StatusCode::INTERNAL_SERVER_ERROR, soap_fault(REFUSED));
+    let Some(Hook::Salesforce { token, org_id }) = app.hooks.get(&workflow) else {
+        tracing::warn!(workflow = %workflow, "outbound message for no Salesforce-triggered workflow refused");
+        return refused();
     };
+    let given = query_param(query.as_deref(), SALESFORCE_TOKEN_PARAM).unwrap_or_default();
+    if !constant_time_eq(given.as_bytes(), token.expose_secret().as_bytes()) {
+        tracing::warn!(workflow = %workflow, "outbound message without the endpoint token refused");
+        return refused();
+    }
     let body = String::from_utf8_lossy(&body);
     let msg = match event::salesforce_outbound(&workflow, &body, org_id.as_deref()) {
         Ok(m) => m,
-        Err(e) => {
+        Err(e @ EventError::WrongOrganization { .. }) => {
             tracing::warn!(workflow = %workflow, error = %e, "outbound message refused");
+            return refused();
+        }
+        Err(e) => {
+            // The caller holds the token: it may learn what is malformed.
+            tracing::warn!(workflow = %workflow, error = %e, "malformed outbound message");
             return soap(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 soap_fault(&e.to_string()),
@@ -207,15 +384,6 @@ async fn salesforce(State(app): State<App>, Path(workflow): Path<String>, body: 
     }
 }
 
-/// Compares in time independent of where the strings differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8;
-    for (i, x) in a.iter().enumerate() {
-        diff |= x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0);
-    }
-    diff == 0 && a.len() == b.len()
-}
-
 async fn servicenow(
     State(app): State<App>,
     Path(workflow): Path<String>,
@@ -229,22 +397,17 @@ async fn servicenow(
         )
             .into_response()
     };
-    let Some(Hook::ServiceNow { table, secret }) = app.hooks.get(&workflow) else {
-        return err(
-            StatusCode::NOT_FOUND,
-            format!("no ServiceNow-triggered workflow named {workflow}"),
-        );
-    };
     let given = headers
         .get(SERVICENOW_SECRET_HEADER)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
+    let Some(Hook::ServiceNow { table, secret }) = app.hooks.get(&workflow) else {
+        tracing::warn!(workflow = %workflow, "ServiceNow call for no ServiceNow-triggered workflow refused");
+        return err(StatusCode::UNAUTHORIZED, REFUSED.into());
+    };
     if !constant_time_eq(given, secret.expose_secret().as_bytes()) {
-        tracing::warn!(workflow = %workflow, "ServiceNow call with a wrong shared secret refused");
-        return err(
-            StatusCode::UNAUTHORIZED,
-            format!("missing or wrong {SERVICENOW_SECRET_HEADER} header"),
-        );
+        tracing::warn!(workflow = %workflow, "ServiceNow call with a missing or wrong shared secret refused");
+        return err(StatusCode::UNAUTHORIZED, REFUSED.into());
     }
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -289,5 +452,15 @@ mod tests {
         assert!(!constant_time_eq(b"", b"abc"));
         assert!(!constant_time_eq(b"abc", b""));
         assert!(!constant_time_eq(b"abcd", b"abc"));
+    }
+
+    #[test]
+    fn token_comes_from_the_query() {
+        assert_eq!(
+            query_param(Some("a=1&token=x%2By"), "token").as_deref(),
+            Some("x+y")
+        );
+        assert_eq!(query_param(Some("a=1"), "token"), None);
+        assert_eq!(query_param(None, "token"), None);
     }
 }

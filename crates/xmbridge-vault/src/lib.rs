@@ -27,12 +27,14 @@
 mod error;
 mod home;
 mod key;
+mod random;
 mod seal;
 mod vault;
 
 pub use error::VaultError;
 pub use home::{HOME_ENV, Home};
 pub use key::{KeyId, KeySource, MASTER_KEY_ENV, MASTER_KEY_LEN, MasterKey};
+pub use random::random_secret;
 pub use secrecy::{ExposeSecret, SecretString};
 pub use vault::{
     ConnectionRecord, Provider, SCHEMA_VERSION, SecretField, SecretInfo, Vault,

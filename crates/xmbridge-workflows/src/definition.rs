@@ -41,8 +41,12 @@ pub enum Trigger {
     QualtricsResponse { survey_id: String },
     /// New responses seen by `xmbridge sync`.
     SyncResponses { survey_id: String },
-    /// A Salesforce outbound message (SOAP) for that sObject.
-    SalesforceOutbound { object: String },
+    /// A Salesforce outbound message (SOAP) for that sObject. `organization_id` pins the org
+    /// whose messages are accepted (besides the endpoint token).
+    SalesforceOutbound {
+        object: String,
+        organization_id: Option<String>,
+    },
     /// An inbound JSON call from a ServiceNow business rule on that table.
     ServiceNow { table: String },
 }
@@ -70,6 +74,72 @@ impl Trigger {
     }
 }
 
+/// How a trigger's inbound endpoint authenticates a call before anything is stored (the
+/// trigger's `auth` key). Each hook kind has exactly one; there is no unauthenticated hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookAuth {
+    /// Qualtrics: `HMAC` = hex(HMAC-SHA512(shared key, MSG)), the key given to the subscription.
+    Hmac,
+    /// Salesforce: a per-workflow secret token in the endpoint URL (`?token=…`), plus the
+    /// organization id when one is pinned or the owner has a linked Salesforce account.
+    EndpointToken,
+    /// ServiceNow: a per-workflow secret in the `X-Xmbridge-Secret` header.
+    SharedSecret,
+}
+
+impl HookAuth {
+    /// The `auth = "…"` word in TOML.
+    pub fn word(self) -> &'static str {
+        match self {
+            HookAuth::Hmac => "hmac",
+            HookAuth::EndpointToken => "endpoint-token",
+            HookAuth::SharedSecret => "shared-secret",
+        }
+    }
+
+    /// One line for people: what a caller must present.
+    pub fn describe(self) -> &'static str {
+        match self {
+            HookAuth::Hmac => {
+                "HMAC-SHA512 signature of each event under the subscription's shared key"
+            }
+            HookAuth::EndpointToken => "secret token in the endpoint URL (?token=…)",
+            HookAuth::SharedSecret => "shared secret in the X-Xmbridge-Secret header",
+        }
+    }
+}
+
+impl Trigger {
+    /// How the trigger's inbound endpoint is authenticated; `None` for triggers without one
+    /// (`sync-responses`).
+    pub fn hook_auth(&self) -> Option<HookAuth> {
+        match self {
+            Trigger::QualtricsResponse { .. } => Some(HookAuth::Hmac),
+            Trigger::SalesforceOutbound { .. } => Some(HookAuth::EndpointToken),
+            Trigger::ServiceNow { .. } => Some(HookAuth::SharedSecret),
+            Trigger::SyncResponses { .. } => None,
+        }
+    }
+
+    /// The route of the trigger's inbound endpoint for `workflow`, if it has one.
+    pub fn hook_path(&self, workflow: &str) -> Option<String> {
+        let kind = match self {
+            Trigger::QualtricsResponse { .. } => "qualtrics",
+            Trigger::SalesforceOutbound { .. } => "salesforce",
+            Trigger::ServiceNow { .. } => "servicenow",
+            Trigger::SyncResponses { .. } => return None,
+        };
+        Some(format!("/hooks/{kind}/{workflow}"))
+    }
+}
+
+/// True for a Salesforce organization id: `00D` and 15 or 18 letters and digits.
+pub fn is_salesforce_org_id(s: &str) -> bool {
+    (s.len() == 15 || s.len() == 18)
+        && s.starts_with("00D")
+        && s.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
 impl fmt::Display for Trigger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -80,7 +150,7 @@ impl fmt::Display for Trigger {
             Trigger::SyncResponses { survey_id } => {
                 write!(f, "new responses of {survey_id} seen by a sync")
             }
-            Trigger::SalesforceOutbound { object } => {
+            Trigger::SalesforceOutbound { object, .. } => {
                 write!(f, "Salesforce outbound message on {object}")
             }
             Trigger::ServiceNow { table } => write!(f, "ServiceNow call for table {table}"),
@@ -410,6 +480,8 @@ struct RawTrigger {
     survey_id: Option<String>,
     object: Option<String>,
     table: Option<String>,
+    auth: Option<String>,
+    organization_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -713,6 +785,45 @@ fn build_trigger(t: RawTrigger, push: &mut dyn FnMut(&str, String)) -> Option<Tr
             }
         }
     };
+    // The one protection each hook kind has; `auth` may only restate it.
+    let expected_auth = match t.kind.as_str() {
+        "qualtrics-response" => Some(HookAuth::Hmac),
+        "salesforce-outbound" => Some(HookAuth::EndpointToken),
+        "servicenow" => Some(HookAuth::SharedSecret),
+        _ => None,
+    };
+    match (&t.auth, expected_auth) {
+        (Some(_), None) if TRIGGER_KINDS.contains(&t.kind.as_str()) => push(
+            "auth",
+            format!(
+                "does not apply to a {} trigger (it has no inbound endpoint); remove it",
+                t.kind
+            ),
+        ),
+        (Some(given), Some(expected)) if given != expected.word() => {
+            let lead = if ["none", "off", "false", ""].contains(&given.trim()) {
+                format!(
+                    "a {} trigger receives calls from the network and xmbridge does not run an unauthenticated hook",
+                    t.kind
+                )
+            } else {
+                format!("unknown protection \"{given}\" for a {} trigger", t.kind)
+            };
+            push(
+                "auth",
+                format!(
+                    "{lead}; its protection is \"{}\" ({}): write auth = \"{}\" or remove the key",
+                    expected.word(),
+                    expected.describe(),
+                    expected.word()
+                ),
+            );
+        }
+        _ => {}
+    }
+    if t.kind != "salesforce-outbound" && t.organization_id.is_some() {
+        unused(&[("organization_id", true)], push);
+    }
     match t.kind.as_str() {
         "qualtrics-response" | "sync-responses" => {
             unused(
@@ -740,8 +851,21 @@ fn build_trigger(t: RawTrigger, push: &mut dyn FnMut(&str, String)) -> Option<Tr
                 ],
                 push,
             );
+            let organization_id = t.organization_id.clone().filter(|o| {
+                let ok = is_salesforce_org_id(o) || o.starts_with("{{");
+                if !ok {
+                    push(
+                        "organization_id",
+                        format!(
+                            "\"{o}\" is not a Salesforce organization id (00D followed by 12 or 15 letters and digits; Setup → Company Information shows it)"
+                        ),
+                    );
+                }
+                ok
+            });
             Some(Trigger::SalesforceOutbound {
                 object: need(t.object.clone(), "object", "Case", push)?,
+                organization_id,
             })
         }
         "servicenow" => {

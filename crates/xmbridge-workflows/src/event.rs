@@ -18,9 +18,10 @@ pub enum EventError {
     /// A required part is missing or malformed.
     #[error("malformed {what}: {detail}")]
     Malformed { what: &'static str, detail: String },
-    /// The Salesforce organization is not the linked account's.
-    #[error("organization {got} is not the linked Salesforce organization {expected}")]
-    WrongOrganization { got: String, expected: String },
+    /// The Salesforce organization is not the one the hook accepts. Only what arrived is in the
+    /// message: the expected id is what a forger would need.
+    #[error("outbound message from organization {got}, which this hook does not accept")]
+    WrongOrganization { got: String },
 }
 
 /// Payload key marking a Qualtrics event the worker has not yet enriched with the response.
@@ -159,10 +160,7 @@ pub fn salesforce_outbound(
     if let Some(expected) = expected_org
         && !same_sf_id(&org, expected)
     {
-        return Err(EventError::WrongOrganization {
-            got: org,
-            expected: expected.to_string(),
-        });
+        return Err(EventError::WrongOrganization { got: org });
     }
     let action = text("ActionId");
     let mut events = Vec::new();

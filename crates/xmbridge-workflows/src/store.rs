@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -267,12 +268,38 @@ pub struct AccountRow {
 #[derive(Clone, Debug, Default)]
 pub struct WorkflowStatus {
     pub counts: BTreeMap<EventState, u64>,
-    pub dead: Vec<EventRow>,
+    pub dead: Vec<DeadEvent>,
     /// Failed attempts charged to the workflow's events (retried, or leading to a dead letter);
     /// a replay resets an event's count.
     pub failed_attempts: u64,
     /// Events with at least one failed attempt (retried, or dead).
     pub retried_events: u64,
+}
+
+/// A Qualtrics event subscription that xmbridge created (or adopted) for a workflow's webhook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionRecord {
+    pub subscription_id: String,
+    pub workflow: String,
+    /// The Qualtrics connection it was created through.
+    pub connection: String,
+    pub topic: String,
+    /// Where Qualtrics posts (the publication URL).
+    pub url: String,
+    pub created_at: i64,
+}
+
+/// An event in the dead letter, as `workflow status` shows it. Read leniently: a row whose
+/// payload cannot be read (the reason it was parked, perhaps) still shows, with a `Null` payload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadEvent {
+    pub id: String,
+    pub dedupe_key: String,
+    pub attempts: u32,
+    pub last_step: Option<String>,
+    pub last_error: Option<String>,
+    /// `Null` when the stored payload is not readable JSON.
+    pub payload: Value,
 }
 
 /// The operations the outbox, workers, receiver and account rules need from a state store.
@@ -382,6 +409,12 @@ pub trait Store: Send + Sync + 'static {
     fn set_org_id(&self, name: &str, org_id: &str) -> Result<(), StoreError>;
     fn grant(&self, account: &str, user: &str) -> Result<(), StoreError>;
     fn grants(&self, account: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Remembers a Qualtrics event subscription made for a workflow (replacing one of that id).
+    fn record_subscription(&self, sub: &SubscriptionRecord) -> Result<(), StoreError>;
+    /// Every remembered subscription, oldest first.
+    fn subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StoreError>;
+    fn forget_subscription(&self, subscription_id: &str) -> Result<(), StoreError>;
 }
 
 /// Milliseconds since the Unix epoch.
@@ -454,6 +487,14 @@ CREATE TABLE IF NOT EXISTS wf_accounts (
     token_ok   INTEGER NOT NULL DEFAULT 1,
     created_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS wf_subscriptions (
+    subscription_id TEXT PRIMARY KEY,
+    workflow        TEXT NOT NULL,
+    connection      TEXT NOT NULL,
+    topic           TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    created_at      INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS wf_account_grants (
     account TEXT NOT NULL REFERENCES wf_accounts(name) ON DELETE CASCADE,
     user    TEXT NOT NULL,
@@ -480,19 +521,24 @@ struct RawEvent {
 }
 
 fn raw_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawEvent> {
+    raw_event_at(r, 0)
+}
+
+/// [`EVENT_COLUMNS`] starting at column `at`.
+fn raw_event_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<RawEvent> {
     Ok(RawEvent {
-        id: r.get(0)?,
-        workflow: r.get(1)?,
-        source: r.get(2)?,
-        dedupe_key: r.get(3)?,
-        payload: r.get(4)?,
-        state: r.get(5)?,
-        attempts: r.get(6)?,
-        next_attempt_at: r.get(7)?,
-        last_error: r.get(8)?,
-        last_step: r.get(9)?,
-        created_at: r.get(10)?,
-        updated_at: r.get(11)?,
+        id: r.get(at)?,
+        workflow: r.get(at + 1)?,
+        source: r.get(at + 2)?,
+        dedupe_key: r.get(at + 3)?,
+        payload: r.get(at + 4)?,
+        state: r.get(at + 5)?,
+        attempts: r.get(at + 6)?,
+        next_attempt_at: r.get(at + 7)?,
+        last_error: r.get(at + 8)?,
+        last_step: r.get(at + 9)?,
+        created_at: r.get(at + 10)?,
+        updated_at: r.get(at + 11)?,
     })
 }
 
@@ -711,27 +757,48 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<EventRow>, StoreError> {
         let until = now_ms + lease.as_millis() as i64;
-        let raws = {
+        let (leased, unreadable) = {
             let mut conn = self.conn.lock();
             // IMMEDIATE: select and mark in one write transaction so two processes never lease
             // the same event.
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| self.db(e))?;
-            let raws = {
+            // Rows are read one by one (by rowid, which every row has): a row this code cannot
+            // read goes to the dead letter with the reason instead of failing every lease.
+            let mut good = Vec::new();
+            let mut unreadable: Vec<(i64, String, String)> = Vec::new();
+            {
                 let mut stmt = tx
                     .prepare_cached(&format!(
-                        "SELECT {EVENT_COLUMNS} FROM wf_events
+                        "SELECT rowid, {EVENT_COLUMNS} FROM wf_events
                          WHERE ((state = 'pending' AND next_attempt_at <= ?1)
                              OR (state = 'running' AND lease_until < ?1))
                            AND {NOT_HELD}
                          ORDER BY next_attempt_at, created_at LIMIT ?2"
                     ))
                     .map_err(|e| self.db(e))?;
-                stmt.query_map(params![now_ms, limit as i64], raw_event)
-                    .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| self.db(e))?
-            };
+                let mut rows = stmt
+                    .query(params![now_ms, limit as i64])
+                    .map_err(|e| self.db(e))?;
+                while let Some(row) = rows.next().map_err(|e| self.db(e))? {
+                    let rowid: i64 = row.get(0).map_err(|e| self.db(e))?;
+                    let label = row
+                        .get::<_, String>(1)
+                        .unwrap_or_else(|_| format!("at rowid {rowid}"));
+                    let read = raw_event_at(row, 1)
+                        .map_err(|e| StoreError::Corrupted {
+                            path: self.path.clone(),
+                            what: format!("event {label}"),
+                            detail: e.to_string(),
+                        })
+                        .and_then(|raw| self.event(raw));
+                    match read {
+                        Ok(ev) => good.push(ev),
+                        Err(e) => unreadable.push((rowid, label, e.to_string())),
+                    }
+                }
+            }
             {
                 let mut mark = tx
                     .prepare_cached(
@@ -739,20 +806,38 @@ impl Store for SqliteStore {
                              updated_at = ?4 WHERE id = ?1",
                     )
                     .map_err(|e| self.db(e))?;
-                for raw in &raws {
-                    mark.execute(params![raw.id, owner, until, now_ms])
+                for ev in &good {
+                    mark.execute(params![ev.id, owner, until, now_ms])
+                        .map_err(|e| self.db(e))?;
+                }
+                let mut bury = tx
+                    .prepare_cached(
+                        "UPDATE wf_events SET state = 'dead', lease_owner = NULL,
+                             lease_until = NULL, last_error = ?2, updated_at = ?3 WHERE rowid = ?1",
+                    )
+                    .map_err(|e| self.db(e))?;
+                for (rowid, _, error) in &unreadable {
+                    let why = format!(
+                        "{error}; it cannot be delivered: repair or delete the row, then replay it \
+                         with `xmbridge workflow replay`"
+                    );
+                    bury.execute(params![rowid, why, now_ms])
                         .map_err(|e| self.db(e))?;
                 }
             }
             tx.commit().map_err(|e| self.db(e))?;
-            raws
+            (good, unreadable)
         };
-        raws.into_iter()
-            .map(|mut raw| {
-                raw.state = "running".into();
-                self.event(raw)
+        for (_, label, error) in &unreadable {
+            tracing::error!(event = %label, error = %error, "an outbox row could not be read; it was moved to the dead letter");
+        }
+        Ok(leased
+            .into_iter()
+            .map(|mut ev| {
+                ev.state = EventState::Running;
+                ev
             })
-            .collect()
+            .collect())
     }
 
     fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
@@ -986,14 +1071,37 @@ impl Store for SqliteStore {
                 })
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| self.db(e))?;
+            // Columns are read as loosely typed values so that a damaged row still shows.
             let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM wf_events WHERE workflow = ?1 AND state = 'dead'
-                     ORDER BY updated_at"
-                ))
+                .prepare_cached(
+                    "SELECT rowid, id, dedupe_key, attempts, last_step, last_error, payload
+                     FROM wf_events WHERE workflow = ?1 AND state = 'dead' ORDER BY updated_at",
+                )
                 .map_err(|e| self.db(e))?;
             let dead = stmt
-                .query_map([workflow], raw_event)
+                .query_map([workflow], |r| {
+                    let text = |i: usize| -> rusqlite::Result<Option<String>> {
+                        Ok(match r.get_ref(i)? {
+                            ValueRef::Null => None,
+                            ValueRef::Integer(n) => Some(n.to_string()),
+                            ValueRef::Real(x) => Some(x.to_string()),
+                            ValueRef::Text(t) | ValueRef::Blob(t) => {
+                                Some(String::from_utf8_lossy(t).into_owned())
+                            }
+                        })
+                    };
+                    let rowid: i64 = r.get(0)?;
+                    Ok(DeadEvent {
+                        id: text(1)?.unwrap_or_else(|| format!("rowid {rowid}")),
+                        dedupe_key: text(2)?.unwrap_or_default(),
+                        attempts: text(3)?.and_then(|a| a.parse().ok()).unwrap_or(0),
+                        last_step: text(4)?,
+                        last_error: text(5)?,
+                        payload: text(6)?
+                            .and_then(|p| serde_json::from_str(&p).ok())
+                            .unwrap_or(Value::Null),
+                    })
+                })
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| self.db(e))?;
             (counts, dead)
@@ -1006,9 +1114,7 @@ impl Store for SqliteStore {
             status.failed_attempts += attempts.max(0) as u64;
             status.retried_events += retried.max(0) as u64;
         }
-        for raw in dead {
-            status.dead.push(self.event(raw)?);
-        }
+        status.dead = dead;
         Ok(status)
     }
 
@@ -1286,6 +1392,57 @@ impl Store for SqliteStore {
         stmt.query_map([account], |r| r.get(0))
             .and_then(|rows| rows.collect())
             .map_err(|e| self.db(e))
+    }
+
+    fn record_subscription(&self, s: &SubscriptionRecord) -> Result<(), StoreError> {
+        let conn = self.conn.lock();
+        conn.execute(
+            "INSERT OR REPLACE INTO wf_subscriptions
+                 (subscription_id, workflow, connection, topic, url, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                s.subscription_id,
+                s.workflow,
+                s.connection,
+                s.topic,
+                s.url,
+                s.created_at
+            ],
+        )
+        .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    fn subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT subscription_id, workflow, connection, topic, url, created_at
+                 FROM wf_subscriptions ORDER BY created_at, subscription_id",
+            )
+            .map_err(|e| self.db(e))?;
+        stmt.query_map([], |r| {
+            Ok(SubscriptionRecord {
+                subscription_id: r.get(0)?,
+                workflow: r.get(1)?,
+                connection: r.get(2)?,
+                topic: r.get(3)?,
+                url: r.get(4)?,
+                created_at: r.get(5)?,
+            })
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(|e| self.db(e))
+    }
+
+    fn forget_subscription(&self, subscription_id: &str) -> Result<(), StoreError> {
+        let conn = self.conn.lock();
+        conn.execute(
+            "DELETE FROM wf_subscriptions WHERE subscription_id = ?1",
+            [subscription_id],
+        )
+        .map_err(|e| self.db(e))?;
+        Ok(())
     }
 }
 

@@ -189,6 +189,78 @@ pub enum RunMode {
     Forever,
 }
 
+/// Why the delivery workers stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A worker panicked (a bug): the message of the panic.
+    #[error("a delivery worker panicked: {0}")]
+    Panicked(String),
+}
+
+/// How one delivery worker is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Not yet through its first look at the outbox.
+    Starting,
+    /// Its last look at the outbox worked.
+    Running,
+    /// It failed and waits to be restarted.
+    Failing { error: String, restarts: u32 },
+    /// It stopped because the engine was told to stop (or, in `Once`/`UntilIdle`, ran out of work).
+    Stopped,
+}
+
+/// The delivery workers' states, shared with whatever reports health (`/healthz`).
+#[derive(Clone, Debug, Default)]
+pub struct Health(Arc<parking_lot::Mutex<Vec<WorkerState>>>);
+
+impl Health {
+    fn with_workers(n: usize) -> Health {
+        Health(Arc::new(parking_lot::Mutex::new(vec![
+            WorkerState::Starting;
+            n
+        ])))
+    }
+
+    fn set(&self, worker: usize, state: WorkerState) {
+        if let Some(s) = self.0.lock().get_mut(worker) {
+            *s = state;
+        }
+    }
+
+    /// Every worker's state, by worker number.
+    pub fn workers(&self) -> Vec<WorkerState> {
+        self.0.lock().clone()
+    }
+
+    /// `Ok(summary)` when every worker is running; otherwise what is wrong, one line per worker.
+    pub fn check(&self) -> Result<String, String> {
+        let workers = self.workers();
+        let problems: Vec<String> = workers
+            .iter()
+            .enumerate()
+            .filter_map(|(n, s)| match s {
+                WorkerState::Running => None,
+                WorkerState::Starting => Some(format!("delivery worker {n} has not started yet")),
+                WorkerState::Stopped => Some(format!("delivery worker {n} has stopped")),
+                WorkerState::Failing { error, restarts } => Some(format!(
+                    "delivery worker {n} is failing (restarted {restarts} time(s)): {error}"
+                )),
+            })
+            .collect();
+        if workers.is_empty() {
+            Err("no delivery workers".into())
+        } else if problems.is_empty() {
+            Ok(format!("{} delivery worker(s) running", workers.len()))
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+}
+
 /// The delivery engine: shared by its worker tasks.
 pub struct Engine {
     store: Arc<dyn Store>,
@@ -199,6 +271,7 @@ pub struct Engine {
     wake: Arc<Notify>,
     rng: AtomicU64,
     id: String,
+    health: Health,
 }
 
 impl Engine {
@@ -219,11 +292,17 @@ impl Engine {
                 .map(|p| (p.name().to_string(), p))
                 .collect(),
             connector,
-            cfg,
             wake,
             rng: AtomicU64::new(seed),
             id: format!("{}-{:x}", std::process::id(), now_ms()),
+            health: Health::with_workers(cfg.workers.max(1)),
+            cfg,
         }
+    }
+
+    /// The workers' states (for `/healthz`).
+    pub fn health(&self) -> Health {
+        self.health.clone()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -245,7 +324,7 @@ impl Engine {
         self: &Arc<Self>,
         mode: RunMode,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<RunSummary, StoreError> {
+    ) -> Result<RunSummary, WorkerError> {
         let stop = Arc::new(Notify::new());
         let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         {
@@ -261,7 +340,7 @@ impl Engine {
             let me = self.clone();
             let (stop, stopped) = (stop.clone(), stopped.clone());
             tasks.push(tokio::spawn(async move {
-                me.worker(n, mode, stop, stopped).await
+                me.supervise(n, mode, stop, stopped).await
             }));
         }
         let mut total = RunSummary::default();
@@ -272,12 +351,82 @@ impl Engine {
                 Ok(Err(e)) => {
                     first_err.get_or_insert(e);
                 }
-                Err(e) => tracing::error!(error = %e, "a delivery worker panicked"),
+                Err(e) => {
+                    tracing::error!(error = %e, "a delivery worker's supervisor failed");
+                    first_err.get_or_insert(WorkerError::Panicked(e.to_string()));
+                }
             }
         }
         match first_err {
             Some(e) => Err(e),
             None => Ok(total),
+        }
+    }
+
+    /// Runs worker `n`. A worker that fails or panics is logged; when running `Forever` it is
+    /// restarted after a growing pause (1 s doubling to 60 s) while [`Health`] reports it failing,
+    /// so a process is never half alive in silence. In `Once` and `UntilIdle` the failure ends
+    /// the run with the error.
+    async fn supervise(
+        self: Arc<Self>,
+        n: usize,
+        mode: RunMode,
+        stop: Arc<Notify>,
+        stopped: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<RunSummary, WorkerError> {
+        let mut total = RunSummary::default();
+        let mut restarts = 0u32;
+        loop {
+            let me = self.clone();
+            let (stop2, stopped2) = (stop.clone(), stopped.clone());
+            let partial = Arc::new(parking_lot::Mutex::new(RunSummary::default()));
+            let counted = partial.clone();
+            let run =
+                tokio::spawn(async move { me.worker(n, mode, stop2, stopped2, counted).await });
+            let error = match run.await {
+                Ok(Ok(())) => {
+                    total.merge(&partial.lock());
+                    self.health.set(n, WorkerState::Stopped);
+                    return Ok(total);
+                }
+                Ok(Err(e)) => WorkerError::Store(e),
+                Err(e) => WorkerError::Panicked(e.to_string()),
+            };
+            total.merge(&partial.lock());
+            if mode != RunMode::Forever || stopped.load(Ordering::SeqCst) {
+                tracing::error!(worker = n, error = %error, "delivery worker failed; stopping");
+                self.health.set(n, WorkerState::Stopped);
+                return Err(error);
+            }
+            restarts += 1;
+            let pause =
+                Duration::from_secs(1 << (restarts - 1).min(6)).min(Duration::from_secs(60));
+            tracing::error!(
+                worker = n,
+                restarts,
+                error = %error,
+                "delivery worker failed; restarting in {} s",
+                pause.as_secs()
+            );
+            self.health.set(
+                n,
+                WorkerState::Failing {
+                    error: error.to_string(),
+                    restarts,
+                },
+            );
+            let stop_wait = stop.notified();
+            if stopped.load(Ordering::SeqCst) {
+                self.health.set(n, WorkerState::Stopped);
+                return Ok(total);
+            }
+            tokio::select! {
+                _ = stop_wait => {
+                    self.health.set(n, WorkerState::Stopped);
+                    return Ok(total);
+                }
+                _ = tokio::time::sleep(pause) => {}
+            }
         }
     }
 
@@ -287,12 +436,12 @@ impl Engine {
         mode: RunMode,
         stop: Arc<Notify>,
         stopped: Arc<std::sync::atomic::AtomicBool>,
-    ) -> Result<RunSummary, StoreError> {
+        summary: Arc<parking_lot::Mutex<RunSummary>>,
+    ) -> Result<(), StoreError> {
         let owner = format!("{}-w{n}", self.id);
-        let mut summary = RunSummary::default();
         loop {
             if stopped.load(Ordering::SeqCst) {
-                return Ok(summary);
+                return Ok(());
             }
             // Register for a wake-up before looking, so an enqueue between the look and the wait
             // is not missed.
@@ -301,11 +450,12 @@ impl Engine {
             let leased = self
                 .store
                 .lease_due(&owner, now_ms(), self.cfg.lease, self.cfg.batch)?;
+            self.health.set(n, WorkerState::Running);
             if leased.is_empty() {
                 let next = self.store.next_due_at()?;
                 match mode {
-                    RunMode::Once => return Ok(summary),
-                    RunMode::UntilIdle if next.is_none() => return Ok(summary),
+                    RunMode::Once => return Ok(()),
+                    RunMode::UntilIdle if next.is_none() => return Ok(()),
                     _ => {}
                 }
                 let wait = next
@@ -321,7 +471,7 @@ impl Engine {
             }
             for ev in leased {
                 let outcome = self.process(&owner, ev).await?;
-                summary.add(&outcome);
+                summary.lock().add(&outcome);
             }
         }
     }

@@ -64,9 +64,24 @@ static SUBSCRIPTIONS_STREAM: ActionSpec = ActionSpec {
     writes: false,
 };
 
+static DELETE_SUBSCRIPTION: ActionSpec = ActionSpec {
+    name: "delete-subscription",
+    system: System::Qualtrics,
+    title: "Delete Subscription",
+    category: CATEGORY,
+    inputs: &[InputSpec {
+        name: "subscription_id",
+        required: true,
+        help: "subscription id (one that is already gone counts as deleted)",
+    }],
+    stream: false,
+    writes: true,
+};
+
 pub(super) fn actions() -> Vec<QualtricsAction> {
     vec![
         QualtricsAction::new(&CREATE_SUBSCRIPTION, create_subscription),
+        QualtricsAction::new(&DELETE_SUBSCRIPTION, delete_subscription),
         QualtricsAction::new(&GET_SUBSCRIPTION, get_subscription),
         QualtricsAction::new(&SUBSCRIPTIONS_STREAM, subscriptions_stream),
     ]
@@ -107,6 +122,30 @@ fn create_subscription(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionErro
             .await?;
         let id = created_id(&call, &result, "event subscription")?;
         Ok(json!({"subscriptionId": id, "created": true}))
+    })
+}
+
+fn delete_subscription(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
+    Box::pin(async move {
+        let id = call.req("subscription_id")?;
+        match call
+            .send(
+                Method::DELETE,
+                call.url(&["eventsubscriptions", &id]),
+                None,
+                RetryMode::Idempotent,
+            )
+            .await
+        {
+            Ok(_) => Ok(json!({"subscriptionId": id, "deleted": true})),
+            // Gone already (a retry, or removed by hand): what was asked for holds.
+            Err(ActionError::Permanent { details, .. })
+                if details.as_ref().and_then(|d| d.get("status")) == Some(&json!(404)) =>
+            {
+                Ok(json!({"subscriptionId": id, "deleted": false}))
+            }
+            Err(e) => Err(e),
+        }
     })
 }
 
