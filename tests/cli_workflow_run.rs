@@ -258,6 +258,100 @@ async fn pause_resume_replay_and_status_from_the_command_line() {
     );
 }
 
+/// An outbox row the code cannot read used to stop every delivery worker (`--once` exited 1 and
+/// a running process kept answering webhooks while delivering nothing).
+#[tokio::test]
+async fn an_unreadable_outbox_row_is_dead_lettered_and_the_others_are_delivered() {
+    let inst = Install::new();
+    let h = sim().await;
+    inst.connect(&h, "q").await;
+    let dir = h.sim.directory.default_directory_id();
+    inst.write_workflow("kill-loop.toml", &kill_workflow(&dir));
+    let mut ids = Vec::new();
+    {
+        let store = inst.store();
+        for n in 0..4 {
+            let e = NewEvent {
+                workflow: "kill-loop".into(),
+                source: EventSource::ServiceNow,
+                dedupe_key: format!("u-{n}@1"),
+                payload: json!({"table": "incident", "record": {"sys_id": format!("u-{n}"), "email": format!("u{n}@example.com")}}),
+            };
+            ids.push(store.enqueue(&e, 0).unwrap().id().to_string());
+        }
+    }
+    // Damage two rows by hand: a payload that is not JSON, and text where a number belongs.
+    let raw = rusqlite::Connection::open(inst.home().join("state.db")).unwrap();
+    raw.execute(
+        "UPDATE wf_events SET payload = '{not json' WHERE id = ?1",
+        [&ids[1]],
+    )
+    .unwrap();
+    raw.execute(
+        "UPDATE wf_events SET attempts = 'many' WHERE id = ?1",
+        [&ids[3]],
+    )
+    .unwrap();
+    drop(raw);
+    let out = inst.ok(&["workflow", "run", "--once"]).await;
+    assert!(
+        out.contains("delivered 2 event(s)") && out.contains("2 dead"),
+        "{out}"
+    );
+    let st: Value = serde_json::from_str(
+        &inst
+            .ok(&["workflow", "status", "kill-loop", "--json"])
+            .await,
+    )
+    .unwrap();
+    assert_eq!(st["counts"]["done"], 2, "{st}");
+    assert_eq!(st["counts"]["dead"], 2, "{st}");
+    let mut dead: Vec<&str> = st["dead"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    dead.sort();
+    let mut want = vec![ids[1].as_str(), ids[3].as_str()];
+    want.sort();
+    assert_eq!(dead, want, "{st}");
+    for d in st["dead"].as_array().unwrap() {
+        let why = d["last_error"].as_str().unwrap_or_default();
+        assert!(
+            why.contains("not readable") && why.contains("replay"),
+            "{st}"
+        );
+    }
+    let seen = contacts_by_ext_ref(&h, &dir).await;
+    assert_eq!(seen.get("u-0"), Some(&1));
+    assert_eq!(seen.get("u-2"), Some(&1));
+}
+
+#[tokio::test]
+async fn status_and_replay_of_an_unknown_workflow_fail() {
+    let inst = Install::new();
+    let h = sim().await;
+    inst.connect(&h, "q").await;
+    let dir = h.sim.directory.default_directory_id();
+    inst.write_workflow("kill-loop.toml", &kill_workflow(&dir));
+    for args in [
+        vec!["workflow", "status", "kill-lop"],
+        vec!["workflow", "status", "kill-lop", "--json"],
+        vec!["workflow", "replay", "kill-lop", "--all"],
+    ] {
+        let (code, err) = inst.fails(&args).await;
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("no workflow named \"kill-lop\"")
+                && err.contains("did you mean kill-loop"),
+            "{args:?}: {err}"
+        );
+    }
+    let out = inst.ok(&["workflow", "status", "kill-loop"]).await;
+    assert!(out.contains("workflow kill-loop"), "{out}");
+}
+
 async fn wait_done(
     inst: &Install,
     workflow: &str,
@@ -374,6 +468,40 @@ extRef = "response.id"
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(subs(http.clone()).await.len(), 1);
+    // A restart on another address moves the subscription instead of adding one.
+    let (mut child, moved) = start_runner(&inst, &[]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_ne!(moved, url);
+    let listed = subs(http.clone()).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        listed[0]["publicationUrl"],
+        format!("{moved}/hooks/qualtrics/responses")
+    );
+    // Someone else's subscription to the same survey is left alone.
+    let other: Value = http
+        .post(format!("{}/eventsubscriptions", h.api_url()))
+        .header("X-API-TOKEN", &token)
+        .json(
+            &json!({"topics": format!("surveyengine.completedResponse.{survey}"),
+                      "publicationUrl": "http://127.0.0.1:9/elsewhere", "encrypt": false}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(other["result"]["id"].is_string(), "{other}");
+    // The workflow removed: its subscription goes at the next start, the other one stays.
+    inst.ok(&["workflow", "remove", "responses"]).await;
+    let (mut child, _) = start_runner(&inst, &[]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let listed = subs(http.clone()).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["publicationUrl"], "http://127.0.0.1:9/elsewhere");
 }
 
 // ---- Salesforce ---------------------------------------------------------------------------------

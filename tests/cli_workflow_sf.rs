@@ -132,26 +132,16 @@ fn count(st: &xmbridge_workflows::store::WorkflowStatus, s: EventState) -> u64 {
     st.counts.get(&s).copied().unwrap_or(0)
 }
 
-// ---- 1. a Salesforce outbound message sends a Qualtrics survey ----------------------------------
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_salesforce_outbound_message_on_a_case_sends_the_contact_a_survey_once() {
-    let inst = Install::new();
-    let q = qualtrics().await;
-    inst.connect(&q, "q").await;
-    // Discovers the brand's default directory (the template's steps name none).
-    inst.ok(&["connection", "test", "q"]).await;
-    let sf = salesforce().await;
-    let linked = link_server_to_server(&inst, &sf, "sf-prod").await;
-    assert!(linked.contains("organization 00D"), "{linked}");
-
+/// Adds the `salesforce-triggered-survey` template for pat with what it needs from Qualtrics (a
+/// survey, an invite message, a mailing list); returns the survey and mailing list ids.
+async fn add_triggered_survey(inst: &Install, q: &SimHandle) -> (String, String) {
     // What the template needs from Qualtrics: a survey, an invite message, a mailing list.
     let survey = q.sim.surveys[0].id.clone();
-    let me = q_get(&q, "whoami").await["userId"]
+    let me = q_get(q, "whoami").await["userId"]
         .as_str()
         .unwrap()
         .to_string();
-    let messages = q_get(&q, &format!("libraries/{me}/messages")).await;
+    let messages = q_get(q, &format!("libraries/{me}/messages")).await;
     let invite = messages["elements"]
         .as_array()
         .unwrap()
@@ -196,9 +186,47 @@ async fn a_salesforce_outbound_message_on_a_case_sends_the_contact_a_survey_once
     }
     let added = inst.ok(&args).await;
     assert!(added.contains("salesforce-triggered-survey"), "{added}");
+    assert!(
+        added.contains("endpoint-token"),
+        "the hook's protection is shown: {added}"
+    );
+    (survey, ml)
+}
+
+// ---- 1. a Salesforce outbound message sends a Qualtrics survey ----------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_salesforce_outbound_message_on_a_case_sends_the_contact_a_survey_once() {
+    let inst = Install::new();
+    let q = qualtrics().await;
+    inst.connect(&q, "q").await;
+    // Discovers the brand's default directory (the template's steps name none).
+    inst.ok(&["connection", "test", "q"]).await;
+    let sf = salesforce().await;
+    let linked = link_server_to_server(&inst, &sf, "sf-prod").await;
+    assert!(linked.contains("organization 00D"), "{linked}");
+
+    let (survey, ml) = add_triggered_survey(&inst, &q).await;
 
     let (_runner, url) = start_runner(&inst, &["--retry-base-ms", "50"]);
-    let endpoint = format!("{url}/hooks/salesforce/salesforce-triggered-survey");
+    // The endpoint URL for the outbound message carries the workflow's secret token.
+    let endpoint = inst
+        .ok(&[
+            "workflow",
+            "endpoint",
+            "salesforce-triggered-survey",
+            "--public-url",
+            &url,
+        ])
+        .await
+        .trim()
+        .to_string();
+    assert!(
+        endpoint.starts_with(&format!(
+            "{url}/hooks/salesforce/salesforce-triggered-survey?token="
+        )),
+        "{endpoint}"
+    );
 
     // A seeded Case with a contact; Salesforce sends the outbound message.
     let case = sf
@@ -328,6 +356,11 @@ async fn a_salesforce_outbound_message_on_a_case_sends_the_contact_a_survey_once
         .await
         .unwrap();
     assert_eq!(resp.status(), 500);
+    let fault = resp.text().await.unwrap();
+    assert!(
+        fault.contains("refused") && !fault.contains(&sf.org_id()[..15]),
+        "a refusal says nothing about what would pass: {fault}"
+    );
     // Give a (wrongly) stored duplicate every chance to be delivered before counting.
     let st = wait_status(&inst, "salesforce-triggered-survey", |s| {
         count(s, EventState::Pending) + count(s, EventState::Running) == 0
@@ -337,6 +370,144 @@ async fn a_salesforce_outbound_message_on_a_case_sends_the_contact_a_survey_once
     assert_eq!(total, 1, "one event for one notification: {st:?}");
     let dists = ours(q_get(&q, &format!("distributions?surveyId={survey}")).await);
     assert_eq!(dists.len(), 1, "no second distribution: {dists:?}");
+}
+
+/// The probe's critical finding: with no linked Salesforce account (nothing to check an org
+/// against), a forged outbound message used to be acknowledged and sent a survey invitation to
+/// an address of the sender's choice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_outbound_message_is_refused_and_sends_nothing() {
+    let inst = Install::new();
+    let q = qualtrics().await;
+    inst.connect(&q, "q").await;
+    inst.ok(&["connection", "test", "q"]).await;
+    let (survey, ml) = add_triggered_survey(&inst, &q).await;
+    let show = inst
+        .ok(&["workflow", "show", "salesforce-triggered-survey"])
+        .await;
+    assert!(
+        show.contains("endpoint-token") && show.contains("OrganizationId not checked"),
+        "{show}"
+    );
+    let (mut runner, url) = start_runner(&inst, &["--retry-base-ms", "50"]);
+    let hook = format!("{url}/hooks/salesforce/salesforce-triggered-survey");
+    let forged = |org: &str| {
+        xmbridge_sim::salesforce::outbound::soap_message(
+            org,
+            "04k000000000001AAA",
+            None,
+            "http://127.0.0.1:9",
+            "04l00000000F0RGED",
+            "Case",
+            &[
+                ("Id".to_string(), "500000000000666AAA".to_string()),
+                ("ContactEmail".to_string(), "victim@example.com".to_string()),
+            ],
+        )
+    };
+    let http = reqwest::Client::new();
+    let post = |url: String, body: String| {
+        let http = http.clone();
+        async move {
+            let resp = http
+                .post(url)
+                .header("Content-Type", "text/xml")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    // No token, a guessed one, and the org id the sender may have learnt: all refused alike,
+    // and a workflow name that does not exist gets the very same answer.
+    let attempts = [
+        (hook.clone(), forged("00D000000000001AAA")),
+        (format!("{hook}?token=guess"), forged("00D000000000001AAA")),
+        (format!("{hook}?token="), forged("00D000000000002AAA")),
+        (
+            format!("{url}/hooks/salesforce/no-such-workflow"),
+            forged("00D000000000001AAA"),
+        ),
+    ];
+    let mut answers = Vec::new();
+    for (target, body) in attempts {
+        let (status, text) = post(target.clone(), body).await;
+        assert_eq!(status, 500, "{target}: {text}");
+        assert!(!xmbridge_sim::salesforce::outbound::is_ack(&text), "{text}");
+        answers.push(text);
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    assert!(answers[0].contains("refused"), "{}", answers[0]);
+
+    // Nothing was stored, so nothing is delivered.
+    let st = inst.store().status("salesforce-triggered-survey").unwrap();
+    assert_eq!(st.counts.values().sum::<u64>(), 0, "{st:?}");
+    runner.kill().unwrap();
+    runner.wait().unwrap();
+    let out = inst.ok(&["workflow", "run", "--once"]).await;
+    assert!(out.contains("delivered 0 event(s)"), "{out}");
+    let dir = q.sim.directory.default_directory_id();
+    let members = q_get(&q, &format!("directories/{dir}/mailinglists/{ml}/contacts")).await;
+    assert_eq!(members["elements"].as_array().map(Vec::len), Some(0));
+    let dists = q_get(&q, &format!("distributions?surveyId={survey}")).await;
+    assert!(
+        dists["elements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["recipients"]["mailingListId"] != json!(ml)),
+        "{dists}"
+    );
+
+    // The operator's endpoint URL works (the hook is not simply closed).
+    let (_runner, url) = start_runner(&inst, &["--retry-base-ms", "50"]);
+    let endpoint = inst
+        .ok(&[
+            "workflow",
+            "endpoint",
+            "salesforce-triggered-survey",
+            "--public-url",
+            &url,
+        ])
+        .await
+        .trim()
+        .to_string();
+    let (status, text) = post(endpoint, forged("00D000000000001AAA")).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(xmbridge_sim::salesforce::outbound::is_ack(&text), "{text}");
+}
+
+#[tokio::test]
+async fn a_hook_workflow_without_authentication_is_refused_at_add() {
+    let inst = Install::new();
+    let file = inst.path("open.toml");
+    std::fs::write(
+        &file,
+        r#"[[workflow]]
+name = "open-door"
+owner = "pat"
+[workflow.trigger]
+type = "salesforce-outbound"
+object = "Case"
+auth = "none"
+[[workflow.step]]
+name = "contact"
+action = "upsert-contact"
+[workflow.step.inputs]
+email = "record.ContactEmail"
+"#,
+    )
+    .unwrap();
+    let (code, err) = inst
+        .fails(&["workflow", "add", "--file", file.to_str().unwrap()])
+        .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("unauthenticated") && err.contains("auth = \"endpoint-token\""),
+        "{err}"
+    );
+    assert!(!inst.home().join("workflows/open-door.toml").exists());
 }
 
 // ---- 2. delivery to Salesforce under faults ------------------------------------------------------

@@ -50,7 +50,8 @@ impl Install {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
-            "{args:?}\nstdout:\n{stdout}\nstderr:\n{}",
+            "{args:?} ({})\nstdout:\n{stdout}\nstderr:\n{}",
+            out.status,
             String::from_utf8_lossy(&out.stderr)
         );
         stdout

@@ -276,6 +276,29 @@ pub struct WorkflowStatus {
     pub retried_events: u64,
 }
 
+/// What one lease took: the events now held, and how many due rows could not be read (those went
+/// to the dead letter instead).
+#[derive(Debug, Default)]
+pub struct Leased {
+    pub events: Vec<EventRow>,
+    pub unreadable: usize,
+}
+
+impl std::ops::Deref for Leased {
+    type Target = Vec<EventRow>;
+    fn deref(&self) -> &Vec<EventRow> {
+        &self.events
+    }
+}
+
+impl IntoIterator for Leased {
+    type Item = EventRow;
+    type IntoIter = std::vec::IntoIter<EventRow>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.events.into_iter()
+    }
+}
+
 /// A Qualtrics event subscription that xmbridge created (or adopted) for a workflow's webhook.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubscriptionRecord {
@@ -316,7 +339,7 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
         lease: Duration,
         limit: usize,
-    ) -> Result<Vec<EventRow>, StoreError>;
+    ) -> Result<Leased, StoreError>;
     /// When the next event becomes due (pending or leased), for workflows not paused.
     fn next_due_at(&self) -> Result<Option<i64>, StoreError>;
     /// Recorded outputs of the event's finished steps, by step name.
@@ -755,7 +778,7 @@ impl Store for SqliteStore {
         now_ms: i64,
         lease: Duration,
         limit: usize,
-    ) -> Result<Vec<EventRow>, StoreError> {
+    ) -> Result<Leased, StoreError> {
         let until = now_ms + lease.as_millis() as i64;
         let (leased, unreadable) = {
             let mut conn = self.conn.lock();
@@ -831,13 +854,16 @@ impl Store for SqliteStore {
         for (_, label, error) in &unreadable {
             tracing::error!(event = %label, error = %error, "an outbox row could not be read; it was moved to the dead letter");
         }
-        Ok(leased
-            .into_iter()
-            .map(|mut ev| {
-                ev.state = EventState::Running;
-                ev
-            })
-            .collect())
+        Ok(Leased {
+            events: leased
+                .into_iter()
+                .map(|mut ev| {
+                    ev.state = EventState::Running;
+                    ev
+                })
+                .collect(),
+            unreadable: unreadable.len(),
+        })
     }
 
     fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
@@ -1055,8 +1081,9 @@ impl Store for SqliteStore {
             let conn = self.conn.lock();
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT state, COUNT(*), COALESCE(SUM(attempts), 0),
-                            COALESCE(SUM(attempts > 0), 0)
+                    // CAST: a damaged row's text in `attempts` must not turn the sum into a REAL.
+                    "SELECT state, COUNT(*), COALESCE(SUM(CAST(attempts AS INTEGER)), 0),
+                            COALESCE(SUM(CAST(attempts AS INTEGER) > 0), 0)
                      FROM wf_events WHERE workflow = ?1 GROUP BY state",
                 )
                 .map_err(|e| self.db(e))?;

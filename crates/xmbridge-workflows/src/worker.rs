@@ -451,6 +451,7 @@ impl Engine {
                 .store
                 .lease_due(&owner, now_ms(), self.cfg.lease, self.cfg.batch)?;
             self.health.set(n, WorkerState::Running);
+            summary.lock().dead += leased.unreadable as u64;
             if leased.is_empty() {
                 let next = self.store.next_due_at()?;
                 match mode {
