@@ -89,7 +89,7 @@ async fn list_shows_every_action_as_text_and_json() {
     let all = i.json(&["action", "list", "--json"]).await;
     let all = all.as_array().unwrap();
     let qualtrics = all.iter().filter(|a| a["system"] == "Qualtrics").count();
-    assert_eq!(qualtrics, 23, "the spoke's 20 and three extras");
+    assert_eq!(qualtrics, 24, "the spoke's 20 and four extras");
     let c = all
         .iter()
         .find(|a| a["name"] == "create-contact-in-mailing-list")

@@ -177,7 +177,7 @@ async fn add_list_show_remove_from_file_and_template() {
     assert_eq!(names, vec!["case-closed", "detractors"]);
     assert_eq!(
         list[0]["trigger"],
-        json!({"type": "salesforce-outbound", "object": "Case"})
+        json!({"type": "salesforce-outbound", "object": "Case", "organization_id": null})
     );
     assert_eq!(list[1]["steps"][0]["account"], json!("sn-prod"));
     i.run(&["workflow", "list"])

@@ -44,9 +44,12 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
   # Deliver everything due and exit (cron, tests):
   xmbridge workflow run --once
 
-Qualtrics posts to {public-url}/hooks/qualtrics/{workflow}; Salesforce outbound messages go to
-{public-url}/hooks/salesforce/{workflow}; ServiceNow business rules to
-{public-url}/hooks/servicenow/{workflow} with the header X-Xmbridge-Secret.")]
+Qualtrics posts to {public-url}/hooks/qualtrics/{workflow} (run registers the subscription);
+Salesforce outbound messages go to {public-url}/hooks/salesforce/{workflow}?token=… and ServiceNow
+business rules to {public-url}/hooks/servicenow/{workflow} with the header X-Xmbridge-Secret —
+`xmbridge workflow endpoint NAME --public-url URL` prints the URL (and `--secret` the secret).
+GET /healthz answers 503 while a delivery worker is failing. Put a TLS reverse proxy in front
+(docs/security.md).")]
 pub struct RunArgs {
     /// Where the webhook receiver listens (loopback only; put a reverse proxy in front).
     #[arg(long, default_value = "127.0.0.1:8787")]
@@ -715,6 +718,7 @@ pub async fn run(args: RunArgs, sources: &Sources, registry: Registry) -> anyhow
             }
             Trigger::SalesforceOutbound { .. } => {
                 let (token, created) = hooks::ensure_secret(&vault, &w.name)?;
+                // Made here only for a workflow file placed by hand (`workflow add` makes it).
                 let protection = hooks::protection(w, Some(&accounts));
                 let org_id = protection
                     .as_ref()
@@ -733,11 +737,13 @@ pub async fn run(args: RunArgs, sources: &Sources, registry: Registry) -> anyhow
                 hooks.insert(w.name.clone(), Hook::Salesforce { token, org_id });
             }
             Trigger::ServiceNow { table } => {
-                let (secret, created) = hooks::ensure_secret(&vault, &w.name)?;
-                if created {
-                    let dir = home.root().join("hooks");
+                let (secret, _) = hooks::ensure_secret(&vault, &w.name)?;
+                // The secret also goes to a 0600 file the admin copies into the business rule
+                // (written once; `workflow endpoint NAME --secret` prints it too).
+                let dir = home.root().join("hooks");
+                let path = dir.join(format!("{}.secret", w.name));
+                if !path.exists() {
                     std::fs::create_dir_all(&dir)?;
-                    let path = dir.join(format!("{}.secret", w.name));
                     write_private(&path, secret.expose_secret())?;
                     println!(
                         "workflow {}: the ServiceNow business rule must send header X-Xmbridge-Secret with the value in {}",
