@@ -218,10 +218,10 @@ pub fn salesforce_outbound(
     })
 }
 
+/// Salesforce ids compare on their first 15 characters (the 18-character form adds a checksum).
+/// By characters, not bytes: the id comes from a webhook body and may hold anything.
 fn same_sf_id(a: &str, b: &str) -> bool {
-    let a15 = &a[..a.len().min(15)];
-    let b15 = &b[..b.len().min(15)];
-    a15 == b15
+    a.chars().take(15).eq(b.chars().take(15))
 }
 
 /// The acknowledgement of an outbound message.
@@ -527,6 +527,17 @@ mod tests {
         for bad in ["", "<a>", "<notifications></notifications>", "not xml <"] {
             assert!(salesforce_outbound("wf", bad, None).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn organization_ids_compare_on_15_characters_whatever_they_hold() {
+        assert!(same_sf_id("00Dxx0000000001EAA", "00Dxx0000000001"));
+        assert!(!same_sf_id("00Dxx0000000001EAA", "00Dxx0000000002EAA"));
+        // Multi-byte characters across the 15th byte must not panic.
+        assert!(!same_sf_id("00Dxx000000000é1EAA", "00Dxx0000000001EAA"));
+        let body = SOAP.replace("00Dxx0000000001EAA", "00Dxx00000000ééééé");
+        let err = salesforce_outbound("wf", &body, Some("00Dxx0000000001EAA")).unwrap_err();
+        assert!(matches!(err, EventError::WrongOrganization { .. }));
     }
 
     #[test]
