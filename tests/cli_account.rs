@@ -194,7 +194,8 @@ async fn link_inputs_that_could_only_fail_later_are_refused_at_once() {
     let (code, err) = refused(&inst, &strs(&a)).await;
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("ServiceNow password contains a line break") && err.contains("--password-file"),
+        err.contains("ServiceNow password contains a line break")
+            && err.contains("--password-file"),
         "{err}"
     );
     assert!(!err.contains(&password), "{err}");
@@ -211,7 +212,11 @@ async fn link_inputs_that_could_only_fail_later_are_refused_at_once() {
     let (code, err) = refused(&inst, &strs(&a)).await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("at most 63 per label"), "{err}");
-    assert!(err.len() < 2000, "the long host is not echoed whole: {}", err.len());
+    assert!(
+        err.len() < 2000,
+        "the long host is not echoed whole: {}",
+        err.len()
+    );
 
     // A Salesforce login URL over plain http elsewhere.
     let (code, err) = refused(

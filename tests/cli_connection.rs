@@ -934,11 +934,21 @@ async fn inputs_that_could_only_fail_later_are_refused_at_add() {
     let long_host = format!("https://{}.fra1.qualtrics.com", "a".repeat(3000));
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
-            add(&["--datacenter", "fra1", "--api-token-file", nul.to_str().unwrap()]),
+            add(&[
+                "--datacenter",
+                "fra1",
+                "--api-token-file",
+                nul.to_str().unwrap(),
+            ]),
             "API token contains a NUL byte",
         ),
         (
-            add(&["--datacenter", "fra1", "--api-token-file", lines.to_str().unwrap()]),
+            add(&[
+                "--datacenter",
+                "fra1",
+                "--api-token-file",
+                lines.to_str().unwrap(),
+            ]),
             "API token contains a line break",
         ),
         (
@@ -964,7 +974,12 @@ async fn inputs_that_could_only_fail_later_are_refused_at_add() {
             "not a valid X.509 certificate",
         ),
         (
-            add(&["--url", &long_host, "--api-token-file", good.to_str().unwrap()]),
+            add(&[
+                "--url",
+                &long_host,
+                "--api-token-file",
+                good.to_str().unwrap(),
+            ]),
             "3000 characters long; DNS allows at most 63 per label",
         ),
         (
@@ -998,7 +1013,11 @@ async fn inputs_that_could_only_fail_later_are_refused_at_add() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let r = i.run(&args).await;
         r.fails(2, needle);
-        assert!(!r.stderr().contains("abc"), "a secret was echoed: {}", r.stderr());
+        assert!(
+            !r.stderr().contains("abc"),
+            "a secret was echoed: {}",
+            r.stderr()
+        );
         assert!(r.stderr().len() < 2000, "{}", r.stderr().len());
     }
     let r = i.run(&["connection", "list"]).await;
@@ -1161,7 +1180,11 @@ async fn an_empty_state_store_is_refused_as_damaged() {
             .fails(1, &format!("rm {}", db.display()));
         assert!(!r.stdout().contains("no connections"), "{}", r.stdout());
     }
-    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "left for the user");
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().len(),
+        0,
+        "left for the user"
+    );
 
     // A fresh home with an empty store: no key file is made for it either.
     let j = Install::new();
@@ -1198,8 +1221,11 @@ async fn a_vault_value_of_the_wrong_type_is_named() {
     .unwrap();
     // Reading the token happens before any network use.
     let r = i.run(&["connection", "test", "a"]).await;
-    r.fails(1, "the ciphertext of the sealed API token of connection 'a'")
-        .fails(1, "xmbridge connection remove a");
+    r.fails(
+        1,
+        "the ciphertext of the sealed API token of connection 'a'",
+    )
+    .fails(1, "xmbridge connection remove a");
     assert!(!r.stderr().contains("disk space"), "{}", r.stderr());
 
     db.execute(

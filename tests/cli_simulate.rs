@@ -192,7 +192,13 @@ async fn out_of_range_fault_is_refused_at_start_as_at_run_time() {
 
     let (code, err) = tokio::task::spawn_blocking(|| {
         let mut child = Command::new(BIN)
-            .args(["simulate", "--listen", "127.0.0.1:0", "--fault", "error_rate=2"])
+            .args([
+                "simulate",
+                "--listen",
+                "127.0.0.1:0",
+                "--fault",
+                "error_rate=2",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -237,8 +237,7 @@ pub(crate) fn read_secret(
 /// Refuses a token, client id, secret or user name that cannot go into an HTTP header or form
 /// field (a NUL, a line break …), naming where it came from; the value is never shown.
 pub(crate) fn credential_text(what: &str, source: &str, value: &str) -> anyhow::Result<()> {
-    xmbridge_auth::check_credential_text(what, value)
-        .map_err(|e| usage(format!("{e} (given with {source})")))
+    xmbridge_auth::check_credential_text(what, value).map_err(|e| usage(format!("{e}: {source}")))
 }
 
 /// A CA certificate file, checked to hold at least one readable PEM certificate before it is
@@ -301,7 +300,7 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
     let ca_cert_pem = args
         .ca_cert
         .as_deref()
-        .map(|p| read_ca_certificates(p))
+        .map(read_ca_certificates)
         .transpose()?;
     let mut settings = QualtricsSettings {
         base_url: base.as_str().to_string(),
@@ -329,7 +328,7 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
                 ))
             })
             .and_then(|id| {
-                credential_text("OAuth client id", "--client-id", &id)?;
+                credential_text("OAuth client id", "--client-id (or XMBRIDGE_QUALTRICS_CLIENT_ID)", &id)?;
                 Ok(id)
             })
     };

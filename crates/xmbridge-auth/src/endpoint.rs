@@ -40,7 +40,7 @@ pub fn check_credential_url(what: &str, url: &Url) -> Result<(), AuthError> {
         Some(url::Host::Domain(d)) => {
             check_host_name(d).map_err(|reason| {
                 AuthError::Config(format!(
-                    "the {what} {shown} does not name a valid host: {reason}; give the host exactly as the provider shows it (for example https://acme.service-now.com)"
+                    "the {what} {shown} does not name a valid host: {reason}; give the host name exactly as the provider shows it"
                 ))
             })?;
             d.to_string()
@@ -137,7 +137,7 @@ pub fn check_credential_text(what: &str, value: &str) -> Result<(), AuthError> {
             c => format!("the control character U+{:04X}", c as u32),
         };
         return Err(AuthError::Config(format!(
-            "the {what} contains {kind}; it must be a single line of printable text (check the file or environment variable it came from: one value, nothing else)"
+            "the {what} contains {kind}, but it must be a single line of printable text; check where it came from"
         )));
     }
     Ok(())
@@ -194,7 +194,13 @@ mod tests {
         ] {
             assert!(is_loopback_host(h), "{h}");
         }
-        for h in ["10.0.0.5", "example.com", "localhost.example.com", "[::2]", ""] {
+        for h in [
+            "10.0.0.5",
+            "example.com",
+            "localhost.example.com",
+            "[::2]",
+            "",
+        ] {
             assert!(!is_loopback_host(h), "{h}");
         }
     }
@@ -210,15 +216,24 @@ mod tests {
         ] {
             check_credential_url("URL", &u(ok)).unwrap();
         }
-        let e = check_credential_url("instance URL", &u("http://acme.service-now.com")).unwrap_err();
+        let e =
+            check_credential_url("instance URL", &u("http://acme.service-now.com")).unwrap_err();
         let m = e.to_string();
-        assert!(m.contains("plain http") && m.contains("use https://acme.service-now.com"), "{m}");
+        assert!(
+            m.contains("plain http") && m.contains("use https://acme.service-now.com"),
+            "{m}"
+        );
         assert!(check_credential_url("URL", &u("http://10.0.0.5")).is_err());
         assert!(check_credential_url("URL", &u("ftp://example.com")).is_err());
         assert!(check_credential_url("URL", &u("https://u:p@example.com")).is_err());
         let long = format!("https://{}.example.com", "a".repeat(3000));
-        let m = check_credential_url("URL", &u(&long)).unwrap_err().to_string();
-        assert!(m.contains("3000 characters long; DNS allows at most 63") && m.len() < 600, "{m}");
+        let m = check_credential_url("URL", &u(&long))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            m.contains("3000 characters long; DNS allows at most 63") && m.len() < 600,
+            "{m}"
+        );
     }
 
     #[test]
@@ -257,7 +272,9 @@ mod tests {
             ("a\tb", "tab"),
             ("a\u{7f}", "U+007F"),
         ] {
-            let m = check_credential_text("API token", bad).unwrap_err().to_string();
+            let m = check_credential_text("API token", bad)
+                .unwrap_err()
+                .to_string();
             assert!(m.contains(needle) && m.contains("API token"), "{m}");
             assert!(bad.is_empty() || !m.contains(bad), "{m}");
         }
@@ -280,7 +297,10 @@ mod tests {
         let cut = upstream_bytes(&body);
         assert!(cut.starts_with(&"y".repeat(UPSTREAM_TEXT_LIMIT)));
         assert!(
-            cut.ends_with(&format!("… ({} bytes more)", 5_000_000 - UPSTREAM_TEXT_LIMIT)),
+            cut.ends_with(&format!(
+                "… ({} bytes more)",
+                5_000_000 - UPSTREAM_TEXT_LIMIT
+            )),
             "{}",
             &cut[UPSTREAM_TEXT_LIMIT..]
         );

@@ -382,7 +382,10 @@ fn garbage_pem_is_refused_clearly() {
     let e = xmbridge_auth::check_ca_certificates(fake.as_bytes()).unwrap_err();
     assert!(e.to_string().contains("not a valid X.509"), "{e}");
     let e = xmbridge_auth::check_ca_certificates(v3.client_key_pem.as_bytes()).unwrap_err();
-    assert!(e.to_string().contains("no '-----BEGIN CERTIFICATE-----'"), "{e}");
+    assert!(
+        e.to_string().contains("no '-----BEGIN CERTIFICATE-----'"),
+        "{e}"
+    );
     assert_eq!(
         xmbridge_auth::check_ca_certificates(v3.ca_pem.as_bytes()).unwrap(),
         1

@@ -157,7 +157,11 @@ mod tests {
         let body = serde_json::json!({"meta": {"error": {"errorCode": big, "errorMessage": big}}});
         let err = parse(400, body.to_string().as_bytes(), "u").unwrap_err();
         let text = err.to_string();
-        assert!(text.len() < 3 * xmbridge_auth::UPSTREAM_TEXT_LIMIT, "{}", text.len());
+        assert!(
+            text.len() < 3 * xmbridge_auth::UPSTREAM_TEXT_LIMIT,
+            "{}",
+            text.len()
+        );
         assert!(text.contains(&format!(
             "({} bytes more)",
             5_000_000 - xmbridge_auth::UPSTREAM_TEXT_LIMIT

@@ -195,17 +195,34 @@ mod tests {
         for status in [400, 503] {
             let e = SalesforceError::from_rest(status, None, None, body.as_bytes());
             let text = e.to_string();
-            assert!(text.len() < 2 * xmbridge_auth::UPSTREAM_TEXT_LIMIT, "{}", text.len());
+            assert!(
+                text.len() < 2 * xmbridge_auth::UPSTREAM_TEXT_LIMIT,
+                "{}",
+                text.len()
+            );
             assert!(text.contains("bytes more)"), "{}", &text[text.len() - 40..]);
         }
         let raw = vec![b'<'; 5_000_000];
         let text = SalesforceError::from_rest(400, None, None, &raw).to_string();
-        assert!(text.len() < 2 * xmbridge_auth::UPSTREAM_TEXT_LIMIT, "{}", text.len());
+        assert!(
+            text.len() < 2 * xmbridge_auth::UPSTREAM_TEXT_LIMIT,
+            "{}",
+            text.len()
+        );
         let many: Vec<_> = (0..10_000)
             .map(|i| serde_json::json!({"message": format!("error number {i}"), "errorCode": "X"}))
             .collect();
-        let e = SalesforceError::from_rest(400, None, None, serde_json::to_string(&many).unwrap().as_bytes());
+        let e = SalesforceError::from_rest(
+            400,
+            None,
+            None,
+            serde_json::to_string(&many).unwrap().as_bytes(),
+        );
         assert!(e.to_string().len() < 2 * xmbridge_auth::UPSTREAM_TEXT_LIMIT);
-        assert_eq!(e.codes().len(), 10_000, "the errors themselves are all kept");
+        assert_eq!(
+            e.codes().len(),
+            10_000,
+            "the errors themselves are all kept"
+        );
     }
 }

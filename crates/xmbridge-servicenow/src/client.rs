@@ -764,7 +764,9 @@ mod tests {
             assert!(e.to_string().contains("https://"), "{e}");
         }
         let long = format!("https://{}.service-now.com", "a".repeat(3000));
-        let e = ServiceNowClient::new(&long, basic()).unwrap_err().to_string();
+        let e = ServiceNowClient::new(&long, basic())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("at most 63"), "{e}");
         for ok in [
             "https://acme.service-now.com",

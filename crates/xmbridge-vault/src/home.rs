@@ -167,7 +167,10 @@ mod tests {
         for mode in [0o777, 0o770, 0o1777, 0o722] {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
             let err = Home::at(&dir).unwrap_err();
-            assert!(matches!(err, VaultError::HomeTooOpen { .. }), "{mode:o}: {err}");
+            assert!(
+                matches!(err, VaultError::HomeTooOpen { .. }),
+                "{mode:o}: {err}"
+            );
             assert!(err.to_string().contains("chmod 700"), "{err}");
         }
         // Readable by others is the user's choice (0755 is a common default).

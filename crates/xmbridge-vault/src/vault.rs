@@ -939,7 +939,9 @@ fn restrict_store_files(path: &Path) -> Result<Vec<(PathBuf, u32)>, VaultError> 
         name.push(suffix);
         let file = PathBuf::from(name);
         let meta = match std::fs::metadata(&file) {
-            Ok(m) => m,
+            Ok(m) if m.is_file() => m,
+            // Not a file: SQLite's open reports it.
+            Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(VaultError::io("read", &file, e)),
         };

@@ -809,7 +809,10 @@ fn a_value_of_the_wrong_sql_type_names_the_connection_and_field() {
         "{err:?}"
     );
     let err = v.get_connection("other").unwrap_err().to_string();
-    assert!(err.contains("settings of connection 'other'") && err.contains("a blob"), "{err}");
+    assert!(
+        err.contains("settings of connection 'other'") && err.contains("a blob"),
+        "{err}"
+    );
 }
 
 #[cfg(unix)]
@@ -824,7 +827,13 @@ fn store_files_others_can_read_are_restricted_and_writable_ones_refused() {
     let set = |mode| {
         std::fs::set_permissions(home.state_db(), std::fs::Permissions::from_mode(mode)).unwrap()
     };
-    let mode = || std::fs::metadata(home.state_db()).unwrap().permissions().mode() & 0o7777;
+    let mode = || {
+        std::fs::metadata(home.state_db())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
 
     set(0o644);
     let v = open(&home);

@@ -79,8 +79,8 @@ impl FaultSettings {
     /// `xmbridge simulate --fault` and `POST /_sim/faults` read them, so both refuse the same
     /// settings with the same message.
     pub fn from_json(value: Value) -> Result<FaultSettings, String> {
-        let settings: FaultSettings = serde_json::from_value(value)
-            .map_err(|e| format!("Invalid fault settings: {e}"))?;
+        let settings: FaultSettings =
+            serde_json::from_value(value).map_err(|e| format!("Invalid fault settings: {e}"))?;
         settings
             .validate()
             .map_err(|e| format!("Invalid fault settings: {e}"))?;
