@@ -912,3 +912,373 @@ async fn a_missing_scope_is_named() {
         r.stdout()
     );
 }
+
+/// Inputs that used to be saved and fail only at `connection test` (or never work) are refused
+/// by `connection add`, saying what is wrong; nothing is saved.
+#[tokio::test]
+async fn inputs_that_could_only_fail_later_are_refused_at_add() {
+    let i = Install::new();
+    let add = |extra: &[&str]| {
+        let mut a = vec!["connection", "add", "qualtrics", "a"];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let nul = i.file("nul", "abc\0def");
+    let lines = i.file("lines", "abc\ndef\n");
+    let good = i.file("good", "abcdef\n");
+    let junk_ca = i.file("junk.pem", "this is not a certificate\n");
+    let fake_ca = i.file(
+        "fake.pem",
+        "-----BEGIN CERTIFICATE-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE-----\n",
+    );
+    let long_host = format!("https://{}.fra1.qualtrics.com", "a".repeat(3000));
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            add(&[
+                "--datacenter",
+                "fra1",
+                "--api-token-file",
+                nul.to_str().unwrap(),
+            ]),
+            "API token contains a NUL byte",
+        ),
+        (
+            add(&[
+                "--datacenter",
+                "fra1",
+                "--api-token-file",
+                lines.to_str().unwrap(),
+            ]),
+            "API token contains a line break",
+        ),
+        (
+            add(&[
+                "--datacenter",
+                "fra1",
+                "--api-token-file",
+                good.to_str().unwrap(),
+                "--ca-cert",
+                junk_ca.to_str().unwrap(),
+            ]),
+            "CA certificate file",
+        ),
+        (
+            add(&[
+                "--datacenter",
+                "fra1",
+                "--api-token-file",
+                good.to_str().unwrap(),
+                "--ca-cert",
+                fake_ca.to_str().unwrap(),
+            ]),
+            "not a valid X.509 certificate",
+        ),
+        (
+            add(&[
+                "--url",
+                &long_host,
+                "--api-token-file",
+                good.to_str().unwrap(),
+            ]),
+            "3000 characters long; DNS allows at most 63 per label",
+        ),
+        (
+            add(&[
+                "--datacenter",
+                "fra1",
+                "--auth",
+                "standard",
+                "--client-id",
+                "id\nsecond",
+                "--client-secret-file",
+                good.to_str().unwrap(),
+            ]),
+            "OAuth client id contains a line break",
+        ),
+        (
+            add(&[
+                "--datacenter",
+                "fra1",
+                "--auth",
+                "standard",
+                "--client-id",
+                "id",
+                "--client-secret-file",
+                nul.to_str().unwrap(),
+            ]),
+            "OAuth client secret contains a NUL byte",
+        ),
+    ];
+    for (args, needle) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = i.run(&args).await;
+        r.fails(2, needle);
+        assert!(
+            !r.stderr().contains("abc"),
+            "a secret was echoed: {}",
+            r.stderr()
+        );
+        assert!(r.stderr().len() < 2000, "{}", r.stderr().len());
+    }
+    let r = i.run(&["connection", "list"]).await;
+    r.ok();
+    assert!(r.stdout().contains("no connections"), "{}", r.stdout());
+}
+
+/// The missing client id names the environment variable as it is spelled.
+#[tokio::test]
+async fn a_missing_client_id_names_the_real_environment_variable() {
+    let i = Install::new();
+    let sf = i.file("secret", "s");
+    for auth in ["standard", "advanced"] {
+        i.run(&[
+            "connection",
+            "add",
+            "qualtrics",
+            "a",
+            "--datacenter",
+            "fra1",
+            "--auth",
+            auth,
+            "--client-secret-file",
+            sf.to_str().unwrap(),
+        ])
+        .await
+        .fails(2, "XMBRIDGE_QUALTRICS_CLIENT_ID")
+        .fails(2, &format!("--auth {auth} needs --client-id"));
+    }
+}
+
+/// A 5 MB error message from Qualtrics is cut in what the user sees, not echoed whole.
+#[tokio::test]
+async fn a_huge_upstream_error_message_is_cut() {
+    let h = sim(small()).await;
+    let web = reqwest::Client::new();
+    admin(
+        &h,
+        &web,
+        "/_sim/faults",
+        json!({"error_rate": 1.0, "error_status": 400, "error_message_bytes": 5_000_000}),
+    )
+    .await;
+    let i = Install::new();
+    let tf = i.file("token", &h.sim.cfg.admin_token());
+    i.run(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "big",
+        "--url",
+        &h.base_url,
+        "--api-token-file",
+        tf.to_str().unwrap(),
+    ])
+    .await
+    .ok();
+    let r = i.run(&["connection", "test", "big"]).await;
+    // The size first: a failing check must not print megabytes.
+    assert!(
+        r.all().len() < 8 * 1024,
+        "{} bytes of output",
+        r.all().len()
+    );
+    r.fails(1, "Simulated failure (fault injection)")
+        .fails(1, "bytes more)");
+}
+
+#[cfg(unix)]
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[cfg(unix)]
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Like OpenSSH: a home others can write and a state store others can write are refused with
+/// the chmod that fixes them; a state store others can read is restricted and reported.
+#[cfg(unix)]
+#[tokio::test]
+async fn loose_state_directory_permissions_are_refused_or_fixed() {
+    let i = Install::new();
+    let tf = i.file("token", "t");
+    i.run(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "a",
+        "--datacenter",
+        "fra1",
+        "--api-token-file",
+        tf.to_str().unwrap(),
+    ])
+    .await
+    .ok();
+    let home = i.home();
+    let db = home.join("state.db");
+
+    for loose in [0o777, 0o770, 0o1777] {
+        set_mode(&home, loose);
+        let r = i.run(&["connection", "list"]).await;
+        r.fails(1, "writable by other users")
+            .fails(1, &format!("chmod 700 {}", home.display()));
+        assert!(!r.stdout().contains("fra1"), "{}", r.stdout());
+    }
+    set_mode(&home, 0o755);
+    i.run(&["connection", "list"]).await.ok();
+    set_mode(&home, 0o700);
+
+    set_mode(&db, 0o666);
+    i.run(&["connection", "list"])
+        .await
+        .fails(1, &format!("chmod 600 {}", db.display()));
+    assert_eq!(mode_of(&db), 0o666, "a refused store is left as it is");
+
+    set_mode(&db, 0o644);
+    let r = i.run(&["connection", "list"]).await;
+    r.ok();
+    assert!(r.stdout().contains("fra1"), "{}", r.stdout());
+    assert!(
+        r.stderr().contains("warning") && r.stderr().contains("readable by other users"),
+        "{}",
+        r.stderr()
+    );
+    assert_eq!(mode_of(&db), 0o600);
+    let r = i.run(&["connection", "list"]).await;
+    r.ok();
+    assert!(r.stderr().is_empty(), "{}", r.stderr());
+}
+
+/// An empty state store is damaged, not a new installation with every connection gone.
+#[tokio::test]
+async fn an_empty_state_store_is_refused_as_damaged() {
+    let i = Install::new();
+    let tf = i.file("token", "t");
+    let add = [
+        "connection",
+        "add",
+        "qualtrics",
+        "a",
+        "--datacenter",
+        "fra1",
+        "--api-token-file",
+        tf.to_str().unwrap(),
+    ];
+    i.run(&add).await.ok();
+    let db = i.home().join("state.db");
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(i.home().join(format!("state.db{suffix}")));
+    }
+    std::fs::write(&db, b"").unwrap();
+    for cmd in [&["connection", "list"][..], &add[..]] {
+        let r = i.run(cmd).await;
+        r.fails(1, "is empty (0 bytes), so it is damaged")
+            .fails(1, "restore it from your backup")
+            .fails(1, &format!("rm {}", db.display()));
+        assert!(!r.stdout().contains("no connections"), "{}", r.stdout());
+    }
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().len(),
+        0,
+        "left for the user"
+    );
+
+    // A fresh home with an empty store: no key file is made for it either.
+    let j = Install::new();
+    std::fs::create_dir_all(j.home()).unwrap();
+    std::fs::write(j.home().join("state.db"), b"").unwrap();
+    j.run(&["connection", "list"]).await.fails(1, "damaged");
+    assert!(!j.home().join("master.key").exists());
+}
+
+/// A vault value of the wrong SQL type names the connection and the value, not "disk space".
+#[tokio::test]
+async fn a_vault_value_of_the_wrong_type_is_named() {
+    let i = Install::new();
+    let tf = i.file("token", "t");
+    for name in ["a", "b"] {
+        i.run(&[
+            "connection",
+            "add",
+            "qualtrics",
+            name,
+            "--datacenter",
+            "fra1",
+            "--api-token-file",
+            tf.to_str().unwrap(),
+        ])
+        .await
+        .ok();
+    }
+    let db = rusqlite::Connection::open(i.home().join("state.db")).unwrap();
+    db.execute(
+        "UPDATE connection_secrets SET ciphertext = 42 WHERE connection = 'a'",
+        [],
+    )
+    .unwrap();
+    // Reading the token happens before any network use.
+    let r = i.run(&["connection", "test", "a"]).await;
+    r.fails(
+        1,
+        "the ciphertext of the sealed API token of connection 'a'",
+    )
+    .fails(1, "xmbridge connection remove a");
+    assert!(!r.stderr().contains("disk space"), "{}", r.stderr());
+
+    db.execute(
+        "UPDATE connections SET settings = X'7B7D' WHERE name = 'b'",
+        [],
+    )
+    .unwrap();
+    let r = i.run(&["connection", "list"]).await;
+    r.fails(1, "the settings of connection 'b'")
+        .fails(1, "stored as a blob where text belongs");
+    assert!(!r.stderr().contains("disk space"), "{}", r.stderr());
+}
+
+/// Whatever the umask, the files xmbridge creates are the user's alone.
+#[cfg(unix)]
+#[tokio::test]
+async fn new_state_files_are_private_whatever_the_umask() {
+    let i = Install::new();
+    let tf = i.file("token", "t");
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg("umask 000; exec \"$0\" \"$@\"")
+        .arg(BIN)
+        .args([
+            "connection",
+            "add",
+            "qualtrics",
+            "a",
+            "--datacenter",
+            "fra1",
+            "--api-token-file",
+            tf.to_str().unwrap(),
+        ])
+        .env("XMBRIDGE_HOME", i.home().join("nested/home"))
+        .env_remove("XMBRIDGE_MASTER_KEY")
+        .env_remove("XMBRIDGE_QUALTRICS_API_TOKEN")
+        .stdin(Stdio::null());
+    let out = Run(tokio::task::spawn_blocking(move || sh.output().unwrap())
+        .await
+        .unwrap());
+    out.ok();
+    let home = i.home().join("nested/home");
+    assert_eq!(mode_of(&home), 0o700);
+    // Every file there (a WAL and its index too, if SQLite kept them after closing).
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(&home).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(mode_of(&p) & 0o077, 0, "{name} is {:o}", mode_of(&p));
+        names.push(name);
+    }
+    assert!(
+        names.iter().any(|n| n == "state.db") && names.iter().any(|n| n == "master.key"),
+        "{names:?}"
+    );
+}

@@ -172,6 +172,62 @@ fn unknown_fault_key_is_a_clear_usage_error() {
     assert!(err.contains("--fault") && err.contains("nope"), "{err}");
 }
 
+/// A fault setting the running simulator refuses is refused at start too, with the same words.
+#[tokio::test]
+async fn out_of_range_fault_is_refused_at_start_as_at_run_time() {
+    let (_sim, url) = start(&["--listen", "127.0.0.1:0"]);
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/_sim/faults"))
+        .json(&serde_json::json!({"error_rate": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let run_time = body["meta"]["error"]["errorMessage"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_string();
+    assert!(run_time.contains("error_rate"), "{run_time}");
+
+    let (code, err) = tokio::task::spawn_blocking(|| {
+        let mut child = Command::new(BIN)
+            .args([
+                "simulate",
+                "--listen",
+                "127.0.0.1:0",
+                "--fault",
+                "error_rate=2",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A simulator that starts anyway prints its URL first: stop it and fail, not hang.
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        if first.starts_with("listening on") {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the simulator started with error_rate=2: {first}");
+        }
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (child.wait().unwrap().code().unwrap_or(-1), err)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&run_time), "{err:?} lacks {run_time:?}");
+}
+
 #[test]
 fn malformed_fault_is_a_usage_error() {
     let (code, err) = run_expecting_failure(&["simulate", "--fault", "novalue"]);

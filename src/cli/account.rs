@@ -17,7 +17,7 @@ use xmbridge_workflows::accounts::{Access, Accounts, LinkRequest};
 use xmbridge_workflows::store::{AccountKind, SqliteStore, Store};
 
 use super::UsageError;
-use super::connection::{open_vault, read_secret};
+use super::connection::{credential_text, open_vault, read_secret};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -228,6 +228,42 @@ fn list(user: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A URL credentials will be sent to, checked before any network use by the rule every client
+/// shares: https (plain http only to loopback simulators) and a valid host name.
+fn endpoint_url(flag: &str, value: &str) -> anyhow::Result<url::Url> {
+    let url = url::Url::parse(value).map_err(|e| {
+        usage(format!(
+            "{flag} '{value}' is not a URL ({e}); give it with https://, e.g. https://acme.service-now.com"
+        ))
+    })?;
+    xmbridge_auth::check_credential_url(&format!("{flag} URL"), &url)
+        .map_err(|e| usage(e.to_string()))?;
+    Ok(url)
+}
+
+/// Checks, before anything is read or sent, the URLs and names given on the command line.
+fn check_link_args(args: &LinkArgs) -> anyhow::Result<()> {
+    for (flag, value) in [
+        ("--instance-url", &args.instance_url),
+        ("--login-url", &args.login_url),
+        ("--token-url", &args.token_url),
+    ] {
+        if let Some(v) = value {
+            endpoint_url(flag, v)?;
+        }
+    }
+    for (what, flag, value) in [
+        ("client id", "--client-id", &args.client_id),
+        ("ServiceNow user", "--basic-user", &args.basic_user),
+        ("ServiceNow user", "--user", &args.sn_user),
+    ] {
+        if let Some(v) = value {
+            credential_text(what, flag, v)?;
+        }
+    }
+    Ok(())
+}
+
 fn join_url(base: &str, path: &str) -> anyhow::Result<url::Url> {
     let base = url::Url::parse(base).with_context(|| format!("{base} is not a URL"))?;
     base.join(path)
@@ -311,6 +347,7 @@ async fn client_credentials(
 
 async fn link(args: LinkArgs) -> anyhow::Result<()> {
     let user = args.user.resolve()?;
+    check_link_args(&args)?;
     let (vault, store, accounts) = open_accounts()?;
     if args.refresh {
         return refresh(&args, &user, &vault, &store, &accounts).await;

@@ -186,6 +186,13 @@ pub(crate) fn open_vault() -> anyhow::Result<(Home, Arc<Vault>)> {
         );
     }
     let vault = Vault::open_home(&home, key)?;
+    for (path, mode) in vault.tightened() {
+        eprintln!(
+            "warning: {} was readable by other users (mode {mode:04o}); xmbridge restricted it to owner-only access (as `chmod 600 {}` does). It holds sealed secrets and connection settings: check who could read it.",
+            path.display(),
+            path.display()
+        );
+    }
     Ok((home, Arc::new(vault)))
 }
 
@@ -206,11 +213,13 @@ pub(crate) fn read_secret(
                 path.display()
             )));
         }
+        credential_text(what, &format!("{flag} {}", path.display()), &text)?;
         return Ok(SecretString::from(text));
     }
     if let Ok(v) = std::env::var(env)
         && !v.is_empty()
     {
+        credential_text(what, &format!("the environment variable {env}"), &v)?;
         return Ok(SecretString::from(v));
     }
     if std::io::stdin().is_terminal() {
@@ -218,10 +227,30 @@ pub(crate) fn read_secret(
         let line = rpassword::prompt_password(format!("{what}: "))
             .with_context(|| format!("cannot read the {what} from the terminal"))?;
         if !line.is_empty() {
+            credential_text(what, "the terminal", &line)?;
             return Ok(SecretString::from(line));
         }
     }
     Err(usage(format!("no {what}: pass {flag} FILE or set {env}")))
+}
+
+/// Refuses a token, client id, secret or user name that cannot go into an HTTP header or form
+/// field (a NUL, a line break …), naming where it came from; the value is never shown.
+pub(crate) fn credential_text(what: &str, source: &str, value: &str) -> anyhow::Result<()> {
+    xmbridge_auth::check_credential_text(what, value).map_err(|e| usage(format!("{e}: {source}")))
+}
+
+/// A CA certificate file, checked to hold at least one readable PEM certificate before it is
+/// stored.
+fn read_ca_certificates(path: &Path) -> anyhow::Result<String> {
+    let pem = read_public(path, "CA certificate")?;
+    xmbridge_auth::check_ca_certificates(pem.as_bytes()).map_err(|e| {
+        usage(format!(
+            "--ca-cert {}: {e}; give the PEM file of the CA that signed the server's certificate",
+            path.display()
+        ))
+    })?;
+    Ok(pem)
 }
 
 fn read_public(path: &Path, what: &str) -> anyhow::Result<String> {
@@ -271,7 +300,7 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
     let ca_cert_pem = args
         .ca_cert
         .as_deref()
-        .map(|p| read_public(p, "CA certificate"))
+        .map(read_ca_certificates)
         .transpose()?;
     let mut settings = QualtricsSettings {
         base_url: base.as_str().to_string(),
@@ -293,13 +322,14 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
                     .filter(|v| !v.is_empty())
             })
             .ok_or_else(|| {
-                usage(
-                    format!(
-                        "--auth {:?} needs --client-id (or XMBRIDGE_QUALTRICS_CLIENT_ID)",
-                        args.auth
-                    )
-                    .to_lowercase(),
-                )
+                usage(format!(
+                    "--auth {} needs --client-id (or the environment variable XMBRIDGE_QUALTRICS_CLIENT_ID)",
+                    format!("{:?}", args.auth).to_lowercase()
+                ))
+            })
+            .and_then(|id| {
+                credential_text("OAuth client id", "--client-id (or XMBRIDGE_QUALTRICS_CLIENT_ID)", &id)?;
+                Ok(id)
             })
     };
     match args.auth {
@@ -321,6 +351,12 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
                 "API token",
                 "--api-token-file",
             )?;
+            // The same check `connection test` and `sync` make, now rather than at first use.
+            xmbridge_auth::ApiTokenSource::new(token.clone()).map_err(|e| {
+                usage(format!(
+                    "{e} (from --api-token-file or XMBRIDGE_QUALTRICS_API_TOKEN)"
+                ))
+            })?;
             secrets.push((SecretField::ApiToken, token));
         }
         AuthMode::Standard | AuthMode::Advanced => {

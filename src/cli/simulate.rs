@@ -178,11 +178,15 @@ fn parse_fault(s: &str) -> Result<(String, Value), String> {
     Ok((key.to_string(), value))
 }
 
-/// The `--fault` pairs as the simulator's fault settings (later keys win).
+/// The `--fault` pairs as the simulator's fault settings (later keys win), checked exactly as
+/// `POST /_sim/faults` checks them at run time.
 pub fn fault_settings(pairs: &[(String, Value)]) -> Result<FaultSettings, UsageError> {
     let map: Map<String, Value> = pairs.iter().cloned().collect();
-    serde_json::from_value(Value::Object(map))
-        .map_err(|e| UsageError(format!("invalid --fault: {e} (see docs/simulator.md)")))
+    FaultSettings::from_json(Value::Object(map)).map_err(|e| {
+        UsageError(format!(
+            "invalid --fault: {e} (see docs/simulator/tls-and-faults.md)"
+        ))
+    })
 }
 
 fn check_token(token: &str) -> Result<(), UsageError> {

@@ -69,18 +69,11 @@ pub fn http_client_builder(
         .connect_timeout(DEFAULT_CONNECT_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none());
     let cas = |pem: &[u8]| {
-        let certs =
-            reqwest::Certificate::from_pem_bundle(pem).map_err(|e| AuthError::PemUnreadable {
-                what: "CA certificate file",
-                detail: error_chain(&e),
-            })?;
-        if certs.is_empty() {
-            return Err(AuthError::PemUnreadable {
-                what: "CA certificate file",
-                detail: "it holds no '-----BEGIN CERTIFICATE-----' block".into(),
-            });
-        }
-        Ok(certs)
+        check_ca_certificates(pem)?;
+        reqwest::Certificate::from_pem_bundle(pem).map_err(|e| AuthError::PemUnreadable {
+            what: "CA certificate file",
+            detail: error_chain(&e),
+        })
     };
     match roots {
         Roots::System => {}
@@ -91,6 +84,32 @@ pub fn http_client_builder(
         b = b.identity(id.identity.clone());
     }
     Ok(b)
+}
+
+/// Checks a CA certificate file (PEM) before it is stored or used: at least one
+/// `CERTIFICATE` block, each one a readable X.509 certificate. Returns how many it holds.
+pub fn check_ca_certificates(pem: &[u8]) -> Result<usize, AuthError> {
+    const WHAT: &str = "CA certificate file";
+    let blocks = parse_pem(WHAT, pem)?;
+    let certs: Vec<&Block> = blocks.iter().filter(|b| b.label == "CERTIFICATE").collect();
+    if certs.is_empty() {
+        return Err(AuthError::PemUnreadable {
+            what: WHAT,
+            detail: "it holds no '-----BEGIN CERTIFICATE-----' block; give the CA's certificate in PEM form (a simulator writes it as ca.pem)".into(),
+        });
+    }
+    for (i, c) in certs.iter().enumerate() {
+        if cert_info(&c.der).is_none() {
+            return Err(AuthError::PemUnreadable {
+                what: WHAT,
+                detail: format!(
+                    "certificate {} is not a valid X.509 certificate (damaged or not a certificate)",
+                    i + 1
+                ),
+            });
+        }
+    }
+    Ok(certs.len())
 }
 
 impl ClientIdentity {

@@ -7,8 +7,10 @@
 //! the local redirect listener of `xmbridge connection authorize`; and mutual-TLS identities from
 //! a certificate, a (possibly encrypted PKCS#8) key and a pass phrase. A refresh refused with
 //! `invalid_grant` becomes [`AuthError::AccountTokenExpired`] carrying the command that
-//! re-authorizes. It must not call any provider API other than the OAuth endpoints, and must not
-//! store anything: rotated refresh tokens are handed to a [`RefreshTokenSink`] that the caller
+//! re-authorizes. It also owns the rules every client applies at the network boundary (module
+//! `endpoint`): credentials only over https (loopback excepted), valid host names, credential
+//! text that fits a header, and upstream text cut to a bounded length in errors and logs. It
+//! must not call any provider API other than the OAuth endpoints, and must not store anything: rotated refresh tokens are handed to a [`RefreshTokenSink`] that the caller
 //! backs with `xmbridge-vault`.
 
 #![warn(missing_docs)]
@@ -21,14 +23,19 @@ use std::time::SystemTime;
 pub use secrecy::{ExposeSecret, SecretString};
 
 mod authorize;
+mod endpoint;
 mod error;
 mod identity;
 mod oauth;
 mod source;
 
 pub use authorize::{AuthorizeFlow, AuthorizeOptions, authorize};
+pub use endpoint::{
+    UPSTREAM_TEXT_LIMIT, check_credential_text, check_credential_url, check_host_name,
+    is_loopback_host, upstream_bytes, upstream_text,
+};
 pub use error::AuthError;
-pub use identity::{ClientIdentity, Roots, http_client_builder};
+pub use identity::{ClientIdentity, Roots, check_ca_certificates, http_client_builder};
 pub use oauth::{ClientAuth, OAuthClient, OAuthProvider, RetryPolicy, TokenResponse};
 pub use source::{ApiTokenSource, ClientCredentialsSource, Clock, RefreshTokenSource, SystemClock};
 

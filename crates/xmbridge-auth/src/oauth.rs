@@ -36,33 +36,6 @@ pub struct OAuthProvider {
     pub client_auth: ClientAuth,
 }
 
-/// True for `127.0.0.0/8`, `::1`, `localhost` and `*.localhost`: the only hosts plain `http`
-/// is allowed for (simulators).
-pub(crate) fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => {
-            let d = d.to_ascii_lowercase();
-            d == "localhost" || d.ends_with(".localhost")
-        }
-        None => false,
-    }
-}
-
-fn check_url(what: &str, url: &Url) -> Result<(), AuthError> {
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if is_loopback(url) => Ok(()),
-        "http" => Err(AuthError::Config(format!(
-            "the {what} {url} uses plain http; credentials are only sent over https (http is allowed for loopback simulators only)"
-        ))),
-        other => Err(AuthError::Config(format!(
-            "the {what} {url} has scheme '{other}'; use an https URL"
-        ))),
-    }
-}
-
 impl OAuthProvider {
     /// A provider; refuses plain `http` except on loopback.
     pub fn new(
@@ -71,9 +44,9 @@ impl OAuthProvider {
         authorize_url: Option<Url>,
         client_auth: ClientAuth,
     ) -> Result<Self, AuthError> {
-        check_url("token URL", &token_url)?;
+        crate::check_credential_url("token URL", &token_url)?;
         if let Some(a) = &authorize_url {
-            check_url("authorize URL", a)?;
+            crate::check_credential_url("authorize URL", a)?;
         }
         Ok(OAuthProvider {
             name: name.into(),
@@ -665,7 +638,8 @@ pub(crate) fn tls_error(url: String, e: &(dyn std::error::Error + 'static)) -> A
 /// `(error, description)` of an OAuth error body; a non-JSON body gives a short excerpt.
 fn error_body(body: &[u8]) -> (String, String) {
     if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(body) {
-        let s = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
+        // Bounded: a provider may answer megabytes, which must not flood errors and logs.
+        let s = |k: &str| m.get(k).and_then(Value::as_str).map(crate::upstream_text);
         let error = s("error").unwrap_or_else(|| "error".into());
         let detail = s("error_description")
             .or_else(|| s("message"))

@@ -61,6 +61,7 @@ impl ApiTokenSource {
                     .into(),
             ));
         }
+        crate::check_credential_text("API token", t)?;
         let mut value = http::HeaderValue::from_str(t).map_err(|_| {
             AuthError::Config(
                 "the API token contains characters that cannot go into an HTTP header (a line break or a non-ASCII character?); check the token file"

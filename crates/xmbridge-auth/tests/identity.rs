@@ -377,6 +377,19 @@ fn garbage_pem_is_refused_clearly() {
     assert!(matches!(e, AuthError::NoPrivateKey { .. }), "{e:?}");
     let e = xmbridge_auth::http_client_builder(None, &Roots::Only(b"junk".to_vec())).unwrap_err();
     assert!(e.to_string().contains("CA certificate file"), "{e}");
+    // A CERTIFICATE block whose content is not a certificate is refused as well.
+    let fake = "-----BEGIN CERTIFICATE-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE-----\n";
+    let e = xmbridge_auth::check_ca_certificates(fake.as_bytes()).unwrap_err();
+    assert!(e.to_string().contains("not a valid X.509"), "{e}");
+    let e = xmbridge_auth::check_ca_certificates(v3.client_key_pem.as_bytes()).unwrap_err();
+    assert!(
+        e.to_string().contains("no '-----BEGIN CERTIFICATE-----'"),
+        "{e}"
+    );
+    assert_eq!(
+        xmbridge_auth::check_ca_certificates(v3.ca_pem.as_bytes()).unwrap(),
+        1
+    );
 }
 
 #[test]

@@ -667,7 +667,10 @@ impl Client {
     /// between Qualtrics hosts — a client pointed at a simulator or proxy is never sent elsewhere.
     fn follow_notice(&self, notice: &str) {
         let Some(host) = proxied_host(notice) else {
-            tracing::info!(notice, "Qualtrics notice");
+            tracing::info!(
+                notice = %xmbridge_auth::upstream_text(notice),
+                "Qualtrics notice"
+            );
             return;
         };
         let mut base = self.inner.base.write().unwrap_or_else(|e| e.into_inner());

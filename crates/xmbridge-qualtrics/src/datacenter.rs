@@ -8,8 +8,8 @@
 
 use crate::error::Error;
 use std::fmt;
-use std::net::IpAddr;
 use url::Url;
+use xmbridge_auth::is_loopback_host;
 
 /// Legacy data-center ids still used by clients, and the id they mean today.
 const ALIASES: &[(&str, &str)] = &[
@@ -160,16 +160,6 @@ fn looks_like_dc(label: &str) -> bool {
         && digits <= 1
 }
 
-/// True for `127.0.0.0/8`, `::1`, `localhost` and `*.localhost`.
-pub fn is_loopback_host(host: &str) -> bool {
-    let h = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = h.parse::<IpAddr>() {
-        return ip.is_loopback();
-    }
-    let h = h.to_ascii_lowercase();
-    h == "localhost" || h.ends_with(".localhost")
-}
-
 /// The root of the API, always ending in `/API/v3` (no trailing slash).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BaseUrl(Url);
@@ -280,25 +270,10 @@ impl BaseUrl {
                 Error::InvalidBaseUrl(format!("'{input}' has no host name; give {EXAMPLES}"))
             })?
             .to_ascii_lowercase();
-        match url.scheme() {
-            "https" => {}
-            "http" if is_loopback_host(&host) => {}
-            "http" => {
-                return Err(Error::InvalidBaseUrl(format!(
-                    "refusing plain http:// for {host}: the credentials would travel unencrypted; use https://{host} (http is only allowed for loopback simulators such as http://127.0.0.1:PORT)"
-                )));
-            }
-            other => {
-                return Err(Error::InvalidBaseUrl(format!(
-                    "'{input}': unsupported scheme '{other}'; use https://{host}"
-                )));
-            }
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(Error::InvalidBaseUrl(format!(
-                "'{host}': do not put credentials in the account URL; remove the 'user:password@' part and pass the API token or OAuth client separately"
-            )));
-        }
+        // The rule every client shares: https (plain http for loopback only), a valid host
+        // name, no credentials in the URL.
+        xmbridge_auth::check_credential_url("URL", &url)
+            .map_err(|e| Error::InvalidBaseUrl(e.to_string()))?;
         if !any_host && !is_loopback_host(&host) {
             if matches!(host.as_str(), "qualtrics.com" | "www.qualtrics.com") {
                 return Err(Error::InvalidBaseUrl(format!(

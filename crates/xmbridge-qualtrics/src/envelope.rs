@@ -75,10 +75,13 @@ pub fn parse(status: u16, body: &[u8], url: &str) -> Result<Envelope, Error> {
         });
     }
     let meta = parsed.and_then(|r| r.meta).unwrap_or_default();
+    // Bounded: a huge message would otherwise be repeated in every error and retry log line.
     let (error_code, error_message) = match meta.error {
         Some(e) => (
-            e.error_code,
-            e.error_message.unwrap_or_else(|| "no error message".into()),
+            e.error_code.as_deref().map(xmbridge_auth::upstream_text),
+            e.error_message
+                .as_deref()
+                .map_or_else(|| "no error message".into(), xmbridge_auth::upstream_text),
         ),
         None if body.is_empty() => (None, format!("empty body (HTTP {status})")),
         None => (None, excerpt(body)),
@@ -146,6 +149,23 @@ mod tests {
             }
         );
         assert_eq!(err.status(), Some(404));
+    }
+
+    #[test]
+    fn huge_error_messages_are_cut() {
+        let big = "x".repeat(5_000_000);
+        let body = serde_json::json!({"meta": {"error": {"errorCode": big, "errorMessage": big}}});
+        let err = parse(400, body.to_string().as_bytes(), "u").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.len() < 3 * xmbridge_auth::UPSTREAM_TEXT_LIMIT,
+            "{}",
+            text.len()
+        );
+        assert!(text.contains(&format!(
+            "({} bytes more)",
+            5_000_000 - xmbridge_auth::UPSTREAM_TEXT_LIMIT
+        )));
     }
 
     #[test]

@@ -400,7 +400,7 @@ impl Client {
                         .unwrap_or("Qualtrics reported status 'failed'");
                     return Err(Error::Export {
                         survey_id: survey_id.into(),
-                        message: detail.to_string(),
+                        message: xmbridge_auth::upstream_text(detail),
                     });
                 }
                 _ => {}

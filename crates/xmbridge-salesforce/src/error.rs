@@ -25,12 +25,15 @@ impl std::fmt::Display for SfError {
     }
 }
 
+/// The errors for a message, bounded as a whole (an answer may carry many).
 fn join(errors: &[SfError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
+    xmbridge_auth::upstream_text(
+        &errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,12 +114,17 @@ impl SalesforceError {
         usage: Option<crate::ApiUsage>,
         body: &[u8],
     ) -> SalesforceError {
-        let errors: Vec<SfError> = serde_json::from_slice(body).unwrap_or_default();
+        // Upstream text is bounded so a huge answer cannot flood errors, logs and stored errors.
+        let mut errors: Vec<SfError> = serde_json::from_slice(body).unwrap_or_default();
+        for e in &mut errors {
+            e.error_code = xmbridge_auth::upstream_text(&e.error_code);
+            e.message = xmbridge_auth::upstream_text(&e.message);
+        }
         let has = |code: &str| errors.iter().any(|e| e.error_code == code);
         let first_message = errors
             .first()
             .map(|e| e.message.clone())
-            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
+            .unwrap_or_else(|| xmbridge_auth::upstream_bytes(body));
         if status == 429 {
             return SalesforceError::RateLimited { retry_after };
         }
@@ -178,5 +186,43 @@ mod tests {
         assert!(e.is_retryable());
         let e: SfError = serde_json::from_str(r#"{"statusCode":"X","message":"m"}"#).unwrap();
         assert_eq!(e.error_code, "X");
+    }
+
+    #[test]
+    fn huge_upstream_messages_are_cut() {
+        let big = "m".repeat(5_000_000);
+        let body = serde_json::json!([{"message": big, "errorCode": "X"}]).to_string();
+        for status in [400, 503] {
+            let e = SalesforceError::from_rest(status, None, None, body.as_bytes());
+            let text = e.to_string();
+            assert!(
+                text.len() < 2 * xmbridge_auth::UPSTREAM_TEXT_LIMIT,
+                "{}",
+                text.len()
+            );
+            assert!(text.contains("bytes more)"), "{}", &text[text.len() - 40..]);
+        }
+        let raw = vec![b'<'; 5_000_000];
+        let text = SalesforceError::from_rest(400, None, None, &raw).to_string();
+        assert!(
+            text.len() < 2 * xmbridge_auth::UPSTREAM_TEXT_LIMIT,
+            "{}",
+            text.len()
+        );
+        let many: Vec<_> = (0..10_000)
+            .map(|i| serde_json::json!({"message": format!("error number {i}"), "errorCode": "X"}))
+            .collect();
+        let e = SalesforceError::from_rest(
+            400,
+            None,
+            None,
+            serde_json::to_string(&many).unwrap().as_bytes(),
+        );
+        assert!(e.to_string().len() < 2 * xmbridge_auth::UPSTREAM_TEXT_LIMIT);
+        assert_eq!(
+            e.codes().len(),
+            10_000,
+            "the errors themselves are all kept"
+        );
     }
 }

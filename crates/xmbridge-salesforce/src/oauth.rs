@@ -143,12 +143,12 @@ fn token_error(status: u16, body: &[u8]) -> SalesforceError {
     match serde_json::from_slice::<OAuthErrorBody>(body) {
         Ok(e) if e.error == "invalid_grant" && e.error_description.contains("expired") => {
             SalesforceError::TokenExpired {
-                description: e.error_description,
+                description: xmbridge_auth::upstream_text(&e.error_description),
             }
         }
         Ok(e) => SalesforceError::OAuth {
-            error: e.error,
-            description: e.error_description,
+            error: xmbridge_auth::upstream_text(&e.error),
+            description: xmbridge_auth::upstream_text(&e.error_description),
         },
         Err(_) if status >= 500 => SalesforceError::Transient {
             status: Some(status),

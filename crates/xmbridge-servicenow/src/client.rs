@@ -112,11 +112,20 @@ async fn classify(resp: reqwest::Response, what: &str) -> Error {
     if status == StatusCode::TOO_MANY_REQUESTS {
         return rate_limited(resp.headers());
     }
-    let body = resp.text().await.unwrap_or_default();
-    let (message, detail) = match serde_json::from_str::<Envelope>(&body) {
-        Ok(Envelope { error: Some(e) }) => {
-            (e.message.unwrap_or_else(|| status.to_string()), e.detail)
-        }
+    let body = resp.bytes().await.unwrap_or_default();
+    classify_body(status, &body, what)
+}
+
+/// An error answer (not 429) as an [`Error`]. The instance's message and detail are bounded, so
+/// a huge answer cannot flood errors, logs and stored errors.
+fn classify_body(status: StatusCode, body: &[u8], what: &str) -> Error {
+    let (message, detail) = match serde_json::from_slice::<Envelope>(body) {
+        Ok(Envelope { error: Some(e) }) => (
+            e.message
+                .as_deref()
+                .map_or_else(|| status.to_string(), xmbridge_auth::upstream_text),
+            e.detail.as_deref().map(xmbridge_auth::upstream_text),
+        ),
         _ => (status.to_string(), None),
     };
     if status.is_server_error() {
@@ -176,11 +185,10 @@ impl ServiceNowClient {
     pub fn new(base_url: &str, auth: Auth) -> Result<ServiceNowClient, Error> {
         let url = url::Url::parse(base_url)
             .map_err(|e| Error::Config(format!("instance URL '{base_url}': {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(Error::Config(format!(
-                "instance URL '{base_url}' must be http(s)://host"
-            )));
-        }
+        // Before any network use: a Basic password or OAuth secret only travels over https
+        // (plain http to loopback simulators only), to a valid host name.
+        xmbridge_auth::check_credential_url("ServiceNow instance URL", &url)
+            .map_err(|e| Error::Config(e.to_string()))?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
@@ -729,5 +737,63 @@ impl ServiceNowClient {
         resp.json()
             .await
             .map_err(|e| Error::Decode(format!("import reply: {}", e.without_url())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic() -> Auth {
+        Auth::Basic {
+            username: "u".into(),
+            password: SecretString::from("p"),
+        }
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        // Refused in the constructor: no request is ever built for these.
+        for bad in [
+            "http://acme.service-now.com",
+            "http://10.0.0.5:8080",
+            "ftp://acme.service-now.com",
+        ] {
+            let e = ServiceNowClient::new(bad, basic()).unwrap_err();
+            assert!(matches!(e, Error::Config(_)), "{bad}: {e:?}");
+            assert!(e.to_string().contains("https://"), "{e}");
+        }
+        let long = format!("https://{}.service-now.com", "a".repeat(3000));
+        let e = ServiceNowClient::new(&long, basic())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 63"), "{e}");
+        for ok in [
+            "https://acme.service-now.com",
+            "http://127.0.0.1:9",
+            "http://localhost:9/",
+        ] {
+            ServiceNowClient::new(ok, basic()).unwrap();
+        }
+    }
+
+    #[test]
+    fn huge_error_answers_are_cut() {
+        let big = "d".repeat(5_000_000);
+        let body = serde_json::json!({"error": {"message": big, "detail": big}}).to_string();
+        for status in [400u16, 404, 503] {
+            let e = classify_body(
+                StatusCode::from_u16(status).unwrap(),
+                body.as_bytes(),
+                "record",
+            );
+            let text = e.to_string();
+            assert!(
+                text.len() < 3 * xmbridge_auth::UPSTREAM_TEXT_LIMIT,
+                "{status}: {}",
+                text.len()
+            );
+            assert!(text.contains("bytes more)"), "{status}");
+        }
     }
 }

@@ -74,6 +74,57 @@ pub enum VaultError {
         mode: u32,
     },
 
+    /// The installation directory can be written by other users, who could replace the state
+    /// store or the key file; it is refused, not used (as OpenSSH refuses such a home).
+    #[error(
+        "the xmbridge home directory {path} is writable by other users (mode {mode:04o}): they could replace the state store or the master key file; restrict it with `chmod 700 {path}` and run again"
+    )]
+    HomeTooOpen {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+
+    /// A state store file can be written by other users, who could have changed connection
+    /// settings (where credentials are sent); it is refused, not used.
+    #[error(
+        "the state store file {path} is writable by other users (mode {mode:04o}): they could have changed where credentials are sent; check it (or restore it from a backup), restrict it with `chmod 600 {path}` and run again"
+    )]
+    StoreTooOpen {
+        /// The file (`state.db`, or its `-wal` / `-shm`).
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+
+    /// The state store exists but is empty (0 bytes): truncated by a crash, a full disk or a
+    /// bad copy. Reading it as a new installation would silently lose every connection.
+    #[error(
+        "the state store {path} is empty (0 bytes), so it is damaged (a crash, a full disk or an incomplete copy): restore it from your backup; or, to start a new installation without any connections, remove it (`rm {path}`) and run again"
+    )]
+    EmptyStore {
+        /// The state store.
+        path: PathBuf,
+    },
+
+    /// A value in the state store has the wrong SQL type (edited by hand or by another program).
+    #[error(
+        "the {part} of connection '{connection}' in the state store {path} is damaged (stored as {found} where {expected} belongs): set it again with `xmbridge connection remove {connection}` and `xmbridge connection add ...` (a linked account: `xmbridge account unlink {connection}` and `xmbridge account link ...`), or restore the state store from a backup"
+    )]
+    DamagedValue {
+        /// The connection it belongs to.
+        connection: String,
+        /// Which value, for people ("sealed API token", "settings" …).
+        part: String,
+        /// The SQL type found.
+        found: &'static str,
+        /// The SQL type expected.
+        expected: &'static str,
+        /// The state store.
+        path: PathBuf,
+    },
+
     /// The operating system's random source failed (needed for keys and nonces).
     #[error(
         "the operating system's random number generator failed ({detail}); xmbridge cannot seal secrets without it — check /dev/urandom or getrandom(2) availability"

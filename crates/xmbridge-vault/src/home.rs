@@ -1,6 +1,7 @@
 //! Where an installation keeps its files: `XMBRIDGE_HOME` (default `~/.xmbridge`), holding the
-//! state store, the master key file and the config file. It only resolves paths and creates the
-//! directory; it does not read or write any of the files.
+//! state store, the master key file and the config file. It only resolves paths, creates the
+//! directory (mode 0700) and refuses one other users can write to; it does not read or write any
+//! of the files.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -41,12 +42,14 @@ impl Home {
 
     /// The installation at `dir`, created (mode 0700, parents too) if missing. A relative path
     /// is made absolute against the current directory so later messages show a usable path.
+    /// An existing directory that group or others may write to is refused
+    /// ([`VaultError::HomeTooOpen`]): they could swap the state store or the key file.
     pub fn at(dir: impl Into<PathBuf>) -> Result<Home, VaultError> {
         let dir: PathBuf = dir.into();
         let root = std::path::absolute(&dir)
             .map_err(|e| VaultError::io("resolve the directory", &dir, e))?;
         match std::fs::metadata(&root) {
-            Ok(meta) if meta.is_dir() => {}
+            Ok(meta) if meta.is_dir() => check_not_writable_by_others(&root, &meta)?,
             Ok(_) => {
                 return Err(VaultError::io(
                     "use as the xmbridge home directory",
@@ -79,6 +82,24 @@ impl Home {
     pub fn config_file(&self) -> PathBuf {
         self.root.join("xmbridge.toml")
     }
+}
+
+#[cfg(unix)]
+fn check_not_writable_by_others(path: &Path, meta: &std::fs::Metadata) -> Result<(), VaultError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(VaultError::HomeTooOpen {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_not_writable_by_others(_path: &Path, _meta: &std::fs::Metadata) -> Result<(), VaultError> {
+    Ok(())
 }
 
 #[cfg(unix)]
@@ -134,6 +155,29 @@ mod tests {
         let home = Home::at(tmp.path().join("x/y")).unwrap();
         let mode = std::fs::metadata(home.root()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_home_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("h");
+        std::fs::create_dir(&dir).unwrap();
+        for mode in [0o777, 0o770, 0o1777, 0o722] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = Home::at(&dir).unwrap_err();
+            assert!(
+                matches!(err, VaultError::HomeTooOpen { .. }),
+                "{mode:o}: {err}"
+            );
+            assert!(err.to_string().contains("chmod 700"), "{err}");
+        }
+        // Readable by others is the user's choice (0755 is a common default).
+        for mode in [0o700, 0o750, 0o755] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            Home::at(&dir).unwrap();
+        }
     }
 
     #[test]

@@ -107,6 +107,8 @@ impl MasterKey {
             }
             None => {
                 let key_file = home.master_key_file();
+                // A damaged (empty) store is reported before a key file is created for it.
+                crate::vault::refuse_empty_store(&home.state_db())?;
                 // A missing key file next to a store that has data means the key was lost or
                 // moved: creating a new one would only lead to WrongMasterKey later and leave
                 // a useless key file behind.

@@ -5,8 +5,11 @@
 //! [`Vault`]: named connections with non-secret JSON settings, and their secrets — API tokens,
 //! OAuth client secrets and refresh tokens, private keys and pass phrases — sealed with
 //! XChaCha20-Poly1305 under the master key, bound to connection, field and key id. A wrong master
-//! key is [`VaultError::WrongMasterKey`] and a damaged value [`VaultError::Corrupted`], never
-//! garbage. Secrets are [`SecretString`]s and never appear in errors, logs or `Debug` output.
+//! key is [`VaultError::WrongMasterKey`] and a damaged value [`VaultError::Corrupted`] (or
+//! [`VaultError::DamagedValue`], naming the connection), never garbage; an empty state store is
+//! [`VaultError::EmptyStore`], never a new installation. A home or state store others can write
+//! is refused; a store others can read is restricted to the owner. Secrets are [`SecretString`]s
+//! and never appear in errors, logs or `Debug` output.
 //!
 //! It must not talk to any external API (that is `xmbridge-auth` and the clients) and must not
 //! hold sync cursors, workflow state or destination data (other components own their own tables

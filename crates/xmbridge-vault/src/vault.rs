@@ -7,10 +7,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use parking_lot::Mutex;
+use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -242,6 +244,7 @@ pub struct Vault {
     conn: Mutex<Connection>,
     sealer: Sealer,
     path: PathBuf,
+    tightened: Vec<(PathBuf, u32)>,
 }
 
 impl fmt::Debug for Vault {
@@ -263,16 +266,24 @@ impl Vault {
     ///
     /// A new store records the key's id and a sealed key-check value; an existing one must have
     /// been created with the same key ([`VaultError::WrongMasterKey`] otherwise). A file that is
-    /// not an SQLite database is [`VaultError::Corrupted`].
+    /// not an SQLite database is [`VaultError::Corrupted`], an empty one
+    /// [`VaultError::EmptyStore`]. A store file other users may write is refused
+    /// ([`VaultError::StoreTooOpen`]); one they may only read is restricted to 0600 and listed
+    /// in [`Vault::tightened`].
     pub fn open(path: impl AsRef<Path>, key: MasterKey) -> Result<Vault, VaultError> {
         let path = path.as_ref().to_path_buf();
-        precreate_private(&path)?;
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_store(&path, &key)?,
+            Err(e) => return Err(VaultError::io("read", &path, e)),
+            Ok(_) => refuse_empty_store(&path)?,
+        }
+        let tightened = restrict_store_files(&path)?;
         let db = |e: rusqlite::Error| db_error(&path, e);
+        // No CREATE: the file exists now; were it removed meanwhile, SQLite would make a new one
+        // with the umask's mode instead of failing.
         let conn = Connection::open_with_flags(
             &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(db)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
@@ -287,9 +298,16 @@ impl Vault {
             conn: Mutex::new(conn),
             sealer: Sealer::new(&key),
             path,
+            tightened,
         };
         vault.init()?;
         Ok(vault)
+    }
+
+    /// State store files (`state.db`, `-wal`, `-shm`) that other users could read when this
+    /// vault opened them, with their mode then; they are 0600 now. The caller tells the user.
+    pub fn tightened(&self) -> &[(PathBuf, u32)] {
+        &self.tightened
     }
 
     /// The state store file.
@@ -336,15 +354,24 @@ impl Vault {
              );",
         )
         .map_err(|e| self.db(e))?;
-        let meta = |k: &str| -> Result<Option<Vec<u8>>, rusqlite::Error> {
-            tx.query_row("SELECT value FROM vault_meta WHERE key = ?1", [k], |r| {
-                r.get::<_, Vec<u8>>(0)
-            })
-            .optional()
+        let meta = |k: &str| -> Result<Option<Vec<u8>>, VaultError> {
+            let v = tx
+                .query_row("SELECT value FROM vault_meta WHERE key = ?1", [k], |r| {
+                    r.get::<_, SqlValue>(0)
+                })
+                .optional()
+                .map_err(|e| self.db(e))?;
+            match v {
+                None => Ok(None),
+                Some(SqlValue::Blob(b)) => Ok(Some(b)),
+                Some(_) => Err(self.corrupted(format!(
+                    "the vault metadata '{k}' (table vault_meta: not a blob)"
+                ))),
+            }
         };
-        let version = meta("schema_version").map_err(|e| self.db(e))?;
-        let key_id = meta("key_id").map_err(|e| self.db(e))?;
-        let key_check = meta("key_check").map_err(|e| self.db(e))?;
+        let version = meta("schema_version")?;
+        let key_id = meta("key_id")?;
+        let key_check = meta("key_check")?;
         let ours = self.sealer.key_id();
         match (version, key_id, key_check) {
             (None, None, None) => {
@@ -400,6 +427,39 @@ impl Vault {
     fn corrupted(&self, what: impl Into<String>) -> VaultError {
         VaultError::Corrupted {
             what: what.into(),
+            path: self.path.clone(),
+        }
+    }
+
+    /// A value of `connection` read without a type, as text; any other SQL type is
+    /// [`VaultError::DamagedValue`] naming the connection and the part.
+    fn text(&self, v: SqlValue, connection: &str, part: &str) -> Result<String, VaultError> {
+        match v {
+            SqlValue::Text(t) => Ok(t),
+            other => Err(self.damaged(&other, "text", connection, part)),
+        }
+    }
+
+    /// Like [`Vault::text`] for blobs (nonces and ciphertexts).
+    fn blob(&self, v: SqlValue, connection: &str, part: &str) -> Result<Vec<u8>, VaultError> {
+        match v {
+            SqlValue::Blob(b) => Ok(b),
+            other => Err(self.damaged(&other, "a blob", connection, part)),
+        }
+    }
+
+    fn damaged(
+        &self,
+        found: &SqlValue,
+        expected: &'static str,
+        connection: &str,
+        part: &str,
+    ) -> VaultError {
+        VaultError::DamagedValue {
+            connection: connection.to_string(),
+            part: part.to_string(),
+            found: sql_type(found),
+            expected,
             path: self.path.clone(),
         }
     }
@@ -570,9 +630,9 @@ impl Vault {
                 params![connection, field.as_str()],
                 |r| {
                     Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, Vec<u8>>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, SqlValue>(0)?,
+                        r.get::<_, SqlValue>(1)?,
+                        r.get::<_, SqlValue>(2)?,
                     ))
                 },
             )
@@ -584,6 +644,10 @@ impl Vault {
             self.get_connection(connection)?;
             return Ok(None);
         };
+        let part = |p: &str| format!("{p} of the sealed {}", field.label());
+        let row_key_id = self.text(row_key_id, connection, &part("key id"))?;
+        let nonce = self.blob(nonce, connection, &part("nonce"))?;
+        let ciphertext = self.blob(ciphertext, connection, &part("ciphertext"))?;
         let what = || format!("the sealed {} of connection '{connection}'", field.label());
         let key_id = self.sealer.key_id();
         if row_key_id != key_id.to_hex() {
@@ -629,15 +693,17 @@ impl Vault {
             .map_err(|e| self.db(e))?;
         let rows = stmt
             .query_map([connection], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                Ok((r.get::<_, SqlValue>(0)?, r.get::<_, SqlValue>(1)?))
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| self.db(e))?;
         let mut out = Vec::new();
         for (field, at) in rows {
+            let field = self.text(field, connection, "name of a secret")?;
             let Ok(field) = field.parse::<SecretField>() else {
                 continue;
             };
+            let at = self.text(at, connection, &format!("time of the {}", field.label()))?;
             let updated_at = parse_ts(&at).ok_or_else(|| {
                 self.corrupted(format!(
                     "the time of the {} of '{connection}'",
@@ -659,21 +725,32 @@ impl Vault {
     }
 
     fn record(&self, raw: RawRecord) -> Result<ConnectionRecord, VaultError> {
-        let what = |part: &str| format!("the {part} of connection '{}'", raw.name);
-        let provider = raw
-            .provider
+        let name = match raw.name {
+            SqlValue::Text(t) => t,
+            other => {
+                let shown = match &other {
+                    SqlValue::Blob(b) => String::from_utf8_lossy(b).chars().take(80).collect(),
+                    SqlValue::Integer(i) => i.to_string(),
+                    _ => "?".to_string(),
+                };
+                return Err(self.damaged(&other, "text", &shown, "name"));
+            }
+        };
+        let what = |part: &str| format!("the {part} of connection '{name}'");
+        let provider = self
+            .text(raw.provider, &name, "provider")?
             .parse::<Provider>()
             .map_err(|_| self.corrupted(what("provider")))?;
-        let settings: Value = serde_json::from_str(&raw.settings)
+        let settings: Value = serde_json::from_str(&self.text(raw.settings, &name, "settings")?)
             .ok()
             .filter(Value::is_object)
             .ok_or_else(|| self.corrupted(what("settings")))?;
-        let created_at =
-            parse_ts(&raw.created_at).ok_or_else(|| self.corrupted(what("creation time")))?;
-        let updated_at =
-            parse_ts(&raw.updated_at).ok_or_else(|| self.corrupted(what("update time")))?;
+        let created_at = parse_ts(&self.text(raw.created_at, &name, "creation time")?)
+            .ok_or_else(|| self.corrupted(what("creation time")))?;
+        let updated_at = parse_ts(&self.text(raw.updated_at, &name, "update time")?)
+            .ok_or_else(|| self.corrupted(what("update time")))?;
         Ok(ConnectionRecord {
-            name: raw.name,
+            name,
             provider,
             settings,
             created_at,
@@ -708,12 +785,13 @@ impl xmbridge_auth::RefreshTokenSink for VaultRefreshTokenSink {
     }
 }
 
+/// A `connections` row as stored, types unchecked (see [`Vault::text`]).
 struct RawRecord {
-    name: String,
-    provider: String,
-    settings: String,
-    created_at: String,
-    updated_at: String,
+    name: SqlValue,
+    provider: SqlValue,
+    settings: SqlValue,
+    created_at: SqlValue,
+    updated_at: SqlValue,
 }
 
 fn raw_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
@@ -733,6 +811,15 @@ fn not_found(name: &str) -> VaultError {
 }
 
 fn db_error(path: &Path, e: rusqlite::Error) -> VaultError {
+    if let rusqlite::Error::InvalidColumnType(..) | rusqlite::Error::FromSqlConversionFailure(..) =
+        e
+    {
+        // A value of the wrong type: damage, not a disk or lock problem.
+        return VaultError::Corrupted {
+            what: format!("a stored value ({e})"),
+            path: path.to_path_buf(),
+        };
+    }
     match e.sqlite_error_code() {
         Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => VaultError::Corrupted {
             what: "the file itself (it is not a valid SQLite database)".into(),
@@ -742,6 +829,16 @@ fn db_error(path: &Path, e: rusqlite::Error) -> VaultError {
             path: path.to_path_buf(),
             source: e,
         },
+    }
+}
+
+fn sql_type(v: &SqlValue) -> &'static str {
+    match v {
+        SqlValue::Null => "NULL",
+        SqlValue::Integer(_) => "an integer",
+        SqlValue::Real(_) => "a real number",
+        SqlValue::Text(_) => "text",
+        SqlValue::Blob(_) => "a blob",
     }
 }
 
@@ -761,9 +858,63 @@ fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// SQLite creates files with the umask's mode; create the store 0600 first so its `-wal` and
-/// `-shm` companions (which copy the store's mode) are private too.
-fn precreate_private(path: &Path) -> Result<(), VaultError> {
+/// Refuses a state store that exists but is empty: only a crash, a full disk or a bad copy
+/// leaves one (a new store is never visible before it is complete, see [`create_store`]).
+pub(crate) fn refuse_empty_store(path: &Path) -> Result<(), VaultError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() && m.len() == 0 => Err(VaultError::EmptyStore {
+            path: path.to_path_buf(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Distinguishes the temporary files of several creators in one process.
+static CREATE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Creates a new state store: built complete (tables, key id, key check) in a private (0600)
+/// temporary file, then linked into place, so no process ever sees an empty or half-made
+/// `state.db` — an empty one can then always be refused as damaged. If another process linked
+/// its store first, that one is used (and must have been made with the same key).
+fn create_store(path: &Path, key: &MasterKey) -> Result<(), VaultError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".state.db.{}.{}.tmp",
+        std::process::id(),
+        CREATE_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        create_private_file(&tmp)?;
+        let db = |e: rusqlite::Error| db_error(&tmp, e);
+        // The default rollback journal: closed, the file is complete on its own.
+        let conn = Connection::open_with_flags(
+            &tmp,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db)?;
+        let fresh = Vault {
+            conn: Mutex::new(conn),
+            sealer: Sealer::new(key),
+            path: tmp.clone(),
+            tightened: Vec::new(),
+        };
+        fresh.init()?;
+        drop(fresh);
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| VaultError::io("write the new state store", &tmp, e))?;
+        match std::fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(VaultError::io("create the state store", path, e)),
+        }
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+/// An empty file only this user may read and write (whatever the umask).
+fn create_private_file(path: &Path) -> Result<(), VaultError> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -771,11 +922,45 @@ fn precreate_private(path: &Path) -> Result<(), VaultError> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    match opts.open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(VaultError::io("create the state store", path, e)),
+    opts.open(path)
+        .map(drop)
+        .map_err(|e| VaultError::io("create the state store", path, e))
+}
+
+/// The state store and its `-wal`/`-shm` companions (SQLite gives those the store's mode):
+/// refused when others may write them (they could have redirected credentials), restricted to
+/// 0600 when others may only read them. Returns the files restricted, with their old mode.
+#[cfg(unix)]
+fn restrict_store_files(path: &Path) -> Result<Vec<(PathBuf, u32)>, VaultError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut tightened = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = PathBuf::from(name);
+        let meta = match std::fs::metadata(&file) {
+            Ok(m) if m.is_file() => m,
+            // Not a file: SQLite's open reports it.
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(VaultError::io("read", &file, e)),
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(VaultError::StoreTooOpen { path: file, mode });
+        }
+        if mode & 0o044 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o7700))
+                .map_err(|e| VaultError::io("restrict the permissions of", &file, e))?;
+            tightened.push((file, mode));
+        }
     }
+    Ok(tightened)
+}
+
+#[cfg(not(unix))]
+fn restrict_store_files(_path: &Path) -> Result<Vec<(PathBuf, u32)>, VaultError> {
+    Ok(Vec::new())
 }
 
 #[cfg(test)]

@@ -744,3 +744,135 @@ fn a_lost_key_file_is_not_silently_replaced() {
         "no new key file was written"
     );
 }
+
+#[test]
+fn an_empty_store_is_damaged_not_a_new_installation() {
+    let (_t, home) = home();
+    std::fs::write(home.state_db(), b"").unwrap();
+    // Neither a key file is made for it nor is it read as empty.
+    let err = MasterKey::load(&home, None).unwrap_err();
+    assert!(matches!(err, VaultError::EmptyStore { .. }), "{err}");
+    assert!(!home.master_key_file().exists());
+    let err = Vault::open_home(&home, MasterKey::generate().unwrap()).unwrap_err();
+    assert!(matches!(err, VaultError::EmptyStore { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("backup") && msg.contains(&format!("rm {}", home.state_db().display())),
+        "{msg}"
+    );
+    assert_eq!(std::fs::metadata(home.state_db()).unwrap().len(), 0);
+}
+
+#[test]
+fn a_value_of_the_wrong_sql_type_names_the_connection_and_field() {
+    let (_t, home) = home();
+    let v = open(&home);
+    v.add_connection("prod", Provider::Qualtrics, json!({}))
+        .unwrap();
+    v.set_secret("prod", SecretField::ApiToken, &secret("tok"))
+        .unwrap();
+    v.add_connection("other", Provider::Qualtrics, json!({}))
+        .unwrap();
+    raw(&home)
+        .execute(
+            "UPDATE connection_secrets SET ciphertext = 42 WHERE connection = 'prod'",
+            [],
+        )
+        .unwrap();
+    let err = v.get_secret("prod", SecretField::ApiToken).unwrap_err();
+    match &err {
+        VaultError::DamagedValue {
+            connection,
+            part,
+            found,
+            ..
+        } => {
+            assert_eq!(connection, "prod");
+            assert!(part.contains("API token"), "{part}");
+            assert_eq!(*found, "an integer");
+        }
+        other => panic!("expected DamagedValue, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(!msg.contains("disk space"), "{msg}");
+    assert!(msg.contains("xmbridge connection remove prod"), "{msg}");
+
+    raw(&home)
+        .execute(
+            "UPDATE connections SET settings = X'7B7D' WHERE name = 'other'",
+            [],
+        )
+        .unwrap();
+    let err = v.list_connections().unwrap_err();
+    assert!(
+        matches!(&err, VaultError::DamagedValue { connection, part, .. } if connection == "other" && part == "settings"),
+        "{err:?}"
+    );
+    let err = v.get_connection("other").unwrap_err().to_string();
+    assert!(
+        err.contains("settings of connection 'other'") && err.contains("a blob"),
+        "{err}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn store_files_others_can_read_are_restricted_and_writable_ones_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_t, home) = home();
+    let v = open(&home);
+    v.add_connection("c", Provider::Qualtrics, json!({}))
+        .unwrap();
+    drop(v);
+    let set = |mode| {
+        std::fs::set_permissions(home.state_db(), std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let mode = || {
+        std::fs::metadata(home.state_db())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+
+    set(0o644);
+    let v = open(&home);
+    assert_eq!(v.tightened(), &[(home.state_db(), 0o644)]);
+    assert_eq!(mode(), 0o600);
+    assert_eq!(v.list_connections().unwrap().len(), 1);
+    drop(v);
+    assert!(open(&home).tightened().is_empty());
+
+    for bad in [0o666, 0o620, 0o602] {
+        set(bad);
+        let err = Vault::open_home(&home, MasterKey::load(&home, None).unwrap()).unwrap_err();
+        assert!(
+            matches!(err, VaultError::StoreTooOpen { mode, .. } if mode == bad),
+            "{bad:o}: {err}"
+        );
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        assert_eq!(mode(), bad, "a refused store is left as it is");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_new_store_appears_complete_and_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_t, home) = home();
+    let v = open(&home);
+    v.add_connection("c", Provider::Qualtrics, json!({}))
+        .unwrap();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(home.root()).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert!(!name.ends_with(".tmp"), "left behind: {name}");
+        if name.starts_with("state.db") {
+            seen += 1;
+            let mode = entry.metadata().unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{name} has mode {mode:o}");
+        }
+    }
+    assert!(seen >= 2, "state.db and its WAL");
+}

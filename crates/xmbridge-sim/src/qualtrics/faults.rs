@@ -66,9 +66,27 @@ pub struct FaultSettings {
     pub revoke_tokens_after: Option<u64>,
     /// Injected errors, slowness and drops only hit paths starting with this prefix.
     pub only_paths: Option<String>,
+    /// Injected errors carry an error message of this many bytes instead of the short one
+    /// (0 = short), to test how clients cope with a huge upstream error text.
+    pub error_message_bytes: u64,
 }
 
+/// Largest `error_message_bytes`: big enough to flood a log, small enough for a test machine.
+pub const MAX_ERROR_MESSAGE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl FaultSettings {
+    /// Settings from a JSON object, checked with [`FaultSettings::validate`]: the one way both
+    /// `xmbridge simulate --fault` and `POST /_sim/faults` read them, so both refuse the same
+    /// settings with the same message.
+    pub fn from_json(value: Value) -> Result<FaultSettings, String> {
+        let settings: FaultSettings =
+            serde_json::from_value(value).map_err(|e| format!("Invalid fault settings: {e}"))?;
+        settings
+            .validate()
+            .map_err(|e| format!("Invalid fault settings: {e}"))?;
+        Ok(settings)
+    }
+
     /// Why these settings make no sense, if they don't.
     pub fn validate(&self) -> Result<(), String> {
         for (name, v) in [
@@ -88,6 +106,12 @@ impl FaultSettings {
             return Err(format!(
                 "slow_ms must be at most 600000 (10 minutes), got {}",
                 self.slow_ms
+            ));
+        }
+        if self.error_message_bytes > MAX_ERROR_MESSAGE_BYTES {
+            return Err(format!(
+                "error_message_bytes must be at most {MAX_ERROR_MESSAGE_BYTES} (64 MiB), got {}",
+                self.error_message_bytes
             ));
         }
         Ok(())
@@ -396,15 +420,23 @@ pub fn route_family(path: &str) -> String {
         .to_string()
 }
 
-fn injected_error(status: u16) -> ApiError {
+fn injected_error(status: u16, message_bytes: u64) -> ApiError {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    let msg = match status.as_u16() {
+    let short = match status.as_u16() {
         500 => "Internal server error. Please retry the request.",
         502 => "Bad gateway. Please retry the request.",
         503 => "The service is temporarily unavailable. Please retry the request.",
         504 => "Gateway timeout: the request took too long. Please retry the request.",
         _ => "Simulated failure (fault injection).",
     };
+    let mut msg = short.to_string();
+    if let Ok(n) = usize::try_from(message_bytes)
+        && n > msg.len()
+    {
+        // The short message, then filler up to the asked size.
+        msg.push(' ');
+        msg.extend(std::iter::repeat_n('x', n.saturating_sub(msg.len())));
+    }
     if status.is_server_error() {
         ApiError::server(status, msg)
     } else {
@@ -451,7 +483,7 @@ pub async fn layer(State(sim): State<SharedSim>, req: Request, next: Next) -> Re
         tokio::time::sleep(Duration::from_millis(s.slow_ms)).await;
     }
     if let Some(status) = d.error {
-        return injected_error(status).into_response();
+        return injected_error(status, s.error_message_bytes).into_response();
     }
     let head = req.method() == Method::HEAD;
     let resp = next.run(req).await;
@@ -552,15 +584,10 @@ async fn post_faults(State(sim): State<SharedSim>, body: Bytes) -> Response {
             cur.insert(k, v);
         }
     }
-    let merged: FaultSettings = match serde_json::from_value(current) {
+    let merged = match FaultSettings::from_json(current) {
         Ok(s) => s,
-        Err(e) => {
-            return ApiError::bad_request(format!("Invalid fault settings: {e}")).into_response();
-        }
+        Err(e) => return ApiError::bad_request(e).into_response(),
     };
-    if let Err(e) = merged.validate() {
-        return ApiError::bad_request(format!("Invalid fault settings: {e}")).into_response();
-    }
     sim.faults.set_with(merged, rearm);
     axum::Json(sim.faults.settings()).into_response()
 }
