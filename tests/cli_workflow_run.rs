@@ -1204,8 +1204,17 @@ async fn a_closed_servicenow_incident_sends_its_caller_a_qualtrics_survey() {
     ]))
     .await;
     let (mut child, url) = start_runner(&inst, &["--retry-base-ms", "50"]);
-    let secret =
-        std::fs::read_to_string(inst.home().join("hooks").join(format!("{WF}.secret"))).unwrap();
+    let secret_file = inst.home().join("hooks").join(format!("{WF}.secret"));
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&secret_file), 0o600);
+        assert_eq!(mode(&inst.home().join("hooks")), 0o700);
+    }
+    // The same secret as `workflow endpoint --secret` prints.
+    let printed = inst.ok(&["workflow", "endpoint", WF, "--secret"]).await;
+    assert_eq!(printed.trim(), secret.trim());
 
     // The ServiceNow admin's business rule: incident closed → POST to xmbridge with the secret.
     let rule = http

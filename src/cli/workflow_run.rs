@@ -743,8 +743,7 @@ pub async fn run(args: RunArgs, sources: &Sources, registry: Registry) -> anyhow
                 let dir = home.root().join("hooks");
                 let path = dir.join(format!("{}.secret", w.name));
                 if !path.exists() {
-                    std::fs::create_dir_all(&dir)?;
-                    write_private(&path, secret.expose_secret())?;
+                    write_private(&dir, &path, secret.expose_secret())?;
                     println!(
                         "workflow {}: the ServiceNow business rule must send header X-Xmbridge-Secret with the value in {}",
                         w.name,
@@ -819,17 +818,38 @@ pub async fn run(args: RunArgs, sources: &Sources, registry: Registry) -> anyhow
     Ok(())
 }
 
-fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+/// Writes a new file only its owner can read, in a directory only its owner can enter (both
+/// whatever the umask).
+fn write_private(dir: &std::path::Path, path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        builder.mode(0o700);
         opts.mode(0o600);
+        builder
+            .create(dir)
+            .with_context(|| format!("create {}", dir.display()))?;
+        // `mode` applies only to a directory it creates, and only through the umask.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restrict {}", dir.display()))?;
     }
+    #[cfg(not(unix))]
+    builder
+        .create(dir)
+        .with_context(|| format!("create {}", dir.display()))?;
     let mut f = opts
         .open(path)
         .with_context(|| format!("write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restrict {}", path.display()))?;
+    }
     std::io::Write::write_all(&mut f, text.as_bytes())?;
     Ok(())
 }
