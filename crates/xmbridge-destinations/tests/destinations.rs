@@ -6,9 +6,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::json;
 use xmbridge_destinations::{
-    Column, ColumnType, Commit, CommitStats, Compat, DestError, Destination, MarkUnseenDeleted,
-    TableBatch, TableSpec, Value, catalog, iso_millis, open, quote_ident,
+    Column, ColumnType, Commit, CommitStats, Compat, DestError, Destination, DestinationSettings,
+    MarkUnseenDeleted, PgEnv, TableBatch, TableSpec, Value, catalog, iso_millis, quote_ident,
 };
+
+/// Opens a destination by URL (no password).
+async fn open(url: &str, schema: &str, compat: Compat) -> Result<Box<dyn Destination>, DestError> {
+    let settings = DestinationSettings::from_parts(url, None)?;
+    xmbridge_destinations::open(&settings, schema, compat).await
+}
 
 const SCHEMA: &str = "qualtrics";
 const T0: i64 = 1_700_000_000_000;
@@ -786,7 +792,8 @@ async fn type_conflict(mut h: H) {
     }
     let msg = err.to_string();
     assert!(msg.contains("\"n\"") && msg.contains("fix:"), "{msg}");
-    // A fresh connection reports the same.
+    // A fresh connection reports the same (after the first let go of the destination's lock).
+    drop(h.dest);
     let mut dest = open(&h.url, SCHEMA, h.compat).await.unwrap();
     let err = dest.ensure_tables(&[item_spec()]).await.unwrap_err();
     assert!(matches!(err, DestError::TypeConflict { .. }), "{err:?}");
@@ -1368,14 +1375,19 @@ async fn sqlite_group_commit_is_durable_at_flush_and_keeps_earlier_commits() {
 
 #[tokio::test]
 async fn unreachable_and_unknown_destinations() {
-    let err = open(
+    // A password given in the URL is taken out of it and never shown.
+    let settings = DestinationSettings::resolve(
         "postgres://postgres:s3cret@127.0.0.1:1/db",
-        SCHEMA,
-        Compat::Xmbridge,
+        None,
+        &PgEnv::default(),
     )
-    .await
-    .err()
-    .unwrap();
+    .unwrap()
+    .settings;
+    assert!(!settings.url().contains("s3cret"));
+    let err = xmbridge_destinations::open(&settings, SCHEMA, Compat::Xmbridge)
+        .await
+        .err()
+        .unwrap();
     let msg = err.to_string();
     eprintln!("{msg}");
     assert!(matches!(err, DestError::Connect { .. }), "{err:?}");
