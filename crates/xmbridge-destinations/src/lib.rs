@@ -3,7 +3,10 @@
 //! It owns schema creation and evolution, batched writes (prepared statements in large
 //! transactions on SQLite; binary COPY into a staging table and one merge per batch on
 //! PostgreSQL), and the transaction that commits a batch together with its sync cursors, so a
-//! killed sync resumes with nothing lost and nothing doubled. Identifiers that come from survey
+//! killed sync resumes with nothing lost and nothing doubled. It also owns how a destination is
+//! reached: [`DestinationSettings`] (the PostgreSQL password apart from the URL, from a file,
+//! `PGPASSWORD` or pgpass), TLS to PostgreSQL ([`pgtls`]), and the lock that lets one sync at a
+//! time write a destination. Identifiers that come from survey
 //! content are always quoted, never spliced into SQL. It must not know about Qualtrics or its API:
 //! it receives table specs, typed rows and cursors from `xmbridge-sync`.
 //!
@@ -224,11 +227,11 @@ pub enum DestError {
     /// Another sync holds this destination's lock (see `docs/destinations.md`, "One sync at a
     /// time").
     #[error(
-        "another sync is writing this destination ({destination}{holder}); wait for it to finish or stop it, then run this sync again"
+        "another sync is writing this destination: {destination}{holder}; wait for it to finish or stop it, then run this sync again"
     )]
     Busy {
         destination: String,
-        /// `; held by …` when the destination can tell, else empty.
+        /// `, held by …` when the destination can tell, else empty.
         holder: String,
     },
     /// The URL's scheme names no known destination.

@@ -173,7 +173,7 @@ async fn lock_schema(client: &Client, schema: &str, describe: &str) -> Result<()
     }
 }
 
-/// `; held by PostgreSQL session PID (application …, client …, since …)`, as far as this role
+/// `, held by PostgreSQL session PID (application …, client …, since …)`, as far as this role
 /// may see the other session.
 async fn lock_holder(client: &Client, key: i64) -> Option<String> {
     let row = client
@@ -208,7 +208,7 @@ async fn lock_holder(client: &Client, key: i64) -> Option<String> {
     } else {
         format!(" ({})", details.join(", "))
     };
-    Some(format!("; held by PostgreSQL session {pid}{details}"))
+    Some(format!(", held by PostgreSQL session {pid}{details}"))
 }
 
 fn pg_message(e: &tokio_postgres::Error) -> String {

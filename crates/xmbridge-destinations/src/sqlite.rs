@@ -171,7 +171,7 @@ impl WriterLock {
                 Err(DestError::Busy {
                     destination: format!("sqlite:{path}"),
                     holder: format!(
-                        "; another process holds {file} (`fuser -v {file}` shows which)"
+                        ", locked by another process through {file} (`fuser -v {file}` shows which)"
                     ),
                 })
             }
