@@ -462,10 +462,20 @@ fn mint(names: &[&str]) -> Pki {
     }
 }
 
-/// A PostgreSQL front on 127.0.0.1:0: answers the client's SSLRequest with `S` and terminates
-/// TLS with its certificate (or answers `N` when it has none, like a server with TLS off), then
-/// pipes the plain protocol to the real server. Counts completed TLS handshakes and plain
-/// connections.
+/// What a [`proxy`] does with a client's SSLRequest.
+#[derive(Clone)]
+enum Front {
+    /// Answers `S` and terminates TLS with this configuration.
+    Tls(tokio_rustls::TlsAcceptor),
+    /// Answers `N`, like a server with TLS off.
+    NoTls,
+    /// Answers `S`, then sends bytes that are not TLS and closes: a broken TLS server.
+    BrokenTls,
+}
+
+/// A PostgreSQL front on 127.0.0.1:0 in front of the real server: the SSLRequest is answered as
+/// [`Front`] says, then the plain protocol is piped to the real server. Counts completed TLS
+/// handshakes and plain connections.
 struct Proxy {
     addr: SocketAddr,
     handshakes: Arc<AtomicUsize>,
@@ -474,8 +484,8 @@ struct Proxy {
 
 const SSL_REQUEST: u32 = 80_877_103;
 
-async fn proxy(pki: Option<&Pki>) -> Proxy {
-    let acceptor = pki.map(|p| {
+fn tls_front(p: &Pki) -> Front {
+    Front::Tls({
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(p.key_der.clone().into());
         let config = rustls::ServerConfig::builder_with_provider(provider)
@@ -485,7 +495,10 @@ async fn proxy(pki: Option<&Pki>) -> Proxy {
             .with_single_cert(vec![p.cert_der.clone()], key)
             .unwrap();
         tokio_rustls::TlsAcceptor::from(Arc::new(config))
-    });
+    })
+}
+
+async fn proxy(front: Front) -> Proxy {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let handshakes = Arc::new(AtomicUsize::new(0));
@@ -496,9 +509,9 @@ async fn proxy(pki: Option<&Pki>) -> Proxy {
             let Ok((client, _)) = listener.accept().await else {
                 return;
             };
-            let (acceptor, h, p) = (acceptor.clone(), h.clone(), p.clone());
+            let (front, h, p) = (front.clone(), h.clone(), p.clone());
             tokio::spawn(async move {
-                let _ = pipe(client, acceptor, h, p).await;
+                let _ = pipe(client, front, h, p).await;
             });
         }
     });
@@ -511,7 +524,7 @@ async fn proxy(pki: Option<&Pki>) -> Proxy {
 
 async fn pipe(
     mut client: tokio::net::TcpStream,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    front: Front,
     handshakes: Arc<AtomicUsize>,
     plain: Arc<AtomicUsize>,
 ) -> std::io::Result<()> {
@@ -526,17 +539,25 @@ async fn pipe(
         tokio::io::copy_bidirectional(&mut client, &mut server).await?;
         return Ok(());
     }
-    match acceptor {
-        Some(acceptor) => {
+    match front {
+        Front::Tls(acceptor) => {
             client.write_all(b"S").await?;
             let mut tls = acceptor.accept(client).await?;
             handshakes.fetch_add(1, Ordering::SeqCst);
             tokio::io::copy_bidirectional(&mut tls, &mut server).await?;
         }
-        None => {
+        Front::NoTls => {
             client.write_all(b"N").await?;
             plain.fetch_add(1, Ordering::SeqCst);
             tokio::io::copy_bidirectional(&mut client, &mut server).await?;
+        }
+        Front::BrokenTls => {
+            client.write_all(b"S").await?;
+            let mut hello = [0u8; 5];
+            client.read_exact(&mut hello).await?;
+            client
+                .write_all(b"HTTP/1.1 400 this is not TLS\r\n\r\n")
+                .await?;
         }
     }
     Ok(())
@@ -561,9 +582,10 @@ async fn postgres_tls_modes_check_what_libpq_checks() {
     let localhost_ca = e.path("localhost-ca.pem");
     std::fs::write(&localhost_ca, &only_localhost.ca_pem).unwrap();
 
-    let front = proxy(Some(&good)).await;
-    let named_front = proxy(Some(&only_localhost)).await;
-    let no_tls = proxy(None).await;
+    let front = proxy(tls_front(&good)).await;
+    let named_front = proxy(tls_front(&only_localhost)).await;
+    let no_tls = proxy(Front::NoTls).await;
+    let broken = proxy(Front::BrokenTls).await;
     let via = |p: &Proxy, q: String| db.url_via(&p.addr.to_string(), &q);
     let sync = |dest: String| {
         let e = &e;
@@ -667,6 +689,21 @@ async fn postgres_tls_modes_check_what_libpq_checks() {
         &sync(via(&no_tls, "sslmode=prefer".into())).await,
         "prefer without TLS",
     );
+    // A server whose TLS is broken: require fails naming TLS, prefer retries without (libpq).
+    let out = sync(via(&broken, "sslmode=require".into())).await;
+    let err = assert_fails(&out, 1, "require against a broken TLS server");
+    assert!(
+        err.contains("TLS handshake failed (sslmode=require)"),
+        "{err}"
+    );
+    let out = sync(via(&broken, "sslmode=prefer".into())).await;
+    assert_ok(&out, "prefer against a broken TLS server");
+    assert!(
+        stderr(&out).contains("sslmode=prefer connects without TLS"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(broken.plain.load(Ordering::SeqCst) > 0);
 
     // Bad TLS settings are usage errors that name the file or the value, before any network.
     let missing = e.path("missing-ca.pem");

@@ -312,7 +312,7 @@ pub async fn connect(settings: &DestinationSettings) -> Result<Session, DestErro
     let user = config.get_user().unwrap_or("").to_string();
     let target = format!("PostgreSQL at {host}:{port} (database {db:?}, user {user:?})");
     let connected = match config.connect(tls.clone()).await {
-        Err(e) if parts.sslmode == SslMode::Prefer && rustls_error(&e).is_some() => {
+        Err(e) if parts.sslmode == SslMode::Prefer && is_handshake_failure(&e) => {
             // libpq's prefer: a failed handshake is tried again without TLS.
             tracing::warn!(
                 destination = %target,
@@ -338,6 +338,12 @@ pub async fn connect(settings: &DestinationSettings) -> Result<Session, DestErro
         target,
         describe: format!("postgres://{user}@{host}:{port}/{db}"),
     })
+}
+
+/// The server accepted TLS but the handshake failed (a rustls error, or the connection cut
+/// mid-handshake).
+fn is_handshake_failure(e: &tokio_postgres::Error) -> bool {
+    rustls_error(e).is_some() || e.to_string() == "error performing TLS handshake"
 }
 
 /// Why a connection failed, with what to do: TLS, password and authentication failures get
