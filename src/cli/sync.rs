@@ -46,7 +46,7 @@ use xmbridge_workflows::store::{Enqueued, NewEvent, SqliteStore};
 Runs are incremental: each table's cursor is committed with its rows, so a killed sync resumes
 where it stopped. On SQLite the schema is a table prefix (qualtrics_survey, …).
 One sync at a time writes a destination (a SQLite file, a PostgreSQL schema): a second one stops
-at once with exit code 75 and says so.
+before it writes anything, with exit code 75, and says so.
 The PostgreSQL password comes from --password-file, else PGPASSWORD, else ~/.pgpass (PGPASSFILE);
 a password inside the URL still works but is visible to other local users in `ps`.
 TLS: sslmode=disable|prefer (default)|require|verify-ca|verify-full and sslrootcert=FILE in the URL

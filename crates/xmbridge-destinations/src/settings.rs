@@ -449,8 +449,14 @@ fn pgpass_target(url: &str, env: &PgEnv) -> Result<PgpassTarget, DestError> {
 /// tokio-postgres's reading of a URL (without sslmode/sslrootcert).
 pub(crate) fn parse_config(url: &str) -> Result<tokio_postgres::Config, DestError> {
     url.parse().map_err(|e: tokio_postgres::Error| {
+        // tokio-postgres names the bad option only in the error's source.
+        let why = match std::error::Error::source(&e) {
+            Some(src) => format!("{e}: {src}"),
+            None => e.to_string(),
+        };
         DestError::Settings(format!(
-            "invalid PostgreSQL URL {}: {e} (expected postgres://USER@HOST:PORT/DB?sslmode=…)",
+            "invalid PostgreSQL URL {}: {why} (expected postgres://USER@HOST:PORT/DB, options \
+             sslmode, sslrootcert, application_name, connect_timeout, options, …)",
             crate::names::redact_url(url)
         ))
     })
@@ -472,7 +478,7 @@ fn url_with_database(url: &str, db: &str) -> String {
     out
 }
 
-/// For tests and messages: the secret of a password, exposed only where it is sent.
+/// The secret of a password, exposed only where it is handed to the server.
 pub(crate) fn expose(p: &Password) -> &str {
     p.secret.expose_secret()
 }
@@ -677,6 +683,16 @@ mod tests {
             split_tls("postgres://u@h/d").unwrap().sslmode,
             SslMode::Prefer
         );
+    }
+
+    #[test]
+    fn unknown_url_options_are_named() {
+        let e = split_tls("postgres://u@h/d?sslcert=c.pem&sslmode=require")
+            .map(|p| parse_config(&p.rest))
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sslcert"), "{e}");
     }
 
     #[test]
