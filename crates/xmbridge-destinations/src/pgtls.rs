@@ -15,7 +15,8 @@
 //! verifier for `verify-ca` and `require`. Channel binding (`SCRAM-SHA-256-PLUS`) is not
 //! offered: SCRAM runs without it, as with a server that has TLS off.
 //!
-//! It owns the TLS handshake; it must not read the environment (the settings hold sslmode).
+//! It owns the TLS handshake; it must not read libpq's environment variables (the settings hold
+//! sslmode and sslrootcert).
 
 use std::future::Future;
 use std::io;

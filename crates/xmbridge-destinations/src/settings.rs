@@ -126,7 +126,7 @@ impl PgEnv {
 /// The settings and the warnings to show the user (a password in the URL, an ignored pgpass
 /// file).
 #[derive(Debug)]
-pub struct Resolved {
+pub struct ResolvedSettings {
     pub settings: DestinationSettings,
     pub warnings: Vec<String>,
 }
@@ -138,7 +138,7 @@ impl DestinationSettings {
         url: &str,
         password_file: Option<&Path>,
         env: &PgEnv,
-    ) -> Result<Resolved, DestError> {
+    ) -> Result<ResolvedSettings, DestError> {
         if !is_postgres_url(url) {
             if let Some(path) = password_file {
                 return Err(DestError::Settings(format!(
@@ -148,7 +148,7 @@ impl DestinationSettings {
                     crate::names::redact_url(url)
                 )));
             }
-            return Ok(Resolved {
+            return Ok(ResolvedSettings {
                 settings: DestinationSettings {
                     url: url.to_string(),
                     password: None,
@@ -206,7 +206,7 @@ impl DestinationSettings {
                 },
             },
         };
-        Ok(Resolved {
+        Ok(ResolvedSettings {
             settings: DestinationSettings { url, password },
             warnings,
         })
@@ -494,11 +494,11 @@ mod tests {
         }
     }
 
-    fn resolve(url: &str, file: Option<&Path>, env: &PgEnv) -> Resolved {
+    fn resolve(url: &str, file: Option<&Path>, env: &PgEnv) -> ResolvedSettings {
         DestinationSettings::resolve(url, file, env).unwrap()
     }
 
-    fn secret_of(r: &Resolved) -> Option<(&str, PasswordSource)> {
+    fn secret_of(r: &ResolvedSettings) -> Option<(&str, PasswordSource)> {
         r.settings
             .password()
             .map(|p| (expose(p), p.source().clone()))

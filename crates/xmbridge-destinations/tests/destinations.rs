@@ -1247,6 +1247,30 @@ async fn first_load_builds_indexes(mut h: H) {
     assert_eq!(found.len(), 1, "{found:?}");
 }
 
+/// A destination is written by one session at a time: a second open is `Busy`, names the
+/// destination and says what to do, and succeeds once the first is closed. On PostgreSQL the
+/// lock is per schema.
+async fn one_writer(h: H) {
+    let err = open(&h.url, SCHEMA, h.compat).await.err().unwrap();
+    let msg = err.to_string();
+    assert!(matches!(err, DestError::Busy { .. }), "{err:?}");
+    assert!(
+        msg.contains("another sync is writing this destination"),
+        "{msg}"
+    );
+    // Names the file or the database.
+    let name = h.url.rsplit('/').next().unwrap();
+    assert!(msg.contains(name), "{msg}");
+    if h.is_pg() {
+        assert!(msg.contains("held by PostgreSQL session"), "{msg}");
+        let mut other = open(&h.url, "other_schema", h.compat).await.unwrap();
+        other.ensure_tables(&[item_spec()]).await.unwrap();
+    }
+    drop(h.dest);
+    let mut again = open(&h.url, SCHEMA, h.compat).await.unwrap();
+    again.ensure_tables(&[item_spec()]).await.unwrap();
+}
+
 macro_rules! both {
     ($case:ident, $compat:expr) => {
         mod $case {
@@ -1282,6 +1306,7 @@ both!(fivetran_compat, Compat::Fivetran);
 both!(large_batch);
 both!(filter_indexes);
 both!(first_load_builds_indexes);
+both!(one_writer);
 
 /// A first load killed after its indexes were dropped (the group with the drop committed, the
 /// rest not) leaves a table without indexes, perhaps holding a key twice; the next run's
