@@ -236,14 +236,28 @@ impl PgDb {
         .map(|r| (r.get(0), r.get(1)))
         .collect()
     }
-    async fn drop_db(self) {
-        let _ = pg_client(&self.admin)
-            .await
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .await;
+}
+
+/// Dropped also when the test fails (a thread of its own: Drop runs inside the test's runtime).
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok((c, conn)) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
     }
 }
 
@@ -427,7 +441,6 @@ async fn postgres_one_sync_at_a_time_and_a_killed_sync_leaves_no_lock() {
     );
     assert_eq!(db.advisory_locks().await.len(), 2);
     drop((_a, _b));
-    db.drop_db().await;
 }
 
 // ------------------------------------------------------------------ TLS (item 6)
@@ -718,8 +731,6 @@ async fn postgres_tls_modes_check_what_libpq_checks() {
     let out = sync(via(&front, "sslmode=verify_full".into())).await;
     let err = assert_fails(&out, 2, "an unknown sslmode");
     assert!(err.contains("verify-full"), "{err}");
-
-    db.drop_db().await;
 }
 
 /// sslmode=require to the real server encrypts the session the sync writes with (seen by the
@@ -763,7 +774,6 @@ async fn postgres_require_encrypts_the_sync_session() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    db.drop_db().await;
 }
 
 // ------------------------------------------------------------------ passwords (item 6)
