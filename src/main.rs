@@ -1,7 +1,8 @@
 //! The `xmbridge` command line: argument parsing, logging set-up and exit codes. Each command lives
 //! in `cli/`; the work itself belongs to the library crates (`xmbridge-qualtrics`, `xmbridge-sim`, …).
 //!
-//! Exit codes: 0 ok, 1 failure, 2 bad usage or configuration.
+//! Exit codes: 0 ok, 1 failure, 2 bad usage or configuration, 75 another sync is writing the
+//! destination (try again later).
 
 mod cli;
 
@@ -117,6 +118,15 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             eprintln!("error: {}", error_chain(&e));
+            let busy = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<xmbridge_destinations::DestError>(),
+                    Some(xmbridge_destinations::DestError::Busy { .. })
+                )
+            });
+            if busy {
+                return ExitCode::from(cli::EXIT_BUSY);
+            }
             ExitCode::FAILURE
         }
     }

@@ -14,7 +14,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
-use xmbridge_destinations::Compat;
+use xmbridge_destinations::{Compat, DestinationSettings};
 use xmbridge_qualtrics::{Auth, BaseUrl, Client};
 use xmbridge_sim::SimConfig;
 use xmbridge_sync::{NoProgress, SyncOptions};
@@ -71,6 +71,10 @@ pub struct BenchSyncArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     pub postgres: String,
+    /// File whose first line is the PostgreSQL password (else PGPASSWORD, else ~/.pgpass), as
+    /// for `xmbridge sync`.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<std::path::PathBuf>,
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -250,6 +254,9 @@ async fn spawn_child(args: &BenchSyncArgs, d: BenchDest) -> anyhow::Result<Measu
     .stdin(std::process::Stdio::null())
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::inherit());
+    if let Some(f) = &args.password_file {
+        cmd.arg("--password-file").arg(f);
+    }
     // tokio's process support is not compiled in; a blocking thread waits instead.
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
@@ -287,7 +294,8 @@ async fn child(args: &BenchSyncArgs, d: BenchDest) -> anyhow::Result<Measure> {
             let dir = tempfile::tempdir().context("cannot create a temp dir")?;
             let db = dir.path().join("bench.db");
             let url = format!("sqlite:{}", db.display());
-            let mut m = measure_sync(args, &url).await?;
+            let settings = DestinationSettings::from_parts(&url, None)?;
+            let mut m = measure_sync(args, &settings).await?;
             let path = db.clone();
             let (rows, secs) = tokio::task::spawn_blocking(move || sqlite_baseline(&path))
                 .await
@@ -297,10 +305,12 @@ async fn child(args: &BenchSyncArgs, d: BenchDest) -> anyhow::Result<Measure> {
             Ok(m)
         }
         BenchDest::Postgres => {
-            let db = PgDatabase::create(&args.postgres).await?;
+            let server =
+                super::sync::destination_settings(&args.postgres, args.password_file.as_deref())?;
+            let db = PgDatabase::create(&server).await?;
             let result = async {
-                let mut m = measure_sync(args, &db.url).await?;
-                let (rows, secs) = pg_baseline(&db.url).await?;
+                let mut m = measure_sync(args, &db.settings).await?;
+                let (rows, secs) = pg_baseline(&db.settings).await?;
                 m.baseline_rows = rows;
                 m.baseline_s = secs;
                 Ok(m)
@@ -380,16 +390,17 @@ impl Drop for SimProcess {
 }
 
 /// Starts the simulator, syncs the response tables into `url` and times it.
-async fn measure_sync(args: &BenchSyncArgs, url: &str) -> anyhow::Result<Measure> {
+async fn measure_sync(
+    args: &BenchSyncArgs,
+    settings: &DestinationSettings,
+) -> anyhow::Result<Measure> {
     let token = SimConfig::default().admin_token();
     let sim = SimProcess::start(args, &token).await?;
     let client = Client::builder(BaseUrl::parse(&sim.base_url)?, Auth::api_token(token))
         .request_timeout(Duration::from_secs(3600))
         .no_rate_limit()
         .build()?;
-    let mut dest = xmbridge_destinations::open(url, "qualtrics", Compat::Xmbridge)
-        .await
-        .context("cannot open the destination")?;
+    let mut dest = super::sync::open_destination(settings, "qualtrics", Compat::Xmbridge).await?;
     let opts = SyncOptions {
         tables: Some(TABLES.iter().map(|t| t.to_string()).collect()),
         ..SyncOptions::default()
@@ -624,13 +635,14 @@ impl tokio_postgres::types::ToSql for RawOut<'_> {
 
 /// Reads the synced response tables into memory, then times a binary COPY of them into empty
 /// tables `LIKE` the synced ones (indexes included) in a fresh schema.
-async fn pg_baseline(url: &str) -> anyhow::Result<(u64, f64)> {
+async fn pg_baseline(settings: &DestinationSettings) -> anyhow::Result<(u64, f64)> {
     use futures_util::{StreamExt, pin_mut};
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    // The same password and TLS as the sync's session, so the ratio compares like with like.
+    let c = xmbridge_destinations::postgres::connect(settings)
         .await
-        .context("cannot connect to the bench database")?;
-    let conn = tokio::spawn(conn);
+        .context("cannot connect to the bench database")?
+        .client;
     c.batch_execute("CREATE SCHEMA bench_baseline").await?;
     let mut loaded = Vec::new();
     for t in TABLES {
@@ -686,7 +698,6 @@ async fn pg_baseline(url: &str) -> anyhow::Result<(u64, f64)> {
     }
     let secs = started.elapsed().as_secs_f64();
     drop(c);
-    let _ = conn.await;
     Ok((total, secs))
 }
 
@@ -694,17 +705,15 @@ async fn pg_baseline(url: &str) -> anyhow::Result<(u64, f64)> {
 struct PgDatabase {
     admin: tokio_postgres::Client,
     name: String,
-    url: String,
+    settings: DestinationSettings,
 }
 
 impl PgDatabase {
-    async fn create(server: &str) -> anyhow::Result<PgDatabase> {
-        let (admin, conn) = tokio_postgres::connect(server, tokio_postgres::NoTls)
+    async fn create(server: &DestinationSettings) -> anyhow::Result<PgDatabase> {
+        let admin = xmbridge_destinations::postgres::connect(server)
             .await
-            .context("cannot connect to PostgreSQL (set --postgres or XMBRIDGE_TEST_PG)")?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+            .context("cannot connect to PostgreSQL (set --postgres or XMBRIDGE_TEST_PG)")?
+            .client;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -714,8 +723,12 @@ impl PgDatabase {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .with_context(|| format!("cannot create database {name}"))?;
-        let url = with_database(server, &name);
-        Ok(PgDatabase { admin, name, url })
+        let settings = server.with_database(&name);
+        Ok(PgDatabase {
+            admin,
+            name,
+            settings,
+        })
     }
 
     async fn drop_database(self) {
@@ -732,41 +745,9 @@ impl PgDatabase {
     }
 }
 
-/// The server URL with its database replaced (query parameters kept).
-fn with_database(server: &str, db: &str) -> String {
-    let (main, query) = match server.split_once('?') {
-        Some((m, q)) => (m, Some(q)),
-        None => (server, None),
-    };
-    let (scheme, rest) = main.split_once("://").unwrap_or(("postgres", main));
-    let authority = rest.split_once('/').map(|(a, _)| a).unwrap_or(rest);
-    let mut url = format!("{scheme}://{authority}/{db}");
-    if let Some(q) = query {
-        url.push('?');
-        url.push_str(q);
-    }
-    url
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn database_is_replaced_in_urls() {
-        assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/postgres", "b"),
-            "postgres://postgres@127.0.0.1:5432/b"
-        );
-        assert_eq!(
-            with_database("postgres://u:p@h/db?sslmode=disable", "b"),
-            "postgres://u:p@h/b?sslmode=disable"
-        );
-        assert_eq!(
-            with_database("postgres://h:5432", "b"),
-            "postgres://h:5432/b"
-        );
-    }
 
     #[test]
     fn cells_round_trip() {

@@ -100,7 +100,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     let url = format!("sqlite:{}", args.database.display());
-    let mut dest = xmbridge_destinations::open(&url, "qualtrics", Compat::Xmbridge)
+    let settings = xmbridge_destinations::DestinationSettings::from_parts(&url, None)?;
+    let mut dest = xmbridge_destinations::open(&settings, "qualtrics", Compat::Xmbridge)
         .await
         .with_context(|| format!("cannot create {}", args.database.display()))?;
     println!("syncing everything into {} …", dest.describe());

@@ -15,6 +15,10 @@ pub mod workflow_run;
 
 use std::fmt;
 
+/// Exit code when another sync is writing the destination (sysexits' EX_TEMPFAIL: try again
+/// later).
+pub const EXIT_BUSY: u8 = 75;
+
 /// A mistake in the command line or configuration found after parsing; exits with code 2.
 #[derive(Debug)]
 pub struct UsageError(pub String);

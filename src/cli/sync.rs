@@ -10,17 +10,17 @@
 //! next run re-exports those responses and the duplicates are dropped).
 
 use super::UsageError;
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use clap::{Args, ValueEnum};
 use futures_util::future::BoxFuture;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use xmbridge_destinations::Compat;
+use xmbridge_destinations::{Compat, DestError, DestinationSettings, PgEnv};
 use xmbridge_qualtrics::Client;
 use xmbridge_sync::{
     ExportKind, LogProgress, Observer, Progress, ResponseObserver, SeenBatch, SyncOptions,
@@ -36,6 +36,8 @@ use xmbridge_workflows::store::{Enqueued, NewEvent, SqliteStore};
 #[command(after_help = "Examples:
   xmbridge sync acme --destination sqlite:./qualtrics.db
   xmbridge sync acme --destination postgres://postgres@127.0.0.1:5432/warehouse --schema qualtrics
+  xmbridge sync acme --destination 'postgres://loader@db.example.com/warehouse?sslmode=verify-full&sslrootcert=ca.pem' \\
+      --password-file ~/.config/xmbridge/pg-password
   xmbridge sync acme --destination sqlite:./q.db --tables survey_response,question_response
   xmbridge sync acme --destination sqlite:./q.db --compat fivetran   # dbt_qualtrics runs unchanged
   xmbridge sync acme --destination sqlite:./q.db --reconcile         # drop responses deleted upstream
@@ -43,15 +45,26 @@ use xmbridge_workflows::store::{Enqueued, NewEvent, SqliteStore};
 
 Runs are incremental: each table's cursor is committed with its rows, so a killed sync resumes
 where it stopped. On SQLite the schema is a table prefix (qualtrics_survey, …).
+One sync at a time writes a destination (a SQLite file, a PostgreSQL schema): a second one stops
+before it writes anything, with exit code 75, and says so.
+The PostgreSQL password comes from --password-file, else PGPASSWORD, else ~/.pgpass (PGPASSFILE);
+a password inside the URL still works but is visible to other local users in `ps`.
+TLS: sslmode=disable|prefer (default)|require|verify-ca|verify-full and sslrootcert=FILE in the URL
+(or PGSSLMODE / PGSSLROOTCERT).
 Workflows with `trigger.type = \"sync-responses\"` get one event per response that is new or
 changed since the last run (not for a survey's first load unless --trigger-on-first-load);
 `xmbridge workflow run` delivers them.")]
 pub struct SyncArgs {
     /// The connection to read (see `xmbridge connection list`).
     pub connection: String,
-    /// Where to write: `sqlite:PATH` or `postgres://USER@HOST:PORT/DB`.
+    /// Where to write: `sqlite:PATH` or `postgres://USER@HOST:PORT/DB` (TLS options:
+    /// `?sslmode=verify-full&sslrootcert=CA.pem`).
     #[arg(long)]
     pub destination: String,
+    /// File whose first line is the PostgreSQL password (else PGPASSWORD, else ~/.pgpass); keeps
+    /// it off the command line, which other local users can read.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
     /// Schema name (PostgreSQL schema; table prefix on SQLite).
     #[arg(long, default_value = "qualtrics")]
     pub schema: String,
@@ -260,6 +273,42 @@ fn workflow_trigger(
     Ok(Some(WorkflowTrigger::new(outbox, by_survey, on_first_load)))
 }
 
+/// The destination settings of `--destination` and `--password-file` (and libpq's environment
+/// variables); warnings (a password in the URL, an ignored pgpass file) go to stderr.
+pub(crate) fn destination_settings(
+    url: &str,
+    password_file: Option<&Path>,
+) -> anyhow::Result<DestinationSettings> {
+    let resolved = DestinationSettings::resolve(url, password_file, &PgEnv::from_process())
+        .map_err(dest_error)?;
+    for w in &resolved.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(resolved.settings)
+}
+
+/// Opens the destination; unusable settings are usage errors (exit 2), another sync holding it
+/// exits with [`super::EXIT_BUSY`] (see `main`).
+pub(crate) async fn open_destination(
+    settings: &DestinationSettings,
+    schema: &str,
+    compat: Compat,
+) -> anyhow::Result<Box<dyn xmbridge_destinations::Destination>> {
+    xmbridge_destinations::open(settings, schema, compat)
+        .await
+        .map_err(|e| match e {
+            DestError::Settings(_) => dest_error(e),
+            other => anyhow::Error::new(other).context("cannot open the destination"),
+        })
+}
+
+fn dest_error(e: DestError) -> anyhow::Error {
+    match e {
+        DestError::Settings(m) => anyhow!(UsageError(m)),
+        other => anyhow!(other),
+    }
+}
+
 /// Runs the engine with bars on a terminal, log lines otherwise.
 pub async fn run_sync(
     client: &Client,
@@ -282,11 +331,10 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     if args.parallel == 0 {
         return Err(anyhow!(UsageError("--parallel must be at least 1".into())));
     }
+    let settings = destination_settings(&args.destination, args.password_file.as_deref())?;
     let connected = super::connection::connect(&args.connection)?;
     let compat: Compat = args.compat.into();
-    let mut dest = xmbridge_destinations::open(&args.destination, &args.schema, compat)
-        .await
-        .with_context(|| "cannot open the destination".to_string())?;
+    let mut dest = open_destination(&settings, &args.schema, compat).await?;
     let trigger = if args.no_triggers {
         None
     } else {

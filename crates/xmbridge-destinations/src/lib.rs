@@ -3,7 +3,10 @@
 //! It owns schema creation and evolution, batched writes (prepared statements in large
 //! transactions on SQLite; binary COPY into a staging table and one merge per batch on
 //! PostgreSQL), and the transaction that commits a batch together with its sync cursors, so a
-//! killed sync resumes with nothing lost and nothing doubled. Identifiers that come from survey
+//! killed sync resumes with nothing lost and nothing doubled. It also owns how a destination is
+//! reached: [`DestinationSettings`] (the PostgreSQL password apart from the URL, from a file,
+//! `PGPASSWORD` or pgpass), TLS to PostgreSQL ([`pgtls`]), and the lock that lets one sync at a
+//! time write a destination. Identifiers that come from survey
 //! content are always quoted, never spliced into SQL. It must not know about Qualtrics or its API:
 //! it receives table specs, typed rows and cursors from `xmbridge-sync`.
 //!
@@ -15,10 +18,14 @@ use std::pin::Pin;
 
 pub mod catalog;
 mod names;
+pub mod pgpass;
+pub mod pgtls;
 pub mod postgres;
+pub mod settings;
 pub mod sqlite;
 
 pub use names::{iso_millis, parse_iso_millis, quote_ident};
+pub use settings::{DestinationSettings, Password, PasswordSource, PgEnv};
 
 /// A boxed future, so that [`Destination`] stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -213,6 +220,20 @@ pub enum DestError {
     /// The destination could not be reached or opened.
     #[error("cannot connect to {destination}: {reason}")]
     Connect { destination: String, reason: String },
+    /// The destination settings are unusable (an empty SQLite path, an unreadable password or
+    /// CA file, an unknown sslmode …): nothing was connected to.
+    #[error("{0}")]
+    Settings(String),
+    /// Another sync holds this destination's lock (see `docs/destinations.md`, "One sync at a
+    /// time").
+    #[error(
+        "another sync is writing this destination: {destination}{holder}; wait for it to finish or stop it, then run this sync again"
+    )]
+    Busy {
+        destination: String,
+        /// `, held by …` when the destination can tell, else empty.
+        holder: String,
+    },
     /// The URL's scheme names no known destination.
     #[error("unknown destination {url:?}: expected one of {known}")]
     UnknownScheme { url: String, known: &'static str },
@@ -330,22 +351,25 @@ pub trait Destination: Send {
 pub const KNOWN_DESTINATIONS: &str =
     "sqlite:PATH, sqlite://PATH, sqlite:PATH?max_size_mb=N, postgres://USER@HOST:PORT/DB";
 
-/// Opens the destination a URL names. `schema` is the PostgreSQL schema or the SQLite table-name
-/// prefix (`qualtrics` → tables `qualtrics_survey`, …); `compat` chooses the system-column prefix.
+/// Opens the destination the settings name and takes its lock (one sync at a time per SQLite
+/// file, per PostgreSQL schema; [`DestError::Busy`] otherwise). `schema` is the PostgreSQL
+/// schema or the SQLite table-name prefix (`qualtrics` → tables `qualtrics_survey`, …);
+/// `compat` chooses the system-column prefix.
 pub async fn open(
-    url: &str,
+    settings: &DestinationSettings,
     schema: &str,
     compat: Compat,
 ) -> Result<Box<dyn Destination>, DestError> {
+    let url = settings.url();
     if let Some(path) = sqlite::path_of_url(url) {
         let opts = sqlite::SqliteOptions::from_url(url)?;
         return Ok(Box::new(
             sqlite::SqliteDestination::open_with(path, schema, compat, opts).await?,
         ));
     }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if settings::is_postgres_url(url) {
         return Ok(Box::new(
-            postgres::PostgresDestination::connect(url, schema, compat).await?,
+            postgres::PostgresDestination::connect(settings, schema, compat).await?,
         ));
     }
     Err(DestError::UnknownScheme {

@@ -1,6 +1,13 @@
-//! The PostgreSQL destination (`postgres://…` / `postgresql://…`, tokio-postgres, NoTls).
+//! The PostgreSQL destination (`postgres://…` / `postgresql://…`, tokio-postgres over rustls).
 //!
 //! Choices (also in `docs/destinations.md`):
+//! - [`connect`] takes the password from [`DestinationSettings`] (never from the URL) and does
+//!   TLS per `sslmode` ([`crate::pgtls`]); connection errors say what failed (TLS, certificate,
+//!   password and where it came from) and what to do.
+//! - One sync at a time per schema: opening takes a session-level advisory lock keyed on the
+//!   schema name (`pg_advisory_lock(hashtextextended('xmbridge destination schema <s>', 0))`),
+//!   waiting up to [`LOCK_WAIT`], else [`DestError::Busy`] naming the holder's session. The
+//!   server drops it when the session ends, so a killed sync never leaves it behind.
 //! - The schema name is a real schema (`CREATE SCHEMA IF NOT EXISTS`); the cursor table is
 //!   `<schema>.<p>_state (stream text PRIMARY KEY, cursor jsonb, updated_at timestamptz)`.
 //! - Types: s text, ts timestamptz, b boolean, i integer, l bigint, f double precision,
@@ -21,12 +28,14 @@ use std::collections::{HashMap, HashSet};
 use std::error::Error as StdError;
 
 use bytes::{BufMut, BytesMut};
+use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::config::Host;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{Client, Config, NoTls};
 
-use crate::names::{Resolved, check_name, keys_target, quote_ident, redact_url};
+use crate::names::{Resolved, check_name, keys_target, quote_ident};
+use crate::pgtls::{MakeRustls, RootCerts, SslMode, rustls_error};
+use crate::settings::{DestinationSettings, PgUrl, expose, parse_config, split_tls};
 use crate::{
     BoxFuture, ColumnType, Commit, CommitStats, Compat, DestError, Destination, TableBatch,
     TableSpec, Value,
@@ -127,6 +136,81 @@ fn put_text(s: &str, out: &mut BytesMut) {
     }
 }
 
+/// The advisory-lock key of a schema: one per (database, schema), so syncs into other schemas
+/// of the same database run side by side.
+fn lock_key_text(schema: &str) -> String {
+    format!("xmbridge destination schema {schema}")
+}
+
+/// Takes the session-level advisory lock of `schema`, waiting up to [`LOCK_WAIT`]. Held until
+/// the session ends, so a crashed or killed sync releases it as soon as the server sees its
+/// connection close.
+async fn lock_schema(client: &Client, schema: &str, describe: &str) -> Result<(), DestError> {
+    let context = format!("locking schema {schema}");
+    let key: i64 = client
+        .query_one("SELECT hashtextextended($1, 0)", &[&lock_key_text(schema)])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| sql_err(&context, e))?;
+    client
+        .batch_execute(&format!("SET lock_timeout = {}", LOCK_WAIT.as_millis()))
+        .await
+        .map_err(|e| sql_err(&context, e))?;
+    let locked = client.execute("SELECT pg_advisory_lock($1)", &[&key]).await;
+    client
+        .batch_execute("RESET lock_timeout")
+        .await
+        .map_err(|e| sql_err(&context, e))?;
+    match locked {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            Err(DestError::Busy {
+                destination: describe.to_string(),
+                holder: lock_holder(client, key).await.unwrap_or_default(),
+            })
+        }
+        Err(e) => Err(sql_err(&context, e)),
+    }
+}
+
+/// `, held by PostgreSQL session PID (application …, client …, since …)`, as far as this role
+/// may see the other session.
+async fn lock_holder(client: &Client, key: i64) -> Option<String> {
+    let row = client
+        .query_opt(
+            "SELECT l.pid, a.application_name, host(a.client_addr), \
+                    to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+             FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND l.classid::bigint = (($1::bigint >> 32) & 4294967295) \
+               AND l.objid::bigint = ($1::bigint & 4294967295) \
+             LIMIT 1",
+            &[&key],
+        )
+        .await
+        .ok()??;
+    let pid: i32 = row.try_get(0).ok()?;
+    let mut details = Vec::new();
+    if let Ok(Some(app)) = row.try_get::<_, Option<String>>(1)
+        && !app.is_empty()
+    {
+        details.push(format!("application {app:?}"));
+    }
+    if let Ok(Some(addr)) = row.try_get::<_, Option<String>>(2) {
+        details.push(format!("client {addr}"));
+    }
+    if let Ok(Some(since)) = row.try_get::<_, Option<String>>(3) {
+        details.push(format!("since {since}"));
+    }
+    let details = if details.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", details.join(", "))
+    };
+    Some(format!(", held by PostgreSQL session {pid}{details}"))
+}
+
 fn pg_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
@@ -182,44 +266,161 @@ fn at(table: &str) -> impl FnOnce(tokio_postgres::Error) -> Box<Failure> + '_ {
     }
 }
 
-impl PostgresDestination {
-    /// Connects, creates the schema and the cursor table.
-    pub async fn connect(url: &str, schema: &str, compat: Compat) -> Result<Self, DestError> {
-        let safe_url = redact_url(url);
-        let mut config: Config = url.parse().map_err(|e| DestError::Connect {
-            destination: safe_url.clone(),
-            reason: format!("invalid PostgreSQL URL: {e}"),
-        })?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(std::time::Duration::from_secs(10));
+/// A connected PostgreSQL session: the destination's, or one of its own for a tool on the same
+/// server (the bench's admin and baseline sessions), with the same password and TLS.
+pub struct Session {
+    pub client: Client,
+    /// `PostgreSQL at HOST:PORT (database "db", user "u")`, for messages.
+    pub target: String,
+    /// `postgres://USER@HOST:PORT/DB`, no password.
+    pub describe: String,
+}
+
+/// How long opening a destination waits for another session's lock before it reports
+/// [`DestError::Busy`]: a sync killed a moment ago may still hold it while the server notices
+/// that its client is gone and ends the session.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connects with the settings' password and TLS (see [`crate::pgtls`] for `sslmode`).
+pub async fn connect(settings: &DestinationSettings) -> Result<Session, DestError> {
+    let parts = split_tls(settings.url())?;
+    let mut config = parse_config(&parts.rest)?;
+    if let Some(p) = settings.password() {
+        config.password(expose(p));
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(10));
+    }
+    if config.get_application_name().is_none() {
+        // Names the session in pg_stat_activity (and in a Busy message's holder).
+        config.application_name("xmbridge");
+    }
+    config.ssl_mode(parts.sslmode.negotiation());
+    let tls = MakeRustls::new(parts.sslmode, &parts.roots).map_err(|e| DestError::Settings(e.0))?;
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or("postgres")
+        .to_string();
+    let user = config.get_user().unwrap_or("").to_string();
+    let target = format!("PostgreSQL at {host}:{port} (database {db:?}, user {user:?})");
+    let connected = match config.connect(tls.clone()).await {
+        Err(e) if parts.sslmode == SslMode::Prefer && is_handshake_failure(&e) => {
+            // libpq's prefer: a failed handshake is tried again without TLS.
+            tracing::warn!(
+                destination = %target,
+                error = %connect_reason(&e, &parts, settings),
+                "TLS handshake failed; sslmode=prefer connects without TLS (set sslmode=require or verify-full to refuse that)"
+            );
+            config.ssl_mode(SslMode::Disable.negotiation());
+            config.connect(tls).await
         }
-        let host = match config.get_hosts().first() {
-            Some(Host::Tcp(h)) => h.clone(),
-            #[cfg(unix)]
-            Some(Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".to_string(),
-        };
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let db = config
-            .get_dbname()
-            .or(config.get_user())
-            .unwrap_or("postgres")
-            .to_string();
-        let user = config.get_user().unwrap_or("").to_string();
-        let where_ = format!("PostgreSQL at {host}:{port} (database {db:?}, user {user:?})");
-        let (client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|e| DestError::Connect {
-                destination: where_.clone(),
-                reason: pg_message(&e),
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "PostgreSQL connection closed");
+        other => other,
+    };
+    let (client, connection) = connected.map_err(|e| DestError::Connect {
+        destination: target.clone(),
+        reason: connect_reason(&e, &parts, settings),
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "PostgreSQL connection closed");
+        }
+    });
+    Ok(Session {
+        client,
+        target,
+        describe: format!("postgres://{user}@{host}:{port}/{db}"),
+    })
+}
+
+/// The server accepted TLS but the handshake failed (a rustls error, or the connection cut
+/// mid-handshake).
+fn is_handshake_failure(e: &tokio_postgres::Error) -> bool {
+    rustls_error(e).is_some() || e.to_string() == "error performing TLS handshake"
+}
+
+/// Why a connection failed, with what to do: TLS, password and authentication failures get
+/// their own explanation. Never the password.
+fn connect_reason(
+    e: &tokio_postgres::Error,
+    parts: &PgUrl,
+    settings: &DestinationSettings,
+) -> String {
+    let mode = parts.sslmode.as_str();
+    if let Some(tls) = rustls_error(e) {
+        let mut reason = format!("TLS handshake failed (sslmode={mode}): {tls}");
+        if let rustls::Error::InvalidCertificate(cert) = tls {
+            use rustls::CertificateError as C;
+            let roots = match &parts.roots {
+                RootCerts::File(f) => format!("sslrootcert file {}", f.display()),
+                RootCerts::System => "the system's CA certificates".to_string(),
+            };
+            match cert {
+                C::UnknownIssuer | C::BadSignature | C::UnhandledCriticalExtension => {
+                    reason.push_str(&format!(
+                        "; the server's certificate is not signed by a CA in {roots}: set \
+                         sslrootcert=FILE to the CA certificate that signed it"
+                    ));
+                }
+                C::NotValidForName | C::NotValidForNameContext { .. } => {
+                    reason.push_str(
+                        "; connect by a host name or address the certificate holds, or use \
+                         sslmode=verify-ca to check the CA chain without the host name",
+                    );
+                }
+                _ => {}
             }
-        });
+        }
+        return reason;
+    }
+    if let Some(db) = e.as_db_error() {
+        let mut reason = pg_message(e);
+        if *db.code() == tokio_postgres::error::SqlState::INVALID_PASSWORD {
+            match settings.password() {
+                Some(p) => reason.push_str(&format!(
+                    " (the password came from {}; fix it there)",
+                    p.source()
+                )),
+                None => reason.push_str(&format!("; {PASSWORD_HOWTO}")),
+            }
+        }
+        return reason;
+    }
+    let text = pg_message(e);
+    if text.contains("server does not support TLS") {
+        return format!(
+            "the server does not support TLS but sslmode={mode} requires it: turn TLS on at the \
+             server, or (on a trusted network only) use sslmode=prefer or sslmode=disable"
+        );
+    }
+    if text.contains("password missing") {
+        return format!("the server asks for a password and none was given; {PASSWORD_HOWTO}");
+    }
+    text
+}
+
+const PASSWORD_HOWTO: &str = "give the password with --password-file FILE, PGPASSWORD, or a line \
+    HOST:PORT:DATABASE:USER:PASSWORD in ~/.pgpass (chmod 600)";
+
+impl PostgresDestination {
+    /// Connects, takes the schema's lock, creates the schema and the cursor table.
+    pub async fn connect(
+        settings: &DestinationSettings,
+        schema: &str,
+        compat: Compat,
+    ) -> Result<Self, DestError> {
         check_name(schema, Some(MAX_IDENT))?;
+        let session = connect(settings).await?;
+        let client = session.client;
+        let describe = format!("{} (schema {schema})", session.describe);
+        lock_schema(&client, schema, &describe).await?;
         let state = format!("{}_state", compat.prefix());
         client
             .batch_execute(&format!(
@@ -239,7 +440,7 @@ impl PostgresDestination {
             bulk: HashSet::new(),
             bulk_judged: HashSet::new(),
             state,
-            describe: format!("postgres://{user}@{host}:{port}/{db} (schema {schema})"),
+            describe,
         })
     }
 

@@ -131,6 +131,71 @@ struct Inner {
     state: String,
     /// The open group transaction, if any (see [`GROUP_ROWS`]).
     group: Option<Group>,
+    /// Last, so it is released after the connection has closed.
+    _lock: WriterLock,
+}
+
+/// The side file whose lock says a sync is writing `path`.
+pub fn lock_path(path: &str) -> String {
+    format!("{path}-xmbridge.lock")
+}
+
+/// One sync at a time per SQLite file: a write transaction (`BEGIN IMMEDIATE`, SQLite's
+/// RESERVED lock, an `fcntl` lock) held open on the side file [`lock_path`] while the
+/// destination is open. The kernel drops the lock when the process ends, however it ends, so a
+/// killed sync never leaves it behind; the (empty) file stays, as deleting a lock file races
+/// with the next process opening it. A side file rather than the database: the destination's
+/// own connection begins and commits transactions all the time, and a second connection holding
+/// a lock in the database would block it. Per file, not per table prefix: SQLite has one
+/// writer per file anyway.
+struct WriterLock {
+    _conn: Connection,
+}
+
+impl WriterLock {
+    fn take(path: &str) -> Result<WriterLock, DestError> {
+        let file = lock_path(path);
+        let fail = |e: rusqlite::Error| DestError::Connect {
+            destination: format!("sqlite:{path}"),
+            reason: format!("cannot lock {file}: {e}"),
+        };
+        let conn = Connection::open(&file).map_err(fail)?;
+        conn.busy_timeout(std::time::Duration::ZERO).map_err(fail)?;
+        // Nothing is ever written: no journal file next to it.
+        let _mode: String = conn
+            .query_row("PRAGMA journal_mode=OFF", [], |r| r.get(0))
+            .map_err(fail)?;
+        match conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => Ok(WriterLock { _conn: conn }),
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+                Err(DestError::Busy {
+                    destination: format!("sqlite:{path}"),
+                    holder: format!(
+                        ", locked by another process through {file} (`fuser -v {file}` shows which)"
+                    ),
+                })
+            }
+            Err(e) => Err(fail(e)),
+        }
+    }
+}
+
+/// Refuses paths that would sync into a database SQLite throws away when the sync ends.
+fn check_path(path: &str) -> Result<(), DestError> {
+    let p = path.trim();
+    let what = if p.is_empty() {
+        "no file (the path is empty)"
+    } else if p == ":memory:" || p.starts_with("file::memory:") {
+        "an in-memory database"
+    } else {
+        return Ok(());
+    };
+    Err(DestError::Settings(format!(
+        "the SQLite destination path {path:?} names {what}: SQLite would sync into a temporary \
+         database and throw it away when the sync ends; name a file: sqlite:PATH, for example \
+         sqlite:./qualtrics.db, sqlite:///var/lib/xmbridge/qualtrics.db or \
+         sqlite:./qualtrics.db?max_size_mb=500"
+    )))
 }
 
 /// A table's indexes, and how a first load treats them.
@@ -185,6 +250,7 @@ impl SqliteDestination {
         compat: Compat,
         opts: SqliteOptions,
     ) -> Result<Self, DestError> {
+        check_path(path)?;
         crate::names::check_name(schema, None)?;
         let prefix = format!("{schema}_");
         let path_owned = path.to_string();
@@ -314,6 +380,8 @@ impl Inner {
             destination: format!("sqlite:{path}"),
             reason: e.to_string(),
         };
+        // Before the database is touched: a second sync stops here.
+        let lock = WriterLock::take(path)?;
         let conn = Connection::open(path).map_err(connect_err)?;
         // journal_mode answers with a row, so it is read rather than executed.
         let _mode: String = conn
@@ -365,6 +433,7 @@ impl Inner {
             bulk_judged: HashSet::new(),
             state,
             group: None,
+            _lock: lock,
         })
     }
 

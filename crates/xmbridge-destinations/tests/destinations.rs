@@ -6,9 +6,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::json;
 use xmbridge_destinations::{
-    Column, ColumnType, Commit, CommitStats, Compat, DestError, Destination, MarkUnseenDeleted,
-    TableBatch, TableSpec, Value, catalog, iso_millis, open, quote_ident,
+    Column, ColumnType, Commit, CommitStats, Compat, DestError, Destination, DestinationSettings,
+    MarkUnseenDeleted, PgEnv, TableBatch, TableSpec, Value, catalog, iso_millis, quote_ident,
 };
+
+/// Opens a destination by URL (no password).
+async fn open(url: &str, schema: &str, compat: Compat) -> Result<Box<dyn Destination>, DestError> {
+    let settings = DestinationSettings::from_parts(url, None)?;
+    xmbridge_destinations::open(&settings, schema, compat).await
+}
 
 const SCHEMA: &str = "qualtrics";
 const T0: i64 = 1_700_000_000_000;
@@ -786,7 +792,8 @@ async fn type_conflict(mut h: H) {
     }
     let msg = err.to_string();
     assert!(msg.contains("\"n\"") && msg.contains("fix:"), "{msg}");
-    // A fresh connection reports the same.
+    // A fresh connection reports the same (after the first let go of the destination's lock).
+    drop(h.dest);
     let mut dest = open(&h.url, SCHEMA, h.compat).await.unwrap();
     let err = dest.ensure_tables(&[item_spec()]).await.unwrap_err();
     assert!(matches!(err, DestError::TypeConflict { .. }), "{err:?}");
@@ -1240,6 +1247,30 @@ async fn first_load_builds_indexes(mut h: H) {
     assert_eq!(found.len(), 1, "{found:?}");
 }
 
+/// A destination is written by one session at a time: a second open is `Busy`, names the
+/// destination and says what to do, and succeeds once the first is closed. On PostgreSQL the
+/// lock is per schema.
+async fn one_writer(h: H) {
+    let err = open(&h.url, SCHEMA, h.compat).await.err().unwrap();
+    let msg = err.to_string();
+    assert!(matches!(err, DestError::Busy { .. }), "{err:?}");
+    assert!(
+        msg.contains("another sync is writing this destination"),
+        "{msg}"
+    );
+    // Names the file or the database.
+    let name = h.url.rsplit('/').next().unwrap();
+    assert!(msg.contains(name), "{msg}");
+    if h.is_pg() {
+        assert!(msg.contains("held by PostgreSQL session"), "{msg}");
+        let mut other = open(&h.url, "other_schema", h.compat).await.unwrap();
+        other.ensure_tables(&[item_spec()]).await.unwrap();
+    }
+    drop(h.dest);
+    let mut again = open(&h.url, SCHEMA, h.compat).await.unwrap();
+    again.ensure_tables(&[item_spec()]).await.unwrap();
+}
+
 macro_rules! both {
     ($case:ident, $compat:expr) => {
         mod $case {
@@ -1275,6 +1306,7 @@ both!(fivetran_compat, Compat::Fivetran);
 both!(large_batch);
 both!(filter_indexes);
 both!(first_load_builds_indexes);
+both!(one_writer);
 
 /// A first load killed after its indexes were dropped (the group with the drop committed, the
 /// rest not) leaves a table without indexes, perhaps holding a key twice; the next run's
@@ -1368,14 +1400,19 @@ async fn sqlite_group_commit_is_durable_at_flush_and_keeps_earlier_commits() {
 
 #[tokio::test]
 async fn unreachable_and_unknown_destinations() {
-    let err = open(
+    // A password given in the URL is taken out of it and never shown.
+    let settings = DestinationSettings::resolve(
         "postgres://postgres:s3cret@127.0.0.1:1/db",
-        SCHEMA,
-        Compat::Xmbridge,
+        None,
+        &PgEnv::default(),
     )
-    .await
-    .err()
-    .unwrap();
+    .unwrap()
+    .settings;
+    assert!(!settings.url().contains("s3cret"));
+    let err = xmbridge_destinations::open(&settings, SCHEMA, Compat::Xmbridge)
+        .await
+        .err()
+        .unwrap();
     let msg = err.to_string();
     eprintln!("{msg}");
     assert!(matches!(err, DestError::Connect { .. }), "{err:?}");

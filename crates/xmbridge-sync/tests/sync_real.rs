@@ -4,7 +4,7 @@
 mod common;
 
 use common::sim;
-use xmbridge_destinations::{Compat, open};
+use xmbridge_destinations::{Compat, DestinationSettings, open};
 use xmbridge_sim::SimConfig;
 use xmbridge_sync::{NoProgress, SyncOptions, sync};
 
@@ -23,7 +23,13 @@ async fn sqlite_full_then_incremental() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.db");
     let url = format!("sqlite:{}", path.display());
-    let mut dest = open(&url, "qualtrics", Compat::Fivetran).await.unwrap();
+    let mut dest = open(
+        &DestinationSettings::from_parts(&url, None).unwrap(),
+        "qualtrics",
+        Compat::Fivetran,
+    )
+    .await
+    .unwrap();
     let o = SyncOptions {
         commit_every: 6,
         ..Default::default()
@@ -86,7 +92,13 @@ async fn postgres_full_then_incremental() {
     // The body runs in its own task so the database is dropped even when it fails.
     let res = tokio::spawn(async move {
         let (_h, client) = sim(cfg()).await;
-        let mut dest = open(&url, "qualtrics", Compat::Xmbridge).await.unwrap();
+        let mut dest = open(
+            &DestinationSettings::from_parts(&url, None).unwrap(),
+            "qualtrics",
+            Compat::Xmbridge,
+        )
+        .await
+        .unwrap();
         let s1 = sync(&client, dest.as_mut(), &SyncOptions::default(), &NoProgress)
             .await
             .unwrap();

@@ -6,7 +6,7 @@ mod common;
 
 use common::{MemDest, sim};
 use std::time::Duration;
-use xmbridge_destinations::{Compat, open};
+use xmbridge_destinations::{Compat, DestinationSettings, open};
 use xmbridge_sim::{SimConfig, SimHandle};
 use xmbridge_sync::{NoProgress, SyncOptions, sync};
 
@@ -129,7 +129,13 @@ async fn deleted_response_is_removed_only_by_a_reconcile() {
 /// Deletes one response upstream and reconciles into a real destination: exactly its rows go.
 async fn reconcile_into(url: &str, h: &SimHandle, client: &xmbridge_qualtrics::Client) {
     let sid = h.sim.surveys[0].id.clone();
-    let mut dest = open(url, "qualtrics", Compat::Xmbridge).await.unwrap();
+    let mut dest = open(
+        &DestinationSettings::from_parts(url, None).unwrap(),
+        "qualtrics",
+        Compat::Xmbridge,
+    )
+    .await
+    .unwrap();
     sync(client, dest.as_mut(), &opts(T0, false), &NoProgress)
         .await
         .unwrap();
