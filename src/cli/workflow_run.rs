@@ -353,12 +353,6 @@ pub fn status(args: StatusArgs, sources: &Sources, registry: &Registry) -> anyho
 
 // ---- run ---------------------------------------------------------------------------------------
 
-/// A stable fingerprint of a definition: its debug form hashed.
-fn fingerprint(w: &Workflow) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(format!("{w:?}").as_bytes()))
-}
-
 /// The Qualtrics connection for triggers and enrichment.
 fn qualtrics_connection(vault: &Vault, chosen: Option<&str>) -> anyhow::Result<Option<String>> {
     if let Some(c) = chosen {
@@ -634,7 +628,7 @@ pub async fn run(args: RunArgs, sources: &Sources, registry: Registry) -> anyhow
     // Edits: a changed definition counts as an edit by the acting user; a user other than the
     // creator (the owner when first seen) drops the credential binding.
     for w in &workflows {
-        let st = store.note_definition(&w.name, &fingerprint(w), acting.as_deref(), &w.owner)?;
+        let st = store.note_definition(&w.name, &w.fingerprint, acting.as_deref(), &w.owner)?;
         if !st.binding_valid {
             eprintln!(
                 "workflow {}: edited by {} (not its creator {}); its events wait until `xmbridge workflow resume {} --reauthorize --as {}`",

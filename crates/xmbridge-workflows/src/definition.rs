@@ -32,6 +32,55 @@ pub struct Workflow {
     pub steps: Vec<Step>,
     /// Delivery attempts before the dead letter (default 8).
     pub max_attempts: u32,
+    /// Identifies the definition as written: [`FINGERPRINT_SCHEME`] and a SHA-256 over the
+    /// workflow's TOML table in a canonical form (keys sorted, values typed), so reordering keys
+    /// or reformatting the file is no edit, and a new toolchain changes nothing.
+    pub fingerprint: String,
+}
+
+/// The prefix of [`Workflow::fingerprint`]; a stored fingerprint without it was made by an
+/// earlier, unstable scheme and cannot be compared.
+pub const FINGERPRINT_SCHEME: &str = "v2:";
+
+/// [`FINGERPRINT_SCHEME`] + hex SHA-256 of `value` written canonically.
+fn fingerprint_of(value: &toml::Value) -> String {
+    use sha2::{Digest, Sha256};
+    fn write(v: &toml::Value, out: &mut String) {
+        match v {
+            toml::Value::String(s) => {
+                out.push('s');
+                out.push_str(&serde_json::Value::String(s.clone()).to_string());
+            }
+            toml::Value::Integer(i) => out.push_str(&format!("i{i};")),
+            toml::Value::Float(f) => out.push_str(&format!("f{};", f.to_bits())),
+            toml::Value::Boolean(b) => out.push_str(if *b { "t;" } else { "F;" }),
+            toml::Value::Datetime(d) => out.push_str(&format!("d{d};")),
+            toml::Value::Array(a) => {
+                out.push('[');
+                for x in a {
+                    write(x, out);
+                }
+                out.push(']');
+            }
+            toml::Value::Table(t) => {
+                let mut keys: Vec<&String> = t.keys().collect();
+                keys.sort();
+                out.push('{');
+                for k in keys {
+                    out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                    out.push(':');
+                    write(&t[k], out);
+                }
+                out.push('}');
+            }
+        }
+    }
+    let mut canonical = String::new();
+    write(value, &mut canonical);
+    format!(
+        "{FINGERPRINT_SCHEME}{}",
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    )
 }
 
 /// What starts a workflow.
@@ -572,7 +621,9 @@ pub fn parse_file(
             ..Location::default()
         };
         let before = problems.len();
-        if let Some(w) = build_workflow(value, &loc, registry, &mut problems) {
+        let fingerprint = fingerprint_of(&value);
+        if let Some(mut w) = build_workflow(value, &loc, registry, &mut problems) {
+            w.fingerprint = fingerprint;
             if workflows.iter().any(|o| o.name == w.name) {
                 problems.push(Problem {
                     location: loc,
@@ -729,6 +780,7 @@ fn build_workflow(
         }
     }
     Some(Workflow {
+        fingerprint: String::new(),
         name: raw.name,
         description: raw.description,
         owner,
@@ -1182,6 +1234,51 @@ fn build_step(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fingerprint_follows_meaning_not_layout() {
+        let reg = crate::stand_ins::registry();
+        let fp = |text: &str| {
+            parse_file("f", text, FileKind::WorkflowFile, &reg).unwrap()[0]
+                .fingerprint
+                .clone()
+        };
+        let a = fp(r#"[[workflow]]
+name = "w"
+owner = "pat"
+trigger = { type = "servicenow", table = "incident" }
+[[workflow.step]]
+name = "c"
+action = "upsert-contact"
+inputs = { email = "record.email" }
+"#);
+        // Same content, other key order, other layout, a comment.
+        let b = fp(r#"# reordered
+[[workflow]]
+owner = "pat"
+name = "w"
+[workflow.trigger]
+table = "incident"
+type = "servicenow"
+[[workflow.step]]
+action = "upsert-contact"
+name = "c"
+[workflow.step.inputs]
+email = "record.email"
+"#);
+        assert_eq!(a, b);
+        assert!(a.starts_with(FINGERPRINT_SCHEME), "{a}");
+        let c = fp(r#"[[workflow]]
+name = "w"
+owner = "pat"
+trigger = { type = "servicenow", table = "incident" }
+[[workflow.step]]
+name = "c"
+action = "upsert-contact"
+inputs = { email = "record.mail" }
+"#);
+        assert_ne!(a, c);
+    }
     use serde_json::json;
 
     const GOOD: &str = r#"

@@ -126,74 +126,89 @@ pub struct OutboundMessage {
     pub events: Vec<NewEvent>,
 }
 
-/// Parses a Salesforce outbound message (SOAP 1.1, §2.8) into one event per `Notification`,
-/// deduplicated on the notification `Id`. `expected_org` is the linked account's organization id
-/// (checked when known; Salesforce ids compare on their first 15 characters).
+/// Parses a Salesforce outbound message (SOAP 1.1) into one event per `Notification`,
+/// deduplicated on the notification `Id`. `expected_org` is the organization id the hook accepts
+/// (checked when known; Salesforce ids compare on their first 15 characters). Elements are
+/// matched by local name (Salesforce's namespaces are not checked); a DTD is refused.
 pub fn salesforce_outbound(
     workflow: &str,
     body: &str,
     expected_org: Option<&str>,
 ) -> Result<OutboundMessage, EventError> {
-    let root = xml::parse(body).map_err(|detail| EventError::Malformed {
-        what: "SOAP message",
-        detail,
-    })?;
-    let notifications = root
-        .find("notifications")
-        .ok_or_else(|| EventError::Malformed {
-            what: "SOAP message",
-            detail: "no <notifications> element".into(),
-        })?;
-    let text = |name: &str| {
-        notifications
-            .child(name)
-            .map(|e| e.text())
+    let malformed = |what: &'static str, detail: String| EventError::Malformed { what, detail };
+    let doc = roxmltree::Document::parse_with_options(
+        body,
+        roxmltree::ParsingOptions {
+            allow_dtd: false,
+            // 100 notifications of a few dozen fields stay far below this.
+            nodes_limit: 200_000,
+            ..roxmltree::ParsingOptions::default()
+        },
+    )
+    .map_err(|e| malformed("SOAP message", e.to_string()))?;
+    let notifications = doc
+        .descendants()
+        .find(|n| n.is_element() && n.tag_name().name() == "notifications")
+        .ok_or_else(|| malformed("SOAP message", "no <notifications> element".into()))?;
+    fn child<'a, 'i>(
+        parent: roxmltree::Node<'a, 'i>,
+        name: &str,
+    ) -> Option<roxmltree::Node<'a, 'i>> {
+        parent
+            .children()
+            .find(|c| c.is_element() && c.tag_name().name() == name)
+    }
+    fn text(node: Option<roxmltree::Node<'_, '_>>) -> String {
+        node.and_then(|n| n.text())
+            .map(|t| t.trim().to_string())
             .unwrap_or_default()
-    };
-    let org = text("OrganizationId");
+    }
+    fn attr(node: roxmltree::Node<'_, '_>, name: &str) -> Option<String> {
+        node.attributes()
+            .find(|a| a.name() == name)
+            .map(|a| a.value().to_string())
+    }
+    let org = text(child(notifications, "OrganizationId"));
     if org.is_empty() {
-        return Err(EventError::Malformed {
-            what: "SOAP message",
-            detail: "no OrganizationId".into(),
-        });
+        return Err(malformed("SOAP message", "no OrganizationId".into()));
     }
     if let Some(expected) = expected_org
         && !same_sf_id(&org, expected)
     {
         return Err(EventError::WrongOrganization { got: org });
     }
-    let action = text("ActionId");
+    let action = text(child(notifications, "ActionId"));
     let mut events = Vec::new();
     for n in notifications
-        .children
-        .iter()
-        .filter(|c| c.name == "Notification")
+        .children()
+        .filter(|c| c.is_element() && c.tag_name().name() == "Notification")
     {
-        let id = n.child("Id").map(|e| e.text()).unwrap_or_default();
-        let sobject = n.child("sObject").ok_or_else(|| EventError::Malformed {
-            what: "Notification",
-            detail: format!("notification {id} has no sObject"),
+        let id = text(child(n, "Id"));
+        let sobject = child(n, "sObject").ok_or_else(|| {
+            malformed("Notification", format!("notification {id} has no sObject"))
         })?;
         if id.is_empty() {
-            return Err(EventError::Malformed {
-                what: "Notification",
-                detail: "a notification has no Id".into(),
-            });
+            return Err(malformed("Notification", "a notification has no Id".into()));
         }
         let mut record = Map::new();
-        let ty = sobject
-            .attr("type")
-            .map(|t| t.rsplit(':').next().unwrap_or(t).to_string())
+        let ty = attr(sobject, "type")
+            .map(|t| t.rsplit(':').next().unwrap_or(&t).to_string())
             .unwrap_or_default();
         record.insert("type".into(), Value::String(ty));
-        for f in &sobject.children {
-            let nil = f.attr("nil") == Some("true");
-            let v = if nil {
+        for f in sobject.children().filter(|c| c.is_element()) {
+            let v = if attr(f, "nil").as_deref() == Some("true") {
                 Value::Null
             } else {
-                Value::String(f.text())
+                Value::String(
+                    f.descendants()
+                        .filter(|d| d.is_text())
+                        .filter_map(|d| d.text())
+                        .collect::<String>()
+                        .trim()
+                        .to_string(),
+                )
             };
-            record.insert(f.name.clone(), v);
+            record.insert(f.tag_name().name().to_string(), v);
         }
         events.push(NewEvent {
             workflow: workflow.to_string(),
@@ -206,10 +221,10 @@ pub fn salesforce_outbound(
         });
     }
     if events.is_empty() || events.len() > 100 {
-        return Err(EventError::Malformed {
-            what: "SOAP message",
-            detail: format!("{} notifications (1 to 100 expected)", events.len()),
-        });
+        return Err(malformed(
+            "SOAP message",
+            format!("{} notifications (1 to 100 expected)", events.len()),
+        ));
     }
     Ok(OutboundMessage {
         organization_id: org,
@@ -224,6 +239,13 @@ fn same_sf_id(a: &str, b: &str) -> bool {
     a.chars().take(15).eq(b.chars().take(15))
 }
 
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
 /// The acknowledgement of an outbound message.
 pub const SALESFORCE_ACK: &str = r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack>true</Ack></notificationsResponse></soapenv:Body></soapenv:Envelope>"#;
 
@@ -231,7 +253,7 @@ pub const SALESFORCE_ACK: &str = r#"<?xml version="1.0" encoding="UTF-8"?><soape
 pub fn soap_fault(message: &str) -> String {
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><soapenv:Fault><faultcode>soapenv:Client</faultcode><faultstring>{}</faultstring></soapenv:Fault></soapenv:Body></soapenv:Envelope>"#,
-        xml::escape(message)
+        xml_escape(message)
     )
 }
 
@@ -280,170 +302,6 @@ pub fn servicenow_event(workflow: &str, table: &str, body: &Value) -> Result<New
         dedupe_key: format!("{sys_id}@{updated}"),
         payload: json!({"record": record, "table": table}),
     })
-}
-
-/// A small XML reader: enough for SOAP outbound messages (elements, attributes, text, entities,
-/// CDATA, comments and declarations skipped). Namespace prefixes are dropped from names.
-mod xml {
-    #[derive(Debug, Default)]
-    pub struct Element {
-        pub name: String,
-        pub attrs: Vec<(String, String)>,
-        pub children: Vec<Element>,
-        text: String,
-    }
-
-    impl Element {
-        pub fn text(&self) -> String {
-            self.text.trim().to_string()
-        }
-        pub fn child(&self, name: &str) -> Option<&Element> {
-            self.children.iter().find(|c| c.name == name)
-        }
-        pub fn attr(&self, name: &str) -> Option<&str> {
-            self.attrs
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-        }
-        /// Depth-first search for an element named `name`.
-        pub fn find(&self, name: &str) -> Option<&Element> {
-            if self.name == name {
-                return Some(self);
-            }
-            self.children.iter().find_map(|c| c.find(name))
-        }
-    }
-
-    fn local(name: &str) -> String {
-        name.rsplit(':').next().unwrap_or(name).to_string()
-    }
-
-    pub fn escape(s: &str) -> String {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-    }
-
-    fn unescape(s: &str) -> Result<String, String> {
-        let mut out = String::with_capacity(s.len());
-        let mut rest = s;
-        while let Some(i) = rest.find('&') {
-            out.push_str(&rest[..i]);
-            let end = rest[i..]
-                .find(';')
-                .ok_or_else(|| "an unterminated entity".to_string())?;
-            let ent = &rest[i + 1..i + end];
-            match ent {
-                "amp" => out.push('&'),
-                "lt" => out.push('<'),
-                "gt" => out.push('>'),
-                "quot" => out.push('"'),
-                "apos" => out.push('\''),
-                _ => {
-                    let code = if let Some(h) = ent.strip_prefix("#x") {
-                        u32::from_str_radix(h, 16).ok()
-                    } else if let Some(d) = ent.strip_prefix('#') {
-                        d.parse().ok()
-                    } else {
-                        None
-                    };
-                    match code.and_then(char::from_u32) {
-                        Some(c) => out.push(c),
-                        None => return Err(format!("unknown entity &{ent};")),
-                    }
-                }
-            }
-            rest = &rest[i + end + 1..];
-        }
-        out.push_str(rest);
-        Ok(out)
-    }
-
-    pub fn parse(input: &str) -> Result<Element, String> {
-        let mut stack: Vec<Element> = vec![Element::default()];
-        let mut rest = input;
-        while !rest.is_empty() {
-            let Some(lt) = rest.find('<') else {
-                let top = stack.last_mut().ok_or("unbalanced")?;
-                top.text.push_str(&unescape(rest)?);
-                break;
-            };
-            if lt > 0 {
-                let top = stack.last_mut().ok_or("unbalanced")?;
-                top.text.push_str(&unescape(&rest[..lt])?);
-            }
-            rest = &rest[lt..];
-            if let Some(r) = rest.strip_prefix("<![CDATA[") {
-                let end = r.find("]]>").ok_or("an unterminated CDATA section")?;
-                let top = stack.last_mut().ok_or("unbalanced")?;
-                top.text.push_str(&r[..end]);
-                rest = &r[end + 3..];
-            } else if let Some(r) = rest.strip_prefix("<!--") {
-                let end = r.find("-->").ok_or("an unterminated comment")?;
-                rest = &r[end + 3..];
-            } else if rest.starts_with("<?") || rest.starts_with("<!") {
-                let end = rest.find('>').ok_or("an unterminated declaration")?;
-                rest = &rest[end + 1..];
-            } else if let Some(r) = rest.strip_prefix("</") {
-                let end = r.find('>').ok_or("an unterminated end tag")?;
-                let name = local(r[..end].trim());
-                let done = stack.pop().ok_or("unbalanced")?;
-                if done.name != name || stack.is_empty() {
-                    return Err(format!("</{name}> does not close <{}>", done.name));
-                }
-                stack.last_mut().ok_or("unbalanced")?.children.push(done);
-                rest = &r[end + 1..];
-            } else {
-                let end = rest.find('>').ok_or("an unterminated start tag")?;
-                let mut tag = &rest[1..end];
-                let self_closing = tag.ends_with('/');
-                if self_closing {
-                    tag = &tag[..tag.len() - 1];
-                }
-                let (name, mut attrs_src) = match tag.find(char::is_whitespace) {
-                    Some(i) => (&tag[..i], tag[i..].trim()),
-                    None => (tag, ""),
-                };
-                if name.is_empty() {
-                    return Err("an empty tag name".into());
-                }
-                let mut el = Element {
-                    name: local(name),
-                    ..Element::default()
-                };
-                while !attrs_src.is_empty() {
-                    let eq = attrs_src.find('=').ok_or("an attribute without a value")?;
-                    let key = attrs_src[..eq].trim();
-                    let after = attrs_src[eq + 1..].trim_start();
-                    let quote = after.chars().next().ok_or("an attribute without a value")?;
-                    if quote != '"' && quote != '\'' {
-                        return Err("an unquoted attribute".into());
-                    }
-                    let close = after[1..]
-                        .find(quote)
-                        .ok_or("an unterminated attribute value")?;
-                    el.attrs.push((local(key), unescape(&after[1..1 + close])?));
-                    attrs_src = after[close + 2..].trim_start();
-                }
-                rest = &rest[end + 1..];
-                if self_closing {
-                    stack.last_mut().ok_or("unbalanced")?.children.push(el);
-                } else {
-                    stack.push(el);
-                }
-            }
-        }
-        if stack.len() != 1 {
-            return Err("the document ends inside an element".into());
-        }
-        let root = stack.pop().ok_or("unbalanced")?;
-        if root.children.is_empty() {
-            return Err("no element".into());
-        }
-        Ok(root)
-    }
 }
 
 #[cfg(test)]
@@ -527,6 +385,19 @@ mod tests {
         for bad in ["", "<a>", "<notifications></notifications>", "not xml <"] {
             assert!(salesforce_outbound("wf", bad, None).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_dtd_is_refused_so_entities_cannot_expand() {
+        let laughs = format!(
+            "<?xml version=\"1.0\"?><!DOCTYPE n [<!ENTITY a \"aaaaaaaaaa\"><!ENTITY b \"&a;&a;&a;&a;&a;&a;&a;&a;\">]>{}",
+            SOAP.split_once("?>")
+                .unwrap()
+                .1
+                .replace("pat&amp;co", "&b;")
+        );
+        let err = salesforce_outbound("wf", &laughs, None).unwrap_err();
+        assert!(matches!(err, EventError::Malformed { .. }), "{err:?}");
     }
 
     #[test]

@@ -1261,7 +1261,14 @@ impl Store for SqliteStore {
                 params![workflow, owner, fingerprint],
             )
             .map_err(|e| self.db(e))?;
+            // A fingerprint of another scheme (an earlier version hashed `Debug` output) cannot
+            // be compared: it is replaced, and not counted as an edit.
+            let comparable = |old: &str| {
+                old.starts_with(crate::definition::FINGERPRINT_SCHEME)
+                    == fingerprint.starts_with(crate::definition::FINGERPRINT_SCHEME)
+            };
             if let (Some(old), Some(editor)) = (old, editor)
+                && comparable(&old)
                 && old != fingerprint
             {
                 tx.execute(
@@ -1616,6 +1623,22 @@ mod tests {
         let st = s.note_definition("wf", "v4", Some("sam"), "pat").unwrap();
         assert!(!st.binding_valid);
         assert_eq!(st.last_editor.as_deref(), Some("sam"));
+    }
+
+    #[test]
+    fn a_fingerprint_of_the_old_scheme_is_replaced_without_an_edit() {
+        let (_d, s) = store();
+        // Stored by an earlier version (a hash of `Debug` output, no scheme prefix).
+        s.note_definition("wf", "0badc0de", Some("pat"), "pat")
+            .unwrap();
+        let st = s
+            .note_definition("wf", "v2:1234", Some("sam"), "pat")
+            .unwrap();
+        assert!(st.binding_valid, "an upgrade is not an edit: {st:?}");
+        let st = s
+            .note_definition("wf", "v2:5678", Some("sam"), "pat")
+            .unwrap();
+        assert!(!st.binding_valid, "a real change after it is");
     }
 
     #[test]
