@@ -624,6 +624,62 @@ async fn a_5xx_storm_fails_clearly_and_the_next_run_completes() {
     assert!(inserted(&done, "survey_response") > 400, "{done}");
 }
 
+/// The first response-export start of a sync gets a 500 (the simulator's `fail_next`, so exactly
+/// that call fails, once): the start is retried like a GET, and the sync completes with exactly
+/// the rows of a clean sync.
+#[tokio::test]
+async fn a_5xx_on_starting_an_export_is_retried() {
+    let h = sim(SimConfig {
+        surveys: 2,
+        responses: 120,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = Install::new();
+    i.connect(&h, "acme").await;
+    let faulted = Db::Sqlite(i.path("faulted.db"));
+    let clean = Db::Sqlite(i.path("clean.db"));
+    admin_post(
+        &h,
+        "/_sim/faults",
+        json!({"fail_next": {"method": "POST", "route": "export-responses", "count": 1, "status": 500}}),
+    )
+    .await;
+    i.ok(&["sync", "acme", "--destination", &faulted.url()]).await;
+    let stats: serde_json::Value = reqwest::get(format!("{}/_sim/stats", h.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats["by_route"]["export-responses"]["injected_errors"], 1,
+        "the export start really failed once: {stats}"
+    );
+    i.ok(&["sync", "acme", "--destination", &clean.url()]).await;
+    assert_same_rows(
+        &clean,
+        &faulted,
+        &[
+            (
+                "survey_response",
+                "id || '|' || survey_id || '|' || recorded_date || '|' || finished",
+            ),
+            (
+                "question_response",
+                "_xmbridge_id || '|' || response_id || '|' || coalesce(value, '') || '|' || coalesce(label, '')",
+            ),
+            (
+                "survey_embedded_data",
+                "response_id || '|' || key || '|' || coalesce(value, '')",
+            ),
+        ],
+        "after a 500 on the first export start",
+    )
+    .await;
+    assert!(faulted.count("survey_response", "1 = 1").await > 150);
+}
+
 /// A destination the schema-evolution and failure tests read back: a SQLite file (table-name
 /// prefix `qualtrics_`) or a PostgreSQL database of its own (schema `qualtrics`).
 enum Db {
