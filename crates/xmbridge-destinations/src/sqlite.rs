@@ -34,8 +34,8 @@ use rusqlite::{Connection, ToSql};
 
 use crate::names::{Resolved, iso_millis, keys_target, quote_ident};
 use crate::{
-    BoxFuture, ColumnType, Commit, CommitStats, Compat, DestError, Destination, TableBatch,
-    TableSpec, Value,
+    BoxFuture, ColumnType, Commit, CommitStats, Compat, DestError, Destination, Ensured,
+    TableBatch, TableSpec, Value,
 };
 
 /// Page cache of the destination's connection, in KiB. SQLite's 2 MB default makes a large load
@@ -372,7 +372,7 @@ impl Inner {
         format!("{}{spec_name}", self.prefix)
     }
 
-    fn ensure(&mut self, specs: &[TableSpec]) -> Result<(), DestError> {
+    fn ensure(&mut self, specs: &[TableSpec]) -> Result<Ensured, DestError> {
         // Schema changes run in a transaction of their own.
         self.close_group()?;
         let mut resolved = Vec::with_capacity(specs.len());
@@ -382,7 +382,8 @@ impl Inner {
         }
         let ctx = "ensure_tables";
         let tx = self.conn.transaction().map_err(|e| sql_err(ctx, e))?;
-        for (_, r) in &resolved {
+        let mut ensured = Ensured::default();
+        for (name, r) in &resolved {
             let q = quote_ident(&r.display);
             match columns_of(&tx, &r.display).map_err(|e| sql_err(&r.display, e))? {
                 None => {
@@ -400,6 +401,7 @@ impl Inner {
                     // The key is a unique index (see `Indexes`), created below.
                     tx.execute_batch(&format!("CREATE TABLE {q} ({})", defs.join(", ")))
                         .map_err(|e| sql_err(&r.display, e))?;
+                    ensured.created.push(name.clone());
                 }
                 Some(existing) => {
                     for (name, ty) in r.stored_columns() {
@@ -443,7 +445,7 @@ impl Inner {
             self.indexes.insert(name.clone(), ix);
             self.tables.insert(name, r);
         }
-        Ok(())
+        Ok(ensured)
     }
 
     /// Starts a bulk load of each table that gets its first fresh rows of this session and is
@@ -569,12 +571,7 @@ impl Inner {
         let text: Option<String> = row.get(0).map_err(|e| sql_err(&ctx, e))?;
         match text {
             None => Ok(None),
-            Some(t) => serde_json::from_str(&t)
-                .map(Some)
-                .map_err(|e| DestError::Sql {
-                    context: ctx,
-                    message: format!("cursor of stream {stream:?} is not JSON: {e}"),
-                }),
+            Some(t) => crate::names::parse_cursor(stream, &self.state, &t).map(Some),
         }
     }
 
@@ -1049,7 +1046,7 @@ impl Destination for SqliteDestination {
     fn ensure_tables<'a>(
         &'a mut self,
         specs: &'a [TableSpec],
-    ) -> BoxFuture<'a, Result<(), DestError>> {
+    ) -> BoxFuture<'a, Result<Ensured, DestError>> {
         let specs = specs.to_vec();
         Box::pin(async move { self.run(move |i| i.ensure(&specs)).await })
     }

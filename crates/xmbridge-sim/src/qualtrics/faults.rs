@@ -129,7 +129,10 @@ impl FaultSettings {
         if let Some(f) = &self.fail_next
             && !(400..=599).contains(&f.status)
         {
-            return Err(format!("fail_next.status must be 400–599, got {}", f.status));
+            return Err(format!(
+                "fail_next.status must be 400–599, got {}",
+                f.status
+            ));
         }
         if self.slow_ms > 600_000 {
             return Err(format!(
