@@ -881,6 +881,136 @@ async fn an_unreadable_cursor_is_a_clear_error_with_the_fix() {
     }
 }
 
+/// Surveys whose response cursor is complete: their export is committed as a whole.
+async fn surveys_loaded(db: &Db) -> u64 {
+    let sql = match db {
+        Db::Sqlite(_) => {
+            "SELECT CAST(COUNT(*) AS TEXT) FROM qualtrics__xmbridge_state \
+             WHERE stream LIKE 'responses:%' AND json_extract(cursor, '$.complete') = 1"
+        }
+        Db::Pg { .. } => {
+            "SELECT CAST(COUNT(*) AS TEXT) FROM qualtrics._xmbridge_state \
+             WHERE stream LIKE 'responses:%' AND (cursor->>'complete')::boolean"
+        }
+    };
+    db.rows(sql).await[0].parse().unwrap()
+}
+
+/// When every run is killed (SIGKILL), like a cron job with a short timeout. A SQLite group
+/// transaction used to commit only once it was 10 s old (counted from the first response commit,
+/// so never within this) or held 500,000 rows (the brand below has fewer in all): such runs
+/// never committed a response.
+const KILL_AFTER: Duration = Duration::from_secs(5);
+/// Killed runs allowed before the sync must have completed once.
+const MAX_KILLED_RUNS: usize = 30;
+/// Surveys of the brand the killed runs sync: a run advances by the surveys it completes (a
+/// survey's export is committed as a whole), and each run checks the completed ones again
+/// (one incremental export each), so they are kept few enough for that to stay short.
+const SURVEYS: usize = 40;
+
+/// A sync of a brand too large for one run, always killed after [`KILL_AFTER`]: every killed
+/// run leaves more surveys loaded than the one before (progress is durable early in a run), and
+/// after a bounded number of runs one completes with the rows of a clean sync.
+async fn short_killed_runs_converge(db: &Db, clean: &Db) {
+    let h = sim(SimConfig {
+        surveys: SURVEYS,
+        responses: 300,
+        export_delay_ms: 0,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = Install::new();
+    i.connect(&h, "acme").await;
+    // The response stream (with the definitions it needs): the streams after it have no cursor
+    // and are read in full by every run, so they could not advance from run to run anyway.
+    let sync = |url: &str| {
+        [
+            "sync",
+            "acme",
+            "--destination",
+            url,
+            "--tables",
+            "survey_response",
+        ]
+        .map(String::from)
+    };
+    let clean_argv = sync(&clean.url());
+    i.ok(&clean_argv.each_ref().map(String::as_str)).await;
+    let rows = clean.count("question_response", "1 = 1").await
+        + clean.count("survey_embedded_data", "1 = 1").await
+        + clean.count("survey_response", "1 = 1").await;
+    assert!(
+        rows < 500_000,
+        "{rows} rows: a run could reach the old size bound"
+    );
+
+    let argv = sync(&db.url());
+    let mut progress = Vec::new();
+    let mut completed = false;
+    for _run in 0..=MAX_KILLED_RUNS {
+        let mut child = i
+            .cmd(&argv.each_ref().map(String::as_str))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let exited = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if started.elapsed() >= KILL_AFTER {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if let Some(status) = exited {
+            assert!(status.success(), "the run that was not killed failed");
+            completed = true;
+            break;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let loaded = surveys_loaded(db).await;
+        let before = progress.last().copied().unwrap_or(0);
+        progress.push(loaded);
+        assert!(
+            loaded > before,
+            "a killed run made no durable progress: surveys loaded after each run {progress:?}"
+        );
+    }
+    eprintln!("surveys loaded after each killed run: {progress:?}");
+    assert!(
+        completed,
+        "no run completed within {MAX_KILLED_RUNS} killed runs: {progress:?}"
+    );
+    assert!(
+        !progress.is_empty(),
+        "the first run completed before it could be killed: the brand is too small for this test"
+    );
+    assert_eq!(surveys_loaded(db).await, SURVEYS as u64);
+    assert_same_rows(clean, db, COMPARED, "after short killed runs").await;
+}
+
+#[tokio::test]
+async fn sqlite_short_killed_runs_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    short_killed_runs_converge(
+        &Db::Sqlite(dir.path().join("cron.db")),
+        &Db::Sqlite(dir.path().join("clean.db")),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_short_killed_runs_converge() {
+    let db = Db::postgres("cron").await;
+    let clean = Db::postgres("cron_clean").await;
+    short_killed_runs_converge(&db, &clean).await;
+    db.drop_pg().await;
+    clean.drop_pg().await;
+}
+
 /// A destination the schema-evolution and failure tests read back: a SQLite file (table-name
 /// prefix `qualtrics_`) or a PostgreSQL database of its own (schema `qualtrics`).
 enum Db {

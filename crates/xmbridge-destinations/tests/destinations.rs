@@ -1404,8 +1404,9 @@ async fn sqlite_indexes_come_back_after_a_killed_first_load() {
 }
 
 /// SQLite groups commits into one transaction until `flush` (or the group's size or age): a
-/// second connection sees nothing before, everything after; a failed commit in the middle
-/// takes only itself back.
+/// second connection sees nothing of an open group, everything after; a failed commit in the
+/// middle takes only itself back. The first commit of a session is durable at once, so a run
+/// that is always stopped early still advances.
 #[tokio::test]
 async fn sqlite_group_commit_is_durable_at_flush_and_keeps_earlier_commits() {
     let mut h = sqlite(Compat::Xmbridge).await;
@@ -1417,19 +1418,31 @@ async fn sqlite_group_commit_is_durable_at_flush_and_keeps_earlier_commits() {
         ))
         .await
         .unwrap();
-    assert_eq!(h.count("item", "1=1").await, 0, "not visible before flush");
-    // A commit naming an unknown column fails alone; "a" stays and is committed.
+    assert_eq!(
+        h.count("item", "1=1").await,
+        1,
+        "the first commit is durable at once"
+    );
+    h.dest
+        .commit(commit_of(
+            T0,
+            vec![upserts("item", vec![item("b", "s1", "B", 2)])],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(h.count("item", "1=1").await, 1, "not visible before flush");
+    // A commit naming an unknown column fails alone; "b" stays and is committed.
     let bad = commit_of(
         T0,
         vec![TableBatch {
             delete_where: vec![("nope".into(), vec![Value::Text("x".into())])],
-            ..upserts("item", vec![item("b", "s1", "B", 2)])
+            ..upserts("item", vec![item("x", "s1", "X", 2)])
         }],
     );
     assert!(h.dest.commit(bad).await.is_err());
     assert_eq!(
         h.count("item", "1=1").await,
-        1,
+        2,
         "the earlier commit is kept"
     );
     h.dest
@@ -1447,7 +1460,7 @@ async fn sqlite_group_commit_is_durable_at_flush_and_keeps_earlier_commits() {
         .into_iter()
         .map(|r| r[0].clone().unwrap_or_default())
         .collect();
-    assert_eq!(ids, vec!["a", "c"]);
+    assert_eq!(ids, vec!["a", "b", "c"]);
 }
 
 #[tokio::test]
