@@ -624,6 +624,407 @@ async fn a_5xx_storm_fails_clearly_and_the_next_run_completes() {
     assert!(inserted(&done, "survey_response") > 400, "{done}");
 }
 
+/// The first response-export start of a sync gets a 500 (the simulator's `fail_next`, so exactly
+/// that call fails, once): the start is retried like a GET, and the sync completes with exactly
+/// the rows of a clean sync.
+#[tokio::test]
+async fn a_5xx_on_starting_an_export_is_retried() {
+    let h = sim(SimConfig {
+        surveys: 2,
+        responses: 120,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = Install::new();
+    i.connect(&h, "acme").await;
+    let faulted = Db::Sqlite(i.path("faulted.db"));
+    let clean = Db::Sqlite(i.path("clean.db"));
+    admin_post(
+        &h,
+        "/_sim/faults",
+        json!({"fail_next": {"method": "POST", "route": "export-responses", "count": 1, "status": 500}}),
+    )
+    .await;
+    i.ok(&["sync", "acme", "--destination", &faulted.url()])
+        .await;
+    let stats: serde_json::Value = reqwest::get(format!("{}/_sim/stats", h.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats["by_route"]["export-responses"]["injected_errors"], 1,
+        "the export start really failed once: {stats}"
+    );
+    i.ok(&["sync", "acme", "--destination", &clean.url()]).await;
+    assert_same_rows(
+        &clean,
+        &faulted,
+        &[
+            (
+                "survey_response",
+                "id || '|' || survey_id || '|' || recorded_date || '|' || finished",
+            ),
+            (
+                "question_response",
+                "_xmbridge_id || '|' || response_id || '|' || coalesce(value, '') || '|' || coalesce(label, '')",
+            ),
+            (
+                "survey_embedded_data",
+                "response_id || '|' || key || '|' || coalesce(value, '')",
+            ),
+        ],
+        "after a 500 on the first export start",
+    )
+    .await;
+    assert!(faulted.count("survey_response", "1 = 1").await > 150);
+}
+
+/// `inserted`, `updated` and `deleted` of a table in the summary printed by `xmbridge sync`.
+fn counts(summary: &str, table: &str) -> [u64; 3] {
+    summary
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4 && f[0] == table).then(|| [1, 2, 3].map(|i| f[i].parse::<u64>().unwrap()))
+        })
+        .unwrap_or_else(|| panic!("no line for {table} in:\n{summary}"))
+}
+
+/// The response and definition tables compared with a clean sync.
+const COMPARED: &[(&str, &str)] = &[
+    (
+        "survey_response",
+        "id || '|' || survey_id || '|' || recorded_date || '|' || finished",
+    ),
+    (
+        "question_response",
+        "_xmbridge_id || '|' || response_id || '|' || coalesce(value, '') || '|' || coalesce(label, '')",
+    ),
+    (
+        "survey_embedded_data",
+        "response_id || '|' || key || '|' || coalesce(value, '')",
+    ),
+    (
+        "question",
+        "id || '|' || survey_id || '|' || coalesce(data_export_tag, '')",
+    ),
+    (
+        "question_option",
+        "question_id || '|' || survey_id || '|' || key",
+    ),
+];
+
+/// Tables dropped by hand after a sync: the next run (no --full) re-creates them, says so, and
+/// reloads their stream from scratch while the other streams stay incremental, ending with the
+/// rows of a clean sync — also when the dropped table shares its stream with tables that were
+/// not dropped.
+async fn dropped_tables_are_reloaded(db: &Db, clean: &Db) {
+    let h = sim(SimConfig {
+        surveys: 2,
+        responses: 60,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = Install::new();
+    i.connect(&h, "acme").await;
+    let dest = db.url();
+    let sync = ["sync", "acme", "--destination", dest.as_str()];
+    i.ok(&sync).await;
+    i.ok(&["sync", "acme", "--destination", &clean.url()]).await;
+
+    // One table of the response stream; survey_response and survey_embedded_data stay.
+    db.exec(&format!("DROP TABLE {}", db.t("question_response")))
+        .await;
+    let out = i.run(&sync).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("table question_response was missing; reloading it from scratch"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("table question_response was missing; reloaded it from scratch"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(", 0 definitions read"),
+        "the survey stream stays incremental: {stdout}"
+    );
+    let responses = db.count("survey_response", "1 = 1").await;
+    assert_eq!(
+        counts(&stdout, "survey_response"),
+        [0, responses, 0],
+        "every response exported again and rewritten: {stdout}"
+    );
+    assert_same_rows(clean, db, COMPARED, "after question_response was dropped").await;
+
+    // A definition table: the survey stream is read again, the responses stay incremental.
+    db.exec(&format!("DROP TABLE {}", db.t("question"))).await;
+    let out = i.run(&sync).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("table question was missing; reloading it from scratch"),
+        "{stderr}"
+    );
+    assert!(stdout.contains(", 2 definitions read"), "{stdout}");
+    assert_eq!(counts(&stdout, "survey_response"), [0, 0, 0], "{stdout}");
+    assert_same_rows(clean, db, COMPARED, "after question was dropped").await;
+
+    // Nothing missing: nothing said, nothing reloaded.
+    let out = i.run(&sync).await;
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("was missing"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(", 0 definitions read"), "{stdout}");
+}
+
+#[tokio::test]
+async fn sqlite_tables_dropped_by_hand_are_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    dropped_tables_are_reloaded(
+        &Db::Sqlite(dir.path().join("dropped.db")),
+        &Db::Sqlite(dir.path().join("clean.db")),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_tables_dropped_by_hand_are_reloaded() {
+    let db = Db::postgres("dropped").await;
+    let clean = Db::postgres("dropped_clean").await;
+    dropped_tables_are_reloaded(&db, &clean).await;
+    db.drop_pg().await;
+    clean.drop_pg().await;
+}
+
+/// A cursor that is not JSON (edited by hand; only SQLite can hold one, PostgreSQL's jsonb
+/// refuses it): the run fails naming the cursor and giving the exact command that fixes it; that
+/// command works, and a plain `--full` ignores unreadable cursors too. Afterwards the rows equal
+/// a clean sync.
+#[tokio::test]
+async fn an_unreadable_cursor_is_a_clear_error_with_the_fix() {
+    let h = sim(SimConfig {
+        surveys: 2,
+        responses: 60,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = Install::new();
+    i.connect(&h, "acme").await;
+    let db = Db::Sqlite(i.path("broken.db"));
+    let clean = Db::Sqlite(i.path("clean.db"));
+    let dest = db.url();
+    let sync = ["sync", "acme", "--destination", dest.as_str()];
+    i.ok(&sync).await;
+    i.ok(&["sync", "acme", "--destination", &clean.url()]).await;
+    let stream = format!("responses:{}", h.sim.surveys[0].id);
+    db.exec(&format!(
+        "UPDATE qualtrics__xmbridge_state SET cursor = '{{\"continuationToken\": ' WHERE stream = '{stream}'"
+    ))
+    .await;
+
+    let out = i.run(&sync).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{stream:?}"))
+            && err.contains("qualtrics__xmbridge_state")
+            && err.contains("not valid JSON"),
+        "{err}"
+    );
+    let fix = err
+        .split_once("run once: ")
+        .and_then(|(_, rest)| rest.split_once(" —"))
+        .map(|(cmd, _)| cmd.to_string())
+        .unwrap_or_else(|| panic!("no command in: {err}"));
+    assert_eq!(
+        fix,
+        format!("xmbridge sync acme --destination {dest} --full --tables survey_response")
+    );
+    let words: Vec<&str> = fix.split_whitespace().skip(1).collect();
+    let out = i.ok(&words).await;
+    assert!(counts(&out, "survey_response")[1] > 0, "{out}");
+    let again = i.ok(&sync).await;
+    assert_eq!(counts(&again, "survey_response"), [0, 0, 0], "{again}");
+    assert_same_rows(&clean, &db, COMPARED, "after the fix").await;
+
+    // The survey stream's cursor: the error names it; plain --full ignores it.
+    db.exec("UPDATE qualtrics__xmbridge_state SET cursor = 'not json' WHERE stream = 'surveys'")
+        .await;
+    let out = i.run(&sync).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"surveys\"") && err.contains("--full --tables survey "),
+        "{err}"
+    );
+    i.ok(&["sync", "acme", "--destination", &dest, "--full"])
+        .await;
+    i.ok(&sync).await;
+    assert_same_rows(&clean, &db, COMPARED, "after --full").await;
+    for c in cursors(&db).await {
+        let json = &c[c.find('{').unwrap_or(0)..];
+        assert!(
+            serde_json::from_str::<serde_json::Value>(json).is_ok(),
+            "{c}"
+        );
+    }
+}
+
+/// Surveys whose response cursor is complete: their export is committed as a whole.
+async fn surveys_loaded(db: &Db) -> u64 {
+    let sql = match db {
+        Db::Sqlite(_) => {
+            "SELECT CAST(COUNT(*) AS TEXT) FROM qualtrics__xmbridge_state \
+             WHERE stream LIKE 'responses:%' AND json_extract(cursor, '$.complete') = 1"
+        }
+        Db::Pg { .. } => {
+            "SELECT CAST(COUNT(*) AS TEXT) FROM qualtrics._xmbridge_state \
+             WHERE stream LIKE 'responses:%' AND (cursor->>'complete')::boolean"
+        }
+    };
+    db.rows(sql).await[0].parse().unwrap()
+}
+
+/// When every run is killed (SIGKILL), like a cron job with a short timeout. A SQLite group
+/// transaction used to commit only once it was 10 s old (counted from the first response commit,
+/// so never within this) or held 500,000 rows (the brand below has fewer in all): such runs
+/// never committed a response.
+const KILL_AFTER: Duration = Duration::from_secs(5);
+/// Killed runs allowed before the sync must have completed once.
+const MAX_KILLED_RUNS: usize = 30;
+/// Killed runs in a row that may make no progress (a run starved by a busy machine).
+const PROGRESS_WINDOW: usize = 3;
+/// Surveys of the brand the killed runs sync: a run advances by the surveys it completes (a
+/// survey's export is committed as a whole), and each run checks the completed ones again
+/// (one incremental export each), so they are kept few enough for that to stay short.
+const SURVEYS: usize = 40;
+
+/// A sync of a brand too large for one run, always killed after [`KILL_AFTER`]: killed runs
+/// never lose progress and keep adding loaded surveys (progress is durable early in a run), and
+/// after a bounded number of runs one completes with the rows of a clean sync.
+async fn short_killed_runs_converge(db: &Db, clean: &Db) {
+    let h = sim(SimConfig {
+        surveys: SURVEYS,
+        responses: 300,
+        export_delay_ms: 0,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = Install::new();
+    i.connect(&h, "acme").await;
+    // The response stream (with the definitions it needs): the streams after it have no cursor
+    // and are read in full by every run, so they could not advance from run to run anyway.
+    let sync = |url: &str| {
+        [
+            "sync",
+            "acme",
+            "--destination",
+            url,
+            "--tables",
+            "survey_response",
+        ]
+        .map(String::from)
+    };
+    let clean_argv = sync(&clean.url());
+    i.ok(&clean_argv.each_ref().map(String::as_str)).await;
+    let rows = clean.count("question_response", "1 = 1").await
+        + clean.count("survey_embedded_data", "1 = 1").await
+        + clean.count("survey_response", "1 = 1").await;
+    assert!(
+        rows < 500_000,
+        "{rows} rows: a run could reach the old size bound"
+    );
+
+    let argv = sync(&db.url());
+    let mut progress = Vec::new();
+    let mut completed = false;
+    for _run in 0..=MAX_KILLED_RUNS {
+        let mut child = i
+            .cmd(&argv.each_ref().map(String::as_str))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let exited = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if started.elapsed() >= KILL_AFTER {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if let Some(status) = exited {
+            assert!(status.success(), "the run that was not killed failed");
+            completed = true;
+            break;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let loaded = surveys_loaded(db).await;
+        let before = progress.last().copied().unwrap_or(0);
+        progress.push(loaded);
+        assert!(
+            loaded >= before,
+            "a killed run lost progress: surveys loaded after each run {progress:?}"
+        );
+        // Every run advances on a quiet machine; a run starved by a loaded one may not, but
+        // three in a row without progress would mean progress is not durable early enough.
+        let window = PROGRESS_WINDOW.min(progress.len());
+        let three_ago = if progress.len() > window {
+            progress[progress.len() - 1 - window]
+        } else {
+            0
+        };
+        assert!(
+            progress.len() < PROGRESS_WINDOW || loaded > three_ago,
+            "{PROGRESS_WINDOW} killed runs in a row made no durable progress: surveys loaded after each run {progress:?}"
+        );
+    }
+    eprintln!("surveys loaded after each killed run: {progress:?}");
+    assert!(
+        completed,
+        "no run completed within {MAX_KILLED_RUNS} killed runs: {progress:?}"
+    );
+    assert!(
+        !progress.is_empty(),
+        "the first run completed before it could be killed: the brand is too small for this test"
+    );
+    assert_eq!(surveys_loaded(db).await, SURVEYS as u64);
+    assert_same_rows(clean, db, COMPARED, "after short killed runs").await;
+}
+
+#[tokio::test]
+async fn sqlite_short_killed_runs_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    short_killed_runs_converge(
+        &Db::Sqlite(dir.path().join("cron.db")),
+        &Db::Sqlite(dir.path().join("clean.db")),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_short_killed_runs_converge() {
+    let db = Db::postgres("cron").await;
+    let clean = Db::postgres("cron_clean").await;
+    short_killed_runs_converge(&db, &clean).await;
+    db.drop_pg().await;
+    clean.drop_pg().await;
+}
+
 /// A destination the schema-evolution and failure tests read back: a SQLite file (table-name
 /// prefix `qualtrics_`) or a PostgreSQL database of its own (schema `qualtrics`).
 enum Db {

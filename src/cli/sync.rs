@@ -359,7 +359,9 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
         args.connection,
         dest.describe()
     );
-    let summary = run_sync(&connected.client, dest.as_mut(), &opts).await?;
+    let summary = run_sync(&connected.client, dest.as_mut(), &opts)
+        .await
+        .map_err(|e| with_cursor_fix(e, &args))?;
     print!("{summary}");
     println!();
     if let Some(t) = trigger {
@@ -371,4 +373,72 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The error; for an unreadable cursor, with the exact command that reloads its stream (which
+/// ignores the cursor and writes a fresh one).
+fn with_cursor_fix(e: xmbridge_sync::SyncError, args: &SyncArgs) -> anyhow::Error {
+    let unreadable = matches!(
+        &e,
+        xmbridge_sync::SyncError::Destination { source, .. }
+            if matches!(**source, xmbridge_destinations::DestError::UnreadableCursor { .. })
+    );
+    let (true, Some(table)) = (unreadable, e.table()) else {
+        return e.into();
+    };
+    // Never echo a password: the command goes without it (give it as for this run).
+    let without_password = url::Url::parse(&args.destination)
+        .ok()
+        .filter(|u| u.password().is_some())
+        .and_then(|mut u| u.set_password(None).is_ok().then(|| u.to_string()));
+    let (destination, password_note) = match without_password {
+        Some(d) => (
+            d,
+            " (with the password given as for this run; it is left out here)",
+        ),
+        None => (args.destination.clone(), ""),
+    };
+    let mut cmd = vec![
+        "xmbridge".to_string(),
+        "sync".into(),
+        shell_word(&args.connection),
+        "--destination".into(),
+        shell_word(&destination),
+    ];
+    if args.schema != "qualtrics" {
+        cmd.extend(["--schema".into(), shell_word(&args.schema)]);
+    }
+    if matches!(args.compat, CompatArg::Fivetran) {
+        cmd.extend(["--compat".into(), "fivetran".into()]);
+    }
+    cmd.extend(["--full".into(), "--tables".into(), table.to_string()]);
+    anyhow!(
+        "{e}. To fix it, run once: {}{password_note} — it reloads this table's stream from scratch and writes a fresh cursor; later runs are incremental again",
+        cmd.join(" ")
+    )
+}
+
+/// `s` as one word for a POSIX shell (quoted only when it needs to be).
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:@%+=,".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn shell_words_are_quoted_only_when_needed() {
+        assert_eq!(shell_word("sqlite:/tmp/q.db"), "sqlite:/tmp/q.db");
+        assert_eq!(shell_word("sqlite:/my dir/q.db"), "'sqlite:/my dir/q.db'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
 }

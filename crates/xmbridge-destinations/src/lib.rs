@@ -245,6 +245,16 @@ pub enum DestError {
         "table {table} was not prepared: call ensure_tables with its spec before committing rows to it"
     )]
     UnknownTable { table: String },
+    /// A stream's stored cursor cannot be read (not JSON: edited by hand, or a damaged file).
+    #[error(
+        "the cursor of stream {stream:?} in {table} is not valid JSON ({reason}), so it is not known what was synced; a sync with --full ignores unreadable cursors and writes fresh ones"
+    )]
+    UnreadableCursor {
+        stream: String,
+        /// The physical cursor table.
+        table: String,
+        reason: String,
+    },
     /// The table was dropped by hand after `ensure_tables`.
     #[error(
         "table {table} does not exist (dropped by hand?); nothing of this commit was applied; run the sync again to re-create it"
@@ -298,16 +308,27 @@ pub enum DestError {
     Sql { context: String, message: String },
 }
 
+/// What [`Destination::ensure_tables`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ensured {
+    /// Spec names of the tables that did not exist and were created: every table on a first run;
+    /// later, tables dropped by hand or new in this version. The sync reloads the stream of such
+    /// a table when its cursor says data was loaded (the new table would stay empty otherwise).
+    pub created: Vec<String>,
+}
+
 /// A place synced tables are written to.
 pub trait Destination: Send {
     /// Creates missing tables and adds missing columns (never drops); a column whose type
-    /// differs from the spec is an error naming table, column, both types and the fix.
+    /// differs from the spec is an error naming table, column, both types and the fix. Says
+    /// which tables it had to create.
     fn ensure_tables<'a>(
         &'a mut self,
         specs: &'a [TableSpec],
-    ) -> BoxFuture<'a, Result<(), DestError>>;
+    ) -> BoxFuture<'a, Result<Ensured, DestError>>;
 
-    /// The committed cursor of a stream, if any.
+    /// The committed cursor of a stream, if any; [`DestError::UnreadableCursor`] when the stored
+    /// value is not JSON.
     fn cursor<'a>(
         &'a mut self,
         stream: &'a str,

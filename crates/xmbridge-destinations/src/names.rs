@@ -92,6 +92,20 @@ pub fn keys_target<'a>(
     Ok((r, c))
 }
 
+/// A stored cursor's text as JSON, or [`DestError::UnreadableCursor`] naming the stream and the
+/// cursor table `state` (checked alike on every destination).
+pub(crate) fn parse_cursor(
+    stream: &str,
+    state: &str,
+    text: &str,
+) -> Result<serde_json::Value, DestError> {
+    serde_json::from_str(text).map_err(|e| DestError::UnreadableCursor {
+        stream: stream.to_string(),
+        table: state.to_string(),
+        reason: e.to_string(),
+    })
+}
+
 impl Resolved {
     /// A spec column named in a delete, a scope or a filter (`<p>` resolved).
     pub fn spec_column(&self, name: &str, compat: Compat) -> Result<&Column, DestError> {

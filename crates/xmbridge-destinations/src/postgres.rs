@@ -37,8 +37,8 @@ use crate::names::{Resolved, check_name, keys_target, quote_ident};
 use crate::pgtls::{MakeRustls, RootCerts, SslMode, rustls_error};
 use crate::settings::{DestinationSettings, PgUrl, expose, parse_config, split_tls};
 use crate::{
-    BoxFuture, ColumnType, Commit, CommitStats, Compat, DestError, Destination, TableBatch,
-    TableSpec, Value,
+    BoxFuture, ColumnType, Commit, CommitStats, Compat, DestError, Destination, Ensured,
+    TableBatch, TableSpec, Value,
 };
 
 /// PostgreSQL's longest identifier (longer ones are truncated, which could merge columns).
@@ -448,7 +448,7 @@ impl PostgresDestination {
         format!("{}.{table}", self.schema)
     }
 
-    async fn ensure(&mut self, specs: &[TableSpec]) -> Result<(), DestError> {
+    async fn ensure(&mut self, specs: &[TableSpec]) -> Result<Ensured, DestError> {
         self.finish_bulk(None).await?;
         let mut resolved = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -461,6 +461,7 @@ impl PostgresDestination {
             .transaction()
             .await
             .map_err(|e| sql_err("ensure_tables", e))?;
+        let mut ensured = Ensured::default();
         for (name, r) in &resolved {
             let q = format!("{}.{}", quote_ident(&schema), quote_ident(name));
             let existing = columns_of(&tx, &schema, name)
@@ -487,6 +488,7 @@ impl PostgresDestination {
                     tx.batch_execute(&format!("CREATE TABLE {q} ({})", defs.join(", ")))
                         .await
                         .map_err(|e| sql_err(&r.display, e))?;
+                    ensured.created.push(name.clone());
                 }
                 Some(existing) => {
                     for (col, ty) in r.stored_columns() {
@@ -532,7 +534,7 @@ impl PostgresDestination {
             self.filter_indexes.insert(name.clone(), filter);
             self.tables.insert(name, r);
         }
-        Ok(())
+        Ok(ensured)
     }
 
     /// Starts a bulk load of each table that gets its first fresh rows of this session and is
@@ -628,7 +630,7 @@ impl PostgresDestination {
             .client
             .query_opt(
                 &format!(
-                    "SELECT \"cursor\" FROM {}.{} WHERE \"stream\" = $1",
+                    "SELECT \"cursor\"::text FROM {}.{} WHERE \"stream\" = $1",
                     quote_ident(&self.schema),
                     quote_ident(&self.state)
                 ),
@@ -636,12 +638,15 @@ impl PostgresDestination {
             )
             .await
             .map_err(|e| sql_err(&ctx, e))?;
-        match row {
-            None => Ok(None),
+        let text = match row {
+            None => return Ok(None),
             Some(row) => row
-                .try_get::<_, Option<serde_json::Value>>(0)
-                .map_err(|e| sql_err(&ctx, e)),
-        }
+                .try_get::<_, Option<String>>(0)
+                .map_err(|e| sql_err(&ctx, e))?,
+        };
+        // jsonb holds only JSON, but the check is the destinations' common one.
+        text.map(|t| crate::names::parse_cursor(stream, &ctx, &t))
+            .transpose()
     }
 
     async fn keys(
@@ -1242,7 +1247,7 @@ impl Destination for PostgresDestination {
     fn ensure_tables<'a>(
         &'a mut self,
         specs: &'a [TableSpec],
-    ) -> BoxFuture<'a, Result<(), DestError>> {
+    ) -> BoxFuture<'a, Result<Ensured, DestError>> {
         Box::pin(self.ensure(specs))
     }
 

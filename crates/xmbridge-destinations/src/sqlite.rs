@@ -34,8 +34,8 @@ use rusqlite::{Connection, ToSql};
 
 use crate::names::{Resolved, iso_millis, keys_target, quote_ident};
 use crate::{
-    BoxFuture, ColumnType, Commit, CommitStats, Compat, DestError, Destination, TableBatch,
-    TableSpec, Value,
+    BoxFuture, ColumnType, Commit, CommitStats, Compat, DestError, Destination, Ensured,
+    TableBatch, TableSpec, Value,
 };
 
 /// Page cache of the destination's connection, in KiB. SQLite's 2 MB default makes a large load
@@ -131,6 +131,10 @@ struct Inner {
     state: String,
     /// The open group transaction, if any (see [`GROUP_ROWS`]).
     group: Option<Group>,
+    /// When the destination was opened (see [`commit_interval`]).
+    opened: std::time::Instant,
+    /// When a group was last committed in this session, if one was.
+    durable_at: Option<std::time::Instant>,
     /// Last, so it is released after the connection has closed.
     _lock: WriterLock,
 }
@@ -223,19 +227,35 @@ pub fn key_index_name(table: &str) -> String {
 /// Commits grouped into one SQLite transaction.
 struct Group {
     rows: usize,
-    since: std::time::Instant,
 }
 
 /// Group commit: [`Commit`]s are applied one per SAVEPOINT inside a longer SQLite transaction
-/// that commits once it holds this many rows or is [`GROUP_SECS`] old, and on
-/// [`Destination::flush`]. Each commit rewrites every page it touched into the WAL, and answer
-/// rows have random 64-hex keys, so small transactions rewrite most of the primary-key index
-/// every time (measured: 37 commits of 40,000 rows took 33 s where one took 20 s). Rows and
-/// their cursor still commit together, so a kill loses at most the open group's work, which the
-/// next run redoes from the last committed cursor.
+/// that commits once it holds this many rows or once the last durable commit is old enough (see
+/// [`commit_interval`]), and on [`Destination::flush`]. Each commit rewrites every page it
+/// touched into the WAL, and answer rows have random 64-hex keys, so small transactions rewrite
+/// most of the primary-key index every time (measured: 37 commits of 40,000 rows took 33 s where
+/// one took 20 s). Rows and their cursor still commit together, so a kill loses at most the open
+/// group's work, which the next run redoes from the last committed cursor.
 pub const GROUP_ROWS: usize = 500_000;
-/// See [`GROUP_ROWS`].
+/// The longest time between durable commits (see [`commit_interval`]).
 pub const GROUP_SECS: u64 = 10;
+
+/// How long after the last durable commit a commit makes its group durable, when the destination
+/// has been open for `open_for`: a quarter of that, at least 1 s and at most [`GROUP_SECS`]. (The
+/// first commit of a session is durable at once.)
+///
+/// Why not [`GROUP_SECS`] from the start: a run that is always stopped after a few seconds (a
+/// cron job with a short timeout) would never commit anything and never advance. This way about
+/// three quarters of any run's time is durable work, whatever its length, for about ten more
+/// commits in a session's first 40 s. They cost little on a first load, which appends to tables
+/// without indexes (see `Indexes`) that a commit does not rewrite; a kill after such a commit
+/// leaves tables to which the next `ensure_tables` gives their indexes back.
+pub fn commit_interval(open_for: std::time::Duration) -> std::time::Duration {
+    (open_for / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(GROUP_SECS),
+    )
+}
 
 impl SqliteDestination {
     /// Opens (creates) the file, sets WAL, creates the cursor table.
@@ -433,6 +453,8 @@ impl Inner {
             bulk_judged: HashSet::new(),
             state,
             group: None,
+            opened: std::time::Instant::now(),
+            durable_at: None,
             _lock: lock,
         })
     }
@@ -441,7 +463,7 @@ impl Inner {
         format!("{}{spec_name}", self.prefix)
     }
 
-    fn ensure(&mut self, specs: &[TableSpec]) -> Result<(), DestError> {
+    fn ensure(&mut self, specs: &[TableSpec]) -> Result<Ensured, DestError> {
         // Schema changes run in a transaction of their own.
         self.close_group()?;
         let mut resolved = Vec::with_capacity(specs.len());
@@ -451,7 +473,8 @@ impl Inner {
         }
         let ctx = "ensure_tables";
         let tx = self.conn.transaction().map_err(|e| sql_err(ctx, e))?;
-        for (_, r) in &resolved {
+        let mut ensured = Ensured::default();
+        for (name, r) in &resolved {
             let q = quote_ident(&r.display);
             match columns_of(&tx, &r.display).map_err(|e| sql_err(&r.display, e))? {
                 None => {
@@ -469,6 +492,7 @@ impl Inner {
                     // The key is a unique index (see `Indexes`), created below.
                     tx.execute_batch(&format!("CREATE TABLE {q} ({})", defs.join(", ")))
                         .map_err(|e| sql_err(&r.display, e))?;
+                    ensured.created.push(name.clone());
                 }
                 Some(existing) => {
                     for (name, ty) in r.stored_columns() {
@@ -512,7 +536,7 @@ impl Inner {
             self.indexes.insert(name.clone(), ix);
             self.tables.insert(name, r);
         }
-        Ok(())
+        Ok(ensured)
     }
 
     /// Starts a bulk load of each table that gets its first fresh rows of this session and is
@@ -638,12 +662,7 @@ impl Inner {
         let text: Option<String> = row.get(0).map_err(|e| sql_err(&ctx, e))?;
         match text {
             None => Ok(None),
-            Some(t) => serde_json::from_str(&t)
-                .map(Some)
-                .map_err(|e| DestError::Sql {
-                    context: ctx,
-                    message: format!("cursor of stream {stream:?} is not JSON: {e}"),
-                }),
+            Some(t) => crate::names::parse_cursor(stream, &self.state, &t).map(Some),
         }
     }
 
@@ -694,6 +713,7 @@ impl Inner {
             self.conn
                 .execute_batch("COMMIT")
                 .map_err(|e| sql_err("commit", e))?;
+            self.durable_at = Some(std::time::Instant::now());
         }
         Ok(())
     }
@@ -703,10 +723,7 @@ impl Inner {
             self.conn
                 .execute_batch("BEGIN IMMEDIATE")
                 .map_err(|e| sql_err("commit", e))?;
-            self.group = Some(Group {
-                rows: 0,
-                since: std::time::Instant::now(),
-            });
+            self.group = Some(Group { rows: 0 });
         }
         // Outside the savepoint: index drops and builds stay whatever happens to this commit.
         self.begin_bulk(commit)?;
@@ -726,7 +743,10 @@ impl Inner {
             let rows: usize = commit.batches.iter().map(|b| b.upserts.len()).sum();
             if let Some(g) = self.group.as_mut() {
                 g.rows += rows;
-                if g.rows >= GROUP_ROWS || g.since.elapsed().as_secs() >= GROUP_SECS {
+                let due = self
+                    .durable_at
+                    .is_none_or(|at| at.elapsed() >= commit_interval(self.opened.elapsed()));
+                if g.rows >= GROUP_ROWS || due {
                     self.flush()?;
                 }
             }
@@ -1118,7 +1138,7 @@ impl Destination for SqliteDestination {
     fn ensure_tables<'a>(
         &'a mut self,
         specs: &'a [TableSpec],
-    ) -> BoxFuture<'a, Result<(), DestError>> {
+    ) -> BoxFuture<'a, Result<Ensured, DestError>> {
         let specs = specs.to_vec();
         Box::pin(async move { self.run(move |i| i.ensure(&specs)).await })
     }
@@ -1161,8 +1181,17 @@ impl Destination for SqliteDestination {
 }
 
 #[cfg(test)]
-mod url_tests {
+mod tests {
     use super::*;
+
+    #[test]
+    fn groups_commit_every_quarter_of_the_session_between_1_and_10_s() {
+        let at = |secs: u64| commit_interval(std::time::Duration::from_secs(secs)).as_secs_f64();
+        assert_eq!(
+            [0, 2, 4, 6, 20, 40, 60, 3600].map(at),
+            [1.0, 1.0, 1.0, 1.5, 5.0, 10.0, 10.0, 10.0]
+        );
+    }
 
     #[test]
     fn options_come_from_the_url_query() {

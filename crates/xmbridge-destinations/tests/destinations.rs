@@ -837,6 +837,88 @@ async fn dropped_table(mut h: H) {
     assert_eq!(h.count("item", "1=1").await, 0);
 }
 
+/// `ensure_tables` says which tables it had to create: all on a first call, none on the next,
+/// then only the one dropped by hand (the sync reloads that table's stream).
+async fn ensure_reports_created_tables(mut h: H) {
+    let other = TableSpec {
+        name: "other".into(),
+        columns: vec![col("id", ColumnType::Text)],
+        primary_key: vec!["id".into()],
+        soft_delete: false,
+    };
+    let specs = [item_spec(), other];
+    let mut first = h.dest.ensure_tables(&specs).await.unwrap().created;
+    first.sort();
+    assert_eq!(first, ["item", "other"]);
+    assert!(
+        h.dest
+            .ensure_tables(&specs)
+            .await
+            .unwrap()
+            .created
+            .is_empty()
+    );
+    h.exec(&format!("DROP TABLE {}", h.t("other"))).await;
+    // A fresh session (the next run) sees the same.
+    let mut dest = open(&h.url, SCHEMA, h.compat).await.unwrap();
+    assert_eq!(dest.ensure_tables(&specs).await.unwrap().created, ["other"]);
+}
+
+/// A cursor that is not JSON is an error naming the stream and the cursor table. Only SQLite can
+/// hold one: PostgreSQL's jsonb column refuses it when it is written.
+async fn unreadable_cursor(mut h: H) {
+    h.dest.ensure_tables(&[item_spec()]).await.unwrap();
+    let mut c = commit_of(T0, vec![]);
+    c.cursors = vec![("responses:SV_1".into(), json!({"continuationToken": "t"}))];
+    h.commit(c).await.unwrap();
+    let state = h.shown(&h.p("_state"));
+    let state_q = h.t(&h.p("_state"));
+    let edit = format!(
+        "UPDATE {state_q} SET \"cursor\" = '{{\"continuationToken\": ' WHERE \"stream\" = 'responses:SV_1'"
+    );
+    match &h.raw {
+        Raw::Pg(c) => {
+            let err = c.batch_execute(&edit).await.unwrap_err();
+            let msg = err.as_db_error().map(|d| d.message().to_string());
+            assert!(
+                msg.as_deref().is_some_and(|m| m.contains("json")),
+                "{err:?}"
+            );
+            assert_eq!(
+                h.dest.cursor("responses:SV_1").await.unwrap(),
+                Some(json!({"continuationToken": "t"}))
+            );
+        }
+        Raw::Sqlite(c) => {
+            c.execute_batch(&edit).unwrap();
+            let err = h.dest.cursor("responses:SV_1").await.unwrap_err();
+            match &err {
+                DestError::UnreadableCursor { stream, table, .. } => {
+                    assert_eq!(
+                        (stream.as_str(), table.as_str()),
+                        ("responses:SV_1", state.as_str())
+                    );
+                }
+                other => panic!("expected UnreadableCursor, got {other:?}"),
+            }
+            let msg = err.to_string();
+            assert!(
+                msg.contains("not valid JSON") && msg.contains("--full"),
+                "{msg}"
+            );
+            // Other cursors still read, and a commit writes a fresh one over it.
+            assert_eq!(h.dest.cursor("users").await.unwrap(), None);
+            let mut c = commit_of(T0, vec![]);
+            c.cursors = vec![("responses:SV_1".into(), json!({"continuationToken": null}))];
+            h.commit(c).await.unwrap();
+            assert_eq!(
+                h.dest.cursor("responses:SV_1").await.unwrap(),
+                Some(json!({"continuationToken": null}))
+            );
+        }
+    }
+}
+
 async fn hostile_identifiers(mut h: H) {
     let table = "we\"ird; DROP TABLE x; --select";
     let c1 = "\"; DELETE FROM x; --";
@@ -1300,6 +1382,8 @@ both!(cursor_round_trip_and_atomicity);
 both!(schema_evolution);
 both!(type_conflict);
 both!(dropped_table);
+both!(ensure_reports_created_tables);
+both!(unreadable_cursor);
 both!(hostile_identifiers);
 both!(values_round_trip);
 both!(fivetran_compat, Compat::Fivetran);
@@ -1352,8 +1436,9 @@ async fn sqlite_indexes_come_back_after_a_killed_first_load() {
 }
 
 /// SQLite groups commits into one transaction until `flush` (or the group's size or age): a
-/// second connection sees nothing before, everything after; a failed commit in the middle
-/// takes only itself back.
+/// second connection sees nothing of an open group, everything after; a failed commit in the
+/// middle takes only itself back. The first commit of a session is durable at once, so a run
+/// that is always stopped early still advances.
 #[tokio::test]
 async fn sqlite_group_commit_is_durable_at_flush_and_keeps_earlier_commits() {
     let mut h = sqlite(Compat::Xmbridge).await;
@@ -1365,19 +1450,31 @@ async fn sqlite_group_commit_is_durable_at_flush_and_keeps_earlier_commits() {
         ))
         .await
         .unwrap();
-    assert_eq!(h.count("item", "1=1").await, 0, "not visible before flush");
-    // A commit naming an unknown column fails alone; "a" stays and is committed.
+    assert_eq!(
+        h.count("item", "1=1").await,
+        1,
+        "the first commit is durable at once"
+    );
+    h.dest
+        .commit(commit_of(
+            T0,
+            vec![upserts("item", vec![item("b", "s1", "B", 2)])],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(h.count("item", "1=1").await, 1, "not visible before flush");
+    // A commit naming an unknown column fails alone; "b" stays and is committed.
     let bad = commit_of(
         T0,
         vec![TableBatch {
             delete_where: vec![("nope".into(), vec![Value::Text("x".into())])],
-            ..upserts("item", vec![item("b", "s1", "B", 2)])
+            ..upserts("item", vec![item("x", "s1", "X", 2)])
         }],
     );
     assert!(h.dest.commit(bad).await.is_err());
     assert_eq!(
         h.count("item", "1=1").await,
-        1,
+        2,
         "the earlier commit is kept"
     );
     h.dest
@@ -1395,7 +1492,7 @@ async fn sqlite_group_commit_is_durable_at_flush_and_keeps_earlier_commits() {
         .into_iter()
         .map(|r| r[0].clone().unwrap_or_default())
         .collect();
-    assert_eq!(ids, vec!["a", "c"]);
+    assert_eq!(ids, vec!["a", "b", "c"]);
 }
 
 #[tokio::test]

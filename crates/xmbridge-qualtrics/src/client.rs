@@ -128,11 +128,12 @@ fn api_token_header(t: &SecretString) -> Result<(HeaderName, HeaderValue), Error
 /// Whether a failed request may be sent again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetryMode {
-    /// Safe to repeat (GET): retry 429, 5xx and transport failures.
+    /// Safe to repeat (GETs, and POSTs that create nothing a user sees, such as starting a
+    /// response export or a contact search): retry 429, 5xx and transport failures.
     Idempotent,
-    /// Repeating could do the work twice (e.g. starting an export): retry only when the server
-    /// surely did not act on it — a 429, a 401 (retried once with fresh credentials), or a
-    /// connection that was never established.
+    /// Repeating could do the work twice (creating a contact, a mailing list, a distribution
+    /// that mails people): retry only when the server surely did not act on it — a 429, a 401
+    /// (retried once with fresh credentials), or a connection that was never established.
     NotIdempotent,
 }
 

@@ -294,8 +294,10 @@ const MIN_POLL_WAIT: Duration = Duration::from_millis(200);
 impl Client {
     /// `POST /surveys/{id}/export-responses` → the `progressId`.
     ///
-    /// Never retried after the request may have reached the server (that could start a second
-    /// export); 429 and refused connections are retried.
+    /// Retried like a GET (5xx, 429, dropped connections): starting an export changes nothing a
+    /// user can see, and an export started twice only leaves an unread job behind. The retry
+    /// sends the same body, so a continuation token asks for the same responses again (the
+    /// token is only replaced by the export that completes and is committed).
     pub async fn start_response_export(
         &self,
         survey_id: &str,
@@ -303,7 +305,7 @@ impl Client {
     ) -> Result<String, Error> {
         let body = opts.body()?;
         let url = self.url(&["surveys", survey_id, "export-responses"]);
-        let started: Started = self.post(url, &body, RetryMode::NotIdempotent).await?;
+        let started: Started = self.post(url, &body, RetryMode::Idempotent).await?;
         Ok(started.progress_id)
     }
 

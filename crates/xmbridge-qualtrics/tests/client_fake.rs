@@ -202,13 +202,18 @@ async fn export_round_trip_survives_429_503_and_a_truncated_zip() {
     assert_eq!(c.api_calls(), 7);
 }
 
+/// Starting an export creates nothing a user sees: a 5xx is retried like a GET's.
 #[tokio::test]
-async fn export_start_is_not_retried_on_5xx() {
+async fn export_start_is_retried_on_5xx() {
     let (base, counts) = serve(Arc::new(|_: &str, _: &str, _| error(500))).await;
     let c = client(&base);
     let err = c.export_responses("SV_1", &fast()).await.unwrap_err();
     assert_eq!(err.status(), Some(500));
-    assert_eq!(counts.lock().unwrap()[&format!("POST {EXPORTS}")], 1);
+    assert_eq!(
+        counts.lock().unwrap()[&format!("POST {EXPORTS}")],
+        4,
+        "1 + 3 retries"
+    );
 }
 
 #[tokio::test]

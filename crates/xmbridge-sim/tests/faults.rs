@@ -281,3 +281,73 @@ async fn revoke_tokens_after_n_calls() {
     assert!(h.sim.tokens.lock().access.is_empty());
     h.stop().await;
 }
+
+/// `fail_next` fails exactly the next matching calls (method and route family), then is spent;
+/// other calls of the same family pass.
+#[tokio::test]
+async fn fail_next_hits_only_the_matching_calls_and_counts_down() {
+    let (h, token, c) = start(SimConfig {
+        surveys: 1,
+        responses: 3,
+        ..Default::default()
+    })
+    .await;
+    let sid = h.sim.surveys[0].id.clone();
+    let start_export = || {
+        c.post(format!("{}/surveys/{sid}/export-responses", h.api_url()))
+            .header("X-API-TOKEN", &token)
+            .json(&json!({"format": "json"}))
+            .send()
+    };
+    let r = set_faults(
+        &c,
+        &h,
+        json!({"fail_next": {"method": "post", "route": "export-responses", "count": 2}}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+
+    // Another method and another route of the brand are untouched.
+    assert_eq!(whoami(&c, &h, &token).await.status(), 200);
+    let r = start_export().await.unwrap();
+    assert_eq!(r.status(), 500);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["meta"]["httpStatus"], "500 - Internal Server Error");
+    let left = get_json(&c, format!("{}/_sim/faults", h.base_url)).await;
+    assert_eq!(left["fail_next"]["count"], 1);
+
+    assert_eq!(start_export().await.unwrap().status(), 500);
+    let r = start_export().await.unwrap();
+    assert_eq!(r.status(), 200, "spent after two");
+    let body: Value = r.json().await.unwrap();
+    let progress = body["result"]["progressId"].as_str().unwrap().to_string();
+    let poll = c
+        .get(format!(
+            "{}/surveys/{sid}/export-responses/{progress}",
+            h.api_url()
+        ))
+        .header("X-API-TOKEN", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(poll.status(), 200, "GETs of the family never matched");
+
+    let stats = get_json(&c, format!("{}/_sim/stats", h.base_url)).await;
+    assert_eq!(stats["injected_errors"], 2);
+    assert_eq!(stats["by_route"]["export-responses"]["injected_errors"], 2);
+    let spent = get_json(&c, format!("{}/_sim/faults", h.base_url)).await;
+    assert_eq!(spent["fail_next"]["count"], 0);
+
+    // A bad status is refused; `null` clears the switch.
+    let r = set_faults(&c, &h, json!({"fail_next": {"status": 200}})).await;
+    assert_eq!(r.status(), 400);
+    let r = set_faults(&c, &h, json!({"fail_next": {"rout": "x"}})).await;
+    assert_eq!(r.status(), 400, "unknown keys are refused");
+    let cleared: Value = set_faults(&c, &h, json!({"fail_next": null}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(cleared["fail_next"].is_null());
+    h.stop().await;
+}

@@ -138,6 +138,40 @@ pub struct TableCounts {
     pub deleted: u64,
 }
 
+/// A stream group read from scratch because tables of it had to be created although its cursor
+/// says data was loaded (dropped by hand, or new in this version): incrementally, they would stay
+/// empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The group ([`GROUPS`]), e.g. `responses`.
+    pub group: String,
+    /// Its tables that were missing.
+    pub missing: Vec<String>,
+}
+
+impl Reloaded {
+    /// `table X was missing; reloading it from scratch (…)` for the log, or `reloaded` once
+    /// `done` (the summary).
+    pub fn message(&self, done: bool) -> String {
+        let plural = self.missing.len() > 1;
+        let group_tables = GROUPS
+            .iter()
+            .find(|(g, _)| *g == self.group)
+            .map(|(_, ts)| ts.join(", "))
+            .unwrap_or_default();
+        format!(
+            "{} {} {} missing; {} {} from scratch (the cursor of its stream says it was loaded: dropped by hand?). The whole {group} stream ({group_tables}) {} read again; other streams stay incremental",
+            if plural { "tables" } else { "table" },
+            self.missing.join(", "),
+            if plural { "were" } else { "was" },
+            if done { "reloaded" } else { "reloading" },
+            if plural { "them" } else { "it" },
+            if done { "was" } else { "is" },
+            group = self.group
+        )
+    }
+}
+
 /// A table not synced, and why (e.g. a permission the credentials lack).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Skipped {
@@ -151,6 +185,8 @@ pub struct SyncSummary {
     /// Every table the run prepared, with its counts (zeros included).
     pub tables: BTreeMap<String, TableCounts>,
     pub skipped: Vec<Skipped>,
+    /// Stream groups reloaded from scratch because tables of them were missing.
+    pub reloaded: Vec<Reloaded>,
     pub duration: Duration,
     /// HTTP requests made to Qualtrics (retries included).
     pub api_calls: u64,
@@ -194,6 +230,9 @@ impl fmt::Display for SyncSummary {
         }
         for s in &self.skipped {
             writeln!(f, "skipped {}: {}", s.table, s.reason)?;
+        }
+        for r in &self.reloaded {
+            writeln!(f, "{}", r.message(true))?;
         }
         write!(
             f,
@@ -414,23 +453,63 @@ pub(crate) struct Ctx<'a> {
     pub summary: SyncSummary,
     /// Definitions read during this run (the response stream flattens answers with them).
     pub defs: HashMap<String, Arc<streams::surveys::SurveyDef>>,
+    /// Tables `ensure_tables` had to create this run.
+    created: Vec<String>,
 }
 
 impl Ctx<'_> {
     /// The committed cursor of a stream (`None` with [`SyncOptions::full`] is up to the stream).
+    ///
+    /// An unreadable cursor (not JSON) is an error naming it, except with
+    /// [`SyncOptions::full`], which ignores it: it then reads as JSON `null` — "something may
+    /// have been loaded, nothing is known" — so the stream reloads with the deletes of a loaded
+    /// one, and its commits write a fresh cursor.
     pub async fn cursor(
         &mut self,
         stream: &str,
         table: &str,
     ) -> Result<Option<serde_json::Value>, SyncError> {
-        self.dest
-            .cursor(stream)
-            .await
-            .map_err(|source| SyncError::Destination {
+        match self.dest.cursor(stream).await {
+            Ok(c) => Ok(c),
+            Err(e @ DestError::UnreadableCursor { .. }) if self.opts.full => {
+                tracing::warn!(stream, error = %e, "ignoring the unreadable cursor (--full)");
+                Ok(Some(serde_json::Value::Null))
+            }
+            Err(source) => Err(SyncError::Destination {
                 table: table.into(),
                 survey: None,
                 source: Box::new(source),
-            })
+            }),
+        }
+    }
+
+    /// Whether `group` must be read from scratch because tables of it had to be created this
+    /// run. Streams ask only when their cursor says data was loaded; the first ask records it
+    /// (log and summary).
+    pub fn reload_missing(&mut self, group: &str) -> bool {
+        if self.summary.reloaded.iter().any(|r| r.group == group) {
+            return true;
+        }
+        let tables: &[&str] = GROUPS
+            .iter()
+            .find(|(g, _)| *g == group)
+            .map(|(_, ts)| *ts)
+            .unwrap_or_default();
+        let missing: Vec<String> = tables
+            .iter()
+            .filter(|t| self.created.iter().any(|c| c == *t))
+            .map(|t| t.to_string())
+            .collect();
+        if missing.is_empty() {
+            return false;
+        }
+        let reloaded = Reloaded {
+            group: group.to_string(),
+            missing,
+        };
+        tracing::warn!("{}", reloaded.message(false));
+        self.summary.reloaded.push(reloaded);
+        true
     }
 
     /// Distinct values of a text column on rows matching `filter` (the reconcile pass reads the
@@ -579,7 +658,8 @@ pub async fn sync(
     }
     let mut list: Vec<TableSpec> = specs.0.values().cloned().collect();
     list.sort_by(|a, b| a.name.cmp(&b.name));
-    dest.ensure_tables(&list)
+    let ensured = dest
+        .ensure_tables(&list)
         .await
         .map_err(|source| SyncError::Destination {
             table: failing_table(&list, &source),
@@ -598,6 +678,7 @@ pub async fn sync(
         specs: Arc::new(specs),
         summary,
         defs: HashMap::new(),
+        created: ensured.created,
     };
     tracing::info!(groups = ?groups, full = opts.full, "sync started");
 

@@ -1,7 +1,7 @@
 //! Fault injection and rate limits for the simulated brand.
 //!
-//! Owns the live [`FaultSettings`] (rate limits, injected 5xx, slow answers, cut-off bodies, export
-//! failures, token revocation), the call counters behind `GET /_sim/stats`, the middleware
+//! Owns the live [`FaultSettings`] (rate limits, injected 5xx, one-shot failures of the next
+//! matching calls, slow answers, cut-off bodies, export failures, token revocation), the call counters behind `GET /_sim/stats`, the middleware
 //! [`layer`] that `router()` puts around `/API/v3` and `/oauth2`, and the admin routes
 //! `/_sim/faults` and `/_sim/stats`. It must not touch other modules' state except one thing the
 //! `revoke_tokens_after` switch needs: it empties `sim.tokens` (OAuth access tokens) and bumps
@@ -69,6 +69,48 @@ pub struct FaultSettings {
     /// Injected errors carry an error message of this many bytes instead of the short one
     /// (0 = short), to test how clients cope with a huge upstream error text.
     pub error_message_bytes: u64,
+    /// Fail the next calls that match a method and route family, a given number of times: a
+    /// deterministic one-shot fault ("the next `POST …/export-responses` gets a 500, once").
+    pub fail_next: Option<FailNext>,
+}
+
+/// See [`FaultSettings::fail_next`]. `count` counts down as calls fail, so `GET /_sim/faults`
+/// shows how many are left (0: used up).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailNext {
+    /// Only calls with this HTTP method (case-insensitive); absent = any method.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Only calls of this route family (see [`route_family`], e.g. `export-responses`); absent =
+    /// any route.
+    #[serde(default)]
+    pub route: Option<String>,
+    /// How many matching calls still fail (default 1).
+    #[serde(default = "FailNext::default_count")]
+    pub count: u64,
+    /// The status they get, 400–599 (default 500).
+    #[serde(default = "FailNext::default_status")]
+    pub status: u16,
+}
+
+impl FailNext {
+    fn default_count() -> u64 {
+        1
+    }
+
+    fn default_status() -> u16 {
+        500
+    }
+
+    fn matches(&self, method: &Method, family: &str) -> bool {
+        self.count > 0
+            && self
+                .method
+                .as_deref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(method.as_str()))
+            && self.route.as_deref().is_none_or(|r| r == family)
+    }
 }
 
 /// Largest `error_message_bytes`: big enough to flood a log, small enough for a test machine.
@@ -101,6 +143,14 @@ impl FaultSettings {
             && !(400..=599).contains(&s)
         {
             return Err(format!("error_status must be 400–599, got {s}"));
+        }
+        if let Some(f) = &self.fail_next
+            && !(400..=599).contains(&f.status)
+        {
+            return Err(format!(
+                "fail_next.status must be 400–599, got {}",
+                f.status
+            ));
         }
         if self.slow_ms > 600_000 {
             return Err(format!(
@@ -360,6 +410,21 @@ impl FaultState {
         Admission { rejection, revoke }
     }
 
+    /// Whether this call is one of the next calls [`FaultSettings::fail_next`] fails (counting it
+    /// down), and with which status.
+    fn take_fail_next(&self, method: &Method, family: &str) -> Option<u16> {
+        let status = {
+            let mut s = self.settings.write();
+            let f = s.fail_next.as_mut().filter(|f| f.matches(method, family))?;
+            f.count -= 1;
+            f.status
+        };
+        let mut c = self.counters.lock();
+        c.injected_errors += 1;
+        c.family(family).injected_errors += 1;
+        Some(status)
+    }
+
     /// Decides the injected faults for one admitted call in scope.
     fn decide(&self, family: &str, s: &FaultSettings) -> Decision {
         let mut c = self.counters.lock();
@@ -445,7 +510,7 @@ fn injected_error(status: u16, message_bytes: u64) -> ApiError {
 }
 
 /// The fault middleware around `/API/v3` and `/oauth2`: rate limits (429 with `Retry-After`),
-/// token revocation, injected errors, slow answers and cut-off bodies, in that order.
+/// token revocation, `fail_next`, injected errors, slow answers and cut-off bodies, in that order.
 pub async fn layer(State(sim): State<SharedSim>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     let family = route_family(
@@ -473,6 +538,10 @@ pub async fn layer(State(sim): State<SharedSim>, req: Request, next: Next) -> Re
     }
     if let Some(e) = adm.rejection {
         return e.into_response();
+    }
+    // Targeted by method and route itself, so `only_paths` does not apply.
+    if let Some(status) = sim.faults.take_fail_next(req.method(), &family) {
+        return injected_error(status, s.error_message_bytes).into_response();
     }
     let in_scope = s.only_paths.as_deref().is_none_or(|p| path.starts_with(p));
     if !in_scope {

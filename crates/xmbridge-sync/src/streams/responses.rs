@@ -596,9 +596,16 @@ async fn worker(
 
 /// Exports every listed survey's new and changed responses.
 pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<(), SyncError> {
-    let mut jobs = Vec::new();
+    let mut cursors = Vec::with_capacity(surveys.len());
     for s in surveys {
-        let cursor = ctx.cursor(&cursor_stream(&s.id), "survey_response").await?;
+        cursors.push(ctx.cursor(&cursor_stream(&s.id), "survey_response").await?);
+    }
+    // A response table missing while surveys have cursors would only get what is new: export
+    // every loaded survey in full (its old rows are rewritten, like an edited response's).
+    let full =
+        ctx.opts.full || (cursors.iter().any(Option::is_some) && ctx.reload_missing("responses"));
+    let mut jobs = Vec::new();
+    for (s, cursor) in surveys.iter().zip(cursors) {
         let token = cursor
             .as_ref()
             .and_then(|c| c.get("continuationToken"))
@@ -606,7 +613,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
             .map(str::to_string);
         jobs.push(Job {
             survey: s.id.clone(),
-            token: if ctx.opts.full { None } else { token },
+            token: if full { None } else { token },
             loaded: cursor.is_some(),
             def: ctx.defs.get(&s.id).cloned(),
             // A survey loaded for the first time holds nothing stale: its first load counts as

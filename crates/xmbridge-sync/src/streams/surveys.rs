@@ -474,7 +474,9 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<Vec<SurveySummary>, SyncErr
         .and_then(Json::as_object)
         .cloned()
         .unwrap_or_default();
-    let full = ctx.opts.full;
+    // A definition table missing while the cursor knows surveys would stay empty (definitions
+    // are only re-read when they change): read them all again.
+    let full = ctx.opts.full || (!known.is_empty() && ctx.reload_missing("surveys"));
     // Owned: futures over borrowed items make the sync future !Send (rustc's higher-ranked
     // lifetime limitation), and the CLI and server spawn it.
     let changed: Vec<SurveySummary> = surveys

@@ -9,7 +9,7 @@ use serde_json::Value as Json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use xmbridge_destinations::{
-    BoxFuture, ColumnType, Commit, CommitStats, DestError, Destination, TableSpec, Value,
+    BoxFuture, ColumnType, Commit, CommitStats, DestError, Destination, Ensured, TableSpec, Value,
 };
 use xmbridge_qualtrics::{Auth, BaseUrl, Client, RetryPolicy};
 use xmbridge_sim::{SimConfig, SimHandle, start_qualtrics};
@@ -232,13 +232,15 @@ impl Destination for MemDest {
     fn ensure_tables<'a>(
         &'a mut self,
         specs: &'a [TableSpec],
-    ) -> BoxFuture<'a, Result<(), DestError>> {
+    ) -> BoxFuture<'a, Result<Ensured, DestError>> {
         Box::pin(async move {
             let mut st = self.0.lock();
+            let mut ensured = Ensured::default();
             for s in specs {
                 match st.specs.get(&s.name).cloned() {
                     None => {
                         st.specs.insert(s.name.clone(), s.clone());
+                        ensured.created.push(s.name.clone());
                     }
                     Some(old) => {
                         for (i, c) in old.columns.iter().enumerate() {
@@ -257,7 +259,7 @@ impl Destination for MemDest {
                     }
                 }
             }
-            Ok(())
+            Ok(ensured)
         })
     }
 
