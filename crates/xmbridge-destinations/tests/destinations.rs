@@ -859,7 +859,9 @@ async fn ensure_reports_created_tables(mut h: H) {
             .is_empty()
     );
     h.exec(&format!("DROP TABLE {}", h.t("other"))).await;
-    // A fresh session (the next run) sees the same.
+    // A fresh session (the next run, once this one let go of the destination's lock) sees the
+    // same.
+    drop(h.dest);
     let mut dest = open(&h.url, SCHEMA, h.compat).await.unwrap();
     assert_eq!(dest.ensure_tables(&specs).await.unwrap().created, ["other"]);
 }
