@@ -112,7 +112,15 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if let Some(usage) = e.downcast_ref::<cli::UsageError>() {
+            let runtime_usage = e
+                .downcast_ref::<xmbridge_runtime::RuntimeError>()
+                .filter(|r| r.kind() == xmbridge_runtime::ErrorKind::Usage)
+                .map(|r| r as &dyn std::fmt::Display);
+            if let Some(usage) = e
+                .downcast_ref::<cli::UsageError>()
+                .map(|u| u as &dyn std::fmt::Display)
+                .or(runtime_usage)
+            {
                 eprintln!("error: {usage}");
                 eprintln!("\nFor more information, try '--help'.");
                 return ExitCode::from(2);

@@ -258,6 +258,55 @@ async fn pause_resume_replay_and_status_from_the_command_line() {
     );
 }
 
+/// A refused Qualtrics token inside a workflow pauses it with the command that fixes it, as
+/// `xmbridge action` names it: the runner puts the connection into the action context the same
+/// way (it used to build the context by hand and lose the hint).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_qualtrics_token_pauses_the_workflow_with_the_reauthorize_hint() {
+    let inst = Install::new();
+    let h = sim().await;
+    let tf = inst.path("wrong.token");
+    std::fs::write(&tf, "not-the-brand-token").unwrap();
+    inst.ok(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "q",
+        "--url",
+        &h.base_url,
+        "--api-token-file",
+        tf.to_str().unwrap(),
+    ])
+    .await;
+    let dir = h.sim.directory.default_directory_id();
+    inst.write_workflow("kill-loop.toml", &kill_workflow(&dir));
+    inst.store()
+        .enqueue(
+            &NewEvent {
+                workflow: "kill-loop".into(),
+                source: EventSource::ServiceNow,
+                dedupe_key: "r-1@1".into(),
+                payload: json!({"table": "incident", "record": {"sys_id": "r-1", "email": "r1@example.com"}}),
+            },
+            0,
+        )
+        .unwrap();
+    let out = inst.ok(&["workflow", "run", "--once"]).await;
+    assert!(out.contains("delivered 0 event(s)"), "{out}");
+    let st = inst
+        .json(&["workflow", "status", "kill-loop", "--json"])
+        .await;
+    assert_eq!(st["paused"], true, "{st}");
+    assert_eq!(st["reason"], "account token expired", "{st}");
+    assert!(
+        st["fix"]
+            .as_str()
+            .unwrap()
+            .contains("Re-authorize with `xmbridge connection authorize q`"),
+        "{st}"
+    );
+}
+
 /// An outbox row the code cannot read used to stop every delivery worker (`--once` exited 1 and
 /// a running process kept answering webhooks while delivering nothing).
 #[tokio::test]

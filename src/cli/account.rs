@@ -1,17 +1,23 @@
 //! `xmbridge account link|list|share|unlink`: Salesforce (and ServiceNow) accounts that workflows
 //! run with, under the Qualtrics Salesforce extension's rules (5 private Salesforce accounts per
 //! user, brand accounts shared with chosen users, server-to-server accounts, re-authorize with
-//! `--refresh`). The rules live in `xmbridge_workflows::accounts`; this file runs the OAuth login
-//! (the same loopback redirect listener as `xmbridge connection authorize`) and prints.
+//! `--refresh`). The rules live in `xmbridge_workflows::accounts`, the logins, credential checks
+//! and clients in `xmbridge_runtime` (`salesforce`, `servicenow`); this file reads the arguments
+//! and secrets, and prints.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
-use xmbridge_auth::{ClientAuth, OAuthClient, OAuthProvider, SecretString, TokenResponse};
+use xmbridge_auth::SecretString;
+use xmbridge_runtime::servicenow::{
+    self, SIGN_IN_BASIC, SIGN_IN_CLIENT_CREDENTIALS, SIGN_IN_PASSWORD,
+};
+use xmbridge_runtime::systems::{self, SALESFORCE, SERVICENOW};
+use xmbridge_runtime::{salesforce, workflow::rebind_for_owner};
 use xmbridge_vault::{SecretField, Vault};
 use xmbridge_workflows::accounts::{Access, Accounts, LinkRequest};
 use xmbridge_workflows::store::{AccountKind, SqliteStore, Store};
@@ -196,16 +202,8 @@ fn list(user: &str) -> anyhow::Result<()> {
     for (a, access) in rows {
         let grants = store.grants(&a.name)?;
         // A ServiceNow account says how it signs in (basic, oauth-password, client-credentials).
-        let kind = vault
-            .get_connection(&a.name)
-            .ok()
-            .filter(|_| a.system == "servicenow")
-            .and_then(|r| {
-                r.settings
-                    .get("auth")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            })
+        let kind = systems::of_account(&a)
+            .and_then(|s| (s.sign_in)(&vault, &a))
             .unwrap_or_else(|| a.kind.as_str().to_string());
         println!(
             "{:<20} {:<11} {:<18} {:<8} {:<12} {:<8} {}",
@@ -264,12 +262,6 @@ fn check_link_args(args: &LinkArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn join_url(base: &str, path: &str) -> anyhow::Result<url::Url> {
-    let base = url::Url::parse(base).with_context(|| format!("{base} is not a URL"))?;
-    base.join(path)
-        .with_context(|| format!("cannot build {path} from {base}"))
-}
-
 fn client_secret(args: &LinkArgs) -> anyhow::Result<SecretString> {
     read_secret(
         args.client_secret_file.as_deref(),
@@ -279,70 +271,30 @@ fn client_secret(args: &LinkArgs) -> anyhow::Result<SecretString> {
     )
 }
 
-/// The organization id from a Salesforce identity URL (`…/id/{orgId}/{userId}`).
-fn org_from_identity(tokens: &TokenResponse) -> Option<String> {
-    let id = tokens.extra.get("id")?.as_str()?;
-    let mut parts = id.rsplit('/');
-    let _user = parts.next()?;
-    parts.next().map(str::to_string)
-}
-
+/// The Salesforce login in the browser: the URL to open is printed.
 async fn login(
     name: &str,
     user: &str,
     login_url: &str,
     client_id: &str,
     secret: SecretString,
-    port: u16,
-    timeout: u64,
-) -> anyhow::Result<TokenResponse> {
-    let provider = OAuthProvider::new(
-        "Salesforce",
-        join_url(login_url, "/services/oauth2/token")?,
-        Some(join_url(login_url, "/services/oauth2/authorize")?),
-        ClientAuth::FormFields,
-    )?;
-    let oauth = OAuthClient::new(provider, client_id, secret)?
-        .for_connection(name)
-        .with_reauthorize_command(format!(
-            "xmbridge account link {name} --refresh --as {user}"
-        ));
-    let opts = xmbridge_auth::AuthorizeOptions {
-        scope: Some("api refresh_token".into()),
-        port,
-        timeout: std::time::Duration::from_secs(timeout),
-        pkce: true,
-        callback_path: "/oauth/callback".into(),
-        ..Default::default()
+    args: &LinkArgs,
+) -> anyhow::Result<xmbridge_auth::TokenResponse> {
+    let login = salesforce::Login {
+        name,
+        user,
+        login_url,
+        client_id,
+        secret,
+        port: args.callback_port,
+        timeout: std::time::Duration::from_secs(args.timeout),
     };
-    let tokens = xmbridge_auth::authorize(&oauth, opts, |url| {
+    Ok(salesforce::login(login, |url| {
         println!("open this URL in your browser and log in to Salesforce:");
         println!("{url}");
         let _ = std::io::stdout().flush();
     })
-    .await?;
-    Ok(tokens)
-}
-
-async fn client_credentials(
-    name: &str,
-    system: &str,
-    token_url: &str,
-    client_id: &str,
-    secret: SecretString,
-) -> anyhow::Result<TokenResponse> {
-    let provider = OAuthProvider::new(
-        if system == "salesforce" {
-            "Salesforce"
-        } else {
-            "ServiceNow"
-        },
-        url::Url::parse(token_url).with_context(|| format!("{token_url} is not a URL"))?,
-        None,
-        ClientAuth::FormFields,
-    )?;
-    let oauth = OAuthClient::new(provider, client_id, secret)?.for_connection(name);
-    Ok(oauth.client_credentials(None).await?)
+    .await?)
 }
 
 async fn link(args: LinkArgs) -> anyhow::Result<()> {
@@ -353,7 +305,7 @@ async fn link(args: LinkArgs) -> anyhow::Result<()> {
         return refresh(&args, &user, &vault, &store, &accounts).await;
     }
     let system = match (args.salesforce, args.servicenow) {
-        (true, _) => "salesforce",
+        (true, _) => &SALESFORCE,
         (_, true) => return link_servicenow(&args, &user, &accounts).await,
         _ => return Err(usage("say which system: --salesforce or --servicenow")),
     };
@@ -363,11 +315,11 @@ async fn link(args: LinkArgs) -> anyhow::Result<()> {
         .ok_or_else(|| usage("--client-id is required"))?;
     let name = args.name.as_str();
     // Check the limit before anyone logs in for nothing.
-    if system == "salesforce" && !args.brand {
+    if !args.brand {
         let private = store
             .list_accounts()?
             .into_iter()
-            .filter(|a| a.owner == user && a.system == "salesforce" && !a.brand)
+            .filter(|a| a.owner == user && a.system == system.account_system && !a.brand)
             .count();
         if private >= xmbridge_workflows::accounts::MAX_USER_SALESFORCE_ACCOUNTS {
             return Err(xmbridge_workflows::accounts::AccountError::Limit { user }.into());
@@ -379,8 +331,14 @@ async fn link(args: LinkArgs) -> anyhow::Result<()> {
             .token_url
             .clone()
             .ok_or_else(|| usage("--server-to-server needs --token-url"))?;
-        let tokens =
-            client_credentials(name, system, &token_url, &client_id, secret.clone()).await?;
+        let tokens = salesforce::client_credentials(
+            name,
+            &system.system.to_string(),
+            &token_url,
+            &client_id,
+            secret.clone(),
+        )
+        .await?;
         (
             AccountKind::ServerToServer,
             json!({"token_url": token_url, "client_id": client_id}),
@@ -391,16 +349,7 @@ async fn link(args: LinkArgs) -> anyhow::Result<()> {
             .login_url
             .clone()
             .ok_or_else(|| usage("a login needs --login-url (or use --server-to-server)"))?;
-        let tokens = login(
-            name,
-            &user,
-            &login_url,
-            &client_id,
-            secret.clone(),
-            args.callback_port,
-            args.timeout,
-        )
-        .await?;
+        let tokens = login(name, &user, &login_url, &client_id, secret.clone(), &args).await?;
         if tokens.refresh_token.is_none() {
             return Err(anyhow!(
                 "Salesforce did not return a refresh token; give the connected app the `refresh_token` scope"
@@ -416,10 +365,10 @@ async fn link(args: LinkArgs) -> anyhow::Result<()> {
     if let Some(instance) = tokens.extra.get("instance_url").and_then(Value::as_str) {
         settings["instance_url"] = json!(instance);
     }
-    let org_id = org_from_identity(&tokens);
+    let org_id = salesforce::org_from_identity(&tokens);
     let row = accounts.link(LinkRequest {
         name: name.to_string(),
-        system: system.to_string(),
+        system: system.account_system.to_string(),
         user: user.clone(),
         brand: args.brand,
         kind,
@@ -430,7 +379,7 @@ async fn link(args: LinkArgs) -> anyhow::Result<()> {
     })?;
     println!(
         "linked {} account {} for {}{} ({}{})",
-        system,
+        system.account_system,
         row.name,
         user,
         if row.brand { " as a brand account" } else { "" },
@@ -454,7 +403,7 @@ async fn refresh(
 ) -> anyhow::Result<()> {
     let name = args.name.as_str();
     let account = store.get_account(name)?;
-    if account.system == "servicenow" {
+    if account.system == SERVICENOW.account_system {
         return refresh_servicenow(args, user, vault, store, accounts).await;
     }
     let rec = vault.get_connection(name)?;
@@ -481,9 +430,9 @@ async fn refresh(
         AccountKind::ServerToServer => {
             let token_url =
                 setting("token_url").ok_or_else(|| anyhow!("account {name} has no token URL"))?;
-            client_credentials(
+            salesforce::client_credentials(
                 name,
-                &account.system,
+                &SALESFORCE.system.to_string(),
                 &token_url,
                 &client_id,
                 secret.clone(),
@@ -497,16 +446,7 @@ async fn refresh(
                 .clone()
                 .or_else(|| setting("login_url"))
                 .ok_or_else(|| anyhow!("account {name} has no login URL; pass --login-url"))?;
-            let tokens = login(
-                name,
-                user,
-                &login_url,
-                &client_id,
-                secret.clone(),
-                args.callback_port,
-                args.timeout,
-            )
-            .await?;
+            let tokens = login(name, user, &login_url, &client_id, secret.clone(), args).await?;
             Some(tokens.refresh_token.ok_or_else(|| {
                 anyhow!("Salesforce did not return a refresh token on the new login")
             })?)
@@ -518,7 +458,7 @@ async fn refresh(
     let resumed = accounts.reauthorize(name, user, refresh_token.as_ref())?;
     // Re-authorizing also restores credential bindings a collaborator's edit dropped, for
     // workflows the account's owner owns (see `workflow resume --reauthorize`).
-    let rebound = super::workflow_run::rebind_for_owner(store, user)?;
+    let rebound = rebind_for_owner(store, user)?;
     println!("re-authorized account {name}");
     for wf in resumed.iter().chain(rebound.iter()) {
         println!("resumed workflow {wf}; its held events will be delivered");
@@ -526,107 +466,7 @@ async fn refresh(
     Ok(())
 }
 
-/// The clients a Salesforce or ServiceNow step runs with, from a linked account. Rotated
-/// refresh tokens are sealed back into the vault.
-pub(crate) fn external_context(
-    vault: &Arc<Vault>,
-    row: &xmbridge_workflows::store::AccountRow,
-    spec: &xmbridge_actions::ActionSpec,
-) -> Result<xmbridge_actions::ActionContext, xmbridge_actions::ActionError> {
-    use xmbridge_actions::{ActionContext, ActionError, System};
-    use xmbridge_salesforce::{
-        ClientCredentials, OAuthApp, RefreshSink, SalesforceClient, TokenProvider,
-    };
-    let not_configured = |fix: String| ActionError::NotConfigured {
-        action: spec.name.to_string(),
-        system: spec.system,
-        fix,
-    };
-    match spec.system {
-        System::Salesforce => {}
-        System::ServiceNow => return servicenow_context(vault, row, spec),
-        System::Qualtrics => {
-            return Err(not_configured(format!(
-                "account {} is a {} account; a Qualtrics step needs a Qualtrics connection",
-                row.name, row.system
-            )));
-        }
-    }
-    let name = row.name.as_str();
-    let rec = vault
-        .get_connection(name)
-        .map_err(|e| not_configured(format!("account {name}: {e}")))?;
-    let setting = |k: &str| {
-        rec.settings
-            .get(k)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| not_configured(format!("account {name} has no {k}; link it again")))
-    };
-    let secret = |f: SecretField| {
-        vault
-            .get_secret(name, f)
-            .map_err(|e| not_configured(format!("account {name}: {e}")))?
-            .ok_or_else(|| {
-                not_configured(format!(
-                    "account {name} has no {}; re-authorize with `xmbridge account link {name} --refresh`",
-                    f.label()
-                ))
-            })
-    };
-    let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(60))
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| not_configured(format!("cannot set up the HTTP client: {e}")))?;
-    let client_id = setting("client_id")?;
-    let client_secret = secret(SecretField::ClientSecret)?;
-    let tokens = match row.kind {
-        AccountKind::ServerToServer => TokenProvider::client_credentials(
-            http.clone(),
-            ClientCredentials {
-                token_url: setting("token_url")?,
-                client_id,
-                client_secret,
-            },
-        ),
-        AccountKind::OAuth => {
-            let sink_vault = vault.clone();
-            let sink_name = name.to_string();
-            let sink: Arc<dyn RefreshSink> = Arc::new(move |t: &SecretString| {
-                sink_vault
-                    .set_secret(&sink_name, SecretField::RefreshToken, t)
-                    .map_err(|e| e.to_string())
-            });
-            TokenProvider::web_server(
-                http.clone(),
-                OAuthApp {
-                    login_url: setting("login_url")?,
-                    client_id,
-                    client_secret,
-                    redirect_uri: String::new(),
-                },
-                secret(SecretField::RefreshToken)?,
-                Some(sink),
-            )
-        }
-    };
-    let client = Arc::new(SalesforceClient::new(http, Arc::new(tokens)));
-    Ok(
-        ActionContext::new().with(xmbridge_actions::salesforce::SalesforceConnection {
-            client,
-            account: name.to_string(),
-        }),
-    )
-}
-
 // ---- ServiceNow ---------------------------------------------------------------------------------
-
-/// How a ServiceNow account authenticates (`auth` in its vault settings).
-const SN_BASIC: &str = "basic";
-const SN_PASSWORD: &str = "oauth-password";
-const SN_CLIENT_CREDENTIALS: &str = "client-credentials";
 
 fn sn_password(args: &LinkArgs) -> anyhow::Result<SecretString> {
     read_secret(
@@ -635,55 +475,6 @@ fn sn_password(args: &LinkArgs) -> anyhow::Result<SecretString> {
         "ServiceNow password",
         "--password-file",
     )
-}
-
-/// Proves the credentials with one authenticated call. An ACL refusal or a missing property
-/// still means the instance accepted who we are; only a refused login fails the link.
-async fn sn_check(
-    client: &xmbridge_servicenow::ServiceNowClient,
-    name: &str,
-) -> anyhow::Result<()> {
-    use xmbridge_servicenow::Error;
-    match client.get_property("glide.servlet.uri").await {
-        Ok(_) | Err(Error::Permanent { .. } | Error::NotFound { .. }) => Ok(()),
-        Err(e @ Error::AuthExpired { .. }) => Err(anyhow!(
-            "ServiceNow refused the credentials of account {name}: {e}"
-        )),
-        Err(e) => Err(anyhow!(
-            "could not check account {name} against ServiceNow: {e}"
-        )),
-    }
-}
-
-fn sn_client(
-    instance: &str,
-    auth: xmbridge_servicenow::Auth,
-) -> anyhow::Result<xmbridge_servicenow::ServiceNowClient> {
-    xmbridge_servicenow::ServiceNowClient::new(instance, auth).map_err(|e| usage(e.to_string()))
-}
-
-/// The password grant once: its refresh token is what the account keeps.
-async fn sn_password_grant(
-    name: &str,
-    instance: &str,
-    client_id: &str,
-    client_secret: &SecretString,
-    sn_user: &str,
-    password: SecretString,
-) -> anyhow::Result<SecretString> {
-    let client = sn_client(
-        instance,
-        xmbridge_servicenow::Auth::Password {
-            client_id: client_id.to_string(),
-            client_secret: client_secret.clone(),
-            username: sn_user.to_string(),
-            password,
-        },
-    )?;
-    sn_check(&client, name).await?;
-    client.refresh_token().await.ok_or_else(|| {
-        anyhow!("ServiceNow returned no refresh token for account {name}; allow the refresh_token grant on the OAuth application")
-    })
 }
 
 async fn link_servicenow(args: &LinkArgs, user: &str, accounts: &Accounts) -> anyhow::Result<()> {
@@ -697,15 +488,15 @@ async fn link_servicenow(args: &LinkArgs, user: &str, accounts: &Accounts) -> an
     let (kind, client_secret, refresh_token, password) = if let Some(basic_user) = &args.basic_user
     {
         let password = sn_password(args)?;
-        let client = sn_client(
+        let client = servicenow::client(
             &instance,
             xmbridge_servicenow::Auth::Basic {
                 username: basic_user.clone(),
                 password: password.clone(),
             },
         )?;
-        sn_check(&client, name).await?;
-        settings["auth"] = json!(SN_BASIC);
+        servicenow::check(&client, name).await?;
+        settings["auth"] = json!(SIGN_IN_BASIC);
         settings["user"] = json!(basic_user);
         (AccountKind::ServerToServer, None, None, Some(password))
     } else if args.oauth_password || args.client_credentials {
@@ -720,28 +511,28 @@ async fn link_servicenow(args: &LinkArgs, user: &str, accounts: &Accounts) -> an
                 .sn_user
                 .clone()
                 .ok_or_else(|| usage("--oauth-password needs --user (the ServiceNow user)"))?;
-            let rt = sn_password_grant(
+            let rt = servicenow::password_grant(servicenow::PasswordGrant {
                 name,
-                &instance,
-                &client_id,
-                &secret,
-                &sn_user,
-                sn_password(args)?,
-            )
+                instance: &instance,
+                client_id: &client_id,
+                client_secret: &secret,
+                user: &sn_user,
+                password: sn_password(args)?,
+            })
             .await?;
-            settings["auth"] = json!(SN_PASSWORD);
+            settings["auth"] = json!(SIGN_IN_PASSWORD);
             settings["user"] = json!(sn_user);
             (AccountKind::OAuth, Some(secret), Some(rt), None)
         } else {
-            let client = sn_client(
+            let client = servicenow::client(
                 &instance,
                 xmbridge_servicenow::Auth::ClientCredentials {
                     client_id,
                     client_secret: secret.clone(),
                 },
             )?;
-            sn_check(&client, name).await?;
-            settings["auth"] = json!(SN_CLIENT_CREDENTIALS);
+            servicenow::check(&client, name).await?;
+            settings["auth"] = json!(SIGN_IN_CLIENT_CREDENTIALS);
             (AccountKind::ServerToServer, Some(secret), None, None)
         }
     } else {
@@ -752,7 +543,7 @@ async fn link_servicenow(args: &LinkArgs, user: &str, accounts: &Accounts) -> an
     let auth = settings["auth"].as_str().unwrap_or_default().to_string();
     let row = accounts.link(LinkRequest {
         name: name.to_string(),
-        system: "servicenow".into(),
+        system: SERVICENOW.account_system.into(),
         user: user.to_string(),
         brand: args.brand,
         kind,
@@ -769,7 +560,8 @@ async fn link_servicenow(args: &LinkArgs, user: &str, accounts: &Accounts) -> an
         return Err(e.into());
     }
     println!(
-        "linked servicenow account {} for {}{} ({auth}, {instance})",
+        "linked {} account {} for {}{} ({auth}, {instance})",
+        SERVICENOW.account_system,
         row.name,
         user,
         if row.brand { " as a brand account" } else { "" },
@@ -822,7 +614,7 @@ async fn refresh_servicenow(
     let auth = setting("auth").unwrap_or_default();
     let mut new_secret = None;
     let refresh_token = match auth.as_str() {
-        SN_BASIC => {
+        SIGN_IN_BASIC => {
             let sn_user = args
                 .basic_user
                 .clone()
@@ -836,46 +628,46 @@ async fn refresh_servicenow(
                         anyhow!("account {name} has no password; pass --password-file")
                     })?,
             };
-            let client = sn_client(
+            let client = servicenow::client(
                 &instance,
                 xmbridge_servicenow::Auth::Basic {
                     username: sn_user,
                     password: password.clone(),
                 },
             )?;
-            sn_check(&client, name).await?;
+            servicenow::check(&client, name).await?;
             vault.set_secret(name, SecretField::Password, &password)?;
             None
         }
-        SN_PASSWORD => {
+        SIGN_IN_PASSWORD => {
             let secret = stored_secret()?;
             let sn_user = args
                 .sn_user
                 .clone()
                 .or_else(|| setting("user"))
                 .ok_or_else(|| anyhow!("account {name} has no user; pass --user"))?;
-            let rt = sn_password_grant(
+            let rt = servicenow::password_grant(servicenow::PasswordGrant {
                 name,
-                &instance,
-                &client_id()?,
-                &secret,
-                &sn_user,
-                sn_password(args)?,
-            )
+                instance: &instance,
+                client_id: &client_id()?,
+                client_secret: &secret,
+                user: &sn_user,
+                password: sn_password(args)?,
+            })
             .await?;
             new_secret = Some(secret);
             Some(rt)
         }
-        SN_CLIENT_CREDENTIALS => {
+        SIGN_IN_CLIENT_CREDENTIALS => {
             let secret = stored_secret()?;
-            let client = sn_client(
+            let client = servicenow::client(
                 &instance,
                 xmbridge_servicenow::Auth::ClientCredentials {
                     client_id: client_id()?,
                     client_secret: secret.clone(),
                 },
             )?;
-            sn_check(&client, name).await?;
+            servicenow::check(&client, name).await?;
             new_secret = Some(secret);
             None
         }
@@ -891,81 +683,10 @@ async fn refresh_servicenow(
         vault.set_secret(name, SecretField::ClientSecret, s)?;
     }
     let resumed = accounts.reauthorize(name, user, refresh_token.as_ref())?;
-    let rebound = super::workflow_run::rebind_for_owner(store, user)?;
+    let rebound = rebind_for_owner(store, user)?;
     println!("re-authorized account {name}");
     for wf in resumed.iter().chain(rebound.iter()) {
         println!("resumed workflow {wf}; its held events will be delivered");
     }
     Ok(())
-}
-
-/// The ServiceNow client of a linked account, as `crates/xmbridge-actions/src/servicenow.rs`
-/// takes it from the context (`Arc<ServiceNowClient>`). OAuth-password accounts run on their
-/// stored refresh token: a refusal is `TokenExpired`, which pauses the workflow.
-fn servicenow_context(
-    vault: &Arc<Vault>,
-    row: &xmbridge_workflows::store::AccountRow,
-    spec: &xmbridge_actions::ActionSpec,
-) -> Result<xmbridge_actions::ActionContext, xmbridge_actions::ActionError> {
-    use xmbridge_actions::{ActionContext, ActionError, System};
-    use xmbridge_servicenow::{Auth, ServiceNowClient};
-    let not_configured = |fix: String| ActionError::NotConfigured {
-        action: spec.name.to_string(),
-        system: System::ServiceNow,
-        fix,
-    };
-    let name = row.name.as_str();
-    if row.system != "servicenow" {
-        return Err(not_configured(format!(
-            "account {name} is a {} account; name a ServiceNow account in the step's `account`",
-            row.system
-        )));
-    }
-    let rec = vault
-        .get_connection(name)
-        .map_err(|e| not_configured(format!("account {name}: {e}")))?;
-    let setting = |k: &str| {
-        rec.settings
-            .get(k)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| not_configured(format!("account {name} has no {k}; link it again")))
-    };
-    let secret = |f: SecretField| {
-        vault
-            .get_secret(name, f)
-            .map_err(|e| not_configured(format!("account {name}: {e}")))?
-            .ok_or_else(|| ActionError::TokenExpired {
-                action: spec.name.to_string(),
-                system: System::ServiceNow,
-                fix: format!(
-                    "account {name} has no {}; re-authorize with `xmbridge account link {name} --refresh --as {}`",
-                    f.label(),
-                    row.owner
-                ),
-            })
-    };
-    let auth = match setting("auth")?.as_str() {
-        SN_BASIC => Auth::Basic {
-            username: setting("user")?,
-            password: secret(SecretField::Password)?,
-        },
-        SN_PASSWORD => Auth::RefreshToken {
-            client_id: setting("client_id")?,
-            client_secret: secret(SecretField::ClientSecret)?,
-            refresh_token: secret(SecretField::RefreshToken)?,
-        },
-        SN_CLIENT_CREDENTIALS => Auth::ClientCredentials {
-            client_id: setting("client_id")?,
-            client_secret: secret(SecretField::ClientSecret)?,
-        },
-        other => {
-            return Err(not_configured(format!(
-                "account {name} has an unknown ServiceNow sign-in `{other}`; unlink and link it again"
-            )));
-        }
-    };
-    let client = ServiceNowClient::new(&setting("instance_url")?, auth)
-        .map_err(|e| not_configured(format!("account {name}: {e}")))?;
-    Ok(ActionContext::new().with(Arc::new(client)))
 }

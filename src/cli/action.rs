@@ -201,17 +201,7 @@ fn list(reg: &Registry, as_json: bool) -> anyhow::Result<()> {
 /// The stored Qualtrics connection to use: the named one, or the only one.
 fn choose_connection(named: Option<&str>) -> anyhow::Result<String> {
     let (home, vault) = super::connection::open_vault()?;
-    let all: Vec<String> = vault
-        .list_connections()?
-        .into_iter()
-        .filter(|c| {
-            c.provider == xmbridge_vault::Provider::Qualtrics
-                && !c
-                    .name
-                    .starts_with(xmbridge_workflows::hooks::HOOK_CONNECTION_PREFIX)
-        })
-        .map(|c| c.name)
-        .collect();
+    let all = xmbridge_runtime::connection::qualtrics_connections(&vault)?;
     match named {
         Some(n) if all.iter().any(|c| c == n) => Ok(n.to_string()),
         Some(n) => Err(usage(if all.is_empty() {
@@ -278,14 +268,8 @@ pub async fn run(args: ActionArgs) -> anyhow::Result<()> {
     xmbridge_actions::check_inputs(spec, &inputs).map_err(|e| usage(e.to_string()))?;
 
     let name = choose_connection(args.connection.as_deref())?;
-    let connected = super::connection::connect(&name)?;
     let mut ctx = ActionContext::new();
-    xmbridge_actions::qualtrics::provide(
-        &mut ctx,
-        connected.client,
-        &name,
-        args.directory.or(connected.settings.directory),
-    );
+    super::connection::connect(&name)?.provide(&mut ctx, &name, args.directory);
     let request = ActionRequest {
         inputs,
         delivery_key: args.delivery_key,

@@ -2,21 +2,22 @@
 //!
 //! Connections live in the state store under `XMBRIDGE_HOME` (default `~/.xmbridge`), their
 //! secrets sealed by `xmbridge-vault`. Secrets come from files, environment variables or a prompt,
-//! never from the command line. This module turns a stored connection into a working client
-//! (API token, OAuth refresh token, or OAuth client credentials over mutual TLS) and prints what
-//! works; the mechanics live in the library crates.
+//! never from the command line. This module reads them and prints what works; the stored format
+//! and the client a stored connection becomes live in `xmbridge_runtime::connection`.
 
 use super::UsageError;
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use serde::{Deserialize, Serialize};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use xmbridge_auth::{ExposeSecret, SecretString, TokenSource};
+use xmbridge_auth::{ExposeSecret, SecretString};
 use xmbridge_qualtrics::capabilities::{self, Access};
-use xmbridge_qualtrics::{Auth, BaseUrl, Client, DataCenter};
-use xmbridge_vault::{Home, MasterKey, Provider, SecretField, Vault};
+use xmbridge_qualtrics::{BaseUrl, DataCenter};
+use xmbridge_runtime::connection::{
+    self as stored, AuthMode, Connected, DEFAULT_SCOPES, QualtricsSettings, load_settings,
+};
+use xmbridge_vault::{Home, MasterKey, SecretField, Vault};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -59,9 +60,9 @@ Exit code 0 only if the account can sync (skipped optional tables do not count).
     Test { name: String },
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AuthMode {
+/// `--auth`: how a connection authenticates ([`AuthMode`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AuthArg {
     /// X-API-TOKEN.
     Token,
     /// OAuth authorization code + refresh token (Fivetran's "Standard").
@@ -70,12 +71,12 @@ pub enum AuthMode {
     Advanced,
 }
 
-impl AuthMode {
-    fn label(self) -> &'static str {
-        match self {
-            AuthMode::Token => "token (API token)",
-            AuthMode::Standard => "standard (OAuth authorization code with refresh token)",
-            AuthMode::Advanced => "advanced (OAuth client credentials over mutual TLS)",
+impl From<AuthArg> for AuthMode {
+    fn from(a: AuthArg) -> AuthMode {
+        match a {
+            AuthArg::Token => AuthMode::Token,
+            AuthArg::Standard => AuthMode::Standard,
+            AuthArg::Advanced => AuthMode::Advanced,
         }
     }
 }
@@ -103,8 +104,8 @@ pub struct AddArgs {
     #[arg(long)]
     pub organization: Option<String>,
     /// How to authenticate.
-    #[arg(long, value_enum, default_value_t = AuthMode::Token)]
-    pub auth: AuthMode,
+    #[arg(long, value_enum, default_value_t = AuthArg::Token)]
+    pub auth: AuthArg,
     /// File holding the API token (else XMBRIDGE_QUALTRICS_API_TOKEN, else a prompt).
     #[arg(long)]
     pub api_token_file: Option<PathBuf>,
@@ -144,32 +145,6 @@ pub struct AuthorizeArgs {
     /// How long to wait for the browser, in seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
-}
-
-/// The scopes a full sync needs.
-pub const DEFAULT_SCOPES: &str = "read:surveys read:survey_responses read:distributions read:directories read:directory_contacts read:mailing_lists read:mailing_list_contacts read:contact_transactions read:samples read:libraries read:users offline";
-
-/// What a connection stores in clear (never a secret).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct QualtricsSettings {
-    pub base_url: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub datacenter: Option<String>,
-    pub auth: AuthMode,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scopes: Option<String>,
-    /// Client certificate PEM (public).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub certificate_pem: Option<String>,
-    /// Extra CA to trust (public).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_cert_pem: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub directory: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub brand_id: Option<String>,
 }
 
 fn usage(msg: impl Into<String>) -> anyhow::Error {
@@ -294,6 +269,7 @@ pub async fn run(args: ConnectionArgs) -> anyhow::Result<()> {
 
 async fn add(args: AddArgs) -> anyhow::Result<()> {
     let ProviderArg::Qualtrics = args.provider;
+    let auth = AuthMode::from(args.auth);
     let (base, dc) = base_url_of(&args)?;
     let (_, vault) = open_vault()?;
     let mut secrets: Vec<(SecretField, SecretString)> = Vec::new();
@@ -305,7 +281,7 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
     let mut settings = QualtricsSettings {
         base_url: base.as_str().to_string(),
         datacenter: dc,
-        auth: args.auth,
+        auth,
         client_id: None,
         scopes: None,
         certificate_pem: None,
@@ -324,7 +300,7 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
             .ok_or_else(|| {
                 usage(format!(
                     "--auth {} needs --client-id (or the environment variable XMBRIDGE_QUALTRICS_CLIENT_ID)",
-                    format!("{:?}", args.auth).to_lowercase()
+                    auth.as_str()
                 ))
             })
             .and_then(|id| {
@@ -332,7 +308,7 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
                 Ok(id)
             })
     };
-    match args.auth {
+    match auth {
         AuthMode::Token => {
             for (flag, set) in [
                 ("--client-id", args.client_id.is_some()),
@@ -363,7 +339,7 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
             settings.client_id = Some(client_id()?);
             // Standard mode asks the user to consent to the sync's scopes (plus `offline` for a
             // refresh token); client credentials get what the client is allowed unless told.
-            settings.scopes = match args.auth {
+            settings.scopes = match auth {
                 AuthMode::Standard => Some(
                     args.scopes
                         .clone()
@@ -380,7 +356,7 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
             secrets.push((SecretField::ClientSecret, secret));
         }
     }
-    if args.auth == AuthMode::Advanced {
+    if auth == AuthMode::Advanced {
         let (Some(cert), Some(key)) = (&args.cert, &args.key) else {
             return Err(usage(
                 "--auth advanced needs --cert CLIENT_CERT.pem and --key CLIENT_KEY.pem (mutual TLS)",
@@ -419,30 +395,17 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
         ));
     }
     let name = args.name.clone();
-    vault.add_connection(&name, Provider::Qualtrics, serde_json::to_value(&settings)?)?;
-    for (field, value) in &secrets {
-        if let Err(e) = vault.set_secret(&name, *field, value) {
-            let _ = vault.remove_connection(&name);
-            return Err(e.into());
-        }
-    }
+    stored::add_connection(&vault, &name, &settings, &secrets)?;
     println!(
         "saved connection '{name}' ({}, {})",
         settings.base_url,
-        args.auth.label()
+        auth.label()
     );
-    match args.auth {
+    match auth {
         AuthMode::Standard => println!("next: xmbridge connection authorize {name}"),
         _ => println!("next: xmbridge connection test {name}"),
     }
     Ok(())
-}
-
-fn load(vault: &Vault, name: &str) -> anyhow::Result<QualtricsSettings> {
-    let rec = vault.get_connection(name)?;
-    serde_json::from_value(rec.settings.clone()).with_context(|| {
-        format!("the settings of connection '{name}' are not readable; remove and add it again")
-    })
 }
 
 fn list() -> anyhow::Result<()> {
@@ -471,7 +434,7 @@ fn list() -> anyhow::Result<()> {
         let s: Option<QualtricsSettings> = serde_json::from_value(c.settings.clone()).ok();
         let (auth, url, dir) = match &s {
             Some(s) => (
-                format!("{:?}", s.auth).to_lowercase(),
+                s.auth.as_str().to_string(),
                 s.base_url.clone(),
                 s.directory.clone().unwrap_or_else(|| "-".into()),
             ),
@@ -488,7 +451,7 @@ fn list() -> anyhow::Result<()> {
 fn show(name: &str) -> anyhow::Result<()> {
     let (_, vault) = open_vault()?;
     let rec = vault.get_connection(name)?;
-    let s = load(&vault, name)?;
+    let s = load_settings(&vault, name)?;
     println!("connection:   {name} ({})", rec.provider);
     println!("url:          {}", s.base_url);
     println!(
@@ -543,105 +506,6 @@ fn show(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The HTTP client a connection's calls go through: its extra CA and, in advanced mode, its
-/// client certificate.
-fn http_client(
-    vault: &Vault,
-    name: &str,
-    s: &QualtricsSettings,
-) -> anyhow::Result<reqwest::Client> {
-    let identity = if s.auth == AuthMode::Advanced {
-        let cert = s.certificate_pem.as_deref().ok_or_else(|| {
-            anyhow!(
-                "connection '{name}' has no client certificate; remove and add it again with --cert"
-            )
-        })?;
-        let key = vault
-            .get_secret(name, SecretField::PrivateKey)?
-            .ok_or_else(|| {
-                anyhow!(
-                    "connection '{name}' has no private key; remove and add it again with --key"
-                )
-            })?;
-        let pass = vault.get_secret(name, SecretField::Passphrase)?;
-        Some(xmbridge_auth::ClientIdentity::load(
-            cert.as_bytes(),
-            key.expose_secret().as_bytes(),
-            pass.as_ref(),
-        )?)
-    } else {
-        None
-    };
-    let roots = match &s.ca_cert_pem {
-        Some(pem) => xmbridge_auth::Roots::Add(pem.as_bytes().to_vec()),
-        None => xmbridge_auth::Roots::System,
-    };
-    // Exports can take long: per-call timeouts are set by the Qualtrics client.
-    Ok(
-        xmbridge_auth::http_client_builder(identity.as_ref(), &roots)?
-            .timeout(std::time::Duration::from_secs(60 * 60))
-            .build()?,
-    )
-}
-
-fn reauthorize_command(name: &str) -> String {
-    format!("xmbridge connection authorize {name}")
-}
-
-/// Builds the token source of a stored connection.
-fn token_source(
-    vault: &Arc<Vault>,
-    name: &str,
-    s: &QualtricsSettings,
-    http: &reqwest::Client,
-) -> anyhow::Result<Arc<dyn TokenSource>> {
-    let base = BaseUrl::parse(&s.base_url)?;
-    match s.auth {
-        AuthMode::Token => {
-            let token = vault
-                .get_secret(name, SecretField::ApiToken)?
-                .ok_or_else(|| {
-                    anyhow!("connection '{name}' has no API token; remove it and add it again")
-                })?;
-            Ok(Arc::new(xmbridge_auth::ApiTokenSource::new(token)?))
-        }
-        AuthMode::Standard | AuthMode::Advanced => {
-            let client_id = s.client_id.clone().ok_or_else(|| {
-                anyhow!("connection '{name}' has no client id; remove and add it again")
-            })?;
-            let secret = vault
-                .get_secret(name, SecretField::ClientSecret)?
-                .ok_or_else(|| {
-                    anyhow!("connection '{name}' has no client secret; remove and add it again")
-                })?;
-            let provider = xmbridge_auth::OAuthProvider::qualtrics(base.url())?;
-            let oauth = xmbridge_auth::OAuthClient::new(provider, client_id, secret)?
-                .with_http_client(http.clone())
-                .for_connection(name)
-                .with_reauthorize_command(reauthorize_command(name));
-            if s.auth == AuthMode::Advanced {
-                Ok(Arc::new(xmbridge_auth::ClientCredentialsSource::new(
-                    oauth,
-                    s.scopes.clone(),
-                )))
-            } else {
-                let refresh = vault
-                    .get_secret(name, SecretField::RefreshToken)?
-                    .ok_or_else(|| {
-                        anyhow!(
-                            "connection '{name}' is not authorized yet: run `{}`",
-                            reauthorize_command(name)
-                        )
-                    })?;
-                let sink = Arc::new(vault.refresh_token_sink(name));
-                Ok(Arc::new(xmbridge_auth::RefreshTokenSource::new(
-                    oauth, refresh, sink,
-                )))
-            }
-        }
-    }
-}
-
 async fn authorize(args: AuthorizeArgs) -> anyhow::Result<()> {
     if !args.listen.ip().is_loopback() {
         return Err(usage(format!(
@@ -651,27 +515,15 @@ async fn authorize(args: AuthorizeArgs) -> anyhow::Result<()> {
     }
     let (_, vault) = open_vault()?;
     let name = args.name.as_str();
-    let s = load(&vault, name)?;
+    let s = load_settings(&vault, name)?;
     if s.auth != AuthMode::Standard {
         return Err(usage(format!(
             "connection '{name}' uses --auth {}; only standard (OAuth refresh token) connections are authorized in a browser",
-            format!("{:?}", s.auth).to_lowercase()
+            s.auth.as_str()
         )));
     }
-    let http = http_client(&vault, name, &s)?;
-    let base = BaseUrl::parse(&s.base_url)?;
-    let client_id = s
-        .client_id
-        .clone()
-        .ok_or_else(|| anyhow!("connection '{name}' has no client id"))?;
-    let secret = vault
-        .get_secret(name, SecretField::ClientSecret)?
-        .ok_or_else(|| anyhow!("connection '{name}' has no client secret"))?;
-    let provider = xmbridge_auth::OAuthProvider::qualtrics(base.url())?;
-    let oauth = xmbridge_auth::OAuthClient::new(provider, client_id, secret)?
-        .with_http_client(http)
-        .for_connection(name)
-        .with_reauthorize_command(reauthorize_command(name));
+    let http = stored::http_client(&vault, name, &s)?;
+    let oauth = stored::oauth_client(&vault, name, &s, &http)?;
     let scopes = s
         .scopes
         .clone()
@@ -697,44 +549,19 @@ async fn authorize(args: AuthorizeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A ready client for a stored connection, with its settings and token source: what `sync` and
-/// `connection test` work through.
-pub struct Connected {
-    pub client: Client,
-    pub settings: QualtricsSettings,
-    pub source: Arc<dyn TokenSource>,
-    pub vault: Arc<Vault>,
-}
-
+/// The stored connection `name` as a client (what `sync`, `action` and `workflow test` use).
 pub fn connect(name: &str) -> anyhow::Result<Connected> {
     let (_, vault) = open_vault()?;
-    let settings = load(&vault, name)?;
-    let http = http_client(&vault, name, &settings)?;
-    let source = token_source(&vault, name, &settings, &http)?;
-    let base = BaseUrl::parse(&settings.base_url)?;
-    let loopback = base.is_loopback();
-    let mut builder = Client::builder(base, Auth::token_source(source.clone())).http_client(http);
-    if loopback {
-        // A simulator on this machine enforces its own limit (429 + Retry-After, which the
-        // client honours); pacing for a remote brand's 2,000/min would only slow it down.
-        builder = builder.no_rate_limit();
-    }
-    let client = builder.build()?;
-    Ok(Connected {
-        client,
-        settings,
-        source,
-        vault,
-    })
+    Ok(stored::connect(&vault, name)?)
 }
 
 async fn test(name: &str) -> anyhow::Result<()> {
+    let (_, vault) = open_vault()?;
     let Connected {
         client,
         settings: mut s,
         source,
-        vault,
-    } = connect(name)?;
+    } = stored::connect(&vault, name)?;
 
     println!("connection '{name}': {}", s.auth.label());
     let me = client
@@ -799,7 +626,7 @@ async fn test(name: &str) -> anyhow::Result<()> {
         }
     }
     // Remember what was learned, so later runs skip the discovery.
-    let mut changed = s.base_url != load(&vault, name)?.base_url;
+    let mut changed = s.base_url != load_settings(&vault, name)?.base_url;
     if s.datacenter.is_none() && dc.is_some() {
         s.datacenter = dc.clone();
         changed = true;
@@ -813,7 +640,7 @@ async fn test(name: &str) -> anyhow::Result<()> {
         changed = true;
     }
     if changed {
-        vault.update_settings(name, serde_json::to_value(&s)?)?;
+        stored::save_settings(&vault, name, &s)?;
     }
     let skipped = caps
         .groups

@@ -4,33 +4,23 @@
 //! a terminal (structured log lines otherwise) and prints the summary. The engine, the streams and
 //! the writers live in `xmbridge-sync` and `xmbridge-destinations`.
 //!
-//! Workflows triggered by `sync-responses` get one outbox event per new or changed response
-//! ([`WorkflowTrigger`], a [`ResponseObserver`]): the events are committed in the state store
-//! before each response commit of the destination, so a sync killed in between loses none (the
-//! next run re-exports those responses and the duplicates are dropped).
+//! Workflows triggered by `sync-responses` get one outbox event per new or changed response,
+//! exactly once, through `xmbridge_runtime::trigger::WorkflowTrigger`.
 
 use super::UsageError;
 use anyhow::anyhow;
 use clap::{Args, ValueEnum};
-use futures_util::future::BoxFuture;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use xmbridge_destinations::{Compat, DestError, DestinationSettings, PgEnv};
 use xmbridge_qualtrics::Client;
-use xmbridge_sync::{
-    ExportKind, LogProgress, Observer, Progress, ResponseObserver, SeenBatch, SyncOptions,
-    SyncSummary,
-};
-use xmbridge_workflows::catalog::{self, Sources};
-use xmbridge_workflows::definition::Trigger;
-use xmbridge_workflows::event::sync_response_event;
-use xmbridge_workflows::outbox::Outbox;
-use xmbridge_workflows::store::{Enqueued, NewEvent, SqliteStore};
+use xmbridge_runtime::trigger::{WorkflowTrigger, sync_workflows};
+use xmbridge_sync::{LogProgress, Observer, Progress, ResponseObserver, SyncOptions, SyncSummary};
+use xmbridge_workflows::catalog::Sources;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -177,72 +167,6 @@ impl Progress for Bars {
     }
 }
 
-/// Enqueues one outbox event per (sync-responses workflow of the survey, response seen).
-pub struct WorkflowTrigger {
-    outbox: Outbox,
-    /// Workflow names by survey id.
-    by_survey: BTreeMap<String, Vec<String>>,
-    on_first_load: bool,
-    new_events: AtomicU64,
-    duplicates: AtomicU64,
-    not_triggered: AtomicU64,
-}
-
-impl WorkflowTrigger {
-    pub fn new(
-        outbox: Outbox,
-        by_survey: BTreeMap<String, Vec<String>>,
-        on_first_load: bool,
-    ) -> WorkflowTrigger {
-        WorkflowTrigger {
-            outbox,
-            by_survey,
-            on_first_load,
-            new_events: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
-            not_triggered: AtomicU64::new(0),
-        }
-    }
-}
-
-impl ResponseObserver for WorkflowTrigger {
-    fn responses_seen<'a>(&'a self, batch: SeenBatch<'a>) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            let Some(workflows) = self.by_survey.get(batch.survey_id) else {
-                return Ok(());
-            };
-            if batch.kind != ExportKind::Incremental && !self.on_first_load {
-                // A first load or full re-export holds the survey's history, not news.
-                self.not_triggered
-                    .fetch_add(batch.responses.len() as u64, Ordering::Relaxed);
-                return Ok(());
-            }
-            let events: Vec<NewEvent> = workflows
-                .iter()
-                .flat_map(|w| {
-                    batch.responses.iter().map(move |r| {
-                        sync_response_event(w, batch.survey_id, &r.response_id, &r.last_modified)
-                    })
-                })
-                .collect();
-            let outbox = self.outbox.clone();
-            // SQLite commits block: keep them off the async workers.
-            let stored = tokio::task::spawn_blocking(move || outbox.enqueue_batch(&events))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            let new = stored
-                .iter()
-                .filter(|e| matches!(e, Enqueued::New(_)))
-                .count() as u64;
-            self.new_events.fetch_add(new, Ordering::Relaxed);
-            self.duplicates
-                .fetch_add(stored.len() as u64 - new, Ordering::Relaxed);
-            Ok(())
-        })
-    }
-}
-
 /// The trigger for the `sync-responses` workflows, or `None` when there are none.
 fn workflow_trigger(
     config: Option<PathBuf>,
@@ -250,27 +174,17 @@ fn workflow_trigger(
 ) -> anyhow::Result<Option<WorkflowTrigger>> {
     let home = xmbridge_vault::Home::from_env()?;
     let sources = Sources::standard(config, Some(home.root()));
-    let registry = super::workflow::registry();
-    let cat = catalog::load(&sources, &registry).map_err(|e| {
-        anyhow!(UsageError(format!(
-            "{e} (fix the workflow definitions, or pass --no-triggers to sync without them)"
-        )))
-    })?;
-    let mut by_survey: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for entry in cat.entries {
-        if let Trigger::SyncResponses { survey_id } = &entry.workflow.trigger {
-            by_survey
-                .entry(survey_id.clone())
-                .or_default()
-                .push(entry.workflow.name.clone());
-        }
-    }
-    if by_survey.is_empty() {
-        return Ok(None);
-    }
-    let store = SqliteStore::open(home.state_db())?;
-    let outbox = Outbox::new(Arc::new(store));
-    Ok(Some(WorkflowTrigger::new(outbox, by_survey, on_first_load)))
+    let by_survey =
+        sync_workflows(&sources, &xmbridge_runtime::workflow::registry()).map_err(|e| {
+            anyhow!(UsageError(format!(
+                "{e} (fix the workflow definitions, or pass --no-triggers to sync without them)"
+            )))
+        })?;
+    Ok(WorkflowTrigger::open(
+        &home.state_db(),
+        by_survey,
+        on_first_load,
+    )?)
 }
 
 /// The destination settings of `--destination` and `--password-file` (and libpq's environment
@@ -365,11 +279,10 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     print!("{summary}");
     println!();
     if let Some(t) = trigger {
+        let counts = t.counts();
         println!(
             "workflow events: {} new, {} already in the outbox, {} responses of first loads not triggered",
-            t.new_events.load(Ordering::Relaxed),
-            t.duplicates.load(Ordering::Relaxed),
-            t.not_triggered.load(Ordering::Relaxed)
+            counts.new_events, counts.duplicates, counts.not_triggered
         );
     }
     Ok(())

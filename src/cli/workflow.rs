@@ -166,7 +166,7 @@ pub struct TestArgs {
 pub async fn run(args: WorkflowArgs) -> anyhow::Result<()> {
     let home = xmbridge_vault::Home::from_env()?;
     let sources = Sources::standard(args.config.clone(), Some(home.root()));
-    let registry = registry();
+    let registry = xmbridge_runtime::workflow::registry();
     match args.command {
         WorkflowCommand::Add(a) => add(a, &sources, &home, &registry),
         WorkflowCommand::List { json } => list(json, &sources, &registry),
@@ -184,14 +184,6 @@ pub async fn run(args: WorkflowArgs) -> anyhow::Result<()> {
         WorkflowCommand::Replay(a) => super::workflow_run::replay(a, &sources, &registry),
         WorkflowCommand::Status(a) => super::workflow_run::status(a, &sources, &registry),
     }
-}
-
-/// Every action this binary knows; actions still being built elsewhere appear as stand-ins so
-/// files naming them validate.
-pub fn registry() -> Registry {
-    let mut r = Registry::builtin();
-    xmbridge_workflows::stand_ins::fill_missing(&mut r);
-    r
 }
 
 fn load_catalog(sources: &Sources, registry: &Registry) -> anyhow::Result<Catalog> {

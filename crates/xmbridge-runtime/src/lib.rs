@@ -1,0 +1,24 @@
+//! The xmbridge runtime: turns stored connections, linked accounts and workflow definitions
+//! into running clients, syncs and workflow processes, for the command line today and a
+//! long-running service tomorrow.
+//!
+//! It owns the persisted format of Qualtrics connections and a stored connection turned into a
+//! client ([`connection`]), the clients of linked Salesforce and ServiceNow accounts and the
+//! table of external systems ([`systems`], [`salesforce`], [`servicenow`]), the workflow
+//! process (plans, the live connector with its credential cache and response enrichment, hooks,
+//! event subscriptions, receiver and workers: [`workflow`]) and the exactly-once sync → workflow
+//! trigger ([`trigger`]). Its functions take typed inputs and return typed results and
+//! [`RuntimeError`]s; what an operator should know comes back as values.
+//!
+//! It must not parse arguments, print or prompt (that is the binary), and must not hold the
+//! mechanics of the clients, the sync or the workflow engine (those are the other crates).
+
+pub mod connection;
+mod error;
+pub mod salesforce;
+pub mod servicenow;
+pub mod systems;
+pub mod trigger;
+pub mod workflow;
+
+pub use error::{ErrorKind, Result, RuntimeError};

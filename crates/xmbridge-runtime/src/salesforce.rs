@@ -1,0 +1,185 @@
+//! Salesforce accounts: the OAuth login and client-credentials check that link one, and the
+//! client a linked account's workflow steps run with.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use xmbridge_actions::{ActionContext, ActionError, ActionSpec};
+use xmbridge_auth::{ClientAuth, OAuthClient, OAuthProvider, SecretString, TokenResponse};
+use xmbridge_salesforce::{
+    ClientCredentials, OAuthApp, RefreshSink, SalesforceClient, TokenProvider,
+};
+use xmbridge_vault::{SecretField, Vault};
+use xmbridge_workflows::store::{AccountKind, AccountRow};
+
+use crate::error::{Result, RuntimeError};
+
+fn join_url(base: &str, path: &str) -> Result<url::Url> {
+    let base_url = url::Url::parse(base).map_err(|source| RuntimeError::Url {
+        message: format!("{base} is not a URL"),
+        source,
+    })?;
+    base_url.join(path).map_err(|source| RuntimeError::Url {
+        message: format!("cannot build {path} from {base_url}"),
+        source,
+    })
+}
+
+/// The organization id from a Salesforce identity URL (`…/id/{orgId}/{userId}`).
+pub fn org_from_identity(tokens: &TokenResponse) -> Option<String> {
+    let id = tokens.extra.get("id")?.as_str()?;
+    let mut parts = id.rsplit('/');
+    let _user = parts.next()?;
+    parts.next().map(str::to_string)
+}
+
+/// What a Salesforce login needs.
+pub struct Login<'a> {
+    /// The account's name.
+    pub name: &'a str,
+    /// The local user logging in (named in the re-authorize hint).
+    pub user: &'a str,
+    /// The login host (`https://login.salesforce.com`, a simulator …).
+    pub login_url: &'a str,
+    /// The connected app's client id.
+    pub client_id: &'a str,
+    /// The connected app's client secret.
+    pub secret: SecretString,
+    /// Port of the loopback redirect listener (0 = any).
+    pub port: u16,
+    /// How long to wait for the browser.
+    pub timeout: std::time::Duration,
+}
+
+/// The OAuth web-server login: `on_url` gets the URL the user opens; the answer is the tokens
+/// (with the refresh token the account keeps).
+pub async fn login(login: Login<'_>, on_url: impl FnOnce(&url::Url)) -> Result<TokenResponse> {
+    let Login {
+        name,
+        user,
+        login_url,
+        client_id,
+        secret,
+        port,
+        timeout,
+    } = login;
+    let provider = OAuthProvider::new(
+        "Salesforce",
+        join_url(login_url, "/services/oauth2/token")?,
+        Some(join_url(login_url, "/services/oauth2/authorize")?),
+        ClientAuth::FormFields,
+    )?;
+    let oauth = OAuthClient::new(provider, client_id, secret)?
+        .for_connection(name)
+        .with_reauthorize_command(format!(
+            "xmbridge account link {name} --refresh --as {user}"
+        ));
+    let opts = xmbridge_auth::AuthorizeOptions {
+        scope: Some("api refresh_token".into()),
+        port,
+        timeout,
+        pkce: true,
+        callback_path: "/oauth/callback".into(),
+        ..Default::default()
+    };
+    Ok(xmbridge_auth::authorize(&oauth, opts, on_url).await?)
+}
+
+/// One client-credentials grant against `token_url`: proves a server-to-server account.
+/// `provider` names the system in errors (`Salesforce`, `ServiceNow`).
+pub async fn client_credentials(
+    name: &str,
+    provider: &str,
+    token_url: &str,
+    client_id: &str,
+    secret: SecretString,
+) -> Result<TokenResponse> {
+    let url = url::Url::parse(token_url).map_err(|source| RuntimeError::Url {
+        message: format!("{token_url} is not a URL"),
+        source,
+    })?;
+    let provider = OAuthProvider::new(provider, url, None, ClientAuth::FormFields)?;
+    let oauth = OAuthClient::new(provider, client_id, secret)?.for_connection(name);
+    Ok(oauth.client_credentials(None).await?)
+}
+
+/// The client a Salesforce step runs with, from a linked account. Rotated refresh tokens are
+/// sealed back into the vault.
+pub fn context(
+    vault: &Arc<Vault>,
+    row: &AccountRow,
+    spec: &ActionSpec,
+) -> Result<ActionContext, ActionError> {
+    let not_configured = |fix: String| ActionError::NotConfigured {
+        action: spec.name.to_string(),
+        system: spec.system,
+        fix,
+    };
+    let name = row.name.as_str();
+    let rec = vault
+        .get_connection(name)
+        .map_err(|e| not_configured(format!("account {name}: {e}")))?;
+    let setting = |k: &str| {
+        rec.settings
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| not_configured(format!("account {name} has no {k}; link it again")))
+    };
+    let secret = |f: SecretField| {
+        vault
+            .get_secret(name, f)
+            .map_err(|e| not_configured(format!("account {name}: {e}")))?
+            .ok_or_else(|| {
+                not_configured(format!(
+                    "account {name} has no {}; re-authorize with `xmbridge account link {name} --refresh`",
+                    f.label()
+                ))
+            })
+    };
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| not_configured(format!("cannot set up the HTTP client: {e}")))?;
+    let client_id = setting("client_id")?;
+    let client_secret = secret(SecretField::ClientSecret)?;
+    let tokens = match row.kind {
+        AccountKind::ServerToServer => TokenProvider::client_credentials(
+            http.clone(),
+            ClientCredentials {
+                token_url: setting("token_url")?,
+                client_id,
+                client_secret,
+            },
+        ),
+        AccountKind::OAuth => {
+            let sink_vault = vault.clone();
+            let sink_name = name.to_string();
+            let sink: Arc<dyn RefreshSink> = Arc::new(move |t: &SecretString| {
+                sink_vault
+                    .set_secret(&sink_name, SecretField::RefreshToken, t)
+                    .map_err(|e| e.to_string())
+            });
+            TokenProvider::web_server(
+                http.clone(),
+                OAuthApp {
+                    login_url: setting("login_url")?,
+                    client_id,
+                    client_secret,
+                    redirect_uri: String::new(),
+                },
+                secret(SecretField::RefreshToken)?,
+                Some(sink),
+            )
+        }
+    };
+    let client = Arc::new(SalesforceClient::new(http, Arc::new(tokens)));
+    Ok(
+        ActionContext::new().with(xmbridge_actions::salesforce::SalesforceConnection {
+            client,
+            account: name.to_string(),
+        }),
+    )
+}

@@ -1,0 +1,77 @@
+//! The external systems workflow steps run against through linked accounts, in one table: adding
+//! a system is one more [`ExternalSystem`] here (plus its client and actions), not a match arm in
+//! every file that handles accounts.
+
+use std::sync::Arc;
+
+use xmbridge_actions::{ActionContext, ActionError, ActionSpec, System};
+use xmbridge_vault::Vault;
+use xmbridge_workflows::store::AccountRow;
+
+/// An external system and what the runtime needs to know about it.
+pub struct ExternalSystem {
+    /// The system of its actions.
+    pub system: System,
+    /// The `system` of its linked accounts (`salesforce`, `servicenow`).
+    pub account_system: &'static str,
+    /// The clients a step runs with, from a linked account.
+    pub context: fn(&Arc<Vault>, &AccountRow, &ActionSpec) -> Result<ActionContext, ActionError>,
+    /// How a linked account signs in, when that says more than the account's kind.
+    pub sign_in: fn(&Vault, &AccountRow) -> Option<String>,
+}
+
+/// Salesforce.
+pub const SALESFORCE: ExternalSystem = ExternalSystem {
+    system: System::Salesforce,
+    account_system: "salesforce",
+    context: crate::salesforce::context,
+    sign_in: kind_says_it_all,
+};
+
+/// ServiceNow.
+pub const SERVICENOW: ExternalSystem = ExternalSystem {
+    system: System::ServiceNow,
+    account_system: "servicenow",
+    context: crate::servicenow::context,
+    sign_in: crate::servicenow::sign_in,
+};
+
+/// A Salesforce account signs in as its kind says (an OAuth login or server-to-server).
+fn kind_says_it_all(_: &Vault, _: &AccountRow) -> Option<String> {
+    None
+}
+
+/// Every external system.
+pub const EXTERNAL: [&ExternalSystem; 2] = [&SALESFORCE, &SERVICENOW];
+
+/// The external system of `system`'s actions; `None` for Qualtrics, whose steps run on a
+/// connection rather than a linked account.
+pub fn external(system: System) -> Option<&'static ExternalSystem> {
+    EXTERNAL.into_iter().find(|s| s.system == system)
+}
+
+/// The external system of a linked account.
+pub fn of_account(row: &AccountRow) -> Option<&'static ExternalSystem> {
+    EXTERNAL
+        .into_iter()
+        .find(|s| s.account_system == row.system)
+}
+
+/// The clients a step of `spec` runs with, from the linked account `row`.
+pub fn account_context(
+    vault: &Arc<Vault>,
+    row: &AccountRow,
+    spec: &ActionSpec,
+) -> Result<ActionContext, ActionError> {
+    match external(spec.system) {
+        Some(ext) => (ext.context)(vault, row, spec),
+        None => Err(ActionError::NotConfigured {
+            action: spec.name.to_string(),
+            system: spec.system,
+            fix: format!(
+                "account {} is a {} account; a {} step needs a {} connection",
+                row.name, row.system, spec.system, spec.system
+            ),
+        }),
+    }
+}
