@@ -1,0 +1,611 @@
+//! `bench sync`: a response sync into a fresh destination, timed against a raw load of the same
+//! rows measured in the same run.
+//!
+//! For each destination the caller runs a child process ([`spawn_child`]), so peak RSS
+//! (`VmHWM`) is per destination. The child ([`child`]) starts the simulator as a process of its
+//! own (one survey, N responses; its memory is not the sync's), syncs the response tables into a
+//! fresh destination (its own PostgreSQL database, or a SQLite file in a temp dir), reads the
+//! peak RSS, then reads the synced rows back into memory and times the baseline: binary `COPY`
+//! (PostgreSQL) or a bare prepared-insert loop in one transaction (SQLite) into empty tables of
+//! the same shape. It returns one [`Measure`], which the child prints as one JSON line.
+
+use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+use xmbridge_destinations::{Compat, DestinationSettings};
+use xmbridge_qualtrics::{Auth, BaseUrl, Client};
+use xmbridge_sim::SimConfig;
+use xmbridge_sync::{NoProgress, SyncOptions};
+
+use crate::error::{BenchError, Context, Result};
+
+/// The tables the response stream writes; the baseline loads the same rows into copies of them.
+const TABLES: [&str; 3] = [
+    "survey_response",
+    "question_response",
+    "survey_embedded_data",
+];
+
+/// Targets from issue 4: the ratio baseline/sync at least this.
+pub const TARGET_RATIO: f64 = 0.7;
+/// … and peak RSS below this many MB.
+pub const TARGET_RSS_MB: f64 = 250.0;
+
+/// The simulated survey.
+#[derive(Copy, Clone, Debug)]
+pub struct SurveySize {
+    /// Responses in the simulated survey.
+    pub responses: u64,
+    /// Questions in the simulated survey.
+    pub questions: usize,
+}
+
+/// Where one child syncs to.
+pub enum Target {
+    /// A SQLite file in a temp dir.
+    Sqlite,
+    /// A database of its own, created and dropped on this PostgreSQL server.
+    Postgres(DestinationSettings),
+}
+
+/// What one child measured.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Measure {
+    /// Responses the sync wrote.
+    pub responses: u64,
+    /// question_response rows written by the sync.
+    pub rows: u64,
+    /// Seconds the sync took.
+    pub sync_s: f64,
+    /// Rows the baseline loaded (all response tables).
+    pub baseline_rows: u64,
+    /// Seconds the baseline took.
+    pub baseline_s: f64,
+    /// Peak resident set size of the child after the sync, in MB.
+    pub peak_rss_mb: f64,
+    /// Qualtrics API calls the sync made.
+    pub api_calls: u64,
+}
+
+impl Measure {
+    /// Baseline seconds / sync seconds: 1.0 means the sync is as fast as the raw load.
+    pub fn ratio(&self) -> f64 {
+        if self.sync_s > 0.0 {
+            self.baseline_s / self.sync_s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Runs one destination in a child process of this executable (the caller's `argv` puts it in
+/// its child mode, which prints the [`Measure`] as its last JSON line), so that its peak RSS is
+/// its own. `name` names the destination in errors.
+pub async fn spawn_child(argv: Vec<OsString>, name: &str) -> Result<Measure> {
+    let exe = std::env::current_exe().context("cannot find the xmbridge executable")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    // tokio's process support is not compiled in; a blocking thread waits instead.
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .context("the bench child waiter panicked")?
+        .context("cannot start the bench child process")?;
+    if !out.status.success() {
+        return Err(BenchError::Failed(format!(
+            "the {name} bench failed ({})",
+            out.status
+        )));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .ok_or_else(|| BenchError::Failed(format!("the {name} bench printed no result")))?;
+    serde_json::from_str(line)
+        .with_context(|| format!("the {name} bench printed an unreadable result"))
+}
+
+/// Peak resident set size of this process in MB (`VmHWM`; 0 where /proc is missing).
+fn peak_rss_mb() -> f64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
+        return 0.0;
+    };
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// One destination, in this (child) process: sync, peak RSS, baseline.
+pub async fn child(size: SurveySize, target: Target) -> Result<Measure> {
+    match target {
+        Target::Sqlite => {
+            let dir = tempfile::tempdir().context("cannot create a temp dir")?;
+            let db = dir.path().join("bench.db");
+            let url = format!("sqlite:{}", db.display());
+            let settings = DestinationSettings::from_parts(&url, None)?;
+            let mut m = measure_sync(size, &settings).await?;
+            let path = db.clone();
+            let (rows, secs) = tokio::task::spawn_blocking(move || sqlite_baseline(&path))
+                .await
+                .context("the SQLite baseline panicked")??;
+            m.baseline_rows = rows;
+            m.baseline_s = secs;
+            Ok(m)
+        }
+        Target::Postgres(server) => {
+            let db = PgDatabase::create(&server).await?;
+            let result = async {
+                let mut m = measure_sync(size, &db.settings).await?;
+                let (rows, secs) = pg_baseline(&db.settings).await?;
+                m.baseline_rows = rows;
+                m.baseline_s = secs;
+                Ok(m)
+            }
+            .await;
+            // Dropped on success and on failure alike.
+            db.drop_database().await;
+            result
+        }
+    }
+}
+
+/// The simulator in a process of its own (`xmbridge simulate`), so that generating and zipping
+/// the export does not count in the sync's peak RSS. Killed on drop.
+struct SimProcess {
+    child: std::process::Child,
+    base_url: String,
+}
+
+impl SimProcess {
+    async fn start(size: SurveySize, token: &str) -> Result<SimProcess> {
+        let exe = std::env::current_exe().context("cannot find the xmbridge executable")?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args([
+            "simulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--surveys",
+            "1",
+            "--responses",
+            &size.responses.to_string(),
+            "--questions",
+            &size.questions.to_string(),
+            // Loopback: no simulated export wait or brand rate limit to pace the bench.
+            "--export-delay-ms",
+            "0",
+            "--rate-limit",
+            "0",
+        ])
+        .env("XMBRIDGE_SIM_API_TOKEN", token)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+        let mut child = cmd
+            .spawn()
+            .context("cannot start the Qualtrics simulator")?;
+        let stdout = child.stdout.take();
+        let first = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut line = String::new();
+            if let Some(out) = stdout {
+                std::io::BufReader::new(out).read_line(&mut line)?;
+            }
+            Ok::<_, std::io::Error>(line)
+        })
+        .await
+        .context("the simulator reader panicked")?
+        .context("cannot read the simulator's first line")?;
+        let mut sim = SimProcess {
+            child,
+            base_url: String::new(),
+        };
+        sim.base_url = first
+            .trim()
+            .strip_prefix("listening on ")
+            .ok_or_else(|| {
+                BenchError::Failed(format!("the simulator did not start: it printed {first:?}"))
+            })?
+            .to_string();
+        Ok(sim)
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the simulator, syncs the response tables into `url` and times it.
+async fn measure_sync(size: SurveySize, settings: &DestinationSettings) -> Result<Measure> {
+    let token = SimConfig::default().admin_token();
+    let sim = SimProcess::start(size, &token).await?;
+    let client = Client::builder(BaseUrl::parse(&sim.base_url)?, Auth::api_token(token))
+        .request_timeout(Duration::from_secs(3600))
+        .no_rate_limit()
+        .build()?;
+    let mut dest = xmbridge_destinations::open(settings, "qualtrics", Compat::Xmbridge)
+        .await
+        .context("cannot open the destination")?;
+    let opts = SyncOptions {
+        tables: Some(TABLES.iter().map(|t| t.to_string()).collect()),
+        ..SyncOptions::default()
+    };
+    let started = Instant::now();
+    let summary = xmbridge_sync::sync(&client, dest.as_mut(), &opts, &NoProgress).await?;
+    let sync_s = started.elapsed().as_secs_f64();
+    drop(dest);
+    drop(sim);
+    let qr = summary.table("question_response");
+    Ok(Measure {
+        responses: summary.responses,
+        rows: qr.inserted + qr.updated,
+        sync_s,
+        baseline_rows: 0,
+        baseline_s: 0.0,
+        // Read before the baseline loads every row into memory.
+        peak_rss_mb: peak_rss_mb(),
+        api_calls: client.api_calls(),
+    })
+}
+
+/// Cells of many rows in a few flat buffers (a `Vec` per cell would need gigabytes at full
+/// scale). Each cell is a tag and bytes; chunks keep offsets in `u32`.
+struct Cells {
+    ncols: usize,
+    chunks: Vec<Chunk>,
+}
+
+#[derive(Default)]
+struct Chunk {
+    data: Vec<u8>,
+    ends: Vec<u32>,
+    tags: Vec<u8>,
+}
+
+const CHUNK_ROWS: usize = 65_536;
+
+impl Cells {
+    fn new(ncols: usize) -> Cells {
+        Cells {
+            ncols,
+            chunks: Vec::new(),
+        }
+    }
+
+    /// Starts a row; a new chunk when the current one is full.
+    fn start_row(&mut self) {
+        let full = match self.chunks.last() {
+            None => true,
+            Some(c) => c.tags.len() >= CHUNK_ROWS * self.ncols || c.data.len() > (1 << 30),
+        };
+        if full {
+            self.chunks.push(Chunk::default());
+        }
+    }
+
+    fn push(&mut self, tag: u8, bytes: &[u8]) -> Result<()> {
+        let c = self
+            .chunks
+            .last_mut()
+            .ok_or_else(|| BenchError::Failed("push before start_row".into()))?;
+        c.data.extend_from_slice(bytes);
+        c.ends
+            .push(u32::try_from(c.data.len()).context("a cell chunk over 4 GB")?);
+        c.tags.push(tag);
+        Ok(())
+    }
+
+    fn rows(&self) -> u64 {
+        let cells: usize = self.chunks.iter().map(|c| c.tags.len()).sum();
+        (cells / self.ncols.max(1)) as u64
+    }
+
+    /// Every row as (chunk, index of its first cell).
+    fn each_row(&self) -> impl Iterator<Item = (&Chunk, usize)> {
+        let n = self.ncols.max(1);
+        self.chunks
+            .iter()
+            .flat_map(move |c| (0..c.tags.len() / n).map(move |r| (c, r * n)))
+    }
+}
+
+impl Chunk {
+    fn cell(&self, i: usize) -> (u8, &[u8]) {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        (self.tags[i], &self.data[start..self.ends[i] as usize])
+    }
+}
+
+// ---------------------------------------------------------------- SQLite baseline
+
+const SQL_NULL: u8 = 0;
+const SQL_INT: u8 = 1;
+const SQL_REAL: u8 = 2;
+const SQL_TEXT: u8 = 3;
+const SQL_BLOB: u8 = 4;
+
+/// Reads the synced response tables into memory, then times a prepared-insert loop in one
+/// transaction into a fresh file with the same tables, indexes and pragmas.
+fn sqlite_baseline(synced: &std::path::Path) -> Result<(u64, f64)> {
+    use rusqlite::types::{ToSqlOutput, ValueRef};
+    let src = rusqlite::Connection::open(synced)?;
+    let target_path = synced.with_file_name("baseline.db");
+    let dst = rusqlite::Connection::open(&target_path)?;
+    let _mode: String = dst.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    dst.execute_batch(&format!(
+        "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-{}",
+        xmbridge_destinations::sqlite::CACHE_KIB
+    ))?;
+
+    let mut loaded = Vec::new();
+    for t in TABLES {
+        let table = format!("qualtrics_{t}");
+        // The same DDL (table and its indexes) in an empty database.
+        let mut st = src.prepare(
+            "SELECT sql FROM sqlite_master WHERE tbl_name = ?1 AND sql IS NOT NULL ORDER BY type = 'index'",
+        )?;
+        let ddl: Vec<String> = st
+            .query_map([&table], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        if ddl.is_empty() {
+            return Err(BenchError::Failed(format!(
+                "the sync wrote no table {table}"
+            )));
+        }
+        for sql in &ddl {
+            dst.execute_batch(sql)?;
+        }
+        let mut st = src.prepare(&format!(
+            "SELECT * FROM {}",
+            xmbridge_destinations::quote_ident(&table)
+        ))?;
+        let ncols = st.column_count();
+        let mut cells = Cells::new(ncols);
+        let mut rows = st.query([])?;
+        while let Some(row) = rows.next()? {
+            cells.start_row();
+            for i in 0..ncols {
+                match row.get_ref(i)? {
+                    ValueRef::Null => cells.push(SQL_NULL, &[])?,
+                    ValueRef::Integer(v) => cells.push(SQL_INT, &v.to_le_bytes())?,
+                    ValueRef::Real(v) => cells.push(SQL_REAL, &v.to_le_bytes())?,
+                    ValueRef::Text(b) => cells.push(SQL_TEXT, b)?,
+                    ValueRef::Blob(b) => cells.push(SQL_BLOB, b)?,
+                }
+            }
+        }
+        loaded.push((table, cells));
+    }
+
+    let started = Instant::now();
+    let tx = dst.unchecked_transaction()?;
+    let mut total = 0u64;
+    for (table, cells) in &loaded {
+        let placeholders: Vec<String> = (1..=cells.ncols).map(|i| format!("?{i}")).collect();
+        let mut st = tx.prepare(&format!(
+            "INSERT INTO {} VALUES ({})",
+            xmbridge_destinations::quote_ident(table),
+            placeholders.join(", ")
+        ))?;
+        for (chunk, first) in cells.each_row() {
+            for j in 0..cells.ncols {
+                let (tag, b) = chunk.cell(first + j);
+                let v = match tag {
+                    SQL_INT => ValueRef::Integer(i64::from_le_bytes(b.try_into()?)),
+                    SQL_REAL => ValueRef::Real(f64::from_le_bytes(b.try_into()?)),
+                    SQL_TEXT => ValueRef::Text(b),
+                    SQL_BLOB => ValueRef::Blob(b),
+                    _ => ValueRef::Null,
+                };
+                st.raw_bind_parameter(j + 1, ToSqlOutput::Borrowed(v))?;
+            }
+            st.raw_execute()?;
+        }
+        total += cells.rows();
+    }
+    tx.commit()?;
+    let secs = started.elapsed().as_secs_f64();
+    drop(dst);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = target_path.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    Ok((total, secs))
+}
+
+// ---------------------------------------------------------------- PostgreSQL baseline
+
+/// Any PostgreSQL value as its binary wire bytes (`None` = NULL).
+struct RawIn<'a>(Option<&'a [u8]>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for RawIn<'a> {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(RawIn(Some(raw)))
+    }
+    fn from_sql_null(
+        _: &tokio_postgres::types::Type,
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(RawIn(None))
+    }
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
+
+/// Binary wire bytes written back unchanged (they came from a column of the same type).
+#[derive(Debug)]
+struct RawOut<'a>(Option<&'a [u8]>);
+
+impl tokio_postgres::types::ToSql for RawOut<'_> {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self.0 {
+            None => Ok(tokio_postgres::types::IsNull::Yes),
+            Some(b) => {
+                out.extend_from_slice(b);
+                Ok(tokio_postgres::types::IsNull::No)
+            }
+        }
+    }
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// Reads the synced response tables into memory, then times a binary COPY of them into empty
+/// tables `LIKE` the synced ones (indexes included) in a fresh schema.
+async fn pg_baseline(settings: &DestinationSettings) -> Result<(u64, f64)> {
+    use futures_util::{StreamExt, pin_mut};
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    // The same password and TLS as the sync's session, so the ratio compares like with like.
+    let c = xmbridge_destinations::postgres::connect(settings)
+        .await
+        .context("cannot connect to the bench database")?
+        .client;
+    c.batch_execute("CREATE SCHEMA bench_baseline").await?;
+    let mut loaded = Vec::new();
+    for t in TABLES {
+        c.batch_execute(&format!(
+            "CREATE TABLE bench_baseline.{t} (LIKE qualtrics.{t} INCLUDING ALL)"
+        ))
+        .await?;
+        let st = c.prepare(&format!("SELECT * FROM qualtrics.{t}")).await?;
+        let types: Vec<_> = st.columns().iter().map(|c| c.type_().clone()).collect();
+        let names: Vec<String> = st
+            .columns()
+            .iter()
+            .map(|c| xmbridge_destinations::quote_ident(c.name()))
+            .collect();
+        let mut cells = Cells::new(types.len());
+        let rows = c.query_raw(&st, std::iter::empty::<i32>()).await?;
+        pin_mut!(rows);
+        while let Some(row) = rows.next().await {
+            let row = row?;
+            cells.start_row();
+            for i in 0..types.len() {
+                let v: RawIn = row.try_get(i)?;
+                match v.0 {
+                    None => cells.push(0, &[])?,
+                    Some(b) => cells.push(1, b)?,
+                }
+            }
+        }
+        loaded.push((t, types, names, cells));
+    }
+
+    let started = Instant::now();
+    let mut total = 0u64;
+    for (t, types, names, cells) in &loaded {
+        let sink = c
+            .copy_in(&format!(
+                "COPY bench_baseline.{t} ({}) FROM STDIN (FORMAT binary)",
+                names.join(", ")
+            ))
+            .await?;
+        let writer = BinaryCopyInWriter::new(sink, types);
+        pin_mut!(writer);
+        for (chunk, first) in cells.each_row() {
+            writer
+                .as_mut()
+                .write_raw((0..cells.ncols).map(|j| {
+                    let (tag, b) = chunk.cell(first + j);
+                    RawOut(if tag == 0 { None } else { Some(b) })
+                }))
+                .await?;
+        }
+        total += writer.finish().await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    drop(c);
+    Ok((total, secs))
+}
+
+/// The bench's own database on the PostgreSQL server, dropped by [`PgDatabase::drop_database`].
+struct PgDatabase {
+    admin: tokio_postgres::Client,
+    name: String,
+    settings: DestinationSettings,
+}
+
+impl PgDatabase {
+    async fn create(server: &DestinationSettings) -> Result<PgDatabase> {
+        let admin = xmbridge_destinations::postgres::connect(server)
+            .await
+            .context("cannot connect to PostgreSQL (set --postgres or XMBRIDGE_TEST_PG)")?
+            .client;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!("xmbridge_bench_{}_{nanos}", std::process::id());
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .with_context(|| format!("cannot create database {name}"))?;
+        let settings = server.with_database(&name);
+        Ok(PgDatabase {
+            admin,
+            name,
+            settings,
+        })
+    }
+
+    async fn drop_database(self) {
+        if let Err(e) = self
+            .admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await
+        {
+            eprintln!("warning: cannot drop bench database {}: {e}", self.name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_round_trip() {
+        let mut c = Cells::new(2);
+        for i in 0..100_000u32 {
+            c.start_row();
+            c.push(1, &i.to_le_bytes()).unwrap();
+            c.push(0, &[]).unwrap();
+        }
+        assert_eq!(c.rows(), 100_000);
+        let mut n = 0u32;
+        for (chunk, first) in c.each_row() {
+            assert_eq!(chunk.cell(first), (1, &n.to_le_bytes()[..]));
+            assert_eq!(chunk.cell(first + 1).0, 0);
+            n += 1;
+        }
+        assert_eq!(n, 100_000);
+    }
+
+    #[test]
+    fn peak_rss_is_read() {
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_mb() > 0.0);
+        }
+    }
+}
