@@ -17,7 +17,7 @@ use xmbridge_runtime::servicenow::{
     self, SIGN_IN_BASIC, SIGN_IN_CLIENT_CREDENTIALS, SIGN_IN_PASSWORD,
 };
 use xmbridge_runtime::systems::{self, SALESFORCE, SERVICENOW};
-use xmbridge_runtime::{salesforce, workflow::rebind_for_owner};
+use xmbridge_runtime::{salesforce, workflow::account_reauthorized};
 use xmbridge_vault::{SecretField, Vault};
 use xmbridge_workflows::accounts::{Access, Accounts, LinkRequest};
 use xmbridge_workflows::store::{AccountKind, SqliteStore, Store};
@@ -455,12 +455,9 @@ async fn refresh(
     if args.client_secret_file.is_some() {
         vault.set_secret(name, SecretField::ClientSecret, &secret)?;
     }
-    let resumed = accounts.reauthorize(name, user, refresh_token.as_ref())?;
-    // Re-authorizing also restores credential bindings a collaborator's edit dropped, for
-    // workflows the account's owner owns (see `workflow resume --reauthorize`).
-    let rebound = rebind_for_owner(store, user)?;
+    let resumed = account_reauthorized(accounts, store, name, user, refresh_token.as_ref())?;
     println!("re-authorized account {name}");
-    for wf in resumed.iter().chain(rebound.iter()) {
+    for wf in &resumed {
         println!("resumed workflow {wf}; its held events will be delivered");
     }
     Ok(())
@@ -682,10 +679,9 @@ async fn refresh_servicenow(
     {
         vault.set_secret(name, SecretField::ClientSecret, s)?;
     }
-    let resumed = accounts.reauthorize(name, user, refresh_token.as_ref())?;
-    let rebound = rebind_for_owner(store, user)?;
+    let resumed = account_reauthorized(accounts, store, name, user, refresh_token.as_ref())?;
     println!("re-authorized account {name}");
-    for wf in resumed.iter().chain(rebound.iter()) {
+    for wf in &resumed {
         println!("resumed workflow {wf}; its held events will be delivered");
     }
     Ok(())

@@ -559,7 +559,7 @@ async fn test(name: &str) -> anyhow::Result<()> {
     let (_, vault) = open_vault()?;
     let Connected {
         client,
-        settings: mut s,
+        settings: s,
         source,
     } = stored::connect(&vault, name)?;
 
@@ -574,10 +574,6 @@ async fn test(name: &str) -> anyhow::Result<()> {
         .ok()
         .map(|d| d.id().to_string())
         .or(me.datacenter.clone());
-    // Discovery may have moved a vanity host to the data center's own host: keep it.
-    if client.base().as_str() != s.base_url {
-        s.base_url = client.base().as_str().to_string();
-    }
     println!(
         "  data center: {} ({})",
         dc.as_deref().unwrap_or("unknown"),
@@ -625,23 +621,18 @@ async fn test(name: &str) -> anyhow::Result<()> {
             ),
         }
     }
-    // Remember what was learned, so later runs skip the discovery.
-    let mut changed = s.base_url != load_settings(&vault, name)?.base_url;
-    if s.datacenter.is_none() && dc.is_some() {
-        s.datacenter = dc.clone();
-        changed = true;
-    }
-    if s.directory.is_none() && caps.directory.is_some() {
-        s.directory = caps.directory.clone();
-        changed = true;
-    }
-    if s.brand_id.is_none() && me.brand_id.is_some() {
-        s.brand_id = me.brand_id.clone();
-        changed = true;
-    }
-    if changed {
-        stored::save_settings(&vault, name, &s)?;
-    }
+    // Remember what was learned, so later runs skip the discovery (discovery may also have
+    // moved a vanity host to the data center's own host: keep it).
+    stored::remember(
+        &vault,
+        name,
+        stored::Learned {
+            base_url: client.base().as_str().to_string(),
+            datacenter: dc,
+            directory: caps.directory.clone(),
+            brand_id: me.brand_id.clone(),
+        },
+    )?;
     let skipped = caps
         .groups
         .iter()

@@ -111,6 +111,45 @@ pub fn save_settings(vault: &Vault, name: &str, settings: &QualtricsSettings) ->
     Ok(())
 }
 
+/// What `connection test` found out about an account.
+#[derive(Clone, Debug)]
+pub struct Learned {
+    /// The base URL the client ended up at (discovery may move a vanity host to the data
+    /// center's own host).
+    pub base_url: String,
+    /// The data center, if found.
+    pub datacenter: Option<String>,
+    /// The XM Directory, if found.
+    pub directory: Option<String>,
+    /// The brand id, if found.
+    pub brand_id: Option<String>,
+}
+
+/// Keeps what was learned about connection `name` that its settings lack (and a moved base
+/// URL), so later runs skip the discovery.
+pub fn remember(vault: &Vault, name: &str, learned: Learned) -> Result<()> {
+    let mut s = load_settings(vault, name)?;
+    let mut changed = false;
+    if s.base_url != learned.base_url {
+        s.base_url = learned.base_url;
+        changed = true;
+    }
+    for (slot, found) in [
+        (&mut s.datacenter, learned.datacenter),
+        (&mut s.directory, learned.directory),
+        (&mut s.brand_id, learned.brand_id),
+    ] {
+        if slot.is_none() && found.is_some() {
+            *slot = found;
+            changed = true;
+        }
+    }
+    if changed {
+        save_settings(vault, name, &s)?;
+    }
+    Ok(())
+}
+
 fn settings_json(settings: &QualtricsSettings) -> Result<serde_json::Value> {
     serde_json::to_value(settings).map_err(|source| RuntimeError::Settings {
         message: "cannot write the connection settings".into(),

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
 use xmbridge_actions::{ActionContext, ActionError, ActionSpec};
 use xmbridge_auth::{ClientAuth, OAuthClient, OAuthProvider, SecretString, TokenResponse};
 use xmbridge_salesforce::{
@@ -116,16 +115,8 @@ pub fn context(
         fix,
     };
     let name = row.name.as_str();
-    let rec = vault
-        .get_connection(name)
-        .map_err(|e| not_configured(format!("account {name}: {e}")))?;
-    let setting = |k: &str| {
-        rec.settings
-            .get(k)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| not_configured(format!("account {name} has no {k}; link it again")))
-    };
+    let stored = crate::systems::StoredAccount::open(vault, name, &not_configured)?;
+    let setting = |k: &str| stored.setting(k);
     let secret = |f: SecretField| {
         vault
             .get_secret(name, f)

@@ -94,16 +94,8 @@ pub fn context(
             row.system
         )));
     }
-    let rec = vault
-        .get_connection(name)
-        .map_err(|e| not_configured(format!("account {name}: {e}")))?;
-    let setting = |k: &str| {
-        rec.settings
-            .get(k)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| not_configured(format!("account {name} has no {k}; link it again")))
-    };
+    let stored = crate::systems::StoredAccount::open(vault, name, &not_configured)?;
+    let setting = |k: &str| stored.setting(k);
     let secret = |f: SecretField| {
         vault
             .get_secret(name, f)

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use serde_json::Value;
 use xmbridge_actions::{ActionContext, ActionError, ActionSpec, System};
 use xmbridge_vault::Vault;
 use xmbridge_workflows::store::AccountRow;
@@ -73,5 +74,41 @@ pub fn account_context(
                 row.name, row.system, spec.system, spec.system
             ),
         }),
+    }
+}
+
+/// A linked account's stored settings, read the same way for every system's client; a missing
+/// one is `not_configured` (the step's action and system, and the fix).
+pub(crate) struct StoredAccount<'a> {
+    name: &'a str,
+    settings: Value,
+    not_configured: &'a dyn Fn(String) -> ActionError,
+}
+
+impl<'a> StoredAccount<'a> {
+    pub(crate) fn open(
+        vault: &Vault,
+        name: &'a str,
+        not_configured: &'a dyn Fn(String) -> ActionError,
+    ) -> Result<StoredAccount<'a>, ActionError> {
+        let rec = vault
+            .get_connection(name)
+            .map_err(|e| not_configured(format!("account {name}: {e}")))?;
+        Ok(StoredAccount {
+            name,
+            settings: rec.settings,
+            not_configured,
+        })
+    }
+
+    /// The text setting `key`.
+    pub(crate) fn setting(&self, key: &str) -> Result<String, ActionError> {
+        self.settings
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                (self.not_configured)(format!("account {} has no {key}; link it again", self.name))
+            })
     }
 }

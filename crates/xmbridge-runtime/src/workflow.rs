@@ -55,6 +55,22 @@ pub fn rebind_for_owner(store: &SqliteStore, owner: &str) -> Result<Vec<String>>
     Ok(out)
 }
 
+/// After `user` re-authorized the linked account `name` (with its new refresh token, if any):
+/// the workflows its refused token paused resume, and so do those of `user` whose credential
+/// binding a collaborator's edit dropped (as `workflow resume --reauthorize` does). Returns the
+/// workflows resumed.
+pub fn account_reauthorized(
+    accounts: &Accounts,
+    store: &SqliteStore,
+    name: &str,
+    user: &str,
+    refresh_token: Option<&xmbridge_vault::SecretString>,
+) -> Result<Vec<String>> {
+    let mut resumed = accounts.reauthorize(name, user, refresh_token)?;
+    resumed.extend(rebind_for_owner(store, user)?);
+    Ok(resumed)
+}
+
 /// The Qualtrics connection for triggers and enrichment: `chosen`, else the only one stored.
 pub fn default_qualtrics_connection(vault: &Vault, chosen: Option<&str>) -> Result<Option<String>> {
     if let Some(c) = chosen {
