@@ -109,11 +109,7 @@ pub fn context(
     row: &AccountRow,
     spec: &ActionSpec,
 ) -> Result<ActionContext, ActionError> {
-    let not_configured = |fix: String| ActionError::NotConfigured {
-        action: spec.name.to_string(),
-        system: spec.system,
-        fix,
-    };
+    let not_configured = |fix: String| crate::systems::not_configured(spec, fix);
     let name = row.name.as_str();
     let stored = crate::systems::StoredAccount::open(vault, name, &not_configured)?;
     let setting = |k: &str| stored.setting(k);

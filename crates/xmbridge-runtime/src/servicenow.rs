@@ -82,11 +82,7 @@ pub fn context(
     row: &AccountRow,
     spec: &ActionSpec,
 ) -> Result<ActionContext, ActionError> {
-    let not_configured = |fix: String| ActionError::NotConfigured {
-        action: spec.name.to_string(),
-        system: System::ServiceNow,
-        fix,
-    };
+    let not_configured = |fix: String| crate::systems::not_configured(spec, fix);
     let name = row.name.as_str();
     if row.system != crate::systems::SERVICENOW.account_system {
         return Err(not_configured(format!(

@@ -77,6 +77,15 @@ pub fn account_context(
     }
 }
 
+/// The error of a step whose account cannot be used as it is stored; `fix` says what to do.
+pub(crate) fn not_configured(spec: &ActionSpec, fix: String) -> ActionError {
+    ActionError::NotConfigured {
+        action: spec.name.to_string(),
+        system: spec.system,
+        fix,
+    }
+}
+
 /// A linked account's stored settings, read the same way for every system's client; a missing
 /// one is `not_configured` (the step's action and system, and the fix).
 pub(crate) struct StoredAccount<'a> {
@@ -110,5 +119,32 @@ impl<'a> StoredAccount<'a> {
             .ok_or_else(|| {
                 (self.not_configured)(format!("account {} has no {key}; link it again", self.name))
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_external_system_is_found_by_its_actions_and_its_accounts() {
+        assert!(external(System::Qualtrics).is_none());
+        for ext in EXTERNAL {
+            assert_eq!(
+                external(ext.system).map(|e| e.account_system),
+                Some(ext.account_system)
+            );
+            let row = AccountRow {
+                name: "a".into(),
+                system: ext.account_system.into(),
+                owner: "pat".into(),
+                kind: xmbridge_workflows::store::AccountKind::OAuth,
+                brand: false,
+                org_id: None,
+                token_ok: true,
+                created_at: 0,
+            };
+            assert_eq!(of_account(&row).map(|e| e.system), Some(ext.system));
+        }
     }
 }

@@ -711,3 +711,26 @@ fn write_private(dir: &Path, path: &Path, text: &str) -> Result<()> {
         .map_err(io(format!("write {}", path.display())))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_enriched_event_splits_embedded_data_from_metadata_and_finds_the_contact() {
+        let payload = json!({"qualtricsMsg": {"SurveyID": "SV_1", "ResponseID": "R_1"}});
+        let result = json!({"values": {"QID1": 9, "status": 0, "tier": "gold",
+                                        "recipientEmail": "ana@example.com", "contactId": "CID_1"},
+                            "labels": {"QID1": "9"}});
+        let event = enriched_event(&payload, "SV_1", "R_1", result);
+        assert_eq!(event["embedded"], json!({"tier": "gold"}));
+        assert_eq!(event["contact"]["email"], "ana@example.com");
+        assert_eq!(event["contact"]["id"], "CID_1");
+        assert_eq!(event["response"]["id"], "R_1");
+        assert_eq!(event["response"]["labels"]["QID1"], "9");
+        assert_eq!(event["survey"]["id"], "SV_1");
+        assert_eq!(event["qualtricsMsg"]["ResponseID"], "R_1");
+        let anonymous = enriched_event(&payload, "SV_1", "R_2", json!({"values": {"QID1": 1}}));
+        assert_eq!(anonymous["contact"], Value::Null);
+    }
+}
