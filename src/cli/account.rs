@@ -331,14 +331,8 @@ async fn link(args: LinkArgs) -> anyhow::Result<()> {
             .token_url
             .clone()
             .ok_or_else(|| usage("--server-to-server needs --token-url"))?;
-        let tokens = salesforce::client_credentials(
-            name,
-            &system.system.to_string(),
-            &token_url,
-            &client_id,
-            secret.clone(),
-        )
-        .await?;
+        let tokens =
+            salesforce::client_credentials(name, &token_url, &client_id, secret.clone()).await?;
         (
             AccountKind::ServerToServer,
             json!({"token_url": token_url, "client_id": client_id}),
@@ -430,14 +424,7 @@ async fn refresh(
         AccountKind::ServerToServer => {
             let token_url =
                 setting("token_url").ok_or_else(|| anyhow!("account {name} has no token URL"))?;
-            salesforce::client_credentials(
-                name,
-                &SALESFORCE.system.to_string(),
-                &token_url,
-                &client_id,
-                secret.clone(),
-            )
-            .await?;
+            salesforce::client_credentials(name, &token_url, &client_id, secret.clone()).await?;
             None
         }
         AccountKind::OAuth => {

@@ -85,10 +85,8 @@ pub async fn login(login: Login<'_>, on_url: impl FnOnce(&url::Url)) -> Result<T
 }
 
 /// One client-credentials grant against `token_url`: proves a server-to-server account.
-/// `provider` names the system in errors (`Salesforce`, `ServiceNow`).
 pub async fn client_credentials(
     name: &str,
-    provider: &str,
     token_url: &str,
     client_id: &str,
     secret: SecretString,
@@ -97,7 +95,7 @@ pub async fn client_credentials(
         message: format!("{token_url} is not a URL"),
         source,
     })?;
-    let provider = OAuthProvider::new(provider, url, None, ClientAuth::FormFields)?;
+    let provider = OAuthProvider::new("Salesforce", url, None, ClientAuth::FormFields)?;
     let oauth = OAuthClient::new(provider, client_id, secret)?.for_connection(name);
     Ok(oauth.client_credentials(None).await?)
 }
