@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use serde_json::Value;
 use xmbridge_auth::SecretString;
 use xmbridge_runtime::servicenow::{
-    self, SIGN_IN_BASIC, SIGN_IN_CLIENT_CREDENTIALS, SIGN_IN_PASSWORD,
+    self, SIGN_IN_BASIC, SIGN_IN_CLIENT_CREDENTIALS, SIGN_IN_PASSWORD, SignIn,
 };
 use xmbridge_runtime::systems::{self, SALESFORCE, SERVICENOW};
 use xmbridge_runtime::{salesforce, workflow::account_reauthorized};
@@ -333,9 +333,12 @@ async fn link(args: LinkArgs) -> anyhow::Result<()> {
             .ok_or_else(|| usage("--server-to-server needs --token-url"))?;
         let tokens =
             salesforce::client_credentials(name, &token_url, &client_id, secret.clone()).await?;
+        let link = salesforce::Link::ServerToServer {
+            token_url: &token_url,
+        };
         (
             AccountKind::ServerToServer,
-            json!({"token_url": token_url, "client_id": client_id}),
+            salesforce::account_settings(link, &client_id, &tokens),
             tokens,
         )
     } else {
@@ -349,16 +352,15 @@ async fn link(args: LinkArgs) -> anyhow::Result<()> {
                 "Salesforce did not return a refresh token; give the connected app the `refresh_token` scope"
             ));
         }
+        let link = salesforce::Link::Login {
+            login_url: &login_url,
+        };
         (
             AccountKind::OAuth,
-            json!({"login_url": login_url, "client_id": client_id}),
+            salesforce::account_settings(link, &client_id, &tokens),
             tokens,
         )
     };
-    let mut settings = settings;
-    if let Some(instance) = tokens.extra.get("instance_url").and_then(Value::as_str) {
-        settings["instance_url"] = json!(instance);
-    }
     let org_id = salesforce::org_from_identity(&tokens);
     let row = accounts.link(LinkRequest {
         name: name.to_string(),
@@ -468,8 +470,8 @@ async fn link_servicenow(args: &LinkArgs, user: &str, accounts: &Accounts) -> an
         .clone()
         .ok_or_else(|| usage("a ServiceNow account needs --instance-url"))?;
     let instance = instance.trim_end_matches('/').to_string();
-    let mut settings = json!({"instance_url": instance});
-    let (kind, client_secret, refresh_token, password) = if let Some(basic_user) = &args.basic_user
+    let (kind, settings, client_secret, refresh_token, password) = if let Some(basic_user) =
+        &args.basic_user
     {
         let password = sn_password(args)?;
         let client = servicenow::client(
@@ -480,16 +482,20 @@ async fn link_servicenow(args: &LinkArgs, user: &str, accounts: &Accounts) -> an
             },
         )?;
         servicenow::check(&client, name).await?;
-        settings["auth"] = json!(SIGN_IN_BASIC);
-        settings["user"] = json!(basic_user);
-        (AccountKind::ServerToServer, None, None, Some(password))
+        let sign_in = SignIn::Basic { user: basic_user };
+        (
+            AccountKind::ServerToServer,
+            servicenow::account_settings(&instance, sign_in),
+            None,
+            None,
+            Some(password),
+        )
     } else if args.oauth_password || args.client_credentials {
         let client_id = args
             .client_id
             .clone()
             .ok_or_else(|| usage("--client-id is required"))?;
         let secret = client_secret(args)?;
-        settings["client_id"] = json!(client_id);
         if args.oauth_password {
             let sn_user = args
                 .sn_user
@@ -504,10 +510,22 @@ async fn link_servicenow(args: &LinkArgs, user: &str, accounts: &Accounts) -> an
                 password: sn_password(args)?,
             })
             .await?;
-            settings["auth"] = json!(SIGN_IN_PASSWORD);
-            settings["user"] = json!(sn_user);
-            (AccountKind::OAuth, Some(secret), Some(rt), None)
+            let sign_in = SignIn::Password {
+                client_id: &client_id,
+                user: &sn_user,
+            };
+            (
+                AccountKind::OAuth,
+                servicenow::account_settings(&instance, sign_in),
+                Some(secret),
+                Some(rt),
+                None,
+            )
         } else {
+            let sign_in = SignIn::ClientCredentials {
+                client_id: &client_id,
+            };
+            let settings = servicenow::account_settings(&instance, sign_in);
             let client = servicenow::client(
                 &instance,
                 xmbridge_servicenow::Auth::ClientCredentials {
@@ -516,8 +534,13 @@ async fn link_servicenow(args: &LinkArgs, user: &str, accounts: &Accounts) -> an
                 },
             )?;
             servicenow::check(&client, name).await?;
-            settings["auth"] = json!(SIGN_IN_CLIENT_CREDENTIALS);
-            (AccountKind::ServerToServer, Some(secret), None, None)
+            (
+                AccountKind::ServerToServer,
+                settings,
+                Some(secret),
+                None,
+                None,
+            )
         }
     } else {
         return Err(usage(

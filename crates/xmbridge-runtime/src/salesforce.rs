@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use serde_json::{Value, json};
 use xmbridge_actions::{ActionContext, ActionError, ActionSpec};
 use xmbridge_auth::{ClientAuth, OAuthClient, OAuthProvider, SecretString, TokenResponse};
 use xmbridge_salesforce::{
@@ -30,6 +31,36 @@ pub fn org_from_identity(tokens: &TokenResponse) -> Option<String> {
     let mut parts = id.rsplit('/');
     let _user = parts.next()?;
     parts.next().map(str::to_string)
+}
+
+/// How a Salesforce account is linked.
+#[derive(Clone, Copy, Debug)]
+pub enum Link<'a> {
+    /// Client credentials at this token endpoint.
+    ServerToServer {
+        /// The token endpoint.
+        token_url: &'a str,
+    },
+    /// A user's OAuth login at this login host.
+    Login {
+        /// The login host.
+        login_url: &'a str,
+    },
+}
+
+/// What a linked Salesforce account stores in clear: the settings [`context`] reads back (and
+/// the instance URL the first token names).
+pub fn account_settings(link: Link<'_>, client_id: &str, tokens: &TokenResponse) -> Value {
+    let mut settings = match link {
+        Link::ServerToServer { token_url } => {
+            json!({"token_url": token_url, "client_id": client_id})
+        }
+        Link::Login { login_url } => json!({"login_url": login_url, "client_id": client_id}),
+    };
+    if let Some(instance) = tokens.extra.get("instance_url").and_then(Value::as_str) {
+        settings["instance_url"] = json!(instance);
+    }
+    settings
 }
 
 /// What a Salesforce login needs.

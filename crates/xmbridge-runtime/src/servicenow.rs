@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use xmbridge_actions::{ActionContext, ActionError, ActionSpec, System};
 use xmbridge_auth::SecretString;
 use xmbridge_servicenow::{Auth, ServiceNowClient};
@@ -19,6 +19,49 @@ pub const SIGN_IN_BASIC: &str = "basic";
 pub const SIGN_IN_PASSWORD: &str = "oauth-password";
 /// … OAuth client credentials.
 pub const SIGN_IN_CLIENT_CREDENTIALS: &str = "client-credentials";
+
+/// How a ServiceNow account signs in, as it is linked.
+#[derive(Clone, Copy, Debug)]
+pub enum SignIn<'a> {
+    /// Basic auth as `user` (the password is sealed in the vault).
+    Basic {
+        /// The ServiceNow user.
+        user: &'a str,
+    },
+    /// The OAuth password grant of `user`, kept as its refresh token.
+    Password {
+        /// The OAuth application's client id.
+        client_id: &'a str,
+        /// The ServiceNow user.
+        user: &'a str,
+    },
+    /// OAuth client credentials.
+    ClientCredentials {
+        /// The OAuth application's client id.
+        client_id: &'a str,
+    },
+}
+
+/// What a linked ServiceNow account stores in clear: the settings [`context`] reads back.
+pub fn account_settings(instance: &str, sign_in: SignIn<'_>) -> Value {
+    let mut settings = json!({"instance_url": instance});
+    match sign_in {
+        SignIn::Basic { user } => {
+            settings["auth"] = json!(SIGN_IN_BASIC);
+            settings["user"] = json!(user);
+        }
+        SignIn::Password { client_id, user } => {
+            settings["client_id"] = json!(client_id);
+            settings["auth"] = json!(SIGN_IN_PASSWORD);
+            settings["user"] = json!(user);
+        }
+        SignIn::ClientCredentials { client_id } => {
+            settings["client_id"] = json!(client_id);
+            settings["auth"] = json!(SIGN_IN_CLIENT_CREDENTIALS);
+        }
+    }
+    settings
+}
 
 /// A client for `instance`; an unusable instance URL is the caller's mistake.
 pub fn client(instance: &str, auth: Auth) -> Result<ServiceNowClient> {
@@ -139,4 +182,39 @@ pub fn sign_in(vault: &Vault, row: &AccountRow) -> Option<String> {
             .and_then(Value::as_str)
             .map(str::to_string)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linked_settings_hold_what_the_client_reads_back() {
+        let basic = account_settings("https://sn.example", SignIn::Basic { user: "int" });
+        assert_eq!(
+            basic,
+            json!({"instance_url": "https://sn.example", "auth": "basic", "user": "int"})
+        );
+        let password = account_settings(
+            "https://sn.example",
+            SignIn::Password {
+                client_id: "cid",
+                user: "int",
+            },
+        );
+        assert_eq!(
+            password,
+            json!({"instance_url": "https://sn.example", "client_id": "cid",
+                   "auth": "oauth-password", "user": "int"})
+        );
+        let cc = account_settings(
+            "https://sn.example",
+            SignIn::ClientCredentials { client_id: "cid" },
+        );
+        assert_eq!(
+            cc,
+            json!({"instance_url": "https://sn.example", "client_id": "cid",
+                   "auth": "client-credentials"})
+        );
+    }
 }
