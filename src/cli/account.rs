@@ -264,12 +264,6 @@ fn check_link_args(args: &LinkArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn join_url(base: &str, path: &str) -> anyhow::Result<url::Url> {
-    let base = url::Url::parse(base).with_context(|| format!("{base} is not a URL"))?;
-    base.join(path)
-        .with_context(|| format!("cannot build {path} from {base}"))
-}
-
 fn client_secret(args: &LinkArgs) -> anyhow::Result<SecretString> {
     read_secret(
         args.client_secret_file.as_deref(),
@@ -296,13 +290,16 @@ async fn login(
     port: u16,
     timeout: u64,
 ) -> anyhow::Result<TokenResponse> {
-    let provider = OAuthProvider::new(
-        "Salesforce",
-        join_url(login_url, "/services/oauth2/token")?,
-        Some(join_url(login_url, "/services/oauth2/authorize")?),
-        ClientAuth::FormFields,
-    )?;
-    let oauth = OAuthClient::new(provider, client_id, secret)?
+    url::Url::parse(login_url).with_context(|| format!("{login_url} is not a URL"))?;
+    // The same OAuth client the account runs on (xmbridge_salesforce::TokenProvider).
+    let app = xmbridge_salesforce::OAuthApp {
+        login_url: login_url.to_string(),
+        client_id: client_id.to_string(),
+        client_secret: secret,
+        redirect_uri: String::new(),
+    };
+    let oauth = app
+        .oauth_client()?
         .for_connection(name)
         .with_reauthorize_command(format!(
             "xmbridge account link {name} --refresh --as {user}"
@@ -331,18 +328,20 @@ async fn client_credentials(
     client_id: &str,
     secret: SecretString,
 ) -> anyhow::Result<TokenResponse> {
-    let provider = OAuthProvider::new(
-        if system == "salesforce" {
-            "Salesforce"
-        } else {
-            "ServiceNow"
-        },
-        url::Url::parse(token_url).with_context(|| format!("{token_url} is not a URL"))?,
-        None,
-        ClientAuth::FormFields,
-    )?;
-    let oauth = OAuthClient::new(provider, client_id, secret)?.for_connection(name);
-    Ok(oauth.client_credentials(None).await?)
+    let url = url::Url::parse(token_url).with_context(|| format!("{token_url} is not a URL"))?;
+    // Salesforce: the same OAuth client the account runs on (xmbridge_salesforce::TokenProvider).
+    let oauth = if system == "salesforce" {
+        xmbridge_salesforce::ClientCredentials {
+            token_url: token_url.to_string(),
+            client_id: client_id.to_string(),
+            client_secret: secret,
+        }
+        .oauth_client()?
+    } else {
+        let provider = OAuthProvider::new("ServiceNow", url, None, ClientAuth::FormFields)?;
+        OAuthClient::new(provider, client_id, secret)?
+    };
+    Ok(oauth.for_connection(name).client_credentials(None).await?)
 }
 
 async fn link(args: LinkArgs) -> anyhow::Result<()> {
@@ -592,13 +591,7 @@ pub(crate) fn external_context(
             },
         ),
         AccountKind::OAuth => {
-            let sink_vault = vault.clone();
-            let sink_name = name.to_string();
-            let sink: Arc<dyn RefreshSink> = Arc::new(move |t: &SecretString| {
-                sink_vault
-                    .set_secret(&sink_name, SecretField::RefreshToken, t)
-                    .map_err(|e| e.to_string())
-            });
+            let sink: Arc<dyn RefreshSink> = Arc::new(vault.refresh_token_sink(name));
             TokenProvider::web_server(
                 http.clone(),
                 OAuthApp {

@@ -84,6 +84,10 @@ impl TokenSource for ApiTokenSource {
         Box::pin(async move { Ok(h) })
     }
 
+    fn can_refresh(&self) -> bool {
+        false
+    }
+
     fn describe(&self) -> String {
         "API token (X-API-TOKEN)".into()
     }
@@ -103,7 +107,9 @@ struct TokenCache {
     /// Held while fetching, so concurrent callers share one token call.
     flight: tokio::sync::Mutex<()>,
     clock: Arc<dyn Clock>,
-    margin: Duration,
+    /// `None`: the default margin, with short-lived tokens renewed at half-life; `Some`: a
+    /// margin the caller chose, applied as given.
+    margin: Option<Duration>,
 }
 
 impl TokenCache {
@@ -112,7 +118,7 @@ impl TokenCache {
             state: Mutex::new(None),
             flight: tokio::sync::Mutex::new(()),
             clock: Arc::new(SystemClock),
-            margin: DEFAULT_MARGIN,
+            margin: None,
         }
     }
 
@@ -139,9 +145,14 @@ impl TokenCache {
         // A provider's `expires_in` is outside data: cap it so the arithmetic cannot overflow.
         let (expires_at, refresh_at) = match lifetime.map(|l| l.min(MAX_LIFETIME)) {
             Some(l) => {
-                // A token that lives no longer than the margin is renewed at half-life instead
-                // of on every call.
-                let margin = if l > self.margin { self.margin } else { l / 2 };
+                let margin = match self.margin {
+                    // A token that lives no longer than the default margin is renewed at
+                    // half-life instead of on every call.
+                    None if l <= DEFAULT_MARGIN => l / 2,
+                    None => DEFAULT_MARGIN,
+                    // A chosen margin as long as the token's life renews before every call.
+                    Some(m) => m.min(l),
+                };
                 (obtained.checked_add(l), obtained.checked_add(l - margin))
             }
             None => (None, None),
@@ -154,18 +165,29 @@ impl TokenCache {
         Ok(header)
     }
 
-    fn store(&self, resp: &TokenResponse, obtained: SystemTime) -> Result<AuthHeader, AuthError> {
+    fn store(
+        &self,
+        resp: &TokenResponse,
+        obtained: SystemTime,
+        assumed_lifetime: Option<Duration>,
+    ) -> Result<AuthHeader, AuthError> {
         if !resp.token_type.eq_ignore_ascii_case("bearer") {
             tracing::warn!(token_type = %resp.token_type, "token type is not Bearer; sending it as Bearer");
         }
         self.put(
             &resp.access_token,
             obtained,
-            resp.expires_in.map(Duration::from_secs),
+            resp.expires_in
+                .map(Duration::from_secs)
+                .or(assumed_lifetime),
         )
     }
 
-    async fn get<Fut>(&self, fetch: impl FnOnce() -> Fut) -> Result<AuthHeader, AuthError>
+    async fn get<Fut>(
+        &self,
+        oauth: &OAuthClient,
+        fetch: impl FnOnce() -> Fut,
+    ) -> Result<AuthHeader, AuthError>
     where
         Fut: Future<Output = Result<TokenResponse, AuthError>>,
     {
@@ -180,11 +202,20 @@ impl TokenCache {
         // The lifetime counts from before the call: never believe a token lives longer than it does.
         let obtained = self.clock.now();
         let resp = fetch().await?;
-        self.store(&resp, obtained)
+        let assumed = oauth.hooks().and_then(|h| h.assumed_lifetime());
+        self.store(&resp, obtained, assumed)
     }
 
     fn clear(&self) {
         *lock(&self.state) = None;
+    }
+
+    /// Forgets the cached token only if it is `sent` (another caller may have refreshed since).
+    fn clear_if(&self, sent: &AuthHeader) {
+        let mut st = lock(&self.state);
+        if st.as_ref().is_some_and(|c| c.header.value == sent.value) {
+            *st = None;
+        }
     }
 
     fn expires_at(&self) -> Option<SystemTime> {
@@ -229,10 +260,24 @@ impl ClientCredentialsSource {
         self
     }
 
-    /// Refreshes this long before expiry (default 60 s; tokens living no longer than that are renewed at half-life).
+    /// Refreshes this long before expiry (default 60 s, and tokens living no longer than that
+    /// are renewed at half-life). A margin set here applies as given: one at least as long as
+    /// the token's life renews before every call.
     pub fn with_refresh_margin(mut self, margin: Duration) -> Self {
-        self.cache.margin = margin;
+        self.cache.margin = Some(margin);
         self
+    }
+
+    /// Starts with an access token already in hand, valid for `expires_in` from now (`None`:
+    /// until a 401). Call it after [`Self::with_clock`].
+    pub fn with_access_token(
+        self,
+        access_token: &SecretString,
+        expires_in: Option<Duration>,
+    ) -> Result<Self, AuthError> {
+        let now = self.cache.clock.now();
+        self.cache.put(access_token, now, expires_in)?;
+        Ok(self)
     }
 
     /// The OAuth client.
@@ -245,13 +290,19 @@ impl TokenSource for ClientCredentialsSource {
     fn authorization(&self) -> BoxFuture<'_, Result<AuthHeader, AuthError>> {
         Box::pin(async move {
             self.cache
-                .get(|| self.oauth.client_credentials(self.scope.as_deref()))
+                .get(&self.oauth, || {
+                    self.oauth.client_credentials(self.scope.as_deref())
+                })
                 .await
         })
     }
 
     fn invalidate(&self) {
         self.cache.clear();
+    }
+
+    fn invalidate_stale(&self, sent: &AuthHeader) {
+        self.cache.clear_if(sent);
     }
 
     fn expires_at(&self) -> Option<SystemTime> {
@@ -324,9 +375,11 @@ impl RefreshTokenSource {
         self
     }
 
-    /// Refreshes this long before expiry (default 60 s; tokens living no longer than that are renewed at half-life).
+    /// Refreshes this long before expiry (default 60 s, and tokens living no longer than that
+    /// are renewed at half-life). A margin set here applies as given: one at least as long as
+    /// the token's life renews before every call.
     pub fn with_refresh_margin(mut self, margin: Duration) -> Self {
-        self.cache.margin = margin;
+        self.cache.margin = Some(margin);
         self
     }
 
@@ -346,6 +399,11 @@ impl RefreshTokenSource {
     /// The OAuth client.
     pub fn oauth(&self) -> &OAuthClient {
         &self.oauth
+    }
+
+    /// The refresh token in use (the latest rotation).
+    pub fn refresh_token(&self) -> SecretString {
+        lock(&self.refresh_token).clone()
     }
 
     fn expired_error(&self, detail: String) -> AuthError {
@@ -376,10 +434,10 @@ impl RefreshTokenSource {
             // The old refresh token is dead from now on: keep the new one in memory whatever
             // happens, and persist it before anything uses the new access token.
             *lock(&self.refresh_token) = new.clone();
-            if let Err(detail) = self.sink.save(new) {
+            if let Err(source) = self.sink.save(new) {
                 return Err(AuthError::RefreshTokenNotSaved {
                     connection: self.oauth.connection().to_string(),
-                    detail,
+                    source,
                     reauthorize: self.oauth.reauthorize_command().to_string(),
                 });
             }
@@ -395,12 +453,16 @@ impl TokenSource for RefreshTokenSource {
             if let Some(detail) = lock(&self.dead).clone() {
                 return Err(self.expired_error(detail));
             }
-            self.cache.get(|| self.refresh_once()).await
+            self.cache.get(&self.oauth, || self.refresh_once()).await
         })
     }
 
     fn invalidate(&self) {
         self.cache.clear();
+    }
+
+    fn invalidate_stale(&self, sent: &AuthHeader) {
+        self.cache.clear_if(sent);
     }
 
     fn expires_at(&self) -> Option<SystemTime> {
@@ -413,6 +475,168 @@ impl TokenSource for RefreshTokenSource {
             self.oauth.provider().name,
             self.oauth.client_id(),
             self.oauth.connection()
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// `Authorization: Basic` with a user name and password on every call (ServiceNow). Nothing to
+/// refresh: a 401 is final.
+pub struct BasicSource {
+    header: AuthHeader,
+    username: String,
+}
+
+impl fmt::Debug for BasicSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BasicSource({}: [REDACTED])", self.username)
+    }
+}
+
+impl BasicSource {
+    /// Basic credentials of `username`.
+    pub fn new(username: &str, password: &SecretString) -> Result<Self, AuthError> {
+        use base64::Engine as _;
+        let pair =
+            secrecy::zeroize::Zeroizing::new(format!("{username}:{}", password.expose_secret()));
+        let encoded = secrecy::zeroize::Zeroizing::new(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
+        ));
+        let mut value = http::HeaderValue::from_str(&encoded).map_err(|_| {
+            AuthError::Config(
+                "the password contains characters that cannot go into an HTTP header".into(),
+            )
+        })?;
+        value.set_sensitive(true);
+        Ok(BasicSource {
+            header: AuthHeader {
+                name: http::header::AUTHORIZATION,
+                value,
+            },
+            username: username.to_string(),
+        })
+    }
+}
+
+impl TokenSource for BasicSource {
+    fn authorization(&self) -> BoxFuture<'_, Result<AuthHeader, AuthError>> {
+        let h = self.header.clone();
+        Box::pin(async move { Ok(h) })
+    }
+
+    fn can_refresh(&self) -> bool {
+        false
+    }
+
+    fn describe(&self) -> String {
+        format!("Basic auth (user {})", self.username)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// OAuth resource-owner password grant (ServiceNow). Caches the access token like
+/// [`ClientCredentialsSource`]; renews with the refresh token the grant returned and, when that
+/// is refused, with the password grant again.
+pub struct PasswordSource {
+    oauth: OAuthClient,
+    username: String,
+    password: SecretString,
+    refresh_token: Mutex<Option<SecretString>>,
+    cache: TokenCache,
+}
+
+impl fmt::Debug for PasswordSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PasswordSource")
+            .field("oauth", &self.oauth)
+            .field("username", &self.username)
+            .field("password", &"[REDACTED]")
+            .field("expires_at", &self.cache.expires_at())
+            .finish()
+    }
+}
+
+impl PasswordSource {
+    /// Logs in as `username`.
+    pub fn new(oauth: OAuthClient, username: impl Into<String>, password: SecretString) -> Self {
+        PasswordSource {
+            oauth,
+            username: username.into(),
+            password,
+            refresh_token: Mutex::new(None),
+            cache: TokenCache::new(),
+        }
+    }
+
+    /// Reads "now" from `clock` (default: the system clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.cache.clock = clock;
+        self
+    }
+
+    /// Refreshes this long before expiry; see [`ClientCredentialsSource::with_refresh_margin`].
+    pub fn with_refresh_margin(mut self, margin: Duration) -> Self {
+        self.cache.margin = Some(margin);
+        self
+    }
+
+    /// The refresh token the last grant returned, if any.
+    pub fn refresh_token(&self) -> Option<SecretString> {
+        lock(&self.refresh_token).clone()
+    }
+
+    async fn renew(&self) -> Result<TokenResponse, AuthError> {
+        let current = lock(&self.refresh_token).clone();
+        if let Some(rt) = current {
+            match self.oauth.refresh(&rt, None).await {
+                Ok(resp) => {
+                    if let Some(new) = &resp.refresh_token {
+                        *lock(&self.refresh_token) = Some(new.clone());
+                    }
+                    return Ok(resp);
+                }
+                // The refresh token died: log in again with the password.
+                Err(AuthError::AccountTokenExpired { .. }) => *lock(&self.refresh_token) = None,
+                Err(e) => return Err(e),
+            }
+        }
+        let resp = self
+            .oauth
+            .password(&self.username, &self.password, None)
+            .await?;
+        if let Some(new) = &resp.refresh_token {
+            *lock(&self.refresh_token) = Some(new.clone());
+        }
+        Ok(resp)
+    }
+}
+
+impl TokenSource for PasswordSource {
+    fn authorization(&self) -> BoxFuture<'_, Result<AuthHeader, AuthError>> {
+        Box::pin(async move { self.cache.get(&self.oauth, || self.renew()).await })
+    }
+
+    fn invalidate(&self) {
+        self.cache.clear();
+    }
+
+    fn invalidate_stale(&self, sent: &AuthHeader) {
+        self.cache.clear_if(sent);
+    }
+
+    fn expires_at(&self) -> Option<SystemTime> {
+        self.cache.expires_at()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "OAuth password grant ({}, client id {}, user {})",
+            self.oauth.provider().name,
+            self.oauth.client_id(),
+            self.username
         )
     }
 }

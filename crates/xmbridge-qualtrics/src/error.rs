@@ -26,9 +26,7 @@ impl ApiError {
 }
 
 /// 429, 500, 502, 503 and 504 are worth retrying (qualtrics-api.md §3.3); other codes are not.
-pub fn is_transient_status(status: u16) -> bool {
-    matches!(status, 429 | 500 | 502 | 503 | 504)
-}
+pub use xmbridge_auth::is_transient_status;
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,16 +1,15 @@
 //! The REST client: one org, one [`TokenProvider`], an API version. Every call goes through
 //! [`SalesforceClient::send`]: bearer token, `Sforce-Limit-Info` parsing, one refresh-and-replay
-//! on 401, then classification of any error.
+//! on 401 and `Retry-After` by the shared rules of `xmbridge_auth::retry`, then classification of
+//! any error.
 
 use crate::error::{SalesforceError, SfError};
 use crate::oauth::TokenProvider;
 use reqwest::Method;
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub const DEFAULT_API_VERSION: &str = "60.0";
 
@@ -202,7 +201,7 @@ impl SalesforceClient {
             let mut req = self
                 .http
                 .request(method.clone(), &url)
-                .bearer_auth(session.access_token.expose_secret())
+                .header(session.header.name.clone(), session.header.value.clone())
                 .header("Accept", "application/json");
             for (k, v) in extra {
                 req = req.header(*k, v);
@@ -220,12 +219,7 @@ impl SalesforceClient {
             if usage.is_some() {
                 *self.usage.lock() = usage;
             }
-            let retry_after = resp
-                .headers()
-                .get("Retry-After")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = xmbridge_auth::retry::retry_after(resp.headers());
             let bytes = resp.bytes().await.map_err(network)?.to_vec();
             if status == 401 {
                 if renewed {
@@ -234,7 +228,7 @@ impl SalesforceClient {
                     });
                 }
                 renewed = true;
-                session = self.tokens.renew(&session.access_token).await?;
+                session = self.tokens.renew(&session).await?;
                 continue;
             }
             if status == 300 {

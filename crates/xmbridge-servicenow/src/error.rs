@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The account's credentials or refresh token were refused: a person must re-authorize.
     #[error("ServiceNow account token expired ({instance}): {reason}; re-authorize the account")]
