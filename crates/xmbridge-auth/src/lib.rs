@@ -50,8 +50,7 @@ pub use retry::{
     Jitter, RefreshOnce, RetryPolicy, StatusClass, is_transient_status, parse_retry_after,
 };
 pub use source::{
-    ApiTokenSource, BasicSource, ClientCredentialsSource, Clock, PasswordSource,
-    RefreshTokenSource, SystemClock,
+    ApiTokenSource, BasicSource, ClientCredentialsSource, Clock, RefreshTokenSource, SystemClock,
 };
 
 /// A boxed future, so that [`TokenSource`] stays object safe.

@@ -324,15 +324,19 @@ impl TokenSource for ClientCredentialsSource {
 /// [`ClientCredentialsSource`]; refreshes with the stored refresh token; a rotated refresh
 /// token goes to the [`RefreshTokenSink`] before the new access token is used. A refusal
 /// (`invalid_grant`) becomes [`AuthError::AccountTokenExpired`] and sticks: later calls fail the
-/// same way without asking the provider again.
+/// same way without asking the provider again — unless the source logs in with a password
+/// ([`RefreshTokenSource::password`]), which then simply logs in again.
 pub struct RefreshTokenSource {
     oauth: OAuthClient,
-    refresh_token: Mutex<SecretString>,
+    /// `None` until a password login returned one (or after it was refused).
+    refresh_token: Mutex<Option<SecretString>>,
     sink: Arc<dyn RefreshTokenSink>,
     scope: Option<String>,
     cache: TokenCache,
     /// The `detail` of the refusal once the refresh token is known dead.
     dead: Mutex<Option<String>>,
+    /// User name and password for the password grant, when the source logs in by itself.
+    login: Option<(String, SecretString)>,
 }
 
 impl fmt::Debug for RefreshTokenSource {
@@ -340,6 +344,7 @@ impl fmt::Debug for RefreshTokenSource {
         f.debug_struct("RefreshTokenSource")
             .field("oauth", &self.oauth)
             .field("refresh_token", &"[REDACTED]")
+            .field("user", &self.login.as_ref().map(|(user, _)| user))
             .field("scope", &self.scope)
             .field("expires_at", &self.cache.expires_at())
             .finish()
@@ -355,11 +360,32 @@ impl RefreshTokenSource {
     ) -> Self {
         RefreshTokenSource {
             oauth,
-            refresh_token: Mutex::new(refresh_token),
+            refresh_token: Mutex::new(Some(refresh_token)),
             sink,
             scope: None,
             cache: TokenCache::new(),
             dead: Mutex::new(None),
+            login: None,
+        }
+    }
+
+    /// The resource-owner password grant (ServiceNow): logs in as `username`, then refreshes with
+    /// the refresh token that returned; a refused refresh logs in again. Rotated refresh tokens
+    /// go to `sink` like those of [`RefreshTokenSource::new`].
+    pub fn password(
+        oauth: OAuthClient,
+        username: impl Into<String>,
+        password: SecretString,
+        sink: Arc<dyn RefreshTokenSink>,
+    ) -> Self {
+        RefreshTokenSource {
+            oauth,
+            refresh_token: Mutex::new(None),
+            sink,
+            scope: None,
+            cache: TokenCache::new(),
+            dead: Mutex::new(None),
+            login: Some((username.into(), password)),
         }
     }
 
@@ -401,8 +427,8 @@ impl RefreshTokenSource {
         &self.oauth
     }
 
-    /// The refresh token in use (the latest rotation).
-    pub fn refresh_token(&self) -> SecretString {
+    /// The refresh token in use (the latest rotation); `None` before a password login.
+    pub fn refresh_token(&self) -> Option<SecretString> {
         lock(&self.refresh_token).clone()
     }
 
@@ -420,20 +446,36 @@ impl RefreshTokenSource {
             return Err(self.expired_error(detail));
         }
         let current = lock(&self.refresh_token).clone();
-        let resp = match self.oauth.refresh(&current, self.scope.as_deref()).await {
-            Ok(r) => r,
-            Err(AuthError::AccountTokenExpired { detail, .. }) => {
-                *lock(&self.dead) = Some(detail.clone());
-                return Err(self.expired_error(detail));
+        let refreshed = match &current {
+            Some(rt) => match self.oauth.refresh(rt, self.scope.as_deref()).await {
+                Ok(r) => Some(r),
+                // A password login simply logs in again.
+                Err(AuthError::AccountTokenExpired { .. }) if self.login.is_some() => None,
+                Err(AuthError::AccountTokenExpired { detail, .. }) => {
+                    *lock(&self.dead) = Some(detail.clone());
+                    return Err(self.expired_error(detail));
+                }
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        let resp = match (refreshed, &self.login) {
+            (Some(r), _) => r,
+            (None, Some((username, password))) => {
+                self.oauth
+                    .password(username, password, self.scope.as_deref())
+                    .await?
             }
-            Err(e) => return Err(e),
+            (None, None) => return Err(self.expired_error("no refresh token".into())),
         };
         if let Some(new) = &resp.refresh_token
-            && new.expose_secret() != current.expose_secret()
+            && current
+                .as_ref()
+                .is_none_or(|c| new.expose_secret() != c.expose_secret())
         {
             // The old refresh token is dead from now on: keep the new one in memory whatever
             // happens, and persist it before anything uses the new access token.
-            *lock(&self.refresh_token) = new.clone();
+            *lock(&self.refresh_token) = Some(new.clone());
             if let Err(source) = self.sink.save(new) {
                 return Err(AuthError::RefreshTokenNotSaved {
                     connection: self.oauth.connection().to_string(),
@@ -470,12 +512,19 @@ impl TokenSource for RefreshTokenSource {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "OAuth refresh token ({}, client id {}, connection {})",
-            self.oauth.provider().name,
-            self.oauth.client_id(),
-            self.oauth.connection()
-        )
+        match &self.login {
+            Some((user, _)) => format!(
+                "OAuth password grant ({}, client id {}, user {user})",
+                self.oauth.provider().name,
+                self.oauth.client_id(),
+            ),
+            None => format!(
+                "OAuth refresh token ({}, client id {}, connection {})",
+                self.oauth.provider().name,
+                self.oauth.client_id(),
+                self.oauth.connection()
+            ),
+        }
     }
 }
 
@@ -532,111 +581,5 @@ impl TokenSource for BasicSource {
 
     fn describe(&self) -> String {
         format!("Basic auth (user {})", self.username)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-
-/// OAuth resource-owner password grant (ServiceNow). Caches the access token like
-/// [`ClientCredentialsSource`]; renews with the refresh token the grant returned and, when that
-/// is refused, with the password grant again.
-pub struct PasswordSource {
-    oauth: OAuthClient,
-    username: String,
-    password: SecretString,
-    refresh_token: Mutex<Option<SecretString>>,
-    cache: TokenCache,
-}
-
-impl fmt::Debug for PasswordSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PasswordSource")
-            .field("oauth", &self.oauth)
-            .field("username", &self.username)
-            .field("password", &"[REDACTED]")
-            .field("expires_at", &self.cache.expires_at())
-            .finish()
-    }
-}
-
-impl PasswordSource {
-    /// Logs in as `username`.
-    pub fn new(oauth: OAuthClient, username: impl Into<String>, password: SecretString) -> Self {
-        PasswordSource {
-            oauth,
-            username: username.into(),
-            password,
-            refresh_token: Mutex::new(None),
-            cache: TokenCache::new(),
-        }
-    }
-
-    /// Reads "now" from `clock` (default: the system clock).
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.cache.clock = clock;
-        self
-    }
-
-    /// Refreshes this long before expiry; see [`ClientCredentialsSource::with_refresh_margin`].
-    pub fn with_refresh_margin(mut self, margin: Duration) -> Self {
-        self.cache.margin = Some(margin);
-        self
-    }
-
-    /// The refresh token the last grant returned, if any.
-    pub fn refresh_token(&self) -> Option<SecretString> {
-        lock(&self.refresh_token).clone()
-    }
-
-    async fn renew(&self) -> Result<TokenResponse, AuthError> {
-        let current = lock(&self.refresh_token).clone();
-        if let Some(rt) = current {
-            match self.oauth.refresh(&rt, None).await {
-                Ok(resp) => {
-                    if let Some(new) = &resp.refresh_token {
-                        *lock(&self.refresh_token) = Some(new.clone());
-                    }
-                    return Ok(resp);
-                }
-                // The refresh token died: log in again with the password.
-                Err(AuthError::AccountTokenExpired { .. }) => *lock(&self.refresh_token) = None,
-                Err(e) => return Err(e),
-            }
-        }
-        let resp = self
-            .oauth
-            .password(&self.username, &self.password, None)
-            .await?;
-        if let Some(new) = &resp.refresh_token {
-            *lock(&self.refresh_token) = Some(new.clone());
-        }
-        Ok(resp)
-    }
-}
-
-impl TokenSource for PasswordSource {
-    fn authorization(&self) -> BoxFuture<'_, Result<AuthHeader, AuthError>> {
-        Box::pin(async move { self.cache.get(&self.oauth, || self.renew()).await })
-    }
-
-    fn invalidate(&self) {
-        self.cache.clear();
-    }
-
-    fn invalidate_stale(&self, sent: &AuthHeader) {
-        self.cache.clear_if(sent);
-    }
-
-    fn expires_at(&self) -> Option<SystemTime> {
-        self.cache.expires_at()
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "OAuth password grant ({}, client id {}, user {})",
-            self.oauth.provider().name,
-            self.oauth.client_id(),
-            self.username
-        )
     }
 }

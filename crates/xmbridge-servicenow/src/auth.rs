@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use xmbridge_auth::{
     AuthError, BasicSource, ClientAuth, ClientCredentialsSource, Grant, OAuthClient, OAuthProvider,
-    PasswordSource, ProviderHooks, RefreshTokenSource, Refusal, RetryPolicy, TokenSource,
+    ProviderHooks, RefreshTokenSource, Refusal, RetryPolicy, TokenSource,
 };
 
 /// Credentials of one ServiceNow account. `Debug` shows no secret.
@@ -71,7 +71,7 @@ impl ProviderHooks for ServiceNowHooks {
 #[derive(Debug)]
 pub(crate) enum Source {
     Basic(BasicSource),
-    Password(PasswordSource),
+    Password(RefreshTokenSource),
     ClientCredentials(ClientCredentialsSource),
     RefreshToken(RefreshTokenSource),
 }
@@ -90,8 +90,7 @@ impl Source {
     /// client credentials.
     pub(crate) fn refresh_token(&self) -> Option<SecretString> {
         match self {
-            Source::Password(s) => s.refresh_token(),
-            Source::RefreshToken(s) => Some(s.refresh_token()),
+            Source::Password(s) | Source::RefreshToken(s) => s.refresh_token(),
             Source::Basic(_) | Source::ClientCredentials(_) => None,
         }
     }
@@ -137,10 +136,11 @@ pub(crate) fn token_source(
             username,
             password,
         } => Source::Password(
-            PasswordSource::new(
+            RefreshTokenSource::password(
                 oauth(client_id, client_secret)?,
                 username.clone(),
                 password.clone(),
+                Arc::new(in_memory),
             )
             .with_refresh_margin(margin),
         ),
@@ -159,13 +159,17 @@ pub(crate) fn token_source(
             RefreshTokenSource::new(
                 oauth(client_id, client_secret)?,
                 refresh_token.clone(),
-                // A linked account's rotated token lives in memory; the caller stores the one
-                // it linked with.
-                Arc::new(|_: &SecretString| -> Result<(), xmbridge_auth::SinkError> { Ok(()) }),
+                Arc::new(in_memory),
             )
             .with_refresh_margin(margin),
         ),
     })
+}
+
+/// Rotated refresh tokens live in memory only ([`crate::ServiceNowClient::refresh_token`] hands
+/// the current one to a caller that stores it).
+fn in_memory(_: &SecretString) -> Result<(), xmbridge_auth::SinkError> {
+    Ok(())
 }
 
 /// Refresh this long before the access token expires, unless the caller chose otherwise.
