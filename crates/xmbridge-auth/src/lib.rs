@@ -49,9 +49,7 @@ pub use random::{RandomError, pkce_challenge, random_bytes, random_token};
 pub use retry::{
     Jitter, RefreshOnce, RetryPolicy, StatusClass, is_transient_status, parse_retry_after,
 };
-pub use source::{
-    ApiTokenSource, BasicSource, ClientCredentialsSource, Clock, RefreshTokenSource, SystemClock,
-};
+pub use source::{ApiTokenSource, ClientCredentialsSource, Clock, RefreshTokenSource, SystemClock};
 
 /// A boxed future, so that [`TokenSource`] stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

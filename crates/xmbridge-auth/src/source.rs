@@ -40,9 +40,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 // ---------------------------------------------------------------------------------------------
 
-/// A fixed API token sent as `X-API-TOKEN` (Qualtrics). Never expires, cannot refresh.
+/// A fixed credential header: an API token sent as `X-API-TOKEN` (Qualtrics), or Basic
+/// credentials ([`ApiTokenSource::basic`], ServiceNow). Never expires, cannot refresh: a 401 is
+/// final.
 pub struct ApiTokenSource {
     header: AuthHeader,
+    description: String,
 }
 
 impl fmt::Debug for ApiTokenSource {
@@ -74,6 +77,29 @@ impl ApiTokenSource {
                 name: http::HeaderName::from_static("x-api-token"),
                 value,
             },
+            description: "API token (X-API-TOKEN)".into(),
+        })
+    }
+
+    /// `Authorization: Basic` with `username` and `password` on every call.
+    pub fn basic(username: &str, password: &SecretString) -> Result<Self, AuthError> {
+        use base64::Engine as _;
+        let pair =
+            secrecy::zeroize::Zeroizing::new(format!("{username}:{}", password.expose_secret()));
+        let encoded = secrecy::zeroize::Zeroizing::new(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
+        ));
+        let mut value = http::HeaderValue::from_str(&encoded).map_err(|_| {
+            AuthError::Config("the user name cannot go into an HTTP header (a line break?)".into())
+        })?;
+        value.set_sensitive(true);
+        Ok(ApiTokenSource {
+            header: AuthHeader {
+                name: http::header::AUTHORIZATION,
+                value,
+            },
+            description: format!("Basic auth (user {username})"),
         })
     }
 }
@@ -89,7 +115,7 @@ impl TokenSource for ApiTokenSource {
     }
 
     fn describe(&self) -> String {
-        "API token (X-API-TOKEN)".into()
+        self.description.clone()
     }
 }
 
@@ -525,61 +551,5 @@ impl TokenSource for RefreshTokenSource {
                 self.oauth.connection()
             ),
         }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-
-/// `Authorization: Basic` with a user name and password on every call (ServiceNow). Nothing to
-/// refresh: a 401 is final.
-pub struct BasicSource {
-    header: AuthHeader,
-    username: String,
-}
-
-impl fmt::Debug for BasicSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "BasicSource({}: [REDACTED])", self.username)
-    }
-}
-
-impl BasicSource {
-    /// Basic credentials of `username`.
-    pub fn new(username: &str, password: &SecretString) -> Result<Self, AuthError> {
-        use base64::Engine as _;
-        let pair =
-            secrecy::zeroize::Zeroizing::new(format!("{username}:{}", password.expose_secret()));
-        let encoded = secrecy::zeroize::Zeroizing::new(format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
-        ));
-        let mut value = http::HeaderValue::from_str(&encoded).map_err(|_| {
-            AuthError::Config(
-                "the password contains characters that cannot go into an HTTP header".into(),
-            )
-        })?;
-        value.set_sensitive(true);
-        Ok(BasicSource {
-            header: AuthHeader {
-                name: http::header::AUTHORIZATION,
-                value,
-            },
-            username: username.to_string(),
-        })
-    }
-}
-
-impl TokenSource for BasicSource {
-    fn authorization(&self) -> BoxFuture<'_, Result<AuthHeader, AuthError>> {
-        let h = self.header.clone();
-        Box::pin(async move { Ok(h) })
-    }
-
-    fn can_refresh(&self) -> bool {
-        false
-    }
-
-    fn describe(&self) -> String {
-        format!("Basic auth (user {})", self.username)
     }
 }

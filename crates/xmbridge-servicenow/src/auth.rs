@@ -5,8 +5,8 @@ use secrecy::SecretString;
 use std::sync::Arc;
 use std::time::Duration;
 use xmbridge_auth::{
-    AuthError, BasicSource, ClientAuth, ClientCredentialsSource, Grant, OAuthClient, OAuthProvider,
-    ProviderHooks, RefreshTokenSource, Refusal, RetryPolicy, TokenSource,
+    ApiTokenSource, AuthError, ClientAuth, ClientCredentialsSource, Grant, OAuthClient,
+    OAuthProvider, ProviderHooks, RefreshTokenSource, Refusal, RetryPolicy, TokenSource,
 };
 
 /// Credentials of one ServiceNow account. `Debug` shows no secret.
@@ -70,7 +70,7 @@ impl ProviderHooks for ServiceNowHooks {
 /// The token source of one [`Auth`] mode.
 #[derive(Debug)]
 pub(crate) enum Source {
-    Basic(BasicSource),
+    Basic(ApiTokenSource),
     Password(RefreshTokenSource),
     ClientCredentials(ClientCredentialsSource),
     RefreshToken(RefreshTokenSource),
@@ -129,7 +129,9 @@ pub(crate) fn token_source(
     };
     let margin = margin.unwrap_or(DEFAULT_MARGIN);
     Ok(match auth {
-        Auth::Basic { username, password } => Source::Basic(BasicSource::new(username, password)?),
+        Auth::Basic { username, password } => {
+            Source::Basic(ApiTokenSource::basic(username, password)?)
+        }
         Auth::Password {
             client_id,
             client_secret,
