@@ -47,6 +47,7 @@ impl std::error::Error for ApiError {}
 /// Everything a client call can fail with. Messages name the problem and the fix and never
 /// contain a secret.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A data-center id that is not one of Qualtrics' (see [`crate::DataCenter::parse`]).
     #[error("invalid data center: {0}")]
