@@ -249,6 +249,62 @@ impl TokenCache {
     }
 }
 
+/// The builder methods of a source that caches OAuth access tokens (fields `oauth` and `cache`).
+macro_rules! cached_source_builders {
+    ($source:ty) => {
+        impl $source {
+            /// Reads "now" from `clock` (default: the system clock).
+            pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+                self.cache.clock = clock;
+                self
+            }
+
+            /// Refreshes this long before expiry (default 60 s, and tokens living no longer than
+            /// that are renewed at half-life). A margin set here applies as given: one at least
+            /// as long as the token's life renews before every call.
+            pub fn with_refresh_margin(mut self, margin: Duration) -> Self {
+                self.cache.margin = Some(margin);
+                self
+            }
+
+            /// Starts with an access token already in hand (e.g. from the authorize flow), valid
+            /// for `expires_in` from now (`None`: until a 401). Call it after
+            /// [`Self::with_clock`]: "now" is read from the clock set at that point.
+            pub fn with_access_token(
+                self,
+                access_token: &SecretString,
+                expires_in: Option<Duration>,
+            ) -> Result<Self, AuthError> {
+                let now = self.cache.clock.now();
+                self.cache.put(access_token, now, expires_in)?;
+                Ok(self)
+            }
+
+            /// The OAuth client.
+            pub fn oauth(&self) -> &OAuthClient {
+                &self.oauth
+            }
+        }
+    };
+}
+
+/// The [`TokenSource`] methods a caching source answers from its `cache`.
+macro_rules! cache_plumbing {
+    () => {
+        fn invalidate(&self) {
+            self.cache.clear();
+        }
+
+        fn invalidate_stale(&self, sent: &AuthHeader) {
+            self.cache.clear_if(sent);
+        }
+
+        fn expires_at(&self) -> Option<SystemTime> {
+            self.cache.expires_at()
+        }
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
 
 /// OAuth client credentials ("advanced" mode; the [`OAuthClient`]'s HTTP client may carry a
@@ -279,38 +335,9 @@ impl ClientCredentialsSource {
             cache: TokenCache::new(),
         }
     }
-
-    /// Reads "now" from `clock` (default: the system clock).
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.cache.clock = clock;
-        self
-    }
-
-    /// Refreshes this long before expiry (default 60 s, and tokens living no longer than that
-    /// are renewed at half-life). A margin set here applies as given: one at least as long as
-    /// the token's life renews before every call.
-    pub fn with_refresh_margin(mut self, margin: Duration) -> Self {
-        self.cache.margin = Some(margin);
-        self
-    }
-
-    /// Starts with an access token already in hand, valid for `expires_in` from now (`None`:
-    /// until a 401). Call it after [`Self::with_clock`].
-    pub fn with_access_token(
-        self,
-        access_token: &SecretString,
-        expires_in: Option<Duration>,
-    ) -> Result<Self, AuthError> {
-        let now = self.cache.clock.now();
-        self.cache.put(access_token, now, expires_in)?;
-        Ok(self)
-    }
-
-    /// The OAuth client.
-    pub fn oauth(&self) -> &OAuthClient {
-        &self.oauth
-    }
 }
+
+cached_source_builders!(ClientCredentialsSource);
 
 impl TokenSource for ClientCredentialsSource {
     fn authorization(&self) -> BoxFuture<'_, Result<AuthHeader, AuthError>> {
@@ -323,17 +350,7 @@ impl TokenSource for ClientCredentialsSource {
         })
     }
 
-    fn invalidate(&self) {
-        self.cache.clear();
-    }
-
-    fn invalidate_stale(&self, sent: &AuthHeader) {
-        self.cache.clear_if(sent);
-    }
-
-    fn expires_at(&self) -> Option<SystemTime> {
-        self.cache.expires_at()
-    }
+    cache_plumbing!();
 
     fn describe(&self) -> String {
         format!(
@@ -421,38 +438,6 @@ impl RefreshTokenSource {
         self
     }
 
-    /// Reads "now" from `clock` (default: the system clock).
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.cache.clock = clock;
-        self
-    }
-
-    /// Refreshes this long before expiry (default 60 s, and tokens living no longer than that
-    /// are renewed at half-life). A margin set here applies as given: one at least as long as
-    /// the token's life renews before every call.
-    pub fn with_refresh_margin(mut self, margin: Duration) -> Self {
-        self.cache.margin = Some(margin);
-        self
-    }
-
-    /// Starts with an access token already in hand (e.g. from the authorize flow), valid for
-    /// `expires_in` from now (`None`: until a 401). Call it after [`Self::with_clock`]: "now"
-    /// is read from the clock set at that point.
-    pub fn with_access_token(
-        self,
-        access_token: &SecretString,
-        expires_in: Option<Duration>,
-    ) -> Result<Self, AuthError> {
-        let now = self.cache.clock.now();
-        self.cache.put(access_token, now, expires_in)?;
-        Ok(self)
-    }
-
-    /// The OAuth client.
-    pub fn oauth(&self) -> &OAuthClient {
-        &self.oauth
-    }
-
     /// The refresh token in use (the latest rotation); `None` before a password login.
     pub fn refresh_token(&self) -> Option<SecretString> {
         lock(&self.refresh_token).clone()
@@ -515,6 +500,8 @@ impl RefreshTokenSource {
     }
 }
 
+cached_source_builders!(RefreshTokenSource);
+
 impl TokenSource for RefreshTokenSource {
     fn authorization(&self) -> BoxFuture<'_, Result<AuthHeader, AuthError>> {
         Box::pin(async move {
@@ -525,17 +512,7 @@ impl TokenSource for RefreshTokenSource {
         })
     }
 
-    fn invalidate(&self) {
-        self.cache.clear();
-    }
-
-    fn invalidate_stale(&self, sent: &AuthHeader) {
-        self.cache.clear_if(sent);
-    }
-
-    fn expires_at(&self) -> Option<SystemTime> {
-        self.cache.expires_at()
-    }
+    cache_plumbing!();
 
     fn describe(&self) -> String {
         match &self.login {
