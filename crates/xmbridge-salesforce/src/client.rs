@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
+use xmbridge_auth::RefreshOnce;
 
 pub const DEFAULT_API_VERSION: &str = "60.0";
 
@@ -195,7 +196,7 @@ impl SalesforceClient {
         extra: &[(&str, String)],
     ) -> Result<Answer, SalesforceError> {
         let mut session = self.tokens.current().await?;
-        let mut renewed = false;
+        let mut refresh = RefreshOnce::new();
         loop {
             let url = format!("{}{}", session.instance_url.trim_end_matches('/'), path);
             let mut req = self
@@ -222,13 +223,12 @@ impl SalesforceClient {
             let retry_after = xmbridge_auth::retry::retry_after(resp.headers());
             let bytes = resp.bytes().await.map_err(network)?.to_vec();
             if status == 401 {
-                if renewed {
+                if !refresh.retry_after_401(self.tokens.tokens()?, &session.header) {
                     return Err(SalesforceError::TokenExpired {
                         description: "the session was refused again right after a refresh".into(),
                     });
                 }
-                renewed = true;
-                session = self.tokens.renew(&session).await?;
+                session = self.tokens.current().await?;
                 continue;
             }
             if status == 300 {

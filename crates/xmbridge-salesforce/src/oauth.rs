@@ -426,7 +426,8 @@ impl TokenProvider {
         self
     }
 
-    fn tokens(&self) -> Result<&dyn TokenSource, SalesforceError> {
+    /// The token source (renewed once per 401 by the client, `xmbridge_auth::RefreshOnce`).
+    pub(crate) fn tokens(&self) -> Result<&dyn TokenSource, SalesforceError> {
         match &self.source {
             Source::WebServer(s) => Ok(s),
             Source::ClientCredentials(s) => Ok(s),
@@ -444,12 +445,6 @@ impl TokenProvider {
             header,
             instance_url,
         })
-    }
-
-    /// Renews after a 401 on `stale`; if another task already renewed, returns its token.
-    pub(crate) async fn renew(&self, stale: &Session) -> Result<Session, SalesforceError> {
-        self.tokens()?.invalidate_stale(&stale.header);
-        self.current().await
     }
 }
 
