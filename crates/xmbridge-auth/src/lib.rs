@@ -47,7 +47,8 @@ pub use oauth::{
 };
 pub use random::{RandomError, pkce_challenge, random_bytes, random_token};
 pub use retry::{
-    Jitter, RefreshOnce, RetryPolicy, StatusClass, is_transient_status, parse_retry_after,
+    ErrorKind, Jitter, RefreshOnce, RetryPolicy, StatusClass, is_transient_status,
+    parse_retry_after,
 };
 pub use source::{ApiTokenSource, ClientCredentialsSource, Clock, RefreshTokenSource, SystemClock};
 

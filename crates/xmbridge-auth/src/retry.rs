@@ -151,6 +151,27 @@ impl StatusClass {
     }
 }
 
+/// What a caller does about a client's failure, the same list for every client
+/// (`kind()` of the Qualtrics, Salesforce and ServiceNow errors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Re-authorize the account; retrying cannot help.
+    Reauthorize,
+    /// The settings (URLs, client id/secret, flow, scopes) need fixing.
+    Configuration,
+    /// Slow down: a 429 or a used-up allowance; retry later.
+    RateLimited,
+    /// Try again later (network trouble, 5xx, a locked row).
+    Transient,
+    /// The request itself was refused; retrying the same request cannot help.
+    Refused,
+    /// The provider answered something the client does not understand.
+    Protocol,
+    /// Something on this machine failed (a temporary file, the disk).
+    Local,
+}
+
 /// 429, 500, 502, 503 and 504 are worth retrying; other codes are not.
 pub fn is_transient_status(status: u16) -> bool {
     StatusClass::of(status).is_transient()

@@ -36,23 +36,7 @@ fn join(errors: &[SfError]) -> String {
     )
 }
 
-/// What a caller does about a [`SalesforceError`] (see [`SalesforceError::kind`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// Re-authorize the account; retrying cannot help.
-    Reauthorize,
-    /// The account's settings (client id/secret, flow, IP ranges) need fixing.
-    Configuration,
-    /// Slow down: a 429 or the org's daily allowance.
-    RateLimited,
-    /// Try again later.
-    Transient,
-    /// The request itself was refused (or matched several records); retrying cannot help.
-    Refused,
-    /// Salesforce answered something this client does not understand.
-    Protocol,
-}
+pub use xmbridge_auth::ErrorKind;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -160,7 +144,8 @@ impl SalesforceError {
             SalesforceError::RateLimited { .. } | SalesforceError::LimitExceeded { .. } => {
                 ErrorKind::RateLimited
             }
-            SalesforceError::Transient { .. } | SalesforceError::Sink(_) => ErrorKind::Transient,
+            SalesforceError::Transient { .. } => ErrorKind::Transient,
+            SalesforceError::Sink(_) => ErrorKind::Local,
             SalesforceError::Permanent { .. } | SalesforceError::MultipleMatches { .. } => {
                 ErrorKind::Refused
             }
@@ -250,6 +235,7 @@ mod tests {
             br#"[{"message":"Required fields are missing: [LastName]","errorCode":"REQUIRED_FIELD_MISSING","fields":["LastName"]}]"#,
         );
         assert!(!e.is_retryable());
+        assert_eq!(e.kind(), ErrorKind::Refused);
         assert_eq!(e.codes(), vec!["REQUIRED_FIELD_MISSING"]);
         assert!(e.to_string().contains("LastName"), "{e}");
         let e = SalesforceError::from_rest(
@@ -266,6 +252,7 @@ mod tests {
             br#"[{"message":"TotalRequests Limit exceeded.","errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#,
         );
         assert!(matches!(e, SalesforceError::LimitExceeded { .. }) && e.is_retryable());
+        assert_eq!(e.kind(), ErrorKind::RateLimited);
         let e = SalesforceError::from_rest(503, None, None, b"<html>down</html>");
         assert!(e.is_retryable());
         let e: SfError = serde_json::from_str(r#"{"statusCode":"X","message":"m"}"#).unwrap();
