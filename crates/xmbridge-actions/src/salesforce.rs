@@ -222,6 +222,11 @@ pub fn map_error(spec: &ActionSpec, account: &str, e: SalesforceError) -> Action
                 details,
             }
         }
+        // A kind added later: treated as passing trouble until it gets its own arm.
+        other => ActionError::Transient {
+            action,
+            message: other.to_string(),
+        },
     }
 }
 

@@ -83,6 +83,11 @@ pub fn map_error(spec: &ActionSpec, e: Error) -> ActionError {
             message: e.to_string(),
             details: None,
         },
+        // A kind added later: treated as passing trouble until it gets its own arm.
+        other => ActionError::Transient {
+            action,
+            message: other.to_string(),
+        },
     }
 }
 

@@ -1023,7 +1023,7 @@ async fn a_refused_refresh_is_token_expired_with_the_reauthorize_command() {
         .await
         .unwrap();
     let refresh = tokens.refresh_token.clone().unwrap();
-    let sink = |_: &SecretString| -> Result<(), String> { Ok(()) };
+    let sink = |_: &SecretString| -> Result<(), xmbridge_auth::SinkError> { Ok(()) };
     let source = Arc::new(xmbridge_auth::RefreshTokenSource::new(
         oauth,
         refresh,

@@ -6,9 +6,7 @@
 
 use crate::error::AuthError;
 use crate::oauth::{OAuthClient, TokenResponse};
-use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
-use sha2::Digest as _;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -46,22 +44,6 @@ impl Default for AuthorizeOptions {
             extra_params: Vec::new(),
         }
     }
-}
-
-/// Random bytes from the TLS provider's CSPRNG, base64url without padding.
-fn random_token(bytes: usize) -> Result<String, AuthError> {
-    let mut buf = vec![0u8; bytes];
-    rustls::crypto::aws_lc_rs::default_provider()
-        .secure_random
-        .fill(&mut buf)
-        .map_err(|_| AuthError::Other("the system random number generator failed".into()))?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&buf))
-}
-
-/// PKCE S256: `BASE64URL(SHA256(verifier))` (RFC 7636 §4.2).
-fn pkce_challenge(verifier: &str) -> String {
-    let digest = sha2::Sha256::digest(verifier.as_bytes());
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_slice())
 }
 
 /// What the redirect carried.
@@ -119,13 +101,15 @@ impl<'a> AuthorizeFlow<'a> {
             format!("/{}", opts.callback_path)
         };
         let redirect_uri = format!("http://127.0.0.1:{port}{path}");
-        let state = random_token(24)?;
+        let state = crate::random_token(24)?.expose_secret().to_string();
         let verifier = if opts.pkce {
-            Some(SecretString::from(random_token(32)?))
+            Some(crate::random_token(32)?)
         } else {
             None
         };
-        let challenge = verifier.as_ref().map(|v| pkce_challenge(v.expose_secret()));
+        let challenge = verifier
+            .as_ref()
+            .map(|v| crate::pkce_challenge(v.expose_secret()));
         let url = oauth.authorize_url(
             &redirect_uri,
             opts.scope.as_deref(),
@@ -368,22 +352,6 @@ fn html_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pkce_is_base64url_sha256() {
-        // Expected value computed independently (Python hashlib + urlsafe_b64encode).
-        assert_eq!(
-            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r-gW1gZWFOEjXk"),
-            "TLr9LG18MJizbpAEg39ZwLHNOyZVdcN0ElspFaf8LSU"
-        );
-    }
-
-    #[test]
-    fn random_tokens_differ() {
-        let a = random_token(24).unwrap();
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, random_token(24).unwrap());
-    }
 
     #[test]
     fn escapes_html() {

@@ -22,11 +22,13 @@ pub enum AuthError {
     /// The provider rotated the refresh token but the [`crate::RefreshTokenSink`] could not
     /// store the new one; the old one no longer works.
     #[error(
-        "the refresh token of connection '{connection}' was rotated but the new one could not be saved ({detail}); fix the state store (disk full? read-only?) and re-authorize with: {reauthorize}"
+        "the refresh token of connection '{connection}' was rotated but the new one could not be saved ({source}); fix the state store (disk full? read-only?) and re-authorize with: {reauthorize}"
     )]
     RefreshTokenNotSaved {
         connection: String,
-        detail: String,
+        /// Why the sink could not store it (never the token).
+        #[source]
+        source: crate::SinkError,
         reauthorize: String,
     },
 
@@ -91,6 +93,8 @@ pub enum AuthError {
         status: u16,
         attempts: u32,
         detail: String,
+        /// The last answer's `Retry-After`, if it sent one.
+        retry_after: Option<std::time::Duration>,
     },
 
     /// A 2xx answer that is not a token response.
@@ -200,6 +204,10 @@ pub enum AuthError {
     /// The TLS library refused the certificate/key pair for another reason.
     #[error("the client certificate and key cannot be used for TLS: {detail}")]
     InvalidIdentity { detail: String },
+
+    /// The operating system's random source failed (needed for `state` and PKCE).
+    #[error(transparent)]
+    Random(#[from] crate::RandomError),
 
     /// Bad settings given by the caller (URLs, data center names, HTTP client setup).
     #[error("{0}")]

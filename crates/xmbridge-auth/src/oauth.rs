@@ -4,13 +4,15 @@
 //! not cache tokens (see `source.rs`) nor call any API besides the token endpoint.
 
 use crate::error::AuthError;
+use crate::retry::{Jitter, RetryPolicy, StatusClass};
 use base64::Engine as _;
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 
@@ -185,53 +187,63 @@ impl TokenResponse {
     }
 }
 
-/// How often and how long to retry 5xx/429 answers and connection failures.
-#[derive(Clone, Copy, Debug)]
-pub struct RetryPolicy {
-    /// Tries in all (1 = no retry).
-    pub attempts: u32,
-    /// First back-off; doubles each try.
-    pub base_delay: Duration,
-    /// Upper bound of one back-off (also caps `Retry-After`).
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 4,
-            base_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(8),
-        }
-    }
-}
-
-impl RetryPolicy {
-    fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let exp = self.base_delay.saturating_mul(
-            1u32.checked_shl(attempt.saturating_sub(1))
-                .unwrap_or(u32::MAX),
-        );
-        retry_after.unwrap_or(exp).min(self.max_delay)
-    }
-}
-
 /// The grant a token call uses; decides how `invalid_grant` reads and whether a lost answer
 /// may be retried.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Grant {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Grant {
+    /// `client_credentials`
     ClientCredentials,
+    /// `authorization_code`
     AuthorizationCode,
+    /// `refresh_token`
     RefreshToken,
+    /// `password` (ServiceNow's resource-owner grant)
+    Password,
 }
 
 impl Grant {
-    fn as_str(self) -> &'static str {
+    /// The `grant_type` value.
+    pub fn as_str(self) -> &'static str {
         match self {
             Grant::ClientCredentials => "client_credentials",
             Grant::AuthorizationCode => "authorization_code",
             Grant::RefreshToken => "refresh_token",
+            Grant::Password => "password",
         }
+    }
+}
+
+/// How a provider wants a refusal of its token endpoint read (see [`ProviderHooks::refusal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The account's grant is dead: [`AuthError::AccountTokenExpired`] (re-authorize).
+    AccountTokenExpired,
+    /// A plain [`AuthError::OAuth`] answer, whatever its error code.
+    Plain,
+}
+
+/// A provider's quirks, plugged into its [`OAuthClient`]: what differs between providers beyond
+/// the endpoints and the client authentication. Every method has the RFC 6749 default.
+pub trait ProviderHooks: Send + Sync + fmt::Debug {
+    /// A token answer arrived for `grant`: check it, or keep what the provider adds to it
+    /// (Salesforce's `instance_url`). An error rejects the answer.
+    fn on_token(&self, grant: Grant, token: &TokenResponse) -> Result<(), AuthError> {
+        let _ = (grant, token);
+        Ok(())
+    }
+
+    /// The lifetime to assume when an answer carries no `expires_in` (`None`: until a 401).
+    fn assumed_lifetime(&self) -> Option<Duration> {
+        None
+    }
+
+    /// A 4xx answer of the token endpoint (`error`, `error_description`): `Some` overrides the
+    /// generic reading.
+    fn refusal(&self, grant: Grant, status: u16, error: &str, detail: &str) -> Option<Refusal> {
+        let _ = (grant, status, error, detail);
+        None
     }
 }
 
@@ -244,6 +256,8 @@ pub struct OAuthClient {
     client_secret: SecretString,
     http: reqwest::Client,
     retry: RetryPolicy,
+    jitter: Arc<Jitter>,
+    hooks: Option<Arc<dyn ProviderHooks>>,
     connection: String,
     reauthorize: String,
 }
@@ -297,7 +311,9 @@ impl OAuthClient {
             client_id: client_id.into(),
             client_secret,
             http,
-            retry: RetryPolicy::default(),
+            retry: RetryPolicy::token_endpoint(),
+            jitter: Arc::new(Jitter::from_time()),
+            hooks: None,
             connection,
         })
     }
@@ -309,10 +325,22 @@ impl OAuthClient {
         self
     }
 
-    /// Retry policy for 5xx/429 and connection failures.
+    /// Retry policy for 5xx/429 and connection failures (default
+    /// [`RetryPolicy::token_endpoint`]; 429s count on [`RetryPolicy::max_retries`] here).
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
+    }
+
+    /// Plugs in the provider's quirks.
+    pub fn with_hooks(mut self, hooks: Arc<dyn ProviderHooks>) -> Self {
+        self.hooks = Some(hooks);
+        self
+    }
+
+    /// The provider's quirks, if any were plugged in.
+    pub fn hooks(&self) -> Option<&Arc<dyn ProviderHooks>> {
+        self.hooks.as_ref()
     }
 
     /// Names the connection in errors; the re-authorize command becomes
@@ -387,6 +415,27 @@ impl OAuthClient {
             ));
         }
         self.token_call(Grant::AuthorizationCode, form, None).await
+    }
+
+    /// `grant_type=password` (the resource-owner grant ServiceNow offers), optional `scope`.
+    pub async fn password(
+        &self,
+        username: &str,
+        password: &SecretString,
+        scope: Option<&str>,
+    ) -> Result<TokenResponse, AuthError> {
+        let mut form = vec![
+            ("grant_type", Zeroizing::new("password".to_string())),
+            ("username", Zeroizing::new(username.to_string())),
+            (
+                "password",
+                Zeroizing::new(password.expose_secret().to_string()),
+            ),
+        ];
+        if let Some(s) = scope.filter(|s| !s.trim().is_empty()) {
+            form.push(("scope", Zeroizing::new(s.to_string())));
+        }
+        self.token_call(Grant::Password, form, scope).await
     }
 
     /// `grant_type=refresh_token`; `scope` narrows the new access token (optional).
@@ -486,7 +535,8 @@ impl OAuthClient {
         });
         drop(form);
         let url = &self.provider.token_url;
-        let attempts = self.retry.attempts.max(1);
+        // Token calls count 429s with 5xx answers: one budget, `attempts` in the error.
+        let attempts = self.retry.max_retries.saturating_add(1);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -508,23 +558,21 @@ impl OAuthClient {
                     let safe = e.is_connect() || grant == Grant::ClientCredentials;
                     if safe && err.is_retryable() && attempt < attempts {
                         tracing::debug!(provider = %self.provider.name, attempt, "token call failed, retrying: {err}");
-                        tokio::time::sleep(self.retry.delay(attempt, None)).await;
+                        tokio::time::sleep(self.retry.delay(attempt - 1, None, &self.jitter)).await;
                         continue;
                     }
                     return Err(err);
                 }
             };
             let status = resp.status();
-            if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                let retry_after = resp
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+            if StatusClass::of(status.as_u16()).is_server_error()
+                || status == StatusCode::TOO_MANY_REQUESTS
+            {
+                let retry_after = crate::retry::retry_after(resp.headers());
                 if attempt < attempts {
                     tracing::debug!(provider = %self.provider.name, attempt, %status, "token endpoint busy, retrying");
-                    tokio::time::sleep(self.retry.delay(attempt, retry_after)).await;
+                    tokio::time::sleep(self.retry.delay(attempt - 1, retry_after, &self.jitter))
+                        .await;
                     continue;
                 }
                 let bytes = resp.bytes().await.unwrap_or_default();
@@ -534,6 +582,7 @@ impl OAuthClient {
                     status: status.as_u16(),
                     attempts: attempt,
                     detail: format!("{error}: {detail}"),
+                    retry_after,
                 });
             }
             let bytes = match resp.bytes().await {
@@ -541,7 +590,11 @@ impl OAuthClient {
                 Err(e) => return Err(self.transport_error(&e)),
             };
             if status.is_success() {
-                return TokenResponse::parse(&self.provider.name, &bytes);
+                let token = TokenResponse::parse(&self.provider.name, &bytes)?;
+                if let Some(h) = &self.hooks {
+                    h.on_token(grant, &token)?;
+                }
+                return Ok(token);
             }
             return Err(self.error_answer(grant, status, &bytes, scope));
         }
@@ -557,6 +610,28 @@ impl OAuthClient {
     ) -> AuthError {
         let (error, detail) = error_body(body);
         let provider = self.provider.name.clone();
+        let quirk = self
+            .hooks
+            .as_ref()
+            .and_then(|h| h.refusal(grant, status.as_u16(), &error, &detail));
+        match quirk {
+            Some(Refusal::AccountTokenExpired) => {
+                return AuthError::AccountTokenExpired {
+                    connection: self.connection.clone(),
+                    detail: format!("{error}: {detail}, HTTP {}", status.as_u16()),
+                    reauthorize: self.reauthorize.clone(),
+                };
+            }
+            Some(Refusal::Plain) => {
+                return AuthError::OAuth {
+                    provider,
+                    status: status.as_u16(),
+                    error,
+                    detail,
+                };
+            }
+            None => {}
+        }
         match error.as_str() {
             "invalid_grant" if grant == Grant::RefreshToken => AuthError::AccountTokenExpired {
                 connection: self.connection.clone(),
@@ -729,21 +804,5 @@ mod tests {
             "https://fra1.qualtrics.com/oauth2/token"
         );
         assert!(OAuthProvider::qualtrics_datacenter("fra1.evil.com/x").is_err());
-    }
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let r = RetryPolicy {
-            attempts: 5,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_millis(350),
-        };
-        assert_eq!(r.delay(1, None), Duration::from_millis(100));
-        assert_eq!(r.delay(2, None), Duration::from_millis(200));
-        assert_eq!(r.delay(3, None), Duration::from_millis(350));
-        assert_eq!(
-            r.delay(1, Some(Duration::from_secs(9))),
-            Duration::from_millis(350)
-        );
     }
 }

@@ -40,9 +40,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 // ---------------------------------------------------------------------------------------------
 
-/// A fixed API token sent as `X-API-TOKEN` (Qualtrics). Never expires, cannot refresh.
+/// A fixed credential header: an API token sent as `X-API-TOKEN` (Qualtrics), or Basic
+/// credentials ([`ApiTokenSource::basic`], ServiceNow). Never expires, cannot refresh: a 401 is
+/// final.
 pub struct ApiTokenSource {
     header: AuthHeader,
+    description: String,
 }
 
 impl fmt::Debug for ApiTokenSource {
@@ -74,6 +77,29 @@ impl ApiTokenSource {
                 name: http::HeaderName::from_static("x-api-token"),
                 value,
             },
+            description: "API token (X-API-TOKEN)".into(),
+        })
+    }
+
+    /// `Authorization: Basic` with `username` and `password` on every call.
+    pub fn basic(username: &str, password: &SecretString) -> Result<Self, AuthError> {
+        use base64::Engine as _;
+        let pair =
+            secrecy::zeroize::Zeroizing::new(format!("{username}:{}", password.expose_secret()));
+        let encoded = secrecy::zeroize::Zeroizing::new(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
+        ));
+        let mut value = http::HeaderValue::from_str(&encoded).map_err(|_| {
+            AuthError::Config("the user name cannot go into an HTTP header (a line break?)".into())
+        })?;
+        value.set_sensitive(true);
+        Ok(ApiTokenSource {
+            header: AuthHeader {
+                name: http::header::AUTHORIZATION,
+                value,
+            },
+            description: format!("Basic auth (user {username})"),
         })
     }
 }
@@ -84,8 +110,12 @@ impl TokenSource for ApiTokenSource {
         Box::pin(async move { Ok(h) })
     }
 
+    fn can_refresh(&self) -> bool {
+        false
+    }
+
     fn describe(&self) -> String {
-        "API token (X-API-TOKEN)".into()
+        self.description.clone()
     }
 }
 
@@ -103,7 +133,9 @@ struct TokenCache {
     /// Held while fetching, so concurrent callers share one token call.
     flight: tokio::sync::Mutex<()>,
     clock: Arc<dyn Clock>,
-    margin: Duration,
+    /// `None`: the default margin, with short-lived tokens renewed at half-life; `Some`: a
+    /// margin the caller chose, applied as given.
+    margin: Option<Duration>,
 }
 
 impl TokenCache {
@@ -112,7 +144,7 @@ impl TokenCache {
             state: Mutex::new(None),
             flight: tokio::sync::Mutex::new(()),
             clock: Arc::new(SystemClock),
-            margin: DEFAULT_MARGIN,
+            margin: None,
         }
     }
 
@@ -139,9 +171,14 @@ impl TokenCache {
         // A provider's `expires_in` is outside data: cap it so the arithmetic cannot overflow.
         let (expires_at, refresh_at) = match lifetime.map(|l| l.min(MAX_LIFETIME)) {
             Some(l) => {
-                // A token that lives no longer than the margin is renewed at half-life instead
-                // of on every call.
-                let margin = if l > self.margin { self.margin } else { l / 2 };
+                let margin = match self.margin {
+                    // A token that lives no longer than the default margin is renewed at
+                    // half-life instead of on every call.
+                    None if l <= DEFAULT_MARGIN => l / 2,
+                    None => DEFAULT_MARGIN,
+                    // A chosen margin as long as the token's life renews before every call.
+                    Some(m) => m.min(l),
+                };
                 (obtained.checked_add(l), obtained.checked_add(l - margin))
             }
             None => (None, None),
@@ -154,18 +191,29 @@ impl TokenCache {
         Ok(header)
     }
 
-    fn store(&self, resp: &TokenResponse, obtained: SystemTime) -> Result<AuthHeader, AuthError> {
+    fn store(
+        &self,
+        resp: &TokenResponse,
+        obtained: SystemTime,
+        assumed_lifetime: Option<Duration>,
+    ) -> Result<AuthHeader, AuthError> {
         if !resp.token_type.eq_ignore_ascii_case("bearer") {
             tracing::warn!(token_type = %resp.token_type, "token type is not Bearer; sending it as Bearer");
         }
         self.put(
             &resp.access_token,
             obtained,
-            resp.expires_in.map(Duration::from_secs),
+            resp.expires_in
+                .map(Duration::from_secs)
+                .or(assumed_lifetime),
         )
     }
 
-    async fn get<Fut>(&self, fetch: impl FnOnce() -> Fut) -> Result<AuthHeader, AuthError>
+    async fn get<Fut>(
+        &self,
+        oauth: &OAuthClient,
+        fetch: impl FnOnce() -> Fut,
+    ) -> Result<AuthHeader, AuthError>
     where
         Fut: Future<Output = Result<TokenResponse, AuthError>>,
     {
@@ -180,16 +228,81 @@ impl TokenCache {
         // The lifetime counts from before the call: never believe a token lives longer than it does.
         let obtained = self.clock.now();
         let resp = fetch().await?;
-        self.store(&resp, obtained)
+        let assumed = oauth.hooks().and_then(|h| h.assumed_lifetime());
+        self.store(&resp, obtained, assumed)
     }
 
     fn clear(&self) {
         *lock(&self.state) = None;
     }
 
+    /// Forgets the cached token only if it is `sent` (another caller may have refreshed since).
+    fn clear_if(&self, sent: &AuthHeader) {
+        let mut st = lock(&self.state);
+        if st.as_ref().is_some_and(|c| c.header.value == sent.value) {
+            *st = None;
+        }
+    }
+
     fn expires_at(&self) -> Option<SystemTime> {
         lock(&self.state).as_ref().and_then(|c| c.expires_at)
     }
+}
+
+/// The builder methods of a source that caches OAuth access tokens (fields `oauth` and `cache`).
+macro_rules! cached_source_builders {
+    ($source:ty) => {
+        impl $source {
+            /// Reads "now" from `clock` (default: the system clock).
+            pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+                self.cache.clock = clock;
+                self
+            }
+
+            /// Refreshes this long before expiry (default 60 s, and tokens living no longer than
+            /// that are renewed at half-life). A margin set here applies as given: one at least
+            /// as long as the token's life renews before every call.
+            pub fn with_refresh_margin(mut self, margin: Duration) -> Self {
+                self.cache.margin = Some(margin);
+                self
+            }
+
+            /// Starts with an access token already in hand (e.g. from the authorize flow), valid
+            /// for `expires_in` from now (`None`: until a 401). Call it after
+            /// [`Self::with_clock`]: "now" is read from the clock set at that point.
+            pub fn with_access_token(
+                self,
+                access_token: &SecretString,
+                expires_in: Option<Duration>,
+            ) -> Result<Self, AuthError> {
+                let now = self.cache.clock.now();
+                self.cache.put(access_token, now, expires_in)?;
+                Ok(self)
+            }
+
+            /// The OAuth client.
+            pub fn oauth(&self) -> &OAuthClient {
+                &self.oauth
+            }
+        }
+    };
+}
+
+/// The [`TokenSource`] methods a caching source answers from its `cache`.
+macro_rules! cache_plumbing {
+    () => {
+        fn invalidate(&self) {
+            self.cache.clear();
+        }
+
+        fn invalidate_stale(&self, sent: &AuthHeader) {
+            self.cache.clear_if(sent);
+        }
+
+        fn expires_at(&self) -> Option<SystemTime> {
+            self.cache.expires_at()
+        }
+    };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -222,41 +335,22 @@ impl ClientCredentialsSource {
             cache: TokenCache::new(),
         }
     }
-
-    /// Reads "now" from `clock` (default: the system clock).
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.cache.clock = clock;
-        self
-    }
-
-    /// Refreshes this long before expiry (default 60 s; tokens living no longer than that are renewed at half-life).
-    pub fn with_refresh_margin(mut self, margin: Duration) -> Self {
-        self.cache.margin = margin;
-        self
-    }
-
-    /// The OAuth client.
-    pub fn oauth(&self) -> &OAuthClient {
-        &self.oauth
-    }
 }
+
+cached_source_builders!(ClientCredentialsSource);
 
 impl TokenSource for ClientCredentialsSource {
     fn authorization(&self) -> BoxFuture<'_, Result<AuthHeader, AuthError>> {
         Box::pin(async move {
             self.cache
-                .get(|| self.oauth.client_credentials(self.scope.as_deref()))
+                .get(&self.oauth, || {
+                    self.oauth.client_credentials(self.scope.as_deref())
+                })
                 .await
         })
     }
 
-    fn invalidate(&self) {
-        self.cache.clear();
-    }
-
-    fn expires_at(&self) -> Option<SystemTime> {
-        self.cache.expires_at()
-    }
+    cache_plumbing!();
 
     fn describe(&self) -> String {
         format!(
@@ -273,15 +367,19 @@ impl TokenSource for ClientCredentialsSource {
 /// [`ClientCredentialsSource`]; refreshes with the stored refresh token; a rotated refresh
 /// token goes to the [`RefreshTokenSink`] before the new access token is used. A refusal
 /// (`invalid_grant`) becomes [`AuthError::AccountTokenExpired`] and sticks: later calls fail the
-/// same way without asking the provider again.
+/// same way without asking the provider again — unless the source logs in with a password
+/// ([`RefreshTokenSource::password`]), which then simply logs in again.
 pub struct RefreshTokenSource {
     oauth: OAuthClient,
-    refresh_token: Mutex<SecretString>,
+    /// `None` until a password login returned one (or after it was refused).
+    refresh_token: Mutex<Option<SecretString>>,
     sink: Arc<dyn RefreshTokenSink>,
     scope: Option<String>,
     cache: TokenCache,
     /// The `detail` of the refusal once the refresh token is known dead.
     dead: Mutex<Option<String>>,
+    /// User name and password for the password grant, when the source logs in by itself.
+    login: Option<(String, SecretString)>,
 }
 
 impl fmt::Debug for RefreshTokenSource {
@@ -289,6 +387,7 @@ impl fmt::Debug for RefreshTokenSource {
         f.debug_struct("RefreshTokenSource")
             .field("oauth", &self.oauth)
             .field("refresh_token", &"[REDACTED]")
+            .field("user", &self.login.as_ref().map(|(user, _)| user))
             .field("scope", &self.scope)
             .field("expires_at", &self.cache.expires_at())
             .finish()
@@ -304,11 +403,32 @@ impl RefreshTokenSource {
     ) -> Self {
         RefreshTokenSource {
             oauth,
-            refresh_token: Mutex::new(refresh_token),
+            refresh_token: Mutex::new(Some(refresh_token)),
             sink,
             scope: None,
             cache: TokenCache::new(),
             dead: Mutex::new(None),
+            login: None,
+        }
+    }
+
+    /// The resource-owner password grant (ServiceNow): logs in as `username`, then refreshes with
+    /// the refresh token that returned; a refused refresh logs in again. Rotated refresh tokens
+    /// go to `sink` like those of [`RefreshTokenSource::new`].
+    pub fn password(
+        oauth: OAuthClient,
+        username: impl Into<String>,
+        password: SecretString,
+        sink: Arc<dyn RefreshTokenSink>,
+    ) -> Self {
+        RefreshTokenSource {
+            oauth,
+            refresh_token: Mutex::new(None),
+            sink,
+            scope: None,
+            cache: TokenCache::new(),
+            dead: Mutex::new(None),
+            login: Some((username.into(), password)),
         }
     }
 
@@ -318,34 +438,9 @@ impl RefreshTokenSource {
         self
     }
 
-    /// Reads "now" from `clock` (default: the system clock).
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.cache.clock = clock;
-        self
-    }
-
-    /// Refreshes this long before expiry (default 60 s; tokens living no longer than that are renewed at half-life).
-    pub fn with_refresh_margin(mut self, margin: Duration) -> Self {
-        self.cache.margin = margin;
-        self
-    }
-
-    /// Starts with an access token already in hand (e.g. from the authorize flow), valid for
-    /// `expires_in` from now (`None`: until a 401). Call it after [`Self::with_clock`]: "now"
-    /// is read from the clock set at that point.
-    pub fn with_access_token(
-        self,
-        access_token: &SecretString,
-        expires_in: Option<Duration>,
-    ) -> Result<Self, AuthError> {
-        let now = self.cache.clock.now();
-        self.cache.put(access_token, now, expires_in)?;
-        Ok(self)
-    }
-
-    /// The OAuth client.
-    pub fn oauth(&self) -> &OAuthClient {
-        &self.oauth
+    /// The refresh token in use (the latest rotation); `None` before a password login.
+    pub fn refresh_token(&self) -> Option<SecretString> {
+        lock(&self.refresh_token).clone()
     }
 
     fn expired_error(&self, detail: String) -> AuthError {
@@ -362,24 +457,40 @@ impl RefreshTokenSource {
             return Err(self.expired_error(detail));
         }
         let current = lock(&self.refresh_token).clone();
-        let resp = match self.oauth.refresh(&current, self.scope.as_deref()).await {
-            Ok(r) => r,
-            Err(AuthError::AccountTokenExpired { detail, .. }) => {
-                *lock(&self.dead) = Some(detail.clone());
-                return Err(self.expired_error(detail));
+        let refreshed = match &current {
+            Some(rt) => match self.oauth.refresh(rt, self.scope.as_deref()).await {
+                Ok(r) => Some(r),
+                // A password login simply logs in again.
+                Err(AuthError::AccountTokenExpired { .. }) if self.login.is_some() => None,
+                Err(AuthError::AccountTokenExpired { detail, .. }) => {
+                    *lock(&self.dead) = Some(detail.clone());
+                    return Err(self.expired_error(detail));
+                }
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        let resp = match (refreshed, &self.login) {
+            (Some(r), _) => r,
+            (None, Some((username, password))) => {
+                self.oauth
+                    .password(username, password, self.scope.as_deref())
+                    .await?
             }
-            Err(e) => return Err(e),
+            (None, None) => return Err(self.expired_error("no refresh token".into())),
         };
         if let Some(new) = &resp.refresh_token
-            && new.expose_secret() != current.expose_secret()
+            && current
+                .as_ref()
+                .is_none_or(|c| new.expose_secret() != c.expose_secret())
         {
             // The old refresh token is dead from now on: keep the new one in memory whatever
             // happens, and persist it before anything uses the new access token.
-            *lock(&self.refresh_token) = new.clone();
-            if let Err(detail) = self.sink.save(new) {
+            *lock(&self.refresh_token) = Some(new.clone());
+            if let Err(source) = self.sink.save(new) {
                 return Err(AuthError::RefreshTokenNotSaved {
                     connection: self.oauth.connection().to_string(),
-                    detail,
+                    source,
                     reauthorize: self.oauth.reauthorize_command().to_string(),
                 });
             }
@@ -389,30 +500,33 @@ impl RefreshTokenSource {
     }
 }
 
+cached_source_builders!(RefreshTokenSource);
+
 impl TokenSource for RefreshTokenSource {
     fn authorization(&self) -> BoxFuture<'_, Result<AuthHeader, AuthError>> {
         Box::pin(async move {
             if let Some(detail) = lock(&self.dead).clone() {
                 return Err(self.expired_error(detail));
             }
-            self.cache.get(|| self.refresh_once()).await
+            self.cache.get(&self.oauth, || self.refresh_once()).await
         })
     }
 
-    fn invalidate(&self) {
-        self.cache.clear();
-    }
-
-    fn expires_at(&self) -> Option<SystemTime> {
-        self.cache.expires_at()
-    }
+    cache_plumbing!();
 
     fn describe(&self) -> String {
-        format!(
-            "OAuth refresh token ({}, client id {}, connection {})",
-            self.oauth.provider().name,
-            self.oauth.client_id(),
-            self.oauth.connection()
-        )
+        match &self.login {
+            Some((user, _)) => format!(
+                "OAuth password grant ({}, client id {}, user {user})",
+                self.oauth.provider().name,
+                self.oauth.client_id(),
+            ),
+            None => format!(
+                "OAuth refresh token ({}, client id {}, connection {})",
+                self.oauth.provider().name,
+                self.oauth.client_id(),
+                self.oauth.connection()
+            ),
+        }
     }
 }

@@ -284,7 +284,7 @@ async fn authorized(
 struct Saved(Mutex<Vec<String>>);
 
 impl xmbridge_auth::RefreshTokenSink for Saved {
-    fn save(&self, t: &SecretString) -> Result<(), String> {
+    fn save(&self, t: &SecretString) -> Result<(), xmbridge_auth::SinkError> {
         self.0.lock().unwrap().push(t.expose_secret().to_string());
         Ok(())
     }
@@ -345,7 +345,9 @@ async fn a_failing_sink_stops_the_new_token_from_being_used() {
     let t = start().await;
     let oauth = t.oauth("Web app", "c1");
     let first = authorized(&t, &oauth, "analyst").await;
-    let sink = Arc::new(|_: &SecretString| -> Result<(), String> { Err("disk full".to_string()) });
+    let sink = Arc::new(|_: &SecretString| -> Result<(), xmbridge_auth::SinkError> {
+        Err("disk full".into())
+    });
     let src = RefreshTokenSource::new(oauth, first.refresh_token.unwrap(), sink);
     let e = src.authorization().await.unwrap_err();
     assert!(matches!(e, AuthError::RefreshTokenNotSaved { .. }), "{e:?}");

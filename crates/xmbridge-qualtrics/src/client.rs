@@ -9,10 +9,9 @@ use crate::datacenter::{BaseUrl, DataCenter, proxied_host};
 use crate::envelope::{self, Envelope};
 use crate::error::{ApiError, Error, is_transient_status, strip_query};
 use crate::ratelimit::{RateLimiter, RateLimits};
-use crate::retry::{Jitter, RetryPolicy, parse_retry_after};
 use futures_util::stream::{self, Stream, StreamExt, TryStreamExt};
 use reqwest::Method;
-use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -22,7 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 use url::Url;
-use xmbridge_auth::{AuthError, ExposeSecret, SecretString, TokenSource};
+use xmbridge_auth::retry::{Jitter, RetryPolicy};
+use xmbridge_auth::{AuthError, AuthHeader, ExposeSecret, RefreshOnce, SecretString, TokenSource};
 
 /// How calls are authenticated.
 ///
@@ -80,9 +80,15 @@ impl Auth {
         matches!(self, Auth::TokenSource(_))
     }
 
-    fn invalidate(&self) {
-        if let Auth::TokenSource(s) = self {
-            s.invalidate();
+    /// The 401 rule shared by every client: true when the call should be sent once more
+    /// with fresh credentials (see [`RefreshOnce`]).
+    fn retry_after_401(&self, refresh: &mut RefreshOnce, sent: (HeaderName, HeaderValue)) -> bool {
+        match self {
+            Auth::ApiToken(_) => false,
+            Auth::TokenSource(s) => {
+                let (name, value) = sent;
+                refresh.retry_after_401(s.as_ref(), &AuthHeader { name, value })
+            }
         }
     }
 
@@ -507,7 +513,7 @@ impl Client {
         timeout: Duration,
         retry: &mut u32,
     ) -> Result<reqwest::Response, Error> {
-        let mut refreshed = false;
+        let mut refresh = RefreshOnce::new();
         let mut throttled = 0u32;
         loop {
             // The rate-limit wait comes first so the credentials are as fresh as possible.
@@ -520,7 +526,7 @@ impl Client {
                 .http
                 .request(method.clone(), url.clone())
                 .timeout(timeout)
-                .header(name, value);
+                .header(name.clone(), value.clone());
             if let Some(b) = body {
                 rb = rb.json(b);
             }
@@ -535,11 +541,7 @@ impl Client {
                 }
                 Ok(resp) => {
                     let status = resp.status().as_u16();
-                    let retry_after = resp
-                        .headers()
-                        .get(RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(parse_retry_after);
+                    let retry_after = xmbridge_auth::retry::retry_after(resp.headers());
                     let bytes = resp.bytes().await.unwrap_or_default();
                     let mut api = match envelope::parse(status, &bytes, url.as_str()) {
                         Err(Error::Api(api)) => api,
@@ -555,16 +557,14 @@ impl Client {
                     };
                     api.retry_after = retry_after;
                     if status == 401 {
-                        if self.inner.auth.can_refresh() && !refreshed {
-                            refreshed = true;
+                        if self.inner.auth.retry_after_401(&mut refresh, (name, value)) {
                             tracing::info!(
                                 credential = %self.inner.auth.describe(),
                                 "Qualtrics answered 401; fetching fresh credentials and retrying once"
                             );
-                            self.inner.auth.invalidate();
                             continue;
                         }
-                        return Err(self.unauthorized(api, refreshed));
+                        return Err(self.unauthorized(api, refresh.refreshed()));
                     }
                     if status == 429 {
                         if let Some(limiter) = &self.inner.limiter {

@@ -26,9 +26,7 @@ impl ApiError {
 }
 
 /// 429, 500, 502, 503 and 504 are worth retrying (qualtrics-api.md §3.3); other codes are not.
-pub fn is_transient_status(status: u16) -> bool {
-    matches!(status, 429 | 500 | 502 | 503 | 504)
-}
+pub use xmbridge_auth::is_transient_status;
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -49,6 +47,7 @@ impl std::error::Error for ApiError {}
 /// Everything a client call can fail with. Messages name the problem and the fix and never
 /// contain a secret.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A data-center id that is not one of Qualtrics' (see [`crate::DataCenter::parse`]).
     #[error("invalid data center: {0}")]
@@ -123,6 +122,26 @@ pub enum Error {
 }
 
 impl Error {
+    /// What a caller does about this error (the list every client shares).
+    pub fn kind(&self) -> xmbridge_auth::ErrorKind {
+        use xmbridge_auth::ErrorKind as K;
+        match self {
+            Error::Auth(a) if a.needs_reauthorization() => K::Reauthorize,
+            Error::Auth(a) if a.is_retryable() => K::Transient,
+            Error::Auth(_) => K::Configuration,
+            Error::Unauthorized { .. } => K::Reauthorize,
+            Error::Api(e) if e.status == 429 => K::RateLimited,
+            Error::Api(e) if e.is_transient() => K::Transient,
+            Error::Api(_) | Error::Export { .. } => K::Refused,
+            Error::Transport { .. } => K::Transient,
+            Error::Config(_) | Error::InvalidBaseUrl(_) | Error::InvalidDataCenter(_) => {
+                K::Configuration
+            }
+            Error::Decode { .. } | Error::Pagination(_) | Error::Zip(_) => K::Protocol,
+            Error::Io { .. } => K::Local,
+        }
+    }
+
     /// The HTTP status of an API error answer (401 for [`Error::Unauthorized`]).
     pub fn status(&self) -> Option<u16> {
         self.api().map(|e| e.status)
@@ -194,6 +213,7 @@ mod tests {
             "Qualtrics answered 404 SURVEY_1: Survey 'SV_x' was not found. (requestId r-1)"
         );
         assert!(!e.is_transient());
+        assert_eq!(Error::Api(e).kind(), xmbridge_auth::ErrorKind::Refused);
         assert!(is_transient_status(429) && is_transient_status(503) && !is_transient_status(501));
     }
 }

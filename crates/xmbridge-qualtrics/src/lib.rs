@@ -4,7 +4,8 @@
 //! `acme.ca1.qualtrics.com`, a pasted URL, an organization id) into a base URL, data-center
 //! discovery (`/whoami`, the "use this host instead" notice), authentication headers, the
 //! brand-wide and per-route rate limits ([`ratelimit`]), timeouts, the `{result, meta}` envelope
-//! and its typed errors, retries with backoff that honour `Retry-After`, `nextPage` pagination as
+//! and its typed errors, retries with backoff that honour `Retry-After` (the policy shared with the
+//! other clients, [`xmbridge_auth::retry`]), `nextPage` pagination as
 //! a stream, and the response export flow (start → poll → download to a temporary file → unzip →
 //! stream-parse). It must not know about storage, sync cursors or workflows; those crates build
 //! on it. Credentials are either an API token or a [`TokenSource`] of `xmbridge-auth` (OAuth
@@ -35,12 +36,12 @@ pub mod envelope;
 pub mod error;
 pub mod export;
 pub mod ratelimit;
-pub mod retry;
 
 pub use client::{Auth, Client, ClientBuilder, RetryMode, SurveySummary, WhoAmI};
 pub use datacenter::{BaseUrl, DataCenter};
 pub use error::{ApiError, Error};
 pub use export::{ExportFile, ExportFormat, ExportOptions, ExportProgress};
 pub use ratelimit::{RateLimiter, RateLimiterStats, RateLimits};
-pub use retry::RetryPolicy;
+/// How transient failures are retried: the policy every client shares (`xmbridge-auth`).
+pub use xmbridge_auth::RetryPolicy;
 pub use xmbridge_auth::{AuthError, AuthHeader, ExposeSecret, SecretString, TokenSource};

@@ -64,6 +64,9 @@ pub enum RuntimeError {
     /// An HTTP client could not be built.
     #[error(transparent)]
     Http(#[from] reqwest::Error),
+    /// Salesforce refused or could not set up a call.
+    #[error(transparent)]
+    Salesforce(#[from] xmbridge_salesforce::SalesforceError),
 }
 
 /// What a caller branches on.

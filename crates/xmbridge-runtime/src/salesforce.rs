@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use xmbridge_actions::{ActionContext, ActionError, ActionSpec};
-use xmbridge_auth::{ClientAuth, OAuthClient, OAuthProvider, SecretString, TokenResponse};
+use xmbridge_auth::{SecretString, TokenResponse};
 use xmbridge_salesforce::{
     ClientCredentials, OAuthApp, RefreshSink, SalesforceClient, TokenProvider,
 };
@@ -14,13 +14,9 @@ use xmbridge_workflows::store::{AccountKind, AccountRow};
 
 use crate::error::{Result, RuntimeError};
 
-fn join_url(base: &str, path: &str) -> Result<url::Url> {
-    let base_url = url::Url::parse(base).map_err(|source| RuntimeError::Url {
-        message: format!("{base} is not a URL"),
-        source,
-    })?;
-    base_url.join(path).map_err(|source| RuntimeError::Url {
-        message: format!("cannot build {path} from {base_url}"),
+fn parse_url(text: &str) -> Result<url::Url> {
+    url::Url::parse(text).map_err(|source| RuntimeError::Url {
+        message: format!("{text} is not a URL"),
         source,
     })
 }
@@ -93,13 +89,16 @@ pub async fn login(login: Login<'_>, on_url: impl FnOnce(&url::Url)) -> Result<T
         port,
         timeout,
     } = login;
-    let provider = OAuthProvider::new(
-        "Salesforce",
-        join_url(login_url, "/services/oauth2/token")?,
-        Some(join_url(login_url, "/services/oauth2/authorize")?),
-        ClientAuth::FormFields,
-    )?;
-    let oauth = OAuthClient::new(provider, client_id, secret)?
+    parse_url(login_url)?;
+    // The same OAuth client the account runs on (xmbridge_salesforce::TokenProvider).
+    let app = OAuthApp {
+        login_url: login_url.to_string(),
+        client_id: client_id.to_string(),
+        client_secret: secret,
+        redirect_uri: String::new(),
+    };
+    let oauth = app
+        .oauth_client()?
         .for_connection(name)
         .with_reauthorize_command(format!(
             "xmbridge account link {name} --refresh --as {user}"
@@ -122,12 +121,15 @@ pub async fn client_credentials(
     client_id: &str,
     secret: SecretString,
 ) -> Result<TokenResponse> {
-    let url = url::Url::parse(token_url).map_err(|source| RuntimeError::Url {
-        message: format!("{token_url} is not a URL"),
-        source,
-    })?;
-    let provider = OAuthProvider::new("Salesforce", url, None, ClientAuth::FormFields)?;
-    let oauth = OAuthClient::new(provider, client_id, secret)?.for_connection(name);
+    parse_url(token_url)?;
+    // The same OAuth client the account runs on (xmbridge_salesforce::TokenProvider).
+    let oauth = ClientCredentials {
+        token_url: token_url.to_string(),
+        client_id: client_id.to_string(),
+        client_secret: secret,
+    }
+    .oauth_client()?
+    .for_connection(name);
     Ok(oauth.client_credentials(None).await?)
 }
 
@@ -171,13 +173,7 @@ pub fn context(
             },
         ),
         AccountKind::OAuth => {
-            let sink_vault = vault.clone();
-            let sink_name = name.to_string();
-            let sink: Arc<dyn RefreshSink> = Arc::new(move |t: &SecretString| {
-                sink_vault
-                    .set_secret(&sink_name, SecretField::RefreshToken, t)
-                    .map_err(|e| e.to_string())
-            });
+            let sink: Arc<dyn RefreshSink> = Arc::new(vault.refresh_token_sink(name));
             TokenProvider::web_server(
                 http.clone(),
                 OAuthApp {

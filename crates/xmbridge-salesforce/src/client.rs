@@ -1,16 +1,16 @@
 //! The REST client: one org, one [`TokenProvider`], an API version. Every call goes through
 //! [`SalesforceClient::send`]: bearer token, `Sforce-Limit-Info` parsing, one refresh-and-replay
-//! on 401, then classification of any error.
+//! on 401 and `Retry-After` by the shared rules of `xmbridge_auth::retry`, then classification of
+//! any error.
 
 use crate::error::{SalesforceError, SfError};
 use crate::oauth::TokenProvider;
 use reqwest::Method;
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use xmbridge_auth::RefreshOnce;
 
 pub const DEFAULT_API_VERSION: &str = "60.0";
 
@@ -196,13 +196,13 @@ impl SalesforceClient {
         extra: &[(&str, String)],
     ) -> Result<Answer, SalesforceError> {
         let mut session = self.tokens.current().await?;
-        let mut renewed = false;
+        let mut refresh = RefreshOnce::new();
         loop {
             let url = format!("{}{}", session.instance_url.trim_end_matches('/'), path);
             let mut req = self
                 .http
                 .request(method.clone(), &url)
-                .bearer_auth(session.access_token.expose_secret())
+                .header(session.header.name.clone(), session.header.value.clone())
                 .header("Accept", "application/json");
             for (k, v) in extra {
                 req = req.header(*k, v);
@@ -220,21 +220,15 @@ impl SalesforceClient {
             if usage.is_some() {
                 *self.usage.lock() = usage;
             }
-            let retry_after = resp
-                .headers()
-                .get("Retry-After")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = xmbridge_auth::retry::retry_after(resp.headers());
             let bytes = resp.bytes().await.map_err(network)?.to_vec();
             if status == 401 {
-                if renewed {
+                if !refresh.retry_after_401(self.tokens.tokens()?, &session.header) {
                     return Err(SalesforceError::TokenExpired {
                         description: "the session was refused again right after a refresh".into(),
                     });
                 }
-                renewed = true;
-                session = self.tokens.renew(&session.access_token).await?;
+                session = self.tokens.current().await?;
                 continue;
             }
             if status == 300 {

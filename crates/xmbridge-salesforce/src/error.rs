@@ -36,7 +36,10 @@ fn join(errors: &[SfError]) -> String {
     )
 }
 
+pub use xmbridge_auth::ErrorKind;
+
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SalesforceError {
     /// The refresh token (or client credentials) was refused for good: the account must be
     /// re-authorized.
@@ -70,7 +73,7 @@ pub enum SalesforceError {
     MultipleMatches { ids: Vec<String> },
     /// The rotated refresh token could not be persisted by the caller's sink.
     #[error("cannot store the rotated Salesforce refresh token: {0}")]
-    Sink(String),
+    Sink(#[source] xmbridge_auth::SinkError),
     /// Salesforce answered something this client does not understand.
     #[error("unexpected answer from Salesforce: {0}")]
     Protocol(String),
@@ -86,7 +89,70 @@ fn usage_text(u: &Option<crate::ApiUsage>) -> String {
         .unwrap_or_default()
 }
 
+/// Token-endpoint failures of the shared OAuth stack, in Salesforce's classification.
+impl From<xmbridge_auth::AuthError> for SalesforceError {
+    fn from(e: xmbridge_auth::AuthError) -> Self {
+        use xmbridge_auth::AuthError as A;
+        match e {
+            A::AccountTokenExpired { detail, .. } => SalesforceError::TokenExpired {
+                description: detail,
+            },
+            A::RefreshTokenNotSaved { source, .. } => SalesforceError::Sink(source),
+            A::OAuth { error, detail, .. } => SalesforceError::OAuth {
+                error,
+                description: detail,
+            },
+            A::InvalidClient { detail, .. } => SalesforceError::OAuth {
+                error: "invalid_client".into(),
+                description: detail,
+            },
+            A::InvalidScope { detail, .. } => SalesforceError::OAuth {
+                error: "invalid_scope".into(),
+                description: detail,
+            },
+            A::UnauthorizedClient { detail, .. } => SalesforceError::OAuth {
+                error: "unauthorized_client".into(),
+                description: detail,
+            },
+            A::AuthorizationCodeRejected { detail, .. } => SalesforceError::OAuth {
+                error: "invalid_grant".into(),
+                description: detail,
+            },
+            A::Network { detail, .. } => SalesforceError::Transient {
+                status: None,
+                message: format!("network error: {detail}"),
+            },
+            A::Server { status, detail, .. } => SalesforceError::Transient {
+                status: Some(status),
+                message: format!("the token endpoint failed ({detail})"),
+            },
+            e @ A::TlsHandshake { .. } => SalesforceError::Transient {
+                status: None,
+                message: e.to_string(),
+            },
+            other => SalesforceError::Protocol(other.to_string()),
+        }
+    }
+}
+
 impl SalesforceError {
+    /// What a caller does about this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SalesforceError::TokenExpired { .. } => ErrorKind::Reauthorize,
+            SalesforceError::OAuth { .. } => ErrorKind::Configuration,
+            SalesforceError::RateLimited { .. } | SalesforceError::LimitExceeded { .. } => {
+                ErrorKind::RateLimited
+            }
+            SalesforceError::Transient { .. } => ErrorKind::Transient,
+            SalesforceError::Sink(_) => ErrorKind::Local,
+            SalesforceError::Permanent { .. } | SalesforceError::MultipleMatches { .. } => {
+                ErrorKind::Refused
+            }
+            SalesforceError::Protocol(_) => ErrorKind::Protocol,
+        }
+    }
+
     /// True when trying again later can succeed (limits, 5xx, row locks, network).
     pub fn is_retryable(&self) -> bool {
         matches!(
@@ -134,7 +200,10 @@ impl SalesforceError {
                 usage,
             };
         }
-        if status >= 500 || has("UNABLE_TO_LOCK_ROW") || has("SERVER_UNAVAILABLE") {
+        if xmbridge_auth::StatusClass::of(status).is_server_error()
+            || has("UNABLE_TO_LOCK_ROW")
+            || has("SERVER_UNAVAILABLE")
+        {
             return SalesforceError::Transient {
                 status: Some(status),
                 message: first_message,
@@ -166,6 +235,7 @@ mod tests {
             br#"[{"message":"Required fields are missing: [LastName]","errorCode":"REQUIRED_FIELD_MISSING","fields":["LastName"]}]"#,
         );
         assert!(!e.is_retryable());
+        assert_eq!(e.kind(), ErrorKind::Refused);
         assert_eq!(e.codes(), vec!["REQUIRED_FIELD_MISSING"]);
         assert!(e.to_string().contains("LastName"), "{e}");
         let e = SalesforceError::from_rest(
@@ -182,6 +252,7 @@ mod tests {
             br#"[{"message":"TotalRequests Limit exceeded.","errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#,
         );
         assert!(matches!(e, SalesforceError::LimitExceeded { .. }) && e.is_retryable());
+        assert_eq!(e.kind(), ErrorKind::RateLimited);
         let e = SalesforceError::from_rest(503, None, None, b"<html>down</html>");
         assert!(e.is_retryable());
         let e: SfError = serde_json::from_str(r#"{"statusCode":"X","message":"m"}"#).unwrap();

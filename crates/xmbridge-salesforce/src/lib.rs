@@ -1,10 +1,11 @@
 //! Salesforce REST client for xmbridge.
 //!
-//! It owns talking to one Salesforce org: OAuth tokens ([`TokenProvider`]: web-server flow with
-//! PKCE, refresh with rotation handed to a [`RefreshSink`], client credentials), and the REST
-//! calls workflows need ([`SalesforceClient`]: describe (cached), create, update, upsert,
-//! delete, SOQL query paging through `nextRecordsUrl`, sObject Collections), with every failure
-//! classified in [`SalesforceError`] so a caller can retry, pause or give up. It must not store
+//! It owns talking to one Salesforce org: Salesforce's side of OAuth on the shared stack of
+//! `xmbridge-auth` ([`OAuthApp::oauth_client`] with its quirks, [`TokenProvider`]: web-server
+//! flow with PKCE, refresh with rotation handed to a [`RefreshSink`], client credentials), and
+//! the REST calls workflows need ([`SalesforceClient`]: describe (cached), create, update,
+//! upsert, delete, SOQL query paging through `nextRecordsUrl`, sObject Collections), with every
+//! failure classified in [`SalesforceError`] so a caller can retry, pause or give up. It must not store
 //! anything (the caller persists rotated refresh tokens through the sink) or schedule retries.
 //! Secrets (client secret, access and refresh tokens) never reach `Debug`, `Display` or logs.
 
@@ -16,7 +17,7 @@ pub use client::{
     ApiUsage, DEFAULT_API_VERSION, FieldDescribe, ObjectDescribe, QueryPager, RecordResult,
     SalesforceClient, UpsertOutcome,
 };
-pub use error::{SalesforceError, SfError};
+pub use error::{ErrorKind, SalesforceError, SfError};
 pub use oauth::{
     AuthorizeRequest, ClientCredentials, OAuthApp, RefreshSink, TokenProvider, TokenResponse,
     pkce_challenge, verify_signature,

@@ -1,16 +1,29 @@
-//! OAuth 2.0 against a Salesforce org, written by hand (no `oauth2` crate): the web-server flow
-//! with PKCE, refresh (with rotation: a new refresh token goes to the caller's [`RefreshSink`]
-//! before it is used), client credentials, and the [`TokenProvider`] that hands access tokens
-//! to the client and refreshes them once per 401, single-flight.
+//! Salesforce's side of OAuth 2.0, on the one stack of `xmbridge-auth`: the connected app
+//! ([`OAuthApp`]: web-server flow with PKCE, refresh with rotation handed to a [`RefreshSink`])
+//! and server-to-server [`ClientCredentials`] become [`OAuthClient`]s carrying Salesforce's
+//! quirks ([`ProviderHooks`]: each token answer names the instance URL, there is no
+//! `expires_in`, a refused client-credentials grant means re-authorize); the [`TokenProvider`]
+//! hands the REST client a session (header and instance URL) and renews it once per 401,
+//! single-flight. `xmbridge account link` logs in through [`OAuthApp::oauth_client`], the same
+//! client the account then runs on.
 
 use crate::error::SalesforceError;
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use xmbridge_auth::{
+    AuthError, AuthHeader, ClientAuth, ClientCredentialsSource, Grant, OAuthClient, OAuthProvider,
+    ProviderHooks, RefreshTokenSource, Refusal, TokenSource,
+};
+
+/// Where a rotated refresh token goes: the caller persists it (atomically with its account
+/// record) before the client uses the new access token; an error stops the call.
+pub use xmbridge_auth::RefreshTokenSink as RefreshSink;
 
 /// The connected app (or external client app) and the org's login host.
 #[derive(Clone)]
@@ -51,7 +64,8 @@ impl fmt::Debug for ClientCredentials {
     }
 }
 
-/// The token endpoint's answer. No `expires_in`: Salesforce tokens live until a 401.
+/// The token endpoint's answer as Salesforce shapes it. No `expires_in`: Salesforce tokens
+/// live until a 401.
 #[derive(Clone, Deserialize)]
 pub struct TokenResponse {
     pub access_token: SecretString,
@@ -83,6 +97,28 @@ impl fmt::Debug for TokenResponse {
     }
 }
 
+impl TryFrom<xmbridge_auth::TokenResponse> for TokenResponse {
+    type Error = SalesforceError;
+
+    fn try_from(t: xmbridge_auth::TokenResponse) -> Result<Self, SalesforceError> {
+        let text = |k: &str| t.extra_str(k).map(str::to_string);
+        let required = |k: &str| {
+            text(k).ok_or_else(|| {
+                SalesforceError::Protocol(format!("token response: missing field `{k}`"))
+            })
+        };
+        Ok(TokenResponse {
+            instance_url: required("instance_url")?,
+            id: required("id")?,
+            issued_at: text("issued_at").unwrap_or_default(),
+            signature: text("signature").unwrap_or_default(),
+            scope: t.scope.clone(),
+            refresh_token: t.refresh_token.clone(),
+            access_token: t.access_token,
+        })
+    }
+}
+
 /// Checks `signature` = base64 HMAC-SHA256(client secret, id + issued_at): the identity URL
 /// was not altered on the way.
 pub fn verify_signature(secret: &SecretString, t: &TokenResponse) -> bool {
@@ -98,21 +134,8 @@ pub fn verify_signature(secret: &SecretString, t: &TokenResponse) -> bool {
     mac.verify_slice(&sig).is_ok()
 }
 
-/// PKCE S256: `BASE64URL(SHA256(verifier))`.
-pub fn pkce_challenge(verifier: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
-}
-
-fn random_token(bytes: usize) -> Result<String, SalesforceError> {
-    let mut buf = vec![0u8; bytes];
-    rustls::crypto::aws_lc_rs::default_provider()
-        .secure_random
-        .fill(&mut buf)
-        .map_err(|_| {
-            SalesforceError::Protocol("the system random number generator failed".into())
-        })?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&buf))
-}
+/// PKCE S256 of `verifier` (the one derivation, shared with every provider).
+pub use xmbridge_auth::pkce_challenge;
 
 /// One authorization attempt: the URL to open, and the `state` and PKCE verifier to keep.
 pub struct AuthorizeRequest {
@@ -131,90 +154,114 @@ impl fmt::Debug for AuthorizeRequest {
     }
 }
 
-#[derive(Deserialize)]
-struct OAuthErrorBody {
-    error: String,
-    #[serde(default)]
-    error_description: String,
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves plain data behind; keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Classifies a token-endpoint refusal: a dead refresh token is `TokenExpired`.
-fn token_error(status: u16, body: &[u8]) -> SalesforceError {
-    match serde_json::from_slice::<OAuthErrorBody>(body) {
-        Ok(e) if e.error == "invalid_grant" && e.error_description.contains("expired") => {
-            SalesforceError::TokenExpired {
-                description: xmbridge_auth::upstream_text(&e.error_description),
+/// Salesforce's quirks on the shared OAuth stack.
+#[derive(Debug, Default)]
+struct SalesforceHooks {
+    /// The instance URL of the last token answer: the REST calls go there.
+    instance_url: Mutex<Option<String>>,
+    /// Renew a token once it is this old (Salesforce sends no `expires_in`).
+    max_age: Mutex<Option<Duration>>,
+}
+
+impl ProviderHooks for SalesforceHooks {
+    fn on_token(
+        &self,
+        _grant: Grant,
+        token: &xmbridge_auth::TokenResponse,
+    ) -> Result<(), AuthError> {
+        let url = token
+            .extra_str("instance_url")
+            .ok_or_else(|| AuthError::BadResponse {
+                provider: "Salesforce".into(),
+                detail: "the token answer names no instance_url".into(),
+            })?;
+        *lock(&self.instance_url) = Some(url.to_string());
+        Ok(())
+    }
+
+    fn assumed_lifetime(&self) -> Option<Duration> {
+        *lock(&self.max_age)
+    }
+
+    fn refusal(&self, grant: Grant, _status: u16, error: &str, detail: &str) -> Option<Refusal> {
+        match (grant, error) {
+            // A refused client-credentials grant cannot heal by retrying: same meaning as a
+            // dead refresh token for the account.
+            (Grant::ClientCredentials, "invalid_grant") => Some(Refusal::AccountTokenExpired),
+            // Salesforce says invalid_grant for more than a dead refresh token (IP ranges,
+            // a locked user); only "expired" means re-authorize.
+            (Grant::RefreshToken, "invalid_grant") if !detail.contains("expired") => {
+                Some(Refusal::Plain)
             }
+            _ => None,
         }
-        Ok(e) => SalesforceError::OAuth {
-            error: xmbridge_auth::upstream_text(&e.error),
-            description: xmbridge_auth::upstream_text(&e.error_description),
-        },
-        Err(_) if status >= 500 => SalesforceError::Transient {
-            status: Some(status),
-            message: "the token endpoint failed".into(),
-        },
-        Err(_) => SalesforceError::Protocol(format!("token endpoint answered HTTP {status}")),
     }
 }
 
-fn network(e: reqwest::Error) -> SalesforceError {
-    SalesforceError::Transient {
-        status: None,
-        message: format!("network error: {}", e.without_url()),
-    }
-}
-
-async fn post_token(
-    http: &reqwest::Client,
-    url: &str,
-    form: &[(&str, &str)],
-) -> Result<TokenResponse, SalesforceError> {
-    let resp = http
-        .post(url)
-        .header("Accept", "application/json")
-        .form(form)
-        .send()
-        .await
-        .map_err(network)?;
-    let status = resp.status().as_u16();
-    let body = resp.bytes().await.map_err(network)?;
-    if status != 200 {
-        return Err(token_error(status, &body));
-    }
-    serde_json::from_slice(&body)
-        .map_err(|e| SalesforceError::Protocol(format!("token response: {e}")))
+/// An [`OAuthClient`] of Salesforce's token endpoint `token_url` (form-field client
+/// authentication, Salesforce's hooks).
+fn salesforce_client(
+    token_url: &str,
+    authorize_url: Option<&str>,
+    client_id: &str,
+    client_secret: &SecretString,
+    hooks: Arc<SalesforceHooks>,
+) -> Result<OAuthClient, SalesforceError> {
+    let parse = |what: &str, u: &str| {
+        url::Url::parse(u).map_err(|e| SalesforceError::Protocol(format!("{what}: {e}")))
+    };
+    let provider = OAuthProvider::new(
+        "Salesforce",
+        parse("token URL", token_url)?,
+        authorize_url.map(|u| parse("login URL", u)).transpose()?,
+        ClientAuth::FormFields,
+    )?;
+    Ok(OAuthClient::new(provider, client_id, client_secret.clone())?.with_hooks(hooks))
 }
 
 impl OAuthApp {
-    fn token_url(&self) -> String {
-        format!(
-            "{}/services/oauth2/token",
-            self.login_url.trim_end_matches('/')
+    fn base(&self) -> &str {
+        self.login_url.trim_end_matches('/')
+    }
+
+    fn oauth_with(&self, hooks: Arc<SalesforceHooks>) -> Result<OAuthClient, SalesforceError> {
+        salesforce_client(
+            &format!("{}/services/oauth2/token", self.base()),
+            Some(&format!("{}/services/oauth2/authorize", self.base())),
+            &self.client_id,
+            &self.client_secret,
+            hooks,
         )
+    }
+
+    /// The app as an [`OAuthClient`] of the shared stack, with Salesforce's quirks: the login
+    /// (`xmbridge account link`) and the running account use this same client.
+    pub fn oauth_client(&self) -> Result<OAuthClient, SalesforceError> {
+        self.oauth_with(Arc::default())
     }
 
     /// The authorization URL with a random `state` and a PKCE S256 challenge.
     pub fn authorize(&self, scope: &str) -> Result<AuthorizeRequest, SalesforceError> {
-        let state = random_token(24)?;
-        let verifier = random_token(48)?;
-        let mut url = url::Url::parse(&format!(
-            "{}/services/oauth2/authorize",
-            self.login_url.trim_end_matches('/')
-        ))
-        .map_err(|e| SalesforceError::Protocol(format!("login URL: {e}")))?;
-        url.query_pairs_mut()
-            .append_pair("response_type", "code")
-            .append_pair("client_id", &self.client_id)
-            .append_pair("redirect_uri", &self.redirect_uri)
-            .append_pair("scope", scope)
-            .append_pair("state", &state)
-            .append_pair("code_challenge", &pkce_challenge(&verifier))
-            .append_pair("code_challenge_method", "S256");
+        let state = xmbridge_auth::random_token(24)
+            .map_err(|e| SalesforceError::Protocol(e.to_string()))?;
+        let verifier = xmbridge_auth::random_token(48)
+            .map_err(|e| SalesforceError::Protocol(e.to_string()))?;
+        let url = self.oauth_client()?.authorize_url(
+            &self.redirect_uri,
+            Some(scope),
+            state.expose_secret(),
+            Some(&pkce_challenge(verifier.expose_secret())),
+            &[],
+        )?;
         Ok(AuthorizeRequest {
             url: url.to_string(),
-            state,
-            verifier: SecretString::from(verifier),
+            state: state.expose_secret().to_string(),
+            verifier,
         })
     }
 
@@ -225,101 +272,89 @@ impl OAuthApp {
         code: &str,
         verifier: &SecretString,
     ) -> Result<TokenResponse, SalesforceError> {
-        post_token(
-            http,
-            &self.token_url(),
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", code),
-                ("client_id", &self.client_id),
-                ("client_secret", self.client_secret.expose_secret()),
-                ("redirect_uri", &self.redirect_uri),
-                ("code_verifier", verifier.expose_secret()),
-            ],
-        )
-        .await
+        let t = self
+            .oauth_client()?
+            .with_http_client(http.clone())
+            .authorization_code(
+                &SecretString::from(code.to_string()),
+                &self.redirect_uri,
+                Some(verifier),
+            )
+            .await?;
+        t.try_into()
     }
 
+    /// One refresh with `refresh_token` (the [`TokenProvider`] does this on its own).
     pub async fn refresh(
         &self,
         http: &reqwest::Client,
         refresh_token: &SecretString,
     ) -> Result<TokenResponse, SalesforceError> {
-        post_token(
-            http,
-            &self.token_url(),
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", refresh_token.expose_secret()),
-                ("client_id", &self.client_id),
-                ("client_secret", self.client_secret.expose_secret()),
-            ],
-        )
-        .await
+        let t = self
+            .oauth_client()?
+            .with_http_client(http.clone())
+            .refresh(refresh_token, None)
+            .await?;
+        t.try_into()
     }
 }
 
 impl ClientCredentials {
-    pub async fn token(&self, http: &reqwest::Client) -> Result<TokenResponse, SalesforceError> {
-        post_token(
-            http,
+    /// The server-to-server client as an [`OAuthClient`] of the shared stack, with Salesforce's
+    /// quirks: linking the account and running it use this same client.
+    pub fn oauth_client(&self) -> Result<OAuthClient, SalesforceError> {
+        self.oauth_with(Arc::default())
+    }
+
+    fn oauth_with(&self, hooks: Arc<SalesforceHooks>) -> Result<OAuthClient, SalesforceError> {
+        salesforce_client(
             &self.token_url,
-            &[
-                ("grant_type", "client_credentials"),
-                ("client_id", &self.client_id),
-                ("client_secret", self.client_secret.expose_secret()),
-            ],
+            None,
+            &self.client_id,
+            &self.client_secret,
+            hooks,
         )
-        .await
+    }
+
+    /// One client-credentials token call.
+    pub async fn token(&self, http: &reqwest::Client) -> Result<TokenResponse, SalesforceError> {
+        let t = self
+            .oauth_client()?
+            .with_http_client(http.clone())
+            .client_credentials(None)
+            .await?;
+        t.try_into()
     }
 }
 
-/// Where a rotated refresh token goes. The caller persists it (atomically with its account
-/// record) before the client uses the new access token; an error stops the call.
-pub trait RefreshSink: Send + Sync {
-    fn store(&self, refresh_token: &SecretString) -> Result<(), String>;
+enum Source {
+    WebServer(RefreshTokenSource),
+    ClientCredentials(ClientCredentialsSource),
+    /// The settings could not make a client; every call reports why.
+    Broken(String),
 }
 
-impl<F> RefreshSink for F
-where
-    F: Fn(&SecretString) -> Result<(), String> + Send + Sync,
-{
-    fn store(&self, refresh_token: &SecretString) -> Result<(), String> {
-        self(refresh_token)
-    }
-}
-
-enum Grant {
-    WebServer {
-        app: OAuthApp,
-        refresh_token: SecretString,
-        sink: Option<Arc<dyn RefreshSink>>,
-    },
-    ClientCredentials(ClientCredentials),
-}
-
+/// A session for one REST call: the `Authorization` header and where to send it.
 #[derive(Clone)]
 pub(crate) struct Session {
-    pub access_token: SecretString,
+    pub header: AuthHeader,
     pub instance_url: String,
-    obtained: std::time::Instant,
 }
 
 /// Hands out access tokens and renews them: by refresh token (web-server flow) or by asking
-/// again (client credentials). Renewal is single-flight: concurrent 401s cause one refresh.
+/// again (client credentials), through the shared token sources of `xmbridge-auth`. Renewal is
+/// single-flight: concurrent 401s cause one refresh.
 pub struct TokenProvider {
-    http: reqwest::Client,
-    grant: parking_lot::Mutex<Grant>,
-    session: tokio::sync::Mutex<Option<Session>>,
-    /// Renew before use once a token is this old (Salesforce tokens carry no expiry).
-    max_age: Option<std::time::Duration>,
+    source: Source,
+    hooks: Arc<SalesforceHooks>,
 }
 
 impl fmt::Debug for TokenProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match &*self.grant.lock() {
-            Grant::WebServer { .. } => "web-server",
-            Grant::ClientCredentials(_) => "client-credentials",
+        let kind = match &self.source {
+            Source::WebServer(_) => "web-server",
+            Source::ClientCredentials(_) => "client-credentials",
+            Source::Broken(_) => "unusable",
         };
         write!(f, "TokenProvider({kind}, tokens redacted)")
     }
@@ -333,119 +368,82 @@ impl TokenProvider {
         refresh_token: SecretString,
         sink: Option<Arc<dyn RefreshSink>>,
     ) -> Self {
-        TokenProvider {
-            http,
-            grant: parking_lot::Mutex::new(Grant::WebServer {
-                app,
-                refresh_token,
-                sink,
-            }),
-            session: tokio::sync::Mutex::new(None),
-            max_age: None,
-        }
+        let hooks = Arc::new(SalesforceHooks::default());
+        let sink: Arc<dyn RefreshSink> = match sink {
+            Some(sink) => sink,
+            // Nobody stores rotations: the new token lives in memory only.
+            None => Arc::new(|_: &SecretString| -> Result<(), xmbridge_auth::SinkError> { Ok(()) }),
+        };
+        let source = match app.oauth_with(hooks.clone()) {
+            Ok(oauth) => Source::WebServer(
+                RefreshTokenSource::new(oauth.with_http_client(http), refresh_token, sink)
+                    .with_refresh_margin(Duration::ZERO),
+            ),
+            Err(e) => Source::Broken(e.to_string()),
+        };
+        TokenProvider { source, hooks }
     }
 
+    /// Client-credentials flow: a new token whenever the current one is refused.
     pub fn client_credentials(http: reqwest::Client, creds: ClientCredentials) -> Self {
-        TokenProvider {
-            http,
-            grant: parking_lot::Mutex::new(Grant::ClientCredentials(creds)),
-            session: tokio::sync::Mutex::new(None),
-            max_age: None,
-        }
+        let hooks = Arc::new(SalesforceHooks::default());
+        let source = match creds.oauth_with(hooks.clone()) {
+            Ok(oauth) => Source::ClientCredentials(
+                ClientCredentialsSource::new(oauth.with_http_client(http), None)
+                    .with_refresh_margin(Duration::ZERO),
+            ),
+            Err(e) => Source::Broken(e.to_string()),
+        };
+        TokenProvider { source, hooks }
     }
 
     /// Starts with an access token already in hand (e.g. right after the code exchange).
-    pub async fn with_access(self, access_token: SecretString, instance_url: String) -> Self {
-        *self.session.lock().await = Some(Session {
-            access_token,
-            instance_url,
-            obtained: std::time::Instant::now(),
-        });
+    pub async fn with_access(mut self, access_token: SecretString, instance_url: String) -> Self {
+        let lifetime = *lock(&self.hooks.max_age);
+        let kept = match self.source {
+            Source::WebServer(s) => s
+                .with_access_token(&access_token, lifetime)
+                .map(Source::WebServer),
+            Source::ClientCredentials(s) => s
+                .with_access_token(&access_token, lifetime)
+                .map(Source::ClientCredentials),
+            broken @ Source::Broken(_) => Ok(broken),
+        };
+        self.source = match kept {
+            Ok(s) => s,
+            // A token that cannot go into a header is useless; the first call gets a new one.
+            Err(e) => Source::Broken(e.to_string()),
+        };
+        *lock(&self.hooks.instance_url) = Some(instance_url);
         self
     }
 
     /// Renews proactively once the access token is older than `age`, instead of waiting for a
-    /// 401 (the contract's advice, since Salesforce sends no `expires_in`).
-    pub fn with_max_age(mut self, age: std::time::Duration) -> Self {
-        self.max_age = Some(age);
+    /// 401 (the contract's advice, since Salesforce sends no `expires_in`). Call it before
+    /// [`Self::with_access`].
+    pub fn with_max_age(self, age: Duration) -> Self {
+        *lock(&self.hooks.max_age) = Some(age);
         self
     }
 
+    /// The token source (renewed once per 401 by the client, `xmbridge_auth::RefreshOnce`).
+    pub(crate) fn tokens(&self) -> Result<&dyn TokenSource, SalesforceError> {
+        match &self.source {
+            Source::WebServer(s) => Ok(s),
+            Source::ClientCredentials(s) => Ok(s),
+            Source::Broken(why) => Err(SalesforceError::Protocol(why.clone())),
+        }
+    }
+
     pub(crate) async fn current(&self) -> Result<Session, SalesforceError> {
-        let mut s = self.session.lock().await;
-        if let Some(sess) = &*s
-            && self.max_age.is_none_or(|age| sess.obtained.elapsed() < age)
-        {
-            return Ok(sess.clone());
-        }
-        let new = self.obtain().await?;
-        *s = Some(new.clone());
-        Ok(new)
-    }
-
-    /// Renews after a 401 on `stale`; if another task already renewed, returns its token.
-    pub(crate) async fn renew(&self, stale: &SecretString) -> Result<Session, SalesforceError> {
-        let mut s = self.session.lock().await;
-        if let Some(sess) = &*s
-            && sess.access_token.expose_secret() != stale.expose_secret()
-        {
-            return Ok(sess.clone());
-        }
-        *s = None;
-        let new = self.obtain().await?;
-        *s = Some(new.clone());
-        Ok(new)
-    }
-
-    async fn obtain(&self) -> Result<Session, SalesforceError> {
-        enum Plan {
-            Refresh(OAuthApp, SecretString),
-            Creds(ClientCredentials),
-        }
-        let plan = match &*self.grant.lock() {
-            Grant::WebServer {
-                app, refresh_token, ..
-            } => Plan::Refresh(app.clone(), refresh_token.clone()),
-            Grant::ClientCredentials(c) => Plan::Creds(c.clone()),
-        };
-        let t = match plan {
-            Plan::Refresh(app, rt) => {
-                let t = app.refresh(&self.http, &rt).await?;
-                if let Some(new) = &t.refresh_token
-                    && new.expose_secret() != rt.expose_secret()
-                {
-                    let sink = match &mut *self.grant.lock() {
-                        Grant::WebServer {
-                            refresh_token,
-                            sink,
-                            ..
-                        } => {
-                            *refresh_token = new.clone();
-                            sink.clone()
-                        }
-                        Grant::ClientCredentials(_) => None,
-                    };
-                    if let Some(sink) = sink {
-                        sink.store(new).map_err(SalesforceError::Sink)?;
-                    }
-                }
-                t
-            }
-            Plan::Creds(c) => match c.token(&self.http).await {
-                // A refused client-credentials grant cannot heal by retrying: same meaning as a
-                // dead refresh token for the account.
-                Err(SalesforceError::OAuth { error, description }) if error == "invalid_grant" => {
-                    return Err(SalesforceError::TokenExpired {
-                        description: format!("{error}: {description}"),
-                    });
-                }
-                other => other?,
-            },
-        };
+        let source = self.tokens()?;
+        let header = source.authorization().await?;
+        let instance_url = lock(&self.hooks.instance_url).clone().ok_or_else(|| {
+            SalesforceError::Protocol("no instance URL is known for this account".into())
+        })?;
         Ok(Session {
-            access_token: t.access_token,
-            instance_url: t.instance_url,
-            obtained: std::time::Instant::now(),
+            header,
+            instance_url,
         })
     }
 }
@@ -499,16 +497,41 @@ mod tests {
 
     #[test]
     fn expired_refresh_is_token_expired() {
-        let e = token_error(
-            400,
-            br#"{"error":"invalid_grant","error_description":"expired access/refresh token"}"#,
+        let hooks = SalesforceHooks::default();
+        // The generic reading of invalid_grant on a refresh: the account token expired.
+        assert_eq!(
+            hooks.refusal(
+                Grant::RefreshToken,
+                400,
+                "invalid_grant",
+                "expired access/refresh token"
+            ),
+            None
         );
+        let e = SalesforceError::from(AuthError::AccountTokenExpired {
+            connection: "c".into(),
+            detail: "invalid_grant: expired access/refresh token".into(),
+            reauthorize: "xmbridge account link c --refresh".into(),
+        });
         assert!(matches!(e, SalesforceError::TokenExpired { .. }));
         assert!(e.to_string().starts_with("account token expired"));
-        let e = token_error(
-            400,
-            br#"{"error":"invalid_client","error_description":"invalid client credentials"}"#,
+        assert_eq!(
+            hooks.refusal(
+                Grant::RefreshToken,
+                400,
+                "invalid_grant",
+                "authentication failure"
+            ),
+            Some(Refusal::Plain)
         );
-        assert!(matches!(e, SalesforceError::OAuth { .. }));
+        assert_eq!(
+            hooks.refusal(Grant::ClientCredentials, 400, "invalid_grant", "no"),
+            Some(Refusal::AccountTokenExpired)
+        );
+        let e = SalesforceError::from(AuthError::InvalidClient {
+            provider: "Salesforce".into(),
+            detail: "invalid client credentials".into(),
+        });
+        assert!(matches!(e, SalesforceError::OAuth { ref error, .. } if error == "invalid_client"));
     }
 }

@@ -71,7 +71,7 @@ async fn link(
 struct Captured(Mutex<Vec<String>>);
 
 impl RefreshSink for Captured {
-    fn store(&self, t: &SecretString) -> Result<(), String> {
+    fn save(&self, t: &SecretString) -> Result<(), xmbridge_auth::SinkError> {
         self.0.lock().unwrap().push(t.expose_secret().to_string());
         Ok(())
     }

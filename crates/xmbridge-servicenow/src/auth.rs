@@ -1,9 +1,13 @@
-//! How the client authenticates, and the OAuth token calls (`/oauth_token.do`, form body).
+//! How the client authenticates: the [`Auth`] modes, each one a token source of the shared
+//! OAuth stack of `xmbridge-auth` with ServiceNow's quirks (token calls to `/oauth_token.do`).
 
-use crate::error::Error;
-use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
-use std::time::{Duration, Instant};
+use secrecy::SecretString;
+use std::sync::Arc;
+use std::time::Duration;
+use xmbridge_auth::{
+    ApiTokenSource, AuthError, ClientAuth, ClientCredentialsSource, Grant, OAuthClient,
+    OAuthProvider, ProviderHooks, RefreshTokenSource, Refusal, RetryPolicy, TokenSource,
+};
 
 /// Credentials of one ServiceNow account. `Debug` shows no secret.
 #[derive(Clone, Debug)]
@@ -27,7 +31,8 @@ pub enum Auth {
         client_id: String,
         client_secret: SecretString,
     },
-    /// A refresh token obtained earlier (a linked account); refused → [`Error::AuthExpired`].
+    /// A refresh token obtained earlier (a linked account); refused →
+    /// [`crate::Error::AuthExpired`].
     RefreshToken {
         client_id: String,
         client_secret: SecretString,
@@ -46,108 +51,131 @@ impl Auth {
     }
 }
 
-#[derive(Default)]
-pub(crate) struct Tokens {
-    pub access: Option<SecretString>,
-    pub expires_at: Option<Instant>,
-    pub refresh: Option<SecretString>,
+/// ServiceNow's quirks on the shared OAuth stack of `xmbridge-auth`: tokens that name no
+/// lifetime last 30 minutes, and every refusal of `/oauth_token.do` (it answers them all with
+/// 401 `server_error`/`access_denied`, nothing to tell apart) means the account's grant is dead.
+#[derive(Debug)]
+struct ServiceNowHooks;
+
+impl ProviderHooks for ServiceNowHooks {
+    fn assumed_lifetime(&self) -> Option<Duration> {
+        Some(Duration::from_secs(1800))
+    }
+
+    fn refusal(&self, _grant: Grant, _status: u16, _error: &str, _detail: &str) -> Option<Refusal> {
+        Some(Refusal::AccountTokenExpired)
+    }
 }
 
-impl Tokens {
-    pub fn fresh(&self, margin: Duration) -> Option<SecretString> {
-        match (&self.access, self.expires_at) {
-            (Some(a), Some(exp)) if Instant::now() + margin < exp => Some(a.clone()),
-            _ => None,
+/// The token source of one [`Auth`] mode.
+#[derive(Debug)]
+pub(crate) enum Source {
+    Basic(ApiTokenSource),
+    Password(RefreshTokenSource),
+    ClientCredentials(ClientCredentialsSource),
+    RefreshToken(RefreshTokenSource),
+}
+
+impl Source {
+    pub(crate) fn tokens(&self) -> &dyn TokenSource {
+        match self {
+            Source::Basic(s) => s,
+            Source::Password(s) => s,
+            Source::ClientCredentials(s) => s,
+            Source::RefreshToken(s) => s,
+        }
+    }
+
+    /// The refresh token in hand (to store it after a password grant); `None` for Basic and
+    /// client credentials.
+    pub(crate) fn refresh_token(&self) -> Option<SecretString> {
+        match self {
+            Source::Password(s) | Source::RefreshToken(s) => s.refresh_token(),
+            Source::Basic(_) | Source::ClientCredentials(_) => None,
         }
     }
 }
 
-#[derive(Deserialize)]
-struct TokenReply {
-    access_token: String,
-    #[serde(default)]
-    refresh_token: Option<String>,
-    #[serde(default)]
-    expires_in: Option<u64>,
+/// What the token source of `auth` asks for, for messages ("the refresh token was refused").
+pub(crate) fn grant_name(auth: &Auth) -> &'static str {
+    match auth {
+        Auth::Basic { .. } => "user name and password",
+        Auth::Password { .. } => "password grant",
+        Auth::ClientCredentials { .. } => "client credentials",
+        Auth::RefreshToken { .. } => "refresh token",
+    }
 }
 
-pub(crate) enum Grant<'a> {
-    Password {
-        username: &'a str,
-        password: &'a SecretString,
-    },
-    Refresh(&'a SecretString),
-    ClientCredentials,
-}
-
-/// One call to `/oauth_token.do`. A refusal (any 4xx) is [`Error::AuthExpired`].
-pub(crate) async fn token_call(
-    http: &reqwest::Client,
+/// The token source for `auth` at the instance `base`: every mode on the shared stack, token
+/// calls to `{base}/oauth_token.do` through `http`. No retries of its own: backoff is the
+/// workflow engine's job.
+pub(crate) fn token_source(
+    auth: &Auth,
     base: &str,
-    client_id: &str,
-    client_secret: &SecretString,
-    grant: Grant<'_>,
-    into: &mut Tokens,
-) -> Result<(), Error> {
-    let mut form: Vec<(&str, &str)> = vec![
-        ("client_id", client_id),
-        ("client_secret", client_secret.expose_secret()),
-    ];
-    let what = match &grant {
-        Grant::Password { username, password } => {
-            form.push(("grant_type", "password"));
-            form.push(("username", username));
-            form.push(("password", password.expose_secret()));
-            "password grant"
-        }
-        Grant::Refresh(rt) => {
-            form.push(("grant_type", "refresh_token"));
-            form.push(("refresh_token", rt.expose_secret()));
-            "refresh token"
-        }
-        Grant::ClientCredentials => {
-            form.push(("grant_type", "client_credentials"));
-            "client credentials"
-        }
+    http: &reqwest::Client,
+    margin: Option<Duration>,
+) -> Result<Source, AuthError> {
+    let oauth = |client_id: &str, client_secret: &SecretString| {
+        let token_url = url::Url::parse(&format!("{base}/oauth_token.do"))
+            .map_err(|e| AuthError::Config(format!("token URL of {base}: {e}")))?;
+        let provider = OAuthProvider::new("ServiceNow", token_url, None, ClientAuth::FormFields)?;
+        Ok::<_, AuthError>(
+            OAuthClient::new(provider, client_id, client_secret.clone())?
+                .with_http_client(http.clone())
+                .with_retry(RetryPolicy::none())
+                .with_hooks(Arc::new(ServiceNowHooks))
+                .for_connection(base),
+        )
     };
-    let resp = http
-        .post(format!("{base}/oauth_token.do"))
-        .form(&form)
-        .send()
-        .await
-        .map_err(|e| Error::Transient {
-            status: None,
-            message: format!("token call failed: {}", e.without_url()),
-        })?;
-    let status = resp.status();
-    if status.is_server_error() {
-        return Err(Error::Transient {
-            status: Some(status.as_u16()),
-            message: "the token endpoint failed".into(),
-        });
-    }
-    if status.as_u16() == 429 {
-        return Err(crate::client::rate_limited(resp.headers()));
-    }
-    if !status.is_success() {
-        // ServiceNow answers every refusal with 401 server_error/access_denied: nothing to
-        // tell apart, so the text names what was refused.
-        return Err(Error::AuthExpired {
-            instance: base.to_string(),
-            reason: format!("the {what} was refused (HTTP {})", status.as_u16()),
-        });
-    }
-    let reply: TokenReply = resp
-        .json()
-        .await
-        .map_err(|e| Error::Decode(format!("token reply: {}", e.without_url())))?;
-    into.access = Some(SecretString::from(reply.access_token));
-    into.expires_at = Some(Instant::now() + Duration::from_secs(reply.expires_in.unwrap_or(1800)));
-    if let Some(rt) = reply.refresh_token {
-        into.refresh = Some(SecretString::from(rt));
-    }
+    let margin = margin.unwrap_or(DEFAULT_MARGIN);
+    Ok(match auth {
+        Auth::Basic { username, password } => {
+            Source::Basic(ApiTokenSource::basic(username, password)?)
+        }
+        Auth::Password {
+            client_id,
+            client_secret,
+            username,
+            password,
+        } => Source::Password(
+            RefreshTokenSource::password(
+                oauth(client_id, client_secret)?,
+                username.clone(),
+                password.clone(),
+                Arc::new(in_memory),
+            )
+            .with_refresh_margin(margin),
+        ),
+        Auth::ClientCredentials {
+            client_id,
+            client_secret,
+        } => Source::ClientCredentials(
+            ClientCredentialsSource::new(oauth(client_id, client_secret)?, None)
+                .with_refresh_margin(margin),
+        ),
+        Auth::RefreshToken {
+            client_id,
+            client_secret,
+            refresh_token,
+        } => Source::RefreshToken(
+            RefreshTokenSource::new(
+                oauth(client_id, client_secret)?,
+                refresh_token.clone(),
+                Arc::new(in_memory),
+            )
+            .with_refresh_margin(margin),
+        ),
+    })
+}
+
+/// Rotated refresh tokens live in memory only ([`crate::ServiceNowClient::refresh_token`] hands
+/// the current one to a caller that stores it).
+fn in_memory(_: &SecretString) -> Result<(), xmbridge_auth::SinkError> {
     Ok(())
 }
+
+/// Refresh this long before the access token expires, unless the caller chose otherwise.
+pub(crate) const DEFAULT_MARGIN: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {

@@ -1,18 +1,19 @@
 //! [`ServiceNowClient`]: one instance, one account; Table API, properties and import sets.
 
-use crate::auth::{Auth, Grant, Tokens, token_call};
+use crate::auth::{Auth, Source, grant_name, token_source};
 use crate::error::Error;
 use crate::fields::query_fields;
 use futures_util::Stream;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 use tokio::sync::Mutex;
+use xmbridge_auth::{AuthError, RefreshOnce};
 
 /// One record as the Table API returns it (values are strings, references objects).
 pub type Record = Map<String, Value>;
@@ -68,9 +69,8 @@ pub struct ServiceNowClient {
     base: String,
     http: reqwest::Client,
     auth: Auth,
-    tokens: Mutex<Tokens>,
-    /// Refresh this long before the access token expires.
-    margin: Duration,
+    /// The credentials of `auth` on the shared stack of `xmbridge-auth`.
+    source: Source,
     /// table → its fields (with the referenced table of reference fields).
     dictionary: Mutex<HashMap<String, HashMap<String, Option<String>>>>,
 }
@@ -84,13 +84,13 @@ impl fmt::Debug for ServiceNowClient {
     }
 }
 
-pub(crate) fn rate_limited(h: &HeaderMap) -> Error {
-    let header = |k: &str| h.get(k).and_then(|v| v.to_str().ok());
+fn rate_limited(h: &HeaderMap) -> Error {
     Error::RateLimited {
-        retry_after: header("retry-after")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs),
-        rule: header("x-ratelimit-rule").map(str::to_string),
+        retry_after: xmbridge_auth::retry::retry_after(h),
+        rule: h
+            .get("x-ratelimit-rule")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     }
 }
 
@@ -128,7 +128,7 @@ fn classify_body(status: StatusCode, body: &[u8], what: &str) -> Error {
         ),
         _ => (status.to_string(), None),
     };
-    if status.is_server_error() {
+    if xmbridge_auth::StatusClass::of(status.as_u16()).is_server_error() {
         return Error::Transient {
             status: Some(status.as_u16()),
             message,
@@ -193,23 +193,28 @@ impl ServiceNowClient {
             .timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
-        let mut tokens = Tokens::default();
-        if let Auth::RefreshToken { refresh_token, .. } = &auth {
-            tokens.refresh = Some(refresh_token.clone());
-        }
+        let base = base_url.trim_end_matches('/').to_string();
+        let source =
+            token_source(&auth, &base, &http, None).map_err(|e| Error::Config(e.to_string()))?;
         Ok(ServiceNowClient {
-            base: base_url.trim_end_matches('/').to_string(),
+            base,
             http,
             auth,
-            tokens: Mutex::new(tokens),
-            margin: Duration::from_secs(60),
+            source,
             dictionary: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Refreshes the access token when it has less than `margin` left (default 60 s).
+    /// Refreshes the access token when it has less than `margin` left (default 60 s); a margin
+    /// longer than the token's life refreshes before every call.
     pub fn with_refresh_margin(mut self, margin: Duration) -> Self {
-        self.margin = margin;
+        match token_source(&self.auth, &self.base, &self.http, Some(margin)) {
+            Ok(source) => self.source = source,
+            // The same settings built a source in `new`; keep that one.
+            Err(e) => {
+                tracing::warn!(target: "xmbridge_servicenow", "refresh margin not applied: {e}")
+            }
+        }
         self
     }
 
@@ -220,103 +225,41 @@ impl ServiceNowClient {
     /// The current refresh token (to store it after a password grant); `None` for Basic and
     /// client credentials.
     pub async fn refresh_token(&self) -> Option<SecretString> {
-        self.tokens.lock().await.refresh.clone()
+        self.source.refresh_token()
     }
 
-    /// A valid access token: cached, refreshed, or newly granted.
-    async fn bearer(&self, force: bool) -> Result<SecretString, Error> {
-        let mut t = self.tokens.lock().await;
-        if !force && let Some(a) = t.fresh(self.margin) {
-            return Ok(a);
-        }
-        let base = self.base.as_str();
-        match &self.auth {
-            Auth::Basic { .. } => {
-                return Err(Error::Config("Basic auth has no bearer token".into()));
-            }
-            Auth::ClientCredentials {
-                client_id,
-                client_secret,
-            } => {
-                token_call(
-                    &self.http,
-                    base,
-                    client_id,
-                    client_secret,
-                    Grant::ClientCredentials,
-                    &mut t,
-                )
-                .await?
-            }
-            Auth::RefreshToken {
-                client_id,
-                client_secret,
+    /// A token-source failure as this client's error: a refused grant means re-authorize.
+    fn auth_error(&self, e: AuthError) -> Error {
+        match e {
+            AuthError::AccountTokenExpired { detail, .. } => Error::AuthExpired {
+                instance: self.base.clone(),
+                reason: format!("the {} was refused ({detail})", grant_name(&self.auth)),
+            },
+            AuthError::Server {
+                status: 429,
+                retry_after,
                 ..
-            } => {
-                let rt = t.refresh.clone().ok_or_else(|| Error::AuthExpired {
-                    instance: base.to_string(),
-                    reason: "no refresh token".into(),
-                })?;
-                token_call(
-                    &self.http,
-                    base,
-                    client_id,
-                    client_secret,
-                    Grant::Refresh(&rt),
-                    &mut t,
-                )
-                .await?
+            } => Error::RateLimited {
+                retry_after,
+                rule: None,
+            },
+            AuthError::Server { status, .. } => Error::Transient {
+                status: Some(status),
+                message: "the token endpoint failed".into(),
+            },
+            AuthError::Network { detail, .. } => Error::Transient {
+                status: None,
+                message: format!("token call failed: {detail}"),
+            },
+            e @ AuthError::TlsHandshake { .. } => Error::Transient {
+                status: None,
+                message: e.to_string(),
+            },
+            AuthError::BadResponse { detail, .. } => {
+                Error::Decode(format!("token reply: {detail}"))
             }
-            Auth::Password {
-                client_id,
-                client_secret,
-                username,
-                password,
-            } => {
-                let refreshed = match t.refresh.clone() {
-                    Some(rt) => {
-                        match token_call(
-                            &self.http,
-                            base,
-                            client_id,
-                            client_secret,
-                            Grant::Refresh(&rt),
-                            &mut t,
-                        )
-                        .await
-                        {
-                            Ok(()) => true,
-                            Err(Error::AuthExpired { .. }) => {
-                                t.refresh = None;
-                                false
-                            }
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    None => false,
-                };
-                if !refreshed {
-                    let grant = Grant::Password { username, password };
-                    token_call(&self.http, base, client_id, client_secret, grant, &mut t).await?;
-                }
-            }
+            other => Error::Config(other.to_string()),
         }
-        t.access
-            .clone()
-            .ok_or_else(|| Error::Decode("the token reply had no access token".into()))
-    }
-
-    async fn authorized(
-        &self,
-        rb: reqwest::RequestBuilder,
-        force: bool,
-    ) -> Result<reqwest::RequestBuilder, Error> {
-        Ok(match &self.auth {
-            Auth::Basic { username, password } => {
-                rb.basic_auth(username, Some(password.expose_secret()))
-            }
-            _ => rb.bearer_auth(self.bearer(force).await?.expose_secret()),
-        })
     }
 
     /// Sends a request; a 401 on OAuth refreshes the token and replays once.
@@ -339,14 +282,21 @@ impl ServiceNowClient {
             }
             rb
         };
-        let mut replayed = false;
+        let tokens = self.source.tokens();
+        let mut refresh = RefreshOnce::new();
         loop {
-            let rb = self.authorized(build(), replayed).await?;
-            let resp = rb.send().await.map_err(transport)?;
+            let header = tokens
+                .authorization()
+                .await
+                .map_err(|e| self.auth_error(e))?;
+            let resp = build()
+                .header(header.name.clone(), header.value.clone())
+                .send()
+                .await
+                .map_err(transport)?;
             if resp.status() == StatusCode::UNAUTHORIZED {
-                if !replayed && !matches!(self.auth, Auth::Basic { .. }) {
+                if refresh.retry_after_401(tokens, &header) {
                     tracing::debug!(target: "xmbridge_servicenow", "access token refused; refreshing once");
-                    replayed = true;
                     continue;
                 }
                 return Err(Error::AuthExpired {

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The account's credentials or refresh token were refused: a person must re-authorize.
     #[error("ServiceNow account token expired ({instance}): {reason}; re-authorize the account")]
@@ -47,6 +48,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// What a caller does about this error (the list every client shares).
+    pub fn kind(&self) -> xmbridge_auth::ErrorKind {
+        use xmbridge_auth::ErrorKind as K;
+        match self {
+            Error::AuthExpired { .. } => K::Reauthorize,
+            Error::RateLimited { .. } => K::RateLimited,
+            Error::Transient { .. } => K::Transient,
+            Error::Permanent { .. } | Error::NotFound { .. } | Error::UnknownField { .. } => {
+                K::Refused
+            }
+            Error::Config(_) => K::Configuration,
+            Error::Decode(_) => K::Protocol,
+        }
+    }
+
     /// Whether the same call may succeed later without anyone changing anything.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::RateLimited { .. } | Error::Transient { .. })
@@ -72,6 +88,7 @@ mod tests {
             rule: Some("abc".into()),
         };
         assert!(rl.is_retryable());
+        assert_eq!(rl.kind(), xmbridge_auth::ErrorKind::RateLimited);
         assert_eq!(
             rl.to_string(),
             "ServiceNow rate limit reached (rule abc); retry after 30 s"
@@ -95,6 +112,7 @@ mod tests {
             reason: "refresh token refused".into(),
         };
         assert!(!e.is_retryable());
+        assert_eq!(e.kind(), xmbridge_auth::ErrorKind::Reauthorize);
         assert!(e.to_string().contains("account token expired"));
     }
 }

@@ -127,12 +127,9 @@ pub enum VaultError {
 
     /// The operating system's random source failed (needed for keys and nonces).
     #[error(
-        "the operating system's random number generator failed ({detail}); xmbridge cannot seal secrets without it — check /dev/urandom or getrandom(2) availability"
+        "the operating system's random number generator failed; xmbridge cannot seal secrets without it — check /dev/urandom or getrandom(2) availability"
     )]
-    RandomSource {
-        /// The operating system's error.
-        detail: String,
-    },
+    RandomSource(#[from] xmbridge_auth::RandomError),
 
     /// The state store was sealed under a different master key.
     #[error(

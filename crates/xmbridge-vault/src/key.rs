@@ -7,7 +7,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use chacha20poly1305::aead::Generate;
 use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, ExposeSecretMut, SecretBox};
 use sha2::{Digest, Sha256};
@@ -212,12 +211,7 @@ impl MasterKey {
 }
 
 fn getrandom_fill(buf: &mut [u8; MASTER_KEY_LEN]) -> Result<(), VaultError> {
-    let random = <[u8; MASTER_KEY_LEN]>::try_generate().map_err(|e| VaultError::RandomSource {
-        detail: e.to_string(),
-    })?;
-    let random = Zeroizing::new(random);
-    buf.copy_from_slice(&*random);
-    Ok(())
+    Ok(xmbridge_auth::random_bytes(buf)?)
 }
 
 fn store_has_data(db: &Path) -> bool {

@@ -1,24 +1,13 @@
-//! New random secrets (webhook keys and tokens) from the same operating-system source as the
-//! master key and the nonces.
+//! New random secrets (webhook keys and tokens) from the one random source
+//! ([`xmbridge_auth::random_token`]) that also makes the master key and the nonces.
 
-use base64::Engine;
-use chacha20poly1305::aead::Generate;
 use secrecy::SecretString;
-use secrecy::zeroize::Zeroizing;
 
 use crate::VaultError;
 
 /// 32 random bytes as unpadded base64url: 256 bits, safe in a URL, a header and a form.
 pub fn random_secret() -> Result<SecretString, VaultError> {
-    let bytes =
-        Zeroizing::new(
-            <[u8; 32]>::try_generate().map_err(|e| VaultError::RandomSource {
-                detail: e.to_string(),
-            })?,
-        );
-    Ok(SecretString::from(
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(*bytes),
-    ))
+    Ok(xmbridge_auth::random_token(32)?)
 }
 
 #[cfg(test)]

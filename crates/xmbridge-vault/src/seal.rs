@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use chacha20poly1305::aead::{Aead, Generate, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use secrecy::zeroize::Zeroizing;
 
@@ -45,9 +45,9 @@ impl Sealer {
     }
 
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<Sealed, VaultError> {
-        let nonce = XNonce::try_generate().map_err(|e| VaultError::RandomSource {
-            detail: e.to_string(),
-        })?;
+        let mut nonce_bytes = [0u8; 24];
+        xmbridge_auth::random_bytes(&mut nonce_bytes)?;
+        let nonce = XNonce::from(nonce_bytes);
         // Encryption only fails for messages beyond ~256 GiB; report it without any content.
         let ciphertext = self
             .cipher

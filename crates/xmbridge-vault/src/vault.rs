@@ -778,10 +778,10 @@ impl VaultRefreshTokenSink {
 }
 
 impl xmbridge_auth::RefreshTokenSink for VaultRefreshTokenSink {
-    fn save(&self, refresh_token: &SecretString) -> Result<(), String> {
+    fn save(&self, refresh_token: &SecretString) -> Result<(), xmbridge_auth::SinkError> {
         self.vault
             .set_secret(&self.connection, SecretField::RefreshToken, refresh_token)
-            .map_err(|e| e.to_string())
+            .map_err(Into::into)
     }
 }
 

@@ -569,7 +569,7 @@ fn refresh_token_sink_saves_into_the_connection() {
     );
 
     let missing = xmbridge_vault::VaultRefreshTokenSink::new(Arc::clone(&v), "gone");
-    let err = missing.save(&secret("rotated-3")).unwrap_err();
+    let err = missing.save(&secret("rotated-3")).unwrap_err().to_string();
     assert!(
         err.contains("'gone'") && !err.contains("rotated-3"),
         "{err}"

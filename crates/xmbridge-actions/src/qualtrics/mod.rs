@@ -323,16 +323,22 @@ pub fn map_error(spec: &ActionSpec, ctx: &ActionContext, e: QError) -> ActionErr
                 detail,
                 reauthorize,
                 ..
-            }
-            | xmbridge_qualtrics::AuthError::RefreshTokenNotSaved {
-                detail,
+            } => ActionError::TokenExpired {
+                action,
+                system: System::Qualtrics,
+                fix: format!(
+                    "the refresh token was refused ({detail}); re-authorize with `{reauthorize}`"
+                ),
+            },
+            xmbridge_qualtrics::AuthError::RefreshTokenNotSaved {
+                source,
                 reauthorize,
                 ..
             } => ActionError::TokenExpired {
                 action,
                 system: System::Qualtrics,
                 fix: format!(
-                    "the refresh token was refused ({detail}); re-authorize with `{reauthorize}`"
+                    "the refresh token was refused ({source}); re-authorize with `{reauthorize}`"
                 ),
             },
             _ if a.is_retryable() => ActionError::Transient {

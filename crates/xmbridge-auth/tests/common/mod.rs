@@ -57,12 +57,14 @@ pub async fn start_with(cfg: SimConfig, http: Option<reqwest::Client>) -> T {
     T { h, http, creds }
 }
 
-/// Fast retries so failing paths stay quick.
+/// Fast retries so failing paths stay quick; `attempts` tries in all.
 pub fn fast_retry(attempts: u32) -> RetryPolicy {
     RetryPolicy {
-        attempts,
+        max_retries: attempts.saturating_sub(1),
         base_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(50),
+        max_retry_after: Duration::from_millis(50),
+        ..RetryPolicy::token_endpoint()
     }
 }
 
