@@ -1,4 +1,5 @@
-//! Retry policy: exponential backoff with jitter, honouring `Retry-After` (qualtrics-api.md §3.3).
+//! Retry policy: exponential backoff with jitter, honouring `Retry-After`
+//! (docs/design/qualtrics-api.md §3.3).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
