@@ -1,17 +1,18 @@
 //! Authentication for every external account xmbridge talks to.
 //!
 //! It owns how a call gets its credentials: the [`TokenSource`] trait that HTTP clients
-//! (`xmbridge-qualtrics`, later Salesforce and ServiceNow) ask for an `Authorization` (or
-//! `X-API-TOKEN`) header before each call and tell about a 401; the OAuth 2.0 token calls
-//! (client credentials, authorization code, refresh — hand-written and generic over the provider);
-//! the local redirect listener of `xmbridge connection authorize`; and mutual-TLS identities from
-//! a certificate, a (possibly encrypted PKCS#8) key and a pass phrase. A refresh refused with
-//! `invalid_grant` becomes [`AuthError::AccountTokenExpired`] carrying the command that
-//! re-authorizes. It also owns the rules every client applies at the network boundary (module
-//! `endpoint`): credentials only over https (loopback excepted), valid host names, credential
-//! text that fits a header, and upstream text cut to a bounded length in errors and logs. It
-//! must not call any provider API other than the OAuth endpoints, and must not store anything: rotated refresh tokens are handed to a [`RefreshTokenSink`] that the caller
-//! backs with `xmbridge-vault`.
+//! (`xmbridge-qualtrics`; the Salesforce and ServiceNow clients still keep token code of their own)
+//! ask for an `Authorization` (or `X-API-TOKEN`) header before each call and tell about a 401; the
+//! OAuth 2.0 token calls (client credentials, authorization code, refresh — hand-written and
+//! generic over the provider); the local redirect listener of `xmbridge connection authorize`; and
+//! mutual-TLS identities from a certificate, a (possibly encrypted PKCS#8) key and a pass phrase. A
+//! refresh refused with `invalid_grant` becomes [`AuthError::AccountTokenExpired`] carrying the
+//! command that re-authorizes. It also owns the rules every client applies at the network boundary
+//! (module `endpoint`): credentials only over https (loopback excepted), valid host names,
+//! credential text that fits a header, and upstream text cut to a bounded length in errors and
+//! logs. It must not call any provider API other than the OAuth endpoints, and must not store
+//! anything: rotated refresh tokens are handed to a [`RefreshTokenSink`] that the caller backs with
+//! `xmbridge-vault`.
 
 #![warn(missing_docs)]
 
