@@ -58,7 +58,8 @@ pub struct SyncArgs {
     /// Schema name (PostgreSQL schema; table prefix on SQLite).
     #[arg(long, default_value = "qualtrics")]
     pub schema: String,
-    /// Only these tables (comma separated schema.md names); a table brings its stream group.
+    /// Only these tables (comma separated, named as in docs/design/schema.md); a table brings its
+    /// stream group.
     #[arg(long, value_delimiter = ',')]
     pub tables: Option<Vec<String>>,
     /// Ignore cursors: re-read every definition and export every response.

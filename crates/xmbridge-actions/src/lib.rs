@@ -84,8 +84,9 @@ pub struct ActionRequest {
 
 /// The clients an action may use, keyed by type: the CLI or the workflow engine puts in what the
 /// chosen connections provide (an `xmbridge_qualtrics::Client`, a Salesforce client, …) and each
-/// action takes the one of its system with [`ActionContext::get`]. Keeping this a type map means
-/// this crate does not depend on every client crate.
+/// action takes the one of its system with [`ActionContext::get`]. A type map lets a caller put in
+/// only the clients its connections provide (an action whose client is missing is
+/// `NotConfigured`) without a field per system.
 #[derive(Clone, Default)]
 pub struct ActionContext {
     values: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,

@@ -1,9 +1,9 @@
-//! Mutual-TLS client identities: a certificate chain PEM, a private key PEM (plain PKCS#8,
-//! PKCS#1, SEC1, or encrypted PKCS#8 with a pass phrase) → a `reqwest::Identity`, with every
-//! failure mapped to its own clear error (crates.md §2.2), and the HTTP client builder that
-//! carries it. It owns PEM reading, the PBES2 decryption (pkcs8), the certificate checks
-//! (X.509 v3, validity dates, read with a small DER walker) and the key/certificate match check
-//! (rustls `CertifiedKey`); it must not read files or make network calls.
+//! Mutual-TLS client identities: a certificate chain PEM, a private key PEM (plain PKCS#8, PKCS#1,
+//! SEC1, or encrypted PKCS#8 with a pass phrase) → a `reqwest::Identity`, with every failure mapped
+//! to its own clear error (docs/design/qualtrics-api.md §2.3), and the HTTP client builder that
+//! carries it. It owns PEM reading, the PBES2 decryption (pkcs8), the certificate checks (X.509 v3,
+//! validity dates, read with a small DER walker) and the key/certificate match check (rustls
+//! `CertifiedKey`); it must not read files or make network calls.
 //!
 //! Decrypted key bytes live in zeroizing buffers here; the copies that rustls and reqwest make
 //! internally are outside our control.

@@ -1,9 +1,9 @@
-//! The table catalog: every Tier 1 and Tier 2 table of `shared/schema.md` (Fivetran's names),
+//! The table catalog: every Tier 1 and Tier 2 table of `docs/design/schema.md` (Fivetran's names),
 //! with its columns, types, primary key and soft-delete flag, exactly as written there.
 //!
 //! Conventions:
-//! - Primary-key columns come first, in the key's order, then the other columns in schema.md's
-//!   order; a key column without a type in schema.md is text.
+//! - Primary-key columns come first, in the key's order, then the other columns in the order
+//!   of docs/design/schema.md; a key column without a type there is text.
 //! - System columns (`<p>_synced`, `<p>_deleted`) are not in the specs: the destination adds
 //!   them. The one exception is `question_response`'s surrogate key: its spec holds a text column
 //!   named literally `"<p>_id"` (first column, the primary key); the sync computes its value (a
@@ -100,7 +100,7 @@ pub fn indexed_columns(spec: &TableSpec) -> Vec<&'static str> {
         .collect()
 }
 
-/// Every table of schema.md Tier 1 and Tier 2.
+/// Every table of docs/design/schema.md, Tier 1 and Tier 2.
 pub fn tables() -> Vec<TableSpec> {
     let stats: String = DISTRIBUTION_STATS
         .iter()
@@ -378,7 +378,8 @@ pub fn stats_column(field: &str) -> String {
     out
 }
 
-/// Builds a spec from schema.md's notation: `"name"` is text, `"name ts"` a typed column.
+/// Builds a spec from the notation of docs/design/schema.md ("Column types"): `"name"` is text,
+/// `"name ts"` a typed column.
 fn t(name: &str, key: &str, soft: bool, cols: &str) -> TableSpec {
     let parse = |s: &str| -> Column {
         let mut it = s.split_whitespace();
@@ -442,7 +443,7 @@ mod tests {
         assert!(indexed_columns(gqm).is_empty(), "leading key column");
     }
 
-    /// (table, primary key, soft) of schema.md, Tier 1 then Tier 2.
+    /// (table, primary key, soft) of docs/design/schema.md, Tier 1 then Tier 2.
     const EXPECTED: &[(&str, &[&str], bool)] = &[
         ("user", &["id"], true),
         ("survey", &["id"], true),

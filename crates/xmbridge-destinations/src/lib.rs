@@ -30,7 +30,7 @@ pub use settings::{DestinationSettings, Password, PasswordSource, PgEnv};
 /// A boxed future, so that [`Destination`] stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Column types of `shared/schema.md`.
+/// Column types of `docs/design/schema.md` ("Column types").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ColumnType {
     /// s
@@ -118,7 +118,7 @@ impl TableSpec {
 }
 
 impl ColumnType {
-    /// The schema.md spelling (`s`, `ts`, `b`, `i`, `l`, `f`, `json`).
+    /// The spelling of docs/design/schema.md (`s`, `ts`, `b`, `i`, `l`, `f`, `json`).
     pub fn short(self) -> &'static str {
         match self {
             ColumnType::Text => "s",

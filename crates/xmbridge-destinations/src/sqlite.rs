@@ -5,9 +5,10 @@
 //!   `qualtrics_survey`, `qualtrics_question_response`, …, and the cursor table
 //!   `qualtrics__xmbridge_state` (`<schema>_<p>_state`). An attached database would need every
 //!   reader to `ATTACH` it; a prefix keeps `sqlite3 file.db` and DuckDB's `ATTACH` simple.
-//! - Declared column types keep schema.md's types visible and let `ensure_tables` detect hand
-//!   edits: s `TEXT`, ts `TIMESTAMP`, b `BOOLEAN`, i `INTEGER`, l `BIGINT`, f `DOUBLE`, json
-//!   `JSON_TEXT` (TEXT affinity, so a JSON text such as `123` is never turned into a number).
+//! - Declared column types keep the schema's types (docs/design/schema.md) visible and let
+//!   `ensure_tables` detect hand edits: s `TEXT`, ts `TIMESTAMP`, b `BOOLEAN`, i `INTEGER`, l
+//!   `BIGINT`, f `DOUBLE`, json `JSON_TEXT` (TEXT affinity, so a JSON text such as `123` is never
+//!   turned into a number).
 //! - Timestamps are ISO-8601 text `YYYY-MM-DDTHH:MM:SS.sssZ` (UTC, fixed width, so they sort and
 //!   compare as text; SQLite's date functions read them), booleans 0/1, JSON as text.
 //! - `PRAGMA journal_mode=WAL`, `synchronous=NORMAL`, `temp_store=FILE` (savepoint journals and

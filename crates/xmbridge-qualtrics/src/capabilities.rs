@@ -1,10 +1,10 @@
 //! "Save & Test": which destination table groups this account can sync.
 //!
-//! Each group of `shared/schema.md` tables is fed by a few API routes; one cheap call per group
-//! (a page of one element) tells whether the credentials may read it. A 403 on an optional group
-//! means it is skipped with the reason and the fix, and the rest still syncs; a 403 on surveys or
-//! responses means the account cannot sync at all. This module only reads; it never changes the
-//! account.
+//! Each group of tables (docs/design/schema.md, "Table groups") is fed by a few API routes; one
+//! cheap call per group (a page of one element) tells whether the credentials may read it. A 403 on
+//! an optional group means it is skipped with the reason and the fix, and the rest still syncs; a
+//! 403 on surveys or responses means the account cannot sync at all. This module only reads; it
+//! never changes the account.
 
 use crate::client::Client;
 use crate::error::Error;
@@ -19,7 +19,7 @@ pub struct TableGroup {
     pub required: bool,
 }
 
-/// The table groups of schema.md, in the order a sync fills them.
+/// The table groups of docs/design/schema.md, in the order a sync fills them.
 pub const TABLE_GROUPS: &[TableGroup] = &[
     TableGroup {
         name: "surveys and definitions",

@@ -31,7 +31,8 @@ use xmbridge_auth::{AuthError, AuthHeader, ExposeSecret, RefreshOnce, SecretStri
 #[derive(Clone)]
 #[non_exhaustive]
 pub enum Auth {
-    /// `X-API-TOKEN: <token>` (qualtrics-api.md §2.1). It cannot be refreshed, so a 401 is final.
+    /// `X-API-TOKEN: <token>` (docs/design/qualtrics-api.md §2.1). It cannot be refreshed, so a 401
+    /// is final.
     ApiToken(SecretString),
     /// Headers from a token source of `xmbridge-auth` (OAuth authorization code with refresh
     /// token, client credentials over mutual TLS …): asked before every request, invalidated
@@ -321,7 +322,7 @@ impl fmt::Debug for Client {
     }
 }
 
-/// `GET /whoami` (qualtrics-api.md §1).
+/// `GET /whoami` (docs/design/qualtrics-api.md §1).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct WhoAmI {
@@ -350,7 +351,7 @@ pub struct WhoAmI {
     pub datacenter: Option<String>,
 }
 
-/// One element of `GET /surveys` (qualtrics-api.md §5.1).
+/// One element of `GET /surveys` (docs/design/qualtrics-api.md §5.1).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct SurveySummary {

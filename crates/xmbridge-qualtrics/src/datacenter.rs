@@ -1,4 +1,4 @@
-//! Data centers and base URLs (qualtrics-api.md §1).
+//! Data centers and base URLs (docs/design/qualtrics-api.md §1).
 //!
 //! Users name their account in many ways: a data center id (`fra1`, legacy `co1`), the host they see
 //! in the browser (`acme.ca1.qualtrics.com`), or a full URL copied from the address bar

@@ -1,4 +1,4 @@
-//! The `{result, meta}` envelope around every JSON answer (qualtrics-api.md §3.1).
+//! The `{result, meta}` envelope around every JSON answer (docs/design/qualtrics-api.md §3.1).
 
 use crate::error::{ApiError, Error};
 use serde::Deserialize;

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-/// An error answer of the API, from the `meta` of its envelope (qualtrics-api.md §3.1).
+/// An error answer of the API, from the `meta` of its envelope (docs/design/qualtrics-api.md §3.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiError {
     /// HTTP status code.
@@ -25,7 +25,8 @@ impl ApiError {
     }
 }
 
-/// 429, 500, 502, 503 and 504 are worth retrying (qualtrics-api.md §3.3); other codes are not.
+/// 429, 500, 502, 503 and 504 are worth retrying (docs/design/qualtrics-api.md §3.3); other
+/// codes are not.
 pub use xmbridge_auth::is_transient_status;
 
 impl fmt::Display for ApiError {

@@ -1,4 +1,5 @@
-//! The response export flow (qualtrics-api.md §6): start → poll → download → unzip → stream-parse.
+//! The response export flow (docs/design/qualtrics-api.md §6): start → poll → download → unzip →
+//! stream-parse.
 //!
 //! The download goes to a temporary file, never into memory; the zip is then opened with its central
 //! directory (a truncated download fails cleanly there and is fetched again), and the JSON inside is

@@ -1,4 +1,4 @@
-//! A client for the Qualtrics REST API v3 (the contract is `qualtrics-api.md` in the design notes).
+//! A client for the Qualtrics REST API v3 (the contract: `docs/design/qualtrics-api.md`).
 //!
 //! It owns everything about talking to Qualtrics: turning what a person types (`fra1`,
 //! `acme.ca1.qualtrics.com`, a pasted URL, an organization id) into a base URL, data-center

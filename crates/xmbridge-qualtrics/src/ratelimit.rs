@@ -1,10 +1,10 @@
 //! Client-side rate limits: a brand-wide token bucket plus optional per-route-family buckets.
 //!
-//! Qualtrics limits requests per **brand** (qualtrics-api.md §3.3: about 3000 per minute, leaky
-//! bucket) and answers 429 beyond that; several tools of one brand share that budget. So the
-//! client paces itself below it instead of relying on 429s: every HTTP request (retries included)
-//! first takes a token from the brand bucket and from the bucket of its route family, waiting
-//! asynchronously (a timer, never a busy loop) when none is left.
+//! Qualtrics limits requests per **brand** (docs/design/qualtrics-api.md §3.3: about 3000 per
+//! minute, leaky bucket) and answers 429 beyond that; several tools of one brand share that budget.
+//! So the client paces itself below it instead of relying on 429s: every HTTP request (retries
+//! included) first takes a token from the brand bucket and from the bucket of its route family,
+//! waiting asynchronously (a timer, never a busy loop) when none is left.
 //!
 //! A bucket configured for `L` requests per minute holds a burst of `B = max(1, L/20)` tokens and
 //! refills at `L - B` per minute, so **no 60-second window ever sees more than `L` requests**

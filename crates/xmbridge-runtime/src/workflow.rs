@@ -352,7 +352,8 @@ const RESPONSE_METADATA: &[&str] = &[
     "contactId",
 ];
 
-/// The event JSON workflows read (WF-ISSUE.md): `response`, `embedded`, `contact`, `survey`.
+/// The event JSON workflows read (docs/workflows.md, "Event shapes"): `response`, `embedded`,
+/// `contact`, `survey`.
 pub fn enriched_event(payload: &Value, sid: &str, rid: &str, result: Value) -> Value {
     let values = result.get("values").cloned().unwrap_or(json!({}));
     let mut response = json!({

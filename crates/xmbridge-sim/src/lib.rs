@@ -2,11 +2,11 @@
 //!
 //! xmbridge cannot reach Qualtrics, Salesforce or ServiceNow from a test machine, so this crate
 //! serves faithful, seeded, deterministic copies of their public APIs on loopback: the Qualtrics
-//! REST API v3 with its OAuth server and mutual TLS ([`qualtrics`]), and a Salesforce org's OAuth
-//! server and REST API ([`salesforce`]). It owns the simulated data and
-//! the fault switches; it must not depend on xmbridge's client, sync or workflow crates, so that the
-//! simulator stays an independent referee of what the real APIs do. Users run it with
-//! `xmbridge simulate`; tests start it in-process with [`server::start_qualtrics`].
+//! REST API v3 with its OAuth server and mutual TLS ([`qualtrics`]), a Salesforce org's OAuth
+//! server and REST API ([`salesforce`]), and a ServiceNow instance ([`servicenow`]). It owns the
+//! simulated data and the fault switches; it must not depend on xmbridge's client, sync or workflow
+//! crates, so that the simulator stays an independent referee of what the real APIs do. Users run
+//! it with `xmbridge simulate`; tests start it in-process with [`server::start_qualtrics`].
 
 #![recursion_limit = "256"]
 

@@ -1,4 +1,5 @@
-//! End-to-end tests of the simulated XM Directory (qualtrics-api.md §9.1–9.4) over real HTTP.
+//! End-to-end tests of the simulated XM Directory (docs/design/qualtrics-api.md §9.1–9.4) over real
+//! HTTP.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;

@@ -1,4 +1,5 @@
-//! End-to-end tests of the response export flow (qualtrics-api.md §6.1–6.5) over real HTTP.
+//! End-to-end tests of the response export flow (docs/design/qualtrics-api.md §6.1–6.5) over real
+//! HTTP.
 
 use serde_json::{Value, json};
 use std::io::Read;

@@ -16,10 +16,10 @@ use xmbridge_qualtrics::Client;
 /// What to sync and how.
 #[derive(Clone, Debug)]
 pub struct SyncOptions {
-    /// Only these tables (schema.md names); `None` = every table. A table pulls in its whole
-    /// stream group (see [`GROUPS`]): asking for `question_response` also writes
-    /// `survey_response` and `survey_embedded_data` (they share one export and one cursor), and
-    /// the response group also syncs the survey definitions it flattens answers with.
+    /// Only these tables (named as in docs/design/schema.md); `None` = every table. A table pulls
+    /// in its whole stream group (see [`GROUPS`]): asking for `question_response` also writes
+    /// `survey_response` and `survey_embedded_data` (they share one export and one cursor), and the
+    /// response group also syncs the survey definitions it flattens answers with.
     pub tables: Option<Vec<String>>,
     /// Ignore cursors: re-read every definition and export every response (rows are upserts, so
     /// a full sync over an existing destination rewrites rows rather than doubling them).

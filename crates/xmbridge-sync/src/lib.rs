@@ -1,12 +1,11 @@
 //! The sync engine: Qualtrics streams into destinations, incremental and resumable.
 //!
-//! It owns the streams and their shapes from `schema.md` (Fivetran-compatible table and column
-//! names), a cursor per stream (responses through the export API's continuation token),
-//! flattening of survey definitions into question/choice/block tables and of responses into one
-//! row per answer cell, soft-marked deletes, and committing data and cursor together so a killed
-//! sync resumes with nothing lost or doubled. It reads Qualtrics only through
-//! `xmbridge-qualtrics` and writes only through `xmbridge-destinations`; it must not build HTTP
-//! requests or SQL itself.
+//! It owns the streams and their shapes from `docs/design/schema.md` (Fivetran-compatible table and
+//! column names), a cursor per stream (responses through the export API's continuation token),
+//! flattening of survey definitions into question/choice/block tables and of responses into one row
+//! per answer cell, soft-marked deletes, and committing data and cursor together so a killed sync
+//! resumes with nothing lost or doubled. It reads Qualtrics only through `xmbridge-qualtrics` and
+//! writes only through `xmbridge-destinations`; it must not build HTTP requests or SQL itself.
 //!
 //! Entry point: [`sync`] with [`SyncOptions`]; it returns a [`SyncSummary`] or a [`SyncError`]
 //! naming the table and survey at fault. Progress goes to a [`Progress`] ([`NoProgress`],

@@ -282,8 +282,9 @@ pub fn servicenow_event(workflow: &str, table: &str, body: &Value) -> Result<New
         .get("sys_updated_on")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    // Fields are strings (WF-ISSUE.md): a reference rendered as `{"link","value"}` (the Table
-    // API's default form, which a rule may post as is) becomes its sys_id.
+    // Fields are strings (docs/design/salesforce-servicenow-api.md §3.3): a reference rendered as
+    // `{"link","value"}` (the Table API's default form, which a rule may post as is) becomes its
+    // sys_id.
     let record: serde_json::Map<String, Value> = obj
         .iter()
         .map(|(k, v)| {

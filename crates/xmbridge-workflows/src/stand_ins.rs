@@ -1,5 +1,6 @@
-//! Stand-in specs for the actions other branches of issue #5 build (Salesforce, ServiceNow and
-//! Qualtrics actions), so workflow files and templates can be validated before those land.
+//! Stand-in specs for the Salesforce, ServiceNow and Qualtrics actions, written while those
+//! actions were built elsewhere so workflow files and templates could be validated; every one of
+//! them is now registered by `Registry::builtin`, so they only fill gaps in other registries.
 //!
 //! It owns nothing but names and input lists: [`fill_missing`] adds a stand-in only where the
 //! registry has no action of that name, so once the real actions are registered these are never

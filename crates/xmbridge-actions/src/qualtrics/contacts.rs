@@ -1,5 +1,5 @@
-//! Contact Management: XM Directory contacts (qualtrics-api.md §9.2) — create, look up by e-mail,
-//! e-mail and response history, list, update, and the extra `upsert-contact`.
+//! Contact Management: XM Directory contacts (docs/design/qualtrics-api.md §9.2) — create, look up
+//! by e-mail, e-mail and response history, list, update, and the extra `upsert-contact`.
 
 use super::{Call, DIRECTORY, LIMIT, QualtricsAction, created_id, eq_filter, field, normalize_hit};
 use crate::{ActionError, ActionSpec, InputSpec, System};

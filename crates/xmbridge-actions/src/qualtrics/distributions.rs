@@ -1,5 +1,6 @@
-//! Distribution Management: send a survey by e-mail to a mailing list (or one contact in it),
-//! list a survey's distributions and a distribution's individual links (qualtrics-api.md §8).
+//! Distribution Management: send a survey by e-mail to a mailing list (or one contact in it), list
+//! a survey's distributions and a distribution's individual links (docs/design/qualtrics-api.md
+//! §8).
 
 use super::{Call, DELIVERY_KEY_FIELD, LIMIT, QualtricsAction, created_id, field};
 use crate::{ActionError, ActionSpec, InputSpec, System};

@@ -1,5 +1,5 @@
-//! Mailing List Management: XM Directory mailing lists and their members (qualtrics-api.md §9.3),
-//! plus the extra `create-mailing-list`.
+//! Mailing List Management: XM Directory mailing lists and their members
+//! (docs/design/qualtrics-api.md §9.3), plus the extra `create-mailing-list`.
 
 use super::contacts::{
     EMAIL, EMBEDDED, EXT_REF, FIRST_NAME, LANGUAGE, LAST_NAME, PHONE, contact_body, identity_filter,

@@ -1,6 +1,6 @@
 //! The Qualtrics actions: the ServiceNow Qualtrics spoke's 20 actions (contacts, mailing lists,
 //! distributions, library messages, metadata, surveys, event subscriptions) under kebab-case
-//! names, plus `upsert-contact`, `create-mailing-list` and `get-response`.
+//! names, plus `upsert-contact`, `create-mailing-list`, `get-response` and `delete-subscription`.
 //!
 //! Each category lives in its own file and hands its actions to [`register`]. An action is a static
 //! [`ActionSpec`] plus a function over a [`Call`]: the checked inputs, the

@@ -1,4 +1,5 @@
-//! Event Subscription Management: webhooks Qualtrics calls on survey events (qualtrics-api.md §11).
+//! Event Subscription Management: webhooks Qualtrics calls on survey events
+//! (docs/design/qualtrics-api.md §11).
 
 use super::{Call, LIMIT, QualtricsAction, created_id, field};
 use crate::{ActionError, ActionSpec, InputSpec, System};

@@ -1,5 +1,5 @@
-//! XM Directory of the simulated brand (qualtrics-api.md §9.1–9.4): directories, directory
-//! contacts (list, CRUD, search, history, transactions), mailing lists and their members,
+//! XM Directory of the simulated brand (docs/design/qualtrics-api.md §9.1–9.4): directories,
+//! directory contacts (list, CRUD, search, history, transactions), mailing lists and their members,
 //! contact transactions, transaction batches, samples and frequency rules.
 //!
 //! It owns the seeded directory data (derived from `cfg.seed` under its own tag, so the same seed
@@ -33,7 +33,7 @@ use std::ops::Bound;
 const TAG: u64 = 0xD1EC_7041;
 /// Rng part for ids handed out at run time (creates through the API).
 const PART_NEW_ID: u64 = 0xFFFF;
-/// Contact search never pages past this many hits (qualtrics-api.md §4).
+/// Contact search never pages past this many hits (docs/design/qualtrics-api.md §4, pagination).
 pub const SEARCH_LIMIT: usize = 10_000;
 /// Largest `pageSize` of every XM Directory list.
 const MAX_PAGE: usize = 100;

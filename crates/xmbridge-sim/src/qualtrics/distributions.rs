@@ -1,5 +1,6 @@
-//! Distributions (qualtrics-api.md §8): e-mail distributions (Invite, Reminder, ThankYou), generated
-//! individual links, SMS distributions, their per-recipient history and links.
+//! Distributions (docs/design/qualtrics-api.md §8, distributions): e-mail distributions (Invite,
+//! Reminder, ThankYou), generated individual links, SMS distributions, their per-recipient history
+//! and links.
 //!
 //! Seeded per survey from the seed, with recipients drawn from the XM Directory's mailing lists at
 //! start (no lists → distributions without recipients); distributions created through the API draw

@@ -1,4 +1,4 @@
-//! Event subscriptions (webhooks, qualtrics-api.md §11): the brand-admin management API
+//! Event subscriptions (webhooks, docs/design/qualtrics-api.md §11): the brand-admin management API
 //! (`/eventsubscriptions`) and delivery of `surveyengine.completedResponse` events as
 //! `application/x-www-form-urlencoded` POSTs with `Topic`, `MSG` and (with a shared key) `HMAC`.
 //!

@@ -1,5 +1,5 @@
-//! Bulk response export (qualtrics-api.md §6.1–6.5): start → poll → download, plus the survey
-//! filters an export can name (`GET /surveys/{sid}/filters`).
+//! Bulk response export (docs/design/qualtrics-api.md §6.1–6.5): start → poll → download, plus the
+//! survey filters an export can name (`GET /surveys/{sid}/filters`).
 //!
 //! This module owns export jobs, continuation tokens, the export file formats (JSON, NDJSON,
 //! CSV, TSV, zipped or raw) and the temp files that hold finished exports. It reads responses only

@@ -4,7 +4,7 @@
 //! (through a DNS override such as reqwest's `resolve`) or with `*.localhost` names. The `Host`
 //! header tells which data center the caller meant; the brand lives in one of them.
 
-/// Official data centers and their legacy aliases (qualtrics-api.md §1).
+/// Official data centers and their legacy aliases (docs/design/qualtrics-api.md §1).
 const ALIASES: &[(&str, &str)] = &[
     ("co1", "iad1"),
     ("az1", "sjc1"),

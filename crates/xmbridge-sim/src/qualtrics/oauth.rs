@@ -5,7 +5,7 @@
 //! It owns the OAuth clients and grants; access tokens it issues go into the shared
 //! `sim.tokens` store that `auth.rs` checks on every `/API/v3` call. It must not touch users'
 //! permissions or other modules' state. Answers follow RFC 6749 (no Qualtrics `result/meta`
-//! envelope), see qualtrics-api.md §2.2 and docs/simulator/auth.md.
+//! envelope), see docs/design/qualtrics-api.md §2.2 (OAuth) and docs/simulator/auth.md.
 
 use super::account::User;
 use super::auth::{AccessToken, RequestedDc};
@@ -39,7 +39,7 @@ pub const GRANTS: &[&str] = &[
     GRANT_REFRESH_TOKEN,
 ];
 
-/// Resources of `read:|write:|manage:<resource>` scopes (qualtrics-api.md §2.2).
+/// Resources of `read:|write:|manage:<resource>` scopes (docs/design/qualtrics-api.md §2.2).
 const RESOURCES: &[&str] = &[
     "surveys",
     "survey_responses",

@@ -1,4 +1,4 @@
-//! The two pagination schemes of the API (qualtrics-api.md §4).
+//! The two pagination schemes of the API (docs/design/qualtrics-api.md §4).
 //!
 //! Offset lists (`/surveys`, `/users`, library messages) page by 100 with `?offset=`; XM Directory
 //! lists and distributions page by `pageSize` (≤ 100) with `skipToken = base64(offset)`. Both put a

@@ -1,12 +1,12 @@
 //! Survey responses: generated on demand from the seed, plus an overlay of API changes.
 //!
-//! A seeded response is a pure function of (survey, index), so a million-response survey costs
-//! no memory: exports and single gets regenerate what they need. Responses created, updated or
-//! deleted through the API live in the [`ResponseStore`] overlay, each stamped with a change
-//! sequence number; continuation tokens remember the sequence they were issued at, so an export
-//! after a token returns exactly the responses recorded or changed since. This module owns the
-//! response record and its key grammar (qualtrics-api.md §6.4, §7); it does not know about export
-//! jobs, zips or file formats (see `export`).
+//! A seeded response is a pure function of (survey, index), so a million-response survey costs no
+//! memory: exports and single gets regenerate what they need. Responses created, updated or deleted
+//! through the API live in the [`ResponseStore`] overlay, each stamped with a change sequence
+//! number; continuation tokens remember the sequence they were issued at, so an export after a
+//! token returns exactly the responses recorded or changed since. This module owns the response
+//! record and its key grammar (docs/design/qualtrics-api.md §6.4 export records, §7 single
+//! responses); it does not know about export jobs, zips or file formats (see `export`).
 
 use super::auth::Caller;
 use super::envelope::{self, ApiError, ApiResult};
@@ -572,7 +572,7 @@ impl ResponseStore {
     }
 }
 
-/// What an export selects (qualtrics-api.md §6.1).
+/// What an export selects (docs/design/qualtrics-api.md §6.1, export start).
 #[derive(Clone, Debug, Default)]
 pub struct Selection {
     /// Inclusive lower bound on recordedDate (or lastModifiedDate with `by_last_modified`).
@@ -744,7 +744,7 @@ fn col(name: String, text: String, key: String) -> ExportColumn {
     }
 }
 
-/// The columns of a CSV/TSV export, in order (qualtrics-api.md §6.5).
+/// The columns of a CSV/TSV export, in order (docs/design/qualtrics-api.md §6.5).
 pub fn export_columns(survey: &Survey, breakout_sets: bool) -> Vec<ExportColumn> {
     use QuestionKind::*;
     let mut cols = vec![
@@ -945,7 +945,7 @@ impl ExportColumn {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Routes: single responses (qualtrics-api.md §7)
+// Routes: single responses (docs/design/qualtrics-api.md §7)
 
 pub fn routes() -> Router<SharedSim> {
     Router::new()
@@ -1105,7 +1105,8 @@ async fn update_response(
     apply_update(&sim, &sid, &rid, &body)
 }
 
-/// The path form some secondary docs describe (qualtrics-api.md §13 item 4); same semantics.
+/// The path form some secondary docs describe (docs/design/qualtrics-api.md §12 item 4, updating a
+/// response); same semantics.
 async fn update_response_nested(
     State(sim): State<SharedSim>,
     Extension(caller): Extension<Caller>,

@@ -1,8 +1,8 @@
 //! `/surveys` (list and the legacy camelCase shape), `/survey-definitions` (the PascalCase full
 //! definition with `SurveyFlow`, versions, quotas, quota groups) and the Survey Quotas API.
 //!
-//! Renders the seeded definitions of `survey` in the shapes of qualtrics-api.md §5; owns no
-//! state of its own.
+//! Renders the seeded definitions of `survey` in the shapes of docs/design/qualtrics-api.md §5
+//! (surveys); owns no state of its own.
 
 use super::SharedSim;
 use super::auth::Caller;
@@ -169,7 +169,7 @@ fn survey_status(s: &Survey) -> &'static str {
     if s.active { "Active" } else { "Inactive" }
 }
 
-/// The full survey-definitions shape (qualtrics-api.md §5.3).
+/// The full survey-definitions shape (docs/design/qualtrics-api.md §5.3).
 pub fn definition_json(sim: &SharedSim, s: &Survey) -> Value {
     let mut questions = Map::new();
     for q in &s.questions {
@@ -263,7 +263,7 @@ pub fn definition_json(sim: &SharedSim, s: &Survey) -> Value {
     })
 }
 
-/// The legacy `GET /surveys/{id}` shape (qualtrics-api.md §5.2).
+/// The legacy `GET /surveys/{id}` shape (docs/design/qualtrics-api.md §5.2).
 fn legacy_json(sim: &SharedSim, s: &Survey) -> Value {
     let mut questions = Map::new();
     for q in s.live_questions() {

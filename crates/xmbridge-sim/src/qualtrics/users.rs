@@ -1,5 +1,5 @@
 //! Brand-admin user APIs (`/users`, `/users/{id}/apitoken`) plus minimal `/groups` and
-//! `/divisions/{id}` (qualtrics-api.md §10, §2.1).
+//! `/divisions/{id}` (docs/design/qualtrics-api.md §10 users, §2.1 API token).
 //!
 //! Users live in `Sim::users` (seeded by `account`); this module reads and edits that list but never
 //! reorders it, because OAuth tokens and callers refer to users by index: a deleted user is marked

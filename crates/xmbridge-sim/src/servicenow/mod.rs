@@ -6,8 +6,9 @@
 //!
 //! It owns the instance's records (seeded, deterministic), credentials and switches; it must not
 //! depend on xmbridge's ServiceNow client, so it stays an independent referee of the contract
-//! (`salesforce-servicenow-api.md` sections 3 and 5). [`router`] turns one [`SnSim`] into an axum
-//! router; `crate::server::start_servicenow` serves it on loopback.
+//! (docs/design/salesforce-servicenow-api.md §3 ServiceNow and §5 Simulator switches). [`router`]
+//! turns one [`SnSim`] into an axum router; `crate::server::start_servicenow` serves it on
+//! loopback.
 
 pub mod acl;
 pub mod admin;

@@ -33,8 +33,8 @@ use tokio::sync::{Semaphore, mpsc};
 use xmbridge_destinations::{Commit, Value};
 use xmbridge_qualtrics::{Client, ExportOptions, SurveySummary};
 
-/// Metadata keys of an export record's `values` (qualtrics-api.md §6.4); everything else is a
-/// question cell (`QID…`) or embedded data.
+/// Metadata keys of an export record's `values` (docs/design/qualtrics-api.md §6.4); everything
+/// else is a question cell (`QID…`) or embedded data.
 const METADATA: &[&str] = &[
     "startDate",
     "endDate",
