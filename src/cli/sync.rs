@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use xmbridge_destinations::{Compat, DestError, DestinationSettings, PgEnv};
 use xmbridge_qualtrics::Client;
 use xmbridge_sync::{
-    ExportKind, LogProgress, Observer, Progress, ResponseObserver, SeenBatch, SyncOptions,
-    SyncSummary,
+    ExportKind, LogProgress, Observer, ObserverError, Progress, ResponseObserver, SeenBatch,
+    SyncOptions, SyncSummary,
 };
 use xmbridge_workflows::catalog::{self, Sources};
 use xmbridge_workflows::definition::Trigger;
@@ -206,7 +206,10 @@ impl WorkflowTrigger {
 }
 
 impl ResponseObserver for WorkflowTrigger {
-    fn responses_seen<'a>(&'a self, batch: SeenBatch<'a>) -> BoxFuture<'a, Result<(), String>> {
+    fn responses_seen<'a>(
+        &'a self,
+        batch: SeenBatch<'a>,
+    ) -> BoxFuture<'a, Result<(), ObserverError>> {
         Box::pin(async move {
             let Some(workflows) = self.by_survey.get(batch.survey_id) else {
                 return Ok(());
@@ -227,10 +230,8 @@ impl ResponseObserver for WorkflowTrigger {
                 .collect();
             let outbox = self.outbox.clone();
             // SQLite commits block: keep them off the async workers.
-            let stored = tokio::task::spawn_blocking(move || outbox.enqueue_batch(&events))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            let stored =
+                tokio::task::spawn_blocking(move || outbox.enqueue_batch(&events)).await??;
             let new = stored
                 .iter()
                 .filter(|e| matches!(e, Enqueued::New(_)))

@@ -28,23 +28,8 @@ use std::time::Duration;
 /// Inputs of one action run: field name → JSON value.
 pub type Inputs = Map<String, Value>;
 
-/// The external system an action talks to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum System {
-    Qualtrics,
-    Salesforce,
-    ServiceNow,
-}
-
-impl fmt::Display for System {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            System::Qualtrics => "Qualtrics",
-            System::Salesforce => "Salesforce",
-            System::ServiceNow => "ServiceNow",
-        })
-    }
-}
+/// The external system an action talks to (the one list lives in `xmbridge-auth`).
+pub use xmbridge_auth::System;
 
 /// One input an action accepts.
 #[derive(Clone, Copy, Debug)]
@@ -135,6 +120,7 @@ pub enum Disposition {
 
 /// Why an action failed, classified so the caller can retry, pause or give up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ActionError {
     /// An input is missing or malformed: the caller's mistake.
     #[error("action {action}: input `{field}`: {reason}")]

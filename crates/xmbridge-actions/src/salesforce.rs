@@ -161,7 +161,7 @@ fn connection(spec: &ActionSpec, ctx: &ActionContext) -> Result<SalesforceConnec
     if let Some(c) = ctx.get::<Arc<SalesforceClient>>() {
         return Ok(SalesforceConnection {
             client: c.clone(),
-            account: "salesforce".into(),
+            account: System::Salesforce.as_str().into(),
         });
     }
     Err(ActionError::NotConfigured {

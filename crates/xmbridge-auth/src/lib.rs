@@ -9,7 +9,8 @@
 //! `invalid_grant` becomes [`AuthError::AccountTokenExpired`] carrying the command that
 //! re-authorizes. It also owns the rules every client applies at the network boundary (module
 //! `endpoint`): credentials only over https (loopback excepted), valid host names, credential
-//! text that fits a header, and upstream text cut to a bounded length in errors and logs. It
+//! text that fits a header, and upstream text cut to a bounded length in errors and logs. It also
+//! holds the one list of external systems ([`System`]) that vault, actions and workflows name. It
 //! must not call any provider API other than the OAuth endpoints, and must not store anything: rotated refresh tokens are handed to a [`RefreshTokenSink`] that the caller
 //! backs with `xmbridge-vault`.
 
@@ -28,6 +29,7 @@ mod error;
 mod identity;
 mod oauth;
 mod source;
+mod system;
 
 pub use authorize::{AuthorizeFlow, AuthorizeOptions, authorize};
 pub use endpoint::{
@@ -38,6 +40,7 @@ pub use error::AuthError;
 pub use identity::{ClientIdentity, Roots, check_ca_certificates, http_client_builder};
 pub use oauth::{ClientAuth, OAuthClient, OAuthProvider, RetryPolicy, TokenResponse};
 pub use source::{ApiTokenSource, ClientCredentialsSource, Clock, RefreshTokenSource, SystemClock};
+pub use system::{System, UnknownSystem};
 
 /// A boxed future, so that [`TokenSource`] stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -35,6 +35,7 @@ pub mod envelope;
 pub mod error;
 pub mod export;
 pub mod ratelimit;
+pub mod response;
 pub mod retry;
 
 pub use client::{Auth, Client, ClientBuilder, RetryMode, SurveySummary, WhoAmI};

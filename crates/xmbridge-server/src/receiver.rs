@@ -155,6 +155,7 @@ async fn healthz(State(app): State<App>) -> Response {
 
 /// Errors starting the receiver.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
     #[error("the receiver may only listen on a loopback address, not {0}")]
     NotLoopback(SocketAddr),

@@ -20,9 +20,9 @@ pub mod observer;
 mod progress;
 mod streams;
 
-pub use engine::{
-    GROUPS, Reloaded, Skipped, SyncError, SyncOptions, SyncSummary, TableCounts, sync,
+pub use engine::{Reloaded, Skipped, SyncError, SyncOptions, SyncSummary, TableCounts, sync};
+pub use observer::{
+    ExportKind, Observer, ObserverError, ResponseObserver, SeenBatch, SeenResponse,
 };
-pub use observer::{ExportKind, Observer, ResponseObserver, SeenBatch, SeenResponse};
 pub use progress::{LogProgress, NoProgress, Progress};
 pub use streams::responses::answer_id;
