@@ -6,7 +6,8 @@
 //! of a workflow, so this crate owns the [`Action`] trait, the input/output shapes, the error
 //! classification that tells a delivery worker whether to retry, pause or dead-letter
 //! ([`Disposition`]), and the [`Registry`] where every built-in action is registered (one line per
-//! module). It must not own HTTP clients' internals (those are `xmbridge-qualtrics` and the
+//! module). Every system's module writes an action the same way: a static [`ActionSpec`] plus a
+//! function over that module's `Call` (the checked request and the system's client). It must not own HTTP clients' internals (those are `xmbridge-qualtrics` and the
 //! Salesforce/ServiceNow client crates, reached through [`ActionContext`]), store anything, or
 //! schedule retries itself: that is the workflow engine's job.
 

@@ -21,11 +21,54 @@ pub const REAUTHORIZE: &str = "re-authorize the ServiceNow account (`xmbridge ac
 
 /// Registers every ServiceNow action.
 pub fn register(r: &mut Registry) {
-    r.register(CreateRecord);
-    r.register(UpdateRecord);
-    r.register(LookUpRecords);
-    r.register(GetProperty);
-    r.register(CreateIncident);
+    for a in [
+        ServiceNowAction::new(&CREATE_RECORD, create_record),
+        ServiceNowAction::new(&UPDATE_RECORD, update_record),
+        ServiceNowAction::new(&LOOK_UP_RECORDS, look_up_records),
+        ServiceNowAction::new(&GET_PROPERTY, get_property),
+        ServiceNowAction::new(&CREATE_INCIDENT, create_incident),
+    ] {
+        r.register(a);
+    }
+}
+
+type RunFn = for<'a> fn(Call<'a>) -> BoxFuture<'a, Result<Value, ActionError>>;
+
+/// One ServiceNow action: its spec and the function that runs it (the idiom of the Qualtrics
+/// actions).
+struct ServiceNowAction {
+    spec: &'static ActionSpec,
+    run: RunFn,
+}
+
+impl ServiceNowAction {
+    const fn new(spec: &'static ActionSpec, run: RunFn) -> Self {
+        ServiceNowAction { spec, run }
+    }
+}
+
+impl Action for ServiceNowAction {
+    fn spec(&self) -> &ActionSpec {
+        self.spec
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a ActionContext,
+        request: ActionRequest,
+    ) -> BoxFuture<'a, Result<Value, ActionError>> {
+        Box::pin(async move {
+            check_inputs(self.spec, &request.inputs)?;
+            let sn = client(self.spec, ctx)?;
+            (self.run)(Call { sn, request }).await
+        })
+    }
+}
+
+/// Everything one run of a ServiceNow action works with: the checked request and the client.
+struct Call<'a> {
+    sn: &'a ServiceNowClient,
+    request: ActionRequest,
 }
 
 fn client<'a>(
@@ -202,28 +245,6 @@ async fn create_once(
     Ok(json!({"created": true, "sys_id": sys_id, "record": rec, "ignored_fields": ignored}))
 }
 
-macro_rules! action {
-    ($ty:ident, $spec:ident) => {
-        pub struct $ty;
-        impl Action for $ty {
-            fn spec(&self) -> &ActionSpec {
-                &$spec
-            }
-            fn run<'a>(
-                &'a self,
-                ctx: &'a ActionContext,
-                request: ActionRequest,
-            ) -> BoxFuture<'a, Result<Value, ActionError>> {
-                Box::pin(async move {
-                    check_inputs(&$spec, &request.inputs)?;
-                    let sn = client(&$spec, ctx)?;
-                    $ty::exec(sn, request).await
-                })
-            }
-        }
-    };
-}
-
 const fn input(name: &'static str, required: bool, help: &'static str) -> InputSpec {
     InputSpec {
         name,
@@ -232,7 +253,7 @@ const fn input(name: &'static str, required: bool, help: &'static str) -> InputS
     }
 }
 
-pub const CREATE_RECORD: ActionSpec = ActionSpec {
+pub static CREATE_RECORD: ActionSpec = ActionSpec {
     name: "servicenow.create-record",
     system: System::ServiceNow,
     title: "Create Record",
@@ -253,9 +274,9 @@ pub const CREATE_RECORD: ActionSpec = ActionSpec {
     stream: false,
     writes: true,
 };
-action!(CreateRecord, CREATE_RECORD);
-impl CreateRecord {
-    async fn exec(sn: &ServiceNowClient, req: ActionRequest) -> Result<Value, ActionError> {
+fn create_record(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
+    Box::pin(async move {
+        let Call { sn, request: req } = call;
         let s = &CREATE_RECORD;
         let table = required(s, &req.inputs, "table")?;
         let fields = object(s, &req.inputs, "fields")?;
@@ -263,10 +284,10 @@ impl CreateRecord {
             text(s, &req.inputs, "correlation_field")?.unwrap_or_else(|| "correlation_id".into());
         let key = req.delivery_key.map(|k| (field, k));
         create_once(s, sn, &table, fields, key).await
-    }
+    })
 }
 
-pub const UPDATE_RECORD: ActionSpec = ActionSpec {
+pub static UPDATE_RECORD: ActionSpec = ActionSpec {
     name: "servicenow.update-record",
     system: System::ServiceNow,
     title: "Update Record",
@@ -279,9 +300,9 @@ pub const UPDATE_RECORD: ActionSpec = ActionSpec {
     stream: false,
     writes: true,
 };
-action!(UpdateRecord, UPDATE_RECORD);
-impl UpdateRecord {
-    async fn exec(sn: &ServiceNowClient, req: ActionRequest) -> Result<Value, ActionError> {
+fn update_record(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
+    Box::pin(async move {
+        let Call { sn, request: req } = call;
         let s = &UPDATE_RECORD;
         let table = required(s, &req.inputs, "table")?;
         let sys_id = required(s, &req.inputs, "sys_id")?;
@@ -291,10 +312,10 @@ impl UpdateRecord {
             .await
             .map_err(|e| map_error(s, e))?;
         Ok(Value::Object(rec))
-    }
+    })
 }
 
-pub const LOOK_UP_RECORDS: ActionSpec = ActionSpec {
+pub static LOOK_UP_RECORDS: ActionSpec = ActionSpec {
     name: "servicenow.look-up-records",
     system: System::ServiceNow,
     title: "Look up Records",
@@ -316,9 +337,9 @@ pub const LOOK_UP_RECORDS: ActionSpec = ActionSpec {
     stream: true,
     writes: false,
 };
-action!(LookUpRecords, LOOK_UP_RECORDS);
-impl LookUpRecords {
-    async fn exec(sn: &ServiceNowClient, req: ActionRequest) -> Result<Value, ActionError> {
+fn look_up_records(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
+    Box::pin(async move {
+        let Call { sn, request: req } = call;
         let s = &LOOK_UP_RECORDS;
         let table = required(s, &req.inputs, "table")?;
         let limit = match text(s, &req.inputs, "limit")? {
@@ -340,10 +361,10 @@ impl LookUpRecords {
             .await
             .map_err(|e| map_error(s, e))?;
         Ok(Value::Array(rows.into_iter().map(Value::Object).collect()))
-    }
+    })
 }
 
-pub const GET_PROPERTY: ActionSpec = ActionSpec {
+pub static GET_PROPERTY: ActionSpec = ActionSpec {
     name: "servicenow.get-property",
     system: System::ServiceNow,
     title: "Get System Property",
@@ -356,17 +377,17 @@ pub const GET_PROPERTY: ActionSpec = ActionSpec {
     stream: false,
     writes: false,
 };
-action!(GetProperty, GET_PROPERTY);
-impl GetProperty {
-    async fn exec(sn: &ServiceNowClient, req: ActionRequest) -> Result<Value, ActionError> {
+fn get_property(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
+    Box::pin(async move {
+        let Call { sn, request: req } = call;
         let s = &GET_PROPERTY;
         let name = required(s, &req.inputs, "name")?;
         let value = sn.get_property(&name).await.map_err(|e| map_error(s, e))?;
         Ok(json!({"name": name, "exists": value.is_some(), "value": value}))
-    }
+    })
 }
 
-pub const CREATE_INCIDENT: ActionSpec = ActionSpec {
+pub static CREATE_INCIDENT: ActionSpec = ActionSpec {
     name: "servicenow.create-incident",
     system: System::ServiceNow,
     title: "Create Incident",
@@ -391,9 +412,9 @@ pub const CREATE_INCIDENT: ActionSpec = ActionSpec {
     stream: false,
     writes: true,
 };
-action!(CreateIncident, CREATE_INCIDENT);
-impl CreateIncident {
-    async fn exec(sn: &ServiceNowClient, req: ActionRequest) -> Result<Value, ActionError> {
+fn create_incident(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
+    Box::pin(async move {
+        let Call { sn, request: req } = call;
         let s = &CREATE_INCIDENT;
         let mut fields = Record::new();
         fields.insert(
@@ -424,7 +445,7 @@ impl CreateIncident {
             .or(req.delivery_key)
             .map(|k| ("correlation_id".to_string(), k));
         create_once(s, sn, "incident", fields, key).await
-    }
+    })
 }
 
 /// A caller given as a sys_id is used as is; an email is looked up in `sys_user`.
