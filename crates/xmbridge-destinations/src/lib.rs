@@ -246,6 +246,9 @@ pub enum DestError {
         /// `, held by …` when the destination can tell, else empty.
         holder: String,
     },
+    /// An option in the destination URL (`?max_size_mb=…`) is unknown or has a bad value.
+    #[error("{0}")]
+    UrlOption(String),
     /// The URL's scheme names no known destination.
     #[error("unknown destination {url:?}: expected one of {known}")]
     UnknownScheme { url: String, known: &'static str },
@@ -367,6 +370,7 @@ impl DestError {
         match self {
             DestError::Connect { .. }
             | DestError::Settings(_)
+            | DestError::UrlOption(_)
             | DestError::UnknownScheme { .. } => DestErrorKind::Connect,
             DestError::Busy { .. } => DestErrorKind::Busy,
             DestError::MissingTable { .. }

@@ -75,14 +75,14 @@ impl SqliteOptions {
             match key {
                 "max_size_mb" => {
                     let mb = value.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                        DestError::Settings(format!(
+                        DestError::UrlOption(format!(
                             "sqlite URL option max_size_mb={value:?}: expected a whole number of MiB greater than 0"
                         ))
                     })?;
                     opts.max_size_mb = Some(mb);
                 }
                 other => {
-                    return Err(DestError::Settings(format!(
+                    return Err(DestError::UrlOption(format!(
                         "unknown sqlite URL option {other:?}: the only option is max_size_mb=N (e.g. sqlite:PATH?max_size_mb=500)"
                     )));
                 }
