@@ -210,6 +210,57 @@ pub trait Action: Send + Sync {
     ) -> BoxFuture<'a, Result<Value, ActionError>>;
 }
 
+/// How one system's actions get what they run with: the module's `Call` (the checked request
+/// and the system's client, taken from the [`ActionContext`]), and how its functions are called.
+pub(crate) trait Connect: 'static {
+    type Call<'a>: Send;
+    /// `for<'a> fn(Call<'a>) -> BoxFuture<'a, …>` (spelled per system: the lifetime must show
+    /// in the argument).
+    type Run: Copy + Send + Sync + 'static;
+
+    fn call<'a>(
+        spec: &'static ActionSpec,
+        ctx: &'a ActionContext,
+        request: ActionRequest,
+    ) -> Result<Self::Call<'a>, ActionError>;
+
+    fn invoke<'a>(
+        run: Self::Run,
+        call: Self::Call<'a>,
+    ) -> BoxFuture<'a, Result<Value, ActionError>>;
+}
+
+/// The one way an action is written: a static [`ActionSpec`] plus a function over its system's
+/// `Call`. Inputs are checked against the spec before the function runs.
+pub(crate) struct FnAction<S: Connect> {
+    spec: &'static ActionSpec,
+    run: S::Run,
+}
+
+impl<S: Connect> FnAction<S> {
+    pub(crate) const fn new(spec: &'static ActionSpec, run: S::Run) -> Self {
+        FnAction { spec, run }
+    }
+}
+
+impl<S: Connect> Action for FnAction<S> {
+    fn spec(&self) -> &ActionSpec {
+        self.spec
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a ActionContext,
+        request: ActionRequest,
+    ) -> BoxFuture<'a, Result<Value, ActionError>> {
+        Box::pin(async move {
+            check_inputs(self.spec, &request.inputs)?;
+            let call = S::call(self.spec, ctx, request)?;
+            S::invoke(self.run, call).await
+        })
+    }
+}
+
 /// Checks `inputs` against the spec: required inputs present, no unknown ones.
 pub fn check_inputs(spec: &ActionSpec, inputs: &Inputs) -> Result<(), ActionError> {
     for input in spec.inputs.iter().filter(|i| i.required) {

@@ -5,11 +5,12 @@
 //! dead-letters faithfully. It owns no HTTP details (that is `xmbridge-salesforce`).
 
 use crate::{
-    Action, ActionContext, ActionError, ActionRequest, ActionSpec, InputSpec, Inputs, Registry,
-    System, check_inputs,
+    ActionContext, ActionError, ActionRequest, ActionSpec, Connect, FnAction, InputSpec, Inputs,
+    Registry, System,
 };
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
+use std::borrow::Cow;
 use std::sync::Arc;
 use xmbridge_salesforce::{SalesforceClient, SalesforceError, UpsertOutcome};
 
@@ -39,36 +40,32 @@ pub fn register(r: &mut Registry) {
     }
 }
 
-type RunFn = fn(Call) -> BoxFuture<'static, Result<Value, ActionError>>;
+/// One Salesforce action: its spec and the function that runs it.
+type SalesforceAction = FnAction<Salesforce>;
 
-/// One Salesforce action: its spec and the function that runs it (the idiom of the Qualtrics
-/// actions).
-struct SalesforceAction {
-    spec: &'static ActionSpec,
-    run: RunFn,
-}
+/// The Salesforce [`Connect`]: the context's linked account.
+struct Salesforce;
 
-impl SalesforceAction {
-    const fn new(spec: &'static ActionSpec, run: RunFn) -> Self {
-        SalesforceAction { spec, run }
-    }
-}
+impl Connect for Salesforce {
+    type Call<'a> = Call<'a>;
+    type Run = for<'a> fn(Call<'a>) -> BoxFuture<'a, Result<Value, ActionError>>;
 
-impl Action for SalesforceAction {
-    fn spec(&self) -> &ActionSpec {
-        self.spec
-    }
-
-    fn run<'a>(
-        &'a self,
+    fn call<'a>(
+        spec: &'static ActionSpec,
         ctx: &'a ActionContext,
         request: ActionRequest,
-    ) -> BoxFuture<'a, Result<Value, ActionError>> {
-        Box::pin(async move {
-            check_inputs(self.spec, &request.inputs)?;
-            let conn = connection(self.spec, ctx)?;
-            (self.run)(Call { conn, request }).await
+    ) -> Result<Call<'a>, ActionError> {
+        Ok(Call {
+            conn: connection(spec, ctx)?,
+            request,
         })
+    }
+
+    fn invoke<'a>(
+        run: Self::Run,
+        call: Self::Call<'a>,
+    ) -> BoxFuture<'a, Result<Value, ActionError>> {
+        run(call)
     }
 }
 
@@ -192,15 +189,18 @@ static QUERY: ActionSpec = ActionSpec {
     writes: false,
 };
 
-fn connection(spec: &ActionSpec, ctx: &ActionContext) -> Result<SalesforceConnection, ActionError> {
+fn connection<'a>(
+    spec: &ActionSpec,
+    ctx: &'a ActionContext,
+) -> Result<Cow<'a, SalesforceConnection>, ActionError> {
     if let Some(c) = ctx.get::<SalesforceConnection>() {
-        return Ok(c.clone());
+        return Ok(Cow::Borrowed(c));
     }
     if let Some(c) = ctx.get::<Arc<SalesforceClient>>() {
-        return Ok(SalesforceConnection {
+        return Ok(Cow::Owned(SalesforceConnection {
             client: c.clone(),
             account: System::Salesforce.as_str().into(),
-        });
+        }));
     }
     Err(ActionError::NotConfigured {
         action: spec.name.into(),
@@ -212,8 +212,8 @@ fn connection(spec: &ActionSpec, ctx: &ActionContext) -> Result<SalesforceConnec
 
 /// Everything one run of a Salesforce action works with: the checked request and the linked
 /// account's client.
-struct Call {
-    conn: SalesforceConnection,
+struct Call<'a> {
+    conn: Cow<'a, SalesforceConnection>,
     request: ActionRequest,
 }
 
@@ -301,7 +301,7 @@ fn fields(spec: &ActionSpec, inputs: &Inputs) -> Result<Map<String, Value>, Acti
     }
 }
 
-fn create(call: Call) -> BoxFuture<'static, Result<Value, ActionError>> {
+fn create(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
     Box::pin(async move {
         let (c, r) = (&call.conn, &call.request);
         let spec = &CREATE;
@@ -322,7 +322,7 @@ fn create(call: Call) -> BoxFuture<'static, Result<Value, ActionError>> {
     })
 }
 
-fn update(call: Call) -> BoxFuture<'static, Result<Value, ActionError>> {
+fn update(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
     Box::pin(async move {
         let (c, r) = (&call.conn, &call.request);
         let spec = &UPDATE;
@@ -344,7 +344,7 @@ fn upsert_output(object: &str, out: UpsertOutcome) -> Value {
     }
 }
 
-fn upsert(call: Call) -> BoxFuture<'static, Result<Value, ActionError>> {
+fn upsert(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
     Box::pin(async move {
         let (c, r) = (&call.conn, &call.request);
         let spec = &UPSERT;
@@ -361,7 +361,7 @@ fn upsert(call: Call) -> BoxFuture<'static, Result<Value, ActionError>> {
     })
 }
 
-fn delete(call: Call) -> BoxFuture<'static, Result<Value, ActionError>> {
+fn delete(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
     Box::pin(async move {
         let (c, r) = (&call.conn, &call.request);
         let spec = &DELETE;
@@ -446,7 +446,7 @@ async fn idempotent_create(
 }
 
 /// Idempotent Case creation keyed on `key_field` (default `Qualtrics_Delivery_Key__c`).
-fn create_case(call: Call) -> BoxFuture<'static, Result<Value, ActionError>> {
+fn create_case(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
     Box::pin(async move {
         let (c, r) = (&call.conn, &call.request);
         let spec = &CREATE_CASE;
@@ -460,7 +460,7 @@ fn create_case(call: Call) -> BoxFuture<'static, Result<Value, ActionError>> {
     })
 }
 
-fn query(call: Call) -> BoxFuture<'static, Result<Value, ActionError>> {
+fn query(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
     Box::pin(async move {
         let (c, r) = (&call.conn, &call.request);
         let spec = &QUERY;

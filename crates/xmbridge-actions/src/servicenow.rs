@@ -8,8 +8,8 @@
 //! creating, so a retry after a lost answer finds the first attempt's record.
 
 use crate::{
-    Action, ActionContext, ActionError, ActionRequest, ActionSpec, InputSpec, Registry, System,
-    check_inputs,
+    ActionContext, ActionError, ActionRequest, ActionSpec, Connect, FnAction, InputSpec, Registry,
+    System,
 };
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
@@ -32,36 +32,32 @@ pub fn register(r: &mut Registry) {
     }
 }
 
-type RunFn = for<'a> fn(Call<'a>) -> BoxFuture<'a, Result<Value, ActionError>>;
+/// One ServiceNow action: its spec and the function that runs it.
+type ServiceNowAction = FnAction<ServiceNow>;
 
-/// One ServiceNow action: its spec and the function that runs it (the idiom of the Qualtrics
-/// actions).
-struct ServiceNowAction {
-    spec: &'static ActionSpec,
-    run: RunFn,
-}
+/// The ServiceNow [`Connect`]: the context's `ServiceNowClient`.
+struct ServiceNow;
 
-impl ServiceNowAction {
-    const fn new(spec: &'static ActionSpec, run: RunFn) -> Self {
-        ServiceNowAction { spec, run }
-    }
-}
+impl Connect for ServiceNow {
+    type Call<'a> = Call<'a>;
+    type Run = for<'a> fn(Call<'a>) -> BoxFuture<'a, Result<Value, ActionError>>;
 
-impl Action for ServiceNowAction {
-    fn spec(&self) -> &ActionSpec {
-        self.spec
-    }
-
-    fn run<'a>(
-        &'a self,
+    fn call<'a>(
+        spec: &'static ActionSpec,
         ctx: &'a ActionContext,
         request: ActionRequest,
-    ) -> BoxFuture<'a, Result<Value, ActionError>> {
-        Box::pin(async move {
-            check_inputs(self.spec, &request.inputs)?;
-            let sn = client(self.spec, ctx)?;
-            (self.run)(Call { sn, request }).await
+    ) -> Result<Call<'a>, ActionError> {
+        Ok(Call {
+            sn: client(spec, ctx)?,
+            request,
         })
+    }
+
+    fn invoke<'a>(
+        run: Self::Run,
+        call: Self::Call<'a>,
+    ) -> BoxFuture<'a, Result<Value, ActionError>> {
+        run(call)
     }
 }
 
