@@ -1,6 +1,6 @@
 //! What the keys of a response's `values` mean: the API's metadata fields, as opposed to
 //! question cells (`QID…`) and embedded data. The sync and the workflow enrichment both split
-//! `values` with this one list (see `docs/design/` for the export record shape).
+//! `values` with this one list.
 
 /// Metadata keys of a response's `values`, in an export record or from the single-response
 /// route: everything else is a question cell (`QID…`) or embedded data.

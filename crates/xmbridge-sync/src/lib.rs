@@ -1,7 +1,7 @@
 //! The sync engine: Qualtrics streams into destinations, incremental and resumable.
 //!
 //! It owns the streams and their shapes from `schema.md` (Fivetran-compatible table and column
-//! names), a cursor per stream (responses through the export API's continuation token),
+//! names, the table [`catalog`] destinations are given), a cursor per stream (responses through the export API's continuation token),
 //! flattening of survey definitions into question/choice/block tables and of responses into one
 //! row per answer cell, soft-marked deletes, and committing data and cursor together so a killed
 //! sync resumes with nothing lost or doubled. It reads Qualtrics only through
