@@ -442,7 +442,10 @@ fn list() -> anyhow::Result<()> {
         };
         println!(
             "{:<20} {:<10} {:<9} {:<45} {dir}",
-            c.name, c.provider, auth, url
+            c.name,
+            c.provider.as_str(),
+            auth,
+            url
         );
     }
     Ok(())
@@ -452,7 +455,7 @@ fn show(name: &str) -> anyhow::Result<()> {
     let (_, vault) = open_vault()?;
     let rec = vault.get_connection(name)?;
     let s = load_settings(&vault, name)?;
-    println!("connection:   {name} ({})", rec.provider);
+    println!("connection:   {name} ({})", rec.provider.as_str());
     println!("url:          {}", s.base_url);
     println!(
         "data center:  {}",

@@ -6,7 +6,8 @@
 //! of a workflow, so this crate owns the [`Action`] trait, the input/output shapes, the error
 //! classification that tells a delivery worker whether to retry, pause or dead-letter
 //! ([`Disposition`]), and the [`Registry`] where every built-in action is registered (one line per
-//! module). It must not own HTTP clients' internals (those are `xmbridge-qualtrics` and the
+//! module). Every system's module writes an action the same way: a static [`ActionSpec`] plus a
+//! function over that module's `Call` (the checked request and the system's client). It must not own HTTP clients' internals (those are `xmbridge-qualtrics` and the
 //! Salesforce/ServiceNow client crates, reached through [`ActionContext`]), store anything, or
 //! schedule retries itself: that is the workflow engine's job.
 
@@ -28,23 +29,8 @@ use std::time::Duration;
 /// Inputs of one action run: field name → JSON value.
 pub type Inputs = Map<String, Value>;
 
-/// The external system an action talks to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum System {
-    Qualtrics,
-    Salesforce,
-    ServiceNow,
-}
-
-impl fmt::Display for System {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            System::Qualtrics => "Qualtrics",
-            System::Salesforce => "Salesforce",
-            System::ServiceNow => "ServiceNow",
-        })
-    }
-}
+/// The external system an action talks to (the one list lives in `xmbridge-auth`).
+pub use xmbridge_auth::System;
 
 /// One input an action accepts.
 #[derive(Clone, Copy, Debug)]
@@ -136,6 +122,7 @@ pub enum Disposition {
 
 /// Why an action failed, classified so the caller can retry, pause or give up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ActionError {
     /// An input is missing or malformed: the caller's mistake.
     #[error("action {action}: input `{field}`: {reason}")]
@@ -222,6 +209,57 @@ pub trait Action: Send + Sync {
         ctx: &'a ActionContext,
         request: ActionRequest,
     ) -> BoxFuture<'a, Result<Value, ActionError>>;
+}
+
+/// How one system's actions get what they run with: the module's `Call` (the checked request
+/// and the system's client, taken from the [`ActionContext`]), and how its functions are called.
+pub(crate) trait Connect: 'static {
+    type Call<'a>: Send;
+    /// `for<'a> fn(Call<'a>) -> BoxFuture<'a, …>` (spelled per system: the lifetime must show
+    /// in the argument).
+    type Run: Copy + Send + Sync + 'static;
+
+    fn call<'a>(
+        spec: &'static ActionSpec,
+        ctx: &'a ActionContext,
+        request: ActionRequest,
+    ) -> Result<Self::Call<'a>, ActionError>;
+
+    fn invoke<'a>(
+        run: Self::Run,
+        call: Self::Call<'a>,
+    ) -> BoxFuture<'a, Result<Value, ActionError>>;
+}
+
+/// The one way an action is written: a static [`ActionSpec`] plus a function over its system's
+/// `Call`. Inputs are checked against the spec before the function runs.
+pub(crate) struct FnAction<S: Connect> {
+    spec: &'static ActionSpec,
+    run: S::Run,
+}
+
+impl<S: Connect> FnAction<S> {
+    pub(crate) const fn new(spec: &'static ActionSpec, run: S::Run) -> Self {
+        FnAction { spec, run }
+    }
+}
+
+impl<S: Connect> Action for FnAction<S> {
+    fn spec(&self) -> &ActionSpec {
+        self.spec
+    }
+
+    fn run<'a>(
+        &'a self,
+        ctx: &'a ActionContext,
+        request: ActionRequest,
+    ) -> BoxFuture<'a, Result<Value, ActionError>> {
+        Box::pin(async move {
+            check_inputs(self.spec, &request.inputs)?;
+            let call = S::call(self.spec, ctx, request)?;
+            S::invoke(self.run, call).await
+        })
+    }
 }
 
 /// Checks `inputs` against the spec: required inputs present, no unknown ones.

@@ -5,11 +5,12 @@
 //! dead-letters faithfully. It owns no HTTP details (that is `xmbridge-salesforce`).
 
 use crate::{
-    Action, ActionContext, ActionError, ActionRequest, ActionSpec, InputSpec, Inputs, Registry,
-    System, check_inputs,
+    ActionContext, ActionError, ActionRequest, ActionSpec, Connect, FnAction, InputSpec, Inputs,
+    Registry, System,
 };
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
+use std::borrow::Cow;
 use std::sync::Arc;
 use xmbridge_salesforce::{SalesforceClient, SalesforceError, UpsertOutcome};
 
@@ -25,13 +26,47 @@ pub struct SalesforceConnection {
 /// The field `salesforce.create-case` keys on by default (an external id on Case).
 pub const DEFAULT_CASE_KEY_FIELD: &str = "Qualtrics_Delivery_Key__c";
 
+/// Registers every Salesforce action.
 pub fn register(r: &mut Registry) {
-    r.register(Create);
-    r.register(Update);
-    r.register(Upsert);
-    r.register(Delete);
-    r.register(CreateCase);
-    r.register(Query);
+    for a in [
+        SalesforceAction::new(&CREATE, create),
+        SalesforceAction::new(&UPDATE, update),
+        SalesforceAction::new(&UPSERT, upsert),
+        SalesforceAction::new(&DELETE, delete),
+        SalesforceAction::new(&CREATE_CASE, create_case),
+        SalesforceAction::new(&QUERY, query),
+    ] {
+        r.register(a);
+    }
+}
+
+/// One Salesforce action: its spec and the function that runs it.
+type SalesforceAction = FnAction<Salesforce>;
+
+/// The Salesforce [`Connect`]: the context's linked account.
+struct Salesforce;
+
+impl Connect for Salesforce {
+    type Call<'a> = Call<'a>;
+    type Run = for<'a> fn(Call<'a>) -> BoxFuture<'a, Result<Value, ActionError>>;
+
+    fn call<'a>(
+        spec: &'static ActionSpec,
+        ctx: &'a ActionContext,
+        request: ActionRequest,
+    ) -> Result<Call<'a>, ActionError> {
+        Ok(Call {
+            conn: connection(spec, ctx)?,
+            request,
+        })
+    }
+
+    fn invoke<'a>(
+        run: Self::Run,
+        call: Self::Call<'a>,
+    ) -> BoxFuture<'a, Result<Value, ActionError>> {
+        run(call)
+    }
 }
 
 const OBJECT: InputSpec = InputSpec {
@@ -50,7 +85,7 @@ const ID: InputSpec = InputSpec {
     help: "the record id (15 or 18 characters)",
 };
 
-const CREATE: ActionSpec = ActionSpec {
+static CREATE: ActionSpec = ActionSpec {
     name: "salesforce.create",
     system: System::Salesforce,
     title: "Create Record",
@@ -72,7 +107,7 @@ const CREATE: ActionSpec = ActionSpec {
     stream: false,
     writes: true,
 };
-const UPDATE: ActionSpec = ActionSpec {
+static UPDATE: ActionSpec = ActionSpec {
     name: "salesforce.update",
     system: System::Salesforce,
     title: "Update Record",
@@ -81,7 +116,7 @@ const UPDATE: ActionSpec = ActionSpec {
     stream: false,
     writes: true,
 };
-const UPSERT: ActionSpec = ActionSpec {
+static UPSERT: ActionSpec = ActionSpec {
     name: "salesforce.upsert",
     system: System::Salesforce,
     title: "Upsert Record by External Id",
@@ -103,7 +138,7 @@ const UPSERT: ActionSpec = ActionSpec {
     stream: false,
     writes: true,
 };
-const DELETE: ActionSpec = ActionSpec {
+static DELETE: ActionSpec = ActionSpec {
     name: "salesforce.delete",
     system: System::Salesforce,
     title: "Delete Record",
@@ -112,7 +147,7 @@ const DELETE: ActionSpec = ActionSpec {
     stream: false,
     writes: true,
 };
-const CREATE_CASE: ActionSpec = ActionSpec {
+static CREATE_CASE: ActionSpec = ActionSpec {
     name: "salesforce.create-case",
     system: System::Salesforce,
     title: "Create Case",
@@ -133,7 +168,7 @@ const CREATE_CASE: ActionSpec = ActionSpec {
     stream: false,
     writes: true,
 };
-const QUERY: ActionSpec = ActionSpec {
+static QUERY: ActionSpec = ActionSpec {
     name: "salesforce.query",
     system: System::Salesforce,
     title: "Query Records (SOQL)",
@@ -154,15 +189,18 @@ const QUERY: ActionSpec = ActionSpec {
     writes: false,
 };
 
-fn connection(spec: &ActionSpec, ctx: &ActionContext) -> Result<SalesforceConnection, ActionError> {
+fn connection<'a>(
+    spec: &ActionSpec,
+    ctx: &'a ActionContext,
+) -> Result<Cow<'a, SalesforceConnection>, ActionError> {
     if let Some(c) = ctx.get::<SalesforceConnection>() {
-        return Ok(c.clone());
+        return Ok(Cow::Borrowed(c));
     }
     if let Some(c) = ctx.get::<Arc<SalesforceClient>>() {
-        return Ok(SalesforceConnection {
+        return Ok(Cow::Owned(SalesforceConnection {
             client: c.clone(),
-            account: "salesforce".into(),
-        });
+            account: System::Salesforce.as_str().into(),
+        }));
     }
     Err(ActionError::NotConfigured {
         action: spec.name.into(),
@@ -170,6 +208,13 @@ fn connection(spec: &ActionSpec, ctx: &ActionContext) -> Result<SalesforceConnec
         fix: "link a Salesforce account (`xmbridge account link NAME`) and choose it for this step"
             .into(),
     })
+}
+
+/// Everything one run of a Salesforce action works with: the checked request and the linked
+/// account's client.
+struct Call<'a> {
+    conn: Cow<'a, SalesforceConnection>,
+    request: ActionRequest,
 }
 
 /// Maps the client's classification onto the action's.
@@ -261,63 +306,40 @@ fn fields(spec: &ActionSpec, inputs: &Inputs) -> Result<Map<String, Value>, Acti
     }
 }
 
-macro_rules! action {
-    ($name:ident, $spec:ident, $body:ident) => {
-        struct $name;
-        impl Action for $name {
-            fn spec(&self) -> &ActionSpec {
-                &$spec
-            }
-            fn run<'a>(
-                &'a self,
-                ctx: &'a ActionContext,
-                request: ActionRequest,
-            ) -> BoxFuture<'a, Result<Value, ActionError>> {
-                Box::pin(async move {
-                    check_inputs(&$spec, &request.inputs)?;
-                    let conn = connection(&$spec, ctx)?;
-                    $body(&conn, &request).await
-                })
-            }
+fn create(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
+    Box::pin(async move {
+        let (c, r) = (&call.conn, &call.request);
+        let spec = &CREATE;
+        let object = text(spec, &r.inputs, "object")?;
+        let f = fields(spec, &r.inputs)?;
+        if let Some(Value::String(key_field)) = r.inputs.get("key_field")
+            && !key_field.trim().is_empty()
+        {
+            let key = idempotency_key(spec, r)?;
+            return idempotent_create(spec, c, &object, f, key_field.trim(), &key).await;
         }
-    };
+        let id = c
+            .client
+            .create(&object, &f)
+            .await
+            .map_err(|e| map_error(spec, &c.account, e))?;
+        Ok(json!({"object": object, "id": id, "created": true}))
+    })
 }
 
-action!(Create, CREATE, run_create);
-action!(Update, UPDATE, run_update);
-action!(Upsert, UPSERT, run_upsert);
-action!(Delete, DELETE, run_delete);
-action!(CreateCase, CREATE_CASE, run_create_case);
-action!(Query, QUERY, run_query);
-
-async fn run_create(c: &SalesforceConnection, r: &ActionRequest) -> Result<Value, ActionError> {
-    let spec = &CREATE;
-    let object = text(spec, &r.inputs, "object")?;
-    let f = fields(spec, &r.inputs)?;
-    if let Some(Value::String(key_field)) = r.inputs.get("key_field")
-        && !key_field.trim().is_empty()
-    {
-        let key = idempotency_key(spec, r)?;
-        return idempotent_create(spec, c, &object, f, key_field.trim(), &key).await;
-    }
-    let id = c
-        .client
-        .create(&object, &f)
-        .await
-        .map_err(|e| map_error(spec, &c.account, e))?;
-    Ok(json!({"object": object, "id": id, "created": true}))
-}
-
-async fn run_update(c: &SalesforceConnection, r: &ActionRequest) -> Result<Value, ActionError> {
-    let spec = &UPDATE;
-    let object = text(spec, &r.inputs, "object")?;
-    let id = text(spec, &r.inputs, "id")?;
-    let f = fields(spec, &r.inputs)?;
-    c.client
-        .update(&object, &id, &f)
-        .await
-        .map_err(|e| map_error(spec, &c.account, e))?;
-    Ok(json!({"object": object, "id": id, "updated": true}))
+fn update(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
+    Box::pin(async move {
+        let (c, r) = (&call.conn, &call.request);
+        let spec = &UPDATE;
+        let object = text(spec, &r.inputs, "object")?;
+        let id = text(spec, &r.inputs, "id")?;
+        let f = fields(spec, &r.inputs)?;
+        c.client
+            .update(&object, &id, &f)
+            .await
+            .map_err(|e| map_error(spec, &c.account, e))?;
+        Ok(json!({"object": object, "id": id, "updated": true}))
+    })
 }
 
 fn upsert_output(object: &str, out: UpsertOutcome) -> Value {
@@ -327,32 +349,38 @@ fn upsert_output(object: &str, out: UpsertOutcome) -> Value {
     }
 }
 
-async fn run_upsert(c: &SalesforceConnection, r: &ActionRequest) -> Result<Value, ActionError> {
-    let spec = &UPSERT;
-    let object = text(spec, &r.inputs, "object")?;
-    let key_field = text(spec, &r.inputs, "external_id_field")?;
-    let key = text(spec, &r.inputs, "external_id")?;
-    let f = fields(spec, &r.inputs)?;
-    let out = c
-        .client
-        .upsert(&object, &key_field, &key, &f)
-        .await
-        .map_err(|e| map_error(spec, &c.account, e))?;
-    Ok(upsert_output(&object, out))
+fn upsert(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
+    Box::pin(async move {
+        let (c, r) = (&call.conn, &call.request);
+        let spec = &UPSERT;
+        let object = text(spec, &r.inputs, "object")?;
+        let key_field = text(spec, &r.inputs, "external_id_field")?;
+        let key = text(spec, &r.inputs, "external_id")?;
+        let f = fields(spec, &r.inputs)?;
+        let out = c
+            .client
+            .upsert(&object, &key_field, &key, &f)
+            .await
+            .map_err(|e| map_error(spec, &c.account, e))?;
+        Ok(upsert_output(&object, out))
+    })
 }
 
-async fn run_delete(c: &SalesforceConnection, r: &ActionRequest) -> Result<Value, ActionError> {
-    let spec = &DELETE;
-    let object = text(spec, &r.inputs, "object")?;
-    let id = text(spec, &r.inputs, "id")?;
-    match c.client.delete(&object, &id).await {
-        Ok(()) => Ok(json!({"object": object, "id": id, "deleted": true})),
-        // A retry after a delete whose answer was lost: the record is gone, which is the goal.
-        Err(e) if e.codes() == ["ENTITY_IS_DELETED"] => {
-            Ok(json!({"object": object, "id": id, "deleted": true, "already_deleted": true}))
+fn delete(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
+    Box::pin(async move {
+        let (c, r) = (&call.conn, &call.request);
+        let spec = &DELETE;
+        let object = text(spec, &r.inputs, "object")?;
+        let id = text(spec, &r.inputs, "id")?;
+        match c.client.delete(&object, &id).await {
+            Ok(()) => Ok(json!({"object": object, "id": id, "deleted": true})),
+            // A retry after a delete whose answer was lost: the record is gone, which is the goal.
+            Err(e) if e.codes() == ["ENTITY_IS_DELETED"] => {
+                Ok(json!({"object": object, "id": id, "deleted": true, "already_deleted": true}))
+            }
+            Err(e) => Err(map_error(spec, &c.account, e)),
         }
-        Err(e) => Err(map_error(spec, &c.account, e)),
-    }
+    })
 }
 
 fn soql_quote(s: &str) -> String {
@@ -423,51 +451,54 @@ async fn idempotent_create(
 }
 
 /// Idempotent Case creation keyed on `key_field` (default `Qualtrics_Delivery_Key__c`).
-async fn run_create_case(
-    c: &SalesforceConnection,
-    r: &ActionRequest,
-) -> Result<Value, ActionError> {
-    let spec = &CREATE_CASE;
-    let f = fields(spec, &r.inputs)?;
-    let key_field = match r.inputs.get("key_field") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-        _ => DEFAULT_CASE_KEY_FIELD.to_string(),
-    };
-    let key = idempotency_key(spec, r)?;
-    idempotent_create(spec, c, "Case", f, &key_field, &key).await
+fn create_case(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
+    Box::pin(async move {
+        let (c, r) = (&call.conn, &call.request);
+        let spec = &CREATE_CASE;
+        let f = fields(spec, &r.inputs)?;
+        let key_field = match r.inputs.get("key_field") {
+            Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
+            _ => DEFAULT_CASE_KEY_FIELD.to_string(),
+        };
+        let key = idempotency_key(spec, r)?;
+        idempotent_create(spec, c, "Case", f, &key_field, &key).await
+    })
 }
 
-async fn run_query(c: &SalesforceConnection, r: &ActionRequest) -> Result<Value, ActionError> {
-    let spec = &QUERY;
-    let soql = text(spec, &r.inputs, "soql")?;
-    let max = match r.inputs.get("max_records") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-                .ok_or_else(|| ActionError::BadInput {
-                    action: spec.name.into(),
-                    field: "max_records".into(),
-                    reason: "must be a whole number".into(),
-                })? as usize,
-        ),
-    };
-    let mut pager = c.client.query(&soql);
-    let mut out = Vec::new();
-    while let Some(page) = pager
-        .next_page()
-        .await
-        .map_err(|e| map_error(spec, &c.account, e))?
-    {
-        out.extend(page);
-        if max.is_some_and(|m| out.len() >= m) {
-            break;
+fn query(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
+    Box::pin(async move {
+        let (c, r) = (&call.conn, &call.request);
+        let spec = &QUERY;
+        let soql = text(spec, &r.inputs, "soql")?;
+        let max = match r.inputs.get("max_records") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                    .ok_or_else(|| ActionError::BadInput {
+                        action: spec.name.into(),
+                        field: "max_records".into(),
+                        reason: "must be a whole number".into(),
+                    })? as usize,
+            ),
+        };
+        let mut pager = c.client.query(&soql);
+        let mut out = Vec::new();
+        while let Some(page) = pager
+            .next_page()
+            .await
+            .map_err(|e| map_error(spec, &c.account, e))?
+        {
+            out.extend(page);
+            if max.is_some_and(|m| out.len() >= m) {
+                break;
+            }
         }
-    }
-    if let Some(m) = max {
-        out.truncate(m);
-    }
-    Ok(Value::Array(out))
+        if let Some(m) = max {
+            out.truncate(m);
+        }
+        Ok(Value::Array(out))
+    })
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@
 //! creating, so a retry after a lost answer finds the first attempt's record.
 
 use crate::{
-    Action, ActionContext, ActionError, ActionRequest, ActionSpec, InputSpec, Registry, System,
-    check_inputs,
+    ActionContext, ActionError, ActionRequest, ActionSpec, Connect, FnAction, InputSpec, Registry,
+    System,
 };
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
@@ -21,11 +21,50 @@ pub const REAUTHORIZE: &str = "re-authorize the ServiceNow account (`xmbridge ac
 
 /// Registers every ServiceNow action.
 pub fn register(r: &mut Registry) {
-    r.register(CreateRecord);
-    r.register(UpdateRecord);
-    r.register(LookUpRecords);
-    r.register(GetProperty);
-    r.register(CreateIncident);
+    for a in [
+        ServiceNowAction::new(&CREATE_RECORD, create_record),
+        ServiceNowAction::new(&UPDATE_RECORD, update_record),
+        ServiceNowAction::new(&LOOK_UP_RECORDS, look_up_records),
+        ServiceNowAction::new(&GET_PROPERTY, get_property),
+        ServiceNowAction::new(&CREATE_INCIDENT, create_incident),
+    ] {
+        r.register(a);
+    }
+}
+
+/// One ServiceNow action: its spec and the function that runs it.
+type ServiceNowAction = FnAction<ServiceNow>;
+
+/// The ServiceNow [`Connect`]: the context's `ServiceNowClient`.
+struct ServiceNow;
+
+impl Connect for ServiceNow {
+    type Call<'a> = Call<'a>;
+    type Run = for<'a> fn(Call<'a>) -> BoxFuture<'a, Result<Value, ActionError>>;
+
+    fn call<'a>(
+        spec: &'static ActionSpec,
+        ctx: &'a ActionContext,
+        request: ActionRequest,
+    ) -> Result<Call<'a>, ActionError> {
+        Ok(Call {
+            sn: client(spec, ctx)?,
+            request,
+        })
+    }
+
+    fn invoke<'a>(
+        run: Self::Run,
+        call: Self::Call<'a>,
+    ) -> BoxFuture<'a, Result<Value, ActionError>> {
+        run(call)
+    }
+}
+
+/// Everything one run of a ServiceNow action works with: the checked request and the client.
+struct Call<'a> {
+    sn: &'a ServiceNowClient,
+    request: ActionRequest,
 }
 
 fn client<'a>(
@@ -207,28 +246,6 @@ async fn create_once(
     Ok(json!({"created": true, "sys_id": sys_id, "record": rec, "ignored_fields": ignored}))
 }
 
-macro_rules! action {
-    ($ty:ident, $spec:ident) => {
-        pub struct $ty;
-        impl Action for $ty {
-            fn spec(&self) -> &ActionSpec {
-                &$spec
-            }
-            fn run<'a>(
-                &'a self,
-                ctx: &'a ActionContext,
-                request: ActionRequest,
-            ) -> BoxFuture<'a, Result<Value, ActionError>> {
-                Box::pin(async move {
-                    check_inputs(&$spec, &request.inputs)?;
-                    let sn = client(&$spec, ctx)?;
-                    $ty::exec(sn, request).await
-                })
-            }
-        }
-    };
-}
-
 const fn input(name: &'static str, required: bool, help: &'static str) -> InputSpec {
     InputSpec {
         name,
@@ -237,7 +254,7 @@ const fn input(name: &'static str, required: bool, help: &'static str) -> InputS
     }
 }
 
-pub const CREATE_RECORD: ActionSpec = ActionSpec {
+pub static CREATE_RECORD: ActionSpec = ActionSpec {
     name: "servicenow.create-record",
     system: System::ServiceNow,
     title: "Create Record",
@@ -258,9 +275,9 @@ pub const CREATE_RECORD: ActionSpec = ActionSpec {
     stream: false,
     writes: true,
 };
-action!(CreateRecord, CREATE_RECORD);
-impl CreateRecord {
-    async fn exec(sn: &ServiceNowClient, req: ActionRequest) -> Result<Value, ActionError> {
+fn create_record(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
+    Box::pin(async move {
+        let Call { sn, request: req } = call;
         let s = &CREATE_RECORD;
         let table = required(s, &req.inputs, "table")?;
         let fields = object(s, &req.inputs, "fields")?;
@@ -268,10 +285,10 @@ impl CreateRecord {
             text(s, &req.inputs, "correlation_field")?.unwrap_or_else(|| "correlation_id".into());
         let key = req.delivery_key.map(|k| (field, k));
         create_once(s, sn, &table, fields, key).await
-    }
+    })
 }
 
-pub const UPDATE_RECORD: ActionSpec = ActionSpec {
+pub static UPDATE_RECORD: ActionSpec = ActionSpec {
     name: "servicenow.update-record",
     system: System::ServiceNow,
     title: "Update Record",
@@ -284,9 +301,9 @@ pub const UPDATE_RECORD: ActionSpec = ActionSpec {
     stream: false,
     writes: true,
 };
-action!(UpdateRecord, UPDATE_RECORD);
-impl UpdateRecord {
-    async fn exec(sn: &ServiceNowClient, req: ActionRequest) -> Result<Value, ActionError> {
+fn update_record(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
+    Box::pin(async move {
+        let Call { sn, request: req } = call;
         let s = &UPDATE_RECORD;
         let table = required(s, &req.inputs, "table")?;
         let sys_id = required(s, &req.inputs, "sys_id")?;
@@ -296,10 +313,10 @@ impl UpdateRecord {
             .await
             .map_err(|e| map_error(s, e))?;
         Ok(Value::Object(rec))
-    }
+    })
 }
 
-pub const LOOK_UP_RECORDS: ActionSpec = ActionSpec {
+pub static LOOK_UP_RECORDS: ActionSpec = ActionSpec {
     name: "servicenow.look-up-records",
     system: System::ServiceNow,
     title: "Look up Records",
@@ -321,9 +338,9 @@ pub const LOOK_UP_RECORDS: ActionSpec = ActionSpec {
     stream: true,
     writes: false,
 };
-action!(LookUpRecords, LOOK_UP_RECORDS);
-impl LookUpRecords {
-    async fn exec(sn: &ServiceNowClient, req: ActionRequest) -> Result<Value, ActionError> {
+fn look_up_records(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
+    Box::pin(async move {
+        let Call { sn, request: req } = call;
         let s = &LOOK_UP_RECORDS;
         let table = required(s, &req.inputs, "table")?;
         let limit = match text(s, &req.inputs, "limit")? {
@@ -345,10 +362,10 @@ impl LookUpRecords {
             .await
             .map_err(|e| map_error(s, e))?;
         Ok(Value::Array(rows.into_iter().map(Value::Object).collect()))
-    }
+    })
 }
 
-pub const GET_PROPERTY: ActionSpec = ActionSpec {
+pub static GET_PROPERTY: ActionSpec = ActionSpec {
     name: "servicenow.get-property",
     system: System::ServiceNow,
     title: "Get System Property",
@@ -361,17 +378,17 @@ pub const GET_PROPERTY: ActionSpec = ActionSpec {
     stream: false,
     writes: false,
 };
-action!(GetProperty, GET_PROPERTY);
-impl GetProperty {
-    async fn exec(sn: &ServiceNowClient, req: ActionRequest) -> Result<Value, ActionError> {
+fn get_property(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
+    Box::pin(async move {
+        let Call { sn, request: req } = call;
         let s = &GET_PROPERTY;
         let name = required(s, &req.inputs, "name")?;
         let value = sn.get_property(&name).await.map_err(|e| map_error(s, e))?;
         Ok(json!({"name": name, "exists": value.is_some(), "value": value}))
-    }
+    })
 }
 
-pub const CREATE_INCIDENT: ActionSpec = ActionSpec {
+pub static CREATE_INCIDENT: ActionSpec = ActionSpec {
     name: "servicenow.create-incident",
     system: System::ServiceNow,
     title: "Create Incident",
@@ -396,9 +413,9 @@ pub const CREATE_INCIDENT: ActionSpec = ActionSpec {
     stream: false,
     writes: true,
 };
-action!(CreateIncident, CREATE_INCIDENT);
-impl CreateIncident {
-    async fn exec(sn: &ServiceNowClient, req: ActionRequest) -> Result<Value, ActionError> {
+fn create_incident(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
+    Box::pin(async move {
+        let Call { sn, request: req } = call;
         let s = &CREATE_INCIDENT;
         let mut fields = Record::new();
         fields.insert(
@@ -429,7 +446,7 @@ impl CreateIncident {
             .or(req.delivery_key)
             .map(|k| ("correlation_id".to_string(), k));
         create_once(s, sn, "incident", fields, key).await
-    }
+    })
 }
 
 /// A caller given as a sys_id is used as is; an email is looked up in `sys_user`.

@@ -12,8 +12,9 @@
 //! `endpoint`): credentials only over https (loopback excepted), valid host names, credential
 //! text that fits a header, and upstream text cut to a bounded length in errors and logs; the HTTP
 //! policy the clients share (module [`retry`]: retry policy, `Retry-After`, jitter, status
-//! classes, one refresh per 401); and the one source of secret randomness ([`random_bytes`],
-//! PKCE). It must not call any provider API other than the OAuth endpoints, and must not store
+//! classes, one refresh per 401); the one source of secret randomness ([`random_bytes`],
+//! PKCE); and the one list of external systems ([`System`]) that vault, actions and workflows
+//! name. It must not call any provider API other than the OAuth endpoints, and must not store
 //! anything: rotated refresh tokens are handed to a [`RefreshTokenSink`] that the caller backs
 //! with `xmbridge-vault`.
 
@@ -34,6 +35,7 @@ mod oauth;
 mod random;
 pub mod retry;
 mod source;
+mod system;
 
 pub use authorize::{AuthorizeFlow, AuthorizeOptions, authorize};
 pub use endpoint::{
@@ -51,6 +53,7 @@ pub use retry::{
     parse_retry_after,
 };
 pub use source::{ApiTokenSource, ClientCredentialsSource, Clock, RefreshTokenSource, SystemClock};
+pub use system::{System, UnknownSystem};
 
 /// A boxed future, so that [`TokenSource`] stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

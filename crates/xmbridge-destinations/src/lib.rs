@@ -16,7 +16,6 @@
 use std::future::Future;
 use std::pin::Pin;
 
-pub mod catalog;
 mod names;
 pub mod pgpass;
 pub mod pgtls;
@@ -65,6 +64,10 @@ pub struct TableSpec {
     pub primary_key: Vec<String>,
     /// Rows that disappear upstream are kept with `<p>_deleted = true`.
     pub soft_delete: bool,
+    /// Columns the caller deletes, marks or reads rows by (`Batch::delete_where`, soft-delete
+    /// scopes, `keys` filters). The destination indexes each one the table has that is not
+    /// already the leading primary-key column, so incremental writes of large tables do not scan.
+    pub filter_columns: Vec<String>,
 }
 
 /// One cell. Timestamps are epoch milliseconds, UTC.
@@ -109,6 +112,17 @@ impl TableSpec {
             ty,
         });
         true
+    }
+
+    /// The columns a destination indexes besides the primary key: [`TableSpec::filter_columns`]
+    /// the table has, except the leading primary-key column (the key's own index serves it).
+    pub fn indexed_columns(&self) -> Vec<&str> {
+        self.filter_columns
+            .iter()
+            .map(String::as_str)
+            .filter(|col| self.primary_key.first().map(String::as_str) != Some(*col))
+            .filter(|col| self.columns.iter().any(|c| c.name == *col))
+            .collect()
     }
 
     /// Position of a column in the rows of a [`TableBatch`].
@@ -215,8 +229,6 @@ pub struct CommitStats {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DestError {
-    #[error("{0}")]
-    Other(String),
     /// The destination could not be reached or opened.
     #[error("cannot connect to {destination}: {reason}")]
     Connect { destination: String, reason: String },
@@ -234,15 +246,19 @@ pub enum DestError {
         /// `, held by …` when the destination can tell, else empty.
         holder: String,
     },
+    /// An option in the destination URL (`?max_size_mb=…`) is unknown or has a bad value.
+    #[error("{0}")]
+    UrlOption(String),
     /// The URL's scheme names no known destination.
     #[error("unknown destination {url:?}: expected one of {known}")]
     UnknownScheme { url: String, known: &'static str },
     /// A table, column or schema name the destination cannot store.
     #[error("invalid name {name:?}: {reason}")]
     InvalidName { name: String, reason: String },
-    /// A commit names a table that `ensure_tables` was not called for (a bug in the caller).
+    /// A commit or a read names a table that `ensure_tables` was not called for (a bug in the
+    /// caller).
     #[error(
-        "table {table} was not prepared: call ensure_tables with its spec before committing rows to it"
+        "table {table} was not prepared: call ensure_tables with its spec before writing or reading it"
     )]
     UnknownTable { table: String },
     /// A stream's stored cursor cannot be read (not JSON: edited by hand, or a damaged file).
@@ -306,6 +322,75 @@ pub enum DestError {
     /// The database refused a statement; `context` names the table or the step.
     #[error("{context}: {message}")]
     Sql { context: String, message: String },
+    /// `mark_unseen_deleted` on a table without the soft-delete column (a bug in the caller).
+    #[error(
+        "table {table} is not a soft-delete table: mark_unseen_deleted needs its deleted column"
+    )]
+    NotSoftDelete { table: String },
+    /// `keys` on a column that is not text (a bug in the caller).
+    #[error("{table}.{column}: keys are read from text columns only")]
+    KeysNotText { table: String, column: String },
+    /// This destination cannot read keys back (the reconcile pass needs them).
+    #[error("{destination}: this destination cannot read keys of table {table} back")]
+    KeysUnsupported { destination: String, table: String },
+    /// The blocking worker that runs the destination's statements died (a panic).
+    #[error("{destination} worker failed: {source}")]
+    Worker {
+        destination: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+/// What kind of failure a [`DestError`] is, for callers that branch on it (exit codes, hints).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DestErrorKind {
+    /// The destination could not be reached, opened or configured.
+    Connect,
+    /// Another sync holds the destination's lock.
+    Busy,
+    /// The tables differ from what was prepared (dropped or altered by hand).
+    Schema,
+    /// A stored cursor cannot be read.
+    Cursor,
+    /// The disk or the size cap is full.
+    DiskFull,
+    /// The database refused a statement.
+    Database,
+    /// The caller broke the contract (unprepared table, wrong row shape, bad name …).
+    Usage,
+    /// The destination cannot do what was asked, or its worker died.
+    Unsupported,
+}
+
+impl DestError {
+    /// The kind of failure, so callers branch without matching every variant.
+    pub fn kind(&self) -> DestErrorKind {
+        match self {
+            DestError::Connect { .. }
+            | DestError::Settings(_)
+            | DestError::UrlOption(_)
+            | DestError::UnknownScheme { .. } => DestErrorKind::Connect,
+            DestError::Busy { .. } => DestErrorKind::Busy,
+            DestError::MissingTable { .. }
+            | DestError::MissingColumn { .. }
+            | DestError::TypeConflict { .. } => DestErrorKind::Schema,
+            DestError::UnreadableCursor { .. } => DestErrorKind::Cursor,
+            DestError::DiskFull { .. } => DestErrorKind::DiskFull,
+            DestError::Sql { .. } => DestErrorKind::Database,
+            DestError::InvalidName { .. }
+            | DestError::UnknownTable { .. }
+            | DestError::RowShape { .. }
+            | DestError::ValueType { .. }
+            | DestError::NullKey { .. }
+            | DestError::NotSoftDelete { .. }
+            | DestError::KeysNotText { .. } => DestErrorKind::Usage,
+            DestError::KeysUnsupported { .. } | DestError::Worker { .. } => {
+                DestErrorKind::Unsupported
+            }
+        }
+    }
 }
 
 /// What [`Destination::ensure_tables`] found.
@@ -360,11 +445,11 @@ pub trait Destination: Send {
         filter: &'a [(String, Value)],
     ) -> BoxFuture<'a, Result<Vec<String>, DestError>> {
         let _ = (column, filter);
-        let msg = format!(
-            "{}: this destination cannot read keys of table {table} back",
-            self.describe()
-        );
-        Box::pin(async move { Err(DestError::Other(msg)) })
+        let err = DestError::KeysUnsupported {
+            destination: self.describe(),
+            table: table.to_string(),
+        };
+        Box::pin(async move { Err(err) })
     }
 }
 

@@ -79,15 +79,15 @@ pub fn keys_target<'a>(
     column: &str,
     compat: Compat,
 ) -> Result<(&'a Resolved, &'a Column), DestError> {
-    let r = tables.get(table).ok_or_else(|| {
-        DestError::Other(format!("table {table} was not prepared (ensure_tables)"))
+    let r = tables.get(table).ok_or_else(|| DestError::UnknownTable {
+        table: table.to_string(),
     })?;
     let c = r.spec_column(column, compat)?;
     if c.ty != ColumnType::Text {
-        return Err(DestError::Other(format!(
-            "{}.{}: keys are read from text columns only",
-            r.display, c.name
-        )));
+        return Err(DestError::KeysNotText {
+            table: r.display.clone(),
+            column: c.name.clone(),
+        });
     }
     Ok((r, c))
 }

@@ -516,18 +516,12 @@ impl PostgresDestination {
         }
         for (spec, (name, r)) in specs.iter().zip(&resolved) {
             // Also adds back what a first load killed before its index build left out.
-            create_indexes(
-                &tx,
-                &schema,
-                name,
-                r,
-                &crate::catalog::indexed_columns(spec),
-            )
-            .await?;
+            create_indexes(&tx, &schema, name, r, &spec.indexed_columns()).await?;
         }
         tx.commit().await.map_err(|e| sql_err("ensure_tables", e))?;
         for (spec, (name, r)) in specs.iter().zip(resolved) {
-            let filter = crate::catalog::indexed_columns(spec)
+            let filter = spec
+                .indexed_columns()
                 .into_iter()
                 .map(str::to_string)
                 .collect();
@@ -798,10 +792,9 @@ async fn try_commit_inner(
                 table: format!("{schema}.{}", m.table),
             })?;
         let Some(deleted) = &r.deleted else {
-            return Err(DestError::Other(format!(
-                "table {} is not a soft-delete table: mark_unseen_deleted needs its deleted column",
-                r.display
-            ))
+            return Err(DestError::NotSoftDelete {
+                table: r.display.clone(),
+            }
             .into());
         };
         let synced_col = quote_ident(&r.synced);

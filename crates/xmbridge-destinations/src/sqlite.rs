@@ -76,14 +76,14 @@ impl SqliteOptions {
             match key {
                 "max_size_mb" => {
                     let mb = value.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                        DestError::Other(format!(
+                        DestError::UrlOption(format!(
                             "sqlite URL option max_size_mb={value:?}: expected a whole number of MiB greater than 0"
                         ))
                     })?;
                     opts.max_size_mb = Some(mb);
                 }
                 other => {
-                    return Err(DestError::Other(format!(
+                    return Err(DestError::UrlOption(format!(
                         "unknown sqlite URL option {other:?}: the only option is max_size_mb=N (e.g. sqlite:PATH?max_size_mb=500)"
                     )));
                 }
@@ -281,7 +281,10 @@ impl SqliteDestination {
             Inner::open(&path_owned, prefix2, compat, max_size_mb)
         })
         .await
-        .map_err(|e| DestError::Other(format!("sqlite worker failed: {e}")))??;
+        .map_err(|source| DestError::Worker {
+            destination: "sqlite",
+            source,
+        })??;
         Ok(SqliteDestination {
             inner: Arc::new(Mutex::new(inner)),
             path: path.to_string(),
@@ -302,7 +305,10 @@ impl SqliteDestination {
             f(&mut g)
         })
         .await
-        .map_err(|e| DestError::Other(format!("sqlite worker failed: {e}")))?
+        .map_err(|source| DestError::Worker {
+            destination: "sqlite",
+            source,
+        })?
     }
 }
 
@@ -522,7 +528,8 @@ impl Inner {
         for (spec, (_, r)) in specs.iter().zip(&resolved) {
             let ix = Indexes {
                 own_key: !has_primary_key(&tx, &r.display).map_err(|e| sql_err(&r.display, e))?,
-                filter: crate::catalog::indexed_columns(spec)
+                filter: spec
+                    .indexed_columns()
                     .into_iter()
                     .map(str::to_string)
                     .collect(),
@@ -836,10 +843,9 @@ impl Inner {
                     table: self.prefix.clone() + &m.table,
                 })?;
             let Some(deleted) = &r.deleted else {
-                return Err(DestError::Other(format!(
-                    "table {} is not a soft-delete table: mark_unseen_deleted needs its deleted column",
-                    r.display
-                ))
+                return Err(DestError::NotSoftDelete {
+                    table: r.display.clone(),
+                }
                 .into());
             };
             let synced_col = quote_ident(&r.synced);

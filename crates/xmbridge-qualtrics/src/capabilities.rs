@@ -10,22 +10,30 @@ use crate::client::Client;
 use crate::error::Error;
 use serde_json::Value;
 
-/// A group of destination tables that share their source routes and permissions.
+/// A group of destination tables that share their source routes, permissions and one sync
+/// stream. This list is the one home of "which table belongs to which group": the sync runs its
+/// streams from it and Save & Test probes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableGroup {
+    /// How Save & Test names the group to a person (`surveys and definitions`).
     pub name: &'static str,
+    /// The sync stream that writes the group (`surveys`), as its log and summary name it.
+    pub stream: &'static str,
+    /// Every table the stream writes.
     pub tables: &'static [&'static str],
     /// Without it the account cannot sync at all.
     pub required: bool,
 }
 
-/// The table groups of docs/design/schema.md, in the order a sync fills them.
+/// The table groups of docs/design/schema.md, in the order a sync runs them.
 pub const TABLE_GROUPS: &[TableGroup] = &[
     TableGroup {
         name: "surveys and definitions",
+        stream: "surveys",
         tables: &[
             "survey",
             "survey_version",
+            "survey_version_publish_event",
             "block",
             "block_question",
             "question",
@@ -33,11 +41,13 @@ pub const TABLE_GROUPS: &[TableGroup] = &[
             "sub_question",
             "quota",
             "quota_group",
+            "group_quota_membership",
         ],
         required: true,
     },
     TableGroup {
         name: "responses",
+        stream: "responses",
         tables: &[
             "survey_response",
             "question_response",
@@ -47,6 +57,7 @@ pub const TABLE_GROUPS: &[TableGroup] = &[
     },
     TableGroup {
         name: "directories and contacts",
+        stream: "directories",
         tables: &[
             "directory",
             "directory_contact",
@@ -61,11 +72,13 @@ pub const TABLE_GROUPS: &[TableGroup] = &[
     },
     TableGroup {
         name: "transaction batches",
+        stream: "transaction_batches",
         tables: &["transaction_batch", "batch_transaction_membership"],
         required: false,
     },
     TableGroup {
         name: "distributions",
+        stream: "distributions",
         tables: &[
             "distribution",
             "distribution_contact",
@@ -76,11 +89,13 @@ pub const TABLE_GROUPS: &[TableGroup] = &[
     },
     TableGroup {
         name: "users",
+        stream: "users",
         tables: &["user"],
         required: false,
     },
     TableGroup {
         name: "libraries",
+        stream: "libraries",
         tables: &[
             "library",
             "library_message",
@@ -91,6 +106,16 @@ pub const TABLE_GROUPS: &[TableGroup] = &[
         required: false,
     },
 ];
+
+/// The group whose sync stream is `stream` (`surveys`, `responses`, …).
+pub fn group_of_stream(stream: &str) -> Option<&'static TableGroup> {
+    TABLE_GROUPS.iter().find(|g| g.stream == stream)
+}
+
+/// The group a table belongs to.
+pub fn group_of_table(table: &str) -> Option<&'static TableGroup> {
+    TABLE_GROUPS.iter().find(|g| g.tables.contains(&table))
+}
 
 /// What the probe found for one group.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,7 +7,10 @@
 //! and its typed errors, retries with backoff that honour `Retry-After` (the policy shared with the
 //! other clients, [`xmbridge_auth::retry`]), `nextPage` pagination as
 //! a stream, and the response export flow (start → poll → download to a temporary file → unzip →
-//! stream-parse). It must not know about storage, sync cursors or workflows; those crates build
+//! stream-parse). It also holds the facts about the API's data that other crates read: which keys of a
+//! response are metadata ([`response`]) and which destination tables each group of routes feeds
+//! ([`capabilities::TABLE_GROUPS`], probed by Save & Test and run by the sync). It must not know
+//! about storage, sync cursors or workflows; those crates build
 //! on it. Credentials are either an API token or a [`TokenSource`] of `xmbridge-auth` (OAuth
 //! token lifecycles live there); mutual TLS comes in as a prebuilt `reqwest::Client`
 //! ([`ClientBuilder::http_client`]). Secrets are [`SecretString`]s.
@@ -36,6 +39,7 @@ pub mod envelope;
 pub mod error;
 pub mod export;
 pub mod ratelimit;
+pub mod response;
 
 pub use client::{Auth, Client, ClientBuilder, RetryMode, SurveySummary, WhoAmI};
 pub use datacenter::{BaseUrl, DataCenter};

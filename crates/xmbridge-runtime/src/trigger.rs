@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::future::BoxFuture;
 use xmbridge_actions::Registry;
-use xmbridge_sync::{ExportKind, ResponseObserver, SeenBatch};
+use xmbridge_sync::{ExportKind, ObserverError, ResponseObserver, SeenBatch};
 use xmbridge_workflows::catalog::{self, Sources};
 use xmbridge_workflows::definition::{DefinitionError, Trigger};
 use xmbridge_workflows::event::sync_response_event;
@@ -104,7 +104,10 @@ impl WorkflowTrigger {
 }
 
 impl ResponseObserver for WorkflowTrigger {
-    fn responses_seen<'a>(&'a self, batch: SeenBatch<'a>) -> BoxFuture<'a, Result<(), String>> {
+    fn responses_seen<'a>(
+        &'a self,
+        batch: SeenBatch<'a>,
+    ) -> BoxFuture<'a, Result<(), ObserverError>> {
         Box::pin(async move {
             let Some(workflows) = self.by_survey.get(batch.survey_id) else {
                 return Ok(());
@@ -125,10 +128,8 @@ impl ResponseObserver for WorkflowTrigger {
                 .collect();
             let outbox = self.outbox.clone();
             // SQLite commits block: keep them off the async workers.
-            let stored = tokio::task::spawn_blocking(move || outbox.enqueue_batch(&events))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            let stored =
+                tokio::task::spawn_blocking(move || outbox.enqueue_batch(&events)).await??;
             let new = stored
                 .iter()
                 .filter(|e| matches!(e, Enqueued::New(_)))

@@ -28,12 +28,9 @@ use xmbridge_workflows::worker::{
 
 use crate::error::{Result, RuntimeError};
 
-/// Every action workflows run; actions still being built elsewhere appear as stand-ins so files
-/// naming them validate.
+/// Every action workflows run.
 pub fn registry() -> Registry {
-    let mut r = Registry::builtin();
-    xmbridge_workflows::stand_ins::fill_missing(&mut r);
-    r
+    Registry::builtin()
 }
 
 /// The workflows the catalog defines; an unreadable definition is the caller's mistake.
@@ -330,28 +327,6 @@ impl Connector for LiveConnector {
     }
 }
 
-/// Response fields that are metadata, not embedded data.
-const RESPONSE_METADATA: &[&str] = &[
-    "startDate",
-    "endDate",
-    "status",
-    "ipAddress",
-    "progress",
-    "duration",
-    "finished",
-    "recordedDate",
-    "_recordId",
-    "locationLatitude",
-    "locationLongitude",
-    "distributionChannel",
-    "userLanguage",
-    "recipientLastName",
-    "recipientFirstName",
-    "recipientEmail",
-    "externalDataReference",
-    "contactId",
-];
-
 /// The event JSON workflows read (docs/workflows.md, "Event shapes"): `response`, `embedded`,
 /// `contact`, `survey`.
 pub fn enriched_event(payload: &Value, sid: &str, rid: &str, result: Value) -> Value {
@@ -371,7 +346,7 @@ pub fn enriched_event(payload: &Value, sid: &str, rid: &str, result: Value) -> V
         .as_object()
         .into_iter()
         .flatten()
-        .filter(|(k, _)| !k.starts_with("QID") && !RESPONSE_METADATA.contains(&k.as_str()))
+        .filter(|(k, _)| !k.starts_with("QID") && !xmbridge_qualtrics::response::is_metadata_key(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let v = |k: &str| values.get(k).cloned().unwrap_or(Value::Null);

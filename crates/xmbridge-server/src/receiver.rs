@@ -155,6 +155,7 @@ async fn healthz(State(app): State<App>) -> Response {
 
 /// Errors starting the receiver.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
     #[error("the receiver may only listen on a loopback address, not {0}")]
     NotLoopback(SocketAddr),
@@ -255,13 +256,15 @@ impl Receiver {
     }
 }
 
-async fn store_events(outbox: &Outbox, events: Vec<NewEvent>) -> Result<Vec<Enqueued>, String> {
+/// Stores inbound events; the error (the state store's, or a dead blocking task) is logged, and
+/// the caller is told to retry.
+async fn store_events(
+    outbox: &Outbox,
+    events: Vec<NewEvent>,
+) -> Result<Vec<Enqueued>, Box<dyn std::error::Error + Send + Sync>> {
     let outbox = outbox.clone();
     // SQLite commits block: keep them off the async workers.
-    tokio::task::spawn_blocking(move || outbox.enqueue_all(&events))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+    Ok(tokio::task::spawn_blocking(move || outbox.enqueue_all(&events)).await??)
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {

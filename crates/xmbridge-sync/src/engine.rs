@@ -12,14 +12,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use xmbridge_destinations::{Commit, Compat, DestError, Destination, TableBatch, TableSpec, Value};
 use xmbridge_qualtrics::Client;
+use xmbridge_qualtrics::capabilities::{TABLE_GROUPS, group_of_stream, group_of_table};
 
 /// What to sync and how.
 #[derive(Clone, Debug)]
 pub struct SyncOptions {
-    /// Only these tables (named as in docs/design/schema.md); `None` = every table. A table pulls
-    /// in its whole stream group (see [`GROUPS`]): asking for `question_response` also writes
-    /// `survey_response` and `survey_embedded_data` (they share one export and one cursor), and the
-    /// response group also syncs the survey definitions it flattens answers with.
+    /// Only these tables (named as in docs/design/schema.md); `None` = every table. A table pulls in its whole
+    /// stream group (see [`TABLE_GROUPS`]): asking for `question_response` also writes
+    /// `survey_response` and `survey_embedded_data` (they share one export and one cursor), and
+    /// the response group also syncs the survey definitions it flattens answers with.
     pub tables: Option<Vec<String>>,
     /// Ignore cursors: re-read every definition and export every response (rows are upserts, so
     /// a full sync over an existing destination rewrites rows rather than doubling them).
@@ -64,71 +65,6 @@ impl Default for SyncOptions {
     }
 }
 
-/// Stream groups and the tables each writes, in the order a sync runs them.
-pub const GROUPS: &[(&str, &[&str])] = &[
-    (
-        "surveys",
-        &[
-            "survey",
-            "survey_version",
-            "survey_version_publish_event",
-            "block",
-            "block_question",
-            "question",
-            "question_option",
-            "sub_question",
-            "quota",
-            "quota_group",
-            "group_quota_membership",
-        ],
-    ),
-    (
-        "responses",
-        &[
-            "survey_response",
-            "question_response",
-            "survey_embedded_data",
-        ],
-    ),
-    (
-        "directories",
-        &[
-            "directory",
-            "directory_contact",
-            "directory_mailing_list",
-            "contact_mailing_list_membership",
-            "contact_transaction",
-            "directory_sample",
-            "frequency_rule",
-            "frequency_rule_target",
-        ],
-    ),
-    (
-        "transaction_batches",
-        &["transaction_batch", "batch_transaction_membership"],
-    ),
-    (
-        "distributions",
-        &[
-            "distribution",
-            "distribution_contact",
-            "sms_distribution",
-            "sms_distribution_contact",
-        ],
-    ),
-    ("users", &["user"]),
-    (
-        "libraries",
-        &[
-            "library",
-            "library_message",
-            "library_block",
-            "library_question",
-            "library_survey",
-        ],
-    ),
-];
-
 /// Rows one table gained, changed and lost in a run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableCounts {
@@ -143,7 +79,7 @@ pub struct TableCounts {
 /// empty.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reloaded {
-    /// The group ([`GROUPS`]), e.g. `responses`.
+    /// The group's stream ([`TableGroup::stream`](xmbridge_qualtrics::capabilities::TableGroup)), e.g. `responses`.
     pub group: String,
     /// Its tables that were missing.
     pub missing: Vec<String>,
@@ -154,10 +90,8 @@ impl Reloaded {
     /// `done` (the summary).
     pub fn message(&self, done: bool) -> String {
         let plural = self.missing.len() > 1;
-        let group_tables = GROUPS
-            .iter()
-            .find(|(g, _)| *g == self.group)
-            .map(|(_, ts)| ts.join(", "))
+        let group_tables = group_of_stream(&self.group)
+            .map(|g| g.tables.join(", "))
             .unwrap_or_default();
         format!(
             "{} {} {} missing; {} {} from scratch (the cursor of its stream says it was loaded: dropped by hand?). The whole {group} stream ({group_tables}) {} read again; other streams stay incremental",
@@ -250,6 +184,7 @@ impl fmt::Display for SyncSummary {
 /// Why a sync stopped. Tables (and surveys) committed before the failure stay committed; the
 /// next run resumes from their cursors.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SyncError {
     /// Qualtrics refused or failed a call.
     #[error("{}: {source}", place(table, survey.as_deref()))]
@@ -267,12 +202,26 @@ pub enum SyncError {
         #[source]
         source: Box<DestError>,
     },
-    /// Something else went wrong in a stream (a worker that died, an unreadable export).
-    #[error("{}: {message}", place(table, survey.as_deref()))]
-    Stream {
+    /// A stream's blocking worker (the export parser, the id export reader) died.
+    #[error("{}: {worker} stopped: {source}", place(table, survey.as_deref()))]
+    Worker {
         table: String,
         survey: Option<String>,
-        message: String,
+        /// Which worker, e.g. `the export parser`.
+        worker: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The [`ResponseObserver`](crate::ResponseObserver) refused a commit's responses; the
+    /// commit was not made, so the next run offers them again.
+    #[error(
+        "{}: the response observer failed: {source}",
+        place("survey_response", Some(survey))
+    )]
+    Observer {
+        survey: String,
+        #[source]
+        source: crate::ObserverError,
     },
     /// Options that cannot work (an unknown table name …).
     #[error("invalid sync options: {0}")]
@@ -318,7 +267,8 @@ impl SyncError {
         match self {
             SyncError::Qualtrics { table, .. }
             | SyncError::Destination { table, .. }
-            | SyncError::Stream { table, .. } => Some(table),
+            | SyncError::Worker { table, .. } => Some(table),
+            SyncError::Observer { .. } => Some("survey_response"),
             SyncError::Options(_) => None,
         }
     }
@@ -328,7 +278,8 @@ impl SyncError {
         match self {
             SyncError::Qualtrics { survey, .. }
             | SyncError::Destination { survey, .. }
-            | SyncError::Stream { survey, .. } => survey.as_deref(),
+            | SyncError::Worker { survey, .. } => survey.as_deref(),
+            SyncError::Observer { survey, .. } => Some(survey),
             SyncError::Options(_) => None,
         }
     }
@@ -490,11 +441,7 @@ impl Ctx<'_> {
         if self.summary.reloaded.iter().any(|r| r.group == group) {
             return true;
         }
-        let tables: &[&str] = GROUPS
-            .iter()
-            .find(|(g, _)| *g == group)
-            .map(|(_, ts)| *ts)
-            .unwrap_or_default();
+        let tables: &[&str] = group_of_stream(group).map(|g| g.tables).unwrap_or_default();
         let missing: Vec<String> = tables
             .iter()
             .filter(|t| self.created.iter().any(|c| c == *t))
@@ -602,35 +549,35 @@ impl Ctx<'_> {
 /// Which groups a table selection runs.
 fn selected_groups(opts: &SyncOptions) -> Result<Vec<&'static str>, SyncError> {
     let Some(wanted) = &opts.tables else {
-        return Ok(GROUPS.iter().map(|(g, _)| *g).collect());
+        return Ok(TABLE_GROUPS.iter().map(|g| g.stream).collect());
     };
     let mut groups = Vec::new();
     for t in wanted {
-        let Some((g, _)) = GROUPS.iter().find(|(_, ts)| ts.contains(&t.as_str())) else {
-            let known: Vec<&str> = GROUPS
+        let Some(g) = group_of_table(t) else {
+            let known: Vec<&str> = TABLE_GROUPS
                 .iter()
-                .flat_map(|(_, ts)| ts.iter().copied())
+                .flat_map(|g| g.tables.iter().copied())
                 .collect();
             return Err(SyncError::Options(format!(
                 "unknown table {t:?}; tables are: {}",
                 known.join(", ")
             )));
         };
-        groups.push(*g);
+        groups.push(g.stream);
     }
     // Answers are flattened with their survey's definition.
     if groups.contains(&"responses") {
         groups.push("surveys");
     }
-    Ok(GROUPS
+    Ok(TABLE_GROUPS
         .iter()
-        .map(|(g, _)| *g)
+        .map(|g| g.stream)
         .filter(|g| groups.contains(g))
         .collect())
 }
 
 /// Runs one sync: prepares the tables of the selected streams, then runs the streams in
-/// [`GROUPS`] order. Each stream reads its cursor from the destination and commits rows and
+/// [`TABLE_GROUPS`] order. Each stream reads its cursor from the destination and commits rows and
 /// cursor together. Optional groups the credentials may not read (403) are skipped with the
 /// reason; the rest syncs.
 pub async fn sync(
@@ -644,11 +591,11 @@ pub async fn sync(
     let groups = selected_groups(opts)?;
     let mut specs = Specs::default();
     let mut summary = SyncSummary::default();
-    for (g, tables) in GROUPS {
-        if !groups.contains(g) {
+    for g in TABLE_GROUPS {
+        if !groups.contains(&g.stream) {
             continue;
         }
-        for t in *tables {
+        for t in g.tables {
             let spec = catalog::table(t).ok_or_else(|| {
                 SyncError::Options(format!("table {t} is missing from the catalog"))
             })?;

@@ -39,9 +39,16 @@ pub struct SeenBatch<'a> {
     pub responses: &'a [SeenResponse],
 }
 
+/// Why an observer refused a batch: its own error, kept as the cause of
+/// [`SyncError::Observer`](crate::SyncError::Observer).
+pub type ObserverError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Told about every response commit before it is applied; an error stops the sync.
 pub trait ResponseObserver: Send + Sync {
-    fn responses_seen<'a>(&'a self, batch: SeenBatch<'a>) -> BoxFuture<'a, Result<(), String>>;
+    fn responses_seen<'a>(
+        &'a self,
+        batch: SeenBatch<'a>,
+    ) -> BoxFuture<'a, Result<(), ObserverError>>;
 }
 
 /// A [`ResponseObserver`] in [`crate::SyncOptions`] (cloneable, printable).

@@ -20,7 +20,10 @@ struct Recorder {
 }
 
 impl ResponseObserver for Recorder {
-    fn responses_seen<'a>(&'a self, batch: SeenBatch<'a>) -> BoxFuture<'a, Result<(), String>> {
+    fn responses_seen<'a>(
+        &'a self,
+        batch: SeenBatch<'a>,
+    ) -> BoxFuture<'a, Result<(), xmbridge_sync::ObserverError>> {
         Box::pin(async move {
             self.seen.lock().unwrap().push((
                 batch.survey_id.to_string(),

@@ -242,3 +242,38 @@ async fn tier2_directory_and_sms_tables_match_the_simulator() {
         assert_eq!(st2.count(t), st.count(t), "{t}");
     }
 }
+
+/// Save & Test probes the table groups of `xmbridge_qualtrics::capabilities`; the sync runs its
+/// streams from the same list. Every table a full sync writes must belong to exactly one group,
+/// or Save & Test would not report on it; every group's table must be in the catalog.
+#[tokio::test]
+async fn save_and_test_covers_every_table_the_sync_writes() {
+    use xmbridge_qualtrics::capabilities::TABLE_GROUPS;
+    let groups_of = |t: &str| {
+        TABLE_GROUPS
+            .iter()
+            .filter(|g| g.tables.contains(&t))
+            .count()
+    };
+
+    let (_h, client) = sim(cfg()).await;
+    let mut dest = MemDest::default();
+    let s = sync(&client, &mut dest, &SyncOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    let st = dest.state();
+    let written: Vec<&String> = st.tables.keys().chain(s.tables.keys()).collect();
+    assert!(written.iter().any(|t| *t == "survey_version_publish_event"));
+    for t in written {
+        assert_eq!(groups_of(t), 1, "{t} is written by the sync");
+    }
+    for group in TABLE_GROUPS {
+        for t in group.tables {
+            assert!(
+                xmbridge_sync::catalog::table(t).is_some(),
+                "{t} of {} is in the catalog",
+                group.name
+            );
+        }
+    }
+}

@@ -209,13 +209,6 @@ pub enum VaultError {
         name: String,
     },
 
-    /// The provider name is not one xmbridge knows.
-    #[error("unknown provider '{provider}': expected one of qualtrics, salesforce, servicenow")]
-    UnknownProvider {
-        /// The name given.
-        provider: String,
-    },
-
     /// The secret field name is not one xmbridge knows.
     #[error(
         "unknown secret field '{field}': expected one of api_token, client_secret, refresh_token, private_key, passphrase, access_token"

@@ -26,47 +26,9 @@ pub const SCHEMA_VERSION: i64 = 1;
 /// How long a writer waits for another process's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Which kind of account a connection is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Provider {
-    /// Qualtrics XM (`qualtrics`).
-    Qualtrics,
-    /// Salesforce (`salesforce`).
-    Salesforce,
-    /// ServiceNow (`servicenow`).
-    ServiceNow,
-}
-
-impl Provider {
-    /// The stable stored name: `qualtrics`, `salesforce`, `servicenow`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Qualtrics => "qualtrics",
-            Provider::Salesforce => "salesforce",
-            Provider::ServiceNow => "servicenow",
-        }
-    }
-}
-
-impl fmt::Display for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Provider {
-    type Err = VaultError;
-    fn from_str(s: &str) -> Result<Provider, VaultError> {
-        match s.to_ascii_lowercase().as_str() {
-            "qualtrics" => Ok(Provider::Qualtrics),
-            "salesforce" => Ok(Provider::Salesforce),
-            "servicenow" => Ok(Provider::ServiceNow),
-            _ => Err(VaultError::UnknownProvider {
-                provider: s.to_string(),
-            }),
-        }
-    }
-}
+/// Which kind of account a connection is for: the one list of external systems, under the name
+/// the vault has always used.
+pub use xmbridge_auth::System as Provider;
 
 /// A secret a connection may hold. The stored names (`as_str`) never change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

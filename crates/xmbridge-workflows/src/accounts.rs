@@ -12,7 +12,8 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use xmbridge_vault::{Provider, SecretField, SecretString, Vault, VaultError};
+use xmbridge_actions::System;
+use xmbridge_vault::{SecretField, SecretString, Vault, VaultError};
 
 use crate::store::{AccountKind, AccountRow, Store, StoreError, now_ms};
 
@@ -21,6 +22,7 @@ pub const MAX_USER_SALESFORCE_ACCOUNTS: usize = 5;
 
 /// Why an account operation was refused.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AccountError {
     #[error(
         "user {user} already has {MAX_USER_SALESFORCE_ACCOUNTS} linked Salesforce accounts (the limit); unlink one with `xmbridge account unlink NAME`"
@@ -98,10 +100,10 @@ pub struct Accounts {
     vault: Arc<Vault>,
 }
 
-fn provider(system: &str) -> Result<Provider, AccountError> {
-    match system {
-        "salesforce" => Ok(Provider::Salesforce),
-        "servicenow" => Ok(Provider::ServiceNow),
+/// The system of a linked account: Salesforce or ServiceNow (Qualtrics has connections instead).
+fn provider(system: &str) -> Result<System, AccountError> {
+    match system.parse::<System>() {
+        Ok(s @ (System::Salesforce | System::ServiceNow)) if s.as_str() == system => Ok(s),
         _ => Err(AccountError::UnknownSystem {
             system: system.to_string(),
         }),
@@ -120,12 +122,14 @@ impl Accounts {
     /// Links a new account: checks the per-user limit, seals its secrets, records it.
     pub fn link(&self, req: LinkRequest) -> Result<AccountRow, AccountError> {
         let provider = provider(&req.system)?;
-        if req.system == "salesforce" && !req.brand {
+        if provider == System::Salesforce && !req.brand {
             let private = self
                 .store
                 .list_accounts()?
                 .into_iter()
-                .filter(|a| a.owner == req.user && a.system == "salesforce" && !a.brand)
+                .filter(|a| {
+                    a.owner == req.user && a.system == System::Salesforce.as_str() && !a.brand
+                })
                 .count();
             if private >= MAX_USER_SALESFORCE_ACCOUNTS {
                 return Err(AccountError::Limit { user: req.user });

@@ -323,6 +323,7 @@ pub fn template(name: &str) -> Option<&'static Template> {
 
 /// Why a template could not be filled.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TemplateError {
     #[error("no template named \"{name}\"; templates: {known}")]
     Unknown { name: String, known: String },
@@ -469,7 +470,7 @@ mod tests {
 
     #[test]
     fn every_template_parses_and_validates_with_its_params() {
-        let reg = crate::stand_ins::registry();
+        let reg = xmbridge_actions::Registry::builtin();
         for t in TEMPLATES {
             let text = t.instantiate(&full_params(t)).unwrap();
             let ws = parse_file(t.name, &text, FileKind::WorkflowFile, &reg)
@@ -512,7 +513,7 @@ mod tests {
             "t",
             &text,
             FileKind::WorkflowFile,
-            &crate::stand_ins::registry(),
+            &xmbridge_actions::Registry::builtin(),
         )
         .unwrap()
         .remove(0);
@@ -557,7 +558,7 @@ mod tests {
             project_dir: Some(a.clone()),
             home_dir: Some(b.clone()),
         };
-        let err = load(&sources, &crate::stand_ins::registry())
+        let err = load(&sources, &xmbridge_actions::Registry::builtin())
             .unwrap_err()
             .to_string();
         assert_eq!(
@@ -569,7 +570,7 @@ mod tests {
             )
         );
         std::fs::remove_file(b.join("two.toml")).unwrap();
-        let cat = load(&sources, &crate::stand_ins::registry()).unwrap();
+        let cat = load(&sources, &xmbridge_actions::Registry::builtin()).unwrap();
         assert_eq!(cat.names(), vec!["my-flow"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }

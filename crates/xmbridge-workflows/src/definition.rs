@@ -173,11 +173,12 @@ impl Trigger {
     /// The route of the trigger's inbound endpoint for `workflow`, if it has one.
     pub fn hook_path(&self, workflow: &str) -> Option<String> {
         let kind = match self {
-            Trigger::QualtricsResponse { .. } => "qualtrics",
-            Trigger::SalesforceOutbound { .. } => "salesforce",
-            Trigger::ServiceNow { .. } => "servicenow",
+            Trigger::QualtricsResponse { .. } => System::Qualtrics,
+            Trigger::SalesforceOutbound { .. } => System::Salesforce,
+            Trigger::ServiceNow { .. } => System::ServiceNow,
             Trigger::SyncResponses { .. } => return None,
-        };
+        }
+        .as_str();
         Some(format!("/hooks/{kind}/{workflow}"))
     }
 }
@@ -299,6 +300,7 @@ pub struct RenderedStep {
 
 /// Why a step could not be rendered for an event.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PlanError {
     #[error("workflow \"{workflow}\" has no step number {index}")]
     NoSuchStep { workflow: String, index: usize },
@@ -1237,7 +1239,7 @@ mod tests {
 
     #[test]
     fn the_fingerprint_follows_meaning_not_layout() {
-        let reg = crate::stand_ins::registry();
+        let reg = xmbridge_actions::Registry::builtin();
         let fp = |text: &str| {
             parse_file("f", text, FileKind::WorkflowFile, &reg).unwrap()[0]
                 .fingerprint
@@ -1319,7 +1321,7 @@ impact = "response.values.QID99"
             "workflows/nps.toml",
             text,
             FileKind::WorkflowFile,
-            &crate::stand_ins::registry(),
+            &xmbridge_actions::Registry::builtin(),
         )
     }
 
@@ -1472,7 +1474,7 @@ impact = "response.values.QID99"
     #[test]
     fn other_sections_are_allowed_only_in_xmbridge_toml() {
         let text = format!("[sync]\nx = 1\n{GOOD}");
-        let reg = crate::stand_ins::registry();
+        let reg = xmbridge_actions::Registry::builtin();
         assert!(parse_file("xmbridge.toml", &text, FileKind::MainConfig, &reg).is_ok());
         let err = parse_file("w.toml", &text, FileKind::WorkflowFile, &reg).unwrap_err();
         assert_eq!(

@@ -11,6 +11,7 @@ use crate::store::{EventSource, NewEvent};
 
 /// Why an inbound call was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EventError {
     /// The `HMAC` field does not match the body under the subscription's shared key.
     #[error("the HMAC signature does not match the message (wrong shared key or altered body)")]

@@ -12,8 +12,8 @@
 use std::collections::HashSet;
 
 use serde_json::{Map, Value, json};
-use xmbridge_actions::{ActionContext, ActionError, ActionRequest, Registry};
-use xmbridge_vault::{ExposeSecret, Provider, SecretField, SecretString, Vault, VaultError};
+use xmbridge_actions::{ActionContext, ActionError, ActionRequest, Registry, System};
+use xmbridge_vault::{ExposeSecret, SecretField, SecretString, Vault, VaultError};
 
 use crate::accounts::Accounts;
 use crate::definition::{HookAuth, Trigger, Workflow};
@@ -48,7 +48,7 @@ pub fn ensure_secret(vault: &Vault, workflow: &str) -> Result<(SecretString, boo
     if vault.get_connection(&conn).is_err() {
         vault.add_connection(
             &conn,
-            Provider::Qualtrics,
+            System::Qualtrics,
             json!({"kind": "workflow-hook", "workflow": workflow}),
         )?;
     }
@@ -161,7 +161,7 @@ pub fn protection(workflow: &Workflow, accounts: Option<&Accounts>) -> Option<Pr
         } => Some(OrgCheck::Pinned(o.clone())),
         Trigger::SalesforceOutbound { .. } => Some(match accounts {
             None => OrgCheck::NotChecked("the linked accounts could not be read".into()),
-            Some(a) => match a.resolve(&workflow.owner, "salesforce", None) {
+            Some(a) => match a.resolve(&workflow.owner, System::Salesforce.as_str(), None) {
                 Ok(row) => match row.org_id {
                     Some(org_id) => OrgCheck::Linked {
                         account: row.name,
@@ -185,6 +185,7 @@ pub fn protection(workflow: &Workflow, accounts: Option<&Accounts>) -> Option<Pr
 
 /// Errors keeping subscriptions in order.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HookError {
     #[error(transparent)]
     Action(#[from] ActionError),

@@ -17,6 +17,5 @@ pub mod hooks;
 pub mod mapping;
 pub mod outbox;
 pub mod preflight;
-pub mod stand_ins;
 pub mod store;
 pub mod worker;

@@ -137,6 +137,7 @@ impl ObjectDescribe {
 
 /// Why an object could not be described.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SchemaError {
     #[error(
         "{object}: no such object for the linked user (it does not exist or the user cannot see it)"

@@ -189,14 +189,6 @@ fn placeholder_steps(w: &Workflow) -> Map<String, Value> {
     steps
 }
 
-fn system_name(s: System) -> &'static str {
-    match s {
-        System::Qualtrics => "Qualtrics",
-        System::Salesforce => "Salesforce",
-        System::ServiceNow => "ServiceNow",
-    }
-}
-
 /// Renders every step of `workflow` for the event in `ctx` (outputs of earlier steps are
 /// placeholders) and checks inputs, mapping types and the linked users' permissions.
 pub async fn preflight(
@@ -255,7 +247,7 @@ pub async fn preflight(
             match describers.schema_for(step) {
                 None => notes.push(format!(
                     "{} object {} and its fields not checked: no describe available for this account",
-                    system_name(step.system),
+                    step.system.title(),
                     mapping.object
                 )),
                 Some(schema) => match schema.describe(&mapping.object).await {
@@ -264,12 +256,12 @@ pub async fn preflight(
                         field: None,
                         message: format!(
                             "the linked {} user cannot see {object}: it does not exist or the user's profile has no Read access to it",
-                            system_name(step.system)
+                            step.system.title()
                         ),
                     }),
                     Err(e) => notes.push(format!("not checked: {e}")),
                     Ok(d) => {
-                        let who = format!("the linked {} user", system_name(step.system));
+                        let who = format!("the linked {} user", step.system.title());
                         if kind.creates() && !d.createable {
                             problems.push(Check {
                                 kind: CheckKind::Permission,
@@ -320,13 +312,13 @@ pub async fn preflight(
         {
             notes.push(format!(
                 "no record mapping: {} permissions for this step are not checked",
-                system_name(step.system)
+                step.system.title()
             ));
         }
         steps.push(StepReport {
             name: step.name.clone(),
             action: step.action.clone(),
-            system: system_name(step.system).to_string(),
+            system: step.system.title().to_string(),
             account: step.account.clone(),
             outcome,
             problems,
@@ -432,7 +424,7 @@ mod tests {
             "t",
             &text,
             FileKind::WorkflowFile,
-            &crate::stand_ins::registry(),
+            &xmbridge_actions::Registry::builtin(),
         )
         .unwrap()
         .remove(0)
@@ -467,7 +459,7 @@ mod tests {
         let r = preflight(
             &w,
             &ctx(json!("3")),
-            &crate::stand_ins::registry(),
+            &xmbridge_actions::Registry::builtin(),
             &One(describe(|_| {})),
         )
         .await;
@@ -542,7 +534,7 @@ mod tests {
             "t",
             &text,
             FileKind::WorkflowFile,
-            &crate::stand_ins::registry(),
+            &xmbridge_actions::Registry::builtin(),
         )
         .unwrap()
         .remove(0);
@@ -550,7 +542,13 @@ mod tests {
             "record": {"type": "Case", "Id": "500xx1", "ContactEmail": "pat@example.com", "ContactId": "003xx1"},
             "notification": {"id": "04l1", "organizationId": "00D1", "actionId": "04k1"}
         }));
-        let r = preflight(&w, &ctx, &crate::stand_ins::registry(), &NoDescribers).await;
+        let r = preflight(
+            &w,
+            &ctx,
+            &xmbridge_actions::Registry::builtin(),
+            &NoDescribers,
+        )
+        .await;
         assert!(r.passed(), "{}", r.to_text());
         let Outcome::Send { inputs } = &r.steps[2].outcome else {
             panic!("{}", r.to_text())
@@ -562,7 +560,13 @@ mod tests {
         assert_eq!(inputs["mailing_list_id"], json!("mailing_list_id-v"));
         assert_eq!(inputs["embeddedData"], json!({"salesforce_id": "500xx1"}));
         let no_email = EventContext::new(json!({"record": {"type": "Case", "Id": "500xx2"}}));
-        let r = preflight(&w, &no_email, &crate::stand_ins::registry(), &NoDescribers).await;
+        let r = preflight(
+            &w,
+            &no_email,
+            &xmbridge_actions::Registry::builtin(),
+            &NoDescribers,
+        )
+        .await;
         assert!(
             r.steps
                 .iter()
@@ -576,7 +580,7 @@ mod tests {
         let r = preflight(
             &w,
             &ctx(json!(10)),
-            &crate::stand_ins::registry(),
+            &xmbridge_actions::Registry::builtin(),
             &One(describe(|_| {})),
         )
         .await;
@@ -600,7 +604,7 @@ mod tests {
         let r = preflight(
             &w,
             &ctx(json!("3")),
-            &crate::stand_ins::registry(),
+            &xmbridge_actions::Registry::builtin(),
             &One(schema),
         )
         .await;
@@ -626,7 +630,7 @@ mod tests {
         let r = preflight(
             &w,
             &ctx(json!("3")),
-            &crate::stand_ins::registry(),
+            &xmbridge_actions::Registry::builtin(),
             &One(none),
         )
         .await;

@@ -17,12 +17,14 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use xmbridge_actions::System;
 
 /// How long a writer waits for another process's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// SQLite failed.
     #[error("workflow state store {path}: {source}")]
@@ -70,10 +72,10 @@ pub enum EventSource {
 impl EventSource {
     pub fn as_str(self) -> &'static str {
         match self {
-            EventSource::Qualtrics => "qualtrics",
+            EventSource::Qualtrics => System::Qualtrics.as_str(),
             EventSource::Sync => "sync",
-            EventSource::Salesforce => "salesforce",
-            EventSource::ServiceNow => "servicenow",
+            EventSource::Salesforce => System::Salesforce.as_str(),
+            EventSource::ServiceNow => System::ServiceNow.as_str(),
             EventSource::Manual => "manual",
         }
     }

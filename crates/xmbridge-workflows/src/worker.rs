@@ -191,6 +191,7 @@ pub enum RunMode {
 
 /// Why the delivery workers stopped.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WorkerError {
     /// The state store failed.
     #[error(transparent)]

@@ -100,7 +100,7 @@ fn workflow() -> Workflow {
         "t",
         &text,
         FileKind::WorkflowFile,
-        &xmbridge_workflows::stand_ins::registry(),
+        &xmbridge_actions::Registry::builtin(),
     )
     .unwrap()
     .remove(0)
@@ -121,7 +121,7 @@ async fn full_access_passes_and_a_standard_user_is_told_what_is_missing() {
         .await
         .unwrap();
     let w = workflow();
-    let reg = xmbridge_workflows::stand_ins::registry();
+    let reg = xmbridge_actions::Registry::builtin();
 
     let ok = Sf(SalesforceSchema {
         client: Arc::new(server_to_server(&h).await),

@@ -20,8 +20,8 @@ mod subscriptions;
 mod surveys;
 
 use crate::{
-    Action, ActionContext, ActionError, ActionRequest, ActionSpec, InputSpec, Inputs, Registry,
-    System, check_inputs,
+    ActionContext, ActionError, ActionRequest, ActionSpec, Connect, FnAction, InputSpec, Inputs,
+    Registry, System,
 };
 use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, TryStreamExt};
@@ -73,48 +73,42 @@ pub fn register(r: &mut Registry) {
     }
 }
 
-type RunFn = for<'a> fn(Call<'a>) -> BoxFuture<'a, Result<Value, ActionError>>;
-
 /// One Qualtrics action: its spec and the function that runs it.
-pub(crate) struct QualtricsAction {
-    spec: &'static ActionSpec,
-    run: RunFn,
-}
+pub(crate) type QualtricsAction = FnAction<Qualtrics>;
 
-impl QualtricsAction {
-    pub(crate) const fn new(spec: &'static ActionSpec, run: RunFn) -> Self {
-        QualtricsAction { spec, run }
-    }
-}
+/// The Qualtrics [`Connect`]: the context's `xmbridge_qualtrics::Client`.
+pub(crate) struct Qualtrics;
 
-impl Action for QualtricsAction {
-    fn spec(&self) -> &ActionSpec {
-        self.spec
-    }
+impl Connect for Qualtrics {
+    type Call<'a> = Call<'a>;
+    type Run = for<'a> fn(Call<'a>) -> BoxFuture<'a, Result<Value, ActionError>>;
 
-    fn run<'a>(
-        &'a self,
+    fn call<'a>(
+        spec: &'static ActionSpec,
         ctx: &'a ActionContext,
         request: ActionRequest,
-    ) -> BoxFuture<'a, Result<Value, ActionError>> {
-        Box::pin(async move {
-            check_inputs(self.spec, &request.inputs)?;
-            let client = ctx
-                .get::<Client>()
-                .ok_or_else(|| ActionError::NotConfigured {
-                    action: self.spec.name.to_string(),
-                    system: System::Qualtrics,
-                    fix: "add a Qualtrics connection (`xmbridge connection add qualtrics NAME …`) and choose it (`--connection NAME`)".into(),
-                })?;
-            let call = Call {
-                spec: self.spec,
-                client,
-                ctx,
-                inputs: request.inputs,
-                delivery_key: request.delivery_key,
-            };
-            (self.run)(call).await
+    ) -> Result<Call<'a>, ActionError> {
+        let client = ctx
+            .get::<Client>()
+            .ok_or_else(|| ActionError::NotConfigured {
+                action: spec.name.to_string(),
+                system: System::Qualtrics,
+                fix: "add a Qualtrics connection (`xmbridge connection add qualtrics NAME …`) and choose it (`--connection NAME`)".into(),
+            })?;
+        Ok(Call {
+            spec,
+            client,
+            ctx,
+            inputs: request.inputs,
+            delivery_key: request.delivery_key,
         })
+    }
+
+    fn invoke<'a>(
+        run: Self::Run,
+        call: Self::Call<'a>,
+    ) -> BoxFuture<'a, Result<Value, ActionError>> {
+        run(call)
     }
 }
 

@@ -25,11 +25,8 @@ use xmbridge_qualtrics::{Client, ExportOptions, SurveySummary};
 
 /// The ids of every response the export API returns for a survey (the same default filters as
 /// the data export: recorded responses, not in-progress ones).
-/// `Err(Ok(api error))` or `Err(Err(reader failure))`.
-async fn upstream_ids(
-    client: &Client,
-    survey: &str,
-) -> Result<HashSet<String>, Result<xmbridge_qualtrics::Error, String>> {
+async fn upstream_ids(client: &Client, survey: &str) -> Result<HashSet<String>, SyncError> {
+    let api = |e| SyncError::api("survey_response", Some(survey), e);
     let mut extra = serde_json::Map::new();
     extra.insert("surveyMetadataIds".into(), json!(["_recordId"]));
     extra.insert("questionIds".into(), json!([]));
@@ -38,7 +35,7 @@ async fn upstream_ids(
         extra,
         ..Default::default()
     };
-    let file = client.export_responses(survey, &opts).await.map_err(Ok)?;
+    let file = client.export_responses(survey, &opts).await.map_err(api)?;
     // Reading the file is blocking I/O: off the async threads, like the data export.
     let read = tokio::task::spawn_blocking(move || {
         let mut ids = HashSet::new();
@@ -51,8 +48,13 @@ async fn upstream_ids(
     })
     .await;
     match read {
-        Ok(r) => r.map_err(Ok),
-        Err(e) => Err(Err(format!("the id export reader stopped: {e}"))),
+        Ok(r) => r.map_err(api),
+        Err(source) => Err(SyncError::Worker {
+            table: "survey_response".into(),
+            survey: Some(survey.to_string()),
+            worker: "the id export reader",
+            source,
+        }),
     }
 }
 
@@ -88,14 +90,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
         })
         .buffer_unordered(ctx.opts.survey_parallelism.max(1));
     while let Some((sid, cursor, ids)) = exports.next().await {
-        let upstream = ids.map_err(|e| match e {
-            Ok(e) => SyncError::api("survey_response", Some(&sid), e),
-            Err(message) => SyncError::Stream {
-                table: "survey_response".into(),
-                survey: Some(sid.clone()),
-                message,
-            },
-        })?;
+        let upstream = ids?;
         let held = ctx
             .keys(
                 "survey_response",

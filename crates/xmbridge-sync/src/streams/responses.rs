@@ -31,31 +31,8 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc};
 use xmbridge_destinations::{Commit, Value};
+use xmbridge_qualtrics::response::is_metadata_key;
 use xmbridge_qualtrics::{Client, ExportOptions, SurveySummary};
-
-/// Metadata keys of an export record's `values` (docs/design/qualtrics-api.md §6.4); everything
-/// else is a question cell (`QID…`) or embedded data.
-const METADATA: &[&str] = &[
-    "startDate",
-    "endDate",
-    "status",
-    "ipAddress",
-    "progress",
-    "duration",
-    "finished",
-    "recordedDate",
-    "_recordId",
-    "locationLatitude",
-    "locationLongitude",
-    "distributionChannel",
-    "userLanguage",
-    "recipientLastName",
-    "recipientFirstName",
-    "recipientEmail",
-    "externalDataReference",
-    "externalReference",
-    "lastModifiedDate",
-];
 
 /// The `<p>_id` of a `question_response` row: sha256 (hex) of the cell's identity. Fields are
 /// length-prefixed so no two different identities hash the same input.
@@ -325,7 +302,7 @@ fn flatten(
     b.push("survey_response", r.build());
 
     for (key, value) in values {
-        if METADATA.contains(&key.as_str()) || value.is_null() {
+        if is_metadata_key(key) || value.is_null() {
             continue;
         }
         let Some(k) = parse_key(key) else {
@@ -585,10 +562,11 @@ async fn worker(
     let msg = match parsed {
         Ok(Ok(())) => Msg::Done { survey },
         Ok(Err(e)) => fail(SyncError::api("survey_response", Some(&survey), e)),
-        Err(e) => fail(SyncError::Stream {
+        Err(source) => fail(SyncError::Worker {
             table: "survey_response".into(),
             survey: Some(survey),
-            message: format!("the export parser stopped: {e}"),
+            worker: "the export parser",
+            source,
         }),
     };
     let _ = tx.send(msg).await;
@@ -675,13 +653,9 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
                         kind,
                         responses: &seen,
                     };
-                    if let Err(message) = obs.0.responses_seen(batch).await {
+                    if let Err(source) = obs.0.responses_seen(batch).await {
                         abort(&handles);
-                        return Err(SyncError::Stream {
-                            table: "survey_response".into(),
-                            survey: Some(survey),
-                            message: format!("the response observer failed: {message}"),
-                        });
+                        return Err(SyncError::Observer { survey, source });
                     }
                 }
                 if let Err(e) = ctx.commit(commit, "survey_response", Some(&survey)).await {

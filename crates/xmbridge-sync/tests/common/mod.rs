@@ -123,9 +123,15 @@ fn key_of(spec: &TableSpec, cells: &[Value]) -> Result<String, DestError> {
             .columns
             .iter()
             .position(|c| &c.name == k)
-            .ok_or_else(|| DestError::Other(format!("{}: key {k} not a column", spec.name)))?;
+            .ok_or_else(|| DestError::MissingColumn {
+                table: spec.name.clone(),
+                column: k.clone(),
+            })?;
         if cells[i] == Value::Null {
-            return Err(DestError::Other(format!("{}: key {k} is null", spec.name)));
+            return Err(DestError::NullKey {
+                table: spec.name.clone(),
+                column: k.clone(),
+            });
         }
         parts.push(format!("{:?}", cells[i]));
     }
@@ -139,7 +145,9 @@ fn apply(st: &mut MemState, c: Commit) -> Result<CommitStats, DestError> {
             .specs
             .get(&b.table)
             .cloned()
-            .ok_or_else(|| DestError::Other(format!("table {} not prepared", b.table)))?;
+            .ok_or_else(|| DestError::UnknownTable {
+                table: b.table.clone(),
+            })?;
         let table = st.tables.entry(b.table.clone()).or_default();
         let e = stats.entry(b.table.clone()).or_default();
         // Deletes first: they clear a rewritten response's old rows before its new ones land.
@@ -148,26 +156,30 @@ fn apply(st: &mut MemState, c: Commit) -> Result<CommitStats, DestError> {
                 .columns
                 .iter()
                 .position(|c| &c.name == col)
-                .ok_or_else(|| DestError::Other(format!("{}: no column {col}", b.table)))?;
+                .ok_or_else(|| DestError::MissingColumn {
+                    table: b.table.clone(),
+                    column: col.clone(),
+                })?;
             let before = table.len();
             table.retain(|_, r| !vals.contains(&r.cells[i]));
             e.2 += (before - table.len()) as u64;
         }
         for row in b.upserts {
             if row.len() != spec.columns.len() {
-                return Err(DestError::Other(format!(
-                    "{}: row of {} values, spec has {}",
-                    b.table,
-                    row.len(),
-                    spec.columns.len()
-                )));
+                return Err(DestError::RowShape {
+                    table: b.table.clone(),
+                    expected: spec.columns.len(),
+                    found: row.len(),
+                });
             }
             for (v, col) in row.iter().zip(&spec.columns) {
                 if !fits(col.ty, v) {
-                    return Err(DestError::Other(format!(
-                        "{}.{}: {v:?} does not fit {:?}",
-                        b.table, col.name, col.ty
-                    )));
+                    return Err(DestError::ValueType {
+                        table: b.table.clone(),
+                        column: col.name.clone(),
+                        expected: col.ty.short(),
+                        found: v.kind(),
+                    });
                 }
             }
             let key = key_of(&spec, &row)?;
@@ -188,12 +200,13 @@ fn apply(st: &mut MemState, c: Commit) -> Result<CommitStats, DestError> {
             .specs
             .get(&m.table)
             .cloned()
-            .ok_or_else(|| DestError::Other(format!("table {} not prepared", m.table)))?;
+            .ok_or_else(|| DestError::UnknownTable {
+                table: m.table.clone(),
+            })?;
         if !spec.soft_delete {
-            return Err(DestError::Other(format!(
-                "{} is not a soft-delete table",
-                m.table
-            )));
+            return Err(DestError::NotSoftDelete {
+                table: m.table.clone(),
+            });
         }
         let scope: Vec<(usize, Value)> = m
             .scope
@@ -245,10 +258,13 @@ impl Destination for MemDest {
                     Some(old) => {
                         for (i, c) in old.columns.iter().enumerate() {
                             if s.columns.get(i).map(|n| (&n.name, n.ty)) != Some((&c.name, c.ty)) {
-                                return Err(DestError::Other(format!(
-                                    "{}: column {} changed or moved",
-                                    s.name, c.name
-                                )));
+                                return Err(DestError::TypeConflict {
+                                    table: s.name.clone(),
+                                    column: c.name.clone(),
+                                    found: format!("{:?} at position {i}", c.ty),
+                                    expected: "the same type at the same position".into(),
+                                    fix: "a test spec changed a column".into(),
+                                });
                             }
                         }
                         let add = s.columns.len() - old.columns.len();
@@ -271,7 +287,10 @@ impl Destination for MemDest {
         Box::pin(async move {
             let mut st = self.0.lock();
             if st.fail_after.is_some_and(|n| st.commits >= n) {
-                return Err(DestError::Other("simulated crash: commit refused".into()));
+                return Err(DestError::Sql {
+                    context: "commit".into(),
+                    message: "simulated crash: commit refused".into(),
+                });
             }
             // Atomic: apply to a copy, keep it only if everything applied.
             let mut copy = st.clone();
@@ -293,15 +312,17 @@ impl Destination for MemDest {
     ) -> BoxFuture<'a, Result<Vec<String>, DestError>> {
         Box::pin(async move {
             let st = self.0.lock();
-            let spec = st
-                .specs
-                .get(table)
-                .ok_or_else(|| DestError::Other(format!("table {table} not prepared")))?;
+            let spec = st.specs.get(table).ok_or_else(|| DestError::UnknownTable {
+                table: table.to_string(),
+            })?;
             let pos = |c: &str| {
                 spec.columns
                     .iter()
                     .position(|x| x.name == c)
-                    .ok_or_else(|| DestError::Other(format!("{table}: no column {c}")))
+                    .ok_or_else(|| DestError::MissingColumn {
+                        table: table.to_string(),
+                        column: c.to_string(),
+                    })
             };
             let i = pos(column)?;
             let f: Vec<(usize, &Value)> = filter
