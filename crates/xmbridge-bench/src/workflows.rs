@@ -16,6 +16,7 @@ use xmbridge_actions::salesforce::SalesforceConnection;
 use xmbridge_actions::{Action, ActionContext, ActionError, ActionRequest, ActionSpec, Registry};
 use xmbridge_salesforce::{ClientCredentials, SalesforceClient, TokenProvider};
 use xmbridge_server::receiver::{Hook, Hooks, Limits, Receiver, SERVICENOW_SECRET_HEADER, router};
+use xmbridge_workflows::definition::PlanError;
 use xmbridge_workflows::outbox::Outbox;
 use xmbridge_workflows::store::SqliteStore;
 use xmbridge_workflows::worker::{
@@ -70,7 +71,7 @@ impl Plan for BenchPlan {
     fn step_names(&self) -> Vec<String> {
         vec!["upsert".into()]
     }
-    fn matches(&self, _event: &Value, _steps: &Map<String, Value>) -> Result<bool, String> {
+    fn matches(&self, _event: &Value, _steps: &Map<String, Value>) -> Result<bool, PlanError> {
         Ok(true)
     }
     fn render_step(
@@ -78,7 +79,7 @@ impl Plan for BenchPlan {
         _index: usize,
         event: &Value,
         _steps: &Map<String, Value>,
-    ) -> Result<Option<StepCall>, String> {
+    ) -> Result<Option<StepCall>, PlanError> {
         Ok(Some(StepCall {
             action: "salesforce.upsert".into(),
             account: None,

@@ -17,7 +17,7 @@ use xmbridge_server::receiver::{Hook, Hooks, Limits, Receiver, router};
 use xmbridge_vault::{ExposeSecret, SecretField, Vault};
 use xmbridge_workflows::accounts::Accounts;
 use xmbridge_workflows::catalog::{self, Sources};
-use xmbridge_workflows::definition::{EventContext, Trigger, Workflow};
+use xmbridge_workflows::definition::{EventContext, PlanError, Trigger, Workflow};
 use xmbridge_workflows::event::QUALTRICS_MSG;
 use xmbridge_workflows::hooks::{self, SubscriptionChange, WantedSubscription};
 use xmbridge_workflows::outbox::Outbox;
@@ -100,32 +100,28 @@ impl Plan for WorkflowPlan {
     fn step_names(&self) -> Vec<String> {
         self.0.steps.iter().map(|s| s.name.clone()).collect()
     }
-    fn matches(&self, event: &Value, steps: &Map<String, Value>) -> Result<bool, String> {
+    fn matches(&self, event: &Value, steps: &Map<String, Value>) -> Result<bool, PlanError> {
         let ctx = EventContext {
             event: event.clone(),
             steps: steps.clone(),
         };
-        self.0.matches(&ctx).map_err(|e| e.to_string())
+        self.0.matches(&ctx)
     }
     fn render_step(
         &self,
         index: usize,
         event: &Value,
         steps: &Map<String, Value>,
-    ) -> Result<Option<StepCall>, String> {
+    ) -> Result<Option<StepCall>, PlanError> {
         let ctx = EventContext {
             event: event.clone(),
             steps: steps.clone(),
         };
-        Ok(self
-            .0
-            .render_step(index, &ctx)
-            .map_err(|e| e.to_string())?
-            .map(|r| StepCall {
-                action: r.action,
-                account: r.account,
-                inputs: r.inputs,
-            }))
+        Ok(self.0.render_step(index, &ctx)?.map(|r| StepCall {
+            action: r.action,
+            account: r.account,
+            inputs: r.inputs,
+        }))
     }
 }
 

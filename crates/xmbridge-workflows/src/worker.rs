@@ -21,6 +21,7 @@ use xmbridge_actions::{
     ActionContext, ActionError, ActionRequest, ActionSpec, Disposition, Inputs, Registry,
 };
 
+use crate::definition::PlanError;
 use crate::event::QUALTRICS_MSG;
 use crate::store::{EventRow, EventState, Store, StoreError, now_ms};
 
@@ -43,14 +44,14 @@ pub trait Plan: Send + Sync {
     fn max_attempts(&self) -> u32;
     fn step_names(&self) -> Vec<String>;
     /// The workflow's condition over the (enriched) event.
-    fn matches(&self, event: &Value, steps: &Map<String, Value>) -> Result<bool, String>;
+    fn matches(&self, event: &Value, steps: &Map<String, Value>) -> Result<bool, PlanError>;
     /// Step `index`'s call, or `None` when its `when` is false.
     fn render_step(
         &self,
         index: usize,
         event: &Value,
         steps: &Map<String, Value>,
-    ) -> Result<Option<StepCall>, String>;
+    ) -> Result<Option<StepCall>, PlanError>;
 }
 
 /// Credentials and enrichment: what turns a step's account into clients.

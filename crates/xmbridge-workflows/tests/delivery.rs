@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 use xmbridge_actions::{
     Action, ActionContext, ActionError, ActionRequest, ActionSpec, InputSpec, Registry, System,
 };
+use xmbridge_workflows::definition::PlanError;
 use xmbridge_workflows::event::{QUALTRICS_MSG, response_event};
 use xmbridge_workflows::outbox::Outbox;
 use xmbridge_workflows::store::{EventSource, EventState, NewEvent, SqliteStore, Store, now_ms};
@@ -105,7 +106,7 @@ impl Plan for TestPlan {
     fn step_names(&self) -> Vec<String> {
         self.steps.clone()
     }
-    fn matches(&self, event: &Value, _steps: &Map<String, Value>) -> Result<bool, String> {
+    fn matches(&self, event: &Value, _steps: &Map<String, Value>) -> Result<bool, PlanError> {
         Ok(event["n"] != json!(13))
     }
     fn render_step(
@@ -113,7 +114,7 @@ impl Plan for TestPlan {
         index: usize,
         event: &Value,
         steps: &Map<String, Value>,
-    ) -> Result<Option<StepCall>, String> {
+    ) -> Result<Option<StepCall>, PlanError> {
         let value = if index == 0 {
             event["n"].clone()
         } else {
