@@ -319,7 +319,7 @@ async fn link(args: LinkArgs) -> anyhow::Result<()> {
         let private = store
             .list_accounts()?
             .into_iter()
-            .filter(|a| a.owner == user && a.system == system.account_system && !a.brand)
+            .filter(|a| a.owner == user && a.system == system.system.as_str() && !a.brand)
             .count();
         if private >= xmbridge_workflows::accounts::MAX_USER_SALESFORCE_ACCOUNTS {
             return Err(xmbridge_workflows::accounts::AccountError::Limit { user }.into());
@@ -364,7 +364,7 @@ async fn link(args: LinkArgs) -> anyhow::Result<()> {
     let org_id = salesforce::org_from_identity(&tokens);
     let row = accounts.link(LinkRequest {
         name: name.to_string(),
-        system: system.account_system.to_string(),
+        system: system.system.as_str().to_string(),
         user: user.clone(),
         brand: args.brand,
         kind,
@@ -375,7 +375,7 @@ async fn link(args: LinkArgs) -> anyhow::Result<()> {
     })?;
     println!(
         "linked {} account {} for {}{} ({}{})",
-        system.account_system,
+        system.system.as_str(),
         row.name,
         user,
         if row.brand { " as a brand account" } else { "" },
@@ -399,7 +399,7 @@ async fn refresh(
 ) -> anyhow::Result<()> {
     let name = args.name.as_str();
     let account = store.get_account(name)?;
-    if account.system == SERVICENOW.account_system {
+    if account.system == SERVICENOW.system.as_str() {
         return refresh_servicenow(args, user, vault, store, accounts).await;
     }
     let rec = vault.get_connection(name)?;
@@ -550,7 +550,7 @@ async fn link_servicenow(args: &LinkArgs, user: &str, accounts: &Accounts) -> an
     let auth = settings["auth"].as_str().unwrap_or_default().to_string();
     let row = accounts.link(LinkRequest {
         name: name.to_string(),
-        system: SERVICENOW.account_system.into(),
+        system: SERVICENOW.system.as_str().into(),
         user: user.to_string(),
         brand: args.brand,
         kind,
@@ -568,7 +568,7 @@ async fn link_servicenow(args: &LinkArgs, user: &str, accounts: &Accounts) -> an
     }
     println!(
         "linked {} account {} for {}{} ({auth}, {instance})",
-        SERVICENOW.account_system,
+        SERVICENOW.system.as_str(),
         row.name,
         user,
         if row.brand { " as a brand account" } else { "" },

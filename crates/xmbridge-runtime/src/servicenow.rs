@@ -127,7 +127,7 @@ pub fn context(
 ) -> Result<ActionContext, ActionError> {
     let not_configured = |fix: String| crate::systems::not_configured(spec, fix);
     let name = row.name.as_str();
-    if row.system != crate::systems::SERVICENOW.account_system {
+    if row.system != crate::systems::SERVICENOW.system.as_str() {
         return Err(not_configured(format!(
             "account {name} is a {} account; name a ServiceNow account in the step's `account`",
             row.system

@@ -13,8 +13,6 @@ use xmbridge_workflows::store::AccountRow;
 pub struct ExternalSystem {
     /// The system of its actions.
     pub system: System,
-    /// The `system` of its linked accounts (`salesforce`, `servicenow`).
-    pub account_system: &'static str,
     /// The clients a step runs with, from a linked account.
     pub context: fn(&Arc<Vault>, &AccountRow, &ActionSpec) -> Result<ActionContext, ActionError>,
     /// How a linked account signs in, when that says more than the account's kind.
@@ -24,7 +22,6 @@ pub struct ExternalSystem {
 /// Salesforce.
 pub const SALESFORCE: ExternalSystem = ExternalSystem {
     system: System::Salesforce,
-    account_system: "salesforce",
     context: crate::salesforce::context,
     sign_in: kind_says_it_all,
 };
@@ -32,7 +29,6 @@ pub const SALESFORCE: ExternalSystem = ExternalSystem {
 /// ServiceNow.
 pub const SERVICENOW: ExternalSystem = ExternalSystem {
     system: System::ServiceNow,
-    account_system: "servicenow",
     context: crate::servicenow::context,
     sign_in: crate::servicenow::sign_in,
 };
@@ -55,7 +51,7 @@ pub fn external(system: System) -> Option<&'static ExternalSystem> {
 pub fn of_account(row: &AccountRow) -> Option<&'static ExternalSystem> {
     EXTERNAL
         .into_iter()
-        .find(|s| s.account_system == row.system)
+        .find(|s| s.system.as_str() == row.system)
 }
 
 /// The clients a step of `spec` runs with, from the linked account `row`.
@@ -131,12 +127,12 @@ mod tests {
         assert!(external(System::Qualtrics).is_none());
         for ext in EXTERNAL {
             assert_eq!(
-                external(ext.system).map(|e| e.account_system),
-                Some(ext.account_system)
+                external(ext.system).map(|e| e.system.as_str()),
+                Some(ext.system.as_str())
             );
             let row = AccountRow {
                 name: "a".into(),
-                system: ext.account_system.into(),
+                system: ext.system.as_str().into(),
                 owner: "pat".into(),
                 kind: xmbridge_workflows::store::AccountKind::OAuth,
                 brand: false,

@@ -290,7 +290,7 @@ impl Connector for LiveConnector {
         Box::pin(async move {
             match crate::systems::external(spec.system) {
                 None => self.qualtrics_context(spec.name, account),
-                Some(ext) => self.external_context(plan, account, spec, ext.account_system),
+                Some(ext) => self.external_context(plan, account, spec, ext.system.as_str()),
             }
         })
     }
