@@ -1,0 +1,90 @@
+//! `xmbridge bench sync` end to end at a tiny scale: the real binary, its child processes, the
+//! in-process simulator, SQLite and the PostgreSQL on loopback. Checks the JSON shape and that
+//! the figures are sane; it never asserts a timing.
+
+use serde_json::Value;
+use std::process::{Command, Stdio};
+
+use crate::support::BIN;
+
+fn bench(extra: &[&str]) -> Value {
+    let mut args = vec![
+        "bench",
+        "sync",
+        "--responses",
+        "300",
+        "--questions",
+        "10",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = Command::new(BIN)
+        .args(&args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Exactly one JSON object on stdout.
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "stdout: {stdout}");
+    serde_json::from_str(lines[0]).unwrap()
+}
+
+fn check(v: &Value, dest: &str) {
+    let obj = v.as_object().unwrap();
+    assert_eq!(obj.keys().collect::<Vec<_>>(), vec![dest], "{v}");
+    let m = obj[dest].as_object().unwrap();
+    let keys: Vec<&str> = m.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "responses",
+            "rows",
+            "sync_s",
+            "baseline_s",
+            "ratio",
+            "peak_rss_mb"
+        ]
+    );
+    // Responses the sync wrote: the export leaves out the simulator's in-progress ones.
+    let responses = m["responses"].as_u64().unwrap();
+    assert!((200..=300).contains(&responses), "{v}");
+    // Several answer rows per response (10 questions plus one of each kind).
+    let rows = m["rows"].as_u64().unwrap();
+    assert!(rows >= responses * 5, "{v}");
+    let sync_s = m["sync_s"].as_f64().unwrap();
+    let baseline_s = m["baseline_s"].as_f64().unwrap();
+    let ratio = m["ratio"].as_f64().unwrap();
+    let rss = m["peak_rss_mb"].as_f64().unwrap();
+    assert!(sync_s > 0.0 && sync_s < 600.0, "{v}");
+    assert!(baseline_s > 0.0 && baseline_s < 600.0, "{v}");
+    assert!(ratio > 0.0 && ratio.is_finite(), "{v}");
+    assert!(
+        (ratio - baseline_s / sync_s).abs() < 0.05 * ratio + 0.01,
+        "{v}"
+    );
+    assert!(rss > 1.0 && rss < 100_000.0, "{v}");
+}
+
+#[test]
+fn bench_sync_sqlite_json() {
+    let v = bench(&["--destination", "sqlite"]);
+    check(&v, "sqlite");
+}
+
+#[test]
+fn bench_sync_postgres_json() {
+    // The bench creates and drops a database of its own on this server.
+    let Some(server) = xmbridge_test_kit::pg::server_url() else {
+        return;
+    };
+    let v = bench(&["--destination", "postgres", "--postgres", &server]);
+    check(&v, "postgres");
+}

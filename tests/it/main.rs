@@ -1,0 +1,16 @@
+//! Integration tests of `xmbridge`: one test binary, one module per area, so the suite links
+//! once per crate instead of once per file.
+
+mod cli_account;
+mod cli_action;
+mod cli_bench;
+mod cli_connection;
+mod cli_demo;
+mod cli_destination;
+mod cli_simulate;
+mod cli_sync;
+mod cli_sync_trigger;
+mod cli_workflow;
+mod cli_workflow_run;
+mod cli_workflow_sf;
+mod support;
