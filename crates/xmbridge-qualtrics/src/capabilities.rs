@@ -112,6 +112,11 @@ pub fn group_of_stream(stream: &str) -> Option<&'static TableGroup> {
     TABLE_GROUPS.iter().find(|g| g.stream == stream)
 }
 
+/// The tables the sync stream `stream` writes (empty for a name that is no stream).
+pub fn tables_of_stream(stream: &str) -> &'static [&'static str] {
+    group_of_stream(stream).map_or(&[], |g| g.tables)
+}
+
 /// The group a table belongs to.
 pub fn group_of_table(table: &str) -> Option<&'static TableGroup> {
     TABLE_GROUPS.iter().find(|g| g.tables.contains(&table))

@@ -21,17 +21,14 @@ use serde_json::Value as Json;
 use xmbridge_destinations::{Commit, MarkUnseenDeleted, Value};
 use xmbridge_qualtrics::Client;
 
-const TABLES: &[&str] = &[
-    "directory",
-    "directory_contact",
-    "directory_mailing_list",
-    "contact_mailing_list_membership",
-    "contact_transaction",
-    "directory_sample",
-    "frequency_rule",
-    "frequency_rule_target",
-];
-const BATCH_TABLES: &[&str] = &["transaction_batch", "batch_transaction_membership"];
+/// The tables this stream writes (its group in `xmbridge_qualtrics::capabilities`).
+fn tables() -> &'static [&'static str] {
+    xmbridge_qualtrics::capabilities::tables_of_stream("directories")
+}
+/// The transaction-batch tables (their own group, read with the directories).
+fn batch_tables() -> &'static [&'static str] {
+    xmbridge_qualtrics::capabilities::tables_of_stream("transaction_batches")
+}
 /// Full contacts read at the same time.
 const CONTACT_PARALLELISM: usize = 8;
 
@@ -46,7 +43,7 @@ async fn directories(client: &Client) -> Result<Vec<Json>, xmbridge_qualtrics::E
 pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
     let client = ctx.client.clone();
     let fix = "needs XM Directory access (and the read:directories / read:directory_contacts scopes for OAuth clients)";
-    let Some(dirs) = first_call(ctx, TABLES, fix, directories(&client)).await? else {
+    let Some(dirs) = first_call(ctx, tables(), fix, directories(&client)).await? else {
         return Ok(());
     };
     ctx.progress
@@ -339,7 +336,7 @@ pub(crate) async fn run_batches(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
         Ok(d) => d,
         // The directory stream already said why directories are unreadable.
         Err(e) if super::forbidden(&e) => {
-            ctx.skip(BATCH_TABLES, &super::skip_reason(fix, &e));
+            ctx.skip(batch_tables(), &super::skip_reason(fix, &e));
             return Ok(());
         }
         Err(e) => return Err(SyncError::api("transaction_batch", None, e)),
@@ -352,7 +349,7 @@ pub(crate) async fn run_batches(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
         };
         let Some(batches) = first_call(
             ctx,
-            BATCH_TABLES,
+            batch_tables(),
             fix,
             list(
                 &client,

@@ -16,12 +16,10 @@ use serde_json::Value as Json;
 use xmbridge_destinations::{ColumnType, Commit, MarkUnseenDeleted, Value};
 use xmbridge_qualtrics::SurveySummary;
 
-const TABLES: &[&str] = &[
-    "distribution",
-    "distribution_contact",
-    "sms_distribution",
-    "sms_distribution_contact",
-];
+/// The tables this stream writes (its group in `xmbridge_qualtrics::capabilities`).
+fn tables() -> &'static [&'static str] {
+    xmbridge_qualtrics::capabilities::tables_of_stream("distributions")
+}
 
 /// `distribution_contact` / `sms_distribution_contact` columns ← history row fields.
 const HISTORY: &[(&str, &str)] = &[
@@ -136,7 +134,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
     for s in surveys {
         let Some(dists) = first_call(
             ctx,
-            TABLES,
+            tables(),
             fix,
             list(
                 &client,

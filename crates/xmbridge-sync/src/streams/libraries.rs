@@ -8,18 +8,16 @@ use crate::engine::{Batches, Ctx, SyncError};
 use serde_json::Value as Json;
 use xmbridge_destinations::{Commit, Value};
 
-const TABLES: &[&str] = &[
-    "library",
-    "library_message",
-    "library_block",
-    "library_question",
-    "library_survey",
-];
+/// The tables this stream writes (its group in `xmbridge_qualtrics::capabilities`).
+fn tables() -> &'static [&'static str] {
+    xmbridge_qualtrics::capabilities::tables_of_stream("libraries")
+}
 
 pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
     let client = ctx.client.clone();
     let fix = "needs library access (scope read:libraries for OAuth clients)";
-    let Some(libs) = first_call(ctx, TABLES, fix, list(&client, &["libraries"], &[])).await? else {
+    let Some(libs) = first_call(ctx, tables(), fix, list(&client, &["libraries"], &[])).await?
+    else {
         return Ok(());
     };
     ctx.progress

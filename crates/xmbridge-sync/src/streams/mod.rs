@@ -68,3 +68,23 @@ pub(crate) async fn first_call<T>(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The streams name their tables by their group's stream name; a renamed group must not
+    /// leave a stream writing nothing.
+    #[test]
+    fn every_stream_name_has_its_group() {
+        for stream in [
+            "directories",
+            "transaction_batches",
+            "distributions",
+            "libraries",
+        ] {
+            assert!(
+                !xmbridge_qualtrics::capabilities::tables_of_stream(stream).is_empty(),
+                "{stream}"
+            );
+        }
+    }
+}
