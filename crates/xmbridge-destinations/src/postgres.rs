@@ -71,7 +71,7 @@ fn wire_type(ty: ColumnType) -> Type {
     }
 }
 
-pub struct PostgresDestination {
+pub(crate) struct PostgresDestination {
     client: Client,
     schema: String,
     compat: Compat,
@@ -269,6 +269,7 @@ fn at(table: &str) -> impl FnOnce(tokio_postgres::Error) -> Box<Failure> + '_ {
 /// A connected PostgreSQL session: the destination's, or one of its own for a tool on the same
 /// server (the bench's admin and baseline sessions), with the same password and TLS.
 pub struct Session {
+    /// The open connection; its background task is already spawned.
     pub client: Client,
     /// `PostgreSQL at HOST:PORT (database "db", user "u")`, for messages.
     pub target: String,
