@@ -5,9 +5,9 @@
 //! PostgreSQL), and the transaction that commits a batch together with its sync cursors, so a
 //! killed sync resumes with nothing lost and nothing doubled. It also owns how a destination is
 //! reached: [`DestinationSettings`] (the PostgreSQL password apart from the URL, from a file,
-//! `PGPASSWORD` or pgpass), TLS to PostgreSQL ([`pgtls`]), and the lock that lets one sync at a
-//! time write a destination. Identifiers that come from survey
-//! content are always quoted, never spliced into SQL. It must not know about Qualtrics or its API:
+//! `PGPASSWORD` or pgpass), TLS to PostgreSQL (the `pgtls` module), and the lock that lets one
+//! sync at a time write a destination. Identifiers that come from survey content are always
+//! quoted, never spliced into SQL. It must not know about Qualtrics or its API:
 //! it receives table specs, typed rows and cursors from `xmbridge-sync`.
 //!
 //! The contract below is shared with `xmbridge-sync`; a destination is one file implementing

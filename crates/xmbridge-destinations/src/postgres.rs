@@ -2,7 +2,7 @@
 //!
 //! Choices (also in `docs/destinations.md`):
 //! - [`connect`] takes the password from [`DestinationSettings`] (never from the URL) and does
-//!   TLS per `sslmode` ([`crate::pgtls`]); connection errors say what failed (TLS, certificate,
+//!   TLS per `sslmode` (the `pgtls` module); connection errors say what failed (TLS, certificate,
 //!   password and where it came from) and what to do.
 //! - One sync at a time per schema: opening takes a session-level advisory lock keyed on the
 //!   schema name (`pg_advisory_lock(hashtextextended('xmbridge destination schema <s>', 0))`),
@@ -282,7 +282,7 @@ pub struct Session {
 /// that its client is gone and ends the session.
 pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Connects with the settings' password and TLS (see [`crate::pgtls`] for `sslmode`).
+/// Connects with the settings' password and TLS (see the `pgtls` module for `sslmode`).
 pub async fn connect(settings: &DestinationSettings) -> Result<Session, DestError> {
     let parts = split_tls(settings.url())?;
     let mut config = parse_config(&parts.rest)?;

@@ -7,7 +7,7 @@
 //!    with a warning, since other local users can read a process's arguments in `ps`,
 //! 3. `PGPASSWORD`,
 //! 4. the password file `PGPASSFILE`, else `~/.pgpass` (libpq's format and rules, see
-//!    [`crate::pgpass`]),
+//!    the `pgpass` module),
 //! 5. none: the server must not ask for one (trust or peer authentication).
 //!
 //! A password in the URL together with `--password-file` is refused rather than guessed at.
