@@ -35,7 +35,9 @@ pub use xmbridge_auth::System;
 /// One input an action accepts.
 #[derive(Clone, Copy, Debug)]
 pub struct InputSpec {
+    /// The input's key in `ActionRequest::inputs`, as workflow files and `--input` write it.
     pub name: &'static str,
+    /// A run without this input (or with it null) fails with `BadInput` before the action runs.
     pub required: bool,
     /// One line for `xmbridge action NAME --help`-style listings.
     pub help: &'static str,
@@ -46,11 +48,13 @@ pub struct InputSpec {
 pub struct ActionSpec {
     /// Kebab-case name, unique in the registry (`create-contact`, `salesforce.upsert`).
     pub name: &'static str,
+    /// The system whose client the action takes from the [`ActionContext`].
     pub system: System,
     /// The human title (for Qualtrics, the ServiceNow spoke's action name, e.g. "Create Contact").
     pub title: &'static str,
     /// Grouping for listings (e.g. "Contact Management").
     pub category: &'static str,
+    /// Every input the action accepts; any other key is refused.
     pub inputs: &'static [InputSpec],
     /// Pages through results ("Stream" actions): the output is an array of every element.
     pub stream: bool,
@@ -61,6 +65,7 @@ pub struct ActionSpec {
 /// One run of an action.
 #[derive(Clone, Debug, Default)]
 pub struct ActionRequest {
+    /// The input values, checked against the spec's inputs before the action runs.
     pub inputs: Inputs,
     /// A key unique to this delivery (event id + step). Writing actions use it to make a retry
     /// find the record the first attempt created instead of creating a second one (upsert by
@@ -79,6 +84,7 @@ pub struct ActionContext {
 }
 
 impl ActionContext {
+    /// An empty context: every action run with it is `NotConfigured`.
     pub fn new() -> Self {
         Self::default()
     }
@@ -89,10 +95,12 @@ impl ActionContext {
         self
     }
 
+    /// Adds (or replaces) the value of type `T` in place.
     pub fn insert<T: Any + Send + Sync>(&mut self, value: T) {
         self.values.insert(TypeId::of::<T>(), Arc::new(value));
     }
 
+    /// The value of type `T`, or `None` when the caller put none in.
     pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
         self.values
             .get(&TypeId::of::<T>())
@@ -112,7 +120,10 @@ impl fmt::Debug for ActionContext {
 pub enum Disposition {
     /// Try again later (after at least `after` when the server said so); counts against the
     /// event's retry budget.
-    Retry { after: Option<Duration> },
+    Retry {
+        /// The server's requested wait (`Retry-After`); `None` means the worker's own backoff.
+        after: Option<Duration>,
+    },
     /// Stop calling this account until a person fixes it (re-authorizes); the event keeps its
     /// retry budget and waits.
     Pause,
@@ -127,21 +138,29 @@ pub enum ActionError {
     /// An input is missing or malformed: the caller's mistake.
     #[error("action {action}: input `{field}`: {reason}")]
     BadInput {
+        /// The action's registry name.
         action: String,
+        /// The input at fault (`NAME` when the action name itself is unknown).
         field: String,
+        /// What is wrong with it, worded to follow the field name.
         reason: String,
     },
     /// The system's connection or account is not set up in this context.
     #[error("action {action}: no {system} connection available: {fix}")]
     NotConfigured {
+        /// The action's registry name.
         action: String,
+        /// The system whose connection is missing.
         system: System,
+        /// What to run or pass to set the connection up.
         fix: String,
     },
     /// The account's token was refused for good (refresh token revoked or expired).
     #[error("action {action}: {system} account token expired: {fix}")]
     TokenExpired {
+        /// The action's registry name.
         action: String,
+        /// The system whose account must be re-authorized.
         system: System,
         /// The command that re-authorizes, e.g. `xmbridge account link sf-prod --refresh`.
         fix: String,
@@ -149,18 +168,28 @@ pub enum ActionError {
     /// The system said to slow down (HTTP 429, Salesforce REQUEST_LIMIT_EXCEEDED).
     #[error("action {action}: {system} rate limit reached{}", after_text(.retry_after))]
     RateLimited {
+        /// The action's registry name.
         action: String,
+        /// The system that limited the call.
         system: System,
+        /// The server's requested wait (`Retry-After`), when it gave one.
         retry_after: Option<Duration>,
     },
     /// A failure that may pass: 5xx, timeouts, connection errors, row locks.
     #[error("action {action}: {message}")]
-    Transient { action: String, message: String },
+    Transient {
+        /// The action's registry name.
+        action: String,
+        /// The system's or transport's error text.
+        message: String,
+    },
     /// The system refused the request for a reason a retry cannot fix (validation rule, missing
     /// permission, unknown field, several records matching a key …).
     #[error("action {action}: {message}")]
     Permanent {
+        /// The action's registry name.
         action: String,
+        /// The system's error text, for the dead letter.
         message: String,
         /// The system's own error body, when useful for a person reading the dead letter.
         details: Option<Value>,
@@ -175,6 +204,7 @@ fn after_text(d: &Option<Duration>) -> String {
 }
 
 impl ActionError {
+    /// What a delivery worker should do with the event after this error.
     pub fn disposition(&self) -> Disposition {
         match self {
             ActionError::RateLimited { retry_after, .. } => Disposition::Retry {
@@ -200,6 +230,7 @@ impl ActionError {
 
 /// One operation on an external system. Implementations are stateless values registered once.
 pub trait Action: Send + Sync {
+    /// The action's name, system and inputs.
     fn spec(&self) -> &ActionSpec;
 
     /// Runs the action. The output is JSON (what `xmbridge action` prints): the created or found
@@ -294,6 +325,7 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// An empty registry (see [`Registry::builtin`] for the built-in actions).
     pub fn new() -> Self {
         Self::default()
     }
@@ -315,10 +347,12 @@ impl Registry {
         self.actions.insert(action.spec().name, action);
     }
 
+    /// The action registered under `name`, if any.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Action>> {
         self.actions.get(name)
     }
 
+    /// Every registered action, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Action>> {
         self.actions.values()
     }

@@ -18,6 +18,7 @@ use xmbridge_salesforce::{SalesforceClient, SalesforceError, UpsertOutcome};
 /// the linked account and the account's name (for the re-authorize hint).
 #[derive(Clone, Debug)]
 pub struct SalesforceConnection {
+    /// The Salesforce client of the linked account (its token provider refreshes on its own).
     pub client: Arc<SalesforceClient>,
     /// The linked account's name, as `xmbridge account link NAME` knows it.
     pub account: String,

@@ -254,7 +254,7 @@ const fn input(name: &'static str, required: bool, help: &'static str) -> InputS
     }
 }
 
-pub static CREATE_RECORD: ActionSpec = ActionSpec {
+static CREATE_RECORD: ActionSpec = ActionSpec {
     name: "servicenow.create-record",
     system: System::ServiceNow,
     title: "Create Record",
@@ -288,7 +288,7 @@ fn create_record(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
     })
 }
 
-pub static UPDATE_RECORD: ActionSpec = ActionSpec {
+static UPDATE_RECORD: ActionSpec = ActionSpec {
     name: "servicenow.update-record",
     system: System::ServiceNow,
     title: "Update Record",
@@ -316,7 +316,7 @@ fn update_record(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
     })
 }
 
-pub static LOOK_UP_RECORDS: ActionSpec = ActionSpec {
+static LOOK_UP_RECORDS: ActionSpec = ActionSpec {
     name: "servicenow.look-up-records",
     system: System::ServiceNow,
     title: "Look up Records",
@@ -365,7 +365,7 @@ fn look_up_records(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> 
     })
 }
 
-pub static GET_PROPERTY: ActionSpec = ActionSpec {
+static GET_PROPERTY: ActionSpec = ActionSpec {
     name: "servicenow.get-property",
     system: System::ServiceNow,
     title: "Get System Property",
@@ -388,7 +388,7 @@ fn get_property(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> {
     })
 }
 
-pub static CREATE_INCIDENT: ActionSpec = ActionSpec {
+static CREATE_INCIDENT: ActionSpec = ActionSpec {
     name: "servicenow.create-incident",
     system: System::ServiceNow,
     title: "Create Incident",

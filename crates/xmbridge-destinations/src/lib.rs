@@ -5,9 +5,9 @@
 //! PostgreSQL), and the transaction that commits a batch together with its sync cursors, so a
 //! killed sync resumes with nothing lost and nothing doubled. It also owns how a destination is
 //! reached: [`DestinationSettings`] (the PostgreSQL password apart from the URL, from a file,
-//! `PGPASSWORD` or pgpass), TLS to PostgreSQL ([`pgtls`]), and the lock that lets one sync at a
-//! time write a destination. Identifiers that come from survey
-//! content are always quoted, never spliced into SQL. It must not know about Qualtrics or its API:
+//! `PGPASSWORD` or pgpass), TLS to PostgreSQL (the `pgtls` module), and the lock that lets one
+//! sync at a time write a destination. Identifiers that come from survey content are always
+//! quoted, never spliced into SQL. It must not know about Qualtrics or its API:
 //! it receives table specs, typed rows and cursors from `xmbridge-sync`.
 //!
 //! The contract below is shared with `xmbridge-sync`; a destination is one file implementing
@@ -17,8 +17,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 mod names;
-pub mod pgpass;
-pub mod pgtls;
+pub(crate) mod pgpass;
+pub(crate) mod pgtls;
 pub mod postgres;
 pub mod settings;
 pub mod sqlite;
@@ -49,15 +49,20 @@ pub enum ColumnType {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+/// One column of a [`TableSpec`].
 pub struct Column {
+    /// The column's name, as written in the destination (already a valid identifier).
     pub name: String,
+    /// What the column stores; each destination maps it to its own SQL type.
     pub ty: ColumnType,
 }
 
 /// One destination table (without the system columns, which the destination adds).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableSpec {
+    /// The logical table name (`survey`, `question_response`); each destination makes it physical.
     pub name: String,
+    /// The table's columns in row order: every [`TableBatch`] row holds one value per column.
     pub columns: Vec<Column>,
     /// Names of the primary-key columns (for `question_response` the system `<p>_id` column,
     /// named here as `"<p>_id"` literally; the destination substitutes the prefix).
@@ -73,12 +78,19 @@ pub struct TableSpec {
 /// One cell. Timestamps are epoch milliseconds, UTC.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
+    /// SQL NULL, for any column type.
     Null,
+    /// A [`ColumnType::Text`] value.
     Text(String),
+    /// An [`ColumnType::Int`] or [`ColumnType::BigInt`] value.
     Int(i64),
+    /// A [`ColumnType::Float`] value.
     Float(f64),
+    /// A [`ColumnType::Bool`] value.
     Bool(bool),
+    /// A [`ColumnType::Timestamp`] value, in epoch milliseconds UTC.
     Timestamp(i64),
+    /// A [`ColumnType::Json`] value, as serialized JSON text.
     Json(String),
 }
 
@@ -86,11 +98,14 @@ pub enum Value {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Compat {
     #[default]
+    /// System columns start with `_xmbridge` (the default).
     Xmbridge,
+    /// System columns start with `_fivetran`, as a Fivetran connector writes (`--compat fivetran`).
     Fivetran,
 }
 
 impl Compat {
+    /// The system column prefix, without the trailing `_` of the column names.
     pub fn prefix(self) -> &'static str {
         match self {
             Compat::Xmbridge => "_xmbridge",
@@ -164,6 +179,7 @@ impl Value {
 /// Rows for one table; each row holds one value per column of its [`TableSpec`], in order.
 #[derive(Clone, Debug, Default)]
 pub struct TableBatch {
+    /// The logical name of the table the rows belong to (its [`TableSpec::name`]).
     pub table: String,
     /// Insert or update by primary key.
     pub upserts: Vec<Vec<Value>>,
@@ -189,7 +205,9 @@ impl TableBatch {
 /// as deleted.
 #[derive(Clone, Debug)]
 pub struct MarkUnseenDeleted {
+    /// The logical name of the soft-delete table.
     pub table: String,
+    /// Column → value pairs a row must match to be considered (empty: the whole table).
     pub scope: Vec<(String, Value)>,
 }
 
@@ -198,7 +216,9 @@ pub struct MarkUnseenDeleted {
 pub struct Commit {
     /// The sync run's time, written into `<p>_synced`.
     pub synced_at_ms: i64,
+    /// The rows to write, per table, applied in order.
     pub batches: Vec<TableBatch>,
+    /// The soft-delete passes to run after the batches.
     pub mark_unseen_deleted: Vec<MarkUnseenDeleted>,
     /// Stream cursors committed with the rows (stream name → opaque JSON).
     pub cursors: Vec<(String, serde_json::Value)>,
@@ -231,7 +251,12 @@ pub struct CommitStats {
 pub enum DestError {
     /// The destination could not be reached or opened.
     #[error("cannot connect to {destination}: {reason}")]
-    Connect { destination: String, reason: String },
+    Connect {
+        /// The destination as the user named it (no password).
+        destination: String,
+        /// Why the connection or open failed.
+        reason: String,
+    },
     /// The destination settings are unusable (an empty SQLite path, an unreadable password or
     /// CA file, an unknown sslmode …): nothing was connected to.
     #[error("{0}")]
@@ -242,6 +267,7 @@ pub enum DestError {
         "another sync is writing this destination: {destination}{holder}; wait for it to finish or stop it, then run this sync again"
     )]
     Busy {
+        /// The destination as the user named it (no password).
         destination: String,
         /// `, held by …` when the destination can tell, else empty.
         holder: String,
@@ -251,93 +277,156 @@ pub enum DestError {
     UrlOption(String),
     /// The URL's scheme names no known destination.
     #[error("unknown destination {url:?}: expected one of {known}")]
-    UnknownScheme { url: String, known: &'static str },
+    UnknownScheme {
+        /// The URL as given (no password).
+        url: String,
+        /// The supported schemes, comma-separated.
+        known: &'static str,
+    },
     /// A table, column or schema name the destination cannot store.
     #[error("invalid name {name:?}: {reason}")]
-    InvalidName { name: String, reason: String },
+    InvalidName {
+        /// The refused name.
+        name: String,
+        /// Why the destination cannot store it.
+        reason: String,
+    },
     /// A commit or a read names a table that `ensure_tables` was not called for (a bug in the
     /// caller).
     #[error(
         "table {table} was not prepared: call ensure_tables with its spec before writing or reading it"
     )]
-    UnknownTable { table: String },
+    UnknownTable {
+        /// The logical table name the caller used.
+        table: String,
+    },
     /// A stream's stored cursor cannot be read (not JSON: edited by hand, or a damaged file).
     #[error(
         "the cursor of stream {stream:?} in {table} is not valid JSON ({reason}), so it is not known what was synced; a sync with --full ignores unreadable cursors and writes fresh ones"
     )]
     UnreadableCursor {
+        /// The stream whose cursor is unreadable.
         stream: String,
         /// The physical cursor table.
         table: String,
+        /// The JSON parser's message.
         reason: String,
     },
     /// The table was dropped by hand after `ensure_tables`.
     #[error(
         "table {table} does not exist (dropped by hand?); nothing of this commit was applied; run the sync again to re-create it"
     )]
-    MissingTable { table: String },
+    MissingTable {
+        /// The physical table name.
+        table: String,
+    },
     /// A column was dropped by hand after `ensure_tables`.
     #[error(
         "table {table} has no column {column:?} (dropped by hand?); nothing of this commit was applied; run the sync again to re-add it (rows synced before keep no value there: sync with --full to refill them, or restore the column by hand)"
     )]
-    MissingColumn { table: String, column: String },
+    MissingColumn {
+        /// The physical table name.
+        table: String,
+        /// The missing column.
+        column: String,
+    },
     /// An existing column has another type than the spec (altered by hand).
     #[error(
         "table {table} column {column:?} has type {found} but xmbridge writes {expected}; fix: {fix}"
     )]
     TypeConflict {
+        /// The physical table name.
         table: String,
+        /// The column with the conflicting type.
         column: String,
+        /// The column's type in the database now.
         found: String,
+        /// The type xmbridge writes to it.
         expected: String,
+        /// What to run to repair the column.
         fix: String,
     },
     /// A row has more or fewer values than its table has columns (a bug in the caller).
     #[error("table {table}: a row has {found} values but the spec has {expected} columns")]
     RowShape {
+        /// The physical table name.
         table: String,
+        /// How many columns the spec has.
         expected: usize,
+        /// How many values the row has.
         found: usize,
     },
     /// A value of the wrong kind for its column (a bug in the caller).
     #[error("table {table} column {column:?}: cannot store a {found} value in a {expected} column")]
     ValueType {
+        /// The physical table name.
         table: String,
+        /// The column the value was meant for.
         column: String,
+        /// The column's type.
         expected: &'static str,
+        /// The value's kind.
         found: &'static str,
     },
     /// A primary-key cell is null.
     #[error("table {table}: primary-key column {column:?} is null in a row")]
-    NullKey { table: String, column: String },
+    NullKey {
+        /// The physical table name.
+        table: String,
+        /// The primary-key column that is null.
+        column: String,
+    },
     /// The disk (or the destination's size cap) is full; the commit was rolled back.
     #[error(
         "table {table}: database or disk is full ({destination}); nothing of this commit was applied, earlier commits stay; {fix}, then run the sync again: it resumes from the last commit"
     )]
     DiskFull {
+        /// The table being written when the disk filled, or the step's name.
         table: String,
+        /// The destination that is full, in words (`the SQLite file`, a PostgreSQL target).
         destination: String,
+        /// What to do to make room (free space, raise `max_size_mb`).
         fix: String,
     },
     /// The database refused a statement; `context` names the table or the step.
     #[error("{context}: {message}")]
-    Sql { context: String, message: String },
+    Sql {
+        /// The table or step the statement belonged to.
+        context: String,
+        /// The database's error text.
+        message: String,
+    },
     /// `mark_unseen_deleted` on a table without the soft-delete column (a bug in the caller).
     #[error(
         "table {table} is not a soft-delete table: mark_unseen_deleted needs its deleted column"
     )]
-    NotSoftDelete { table: String },
+    NotSoftDelete {
+        /// The physical table name.
+        table: String,
+    },
     /// `keys` on a column that is not text (a bug in the caller).
     #[error("{table}.{column}: keys are read from text columns only")]
-    KeysNotText { table: String, column: String },
+    KeysNotText {
+        /// The physical table name.
+        table: String,
+        /// The non-text column.
+        column: String,
+    },
     /// This destination cannot read keys back (the reconcile pass needs them).
     #[error("{destination}: this destination cannot read keys of table {table} back")]
-    KeysUnsupported { destination: String, table: String },
+    KeysUnsupported {
+        /// The destination, described for messages.
+        destination: String,
+        /// The table whose keys were asked for.
+        table: String,
+    },
     /// The blocking worker that runs the destination's statements died (a panic).
     #[error("{destination} worker failed: {source}")]
     Worker {
+        /// The destination kind whose worker died (`sqlite`).
         destination: &'static str,
         #[source]
+        /// The join error carrying the worker's panic.
         source: tokio::task::JoinError,
     },
 }

@@ -2,7 +2,7 @@
 //!
 //! Choices (also in `docs/destinations.md`):
 //! - [`connect`] takes the password from [`DestinationSettings`] (never from the URL) and does
-//!   TLS per `sslmode` ([`crate::pgtls`]); connection errors say what failed (TLS, certificate,
+//!   TLS per `sslmode` (the `pgtls` module); connection errors say what failed (TLS, certificate,
 //!   password and where it came from) and what to do.
 //! - One sync at a time per schema: opening takes a session-level advisory lock keyed on the
 //!   schema name (`pg_advisory_lock(hashtextextended('xmbridge destination schema <s>', 0))`),
@@ -71,7 +71,7 @@ fn wire_type(ty: ColumnType) -> Type {
     }
 }
 
-pub struct PostgresDestination {
+pub(crate) struct PostgresDestination {
     client: Client,
     schema: String,
     compat: Compat,
@@ -269,6 +269,7 @@ fn at(table: &str) -> impl FnOnce(tokio_postgres::Error) -> Box<Failure> + '_ {
 /// A connected PostgreSQL session: the destination's, or one of its own for a tool on the same
 /// server (the bench's admin and baseline sessions), with the same password and TLS.
 pub struct Session {
+    /// The open connection; its background task is already spawned.
     pub client: Client,
     /// `PostgreSQL at HOST:PORT (database "db", user "u")`, for messages.
     pub target: String,
@@ -281,7 +282,7 @@ pub struct Session {
 /// that its client is gone and ends the session.
 pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Connects with the settings' password and TLS (see [`crate::pgtls`] for `sslmode`).
+/// Connects with the settings' password and TLS (see the `pgtls` module for `sslmode`).
 pub async fn connect(settings: &DestinationSettings) -> Result<Session, DestError> {
     let parts = split_tls(settings.url())?;
     let mut config = parse_config(&parts.rest)?;

@@ -7,7 +7,7 @@
 //!    with a warning, since other local users can read a process's arguments in `ps`,
 //! 3. `PGPASSWORD`,
 //! 4. the password file `PGPASSFILE`, else `~/.pgpass` (libpq's format and rules, see
-//!    [`crate::pgpass`]),
+//!    the `pgpass` module),
 //! 5. none: the server must not ask for one (trust or peer authentication).
 //!
 //! A password in the URL together with `--password-file` is refused rather than guessed at.
@@ -46,12 +46,15 @@ pub struct Password {
 }
 
 impl Password {
+    /// A password and where it came from.
     pub fn new(secret: SecretString, source: PasswordSource) -> Password {
         Password { secret, source }
     }
+    /// The password itself; only the connect code exposes it.
     pub fn secret(&self) -> &SecretString {
         &self.secret
     }
+    /// Where the password came from, for messages.
     pub fn source(&self) -> &PasswordSource {
         &self.source
     }
@@ -67,7 +70,12 @@ pub enum PasswordSource {
     /// The `PGPASSWORD` environment variable.
     Env,
     /// A line of a pgpass file.
-    Pgpass { file: PathBuf, line: usize },
+    Pgpass {
+        /// The password file.
+        file: PathBuf,
+        /// The matching line, 1-based.
+        line: usize,
+    },
     /// Unsealed from the vault with a connection's stored destination.
     Vault,
 }
@@ -103,6 +111,7 @@ pub struct PgEnv {
 }
 
 impl PgEnv {
+    /// Reads the libpq variables of this process's environment.
     pub fn from_process() -> PgEnv {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let passfile = std::env::var_os("PGPASSFILE")
@@ -127,7 +136,9 @@ impl PgEnv {
 /// file).
 #[derive(Debug)]
 pub struct ResolvedSettings {
+    /// The resolved settings, ready to connect with.
     pub settings: DestinationSettings,
+    /// Warnings to print before connecting, one sentence each.
     pub warnings: Vec<String>,
 }
 
@@ -232,6 +243,7 @@ impl DestinationSettings {
         &self.url
     }
 
+    /// The password to connect with, or `None` when the server needs none (trust, peer, certificates).
     pub fn password(&self) -> Option<&Password> {
         self.password.as_ref()
     }

@@ -106,6 +106,7 @@ pub fn sqlite_type(ty: ColumnType) -> &'static str {
     }
 }
 
+/// A destination in one SQLite file (`sqlite:PATH`), written through a blocking worker.
 pub struct SqliteDestination {
     inner: Arc<Mutex<Inner>>,
     path: String,

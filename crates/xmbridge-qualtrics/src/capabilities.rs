@@ -125,25 +125,32 @@ pub fn group_of_table(table: &str) -> Option<&'static TableGroup> {
 /// What the probe found for one group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Access {
+    /// Every table of the group is readable.
     Ok,
     /// Not readable with these credentials; the text says why and how to fix it.
     Skipped(String),
 }
 
 #[derive(Clone, Debug)]
+/// The probe's verdict on one table group.
 pub struct GroupReport {
+    /// The group probed.
     pub group: &'static TableGroup,
+    /// Whether the sync can read the group's tables.
     pub access: Access,
 }
 
 /// The outcome of [`probe`].
 #[derive(Clone, Debug)]
 pub struct Capabilities {
+    /// One report per table group, in the schema's group order.
     pub groups: Vec<GroupReport>,
     /// The directory the XM Directory tables sync from: the configured one, else the default
     /// (or first) directory of the brand.
     pub directory: Option<String>,
+    /// True when `directory` was found by listing the brand's directories, not configured.
     pub directory_discovered: bool,
+    /// How many surveys the first page of the survey list held (0 when it was not readable).
     pub surveys_seen: usize,
 }
 

@@ -13,20 +13,25 @@ pub struct Meta {
     #[serde(default)]
     pub http_status: Option<String>,
     #[serde(default)]
+    /// The request's id (`requestId`), to quote to Qualtrics support.
     pub request_id: Option<String>,
     /// e.g. "Request proxied. For faster response times, use this host instead: fra1.qualtrics.com"
     #[serde(default)]
     pub notice: Option<String>,
     #[serde(default)]
+    /// The API's error, on a failed answer.
     pub error: Option<ErrorBody>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+/// `meta.error` of a failed answer.
 pub struct ErrorBody {
     #[serde(default)]
+    /// The API's error code (`errorCode`).
     pub error_code: Option<String>,
     #[serde(default)]
+    /// The API's human-readable error text (`errorMessage`).
     pub error_message: Option<String>,
 }
 
@@ -41,7 +46,9 @@ struct RawEnvelope {
 /// A successful answer: its `result` (absent on write calls that return nothing) and `meta`.
 #[derive(Clone, Debug)]
 pub struct Envelope {
+    /// The answer's `result`, `None` when the API sent none.
     pub result: Option<Value>,
+    /// The answer's `meta` (defaults when absent).
     pub meta: Meta,
 }
 

@@ -20,15 +20,22 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ExportFormat {
     #[default]
+    /// One JSON document holding every response (the default).
     Json,
+    /// One JSON response per line.
     Ndjson,
+    /// Comma-separated values.
     Csv,
+    /// Tab-separated values.
     Tsv,
+    /// An SPSS `.sav` file.
     Spss,
+    /// XML.
     Xml,
 }
 
 impl ExportFormat {
+    /// The API's name of the format (the request body's `format`).
     pub fn as_str(self) -> &'static str {
         match self {
             ExportFormat::Json => "json",
@@ -44,6 +51,7 @@ impl ExportFormat {
 /// What to export and how patiently to wait for it.
 #[derive(Clone, Debug)]
 pub struct ExportOptions {
+    /// The file format to export.
     pub format: ExportFormat,
     /// Zip the file (the API's default).
     pub compress: bool,
@@ -53,12 +61,15 @@ pub struct ExportOptions {
     pub continuation_token: Option<String>,
     /// `recordedDate` window, ISO-8601 (start inclusive, end exclusive).
     pub start_date: Option<String>,
+    /// See `start_date`.
     pub end_date: Option<String>,
+    /// At most this many responses (`limit`); `None` exports all.
     pub limit: Option<u64>,
     /// Any other body field of the API (`questionIds`, `surveyMetadataIds`, …), sent as is.
     pub extra: Map<String, Value>,
     /// First wait between progress polls; grows up to `max_poll_interval`.
     pub poll_interval: Duration,
+    /// The longest wait between progress polls.
     pub max_poll_interval: Duration,
     /// Give up when the export has not completed after this long.
     pub max_wait: Duration,
@@ -117,12 +128,15 @@ impl ExportOptions {
 #[serde(rename_all = "camelCase")]
 pub struct ExportProgress {
     #[serde(default)]
+    /// How far the export is, 0 to 100.
     pub percent_complete: f64,
     /// `inProgress`, `complete` or `failed`.
     pub status: String,
     #[serde(default)]
+    /// The file to download, once `status` is `complete`.
     pub file_id: Option<String>,
     #[serde(default)]
+    /// The token for the next incremental export, when one was asked for.
     pub continuation_token: Option<String>,
     /// Some servers describe a failure here.
     #[serde(default)]
@@ -138,12 +152,17 @@ struct Started {
 /// A downloaded export, in a temporary file deleted on drop.
 #[derive(Debug)]
 pub struct ExportFile {
+    /// The survey exported (`SV_…`).
     pub survey_id: String,
+    /// The export job's id (`ES_…`).
     pub progress_id: String,
+    /// The downloaded file's id on the Qualtrics side.
     pub file_id: String,
     /// Present when the export was started with `allow_continuation` or a continuation token.
     pub continuation_token: Option<String>,
+    /// The format the file was exported in.
     pub format: ExportFormat,
+    /// True when the file is a zip archive (the export's `compress`).
     pub compressed: bool,
     /// Size of the downloaded file.
     pub bytes: u64,
@@ -151,6 +170,7 @@ pub struct ExportFile {
 }
 
 impl ExportFile {
+    /// The temporary file on disk; it is deleted when this value is dropped.
     pub fn path(&self) -> &Path {
         self.file.path()
     }

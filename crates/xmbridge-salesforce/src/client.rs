@@ -12,16 +12,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use xmbridge_auth::RefreshOnce;
 
-pub const DEFAULT_API_VERSION: &str = "60.0";
+/// The API version a new client calls.
+const DEFAULT_API_VERSION: &str = "60.0";
 
 /// `Sforce-Limit-Info: api-usage=used/max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ApiUsage {
+    /// API calls the org has made in the last 24 hours.
     pub used: u64,
+    /// The org's 24-hour API call allowance.
     pub max: u64,
 }
 
 impl ApiUsage {
+    /// Reads a `Sforce-Limit-Info` header value; `None` when it holds no well-formed `api-usage`.
     pub fn parse(header: &str) -> Option<ApiUsage> {
         let part = header
             .split(';')
@@ -39,27 +43,40 @@ impl ApiUsage {
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FieldDescribe {
+    /// The field's API name (`Email`, `Account__c`).
     pub name: String,
     #[serde(default)]
+    /// The field's label in the org's language.
     pub label: String,
     #[serde(rename = "type")]
+    /// Salesforce's field type (`string`, `reference`, `picklist`, …).
     pub field_type: String,
     #[serde(default)]
+    /// Maximum length of a text field (0 for other types).
     pub length: u64,
+    /// The linked user may set it on create.
     pub createable: bool,
+    /// The linked user may change it on update.
     pub updateable: bool,
+    /// The field may be left empty.
     pub nillable: bool,
     #[serde(default)]
+    /// Salesforce fills it on create when it is not sent.
     pub defaulted_on_create: bool,
     #[serde(default)]
+    /// The field is an external id (an upsert key).
     pub external_id: bool,
     #[serde(default)]
+    /// The field can identify a record in a query or upsert.
     pub id_lookup: bool,
     #[serde(default)]
+    /// The objects a `reference` field may point to.
     pub reference_to: Vec<String>,
     #[serde(default)]
+    /// The relationship name of a `reference` field (`Account` for `AccountId`).
     pub relationship_name: Option<String>,
     #[serde(default)]
+    /// The picklist's entries as Salesforce sends them (see [`FieldDescribe::picklist`]).
     pub picklist_values: Vec<Value>,
 }
 
@@ -72,6 +89,7 @@ impl FieldDescribe {
     pub fn is_upsert_key(&self) -> bool {
         self.external_id || self.name == "Id"
     }
+    /// The values of the picklist's entries (empty for other field types).
     pub fn picklist(&self) -> Vec<String> {
         self.picklist_values
             .iter()
@@ -84,18 +102,26 @@ impl FieldDescribe {
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectDescribe {
+    /// The object's API name (`Contact`, `Survey_Response__c`).
     pub name: String,
     #[serde(default)]
+    /// The object's label in the org's language.
     pub label: String,
+    /// The linked user may create records of it.
     pub createable: bool,
+    /// The linked user may update its records.
     pub updateable: bool,
+    /// The linked user may delete its records.
     pub deletable: bool,
     #[serde(default)]
+    /// The linked user may query it with SOQL.
     pub queryable: bool,
+    /// The fields the linked user can see.
     pub fields: Vec<FieldDescribe>,
 }
 
 impl ObjectDescribe {
+    /// The field named `name`, compared ignoring ASCII case.
     pub fn field(&self, name: &str) -> Option<&FieldDescribe> {
         self.fields
             .iter()
@@ -104,7 +130,9 @@ impl ObjectDescribe {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+/// What an upsert by external id did.
 pub enum UpsertOutcome {
+    /// A new record was created; the new record's id.
     Created(String),
     /// The id is absent for API versions ≤ 45.0 (204, no body).
     Updated(Option<String>),
@@ -114,11 +142,15 @@ pub enum UpsertOutcome {
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
 pub struct RecordResult {
     #[serde(default)]
+    /// The record's id, when Salesforce returns one.
     pub id: Option<String>,
+    /// Whether this record's operation succeeded.
     pub success: bool,
     #[serde(default)]
+    /// On upsert: true when the record was created, false when updated.
     pub created: Option<bool>,
     #[serde(default)]
+    /// Why the record failed (empty on success).
     pub errors: Vec<SfError>,
 }
 
@@ -161,6 +193,7 @@ fn enc(s: &str) -> String {
 }
 
 impl SalesforceClient {
+    /// A client calling the API version `60.0` with `http`, authenticated by `tokens`.
     pub fn new(http: reqwest::Client, tokens: Arc<TokenProvider>) -> Self {
         SalesforceClient {
             http,
@@ -177,6 +210,7 @@ impl SalesforceClient {
         self
     }
 
+    /// The API version the client calls (without the `v`).
     pub fn version(&self) -> &str {
         &self.version
     }
@@ -315,6 +349,7 @@ impl SalesforceClient {
             .ok_or_else(|| SalesforceError::Protocol(format!("create answered without an id: {v}")))
     }
 
+    /// Reads one record of `object` by id: `fields`, or every field when empty.
     pub async fn get(
         &self,
         object: &str,
@@ -329,6 +364,7 @@ impl SalesforceClient {
         Self::json(&a, "read")
     }
 
+    /// Changes the given fields of one record of `object`.
     pub async fn update(
         &self,
         object: &str,
@@ -387,6 +423,7 @@ impl SalesforceClient {
         }
     }
 
+    /// Deletes one record of `object` by id.
     pub async fn delete(&self, object: &str, id: &str) -> Result<(), SalesforceError> {
         self.send(
             Method::DELETE,

@@ -8,10 +8,13 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SfError {
     #[serde(alias = "errorCode", alias = "statusCode")]
+    /// The error's code (`REQUIRED_FIELD_MISSING`, `DUPLICATE_VALUE`, …).
     pub error_code: String,
     #[serde(default)]
+    /// Salesforce's message, for a person.
     pub message: String,
     #[serde(default)]
+    /// The fields the error is about, when it names any.
     pub fields: Vec<String>,
 }
 
@@ -40,37 +43,61 @@ pub use xmbridge_auth::ErrorKind;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+/// A failed Salesforce call, classified for the caller's retry, pause or give-up decision.
 pub enum SalesforceError {
     /// The refresh token (or client credentials) was refused for good: the account must be
     /// re-authorized.
     #[error(
         "account token expired: Salesforce refused the stored token ({description}); re-authorize the account"
     )]
-    TokenExpired { description: String },
+    TokenExpired {
+        /// Why the token was refused: the token endpoint's description, or the client's own words.
+        description: String,
+    },
     /// Any other token-endpoint refusal (wrong client id/secret, flow not enabled, IP range).
     #[error("Salesforce OAuth error {error}: {description}")]
-    OAuth { error: String, description: String },
+    OAuth {
+        /// The token endpoint's `error` code.
+        error: String,
+        /// The token endpoint's description of the refusal.
+        description: String,
+    },
     /// HTTP 429.
     #[error("Salesforce throttled the request (HTTP 429){}", after(.retry_after))]
-    RateLimited { retry_after: Option<Duration> },
+    RateLimited {
+        /// The server's `Retry-After`, when it sent one.
+        retry_after: Option<Duration>,
+    },
     /// 403 REQUEST_LIMIT_EXCEEDED: the org's daily API allowance is used up.
     #[error("Salesforce API request limit exceeded{}: {message}", usage_text(.usage))]
     LimitExceeded {
+        /// Salesforce's message.
         message: String,
+        /// The org's API usage from the answer's `Sforce-Limit-Info`, when present.
         usage: Option<crate::ApiUsage>,
     },
     /// 5xx, UNABLE_TO_LOCK_ROW, network failures: may pass.
     #[error("Salesforce is temporarily unavailable: {message}")]
     Transient {
+        /// The HTTP status; `None` for a network failure.
         status: Option<u16>,
+        /// What failed, for a person.
         message: String,
     },
     /// The request was refused for a reason a retry cannot fix.
     #[error("Salesforce refused the request (HTTP {status}): {}", join(.errors))]
-    Permanent { status: u16, errors: Vec<SfError> },
+    Permanent {
+        /// The HTTP status.
+        status: u16,
+        /// Salesforce's error array.
+        errors: Vec<SfError>,
+    },
     /// An upsert key matched several records (HTTP 300); nothing was written.
     #[error("the external id matches {} records ({}); nothing was written", .ids.len(), .ids.join(", "))]
-    MultipleMatches { ids: Vec<String> },
+    MultipleMatches {
+        /// The ids of the matching records (the 300 answer's list).
+        ids: Vec<String>,
+    },
     /// The rotated refresh token could not be persisted by the caller's sink.
     #[error("cannot store the rotated Salesforce refresh token: {0}")]
     Sink(#[source] xmbridge_auth::SinkError),

@@ -30,8 +30,11 @@ pub use xmbridge_auth::RefreshTokenSink as RefreshSink;
 pub struct OAuthApp {
     /// `https://login.salesforce.com`, `https://test.salesforce.com` or the org's My Domain.
     pub login_url: String,
+    /// The connected app's consumer key.
     pub client_id: String,
+    /// The connected app's consumer secret.
     pub client_secret: SecretString,
+    /// The callback URL registered on the connected app.
     pub redirect_uri: String,
 }
 
@@ -49,8 +52,11 @@ impl fmt::Debug for OAuthApp {
 /// Server-to-server: client id, secret and the token endpoint URL (client-credentials flow).
 #[derive(Clone)]
 pub struct ClientCredentials {
+    /// The org's token endpoint (`https://MYDOMAIN.my.salesforce.com/services/oauth2/token`).
     pub token_url: String,
+    /// The app's consumer key.
     pub client_id: String,
+    /// The app's consumer secret.
     pub client_secret: SecretString,
 }
 
@@ -68,16 +74,23 @@ impl fmt::Debug for ClientCredentials {
 /// live until a 401.
 #[derive(Clone, Deserialize)]
 pub struct TokenResponse {
+    /// The access token for API calls.
     pub access_token: SecretString,
     #[serde(default)]
+    /// A refresh token, when the app's scopes grant one (`refresh_token` scope).
     pub refresh_token: Option<SecretString>,
+    /// The org's instance URL, the base of every API call.
     pub instance_url: String,
+    /// The identity URL of the user and org that authorized.
     pub id: String,
     #[serde(default)]
+    /// When the token was issued, epoch milliseconds as a string.
     pub issued_at: String,
     #[serde(default)]
+    /// Salesforce's HMAC over `id` and `issued_at` (see [`verify_signature`]).
     pub signature: String,
     #[serde(default)]
+    /// The granted scopes, space-separated.
     pub scope: Option<String>,
 }
 
@@ -139,8 +152,11 @@ pub use xmbridge_auth::pkce_challenge;
 
 /// One authorization attempt: the URL to open, and the `state` and PKCE verifier to keep.
 pub struct AuthorizeRequest {
+    /// The authorization URL for the user to open.
     pub url: String,
+    /// The random `state` the callback must return unchanged.
     pub state: String,
+    /// The PKCE code verifier, sent with the code exchange.
     pub verifier: SecretString,
 }
 

@@ -43,17 +43,26 @@ pub const REFUSED: &str = "refused";
 pub enum Hook {
     /// `surveyengine.completedResponse.{survey_id}`, signed with `shared_key`.
     Qualtrics {
+        /// The survey whose completed responses start the workflow (`SV_…`).
         survey_id: String,
+        /// The event subscription's shared key, checked against each event's HMAC.
         shared_key: SecretString,
     },
     /// Outbound messages whose endpoint URL carries `token`; from organization `org_id` when one
     /// is known (pinned in the trigger or the owner's linked account).
     Salesforce {
+        /// The secret path segment of the outbound message's endpoint URL.
         token: SecretString,
+        /// The org id (`00D…`) the messages must come from; `None` accepts any org.
         org_id: Option<String>,
     },
     /// Records of `table`, with `secret` in the [`SERVICENOW_SECRET_HEADER`] header.
-    ServiceNow { table: String, secret: SecretString },
+    ServiceNow {
+        /// The ServiceNow table whose records start the workflow.
+        table: String,
+        /// The value the business rule sends in the header.
+        secret: SecretString,
+    },
 }
 
 /// Hooks by workflow name.
@@ -158,13 +167,16 @@ async fn healthz(State(app): State<App>) -> Response {
 #[non_exhaustive]
 pub enum ServeError {
     #[error("the receiver may only listen on a loopback address, not {0}")]
+    /// The listen address is not loopback (the receiver is for a local tunnel or proxy only).
     NotLoopback(SocketAddr),
     #[error("cannot listen on {0}: {1}")]
+    /// The address could not be bound (in use, or not permitted).
     Bind(SocketAddr, #[source] std::io::Error),
 }
 
 /// A bound receiver (bound first, so the URL is known before hooks are registered).
 pub struct Receiver {
+    /// The address actually bound (the real port when port 0 was asked for).
     pub addr: SocketAddr,
     listener: tokio::net::TcpListener,
     limits: Limits,

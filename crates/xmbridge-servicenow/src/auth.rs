@@ -15,32 +15,44 @@ pub enum Auth {
     /// `Authorization: Basic` on every call (the user needs "web service access only" on
     /// instances that block Basic auth for interactive users).
     Basic {
+        /// The ServiceNow user name.
         username: String,
+        /// The user's password.
         password: SecretString,
     },
     /// OAuth password grant; the refresh token is kept and used before the access token expires.
     /// If the refresh token is refused, the password grant is tried once more.
     Password {
+        /// The OAuth application registry entry's client id.
         client_id: String,
+        /// The registry entry's client secret.
         client_secret: SecretString,
+        /// The ServiceNow user the tokens act as.
         username: String,
+        /// The user's password, sent to the token endpoint only.
         password: SecretString,
     },
     /// OAuth client credentials (runs as the registry entry's OAuth Application User).
     ClientCredentials {
+        /// The OAuth application registry entry's client id.
         client_id: String,
+        /// The registry entry's client secret.
         client_secret: SecretString,
     },
     /// A refresh token obtained earlier (a linked account); refused →
     /// [`crate::Error::AuthExpired`].
     RefreshToken {
+        /// The OAuth application registry entry's client id.
         client_id: String,
+        /// The registry entry's client secret.
         client_secret: SecretString,
+        /// The refresh token the account was linked with.
         refresh_token: SecretString,
     },
 }
 
 impl Auth {
+    /// The auth method's name for messages and listings (`basic`, `oauth-password`, …).
     pub fn kind(&self) -> &'static str {
         match self {
             Auth::Basic { .. } => "basic",

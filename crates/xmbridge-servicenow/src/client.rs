@@ -22,8 +22,11 @@ pub type Record = Map<String, Value>;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DisplayValue {
     #[default]
+    /// Raw stored values (`false`): sys_ids, codes (the default).
     Value,
+    /// Display values (`true`): labels and reference display names.
     Display,
+    /// Both (`all`): each field is a `{value, display_value}` object.
     All,
 }
 
@@ -38,6 +41,7 @@ pub struct ListOptions {
     pub page_size: usize,
     /// Stop after this many rows.
     pub max_rows: Option<usize>,
+    /// Whether fields come back as stored values, display values or both.
     pub display_value: DisplayValue,
     /// Return references as plain sys_ids.
     pub exclude_reference_link: bool,
@@ -59,8 +63,11 @@ impl Default for ListOptions {
 /// One transform outcome of an import-set row.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ImportResult {
+    /// The import set record the row was loaded into.
     pub import_set: String,
+    /// The staging table the row was written to (`u_…` import table).
     pub staging_table: String,
+    /// One entry per transform map run: the target table, record and status.
     pub result: Vec<Value>,
 }
 
@@ -218,6 +225,7 @@ impl ServiceNowClient {
         self
     }
 
+    /// The instance's base URL (`https://INSTANCE.service-now.com`), without a trailing `/`.
     pub fn base_url(&self) -> &str {
         &self.base
     }

@@ -4,39 +4,60 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+/// A failed ServiceNow call, classified for the caller's retry, pause or give-up decision.
 pub enum Error {
     /// The account's credentials or refresh token were refused: a person must re-authorize.
     #[error("ServiceNow account token expired ({instance}): {reason}; re-authorize the account")]
-    AuthExpired { instance: String, reason: String },
+    AuthExpired {
+        /// The instance's base URL.
+        instance: String,
+        /// Which credential was refused and what the token endpoint said.
+        reason: String,
+    },
     /// HTTP 429 (a rate-limit rule): wait `retry_after`, keep the work queued.
     #[error("ServiceNow rate limit reached{}{}", .rule.as_ref().map(|r| format!(" (rule {r})")).unwrap_or_default(), .retry_after.map(|d| format!("; retry after {} s", d.as_secs())).unwrap_or_default())]
     RateLimited {
+        /// The instance's `Retry-After`, when it sent one.
         retry_after: Option<Duration>,
+        /// The rate-limit rule that fired (`X-RateLimit-Rule`), when named.
         rule: Option<String>,
     },
     /// 5xx, timeouts, connection failures: may pass.
     #[error("ServiceNow is unavailable{}: {message}", .status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
     Transient {
+        /// The HTTP status; `None` for a timeout or connection failure.
         status: Option<u16>,
+        /// What failed, for a person.
         message: String,
     },
     /// The instance refused the request for a reason a retry cannot fix (400, 403 ACL or data
     /// policy, 405 …).
     #[error("ServiceNow refused the request (HTTP {status}): {message}{}", .detail.as_ref().map(|d| format!(" — {d}")).unwrap_or_default())]
     Permanent {
+        /// The HTTP status.
         status: u16,
+        /// The instance's error message.
         message: String,
+        /// The instance's error detail, when it gave one.
         detail: Option<String>,
     },
     /// 404: no such record (or an ACL hides it), or an unknown API path.
     #[error("ServiceNow: {what} not found: {message}")]
-    NotFound { what: String, message: String },
+    NotFound {
+        /// What was looked for (a record, a table, a path).
+        what: String,
+        /// The instance's detail or message.
+        message: String,
+    },
     /// A field name in a query or field list does not exist on the table (a typo would otherwise
     /// make ServiceNow ignore that part of the query and match every row).
     #[error("table {table} has no field `{field}` (check the spelling; known fields: {known})")]
     UnknownField {
+        /// The table the field was looked up in.
         table: String,
+        /// The unknown field name.
         field: String,
+        /// The table's field names, comma-separated, for the message.
         known: String,
     },
     /// The client was configured wrongly (bad URL …).

@@ -68,7 +68,9 @@ impl Default for SyncOptions {
 /// Rows one table gained, changed and lost in a run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableCounts {
+    /// Rows written that were not in the destination before.
     pub inserted: u64,
+    /// Rows written over an existing row with the same key.
     pub updated: u64,
     /// Hard deletes and soft-delete marks.
     pub deleted: u64,
@@ -109,7 +111,9 @@ impl Reloaded {
 /// A table not synced, and why (e.g. a permission the credentials lack).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Skipped {
+    /// The destination table not synced.
     pub table: String,
+    /// Why, and what would let the next run sync it.
     pub reason: String,
 }
 
@@ -118,9 +122,11 @@ pub struct Skipped {
 pub struct SyncSummary {
     /// Every table the run prepared, with its counts (zeros included).
     pub tables: BTreeMap<String, TableCounts>,
+    /// Tables not synced this run, and why.
     pub skipped: Vec<Skipped>,
     /// Stream groups reloaded from scratch because tables of them were missing.
     pub reloaded: Vec<Reloaded>,
+    /// Wall-clock time of the whole run.
     pub duration: Duration,
     /// HTTP requests made to Qualtrics (retries included).
     pub api_calls: u64,
@@ -189,27 +195,36 @@ pub enum SyncError {
     /// Qualtrics refused or failed a call.
     #[error("{}: {source}", place(table, survey.as_deref()))]
     Qualtrics {
+        /// The table being synced when the call failed.
         table: String,
+        /// The survey being read (`SV_…`), for per-survey streams.
         survey: Option<String>,
         #[source]
+        /// The client's error.
         source: Box<xmbridge_qualtrics::Error>,
     },
     /// The destination refused a write.
     #[error("{}: {source}", place(table, survey.as_deref()))]
     Destination {
+        /// The table being written.
         table: String,
+        /// The survey whose rows were written (`SV_…`), for per-survey streams.
         survey: Option<String>,
         #[source]
+        /// The destination's error.
         source: Box<DestError>,
     },
     /// A stream's blocking worker (the export parser, the id export reader) died.
     #[error("{}: {worker} stopped: {source}", place(table, survey.as_deref()))]
     Worker {
+        /// The table the worker read for.
         table: String,
+        /// The survey the worker read (`SV_…`), for per-survey streams.
         survey: Option<String>,
         /// Which worker, e.g. `the export parser`.
         worker: &'static str,
         #[source]
+        /// The join error carrying the worker's panic.
         source: tokio::task::JoinError,
     },
     /// The [`ResponseObserver`](crate::ResponseObserver) refused a commit's responses; the
@@ -219,8 +234,10 @@ pub enum SyncError {
         place("survey_response", Some(survey))
     )]
     Observer {
+        /// The survey whose commit was refused (`SV_…`).
         survey: String,
         #[source]
+        /// The observer's own error.
         source: crate::ObserverError,
     },
     /// Options that cannot work (an unknown table name …).

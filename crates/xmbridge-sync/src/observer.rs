@@ -26,6 +26,7 @@ pub enum ExportKind {
 /// One response in a commit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SeenResponse {
+    /// The response's id (`R_…`).
     pub response_id: String,
     /// `values.lastModifiedDate` of the export (ISO 8601), else `recordedDate`, else empty.
     pub last_modified: String,
@@ -34,8 +35,11 @@ pub struct SeenResponse {
 /// The responses of one commit of one survey.
 #[derive(Clone, Debug)]
 pub struct SeenBatch<'a> {
+    /// The survey the responses belong to (`SV_…`).
     pub survey_id: &'a str,
+    /// Why these responses were exported (incremental, first load, full reload).
     pub kind: ExportKind,
+    /// The responses of the commit, in export order.
     pub responses: &'a [SeenResponse],
 }
 
@@ -45,6 +49,8 @@ pub type ObserverError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Told about every response commit before it is applied; an error stops the sync.
 pub trait ResponseObserver: Send + Sync {
+    /// Called with the responses of one commit before it is made; an error stops the sync and
+    /// the commit is not made.
     fn responses_seen<'a>(
         &'a self,
         batch: SeenBatch<'a>,

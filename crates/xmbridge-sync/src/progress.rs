@@ -36,6 +36,7 @@ pub struct LogProgress {
 }
 
 impl LogProgress {
+    /// A logger with zeroed counters.
     pub fn new() -> Self {
         Self::default()
     }
