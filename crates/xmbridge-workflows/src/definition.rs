@@ -104,7 +104,8 @@ pub enum Trigger {
     SalesforceOutbound {
         /// The sObject the outbound message is for (`Case`, `Contact` …).
         object: String,
-        /// The only organization id accepted; `None`: any org that knows the endpoint token.
+        /// The only organization id accepted; `None`: the org of the owner's linked Salesforce
+        /// account when known (see [`crate::hooks::protection`]), else any.
         organization_id: Option<String>,
     },
     /// An inbound JSON call from a ServiceNow business rule on that table.
@@ -324,7 +325,7 @@ pub struct RenderedStep {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PlanError {
-    /// The worker asked for a step past the workflow's last (the definition changed).
+    /// The worker asked for a step past the workflow's last.
     #[error("workflow \"{workflow}\" has no step number {index}")]
     NoSuchStep {
         /// The workflow's name.

@@ -273,7 +273,8 @@ pub enum SubscriptionChange {
         /// Their Qualtrics subscription ids.
         ids: Vec<String>,
     },
-    /// Registering or removing the workflow's subscription failed; the others went on.
+    /// Listing, creating or deleting at Qualtrics, or recording, failed for this workflow's
+    /// subscription.
     Failed {
         /// The workflow concerned.
         workflow: String,

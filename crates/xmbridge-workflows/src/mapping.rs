@@ -54,9 +54,10 @@ impl WriteKind {
 pub struct Mapping {
     /// The target object or table (`Contact`, `incident` …).
     pub object: String,
-    /// The upsert key field (`Email`, `Qualtrics_Id__c` …); `None` unless the step upserts.
+    /// The key field of an upsert (`Email`, `Qualtrics_Id__c` …); `None` when the mapping names
+    /// none (an upsert action requires one).
     pub external_id_field: Option<String>,
-    /// The expression giving the key's value for each event; set together with the field.
+    /// The expression giving the key's value for each event; given exactly when the key field is.
     pub external_id: Option<Expr>,
     /// Target field → expression, in file order.
     pub fields: BTreeMap<String, Expr>,

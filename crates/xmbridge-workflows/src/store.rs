@@ -40,7 +40,7 @@ pub enum StoreError {
     Corrupted {
         /// The store's database file.
         path: PathBuf,
-        /// The unreadable value and its row (`payload of event ev_…`, `the kind of account a`).
+        /// The unreadable value and its row (`the payload of event ev_…`, `the kind of account a`).
         what: String,
         /// Why it could not be read.
         detail: String,
@@ -313,7 +313,7 @@ pub struct AccountRow {
 pub struct WorkflowStatus {
     /// Number of events in each state; states without events are absent.
     pub counts: BTreeMap<EventState, u64>,
-    /// The dead letter, oldest first.
+    /// The dead letter, in the order the events were parked.
     pub dead: Vec<DeadEvent>,
     /// Failed attempts charged to the workflow's events (retried, or leading to a dead letter);
     /// a replay resets an event's count.
@@ -374,7 +374,8 @@ pub struct DeadEvent {
     pub dedupe_key: String,
     /// Failed attempts before it was parked.
     pub attempts: u32,
-    /// The step that failed last; `None` if it failed before any step.
+    /// The step that failed last (`condition` for the workflow's condition, `-` when the
+    /// workflow is no longer defined); `None` when none was recorded.
     pub last_step: Option<String>,
     /// Why it was parked.
     pub last_error: Option<String>,
