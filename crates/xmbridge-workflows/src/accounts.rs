@@ -24,52 +24,87 @@ pub const MAX_USER_SALESFORCE_ACCOUNTS: usize = 5;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AccountError {
+    /// A user tried to link a private Salesforce account beyond the extension's limit.
     #[error(
         "user {user} already has {MAX_USER_SALESFORCE_ACCOUNTS} linked Salesforce accounts (the limit); unlink one with `xmbridge account unlink NAME`"
     )]
-    Limit { user: String },
+    Limit {
+        /// The local user who is at the limit.
+        user: String,
+    },
+    /// Someone other than the account's owner tried to change it.
     #[error(
         "account {account} belongs to {owner}; only {owner} can {what} it (run the command with `--as {owner}`)"
     )]
     NotOwner {
+        /// The account's name.
         account: String,
+        /// The local user who owns the account.
         owner: String,
+        /// The refused operation, as a verb ("share", "unlink", "re-authorize").
         what: &'static str,
     },
+    /// A privately linked account cannot be shared; only brand accounts can.
     #[error(
         "account {account} was linked privately by {owner}; only accounts a brand admin links (`xmbridge account link {account} … --brand`) can be shared"
     )]
-    NotShareable { account: String, owner: String },
+    NotShareable {
+        /// The account's name.
+        account: String,
+        /// The local user who linked it privately.
+        owner: String,
+    },
+    /// A workflow's owner may not use the account its step names.
     #[error(
         "workflow owner {user} may not use account {account}: it belongs to {owner} and is not shared with {user}; ask {owner} to run `xmbridge account share {account} --with {user}`, or link an account as {user}"
     )]
     NotGranted {
+        /// The workflow's owner, who lacks the grant.
         user: String,
+        /// The account the step names.
         account: String,
+        /// The local user who owns the account.
         owner: String,
     },
+    /// The workflow's owner has no usable account for the step's system.
     #[error(
         "user {user} has no linked {system} account; link one with `xmbridge account link NAME --{system} … --as {user}`"
     )]
-    NoAccount { user: String, system: String },
+    NoAccount {
+        /// The workflow's owner.
+        user: String,
+        /// `salesforce` or `servicenow`.
+        system: String,
+    },
+    /// The step names no account and its owner can use more than one for the system.
     #[error(
         "user {user} can use several {system} accounts ({names}); name one in the step's `account`"
     )]
     Ambiguous {
+        /// The workflow's owner.
         user: String,
+        /// `salesforce` or `servicenow`.
         system: String,
+        /// The usable accounts' names, comma-separated.
         names: String,
     },
+    /// An account's system is neither Salesforce nor ServiceNow.
     #[error("unknown system {system}: use salesforce or servicenow")]
-    UnknownSystem { system: String },
+    UnknownSystem {
+        /// The system as given.
+        system: String,
+    },
+    /// The workflow store failed (includes a duplicate or unknown account name).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The vault failed to seal, read or remove the account's connection.
     #[error(transparent)]
     Vault(#[from] VaultError),
 }
 
 /// An account to link.
 pub struct LinkRequest {
+    /// The account's name, unique among accounts and vault connections.
     pub name: String,
     /// `salesforce` or `servicenow`.
     pub system: String,
@@ -77,19 +112,24 @@ pub struct LinkRequest {
     pub user: String,
     /// Linked by a brand admin: shareable, not counted against the user's limit.
     pub brand: bool,
+    /// OAuth (refresh token) or server-to-server (client credentials).
     pub kind: AccountKind,
     /// Non-secret settings: `login_url` / `token_url`, `client_id`, `instance_url` …
     pub settings: Value,
+    /// The connected app's client secret, sealed in the vault; `None` when the app has none.
     pub client_secret: Option<SecretString>,
     /// OAuth accounts: the refresh token from the login.
     pub refresh_token: Option<SecretString>,
+    /// The Salesforce organization id (`00D…`), when the login reported it.
     pub org_id: Option<String>,
 }
 
 /// How a user may use an account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
+    /// The user linked it.
     Owned,
+    /// Its owner shared it with the user.
     Granted,
 }
 
@@ -111,10 +151,12 @@ fn provider(system: &str) -> Result<System, AccountError> {
 }
 
 impl Accounts {
+    /// The rules over the workflow store (account rows, grants) and the vault (secrets).
     pub fn new(store: Arc<dyn Store>, vault: Arc<Vault>) -> Accounts {
         Accounts { store, vault }
     }
 
+    /// The vault holding the accounts' connections and secrets.
     pub fn vault(&self) -> &Arc<Vault> {
         &self.vault
     }

@@ -14,7 +14,9 @@ use xmbridge_actions::Registry;
 /// One loaded workflow and the file it came from.
 #[derive(Clone, Debug)]
 pub struct Entry {
+    /// The parsed and validated workflow.
     pub workflow: Workflow,
+    /// The file it was read from (`xmbridge.toml` or a file in a workflows directory).
     pub file: PathBuf,
 }
 
@@ -47,14 +49,17 @@ impl Sources {
 /// Every workflow, in load order.
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
+    /// The workflows, `xmbridge.toml` first, then `./workflows`, then `$XMBRIDGE_HOME/workflows`.
     pub entries: Vec<Entry>,
 }
 
 impl Catalog {
+    /// The workflow named `name`, if any.
     pub fn get(&self, name: &str) -> Option<&Entry> {
         self.entries.iter().find(|e| e.workflow.name == name)
     }
 
+    /// Every workflow's name, in load order (for listings and "did you mean" errors).
     pub fn names(&self) -> Vec<&str> {
         self.entries
             .iter()
@@ -170,7 +175,9 @@ pub fn load(sources: &Sources, registry: &Registry) -> Result<Catalog, Definitio
 /// A parameter of a template.
 #[derive(Clone, Copy, Debug)]
 pub struct Param {
+    /// The placeholder's name, as written in `{{name}}` and given with `--set name=…`.
     pub name: &'static str,
+    /// One line for `workflow templates` and missing-parameter errors.
     pub help: &'static str,
     /// `None`: must be given with `--set`.
     pub default: Option<&'static str>,
@@ -180,9 +187,13 @@ pub struct Param {
 /// `{{ path }}` with spaces is an expression template and is left alone).
 #[derive(Clone, Copy, Debug)]
 pub struct Template {
+    /// The name given to `--template`.
     pub name: &'static str,
+    /// One line saying what the workflow does, for `workflow templates`.
     pub description: &'static str,
+    /// The workflow TOML with its placeholders.
     pub text: &'static str,
+    /// Every placeholder the text uses.
     pub params: &'static [Param],
 }
 
@@ -317,6 +328,7 @@ pub const TEMPLATES: &[Template] = &[
     },
 ];
 
+/// The built-in template named `name`, if any.
 pub fn template(name: &str) -> Option<&'static Template> {
     TEMPLATES.iter().find(|t| t.name == name)
 }
@@ -325,24 +337,42 @@ pub fn template(name: &str) -> Option<&'static Template> {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TemplateError {
+    /// No built-in template has that name.
     #[error("no template named \"{name}\"; templates: {known}")]
-    Unknown { name: String, known: String },
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// The built-in templates' names, comma-separated.
+        known: String,
+    },
+    /// Parameters without a default were not given.
     #[error("template {template}: missing parameters: {}; give each with --set NAME=VALUE", .missing.join(", "))]
     Missing {
+        /// The template's name.
         template: String,
         /// `name (help)` of each missing parameter.
         missing: Vec<String>,
     },
+    /// `--set` names a parameter the template does not have.
     #[error("template {template}: unknown parameter \"{param}\"; its parameters: {known}")]
     UnknownParam {
+        /// The template's name.
         template: String,
+        /// The parameter as given.
         param: String,
+        /// The template's parameter names, comma-separated.
         known: String,
     },
+    /// A value holds a character that could break out of its TOML string.
     #[error(
         "template {template}: parameter {param}: the value may not contain quotes, backslashes, braces or line breaks"
     )]
-    BadValue { template: String, param: String },
+    BadValue {
+        /// The template's name.
+        template: String,
+        /// The parameter whose value was refused.
+        param: String,
+    },
 }
 
 impl Template {

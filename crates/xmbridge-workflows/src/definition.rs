@@ -23,12 +23,15 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
 pub struct Workflow {
     /// `[a-z0-9_-]+`, unique across the catalog.
     pub name: String,
+    /// One line for listings, as written in the file; `None` when the file gives none.
     pub description: Option<String>,
     /// The project owner: a local user name whose linked accounts the steps use.
     pub owner: String,
+    /// What starts it (and so which event fields its expressions can use).
     pub trigger: Trigger,
     /// Runs the steps only when true (e.g. `response.values.QID1 <= 6`).
     pub condition: Option<Expr>,
+    /// The steps, run in order for each event; at least one.
     pub steps: Vec<Step>,
     /// Delivery attempts before the dead letter (default 8).
     pub max_attempts: u32,
@@ -87,17 +90,29 @@ fn fingerprint_of(value: &toml::Value) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Trigger {
     /// A Qualtrics `surveyengine.completedResponse.{SurveyID}` event delivered to the webhook.
-    QualtricsResponse { survey_id: String },
+    QualtricsResponse {
+        /// The survey whose completed responses start the workflow (`SV_…`).
+        survey_id: String,
+    },
     /// New responses seen by `xmbridge sync`.
-    SyncResponses { survey_id: String },
+    SyncResponses {
+        /// The synced survey whose new responses start the workflow (`SV_…`).
+        survey_id: String,
+    },
     /// A Salesforce outbound message (SOAP) for that sObject. `organization_id` pins the org
     /// whose messages are accepted (besides the endpoint token).
     SalesforceOutbound {
+        /// The sObject the outbound message is for (`Case`, `Contact` …).
         object: String,
+        /// The only organization id accepted; `None`: the org of the owner's linked Salesforce
+        /// account when known (see [`crate::hooks::protection`]), else any.
         organization_id: Option<String>,
     },
     /// An inbound JSON call from a ServiceNow business rule on that table.
-    ServiceNow { table: String },
+    ServiceNow {
+        /// The table whose business rule calls the hook (`incident` …).
+        table: String,
+    },
 }
 
 impl Trigger {
@@ -211,6 +226,7 @@ impl fmt::Display for Trigger {
 /// One step: an action run with inputs rendered from the event (and earlier steps' outputs).
 #[derive(Clone, Debug)]
 pub struct Step {
+    /// Unique within the workflow; later steps read this step's output as `steps.NAME`.
     pub name: String,
     /// Registry name of the action (`salesforce.upsert`, `create-distribution` …).
     pub action: String,
@@ -234,8 +250,11 @@ pub struct Step {
 /// An input value: an expression, or a table/array of them (e.g. `embedded_data = { tier = "…" }`).
 #[derive(Clone, Debug)]
 pub enum Input {
+    /// A leaf: an expression, template or constant.
     Expr(Expr),
+    /// A TOML table: rendered to a JSON object, leaving out keys whose value is `null`.
     Object(BTreeMap<String, Input>),
+    /// A TOML array: rendered to a JSON array element by element.
     Array(Vec<Input>),
 }
 
@@ -272,6 +291,7 @@ pub struct EventContext {
 }
 
 impl EventContext {
+    /// The context of `event` before any step has run.
     pub fn new(event: Value) -> EventContext {
         EventContext {
             event,
@@ -293,8 +313,11 @@ impl EventContext {
 /// A step ready to run: the action, the account and concrete JSON inputs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RenderedStep {
+    /// Registry name of the action to run.
     pub action: String,
+    /// The account or connection the step names; `None` = the owner's default.
     pub account: Option<String>,
+    /// The step's inputs evaluated for this event.
     pub inputs: Inputs,
 }
 
@@ -302,15 +325,26 @@ pub struct RenderedStep {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PlanError {
+    /// The worker asked for a step past the workflow's last.
     #[error("workflow \"{workflow}\" has no step number {index}")]
-    NoSuchStep { workflow: String, index: usize },
+    NoSuchStep {
+        /// The workflow's name.
+        workflow: String,
+        /// The 0-based step index asked for.
+        index: usize,
+    },
+    /// A required input evaluated to `null` for this event.
     #[error(
         "workflow \"{workflow}\", step \"{step}\": input \"{input}\" is required but `{expr}` is empty for this event"
     )]
     MissingInput {
+        /// The workflow's name.
         workflow: String,
+        /// The step's name.
         step: String,
+        /// The required input's name.
         input: String,
+        /// The input's expression as written.
         expr: String,
     },
 }
@@ -442,8 +476,11 @@ impl Workflow {
 /// `file: workflow "w", step "s", input "i": …`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Location {
+    /// The file as shown to the user: its path, or `template NAME` for a built-in template.
     pub file: String,
+    /// The workflow's name; `None` for a problem with the file itself.
     pub workflow: Option<String>,
+    /// The step's name; `None` for a problem outside the steps.
     pub step: Option<String>,
     /// `input "urgency"`, `field "NPS__c"`, `condition`, `trigger.survey_id` …
     pub field: Option<String>,
@@ -471,7 +508,9 @@ impl fmt::Display for Location {
 /// One thing wrong in a workflow file, with what to write instead.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
+    /// Where the problem is.
     pub location: Location,
+    /// What is wrong and what to write instead.
     pub message: String,
 }
 
@@ -484,6 +523,7 @@ impl fmt::Display for Problem {
 /// Every problem found in a file (at least one).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub struct DefinitionError {
+    /// The problems in file order.
     pub problems: Vec<Problem>,
 }
 
@@ -500,7 +540,7 @@ impl fmt::Display for DefinitionError {
 }
 
 impl DefinitionError {
-    pub fn single(location: Location, message: impl Into<String>) -> DefinitionError {
+    pub(crate) fn single(location: Location, message: impl Into<String>) -> DefinitionError {
         DefinitionError {
             problems: vec![Problem {
                 location,

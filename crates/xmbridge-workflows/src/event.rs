@@ -18,11 +18,19 @@ pub enum EventError {
     BadSignature,
     /// A required part is missing or malformed.
     #[error("malformed {what}: {detail}")]
-    Malformed { what: &'static str, detail: String },
+    Malformed {
+        /// The part that is wrong (`MSG`, "SOAP message", "Notification", "ServiceNow record").
+        what: &'static str,
+        /// What is wrong with it, for the caller's error message.
+        detail: String,
+    },
     /// The Salesforce organization is not the one the hook accepts. Only what arrived is in the
     /// message: the expected id is what a forger would need.
     #[error("outbound message from organization {got}, which this hook does not accept")]
-    WrongOrganization { got: String },
+    WrongOrganization {
+        /// The organization id the message carried.
+        got: String,
+    },
 }
 
 /// Payload key marking a Qualtrics event the worker has not yet enriched with the response.
@@ -122,8 +130,11 @@ pub fn sync_response_event(
 /// The parts of an outbound message the receiver needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboundMessage {
+    /// The sending Salesforce organization's id (`OrganizationId`), as it arrived.
     pub organization_id: String,
+    /// The id of the workflow outbound-message action that sent it (`ActionId`; empty if absent).
     pub action_id: String,
+    /// One event per `Notification`, in message order (1 to 100).
     pub events: Vec<NewEvent>,
 }
 

@@ -91,16 +91,22 @@ pub fn function_names() -> impl Iterator<Item = &'static str> {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message} (column {column})")]
 pub struct ParseError {
+    /// 1-based column, in characters, where the problem was found.
     pub column: usize,
+    /// What is wrong, without the column.
     pub message: String,
 }
 
 /// What an expression yields, when that can be known before an event arrives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StaticType {
+    /// A JSON string.
     Text,
+    /// A JSON number.
     Number,
+    /// A JSON boolean.
     Bool,
+    /// JSON `null`.
     Null,
     /// Depends on the event (a path into a response, `coalesce` of mixed things …).
     Unknown,
@@ -148,6 +154,7 @@ impl Expr {
         }
     }
 
+    /// The expression as written in the workflow file (for a constant, its JSON text).
     pub fn source(&self) -> &str {
         &self.source
     }

@@ -92,7 +92,12 @@ pub enum OrgCheck {
     /// `organization_id` in the trigger.
     Pinned(String),
     /// The org of the owner's linked Salesforce account.
-    Linked { account: String, org_id: String },
+    Linked {
+        /// The linked account's name.
+        account: String,
+        /// Its organization id (`00D…`).
+        org_id: String,
+    },
     /// Not checked, and why (the token alone authenticates).
     NotChecked(String),
 }
@@ -110,6 +115,7 @@ impl OrgCheck {
 /// What a workflow's inbound endpoint demands of a caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Protection {
+    /// How the caller authenticates (shared-key HMAC, endpoint token or shared secret).
     pub auth: HookAuth,
     /// Salesforce hooks only.
     pub org: Option<OrgCheck>,
@@ -137,6 +143,8 @@ impl Protection {
         s
     }
 
+    /// The same for `--json` output: `auth`, `description` and `organization` (`null` when not
+    /// a Salesforce hook).
     pub fn to_json(&self) -> Value {
         let org = match &self.org {
             Some(OrgCheck::Pinned(o)) => json!({"checked": true, "org_id": o, "from": "trigger"}),
@@ -183,64 +191,94 @@ pub fn protection(workflow: &Workflow, accounts: Option<&Accounts>) -> Option<Pr
     Some(Protection { auth, org })
 }
 
-/// Errors keeping subscriptions in order.
+/// Why one workflow's subscription could not be put in order (reported as
+/// [`SubscriptionChange::Failed`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum HookError {
+pub(crate) enum HookError {
+    /// Deleting a stale subscription or creating the new one failed at Qualtrics.
     #[error(transparent)]
     Action(#[from] ActionError),
+    /// Reading or writing the subscription records failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 /// A subscription a running workflow needs.
 pub struct WantedSubscription {
+    /// The running `qualtrics-response` workflow.
     pub workflow: String,
     /// `surveyengine.completedResponse.{SV}`
     pub topic: String,
+    /// The workflow's public hook URL Qualtrics posts events to.
     pub url: String,
+    /// The workflow's hook secret, which Qualtrics signs each event with.
     pub shared_key: SecretString,
 }
 
 /// What [`reconcile_subscriptions`] did, one entry per subscription touched or seen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SubscriptionChange {
+    /// Already registered as wanted: left as it is.
     Kept {
+        /// The workflow it serves.
         workflow: String,
+        /// The Qualtrics subscription id.
         id: String,
     },
+    /// Registered now.
     Created {
+        /// The workflow it serves.
         workflow: String,
+        /// The new Qualtrics subscription id.
         id: String,
+        /// The event topic (`surveyengine.completedResponse.{SV}`).
         topic: String,
+        /// The hook URL events are posted to.
         url: String,
     },
     /// One at our URL that this installation had no record of (made by an earlier version):
     /// replaced, because its shared key cannot be read back.
     Replaced {
+        /// The workflow it serves.
         workflow: String,
+        /// The id of the subscription deleted.
         old: String,
+        /// The id of the one registered in its place.
         id: String,
     },
+    /// One this installation made that no running workflow needs any more: deleted upstream.
     Removed {
+        /// The workflow it was made for.
         workflow: String,
+        /// The deleted Qualtrics subscription id.
         id: String,
+        /// Its event topic.
         topic: String,
+        /// The hook URL it posted to.
         url: String,
     },
     /// Gone upstream (removed by hand): forgotten.
     Vanished {
+        /// The workflow it was made for.
         workflow: String,
+        /// The Qualtrics subscription id that no longer exists.
         id: String,
     },
     /// Subscriptions to the workflow's path at other addresses that this installation has no
     /// record of: left alone (another installation may own them).
     Foreign {
+        /// The workflow whose path they point at.
         workflow: String,
+        /// Their Qualtrics subscription ids.
         ids: Vec<String>,
     },
+    /// Listing, creating or deleting at Qualtrics, or recording, failed for this workflow's
+    /// subscription.
     Failed {
+        /// The workflow concerned.
         workflow: String,
+        /// What went wrong, for the operator.
         error: String,
     },
 }

@@ -14,15 +14,20 @@ use std::collections::BTreeMap;
 
 /// How a step writes a record, derived from its action's name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WriteKind {
+pub(crate) enum WriteKind {
+    /// Creates a record (`create…`).
     Create,
+    /// Updates an existing record (`…update…`).
     Update,
+    /// Creates or updates by external id (`…upsert…`).
     Upsert,
+    /// Writes no record (a query, a look-up …).
     Other,
 }
 
 impl WriteKind {
-    pub fn of_action(action: &str) -> WriteKind {
+    /// The kind of the action named `action`, judged by its last dot-separated word.
+    pub(crate) fn of_action(action: &str) -> WriteKind {
         let verb = action.rsplit('.').next().unwrap_or(action);
         if verb.contains("upsert") {
             WriteKind::Upsert
@@ -34,10 +39,12 @@ impl WriteKind {
             WriteKind::Other
         }
     }
-    pub fn creates(self) -> bool {
+    /// May create a record (so create access and required fields matter).
+    pub(crate) fn creates(self) -> bool {
         matches!(self, WriteKind::Create | WriteKind::Upsert)
     }
-    pub fn updates(self) -> bool {
+    /// May update a record (so edit access matters).
+    pub(crate) fn updates(self) -> bool {
         matches!(self, WriteKind::Update | WriteKind::Upsert)
     }
 }
@@ -45,8 +52,12 @@ impl WriteKind {
 /// A step's mapping onto one target object.
 #[derive(Clone, Debug)]
 pub struct Mapping {
+    /// The target object or table (`Contact`, `incident` …).
     pub object: String,
+    /// The key field of an upsert (`Email`, `Qualtrics_Id__c` …); `None` when the mapping names
+    /// none (an upsert action requires one).
     pub external_id_field: Option<String>,
+    /// The expression giving the key's value for each event; given exactly when the key field is.
     pub external_id: Option<Expr>,
     /// Target field → expression, in file order.
     pub fields: BTreeMap<String, Expr>,
@@ -55,11 +66,15 @@ pub struct Mapping {
 /// One field as the target describes it (Salesforce `describe` field names in comments).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FieldDescribe {
+    /// `name`: the API name (`Email`, `NPS__c`); matched without regard to case.
     pub name: String,
     /// `type`: `string`, `double`, `boolean`, `date`, `picklist`, `reference` …
     pub type_: String,
+    /// `createable`: the linked user may set it on create.
     pub createable: bool,
+    /// `updateable`: the linked user may set it on update.
     pub updateable: bool,
+    /// `nillable`: may be empty (a non-nillable field without a default is required on create).
     pub nillable: bool,
     /// `defaultedOnCreate`
     pub defaulted_on_create: bool,
@@ -74,13 +89,18 @@ pub struct FieldDescribe {
 /// An object as the target describes it to the linked user.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ObjectDescribe {
+    /// `name`: the object's API name (`Contact`, `Survey_Response__c`).
     pub name: String,
+    /// `createable`: the linked user may create records of it.
     pub createable: bool,
+    /// `updateable`: the linked user may edit records of it.
     pub updateable: bool,
+    /// `fields`: the fields the linked user can see.
     pub fields: Vec<FieldDescribe>,
 }
 
 impl ObjectDescribe {
+    /// The field named `name`, compared without regard to case as Salesforce does.
     pub fn field(&self, name: &str) -> Option<&FieldDescribe> {
         self.fields
             .iter()
@@ -139,18 +159,35 @@ impl ObjectDescribe {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SchemaError {
+    /// The object does not exist or the linked user cannot see it.
     #[error(
         "{object}: no such object for the linked user (it does not exist or the user cannot see it)"
     )]
-    UnknownObject { object: String },
+    UnknownObject {
+        /// The object asked for.
+        object: String,
+    },
+    /// The describe call failed (network, authorization, the system's own error).
     #[error("{object}: the describe call failed: {reason}")]
-    Unavailable { object: String, reason: String },
+    Unavailable {
+        /// The object asked for.
+        object: String,
+        /// The client's error, as text.
+        reason: String,
+    },
+    /// The describe answer lacks what the checks need (`name`, `fields`).
     #[error("{object}: the describe answer is malformed: {reason}")]
-    Malformed { object: String, reason: String },
+    Malformed {
+        /// The object asked for (`?` when the answer does not name it).
+        object: String,
+        /// What is missing or wrong.
+        reason: String,
+    },
 }
 
 /// A source of object descriptions, as seen by one linked account.
 pub trait TargetSchema: Send + Sync {
+    /// Describes `object` (matched without regard to case) as the linked user sees it.
     fn describe<'a>(
         &'a self,
         object: &'a str,
@@ -164,6 +201,7 @@ pub struct StaticSchema {
 }
 
 impl StaticSchema {
+    /// A schema answering for exactly `objects`, looked up by name without regard to case.
     pub fn new(objects: impl IntoIterator<Item = ObjectDescribe>) -> StaticSchema {
         StaticSchema {
             objects: objects
@@ -211,6 +249,7 @@ impl TargetSchema for StaticSchema {
 /// Salesforce describes through the `xmbridge-salesforce` client, as its linked user sees them
 /// (the describe reflects the user's object and field-level security).
 pub struct SalesforceSchema {
+    /// A client signed in as the workflow owner's linked account.
     pub client: std::sync::Arc<xmbridge_salesforce::SalesforceClient>,
 }
 
@@ -250,8 +289,10 @@ impl TargetSchema for SalesforceSchema {
 /// One problem a mapping has against a describe: the field it concerns (`None` for the object)
 /// and what to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MappingProblem {
+pub(crate) struct MappingProblem {
+    /// The target field it concerns; `None` for the object or the mapping as a whole.
     pub field: Option<String>,
+    /// What is wrong and what to do.
     pub message: String,
 }
 
@@ -259,7 +300,7 @@ const NUMERIC: &[&str] = &["double", "currency", "percent", "int", "long"];
 const DATES: &[&str] = &["date", "datetime", "time"];
 
 /// Type checks of `mapping` against `describe` for a write of kind `kind`.
-pub fn check_mapping(
+pub(crate) fn check_mapping(
     mapping: &Mapping,
     kind: WriteKind,
     describe: &ObjectDescribe,

@@ -17,6 +17,7 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// An outbox over `store` with a fresh wake-up signal; clones share both.
     pub fn new(store: Arc<dyn Store>) -> Outbox {
         Outbox {
             store,
@@ -24,6 +25,7 @@ impl Outbox {
         }
     }
 
+    /// The state store events are committed to.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }

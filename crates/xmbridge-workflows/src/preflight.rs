@@ -17,6 +17,8 @@ use xmbridge_actions::{Inputs, Registry, System, check_inputs};
 
 /// Finds the schema (describe source) for a step's target, as seen by the step's account.
 pub trait Describers: Sync {
+    /// The schema for `step`'s target; `None` when its system cannot be described (the checks
+    /// that need a describe are then noted as not done).
     fn schema_for(&self, step: &Step) -> Option<&dyn TargetSchema>;
 }
 
@@ -41,10 +43,14 @@ pub enum CheckKind {
     Input,
 }
 
+/// One problem found in a step.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Check {
+    /// Which kind of check found it.
     pub kind: CheckKind,
+    /// The input or target field it concerns; `None` for the step as a whole.
     pub field: Option<String>,
+    /// What is wrong and what to do.
     pub message: String,
 }
 
@@ -53,41 +59,64 @@ pub struct Check {
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum Outcome {
     /// Would run with exactly these inputs.
-    Send { inputs: Inputs },
+    Send {
+        /// The action's inputs, rendered for the event.
+        inputs: Inputs,
+    },
     /// Would not run.
-    Skipped { reason: String },
+    Skipped {
+        /// Why (the workflow's condition or the step's `when` is false).
+        reason: String,
+    },
     /// Could not be rendered for this event.
-    Error { message: String },
+    Error {
+        /// The rendering error.
+        message: String,
+    },
 }
 
+/// The dry run of one step.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StepReport {
+    /// The step's name.
     pub name: String,
+    /// Registry name of the step's action.
     pub action: String,
+    /// The action's system, for people (`Salesforce`, `ServiceNow`, `Qualtrics`).
     pub system: String,
+    /// The account the step names; `None` = the owner's default.
     pub account: Option<String>,
+    /// Whether the step would run and with what.
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// Every problem found; the step would fail or be refused if any.
     pub problems: Vec<Check>,
     /// What was not checked and why (no describe for this system, …).
     pub notes: Vec<String>,
 }
 
+/// The dry run and preflight of one workflow for one event (`workflow test`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
+    /// The workflow's name.
     pub workflow: String,
+    /// The workflow's owner, whose linked accounts were checked.
     pub owner: String,
+    /// The trigger, described for people.
     pub trigger: String,
     /// The condition's text and its value for this event.
     pub condition: Option<(String, bool)>,
+    /// One report per step, in order.
     pub steps: Vec<StepReport>,
 }
 
 impl Report {
+    /// The number of problems over all steps.
     pub fn problem_count(&self) -> usize {
         self.steps.iter().map(|s| s.problems.len()).sum()
     }
 
+    /// True when no step has a problem (`workflow test` then exits 0).
     pub fn passed(&self) -> bool {
         self.problem_count() == 0
     }

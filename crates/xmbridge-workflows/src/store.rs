@@ -29,29 +29,48 @@ pub enum StoreError {
     /// SQLite failed.
     #[error("workflow state store {path}: {source}")]
     Database {
+        /// The store's database file.
         path: PathBuf,
+        /// SQLite's error.
         #[source]
         source: rusqlite::Error,
     },
     /// A row holds something this code cannot read (hand-edited or from a newer version).
     #[error("workflow state store {path}: {what} is not readable ({detail})")]
     Corrupted {
+        /// The store's database file.
         path: PathBuf,
+        /// The unreadable value and its row (`the payload of event ev_…`, `the kind of account a`).
         what: String,
+        /// Why it could not be read.
         detail: String,
     },
     /// Another worker took the event over (this worker's lease ran out); its work is dropped.
     #[error("event {event}: the lease of worker {owner} ran out and another worker took it over")]
-    LeaseLost { event: String, owner: String },
+    LeaseLost {
+        /// The event's id.
+        event: String,
+        /// The worker whose lease ran out.
+        owner: String,
+    },
     /// No such event.
     #[error("no event {event} (see `xmbridge workflow status WORKFLOW`)")]
-    NoSuchEvent { event: String },
+    NoSuchEvent {
+        /// The event id asked for.
+        event: String,
+    },
     /// An account name is taken.
     #[error("an account named {name} already exists; pick another name or unlink it first")]
-    DuplicateAccount { name: String },
+    DuplicateAccount {
+        /// The name already taken.
+        name: String,
+    },
     /// No such account.
     #[error("no linked account named {name} (see `xmbridge account list`)")]
-    NoSuchAccount { name: String },
+    NoSuchAccount {
+        /// The account name asked for.
+        name: String,
+    },
 }
 
 /// Where an event came from.
@@ -70,6 +89,7 @@ pub enum EventSource {
 }
 
 impl EventSource {
+    /// The word stored in the `source` column and shown by `workflow status`.
     pub fn as_str(self) -> &'static str {
         match self {
             EventSource::Qualtrics => System::Qualtrics.as_str(),
@@ -109,6 +129,7 @@ pub enum EventState {
 }
 
 impl EventState {
+    /// Every state, in the order of an event's life (and of `workflow status` counts).
     pub const ALL: [EventState; 5] = [
         EventState::Pending,
         EventState::Running,
@@ -117,6 +138,7 @@ impl EventState {
         EventState::Dead,
     ];
 
+    /// The word stored in the `state` column and shown by `workflow status`.
     pub fn as_str(self) -> &'static str {
         match self {
             EventState::Pending => "pending",
@@ -141,11 +163,14 @@ impl fmt::Display for EventState {
 /// An event to put in the outbox.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewEvent {
+    /// The workflow that will run on it.
     pub workflow: String,
+    /// Where it came from.
     pub source: EventSource,
     /// Unique per workflow: the same key again is a duplicate and is dropped (webhook
     /// `ResponseID`, Salesforce notification `Id`, ServiceNow `sys_id` + `sys_updated_on` …).
     pub dedupe_key: String,
+    /// What arrived, as JSON: the worker enriches it and the steps' expressions read it.
     pub payload: Value,
 }
 
@@ -177,6 +202,7 @@ pub enum Enqueued {
 }
 
 impl Enqueued {
+    /// The event's id, new or duplicate.
     pub fn id(&self) -> &str {
         match self {
             Enqueued::New(id) | Enqueued::Duplicate(id) => id,
@@ -187,27 +213,38 @@ impl Enqueued {
 /// One event as stored.
 #[derive(Clone, Debug)]
 pub struct EventRow {
+    /// `ev_…`, see [`event_id`].
     pub id: String,
+    /// The workflow that runs on it.
     pub workflow: String,
+    /// Where it came from.
     pub source: EventSource,
+    /// Unique per workflow, see [`NewEvent::dedupe_key`].
     pub dedupe_key: String,
+    /// The event's JSON, enriched once the worker has fetched what it needs.
     pub payload: Value,
+    /// Where it is in its life.
     pub state: EventState,
     /// Failed attempts so far (a pause does not count).
     pub attempts: u32,
     /// Unix milliseconds.
     pub next_attempt_at: i64,
+    /// The last failed attempt's error; `None` until one fails.
     pub last_error: Option<String>,
     /// The step that failed last.
     pub last_step: Option<String>,
+    /// When it was enqueued, Unix milliseconds.
     pub created_at: i64,
+    /// When its row last changed, Unix milliseconds.
     pub updated_at: i64,
 }
 
 /// A workflow's run state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WorkflowState {
+    /// The workflow's name.
     pub workflow: String,
+    /// True while its events are held (not leased) until it is resumed.
     pub paused: bool,
     /// Why (`account token expired`, `paused by pat` …).
     pub reason: Option<String>,
@@ -217,6 +254,7 @@ pub struct WorkflowState {
     pub paused_account: Option<String>,
     /// Who created the workflow (the first editor); only their edits keep the binding.
     pub creator: Option<String>,
+    /// Who changed the definition last; `None` when no edit was recorded.
     pub last_editor: Option<String>,
     /// False after an edit by a collaborator who is not the creator, until re-authorized.
     pub binding_valid: bool,
@@ -232,6 +270,7 @@ pub enum AccountKind {
 }
 
 impl AccountKind {
+    /// The word stored in the `kind` column and shown by `account list`.
     pub fn as_str(self) -> &'static str {
         match self {
             AccountKind::OAuth => "oauth",
@@ -251,11 +290,13 @@ impl AccountKind {
 /// same name).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccountRow {
+    /// The account's name, also its vault connection's.
     pub name: String,
     /// `salesforce` or `servicenow`.
     pub system: String,
     /// The local user who linked it.
     pub owner: String,
+    /// OAuth or server-to-server.
     pub kind: AccountKind,
     /// Linked by a brand admin (shareable) rather than privately by a user.
     pub brand: bool,
@@ -263,13 +304,16 @@ pub struct AccountRow {
     pub org_id: Option<String>,
     /// False after the provider refused the token, until re-authorized.
     pub token_ok: bool,
+    /// When it was linked, Unix milliseconds.
     pub created_at: i64,
 }
 
 /// Counts per state and the dead letters of one workflow.
 #[derive(Clone, Debug, Default)]
 pub struct WorkflowStatus {
+    /// Number of events in each state; states without events are absent.
     pub counts: BTreeMap<EventState, u64>,
+    /// The dead letter, in the order the events were parked.
     pub dead: Vec<DeadEvent>,
     /// Failed attempts charged to the workflow's events (retried, or leading to a dead letter);
     /// a replay resets an event's count.
@@ -282,7 +326,9 @@ pub struct WorkflowStatus {
 /// to the dead letter instead).
 #[derive(Debug, Default)]
 pub struct Leased {
+    /// The events now leased to the caller.
     pub events: Vec<EventRow>,
+    /// Due rows that could not be read and were parked in the dead letter.
     pub unreadable: usize,
 }
 
@@ -304,13 +350,17 @@ impl IntoIterator for Leased {
 /// A Qualtrics event subscription that xmbridge created (or adopted) for a workflow's webhook.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubscriptionRecord {
+    /// The Qualtrics subscription id.
     pub subscription_id: String,
+    /// The workflow it was made for.
     pub workflow: String,
     /// The Qualtrics connection it was created through.
     pub connection: String,
+    /// The event topic (`surveyengine.completedResponse.{SV}`).
     pub topic: String,
     /// Where Qualtrics posts (the publication URL).
     pub url: String,
+    /// When it was recorded, Unix milliseconds.
     pub created_at: i64,
 }
 
@@ -318,10 +368,16 @@ pub struct SubscriptionRecord {
 /// payload cannot be read (the reason it was parked, perhaps) still shows, with a `Null` payload.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeadEvent {
+    /// The event's id (what `workflow replay --event` takes).
     pub id: String,
+    /// Its dedupe key, which identifies it upstream (response id, notification id …).
     pub dedupe_key: String,
+    /// Failed attempts before it was parked.
     pub attempts: u32,
+    /// The step that failed last (`condition` for the workflow's condition, `-` when the
+    /// workflow is no longer defined); `None` when none was recorded.
     pub last_step: Option<String>,
+    /// Why it was parked.
     pub last_error: Option<String>,
     /// `Null` when the stored payload is not readable JSON.
     pub payload: Value,
@@ -394,10 +450,15 @@ pub trait Store: Send + Sync + 'static {
     /// Moves dead events back to pending with fresh attempts: one (`event`) or all of the
     /// workflow's. Returns how many.
     fn replay(&self, workflow: &str, event: Option<&str>, now_ms: i64) -> Result<u64, StoreError>;
+    /// The event with this id, or [`StoreError::NoSuchEvent`].
     fn get_event(&self, event: &str) -> Result<EventRow, StoreError>;
+    /// The workflow's counts per state and its dead letter.
     fn status(&self, workflow: &str) -> Result<WorkflowStatus, StoreError>;
 
+    /// The workflow's run state; a workflow never recorded is running and bound.
     fn workflow_state(&self, workflow: &str) -> Result<WorkflowState, StoreError>;
+    /// Pauses the workflow with why and the command that fixes it; `account` is the account
+    /// whose refused token caused it, if any.
     fn set_paused(
         &self,
         workflow: &str,
@@ -405,6 +466,7 @@ pub trait Store: Send + Sync + 'static {
         fix: &str,
         account: Option<&str>,
     ) -> Result<(), StoreError>;
+    /// Resumes the workflow, clearing the reason, fix and account of its pause.
     fn resume(&self, workflow: &str) -> Result<(), StoreError>;
     /// Workflows paused because of this account's refused token.
     fn paused_on_account(&self, account: &str) -> Result<Vec<String>, StoreError>;
@@ -426,19 +488,28 @@ pub trait Store: Send + Sync + 'static {
     /// Workflows whose binding is dropped.
     fn unbound_workflows(&self) -> Result<Vec<String>, StoreError>;
 
+    /// Records a new account; [`StoreError::DuplicateAccount`] if the name is taken.
     fn insert_account(&self, account: &AccountRow) -> Result<(), StoreError>;
+    /// The account of that name, or [`StoreError::NoSuchAccount`].
     fn get_account(&self, name: &str) -> Result<AccountRow, StoreError>;
+    /// Every account, by name.
     fn list_accounts(&self) -> Result<Vec<AccountRow>, StoreError>;
+    /// Deletes the account's row, or [`StoreError::NoSuchAccount`].
     fn remove_account(&self, name: &str) -> Result<(), StoreError>;
+    /// Marks the account's token refused (`false`) or working again (`true`).
     fn set_token_ok(&self, name: &str, ok: bool) -> Result<(), StoreError>;
+    /// Records the account's Salesforce organization id once it is learnt.
     fn set_org_id(&self, name: &str, org_id: &str) -> Result<(), StoreError>;
+    /// Shares the account with `user` (granting twice is no error).
     fn grant(&self, account: &str, user: &str) -> Result<(), StoreError>;
+    /// The users the account is shared with, by name.
     fn grants(&self, account: &str) -> Result<Vec<String>, StoreError>;
 
     /// Remembers a Qualtrics event subscription made for a workflow (replacing one of that id).
     fn record_subscription(&self, sub: &SubscriptionRecord) -> Result<(), StoreError>;
     /// Every remembered subscription, oldest first.
     fn subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StoreError>;
+    /// Forgets a remembered subscription (deleted upstream or gone); unknown ids are no error.
     fn forget_subscription(&self, subscription_id: &str) -> Result<(), StoreError>;
 }
 
@@ -627,6 +698,7 @@ impl SqliteStore {
         })
     }
 
+    /// The SQLite database file.
     pub fn path(&self) -> &Path {
         &self.path
     }

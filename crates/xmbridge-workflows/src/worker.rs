@@ -32,16 +32,19 @@ pub struct StepCall {
     pub action: String,
     /// The account or connection to use; `None` = the workflow owner's default.
     pub account: Option<String>,
+    /// The action's inputs, rendered for the event.
     pub inputs: Inputs,
 }
 
 /// What the workers need of a workflow definition.
 pub trait Plan: Send + Sync {
+    /// The workflow's name, as stored with its events.
     fn name(&self) -> &str;
     /// The project owner, whose accounts the steps use.
     fn owner(&self) -> &str;
     /// Failed attempts before the dead letter.
     fn max_attempts(&self) -> u32;
+    /// The steps' names in order; a step whose output is recorded is not run again.
     fn step_names(&self) -> Vec<String>;
     /// The workflow's condition over the (enriched) event.
     fn matches(&self, event: &Value, steps: &Map<String, Value>) -> Result<bool, PlanError>;
@@ -77,7 +80,9 @@ pub trait Connector: Send + Sync {
 /// Backoff between failed attempts: `base · 2^(attempt-1)`, capped, with jitter in its upper half.
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
+    /// The wait after the first failed attempt, before jitter (default 2 s).
     pub base: Duration,
+    /// The longest wait, before jitter (default 15 min).
     pub cap: Duration,
 }
 
@@ -107,12 +112,14 @@ impl RetryPolicy {
 /// Worker settings.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
+    /// Delivery workers running side by side (at least one runs).
     pub workers: usize,
     /// How long a leased event stays with its worker before others may take it (a killed
     /// worker's events come back after this).
     pub lease: Duration,
     /// Events leased per round.
     pub batch: usize,
+    /// The backoff between failed attempts.
     pub retry: RetryPolicy,
     /// Longest sleep between polls when nothing wakes the worker.
     pub poll: Duration,
@@ -136,12 +143,18 @@ impl Default for EngineConfig {
 /// What happened to one leased event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// Every step done.
     Done,
+    /// The workflow's condition was false.
     Skipped,
+    /// A step failed and will be tried again.
     Retry {
+        /// Failed attempts so far, this one included.
         attempts: u32,
+        /// When the next attempt is due, Unix milliseconds.
         at_ms: i64,
     },
+    /// Parked in the dead letter (attempts used up, or a failure retrying cannot fix).
     Dead,
     /// The workflow is paused; the event went back unchanged.
     Held,
@@ -152,10 +165,15 @@ pub enum Outcome {
 /// Counts of a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunSummary {
+    /// Events with every step done.
     pub done: u64,
+    /// Events whose workflow condition was false.
     pub skipped: u64,
+    /// Failed attempts scheduled for a retry.
     pub retried: u64,
+    /// Events parked in the dead letter.
     pub dead: u64,
+    /// Events handed back because their workflow is paused.
     pub held: u64,
 }
 
@@ -210,7 +228,12 @@ pub enum WorkerState {
     /// Its last look at the outbox worked.
     Running,
     /// It failed and waits to be restarted.
-    Failing { error: String, restarts: u32 },
+    Failing {
+        /// The error that stopped it.
+        error: String,
+        /// How many times it was restarted so far.
+        restarts: u32,
+    },
     /// It stopped because the engine was told to stop (or, in `Once`/`UntilIdle`, ran out of work).
     Stopped,
 }
@@ -277,6 +300,8 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine delivering the events in `store` by `plans` (an event whose workflow is not
+    /// among them goes to the dead letter), woken by `wake` (the outbox's signal).
     pub fn new(
         store: Arc<dyn Store>,
         registry: Arc<Registry>,
@@ -307,6 +332,7 @@ impl Engine {
         self.health.clone()
     }
 
+    /// The state store the engine leases events from.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }

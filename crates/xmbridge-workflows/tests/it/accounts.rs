@@ -8,10 +8,10 @@ use xmbridge_workflows::accounts::{Access, AccountError, Accounts, LinkRequest};
 use xmbridge_workflows::store::{AccountKind, SqliteStore, Store};
 
 fn setup() -> (tempfile::TempDir, Arc<SqliteStore>, Accounts) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("state.db");
-    let vault = Arc::new(Vault::open(&path, MasterKey::from_bytes([7; 32])).unwrap());
-    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let vault = Arc::new(Vault::open(&path, MasterKey::from_bytes([7; 32])).expect("vault opens"));
+    let store = Arc::new(SqliteStore::open(&path).expect("state store opens"));
     let accounts = Accounts::new(store.clone(), vault);
     (dir, store, accounts)
 }

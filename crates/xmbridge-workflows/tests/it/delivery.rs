@@ -162,8 +162,9 @@ struct Setup {
 }
 
 fn setup(steps: &[&str], max_attempts: u32) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(dir.path().join("state.db")).unwrap());
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store =
+        Arc::new(SqliteStore::open(dir.path().join("state.db")).expect("state store opens"));
     let outbox = Outbox::new(store.clone());
     let target = Target::default();
     let mut registry = Registry::new();
@@ -214,7 +215,7 @@ async fn drain(s: &Setup) -> xmbridge_workflows::worker::RunSummary {
     s.engine
         .run(RunMode::UntilIdle, std::future::pending())
         .await
-        .unwrap()
+        .expect("the engine runs until idle")
 }
 
 #[tokio::test]

@@ -22,9 +22,9 @@ async fn admin(h: &SalesforceHandle, method: &str, path: &str, body: Value) -> V
     } else {
         c.post(url).json(&body)
     };
-    let r = r.send().await.unwrap();
+    let r = r.send().await.expect("the simulator answers");
     assert!(r.status().is_success(), "{path}: {}", r.status());
-    r.json().await.unwrap()
+    r.json().await.expect("the simulator answers JSON")
 }
 
 /// A client linked as `user` through the web-server flow (auto-approved by the simulator).
@@ -32,27 +32,32 @@ async fn linked(h: &SalesforceHandle, user: &str) -> SalesforceClient {
     let c = admin(h, "GET", "/_sim/credentials", json!({})).await;
     let app = OAuthApp {
         login_url: h.base_url.clone(),
-        client_id: c["client_id"].as_str().unwrap().into(),
-        client_secret: SecretString::from(c["client_secret"].as_str().unwrap()),
+        client_id: c["client_id"].as_str().expect("client_id").into(),
+        client_secret: SecretString::from(c["client_secret"].as_str().expect("client_secret")),
         redirect_uri: "http://127.0.0.1:45678/oauth/callback".into(),
     };
     admin(h, "POST", "/_sim/oauth/auto-approve", json!({"user": user})).await;
-    let req = app.authorize("api refresh_token").unwrap();
+    let req = app.authorize("api refresh_token").expect("authorize URL");
     let browser = reqwest::Client::builder()
         .redirect(Policy::none())
         .build()
-        .unwrap();
-    let r = browser.get(&req.url).send().await.unwrap();
-    let loc = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+        .expect("HTTP client");
+    let r = browser
+        .get(&req.url)
+        .send()
+        .await
+        .expect("the simulator answers");
+    let location = r.headers()["location"].to_str().expect("ASCII Location");
+    let loc = url::Url::parse(location).expect("the redirect is a URL");
     let q: std::collections::HashMap<_, _> = loc.query_pairs().into_owned().collect();
     let t = app
         .exchange_code(&reqwest::Client::new(), &q["code"], &req.verifier)
         .await
-        .unwrap();
+        .expect("the code is exchanged");
     let provider = TokenProvider::web_server(
         reqwest::Client::new(),
         app,
-        t.refresh_token.clone().unwrap(),
+        t.refresh_token.clone().expect("a refresh token"),
         None,
     )
     .with_access(t.access_token.clone(), t.instance_url.clone())
@@ -65,8 +70,8 @@ async fn server_to_server(h: &SalesforceHandle) -> SalesforceClient {
     let c = admin(h, "GET", "/_sim/credentials", json!({})).await;
     let creds = ClientCredentials {
         token_url: h.token_url(),
-        client_id: c["client_id"].as_str().unwrap().into(),
-        client_secret: SecretString::from(c["client_secret"].as_str().unwrap()),
+        client_id: c["client_id"].as_str().expect("client_id").into(),
+        client_secret: SecretString::from(c["client_secret"].as_str().expect("client_secret")),
     };
     SalesforceClient::new(
         reqwest::Client::new(),
@@ -85,7 +90,8 @@ impl Describers for Sf {
 }
 
 fn workflow() -> Workflow {
-    let t = xmbridge_workflows::catalog::template("response-to-salesforce").unwrap();
+    let t = xmbridge_workflows::catalog::template("response-to-salesforce")
+        .expect("the built-in template");
     let params: BTreeMap<String, String> = [
         ("owner", "alice"),
         ("survey_id", "SV_1"),
@@ -95,14 +101,14 @@ fn workflow() -> Workflow {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let text = t.instantiate(&params).unwrap();
+    let text = t.instantiate(&params).expect("every parameter given");
     parse_file(
         "t",
         &text,
         FileKind::WorkflowFile,
         &xmbridge_actions::Registry::builtin(),
     )
-    .unwrap()
+    .expect("the template parses")
     .remove(0)
 }
 
