@@ -8,9 +8,10 @@ use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
-pub const MS_PER_DAY: i64 = 86_400_000;
+pub(crate) const MS_PER_DAY: i64 = 86_400_000;
 
 #[derive(Debug)]
+/// The simulated wall clock: starts at a configured instant, runs with real time, and tests can jump it forward.
 pub struct SimClock {
     start_ms: i64,
     started: Instant,
@@ -18,6 +19,7 @@ pub struct SimClock {
 }
 
 impl SimClock {
+    /// A clock that reads `start_ms` (epoch milliseconds) now.
     pub fn new(start_ms: i64) -> Self {
         SimClock {
             start_ms,
@@ -31,12 +33,14 @@ impl SimClock {
         self.start_ms
     }
 
+    /// Simulated "now", epoch milliseconds: the start plus real time elapsed plus every [`advance`](Self::advance).
     pub fn now_ms(&self) -> i64 {
         self.start_ms
             + self.started.elapsed().as_millis() as i64
             + self.offset_ms.load(Ordering::SeqCst)
     }
 
+    /// Moves simulated time forward by `ms` milliseconds (negative moves it back), e.g. to expire tokens without waiting.
     pub fn advance(&self, ms: i64) {
         self.offset_ms.fetch_add(ms, Ordering::SeqCst);
     }

@@ -5,6 +5,7 @@ use crate::clock::MS_PER_DAY;
 /// Everything that shapes a simulated account. Same settings and seed → same account, byte for byte.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
+    /// Seed of everything generated (ids, surveys, responses, contacts); the same seed gives the same account.
     pub seed: u64,
     /// Number of surveys in the account.
     pub surveys: usize,
@@ -17,6 +18,7 @@ pub struct SimConfig {
     /// The brand administrator's API token (40 characters in real Qualtrics; any non-empty string
     /// is accepted here so users can pick a memorable one).
     pub api_token: String,
+    /// The brand (organization) id, e.g. `acme`: the `brandId` of every user and the host prefix of brand URLs.
     pub brand_id: String,
     /// The data center the brand lives in, e.g. `fra1`.
     pub datacenter: String,

@@ -28,15 +28,21 @@ pub use server::{SnHandle, start_servicenow};
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     #[error("the simulator only listens on loopback addresses; {0} is not one (use 127.0.0.1:0)")]
+    /// The listen address is not a loopback address.
     NotLoopback(std::net::SocketAddr),
     #[error("cannot listen on {0}: {1}")]
+    /// The listen address could not be bound.
     Bind(std::net::SocketAddr, #[source] std::io::Error),
     #[error("cannot set up the brand's TLS certificates: {0}")]
+    /// The brand's mutual-TLS certificates could not be generated or loaded; the text says why.
     Tls(String),
     #[error("cannot write {path}: {source}")]
+    /// A file (such as the brand's CA certificate) could not be written.
     Write {
+        /// The file that could not be written.
         path: std::path::PathBuf,
         #[source]
+        /// Why it could not be written.
         source: std::io::Error,
     },
 }

@@ -9,10 +9,12 @@ use tokio::sync::oneshot;
 
 /// A running simulator of type `S`. Dropping it stops the server.
 pub struct Handle<S> {
+    /// The address the server listens on (loopback, the port chosen by the OS for port 0).
     pub addr: SocketAddr,
     /// `http://127.0.0.1:PORT` (or `https://` with mutual TLS on): for Salesforce also the org's
     /// `instance_url` and login host, for ServiceNow the instance URL.
     pub base_url: String,
+    /// The simulator's state, for tests to inspect and change directly.
     pub sim: Arc<S>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,

@@ -10,29 +10,42 @@ pub struct Permissions {
     pub api_access: bool,
     /// XM Directory "Manage Directories": needed for transaction batches.
     pub manage_directories: bool,
+    /// Brand administrator: calls that need one (such as managing event subscriptions) answer 403 without it.
     pub brand_admin: bool,
 }
 
 #[derive(Clone, Debug)]
+/// A user of the simulated brand, seeded at start or created through the users API.
 pub struct User {
+    /// The user id, `UR_…`.
     pub id: String,
+    /// The login name, unique in the brand.
     pub username: String,
+    /// Given name, as the users API shows it.
     pub first_name: String,
+    /// Family name, as the users API shows it.
     pub last_name: String,
+    /// Contact e-mail address.
     pub email: String,
     /// `UT_BRANDADMIN`, `UT_PARTICIPANT` …
     pub user_type: String,
+    /// The user's API token (`X-API-TOKEN`); derived from the seed, or the configured one for the brand administrator.
     pub api_token: String,
+    /// What the user may do; checked on every API call.
     pub permissions: Permissions,
+    /// The division the user belongs to (`DV_…`); `None` outside any division.
     pub division_id: Option<String>,
+    /// `active`, or another status that makes every call of the user fail.
     pub account_status: String,
+    /// Interface language code, e.g. `EN`.
     pub language: String,
+    /// IANA time zone name, e.g. `Europe/Berlin`.
     pub time_zone: String,
-    pub creation_ms: i64,
-    pub last_login_ms: i64,
-    pub password_last_changed_ms: i64,
-    pub password_expiration_ms: Option<i64>,
-    pub account_expiration_ms: Option<i64>,
+    pub(crate) creation_ms: i64,
+    pub(crate) last_login_ms: i64,
+    pub(crate) password_last_changed_ms: i64,
+    pub(crate) password_expiration_ms: Option<i64>,
+    pub(crate) account_expiration_ms: Option<i64>,
     /// Opted out of Qualtrics product e-mails.
     pub unsubscribed: bool,
 }

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
-pub fn routes() -> Router<SharedSim> {
+pub(crate) fn routes() -> Router<SharedSim> {
     Router::new()
         .route("/_sim/credentials", get(credentials))
         .route("/_sim/oauth/clients", post(create_client))
@@ -40,10 +40,10 @@ pub fn routes() -> Router<SharedSim> {
 pub struct AdminError(pub StatusCode, pub String);
 
 impl AdminError {
-    pub fn bad(msg: impl Into<String>) -> Self {
+    pub(crate) fn bad(msg: impl Into<String>) -> Self {
         AdminError(StatusCode::BAD_REQUEST, msg.into())
     }
-    pub fn not_found(msg: impl Into<String>) -> Self {
+    pub(crate) fn not_found(msg: impl Into<String>) -> Self {
         AdminError(StatusCode::NOT_FOUND, msg.into())
     }
 }

@@ -11,16 +11,22 @@ use std::collections::HashMap;
 /// An OAuth access token the simulator issued.
 #[derive(Clone, Debug)]
 pub struct AccessToken {
+    /// Index of the user the token acts as, in `Sim::users`.
     pub user_idx: usize,
+    /// The OAuth client the token was issued to.
     pub client_id: String,
+    /// The scopes granted; routes check them.
     pub scopes: Vec<String>,
     /// The data center that issued it; the token only works there.
     pub dc: String,
+    /// Expiry, simulated epoch milliseconds.
     pub expires_ms: i64,
 }
 
 #[derive(Default, Debug)]
+/// The access tokens currently issued by the OAuth server.
 pub struct TokenStore {
+    /// Live access tokens, keyed by the bearer token string.
     pub access: HashMap<String, AccessToken>,
 }
 
@@ -31,7 +37,9 @@ pub struct RequestedDc(pub Option<String>);
 /// The authenticated caller of an API route.
 #[derive(Clone, Debug)]
 pub struct Caller {
+    /// Index of the caller in `Sim::users`.
     pub user_idx: usize,
+    /// The caller as they were when the request arrived.
     pub user: User,
     /// `None` when authenticated by API token (the user's full rights); OAuth scopes otherwise.
     pub scopes: Option<Vec<String>>,
@@ -62,7 +70,7 @@ impl Caller {
         }
     }
 
-    pub fn require_brand_admin(&self) -> Result<(), ApiError> {
+    pub(crate) fn require_brand_admin(&self) -> Result<(), ApiError> {
         if self.user.permissions.brand_admin {
             Ok(())
         } else {

@@ -142,23 +142,32 @@ struct FrequencyRule {
 /// One e-mail a contact was sent (for `…/history?type=email`).
 #[derive(Clone, Debug)]
 pub struct EmailHistoryEntry {
+    /// The distribution that sent the e-mail (`EMD_…`).
     pub distribution_id: String,
+    /// The survey the e-mail invited to; `None` for a message without a survey link.
     pub survey_id: Option<String>,
+    /// The mailing list the e-mail went through; `None` when sent to the contact directly.
     pub mailing_list_id: Option<String>,
     /// `Invite`, `Reminder`, `ThankYou` …
     pub email_type: String,
     /// `Sent`, `Opened`, `Bounced`, `Failed` …
     pub status: String,
+    /// When it happened, simulated epoch milliseconds.
     pub date_ms: i64,
 }
 
 /// One survey response of a contact (for `…/history?type=response`).
 #[derive(Clone, Debug)]
 pub struct ResponseHistoryEntry {
+    /// The response id (`R_…`).
     pub response_id: String,
+    /// The survey answered (`SV_…`).
     pub survey_id: String,
+    /// The distribution the response came through; `None` for an anonymous link.
     pub distribution_id: Option<String>,
+    /// Whether the response was completed.
     pub finished: bool,
+    /// When it was recorded, simulated epoch milliseconds.
     pub date_ms: i64,
 }
 
@@ -196,12 +205,17 @@ pub struct DirectoryState {
 /// A member of a mailing list, as distributions need it (history rows, links).
 #[derive(Clone, Debug)]
 pub struct ListMember {
+    /// The contact id (`CID_…`).
     pub contact_id: String,
     /// `CGC_…`
     pub contact_lookup_id: String,
+    /// Given name, for piped text and history rows.
     pub first_name: String,
+    /// Family name, for piped text and history rows.
     pub last_name: String,
+    /// Where invitations go.
     pub email: String,
+    /// External data reference (`extRef`): the contact's id in the customer's own system.
     pub ext_ref: String,
 }
 
@@ -786,7 +800,7 @@ fn seed_directory(
 }
 
 impl DirectoryState {
-    pub fn new(cfg: &SimConfig, users: &[User]) -> Self {
+    pub(crate) fn new(cfg: &SimConfig, users: &[User]) -> Self {
         let default = seed_directory(
             cfg,
             users,
@@ -1811,7 +1825,7 @@ fn matches(f: &Filter, d: &Directory, c: &Contact) -> bool {
 // Handlers
 // ---------------------------------------------------------------------------------------------
 
-pub fn routes() -> Router<SharedSim> {
+pub(crate) fn routes() -> Router<SharedSim> {
     Router::new()
         .route("/directories", get(list_directories))
         .route(

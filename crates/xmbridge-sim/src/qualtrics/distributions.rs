@@ -58,65 +58,96 @@ const LIST_PARAMS: &[&str] = &[
 /// One recipient's row in a distribution's history.
 #[derive(Clone, Debug)]
 pub struct HistoryRow {
+    /// The recipient.
     pub member: ListMember,
     /// A value of the §8 history status enum.
     pub status: &'static str,
+    /// The recipient's personal survey link.
     pub survey_link: String,
-    pub frequency_rule_id: Option<String>,
+    pub(crate) frequency_rule_id: Option<String>,
+    /// The response the recipient submitted; `None` until they respond.
     pub response_id: Option<String>,
-    pub session_id: Option<String>,
-    pub sent_ms: Option<i64>,
-    pub opened_ms: Option<i64>,
-    pub started_ms: Option<i64>,
+    pub(crate) session_id: Option<String>,
+    pub(crate) sent_ms: Option<i64>,
+    pub(crate) opened_ms: Option<i64>,
+    pub(crate) started_ms: Option<i64>,
+    /// When the recipient finished the survey, simulated epoch milliseconds; `None` until then.
     pub completed_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default)]
+/// Whom a distribution goes to; exactly one of the ways is set.
 pub struct Recipients {
+    /// A mailing list (`CG_…`).
     pub mailing_list_id: Option<String>,
+    /// A single contact (`CID_…`).
     pub contact_id: Option<String>,
+    /// The directory or library the recipients belong to (`libraryId`).
     pub library_id: Option<String>,
-    pub sample_id: Option<String>,
+    pub(crate) sample_id: Option<String>,
+    /// A transaction batch (`BT_…`) whose contacts are the recipients.
     pub transaction_batch_id: Option<String>,
+    /// A single transaction (`CTR_…`).
     pub transaction_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
+/// The e-mail header of a distribution; `None` fields were not given.
 pub struct Header {
+    /// Sender address.
     pub from_email: Option<String>,
+    /// Sender display name.
     pub from_name: Option<String>,
+    /// Reply-to address.
     pub reply_to_email: Option<String>,
+    /// Subject line.
     pub subject: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
+/// The body of a distribution: a library message or literal text.
 pub struct Message {
+    /// The library holding the message (`UR_…` or `GR_…`).
     pub library_id: Option<String>,
+    /// The library message (`MS_…`).
     pub message_id: Option<String>,
+    /// Literal message text, when no library message is used.
     pub message_text: Option<String>,
 }
 
 #[derive(Clone, Debug)]
+/// A distribution: an invitation, reminder or thank-you sent (or links generated) for a survey.
 pub struct Distribution {
+    /// The distribution id (`EMD_…`; `UMD_…` for SMS).
     pub id: String,
+    /// The survey it is for.
     pub survey_id: String,
-    pub parent_id: Option<String>,
+    pub(crate) parent_id: Option<String>,
+    /// The user who created it.
     pub owner_id: String,
+    /// `Invite`, `Reminder`, `ThankYou`, `GeneratedInvite` …
     pub request_type: String,
-    pub send_ms: i64,
-    pub created_ms: i64,
-    pub modified_ms: i64,
+    pub(crate) send_ms: i64,
+    pub(crate) created_ms: i64,
+    pub(crate) modified_ms: i64,
+    /// The e-mail header.
     pub header: Header,
+    /// Whom it goes to.
     pub recipients: Recipients,
+    /// What it says.
     pub message: Message,
+    /// `Individual`, `Multiple` or `Anonymous`.
     pub link_type: String,
-    pub link_expiration_ms: Option<i64>,
+    pub(crate) link_expiration_ms: Option<i64>,
+    /// Embedded data passed to every response of the distribution; `None` for none.
     pub embedded: Option<Value>,
     /// What the creator of generated links called them.
     pub description: Option<String>,
     /// `Some(name)` for an SMS distribution.
     pub sms_name: Option<String>,
+    /// One row per recipient.
     pub history: Vec<HistoryRow>,
+    /// Deleted through the API: listed no more, but kept for its history.
     pub deleted: bool,
 }
 
@@ -127,14 +158,16 @@ impl Distribution {
 }
 
 #[derive(Debug, Default)]
+/// The brand's distributions and the counters behind their ids.
 pub struct DistributionState {
+    /// Every distribution, in creation order (deleted ones included, flagged).
     pub dists: RwLock<Vec<Distribution>>,
     created: AtomicU64,
     /// `stats` fields beyond the documented ones, added through `/_sim/distributions/stats-fields`.
     extra_stats: RwLock<Vec<String>>,
 }
 
-pub fn routes() -> Router<SharedSim> {
+pub(crate) fn routes() -> Router<SharedSim> {
     Router::new()
         .route("/distributions", get(list_email).post(create_email))
         .route("/distributions/sms", get(list_sms).post(create_sms))
@@ -487,7 +520,7 @@ fn seed_for_survey(
 }
 
 impl DistributionState {
-    pub fn new(
+    pub(crate) fn new(
         cfg: &SimConfig,
         users: &[User],
         surveys: &[Survey],

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Map, Value, json};
 
-pub fn admin_routes() -> Router<SharedSim> {
+pub(crate) fn admin_routes() -> Router<SharedSim> {
     Router::new()
         .route("/_sim/surveys/{sid}/questions", post(add_question))
         .route("/_sim/surveys/{sid}/embedded-data", post(add_embedded))

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 /// What the envelope needs to know about the request being answered.
 #[derive(Clone, Debug, Default)]
 pub struct RequestCtx {
+    /// The request id returned in `meta.requestId` and logged with the request.
     pub request_id: String,
     /// `http://host:port` as the client addressed us; `nextPage` URLs are built on it.
     pub base_url: String,
@@ -29,7 +30,7 @@ pub async fn with_ctx<F: std::future::Future>(ctx: RequestCtx, fut: F) -> F::Out
     REQUEST_CTX.scope(ctx, fut).await
 }
 
-pub fn current_ctx() -> RequestCtx {
+pub(crate) fn current_ctx() -> RequestCtx {
     REQUEST_CTX.try_with(|c| c.clone()).unwrap_or_default()
 }
 
@@ -81,7 +82,7 @@ pub fn ok<T: Serialize>(result: T) -> Response {
     ok_status(StatusCode::OK, result)
 }
 
-pub fn ok_status<T: Serialize>(status: StatusCode, result: T) -> Response {
+pub(crate) fn ok_status<T: Serialize>(status: StatusCode, result: T) -> Response {
     let ctx = current_ctx();
     let result = serde_json::to_value(result).unwrap_or(Value::Null);
     json_response(
@@ -99,13 +100,18 @@ pub fn ok_empty() -> Response {
 /// An error answered in the Qualtrics error envelope.
 #[derive(Debug, Clone)]
 pub struct ApiError {
+    /// HTTP status of the answer.
     pub status: StatusCode,
+    /// Qualtrics error code in `meta.error.errorCode`, e.g. `AUTH_1.0` or `RPC_1.0`.
     pub code: String,
+    /// Human-readable text in `meta.error.errorMessage`.
     pub message: String,
+    /// Seconds for a `Retry-After` header (rate limits); `None` sends none.
     pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
+    /// An error with any status and code.
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         ApiError {
             status,
@@ -114,23 +120,27 @@ impl ApiError {
             retry_after_secs: None,
         }
     }
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "QVAL_1", message)
     }
+    /// 401 with the code Qualtrics uses for a missing or bad token.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "AUTH_1", message)
     }
+    /// 403: authenticated but not allowed.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "AUTH_3", message)
     }
+    /// 404: the resource does not exist (or the caller may not see it).
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "NOT_FOUND_1", message)
     }
-    pub fn too_many(retry_after_secs: u64, message: impl Into<String>) -> Self {
+    pub(crate) fn too_many(retry_after_secs: u64, message: impl Into<String>) -> Self {
         let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "RATE_1", message);
         e.retry_after_secs = Some(retry_after_secs);
         e
     }
+    /// A 5xx answer with the given status (for fault injection).
     pub fn server(status: StatusCode, message: impl Into<String>) -> Self {
         Self::new(status, "SERVER_1", message)
     }
@@ -165,7 +175,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub type ApiResult = Result<Response, ApiError>;
+pub(crate) type ApiResult = Result<Response, ApiError>;
 
 /// Parses a JSON request body that must be an object. Handlers parse bodies themselves (not with
 /// axum's `Json`) so that malformed input gets the documented 400 envelope.

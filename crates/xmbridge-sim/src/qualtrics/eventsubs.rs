@@ -34,12 +34,18 @@ const FIRST_BACKOFF_MS: u64 = 100;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
+/// An event subscription: where to POST events of which topics.
 pub struct Subscription {
+    /// The subscription id (`SUB_…`).
     pub id: String,
+    /// Comma-separated topics as given at creation, e.g. `surveyengine.completedResponse.SV_…`.
     pub topics: String,
+    /// The URL events are POSTed to.
     pub publication_url: String,
+    /// The `sharedKey` that signs each event (the `HMAC` form field); `None`: events go unsigned.
     pub shared_key: Option<String>,
-    pub created_ms: i64,
+    pub(crate) created_ms: i64,
+    /// The user who created the subscription.
     pub owner_id: String,
 }
 
@@ -47,19 +53,28 @@ pub struct Subscription {
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Delivery {
+    /// Order of the delivery among all deliveries of the brand, from 0.
     pub seq: u64,
+    /// The subscription the event went to.
     pub subscription_id: String,
+    /// The event's topic.
     pub topic: String,
+    /// The response the event is about.
     pub response_id: String,
     /// `pending`, `delivered` or `failed`.
     pub status: String,
+    /// How many POSTs were tried so far.
     pub attempts: u32,
+    /// HTTP status of the last attempt; `None` if it got no answer.
     pub http_status: Option<u16>,
+    /// Why the last attempt failed; `None` when it did not.
     pub error: Option<String>,
 }
 
 #[derive(Debug, Default)]
+/// The brand's event subscriptions and the deliveries made to them.
 pub struct EventSubState {
+    /// Every subscription, in creation order.
     pub subs: RwLock<Vec<Subscription>>,
     deliveries: Mutex<VecDeque<Delivery>>,
     created: AtomicU64,
@@ -68,6 +83,7 @@ pub struct EventSubState {
 }
 
 impl EventSubState {
+    /// The recent deliveries, oldest first (at most the last thousand).
     pub fn deliveries(&self) -> Vec<Delivery> {
         self.deliveries.lock().iter().cloned().collect()
     }
@@ -98,7 +114,7 @@ impl EventSubState {
     }
 }
 
-pub fn routes() -> Router<SharedSim> {
+pub(crate) fn routes() -> Router<SharedSim> {
     Router::new()
         .route("/eventsubscriptions", get(list).post(create))
         .route("/eventsubscriptions/{id}", get(get_one).delete(delete))

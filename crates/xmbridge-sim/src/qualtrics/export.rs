@@ -126,9 +126,12 @@ impl ExportStore {
 /// distribution channel.
 #[derive(Clone, Debug)]
 pub struct Filter {
+    /// The filter id (a UUID derived from the seed).
     pub id: String,
+    /// Its name as shown in the Qualtrics UI.
     pub name: String,
-    pub creation_ms: i64,
+    pub(crate) creation_ms: i64,
+    /// The distribution channel it keeps: `email` or `anonymous`.
     pub channel: &'static str,
 }
 
@@ -176,10 +179,15 @@ async fn list_filters(
 // Request parsing (§6.1)
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The file format of a response export (`format` in the request).
 pub enum Format {
+    /// Comma-separated values.
     Csv,
+    /// Tab-separated values.
     Tsv,
+    /// One JSON document with a `responses` array.
     Json,
+    /// One JSON response per line.
     Ndjson,
 }
 
@@ -794,7 +802,7 @@ fn verify_token(sim: &Sim, survey_id: &str, token: &str) -> Result<u64, ApiError
 // ---------------------------------------------------------------------------------------------
 // Routes
 
-pub fn routes() -> Router<SharedSim> {
+pub(crate) fn routes() -> Router<SharedSim> {
     Router::new()
         .route("/surveys/{sid}/export-responses", post(start_export))
         .route(

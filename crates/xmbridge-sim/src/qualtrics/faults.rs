@@ -245,7 +245,7 @@ impl Default for FaultState {
 }
 
 impl FaultState {
-    pub fn new(cfg: &SimConfig) -> Self {
+    pub(crate) fn new(cfg: &SimConfig) -> Self {
         let mut initial = cfg.faults.clone();
         if initial.rate_limit_per_min.is_none() {
             initial.rate_limit_per_min = Some(cfg.rate_limit_per_min);

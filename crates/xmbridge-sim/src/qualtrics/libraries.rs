@@ -40,39 +40,56 @@ pub const CATEGORIES: &[&str] = &[
 const BIG_LIBRARY_MESSAGES: usize = 130;
 
 #[derive(Clone, Debug)]
+/// A message of a library (`MS_…`): an invitation, reminder or other e-mail text.
 pub struct LibraryMessage {
+    /// The message id (`MS_…`).
     pub id: String,
+    /// The message's name as listed in the library.
     pub description: String,
+    /// `invite`, `reminder`, `thankYou`, `endOfSurvey` …
     pub category: String,
     /// (language, text)
     pub texts: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug)]
+/// A block, question or survey kept in a library.
 pub struct LibraryItem {
+    /// The item id (`BL_…`, `QID…` or `SV_…` style).
     pub id: String,
+    /// The item's name as listed in the library.
     pub name: String,
+    /// The library folder the item is filed under.
     pub folder: String,
 }
 
 #[derive(Clone, Debug)]
+/// A user or group library: messages, blocks, questions and surveys shared for reuse.
 pub struct Library {
+    /// The library id: the owning user's `UR_…` or the group's `GR_…`.
     pub id: String,
+    /// The library's display name.
     pub name: String,
     /// `Some(user id)` for a user library; `None` for a group library (shared with every user).
     pub owner: Option<String>,
+    /// Its messages, in listing order.
     pub messages: Vec<LibraryMessage>,
+    /// Its saved blocks.
     pub blocks: Vec<LibraryItem>,
+    /// Its saved questions.
     pub questions: Vec<LibraryItem>,
+    /// Its saved surveys.
     pub surveys: Vec<LibraryItem>,
 }
 
 #[derive(Debug, Default)]
+/// The brand's libraries, seeded at start and read-only afterwards.
 pub struct LibraryState {
+    /// Every library, user libraries first.
     pub libraries: Vec<Library>,
 }
 
-pub fn routes() -> Router<SharedSim> {
+pub(crate) fn routes() -> Router<SharedSim> {
     Router::new()
         .route("/libraries", get(list_libraries))
         .route("/libraries/{id}/messages", get(list_messages))
@@ -204,7 +221,7 @@ fn category_label(c: &str) -> &'static str {
 }
 
 impl LibraryState {
-    pub fn new(cfg: &SimConfig, users: &[User], surveys: &[super::survey::Survey]) -> Self {
+    pub(crate) fn new(cfg: &SimConfig, users: &[User], surveys: &[super::survey::Survey]) -> Self {
         let mut libraries: Vec<Library> = users
             .iter()
             .enumerate()
@@ -237,7 +254,7 @@ impl LibraryState {
         LibraryState { libraries }
     }
 
-    pub fn library(&self, id: &str) -> Option<&Library> {
+    pub(crate) fn library(&self, id: &str) -> Option<&Library> {
         self.libraries.iter().find(|l| l.id == id)
     }
 

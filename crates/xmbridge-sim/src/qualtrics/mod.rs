@@ -40,26 +40,38 @@ use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub type SharedSim = Arc<Sim>;
+pub(crate) type SharedSim = Arc<Sim>;
 
 /// One simulated brand and all its mutable state.
 pub struct Sim {
+    /// The settings the brand was started with.
     pub cfg: SimConfig,
+    /// The brand's simulated clock; all dates the API shows come from it.
     pub clock: SimClock,
+    /// The brand's users; index 0 is the brand administrator.
     pub users: RwLock<Vec<User>>,
     /// The surveys as seeded (the definitions seeded responses are generated from).
     pub surveys: Vec<survey::Survey>,
     /// The surveys as they are now: seeded, plus edits through `/_sim/surveys/…` (a new
     /// question or embedded data field). Same order and indices as `surveys`.
     current: RwLock<Vec<Arc<survey::Survey>>>,
+    /// Access tokens issued by the OAuth server.
     pub tokens: Mutex<auth::TokenStore>,
+    /// The OAuth server: clients, authorization codes and refresh tokens.
     pub oauth: oauth::OAuthState,
+    /// Fault switches and their statistics.
     pub faults: faults::FaultState,
+    /// Responses created, changed or deleted through the API, over the seeded ones.
     pub responses: responses::ResponseStore,
+    /// Response export jobs and their files.
     pub exports: export::ExportStore,
+    /// The XM Directory: directories, contacts, mailing lists, transactions.
     pub directory: directory::DirectoryState,
+    /// Distributions and their history.
     pub distributions: distributions::DistributionState,
+    /// User and group libraries.
     pub libraries: libraries::LibraryState,
+    /// Event subscriptions and the deliveries made to them.
     pub eventsubs: eventsubs::EventSubState,
     /// The brand's PKI when mutual TLS is on.
     pub pki: Option<tls::BrandPki>,
@@ -67,6 +79,7 @@ pub struct Sim {
 }
 
 impl Sim {
+    /// Seeds a brand from `cfg`; fails only if its mutual-TLS certificates cannot be made.
     pub fn new(cfg: SimConfig) -> Result<Sim, crate::SimError> {
         let clock = SimClock::new(cfg.start_ms);
         let users = account::seed_users(&cfg);

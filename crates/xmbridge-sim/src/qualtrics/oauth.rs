@@ -30,10 +30,10 @@ pub const CODE_TTL_MS: i64 = 10 * 60 * 1000;
 /// Upper bound on live grants of each kind, so a long-running simulator stays bounded.
 const MAX_LIVE: usize = 50_000;
 
-pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
-pub const GRANT_AUTHORIZATION_CODE: &str = "authorization_code";
-pub const GRANT_REFRESH_TOKEN: &str = "refresh_token";
-pub const GRANTS: &[&str] = &[
+pub(crate) const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
+pub(crate) const GRANT_AUTHORIZATION_CODE: &str = "authorization_code";
+pub(crate) const GRANT_REFRESH_TOKEN: &str = "refresh_token";
+pub(crate) const GRANTS: &[&str] = &[
     GRANT_CLIENT_CREDENTIALS,
     GRANT_AUTHORIZATION_CODE,
     GRANT_REFRESH_TOKEN,
@@ -64,9 +64,13 @@ const RESOURCES: &[&str] = &[
 /// A registered OAuth client.
 #[derive(Clone, Debug)]
 pub struct OAuthClient {
+    /// The client id, sent by the client on every token request.
     pub client_id: String,
+    /// The client secret; checked by the token endpoint.
     pub client_secret: String,
+    /// The client's display name, shown on the consent page.
     pub name: String,
+    /// Grant types the client may use: `client_credentials`, `authorization_code`, `refresh_token`.
     pub grants: Vec<String>,
     /// The most a token of this client may carry.
     pub scopes: Vec<String>,
@@ -101,7 +105,9 @@ struct RefreshGrant {
 /// Consent given in advance (`POST /_sim/oauth/auto-approve`).
 #[derive(Clone, Debug)]
 pub struct AutoApprove {
+    /// Index in `Sim::users` of the user who consents.
     pub user_idx: usize,
+    /// The organization (brand) id the consent is given for.
     pub organization: String,
 }
 
@@ -127,9 +133,13 @@ pub struct OAuthState {
 /// What `/_sim/tokens/revoke` removes.
 #[derive(Clone, Debug, Default)]
 pub struct Revocation {
+    /// Revoke this access token.
     pub access_token: Option<String>,
+    /// Revoke this refresh token.
     pub refresh_token: Option<String>,
+    /// Revoke every token of this user (index in `Sim::users`).
     pub user_idx: Option<usize>,
+    /// Revoke every token of the brand.
     pub all: bool,
 }
 
@@ -144,7 +154,7 @@ pub fn role_of(u: &User) -> &str {
 }
 
 impl OAuthState {
-    pub fn new(cfg: &SimConfig, users: &[User]) -> Self {
+    pub(crate) fn new(cfg: &SimConfig, users: &[User]) -> Self {
         let client = |i: u64, name: &str, grants: &[&str], scopes: &[&str], user| {
             let mut r = Rng::derive(cfg.seed, &[TAG, 1, i]);
             OAuthClient {
@@ -194,6 +204,7 @@ impl OAuthState {
         }
     }
 
+    /// A copy of the registered clients.
     pub fn clients(&self) -> Vec<OAuthClient> {
         self.inner.lock().clients.clone()
     }
@@ -220,11 +231,11 @@ impl OAuthState {
         (r.hex(32), r.alnum(64))
     }
 
-    pub fn auto_approve(&self) -> Option<AutoApprove> {
+    pub(crate) fn auto_approve(&self) -> Option<AutoApprove> {
         self.inner.lock().auto_approve.clone()
     }
 
-    pub fn set_auto_approve(&self, a: Option<AutoApprove>) {
+    pub(crate) fn set_auto_approve(&self, a: Option<AutoApprove>) {
         self.inner.lock().auto_approve = a;
     }
 
@@ -384,7 +395,7 @@ fn requested_scopes(param: Option<&str>, allowed: &[String]) -> Result<Vec<Strin
 // ---------------------------------------------------------------------------------------------
 // Token endpoint
 
-pub fn routes() -> Router<SharedSim> {
+pub(crate) fn routes() -> Router<SharedSim> {
     Router::new()
         .route("/oauth2/token", post(token))
         .route("/oauth2/auth", get(authorize_get).post(authorize_post))

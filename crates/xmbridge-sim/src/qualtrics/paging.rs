@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
-pub const OFFSET_PAGE_SIZE: usize = 100;
+pub(crate) const OFFSET_PAGE_SIZE: usize = 100;
 
 /// Builds `{base}{path}?{query}` with `overrides` replacing or adding parameters.
 pub fn next_url(path: &str, query: &BTreeMap<String, String>, key: &str, value: &str) -> String {
@@ -72,11 +72,11 @@ pub fn offset_page_of(
     Ok(json!({"elements": page, "nextPage": next}))
 }
 
-pub fn encode_skip_token(offset: usize) -> String {
+pub(crate) fn encode_skip_token(offset: usize) -> String {
     STANDARD.encode(offset.to_string())
 }
 
-pub fn decode_skip_token(token: &str) -> Result<usize, ApiError> {
+pub(crate) fn decode_skip_token(token: &str) -> Result<usize, ApiError> {
     STANDARD
         .decode(token)
         .ok()

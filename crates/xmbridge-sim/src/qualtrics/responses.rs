@@ -26,14 +26,18 @@ use std::collections::{BTreeMap, HashMap};
 /// One response as the API shows it (`GET /surveys/{sid}/responses/{rid}` and export rows).
 #[derive(Clone, Debug)]
 pub struct ResponseRecord {
+    /// The response id (`R_…`).
     pub id: String,
-    pub recorded_ms: i64,
-    pub last_modified_ms: i64,
+    pub(crate) recorded_ms: i64,
+    pub(crate) last_modified_ms: i64,
+    /// Whether the respondent completed the survey.
     pub finished: bool,
+    /// Answers and metadata keyed by export key (`QID1`, `QID2_1`, `startDate` …), as recoded values.
     pub values: Map<String, Value>,
+    /// The same keys with choice labels instead of recoded values.
     pub labels: Map<String, Value>,
-    pub displayed_fields: Vec<String>,
-    pub displayed_values: Map<String, Value>,
+    pub(crate) displayed_fields: Vec<String>,
+    pub(crate) displayed_values: Map<String, Value>,
 }
 
 impl ResponseRecord {
@@ -84,6 +88,7 @@ fn id_key(seed: u64) -> u64 {
     mix(seed ^ 0x1D5)
 }
 
+/// The id of seeded response `index` of survey `survey_idx` (`R_` plus 15 characters), the same for the same seed.
 pub fn encode_response_id(seed: u64, survey_idx: usize, index: u64) -> String {
     let v = ((survey_idx as u64) << 40) | (index & ((1 << 40) - 1));
     let w = (v ^ id_key(seed)).wrapping_mul(ID_MUL);
@@ -513,12 +518,16 @@ pub fn generate_response(sim: &Sim, survey: &Survey) -> String {
 pub enum Change {
     /// Created or updated: the record as it now is.
     Upsert(Box<ResponseRecord>),
+    /// Deleted.
     Deleted,
 }
 
 #[derive(Clone, Debug)]
+/// The latest change of one response and when it happened.
 pub struct ChangeEntry {
+    /// The change sequence number: a global counter, higher is later.
     pub seq: u64,
+    /// What changed.
     pub change: Change,
 }
 
@@ -532,6 +541,7 @@ struct Overlay {
 }
 
 #[derive(Default, Debug)]
+/// The responses changed through the API, as an overlay over the seeded ones (which are never stored).
 pub struct ResponseStore {
     inner: Mutex<Overlay>,
 }
@@ -541,10 +551,12 @@ pub struct ResponseStore {
 pub struct Snapshot {
     /// The change sequence at the time of the snapshot (what a continuation token remembers).
     pub seq: u64,
+    /// Response id → latest change, for this survey.
     pub changes: BTreeMap<String, ChangeEntry>,
 }
 
 impl ResponseStore {
+    /// The current changes of survey `survey_id`, frozen.
     pub fn snapshot(&self, survey_id: &str) -> Snapshot {
         let o = self.inner.lock();
         Snapshot {
@@ -585,6 +597,7 @@ pub struct Selection {
     pub by_last_modified: bool,
     /// Continuation: only responses created or changed after this change sequence.
     pub since_seq: Option<u64>,
+    /// The most responses to return; `None` for all.
     pub limit: Option<u64>,
 }
 
@@ -703,8 +716,11 @@ pub enum Cell {
     Date(String),
     /// Multi-select broken out: 1 if the choice id is among `values[key]`.
     Selected {
+        /// The export key of the question (`QID3`).
         key: String,
+        /// The choice id this column stands for.
         choice: String,
+        /// The choice's label.
         label: String,
     },
     /// Multi-select not broken out: comma-joined choice ids (labels).
@@ -712,6 +728,7 @@ pub enum Cell {
 }
 
 #[derive(Clone, Debug)]
+/// One column of a CSV/TSV export, with its three header rows.
 pub struct ExportColumn {
     /// Header row 1 (`Q1`, `Q2_1`, `StartDate`).
     pub name: String,
@@ -719,6 +736,7 @@ pub struct ExportColumn {
     pub text: String,
     /// Header row 3 (`{"ImportId":"QID1"}`).
     pub import_id: String,
+    /// How a response fills the column.
     pub cell: Cell,
 }
 
@@ -947,7 +965,7 @@ impl ExportColumn {
 // ---------------------------------------------------------------------------------------------
 // Routes: single responses (docs/design/qualtrics-api.md §7)
 
-pub fn routes() -> Router<SharedSim> {
+pub(crate) fn routes() -> Router<SharedSim> {
     Router::new()
         .route(
             "/surveys/{sid}/responses",

@@ -8,6 +8,7 @@ use crate::config::SimConfig;
 use crate::rng::Rng;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The question types the simulator generates.
 pub enum QuestionKind {
     /// MC / SAVR: one answer.
     McSingle,
@@ -30,6 +31,7 @@ pub enum QuestionKind {
 }
 
 impl QuestionKind {
+    /// Every kind, in generation order.
     pub fn all() -> [QuestionKind; 9] {
         use QuestionKind::*;
         [
@@ -65,10 +67,12 @@ impl QuestionKind {
 /// A choice, a matrix statement, a scale point, a form field or a rank item.
 #[derive(Clone, Debug)]
 pub struct Choice {
+    /// The choice's id, unique within its question (recodes may differ).
     pub id: u32,
+    /// The text shown to the respondent.
     pub text: String,
-    pub recode: i64,
-    pub variable_name: Option<String>,
+    pub(crate) recode: i64,
+    pub(crate) variable_name: Option<String>,
     /// "Other, please specify": answers add `QIDn_{id}_TEXT`.
     pub text_entry: bool,
 }
@@ -76,25 +80,33 @@ pub struct Choice {
 /// One side-by-side column: its own scale over the question's rows.
 #[derive(Clone, Debug)]
 pub struct SbsColumn {
+    /// The column's id, from 1.
     pub id: u32,
+    /// The column's header text.
     pub text: String,
+    /// The column's scale.
     pub answers: Vec<Choice>,
 }
 
 #[derive(Clone, Debug)]
+/// A question of a survey.
 pub struct Question {
     /// `QID7`
     pub qid: String,
     /// `Q7` (the DataExportTag)
     pub tag: String,
+    /// What type of question it is.
     pub kind: QuestionKind,
+    /// The question text.
     pub text: String,
     /// MC choices, matrix/slider/SBS statements, form fields, rank items.
     pub choices: Vec<Choice>,
     /// Matrix scale (columns).
     pub answers: Vec<Choice>,
+    /// Side-by-side columns (`SideBySide` only; empty otherwise).
     pub sbs_columns: Vec<SbsColumn>,
-    pub force_response: bool,
+    pub(crate) force_response: bool,
+    /// The block holding the question (`BL_…`).
     pub block_id: String,
     /// Asked once per loop & merge iteration; export keys get the `{loop}_` prefix.
     pub in_loop: bool,
@@ -103,71 +115,107 @@ pub struct Question {
 }
 
 #[derive(Clone, Debug)]
+/// A block of a survey: questions shown together.
 pub struct Block {
+    /// The block id (`BL_…`).
     pub id: String,
+    /// The block's name as the editor shows it.
     pub description: String,
     /// `Standard` or `Trash`
     pub kind: &'static str,
-    pub question_ids: Vec<String>,
+    pub(crate) question_ids: Vec<String>,
     /// Loop & merge block: the fields the loop iterates over.
     pub loop_items: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
+/// An embedded data field of a survey's flow.
 pub struct EmbeddedField {
+    /// The field name: its key in response values.
     pub name: String,
+    /// The value set in the flow; empty for none.
     pub default_value: String,
     /// Values responses draw from.
     pub values: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
+/// A saved version of a survey.
 pub struct Version {
+    /// The version id.
     pub id: String,
+    /// The version number, from 1.
     pub number: u32,
+    /// The note the author saved with the version.
     pub description: String,
+    /// The user who saved it.
     pub user_id: String,
-    pub creation_ms: i64,
+    pub(crate) creation_ms: i64,
+    /// Whether this version was published (respondents see it).
     pub published: bool,
 }
 
 #[derive(Clone, Debug)]
+/// A response quota of a survey.
 pub struct Quota {
+    /// The quota id (`QO_…`).
     pub id: String,
+    /// The quota's name.
     pub name: String,
+    /// How many responses the quota allows.
     pub limit: u64,
+    /// How the quota's conditions combine, e.g. `Simple`.
     pub logic_type: &'static str,
     /// The question whose first choice the quota counts.
     pub qid: String,
 }
 
 #[derive(Clone, Debug)]
+/// A group of quotas.
 pub struct QuotaGroup {
+    /// The group id (`QG_…`).
     pub id: String,
+    /// The group's name.
     pub name: String,
-    pub quota_ids: Vec<String>,
+    pub(crate) quota_ids: Vec<String>,
+    /// How a response counting for several quotas is placed, e.g. `PlaceInAll`.
     pub multi_match: &'static str,
+    /// Whether the group is shared with other surveys.
     pub public: bool,
+    /// Whether the group is selected in the survey's quota settings.
     pub selected: bool,
 }
 
 #[derive(Clone, Debug)]
+/// A survey definition, generated from the seed.
 pub struct Survey {
+    /// Position in the account's survey list, from 0.
     pub idx: usize,
+    /// The survey id (`SV_…`).
     pub id: String,
+    /// The survey's name.
     pub name: String,
+    /// The user who owns it (`UR_…`).
     pub owner_id: String,
+    /// The user who created it (`UR_…`).
     pub creator_id: String,
-    pub creation_ms: i64,
-    pub last_modified_ms: i64,
-    pub last_activated_ms: i64,
-    pub last_accessed_ms: i64,
+    pub(crate) creation_ms: i64,
+    pub(crate) last_modified_ms: i64,
+    pub(crate) last_activated_ms: i64,
+    pub(crate) last_accessed_ms: i64,
+    /// Whether the survey is active (collecting responses).
     pub active: bool,
+    /// Every question, in survey order.
     pub questions: Vec<Question>,
+    /// Every block, in flow order.
     pub blocks: Vec<Block>,
+    /// Embedded data fields set in the flow.
     pub embedded: Vec<EmbeddedField>,
+    /// Saved versions, oldest first.
     pub versions: Vec<Version>,
+    /// Response quotas.
     pub quotas: Vec<Quota>,
+    /// Quota groups.
     pub quota_groups: Vec<QuotaGroup>,
     /// Seeded responses (indices `0..responses`).
     pub responses: u64,
@@ -176,6 +224,7 @@ pub struct Survey {
 }
 
 impl Survey {
+    /// The question with id `qid` (`QID7`), if any.
     pub fn question(&self, qid: &str) -> Option<&Question> {
         self.questions.iter().find(|q| q.qid == qid)
     }
@@ -185,7 +234,7 @@ impl Survey {
         self.questions.iter().filter(|q| !q.trashed)
     }
 
-    pub fn loop_items(&self) -> &[String] {
+    pub(crate) fn loop_items(&self) -> &[String] {
         self.blocks
             .iter()
             .find(|b| !b.loop_items.is_empty())
@@ -532,7 +581,7 @@ fn build_survey(cfg: &SimConfig, users: &[User], idx: usize) -> Survey {
     }
 }
 
-pub fn seed_surveys(cfg: &SimConfig, users: &[User]) -> Vec<Survey> {
+pub(crate) fn seed_surveys(cfg: &SimConfig, users: &[User]) -> Vec<Survey> {
     (0..cfg.surveys)
         .map(|i| build_survey(cfg, users, i))
         .collect()

@@ -17,7 +17,7 @@ use axum::{Extension, Router};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
-pub fn routes() -> Router<SharedSim> {
+pub(crate) fn routes() -> Router<SharedSim> {
     Router::new()
         .route("/surveys", get(list_surveys))
         .route("/surveys/{sid}", get(get_survey))

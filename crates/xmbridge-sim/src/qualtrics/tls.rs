@@ -42,6 +42,7 @@ const PBKDF2_ROUNDS: u32 = 2048;
 
 /// Everything the brand's mutual TLS needs, in PEM (and DER for the server side).
 pub struct BrandPki {
+    /// The brand's CA certificate, PEM: clients trust the server with it and their certificates chain to it.
     pub ca_pem: String,
     ca_der: CertificateDer<'static>,
     server_der: CertificateDer<'static>,
@@ -56,10 +57,10 @@ pub struct BrandPki {
     pub passphrase: String,
     /// Signed by the brand CA but expired (notAfter 2001-01-01).
     pub expired_pem: String,
-    pub expired_key_pem: String,
+    pub(crate) expired_key_pem: String,
     /// Valid, but signed by a different CA.
     pub foreign_pem: String,
-    pub foreign_key_pem: String,
+    pub(crate) foreign_key_pem: String,
     /// A key that does not belong to [`Self::client_pem`].
     pub mismatched_key_pem: String,
 }
@@ -394,6 +395,6 @@ async fn mtls_info(State(sim): State<SharedSim>) -> Response {
     }
 }
 
-pub fn admin_routes() -> Router<SharedSim> {
+pub(crate) fn admin_routes() -> Router<SharedSim> {
     Router::new().route("/_sim/mtls", get(mtls_info))
 }

@@ -25,7 +25,7 @@ const TAG_NEW_USER: u64 = 0x05E5_0E11;
 const TAG_GROUP: u64 = 0x06_0A;
 const TAG_COUNTS: u64 = 0x05E5_C0C7;
 
-pub fn routes() -> Router<SharedSim> {
+pub(crate) fn routes() -> Router<SharedSim> {
     Router::new()
         .route("/users", get(list_users).post(create_user))
         .route(
@@ -40,7 +40,9 @@ pub fn routes() -> Router<SharedSim> {
 /// A user group (`GR_…`). Group libraries (see `libraries`) use the same ids.
 #[derive(Clone, Debug)]
 pub struct Group {
+    /// The group id (`GR_…`).
     pub id: String,
+    /// The group's name.
     pub name: String,
 }
 

@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub fn routes() -> Router<SharedSf> {
+pub(crate) fn routes() -> Router<SharedSf> {
     Router::new()
         .route("/_sim/credentials", get(credentials))
         .route("/_sim/oauth/policy", get(get_policy).post(set_policy))
@@ -48,7 +48,7 @@ pub fn routes() -> Router<SharedSf> {
         .route("/_sim/outbound/deliveries/{id}", get(delivery))
 }
 
-pub struct AdminError(StatusCode, String);
+pub(crate) struct AdminError(StatusCode, String);
 
 impl AdminError {
     fn bad(m: impl Into<String>) -> Self {

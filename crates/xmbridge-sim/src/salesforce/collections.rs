@@ -15,9 +15,9 @@ use axum::response::Response;
 use axum::routing::{get, patch};
 use serde_json::{Map, Value, json};
 
-pub const MAX_RECORDS: usize = 200;
+pub(crate) const MAX_RECORDS: usize = 200;
 
-pub fn routes() -> Router<SharedSf> {
+pub(crate) fn routes() -> Router<SharedSf> {
     Router::new()
         .route(
             "/services/data/{v}/composite/sobjects",

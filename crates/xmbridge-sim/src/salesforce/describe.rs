@@ -7,27 +7,41 @@ use super::profiles::Profile;
 use serde_json::{Value, json};
 
 #[derive(Clone, Debug)]
+/// A field of a simulated object, as `describe` shows it.
 pub struct FieldDef {
+    /// The API name, e.g. `Email` or `Qualtrics_Response_Id__c`.
     pub name: &'static str,
+    /// The label the Salesforce UI shows.
     pub label: &'static str,
     /// `id`, `string`, `textarea`, `email`, `phone`, `url`, `boolean`, `int`, `double`,
     /// `currency`, `percent`, `date`, `datetime`, `picklist`, `reference`.
     pub ftype: &'static str,
+    /// Maximum length in characters (text, picklist, id and reference types); 0 for the others.
     pub length: u32,
+    /// Whether a create may set it.
     pub createable: bool,
+    /// Whether an update may set it.
     pub updateable: bool,
+    /// Whether it may be empty (null).
     pub nillable: bool,
+    /// Whether Salesforce fills it when a create leaves it out.
     pub defaulted_on_create: bool,
+    /// Marked External ID: usable as an upsert key.
     pub external_id: bool,
+    /// Usable to look records up by (`idLookup`): upsert keys must be.
     pub id_lookup: bool,
+    /// No two records may share a value.
     pub unique: bool,
+    /// The allowed values of a `picklist` field; empty for other types.
     pub picklist: &'static [&'static str],
+    /// The object a `reference` field points to; `None` for other types.
     pub reference_to: Option<&'static str>,
+    /// The name a SOQL query walks a reference by (`Account` for `AccountId`); `None` for other types.
     pub relationship_name: Option<&'static str>,
 }
 
 impl FieldDef {
-    pub fn custom(&self) -> bool {
+    pub(crate) fn custom(&self) -> bool {
         self.name.ends_with("__c")
     }
     /// What a mapping must always send on create.
@@ -37,24 +51,29 @@ impl FieldDef {
 }
 
 #[derive(Clone, Debug)]
+/// A simulated object (sObject) and its fields.
 pub struct ObjectDef {
+    /// The API name, e.g. `Contact` or `Survey_Response__c`.
     pub name: &'static str,
+    /// The singular label the Salesforce UI shows.
     pub label: &'static str,
-    pub label_plural: &'static str,
-    pub key_prefix: &'static str,
+    pub(crate) label_plural: &'static str,
+    pub(crate) key_prefix: &'static str,
+    /// Every field, in describe order.
     pub fields: Vec<FieldDef>,
 }
 
 impl ObjectDef {
-    pub fn custom(&self) -> bool {
+    pub(crate) fn custom(&self) -> bool {
         self.name.ends_with("__c")
     }
+    /// The field called `name`, compared case-insensitively as Salesforce does.
     pub fn field(&self, name: &str) -> Option<&FieldDef> {
         self.fields
             .iter()
             .find(|f| f.name.eq_ignore_ascii_case(name))
     }
-    pub fn by_relationship(&self, rel: &str) -> Option<&FieldDef> {
+    pub(crate) fn by_relationship(&self, rel: &str) -> Option<&FieldDef> {
         self.fields.iter().find(|f| {
             f.relationship_name
                 .is_some_and(|r| r.eq_ignore_ascii_case(rel))
@@ -399,7 +418,7 @@ pub fn object_flags(p: &Profile, obj: &ObjectDef, version: &str) -> Value {
     })
 }
 
-pub fn describe_json(p: &Profile, obj: &ObjectDef, version: &str) -> Value {
+pub(crate) fn describe_json(p: &Profile, obj: &ObjectDef, version: &str) -> Value {
     let mut v = object_flags(p, obj, version);
     v["fields"] = Value::Array(
         obj.fields

@@ -6,15 +6,18 @@ use serde::{Deserialize, Serialize};
 const DAY_MS: i64 = 86_400_000;
 
 #[derive(Clone, Debug, Serialize)]
+/// The org's daily API request allowance and how much of it is used.
 pub struct LimitState {
+    /// Calls allowed per window.
     pub max: u64,
+    /// Calls counted in the current window.
     pub used: u64,
     /// Start of the current 24-hour window (a simplification of Salesforce's rolling window).
     pub window_start_ms: i64,
 }
 
 impl LimitState {
-    pub fn new(max: u64, now: i64) -> Self {
+    pub(crate) fn new(max: u64, now: i64) -> Self {
         LimitState {
             max,
             used: 0,
@@ -35,6 +38,7 @@ impl LimitState {
         true
     }
 
+    /// The `Sforce-Limit-Info` header value, `api-usage=USED/MAX`.
     pub fn header(&self) -> String {
         format!("api-usage={}/{}", self.used, self.max)
     }
@@ -50,6 +54,7 @@ pub struct Faults {
     pub limit_exceeded: u32,
     /// The next N REST calls answer 429 with `Retry-After: retry_after_secs`.
     pub throttle_429: u32,
+    /// Seconds sent in `Retry-After` with a forced 429.
     pub retry_after_secs: u64,
     /// The next N writes answer 400 `UNABLE_TO_LOCK_ROW`.
     pub unable_to_lock_row: u32,

@@ -31,6 +31,7 @@ use std::sync::Arc;
 /// Settings of one simulated org. Same settings → same org, byte for byte.
 #[derive(Clone, Debug)]
 pub struct SalesforceConfig {
+    /// Seed of everything generated (ids, users, records); the same seed gives the same org.
     pub seed: u64,
     /// Seeded records per standard object (Contacts, Leads, Accounts, Cases, Opportunities).
     pub records_per_object: usize,
@@ -54,38 +55,55 @@ impl Default for SalesforceConfig {
     }
 }
 
-pub type SharedSf = Arc<SfSim>;
+pub(crate) type SharedSf = Arc<SfSim>;
 
 /// One simulated org. All mutable state sits behind one lock: the simulator is a referee, not a
 /// database, and one lock keeps Collections' all-or-none and the counters trivially consistent.
 pub struct SfSim {
+    /// The settings the org was started with.
     pub cfg: SalesforceConfig,
+    /// The org's simulated clock.
     pub clock: SimClock,
+    /// The org id (`00D…`), derived from the seed.
     pub org_id: String,
+    /// The objects the org knows, standard and custom.
     pub schema: Vec<describe::ObjectDef>,
+    /// Everything that changes while the org runs, behind one lock.
     pub state: Mutex<State>,
     /// The server's own base URL (`instance_url`), set once the listener is bound.
     pub base_url: Mutex<String>,
+    /// Outbound messages sent and being retried.
     pub outbound: outbound::OutboundState,
+    /// The HTTP client outbound messages are sent with.
     pub http: reqwest::Client,
 }
 
 /// Everything that changes while the org runs.
 pub struct State {
+    /// The org's users.
     pub users: Vec<profiles::SfUser>,
+    /// Profiles by name: what each user may see and do.
     pub profiles: BTreeMap<String, profiles::Profile>,
+    /// The connected app and the tokens it issued.
     pub oauth: oauth::OAuthState,
+    /// Records by object name, in creation order (deleted ones flagged).
     pub records: BTreeMap<String, Vec<sobjects::Record>>,
+    /// Counters behind generated ids and auto-numbers, by key prefix or field.
     pub counters: BTreeMap<String, u64>,
+    /// The daily API request allowance.
     pub limits: limits::LimitState,
+    /// The fault switches set through `/_sim`.
     pub faults: limits::Faults,
+    /// Validation rules set through `/_sim`.
     pub rules: Vec<sobjects::ValidationRule>,
+    /// Open query cursors by locator (`nextRecordsUrl`).
     pub cursors: BTreeMap<String, query::Cursor>,
+    /// The generator behind ids made at run time.
     pub rng: Rng,
 }
 
 impl SfSim {
-    pub fn new(cfg: SalesforceConfig) -> SfSim {
+    pub(crate) fn new(cfg: SalesforceConfig) -> SfSim {
         let org_id = make_id("00D", hash_str(&format!("org{}", cfg.seed)) % 1_000_000_000);
         let schema = describe::schema();
         let profiles = profiles::seed_profiles(&schema);
@@ -116,17 +134,19 @@ impl SfSim {
         }
     }
 
+    /// The org's own base URL (`instance_url`); empty until the listener is bound.
     pub fn base_url(&self) -> String {
         self.base_url.lock().clone()
     }
 
+    /// The object called `name` (case-insensitive), if the org has it.
     pub fn object(&self, name: &str) -> Option<&describe::ObjectDef> {
         self.schema
             .iter()
             .find(|o| o.name.eq_ignore_ascii_case(name))
     }
 
-    pub fn object_by_prefix(&self, id: &str) -> Option<&describe::ObjectDef> {
+    pub(crate) fn object_by_prefix(&self, id: &str) -> Option<&describe::ObjectDef> {
         self.schema.iter().find(|o| id.starts_with(o.key_prefix))
     }
 }
@@ -176,20 +196,27 @@ pub fn is_id_shaped(s: &str) -> bool {
 /// A REST error: the JSON array `[{"message","errorCode","fields"}]` with a status.
 #[derive(Debug, Clone)]
 pub struct SfError {
+    /// HTTP status of the answer.
     pub status: StatusCode,
+    /// The errors in the body; usually one.
     pub errors: Vec<ErrItem>,
+    /// Seconds for a `Retry-After` header; `None` sends none.
     pub retry_after: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// One error of a REST answer or of a Collections record.
 pub struct ErrItem {
+    /// The error code, e.g. `INVALID_FIELD` or `REQUIRED_FIELD_MISSING`.
     pub code: String,
+    /// Human-readable text.
     pub message: String,
+    /// The fields the error is about; empty for none.
     pub fields: Vec<String>,
 }
 
 impl ErrItem {
-    pub fn new(code: &str, message: impl Into<String>, fields: Vec<String>) -> Self {
+    pub(crate) fn new(code: &str, message: impl Into<String>, fields: Vec<String>) -> Self {
         ErrItem {
             code: code.to_string(),
             message: message.into(),
@@ -213,6 +240,7 @@ impl ErrItem {
 }
 
 impl SfError {
+    /// An error with any status and code, about no field.
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         SfError {
             status,
@@ -220,7 +248,7 @@ impl SfError {
             retry_after: None,
         }
     }
-    pub fn with_fields(
+    pub(crate) fn with_fields(
         status: StatusCode,
         code: &str,
         message: impl Into<String>,
@@ -232,9 +260,11 @@ impl SfError {
             retry_after: None,
         }
     }
+    /// 400 with the given code.
     pub fn bad(code: &str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
+    /// 404 `NOT_FOUND`: the resource does not exist or the caller may not see it.
     pub fn not_found() -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
@@ -242,7 +272,7 @@ impl SfError {
             "The requested resource does not exist",
         )
     }
-    pub fn invalid_session() -> Self {
+    pub(crate) fn invalid_session() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
             "INVALID_SESSION_ID",
@@ -264,7 +294,7 @@ impl IntoResponse for SfError {
     }
 }
 
-pub fn json_response(status: StatusCode, v: &Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, v: &Value) -> Response {
     let mut resp = (status, serde_json::to_vec(v).unwrap_or_default()).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -24,7 +24,9 @@ use std::net::{IpAddr, SocketAddr};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RefreshPolicy {
+    /// Refresh tokens stay valid until revoked.
     ValidUntilRevoked,
+    /// Refresh tokens expire at once: every refresh grant fails.
     Immediate,
     /// Expires if not used for `refresh_ttl_secs`.
     Idle,
@@ -35,70 +37,100 @@ pub enum RefreshPolicy {
 /// The connected app and its OAuth policies (all changeable through `/_sim/oauth/policy`).
 #[derive(Clone, Debug, Serialize)]
 pub struct AppSettings {
+    /// The connected app's consumer key.
     pub client_id: String,
+    /// The connected app's consumer secret.
     pub client_secret: String,
     /// Registered callback URLs. Loopback callbacks match on any port (RFC 8252 §7.3), so a CLI
     /// can listen on an ephemeral port.
     pub callbacks: Vec<String>,
+    /// How long refresh tokens stay valid.
     pub refresh_policy: RefreshPolicy,
+    /// The lifetime (`Idle`, `Absolute`) of a refresh token, seconds.
     pub refresh_ttl_secs: u64,
+    /// Refresh token rotation: each refresh grant issues a new refresh token and revokes the old one.
     pub rotation: bool,
+    /// Whether the client-credentials flow is enabled.
     pub client_credentials: bool,
     /// Username of the client-credentials run-as user.
     pub run_as: Option<String>,
-    pub require_secret_for_refresh: bool,
-    pub max_approvals: usize,
+    pub(crate) require_secret_for_refresh: bool,
+    pub(crate) max_approvals: usize,
     /// "Enforce login IP ranges on every request".
     pub enforce_ip_every_request: bool,
 }
 
 #[derive(Clone, Debug)]
+/// An authorization code, issued at consent and redeemed once.
 pub struct AuthCode {
+    /// Index of the consenting user in `State::users`.
     pub user: usize,
+    /// The redirect URI the code was issued for; the token request must repeat it.
     pub redirect_uri: String,
+    /// The PKCE `code_challenge`; `None` when the client sent none.
     pub challenge: Option<String>,
+    /// The scopes granted, space-separated.
     pub scope: String,
-    pub issued_ms: i64,
+    pub(crate) issued_ms: i64,
+    /// Already redeemed: a second use fails.
     pub used: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
+/// A refresh token issued by the connected app.
 pub struct RefreshToken {
+    /// The token string.
     pub token: String,
+    /// Index of the user in `State::users`.
     pub user: usize,
+    /// The scopes granted, space-separated.
     pub scope: String,
-    pub issued_ms: i64,
-    pub last_used_ms: i64,
+    pub(crate) issued_ms: i64,
+    pub(crate) last_used_ms: i64,
+    /// Revoked (or rotated away, or expired by policy): refused from then on.
     pub revoked: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
+/// An access token (session id) issued by the connected app.
 pub struct AccessToken {
+    /// Index of the user in `State::users`.
     pub user: usize,
+    /// The scopes granted, space-separated.
     pub scope: String,
-    pub last_used_ms: i64,
+    pub(crate) last_used_ms: i64,
+    /// The refresh token it was issued with; `None` for a client-credentials token.
     pub refresh: Option<String>,
+    /// Revoked: refused from then on.
     pub revoked: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+/// Consent given in advance through `/_sim` (the authorize page answers at once).
 pub struct AutoApprove {
+    /// Username of the user who consents.
     pub user: String,
     #[serde(default)]
+    /// Deny consent instead (the redirect carries `error=access_denied`).
     pub deny: bool,
 }
 
+/// The connected app and every code and token it issued.
 pub struct OAuthState {
+    /// The connected app's settings.
     pub app: AppSettings,
+    /// Authorization codes by code string.
     pub codes: BTreeMap<String, AuthCode>,
     /// In issue order: the five-approvals rule revokes the oldest.
     pub refresh: Vec<RefreshToken>,
+    /// Access tokens by token string.
     pub access: BTreeMap<String, AccessToken>,
+    /// Consent given in advance; `None` shows the consent page.
     pub auto_approve: Option<AutoApprove>,
 }
 
 impl OAuthState {
-    pub fn new(cfg: &SalesforceConfig) -> Self {
+    pub(crate) fn new(cfg: &SalesforceConfig) -> Self {
         let mut rng = crate::rng::Rng::derive(cfg.seed, &[0xc0a7]);
         OAuthState {
             app: AppSettings {
@@ -158,7 +190,7 @@ impl OAuthState {
         n
     }
 
-    pub fn active_refresh(&self, user: usize) -> Vec<&RefreshToken> {
+    pub(crate) fn active_refresh(&self, user: usize) -> Vec<&RefreshToken> {
         self.refresh
             .iter()
             .filter(|r| r.user == user && !r.revoked)
@@ -166,7 +198,7 @@ impl OAuthState {
     }
 }
 
-pub fn routes() -> Router<SharedSf> {
+pub(crate) fn routes() -> Router<SharedSf> {
     Router::new()
         .route("/services/oauth2/authorize", get(authorize).post(consent))
         .route("/services/oauth2/token", post(token))
@@ -387,7 +419,7 @@ fn client_credentials(
     (p.get("client_id").cloned(), p.get("client_secret").cloned())
 }
 
-pub fn signature(secret: &str, id: &str, issued_at: &str) -> String {
+pub(crate) fn signature(secret: &str, id: &str, issued_at: &str) -> String {
     let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()) else {
         return String::new();
     };

@@ -10,41 +10,64 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 #[derive(Clone, Debug, Serialize)]
+/// One try at delivering an outbound message.
 pub struct Attempt {
+    /// When it was made, simulated epoch milliseconds.
     pub at_ms: i64,
+    /// HTTP status of the listener's answer; `None` if it got no answer.
     pub status: Option<u16>,
+    /// Whether the answer was a SOAP acknowledgement (`<Ack>true</Ack>`).
     pub acked: bool,
+    /// Why the try failed; `None` when it got an answer.
     pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
+/// One outbound message (workflow notification) and its delivery tries.
 pub struct Delivery {
+    /// The message id.
     pub id: String,
+    /// The notification id the SOAP body carries.
     pub notification_id: String,
+    /// The object of the record the message is about.
     pub object: String,
+    /// The record the message is about.
     pub record_id: String,
+    /// The listener URL.
     pub endpoint: String,
+    /// Every try so far, oldest first.
     pub attempts: Vec<Attempt>,
+    /// Whether the listener acknowledged the message.
     pub acked: bool,
     /// Acked, or gave up after `max_attempts`.
     pub finished: bool,
 }
 
 #[derive(Default)]
+/// The org's outbound messages.
 pub struct OutboundState {
+    /// Every message, in sending order.
     pub deliveries: Mutex<Vec<Delivery>>,
+    /// Woken whenever a delivery changes, so tests can wait for one.
     pub changed: Notify,
 }
 
 /// What to send and how hard to try.
 #[derive(Clone, Debug)]
 pub struct OutboundRequest {
+    /// The object of the record.
     pub object: String,
+    /// The record id.
     pub record_id: String,
+    /// The listener URL.
     pub endpoint: String,
+    /// The record fields sent, as (name, value).
     pub fields: Vec<(String, String)>,
+    /// Tries before giving up.
     pub max_attempts: u32,
+    /// Wait before the first retry, milliseconds; later retries back off from it.
     pub retry_base_ms: u64,
+    /// Whether to include a session id the listener can call back with.
     pub send_session_id: bool,
 }
 

@@ -9,28 +9,40 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 #[derive(Clone, Debug, Serialize)]
+/// A user of the simulated org.
 pub struct SfUser {
+    /// The user id (`005…`).
     pub id: String,
+    /// The login name, e.g. `admin@acme.sim`.
     pub username: String,
+    /// Full name.
     pub name: String,
+    /// E-mail address.
     pub email: String,
+    /// The name of the user's profile.
     pub profile: String,
+    /// Inactive users cannot log in.
     pub active: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+/// A profile's permissions on one object.
 pub struct ObjPerm {
+    /// May read records of the object.
     pub read: bool,
+    /// May create records.
     pub create: bool,
+    /// May edit records.
     pub edit: bool,
+    /// May delete records.
     pub delete: bool,
-    pub view_all: bool,
-    pub modify_all: bool,
+    pub(crate) view_all: bool,
+    pub(crate) modify_all: bool,
 }
 
 impl ObjPerm {
-    pub fn all() -> Self {
+    pub(crate) fn all() -> Self {
         ObjPerm {
             read: true,
             create: true,
@@ -40,7 +52,7 @@ impl ObjPerm {
             modify_all: true,
         }
     }
-    pub fn crud(read: bool, create: bool, edit: bool, delete: bool) -> Self {
+    pub(crate) fn crud(read: bool, create: bool, edit: bool, delete: bool) -> Self {
         ObjPerm {
             read,
             create,
@@ -54,8 +66,11 @@ impl ObjPerm {
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// A profile's access to one field (field-level security).
 pub struct FieldPerm {
+    /// The field is visible.
     pub read: bool,
+    /// The field may be written.
     pub edit: bool,
 }
 
@@ -73,6 +88,7 @@ impl Default for FieldPerm {
 pub struct IpRange(pub IpAddr, pub IpAddr);
 
 impl IpRange {
+    /// Whether `ip` lies in the range (an IPv4 address also matches its IPv4-mapped IPv6 form).
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.0, self.1, ip) {
             (IpAddr::V4(a), IpAddr::V4(b), IpAddr::V4(x)) => a <= x && x <= b,
@@ -86,9 +102,11 @@ impl IpRange {
 }
 
 #[derive(Clone, Debug, Serialize)]
+/// A profile: what its users may see and do.
 pub struct Profile {
+    /// The profile name, e.g. `System Administrator`.
     pub name: String,
-    pub api_enabled: bool,
+    pub(crate) api_enabled: bool,
     /// Object name → permissions; an object not listed is invisible.
     pub objects: BTreeMap<String, ObjPerm>,
     /// `Object.Field` → access; a field not listed is readable and editable.
@@ -98,9 +116,11 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// The permissions on object `obj`; none if the profile does not list it.
     pub fn object(&self, obj: &str) -> ObjPerm {
         self.objects.get(obj).copied().unwrap_or_default()
     }
+    /// The access to `obj.field`; full access if the profile does not list it (`Id` is always read-only).
     pub fn field(&self, obj: &str, field: &str) -> FieldPerm {
         if field == "Id" {
             return FieldPerm {
@@ -113,17 +133,17 @@ impl Profile {
             .copied()
             .unwrap_or_default()
     }
-    pub fn ip_allowed(&self, ip: IpAddr) -> bool {
+    pub(crate) fn ip_allowed(&self, ip: IpAddr) -> bool {
         self.login_ip_ranges.is_empty() || self.login_ip_ranges.iter().any(|r| r.contains(ip))
     }
 }
 
-pub const ADMIN_PROFILE: &str = "System Administrator";
-pub const INTEGRATION_PROFILE: &str = "Integration User";
-pub const STANDARD_PROFILE: &str = "Standard User";
-pub const NO_API_PROFILE: &str = "No API Access";
+pub(crate) const ADMIN_PROFILE: &str = "System Administrator";
+pub(crate) const INTEGRATION_PROFILE: &str = "Integration User";
+pub(crate) const STANDARD_PROFILE: &str = "Standard User";
+pub(crate) const NO_API_PROFILE: &str = "No API Access";
 
-pub fn seed_profiles(schema: &[ObjectDef]) -> BTreeMap<String, Profile> {
+pub(crate) fn seed_profiles(schema: &[ObjectDef]) -> BTreeMap<String, Profile> {
     let mut out = BTreeMap::new();
     let all = |perm: ObjPerm| -> BTreeMap<String, ObjPerm> {
         schema.iter().map(|o| (o.name.to_string(), perm)).collect()
@@ -195,7 +215,7 @@ pub fn seed_profiles(schema: &[ObjectDef]) -> BTreeMap<String, Profile> {
     out
 }
 
-pub fn seed_users(cfg: &SalesforceConfig) -> Vec<SfUser> {
+pub(crate) fn seed_users(cfg: &SalesforceConfig) -> Vec<SfUser> {
     let _ = cfg;
     [
         ("admin", "Ada Admin", ADMIN_PROFILE),

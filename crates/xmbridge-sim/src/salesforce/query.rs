@@ -20,35 +20,53 @@ use std::cmp::Ordering;
 /// Rows left of a query, served page by page.
 #[derive(Clone, Debug)]
 pub struct Cursor {
+    /// Every row of the result, rendered.
     pub rows: Vec<Value>,
+    /// How many rows were served so far.
     pub offset: usize,
+    /// Rows per page (`batchSize`).
     pub batch: usize,
+    /// The result's `totalSize`.
     pub total: usize,
+    /// The user who ran the query (index in `State::users`); only they may page on.
     pub user: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
+/// A literal of a SOQL condition.
 pub enum Lit {
+    /// A quoted string.
     Str(String),
+    /// A number.
     Num(f64),
+    /// `true` or `false`.
     Bool(bool),
+    /// `null`.
     Null,
 }
 
 #[derive(Clone, Debug, PartialEq)]
+/// One comparison of a WHERE clause: `field op value`.
 pub struct Cond {
+    /// The field's API name.
     pub field: String,
+    /// The operator: `=`, `!=`, `<>`, `<`, `>`, `<=` or `>=`.
     pub op: String,
+    /// The right-hand side.
     pub value: Lit,
 }
 
 /// WHERE in disjunctive form: OR of ANDs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Soql {
+    /// The selected fields, as written.
     pub fields: Vec<String>,
+    /// The object queried (FROM).
     pub object: String,
+    /// The WHERE clause: OR of AND-groups; empty for none.
     pub filter: Vec<Vec<Cond>>,
-    pub order_by: Option<(String, bool)>,
+    pub(crate) order_by: Option<(String, bool)>,
+    /// The LIMIT; `None` for none.
     pub limit: Option<usize>,
 }
 
@@ -275,7 +293,7 @@ fn canonical(s: &Session, o: &ObjectDef, name: &str) -> Result<String, SfError> 
         })
 }
 
-pub fn routes() -> Router<SharedSf> {
+pub(crate) fn routes() -> Router<SharedSf> {
     Router::new()
         .route("/services/data/{v}/query", get(query))
         .route("/services/data/{v}/query/{cursor}", get(more))

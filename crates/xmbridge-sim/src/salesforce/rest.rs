@@ -18,17 +18,19 @@ use serde_json::{Map, Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub const MIN_VERSION: u32 = 20;
-pub const MAX_VERSION: u32 = 62;
+pub(crate) const MIN_VERSION: u32 = 20;
+pub(crate) const MAX_VERSION: u32 = 62;
 
 /// Who is calling and with which API version.
 #[derive(Clone, Debug)]
 pub struct Session {
+    /// Index of the caller in `State::users`.
     pub user: usize,
+    /// The caller's profile, as it was when the request arrived.
     pub profile: Profile,
     /// `60.0`
     pub version: String,
-    pub major: u32,
+    pub(crate) major: u32,
 }
 
 impl Session {
@@ -40,7 +42,7 @@ impl Session {
     }
 }
 
-pub fn routes(sim: SharedSf) -> Router<SharedSf> {
+pub(crate) fn routes(sim: SharedSf) -> Router<SharedSf> {
     let data = Router::new()
         .route("/services/data/{v}", get(resources))
         .route("/services/data/{v}/limits", get(limits_resource))

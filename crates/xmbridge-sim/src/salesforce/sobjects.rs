@@ -9,10 +9,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 #[derive(Clone, Debug, Serialize)]
+/// A record of the org.
 pub struct Record {
+    /// The record id (18 characters, the object's key prefix first).
     pub id: String,
+    /// The object it belongs to.
     pub object: String,
+    /// Field values by API name.
     pub fields: Map<String, Value>,
+    /// Deleted: in the recycle bin, invisible to the API.
     pub deleted: bool,
 }
 
@@ -21,13 +26,18 @@ pub struct Record {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValidationRule {
+    /// The object the rule guards.
     pub object: String,
+    /// The rule's name.
     pub name: String,
+    /// The field the condition looks at.
     pub field: String,
     /// `blank`, `equals`, `not_equals`, `gt`, `lt`.
     pub condition: String,
     #[serde(default)]
+    /// The value compared with (unused by `blank`).
     pub value: Value,
+    /// The error message the write fails with.
     pub message: String,
     /// Where the error is shown (`fields` of the error); none = top of the page (`fields: []`).
     #[serde(default)]
@@ -35,7 +45,7 @@ pub struct ValidationRule {
 }
 
 impl ValidationRule {
-    pub fn check_shape(&self) -> Result<(), String> {
+    pub(crate) fn check_shape(&self) -> Result<(), String> {
         match self.condition.as_str() {
             "blank" | "equals" | "not_equals" | "gt" | "lt" => Ok(()),
             other => Err(format!(
@@ -66,8 +76,11 @@ impl ValidationRule {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Whether a write creates or updates a record.
 pub enum WriteOp {
+    /// A new record.
     Create,
+    /// A change to an existing record.
     Update,
 }
 
@@ -75,7 +88,7 @@ fn bad(code: &str, msg: impl Into<String>, fields: Vec<String>) -> Vec<ErrItem> 
     vec![ErrItem::new(code, msg, fields)]
 }
 
-pub fn no_such_column(obj: &ObjectDef, field: &str) -> ErrItem {
+pub(crate) fn no_such_column(obj: &ObjectDef, field: &str) -> ErrItem {
     ErrItem::new(
         "INVALID_FIELD",
         format!("No such column '{field}' on sobject of type {}", obj.name),
@@ -292,7 +305,7 @@ fn resolve_relationship(
     }
 }
 
-pub fn value_text(v: &Value) -> String {
+pub(crate) fn value_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
@@ -589,7 +602,9 @@ pub fn delete(
 /// The outcome of an upsert.
 #[derive(Debug)]
 pub enum Upserted {
+    /// No record carried the key: one was created (its id).
     Created(String),
+    /// One record carried the key: it was updated (its id).
     Updated(String),
     /// Several records carry the key: nothing written.
     Multiple(Vec<String>),
@@ -598,7 +613,9 @@ pub enum Upserted {
 /// What an upsert matches on.
 #[derive(Clone, Copy, Debug)]
 pub struct UpsertKey<'a> {
+    /// The External ID (or idLookup) field matched on.
     pub field: &'a FieldDef,
+    /// The value looked for.
     pub value: &'a str,
     /// `?updateOnly=true`: never create.
     pub update_only: bool,

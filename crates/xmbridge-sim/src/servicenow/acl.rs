@@ -7,23 +7,33 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// What a request does to a table, as ACLs name it.
 pub enum Operation {
+    /// Reading records (GET).
     Read,
+    /// Creating records (POST).
     Create,
+    /// Changing records (PUT, PATCH).
     Write,
+    /// Deleting records (DELETE).
     Delete,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+/// A table-level ACL: which roles may do one operation on one table.
 pub struct TableRule {
+    /// The table name, e.g. `incident`.
     pub table: String,
+    /// The operation it allows.
     pub operation: Operation,
     /// Any of these roles passes; `*` means every authenticated user.
     pub roles: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+/// A row-level ACL: rows of a table hidden from users without a role.
 pub struct RowRule {
+    /// The table name.
     pub table: String,
     /// Encoded query of the rows to hide.
     pub hide_query: String,
@@ -32,8 +42,11 @@ pub struct RowRule {
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
+/// The instance's ACLs; seeded, changeable through `/_sim`.
 pub struct AclState {
+    /// Table-level rules; without a matching rule only `admin` may do the operation.
     pub tables: Vec<TableRule>,
+    /// Row-level rules.
     pub rows: Vec<RowRule>,
 }
 

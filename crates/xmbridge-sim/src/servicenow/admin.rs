@@ -22,9 +22,11 @@ use serde_json::{Map, Value, json};
 pub struct Faults {
     /// The next N REST calls fail with `storm_status` (default 503).
     pub storm: u32,
+    /// The status a storm answers with; `None` means 503.
     pub storm_status: Option<u16>,
     /// The next N REST calls get 429 with `Retry-After: throttle_retry_after` (default 1 s).
     pub throttle: u32,
+    /// Seconds sent in `Retry-After` with a throttle; `None` means 1.
     pub throttle_retry_after: Option<u64>,
     /// Every REST call waits this long first.
     pub slow_ms: u64,
@@ -71,7 +73,7 @@ fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Box<Response>> {
     serde_json::from_value(v).map_err(|e| Box::new(bad(e.to_string())))
 }
 
-pub fn router() -> Router<SharedSn> {
+pub(crate) fn router() -> Router<SharedSn> {
     Router::new()
         .route("/_sim/credentials", get(credentials))
         .route("/_sim/users", post(add_user))

@@ -12,14 +12,18 @@ use serde_json::json;
 /// A ServiceNow REST error, rendered in the documented envelope.
 #[derive(Debug, Clone)]
 pub struct SnError {
+    /// HTTP status of the answer.
     pub status: StatusCode,
+    /// `error.message` of the envelope.
     pub message: String,
+    /// `error.detail` of the envelope; `None` sends null.
     pub detail: Option<String>,
+    /// Extra response headers (e.g. rate-limit headers).
     pub headers: Vec<(&'static str, String)>,
 }
 
 impl SnError {
-    pub fn new(status: StatusCode, message: &str, detail: Option<&str>) -> SnError {
+    pub(crate) fn new(status: StatusCode, message: &str, detail: Option<&str>) -> SnError {
         SnError {
             status,
             message: message.to_string(),
@@ -28,7 +32,7 @@ impl SnError {
         }
     }
 
-    pub fn unauthenticated() -> SnError {
+    pub(crate) fn unauthenticated() -> SnError {
         SnError::new(
             StatusCode::UNAUTHORIZED,
             "User Not Authenticated",
@@ -36,7 +40,7 @@ impl SnError {
         )
     }
 
-    pub fn no_record() -> SnError {
+    pub(crate) fn no_record() -> SnError {
         SnError::new(
             StatusCode::NOT_FOUND,
             "No Record found",
@@ -44,7 +48,7 @@ impl SnError {
         )
     }
 
-    pub fn invalid_table(table: &str) -> SnError {
+    pub(crate) fn invalid_table(table: &str) -> SnError {
         SnError::new(
             StatusCode::BAD_REQUEST,
             &format!("Invalid table {table}"),
@@ -52,7 +56,7 @@ impl SnError {
         )
     }
 
-    pub fn bad_request(message: &str) -> SnError {
+    pub(crate) fn bad_request(message: &str) -> SnError {
         SnError::new(StatusCode::BAD_REQUEST, message, None)
     }
 }
@@ -76,12 +80,14 @@ impl IntoResponse for SnError {
 /// Who made a request: put into the request's extensions by [`gate`].
 #[derive(Clone, Debug)]
 pub struct Caller {
+    /// The caller's `user_name`.
     pub user_name: String,
+    /// The caller's roles.
     pub roles: Vec<String>,
 }
 
 impl Caller {
-    pub fn has_role(&self, role: &str) -> bool {
+    pub(crate) fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role || r == "admin")
     }
 }

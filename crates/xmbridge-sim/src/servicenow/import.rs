@@ -16,15 +16,19 @@ use std::collections::HashMap;
 
 /// A transform map: staging table → target table, coalescing on one target field.
 pub struct TransformMap {
+    /// The transform map's name.
     pub name: &'static str,
+    /// The import set (staging) table rows are posted to.
     pub staging: &'static str,
+    /// The table the rows are transformed into.
     pub target: &'static str,
+    /// The target field that decides insert or update: a row matching an existing value updates it.
     pub coalesce: &'static str,
     /// staging field → target field.
     pub fields: &'static [(&'static str, &'static str)],
 }
 
-pub const MAPS: &[TransformMap] = &[
+pub(crate) const MAPS: &[TransformMap] = &[
     TransformMap {
         name: "Qualtrics Incident",
         staging: "u_qualtrics_incident_import",
@@ -57,7 +61,7 @@ pub const MAPS: &[TransformMap] = &[
 ];
 
 #[derive(Debug, Default)]
-pub struct ImportState {
+pub(crate) struct ImportState {
     sets: u64,
     /// staging row sys_id → the reply it produced.
     results: HashMap<String, Value>,
@@ -182,7 +186,7 @@ fn insert_impl(
     ))
 }
 
-pub async fn insert(
+pub(crate) async fn insert(
     State(sim): State<SharedSn>,
     Path(staging): Path<String>,
     Extension(caller): Extension<Caller>,
@@ -197,7 +201,7 @@ pub async fn insert(
     }
 }
 
-pub async fn get_row(
+pub(crate) async fn get_row(
     State(sim): State<SharedSn>,
     Path((staging, sys_id)): Path<(String, String)>,
     Extension(caller): Extension<Caller>,

@@ -35,11 +35,12 @@ use std::sync::{Arc, OnceLock};
 /// One record: field name → value. Every stored value is a string (references hold the sys_id).
 pub type Record = Map<String, Value>;
 
-pub type SharedSn = Arc<SnSim>;
+pub(crate) type SharedSn = Arc<SnSim>;
 
 /// Everything that shapes a simulated instance. Same settings → same instance, byte for byte.
 #[derive(Clone, Debug)]
 pub struct SnConfig {
+    /// Seed of everything generated (sys_ids, users, incidents); the same seed gives the same instance.
     pub seed: u64,
     /// The instance name (`acme` in `acme.service-now.com`); shown in `instance_name`.
     pub instance: String,
@@ -87,8 +88,11 @@ impl SnConfig {
 
 /// A simulated instance and all its mutable state.
 pub struct SnSim {
+    /// The settings the instance was started with.
     pub cfg: SnConfig,
+    /// The instance's simulated clock.
     pub clock: SimClock,
+    /// Everything mutable, behind one lock.
     pub db: Mutex<Db>,
     /// `http://127.0.0.1:PORT`, set once the server is bound (used in `Link`, `Location` and
     /// reference links).
@@ -98,21 +102,28 @@ pub struct SnSim {
 
 /// Everything mutable, behind one lock: requests are short and the data is small.
 pub struct Db {
+    /// Rows by table name.
     pub tables: BTreeMap<String, Vec<Record>>,
+    /// Who can authenticate: users and OAuth clients.
     pub creds: oauth::Credentials,
+    /// Issued OAuth tokens.
     pub tokens: oauth::TokenStore,
+    /// Table- and row-level ACLs.
     pub acl: acl::AclState,
+    /// Rate-limit rules and their hourly counts.
     pub limits: ratelimit::RateLimits,
+    /// The fault switches set through `/_sim`.
     pub faults: admin::Faults,
+    /// Business rules and the outbound calls they made.
     pub rules: rules::RuleState,
-    pub imports: import::ImportState,
+    pub(crate) imports: import::ImportState,
     /// Counter behind generated ids (sys_id, tokens, numbers).
     pub id_counter: u64,
-    pub next_incident: u64,
+    pub(crate) next_incident: u64,
 }
 
 impl SnSim {
-    pub fn new(cfg: SnConfig) -> SnSim {
+    pub(crate) fn new(cfg: SnConfig) -> SnSim {
         let db = seed::seed(&cfg);
         let http = reqwest::Client::builder()
             .no_proxy()
@@ -128,6 +139,7 @@ impl SnSim {
         }
     }
 
+    /// The instance's base URL, `http://127.0.0.1:PORT`; empty until the server is bound.
     pub fn base(&self) -> String {
         self.base_url
             .get()
@@ -148,6 +160,7 @@ impl Db {
         Rng::derive(seed, &[0x5_1D, self.id_counter]).hex(32)
     }
 
+    /// The value of system property `name` (a `sys_properties` row); `None` if not set.
     pub fn property(&self, name: &str) -> Option<String> {
         self.tables.get("sys_properties").and_then(|rows| {
             rows.iter()
@@ -156,7 +169,7 @@ impl Db {
         })
     }
 
-    pub fn property_true(&self, name: &str) -> bool {
+    pub(crate) fn property_true(&self, name: &str) -> bool {
         self.property(name).as_deref() == Some("true")
     }
 }

@@ -15,33 +15,44 @@ use std::collections::HashMap;
 /// A user who can authenticate (the `sys_user` row holds the same name and email).
 #[derive(Clone, Debug, Serialize)]
 pub struct SnUser {
+    /// The login name, unique in the instance.
     pub user_name: String,
+    /// The password (Basic auth and the password grant).
     pub password: String,
+    /// The user's roles, e.g. `itil` or `admin`.
     pub roles: Vec<String>,
     /// "Web service access only": such users pass the Basic-auth gate for interactive users.
     pub web_service_access_only: bool,
+    /// Inactive users cannot authenticate.
     pub active: bool,
-    pub locked_out: bool,
+    pub(crate) locked_out: bool,
 }
 
 /// An Application Registry entry (OAuth client).
 #[derive(Clone, Debug, Serialize)]
 pub struct OAuthClient {
+    /// The client id.
     pub client_id: String,
+    /// The client secret.
     pub client_secret: String,
     /// The OAuth Application User: who client_credentials calls run as (none: grant refused).
     pub app_user: Option<String>,
-    pub access_ttl_secs: u64,
+    pub(crate) access_ttl_secs: u64,
+    /// Refresh token lifetime, seconds.
     pub refresh_ttl_secs: u64,
 }
 
 #[derive(Default, Debug, Serialize)]
+/// Who can authenticate against the instance.
 pub struct Credentials {
+    /// Users that can log in.
     pub users: Vec<SnUser>,
+    /// Registered OAuth clients.
     pub clients: Vec<OAuthClient>,
 }
 
 impl Credentials {
+    /// The user called `name`, if any.
     pub fn user(&self, name: &str) -> Option<&SnUser> {
         self.users.iter().find(|u| u.user_name == name)
     }
@@ -52,6 +63,7 @@ impl Credentials {
             .filter(|u| u.password == password && u.active && !u.locked_out)
     }
 
+    /// The client with this id, if `secret` is its secret.
     pub fn client(&self, id: &str, secret: &str) -> Option<&OAuthClient> {
         self.clients
             .iter()
@@ -66,6 +78,7 @@ struct Grant {
 }
 
 #[derive(Default, Debug)]
+/// The OAuth access and refresh tokens the instance issued.
 pub struct TokenStore {
     access: HashMap<String, Grant>,
     refresh: HashMap<String, Grant>,

@@ -13,20 +13,35 @@ use serde_json::Value;
 use std::cmp::Ordering;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// An operator of an encoded query.
 pub enum Op {
+    /// `=`
     Eq,
+    /// `!=`
     Ne,
+    /// `LIKE`: contains.
     Like,
+    /// `NOT LIKE`: does not contain.
     NotLike,
+    /// `STARTSWITH`
     StartsWith,
+    /// `ENDSWITH`
     EndsWith,
+    /// `>`
     Gt,
+    /// `>=`
     Ge,
+    /// `<`
     Lt,
+    /// `<=`
     Le,
+    /// `IN`: one of a comma list.
     In,
+    /// `NOT IN`: none of a comma list.
     NotIn,
+    /// `ISEMPTY`
     IsEmpty,
+    /// `ISNOTEMPTY`
     IsNotEmpty,
 }
 
@@ -49,14 +64,18 @@ const OPS: &[(&str, Op)] = &[
 ];
 
 #[derive(Clone, Debug)]
+/// One condition of an encoded query: `path op value`.
 pub struct Cond {
     /// `caller_id.email` → `[("caller_id", incident), ("email", sys_user)]`: field and its table.
     pub path: Vec<(String, &'static str)>,
+    /// The operator.
     pub op: Op,
+    /// The right-hand side as written; empty for `ISEMPTY`/`ISNOTEMPTY`.
     pub value: String,
 }
 
 #[derive(Clone, Debug, Default)]
+/// A parsed encoded query (`sysparm_query`).
 pub struct Query {
     /// OR of queries (`^NQ`); each is an AND of OR-sets.
     pub groups: Vec<Vec<Vec<Cond>>>,
@@ -190,7 +209,7 @@ fn compare(a: &str, b: &str) -> Ordering {
 }
 
 impl Cond {
-    pub fn holds<'a>(&self, rec: &'a Record, lookup: &Lookup<'a>) -> bool {
+    pub(crate) fn holds<'a>(&self, rec: &'a Record, lookup: &Lookup<'a>) -> bool {
         let v = value_of(rec, &self.path, lookup);
         let list = || self.value.split(',').map(str::trim);
         match self.op {
@@ -213,6 +232,7 @@ impl Cond {
 }
 
 impl Query {
+    /// Whether record `rec` satisfies the query; `lookup` resolves dot-walked references.
     pub fn matches<'a>(&self, rec: &'a Record, lookup: &Lookup<'a>) -> bool {
         self.groups.is_empty()
             || self.groups.iter().any(|group| {

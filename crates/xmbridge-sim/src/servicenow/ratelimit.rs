@@ -10,10 +10,13 @@ use std::collections::HashMap;
 const HOUR_MS: i64 = 3_600_000;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+/// A rate-limit rule: how many requests per hour a user or role may make.
 pub struct Rule {
     #[serde(default)]
+    /// The rule's sys_id (generated when not given).
     pub sys_id: String,
     #[serde(default)]
+    /// The rule's name, sent in `X-RateLimit-Rule`.
     pub name: String,
     /// Applies to this user only.
     #[serde(default)]
@@ -26,7 +29,9 @@ pub struct Rule {
 }
 
 #[derive(Debug, Default)]
+/// The instance's rate-limit rules and the hourly counts per caller.
 pub struct RateLimits {
+    /// The rules; none means no limit.
     pub rules: Vec<Rule>,
     counts: HashMap<(String, i64), u32>,
 }
@@ -34,15 +39,20 @@ pub struct RateLimits {
 /// The rule that applied to one request and what it says.
 #[derive(Clone, Debug)]
 pub struct Verdict {
+    /// Requests allowed per hour.
     pub limit: u32,
+    /// The rule that applied (its sys_id).
     pub rule: String,
     /// Unix seconds of the next hourly reset.
     pub reset: i64,
+    /// Seconds until the reset, for `Retry-After`.
     pub retry_after: i64,
+    /// The request is over the limit (answered 429).
     pub exceeded: bool,
 }
 
 impl Verdict {
+    /// The rate-limit response headers (`X-RateLimit-*`, plus `Retry-After` when exceeded).
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         let mut h = vec![
             ("x-ratelimit-limit", self.limit.to_string()),
@@ -101,6 +111,7 @@ impl RateLimits {
         })
     }
 
+    /// Removes every rule and count.
     pub fn clear(&mut self) {
         self.rules.clear();
         self.counts.clear();

@@ -10,25 +10,34 @@ use serde_json::Value;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// Which writes a business rule runs on.
 pub enum On {
+    /// Inserts only.
     Insert,
+    /// Updates only.
     Update,
     #[default]
+    /// Inserts and updates.
     Both,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+/// A business rule that POSTs a record to a URL when a write makes it match a condition.
 pub struct BusinessRule {
     #[serde(default)]
+    /// The rule's sys_id (generated when not given).
     pub sys_id: String,
     #[serde(default)]
+    /// The rule's name.
     pub name: String,
+    /// The table the rule watches.
     pub table: String,
     /// Encoded query the record must match after the write (and not before it, on update).
     pub condition: String,
     /// Loopback URL the record is POSTed to.
     pub url: String,
     #[serde(default)]
+    /// Which writes trigger the rule.
     pub on: On,
     /// Comma list of fields (dot-walks allowed, e.g. `caller_id.email`); default all.
     #[serde(default)]
@@ -45,21 +54,31 @@ pub struct BusinessRule {
 /// One outbound call and how it went.
 #[derive(Clone, Debug, Serialize)]
 pub struct Delivery {
+    /// The sys_id of the rule that made the call.
     pub rule: String,
-    pub rule_name: String,
+    pub(crate) rule_name: String,
+    /// The table of the record sent.
     pub table: String,
+    /// The sys_id of the record sent.
     pub sys_id: String,
+    /// The URL called.
     pub url: String,
+    /// The JSON body sent.
     pub body: Value,
     /// HTTP status of the receiver's answer; `None` when the call failed.
     pub status: Option<u16>,
+    /// Why the call failed; `None` when it got an answer.
     pub error: Option<String>,
+    /// When the call was made (simulated time, as text).
     pub at: String,
 }
 
 #[derive(Debug, Default)]
+/// The instance's business rules and their outbound calls.
 pub struct RuleState {
+    /// The rules, in creation order.
     pub rules: Vec<BusinessRule>,
+    /// Every call made, oldest first.
     pub deliveries: Vec<Delivery>,
 }
 

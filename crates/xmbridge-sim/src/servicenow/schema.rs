@@ -6,10 +6,15 @@ use super::Record;
 use serde_json::{Value, json};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The type of a field of a simulated table.
 pub enum Kind {
+    /// Text.
     Str,
+    /// `true` / `false`.
     Bool,
+    /// An integer.
     Int,
+    /// A date and time (`YYYY-MM-DD HH:MM:SS`, UTC).
     DateTime,
     /// A reference to a row of the named table (stored as its sys_id).
     Ref(&'static str),
@@ -20,7 +25,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn internal_type(self) -> &'static str {
+    pub(crate) fn internal_type(self) -> &'static str {
         match self {
             Kind::Str => "string",
             Kind::Bool => "boolean",
@@ -33,15 +38,20 @@ impl Kind {
     }
 }
 
+/// A simulated table and its fields.
 pub struct TableDef {
+    /// The table name, e.g. `incident`.
     pub name: &'static str,
+    /// The label the ServiceNow UI shows.
     pub label: &'static str,
     /// The field shown as a reference's display value.
     pub display: &'static str,
+    /// The table's own fields and their types (the `sys_` fields come on top).
     pub fields: &'static [(&'static str, Kind)],
 }
 
 impl TableDef {
+    /// The type of `field` (own or `sys_`); `None` if the table has no such field.
     pub fn kind(&self, field: &str) -> Option<Kind> {
         SYS_FIELDS
             .iter()
@@ -62,7 +72,7 @@ impl TableDef {
     }
 }
 
-pub const SYS_FIELDS: &[(&str, Kind)] = &[
+pub(crate) const SYS_FIELDS: &[(&str, Kind)] = &[
     ("sys_id", Kind::Str),
     ("sys_created_on", Kind::DateTime),
     ("sys_created_by", Kind::Str),
@@ -71,7 +81,7 @@ pub const SYS_FIELDS: &[(&str, Kind)] = &[
     ("sys_mod_count", Kind::Int),
 ];
 
-pub const STATES: &[(&str, &str)] = &[
+pub(crate) const STATES: &[(&str, &str)] = &[
     ("1", "New"),
     ("2", "In Progress"),
     ("3", "On Hold"),
@@ -79,8 +89,9 @@ pub const STATES: &[(&str, &str)] = &[
     ("7", "Closed"),
     ("8", "Canceled"),
 ];
-pub const LEVELS: &[(&str, &str)] = &[("1", "1 - High"), ("2", "2 - Medium"), ("3", "3 - Low")];
-pub const PRIORITIES: &[(&str, &str)] = &[
+pub(crate) const LEVELS: &[(&str, &str)] =
+    &[("1", "1 - High"), ("2", "2 - Medium"), ("3", "3 - Low")];
+pub(crate) const PRIORITIES: &[(&str, &str)] = &[
     ("1", "1 - Critical"),
     ("2", "2 - High"),
     ("3", "3 - Moderate"),
@@ -88,7 +99,7 @@ pub const PRIORITIES: &[(&str, &str)] = &[
     ("5", "5 - Planning"),
 ];
 
-pub const TABLES: &[TableDef] = &[
+pub(crate) const TABLES: &[TableDef] = &[
     TableDef {
         name: "incident",
         label: "Incident",
@@ -208,7 +219,7 @@ pub const TABLES: &[TableDef] = &[
     },
 ];
 
-pub fn table(name: &str) -> Option<&'static TableDef> {
+pub(crate) fn table(name: &str) -> Option<&'static TableDef> {
     TABLES.iter().find(|t| t.name == name)
 }
 

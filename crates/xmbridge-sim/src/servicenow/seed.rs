@@ -73,11 +73,11 @@ pub fn priority(urgency: &str, impact: &str) -> String {
     (u + i - 1).to_string()
 }
 
-pub fn incident_number(n: u64) -> String {
+pub(crate) fn incident_number(n: u64) -> String {
     format!("INC{n:07}")
 }
 
-pub fn seed(cfg: &SnConfig) -> Db {
+pub(crate) fn seed(cfg: &SnConfig) -> Db {
     let seed = cfg.seed;
     let mut db = Db {
         tables: BTreeMap::new(),
@@ -243,7 +243,7 @@ pub fn seed(cfg: &SnConfig) -> Db {
 }
 
 impl Db {
-    pub fn table_mut(&mut self, name: &str) -> &mut Vec<Record> {
+    pub(crate) fn table_mut(&mut self, name: &str) -> &mut Vec<Record> {
         self.tables.entry(name.to_string()).or_default()
     }
 }

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Version {
+pub(crate) enum Version {
     Latest,
     V1,
     V2,
@@ -34,20 +34,25 @@ fn version(v: &str) -> Result<Version, SnError> {
 /// `sysparm_display_value`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Display {
+    /// Stored values only.
     Value,
+    /// Display values only.
     Label,
+    /// Both, as `{value, display_value}` objects.
     All,
 }
 
 /// Rendering options shared by every reply that carries records.
 #[derive(Clone, Debug)]
 pub struct Render {
+    /// `sysparm_fields`: the fields to return; `None` for all.
     pub fields: Option<Vec<String>>,
+    /// `sysparm_display_value`.
     pub display: Display,
-    pub exclude_link: bool,
+    pub(crate) exclude_link: bool,
 }
 
-pub fn params(uri: &Uri) -> Vec<(String, String)> {
+pub(crate) fn params(uri: &Uri) -> Vec<(String, String)> {
     uri.query()
         .map(|q| {
             url::form_urlencoded::parse(q.as_bytes())
@@ -69,7 +74,7 @@ fn flag(ps: &[(String, String)], name: &str) -> bool {
 }
 
 impl Render {
-    pub fn from_params(ps: &[(String, String)]) -> Render {
+    pub(crate) fn from_params(ps: &[(String, String)]) -> Render {
         Render {
             fields: param(ps, "sysparm_fields")
                 .filter(|f| !f.trim().is_empty())
@@ -84,7 +89,7 @@ impl Render {
     }
 }
 
-pub fn find<'a>(db: &'a Db, table: &str, sys_id: &str) -> Option<&'a Record> {
+pub(crate) fn find<'a>(db: &'a Db, table: &str, sys_id: &str) -> Option<&'a Record> {
     db.tables
         .get(table)?
         .iter()
@@ -305,7 +310,7 @@ fn list_impl(
     Ok(resp)
 }
 
-pub async fn list(
+pub(crate) async fn list(
     State(sim): State<SharedSn>,
     Path(table): Path<String>,
     Extension(caller): Extension<Caller>,
@@ -314,7 +319,7 @@ pub async fn list(
     list_impl(&sim, &caller, Version::Latest, &table, &uri).unwrap_or_else(|e| e.into_response())
 }
 
-pub async fn list_v(
+pub(crate) async fn list_v(
     State(sim): State<SharedSn>,
     Path((v, table)): Path<(String, String)>,
     Extension(caller): Extension<Caller>,
@@ -351,7 +356,7 @@ fn get_impl(
     Ok((StatusCode::OK, axum::Json(json!({"result": body}))).into_response())
 }
 
-pub async fn get_one(
+pub(crate) async fn get_one(
     State(sim): State<SharedSn>,
     Path((table, sys_id)): Path<(String, String)>,
     Extension(caller): Extension<Caller>,
@@ -360,7 +365,7 @@ pub async fn get_one(
     get_impl(&sim, &caller, &table, &sys_id, &uri).unwrap_or_else(|e| e.into_response())
 }
 
-pub async fn get_one_v(
+pub(crate) async fn get_one_v(
     State(sim): State<SharedSn>,
     Path((v, table, sys_id)): Path<(String, String, String)>,
     Extension(caller): Extension<Caller>,
@@ -587,7 +592,7 @@ fn create_impl(
     ))
 }
 
-pub async fn create(
+pub(crate) async fn create(
     State(sim): State<SharedSn>,
     Path(table): Path<String>,
     Extension(caller): Extension<Caller>,
@@ -602,7 +607,7 @@ pub async fn create(
     .await
 }
 
-pub async fn create_v(
+pub(crate) async fn create_v(
     State(sim): State<SharedSn>,
     Path((v, table)): Path<(String, String)>,
     Extension(caller): Extension<Caller>,
@@ -699,7 +704,7 @@ fn update_impl(
     ))
 }
 
-pub async fn update(
+pub(crate) async fn update(
     State(sim): State<SharedSn>,
     Path((table, sys_id)): Path<(String, String)>,
     Extension(caller): Extension<Caller>,
@@ -714,7 +719,7 @@ pub async fn update(
     .await
 }
 
-pub async fn update_v(
+pub(crate) async fn update_v(
     State(sim): State<SharedSn>,
     Path((v, table, sys_id)): Path<(String, String, String)>,
     Extension(caller): Extension<Caller>,
@@ -739,7 +744,7 @@ pub async fn replace(
     update(s, p, c, uri, headers, body).await
 }
 
-pub async fn replace_v(
+pub(crate) async fn replace_v(
     s: State<SharedSn>,
     p: Path<(String, String, String)>,
     c: Extension<Caller>,
@@ -772,7 +777,7 @@ fn delete_impl(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub async fn delete(
+pub(crate) async fn delete(
     State(sim): State<SharedSn>,
     Path((table, sys_id)): Path<(String, String)>,
     Extension(caller): Extension<Caller>,
@@ -780,7 +785,7 @@ pub async fn delete(
     delete_impl(&sim, &caller, &table, &sys_id).unwrap_or_else(|e| e.into_response())
 }
 
-pub async fn delete_v(
+pub(crate) async fn delete_v(
     State(sim): State<SharedSn>,
     Path((v, table, sys_id)): Path<(String, String, String)>,
     Extension(caller): Extension<Caller>,
