@@ -15,6 +15,7 @@ use xmbridge_sim::SimHandle;
 /// directory itself unless [`Install::in_dir`] names a subdirectory), where [`Install::file`]
 /// writes.
 pub struct Install {
+    /// The temporary directory (removed when the installation is dropped).
     pub dir: tempfile::TempDir,
     bin: PathBuf,
     work_dir: PathBuf,
@@ -173,9 +174,11 @@ impl Run {
     pub fn code(&self) -> i32 {
         self.0.status.code().unwrap_or(-1)
     }
+    /// Standard output, lossily decoded.
     pub fn stdout(&self) -> String {
         String::from_utf8_lossy(&self.0.stdout).into_owned()
     }
+    /// Standard error, lossily decoded.
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.0.stderr).into_owned()
     }
@@ -215,9 +218,11 @@ impl Run {
 pub struct Runner(pub std::process::Child);
 
 impl Runner {
+    /// Sends SIGKILL.
     pub fn kill(&mut self) -> std::io::Result<()> {
         self.0.kill()
     }
+    /// Waits for the process to exit.
     pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
         self.0.wait()
     }
