@@ -481,7 +481,7 @@ impl Client {
                 Ok(b) => b,
                 Err(e) => {
                     // The connection broke while the answer arrived (a dropped connection).
-                    let err = Error::transport(url.as_str(), &e);
+                    let err = Error::transport(url.as_str(), e);
                     if mode == RetryMode::Idempotent && retry < self.inner.retry.max_retries {
                         self.wait_before_retry(&mut retry, None, &err).await;
                         continue;
@@ -596,7 +596,7 @@ impl Client {
                     (Error::Api(api), retry_after)
                 }
                 Err(e) => {
-                    let err = Error::transport(url.as_str(), &e);
+                    let err = Error::transport(url.as_str(), e);
                     let retryable = match (&err, mode) {
                         (_, RetryMode::Idempotent) => true,
                         (Error::Transport { not_sent, .. }, RetryMode::NotIdempotent) => *not_sent,

@@ -82,12 +82,16 @@ pub enum Error {
     Transport {
         /// The URL without its query.
         url: String,
-        /// What failed, with the causes.
+        /// What failed, with the causes, on one line.
         message: String,
         /// Whether the request surely never reached the server (safe to retry even a POST).
         not_sent: bool,
         /// Whether a timeout ended it.
         timeout: bool,
+        /// The transport error itself (a `reqwest::Error` from the client), for callers that
+        /// inspect it.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The answer was not the JSON we expected.
     #[error("unexpected answer from {url}: {message}")]
@@ -173,10 +177,10 @@ impl Error {
         }
     }
 
-    pub(crate) fn transport(url: &str, e: &reqwest::Error) -> Error {
+    pub(crate) fn transport(url: &str, e: reqwest::Error) -> Error {
         // reqwest's Display is terse ("error sending request"); the source chain says why.
         let mut message = e.to_string();
-        let mut src = std::error::Error::source(e);
+        let mut src = std::error::Error::source(&e);
         while let Some(s) = src {
             message.push_str(": ");
             message.push_str(&s.to_string());
@@ -187,6 +191,7 @@ impl Error {
             message,
             not_sent: e.is_connect(),
             timeout: e.is_timeout(),
+            source: Box::new(e),
         }
     }
 }

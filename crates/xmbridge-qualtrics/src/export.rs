@@ -380,7 +380,7 @@ impl Client {
                             .map_err(|e| Error::io("cannot write the export file", e))?;
                     }
                     Ok(None) => break None,
-                    Err(e) => break Some(Error::transport(url.as_str(), &e)),
+                    Err(e) => break Some(Error::transport(url.as_str(), e)),
                 }
             };
             out.flush()

@@ -461,6 +461,7 @@ mod tests {
                 message: "timed out".into(),
                 not_sent: false,
                 timeout: true,
+                source: "timed out".into(),
             },
         );
         assert_eq!(e.disposition(), Disposition::Retry { after: None });
