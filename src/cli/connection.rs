@@ -14,6 +14,7 @@ use std::sync::Arc;
 use xmbridge_auth::{ExposeSecret, SecretString};
 use xmbridge_qualtrics::capabilities::{self, Access};
 use xmbridge_qualtrics::{BaseUrl, DataCenter};
+use xmbridge_runtime::RuntimeError;
 use xmbridge_runtime::connection::{
     self as stored, AuthMode, Connected, DEFAULT_SCOPES, QualtricsSettings, load_settings,
 };
@@ -172,18 +173,21 @@ pub(crate) fn open_vault() -> anyhow::Result<(Home, Arc<Vault>)> {
 }
 
 /// A secret from a file (trailing newline trimmed), else an env var, else a prompt on a terminal.
+/// Typed, so the runtime can ask for it through its `link::Operator`.
 pub(crate) fn read_secret(
     file: Option<&Path>,
     env: &str,
     what: &str,
     flag: &str,
-) -> anyhow::Result<SecretString> {
+) -> xmbridge_runtime::Result<SecretString> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the {what} from {}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| RuntimeError::Input {
+            context: format!("cannot read the {what} from {}", path.display()),
+            source,
+        })?;
         let text = text.trim_end_matches(['\r', '\n']).to_string();
         if text.is_empty() {
-            return Err(usage(format!(
+            return Err(RuntimeError::Usage(format!(
                 "{} is empty; it must hold the {what}",
                 path.display()
             )));
@@ -199,20 +203,31 @@ pub(crate) fn read_secret(
     }
     if std::io::stdin().is_terminal() {
         // Not echoed, so the secret stays off the screen and out of terminal scrollback.
-        let line = rpassword::prompt_password(format!("{what}: "))
-            .with_context(|| format!("cannot read the {what} from the terminal"))?;
+        let line = rpassword::prompt_password(format!("{what}: ")).map_err(|source| {
+            RuntimeError::Input {
+                context: format!("cannot read the {what} from the terminal"),
+                source,
+            }
+        })?;
         if !line.is_empty() {
             credential_text(what, "the terminal", &line)?;
             return Ok(SecretString::from(line));
         }
     }
-    Err(usage(format!("no {what}: pass {flag} FILE or set {env}")))
+    Err(RuntimeError::Usage(format!(
+        "no {what}: pass {flag} FILE or set {env}"
+    )))
 }
 
 /// Refuses a token, client id, secret or user name that cannot go into an HTTP header or form
 /// field (a NUL, a line break …), naming where it came from; the value is never shown.
-pub(crate) fn credential_text(what: &str, source: &str, value: &str) -> anyhow::Result<()> {
-    xmbridge_auth::check_credential_text(what, value).map_err(|e| usage(format!("{e}: {source}")))
+pub(crate) fn credential_text(
+    what: &str,
+    source: &str,
+    value: &str,
+) -> xmbridge_runtime::Result<()> {
+    xmbridge_auth::check_credential_text(what, value)
+        .map_err(|e| RuntimeError::Usage(format!("{e}: {source}")))
 }
 
 /// A CA certificate file, checked to hold at least one readable PEM certificate before it is

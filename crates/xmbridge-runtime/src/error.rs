@@ -67,6 +67,15 @@ pub enum RuntimeError {
     /// Salesforce refused or could not set up a call.
     #[error(transparent)]
     Salesforce(#[from] xmbridge_salesforce::SalesforceError),
+    /// A secret or file the operator gave could not be read.
+    #[error("{context}")]
+    Input {
+        /// What was being read, e.g. `cannot read the client secret from PATH`.
+        context: String,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What a caller branches on.

@@ -4,7 +4,8 @@
 //!
 //! It owns the persisted format of Qualtrics connections and a stored connection turned into a
 //! client ([`connection`]), the clients of linked Salesforce and ServiceNow accounts and the
-//! table of external systems ([`systems`], [`salesforce`], [`servicenow`]), the workflow
+//! table of external systems ([`systems`], [`salesforce`], [`servicenow`]), linking and
+//! re-authorizing those accounts ([`link`]), the workflow
 //! process (plans, the live connector with its credential cache and response enrichment, hooks,
 //! event subscriptions, receiver and workers: [`workflow`]) and the exactly-once sync → workflow
 //! trigger ([`trigger`]). Its functions take typed inputs and return typed results and
@@ -15,6 +16,7 @@
 
 pub mod connection;
 mod error;
+pub mod link;
 pub mod salesforce;
 pub mod servicenow;
 pub mod systems;
