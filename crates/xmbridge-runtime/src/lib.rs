@@ -7,7 +7,8 @@
 //! table of external systems ([`systems`], [`salesforce`], [`servicenow`]), linking and
 //! re-authorizing those accounts ([`link`]), the workflow
 //! process (plans, the live connector with its credential cache and response enrichment, hooks,
-//! event subscriptions, receiver and workers: [`workflow`]) and the exactly-once sync → workflow
+//! event subscriptions, receiver and workers: [`workflow`]), a workflow's run state changed
+//! or read ([`control`]) and the exactly-once sync → workflow
 //! trigger ([`trigger`]). Its functions take typed inputs and return typed results and
 //! [`RuntimeError`]s; what an operator should know comes back as values.
 //!
@@ -15,6 +16,7 @@
 //! mechanics of the clients, the sync or the workflow engine (those are the other crates).
 
 pub mod connection;
+pub mod control;
 mod error;
 pub mod link;
 pub mod salesforce;
