@@ -3,7 +3,8 @@
 //! Connections live in the state store under `XMBRIDGE_HOME` (default `~/.xmbridge`), their
 //! secrets sealed by `xmbridge-vault`. Secrets come from files, environment variables or a prompt,
 //! never from the command line. This module reads them and prints what works; the stored format
-//! and the client a stored connection becomes live in `xmbridge_runtime::connection`.
+//! and the client a stored connection becomes live in `xmbridge_runtime::connection`, the steps of
+//! `connection test` in `xmbridge_runtime::save_and_test`.
 
 use super::UsageError;
 use anyhow::{Context, anyhow, bail};
@@ -12,12 +13,13 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use xmbridge_auth::{ExposeSecret, SecretString};
-use xmbridge_qualtrics::capabilities::{self, Access};
+use xmbridge_qualtrics::capabilities::Access;
 use xmbridge_qualtrics::{BaseUrl, DataCenter};
 use xmbridge_runtime::RuntimeError;
 use xmbridge_runtime::connection::{
     self as stored, AuthMode, Connected, DEFAULT_SCOPES, QualtricsSettings, load_settings,
 };
+use xmbridge_runtime::save_and_test::{TestStep, test_connection};
 use xmbridge_vault::{Home, MasterKey, SecretField, Vault};
 
 #[derive(Args, Debug)]
@@ -575,93 +577,75 @@ pub fn connect(name: &str) -> anyhow::Result<Connected> {
 
 async fn test(name: &str) -> anyhow::Result<()> {
     let (_, vault) = open_vault()?;
-    let Connected {
-        client,
-        settings: s,
-        source,
-    } = stored::connect(&vault, name)?;
-
-    println!("connection '{name}': {}", s.auth.label());
-    let me = client
-        .whoami()
-        .await
-        .with_context(|| format!("connection '{name}' cannot authenticate"))?;
-    let dc = client
-        .discover_data_center()
-        .await
-        .ok()
-        .map(|d| d.id().to_string())
-        .or(me.datacenter.clone());
-    println!(
-        "  data center: {} ({})",
-        dc.as_deref().unwrap_or("unknown"),
-        client.base().as_str()
-    );
-    println!(
-        "  user:        {} ({}), brand {}, account type {}",
-        me.user_name.as_deref().unwrap_or("?"),
-        me.user_id,
-        me.brand_id.as_deref().unwrap_or("?"),
-        me.account_type.as_deref().unwrap_or("?")
-    );
-    match source.expires_at() {
-        Some(t) => {
-            let at: chrono::DateTime<chrono::Utc> = t.into();
-            let mins = (at - chrono::Utc::now()).num_minutes();
-            println!(
-                "  token:       {}, expires {} (in {mins} min)",
-                source.describe(),
-                at.format("%Y-%m-%dT%H:%M:%SZ")
-            );
-        }
-        None => println!("  token:       {} (does not expire)", source.describe()),
-    }
-    let caps = capabilities::probe(&client, s.directory.as_deref()).await?;
-    match (&caps.directory, caps.directory_discovered) {
-        (Some(d), true) => {
-            println!("  directory:   {d} (discovered: the brand's default directory)")
-        }
-        (Some(d), false) => println!("  directory:   {d}"),
-        (None, _) => println!("  directory:   none"),
-    }
-    println!("  tables:");
-    for g in &caps.groups {
-        match &g.access {
-            Access::Ok => println!(
-                "    ok       {} ({})",
-                g.group.name,
-                g.group.tables.join(", ")
-            ),
-            Access::Skipped(why) => println!(
-                "    skipped  {} ({}): {why}",
-                g.group.name,
-                g.group.tables.join(", ")
-            ),
-        }
-    }
-    // Remember what was learned, so later runs skip the discovery (discovery may also have
-    // moved a vanity host to the data center's own host: keep it).
-    stored::remember(
-        &vault,
-        name,
-        stored::Learned {
-            base_url: client.base().as_str().to_string(),
-            datacenter: dc,
-            directory: caps.directory.clone(),
-            brand_id: me.brand_id.clone(),
-        },
-    )?;
-    let skipped = caps
-        .groups
-        .iter()
-        .filter(|g| g.access != Access::Ok)
-        .count();
-    if caps.can_sync() {
-        println!("result: connection '{name}' can sync ({skipped} table group(s) skipped)");
+    let tested = test_connection(&vault, name, |step| print_step(name, step)).await?;
+    if tested.can_sync {
+        println!(
+            "result: connection '{name}' can sync ({} table group(s) skipped)",
+            tested.skipped
+        );
         Ok(())
     } else {
         bail!(
             "connection '{name}' cannot sync: it cannot read surveys or responses (see the lines above)"
         )
+    }
+}
+
+fn print_step(name: &str, step: TestStep<'_>) {
+    match step {
+        TestStep::Auth(auth) => println!("connection '{name}': {}", auth.label()),
+        TestStep::Identity {
+            datacenter,
+            base_url,
+            me,
+        } => {
+            println!(
+                "  data center: {} ({base_url})",
+                datacenter.unwrap_or("unknown"),
+            );
+            println!(
+                "  user:        {} ({}), brand {}, account type {}",
+                me.user_name.as_deref().unwrap_or("?"),
+                me.user_id,
+                me.brand_id.as_deref().unwrap_or("?"),
+                me.account_type.as_deref().unwrap_or("?")
+            );
+        }
+        TestStep::Token { source, expires_at } => match expires_at {
+            Some(t) => {
+                let at: chrono::DateTime<chrono::Utc> = t.into();
+                let mins = (at - chrono::Utc::now()).num_minutes();
+                println!(
+                    "  token:       {source}, expires {} (in {mins} min)",
+                    at.format("%Y-%m-%dT%H:%M:%SZ")
+                );
+            }
+            None => println!("  token:       {source} (does not expire)"),
+        },
+        TestStep::Capabilities(caps) => {
+            match (&caps.directory, caps.directory_discovered) {
+                (Some(d), true) => {
+                    println!("  directory:   {d} (discovered: the brand's default directory)")
+                }
+                (Some(d), false) => println!("  directory:   {d}"),
+                (None, _) => println!("  directory:   none"),
+            }
+            println!("  tables:");
+            for g in &caps.groups {
+                match &g.access {
+                    Access::Ok => println!(
+                        "    ok       {} ({})",
+                        g.group.name,
+                        g.group.tables.join(", ")
+                    ),
+                    Access::Skipped(why) => println!(
+                        "    skipped  {} ({}): {why}",
+                        g.group.name,
+                        g.group.tables.join(", ")
+                    ),
+                }
+            }
+        }
+        _ => {}
     }
 }

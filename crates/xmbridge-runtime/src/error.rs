@@ -76,6 +76,15 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// A Qualtrics connection failed a step that names it (e.g. it cannot authenticate).
+    #[error("{message}")]
+    Connection {
+        /// Which connection, and the step.
+        message: String,
+        /// What the Qualtrics client said.
+        #[source]
+        source: xmbridge_qualtrics::Error,
+    },
 }
 
 /// What a caller branches on.

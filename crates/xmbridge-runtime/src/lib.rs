@@ -3,7 +3,7 @@
 //! long-running service tomorrow.
 //!
 //! It owns the persisted format of Qualtrics connections and a stored connection turned into a
-//! client ([`connection`]), the clients of linked Salesforce and ServiceNow accounts and the
+//! client ([`connection`]) and its "Save & Test" ([`save_and_test`]), the clients of linked Salesforce and ServiceNow accounts and the
 //! table of external systems ([`systems`], [`salesforce`], [`servicenow`]), linking and
 //! re-authorizing those accounts ([`link`]), the workflow
 //! process (plans, the live connector with its credential cache and response enrichment, hooks,
@@ -20,6 +20,7 @@ pub mod control;
 mod error;
 pub mod link;
 pub mod salesforce;
+pub mod save_and_test;
 pub mod servicenow;
 pub mod systems;
 pub mod trigger;
