@@ -85,6 +85,15 @@ pub enum RuntimeError {
         #[source]
         source: xmbridge_qualtrics::Error,
     },
+    /// A destination could not be opened (another sync holding it is a `DestError::Busy` cause).
+    #[error("{message}")]
+    Destination {
+        /// What was being done.
+        message: String,
+        /// What the destination said.
+        #[source]
+        source: Box<xmbridge_destinations::DestError>,
+    },
 }
 
 /// What a caller branches on.

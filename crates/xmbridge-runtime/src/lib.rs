@@ -8,7 +8,8 @@
 //! re-authorizing those accounts ([`link`]), the workflow
 //! process (plans, the live connector with its credential cache and response enrichment, hooks,
 //! event subscriptions, receiver and workers: [`workflow`]), a workflow's run state changed
-//! or read ([`control`]) and the exactly-once sync → workflow
+//! or read ([`control`]), what a sync opens around the engine (the destination and the
+//! workflow trigger: [`sync`]) and the exactly-once sync → workflow
 //! trigger ([`trigger`]). Its functions take typed inputs and return typed results and
 //! [`RuntimeError`]s; what an operator should know comes back as values.
 //!
@@ -22,6 +23,7 @@ pub mod link;
 pub mod salesforce;
 pub mod save_and_test;
 pub mod servicenow;
+pub mod sync;
 pub mod systems;
 pub mod trigger;
 pub mod workflow;
