@@ -3,7 +3,8 @@
 //! Workflows are read from `xmbridge.toml` (`--config`, else the current directory),
 //! `./workflows/*.toml` and `$XMBRIDGE_HOME/workflows/*.toml`; `workflow add` writes the last. This
 //! module only parses arguments, reads and writes those files and prints; parsing, validation,
-//! templates and the preflight live in `xmbridge-workflows`. Running workflows (`run`, `pause`,
+//! templates and the preflight live in `xmbridge-workflows`, the response fetch and Salesforce
+//! describes of `workflow test` in `xmbridge_runtime::preview`. Running workflows (`run`, `pause`,
 //! `resume`, `replay`) is one more variant each of [`WorkflowCommand`].
 
 use super::UsageError;
@@ -13,11 +14,12 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use xmbridge_actions::Registry;
+use xmbridge_runtime::preview;
 use xmbridge_workflows::accounts::Accounts;
 use xmbridge_workflows::catalog::{self, Catalog, Sources, TEMPLATES};
 use xmbridge_workflows::definition::{EventContext, FileKind, Trigger, Workflow, parse_file};
 use xmbridge_workflows::mapping::{SalesforceSchema, StaticSchema, TargetSchema};
-use xmbridge_workflows::preflight::{self, Describers};
+use xmbridge_workflows::preflight;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -671,23 +673,8 @@ fn templates() {
     }
 }
 
-/// The describe source for every Salesforce step. Linked accounts (per step `account`) replace
-/// this once the account store is merged; until then one source serves all Salesforce steps.
-struct SalesforceDescribes(Option<Box<dyn TargetSchema>>);
-
-impl Describers for SalesforceDescribes {
-    fn schema_for(&self, step: &xmbridge_workflows::definition::Step) -> Option<&dyn TargetSchema> {
-        match (&self.0, step.system) {
-            (Some(s), xmbridge_actions::System::Salesforce) => Some(s.as_ref()),
-            _ => None,
-        }
-    }
-}
-
-/// A Salesforce client over client credentials (server-to-server), for live describes.
+/// The Salesforce app of `--salesforce-token-url`, its secret from a file or the environment.
 fn salesforce_schema(t: &TestArgs, url: &str) -> anyhow::Result<SalesforceSchema> {
-    use secrecy::SecretString;
-    use xmbridge_salesforce::{ClientCredentials, SalesforceClient, TokenProvider};
     let client_id = t.salesforce_client_id.clone().ok_or_else(|| {
         usage("--salesforce-token-url needs --salesforce-client-id (or XMBRIDGE_SALESFORCE_CLIENT_ID)")
     })?;
@@ -700,16 +687,11 @@ fn salesforce_schema(t: &TestArgs, url: &str) -> anyhow::Result<SalesforceSchema
             usage("--salesforce-token-url needs --salesforce-client-secret-file FILE (or XMBRIDGE_SALESFORCE_CLIENT_SECRET)")
         })?,
     };
-    let creds = ClientCredentials {
-        token_url: url.to_string(),
+    Ok(preview::salesforce_schema(
+        url,
         client_id,
-        client_secret: SecretString::from(secret),
-    };
-    let http = reqwest::Client::new();
-    let tokens = TokenProvider::client_credentials(http.clone(), creds);
-    Ok(SalesforceSchema {
-        client: std::sync::Arc::new(SalesforceClient::new(http, std::sync::Arc::new(tokens))),
-    })
+        secrecy::SecretString::from(secret),
+    ))
 }
 
 async fn test(t: TestArgs, sources: &Sources, registry: &Registry) -> anyhow::Result<()> {
@@ -747,22 +729,7 @@ async fn test(t: TestArgs, sources: &Sources, registry: &Registry) -> anyhow::Re
                 usage("give --connection NAME to fetch the response (see `xmbridge connection list`), or --event-json FILE")
             })?;
             let connected = super::connection::connect(conn)?;
-            let client = &connected.client;
-            let response: Value = client
-                .get(client.url(&["surveys", &sid, "responses", rid]))
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot fetch response {rid} of survey {sid} through connection '{conn}'"
-                    )
-                })?;
-            let survey: Value = client
-                .get(client.url(&["surveys", &sid]))
-                .await
-                .with_context(|| {
-                    format!("cannot fetch survey {sid} through connection '{conn}'")
-                })?;
-            preflight::response_event(&sid, &response, &survey, None)
+            preview::response_event(&connected, conn, &sid, rid).await?
         }
         (None, None) => return Err(usage("give --response ID or --event-json FILE")),
     };
@@ -780,7 +747,8 @@ async fn test(t: TestArgs, sources: &Sources, registry: &Registry) -> anyhow::Re
         (None, None) => None,
     };
     let ctx = EventContext::new(event);
-    let report = preflight::preflight(w, &ctx, registry, &SalesforceDescribes(describes)).await;
+    let report =
+        preflight::preflight(w, &ctx, registry, &preview::SalesforceDescribes(describes)).await;
     let hook = hook_protection(w);
     if t.json {
         let hook = match (&hook, w.trigger.hook_path(&w.name)) {

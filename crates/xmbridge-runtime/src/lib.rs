@@ -8,7 +8,7 @@
 //! re-authorizing those accounts ([`link`]), the workflow
 //! process (plans, the live connector with its credential cache and response enrichment, hooks,
 //! event subscriptions, receiver and workers: [`workflow`]), a workflow's run state changed
-//! or read ([`control`]), what a sync opens around the engine (the destination and the
+//! or read ([`control`]), the live inputs of a workflow test ([`preview`]), what a sync opens around the engine (the destination and the
 //! workflow trigger: [`sync`]) and the exactly-once sync → workflow
 //! trigger ([`trigger`]). Its functions take typed inputs and return typed results and
 //! [`RuntimeError`]s; what an operator should know comes back as values.
@@ -20,6 +20,7 @@ pub mod connection;
 pub mod control;
 mod error;
 pub mod link;
+pub mod preview;
 pub mod salesforce;
 pub mod save_and_test;
 pub mod servicenow;
