@@ -8,7 +8,8 @@
 //! re-authorizing those accounts ([`link`]), the workflow
 //! process (plans, the live connector with its credential cache and response enrichment, hooks,
 //! event subscriptions, receiver and workers: [`workflow`]), a workflow's run state changed
-//! or read ([`control`]), the live inputs of a workflow test ([`preview`]), what a sync opens around the engine (the destination and the
+//! or read ([`control`]), the live inputs of a workflow test ([`preview`]), one Qualtrics action run on a stored
+//! connection ([`action`]), what a sync opens around the engine (the destination and the
 //! workflow trigger: [`sync`]) and the exactly-once sync → workflow
 //! trigger ([`trigger`]). Its functions take typed inputs and return typed results and
 //! [`RuntimeError`]s; what an operator should know comes back as values.
@@ -16,6 +17,7 @@
 //! It must not parse arguments, print or prompt (that is the binary), and must not hold the
 //! mechanics of the clients, the sync or the workflow engine (those are the other crates).
 
+pub mod action;
 pub mod connection;
 pub mod control;
 mod error;
