@@ -16,6 +16,7 @@ use xmbridge_auth::{ExposeSecret, SecretString};
 use xmbridge_qualtrics::capabilities::Access;
 use xmbridge_qualtrics::{BaseUrl, DataCenter};
 use xmbridge_runtime::RuntimeError;
+use xmbridge_runtime::authorize::authorize_connection;
 use xmbridge_runtime::connection::{
     self as stored, AuthMode, Connected, DEFAULT_SCOPES, QualtricsSettings, load_settings,
 };
@@ -535,35 +536,13 @@ async fn authorize(args: AuthorizeArgs) -> anyhow::Result<()> {
     }
     let (_, vault) = open_vault()?;
     let name = args.name.as_str();
-    let s = load_settings(&vault, name)?;
-    if s.auth != AuthMode::Standard {
-        return Err(usage(format!(
-            "connection '{name}' uses --auth {}; only standard (OAuth refresh token) connections are authorized in a browser",
-            s.auth.as_str()
-        )));
-    }
-    let http = stored::http_client(&vault, name, &s)?;
-    let oauth = stored::oauth_client(&vault, name, &s, &http)?;
-    let scopes = s
-        .scopes
-        .clone()
-        .unwrap_or_else(|| DEFAULT_SCOPES.to_string());
-    let opts = xmbridge_auth::AuthorizeOptions {
-        scope: Some(scopes),
-        port: args.listen.port(),
-        timeout: std::time::Duration::from_secs(args.timeout),
-        ..Default::default()
-    };
-    let tokens = xmbridge_auth::authorize(&oauth, opts, |url| {
+    let timeout = std::time::Duration::from_secs(args.timeout);
+    authorize_connection(&vault, name, args.listen.port(), timeout, |url| {
         println!("open this URL in your browser and approve access:");
         println!("{url}");
         let _ = std::io::stdout().flush();
     })
     .await?;
-    let refresh = tokens.refresh_token.as_ref().ok_or_else(|| {
-        anyhow!("Qualtrics did not return a refresh token; ask for the 'offline' scope")
-    })?;
-    vault.set_secret(name, SecretField::RefreshToken, refresh)?;
     println!("authorized connection '{name}'; the refresh token is stored sealed");
     println!("next: xmbridge connection test {name}");
     Ok(())

@@ -3,7 +3,8 @@
 //! long-running service tomorrow.
 //!
 //! It owns the persisted format of Qualtrics connections and a stored connection turned into a
-//! client ([`connection`]) and its "Save & Test" ([`save_and_test`]), the clients of linked Salesforce and ServiceNow accounts and the
+//! client ([`connection`]) its browser authorization
+//! ([`authorize`]) and its "Save & Test" ([`save_and_test`]), the clients of linked Salesforce and ServiceNow accounts and the
 //! table of external systems ([`systems`], [`salesforce`], [`servicenow`]), linking and
 //! re-authorizing those accounts ([`link`]), the workflow
 //! process (plans, the live connector with its credential cache and response enrichment, hooks,
@@ -18,6 +19,7 @@
 //! mechanics of the clients, the sync or the workflow engine (those are the other crates).
 
 pub mod action;
+pub mod authorize;
 pub mod connection;
 pub mod control;
 mod error;
