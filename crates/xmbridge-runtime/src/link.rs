@@ -404,17 +404,23 @@ impl StoredSettings {
 fn given_or_stored(
     operator: &dyn Operator,
     vault: &Vault,
-    name: &str,
-    new: bool,
+    request: &AccountLogin,
     which: AskedSecret,
 ) -> Result<SecretString> {
-    let (field, what, flag) = match which {
+    let name = request.name.as_str();
+    let (field, what, flag, new) = match which {
         AskedSecret::ClientSecret => (
             SecretField::ClientSecret,
             "client secret",
             "--client-secret-file",
+            request.new_client_secret,
         ),
-        AskedSecret::Password => (SecretField::Password, "password", "--password-file"),
+        AskedSecret::Password => (
+            SecretField::Password,
+            "password",
+            "--password-file",
+            request.new_password,
+        ),
     };
     if new {
         return operator.secret(which);
@@ -436,19 +442,27 @@ pub async fn refresh(
 ) -> Result<Vec<String>> {
     let name = request.name.as_str();
     let account = store.get_account(name)?;
-    if account.system == SERVICENOW.system.as_str() {
-        return refresh_servicenow(request, operator, vault, store, accounts).await;
-    }
+    let refresh_token = if account.system == SERVICENOW.system.as_str() {
+        refresh_servicenow(request, operator, vault).await?
+    } else {
+        refresh_salesforce(request, operator, vault, account.kind).await?
+    };
+    account_reauthorized(accounts, store, name, &request.user, refresh_token.as_ref())
+}
+
+/// A Salesforce re-authorization: a new login, or a fresh client-credentials grant. Returns
+/// the new refresh token of a login.
+async fn refresh_salesforce(
+    request: &AccountLogin,
+    operator: &dyn Operator,
+    vault: &Vault,
+    kind: AccountKind,
+) -> Result<Option<SecretString>> {
+    let name = request.name.as_str();
     let stored = StoredSettings::open(vault, name)?;
     let client_id = stored.or_given(&request.client_id, "client_id", "client id", "--client-id")?;
-    let secret = given_or_stored(
-        operator,
-        vault,
-        name,
-        request.new_client_secret,
-        AskedSecret::ClientSecret,
-    )?;
-    let refresh_token = match account.kind {
+    let secret = given_or_stored(operator, vault, request, AskedSecret::ClientSecret)?;
+    let refresh_token = match kind {
         AccountKind::ServerToServer => {
             let token_url = stored.get("token_url").ok_or_else(|| {
                 RuntimeError::unusable(format!("account {name} has no token URL"))
@@ -470,18 +484,17 @@ pub async fn refresh(
     if request.new_client_secret {
         vault.set_secret(name, SecretField::ClientSecret, &secret)?;
     }
-    account_reauthorized(accounts, store, name, &request.user, refresh_token.as_ref())
+    Ok(refresh_token)
 }
 
 /// A ServiceNow re-authorization: a new password (Basic), a new password grant (OAuth
-/// password), or a fresh client-credentials check.
+/// password), or a fresh client-credentials check. Returns the new refresh token of a
+/// password grant.
 async fn refresh_servicenow(
     request: &AccountLogin,
     operator: &dyn Operator,
     vault: &Vault,
-    store: &SqliteStore,
-    accounts: &Accounts,
-) -> Result<Vec<String>> {
+) -> Result<Option<SecretString>> {
     let name = request.name.as_str();
     let stored = StoredSettings::open(vault, name)?;
     let instance = stored.or_given(
@@ -491,27 +504,13 @@ async fn refresh_servicenow(
         "--instance-url",
     )?;
     let client_id = || stored.or_given(&request.client_id, "client_id", "client id", "--client-id");
-    let client_secret = || {
-        given_or_stored(
-            operator,
-            vault,
-            name,
-            request.new_client_secret,
-            AskedSecret::ClientSecret,
-        )
-    };
+    let client_secret = || given_or_stored(operator, vault, request, AskedSecret::ClientSecret);
     let sign_in = stored.get("auth").unwrap_or_default();
     let mut new_secret = None;
     let refresh_token = match sign_in.as_str() {
         SIGN_IN_BASIC => {
             let sn_user = stored.or_given(&request.basic_user, "user", "user", "--basic-user")?;
-            let password = given_or_stored(
-                operator,
-                vault,
-                name,
-                request.new_password,
-                AskedSecret::Password,
-            )?;
+            let password = given_or_stored(operator, vault, request, AskedSecret::Password)?;
             let client = servicenow::client(
                 &instance,
                 Auth::Basic {
@@ -562,5 +561,5 @@ async fn refresh_servicenow(
     {
         vault.set_secret(name, SecretField::ClientSecret, s)?;
     }
-    account_reauthorized(accounts, store, name, &request.user, refresh_token.as_ref())
+    Ok(refresh_token)
 }
