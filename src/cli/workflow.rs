@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use xmbridge_actions::Registry;
-use xmbridge_runtime::preview;
+use xmbridge_runtime::{control, preview};
 use xmbridge_workflows::accounts::Accounts;
 use xmbridge_workflows::catalog::{self, Catalog, Sources, TEMPLATES};
 use xmbridge_workflows::definition::{EventContext, FileKind, Trigger, Workflow, parse_file};
@@ -193,20 +193,9 @@ fn load_catalog(sources: &Sources, registry: &Registry) -> anyhow::Result<Catalo
 }
 
 fn find<'c>(catalog: &'c Catalog, name: &str) -> anyhow::Result<&'c catalog::Entry> {
-    catalog.get(name).ok_or_else(|| {
-        let names = catalog.names();
-        let hint = xmbridge_workflows::expr::closest(name, names.iter().copied())
-            .map(|s| format!("did you mean {s}? "))
-            .unwrap_or_default();
-        anyhow::Error::new(UsageError(format!(
-            "no workflow named \"{name}\"; {hint}workflows: {}",
-            if names.is_empty() {
-                "(none; add one with `xmbridge workflow add`)".to_string()
-            } else {
-                names.join(", ")
-            }
-        )))
-    })
+    catalog
+        .get(name)
+        .ok_or_else(|| control::no_such_workflow(name, &catalog.names()).into())
 }
 
 fn current_user(as_user: Option<String>) -> Option<String> {

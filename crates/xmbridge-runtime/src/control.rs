@@ -22,17 +22,23 @@ pub fn defined(name: &str, sources: &Sources, registry: &Registry) -> Result<Wor
         return Ok(w.clone());
     }
     let names: Vec<&str> = workflows.iter().map(|w| w.name.as_str()).collect();
+    Err(no_such_workflow(name, &names))
+}
+
+/// The usage error for a workflow `name` the definition files do not hold, suggesting the
+/// closest of `names` and listing them all.
+pub fn no_such_workflow(name: &str, names: &[&str]) -> RuntimeError {
     let hint = xmbridge_workflows::expr::closest(name, names.iter().copied())
         .map(|s| format!("did you mean {s}? "))
         .unwrap_or_default();
-    Err(RuntimeError::usage(format!(
+    RuntimeError::usage(format!(
         "no workflow named \"{name}\"; {hint}workflows: {}",
         if names.is_empty() {
             "(none; add one with `xmbridge workflow add`)".to_string()
         } else {
             names.join(", ")
         }
-    )))
+    ))
 }
 
 /// Pauses workflow `name` for `user`: events keep arriving and wait.
