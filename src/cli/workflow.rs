@@ -1,8 +1,9 @@
 //! `xmbridge workflow add|list|show|remove|templates|test`: workflow definitions and their dry run.
 //!
 //! Workflows are read from `xmbridge.toml` (`--config`, else the current directory),
-//! `./workflows/*.toml` and `$XMBRIDGE_HOME/workflows/*.toml`; `workflow add` writes the last. This
-//! module only parses arguments, reads and writes those files and prints; parsing, validation,
+//! `./workflows/*.toml` and `$XMBRIDGE_HOME/workflows/*.toml`; `workflow add` writes the last
+//! (through `xmbridge_runtime::definitions`). This module parses arguments, reads the files
+//! given and prints; parsing, validation,
 //! templates and the preflight live in `xmbridge-workflows`, the response fetch and Salesforce
 //! describes of `workflow test` in `xmbridge_runtime::preview`. Running workflows (`run`, `pause`,
 //! `resume`, `replay`) is one more variant each of [`WorkflowCommand`].
@@ -14,10 +15,10 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use xmbridge_actions::Registry;
-use xmbridge_runtime::{control, preview};
+use xmbridge_runtime::{control, definitions, preview};
 use xmbridge_workflows::accounts::Accounts;
 use xmbridge_workflows::catalog::{self, Catalog, Sources, TEMPLATES};
-use xmbridge_workflows::definition::{EventContext, FileKind, Trigger, Workflow, parse_file};
+use xmbridge_workflows::definition::{EventContext, Trigger, Workflow};
 use xmbridge_workflows::mapping::{SalesforceSchema, StaticSchema, TargetSchema};
 use xmbridge_workflows::preflight;
 
@@ -249,39 +250,9 @@ fn add(
             adjust_file(&shown, &text, a.name.as_deref(), editor.as_deref())?,
         )
     };
-    let mut workflows = parse_file(&shown, &text, FileKind::WorkflowFile, registry)
-        .map_err(|e| usage(e.to_string()))?;
-    if workflows.len() != 1 {
-        return Err(usage(format!(
-            "{shown}: holds {} workflows; `workflow add` takes exactly one (put several in ./workflows/ instead)",
-            workflows.len()
-        )));
-    }
-    let w = workflows.remove(0);
-    let dir = home.root().join("workflows");
-    let target = dir.join(format!("{}.toml", w.name));
-    let catalog = load_catalog(sources, registry)?;
-    let replacing = match catalog.get(&w.name) {
-        None => false,
-        Some(existing) => {
-            let same = existing.file.canonicalize().ok() == target.canonicalize().ok();
-            if !same {
-                return Err(usage(format!(
-                    "workflow \"{}\" is defined in {}; edit that file, or choose another --name",
-                    w.name,
-                    existing.file.display()
-                )));
-            }
-            if !a.replace {
-                return Err(usage(format!(
-                    "workflow \"{}\" already exists ({}); adding it again is an edit: pass --replace",
-                    w.name,
-                    target.display()
-                )));
-            }
-            true
-        }
-    };
+    let w = definitions::parse_one_workflow(&shown, &text, registry)?;
+    let target = definitions::save_target(home, sources, registry, &w, a.replace)?;
+    let replacing = target.replacing;
     // A hook's secret exists from the moment the workflow does: its endpoint never accepts an
     // unauthenticated call, not even before the first `workflow run`.
     let hook = match w.trigger.hook_auth() {
@@ -299,10 +270,7 @@ fn add(
                 )
             })?,
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(".{}.toml.tmp", w.name));
-    std::fs::write(&tmp, &text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &target).with_context(|| format!("cannot write {}", target.display()))?;
+    definitions::write_definition(&target, &w, &text)?;
     if replacing {
         record_workflow_edit(&w, editor.as_deref());
     }
@@ -315,7 +283,7 @@ fn add(
         w.steps.len(),
         if w.steps.len() == 1 { "" } else { "s" }
     );
-    println!("  saved to {}", target.display());
+    println!("  saved to {}", target.path.display());
     if let (Some(p), Some(path)) = (&hook, w.trigger.hook_path(&w.name)) {
         println!("  hook: POST {path}, protected by {}", p.describe());
         if matches!(w.trigger, Trigger::SalesforceOutbound { .. }) {
