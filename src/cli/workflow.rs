@@ -3,10 +3,10 @@
 //! Workflows are read from `xmbridge.toml` (`--config`, else the current directory),
 //! `./workflows/*.toml` and `$XMBRIDGE_HOME/workflows/*.toml`; `workflow add` writes the last
 //! (through `xmbridge_runtime::definitions`). This module parses arguments, reads the files
-//! given and prints; parsing, validation,
-//! templates and the preflight live in `xmbridge-workflows`, the response fetch and Salesforce
-//! describes of `workflow test` in `xmbridge_runtime::preview`. Running workflows (`run`, `pause`,
-//! `resume`, `replay`) is one more variant each of [`WorkflowCommand`].
+//! given and prints; parsing, validation, templates and the preflight live in
+//! `xmbridge-workflows`, the response fetch and Salesforce describes of `workflow test` in
+//! `xmbridge_runtime::preview`. Running workflows (`run`, `pause`, `resume`, `replay`) is one
+//! more variant each of [`WorkflowCommand`].
 
 use super::UsageError;
 use anyhow::{Context, anyhow, bail};
