@@ -516,27 +516,10 @@ fn remove(
     home: &xmbridge_vault::Home,
     registry: &Registry,
 ) -> anyhow::Result<()> {
-    let target = home.root().join("workflows").join(format!("{name}.toml"));
-    // A broken file elsewhere must not block removing this one: fall back to the path itself.
-    match catalog::load(sources, registry) {
-        Ok(catalog) => {
-            let e = find(&catalog, name)?;
-            if e.file.canonicalize().ok() != target.canonicalize().ok() {
-                return Err(usage(format!(
-                    "workflow \"{name}\" is defined in {}, not saved by `workflow add`; delete it from that file",
-                    e.file.display()
-                )));
-            }
-        }
-        Err(_) if target.is_file() => {}
-        Err(e) => return Err(usage(e.to_string())),
-    }
-    std::fs::remove_file(&target).with_context(|| format!("cannot remove {}", target.display()))?;
+    let target = definitions::remove_definition(home, sources, registry, name)?;
     println!("removed workflow \"{name}\" ({})", target.display());
-    // Its endpoint must stop accepting calls even if the name comes back later.
     let (_, vault) = super::connection::open_vault()?;
-    if xmbridge_workflows::hooks::remove_secret(&vault, name)? {
-        let _ = std::fs::remove_file(home.root().join("hooks").join(format!("{name}.secret")));
+    if definitions::forget_hook(home, &vault, name)? {
         println!("  its hook secret is deleted; a workflow added under this name gets a new one");
     }
     Ok(())

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use xmbridge_actions::Registry;
-use xmbridge_vault::Home;
+use xmbridge_vault::{Home, Vault};
 use xmbridge_workflows::catalog::{self, Sources};
 use xmbridge_workflows::definition::{FileKind, Workflow, parse_file};
 
@@ -81,4 +81,48 @@ pub fn write_definition(target: &SaveTarget, workflow: &Workflow, text: &str) ->
     std::fs::rename(&tmp, &target.path)
         .map_err(io(format!("cannot write {}", target.path.display())))?;
     Ok(())
+}
+
+/// Removes the file `workflow add` saved workflow `name` in (refusing a workflow another file
+/// defines) and returns its path. A broken file elsewhere does not block the removal when the
+/// saved file exists.
+pub fn remove_definition(
+    home: &Home,
+    sources: &Sources,
+    registry: &Registry,
+    name: &str,
+) -> Result<PathBuf> {
+    let path = home.root().join("workflows").join(format!("{name}.toml"));
+    match catalog::load(sources, registry) {
+        Ok(catalog) => {
+            let names = catalog.names();
+            let entry = catalog
+                .get(name)
+                .ok_or_else(|| crate::control::no_such_workflow(name, &names))?;
+            if entry.file.canonicalize().ok() != path.canonicalize().ok() {
+                return Err(RuntimeError::usage(format!(
+                    "workflow \"{name}\" is defined in {}, not saved by `workflow add`; delete it from that file",
+                    entry.file.display()
+                )));
+            }
+        }
+        Err(_) if path.is_file() => {}
+        Err(e) => return Err(RuntimeError::usage(e.to_string())),
+    }
+    std::fs::remove_file(&path).map_err(|source| RuntimeError::Io {
+        context: format!("cannot remove {}", path.display()),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// Deletes the hook secret of the removed workflow `name` (sealed, and the file `workflow run`
+/// wrote for a ServiceNow rule), so its endpoint stops accepting calls even if the name comes
+/// back. Whether there was one.
+pub fn forget_hook(home: &Home, vault: &Vault, name: &str) -> Result<bool> {
+    if !xmbridge_workflows::hooks::remove_secret(vault, name)? {
+        return Ok(false);
+    }
+    let _ = std::fs::remove_file(home.root().join("hooks").join(format!("{name}.secret")));
+    Ok(true)
 }
