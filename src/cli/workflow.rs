@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use xmbridge_actions::Registry;
-use xmbridge_runtime::{control, definitions, preview};
+use xmbridge_runtime::{control, definitions, endpoint, preview};
 use xmbridge_workflows::accounts::Accounts;
 use xmbridge_workflows::catalog::{self, Catalog, Sources, TEMPLATES};
 use xmbridge_workflows::definition::{EventContext, Trigger, Workflow};
@@ -539,21 +539,7 @@ fn endpoint(e: EndpointArgs, sources: &Sources, registry: &Registry) -> anyhow::
     use xmbridge_vault::ExposeSecret;
     let catalog = load_catalog(sources, registry)?;
     let w = &find(&catalog, &e.name)?.workflow;
-    if w.trigger.hook_auth().is_none() {
-        return Err(usage(format!(
-            "workflow \"{}\" is started by {}; it has no inbound endpoint",
-            w.name, w.trigger
-        )));
-    }
-    let public = url::Url::parse(&e.public_url)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-        .ok_or_else(|| {
-            usage(format!(
-                "--public-url {}: write the http(s) URL the caller reaches the receiver at, e.g. https://hooks.example.org",
-                e.public_url
-            ))
-        })?;
+    let public = endpoint::public_base(w, &e.public_url)?;
     let (_, vault) = super::connection::open_vault()?;
     let (secret, created) = xmbridge_workflows::hooks::ensure_secret(&vault, &w.name)?;
     if created {
@@ -566,15 +552,7 @@ fn endpoint(e: EndpointArgs, sources: &Sources, registry: &Registry) -> anyhow::
         println!("{}", secret.expose_secret());
         return Ok(());
     }
-    let loopback = match public.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d == "localhost",
-        None => false,
-    };
-    let url =
-        xmbridge_workflows::hooks::endpoint_url(public.as_str(), &w.trigger, &w.name, &secret)
-            .ok_or_else(|| anyhow!("workflow {} has no endpoint", w.name))?;
+    let url = endpoint::endpoint_url(&public, w, &secret)?;
     println!("{url}");
     match &w.trigger {
         Trigger::SalesforceOutbound { .. } => eprintln!(
@@ -589,7 +567,7 @@ fn endpoint(e: EndpointArgs, sources: &Sources, registry: &Registry) -> anyhow::
             e.public_url
         ),
     }
-    if public.scheme() == "http" && !loopback {
+    if endpoint::exposes_secret(&public) {
         eprintln!(
             "warning: {} is plain http: the secret would cross the network unencrypted; put a TLS reverse proxy in front and use its https URL",
             e.public_url

@@ -8,8 +8,9 @@
 //! of external systems ([`systems`], [`salesforce`], [`servicenow`]), and linking and
 //! re-authorizing those accounts ([`link`]); the workflow process (plans, the live connector
 //! with its credential cache and response enrichment, hooks, event subscriptions, receiver and
-//! workers: [`workflow`]), saving a workflow definition ([`definitions`]), a workflow's run
-//! state changed or read ([`control`]) and the live inputs of a workflow test ([`preview`]);
+//! workers: [`workflow`]), saving a workflow definition ([`definitions`]), its hook's
+//! endpoint ([`endpoint`]), a workflow's run state changed or read ([`control`]) and the live
+//! inputs of a workflow test ([`preview`]);
 //! one Qualtrics action run on a stored connection ([`action`]); what a sync opens around the
 //! engine (the destination and the workflow trigger: [`sync`]) and the exactly-once sync →
 //! workflow trigger ([`trigger`]). Its functions take typed inputs and return typed results and
@@ -24,6 +25,7 @@ pub mod authorize;
 pub mod connection;
 pub mod control;
 pub mod definitions;
+pub mod endpoint;
 mod error;
 pub mod link;
 pub mod preview;
