@@ -165,13 +165,15 @@ fn endpoint_url(flag: &str, value: &str) -> Result<url::Url> {
     Ok(url)
 }
 
-/// Links a new account (`request.check()` first). Nothing half-linked stays behind on failure.
+/// Links a new account, after [`AccountLogin::check`] (a caller may run that earlier, before it
+/// opens anything). Nothing half-linked stays behind on failure.
 pub async fn link(
     request: &AccountLogin,
     operator: &dyn Operator,
     store: &SqliteStore,
     accounts: &Accounts,
 ) -> Result<Linked> {
+    request.check()?;
     if request.servicenow && !request.salesforce {
         return link_servicenow(request, operator, accounts).await;
     }
@@ -431,8 +433,8 @@ fn given_or_stored(
 }
 
 /// Re-authorizes the linked account `request.name` (log in again, or prove the stored or new
-/// credentials again), then resumes the workflows its refused token paused. Returns the
-/// workflows resumed.
+/// credentials again), after [`AccountLogin::check`], then resumes the workflows its refused
+/// token paused. Returns the workflows resumed.
 pub async fn refresh(
     request: &AccountLogin,
     operator: &dyn Operator,
@@ -440,6 +442,7 @@ pub async fn refresh(
     store: &SqliteStore,
     accounts: &Accounts,
 ) -> Result<Vec<String>> {
+    request.check()?;
     let name = request.name.as_str();
     let account = store.get_account(name)?;
     let refresh_token = if account.system == SERVICENOW.system.as_str() {
