@@ -130,7 +130,9 @@ fn main() -> ExitCode {
                 matches!(
                     c.downcast_ref::<xmbridge_destinations::DestError>(),
                     Some(xmbridge_destinations::DestError::Busy { .. })
-                )
+                ) || c
+                    .downcast_ref::<xmbridge_runtime::RuntimeError>()
+                    .is_some_and(xmbridge_runtime::RuntimeError::destination_busy)
             });
             if busy {
                 return ExitCode::from(cli::EXIT_BUSY);

@@ -1,14 +1,15 @@
 //! `xmbridge action list|NAME`: every Qualtrics action as a plain command, JSON out.
 //!
-//! Turns `--input k=v` / `--inputs-json` into the action's JSON inputs, opens the stored
-//! connection like `xmbridge sync` does, runs the action from `xmbridge-actions` and prints its
-//! result. The actions themselves (calls, idempotency, error classes) live in that crate.
+//! Turns `--input k=v` / `--inputs-json` into the action's JSON inputs, runs the action on the
+//! stored connection through `xmbridge_runtime::action` (which opens it like `xmbridge sync`
+//! does) and prints its result. The actions themselves (calls, idempotency, error classes) live in that crate.
 
 use super::UsageError;
 use anyhow::anyhow;
 use clap::Args;
 use serde_json::{Map, Value, json};
-use xmbridge_actions::{ActionContext, ActionError, ActionRequest, Inputs, Registry, System};
+use xmbridge_actions::{ActionRequest, Inputs, Registry, System};
+use xmbridge_runtime::action::{ActionRunError, choose_qualtrics_connection, run_qualtrics_action};
 
 #[derive(Args, Debug)]
 pub struct ActionArgs {
@@ -198,37 +199,6 @@ fn list(reg: &Registry, as_json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The stored Qualtrics connection to use: the named one, or the only one.
-fn choose_connection(named: Option<&str>) -> anyhow::Result<String> {
-    let (home, vault) = super::connection::open_vault()?;
-    let all = xmbridge_runtime::connection::qualtrics_connections(&vault)?;
-    match named {
-        Some(n) if all.iter().any(|c| c == n) => Ok(n.to_string()),
-        Some(n) => Err(usage(if all.is_empty() {
-            format!(
-                "no Qualtrics connection '{n}' in {}; add one with: xmbridge connection add qualtrics {n} --url ACCOUNT_URL",
-                home.root().display()
-            )
-        } else {
-            format!(
-                "no Qualtrics connection '{n}' (stored: {}); see `xmbridge connection list`",
-                all.join(", ")
-            )
-        })),
-        None => match all.as_slice() {
-            [one] => Ok(one.clone()),
-            [] => Err(usage(format!(
-                "no Qualtrics connection stored in {}; add one with: xmbridge connection add qualtrics NAME --url ACCOUNT_URL",
-                home.root().display()
-            ))),
-            many => Err(usage(format!(
-                "several Qualtrics connections are stored ({}); choose one with --connection NAME",
-                many.join(", ")
-            ))),
-        },
-    }
-}
-
 pub async fn run(args: ActionArgs) -> anyhow::Result<()> {
     let reg = Registry::builtin();
     if args.name == "list" {
@@ -267,19 +237,20 @@ pub async fn run(args: ActionArgs) -> anyhow::Result<()> {
     // Input mistakes are found before anything is opened or called.
     xmbridge_actions::check_inputs(spec, &inputs).map_err(|e| usage(e.to_string()))?;
 
-    let name = choose_connection(args.connection.as_deref())?;
-    let mut ctx = ActionContext::new();
-    super::connection::connect(&name)?.provide(&mut ctx, &name, args.directory);
+    let (home, vault) = super::connection::open_vault()?;
+    let name = choose_qualtrics_connection(&home, &vault, args.connection.as_deref())?;
     let request = ActionRequest {
         inputs,
         delivery_key: args.delivery_key,
     };
-    match action.run(&ctx, request).await {
+    match run_qualtrics_action(&vault, &name, args.directory, action.as_ref(), request).await {
         Ok(v) => {
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
-        Err(e @ ActionError::BadInput { .. }) => Err(usage(e.to_string())),
+        // A RuntimeError stays on top, so `main` still sees a usage error (exit 2).
+        Err(ActionRunError::Runtime(e)) => Err(e.into()),
+        Err(ActionRunError::Action(e)) => Err(anyhow!(e)),
         Err(e) => Err(anyhow!(e)),
     }
 }

@@ -3,7 +3,8 @@
 //! Connections live in the state store under `XMBRIDGE_HOME` (default `~/.xmbridge`), their
 //! secrets sealed by `xmbridge-vault`. Secrets come from files, environment variables or a prompt,
 //! never from the command line. This module reads them and prints what works; the stored format
-//! and the client a stored connection becomes live in `xmbridge_runtime::connection`.
+//! and the client a stored connection becomes live in `xmbridge_runtime::connection`, the steps of
+//! `connection test` in `xmbridge_runtime::save_and_test`.
 
 use super::UsageError;
 use anyhow::{Context, anyhow, bail};
@@ -12,11 +13,14 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use xmbridge_auth::{ExposeSecret, SecretString};
-use xmbridge_qualtrics::capabilities::{self, Access};
+use xmbridge_qualtrics::capabilities::Access;
 use xmbridge_qualtrics::{BaseUrl, DataCenter};
+use xmbridge_runtime::RuntimeError;
+use xmbridge_runtime::authorize::authorize_connection;
 use xmbridge_runtime::connection::{
     self as stored, AuthMode, Connected, DEFAULT_SCOPES, QualtricsSettings, load_settings,
 };
+use xmbridge_runtime::save_and_test::{TestStep, test_connection};
 use xmbridge_vault::{Home, MasterKey, SecretField, Vault};
 
 #[derive(Args, Debug)]
@@ -172,18 +176,21 @@ pub(crate) fn open_vault() -> anyhow::Result<(Home, Arc<Vault>)> {
 }
 
 /// A secret from a file (trailing newline trimmed), else an env var, else a prompt on a terminal.
+/// Typed, so the runtime can ask for it through its `link::Operator`.
 pub(crate) fn read_secret(
     file: Option<&Path>,
     env: &str,
     what: &str,
     flag: &str,
-) -> anyhow::Result<SecretString> {
+) -> xmbridge_runtime::Result<SecretString> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the {what} from {}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| RuntimeError::Input {
+            context: format!("cannot read the {what} from {}", path.display()),
+            source,
+        })?;
         let text = text.trim_end_matches(['\r', '\n']).to_string();
         if text.is_empty() {
-            return Err(usage(format!(
+            return Err(RuntimeError::Usage(format!(
                 "{} is empty; it must hold the {what}",
                 path.display()
             )));
@@ -199,20 +206,31 @@ pub(crate) fn read_secret(
     }
     if std::io::stdin().is_terminal() {
         // Not echoed, so the secret stays off the screen and out of terminal scrollback.
-        let line = rpassword::prompt_password(format!("{what}: "))
-            .with_context(|| format!("cannot read the {what} from the terminal"))?;
+        let line = rpassword::prompt_password(format!("{what}: ")).map_err(|source| {
+            RuntimeError::Input {
+                context: format!("cannot read the {what} from the terminal"),
+                source,
+            }
+        })?;
         if !line.is_empty() {
             credential_text(what, "the terminal", &line)?;
             return Ok(SecretString::from(line));
         }
     }
-    Err(usage(format!("no {what}: pass {flag} FILE or set {env}")))
+    Err(RuntimeError::Usage(format!(
+        "no {what}: pass {flag} FILE or set {env}"
+    )))
 }
 
 /// Refuses a token, client id, secret or user name that cannot go into an HTTP header or form
 /// field (a NUL, a line break …), naming where it came from; the value is never shown.
-pub(crate) fn credential_text(what: &str, source: &str, value: &str) -> anyhow::Result<()> {
-    xmbridge_auth::check_credential_text(what, value).map_err(|e| usage(format!("{e}: {source}")))
+pub(crate) fn credential_text(
+    what: &str,
+    source: &str,
+    value: &str,
+) -> xmbridge_runtime::Result<()> {
+    xmbridge_auth::check_credential_text(what, value)
+        .map_err(|e| RuntimeError::Usage(format!("{e}: {source}")))
 }
 
 /// A CA certificate file, checked to hold at least one readable PEM certificate before it is
@@ -518,35 +536,13 @@ async fn authorize(args: AuthorizeArgs) -> anyhow::Result<()> {
     }
     let (_, vault) = open_vault()?;
     let name = args.name.as_str();
-    let s = load_settings(&vault, name)?;
-    if s.auth != AuthMode::Standard {
-        return Err(usage(format!(
-            "connection '{name}' uses --auth {}; only standard (OAuth refresh token) connections are authorized in a browser",
-            s.auth.as_str()
-        )));
-    }
-    let http = stored::http_client(&vault, name, &s)?;
-    let oauth = stored::oauth_client(&vault, name, &s, &http)?;
-    let scopes = s
-        .scopes
-        .clone()
-        .unwrap_or_else(|| DEFAULT_SCOPES.to_string());
-    let opts = xmbridge_auth::AuthorizeOptions {
-        scope: Some(scopes),
-        port: args.listen.port(),
-        timeout: std::time::Duration::from_secs(args.timeout),
-        ..Default::default()
-    };
-    let tokens = xmbridge_auth::authorize(&oauth, opts, |url| {
+    let timeout = std::time::Duration::from_secs(args.timeout);
+    authorize_connection(&vault, name, args.listen.port(), timeout, |url| {
         println!("open this URL in your browser and approve access:");
         println!("{url}");
         let _ = std::io::stdout().flush();
     })
     .await?;
-    let refresh = tokens.refresh_token.as_ref().ok_or_else(|| {
-        anyhow!("Qualtrics did not return a refresh token; ask for the 'offline' scope")
-    })?;
-    vault.set_secret(name, SecretField::RefreshToken, refresh)?;
     println!("authorized connection '{name}'; the refresh token is stored sealed");
     println!("next: xmbridge connection test {name}");
     Ok(())
@@ -560,93 +556,75 @@ pub fn connect(name: &str) -> anyhow::Result<Connected> {
 
 async fn test(name: &str) -> anyhow::Result<()> {
     let (_, vault) = open_vault()?;
-    let Connected {
-        client,
-        settings: s,
-        source,
-    } = stored::connect(&vault, name)?;
-
-    println!("connection '{name}': {}", s.auth.label());
-    let me = client
-        .whoami()
-        .await
-        .with_context(|| format!("connection '{name}' cannot authenticate"))?;
-    let dc = client
-        .discover_data_center()
-        .await
-        .ok()
-        .map(|d| d.id().to_string())
-        .or(me.datacenter.clone());
-    println!(
-        "  data center: {} ({})",
-        dc.as_deref().unwrap_or("unknown"),
-        client.base().as_str()
-    );
-    println!(
-        "  user:        {} ({}), brand {}, account type {}",
-        me.user_name.as_deref().unwrap_or("?"),
-        me.user_id,
-        me.brand_id.as_deref().unwrap_or("?"),
-        me.account_type.as_deref().unwrap_or("?")
-    );
-    match source.expires_at() {
-        Some(t) => {
-            let at: chrono::DateTime<chrono::Utc> = t.into();
-            let mins = (at - chrono::Utc::now()).num_minutes();
-            println!(
-                "  token:       {}, expires {} (in {mins} min)",
-                source.describe(),
-                at.format("%Y-%m-%dT%H:%M:%SZ")
-            );
-        }
-        None => println!("  token:       {} (does not expire)", source.describe()),
-    }
-    let caps = capabilities::probe(&client, s.directory.as_deref()).await?;
-    match (&caps.directory, caps.directory_discovered) {
-        (Some(d), true) => {
-            println!("  directory:   {d} (discovered: the brand's default directory)")
-        }
-        (Some(d), false) => println!("  directory:   {d}"),
-        (None, _) => println!("  directory:   none"),
-    }
-    println!("  tables:");
-    for g in &caps.groups {
-        match &g.access {
-            Access::Ok => println!(
-                "    ok       {} ({})",
-                g.group.name,
-                g.group.tables.join(", ")
-            ),
-            Access::Skipped(why) => println!(
-                "    skipped  {} ({}): {why}",
-                g.group.name,
-                g.group.tables.join(", ")
-            ),
-        }
-    }
-    // Remember what was learned, so later runs skip the discovery (discovery may also have
-    // moved a vanity host to the data center's own host: keep it).
-    stored::remember(
-        &vault,
-        name,
-        stored::Learned {
-            base_url: client.base().as_str().to_string(),
-            datacenter: dc,
-            directory: caps.directory.clone(),
-            brand_id: me.brand_id.clone(),
-        },
-    )?;
-    let skipped = caps
-        .groups
-        .iter()
-        .filter(|g| g.access != Access::Ok)
-        .count();
-    if caps.can_sync() {
-        println!("result: connection '{name}' can sync ({skipped} table group(s) skipped)");
+    let tested = test_connection(&vault, name, |step| print_step(name, step)).await?;
+    if tested.can_sync {
+        println!(
+            "result: connection '{name}' can sync ({} table group(s) skipped)",
+            tested.skipped
+        );
         Ok(())
     } else {
         bail!(
             "connection '{name}' cannot sync: it cannot read surveys or responses (see the lines above)"
         )
+    }
+}
+
+fn print_step(name: &str, step: TestStep<'_>) {
+    match step {
+        TestStep::Auth(auth) => println!("connection '{name}': {}", auth.label()),
+        TestStep::Identity {
+            datacenter,
+            base_url,
+            me,
+        } => {
+            println!(
+                "  data center: {} ({base_url})",
+                datacenter.unwrap_or("unknown"),
+            );
+            println!(
+                "  user:        {} ({}), brand {}, account type {}",
+                me.user_name.as_deref().unwrap_or("?"),
+                me.user_id,
+                me.brand_id.as_deref().unwrap_or("?"),
+                me.account_type.as_deref().unwrap_or("?")
+            );
+        }
+        TestStep::Token { source, expires_at } => match expires_at {
+            Some(t) => {
+                let at: chrono::DateTime<chrono::Utc> = t.into();
+                let mins = (at - chrono::Utc::now()).num_minutes();
+                println!(
+                    "  token:       {source}, expires {} (in {mins} min)",
+                    at.format("%Y-%m-%dT%H:%M:%SZ")
+                );
+            }
+            None => println!("  token:       {source} (does not expire)"),
+        },
+        TestStep::Capabilities(caps) => {
+            match (&caps.directory, caps.directory_discovered) {
+                (Some(d), true) => {
+                    println!("  directory:   {d} (discovered: the brand's default directory)")
+                }
+                (Some(d), false) => println!("  directory:   {d}"),
+                (None, _) => println!("  directory:   none"),
+            }
+            println!("  tables:");
+            for g in &caps.groups {
+                match &g.access {
+                    Access::Ok => println!(
+                        "    ok       {} ({})",
+                        g.group.name,
+                        g.group.tables.join(", ")
+                    ),
+                    Access::Skipped(why) => println!(
+                        "    skipped  {} ({}): {why}",
+                        g.group.name,
+                        g.group.tables.join(", ")
+                    ),
+                }
+            }
+        }
+        _ => {}
     }
 }

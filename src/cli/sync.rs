@@ -5,7 +5,8 @@
 //! the writers live in `xmbridge-sync` and `xmbridge-destinations`.
 //!
 //! Workflows triggered by `sync-responses` get one outbox event per new or changed response,
-//! exactly once, through `xmbridge_runtime::trigger::WorkflowTrigger`.
+//! exactly once, through `xmbridge_runtime::trigger::WorkflowTrigger`; the destination and the
+//! trigger are opened by `xmbridge_runtime::sync`.
 
 use super::UsageError;
 use anyhow::anyhow;
@@ -18,9 +19,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use xmbridge_destinations::{Compat, DestError, DestinationSettings, PgEnv};
 use xmbridge_qualtrics::Client;
-use xmbridge_runtime::trigger::{WorkflowTrigger, sync_workflows};
+use xmbridge_runtime::sync::{open_destination, workflow_trigger};
 use xmbridge_sync::{LogProgress, Observer, Progress, ResponseObserver, SyncOptions, SyncSummary};
-use xmbridge_workflows::catalog::Sources;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -168,26 +168,6 @@ impl Progress for Bars {
     }
 }
 
-/// The trigger for the `sync-responses` workflows, or `None` when there are none.
-fn workflow_trigger(
-    config: Option<PathBuf>,
-    on_first_load: bool,
-) -> anyhow::Result<Option<WorkflowTrigger>> {
-    let home = xmbridge_vault::Home::from_env()?;
-    let sources = Sources::standard(config, Some(home.root()));
-    let by_survey =
-        sync_workflows(&sources, &xmbridge_runtime::workflow::registry()).map_err(|e| {
-            anyhow!(UsageError(format!(
-                "{e} (fix the workflow definitions, or pass --no-triggers to sync without them)"
-            )))
-        })?;
-    Ok(WorkflowTrigger::open(
-        &home.state_db(),
-        by_survey,
-        on_first_load,
-    )?)
-}
-
 /// The destination settings of `--destination` and `--password-file` (and libpq's environment
 /// variables); warnings (a password in the URL, an ignored pgpass file) go to stderr.
 pub(crate) fn destination_settings(
@@ -200,21 +180,6 @@ pub(crate) fn destination_settings(
         eprintln!("warning: {w}");
     }
     Ok(resolved.settings)
-}
-
-/// Opens the destination; unusable settings are usage errors (exit 2), another sync holding it
-/// exits with [`super::EXIT_BUSY`] (see `main`).
-pub(crate) async fn open_destination(
-    settings: &DestinationSettings,
-    schema: &str,
-    compat: Compat,
-) -> anyhow::Result<Box<dyn xmbridge_destinations::Destination>> {
-    xmbridge_destinations::open(settings, schema, compat)
-        .await
-        .map_err(|e| match e {
-            DestError::Settings(_) => dest_error(e),
-            other => anyhow::Error::new(other).context("cannot open the destination"),
-        })
 }
 
 fn dest_error(e: DestError) -> anyhow::Error {
@@ -249,11 +214,14 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     let settings = destination_settings(&args.destination, args.password_file.as_deref())?;
     let connected = super::connection::connect(&args.connection)?;
     let compat: Compat = args.compat.into();
+    // Unusable settings are usage errors (exit 2); another sync holding the destination exits
+    // with [`super::EXIT_BUSY`] (see `main`).
     let mut dest = open_destination(&settings, &args.schema, compat).await?;
     let trigger = if args.no_triggers {
         None
     } else {
-        workflow_trigger(args.config.clone(), args.trigger_on_first_load)?.map(Arc::new)
+        let home = xmbridge_vault::Home::from_env()?;
+        workflow_trigger(&home, args.config.clone(), args.trigger_on_first_load)?.map(Arc::new)
     };
     let opts = SyncOptions {
         tables: args.tables.clone(),

@@ -1,10 +1,12 @@
 //! `xmbridge workflow add|list|show|remove|templates|test`: workflow definitions and their dry run.
 //!
 //! Workflows are read from `xmbridge.toml` (`--config`, else the current directory),
-//! `./workflows/*.toml` and `$XMBRIDGE_HOME/workflows/*.toml`; `workflow add` writes the last. This
-//! module only parses arguments, reads and writes those files and prints; parsing, validation,
-//! templates and the preflight live in `xmbridge-workflows`. Running workflows (`run`, `pause`,
-//! `resume`, `replay`) is one more variant each of [`WorkflowCommand`].
+//! `./workflows/*.toml` and `$XMBRIDGE_HOME/workflows/*.toml`; `workflow add` writes the last
+//! (through `xmbridge_runtime::definitions`). This module parses arguments, reads the files
+//! given and prints; parsing, validation, templates and the preflight live in
+//! `xmbridge-workflows`, the response fetch and Salesforce describes of `workflow test` in
+//! `xmbridge_runtime::preview`. Running workflows (`run`, `pause`, `resume`, `replay`) is one
+//! more variant each of [`WorkflowCommand`].
 
 use super::UsageError;
 use anyhow::{Context, anyhow, bail};
@@ -13,11 +15,12 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use xmbridge_actions::Registry;
+use xmbridge_runtime::{control, definitions, endpoint, preview};
 use xmbridge_workflows::accounts::Accounts;
 use xmbridge_workflows::catalog::{self, Catalog, Sources, TEMPLATES};
-use xmbridge_workflows::definition::{EventContext, FileKind, Trigger, Workflow, parse_file};
+use xmbridge_workflows::definition::{EventContext, Trigger, Workflow};
 use xmbridge_workflows::mapping::{SalesforceSchema, StaticSchema, TargetSchema};
-use xmbridge_workflows::preflight::{self, Describers};
+use xmbridge_workflows::preflight;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -191,20 +194,9 @@ fn load_catalog(sources: &Sources, registry: &Registry) -> anyhow::Result<Catalo
 }
 
 fn find<'c>(catalog: &'c Catalog, name: &str) -> anyhow::Result<&'c catalog::Entry> {
-    catalog.get(name).ok_or_else(|| {
-        let names = catalog.names();
-        let hint = xmbridge_workflows::expr::closest(name, names.iter().copied())
-            .map(|s| format!("did you mean {s}? "))
-            .unwrap_or_default();
-        anyhow::Error::new(UsageError(format!(
-            "no workflow named \"{name}\"; {hint}workflows: {}",
-            if names.is_empty() {
-                "(none; add one with `xmbridge workflow add`)".to_string()
-            } else {
-                names.join(", ")
-            }
-        )))
-    })
+    catalog
+        .get(name)
+        .ok_or_else(|| control::no_such_workflow(name, &catalog.names()).into())
 }
 
 fn current_user(as_user: Option<String>) -> Option<String> {
@@ -258,39 +250,9 @@ fn add(
             adjust_file(&shown, &text, a.name.as_deref(), editor.as_deref())?,
         )
     };
-    let mut workflows = parse_file(&shown, &text, FileKind::WorkflowFile, registry)
-        .map_err(|e| usage(e.to_string()))?;
-    if workflows.len() != 1 {
-        return Err(usage(format!(
-            "{shown}: holds {} workflows; `workflow add` takes exactly one (put several in ./workflows/ instead)",
-            workflows.len()
-        )));
-    }
-    let w = workflows.remove(0);
-    let dir = home.root().join("workflows");
-    let target = dir.join(format!("{}.toml", w.name));
-    let catalog = load_catalog(sources, registry)?;
-    let replacing = match catalog.get(&w.name) {
-        None => false,
-        Some(existing) => {
-            let same = existing.file.canonicalize().ok() == target.canonicalize().ok();
-            if !same {
-                return Err(usage(format!(
-                    "workflow \"{}\" is defined in {}; edit that file, or choose another --name",
-                    w.name,
-                    existing.file.display()
-                )));
-            }
-            if !a.replace {
-                return Err(usage(format!(
-                    "workflow \"{}\" already exists ({}); adding it again is an edit: pass --replace",
-                    w.name,
-                    target.display()
-                )));
-            }
-            true
-        }
-    };
+    let w = definitions::parse_one_workflow(&shown, &text, registry)?;
+    let target = definitions::save_target(home, sources, registry, &w, a.replace)?;
+    let replacing = target.replacing;
     // A hook's secret exists from the moment the workflow does: its endpoint never accepts an
     // unauthenticated call, not even before the first `workflow run`.
     let hook = match w.trigger.hook_auth() {
@@ -308,10 +270,7 @@ fn add(
                 )
             })?,
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(".{}.toml.tmp", w.name));
-    std::fs::write(&tmp, &text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &target).with_context(|| format!("cannot write {}", target.display()))?;
+    definitions::write_definition(&target, &w, &text)?;
     if replacing {
         record_workflow_edit(&w, editor.as_deref());
     }
@@ -324,7 +283,7 @@ fn add(
         w.steps.len(),
         if w.steps.len() == 1 { "" } else { "s" }
     );
-    println!("  saved to {}", target.display());
+    println!("  saved to {}", target.path.display());
     if let (Some(p), Some(path)) = (&hook, w.trigger.hook_path(&w.name)) {
         println!("  hook: POST {path}, protected by {}", p.describe());
         if matches!(w.trigger, Trigger::SalesforceOutbound { .. }) {
@@ -557,27 +516,10 @@ fn remove(
     home: &xmbridge_vault::Home,
     registry: &Registry,
 ) -> anyhow::Result<()> {
-    let target = home.root().join("workflows").join(format!("{name}.toml"));
-    // A broken file elsewhere must not block removing this one: fall back to the path itself.
-    match catalog::load(sources, registry) {
-        Ok(catalog) => {
-            let e = find(&catalog, name)?;
-            if e.file.canonicalize().ok() != target.canonicalize().ok() {
-                return Err(usage(format!(
-                    "workflow \"{name}\" is defined in {}, not saved by `workflow add`; delete it from that file",
-                    e.file.display()
-                )));
-            }
-        }
-        Err(_) if target.is_file() => {}
-        Err(e) => return Err(usage(e.to_string())),
-    }
-    std::fs::remove_file(&target).with_context(|| format!("cannot remove {}", target.display()))?;
+    let target = definitions::remove_definition(home, sources, registry, name)?;
     println!("removed workflow \"{name}\" ({})", target.display());
-    // Its endpoint must stop accepting calls even if the name comes back later.
     let (_, vault) = super::connection::open_vault()?;
-    if xmbridge_workflows::hooks::remove_secret(&vault, name)? {
-        let _ = std::fs::remove_file(home.root().join("hooks").join(format!("{name}.secret")));
+    if definitions::forget_hook(home, &vault, name)? {
         println!("  its hook secret is deleted; a workflow added under this name gets a new one");
     }
     Ok(())
@@ -597,21 +539,7 @@ fn endpoint(e: EndpointArgs, sources: &Sources, registry: &Registry) -> anyhow::
     use xmbridge_vault::ExposeSecret;
     let catalog = load_catalog(sources, registry)?;
     let w = &find(&catalog, &e.name)?.workflow;
-    if w.trigger.hook_auth().is_none() {
-        return Err(usage(format!(
-            "workflow \"{}\" is started by {}; it has no inbound endpoint",
-            w.name, w.trigger
-        )));
-    }
-    let public = url::Url::parse(&e.public_url)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-        .ok_or_else(|| {
-            usage(format!(
-                "--public-url {}: write the http(s) URL the caller reaches the receiver at, e.g. https://hooks.example.org",
-                e.public_url
-            ))
-        })?;
+    let public = endpoint::public_base(w, &e.public_url)?;
     let (_, vault) = super::connection::open_vault()?;
     let (secret, created) = xmbridge_workflows::hooks::ensure_secret(&vault, &w.name)?;
     if created {
@@ -624,15 +552,7 @@ fn endpoint(e: EndpointArgs, sources: &Sources, registry: &Registry) -> anyhow::
         println!("{}", secret.expose_secret());
         return Ok(());
     }
-    let loopback = match public.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d == "localhost",
-        None => false,
-    };
-    let url =
-        xmbridge_workflows::hooks::endpoint_url(public.as_str(), &w.trigger, &w.name, &secret)
-            .ok_or_else(|| anyhow!("workflow {} has no endpoint", w.name))?;
+    let url = endpoint::endpoint_url(&public, w, &secret)?;
     println!("{url}");
     match &w.trigger {
         Trigger::SalesforceOutbound { .. } => eprintln!(
@@ -647,7 +567,7 @@ fn endpoint(e: EndpointArgs, sources: &Sources, registry: &Registry) -> anyhow::
             e.public_url
         ),
     }
-    if public.scheme() == "http" && !loopback {
+    if endpoint::exposes_secret(&public) {
         eprintln!(
             "warning: {} is plain http: the secret would cross the network unencrypted; put a TLS reverse proxy in front and use its https URL",
             e.public_url
@@ -671,23 +591,8 @@ fn templates() {
     }
 }
 
-/// The describe source for every Salesforce step. Linked accounts (per step `account`) replace
-/// this once the account store is merged; until then one source serves all Salesforce steps.
-struct SalesforceDescribes(Option<Box<dyn TargetSchema>>);
-
-impl Describers for SalesforceDescribes {
-    fn schema_for(&self, step: &xmbridge_workflows::definition::Step) -> Option<&dyn TargetSchema> {
-        match (&self.0, step.system) {
-            (Some(s), xmbridge_actions::System::Salesforce) => Some(s.as_ref()),
-            _ => None,
-        }
-    }
-}
-
-/// A Salesforce client over client credentials (server-to-server), for live describes.
+/// The Salesforce app of `--salesforce-token-url`, its secret from a file or the environment.
 fn salesforce_schema(t: &TestArgs, url: &str) -> anyhow::Result<SalesforceSchema> {
-    use secrecy::SecretString;
-    use xmbridge_salesforce::{ClientCredentials, SalesforceClient, TokenProvider};
     let client_id = t.salesforce_client_id.clone().ok_or_else(|| {
         usage("--salesforce-token-url needs --salesforce-client-id (or XMBRIDGE_SALESFORCE_CLIENT_ID)")
     })?;
@@ -700,16 +605,11 @@ fn salesforce_schema(t: &TestArgs, url: &str) -> anyhow::Result<SalesforceSchema
             usage("--salesforce-token-url needs --salesforce-client-secret-file FILE (or XMBRIDGE_SALESFORCE_CLIENT_SECRET)")
         })?,
     };
-    let creds = ClientCredentials {
-        token_url: url.to_string(),
+    Ok(preview::salesforce_schema(
+        url,
         client_id,
-        client_secret: SecretString::from(secret),
-    };
-    let http = reqwest::Client::new();
-    let tokens = TokenProvider::client_credentials(http.clone(), creds);
-    Ok(SalesforceSchema {
-        client: std::sync::Arc::new(SalesforceClient::new(http, std::sync::Arc::new(tokens))),
-    })
+        secrecy::SecretString::from(secret),
+    ))
 }
 
 async fn test(t: TestArgs, sources: &Sources, registry: &Registry) -> anyhow::Result<()> {
@@ -747,22 +647,7 @@ async fn test(t: TestArgs, sources: &Sources, registry: &Registry) -> anyhow::Re
                 usage("give --connection NAME to fetch the response (see `xmbridge connection list`), or --event-json FILE")
             })?;
             let connected = super::connection::connect(conn)?;
-            let client = &connected.client;
-            let response: Value = client
-                .get(client.url(&["surveys", &sid, "responses", rid]))
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot fetch response {rid} of survey {sid} through connection '{conn}'"
-                    )
-                })?;
-            let survey: Value = client
-                .get(client.url(&["surveys", &sid]))
-                .await
-                .with_context(|| {
-                    format!("cannot fetch survey {sid} through connection '{conn}'")
-                })?;
-            preflight::response_event(&sid, &response, &survey, None)
+            preview::response_event(&connected, conn, &sid, rid).await?
         }
         (None, None) => return Err(usage("give --response ID or --event-json FILE")),
     };
@@ -780,7 +665,8 @@ async fn test(t: TestArgs, sources: &Sources, registry: &Registry) -> anyhow::Re
         (None, None) => None,
     };
     let ctx = EventContext::new(event);
-    let report = preflight::preflight(w, &ctx, registry, &SalesforceDescribes(describes)).await;
+    let report =
+        preflight::preflight(w, &ctx, registry, &preview::SalesforceDescribes(describes)).await;
     let hook = hook_protection(w);
     if t.json {
         let hook = match (&hook, w.trigger.hook_path(&w.name)) {

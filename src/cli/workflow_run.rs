@@ -3,7 +3,7 @@
 //! `run` assembles the workflow process (`xmbridge_runtime::workflow`: the delivery workers on the
 //! state store in XMBRIDGE_HOME, each step connected to its account, the webhook receiver and the
 //! Qualtrics event subscriptions) and prints what it did. The other commands change or show a
-//! workflow's run state. Definitions and their checks belong to `workflow add|list|show|test`
+//! workflow's run state (`xmbridge_runtime::control`) and print it. Definitions and their checks belong to `workflow add|list|show|test`
 //! (`workflow.rs`).
 
 use std::net::SocketAddr;
@@ -14,13 +14,13 @@ use anyhow::anyhow;
 use clap::Args;
 use serde_json::{Map, Value, json};
 use xmbridge_actions::Registry;
-use xmbridge_runtime::workflow::{HookNotice, ProcessOptions, WorkflowProcess, load_workflows};
+use xmbridge_runtime::control::{self, Replay};
+use xmbridge_runtime::workflow::{HookNotice, ProcessOptions, WorkflowProcess};
 use xmbridge_server::receiver::{Limits, Receiver};
 use xmbridge_vault::{Home, Vault};
 use xmbridge_workflows::catalog::Sources;
-use xmbridge_workflows::definition::Workflow;
 use xmbridge_workflows::hooks::SubscriptionChange;
-use xmbridge_workflows::store::{EventState, SqliteStore, Store, now_ms};
+use xmbridge_workflows::store::{EventState, SqliteStore};
 use xmbridge_workflows::worker::RetryPolicy;
 
 use super::UsageError;
@@ -131,20 +131,10 @@ pub(super) fn open_store() -> anyhow::Result<(Home, Arc<Vault>, Arc<SqliteStore>
     Ok((home, vault, store))
 }
 
-fn load_catalog(sources: &Sources, registry: &Registry) -> anyhow::Result<Vec<Workflow>> {
-    load_workflows(sources, registry).map_err(|e| usage(e.to_string()))
-}
-
 pub fn pause(args: PauseArgs) -> anyhow::Result<()> {
     let (_, _, store) = open_store()?;
     let user = args.user.resolve()?;
-    let reason = args.reason.unwrap_or_else(|| format!("paused by {user}"));
-    store.set_paused(
-        &args.name,
-        &reason,
-        &format!("xmbridge workflow resume {}", args.name),
-        None,
-    )?;
+    control::pause(&store, &args.name, &user, args.reason)?;
     println!(
         "workflow {} paused; events keep arriving and wait (resume with `xmbridge workflow resume {}`)",
         args.name, args.name
@@ -154,48 +144,15 @@ pub fn pause(args: PauseArgs) -> anyhow::Result<()> {
 
 pub fn resume(args: ResumeArgs, sources: &Sources, registry: &Registry) -> anyhow::Result<()> {
     let (_, _, store) = open_store()?;
-    let state = store.workflow_state(&args.name)?;
     if args.reauthorize {
         let user = args.user.resolve()?;
-        let owner = load_catalog(sources, registry)?
-            .into_iter()
-            .find(|w| w.name == args.name)
-            .map(|w| w.owner)
-            .or(state.creator.clone())
-            .ok_or_else(|| usage(format!("no workflow named {}", args.name)))?;
-        if owner != user {
-            return Err(usage(format!(
-                "only the workflow's owner {owner} can re-authorize it (run with `--as {owner}`)"
-            )));
-        }
-        store.rebind(&args.name)?;
+        control::reauthorize(&store, sources, registry, &args.name, &user)?;
         println!(
             "workflow {}: credential binding re-authorized by {user}",
             args.name
         );
-    } else if !state.binding_valid {
-        return Err(usage(format!(
-            "workflow {} was edited by {} (not its creator {}), which dropped its credential binding; its owner re-authorizes with `xmbridge workflow resume {} --reauthorize --as {}`",
-            args.name,
-            state.last_editor.as_deref().unwrap_or("someone"),
-            state.creator.as_deref().unwrap_or("?"),
-            args.name,
-            state.creator.as_deref().unwrap_or("OWNER"),
-        )));
     }
-    if let Some(account) = &state.paused_account
-        && store.get_account(account).is_ok_and(|a| !a.token_ok)
-    {
-        return Err(usage(format!(
-            "workflow {} is paused because account {account}'s token expired; re-authorize it with `{}`",
-            args.name,
-            state
-                .fix
-                .as_deref()
-                .unwrap_or("xmbridge account link NAME --refresh")
-        )));
-    }
-    store.resume(&args.name)?;
+    control::resume(&store, &args.name, args.reauthorize)?;
     println!(
         "workflow {} resumed; held events are delivered by `xmbridge workflow run`",
         args.name
@@ -203,43 +160,19 @@ pub fn resume(args: ResumeArgs, sources: &Sources, registry: &Registry) -> anyho
     Ok(())
 }
 
-/// A workflow the catalog defines, or an error naming the ones that exist.
-fn defined(name: &str, sources: &Sources, registry: &Registry) -> anyhow::Result<Workflow> {
-    let workflows = load_catalog(sources, registry)?;
-    if let Some(w) = workflows.iter().find(|w| w.name == name) {
-        return Ok(w.clone());
-    }
-    let names: Vec<&str> = workflows.iter().map(|w| w.name.as_str()).collect();
-    let hint = xmbridge_workflows::expr::closest(name, names.iter().copied())
-        .map(|s| format!("did you mean {s}? "))
-        .unwrap_or_default();
-    Err(usage(format!(
-        "no workflow named \"{name}\"; {hint}workflows: {}",
-        if names.is_empty() {
-            "(none; add one with `xmbridge workflow add`)".to_string()
-        } else {
-            names.join(", ")
-        }
-    )))
-}
-
 pub fn replay(args: ReplayArgs, sources: &Sources, registry: &Registry) -> anyhow::Result<()> {
-    if args.event.is_none() && !args.all {
-        return Err(usage("say what to replay: --event ID or --all"));
-    }
-    // Replaying events of a workflow that is not defined would only dead-letter them again.
-    if let Err(e) = defined(&args.name, sources, registry) {
-        return Err(usage(format!(
-            "{}; a workflow must be defined to replay its events (add it back with `xmbridge workflow add`, then replay)",
-            e.downcast_ref::<UsageError>()
-                .map(|u| u.0.clone())
-                .unwrap_or_else(|| format!("{e:#}"))
-        )));
-    }
+    let which = match (&args.event, args.all) {
+        (Some(id), _) => Replay::Event(id),
+        (None, true) => Replay::All,
+        (None, false) => return Err(usage("say what to replay: --event ID or --all")),
+    };
+    control::check_replayable(&args.name, sources, registry)?;
     let (_, _, store) = open_store()?;
-    let n = store.replay(&args.name, args.event.as_deref(), now_ms())?;
-    match (&args.event, n) {
-        (Some(id), 0) => println!("event {id} is not in the dead letter; nothing to replay"),
+    let n = control::replay(&store, &args.name, which)?;
+    match (which, n) {
+        (Replay::Event(id), 0) => {
+            println!("event {id} is not in the dead letter; nothing to replay")
+        }
         _ => println!(
             "{n} dead event(s) of {} back in the outbox with fresh attempts",
             args.name
@@ -250,14 +183,11 @@ pub fn replay(args: ReplayArgs, sources: &Sources, registry: &Registry) -> anyho
 
 pub fn status(args: StatusArgs, sources: &Sources, registry: &Registry) -> anyhow::Result<()> {
     let (_, _, store) = open_store()?;
-    let st = store.status(&args.name)?;
-    let ws = store.workflow_state(&args.name)?;
-    // A workflow removed from the files may still have events: show them, saying so.
-    let is_defined = match defined(&args.name, sources, registry) {
-        Ok(_) => true,
-        Err(_) if st.counts.values().any(|n| *n > 0) => false,
-        Err(e) => return Err(e),
-    };
+    let control::StatusReport {
+        defined: is_defined,
+        status: st,
+        state: ws,
+    } = control::status(&store, sources, registry, &args.name)?;
     let counts: Map<String, Value> = EventState::ALL
         .iter()
         .map(|s| {

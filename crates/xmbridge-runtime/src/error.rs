@@ -67,6 +67,33 @@ pub enum RuntimeError {
     /// Salesforce refused or could not set up a call.
     #[error(transparent)]
     Salesforce(#[from] xmbridge_salesforce::SalesforceError),
+    /// A secret or file the operator gave could not be read.
+    #[error("{context}")]
+    Input {
+        /// What was being read, e.g. `cannot read the client secret from PATH`.
+        context: String,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A Qualtrics connection failed a step that names it (e.g. it cannot authenticate).
+    #[error("{message}")]
+    Connection {
+        /// Which connection, and the step.
+        message: String,
+        /// What the Qualtrics client said.
+        #[source]
+        source: xmbridge_qualtrics::Error,
+    },
+    /// A destination could not be opened (another sync holding it is a `DestError::Busy` cause).
+    #[error("{message}")]
+    Destination {
+        /// What was being done.
+        message: String,
+        /// What the destination said.
+        #[source]
+        source: Box<xmbridge_destinations::DestError>,
+    },
 }
 
 /// What a caller branches on.

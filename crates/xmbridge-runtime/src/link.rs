@@ -1,0 +1,568 @@
+//! Linking and re-authorizing Salesforce and ServiceNow accounts: which check runs in which
+//! order (URLs and names before anything is read or sent, the 5-account limit before anyone
+//! logs in), the credential proof against the remote system, undoing a half-done link, and a
+//! re-authorization reading the account's stored settings. Secrets and the login URL go
+//! through the caller's [`Operator`], so a command line prompts and a service answers its own way.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use xmbridge_auth::{SecretString, TokenResponse};
+use xmbridge_servicenow::Auth;
+use xmbridge_vault::{SecretField, Vault};
+use xmbridge_workflows::accounts::{Accounts, LinkRequest, MAX_USER_SALESFORCE_ACCOUNTS};
+use xmbridge_workflows::store::{AccountKind, AccountRow, SqliteStore, Store};
+
+use crate::servicenow::{
+    self, SIGN_IN_BASIC, SIGN_IN_CLIENT_CREDENTIALS, SIGN_IN_PASSWORD, SignIn,
+};
+use crate::systems::{SALESFORCE, SERVICENOW};
+use crate::workflow::account_reauthorized;
+use crate::{Result, RuntimeError, salesforce};
+
+/// A secret a link or re-authorization asks the operator for, only when it needs it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AskedSecret {
+    /// The OAuth application's client secret.
+    ClientSecret,
+    /// The ServiceNow user's password.
+    Password,
+}
+
+/// The operator's side of a link: the secrets asked for, and the login URL to open.
+pub trait Operator {
+    /// The secret `which` (from wherever the operator keeps it), or why there is none.
+    fn secret(&self, which: AskedSecret) -> Result<SecretString>;
+    /// The URL the user opens in a browser to log in to Salesforce.
+    fn open_login(&self, url: &url::Url);
+}
+
+/// What `account link` (and `account link --refresh`) was asked: the choices as given.
+#[derive(Clone, Debug, Default)]
+pub struct AccountLogin {
+    /// The account's name.
+    pub name: String,
+    /// The local user acting.
+    pub user: String,
+    /// A Salesforce account.
+    pub salesforce: bool,
+    /// A ServiceNow account.
+    pub servicenow: bool,
+    /// The ServiceNow instance URL.
+    pub instance_url: Option<String>,
+    /// ServiceNow Basic auth as this user.
+    pub basic_user: Option<String>,
+    /// ServiceNow OAuth password grant.
+    pub oauth_password: bool,
+    /// ServiceNow OAuth client credentials.
+    pub client_credentials: bool,
+    /// The ServiceNow user of the OAuth password grant.
+    pub sn_user: Option<String>,
+    /// The Salesforce login host of an OAuth login.
+    pub login_url: Option<String>,
+    /// A Salesforce server-to-server (client credentials) account.
+    pub server_to_server: bool,
+    /// The token endpoint of a server-to-server account.
+    pub token_url: Option<String>,
+    /// The OAuth application's client id.
+    pub client_id: Option<String>,
+    /// Whether the operator gives a new client secret (else a refresh uses the stored one).
+    pub new_client_secret: bool,
+    /// Whether the operator gives a new password (else a Basic refresh uses the stored one).
+    pub new_password: bool,
+    /// Port of the loopback redirect listener (0 = any).
+    pub callback_port: u16,
+    /// How long to wait for the browser.
+    pub timeout: Duration,
+    /// Linked by a brand admin: shareable, not counted in the user's limit.
+    pub brand: bool,
+}
+
+/// How a new account signs in, as the link reports it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum LinkedVia {
+    /// A Salesforce account, with the organization its identity names.
+    Salesforce {
+        /// The Salesforce organization id.
+        org_id: Option<String>,
+    },
+    /// A ServiceNow account.
+    ServiceNow {
+        /// Its sign-in (`basic`, `oauth-password`, `client-credentials`).
+        sign_in: String,
+        /// The instance URL.
+        instance: String,
+    },
+}
+
+/// A linked account.
+#[derive(Clone, Debug)]
+pub struct Linked {
+    /// The stored account.
+    pub row: AccountRow,
+    /// How it signs in.
+    pub via: LinkedVia,
+}
+
+impl AccountLogin {
+    /// Checks, before anything is read or sent, the URLs and names given.
+    pub fn check(&self) -> Result<()> {
+        for (flag, value) in [
+            ("--instance-url", &self.instance_url),
+            ("--login-url", &self.login_url),
+            ("--token-url", &self.token_url),
+        ] {
+            if let Some(v) = value {
+                endpoint_url(flag, v)?;
+            }
+        }
+        for (what, flag, value) in [
+            ("client id", "--client-id", &self.client_id),
+            ("ServiceNow user", "--basic-user", &self.basic_user),
+            ("ServiceNow user", "--user", &self.sn_user),
+        ] {
+            if let Some(v) = value {
+                xmbridge_auth::check_credential_text(what, v)
+                    .map_err(|e| RuntimeError::usage(format!("{e}: {flag}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The Salesforce login in the browser.
+    async fn login(
+        &self,
+        operator: &dyn Operator,
+        login_url: &str,
+        client_id: &str,
+        secret: SecretString,
+    ) -> Result<TokenResponse> {
+        let login = salesforce::Login {
+            name: &self.name,
+            user: &self.user,
+            login_url,
+            client_id,
+            secret,
+            port: self.callback_port,
+            timeout: self.timeout,
+        };
+        salesforce::login(login, |url| operator.open_login(url)).await
+    }
+}
+
+/// A URL credentials will be sent to, checked before any network use by the rule every client
+/// shares: https (plain http only to loopback simulators) and a valid host name.
+fn endpoint_url(flag: &str, value: &str) -> Result<url::Url> {
+    let url = url::Url::parse(value).map_err(|e| {
+        RuntimeError::usage(format!(
+            "{flag} '{value}' is not a URL ({e}); give it with https://, e.g. https://acme.service-now.com"
+        ))
+    })?;
+    xmbridge_auth::check_credential_url(&format!("{flag} URL"), &url)
+        .map_err(|e| RuntimeError::usage(e.to_string()))?;
+    Ok(url)
+}
+
+/// Links a new account, after [`AccountLogin::check`] (a caller may run that earlier, before it
+/// opens anything). Nothing half-linked stays behind on failure.
+pub async fn link(
+    request: &AccountLogin,
+    operator: &dyn Operator,
+    store: &SqliteStore,
+    accounts: &Accounts,
+) -> Result<Linked> {
+    request.check()?;
+    if request.servicenow && !request.salesforce {
+        return link_servicenow(request, operator, accounts).await;
+    }
+    if !request.salesforce {
+        return Err(RuntimeError::usage(
+            "say which system: --salesforce or --servicenow",
+        ));
+    }
+    let system = &SALESFORCE;
+    let user = request.user.clone();
+    let client_id = request
+        .client_id
+        .clone()
+        .ok_or_else(|| RuntimeError::usage("--client-id is required"))?;
+    let name = request.name.as_str();
+    // Check the limit before anyone logs in for nothing.
+    if !request.brand {
+        let private = store
+            .list_accounts()?
+            .into_iter()
+            .filter(|a| a.owner == user && a.system == system.system.as_str() && !a.brand)
+            .count();
+        if private >= MAX_USER_SALESFORCE_ACCOUNTS {
+            return Err(xmbridge_workflows::accounts::AccountError::Limit { user }.into());
+        }
+    }
+    let secret = operator.secret(AskedSecret::ClientSecret)?;
+    let (kind, settings, tokens) = if request.server_to_server {
+        let token_url = request
+            .token_url
+            .clone()
+            .ok_or_else(|| RuntimeError::usage("--server-to-server needs --token-url"))?;
+        let tokens =
+            salesforce::client_credentials(name, &token_url, &client_id, secret.clone()).await?;
+        let link = salesforce::Link::ServerToServer {
+            token_url: &token_url,
+        };
+        (
+            AccountKind::ServerToServer,
+            salesforce::account_settings(link, &client_id, &tokens),
+            tokens,
+        )
+    } else {
+        let login_url = request.login_url.clone().ok_or_else(|| {
+            RuntimeError::usage("a login needs --login-url (or use --server-to-server)")
+        })?;
+        let tokens = request
+            .login(operator, &login_url, &client_id, secret.clone())
+            .await?;
+        if tokens.refresh_token.is_none() {
+            return Err(RuntimeError::unusable(
+                "Salesforce did not return a refresh token; give the connected app the `refresh_token` scope",
+            ));
+        }
+        let link = salesforce::Link::Login {
+            login_url: &login_url,
+        };
+        (
+            AccountKind::OAuth,
+            salesforce::account_settings(link, &client_id, &tokens),
+            tokens,
+        )
+    };
+    let org_id = salesforce::org_from_identity(&tokens);
+    let row = accounts.link(LinkRequest {
+        name: name.to_string(),
+        system: system.system.as_str().to_string(),
+        user,
+        brand: request.brand,
+        kind,
+        settings,
+        client_secret: Some(secret),
+        refresh_token: tokens.refresh_token.clone(),
+        org_id: org_id.clone(),
+    })?;
+    Ok(Linked {
+        row,
+        via: LinkedVia::Salesforce { org_id },
+    })
+}
+
+async fn link_servicenow(
+    request: &AccountLogin,
+    operator: &dyn Operator,
+    accounts: &Accounts,
+) -> Result<Linked> {
+    let name = request.name.as_str();
+    let instance = request
+        .instance_url
+        .clone()
+        .ok_or_else(|| RuntimeError::usage("a ServiceNow account needs --instance-url"))?;
+    let instance = instance.trim_end_matches('/').to_string();
+    let (kind, settings, client_secret, refresh_token, password) = if let Some(basic_user) =
+        &request.basic_user
+    {
+        let password = operator.secret(AskedSecret::Password)?;
+        let client = servicenow::client(
+            &instance,
+            Auth::Basic {
+                username: basic_user.clone(),
+                password: password.clone(),
+            },
+        )?;
+        servicenow::check(&client, name).await?;
+        let sign_in = SignIn::Basic { user: basic_user };
+        (
+            AccountKind::ServerToServer,
+            servicenow::account_settings(&instance, sign_in),
+            None,
+            None,
+            Some(password),
+        )
+    } else if request.oauth_password || request.client_credentials {
+        let client_id = request
+            .client_id
+            .clone()
+            .ok_or_else(|| RuntimeError::usage("--client-id is required"))?;
+        let secret = operator.secret(AskedSecret::ClientSecret)?;
+        if request.oauth_password {
+            let sn_user = request.sn_user.clone().ok_or_else(|| {
+                RuntimeError::usage("--oauth-password needs --user (the ServiceNow user)")
+            })?;
+            let rt = servicenow::password_grant(servicenow::PasswordGrant {
+                name,
+                instance: &instance,
+                client_id: &client_id,
+                client_secret: &secret,
+                user: &sn_user,
+                password: operator.secret(AskedSecret::Password)?,
+            })
+            .await?;
+            let sign_in = SignIn::Password {
+                client_id: &client_id,
+                user: &sn_user,
+            };
+            (
+                AccountKind::OAuth,
+                servicenow::account_settings(&instance, sign_in),
+                Some(secret),
+                Some(rt),
+                None,
+            )
+        } else {
+            let sign_in = SignIn::ClientCredentials {
+                client_id: &client_id,
+            };
+            let settings = servicenow::account_settings(&instance, sign_in);
+            let client = servicenow::client(
+                &instance,
+                Auth::ClientCredentials {
+                    client_id,
+                    client_secret: secret.clone(),
+                },
+            )?;
+            servicenow::check(&client, name).await?;
+            (
+                AccountKind::ServerToServer,
+                settings,
+                Some(secret),
+                None,
+                None,
+            )
+        }
+    } else {
+        return Err(RuntimeError::usage(
+            "say how the ServiceNow account signs in: --basic-user U, --oauth-password, or --client-credentials",
+        ));
+    };
+    let sign_in = settings["auth"].as_str().unwrap_or_default().to_string();
+    let row = accounts.link(LinkRequest {
+        name: name.to_string(),
+        system: SERVICENOW.system.as_str().into(),
+        user: request.user.clone(),
+        brand: request.brand,
+        kind,
+        settings,
+        client_secret,
+        refresh_token,
+        org_id: None,
+    })?;
+    if let Some(p) = password
+        && let Err(e) = accounts.vault().set_secret(name, SecretField::Password, &p)
+    {
+        // Leave nothing half-linked behind.
+        let _ = accounts.unlink(name, &request.user);
+        return Err(e.into());
+    }
+    Ok(Linked {
+        row,
+        via: LinkedVia::ServiceNow { sign_in, instance },
+    })
+}
+
+/// The stored settings of account `name`, read as text.
+struct StoredSettings {
+    name: String,
+    settings: Value,
+}
+
+impl StoredSettings {
+    fn open(vault: &Vault, name: &str) -> Result<StoredSettings> {
+        Ok(StoredSettings {
+            name: name.to_string(),
+            settings: vault.get_connection(name)?.settings,
+        })
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        self.settings
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    }
+
+    /// `given`, else the stored `key`, else an error naming the flag that supplies it.
+    fn or_given(
+        &self,
+        given: &Option<String>,
+        key: &str,
+        what: &str,
+        flag: &str,
+    ) -> Result<String> {
+        given.clone().or_else(|| self.get(key)).ok_or_else(|| {
+            RuntimeError::unusable(format!("account {} has no {what}; pass {flag}", self.name))
+        })
+    }
+}
+
+/// A new secret from the operator when one is given, else the one stored for the account.
+fn given_or_stored(
+    operator: &dyn Operator,
+    vault: &Vault,
+    request: &AccountLogin,
+    which: AskedSecret,
+) -> Result<SecretString> {
+    let name = request.name.as_str();
+    let (field, what, flag, new) = match which {
+        AskedSecret::ClientSecret => (
+            SecretField::ClientSecret,
+            "client secret",
+            "--client-secret-file",
+            request.new_client_secret,
+        ),
+        AskedSecret::Password => (
+            SecretField::Password,
+            "password",
+            "--password-file",
+            request.new_password,
+        ),
+    };
+    if new {
+        return operator.secret(which);
+    }
+    vault
+        .get_secret(name, field)?
+        .ok_or_else(|| RuntimeError::unusable(format!("account {name} has no {what}; pass {flag}")))
+}
+
+/// Re-authorizes the linked account `request.name` (log in again, or prove the stored or new
+/// credentials again), after [`AccountLogin::check`], then resumes the workflows its refused
+/// token paused. Returns the workflows resumed.
+pub async fn refresh(
+    request: &AccountLogin,
+    operator: &dyn Operator,
+    vault: &Vault,
+    store: &SqliteStore,
+    accounts: &Accounts,
+) -> Result<Vec<String>> {
+    request.check()?;
+    let name = request.name.as_str();
+    let account = store.get_account(name)?;
+    let refresh_token = if account.system == SERVICENOW.system.as_str() {
+        refresh_servicenow(request, operator, vault).await?
+    } else {
+        refresh_salesforce(request, operator, vault, account.kind).await?
+    };
+    account_reauthorized(accounts, store, name, &request.user, refresh_token.as_ref())
+}
+
+/// A Salesforce re-authorization: a new login, or a fresh client-credentials grant. Returns
+/// the new refresh token of a login.
+async fn refresh_salesforce(
+    request: &AccountLogin,
+    operator: &dyn Operator,
+    vault: &Vault,
+    kind: AccountKind,
+) -> Result<Option<SecretString>> {
+    let name = request.name.as_str();
+    let stored = StoredSettings::open(vault, name)?;
+    let client_id = stored.or_given(&request.client_id, "client_id", "client id", "--client-id")?;
+    let secret = given_or_stored(operator, vault, request, AskedSecret::ClientSecret)?;
+    let refresh_token = match kind {
+        AccountKind::ServerToServer => {
+            let token_url = stored.get("token_url").ok_or_else(|| {
+                RuntimeError::unusable(format!("account {name} has no token URL"))
+            })?;
+            salesforce::client_credentials(name, &token_url, &client_id, secret.clone()).await?;
+            None
+        }
+        AccountKind::OAuth => {
+            let login_url =
+                stored.or_given(&request.login_url, "login_url", "login URL", "--login-url")?;
+            let tokens = request
+                .login(operator, &login_url, &client_id, secret.clone())
+                .await?;
+            Some(tokens.refresh_token.ok_or_else(|| {
+                RuntimeError::unusable("Salesforce did not return a refresh token on the new login")
+            })?)
+        }
+    };
+    if request.new_client_secret {
+        vault.set_secret(name, SecretField::ClientSecret, &secret)?;
+    }
+    Ok(refresh_token)
+}
+
+/// A ServiceNow re-authorization: a new password (Basic), a new password grant (OAuth
+/// password), or a fresh client-credentials check. Returns the new refresh token of a
+/// password grant.
+async fn refresh_servicenow(
+    request: &AccountLogin,
+    operator: &dyn Operator,
+    vault: &Vault,
+) -> Result<Option<SecretString>> {
+    let name = request.name.as_str();
+    let stored = StoredSettings::open(vault, name)?;
+    let instance = stored.or_given(
+        &request.instance_url,
+        "instance_url",
+        "instance URL",
+        "--instance-url",
+    )?;
+    let client_id = || stored.or_given(&request.client_id, "client_id", "client id", "--client-id");
+    let client_secret = || given_or_stored(operator, vault, request, AskedSecret::ClientSecret);
+    let sign_in = stored.get("auth").unwrap_or_default();
+    let mut new_secret = None;
+    let refresh_token = match sign_in.as_str() {
+        SIGN_IN_BASIC => {
+            let sn_user = stored.or_given(&request.basic_user, "user", "user", "--basic-user")?;
+            let password = given_or_stored(operator, vault, request, AskedSecret::Password)?;
+            let client = servicenow::client(
+                &instance,
+                Auth::Basic {
+                    username: sn_user,
+                    password: password.clone(),
+                },
+            )?;
+            servicenow::check(&client, name).await?;
+            vault.set_secret(name, SecretField::Password, &password)?;
+            None
+        }
+        SIGN_IN_PASSWORD => {
+            let secret = client_secret()?;
+            let sn_user = stored.or_given(&request.sn_user, "user", "user", "--user")?;
+            let rt = servicenow::password_grant(servicenow::PasswordGrant {
+                name,
+                instance: &instance,
+                client_id: &client_id()?,
+                client_secret: &secret,
+                user: &sn_user,
+                password: operator.secret(AskedSecret::Password)?,
+            })
+            .await?;
+            new_secret = Some(secret);
+            Some(rt)
+        }
+        SIGN_IN_CLIENT_CREDENTIALS => {
+            let secret = client_secret()?;
+            let client = servicenow::client(
+                &instance,
+                Auth::ClientCredentials {
+                    client_id: client_id()?,
+                    client_secret: secret.clone(),
+                },
+            )?;
+            servicenow::check(&client, name).await?;
+            new_secret = Some(secret);
+            None
+        }
+        other => {
+            return Err(RuntimeError::unusable(format!(
+                "account {name} has an unknown ServiceNow sign-in `{other}`; unlink and link it again"
+            )));
+        }
+    };
+    if request.new_client_secret
+        && let Some(s) = &new_secret
+    {
+        vault.set_secret(name, SecretField::ClientSecret, s)?;
+    }
+    Ok(refresh_token)
+}
