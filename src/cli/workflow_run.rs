@@ -21,7 +21,7 @@ use xmbridge_vault::{Home, Vault};
 use xmbridge_workflows::catalog::Sources;
 use xmbridge_workflows::hooks::SubscriptionChange;
 use xmbridge_workflows::store::{EventState, SqliteStore};
-use xmbridge_workflows::worker::RetryPolicy;
+use xmbridge_workflows::worker::DeliveryBackoff;
 
 use super::UsageError;
 use super::account::AsUser;
@@ -274,7 +274,7 @@ pub async fn run(args: RunArgs, sources: &Sources, registry: Registry) -> anyhow
         ProcessOptions {
             workers: args.workers,
             lease: Duration::from_secs(args.lease_secs),
-            retry: RetryPolicy {
+            retry: DeliveryBackoff {
                 base: retry_base,
                 cap: Duration::from_millis(args.retry_cap_ms),
             },

@@ -20,7 +20,7 @@ use xmbridge_workflows::definition::PlanError;
 use xmbridge_workflows::outbox::Outbox;
 use xmbridge_workflows::store::SqliteStore;
 use xmbridge_workflows::worker::{
-    Connector, Engine, EngineConfig, Plan, RetryPolicy, RunMode, StepCall,
+    Connector, DeliveryBackoff, Engine, EngineConfig, Plan, RunMode, StepCall,
 };
 
 use crate::error::{BenchError, Context, Result};
@@ -231,7 +231,7 @@ pub async fn run(args: Load) -> Result<Report> {
         Arc::new(BenchConnector(ctx)),
         EngineConfig {
             workers: args.workers.max(1),
-            retry: RetryPolicy {
+            retry: DeliveryBackoff {
                 base: Duration::from_millis(50),
                 cap: Duration::from_secs(2),
             },

@@ -23,7 +23,7 @@ use xmbridge_workflows::hooks::{self, SubscriptionChange, WantedSubscription};
 use xmbridge_workflows::outbox::Outbox;
 use xmbridge_workflows::store::{SqliteStore, Store, WorkflowState, now_ms};
 use xmbridge_workflows::worker::{
-    Connector, Engine, EngineConfig, Plan, RetryPolicy, RunMode, RunSummary, StepCall,
+    Connector, DeliveryBackoff, Engine, EngineConfig, Plan, RunMode, RunSummary, StepCall,
 };
 
 use crate::error::{Result, RuntimeError};
@@ -374,7 +374,7 @@ pub struct ProcessOptions {
     /// How long a worker holds an event before others may take it over.
     pub lease: Duration,
     /// Retry delays.
-    pub retry: RetryPolicy,
+    pub retry: DeliveryBackoff,
     /// The Qualtrics connection that receives events and enriches responses (default: the only
     /// one).
     pub qualtrics: Option<String>,
@@ -447,7 +447,7 @@ impl WorkflowProcess {
             workers: opts.workers.max(1),
             lease: opts.lease.max(Duration::from_secs(1)),
             batch: 8,
-            retry: RetryPolicy {
+            retry: DeliveryBackoff {
                 base,
                 cap: opts.retry.cap.max(base),
             },

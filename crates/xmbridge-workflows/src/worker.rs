@@ -77,29 +77,38 @@ pub trait Connector: Send + Sync {
     ) -> BoxFuture<'a, Result<Value, ActionError>>;
 }
 
-/// Backoff between failed attempts: `base · 2^(attempt-1)`, capped, with jitter in its upper half.
+/// How long a failed event waits before its next attempt: `base · 2^(attempt-1)`, capped, with
+/// jitter in its upper half. This is not an HTTP retry policy (each call's retries are
+/// `xmbridge_auth::RetryPolicy`, inside the clients): it spaces an event's whole attempts over
+/// minutes to hours, and how many there are is the workflow's `max_attempts`.
 #[derive(Clone, Copy, Debug)]
-pub struct RetryPolicy {
+pub struct DeliveryBackoff {
     /// The wait after the first failed attempt, before jitter (default 2 s).
     pub base: Duration,
     /// The longest wait, before jitter (default 15 min).
     pub cap: Duration,
 }
 
-impl Default for RetryPolicy {
+impl Default for DeliveryBackoff {
     fn default() -> Self {
-        RetryPolicy {
+        DeliveryBackoff {
             base: Duration::from_secs(2),
             cap: Duration::from_secs(15 * 60),
         }
     }
 }
 
-impl RetryPolicy {
-    /// The wait after failed attempt number `attempt` (1-based); `jitter` in [0, 1).
+impl DeliveryBackoff {
+    /// The wait after failed attempt number `attempt` (1-based); `jitter` in [0, 1). A
+    /// `Retry-After` the target sent is a floor.
     pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
-        let exp = 2u32.saturating_pow(attempt.saturating_sub(1).min(30));
-        let full = self.base.saturating_mul(exp).min(self.cap);
+        // The one exponential curve of the HTTP layer, with this backoff's base and cap.
+        let curve = xmbridge_auth::RetryPolicy {
+            base_delay: self.base,
+            max_delay: self.cap,
+            ..Default::default()
+        };
+        let full = curve.backoff(attempt.saturating_sub(1));
         // Upper-half jitter: spreads retries of a burst while keeping most of the backoff.
         let d = full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0));
         match retry_after {
@@ -120,7 +129,7 @@ pub struct EngineConfig {
     /// Events leased per round.
     pub batch: usize,
     /// The backoff between failed attempts.
-    pub retry: RetryPolicy,
+    pub retry: DeliveryBackoff,
     /// Longest sleep between polls when nothing wakes the worker.
     pub poll: Duration,
     /// Seed of the jitter.
@@ -133,7 +142,7 @@ impl Default for EngineConfig {
             workers: 4,
             lease: Duration::from_secs(60),
             batch: 8,
-            retry: RetryPolicy::default(),
+            retry: DeliveryBackoff::default(),
             poll: Duration::from_secs(1),
             seed: 0x5eed,
         }
@@ -711,7 +720,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_caps_and_honours_retry_after() {
-        let p = RetryPolicy {
+        let p = DeliveryBackoff {
             base: Duration::from_millis(100),
             cap: Duration::from_secs(1),
         };

@@ -16,7 +16,7 @@ use xmbridge_workflows::event::{QUALTRICS_MSG, response_event};
 use xmbridge_workflows::outbox::Outbox;
 use xmbridge_workflows::store::{EventSource, EventState, NewEvent, SqliteStore, Store, now_ms};
 use xmbridge_workflows::worker::{
-    Connector, Engine, EngineConfig, Outcome, Plan, RetryPolicy, RunMode, StepCall,
+    Connector, DeliveryBackoff, Engine, EngineConfig, Outcome, Plan, RunMode, StepCall,
 };
 
 const WRITE: ActionSpec = ActionSpec {
@@ -178,7 +178,7 @@ fn setup(steps: &[&str], max_attempts: u32) -> Setup {
         workers: 3,
         lease: Duration::from_secs(30),
         batch: 4,
-        retry: RetryPolicy {
+        retry: DeliveryBackoff {
             base: Duration::from_millis(20),
             cap: Duration::from_millis(80),
         },
