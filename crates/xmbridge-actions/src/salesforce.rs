@@ -527,7 +527,8 @@ mod tests {
         assert_eq!(
             d(SalesforceError::Transient {
                 status: Some(503),
-                message: "x".into()
+                message: "x".into(),
+                source: None,
             }),
             Disposition::Retry { after: None }
         );

@@ -178,9 +178,11 @@ impl std::fmt::Debug for SalesforceClient {
 }
 
 fn network(e: reqwest::Error) -> SalesforceError {
+    let e = e.without_url();
     SalesforceError::Transient {
         status: None,
-        message: format!("network error: {}", e.without_url()),
+        message: format!("network error: {e}"),
+        source: Some(Box::new(e)),
     }
 }
 

@@ -83,6 +83,10 @@ pub enum SalesforceError {
         status: Option<u16>,
         /// What failed, for a person.
         message: String,
+        /// The underlying failure (the HTTP client's error for a network failure), when there is
+        /// one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// The request was refused for a reason a retry cannot fix.
     #[error("Salesforce refused the request (HTTP {status}): {}", join(.errors))]
@@ -148,14 +152,17 @@ impl From<xmbridge_auth::AuthError> for SalesforceError {
             A::Network { detail, .. } => SalesforceError::Transient {
                 status: None,
                 message: format!("network error: {detail}"),
+                source: None,
             },
             A::Server { status, detail, .. } => SalesforceError::Transient {
                 status: Some(status),
                 message: format!("the token endpoint failed ({detail})"),
+                source: None,
             },
             e @ A::TlsHandshake { .. } => SalesforceError::Transient {
                 status: None,
                 message: e.to_string(),
+                source: Some(Box::new(e)),
             },
             other => SalesforceError::Protocol(other.to_string()),
         }
@@ -234,6 +241,7 @@ impl SalesforceError {
             return SalesforceError::Transient {
                 status: Some(status),
                 message: first_message,
+                source: None,
             };
         }
         let errors = if errors.is_empty() {

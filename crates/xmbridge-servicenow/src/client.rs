@@ -139,6 +139,7 @@ fn classify_body(status: StatusCode, body: &[u8], what: &str) -> Error {
         return Error::Transient {
             status: Some(status.as_u16()),
             message,
+            source: None,
         };
     }
     if status == StatusCode::NOT_FOUND {
@@ -155,9 +156,11 @@ fn classify_body(status: StatusCode, body: &[u8], what: &str) -> Error {
 }
 
 fn transport(e: reqwest::Error) -> Error {
+    let e = e.without_url();
     Error::Transient {
         status: None,
-        message: e.without_url().to_string(),
+        message: e.to_string(),
+        source: Some(Box::new(e)),
     }
 }
 
@@ -254,14 +257,17 @@ impl ServiceNowClient {
             AuthError::Server { status, .. } => Error::Transient {
                 status: Some(status),
                 message: "the token endpoint failed".into(),
+                source: None,
             },
             AuthError::Network { detail, .. } => Error::Transient {
                 status: None,
                 message: format!("token call failed: {detail}"),
+                source: None,
             },
             e @ AuthError::TlsHandshake { .. } => Error::Transient {
                 status: None,
                 message: e.to_string(),
+                source: Some(Box::new(e)),
             },
             AuthError::BadResponse { detail, .. } => {
                 Error::Decode(format!("token reply: {detail}"))

@@ -29,6 +29,10 @@ pub enum Error {
         status: Option<u16>,
         /// What failed, for a person.
         message: String,
+        /// The underlying failure (the HTTP client's error for a network failure), when there is
+        /// one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// The instance refused the request for a reason a retry cannot fix (400, 403 ACL or data
     /// policy, 405 …).
@@ -117,7 +121,8 @@ mod tests {
         assert!(
             Error::Transient {
                 status: Some(503),
-                message: "x".into()
+                message: "x".into(),
+                source: None,
             }
             .is_retryable()
         );
