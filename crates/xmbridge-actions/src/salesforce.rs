@@ -248,7 +248,7 @@ pub fn map_error(spec: &ActionSpec, account: &str, e: SalesforceError) -> Action
         },
         SalesforceError::Transient { .. }
         | SalesforceError::Sink(_)
-        | SalesforceError::Protocol(_) => ActionError::Transient {
+        | SalesforceError::Protocol { .. } => ActionError::Transient {
             action,
             message: e.to_string(),
         },

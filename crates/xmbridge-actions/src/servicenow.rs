@@ -112,12 +112,12 @@ pub fn map_error(spec: &ActionSpec, e: Error) -> ActionError {
             field: field.clone(),
             reason: e.to_string(),
         },
-        Error::Config(ref m) => ActionError::NotConfigured {
+        Error::Config { ref message, .. } => ActionError::NotConfigured {
             action,
             system: System::ServiceNow,
-            fix: m.clone(),
+            fix: message.clone(),
         },
-        Error::NotFound { .. } | Error::Decode(_) => ActionError::Permanent {
+        Error::NotFound { .. } | Error::Decode { .. } => ActionError::Permanent {
             action,
             message: e.to_string(),
             details: None,

@@ -186,8 +186,8 @@ fn network(e: reqwest::Error) -> SalesforceError {
     }
 }
 
-fn protocol(what: &str, e: impl std::fmt::Display) -> SalesforceError {
-    SalesforceError::Protocol(format!("{what}: {e}"))
+fn protocol(what: &str, e: serde_json::Error) -> SalesforceError {
+    SalesforceError::protocol_from(format!("{what}: {e}"), e)
 }
 
 fn enc(s: &str) -> String {
@@ -348,7 +348,7 @@ impl SalesforceClient {
         v.get("id")
             .and_then(Value::as_str)
             .map(str::to_string)
-            .ok_or_else(|| SalesforceError::Protocol(format!("create answered without an id: {v}")))
+            .ok_or_else(|| SalesforceError::protocol(format!("create answered without an id: {v}")))
     }
 
     /// Reads one record of `object` by id: `fields`, or every field when empty.

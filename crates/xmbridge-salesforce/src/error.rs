@@ -106,8 +106,14 @@ pub enum SalesforceError {
     #[error("cannot store the rotated Salesforce refresh token: {0}")]
     Sink(#[source] xmbridge_auth::SinkError),
     /// Salesforce answered something this client does not understand.
-    #[error("unexpected answer from Salesforce: {0}")]
-    Protocol(String),
+    #[error("unexpected answer from Salesforce: {message}")]
+    Protocol {
+        /// What could not be understood, for a person.
+        message: String,
+        /// The underlying error (the JSON decoder's, the URL parser's …), when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
 }
 
 fn after(d: &Option<Duration>) -> String {
@@ -164,12 +170,31 @@ impl From<xmbridge_auth::AuthError> for SalesforceError {
                 message: e.to_string(),
                 source: Some(Box::new(e)),
             },
-            other => SalesforceError::Protocol(other.to_string()),
+            other => SalesforceError::protocol_from(other.to_string(), other),
         }
     }
 }
 
 impl SalesforceError {
+    /// An answer this client does not understand, with only a message.
+    pub(crate) fn protocol(message: impl Into<String>) -> SalesforceError {
+        SalesforceError::Protocol {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An answer this client does not understand, caused by `source`.
+    pub(crate) fn protocol_from(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> SalesforceError {
+        SalesforceError::Protocol {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
     /// What a caller does about this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -183,7 +208,7 @@ impl SalesforceError {
             SalesforceError::Permanent { .. } | SalesforceError::MultipleMatches { .. } => {
                 ErrorKind::Refused
             }
-            SalesforceError::Protocol(_) => ErrorKind::Protocol,
+            SalesforceError::Protocol { .. } => ErrorKind::Protocol,
         }
     }
 

@@ -117,7 +117,7 @@ impl TryFrom<xmbridge_auth::TokenResponse> for TokenResponse {
         let text = |k: &str| t.extra_str(k).map(str::to_string);
         let required = |k: &str| {
             text(k).ok_or_else(|| {
-                SalesforceError::Protocol(format!("token response: missing field `{k}`"))
+                SalesforceError::protocol(format!("token response: missing field `{k}`"))
             })
         };
         Ok(TokenResponse {
@@ -229,7 +229,7 @@ fn salesforce_client(
     hooks: Arc<SalesforceHooks>,
 ) -> Result<OAuthClient, SalesforceError> {
     let parse = |what: &str, u: &str| {
-        url::Url::parse(u).map_err(|e| SalesforceError::Protocol(format!("{what}: {e}")))
+        url::Url::parse(u).map_err(|e| SalesforceError::protocol_from(format!("{what}: {e}"), e))
     };
     let provider = OAuthProvider::new(
         "Salesforce",
@@ -264,9 +264,9 @@ impl OAuthApp {
     /// The authorization URL with a random `state` and a PKCE S256 challenge.
     pub fn authorize(&self, scope: &str) -> Result<AuthorizeRequest, SalesforceError> {
         let state = xmbridge_auth::random_token(24)
-            .map_err(|e| SalesforceError::Protocol(e.to_string()))?;
+            .map_err(|e| SalesforceError::protocol_from(e.to_string(), e))?;
         let verifier = xmbridge_auth::random_token(48)
-            .map_err(|e| SalesforceError::Protocol(e.to_string()))?;
+            .map_err(|e| SalesforceError::protocol_from(e.to_string(), e))?;
         let url = self.oauth_client()?.authorize_url(
             &self.redirect_uri,
             Some(scope),
@@ -447,7 +447,7 @@ impl TokenProvider {
         match &self.source {
             Source::WebServer(s) => Ok(s),
             Source::ClientCredentials(s) => Ok(s),
-            Source::Broken(why) => Err(SalesforceError::Protocol(why.clone())),
+            Source::Broken(why) => Err(SalesforceError::protocol(why.clone())),
         }
     }
 
@@ -455,7 +455,7 @@ impl TokenProvider {
         let source = self.tokens()?;
         let header = source.authorization().await?;
         let instance_url = lock(&self.hooks.instance_url).clone().ok_or_else(|| {
-            SalesforceError::Protocol("no instance URL is known for this account".into())
+            SalesforceError::protocol("no instance URL is known for this account")
         })?;
         Ok(Session {
             header,

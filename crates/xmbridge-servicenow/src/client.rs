@@ -168,8 +168,8 @@ fn result_of(v: Value) -> Result<Value, Error> {
     match v {
         Value::Object(mut m) => m
             .remove("result")
-            .ok_or_else(|| Error::Decode("no `result` in the reply".into())),
-        _ => Err(Error::Decode("the reply is not a JSON object".into())),
+            .ok_or_else(|| Error::decode("no `result` in the reply")),
+        _ => Err(Error::decode("the reply is not a JSON object")),
     }
 }
 
@@ -194,18 +194,18 @@ impl ServiceNowClient {
     /// simulator's `http://127.0.0.1:PORT`).
     pub fn new(base_url: &str, auth: Auth) -> Result<ServiceNowClient, Error> {
         let url = url::Url::parse(base_url)
-            .map_err(|e| Error::Config(format!("instance URL '{base_url}': {e}")))?;
+            .map_err(|e| Error::config_from(format!("instance URL '{base_url}': {e}"), e))?;
         // Before any network use: a Basic password or OAuth secret only travels over https
         // (plain http to loopback simulators only), to a valid host name.
         xmbridge_auth::check_credential_url("ServiceNow instance URL", &url)
-            .map_err(|e| Error::Config(e.to_string()))?;
+            .map_err(|e| Error::config_from(e.to_string(), e))?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+            .map_err(|e| Error::config_from(format!("HTTP client: {e}"), e))?;
         let base = base_url.trim_end_matches('/').to_string();
-        let source =
-            token_source(&auth, &base, &http, None).map_err(|e| Error::Config(e.to_string()))?;
+        let source = token_source(&auth, &base, &http, None)
+            .map_err(|e| Error::config_from(e.to_string(), e))?;
         Ok(ServiceNowClient {
             base,
             http,
@@ -270,9 +270,9 @@ impl ServiceNowClient {
                 source: Some(Box::new(e)),
             },
             AuthError::BadResponse { detail, .. } => {
-                Error::Decode(format!("token reply: {detail}"))
+                Error::decode(format!("token reply: {detail}"))
             }
-            other => Error::Config(other.to_string()),
+            other => Error::config_from(other.to_string(), other),
         }
     }
 
@@ -360,10 +360,10 @@ impl ServiceNowClient {
             .await
         {
             Ok(resp) => {
-                let v: Value = resp
-                    .json()
-                    .await
-                    .map_err(|e| Error::Decode(e.without_url().to_string()))?;
+                let v: Value = resp.json().await.map_err(|e| {
+                    let e = e.without_url();
+                    Error::decode_from(e.to_string(), e)
+                })?;
                 let rows = result_of(v)?;
                 let map: HashMap<String, Option<String>> = rows
                     .as_array()
@@ -394,10 +394,10 @@ impl ServiceNowClient {
                 let resp = self
                     .send(Method::GET, &self.table_url(table, None), &q, None, table)
                     .await?;
-                let v: Value = resp
-                    .json()
-                    .await
-                    .map_err(|e| Error::Decode(e.without_url().to_string()))?;
+                let v: Value = resp.json().await.map_err(|e| {
+                    let e = e.without_url();
+                    Error::decode_from(e.to_string(), e)
+                })?;
                 let rows = result_of(v)?;
                 let first = rows
                     .as_array()
@@ -519,7 +519,7 @@ impl ServiceNowClient {
                         State::Next(url) => {
                             // Only follow links to the same instance.
                             if !url.starts_with(&format!("{}/", self.base)) {
-                                return Err(Error::Decode(format!(
+                                return Err(Error::decode(format!(
                                     "Link next points elsewhere: {url}"
                                 )));
                             }
@@ -537,10 +537,10 @@ impl ServiceNowClient {
                     if let Some(next) = next_link(resp.headers()) {
                         s.state = State::Next(next);
                     }
-                    let v: Value = resp
-                        .json()
-                        .await
-                        .map_err(|e| Error::Decode(e.without_url().to_string()))?;
+                    let v: Value = resp.json().await.map_err(|e| {
+                        let e = e.without_url();
+                        Error::decode_from(e.to_string(), e)
+                    })?;
                     match result_of(v)? {
                         Value::Array(rows) => {
                             s.buffer.extend(rows.into_iter().filter_map(|r| match r {
@@ -548,7 +548,7 @@ impl ServiceNowClient {
                                 _ => None,
                             }))
                         }
-                        _ => return Err(Error::Decode("`result` is not a list".into())),
+                        _ => return Err(Error::decode("`result` is not a list")),
                     }
                 }
             }
@@ -562,13 +562,13 @@ impl ServiceNowClient {
     }
 
     async fn record(resp: reqwest::Response) -> Result<Record, Error> {
-        let v: Value = resp
-            .json()
-            .await
-            .map_err(|e| Error::Decode(e.without_url().to_string()))?;
+        let v: Value = resp.json().await.map_err(|e| {
+            let e = e.without_url();
+            Error::decode_from(e.to_string(), e)
+        })?;
         match result_of(v)? {
             Value::Object(m) => Ok(m),
-            _ => Err(Error::Decode("`result` is not a record".into())),
+            _ => Err(Error::decode("`result` is not a record")),
         }
     }
 
@@ -662,10 +662,10 @@ impl ServiceNowClient {
             Err(Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let v: Value = resp
-            .json()
-            .await
-            .map_err(|e| Error::Decode(e.without_url().to_string()))?;
+        let v: Value = resp.json().await.map_err(|e| {
+            let e = e.without_url();
+            Error::decode_from(e.to_string(), e)
+        })?;
         Ok(result_of(v)?
             .as_array()
             .and_then(|a| a.first())
@@ -698,9 +698,10 @@ impl ServiceNowClient {
                 staging_table,
             )
             .await?;
-        resp.json()
-            .await
-            .map_err(|e| Error::Decode(format!("import reply: {}", e.without_url())))
+        resp.json().await.map_err(|e| {
+            let e = e.without_url();
+            Error::decode_from(format!("import reply: {e}"), e)
+        })
     }
 }
 
@@ -724,7 +725,7 @@ mod tests {
             "ftp://acme.service-now.com",
         ] {
             let e = ServiceNowClient::new(bad, basic()).unwrap_err();
-            assert!(matches!(e, Error::Config(_)), "{bad}: {e:?}");
+            assert!(matches!(e, Error::Config { .. }), "{bad}: {e:?}");
             assert!(e.to_string().contains("https://"), "{e}");
         }
         let long = format!("https://{}.service-now.com", "a".repeat(3000));

@@ -65,11 +65,55 @@ pub enum Error {
         known: String,
     },
     /// The client was configured wrongly (bad URL …).
-    #[error("ServiceNow client configuration: {0}")]
-    Config(String),
+    #[error("ServiceNow client configuration: {message}")]
+    Config {
+        /// What is wrong, for a person.
+        message: String,
+        /// The underlying error (a URL that does not parse …), when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The instance answered something this client cannot read.
-    #[error("unexpected ServiceNow answer: {0}")]
-    Decode(String),
+    #[error("unexpected ServiceNow answer: {message}")]
+    Decode {
+        /// What could not be read, for a person.
+        message: String,
+        /// The underlying error (the JSON decoder's …), when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl Error {
+    /// A configuration error caused by `source`.
+    pub(crate) fn config_from(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::Config {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// An unreadable answer with only a message.
+    pub(crate) fn decode(message: impl Into<String>) -> Error {
+        Error::Decode {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An unreadable answer caused by `source`.
+    pub(crate) fn decode_from(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::Decode {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
 }
 
 impl Error {
@@ -83,8 +127,8 @@ impl Error {
             Error::Permanent { .. } | Error::NotFound { .. } | Error::UnknownField { .. } => {
                 K::Refused
             }
-            Error::Config(_) => K::Configuration,
-            Error::Decode(_) => K::Protocol,
+            Error::Config { .. } => K::Configuration,
+            Error::Decode { .. } => K::Protocol,
         }
     }
 
