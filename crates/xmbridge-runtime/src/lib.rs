@@ -8,7 +8,7 @@
 //! of external systems ([`systems`], [`salesforce`], [`servicenow`]), and linking and
 //! re-authorizing those accounts ([`link`]); the workflow process (plans, the live connector
 //! with its credential cache and response enrichment, hooks, event subscriptions, receiver and
-//! workers: [`workflow`]), saving a workflow definition ([`definitions`]), its hook's
+//! workers: [`workflow`]), preparing and saving a workflow definition ([`definitions`]), its hook's
 //! endpoint ([`endpoint`]), a workflow's run state changed or read ([`control`]) and the live
 //! inputs of a workflow test ([`preview`]);
 //! one Qualtrics action run on a stored connection ([`action`]); what a sync opens around the
