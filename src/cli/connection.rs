@@ -2,26 +2,27 @@
 //!
 //! Connections live in the state store under `XMBRIDGE_HOME` (default `~/.xmbridge`), their
 //! secrets sealed by `xmbridge-vault`. Secrets come from files, environment variables or a prompt,
-//! never from the command line. This module reads them and prints what works; the stored format
-//! and the client a stored connection becomes live in `xmbridge_runtime::connection`, the steps of
-//! `connection test` in `xmbridge_runtime::save_and_test`.
+//! never from the command line. This module reads them and prints what works; the checks of a new
+//! connection, the stored format and the client a stored connection becomes live in
+//! `xmbridge_runtime::connection`, the steps of `connection test` in
+//! `xmbridge_runtime::save_and_test`.
 
 use super::UsageError;
-use anyhow::{Context, anyhow, bail};
+use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use xmbridge_auth::{ExposeSecret, SecretString};
+use xmbridge_auth::SecretString;
 use xmbridge_qualtrics::capabilities::Access;
-use xmbridge_qualtrics::{BaseUrl, DataCenter};
 use xmbridge_runtime::RuntimeError;
 use xmbridge_runtime::authorize::authorize_connection;
 use xmbridge_runtime::connection::{
-    self as stored, AuthMode, Connected, DEFAULT_SCOPES, QualtricsSettings, load_settings,
+    self as stored, AuthMode, Connected, Location, NewConnection, NewConnectionSecrets,
+    QualtricsSettings, credential_text, load_settings,
 };
 use xmbridge_runtime::save_and_test::{TestStep, test_connection};
-use xmbridge_vault::{Home, MasterKey, SecretField, Vault};
+use xmbridge_vault::{Home, MasterKey, Vault};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -222,50 +223,62 @@ pub(crate) fn read_secret(
     )))
 }
 
-/// Refuses a token, client id, secret or user name that cannot go into an HTTP header or form
-/// field (a NUL, a line break …), naming where it came from; the value is never shown.
-pub(crate) fn credential_text(
-    what: &str,
-    source: &str,
-    value: &str,
-) -> xmbridge_runtime::Result<()> {
-    xmbridge_auth::check_credential_text(what, value)
-        .map_err(|e| RuntimeError::Usage(format!("{e}: {source}")))
-}
-
-/// A CA certificate file, checked to hold at least one readable PEM certificate before it is
-/// stored.
-fn read_ca_certificates(path: &Path) -> anyhow::Result<String> {
-    let pem = read_public(path, "CA certificate")?;
-    xmbridge_auth::check_ca_certificates(pem.as_bytes()).map_err(|e| {
-        usage(format!(
-            "--ca-cert {}: {e}; give the PEM file of the CA that signed the server's certificate",
-            path.display()
-        ))
-    })?;
-    Ok(pem)
-}
-
-fn read_public(path: &Path, what: &str) -> anyhow::Result<String> {
-    std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the {what} from {}", path.display()))
-}
-
-fn base_url_of(args: &AddArgs) -> anyhow::Result<(BaseUrl, Option<String>)> {
+fn location_of(args: &AddArgs) -> anyhow::Result<Location> {
     if let Some(url) = &args.url {
-        let base = BaseUrl::parse(url).map_err(|e| usage(e.to_string()))?;
-        let dc = base.data_center().map(|d| d.id().to_string());
-        Ok((base, dc))
+        Ok(Location::Url(url.clone()))
     } else if let Some(dc) = &args.datacenter {
-        let dc = DataCenter::parse(dc).map_err(|e| usage(e.to_string()))?;
-        Ok((dc.base_url(), Some(dc.id().to_string())))
+        Ok(Location::DataCenter(dc.clone()))
     } else if let Some(org) = &args.organization {
-        let base = BaseUrl::from_organization(org).map_err(|e| usage(e.to_string()))?;
-        Ok((base, None))
+        Ok(Location::Organization(org.clone()))
     } else {
         Err(usage(
             "say where the account lives: --url ACCOUNT_URL, --datacenter ID or --organization ID",
         ))
+    }
+}
+
+/// `connection add`'s secrets: each from its file, else its environment variable, else a prompt.
+struct AddSecrets<'a>(&'a AddArgs);
+
+impl NewConnectionSecrets for AddSecrets<'_> {
+    fn api_token(&mut self) -> xmbridge_runtime::Result<SecretString> {
+        read_secret(
+            self.0.api_token_file.as_deref(),
+            "XMBRIDGE_QUALTRICS_API_TOKEN",
+            "API token",
+            "--api-token-file",
+        )
+    }
+
+    fn client_secret(&mut self) -> xmbridge_runtime::Result<SecretString> {
+        read_secret(
+            self.0.client_secret_file.as_deref(),
+            "XMBRIDGE_QUALTRICS_CLIENT_SECRET",
+            "OAuth client secret",
+            "--client-secret-file",
+        )
+    }
+
+    fn passphrase(
+        &mut self,
+        key_encrypted: bool,
+    ) -> xmbridge_runtime::Result<Option<SecretString>> {
+        const WHAT: &str = "private key pass phrase";
+        if key_encrypted {
+            read_secret(
+                self.0.passphrase_file.as_deref(),
+                "XMBRIDGE_QUALTRICS_PASSPHRASE",
+                WHAT,
+                "--passphrase-file",
+            )
+            .map(Some)
+        } else {
+            self.0
+                .passphrase_file
+                .as_deref()
+                .map(|p| read_secret(Some(p), "", WHAT, "--passphrase-file"))
+                .transpose()
+        }
     }
 }
 
@@ -287,136 +300,27 @@ pub async fn run(args: ConnectionArgs) -> anyhow::Result<()> {
 
 async fn add(args: AddArgs) -> anyhow::Result<()> {
     let ProviderArg::Qualtrics = args.provider;
-    let auth = AuthMode::from(args.auth);
-    let (base, dc) = base_url_of(&args)?;
+    let located = location_of(&args)?.resolve()?;
     let (_, vault) = open_vault()?;
-    let mut secrets: Vec<(SecretField, SecretString)> = Vec::new();
-    let ca_cert_pem = args
-        .ca_cert
-        .as_deref()
-        .map(read_ca_certificates)
-        .transpose()?;
-    let mut settings = QualtricsSettings {
-        base_url: base.as_str().to_string(),
-        datacenter: dc,
+    let auth = AuthMode::from(args.auth);
+    let request = NewConnection {
+        name: args.name.clone(),
+        located,
         auth,
-        client_id: None,
-        scopes: None,
-        certificate_pem: None,
-        ca_cert_pem,
+        client_id: args.client_id.clone(),
+        default_client_id: std::env::var("XMBRIDGE_QUALTRICS_CLIENT_ID").ok(),
+        scopes: args.scopes.clone(),
+        certificate: args.cert.clone(),
+        key: args.key.clone(),
+        ca_cert: args.ca_cert.clone(),
         directory: args.directory.clone(),
-        brand_id: None,
     };
-    let client_id = || -> anyhow::Result<String> {
-        args.client_id
-            .clone()
-            .or_else(|| {
-                std::env::var("XMBRIDGE_QUALTRICS_CLIENT_ID")
-                    .ok()
-                    .filter(|v| !v.is_empty())
-            })
-            .ok_or_else(|| {
-                usage(format!(
-                    "--auth {} needs --client-id (or the environment variable XMBRIDGE_QUALTRICS_CLIENT_ID)",
-                    auth.as_str()
-                ))
-            })
-            .and_then(|id| {
-                credential_text("OAuth client id", "--client-id (or XMBRIDGE_QUALTRICS_CLIENT_ID)", &id)?;
-                Ok(id)
-            })
-    };
-    match auth {
-        AuthMode::Token => {
-            for (flag, set) in [
-                ("--client-id", args.client_id.is_some()),
-                ("--cert", args.cert.is_some()),
-                ("--key", args.key.is_some()),
-            ] {
-                if set {
-                    return Err(usage(format!(
-                        "{flag} is for --auth standard/advanced; --auth token uses only an API token"
-                    )));
-                }
-            }
-            let token = read_secret(
-                args.api_token_file.as_deref(),
-                "XMBRIDGE_QUALTRICS_API_TOKEN",
-                "API token",
-                "--api-token-file",
-            )?;
-            // The same check `connection test` and `sync` make, now rather than at first use.
-            xmbridge_auth::ApiTokenSource::new(token.clone()).map_err(|e| {
-                usage(format!(
-                    "{e} (from --api-token-file or XMBRIDGE_QUALTRICS_API_TOKEN)"
-                ))
-            })?;
-            secrets.push((SecretField::ApiToken, token));
-        }
-        AuthMode::Standard | AuthMode::Advanced => {
-            settings.client_id = Some(client_id()?);
-            // Standard mode asks the user to consent to the sync's scopes (plus `offline` for a
-            // refresh token); client credentials get what the client is allowed unless told.
-            settings.scopes = match auth {
-                AuthMode::Standard => Some(
-                    args.scopes
-                        .clone()
-                        .unwrap_or_else(|| DEFAULT_SCOPES.to_string()),
-                ),
-                _ => args.scopes.clone(),
-            };
-            let secret = read_secret(
-                args.client_secret_file.as_deref(),
-                "XMBRIDGE_QUALTRICS_CLIENT_SECRET",
-                "OAuth client secret",
-                "--client-secret-file",
-            )?;
-            secrets.push((SecretField::ClientSecret, secret));
-        }
-    }
-    if auth == AuthMode::Advanced {
-        let (Some(cert), Some(key)) = (&args.cert, &args.key) else {
-            return Err(usage(
-                "--auth advanced needs --cert CLIENT_CERT.pem and --key CLIENT_KEY.pem (mutual TLS)",
-            ));
-        };
-        let cert_pem = read_public(cert, "client certificate")?;
-        let key_pem = SecretString::from(read_public(key, "private key")?);
-        let passphrase = if key_pem.expose_secret().contains("ENCRYPTED") {
-            Some(read_secret(
-                args.passphrase_file.as_deref(),
-                "XMBRIDGE_QUALTRICS_PASSPHRASE",
-                "private key pass phrase",
-                "--passphrase-file",
-            )?)
-        } else {
-            args.passphrase_file
-                .as_deref()
-                .map(|p| read_secret(Some(p), "", "private key pass phrase", "--passphrase-file"))
-                .transpose()?
-        };
-        // Check certificate, key and pass phrase now, not at the first sync.
-        xmbridge_auth::ClientIdentity::load(
-            cert_pem.as_bytes(),
-            key_pem.expose_secret().as_bytes(),
-            passphrase.as_ref(),
-        )
-        .map_err(|e| usage(e.to_string()))?;
-        settings.certificate_pem = Some(cert_pem);
-        secrets.push((SecretField::PrivateKey, key_pem));
-        if let Some(p) = passphrase {
-            secrets.push((SecretField::Passphrase, p));
-        }
-    } else if args.cert.is_some() || args.key.is_some() {
-        return Err(usage(
-            "--cert and --key are for --auth advanced (mutual TLS)",
-        ));
-    }
-    let name = args.name.clone();
-    stored::add_connection(&vault, &name, &settings, &secrets)?;
+    let checked = request.check(&mut AddSecrets(&args))?;
+    stored::add(&vault, &checked)?;
+    let name = &args.name;
     println!(
         "saved connection '{name}' ({}, {})",
-        settings.base_url,
+        checked.settings().base_url,
         auth.label()
     );
     match auth {

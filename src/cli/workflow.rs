@@ -9,12 +9,12 @@
 //! more variant each of [`WorkflowCommand`].
 
 use super::UsageError;
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use xmbridge_actions::Registry;
+use xmbridge_runtime::definitions::{DefinitionSource, DefinitionText};
 use xmbridge_runtime::{control, definitions, endpoint, preview};
 use xmbridge_workflows::accounts::Accounts;
 use xmbridge_workflows::catalog::{self, Catalog, Sources, TEMPLATES};
@@ -216,40 +216,20 @@ fn add(
     registry: &Registry,
 ) -> anyhow::Result<()> {
     let editor = current_user(a.as_user.clone());
-    let (shown, text) = if let Some(t) = &a.template {
-        let template = catalog::find_template(t).map_err(|e| usage(e.to_string()))?;
-        let mut values = BTreeMap::new();
-        for kv in &a.set {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| usage(format!("--set {kv}: write NAME=VALUE")))?;
-            values.insert(k.trim().to_string(), v.to_string());
+    let source = if let Some(t) = &a.template {
+        DefinitionSource::Template {
+            name: t.clone(),
+            set: a.set.clone(),
         }
-        if let Some(n) = &a.name {
-            values.insert("name".into(), n.clone());
-        }
-        if !values.contains_key("owner")
-            && let Some(u) = &editor
-        {
-            values.insert("owner".into(), u.clone());
-        }
-        let text = template
-            .instantiate(&values)
-            .map_err(|e| usage(e.to_string()))?;
-        (format!("template {t}"), text)
     } else {
-        let file = a
-            .file
-            .clone()
-            .ok_or_else(|| usage("give --file FILE or --template NAME"))?;
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
-        let shown = file.display().to_string();
-        (
-            shown.clone(),
-            adjust_file(&shown, &text, a.name.as_deref(), editor.as_deref())?,
+        DefinitionSource::File(
+            a.file
+                .clone()
+                .ok_or_else(|| usage("give --file FILE or --template NAME"))?,
         )
     };
+    let DefinitionText { shown, text } =
+        definitions::definition_text(source, a.name.as_deref(), editor.as_deref())?;
     let w = definitions::parse_one_workflow(&shown, &text, registry)?;
     let target = definitions::save_target(home, sources, registry, &w, a.replace)?;
     let replacing = target.replacing;
@@ -328,49 +308,6 @@ fn test_hint(t: &Trigger) -> &'static str {
         }
         _ => "--event-json event.json",
     }
-}
-
-/// Applies `--name` and a default owner to a file's single workflow. The file text is kept as
-/// written (comments included) when nothing changes.
-fn adjust_file(
-    shown: &str,
-    text: &str,
-    name: Option<&str>,
-    owner: Option<&str>,
-) -> anyhow::Result<String> {
-    let mut table: toml::Table = match toml::from_str(text) {
-        Ok(t) => t,
-        // parse_file reports the syntax error with the file name.
-        Err(_) => return Ok(text.to_string()),
-    };
-    let Some(toml::Value::Array(list)) = table.get_mut("workflow") else {
-        return Ok(text.to_string());
-    };
-    let mut changed = false;
-    if list.len() == 1
-        && let Some(toml::Value::Table(w)) = list.get_mut(0)
-    {
-        if let Some(n) = name
-            && w.get("name").and_then(toml::Value::as_str) != Some(n)
-        {
-            w.insert("name".into(), toml::Value::String(n.to_string()));
-            changed = true;
-        }
-        if !w.contains_key("owner")
-            && let Some(o) = owner
-        {
-            w.insert("owner".into(), toml::Value::String(o.to_string()));
-            changed = true;
-        }
-    } else if name.is_some() {
-        return Err(usage(format!(
-            "{shown}: --name needs a file with exactly one [[workflow]]"
-        )));
-    }
-    if !changed {
-        return Ok(text.to_string());
-    }
-    toml::to_string(&table).map_err(|e| anyhow!("cannot write the workflow back as TOML: {e}"))
 }
 
 fn trigger_json(t: &Trigger) -> Value {
@@ -703,17 +640,6 @@ async fn test(t: TestArgs, sources: &Sources, registry: &Registry) -> anyhow::Re
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn adjust_keeps_text_unless_it_changes() {
-        let text = "# comment\n[[workflow]]\nname = \"a\"\nowner = \"o\"\n";
-        assert_eq!(adjust_file("f", text, None, Some("me")).unwrap(), text);
-        let out = adjust_file("f", "[[workflow]]\nname = \"a\"\n", Some("b"), Some("me")).unwrap();
-        let t: toml::Table = toml::from_str(&out).unwrap();
-        let w = &t["workflow"][0];
-        assert_eq!(w["name"].as_str(), Some("b"));
-        assert_eq!(w["owner"].as_str(), Some("me"));
-    }
 
     #[test]
     fn one_workflow_is_cut_from_a_shared_file() {

@@ -1,6 +1,7 @@
 //! Stored Qualtrics connections: the persisted format (settings in clear, secrets sealed in the
 //! vault) and a stored connection turned into a working client (API token, OAuth refresh token,
-//! or OAuth client credentials over mutual TLS).
+//! or OAuth client credentials over mutual TLS), and a new connection checked and saved
+//! ([`NewConnection`]).
 
 use std::sync::Arc;
 
@@ -10,6 +11,11 @@ use xmbridge_qualtrics::{Auth, BaseUrl, Client};
 use xmbridge_vault::{Provider, SecretField, Vault};
 
 use crate::error::{Result, RuntimeError};
+
+mod new;
+pub use new::{
+    CheckedConnection, Located, Location, NewConnection, NewConnectionSecrets, add, credential_text,
+};
 
 /// The scopes a full sync needs.
 pub const DEFAULT_SCOPES: &str = "read:surveys read:survey_responses read:distributions read:directories read:directory_contacts read:mailing_lists read:mailing_list_contacts read:contact_transactions read:samples read:libraries read:users offline";
@@ -87,24 +93,6 @@ pub fn load_settings(vault: &Vault, name: &str) -> Result<QualtricsSettings> {
     })
 }
 
-/// Saves a new Qualtrics connection with its sealed secrets; nothing stays behind when a secret
-/// cannot be stored.
-pub fn add_connection(
-    vault: &Vault,
-    name: &str,
-    settings: &QualtricsSettings,
-    secrets: &[(SecretField, xmbridge_auth::SecretString)],
-) -> Result<()> {
-    vault.add_connection(name, Provider::Qualtrics, settings_json(settings)?)?;
-    for (field, value) in secrets {
-        if let Err(e) = vault.set_secret(name, *field, value) {
-            let _ = vault.remove_connection(name);
-            return Err(e.into());
-        }
-    }
-    Ok(())
-}
-
 /// Replaces the stored settings of connection `name` (what `connection test` learned).
 pub fn save_settings(vault: &Vault, name: &str, settings: &QualtricsSettings) -> Result<()> {
     vault.update_settings(name, settings_json(settings)?)?;
@@ -150,7 +138,7 @@ pub fn remember(vault: &Vault, name: &str, learned: Learned) -> Result<()> {
     Ok(())
 }
 
-fn settings_json(settings: &QualtricsSettings) -> Result<serde_json::Value> {
+pub(crate) fn settings_json(settings: &QualtricsSettings) -> Result<serde_json::Value> {
     serde_json::to_value(settings).map_err(|source| RuntimeError::Settings {
         message: "cannot write the connection settings".into(),
         source,

@@ -1,7 +1,9 @@
 //! Saving a workflow definition where `workflow add` keeps them (`$XMBRIDGE_HOME/workflows/`):
+//! the text prepared from a template or a file (its name and a default owner filled in),
 //! exactly one workflow per added file, no clash with a workflow another file defines, an
 //! existing one replaced only when asked, and the file written atomically.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use xmbridge_actions::Registry;
@@ -10,6 +12,120 @@ use xmbridge_workflows::catalog::{self, Sources};
 use xmbridge_workflows::definition::{FileKind, Workflow, parse_file};
 
 use crate::{Result, RuntimeError};
+
+/// Where the definition `workflow add` saves comes from.
+#[derive(Clone, Debug)]
+pub enum DefinitionSource {
+    /// A built-in template and its parameter values by name.
+    Template {
+        /// The template's name.
+        name: String,
+        /// Its parameters as given, `NAME=VALUE` each.
+        set: Vec<String>,
+    },
+    /// A definition file.
+    File(PathBuf),
+}
+
+/// A definition's text ready to parse, and how messages name it.
+#[derive(Clone, Debug)]
+pub struct DefinitionText {
+    /// `template NAME` or the file's path.
+    pub shown: String,
+    /// The TOML text.
+    pub text: String,
+}
+
+/// The text of the definition `source`, its workflow named `name` when given and owned by
+/// `owner` unless it names an owner itself. A file's text is kept as written (comments
+/// included) when nothing changes.
+pub fn definition_text(
+    source: DefinitionSource,
+    name: Option<&str>,
+    owner: Option<&str>,
+) -> Result<DefinitionText> {
+    match source {
+        DefinitionSource::Template {
+            name: template,
+            set,
+        } => {
+            let found = catalog::find_template(&template)
+                .map_err(|e| RuntimeError::usage(e.to_string()))?;
+            let mut values = BTreeMap::new();
+            for kv in &set {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| RuntimeError::usage(format!("--set {kv}: write NAME=VALUE")))?;
+                values.insert(k.trim().to_string(), v.to_string());
+            }
+            if let Some(n) = name {
+                values.insert("name".into(), n.to_string());
+            }
+            if !values.contains_key("owner")
+                && let Some(u) = owner
+            {
+                values.insert("owner".into(), u.to_string());
+            }
+            let text = found
+                .instantiate(&values)
+                .map_err(|e| RuntimeError::usage(e.to_string()))?;
+            Ok(DefinitionText {
+                shown: format!("template {template}"),
+                text,
+            })
+        }
+        DefinitionSource::File(path) => {
+            let text = std::fs::read_to_string(&path).map_err(|source| RuntimeError::Input {
+                context: format!("cannot read {}", path.display()),
+                source,
+            })?;
+            let shown = path.display().to_string();
+            let text = adjust_file(&shown, &text, name, owner)?;
+            Ok(DefinitionText { shown, text })
+        }
+    }
+}
+
+/// Applies `name` and a default owner to a file's single workflow; the text as written when
+/// nothing changes.
+fn adjust_file(shown: &str, text: &str, name: Option<&str>, owner: Option<&str>) -> Result<String> {
+    let mut table: toml::Table = match toml::from_str(text) {
+        Ok(t) => t,
+        // parse_one_workflow reports the syntax error with the file name.
+        Err(_) => return Ok(text.to_string()),
+    };
+    let Some(toml::Value::Array(list)) = table.get_mut("workflow") else {
+        return Ok(text.to_string());
+    };
+    let mut changed = false;
+    if list.len() == 1
+        && let Some(toml::Value::Table(w)) = list.get_mut(0)
+    {
+        if let Some(n) = name
+            && w.get("name").and_then(toml::Value::as_str) != Some(n)
+        {
+            w.insert("name".into(), toml::Value::String(n.to_string()));
+            changed = true;
+        }
+        if !w.contains_key("owner")
+            && let Some(o) = owner
+        {
+            w.insert("owner".into(), toml::Value::String(o.to_string()));
+            changed = true;
+        }
+    } else if name.is_some() {
+        return Err(RuntimeError::usage(format!(
+            "{shown}: --name needs a file with exactly one [[workflow]]"
+        )));
+    }
+    if !changed {
+        return Ok(text.to_string());
+    }
+    toml::to_string(&table).map_err(|source| RuntimeError::Toml {
+        message: "cannot write the workflow back as TOML".into(),
+        source,
+    })
+}
 
 /// The one workflow of the definition `text` (`shown` names it in messages).
 pub fn parse_one_workflow(shown: &str, text: &str, registry: &Registry) -> Result<Workflow> {
@@ -125,4 +241,20 @@ pub fn forget_hook(home: &Home, vault: &Vault, name: &str) -> Result<bool> {
     }
     let _ = std::fs::remove_file(home.root().join("hooks").join(format!("{name}.secret")));
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjust_keeps_text_unless_it_changes() {
+        let text = "# comment\n[[workflow]]\nname = \"a\"\nowner = \"o\"\n";
+        assert_eq!(adjust_file("f", text, None, Some("me")).unwrap(), text);
+        let out = adjust_file("f", "[[workflow]]\nname = \"a\"\n", Some("b"), Some("me")).unwrap();
+        let t: toml::Table = toml::from_str(&out).unwrap();
+        let w = &t["workflow"][0];
+        assert_eq!(w["name"].as_str(), Some("b"));
+        assert_eq!(w["owner"].as_str(), Some("me"));
+    }
 }

@@ -40,6 +40,15 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// A workflow definition could not be written as TOML.
+    #[error("{message}")]
+    Toml {
+        /// What was being written.
+        message: String,
+        /// What the TOML writer said.
+        #[source]
+        source: toml::ser::Error,
+    },
     /// The sealed-secret store.
     #[error(transparent)]
     Vault(#[from] xmbridge_vault::VaultError),

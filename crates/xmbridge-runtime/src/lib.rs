@@ -2,13 +2,13 @@
 //! into running clients, syncs and workflow processes, for the command line today and a
 //! long-running service tomorrow.
 //!
-//! It owns the persisted format of Qualtrics connections and a stored connection turned into a
-//! client ([`connection`]), its browser authorization ([`authorize`]) and its "Save & Test"
+//! It owns the persisted format of Qualtrics connections, a new one checked before it is saved
+//! and a stored connection turned into a client ([`connection`]), its browser authorization ([`authorize`]) and its "Save & Test"
 //! ([`save_and_test`]); the clients of linked Salesforce and ServiceNow accounts and the table
 //! of external systems ([`systems`], [`salesforce`], [`servicenow`]), and linking and
 //! re-authorizing those accounts ([`link`]); the workflow process (plans, the live connector
 //! with its credential cache and response enrichment, hooks, event subscriptions, receiver and
-//! workers: [`workflow`]), saving a workflow definition ([`definitions`]), its hook's
+//! workers: [`workflow`]), preparing and saving a workflow definition ([`definitions`]), its hook's
 //! endpoint ([`endpoint`]), a workflow's run state changed or read ([`control`]) and the live
 //! inputs of a workflow test ([`preview`]);
 //! one Qualtrics action run on a stored connection ([`action`]); what a sync opens around the

@@ -124,8 +124,7 @@ impl AccountLogin {
             ("ServiceNow user", "--user", &self.sn_user),
         ] {
             if let Some(v) = value {
-                xmbridge_auth::check_credential_text(what, v)
-                    .map_err(|e| RuntimeError::usage(format!("{e}: {flag}")))?;
+                crate::connection::credential_text(what, flag, v)?;
             }
         }
         Ok(())
