@@ -4,7 +4,7 @@
 //! stored connection through `xmbridge_runtime::action` (which opens it like `xmbridge sync`
 //! does) and prints its result. The actions themselves (calls, idempotency, error classes) live in that crate.
 
-use super::UsageError;
+use super::usage;
 use anyhow::anyhow;
 use clap::Args;
 use serde_json::{Map, Value, json};
@@ -72,10 +72,6 @@ over it (`--inputs-json @FILE` reads it from a file: use that for secrets such a
 The result is printed as JSON on stdout; errors go to stderr (exit 1; bad inputs exit 2).",
     );
     out
-}
-
-fn usage(msg: impl Into<String>) -> anyhow::Error {
-    anyhow!(UsageError(msg.into()))
 }
 
 /// Puts `value` at the dotted `key` path of `into`, creating objects on the way.

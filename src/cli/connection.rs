@@ -7,8 +7,8 @@
 //! `xmbridge_runtime::connection`, the steps of `connection test` in
 //! `xmbridge_runtime::save_and_test`.
 
-use super::UsageError;
-use anyhow::{anyhow, bail};
+use super::usage;
+use anyhow::bail;
 use clap::{Args, Subcommand, ValueEnum};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -150,10 +150,6 @@ pub struct AuthorizeArgs {
     /// How long to wait for the browser, in seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
-}
-
-fn usage(msg: impl Into<String>) -> anyhow::Error {
-    anyhow!(UsageError(msg.into()))
 }
 
 pub(crate) fn open_vault() -> anyhow::Result<(Home, Arc<Vault>)> {

@@ -31,6 +31,11 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// A [`UsageError`] as the `anyhow::Error` command handlers return (exit code 2).
+pub(crate) fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg.into()))
+}
+
 /// Resolves on Ctrl-C or SIGTERM, whichever comes first.
 pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     // Handlers are installed now, not when the future is first polled: a SIGTERM that arrives

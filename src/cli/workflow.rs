@@ -8,7 +8,7 @@
 //! `xmbridge_runtime::preview`. Running workflows (`run`, `pause`, `resume`, `replay`) is one
 //! more variant each of [`WorkflowCommand`].
 
-use super::UsageError;
+use super::usage;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -190,7 +190,7 @@ pub async fn run(args: WorkflowArgs) -> anyhow::Result<()> {
 }
 
 fn load_catalog(sources: &Sources, registry: &Registry) -> anyhow::Result<Catalog> {
-    catalog::load(sources, registry).map_err(|e| anyhow::Error::new(UsageError(e.to_string())))
+    catalog::load(sources, registry).map_err(|e| usage(e.to_string()))
 }
 
 fn find<'c>(catalog: &'c Catalog, name: &str) -> anyhow::Result<&'c catalog::Entry> {
@@ -203,10 +203,6 @@ fn current_user(as_user: Option<String>) -> Option<String> {
     as_user
         .or_else(|| std::env::var("USER").ok())
         .filter(|u| !u.trim().is_empty())
-}
-
-fn usage(msg: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(UsageError(msg.into()))
 }
 
 fn add(

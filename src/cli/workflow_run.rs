@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::anyhow;
 use clap::Args;
 use serde_json::{Map, Value, json};
 use xmbridge_actions::Registry;
@@ -23,13 +22,9 @@ use xmbridge_workflows::hooks::SubscriptionChange;
 use xmbridge_workflows::store::{EventState, SqliteStore};
 use xmbridge_workflows::worker::DeliveryBackoff;
 
-use super::UsageError;
 use super::account::AsUser;
 use super::connection::open_vault;
-
-fn usage(msg: impl Into<String>) -> anyhow::Error {
-    anyhow!(UsageError(msg.into()))
-}
+use super::usage;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:

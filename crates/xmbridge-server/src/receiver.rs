@@ -51,7 +51,7 @@ pub enum Hook {
     /// Outbound messages whose endpoint URL carries `token`; from organization `org_id` when one
     /// is known (pinned in the trigger or the owner's linked account).
     Salesforce {
-        /// The secret path segment of the outbound message's endpoint URL.
+        /// The secret the outbound message's endpoint URL carries in its `token` query parameter.
         token: SecretString,
         /// The org id (`00D…`) the messages must come from; `None` accepts any org.
         org_id: Option<String>,
