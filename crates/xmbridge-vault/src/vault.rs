@@ -49,11 +49,13 @@ pub enum SecretField {
     SharedKey,
     /// A user's password (ServiceNow Basic auth accounts).
     Password,
+    /// The password of a connection's stored sync destination (its URL is kept without it).
+    DestinationPassword,
 }
 
 impl SecretField {
     /// Every field, in a stable order.
-    pub const ALL: [SecretField; 8] = [
+    pub const ALL: [SecretField; 9] = [
         SecretField::ApiToken,
         SecretField::ClientSecret,
         SecretField::RefreshToken,
@@ -62,6 +64,7 @@ impl SecretField {
         SecretField::AccessToken,
         SecretField::SharedKey,
         SecretField::Password,
+        SecretField::DestinationPassword,
     ];
 
     /// The stable stored name.
@@ -75,6 +78,7 @@ impl SecretField {
             SecretField::AccessToken => "access_token",
             SecretField::SharedKey => "shared_key",
             SecretField::Password => "password",
+            SecretField::DestinationPassword => "destination_password",
         }
     }
 
@@ -89,6 +93,7 @@ impl SecretField {
             SecretField::AccessToken => "access token",
             SecretField::SharedKey => "webhook shared key",
             SecretField::Password => "password",
+            SecretField::DestinationPassword => "destination password",
         }
     }
 }
