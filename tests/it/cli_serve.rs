@@ -279,7 +279,11 @@ async fn a_second_server_on_one_home_is_refused_and_a_killed_one_leaves_no_lock(
         "{}",
         out.stderr()
     );
-    assert!(out.stderr().contains("another XMBRIDGE_HOME"), "{}", out.stderr());
+    assert!(
+        out.stderr().contains("another XMBRIDGE_HOME"),
+        "{}",
+        out.stderr()
+    );
     // The first one is unharmed.
     let health = http().get(first.at("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
@@ -396,12 +400,16 @@ async fn a_schedule_fires_and_each_run_is_recorded_with_the_counts_the_destinati
         "metrics need a token"
     );
     s.terminate();
-    assert!(s.wait(Duration::from_secs(60)).await.success(), "{}", s.stderr());
+    assert!(
+        s.wait(Duration::from_secs(60)).await.success(),
+        "{}",
+        s.stderr()
+    );
 
     let runs = stores(&i).runs.list("acme", 100).unwrap();
     assert!(
-        runs.iter().all(|r| r.status == RunStatus::Succeeded
-            || r.status == RunStatus::Cancelled),
+        runs.iter()
+            .all(|r| r.status == RunStatus::Succeeded || r.status == RunStatus::Cancelled),
         "{runs:#?}"
     );
     assert!(runs.iter().all(|r| r.trigger != RunTrigger::User));
@@ -418,9 +426,16 @@ async fn a_schedule_fires_and_each_run_is_recorded_with_the_counts_the_destinati
             *inserted.entry(t.clone()).or_default() += c.inserted;
         }
     }
-    assert!(held.get("survey_response").copied().unwrap_or(0) >= 80, "{held:?}");
+    assert!(
+        held.get("survey_response").copied().unwrap_or(0) >= 80,
+        "{held:?}"
+    );
     for (table, n) in &held {
-        assert_eq!(inserted.get(table), Some(n), "table {table}: runs {inserted:?}, held {held:?}");
+        assert_eq!(
+            inserted.get(table),
+            Some(n),
+            "table {table}: runs {inserted:?}, held {held:?}"
+        );
     }
     // The first run loaded everything a clean sync loads.
     assert_eq!(held, clean_counts(&i).await);
@@ -453,7 +468,12 @@ async fn a_paused_schedule_queues_nothing() {
     .await;
     let i = support::install();
     i.connect(&h, "acme").await;
-    configure(&i, "acme", &format!("sqlite:{}", i.path("p.db").display()), Some("5m"));
+    configure(
+        &i,
+        "acme",
+        &format!("sqlite:{}", i.path("p.db").display()),
+        Some("5m"),
+    );
     stores(&i)
         .configs
         .apply(
@@ -552,9 +572,15 @@ async fn killed_server_resumes(dest: Dest) {
     let killed = runs.iter().find(|r| r.id == id).unwrap();
     assert_eq!(killed.status, RunStatus::Failed);
     let err = killed.error.as_ref().unwrap();
-    assert!(err.message.contains("server stopped during this run"), "{err:?}");
+    assert!(
+        err.message.contains("server stopped during this run"),
+        "{err:?}"
+    );
     assert!(err.fix.as_ref().unwrap().contains("resume run"), "{err:?}");
-    let resumes: Vec<_> = runs.iter().filter(|r| r.trigger == RunTrigger::Resume).collect();
+    let resumes: Vec<_> = runs
+        .iter()
+        .filter(|r| r.trigger == RunTrigger::Resume)
+        .collect();
     assert_eq!(resumes.len(), 1, "{runs:#?}");
     again.terminate();
     assert!(again.wait(Duration::from_secs(60)).await.success());
@@ -597,7 +623,11 @@ async fn sigterm_stops_at_a_commit_boundary(dest: Dest) {
     let runs = stores(&i).runs.list("acme", 10).unwrap();
     if run.status == RunStatus::Cancelled {
         assert!(
-            run.error.as_ref().unwrap().message.contains("server stopped"),
+            run.error
+                .as_ref()
+                .unwrap()
+                .message
+                .contains("server stopped"),
             "{run:#?}"
         );
         // What the stopped run committed is in its record and in the destination.
@@ -669,7 +699,13 @@ async fn a_destination_that_cannot_be_reached_fails_with_its_fix_and_the_schedul
     );
     let mut s = start_server_exact(
         &i,
-        &["serve", "--listen", "127.0.0.1:0", "--schedule-scale", "300"],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--schedule-scale",
+            "300",
+        ],
     )
     .await;
     let runs = wait_runs(
@@ -678,7 +714,12 @@ async fn a_destination_that_cannot_be_reached_fails_with_its_fix_and_the_schedul
         Duration::from_secs(60),
         "two failed scheduled runs",
         Some(&s),
-        |runs| runs.iter().filter(|r| r.status == RunStatus::Failed).count() >= 2,
+        |runs| {
+            runs.iter()
+                .filter(|r| r.status == RunStatus::Failed)
+                .count()
+                >= 2
+        },
     )
     .await;
     s.terminate();
@@ -687,7 +728,10 @@ async fn a_destination_that_cannot_be_reached_fails_with_its_fix_and_the_schedul
     let err = failed.error.as_ref().unwrap();
     assert!(err.message.contains("127.0.0.1"), "{err:?}");
     assert!(
-        err.fix.as_ref().unwrap().contains("xmbridge connection set acme"),
+        err.fix
+            .as_ref()
+            .unwrap()
+            .contains("xmbridge connection set acme"),
         "{err:?}"
     );
 }
