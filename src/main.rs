@@ -57,6 +57,8 @@ enum Command {
     Action(cli::action::ActionArgs),
     /// Link, list, share and unlink the Salesforce and ServiceNow accounts workflows run with.
     Account(cli::account::AccountArgs),
+    /// Add, list and remove the users who sign in to `xmbridge serve`, and their API tokens.
+    User(cli::user::UserArgs),
 }
 
 fn init_logging(format: LogFormat, verbose: u8) {
@@ -107,6 +109,7 @@ fn main() -> ExitCode {
             Command::Workflow(args) => cli::workflow::run(args).await,
             Command::Action(args) => cli::action::run(args).await,
             Command::Account(args) => cli::account::run(args).await,
+            Command::User(args) => cli::user::run(args).await,
         }
     });
     match result {

@@ -10,6 +10,7 @@ pub mod connection;
 pub mod demo;
 pub mod simulate;
 pub mod sync;
+pub mod user;
 pub mod workflow;
 pub mod workflow_run;
 
