@@ -299,7 +299,7 @@ pub async fn run(args: UserArgs) -> anyhow::Result<()> {
                 println!(
                     "{:<24} {:<7} {}",
                     u.name,
-                    u.role,
+                    u.role.as_str(),
                     u.created_at.format("%Y-%m-%d %H:%M UTC")
                 );
             }
