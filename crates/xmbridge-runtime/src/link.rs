@@ -30,8 +30,9 @@ pub enum AskedSecret {
     Password,
 }
 
-/// The operator's side of a link: the secrets asked for, and the login URL to open.
-pub trait Operator {
+/// The operator's side of a link: the secrets asked for, and the login URL to open. `Sync`, so
+/// a link can run inside a server's request handler (its future holds the operator).
+pub trait Operator: Sync {
     /// The secret `which` (from wherever the operator keeps it), or why there is none.
     fn secret(&self, which: AskedSecret) -> Result<SecretString>;
     /// The URL the user opens in a browser to log in to Salesforce.

@@ -373,7 +373,9 @@ async fn test(
         ),
     };
     api.audit(caller.entry("account.test", &name, json!({"ok": ok})));
-    Ok(axum::Json(json!({"ok": ok, "message": message, "fix": fix})))
+    Ok(axum::Json(
+        json!({"ok": ok, "message": message, "fix": fix}),
+    ))
 }
 
 async fn remove(
@@ -384,7 +386,10 @@ async fn remove(
     let (row, access) = visible(&api, &caller, &name)?;
     if access == "granted" {
         return Err(ApiError::forbidden(
-            &format!("account {name} belongs to {}; it was only shared with you", row.owner),
+            &format!(
+                "account {name} belongs to {}; it was only shared with you",
+                row.owner
+            ),
             "an account is unlinked only by its owner or an admin",
             "ask its owner or an admin",
         ));

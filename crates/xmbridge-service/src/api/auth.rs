@@ -86,7 +86,11 @@ fn changes_state(m: &Method) -> bool {
 
 /// The client's address: the peer, or behind a proxy the last `X-Forwarded-For` hop (the one
 /// the proxy added; earlier hops are whatever the client claimed).
-pub fn client_address(req_headers: &HeaderMap, peer: Option<SocketAddr>, behind_proxy: bool) -> Option<String> {
+pub fn client_address(
+    req_headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    behind_proxy: bool,
+) -> Option<String> {
     if behind_proxy
         && let Some(last) = req_headers
             .get_all("x-forwarded-for")
@@ -205,7 +209,9 @@ async fn admit(api: &Arc<Api>, need: Need, req: &mut Request) -> ApiResult<()> {
         let (user, info) = tokio::task::spawn_blocking(move || users.authenticate_token(&bearer))
             .await
             .map_err(|e| ApiError::internal("checking the API token", &e))?
-            .map_err(|_| ApiError::unauthenticated("the API token is unknown, revoked or expired"))?;
+            .map_err(|_| {
+                ApiError::unauthenticated("the API token is unknown, revoked or expired")
+            })?;
         Caller {
             user,
             token: Some(info.id),
@@ -293,7 +299,10 @@ impl LoginLimiter {
         for (key, limit) in [(Some(u), self.per_user), (a, self.per_address)] {
             let Some(key) = key else { continue };
             if let Some(q) = map.get_mut(&key) {
-                while q.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
+                while q
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= self.window)
+                {
                     q.pop_front();
                 }
                 if q.len() >= limit
@@ -373,7 +382,10 @@ pub(crate) async fn login(
         Ok(u) => u,
         Err(_) => {
             api.limiter.fail(&user, address.as_deref());
-            tracing::warn!(address = address.as_deref().unwrap_or("-"), "api: failed sign-in");
+            tracing::warn!(
+                address = address.as_deref().unwrap_or("-"),
+                "api: failed sign-in"
+            );
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
@@ -448,7 +460,9 @@ mod tests {
         l.fail("pat", Some("1.2.3.4"));
         assert!(l.check("pat", Some("1.2.3.4")).is_ok());
         l.fail("pat", Some("1.2.3.4"));
-        let wait = l.check("pat", Some("5.6.7.8")).expect_err("a third attempt is refused");
+        let wait = l
+            .check("pat", Some("5.6.7.8"))
+            .expect_err("a third attempt is refused");
         assert!((1..=60).contains(&wait));
         // Another user from the same address is not limited yet.
         assert!(l.check("sam", Some("1.2.3.4")).is_ok());
@@ -487,7 +501,13 @@ mod tests {
             HeaderValue::from_static("6.6.6.6, 10.0.0.7"),
         );
         let peer: SocketAddr = "127.0.0.1:5000".parse().expect("an address");
-        assert_eq!(client_address(&h, Some(peer), true).as_deref(), Some("10.0.0.7"));
-        assert_eq!(client_address(&h, Some(peer), false).as_deref(), Some("127.0.0.1"));
+        assert_eq!(
+            client_address(&h, Some(peer), true).as_deref(),
+            Some("10.0.0.7")
+        );
+        assert_eq!(
+            client_address(&h, Some(peer), false).as_deref(),
+            Some("127.0.0.1")
+        );
     }
 }

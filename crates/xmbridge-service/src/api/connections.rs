@@ -120,10 +120,19 @@ fn new_connection_schema() -> Value {
         ("api_token", s::string()),
         ("client_id", s::string()),
         ("client_secret", s::string()),
-        ("certificate", json!({"type": "string", "description": "client certificate, PEM text"})),
-        ("key", json!({"type": "string", "description": "private key, PEM text (PKCS#8, may be encrypted)"})),
+        (
+            "certificate",
+            json!({"type": "string", "description": "client certificate, PEM text"}),
+        ),
+        (
+            "key",
+            json!({"type": "string", "description": "private key, PEM text (PKCS#8, may be encrypted)"}),
+        ),
         ("passphrase", s::string()),
-        ("ca_cert", json!({"type": "string", "description": "an extra CA to trust, PEM text"})),
+        (
+            "ca_cert",
+            json!({"type": "string", "description": "an extra CA to trust, PEM text"}),
+        ),
         ("directory", s::string()),
         ("scopes", s::string()),
         ("save_anyway", s::boolean()),
@@ -138,7 +147,10 @@ pub(super) fn routes() -> Vec<Route> {
         rule: CONNECTIONS_RULE,
     };
     let mut patch_props = sync_config_props();
-    patch_props.push(("password", json!({"type": "string", "description": "the destination's password, sealed in the vault"})));
+    patch_props.push((
+        "password",
+        json!({"type": "string", "description": "the destination's password, sealed in the vault"}),
+    ));
     vec![
         route(
             Method::GET,
@@ -158,7 +170,10 @@ pub(super) fn routes() -> Vec<Route> {
             Some(new_connection_schema()),
             201,
             Some(object(
-                &[("connection", connection_schema()), ("test", report_schema())],
+                &[
+                    ("connection", connection_schema()),
+                    ("test", report_schema()),
+                ],
                 &["connection", "test"],
             )),
             add,
@@ -366,7 +381,9 @@ async fn get_one(
     State(api): State<Arc<Api>>,
     Path(name): Path<String>,
 ) -> ApiResult<axum::Json<Value>> {
-    Ok(axum::Json(json!({"connection": connection_json(&api, &name)?})))
+    Ok(axum::Json(
+        json!({"connection": connection_json(&api, &name)?}),
+    ))
 }
 
 /// Absent stays `None`; `null` becomes `Some(None)`.
@@ -413,7 +430,11 @@ struct BodySecrets {
     passphrase: Option<String>,
 }
 
-fn body_secret(value: &Option<String>, what: &str, key: &str) -> xmbridge_runtime::Result<SecretString> {
+fn body_secret(
+    value: &Option<String>,
+    what: &str,
+    key: &str,
+) -> xmbridge_runtime::Result<SecretString> {
     let v = value
         .as_deref()
         .filter(|v| !v.is_empty())
@@ -431,7 +452,10 @@ impl NewConnectionSecrets for BodySecrets {
         body_secret(&self.client_secret, "OAuth client secret", "client_secret")
     }
 
-    fn passphrase(&mut self, key_encrypted: bool) -> xmbridge_runtime::Result<Option<SecretString>> {
+    fn passphrase(
+        &mut self,
+        key_encrypted: bool,
+    ) -> xmbridge_runtime::Result<Option<SecretString>> {
         if key_encrypted || self.passphrase.is_some() {
             body_secret(&self.passphrase, "private key pass phrase", "passphrase").map(Some)
         } else {
@@ -688,7 +712,9 @@ async fn apply_change(
     let cfg = api.app.configs.apply(name, change)?;
     api.app.scheduler.changed(name);
     api.audit(caller.entry(action, name, json!({"sync": cfg})));
-    Ok(axum::Json(json!({"connection": connection_json(api, name)?})))
+    Ok(axum::Json(
+        json!({"connection": connection_json(api, name)?}),
+    ))
 }
 
 async fn patch(
@@ -830,14 +856,17 @@ async fn history(
 ) -> ApiResult<axum::Json<Value>> {
     qualtrics(&api, &name)?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let runs: Vec<Value> = api.app.runs.list(&name, limit)?.iter().map(run_json).collect();
+    let runs: Vec<Value> = api
+        .app
+        .runs
+        .list(&name, limit)?
+        .iter()
+        .map(run_json)
+        .collect();
     Ok(axum::Json(json!({"syncs": runs})))
 }
 
-async fn get_run(
-    State(api): State<Arc<Api>>,
-    Path(id): Path<i64>,
-) -> ApiResult<axum::Json<Value>> {
+async fn get_run(State(api): State<Arc<Api>>, Path(id): Path<i64>) -> ApiResult<axum::Json<Value>> {
     Ok(axum::Json(run_json(&api.app.runs.get(id)?)))
 }
 

@@ -246,9 +246,9 @@ where
             .await
             .map_err(|_| too_large())?;
         if bytes.is_empty() {
-            return serde_json::from_str("{}")
-                .map(Json)
-                .map_err(|e| ApiError::invalid(format!("the request needs a JSON body: {e}"), None));
+            return serde_json::from_str("{}").map(Json).map_err(|e| {
+                ApiError::invalid(format!("the request needs a JSON body: {e}"), None)
+            });
         }
         serde_json::from_slice(&bytes).map(Json).map_err(|e| {
             ApiError::invalid(

@@ -20,6 +20,7 @@ use xmbridge_actions::Registry;
 use xmbridge_workflows::accounts::Accounts;
 use xmbridge_workflows::catalog::Sources;
 
+mod accounts;
 pub mod auth;
 mod connections;
 pub mod error;
@@ -27,7 +28,6 @@ pub mod openapi;
 mod schema;
 mod users;
 mod workflows;
-mod accounts;
 
 pub use crate::serve::AppState;
 use crate::users::AuditEntry;

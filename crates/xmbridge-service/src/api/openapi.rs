@@ -98,8 +98,9 @@ fn operation(route: &Route) -> Value {
         Need::Public => op["security"] = json!([]),
         Need::Signed => {}
         Need::Admin { what, rule } => {
-            op["description"] =
-                json!(format!("Admins only: otherwise 403 \"only an admin may {what}\" (rule: {rule})."));
+            op["description"] = json!(format!(
+                "Admins only: otherwise 403 \"only an admin may {what}\" (rule: {rule})."
+            ));
         }
     }
     op
@@ -140,9 +141,7 @@ pub fn document() -> Value {
 }
 
 /// `GET /api/v1/openapi.json`.
-pub(crate) async fn serve(
-    State(_): State<std::sync::Arc<super::Api>>,
-) -> axum::Json<Value> {
+pub(crate) async fn serve(State(_): State<std::sync::Arc<super::Api>>) -> axum::Json<Value> {
     axum::Json(document())
 }
 

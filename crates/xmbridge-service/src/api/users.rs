@@ -203,7 +203,10 @@ pub(super) fn routes() -> Vec<Route> {
             )),
             audit,
         )
-        .with_query(&[("limit", "how many entries, newest first (default 100, at most 1000)")]),
+        .with_query(&[(
+            "limit",
+            "how many entries, newest first (default 100, at most 1000)",
+        )]),
     ]
 }
 
@@ -349,13 +352,7 @@ async fn revoke_token(
     Path((name, id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     self_or_admin(&caller, &name, "revoke these tokens")?;
-    if !api
-        .app
-        .users
-        .list_tokens(&name)?
-        .iter()
-        .any(|t| t.id == id)
-    {
+    if !api.app.users.list_tokens(&name)?.iter().any(|t| t.id == id) {
         return Err(ApiError::not_found(
             format!("user {name} has no token {id}"),
             Some(format!("list them with GET /api/v1/users/{name}/tokens")),

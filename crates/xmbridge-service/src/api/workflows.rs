@@ -41,7 +41,10 @@ fn event_schema() -> Value {
     object(
         &[
             ("id", s::string()),
-            ("status", s::one_of(&["pending", "running", "done", "skipped", "dead"])),
+            (
+                "status",
+                s::one_of(&["pending", "running", "done", "skipped", "dead"]),
+            ),
             ("attempts", s::integer()),
             ("last_error", s::opt_string()),
             ("last_step", s::opt_string()),
@@ -91,7 +94,10 @@ pub(super) fn routes() -> Vec<Route> {
             events,
         )
         .with_query(&[
-            ("status", "pending, running, done, skipped or dead (default dead)"),
+            (
+                "status",
+                "pending, running, done, skipped or dead (default dead)",
+            ),
             ("limit", "how many (default 100, at most 1000)"),
         ]),
         route(
@@ -177,7 +183,15 @@ fn summary(api: &Api, catalog: &Catalog, name: &str) -> ApiResult<Value> {
                 Some(e.file.display().to_string()),
             )
         }
-        None => (None, state.creator.clone(), None, Vec::new(), None, None, None),
+        None => (
+            None,
+            state.creator.clone(),
+            None,
+            Vec::new(),
+            None,
+            None,
+            None,
+        ),
     };
     Ok(json!({
         "name": name,
@@ -214,7 +228,9 @@ async fn get_one(
     Path(name): Path<String>,
 ) -> ApiResult<axum::Json<Value>> {
     let catalog = load(&api)?;
-    Ok(axum::Json(json!({"workflow": summary(&api, &catalog, &name)?})))
+    Ok(axum::Json(
+        json!({"workflow": summary(&api, &catalog, &name)?}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -281,7 +297,13 @@ async fn events(
 }
 
 /// Refuses unless the caller owns workflow `name` (as its definition says) or is an admin.
-fn owner_or_admin(api: &Api, caller: &Caller, catalog: &Catalog, name: &str, what: &str) -> ApiResult<()> {
+fn owner_or_admin(
+    api: &Api,
+    caller: &Caller,
+    catalog: &Catalog,
+    name: &str,
+    what: &str,
+) -> ApiResult<()> {
     if caller.is_admin() {
         return Ok(());
     }
@@ -358,9 +380,16 @@ async fn pause(
     let catalog = load(&api)?;
     summary(&api, &catalog, &name)?;
     owner_or_admin(&api, &caller, &catalog, &name, "pause")?;
-    control::pause(&api.app.store, &name, &caller.user.name, body.reason.clone())?;
+    control::pause(
+        &api.app.store,
+        &name,
+        &caller.user.name,
+        body.reason.clone(),
+    )?;
     api.audit(caller.entry("workflow.pause", &name, json!({"reason": body.reason})));
-    Ok(axum::Json(json!({"workflow": summary(&api, &catalog, &name)?})))
+    Ok(axum::Json(
+        json!({"workflow": summary(&api, &catalog, &name)?}),
+    ))
 }
 
 #[derive(Deserialize, Default)]
@@ -402,5 +431,7 @@ async fn resume(
         &name,
         json!({"reauthorize": body.reauthorize}),
     ));
-    Ok(axum::Json(json!({"workflow": summary(&api, &catalog, &name)?})))
+    Ok(axum::Json(
+        json!({"workflow": summary(&api, &catalog, &name)?}),
+    ))
 }

@@ -2,7 +2,7 @@
 //! store in a temporary `XMBRIDGE_HOME`, with a real scheduler and the Qualtrics simulator,
 //! talked to over real HTTP.
 
-mod api;
+mod serve_api;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,40 +24,40 @@ use xmbridge_vault::{Home, MasterKey, SecretString, Vault};
 use xmbridge_workflows::store::SqliteStore;
 
 /// The admin's and the member's passwords (checked absent from every answer).
-pub const ADMIN_PASSWORD: &str = "correct horse battery admin";
-pub const MEMBER_PASSWORD: &str = "correct horse battery member";
+pub(crate) const ADMIN_PASSWORD: &str = "correct horse battery admin";
+pub(crate) const MEMBER_PASSWORD: &str = "correct horse battery member";
 
 /// A running API over a fresh home, with an admin `ada` and a member `mo`.
-pub struct Service {
-    pub base: String,
-    pub http: reqwest::Client,
-    pub sim: SimHandle,
-    pub state: AppState,
-    pub dir: TempDir,
+pub(crate) struct Service {
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) sim: SimHandle,
+    pub(crate) state: AppState,
+    pub(crate) dir: TempDir,
     /// Every answer body seen, for the "no secret in any answer" check.
-    pub bodies: parking_lot::Mutex<Vec<String>>,
+    pub(crate) bodies: parking_lot::Mutex<Vec<String>>,
     _stop: oneshot::Sender<()>,
 }
 
 /// An answer: status, headers, body as JSON (Null when empty or not JSON) and text.
-pub struct Answer {
-    pub status: StatusCode,
-    pub headers: reqwest::header::HeaderMap,
-    pub json: Value,
-    pub text: String,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) json: Value,
+    pub(crate) text: String,
 }
 
 /// How a request authenticates.
 #[derive(Clone, Default)]
-pub struct Creds {
-    pub cookie: Option<String>,
-    pub csrf: Option<String>,
-    pub bearer: Option<String>,
-    pub origin: Option<String>,
+pub(crate) struct Creds {
+    pub(crate) cookie: Option<String>,
+    pub(crate) csrf: Option<String>,
+    pub(crate) bearer: Option<String>,
+    pub(crate) origin: Option<String>,
 }
 
 impl Creds {
-    pub fn bearer(token: &str) -> Creds {
+    pub(crate) fn bearer(token: &str) -> Creds {
         Creds {
             bearer: Some(token.to_string()),
             ..Creds::default()
@@ -66,11 +66,11 @@ impl Creds {
 }
 
 impl Service {
-    pub async fn start() -> Service {
+    pub(crate) async fn start() -> Service {
         Service::start_with(LoginLimiter::new(3, 6, Duration::from_secs(600))).await
     }
 
-    pub async fn start_with(limiter: LoginLimiter) -> Service {
+    pub(crate) async fn start_with(limiter: LoginLimiter) -> Service {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let home = Home::at(dir.path().join("home")).expect("the home is created");
         let key = MasterKey::load(&home, None).expect("a master key");
@@ -153,7 +153,13 @@ impl Service {
     }
 
     /// A request with these credentials and (optional) JSON body.
-    pub async fn call(&self, method: Method, path: &str, creds: &Creds, body: Option<Value>) -> Answer {
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        creds: &Creds,
+        body: Option<Value>,
+    ) -> Answer {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(c) = &creds.cookie {
             req = req.header("cookie", format!("xmbridge_session={c}"));
@@ -185,7 +191,7 @@ impl Service {
     }
 
     /// Signs in: the cookie value and the CSRF token.
-    pub async fn login(&self, user: &str, password: &str) -> Creds {
+    pub(crate) async fn login(&self, user: &str, password: &str) -> Creds {
         let a = self
             .call(
                 Method::POST,
@@ -210,27 +216,27 @@ impl Service {
         }
     }
 
-    pub async fn admin(&self) -> Creds {
+    pub(crate) async fn admin(&self) -> Creds {
         self.login("ada", ADMIN_PASSWORD).await
     }
 
-    pub async fn member(&self) -> Creds {
+    pub(crate) async fn member(&self) -> Creds {
         self.login("mo", MEMBER_PASSWORD).await
     }
 
     /// The simulator's API token.
-    pub fn sim_token(&self) -> String {
+    pub(crate) fn sim_token(&self) -> String {
         self.sim.sim.cfg.admin_token()
     }
 
     /// A SQLite destination URL in the test's directory.
-    pub fn sqlite(&self, name: &str) -> String {
+    pub(crate) fn sqlite(&self, name: &str) -> String {
         format!("sqlite:{}", self.dir.path().join(name).display())
     }
 }
 
 /// The error object of an error answer, checked to have the one shape.
-pub fn error_of(a: &Answer) -> &Value {
+pub(crate) fn error_of(a: &Answer) -> &Value {
     let e = &a.json["error"];
     assert!(
         e["code"].is_string() && e["message"].is_string() && e.get("fix").is_some(),

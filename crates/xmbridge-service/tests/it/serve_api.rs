@@ -26,7 +26,10 @@ async fn sign_in_me_and_sign_out() {
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(cookie.contains(attr), "{attr} in {cookie}");
     }
-    assert!(!cookie.contains("Secure"), "no Secure over plain loopback HTTP: {cookie}");
+    assert!(
+        !cookie.contains("Secure"),
+        "no Secure over plain loopback HTTP: {cookie}"
+    );
     assert!(a.json["csrf_token"].as_str().is_some_and(|t| t.len() >= 32));
     assert_eq!(a.json["user"]["role"], "admin");
 
@@ -43,7 +46,9 @@ async fn sign_in_me_and_sign_out() {
     assert_eq!(after.status, StatusCode::UNAUTHORIZED);
     assert_eq!(error_of(&after)["code"], "unauthenticated");
 
-    let none = s.call(Method::GET, "/api/v1/me", &Creds::default(), None).await;
+    let none = s
+        .call(Method::GET, "/api/v1/me", &Creds::default(), None)
+        .await;
     assert_eq!(none.status, StatusCode::UNAUTHORIZED);
     error_of(&none);
     let made_up = Creds {
@@ -106,20 +111,40 @@ async fn login_attempts_are_limited_per_user_and_per_address() {
         }
     };
     for _ in 0..3 {
-        assert_eq!(attempt("ada", "wrong wrong wrong").await.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            attempt("ada", "wrong wrong wrong").await.status,
+            StatusCode::UNAUTHORIZED
+        );
     }
     // Even the right password is refused now, without being checked.
     let limited = attempt("ada", ADMIN_PASSWORD).await;
-    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS, "{}", limited.text);
-    let wait: u64 = limited.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert_eq!(
+        limited.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        limited.text
+    );
+    let wait: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(wait >= 1 && wait <= 600, "Retry-After {wait}");
     assert_eq!(error_of(&limited)["code"], "too_many_attempts");
     // The address: 3 more failures on other names reach its 6.
     for user in ["x1", "x2", "x3"] {
-        assert_eq!(attempt(user, "wrong wrong wrong").await.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            attempt(user, "wrong wrong wrong").await.status,
+            StatusCode::UNAUTHORIZED
+        );
     }
     let a = attempt("mo", MEMBER_PASSWORD).await;
-    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "the address is limited: {}", a.text);
+    assert_eq!(
+        a.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the address is limited: {}",
+        a.text
+    );
 }
 
 #[tokio::test]
@@ -131,14 +156,18 @@ async fn state_changes_need_the_csrf_token_and_this_origin() {
         csrf: None,
         ..admin.clone()
     };
-    let a = s.call(Method::POST, "/api/v1/users", &no_csrf, Some(body.clone())).await;
+    let a = s
+        .call(Method::POST, "/api/v1/users", &no_csrf, Some(body.clone()))
+        .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
     assert_eq!(error_of(&a)["code"], "csrf");
     let wrong = Creds {
         csrf: Some("f".repeat(64)),
         ..admin.clone()
     };
-    let a = s.call(Method::POST, "/api/v1/users", &wrong, Some(body.clone())).await;
+    let a = s
+        .call(Method::POST, "/api/v1/users", &wrong, Some(body.clone()))
+        .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
     // Another origin (another loopback port: tests never name other hosts) is refused even
     // with the right token.
@@ -146,7 +175,9 @@ async fn state_changes_need_the_csrf_token_and_this_origin() {
         origin: Some("http://127.0.0.2:9".into()),
         ..admin.clone()
     };
-    let a = s.call(Method::POST, "/api/v1/users", &foreign, Some(body.clone())).await;
+    let a = s
+        .call(Method::POST, "/api/v1/users", &foreign, Some(body.clone()))
+        .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
     assert!(error_of(&a)["message"].as_str().unwrap().contains("rule:"));
     // A foreign origin cannot sign in either (login CSRF).
@@ -162,17 +193,23 @@ async fn state_changes_need_the_csrf_token_and_this_origin() {
         )
         .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
-    assert!(s.call(Method::GET, "/api/v1/users", &admin, None).await.json["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|u| u["name"] != "pat"));
+    assert!(
+        s.call(Method::GET, "/api/v1/users", &admin, None)
+            .await
+            .json["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["name"] != "pat")
+    );
     // Its own origin and the token: allowed.
     let own = Creds {
         origin: Some(s.base.clone()),
         ..admin.clone()
     };
-    let a = s.call(Method::POST, "/api/v1/users", &own, Some(body)).await;
+    let a = s
+        .call(Method::POST, "/api/v1/users", &own, Some(body))
+        .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     assert_eq!(a.json["user"]["name"], "pat");
     // Reads need no CSRF token.
@@ -224,17 +261,31 @@ async fn a_bearer_token_works_without_csrf_until_it_is_revoked() {
     assert_eq!(pw["address"], "127.0.0.1");
     assert!(entries.iter().any(|e| e["action"] == "token.create"));
     // Listed without its secret; revoked, it stops working.
-    let list = s.call(Method::GET, "/api/v1/users/mo/tokens", &admin, None).await;
+    let list = s
+        .call(Method::GET, "/api/v1/users/mo/tokens", &admin, None)
+        .await;
     assert!(!list.text.contains(&token));
     assert_eq!(list.json["tokens"][0]["id"], id.as_str());
     let a = s
-        .call(Method::DELETE, &format!("/api/v1/users/mo/tokens/{id}"), &admin, None)
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/users/mo/tokens/{id}"),
+            &admin,
+            None,
+        )
         .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
     let a = s.call(Method::GET, "/api/v1/me", &bearer, None).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     error_of(&a);
-    let a = s.call(Method::GET, "/api/v1/me", &Creds::bearer("xmb_nonsense"), None).await;
+    let a = s
+        .call(
+            Method::GET,
+            "/api/v1/me",
+            &Creds::bearer("xmb_nonsense"),
+            None,
+        )
+        .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -254,24 +305,55 @@ async fn a_member_is_refused_admin_routes_with_the_rule_named() {
     let e = error_of(&a);
     assert_eq!(e["code"], "forbidden");
     let msg = e["message"].as_str().unwrap();
-    assert!(msg.contains("only an admin may create connections"), "{msg}");
-    assert!(msg.contains("rule: connections are managed by admins"), "{msg}");
+    assert!(
+        msg.contains("only an admin may create connections"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("rule: connections are managed by admins"),
+        "{msg}"
+    );
     assert!(e["fix"].as_str().unwrap().contains("admin"));
     for (method, path, rule) in [
         (Method::GET, "/api/v1/users", "users are managed by admins"),
-        (Method::GET, "/api/v1/audit", "the audit log is read by admins"),
-        (Method::POST, "/api/v1/users/ada/tokens", "API tokens are made by admins"),
-        (Method::DELETE, "/api/v1/users/ada", "users are managed by admins"),
+        (
+            Method::GET,
+            "/api/v1/audit",
+            "the audit log is read by admins",
+        ),
+        (
+            Method::POST,
+            "/api/v1/users/ada/tokens",
+            "API tokens are made by admins",
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/users/ada",
+            "users are managed by admins",
+        ),
     ] {
         let a = s.call(method.clone(), path, &member, Some(json!({}))).await;
-        assert_eq!(a.status, StatusCode::FORBIDDEN, "{method} {path}: {}", a.text);
-        assert!(error_of(&a)["message"].as_str().unwrap().contains(rule), "{}", a.text);
+        assert_eq!(
+            a.status,
+            StatusCode::FORBIDDEN,
+            "{method} {path}: {}",
+            a.text
+        );
+        assert!(
+            error_of(&a)["message"].as_str().unwrap().contains(rule),
+            "{}",
+            a.text
+        );
     }
     // Read access is theirs.
-    let a = s.call(Method::GET, "/api/v1/connections", &member, None).await;
+    let a = s
+        .call(Method::GET, "/api/v1/connections", &member, None)
+        .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     // A member's own tokens are theirs to list, another's are not.
-    let a = s.call(Method::GET, "/api/v1/users/ada/tokens", &member, None).await;
+    let a = s
+        .call(Method::GET, "/api/v1/users/ada/tokens", &member, None)
+        .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
 }
 
@@ -288,10 +370,20 @@ async fn an_oversized_body_is_413_and_bad_json_is_422() {
             Some(json!({"name": "big", "role": "member", "password": big})),
         )
         .await;
-    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", &a.text[..a.text.len().min(300)]);
+    assert_eq!(
+        a.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        &a.text[..a.text.len().min(300)]
+    );
     assert_eq!(error_of(&a)["code"], "too_large");
     let a = s
-        .call(Method::POST, "/api/v1/users", &admin, Some(json!({"name": 5})))
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            &admin,
+            Some(json!({"name": 5})),
+        )
         .await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
     error_of(&a);
@@ -305,7 +397,9 @@ async fn an_oversized_body_is_413_and_bad_json_is_422() {
         .await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
     assert!(error_of(&a)["fix"].is_string());
-    let a = s.call(Method::GET, "/api/v1/no-such-route", &admin, None).await;
+    let a = s
+        .call(Method::GET, "/api/v1/no-such-route", &admin, None)
+        .await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     error_of(&a);
 }
@@ -321,7 +415,8 @@ async fn add_connection(s: &Service, admin: &Creds, name: &str, extra: Value) ->
             b.insert(k.clone(), v.clone());
         }
     }
-    s.call(Method::POST, "/api/v1/connections", admin, Some(body)).await
+    s.call(Method::POST, "/api/v1/connections", admin, Some(body))
+        .await
 }
 
 #[tokio::test]
@@ -332,18 +427,36 @@ async fn save_and_test_saves_a_good_connection_and_refuses_a_bad_token() {
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     assert_eq!(a.json["test"]["ok"], true);
     let groups = a.json["test"]["groups"].as_array().unwrap();
-    assert!(groups.iter().any(|g| g["name"] == "responses" && g["status"] == "ok"), "{groups:?}");
+    assert!(
+        groups
+            .iter()
+            .any(|g| g["name"] == "responses" && g["status"] == "ok"),
+        "{groups:?}"
+    );
     assert_eq!(a.json["connection"]["name"], "acme");
     assert_eq!(a.json["connection"]["sync"]["every"], "1h");
     assert!(a.json["connection"]["secrets"].as_array().unwrap().len() == 1);
 
     // A bad token: 422 with the report, and nothing saved.
-    let bad = add_connection(&s, &admin, "bad", json!({"api_token": "not-a-valid-token-1234"})).await;
+    let bad = add_connection(
+        &s,
+        &admin,
+        "bad",
+        json!({"api_token": "not-a-valid-token-1234"}),
+    )
+    .await;
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.text);
     assert_eq!(error_of(&bad)["code"], "cannot_sync");
     assert_eq!(bad.json["test"]["ok"], false);
-    assert!(bad.json["test"]["error"]["message"].as_str().unwrap().contains("bad"));
-    let a = s.call(Method::GET, "/api/v1/connections/bad", &admin, None).await;
+    assert!(
+        bad.json["test"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad")
+    );
+    let a = s
+        .call(Method::GET, "/api/v1/connections/bad", &admin, None)
+        .await;
     assert_eq!(a.status, StatusCode::NOT_FOUND, "nothing saved: {}", a.text);
     // … unless asked to save it anyway.
     let kept = add_connection(
@@ -360,7 +473,9 @@ async fn save_and_test_saves_a_good_connection_and_refuses_a_bad_token() {
     assert_eq!(dup.status, StatusCode::CONFLICT, "{}", dup.text);
     // Listed, read by a member, and deleted.
     let member = s.member().await;
-    let list = s.call(Method::GET, "/api/v1/connections", &member, None).await;
+    let list = s
+        .call(Method::GET, "/api/v1/connections", &member, None)
+        .await;
     let names: Vec<&str> = list.json["connections"]
         .as_array()
         .unwrap()
@@ -368,9 +483,13 @@ async fn save_and_test_saves_a_good_connection_and_refuses_a_bad_token() {
         .filter_map(|c| c["name"].as_str())
         .collect();
     assert_eq!(names, ["acme", "bad"]);
-    let a = s.call(Method::DELETE, "/api/v1/connections/bad", &admin, None).await;
+    let a = s
+        .call(Method::DELETE, "/api/v1/connections/bad", &admin, None)
+        .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
-    let t = s.call(Method::POST, "/api/v1/connections/acme/test", &admin, None).await;
+    let t = s
+        .call(Method::POST, "/api/v1/connections/acme/test", &admin, None)
+        .await;
     assert_eq!(t.status, StatusCode::OK, "{}", t.text);
     assert_eq!(t.json["test"]["ok"], true);
 }
@@ -379,7 +498,10 @@ async fn save_and_test_saves_a_good_connection_and_refuses_a_bad_token() {
 async fn schedules_take_only_the_allowed_frequencies() {
     let s = Service::start().await;
     let admin = s.admin().await;
-    assert_eq!(add_connection(&s, &admin, "acme", json!({})).await.status, StatusCode::CREATED);
+    assert_eq!(
+        add_connection(&s, &admin, "acme", json!({})).await.status,
+        StatusCode::CREATED
+    );
     let a = s
         .call(
             Method::PUT,
@@ -390,7 +512,10 @@ async fn schedules_take_only_the_allowed_frequencies() {
         .await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
     let e = error_of(&a);
-    assert!(format!("{}{}", e["message"], e["fix"]).contains("15m"), "lists the allowed values: {e}");
+    assert!(
+        format!("{}{}", e["message"], e["fix"]).contains("15m"),
+        "lists the allowed values: {e}"
+    );
     let a = s
         .call(
             Method::PUT,
@@ -428,16 +553,30 @@ async fn schedules_take_only_the_allowed_frequencies() {
 async fn sync_now_runs_and_records_per_table_counts() {
     let s = Service::start().await;
     let admin = s.admin().await;
-    assert_eq!(add_connection(&s, &admin, "acme", json!({})).await.status, StatusCode::CREATED);
+    assert_eq!(
+        add_connection(&s, &admin, "acme", json!({})).await.status,
+        StatusCode::CREATED
+    );
     let member = s.member().await;
-    let a = s.call(Method::POST, "/api/v1/connections/acme/syncs", &member, None).await;
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/connections/acme/syncs",
+            &member,
+            None,
+        )
+        .await;
     assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
-    let a = s.call(Method::POST, "/api/v1/connections/acme/syncs", &admin, None).await;
+    let a = s
+        .call(Method::POST, "/api/v1/connections/acme/syncs", &admin, None)
+        .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
     let id = a.json["id"].as_i64().expect("a run id");
     let deadline = Instant::now() + Duration::from_secs(120);
     let run = loop {
-        let r = s.call(Method::GET, &format!("/api/v1/syncs/{id}"), &member, None).await;
+        let r = s
+            .call(Method::GET, &format!("/api/v1/syncs/{id}"), &member, None)
+            .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
         let status = r.json["status"].as_str().unwrap().to_string();
         if ["succeeded", "failed", "cancelled"].contains(&status.as_str()) {
@@ -448,8 +587,17 @@ async fn sync_now_runs_and_records_per_table_counts() {
     };
     assert_eq!(run["status"], "succeeded", "{run}");
     for key in [
-        "id", "connection", "status", "trigger", "started_at", "finished_at", "responses",
-        "api_calls", "tables", "progress", "error",
+        "id",
+        "connection",
+        "status",
+        "trigger",
+        "started_at",
+        "finished_at",
+        "responses",
+        "api_calls",
+        "tables",
+        "progress",
+        "error",
     ] {
         assert!(run.get(key).is_some(), "{key} in {run}");
     }
@@ -457,14 +605,45 @@ async fn sync_now_runs_and_records_per_table_counts() {
     assert_eq!(run["trigger"], "user");
     assert!(run["error"].is_null());
     assert!(run["api_calls"].as_u64().unwrap() > 0);
-    assert_eq!(run["responses"].as_u64(), Some(40), "{run}");
-    let responses = &run["tables"]["survey_response"];
-    assert_eq!(responses["inserted"].as_u64(), Some(40), "{run}");
+    // The counts agree with what the destination holds.
+    let db = rusqlite::Connection::open(s.dir.path().join("acme.sqlite")).unwrap();
+    let count = |table: &str| -> u64 {
+        let n: i64 = db
+            .query_row(
+                &format!("SELECT COUNT(*) FROM qualtrics_{table}"),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        n as u64
+    };
+    let responses = count("survey_response");
+    assert!(responses > 0);
+    assert_eq!(run["responses"].as_u64(), Some(responses), "{run}");
+    assert_eq!(
+        run["tables"]["survey_response"]["inserted"].as_u64(),
+        Some(responses),
+        "{run}"
+    );
+    assert_eq!(
+        run["tables"]["question"]["inserted"].as_u64(),
+        Some(count("question")),
+        "{run}"
+    );
     assert!(run["tables"]["survey"]["inserted"].as_u64().unwrap() >= 2);
-    let hist = s.call(Method::GET, "/api/v1/connections/acme/syncs", &member, None).await;
+    let hist = s
+        .call(Method::GET, "/api/v1/connections/acme/syncs", &member, None)
+        .await;
     assert_eq!(hist.json["syncs"][0]["id"].as_i64(), Some(id));
     // A finished run cannot be cancelled into anything else.
-    let a = s.call(Method::POST, &format!("/api/v1/syncs/{id}/cancel"), &admin, None).await;
+    let a = s
+        .call(
+            Method::POST,
+            &format!("/api/v1/syncs/{id}/cancel"),
+            &admin,
+            None,
+        )
+        .await;
     assert_ne!(a.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", a.text);
     // The audit log has the sync and the connection, from the session, with the address.
     let audit = s.call(Method::GET, "/api/v1/audit", &admin, None).await;
@@ -474,14 +653,19 @@ async fn sync_now_runs_and_records_per_table_counts() {
         .iter()
         .filter_map(|e| e["action"].as_str())
         .collect();
-    assert!(actions.contains(&"sync.start") && actions.contains(&"connection.add"), "{actions:?}");
+    assert!(
+        actions.contains(&"sync.start") && actions.contains(&"connection.add"),
+        "{actions:?}"
+    );
 }
 
 #[tokio::test]
 async fn the_openapi_document_lists_every_route_and_is_valid_openapi_3() {
     let s = Service::start().await;
     let admin = s.admin().await;
-    let a = s.call(Method::GET, "/api/v1/openapi.json", &admin, None).await;
+    let a = s
+        .call(Method::GET, "/api/v1/openapi.json", &admin, None)
+        .await;
     assert_eq!(a.status, StatusCode::OK);
     let doc = a.json;
     check_openapi_structure(&doc);
@@ -489,7 +673,11 @@ async fn the_openapi_document_lists_every_route_and_is_valid_openapi_3() {
     assert!(routes.len() >= 30, "{} routes", routes.len());
     for r in &routes {
         let m = r.method.as_str().to_lowercase();
-        assert!(doc["paths"][r.path][&m].is_object(), "{m} {} is documented", r.path);
+        assert!(
+            doc["paths"][r.path][&m].is_object(),
+            "{m} {} is documented",
+            r.path
+        );
         // … and served: without credentials it is 401 from the guard (the public sign-in
         // route: 422 for a missing body), never the catch-all 404.
         let path = r.path.replace("{id}", "1").replace("{name}", "x");
@@ -514,7 +702,11 @@ async fn the_openapi_document_lists_every_route_and_is_valid_openapi_3() {
         .values()
         .map(|p| p.as_object().unwrap().len())
         .sum();
-    assert_eq!(documented, routes.len(), "nothing documented that is not routed");
+    assert_eq!(
+        documented,
+        routes.len(),
+        "nothing documented that is not routed"
+    );
 }
 
 /// A structural check of an OpenAPI 3.0 document: the required fields, operations with
@@ -522,7 +714,9 @@ async fn the_openapi_document_lists_every_route_and_is_valid_openapi_3() {
 fn check_openapi_structure(doc: &Value) {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.0."));
     assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
-    let methods = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+    let methods = [
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
     let mut ids = std::collections::BTreeSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
         assert!(path.starts_with('/'), "{path}");
@@ -534,12 +728,19 @@ fn check_openapi_structure(doc: &Value) {
             assert!(methods.contains(&m.as_str()), "{m} {path}");
             assert!(ids.insert(op["operationId"].as_str().unwrap().to_string()));
             let responses = op["responses"].as_object().expect("responses");
-            assert!(responses.keys().any(|k| k.starts_with('2')), "{m} {path}: a success answer");
+            assert!(
+                responses.keys().any(|k| k.starts_with('2')),
+                "{m} {path}: a success answer"
+            );
             for (code, r) in responses {
                 assert!(code.len() == 3 && code.parse::<u16>().is_ok());
                 match r.get("$ref") {
                     Some(rf) => {
-                        let name = rf.as_str().unwrap().strip_prefix("#/components/responses/").unwrap();
+                        let name = rf
+                            .as_str()
+                            .unwrap()
+                            .strip_prefix("#/components/responses/")
+                            .unwrap();
                         assert!(doc["components"]["responses"][name].is_object());
                     }
                     None => assert!(r["description"].is_string()),
@@ -563,7 +764,11 @@ fn check_openapi_structure(doc: &Value) {
             }
         }
     }
-    for scheme in doc["components"]["securitySchemes"].as_object().unwrap().values() {
+    for scheme in doc["components"]["securitySchemes"]
+        .as_object()
+        .unwrap()
+        .values()
+    {
         assert!(["apiKey", "http"].contains(&scheme["type"].as_str().unwrap()));
     }
 }
@@ -574,7 +779,12 @@ async fn no_secret_appears_in_any_answer() {
     let admin = s.admin().await;
     let member = s.member().await;
     let made = s
-        .call(Method::POST, "/api/v1/users/mo/tokens", &admin, Some(json!({})))
+        .call(
+            Method::POST,
+            "/api/v1/users/mo/tokens",
+            &admin,
+            Some(json!({})),
+        )
         .await;
     let token = made.json["token"].as_str().unwrap().to_string();
     let token_answer = made.text.clone();
@@ -587,7 +797,11 @@ async fn no_secret_appears_in_any_answer() {
     )
     .await;
     // Whatever the outcome of the test against the database, the password is not echoed.
-    assert!(a.status.is_success() || a.status == StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
+    assert!(
+        a.status.is_success() || a.status == StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        a.text
+    );
     let _ = add_connection(&s, &admin, "lite", json!({})).await;
     let bearer = Creds::bearer(&token);
     for (creds, path) in [
@@ -604,7 +818,10 @@ async fn no_secret_appears_in_any_answer() {
     ] {
         s.call(Method::GET, path, creds, None).await;
     }
-    let cookies = [admin.cookie.clone().unwrap(), member.cookie.clone().unwrap()];
+    let cookies = [
+        admin.cookie.clone().unwrap(),
+        member.cookie.clone().unwrap(),
+    ];
     let sim_token = s.sim_token();
     let secrets = [
         ADMIN_PASSWORD,
