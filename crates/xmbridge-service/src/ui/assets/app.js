@@ -662,8 +662,8 @@
       const form = h('form', null,
         h('div', { class: 'row' },
           h('div', { class: 'field' }, h('label', { for: 'sched-every', text: 'Sync frequency' }), sel),
-          h('div', { class: 'field' }, h('span', { class: 'label', 'aria-hidden': 'true', text: '\u00a0' }),
-            h('label', { for: 'sched-paused', class: 'row' }, pausedBox, 'Paused (scheduled syncs stop; “Sync now” still works)'))),
+          h('div', { class: 'field' }, h('span', { class: 'label spacer', 'aria-hidden': 'true', text: '\u00a0' }),
+            h('label', { for: 'sched-paused', class: 'check' }, pausedBox, 'Paused (scheduled syncs stop; “Sync now” still works)'))),
         h('div', { class: 'actions' }, save), schedOut);
       form.addEventListener('submit', async (ev) => {
         ev.preventDefault();
@@ -809,7 +809,7 @@
         h('td', null, '#' + r.id),
         h('td', null, pill(r.status)),
         h('td', { text: r.trigger || '—' }),
-        h('td', { text: fmtTime(r.started_at || r.queued_at) }),
+        h('td', { class: 'nowrap', text: fmtTime(r.started_at || r.queued_at) }),
         h('td', { class: 'num', text: r.started_at ? fmtDuration(seconds(r.started_at, r.finished_at)) : '—' }),
         h('td', { class: 'num', text: fmtNum(runRows(r)) }),
         h('td', { class: 'num', text: fmtNum(r.responses || 0) }),
@@ -962,7 +962,7 @@
       const err = pick(e, 'last_error', 'error.message', 'error');
       const fix = pick(e, 'fix', 'error.fix');
       const body = h('div', null,
-        h('dl', { class: 'grid2 small' },
+        h('dl', { class: 'grid3 small' },
           [['Event', e.id], ['Source', pick(e, 'source')], ['State', pick(e, 'state', 'status')], ['Attempts', e.attempts],
             ['Failed step', pick(e, 'last_step', 'step')], ['Created', fmtTime(e.created_at)], ['Last change', fmtTime(e.updated_at)]]
             .filter(([, v]) => v !== undefined && v !== null)
@@ -1169,7 +1169,7 @@
       return;
     }
     const rows = list.map((e) => h('tr', null,
-      h('td', { text: fmtTime(e.at) }),
+      h('td', { class: 'nowrap', text: fmtTime(e.at) }),
       h('td', { class: 'mono', text: e.actor }),
       h('td', { text: e.via }),
       h('td', { class: 'mono', text: e.action }),
