@@ -288,6 +288,7 @@ impl ClientBuilder {
                 download_timeout: self.download_timeout,
                 limiter,
                 calls: AtomicU64::new(0),
+                throttled: AtomicU64::new(0),
             }),
         })
     }
@@ -304,6 +305,8 @@ struct Inner {
     download_timeout: Duration,
     limiter: Option<Arc<RateLimiter>>,
     calls: AtomicU64,
+    /// 429 answers received (each one retried or, past the budget, returned).
+    throttled: AtomicU64,
 }
 
 /// A Qualtrics API v3 client for one account. Cheap to clone (shared state: the base URL, the
@@ -429,6 +432,12 @@ impl Client {
     /// HTTP requests sent so far (every attempt counts, retries included).
     pub fn api_calls(&self) -> u64 {
         self.inner.calls.load(Ordering::Relaxed)
+    }
+
+    /// 429 (throttled) answers received so far; each is retried until the throttle budget runs
+    /// out. Part of [`Client::api_calls`].
+    pub fn throttled(&self) -> u64 {
+        self.inner.throttled.load(Ordering::Relaxed)
     }
 
     /// `GET /whoami`: who the credentials belong to; the connection test.
@@ -568,6 +577,7 @@ impl Client {
                         return Err(self.unauthorized(api, refresh.refreshed()));
                     }
                     if status == 429 {
+                        self.inner.throttled.fetch_add(1, Ordering::Relaxed);
                         if let Some(limiter) = &self.inner.limiter {
                             limiter.on_throttled(method.as_str(), url.path(), retry_after);
                         }

@@ -582,12 +582,31 @@ impl WorkflowProcess {
         hooks: Hooks,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<RunSummary> {
-        let app = router(
+        let app = self.receiver_router(hooks);
+        self.serve_app(receiver, app, shutdown).await
+    }
+
+    /// The webhook receiver's routes for `hooks` (`/hooks/…` and `/healthz`, which reports the
+    /// delivery workers' health), for a caller that merges more routes into one listener.
+    pub fn receiver_router(&self, hooks: Hooks) -> axum::Router {
+        router(
             self.outbox.clone(),
             hooks,
             self.engine.health(),
             Limits::default(),
-        );
+        )
+    }
+
+    /// Serves `app` (which holds [`WorkflowProcess::receiver_router`]) on `receiver` and runs
+    /// the delivery workers until `shutdown` resolves, then lets both finish: no new
+    /// connection is accepted, requests in flight complete, and the workers hand their leased
+    /// events back.
+    pub async fn serve_app(
+        &self,
+        receiver: Receiver,
+        app: axum::Router,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<RunSummary> {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let mut rx_server = rx.clone();
         let server = tokio::spawn(receiver.serve(app, async move {

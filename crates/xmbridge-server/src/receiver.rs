@@ -174,18 +174,39 @@ pub enum ServeError {
     Bind(SocketAddr, #[source] std::io::Error),
 }
 
+/// How [`Receiver::bind_with`] listens beyond the loopback-only default.
+#[derive(Clone, Default)]
+pub struct BindOptions {
+    /// Accept a listen address that is not loopback (`xmbridge serve --allow-remote`).
+    pub allow_remote: bool,
+    /// Serve HTTPS with this configuration (the handshake runs in the connection's task, under
+    /// the header timeout, so a silent client cannot hold the accept loop).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
 /// A bound receiver (bound first, so the URL is known before hooks are registered).
 pub struct Receiver {
     /// The address actually bound (the real port when port 0 was asked for).
     pub addr: SocketAddr,
     listener: tokio::net::TcpListener,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Receiver {
     /// Binds `listen` (loopback only; port 0 picks one).
     pub async fn bind(listen: SocketAddr, limits: Limits) -> Result<Receiver, ServeError> {
-        if !listen.ip().is_loopback() {
+        Receiver::bind_with(listen, limits, BindOptions::default()).await
+    }
+
+    /// Binds `listen`; a non-loopback address only with [`BindOptions::allow_remote`] (refused
+    /// before anything is bound otherwise), HTTPS with [`BindOptions::tls`].
+    pub async fn bind_with(
+        listen: SocketAddr,
+        limits: Limits,
+        opts: BindOptions,
+    ) -> Result<Receiver, ServeError> {
+        if !listen.ip().is_loopback() && !opts.allow_remote {
             return Err(ServeError::NotLoopback(listen));
         }
         let listener = tokio::net::TcpListener::bind(listen)
@@ -198,12 +219,14 @@ impl Receiver {
             addr,
             listener,
             limits,
+            tls: opts.tls.map(tokio_rustls::TlsAcceptor::from),
         })
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` with TLS)
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Serves `app` until `shutdown` resolves, then lets requests in flight finish (a connection
@@ -238,24 +261,22 @@ impl Receiver {
                 },
             };
             let service = TowerToHyperService::new(app.clone());
-            let mut stop = stop_rx.clone();
+            let stop = stop_rx.clone();
             let header_timeout = self.limits.header_timeout;
+            let tls = self.tls.clone();
             connections.spawn(async move {
                 let _slot = slot;
-                let mut builder = hyper::server::conn::http1::Builder::new();
-                builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout);
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                let stopping = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = stopping => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
+                match tls {
+                    None => serve_connection(stream, service, header_timeout, stop).await,
+                    Some(acceptor) => {
+                        // The handshake counts against the header timeout.
+                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls_stream)) => {
+                                serve_connection(tls_stream, service, header_timeout, stop).await
+                            }
+                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                        }
                     }
                 }
             });
@@ -265,6 +286,34 @@ impl Receiver {
         let _ = stop_tx.send(true);
         while connections.join_next().await.is_some() {}
         Ok(())
+    }
+}
+
+/// Serves one connection (plain or TLS) until it ends or `stop` says so, then lets the request
+/// in flight finish.
+async fn serve_connection<S>(
+    stream: S,
+    service: TowerToHyperService<Router>,
+    header_timeout: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let stopping = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stopping => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }
 

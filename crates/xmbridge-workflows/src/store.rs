@@ -535,6 +535,19 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
+/// What [`SqliteStore::outbox_stats`] found.
+#[derive(Clone, Debug, Default)]
+pub struct OutboxStats {
+    /// Events by the word of their state (`pending`, `running`, `done`, `skipped`, `dead`).
+    pub by_state: BTreeMap<String, u64>,
+    /// Delivered events whose delivery took at most each bound (cumulative, same order).
+    pub latency_buckets: Vec<u64>,
+    /// Delivered events.
+    pub delivered: u64,
+    /// Their delivery times added up, in milliseconds.
+    pub latency_sum_ms: u64,
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS wf_events (
     id              TEXT PRIMARY KEY,
@@ -701,6 +714,47 @@ impl SqliteStore {
     /// The SQLite database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Events of every workflow by state, and how long the delivered ones (`done`) took from
+    /// arrival in the outbox to delivery: the count at or below each of `bounds_ms` (cumulative,
+    /// as a Prometheus histogram wants), their number and their sum in milliseconds. One read
+    /// transaction, so `/metrics` and `/readyz` also prove the store answers.
+    pub fn outbox_stats(&self, bounds_ms: &[i64]) -> Result<OutboxStats, StoreError> {
+        let conn = self.conn.lock();
+        let read = || -> rusqlite::Result<OutboxStats> {
+            let mut by_state = BTreeMap::new();
+            let mut stmt =
+                conn.prepare_cached("SELECT state, COUNT(*) FROM wf_events GROUP BY state")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (state, n) = row?;
+                by_state.insert(state, n.max(0) as u64);
+            }
+            let mut stmt = conn.prepare_cached(
+                "SELECT MAX(updated_at - created_at, 0) FROM wf_events WHERE state = 'done'",
+            )?;
+            let mut buckets = vec![0u64; bounds_ms.len()];
+            let (mut count, mut sum_ms) = (0u64, 0i64);
+            let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+            for row in rows {
+                let ms = row?;
+                count += 1;
+                sum_ms = sum_ms.saturating_add(ms);
+                for (b, bound) in buckets.iter_mut().zip(bounds_ms) {
+                    if ms <= *bound {
+                        *b += 1;
+                    }
+                }
+            }
+            Ok(OutboxStats {
+                by_state,
+                latency_buckets: buckets,
+                delivered: count,
+                latency_sum_ms: sum_ms.max(0) as u64,
+            })
+        };
+        read().map_err(|e| self.db(e))
     }
 
     fn db(&self, e: rusqlite::Error) -> StoreError {
