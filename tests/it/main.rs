@@ -17,4 +17,5 @@ mod cli_sync_trigger;
 mod cli_workflow;
 mod cli_workflow_run;
 mod cli_workflow_sf;
+mod serve_ui;
 mod support;

@@ -304,6 +304,13 @@ impl Browser {
         .await;
     }
 
+    /// Reloads the page shown (a [`Browser::goto`] to the same address that differs only in its
+    /// `#fragment` would not).
+    pub async fn refresh(&self) {
+        self.must("reload the page", reqwest::Method::POST, "/refresh", None)
+            .await;
+    }
+
     /// The address of the page shown.
     pub async fn url(&self) -> String {
         self.must("read the URL", reqwest::Method::GET, "/url", None)
