@@ -57,6 +57,8 @@ enum Command {
     Action(cli::action::ActionArgs),
     /// Link, list, share and unlink the Salesforce and ServiceNow accounts workflows run with.
     Account(cli::account::AccountArgs),
+    /// Run xmbridge as a service: scheduled syncs, webhooks and delivery, the HTTP API and web UI.
+    Serve(cli::serve::ServeArgs),
 }
 
 fn init_logging(format: LogFormat, verbose: u8) {
@@ -107,6 +109,7 @@ fn main() -> ExitCode {
             Command::Workflow(args) => cli::workflow::run(args).await,
             Command::Action(args) => cli::action::run(args).await,
             Command::Account(args) => cli::account::run(args).await,
+            Command::Serve(args) => cli::serve::run(args).await,
         }
     });
     match result {

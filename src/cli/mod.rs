@@ -8,6 +8,7 @@ pub mod bench;
 pub mod bench_workflows;
 pub mod connection;
 pub mod demo;
+pub mod serve;
 pub mod simulate;
 pub mod sync;
 pub mod workflow;

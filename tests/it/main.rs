@@ -11,6 +11,7 @@ mod cli_bench;
 mod cli_connection;
 mod cli_demo;
 mod cli_destination;
+mod cli_serve;
 mod cli_simulate;
 mod cli_sync;
 mod cli_sync_trigger;

@@ -1,1 +1,883 @@
-//! TODO(skeleton): filled in by its owner (see docs/serve.md).
+//! The scheduler and executor of sync runs.
+//!
+//! Rules: one run at a time per connection; "sync now" during a run queues exactly one more (a
+//! second request gets the queued one back); a slot that passed while the server was down runs
+//! once at start, not once per slot; a paused schedule queues nothing (a "sync now" still
+//! runs); a failed run keeps the schedule going. Every run is recorded in [`Runs`] with its
+//! per-table counts, responses, API calls, throttled retries, and its error with the fix;
+//! progress (rows per stream) is written to the run about once a second.
+//!
+//! A run is `xmbridge sync` through `xmbridge_runtime` (stored connection → client, the
+//! destination, the `sync-responses` workflow trigger). Stopping it — a cancel, or the server's
+//! shutdown — takes effect at its next commit boundary: the destination is wrapped
+//! ([`StopAtCommit`]) so that after a commit it flushes and refuses to go on. Nothing is lost,
+//! because rows and cursors commit together; a run still going after the grace period is
+//! dropped, which rolls back its uncommitted batch. Runs a shutdown stopped get a `resume` run
+//! queued for the next start, and at start the `running` rows a killed server left behind are
+//! marked failed with a `resume` run queued for each.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use xmbridge_destinations::{
+    Commit, CommitStats, Compat, DestError, DestErrorKind, Destination, Ensured, TableSpec,
+};
+use xmbridge_runtime::sync::{open_destination, workflow_trigger};
+use xmbridge_sync::{Observer, Progress, ResponseObserver, SyncError, SyncOptions};
+use xmbridge_vault::{Home, Vault};
+
+use crate::config::SyncConfigs;
+use crate::error::{ErrorKind, Result, ServiceError};
+use crate::metrics::Metrics;
+use crate::runs::{RunError, RunOutcome, RunStatus, RunTrigger, Runs, SyncRun, TableCounts};
+
+/// How the scheduler runs.
+#[derive(Clone, Debug)]
+pub struct SchedulerOptions {
+    /// Schedule intervals are divided by this (1 in production; tests use e.g. 300 so that
+    /// `5m` fires every second).
+    pub scale: u32,
+    /// How long running syncs get at shutdown to reach their next commit boundary before they
+    /// are dropped.
+    pub grace: Duration,
+    /// How often a run's progress is written (and a cancel looked for in the store).
+    pub progress_every: Duration,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        SchedulerOptions {
+            scale: 1,
+            grace: Duration::from_secs(20),
+            progress_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the scheduler works with.
+#[derive(Clone)]
+pub struct Deps {
+    /// `XMBRIDGE_HOME` (workflow definitions for the sync trigger).
+    pub home: Home,
+    /// Connections and secrets.
+    pub vault: Arc<Vault>,
+    /// Sync configurations and schedules.
+    pub configs: SyncConfigs,
+    /// The run history.
+    pub runs: Runs,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// The workflow file of `sync-responses` workflows (as `sync --config`).
+    pub workflow_config: Option<PathBuf>,
+}
+
+/// The answer to "sync now".
+#[derive(Clone, Debug)]
+pub struct Enqueued {
+    /// The queued run (the one queued before, when `already_queued`).
+    pub run: SyncRun,
+    /// A run of the connection already running, which the queued one waits for.
+    pub running: Option<i64>,
+    /// A run was queued already: nothing new was queued.
+    pub already_queued: bool,
+}
+
+/// A running run's stop switch.
+struct Active {
+    run: i64,
+    stop: Arc<AtomicBool>,
+    /// Set when the server's shutdown (not a person) stopped it.
+    shutdown: Arc<AtomicBool>,
+}
+
+struct Shared {
+    deps: Deps,
+    opts: SchedulerOptions,
+    wake: Notify,
+    /// Running runs by connection.
+    active: Mutex<HashMap<String, Active>>,
+    /// Serializes "sync now" so two requests cannot both queue.
+    queueing: Mutex<()>,
+}
+
+/// The scheduler: [`Scheduler::recover`] once at start, then [`Scheduler::run`].
+pub struct Scheduler {
+    shared: Arc<Shared>,
+}
+
+/// Queues, cancels and re-plans runs; cheap to clone (the API holds one).
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    shared: Arc<Shared>,
+}
+
+impl Scheduler {
+    /// A scheduler over `deps`.
+    pub fn new(deps: Deps, opts: SchedulerOptions) -> Scheduler {
+        Scheduler {
+            shared: Arc::new(Shared {
+                deps,
+                opts,
+                wake: Notify::new(),
+                active: Mutex::new(HashMap::new()),
+                queueing: Mutex::new(()),
+            }),
+        }
+    }
+
+    /// The handle the API uses.
+    pub fn handle(&self) -> SchedulerHandle {
+        SchedulerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Marks the runs a killed server left `running` as failed and queues one `resume` run for
+    /// each connection (unless one is queued already). Returns the failed runs' ids.
+    pub fn recover(&self) -> Result<Vec<i64>> {
+        let runs = &self.shared.deps.runs;
+        let mut failed = Vec::new();
+        for run in runs.interrupted()? {
+            runs.finish(
+                run.id,
+                RunOutcome {
+                    status: RunStatus::Failed,
+                    responses: run.responses,
+                    api_calls: run.api_calls,
+                    throttled: run.throttled,
+                    tables: run.tables.clone(),
+                    error: Some(RunError {
+                        message: "the server stopped during this run (it was killed or crashed); the batches it committed are kept".into(),
+                        fix: Some("nothing to do: a resume run was queued at the next start and continues from the last commit".into()),
+                    }),
+                },
+            )?;
+            failed.push(run.id);
+            let queued = runs
+                .active(&run.connection)?
+                .iter()
+                .any(|r| r.status == RunStatus::Queued);
+            if !queued {
+                runs.queue(&run.connection, RunTrigger::Resume, None)?;
+            }
+            tracing::warn!(run = run.id, connection = %run.connection, "run interrupted by a stopped server marked failed; a resume run is queued");
+        }
+        Ok(failed)
+    }
+
+    /// Plans and starts runs until `shutdown` resolves; then asks running runs to stop at their
+    /// next commit boundary, waits up to the grace period and drops what is still running.
+    /// Returns how many runs the shutdown stopped.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> usize {
+        let shared = self.shared;
+        let stopping = Arc::new(AtomicBool::new(false));
+        {
+            let (shared, stopping) = (shared.clone(), stopping.clone());
+            tokio::spawn(async move {
+                shutdown.await;
+                stopping.store(true, Ordering::SeqCst);
+                shared.wake.notify_waiters();
+            });
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let woken = shared.wake.notified();
+            if stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            let next = match plan(&shared, &mut tasks) {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::error!(error = %e, "the scheduler could not read the state store; retrying");
+                    Duration::from_secs(5)
+                }
+            };
+            while tasks.try_join_next().is_some() {}
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep(next) => {}
+            }
+        }
+        // Shutdown: every running run stops at its next commit boundary.
+        let mut stopped = 0;
+        for a in shared.active.lock().values() {
+            a.shutdown.store(true, Ordering::SeqCst);
+            a.stop.store(true, Ordering::SeqCst);
+            stopped += 1;
+        }
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(shared.opts.grace, drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_s = shared.opts.grace.as_secs(),
+                "runs did not reach a commit boundary within the grace period; dropping them (their uncommitted batch rolls back)"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            // The dropped runs' rows: cancelled, resumed at the next start.
+            let left: Vec<(String, i64)> = shared
+                .active
+                .lock()
+                .drain()
+                .map(|(c, a)| (c, a.run))
+                .collect();
+            for (connection, id) in left {
+                let outcome = RunOutcome {
+                    status: RunStatus::Cancelled,
+                    responses: 0,
+                    api_calls: 0,
+                    throttled: 0,
+                    tables: BTreeMap::new(),
+                    error: Some(shutdown_error(true)),
+                };
+                let done = shared
+                    .deps
+                    .runs
+                    .get(id)
+                    .map(|r| RunOutcome {
+                        tables: r.tables,
+                        ..outcome
+                    })
+                    .and_then(|o| shared.deps.runs.finish(id, o));
+                if let Err(e) = done.and_then(|_| {
+                    shared
+                        .deps
+                        .runs
+                        .queue(&connection, RunTrigger::Resume, None)
+                }) {
+                    tracing::error!(run = id, error = %e, "could not record a dropped run; the next start marks it failed and resumes it");
+                }
+            }
+        }
+        stopped
+    }
+}
+
+/// Queues the runs due by schedule and starts queued runs whose connection is idle. Returns how
+/// long to sleep before planning again.
+fn plan(shared: &Arc<Shared>, tasks: &mut tokio::task::JoinSet<()>) -> Result<Duration> {
+    let deps = &shared.deps;
+    let now = Utc::now();
+    let mut next = Duration::from_secs(1);
+    for (connection, cfg) in deps.configs.list()? {
+        let Some(every) = cfg.every.as_ref() else {
+            continue;
+        };
+        if cfg.paused {
+            continue;
+        }
+        let interval = scaled(every.duration(), shared.opts.scale);
+        let due_at = match deps.runs.last_slot(&connection)? {
+            // Never run on its schedule: the first slot is now.
+            None => now,
+            Some(last) => last + chrono::Duration::from_std(interval).unwrap_or_default(),
+        };
+        if due_at > now {
+            let wait = (due_at - now).to_std().unwrap_or_default();
+            next = next.min(wait);
+            continue;
+        }
+        // However many slots passed (a server down for hours), one run, and the next slot
+        // counts from now.
+        deps.runs.set_last_slot(&connection, now)?;
+        next = next.min(interval);
+        let _guard = shared.queueing.lock();
+        if deps.runs.active(&connection)?.is_empty() {
+            let run = deps.runs.queue(&connection, RunTrigger::Schedule, None)?;
+            tracing::info!(run = run.id, connection = %connection, "scheduled sync queued");
+        } else {
+            tracing::info!(connection = %connection, "scheduled slot skipped: a run of this connection is queued or running");
+        }
+    }
+    for run in deps.runs.queued()? {
+        let mut active = shared.active.lock();
+        if active.contains_key(&run.connection) {
+            continue;
+        }
+        let stop = Arc::new(AtomicBool::new(run.cancel_requested));
+        let shutdown = Arc::new(AtomicBool::new(false));
+        active.insert(
+            run.connection.clone(),
+            Active {
+                run: run.id,
+                stop: stop.clone(),
+                shutdown: shutdown.clone(),
+            },
+        );
+        drop(active);
+        let shared2 = shared.clone();
+        tasks.spawn(async move {
+            let connection = run.connection.clone();
+            execute(&shared2, run, stop, shutdown).await;
+            shared2.active.lock().remove(&connection);
+            // A queued follow-up may start now.
+            shared2.wake.notify_waiters();
+        });
+    }
+    Ok(next.max(Duration::from_millis(50)))
+}
+
+/// `every` divided by `scale` (at least 10 ms).
+fn scaled(every: Duration, scale: u32) -> Duration {
+    (every / scale.max(1)).max(Duration::from_millis(10))
+}
+
+impl SchedulerHandle {
+    /// Queues a run of `connection` now (whatever its schedule says, paused or not). During a
+    /// run, one more is queued; when one is queued already, that one is returned and nothing
+    /// new is queued.
+    pub fn sync_now(
+        &self,
+        connection: &str,
+        trigger: RunTrigger,
+        by: Option<&str>,
+    ) -> Result<Enqueued> {
+        let deps = &self.shared.deps;
+        if deps.configs.get(connection)?.is_none() {
+            return Err(no_config(connection));
+        }
+        let _guard = self.shared.queueing.lock();
+        let active = deps.runs.active(connection)?;
+        let running = active
+            .iter()
+            .find(|r| r.status == RunStatus::Running)
+            .map(|r| r.id);
+        if let Some(queued) = active.iter().find(|r| r.status == RunStatus::Queued) {
+            return Ok(Enqueued {
+                run: queued.clone(),
+                running,
+                already_queued: true,
+            });
+        }
+        let run = deps.runs.queue(connection, trigger, by)?;
+        self.shared.wake.notify_waiters();
+        Ok(Enqueued {
+            run,
+            running,
+            already_queued: false,
+        })
+    }
+
+    /// Cancels run `id`: a queued run at once, a running one at its next commit boundary.
+    pub fn cancel(&self, id: i64) -> Result<SyncRun> {
+        let run = self.shared.deps.runs.request_cancel(id)?;
+        if let Some(a) = self.shared.active.lock().get(&run.connection)
+            && a.run == id
+        {
+            a.stop.store(true, Ordering::SeqCst);
+        }
+        self.shared.wake.notify_waiters();
+        Ok(run)
+    }
+
+    /// A schedule or configuration changed: plan again now.
+    pub fn changed(&self, connection: &str) {
+        tracing::debug!(connection, "sync configuration changed; re-planning");
+        self.shared.wake.notify_waiters();
+    }
+}
+
+fn no_config(connection: &str) -> ServiceError {
+    ServiceError::refused(
+        ErrorKind::NotFound,
+        "no_sync_config",
+        format!("connection {connection} has no sync configuration (no destination)"),
+        Some(format!(
+            "set its destination first: xmbridge connection set {connection} --destination URL"
+        )),
+    )
+}
+
+fn shutdown_error(dropped: bool) -> RunError {
+    let message = if dropped {
+        "the server stopped during this run and it did not reach a commit boundary within the grace period; its uncommitted batch was rolled back, the batches it committed are kept"
+    } else {
+        "the server stopped during this run; it stopped at a commit boundary, everything it wrote is kept"
+    };
+    RunError {
+        message: message.into(),
+        fix: Some("nothing to do: a resume run is queued and continues at the next start".into()),
+    }
+}
+
+/// Rows per stream, for the run's `progress`.
+#[derive(Default)]
+struct RunProgress {
+    streams: Mutex<BTreeMap<String, StreamProgress>>,
+}
+
+#[derive(Default, Clone)]
+struct StreamProgress {
+    done: u64,
+    total: Option<u64>,
+    finished: bool,
+}
+
+impl RunProgress {
+    fn json(&self) -> Value {
+        let streams: serde_json::Map<String, Value> = self
+            .streams
+            .lock()
+            .iter()
+            .map(|(k, s)| {
+                (
+                    k.clone(),
+                    json!({"done": s.done, "total": s.total, "finished": s.finished}),
+                )
+            })
+            .collect();
+        json!({ "streams": streams })
+    }
+}
+
+impl Progress for RunProgress {
+    fn stream_started(&self, stream: &str, total: Option<u64>) {
+        let mut s = self.streams.lock();
+        let e = s.entry(stream.to_string()).or_default();
+        e.total = total;
+        e.finished = false;
+    }
+    fn advanced(&self, stream: &str, n: u64) {
+        self.streams
+            .lock()
+            .entry(stream.to_string())
+            .or_default()
+            .done += n;
+    }
+    fn stream_finished(&self, stream: &str) {
+        self.streams
+            .lock()
+            .entry(stream.to_string())
+            .or_default()
+            .finished = true;
+    }
+}
+
+/// The message of the error [`StopAtCommit`] returns.
+const STOPPED: &str = "stopped at a commit boundary";
+
+/// A destination that, after a commit, flushes and refuses to go on once a stop was asked for
+/// (the commit itself is kept); it also counts what was committed (the counts of a run that does not finish) and feeds
+/// the metrics.
+pub struct StopAtCommit {
+    inner: Box<dyn Destination>,
+    stop: Arc<AtomicBool>,
+    stopped: Arc<AtomicBool>,
+    counts: Arc<Mutex<BTreeMap<String, TableCounts>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl StopAtCommit {
+    /// Wraps `inner`; `stop` asks for the stop, `stopped` says it happened.
+    fn new(
+        inner: Box<dyn Destination>,
+        stop: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
+    ) -> StopAtCommit {
+        StopAtCommit {
+            inner,
+            stop,
+            stopped: Arc::new(AtomicBool::new(false)),
+            counts: Arc::new(Mutex::new(BTreeMap::new())),
+            metrics,
+        }
+    }
+}
+
+impl Destination for StopAtCommit {
+    fn ensure_tables<'a>(
+        &'a mut self,
+        specs: &'a [TableSpec],
+    ) -> BoxFuture<'a, Result<Ensured, DestError>> {
+        self.inner.ensure_tables(specs)
+    }
+
+    fn cursor<'a>(
+        &'a mut self,
+        stream: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Value>, DestError>> {
+        self.inner.cursor(stream)
+    }
+
+    fn commit(&mut self, commit: Commit) -> BoxFuture<'_, Result<CommitStats, DestError>> {
+        Box::pin(async move {
+            let stats = self.inner.commit(commit).await?;
+            {
+                let mut counts = self.counts.lock();
+                for (t, i, u, d) in &stats.tables {
+                    let c = counts.entry(t.clone()).or_default();
+                    c.inserted += i;
+                    c.updated += u;
+                    c.deleted += d;
+                }
+            }
+            self.metrics.add_rows(
+                stats
+                    .tables
+                    .iter()
+                    .map(|(t, i, u, d)| (t.as_str(), *i, *u, *d)),
+            );
+            if self.stop.load(Ordering::SeqCst) {
+                // This commit is the boundary: make it durable (SQLite groups commits), then
+                // refuse to go on; the engine ends the run with this error.
+                self.inner.flush().await?;
+                self.stopped.store(true, Ordering::SeqCst);
+                return Err(DestError::Sql {
+                    context: "sync run".into(),
+                    message: STOPPED.into(),
+                });
+            }
+            Ok(stats)
+        })
+    }
+
+    fn flush(&mut self) -> BoxFuture<'_, Result<(), DestError>> {
+        self.inner.flush()
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn keys<'a>(
+        &'a mut self,
+        table: &'a str,
+        column: &'a str,
+        filter: &'a [(String, xmbridge_destinations::Value)],
+    ) -> BoxFuture<'a, Result<Vec<String>, DestError>> {
+        self.inner.keys(table, column, filter)
+    }
+}
+
+/// Runs one queued run to its end and records it.
+async fn execute(
+    shared: &Arc<Shared>,
+    run: SyncRun,
+    stop: Arc<AtomicBool>,
+    shutdown: Arc<AtomicBool>,
+) {
+    let deps = &shared.deps;
+    let id = run.id;
+    let connection = run.connection.clone();
+    if let Err(e) = deps.runs.start(id) {
+        // Cancelled between the look and the start, most likely.
+        tracing::info!(run = id, error = %e, "queued run not started");
+        return;
+    }
+    tracing::info!(run = id, connection = %connection, trigger = run.trigger.as_str(), "sync run started");
+    let started = Instant::now();
+    let outcome = match prepare(deps, &connection, stop.clone()).await {
+        Err(error) => RunOutcome {
+            status: RunStatus::Failed,
+            responses: 0,
+            api_calls: 0,
+            throttled: 0,
+            tables: BTreeMap::new(),
+            error: Some(error),
+        },
+        Ok(prepared) => drive(shared, id, &connection, prepared, &stop).await,
+    };
+    let shutdown_stop = shutdown.load(Ordering::SeqCst);
+    let outcome = if outcome.status == RunStatus::Cancelled && shutdown_stop {
+        RunOutcome {
+            error: Some(shutdown_error(false)),
+            ..outcome
+        }
+    } else {
+        outcome
+    };
+    let status = outcome.status;
+    deps.metrics
+        .add_calls(&connection, outcome.api_calls, outcome.throttled);
+    match deps.runs.finish(id, outcome) {
+        Ok(r) => tracing::info!(
+            run = id,
+            connection = %connection,
+            status = r.status.as_str(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            error = r.error.as_ref().map(|e| e.message.as_str()).unwrap_or(""),
+            "sync run finished"
+        ),
+        Err(e) => tracing::error!(run = id, error = %e, "could not record the end of a sync run"),
+    }
+    if status == RunStatus::Cancelled
+        && shutdown_stop
+        && let Err(e) = deps.runs.queue(&connection, RunTrigger::Resume, None)
+    {
+        tracing::error!(run = id, error = %e, "could not queue the resume run");
+    }
+}
+
+/// What a run needs, opened.
+struct Prepared {
+    client: xmbridge_qualtrics::Client,
+    dest: StopAtCommit,
+    opts: SyncOptions,
+}
+
+/// Opens the connection's client, its destination and the workflow trigger, as `xmbridge sync`
+/// does.
+async fn prepare(
+    deps: &Deps,
+    connection: &str,
+    stop: Arc<AtomicBool>,
+) -> std::result::Result<Prepared, RunError> {
+    let cfg = match deps.configs.get(connection) {
+        Ok(Some(cfg)) => cfg,
+        Ok(None) => {
+            let e = no_config(connection);
+            return Err(RunError {
+                message: e.to_string(),
+                fix: e.fix().map(str::to_string),
+            });
+        }
+        Err(e) => return Err(run_error(&e, None)),
+    };
+    let settings = deps
+        .configs
+        .destination_settings(connection, &cfg)
+        .map_err(|e| {
+            run_error(
+                &e,
+                Some(format!(
+                    "check the destination: xmbridge connection set {connection} --destination URL"
+                )),
+            )
+        })?;
+    let connected =
+        xmbridge_runtime::connection::connect(&deps.vault, connection).map_err(|e| {
+            run_error(
+                &e,
+                Some(format!(
+                    "xmbridge connection test {connection} shows what is wrong with the connection"
+                )),
+            )
+        })?;
+    let dest = open_destination(&settings, &cfg.schema, Compat::Xmbridge)
+        .await
+        .map_err(|e| {
+            let fix = if e.destination_busy() {
+                "another sync is writing this destination; this connection syncs again at its next slot (or sync now once the other one is done)".to_string()
+            } else {
+                format!("check that the destination is reachable and its URL and password are right: xmbridge connection set {connection} --destination URL")
+            };
+            run_error(&e, Some(fix))
+        })?;
+    let trigger = workflow_trigger(&deps.home, deps.workflow_config.clone(), false)
+        .map_err(|e| run_error(&e, None))?
+        .map(Arc::new);
+    let opts = SyncOptions {
+        tables: cfg.tables.clone(),
+        compat: Compat::Xmbridge,
+        observer: trigger.map(|t| Observer(t as Arc<dyn ResponseObserver>)),
+        ..SyncOptions::default()
+    };
+    Ok(Prepared {
+        client: connected.client,
+        dest: StopAtCommit::new(dest, stop, deps.metrics.clone()),
+        opts,
+    })
+}
+
+/// Runs the sync, writing progress about once a second and watching for a cancel asked through
+/// the store, and turns its end into an outcome.
+async fn drive(
+    shared: &Arc<Shared>,
+    id: i64,
+    connection: &str,
+    prepared: Prepared,
+    stop: &Arc<AtomicBool>,
+) -> RunOutcome {
+    let deps = &shared.deps;
+    let Prepared {
+        client,
+        mut dest,
+        opts,
+    } = prepared;
+    let progress = RunProgress::default();
+    let calls_before = client.api_calls();
+    let throttled_before = client.throttled();
+    let stopped = dest.stopped.clone();
+    let counts = dest.counts.clone();
+    let result = {
+        let sync = xmbridge_sync::sync(&client, &mut dest, &opts, &progress);
+        tokio::pin!(sync);
+        let mut ticker = tokio::time::interval(shared.opts.progress_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = &mut sync => break r,
+                _ = ticker.tick() => {
+                    let (runs, p) = (deps.runs.clone(), progress.json());
+                    // A cancel asked through the store (another handle, the CLI) counts too.
+                    let cancel = tokio::task::spawn_blocking(move || {
+                        let _ = runs.set_progress(id, &p);
+                        runs.get(id).map(|r| r.cancel_requested).unwrap_or(false)
+                    })
+                    .await
+                    .unwrap_or(false);
+                    if cancel {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+    };
+    let _ = deps.runs.set_progress(id, &progress.json());
+    let api_calls = client.api_calls().saturating_sub(calls_before);
+    let throttled = client.throttled().saturating_sub(throttled_before);
+    let committed = counts.lock().clone();
+    match result {
+        Ok(summary) => RunOutcome {
+            status: RunStatus::Succeeded,
+            responses: summary.responses,
+            api_calls,
+            throttled,
+            tables: summary
+                .tables
+                .iter()
+                .map(|(t, c)| {
+                    (
+                        t.clone(),
+                        TableCounts {
+                            inserted: c.inserted,
+                            updated: c.updated,
+                            deleted: c.deleted,
+                        },
+                    )
+                })
+                .collect(),
+            error: None,
+        },
+        Err(_) if stopped.load(Ordering::SeqCst) => RunOutcome {
+            status: RunStatus::Cancelled,
+            responses: committed
+                .get("survey_response")
+                .map(|c| c.inserted + c.updated)
+                .unwrap_or(0),
+            api_calls,
+            throttled,
+            tables: committed,
+            error: Some(RunError {
+                message: "cancelled; it stopped at a commit boundary, everything it wrote is kept"
+                    .into(),
+                fix: None,
+            }),
+        },
+        Err(e) => {
+            let fix = sync_fix(&e, connection);
+            RunOutcome {
+                status: RunStatus::Failed,
+                responses: committed
+                    .get("survey_response")
+                    .map(|c| c.inserted + c.updated)
+                    .unwrap_or(0),
+                api_calls,
+                throttled,
+                tables: committed,
+                error: Some(RunError {
+                    message: chain(&e),
+                    fix,
+                }),
+            }
+        }
+    }
+}
+
+/// What to do about a failed sync.
+fn sync_fix(e: &SyncError, connection: &str) -> Option<String> {
+    match e {
+        SyncError::Destination { source, table, .. } => Some(match source.kind() {
+            DestErrorKind::Connect => format!("check that the destination is reachable and its URL and password are right: xmbridge connection set {connection} --destination URL"),
+            DestErrorKind::Busy => "another sync is writing this destination; this connection syncs again at its next slot".into(),
+            DestErrorKind::Cursor => format!("reload the table's stream once: xmbridge sync {connection} --destination URL --full --tables {table} (later runs are incremental again)"),
+            DestErrorKind::DiskFull => "free space on the destination (or raise its size cap); the next run continues from the last commit".into(),
+            DestErrorKind::Schema => "the destination's tables were changed by hand; restore them, or drop the table so the next run recreates and reloads it".into(),
+            _ => return None,
+        }),
+        SyncError::Qualtrics { source, .. } => {
+            use xmbridge_auth::ErrorKind as K;
+            Some(match source.kind() {
+                K::Reauthorize => format!("re-authorize the connection: xmbridge connection authorize {connection} (or update its token), then xmbridge connection test {connection}"),
+                K::Configuration | K::Refused => format!("xmbridge connection test {connection} shows which permission or setting is missing"),
+                K::RateLimited => "the brand's API budget is used up for now; the next run continues from the last commit".into(),
+                K::Transient => "Qualtrics or the network failed for a while; the next run continues from the last commit".into(),
+                _ => return None,
+            })
+        }
+        SyncError::Options(_) => Some(format!(
+            "fix the table selection: xmbridge connection set {connection} --tables …"
+        )),
+        _ => None,
+    }
+}
+
+fn run_error(e: &(dyn std::error::Error + 'static), fix: Option<String>) -> RunError {
+    RunError {
+        message: chain(e),
+        fix,
+    }
+}
+
+/// `e` and its causes joined by ": ", skipping a cause the text already holds.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_scale_down_but_not_to_zero() {
+        assert_eq!(
+            scaled(Duration::from_secs(300), 300),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            scaled(Duration::from_secs(300), 1),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            scaled(Duration::from_secs(300), 0),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            scaled(Duration::from_secs(1), 1_000_000),
+            Duration::from_millis(10)
+        );
+    }
+
+    #[test]
+    fn progress_is_rows_per_stream() {
+        let p = RunProgress::default();
+        p.stream_started("responses", Some(10));
+        p.advanced("responses", 4);
+        p.advanced("responses", 3);
+        p.stream_finished("surveys");
+        let j = p.json();
+        assert_eq!(j["streams"]["responses"]["done"], 7);
+        assert_eq!(j["streams"]["responses"]["total"], 10);
+        assert_eq!(j["streams"]["surveys"]["finished"], true);
+    }
+}

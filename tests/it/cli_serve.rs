@@ -1,0 +1,737 @@
+//! `xmbridge serve` end to end: the real binary as a child process (`start_server`), the
+//! Qualtrics simulator on loopback, real SQLite and PostgreSQL destinations. Listen rules, the
+//! one-server lock, TLS, schedules firing, a killed and a SIGTERM'd server resuming its sync,
+//! `/readyz` and `/metrics`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use xmbridge_service::config::{ConfigChange, Every, SyncConfigs};
+use xmbridge_service::runs::{RunStatus, RunTrigger, Runs, SyncRun};
+use xmbridge_service::users::{Role, Users};
+use xmbridge_sim::{SimConfig, SimHandle};
+use xmbridge_test_kit::pg::TestDb;
+use xmbridge_test_kit::serve::{Served, start_server, start_server_exact};
+use xmbridge_vault::{Home, MasterKey, SecretString, Vault};
+
+use crate::support::{self, Install};
+
+async fn sim(cfg: SimConfig) -> SimHandle {
+    xmbridge_test_kit::sim::qualtrics(cfg).await
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// The installation's service stores, opened directly (as the server does).
+struct Stores {
+    configs: SyncConfigs,
+    runs: Runs,
+    users: Users,
+}
+
+fn stores(i: &Install) -> Stores {
+    let home = Home::at(i.home()).unwrap();
+    let key = MasterKey::load(&home, None).unwrap();
+    let vault = Arc::new(Vault::open_home(&home, key).unwrap());
+    let db = home.state_db();
+    Stores {
+        configs: SyncConfigs::open(&db, vault).unwrap(),
+        runs: Runs::open(&db).unwrap(),
+        users: Users::open(&db).unwrap(),
+    }
+}
+
+/// Gives `connection` a destination and (optionally) a schedule.
+fn configure(i: &Install, connection: &str, destination: &str, every: Option<&str>) {
+    let change = ConfigChange {
+        destination: Some(destination.to_string()),
+        every: Some(every.map(|e| Every::parse(e).unwrap())),
+        ..ConfigChange::default()
+    };
+    stores(i).configs.apply(connection, change).unwrap();
+}
+
+/// An API token of a new admin `ops`.
+fn token(i: &Install) -> String {
+    use xmbridge_vault::ExposeSecret;
+    let users = stores(i).users;
+    users
+        .add(
+            "ops",
+            Role::Admin,
+            &SecretString::from("correct horse battery".to_string()),
+        )
+        .unwrap();
+    let (_, secret) = users.create_token("ops", None).unwrap();
+    secret.expose_secret().to_string()
+}
+
+/// Waits until `done` holds for the connection's run history (newest first), up to `timeout`.
+async fn wait_runs(
+    i: &Install,
+    connection: &str,
+    timeout: Duration,
+    what: &str,
+    server: Option<&Served>,
+    done: impl Fn(&[SyncRun]) -> bool,
+) -> Vec<SyncRun> {
+    let runs = stores(i).runs;
+    let start = Instant::now();
+    loop {
+        let list = runs.list(connection, 100).unwrap();
+        if done(&list) {
+            return list;
+        }
+        if start.elapsed() > timeout {
+            panic!(
+                "{what}: not within {timeout:?}; runs: {list:#?}\nserver stderr:\n{}",
+                server.map(Served::stderr).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A destination: its URL, physical table names and row counts.
+enum Dest {
+    Sqlite(std::path::PathBuf),
+    Pg(TestDb),
+}
+
+impl Dest {
+    fn url(&self) -> String {
+        match self {
+            Dest::Sqlite(p) => format!("sqlite:{}", p.display()),
+            Dest::Pg(db) => db.url().to_string(),
+        }
+    }
+
+    /// Rows of every table the destination holds (the cursor table left out).
+    async fn counts(&self) -> BTreeMap<String, u64> {
+        match self {
+            Dest::Sqlite(p) => sqlite_counts(p),
+            Dest::Pg(db) => {
+                let c = db.client().await;
+                let tables = c
+                    .query(
+                        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'qualtrics'",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                let mut out = BTreeMap::new();
+                for t in tables {
+                    let name: String = t.get(0);
+                    if name.starts_with('_') {
+                        continue;
+                    }
+                    let n: i64 = c
+                        .query_one(&format!("SELECT COUNT(*) FROM qualtrics.\"{name}\""), &[])
+                        .await
+                        .unwrap()
+                        .get(0);
+                    out.insert(name, n as u64);
+                }
+                out
+            }
+        }
+    }
+}
+
+fn sqlite_counts(p: &Path) -> BTreeMap<String, u64> {
+    let c = rusqlite::Connection::open(p).unwrap();
+    let names: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'qualtrics\\_%' ESCAPE '\\'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    names
+        .into_iter()
+        .filter_map(|n| {
+            let table = n.strip_prefix("qualtrics_")?.to_string();
+            // The cursor table is the destination's own bookkeeping.
+            if table.starts_with('_') {
+                return None;
+            }
+            let count: i64 = c
+                .query_row(&format!("SELECT COUNT(*) FROM \"{n}\""), [], |r| r.get(0))
+                .unwrap();
+            Some((table, count as u64))
+        })
+        .collect()
+}
+
+/// What a clean `xmbridge sync` of the same simulator writes into a fresh SQLite file.
+async fn clean_counts(i: &Install) -> BTreeMap<String, u64> {
+    let db = i.path("clean.db");
+    i.ok(&[
+        "sync",
+        "acme",
+        "--destination",
+        &format!("sqlite:{}", db.display()),
+        "--no-triggers",
+    ])
+    .await;
+    sqlite_counts(&db)
+}
+
+// ---------------------------------------------------------------- listening, lock, TLS, ops
+
+#[tokio::test]
+async fn first_line_health_and_readiness_on_loopback() {
+    let i = support::install();
+    let mut s = start_server(&i, &[]).await;
+    let rest = s
+        .url
+        .strip_prefix("http://127.0.0.1:")
+        .unwrap_or_else(|| panic!("not a loopback http URL: {}", s.url));
+    assert!(rest.parse::<u16>().unwrap() > 0, "{}", s.url);
+    assert_eq!(
+        s.stdout().lines().next().unwrap(),
+        format!("listening on {}", s.url)
+    );
+    let c = http();
+    let health = c.get(s.at("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = c.get(s.at("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert!(ready.text().await.unwrap().contains("state store answers"));
+    // The webhook routes are there, as with `workflow run`: an unknown workflow is refused.
+    let hook = c
+        .post(s.at("/hooks/servicenow/nope"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hook.status(), 401);
+    s.terminate();
+    let status = s.wait(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}\n{}", s.stderr());
+    assert!(s.stdout().contains("stopped:"), "{}", s.stdout());
+}
+
+#[tokio::test]
+async fn the_default_address_is_loopback_8080() {
+    let i = support::install();
+    let out = i.cmd(&["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("[default: 127.0.0.1:8080]"), "{help}");
+    // Started without --listen: it either serves on 127.0.0.1:8080 or says it cannot bind
+    // exactly that address (another program holds the port); nothing else.
+    let mut child = i
+        .cmd(&["serve"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout).lines().next()
+    })
+    .await
+    .unwrap();
+    match first {
+        Some(Ok(line)) => {
+            assert_eq!(line, "listening on http://127.0.0.1:8080");
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        _ => {
+            let out = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("cannot listen on 127.0.0.1:8080"), "{err}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_remote_address_is_refused_before_binding_without_allow_remote() {
+    let i = support::install();
+    for addr in ["0.0.0.0:0", "[::]:0"] {
+        let out = i.run(&["serve", "--listen", addr]).await;
+        out.fails(2, "not a loopback address");
+        let err = out.stderr();
+        assert!(err.contains("--allow-remote"), "{err}");
+        assert!(out.stdout().is_empty(), "{}", out.stdout());
+        // Refused before the home was even locked or opened.
+        assert!(!i.home().join("serve.lock").exists());
+    }
+}
+
+#[tokio::test]
+async fn a_second_server_on_one_home_is_refused_and_a_killed_one_leaves_no_lock() {
+    let i = support::install();
+    let mut first = start_server(&i, &[]).await;
+    let out = i.run(&["serve", "--listen", "127.0.0.1:0"]).await;
+    out.fails(1, "already running");
+    assert!(
+        out.stderr().contains(&format!("pid {}", first.pid())),
+        "{}",
+        out.stderr()
+    );
+    assert!(
+        out.stderr().contains("another XMBRIDGE_HOME"),
+        "{}",
+        out.stderr()
+    );
+    // The first one is unharmed.
+    let health = http().get(first.at("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    // SIGKILL: the kernel drops the lock with the process.
+    first.kill();
+    let mut second = start_server(&i, &[]).await;
+    second.terminate();
+    assert!(second.wait(Duration::from_secs(30)).await.success());
+}
+
+/// A CA and a certificate for 127.0.0.1 it signed, as PEM files; returns the CA's PEM.
+fn mint_tls(i: &Install) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "xmbridge serve test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let cert_path = i.file("tls/cert.pem", &cert.pem());
+    let key_path = i.file("tls/key.pem", &key.serialize_pem());
+    (
+        ca_cert.pem(),
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn tls_serves_health_over_https() {
+    let i = support::install();
+    let (ca, cert, key) = mint_tls(&i);
+    let mut s = start_server(&i, &["--tls-cert", &cert, "--tls-key", &key]).await;
+    assert!(s.url.starts_with("https://127.0.0.1:"), "{}", s.url);
+    let c = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).unwrap()])
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let health = c.get(s.at("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = c.get(s.at("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = s.at("/healthz").replacen("https://", "http://", 1);
+    assert!(http().get(plain).send().await.is_err());
+    // A key that does not belong to the certificate is a clear usage error.
+    let other = rcgen::KeyPair::generate().unwrap();
+    let wrong = i.file("tls/other.pem", &other.serialize_pem());
+    s.terminate();
+    assert!(s.wait(Duration::from_secs(30)).await.success());
+    let out = i
+        .run(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            wrong.to_str().unwrap(),
+        ])
+        .await;
+    out.fails(2, "do not make a usable certificate");
+}
+
+// ---------------------------------------------------------------- schedules and metrics
+
+#[tokio::test]
+async fn a_schedule_fires_and_each_run_is_recorded_with_the_counts_the_destination_holds() {
+    let h = sim(SimConfig {
+        surveys: 2,
+        responses: 40,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = support::install();
+    i.connect(&h, "acme").await;
+    let db = i.path("scheduled.db");
+    configure(&i, "acme", &format!("sqlite:{}", db.display()), Some("5m"));
+    let token = token(&i);
+    // 5m / 300: a slot every second.
+    let mut s = start_server(&i, &["--schedule-scale", "300"]).await;
+    let runs = wait_runs(
+        &i,
+        "acme",
+        Duration::from_secs(90),
+        "two scheduled runs succeed",
+        Some(&s),
+        |runs| {
+            runs.iter()
+                .filter(|r| r.trigger == RunTrigger::Schedule && r.status == RunStatus::Succeeded)
+                .count()
+                >= 2
+        },
+    )
+    .await;
+    let c = http();
+    let metrics = c
+        .get(s.at("/metrics"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    assert_eq!(
+        c.get(s.at("/metrics")).send().await.unwrap().status(),
+        401,
+        "metrics need a token"
+    );
+    s.terminate();
+    assert!(
+        s.wait(Duration::from_secs(60)).await.success(),
+        "{}",
+        s.stderr()
+    );
+
+    let runs = stores(&i).runs.list("acme", 100).unwrap();
+    assert!(
+        runs.iter()
+            .all(|r| r.status == RunStatus::Succeeded || r.status == RunStatus::Cancelled),
+        "{runs:#?}"
+    );
+    assert!(runs.iter().all(|r| r.trigger != RunTrigger::User));
+    let first = runs.last().unwrap();
+    assert_eq!(first.trigger, RunTrigger::Schedule);
+    assert!(first.api_calls > 0, "{first:#?}");
+    assert!(first.responses >= 80, "{first:#?}");
+    assert!(first.started_at.is_some() && first.finished_at.is_some());
+    // Every row the destination holds was inserted by a recorded run, once.
+    let held = sqlite_counts(&db);
+    let mut inserted: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &runs {
+        for (t, c) in &r.tables {
+            *inserted.entry(t.clone()).or_default() += c.inserted;
+        }
+    }
+    assert!(
+        held.get("survey_response").copied().unwrap_or(0) >= 80,
+        "{held:?}"
+    );
+    for (table, n) in &held {
+        assert_eq!(
+            inserted.get(table),
+            Some(n),
+            "table {table}: runs {inserted:?}, held {held:?}"
+        );
+    }
+    // The first run loaded everything a clean sync loads.
+    assert_eq!(held, clean_counts(&i).await);
+    for family in [
+        "xmbridge_sync_runs{status=\"succeeded\"}",
+        "xmbridge_sync_rows_written_total{table=\"survey_response\",operation=\"inserted\"}",
+        "xmbridge_qualtrics_api_calls_total{connection=\"acme\"}",
+        "xmbridge_qualtrics_throttled_total{connection=\"acme\"}",
+        "xmbridge_outbox_events{state=\"pending\"}",
+        "# TYPE xmbridge_delivery_latency_seconds histogram",
+        "xmbridge_delivery_latency_seconds_count",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+    let rows_line = text
+        .lines()
+        .find(|l| l.starts_with("xmbridge_sync_rows_written_total{table=\"survey_response\",operation=\"inserted\"}"))
+        .unwrap();
+    let written: u64 = rows_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(Some(&written), held.get("survey_response"), "{rows_line}");
+}
+
+#[tokio::test]
+async fn a_paused_schedule_queues_nothing() {
+    let h = sim(SimConfig {
+        surveys: 1,
+        responses: 5,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = support::install();
+    i.connect(&h, "acme").await;
+    configure(
+        &i,
+        "acme",
+        &format!("sqlite:{}", i.path("p.db").display()),
+        Some("5m"),
+    );
+    stores(&i)
+        .configs
+        .apply(
+            "acme",
+            ConfigChange {
+                paused: Some(true),
+                ..ConfigChange::default()
+            },
+        )
+        .unwrap();
+    let mut s = start_server(&i, &["--schedule-scale", "300"]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(stores(&i).runs.list("acme", 10).unwrap().is_empty());
+    s.terminate();
+    assert!(s.wait(Duration::from_secs(30)).await.success());
+}
+
+// ---------------------------------------------------------------- killed and stopped servers
+
+/// A simulator slow enough (every answer 200 ms late) that a sync runs for many seconds, with
+/// several commits.
+async fn slow_sim() -> SimHandle {
+    let mut cfg = SimConfig {
+        surveys: 4,
+        responses: 600,
+        ..SimConfig::default()
+    };
+    cfg.faults.slow_ms = 200;
+    sim(cfg).await
+}
+
+/// Answers at full speed again (for the resume and the reference sync).
+async fn fast_again(h: &SimHandle) {
+    let r = http()
+        .post(format!("{}/_sim/faults", h.base_url))
+        .json(&serde_json::json!({"slow_ms": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+}
+
+/// Starts a server whose connection `acme` syncs into `dest` right away (a daily schedule's
+/// first slot is now) and waits until the run is running and has committed something.
+async fn server_with_a_running_sync(i: &Install, dest: &Dest) -> (Served, i64) {
+    configure(i, "acme", &dest.url(), Some("24h"));
+    let s = start_server(i, &["--grace-secs", "30"]).await;
+    let runs = wait_runs(
+        i,
+        "acme",
+        Duration::from_secs(60),
+        "the scheduled run is running with progress",
+        Some(&s),
+        |runs| {
+            runs.first().is_some_and(|r| {
+                r.status == RunStatus::Running
+                    && r.progress["streams"]
+                        .as_object()
+                        .is_some_and(|m| m.values().any(|v| v["done"].as_u64() > Some(0)))
+            })
+        },
+    )
+    .await;
+    (s, runs[0].id)
+}
+
+async fn killed_server_resumes(dest: Dest) {
+    let h = slow_sim().await;
+    let i = support::install();
+    i.connect(&h, "acme").await;
+    let (mut s, id) = server_with_a_running_sync(&i, &dest).await;
+    s.kill();
+    assert_eq!(stores(&i).runs.get(id).unwrap().status, RunStatus::Running);
+    fast_again(&h).await;
+
+    let mut again = start_server(&i, &[]).await;
+    assert!(
+        again
+            .stdout()
+            .contains(&format!("sync run {id} was interrupted")),
+        "{}",
+        again.stdout()
+    );
+    let runs = wait_runs(
+        &i,
+        "acme",
+        Duration::from_secs(180),
+        "the resume run succeeds",
+        Some(&again),
+        |runs| {
+            runs.iter()
+                .any(|r| r.trigger == RunTrigger::Resume && r.status == RunStatus::Succeeded)
+        },
+    )
+    .await;
+    let killed = runs.iter().find(|r| r.id == id).unwrap();
+    assert_eq!(killed.status, RunStatus::Failed);
+    let err = killed.error.as_ref().unwrap();
+    assert!(
+        err.message.contains("server stopped during this run"),
+        "{err:?}"
+    );
+    assert!(err.fix.as_ref().unwrap().contains("resume run"), "{err:?}");
+    let resumes: Vec<_> = runs
+        .iter()
+        .filter(|r| r.trigger == RunTrigger::Resume)
+        .collect();
+    assert_eq!(resumes.len(), 1, "{runs:#?}");
+    again.terminate();
+    assert!(again.wait(Duration::from_secs(60)).await.success());
+
+    // Nothing lost, nothing doubled: the destination holds what a clean sync writes.
+    let held = dest.counts().await;
+    let clean = clean_counts(&i).await;
+    assert_eq!(held, clean);
+    assert!(held["survey_response"] >= 2400, "{held:?}");
+}
+
+#[tokio::test]
+async fn sqlite_a_killed_server_marks_its_run_failed_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    killed_server_resumes(Dest::Sqlite(dir.path().join("killed.db"))).await;
+}
+
+#[tokio::test]
+async fn postgres_a_killed_server_marks_its_run_failed_and_resumes() {
+    let Some(db) = TestDb::create("xmb_cli_serve_killed").await else {
+        return;
+    };
+    killed_server_resumes(Dest::Pg(db)).await;
+}
+
+async fn sigterm_stops_at_a_commit_boundary(dest: Dest) {
+    let h = slow_sim().await;
+    let i = support::install();
+    i.connect(&h, "acme").await;
+    let (mut s, id) = server_with_a_running_sync(&i, &dest).await;
+    s.terminate();
+    let status = s.wait(Duration::from_secs(90)).await;
+    assert!(status.success(), "{status:?}\n{}", s.stderr());
+    fast_again(&h).await;
+    let run = stores(&i).runs.get(id).unwrap();
+    assert!(
+        matches!(run.status, RunStatus::Cancelled | RunStatus::Succeeded),
+        "{run:#?}"
+    );
+    let runs = stores(&i).runs.list("acme", 10).unwrap();
+    if run.status == RunStatus::Cancelled {
+        assert!(
+            run.error
+                .as_ref()
+                .unwrap()
+                .message
+                .contains("server stopped"),
+            "{run:#?}"
+        );
+        // What the stopped run committed is in its record and in the destination.
+        let held = dest.counts().await;
+        for (t, c) in &run.tables {
+            assert_eq!(held.get(t).copied().unwrap_or(0), c.inserted, "table {t}");
+        }
+        assert!(
+            runs.iter()
+                .any(|r| r.trigger == RunTrigger::Resume && r.status == RunStatus::Queued),
+            "{runs:#?}"
+        );
+    }
+    let mut again = start_server(&i, &[]).await;
+    if run.status == RunStatus::Cancelled {
+        wait_runs(
+            &i,
+            "acme",
+            Duration::from_secs(180),
+            "the resume run succeeds",
+            Some(&again),
+            |runs| {
+                runs.iter()
+                    .any(|r| r.trigger == RunTrigger::Resume && r.status == RunStatus::Succeeded)
+            },
+        )
+        .await;
+    }
+    again.terminate();
+    assert!(again.wait(Duration::from_secs(60)).await.success());
+    assert_eq!(dest.counts().await, clean_counts(&i).await);
+}
+
+#[tokio::test]
+async fn sqlite_sigterm_during_a_sync_exits_0_and_a_restart_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    sigterm_stops_at_a_commit_boundary(Dest::Sqlite(dir.path().join("term.db"))).await;
+}
+
+#[tokio::test]
+async fn postgres_sigterm_during_a_sync_exits_0_and_a_restart_resumes() {
+    let Some(db) = TestDb::create("xmb_cli_serve_term").await else {
+        return;
+    };
+    sigterm_stops_at_a_commit_boundary(Dest::Pg(db)).await;
+}
+
+#[tokio::test]
+async fn a_destination_that_cannot_be_reached_fails_with_its_fix_and_the_schedule_goes_on() {
+    let h = sim(SimConfig {
+        surveys: 1,
+        responses: 5,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = support::install();
+    i.connect(&h, "acme").await;
+    // A loopback port nobody listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    configure(
+        &i,
+        "acme",
+        &format!("postgres://nobody@127.0.0.1:{port}/none?sslmode=disable"),
+        Some("5m"),
+    );
+    let mut s = start_server_exact(
+        &i,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--schedule-scale",
+            "300",
+        ],
+    )
+    .await;
+    let runs = wait_runs(
+        &i,
+        "acme",
+        Duration::from_secs(60),
+        "two failed scheduled runs",
+        Some(&s),
+        |runs| {
+            runs.iter()
+                .filter(|r| r.status == RunStatus::Failed)
+                .count()
+                >= 2
+        },
+    )
+    .await;
+    s.terminate();
+    assert!(s.wait(Duration::from_secs(30)).await.success());
+    let failed = runs.iter().find(|r| r.status == RunStatus::Failed).unwrap();
+    let err = failed.error.as_ref().unwrap();
+    assert!(err.message.contains("127.0.0.1"), "{err:?}");
+    assert!(
+        err.fix
+            .as_ref()
+            .unwrap()
+            .contains("xmbridge connection set acme"),
+        "{err:?}"
+    );
+}
