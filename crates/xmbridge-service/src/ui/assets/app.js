@@ -31,6 +31,9 @@
   async function api(method, path, body) {
     const headers = { Accept: 'application/json' };
     const opts = { method, headers, credentials: 'same-origin', cache: 'no-store' };
+    // A POST, PUT or PATCH always carries a JSON object ({} when there is nothing to say): a
+    // handler reading a JSON body then never sees an empty one.
+    if (body === undefined && method !== 'GET' && method !== 'DELETE') body = {};
     if (body !== undefined) {
       headers['Content-Type'] = 'application/json';
       opts.body = JSON.stringify(body);
@@ -430,7 +433,7 @@
     const certF = field('Certificate (PEM)', cert, 'Read in your browser and sent to the server, which seals it.');
     const keyF = field('Private key (PEM, PKCS#8)', key, 'May be encrypted; then add its pass phrase file.');
     const passF = field('Pass phrase file (if the key is encrypted)', pass);
-    const standardNote = h('p', { class: 'hint', text: 'After saving, use “Authorize in Qualtrics” on the connection\'s page to approve access; the test then runs again.' });
+    const standardNote = h('p', { class: 'hint', text: 'Standard needs one approval in Qualtrics after saving: run `xmbridge connection authorize NAME` on the server, then “Test connection” on the connection\'s page. Until then the test cannot pass: use “Save anyway”.' });
 
     // Where the rows go.
     const dest = h('input', { type: 'text', id: 'conn-destination', name: 'destination', required: true, placeholder: 'postgres://USER@HOST:5432/DATABASE', autocapitalize: 'none', spellcheck: 'false' });
@@ -452,7 +455,7 @@
             field('Extra CA certificate (PEM)', ca, 'Only for a private certificate authority, e.g. a test server.'),
             field('XM Directory id', directory, 'Found by the test when empty.')))),
       h('fieldset', { class: 'card' }, h('legend', { text: 'Destination' }),
-        field('Destination URL', dest, 'postgres://USER@HOST:5432/DATABASE or sqlite:///path/to/file.db. A password is better given below.'),
+        field('Destination URL', dest, 'postgres://USER@HOST:5432/DATABASE or sqlite:/path/to/file.db. A password is better given below.'),
         field('Destination password', destPass, 'Optional. Sealed in the vault; never shown again.'),
         h('div', { class: 'grid2' },
           field('Schema', schema, 'Tables are created in this schema.'),
@@ -494,11 +497,11 @@
         b.client_secret = clientSecret.value;
       }
       if (a === 'advanced') {
-        b.cert = await readFile(cert);
+        b.certificate = await readFile(cert);
         b.key = await readFile(key);
         const p = await readFile(pass);
         if (p !== undefined) b.passphrase = p.replace(/\r?\n$/, '');
-        if (!b.cert) missing.push('the certificate file');
+        if (!b.certificate) missing.push('the certificate file');
         if (!b.key) missing.push('the private key file');
       }
       const caPem = await readFile(ca);
@@ -559,8 +562,8 @@
     const groups = listOf(test, 'groups');
     const box = h('section', { class: 'card', id: 'test-report', 'aria-label': 'Test report' });
     box.appendChild(h('h3', null, 'Test: ', pill(test.ok ? 'ok' : 'failed')));
-    const who = pick(test, 'identity.user', 'user', 'me.userName');
-    const dcn = pick(test, 'identity.datacenter', 'datacenter');
+    const who = pick(test, 'identity.user_name', 'identity.user');
+    const dcn = pick(test, 'identity.datacenter');
     if (who || dcn) box.appendChild(h('p', { class: 'muted small', text: [who ? 'Signed in as ' + who : null, dcn ? 'data center ' + dcn : null].filter(Boolean).join(', ') }));
     const msg = pick(test, 'error.message', 'message');
     if (msg) box.appendChild(errorBox({ message: msg, fix: pick(test, 'error.fix', 'fix') }));
@@ -571,11 +574,13 @@
         let st = pick(g, 'status', 'access');
         if (st === undefined && typeof g.ok === 'boolean') st = g.ok ? 'ok' : 'skipped';
         const tables = Array.isArray(g.tables) ? g.tables.join(', ') : '';
-        const fix = pick(g, 'fix', 'reason', 'message');
+        const fix = pick(g, 'fix');
+        const why = pick(g, 'message');
         ul.appendChild(h('li', { 'data-group': gname },
           h('span', { class: 'name', text: gname }), pill(st),
           g.required ? h('span', { class: 'muted small', text: 'required' }) : null,
           tables ? h('span', { class: 'muted small mono', text: tables }) : null,
+          why ? h('span', { class: 'fix', text: why }) : null,
           fix ? h('span', { class: 'fix' }, h('b', { text: 'Fix: ' }), fix) : null));
       }
       box.appendChild(ul);
@@ -605,6 +610,8 @@
       ['Destination', pick(cfg, 'destination') || 'not set'],
       ['Schema', pick(cfg, 'schema')],
       ['Tables', Array.isArray(cfg.tables) ? cfg.tables.join(', ') : 'all'],
+      ['Client id', pick(c, 'client_id')],
+      ['Stored secrets', Array.isArray(c.secrets) && c.secrets.length ? c.secrets.join(', ') + ' (sealed)' : undefined],
     ].filter(([, v]) => v !== undefined);
     const dl = h('dl', { class: 'grid2' }, facts.map(([k, v]) => h('div', null, h('dt', { class: 'muted small', text: k }), h('dd', { class: 'mono', text: String(v) }))));
     const actions = h('div', { class: 'row' });
@@ -625,17 +632,8 @@
       });
       actions.appendChild(testBtn);
       if (pick(c, 'auth', 'auth_mode') === 'standard') {
-        const authBtn = h('button', { type: 'button', class: 'secondary', id: 'conn-authorize', text: 'Authorize in Qualtrics' });
-        authBtn.addEventListener('click', async () => {
-          clear(testOut);
-          try {
-            const r = await busy(authBtn, 'Starting…', () => api('POST', '/connections/' + enc(cname) + '/authorize'));
-            const to = pick(r || {}, 'authorize_url', 'url', 'location');
-            if (to && /^https?:\/\//.test(to)) location.assign(to);
-            else testOut.appendChild(warnBox('The server did not give an address to open.'));
-          } catch (err) { if (!err.handled) testOut.appendChild(errorBox(err)); }
-        });
-        actions.appendChild(authBtn);
+        // The API has no browser authorization route yet: say how it is done today.
+        testOut.appendChild(h('p', { class: 'hint', text: 'Standard (OAuth) connections are approved once in Qualtrics: run `xmbridge connection authorize ' + cname + '` on the server, then test again.' }));
       }
       const del = h('button', { type: 'button', class: 'danger', id: 'conn-remove', text: 'Remove' });
       del.addEventListener('click', async () => {
@@ -902,6 +900,9 @@
       h('ul', { class: 'stats' }, Object.keys(c).length
         ? Object.entries(c).map(([k, n]) => h('li', { 'data-count': k }, h('b', { text: fmtNum(n) }), k))
         : h('li', { text: 'no events yet' })));
+    if (w.description) status.appendChild(h('p', { text: w.description }));
+    const steps = Array.isArray(w.steps) ? w.steps.map((st) => st.name + ' (' + st.action + ')').join(' → ') : '';
+    if (w.trigger || steps) status.appendChild(h('p', { class: 'small' }, w.trigger ? h('span', null, h('b', { text: 'Trigger: ' }), String(w.trigger), ' ') : null, steps ? h('span', null, h('b', { text: 'Steps: ' }), steps) : null));
     const owner = pick(w, 'owner', 'state.creator');
     if (owner) status.appendChild(h('p', { class: 'muted small', text: 'Owner: ' + owner + (pick(w, 'last_editor', 'state.last_editor') ? ' · last edited by ' + pick(w, 'last_editor', 'state.last_editor') : '') }));
     if (paused) {
@@ -1000,59 +1001,52 @@
     const data = await api('GET', '/accounts');
     const list = listOf(data, 'accounts');
     root.appendChild(h('h1', { text: 'Linked accounts' }));
-    root.appendChild(h('p', { class: 'muted', text: 'The accounts workflows act with. Each user links their own (up to 5 Salesforce accounts); administrators share brand accounts.' }));
+    root.appendChild(h('p', { class: 'muted', text: 'The Salesforce and ServiceNow accounts workflows act with. Each user links their own (up to 5 Salesforce accounts); administrators link brand accounts and share them with users.' }));
     const out = h('div', { id: 'acct-result', 'aria-live': 'polite' });
     root.appendChild(out);
     if (!list.length) {
-      root.appendChild(h('div', { class: 'card' }, h('p', { text: 'No linked account yet. Link one with `xmbridge account link`.' })));
+      root.appendChild(h('div', { class: 'card' }, h('p', { text: 'No linked account yet. Link one with `xmbridge account link` on the server.' })));
       return;
     }
     const rows = list.map((a) => {
       const aname = a.name;
+      const brand = pick(a, 'scope') === 'brand';
       const btns = h('div', { class: 'row' });
       const test = h('button', { type: 'button', class: 'secondary small', text: 'Test', 'aria-label': 'Test ' + aname });
       test.addEventListener('click', async () => {
         clear(out);
         try {
-          const r = await busy(test, 'Testing…', () => api('POST', '/accounts/' + enc(aname) + '/test'));
-          const who = pick(r || {}, 'user', 'username', 'identity', 'message');
-          out.appendChild(okBox('“' + aname + '” works' + (who && typeof who === 'string' ? ': ' + who : '') + '.'));
+          const r = (await busy(test, 'Testing…', () => api('POST', '/accounts/' + enc(aname) + '/test'))) || {};
+          if (r.ok === false) out.appendChild(errorBox({ message: '“' + aname + '”: ' + (r.message || 'the test failed'), fix: r.fix }));
+          else out.appendChild(okBox('“' + aname + '” works' + (r.message ? ': ' + r.message : '.')));
         } catch (err) { if (!err.handled) out.appendChild(errorBox(err)); }
       });
       btns.appendChild(test);
-      const rename = h('button', { type: 'button', class: 'secondary small', text: 'Rename', 'aria-label': 'Rename ' + aname });
-      rename.addEventListener('click', () => {
-        const input = h('input', { type: 'text', value: aname, id: nextId('rename') });
-        const ok = h('button', { type: 'submit', class: 'small', text: 'Save name' });
-        const cancel = h('button', { type: 'button', class: 'link small', text: 'Cancel' });
-        const f = h('form', { class: 'row' }, h('label', { for: input.id, class: 'sr-only', text: 'New name for ' + aname }), input, ok, cancel);
-        cancel.addEventListener('click', () => f.replaceWith(btns));
-        f.addEventListener('submit', async (ev) => {
-          ev.preventDefault();
-          clear(out);
-          try {
-            await busy(ok, 'Saving…', () => api('PATCH', '/accounts/' + enc(aname), { name: input.value.trim() }));
-            go('#/accounts', okBox('Renamed “' + aname + '” to “' + input.value.trim() + '”.'));
-          } catch (err) { if (!err.handled) out.appendChild(errorBox(err)); }
-        });
-        btns.replaceWith(f);
-        input.focus();
-      });
-      btns.appendChild(rename);
-      if (isAdmin() && !pick(a, 'shared', 'brand')) {
-        const share = h('button', { type: 'button', class: 'secondary small', text: 'Share with the brand', 'aria-label': 'Share ' + aname + ' with the brand' });
-        share.addEventListener('click', async () => {
-          clear(out);
-          try {
-            await busy(share, 'Sharing…', () => api('POST', '/accounts/' + enc(aname) + '/share', {}));
-            go('#/accounts', okBox('“' + aname + '” is now a brand account.'));
-          } catch (err) { if (!err.handled) out.appendChild(errorBox(err)); }
+      if (isAdmin() && brand) {
+        const share = h('button', { type: 'button', class: 'secondary small', text: 'Share…', 'aria-label': 'Share ' + aname + ' with users' });
+        share.addEventListener('click', () => {
+          const input = h('input', { type: 'text', id: nextId('share'), placeholder: 'pat, lee', spellcheck: 'false', autocapitalize: 'none' });
+          const ok = h('button', { type: 'submit', class: 'small', text: 'Share' });
+          const cancel = h('button', { type: 'button', class: 'link small', text: 'Cancel' });
+          const f = h('form', { class: 'row' }, h('label', { for: input.id, text: 'Users (comma separated)' }), input, ok, cancel);
+          cancel.addEventListener('click', () => { f.replaceWith(btns); share.focus(); });
+          f.addEventListener('submit', async (ev) => {
+            ev.preventDefault();
+            clear(out);
+            const users = input.value.split(/[\s,]+/).map((x) => x.trim()).filter(Boolean);
+            try {
+              await busy(ok, 'Sharing…', () => api('POST', '/accounts/' + enc(aname) + '/share', { with: users }));
+              go('#/accounts', okBox('Shared “' + aname + '” with ' + users.join(', ') + '.'));
+            } catch (err) { if (!err.handled) out.appendChild(errorBox(err)); }
+          });
+          btns.replaceWith(f);
+          input.focus();
         });
         btns.appendChild(share);
       }
       const del = h('button', { type: 'button', class: 'danger small', text: 'Remove', 'aria-label': 'Remove ' + aname });
       del.addEventListener('click', async () => {
-        if (!confirm('Remove the account “' + aname + '”? Workflows that use it pause until another is linked.')) return;
+        if (!confirm('Remove the account “' + aname + '”? Workflows that use it stop until another is linked.')) return;
         clear(out);
         try {
           await busy(del, 'Removing…', () => api('DELETE', '/accounts/' + enc(aname)));
@@ -1060,15 +1054,18 @@
         } catch (err) { if (!err.handled) out.appendChild(errorBox(err)); }
       });
       btns.appendChild(del);
+      const grants = Array.isArray(a.grants) ? a.grants.map((g) => (typeof g === 'string' ? g : pick(g, 'user', 'name'))).filter(Boolean) : [];
       return h('tr', { 'data-account': aname },
         h('td', { class: 'mono', text: aname }),
-        h('td', { text: pick(a, 'system', 'provider') || '—' }),
-        h('td', { text: pick(a, 'owner', 'user') || '—' }),
-        h('td', null, pick(a, 'shared', 'brand') ? pill('brand') : h('span', { class: 'muted', text: 'personal' })),
-        h('td', { text: pick(a, 'kind', 'auth') || '—' }),
+        h('td', { text: pick(a, 'system') || '—' }),
+        h('td', { text: pick(a, 'owner') || '—' }),
+        h('td', null, brand ? pill('brand') : h('span', { class: 'muted', text: 'private' }),
+          grants.length ? h('div', { class: 'small muted', text: 'shared with ' + grants.join(', ') }) : null),
+        h('td', null, a.token_ok === false ? pill('failed') : a.token_ok === true ? pill('ok') : '—'),
         h('td', null, btns));
     });
-    root.appendChild(h('div', { class: 'card' }, tableOf(['Name', 'System', 'Owner', 'Shared', 'Kind', 'Actions'], rows)));
+    root.appendChild(h('div', { class: 'card' }, tableOf(['Name', 'System', 'Owner', 'Scope', 'Token', 'Actions'], rows)));
+    root.appendChild(h('p', { class: 'muted small', text: 'Linking a new account (it signs in at Salesforce or ServiceNow) is done with `xmbridge account link` for now; renaming is not offered by the API yet.' }));
   }
 
   // ---------------------------------------------------------------- users (admins)
