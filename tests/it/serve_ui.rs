@@ -30,7 +30,8 @@ async fn sim() -> SimHandle {
 }
 
 /// A workflow whose step refuses an event without e-mail and extRef: such an event ends in the
-/// dead letter (the same workflow as tests/it/cli_workflow_run.rs).
+/// dead letter (the same workflow as tests/it/cli_workflow_run.rs). The step names the
+/// connection the person adds in the UI (the server starts before it exists).
 fn workflow(dir: &str) -> String {
     format!(
         r#"[[workflow]]
@@ -44,6 +45,7 @@ table = "incident"
 [[workflow.step]]
 name = "contact"
 action = "create-contact"
+account = "acme"
 [workflow.step.inputs]
 directory_id = "'{dir}'"
 email = "record.email"
