@@ -14,7 +14,8 @@ use crate::error::{Result, RuntimeError};
 
 mod new;
 pub use new::{
-    CheckedConnection, Located, Location, NewConnection, NewConnectionSecrets, add, credential_text,
+    CheckedConnection, Located, Location, NewConnection, NewConnectionSecrets, PemTexts, add,
+    credential_text,
 };
 
 /// The scopes a full sync needs.

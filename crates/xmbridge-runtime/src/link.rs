@@ -30,8 +30,9 @@ pub enum AskedSecret {
     Password,
 }
 
-/// The operator's side of a link: the secrets asked for, and the login URL to open.
-pub trait Operator {
+/// The operator's side of a link: the secrets asked for, and the login URL to open. `Sync`, so
+/// a link can run inside a server's request handler (its future holds the operator).
+pub trait Operator: Sync {
     /// The secret `which` (from wherever the operator keeps it), or why there is none.
     fn secret(&self, which: AskedSecret) -> Result<SecretString>;
     /// The URL the user opens in a browser to log in to Salesforce.
@@ -398,6 +399,77 @@ impl StoredSettings {
         given.clone().or_else(|| self.get(key)).ok_or_else(|| {
             RuntimeError::unusable(format!("account {} has no {what}; pass {flag}", self.name))
         })
+    }
+}
+
+/// Proves the stored credentials of linked account `row` again, without changing anything:
+/// a ServiceNow sign-in with one authenticated call, a Salesforce server-to-server account
+/// with a client-credentials grant. Returns what was proven. A Salesforce OAuth login account
+/// is not tested this way (its refresh token would rotate); that is refused with the reason.
+pub async fn test_account(vault: &Vault, row: &AccountRow) -> Result<String> {
+    let name = row.name.as_str();
+    let stored = StoredSettings::open(vault, name)?;
+    let need = |key: &str, what: &str| {
+        stored.get(key).ok_or_else(|| {
+            RuntimeError::unusable(format!(
+                "account {name} has no {what}; unlink and link it again"
+            ))
+        })
+    };
+    let secret = |field: SecretField| {
+        vault.get_secret(name, field)?.ok_or_else(|| {
+            RuntimeError::unusable(format!(
+                "account {name} has no {}; re-authorize it with `xmbridge account link {name} --refresh`",
+                field.label()
+            ))
+        })
+    };
+    if row.system == SERVICENOW.system.as_str() {
+        let instance = need("instance_url", "instance URL")?;
+        let auth = match stored.get("auth").unwrap_or_default().as_str() {
+            SIGN_IN_BASIC => Auth::Basic {
+                username: need("user", "user")?,
+                password: secret(SecretField::Password)?,
+            },
+            SIGN_IN_PASSWORD => Auth::RefreshToken {
+                client_id: need("client_id", "client id")?,
+                client_secret: secret(SecretField::ClientSecret)?,
+                refresh_token: secret(SecretField::RefreshToken)?,
+            },
+            SIGN_IN_CLIENT_CREDENTIALS => Auth::ClientCredentials {
+                client_id: need("client_id", "client id")?,
+                client_secret: secret(SecretField::ClientSecret)?,
+            },
+            other => {
+                return Err(RuntimeError::unusable(format!(
+                    "account {name} has an unknown ServiceNow sign-in `{other}`; unlink and link it again"
+                )));
+            }
+        };
+        let client = servicenow::client(&instance, auth)?;
+        servicenow::check(&client, name).await?;
+        return Ok(format!(
+            "ServiceNow at {instance} accepted the account's credentials"
+        ));
+    }
+    match row.kind {
+        AccountKind::ServerToServer => {
+            let token_url = need("token_url", "token URL")?;
+            let client_id = need("client_id", "client id")?;
+            salesforce::client_credentials(
+                name,
+                &token_url,
+                &client_id,
+                secret(SecretField::ClientSecret)?,
+            )
+            .await?;
+            Ok(format!(
+                "Salesforce issued a token to the account's client ({token_url})"
+            ))
+        }
+        AccountKind::OAuth => Err(RuntimeError::usage(format!(
+            "account {name} signs in with a browser login; it is checked at its next use (a refused token pauses its workflows and says so)"
+        ))),
     }
 }
 

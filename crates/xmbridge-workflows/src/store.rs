@@ -716,6 +716,40 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Up to `limit` events of `workflow` in `state`, most recently changed first (what the
+    /// service's API lists). A row that cannot be read is skipped, not fatal: the dead letter
+    /// of [`Store::status`] still shows it.
+    pub fn events(
+        &self,
+        workflow: &str,
+        state: EventState,
+        limit: usize,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let raws = {
+            let conn = self.conn.lock();
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM wf_events WHERE workflow = ?1 AND state = ?2
+                     ORDER BY updated_at DESC, id LIMIT ?3"
+                ))
+                .map_err(|e| self.db(e))?;
+            stmt.query_map(
+                params![
+                    workflow,
+                    state.as_str(),
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                raw_event,
+            )
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.db(e))?
+        };
+        Ok(raws
+            .into_iter()
+            .filter_map(|raw| self.event(raw).ok())
+            .collect())
+    }
+
     /// Events of every workflow by state, and how long the delivered ones (`done`) took from
     /// arrival in the outbox to delivery: the count at or below each of `bounds_ms` (cumulative,
     /// as a Prometheus histogram wants), their number and their sum in milliseconds. One read

@@ -97,6 +97,17 @@ pub struct NewConnection {
     pub directory: Option<String>,
 }
 
+/// The PEM texts of a new connection given as text rather than files ([`NewConnection::check_pems`]).
+#[derive(Default)]
+pub struct PemTexts {
+    /// The client certificate (PEM) for mutual TLS.
+    pub certificate: Option<String>,
+    /// Its private key (PEM, PKCS#8, may be encrypted).
+    pub key: Option<SecretString>,
+    /// An extra CA certificate (PEM) to trust.
+    pub ca_cert: Option<String>,
+}
+
 /// A new connection whose settings and secrets passed every check, ready to [`add`].
 pub struct CheckedConnection {
     name: String,
@@ -116,12 +127,65 @@ impl NewConnection {
     /// (token, client id, certificate with key and pass phrase, CA file) before anything is
     /// stored.
     pub fn check(self, input: &mut dyn NewConnectionSecrets) -> Result<CheckedConnection> {
-        let auth = self.auth;
         let ca_cert_pem = self
             .ca_cert
             .as_deref()
             .map(read_ca_certificates)
             .transpose()?;
+        let files = match (self.auth, &self.certificate, &self.key) {
+            (AuthMode::Advanced, Some(cert), Some(key)) => Some((
+                read_public(cert, "client certificate")?,
+                SecretString::from(read_public(key, "private key")?),
+            )),
+            _ => None,
+        };
+        self.check_read(ca_cert_pem, files, input)
+    }
+
+    /// [`NewConnection::check`] for a caller that holds the PEM texts rather than files (an
+    /// HTTP API receives them in its request): `certificate` and `key` must be unset in `self`
+    /// when `pems` gives them, and the same checks run on the texts.
+    pub fn check_pems(
+        self,
+        pems: PemTexts,
+        input: &mut dyn NewConnectionSecrets,
+    ) -> Result<CheckedConnection> {
+        let ca_cert_pem = match pems.ca_cert {
+            Some(pem) => {
+                xmbridge_auth::check_ca_certificates(pem.as_bytes()).map_err(|e| {
+                    RuntimeError::usage(format!(
+                        "ca_cert: {e}; give the PEM text of the CA that signed the server's certificate"
+                    ))
+                })?;
+                Some(pem)
+            }
+            None => None,
+        };
+        let files = match (pems.certificate, pems.key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(RuntimeError::usage(
+                    "give both the client certificate and its private key (mutual TLS), or neither",
+                ));
+            }
+        };
+        let mut this = self;
+        if files.is_some() {
+            // Marks them as given for the checks that look at the flags.
+            this.certificate = Some(PathBuf::from("certificate"));
+            this.key = Some(PathBuf::from("key"));
+        }
+        this.check_read(ca_cert_pem, files, input)
+    }
+
+    fn check_read(
+        self,
+        ca_cert_pem: Option<String>,
+        cert_and_key: Option<(String, SecretString)>,
+        input: &mut dyn NewConnectionSecrets,
+    ) -> Result<CheckedConnection> {
+        let auth = self.auth;
         let mut settings = QualtricsSettings {
             base_url: self.located.base_url.as_str().to_string(),
             datacenter: self.located.datacenter.clone(),
@@ -172,13 +236,11 @@ impl NewConnection {
             }
         }
         if auth == AuthMode::Advanced {
-            let (Some(cert), Some(key)) = (&self.certificate, &self.key) else {
+            let Some((cert_pem, key_pem)) = cert_and_key else {
                 return Err(RuntimeError::usage(
                     "--auth advanced needs --cert CLIENT_CERT.pem and --key CLIENT_KEY.pem (mutual TLS)",
                 ));
             };
-            let cert_pem = read_public(cert, "client certificate")?;
-            let key_pem = SecretString::from(read_public(key, "private key")?);
             let passphrase = input.passphrase(key_pem.expose_secret().contains("ENCRYPTED"))?;
             // Check certificate, key and pass phrase now, not at the first sync.
             xmbridge_auth::ClientIdentity::load(

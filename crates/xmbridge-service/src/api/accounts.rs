@@ -1,0 +1,400 @@
+//! Linked Salesforce and ServiceNow accounts with the Salesforce extension's rules enforced on
+//! the signed-in user: a member sees and links their own accounts (at most 5 private Salesforce
+//! ones) and the brand accounts granted to them; an admin sees all, links brand accounts and
+//! shares them. Linking goes through `xmbridge_runtime::link` (server-to-server and ServiceNow
+//! sign-ins; a Salesforce browser login is not offered by the API yet).
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::response::IntoResponse;
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use xmbridge_runtime::link::{AccountLogin, AskedSecret, Linked, Operator};
+use xmbridge_runtime::systems;
+use xmbridge_workflows::accounts::Access;
+use xmbridge_workflows::store::{AccountRow, Store};
+
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult, Json};
+use super::schema::{self as s, object, wrap};
+use super::{Api, Need, Route, route};
+
+const BRAND_RULE: &str = "brand accounts are linked and shared by admins";
+
+fn account_schema() -> Value {
+    object(
+        &[
+            ("name", s::string()),
+            ("system", s::one_of(&["salesforce", "servicenow"])),
+            ("kind", s::string()),
+            ("scope", s::one_of(&["brand", "private"])),
+            ("owner", s::string()),
+            ("access", s::one_of(&["owned", "granted", "admin"])),
+            ("token_ok", s::boolean()),
+            ("org_id", s::opt_string()),
+            ("grants", s::array(s::string())),
+            ("created_at", s::time()),
+        ],
+        &["name", "system", "scope", "owner", "token_ok"],
+    )
+}
+
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        route(
+            Method::GET,
+            "/api/v1/accounts",
+            "The caller's accounts and the brand accounts granted to them (admins: every account)",
+            Need::Signed,
+            None,
+            200,
+            Some(wrap("accounts", s::array(account_schema()))),
+            list,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/accounts",
+            "Links an account: Salesforce server-to-server, or ServiceNow (basic, OAuth password grant, client credentials); brand accounts by admins only; at most 5 private Salesforce accounts per user",
+            Need::Signed,
+            Some(object(
+                &[
+                    ("name", s::string()),
+                    ("system", s::one_of(&["salesforce", "servicenow"])),
+                    ("brand", s::boolean()),
+                    ("server_to_server", s::boolean()),
+                    ("token_url", s::string()),
+                    ("client_id", s::string()),
+                    ("client_secret", s::string()),
+                    ("instance_url", s::string()),
+                    ("basic_user", s::string()),
+                    ("password", s::string()),
+                    ("oauth_password", s::boolean()),
+                    ("client_credentials", s::boolean()),
+                    ("user", s::string()),
+                ],
+                &["name", "system"],
+            )),
+            201,
+            Some(wrap("account", account_schema())),
+            link,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/accounts/{name}/share",
+            "Grants a brand account to users: {\"with\": [names]} (admins; brand accounts only)",
+            Need::Admin {
+                what: "share accounts",
+                rule: BRAND_RULE,
+            },
+            Some(object(&[("with", s::array(s::string()))], &["with"])),
+            200,
+            Some(wrap("account", account_schema())),
+            share,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/accounts/{name}/test",
+            "Checks that the account's stored credentials still sign in (its owner, a user it is granted to, or an admin)",
+            Need::Signed,
+            None,
+            200,
+            Some(object(
+                &[
+                    ("ok", s::boolean()),
+                    ("message", s::string()),
+                    ("fix", s::opt_string()),
+                ],
+                &["ok", "message", "fix"],
+            )),
+            test,
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/accounts/{name}",
+            "Unlinks an account: its grants and sealed secrets go (its owner or an admin)",
+            Need::Signed,
+            None,
+            204,
+            None,
+            remove,
+        ),
+    ]
+}
+
+/// An account as the API shows it; grants only to its owner and admins.
+fn account_json(api: &Api, a: &AccountRow, access: &str, show_grants: bool) -> ApiResult<Value> {
+    let grants = if show_grants {
+        api.app.store.grants(&a.name)?
+    } else {
+        Vec::new()
+    };
+    let kind = systems::of_account(a)
+        .and_then(|s| (s.sign_in)(&api.app.vault, a))
+        .unwrap_or_else(|| a.kind.as_str().to_string());
+    Ok(json!({
+        "name": a.name,
+        "system": a.system,
+        "kind": kind,
+        "scope": if a.brand { "brand" } else { "private" },
+        "owner": a.owner,
+        "access": access,
+        "token_ok": a.token_ok,
+        "org_id": a.org_id,
+        "grants": grants,
+        "created_at": chrono::DateTime::<chrono::Utc>::from_timestamp_millis(a.created_at),
+    }))
+}
+
+/// The account `name` as `caller` may see it, or 404 (an account hidden from a member is not
+/// named as existing).
+fn visible(api: &Api, caller: &Caller, name: &str) -> ApiResult<(AccountRow, &'static str)> {
+    let missing = || {
+        ApiError::not_found(
+            format!("no account named '{name}' that you can use"),
+            Some("list yours with GET /api/v1/accounts".into()),
+        )
+    };
+    let row = match api.app.store.get_account(name) {
+        Ok(r) => r,
+        Err(xmbridge_workflows::store::StoreError::NoSuchAccount { .. }) => return Err(missing()),
+        Err(e) => return Err(e.into()),
+    };
+    if row.owner == caller.user.name {
+        return Ok((row, "owned"));
+    }
+    if caller.is_admin() {
+        return Ok((row, "admin"));
+    }
+    if api
+        .app
+        .store
+        .grants(name)?
+        .iter()
+        .any(|g| g == &caller.user.name)
+    {
+        return Ok((row, "granted"));
+    }
+    Err(missing())
+}
+
+async fn list(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<axum::Json<Value>> {
+    let mut out = Vec::new();
+    if caller.is_admin() {
+        for a in api.accounts.all()? {
+            let access = if a.owner == caller.user.name {
+                "owned"
+            } else {
+                "admin"
+            };
+            out.push(account_json(&api, &a, access, true)?);
+        }
+    } else {
+        for (a, access) in api.accounts.visible_to(&caller.user.name)? {
+            let (access, grants) = match access {
+                Access::Owned => ("owned", true),
+                _ => ("granted", false),
+            };
+            out.push(account_json(&api, &a, access, grants)?);
+        }
+    }
+    Ok(axum::Json(json!({"accounts": out})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LinkBody {
+    name: String,
+    system: String,
+    #[serde(default)]
+    brand: bool,
+    #[serde(default)]
+    server_to_server: bool,
+    token_url: Option<String>,
+    login_url: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    instance_url: Option<String>,
+    basic_user: Option<String>,
+    password: Option<String>,
+    #[serde(default)]
+    oauth_password: bool,
+    #[serde(default)]
+    client_credentials: bool,
+    user: Option<String>,
+}
+
+/// The secrets of a link, from the request body.
+struct BodyOperator {
+    client_secret: Option<String>,
+    password: Option<String>,
+}
+
+impl Operator for BodyOperator {
+    fn secret(&self, which: AskedSecret) -> xmbridge_runtime::Result<SecretString> {
+        let (value, key, what) = match which {
+            AskedSecret::Password => (&self.password, "password", "ServiceNow password"),
+            _ => (&self.client_secret, "client_secret", "client secret"),
+        };
+        let v = value.as_deref().filter(|v| !v.is_empty()).ok_or_else(|| {
+            xmbridge_runtime::RuntimeError::Usage(format!("no {what}: give it as \"{key}\""))
+        })?;
+        xmbridge_runtime::connection::credential_text(what, &format!("\"{key}\""), v)?;
+        Ok(SecretString::from(v.to_string()))
+    }
+
+    fn open_login(&self, _url: &url::Url) {
+        // Not reached: browser logins are refused before the link starts.
+    }
+}
+
+async fn link(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<LinkBody>,
+) -> ApiResult<impl IntoResponse> {
+    if body.brand {
+        caller.require_admin("link brand accounts", BRAND_RULE)?;
+    }
+    let (salesforce, servicenow) = match body.system.as_str() {
+        "salesforce" => (true, false),
+        "servicenow" => (false, true),
+        other => {
+            return Err(ApiError::invalid(
+                format!("unknown system '{other}'"),
+                Some("use salesforce or servicenow".into()),
+            ));
+        }
+    };
+    if salesforce && !body.server_to_server {
+        return Err(ApiError::invalid(
+            "a Salesforce browser login cannot be started through the API yet",
+            Some(format!(
+                "link it as server-to-server (\"server_to_server\": true with token_url, client_id, client_secret), or run `xmbridge account link {} --salesforce --login-url … --as {}` on the server",
+                body.name, caller.user.name
+            )),
+        ));
+    }
+    xmbridge_vault::validate_connection_name(&body.name)?;
+    let request = AccountLogin {
+        name: body.name.clone(),
+        user: caller.user.name.clone(),
+        salesforce,
+        servicenow,
+        instance_url: body.instance_url.clone(),
+        basic_user: body.basic_user.clone(),
+        oauth_password: body.oauth_password,
+        client_credentials: body.client_credentials,
+        sn_user: body.user.clone(),
+        login_url: body.login_url.clone(),
+        server_to_server: body.server_to_server,
+        token_url: body.token_url.clone(),
+        client_id: body.client_id.clone(),
+        new_client_secret: body.client_secret.is_some(),
+        new_password: body.password.is_some(),
+        callback_port: 0,
+        timeout: std::time::Duration::from_secs(60),
+        brand: body.brand,
+    };
+    let operator = BodyOperator {
+        client_secret: body.client_secret.clone(),
+        password: body.password.clone(),
+    };
+    let Linked { row, .. } =
+        xmbridge_runtime::link::link(&request, &operator, &api.app.store, &api.accounts).await?;
+    api.audit(caller.entry(
+        "account.link",
+        &row.name,
+        json!({"system": row.system, "brand": row.brand, "kind": row.kind.as_str()}),
+    ));
+    let out = account_json(&api, &row, "owned", true)?;
+    Ok((StatusCode::CREATED, axum::Json(json!({"account": out}))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShareBody {
+    with: Vec<String>,
+}
+
+async fn share(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Json(body): Json<ShareBody>,
+) -> ApiResult<axum::Json<Value>> {
+    let (row, _) = visible(&api, &caller, &name)?;
+    if body.with.is_empty() {
+        return Err(ApiError::invalid(
+            "say whom to share it with: {\"with\": [\"user\", …]}",
+            None,
+        ));
+    }
+    for u in &body.with {
+        api.app.users.get(u).map_err(|_| {
+            ApiError::invalid(
+                format!("no user named '{u}'"),
+                Some("list users with GET /api/v1/users".into()),
+            )
+        })?;
+    }
+    // The rules check that the account is a brand account; an admin shares it on its owner's
+    // behalf (brand accounts are the admins' shared property).
+    api.accounts.share(&name, &row.owner, &body.with)?;
+    api.audit(caller.entry("account.share", &name, json!({"with": body.with})));
+    let row = api.app.store.get_account(&name)?;
+    Ok(axum::Json(
+        json!({"account": account_json(&api, &row, "admin", true)?}),
+    ))
+}
+
+async fn test(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<Value>> {
+    let (row, _) = visible(&api, &caller, &name)?;
+    let outcome = xmbridge_runtime::link::test_account(&api.app.vault, &row).await;
+    let (ok, message, fix) = match outcome {
+        Ok(m) => (true, m, None),
+        Err(e) => (
+            false,
+            e.to_string(),
+            Some(format!(
+                "re-authorize it: `xmbridge account link {name} --refresh --as {}`",
+                row.owner
+            )),
+        ),
+    };
+    api.audit(caller.entry("account.test", &name, json!({"ok": ok})));
+    Ok(axum::Json(
+        json!({"ok": ok, "message": message, "fix": fix}),
+    ))
+}
+
+async fn remove(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    let (row, access) = visible(&api, &caller, &name)?;
+    if access == "granted" {
+        return Err(ApiError::forbidden(
+            &format!(
+                "account {name} belongs to {}; it was only shared with you",
+                row.owner
+            ),
+            "an account is unlinked only by its owner or an admin",
+            "ask its owner or an admin",
+        ));
+    }
+    api.accounts.unlink(&name, &row.owner)?;
+    api.audit(caller.entry("account.unlink", &name, json!({"owner": row.owner})));
+    Ok(StatusCode::NO_CONTENT)
+}
