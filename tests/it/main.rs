@@ -19,4 +19,5 @@ mod cli_user;
 mod cli_workflow;
 mod cli_workflow_run;
 mod cli_workflow_sf;
+mod serve_ui;
 mod support;
