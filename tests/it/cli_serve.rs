@@ -561,13 +561,12 @@ async fn killed_server_resumes(dest: Dest) {
     fast_again(&h).await;
 
     let mut again = start_server(&i, &[]).await;
-    assert!(
-        again
-            .stdout()
-            .contains(&format!("sync run {id} was interrupted")),
-        "{}",
-        again.stdout()
-    );
+    again
+        .wait_stdout(
+            &format!("sync run {id} was interrupted"),
+            Duration::from_secs(10),
+        )
+        .await;
     let runs = wait_runs(
         &i,
         "acme",
