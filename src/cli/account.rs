@@ -188,7 +188,13 @@ pub async fn run(args: AccountArgs) -> anyhow::Result<()> {
             let user = user.resolve()?;
             accounts.unlink(&name, &user)?;
             if let Some(users) = existing_users(&xmbridge_vault::Home::from_env()?)? {
-                audit(&users, Some(&user), "account.unlink", &name, serde_json::json!({}))?;
+                audit(
+                    &users,
+                    Some(&user),
+                    "account.unlink",
+                    &name,
+                    serde_json::json!({}),
+                )?;
             }
             println!("account {name} unlinked; its secrets are deleted");
             Ok(())

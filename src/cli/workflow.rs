@@ -10,7 +10,6 @@
 
 use super::usage;
 use super::user::{audit, existing_users, known_role};
-use xmbridge_service::users::Role;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -18,6 +17,7 @@ use std::path::PathBuf;
 use xmbridge_actions::Registry;
 use xmbridge_runtime::definitions::{DefinitionSource, DefinitionText};
 use xmbridge_runtime::{control, definitions, endpoint, preview};
+use xmbridge_service::users::Role;
 use xmbridge_workflows::accounts::Accounts;
 use xmbridge_workflows::catalog::{self, Catalog, Sources, TEMPLATES};
 use xmbridge_workflows::definition::{EventContext, Trigger, Workflow};
@@ -297,7 +297,11 @@ fn add(
         audit(
             users,
             editor.as_deref(),
-            if replacing { "workflow.replace" } else { "workflow.add" },
+            if replacing {
+                "workflow.replace"
+            } else {
+                "workflow.add"
+            },
             &w.name,
             detail,
         )?;

@@ -273,9 +273,8 @@ pub fn transfer_definition(
         source,
     })?;
     let shown = path.display().to_string();
-    let mut table: toml::Table = toml::from_str(&text).map_err(|e| {
-        RuntimeError::usage(format!("{shown}: {e}"))
-    })?;
+    let mut table: toml::Table =
+        toml::from_str(&text).map_err(|e| RuntimeError::usage(format!("{shown}: {e}")))?;
     match table.get_mut("workflow") {
         Some(toml::Value::Array(list)) if list.len() == 1 => {
             if let Some(toml::Value::Table(w)) = list.get_mut(0) {
