@@ -360,6 +360,24 @@ async fn connection_set_seals_the_destination_password() {
         assert!(show.contains(line), "{line:?} missing:\n{show}");
     }
 
+    let j = inst.json(&["connection", "show", "acme", "--json"]).await;
+    assert_no_secret("connection show --json", &j.to_string(), &[DEST_PW]);
+    assert_eq!(
+        j["sync"]["destination"],
+        "postgres://loader@127.0.0.1:5432/warehouse"
+    );
+    assert_eq!(j["sync"]["has_password"], true);
+    assert_eq!(j["sync"]["every"], "15m");
+    assert_eq!(j["sync"]["tables"][1], "survey_response");
+    assert!(
+        j["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["field"] == "destination_password"),
+        "{j}"
+    );
+
     // Options not given keep their value.
     inst.ok(&["connection", "set", "acme", "--paused"]).await;
     let show = inst.ok(&["connection", "show", "acme"]).await;
