@@ -195,7 +195,9 @@ pub(crate) fn audit(
 /// master key: the users' tables hold no sealed value.
 pub(crate) fn existing_users(home: &Home) -> anyhow::Result<Option<Users>> {
     let path = home.state_db();
-    if !path.is_file() {
+    // A missing store has no users; an empty (0-byte) one is damaged, and opening it here would
+    // hide that from the vault, which refuses it with the fix.
+    if std::fs::metadata(&path).map_or(true, |m| !m.is_file() || m.len() == 0) {
         return Ok(None);
     }
     Users::open(&path).map(Some).map_err(service_error)
@@ -349,10 +351,9 @@ pub async fn run(args: UserArgs) -> anyhow::Result<()> {
         }
         UserCommand::Token {
             name,
-            expires,
+            expires: _,
             revoke: Some(id),
         } => {
-            let _ = expires;
             let known = users.list_tokens(&name).map_err(service_error)?;
             if !known.iter().any(|t| t.id == id) {
                 return Err(anyhow!(
