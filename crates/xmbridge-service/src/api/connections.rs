@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use secrecy::SecretString;
@@ -20,7 +20,7 @@ use xmbridge_runtime::save_and_test::{TestStep, test_connection};
 use xmbridge_vault::Provider;
 
 use super::auth::Caller;
-use super::error::{ApiError, ApiResult, Json};
+use super::error::{ApiError, ApiResult, Json, Path, Query};
 use super::schema::{self as s, object, wrap};
 use super::{Api, Need, Route, route};
 use crate::config::{ConfigChange, Every};
@@ -852,7 +852,7 @@ struct Limit {
 async fn history(
     State(api): State<Arc<Api>>,
     Path(name): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<Limit>,
+    Query(q): Query<Limit>,
 ) -> ApiResult<axum::Json<Value>> {
     qualtrics(&api, &name)?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
