@@ -59,6 +59,8 @@ enum Command {
     Account(cli::account::AccountArgs),
     /// Run xmbridge as a service: scheduled syncs, webhooks and delivery, the HTTP API and web UI.
     Serve(cli::serve::ServeArgs),
+    /// Add, list and remove the users who sign in to `xmbridge serve`, and their API tokens.
+    User(cli::user::UserArgs),
 }
 
 fn init_logging(format: LogFormat, verbose: u8) {
@@ -110,6 +112,7 @@ fn main() -> ExitCode {
             Command::Action(args) => cli::action::run(args).await,
             Command::Account(args) => cli::account::run(args).await,
             Command::Serve(args) => cli::serve::run(args).await,
+            Command::User(args) => cli::user::run(args).await,
         }
     });
     match result {

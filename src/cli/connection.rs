@@ -22,7 +22,10 @@ use xmbridge_runtime::connection::{
     QualtricsSettings, credential_text, load_settings,
 };
 use xmbridge_runtime::save_and_test::{TestStep, test_connection};
+use xmbridge_service::config::{ConfigChange, SyncConfig, SyncConfigs};
 use xmbridge_vault::{Home, MasterKey, Vault};
+
+use super::user::{audit, open_users, service_error};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -58,6 +61,21 @@ pub enum ConnectionCommand {
 It prints the Qualtrics authorize URL, waits on 127.0.0.1 for the browser's redirect, checks its
 state, exchanges the code and stores the refresh token.")]
     Authorize(AuthorizeArgs),
+    /// Set where and how often a connection syncs under `xmbridge serve` (destination, schema,
+    /// tables, schedule).
+    #[command(after_help = "Examples:
+  xmbridge connection set acme --destination sqlite:/var/lib/xmbridge/acme.db --every 1h
+  xmbridge connection set acme --destination postgres://loader@db.example.com:5432/warehouse \\
+      --password-file pg.password --schema qualtrics --tables survey,response --every 15m
+  xmbridge connection set acme --paused          # stop the schedule (\"sync now\" still works)
+  xmbridge connection set acme --active          # resume it
+  xmbridge connection set acme --no-schedule     # only \"sync now\"
+
+Schedules: every 5m 15m 30m 1h 2h 3h 6h 8h 12h 24h. A PostgreSQL password is sealed in the vault
+and the URL stored without it; give it with --password-file (a password written in the URL is
+accepted and sealed too, but other local users can read command lines in `ps`). Options not given
+keep their value. `xmbridge connection show NAME` shows the result.")]
+    Set(Box<SetArgs>),
     /// "Save & Test": who this connection is, its data center, and which tables it can sync.
     #[command(after_help = "Example:
   xmbridge connection test acme
@@ -139,6 +157,44 @@ pub struct AddArgs {
     /// OAuth scopes to ask for (space separated); default: everything the sync reads.
     #[arg(long)]
     pub scopes: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SetArgs {
+    /// The connection (see `xmbridge connection list`).
+    pub name: String,
+    /// Where it syncs to: `sqlite:PATH` or `postgres://USER@HOST:PORT/DB` (needed the first
+    /// time; a relative SQLite path is made absolute).
+    #[arg(long, value_name = "URL")]
+    pub destination: Option<String>,
+    /// File whose first line is the PostgreSQL password (sealed in the vault).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// The PostgreSQL schema, or the SQLite table prefix (default qualtrics).
+    #[arg(long, value_name = "SCHEMA")]
+    pub schema: Option<String>,
+    /// Only these tables, comma separated (default: all).
+    #[arg(long, value_name = "TABLE,…", value_delimiter = ',', num_args = 1..)]
+    pub tables: Option<Vec<String>>,
+    /// Sync all tables again (forget --tables).
+    #[arg(long, conflicts_with = "tables")]
+    pub all_tables: bool,
+    /// How often the schedule syncs: 5m 15m 30m 1h 2h 3h 6h 8h 12h 24h.
+    #[arg(long, value_name = "INTERVAL", value_parser = parse_every)]
+    pub every: Option<xmbridge_service::config::Every>,
+    /// No schedule: the connection syncs only when asked ("sync now").
+    #[arg(long, conflicts_with = "every")]
+    pub no_schedule: bool,
+    /// Pause the schedule.
+    #[arg(long, conflicts_with = "active")]
+    pub paused: bool,
+    /// Resume a paused schedule.
+    #[arg(long)]
+    pub active: bool,
+}
+
+fn parse_every(text: &str) -> Result<xmbridge_service::config::Every, String> {
+    xmbridge_service::config::Every::parse(text).map_err(|e| e.to_string())
 }
 
 #[derive(Args, Debug)]
@@ -285,10 +341,29 @@ pub async fn run(args: ConnectionArgs) -> anyhow::Result<()> {
         ConnectionCommand::Show { name } => show(&name),
         ConnectionCommand::Remove { name } => {
             let (_, vault) = open_vault()?;
+            // Fails with "no connection named …" before anything else is touched.
+            vault.get_connection(&name)?;
+            let users = open_users(&vault)?;
+            let configs =
+                SyncConfigs::open(vault.path(), Arc::clone(&vault)).map_err(service_error)?;
+            let had_sync = configs.get(&name).map_err(service_error)?.is_some();
+            configs.remove(&name).map_err(service_error)?;
             vault.remove_connection(&name)?;
-            println!("removed connection '{name}' and its secrets");
+            audit(
+                &users,
+                None,
+                "connection.remove",
+                &name,
+                serde_json::json!({"sync_config": had_sync}),
+            )?;
+            if had_sync {
+                println!("removed connection '{name}', its secrets and its sync set-up");
+            } else {
+                println!("removed connection '{name}' and its secrets");
+            }
             Ok(())
         }
+        ConnectionCommand::Set(a) => set(*a),
         ConnectionCommand::Authorize(a) => authorize(a).await,
         ConnectionCommand::Test { name } => test(&name).await,
     }
@@ -416,6 +491,13 @@ fn show(name: &str) -> anyhow::Result<()> {
             names.join(", ")
         }
     );
+    let configs = SyncConfigs::open(vault.path(), Arc::clone(&vault)).map_err(service_error)?;
+    match configs.get(name).map_err(service_error)? {
+        Some(cfg) => print_sync(&cfg),
+        None => println!(
+            "sync:         not set up (xmbridge connection set {name} --destination URL --every 1h)"
+        ),
+    }
     println!(
         "created:      {}",
         rec.created_at.format("%Y-%m-%d %H:%M:%S UTC")
@@ -424,6 +506,141 @@ fn show(name: &str) -> anyhow::Result<()> {
         "updated:      {}",
         rec.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
     );
+    Ok(())
+}
+
+/// The sync set-up lines of `connection show` (never a password: the URL holds none).
+fn print_sync(cfg: &SyncConfig) {
+    println!(
+        "destination:  {}{}",
+        cfg.destination,
+        if cfg.has_password {
+            " (password sealed in the vault)"
+        } else {
+            ""
+        }
+    );
+    println!("schema:       {}", cfg.schema);
+    println!(
+        "tables:       {}",
+        cfg.tables
+            .as_ref()
+            .map(|t| t.join(", "))
+            .unwrap_or_else(|| "all".to_string())
+    );
+    let schedule = match (cfg.every, cfg.paused) {
+        (Some(e), false) => format!("every {e}"),
+        (Some(e), true) => format!("every {e}, paused"),
+        (None, _) => "none (syncs only when asked)".to_string(),
+    };
+    println!("schedule:     {schedule}");
+}
+
+/// A relative `sqlite:` path made absolute against the current directory: `xmbridge serve`
+/// may run elsewhere.
+fn absolute_destination(url: &str) -> anyhow::Result<String> {
+    let Some(path) = xmbridge_destinations::sqlite::path_of_url(url) else {
+        return Ok(url.to_string());
+    };
+    if path.is_empty() || Path::new(path).is_absolute() || path == ":memory:" {
+        return Ok(url.to_string());
+    }
+    let query = url
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    let abs = std::env::current_dir()?.join(path);
+    Ok(format!("sqlite:{}{query}", abs.display()))
+}
+
+fn set(args: SetArgs) -> anyhow::Result<()> {
+    let name = args.name.as_str();
+    let (_, vault) = open_vault()?;
+    let users = open_users(&vault)?;
+    let configs = SyncConfigs::open(vault.path(), Arc::clone(&vault)).map_err(service_error)?;
+    let password = args
+        .password_file
+        .as_deref()
+        .map(|p| read_secret(Some(p), "", "destination password", "--password-file"))
+        .transpose()?;
+    let destination = args
+        .destination
+        .as_deref()
+        .map(absolute_destination)
+        .transpose()?;
+    let url_password = destination.as_deref().is_some_and(|d| {
+        xmbridge_destinations::DestinationSettings::resolve(
+            d,
+            None,
+            &xmbridge_destinations::PgEnv::default(),
+        )
+        .is_ok_and(|r| r.settings.password().is_some())
+    });
+    let mut changed: Vec<&str> = Vec::new();
+    let mut mark = |field: &'static str, given: bool| {
+        if given {
+            changed.push(field);
+        }
+    };
+    mark("destination", destination.is_some());
+    mark("password", password.is_some() || url_password);
+    mark("schema", args.schema.is_some());
+    mark("tables", args.tables.is_some() || args.all_tables);
+    mark("every", args.every.is_some() || args.no_schedule);
+    mark("paused", args.paused || args.active);
+    if changed.is_empty() {
+        return Err(usage(format!(
+            "nothing to change: give --destination, --schema, --tables, --every, --no-schedule, --paused or --active (see `xmbridge connection set --help`); `xmbridge connection show {name}` shows the current set-up"
+        )));
+    }
+    let change = ConfigChange {
+        destination,
+        password,
+        schema: args.schema.clone(),
+        tables: if args.all_tables {
+            Some(None)
+        } else {
+            args.tables.clone().map(Some)
+        },
+        every: if args.no_schedule {
+            Some(None)
+        } else {
+            args.every.map(Some)
+        },
+        paused: if args.paused {
+            Some(true)
+        } else if args.active {
+            Some(false)
+        } else {
+            None
+        },
+    };
+    let cfg = configs.apply(name, change).map_err(service_error)?;
+    audit(
+        &users,
+        None,
+        "connection.set",
+        name,
+        serde_json::json!({
+            "changed": changed,
+            "destination": cfg.destination,
+            "has_password": cfg.has_password,
+            "schema": cfg.schema,
+            "tables": cfg.tables,
+            "every": cfg.every,
+            "paused": cfg.paused,
+        }),
+    )?;
+    if url_password {
+        eprintln!(
+            "warning: the destination URL held a password, which other local users can read in `ps` while the command runs; it is sealed in the vault and the URL is stored without it. Next time use --password-file FILE"
+        );
+    }
+    println!("saved the sync set-up of '{name}':");
+    print_sync(&cfg);
+    if cfg.every.is_some() && !cfg.paused {
+        println!("the schedule runs while `xmbridge serve` runs");
+    }
     Ok(())
 }
 

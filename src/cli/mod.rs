@@ -11,6 +11,7 @@ pub mod demo;
 pub mod serve;
 pub mod simulate;
 pub mod sync;
+pub mod user;
 pub mod workflow;
 pub mod workflow_run;
 

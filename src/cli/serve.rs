@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use clap::Args;
 use xmbridge_runtime::workflow::{HookNotice, ProcessOptions};
-use xmbridge_service::serve::{self, HomeLock, Opened, ServeOptions, Server, TlsFiles};
 use xmbridge_service::scheduler::SchedulerOptions;
+use xmbridge_service::serve::{self, HomeLock, Opened, ServeOptions, Server, TlsFiles};
 use xmbridge_service::{ErrorKind, ServiceError};
 use xmbridge_workflows::catalog::Sources;
 use xmbridge_workflows::hooks::SubscriptionChange;
@@ -72,7 +72,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 20)]
     pub grace_secs: u64,
     /// For tests: schedule intervals are divided by N (5m with 300 fires every second).
-    #[arg(long, env = "XMBRIDGE_SCHEDULE_SCALE", default_value_t = 1, hide = true)]
+    #[arg(
+        long,
+        env = "XMBRIDGE_SCHEDULE_SCALE",
+        default_value_t = 1,
+        hide = true
+    )]
     pub schedule_scale: u32,
 }
 

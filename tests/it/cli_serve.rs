@@ -29,6 +29,27 @@ fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// `/healthz` answers 200 within 10 s (right after the first line the delivery workers may not
+/// have started yet: 503 "has not started yet" until they have).
+async fn healthy(c: &reqwest::Client, s: &Served) {
+    let start = Instant::now();
+    loop {
+        let r = c.get(s.at("/healthz")).send().await.unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        if status == 200 {
+            assert!(body.contains("delivery worker(s) running"), "{body}");
+            return;
+        }
+        assert!(body.contains("not started yet"), "{status}: {body}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The installation's service stores, opened directly (as the server does).
 struct Stores {
     configs: SyncConfigs,
@@ -200,8 +221,7 @@ async fn first_line_health_and_readiness_on_loopback() {
         format!("listening on {}", s.url)
     );
     let c = http();
-    let health = c.get(s.at("/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
+    healthy(&c, &s).await;
     let ready = c.get(s.at("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     assert!(ready.text().await.unwrap().contains("state store answers"));
@@ -279,10 +299,13 @@ async fn a_second_server_on_one_home_is_refused_and_a_killed_one_leaves_no_lock(
         "{}",
         out.stderr()
     );
-    assert!(out.stderr().contains("another XMBRIDGE_HOME"), "{}", out.stderr());
+    assert!(
+        out.stderr().contains("another XMBRIDGE_HOME"),
+        "{}",
+        out.stderr()
+    );
     // The first one is unharmed.
-    let health = http().get(first.at("/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
+    healthy(&http(), &first).await;
     // SIGKILL: the kernel drops the lock with the process.
     first.kill();
     let mut second = start_server(&i, &[]).await;
@@ -324,8 +347,7 @@ async fn tls_serves_health_over_https() {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    let health = c.get(s.at("/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
+    healthy(&c, &s).await;
     let ready = c.get(s.at("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     // Plain HTTP on the TLS port gets no answer.
@@ -367,7 +389,7 @@ async fn a_schedule_fires_and_each_run_is_recorded_with_the_counts_the_destinati
     let token = token(&i);
     // 5m / 300: a slot every second.
     let mut s = start_server(&i, &["--schedule-scale", "300"]).await;
-    let runs = wait_runs(
+    wait_runs(
         &i,
         "acme",
         Duration::from_secs(90),
@@ -396,34 +418,38 @@ async fn a_schedule_fires_and_each_run_is_recorded_with_the_counts_the_destinati
         "metrics need a token"
     );
     s.terminate();
-    assert!(s.wait(Duration::from_secs(60)).await.success(), "{}", s.stderr());
+    assert!(
+        s.wait(Duration::from_secs(60)).await.success(),
+        "{}",
+        s.stderr()
+    );
 
     let runs = stores(&i).runs.list("acme", 100).unwrap();
     assert!(
-        runs.iter().all(|r| r.status == RunStatus::Succeeded
-            || r.status == RunStatus::Cancelled),
+        runs.iter()
+            .all(|r| r.status == RunStatus::Succeeded || r.status == RunStatus::Cancelled),
         "{runs:#?}"
     );
     assert!(runs.iter().all(|r| r.trigger != RunTrigger::User));
     let first = runs.last().unwrap();
     assert_eq!(first.trigger, RunTrigger::Schedule);
     assert!(first.api_calls > 0, "{first:#?}");
-    assert!(first.responses >= 80, "{first:#?}");
     assert!(first.started_at.is_some() && first.finished_at.is_some());
-    // Every row the destination holds was inserted by a recorded run, once.
+    // The first run loaded the fresh destination: its per-table counts are exactly the rows a
+    // clean sync writes, and the destination holds exactly those rows after the later
+    // (incremental) runs.
     let held = sqlite_counts(&db);
-    let mut inserted: BTreeMap<String, u64> = BTreeMap::new();
-    for r in &runs {
-        for (t, c) in &r.tables {
-            *inserted.entry(t.clone()).or_default() += c.inserted;
-        }
+    let clean = clean_counts(&i).await;
+    assert_eq!(held, clean);
+    for (table, n) in &clean {
+        assert_eq!(
+            first.tables.get(table).map(|c| c.inserted),
+            Some(*n),
+            "table {table}: first run {:?}, held {held:?}",
+            first.tables
+        );
     }
-    assert!(held.get("survey_response").copied().unwrap_or(0) >= 80, "{held:?}");
-    for (table, n) in &held {
-        assert_eq!(inserted.get(table), Some(n), "table {table}: runs {inserted:?}, held {held:?}");
-    }
-    // The first run loaded everything a clean sync loads.
-    assert_eq!(held, clean_counts(&i).await);
+    assert_eq!(first.responses, clean["survey_response"]);
     for family in [
         "xmbridge_sync_runs{status=\"succeeded\"}",
         "xmbridge_sync_rows_written_total{table=\"survey_response\",operation=\"inserted\"}",
@@ -453,7 +479,12 @@ async fn a_paused_schedule_queues_nothing() {
     .await;
     let i = support::install();
     i.connect(&h, "acme").await;
-    configure(&i, "acme", &format!("sqlite:{}", i.path("p.db").display()), Some("5m"));
+    configure(
+        &i,
+        "acme",
+        &format!("sqlite:{}", i.path("p.db").display()),
+        Some("5m"),
+    );
     stores(&i)
         .configs
         .apply(
@@ -552,9 +583,15 @@ async fn killed_server_resumes(dest: Dest) {
     let killed = runs.iter().find(|r| r.id == id).unwrap();
     assert_eq!(killed.status, RunStatus::Failed);
     let err = killed.error.as_ref().unwrap();
-    assert!(err.message.contains("server stopped during this run"), "{err:?}");
+    assert!(
+        err.message.contains("server stopped during this run"),
+        "{err:?}"
+    );
     assert!(err.fix.as_ref().unwrap().contains("resume run"), "{err:?}");
-    let resumes: Vec<_> = runs.iter().filter(|r| r.trigger == RunTrigger::Resume).collect();
+    let resumes: Vec<_> = runs
+        .iter()
+        .filter(|r| r.trigger == RunTrigger::Resume)
+        .collect();
     assert_eq!(resumes.len(), 1, "{runs:#?}");
     again.terminate();
     assert!(again.wait(Duration::from_secs(60)).await.success());
@@ -563,7 +600,7 @@ async fn killed_server_resumes(dest: Dest) {
     let held = dest.counts().await;
     let clean = clean_counts(&i).await;
     assert_eq!(held, clean);
-    assert!(held["survey_response"] >= 2400, "{held:?}");
+    assert!(held["survey_response"] > 1000, "{held:?}");
 }
 
 #[tokio::test]
@@ -595,9 +632,18 @@ async fn sigterm_stops_at_a_commit_boundary(dest: Dest) {
         "{run:#?}"
     );
     let runs = stores(&i).runs.list("acme", 10).unwrap();
+    eprintln!(
+        "run {id} after SIGTERM: {} {:?}",
+        run.status,
+        run.tables.get("survey_response")
+    );
     if run.status == RunStatus::Cancelled {
         assert!(
-            run.error.as_ref().unwrap().message.contains("server stopped"),
+            run.error
+                .as_ref()
+                .unwrap()
+                .message
+                .contains("server stopped"),
             "{run:#?}"
         );
         // What the stopped run committed is in its record and in the destination.
@@ -669,7 +715,13 @@ async fn a_destination_that_cannot_be_reached_fails_with_its_fix_and_the_schedul
     );
     let mut s = start_server_exact(
         &i,
-        &["serve", "--listen", "127.0.0.1:0", "--schedule-scale", "300"],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--schedule-scale",
+            "300",
+        ],
     )
     .await;
     let runs = wait_runs(
@@ -678,7 +730,12 @@ async fn a_destination_that_cannot_be_reached_fails_with_its_fix_and_the_schedul
         Duration::from_secs(60),
         "two failed scheduled runs",
         Some(&s),
-        |runs| runs.iter().filter(|r| r.status == RunStatus::Failed).count() >= 2,
+        |runs| {
+            runs.iter()
+                .filter(|r| r.status == RunStatus::Failed)
+                .count()
+                >= 2
+        },
     )
     .await;
     s.terminate();
@@ -687,7 +744,10 @@ async fn a_destination_that_cannot_be_reached_fails_with_its_fix_and_the_schedul
     let err = failed.error.as_ref().unwrap();
     assert!(err.message.contains("127.0.0.1"), "{err:?}");
     assert!(
-        err.fix.as_ref().unwrap().contains("xmbridge connection set acme"),
+        err.fix
+            .as_ref()
+            .unwrap()
+            .contains("xmbridge connection set acme"),
         "{err:?}"
     );
 }

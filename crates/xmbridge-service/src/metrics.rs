@@ -152,10 +152,13 @@ impl Metrics {
             "histogram",
             "Time from an event's arrival in the outbox to its delivery, for the delivered events the outbox holds.",
         );
-        for (bound, n) in LATENCY_BOUNDS_MS
-            .iter()
-            .zip(snap.outbox.latency_buckets.iter().copied().chain(std::iter::repeat(0)))
-        {
+        for (bound, n) in LATENCY_BOUNDS_MS.iter().zip(
+            snap.outbox
+                .latency_buckets
+                .iter()
+                .copied()
+                .chain(std::iter::repeat(0)),
+        ) {
             let _ = writeln!(
                 out,
                 "xmbridge_delivery_latency_seconds_bucket{{le=\"{}\"}} {n}",
@@ -190,7 +193,11 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 fn seconds(ms: u64) -> String {
     match ms % 1000 {
         0 => (ms / 1000).to_string(),
-        rest => format!("{}.{}", ms / 1000, format!("{rest:03}").trim_end_matches('0')),
+        rest => format!(
+            "{}.{}",
+            ms / 1000,
+            format!("{rest:03}").trim_end_matches('0')
+        ),
     }
 }
 

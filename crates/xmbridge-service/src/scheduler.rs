@@ -214,7 +214,10 @@ impl Scheduler {
             stopped += 1;
         }
         let drain = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(shared.opts.grace, drain).await.is_err() {
+        if tokio::time::timeout(shared.opts.grace, drain)
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 grace_s = shared.opts.grace.as_secs(),
                 "runs did not reach a commit boundary within the grace period; dropping them (their uncommitted batch rolls back)"
@@ -550,14 +553,19 @@ impl Destination for StopAtCommit {
         &'a mut self,
         table: &'a str,
         column: &'a str,
-        filter: &'a [(String, Value)],
+        filter: &'a [(String, xmbridge_destinations::Value)],
     ) -> BoxFuture<'a, Result<Vec<String>, DestError>> {
         self.inner.keys(table, column, filter)
     }
 }
 
 /// Runs one queued run to its end and records it.
-async fn execute(shared: &Arc<Shared>, run: SyncRun, stop: Arc<AtomicBool>, shutdown: Arc<AtomicBool>) {
+async fn execute(
+    shared: &Arc<Shared>,
+    run: SyncRun,
+    stop: Arc<AtomicBool>,
+    shutdown: Arc<AtomicBool>,
+) {
     let deps = &shared.deps;
     let id = run.id;
     let connection = run.connection.clone();
@@ -638,13 +646,23 @@ async fn prepare(
     let settings = deps
         .configs
         .destination_settings(connection, &cfg)
-        .map_err(|e| run_error(&e, Some(format!("check the destination: xmbridge connection set {connection} --destination URL"))))?;
-    let connected = xmbridge_runtime::connection::connect(&deps.vault, connection).map_err(|e| {
-        run_error(
-            &e,
-            Some(format!("xmbridge connection test {connection} shows what is wrong with the connection")),
-        )
-    })?;
+        .map_err(|e| {
+            run_error(
+                &e,
+                Some(format!(
+                    "check the destination: xmbridge connection set {connection} --destination URL"
+                )),
+            )
+        })?;
+    let connected =
+        xmbridge_runtime::connection::connect(&deps.vault, connection).map_err(|e| {
+            run_error(
+                &e,
+                Some(format!(
+                    "xmbridge connection test {connection} shows what is wrong with the connection"
+                )),
+            )
+        })?;
     let dest = open_destination(&settings, &cfg.schema, Compat::Xmbridge)
         .await
         .map_err(|e| {
@@ -743,12 +761,16 @@ async fn drive(
         },
         Err(_) if stopped.load(Ordering::SeqCst) => RunOutcome {
             status: RunStatus::Cancelled,
-            responses: committed.get("survey_response").map(|c| c.inserted + c.updated).unwrap_or(0),
+            responses: committed
+                .get("survey_response")
+                .map(|c| c.inserted + c.updated)
+                .unwrap_or(0),
             api_calls,
             throttled,
             tables: committed,
             error: Some(RunError {
-                message: "cancelled; it stopped at a commit boundary, everything it wrote is kept".into(),
+                message: "cancelled; it stopped at a commit boundary, everything it wrote is kept"
+                    .into(),
                 fix: None,
             }),
         },
@@ -756,7 +778,10 @@ async fn drive(
             let fix = sync_fix(&e, connection);
             RunOutcome {
                 status: RunStatus::Failed,
-                responses: committed.get("survey_response").map(|c| c.inserted + c.updated).unwrap_or(0),
+                responses: committed
+                    .get("survey_response")
+                    .map(|c| c.inserted + c.updated)
+                    .unwrap_or(0),
                 api_calls,
                 throttled,
                 tables: committed,
@@ -825,9 +850,18 @@ mod tests {
 
     #[test]
     fn intervals_scale_down_but_not_to_zero() {
-        assert_eq!(scaled(Duration::from_secs(300), 300), Duration::from_secs(1));
-        assert_eq!(scaled(Duration::from_secs(300), 1), Duration::from_secs(300));
-        assert_eq!(scaled(Duration::from_secs(300), 0), Duration::from_secs(300));
+        assert_eq!(
+            scaled(Duration::from_secs(300), 300),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            scaled(Duration::from_secs(300), 1),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            scaled(Duration::from_secs(300), 0),
+            Duration::from_secs(300)
+        );
         assert_eq!(
             scaled(Duration::from_secs(1), 1_000_000),
             Duration::from_millis(10)

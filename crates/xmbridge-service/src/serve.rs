@@ -269,7 +269,7 @@ pub struct Server {
     url: String,
     public_url: String,
     notices: Vec<HookNotice>,
-    wanted: Vec<xmbridge_workflows::hooks::WantedSubscription>,
+    wanted: Arc<Vec<xmbridge_workflows::hooks::WantedSubscription>>,
     recovered: Vec<i64>,
     state: AppState,
 }
@@ -372,7 +372,7 @@ impl Server {
             url,
             public_url,
             notices: setup.notices,
-            wanted: setup.wanted,
+            wanted: Arc::new(setup.wanted),
             recovered,
             state,
         })
@@ -556,7 +556,10 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     match snapshot(&state).await {
         Ok(snap) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             state.metrics.render(&snap),
         )
             .into_response(),
@@ -617,15 +620,31 @@ mod tests {
 
     #[test]
     fn only_loopback_without_the_flag_and_a_warning_without_tls() {
-        assert!(check_listen(&opts("127.0.0.1:0", false, false, false)).unwrap().is_none());
-        assert!(check_listen(&opts("[::1]:0", false, false, false)).unwrap().is_none());
+        assert!(
+            check_listen(&opts("127.0.0.1:0", false, false, false))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            check_listen(&opts("[::1]:0", false, false, false))
+                .unwrap()
+                .is_none()
+        );
         let e = check_listen(&opts("0.0.0.0:0", false, false, false)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Invalid);
         assert!(e.fix().unwrap().contains("--allow-remote"));
         let w = check_listen(&opts("0.0.0.0:0", true, false, false)).unwrap();
         assert!(w.unwrap().contains("without TLS"));
-        assert!(check_listen(&opts("0.0.0.0:0", true, true, false)).unwrap().is_none());
-        assert!(check_listen(&opts("0.0.0.0:0", true, false, true)).unwrap().is_none());
+        assert!(
+            check_listen(&opts("0.0.0.0:0", true, true, false))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            check_listen(&opts("0.0.0.0:0", true, false, true))
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -647,7 +666,10 @@ mod tests {
     #[test]
     fn the_session_cookie_is_found_among_others() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, "a=1; xmbridge_session=abc; b=2".parse().unwrap());
+        h.insert(
+            header::COOKIE,
+            "a=1; xmbridge_session=abc; b=2".parse().unwrap(),
+        );
         use xmbridge_vault::ExposeSecret;
         assert_eq!(session_cookie(&h).unwrap().expose_secret(), "abc");
     }

@@ -1,11 +1,14 @@
 //! The harness xmbridge's integration tests share, so each piece exists once.
 //!
 //! Owns: a temporary installation driving the real binary ([`cli`]), the simulators started
-//! in-process on loopback ([`sim`]), `xmbridge serve` as a child process ([`serve`]), and PostgreSQL test databases with the one rule on
-//! `XMBRIDGE_TEST_PG` ([`pg`]). Must not: be a dependency of any production crate (it is a
-//! dev-dependency only and never published), or depend on the client, sync or workflow crates
-//! (their tests use it; what needs them stays in those tests).
+//! in-process on loopback ([`sim`]), `xmbridge serve` as a child process ([`serve`]), PostgreSQL
+//! test databases with the one rule on `XMBRIDGE_TEST_PG` ([`pg`]), and a headless Chromium
+//! driven over WebDriver with the same rule on `XMBRIDGE_TEST_BROWSER` ([`browser`]). Must not:
+//! be a dependency of any production crate (it is a dev-dependency only and never published), or
+//! depend on the client, sync or workflow crates (their tests use it; what needs them stays in
+//! those tests).
 
+pub mod browser;
 pub mod cli;
 pub mod pg;
 pub mod serve;

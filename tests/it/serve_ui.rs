@@ -1,0 +1,224 @@
+//! The web UI of `xmbridge serve` in a real headless browser (Debian's chromium through
+//! chromedriver, `xmbridge_test_kit::browser`): a person's path from an empty install against the
+//! Qualtrics simulator, with screenshots in `$CARGO_TARGET_DIR/ui-screenshots/` for review.
+//!
+//! Needs the browser: `XMBRIDGE_TEST_BROWSER` set (scripts/test) makes a missing one a failure;
+//! unset, the test prints a `SKIPPED:` line.
+
+use std::time::Duration;
+
+use serde_json::json;
+use xmbridge_sim::{SimConfig, SimHandle};
+use xmbridge_test_kit::browser::{Browser, WAIT, keys};
+use xmbridge_test_kit::serve::start_server;
+use xmbridge_workflows::store::{EventSource, EventState, NewEvent, Store};
+
+use crate::support::{self, StateStore};
+
+const PASSWORD: &str = "correct horse battery";
+
+async fn sim() -> SimHandle {
+    xmbridge_test_kit::sim::qualtrics(SimConfig {
+        seed: 12,
+        surveys: 2,
+        responses: 40,
+        contacts: 0,
+        rate_limit_per_min: 0,
+        ..SimConfig::default()
+    })
+    .await
+}
+
+/// A workflow whose step refuses an event without e-mail and extRef: such an event ends in the
+/// dead letter (the same workflow as tests/it/cli_workflow_run.rs). The step names the
+/// connection the person adds in the UI (the server starts before it exists).
+fn workflow(dir: &str) -> String {
+    format!(
+        r#"[[workflow]]
+name = "incident-contact"
+owner = "ada"
+
+[workflow.trigger]
+type = "servicenow"
+table = "incident"
+
+[[workflow.step]]
+name = "contact"
+action = "create-contact"
+account = "acme"
+[workflow.step.inputs]
+directory_id = "'{dir}'"
+email = "record.email"
+extRef = "record.sys_id"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_signs_in_adds_a_connection_syncs_and_replays_a_dead_letter() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let inst = support::install();
+    let h = sim().await;
+    let token = h.sim.cfg.admin_token();
+    let pw = inst.file("ada.pw", PASSWORD);
+    inst.ok(&[
+        "user",
+        "add",
+        "ada",
+        "--role",
+        "admin",
+        "--password-file",
+        pw.to_str().unwrap(),
+    ])
+    .await;
+    let dir = h.sim.directory.default_directory_id();
+    inst.write_workflow("incident-contact.toml", &workflow(&dir));
+    let db = inst.path("warehouse.db");
+    let server = start_server(&inst, &[]).await;
+
+    // Sign in with the keyboard only: type, Tab to the password, Enter submits.
+    b.goto(&server.url).await;
+    let user = b.find("#login-user").await;
+    b.screenshot("01-sign-in").await;
+    b.type_el(&user, "ada").await;
+    b.press(&[keys::TAB]).await;
+    let focused = b
+        .execute("return document.activeElement.id", json!([]))
+        .await;
+    assert_eq!(
+        focused, "login-password",
+        "Tab moves from the user name to the password"
+    );
+    b.press(&[PASSWORD]).await;
+    b.press(&[keys::ENTER]).await;
+    b.wait_text("#main h1", "Connections", WAIT).await;
+    b.wait_text("#who-name", "ada (admin)", WAIT).await;
+    b.wait_text("#main", "No Qualtrics connection yet", WAIT)
+        .await;
+    b.screenshot("02-empty-install").await;
+
+    // Add a connection with Save & Test.
+    b.click("#add-connection").await;
+    b.find("#conn-form").await;
+    b.fill("#conn-name", "acme").await;
+    b.fill("#conn-url", &h.base_url).await;
+    b.click("input[name=auth][value=token]").await;
+    b.fill("#conn-token", &token).await;
+    b.fill("#conn-destination", &format!("sqlite:{}", db.display()))
+        .await;
+    b.select("#conn-every", "").await;
+    b.screenshot("03-add-connection").await;
+    b.click("#conn-save").await;
+    let report = b
+        .wait_text("#test-report", "ok", Duration::from_secs(60))
+        .await;
+    assert!(report.contains("Test"), "{report}");
+    let result = b.wait_text("#conn-result", "Saved", WAIT).await;
+    assert!(result.contains("the test passed"), "{result}");
+    assert_eq!(
+        b.property("#conn-token", "value").await,
+        "",
+        "the token field is emptied once saved"
+    );
+    b.screenshot("04-save-and-test").await;
+
+    // The connection's page: set a schedule.
+    b.click("#conn-open").await;
+    b.wait_text("#main h1", "acme", WAIT).await;
+    b.select("#sched-every", "5m").await;
+    b.click("#sched-save").await;
+    b.wait_text("#sched-result", "every 5 minutes", WAIT).await;
+    // Stored, not just shown: a fresh page reads it back from the API.
+    b.refresh().await;
+    b.wait_text("#main h1", "acme", WAIT).await;
+    assert_eq!(b.property("#sched-every", "value").await, "5m");
+
+    // Sync now and watch it finish.
+    b.click("#sync-now").await;
+    b.find("#sync-progress").await;
+    b.screenshot("05-sync-running").await;
+    let done = b
+        .wait_text("#sync-progress", "succeeded", Duration::from_secs(120))
+        .await;
+    assert!(done.contains("rows written"), "{done}");
+    b.wait_text("#main table", "succeeded", WAIT).await;
+    // Per-table counts in the history match what landed in the destination.
+    b.click("tr[data-run] details summary").await;
+    let hist = b.text("tr[data-run] details").await;
+    let in_db: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM qualtrics_survey_response", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(in_db > 0);
+    assert!(
+        hist.contains("survey_response") && hist.contains(&in_db.to_string()),
+        "history {hist:?} vs {in_db} rows in the destination"
+    );
+    b.screenshot("06-sync-finished").await;
+
+    // A narrow screen.
+    b.resize(400, 900).await;
+    b.screenshot("07-connection-400px").await;
+    let overflow = b
+        .execute(
+            "return document.documentElement.scrollWidth > document.documentElement.clientWidth",
+            json!([]),
+        )
+        .await;
+    assert_eq!(overflow, false, "nothing sticks out sideways at 400 px");
+    b.resize(1280, 900).await;
+
+    // A dead-lettered event: the same kind of event as cli_workflow_run's test, put in the
+    // outbox directly (the receiver's own tests cover hooks); the server's workers park it.
+    let store = inst.store();
+    let id = store
+        .enqueue(
+            &NewEvent {
+                workflow: "incident-contact".into(),
+                source: EventSource::ServiceNow,
+                dedupe_key: "ui-1@1".into(),
+                payload: json!({"table": "incident", "record": {"sys_id": null}}),
+            },
+            0,
+        )
+        .unwrap()
+        .id()
+        .to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while store.get_event(&id).unwrap().state != EventState::Dead {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server's workers did not dead-letter the event: {:?}",
+            store.get_event(&id).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    b.click("a[data-nav=workflows]").await;
+    b.wait_text("#main table", "incident-contact", WAIT).await;
+    b.click("a[href='#/workflows/incident-contact']").await;
+    b.wait_text("[data-count=dead]", "1", WAIT).await;
+    // Pause first, so the replayed event waits in the outbox where the test can see it.
+    b.click("#wf-pause").await;
+    b.find("#wf-resume").await;
+    b.click(&format!("details[data-event='{id}'] summary"))
+        .await;
+    let opened = b.text(&format!("details[data-event='{id}']")).await;
+    assert!(
+        opened.contains("contact"),
+        "the failed step and its error: {opened}"
+    );
+    b.screenshot("08-dead-letter").await;
+    b.click(&format!("button.replay[data-event='{id}']")).await;
+    b.wait_text("#flash", "Replayed", WAIT).await;
+    assert_eq!(store.get_event(&id).unwrap().state, EventState::Pending);
+    b.screenshot("09-replayed").await;
+
+    // No secret reached any page the test saw.
+    let html = b.source().await;
+    assert!(!html.contains(&token) && !html.contains(PASSWORD));
+}
