@@ -342,7 +342,7 @@ async fn replay(
     let catalog = load(&api)?;
     summary(&api, &catalog, &name)?;
     owner_or_admin(&api, &caller, &catalog, &name, "replay")?;
-    if body.all == !body.events.is_empty() {
+    if body.all != body.events.is_empty() {
         return Err(ApiError::invalid(
             "say what to replay: {\"all\": true} or {\"events\": [\"ev_…\"]}, not both",
             None,

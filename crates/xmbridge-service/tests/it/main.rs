@@ -2,6 +2,10 @@
 //! store in a temporary `XMBRIDGE_HOME`, with a real scheduler and the Qualtrics simulator,
 //! talked to over real HTTP.
 
+// Test code may unwrap: a panic is how a test reports a failure (clippy.toml allows it inside
+// #[test] functions; this extends it to the helpers).
+#![allow(clippy::unwrap_used)]
+
 mod serve_api;
 
 use std::net::SocketAddr;

@@ -129,7 +129,7 @@ async fn login_attempts_are_limited_per_user_and_per_address() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(wait >= 1 && wait <= 600, "Retry-After {wait}");
+    assert!((1..=600).contains(&wait), "Retry-After {wait}");
     assert_eq!(error_of(&limited)["code"], "too_many_attempts");
     // The address: 3 more failures on other names reach its 6.
     for user in ["x1", "x2", "x3"] {
