@@ -251,7 +251,7 @@ impl Receiver {
             let stream = tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors, say: wait a little instead of spinning.
                         tracing::warn!(error = %e, "could not accept a connection");
@@ -260,7 +260,13 @@ impl Receiver {
                     }
                 },
             };
-            let service = TowerToHyperService::new(app.clone());
+            let (stream, peer) = stream;
+            // The peer's address, as `ConnectInfo` (what `into_make_service_with_connect_info`
+            // gives): the service's API rate-limits sign-ins and audits by it.
+            let service = TowerToHyperService::new(
+                app.clone()
+                    .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+            );
             let stop = stop_rx.clone();
             let header_timeout = self.limits.header_timeout;
             let tls = self.tls.clone();
