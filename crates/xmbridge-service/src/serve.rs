@@ -463,11 +463,9 @@ impl Server {
     }
 }
 
-/// The routes of the API and the web UI.
-fn product_routers(_state: AppState) -> Router {
-    // The API (`crate::api::router(state)`) and the UI (`crate::ui::router()`) are merged here
-    // once their modules provide them.
-    Router::new()
+/// The routes of the API (`/api/v1/…`) and the web UI (`/`, `/ui/…`).
+fn product_routers(state: AppState) -> Router {
+    crate::api::router(state).merge(crate::ui::router())
 }
 
 /// `/readyz` and `/metrics` (`/healthz` comes with the receiver's routes: it also reports the
