@@ -426,6 +426,7 @@ async fn save_and_test_saves_a_good_connection_and_refuses_a_bad_token() {
     let a = add_connection(&s, &admin, "acme", json!({"every": "1h"})).await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     assert_eq!(a.json["test"]["ok"], true);
+    assert_eq!(a.json["test"]["destination"]["ok"], true, "{}", a.text);
     let groups = a.json["test"]["groups"].as_array().unwrap();
     assert!(
         groups
@@ -468,6 +469,40 @@ async fn save_and_test_saves_a_good_connection_and_refuses_a_bad_token() {
     .await;
     assert_eq!(kept.status, StatusCode::CREATED, "{}", kept.text);
     assert_eq!(kept.json["test"]["ok"], false);
+    // A destination that cannot be reached: 422, the account's groups fine, nothing saved.
+    let unreachable = add_connection(
+        &s,
+        &admin,
+        "nowhere",
+        json!({"destination": "postgres://nobody@127.0.0.1:1/db"}),
+    )
+    .await;
+    assert_eq!(
+        unreachable.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        unreachable.text
+    );
+    let report = &unreachable.json["test"];
+    assert_eq!(report["destination"]["ok"], false, "{report}");
+    assert!(
+        report["destination"]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("reachable")
+    );
+    assert!(
+        report["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["status"] == "ok")
+    );
+    let a = s
+        .call(Method::GET, "/api/v1/connections/nowhere", &admin, None)
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.json.get("connection"), None);
     // A name taken: 409.
     let dup = add_connection(&s, &admin, "acme", json!({})).await;
     assert_eq!(dup.status, StatusCode::CONFLICT, "{}", dup.text);
