@@ -57,6 +57,45 @@ async fn sign_in_me_and_sign_out() {
     };
     let a = s.call(Method::GET, "/api/v1/me", &made_up, None).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+
+    // An expired session: 401.
+    let expired = s
+        .state
+        .users
+        .create_session("ada", Duration::ZERO)
+        .expect("a session");
+    std::thread::sleep(Duration::from_millis(5));
+    let old = Creds {
+        cookie: Some(secrecy::ExposeSecret::expose_secret(&expired.cookie).to_string()),
+        csrf: Some(expired.csrf_token.clone()),
+        ..Creds::default()
+    };
+    let a = s.call(Method::GET, "/api/v1/me", &old, None).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.text);
+    assert!(
+        error_of(&a)["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+
+    // A removed user's session ends with them.
+    let admin = s.admin().await;
+    let mo = s.member().await;
+    let a = s
+        .call(Method::DELETE, "/api/v1/users/mo", &admin, None)
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
+    let a = s.call(Method::GET, "/api/v1/me", &mo, None).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let audit = s.call(Method::GET, "/api/v1/audit", &admin, None).await;
+    assert!(
+        audit.json["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "user.remove" && e["target"] == "mo")
+    );
 }
 
 #[tokio::test]
