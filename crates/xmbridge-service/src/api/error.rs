@@ -84,8 +84,8 @@ impl ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message, fix)
     }
 
-    /// 500: the message is logged; the answer says only that it failed, since an internal
-    /// error's text may name paths or database details.
+    /// 500: logged, and answered with what failed (store and runtime errors name what was
+    /// being done and paths, never a secret).
     pub fn internal(context: &str, error: &dyn std::error::Error) -> ApiError {
         tracing::error!(error = %error, "api: {context}");
         ApiError::new(

@@ -1308,3 +1308,30 @@ async fn malformed_ids_and_queries_get_the_error_shape() {
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
     error_of(&a);
 }
+
+#[tokio::test]
+async fn behind_a_proxy_the_cookie_is_secure_and_the_forwarded_address_is_audited() {
+    let s = Service::start_full(LoginLimiter::new(3, 6, Duration::from_secs(600)), true).await;
+    let resp = s
+        .http
+        .post(format!("{}/api/v1/session", s.base))
+        .header("x-forwarded-for", "10.1.2.3")
+        .json(&json!({"user": "ada", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    let admin = s.admin().await;
+    let audit = s.call(Method::GET, "/api/v1/audit", &admin, None).await;
+    let first = audit.json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["action"] == "session.create")
+        .cloned()
+        .unwrap();
+    assert_eq!(first["address"], "10.1.2.3", "{first}");
+}
