@@ -360,6 +360,24 @@ async fn connection_set_seals_the_destination_password() {
         assert!(show.contains(line), "{line:?} missing:\n{show}");
     }
 
+    let j = inst.json(&["connection", "show", "acme", "--json"]).await;
+    assert_no_secret("connection show --json", &j.to_string(), &[DEST_PW]);
+    assert_eq!(
+        j["sync"]["destination"],
+        "postgres://loader@127.0.0.1:5432/warehouse"
+    );
+    assert_eq!(j["sync"]["has_password"], true);
+    assert_eq!(j["sync"]["every"], "15m");
+    assert_eq!(j["sync"]["tables"][1], "survey_response");
+    assert!(
+        j["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["field"] == "destination_password"),
+        "{j}"
+    );
+
     // Options not given keep their value.
     inst.ok(&["connection", "set", "acme", "--paused"]).await;
     let show = inst.ok(&["connection", "show", "acme"]).await;
@@ -480,4 +498,226 @@ async fn connection_set_refuses_bad_schedules_tables_and_destinations() {
         "{show}"
     );
     assert!(Path::new(&abs).is_absolute());
+}
+
+// ---- role rules on the command line -------------------------------------------------------------
+
+/// A workflow owned by `owner` (its step's account need not exist to be saved).
+fn argv(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn workflow_toml(owner: &str) -> String {
+    format!(
+        r#"
+[[workflow]]
+name = "detractors"
+owner = "{owner}"
+condition = "response.values.QID1 <= 6"
+
+[workflow.trigger]
+type = "qualtrics-response"
+survey_id = "SV_abc"
+
+[[workflow.step]]
+name = "incident"
+action = "servicenow.create-incident"
+account = "sn-prod"
+[workflow.step.inputs]
+short_description = "'Detractor on {{{{ survey.name }}}}'"
+correlation_id = "response.id"
+"#
+    )
+}
+
+/// lee (admin), sam and kim (members).
+async fn three_users(inst: &Install) {
+    let pw = password_file(inst, "users.pw", LEE_PW);
+    for (name, role) in [("lee", "admin"), ("sam", "member"), ("kim", "member")] {
+        inst.ok(&["user", "add", name, "--role", role, "--password-file", &pw])
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn only_admins_link_brand_accounts() {
+    let inst = support::install();
+    three_users(&inst).await;
+    let sf =
+        xmbridge_test_kit::sim::salesforce(xmbridge_sim::salesforce::SalesforceConfig::default())
+            .await;
+    let creds: Value = reqwest::get(format!("{}/_sim/credentials", sf.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = inst.file("sf.secret", creds["client_secret"].as_str().unwrap());
+    let token_url = sf.token_url();
+    let link = |name: &'static str, user: &'static str| {
+        vec![
+            "account".to_string(),
+            "link".into(),
+            name.into(),
+            "--salesforce".into(),
+            "--server-to-server".into(),
+            "--token-url".into(),
+            token_url.clone(),
+            "--client-id".into(),
+            creds["client_id"].as_str().unwrap().into(),
+            "--client-secret-file".into(),
+            secret.to_str().unwrap().into(),
+            "--brand".into(),
+            "--as".into(),
+            user.into(),
+        ]
+    };
+
+    let a = link("sf-brand", "sam");
+    let r = inst.run(&argv(&a)).await;
+    r.fails(1, "only an admin may link a brand account");
+    assert!(r.stderr().contains("sam is a member"), "{}", r.stderr());
+    let listed = inst.ok(&["account", "list", "--as", "sam"]).await;
+    assert!(!listed.contains("sf-brand"), "{listed}");
+
+    let a = link("sf-brand", "lee");
+    let out = inst.ok(&argv(&a)).await;
+    assert!(out.contains("as a brand account"), "{out}");
+    inst.ok(&[
+        "account", "share", "sf-brand", "--with", "sam", "--as", "lee",
+    ])
+    .await;
+    let listed = inst.ok(&["account", "list", "--as", "sam"]).await;
+    assert!(listed.contains("sf-brand"), "{listed}");
+
+    // The operator acting --as a user is recorded as such.
+    let log = audit(&inst);
+    assert_eq!(log[0]["action"], "account.share");
+    assert_eq!(log[0]["via"], "cli-as:lee");
+    assert_eq!(log[1]["action"], "account.link");
+    assert_eq!(log[1]["detail"]["brand"], true);
+    assert!(!format!("{log:?}").contains(creds["client_secret"].as_str().unwrap()));
+}
+
+#[tokio::test]
+async fn workflow_ownership_changes_only_by_its_owner_or_an_admin() {
+    let inst = support::install().user("kim");
+    three_users(&inst).await;
+    let by_kim = inst.file("by-kim.toml", &workflow_toml("kim"));
+    let by_sam = inst.file("by-sam.toml", &workflow_toml("sam"));
+    let by_lee = inst.file("by-lee.toml", &workflow_toml("lee"));
+    inst.ok(&["workflow", "add", "--file", by_kim.to_str().unwrap()])
+        .await;
+
+    // sam (a member) takes kim's workflow by saving it with owner = "sam": refused.
+    let r = inst
+        .run(&[
+            "workflow",
+            "add",
+            "--file",
+            by_sam.to_str().unwrap(),
+            "--replace",
+            "--as",
+            "sam",
+        ])
+        .await;
+    r.fails(1, "only its owner or an admin may");
+    let list = inst.json(&["workflow", "list", "--json"]).await;
+    assert_eq!(list[0]["owner"], "kim");
+    // An edit that keeps the owner stays allowed (a collaborator's edit).
+    inst.ok(&[
+        "workflow",
+        "add",
+        "--file",
+        by_kim.to_str().unwrap(),
+        "--replace",
+        "--as",
+        "sam",
+    ])
+    .await;
+
+    // transfer: not by a member who does not own it, nor to an unknown user.
+    inst.run(&[
+        "workflow",
+        "transfer",
+        "detractors",
+        "--to",
+        "sam",
+        "--as",
+        "sam",
+    ])
+    .await
+    .fails(1, "only its owner or an admin may");
+    inst.run(&[
+        "workflow",
+        "transfer",
+        "detractors",
+        "--to",
+        "nobody",
+        "--as",
+        "kim",
+    ])
+    .await
+    .fails(2, "no user named 'nobody'");
+    inst.run(&["workflow", "transfer", "nope", "--to", "sam", "--as", "kim"])
+        .await
+        .fails(2, "nope");
+    // By its owner.
+    let out = inst
+        .ok(&[
+            "workflow",
+            "transfer",
+            "detractors",
+            "--to",
+            "sam",
+            "--as",
+            "kim",
+        ])
+        .await;
+    assert!(out.contains("now belongs to sam (was kim)"), "{out}");
+    let list = inst.json(&["workflow", "list", "--json"]).await;
+    assert_eq!(list[0]["owner"], "sam");
+    // By an admin, who may also take it through an edit.
+    inst.ok(&[
+        "workflow",
+        "transfer",
+        "detractors",
+        "--to",
+        "kim",
+        "--as",
+        "lee",
+    ])
+    .await;
+    assert_eq!(
+        inst.json(&["workflow", "list", "--json"]).await[0]["owner"],
+        "kim"
+    );
+    inst.ok(&[
+        "workflow",
+        "add",
+        "--file",
+        by_lee.to_str().unwrap(),
+        "--replace",
+        "--as",
+        "lee",
+    ])
+    .await;
+    assert_eq!(
+        inst.json(&["workflow", "list", "--json"]).await[0]["owner"],
+        "lee"
+    );
+
+    let log = audit(&inst);
+    assert_eq!(log[0]["action"], "workflow.replace");
+    assert_eq!(log[0]["detail"]["previous_owner"], "kim");
+    assert_eq!(log[0]["via"], "cli-as:lee");
+    let transfers: Vec<&Value> = log
+        .iter()
+        .filter(|e| e["action"] == "workflow.transfer")
+        .collect();
+    assert_eq!(transfers.len(), 2, "{log:?}");
+    assert_eq!(transfers[0]["detail"]["from"], "sam");
+    assert_eq!(transfers[0]["detail"]["to"], "kim");
+    assert_eq!(transfers[0]["via"], "cli-as:lee");
+    assert_eq!(transfers[1]["via"], "cli-as:kim");
 }
