@@ -804,3 +804,105 @@ async fn a_destination_that_cannot_be_reached_fails_with_its_fix_and_the_schedul
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn sync_now_during_a_run_queues_one_and_a_cancel_stops_at_a_commit_boundary() {
+    let h = slow_sim().await;
+    let i = support::install();
+    i.connect(&h, "acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::Sqlite(dir.path().join("now.db"));
+    // No schedule, and paused: "sync now" still runs.
+    configure(&i, "acme", &dest.url(), None);
+    stores(&i)
+        .configs
+        .apply(
+            "acme",
+            ConfigChange {
+                paused: Some(true),
+                ..ConfigChange::default()
+            },
+        )
+        .unwrap();
+    let token = token(&i);
+    let mut s = start_server(&i, &[]).await;
+    let c = http();
+    let sync_now = || async {
+        let r = c
+            .post(s.at("/api/v1/connections/acme/syncs"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        r.json::<serde_json::Value>().await.unwrap()
+    };
+    let first = sync_now().await;
+    let id1 = first["id"].as_i64().unwrap();
+    assert_eq!(first["already_queued"], false);
+    wait_runs(
+        &i,
+        "acme",
+        Duration::from_secs(60),
+        "the first run runs",
+        Some(&s),
+        |runs| {
+            runs.iter()
+                .any(|r| r.id == id1 && r.status == RunStatus::Running)
+        },
+    )
+    .await;
+    // During the run: one more is queued, and asking again returns that one.
+    let second = sync_now().await;
+    let id2 = second["id"].as_i64().unwrap();
+    assert_ne!(id2, id1);
+    assert_eq!(second["already_queued"], false);
+    assert_eq!(second["running"], id1);
+    let third = sync_now().await;
+    assert_eq!(third["id"], id2);
+    assert_eq!(third["already_queued"], true);
+    assert_eq!(third["running"], id1);
+    let cancel = c
+        .post(s.at(&format!("/api/v1/syncs/{id1}/cancel")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        cancel.status().is_success(),
+        "{}",
+        cancel.text().await.unwrap()
+    );
+    let runs = wait_runs(
+        &i,
+        "acme",
+        Duration::from_secs(120),
+        "the first run is cancelled, the queued one finishes",
+        Some(&s),
+        |runs| {
+            runs.iter().any(|r| r.id == id1 && r.status.is_finished())
+                && runs
+                    .iter()
+                    .any(|r| r.id == id2 && r.status == RunStatus::Succeeded)
+        },
+    )
+    .await;
+    s.terminate();
+    assert!(s.wait(Duration::from_secs(60)).await.success());
+    let r1 = runs.iter().find(|r| r.id == id1).unwrap();
+    eprintln!("run {id1} after its cancel: {} {:?}", r1.status, r1.error);
+    // Cancelled at a commit boundary (or it had just finished before the cancel arrived).
+    assert!(
+        matches!(r1.status, RunStatus::Cancelled | RunStatus::Succeeded),
+        "{r1:#?}"
+    );
+    assert_eq!(r1.trigger, RunTrigger::Api);
+    assert_eq!(r1.requested_by.as_deref(), Some("ops"));
+    assert_eq!(
+        runs.len(),
+        2,
+        "a user's cancel queues no resume run: {runs:#?}"
+    );
+    fast_again(&h).await;
+    assert_eq!(dest.counts().await, clean_counts(&i).await);
+}
