@@ -464,10 +464,8 @@ impl Server {
 }
 
 /// The routes of the API and the web UI.
-fn product_routers(_state: AppState) -> Router {
-    // The API (`crate::api::router(state)`) and the UI (`crate::ui::router()`) are merged here
-    // once their modules provide them.
-    Router::new()
+fn product_routers(state: AppState) -> Router {
+    crate::api::router(state).merge(crate::ui::router())
 }
 
 /// `/readyz` and `/metrics` (`/healthz` comes with the receiver's routes: it also reports the
