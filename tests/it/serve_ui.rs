@@ -91,7 +91,7 @@ async fn a_person_signs_in_adds_a_connection_syncs_and_replays_a_dead_letter() {
         focused, "login-password",
         "Tab moves from the user name to the password"
     );
-    b.press(&[PASSWORD]).await;
+    b.keyboard(PASSWORD).await;
     b.press(&[keys::ENTER]).await;
     b.wait_text("#main h1", "Connections", WAIT).await;
     b.wait_text("#who-name", "ada (admin)", WAIT).await;
@@ -124,41 +124,59 @@ async fn a_person_signs_in_adds_a_connection_syncs_and_replays_a_dead_letter() {
     );
     b.screenshot("04-save-and-test").await;
 
-    // The connection's page: set a schedule.
+    // The connection's page: sync now and watch it finish (no schedule yet, so this run is
+    // the first and holds every row).
     b.click("#conn-open").await;
     b.wait_text("#main h1", "acme", WAIT).await;
-    b.select("#sched-every", "5m").await;
-    b.click("#sched-save").await;
-    b.wait_text("#sched-result", "every 5 minutes", WAIT).await;
-    // Stored, not just shown: a fresh page reads it back from the API.
-    b.refresh().await;
-    b.wait_text("#main h1", "acme", WAIT).await;
-    assert_eq!(b.property("#sched-every", "value").await, "5m");
-
-    // Sync now and watch it finish.
     b.click("#sync-now").await;
-    b.find("#sync-progress").await;
+    let run = b
+        .find("#sync-progress")
+        .await;
+    let run_id = b
+        .execute(
+            "return document.querySelector('#sync-progress').dataset.run",
+            json!([]),
+        )
+        .await;
+    let run_id = run_id.as_str().unwrap().to_string();
+    let _ = run;
     b.screenshot("05-sync-running").await;
     let done = b
         .wait_text("#sync-progress", "succeeded", Duration::from_secs(120))
         .await;
     assert!(done.contains("rows written"), "{done}");
-    b.wait_text("#main table", "succeeded", WAIT).await;
     // Per-table counts in the history match what landed in the destination.
-    b.click("tr[data-run] details summary").await;
-    let hist = b.text("tr[data-run] details").await;
+    let row = format!("tr[data-run='{run_id}']");
+    b.wait_text(&row, "succeeded", WAIT).await;
+    b.click(&format!("{row} details summary")).await;
+    let hist = b.text(&format!("{row} details")).await;
     let in_db: i64 = rusqlite::Connection::open(&db)
         .unwrap()
-        .query_row("SELECT count(*) FROM qualtrics_survey_response", [], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT count(*) FROM qualtrics_survey_response",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert!(in_db > 0);
-    assert!(
-        hist.contains("survey_response") && hist.contains(&in_db.to_string()),
-        "history {hist:?} vs {in_db} rows in the destination"
+    let line = hist
+        .lines()
+        .find(|l| l.starts_with("survey_response "))
+        .unwrap_or_else(|| panic!("no survey_response line in {hist:?}"));
+    assert_eq!(
+        line,
+        format!("survey_response {in_db} 0 0"),
+        "history vs {in_db} rows in the destination"
     );
     b.screenshot("06-sync-finished").await;
+
+    // Set a schedule; a fresh page reads it back from the API (stored, not just shown).
+    b.select("#sched-every", "5m").await;
+    b.click("#sched-save").await;
+    b.wait_text("#sched-result", "every 5 minutes", WAIT).await;
+    b.refresh().await;
+    b.wait_text("#main h1", "acme", WAIT).await;
+    assert_eq!(b.property("#sched-every", "value").await, "5m");
 
     // A narrow screen.
     b.resize(400, 900).await;

@@ -531,7 +531,25 @@ impl Browser {
             .await;
     }
 
-    /// Presses `keys` on whatever has the focus (a modifier is held until the end of the call).
+    /// Types `text` on whatever has the focus, one key stroke per character (the way a person
+    /// types into the field they tabbed to).
+    pub async fn keyboard(&self, text: &str) {
+        let mut actions = Vec::new();
+        for c in text.chars() {
+            actions.push(json!({ "type": "keyDown", "value": c.to_string() }));
+            actions.push(json!({ "type": "keyUp", "value": c.to_string() }));
+        }
+        self.must(
+            "type on the keyboard",
+            reqwest::Method::POST,
+            "/actions",
+            Some(json!({ "actions": [ { "type": "key", "id": "keyboard", "actions": actions } ] })),
+        )
+        .await;
+    }
+
+    /// Presses `keys` together on whatever has the focus (each one key, e.g. [`keys::TAB`];
+    /// a modifier is held until the end of the call).
     pub async fn press(&self, keys: &[&str]) {
         let mut actions = Vec::new();
         for k in keys {
