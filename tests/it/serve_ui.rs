@@ -91,6 +91,13 @@ async fn a_person_signs_in_adds_a_connection_syncs_and_replays_a_dead_letter() {
         focused, "login-password",
         "Tab moves from the user name to the password"
     );
+    let outline = b
+        .execute(
+            "return getComputedStyle(document.activeElement).outlineStyle",
+            json!([]),
+        )
+        .await;
+    assert_ne!(outline, "none", "the keyboard focus is visible");
     b.keyboard(PASSWORD).await;
     b.press(&[keys::ENTER]).await;
     b.wait_text("#main h1", "Connections", WAIT).await;
@@ -129,9 +136,7 @@ async fn a_person_signs_in_adds_a_connection_syncs_and_replays_a_dead_letter() {
     b.click("#conn-open").await;
     b.wait_text("#main h1", "acme", WAIT).await;
     b.click("#sync-now").await;
-    let run = b
-        .find("#sync-progress")
-        .await;
+    let run = b.find("#sync-progress").await;
     let run_id = b
         .execute(
             "return document.querySelector('#sync-progress').dataset.run",
@@ -144,7 +149,7 @@ async fn a_person_signs_in_adds_a_connection_syncs_and_replays_a_dead_letter() {
     let done = b
         .wait_text("#sync-progress", "succeeded", Duration::from_secs(120))
         .await;
-    assert!(done.contains("rows written"), "{done}");
+    assert!(done.contains("rows changed"), "{done}");
     // Per-table counts in the history match what landed in the destination.
     let row = format!("tr[data-run='{run_id}']");
     b.wait_text(&row, "succeeded", WAIT).await;
@@ -152,11 +157,9 @@ async fn a_person_signs_in_adds_a_connection_syncs_and_replays_a_dead_letter() {
     let hist = b.text(&format!("{row} details")).await;
     let in_db: i64 = rusqlite::Connection::open(&db)
         .unwrap()
-        .query_row(
-            "SELECT count(*) FROM qualtrics_survey_response",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT count(*) FROM qualtrics_survey_response", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert!(in_db > 0);
     let line = hist
@@ -235,6 +238,16 @@ async fn a_person_signs_in_adds_a_connection_syncs_and_replays_a_dead_letter() {
     b.wait_text("#flash", "Replayed", WAIT).await;
     assert_eq!(store.get_event(&id).unwrap().state, EventState::Pending);
     b.screenshot("09-replayed").await;
+
+    // The admin pages: users and the audit log, which recorded what was done above.
+    b.click("a[data-nav=users]").await;
+    b.wait_text("#main table", "ada", WAIT).await;
+    b.screenshot("10-users").await;
+    assert!(!b.source().await.contains(PASSWORD));
+    b.click("a[data-nav=audit]").await;
+    let audit = b.wait_text("#main table", "replay", WAIT).await;
+    assert!(audit.contains("acme"), "{audit}");
+    b.screenshot("11-audit-log").await;
 
     // No secret reached any page the test saw.
     let html = b.source().await;

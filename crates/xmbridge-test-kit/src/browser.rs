@@ -625,8 +625,30 @@ impl Browser {
         .to_string()
     }
 
-    /// Saves a screenshot of the window as `NAME.png` in [`screenshot_dir`]; returns its path.
+    /// Saves a screenshot of the whole page (not just the window) as `NAME.png` in
+    /// [`screenshot_dir`]; returns its path. The window grows to the page's height for the shot
+    /// (up to 8000 px) and is put back afterwards.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
+        let rect = self
+            .must(
+                "read the window size",
+                reqwest::Method::GET,
+                "/window/rect",
+                None,
+            )
+            .await;
+        let dims = self
+            .execute(
+                "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]",
+                json!([]),
+            )
+            .await;
+        let (w, h) = (rect["width"].as_u64(), rect["height"].as_u64());
+        let page = dims[0].as_u64().unwrap_or(0) + dims[1].as_u64().unwrap_or(0);
+        let grow = matches!(h, Some(h) if page > h);
+        if let (true, Some(w)) = (grow, w) {
+            self.resize(w as u32, page.min(8000) as u32).await;
+        }
         let v = self
             .must(
                 "take a screenshot",
@@ -635,6 +657,9 @@ impl Browser {
                 None,
             )
             .await;
+        if let (true, Some(w), Some(h)) = (grow, w, h) {
+            self.resize(w as u32, h as u32).await;
+        }
         let png = base64::engine::general_purpose::STANDARD
             .decode(v.as_str().unwrap_or_default())
             .expect("a base64 PNG");

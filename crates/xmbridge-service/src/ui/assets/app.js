@@ -759,10 +759,10 @@
       const items = progressItems(prog);
       if (items.length && !done) card.appendChild(h('ul', { class: 'progress-list' }, items.map((t) => h('li', { text: t }))));
       card.appendChild(h('ul', { class: 'stats' },
-        h('li', null, h('b', { text: fmtNum(runRows(run)) }), 'rows written'),
-        h('li', null, h('b', { text: fmtNum(run.responses || 0) }), 'responses'),
-        h('li', null, h('b', { text: fmtNum(run.api_calls || 0) }), 'API calls'),
-        run.throttled ? h('li', null, h('b', { text: fmtNum(run.throttled) }), 'throttled retries') : null));
+        h('li', null, h('b', { text: fmtNum(runRows(run)) }), ' rows changed'),
+        h('li', null, h('b', { text: fmtNum(run.responses || 0) }), ' responses'),
+        h('li', null, h('b', { text: fmtNum(run.api_calls || 0) }), ' API calls'),
+        run.throttled ? h('li', null, h('b', { text: fmtNum(run.throttled) }), ' throttled retries') : null));
       if (st === 'succeeded') card.appendChild(okBox('The sync finished.'));
       if (run.error) card.appendChild(errorBox(run.error));
     }
@@ -831,7 +831,7 @@
     const step = (W - L - R) / list.length;
     const bw = Math.max(4, Math.min(36, step * 0.6));
     const y = (v, max) => T + (H - T - B) * (1 - v / max);
-    const summary = 'Rows written and duration of the last ' + list.length + ' finished runs; most rows ' + fmtNum(Math.max(...rows)) + ', longest ' + fmtDuration(Math.max(...durs)) + '.';
+    const summary = 'Rows changed and duration of the last ' + list.length + ' finished runs; most rows ' + fmtNum(Math.max(...rows)) + ', longest ' + fmtDuration(Math.max(...durs)) + '.';
     const svg = s('svg', { class: 'chart', viewBox: '0 0 ' + W + ' ' + H, role: 'img', 'aria-label': summary });
     svg.appendChild(s('line', { class: 'axis', x1: L, y1: H - B, x2: W - R, y2: H - B }));
     svg.appendChild(s('text', { x: L - 6, y: T + 10, 'text-anchor': 'end' }, fmtNum(maxRows)));
@@ -850,7 +850,7 @@
     for (const [px, py] of pts) svg.appendChild(s('circle', { class: 'dot', cx: px, cy: py, r: 3 }));
     wrap.appendChild(svg);
     wrap.appendChild(h('figcaption', { class: 'legend' },
-      h('span', null, h('span', { class: 'sw rows' }), 'rows written (left axis)'),
+      h('span', null, h('span', { class: 'sw rows' }), 'rows changed (left axis)'),
       h('span', null, h('span', { class: 'sw dur' }), 'duration (right axis)')));
     return wrap;
   }
@@ -898,7 +898,7 @@
     const status = h('section', { class: 'card', 'aria-labelledby': 'wf-status-h' },
       h('div', { class: 'spread' }, h('h2', { id: 'wf-status-h', text: 'Status' }), paused ? pill('paused') : pill('active')),
       h('ul', { class: 'stats' }, Object.keys(c).length
-        ? Object.entries(c).map(([k, n]) => h('li', { 'data-count': k }, h('b', { text: fmtNum(n) }), k))
+        ? Object.entries(c).map(([k, n]) => h('li', { 'data-count': k }, h('b', { text: fmtNum(n) }), ' ' + k))
         : h('li', { text: 'no events yet' })));
     if (w.description) status.appendChild(h('p', { text: w.description }));
     const steps = Array.isArray(w.steps) ? w.steps.map((st) => st.name + ' (' + st.action + ')').join(' → ') : '';
