@@ -1167,10 +1167,10 @@
     }
     const rows = list.map((e) => h('tr', null,
       h('td', { class: 'nowrap', text: fmtTime(e.at) }),
-      h('td', { class: 'mono', text: e.actor }),
-      h('td', { text: e.via }),
-      h('td', { class: 'mono', text: e.action }),
-      h('td', { class: 'mono', text: e.target }),
+      h('td', { class: 'mono nowrap', text: e.actor }),
+      h('td', { class: 'nowrap', text: e.via }),
+      h('td', { class: 'mono nowrap', text: e.action }),
+      h('td', { class: 'mono nowrap', text: e.target }),
       h('td', { class: 'mono', text: e.address || '—' }),
       h('td', { class: 'mono small', text: e.detail && Object.keys(e.detail).length ? JSON.stringify(e.detail) : '' })));
     root.appendChild(h('div', { class: 'card' }, tableOf(['When', 'Who', 'Via', 'Action', 'Target', 'From', 'Detail'], rows)));
