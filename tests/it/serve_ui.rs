@@ -24,6 +24,8 @@ async fn sim() -> SimHandle {
         responses: 40,
         contacts: 0,
         rate_limit_per_min: 0,
+        // Each survey's response export takes 2.5 s: the run lasts long enough to be watched.
+        export_delay_ms: 2500,
         ..SimConfig::default()
     })
     .await
@@ -145,6 +147,14 @@ async fn a_person_signs_in_adds_a_connection_syncs_and_replays_a_dead_letter() {
         .await;
     let run_id = run_id.as_str().unwrap().to_string();
     let _ = run;
+    // Live progress: rows per stream while the run is still running.
+    b.wait_until(
+        "rows per stream shown while the run runs",
+        "const p = document.querySelector('#sync-progress'); \
+         return p && p.querySelector('[data-stream]') && p.textContent.includes('running')",
+        Duration::from_secs(60),
+    )
+    .await;
     b.screenshot("05-sync-running").await;
     let done = b
         .wait_text("#sync-progress", "succeeded", Duration::from_secs(120))

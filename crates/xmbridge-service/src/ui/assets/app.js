@@ -756,9 +756,12 @@
         card.appendChild(h('p', null, cancel));
       }
       const prog = run.progress && typeof run.progress === 'object' ? run.progress : {};
-      const items = progressItems(prog);
-      if (items.length && !done) card.appendChild(h('ul', { class: 'progress-list' }, items.map((t) => h('li', { text: t }))));
-      card.appendChild(h('ul', { class: 'stats' },
+      if (!done) {
+        const list = streamProgress(prog);
+        if (list) card.appendChild(list);
+      }
+      // The run's totals are known when it ends; while it runs, the streams above say more.
+      if (done) card.appendChild(h('ul', { class: 'stats' },
         h('li', null, h('b', { text: fmtNum(runRows(run)) }), ' rows changed'),
         h('li', null, h('b', { text: fmtNum(run.responses || 0) }), ' responses'),
         h('li', null, h('b', { text: fmtNum(run.api_calls || 0) }), ' API calls'),
@@ -769,6 +772,27 @@
 
     const active = runs.find((r) => r.status === 'running' || r.status === 'queued');
     if (active) watch(active.id);
+  }
+
+  // Rows per stream while a run goes: {"streams": {NAME: {done, total, finished}}}; a bar for
+  // each stream whose total is known. Another shape is shown as "key: value" lines.
+  function streamProgress(prog) {
+    const streams = prog && prog.streams && typeof prog.streams === 'object' ? Object.entries(prog.streams) : null;
+    if (!streams) {
+      const items = progressItems(prog);
+      return items.length ? h('ul', { class: 'progress-list' }, items.map((t) => h('li', { text: t }))) : null;
+    }
+    if (!streams.length) return null;
+    return h('ul', { class: 'progress-list streams', 'aria-label': 'Rows per stream' }, streams.map(([name, st]) => {
+      const doneN = (st && st.done) || 0;
+      const total = st && typeof st.total === 'number' ? st.total : null;
+      const fin = !!(st && st.finished);
+      return h('li', { 'data-stream': name },
+        h('span', { class: 'mono', text: name }), ' ',
+        fmtNum(doneN) + (total !== null ? ' of ' + fmtNum(total) : '') + ' rows',
+        fin ? h('span', { class: 'muted', text: ' · done' }) : null,
+        total ? h('progress', { max: String(total), value: String(Math.min(doneN, total)), 'aria-label': name + ' progress' }) : null);
+    }));
   }
 
   // The progress object holds per-stream numbers; whatever its exact shape, show "name: n".
