@@ -263,3 +263,139 @@ async fn a_person_signs_in_adds_a_connection_syncs_and_replays_a_dead_letter() {
     let html = b.source().await;
     assert!(!html.contains(&token) && !html.contains(PASSWORD));
 }
+
+/// What goes wrong is shown as the API says it: a Save & Test that fails shows the error, its
+/// fix and the report, and "Save anyway" keeps the connection; an uploaded certificate is read
+/// in the browser and checked by the server; a member sees no admin action, and what the API
+/// refuses them is shown with the rule that refused it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_show_the_apis_message_and_fix_and_a_member_sees_no_admin_action() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let inst = support::install();
+    let h = sim().await;
+    for (name, role) in [("ada", "admin"), ("pat", "member")] {
+        let pw = inst.file(&format!("{name}.pw"), PASSWORD);
+        inst.ok(&[
+            "user",
+            "add",
+            name,
+            "--role",
+            role,
+            "--password-file",
+            pw.to_str().unwrap(),
+        ])
+        .await;
+    }
+    inst.write_workflow(
+        "incident-contact.toml",
+        &workflow(&h.sim.directory.default_directory_id()),
+    );
+    let db = inst.path("warehouse.db");
+    let server = start_server(&inst, &[]).await;
+
+    b.goto(&server.url).await;
+    b.fill("#login-user", "ada").await;
+    b.fill("#login-password", "not the password").await;
+    b.click("#login-submit").await;
+    b.wait_text("#login-result", "wrong user name or password", WAIT)
+        .await;
+    b.fill("#login-password", PASSWORD).await;
+    b.click("#login-submit").await;
+    b.wait_text("#who-name", "ada (admin)", WAIT).await;
+
+    // A wrong token: not saved, the report and the fix are shown, then "Save anyway".
+    b.click("#add-connection").await;
+    b.fill("#conn-name", "wrong").await;
+    b.fill("#conn-url", &h.base_url).await;
+    b.click("input[name=auth][value=token]").await;
+    b.fill("#conn-token", "not-the-brand-token").await;
+    b.fill("#conn-destination", &format!("sqlite:{}", db.display()))
+        .await;
+    b.click("#conn-save").await;
+    let err = b
+        .wait_text("#conn-result .msg.error", "Fix:", Duration::from_secs(60))
+        .await;
+    assert!(err.contains("wrong"), "{err}");
+    b.find("#conn-save-anyway").await;
+    b.screenshot("20-save-and-test-failed").await;
+    let listed = inst.run(&["connection", "list"]).await.all();
+    assert!(!listed.contains("wrong"), "not saved: {listed}");
+    b.click("#conn-save-anyway").await;
+    b.wait_text(
+        "#conn-result",
+        "Saved “wrong” anyway",
+        Duration::from_secs(60),
+    )
+    .await;
+    let listed = inst.ok(&["connection", "list"]).await;
+    assert!(listed.contains("wrong"), "saved anyway: {listed}");
+
+    // Advanced: the files chosen are read in the browser and checked by the server.
+    b.click("a[data-nav=connections]").await;
+    b.click("#add-connection").await;
+    b.fill("#conn-name", "mtls").await;
+    b.fill("#conn-url", &h.base_url).await;
+    b.click("input[name=auth][value=advanced]").await;
+    b.fill("#conn-client-id", "client").await;
+    b.fill("#conn-client-secret", "secret").await;
+    let cert = inst.file("client.pem", "this is not a certificate\n");
+    let key = inst.file("client.key", "nor is this a key\n");
+    b.upload("#conn-cert", &cert).await;
+    b.upload("#conn-key", &key).await;
+    b.fill("#conn-destination", &format!("sqlite:{}", db.display()))
+        .await;
+    b.click("#conn-save").await;
+    let err = b
+        .wait_text("#conn-result .msg.error", "certificate", WAIT)
+        .await;
+    b.screenshot("21-advanced-bad-certificate").await;
+    assert!(
+        !err.contains("The server answered"),
+        "the API's own message: {err}"
+    );
+    b.resize(400, 900).await;
+    b.screenshot("22-add-connection-400px").await;
+    let overflow = b
+        .execute(
+            "return document.documentElement.scrollWidth > document.documentElement.clientWidth",
+            json!([]),
+        )
+        .await;
+    assert_eq!(overflow, false, "the form fits 400 px");
+    b.resize(1280, 900).await;
+
+    // Sign out; the member signs in.
+    b.click("#logout").await;
+    b.fill("#login-user", "pat").await;
+    b.fill("#login-password", PASSWORD).await;
+    b.click("#login-submit").await;
+    b.wait_text("#who-name", "pat (member)", WAIT).await;
+    assert!(
+        !b.exists("#add-connection").await,
+        "members add no connection"
+    );
+    for admin in ["a[data-nav=users]", "a[data-nav=audit]"] {
+        let shown = b
+            .execute(
+                "return document.querySelector(arguments[0]).offsetParent !== null",
+                json!([admin]),
+            )
+            .await;
+        assert_eq!(shown, false, "{admin} is hidden from a member");
+    }
+    b.click("a[href='#/connections/wrong']").await;
+    b.wait_text("#main h1", "wrong", WAIT).await;
+    assert!(!b.exists("#sync-now").await && !b.exists("#sched-save").await);
+    b.screenshot("23-member-connection").await;
+    // A workflow owned by ada: the API refuses pat's pause and the page says which rule.
+    b.click("a[data-nav=workflows]").await;
+    b.click("a[href='#/workflows/incident-contact']").await;
+    b.click("#wf-pause").await;
+    let refused = b
+        .wait_text("#wf-result .msg.error", "owner or an admin", WAIT)
+        .await;
+    assert!(refused.contains("rule"), "{refused}");
+    b.screenshot("24-member-refused").await;
+}

@@ -276,6 +276,9 @@
 
   async function logout() {
     try { await api('DELETE', '/session'); } catch (err) { if (!err.handled) showError(err); }
+    // The next person to sign in here starts at the beginning, not on the last one's page (an
+    // ended session, by contrast, keeps the address: signing in again returns there).
+    history.replaceState(null, '', location.pathname + '#/connections');
     signedOut(null);
   }
 
@@ -683,7 +686,7 @@
     root.appendChild(sched);
 
     // Sync now and live progress.
-    const live = h('div', { id: 'sync-live', 'aria-live': 'polite' });
+    const live = h('div', { id: 'sync-live' });
     const syncBtn = h('button', { type: 'button', id: 'sync-now', text: 'Sync now' });
     syncBtn.addEventListener('click', async () => {
       clear(live);
@@ -699,7 +702,7 @@
       } catch (err) { if (!err.handled) live.appendChild(errorBox(err)); }
     });
     root.appendChild(h('section', { class: 'card', 'aria-labelledby': 'sync-h' },
-      h('div', { class: 'spread' }, h('h2', { id: 'sync-h', text: 'Sync' }), syncBtn), live));
+      h('div', { class: 'spread' }, h('h2', { id: 'sync-h', text: 'Sync' }), isAdmin() ? syncBtn : null), live));
 
     // History and chart.
     const histBox = h('section', { class: 'card', 'aria-labelledby': 'hist-h' });
@@ -740,34 +743,48 @@
         await new Promise((r) => setTimeout(r, 1000));
       }
     }
+    // Redrawn about once a second: the parts are made once, so the Cancel button keeps the
+    // keyboard focus and a screen reader hears only the outcome (the status boxes), not every tick.
     function drawProgress(card, run) {
-      clear(card);
       const st = run.status;
       const done = FINISHED.includes(st);
-      card.appendChild(h('p', null, 'Run #' + run.id + ' ', pill(st), ' ',
-        h('span', { class: 'muted', text: run.started_at ? (done ? 'took ' : 'running for ') + fmtDuration(seconds(run.started_at, run.finished_at)) : 'waiting to start' })));
-      if (!done) {
-        card.appendChild(h('progress', { 'aria-label': 'Sync in progress' }));
+      if (!card.parts) {
         const cancel = h('button', { type: 'button', class: 'secondary small', id: 'sync-cancel', text: 'Cancel this run' });
         cancel.addEventListener('click', async () => {
-          try { await busy(cancel, 'Cancelling…', () => api('POST', '/syncs/' + enc(run.id) + '/cancel')); }
-          catch (err) { if (!err.handled) card.appendChild(errorBox(err)); }
+          try { await busy(cancel, 'Cancelling…', () => api('POST', '/syncs/' + enc(card.dataset.run) + '/cancel')); }
+          catch (err) { if (!err.handled) card.parts.tail.appendChild(errorBox(err)); }
         });
-        card.appendChild(h('p', null, cancel));
+        card.parts = {
+          head: h('p'),
+          bar: h('progress', { 'aria-label': 'Sync in progress' }),
+          cancel: h('p', null, cancel),
+          streams: h('div'),
+          tail: h('div'),
+        };
+        append(card, [card.parts.head, card.parts.bar, card.parts.cancel, card.parts.streams, card.parts.tail]);
       }
+      const p = card.parts;
+      append(clear(p.head), ['Run #' + run.id + ' ', pill(st), ' ',
+        h('span', { class: 'muted', text: run.started_at ? (done ? 'took ' : 'running for ') + fmtDuration(seconds(run.started_at, run.finished_at)) : 'waiting to start' })]);
+      p.bar.hidden = done;
+      p.cancel.hidden = done || !isAdmin();
+      clear(p.streams);
       const prog = run.progress && typeof run.progress === 'object' ? run.progress : {};
       if (!done) {
         const list = streamProgress(prog);
-        if (list) card.appendChild(list);
+        if (list) p.streams.appendChild(list);
+        return;
       }
-      // The run's totals are known when it ends; while it runs, the streams above say more.
-      if (done) card.appendChild(h('ul', { class: 'stats' },
+      clear(p.tail);
+      // The run's totals are known when it ends; while it runs, the streams say more.
+      p.tail.appendChild(h('ul', { class: 'stats' },
         h('li', null, h('b', { text: fmtNum(runRows(run)) }), ' rows changed'),
         h('li', null, h('b', { text: fmtNum(run.responses || 0) }), ' responses'),
         h('li', null, h('b', { text: fmtNum(run.api_calls || 0) }), ' API calls'),
         run.throttled ? h('li', null, h('b', { text: fmtNum(run.throttled) }), ' throttled retries') : null));
-      if (st === 'succeeded') card.appendChild(okBox('The sync finished.'));
-      if (run.error) card.appendChild(errorBox(run.error));
+      if (st === 'succeeded') p.tail.appendChild(okBox('The sync finished.'));
+      if (st === 'cancelled') p.tail.appendChild(warnBox('The run was cancelled; the batches it committed are kept.'));
+      if (run.error) p.tail.appendChild(errorBox(run.error));
     }
 
     const active = runs.find((r) => r.status === 'running' || r.status === 'queued');
