@@ -536,7 +536,7 @@
         const report = err.body && (err.body.test || (err.body.error && err.body.error.test));
         result.appendChild(errorBox(err));
         if (report) {
-          result.appendChild(testReport(report));
+          result.appendChild(testReport(report, err));
           const anyway = h('button', { type: 'button', class: 'secondary', id: 'conn-save-anyway', text: 'Save anyway' });
           anyway.addEventListener('click', () => save(true, anyway));
           result.appendChild(h('div', { class: 'row' }, anyway,
@@ -561,7 +561,9 @@
   }
 
   // The per-table-group report of Save & Test, with each group's fix.
-  function testReport(test) {
+  // `shownAbove`: the API's error is already on the page (a refused Save & Test repeats the
+  // report's error in its own), so the report does not say it twice.
+  function testReport(test, shownAbove) {
     const groups = listOf(test, 'groups');
     const box = h('section', { class: 'card', id: 'test-report', 'aria-label': 'Test report' });
     box.appendChild(h('h3', null, 'Test: ', pill(test.ok ? 'ok' : 'failed')));
@@ -569,7 +571,9 @@
     const dcn = pick(test, 'identity.datacenter');
     if (who || dcn) box.appendChild(h('p', { class: 'muted small', text: [who ? 'Signed in as ' + who : null, dcn ? 'data center ' + dcn : null].filter(Boolean).join(', ') }));
     const msg = pick(test, 'error.message', 'message');
-    if (msg) box.appendChild(errorBox({ message: msg, fix: pick(test, 'error.fix', 'fix') }));
+    if (msg && !(shownAbove && shownAbove.message && shownAbove.message.startsWith(msg))) {
+      box.appendChild(errorBox({ message: msg, fix: pick(test, 'error.fix', 'fix') }));
+    }
     if (groups.length) {
       const ul = h('ul', { class: 'report' });
       for (const g of groups) {
@@ -630,7 +634,7 @@
           if (err.handled) return;
           testOut.appendChild(errorBox(err));
           const report = err.body && err.body.test;
-          if (report) testOut.appendChild(testReport(report));
+          if (report) testOut.appendChild(testReport(report, err));
         }
       });
       actions.appendChild(testBtn);
