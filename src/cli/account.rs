@@ -20,6 +20,8 @@ use xmbridge_workflows::store::{SqliteStore, Store};
 
 use super::UsageError;
 use super::connection::{open_vault, read_secret};
+use super::user::{audit, existing_users, known_role};
+use xmbridge_service::users::Role;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -167,13 +169,33 @@ pub async fn run(args: AccountArgs) -> anyhow::Result<()> {
         AccountCommand::List(u) => list(&u.resolve()?),
         AccountCommand::Share { name, with, user } => {
             let (_, _, accounts) = open_accounts()?;
-            accounts.share(&name, &user.resolve()?, &with)?;
+            let user = user.resolve()?;
+            accounts.share(&name, &user, &with)?;
+            if let Some(users) = existing_users(&xmbridge_vault::Home::from_env()?)? {
+                audit(
+                    &users,
+                    Some(&user),
+                    "account.share",
+                    &name,
+                    serde_json::json!({"with": with}),
+                )?;
+            }
             println!("account {name} is shared with {}", with.join(", "));
             Ok(())
         }
         AccountCommand::Unlink { name, user } => {
             let (_, _, accounts) = open_accounts()?;
-            accounts.unlink(&name, &user.resolve()?)?;
+            let user = user.resolve()?;
+            accounts.unlink(&name, &user)?;
+            if let Some(users) = existing_users(&xmbridge_vault::Home::from_env()?)? {
+                audit(
+                    &users,
+                    Some(&user),
+                    "account.unlink",
+                    &name,
+                    serde_json::json!({}),
+                )?;
+            }
             println!("account {name} unlinked; its secrets are deleted");
             Ok(())
         }
@@ -277,6 +299,21 @@ async fn link(args: LinkArgs) -> anyhow::Result<()> {
     let request = args.request(args.user.resolve()?);
     request.check()?;
     let (vault, store, accounts) = open_accounts()?;
+    let home = xmbridge_vault::Home::from_env()?;
+    let users = existing_users(&home)?;
+    // The Salesforce extension's rule: only brand administrators link shared (brand) accounts.
+    // A known user who is not an admin cannot get one through `--as` either.
+    if args.brand
+        && let Some(role) = known_role(users.as_ref(), &request.user)?
+        && role != Role::Admin
+    {
+        return Err(anyhow!(
+            "{} is a {} of this installation: only an admin may link a brand account (rule: brand accounts are linked and shared by admins); link it --as an admin, or without --brand as {}'s own account",
+            request.user,
+            role.as_str(),
+            request.user
+        ));
+    }
     let operator = Terminal(&args);
     let (name, user) = (&request.name, &request.user);
     if args.refresh {
@@ -301,6 +338,15 @@ async fn link(args: LinkArgs) -> anyhow::Result<()> {
         LinkedVia::ServiceNow { sign_in, instance } => format!("{sign_in}, {instance}"),
         _ => row.kind.as_str().to_string(),
     };
+    if let Some(users) = &users {
+        audit(
+            users,
+            Some(user),
+            "account.link",
+            name,
+            serde_json::json!({"system": row.system.to_string(), "brand": row.brand}),
+        )?;
+    }
     println!(
         "linked {} account {} for {}{} ({how})",
         row.system,

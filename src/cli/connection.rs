@@ -51,8 +51,14 @@ pub enum ConnectionCommand {
     Add(Box<AddArgs>),
     /// List saved connections (never their secrets).
     List,
-    /// Show one connection's settings and which secrets are stored.
-    Show { name: String },
+    /// Show one connection's settings, which secrets are stored (never their values) and its
+    /// sync set-up.
+    Show {
+        name: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a connection and its secrets.
     Remove { name: String },
     /// Authorize a "standard" (OAuth refresh token) connection in a browser.
@@ -338,7 +344,7 @@ pub async fn run(args: ConnectionArgs) -> anyhow::Result<()> {
     match args.command {
         ConnectionCommand::Add(a) => add(*a).await,
         ConnectionCommand::List => list(),
-        ConnectionCommand::Show { name } => show(&name),
+        ConnectionCommand::Show { name, json } => show(&name, json),
         ConnectionCommand::Remove { name } => {
             let (_, vault) = open_vault()?;
             // Fails with "no connection named …" before anything else is touched.
@@ -444,10 +450,41 @@ fn list() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn show(name: &str) -> anyhow::Result<()> {
+fn show(name: &str, json: bool) -> anyhow::Result<()> {
     let (_, vault) = open_vault()?;
     let rec = vault.get_connection(name)?;
     let s = load_settings(&vault, name)?;
+    if json {
+        let configs = SyncConfigs::open(vault.path(), Arc::clone(&vault)).map_err(service_error)?;
+        let sync = configs.get(name).map_err(service_error)?;
+        let secrets: Vec<serde_json::Value> = vault
+            .list_secrets(name)?
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "field": i.field.as_str(),
+                    "updated_at": i.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "name": name,
+            "provider": rec.provider.as_str(),
+            "url": s.base_url,
+            "datacenter": s.datacenter,
+            "auth": s.auth.as_str(),
+            "client_id": s.client_id,
+            "scopes": s.scopes,
+            "certificate": s.certificate_pem.is_some(),
+            "directory": s.directory,
+            "secrets": secrets,
+            "sync": sync,
+            "created_at": rec.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "updated_at": rec.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
     println!("connection:   {name} ({})", rec.provider.as_str());
     println!("url:          {}", s.base_url);
     println!(

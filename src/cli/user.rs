@@ -16,7 +16,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use xmbridge_auth::{ExposeSecret as _, SecretString};
 use xmbridge_service::users::{AuditEntry, Role, TokenInfo, Users};
 use xmbridge_service::{ErrorKind, ServiceError};
-use xmbridge_vault::Vault;
+use xmbridge_vault::{Home, Vault};
 
 use super::connection::{open_vault, read_secret};
 use super::usage;
@@ -190,6 +190,31 @@ pub(crate) fn audit(
         .map_err(service_error)
 }
 
+/// The users of an installation whose state store exists (`None` before the first command
+/// created it: then there are no users, and no rule about them applies). Opened without the
+/// master key: the users' tables hold no sealed value.
+pub(crate) fn existing_users(home: &Home) -> anyhow::Result<Option<Users>> {
+    let path = home.state_db();
+    // A missing store has no users; an empty (0-byte) one is damaged, and opening it here would
+    // hide that from the vault, which refuses it with the fix.
+    if std::fs::metadata(&path).map_or(true, |m| !m.is_file() || m.len() == 0) {
+        return Ok(None);
+    }
+    Users::open(&path).map(Some).map_err(service_error)
+}
+
+/// The role of `name` when it is a known user of this installation.
+pub(crate) fn known_role(users: Option<&Users>, name: &str) -> anyhow::Result<Option<Role>> {
+    let Some(users) = users else {
+        return Ok(None);
+    };
+    match users.get(name) {
+        Ok(u) => Ok(Some(u.role)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(service_error(e)),
+    }
+}
+
 /// A password for `name`: from the file, else the environment, else asked twice on a terminal.
 fn read_password(name: &str, file: Option<&Path>) -> anyhow::Result<SecretString> {
     let what = format!("password of user {name}");
@@ -299,7 +324,7 @@ pub async fn run(args: UserArgs) -> anyhow::Result<()> {
                 println!(
                     "{:<24} {:<7} {}",
                     u.name,
-                    u.role,
+                    u.role.as_str(),
                     u.created_at.format("%Y-%m-%d %H:%M UTC")
                 );
             }
@@ -326,10 +351,9 @@ pub async fn run(args: UserArgs) -> anyhow::Result<()> {
         }
         UserCommand::Token {
             name,
-            expires,
+            expires: _,
             revoke: Some(id),
         } => {
-            let _ = expires;
             let known = users.list_tokens(&name).map_err(service_error)?;
             if !known.iter().any(|t| t.id == id) {
                 return Err(anyhow!(

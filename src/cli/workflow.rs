@@ -9,6 +9,7 @@
 //! more variant each of [`WorkflowCommand`].
 
 use super::usage;
+use super::user::{audit, existing_users, known_role};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 use xmbridge_actions::Registry;
 use xmbridge_runtime::definitions::{DefinitionSource, DefinitionText};
 use xmbridge_runtime::{control, definitions, endpoint, preview};
+use xmbridge_service::users::Role;
 use xmbridge_workflows::accounts::Accounts;
 use xmbridge_workflows::catalog::{self, Catalog, Sources, TEMPLATES};
 use xmbridge_workflows::definition::{EventContext, Trigger, Workflow};
@@ -88,6 +90,28 @@ The URL and the secret are printed only on standard output, for you to copy; not
     Replay(super::workflow_run::ReplayArgs),
     /// Events per state, the pause reason and the dead letters with their last error.
     Status(super::workflow_run::StatusArgs),
+    /// Give a workflow saved by `workflow add` to another user (its owner or an admin may).
+    #[command(after_help = "Examples:
+  xmbridge workflow transfer nps-to-salesforce --to sam --as pat     # pat owns it
+  xmbridge workflow transfer nps-to-salesforce --to sam --as lee     # lee is an admin
+
+Only the workflow's owner or an admin (see `xmbridge user list`) may change its owner. The
+change is recorded in the audit log. As with any edit by someone other than the workflow's
+creator, the credential binding is dropped until the owner re-authorizes with
+`xmbridge workflow resume NAME --reauthorize --as OWNER`.")]
+    Transfer(TransferArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TransferArgs {
+    /// The workflow.
+    pub name: String,
+    /// The new owner.
+    #[arg(long, value_name = "USER")]
+    pub to: String,
+    /// Who makes this change (default $XMBRIDGE_USER, else $USER).
+    #[arg(long = "as", value_name = "USER", env = "XMBRIDGE_USER")]
+    pub as_user: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -186,6 +210,7 @@ pub async fn run(args: WorkflowArgs) -> anyhow::Result<()> {
         WorkflowCommand::Resume(a) => super::workflow_run::resume(a, &sources, &registry),
         WorkflowCommand::Replay(a) => super::workflow_run::replay(a, &sources, &registry),
         WorkflowCommand::Status(a) => super::workflow_run::status(a, &sources, &registry),
+        WorkflowCommand::Transfer(a) => transfer(a, &sources, &home, &registry),
     }
 }
 
@@ -229,6 +254,20 @@ fn add(
     let w = definitions::parse_one_workflow(&shown, &text, registry)?;
     let target = definitions::save_target(home, sources, registry, &w, a.replace)?;
     let replacing = target.replacing;
+    let users = existing_users(home)?;
+    let previous_owner = if replacing {
+        let catalog = load_catalog(sources, registry)?;
+        catalog.get(&w.name).map(|e| e.workflow.owner.clone())
+    } else {
+        None
+    };
+    // Ownership changes only by its owner or an admin: an edit (--replace) naming another owner
+    // is a transfer, under the same rule as `workflow transfer`.
+    if let Some(from) = previous_owner.as_deref()
+        && from != w.owner
+    {
+        may_change_owner(users.as_ref(), &w.name, from, editor.as_deref())?;
+    }
     // A hook's secret exists from the moment the workflow does: its endpoint never accepts an
     // unauthenticated call, not even before the first `workflow run`.
     let hook = match w.trigger.hook_auth() {
@@ -249,6 +288,23 @@ fn add(
     definitions::write_definition(&target, &w, &text)?;
     if replacing {
         record_workflow_edit(&w, editor.as_deref());
+    }
+    if let Some(users) = &users {
+        let mut detail = json!({"owner": w.owner, "replaced": replacing});
+        if let Some(from) = previous_owner.as_deref().filter(|f| *f != w.owner) {
+            detail["previous_owner"] = json!(from);
+        }
+        audit(
+            users,
+            editor.as_deref(),
+            if replacing {
+                "workflow.replace"
+            } else {
+                "workflow.add"
+            },
+            &w.name,
+            detail,
+        )?;
     }
     println!(
         "{} workflow \"{}\" (owner {}): {}, {} step{}",
@@ -281,6 +337,91 @@ fn add(
         w.name,
         test_hint(&w.trigger)
     );
+    Ok(())
+}
+
+/// The rule "ownership changed only by its owner or an admin": `actor` may give workflow `name`
+/// away from `owner` when they are its owner or a known admin of this installation.
+fn may_change_owner(
+    users: Option<&xmbridge_service::users::Users>,
+    name: &str,
+    owner: &str,
+    actor: Option<&str>,
+) -> anyhow::Result<()> {
+    let Some(actor) = actor else {
+        return Err(usage(format!(
+            "workflow \"{name}\" belongs to {owner}: say who changes its owner with --as USER (its owner or an admin)"
+        )));
+    };
+    if actor == owner || known_role(users, actor)? == Some(Role::Admin) {
+        return Ok(());
+    }
+    bail!(
+        "{actor} may not change the owner of workflow \"{name}\" (owned by {owner}): only its owner or an admin may (rule: ownership changes only by its owner or an admin); ask {owner} or an admin to run `xmbridge workflow transfer {name} --to USER`"
+    )
+}
+
+fn transfer(
+    a: TransferArgs,
+    sources: &Sources,
+    home: &xmbridge_vault::Home,
+    registry: &Registry,
+) -> anyhow::Result<()> {
+    let actor = current_user(a.as_user.clone());
+    let catalog = load_catalog(sources, registry)?;
+    let owner = find(&catalog, &a.name)?.workflow.owner.clone();
+    let users = existing_users(home)?;
+    may_change_owner(users.as_ref(), &a.name, &owner, actor.as_deref())?;
+    if a.to == owner {
+        return Err(usage(format!(
+            "workflow \"{}\" already belongs to {owner}",
+            a.name
+        )));
+    }
+    // With users set up, the new owner must be one of them (a typo would orphan the workflow).
+    if let Some(u) = &users
+        && u.count().map_err(super::user::service_error)? > 0
+        && known_role(Some(u), &a.to)?.is_none()
+    {
+        return Err(usage(format!(
+            "no user named '{}': `xmbridge user list` shows the users",
+            a.to
+        )));
+    }
+    let done = definitions::transfer_definition(home, sources, registry, &a.name, &a.to)?;
+    let (_, _, store) = super::workflow_run::open_store()?;
+    // Recorded as an edit by the actor: the collaborator rule then drops the binding unless the
+    // actor created the workflow.
+    let state = match &actor {
+        Some(actor) => Some(xmbridge_workflows::store::Store::note_edit(
+            &*store, &a.name, actor,
+        )?),
+        None => None,
+    };
+    let users = match users {
+        Some(u) => u,
+        None => super::user::open_users(&super::connection::open_vault()?.1)?,
+    };
+    audit(
+        &users,
+        actor.as_deref(),
+        "workflow.transfer",
+        &a.name,
+        json!({"from": done.from, "to": done.to}),
+    )?;
+    println!(
+        "workflow \"{}\" now belongs to {} (was {}); {}",
+        a.name,
+        done.to,
+        done.from,
+        done.path.display()
+    );
+    if state.is_some_and(|s| !s.binding_valid) {
+        println!(
+            "  its credential binding is dropped until {} re-authorizes: xmbridge workflow resume {} --reauthorize --as {}",
+            done.to, a.name, done.to
+        );
+    }
     Ok(())
 }
 

@@ -15,6 +15,7 @@ mod cli_serve;
 mod cli_simulate;
 mod cli_sync;
 mod cli_sync_trigger;
+mod cli_user;
 mod cli_workflow;
 mod cli_workflow_run;
 mod cli_workflow_sf;

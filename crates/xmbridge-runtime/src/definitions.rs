@@ -232,6 +232,78 @@ pub fn remove_definition(
     Ok(path)
 }
 
+/// A workflow's owner before and after [`transfer_definition`], and its file.
+#[derive(Clone, Debug)]
+pub struct Transferred {
+    /// The file rewritten.
+    pub path: PathBuf,
+    /// The owner before.
+    pub from: String,
+    /// The owner now.
+    pub to: String,
+}
+
+/// Gives workflow `name`, saved by `workflow add`, to `new_owner`: its file's `owner` is
+/// rewritten (atomically) and the result checked like any definition. Who may do it is the
+/// caller's rule (its owner or an admin); a workflow defined in another file is refused (edit
+/// that file).
+pub fn transfer_definition(
+    home: &Home,
+    sources: &Sources,
+    registry: &Registry,
+    name: &str,
+    new_owner: &str,
+) -> Result<Transferred> {
+    let path = home.root().join("workflows").join(format!("{name}.toml"));
+    let catalog =
+        catalog::load(sources, registry).map_err(|e| RuntimeError::usage(e.to_string()))?;
+    let names = catalog.names();
+    let entry = catalog
+        .get(name)
+        .ok_or_else(|| crate::control::no_such_workflow(name, &names))?;
+    if entry.file.canonicalize().ok() != path.canonicalize().ok() {
+        return Err(RuntimeError::usage(format!(
+            "workflow \"{name}\" is defined in {}, not saved by `workflow add`; change its owner in that file",
+            entry.file.display()
+        )));
+    }
+    let from = entry.workflow.owner.clone();
+    let text = std::fs::read_to_string(&path).map_err(|source| RuntimeError::Input {
+        context: format!("cannot read {}", path.display()),
+        source,
+    })?;
+    let shown = path.display().to_string();
+    let mut table: toml::Table =
+        toml::from_str(&text).map_err(|e| RuntimeError::usage(format!("{shown}: {e}")))?;
+    match table.get_mut("workflow") {
+        Some(toml::Value::Array(list)) if list.len() == 1 => {
+            if let Some(toml::Value::Table(w)) = list.get_mut(0) {
+                w.insert("owner".into(), toml::Value::String(new_owner.to_string()));
+            }
+        }
+        _ => {
+            return Err(RuntimeError::usage(format!(
+                "{shown}: expected exactly one [[workflow]]"
+            )));
+        }
+    }
+    let new_text = toml::to_string(&table).map_err(|source| RuntimeError::Toml {
+        message: "cannot write the workflow back as TOML".into(),
+        source,
+    })?;
+    let w = parse_one_workflow(&shown, &new_text, registry)?;
+    let target = SaveTarget {
+        path: path.clone(),
+        replacing: true,
+    };
+    write_definition(&target, &w, &new_text)?;
+    Ok(Transferred {
+        path,
+        from,
+        to: w.owner,
+    })
+}
+
 /// Deletes the hook secret of the removed workflow `name` (sealed, and the file `workflow run`
 /// wrote for a ServiceNow rule), so its endpoint stops accepting calls even if the name comes
 /// back. Whether there was one.

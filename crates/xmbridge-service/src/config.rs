@@ -242,7 +242,11 @@ fn check_destination(url: &str) -> Result<()> {
                 "write it as postgres://USER@HOST:PORT/DATABASE",
             )
         })?;
-        if parsed.host_str().is_none_or(str::is_empty) {
+        // A Unix socket is named by `?host=/path` (libpq's form), not in the authority.
+        let socket = parsed
+            .query_pairs()
+            .any(|(k, v)| k == "host" && !v.is_empty());
+        if parsed.host_str().is_none_or(str::is_empty) && !socket {
             return Err(invalid(
                 "invalid_destination",
                 format!("the PostgreSQL URL {} names no host", redact(url)),
@@ -862,6 +866,20 @@ mod tests {
         let e = c.apply("sf", dest("sqlite:x.db")).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Invalid);
         assert!(c.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn postgres_urls_with_a_socket_or_options_are_accepted() {
+        let (_d, _v, c) = setup();
+        for url in [
+            "postgres://loader@127.0.0.1:5432/w?sslmode=require",
+            "postgresql://loader@[::1]/w",
+            "postgres:///w?host=%2Fvar%2Frun%2Fpostgresql&user=loader",
+        ] {
+            let cfg = c.apply("acme", dest(url)).unwrap();
+            assert_eq!(cfg.destination, url);
+            assert!(!cfg.has_password);
+        }
     }
 
     #[test]
