@@ -385,7 +385,17 @@ async fn a_schedule_fires_and_each_run_is_recorded_with_the_counts_the_destinati
     let i = support::install();
     i.connect(&h, "acme").await;
     let db = i.path("scheduled.db");
-    configure(&i, "acme", &format!("sqlite:{}", db.display()), Some("5m"));
+    // Through the operator's CLI, as a person sets it up.
+    i.ok(&[
+        "connection",
+        "set",
+        "acme",
+        "--destination",
+        &format!("sqlite:{}", db.display()),
+        "--every",
+        "5m",
+    ])
+    .await;
     let token = token(&i);
     // 5m / 300: a slot every second.
     let mut s = start_server(&i, &["--schedule-scale", "300"]).await;
@@ -467,6 +477,50 @@ async fn a_schedule_fires_and_each_run_is_recorded_with_the_counts_the_destinati
         .unwrap();
     let written: u64 = rows_line.rsplit(' ').next().unwrap().parse().unwrap();
     assert_eq!(Some(&written), held.get("survey_response"), "{rows_line}");
+}
+
+#[tokio::test]
+async fn slots_missed_while_the_server_was_down_run_once_at_start() {
+    let h = sim(SimConfig {
+        surveys: 1,
+        responses: 5,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = support::install();
+    i.connect(&h, "acme").await;
+    configure(
+        &i,
+        "acme",
+        &format!("sqlite:{}", i.path("m.db").display()),
+        Some("1h"),
+    );
+    // The last slot was five hours ago: five slots were missed.
+    let before = chrono::Utc::now();
+    stores(&i)
+        .runs
+        .set_last_slot("acme", before - chrono::Duration::hours(5))
+        .unwrap();
+    let mut s = start_server(&i, &[]).await;
+    wait_runs(
+        &i,
+        "acme",
+        Duration::from_secs(60),
+        "the missed slot's run succeeds",
+        Some(&s),
+        |runs| runs.iter().any(|r| r.status == RunStatus::Succeeded),
+    )
+    .await;
+    // Time for more runs, were they (wrongly) queued once per missed slot.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.terminate();
+    assert!(s.wait(Duration::from_secs(30)).await.success());
+    let runs = stores(&i).runs.list("acme", 10).unwrap();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0].trigger, RunTrigger::Schedule);
+    // The next slot counts from now, not from the missed ones.
+    let last = stores(&i).runs.last_slot("acme").unwrap().unwrap();
+    assert!(last >= before, "{last} < {before}");
 }
 
 #[tokio::test]
@@ -561,13 +615,12 @@ async fn killed_server_resumes(dest: Dest) {
     fast_again(&h).await;
 
     let mut again = start_server(&i, &[]).await;
-    assert!(
-        again
-            .stdout()
-            .contains(&format!("sync run {id} was interrupted")),
-        "{}",
-        again.stdout()
-    );
+    again
+        .wait_stdout(
+            &format!("sync run {id} was interrupted"),
+            Duration::from_secs(10),
+        )
+        .await;
     let runs = wait_runs(
         &i,
         "acme",
@@ -750,4 +803,106 @@ async fn a_destination_that_cannot_be_reached_fails_with_its_fix_and_the_schedul
             .contains("xmbridge connection set acme"),
         "{err:?}"
     );
+}
+
+#[tokio::test]
+async fn sync_now_during_a_run_queues_one_and_a_cancel_stops_at_a_commit_boundary() {
+    let h = slow_sim().await;
+    let i = support::install();
+    i.connect(&h, "acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let dest = Dest::Sqlite(dir.path().join("now.db"));
+    // No schedule, and paused: "sync now" still runs.
+    configure(&i, "acme", &dest.url(), None);
+    stores(&i)
+        .configs
+        .apply(
+            "acme",
+            ConfigChange {
+                paused: Some(true),
+                ..ConfigChange::default()
+            },
+        )
+        .unwrap();
+    let token = token(&i);
+    let mut s = start_server(&i, &[]).await;
+    let c = http();
+    let sync_now = || async {
+        let r = c
+            .post(s.at("/api/v1/connections/acme/syncs"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        r.json::<serde_json::Value>().await.unwrap()
+    };
+    let first = sync_now().await;
+    let id1 = first["id"].as_i64().unwrap();
+    assert_eq!(first["already_queued"], false);
+    wait_runs(
+        &i,
+        "acme",
+        Duration::from_secs(60),
+        "the first run runs",
+        Some(&s),
+        |runs| {
+            runs.iter()
+                .any(|r| r.id == id1 && r.status == RunStatus::Running)
+        },
+    )
+    .await;
+    // During the run: one more is queued, and asking again returns that one.
+    let second = sync_now().await;
+    let id2 = second["id"].as_i64().unwrap();
+    assert_ne!(id2, id1);
+    assert_eq!(second["already_queued"], false);
+    assert_eq!(second["running"], id1);
+    let third = sync_now().await;
+    assert_eq!(third["id"], id2);
+    assert_eq!(third["already_queued"], true);
+    assert_eq!(third["running"], id1);
+    let cancel = c
+        .post(s.at(&format!("/api/v1/syncs/{id1}/cancel")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        cancel.status().is_success(),
+        "{}",
+        cancel.text().await.unwrap()
+    );
+    let runs = wait_runs(
+        &i,
+        "acme",
+        Duration::from_secs(120),
+        "the first run is cancelled, the queued one finishes",
+        Some(&s),
+        |runs| {
+            runs.iter().any(|r| r.id == id1 && r.status.is_finished())
+                && runs
+                    .iter()
+                    .any(|r| r.id == id2 && r.status == RunStatus::Succeeded)
+        },
+    )
+    .await;
+    s.terminate();
+    assert!(s.wait(Duration::from_secs(60)).await.success());
+    let r1 = runs.iter().find(|r| r.id == id1).unwrap();
+    eprintln!("run {id1} after its cancel: {} {:?}", r1.status, r1.error);
+    // Cancelled at a commit boundary (or it had just finished before the cancel arrived).
+    assert!(
+        matches!(r1.status, RunStatus::Cancelled | RunStatus::Succeeded),
+        "{r1:#?}"
+    );
+    assert_eq!(r1.trigger, RunTrigger::Api);
+    assert_eq!(r1.requested_by.as_deref(), Some("ops"));
+    assert_eq!(
+        runs.len(),
+        2,
+        "a user's cancel queues no resume run: {runs:#?}"
+    );
+    fast_again(&h).await;
+    assert_eq!(dest.counts().await, clean_counts(&i).await);
 }

@@ -22,7 +22,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use serde_json::{Value, json};
 use xmbridge_vault::{ExposeSecret, SecretString};
 use xmbridge_workflows::event::{self, EventError, QualtricsInbound, SALESFORCE_ACK, soap_fault};
@@ -248,10 +247,10 @@ impl Receiver {
                     Err(_) => break,
                 },
             };
-            let stream = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors, say: wait a little instead of spinning.
                         tracing::warn!(error = %e, "could not accept a connection");
@@ -260,7 +259,10 @@ impl Receiver {
                     }
                 },
             };
-            let service = TowerToHyperService::new(app.clone());
+            let service = WithPeer {
+                app: app.clone(),
+                peer,
+            };
             let stop = stop_rx.clone();
             let header_timeout = self.limits.header_timeout;
             let tls = self.tls.clone();
@@ -289,11 +291,31 @@ impl Receiver {
     }
 }
 
+/// The router with the client's address in each request's extensions (axum's
+/// `ConnectInfo<SocketAddr>`), for handlers that log or limit by address.
+#[derive(Clone)]
+struct WithPeer {
+    app: Router,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for WithPeer {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+
+    fn call(&self, mut req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
+        tower::Service::call(&mut self.app.clone(), req)
+    }
+}
+
 /// Serves one connection (plain or TLS) until it ends or `stop` says so, then lets the request
 /// in flight finish.
 async fn serve_connection<S>(
     stream: S,
-    service: TowerToHyperService<Router>,
+    service: WithPeer,
     header_timeout: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) where

@@ -463,7 +463,7 @@ impl Server {
     }
 }
 
-/// The routes of the API and the web UI.
+/// The routes of the API (`/api/v1/…`) and the web UI (`/`, `/ui/…`).
 fn product_routers(state: AppState) -> Router {
     crate::api::router(state).merge(crate::ui::router())
 }

@@ -115,6 +115,25 @@ impl Served {
         self.stdout.lock().expect("stdout buffer").clone()
     }
 
+    /// Waits up to `timeout` for `needle` on stdout (lines after the first come a moment later);
+    /// panics with the output otherwise.
+    pub async fn wait_stdout(&self, needle: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let out = self.stdout();
+            if out.contains(needle) {
+                return out;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "{needle:?} not on stdout within {timeout:?}\nstdout:\n{out}\nstderr:\n{}",
+                    self.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Everything it printed on stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().expect("stderr buffer").clone()
