@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use secrecy::SecretString;
@@ -20,7 +20,7 @@ use xmbridge_runtime::save_and_test::{TestStep, test_connection};
 use xmbridge_vault::Provider;
 
 use super::auth::Caller;
-use super::error::{ApiError, ApiResult, Json};
+use super::error::{ApiError, ApiResult, Json, Path, Query};
 use super::schema::{self as s, object, wrap};
 use super::{Api, Need, Route, route};
 use crate::config::{ConfigChange, Every};
@@ -79,6 +79,12 @@ fn report_schema() -> Value {
                     ],
                     &["name", "tables", "status", "fix"],
                 )),
+            ),
+            (
+                "destination",
+                json!({"type": "object", "nullable": true, "properties": {
+                    "ok": s::boolean(), "url": s::string(),
+                    "message": s::opt_string(), "fix": s::opt_string()}}),
             ),
             (
                 "error",
@@ -476,6 +482,7 @@ struct Report {
     token: Option<Value>,
     directory: Option<String>,
     groups: Vec<Value>,
+    destination: Option<Value>,
     error: Option<(String, Option<String>)>,
     ok: bool,
 }
@@ -531,13 +538,22 @@ impl Report {
             "token": self.token,
             "directory": self.directory,
             "groups": self.groups,
+            "destination": self.destination,
             "error": self.error.as_ref().map(|(m, f)| json!({"message": m, "fix": f})),
         })
     }
 }
 
-/// Runs "Save & Test" on the stored connection `name`.
+/// Runs "Save & Test" on the stored connection `name`: the Qualtrics account, then the
+/// destination when it has one.
 async fn run_test(api: &Api, name: &str) -> Report {
+    let mut report = test_account(api, name).await;
+    check_destination(api, name, &mut report).await;
+    report
+}
+
+/// The Qualtrics side of "Save & Test".
+async fn test_account(api: &Api, name: &str) -> Report {
     let mut report = Report::default();
     let outcome = test_connection(&api.app.vault, name, |step| report.see(step)).await;
     match outcome {
@@ -563,6 +579,69 @@ async fn run_test(api: &Api, name: &str) -> Report {
         }
     }
     report
+}
+
+/// Opens the connection's destination once (and closes it), so Save & Test also says whether
+/// the rows have somewhere to go. Another sync holding it means it is reachable.
+async fn check_destination(api: &Api, name: &str, report: &mut Report) {
+    let cfg = match api.app.configs.get(name) {
+        Ok(Some(cfg)) => cfg,
+        Ok(None) => return,
+        Err(e) => {
+            report.ok = false;
+            report.error = Some((format!("the sync set-up cannot be read: {e}"), None));
+            return;
+        }
+    };
+    let fix = format!(
+        "check the destination URL, that the database is reachable from this server, and its user and password; change it with PATCH /api/v1/connections/{name}"
+    );
+    let opened = match api.app.configs.destination_settings(name, &cfg) {
+        Ok(settings) => {
+            xmbridge_runtime::sync::open_destination(
+                &settings,
+                &cfg.schema,
+                xmbridge_destinations::Compat::Xmbridge,
+            )
+            .await
+        }
+        Err(e) => {
+            report.ok = false;
+            report.destination = Some(json!({"ok": false, "url": cfg.destination,
+                                             "message": e.to_string(), "fix": fix}));
+            return;
+        }
+    };
+    let failure = match opened {
+        Ok(dest) => {
+            drop(dest);
+            None
+        }
+        Err(RuntimeError::Destination { source, .. })
+            if matches!(*source, xmbridge_destinations::DestError::Busy { .. }) =>
+        {
+            None
+        }
+        Err(RuntimeError::Destination { message, source }) => Some(format!("{message}: {source}")),
+        Err(other) => Some(other.to_string()),
+    };
+    match failure {
+        None => {
+            report.destination = Some(json!({"ok": true, "url": cfg.destination,
+                                             "message": null, "fix": null}))
+        }
+        Some(message) => {
+            report.destination = Some(json!({"ok": false, "url": cfg.destination,
+                                             "message": message, "fix": fix}));
+            if report.ok {
+                report.error = Some((
+                    format!("connection '{name}' cannot write to its destination: {message}"),
+                    Some(fix.clone()),
+                ));
+            }
+            report.ok = false;
+        }
+    }
 }
 
 /// Removes a connection and its sync set-up again (a Save & Test that failed).
@@ -852,7 +931,7 @@ struct Limit {
 async fn history(
     State(api): State<Arc<Api>>,
     Path(name): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<Limit>,
+    Query(q): Query<Limit>,
 ) -> ApiResult<axum::Json<Value>> {
     qualtrics(&api, &name)?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
