@@ -592,6 +592,16 @@
       }
       box.appendChild(ul);
     }
+    // The destination is opened once too: whether the rows will have somewhere to go.
+    const d = test.destination;
+    if (d && typeof d === 'object') {
+      box.appendChild(h('ul', { class: 'report' },
+        h('li', { 'data-group': 'destination' },
+          h('span', { class: 'name', text: 'destination' }), pill(d.ok ? 'ok' : 'failed'),
+          d.url ? h('span', { class: 'muted small mono', text: d.url }) : null,
+          d.message ? h('span', { class: 'fix', text: d.message }) : null,
+          d.fix && !d.ok ? h('span', { class: 'fix' }, h('b', { text: 'Fix: ' }), d.fix) : null)));
+    }
     return box;
   }
 
