@@ -19,5 +19,6 @@ mod cli_user;
 mod cli_workflow;
 mod cli_workflow_run;
 mod cli_workflow_sf;
+mod serve_api;
 mod serve_ui;
 mod support;

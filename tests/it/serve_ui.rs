@@ -24,6 +24,8 @@ async fn sim() -> SimHandle {
         responses: 40,
         contacts: 0,
         rate_limit_per_min: 0,
+        // Each survey's response export takes 2.5 s: the run lasts long enough to be watched.
+        export_delay_ms: 2500,
         ..SimConfig::default()
     })
     .await
@@ -91,7 +93,14 @@ async fn a_person_signs_in_adds_a_connection_syncs_and_replays_a_dead_letter() {
         focused, "login-password",
         "Tab moves from the user name to the password"
     );
-    b.press(&[PASSWORD]).await;
+    let outline = b
+        .execute(
+            "return getComputedStyle(document.activeElement).outlineStyle",
+            json!([]),
+        )
+        .await;
+    assert_ne!(outline, "none", "the keyboard focus is visible");
+    b.keyboard(PASSWORD).await;
     b.press(&[keys::ENTER]).await;
     b.wait_text("#main h1", "Connections", WAIT).await;
     b.wait_text("#who-name", "ada (admin)", WAIT).await;
@@ -115,6 +124,8 @@ async fn a_person_signs_in_adds_a_connection_syncs_and_replays_a_dead_letter() {
         .wait_text("#test-report", "ok", Duration::from_secs(60))
         .await;
     assert!(report.contains("Test"), "{report}");
+    let dest = b.text("#test-report [data-group=destination]").await;
+    assert!(dest.contains("ok") && dest.contains("warehouse.db"), "{dest}");
     let result = b.wait_text("#conn-result", "Saved", WAIT).await;
     assert!(result.contains("the test passed"), "{result}");
     assert_eq!(
@@ -124,29 +135,38 @@ async fn a_person_signs_in_adds_a_connection_syncs_and_replays_a_dead_letter() {
     );
     b.screenshot("04-save-and-test").await;
 
-    // The connection's page: set a schedule.
+    // The connection's page: sync now and watch it finish (no schedule yet, so this run is
+    // the first and holds every row).
     b.click("#conn-open").await;
     b.wait_text("#main h1", "acme", WAIT).await;
-    b.select("#sched-every", "5m").await;
-    b.click("#sched-save").await;
-    b.wait_text("#sched-result", "every 5 minutes", WAIT).await;
-    // Stored, not just shown: a fresh page reads it back from the API.
-    b.refresh().await;
-    b.wait_text("#main h1", "acme", WAIT).await;
-    assert_eq!(b.property("#sched-every", "value").await, "5m");
-
-    // Sync now and watch it finish.
     b.click("#sync-now").await;
-    b.find("#sync-progress").await;
+    let run = b.find("#sync-progress").await;
+    let run_id = b
+        .execute(
+            "return document.querySelector('#sync-progress').dataset.run",
+            json!([]),
+        )
+        .await;
+    let run_id = run_id.as_str().unwrap().to_string();
+    let _ = run;
+    // Live progress: rows per stream while the run is still running.
+    b.wait_until(
+        "rows per stream shown while the run runs",
+        "const p = document.querySelector('#sync-progress'); \
+         return p && p.querySelector('[data-stream]') && p.textContent.includes('running')",
+        Duration::from_secs(60),
+    )
+    .await;
     b.screenshot("05-sync-running").await;
     let done = b
         .wait_text("#sync-progress", "succeeded", Duration::from_secs(120))
         .await;
-    assert!(done.contains("rows written"), "{done}");
-    b.wait_text("#main table", "succeeded", WAIT).await;
+    assert!(done.contains("rows changed"), "{done}");
     // Per-table counts in the history match what landed in the destination.
-    b.click("tr[data-run] details summary").await;
-    let hist = b.text("tr[data-run] details").await;
+    let row = format!("tr[data-run='{run_id}']");
+    b.wait_text(&row, "succeeded", WAIT).await;
+    b.click(&format!("{row} details summary")).await;
+    let hist = b.text(&format!("{row} details")).await;
     let in_db: i64 = rusqlite::Connection::open(&db)
         .unwrap()
         .query_row("SELECT count(*) FROM qualtrics_survey_response", [], |r| {
@@ -154,11 +174,24 @@ async fn a_person_signs_in_adds_a_connection_syncs_and_replays_a_dead_letter() {
         })
         .unwrap();
     assert!(in_db > 0);
-    assert!(
-        hist.contains("survey_response") && hist.contains(&in_db.to_string()),
-        "history {hist:?} vs {in_db} rows in the destination"
+    let line = hist
+        .lines()
+        .find(|l| l.starts_with("survey_response "))
+        .unwrap_or_else(|| panic!("no survey_response line in {hist:?}"));
+    assert_eq!(
+        line,
+        format!("survey_response {in_db} 0 0"),
+        "history vs {in_db} rows in the destination"
     );
     b.screenshot("06-sync-finished").await;
+
+    // Set a schedule; a fresh page reads it back from the API (stored, not just shown).
+    b.select("#sched-every", "5m").await;
+    b.click("#sched-save").await;
+    b.wait_text("#sched-result", "every 5 minutes", WAIT).await;
+    b.refresh().await;
+    b.wait_text("#main h1", "acme", WAIT).await;
+    assert_eq!(b.property("#sched-every", "value").await, "5m");
 
     // A narrow screen.
     b.resize(400, 900).await;
@@ -218,7 +251,153 @@ async fn a_person_signs_in_adds_a_connection_syncs_and_replays_a_dead_letter() {
     assert_eq!(store.get_event(&id).unwrap().state, EventState::Pending);
     b.screenshot("09-replayed").await;
 
+    // The admin pages: users and the audit log, which recorded what was done above.
+    b.click("a[data-nav=users]").await;
+    b.wait_text("#main table", "ada", WAIT).await;
+    b.screenshot("10-users").await;
+    assert!(!b.source().await.contains(PASSWORD));
+    b.click("a[data-nav=audit]").await;
+    let audit = b.wait_text("#main table", "replay", WAIT).await;
+    assert!(audit.contains("acme"), "{audit}");
+    b.screenshot("11-audit-log").await;
+
     // No secret reached any page the test saw.
     let html = b.source().await;
     assert!(!html.contains(&token) && !html.contains(PASSWORD));
+}
+
+/// What goes wrong is shown as the API says it: a Save & Test that fails shows the error, its
+/// fix and the report, and "Save anyway" keeps the connection; an uploaded certificate is read
+/// in the browser and checked by the server; a member sees no admin action, and what the API
+/// refuses them is shown with the rule that refused it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_show_the_apis_message_and_fix_and_a_member_sees_no_admin_action() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let inst = support::install();
+    let h = sim().await;
+    for (name, role) in [("ada", "admin"), ("pat", "member")] {
+        let pw = inst.file(&format!("{name}.pw"), PASSWORD);
+        inst.ok(&[
+            "user",
+            "add",
+            name,
+            "--role",
+            role,
+            "--password-file",
+            pw.to_str().unwrap(),
+        ])
+        .await;
+    }
+    inst.write_workflow(
+        "incident-contact.toml",
+        &workflow(&h.sim.directory.default_directory_id()),
+    );
+    let db = inst.path("warehouse.db");
+    let server = start_server(&inst, &[]).await;
+
+    b.goto(&server.url).await;
+    b.fill("#login-user", "ada").await;
+    b.fill("#login-password", "not the password").await;
+    b.click("#login-submit").await;
+    b.wait_text("#login-result", "wrong user name or password", WAIT)
+        .await;
+    b.fill("#login-password", PASSWORD).await;
+    b.click("#login-submit").await;
+    b.wait_text("#who-name", "ada (admin)", WAIT).await;
+
+    // A wrong token: not saved, the report and the fix are shown, then "Save anyway".
+    b.click("#add-connection").await;
+    b.fill("#conn-name", "wrong").await;
+    b.fill("#conn-url", &h.base_url).await;
+    b.click("input[name=auth][value=token]").await;
+    b.fill("#conn-token", "not-the-brand-token").await;
+    b.fill("#conn-destination", &format!("sqlite:{}", db.display()))
+        .await;
+    b.click("#conn-save").await;
+    let err = b
+        .wait_text("#conn-result .msg.error", "Fix:", Duration::from_secs(60))
+        .await;
+    assert!(err.contains("wrong"), "{err}");
+    b.find("#conn-save-anyway").await;
+    b.screenshot("20-save-and-test-failed").await;
+    let listed = inst.run(&["connection", "list"]).await.all();
+    assert!(!listed.contains("wrong"), "not saved: {listed}");
+    b.click("#conn-save-anyway").await;
+    b.wait_text(
+        "#conn-result",
+        "Saved “wrong” anyway",
+        Duration::from_secs(60),
+    )
+    .await;
+    let listed = inst.ok(&["connection", "list"]).await;
+    assert!(listed.contains("wrong"), "saved anyway: {listed}");
+
+    // Advanced: the files chosen are read in the browser and checked by the server.
+    b.click("a[data-nav=connections]").await;
+    b.click("#add-connection").await;
+    b.fill("#conn-name", "mtls").await;
+    b.fill("#conn-url", &h.base_url).await;
+    b.click("input[name=auth][value=advanced]").await;
+    b.fill("#conn-client-id", "client").await;
+    b.fill("#conn-client-secret", "secret").await;
+    let cert = inst.file("client.pem", "this is not a certificate\n");
+    let key = inst.file("client.key", "nor is this a key\n");
+    b.upload("#conn-cert", &cert).await;
+    b.upload("#conn-key", &key).await;
+    b.fill("#conn-destination", &format!("sqlite:{}", db.display()))
+        .await;
+    b.click("#conn-save").await;
+    let err = b
+        .wait_text("#conn-result .msg.error", "certificate", WAIT)
+        .await;
+    b.screenshot("21-advanced-bad-certificate").await;
+    assert!(
+        !err.contains("The server answered"),
+        "the API's own message: {err}"
+    );
+    b.resize(400, 900).await;
+    b.screenshot("22-add-connection-400px").await;
+    let overflow = b
+        .execute(
+            "return document.documentElement.scrollWidth > document.documentElement.clientWidth",
+            json!([]),
+        )
+        .await;
+    assert_eq!(overflow, false, "the form fits 400 px");
+    b.resize(1280, 900).await;
+
+    // Sign out; the member signs in.
+    b.click("#logout").await;
+    b.fill("#login-user", "pat").await;
+    b.fill("#login-password", PASSWORD).await;
+    b.click("#login-submit").await;
+    b.wait_text("#who-name", "pat (member)", WAIT).await;
+    assert!(
+        !b.exists("#add-connection").await,
+        "members add no connection"
+    );
+    for admin in ["a[data-nav=users]", "a[data-nav=audit]"] {
+        let shown = b
+            .execute(
+                "return document.querySelector(arguments[0]).offsetParent !== null",
+                json!([admin]),
+            )
+            .await;
+        assert_eq!(shown, false, "{admin} is hidden from a member");
+    }
+    b.click("a[href='#/connections/wrong']").await;
+    b.wait_text("#main h1", "wrong", WAIT).await;
+    assert!(!b.exists("#sync-now").await && !b.exists("#sched-save").await);
+    b.screenshot("23-member-connection").await;
+    // A workflow owned by ada: the API refuses pat's pause and the page says which rule.
+    b.click("a[data-nav=workflows]").await;
+    b.click("a[href='#/workflows/incident-contact']").await;
+    b.click("#wf-pause").await;
+    let refused = b
+        .wait_text("#wf-result .msg.error", "owner or an admin", WAIT)
+        .await;
+    assert!(refused.contains("rule"), "{refused}");
+    b.screenshot("24-member-refused").await;
 }

@@ -531,7 +531,25 @@ impl Browser {
             .await;
     }
 
-    /// Presses `keys` on whatever has the focus (a modifier is held until the end of the call).
+    /// Types `text` on whatever has the focus, one key stroke per character (the way a person
+    /// types into the field they tabbed to).
+    pub async fn keyboard(&self, text: &str) {
+        let mut actions = Vec::new();
+        for c in text.chars() {
+            actions.push(json!({ "type": "keyDown", "value": c.to_string() }));
+            actions.push(json!({ "type": "keyUp", "value": c.to_string() }));
+        }
+        self.must(
+            "type on the keyboard",
+            reqwest::Method::POST,
+            "/actions",
+            Some(json!({ "actions": [ { "type": "key", "id": "keyboard", "actions": actions } ] })),
+        )
+        .await;
+    }
+
+    /// Presses `keys` together on whatever has the focus (each one key, e.g. [`keys::TAB`];
+    /// a modifier is held until the end of the call).
     pub async fn press(&self, keys: &[&str]) {
         let mut actions = Vec::new();
         for k in keys {
@@ -607,8 +625,30 @@ impl Browser {
         .to_string()
     }
 
-    /// Saves a screenshot of the window as `NAME.png` in [`screenshot_dir`]; returns its path.
+    /// Saves a screenshot of the whole page (not just the window) as `NAME.png` in
+    /// [`screenshot_dir`]; returns its path. The window grows to the page's height for the shot
+    /// (up to 8000 px) and is put back afterwards.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
+        let rect = self
+            .must(
+                "read the window size",
+                reqwest::Method::GET,
+                "/window/rect",
+                None,
+            )
+            .await;
+        let dims = self
+            .execute(
+                "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]",
+                json!([]),
+            )
+            .await;
+        let (w, h) = (rect["width"].as_u64(), rect["height"].as_u64());
+        let page = dims[0].as_u64().unwrap_or(0) + dims[1].as_u64().unwrap_or(0);
+        let grow = matches!(h, Some(h) if page > h);
+        if let (true, Some(w)) = (grow, w) {
+            self.resize(w as u32, page.min(8000) as u32).await;
+        }
         let v = self
             .must(
                 "take a screenshot",
@@ -617,6 +657,9 @@ impl Browser {
                 None,
             )
             .await;
+        if let (true, Some(w), Some(h)) = (grow, w, h) {
+            self.resize(w as u32, h as u32).await;
+        }
         let png = base64::engine::general_purpose::STANDARD
             .decode(v.as_str().unwrap_or_default())
             .expect("a base64 PNG");

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
 use secrecy::SecretString;
@@ -19,7 +19,7 @@ use xmbridge_workflows::accounts::Access;
 use xmbridge_workflows::store::{AccountRow, Store};
 
 use super::auth::Caller;
-use super::error::{ApiError, ApiResult, Json};
+use super::error::{ApiError, ApiResult, Json, Path};
 use super::schema::{self as s, object, wrap};
 use super::{Api, Need, Route, route};
 

@@ -84,8 +84,8 @@ impl ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message, fix)
     }
 
-    /// 500: the message is logged; the answer says only that it failed, since an internal
-    /// error's text may name paths or database details.
+    /// 500: logged, and answered with what failed (store and runtime errors name what was
+    /// being done and paths, never a secret).
     pub fn internal(context: &str, error: &dyn std::error::Error) -> ApiError {
         tracing::error!(error = %error, "api: {context}");
         ApiError::new(
@@ -271,3 +271,51 @@ pub fn too_large() -> ApiError {
 
 /// The API's result.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Path parameters; a value that does not fit (a run id that is no number) is 404 in the one
+/// error shape, since no such thing can exist.
+pub struct Path<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for Path<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Path(p.0))
+            .map_err(|e| ApiError::not_found(format!("no such thing: {}", e.body_text()), None))
+    }
+}
+
+/// Query parameters; ones that do not fit are 422 in the one error shape.
+pub struct Query<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for Query<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|e| {
+                ApiError::invalid(
+                    e.body_text(),
+                    Some("see /api/v1/openapi.json for the route's query parameters".into()),
+                )
+            })
+    }
+}

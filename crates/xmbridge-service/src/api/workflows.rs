@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -13,7 +13,7 @@ use xmbridge_workflows::catalog::{self, Catalog};
 use xmbridge_workflows::store::{EventRow, EventState, Store};
 
 use super::auth::Caller;
-use super::error::{ApiError, ApiResult, Json};
+use super::error::{ApiError, ApiResult, Json, Path, Query};
 use super::schema::{self as s, object, wrap};
 use super::{Api, Need, Route, route};
 
@@ -342,7 +342,7 @@ async fn replay(
     let catalog = load(&api)?;
     summary(&api, &catalog, &name)?;
     owner_or_admin(&api, &caller, &catalog, &name, "replay")?;
-    if body.all == !body.events.is_empty() {
+    if body.all != body.events.is_empty() {
         return Err(ApiError::invalid(
             "say what to replay: {\"all\": true} or {\"events\": [\"ev_…\"]}, not both",
             None,

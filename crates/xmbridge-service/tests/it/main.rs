@@ -2,6 +2,10 @@
 //! store in a temporary `XMBRIDGE_HOME`, with a real scheduler and the Qualtrics simulator,
 //! talked to over real HTTP.
 
+// Test code may unwrap: a panic is how a test reports a failure (clippy.toml allows it inside
+// #[test] functions; this extends it to the helpers).
+#![allow(clippy::unwrap_used)]
+
 mod serve_api;
 
 use std::net::SocketAddr;
@@ -71,6 +75,11 @@ impl Service {
     }
 
     pub(crate) async fn start_with(limiter: LoginLimiter) -> Service {
+        Service::start_full(limiter, false).await
+    }
+
+    /// With `behind_proxy`: as `serve --behind-proxy` (Secure cookies, X-Forwarded-For).
+    pub(crate) async fn start_full(limiter: LoginLimiter, behind_proxy: bool) -> Service {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let home = Home::at(dir.path().join("home")).expect("the home is created");
         let key = MasterKey::load(&home, None).expect("a master key");
@@ -119,7 +128,7 @@ impl Service {
             metrics,
             public_url: base.clone(),
             tls: false,
-            behind_proxy: false,
+            behind_proxy,
         };
         let app = api::router_with_limits(state.clone(), limiter);
         tokio::spawn(async move {

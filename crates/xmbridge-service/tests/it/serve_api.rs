@@ -57,6 +57,45 @@ async fn sign_in_me_and_sign_out() {
     };
     let a = s.call(Method::GET, "/api/v1/me", &made_up, None).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+
+    // An expired session: 401.
+    let expired = s
+        .state
+        .users
+        .create_session("ada", Duration::ZERO)
+        .expect("a session");
+    std::thread::sleep(Duration::from_millis(5));
+    let old = Creds {
+        cookie: Some(secrecy::ExposeSecret::expose_secret(&expired.cookie).to_string()),
+        csrf: Some(expired.csrf_token.clone()),
+        ..Creds::default()
+    };
+    let a = s.call(Method::GET, "/api/v1/me", &old, None).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.text);
+    assert!(
+        error_of(&a)["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+
+    // A removed user's session ends with them.
+    let admin = s.admin().await;
+    let mo = s.member().await;
+    let a = s
+        .call(Method::DELETE, "/api/v1/users/mo", &admin, None)
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
+    let a = s.call(Method::GET, "/api/v1/me", &mo, None).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let audit = s.call(Method::GET, "/api/v1/audit", &admin, None).await;
+    assert!(
+        audit.json["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "user.remove" && e["target"] == "mo")
+    );
 }
 
 #[tokio::test]
@@ -129,7 +168,7 @@ async fn login_attempts_are_limited_per_user_and_per_address() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(wait >= 1 && wait <= 600, "Retry-After {wait}");
+    assert!((1..=600).contains(&wait), "Retry-After {wait}");
     assert_eq!(error_of(&limited)["code"], "too_many_attempts");
     // The address: 3 more failures on other names reach its 6.
     for user in ["x1", "x2", "x3"] {
@@ -426,6 +465,7 @@ async fn save_and_test_saves_a_good_connection_and_refuses_a_bad_token() {
     let a = add_connection(&s, &admin, "acme", json!({"every": "1h"})).await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     assert_eq!(a.json["test"]["ok"], true);
+    assert_eq!(a.json["test"]["destination"]["ok"], true, "{}", a.text);
     let groups = a.json["test"]["groups"].as_array().unwrap();
     assert!(
         groups
@@ -468,6 +508,40 @@ async fn save_and_test_saves_a_good_connection_and_refuses_a_bad_token() {
     .await;
     assert_eq!(kept.status, StatusCode::CREATED, "{}", kept.text);
     assert_eq!(kept.json["test"]["ok"], false);
+    // A destination that cannot be reached: 422, the account's groups fine, nothing saved.
+    let unreachable = add_connection(
+        &s,
+        &admin,
+        "nowhere",
+        json!({"destination": "postgres://nobody@127.0.0.1:1/db"}),
+    )
+    .await;
+    assert_eq!(
+        unreachable.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        unreachable.text
+    );
+    let report = &unreachable.json["test"];
+    assert_eq!(report["destination"]["ok"], false, "{report}");
+    assert!(
+        report["destination"]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("reachable")
+    );
+    assert!(
+        report["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["status"] == "ok")
+    );
+    let a = s
+        .call(Method::GET, "/api/v1/connections/nowhere", &admin, None)
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.json.get("connection"), None);
     // A name taken: 409.
     let dup = add_connection(&s, &admin, "acme", json!({})).await;
     assert_eq!(dup.status, StatusCode::CONFLICT, "{}", dup.text);
@@ -678,8 +752,9 @@ async fn the_openapi_document_lists_every_route_and_is_valid_openapi_3() {
             "{m} {} is documented",
             r.path
         );
-        // … and served: without credentials it is 401 from the guard (the public sign-in
-        // route: 422 for a missing body), never the catch-all 404.
+        // … and served: without credentials it is 401 from the guard (the public routes:
+        // sign-in 422 for a missing body, the OAuth callback 400 without a state), never the
+        // catch-all 404.
         let path = r.path.replace("{id}", "1").replace("{name}", "x");
         let ans = s
             .call(
@@ -691,6 +766,9 @@ async fn the_openapi_document_lists_every_route_and_is_valid_openapi_3() {
             .await;
         let expected = if r.path == "/api/v1/session" && r.method == Method::POST {
             StatusCode::UNPROCESSABLE_ENTITY
+        } else if r.path == "/oauth/callback" {
+            // Public, state-checked: no state, no authorization.
+            StatusCode::BAD_REQUEST
         } else {
             StatusCode::UNAUTHORIZED
         };
@@ -839,4 +917,536 @@ async fn no_secret_appears_in_any_answer() {
             assert!(!body.contains(secret), "a secret in an answer: {body}");
         }
     }
+}
+
+/// A workflow owned by `mo` with one dead event (`boom`) and returns the event's id.
+fn workflow_with_a_dead_event(s: &Service) -> String {
+    use xmbridge_workflows::store::{EventSource, NewEvent, Store, now_ms};
+    let dir = s.state.home.root().join("workflows");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("nps.toml"),
+        r#"[[workflow]]
+name = "nps"
+owner = "mo"
+
+[workflow.trigger]
+type = "servicenow"
+table = "incident"
+
+[[workflow.step]]
+name = "contact"
+action = "create-contact"
+[workflow.step.inputs]
+directory_id = "'POOL_1'"
+email = "record.email"
+extRef = "record.sys_id"
+"#,
+    )
+    .unwrap();
+    let store = &s.state.store;
+    let ev = NewEvent {
+        workflow: "nps".into(),
+        source: EventSource::Manual,
+        dedupe_key: "k1".into(),
+        payload: json!({"record": {"email": "a@example.com", "sys_id": "1"}}),
+    };
+    let id = store.enqueue(&ev, now_ms()).unwrap().id().to_string();
+    let leased = store
+        .lease_due("test", now_ms(), Duration::from_secs(60), 10)
+        .unwrap();
+    assert_eq!(leased.len(), 1);
+    store
+        .dead(
+            &id,
+            "test",
+            3,
+            "boom: the directory does not exist",
+            "contact",
+            now_ms(),
+        )
+        .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn workflows_show_their_events_and_only_the_owner_or_an_admin_changes_them() {
+    let s = Service::start().await;
+    let id = workflow_with_a_dead_event(&s);
+    let admin = s.admin().await;
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            &admin,
+            Some(json!({"name": "pat", "role": "member", "password": "pat's long password"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let mo = s.member().await;
+    let pat = s.login("pat", "pat's long password").await;
+
+    let list = s.call(Method::GET, "/api/v1/workflows", &pat, None).await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.text);
+    let nps = &list.json["workflows"][0];
+    assert_eq!(nps["name"], "nps");
+    assert_eq!(nps["owner"], "mo");
+    assert_eq!(nps["counts"]["dead"], 1);
+    let one = s
+        .call(Method::GET, "/api/v1/workflows/nps", &pat, None)
+        .await;
+    assert_eq!(one.json["workflow"]["steps"][0]["action"], "create-contact");
+    let missing = s
+        .call(Method::GET, "/api/v1/workflows/nope", &pat, None)
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+
+    let dead = s
+        .call(
+            Method::GET,
+            "/api/v1/workflows/nps/events?status=dead",
+            &pat,
+            None,
+        )
+        .await;
+    assert_eq!(dead.status, StatusCode::OK, "{}", dead.text);
+    let ev = &dead.json["events"][0];
+    assert_eq!(ev["id"], id.as_str());
+    assert_eq!(ev["status"], "dead");
+    assert_eq!(ev["attempts"], 3);
+    assert!(ev["last_error"].as_str().unwrap().contains("boom"));
+    assert!(ev["fix"].as_str().unwrap().contains("replay"));
+    let bad = s
+        .call(
+            Method::GET,
+            "/api/v1/workflows/nps/events?status=lost",
+            &pat,
+            None,
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    error_of(&bad);
+
+    // Another member may read but not change it.
+    for (action, body) in [
+        ("pause", json!({})),
+        ("resume", json!({})),
+        ("replay", json!({"all": true})),
+    ] {
+        let a = s
+            .call(
+                Method::POST,
+                &format!("/api/v1/workflows/nps/{action}"),
+                &pat,
+                Some(body),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{action}: {}", a.text);
+        assert!(
+            a.text
+                .contains("a workflow is changed only by its owner or an admin"),
+            "{}",
+            a.text
+        );
+    }
+    // Its owner may.
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/workflows/nps/pause",
+            &mo,
+            Some(json!({"reason": "checking"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json["workflow"]["paused"], true);
+    let a = s
+        .call(Method::POST, "/api/v1/workflows/nps/resume", &mo, None)
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json["workflow"]["paused"], false);
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/workflows/nps/replay",
+            &mo,
+            Some(json!({"events": [id]})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json["replayed"], 1);
+    let pending = s
+        .call(
+            Method::GET,
+            "/api/v1/workflows/nps/events?status=pending",
+            &mo,
+            None,
+        )
+        .await;
+    assert_eq!(pending.json["events"][0]["id"], id.as_str());
+    assert_eq!(pending.json["events"][0]["attempts"], 0);
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/workflows/nps/replay",
+            &mo,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // An admin may too, and the audit log has the owner's changes.
+    let a = s
+        .call(Method::POST, "/api/v1/workflows/nps/pause", &admin, None)
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let audit = s.call(Method::GET, "/api/v1/audit", &admin, None).await;
+    let by_mo: Vec<&str> = audit.json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["actor"] == "mo")
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for action in ["workflow.pause", "workflow.resume", "workflow.replay"] {
+        assert!(by_mo.contains(&action), "{action} in {by_mo:?}");
+    }
+}
+
+/// The Salesforce simulator and its client credentials.
+async fn salesforce() -> (xmbridge_sim::SalesforceHandle, Value) {
+    let h =
+        xmbridge_test_kit::sim::salesforce(xmbridge_sim::salesforce::SalesforceConfig::default())
+            .await;
+    let creds: Value = reqwest::get(format!("{}/_sim/credentials", h.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (h, creds)
+}
+
+#[tokio::test]
+async fn accounts_follow_the_salesforce_extension_rules() {
+    let s = Service::start().await;
+    let (sf, creds) = salesforce().await;
+    let admin = s.admin().await;
+    let mo = s.member().await;
+    let link = |name: &str, brand: bool| {
+        json!({"name": name, "system": "salesforce", "server_to_server": true, "brand": brand,
+               "token_url": sf.token_url(), "client_id": creds["client_id"],
+               "client_secret": creds["client_secret"]})
+    };
+    // A member cannot link a brand account.
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/accounts",
+            &mo,
+            Some(link("mine", true)),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
+    assert!(
+        a.text
+            .contains("brand accounts are linked and shared by admins")
+    );
+    // Five private ones, not a sixth.
+    for n in 1..=5 {
+        let a = s
+            .call(
+                Method::POST,
+                "/api/v1/accounts",
+                &mo,
+                Some(link(&format!("sf{n}"), false)),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "sf{n}: {}", a.text);
+        assert_eq!(a.json["account"]["scope"], "private");
+        assert_eq!(a.json["account"]["owner"], "mo");
+    }
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/accounts",
+            &mo,
+            Some(link("sf6", false)),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
+    assert!(
+        error_of(&a)["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 5"),
+        "{}",
+        a.text
+    );
+    // A browser login is not offered through the API (yet), and says what to do instead.
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/accounts",
+            &mo,
+            Some(
+                json!({"name": "web", "system": "salesforce", "login_url": sf.base_url,
+                        "client_id": "x", "client_secret": "y"}),
+            ),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        error_of(&a)["fix"]
+            .as_str()
+            .unwrap()
+            .contains("server_to_server")
+    );
+
+    // The admin links a brand account and shares it with mo.
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/accounts",
+            &admin,
+            Some(link("brand-sf", true)),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/accounts/brand-sf/share",
+            &mo,
+            Some(json!({"with": ["mo"]})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/accounts/sf1/share",
+            &admin,
+            Some(json!({"with": ["ada"]})),
+        )
+        .await;
+    assert_eq!(
+        a.status,
+        StatusCode::CONFLICT,
+        "a private account is not shared: {}",
+        a.text
+    );
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/accounts/brand-sf/share",
+            &admin,
+            Some(json!({"with": ["mo"]})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json["account"]["grants"], json!(["mo"]));
+
+    let mine = s.call(Method::GET, "/api/v1/accounts", &mo, None).await;
+    let accounts = mine.json["accounts"].as_array().unwrap();
+    assert_eq!(accounts.len(), 6, "{}", mine.text);
+    let brand = accounts.iter().find(|a| a["name"] == "brand-sf").unwrap();
+    assert_eq!(brand["access"], "granted");
+    assert_eq!(
+        brand["grants"],
+        json!([]),
+        "grants are shown to owners and admins only"
+    );
+    let all = s.call(Method::GET, "/api/v1/accounts", &admin, None).await;
+    assert_eq!(all.json["accounts"].as_array().unwrap().len(), 6);
+
+    let t = s
+        .call(Method::POST, "/api/v1/accounts/brand-sf/test", &mo, None)
+        .await;
+    assert_eq!(t.status, StatusCode::OK, "{}", t.text);
+    assert_eq!(t.json["ok"], true, "{}", t.text);
+    let a = s
+        .call(Method::DELETE, "/api/v1/accounts/brand-sf", &mo, None)
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
+    let a = s
+        .call(Method::DELETE, "/api/v1/accounts/sf1", &mo, None)
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
+    // Another member does not see mo's accounts at all.
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            &admin,
+            Some(json!({"name": "pat", "role": "member", "password": "pat's long password"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    let pat = s.login("pat", "pat's long password").await;
+    let a = s
+        .call(Method::POST, "/api/v1/accounts/sf2/test", &pat, None)
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let secret = creds["client_secret"].as_str().unwrap();
+    assert!(
+        s.bodies.lock().iter().all(|b| !b.contains(secret)),
+        "the client secret is never answered"
+    );
+}
+
+#[tokio::test]
+async fn malformed_ids_and_queries_get_the_error_shape() {
+    let s = Service::start().await;
+    let admin = s.admin().await;
+    let a = s
+        .call(Method::GET, "/api/v1/syncs/not-a-number", &admin, None)
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.text);
+    error_of(&a);
+    let a = s.call(Method::GET, "/api/v1/syncs/99", &admin, None).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.text);
+    error_of(&a);
+    let a = s
+        .call(Method::GET, "/api/v1/audit?limit=lots", &admin, None)
+        .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
+    error_of(&a);
+}
+
+#[tokio::test]
+async fn behind_a_proxy_the_cookie_is_secure_and_the_forwarded_address_is_audited() {
+    let s = Service::start_full(LoginLimiter::new(3, 6, Duration::from_secs(600)), true).await;
+    let resp = s
+        .http
+        .post(format!("{}/api/v1/session", s.base))
+        .header("x-forwarded-for", "10.1.2.3")
+        .json(&json!({"user": "ada", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    let admin = s.admin().await;
+    let audit = s.call(Method::GET, "/api/v1/audit", &admin, None).await;
+    let first = audit.json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["action"] == "session.create")
+        .cloned()
+        .unwrap();
+    assert_eq!(first["address"], "10.1.2.3", "{first}");
+}
+
+#[tokio::test]
+async fn a_standard_connection_is_authorized_through_the_servers_callback() {
+    let s = Service::start().await;
+    let admin = s.admin().await;
+    // The simulator's authorization-code client, auto-approved for its brand admin.
+    let web = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let creds: Value = web
+        .get(format!("{}/_sim/credentials", s.sim.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let app = creds["oauth_clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["grants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g == "authorization_code")
+        })
+        .cloned()
+        .expect("an authorization-code client");
+    let r = web
+        .post(format!("{}/_sim/oauth/auto-approve", s.sim.base_url))
+        .json(&json!({"user": "admin"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+
+    // Saved anyway: it cannot sync before it is authorized.
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/connections",
+            &admin,
+            Some(
+                json!({"name": "std", "url": s.sim.base_url, "auth": "standard",
+                        "client_id": app["client_id"], "client_secret": app["client_secret"],
+                        "save_anyway": true}),
+            ),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    assert_eq!(a.json["test"]["ok"], false);
+
+    let member = s.member().await;
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/connections/std/authorize",
+            &member,
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/connections/std/authorize",
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let url = a.json["authorize_url"].as_str().unwrap().to_string();
+    assert_eq!(a.json["redirect_uri"], format!("{}/oauth/callback", s.base));
+
+    // A forged answer is refused and uses nothing up.
+    let forged = web
+        .get(format!(
+            "{}/oauth/callback?code=forged&state=not-the-state",
+            s.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
+
+    // The browser: the provider approves and sends it back to the server.
+    let r = web.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    let back = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        back.starts_with(&format!("{}/oauth/callback?", s.base)),
+        "{back}"
+    );
+    let page = web.get(&back).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("authorized"));
+    // The same answer again: the state was used.
+    let again = web.get(&back).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+
+    let t = s
+        .call(Method::POST, "/api/v1/connections/std/test", &admin, None)
+        .await;
+    assert_eq!(t.status, StatusCode::OK, "{}", t.text);
+    assert_eq!(t.json["test"]["ok"], true, "{}", t.text);
+    let secret = app["client_secret"].as_str().unwrap();
+    assert!(s.bodies.lock().iter().all(|b| !b.contains(secret)));
 }

@@ -276,6 +276,9 @@
 
   async function logout() {
     try { await api('DELETE', '/session'); } catch (err) { if (!err.handled) showError(err); }
+    // The next person to sign in here starts at the beginning, not on the last one's page (an
+    // ended session, by contrast, keeps the address: signing in again returns there).
+    history.replaceState(null, '', location.pathname + '#/connections');
     signedOut(null);
   }
 
@@ -533,7 +536,7 @@
         const report = err.body && (err.body.test || (err.body.error && err.body.error.test));
         result.appendChild(errorBox(err));
         if (report) {
-          result.appendChild(testReport(report));
+          result.appendChild(testReport(report, err));
           const anyway = h('button', { type: 'button', class: 'secondary', id: 'conn-save-anyway', text: 'Save anyway' });
           anyway.addEventListener('click', () => save(true, anyway));
           result.appendChild(h('div', { class: 'row' }, anyway,
@@ -558,7 +561,9 @@
   }
 
   // The per-table-group report of Save & Test, with each group's fix.
-  function testReport(test) {
+  // `shownAbove`: the API's error is already on the page (a refused Save & Test repeats the
+  // report's error in its own), so the report does not say it twice.
+  function testReport(test, shownAbove) {
     const groups = listOf(test, 'groups');
     const box = h('section', { class: 'card', id: 'test-report', 'aria-label': 'Test report' });
     box.appendChild(h('h3', null, 'Test: ', pill(test.ok ? 'ok' : 'failed')));
@@ -566,7 +571,9 @@
     const dcn = pick(test, 'identity.datacenter');
     if (who || dcn) box.appendChild(h('p', { class: 'muted small', text: [who ? 'Signed in as ' + who : null, dcn ? 'data center ' + dcn : null].filter(Boolean).join(', ') }));
     const msg = pick(test, 'error.message', 'message');
-    if (msg) box.appendChild(errorBox({ message: msg, fix: pick(test, 'error.fix', 'fix') }));
+    if (msg && !(shownAbove && shownAbove.message && shownAbove.message.startsWith(msg))) {
+      box.appendChild(errorBox({ message: msg, fix: pick(test, 'error.fix', 'fix') }));
+    }
     if (groups.length) {
       const ul = h('ul', { class: 'report' });
       for (const g of groups) {
@@ -584,6 +591,16 @@
           fix ? h('span', { class: 'fix' }, h('b', { text: 'Fix: ' }), fix) : null));
       }
       box.appendChild(ul);
+    }
+    // The destination is opened once too: whether the rows will have somewhere to go.
+    const d = test.destination;
+    if (d && typeof d === 'object') {
+      box.appendChild(h('ul', { class: 'report' },
+        h('li', { 'data-group': 'destination' },
+          h('span', { class: 'name', text: 'destination' }), pill(d.ok ? 'ok' : 'failed'),
+          d.url ? h('span', { class: 'muted small mono', text: d.url }) : null,
+          d.message ? h('span', { class: 'fix', text: d.message }) : null,
+          d.fix && !d.ok ? h('span', { class: 'fix' }, h('b', { text: 'Fix: ' }), d.fix) : null)));
     }
     return box;
   }
@@ -627,7 +644,7 @@
           if (err.handled) return;
           testOut.appendChild(errorBox(err));
           const report = err.body && err.body.test;
-          if (report) testOut.appendChild(testReport(report));
+          if (report) testOut.appendChild(testReport(report, err));
         }
       });
       actions.appendChild(testBtn);
@@ -683,7 +700,7 @@
     root.appendChild(sched);
 
     // Sync now and live progress.
-    const live = h('div', { id: 'sync-live', 'aria-live': 'polite' });
+    const live = h('div', { id: 'sync-live' });
     const syncBtn = h('button', { type: 'button', id: 'sync-now', text: 'Sync now' });
     syncBtn.addEventListener('click', async () => {
       clear(live);
@@ -699,7 +716,7 @@
       } catch (err) { if (!err.handled) live.appendChild(errorBox(err)); }
     });
     root.appendChild(h('section', { class: 'card', 'aria-labelledby': 'sync-h' },
-      h('div', { class: 'spread' }, h('h2', { id: 'sync-h', text: 'Sync' }), syncBtn), live));
+      h('div', { class: 'spread' }, h('h2', { id: 'sync-h', text: 'Sync' }), isAdmin() ? syncBtn : null), live));
 
     // History and chart.
     const histBox = h('section', { class: 'card', 'aria-labelledby': 'hist-h' });
@@ -740,35 +757,73 @@
         await new Promise((r) => setTimeout(r, 1000));
       }
     }
+    // Redrawn about once a second: the parts are made once, so the Cancel button keeps the
+    // keyboard focus and a screen reader hears only the outcome (the status boxes), not every tick.
     function drawProgress(card, run) {
-      clear(card);
       const st = run.status;
       const done = FINISHED.includes(st);
-      card.appendChild(h('p', null, 'Run #' + run.id + ' ', pill(st), ' ',
-        h('span', { class: 'muted', text: run.started_at ? (done ? 'took ' : 'running for ') + fmtDuration(seconds(run.started_at, run.finished_at)) : 'waiting to start' })));
-      if (!done) {
-        card.appendChild(h('progress', { 'aria-label': 'Sync in progress' }));
+      if (!card.parts) {
         const cancel = h('button', { type: 'button', class: 'secondary small', id: 'sync-cancel', text: 'Cancel this run' });
         cancel.addEventListener('click', async () => {
-          try { await busy(cancel, 'Cancelling…', () => api('POST', '/syncs/' + enc(run.id) + '/cancel')); }
-          catch (err) { if (!err.handled) card.appendChild(errorBox(err)); }
+          try { await busy(cancel, 'Cancelling…', () => api('POST', '/syncs/' + enc(card.dataset.run) + '/cancel')); }
+          catch (err) { if (!err.handled) card.parts.tail.appendChild(errorBox(err)); }
         });
-        card.appendChild(h('p', null, cancel));
+        card.parts = {
+          head: h('p'),
+          bar: h('progress', { 'aria-label': 'Sync in progress' }),
+          cancel: h('p', null, cancel),
+          streams: h('div'),
+          tail: h('div'),
+        };
+        append(card, [card.parts.head, card.parts.bar, card.parts.cancel, card.parts.streams, card.parts.tail]);
       }
+      const p = card.parts;
+      append(clear(p.head), ['Run #' + run.id + ' ', pill(st), ' ',
+        h('span', { class: 'muted', text: run.started_at ? (done ? 'took ' : 'running for ') + fmtDuration(seconds(run.started_at, run.finished_at)) : 'waiting to start' })]);
+      p.bar.hidden = done;
+      p.cancel.hidden = done || !isAdmin();
+      clear(p.streams);
       const prog = run.progress && typeof run.progress === 'object' ? run.progress : {};
-      const items = progressItems(prog);
-      if (items.length && !done) card.appendChild(h('ul', { class: 'progress-list' }, items.map((t) => h('li', { text: t }))));
-      card.appendChild(h('ul', { class: 'stats' },
-        h('li', null, h('b', { text: fmtNum(runRows(run)) }), 'rows written'),
-        h('li', null, h('b', { text: fmtNum(run.responses || 0) }), 'responses'),
-        h('li', null, h('b', { text: fmtNum(run.api_calls || 0) }), 'API calls'),
-        run.throttled ? h('li', null, h('b', { text: fmtNum(run.throttled) }), 'throttled retries') : null));
-      if (st === 'succeeded') card.appendChild(okBox('The sync finished.'));
-      if (run.error) card.appendChild(errorBox(run.error));
+      if (!done) {
+        const list = streamProgress(prog);
+        if (list) p.streams.appendChild(list);
+        return;
+      }
+      clear(p.tail);
+      // The run's totals are known when it ends; while it runs, the streams say more.
+      p.tail.appendChild(h('ul', { class: 'stats' },
+        h('li', null, h('b', { text: fmtNum(runRows(run)) }), ' rows changed'),
+        h('li', null, h('b', { text: fmtNum(run.responses || 0) }), ' responses'),
+        h('li', null, h('b', { text: fmtNum(run.api_calls || 0) }), ' API calls'),
+        run.throttled ? h('li', null, h('b', { text: fmtNum(run.throttled) }), ' throttled retries') : null));
+      if (st === 'succeeded') p.tail.appendChild(okBox('The sync finished.'));
+      if (st === 'cancelled') p.tail.appendChild(warnBox('The run was cancelled; the batches it committed are kept.'));
+      if (run.error) p.tail.appendChild(errorBox(run.error));
     }
 
     const active = runs.find((r) => r.status === 'running' || r.status === 'queued');
     if (active) watch(active.id);
+  }
+
+  // Rows per stream while a run goes: {"streams": {NAME: {done, total, finished}}}; a bar for
+  // each stream whose total is known. Another shape is shown as "key: value" lines.
+  function streamProgress(prog) {
+    const streams = prog && prog.streams && typeof prog.streams === 'object' ? Object.entries(prog.streams) : null;
+    if (!streams) {
+      const items = progressItems(prog);
+      return items.length ? h('ul', { class: 'progress-list' }, items.map((t) => h('li', { text: t }))) : null;
+    }
+    if (!streams.length) return null;
+    return h('ul', { class: 'progress-list streams', 'aria-label': 'Rows per stream' }, streams.map(([name, st]) => {
+      const doneN = (st && st.done) || 0;
+      const total = st && typeof st.total === 'number' ? st.total : null;
+      const fin = !!(st && st.finished);
+      return h('li', { 'data-stream': name },
+        h('span', { class: 'mono', text: name }), ' ',
+        fmtNum(doneN) + (total !== null ? ' of ' + fmtNum(total) : '') + ' rows',
+        fin ? h('span', { class: 'muted', text: ' · done' }) : null,
+        total ? h('progress', { max: String(total), value: String(Math.min(doneN, total)), 'aria-label': name + ' progress' }) : null);
+    }));
   }
 
   // The progress object holds per-stream numbers; whatever its exact shape, show "name: n".
@@ -831,7 +886,7 @@
     const step = (W - L - R) / list.length;
     const bw = Math.max(4, Math.min(36, step * 0.6));
     const y = (v, max) => T + (H - T - B) * (1 - v / max);
-    const summary = 'Rows written and duration of the last ' + list.length + ' finished runs; most rows ' + fmtNum(Math.max(...rows)) + ', longest ' + fmtDuration(Math.max(...durs)) + '.';
+    const summary = 'Rows changed and duration of the last ' + list.length + ' finished runs; most rows ' + fmtNum(Math.max(...rows)) + ', longest ' + fmtDuration(Math.max(...durs)) + '.';
     const svg = s('svg', { class: 'chart', viewBox: '0 0 ' + W + ' ' + H, role: 'img', 'aria-label': summary });
     svg.appendChild(s('line', { class: 'axis', x1: L, y1: H - B, x2: W - R, y2: H - B }));
     svg.appendChild(s('text', { x: L - 6, y: T + 10, 'text-anchor': 'end' }, fmtNum(maxRows)));
@@ -850,7 +905,7 @@
     for (const [px, py] of pts) svg.appendChild(s('circle', { class: 'dot', cx: px, cy: py, r: 3 }));
     wrap.appendChild(svg);
     wrap.appendChild(h('figcaption', { class: 'legend' },
-      h('span', null, h('span', { class: 'sw rows' }), 'rows written (left axis)'),
+      h('span', null, h('span', { class: 'sw rows' }), 'rows changed (left axis)'),
       h('span', null, h('span', { class: 'sw dur' }), 'duration (right axis)')));
     return wrap;
   }
@@ -898,7 +953,7 @@
     const status = h('section', { class: 'card', 'aria-labelledby': 'wf-status-h' },
       h('div', { class: 'spread' }, h('h2', { id: 'wf-status-h', text: 'Status' }), paused ? pill('paused') : pill('active')),
       h('ul', { class: 'stats' }, Object.keys(c).length
-        ? Object.entries(c).map(([k, n]) => h('li', { 'data-count': k }, h('b', { text: fmtNum(n) }), k))
+        ? Object.entries(c).map(([k, n]) => h('li', { 'data-count': k }, h('b', { text: fmtNum(n) }), ' ' + k))
         : h('li', { text: 'no events yet' })));
     if (w.description) status.appendChild(h('p', { text: w.description }));
     const steps = Array.isArray(w.steps) ? w.steps.map((st) => st.name + ' (' + st.action + ')').join(' → ') : '';
@@ -1167,10 +1222,10 @@
     }
     const rows = list.map((e) => h('tr', null,
       h('td', { class: 'nowrap', text: fmtTime(e.at) }),
-      h('td', { class: 'mono', text: e.actor }),
-      h('td', { text: e.via }),
-      h('td', { class: 'mono', text: e.action }),
-      h('td', { class: 'mono', text: e.target }),
+      h('td', { class: 'mono nowrap', text: e.actor }),
+      h('td', { class: 'nowrap', text: e.via }),
+      h('td', { class: 'mono nowrap', text: e.action }),
+      h('td', { class: 'mono nowrap', text: e.target }),
       h('td', { class: 'mono', text: e.address || '—' }),
       h('td', { class: 'mono small', text: e.detail && Object.keys(e.detail).length ? JSON.stringify(e.detail) : '' })));
     root.appendChild(h('div', { class: 'card' }, tableOf(['When', 'Who', 'Via', 'Action', 'Target', 'From', 'Detail'], rows)));
