@@ -125,7 +125,10 @@ async fn a_person_signs_in_adds_a_connection_syncs_and_replays_a_dead_letter() {
         .await;
     assert!(report.contains("Test"), "{report}");
     let dest = b.text("#test-report [data-group=destination]").await;
-    assert!(dest.contains("ok") && dest.contains("warehouse.db"), "{dest}");
+    assert!(
+        dest.contains("ok") && dest.contains("warehouse.db"),
+        "{dest}"
+    );
     let result = b.wait_text("#conn-result", "Saved", WAIT).await;
     assert!(result.contains("the test passed"), "{result}");
     assert_eq!(
