@@ -1730,6 +1730,25 @@ mod tests {
     }
 
     #[test]
+    fn outbox_stats_count_states_and_bucket_delivery_times() {
+        let (_d, s) = store();
+        for k in ["R_1", "R_2", "R_3"] {
+            s.enqueue(&ev(k), 1_000).unwrap();
+        }
+        let got = s.lease_due("w", 1_000, Duration::from_secs(60), 2).unwrap();
+        // Delivered 200 ms and 5 s after arrival.
+        s.complete(&got[0].id, "w", EventState::Done, 1_200)
+            .unwrap();
+        s.complete(&got[1].id, "w", EventState::Done, 6_000)
+            .unwrap();
+        let st = s.outbox_stats(&[100, 1_000, 10_000]).unwrap();
+        assert_eq!(st.by_state.get("done"), Some(&2));
+        assert_eq!(st.by_state.get("pending"), Some(&1));
+        assert_eq!(st.latency_buckets, vec![0, 1, 2]);
+        assert_eq!((st.delivered, st.latency_sum_ms), (2, 5_200));
+    }
+
+    #[test]
     fn paused_or_unbound_workflows_are_not_leased() {
         let (_d, s) = store();
         s.enqueue(&ev("R_1"), 0).unwrap();
