@@ -799,6 +799,8 @@ async fn a_destination_that_cannot_be_reached_fails_with_its_fix_and_the_schedul
     .await;
     s.terminate();
     assert!(s.wait(Duration::from_secs(30)).await.success());
+    // The operator sees it in the log at the default level.
+    assert!(s.stderr().contains("sync run failed"), "{}", s.stderr());
     let failed = runs.iter().find(|r| r.status == RunStatus::Failed).unwrap();
     let err = failed.error.as_ref().unwrap();
     assert!(err.message.contains("127.0.0.1"), "{err:?}");

@@ -635,6 +635,15 @@ async fn execute(shared: &Arc<Shared>, run: SyncRun, switches: Switches) {
     deps.metrics
         .add_calls(&connection, outcome.api_calls, outcome.throttled);
     match deps.runs.finish(id, outcome) {
+        // A failure is logged at warn, which the default log level shows.
+        Ok(r) if r.status == RunStatus::Failed => tracing::warn!(
+            run = id,
+            connection = %connection,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            error = r.error.as_ref().map(|e| e.message.as_str()).unwrap_or(""),
+            fix = r.error.as_ref().and_then(|e| e.fix.as_deref()).unwrap_or(""),
+            "sync run failed"
+        ),
         Ok(r) => tracing::info!(
             run = id,
             connection = %connection,
