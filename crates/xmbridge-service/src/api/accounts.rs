@@ -268,7 +268,7 @@ async fn link(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
     Json(body): Json<LinkBody>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<axum::response::Response> {
     if body.brand {
         caller.require_admin("link brand accounts", BRAND_RULE)?;
     }
@@ -282,15 +282,6 @@ async fn link(
             ));
         }
     };
-    if salesforce && !body.server_to_server {
-        return Err(ApiError::invalid(
-            "a Salesforce browser login cannot be started through the API yet",
-            Some(format!(
-                "link it as server-to-server (\"server_to_server\": true with token_url, client_id, client_secret), or run `xmbridge account link {} --salesforce --login-url … --as {}` on the server",
-                body.name, caller.user.name
-            )),
-        ));
-    }
     xmbridge_vault::validate_connection_name(&body.name)?;
     let request = AccountLogin {
         name: body.name.clone(),
@@ -316,6 +307,39 @@ async fn link(
         client_secret: body.client_secret.clone(),
         password: body.password.clone(),
     };
+    if salesforce && !body.server_to_server {
+        // A browser login: the user opens the URL; Salesforce sends the browser back to this
+        // server's /oauth/callback, which links the account.
+        if api.app.store.get_account(&body.name).is_ok()
+            || api.app.vault.get_connection(&body.name).is_ok()
+        {
+            return Err(ApiError::conflict(
+                format!("the name {} is taken", body.name),
+                Some("pick another name".into()),
+            ));
+        }
+        let redirect = format!(
+            "{}/oauth/callback",
+            api.app.public_url.trim_end_matches('/')
+        );
+        let secret = operator.secret(AskedSecret::ClientSecret)?;
+        let login =
+            xmbridge_runtime::link::start_web_login(&request, secret, &api.app.store, &redirect)?;
+        let url = login.url.to_string();
+        api.authorizations.put(
+            super::connections::Started::Account(Box::new(login)),
+            caller.clone(),
+        );
+        return Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(json!({
+                "authorize_url": url,
+                "redirect_uri": redirect,
+                "expires_in": 600,
+            })),
+        )
+            .into_response());
+    }
     let Linked { row, .. } =
         xmbridge_runtime::link::link(&request, &operator, &api.app.store, &api.accounts).await?;
     api.audit(caller.entry(
@@ -324,7 +348,7 @@ async fn link(
         json!({"system": row.system, "brand": row.brand, "kind": row.kind.as_str()}),
     ));
     let out = account_json(&api, &row, "owned", true)?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"account": out}))))
+    Ok((StatusCode::CREATED, axum::Json(json!({"account": out}))).into_response())
 }
 
 #[derive(Deserialize)]
