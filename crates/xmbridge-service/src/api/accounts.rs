@@ -1,8 +1,8 @@
 //! Linked Salesforce and ServiceNow accounts with the Salesforce extension's rules enforced on
 //! the signed-in user: a member sees and links their own accounts (at most 5 private Salesforce
 //! ones) and the brand accounts granted to them; an admin sees all, links brand accounts and
-//! shares them. Linking goes through `xmbridge_runtime::link` (server-to-server and ServiceNow
-//! sign-ins; a Salesforce browser login is not offered by the API yet).
+//! shares them. Linking goes through `xmbridge_runtime::link`: server-to-server and ServiceNow
+//! sign-ins at once, a Salesforce browser login through the server's `/oauth/callback`.
 
 use std::sync::Arc;
 
@@ -58,7 +58,7 @@ pub(super) fn routes() -> Vec<Route> {
         route(
             Method::POST,
             "/api/v1/accounts",
-            "Links an account: Salesforce server-to-server, or ServiceNow (basic, OAuth password grant, client credentials); brand accounts by admins only; at most 5 private Salesforce accounts per user",
+            "Links an account: Salesforce server-to-server, or ServiceNow (basic, OAuth password grant, client credentials): 201; a Salesforce browser login (login_url): 202 with the authorize URL, linked when Salesforce sends the browser back to /oauth/callback. Brand accounts by admins only; at most 5 private Salesforce accounts per user",
             Need::Signed,
             Some(object(
                 &[
@@ -67,6 +67,7 @@ pub(super) fn routes() -> Vec<Route> {
                     ("brand", s::boolean()),
                     ("server_to_server", s::boolean()),
                     ("token_url", s::string()),
+                    ("login_url", s::string()),
                     ("client_id", s::string()),
                     ("client_secret", s::string()),
                     ("instance_url", s::string()),
