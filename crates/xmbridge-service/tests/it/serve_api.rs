@@ -441,6 +441,9 @@ async fn an_oversized_body_is_413_and_bad_json_is_422() {
         .await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     error_of(&a);
+    let a = s.call(Method::PUT, "/api/v1/me", &admin, None).await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED, "{}", a.text);
+    error_of(&a);
 }
 
 /// Adds connection `name` to the simulator through the API, with a SQLite destination.
