@@ -125,7 +125,10 @@ async fn a_person_signs_in_adds_a_connection_syncs_and_replays_a_dead_letter() {
         .await;
     assert!(report.contains("Test"), "{report}");
     let dest = b.text("#test-report [data-group=destination]").await;
-    assert!(dest.contains("ok") && dest.contains("warehouse.db"), "{dest}");
+    assert!(
+        dest.contains("ok") && dest.contains("warehouse.db"),
+        "{dest}"
+    );
     let result = b.wait_text("#conn-result", "Saved", WAIT).await;
     assert!(result.contains("the test passed"), "{result}");
     assert_eq!(
@@ -192,8 +195,22 @@ async fn a_person_signs_in_adds_a_connection_syncs_and_replays_a_dead_letter() {
     b.refresh().await;
     b.wait_text("#main h1", "acme", WAIT).await;
     assert_eq!(b.property("#sched-every", "value").await, "5m");
+    b.click("a[data-nav=connections]").await;
+    let list = b.wait_text("#main table", "every 5 minutes", WAIT).await;
+    // The last run: the one watched above, or the schedule's first, which may start at once.
+    assert!(
+        list.contains("acme")
+            && ["succeeded", "running", "queued"]
+                .iter()
+                .any(|s| list.contains(s)),
+        "{list}"
+    );
+    b.screenshot("06b-connections").await;
 
     // A narrow screen.
+    b.click("a[href='#/connections/acme']").await;
+    b.wait_text("#main h1", "acme", WAIT).await;
+    b.find("tr[data-run]").await;
     b.resize(400, 900).await;
     b.screenshot("07-connection-400px").await;
     let overflow = b
