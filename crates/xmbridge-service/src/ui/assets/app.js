@@ -879,7 +879,8 @@
     const list = runs.filter((r) => FINISHED.includes(r.status)).slice(0, 20).reverse();
     const wrap = h('figure', { class: 'chart-box' });
     if (!list.length) return wrap;
-    const W = 720, H = 200, L = 48, R = 48, T = 12, B = 28;
+    // A narrower drawing on a phone, so its labels stay readable once scaled to the screen.
+    const W = window.innerWidth < 640 ? 360 : 720, H = 200, L = 48, R = 48, T = 12, B = 28;
     const rows = list.map(runRows);
     const durs = list.map((r) => seconds(r.started_at, r.finished_at) || 0);
     const maxRows = Math.max(1, ...rows), maxDur = Math.max(0.001, ...durs);
