@@ -417,4 +417,12 @@ async fn errors_show_the_apis_message_and_fix_and_a_member_sees_no_admin_action(
         .await;
     assert!(refused.contains("rule"), "{refused}");
     b.screenshot("24-member-refused").await;
+
+    // The operator removes pat: the session ends, and the next step shows the sign-in page
+    // saying so instead of a broken page.
+    inst.ok(&["user", "remove", "pat"]).await;
+    b.click("a[data-nav=connections]").await;
+    b.wait_text("#login-result", "Your session has ended", WAIT)
+        .await;
+    assert!(b.exists("#login-user").await);
 }
