@@ -12,6 +12,9 @@ use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 use xmbridge_runtime::RuntimeError;
+use xmbridge_runtime::authorize::{
+    WebAuthorization, finish_web_authorization, start_web_authorization,
+};
 use xmbridge_runtime::connection::{
     self as stored, AuthMode, Location, NewConnection, NewConnectionSecrets, PemTexts,
     QualtricsSettings,
@@ -224,6 +227,38 @@ pub(super) fn routes() -> Vec<Route> {
             Some(wrap("test", report_schema())),
             test,
         ),
+        route(
+            Method::POST,
+            "/api/v1/connections/{name}/authorize",
+            "Starts the browser authorization of a standard (OAuth) connection; the provider sends the browser back to this server's /oauth/callback (admins)",
+            admin("authorize connections"),
+            None,
+            200,
+            Some(object(
+                &[
+                    ("authorize_url", s::string()),
+                    ("redirect_uri", s::string()),
+                    ("expires_in", s::integer()),
+                ],
+                &["authorize_url", "redirect_uri", "expires_in"],
+            )),
+            authorize,
+        ),
+        route(
+            Method::GET,
+            "/oauth/callback",
+            "Where the provider sends the browser back after an authorization (checked against the state the authorization started with); answers a page",
+            Need::Public,
+            None,
+            200,
+            None,
+            callback,
+        )
+        .with_query(&[
+            ("code", "the authorization code"),
+            ("state", "the state the authorization started with"),
+            ("error", "the provider's refusal, if any"),
+        ]),
         route(
             Method::PUT,
             "/api/v1/connections/{name}/schedule",
@@ -961,4 +996,128 @@ async fn cancel(
         json!({"run": id, "status": run.status}),
     ));
     Ok(axum::Json(run_json(&run)))
+}
+
+/// How long a started browser authorization waits for its callback.
+const AUTHORIZE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Browser authorizations waiting for their callback, by state; each used once.
+#[derive(Default)]
+pub(crate) struct Pending(
+    parking_lot::Mutex<
+        std::collections::HashMap<String, (WebAuthorization, std::time::Instant, Caller)>,
+    >,
+);
+
+impl Pending {
+    fn put(&self, auth: WebAuthorization, caller: Caller) {
+        let mut map = self.0.lock();
+        // Expired ones go; at most a few hundred can wait (each was started by an admin).
+        map.retain(|_, (_, at, _)| at.elapsed() < AUTHORIZE_TTL);
+        if map.len() >= 256 {
+            return;
+        }
+        map.insert(
+            auth.state.clone(),
+            (auth, std::time::Instant::now(), caller),
+        );
+    }
+
+    fn take(&self, state: &str) -> Option<(WebAuthorization, Caller)> {
+        let (auth, at, caller) = self.0.lock().remove(state)?;
+        (at.elapsed() < AUTHORIZE_TTL).then_some((auth, caller))
+    }
+}
+
+async fn authorize(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<Value>> {
+    qualtrics(&api, &name)?;
+    let redirect = format!(
+        "{}/oauth/callback",
+        api.app.public_url.trim_end_matches('/')
+    );
+    let auth = start_web_authorization(&api.app.vault, &name, &redirect)?;
+    let url = auth.url.to_string();
+    api.authorizations.put(auth, caller.clone());
+    api.audit(caller.entry("connection.authorize_start", &name, json!({})));
+    Ok(axum::Json(json!({
+        "authorize_url": url,
+        "redirect_uri": redirect,
+        "expires_in": AUTHORIZE_TTL.as_secs(),
+    })))
+}
+
+#[derive(Deserialize)]
+struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// A small page for the browser that came back.
+fn page(status: StatusCode, title: &str, text: &str) -> Response {
+    let esc = |t: &str| {
+        t.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title></head><body><h1>{t}</h1><p>{x}</p><p><a href=\"/\">Back to xmbridge</a></p></body></html>",
+        t = esc(title),
+        x = esc(text)
+    );
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        html,
+    )
+        .into_response()
+}
+
+async fn callback(State(api): State<Arc<Api>>, Query(q): Query<Callback>) -> Response {
+    let Some((auth, caller)) = q.state.as_deref().and_then(|s| api.authorizations.take(s)) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Authorization refused",
+            "This answer does not belong to an authorization started here (unknown, used or expired state). Start it again from the connection's page.",
+        );
+    };
+    let name = auth.connection.clone();
+    if let Some(e) = q.error.as_deref() {
+        let why = q.error_description.as_deref().unwrap_or(e);
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Authorization refused",
+            &format!("Qualtrics refused the authorization of connection '{name}': {why}"),
+        );
+    }
+    let Some(code) = q.code.filter(|c| !c.is_empty()) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Authorization refused",
+            "The answer carries no authorization code. Start it again from the connection's page.",
+        );
+    };
+    match finish_web_authorization(&api.app.vault, &auth, &SecretString::from(code)).await {
+        Ok(()) => {
+            api.audit(caller.entry("connection.authorize", &name, json!({})));
+            page(
+                StatusCode::OK,
+                "Connection authorized",
+                &format!(
+                    "Connection '{name}' is authorized; its refresh token is stored sealed. You can close this tab and test the connection."
+                ),
+            )
+        }
+        Err(e) => page(
+            StatusCode::BAD_GATEWAY,
+            "Authorization failed",
+            &format!("The authorization code of connection '{name}' could not be exchanged: {e}"),
+        ),
+    }
 }

@@ -77,6 +77,8 @@ pub(crate) struct Api {
     pub(crate) accounts: Accounts,
     pub(crate) sources: Sources,
     pub(crate) registry: Registry,
+    /// Browser authorizations started and not yet called back, by their `state`.
+    pub(crate) authorizations: connections::Pending,
 }
 
 impl Api {
@@ -177,6 +179,7 @@ pub fn router_with_limits(state: AppState, limiter: auth::LoginLimiter) -> Route
         accounts,
         sources,
         registry,
+        authorizations: connections::Pending::default(),
     })
 }
 

@@ -752,8 +752,9 @@ async fn the_openapi_document_lists_every_route_and_is_valid_openapi_3() {
             "{m} {} is documented",
             r.path
         );
-        // … and served: without credentials it is 401 from the guard (the public sign-in
-        // route: 422 for a missing body), never the catch-all 404.
+        // … and served: without credentials it is 401 from the guard (the public routes:
+        // sign-in 422 for a missing body, the OAuth callback 400 without a state), never the
+        // catch-all 404.
         let path = r.path.replace("{id}", "1").replace("{name}", "x");
         let ans = s
             .call(
@@ -765,6 +766,9 @@ async fn the_openapi_document_lists_every_route_and_is_valid_openapi_3() {
             .await;
         let expected = if r.path == "/api/v1/session" && r.method == Method::POST {
             StatusCode::UNPROCESSABLE_ENTITY
+        } else if r.path == "/oauth/callback" {
+            // Public, state-checked: no state, no authorization.
+            StatusCode::BAD_REQUEST
         } else {
             StatusCode::UNAUTHORIZED
         };
@@ -1334,4 +1338,115 @@ async fn behind_a_proxy_the_cookie_is_secure_and_the_forwarded_address_is_audite
         .cloned()
         .unwrap();
     assert_eq!(first["address"], "10.1.2.3", "{first}");
+}
+
+#[tokio::test]
+async fn a_standard_connection_is_authorized_through_the_servers_callback() {
+    let s = Service::start().await;
+    let admin = s.admin().await;
+    // The simulator's authorization-code client, auto-approved for its brand admin.
+    let web = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let creds: Value = web
+        .get(format!("{}/_sim/credentials", s.sim.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let app = creds["oauth_clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["grants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g == "authorization_code")
+        })
+        .cloned()
+        .expect("an authorization-code client");
+    let r = web
+        .post(format!("{}/_sim/oauth/auto-approve", s.sim.base_url))
+        .json(&json!({"user": "admin"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+
+    // Saved anyway: it cannot sync before it is authorized.
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/connections",
+            &admin,
+            Some(
+                json!({"name": "std", "url": s.sim.base_url, "auth": "standard",
+                        "client_id": app["client_id"], "client_secret": app["client_secret"],
+                        "save_anyway": true}),
+            ),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    assert_eq!(a.json["test"]["ok"], false);
+
+    let member = s.member().await;
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/connections/std/authorize",
+            &member,
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/connections/std/authorize",
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let url = a.json["authorize_url"].as_str().unwrap().to_string();
+    assert_eq!(a.json["redirect_uri"], format!("{}/oauth/callback", s.base));
+
+    // A forged answer is refused and uses nothing up.
+    let forged = web
+        .get(format!(
+            "{}/oauth/callback?code=forged&state=not-the-state",
+            s.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::BAD_REQUEST);
+
+    // The browser: the provider approves and sends it back to the server.
+    let r = web.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    let back = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        back.starts_with(&format!("{}/oauth/callback?", s.base)),
+        "{back}"
+    );
+    let page = web.get(&back).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("authorized"));
+    // The same answer again: the state was used.
+    let again = web.get(&back).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+
+    let t = s
+        .call(Method::POST, "/api/v1/connections/std/test", &admin, None)
+        .await;
+    assert_eq!(t.status, StatusCode::OK, "{}", t.text);
+    assert_eq!(t.json["test"]["ok"], true, "{}", t.text);
+    let secret = app["client_secret"].as_str().unwrap();
+    assert!(s.bodies.lock().iter().all(|b| !b.contains(secret)));
 }
