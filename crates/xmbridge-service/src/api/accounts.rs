@@ -113,6 +113,16 @@ pub(super) fn routes() -> Vec<Route> {
             test,
         ),
         route(
+            Method::PATCH,
+            "/api/v1/accounts/{name}",
+            "Renames an account: {\"name\": \"new\"} (its owner or an admin; not while a workflow's step names it)",
+            Need::Signed,
+            Some(object(&[("name", s::string())], &["name"])),
+            200,
+            Some(wrap("account", account_schema())),
+            rename,
+        ),
+        route(
             Method::DELETE,
             "/api/v1/accounts/{name}",
             "Unlinks an account: its grants and sealed secrets go (its owner or an admin)",
@@ -397,4 +407,109 @@ async fn remove(
     api.accounts.unlink(&name, &row.owner)?;
     api.audit(caller.entry("account.unlink", &name, json!({"owner": row.owner})));
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenameBody {
+    name: String,
+}
+
+async fn rename(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Json(body): Json<RenameBody>,
+) -> ApiResult<axum::Json<Value>> {
+    let (row, access) = visible(&api, &caller, &name)?;
+    if access == "granted" {
+        return Err(ApiError::forbidden(
+            &format!(
+                "account {name} belongs to {}; it was only shared with you",
+                row.owner
+            ),
+            "an account is renamed only by its owner or an admin",
+            "ask its owner or an admin",
+        ));
+    }
+    let new = body.name.trim().to_string();
+    xmbridge_vault::validate_connection_name(&new)?;
+    if new == name {
+        let out = account_json(&api, &row, access, true)?;
+        return Ok(axum::Json(json!({"account": out})));
+    }
+    // A step naming the account would lose it: say which, rather than break them.
+    let catalog = xmbridge_workflows::catalog::load(&api.sources, &api.registry).map_err(|e| {
+        ApiError::invalid(
+            format!("the workflow definitions cannot be read: {e}"),
+            None,
+        )
+    })?;
+    let users: Vec<String> = catalog
+        .entries
+        .iter()
+        .filter(|e| {
+            e.workflow
+                .steps
+                .iter()
+                .any(|st| st.account.as_deref() == Some(name.as_str()))
+        })
+        .map(|e| e.workflow.name.clone())
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::conflict(
+            format!(
+                "account {name} is named by the steps of workflow(s) {}",
+                users.join(", ")
+            ),
+            Some(format!(
+                "point those steps at another account (or drop their `account`), rename it, then name {new} in them"
+            )),
+        ));
+    }
+    let vault = &api.app.vault;
+    let store = &api.app.store;
+    let conflict = || {
+        ApiError::conflict(
+            format!("the name {new} is taken"),
+            Some("pick another name".into()),
+        )
+    };
+    if store.get_account(&new).is_ok() || vault.get_connection(&new).is_ok() {
+        return Err(conflict());
+    }
+    // The secrets are sealed to the connection's name: each is opened and sealed again under
+    // the new one. The new account is complete before the old one goes, and undone on failure.
+    let rec = vault.get_connection(&name)?;
+    vault.add_connection(&new, rec.provider, rec.settings.clone())?;
+    let copied = (|| -> ApiResult<()> {
+        for info in vault.list_secrets(&name)? {
+            if let Some(v) = vault.get_secret(&name, info.field)? {
+                vault.set_secret(&new, info.field, &v)?;
+            }
+        }
+        let renamed = AccountRow {
+            name: new.clone(),
+            ..row.clone()
+        };
+        store.insert_account(&renamed)?;
+        for g in store.grants(&name)? {
+            store.grant(&new, &g)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = copied {
+        let _ = store.remove_account(&new);
+        let _ = vault.remove_connection(&new);
+        return Err(e);
+    }
+    store.remove_account(&name)?;
+    match vault.remove_connection(&name) {
+        Ok(()) | Err(xmbridge_vault::VaultError::ConnectionNotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    api.audit(caller.entry("account.rename", &name, json!({"to": new})));
+    let row = store.get_account(&new)?;
+    let out = account_json(&api, &row, access, true)?;
+    Ok(axum::Json(json!({"account": out})))
 }

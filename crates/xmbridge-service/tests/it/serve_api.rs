@@ -1272,6 +1272,61 @@ async fn accounts_follow_the_salesforce_extension_rules() {
         .call(Method::DELETE, "/api/v1/accounts/sf1", &mo, None)
         .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
+    // Renamed by its owner: its secrets still work under the new name.
+    let a = s
+        .call(
+            Method::PATCH,
+            "/api/v1/accounts/sf2",
+            &mo,
+            Some(json!({"name": "sf-two"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json["account"]["name"], "sf-two");
+    let t = s
+        .call(Method::POST, "/api/v1/accounts/sf-two/test", &mo, None)
+        .await;
+    assert_eq!(t.json["ok"], true, "{}", t.text);
+    let a = s
+        .call(Method::POST, "/api/v1/accounts/sf2/test", &mo, None)
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = s
+        .call(
+            Method::PATCH,
+            "/api/v1/accounts/sf-two",
+            &mo,
+            Some(json!({"name": "sf3"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.text);
+    let a = s
+        .call(
+            Method::PATCH,
+            "/api/v1/accounts/brand-sf",
+            &mo,
+            Some(json!({"name": "mine"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
+    let a = s
+        .call(
+            Method::PATCH,
+            "/api/v1/accounts/brand-sf",
+            &admin,
+            Some(json!({"name": "brand"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(
+        a.json["account"]["grants"],
+        json!(["mo"]),
+        "grants follow the rename"
+    );
+    let t = s
+        .call(Method::POST, "/api/v1/accounts/brand/test", &mo, None)
+        .await;
+    assert_eq!(t.json["ok"], true, "{}", t.text);
     // Another member does not see mo's accounts at all.
     let a = s
         .call(
