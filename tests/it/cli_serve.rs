@@ -583,9 +583,9 @@ async fn fast_again(h: &SimHandle) {
 
 /// Starts a server whose connection `acme` syncs into `dest` right away (a daily schedule's
 /// first slot is now) and waits until the run is running and has committed something.
-async fn server_with_a_running_sync(i: &Install, dest: &Dest) -> (Served, i64) {
+async fn server_with_a_running_sync(i: &Install, dest: &Dest, grace: &str) -> (Served, i64) {
     configure(i, "acme", &dest.url(), Some("24h"));
-    let s = start_server(i, &["--grace-secs", "30"]).await;
+    let s = start_server(i, &["--grace-secs", grace]).await;
     let runs = wait_runs(
         i,
         "acme",
@@ -609,7 +609,7 @@ async fn killed_server_resumes(dest: Dest) {
     let h = slow_sim().await;
     let i = support::install();
     i.connect(&h, "acme").await;
-    let (mut s, id) = server_with_a_running_sync(&i, &dest).await;
+    let (mut s, id) = server_with_a_running_sync(&i, &dest, "30").await;
     s.kill();
     assert_eq!(stores(&i).runs.get(id).unwrap().status, RunStatus::Running);
     fast_again(&h).await;
@@ -670,11 +670,11 @@ async fn postgres_a_killed_server_marks_its_run_failed_and_resumes() {
     killed_server_resumes(Dest::Pg(db)).await;
 }
 
-async fn sigterm_stops_at_a_commit_boundary(dest: Dest) {
+async fn sigterm_stops_at_a_commit_boundary(dest: Dest, grace: &str) {
     let h = slow_sim().await;
     let i = support::install();
     i.connect(&h, "acme").await;
-    let (mut s, id) = server_with_a_running_sync(&i, &dest).await;
+    let (mut s, id) = server_with_a_running_sync(&i, &dest, grace).await;
     s.terminate();
     let status = s.wait(Duration::from_secs(90)).await;
     assert!(status.success(), "{status:?}\n{}", s.stderr());
@@ -733,7 +733,13 @@ async fn sigterm_stops_at_a_commit_boundary(dest: Dest) {
 #[tokio::test]
 async fn sqlite_sigterm_during_a_sync_exits_0_and_a_restart_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    sigterm_stops_at_a_commit_boundary(Dest::Sqlite(dir.path().join("term.db"))).await;
+    sigterm_stops_at_a_commit_boundary(Dest::Sqlite(dir.path().join("term.db")), "30").await;
+}
+
+#[tokio::test]
+async fn sqlite_sigterm_without_grace_drops_the_run_and_a_restart_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    sigterm_stops_at_a_commit_boundary(Dest::Sqlite(dir.path().join("drop.db")), "0").await;
 }
 
 #[tokio::test]
@@ -741,7 +747,7 @@ async fn postgres_sigterm_during_a_sync_exits_0_and_a_restart_resumes() {
     let Some(db) = TestDb::create("xmb_cli_serve_term").await else {
         return;
     };
-    sigterm_stops_at_a_commit_boundary(Dest::Pg(db)).await;
+    sigterm_stops_at_a_commit_boundary(Dest::Pg(db), "30").await;
 }
 
 #[tokio::test]

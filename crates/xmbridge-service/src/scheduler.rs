@@ -96,6 +96,15 @@ struct Active {
     stop: Arc<AtomicBool>,
     /// Set when the server's shutdown (not a person) stopped it.
     shutdown: Arc<AtomicBool>,
+    /// What it committed so far.
+    counts: Arc<Mutex<BTreeMap<String, TableCounts>>>,
+}
+
+/// The shared switches and counters of one running run.
+struct Switches {
+    stop: Arc<AtomicBool>,
+    shutdown: Arc<AtomicBool>,
+    counts: Arc<Mutex<BTreeMap<String, TableCounts>>>,
 }
 
 struct Shared {
@@ -193,10 +202,22 @@ impl Scheduler {
             if stopping.load(Ordering::SeqCst) {
                 break;
             }
-            let next = match plan(&shared, &mut tasks) {
-                Ok(next) => next,
-                Err(e) => {
+            // SQLite blocks (up to its busy timeout): off the async workers.
+            let planned = {
+                let shared = shared.clone();
+                tokio::task::spawn_blocking(move || plan(&shared)).await
+            };
+            let next = match planned {
+                Ok(Ok((next, queued))) => {
+                    start_queued(&shared, &mut tasks, queued);
+                    next
+                }
+                Ok(Err(e)) => {
                     tracing::error!(error = %e, "the scheduler could not read the state store; retrying");
+                    Duration::from_secs(5)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the scheduler's planning task stopped; retrying");
                     Duration::from_secs(5)
                 }
             };
@@ -225,30 +246,24 @@ impl Scheduler {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
             // The dropped runs' rows: cancelled, resumed at the next start.
-            let left: Vec<(String, i64)> = shared
+            // (The destination commits its open group when dropped, so what the wrapper
+            // counted is what the destination holds.)
+            let left: Vec<(String, i64, BTreeMap<String, TableCounts>)> = shared
                 .active
                 .lock()
                 .drain()
-                .map(|(c, a)| (c, a.run))
+                .map(|(c, a)| (c, a.run, a.counts.lock().clone()))
                 .collect();
-            for (connection, id) in left {
+            for (connection, id, tables) in left {
                 let outcome = RunOutcome {
                     status: RunStatus::Cancelled,
-                    responses: 0,
+                    responses: responses_of(&tables),
                     api_calls: 0,
                     throttled: 0,
-                    tables: BTreeMap::new(),
+                    tables,
                     error: Some(shutdown_error(true)),
                 };
-                let done = shared
-                    .deps
-                    .runs
-                    .get(id)
-                    .map(|r| RunOutcome {
-                        tables: r.tables,
-                        ..outcome
-                    })
-                    .and_then(|o| shared.deps.runs.finish(id, o));
+                let done = shared.deps.runs.finish(id, outcome);
                 if let Err(e) = done.and_then(|_| {
                     shared
                         .deps
@@ -263,9 +278,9 @@ impl Scheduler {
     }
 }
 
-/// Queues the runs due by schedule and starts queued runs whose connection is idle. Returns how
-/// long to sleep before planning again.
-fn plan(shared: &Arc<Shared>, tasks: &mut tokio::task::JoinSet<()>) -> Result<Duration> {
+/// Queues the runs due by schedule. Returns how long to sleep before planning again and the
+/// queued runs, oldest first.
+fn plan(shared: &Arc<Shared>) -> Result<(Duration, Vec<SyncRun>)> {
     let deps = &shared.deps;
     let now = Utc::now();
     let mut next = Duration::from_secs(1);
@@ -299,32 +314,51 @@ fn plan(shared: &Arc<Shared>, tasks: &mut tokio::task::JoinSet<()>) -> Result<Du
             tracing::info!(connection = %connection, "scheduled slot skipped: a run of this connection is queued or running");
         }
     }
-    for run in deps.runs.queued()? {
+    Ok((next.max(Duration::from_millis(50)), deps.runs.queued()?))
+}
+
+/// Starts the queued runs whose connection has none running.
+fn start_queued(shared: &Arc<Shared>, tasks: &mut tokio::task::JoinSet<()>, queued: Vec<SyncRun>) {
+    for run in queued {
         let mut active = shared.active.lock();
         if active.contains_key(&run.connection) {
             continue;
         }
         let stop = Arc::new(AtomicBool::new(run.cancel_requested));
         let shutdown = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(Mutex::new(BTreeMap::new()));
         active.insert(
             run.connection.clone(),
             Active {
                 run: run.id,
                 stop: stop.clone(),
                 shutdown: shutdown.clone(),
+                counts: counts.clone(),
             },
         );
         drop(active);
         let shared2 = shared.clone();
+        let switches = Switches {
+            stop,
+            shutdown,
+            counts,
+        };
         tasks.spawn(async move {
             let connection = run.connection.clone();
-            execute(&shared2, run, stop, shutdown).await;
+            execute(&shared2, run, switches).await;
             shared2.active.lock().remove(&connection);
             // A queued follow-up may start now.
             shared2.wake.notify_waiters();
         });
     }
-    Ok(next.max(Duration::from_millis(50)))
+}
+
+/// Responses a run wrote, from its per-table counts.
+fn responses_of(tables: &BTreeMap<String, TableCounts>) -> u64 {
+    tables
+        .get("survey_response")
+        .map(|c| c.inserted + c.updated)
+        .unwrap_or(0)
 }
 
 /// `every` divided by `scale` (at least 10 ms).
@@ -482,13 +516,14 @@ impl StopAtCommit {
     fn new(
         inner: Box<dyn Destination>,
         stop: Arc<AtomicBool>,
+        counts: Arc<Mutex<BTreeMap<String, TableCounts>>>,
         metrics: Arc<Metrics>,
     ) -> StopAtCommit {
         StopAtCommit {
             inner,
             stop,
             stopped: Arc::new(AtomicBool::new(false)),
-            counts: Arc::new(Mutex::new(BTreeMap::new())),
+            counts,
             metrics,
         }
     }
@@ -560,12 +595,12 @@ impl Destination for StopAtCommit {
 }
 
 /// Runs one queued run to its end and records it.
-async fn execute(
-    shared: &Arc<Shared>,
-    run: SyncRun,
-    stop: Arc<AtomicBool>,
-    shutdown: Arc<AtomicBool>,
-) {
+async fn execute(shared: &Arc<Shared>, run: SyncRun, switches: Switches) {
+    let Switches {
+        stop,
+        shutdown,
+        counts,
+    } = switches;
     let deps = &shared.deps;
     let id = run.id;
     let connection = run.connection.clone();
@@ -576,7 +611,7 @@ async fn execute(
     }
     tracing::info!(run = id, connection = %connection, trigger = run.trigger.as_str(), "sync run started");
     let started = Instant::now();
-    let outcome = match prepare(deps, &connection, stop.clone()).await {
+    let outcome = match prepare(deps, &connection, stop.clone(), counts).await {
         Err(error) => RunOutcome {
             status: RunStatus::Failed,
             responses: 0,
@@ -631,6 +666,7 @@ async fn prepare(
     deps: &Deps,
     connection: &str,
     stop: Arc<AtomicBool>,
+    counts: Arc<Mutex<BTreeMap<String, TableCounts>>>,
 ) -> std::result::Result<Prepared, RunError> {
     let cfg = match deps.configs.get(connection) {
         Ok(Some(cfg)) => cfg,
@@ -684,7 +720,7 @@ async fn prepare(
     };
     Ok(Prepared {
         client: connected.client,
-        dest: StopAtCommit::new(dest, stop, deps.metrics.clone()),
+        dest: StopAtCommit::new(dest, stop, counts, deps.metrics.clone()),
         opts,
     })
 }
@@ -761,10 +797,7 @@ async fn drive(
         },
         Err(_) if stopped.load(Ordering::SeqCst) => RunOutcome {
             status: RunStatus::Cancelled,
-            responses: committed
-                .get("survey_response")
-                .map(|c| c.inserted + c.updated)
-                .unwrap_or(0),
+            responses: responses_of(&committed),
             api_calls,
             throttled,
             tables: committed,
@@ -778,10 +811,7 @@ async fn drive(
             let fix = sync_fix(&e, connection);
             RunOutcome {
                 status: RunStatus::Failed,
-                responses: committed
-                    .get("survey_response")
-                    .map(|c| c.inserted + c.updated)
-                    .unwrap_or(0),
+                responses: responses_of(&committed),
                 api_calls,
                 throttled,
                 tables: committed,
