@@ -330,7 +330,7 @@ async fn link(
         api.authorizations.put(
             super::connections::Started::Account(Box::new(login)),
             caller.clone(),
-        );
+        )?;
         return Ok((
             StatusCode::ACCEPTED,
             axum::Json(json!({

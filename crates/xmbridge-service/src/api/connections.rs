@@ -1026,17 +1026,26 @@ pub(crate) struct Pending(
 );
 
 impl Pending {
-    pub(crate) fn put(&self, auth: Started, caller: Caller) {
+    /// Keeps a started authorization; refused (429) when too many are waiting.
+    pub(crate) fn put(&self, auth: Started, caller: Caller) -> ApiResult<()> {
         let mut map = self.0.lock();
-        // Expired ones go; at most a few hundred can wait (each was started by an admin).
+        // Expired ones go; at most a few hundred can wait, so memory stays bounded.
         map.retain(|_, (_, at, _)| at.elapsed() < AUTHORIZE_TTL);
         if map.len() >= 256 {
-            return;
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_authorizations",
+                "too many browser authorizations are waiting for their answer",
+                Some("finish or abandon the ones started, or wait up to 10 minutes".into()),
+            );
+            e.retry_after = Some(60);
+            return Err(e);
         }
         map.insert(
             auth.state().to_string(),
             (auth, std::time::Instant::now(), caller),
         );
+        Ok(())
     }
 
     fn take(&self, state: &str) -> Option<(Started, Caller)> {
@@ -1058,7 +1067,7 @@ async fn authorize(
     let auth = start_web_authorization(&api.app.vault, &name, &redirect)?;
     let url = auth.url.to_string();
     api.authorizations
-        .put(Started::Connection(auth), caller.clone());
+        .put(Started::Connection(auth), caller.clone())?;
     api.audit(caller.entry("connection.authorize_start", &name, json!({})));
     Ok(axum::Json(json!({
         "authorize_url": url,
