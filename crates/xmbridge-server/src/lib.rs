@@ -1,11 +1,11 @@
-//! `xmbridge serve` and `xmbridge workflow run`: the long-running process.
+//! The webhook receiver of `xmbridge workflow run` and `xmbridge serve`.
 //!
-//! Today it owns the webhook receiver ([`receiver`]): `POST /hooks/qualtrics/{workflow}`,
+//! It owns the receiver ([`receiver`]): `POST /hooks/qualtrics/{workflow}`,
 //! `/hooks/salesforce/{workflow}` and `/hooks/servicenow/{workflow}`, each answering only after the
-//! event is committed to the outbox. The sync scheduler, a JSON HTTP API and a small web UI of
-//! `xmbridge serve` are planned here (docs/design/overview.md, "Planned, not built"). It wires the
-//! other crates together and must not reimplement their logic: parsing and checking inbound calls
-//! and storing events stay in `xmbridge-workflows`, secrets in `xmbridge-vault`, API calls in the
-//! client crates.
+//! event is committed to the outbox, and the listener that serves them (loopback unless a caller
+//! allows more, optional TLS). `xmbridge serve` merges its own routes (API, UI, metrics) into the
+//! same listener; they live in `xmbridge-service`. It wires the other crates together and must
+//! not reimplement their logic: parsing and checking inbound calls and storing events stay in
+//! `xmbridge-workflows`, secrets in `xmbridge-vault`, API calls in the client crates.
 
 pub mod receiver;
