@@ -1,8 +1,8 @@
 //! Linked Salesforce and ServiceNow accounts with the Salesforce extension's rules enforced on
 //! the signed-in user: a member sees and links their own accounts (at most 5 private Salesforce
 //! ones) and the brand accounts granted to them; an admin sees all, links brand accounts and
-//! shares them. Linking goes through `xmbridge_runtime::link` (server-to-server and ServiceNow
-//! sign-ins; a Salesforce browser login is not offered by the API yet).
+//! shares them. Linking goes through `xmbridge_runtime::link`: server-to-server and ServiceNow
+//! sign-ins at once, a Salesforce browser login through the server's `/oauth/callback`.
 
 use std::sync::Arc;
 
@@ -58,7 +58,7 @@ pub(super) fn routes() -> Vec<Route> {
         route(
             Method::POST,
             "/api/v1/accounts",
-            "Links an account: Salesforce server-to-server, or ServiceNow (basic, OAuth password grant, client credentials); brand accounts by admins only; at most 5 private Salesforce accounts per user",
+            "Links an account: Salesforce server-to-server, or ServiceNow (basic, OAuth password grant, client credentials): 201; a Salesforce browser login (login_url): 202 with the authorize URL, linked when Salesforce sends the browser back to /oauth/callback. Brand accounts by admins only; at most 5 private Salesforce accounts per user",
             Need::Signed,
             Some(object(
                 &[
@@ -67,6 +67,7 @@ pub(super) fn routes() -> Vec<Route> {
                     ("brand", s::boolean()),
                     ("server_to_server", s::boolean()),
                     ("token_url", s::string()),
+                    ("login_url", s::string()),
                     ("client_id", s::string()),
                     ("client_secret", s::string()),
                     ("instance_url", s::string()),
@@ -268,7 +269,7 @@ async fn link(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
     Json(body): Json<LinkBody>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<axum::response::Response> {
     if body.brand {
         caller.require_admin("link brand accounts", BRAND_RULE)?;
     }
@@ -282,15 +283,6 @@ async fn link(
             ));
         }
     };
-    if salesforce && !body.server_to_server {
-        return Err(ApiError::invalid(
-            "a Salesforce browser login cannot be started through the API yet",
-            Some(format!(
-                "link it as server-to-server (\"server_to_server\": true with token_url, client_id, client_secret), or run `xmbridge account link {} --salesforce --login-url … --as {}` on the server",
-                body.name, caller.user.name
-            )),
-        ));
-    }
     xmbridge_vault::validate_connection_name(&body.name)?;
     let request = AccountLogin {
         name: body.name.clone(),
@@ -316,6 +308,39 @@ async fn link(
         client_secret: body.client_secret.clone(),
         password: body.password.clone(),
     };
+    if salesforce && !body.server_to_server {
+        // A browser login: the user opens the URL; Salesforce sends the browser back to this
+        // server's /oauth/callback, which links the account.
+        if api.app.store.get_account(&body.name).is_ok()
+            || api.app.vault.get_connection(&body.name).is_ok()
+        {
+            return Err(ApiError::conflict(
+                format!("the name {} is taken", body.name),
+                Some("pick another name".into()),
+            ));
+        }
+        let redirect = format!(
+            "{}/oauth/callback",
+            api.app.public_url.trim_end_matches('/')
+        );
+        let secret = operator.secret(AskedSecret::ClientSecret)?;
+        let login =
+            xmbridge_runtime::link::start_web_login(&request, secret, &api.app.store, &redirect)?;
+        let url = login.url.to_string();
+        api.authorizations.put(
+            super::connections::Started::Account(Box::new(login)),
+            caller.clone(),
+        )?;
+        return Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(json!({
+                "authorize_url": url,
+                "redirect_uri": redirect,
+                "expires_in": 600,
+            })),
+        )
+            .into_response());
+    }
     let Linked { row, .. } =
         xmbridge_runtime::link::link(&request, &operator, &api.app.store, &api.accounts).await?;
     api.audit(caller.entry(
@@ -324,7 +349,7 @@ async fn link(
         json!({"system": row.system, "brand": row.brand, "kind": row.kind.as_str()}),
     ));
     let out = account_json(&api, &row, "owned", true)?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"account": out}))))
+    Ok((StatusCode::CREATED, axum::Json(json!({"account": out}))).into_response())
 }
 
 #[derive(Deserialize)]
