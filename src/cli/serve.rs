@@ -120,6 +120,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             qualtrics: args.qualtrics.clone(),
             // The server is not a person editing definitions.
             acting_user: None,
+            default_qualtrics_optional: true,
         },
         scheduler: SchedulerOptions {
             scale: args.schedule_scale,
@@ -142,6 +143,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Before the stores are opened: a second server changes nothing.
     let lock = HomeLock::acquire(&home).map_err(service_error)?;
     let (home, vault, store) = super::workflow_run::open_store()?;
+    if args.qualtrics.is_none() {
+        let names = xmbridge_runtime::connection::qualtrics_connections(&vault)?;
+        if names.len() > 1 {
+            eprintln!(
+                "warning: several Qualtrics connections ({}) and no --qualtrics: Qualtrics-triggered workflows get no event subscription and steps without `connection` cannot run until the server is started with --qualtrics NAME (syncs are not affected)",
+                names.join(", ")
+            );
+        }
+    }
     let sources = Sources::standard(args.config.clone(), Some(home.root()));
     let registry = xmbridge_runtime::workflow::registry();
     let server = Server::start(

@@ -277,6 +277,7 @@ pub async fn run(args: RunArgs, sources: &Sources, registry: Registry) -> anyhow
             // Edits: a changed definition counts as an edit by the acting user; a user other
             // than the creator (the owner when first seen) drops the credential binding.
             acting_user: args.user.resolve().ok(),
+            default_qualtrics_optional: false,
         },
     )?;
     for edit in &process.unbound {

@@ -912,3 +912,29 @@ async fn sync_now_during_a_run_queues_one_and_a_cancel_stops_at_a_commit_boundar
     fast_again(&h).await;
     assert_eq!(dest.counts().await, clean_counts(&i).await);
 }
+
+#[tokio::test]
+async fn several_qualtrics_connections_do_not_stop_the_server_from_starting() {
+    let h = sim(SimConfig {
+        surveys: 1,
+        responses: 5,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = support::install();
+    i.connect(&h, "acme").await;
+    i.connect(&h, "globex").await;
+    let mut s = start_server(&i, &[]).await;
+    healthy(&http(), &s).await;
+    s.terminate();
+    assert!(s.wait(Duration::from_secs(30)).await.success());
+    assert!(
+        s.stderr()
+            .contains("several Qualtrics connections (acme, globex)"),
+        "{}",
+        s.stderr()
+    );
+    // `workflow run` keeps asking which one (it has no other use).
+    let out = i.run(&["workflow", "run", "--once"]).await;
+    out.fails(2, "several Qualtrics connections");
+}

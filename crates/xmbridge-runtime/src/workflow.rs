@@ -380,6 +380,10 @@ pub struct ProcessOptions {
     pub qualtrics: Option<String>,
     /// The user running the process: a changed definition counts as an edit by them.
     pub acting_user: Option<String>,
+    /// With several Qualtrics connections and none chosen, run without a default one (its
+    /// steps and event enrichment fail with the fix) instead of refusing to start: a
+    /// long-running server must start whatever connections people have added.
+    pub default_qualtrics_optional: bool,
 }
 
 /// A workflow whose binding an edit by someone other than its creator dropped.
@@ -439,7 +443,10 @@ impl WorkflowProcess {
             vault.clone(),
             accounts.clone(),
             registry.clone(),
-            default_qualtrics_connection(&vault, opts.qualtrics.as_deref())?,
+            match default_qualtrics_connection(&vault, opts.qualtrics.as_deref()) {
+                Err(RuntimeError::Usage(_)) if opts.default_qualtrics_optional => None,
+                other => other?,
+            },
         ));
         let outbox = Outbox::new(store.clone());
         let base = opts.retry.base.max(Duration::from_millis(1));

@@ -610,6 +610,7 @@ mod tests {
                 },
                 qualtrics: None,
                 acting_user: None,
+                default_qualtrics_optional: true,
             },
             scheduler: SchedulerOptions::default(),
             workflow_config: None,

@@ -189,6 +189,8 @@ async fn export_round_trip_survives_429_503_and_a_truncated_zip() {
     assert_eq!((n, values), (2, 3));
     let counts = counts.lock().unwrap();
     assert_eq!(counts[&format!("POST {EXPORTS}")], 2, "429 retried once");
+    // One 429 (the 503 is a transient failure, not a throttle).
+    assert_eq!(c.throttled(), 1);
     assert_eq!(
         counts[&format!("GET {EXPORTS}/ES_1")],
         3,

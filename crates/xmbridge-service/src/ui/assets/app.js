@@ -727,7 +727,9 @@
       } catch (err) { if (!err.handled) live.appendChild(errorBox(err)); }
     });
     root.appendChild(h('section', { class: 'card', 'aria-labelledby': 'sync-h' },
-      h('div', { class: 'spread' }, h('h2', { id: 'sync-h', text: 'Sync' }), isAdmin() ? syncBtn : null), live));
+      h('div', { class: 'spread' }, h('h2', { id: 'sync-h', text: 'Sync' }), isAdmin() ? syncBtn : null),
+      isAdmin() ? null : h('p', { class: 'muted', text: 'Administrators start syncs; the schedule runs them on its own. A run in progress shows here.' }),
+      live));
 
     // History and chart.
     const histBox = h('section', { class: 'card', 'aria-labelledby': 'hist-h' });
