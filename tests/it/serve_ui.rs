@@ -195,8 +195,22 @@ async fn a_person_signs_in_adds_a_connection_syncs_and_replays_a_dead_letter() {
     b.refresh().await;
     b.wait_text("#main h1", "acme", WAIT).await;
     assert_eq!(b.property("#sched-every", "value").await, "5m");
+    b.click("a[data-nav=connections]").await;
+    let list = b.wait_text("#main table", "every 5 minutes", WAIT).await;
+    // The last run: the one watched above, or the schedule's first, which may start at once.
+    assert!(
+        list.contains("acme")
+            && ["succeeded", "running", "queued"]
+                .iter()
+                .any(|s| list.contains(s)),
+        "{list}"
+    );
+    b.screenshot("06b-connections").await;
 
     // A narrow screen.
+    b.click("a[href='#/connections/acme']").await;
+    b.wait_text("#main h1", "acme", WAIT).await;
+    b.find("tr[data-run]").await;
     b.resize(400, 900).await;
     b.screenshot("07-connection-400px").await;
     let overflow = b
@@ -403,4 +417,120 @@ async fn errors_show_the_apis_message_and_fix_and_a_member_sees_no_admin_action(
         .await;
     assert!(refused.contains("rule"), "{refused}");
     b.screenshot("24-member-refused").await;
+
+    // The operator removes pat: the session ends, and the next step shows the sign-in page
+    // saying so instead of a broken page.
+    inst.ok(&["user", "remove", "pat"]).await;
+    b.click("a[data-nav=connections]").await;
+    b.wait_text("#login-result", "Your session has ended", WAIT)
+        .await;
+    assert!(b.exists("#login-user").await);
+}
+
+/// The recommended path: a Standard (OAuth) connection, saved anyway before it is authorized,
+/// then "Authorize in Qualtrics" takes this tab to the provider and back through the server's
+/// `/oauth/callback`, and the test passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standard_connection_is_authorized_in_the_browser() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let inst = support::install();
+    let h = sim().await;
+    let pw = inst.file("ada.pw", PASSWORD);
+    inst.ok(&[
+        "user",
+        "add",
+        "ada",
+        "--role",
+        "admin",
+        "--password-file",
+        pw.to_str().unwrap(),
+    ])
+    .await;
+    // The simulator's authorization-code client, auto-approved for its brand admin (a person
+    // would click "Allow" at Qualtrics).
+    let http = reqwest::Client::new();
+    let creds: serde_json::Value = http
+        .get(format!("{}/_sim/credentials", h.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let app = creds["oauth_clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["grants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g == "authorization_code")
+        })
+        .cloned()
+        .expect("an authorization-code client");
+    let r = http
+        .post(format!("{}/_sim/oauth/auto-approve", h.base_url))
+        .json(&json!({"user": "admin"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let secret = app["client_secret"].as_str().unwrap().to_string();
+    let server = start_server(&inst, &[]).await;
+
+    b.goto(&server.url).await;
+    b.fill("#login-user", "ada").await;
+    b.fill("#login-password", PASSWORD).await;
+    b.click("#login-submit").await;
+    b.click("#add-connection").await;
+    b.fill("#conn-name", "std").await;
+    b.fill("#conn-url", &h.base_url).await;
+    // Standard is the default choice.
+    assert_eq!(
+        b.property("input[name=auth][value=standard]", "checked")
+            .await,
+        true
+    );
+    b.fill("#conn-client-id", app["client_id"].as_str().unwrap())
+        .await;
+    b.fill("#conn-client-secret", &secret).await;
+    b.fill(
+        "#conn-destination",
+        &format!("sqlite:{}", inst.path("std.db").display()),
+    )
+    .await;
+    b.click("#conn-save").await;
+    b.click("#conn-save-anyway").await;
+    b.wait_text(
+        "#conn-result",
+        "Saved “std” anyway",
+        Duration::from_secs(60),
+    )
+    .await;
+    b.click("#conn-open").await;
+    b.click("#conn-authorize").await;
+    // Qualtrics approves and sends the browser back to the server's callback page.
+    let page = b
+        .wait_text("body", "authorized", Duration::from_secs(30))
+        .await;
+    assert!(
+        b.url()
+            .await
+            .starts_with(&format!("{}/oauth/callback", server.url)),
+        "{page}"
+    );
+    b.screenshot("30-oauth-callback").await;
+    b.click("a[href='/']").await;
+    b.click("a[href='#/connections/std']").await;
+    b.click("#conn-test").await;
+    let report = b
+        .wait_text("#test-report", "Test", Duration::from_secs(60))
+        .await;
+    assert!(report.starts_with("Test: ok"), "{report}");
+    b.screenshot("31-standard-authorized").await;
+    assert!(!b.source().await.contains(&secret));
 }

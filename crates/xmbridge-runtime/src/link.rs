@@ -637,3 +637,130 @@ async fn refresh_servicenow(
     }
     Ok(refresh_token)
 }
+
+/// A Salesforce login started by a server whose own URL receives the redirect
+/// ([`start_web_login`]); kept by the server under its `state` until the redirect arrives
+/// ([`finish_web_login`]).
+pub struct WebLogin {
+    /// The link asked for (name, user, login host, client id, brand).
+    pub request: AccountLogin,
+    /// The URL the user opens.
+    pub url: url::Url,
+    /// Where Salesforce sends the browser back (the server's callback).
+    pub redirect_uri: String,
+    /// The random `state` the redirect must carry back.
+    pub state: String,
+    verifier: SecretString,
+    secret: SecretString,
+}
+
+/// Starts linking a Salesforce account with a browser login whose redirect goes to
+/// `redirect_uri` (the server's own callback): the same checks as [`link`] before anyone logs
+/// in (URLs, names, the 5-account limit), then the authorize URL with a state and PKCE.
+pub fn start_web_login(
+    request: &AccountLogin,
+    secret: SecretString,
+    store: &SqliteStore,
+    redirect_uri: &str,
+) -> Result<WebLogin> {
+    use xmbridge_auth::ExposeSecret;
+    request.check()?;
+    let client_id = request
+        .client_id
+        .clone()
+        .ok_or_else(|| RuntimeError::usage("a client id is required"))?;
+    let login_url = request
+        .login_url
+        .clone()
+        .ok_or_else(|| RuntimeError::usage("a login needs the Salesforce login URL"))?;
+    let user = request.user.clone();
+    if !request.brand {
+        let private = store
+            .list_accounts()?
+            .into_iter()
+            .filter(|a| a.owner == user && a.system == SALESFORCE.system.as_str() && !a.brand)
+            .count();
+        if private >= MAX_USER_SALESFORCE_ACCOUNTS {
+            return Err(xmbridge_workflows::accounts::AccountError::Limit { user }.into());
+        }
+    }
+    let app = xmbridge_salesforce::OAuthApp {
+        login_url: login_url.clone(),
+        client_id,
+        client_secret: secret.clone(),
+        redirect_uri: redirect_uri.to_string(),
+    };
+    let oauth = app.oauth_client()?;
+    let state = xmbridge_auth::random_token(24)
+        .map_err(xmbridge_auth::AuthError::from)?
+        .expose_secret()
+        .to_string();
+    let verifier = xmbridge_auth::random_token(32).map_err(xmbridge_auth::AuthError::from)?;
+    let challenge = xmbridge_auth::pkce_challenge(verifier.expose_secret());
+    let url = oauth.authorize_url(
+        redirect_uri,
+        Some("api refresh_token"),
+        &state,
+        Some(&challenge),
+        &[],
+    )?;
+    Ok(WebLogin {
+        request: request.clone(),
+        url,
+        redirect_uri: redirect_uri.to_string(),
+        state,
+        verifier,
+        secret,
+    })
+}
+
+/// Finishes a [`WebLogin`] with the `code` its redirect brought (the caller checked the
+/// state): exchanges it and links the account under the same rules as [`link`].
+pub async fn finish_web_login(
+    pending: &WebLogin,
+    code: &SecretString,
+    accounts: &Accounts,
+) -> Result<Linked> {
+    let request = &pending.request;
+    let name = request.name.as_str();
+    let client_id = request.client_id.clone().unwrap_or_default();
+    let login_url = request.login_url.clone().unwrap_or_default();
+    let app = xmbridge_salesforce::OAuthApp {
+        login_url: login_url.clone(),
+        client_id: client_id.clone(),
+        client_secret: pending.secret.clone(),
+        redirect_uri: pending.redirect_uri.clone(),
+    };
+    let oauth = app.oauth_client()?.for_connection(name);
+    let tokens = oauth
+        .authorization_code(code, &pending.redirect_uri, Some(&pending.verifier))
+        .await?;
+    if tokens.refresh_token.is_none() {
+        return Err(RuntimeError::unusable(
+            "Salesforce did not return a refresh token; give the connected app the `refresh_token` scope",
+        ));
+    }
+    let settings = salesforce::account_settings(
+        salesforce::Link::Login {
+            login_url: &login_url,
+        },
+        &client_id,
+        &tokens,
+    );
+    let org_id = salesforce::org_from_identity(&tokens);
+    let row = accounts.link(LinkRequest {
+        name: name.to_string(),
+        system: SALESFORCE.system.as_str().to_string(),
+        user: request.user.clone(),
+        brand: request.brand,
+        kind: AccountKind::OAuth,
+        settings,
+        client_secret: Some(pending.secret.clone()),
+        refresh_token: tokens.refresh_token.clone(),
+        org_id: org_id.clone(),
+    })?;
+    Ok(Linked {
+        row,
+        via: LinkedVia::Salesforce { org_id },
+    })
+}

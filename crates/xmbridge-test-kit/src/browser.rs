@@ -208,8 +208,11 @@ impl Browser {
             "--window-size=1280,900".to_string(),
             format!("--user-data-dir={}", me._profile.path().display()),
         ];
-        // Loopback only, even for Chromium's own background traffic.
+        // Loopback only, even for Chromium's own background traffic; no crash reporter
+        // writing outside the throw-away profile.
         args.push("--disable-background-networking".to_string());
+        args.push("--disable-crash-reporter".to_string());
+        args.push("--disable-breakpad".to_string());
         let mut opts = json!({ "args": args });
         if let Some(bin) = chromium() {
             opts["binary"] = json!(bin);

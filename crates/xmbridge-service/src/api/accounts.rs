@@ -1,8 +1,8 @@
 //! Linked Salesforce and ServiceNow accounts with the Salesforce extension's rules enforced on
 //! the signed-in user: a member sees and links their own accounts (at most 5 private Salesforce
 //! ones) and the brand accounts granted to them; an admin sees all, links brand accounts and
-//! shares them. Linking goes through `xmbridge_runtime::link` (server-to-server and ServiceNow
-//! sign-ins; a Salesforce browser login is not offered by the API yet).
+//! shares them. Linking goes through `xmbridge_runtime::link`: server-to-server and ServiceNow
+//! sign-ins at once, a Salesforce browser login through the server's `/oauth/callback`.
 
 use std::sync::Arc;
 
@@ -58,7 +58,7 @@ pub(super) fn routes() -> Vec<Route> {
         route(
             Method::POST,
             "/api/v1/accounts",
-            "Links an account: Salesforce server-to-server, or ServiceNow (basic, OAuth password grant, client credentials); brand accounts by admins only; at most 5 private Salesforce accounts per user",
+            "Links an account: Salesforce server-to-server, or ServiceNow (basic, OAuth password grant, client credentials): 201; a Salesforce browser login (login_url): 202 with the authorize URL, linked when Salesforce sends the browser back to /oauth/callback. Brand accounts by admins only; at most 5 private Salesforce accounts per user",
             Need::Signed,
             Some(object(
                 &[
@@ -67,6 +67,7 @@ pub(super) fn routes() -> Vec<Route> {
                     ("brand", s::boolean()),
                     ("server_to_server", s::boolean()),
                     ("token_url", s::string()),
+                    ("login_url", s::string()),
                     ("client_id", s::string()),
                     ("client_secret", s::string()),
                     ("instance_url", s::string()),
@@ -111,6 +112,16 @@ pub(super) fn routes() -> Vec<Route> {
                 &["ok", "message", "fix"],
             )),
             test,
+        ),
+        route(
+            Method::PATCH,
+            "/api/v1/accounts/{name}",
+            "Renames an account: {\"name\": \"new\"} (its owner or an admin; not while a workflow's step names it)",
+            Need::Signed,
+            Some(object(&[("name", s::string())], &["name"])),
+            200,
+            Some(wrap("account", account_schema())),
+            rename,
         ),
         route(
             Method::DELETE,
@@ -258,7 +269,7 @@ async fn link(
     State(api): State<Arc<Api>>,
     Extension(caller): Extension<Caller>,
     Json(body): Json<LinkBody>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<axum::response::Response> {
     if body.brand {
         caller.require_admin("link brand accounts", BRAND_RULE)?;
     }
@@ -272,15 +283,6 @@ async fn link(
             ));
         }
     };
-    if salesforce && !body.server_to_server {
-        return Err(ApiError::invalid(
-            "a Salesforce browser login cannot be started through the API yet",
-            Some(format!(
-                "link it as server-to-server (\"server_to_server\": true with token_url, client_id, client_secret), or run `xmbridge account link {} --salesforce --login-url … --as {}` on the server",
-                body.name, caller.user.name
-            )),
-        ));
-    }
     xmbridge_vault::validate_connection_name(&body.name)?;
     let request = AccountLogin {
         name: body.name.clone(),
@@ -306,6 +308,39 @@ async fn link(
         client_secret: body.client_secret.clone(),
         password: body.password.clone(),
     };
+    if salesforce && !body.server_to_server {
+        // A browser login: the user opens the URL; Salesforce sends the browser back to this
+        // server's /oauth/callback, which links the account.
+        if api.app.store.get_account(&body.name).is_ok()
+            || api.app.vault.get_connection(&body.name).is_ok()
+        {
+            return Err(ApiError::conflict(
+                format!("the name {} is taken", body.name),
+                Some("pick another name".into()),
+            ));
+        }
+        let redirect = format!(
+            "{}/oauth/callback",
+            api.app.public_url.trim_end_matches('/')
+        );
+        let secret = operator.secret(AskedSecret::ClientSecret)?;
+        let login =
+            xmbridge_runtime::link::start_web_login(&request, secret, &api.app.store, &redirect)?;
+        let url = login.url.to_string();
+        api.authorizations.put(
+            super::connections::Started::Account(Box::new(login)),
+            caller.clone(),
+        )?;
+        return Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(json!({
+                "authorize_url": url,
+                "redirect_uri": redirect,
+                "expires_in": 600,
+            })),
+        )
+            .into_response());
+    }
     let Linked { row, .. } =
         xmbridge_runtime::link::link(&request, &operator, &api.app.store, &api.accounts).await?;
     api.audit(caller.entry(
@@ -314,7 +349,7 @@ async fn link(
         json!({"system": row.system, "brand": row.brand, "kind": row.kind.as_str()}),
     ));
     let out = account_json(&api, &row, "owned", true)?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"account": out}))))
+    Ok((StatusCode::CREATED, axum::Json(json!({"account": out}))).into_response())
 }
 
 #[derive(Deserialize)]
@@ -397,4 +432,109 @@ async fn remove(
     api.accounts.unlink(&name, &row.owner)?;
     api.audit(caller.entry("account.unlink", &name, json!({"owner": row.owner})));
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenameBody {
+    name: String,
+}
+
+async fn rename(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Json(body): Json<RenameBody>,
+) -> ApiResult<axum::Json<Value>> {
+    let (row, access) = visible(&api, &caller, &name)?;
+    if access == "granted" {
+        return Err(ApiError::forbidden(
+            &format!(
+                "account {name} belongs to {}; it was only shared with you",
+                row.owner
+            ),
+            "an account is renamed only by its owner or an admin",
+            "ask its owner or an admin",
+        ));
+    }
+    let new = body.name.trim().to_string();
+    xmbridge_vault::validate_connection_name(&new)?;
+    if new == name {
+        let out = account_json(&api, &row, access, true)?;
+        return Ok(axum::Json(json!({"account": out})));
+    }
+    // A step naming the account would lose it: say which, rather than break them.
+    let catalog = xmbridge_workflows::catalog::load(&api.sources, &api.registry).map_err(|e| {
+        ApiError::invalid(
+            format!("the workflow definitions cannot be read: {e}"),
+            None,
+        )
+    })?;
+    let users: Vec<String> = catalog
+        .entries
+        .iter()
+        .filter(|e| {
+            e.workflow
+                .steps
+                .iter()
+                .any(|st| st.account.as_deref() == Some(name.as_str()))
+        })
+        .map(|e| e.workflow.name.clone())
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::conflict(
+            format!(
+                "account {name} is named by the steps of workflow(s) {}",
+                users.join(", ")
+            ),
+            Some(format!(
+                "point those steps at another account (or drop their `account`), rename it, then name {new} in them"
+            )),
+        ));
+    }
+    let vault = &api.app.vault;
+    let store = &api.app.store;
+    let conflict = || {
+        ApiError::conflict(
+            format!("the name {new} is taken"),
+            Some("pick another name".into()),
+        )
+    };
+    if store.get_account(&new).is_ok() || vault.get_connection(&new).is_ok() {
+        return Err(conflict());
+    }
+    // The secrets are sealed to the connection's name: each is opened and sealed again under
+    // the new one. The new account is complete before the old one goes, and undone on failure.
+    let rec = vault.get_connection(&name)?;
+    vault.add_connection(&new, rec.provider, rec.settings.clone())?;
+    let copied = (|| -> ApiResult<()> {
+        for info in vault.list_secrets(&name)? {
+            if let Some(v) = vault.get_secret(&name, info.field)? {
+                vault.set_secret(&new, info.field, &v)?;
+            }
+        }
+        let renamed = AccountRow {
+            name: new.clone(),
+            ..row.clone()
+        };
+        store.insert_account(&renamed)?;
+        for g in store.grants(&name)? {
+            store.grant(&new, &g)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = copied {
+        let _ = store.remove_account(&new);
+        let _ = vault.remove_connection(&new);
+        return Err(e);
+    }
+    store.remove_account(&name)?;
+    match vault.remove_connection(&name) {
+        Ok(()) | Err(xmbridge_vault::VaultError::ConnectionNotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    api.audit(caller.entry("account.rename", &name, json!({"to": new})));
+    let row = store.get_account(&new)?;
+    let out = account_json(&api, &row, access, true)?;
+    Ok(axum::Json(json!({"account": out})))
 }

@@ -1001,29 +1001,54 @@ async fn cancel(
 /// How long a started browser authorization waits for its callback.
 const AUTHORIZE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// A browser authorization waiting for the callback: a connection's, or a Salesforce
+/// account's login.
+pub(crate) enum Started {
+    /// `POST /api/v1/connections/{name}/authorize`.
+    Connection(WebAuthorization),
+    /// `POST /api/v1/accounts` with a Salesforce login.
+    Account(Box<xmbridge_runtime::link::WebLogin>),
+}
+
+impl Started {
+    fn state(&self) -> &str {
+        match self {
+            Started::Connection(a) => &a.state,
+            Started::Account(l) => &l.state,
+        }
+    }
+}
+
 /// Browser authorizations waiting for their callback, by state; each used once.
 #[derive(Default)]
 pub(crate) struct Pending(
-    parking_lot::Mutex<
-        std::collections::HashMap<String, (WebAuthorization, std::time::Instant, Caller)>,
-    >,
+    parking_lot::Mutex<std::collections::HashMap<String, (Started, std::time::Instant, Caller)>>,
 );
 
 impl Pending {
-    fn put(&self, auth: WebAuthorization, caller: Caller) {
+    /// Keeps a started authorization; refused (429) when too many are waiting.
+    pub(crate) fn put(&self, auth: Started, caller: Caller) -> ApiResult<()> {
         let mut map = self.0.lock();
-        // Expired ones go; at most a few hundred can wait (each was started by an admin).
+        // Expired ones go; at most a few hundred can wait, so memory stays bounded.
         map.retain(|_, (_, at, _)| at.elapsed() < AUTHORIZE_TTL);
         if map.len() >= 256 {
-            return;
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_authorizations",
+                "too many browser authorizations are waiting for their answer",
+                Some("finish or abandon the ones started, or wait up to 10 minutes".into()),
+            );
+            e.retry_after = Some(60);
+            return Err(e);
         }
         map.insert(
-            auth.state.clone(),
+            auth.state().to_string(),
             (auth, std::time::Instant::now(), caller),
         );
+        Ok(())
     }
 
-    fn take(&self, state: &str) -> Option<(WebAuthorization, Caller)> {
+    fn take(&self, state: &str) -> Option<(Started, Caller)> {
         let (auth, at, caller) = self.0.lock().remove(state)?;
         (at.elapsed() < AUTHORIZE_TTL).then_some((auth, caller))
     }
@@ -1041,7 +1066,8 @@ async fn authorize(
     );
     let auth = start_web_authorization(&api.app.vault, &name, &redirect)?;
     let url = auth.url.to_string();
-    api.authorizations.put(auth, caller.clone());
+    api.authorizations
+        .put(Started::Connection(auth), caller.clone())?;
     api.audit(caller.entry("connection.authorize_start", &name, json!({})));
     Ok(axum::Json(json!({
         "authorize_url": url,
@@ -1087,37 +1113,69 @@ async fn callback(State(api): State<Arc<Api>>, Query(q): Query<Callback>) -> Res
             "This answer does not belong to an authorization started here (unknown, used or expired state). Start it again from the connection's page.",
         );
     };
-    let name = auth.connection.clone();
     if let Some(e) = q.error.as_deref() {
         let why = q.error_description.as_deref().unwrap_or(e);
         return page(
             StatusCode::BAD_REQUEST,
             "Authorization refused",
-            &format!("Qualtrics refused the authorization of connection '{name}': {why}"),
+            &format!("The provider refused the authorization: {why}"),
         );
     }
     let Some(code) = q.code.filter(|c| !c.is_empty()) else {
         return page(
             StatusCode::BAD_REQUEST,
             "Authorization refused",
-            "The answer carries no authorization code. Start it again from the connection's page.",
+            "The answer carries no authorization code. Start it again.",
         );
     };
-    match finish_web_authorization(&api.app.vault, &auth, &SecretString::from(code)).await {
-        Ok(()) => {
-            api.audit(caller.entry("connection.authorize", &name, json!({})));
-            page(
-                StatusCode::OK,
-                "Connection authorized",
-                &format!(
-                    "Connection '{name}' is authorized; its refresh token is stored sealed. You can close this tab and test the connection."
+    let code = SecretString::from(code);
+    match auth {
+        Started::Connection(auth) => {
+            let name = auth.connection.clone();
+            match finish_web_authorization(&api.app.vault, &auth, &code).await {
+                Ok(()) => {
+                    api.audit(caller.entry("connection.authorize", &name, json!({})));
+                    page(
+                        StatusCode::OK,
+                        "Connection authorized",
+                        &format!(
+                            "Connection '{name}' is authorized; its refresh token is stored sealed. You can close this tab and test the connection."
+                        ),
+                    )
+                }
+                Err(e) => page(
+                    StatusCode::BAD_GATEWAY,
+                    "Authorization failed",
+                    &format!(
+                        "The authorization code of connection '{name}' could not be exchanged: {e}"
+                    ),
                 ),
-            )
+            }
         }
-        Err(e) => page(
-            StatusCode::BAD_GATEWAY,
-            "Authorization failed",
-            &format!("The authorization code of connection '{name}' could not be exchanged: {e}"),
-        ),
+        Started::Account(login) => {
+            let name = login.request.name.clone();
+            match xmbridge_runtime::link::finish_web_login(&login, &code, &api.accounts).await {
+                Ok(linked) => {
+                    api.audit(caller.entry(
+                        "account.link",
+                        &name,
+                        json!({"system": linked.row.system, "brand": linked.row.brand,
+                               "kind": linked.row.kind.as_str()}),
+                    ));
+                    page(
+                        StatusCode::OK,
+                        "Account linked",
+                        &format!(
+                            "Salesforce account '{name}' is linked; its tokens are stored sealed. You can close this tab."
+                        ),
+                    )
+                }
+                Err(e) => page(
+                    StatusCode::BAD_GATEWAY,
+                    "Linking failed",
+                    &format!("Salesforce account '{name}' could not be linked: {e}"),
+                ),
+            }
+        }
     }
 }

@@ -185,13 +185,24 @@ pub fn router_with_limits(state: AppState, limiter: auth::LoginLimiter) -> Route
 
 fn router_with(api: Api) -> Router {
     let api = Arc::new(api);
-    let mut r: Router<Arc<Api>> = Router::new();
+    // One method router per path, so a method the path does not take gets one 405 in the
+    // error shape (axum's own has no body).
+    let mut by_path: std::collections::BTreeMap<&str, MethodRouter<Arc<Api>>> =
+        std::collections::BTreeMap::new();
     for route in routes() {
         let guarded = route.handler.layer(axum::middleware::from_fn_with_state(
             (api.clone(), route.need),
             auth::guard,
         ));
-        r = r.route(route.path, guarded);
+        let merged = match by_path.remove(route.path) {
+            Some(other) => other.merge(guarded),
+            None => guarded,
+        };
+        by_path.insert(route.path, merged);
+    }
+    let mut r: Router<Arc<Api>> = Router::new();
+    for (path, methods) in by_path {
+        r = r.route(path, methods.fallback(method_not_allowed));
     }
     // Not a fallback: the serving process merges this router with the UI's, and two routers
     // with fallbacks cannot merge.
@@ -203,5 +214,14 @@ async fn not_found(uri: axum::http::Uri) -> error::ApiError {
     error::ApiError::not_found(
         format!("no API route {}", uri.path()),
         Some("see /api/v1/openapi.json for the routes".into()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> error::ApiError {
+    error::ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not take {method}", uri.path()),
+        Some("see /api/v1/openapi.json for the methods each route takes".into()),
     )
 }

@@ -441,6 +441,9 @@ async fn an_oversized_body_is_413_and_bad_json_is_422() {
         .await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     error_of(&a);
+    let a = s.call(Method::PUT, "/api/v1/me", &admin, None).await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED, "{}", a.text);
+    error_of(&a);
 }
 
 /// Adds connection `name` to the simulator through the API, with a SQLite destination.
@@ -1182,25 +1185,67 @@ async fn accounts_follow_the_salesforce_extension_rules() {
         "{}",
         a.text
     );
-    // A browser login is not offered through the API (yet), and says what to do instead.
+    // A browser login: the sixth private one is refused before anyone logs in …
+    let web = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = |name: &str, brand: bool| {
+        json!({"name": name, "system": "salesforce", "login_url": creds["login_url"], "brand": brand,
+               "client_id": creds["client_id"], "client_secret": creds["client_secret"]})
+    };
     let a = s
         .call(
             Method::POST,
             "/api/v1/accounts",
             &mo,
-            Some(
-                json!({"name": "web", "system": "salesforce", "login_url": sf.base_url,
-                        "client_id": "x", "client_secret": "y"}),
-            ),
+            Some(login("web", false)),
         )
         .await;
-    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
+    // … and the admin's brand login goes through the server's callback.
+    let user = creds["users"][0]["username"].as_str().unwrap().to_string();
+    let r = web
+        .post(format!("{}/_sim/oauth/auto-approve", sf.base_url))
+        .json(&json!({"user": user}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/accounts",
+            &admin,
+            Some(login("web", true)),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    let url = a.json["authorize_url"].as_str().unwrap().to_string();
+    let r = web.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND, "{}", r.text().await.unwrap());
+    let back = r.headers()["location"].to_str().unwrap().to_string();
     assert!(
-        error_of(&a)["fix"]
-            .as_str()
-            .unwrap()
-            .contains("server_to_server")
+        back.starts_with(&format!("{}/oauth/callback?", s.base)),
+        "{back}"
     );
+    let page = web.get(&back).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("linked"));
+    let all = s.call(Method::GET, "/api/v1/accounts", &admin, None).await;
+    let web_row = all.json["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "web")
+        .cloned()
+        .expect("the login linked the account");
+    assert_eq!(web_row["kind"], "oauth");
+    assert_eq!(web_row["scope"], "brand");
+    let a = s
+        .call(Method::DELETE, "/api/v1/accounts/web", &admin, None)
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
 
     // The admin links a brand account and shares it with mo.
     let a = s
@@ -1272,6 +1317,61 @@ async fn accounts_follow_the_salesforce_extension_rules() {
         .call(Method::DELETE, "/api/v1/accounts/sf1", &mo, None)
         .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
+    // Renamed by its owner: its secrets still work under the new name.
+    let a = s
+        .call(
+            Method::PATCH,
+            "/api/v1/accounts/sf2",
+            &mo,
+            Some(json!({"name": "sf-two"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json["account"]["name"], "sf-two");
+    let t = s
+        .call(Method::POST, "/api/v1/accounts/sf-two/test", &mo, None)
+        .await;
+    assert_eq!(t.json["ok"], true, "{}", t.text);
+    let a = s
+        .call(Method::POST, "/api/v1/accounts/sf2/test", &mo, None)
+        .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = s
+        .call(
+            Method::PATCH,
+            "/api/v1/accounts/sf-two",
+            &mo,
+            Some(json!({"name": "sf3"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.text);
+    let a = s
+        .call(
+            Method::PATCH,
+            "/api/v1/accounts/brand-sf",
+            &mo,
+            Some(json!({"name": "mine"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
+    let a = s
+        .call(
+            Method::PATCH,
+            "/api/v1/accounts/brand-sf",
+            &admin,
+            Some(json!({"name": "brand"})),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(
+        a.json["account"]["grants"],
+        json!(["mo"]),
+        "grants follow the rename"
+    );
+    let t = s
+        .call(Method::POST, "/api/v1/accounts/brand/test", &mo, None)
+        .await;
+    assert_eq!(t.json["ok"], true, "{}", t.text);
     // Another member does not see mo's accounts at all.
     let a = s
         .call(
@@ -1449,4 +1549,66 @@ async fn a_standard_connection_is_authorized_through_the_servers_callback() {
     assert_eq!(t.json["test"]["ok"], true, "{}", t.text);
     let secret = app["client_secret"].as_str().unwrap();
     assert!(s.bodies.lock().iter().all(|b| !b.contains(secret)));
+}
+
+#[tokio::test]
+async fn a_servicenow_account_links_and_tests_through_the_api() {
+    let s = Service::start().await;
+    let sn =
+        xmbridge_test_kit::sim::servicenow(xmbridge_sim::servicenow::SnConfig::default()).await;
+    let creds: Value = reqwest::get(format!("{}/_sim/credentials", sn.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let user = creds["integration_user"].as_str().unwrap().to_string();
+    let password = creds["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user_name"] == json!(user))
+        .unwrap()["password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mo = s.member().await;
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/accounts",
+            &mo,
+            Some(
+                json!({"name": "sn", "system": "servicenow", "instance_url": sn.base_url,
+                        "basic_user": user, "password": "wrong password"}),
+            ),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
+    assert!(
+        error_of(&a)["message"]
+            .as_str()
+            .unwrap()
+            .contains("refused"),
+        "{}",
+        a.text
+    );
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/accounts",
+            &mo,
+            Some(
+                json!({"name": "sn", "system": "servicenow", "instance_url": sn.base_url,
+                        "basic_user": user, "password": password}),
+            ),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    assert_eq!(a.json["account"]["kind"], "basic");
+    let t = s
+        .call(Method::POST, "/api/v1/accounts/sn/test", &mo, None)
+        .await;
+    assert_eq!(t.json["ok"], true, "{}", t.text);
+    assert!(s.bodies.lock().iter().all(|b| !b.contains(&password)));
 }

@@ -436,7 +436,7 @@
     const certF = field('Certificate (PEM)', cert, 'Read in your browser and sent to the server, which seals it.');
     const keyF = field('Private key (PEM, PKCS#8)', key, 'May be encrypted; then add its pass phrase file.');
     const passF = field('Pass phrase file (if the key is encrypted)', pass);
-    const standardNote = h('p', { class: 'hint', text: 'Standard needs one approval in Qualtrics after saving: run `xmbridge connection authorize NAME` on the server, then “Test connection” on the connection\'s page. Until then the test cannot pass: use “Save anyway”.' });
+    const standardNote = h('p', { class: 'hint', text: 'Standard needs one approval in Qualtrics after saving: until then the test cannot pass, so use “Save anyway”, then “Authorize in Qualtrics” on the connection\'s page. Register this server\'s /oauth/callback address with the OAuth client.' });
 
     // Where the rows go.
     const dest = h('input', { type: 'text', id: 'conn-destination', name: 'destination', required: true, placeholder: 'postgres://USER@HOST:5432/DATABASE', autocapitalize: 'none', spellcheck: 'false' });
@@ -649,8 +649,19 @@
       });
       actions.appendChild(testBtn);
       if (pick(c, 'auth', 'auth_mode') === 'standard') {
-        // The API has no browser authorization route yet: say how it is done today.
-        testOut.appendChild(h('p', { class: 'hint', text: 'Standard (OAuth) connections are approved once in Qualtrics: run `xmbridge connection authorize ' + cname + '` on the server, then test again.' }));
+        // OAuth code flow through the server's own /oauth/callback: this tab goes to Qualtrics
+        // and comes back to the server's page, which links here.
+        const authBtn = h('button', { type: 'button', class: 'secondary', id: 'conn-authorize', text: 'Authorize in Qualtrics' });
+        authBtn.addEventListener('click', async () => {
+          clear(testOut);
+          try {
+            const r = await busy(authBtn, 'Starting…', () => api('POST', '/connections/' + enc(cname) + '/authorize'));
+            const to = pick(r || {}, 'authorize_url');
+            if (to && /^https?:\/\//.test(to)) location.assign(to);
+            else testOut.appendChild(errorBox({ message: 'The server gave no address to open.' }));
+          } catch (err) { if (!err.handled) testOut.appendChild(errorBox(err)); }
+        });
+        actions.appendChild(authBtn);
       }
       const del = h('button', { type: 'button', class: 'danger', id: 'conn-remove', text: 'Remove' });
       del.addEventListener('click', async () => {
@@ -716,7 +727,9 @@
       } catch (err) { if (!err.handled) live.appendChild(errorBox(err)); }
     });
     root.appendChild(h('section', { class: 'card', 'aria-labelledby': 'sync-h' },
-      h('div', { class: 'spread' }, h('h2', { id: 'sync-h', text: 'Sync' }), isAdmin() ? syncBtn : null), live));
+      h('div', { class: 'spread' }, h('h2', { id: 'sync-h', text: 'Sync' }), isAdmin() ? syncBtn : null),
+      isAdmin() ? null : h('p', { class: 'muted', text: 'Administrators start syncs; the schedule runs them on its own. A run in progress shows here.' }),
+      live));
 
     // History and chart.
     const histBox = h('section', { class: 'card', 'aria-labelledby': 'hist-h' });
@@ -879,7 +892,8 @@
     const list = runs.filter((r) => FINISHED.includes(r.status)).slice(0, 20).reverse();
     const wrap = h('figure', { class: 'chart-box' });
     if (!list.length) return wrap;
-    const W = 720, H = 200, L = 48, R = 48, T = 12, B = 28;
+    // A narrower drawing on a phone, so its labels stay readable once scaled to the screen.
+    const W = window.innerWidth < 640 ? 360 : 720, H = 200, L = 48, R = 48, T = 12, B = 28;
     const rows = list.map(runRows);
     const durs = list.map((r) => seconds(r.started_at, r.finished_at) || 0);
     const maxRows = Math.max(1, ...rows), maxDur = Math.max(0.001, ...durs);
@@ -1077,6 +1091,26 @@
         } catch (err) { if (!err.handled) out.appendChild(errorBox(err)); }
       });
       btns.appendChild(test);
+      const rename = h('button', { type: 'button', class: 'secondary small', text: 'Rename', 'aria-label': 'Rename ' + aname });
+      rename.addEventListener('click', () => {
+        const input = h('input', { type: 'text', value: aname, id: nextId('rename'), spellcheck: 'false', autocapitalize: 'none' });
+        const ok = h('button', { type: 'submit', class: 'small', text: 'Save name' });
+        const cancel = h('button', { type: 'button', class: 'link small', text: 'Cancel' });
+        const f = h('form', { class: 'row' }, h('label', { for: input.id, class: 'sr-only', text: 'New name for ' + aname }), input, ok, cancel);
+        cancel.addEventListener('click', () => { f.replaceWith(btns); rename.focus(); });
+        f.addEventListener('submit', async (ev) => {
+          ev.preventDefault();
+          clear(out);
+          const to = input.value.trim();
+          try {
+            await busy(ok, 'Saving…', () => api('PATCH', '/accounts/' + enc(aname), { name: to }));
+            go('#/accounts', okBox('Renamed “' + aname + '” to “' + to + '”.'));
+          } catch (err) { if (!err.handled) out.appendChild(errorBox(err)); }
+        });
+        btns.replaceWith(f);
+        input.focus();
+      });
+      btns.appendChild(rename);
       if (isAdmin() && brand) {
         const share = h('button', { type: 'button', class: 'secondary small', text: 'Share…', 'aria-label': 'Share ' + aname + ' with users' });
         share.addEventListener('click', () => {
@@ -1120,7 +1154,7 @@
         h('td', null, btns));
     });
     root.appendChild(h('div', { class: 'card' }, tableOf(['Name', 'System', 'Owner', 'Scope', 'Token', 'Actions'], rows)));
-    root.appendChild(h('p', { class: 'muted small', text: 'Linking a new account (it signs in at Salesforce or ServiceNow) is done with `xmbridge account link` for now; renaming is not offered by the API yet.' }));
+    root.appendChild(h('p', { class: 'muted small', text: 'Linking a new account (it signs in at Salesforce or ServiceNow) is done with `xmbridge account link` for now.' }));
   }
 
   // ---------------------------------------------------------------- users (admins)
