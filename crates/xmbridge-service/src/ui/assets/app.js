@@ -1189,7 +1189,9 @@
     const submit = h('button', { type: 'submit', id: 'acct-link', text: 'Link account' });
     const res = h('div', { id: 'acct-link-result', 'aria-live': 'polite' });
     const form = h('form', { class: 'card', id: 'acct-form', novalidate: true }, h('h2', { text: 'Link an account' }),
-      field('Name', name, 'Workflow steps name it as their account.'), system, h('div', { class: 'field' }),
+      field('Name', name, 'Workflow steps name it as their account.'),
+      h('span', { class: 'label', 'aria-hidden': 'true', text: 'System' }), system, h('div', { class: 'field' }),
+      h('span', { class: 'label', 'aria-hidden': 'true', text: 'How it signs in' }),
       h('div', { id: 'acct-sf' }, sfMode), h('div', { id: 'acct-sn' }, snMode), h('div', { class: 'field' }),
       F.loginUrl, F.tokenUrl, F.instance, F.clientId, F.clientSecret, F.user, F.password,
       isAdmin() ? h('div', { class: 'field' }, h('label', { for: 'acct-brand', class: 'check' }, brand, 'A brand account (shared by administrators with users)')) : null,
