@@ -8,15 +8,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use xmbridge_runtime::workflow::{HookNotice, ProcessOptions};
+use xmbridge_runtime::workflow::ProcessOptions;
 use xmbridge_service::scheduler::SchedulerOptions;
 use xmbridge_service::serve::{self, HomeLock, Opened, ServeOptions, Server, TlsFiles};
 use xmbridge_service::{ErrorKind, ServiceError};
 use xmbridge_workflows::catalog::Sources;
-use xmbridge_workflows::hooks::SubscriptionChange;
 use xmbridge_workflows::worker::DeliveryBackoff;
 
 use super::usage;
+use super::workflow_run::{print_hook_notices, print_subscriptions, print_unbound};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -170,33 +170,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         writeln!(out, "listening on {}", server.url())?;
         out.flush()?;
     }
-    for edit in server.unbound() {
-        let st = &edit.state;
-        eprintln!(
-            "workflow {}: edited by {} (not its creator {}); its events wait until `xmbridge workflow resume {} --reauthorize --as {}`",
-            edit.workflow,
-            st.last_editor.as_deref().unwrap_or("?"),
-            st.creator.as_deref().unwrap_or("?"),
-            edit.workflow,
-            st.creator.as_deref().unwrap_or("OWNER")
-        );
-    }
-    let public = server.public_url().to_string();
-    for notice in server.notices() {
-        match notice {
-            HookNotice::NewEndpointToken { workflow } => println!(
-                "workflow {workflow}: new endpoint token; `xmbridge workflow endpoint {workflow} --public-url {public}` prints the URL for the Salesforce outbound message"
-            ),
-            HookNotice::Protected {
-                workflow,
-                protection,
-            } => println!("workflow {workflow}: hook protected by {protection}"),
-            HookNotice::ServiceNowSecretFile { workflow, path } => println!(
-                "workflow {workflow}: the ServiceNow business rule must send header X-Xmbridge-Secret with the value in {}",
-                path.display()
-            ),
-        }
-    }
+    print_unbound(server.unbound());
+    print_hook_notices(server.notices(), server.public_url());
     for id in server.recovered() {
         println!(
             "sync run {id} was interrupted by a stopped server: marked failed (its committed batches are kept); a resume run is queued"
@@ -204,28 +179,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let wanted = server.wanted_subscriptions();
     let subscriptions = server.subscriptions();
-    tokio::spawn(async move {
-        match subscriptions.await {
-            Some(changes) => {
-                for change in changes {
-                    match change {
-                        SubscriptionChange::Failed { .. } | SubscriptionChange::Foreign { .. } => {
-                            eprintln!("{change}")
-                        }
-                        SubscriptionChange::Kept { .. } => tracing::info!("{change}"),
-                        _ => println!("{change}"),
-                    }
-                }
-            }
-            None => {
-                for w in wanted {
-                    eprintln!(
-                        "workflow {w}: no Qualtrics connection to register its event subscription with; add one (`xmbridge connection add qualtrics …`) and pass --qualtrics NAME — its events will not arrive until then"
-                    );
-                }
-            }
-        }
-    });
+    tokio::spawn(async move { print_subscriptions(subscriptions.await, &wanted) });
     let summary = server.run(shutdown).await.map_err(service_error)?;
     println!(
         "stopped: delivered {} event(s), {} retried, {} dead; {} sync run(s) were running (each finished or stopped at a commit boundary; stopped ones resume at the next start)",

@@ -14,7 +14,7 @@ use clap::Args;
 use serde_json::{Map, Value, json};
 use xmbridge_actions::Registry;
 use xmbridge_runtime::control::{self, Replay};
-use xmbridge_runtime::workflow::{HookNotice, ProcessOptions, WorkflowProcess};
+use xmbridge_runtime::workflow::{HookNotice, ProcessOptions, UnboundEdit, WorkflowProcess};
 use xmbridge_server::receiver::{Limits, Receiver};
 use xmbridge_vault::{Home, Vault};
 use xmbridge_workflows::catalog::Sources;
@@ -280,17 +280,7 @@ pub async fn run(args: RunArgs, sources: &Sources, registry: Registry) -> anyhow
             default_qualtrics_optional: false,
         },
     )?;
-    for edit in &process.unbound {
-        let st = &edit.state;
-        eprintln!(
-            "workflow {}: edited by {} (not its creator {}); its events wait until `xmbridge workflow resume {} --reauthorize --as {}`",
-            edit.workflow,
-            st.last_editor.as_deref().unwrap_or("?"),
-            st.creator.as_deref().unwrap_or("?"),
-            edit.workflow,
-            st.creator.as_deref().unwrap_or("OWNER")
-        );
-    }
+    print_unbound(&process.unbound);
     if args.once {
         let s = process.run_once().await?;
         println!(
@@ -309,7 +299,41 @@ pub async fn run(args: RunArgs, sources: &Sources, registry: Registry) -> anyhow
         .unwrap_or_else(|| receiver.base_url());
     let public = public.trim_end_matches('/').to_string();
     let setup = process.hooks(&public, &home.root().join("hooks"))?;
-    for notice in &setup.notices {
+    print_hook_notices(&setup.notices, &public);
+    // Subscriptions: exactly one per Qualtrics-triggered workflow at this URL; the ones this
+    // installation made for earlier URLs or removed workflows are deleted.
+    let changes = process.subscribe(&setup.wanted).await;
+    let wanted: Vec<String> = setup.wanted.iter().map(|w| w.workflow.clone()).collect();
+    print_subscriptions(changes, &wanted);
+    println!("receiving webhooks on {}", receiver.base_url());
+    let summary = process
+        .serve(receiver, setup.hooks, super::shutdown_signal())
+        .await?;
+    println!(
+        "stopped: delivered {} event(s), {} retried, {} dead",
+        summary.done, summary.retried, summary.dead
+    );
+    Ok(())
+}
+
+/// Says which workflows wait for their owner after someone else's edit (also `serve`).
+pub(super) fn print_unbound(unbound: &[UnboundEdit]) {
+    for edit in unbound {
+        let st = &edit.state;
+        eprintln!(
+            "workflow {}: edited by {} (not its creator {}); its events wait until `xmbridge workflow resume {} --reauthorize --as {}`",
+            edit.workflow,
+            st.last_editor.as_deref().unwrap_or("?"),
+            st.creator.as_deref().unwrap_or("?"),
+            edit.workflow,
+            st.creator.as_deref().unwrap_or("OWNER")
+        );
+    }
+}
+
+/// What the hooks' set-up wants the operator to know (also `serve`).
+pub(super) fn print_hook_notices(notices: &[HookNotice], public: &str) {
+    for notice in notices {
         match notice {
             HookNotice::NewEndpointToken { workflow } => println!(
                 "workflow {workflow}: new endpoint token; `xmbridge workflow endpoint {workflow} --public-url {public}` prints the URL for the Salesforce outbound message"
@@ -324,9 +348,12 @@ pub async fn run(args: RunArgs, sources: &Sources, registry: Registry) -> anyhow
             ),
         }
     }
-    // Subscriptions: exactly one per Qualtrics-triggered workflow at this URL; the ones this
-    // installation made for earlier URLs or removed workflows are deleted.
-    match process.subscribe(&setup.wanted).await {
+}
+
+/// The Qualtrics subscription changes, or (`None`: no Qualtrics connection) why the `wanted`
+/// workflows get no events (also `serve`).
+pub(super) fn print_subscriptions(changes: Option<Vec<SubscriptionChange>>, wanted: &[String]) {
+    match changes {
         Some(changes) => {
             for change in changes {
                 match change {
@@ -339,21 +366,11 @@ pub async fn run(args: RunArgs, sources: &Sources, registry: Registry) -> anyhow
             }
         }
         None => {
-            for w in &setup.wanted {
+            for w in wanted {
                 eprintln!(
-                    "workflow {}: no Qualtrics connection to register its event subscription with; add one (`xmbridge connection add qualtrics …`) and pass --qualtrics NAME — its events will not arrive until then",
-                    w.workflow
+                    "workflow {w}: no Qualtrics connection to register its event subscription with; add one (`xmbridge connection add qualtrics …`) and pass --qualtrics NAME — its events will not arrive until then"
                 );
             }
         }
     }
-    println!("receiving webhooks on {}", receiver.base_url());
-    let summary = process
-        .serve(receiver, setup.hooks, super::shutdown_signal())
-        .await?;
-    println!(
-        "stopped: delivered {} event(s), {} retried, {} dead",
-        summary.done, summary.retried, summary.dead
-    );
-    Ok(())
 }
