@@ -1550,3 +1550,65 @@ async fn a_standard_connection_is_authorized_through_the_servers_callback() {
     let secret = app["client_secret"].as_str().unwrap();
     assert!(s.bodies.lock().iter().all(|b| !b.contains(secret)));
 }
+
+#[tokio::test]
+async fn a_servicenow_account_links_and_tests_through_the_api() {
+    let s = Service::start().await;
+    let sn =
+        xmbridge_test_kit::sim::servicenow(xmbridge_sim::servicenow::SnConfig::default()).await;
+    let creds: Value = reqwest::get(format!("{}/_sim/credentials", sn.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let user = creds["integration_user"].as_str().unwrap().to_string();
+    let password = creds["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user_name"] == json!(user))
+        .unwrap()["password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mo = s.member().await;
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/accounts",
+            &mo,
+            Some(
+                json!({"name": "sn", "system": "servicenow", "instance_url": sn.base_url,
+                        "basic_user": user, "password": "wrong password"}),
+            ),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
+    assert!(
+        error_of(&a)["message"]
+            .as_str()
+            .unwrap()
+            .contains("refused"),
+        "{}",
+        a.text
+    );
+    let a = s
+        .call(
+            Method::POST,
+            "/api/v1/accounts",
+            &mo,
+            Some(
+                json!({"name": "sn", "system": "servicenow", "instance_url": sn.base_url,
+                        "basic_user": user, "password": password}),
+            ),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    assert_eq!(a.json["account"]["kind"], "basic");
+    let t = s
+        .call(Method::POST, "/api/v1/accounts/sn/test", &mo, None)
+        .await;
+    assert_eq!(t.json["ok"], true, "{}", t.text);
+    assert!(s.bodies.lock().iter().all(|b| !b.contains(&password)));
+}
