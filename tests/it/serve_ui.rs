@@ -385,6 +385,50 @@ async fn errors_show_the_apis_message_and_fix_and_a_member_sees_no_admin_action(
     assert_eq!(overflow, false, "the form fits 400 px");
     b.resize(1280, 900).await;
 
+    // Accounts: link a ServiceNow account (basic), test it, rename it.
+    let sn =
+        xmbridge_test_kit::sim::servicenow(xmbridge_sim::servicenow::SnConfig::default()).await;
+    let creds: serde_json::Value = reqwest::get(format!("{}/_sim/credentials", sn.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sn_user = creds["integration_user"].as_str().unwrap().to_string();
+    let sn_password = creds["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user_name"] == json!(sn_user))
+        .unwrap()["password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.click("a[data-nav=accounts]").await;
+    b.find("#acct-form").await;
+    b.fill("#acct-name", "sn-ops").await;
+    b.click("input[name=acct-system][value=servicenow]").await;
+    b.fill("#acct-instance", &sn.base_url).await;
+    b.fill("#acct-user", &sn_user).await;
+    b.fill("#acct-password", &sn_password).await;
+    b.click("#acct-link").await;
+    b.wait_text("#flash", "Linked “sn-ops”", WAIT).await;
+    b.click("tr[data-account=sn-ops] button[aria-label='Test sn-ops']")
+        .await;
+    b.wait_text("#acct-result .msg.ok", "works", Duration::from_secs(30))
+        .await;
+    b.click("tr[data-account=sn-ops] button[aria-label='Rename sn-ops']")
+        .await;
+    b.fill("tr[data-account=sn-ops] form input", "sn-service-desk")
+        .await;
+    b.click("tr[data-account=sn-ops] form button[type=submit]")
+        .await;
+    b.wait_text("#flash", "Renamed “sn-ops” to “sn-service-desk”", WAIT)
+        .await;
+    b.find("tr[data-account=sn-service-desk]").await;
+    b.screenshot("25-accounts").await;
+    assert!(!b.source().await.contains(&sn_password));
+
     // Sign out; the member signs in.
     b.click("#logout").await;
     b.fill("#login-user", "pat").await;

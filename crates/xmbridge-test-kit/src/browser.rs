@@ -34,8 +34,9 @@ fn element_id(v: &Value) -> Option<String> {
         .and_then(|(_, id)| id.as_str())
         .map(str::to_string)
 }
-/// How long the `wait_*` calls wait unless told otherwise.
-pub const WAIT: Duration = Duration::from_secs(20);
+/// How long the `wait_*` calls wait unless told otherwise (generous: the whole suite may be
+/// running on two busy cores).
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// Keys for [`Browser::press`] (WebDriver's code points).
 pub mod keys {

@@ -1074,7 +1074,8 @@
     const out = h('div', { id: 'acct-result', 'aria-live': 'polite' });
     root.appendChild(out);
     if (!list.length) {
-      root.appendChild(h('div', { class: 'card' }, h('p', { text: 'No linked account yet. Link one with `xmbridge account link` on the server.' })));
+      root.appendChild(h('div', { class: 'card' }, h('p', { text: 'No linked account yet: link one below.' })));
+      root.appendChild(linkForm());
       return;
     }
     const rows = list.map((a) => {
@@ -1154,7 +1155,89 @@
         h('td', null, btns));
     });
     root.appendChild(h('div', { class: 'card' }, tableOf(['Name', 'System', 'Owner', 'Scope', 'Token', 'Actions'], rows)));
-    root.appendChild(h('p', { class: 'muted small', text: 'Linking a new account (it signs in at Salesforce or ServiceNow) is done with `xmbridge account link` for now.' }));
+    root.appendChild(linkForm());
+  }
+
+  // Link an account: Salesforce (sign in through the browser, or server to server) or
+  // ServiceNow (basic, OAuth password or client credentials). The secrets typed here are sent
+  // once and the fields emptied.
+  function linkForm() {
+    const name = h('input', { type: 'text', id: 'acct-name', spellcheck: 'false', autocapitalize: 'none', placeholder: 'sf-prod' });
+    const system = h('div', { class: 'choices', role: 'radiogroup', 'aria-label': 'System' },
+      choice('acct-system', 'salesforce', 'Salesforce', null, true),
+      choice('acct-system', 'servicenow', 'ServiceNow', null, false));
+    const sfMode = h('div', { class: 'choices', role: 'radiogroup', 'aria-label': 'How it signs in' },
+      choice('acct-sf-mode', 'login', 'Sign in with Salesforce', 'This tab goes to Salesforce and comes back here (the connected app\'s callback is this server\'s /oauth/callback).', true),
+      choice('acct-sf-mode', 's2s', 'Server to server', 'OAuth client credentials of a connected app.', false));
+    const snMode = h('div', { class: 'choices', role: 'radiogroup', 'aria-label': 'How it signs in' },
+      choice('acct-sn-mode', 'basic', 'User name and password', null, true),
+      choice('acct-sn-mode', 'oauth_password', 'OAuth with a user\'s password', null, false),
+      choice('acct-sn-mode', 'client_credentials', 'OAuth client credentials', null, false));
+    const loginUrl = h('input', { type: 'text', id: 'acct-login-url', value: 'https://login.salesforce.com', spellcheck: 'false' });
+    const tokenUrl = h('input', { type: 'text', id: 'acct-token-url', spellcheck: 'false', placeholder: 'https://MYDOMAIN.my.salesforce.com/services/oauth2/token' });
+    const instance = h('input', { type: 'text', id: 'acct-instance', spellcheck: 'false', placeholder: 'https://acme.service-now.com' });
+    const clientId = h('input', { type: 'text', id: 'acct-client-id', spellcheck: 'false', autocomplete: 'off' });
+    const clientSecret = h('input', { type: 'password', id: 'acct-client-secret', autocomplete: 'off' });
+    const user = h('input', { type: 'text', id: 'acct-user', spellcheck: 'false', autocomplete: 'off' });
+    const password = h('input', { type: 'password', id: 'acct-password', autocomplete: 'off' });
+    const brand = h('input', { type: 'checkbox', id: 'acct-brand' });
+    const F = {
+      loginUrl: field('Login URL', loginUrl), tokenUrl: field('Token URL', tokenUrl), instance: field('Instance URL', instance),
+      clientId: field('Client id', clientId), clientSecret: field('Client secret', clientSecret, 'Sealed in the vault; never shown again.'),
+      user: field('User name', user), password: field('Password', password, 'Sealed in the vault; never shown again.'),
+    };
+    const submit = h('button', { type: 'submit', id: 'acct-link', text: 'Link account' });
+    const res = h('div', { id: 'acct-link-result', 'aria-live': 'polite' });
+    const form = h('form', { class: 'card', id: 'acct-form', novalidate: true }, h('h2', { text: 'Link an account' }),
+      field('Name', name, 'Workflow steps name it as their account.'),
+      h('span', { class: 'label', 'aria-hidden': 'true', text: 'System' }), system, h('div', { class: 'field' }),
+      h('span', { class: 'label', 'aria-hidden': 'true', text: 'How it signs in' }),
+      h('div', { id: 'acct-sf' }, sfMode), h('div', { id: 'acct-sn' }, snMode), h('div', { class: 'field' }),
+      F.loginUrl, F.tokenUrl, F.instance, F.clientId, F.clientSecret, F.user, F.password,
+      isAdmin() ? h('div', { class: 'field' }, h('label', { for: 'acct-brand', class: 'check' }, brand, 'A brand account (shared by administrators with users)')) : null,
+      h('div', { class: 'actions' }, submit), res);
+    const val = (n) => (form.querySelector('input[name=' + n + ']:checked') || {}).value;
+    const show = () => {
+      const sys = val('acct-system');
+      const sf = val('acct-sf-mode');
+      const sn = val('acct-sn-mode');
+      $('#acct-sf', form).hidden = sys !== 'salesforce';
+      $('#acct-sn', form).hidden = sys !== 'servicenow';
+      F.loginUrl.hidden = !(sys === 'salesforce' && sf === 'login');
+      F.tokenUrl.hidden = !(sys === 'salesforce' && sf === 's2s');
+      F.instance.hidden = sys !== 'servicenow';
+      F.clientId.hidden = F.clientSecret.hidden = sys === 'servicenow' && sn === 'basic';
+      F.user.hidden = F.password.hidden = !(sys === 'servicenow' && sn !== 'client_credentials');
+    };
+    form.addEventListener('change', show);
+    show();
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      clear(res);
+      const sys = val('acct-system');
+      const b = { name: name.value.trim(), system: sys };
+      if (isAdmin() && brand.checked) b.brand = true;
+      if (sys === 'salesforce') {
+        if (val('acct-sf-mode') === 'login') b.login_url = loginUrl.value.trim();
+        else { b.server_to_server = true; b.token_url = tokenUrl.value.trim(); }
+        b.client_id = clientId.value.trim();
+        b.client_secret = clientSecret.value;
+      } else {
+        b.instance_url = instance.value.trim();
+        const m = val('acct-sn-mode');
+        if (m === 'basic') { b.basic_user = user.value.trim(); b.password = password.value; }
+        if (m === 'oauth_password') { b.oauth_password = true; b.client_id = clientId.value.trim(); b.client_secret = clientSecret.value; b.user = user.value.trim(); b.password = password.value; }
+        if (m === 'client_credentials') { b.client_credentials = true; b.client_id = clientId.value.trim(); b.client_secret = clientSecret.value; }
+      }
+      try {
+        const r = await busy(submit, 'Linking…', () => api('POST', '/accounts', b));
+        clientSecret.value = password.value = '';
+        const to = r && r.authorize_url;
+        if (to && /^https?:\/\//.test(to)) { location.assign(to); return; }
+        go('#/accounts', okBox('Linked “' + b.name + '”.'));
+      } catch (err) { if (!err.handled) res.appendChild(errorBox(err)); }
+    });
+    return form;
   }
 
   // ---------------------------------------------------------------- users (admins)
