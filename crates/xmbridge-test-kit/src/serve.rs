@@ -60,11 +60,13 @@ pub async fn start_server_exact(inst: &Install, argv: &[&str]) -> Served {
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             let first = lines.next().and_then(|l| l.ok());
-            let _ = tx.send(first.clone());
-            if let Some(f) = first {
-                out_text.lock().expect("stdout buffer").push_str(&f);
-                out_text.lock().expect("stdout buffer").push('\n');
+            // Into the buffer before the caller hears of it, so `stdout()` holds it at once.
+            if let Some(f) = &first {
+                let mut t = out_text.lock().expect("stdout buffer");
+                t.push_str(f);
+                t.push('\n');
             }
+            let _ = tx.send(first);
             // Keep draining so the child never blocks on a full pipe.
             for line in lines.map_while(Result::ok) {
                 let mut t = out_text.lock().expect("stdout buffer");
