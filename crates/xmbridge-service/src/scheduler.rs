@@ -170,13 +170,7 @@ impl Scheduler {
                 },
             )?;
             failed.push(run.id);
-            let queued = runs
-                .active(&run.connection)?
-                .iter()
-                .any(|r| r.status == RunStatus::Queued);
-            if !queued {
-                runs.queue(&run.connection, RunTrigger::Resume, None)?;
-            }
+            queue_resume(runs, &run.connection)?;
             tracing::warn!(run = run.id, connection = %run.connection, "run interrupted by a stopped server marked failed; a resume run is queued");
         }
         Ok(failed)
@@ -264,12 +258,7 @@ impl Scheduler {
                     error: Some(shutdown_error(true)),
                 };
                 let done = shared.deps.runs.finish(id, outcome);
-                if let Err(e) = done.and_then(|_| {
-                    shared
-                        .deps
-                        .runs
-                        .queue(&connection, RunTrigger::Resume, None)
-                }) {
+                if let Err(e) = done.and_then(|_| queue_resume(&shared.deps.runs, &connection)) {
                     tracing::error!(run = id, error = %e, "could not record a dropped run; the next start marks it failed and resumes it");
                 }
             }
@@ -351,6 +340,19 @@ fn start_queued(shared: &Arc<Shared>, tasks: &mut tokio::task::JoinSet<()>, queu
             shared2.wake.notify_waiters();
         });
     }
+}
+
+/// Queues a `resume` run of `connection`, unless a run of it is queued already (that one
+/// continues from the last commit just as well).
+fn queue_resume(runs: &Runs, connection: &str) -> Result<()> {
+    let queued = runs
+        .active(connection)?
+        .iter()
+        .any(|r| r.status == RunStatus::Queued);
+    if !queued {
+        runs.queue(connection, RunTrigger::Resume, None)?;
+    }
+    Ok(())
 }
 
 /// Responses a run wrote, from its per-table counts.
@@ -656,7 +658,7 @@ async fn execute(shared: &Arc<Shared>, run: SyncRun, switches: Switches) {
     }
     if status == RunStatus::Cancelled
         && shutdown_stop
-        && let Err(e) = deps.runs.queue(&connection, RunTrigger::Resume, None)
+        && let Err(e) = queue_resume(&deps.runs, &connection)
     {
         tracing::error!(run = id, error = %e, "could not queue the resume run");
     }
