@@ -508,6 +508,13 @@ impl Engine {
                 continue;
             }
             for ev in leased {
+                if stopped.load(Ordering::SeqCst) {
+                    // Shutting down: the events of the batch not started yet go back to the
+                    // outbox now, rather than when their lease runs out (the one in delivery
+                    // finished above).
+                    self.store.release(&ev.id, &owner, now_ms())?;
+                    continue;
+                }
                 let outcome = self.process(&owner, ev).await?;
                 summary.lock().add(&outcome);
             }
