@@ -39,6 +39,8 @@ struct Target {
     calls: Arc<Mutex<HashMap<String, u32>>>,
     script: Arc<Mutex<VecDeque<ActionError>>>,
     always_fail: Arc<Mutex<Option<String>>>,
+    /// Each call takes this long (a slow target).
+    slow: Arc<Mutex<Option<Duration>>>,
 }
 
 impl Target {
@@ -65,6 +67,10 @@ impl Action for WriteAction {
         request: ActionRequest,
     ) -> BoxFuture<'a, Result<Value, ActionError>> {
         Box::pin(async move {
+            let slow = *self.0.slow.lock();
+            if let Some(d) = slow {
+                tokio::time::sleep(d).await;
+            }
             if let Some(e) = self.0.script.lock().pop_front() {
                 return Err(e);
             }
@@ -237,6 +243,41 @@ async fn every_event_is_delivered_once_with_several_workers() {
     let st = s.store.status("wf").unwrap();
     assert_eq!(st.counts.get(&EventState::Done), Some(&49));
     assert_eq!(st.counts.get(&EventState::Skipped), Some(&1));
+}
+
+#[tokio::test]
+async fn at_shutdown_leased_events_not_started_go_back_to_the_outbox() {
+    let s = setup(&["a"], 8);
+    for n in 0..12 {
+        s.outbox.enqueue(&event(n)).unwrap();
+    }
+    *s.target.slow.lock() = Some(Duration::from_millis(400));
+    // Three workers lease four events each; stop while each delivers its first.
+    let summary = s
+        .engine
+        .run(
+            RunMode::Forever,
+            tokio::time::sleep(Duration::from_millis(150)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        summary.done <= 3,
+        "only the events in delivery finish: {summary:?}"
+    );
+    let st = s.store.status("wf").unwrap();
+    assert_eq!(st.counts.get(&EventState::Running), None, "{:?}", st.counts);
+    assert_eq!(
+        st.counts.get(&EventState::Pending).copied().unwrap_or(0),
+        12 - summary.done,
+        "{:?}",
+        st.counts
+    );
+    // Nothing was lost or doubled: the rest is delivered once.
+    *s.target.slow.lock() = None;
+    drain(&s).await;
+    assert_eq!(s.target.count(), 12);
+    assert_eq!(s.target.max_per_key(), 1);
 }
 
 #[tokio::test]
