@@ -233,7 +233,7 @@ async fn a_person_signs_in_adds_a_connection_syncs_and_replays_a_dead_letter() {
                 dedupe_key: "ui-1@1".into(),
                 payload: json!({"table": "incident", "record": {"sys_id": null}}),
             },
-            0,
+            xmbridge_workflows::store::now_ms(),
         )
         .unwrap()
         .id()

@@ -963,7 +963,8 @@ mod tests {
                 "passphrase",
                 "access_token",
                 "shared_key",
-                "password"
+                "password",
+                "destination_password",
             ]
         );
         for f in SecretField::ALL {

@@ -860,7 +860,9 @@
       return;
     }
     box.appendChild(runChart(runs));
-    const rows = runs.map((r) => {
+    // Each run is one row; its per-table counts and error go in a full-width row under it,
+    // so the table names keep their width on any screen.
+    const rows = runs.flatMap((r) => {
       const tables = Object.entries(r.tables || {});
       const detail = [];
       if (tables.length) {
@@ -871,7 +873,7 @@
             h('td', { class: 'num', text: fmtNum(c.deleted || 0) })))));
       }
       if (r.error) detail.push(errorBox(r.error));
-      return h('tr', { 'data-run': String(r.id) },
+      const row = h('tr', { 'data-run': String(r.id), class: detail.length ? 'run has-detail' : 'run' },
         h('td', null, '#' + r.id),
         h('td', null, pill(r.status)),
         h('td', { text: r.trigger || '—' }),
@@ -879,12 +881,15 @@
         h('td', { class: 'num', text: r.started_at ? fmtDuration(seconds(r.started_at, r.finished_at)) : '—' }),
         h('td', { class: 'num', text: fmtNum(runRows(r)) }),
         h('td', { class: 'num', text: fmtNum(r.responses || 0) }),
-        h('td', { class: 'num', text: fmtNum(r.api_calls || 0) }),
-        h('td', null, detail.length
-          ? h('details', null, h('summary', { text: r.error ? 'Error and tables' : tables.length + ' table(s)' }), h('div', null, detail))
-          : h('span', { class: 'muted', text: '—' })));
+        h('td', { class: 'num', text: fmtNum(r.api_calls || 0) }));
+      if (!detail.length) return [row];
+      const summary = (r.error ? 'Error' + (tables.length ? ' and ' : '') : '')
+        + (tables.length ? tables.length + ' table(s)' : '') + ' of run #' + r.id;
+      return [row, h('tr', { 'data-run': String(r.id), class: 'run-detail' },
+        h('td', { colspan: '8' },
+          h('details', null, h('summary', { text: summary }), h('div', { class: 'run-tables' }, detail))))];
     });
-    box.appendChild(tableOf(['Run', 'Status', 'Trigger', 'Started', ['Duration', 'num'], ['Rows', 'num'], ['Responses', 'num'], ['API calls', 'num'], 'Details'], rows));
+    box.appendChild(tableOf(['Run', 'Status', 'Trigger', 'Started', ['Duration', 'num'], ['Rows', 'num'], ['Responses', 'num'], ['API calls', 'num']], rows));
   }
 
   // Rows written (bars) and duration (line) of the last runs, oldest on the left.
@@ -1343,7 +1348,7 @@
       h('td', { class: 'nowrap', text: e.via }),
       h('td', { class: 'mono nowrap', text: e.action }),
       h('td', { class: 'mono nowrap', text: e.target }),
-      h('td', { class: 'mono', text: e.address || '—' }),
+      h('td', { class: 'mono nowrap', text: e.address || '—' }),
       h('td', { class: 'mono small', text: e.detail && Object.keys(e.detail).length ? JSON.stringify(e.detail) : '' })));
     root.appendChild(h('div', { class: 'card' }, tableOf(['When', 'Who', 'Via', 'Action', 'Target', 'From', 'Detail'], rows)));
   }
