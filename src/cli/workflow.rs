@@ -286,6 +286,26 @@ fn add(
             })?,
     };
     definitions::write_definition(&target, &w, &text)?;
+    // Recorded now, under the editor who saved it: a runner started later by someone else
+    // must not take the edit for theirs.
+    let state = xmbridge_workflows::store::SqliteStore::open(home.state_db())
+        .and_then(|store| {
+            xmbridge_workflows::store::Store::note_saved(
+                &store,
+                &w.name,
+                &w.fingerprint,
+                previous_owner.as_deref(),
+                &w.owner,
+                editor.as_deref(),
+            )
+        })
+        .with_context(|| {
+            format!(
+                "workflow \"{}\" was saved to {}, but its edit could not be recorded in the state store",
+                w.name,
+                target.path.display()
+            )
+        })?;
     if replacing {
         record_workflow_edit(&w, editor.as_deref());
     }
@@ -325,12 +345,22 @@ fn add(
             );
         }
     }
-    if replacing && editor.as_deref() != Some(w.owner.as_str()) {
-        println!(
-            "  note: {} is not the owner ({}); the workflow's credential binding is dropped until the owner re-authorizes",
-            editor.as_deref().unwrap_or("an unknown user"),
-            w.owner
+    if !state.binding_valid {
+        let reauthorize = format!(
+            "xmbridge workflow resume {} --reauthorize --as {}",
+            w.name, w.owner
         );
+        if editor.as_deref() == Some(w.owner.as_str()) {
+            println!(
+                "  note: the workflow's credential binding is still dropped (since an earlier edit or transfer); its owner re-authorizes: {reauthorize}"
+            );
+        } else {
+            println!(
+                "  note: {} is not the owner ({}); the workflow's credential binding is dropped until the owner re-authorizes: {reauthorize}",
+                editor.as_deref().unwrap_or("an unknown user"),
+                w.owner,
+            );
+        }
     }
     println!(
         "next: xmbridge workflow test {} {}",
@@ -390,14 +420,15 @@ fn transfer(
     }
     let done = definitions::transfer_definition(home, sources, registry, &a.name, &a.to)?;
     let (_, _, store) = super::workflow_run::open_store()?;
-    // Recorded as an edit by the actor: the collaborator rule then drops the binding unless the
-    // actor created the workflow.
-    let state = match &actor {
-        Some(actor) => Some(xmbridge_workflows::store::Store::note_edit(
-            &*store, &a.name, actor,
-        )?),
-        None => None,
-    };
+    // The binding follows the owner: the new owner's re-authorization restores it, and it holds
+    // meanwhile only if the new owner made the transfer themself.
+    let state = xmbridge_workflows::store::Store::note_owner(
+        &*store,
+        &a.name,
+        &done.from,
+        &done.to,
+        actor.as_deref(),
+    )?;
     let users = match users {
         Some(u) => u,
         None => super::user::open_users(&super::connection::open_vault()?.1)?,
@@ -416,7 +447,7 @@ fn transfer(
         done.from,
         done.path.display()
     );
-    if state.is_some_and(|s| !s.binding_valid) {
+    if !state.binding_valid {
         println!(
             "  its credential binding is dropped until {} re-authorizes: xmbridge workflow resume {} --reauthorize --as {}",
             done.to, a.name, done.to

@@ -127,9 +127,16 @@ pub(super) fn open_store() -> anyhow::Result<(Home, Arc<Vault>, Arc<SqliteStore>
 }
 
 pub fn pause(args: PauseArgs) -> anyhow::Result<()> {
-    let (_, _, store) = open_store()?;
+    let (home, _, store) = open_store()?;
     let user = args.user.resolve()?;
-    control::pause(&store, &args.name, &user, args.reason)?;
+    control::pause(&store, &args.name, &user, args.reason.clone())?;
+    audit_control(
+        &home,
+        Some(&user),
+        "workflow.pause",
+        &args.name,
+        json!({"reason": args.reason}),
+    )?;
     println!(
         "workflow {} paused; events keep arriving and wait (resume with `xmbridge workflow resume {}`)",
         args.name, args.name
@@ -138,7 +145,7 @@ pub fn pause(args: PauseArgs) -> anyhow::Result<()> {
 }
 
 pub fn resume(args: ResumeArgs, sources: &Sources, registry: &Registry) -> anyhow::Result<()> {
-    let (_, _, store) = open_store()?;
+    let (home, _, store) = open_store()?;
     if args.reauthorize {
         let user = args.user.resolve()?;
         control::reauthorize(&store, sources, registry, &args.name, &user)?;
@@ -148,8 +155,15 @@ pub fn resume(args: ResumeArgs, sources: &Sources, registry: &Registry) -> anyho
         );
     }
     control::resume(&store, &args.name, args.reauthorize)?;
+    audit_control(
+        &home,
+        args.user.user.as_deref(),
+        "workflow.resume",
+        &args.name,
+        json!({"reauthorize": args.reauthorize}),
+    )?;
     println!(
-        "workflow {} resumed; held events are delivered by `xmbridge workflow run`",
+        "workflow {} resumed; held events are delivered by `xmbridge workflow run` or `xmbridge serve`",
         args.name
     );
     Ok(())
@@ -162,8 +176,15 @@ pub fn replay(args: ReplayArgs, sources: &Sources, registry: &Registry) -> anyho
         (None, false) => return Err(usage("say what to replay: --event ID or --all")),
     };
     control::check_replayable(&args.name, sources, registry)?;
-    let (_, _, store) = open_store()?;
+    let (home, _, store) = open_store()?;
     let n = control::replay(&store, &args.name, which)?;
+    audit_control(
+        &home,
+        None,
+        "workflow.replay",
+        &args.name,
+        json!({"event": args.event, "all": args.all, "replayed": n}),
+    )?;
     match (which, n) {
         (Replay::Event(id), 0) => {
             println!("event {id} is not in the dead letter; nothing to replay")
@@ -174,6 +195,21 @@ pub fn replay(args: ReplayArgs, sources: &Sources, registry: &Registry) -> anyho
         ),
     }
     Ok(())
+}
+
+/// Writes a workflow control done from the CLI to the audit log, under the operator (and the
+/// user named with `--as`), as the API writes its own; an installation without users has none.
+fn audit_control(
+    home: &Home,
+    on_behalf_of: Option<&str>,
+    action: &str,
+    workflow: &str,
+    detail: Value,
+) -> anyhow::Result<()> {
+    match super::user::existing_users(home)? {
+        Some(users) => super::user::audit(&users, on_behalf_of, action, workflow, detail),
+        None => Ok(()),
+    }
 }
 
 pub fn status(args: StatusArgs, sources: &Sources, registry: &Registry) -> anyhow::Result<()> {

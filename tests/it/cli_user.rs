@@ -636,6 +636,63 @@ async fn workflow_ownership_changes_only_by_its_owner_or_an_admin() {
     ])
     .await;
 
+    let binding = |st: Value| {
+        (
+            st["binding_valid"].as_bool().unwrap(),
+            st["creator"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    let status = || inst.json(&["workflow", "status", "detractors", "--json"]);
+    assert_eq!(
+        binding(status().await),
+        (true, "kim".into()),
+        "same meaning: no edit"
+    );
+    // A collaborator's edit that changes the meaning drops kim's binding, recorded under sam
+    // at once (not under whoever starts the next runner), until kim re-authorizes.
+    let edited = inst.file(
+        "by-kim-edited.toml",
+        &workflow_toml("kim").replace("<= 6", "<= 4"),
+    );
+    let out = inst
+        .ok(&[
+            "workflow",
+            "add",
+            "--file",
+            edited.to_str().unwrap(),
+            "--replace",
+            "--as",
+            "sam",
+        ])
+        .await;
+    assert!(
+        out.contains("binding is dropped until the owner re-authorizes"),
+        "{out}"
+    );
+    let st = status().await;
+    assert_eq!(binding(st.clone()), (false, "kim".into()), "{st}");
+    assert_eq!(st["last_editor"], "sam");
+    inst.run(&[
+        "workflow",
+        "resume",
+        "detractors",
+        "--reauthorize",
+        "--as",
+        "sam",
+    ])
+    .await
+    .fails(2, "only the workflow's owner kim can re-authorize");
+    inst.ok(&[
+        "workflow",
+        "resume",
+        "detractors",
+        "--reauthorize",
+        "--as",
+        "kim",
+    ])
+    .await;
+    assert_eq!(binding(status().await), (true, "kim".into()));
+
     // transfer: not by a member who does not own it, nor to an unknown user.
     inst.run(&[
         "workflow",
@@ -675,8 +732,24 @@ async fn workflow_ownership_changes_only_by_its_owner_or_an_admin() {
         ])
         .await;
     assert!(out.contains("now belongs to sam (was kim)"), "{out}");
+    // The binding follows the owner: sam's credentials now, which sam has not confirmed.
+    assert!(
+        out.contains("dropped until sam re-authorizes: xmbridge workflow resume detractors --reauthorize --as sam"),
+        "{out}"
+    );
     let list = inst.json(&["workflow", "list", "--json"]).await;
     assert_eq!(list[0]["owner"], "sam");
+    assert_eq!(binding(status().await), (false, "sam".into()));
+    inst.ok(&[
+        "workflow",
+        "resume",
+        "detractors",
+        "--reauthorize",
+        "--as",
+        "sam",
+    ])
+    .await;
+    assert_eq!(binding(status().await), (true, "sam".into()));
     // By an admin, who may also take it through an edit.
     inst.ok(&[
         "workflow",

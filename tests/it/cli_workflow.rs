@@ -48,11 +48,31 @@ async fn add_list_show_remove_from_file_and_template() {
     i.run(&["workflow", "add", "--file", f.to_str().unwrap()])
         .await
         .expect(2, &["already exists", "pass --replace"]);
+    // The same meaning saved again by bob changes nothing, so nothing is dropped.
+    let same = i
+        .run(&[
+            "workflow",
+            "add",
+            "--file",
+            f.to_str().unwrap(),
+            "--replace",
+            "--as",
+            "bob",
+        ])
+        .await;
+    same.expect(0, &["replaced workflow \"detractors\""]);
+    assert!(!same.stdout().contains("binding"), "{}", same.stdout());
+    let changed = i.file(
+        "detractors-2.toml",
+        &DETRACTORS
+            .replace("SURVEY", "SV_abc")
+            .replace("urgency = \"'2'\"", "urgency = \"'1'\""),
+    );
     i.run(&[
         "workflow",
         "add",
         "--file",
-        f.to_str().unwrap(),
+        changed.to_str().unwrap(),
         "--replace",
         "--as",
         "bob",
@@ -63,6 +83,7 @@ async fn add_list_show_remove_from_file_and_template() {
         &[
             "replaced workflow \"detractors\"",
             "bob is not the owner (alice)",
+            "xmbridge workflow resume detractors --reauthorize --as alice",
         ],
     );
 

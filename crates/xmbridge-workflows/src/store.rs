@@ -483,6 +483,29 @@ pub trait Store: Send + Sync + 'static {
         editor: Option<&str>,
         owner: &str,
     ) -> Result<WorkflowState, StoreError>;
+    /// Records a definition just saved by `editor` (`workflow add`): a new one's creator is its
+    /// owner; replacing one that `previous_owner` owned is an edit when its meaning changed
+    /// (dropping the binding unless the editor is the owner whose credentials it uses) and a
+    /// transfer when the owner changed. The fingerprint is stored, so the next runner to start
+    /// does not count the same edit again under another name. Returns the new state.
+    fn note_saved(
+        &self,
+        workflow: &str,
+        fingerprint: &str,
+        previous_owner: Option<&str>,
+        owner: &str,
+        editor: Option<&str>,
+    ) -> Result<WorkflowState, StoreError>;
+    /// Records that the workflow passed from `from` to `owner` (a transfer), done by `by`. The
+    /// binding follows the owner: the new owner becomes the one whose re-authorization restores
+    /// it, and it is dropped unless `by` is the new owner. Returns the new state.
+    fn note_owner(
+        &self,
+        workflow: &str,
+        from: &str,
+        owner: &str,
+        by: Option<&str>,
+    ) -> Result<WorkflowState, StoreError>;
     /// Re-establishes the credential binding (re-authorization).
     fn rebind(&self, workflow: &str) -> Result<(), StoreError>;
     /// Workflows whose binding is dropped.
@@ -903,6 +926,27 @@ impl SqliteStore {
             .optional()
             .map_err(|e| self.db(e))?;
         Ok(Enqueued::Duplicate(existing.unwrap_or(id)))
+    }
+
+    /// Moves the recorded creator to `owner` when it was someone else, dropping the binding
+    /// unless `by` is the new owner. A workflow never seen before just gets its creator.
+    fn change_owner(
+        conn: &Connection,
+        workflow: &str,
+        owner: &str,
+        by: Option<&str>,
+    ) -> rusqlite::Result<()> {
+        conn.execute(
+            "UPDATE wf_workflow_state SET
+                 binding_valid = CASE WHEN creator IS NULL OR ?3 = ?2 THEN binding_valid
+                                      ELSE 0 END,
+                 last_editor = CASE WHEN creator IS NULL THEN last_editor
+                                    ELSE COALESCE(?3, last_editor) END,
+                 creator = ?2
+             WHERE workflow = ?1 AND (creator IS NULL OR creator <> ?2)",
+            params![workflow, owner, by],
+        )?;
+        Ok(())
     }
 
     fn ensure_state_row(conn: &Connection, workflow: &str) -> rusqlite::Result<()> {
@@ -1397,6 +1441,76 @@ impl Store for SqliteStore {
         self.workflow_state(workflow)
     }
 
+    fn note_saved(
+        &self,
+        workflow: &str,
+        fingerprint: &str,
+        previous_owner: Option<&str>,
+        owner: &str,
+        editor: Option<&str>,
+    ) -> Result<WorkflowState, StoreError> {
+        {
+            let mut conn = self.conn.lock();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| self.db(e))?;
+            Self::ensure_state_row(&tx, workflow).map_err(|e| self.db(e))?;
+            tx.execute(
+                "UPDATE wf_workflow_state SET creator = ?2 WHERE workflow = ?1 AND creator IS NULL",
+                params![workflow, previous_owner.unwrap_or(owner)],
+            )
+            .map_err(|e| self.db(e))?;
+            Self::change_owner(&tx, workflow, owner, editor).map_err(|e| self.db(e))?;
+            let old: Option<String> = tx
+                .query_row(
+                    "SELECT fingerprint FROM wf_workflow_state WHERE workflow = ?1",
+                    [workflow],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.db(e))?;
+            if previous_owner.is_some()
+                && old.as_deref() != Some(fingerprint)
+                && let Some(editor) = editor
+            {
+                tx.execute(
+                    "UPDATE wf_workflow_state SET last_editor = ?2,
+                         binding_valid = CASE WHEN creator = ?2 THEN binding_valid ELSE 0 END
+                     WHERE workflow = ?1",
+                    params![workflow, editor],
+                )
+                .map_err(|e| self.db(e))?;
+            }
+            tx.execute(
+                "UPDATE wf_workflow_state SET fingerprint = ?2 WHERE workflow = ?1",
+                params![workflow, fingerprint],
+            )
+            .map_err(|e| self.db(e))?;
+            tx.commit().map_err(|e| self.db(e))?;
+        }
+        self.workflow_state(workflow)
+    }
+
+    fn note_owner(
+        &self,
+        workflow: &str,
+        from: &str,
+        owner: &str,
+        by: Option<&str>,
+    ) -> Result<WorkflowState, StoreError> {
+        {
+            let conn = self.conn.lock();
+            Self::ensure_state_row(&conn, workflow).map_err(|e| self.db(e))?;
+            // Not seen by a runner yet: its creator is the owner it had until now.
+            conn.execute(
+                "UPDATE wf_workflow_state SET creator = ?2 WHERE workflow = ?1 AND creator IS NULL",
+                params![workflow, from],
+            )
+            .map_err(|e| self.db(e))?;
+            Self::change_owner(&conn, workflow, owner, by).map_err(|e| self.db(e))?;
+        }
+        self.workflow_state(workflow)
+    }
+
     fn note_definition(
         &self,
         workflow: &str,
@@ -1410,6 +1524,9 @@ impl Store for SqliteStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| self.db(e))?;
             Self::ensure_state_row(&tx, workflow).map_err(|e| self.db(e))?;
+            // An owner changed in the file since the last start is a transfer (the CLI records
+            // its own at once; this catches an edit made by hand).
+            Self::change_owner(&tx, workflow, owner, editor).map_err(|e| self.db(e))?;
             let old: Option<String> = tx
                 .query_row(
                     "SELECT fingerprint FROM wf_workflow_state WHERE workflow = ?1",
@@ -1804,6 +1921,82 @@ mod tests {
         let st = s.note_definition("wf", "v4", Some("sam"), "pat").unwrap();
         assert!(!st.binding_valid);
         assert_eq!(st.last_editor.as_deref(), Some("sam"));
+    }
+
+    #[test]
+    fn a_new_owner_holds_the_binding_and_must_confirm_it() {
+        let (_d, s) = store();
+        s.note_definition("wf", "v1", Some("pat"), "pat").unwrap();
+        // pat gives it to sam: sam has not confirmed, so the binding is dropped and sam's
+        // re-authorization is the one that counts from now on.
+        let st = s.note_owner("wf", "pat", "sam", Some("pat")).unwrap();
+        assert_eq!(st.creator.as_deref(), Some("sam"));
+        assert!(!st.binding_valid);
+        assert_eq!(st.last_editor.as_deref(), Some("pat"));
+        s.rebind("wf").unwrap();
+        // The same start-up definition (owner sam) is no second transfer.
+        assert!(
+            s.note_definition("wf", "v1", None, "sam")
+                .unwrap()
+                .binding_valid
+        );
+        // sam's own edit keeps it; pat's edit now is a collaborator's.
+        assert!(
+            s.note_definition("wf", "v2", Some("sam"), "sam")
+                .unwrap()
+                .binding_valid
+        );
+        assert!(
+            !s.note_definition("wf", "v3", Some("pat"), "sam")
+                .unwrap()
+                .binding_valid
+        );
+        s.rebind("wf").unwrap();
+        // An owner changed by hand in the file is a transfer too; taken by the new owner
+        // themself, the binding stays.
+        let st = s.note_definition("wf", "v4", Some("lee"), "lee").unwrap();
+        assert_eq!(st.creator.as_deref(), Some("lee"));
+        assert!(st.binding_valid, "{st:?}");
+        let st = s.note_definition("wf", "v5", None, "kim").unwrap();
+        assert_eq!(st.creator.as_deref(), Some("kim"));
+        assert!(!st.binding_valid, "nobody confirmed for kim: {st:?}");
+        // A workflow no runner has seen yet is transferred all the same.
+        let st = s.note_owner("new", "pat", "sam", Some("pat")).unwrap();
+        assert_eq!(st.creator.as_deref(), Some("sam"));
+        assert!(!st.binding_valid);
+    }
+
+    #[test]
+    fn a_saved_edit_counts_once_under_its_editor() {
+        let (_d, s) = store();
+        let st = s.note_saved("wf", "v2:1", None, "pat", Some("op")).unwrap();
+        assert_eq!(st.creator.as_deref(), Some("pat"));
+        assert!(st.binding_valid, "a new workflow is no edit");
+        // Replaced by a collaborator before any runner saw it: an edit all the same.
+        let st = s
+            .note_saved("wf", "v2:2", Some("pat"), "pat", Some("sam"))
+            .unwrap();
+        assert!(!st.binding_valid);
+        assert_eq!(st.last_editor.as_deref(), Some("sam"));
+        s.rebind("wf").unwrap();
+        // A runner started by someone else sees the fingerprint already recorded: no new edit.
+        assert!(
+            s.note_definition("wf", "v2:2", Some("kim"), "pat")
+                .unwrap()
+                .binding_valid
+        );
+        // The owner saving the same meaning again, or a new meaning, keeps the binding.
+        assert!(
+            s.note_saved("wf", "v2:3", Some("pat"), "pat", Some("pat"))
+                .unwrap()
+                .binding_valid
+        );
+        // An admin's replace that names a new owner is a transfer to them.
+        let st = s
+            .note_saved("wf", "v2:4", Some("pat"), "lee", Some("lee"))
+            .unwrap();
+        assert_eq!(st.creator.as_deref(), Some("lee"));
+        assert!(st.binding_valid, "{st:?}");
     }
 
     #[test]
