@@ -127,11 +127,26 @@ fn main() -> ExitCode {
                 .map(|u| u as &dyn std::fmt::Display)
                 .or(runtime_usage)
             {
+                // Each of these says what was wrong and what to do; `--help` would add nothing.
                 eprintln!("error: {usage}");
-                eprintln!("\nFor more information, try '--help'.");
                 return ExitCode::from(2);
             }
             eprintln!("error: {}", error_chain(&e));
+            // A destination URL or setting that cannot work is bad configuration (exit 2, as
+            // the README promises), unlike one that cannot be reached now (exit 1).
+            let bad_destination = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<xmbridge_destinations::DestError>(),
+                    Some(
+                        xmbridge_destinations::DestError::UnknownScheme { .. }
+                            | xmbridge_destinations::DestError::Settings(_)
+                            | xmbridge_destinations::DestError::UrlOption(_)
+                    )
+                )
+            });
+            if bad_destination {
+                return ExitCode::from(2);
+            }
             let busy = e.chain().any(|c| {
                 matches!(
                     c.downcast_ref::<xmbridge_destinations::DestError>(),

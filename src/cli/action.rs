@@ -1,15 +1,22 @@
-//! `xmbridge action list|NAME`: every Qualtrics action as a plain command, JSON out.
+//! `xmbridge action list|NAME`: every action as a plain command, JSON out.
 //!
-//! Turns `--input k=v` / `--inputs-json` into the action's JSON inputs, runs the action on the
-//! stored connection through `xmbridge_runtime::action` (which opens it like `xmbridge sync`
-//! does) and prints its result. The actions themselves (calls, idempotency, error classes) live in that crate.
+//! Turns `--input k=v` / `--inputs-json` into the action's JSON inputs, runs the action through
+//! `xmbridge_runtime::action` (a Qualtrics action on a stored connection, opened as `xmbridge
+//! sync` opens it; a Salesforce or ServiceNow action with a linked account, as a workflow step
+//! runs it) and prints its result. The actions themselves (calls, idempotency, error classes)
+//! live in `xmbridge-actions`.
+
+use std::sync::Arc;
 
 use super::usage;
 use anyhow::anyhow;
 use clap::Args;
 use serde_json::{Map, Value, json};
 use xmbridge_actions::{ActionRequest, Inputs, Registry, System};
-use xmbridge_runtime::action::{ActionRunError, choose_qualtrics_connection, run_qualtrics_action};
+use xmbridge_runtime::action::{
+    ActionRunError, choose_qualtrics_connection, run_account_action, run_qualtrics_action,
+};
+use xmbridge_workflows::store::SqliteStore;
 
 #[derive(Args, Debug)]
 pub struct ActionArgs {
@@ -18,9 +25,15 @@ pub struct ActionArgs {
     /// With `list`: print the actions as JSON (name, system, title, category, inputs).
     #[arg(long)]
     pub json: bool,
-    /// The Qualtrics connection to use (default: the only one stored).
+    /// The Qualtrics connection a Qualtrics action uses (default: the only one stored).
     #[arg(long)]
     pub connection: Option<String>,
+    /// The linked account a Salesforce or ServiceNow action uses (default: the acting user's
+    /// only account of that system); the user must own it or have been granted it.
+    #[arg(long, value_name = "NAME")]
+    pub account: Option<String>,
+    #[command(flatten)]
+    pub user: super::account::AsUser,
     /// An input as KEY=VALUE (repeatable). Dotted keys build objects:
     /// `embeddedData.tier=gold` → {"embeddedData":{"tier":"gold"}}.
     #[arg(long = "input", value_name = "KEY=VALUE")]
@@ -68,6 +81,9 @@ over it (`--inputs-json @FILE` reads it from a file: use that for secrets such a
   xmbridge action look-up-contacts-stream --input limit=500 --directory POOL_xxxxxxxxxxxxxxx
   xmbridge action create-distribution --inputs-json '{\"survey_id\":\"SV_…\",\"mailing_list_id\":\"CG_…\",
       \"message_text\":\"Tell us\",\"from_email\":\"noreply@example.com\",\"from_name\":\"Acme\",\"subject\":\"How did we do?\"}'
+  # Salesforce and ServiceNow actions run with a linked account the user owns or was granted:
+  xmbridge action salesforce.query --account sf-prod --as pat --input soql='SELECT Id FROM Contact LIMIT 5'
+  xmbridge action servicenow.create-incident --account snow --input short_description='Printer on fire'
 
 The result is printed as JSON on stdout; errors go to stderr (exit 1; bad inputs exit 2).",
     );
@@ -206,16 +222,51 @@ pub async fn run(args: ActionArgs) -> anyhow::Result<()> {
     let action = reg
         .find(&args.name)
         .map_err(|_| {
-            usage(format!(
-                "no action '{}'; see `xmbridge action list`",
-                args.name
-            ))
+            // Compared without dashes and dots: `lookup-contact` is near `look-up-contact-…`.
+            let plain = |s: &str| -> String {
+                s.chars()
+                    .filter(|c| c.is_alphanumeric())
+                    .flat_map(char::to_lowercase)
+                    .collect()
+            };
+            let names: Vec<(String, &str)> = reg
+                .iter()
+                .map(|a| (plain(a.spec().name), a.spec().name))
+                .collect();
+            let close: Vec<&str> = xmbridge_workflows::expr::close_matches(
+                &plain(&args.name),
+                names.iter().map(|(p, _)| p.as_str()),
+                3,
+            )
+            .into_iter()
+            .filter_map(|p| names.iter().find(|(q, _)| q == p).map(|(_, n)| *n))
+            .collect();
+            usage(if close.is_empty() {
+                format!("no action '{}'; see `xmbridge action list`", args.name)
+            } else {
+                format!(
+                    "no action '{}'; did you mean {}? (`xmbridge action list` shows them all)",
+                    args.name,
+                    close
+                        .iter()
+                        .map(|n| format!("'{n}'"))
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                )
+            })
         })?
         .clone();
     let spec = action.spec();
-    if spec.system != System::Qualtrics {
+    let qualtrics = spec.system == System::Qualtrics;
+    if qualtrics && args.account.is_some() {
         return Err(usage(format!(
-            "{} is a {} action; `xmbridge action` runs Qualtrics actions (the others run as workflow steps)",
+            "{} is a Qualtrics action: it runs on a connection (--connection NAME), not a linked account",
+            spec.name
+        )));
+    }
+    if !qualtrics && (args.connection.is_some() || args.directory.is_some()) {
+        return Err(usage(format!(
+            "{} is a {} action: it runs with a linked account (--account NAME), not a Qualtrics connection",
             spec.name, spec.system
         )));
     }
@@ -234,12 +285,27 @@ pub async fn run(args: ActionArgs) -> anyhow::Result<()> {
     xmbridge_actions::check_inputs(spec, &inputs).map_err(|e| usage(e.to_string()))?;
 
     let (home, vault) = super::connection::open_vault()?;
-    let name = choose_qualtrics_connection(&home, &vault, args.connection.as_deref())?;
     let request = ActionRequest {
         inputs,
         delivery_key: args.delivery_key,
     };
-    match run_qualtrics_action(&vault, &name, args.directory, action.as_ref(), request).await {
+    let outcome = if qualtrics {
+        let name = choose_qualtrics_connection(&home, &vault, args.connection.as_deref())?;
+        run_qualtrics_action(&vault, &name, args.directory, action.as_ref(), request).await
+    } else {
+        let user = args.user.resolve()?;
+        let store = Arc::new(SqliteStore::open(home.state_db())?);
+        run_account_action(
+            &vault,
+            store,
+            &user,
+            args.account.as_deref(),
+            action.as_ref(),
+            request,
+        )
+        .await
+    };
+    match outcome {
         Ok(v) => {
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())

@@ -246,3 +246,123 @@ async fn missing_connections_are_named() {
     i.ok(&["action", "look-up-surveys", "--connection", "other"])
         .await;
 }
+
+/// `xmbridge action` listed the Salesforce and ServiceNow actions and then refused to run them.
+/// They run with a linked account the acting user owns or was granted (the rule a workflow step
+/// follows); someone else's private account is refused with a fix that can work.
+#[tokio::test]
+async fn servicenow_actions_run_with_a_linked_account_the_user_may_use() {
+    use serde_json::{Value, json};
+    let i = support::install();
+    let sn =
+        xmbridge_test_kit::sim::servicenow(xmbridge_sim::servicenow::SnConfig::default()).await;
+    let creds: Value = reqwest::get(format!("{}/_sim/credentials", sn.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let user = creds["integration_user"].as_str().unwrap();
+    let password = creds["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user_name"] == json!(user))
+        .unwrap()["password"]
+        .as_str()
+        .unwrap();
+    let pw = i.path("sn.pw");
+    std::fs::write(&pw, password).unwrap();
+    i.ok(&[
+        "account",
+        "link",
+        "sn-pat",
+        "--servicenow",
+        "--instance-url",
+        &sn.base_url,
+        "--basic-user",
+        user,
+        "--password-file",
+        pw.to_str().unwrap(),
+        "--as",
+        "pat",
+    ])
+    .await;
+
+    let incident = |who: &'static str, account: Option<&'static str>| {
+        let mut args = vec![
+            "action",
+            "servicenow.create-incident",
+            "--as",
+            who,
+            "--input",
+            "short_description=Printer on fire",
+            "--delivery-key",
+            "act-1",
+        ];
+        if let Some(a) = account {
+            args.extend_from_slice(&["--account", a]);
+        }
+        args
+    };
+    let first = i.json(&incident("pat", Some("sn-pat"))).await;
+    let sys_id = first["sys_id"].as_str().expect("a sys_id").to_string();
+    // The user's only ServiceNow account is used without --account; the delivery key finds the
+    // incident the first run created.
+    let again = i.json(&incident("pat", None)).await;
+    assert_eq!(again["sys_id"], json!(sys_id), "{again}");
+    let rows: Value = reqwest::get(format!("{}/_sim/tables/incident", sn.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fired: Vec<&Value> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["short_description"] == "Printer on fire")
+        .collect();
+    assert_eq!(fired.len(), 1, "{rows}");
+
+    // sam may not use pat's private account: the fix does not suggest sharing it (private
+    // accounts cannot be shared) but what can work.
+    let out = i.run(&incident("sam", Some("sn-pat"))).await;
+    out.fails(2, "it is pat's private account, which cannot be shared");
+    let err = out.stderr();
+    assert!(!err.contains("account share"), "{err}");
+    assert!(err.contains("--as sam"), "{err}");
+    assert!(err.contains("workflow transfer WORKFLOW --to pat"), "{err}");
+    i.run(&incident("sam", None))
+        .await
+        .fails(2, "user sam has no linked servicenow account");
+    // A ServiceNow action takes an account, not a Qualtrics connection, and the other way round.
+    i.run(&[
+        "action",
+        "servicenow.create-incident",
+        "--connection",
+        "acme",
+        "--input",
+        "short_description=x",
+    ])
+    .await
+    .fails(2, "runs with a linked account (--account NAME)");
+    i.run(&["action", "look-up-surveys", "--account", "sn-pat"])
+        .await
+        .fails(2, "runs on a connection (--connection NAME)");
+}
+
+/// A mistyped action name gets a suggestion, and an error that says its own fix is not followed
+/// by clap's "try '--help'".
+#[tokio::test]
+async fn a_mistyped_action_gets_a_suggestion_and_no_help_footer() {
+    let i = support::install();
+    let out = i.run(&["action", "look-up-survey"]).await;
+    out.fails(
+        2,
+        "no action 'look-up-survey'; did you mean 'look-up-surveys'?",
+    );
+    assert!(!out.stderr().contains("--help"), "{}", out.stderr());
+    let out = i.run(&["action", "lookup-contact-by-email"]).await;
+    out.fails(2, "did you mean 'look-up-contact-by-email'");
+}

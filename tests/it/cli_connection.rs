@@ -1189,3 +1189,33 @@ async fn new_state_files_are_private_whatever_the_umask() {
         "{names:?}"
     );
 }
+
+/// A wrong API token used to get six sentences about OAuth clients and data centers: the
+/// message says the token was refused and where the current one is found.
+#[tokio::test]
+async fn a_refused_api_token_says_so_without_oauth_advice() {
+    let h = sim(small()).await;
+    let i = support::install();
+    let tf = i.file("token", "not-the-token\n");
+    i.ok(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "acme",
+        "--url",
+        &h.base_url,
+        "--api-token-file",
+        tf.to_str().unwrap(),
+    ])
+    .await;
+    let r = i.run(&["connection", "test", "acme"]).await;
+    r.fails(1, "Qualtrics refused the API token");
+    let err = r.stderr();
+    assert!(
+        err.contains("Account Settings > Qualtrics IDs > API"),
+        "{err}"
+    );
+    assert!(!err.contains("OAuth"), "{err}");
+    assert!(!err.contains("data center that issued"), "{err}");
+    assert!(!err.contains("not-the-token"), "{err}");
+}

@@ -1127,3 +1127,26 @@ async fn postgres_password_sources_authenticate_in_order() {
         assert!(!text.contains(&encoded), "the password leaked: {text}");
     }
 }
+
+/// A destination URL that cannot work is bad configuration: exit 2 (as the README promises),
+/// not 1, and nothing is synced.
+#[tokio::test]
+async fn an_unknown_destination_scheme_or_option_exits_2() {
+    let h = sim(0).await;
+    let e = Env::new();
+    e.inst.connect(&h, "acme").await;
+    let db = e.path("q.db");
+    for (dest, says) in [
+        (
+            "mysql://root@127.0.0.1/test".to_string(),
+            "unknown destination",
+        ),
+        (format!("sqlite:{}?max_size=5", db.display()), "max_size"),
+    ] {
+        let out = e.run(&["sync", "acme", "--destination", &dest], &[]).await;
+        let err = assert_fails(&out, 2, &dest);
+        assert!(err.contains(says), "{dest}: {err}");
+        assert!(!err.contains("--help"), "{dest}: {err}");
+    }
+    assert!(!db.exists(), "nothing was created");
+}

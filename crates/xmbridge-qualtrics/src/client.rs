@@ -78,7 +78,11 @@ impl Auth {
 
     /// Whether a 401 may be cured by fetching a fresh token.
     fn can_refresh(&self) -> bool {
-        matches!(self, Auth::TokenSource(_))
+        match self {
+            Auth::ApiToken(_) => false,
+            // A fixed token behind the token-source interface (an API token) cannot be renewed.
+            Auth::TokenSource(s) => s.can_refresh(),
+        }
     }
 
     /// The 401 rule shared by every client: true when the call should be sent once more
@@ -644,7 +648,7 @@ impl Client {
             )
         } else {
             format!(
-                "Check the API token (Qualtrics: Account Settings > Qualtrics IDs; generating a new token invalidates the old one) and that {} is your account's host.",
+                "The token is wrong or was replaced: copy the current one from Qualtrics (Account Settings > Qualtrics IDs > API; generating a new one invalidates the old), store it with the connection, and check that {} is your account's host.",
                 base.host()
             )
         };

@@ -1,12 +1,16 @@
-//! One Qualtrics action run on a stored connection, as `xmbridge action` runs it: the connection
-//! chosen (the named one, or the only one stored), its client put into the action's context the
-//! one way workflows do, and the action's refusal of its inputs reported as the caller's mistake.
+//! One action run as `xmbridge action` runs it: a Qualtrics action on a stored connection (the
+//! named one, or the only one stored), a Salesforce or ServiceNow action with a linked account
+//! the acting user owns or was granted (resolved by the rule workflow steps follow). The
+//! clients go into the action's context the one way workflows put them there, and the action's
+//! refusal of its inputs is reported as the caller's mistake.
 
 use std::sync::Arc;
 
 use serde_json::Value;
 use xmbridge_actions::{Action, ActionContext, ActionError, ActionRequest};
 use xmbridge_vault::{Home, Vault};
+use xmbridge_workflows::accounts::{AccountError, Accounts};
+use xmbridge_workflows::store::{SqliteStore, Store, StoreError};
 
 use crate::connection::{connect, qualtrics_connections};
 use crate::{Result, RuntimeError};
@@ -61,6 +65,56 @@ pub async fn run_qualtrics_action(
         e @ ActionError::BadInput { .. } => RuntimeError::usage(e.to_string()).into(),
         e => ActionRunError::Action(e),
     })
+}
+
+/// Runs the Salesforce or ServiceNow `action` with `request` as `user`, with the linked
+/// account `account` (else `user`'s only account of the action's system), under the rule a
+/// workflow step follows: the user owns the account or was granted it. A refused token marks
+/// the account expired, as a workflow's delivery does, so `account list` says so.
+pub async fn run_account_action(
+    vault: &Arc<Vault>,
+    store: Arc<SqliteStore>,
+    user: &str,
+    account: Option<&str>,
+    action: &dyn Action,
+    request: ActionRequest,
+) -> std::result::Result<Value, ActionRunError> {
+    let spec = action.spec();
+    let system = crate::systems::external(spec.system).ok_or_else(|| {
+        RuntimeError::usage(format!(
+            "{} is a {} action; it runs on a Qualtrics connection (--connection), not an account",
+            spec.name, spec.system
+        ))
+    })?;
+    let accounts = Accounts::new(store.clone(), vault.clone());
+    let row = accounts
+        .resolve(user, system.system.as_str(), account)
+        .map_err(|e| match e {
+            AccountError::Store(StoreError::NoSuchAccount { .. })
+            | AccountError::NotGranted { .. }
+            | AccountError::NoAccount { .. }
+            | AccountError::Ambiguous { .. } => RuntimeError::usage(e.to_string()),
+            e => RuntimeError::from(e),
+        })?;
+    if row.system != system.system.as_str() {
+        return Err(RuntimeError::usage(format!(
+            "account {} is a {} account; {} needs a {} account",
+            row.name, row.system, spec.name, system.system
+        ))
+        .into());
+    }
+    let ctx = crate::systems::account_context(vault, &row, spec).map_err(ActionRunError::Action)?;
+    match action.run(&ctx, request).await {
+        Ok(v) => Ok(v),
+        Err(e @ ActionError::BadInput { .. }) => Err(RuntimeError::usage(e.to_string()).into()),
+        Err(e @ ActionError::TokenExpired { .. }) => {
+            store
+                .set_token_ok(&row.name, false)
+                .map_err(RuntimeError::from)?;
+            Err(ActionRunError::Action(e))
+        }
+        Err(e) => Err(ActionRunError::Action(e)),
+    }
 }
 
 /// Why an action run on a stored connection did not answer.

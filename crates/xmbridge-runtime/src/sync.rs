@@ -20,7 +20,8 @@ pub async fn open_destination(
     xmbridge_destinations::open(settings, schema, compat)
         .await
         .map_err(|e| match e {
-            DestError::Settings(m) => RuntimeError::Usage(m),
+            DestError::Settings(m) | DestError::UrlOption(m) => RuntimeError::Usage(m),
+            e @ DestError::UnknownScheme { .. } => RuntimeError::Usage(e.to_string()),
             other => RuntimeError::Destination {
                 message: "cannot open the destination".into(),
                 source: Box::new(other),

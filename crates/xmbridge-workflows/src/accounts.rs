@@ -55,9 +55,7 @@ pub enum AccountError {
         owner: String,
     },
     /// A workflow's owner may not use the account its step names.
-    #[error(
-        "workflow owner {user} may not use account {account}: it belongs to {owner} and is not shared with {user}; ask {owner} to run `xmbridge account share {account} --with {user}`, or link an account as {user}"
-    )]
+    #[error("workflow owner {user} may not use account {account}: {}", not_granted_fix(user, account, owner, *brand))]
     NotGranted {
         /// The workflow's owner, who lacks the grant.
         user: String,
@@ -65,6 +63,8 @@ pub enum AccountError {
         account: String,
         /// The local user who owns the account.
         owner: String,
+        /// A brand account (shareable by an admin) rather than someone's private one.
+        brand: bool,
     },
     /// The workflow's owner has no usable account for the step's system.
     #[error(
@@ -147,6 +147,24 @@ fn provider(system: &str) -> Result<System, AccountError> {
         _ => Err(AccountError::UnknownSystem {
             system: system.to_string(),
         }),
+    }
+}
+
+/// What can work when `user` may not use `account`: a brand account can be shared with them by
+/// an admin; a private one cannot be shared at all, so they link their own, ask for a brand
+/// account, or hand the workflow to the account's owner.
+fn not_granted_fix(user: &str, account: &str, owner: &str, brand: bool) -> String {
+    let own = format!(
+        "link an account as {user} (`xmbridge account link NAME --salesforce|--servicenow … --as {user}`) and name it in the step"
+    );
+    if brand {
+        format!(
+            "it is a brand account of {owner} not shared with {user}; ask an admin to run `xmbridge account share {account} --with {user}`, or {own}"
+        )
+    } else {
+        format!(
+            "it is {owner}'s private account, which cannot be shared; {own}, ask an admin to link a brand account and share it with {user}, or give the workflow to {owner} (`xmbridge workflow transfer WORKFLOW --to {owner}`)"
+        )
     }
 }
 
@@ -316,6 +334,7 @@ impl Accounts {
                 user: user.to_string(),
                 account: name.to_string(),
                 owner: account.owner,
+                brand: account.brand,
             });
         }
         let mut candidates: Vec<AccountRow> = self

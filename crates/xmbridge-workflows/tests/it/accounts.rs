@@ -115,9 +115,25 @@ fn a_workflow_runs_only_with_accounts_its_owner_owns_or_was_granted() {
     let err = accounts
         .resolve("pat", "salesforce", Some("sf-sam"))
         .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "workflow owner pat may not use account sf-sam: it belongs to sam and is not shared with pat; ask sam to run `xmbridge account share sf-sam --with pat`, or link an account as pat"
+    // A private account cannot be shared: the fix names what can work instead.
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("workflow owner pat may not use account sf-sam: it is sam's private account, which cannot be shared; link an account as pat"),
+        "{msg}"
+    );
+    assert!(!msg.contains("account share"), "{msg}");
+    assert!(
+        msg.contains("xmbridge workflow transfer WORKFLOW --to sam"),
+        "{msg}"
+    );
+    // A brand account not shared with the user: an admin shares it.
+    let msg = accounts
+        .resolve("pat", "salesforce", Some("sf-brand"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("ask an admin to run `xmbridge account share sf-brand --with pat`"),
+        "{msg}"
     );
     accounts
         .share("sf-brand", "admin", &["pat".into()])
