@@ -325,10 +325,14 @@ async fn standard_mode_authorize_rotate_and_revoke() {
 
     // A revoked refresh token: "account token expired" with the command that re-authorizes.
     admin(&h, &web, "/_sim/tokens/revoke", json!({"all": true})).await;
-    i.run(&["connection", "test", "std"])
-        .await
-        .fails(1, "account token expired")
+    let r = i.run(&["connection", "test", "std"]).await;
+    r.fails(1, "account token expired")
         .fails(1, "xmbridge connection authorize std");
+    // One sentence ends once: no ").)." where wrapped messages meet.
+    let err = r.stderr();
+    for stutter in [").).", "..", ".)."] {
+        assert!(!err.contains(stutter), "{stutter:?} in: {err}");
+    }
 }
 
 fn start_authorize(i: &Install, name: &str) -> (Authorizing, String) {
@@ -818,6 +822,17 @@ async fn a_missing_scope_is_named() {
         "{}",
         r.stdout()
     );
+    // The users group is refused for the scope too: the report names the scope, not the
+    // user's role (the authorizing user is the brand administrator).
+    let users = r
+        .stdout()
+        .lines()
+        .find(|l| l.contains("skipped  users"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(users.contains("read:users"), "{}", r.stdout());
+    assert!(users.contains("OAuth token lacks a scope"), "{users}");
+    assert!(!users.contains("brand administrator"), "{users}");
 }
 
 /// Inputs that used to be saved and fail only at `connection test` (or never work) are refused

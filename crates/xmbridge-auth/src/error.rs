@@ -11,7 +11,9 @@
 pub enum AuthError {
     /// The refresh token was refused (`invalid_grant`): revoked, expired or rotated away.
     #[error(
-        "account token expired for connection '{connection}': the provider refused the refresh token ({detail}). Re-authorize with: {reauthorize}"
+        "account token expired for connection '{connection}': the provider refused the refresh token ({}). Re-authorize with: {reauthorize}",
+        // The provider's own sentence may end with a full stop; this one ends the sentence.
+        .detail.trim_end_matches('.')
     )]
     AccountTokenExpired {
         connection: String,

@@ -165,6 +165,13 @@ impl Capabilities {
 
 fn why_forbidden(group: &str, e: &Error) -> String {
     let server = e.api().map(|a| a.error_message.clone()).unwrap_or_default();
+    // A token without the scope is refused the same way as a user without the right; Qualtrics
+    // names the scope then, and the fix is the client's scopes, not the user's role.
+    if server.to_ascii_lowercase().contains("scope") {
+        return format!(
+            "the OAuth token lacks a scope this group needs: add it to the connection's scopes (`--scopes`) and to the OAuth client in Qualtrics, then authorize again (Qualtrics said: {server})"
+        );
+    }
     let fix = match group {
         "transaction batches" => {
             "needs the XM Directory permission \"Manage Directories\"; a brand administrator grants it under Admin → Users → permissions → Contacts"
