@@ -211,6 +211,12 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     if args.parallel == 0 {
         return Err(anyhow!(UsageError("--parallel must be at least 1".into())));
     }
+    // A bad table selection is refused before the destination is opened (or created).
+    xmbridge_sync::check_selection(&SyncOptions {
+        tables: args.tables.clone(),
+        ..SyncOptions::default()
+    })
+    .map_err(|e| anyhow!(UsageError(e.to_string())))?;
     let settings = destination_settings(&args.destination, args.password_file.as_deref())?;
     let connected = super::connection::connect(&args.connection)?;
     let compat: Compat = args.compat.into();

@@ -1150,3 +1150,35 @@ async fn an_unknown_destination_scheme_or_option_exits_2() {
     }
     assert!(!db.exists(), "nothing was created");
 }
+
+/// `ticket` used to be in the catalog, filled by no stream, and `--tables ticket` said "unknown
+/// table". It is refused with the reason; no table `ticket` is created by a full sync.
+#[tokio::test]
+async fn the_ticket_table_is_refused_with_the_reason_and_never_created() {
+    let h = sim(0).await;
+    let e = Env::new();
+    e.inst.connect(&h, "acme").await;
+    let db = e.path("q.db");
+    let url = format!("sqlite:{}", db.display());
+    let out = e
+        .run(
+            &["sync", "acme", "--destination", &url, "--tables", "ticket"],
+            &[],
+        )
+        .await;
+    let err = assert_fails(&out, 2, "--tables ticket");
+    assert!(err.contains("table \"ticket\" cannot be selected"), "{err}");
+    assert!(err.contains("describes no ticket export"), "{err}");
+    assert!(!err.contains("unknown table"), "{err}");
+    let out = e.run(&["sync", "acme", "--destination", &url], &[]).await;
+    assert_ok(&out, "a full sync");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let tickets: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name LIKE '%ticket%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tickets, 0, "no always-empty ticket table");
+}

@@ -463,7 +463,8 @@ async fn bad_destinations_are_clear_errors() {
     let i = support::install();
     i.connect(&h, "acme").await;
     let out = i.run(&["sync", "acme", "--destination", "mysql://x"]).await;
-    assert_eq!(out.status.code(), Some(1));
+    // Bad configuration: exit 2, as the README promises (it was 1).
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sqlite") && err.contains("postgres"), "{err}");
     let out = i
@@ -1592,7 +1593,7 @@ async fn sqlite_disk_full_fails_clearly_and_the_next_run_completes() {
             &format!("{}?cache=big", db.url()),
         ])
         .await;
-    assert_eq!(out.status.code(), Some(1), "an unknown option is refused");
+    assert_eq!(out.status.code(), Some(2), "an unknown option is bad configuration");
 
     i.ok(&["sync", "acme", "--destination", &db.url()]).await;
     let clean = Db::Sqlite(i.path("clean.db"));

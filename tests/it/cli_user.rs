@@ -456,6 +456,19 @@ async fn connection_set_refuses_bad_schedules_tables_and_destinations() {
     assert_eq!(code, 2);
     assert!(err.contains("unknown table \"surveys_typo\""), "{err}");
     assert!(err.contains("survey_response"), "{err}");
+    // `ticket` is in Fivetran's schema but no sync fills it: refused with the reason.
+    inst.run(&[
+        "connection",
+        "set",
+        "acme",
+        "--destination",
+        &sqlite,
+        "--tables",
+        "ticket",
+    ])
+    .await
+    .fails(2, "table \"ticket\" cannot be selected")
+    .fails(2, "describes no ticket export");
 
     inst.run(&["connection", "set", "acme", "--every", "1h"])
         .await

@@ -330,6 +330,13 @@ fn check_tables(tables: &[String]) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for t in tables {
         let t = t.trim();
+        if let Some(why) = xmbridge_qualtrics::capabilities::not_synced(t) {
+            return Err(invalid(
+                "table_not_synced",
+                format!("table {t:?} cannot be selected"),
+                why,
+            ));
+        }
         if !known.iter().any(|k| k == t) {
             return Err(invalid(
                 "unknown_table",

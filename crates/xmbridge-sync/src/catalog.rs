@@ -332,15 +332,6 @@ pub fn tables() -> Vec<TableSpec> {
             false,
             distribution_contact_cols,
         ),
-        t(
-            "ticket",
-            "id",
-            false,
-            "survey_response_id, source_id, closed_at ts, created_at ts, data json, \
-             first_time_entered json, first_time_left json, follow_up_details json, \
-             most_recent_time_entered json, most_recent_time_left json, name, owner_name, priority, \
-             root_cause, source_type, status, team_name, updated_at ts",
-        ),
     ]
 }
 
@@ -524,7 +515,6 @@ mod tests {
             &["contact_id", "contact_lookup_id", "distribution_id"],
             false,
         ),
-        ("ticket", &["id"], false),
     ];
 
     #[test]
@@ -565,7 +555,6 @@ mod tests {
         );
         assert_eq!(ty("survey", "is_active"), ColumnType::Bool);
         assert_eq!(ty("quota", "occurrences"), ColumnType::BigInt);
-        assert_eq!(ty("ticket", "data"), ColumnType::Json);
         assert_eq!(ty("distribution", "stats_sent"), ColumnType::Int);
         assert_eq!(ty("question_response", "<p>_id"), ColumnType::Text);
         assert_eq!(ty("question_response", "value"), ColumnType::Text);

@@ -563,6 +563,13 @@ impl Ctx<'_> {
     }
 }
 
+/// Checks the table selection of `opts` without syncing anything: an unknown table, or one no
+/// sync fills, is [`SyncError::Options`] with the reason. [`sync`] makes the same check; callers
+/// make it first so a bad selection is refused before a destination is opened or created.
+pub fn check_selection(opts: &SyncOptions) -> Result<(), SyncError> {
+    selected_groups(opts).map(|_| ())
+}
+
 /// Which groups a table selection runs.
 fn selected_groups(opts: &SyncOptions) -> Result<Vec<&'static str>, SyncError> {
     let Some(wanted) = &opts.tables else {
@@ -570,6 +577,11 @@ fn selected_groups(opts: &SyncOptions) -> Result<Vec<&'static str>, SyncError> {
     };
     let mut groups = Vec::new();
     for t in wanted {
+        if let Some(why) = xmbridge_qualtrics::capabilities::not_synced(t) {
+            return Err(SyncError::Options(format!(
+                "table {t:?} cannot be selected: {why}"
+            )));
+        }
         let Some(g) = group_of_table(t) else {
             let known: Vec<&str> = TABLE_GROUPS
                 .iter()

@@ -20,7 +20,9 @@ pub mod observer;
 mod progress;
 mod streams;
 
-pub use engine::{Reloaded, Skipped, SyncError, SyncOptions, SyncSummary, TableCounts, sync};
+pub use engine::{
+    Reloaded, Skipped, SyncError, SyncOptions, SyncSummary, TableCounts, check_selection, sync,
+};
 pub use observer::{
     ExportKind, Observer, ObserverError, ResponseObserver, SeenBatch, SeenResponse,
 };
