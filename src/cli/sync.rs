@@ -130,14 +130,28 @@ impl Bars {
 
 impl Progress for Bars {
     fn stream_started(&self, stream: &str, total: Option<u64>) {
-        let bar = match total {
-            Some(n) => ProgressBar::new(n),
-            None => ProgressBar::no_length(),
+        // A bar and "done/total" only where the total is known; otherwise the count alone (an
+        // empty bar and "289/289" would say nothing true). Rates are whole units per second.
+        let (bar, template) = match total {
+            Some(n) => (
+                ProgressBar::new(n),
+                "{prefix:>28} {bar:30} {human_pos:>9}/{human_len:9} {rate:>10} {elapsed:>4}",
+            ),
+            None => (
+                ProgressBar::no_length(),
+                "{prefix:>28} {spinner:30} {human_pos:>9}           {rate:>10} {elapsed:>4}",
+            ),
         };
-        let style = ProgressStyle::with_template(
-            "{prefix:>28} {bar:30} {human_pos:>9}/{human_len:9} {per_sec:>12} {elapsed:>4}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let style = ProgressStyle::with_template(template)
+            .map(|s| {
+                s.with_key(
+                    "rate",
+                    |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{}/s", state.per_sec().round() as u64);
+                    },
+                )
+            })
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
         let bar = self
             .multi
             .add(bar.with_style(style).with_prefix(stream.to_string()));
@@ -253,6 +267,14 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
         .map_err(|e| with_cursor_fix(e, &args))?;
     print!("{summary}");
     println!();
+    // Each throttled call is retried quietly (DEBUG); the run says once how often it happened.
+    let throttled = connected.client.throttled();
+    if throttled > 0 {
+        println!(
+            "Qualtrics throttled {throttled} of {} calls (HTTP 429); each was retried after waiting (as long as Retry-After asked, else with backoff)",
+            connected.client.api_calls()
+        );
+    }
     if let Some(t) = trigger {
         let counts = t.counts();
         println!(

@@ -1593,7 +1593,11 @@ async fn sqlite_disk_full_fails_clearly_and_the_next_run_completes() {
             &format!("{}?cache=big", db.url()),
         ])
         .await;
-    assert_eq!(out.status.code(), Some(2), "an unknown option is bad configuration");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown option is bad configuration"
+    );
 
     i.ok(&["sync", "acme", "--destination", &db.url()]).await;
     let clean = Db::Sqlite(i.path("clean.db"));
@@ -1622,4 +1626,67 @@ async fn sqlite_disk_full_fails_clearly_and_the_next_run_completes() {
             b.len()
         );
     }
+}
+
+/// Without a terminal a sync used to write a line per commit and per survey, and a WARN per
+/// throttled retry (346 in one run). Now: one line per stream start and finish (a running stream
+/// adds at most one line per 10 s), and one summary of the throttling on stdout.
+#[tokio::test]
+async fn without_a_terminal_a_sync_logs_a_few_lines_and_sums_up_throttling() {
+    let h = sim(SimConfig {
+        surveys: 3,
+        responses: 30,
+        faults: xmbridge_sim::qualtrics::faults::FaultSettings {
+            error_rate: 0.05,
+            error_status: Some(429),
+            ..Default::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let i = support::install();
+    i.connect(&h, "acme").await;
+    let db = i.path("q.db");
+    let r = i
+        .run(&[
+            "sync",
+            "acme",
+            "--destination",
+            &format!("sqlite:{}", db.display()),
+        ])
+        .await;
+    r.ok();
+    let err = r.stderr();
+    assert!(!err.contains("WARN"), "no line per retry:\n{err}");
+    assert!(
+        !err.contains("responses:SV_"),
+        "per-survey lines are DEBUG:\n{err}"
+    );
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    let starts = lines
+        .iter()
+        .filter(|l| l.contains("stream started"))
+        .count();
+    let finishes = lines
+        .iter()
+        .filter(|l| l.contains("stream finished"))
+        .count();
+    assert_eq!(starts, finishes, "{err}");
+    assert!(
+        (7..=8).contains(&starts),
+        "one start per stream group:\n{err}"
+    );
+    assert_eq!(lines.len(), starts + finishes, "nothing else:\n{err}");
+    // The responses stream counts responses, not surveys: no "total=3" on it.
+    let responses = lines
+        .iter()
+        .find(|l| l.contains("stream started") && l.contains("stream=\"responses\""))
+        .unwrap();
+    assert!(!responses.contains("total="), "{responses}");
+    let out = r.stdout();
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("Qualtrics throttled "))
+        .unwrap_or_else(|| panic!("no throttling summary:\n{out}"));
+    assert!(summary.contains("calls (HTTP 429)"), "{summary}");
 }

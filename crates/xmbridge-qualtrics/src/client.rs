@@ -594,7 +594,9 @@ impl Client {
                                 .retry
                                 .delay(throttled, retry_after, &self.inner.jitter);
                         throttled += 1;
-                        tracing::warn!(
+                        // Routine under a rate limit: the caller reports the count
+                        // ([`Client::throttled`]) instead of a line per retry.
+                        tracing::debug!(
                             attempt = throttled,
                             delay_ms = delay.as_millis() as u64,
                             error = %err,

@@ -29,11 +29,16 @@ impl Progress for NoProgress {
 }
 
 /// Logs through `tracing` (target `xmbridge_sync::progress`) with structured fields `stream`,
-/// `total`, `done`, `elapsed_ms`, `per_s`: one line per start and finish, and one per commit.
+/// `total`, `done`, `elapsed_ms`, `per_s`. At INFO a stream gets one line when it starts, one
+/// when it finishes and, while it runs, at most one `progress` line per [`LOG_EVERY`]; the
+/// per-survey streams (`responses:{survey_id}`) and every commit are DEBUG.
 #[derive(Debug, Default)]
 pub struct LogProgress {
     counters: Counters,
 }
+
+/// How often a running stream logs its progress at INFO.
+pub const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl LogProgress {
     /// A logger with zeroed counters.
@@ -42,23 +47,40 @@ impl LogProgress {
     }
 }
 
+/// A per-survey stream (`responses:SV_…`), detail of its group's stream.
+fn is_detail(stream: &str) -> bool {
+    stream.contains(':')
+}
+
 impl Progress for LogProgress {
     fn stream_started(&self, stream: &str, total: Option<u64>) {
         self.counters.start(stream);
-        tracing::info!(target: "xmbridge_sync::progress", stream, total, "stream started");
+        if is_detail(stream) {
+            tracing::debug!(target: "xmbridge_sync::progress", stream, total, "stream started");
+        } else {
+            tracing::info!(target: "xmbridge_sync::progress", stream, total, "stream started");
+        }
     }
 
     fn advanced(&self, stream: &str, n: u64) {
-        let (done, elapsed) = self.counters.add(stream, n);
+        let (done, elapsed, due) = self.counters.add(stream, n, LOG_EVERY);
         let per_s = rate(done, elapsed);
-        tracing::info!(target: "xmbridge_sync::progress", stream, n, done, per_s, "progress");
+        if due && !is_detail(stream) {
+            tracing::info!(target: "xmbridge_sync::progress", stream, done, per_s, "progress");
+        } else {
+            tracing::debug!(target: "xmbridge_sync::progress", stream, n, done, per_s, "progress");
+        }
     }
 
     fn stream_finished(&self, stream: &str) {
         let (done, elapsed) = self.counters.finish(stream);
         let elapsed_ms = elapsed.as_millis() as u64;
         let per_s = rate(done, elapsed);
-        tracing::info!(target: "xmbridge_sync::progress", stream, done, elapsed_ms, per_s, "stream finished");
+        if is_detail(stream) {
+            tracing::debug!(target: "xmbridge_sync::progress", stream, done, elapsed_ms, per_s, "stream finished");
+        } else {
+            tracing::info!(target: "xmbridge_sync::progress", stream, done, elapsed_ms, per_s, "stream finished");
+        }
     }
 }
 
@@ -73,33 +95,40 @@ mod parking_lot_free {
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
 
+    /// Per stream: units done, when it started, when it last logged at INFO.
     #[derive(Debug, Default)]
-    pub struct Counters(Mutex<HashMap<String, (u64, Instant)>>);
+    pub struct Counters(Mutex<HashMap<String, (u64, Instant, Instant)>>);
 
     impl Counters {
-        fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, (u64, Instant)>) -> T) -> T {
+        fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, (u64, Instant, Instant)>) -> T) -> T {
             let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
             f(&mut g)
         }
 
         pub fn start(&self, stream: &str) {
-            self.with(|m| m.insert(stream.to_string(), (0, Instant::now())));
+            let now = Instant::now();
+            self.with(|m| m.insert(stream.to_string(), (0, now, now)));
         }
 
-        pub fn add(&self, stream: &str, n: u64) -> (u64, Duration) {
+        /// Adds `n`; returns the count, the time since the start, and whether `every` has
+        /// passed since the last INFO line (which this call then is).
+        pub fn add(&self, stream: &str, n: u64, every: Duration) -> (u64, Duration, bool) {
             self.with(|m| {
-                let e = m
-                    .entry(stream.to_string())
-                    .or_insert_with(|| (0, Instant::now()));
+                let now = Instant::now();
+                let e = m.entry(stream.to_string()).or_insert((0, now, now));
                 e.0 += n;
-                (e.0, e.1.elapsed())
+                let due = now.duration_since(e.2) >= every;
+                if due {
+                    e.2 = now;
+                }
+                (e.0, e.1.elapsed(), due)
             })
         }
 
         pub fn finish(&self, stream: &str) -> (u64, Duration) {
             self.with(|m| {
                 m.remove(stream)
-                    .map(|(n, t)| (n, t.elapsed()))
+                    .map(|(n, t, _)| (n, t.elapsed()))
                     .unwrap_or_default()
             })
         }

@@ -603,8 +603,9 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
             observe: ctx.opts.observer.is_some(),
         });
     }
-    ctx.progress
-        .stream_started("responses", Some(jobs.len() as u64));
+    // Counted in responses, whose number no call tells up front (the number of surveys is not
+    // a total of responses).
+    ctx.progress.stream_started("responses", None);
     let par = ctx.opts.survey_parallelism.max(1);
     let sem = Arc::new(Semaphore::new(par));
     // One message waits while the engine writes another: more would only hold more rows in
