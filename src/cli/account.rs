@@ -70,6 +70,21 @@ pub enum AccountCommand {
         #[command(flatten)]
         user: AsUser,
     },
+    /// Prove the account's stored credentials now (one sign-in and one cheap call) and record
+    /// when; `account list` shows it. Exit 1 if the system refused them.
+    Test {
+        name: String,
+        #[command(flatten)]
+        user: AsUser,
+    },
+    /// Rename an account (its owner or an admin); refused while a workflow step names it.
+    Rename {
+        name: String,
+        /// The new name.
+        new_name: String,
+        #[command(flatten)]
+        user: AsUser,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -183,6 +198,12 @@ pub async fn run(args: AccountArgs) -> anyhow::Result<()> {
             println!("account {name} is shared with {}", with.join(", "));
             Ok(())
         }
+        AccountCommand::Test { name, user } => test(&name, &user.resolve()?).await,
+        AccountCommand::Rename {
+            name,
+            new_name,
+            user,
+        } => rename(&name, &new_name, &user.resolve()?),
         AccountCommand::Unlink { name, user } => {
             let (_, _, accounts) = open_accounts()?;
             let user = user.resolve()?;
@@ -202,6 +223,113 @@ pub async fn run(args: AccountArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Whether `user` is an admin of this installation (no users yet: nobody is).
+fn is_admin(user: &str) -> anyhow::Result<bool> {
+    let users = existing_users(&xmbridge_vault::Home::from_env()?)?;
+    Ok(known_role(users.as_ref(), user)? == Some(Role::Admin))
+}
+
+async fn test(name: &str, user: &str) -> anyhow::Result<()> {
+    let (vault, store, _) = open_accounts()?;
+    let row = store.get_account(name)?;
+    let granted = store.grants(name)?.iter().any(|g| g == user);
+    if row.owner != user && !granted && !is_admin(user)? {
+        return Err(anyhow!(UsageError(format!(
+            "{user} may not test account {name}: it belongs to {} and is not shared with {user} (only its owner, a user it is shared with, or an admin may)",
+            row.owner
+        ))));
+    }
+    let (check, resumed) = xmbridge_runtime::link::check_account(&vault, &store, name).await?;
+    if let Some(users) = existing_users(&xmbridge_vault::Home::from_env()?)? {
+        audit(
+            &users,
+            Some(user),
+            "account.test",
+            name,
+            serde_json::json!({"ok": check.ok}),
+        )?;
+    }
+    if check.ok {
+        println!("account {name}: ok: {}", check.message);
+        if !resumed.is_empty() {
+            println!(
+                "  its token works again; resumed workflow(s): {}",
+                resumed.join(", ")
+            );
+        }
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "account {name} failed its test: {}; re-authorize it: `xmbridge account link {name} --refresh --as {}`",
+            check.message,
+            row.owner
+        ))
+    }
+}
+
+fn rename(name: &str, new_name: &str, user: &str) -> anyhow::Result<()> {
+    let (_, store, accounts) = open_accounts()?;
+    let row = store.get_account(name)?;
+    if row.owner != user && !is_admin(user)? {
+        return Err(anyhow!(UsageError(format!(
+            "{user} may not rename account {name}: it belongs to {} (only its owner or an admin may)",
+            row.owner
+        ))));
+    }
+    let home = xmbridge_vault::Home::from_env()?;
+    let sources = xmbridge_workflows::catalog::Sources::standard(None, Some(home.root()));
+    let catalog =
+        xmbridge_workflows::catalog::load(&sources, &xmbridge_runtime::workflow::registry())
+            .map_err(|e| {
+                anyhow!(UsageError(format!(
+                    "the workflow definitions cannot be read: {e}"
+                )))
+            })?;
+    let named_by = xmbridge_runtime::link::workflows_naming_account(&catalog, name);
+    accounts
+        .rename(name, new_name, &named_by)
+        .map_err(|e| match e {
+            xmbridge_workflows::accounts::AccountError::InUse { .. }
+            | xmbridge_workflows::accounts::AccountError::NameTaken { .. }
+            | xmbridge_workflows::accounts::AccountError::Vault(
+                xmbridge_vault::VaultError::InvalidName { .. },
+            ) => anyhow!(UsageError(e.to_string())),
+            e => anyhow!(e),
+        })?;
+    if let Some(users) = existing_users(&home)? {
+        audit(
+            &users,
+            Some(user),
+            "account.rename",
+            name,
+            serde_json::json!({"to": new_name}),
+        )?;
+    }
+    println!("account {name} is now {new_name}");
+    Ok(())
+}
+
+/// What `account list` says of an account's credentials: refused, or when they were last
+/// proven (by a test, else by the link itself).
+fn status(
+    a: &xmbridge_workflows::store::AccountRow,
+    store: &SqliteStore,
+) -> anyhow::Result<String> {
+    let when = |ms: i64| {
+        chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+            .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    if !a.token_ok {
+        return Ok("EXPIRED".into());
+    }
+    Ok(match store.account_check(&a.name)? {
+        Some(c) if c.ok => format!("ok, tested {}", when(c.checked_at)),
+        Some(c) => format!("FAILED, tested {}", when(c.checked_at)),
+        None => format!("ok at link {}, not tested", when(a.created_at)),
+    })
+}
+
 fn list(user: &str) -> anyhow::Result<()> {
     let (vault, store, accounts) = open_accounts()?;
     let rows = accounts.visible_to(user)?;
@@ -210,8 +338,8 @@ fn list(user: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<11} {:<18} {:<8} {:<12} {:<8} GRANTED TO",
-        "NAME", "SYSTEM", "KIND", "SCOPE", "OWNER", "TOKEN"
+        "{:<20} {:<11} {:<18} {:<8} {:<12} {:<38} GRANTED TO",
+        "NAME", "SYSTEM", "KIND", "SCOPE", "OWNER", "STATUS"
     );
     for (a, access) in rows {
         let grants = store.grants(&a.name)?;
@@ -219,8 +347,9 @@ fn list(user: &str) -> anyhow::Result<()> {
         let kind = systems::of_account(&a)
             .and_then(|s| (s.sign_in)(&vault, &a))
             .unwrap_or_else(|| a.kind.as_str().to_string());
+        let status = status(&a, &store)?;
         println!(
-            "{:<20} {:<11} {:<18} {:<8} {:<12} {:<8} {}",
+            "{:<20} {:<11} {:<18} {:<8} {:<12} {:<38} {}",
             a.name,
             a.system,
             kind,
@@ -229,7 +358,7 @@ fn list(user: &str) -> anyhow::Result<()> {
                 Access::Owned => a.owner.clone(),
                 Access::Granted => format!("{} (shared)", a.owner),
             },
-            if a.token_ok { "ok" } else { "EXPIRED" },
+            status,
             if grants.is_empty() {
                 "-".to_string()
             } else {

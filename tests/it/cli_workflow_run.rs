@@ -1472,3 +1472,102 @@ async fn servicenow_accounts_link_with_basic_and_client_credentials_and_refuse_b
         "{err}"
     );
 }
+
+/// `account list` said "ok" for a revoked token until a workflow used it. `account test` proves
+/// the credentials now (a Salesforce login too: a refresh and one call), `account list` says
+/// when, and a refused token shows EXPIRED. `account rename` moves the account and is refused
+/// while a workflow step names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_test_says_when_credentials_were_proven_and_rename_moves_the_account() {
+    let inst = support::install();
+    let sf = salesforce().await;
+    sf.admin(
+        reqwest::Method::POST,
+        "/_sim/oauth/auto-approve",
+        json!({"user": "admin@acme.sim"}),
+    )
+    .await;
+    link_oauth(&inst, &sf, "sf-prod", &[]).await;
+    let row = |list: &str, name: &str| {
+        list.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in:\n{list}"))
+            .to_string()
+    };
+    let list = inst.ok(&["account", "list"]).await;
+    assert!(list.contains("STATUS"), "{list}");
+    assert!(row(&list, "sf-prod").contains("not tested"), "{list}");
+
+    let out = inst.ok(&["account", "test", "sf-prod"]).await;
+    assert!(
+        out.contains("account sf-prod: ok: Salesforce accepted"),
+        "{out}"
+    );
+    let list = inst.ok(&["account", "list"]).await;
+    assert!(row(&list, "sf-prod").contains("ok, tested 20"), "{list}");
+    // The test refreshed through the same sink as a delivery: the next test works as well.
+    inst.ok(&["account", "test", "sf-prod"]).await;
+
+    // Salesforce revokes the tokens: the test says so at once, and the list too.
+    sf.admin(
+        reqwest::Method::POST,
+        "/_sim/tokens/revoke",
+        json!({"user": "admin@acme.sim"}),
+    )
+    .await;
+    let (code, err) = inst.fails(&["account", "test", "sf-prod"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("xmbridge account link sf-prod --refresh --as"),
+        "{err}"
+    );
+    let list = inst.ok(&["account", "list"]).await;
+    assert!(row(&list, "sf-prod").contains("EXPIRED"), "{list}");
+
+    // Rename: the account, its state and its secrets move; the old name is gone.
+    let out = inst.ok(&["account", "rename", "sf-prod", "sf-main"]).await;
+    assert!(out.contains("account sf-prod is now sf-main"), "{out}");
+    let list = inst.ok(&["account", "list"]).await;
+    assert!(row(&list, "sf-main").contains("EXPIRED"), "{list}");
+    assert!(!list.contains("sf-prod"), "{list}");
+    // Re-authorized under its new name, it tests ok again (its sealed secrets moved with it).
+    link_oauth(&inst, &sf, "sf-main", &["--refresh"]).await;
+    inst.ok(&["account", "test", "sf-main"]).await;
+
+    // A workflow step names it: renaming would break the workflow, so it is refused.
+    let wf = inst.path("wf.toml");
+    std::fs::write(
+        &wf,
+        r#"
+[[workflow]]
+name = "to-sf"
+[workflow.trigger]
+type = "qualtrics-response"
+survey_id = "SV_abc"
+[[workflow.step]]
+name = "upsert"
+action = "salesforce.upsert"
+account = "sf-main"
+[workflow.step.mapping]
+object = "Survey_Response__c"
+external_id_field = "Response_Id__c"
+external_id = "response.id"
+[workflow.step.mapping.fields]
+Survey_Id__c = "survey.id"
+"#,
+    )
+    .unwrap();
+    inst.ok(&["workflow", "add", "--file", wf.to_str().unwrap()])
+        .await;
+    let (code, err) = inst
+        .fails(&["account", "rename", "sf-main", "sf-other"])
+        .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("account sf-main is named by the steps of workflow(s) to-sf"),
+        "{err}"
+    );
+    inst.run(&["account", "rename", "sf-main", "bad name"])
+        .await
+        .fails(2, "bad name");
+}

@@ -4,6 +4,7 @@
 //! re-authorization reading the account's stored settings. Secrets and the login URL go
 //! through the caller's [`Operator`], so a command line prompts and a service answers its own way.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -11,7 +12,7 @@ use xmbridge_auth::{SecretString, TokenResponse};
 use xmbridge_servicenow::Auth;
 use xmbridge_vault::{SecretField, Vault};
 use xmbridge_workflows::accounts::{Accounts, LinkRequest, MAX_USER_SALESFORCE_ACCOUNTS};
-use xmbridge_workflows::store::{AccountKind, AccountRow, SqliteStore, Store};
+use xmbridge_workflows::store::{AccountCheck, AccountKind, AccountRow, SqliteStore, Store};
 
 use crate::servicenow::{
     self, SIGN_IN_BASIC, SIGN_IN_CLIENT_CREDENTIALS, SIGN_IN_PASSWORD, SignIn,
@@ -402,11 +403,11 @@ impl StoredSettings {
     }
 }
 
-/// Proves the stored credentials of linked account `row` again, without changing anything:
-/// a ServiceNow sign-in with one authenticated call, a Salesforce server-to-server account
-/// with a client-credentials grant. Returns what was proven. A Salesforce OAuth login account
-/// is not tested this way (its refresh token would rotate); that is refused with the reason.
-pub async fn test_account(vault: &Vault, row: &AccountRow) -> Result<String> {
+/// Proves the stored credentials of linked account `row` again: a ServiceNow sign-in with one
+/// authenticated call, a Salesforce server-to-server account with a client-credentials grant,
+/// a Salesforce login with a refresh (a rotated refresh token is sealed back, as any use does)
+/// and one `limits` call. Returns what was proven. [`check_account`] also records it.
+pub async fn test_account(vault: &Arc<Vault>, row: &AccountRow) -> Result<String> {
     let name = row.name.as_str();
     let stored = StoredSettings::open(vault, name)?;
     let need = |key: &str, what: &str| {
@@ -467,9 +468,25 @@ pub async fn test_account(vault: &Vault, row: &AccountRow) -> Result<String> {
                 "Salesforce issued a token to the account's client ({token_url})"
             ))
         }
-        AccountKind::OAuth => Err(RuntimeError::usage(format!(
-            "account {name} signs in with a browser login; it is checked at its next use (a refused token pauses its workflows and says so)"
-        ))),
+        AccountKind::OAuth => {
+            // The client a workflow step uses: a refresh (whose rotated token is sealed back
+            // into the vault, where a running server picks it up) and one cheap call.
+            let registry = xmbridge_actions::Registry::builtin();
+            let spec = registry
+                .get("salesforce.query")
+                .map(|a| a.spec())
+                .ok_or_else(|| RuntimeError::unusable("the Salesforce actions are not built in"))?;
+            let ctx = crate::salesforce::context(vault, row, spec)
+                .map_err(|e| RuntimeError::unusable(e.to_string()))?;
+            let sf = ctx
+                .get::<xmbridge_actions::salesforce::SalesforceConnection>()
+                .ok_or_else(|| RuntimeError::unusable("no Salesforce client for the account"))?;
+            sf.client.limits().await?;
+            Ok(
+                "Salesforce accepted the account's login (refresh token and API access)"
+                    .to_string(),
+            )
+        }
     }
 }
 
@@ -763,4 +780,60 @@ pub async fn finish_web_login(
         row,
         via: LinkedVia::Salesforce { org_id },
     })
+}
+
+/// The workflows whose steps name linked account `account` (a rename or unlink would break
+/// them).
+pub fn workflows_naming_account(
+    catalog: &xmbridge_workflows::catalog::Catalog,
+    account: &str,
+) -> Vec<String> {
+    catalog
+        .entries
+        .iter()
+        .filter(|e| {
+            e.workflow
+                .steps
+                .iter()
+                .any(|st| st.account.as_deref() == Some(account))
+        })
+        .map(|e| e.workflow.name.clone())
+        .collect()
+}
+
+/// Tests linked account `name` ([`test_account`]) and records the outcome, so `account list`
+/// and the API say when it was last proven. A refused Salesforce token marks the account
+/// expired (as a delivery does); a success on an expired account marks it working again and
+/// resumes the workflows its refusal paused. Returns the check and those workflows.
+pub async fn check_account(
+    vault: &Arc<Vault>,
+    store: &Arc<SqliteStore>,
+    name: &str,
+) -> Result<(AccountCheck, Vec<String>)> {
+    let row = store.get_account(name)?;
+    let outcome = test_account(vault, &row).await;
+    let check = AccountCheck {
+        account: name.to_string(),
+        checked_at: xmbridge_workflows::store::now_ms(),
+        ok: outcome.is_ok(),
+        message: match &outcome {
+            Ok(m) => m.clone(),
+            Err(e) => e.to_string(),
+        },
+    };
+    store.record_account_check(&check)?;
+    let mut resumed = Vec::new();
+    match &outcome {
+        Ok(_) if !row.token_ok => {
+            let accounts = Accounts::new(store.clone(), vault.clone());
+            resumed = accounts.reauthorize(name, &row.owner, None)?;
+        }
+        Err(RuntimeError::Salesforce(e))
+            if e.kind() == xmbridge_salesforce::ErrorKind::Reauthorize =>
+        {
+            store.set_token_ok(name, false)?;
+        }
+        _ => {}
+    }
+    Ok((check, resumed))
 }

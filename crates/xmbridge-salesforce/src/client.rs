@@ -304,6 +304,15 @@ impl SalesforceClient {
         serde_json::from_slice(&a.body).map_err(|e| protocol(what, e))
     }
 
+    /// `GET /limits`: the org's API limits as the linked user sees them. The cheapest call that
+    /// needs a valid token and the "API Enabled" permission, so it proves an account works.
+    pub async fn limits(&self) -> Result<Value, SalesforceError> {
+        let a = self
+            .send(Method::GET, &self.data("/limits"), None, &[])
+            .await?;
+        Self::json(&a, "limits")
+    }
+
     /// The object as the linked user sees it; cached per object until [`Self::forget_describe`].
     pub async fn describe(&self, object: &str) -> Result<Arc<ObjectDescribe>, SalesforceError> {
         if let Some(d) = self.describes.lock().get(object) {

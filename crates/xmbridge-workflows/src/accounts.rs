@@ -97,6 +97,24 @@ pub enum AccountError {
     /// The workflow store failed (includes a duplicate or unknown account name).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The new name of a rename is already an account's or a connection's.
+    #[error("the name {name} is taken by another account or connection; pick another name")]
+    NameTaken {
+        /// The name asked for.
+        name: String,
+    },
+    /// A rename would leave workflow steps naming an account that no longer exists.
+    #[error(
+        "account {account} is named by the steps of workflow(s) {workflows}; point those steps at another account (or drop their `account`), rename it, then name {new} in them"
+    )]
+    InUse {
+        /// The account's name.
+        account: String,
+        /// The workflows whose steps name it, comma-separated.
+        workflows: String,
+        /// The name asked for.
+        new: String,
+    },
     /// The vault failed to seal, read or remove the account's connection.
     #[error(transparent)]
     Vault(#[from] VaultError),
@@ -280,6 +298,64 @@ impl Accounts {
             self.store.grant(name, u)?;
         }
         Ok(())
+    }
+
+    /// Renames account `old` to `new` (the extension's "three dots" menu). Who may is the
+    /// caller's rule (its owner or an admin); `named_by` are the workflows whose steps name
+    /// `old`, and a rename is refused while there are any. The sealed secrets are sealed again
+    /// under the new name (they are bound to it); grants, the last check and pauses follow. The
+    /// new account is complete before the old one goes, and undone on failure.
+    pub fn rename(
+        &self,
+        old: &str,
+        new: &str,
+        named_by: &[String],
+    ) -> Result<AccountRow, AccountError> {
+        let row = self.store.get_account(old)?;
+        xmbridge_vault::validate_connection_name(new)?;
+        if new == old {
+            return Ok(row);
+        }
+        if !named_by.is_empty() {
+            return Err(AccountError::InUse {
+                account: old.to_string(),
+                workflows: named_by.join(", "),
+                new: new.to_string(),
+            });
+        }
+        let taken = |e: StoreError| match e {
+            StoreError::DuplicateAccount { name } => AccountError::NameTaken { name },
+            e => e.into(),
+        };
+        if self.store.get_account(new).is_ok() || self.vault.get_connection(new).is_ok() {
+            return Err(AccountError::NameTaken {
+                name: new.to_string(),
+            });
+        }
+        let rec = self.vault.get_connection(old)?;
+        self.vault
+            .add_connection(new, rec.provider, rec.settings.clone())
+            .map_err(|e| match e {
+                VaultError::DuplicateConnection { name } => AccountError::NameTaken { name },
+                e => e.into(),
+            })?;
+        let moved = (|| -> Result<(), AccountError> {
+            for info in self.vault.list_secrets(old)? {
+                if let Some(v) = self.vault.get_secret(old, info.field)? {
+                    self.vault.set_secret(new, info.field, &v)?;
+                }
+            }
+            self.store.rename_account(old, new).map_err(taken)
+        })();
+        if let Err(e) = moved {
+            let _ = self.vault.remove_connection(new);
+            return Err(e);
+        }
+        match self.vault.remove_connection(old) {
+            Ok(()) | Err(VaultError::ConnectionNotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(self.store.get_account(new)?)
     }
 
     /// Removes an account, its grants and its secrets.

@@ -308,6 +308,19 @@ pub struct AccountRow {
     pub created_at: i64,
 }
 
+/// The last time an account's credentials were proven (or failed to be).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountCheck {
+    /// The account.
+    pub account: String,
+    /// When, Unix milliseconds.
+    pub checked_at: i64,
+    /// Whether the system accepted the credentials.
+    pub ok: bool,
+    /// What was proven, or why it failed (no secret).
+    pub message: String,
+}
+
 /// Counts per state and the dead letters of one workflow.
 #[derive(Clone, Debug, Default)]
 pub struct WorkflowStatus {
@@ -523,6 +536,13 @@ pub trait Store: Send + Sync + 'static {
     fn set_token_ok(&self, name: &str, ok: bool) -> Result<(), StoreError>;
     /// Records the account's Salesforce organization id once it is learnt.
     fn set_org_id(&self, name: &str, org_id: &str) -> Result<(), StoreError>;
+    /// Renames the account `old` to `new` with its grants, its last check and the pauses that
+    /// name it, in one transaction; [`StoreError::DuplicateAccount`] if `new` is taken.
+    fn rename_account(&self, old: &str, new: &str) -> Result<(), StoreError>;
+    /// Records the outcome of proving the account's credentials (`account test`, a link).
+    fn record_account_check(&self, check: &AccountCheck) -> Result<(), StoreError>;
+    /// The account's last recorded check, if any.
+    fn account_check(&self, account: &str) -> Result<Option<AccountCheck>, StoreError>;
     /// Shares the account with `user` (granting twice is no error).
     fn grant(&self, account: &str, user: &str) -> Result<(), StoreError>;
     /// The users the account is shared with, by name.
@@ -631,6 +651,12 @@ CREATE TABLE IF NOT EXISTS wf_account_grants (
     account TEXT NOT NULL REFERENCES wf_accounts(name) ON DELETE CASCADE,
     user    TEXT NOT NULL,
     PRIMARY KEY (account, user)
+);
+CREATE TABLE IF NOT EXISTS wf_account_checks (
+    account    TEXT PRIMARY KEY REFERENCES wf_accounts(name) ON DELETE CASCADE,
+    checked_at INTEGER NOT NULL,
+    ok         INTEGER NOT NULL,
+    message    TEXT NOT NULL
 );
 ";
 
@@ -1659,6 +1685,90 @@ impl Store for SqliteStore {
             });
         }
         Ok(())
+    }
+
+    fn rename_account(&self, old: &str, new: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.db(e))?;
+        let copied = tx
+            .execute(
+                &format!(
+                    "INSERT INTO wf_accounts ({ACCOUNT_COLUMNS})
+                     SELECT ?2, system, owner, kind, brand, org_id, token_ok, created_at
+                     FROM wf_accounts WHERE name = ?1
+                     ON CONFLICT DO NOTHING"
+                ),
+                params![old, new],
+            )
+            .map_err(|e| self.db(e))?;
+        if copied == 0 {
+            // Either `old` is missing or `new` is taken: say which.
+            let exists: bool = tx
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM wf_accounts WHERE name = ?1)",
+                    [old],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.db(e))?;
+            return Err(if exists {
+                StoreError::DuplicateAccount {
+                    name: new.to_string(),
+                }
+            } else {
+                StoreError::NoSuchAccount {
+                    name: old.to_string(),
+                }
+            });
+        }
+        for sql in [
+            "UPDATE wf_account_grants SET account = ?2 WHERE account = ?1",
+            "UPDATE wf_account_checks SET account = ?2 WHERE account = ?1",
+            "UPDATE wf_workflow_state SET paused_account = ?2 WHERE paused_account = ?1",
+        ] {
+            tx.execute(sql, params![old, new]).map_err(|e| self.db(e))?;
+        }
+        tx.execute("DELETE FROM wf_accounts WHERE name = ?1", [old])
+            .map_err(|e| self.db(e))?;
+        tx.commit().map_err(|e| self.db(e))
+    }
+
+    fn record_account_check(&self, check: &AccountCheck) -> Result<(), StoreError> {
+        let conn = self.conn.lock();
+        let n = conn
+            .execute(
+                "INSERT INTO wf_account_checks (account, checked_at, ok, message)
+                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM wf_accounts WHERE name = ?1)
+                 ON CONFLICT (account) DO UPDATE SET
+                     checked_at = excluded.checked_at, ok = excluded.ok, message = excluded.message",
+                params![check.account, check.checked_at, check.ok, check.message],
+            )
+            .map_err(|e| self.db(e))?;
+        if n == 0 {
+            return Err(StoreError::NoSuchAccount {
+                name: check.account.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn account_check(&self, account: &str) -> Result<Option<AccountCheck>, StoreError> {
+        let conn = self.conn.lock();
+        conn.query_row(
+            "SELECT account, checked_at, ok, message FROM wf_account_checks WHERE account = ?1",
+            [account],
+            |r| {
+                Ok(AccountCheck {
+                    account: r.get(0)?,
+                    checked_at: r.get(1)?,
+                    ok: r.get(2)?,
+                    message: r.get(3)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(|e| self.db(e))
     }
 
     fn set_token_ok(&self, name: &str, ok: bool) -> Result<(), StoreError> {

@@ -38,6 +38,19 @@ fn account_schema() -> Value {
             ("org_id", s::opt_string()),
             ("grants", s::array(s::string())),
             ("created_at", s::time()),
+            ("last_check", {
+                // Null until the account is first tested.
+                let mut o = s::object(
+                    &[
+                        ("at", s::time()),
+                        ("ok", s::boolean()),
+                        ("message", s::string()),
+                    ],
+                    &["at", "ok", "message"],
+                );
+                o["nullable"] = Value::Bool(true);
+                o
+            }),
         ],
         &["name", "system", "scope", "owner", "token_ok"],
     )
@@ -108,8 +121,10 @@ pub(super) fn routes() -> Vec<Route> {
                     ("ok", s::boolean()),
                     ("message", s::string()),
                     ("fix", s::opt_string()),
+                    ("checked_at", s::time()),
+                    ("resumed", s::array(s::string())),
                 ],
-                &["ok", "message", "fix"],
+                &["ok", "message", "fix", "checked_at", "resumed"],
             )),
             test,
         ),
@@ -157,6 +172,11 @@ fn account_json(api: &Api, a: &AccountRow, access: &str, show_grants: bool) -> A
         "org_id": a.org_id,
         "grants": grants,
         "created_at": chrono::DateTime::<chrono::Utc>::from_timestamp_millis(a.created_at),
+        "last_check": api.app.store.account_check(&a.name)?.map(|c| json!({
+            "at": chrono::DateTime::<chrono::Utc>::from_timestamp_millis(c.checked_at),
+            "ok": c.ok,
+            "message": c.message,
+        })),
     }))
 }
 
@@ -395,22 +415,22 @@ async fn test(
     Path(name): Path<String>,
 ) -> ApiResult<axum::Json<Value>> {
     let (row, _) = visible(&api, &caller, &name)?;
-    let outcome = xmbridge_runtime::link::test_account(&api.app.vault, &row).await;
-    let (ok, message, fix) = match outcome {
-        Ok(m) => (true, m, None),
-        Err(e) => (
-            false,
-            e.to_string(),
-            Some(format!(
-                "re-authorize it: `xmbridge account link {name} --refresh --as {}`",
-                row.owner
-            )),
-        ),
-    };
-    api.audit(caller.entry("account.test", &name, json!({"ok": ok})));
-    Ok(axum::Json(
-        json!({"ok": ok, "message": message, "fix": fix}),
-    ))
+    let (check, resumed) =
+        xmbridge_runtime::link::check_account(&api.app.vault, &api.app.store, &name).await?;
+    let fix = (!check.ok).then(|| {
+        format!(
+            "re-authorize it: `xmbridge account link {name} --refresh --as {}`",
+            row.owner
+        )
+    });
+    api.audit(caller.entry("account.test", &name, json!({"ok": check.ok})));
+    Ok(axum::Json(json!({
+        "ok": check.ok,
+        "message": check.message,
+        "fix": fix,
+        "checked_at": chrono::DateTime::<chrono::Utc>::from_timestamp_millis(check.checked_at),
+        "resumed": resumed,
+    })))
 }
 
 async fn remove(
@@ -458,83 +478,17 @@ async fn rename(
         ));
     }
     let new = body.name.trim().to_string();
-    xmbridge_vault::validate_connection_name(&new)?;
-    if new == name {
-        let out = account_json(&api, &row, access, true)?;
-        return Ok(axum::Json(json!({"account": out})));
-    }
-    // A step naming the account would lose it: say which, rather than break them.
     let catalog = xmbridge_workflows::catalog::load(&api.sources, &api.registry).map_err(|e| {
         ApiError::invalid(
             format!("the workflow definitions cannot be read: {e}"),
             None,
         )
     })?;
-    let users: Vec<String> = catalog
-        .entries
-        .iter()
-        .filter(|e| {
-            e.workflow
-                .steps
-                .iter()
-                .any(|st| st.account.as_deref() == Some(name.as_str()))
-        })
-        .map(|e| e.workflow.name.clone())
-        .collect();
-    if !users.is_empty() {
-        return Err(ApiError::conflict(
-            format!(
-                "account {name} is named by the steps of workflow(s) {}",
-                users.join(", ")
-            ),
-            Some(format!(
-                "point those steps at another account (or drop their `account`), rename it, then name {new} in them"
-            )),
-        ));
+    let named_by = xmbridge_runtime::link::workflows_naming_account(&catalog, &name);
+    let row = api.accounts.rename(&name, &new, &named_by)?;
+    if new != name {
+        api.audit(caller.entry("account.rename", &name, json!({"to": new})));
     }
-    let vault = &api.app.vault;
-    let store = &api.app.store;
-    let conflict = || {
-        ApiError::conflict(
-            format!("the name {new} is taken"),
-            Some("pick another name".into()),
-        )
-    };
-    if store.get_account(&new).is_ok() || vault.get_connection(&new).is_ok() {
-        return Err(conflict());
-    }
-    // The secrets are sealed to the connection's name: each is opened and sealed again under
-    // the new one. The new account is complete before the old one goes, and undone on failure.
-    let rec = vault.get_connection(&name)?;
-    vault.add_connection(&new, rec.provider, rec.settings.clone())?;
-    let copied = (|| -> ApiResult<()> {
-        for info in vault.list_secrets(&name)? {
-            if let Some(v) = vault.get_secret(&name, info.field)? {
-                vault.set_secret(&new, info.field, &v)?;
-            }
-        }
-        let renamed = AccountRow {
-            name: new.clone(),
-            ..row.clone()
-        };
-        store.insert_account(&renamed)?;
-        for g in store.grants(&name)? {
-            store.grant(&new, &g)?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = copied {
-        let _ = store.remove_account(&new);
-        let _ = vault.remove_connection(&new);
-        return Err(e);
-    }
-    store.remove_account(&name)?;
-    match vault.remove_connection(&name) {
-        Ok(()) | Err(xmbridge_vault::VaultError::ConnectionNotFound { .. }) => {}
-        Err(e) => return Err(e.into()),
-    }
-    api.audit(caller.entry("account.rename", &name, json!({"to": new})));
-    let row = store.get_account(&new)?;
     let out = account_json(&api, &row, access, true)?;
     Ok(axum::Json(json!({"account": out})))
 }

@@ -199,6 +199,7 @@ impl From<xmbridge_workflows::accounts::AccountError> for ApiError {
                 ApiError::invalid(e.to_string(), None)
             }
             A::UnknownSystem { .. } => ApiError::invalid(e.to_string(), None),
+            A::NameTaken { .. } | A::InUse { .. } => ApiError::conflict(e.to_string(), None),
             A::Store(s) => ApiError::from(s),
             A::Vault(v) => ApiError::from(v),
             other => ApiError::internal("the account rules", &other),

@@ -1156,11 +1156,23 @@
         h('td', { text: pick(a, 'owner') || '—' }),
         h('td', null, brand ? pill('brand') : h('span', { class: 'muted', text: 'private' }),
           grants.length ? h('div', { class: 'small muted', text: 'shared with ' + grants.join(', ') }) : null),
-        h('td', null, a.token_ok === false ? pill('failed') : a.token_ok === true ? pill('ok') : '—'),
+        h('td', null, accountStatus(a)),
         h('td', null, btns));
     });
-    root.appendChild(h('div', { class: 'card' }, tableOf(['Name', 'System', 'Owner', 'Scope', 'Token', 'Actions'], rows)));
+    root.appendChild(h('div', { class: 'card' }, tableOf(['Name', 'System', 'Owner', 'Scope', 'Status', 'Actions'], rows)));
     root.appendChild(linkForm());
+  }
+
+  // What is known of an account's credentials, never more: refused, or when they were last
+  // tested and how it went; an untested account says so.
+  function accountStatus(a) {
+    if (a.token_ok === false) return pill('expired');
+    const c = a.last_check;
+    if (c && typeof c === 'object') {
+      return h('span', null, pill(c.ok ? 'ok' : 'failed'),
+        h('div', { class: 'small muted', text: 'tested ' + fmtTime(c.at) }));
+    }
+    return h('span', { class: 'muted', text: 'not tested' });
   }
 
   // Link an account: Salesforce (sign in through the browser, or server to server) or
