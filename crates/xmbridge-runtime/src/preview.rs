@@ -8,7 +8,7 @@ use xmbridge_auth::SecretString;
 use xmbridge_salesforce::{ClientCredentials, SalesforceClient, TokenProvider};
 use xmbridge_workflows::definition::Step;
 use xmbridge_workflows::mapping::{SalesforceSchema, TargetSchema};
-use xmbridge_workflows::preflight::{self, Describers};
+use xmbridge_workflows::preflight::Describers;
 
 use crate::connection::Connected;
 use crate::{Result, RuntimeError};
@@ -38,8 +38,13 @@ pub async fn response_event(
             message: format!("cannot fetch survey {survey_id} through connection '{name}'"),
             source,
         })?;
-    Ok(preflight::response_event(
-        survey_id, &response, &survey, None,
+    // The builder live events use, so the test shows exactly what a delivery will see.
+    Ok(crate::workflow::enriched_event(
+        &Value::Object(Default::default()),
+        survey_id,
+        response_id,
+        response,
+        survey["name"].as_str().map(str::to_string),
     ))
 }
 

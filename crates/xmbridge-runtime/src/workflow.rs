@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
@@ -134,6 +134,7 @@ pub struct LiveConnector {
     default_qualtrics: Option<String>,
     qualtrics: Mutex<HashMap<String, ActionContext>>,
     external: Mutex<HashMap<String, ActionContext>>,
+    survey_names: Mutex<HashMap<String, (Option<String>, Instant)>>,
 }
 
 impl LiveConnector {
@@ -152,6 +153,7 @@ impl LiveConnector {
             default_qualtrics,
             qualtrics: Mutex::new(HashMap::new()),
             external: Mutex::new(HashMap::new()),
+            survey_names: Mutex::new(HashMap::new()),
         }
     }
 
@@ -318,14 +320,60 @@ impl Connector for LiveConnector {
                     },
                 )
                 .await?;
-            Ok(enriched_event(payload, &sid, &rid, result))
+            let name = self.survey_name(&ctx, action.spec(), &sid).await?;
+            Ok(enriched_event(payload, &sid, &rid, result, name))
         })
     }
 }
 
+/// How long a survey's name is reused before it is read again (a rename shows within this).
+const SURVEY_NAME_TTL: Duration = Duration::from_secs(600);
+
+impl LiveConnector {
+    /// The name of survey `sid` (`GET /surveys/{sid}`), read once per [`SURVEY_NAME_TTL`]:
+    /// events carry it as `survey.name`, as `workflow test` shows it. A failure is the action's
+    /// kind of failure (retried, paused or dead-lettered like the response fetch).
+    async fn survey_name(
+        &self,
+        ctx: &ActionContext,
+        spec: &ActionSpec,
+        sid: &str,
+    ) -> Result<Option<String>, ActionError> {
+        if let Some((name, at)) = self.survey_names.lock().get(sid)
+            && at.elapsed() < SURVEY_NAME_TTL
+        {
+            return Ok(name.clone());
+        }
+        let client =
+            ctx.get::<xmbridge_qualtrics::Client>()
+                .ok_or_else(|| ActionError::NotConfigured {
+                    action: spec.name.to_string(),
+                    system: System::Qualtrics,
+                    fix: "no Qualtrics connection for the event's survey".into(),
+                })?;
+        let survey: Value = client
+            .get(client.url(&["surveys", sid]))
+            .await
+            .map_err(|e| xmbridge_actions::qualtrics::map_error(spec, ctx, e))?;
+        let name = survey["name"].as_str().map(str::to_string);
+        self.survey_names
+            .lock()
+            .insert(sid.to_string(), (name.clone(), Instant::now()));
+        Ok(name)
+    }
+}
+
 /// The event JSON workflows read (docs/workflows.md, "Event shapes"): `response`, `embedded`,
-/// `contact`, `survey`.
-pub fn enriched_event(payload: &Value, sid: &str, rid: &str, result: Value) -> Value {
+/// `contact`, `survey`. The one builder of it: live events and `workflow test` both use it.
+/// `result` is the `result` of `GET /surveys/{sid}/responses/{rid}`; `survey_name` the survey's
+/// `name`.
+pub fn enriched_event(
+    payload: &Value,
+    sid: &str,
+    rid: &str,
+    result: Value,
+    survey_name: Option<String>,
+) -> Value {
     let values = result.get("values").cloned().unwrap_or(json!({}));
     let mut response = json!({
         "id": rid, "surveyId": sid,
@@ -361,7 +409,7 @@ pub fn enriched_event(payload: &Value, sid: &str, rid: &str, result: Value) -> V
         o.insert("response".into(), response);
         o.insert("embedded".into(), Value::Object(embedded));
         o.insert("contact".into(), contact);
-        o.insert("survey".into(), json!({"id": sid, "name": Value::Null}));
+        o.insert("survey".into(), json!({"id": sid, "name": survey_name}));
     }
     out
 }
@@ -720,15 +768,21 @@ mod tests {
         let result = json!({"values": {"QID1": 9, "status": 0, "tier": "gold",
                                         "recipientEmail": "ana@example.com", "contactId": "CID_1"},
                             "labels": {"QID1": "9"}});
-        let event = enriched_event(&payload, "SV_1", "R_1", result);
+        let event = enriched_event(&payload, "SV_1", "R_1", result, Some("NPS".into()));
         assert_eq!(event["embedded"], json!({"tier": "gold"}));
         assert_eq!(event["contact"]["email"], "ana@example.com");
         assert_eq!(event["contact"]["id"], "CID_1");
         assert_eq!(event["response"]["id"], "R_1");
         assert_eq!(event["response"]["labels"]["QID1"], "9");
-        assert_eq!(event["survey"]["id"], "SV_1");
+        assert_eq!(event["survey"], json!({"id": "SV_1", "name": "NPS"}));
         assert_eq!(event["qualtricsMsg"]["ResponseID"], "R_1");
-        let anonymous = enriched_event(&payload, "SV_1", "R_2", json!({"values": {"QID1": 1}}));
+        let anonymous = enriched_event(
+            &payload,
+            "SV_1",
+            "R_2",
+            json!({"values": {"QID1": 1}}),
+            None,
+        );
         assert_eq!(anonymous["contact"], Value::Null);
     }
 }

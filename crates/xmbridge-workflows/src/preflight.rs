@@ -366,63 +366,6 @@ pub async fn preflight(
     }
 }
 
-/// The event of a Qualtrics response, shaped as the workflow engine gives it to expressions:
-/// `response` (`id`, `surveyId`, `values`, `labels`, `displayedFields`), `embedded` (the survey's
-/// embedded data fields found in the values), `contact` (when known) and `survey` (`id`, `name`).
-/// `result` is the `result` of `GET /surveys/{sid}/responses/{rid}`; `survey` the `result` of
-/// `GET /surveys/{sid}`.
-pub fn response_event(
-    survey_id: &str,
-    result: &Value,
-    survey: &Value,
-    contact: Option<Value>,
-) -> Value {
-    let mut response = match result {
-        Value::Object(m) => m.clone(),
-        _ => Map::new(),
-    };
-    if let Some(id) = response.get("responseId").cloned() {
-        response.entry("id").or_insert(id);
-    }
-    response
-        .entry("surveyId")
-        .or_insert_with(|| Value::String(survey_id.to_string()));
-    let names: Vec<String> = survey["embeddedData"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|f| f["name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let values = response.get("values").cloned().unwrap_or_default();
-    let embedded: Map<String, Value> = names
-        .iter()
-        .filter_map(|n| values.get(n).map(|v| (n.clone(), v.clone())))
-        .collect();
-    // Without a directory lookup, the recipient fields of the response are what is known.
-    let contact = contact.or_else(|| {
-        let email = values.get("recipientEmail").filter(|v| !v.is_null())?;
-        Some(serde_json::json!({
-            "email": email,
-            "firstName": values.get("recipientFirstName").cloned().unwrap_or_default(),
-            "lastName": values.get("recipientLastName").cloned().unwrap_or_default(),
-            "extRef": values.get("externalDataReference").cloned().unwrap_or_default(),
-        }))
-    });
-    let mut event = Map::new();
-    event.insert("response".into(), Value::Object(response));
-    event.insert("embedded".into(), Value::Object(embedded));
-    if let Some(c) = contact {
-        event.insert("contact".into(), c);
-    }
-    event.insert(
-        "survey".into(),
-        serde_json::json!({"id": survey_id, "name": survey["name"].clone()}),
-    );
-    Value::Object(event)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,13 +402,16 @@ mod tests {
         .remove(0)
     }
 
+    /// An event as the runtime builds it (`xmbridge_runtime::workflow::enriched_event`).
     fn ctx(nps: Value) -> EventContext {
-        EventContext::new(response_event(
-            "SV_1",
-            &json!({"responseId": "R_9", "values": {"QID1": nps, "endDate": "2026-11-30T08:00:00Z", "tier": "gold"}, "labels": {}}),
-            &json!({"name": "NPS survey", "embeddedData": [{"name": "tier"}]}),
-            Some(json!({"email": "pat@example.com"})),
-        ))
+        EventContext::new(json!({
+            "response": {"id": "R_9", "surveyId": "SV_1",
+                         "values": {"QID1": nps, "endDate": "2026-11-30T08:00:00Z", "tier": "gold"},
+                         "labels": {}},
+            "embedded": {"tier": "gold"},
+            "contact": {"email": "pat@example.com"},
+            "survey": {"id": "SV_1", "name": "NPS survey"},
+        }))
     }
 
     fn describe(mut edit: impl FnMut(&mut Value)) -> StaticSchema {
@@ -522,25 +468,6 @@ mod tests {
             r.steps[1].notes,
             vec!["no record mapping: ServiceNow permissions for this step are not checked"]
         );
-    }
-
-    #[test]
-    fn response_event_takes_the_recipient_as_contact_and_embedded_fields() {
-        let e = response_event(
-            "SV_1",
-            &json!({"responseId": "R_1", "values": {"recipientEmail": "a@b.c", "recipientFirstName": "A",
-                    "tier": "gold", "QID1": 4}}),
-            &json!({"name": "S", "embeddedData": [{"name": "tier"}, {"name": "absent"}]}),
-            None,
-        );
-        assert_eq!(e["response"]["id"], json!("R_1"));
-        assert_eq!(e["response"]["surveyId"], json!("SV_1"));
-        assert_eq!(e["embedded"], json!({"tier": "gold"}));
-        assert_eq!(e["contact"]["email"], json!("a@b.c"));
-        assert_eq!(e["contact"]["firstName"], json!("A"));
-        assert_eq!(e["survey"], json!({"id": "SV_1", "name": "S"}));
-        let anonymous = response_event("SV_1", &json!({"values": {}}), &json!({}), None);
-        assert!(anonymous.get("contact").is_none());
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use xmbridge_sim::SalesforceHandle;
 use xmbridge_sim::salesforce::SalesforceConfig;
 use xmbridge_workflows::definition::{EventContext, FileKind, Step, Workflow, parse_file};
 use xmbridge_workflows::mapping::{SalesforceSchema, TargetSchema};
-use xmbridge_workflows::preflight::{Describers, Outcome, preflight, response_event};
+use xmbridge_workflows::preflight::{Describers, Outcome, preflight};
 
 async fn admin(h: &SalesforceHandle, method: &str, path: &str, body: Value) -> Value {
     let c = reqwest::Client::new();
@@ -113,12 +113,14 @@ fn workflow() -> Workflow {
 }
 
 fn detractor() -> EventContext {
-    EventContext::new(response_event(
-        "SV_1",
-        &json!({"responseId": "R_1a2b3c", "values": {"QID1": "3", "endDate": "2026-11-30T08:00:00Z"}}),
-        &json!({"name": "NPS"}),
-        None,
-    ))
+    // The shape `xmbridge_runtime::workflow::enriched_event` builds.
+    EventContext::new(json!({
+        "response": {"id": "R_1a2b3c", "surveyId": "SV_1",
+                     "values": {"QID1": "3", "endDate": "2026-11-30T08:00:00Z"}},
+        "embedded": {},
+        "contact": null,
+        "survey": {"id": "SV_1", "name": "NPS"},
+    }))
 }
 
 #[tokio::test]
