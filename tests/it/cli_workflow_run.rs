@@ -1160,13 +1160,25 @@ async fn a_detractor_opens_one_servicenow_incident_and_every_response_is_upserte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_servicenow_incident_sends_its_caller_a_qualtrics_survey() {
+    incident_closed_survey(true).await;
+}
+
+/// The spoke's default directory property is missing, so the event dies; the admin sets it and
+/// replays. The read-only step that reads the property runs again (it used to keep its output
+/// from before the fix and die again); the writing steps run once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_after_a_fix_reads_again_and_delivers() {
+    incident_closed_survey(false).await;
+}
+
+async fn incident_closed_survey(directory_property_at_start: bool) {
     const WF: &str = "incident-closed-survey";
     let inst = support::install();
     let q = sim().await;
     inst.connect(&q, "q").await;
     let dir = q.sim.directory.default_directory_id();
     let sn = xmbridge_test_kit::sim::servicenow(xmbridge_sim::servicenow::SnConfig {
-        qualtrics_directory: Some(dir.clone()),
+        qualtrics_directory: directory_property_at_start.then(|| dir.clone()),
         ..Default::default()
     })
     .await;
@@ -1307,6 +1319,35 @@ async fn a_closed_servicenow_incident_sends_its_caller_a_qualtrics_survey() {
         .await
         .unwrap();
     assert!(closed.status().is_success(), "{}", closed.status());
+    if !directory_property_at_start {
+        // No directory anywhere: the contact cannot be written, the event is dead.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let st = loop {
+            let st = inst.store().status(WF).unwrap();
+            if !st.dead.is_empty() || Instant::now() > deadline {
+                break st;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(st.dead.len(), 1, "{st:?}");
+        assert!(
+            st.dead[0]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.to_lowercase().contains("director")),
+            "{st:?}"
+        );
+        // The admin sets the spoke's property, then replays.
+        let set = http
+            .post(format!("{}/_sim/properties", sn.base_url))
+            .json(&json!({"sn_qualtrics_spoke.qualtrics_directory": dir}))
+            .send()
+            .await
+            .unwrap();
+        assert!(set.status().is_success(), "{}", set.status());
+        let out = inst.ok(&["workflow", "replay", WF, "--all"]).await;
+        assert!(out.contains("1 dead event(s)"), "{out}");
+    }
     let st = wait_done(&inst, WF, 1).await;
     child.kill().unwrap();
     child.wait().unwrap();

@@ -100,6 +100,9 @@ impl Plan for WorkflowPlan {
     fn step_names(&self) -> Vec<String> {
         self.0.steps.iter().map(|s| s.name.clone()).collect()
     }
+    fn step_action(&self, index: usize) -> Option<String> {
+        self.0.steps.get(index).map(|s| s.action.clone())
+    }
     fn matches(&self, event: &Value, steps: &Map<String, Value>) -> Result<bool, PlanError> {
         let ctx = EventContext {
             event: event.clone(),

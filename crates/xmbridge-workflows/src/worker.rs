@@ -44,8 +44,13 @@ pub trait Plan: Send + Sync {
     fn owner(&self) -> &str;
     /// Failed attempts before the dead letter.
     fn max_attempts(&self) -> u32;
-    /// The steps' names in order; a step whose output is recorded is not run again.
+    /// The steps' names in order; a writing step whose output is recorded is not run again.
     fn step_names(&self) -> Vec<String>;
+    /// The action step `index` runs, when the plan can say without an event; it decides whether
+    /// a recorded output is kept (a write) or read again (a read). `None`: keep it.
+    fn step_action(&self, _index: usize) -> Option<String> {
+        None
+    }
     /// The workflow's condition over the (enriched) event.
     fn matches(&self, event: &Value, steps: &Map<String, Value>) -> Result<bool, PlanError>;
     /// Step `index`'s call, or `None` when its `when` is false.
@@ -561,6 +566,18 @@ impl Engine {
             }
         }
         let mut steps = self.store.step_outputs(&ev.id)?;
+        // A read-only step runs again on every attempt: a replay after a fix (a property set,
+        // a permission granted) must not reuse what it read before. A writing step that
+        // succeeded keeps its result; running it again would act twice.
+        for (index, name) in plan.step_names().iter().enumerate() {
+            let reads_only = plan
+                .step_action(index)
+                .and_then(|a| self.registry.get(&a).map(|a| !a.spec().writes))
+                .unwrap_or(false);
+            if reads_only {
+                steps.remove(name);
+            }
+        }
         match plan.matches(&payload, &steps) {
             Ok(true) => {}
             Ok(false) => {
