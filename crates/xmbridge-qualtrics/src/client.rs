@@ -650,7 +650,7 @@ impl Client {
             )
         } else {
             format!(
-                "The token is wrong or was replaced: copy the current one from Qualtrics (Account Settings > Qualtrics IDs > API; generating a new one invalidates the old), store it with the connection, and check that {} is your account's host.",
+                "The token is mistyped or was replaced (generating a new one invalidates the old): copy the current one from Qualtrics (Account Settings > Qualtrics IDs > API), store it with the connection, and check that {} is your account's host.",
                 base.host()
             )
         };
