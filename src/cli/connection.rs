@@ -48,6 +48,12 @@ pub struct ConnectionArgs {
 #[derive(Subcommand, Debug)]
 pub enum ConnectionCommand {
     /// Save a new connection (secrets from files, environment variables or a prompt).
+    #[command(
+        after_help = "Save & Test: a token or advanced connection is tested before it is saved, \
+with the same report as `connection test`; one that cannot sync is not saved (exit 1) unless \
+--no-test is given. A standard connection needs its one approval first: `connection authorize \
+NAME`, then `connection test NAME`."
+    )]
     Add(Box<AddArgs>),
     /// List saved connections (never their secrets).
     List,
@@ -132,9 +138,16 @@ pub struct AddArgs {
     /// The organization (brand) id; the data center is then found from the account.
     #[arg(long)]
     pub organization: Option<String>,
-    /// How to authenticate.
-    #[arg(long, value_enum, default_value_t = AuthArg::Token)]
-    pub auth: AuthArg,
+    /// How to authenticate. `standard` (OAuth with a refresh token) is recommended for new
+    /// connections, as Fivetran's Qualtrics guide requires; without --auth an API token is used
+    /// (the default for existing scripts) and a note says so.
+    #[arg(long, value_enum)]
+    pub auth: Option<AuthArg>,
+    /// Save without testing. Otherwise the connection is tested first ("Save & Test") and not
+    /// saved when it cannot sync (a `standard` connection is tested after `connection
+    /// authorize`).
+    #[arg(long)]
+    pub no_test: bool,
     /// File holding the API token (else XMBRIDGE_QUALTRICS_API_TOKEN, else a prompt).
     #[arg(long)]
     pub api_token_file: Option<PathBuf>,
@@ -379,7 +392,12 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
     let ProviderArg::Qualtrics = args.provider;
     let located = location_of(&args)?.resolve()?;
     let (_, vault) = open_vault()?;
-    let auth = AuthMode::from(args.auth);
+    let auth = AuthMode::from(args.auth.unwrap_or(AuthArg::Token));
+    if args.auth.is_none() {
+        eprintln!(
+            "note: no --auth given, so the connection uses an API token; OAuth with a refresh token (`--auth standard`) is recommended for new connections"
+        );
+    }
     let request = NewConnection {
         name: args.name.clone(),
         located,
@@ -395,16 +413,45 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
     let checked = request.check(&mut AddSecrets(&args))?;
     stored::add(&vault, &checked)?;
     let name = &args.name;
-    println!(
+    let saved = format!(
         "saved connection '{name}' ({}, {})",
         checked.settings().base_url,
         auth.label()
     );
-    match auth {
-        AuthMode::Standard => println!("next: xmbridge connection authorize {name}"),
-        _ => println!("next: xmbridge connection test {name}"),
+    if auth == AuthMode::Standard {
+        println!("{saved}; not tested yet: it needs its one approval in Qualtrics first");
+        println!(
+            "next: xmbridge connection authorize {name}, then xmbridge connection test {name}"
+        );
+        return Ok(());
     }
-    Ok(())
+    if args.no_test {
+        println!("{saved}; not tested (--no-test)");
+        println!("next: xmbridge connection test {name}");
+        return Ok(());
+    }
+    // Save & Test: the connection is stored so the test runs exactly what later runs use, and
+    // removed again when it cannot sync.
+    let outcome = test_connection(&vault, name, |step| print_step(name, step)).await;
+    let why = match &outcome {
+        Ok(t) if t.can_sync => {
+            println!(
+                "{saved}: it can sync ({} table group(s) skipped)",
+                t.skipped
+            );
+            return Ok(());
+        }
+        Ok(_) => "it cannot read surveys or responses (see the lines above)".to_string(),
+        Err(e) => chain_text(e),
+    };
+    if let Err(e) = vault.remove_connection(name) {
+        bail!(
+            "connection '{name}' cannot sync ({why}), and removing it again failed: {e}; remove it with `xmbridge connection remove {name}`"
+        );
+    }
+    bail!(
+        "connection '{name}' was not saved: {why}; fix it and run the same command again, or add --no-test to save it untested"
+    )
 }
 
 fn list() -> anyhow::Result<()> {
@@ -722,6 +769,21 @@ async fn test(name: &str) -> anyhow::Result<()> {
             "connection '{name}' cannot sync: it cannot read surveys or responses (see the lines above)"
         )
     }
+}
+
+/// An error and its causes joined by ": ", skipping a cause the text already holds.
+fn chain_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 fn print_step(name: &str, step: TestStep<'_>) {

@@ -122,6 +122,14 @@ async fn token_mode_save_test_list_show_remove() {
         r.stderr()
     );
     assert!(i.home().join("master.key").exists());
+    // Save & Test in one step: the test's report, then the verdict.
+    let out = r.stdout();
+    assert!(out.contains("ok       transaction batches"), "{out}");
+    assert!(out.contains("(discovered: the brand's default directory)"), "{out}");
+    assert!(
+        out.contains("saved connection 'acme'") && out.contains("it can sync"),
+        "{out}"
+    );
 
     let r = i.run(&["connection", "test", "acme"]).await;
     r.ok();
@@ -130,9 +138,10 @@ async fn token_mode_save_test_list_show_remove() {
     assert!(out.contains("admin@simbrand.test"), "{out}");
     assert!(out.contains("brand simbrand"), "{out}");
     assert!(out.contains("API token"), "{out}");
+    // The directory was discovered by the test `add` ran, and remembered.
     assert!(
         out.contains(&format!(
-            "directory:   {} (discovered",
+            "directory:   {}",
             h.sim.directory.default_directory_id()
         )),
         "{out}"
@@ -163,6 +172,7 @@ async fn token_mode_save_test_list_show_remove() {
         "add",
         "qualtrics",
         "acme",
+        "--no-test",
         "--url",
         &url,
         "--api-token-file",
@@ -189,6 +199,7 @@ async fn permissions_decide_which_tables_sync() {
         "add",
         "qualtrics",
         "viewer",
+        "--no-test",
         "--url",
         &url,
         "--api-token-file",
@@ -214,6 +225,7 @@ async fn permissions_decide_which_tables_sync() {
         "add",
         "qualtrics",
         "noapi",
+        "--no-test",
         "--url",
         &url,
         "--api-token-file",
@@ -231,6 +243,7 @@ async fn permissions_decide_which_tables_sync() {
         "add",
         "qualtrics",
         "wrong",
+        "--no-test",
         "--url",
         &url,
         "--api-token-file",
@@ -242,7 +255,15 @@ async fn permissions_decide_which_tables_sync() {
         .await
         .fails(1, "API token");
     // The API token also comes from the environment.
-    let mut c = i.cmd(&["connection", "add", "qualtrics", "envtok", "--url", &url]);
+    let mut c = i.cmd(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "envtok",
+        "--no-test",
+        "--url",
+        &url,
+    ]);
     c.env("XMBRIDGE_QUALTRICS_API_TOKEN", &users[1].api_token);
     let out = tokio::task::spawn_blocking(move || c.output().unwrap())
         .await
@@ -270,6 +291,7 @@ async fn standard_mode_authorize_rotate_and_revoke() {
         "add",
         "qualtrics",
         "std",
+        "--no-test",
         "--url",
         &url,
         "--auth",
@@ -445,6 +467,7 @@ async fn advanced_mode_over_mutual_tls() {
             "add".into(),
             "qualtrics".into(),
             name.into(),
+            "--no-test".into(),
             "--url".into(),
             url.clone(),
             "--auth".into(),
@@ -536,6 +559,7 @@ async fn bad_input_gets_a_clear_error() {
         "add",
         "qualtrics",
         "a",
+        "--no-test",
         "--datacenter",
         "fra9",
         "--api-token-file",
@@ -548,6 +572,7 @@ async fn bad_input_gets_a_clear_error() {
         "add",
         "qualtrics",
         "a",
+        "--no-test",
         "--url",
         "https://example.com",
         "--api-token-file",
@@ -560,6 +585,7 @@ async fn bad_input_gets_a_clear_error() {
         "add",
         "qualtrics",
         "a",
+        "--no-test",
         "--url",
         "http://fra1.qualtrics.com",
         "--api-token-file",
@@ -572,6 +598,7 @@ async fn bad_input_gets_a_clear_error() {
         "add",
         "qualtrics",
         "a",
+        "--no-test",
         "--datacenter",
         "fra1",
     ])
@@ -582,6 +609,7 @@ async fn bad_input_gets_a_clear_error() {
         "add",
         "qualtrics",
         "a",
+        "--no-test",
         "--datacenter",
         "fra1",
         "--auth",
@@ -596,6 +624,7 @@ async fn bad_input_gets_a_clear_error() {
         "add",
         "qualtrics",
         "bad name!",
+        "--no-test",
         "--datacenter",
         "fra1",
         "--api-token-file",
@@ -613,6 +642,7 @@ async fn bad_input_gets_a_clear_error() {
         "add",
         "qualtrics",
         "a",
+        "--no-test",
         "--datacenter",
         "fra1",
         "--api-token-file",
@@ -673,6 +703,7 @@ async fn no_secret_reaches_logs_outputs_or_the_state_store() {
                 "add",
                 "qualtrics",
                 &name,
+                "--no-test",
                 "--url",
                 &url,
                 "--api-token-file",
@@ -694,6 +725,7 @@ async fn no_secret_reaches_logs_outputs_or_the_state_store() {
             "add",
             "qualtrics",
             "std",
+            "--no-test",
             "--url",
             &url,
             "--auth",
@@ -799,6 +831,7 @@ async fn a_missing_scope_is_named() {
         "add",
         "qualtrics",
         "narrow",
+        "--no-test",
         "--url",
         &url,
         "--auth",
@@ -841,7 +874,7 @@ async fn a_missing_scope_is_named() {
 async fn inputs_that_could_only_fail_later_are_refused_at_add() {
     let i = support::install();
     let add = |extra: &[&str]| {
-        let mut a = vec!["connection", "add", "qualtrics", "a"];
+        let mut a = vec!["connection", "add", "qualtrics", "a", "--no-test"];
         a.extend_from_slice(extra);
         a.into_iter().map(String::from).collect::<Vec<_>>()
     };
@@ -958,6 +991,7 @@ async fn a_missing_client_id_names_the_real_environment_variable() {
             "add",
             "qualtrics",
             "a",
+            "--no-test",
             "--datacenter",
             "fra1",
             "--auth",
@@ -990,6 +1024,7 @@ async fn a_huge_upstream_error_message_is_cut() {
         "add",
         "qualtrics",
         "big",
+        "--no-test",
         "--url",
         &h.base_url,
         "--api-token-file",
@@ -1032,6 +1067,7 @@ async fn loose_state_directory_permissions_are_refused_or_fixed() {
         "add",
         "qualtrics",
         "a",
+        "--no-test",
         "--datacenter",
         "fra1",
         "--api-token-file",
@@ -1084,6 +1120,7 @@ async fn an_empty_state_store_is_refused_as_damaged() {
         "add",
         "qualtrics",
         "a",
+        "--no-test",
         "--datacenter",
         "fra1",
         "--api-token-file",
@@ -1127,6 +1164,7 @@ async fn a_vault_value_of_the_wrong_type_is_named() {
             "add",
             "qualtrics",
             name,
+            "--no-test",
             "--datacenter",
             "fra1",
             "--api-token-file",
@@ -1176,6 +1214,7 @@ async fn new_state_files_are_private_whatever_the_umask() {
             "add",
             "qualtrics",
             "a",
+            "--no-test",
             "--datacenter",
             "fra1",
             "--api-token-file",
@@ -1217,6 +1256,7 @@ async fn a_refused_api_token_says_so_without_oauth_advice() {
         "add",
         "qualtrics",
         "acme",
+        "--no-test",
         "--url",
         &h.base_url,
         "--api-token-file",
@@ -1233,4 +1273,55 @@ async fn a_refused_api_token_says_so_without_oauth_advice() {
     assert!(!err.contains("OAuth"), "{err}");
     assert!(!err.contains("data center that issued"), "{err}");
     assert!(!err.contains("not-the-token"), "{err}");
+}
+
+/// "Save & Test" is one step: `connection add` tests before it saves and does not keep a
+/// connection that cannot sync (same report and exit code as `connection test`), unless
+/// `--no-test`. Without `--auth` it says that OAuth (`standard`) is recommended.
+#[tokio::test]
+async fn add_tests_before_it_saves_and_keeps_nothing_that_cannot_sync() {
+    let h = sim(small()).await;
+    let i = support::install();
+    let bad = i.file("bad", "not-the-token\n");
+    let add = |extra: &[&str]| {
+        let mut a = vec![
+            "connection".to_string(),
+            "add".into(),
+            "qualtrics".into(),
+            "acme".into(),
+            "--url".into(),
+            h.base_url.clone(),
+            "--api-token-file".into(),
+            bad.to_str().unwrap().into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let args = add(&[]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = i.run(&argv).await;
+    r.fails(1, "connection 'acme' was not saved")
+        .fails(1, "Qualtrics refused the API token")
+        .fails(1, "add --no-test to save it untested");
+    assert!(
+        r.stderr().contains("`--auth standard`) is recommended"),
+        "{}",
+        r.stderr()
+    );
+    let list = i.ok(&["connection", "list"]).await;
+    assert!(!list.contains("acme"), "nothing saved: {list}");
+    // --no-test saves it as it is, and says it was not tested.
+    let args = add(&["--no-test", "--auth", "token"]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = i.run(&argv).await;
+    r.ok();
+    assert!(
+        r.stdout().contains("not tested (--no-test)"),
+        "{}",
+        r.stdout()
+    );
+    assert!(!r.stderr().contains("recommended"), "{}", r.stderr());
+    i.run(&["connection", "test", "acme"])
+        .await
+        .fails(1, "Qualtrics refused the API token");
 }

@@ -310,6 +310,7 @@ async fn stored_connection(inst: &Install, name: &str) {
         "add",
         "qualtrics",
         name,
+        "--no-test",
         "--url",
         "http://127.0.0.1:9",
         "--api-token-file",

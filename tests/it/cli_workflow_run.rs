@@ -270,6 +270,7 @@ async fn a_refused_qualtrics_token_pauses_the_workflow_with_the_reauthorize_hint
         "add",
         "qualtrics",
         "q",
+        "--no-test",
         "--url",
         &h.base_url,
         "--api-token-file",

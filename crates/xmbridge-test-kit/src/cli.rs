@@ -150,6 +150,7 @@ impl Install {
             "add",
             "qualtrics",
             name,
+            "--no-test",
             "--url",
             &h.base_url,
             "--api-token-file",
