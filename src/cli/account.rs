@@ -156,6 +156,11 @@ pub struct LinkArgs {
     /// `http://127.0.0.1:PORT/oauth/callback` as the app's callback URL).
     #[arg(long, default_value_t = 0)]
     pub callback_port: u16,
+    /// No browser on this machine: open the printed URL anywhere, then paste here the address
+    /// the browser was sent to (or the code in it). The redirect listener still runs, so an SSH
+    /// tunnel to --callback-port works as well.
+    #[arg(long)]
+    pub no_browser: bool,
     /// Seconds to wait for the browser.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
@@ -392,10 +397,21 @@ impl Operator for Terminal<'_> {
         }
     }
 
-    fn open_login(&self, url: &url::Url) {
+    fn open_login(
+        &self,
+        url: &url::Url,
+        redirect_uri: &str,
+    ) -> futures_util::future::BoxFuture<'static, Option<String>> {
         println!("open this URL in your browser and log in to Salesforce:");
         println!("{url}");
+        let no_browser = self.0.no_browser;
+        if no_browser {
+            println!(
+                "the browser is then sent to {redirect_uri}?code=…; where that page does not load (another machine), copy its address from the address bar"
+            );
+        }
         let _ = std::io::stdout().flush();
+        Box::pin(super::connection::read_pasted_redirect(no_browser))
     }
 }
 

@@ -222,6 +222,15 @@ pub struct AuthorizeArgs {
     /// Where to listen for the browser's redirect (loopback only).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: std::net::SocketAddr,
+    /// A fixed port on 127.0.0.1 for the redirect (instead of --listen's): register
+    /// `http://127.0.0.1:PORT/callback` with the OAuth client, or forward it over SSH.
+    #[arg(long, value_name = "PORT", conflicts_with = "listen")]
+    pub callback_port: Option<u16>,
+    /// No browser on this machine: open the printed URL anywhere, then paste here the address
+    /// the browser was sent to (or the code in it). The redirect listener still runs, so an SSH
+    /// tunnel works as well.
+    #[arg(long)]
+    pub no_browser: bool,
     /// How long to wait for the browser, in seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
@@ -738,15 +747,48 @@ async fn authorize(args: AuthorizeArgs) -> anyhow::Result<()> {
     let (_, vault) = open_vault()?;
     let name = args.name.as_str();
     let timeout = std::time::Duration::from_secs(args.timeout);
-    authorize_connection(&vault, name, args.listen.port(), timeout, |url| {
+    let port = args.callback_port.unwrap_or(args.listen.port());
+    let no_browser = args.no_browser;
+    authorize_connection(&vault, name, port, timeout, |url, redirect_uri| {
         println!("open this URL in your browser and approve access:");
         println!("{url}");
+        if no_browser {
+            println!(
+                "the browser is then sent to {redirect_uri}?code=…; where that page does not load (another machine), copy its address from the address bar"
+            );
+        }
         let _ = std::io::stdout().flush();
+        read_pasted_redirect(no_browser)
     })
     .await?;
     println!("authorized connection '{name}'; the refresh token is stored sealed");
     println!("next: xmbridge connection test {name}");
     Ok(())
+}
+
+/// With `--no-browser`: the redirect address (or code) the user pastes on stdin, read without
+/// blocking the runtime; `None` (the listener alone is waited for) otherwise or at end of input.
+pub(crate) async fn read_pasted_redirect(no_browser: bool) -> Option<String> {
+    if !no_browser {
+        return None;
+    }
+    eprint!("paste the address here and press Enter: ");
+    // A detached thread, not `spawn_blocking`: when the listener wins, the runtime must not
+    // wait at exit for a read that may never end.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let got = match std::io::stdin().read_line(&mut line) {
+            Ok(n) if n > 0 => Some(line),
+            _ => None,
+        };
+        let _ = tx.send(got);
+    });
+    let line = rx.await.ok().flatten();
+    if line.is_none() {
+        eprintln!("(no input: waiting for the redirect listener instead)");
+    }
+    line
 }
 
 /// The stored connection `name` as a client (what `sync`, `action` and `workflow test` use).

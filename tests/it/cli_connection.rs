@@ -125,7 +125,10 @@ async fn token_mode_save_test_list_show_remove() {
     // Save & Test in one step: the test's report, then the verdict.
     let out = r.stdout();
     assert!(out.contains("ok       transaction batches"), "{out}");
-    assert!(out.contains("(discovered: the brand's default directory)"), "{out}");
+    assert!(
+        out.contains("(discovered: the brand's default directory)"),
+        "{out}"
+    );
     assert!(
         out.contains("saved connection 'acme'") && out.contains("it can sync"),
         "{out}"
@@ -1324,4 +1327,113 @@ async fn add_tests_before_it_saves_and_keeps_nothing_that_cannot_sync() {
     i.run(&["connection", "test", "acme"])
         .await
         .fails(1, "Qualtrics refused the API token");
+}
+
+/// Headless authorization: with `--no-browser` the URL is opened on another machine and the
+/// address the browser was sent to is pasted back (its `state` checked, PKCE exchanged); a
+/// pasted address of another request is refused. `--callback-port` fixes the redirect URI.
+#[tokio::test]
+async fn no_browser_authorization_takes_the_pasted_redirect_and_checks_its_state() {
+    use std::io::Write as _;
+    let h = sim(small()).await;
+    let (web, client_id, secret) = web_app(&h).await;
+    let i = support::install();
+    let sf = i.file("secret", &secret);
+    i.ok(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "std",
+        "--url",
+        &h.base_url,
+        "--auth",
+        "standard",
+        "--client-id",
+        &client_id,
+        "--client-secret-file",
+        sf.to_str().unwrap(),
+    ])
+    .await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // The "other machine": follows the authorize URL and stops at the redirect, whose page
+    // cannot load there; the user copies its address instead.
+    let run = || {
+        let mut child = i
+            .cmd(&[
+                "connection",
+                "authorize",
+                "std",
+                "--no-browser",
+                "--callback-port",
+                &port.to_string(),
+                "--timeout",
+                "30",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines.next().expect("no URL printed").unwrap();
+            if line.starts_with("http") {
+                break line;
+            }
+        };
+        let rest =
+            std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+        (child, url, rest)
+    };
+    let redirect_of = |url: String| {
+        let web = web.clone();
+        async move {
+            let r = web.get(&url).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::FOUND);
+            r.headers()["location"].to_str().unwrap().to_string()
+        }
+    };
+
+    // A redirect of another request (wrong state) is refused, and nothing is stored.
+    let (mut child, url, rest) = run();
+    let back = redirect_of(url).await;
+    assert!(
+        back.starts_with(&format!("http://127.0.0.1:{port}/callback?")),
+        "{back}"
+    );
+    let forged = back.replace(
+        &format!("state={}", query(&back, "state")),
+        "state=not-this-one",
+    );
+    writeln!(child.stdin.take().unwrap(), "{forged}").unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let _ = rest.join();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.to_lowercase().contains("state"), "{err}");
+    i.run(&["connection", "test", "std"])
+        .await
+        .fails(1, "xmbridge connection authorize std");
+
+    // The real address, pasted: authorized, and the connection tests ok.
+    let (mut child, url, rest) = run();
+    let back = redirect_of(url).await;
+    writeln!(child.stdin.take().unwrap(), "{back}").unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let printed = rest.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains("authorized connection 'std'"), "{printed}");
+    i.ok(&["connection", "test", "std"]).await;
 }

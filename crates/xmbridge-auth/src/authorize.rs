@@ -142,20 +142,41 @@ impl<'a> AuthorizeFlow<'a> {
     }
 
     /// Waits for the redirect, checks it and exchanges the code.
-    pub async fn finish(mut self) -> Result<TokenResponse, AuthError> {
+    pub async fn finish(self) -> Result<TokenResponse, AuthError> {
+        self.finish_or_pasted(std::future::pending()).await
+    }
+
+    /// Like [`Self::finish`], but also takes the redirect as the user pastes it (for a browser
+    /// on another machine, whose redirect to 127.0.0.1 cannot arrive here): whichever comes
+    /// first. `pasted` yields the address the browser was sent to (its `state` is checked like
+    /// the listener's), or the bare `code` from it (then only PKCE binds it to this request),
+    /// or `None` when there is no input (the listener is still waited for).
+    pub async fn finish_or_pasted(
+        mut self,
+        pasted: impl std::future::Future<Output = Option<String>>,
+    ) -> Result<TokenResponse, AuthError> {
         let secs = self.timeout.as_secs();
-        let cb = match tokio::time::timeout(self.timeout, self.rx.recv()).await {
-            Ok(Some(cb)) => cb,
-            Ok(None) => {
-                return Err(AuthError::Listener {
+        let from_listener = async {
+            match tokio::time::timeout(self.timeout, self.rx.recv()).await {
+                Ok(Some(cb)) => Ok(cb.params),
+                Ok(None) => Err(AuthError::Listener {
                     addr: self.redirect_uri.clone(),
                     detail: "the listener stopped".into(),
-                });
+                }),
+                Err(_) => Err(AuthError::AuthorizeTimeout { secs }),
             }
-            Err(_) => return Err(AuthError::AuthorizeTimeout { secs }),
+        };
+        let from_paste = async {
+            match pasted.await {
+                Some(text) => pasted_params(&text, &self.state),
+                None => std::future::pending().await,
+            }
+        };
+        let p = tokio::select! {
+            p = from_listener => p?,
+            p = from_paste => p?,
         };
         self.accept_task.abort();
-        let p = cb.params;
         // The state is checked before anything else, errors included: an answer to another
         // request must not be acted on.
         if p.get("state").map(String::as_str) != Some(self.state.as_str()) {
@@ -200,6 +221,31 @@ impl<'a> AuthorizeFlow<'a> {
     }
 }
 
+/// The redirect's parameters from what a user pasted: the whole address (its query), the query
+/// alone, or a bare code (to which this request's own `state` is added: nothing else can be
+/// checked, and PKCE still ties the code to this request).
+fn pasted_params(text: &str, state: &str) -> Result<BTreeMap<String, String>, AuthError> {
+    let text = text.trim();
+    let query = if let Ok(url) = Url::parse(text) {
+        url.query().unwrap_or_default().to_string()
+    } else if text.contains('=') {
+        text.trim_start_matches('?').to_string()
+    } else if !text.is_empty() && !text.contains(char::is_whitespace) {
+        let mut p = BTreeMap::new();
+        p.insert("code".to_string(), text.to_string());
+        p.insert("state".to_string(), state.to_string());
+        return Ok(p);
+    } else {
+        return Err(AuthError::AuthorizeFailed {
+            error: "invalid_request".into(),
+            detail: "nothing was pasted: paste the whole address the browser was sent to (it starts with http://127.0.0.1), or the code in it".into(),
+        });
+    };
+    Ok(url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect())
+}
+
 /// Runs the whole flow: start, hand the URL to `on_url` (the CLI prints it), wait, exchange.
 pub async fn authorize(
     oauth: &OAuthClient,
@@ -209,6 +255,19 @@ pub async fn authorize(
     let flow = AuthorizeFlow::start(oauth, opts).await?;
     on_url(flow.url());
     flow.finish().await
+}
+
+/// [`authorize`] for a browser elsewhere: `on_url` gets the URL and the redirect URI, then the
+/// redirect is taken from the listener or from `pasted`, whichever comes first
+/// ([`AuthorizeFlow::finish_or_pasted`]).
+pub async fn authorize_with_paste<F: std::future::Future<Output = Option<String>>>(
+    oauth: &OAuthClient,
+    opts: AuthorizeOptions,
+    on_url: impl FnOnce(&Url, &str) -> F,
+) -> Result<TokenResponse, AuthError> {
+    let flow = AuthorizeFlow::start(oauth, opts).await?;
+    let pasted = on_url(flow.url(), flow.redirect_uri());
+    flow.finish_or_pasted(pasted).await
 }
 
 /// Accepts browser connections until one hits the callback path with `code` or `error`.

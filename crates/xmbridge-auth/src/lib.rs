@@ -37,7 +37,7 @@ pub mod retry;
 mod source;
 mod system;
 
-pub use authorize::{AuthorizeFlow, AuthorizeOptions, authorize};
+pub use authorize::{AuthorizeFlow, AuthorizeOptions, authorize, authorize_with_paste};
 pub use endpoint::{
     UPSTREAM_TEXT_LIMIT, check_credential_text, check_credential_url, check_host_name,
     is_loopback_host, upstream_bytes, upstream_text,

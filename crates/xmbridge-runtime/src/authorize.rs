@@ -10,14 +10,17 @@ use xmbridge_vault::{SecretField, Vault};
 use crate::connection::{self, AuthMode, DEFAULT_SCOPES, load_settings};
 use crate::{Result, RuntimeError};
 
-/// Authorizes the stored connection `name` in a browser: `on_url` gets the URL the user opens;
-/// the redirect listener takes `port` on 127.0.0.1 (0 = any) and waits up to `timeout`.
-pub async fn authorize_connection(
+/// Authorizes the stored connection `name` in a browser: `on_url` gets the URL the user opens
+/// and the redirect URI; the redirect listener takes `port` on 127.0.0.1 (0 = any) and waits
+/// up to `timeout`. The future `on_url` returns may yield the redirect as the user pasted it (a
+/// browser on another machine), which is taken if it comes first; `None` waits for the
+/// listener only.
+pub async fn authorize_connection<F: std::future::Future<Output = Option<String>>>(
     vault: &Arc<Vault>,
     name: &str,
     port: u16,
     timeout: Duration,
-    on_url: impl FnOnce(&url::Url),
+    on_url: impl FnOnce(&url::Url, &str) -> F,
 ) -> Result<()> {
     let s = load_settings(vault, name)?;
     if s.auth != AuthMode::Standard {
@@ -38,7 +41,7 @@ pub async fn authorize_connection(
         timeout,
         ..Default::default()
     };
-    let tokens = xmbridge_auth::authorize(&oauth, opts, on_url).await?;
+    let tokens = xmbridge_auth::authorize_with_paste(&oauth, opts, on_url).await?;
     let refresh = tokens.refresh_token.as_ref().ok_or_else(|| {
         RuntimeError::unusable(
             "Qualtrics did not return a refresh token; ask for the 'offline' scope",

@@ -36,8 +36,14 @@ pub enum AskedSecret {
 pub trait Operator: Sync {
     /// The secret `which` (from wherever the operator keeps it), or why there is none.
     fn secret(&self, which: AskedSecret) -> Result<SecretString>;
-    /// The URL the user opens in a browser to log in to Salesforce.
-    fn open_login(&self, url: &url::Url);
+    /// The URL the user opens in a browser to log in to Salesforce, and where the browser is
+    /// sent back. The answer is the redirect as the user pasted it, when they do (a browser on
+    /// another machine); `None` waits for the loopback listener only.
+    fn open_login(
+        &self,
+        url: &url::Url,
+        redirect_uri: &str,
+    ) -> futures_util::future::BoxFuture<'static, Option<String>>;
 }
 
 /// What `account link` (and `account link --refresh`) was asked: the choices as given.
@@ -149,7 +155,10 @@ impl AccountLogin {
             port: self.callback_port,
             timeout: self.timeout,
         };
-        salesforce::login(login, |url| operator.open_login(url)).await
+        salesforce::login(login, |url, redirect_uri| {
+            operator.open_login(url, redirect_uri)
+        })
+        .await
     }
 }
 

@@ -77,9 +77,13 @@ pub struct Login<'a> {
     pub timeout: std::time::Duration,
 }
 
-/// The OAuth web-server login: `on_url` gets the URL the user opens; the answer is the tokens
-/// (with the refresh token the account keeps).
-pub async fn login(login: Login<'_>, on_url: impl FnOnce(&url::Url)) -> Result<TokenResponse> {
+/// The OAuth web-server login: `on_url` gets the URL the user opens and the redirect URI, and
+/// may return the redirect as the user pasted it (a browser on another machine); the answer is
+/// the tokens (with the refresh token the account keeps).
+pub async fn login<F: std::future::Future<Output = Option<String>>>(
+    login: Login<'_>,
+    on_url: impl FnOnce(&url::Url, &str) -> F,
+) -> Result<TokenResponse> {
     let Login {
         name,
         user,
@@ -111,7 +115,7 @@ pub async fn login(login: Login<'_>, on_url: impl FnOnce(&url::Url)) -> Result<T
         callback_path: "/oauth/callback".into(),
         ..Default::default()
     };
-    Ok(xmbridge_auth::authorize(&oauth, opts, on_url).await?)
+    Ok(xmbridge_auth::authorize_with_paste(&oauth, opts, on_url).await?)
 }
 
 /// One client-credentials grant against `token_url`: proves a server-to-server account.

@@ -280,8 +280,13 @@ impl Operator for BodyOperator {
         Ok(SecretString::from(v.to_string()))
     }
 
-    fn open_login(&self, _url: &url::Url) {
-        // Not reached: browser logins are refused before the link starts.
+    fn open_login(
+        &self,
+        _url: &url::Url,
+        _redirect_uri: &str,
+    ) -> futures_util::future::BoxFuture<'static, Option<String>> {
+        // Not reached: browser logins go through the server's own callback instead.
+        Box::pin(async { None })
     }
 }
 
