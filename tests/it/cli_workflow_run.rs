@@ -1123,10 +1123,16 @@ async fn a_detractor_opens_one_servicenow_incident_and_every_response_is_upserte
         ws.fix.as_deref(),
         Some("xmbridge account link sn-prod --refresh --as pat")
     );
-    assert_eq!(
-        inst.store().get_event(&event_id(WF, &late)).unwrap().state,
-        EventState::Pending
-    );
+    // The worker records the pause, then hands the event back: wait for the second step.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let state = loop {
+        let state = inst.store().get_event(&event_id(WF, &late)).unwrap().state;
+        if state != EventState::Running || Instant::now() > deadline {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(state, EventState::Pending);
     let pw = inst.path("sn.password");
     let out = inst
         .ok(&[
