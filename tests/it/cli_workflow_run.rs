@@ -1621,3 +1621,119 @@ Survey_Id__c = "survey.id"
         .await
         .fails(2, "bad name");
 }
+
+/// A running `workflow run` kept delivering with the definition it started with after the
+/// owner replaced it. It now picks up the change within a few seconds: the next event runs the
+/// new definition, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_process_delivers_with_the_definition_as_changed() {
+    let inst = support::install().user("pat");
+    let h = sim().await;
+    inst.connect(&h, "q").await;
+    let dir = h.sim.directory.default_directory_id();
+    let survey = h.sim.surveys[0].id.clone();
+    let definition = |email: &str| {
+        format!(
+            r#"[[workflow]]
+name = "responses"
+owner = "pat"
+
+[workflow.trigger]
+type = "qualtrics-response"
+survey_id = "{survey}"
+
+[[workflow.step]]
+name = "contact"
+action = "create-contact"
+[workflow.step.inputs]
+directory_id = "'{dir}'"
+email = "'{email}'"
+extRef = "response.id"
+"#
+        )
+    };
+    let file = inst.file("responses.toml", &definition("first@example.com"));
+    inst.ok(&["workflow", "add", "--file", file.to_str().unwrap()])
+        .await;
+    let (mut child, _url) = start_runner(&inst, &[]);
+    let http = reqwest::Client::new();
+    let token = h.sim.cfg.admin_token();
+    let respond = || {
+        let (http, token, url) = (
+            http.clone(),
+            token.clone(),
+            format!("{}/surveys/{survey}/responses", h.api_url()),
+        );
+        async move {
+            let created: Value = http
+                .post(url)
+                .header("X-API-TOKEN", &token)
+                .json(&json!({"values": {}}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            created["result"]["responseId"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let email_of = |rid: String| {
+        let (http, token) = (http.clone(), token.clone());
+        let url = format!("{}/directories/{dir}/contacts?pageSize=100", h.api_url());
+        async move {
+            let body: Value = http
+                .get(url)
+                .header("X-API-TOKEN", token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            body["result"]["elements"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["extRef"] == json!(rid))
+                .and_then(|c| c["email"].as_str())
+                .map(str::to_string)
+        }
+    };
+    let first = respond().await;
+    assert_eq!(
+        wait_done(&inst, "responses", 1)
+            .await
+            .counts
+            .get(&EventState::Done),
+        Some(&1)
+    );
+    assert_eq!(email_of(first).await.as_deref(), Some("first@example.com"));
+
+    // The owner replaces the definition while the process runs.
+    let file = inst.file("responses.toml", &definition("second@example.com"));
+    inst.ok(&[
+        "workflow",
+        "add",
+        "--file",
+        file.to_str().unwrap(),
+        "--replace",
+    ])
+    .await;
+    // The process looks every RELOAD_EVERY; the response is sent once a look is surely due
+    // (twice the period, with room for a busy machine).
+    tokio::time::sleep(xmbridge_runtime::workflow::RELOAD_EVERY * 2 + Duration::from_secs(1)).await;
+    let second = respond().await;
+    let st = wait_done(&inst, "responses", 2).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(st.counts.get(&EventState::Done), Some(&2), "{st:?}");
+    assert_eq!(
+        email_of(second).await.as_deref(),
+        Some("second@example.com"),
+        "the event ran the definition the process started with"
+    );
+}

@@ -4,7 +4,7 @@
 //! the response, the webhook hooks and Qualtrics event subscriptions of the workflows, and the
 //! receiver plus delivery workers running until shutdown.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -460,6 +460,35 @@ pub struct WorkflowProcess {
     vault: Arc<Vault>,
     store: Arc<SqliteStore>,
     accounts: Accounts,
+    sources: Sources,
+    registry: Arc<Registry>,
+    acting_user: Option<String>,
+    /// What the workers deliver by now: per workflow, its fingerprint and its trigger.
+    loaded: Mutex<BTreeMap<String, (String, String)>>,
+}
+
+/// How often a running process looks for changed workflow definitions.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+/// What [`WorkflowProcess::reload`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Workflows whose definition changed: their next events run the new one.
+    pub changed: Vec<String>,
+    /// Workflows added: their events are delivered from now on.
+    pub added: Vec<String>,
+    /// Workflows removed: their events go to the dead letter, as at start-up.
+    pub removed: Vec<String>,
+    /// Workflows whose trigger changed, or new ones with a webhook: the receiver's hooks and
+    /// Qualtrics subscriptions are set up at start, so these need a restart to receive events.
+    pub restart_for_hooks: Vec<String>,
+}
+
+impl Reloaded {
+    /// Whether anything changed.
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.added.is_empty() && self.removed.is_empty()
+    }
 }
 
 impl WorkflowProcess {
@@ -474,6 +503,7 @@ impl WorkflowProcess {
     ) -> Result<WorkflowProcess> {
         let workflows = load_workflows(sources, &registry)?;
         let registry = Arc::new(registry);
+        let reload_registry = registry.clone();
         let mut unbound = Vec::new();
         for w in &workflows {
             let st = store.note_definition(
@@ -524,6 +554,17 @@ impl WorkflowProcess {
             cfg,
             outbox.wake_signal(),
         ));
+        let loaded = Mutex::new(
+            workflows
+                .iter()
+                .map(|w| {
+                    (
+                        w.name.clone(),
+                        (w.fingerprint.clone(), w.trigger.to_string()),
+                    )
+                })
+                .collect(),
+        );
         Ok(WorkflowProcess {
             workflows,
             unbound,
@@ -533,7 +574,92 @@ impl WorkflowProcess {
             vault,
             store,
             accounts,
+            sources: sources.clone(),
+            registry: reload_registry,
+            acting_user: opts.acting_user.clone(),
+            loaded,
         })
+    }
+
+    /// Reads the workflow definitions again and, when they changed since the last look, hands
+    /// the workers the new plans (a running process must not deliver with a definition its
+    /// owner already replaced). A changed definition is noted as at start-up (an edit by someone
+    /// other than the creator drops the binding; `workflow add` has recorded its own already).
+    /// Definitions that cannot be read leave the workers as they are (the error says why).
+    pub fn reload(&self) -> Result<Reloaded> {
+        let workflows = load_workflows(&self.sources, &self.registry)?;
+        let mut loaded = self.loaded.lock();
+        let mut out = Reloaded::default();
+        let mut now = BTreeMap::new();
+        for w in &workflows {
+            let trigger = w.trigger.to_string();
+            match loaded.get(&w.name) {
+                Some((fp, _)) if *fp == w.fingerprint => {}
+                before => {
+                    self.store.note_definition(
+                        &w.name,
+                        &w.fingerprint,
+                        self.acting_user.as_deref(),
+                        &w.owner,
+                    )?;
+                    let hook = w.trigger.hook_path(&w.name).is_some();
+                    match before {
+                        Some((_, old_trigger)) => {
+                            out.changed.push(w.name.clone());
+                            if *old_trigger != trigger && hook {
+                                out.restart_for_hooks.push(w.name.clone());
+                            }
+                        }
+                        None => {
+                            out.added.push(w.name.clone());
+                            if hook {
+                                out.restart_for_hooks.push(w.name.clone());
+                            }
+                        }
+                    }
+                }
+            }
+            now.insert(w.name.clone(), (w.fingerprint.clone(), trigger));
+        }
+        out.removed = loaded
+            .keys()
+            .filter(|k| !now.contains_key(*k))
+            .cloned()
+            .collect();
+        if !out.is_empty() {
+            self.engine.replace_plans(
+                workflows
+                    .into_iter()
+                    .map(|w| Arc::new(WorkflowPlan(w)) as Arc<dyn Plan>)
+                    .collect(),
+            );
+            *loaded = now;
+        }
+        Ok(out)
+    }
+
+    /// [`Self::reload`], with what it found (or why it could not) in the log.
+    fn reload_and_log(&self) {
+        match self.reload() {
+            Ok(r) => {
+                for w in &r.changed {
+                    tracing::info!(workflow = %w, "workflow definition changed; its next events run the new one");
+                }
+                for w in &r.added {
+                    tracing::info!(workflow = %w, "workflow added; delivering its events");
+                }
+                for w in &r.removed {
+                    tracing::warn!(workflow = %w, "workflow removed; its remaining events go to the dead letter (add it back and replay them)");
+                }
+                for w in &r.restart_for_hooks {
+                    tracing::warn!(workflow = %w, "the workflow's webhook trigger is new or changed: restart this process so its hook and Qualtrics subscription follow");
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %error_chain(&e),
+                "the workflow definitions cannot be read; still delivering with the ones loaded before"
+            ),
+        }
     }
 
     /// Delivers every event that is due now, then returns.
@@ -681,7 +807,17 @@ impl WorkflowProcess {
                     .await
             })
         };
-        shutdown.await;
+        // Until shutdown, changed definitions reach the workers without a restart.
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(RELOAD_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => self.reload_and_log(),
+            }
+        }
         let _ = tx.send(true);
         let summary = workers.await.map_err(RuntimeError::Join)??;
         let _ = server.await;

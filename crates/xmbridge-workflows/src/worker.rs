@@ -304,7 +304,8 @@ impl Health {
 pub struct Engine {
     store: Arc<dyn Store>,
     registry: Arc<Registry>,
-    plans: BTreeMap<String, Arc<dyn Plan>>,
+    /// By workflow name; replaced whole when the definitions change under a running process.
+    plans: parking_lot::RwLock<BTreeMap<String, Arc<dyn Plan>>>,
     connector: Arc<dyn Connector>,
     cfg: EngineConfig,
     wake: Arc<Notify>,
@@ -328,10 +329,12 @@ impl Engine {
         Engine {
             store,
             registry,
-            plans: plans
-                .into_iter()
-                .map(|p| (p.name().to_string(), p))
-                .collect(),
+            plans: parking_lot::RwLock::new(
+                plans
+                    .into_iter()
+                    .map(|p| (p.name().to_string(), p))
+                    .collect(),
+            ),
             connector,
             wake,
             rng: AtomicU64::new(seed),
@@ -339,6 +342,16 @@ impl Engine {
             health: Health::with_workers(cfg.workers.max(1)),
             cfg,
         }
+    }
+
+    /// Replaces the plans the workers deliver by (definitions changed while running): an event
+    /// leased from now on runs under its workflow's new plan; one already running finishes
+    /// under the old.
+    pub fn replace_plans(&self, plans: Vec<Arc<dyn Plan>>) {
+        *self.plans.write() = plans
+            .into_iter()
+            .map(|p| (p.name().to_string(), p))
+            .collect();
     }
 
     /// The workers' states (for `/healthz`).
@@ -539,7 +552,8 @@ impl Engine {
     }
 
     async fn process_inner(&self, owner: &str, ev: &EventRow) -> Result<Outcome, StoreError> {
-        let Some(plan) = self.plans.get(&ev.workflow).cloned() else {
+        let plan = self.plans.read().get(&ev.workflow).cloned();
+        let Some(plan) = plan else {
             let msg = format!(
                 "workflow {} is not defined any more; add it back, then `xmbridge workflow replay {} --all`",
                 ev.workflow, ev.workflow
