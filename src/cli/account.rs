@@ -470,7 +470,7 @@ async fn link(args: LinkArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let Linked { row, via } =
+    let Linked { row, via, revoked } =
         xmbridge_runtime::link::link(&request, &operator, &store, &accounts).await?;
     let how = match via {
         LinkedVia::Salesforce { org_id } => format!(
@@ -501,6 +501,9 @@ async fn link(args: LinkArgs) -> anyhow::Result<()> {
     );
     if row.brand {
         println!("share it with: xmbridge account share {name} --with USER… --as {user}");
+    }
+    if let Some(r) = revoked {
+        eprintln!("warning: {}", r.warning(name));
     }
     Ok(())
 }

@@ -650,12 +650,13 @@ async fn link_oauth(inst: &Install, sf: &Sf, name: &str, extra: &[&str]) -> Stri
         .await
         .unwrap();
     let stdout = reader.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "account link {name}: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "account link {name}: {stdout}\n{stderr}"
     );
-    stdout
+    // Warnings (stderr) after what was printed.
+    format!("{stdout}\n{stderr}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1736,4 +1737,44 @@ extRef = "response.id"
         Some("second@example.com"),
         "the event ran the definition the process started with"
     );
+}
+
+/// Salesforce keeps 5 approvals per user and connected app: a sixth login of the same
+/// Salesforce user silently revokes the oldest. The link says which linked account that was,
+/// and that account shows EXPIRED at once (a test proves Salesforce refuses it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sixth_approval_of_one_salesforce_user_names_the_account_it_revoked() {
+    let inst = support::install();
+    let sf = salesforce().await;
+    sf.admin(
+        reqwest::Method::POST,
+        "/_sim/oauth/auto-approve",
+        json!({"user": "admin@acme.sim"}),
+    )
+    .await;
+    // Five accounts of the same Salesforce user and app, linked by three local users.
+    for (name, user) in [
+        ("sf-1", "pat"),
+        ("sf-2", "pat"),
+        ("sf-3", "sam"),
+        ("sf-4", "sam"),
+        ("sf-5", "kim"),
+    ] {
+        let out = link_oauth(&inst, &sf, name, &["--as", user]).await;
+        assert!(!out.contains("warning"), "{out}");
+    }
+    let out = link_oauth(&inst, &sf, "sf-6", &["--as", "kim"]).await;
+    assert!(
+        out.contains("warning: Salesforce keeps 5 approvals per user and connected app"),
+        "{out}"
+    );
+    assert!(out.contains("account sf-1 (owner pat)"), "{out}");
+    let list = inst.ok(&["account", "list", "--as", "pat"]).await;
+    let row = list.lines().find(|l| l.starts_with("sf-1 ")).unwrap();
+    assert!(row.contains("EXPIRED"), "{list}");
+    // Salesforce really revoked it; the next one still works.
+    inst.run(&["account", "test", "sf-1", "--as", "pat"])
+        .await
+        .fails(1, "xmbridge account link sf-1 --refresh");
+    inst.ok(&["account", "test", "sf-2", "--as", "pat"]).await;
 }

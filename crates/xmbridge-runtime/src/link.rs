@@ -112,6 +112,81 @@ pub struct Linked {
     pub row: AccountRow,
     /// How it signs in.
     pub via: LinkedVia,
+    /// Another linked account whose approval this login made Salesforce revoke (5 approvals
+    /// per user and connected app); it is marked expired.
+    pub revoked: Option<RevokedApproval>,
+}
+
+/// Salesforce keeps at most this many approvals (refresh tokens) per user and connected app; a
+/// new one silently revokes the oldest.
+pub const SALESFORCE_APPROVALS_PER_USER_AND_APP: usize = 5;
+
+/// A linked account that stopped working because a newer login of the same Salesforce user to
+/// the same connected app took its approval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokedApproval {
+    /// The account.
+    pub account: String,
+    /// Its local owner.
+    pub owner: String,
+    /// The Salesforce user (the identity URL's last part).
+    pub salesforce_user: String,
+}
+
+impl RevokedApproval {
+    /// The warning for the person who just logged in.
+    pub fn warning(&self, new_account: &str) -> String {
+        format!(
+            "Salesforce keeps {SALESFORCE_APPROVALS_PER_USER_AND_APP} approvals per user and connected app: this login of Salesforce user {} made it revoke the oldest, the one of account {} (owner {}), which is now marked expired and pauses its workflows. Use one linked account per Salesforce user and app (share a brand account instead of linking the same user again), or give {} its own connected app; `xmbridge account link {} --refresh` would in turn revoke the next oldest, possibly {new_account}'s.",
+            self.salesforce_user, self.account, self.owner, self.account, self.account
+        )
+    }
+}
+
+/// After a login of Salesforce user `identity` to connected app `client_id` (the account
+/// `name` being linked): when the other linked accounts already held the maximum of that
+/// user's approvals for that app, Salesforce revoked the oldest. That account is marked expired
+/// (its next use would fail anyway) and returned. Approvals held outside xmbridge count
+/// upstream too; only ours can be named.
+pub fn approval_cap(
+    vault: &Vault,
+    store: &dyn Store,
+    name: &str,
+    client_id: &str,
+    identity: Option<&str>,
+) -> Result<Option<RevokedApproval>> {
+    let Some(identity) = identity.filter(|i| !i.is_empty()) else {
+        return Ok(None);
+    };
+    let mut same: Vec<(i64, AccountRow)> = Vec::new();
+    for row in store.list_accounts()? {
+        if row.name == name
+            || row.system != SALESFORCE.system.as_str()
+            || row.kind != AccountKind::OAuth
+            || !row.token_ok
+        {
+            continue;
+        }
+        let Ok(rec) = vault.get_connection(&row.name) else {
+            continue;
+        };
+        let s = &rec.settings;
+        if s["client_id"].as_str() == Some(client_id) && s["identity"].as_str() == Some(identity) {
+            let at = s["approved_at"].as_i64().unwrap_or(row.created_at);
+            same.push((at, row));
+        }
+    }
+    if same.len() < SALESFORCE_APPROVALS_PER_USER_AND_APP {
+        return Ok(None);
+    }
+    same.sort_by_key(|(at, _)| *at);
+    let (_, oldest) = same.remove(0);
+    store.set_token_ok(&oldest.name, false)?;
+    Ok(Some(RevokedApproval {
+        account: oldest.name,
+        owner: oldest.owner,
+        salesforce_user: identity.rsplit('/').next().unwrap_or(identity).to_string(),
+    }))
 }
 
 impl AccountLogin {
@@ -248,6 +323,16 @@ pub async fn link(
         )
     };
     let org_id = salesforce::org_from_identity(&tokens);
+    let revoked = match kind {
+        AccountKind::OAuth => approval_cap(
+            accounts.vault(),
+            store,
+            name,
+            &client_id,
+            tokens.extra.get("id").and_then(Value::as_str),
+        )?,
+        AccountKind::ServerToServer => None,
+    };
     let row = accounts.link(LinkRequest {
         name: name.to_string(),
         system: system.system.as_str().to_string(),
@@ -262,6 +347,7 @@ pub async fn link(
     Ok(Linked {
         row,
         via: LinkedVia::Salesforce { org_id },
+        revoked,
     })
 }
 
@@ -374,6 +460,7 @@ async fn link_servicenow(
     Ok(Linked {
         row,
         via: LinkedVia::ServiceNow { sign_in, instance },
+        revoked: None,
     })
 }
 
@@ -774,6 +861,13 @@ pub async fn finish_web_login(
         &tokens,
     );
     let org_id = salesforce::org_from_identity(&tokens);
+    let revoked = approval_cap(
+        accounts.vault(),
+        accounts.store(),
+        name,
+        &client_id,
+        tokens.extra.get("id").and_then(Value::as_str),
+    )?;
     let row = accounts.link(LinkRequest {
         name: name.to_string(),
         system: SALESFORCE.system.as_str().to_string(),
@@ -788,6 +882,7 @@ pub async fn finish_web_login(
     Ok(Linked {
         row,
         via: LinkedVia::Salesforce { org_id },
+        revoked,
     })
 }
 

@@ -51,7 +51,14 @@ pub fn account_settings(link: Link<'_>, client_id: &str, tokens: &TokenResponse)
         Link::ServerToServer { token_url } => {
             json!({"token_url": token_url, "client_id": client_id})
         }
-        Link::Login { login_url } => json!({"login_url": login_url, "client_id": client_id}),
+        Link::Login { login_url } => json!({
+            "login_url": login_url,
+            "client_id": client_id,
+            // Which Salesforce user approved, and when: Salesforce keeps 5 approvals per user
+            // and connected app (see `link::approval_cap`).
+            "identity": tokens.extra.get("id").cloned().unwrap_or(Value::Null),
+            "approved_at": xmbridge_workflows::store::now_ms(),
+        }),
     };
     if let Some(instance) = tokens.extra.get("instance_url").and_then(Value::as_str) {
         settings["instance_url"] = json!(instance);

@@ -192,6 +192,11 @@ impl Accounts {
         Accounts { store, vault }
     }
 
+    /// The store holding the accounts' rows and grants.
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
     /// The vault holding the accounts' connections and secrets.
     pub fn vault(&self) -> &Arc<Vault> {
         &self.vault

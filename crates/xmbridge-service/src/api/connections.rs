@@ -1162,11 +1162,16 @@ async fn callback(State(api): State<Arc<Api>>, Query(q): Query<Callback>) -> Res
                         json!({"system": linked.row.system, "brand": linked.row.brand,
                                "kind": linked.row.kind.as_str()}),
                     ));
+                    let warning = linked
+                        .revoked
+                        .as_ref()
+                        .map(|r| format!(" Warning: {}", r.warning(&name)))
+                        .unwrap_or_default();
                     page(
                         StatusCode::OK,
                         "Account linked",
                         &format!(
-                            "Salesforce account '{name}' is linked; its tokens are stored sealed. You can close this tab."
+                            "Salesforce account '{name}' is linked; its tokens are stored sealed.{warning} You can close this tab."
                         ),
                     )
                 }
