@@ -435,9 +435,12 @@ async fn a_schedule_fires_and_each_run_is_recorded_with_the_counts_the_destinati
     );
 
     let runs = stores(&i).runs.list("acme", 100).unwrap();
+    // A slot may fire just before SIGTERM: that run stops at a commit boundary (cancelled) and
+    // a resume run waits for the next start. Nothing failed.
     assert!(
-        runs.iter()
-            .all(|r| r.status == RunStatus::Succeeded || r.status == RunStatus::Cancelled),
+        runs.iter().all(|r| r.status == RunStatus::Succeeded
+            || r.status == RunStatus::Cancelled
+            || (r.status == RunStatus::Queued && r.trigger == RunTrigger::Resume)),
         "{runs:#?}"
     );
     assert!(runs.iter().all(|r| r.trigger != RunTrigger::User));
