@@ -131,6 +131,10 @@ fn main() -> ExitCode {
                 eprintln!("error: {usage}");
                 return ExitCode::from(2);
             }
+            if let Some(n) = e.downcast_ref::<cli::NotChecked>() {
+                eprintln!("not checked: {n}");
+                return ExitCode::from(cli::EXIT_NOT_CHECKED);
+            }
             eprintln!("error: {}", error_chain(&e));
             // A destination URL or setting that cannot work is bad configuration (exit 2, as
             // the README promises), unlike one that cannot be reached now (exit 1).

@@ -21,6 +21,23 @@ use std::fmt;
 /// later).
 pub const EXIT_BUSY: u8 = 75;
 
+/// Exit code of a check that found nothing wrong but could not check everything (`workflow
+/// test` with a step it could not describe): never reported as a pass.
+pub const EXIT_NOT_CHECKED: u8 = 3;
+
+/// A check that could not be completed: not a failure and not a pass; exits with
+/// [`EXIT_NOT_CHECKED`].
+#[derive(Debug)]
+pub struct NotChecked(pub String);
+
+impl fmt::Display for NotChecked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotChecked {}
+
 /// A mistake in the command line or configuration found after parsing; exits with code 2.
 #[derive(Debug)]
 pub struct UsageError(pub String);

@@ -68,7 +68,10 @@ pub enum WorkflowCommand {
   xmbridge workflow test nps-to-salesforce --response R_1a2b3c --connection acme
   xmbridge workflow test nps-to-salesforce --response R_1a2b3c --connection acme --describe describe.json
   xmbridge workflow test incident-closed-survey --event-json incident.json
-Exit code 0 when every check passes, 1 when a permission, type or input problem is found.")]
+Salesforce steps are checked live as their own linked account unless --describe or
+--salesforce-token-url names one describe source. Exit code 0 when every step that runs was
+checked and passes, 1 when a problem is found (permission, type, input, unusable account), 3
+when nothing wrong was found but a step could not be checked (\"not checked\", never a pass).")]
     Test(TestArgs),
     /// Print the URL a Salesforce outbound message or a ServiceNow business rule posts to (the
     /// Salesforce one carries the workflow's secret token), or the hook's secret itself.
@@ -770,8 +773,17 @@ async fn test(t: TestArgs, sources: &Sources, registry: &Registry) -> anyhow::Re
         (None, None) => None,
     };
     let ctx = EventContext::new(event);
-    let report =
-        preflight::preflight(w, &ctx, registry, &preview::SalesforceDescribes(describes)).await;
+    // Without a describe given, each Salesforce step is checked live as its own linked account.
+    let report = match describes {
+        Some(d) => {
+            preflight::preflight(w, &ctx, registry, &preview::SalesforceDescribes(Some(d))).await
+        }
+        None => {
+            let (_, vault, store) = super::workflow_run::open_store()?;
+            let live = preview::AccountDescribes::for_workflow(&vault, store, w, registry);
+            preflight::preflight(w, &ctx, registry, &live).await
+        }
+    };
     let hook = hook_protection(w);
     if t.json {
         let hook = match (&hook, w.trigger.hook_path(&w.name)) {
@@ -784,9 +796,10 @@ async fn test(t: TestArgs, sources: &Sources, registry: &Registry) -> anyhow::Re
         };
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &json!({"event": ctx.event, "hook": hook, "report": report, "passed": report.passed()})
-            )?
+            serde_json::to_string_pretty(&json!({
+                "event": ctx.event, "hook": hook, "report": report,
+                "passed": report.passed(), "verdict": report.verdict(),
+            }))?
         );
     } else {
         if let (Some(p), Some(path)) = (&hook, w.trigger.hook_path(&w.name)) {
@@ -794,15 +807,20 @@ async fn test(t: TestArgs, sources: &Sources, registry: &Registry) -> anyhow::Re
         }
         print!("{}", report.to_text());
     }
-    if !report.passed() {
-        bail!(
+    match report.verdict() {
+        preflight::Verdict::Passed => Ok(()),
+        preflight::Verdict::Problems => bail!(
             "workflow \"{}\": preflight found {} problem{}",
             w.name,
             report.problem_count(),
             if report.problem_count() == 1 { "" } else { "s" }
-        );
+        ),
+        preflight::Verdict::NotChecked => Err(anyhow::anyhow!(super::NotChecked(format!(
+            "workflow \"{}\": {} step(s) could not be checked, so this is no pass (see the lines marked \"not checked\")",
+            w.name,
+            report.unchecked_count()
+        )))),
     }
-    Ok(())
 }
 
 #[cfg(test)]

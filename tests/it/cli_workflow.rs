@@ -319,8 +319,12 @@ async fn workflow_test_prints_the_payloads_for_a_simulated_response() {
             "--json",
         ])
         .await;
-    r.expect(0, &[]);
+    // A ServiceNow incident's permissions cannot be checked: "not checked" (exit 3), never a
+    // pass.
+    r.expect(3, &[]);
     let out: Value = serde_json::from_str(&r.stdout()).unwrap();
+    assert_eq!(out["verdict"], json!("not_checked"));
+    assert_eq!(out["passed"], json!(false));
     assert_eq!(out["event"]["response"]["id"], json!(rid));
     let step = &out["report"]["steps"][0];
     assert_eq!(step["outcome"], json!("send"));
@@ -362,13 +366,14 @@ async fn workflow_test_prints_the_payloads_for_a_simulated_response() {
     ])
     .await
     .expect(
-        0,
+        3,
         &[
             "step 1 \"upsert\": salesforce.upsert with account sf-prod",
             &format!("\"external_id\": \"{rid}\""),
             "\"NPS__c\": 3",
             "step 2 \"incident\": servicenow.create-incident with account sn-prod",
-            "preflight passed",
+            "not checked: ServiceNow permissions",
+            "preflight not checked: 1 step could not be checked",
         ],
     );
     let bad = i.file("describe-bad.json", &describe(false).to_string());
@@ -446,7 +451,8 @@ async fn workflow_test_on_an_event_file() {
             "--json",
         ])
         .await;
-    r.expect(0, &[]);
+    // Its ServiceNow write cannot be checked: exit 3, "not checked".
+    r.expect(3, &["not checked"]);
     let out: Value = serde_json::from_str(&r.stdout()).unwrap();
     let steps = &out["report"]["steps"];
     assert_eq!(
@@ -527,9 +533,17 @@ async fn workflow_test_checks_a_live_salesforce_describe() {
         secret.to_str().unwrap(),
     ];
     let r = i.run(&args).await;
-    r.expect(0, &["\"NPS__c\": 2", "checks: ok", "preflight passed"]);
+    // The Salesforce step is checked live and fine; the ServiceNow step cannot be.
+    r.expect(
+        3,
+        &[
+            "\"NPS__c\": 2",
+            "checks: ok",
+            "preflight not checked: 1 step",
+        ],
+    );
     assert!(
-        !r.stdout().contains("not checked: no describe"),
+        !r.stdout().contains("not checked: Salesforce"),
         "{}",
         r.stdout()
     );

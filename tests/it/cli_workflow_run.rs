@@ -1778,3 +1778,103 @@ async fn a_sixth_approval_of_one_salesforce_user_names_the_account_it_revoked() 
         .fails(1, "xmbridge account link sf-1 --refresh");
     inst.ok(&["account", "test", "sf-2", "--as", "pat"]).await;
 }
+
+/// `workflow test` used to end "preflight passed" for a Salesforce step it had not checked (no
+/// describe file) and the delivery then died on a permission. Without a describe file it now
+/// describes the object live as the step's own linked account: the admin's account passes, a
+/// Standard User's is told what is missing, an owner without an account is a problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_test_checks_salesforce_permissions_as_the_linked_user() {
+    let inst = support::install();
+    let sf = salesforce().await;
+    let approve = |user: &'static str| {
+        let sf = &sf;
+        async move {
+            sf.admin(
+                reqwest::Method::POST,
+                "/_sim/oauth/auto-approve",
+                json!({"user": user}),
+            )
+            .await;
+        }
+    };
+    approve("admin@acme.sim").await;
+    link_oauth(&inst, &sf, "sf-admin", &["--as", "pat"]).await;
+    approve("standard@acme.sim").await;
+    link_oauth(&inst, &sf, "sf-standard", &["--as", "sam"]).await;
+    let definition = |name: &str, owner: &str, account: &str| {
+        format!(
+            r#"[[workflow]]
+name = "{name}"
+owner = "{owner}"
+[workflow.trigger]
+type = "qualtrics-response"
+survey_id = "SV_abc"
+[[workflow.step]]
+name = "upsert"
+action = "salesforce.upsert"
+account = "{account}"
+[workflow.step.mapping]
+object = "Survey_Response__c"
+external_id_field = "Response_Id__c"
+external_id = "response.id"
+[workflow.step.mapping.fields]
+Survey_Id__c = "survey.id"
+NPS__c = "number(response.values.QID1)"
+"#
+        )
+    };
+    for (name, owner, account) in [
+        ("as-admin", "pat", "sf-admin"),
+        ("as-standard", "sam", "sf-standard"),
+        ("as-nobody", "kim", "sf-admin"),
+    ] {
+        let f = inst.file(&format!("{name}.toml"), &definition(name, owner, account));
+        inst.ok(&[
+            "workflow",
+            "add",
+            "--file",
+            f.to_str().unwrap(),
+            "--as",
+            owner,
+        ])
+        .await;
+    }
+    let event = inst.file(
+        "event.json",
+        &json!({"response": {"id": "R_1", "values": {"QID1": 3}},
+                "survey": {"id": "SV_abc", "name": "NPS"}})
+        .to_string(),
+    );
+    let test = |wf: &'static str| {
+        let inst = &inst;
+        let event = event.clone();
+        async move {
+            inst.run(&[
+                "workflow",
+                "test",
+                wf,
+                "--event-json",
+                event.to_str().unwrap(),
+            ])
+            .await
+        }
+    };
+    // Fully checked, live, as the admin: a real pass.
+    let r = test("as-admin").await;
+    r.expect(0, &["checks: ok", "preflight passed"]);
+    assert!(!r.stdout().contains("not checked"), "{}", r.stdout());
+    // The Standard User may not create or edit the object: problems, exit 1.
+    test("as-standard").await.expect(
+        1,
+        &["the linked Salesforce user needs Create on Survey_Response__c"],
+    );
+    // kim owns no account and was granted none: the delivery would fail, and the test says so.
+    test("as-nobody").await.expect(
+        1,
+        &[
+            "workflow owner kim may not use account sf-admin",
+            "preflight found 1 problem",
+        ],
+    );
+}

@@ -78,3 +78,79 @@ impl Describers for SalesforceDescribes {
         }
     }
 }
+
+/// Live describes as each Salesforce step's own linked account (the owner's, resolved by the
+/// rule a delivery follows), so permissions are checked for the user a delivery runs as. A step
+/// whose account cannot be used (none linked, not granted, token expired) is a problem.
+pub struct AccountDescribes {
+    by_step: std::collections::HashMap<String, std::result::Result<SalesforceSchema, String>>,
+}
+
+impl AccountDescribes {
+    /// The describes for the Salesforce steps of `workflow`.
+    pub fn for_workflow(
+        vault: &Arc<xmbridge_vault::Vault>,
+        store: Arc<xmbridge_workflows::store::SqliteStore>,
+        workflow: &xmbridge_workflows::definition::Workflow,
+        registry: &xmbridge_actions::Registry,
+    ) -> AccountDescribes {
+        use xmbridge_workflows::accounts::Accounts;
+        let accounts = Accounts::new(store, vault.clone());
+        let mut by_step = std::collections::HashMap::new();
+        for step in &workflow.steps {
+            if step.system != xmbridge_actions::System::Salesforce {
+                continue;
+            }
+            let schema = accounts
+                .resolve(
+                    &workflow.owner,
+                    crate::systems::SALESFORCE.system.as_str(),
+                    step.account.as_deref(),
+                )
+                .map_err(|e| e.to_string())
+                .and_then(|row| {
+                    if row.token_ok {
+                        Ok(row)
+                    } else {
+                        Err(format!(
+                            "account {} of {} has an expired token: re-authorize with `{}`",
+                            row.name,
+                            row.owner,
+                            Accounts::reauthorize_command(&row)
+                        ))
+                    }
+                })
+                .and_then(|row| {
+                    let spec = registry
+                        .get(&step.action)
+                        .map(|a| a.spec())
+                        .ok_or_else(|| format!("unknown action {}", step.action))?;
+                    let ctx =
+                        crate::salesforce::context(vault, &row, spec).map_err(|e| e.to_string())?;
+                    ctx.get::<xmbridge_actions::salesforce::SalesforceConnection>()
+                        .map(|c| SalesforceSchema {
+                            client: c.client.clone(),
+                        })
+                        .ok_or_else(|| format!("no Salesforce client for account {}", row.name))
+                });
+            by_step.insert(step.name.clone(), schema);
+        }
+        AccountDescribes { by_step }
+    }
+}
+
+impl Describers for AccountDescribes {
+    fn schema_for(&self, step: &Step) -> Option<&dyn TargetSchema> {
+        match self.by_step.get(&step.name) {
+            Some(Ok(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn account_problem(&self, step: &Step) -> Option<String> {
+        match self.by_step.get(&step.name) {
+            Some(Err(e)) => Some(e.clone()),
+            _ => None,
+        }
+    }
+}

@@ -20,6 +20,23 @@ pub trait Describers: Sync {
     /// The schema for `step`'s target; `None` when its system cannot be described (the checks
     /// that need a describe are then noted as not done).
     fn schema_for(&self, step: &Step) -> Option<&dyn TargetSchema>;
+    /// Why `step` would fail before any describe: its account cannot be used (none linked, not
+    /// granted, its token expired). Reported as a problem.
+    fn account_problem(&self, _step: &Step) -> Option<String> {
+        None
+    }
+}
+
+/// The outcome of a preflight, as `workflow test` reports it and exits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every step was checked and nothing is wrong.
+    Passed,
+    /// Something is wrong (at least one problem).
+    Problems,
+    /// Nothing wrong was found, but some step could not be checked: not a pass.
+    NotChecked,
 }
 
 /// No describes at all: only rendering and input checks.
@@ -93,6 +110,8 @@ pub struct StepReport {
     pub problems: Vec<Check>,
     /// What was not checked and why (no describe for this system, …).
     pub notes: Vec<String>,
+    /// Whether a check this step needs could not be made (then the preflight is not a pass).
+    pub unchecked: bool,
 }
 
 /// The dry run and preflight of one workflow for one event (`workflow test`).
@@ -116,9 +135,25 @@ impl Report {
         self.steps.iter().map(|s| s.problems.len()).sum()
     }
 
-    /// True when no step has a problem (`workflow test` then exits 0).
+    /// True when every step was checked and none has a problem (`workflow test` then exits 0).
     pub fn passed(&self) -> bool {
-        self.problem_count() == 0
+        self.verdict() == Verdict::Passed
+    }
+
+    /// Problems first; then whether any step could not be checked.
+    pub fn verdict(&self) -> Verdict {
+        if self.problem_count() > 0 {
+            Verdict::Problems
+        } else if self.steps.iter().any(|s| s.unchecked) {
+            Verdict::NotChecked
+        } else {
+            Verdict::Passed
+        }
+    }
+
+    /// The steps that could not be checked.
+    pub fn unchecked_count(&self) -> usize {
+        self.steps.iter().filter(|s| s.unchecked).count()
     }
 
     /// The human-readable report `workflow test` prints.
@@ -154,7 +189,9 @@ impl Report {
             for n in &s.notes {
                 let _ = writeln!(out, "  note: {n}");
             }
-            if s.problems.is_empty() {
+            if s.problems.is_empty() && s.unchecked {
+                let _ = writeln!(out, "  checks: not checked (see the note)");
+            } else if s.problems.is_empty() {
                 let _ = writeln!(out, "  checks: ok");
             } else {
                 for p in &s.problems {
@@ -168,16 +205,20 @@ impl Report {
             }
         }
         let n = self.problem_count();
+        let u = self.unchecked_count();
         let _ = writeln!(
             out,
             "\n{}",
-            if n == 0 {
-                "preflight passed".to_string()
-            } else {
-                format!(
+            match self.verdict() {
+                Verdict::Passed => "preflight passed".to_string(),
+                Verdict::Problems => format!(
                     "preflight found {n} problem{}",
                     if n == 1 { "" } else { "s" }
-                )
+                ),
+                Verdict::NotChecked => format!(
+                    "preflight not checked: {u} step{} could not be checked (see above); nothing wrong was found in the rest",
+                    if u == 1 { "" } else { "s" }
+                ),
             }
         );
         out
@@ -271,14 +312,28 @@ pub async fn preflight(
                 }
             }
         };
-        if let Some(mapping) = &step.mapping {
+        let mut unchecked = false;
+        let account_problem = describers.account_problem(step);
+        if let Some(message) = &account_problem {
+            problems.push(Check {
+                kind: CheckKind::Permission,
+                field: None,
+                message: message.clone(),
+            });
+        }
+        if let Some(mapping) = &step.mapping
+            && account_problem.is_none()
+        {
             let kind = WriteKind::of_action(&step.action);
             match describers.schema_for(step) {
-                None => notes.push(format!(
-                    "{} object {} and its fields not checked: no describe available for this account",
-                    step.system.title(),
-                    mapping.object
-                )),
+                None => {
+                    unchecked = true;
+                    notes.push(format!(
+                        "not checked: {} object {} and its fields: no describe available for this account",
+                        step.system.title(),
+                        mapping.object
+                    ))
+                }
                 Some(schema) => match schema.describe(&mapping.object).await {
                     Err(SchemaError::UnknownObject { object }) => problems.push(Check {
                         kind: CheckKind::Permission,
@@ -288,7 +343,10 @@ pub async fn preflight(
                             step.system.title()
                         ),
                     }),
-                    Err(e) => notes.push(format!("not checked: {e}")),
+                    Err(e) => {
+                        unchecked = true;
+                        notes.push(format!("not checked: {e}"))
+                    }
                     Ok(d) => {
                         let who = format!("the linked {} user", step.system.title());
                         if kind.creates() && !d.createable {
@@ -336,14 +394,19 @@ pub async fn preflight(
                     }
                 },
             }
-        } else if step.system != System::Qualtrics
+        } else if step.mapping.is_none()
+            && account_problem.is_none()
+            && step.system != System::Qualtrics
             && registry.get(&step.action).is_some_and(|a| a.spec().writes)
         {
+            unchecked = true;
             notes.push(format!(
-                "no record mapping: {} permissions for this step are not checked",
+                "not checked: {} permissions for this step (it has no record mapping to describe)",
                 step.system.title()
             ));
         }
+        // A step that would not run for this event needs no check for it.
+        let unchecked = unchecked && matches!(outcome, Outcome::Send { .. });
         steps.push(StepReport {
             name: step.name.clone(),
             action: step.action.clone(),
@@ -352,6 +415,7 @@ pub async fn preflight(
             outcome,
             problems,
             notes,
+            unchecked,
         });
     }
     Report {
@@ -429,7 +493,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn detractor_dry_run_shows_both_payloads_and_passes() {
+    async fn detractor_dry_run_shows_both_payloads_and_is_no_pass_while_a_step_is_unchecked() {
         let w = workflow();
         let r = preflight(
             &w,
@@ -438,7 +502,19 @@ mod tests {
             &One(describe(|_| {})),
         )
         .await;
-        assert!(r.passed(), "{}", r.to_text());
+        // The Salesforce step is checked against its describe and fine; the ServiceNow step's
+        // permissions cannot be checked, so the verdict is "not checked", never "passed".
+        assert_eq!(r.problem_count(), 0, "{}", r.to_text());
+        assert!(!r.steps[0].unchecked, "{}", r.to_text());
+        assert!(r.steps[1].unchecked, "{}", r.to_text());
+        assert_eq!(r.verdict(), Verdict::NotChecked);
+        assert!(!r.passed());
+        assert!(
+            r.to_text()
+                .contains("preflight not checked: 1 step could not be checked"),
+            "{}",
+            r.to_text()
+        );
         assert_eq!(
             r.steps[0].outcome,
             Outcome::Send {
@@ -466,7 +542,9 @@ mod tests {
         );
         assert_eq!(
             r.steps[1].notes,
-            vec!["no record mapping: ServiceNow permissions for this step are not checked"]
+            vec![
+                "not checked: ServiceNow permissions for this step (it has no record mapping to describe)"
+            ]
         );
     }
 
