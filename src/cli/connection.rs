@@ -34,6 +34,8 @@ use super::user::{audit, open_users, service_error};
   # OAuth with refresh token (\"Standard\"): add, then authorize in a browser once:
   xmbridge connection add qualtrics acme --datacenter fra1 --auth standard --client-id ID --client-secret-file secret.txt
   xmbridge connection authorize acme
+  # OAuth client credentials, as the ServiceNow spoke's OAuth client (scope manage:all):
+  xmbridge connection add qualtrics acme --datacenter fra1 --auth client-credentials --client-id ID --client-secret-file secret.txt
   # OAuth client credentials over mutual TLS (\"Advanced\"):
   xmbridge connection add qualtrics acme --datacenter fra1 --auth advanced --client-id ID \\
       --client-secret-file secret.txt --cert client.pem --key client.key --passphrase-file pass.txt
@@ -104,6 +106,9 @@ pub enum AuthArg {
     Standard,
     /// OAuth client credentials over mutual TLS (Fivetran's "Advanced").
     Advanced,
+    /// OAuth client credentials without mutual TLS (the ServiceNow spoke's OAuth client; scope
+    /// manage:all unless --scopes).
+    ClientCredentials,
 }
 
 impl From<AuthArg> for AuthMode {
@@ -112,6 +117,7 @@ impl From<AuthArg> for AuthMode {
             AuthArg::Token => AuthMode::Token,
             AuthArg::Standard => AuthMode::Standard,
             AuthArg::Advanced => AuthMode::Advanced,
+            AuthArg::ClientCredentials => AuthMode::ClientCredentials,
         }
     }
 }

@@ -1437,3 +1437,66 @@ async fn no_browser_authorization_takes_the_pasted_redirect_and_checks_its_state
     assert!(printed.contains("authorized connection 'std'"), "{printed}");
     i.ok(&["connection", "test", "std"]).await;
 }
+
+/// The ServiceNow spoke's OAuth client: client credentials without mutual TLS, scope
+/// `manage:all`, its token fetched when the connection is saved (Save & Test); a wrong secret
+/// saves nothing and says the client was refused.
+#[tokio::test]
+async fn client_credentials_without_mutual_tls_get_their_token_when_saved() {
+    let h = sim(small()).await;
+    let web = reqwest::Client::new();
+    let creds = credentials(&h, &web).await;
+    let cc = oauth_client(&creds, "client_credentials", "admin");
+    let i = support::install();
+    let good = i.file("secret", cc["client_secret"].as_str().unwrap());
+    let bad = i.file("bad-secret", "not-the-secret");
+    let add = |name: &str, secret: &PathBuf| {
+        vec![
+            "connection".to_string(),
+            "add".into(),
+            "qualtrics".into(),
+            name.into(),
+            "--url".into(),
+            h.base_url.clone(),
+            "--auth".into(),
+            "client-credentials".into(),
+            "--client-id".into(),
+            cc["client_id"].as_str().unwrap().into(),
+            "--client-secret-file".into(),
+            secret.to_str().unwrap().into(),
+        ]
+    };
+    let args = add("spoke", &good);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = i.run(&argv).await;
+    r.ok();
+    let out = r.stdout();
+    assert!(
+        out.contains("client-credentials (OAuth client credentials, no mutual TLS)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("token:       OAuth client credentials"),
+        "{out}"
+    );
+    assert!(out.contains("it can sync"), "{out}");
+    let show = i.ok(&["connection", "show", "spoke"]).await;
+    assert!(show.contains("scopes:       manage:all"), "{show}");
+    // The connection syncs like any other.
+    let db = i.path("spoke.db");
+    i.ok(&[
+        "sync",
+        "spoke",
+        "--destination",
+        &format!("sqlite:{}", db.display()),
+    ])
+    .await;
+
+    let args = add("wrong", &bad);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = i.run(&argv).await;
+    r.fails(1, "connection 'wrong' was not saved")
+        .fails(1, "refused the OAuth client");
+    assert!(!r.all().contains("not-the-secret"), "{}", r.all());
+    assert!(!i.ok(&["connection", "list"]).await.contains("wrong"));
+}

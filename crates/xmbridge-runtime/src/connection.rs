@@ -31,7 +31,15 @@ pub enum AuthMode {
     Standard,
     /// OAuth client credentials over mutual TLS (Fivetran's "Advanced").
     Advanced,
+    /// OAuth client credentials without mutual TLS (the ServiceNow spoke's OAuth client; scope
+    /// `manage:all` unless `--scopes` says otherwise).
+    #[serde(rename = "client-credentials")]
+    ClientCredentials,
 }
+
+/// The scope a client-credentials connection asks for unless told otherwise: what the
+/// ServiceNow spoke's OAuth client is given.
+pub const CLIENT_CREDENTIALS_SCOPE: &str = "manage:all";
 
 impl AuthMode {
     /// The name `--auth` takes and listings show.
@@ -40,6 +48,7 @@ impl AuthMode {
             AuthMode::Token => "token",
             AuthMode::Standard => "standard",
             AuthMode::Advanced => "advanced",
+            AuthMode::ClientCredentials => "client-credentials",
         }
     }
 
@@ -49,6 +58,9 @@ impl AuthMode {
             AuthMode::Token => "token (API token)",
             AuthMode::Standard => "standard (OAuth authorization code with refresh token)",
             AuthMode::Advanced => "advanced (OAuth client credentials over mutual TLS)",
+            AuthMode::ClientCredentials => {
+                "client-credentials (OAuth client credentials, no mutual TLS)"
+            }
         }
     }
 }
@@ -204,7 +216,7 @@ pub fn reauthorize_command(name: &str) -> String {
     format!("xmbridge connection authorize {name}")
 }
 
-/// The OAuth client of a standard or advanced connection.
+/// The OAuth client of a standard, advanced or client-credentials connection.
 pub fn oauth_client(
     vault: &Vault,
     name: &str,
@@ -249,7 +261,7 @@ pub fn token_source(
                 })?;
             Ok(Arc::new(xmbridge_auth::ApiTokenSource::new(token)?))
         }
-        AuthMode::Advanced => {
+        AuthMode::Advanced | AuthMode::ClientCredentials => {
             let oauth = oauth_client(vault, name, s, http)?;
             Ok(Arc::new(xmbridge_auth::ClientCredentialsSource::new(
                 oauth,

@@ -207,7 +207,7 @@ impl NewConnection {
                 ] {
                     if set {
                         return Err(RuntimeError::usage(format!(
-                            "{flag} is for --auth standard/advanced; --auth token uses only an API token"
+                            "{flag} is for --auth standard/advanced/client-credentials; --auth token uses only an API token"
                         )));
                     }
                 }
@@ -220,15 +220,21 @@ impl NewConnection {
                 })?;
                 secrets.push((SecretField::ApiToken, token));
             }
-            AuthMode::Standard | AuthMode::Advanced => {
+            AuthMode::Standard | AuthMode::Advanced | AuthMode::ClientCredentials => {
                 settings.client_id = Some(self.oauth_client_id()?);
                 // Standard mode asks the user to consent to the sync's scopes (plus `offline` for
-                // a refresh token); client credentials get what the client is allowed unless told.
+                // a refresh token); the spoke-style OAuth client asks for `manage:all`; advanced
+                // client credentials get what the client is allowed unless told.
                 settings.scopes = match auth {
                     AuthMode::Standard => Some(
                         self.scopes
                             .clone()
                             .unwrap_or_else(|| DEFAULT_SCOPES.to_string()),
+                    ),
+                    AuthMode::ClientCredentials => Some(
+                        self.scopes
+                            .clone()
+                            .unwrap_or_else(|| super::CLIENT_CREDENTIALS_SCOPE.to_string()),
                     ),
                     _ => self.scopes.clone(),
                 };

@@ -40,7 +40,10 @@ fn connection_schema() -> Value {
             ("provider", s::one_of(&["qualtrics"])),
             ("url", s::string()),
             ("datacenter", s::opt_string()),
-            ("auth", s::one_of(&["token", "standard", "advanced"])),
+            (
+                "auth",
+                s::one_of(&["token", "standard", "advanced", "client-credentials"]),
+            ),
             ("client_id", s::opt_string()),
             ("scopes", s::opt_string()),
             ("directory", s::opt_string()),
@@ -125,7 +128,10 @@ fn new_connection_schema() -> Value {
         ("url", s::string()),
         ("datacenter", s::string()),
         ("organization", s::string()),
-        ("auth", s::one_of(&["token", "standard", "advanced"])),
+        (
+            "auth",
+            s::one_of(&["token", "standard", "advanced", "client-credentials"]),
+        ),
         ("api_token", s::string()),
         ("client_id", s::string()),
         ("client_secret", s::string()),
@@ -724,10 +730,14 @@ async fn add(
         "token" => AuthMode::Token,
         "standard" => AuthMode::Standard,
         "advanced" => AuthMode::Advanced,
+        "client-credentials" => AuthMode::ClientCredentials,
         other => {
             return Err(ApiError::invalid(
                 format!("unknown auth '{other}'"),
-                Some("use token, standard (recommended for OAuth) or advanced".into()),
+                Some(
+                    "use token, standard (recommended for OAuth), advanced or client-credentials"
+                        .into(),
+                ),
             ));
         }
     };

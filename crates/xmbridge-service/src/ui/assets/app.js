@@ -421,6 +421,7 @@
     const auth = h('div', { class: 'choices', role: 'radiogroup', 'aria-label': 'Authentication' },
       choice('auth', 'standard', 'Standard', 'OAuth: you approve access in Qualtrics once; tokens refresh by themselves.', true, h('span', { class: 'tag', text: 'recommended' })),
       choice('auth', 'advanced', 'Advanced', 'OAuth client credentials over mutual TLS, with your certificate and private key.', false),
+      choice('auth', 'client-credentials', 'OAuth client', 'OAuth client credentials without a certificate (as the ServiceNow spoke\'s OAuth client; scope manage:all). Its token is fetched by Save & Test.', false),
       choice('auth', 'token', 'API token', 'A user\'s X-API-TOKEN; simplest, but tied to one person.', false));
     const token = h('input', { type: 'password', id: 'conn-token', name: 'api_token', autocomplete: 'off' });
     const clientId = h('input', { type: 'text', id: 'conn-client-id', name: 'client_id', autocomplete: 'off', spellcheck: 'false' });
