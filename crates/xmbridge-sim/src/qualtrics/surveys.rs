@@ -243,6 +243,11 @@ pub fn definition_json(sim: &SharedSim, s: &Survey) -> Value {
             "CollectGeoLocation": "false", "SurveyMetaDescription": "", "PasswordProtection": "No",
             "AnonymizeResponse": "No", "RefererCheck": "No", "ConfirmStart": false,
             "AutoConfirmStart": false, "ResponseSummary": "No", "EOSRedirectURL": "", "EmailThankYou": false,
+            // As a recorded real definition has them (docs/simulator.md, "Survey definitions"):
+            // a number, the active response set, and dates that are null until set.
+            "SkinQuestionWidth": 700, "ActiveResponseSet": "RS_1",
+            "SurveyStartDate": null, "SurveyExpirationDate": null,
+            "SurveyCreationDate": iso(s.creation_ms),
         },
         "Questions": questions,
         "Blocks": blocks,

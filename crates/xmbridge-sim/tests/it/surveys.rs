@@ -563,3 +563,58 @@ async fn single_response_lifecycle() {
     assert_eq!(v["result"]["responseCounts"]["auditable"], 50); // 50 seeded − 1 deleted + 1 created
     assert_eq!(v["result"]["responseCounts"]["deleted"], 1);
 }
+
+/// `SurveyOptions` carries every option a real survey definition carries, with the same JSON
+/// types (the keys and types of a definition recorded from a real brand and published with the
+/// ropensci/qualtRics test fixtures, `fetch_description.yml`), so a client that reads them is
+/// not tested against a thinner shape than Qualtrics sends.
+#[tokio::test]
+async fn survey_options_have_the_recorded_keys_and_types() {
+    let h = sim(small()).await;
+    let s = &h.sim.surveys[0];
+    let (_, v) = get(&h, &format!("/survey-definitions/{}", s.id)).await;
+    let options = &v["result"]["SurveyOptions"];
+    // "s": string, "n": number, "z": null (until set).
+    let recorded = [
+        ("BackButton", "s"),
+        ("SaveAndContinue", "s"),
+        ("SurveyProtection", "s"),
+        ("BallotBoxStuffingPrevention", "s"),
+        ("NoIndex", "s"),
+        ("SecureResponseFiles", "s"),
+        ("SurveyExpiration", "s"),
+        ("SurveyTermination", "s"),
+        ("Header", "s"),
+        ("Footer", "s"),
+        ("ProgressBarDisplay", "s"),
+        ("PartialData", "s"),
+        ("ValidationMessage", "s"),
+        ("PreviousButton", "s"),
+        ("NextButton", "s"),
+        ("SkinLibrary", "s"),
+        ("SkinType", "s"),
+        ("Skin", "s"),
+        ("NewScoring", "n"),
+        ("SkinQuestionWidth", "n"),
+        ("SurveyLanguage", "s"),
+        ("ActiveResponseSet", "s"),
+        ("SurveyStartDate", "z"),
+        ("SurveyExpirationDate", "z"),
+        ("SurveyCreationDate", "s"),
+    ];
+    for (key, kind) in recorded {
+        let value = &options[key];
+        let ok = match kind {
+            "s" => value.is_string(),
+            "n" => value.is_number(),
+            _ => value.is_null() && options.get(key).is_some(),
+        };
+        assert!(ok, "SurveyOptions.{key} should be {kind}: {value}");
+    }
+    assert!(
+        options["SurveyCreationDate"]
+            .as_str()
+            .is_some_and(|d| d.ends_with('Z') && d.contains('T')),
+        "{options}"
+    );
+}
