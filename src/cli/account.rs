@@ -462,11 +462,14 @@ async fn link(args: LinkArgs) -> anyhow::Result<()> {
     let operator = Terminal(&args);
     let (name, user) = (&request.name, &request.user);
     if args.refresh {
-        let resumed =
+        let done =
             xmbridge_runtime::link::refresh(&request, &operator, &vault, &store, &accounts).await?;
         println!("re-authorized account {name}");
-        for wf in &resumed {
+        for wf in &done.resumed {
             println!("resumed workflow {wf}; its held events will be delivered");
+        }
+        if let Some(r) = done.revoked {
+            eprintln!("warning: {}", r.warning(name));
         }
         return Ok(());
     }

@@ -1777,6 +1777,18 @@ async fn a_sixth_approval_of_one_salesforce_user_names_the_account_it_revoked() 
         .await
         .fails(1, "xmbridge account link sf-1 --refresh");
     inst.ok(&["account", "test", "sf-2", "--as", "pat"]).await;
+    // A re-login counts too. sf-2 logging in again takes its own old approval's place: no one
+    // else loses theirs.
+    let out = link_oauth(&inst, &sf, "sf-2", &["--refresh", "--as", "pat"]).await;
+    assert!(!out.contains("warning"), "{out}");
+    inst.ok(&["account", "test", "sf-3", "--as", "sam"]).await;
+    // sf-1 logging in again is a sixth approval once more: now sf-3's is the oldest.
+    let out = link_oauth(&inst, &sf, "sf-1", &["--refresh", "--as", "pat"]).await;
+    assert!(out.contains("account sf-3 (owner sam)"), "{out}");
+    inst.run(&["account", "test", "sf-3", "--as", "sam"])
+        .await
+        .fails(1, "xmbridge account link sf-3 --refresh");
+    inst.ok(&["account", "test", "sf-1", "--as", "pat"]).await;
 }
 
 /// `workflow test` used to end "preflight passed" for a Salesforce step it had not checked (no

@@ -144,23 +144,25 @@ impl RevokedApproval {
 }
 
 /// After a login of Salesforce user `identity` to connected app `client_id` (the account
-/// `name` being linked): when the other linked accounts already held the maximum of that
-/// user's approvals for that app, Salesforce revoked the oldest. That account is marked expired
-/// (its next use would fail anyway) and returned. Approvals held outside xmbridge count
-/// upstream too; only ours can be named.
+/// `name` being linked, or logging in again when `relogin`: its previous approval still counts
+/// upstream): when the linked accounts already held the maximum of that user's approvals for
+/// that app, Salesforce revoked the oldest. Another account so revoked is marked expired (its
+/// next use would fail anyway) and returned; `name`'s own previous approval being the oldest
+/// harms nothing. Approvals held outside xmbridge count upstream too; only ours can be named.
 pub fn approval_cap(
     vault: &Vault,
     store: &dyn Store,
     name: &str,
     client_id: &str,
     identity: Option<&str>,
+    relogin: bool,
 ) -> Result<Option<RevokedApproval>> {
     let Some(identity) = identity.filter(|i| !i.is_empty()) else {
         return Ok(None);
     };
     let mut same: Vec<(i64, AccountRow)> = Vec::new();
     for row in store.list_accounts()? {
-        if row.name == name
+        if (row.name == name && !relogin)
             || row.system != SALESFORCE.system.as_str()
             || row.kind != AccountKind::OAuth
             || !row.token_ok
@@ -181,6 +183,9 @@ pub fn approval_cap(
     }
     same.sort_by_key(|(at, _)| *at);
     let (_, oldest) = same.remove(0);
+    if oldest.name == name {
+        return Ok(None);
+    }
     store.set_token_ok(&oldest.name, false)?;
     Ok(Some(RevokedApproval {
         account: oldest.name,
@@ -330,6 +335,7 @@ pub async fn link(
             name,
             &client_id,
             tokens.extra.get("id").and_then(Value::as_str),
+            false,
         )?,
         AccountKind::ServerToServer => None,
     };
@@ -625,16 +631,27 @@ pub async fn refresh(
     vault: &Vault,
     store: &SqliteStore,
     accounts: &Accounts,
-) -> Result<Vec<String>> {
+) -> Result<Refreshed> {
     request.check()?;
     let name = request.name.as_str();
     let account = store.get_account(name)?;
-    let refresh_token = if account.system == SERVICENOW.system.as_str() {
-        refresh_servicenow(request, operator, vault).await?
+    let (refresh_token, revoked) = if account.system == SERVICENOW.system.as_str() {
+        (refresh_servicenow(request, operator, vault).await?, None)
     } else {
-        refresh_salesforce(request, operator, vault, account.kind).await?
+        refresh_salesforce(request, operator, vault, store, account.kind).await?
     };
-    account_reauthorized(accounts, store, name, &request.user, refresh_token.as_ref())
+    let resumed =
+        account_reauthorized(accounts, store, name, &request.user, refresh_token.as_ref())?;
+    Ok(Refreshed { resumed, revoked })
+}
+
+/// What [`refresh`] did.
+#[derive(Debug)]
+pub struct Refreshed {
+    /// The workflows resumed.
+    pub resumed: Vec<String>,
+    /// Another account whose approval the new login made Salesforce revoke, now marked expired.
+    pub revoked: Option<RevokedApproval>,
 }
 
 /// A Salesforce re-authorization: a new login, or a fresh client-credentials grant. Returns
@@ -643,12 +660,14 @@ async fn refresh_salesforce(
     request: &AccountLogin,
     operator: &dyn Operator,
     vault: &Vault,
+    store: &SqliteStore,
     kind: AccountKind,
-) -> Result<Option<SecretString>> {
+) -> Result<(Option<SecretString>, Option<RevokedApproval>)> {
     let name = request.name.as_str();
     let stored = StoredSettings::open(vault, name)?;
     let client_id = stored.or_given(&request.client_id, "client_id", "client id", "--client-id")?;
     let secret = given_or_stored(operator, vault, request, AskedSecret::ClientSecret)?;
+    let mut revoked = None;
     let refresh_token = match kind {
         AccountKind::ServerToServer => {
             let token_url = stored.get("token_url").ok_or_else(|| {
@@ -663,6 +682,13 @@ async fn refresh_salesforce(
             let tokens = request
                 .login(operator, &login_url, &client_id, secret.clone())
                 .await?;
+            let identity = tokens.extra.get("id").and_then(Value::as_str);
+            revoked = approval_cap(vault, store, name, &client_id, identity, true)?;
+            // The new approval is this account's now: who approved, and when.
+            let mut settings = vault.get_connection(name)?.settings;
+            settings["identity"] = identity.map_or(Value::Null, |i| Value::String(i.into()));
+            settings["approved_at"] = Value::from(xmbridge_workflows::store::now_ms());
+            vault.update_settings(name, settings)?;
             Some(tokens.refresh_token.ok_or_else(|| {
                 RuntimeError::unusable("Salesforce did not return a refresh token on the new login")
             })?)
@@ -671,7 +697,7 @@ async fn refresh_salesforce(
     if request.new_client_secret {
         vault.set_secret(name, SecretField::ClientSecret, &secret)?;
     }
-    Ok(refresh_token)
+    Ok((refresh_token, revoked))
 }
 
 /// A ServiceNow re-authorization: a new password (Basic), a new password grant (OAuth
@@ -867,6 +893,7 @@ pub async fn finish_web_login(
         name,
         &client_id,
         tokens.extra.get("id").and_then(Value::as_str),
+        false,
     )?;
     let row = accounts.link(LinkRequest {
         name: name.to_string(),
