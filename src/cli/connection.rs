@@ -424,6 +424,7 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
         key: args.key.clone(),
         ca_cert: args.ca_cert.clone(),
         directory: args.directory.clone(),
+        fallback_api_token: auth != AuthMode::Token && args.api_token_file.is_some(),
     };
     let checked = request.check(&mut AddSecrets(&args))?;
     stored::add(&vault, &checked)?;

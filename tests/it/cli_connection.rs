@@ -1499,4 +1499,37 @@ async fn client_credentials_without_mutual_tls_get_their_token_when_saved() {
         .fails(1, "refused the OAuth client");
     assert!(!r.all().contains("not-the-secret"), "{}", r.all());
     assert!(!i.ok(&["connection", "list"]).await.contains("wrong"));
+
+    // Like the spoke's connection, it may keep an API token too. The OAuth client comes first;
+    // only when it cannot get a token are calls made with the API token, and the report says so.
+    let token = i.file("token", &h.sim.cfg.admin_token());
+    let mut args = add("both", &good);
+    args.extend(["--api-token-file".into(), token.to_str().unwrap().into()]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = i.ok(&argv).await;
+    assert!(
+        out.contains("OAuth client credentials")
+            && out.contains("(an API token is kept as fallback)"),
+        "{out}"
+    );
+    let mut args = add("fallback", &bad);
+    args.extend(["--api-token-file".into(), token.to_str().unwrap().into()]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = i.run(&argv).await;
+    r.ok();
+    assert!(
+        r.stdout()
+            .contains("(fallback: the OAuth client could not get a token: "),
+        "{}",
+        r.stdout()
+    );
+    assert!(
+        r.stderr().contains("calls use the connection's API token"),
+        "{}",
+        r.stderr()
+    );
+    assert!(
+        !r.all().contains(&h.sim.cfg.admin_token()),
+        "the token leaked"
+    );
 }

@@ -52,7 +52,10 @@ pub use retry::{
     ErrorKind, Jitter, RefreshOnce, RetryPolicy, StatusClass, is_transient_status,
     parse_retry_after,
 };
-pub use source::{ApiTokenSource, ClientCredentialsSource, Clock, RefreshTokenSource, SystemClock};
+pub use source::{
+    ApiTokenSource, ClientCredentialsSource, Clock, RefreshTokenSource, SystemClock,
+    WithApiTokenFallback,
+};
 pub use system::{System, UnknownSystem};
 
 /// A boxed future, so that [`TokenSource`] stays object safe.

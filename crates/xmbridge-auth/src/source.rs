@@ -530,3 +530,85 @@ impl TokenSource for RefreshTokenSource {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+
+/// An OAuth source with an API token behind it, as the ServiceNow spoke's connection holds
+/// both: the OAuth token comes first; only when the OAuth client cannot get a token at all (the
+/// token endpoint refuses the client or its scope — not a network or server failure, which is
+/// retried as usual) are calls made with the API token. The switch is logged once, and
+/// [`TokenSource::describe`] says so from then on, so a "Save & Test" shows it.
+pub struct WithApiTokenFallback {
+    primary: Arc<dyn TokenSource>,
+    fallback: ApiTokenSource,
+    /// Why the OAuth client was given up on, once it was.
+    refused: Mutex<Option<String>>,
+}
+
+impl WithApiTokenFallback {
+    /// `primary` first, `fallback` when it cannot get a token.
+    pub fn new(primary: Arc<dyn TokenSource>, fallback: ApiTokenSource) -> WithApiTokenFallback {
+        WithApiTokenFallback {
+            primary,
+            fallback,
+            refused: Mutex::new(None),
+        }
+    }
+}
+
+impl fmt::Debug for WithApiTokenFallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WithApiTokenFallback")
+            .field("primary", &self.primary)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenSource for WithApiTokenFallback {
+    fn authorization(&self) -> BoxFuture<'_, Result<AuthHeader, AuthError>> {
+        Box::pin(async move {
+            match self.primary.authorization().await {
+                Ok(h) => Ok(h),
+                Err(e) if e.is_retryable() => Err(e),
+                Err(e) => {
+                    {
+                        let mut refused = lock(&self.refused);
+                        if refused.is_none() {
+                            tracing::warn!(error = %e, "the OAuth client cannot get a token; calls use the connection's API token");
+                            *refused = Some(e.to_string());
+                        }
+                    }
+                    self.fallback.authorization().await
+                }
+            }
+        })
+    }
+
+    fn invalidate(&self) {
+        self.primary.invalidate();
+    }
+
+    fn invalidate_stale(&self, sent: &AuthHeader) {
+        self.primary.invalidate_stale(sent);
+    }
+
+    fn expires_at(&self) -> Option<SystemTime> {
+        match *lock(&self.refused) {
+            Some(_) => None,
+            None => self.primary.expires_at(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &*lock(&self.refused) {
+            Some(why) => format!(
+                "{} (fallback: the OAuth client could not get a token: {why})",
+                self.fallback.describe()
+            ),
+            None => format!(
+                "{} (an API token is kept as fallback)",
+                self.primary.describe()
+            ),
+        }
+    }
+}

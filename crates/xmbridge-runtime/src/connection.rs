@@ -263,10 +263,19 @@ pub fn token_source(
         }
         AuthMode::Advanced | AuthMode::ClientCredentials => {
             let oauth = oauth_client(vault, name, s, http)?;
-            Ok(Arc::new(xmbridge_auth::ClientCredentialsSource::new(
-                oauth,
-                s.scopes.clone(),
-            )))
+            let source: Arc<dyn TokenSource> = Arc::new(
+                xmbridge_auth::ClientCredentialsSource::new(oauth, s.scopes.clone()),
+            );
+            // The spoke-style connection may keep an API token behind its OAuth client.
+            match vault.get_secret(name, SecretField::ApiToken)? {
+                Some(token) if s.auth == AuthMode::ClientCredentials => {
+                    Ok(Arc::new(xmbridge_auth::WithApiTokenFallback::new(
+                        source,
+                        xmbridge_auth::ApiTokenSource::new(token)?,
+                    )))
+                }
+                _ => Ok(source),
+            }
         }
         AuthMode::Standard => {
             let oauth = oauth_client(vault, name, s, http)?;

@@ -95,6 +95,9 @@ pub struct NewConnection {
     pub ca_cert: Option<PathBuf>,
     /// The XM Directory (`POOL_…`) to sync contacts from.
     pub directory: Option<String>,
+    /// A client-credentials connection also keeps an API token (given explicitly), used when
+    /// the OAuth client cannot get a token: the ServiceNow spoke's connection holds both.
+    pub fallback_api_token: bool,
 }
 
 /// The PEM texts of a new connection given as text rather than files ([`NewConnection::check_pems`]).
@@ -239,6 +242,18 @@ impl NewConnection {
                     _ => self.scopes.clone(),
                 };
                 secrets.push((SecretField::ClientSecret, input.client_secret()?));
+                if self.fallback_api_token {
+                    if auth != AuthMode::ClientCredentials {
+                        return Err(RuntimeError::usage(
+                            "an API token next to an OAuth client is for --auth client-credentials (the spoke's connection); --auth standard and advanced use only their OAuth client",
+                        ));
+                    }
+                    let token = input.api_token()?;
+                    xmbridge_auth::ApiTokenSource::new(token.clone()).map_err(|e| {
+                        RuntimeError::usage(format!("{e} (the fallback API token)"))
+                    })?;
+                    secrets.push((SecretField::ApiToken, token));
+                }
             }
         }
         if auth == AuthMode::Advanced {

@@ -753,6 +753,7 @@ async fn add(
         key: None,
         ca_cert: None,
         directory: body.directory.clone(),
+        fallback_api_token: auth != AuthMode::Token && body.api_token.is_some(),
     };
     let pems = PemTexts {
         certificate: body.certificate.clone(),
