@@ -1881,6 +1881,17 @@ NPS__c = "number(response.values.QID1)"
         1,
         &["the linked Salesforce user needs Create on Survey_Response__c"],
     );
+    // Without "API Enabled" the user cannot call the API at all: a problem, with the fix.
+    sf.admin(
+        reqwest::Method::POST,
+        "/_sim/profiles/Standard%20User",
+        json!({"api_enabled": false}),
+    )
+    .await;
+    test("as-standard").await.expect(
+        1,
+        &["the linked user may not use the API", "\"API Enabled\""],
+    );
     // kim owns no account and was granted none: the delivery would fail, and the test says so.
     test("as-nobody").await.expect(
         1,

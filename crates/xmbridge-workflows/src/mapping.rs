@@ -167,6 +167,16 @@ pub enum SchemaError {
         /// The object asked for.
         object: String,
     },
+    /// The linked user may not use the API at all (Salesforce: no "API Enabled" permission).
+    #[error(
+        "the linked user may not use the API ({reason}): give their profile or a permission set \"API Enabled\""
+    )]
+    NoApiAccess {
+        /// The object asked for.
+        object: String,
+        /// The system's own words.
+        reason: String,
+    },
     /// The describe call failed (network, authorization, the system's own error).
     #[error("{object}: the describe call failed: {reason}")]
     Unavailable {
@@ -269,6 +279,17 @@ impl TargetSchema for SalesforceSchema {
                 {
                     SchemaError::UnknownObject {
                         object: object.to_string(),
+                    }
+                }
+                SalesforceError::Permanent { errors, .. }
+                    if errors.iter().any(|x| {
+                        x.error_code == "API_DISABLED_FOR_ORG"
+                            || x.error_code == "API_CURRENTLY_DISABLED"
+                    }) =>
+                {
+                    SchemaError::NoApiAccess {
+                        object: object.to_string(),
+                        reason: e.to_string(),
                     }
                 }
                 _ => SchemaError::Unavailable {

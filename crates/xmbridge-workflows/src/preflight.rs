@@ -343,6 +343,11 @@ pub async fn preflight(
                             step.system.title()
                         ),
                     }),
+                    Err(e @ SchemaError::NoApiAccess { .. }) => problems.push(Check {
+                        kind: CheckKind::Permission,
+                        field: None,
+                        message: e.to_string(),
+                    }),
                     Err(e) => {
                         unchecked = true;
                         notes.push(format!("not checked: {e}"))
