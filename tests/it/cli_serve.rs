@@ -702,10 +702,25 @@ async fn sigterm_stops_at_a_commit_boundary(dest: Dest, grace: &str) {
                 .contains("server stopped"),
             "{run:#?}"
         );
-        // What the stopped run committed is in its record and in the destination.
+        // What the stopped run committed is in its record and in the destination. A run
+        // dropped mid-write (no grace) may have had one more batch land than it counted; its
+        // message says so.
         let held = dest.counts().await;
+        let dropped = run
+            .error
+            .as_ref()
+            .is_some_and(|e| e.message.contains("dropped while writing"));
         for (t, c) in &run.tables {
-            assert_eq!(held.get(t).copied().unwrap_or(0), c.inserted, "table {t}");
+            let h = held.get(t).copied().unwrap_or(0);
+            if dropped {
+                assert!(
+                    h >= c.inserted,
+                    "table {t}: held {h} < counted {}",
+                    c.inserted
+                );
+            } else {
+                assert_eq!(h, c.inserted, "table {t}");
+            }
         }
         assert!(
             runs.iter()

@@ -12,7 +12,8 @@
 //! shutdown — takes effect at its next commit boundary: the destination is wrapped
 //! ([`StopAtCommit`]) so that after a commit it flushes and refuses to go on. Nothing is lost,
 //! because rows and cursors commit together; a run still going after the grace period is
-//! dropped, which rolls back its uncommitted batch. Runs a shutdown stopped get a `resume` run
+//! dropped mid-write (the batch in flight may or may not land, with its cursor). Runs a
+//! shutdown stopped get a `resume` run
 //! queued for the next start, and at start the `running` rows a killed server left behind are
 //! marked failed with a `resume` run queued for each.
 
@@ -235,13 +236,14 @@ impl Scheduler {
         {
             tracing::warn!(
                 grace_s = shared.opts.grace.as_secs(),
-                "runs did not reach a commit boundary within the grace period; dropping them (their uncommitted batch rolls back)"
+                "runs did not reach a commit boundary within the grace period; dropping them (the batch in flight may or may not land; the resume run continues from the destination's cursor)"
             );
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
-            // The dropped runs' rows: cancelled, resumed at the next start.
-            // (The destination commits its open group when dropped, so what the wrapper
-            // counted is what the destination holds.)
+            // The dropped runs' rows: cancelled, resumed at the next start. The counts are the
+            // commits the wrapper saw finish; a commit in flight when the task was dropped may
+            // still land (the destination finishes what it was handed), so the destination can
+            // hold more than counted, never less. Its cursor moved with its rows.
             let left: Vec<(String, i64, BTreeMap<String, TableCounts>)> = shared
                 .active
                 .lock()
@@ -436,7 +438,7 @@ fn no_config(connection: &str) -> ServiceError {
 
 fn shutdown_error(dropped: bool) -> RunError {
     let message = if dropped {
-        "the server stopped during this run and it did not reach a commit boundary within the grace period; its uncommitted batch was rolled back, the batches it committed are kept"
+        "the server stopped during this run and it did not reach a commit boundary within the grace period, so it was dropped while writing: the batches it had finished are kept and counted here; the batch in flight may or may not have been written (rows and cursors commit together, so the resume run continues from what the destination holds: nothing lost, nothing doubled)"
     } else {
         "the server stopped during this run; it stopped at a commit boundary, everything it wrote is kept"
     };

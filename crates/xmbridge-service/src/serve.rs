@@ -8,7 +8,8 @@
 //! the listener is bound (TLS when configured); interrupted runs of a killed server are marked
 //! failed and resumed. [`Server::run`] serves until the shutdown future resolves, then stops
 //! accepting, lets running syncs stop at their next commit boundary (a grace period, then they
-//! are dropped: their uncommitted batch rolls back) and the delivery workers finish.
+//! are dropped mid-write; rows and cursors commit together, so a resume continues cleanly) and
+//! the delivery workers finish.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read as _, Seek as _, Write as _};
