@@ -1901,3 +1901,79 @@ NPS__c = "number(response.values.QID1)"
         ],
     );
 }
+
+/// `account link --salesforce --no-browser`: the login URL is opened elsewhere and the address
+/// the browser was sent to is pasted back; the account is linked and works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_salesforce_account_links_without_a_browser_from_the_pasted_redirect() {
+    use std::io::{BufRead, Write};
+    let inst = support::install();
+    let sf = salesforce().await;
+    sf.admin(
+        reqwest::Method::POST,
+        "/_sim/oauth/auto-approve",
+        json!({"user": "admin@acme.sim"}),
+    )
+    .await;
+    let secret = inst.path("sf.secret");
+    std::fs::write(&secret, sf.creds["client_secret"].as_str().unwrap()).unwrap();
+    let mut child = inst
+        .cmd(&[
+            "account",
+            "link",
+            "sf-remote",
+            "--salesforce",
+            "--login-url",
+            &sf.h.base_url,
+            "--client-id",
+            sf.creds["client_id"].as_str().unwrap(),
+            "--client-secret-file",
+            secret.to_str().unwrap(),
+            "--no-browser",
+            "--timeout",
+            "30",
+            "--as",
+            "pat",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let url = loop {
+        let line = lines.next().expect("no login URL printed").unwrap();
+        if line.starts_with("http") {
+            break line;
+        }
+    };
+    let rest =
+        std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+    // The browser on another machine: the simulator approves and redirects to 127.0.0.1, a page
+    // that does not load there; its address is copied and pasted.
+    let web = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = web.get(&url).send().await.unwrap();
+    assert!(r.status().is_redirection(), "{}", r.status());
+    let back = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(back.contains("/oauth/callback?"), "{back}");
+    writeln!(child.stdin.take().unwrap(), "{back}").unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let printed = rest.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("linked salesforce account sf-remote for pat"),
+        "{printed}"
+    );
+    inst.ok(&["account", "test", "sf-remote", "--as", "pat"])
+        .await;
+}
