@@ -42,6 +42,10 @@ use xmbridge_service::users::Role;
   xmbridge account link sn-basic --servicenow --instance-url https://acme.service-now.com \\
       --basic-user xmbridge.integration --password-file password.txt --as pat
   xmbridge account link sn-prod --refresh --password-file password.txt --as pat
+  # Prove the stored credentials now (account list then shows when), rename, log in headless:
+  xmbridge account test sf-prod --as pat
+  xmbridge account rename sf-prod sf-main --as pat
+  xmbridge account link sf-prod --refresh --no-browser --as pat
 
 The acting user is --as, else XMBRIDGE_USER, else USER.")]
 pub struct AccountArgs {

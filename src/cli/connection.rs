@@ -70,8 +70,12 @@ NAME`, then `connection test NAME`."
     /// Delete a connection and its secrets.
     Remove { name: String },
     /// Authorize a "standard" (OAuth refresh token) connection in a browser.
-    #[command(after_help = "Example:
+    #[command(after_help = "Examples:
   xmbridge connection authorize acme
+  # On a server without a browser: open the URL anywhere, paste back the address it ends on
+  xmbridge connection authorize acme --no-browser
+  # Or over an SSH tunnel (ssh -L 8765:127.0.0.1:8765 server), the redirect URI fixed:
+  xmbridge connection authorize acme --callback-port 8765
 It prints the Qualtrics authorize URL, waits on 127.0.0.1 for the browser's redirect, checks its
 state, exchanges the code and stores the refresh token.")]
     Authorize(AuthorizeArgs),
@@ -449,7 +453,7 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
     // Save & Test: the connection is stored so the test runs exactly what later runs use, and
     // removed again when it cannot sync.
     let outcome = test_connection(&vault, name, |step| print_step(name, step)).await;
-    let why = match &outcome {
+    let why = match outcome {
         Ok(t) if t.can_sync => {
             println!(
                 "{saved}: it can sync ({} table group(s) skipped)",
@@ -458,7 +462,7 @@ async fn add(args: AddArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         Ok(_) => "it cannot read surveys or responses (see the lines above)".to_string(),
-        Err(e) => chain_text(e),
+        Err(e) => crate::error_chain(&e.into()),
     };
     if let Err(e) = vault.remove_connection(name) {
         bail!(
@@ -818,21 +822,6 @@ async fn test(name: &str) -> anyhow::Result<()> {
             "connection '{name}' cannot sync: it cannot read surveys or responses (see the lines above)"
         )
     }
-}
-
-/// An error and its causes joined by ": ", skipping a cause the text already holds.
-fn chain_text(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let part = c.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        cause = c.source();
-    }
-    text
 }
 
 fn print_step(name: &str, step: TestStep<'_>) {

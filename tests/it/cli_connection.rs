@@ -361,8 +361,17 @@ async fn standard_mode_authorize_rotate_and_revoke() {
 }
 
 fn start_authorize(i: &Install, name: &str) -> (Authorizing, String) {
+    start_authorize_with(i, name, &[])
+}
+
+/// `connection authorize NAME extra…` with stdin piped (for a pasted redirect); returns the
+/// running command and the authorize URL it printed.
+fn start_authorize_with(i: &Install, name: &str, extra: &[&str]) -> (Authorizing, String) {
+    let mut args = vec!["connection", "authorize", name, "--timeout", "30"];
+    args.extend_from_slice(extra);
     let mut child = i
-        .cmd(&["connection", "authorize", name, "--timeout", "30"])
+        .cmd(&args)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -1360,35 +1369,8 @@ async fn no_browser_authorization_takes_the_pasted_redirect_and_checks_its_state
     };
     // The "other machine": follows the authorize URL and stops at the redirect, whose page
     // cannot load there; the user copies its address instead.
-    let run = || {
-        let mut child = i
-            .cmd(&[
-                "connection",
-                "authorize",
-                "std",
-                "--no-browser",
-                "--callback-port",
-                &port.to_string(),
-                "--timeout",
-                "30",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            let line = lines.next().expect("no URL printed").unwrap();
-            if line.starts_with("http") {
-                break line;
-            }
-        };
-        let rest =
-            std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
-        (child, url, rest)
-    };
+    let port_arg = port.to_string();
+    let run = || start_authorize_with(&i, "std", &["--no-browser", "--callback-port", &port_arg]);
     let redirect_of = |url: String| {
         let web = web.clone();
         async move {
@@ -1399,7 +1381,7 @@ async fn no_browser_authorization_takes_the_pasted_redirect_and_checks_its_state
     };
 
     // A redirect of another request (wrong state) is refused, and nothing is stored.
-    let (mut child, url, rest) = run();
+    let (mut running, url) = run();
     let back = redirect_of(url).await;
     assert!(
         back.starts_with(&format!("http://127.0.0.1:{port}/callback?")),
@@ -1409,31 +1391,20 @@ async fn no_browser_authorization_takes_the_pasted_redirect_and_checks_its_state
         &format!("state={}", query(&back, "state")),
         "state=not-this-one",
     );
-    writeln!(child.stdin.take().unwrap(), "{forged}").unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    let _ = rest.join();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    writeln!(running.child.stdin.take().unwrap(), "{forged}").unwrap();
+    let (code, _, err) = running.finish().await;
+    assert_eq!(code, Some(1));
     assert!(err.to_lowercase().contains("state"), "{err}");
     i.run(&["connection", "test", "std"])
         .await
         .fails(1, "xmbridge connection authorize std");
 
     // The real address, pasted: authorized, and the connection tests ok.
-    let (mut child, url, rest) = run();
+    let (mut running, url) = run();
     let back = redirect_of(url).await;
-    writeln!(child.stdin.take().unwrap(), "{back}").unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    let printed = rest.join().unwrap();
-    assert!(
-        out.status.success(),
-        "{printed}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    writeln!(running.child.stdin.take().unwrap(), "{back}").unwrap();
+    let (code, printed, err) = running.finish().await;
+    assert_eq!(code, Some(0), "{printed}\n{err}");
     assert!(printed.contains("authorized connection 'std'"), "{printed}");
     i.ok(&["connection", "test", "std"]).await;
 }

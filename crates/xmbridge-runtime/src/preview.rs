@@ -125,8 +125,8 @@ impl AccountDescribes {
                         .get(&step.action)
                         .map(|a| a.spec())
                         .ok_or_else(|| format!("unknown action {}", step.action))?;
-                    let ctx =
-                        crate::salesforce::context(vault, &row, spec).map_err(|e| e.to_string())?;
+                    let ctx = crate::systems::account_context(vault, &row, spec)
+                        .map_err(|e| e.to_string())?;
                     ctx.get::<xmbridge_actions::salesforce::SalesforceConnection>()
                         .map(|c| SalesforceSchema {
                             client: c.client.clone(),
