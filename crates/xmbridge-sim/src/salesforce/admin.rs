@@ -1,13 +1,14 @@
 //! Admin endpoints under `/_sim` on the Salesforce simulator: credentials, OAuth policy,
-//! auto-approve, token revocation and expiry, profiles and users, API limit, faults, validation
-//! rules, record dumps, the clock and outbound messages. They need no token, are never counted
-//! or faulted, and reveal secrets by design (a test tool). JSON in and out; errors are
-//! `{"error": "..."}` with 400 or 404.
+//! auto-approve, token revocation and expiry, profiles (with their record types) and users,
+//! record types, API limit, faults, validation rules, record dumps, the clock and outbound
+//! messages. They need no token, are never counted or faulted, and reveal secrets by design (a
+//! test tool). JSON in and out; errors are `{"error": "..."}` with 400 or 404.
 
 use super::limits::Faults;
 use super::oauth::{AutoApprove, RefreshPolicy};
 use super::outbound::{self, OutboundRequest};
 use super::profiles::{FieldPerm, IpRange, ObjPerm};
+use super::record_types;
 use super::sobjects::ValidationRule;
 use super::{SharedSf, json_response};
 use axum::Router;
@@ -35,6 +36,11 @@ pub(crate) fn routes() -> Router<SharedSf> {
         .route("/_sim/profiles", get(list_profiles))
         .route("/_sim/profiles/{name}", post(set_profile))
         .route("/_sim/users/{username}", post(set_user))
+        .route("/_sim/record-types", get(list_record_types))
+        .route(
+            "/_sim/record-types/{object}/{developer_name}",
+            post(set_record_type),
+        )
         .route("/_sim/limits", get(get_limits).post(set_limits))
         .route("/_sim/faults", get(get_faults).post(set_faults))
         .route(
@@ -255,6 +261,18 @@ struct ProfileBody {
     /// `Object.Field` → access.
     #[serde(default)]
     fields: BTreeMap<String, FieldPerm>,
+    /// Object → record types assigned to the profile (replaces that object's entry).
+    #[serde(default)]
+    record_types: BTreeMap<String, RecordTypeBody>,
+}
+
+/// `{"available": ["Detractor", "Promoter", "Master"], "default": "Promoter"}`: developer names
+/// (or ids); without `default` the current one stays if still assigned, else the first listed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordTypeBody {
+    available: Vec<String>,
+    default: Option<String>,
 }
 
 async fn set_profile(
@@ -280,10 +298,27 @@ async fn set_profile(
         }
     }
     let mut st = sim.state.lock();
+    let st = &mut *st;
     let p = st
         .profiles
         .get_mut(&name)
         .ok_or_else(|| AdminError::not_found(format!("no profile '{name}'")))?;
+    // Check every record type entry before changing anything.
+    let mut record_types = Vec::new();
+    for (o, rt) in &b.record_types {
+        let def = sim
+            .object(o)
+            .ok_or_else(|| AdminError::bad(format!("record_types: no object '{o}'")))?;
+        let access = record_types::validate_access(
+            &st.record_types,
+            def.name,
+            &rt.available,
+            rt.default.as_deref(),
+            p.record_types.get(def.name),
+        )
+        .map_err(AdminError::bad)?;
+        record_types.push((def.name.to_string(), access));
+    }
     if let Some(v) = b.api_enabled {
         p.api_enabled = v;
     }
@@ -297,7 +332,67 @@ async fn set_profile(
     for (f, perm) in b.fields {
         p.fields.insert(f, perm);
     }
+    for (o, access) in record_types {
+        p.record_types.insert(o, access);
+    }
     ok(serde_json::to_value(&*p).unwrap_or_default())
+}
+
+async fn list_record_types(State(sim): State<SharedSf>) -> AdminResult {
+    ok(serde_json::to_value(&sim.state.lock().record_types).unwrap_or_default())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordTypeChange {
+    active: Option<bool>,
+}
+
+/// Activates or deactivates a record type. One that is a profile's default cannot be
+/// deactivated (change the profile's default first), so every default stays usable.
+async fn set_record_type(
+    State(sim): State<SharedSf>,
+    Path((object, developer_name)): Path<(String, String)>,
+    body: Bytes,
+) -> AdminResult {
+    let b: RecordTypeChange = parse(&body)?;
+    let mut st = sim.state.lock();
+    let st = &mut *st;
+    let idx = st
+        .record_types
+        .iter()
+        .position(|r| {
+            r.object.eq_ignore_ascii_case(&object)
+                && r.developer_name.eq_ignore_ascii_case(&developer_name)
+        })
+        .ok_or_else(|| {
+            AdminError::not_found(format!("no record type '{developer_name}' on '{object}'"))
+        })?;
+    if b.active == Some(false) {
+        let rt = &st.record_types[idx];
+        let defaults: Vec<&str> = st
+            .profiles
+            .values()
+            .filter(|p| {
+                p.record_types
+                    .get(&rt.object)
+                    .is_some_and(|a| a.default.eq_ignore_ascii_case(&rt.developer_name))
+            })
+            .map(|p| p.name.as_str())
+            .collect();
+        if !defaults.is_empty() {
+            return Err(AdminError::bad(format!(
+                "record type '{}' is the default of profiles {}: change their default first",
+                rt.developer_name,
+                defaults.join(", ")
+            )));
+        }
+    }
+    let rt = &mut st.record_types[idx];
+    if let Some(a) = b.active {
+        rt.active = a;
+    }
+    ok(serde_json::to_value(&*rt).unwrap_or_default())
 }
 
 #[derive(Deserialize)]

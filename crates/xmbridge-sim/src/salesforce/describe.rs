@@ -1,9 +1,10 @@
 //! Object and field metadata of the simulated org, and the describe resources. Describe answers
 //! as the calling user sees the object: fields without read access are left out and
 //! `createable`/`updateable` are false where the user's profile lacks object or field edit rights,
-//! as real Salesforce does.
+//! as real Salesforce does; `recordTypeInfos` says which record types the user's profile has.
 
 use super::profiles::Profile;
+use super::record_types::RecordType;
 use serde_json::{Value, json};
 
 #[derive(Clone, Debug)]
@@ -160,6 +161,47 @@ fn common(mut fields: Vec<FieldDef>) -> Vec<FieldDef> {
     all
 }
 
+/// `RecordTypeId`, on the objects that have record types: a reference to `RecordType`, left out
+/// on create for the profile's default (checked in `record_types::check_write`).
+fn record_type_id() -> FieldDef {
+    lookup(
+        f(super::record_types::FIELD, "Record Type ID", "reference"),
+        "RecordType",
+        "RecordType",
+    )
+}
+
+/// The `RecordType` object as SOQL sees it (`SELECT … FROM RecordType`); its rows are the org's
+/// record types, not records. Not part of [`schema`]: it has no REST resources here.
+pub fn record_type_object() -> ObjectDef {
+    let ro = |d: FieldDef| {
+        let mut d = d;
+        d.createable = false;
+        d.updateable = false;
+        d
+    };
+    ObjectDef {
+        name: "RecordType",
+        label: "Record Type",
+        label_plural: "Record Types",
+        key_prefix: "012",
+        fields: common(vec![
+            ro(len(required(f("Name", "Record Type Label", "string")), 80)),
+            ro(len(
+                required(f("DeveloperName", "Record Type Name", "string")),
+                80,
+            )),
+            ro(len(f("NamespacePrefix", "Namespace Prefix", "string"), 15)),
+            ro(f("Description", "Description", "string")),
+            ro(len(
+                required(f("SobjectType", "SObject Type Name", "string")),
+                40,
+            )),
+            ro(f("IsActive", "Active", "boolean")),
+        ]),
+    }
+}
+
 /// The org's objects: Contact, Lead, Account, Case, Opportunity and `Survey_Response__c`.
 pub fn schema() -> Vec<ObjectDef> {
     vec![
@@ -263,6 +305,7 @@ pub fn schema() -> Vec<ObjectDef> {
                     n.id_lookup = true;
                     n
                 },
+                record_type_id(),
                 f("Subject", "Subject", "string"),
                 f("Description", "Description", "textarea"),
                 pick(
@@ -346,6 +389,7 @@ pub fn schema() -> Vec<ObjectDef> {
             fields: common(vec![
                 // An auto-number name, as the Qualtrics best-practice object usually has.
                 system(len(f("Name", "Survey Response Name", "string"), 80)),
+                record_type_id(),
                 ext(len(f("Response_Id__c", "Response Id", "string"), 64), true),
                 lookup(
                     f("Contact__c", "Contact", "reference"),
@@ -418,7 +462,14 @@ pub fn object_flags(p: &Profile, obj: &ObjectDef, version: &str) -> Value {
     })
 }
 
-pub(crate) fn describe_json(p: &Profile, obj: &ObjectDef, version: &str) -> Value {
+/// The full object describe: the flags, the fields and `recordTypeInfos` as the profile sees
+/// them.
+pub(crate) fn describe_json(
+    p: &Profile,
+    obj: &ObjectDef,
+    record_types: &[RecordType],
+    version: &str,
+) -> Value {
     let mut v = object_flags(p, obj, version);
     v["fields"] = Value::Array(
         obj.fields
@@ -427,5 +478,6 @@ pub(crate) fn describe_json(p: &Profile, obj: &ObjectDef, version: &str) -> Valu
             .map(|fd| field_json(p, obj, fd))
             .collect(),
     );
+    v["recordTypeInfos"] = super::record_types::infos_json(record_types, p, obj.name, version);
     v
 }

@@ -1,7 +1,8 @@
 //! The simulated Salesforce org: OAuth 2.0 (web-server flow with PKCE, refresh with the app's
 //! refresh-token policy and rotation, client credentials, revoke) and the REST API under
 //! `/services/data/vNN.N/` (describe, CRUD, upsert by external id, SOQL subset with paging,
-//! sObject Collections, limits), plus the admin API under `/_sim/*` and outbound messages.
+//! sObject Collections, limits, record types), plus the admin API under `/_sim/*` and outbound
+//! messages.
 //!
 //! It owns one org's users, profiles, records and tokens, all seeded and deterministic. It must
 //! not touch the Qualtrics or ServiceNow simulators; `crate::server::start_salesforce` serves it.
@@ -15,6 +16,7 @@ pub mod oauth;
 pub mod outbound;
 pub mod profiles;
 pub mod query;
+pub mod record_types;
 pub mod rest;
 pub mod sobjects;
 
@@ -98,6 +100,8 @@ pub struct State {
     pub rules: Vec<sobjects::ValidationRule>,
     /// Open query cursors by locator (`nextRecordsUrl`).
     pub cursors: BTreeMap<String, query::Cursor>,
+    /// The org's custom record types (the Master is implicit).
+    pub record_types: Vec<record_types::RecordType>,
     /// The generator behind ids made at run time.
     pub rng: Rng,
 }
@@ -119,8 +123,10 @@ impl SfSim {
             faults: limits::Faults::default(),
             rules: Vec::new(),
             cursors: BTreeMap::new(),
+            record_types: Vec::new(),
             rng: Rng::derive(cfg.seed, &[0x5f]),
         };
+        state.record_types = record_types::seed(&mut state);
         sobjects::seed_records(&cfg, &schema, &mut state, cfg.start_ms);
         SfSim {
             clock: SimClock::new(cfg.start_ms),

@@ -1,9 +1,11 @@
 //! Users and profiles: API Enabled, object permissions (read/create/edit/delete/view all/modify
 //! all), field-level security (read/edit) and login IP ranges. Field access defaults to read+edit
-//! unless a profile restricts it; object access is what the profile lists.
+//! unless a profile restricts it; object access is what the profile lists. Record type
+//! assignments per object live here too (see `record_types`).
 
 use super::SalesforceConfig;
 use super::describe::ObjectDef;
+use super::record_types::{self, RecordTypeAccess};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -113,6 +115,9 @@ pub struct Profile {
     pub fields: BTreeMap<String, FieldPerm>,
     /// Empty: log in from anywhere. Otherwise the caller's IP must lie in one range.
     pub login_ip_ranges: Vec<IpRange>,
+    /// Object → the record types assigned to the profile and its default; an object not listed
+    /// has the Master record type only.
+    pub record_types: BTreeMap<String, RecordTypeAccess>,
 }
 
 impl Profile {
@@ -156,6 +161,7 @@ pub(crate) fn seed_profiles(schema: &[ObjectDef]) -> BTreeMap<String, Profile> {
             objects: all(ObjPerm::all()),
             fields: BTreeMap::new(),
             login_ip_ranges: Vec::new(),
+            record_types: BTreeMap::new(),
         },
     );
     out.insert(
@@ -170,6 +176,7 @@ pub(crate) fn seed_profiles(schema: &[ObjectDef]) -> BTreeMap<String, Profile> {
             }),
             fields: BTreeMap::new(),
             login_ip_ranges: Vec::new(),
+            record_types: BTreeMap::new(),
         },
     );
     let mut std_objects = all(ObjPerm::crud(true, true, true, false));
@@ -200,6 +207,7 @@ pub(crate) fn seed_profiles(schema: &[ObjectDef]) -> BTreeMap<String, Profile> {
             objects: std_objects,
             fields: std_fields,
             login_ip_ranges: Vec::new(),
+            record_types: BTreeMap::new(),
         },
     );
     out.insert(
@@ -210,8 +218,12 @@ pub(crate) fn seed_profiles(schema: &[ObjectDef]) -> BTreeMap<String, Profile> {
             objects: all(ObjPerm::crud(true, true, true, false)),
             fields: BTreeMap::new(),
             login_ip_ranges: Vec::new(),
+            record_types: BTreeMap::new(),
         },
     );
+    for p in out.values_mut() {
+        p.record_types = record_types::seed_access(&p.name);
+    }
     out
 }
 

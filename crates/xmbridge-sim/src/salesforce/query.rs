@@ -3,8 +3,9 @@
 //! booleans and null (AND binds tighter than OR). Results page through `nextRecordsUrl`
 //! (`Sforce-Query-Options: batchSize=N`, 200..2000, default 2000). Malformed → 400
 //! MALFORMED_QUERY; unknown object → INVALID_TYPE; unknown or unreadable field → INVALID_FIELD.
+//! `FROM RecordType` reads the org's record types (every user may, as in Salesforce).
 
-use super::describe::{ObjectDef, readable};
+use super::describe::{ObjectDef, readable, record_type_object};
 use super::rest::Session;
 use super::sobjects::record_json;
 use super::{SfError, SharedSf, json_response};
@@ -325,18 +326,25 @@ async fn query(
         .map(|(_, v)| v.into_owned())
         .ok_or_else(|| SfError::bad("MALFORMED_QUERY", "A query string has to be specified"))?;
     let parsed = parse(&soql).map_err(|e| SfError::bad("MALFORMED_QUERY", e))?;
-    let o = sim
-        .object(&parsed.object)
-        .filter(|o| s.profile.object(o.name).read)
-        .ok_or_else(|| {
-            SfError::bad(
-                "INVALID_TYPE",
-                format!(
-                    "sObject type '{}' is not supported. If you are attempting to use a custom object, be sure to append the '__c' after the entity name.",
-                    parsed.object
-                ),
-            )
-        })?;
+    // RecordType is readable by every user; its rows are the org's record types.
+    let record_type_def;
+    let is_record_type = parsed.object.eq_ignore_ascii_case("RecordType");
+    let o = if is_record_type {
+        record_type_def = record_type_object();
+        Some(&record_type_def)
+    } else {
+        sim.object(&parsed.object)
+            .filter(|o| s.profile.object(o.name).read)
+    };
+    let o = o.ok_or_else(|| {
+        SfError::bad(
+            "INVALID_TYPE",
+            format!(
+                "sObject type '{}' is not supported. If you are attempting to use a custom object, be sure to append the '__c' after the entity name.",
+                parsed.object
+            ),
+        )
+    })?;
     let fields: Vec<String> = parsed
         .fields
         .iter()
@@ -351,19 +359,26 @@ async fn query(
         None => None,
     };
     let mut st = sim.state.lock();
-    let mut recs: Vec<&super::sobjects::Record> = st
-        .records
-        .get(o.name)
-        .map(|rs| {
-            rs.iter()
-                .filter(|r| !r.deleted)
-                .filter(|r| {
-                    filter.is_empty()
-                        || filter.iter().any(|g| g.iter().all(|c| holds(&r.fields, c)))
-                })
-                .collect()
+    let record_type_rows = if is_record_type {
+        super::record_types::as_records(&st.record_types, sim.cfg.start_ms)
+    } else {
+        Vec::new()
+    };
+    let source: &[super::sobjects::Record] = if is_record_type {
+        &record_type_rows
+    } else {
+        st.records
+            .get(o.name)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    };
+    let mut recs: Vec<&super::sobjects::Record> = source
+        .iter()
+        .filter(|r| !r.deleted)
+        .filter(|r| {
+            filter.is_empty() || filter.iter().any(|g| g.iter().all(|c| holds(&r.fields, c)))
         })
-        .unwrap_or_default();
+        .collect();
     if let Some((f, asc)) = &order {
         recs.sort_by(|a, b| {
             let (x, y) = (a.fields.get(f), b.fields.get(f));

@@ -280,10 +280,11 @@ async fn describe_object(
     Path((_, obj)): Path<(String, String)>,
 ) -> Result<Response, SfError> {
     let o = s.object(&sim, &obj)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &describe::describe_json(&s.profile, o, &s.version),
-    ))
+    let body = {
+        let st = sim.state.lock();
+        describe::describe_json(&s.profile, o, &st.record_types, &s.version)
+    };
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 fn created(id: &str, with_created: bool) -> Value {

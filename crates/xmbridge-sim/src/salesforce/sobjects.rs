@@ -1,9 +1,10 @@
 //! Records and the write rules every write path shares (single REST calls and Collections):
 //! unknown fields, field-level security, types, required fields, restricted picklists,
-//! references, unique external ids and the admin's validation rules.
+//! references, record types, unique external ids and the admin's validation rules.
 
 use super::describe::{FieldDef, ObjectDef, readable};
 use super::profiles::Profile;
+use super::record_types;
 use super::{ErrItem, SalesforceConfig, SfSim, State, is_id_shaped, sf_datetime};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -346,7 +347,12 @@ pub fn prepare(
             forbidden.push(fd.name.to_string());
             continue;
         }
-        out.insert(fd.name.to_string(), coerce(sim, st, obj, fd, &value)?);
+        let stored = if fd.name == record_types::FIELD {
+            record_types::check_write(&st.record_types, profile, obj.name, &value, op)?
+        } else {
+            coerce(sim, st, obj, fd, &value)?
+        };
+        out.insert(fd.name.to_string(), stored);
     }
     if !forbidden.is_empty() {
         return Err(bad(
@@ -455,6 +461,13 @@ pub fn create(
             };
             rec.insert(fd.name.to_string(), v);
         }
+    }
+    // No RecordTypeId: the profile's default record type (nothing stored for the Master).
+    if obj.field(record_types::FIELD).is_some()
+        && !rec.contains_key(record_types::FIELD)
+        && let Some(rt) = record_types::default_id(&st.record_types, profile, obj.name)
+    {
+        rec.insert(record_types::FIELD.to_string(), Value::String(rt));
     }
     check_saved(st, obj, None, &rec)?;
     let id = st.next_id(obj.key_prefix);

@@ -1271,3 +1271,493 @@ async fn outbound_messages_retry_until_acked_and_are_recorded() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+/// An admin call that may fail: (status, body).
+async fn admin_raw(h: &SalesforceHandle, path: &str, body: Value) -> (u16, Value) {
+    let r = http()
+        .post(format!("{}{path}", h.base_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// The seeded record type `developer_name` of `object`, from `/_sim/record-types`.
+async fn record_type_id(h: &SalesforceHandle, object: &str, developer_name: &str) -> String {
+    let all = admin(h, "GET", "/_sim/record-types", json!({})).await;
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["object"] == object && r["developer_name"] == developer_name)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `recordTypeInfos` by developer name: (available, defaultRecordTypeMapping).
+fn rt_flags(describe: &Value) -> Vec<(String, bool, bool)> {
+    describe["recordTypeInfos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["developerName"].as_str().unwrap().to_string(),
+                i["available"].as_bool().unwrap(),
+                i["defaultRecordTypeMapping"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn flags(v: &[(&str, bool, bool)]) -> Vec<(String, bool, bool)> {
+    v.iter().map(|(n, a, d)| (n.to_string(), *a, *d)).collect()
+}
+
+#[tokio::test]
+async fn describe_shows_record_type_infos_available_per_profile() {
+    let h = sim().await;
+    let detractor = record_type_id(&h, "Survey_Response__c", "Detractor").await;
+    let promoter = record_type_id(&h, "Survey_Response__c", "Promoter").await;
+    for id in [&detractor, &promoter] {
+        assert!(id.starts_with("012") && id.len() == 18, "{id}");
+    }
+    let admin_api = Api::new(&h, &login(&h, "admin@acme.sim").await);
+    let (s, d, _) = admin_api
+        .call("GET", "/sobjects/Survey_Response__c/describe", None)
+        .await;
+    assert_eq!(s, 200, "{d}");
+    // The exact shape of one entry, and the Master last.
+    assert_eq!(
+        d["recordTypeInfos"][0],
+        json!({
+            "active": true,
+            "available": true,
+            "defaultRecordTypeMapping": false,
+            "developerName": "Detractor",
+            "master": false,
+            "name": "Detractor",
+            "recordTypeId": detractor,
+            "urls": {"layout": format!("/services/data/v60.0/sobjects/Survey_Response__c/describe/layouts/{detractor}")},
+        })
+    );
+    assert_eq!(
+        d["recordTypeInfos"][2],
+        json!({
+            "active": true,
+            "available": true,
+            "defaultRecordTypeMapping": false,
+            "developerName": "Master",
+            "master": true,
+            "name": "Master",
+            "recordTypeId": "012000000000000AAA",
+            "urls": {"layout": "/services/data/v60.0/sobjects/Survey_Response__c/describe/layouts/012000000000000AAA"},
+        })
+    );
+    assert_eq!(
+        rt_flags(&d),
+        flags(&[
+            ("Detractor", true, false),
+            ("Promoter", true, true),
+            ("Master", true, false)
+        ])
+    );
+    let field = d["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "RecordTypeId")
+        .unwrap();
+    assert_eq!(field["type"], "reference");
+    assert_eq!(field["referenceTo"], json!(["RecordType"]));
+    assert_eq!(field["relationshipName"], "RecordType");
+    assert_eq!(
+        (field["createable"].as_bool(), field["updateable"].as_bool()),
+        (Some(true), Some(true))
+    );
+    // The standard user: Promoter only.
+    let std_api = Api::new(&h, &login(&h, "standard@acme.sim").await);
+    let (_, d, _) = std_api
+        .call("GET", "/sobjects/Survey_Response__c/describe", None)
+        .await;
+    assert_eq!(
+        rt_flags(&d),
+        flags(&[
+            ("Detractor", false, false),
+            ("Promoter", true, true),
+            ("Master", false, false)
+        ])
+    );
+    // Case: one record type, not assigned to the standard user; Master is its default.
+    let (_, d, _) = std_api.call("GET", "/sobjects/Case/describe", None).await;
+    assert_eq!(
+        rt_flags(&d),
+        flags(&[("Survey_Follow_Up", false, false), ("Master", true, true)])
+    );
+    // No custom record types: the Master only, and no RecordTypeId field.
+    let (_, d, _) = std_api
+        .call("GET", "/sobjects/Contact/describe", None)
+        .await;
+    assert_eq!(
+        d["recordTypeInfos"],
+        json!([{
+            "active": true,
+            "available": true,
+            "defaultRecordTypeMapping": true,
+            "developerName": "Master",
+            "master": true,
+            "name": "Master",
+            "recordTypeId": "012000000000000AAA",
+            "urls": {"layout": "/services/data/v60.0/sobjects/Contact/describe/layouts/012000000000000AAA"},
+        }])
+    );
+    assert!(
+        !d["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["name"] == "RecordTypeId")
+    );
+}
+
+#[tokio::test]
+async fn writes_refuse_record_types_the_user_may_not_use() {
+    let h = sim().await;
+    let detractor = record_type_id(&h, "Survey_Response__c", "Detractor").await;
+    let promoter = record_type_id(&h, "Survey_Response__c", "Promoter").await;
+    let follow_up = record_type_id(&h, "Case", "Survey_Follow_Up").await;
+    // The standard user may create survey responses, with the Promoter record type only.
+    admin(
+        &h,
+        "POST",
+        "/_sim/profiles/Standard User",
+        json!({"objects": {"Survey_Response__c": {"read": true, "create": true, "edit": true}}}),
+    )
+    .await;
+    let api = Api::new(&h, &login(&h, "standard@acme.sim").await);
+    let refused = |id: &str| {
+        json!([{
+            "message": format!("Record Type ID: this ID value isn't valid for the user: {id}"),
+            "errorCode": "INVALID_CROSS_REFERENCE_KEY",
+            "fields": ["RecordTypeId"],
+        }])
+    };
+    let (s, v, _) = api
+        .call(
+            "POST",
+            "/sobjects/Survey_Response__c",
+            Some(json!({"NPS__c": 2, "RecordTypeId": detractor})),
+        )
+        .await;
+    assert_eq!((s, v), (400, refused(&detractor)));
+    // Another object's record type, the Master (not assigned) and an unknown 012 id.
+    for id in [
+        follow_up.as_str(),
+        "012000000000000AAA",
+        "0125g0000000999AAA",
+    ] {
+        let (s, v, _) = api
+            .call(
+                "POST",
+                "/sobjects/Survey_Response__c",
+                Some(json!({"RecordTypeId": id})),
+            )
+            .await;
+        assert_eq!((s, v), (400, refused(id)), "{id}");
+    }
+    // An available one: 201 and stored.
+    let (s, v, _) = api
+        .call(
+            "POST",
+            "/sobjects/Survey_Response__c",
+            Some(json!({"NPS__c": 10, "RecordTypeId": promoter})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let (_, rec, _) = api
+        .call("GET", &format!("/sobjects/Survey_Response__c/{id}"), None)
+        .await;
+    assert_eq!(rec["RecordTypeId"], promoter.as_str());
+    // A 15-character id works and is stored in its 18-character form.
+    let (s, v, _) = api
+        .call(
+            "POST",
+            "/sobjects/Survey_Response__c",
+            Some(json!({"RecordTypeId": &promoter[..15]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    // None: the profile's default.
+    let (s, v, _) = api
+        .call(
+            "POST",
+            "/sobjects/Survey_Response__c",
+            Some(json!({"NPS__c": 9})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (_, rec, _) = api
+        .call(
+            "GET",
+            &format!(
+                "/sobjects/Survey_Response__c/{}?fields=RecordTypeId",
+                v["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(rec["RecordTypeId"], promoter.as_str());
+    // Update and upsert paths check the same way.
+    let (s, v, _) = api
+        .call(
+            "PATCH",
+            &format!("/sobjects/Survey_Response__c/{id}"),
+            Some(json!({"RecordTypeId": detractor})),
+        )
+        .await;
+    assert_eq!((s, v), (400, refused(&detractor)));
+    let (s, v, _) = api
+        .call(
+            "PATCH",
+            "/sobjects/Survey_Response__c/Response_Id__c/R_rt",
+            Some(json!({"RecordTypeId": detractor})),
+        )
+        .await;
+    assert_eq!((s, v), (400, refused(&detractor)));
+    // Collections: a per-record error.
+    let (s, v, _) = api
+        .call(
+            "POST",
+            "/composite/sobjects",
+            Some(json!({"allOrNone": false, "records": [
+                {"attributes": {"type": "Survey_Response__c"}, "RecordTypeId": promoter},
+                {"attributes": {"type": "Survey_Response__c"}, "RecordTypeId": detractor},
+            ]})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v[0]["success"], true, "{v}");
+    assert_eq!(
+        v[1],
+        json!({"success": false, "errors": [{
+            "statusCode": "INVALID_CROSS_REFERENCE_KEY",
+            "message": format!("Record Type ID: this ID value isn't valid for the user: {detractor}"),
+            "fields": ["RecordTypeId"],
+        }]})
+    );
+    let (s, v, _) = api
+        .call(
+            "PATCH",
+            "/composite/sobjects/Survey_Response__c/Response_Id__c",
+            Some(json!({"records": [
+                {"attributes": {"type": "Survey_Response__c"}, "Response_Id__c": "R_c1", "RecordTypeId": detractor},
+            ]})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v[0]["errors"][0]["statusCode"], "INVALID_CROSS_REFERENCE_KEY",
+        "{v}"
+    );
+    // The admin may use Detractor; once it is inactive nobody may.
+    let admin_api = Api::new(&h, &login(&h, "admin@acme.sim").await);
+    let body = json!({"RecordTypeId": detractor});
+    let (s, v, _) = admin_api
+        .call("POST", "/sobjects/Survey_Response__c", Some(body.clone()))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    admin(
+        &h,
+        "POST",
+        "/_sim/record-types/Survey_Response__c/Detractor",
+        json!({"active": false}),
+    )
+    .await;
+    let (s, v, _) = admin_api
+        .call("POST", "/sobjects/Survey_Response__c", Some(body))
+        .await;
+    assert_eq!((s, v), (400, refused(&detractor)));
+    let (_, d, _) = admin_api
+        .call("GET", "/sobjects/Survey_Response__c/describe", None)
+        .await;
+    assert_eq!(
+        (
+            d["recordTypeInfos"][0]["active"].as_bool(),
+            d["recordTypeInfos"][0]["available"].as_bool()
+        ),
+        (Some(false), Some(false))
+    );
+    // A profile's default cannot be deactivated.
+    let (s, v) = admin_raw(
+        &h,
+        "/_sim/record-types/Survey_Response__c/Promoter",
+        json!({"active": false}),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("Standard User"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn profile_record_types_change_through_sim() {
+    let h = sim().await;
+    let detractor = record_type_id(&h, "Survey_Response__c", "Detractor").await;
+    let api = Api::new(&h, &login(&h, "standard@acme.sim").await);
+    let p = admin(
+        &h,
+        "POST",
+        "/_sim/profiles/Standard User",
+        json!({
+            "objects": {"Survey_Response__c": {"read": true, "create": true, "edit": true}},
+            "record_types": {"Survey_Response__c": {"available": ["Detractor", "Promoter"], "default": "Detractor"}},
+        }),
+    )
+    .await;
+    assert_eq!(
+        p["record_types"]["Survey_Response__c"],
+        json!({"available": ["Detractor", "Promoter"], "default": "Detractor"})
+    );
+    let (_, d, _) = api
+        .call("GET", "/sobjects/Survey_Response__c/describe", None)
+        .await;
+    assert_eq!(
+        rt_flags(&d),
+        flags(&[
+            ("Detractor", true, true),
+            ("Promoter", true, false),
+            ("Master", false, false)
+        ])
+    );
+    // The new default is what a create without RecordTypeId gets.
+    let (s, v, _) = api
+        .call(
+            "POST",
+            "/sobjects/Survey_Response__c",
+            Some(json!({"NPS__c": 3})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (_, rec, _) = api
+        .call(
+            "GET",
+            &format!("/sobjects/Survey_Response__c/{}", v["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(rec["RecordTypeId"], detractor.as_str());
+    // The Master as the only one: the RecordTypeId stays empty.
+    admin(
+        &h,
+        "POST",
+        "/_sim/profiles/Standard User",
+        json!({"record_types": {"Survey_Response__c": {"available": ["Master"]}}}),
+    )
+    .await;
+    let (_, d, _) = api
+        .call("GET", "/sobjects/Survey_Response__c/describe", None)
+        .await;
+    assert_eq!(
+        rt_flags(&d),
+        flags(&[
+            ("Detractor", false, false),
+            ("Promoter", false, false),
+            ("Master", true, true)
+        ])
+    );
+    let (s, v, _) = api
+        .call("POST", "/sobjects/Survey_Response__c", Some(json!({})))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let dump = admin(&h, "GET", "/_sim/records/Survey_Response__c", json!({})).await;
+    let last = dump["records"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["Id"], v["id"]);
+    assert!(last.get("RecordTypeId").is_none(), "{last}");
+    // Bad settings are refused and change nothing.
+    for body in [
+        json!({"record_types": {"Survey_Response__c": {"available": ["Nope"]}}}),
+        json!({"record_types": {"Survey_Response__c": {"available": []}}}),
+        json!({"record_types": {"Survey_Response__c": {"available": ["Promoter"], "default": "Detractor"}}}),
+        json!({"record_types": {"Contact": {"available": ["Promoter"]}}}),
+        json!({"record_types": {"Widget__c": {"available": ["Master"]}}}),
+        json!({"record_types": {"Survey_Response__c": {"available": ["Master"], "extra": 1}}}),
+    ] {
+        let (s, v) = admin_raw(&h, "/_sim/profiles/Standard User", body.clone()).await;
+        assert_eq!(s, 400, "{body}: {v}");
+    }
+    let profiles = admin(&h, "GET", "/_sim/profiles", json!({})).await;
+    assert_eq!(
+        profiles["Standard User"]["record_types"]["Survey_Response__c"],
+        json!({"available": ["Master"], "default": "Master"})
+    );
+}
+
+#[tokio::test]
+async fn soql_reads_record_types_and_filters_by_record_type_id() {
+    let h = sim().await;
+    let promoter = record_type_id(&h, "Survey_Response__c", "Promoter").await;
+    // The standard user reads RecordType too.
+    let api = Api::new(&h, &login(&h, "standard@acme.sim").await);
+    let c = http();
+    let q = "SELECT Id, DeveloperName, SobjectType, IsActive FROM RecordType WHERE SobjectType = 'Survey_Response__c' ORDER BY DeveloperName";
+    let v: Value = c
+        .get(format!("{}/services/data/v60.0/query", api.base))
+        .query(&[("q", q)])
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["totalSize"], 2, "{v}");
+    assert_eq!(
+        v["records"][1],
+        json!({
+            "attributes": {"type": "RecordType", "url": format!("/services/data/v60.0/sobjects/RecordType/{promoter}")},
+            "Id": promoter,
+            "DeveloperName": "Promoter",
+            "SobjectType": "Survey_Response__c",
+            "IsActive": true,
+        })
+    );
+    let (_, v, _) = api
+        .call(
+            "GET",
+            "/query?q=SELECT+Id+FROM+RecordType+WHERE+IsActive+%3D+true",
+            None,
+        )
+        .await;
+    assert_eq!(v["totalSize"], 3, "{v}");
+    let (_, v, _) = api
+        .call("GET", "/query?q=SELECT+Shoe__c+FROM+RecordType", None)
+        .await;
+    assert_eq!(v[0]["errorCode"], "INVALID_FIELD");
+    // Records filter by their RecordTypeId.
+    let admin_api = Api::new(&h, &login(&h, "admin@acme.sim").await);
+    for nps in [9, 10] {
+        let (s, _, _) = admin_api
+            .call(
+                "POST",
+                "/sobjects/Survey_Response__c",
+                Some(json!({"NPS__c": nps})),
+            )
+            .await;
+        assert_eq!(s, 201);
+    }
+    let (_, v, _) = admin_api
+        .call(
+            "GET",
+            &format!(
+                "/query?q=SELECT+Id,RecordTypeId+FROM+Survey_Response__c+WHERE+RecordTypeId+%3D+%27{promoter}%27"
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(v["totalSize"], 2, "{v}");
+}
