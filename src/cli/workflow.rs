@@ -773,16 +773,19 @@ async fn test(t: TestArgs, sources: &Sources, registry: &Registry) -> anyhow::Re
         (None, None) => None,
     };
     let ctx = EventContext::new(event);
-    // Without a describe given, each Salesforce step is checked live as its own linked account.
+    // Each step is checked live as its own linked account, except Salesforce steps when a
+    // describe was given.
+    let (_, vault, store) = super::workflow_run::open_store()?;
+    let live = preview::AccountDescribes::for_workflow(&vault, store, w, registry);
     let report = match describes {
-        Some(d) => {
-            preflight::preflight(w, &ctx, registry, &preview::SalesforceDescribes(Some(d))).await
+        Some(salesforce) => {
+            let given = preview::SalesforceDescribes {
+                salesforce,
+                others: live,
+            };
+            preflight::preflight(w, &ctx, registry, &given).await
         }
-        None => {
-            let (_, vault, store) = super::workflow_run::open_store()?;
-            let live = preview::AccountDescribes::for_workflow(&vault, store, w, registry);
-            preflight::preflight(w, &ctx, registry, &live).await
-        }
+        None => preflight::preflight(w, &ctx, registry, &live).await,
     };
     let hook = hook_protection(w);
     if t.json {

@@ -319,12 +319,16 @@ async fn workflow_test_prints_the_payloads_for_a_simulated_response() {
             "--json",
         ])
         .await;
-    // A ServiceNow incident's permissions cannot be checked: "not checked" (exit 3), never a
-    // pass.
-    r.expect(3, &[]);
+    // The step names ServiceNow account sn-prod, which nobody linked: the delivery would fail,
+    // so the test says so (exit 1), never a pass.
+    r.expect(1, &[]);
     let out: Value = serde_json::from_str(&r.stdout()).unwrap();
-    assert_eq!(out["verdict"], json!("not_checked"));
+    assert_eq!(out["verdict"], json!("problems"));
     assert_eq!(out["passed"], json!(false));
+    assert_eq!(
+        out["report"]["steps"][0]["problems"][0]["message"],
+        json!("no linked account named sn-prod (see `xmbridge account list`)")
+    );
     assert_eq!(out["event"]["response"]["id"], json!(rid));
     let step = &out["report"]["steps"][0];
     assert_eq!(step["outcome"], json!("send"));
@@ -366,14 +370,14 @@ async fn workflow_test_prints_the_payloads_for_a_simulated_response() {
     ])
     .await
     .expect(
-        3,
+        1,
         &[
             "step 1 \"upsert\": salesforce.upsert with account sf-prod",
             &format!("\"external_id\": \"{rid}\""),
             "\"NPS__c\": 3",
             "step 2 \"incident\": servicenow.create-incident with account sn-prod",
-            "not checked: ServiceNow permissions",
-            "preflight not checked: 1 step could not be checked",
+            "no linked account named sn-prod",
+            "preflight found 1 problem",
         ],
     );
     let bad = i.file("describe-bad.json", &describe(false).to_string());
@@ -386,7 +390,7 @@ async fn workflow_test_prints_the_payloads_for_a_simulated_response() {
         1,
         &[
             "missing permission: the linked Salesforce user needs field Edit access on Survey_Response__c.NPS__c",
-            "preflight found 1 problem",
+            "preflight found 2 problems",
         ],
     );
 
@@ -451,9 +455,16 @@ async fn workflow_test_on_an_event_file() {
             "--json",
         ])
         .await;
-    // Its ServiceNow write cannot be checked: exit 3, "not checked".
-    r.expect(3, &["not checked"]);
+    // carol linked no ServiceNow account, which its ServiceNow steps need: exit 1.
+    r.expect(1, &[]);
     let out: Value = serde_json::from_str(&r.stdout()).unwrap();
+    assert!(
+        out["report"]["steps"][0]["problems"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("user carol has no linked servicenow account"),
+        "{out}"
+    );
     let steps = &out["report"]["steps"];
     assert_eq!(
         steps[1]["inputs"],
@@ -463,7 +474,7 @@ async fn workflow_test_on_an_event_file() {
     assert_eq!(
         steps[2]["inputs"],
         json!({"sys_id": "abc123", "table": "customer_contact",
-               "fields": {"u_qualtrics_reference_id": "<output of step contact: contactId>"}})
+               "fields": {"u_qualtrics_id": "<output of step contact: contactId>"}})
     );
     i.run(&["workflow", "test", "upsert-contact", "--response", "R_1"])
         .await
@@ -533,13 +544,15 @@ async fn workflow_test_checks_a_live_salesforce_describe() {
         secret.to_str().unwrap(),
     ];
     let r = i.run(&args).await;
-    // The Salesforce step is checked live and fine; the ServiceNow step cannot be.
+    // The Salesforce step is checked live and fine; the ServiceNow step names an account nobody
+    // linked, which a delivery would fail on.
     r.expect(
-        3,
+        1,
         &[
             "\"NPS__c\": 2",
             "checks: ok",
-            "preflight not checked: 1 step",
+            "no linked account named sn-prod",
+            "preflight found 1 problem",
         ],
     );
     assert!(

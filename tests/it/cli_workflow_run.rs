@@ -1977,3 +1977,130 @@ async fn a_salesforce_account_links_without_a_browser_from_the_pasted_redirect()
     inst.ok(&["account", "test", "sf-remote", "--as", "pat"])
         .await;
 }
+
+/// `workflow test` used to call every ServiceNow write "not checked". It now checks, as the
+/// step's linked ServiceNow user and without writing: that the table exists and is readable,
+/// that every field written exists (ServiceNow would silently drop an unknown one), and create
+/// access from the user's roles and the table's ACLs — where the instance lets the user read
+/// them; where it does not, the step stays "not checked" with what to grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_test_checks_servicenow_table_and_field_access_as_the_linked_user() {
+    let inst = support::install();
+    let (sn, creds) = servicenow().await;
+    link_sn(&inst, &sn, &creds, "sn-int", &["--as", "pat"]).await;
+    let acl = |rule: Value| {
+        let url = format!("{}/_sim/acl", sn.base_url);
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&rule)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+        }
+    };
+    let incident = inst.file(
+        "incident.toml",
+        r#"[[workflow]]
+name = "incident"
+owner = "pat"
+[workflow.trigger]
+type = "qualtrics-response"
+survey_id = "SV_abc"
+[[workflow.step]]
+name = "open"
+action = "servicenow.create-incident"
+account = "sn-int"
+[workflow.step.inputs]
+short_description = "'Detractor on {{ survey.name }}'"
+urgency = "'2'"
+"#,
+    );
+    let contact = inst.file(
+        "contact.toml",
+        r#"[[workflow]]
+name = "contact"
+owner = "pat"
+[workflow.trigger]
+type = "qualtrics-response"
+survey_id = "SV_abc"
+[[workflow.step]]
+name = "record"
+action = "servicenow.create-record"
+account = "sn-int"
+[workflow.step.mapping]
+object = "customer_contact"
+[workflow.step.mapping.fields]
+email = "'pat@example.com'"
+u_qualtrics_idd = "response.id"
+"#,
+    );
+    for f in [&incident, &contact] {
+        inst.ok(&[
+            "workflow",
+            "add",
+            "--file",
+            f.to_str().unwrap(),
+            "--as",
+            "pat",
+        ])
+        .await;
+    }
+    let event = inst.file(
+        "event.json",
+        &json!({"response": {"id": "R_1", "values": {}}, "survey": {"id": "SV_abc", "name": "NPS"}})
+            .to_string(),
+    );
+    let test = |wf: &'static str| {
+        let inst = &inst;
+        let event = event.clone();
+        async move {
+            inst.run(&[
+                "workflow",
+                "test",
+                wf,
+                "--event-json",
+                event.to_str().unwrap(),
+            ])
+            .await
+        }
+    };
+    // A base instance lets only security_admin read ACLs: create access is not checked, and the
+    // note says what would make it checkable. Never a pass.
+    test("incident").await.expect(
+        3,
+        &[
+            "not checked: create access to incident: the linked ServiceNow user cannot read the ACLs",
+            "let one of the user's roles (import_set_loader, itil, sn_qualtrics_spoke.user) read sys_security_acl and sys_security_acl_role",
+            "preflight not checked: 1 step could not be checked",
+        ],
+    );
+    // Let itil read them: the roles and ACLs say the user may create incidents — a real pass.
+    for table in ["sys_security_acl", "sys_security_acl_role"] {
+        acl(json!({"table": table, "operation": "read", "roles": ["security_admin", "itil"]}))
+            .await;
+    }
+    let r = test("incident").await;
+    r.expect(0, &["checks: ok", "preflight passed"]);
+    assert!(!r.stdout().contains("not checked"), "{}", r.stdout());
+    // A misspelt field would be dropped silently by ServiceNow: a problem, with the near name.
+    test("contact").await.expect(
+        1,
+        &[
+            "customer_contact has no field u_qualtrics_idd; did you mean u_qualtrics_id?",
+            "ServiceNow ignores unknown fields on write",
+        ],
+    );
+    // Create on incident now needs a role the user lacks: a problem naming the role.
+    acl(json!({"table": "incident", "operation": "create", "roles": ["sn_incident_write"]})).await;
+    test("incident").await.expect(
+        1,
+        &["the linked ServiceNow user needs Create on incident (a role its create ACL accepts: sn_incident_write)"],
+    );
+    // Without read access a delivery cannot look its record up before creating it.
+    acl(json!({"table": "incident", "operation": "read", "roles": ["sn_incident_read"]})).await;
+    test("incident")
+        .await
+        .expect(1, &["the linked ServiceNow user may not read incident"]);
+}

@@ -8,8 +8,8 @@
 //! creating, so a retry after a lost answer finds the first attempt's record.
 
 use crate::{
-    ActionContext, ActionError, ActionRequest, ActionSpec, Connect, FnAction, InputSpec, Registry,
-    System,
+    ActionContext, ActionError, ActionRequest, ActionSpec, Connect, FnAction, InputSpec, Inputs,
+    Registry, System,
 };
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
@@ -447,6 +447,81 @@ fn create_incident(call: Call<'_>) -> BoxFuture<'_, Result<Value, ActionError>> 
             .map(|k| ("correlation_id".to_string(), k));
         create_once(s, sn, "incident", fields, key).await
     })
+}
+
+/// What a ServiceNow write step writes, read from its rendered inputs, so a preflight can check
+/// the user's access without a record mapping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteTarget {
+    /// The table written.
+    pub table: String,
+    /// The fields set.
+    pub fields: Vec<String>,
+    /// Whether a record is created (else an existing one is changed).
+    pub creates: bool,
+}
+
+/// The table and fields `action` writes with `inputs`; `None` for an action that writes no
+/// record or inputs that do not say.
+pub fn write_target(action: &str, inputs: &Inputs) -> Option<WriteTarget> {
+    // `fields` is an object, or its JSON text (as the actions accept it).
+    let keys = |v: Option<&Value>| -> Vec<String> {
+        match v {
+            Some(Value::Object(m)) => m.keys().cloned().collect(),
+            Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+                Ok(Value::Object(m)) => m.keys().cloned().collect(),
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    };
+    let table = || {
+        inputs
+            .get("table")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    match action {
+        "servicenow.create-incident" => {
+            let mut fields: Vec<String> = CREATE_INCIDENT
+                .inputs
+                .iter()
+                .filter(|i| inputs.get(i.name).is_some_and(|v| !v.is_null()))
+                .map(|i| match i.name {
+                    "caller" => "caller_id".to_string(),
+                    n => n.to_string(),
+                })
+                .collect();
+            // The delivery key goes into correlation_id when the step gives none.
+            if !fields.iter().any(|f| f == "correlation_id") {
+                fields.push("correlation_id".into());
+            }
+            Some(WriteTarget {
+                table: "incident".into(),
+                fields,
+                creates: true,
+            })
+        }
+        "servicenow.create-record" => {
+            let mut fields = keys(inputs.get("fields"));
+            let key = inputs
+                .get("correlation_field")
+                .and_then(Value::as_str)
+                .unwrap_or("correlation_id");
+            fields.push(key.to_string());
+            Some(WriteTarget {
+                table: table()?,
+                fields,
+                creates: true,
+            })
+        }
+        "servicenow.update-record" => Some(WriteTarget {
+            table: table()?,
+            fields: keys(inputs.get("fields")),
+            creates: false,
+        }),
+        _ => None,
+    }
 }
 
 /// A caller given as a sys_id is used as is; an email is looked up in `sys_user`.

@@ -1,7 +1,8 @@
 //! ServiceNow REST client: authentication (Basic, OAuth password grant with refresh, client
 //! credentials, or a stored refresh token — each a token source of the shared OAuth stack of
 //! `xmbridge-auth`, with ServiceNow's quirks), the Table API (list as a stream following `Link`
-//! next, get, create, update, delete), system properties and the Import Set API, with errors
+//! next, get, create, update, delete), system properties, the Import Set API and what the calling
+//! user may do to a table (its roles and the table's ACLs, where readable), with errors
 //! classified for a delivery worker ([`Error::is_retryable`]).
 //!
 //! It owns the HTTP conversation with one instance (401, `Retry-After` and status classes by the
@@ -10,11 +11,13 @@
 //! anything. Secrets live in [`secrecy::SecretString`] and
 //! never reach `Debug` output, logs or errors.
 
+mod access;
 mod auth;
 mod client;
 mod error;
 mod fields;
 
+pub use access::{Access, AccessControl, decide};
 pub use auth::Auth;
 pub use client::{DisplayValue, ImportResult, ListOptions, Record, ServiceNowClient};
 pub use error::Error;

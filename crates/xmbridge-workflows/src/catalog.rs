@@ -295,7 +295,7 @@ pub const TEMPLATES: &[Template] = &[
             p(
                 "reference_field",
                 "ServiceNow field receiving the Qualtrics contact id",
-                Some("u_qualtrics_reference_id"),
+                Some("u_qualtrics_id"),
             ),
         ],
     },

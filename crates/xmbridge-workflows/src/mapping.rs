@@ -97,6 +97,19 @@ pub struct ObjectDescribe {
     pub updateable: bool,
     /// `fields`: the fields the linked user can see.
     pub fields: Vec<FieldDescribe>,
+    /// More on `createable`: why it could not be read, or how the user would get it.
+    pub create_note: AccessNote,
+    /// More on `updateable`, likewise.
+    pub edit_note: AccessNote,
+}
+
+/// What a target said about one kind of access beyond yes or no.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AccessNote {
+    /// Why the access could not be read; the step that needs it is then "not checked".
+    pub unknown: Option<String>,
+    /// How the user would get the access when it is missing (`a role its ACL accepts: itil`).
+    pub how_to_get: Option<String>,
 }
 
 impl ObjectDescribe {
@@ -151,6 +164,7 @@ impl ObjectDescribe {
             createable: flag(v, "createable"),
             updateable: flag(v, "updateable"),
             fields,
+            ..Default::default()
         })
     }
 }
@@ -176,6 +190,15 @@ pub enum SchemaError {
         object: String,
         /// The system's own words.
         reason: String,
+    },
+    /// The target refused the linked user something every write of this step needs (reading the
+    /// table, for a ServiceNow step); the message says what and how to get it.
+    #[error("{message}")]
+    Refused {
+        /// The object asked for.
+        object: String,
+        /// What was refused and what to do.
+        message: String,
     },
     /// The describe call failed (network, authorization, the system's own error).
     #[error("{object}: the describe call failed: {reason}")]

@@ -9,7 +9,10 @@
 //! through the [`Describers`] the caller supplies.
 
 use crate::definition::{EventContext, Step, Workflow};
-use crate::mapping::{MappingProblem, SchemaError, TargetSchema, WriteKind, check_mapping};
+use crate::mapping::{
+    AccessNote, Mapping, MappingProblem, ObjectDescribe, SchemaError, TargetSchema, WriteKind,
+    check_mapping,
+};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
@@ -190,7 +193,10 @@ impl Report {
                 let _ = writeln!(out, "  note: {n}");
             }
             if s.problems.is_empty() && s.unchecked {
-                let _ = writeln!(out, "  checks: not checked (see the note)");
+                let _ = writeln!(
+                    out,
+                    "  checks: nothing wrong found, but not all could be checked (see the note)"
+                );
             } else if s.problems.is_empty() {
                 let _ = writeln!(out, "  checks: ok");
             } else {
@@ -259,6 +265,114 @@ fn placeholder_steps(w: &Workflow) -> Map<String, Value> {
     steps
 }
 
+/// The object and field access a write of `fields` needs, against the describe `d`; with a
+/// mapping, its types and required fields too.
+#[allow(clippy::too_many_arguments)]
+fn check_access(
+    system: System,
+    d: &ObjectDescribe,
+    kind: WriteKind,
+    fields: &[String],
+    mapping: Option<&Mapping>,
+    problems: &mut Vec<Check>,
+    notes: &mut Vec<String>,
+    unchecked: &mut bool,
+) {
+    let who = format!("the linked {} user", system.title());
+    let how = |note: &AccessNote, default: &str| {
+        note.how_to_get
+            .as_deref()
+            .map(|h| format!(" ({h})"))
+            .unwrap_or_else(|| default.to_string())
+    };
+    for (needed, note) in [
+        (kind.creates(), &d.create_note),
+        (kind.updates(), &d.edit_note),
+    ] {
+        if let (true, Some(why)) = (needed, &note.unknown) {
+            *unchecked = true;
+            notes.push(format!("not checked: {why}"));
+        }
+    }
+    if kind.creates() && !d.createable && d.create_note.unknown.is_none() {
+        problems.push(Check {
+            kind: CheckKind::Permission,
+            field: None,
+            message: format!(
+                "{who} needs Create on {}{}",
+                d.name,
+                how(&d.create_note, "")
+            ),
+        });
+    }
+    if kind.updates() && !d.updateable && d.edit_note.unknown.is_none() {
+        problems.push(Check {
+            kind: CheckKind::Permission,
+            field: None,
+            message: format!(
+                "{who} needs Edit on {}{}",
+                d.name,
+                how(
+                    &d.edit_note,
+                    " (the extension asks for Modify All on objects updated from Qualtrics)"
+                )
+            ),
+        });
+    }
+    for name in fields {
+        let Some(f) = d.field(name) else { continue };
+        if (kind.creates() && !f.createable) || (kind.updates() && !f.updateable) {
+            problems.push(Check {
+                kind: CheckKind::Permission,
+                field: Some(f.name.clone()),
+                message: format!("{who} needs field Edit access on {}.{}", d.name, f.name),
+            });
+        }
+    }
+    let unknown_field = |message: String| {
+        if system == System::ServiceNow {
+            // Its dictionary lists every field whatever the ACLs say.
+            format!(
+                "{message} (ServiceNow ignores unknown fields on write: the value would be lost)"
+            )
+        } else {
+            format!("{message} (or {who} has no field access to it)")
+        }
+    };
+    match mapping {
+        Some(mapping) => {
+            for MappingProblem { field, message } in check_mapping(mapping, kind, d) {
+                let message = if message.contains(" has no field ") {
+                    unknown_field(message)
+                } else {
+                    message
+                };
+                problems.push(Check {
+                    kind: CheckKind::Type,
+                    field,
+                    message,
+                });
+            }
+        }
+        None => {
+            let names: Vec<&str> = d.fields.iter().map(|f| f.name.as_str()).collect();
+            for name in fields.iter().filter(|f| d.field(f).is_none()) {
+                let near = crate::expr::close_matches(name, names.iter().copied(), 3);
+                let hint = if near.is_empty() {
+                    String::new()
+                } else {
+                    format!("; did you mean {}?", near.join(", "))
+                };
+                problems.push(Check {
+                    kind: CheckKind::Type,
+                    field: Some(name.clone()),
+                    message: unknown_field(format!("{} has no field {name}{hint}", d.name)),
+                });
+            }
+        }
+    }
+}
+
 /// Renders every step of `workflow` for the event in `ctx` (outputs of earlier steps are
 /// placeholders) and checks inputs, mapping types and the linked users' permissions.
 pub async fn preflight(
@@ -314,101 +428,94 @@ pub async fn preflight(
         };
         let mut unchecked = false;
         let account_problem = describers.account_problem(step);
-        if let Some(message) = &account_problem {
+        if let (Some(message), Outcome::Skipped { .. }) = (&account_problem, &outcome) {
+            // Not this event's problem, but the next event that runs the step meets it.
+            notes.push(format!("when this step runs: {message}"));
+        } else if let Some(message) = &account_problem {
             problems.push(Check {
                 kind: CheckKind::Permission,
                 field: None,
                 message: message.clone(),
             });
         }
-        if let Some(mapping) = &step.mapping
-            && account_problem.is_none()
-        {
-            let kind = WriteKind::of_action(&step.action);
-            match describers.schema_for(step) {
-                None => {
+        // What the step writes: its mapping, or for a ServiceNow write action what its rendered
+        // inputs name (table and fields).
+        let target: Option<(String, Vec<String>, WriteKind, Option<&Mapping>)> =
+            match (&step.mapping, &outcome) {
+                (Some(m), _) => Some((
+                    m.object.clone(),
+                    m.fields.keys().cloned().collect(),
+                    WriteKind::of_action(&step.action),
+                    Some(m),
+                )),
+                (None, Outcome::Send { inputs }) if step.system == System::ServiceNow => {
+                    xmbridge_actions::servicenow::write_target(&step.action, inputs).map(|t| {
+                        let kind = if t.creates {
+                            WriteKind::Create
+                        } else {
+                            WriteKind::Update
+                        };
+                        (t.table, t.fields, kind, None)
+                    })
+                }
+                _ => None,
+            };
+        match (&target, &account_problem) {
+            (_, Some(_)) => {}
+            (Some((object, fields, kind, mapping)), None) => {
+                let kind = *kind;
+                match describers.schema_for(step) {
+                    None => {
+                        unchecked = true;
+                        notes.push(format!(
+                            "not checked: {} object {object} and its fields: no describe available for this account",
+                            step.system.title(),
+                        ))
+                    }
+                    Some(schema) => match schema.describe(object).await {
+                        Err(SchemaError::UnknownObject { object }) => problems.push(Check {
+                            kind: CheckKind::Permission,
+                            field: None,
+                            message: format!(
+                                "the linked {} user cannot see {object}: it does not exist or the user has no Read access to it",
+                                step.system.title()
+                            ),
+                        }),
+                        Err(e @ (SchemaError::NoApiAccess { .. } | SchemaError::Refused { .. })) => {
+                            problems.push(Check {
+                                kind: CheckKind::Permission,
+                                field: None,
+                                message: e.to_string(),
+                            })
+                        }
+                        Err(e) => {
+                            unchecked = true;
+                            notes.push(format!("not checked: {e}"))
+                        }
+                        Ok(d) => check_access(
+                            step.system,
+                            &d,
+                            kind,
+                            fields,
+                            *mapping,
+                            &mut problems,
+                            &mut notes,
+                            &mut unchecked,
+                        ),
+                    },
+                }
+            }
+            (None, None) => {
+                if step.system != System::Qualtrics
+                    && registry.get(&step.action).is_some_and(|a| a.spec().writes)
+                {
                     unchecked = true;
                     notes.push(format!(
-                        "not checked: {} object {} and its fields: no describe available for this account",
-                        step.system.title(),
-                        mapping.object
-                    ))
+                        "not checked: {} permissions for this step (it has no record mapping to describe)",
+                        step.system.title()
+                    ));
                 }
-                Some(schema) => match schema.describe(&mapping.object).await {
-                    Err(SchemaError::UnknownObject { object }) => problems.push(Check {
-                        kind: CheckKind::Permission,
-                        field: None,
-                        message: format!(
-                            "the linked {} user cannot see {object}: it does not exist or the user's profile has no Read access to it",
-                            step.system.title()
-                        ),
-                    }),
-                    Err(e @ SchemaError::NoApiAccess { .. }) => problems.push(Check {
-                        kind: CheckKind::Permission,
-                        field: None,
-                        message: e.to_string(),
-                    }),
-                    Err(e) => {
-                        unchecked = true;
-                        notes.push(format!("not checked: {e}"))
-                    }
-                    Ok(d) => {
-                        let who = format!("the linked {} user", step.system.title());
-                        if kind.creates() && !d.createable {
-                            problems.push(Check {
-                                kind: CheckKind::Permission,
-                                field: None,
-                                message: format!("{who} needs Create on {}", d.name),
-                            });
-                        }
-                        if kind.updates() && !d.updateable {
-                            problems.push(Check {
-                                kind: CheckKind::Permission,
-                                field: None,
-                                message: format!(
-                                    "{who} needs Edit on {} (the extension asks for Modify All on objects updated from Qualtrics)",
-                                    d.name
-                                ),
-                            });
-                        }
-                        for name in mapping.fields.keys() {
-                            let Some(f) = d.field(name) else { continue };
-                            if (kind.creates() && !f.createable) || (kind.updates() && !f.updateable) {
-                                problems.push(Check {
-                                    kind: CheckKind::Permission,
-                                    field: Some(f.name.clone()),
-                                    message: format!(
-                                        "{who} needs field Edit access on {}.{}",
-                                        d.name, f.name
-                                    ),
-                                });
-                            }
-                        }
-                        for MappingProblem { field, message } in check_mapping(mapping, kind, &d) {
-                            let message = if message.contains(" has no field ") {
-                                format!("{message} (or {who} has no field access to it)")
-                            } else {
-                                message
-                            };
-                            problems.push(Check {
-                                kind: CheckKind::Type,
-                                field,
-                                message,
-                            });
-                        }
-                    }
-                },
             }
-        } else if step.mapping.is_none()
-            && account_problem.is_none()
-            && step.system != System::Qualtrics
-            && registry.get(&step.action).is_some_and(|a| a.spec().writes)
-        {
-            unchecked = true;
-            notes.push(format!(
-                "not checked: {} permissions for this step (it has no record mapping to describe)",
-                step.system.title()
-            ));
         }
         // A step that would not run for this event needs no check for it.
         let unchecked = unchecked && matches!(outcome, Outcome::Send { .. });
@@ -548,7 +655,7 @@ mod tests {
         assert_eq!(
             r.steps[1].notes,
             vec![
-                "not checked: ServiceNow permissions for this step (it has no record mapping to describe)"
+                "not checked: ServiceNow object incident and its fields: no describe available for this account"
             ]
         );
     }

@@ -185,6 +185,7 @@ async fn add_user(State(sim): State<SharedSn>, Json(v): Json<Value>) -> Response
         }
         _ => Value::Null,
     };
+    super::acl::rebuild_tables(&mut db);
     Json(json!({"sys_id": sys_id})).into_response()
 }
 
@@ -319,7 +320,9 @@ async fn get_acl(State(sim): State<SharedSn>) -> Response {
 async fn set_acl(State(sim): State<SharedSn>, Json(v): Json<Value>) -> Response {
     match parse::<TableRule>(v) {
         Ok(r) => {
-            sim.db.lock().acl.set(r);
+            let mut db = sim.db.lock();
+            db.acl.set(r);
+            super::acl::rebuild_tables(&mut db);
             StatusCode::NO_CONTENT.into_response()
         }
         Err(r) => *r,

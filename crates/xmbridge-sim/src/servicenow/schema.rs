@@ -67,6 +67,9 @@ impl TableDef {
 
     /// Whether a client may write the field (`sys_*` and computed fields are read-only).
     pub fn writable(&self, field: &str) -> bool {
+        if ACCESS_TABLES.contains(&self.name) {
+            return false;
+        }
         let computed = self.name == "incident" && matches!(field, "number" | "priority");
         !field.starts_with("sys_") && !computed && self.fields.iter().any(|(f, _)| *f == field)
     }
@@ -97,6 +100,15 @@ pub(crate) const PRIORITIES: &[(&str, &str)] = &[
     ("3", "3 - Moderate"),
     ("4", "4 - Low"),
     ("5", "5 - Planning"),
+];
+
+/// The tables derived from the simulator's ACL state and users: no client writes them.
+pub(crate) const ACCESS_TABLES: &[&str] = &[
+    "sys_user_role",
+    "sys_user_has_role",
+    "sys_security_operation",
+    "sys_security_acl",
+    "sys_security_acl_role",
 ];
 
 pub(crate) const TABLES: &[TableDef] = &[
@@ -182,6 +194,51 @@ pub(crate) const TABLES: &[TableDef] = &[
             ("element", Kind::Str),
             ("internal_type", Kind::Str),
             ("reference", Kind::Str),
+        ],
+    },
+    // Access control, as the base system keeps it: read-only here, derived from the simulator's
+    // ACL state and users (see `Db::rebuild_access_tables`); changed through `/_sim/acl`.
+    TableDef {
+        name: "sys_user_role",
+        label: "Role",
+        display: "name",
+        fields: &[("name", Kind::Str)],
+    },
+    TableDef {
+        name: "sys_user_has_role",
+        label: "User Role",
+        display: "role",
+        fields: &[
+            ("user", Kind::Ref("sys_user")),
+            ("role", Kind::Ref("sys_user_role")),
+            ("state", Kind::Str),
+        ],
+    },
+    TableDef {
+        name: "sys_security_operation",
+        label: "Operation",
+        display: "name",
+        fields: &[("name", Kind::Str)],
+    },
+    TableDef {
+        name: "sys_security_acl",
+        label: "Access Control",
+        display: "name",
+        fields: &[
+            ("name", Kind::Str),
+            ("operation", Kind::Ref("sys_security_operation")),
+            ("type", Kind::Str),
+            ("active", Kind::Bool),
+            ("admin_overrides", Kind::Bool),
+        ],
+    },
+    TableDef {
+        name: "sys_security_acl_role",
+        label: "Access Role",
+        display: "sys_user_role",
+        fields: &[
+            ("sys_security_acl", Kind::Ref("sys_security_acl")),
+            ("sys_user_role", Kind::Ref("sys_user_role")),
         ],
     },
     TableDef {

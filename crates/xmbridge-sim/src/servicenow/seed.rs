@@ -239,6 +239,7 @@ pub(crate) fn seed(cfg: &SnConfig) -> Db {
         );
         db.table_mut("sys_properties").push(rec);
     }
+    acl::rebuild_tables(&mut db);
     db
 }
 

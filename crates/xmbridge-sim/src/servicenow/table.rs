@@ -178,7 +178,7 @@ fn hidden(db: &Db, caller: &Caller, t: &'static TableDef, rec: &Record) -> bool 
         .iter()
         .filter(|r| r.table == t.name && !caller.has_role(&r.unless_role))
         .any(|r| {
-            let q = query::parse(t, &r.hide_query);
+            let q = query::parse(t, &dynamic(db, caller, &r.hide_query));
             !q.groups.is_empty() && q.matches(rec, &lookup)
         })
 }
@@ -194,9 +194,28 @@ fn select<'a>(db: &'a Db, rows: &'a [Record], t: &'static TableDef, q: &Query) -
     matched
 }
 
-fn query_of(t: &'static TableDef, ps: &[(String, String)]) -> Query {
+/// An encoded query with the caller-relative values a query may use in place of a constant
+/// (`javascript:gs.getUserID()`, `javascript:gs.getUserName()`) replaced by the caller's.
+fn dynamic(db: &Db, caller: &Caller, encoded: &str) -> String {
+    if !encoded.contains("javascript:") {
+        return encoded.to_string();
+    }
+    let user_id = db
+        .tables
+        .get("sys_user")
+        .into_iter()
+        .flatten()
+        .find(|r| r.get("user_name").and_then(Value::as_str) == Some(caller.user_name.as_str()))
+        .and_then(|r| r.get("sys_id").and_then(Value::as_str))
+        .unwrap_or("");
+    encoded
+        .replace("javascript:gs.getUserID()", user_id)
+        .replace("javascript:gs.getUserName()", &caller.user_name)
+}
+
+fn query_of(db: &Db, caller: &Caller, t: &'static TableDef, ps: &[(String, String)]) -> Query {
     match param(ps, "sysparm_query") {
-        Some(q) => query::parse(t, q),
+        Some(q) => query::parse(t, &dynamic(db, caller, q)),
         None => {
             let plain: Vec<(String, String)> = ps
                 .iter()
@@ -250,7 +269,7 @@ fn list_impl(
     } else {
         db.tables.get(t.name).map(Vec::as_slice).unwrap_or(&[])
     };
-    let q = query_of(t, &ps);
+    let q = query_of(&db, caller, t, &ps);
     let matched = select(&db, rows, t, &q);
     let total = matched.len();
     let offset: usize = param(&ps, "sysparm_offset")
@@ -820,7 +839,7 @@ pub async fn stats(
         } else {
             db.tables.get(t.name).map(Vec::as_slice).unwrap_or(&[])
         };
-        let n = select(&db, rows, t, &query_of(t, &ps)).len();
+        let n = select(&db, rows, t, &query_of(&db, &caller, t, &ps)).len();
         Ok(axum::Json(json!({"result": {"stats": {"count": n.to_string()}}})).into_response())
     })();
     r.unwrap_or_else(|e| e.into_response())

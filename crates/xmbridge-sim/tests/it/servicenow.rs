@@ -546,6 +546,86 @@ async fn acl_refusals_and_short_pages() {
     assert!(links(&h).iter().any(|(r, _)| r == "next"));
 }
 
+/// The access-control tables: every user reads their own roles (not others'), only
+/// security_admin (and admin) the ACLs, nobody writes them through the Table API, and a change
+/// through `/_sim/acl` shows in them.
+#[tokio::test]
+async fn access_control_tables_follow_the_acl_state() {
+    let sn = Sn::start().await;
+    let q = |s: &str| urlencode(s);
+    let roles = format!(
+        "/api/now/table/sys_user_has_role?sysparm_query={}&sysparm_fields=role,user&sysparm_display_value=true",
+        q("user=javascript:gs.getUserID()^state=active")
+    );
+    let names = |v: &Value| -> Vec<String> {
+        let mut n: Vec<String> = v["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["role"]["display_value"].as_str().unwrap().to_string())
+            .collect();
+        n.sort();
+        n
+    };
+    let (s, _, v) = json_of(sn.get(&roles)).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        names(&v),
+        vec!["import_set_loader", "itil", "sn_qualtrics_spoke.user"]
+    );
+    // Without the filter a user still sees only their own rows.
+    let (_, _, all) = json_of(
+        sn.get("/api/now/table/sys_user_has_role?sysparm_fields=user&sysparm_display_value=true"),
+    )
+    .await;
+    assert!(
+        all["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["user"]["display_value"] == "xmbridge Integration"),
+        "{all}"
+    );
+    // The ACLs: refused to the integration user, readable by the admin.
+    let acls = format!(
+        "/api/now/table/sys_security_acl?sysparm_query={}&sysparm_fields=sys_id,name,operation&sysparm_display_value=true",
+        q("name=incident^operation.name=create")
+    );
+    let (s, _, _) = json_of(sn.get(&acls)).await;
+    assert_eq!(s, 403);
+    let (s, _, v) = json_of(sn.as_user(reqwest::Method::GET, &acls, "admin")).await;
+    assert_eq!(s, 200);
+    let rows = v["result"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{v}");
+    assert_eq!(rows[0]["operation"]["display_value"], "create");
+    let acl_id = rows[0]["sys_id"].as_str().unwrap().to_string();
+    let acl_roles = format!(
+        "/api/now/table/sys_security_acl_role?sysparm_query=sys_security_acl={acl_id}&sysparm_fields=sys_user_role&sysparm_display_value=true"
+    );
+    let (_, _, v) = json_of(sn.as_user(reqwest::Method::GET, &acl_roles, "admin")).await;
+    assert_eq!(v["result"][0]["sys_user_role"]["display_value"], "itil");
+    // Changed through /_sim, the tables follow; the Table API cannot change them, even for admin.
+    sn.admin(
+        "/_sim/acl",
+        json!({"table": "incident", "operation": "create", "roles": ["sn_incident_write"]}),
+    )
+    .await;
+    let (_, _, v) = json_of(sn.as_user(reqwest::Method::GET, &acl_roles, "admin")).await;
+    assert_eq!(
+        v["result"][0]["sys_user_role"]["display_value"],
+        "sn_incident_write"
+    );
+    let post = sn
+        .as_user(
+            reqwest::Method::POST,
+            "/api/now/table/sys_security_acl",
+            "admin",
+        )
+        .json(&json!({"name": "incident"}));
+    let (s, _, _) = json_of(post).await;
+    assert_eq!(s, 403);
+}
+
 #[tokio::test]
 async fn rate_limit_rules_answer_429_with_headers() {
     let sn = Sn::start().await;
