@@ -2104,3 +2104,98 @@ u_qualtrics_idd = "response.id"
         .await
         .expect(1, &["the linked ServiceNow user may not read incident"]);
 }
+
+/// A mapping that sets a record type is checked against the record types the linked user's
+/// profile may use (the extension's "access to the needed Record Types"): available passes, one
+/// the profile lacks is a problem naming it and the usable ones, an unknown id is a mapping error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_test_checks_the_record_type_a_salesforce_step_sets() {
+    let inst = support::install();
+    let sf = salesforce().await;
+    sf.admin(
+        reqwest::Method::POST,
+        "/_sim/oauth/auto-approve",
+        json!({"user": "admin@acme.sim"}),
+    )
+    .await;
+    link_oauth(&inst, &sf, "sf-admin", &["--as", "pat"]).await;
+    const DETRACTOR: &str = "0125g0000000001AAA";
+    let definition = |name: &str, record_type: &str| {
+        format!(
+            r#"[[workflow]]
+name = "{name}"
+owner = "pat"
+[workflow.trigger]
+type = "qualtrics-response"
+survey_id = "SV_abc"
+[[workflow.step]]
+name = "upsert"
+action = "salesforce.upsert"
+account = "sf-admin"
+[workflow.step.mapping]
+object = "Survey_Response__c"
+external_id_field = "Response_Id__c"
+external_id = "response.id"
+[workflow.step.mapping.fields]
+Survey_Id__c = "survey.id"
+RecordTypeId = "'{record_type}'"
+"#
+        )
+    };
+    for (name, rt) in [("detractor", DETRACTOR), ("unknown", "0125g0000000099AAA")] {
+        let f = inst.file(&format!("{name}.toml"), &definition(name, rt));
+        inst.ok(&[
+            "workflow",
+            "add",
+            "--file",
+            f.to_str().unwrap(),
+            "--as",
+            "pat",
+        ])
+        .await;
+    }
+    let event = inst.file(
+        "event.json",
+        &json!({"response": {"id": "R_1", "values": {}}, "survey": {"id": "SV_abc", "name": "NPS"}})
+            .to_string(),
+    );
+    let test = |wf: &'static str| {
+        let inst = &inst;
+        let event = event.clone();
+        async move {
+            inst.run(&[
+                "workflow",
+                "test",
+                wf,
+                "--event-json",
+                event.to_str().unwrap(),
+            ])
+            .await
+        }
+    };
+    test("detractor")
+        .await
+        .expect(0, &["checks: ok", "preflight passed"]);
+    test("unknown").await.expect(
+        1,
+        &[
+            "Survey_Response__c has no record type 0125g0000000099AAA",
+            "Detractor (0125g0000000001AAA)",
+        ],
+    );
+    // The admin's profile loses the Detractor record type: the test says so before a delivery
+    // meets INVALID_CROSS_REFERENCE_KEY.
+    sf.admin(
+        reqwest::Method::POST,
+        "/_sim/profiles/System%20Administrator",
+        json!({"record_types": {"Survey_Response__c": {"available": ["Promoter"], "default": "Promoter"}}}),
+    )
+    .await;
+    test("detractor").await.expect(
+        1,
+        &[
+            "the linked Salesforce user needs access to record type Detractor (0125g0000000001AAA) of Survey_Response__c",
+            "the user may use: Promoter (0125g0000000002AAA)",
+        ],
+    );
+}

@@ -231,6 +231,7 @@ impl ServiceNowSchema {
             fields,
             create_note,
             edit_note,
+            record_types: Vec::new(),
         })
     }
 }

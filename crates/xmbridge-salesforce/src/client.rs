@@ -118,6 +118,36 @@ pub struct ObjectDescribe {
     pub queryable: bool,
     /// The fields the linked user can see.
     pub fields: Vec<FieldDescribe>,
+    #[serde(default)]
+    /// The object's record types (the Master included), each with whether the linked user's
+    /// profile may use it.
+    pub record_type_infos: Vec<RecordTypeInfo>,
+}
+
+/// One record type of an object, as the describe shows it to the linked user.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordTypeInfo {
+    /// The record type's id (`012…`).
+    pub record_type_id: String,
+    /// Its API name (`Detractor`; `Master` for the master record type).
+    #[serde(default)]
+    pub developer_name: String,
+    /// Its label.
+    #[serde(default)]
+    pub name: String,
+    /// It may be used at all.
+    #[serde(default)]
+    pub active: bool,
+    /// The linked user's profile may use it.
+    #[serde(default)]
+    pub available: bool,
+    /// The user's default for new records.
+    #[serde(default)]
+    pub default_record_type_mapping: bool,
+    /// The master record type (records without a specific one).
+    #[serde(default)]
+    pub master: bool,
 }
 
 impl ObjectDescribe {

@@ -14,8 +14,8 @@ mod error;
 mod oauth;
 
 pub use client::{
-    ApiUsage, FieldDescribe, ObjectDescribe, QueryPager, RecordResult, SalesforceClient,
-    UpsertOutcome,
+    ApiUsage, FieldDescribe, ObjectDescribe, QueryPager, RecordResult, RecordTypeInfo,
+    SalesforceClient, UpsertOutcome,
 };
 pub use error::{ErrorKind, SalesforceError, SfError};
 pub use oauth::{

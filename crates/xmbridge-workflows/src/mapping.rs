@@ -101,6 +101,33 @@ pub struct ObjectDescribe {
     pub create_note: AccessNote,
     /// More on `updateable`, likewise.
     pub edit_note: AccessNote,
+    /// `recordTypeInfos`: the object's record types (empty when the target has none).
+    pub record_types: Vec<RecordType>,
+}
+
+/// One record type of an object, as the linked user sees it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RecordType {
+    /// `recordTypeId` (`012…`, 18 characters).
+    pub id: String,
+    /// `developerName`.
+    pub developer_name: String,
+    /// `active`.
+    pub active: bool,
+    /// `available`: the linked user's profile may use it.
+    pub available: bool,
+    /// `master`: the master record type.
+    pub master: bool,
+}
+
+impl RecordType {
+    /// Whether `id` (15 or 18 characters) names this record type.
+    pub fn is(&self, id: &str) -> bool {
+        match (id.get(..15), self.id.get(..15)) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 /// What a target said about one kind of access beyond yes or no.
@@ -164,6 +191,20 @@ impl ObjectDescribe {
             createable: flag(v, "createable"),
             updateable: flag(v, "updateable"),
             fields,
+            record_types: v["recordTypeInfos"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| {
+                    Some(RecordType {
+                        id: r["recordTypeId"].as_str()?.to_string(),
+                        developer_name: r["developerName"].as_str().unwrap_or("").to_string(),
+                        active: flag(r, "active"),
+                        available: flag(r, "available"),
+                        master: flag(r, "master"),
+                    })
+                })
+                .collect(),
             ..Default::default()
         })
     }

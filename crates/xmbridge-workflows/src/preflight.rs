@@ -274,11 +274,15 @@ fn check_access(
     kind: WriteKind,
     fields: &[String],
     mapping: Option<&Mapping>,
+    sent: Option<&Inputs>,
     problems: &mut Vec<Check>,
     notes: &mut Vec<String>,
     unchecked: &mut bool,
 ) {
     let who = format!("the linked {} user", system.title());
+    if let Some(check) = record_type_check(d, sent, &who) {
+        problems.push(check);
+    }
     let how = |note: &AccessNote, default: &str| {
         note.how_to_get
             .as_deref()
@@ -371,6 +375,60 @@ fn check_access(
             }
         }
     }
+}
+
+/// The record type a write sets for this event (`RecordTypeId` among the fields sent), checked
+/// against the object's record types as the linked user sees them. A write that sets none gets
+/// the user's default, which is always theirs to use.
+fn record_type_check(d: &ObjectDescribe, sent: Option<&Inputs>, who: &str) -> Option<Check> {
+    let fields = sent?.get("fields")?.as_object()?;
+    let (field, value) = fields
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("RecordTypeId"))?;
+    let id = value.as_str().filter(|v| v.starts_with("012"))?;
+    let named = |r: &crate::mapping::RecordType| format!("{} ({})", r.developer_name, r.id);
+    let usable: Vec<String> = d
+        .record_types
+        .iter()
+        .filter(|r| r.active && r.available && !r.master)
+        .map(named)
+        .collect();
+    let usable = if usable.is_empty() {
+        "none but the master".to_string()
+    } else {
+        usable.join(", ")
+    };
+    let (kind, message) = match d.record_types.iter().find(|r| r.is(id)) {
+        None => (
+            CheckKind::Type,
+            format!(
+                "{} has no record type {id} (its record types the user may use: {usable})",
+                d.name
+            ),
+        ),
+        Some(r) if !r.active => (
+            CheckKind::Type,
+            format!(
+                "record type {} of {} is inactive; activate it or use one of: {usable}",
+                named(r),
+                d.name
+            ),
+        ),
+        Some(r) if !r.available => (
+            CheckKind::Permission,
+            format!(
+                "{who} needs access to record type {} of {}: add it to the user's profile (or a permission set); the user may use: {usable}",
+                named(r),
+                d.name
+            ),
+        ),
+        Some(_) => return None,
+    };
+    Some(Check {
+        kind,
+        field: Some(field.clone()),
+        message,
+    })
 }
 
 /// Renders every step of `workflow` for the event in `ctx` (outputs of earlier steps are
@@ -498,6 +556,10 @@ pub async fn preflight(
                             kind,
                             fields,
                             *mapping,
+                            match &outcome {
+                                Outcome::Send { inputs } => Some(inputs),
+                                _ => None,
+                            },
                             &mut problems,
                             &mut notes,
                             &mut unchecked,
