@@ -377,3 +377,51 @@ async fn servicenow_flag_serves_the_table_api() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// Issue 13 item 15, through the binary: every survey `xmbridge simulate` serves has a
+/// definition whose `SurveyOptions` carries each option a real recorded definition carries, with
+/// the same JSON types, so a client tested against the simulator meets the real shape.
+#[tokio::test]
+async fn survey_definitions_carry_the_recorded_survey_options() {
+    let (_sim, url) = start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--surveys",
+        "3",
+        "--responses",
+        "10",
+        "--api-token",
+        "TOKEN",
+    ]);
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            http.get(format!("{url}/API/v3/{path}"))
+                .header("X-API-TOKEN", "TOKEN")
+                .send()
+                .await
+                .unwrap()
+                .error_for_status()
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let surveys = get("surveys".into()).await;
+    let ids: Vec<String> = surveys["result"]["elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    for id in ids {
+        let def = get(format!("survey-definitions/{id}")).await;
+        let wrong =
+            xmbridge_test_kit::recorded::survey_options_mismatches(&def["result"]["SurveyOptions"]);
+        assert!(wrong.is_empty(), "{id}: {wrong:#?}");
+    }
+}

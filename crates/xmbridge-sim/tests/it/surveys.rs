@@ -574,43 +574,8 @@ async fn survey_options_have_the_recorded_keys_and_types() {
     let s = &h.sim.surveys[0];
     let (_, v) = get(&h, &format!("/survey-definitions/{}", s.id)).await;
     let options = &v["result"]["SurveyOptions"];
-    // "s": string, "n": number, "z": null (until set).
-    let recorded = [
-        ("BackButton", "s"),
-        ("SaveAndContinue", "s"),
-        ("SurveyProtection", "s"),
-        ("BallotBoxStuffingPrevention", "s"),
-        ("NoIndex", "s"),
-        ("SecureResponseFiles", "s"),
-        ("SurveyExpiration", "s"),
-        ("SurveyTermination", "s"),
-        ("Header", "s"),
-        ("Footer", "s"),
-        ("ProgressBarDisplay", "s"),
-        ("PartialData", "s"),
-        ("ValidationMessage", "s"),
-        ("PreviousButton", "s"),
-        ("NextButton", "s"),
-        ("SkinLibrary", "s"),
-        ("SkinType", "s"),
-        ("Skin", "s"),
-        ("NewScoring", "n"),
-        ("SkinQuestionWidth", "n"),
-        ("SurveyLanguage", "s"),
-        ("ActiveResponseSet", "s"),
-        ("SurveyStartDate", "z"),
-        ("SurveyExpirationDate", "z"),
-        ("SurveyCreationDate", "s"),
-    ];
-    for (key, kind) in recorded {
-        let value = &options[key];
-        let ok = match kind {
-            "s" => value.is_string(),
-            "n" => value.is_number(),
-            _ => value.is_null() && options.get(key).is_some(),
-        };
-        assert!(ok, "SurveyOptions.{key} should be {kind}: {value}");
-    }
+    let wrong = xmbridge_test_kit::recorded::survey_options_mismatches(options);
+    assert!(wrong.is_empty(), "{wrong:#?}");
     assert!(
         options["SurveyCreationDate"]
             .as_str()
