@@ -8,7 +8,9 @@ use super::UsageError;
 use anyhow::anyhow;
 use clap::{Args, Subcommand, ValueEnum};
 use std::ffi::OsString;
-use xmbridge_bench::sync::{Measure, SurveySize, TARGET_RATIO, TARGET_RSS_MB, Target};
+use xmbridge_bench::sync::{
+    Measure, SurveySize, TARGET_LIMIT_RATIO, TARGET_RATIO, TARGET_RSS_MB, Target,
+};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -31,7 +33,11 @@ pub enum BenchWhat {
   xmbridge bench sync --postgres postgres://postgres@127.0.0.1:5432/postgres --json
 
 ratio = baseline seconds / sync seconds: higher is better, 1.0 means the sync is as fast as a raw
-load of the same rows (binary COPY on PostgreSQL, a bare prepared-insert loop on SQLite).
+load of the same rows into tables that have their key and indexes (binary COPY on PostgreSQL, a
+bare prepared-insert loop on SQLite).
+limit_ratio = limit seconds / (sync seconds − export wait): the same rows loaded the fastest
+correct way (into empty tables without indexes, then the same key and indexes built) against the
+part of the sync xmbridge controls; 1.0 means the sync runs at that physical limit.
 The bench creates and drops its own PostgreSQL database and uses a temp dir for SQLite.")]
 pub struct BenchSyncArgs {
     /// Responses in the simulated survey.
@@ -146,6 +152,9 @@ async fn sync(args: BenchSyncArgs) -> anyhow::Result<()> {
                     "baseline_s": round3(m.baseline_s),
                     "ratio": round3(m.ratio()),
                     "peak_rss_mb": round3(m.peak_rss_mb),
+                    "export_s": round3(m.export_s),
+                    "limit_s": round3(m.limit_s),
+                    "limit_ratio": round3(m.limit_ratio()),
                 }),
             );
         }
@@ -187,12 +196,25 @@ fn print_table(d: BenchDest, m: &Measure) {
         }
     );
     println!(
-        "  ratio baseline/sync   {:>12.2}     (1.0 = as fast as the raw load)",
+        "  ratio baseline/sync   {:>12.2}     (1.0 = as fast as a raw load into indexed tables)",
         m.ratio()
     );
     println!(
-        "  target ratio ≥ {TARGET_RATIO}: {}; target peak RSS < {TARGET_RSS_MB} MB: {}",
+        "  export wait           {:>12.2} s   (Qualtrics preparing the file; no client can shorten it)",
+        m.export_s
+    );
+    println!(
+        "  limit                 {:>12.2} s   ({} rows into empty tables, then the same key and indexes built)",
+        m.limit_s, m.limit_rows
+    );
+    println!(
+        "  limit ratio           {:>12.2}     (limit / (sync − export wait); 1.0 = at the physical limit)",
+        m.limit_ratio()
+    );
+    println!(
+        "  target ratio ≥ {TARGET_RATIO}: {}; target limit ratio ≥ {TARGET_LIMIT_RATIO}: {}; target peak RSS < {TARGET_RSS_MB} MB: {}",
         met(m.ratio() >= TARGET_RATIO),
+        met(m.limit_ratio() >= TARGET_LIMIT_RATIO),
         met(m.peak_rss_mb < TARGET_RSS_MB)
     );
 }

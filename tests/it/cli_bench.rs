@@ -50,7 +50,10 @@ fn check(v: &Value, dest: &str) {
             "sync_s",
             "baseline_s",
             "ratio",
-            "peak_rss_mb"
+            "peak_rss_mb",
+            "export_s",
+            "limit_s",
+            "limit_ratio"
         ]
     );
     // Responses the sync wrote: the export leaves out the simulator's in-progress ones.
@@ -71,6 +74,18 @@ fn check(v: &Value, dest: &str) {
         "{v}"
     );
     assert!(rss > 1.0 && rss < 100_000.0, "{v}");
+    // The export wait is part of the sync; the limit is measured in the same run, and its ratio
+    // is against the rest of the sync.
+    let export_s = m["export_s"].as_f64().unwrap();
+    let limit_s = m["limit_s"].as_f64().unwrap();
+    let limit_ratio = m["limit_ratio"].as_f64().unwrap();
+    assert!(export_s >= 0.0 && export_s < sync_s, "{v}");
+    assert!(limit_s > 0.0 && limit_s < 600.0, "{v}");
+    assert!(limit_ratio > 0.0 && limit_ratio.is_finite(), "{v}");
+    assert!(
+        (limit_ratio - limit_s / (sync_s - export_s)).abs() < 0.05 * limit_ratio + 0.01,
+        "{v}"
+    );
 }
 
 #[test]

@@ -28,6 +28,8 @@ const TABLES: [&str; 3] = [
 
 /// Targets from issue 4: the ratio baseline/sync at least this.
 pub const TARGET_RATIO: f64 = 0.7;
+/// Target from issue 14: the ratio limit/(sync − export wait) at least this.
+pub const TARGET_LIMIT_RATIO: f64 = 0.85;
 /// … and peak RSS below this many MB.
 pub const TARGET_RSS_MB: f64 = 250.0;
 
@@ -65,6 +67,17 @@ pub struct Measure {
     pub peak_rss_mb: f64,
     /// Qualtrics API calls the sync made.
     pub api_calls: u64,
+    /// Seconds of the sync spent from each export request until its file was ready: the API
+    /// side's share, which no client can shorten.
+    #[serde(default)]
+    pub export_s: f64,
+    /// Rows the limit load wrote (all response tables).
+    #[serde(default)]
+    pub limit_rows: u64,
+    /// Seconds of the fastest correct load of the same rows to the same end state: into empty
+    /// tables without indexes, then the same key and indexes built.
+    #[serde(default)]
+    pub limit_s: f64,
 }
 
 impl Measure {
@@ -75,6 +88,13 @@ impl Measure {
         } else {
             0.0
         }
+    }
+
+    /// Limit seconds / the sync's own seconds (its time less the export wait): 1.0 means the
+    /// sync's download, parse and load run at the physical limit of the destination.
+    pub fn limit_ratio(&self) -> f64 {
+        let own = self.sync_s - self.export_s;
+        if own > 0.0 { self.limit_s / own } else { 0.0 }
     }
 }
 
@@ -131,20 +151,20 @@ pub async fn child(size: SurveySize, target: Target) -> Result<Measure> {
             let settings = DestinationSettings::from_parts(&url, None)?;
             let mut m = measure_sync(size, &settings).await?;
             let path = db.clone();
-            let (rows, secs) = tokio::task::spawn_blocking(move || sqlite_baseline(&path))
+            let (baseline, limit) = tokio::task::spawn_blocking(move || sqlite_baselines(&path))
                 .await
                 .context("the SQLite baseline panicked")??;
-            m.baseline_rows = rows;
-            m.baseline_s = secs;
+            (m.baseline_rows, m.baseline_s) = baseline;
+            (m.limit_rows, m.limit_s) = limit;
             Ok(m)
         }
         Target::Postgres(server) => {
             let db = PgDatabase::create(&server).await?;
             let result = async {
                 let mut m = measure_sync(size, &db.settings).await?;
-                let (rows, secs) = pg_baseline(&db.settings).await?;
-                m.baseline_rows = rows;
-                m.baseline_s = secs;
+                let (baseline, limit) = pg_baselines(&db.settings).await?;
+                (m.baseline_rows, m.baseline_s) = baseline;
+                (m.limit_rows, m.limit_s) = limit;
                 Ok(m)
             }
             .await;
@@ -253,6 +273,9 @@ async fn measure_sync(size: SurveySize, settings: &DestinationSettings) -> Resul
         // Read before the baseline loads every row into memory.
         peak_rss_mb: peak_rss_mb(),
         api_calls: client.api_calls(),
+        export_s: client.export_wait().as_secs_f64(),
+        limit_rows: 0,
+        limit_s: 0.0,
     })
 }
 
@@ -334,35 +357,44 @@ const SQL_BLOB: u8 = 4;
 
 /// Reads the synced response tables into memory, then times a prepared-insert loop in one
 /// transaction into a fresh file with the same tables, indexes and pragmas.
-fn sqlite_baseline(synced: &std::path::Path) -> Result<(u64, f64)> {
-    use rusqlite::types::{ToSqlOutput, ValueRef};
-    let src = rusqlite::Connection::open(synced)?;
-    let target_path = synced.with_file_name("baseline.db");
-    let dst = rusqlite::Connection::open(&target_path)?;
-    let _mode: String = dst.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-    dst.execute_batch(&format!(
-        "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-{}",
-        xmbridge_destinations::sqlite::CACHE_KIB
-    ))?;
+/// One synced SQLite table in memory: its name, its `CREATE TABLE`, its indexes and its rows.
+struct SqliteTable {
+    name: String,
+    create: String,
+    indexes: Vec<String>,
+    cells: Cells,
+}
 
+/// Reads the synced response tables into memory, then times two loads of them into new files
+/// with the sync's pragmas: the baseline (the same tables with their indexes, then a bare
+/// prepared-insert loop in one transaction) and the limit (tables without indexes, the same
+/// loop, then the same indexes built). Returns (rows, seconds) of each.
+fn sqlite_baselines(synced: &std::path::Path) -> Result<((u64, f64), (u64, f64))> {
+    use rusqlite::types::ValueRef;
+    let src = rusqlite::Connection::open(synced)?;
     let mut loaded = Vec::new();
     for t in TABLES {
         let table = format!("qualtrics_{t}");
-        // The same DDL (table and its indexes) in an empty database.
         let mut st = src.prepare(
-            "SELECT sql FROM sqlite_master WHERE tbl_name = ?1 AND sql IS NOT NULL ORDER BY type = 'index'",
+            "SELECT type, sql FROM sqlite_master WHERE tbl_name = ?1 AND sql IS NOT NULL ORDER BY type = 'index'",
         )?;
-        let ddl: Vec<String> = st
-            .query_map([&table], |r| r.get(0))?
+        let ddl: Vec<(String, String)> = st
+            .query_map([&table], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
-        if ddl.is_empty() {
+        let Some(create) = ddl
+            .iter()
+            .find(|(k, _)| k == "table")
+            .map(|(_, s)| s.clone())
+        else {
             return Err(BenchError::Failed(format!(
                 "the sync wrote no table {table}"
             )));
-        }
-        for sql in &ddl {
-            dst.execute_batch(sql)?;
-        }
+        };
+        let indexes = ddl
+            .into_iter()
+            .filter(|(k, _)| k == "index")
+            .map(|(_, s)| s)
+            .collect();
         let mut st = src.prepare(&format!(
             "SELECT * FROM {}",
             xmbridge_destinations::quote_ident(&table)
@@ -382,17 +414,52 @@ fn sqlite_baseline(synced: &std::path::Path) -> Result<(u64, f64)> {
                 }
             }
         }
-        loaded.push((table, cells));
+        loaded.push(SqliteTable {
+            name: table,
+            create,
+            indexes,
+            cells,
+        });
     }
+    drop(src);
+    let baseline = sqlite_load(synced, "baseline.db", &loaded, false)?;
+    let limit = sqlite_load(synced, "limit.db", &loaded, true)?;
+    Ok((baseline, limit))
+}
 
+/// Loads `loaded` into a new file `file` beside `synced` and removes it again; the clock covers
+/// the inserts and, with `indexes_after`, building the indexes after them.
+fn sqlite_load(
+    synced: &std::path::Path,
+    file: &str,
+    loaded: &[SqliteTable],
+    indexes_after: bool,
+) -> Result<(u64, f64)> {
+    use rusqlite::types::{ToSqlOutput, ValueRef};
+    let target_path = synced.with_file_name(file);
+    let dst = rusqlite::Connection::open(&target_path)?;
+    let _mode: String = dst.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    dst.execute_batch(&format!(
+        "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-{}",
+        xmbridge_destinations::sqlite::CACHE_KIB
+    ))?;
+    for t in loaded {
+        dst.execute_batch(&t.create)?;
+        if !indexes_after {
+            for sql in &t.indexes {
+                dst.execute_batch(sql)?;
+            }
+        }
+    }
     let started = Instant::now();
     let tx = dst.unchecked_transaction()?;
     let mut total = 0u64;
-    for (table, cells) in &loaded {
+    for t in loaded {
+        let cells = &t.cells;
         let placeholders: Vec<String> = (1..=cells.ncols).map(|i| format!("?{i}")).collect();
         let mut st = tx.prepare(&format!(
             "INSERT INTO {} VALUES ({})",
-            xmbridge_destinations::quote_ident(table),
+            xmbridge_destinations::quote_ident(&t.name),
             placeholders.join(", ")
         ))?;
         for (chunk, first) in cells.each_row() {
@@ -410,6 +477,13 @@ fn sqlite_baseline(synced: &std::path::Path) -> Result<(u64, f64)> {
             st.raw_execute()?;
         }
         total += cells.rows();
+    }
+    if indexes_after {
+        for t in loaded {
+            for sql in &t.indexes {
+                tx.execute_batch(sql)?;
+            }
+        }
     }
     tx.commit()?;
     let secs = started.elapsed().as_secs_f64();
@@ -468,26 +542,33 @@ impl tokio_postgres::types::ToSql for RawOut<'_> {
     tokio_postgres::types::to_sql_checked!();
 }
 
-/// Reads the synced response tables into memory, then times a binary COPY of them into empty
-/// tables `LIKE` the synced ones (indexes included) in a fresh schema.
-async fn pg_baseline(settings: &DestinationSettings) -> Result<(u64, f64)> {
+/// One synced PostgreSQL table in memory: its name, column types and names, its rows, and the
+/// key and indexes the sync built on it.
+struct PgTable {
+    name: &'static str,
+    types: Vec<tokio_postgres::types::Type>,
+    columns: Vec<String>,
+    cells: Cells,
+    primary_key: Option<String>,
+    indexes: Vec<String>,
+}
+
+/// Reads the synced response tables into memory, then times two binary `COPY` loads of them:
+/// the baseline (into tables `LIKE` the synced ones, indexes included) and the limit (into
+/// tables without indexes or key, then the same key and indexes built). Returns (rows, seconds)
+/// of each.
+async fn pg_baselines(settings: &DestinationSettings) -> Result<((u64, f64), (u64, f64))> {
     use futures_util::{StreamExt, pin_mut};
-    use tokio_postgres::binary_copy::BinaryCopyInWriter;
     // The same password and TLS as the sync's session, so the ratio compares like with like.
     let c = xmbridge_destinations::postgres::connect(settings)
         .await
         .context("cannot connect to the bench database")?
         .client;
-    c.batch_execute("CREATE SCHEMA bench_baseline").await?;
     let mut loaded = Vec::new();
     for t in TABLES {
-        c.batch_execute(&format!(
-            "CREATE TABLE bench_baseline.{t} (LIKE qualtrics.{t} INCLUDING ALL)"
-        ))
-        .await?;
         let st = c.prepare(&format!("SELECT * FROM qualtrics.{t}")).await?;
         let types: Vec<_> = st.columns().iter().map(|c| c.type_().clone()).collect();
-        let names: Vec<String> = st
+        let columns: Vec<String> = st
             .columns()
             .iter()
             .map(|c| xmbridge_destinations::quote_ident(c.name()))
@@ -506,20 +587,79 @@ async fn pg_baseline(settings: &DestinationSettings) -> Result<(u64, f64)> {
                 }
             }
         }
-        loaded.push((t, types, names, cells));
+        let primary_key = c
+            .query_opt(
+                &format!(
+                    "SELECT pg_get_constraintdef(oid) FROM pg_constraint \
+                     WHERE conrelid = 'qualtrics.{t}'::regclass AND contype = 'p'"
+                ),
+                &[],
+            )
+            .await?
+            .map(|r| r.get::<_, String>(0));
+        let indexes = c
+            .query(
+                &format!(
+                    "SELECT indexdef FROM pg_indexes WHERE schemaname = 'qualtrics' AND tablename = '{t}' \
+                     AND indexname NOT IN (SELECT conname FROM pg_constraint WHERE conrelid = 'qualtrics.{t}'::regclass)"
+                ),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect();
+        loaded.push(PgTable {
+            name: t,
+            types,
+            columns,
+            cells,
+            primary_key,
+            indexes,
+        });
     }
+    let baseline = pg_load(&c, "bench_baseline", &loaded, false).await?;
+    let limit = pg_load(&c, "bench_limit", &loaded, true).await?;
+    Ok((baseline, limit))
+}
 
+/// Loads `loaded` with binary `COPY` into new tables in `schema`; the clock covers the copies
+/// and, with `indexes_after`, building the key and indexes after them (else the tables have
+/// them from the start).
+async fn pg_load(
+    c: &tokio_postgres::Client,
+    schema: &str,
+    loaded: &[PgTable],
+    indexes_after: bool,
+) -> Result<(u64, f64)> {
+    use futures_util::pin_mut;
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    c.batch_execute(&format!("CREATE SCHEMA {schema}")).await?;
+    for t in loaded {
+        let including = if indexes_after {
+            "INCLUDING DEFAULTS"
+        } else {
+            "INCLUDING ALL"
+        };
+        c.batch_execute(&format!(
+            "CREATE TABLE {schema}.{} (LIKE qualtrics.{} {including})",
+            t.name, t.name
+        ))
+        .await?;
+    }
     let started = Instant::now();
     let mut total = 0u64;
-    for (t, types, names, cells) in &loaded {
+    for t in loaded {
         let sink = c
             .copy_in(&format!(
-                "COPY bench_baseline.{t} ({}) FROM STDIN (FORMAT binary)",
-                names.join(", ")
+                "COPY {schema}.{} ({}) FROM STDIN (FORMAT binary)",
+                t.name,
+                t.columns.join(", ")
             ))
             .await?;
-        let writer = BinaryCopyInWriter::new(sink, types);
+        let writer = BinaryCopyInWriter::new(sink, &t.types);
         pin_mut!(writer);
+        let cells = &t.cells;
         for (chunk, first) in cells.each_row() {
             writer
                 .as_mut()
@@ -531,8 +671,19 @@ async fn pg_baseline(settings: &DestinationSettings) -> Result<(u64, f64)> {
         }
         total += writer.finish().await?;
     }
+    if indexes_after {
+        for t in loaded {
+            if let Some(pk) = &t.primary_key {
+                c.batch_execute(&format!("ALTER TABLE {schema}.{} ADD {pk}", t.name))
+                    .await?;
+            }
+            for def in &t.indexes {
+                let def = def.replace(" ON qualtrics.", &format!(" ON {schema}."));
+                c.batch_execute(&def).await?;
+            }
+        }
+    }
     let secs = started.elapsed().as_secs_f64();
-    drop(c);
     Ok((total, secs))
 }
 

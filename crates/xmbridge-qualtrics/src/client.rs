@@ -293,6 +293,7 @@ impl ClientBuilder {
                 limiter,
                 calls: AtomicU64::new(0),
                 throttled: AtomicU64::new(0),
+                export_wait_us: AtomicU64::new(0),
             }),
         })
     }
@@ -311,6 +312,8 @@ struct Inner {
     calls: AtomicU64,
     /// 429 answers received (each one retried or, past the budget, returned).
     throttled: AtomicU64,
+    /// Microseconds spent from response-export requests until their files were ready.
+    export_wait_us: AtomicU64,
 }
 
 /// A Qualtrics API v3 client for one account. Cheap to clone (shared state: the base URL, the
@@ -442,6 +445,18 @@ impl Client {
     /// out. Part of [`Client::api_calls`].
     pub fn throttled(&self) -> u64 {
         self.inner.throttled.load(Ordering::Relaxed)
+    }
+
+    /// Time spent so far from each response export's request until Qualtrics said its file was
+    /// ready: the API side's share of a sync, which no client can shorten.
+    pub fn export_wait(&self) -> Duration {
+        Duration::from_micros(self.inner.export_wait_us.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn add_export_wait(&self, micros: u64) {
+        self.inner
+            .export_wait_us
+            .fetch_add(micros, Ordering::Relaxed);
     }
 
     /// `GET /whoami`: who the credentials belong to; the connection test.

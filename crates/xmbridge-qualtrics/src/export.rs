@@ -405,6 +405,7 @@ impl Client {
         survey_id: &str,
         opts: &ExportOptions,
     ) -> Result<ExportFile, Error> {
+        let requested = Instant::now();
         let progress_id = self.start_response_export(survey_id, opts).await?;
         let started = Instant::now();
         let mut wait = opts.poll_interval;
@@ -440,6 +441,8 @@ impl Client {
             tokio::time::sleep(next_poll_wait(wait, started.elapsed(), p.percent_complete)).await;
             wait = (wait * 2).min(opts.max_poll_interval);
         };
+        let waited = requested.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+        self.add_export_wait(waited);
         let file_id = done.file_id.clone().ok_or_else(|| Error::Export {
             survey_id: survey_id.into(),
             message: "status is complete but no fileId was given".into(),
