@@ -96,6 +96,10 @@ pub struct SyncArgs {
     /// Do not look at workflows at all (no events are enqueued).
     #[arg(long, conflicts_with = "trigger_on_first_load")]
     pub no_triggers: bool,
+    /// Print the run's summary as one JSON object on stdout (tables, API calls per stream,
+    /// responses, duration) instead of the table; progress stays on stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -257,18 +261,27 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
             .map(|t| Observer(t as Arc<dyn ResponseObserver>)),
         ..SyncOptions::default()
     };
-    println!(
+    let starting = format!(
         "syncing connection '{}' into {}",
         args.connection,
         dest.describe()
     );
+    if args.json {
+        eprintln!("{starting}");
+    } else {
+        println!("{starting}");
+    }
     let summary = run_sync(&connected.client, dest.as_mut(), &opts)
         .await
         .map_err(|e| with_cursor_fix(e, &args))?;
+    let throttled = connected.client.throttled();
+    if args.json {
+        println!("{}", summary_json(&summary, throttled, trigger.as_deref()));
+        return Ok(());
+    }
     print!("{summary}");
     println!();
     // Each throttled call is retried quietly (DEBUG); the run says once how often it happened.
-    let throttled = connected.client.throttled();
     if throttled > 0 {
         println!(
             "Qualtrics throttled {throttled} of {} calls (HTTP 429); each was retried after waiting (as long as Retry-After asked, else with backoff)",
@@ -283,6 +296,55 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `sync --json`: the run as one object.
+fn summary_json(
+    summary: &SyncSummary,
+    throttled: u64,
+    trigger: Option<&xmbridge_runtime::trigger::WorkflowTrigger>,
+) -> serde_json::Value {
+    let tables: serde_json::Map<String, serde_json::Value> = summary
+        .tables
+        .iter()
+        .map(|(t, c)| {
+            (
+                t.clone(),
+                serde_json::json!({"inserted": c.inserted, "updated": c.updated, "deleted": c.deleted}),
+            )
+        })
+        .collect();
+    let by_stream: serde_json::Map<String, serde_json::Value> = summary
+        .api_calls_by_stream
+        .iter()
+        .map(|(s, n)| (s.clone(), serde_json::json!(n)))
+        .collect();
+    let skipped: Vec<serde_json::Value> = summary
+        .skipped
+        .iter()
+        .map(|s| serde_json::json!({"table": s.table, "reason": s.reason}))
+        .collect();
+    let mut v = serde_json::json!({
+        "tables": tables,
+        "skipped": skipped,
+        "reloaded": summary.reloaded.iter().map(|r| r.message(true)).collect::<Vec<_>>(),
+        "responses": summary.responses,
+        "surveys_exported": summary.surveys_exported,
+        "surveys_reconciled": summary.surveys_reconciled,
+        "definitions_read": summary.definitions_read,
+        "api_calls": summary.api_calls,
+        "api_calls_by_stream": by_stream,
+        "throttled": throttled,
+        "duration_s": (summary.duration.as_secs_f64() * 1000.0).round() / 1000.0,
+    });
+    if let Some(t) = trigger {
+        let c = t.counts();
+        v["workflow_events"] = serde_json::json!({
+            "new": c.new_events, "already_in_outbox": c.duplicates,
+            "first_load_not_triggered": c.not_triggered,
+        });
+    }
+    v
 }
 
 /// The error; for an unreadable cursor, with the exact command that reloads its stream (which

@@ -1692,3 +1692,60 @@ async fn without_a_terminal_a_sync_logs_a_few_lines_and_sums_up_throttling() {
         .unwrap_or_else(|| panic!("no throttling summary:\n{out}"));
     assert!(summary.contains("calls (HTTP 429)"), "{summary}");
 }
+
+/// `sync --json` prints the run as one object, with the API calls of each stream; the counts
+/// add up to the run's total, which the simulator's own count confirms. The human summary has a
+/// line with the same split.
+#[tokio::test]
+async fn sync_json_counts_api_calls_per_stream() {
+    let h = sim(SimConfig {
+        surveys: 2,
+        responses: 50,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = support::install();
+    i.connect(&h, "acme").await;
+    let db = i.path("q.db");
+    let dest = format!("sqlite:{}", db.display());
+    let first = i.ok(&["sync", "acme", "--destination", &dest]).await;
+    assert!(first.contains("API calls by stream: surveys "), "{first}");
+
+    let http = reqwest::Client::new();
+    http.delete(format!("{}/_sim/stats", h.base_url))
+        .send()
+        .await
+        .unwrap();
+    let out = i
+        .ok(&["sync", "acme", "--destination", &dest, "--json"])
+        .await;
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let total = v["api_calls"].as_u64().unwrap();
+    let by_stream = v["api_calls_by_stream"].as_object().unwrap();
+    let streams: Vec<&str> = by_stream.keys().map(String::as_str).collect();
+    assert!(
+        [
+            "surveys",
+            "responses",
+            "directories",
+            "distributions",
+            "users"
+        ]
+        .iter()
+        .all(|s| streams.contains(s)),
+        "{v}"
+    );
+    let sum: u64 = by_stream.values().map(|n| n.as_u64().unwrap()).sum();
+    assert!(sum <= total && total - sum <= 2, "{v}");
+    // Nothing changed: no response was written again.
+    assert_eq!(v["tables"]["survey_response"]["inserted"], json!(0), "{v}");
+    let seen: serde_json::Value = http
+        .get(format!("{}/_sim/stats", h.base_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["calls_total"].as_u64().unwrap(), total, "{seen}\n{v}");
+}

@@ -130,6 +130,9 @@ pub struct SyncSummary {
     pub duration: Duration,
     /// HTTP requests made to Qualtrics (retries included).
     pub api_calls: u64,
+    /// The same, per stream group that ran (`surveys`, `responses`, `directories` …), in the
+    /// order they ran.
+    pub api_calls_by_stream: Vec<(String, u64)>,
     /// Survey definitions (re-)read.
     pub definitions_read: u64,
     /// Surveys whose responses were exported.
@@ -173,6 +176,14 @@ impl fmt::Display for SyncSummary {
         }
         for r in &self.reloaded {
             writeln!(f, "{}", r.message(true))?;
+        }
+        if !self.api_calls_by_stream.is_empty() {
+            let each: Vec<String> = self
+                .api_calls_by_stream
+                .iter()
+                .map(|(s, n)| format!("{s} {n}"))
+                .collect();
+            writeln!(f, "API calls by stream: {}", each.join(", "))?;
         }
         write!(
             f,
@@ -379,33 +390,61 @@ impl Batches {
 /// Runs the selected stream groups in order, making each group's commits durable before the
 /// next starts.
 async fn run_groups(ctx: &mut Ctx<'_>, groups: &[&str]) -> Result<(), SyncError> {
+    // Streams run one after another, so the client's count between two points is one stream's.
+    fn counted(ctx: &mut Ctx<'_>, stream: &str, before: u64) {
+        let n = ctx.client.api_calls().saturating_sub(before);
+        ctx.summary
+            .api_calls_by_stream
+            .push((stream.to_string(), n));
+    }
     let mut surveys = Vec::new();
     if groups.contains(&"surveys") {
-        surveys = streams::surveys::run(ctx).await?;
+        let before = ctx.client.api_calls();
+        let r = streams::surveys::run(ctx).await;
+        counted(ctx, "surveys", before);
+        surveys = r?;
         ctx.flush().await?;
     }
     if groups.contains(&"responses") {
-        streams::responses::run(ctx, &surveys).await?;
+        let before = ctx.client.api_calls();
+        let r = streams::responses::run(ctx, &surveys).await;
+        counted(ctx, "responses", before);
+        r?;
         ctx.flush().await?;
     }
     if groups.contains(&"directories") {
-        streams::directories::run(ctx).await?;
+        let before = ctx.client.api_calls();
+        let r = streams::directories::run(ctx).await;
+        counted(ctx, "directories", before);
+        r?;
         ctx.flush().await?;
     }
     if groups.contains(&"transaction_batches") {
-        streams::directories::run_batches(ctx).await?;
+        let before = ctx.client.api_calls();
+        let r = streams::directories::run_batches(ctx).await;
+        counted(ctx, "transaction_batches", before);
+        r?;
         ctx.flush().await?;
     }
     if groups.contains(&"distributions") {
-        streams::distributions::run(ctx, &surveys).await?;
+        let before = ctx.client.api_calls();
+        let r = streams::distributions::run(ctx, &surveys).await;
+        counted(ctx, "distributions", before);
+        r?;
         ctx.flush().await?;
     }
     if groups.contains(&"users") {
-        streams::users::run(ctx).await?;
+        let before = ctx.client.api_calls();
+        let r = streams::users::run(ctx).await;
+        counted(ctx, "users", before);
+        r?;
         ctx.flush().await?;
     }
     if groups.contains(&"libraries") {
-        streams::libraries::run(ctx).await?;
+        let before = ctx.client.api_calls();
+        let r = streams::libraries::run(ctx).await;
+        counted(ctx, "libraries", before);
+        r?;
     }
     Ok(())
 }
