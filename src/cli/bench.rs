@@ -9,7 +9,7 @@ use anyhow::anyhow;
 use clap::{Args, Subcommand, ValueEnum};
 use std::ffi::OsString;
 use xmbridge_bench::sync::{
-    Measure, SurveySize, TARGET_LIMIT_RATIO, TARGET_RATIO, TARGET_RSS_MB, Target,
+    Measure, Mode, SurveySize, TARGET_LIMIT_RATIO, TARGET_RATIO, TARGET_RSS_MB, Target,
 };
 
 #[derive(Args, Debug)]
@@ -31,6 +31,7 @@ pub enum BenchWhat {
   xmbridge bench sync                                  # 200,000 responses × 30 questions, both destinations
   xmbridge bench sync --responses 20000 --destination sqlite
   xmbridge bench sync --postgres postgres://postgres@127.0.0.1:5432/postgres --json
+  xmbridge bench sync --incremental --responses 1000000 --destination postgres
 
 ratio = baseline seconds / sync seconds: higher is better, 1.0 means the sync is as fast as a raw
 load of the same rows into tables that have their key and indexes (binary COPY on PostgreSQL, a
@@ -38,6 +39,9 @@ bare prepared-insert loop on SQLite).
 limit_ratio = limit seconds / (sync seconds − export wait): the same rows loaded the fastest
 correct way (into empty tables without indexes, then the same key and indexes built) against the
 part of the sync xmbridge controls; 1.0 means the sync runs at that physical limit.
+--incremental: after a first load of N responses, 1 % new and 0.5 % edited responses are made in
+the simulator and the second sync is timed; the baseline and limit then load only the rows of
+the changed responses (changed_responses in the output).
 The bench creates and drops its own PostgreSQL database and uses a temp dir for SQLite.")]
 pub struct BenchSyncArgs {
     /// Responses in the simulated survey.
@@ -61,6 +65,10 @@ pub struct BenchSyncArgs {
     /// for `xmbridge sync`.
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<std::path::PathBuf>,
+    /// Time a second, incremental sync after 1 % new and 0.5 % edited responses, against
+    /// loading only the changed rows.
+    #[arg(long)]
+    pub incremental: bool,
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -109,7 +117,7 @@ async fn sync(args: BenchSyncArgs) -> anyhow::Result<()> {
                 args.password_file.as_deref(),
             )?),
         };
-        let m = xmbridge_bench::sync::child(size(&args), target).await?;
+        let m = xmbridge_bench::sync::child(size(&args), target, mode(&args)).await?;
         println!("{}", serde_json::to_string(&m)?);
         return Ok(());
     }
@@ -119,7 +127,16 @@ async fn sync(args: BenchSyncArgs) -> anyhow::Result<()> {
     };
     if !args.json {
         println!(
-            "xmbridge bench sync: 1 survey × {} responses × {} questions ({} build)",
+            "xmbridge bench sync{}: 1 survey × {} responses × {} questions ({} build)",
+            if args.incremental {
+                format!(
+                    " --incremental (then {} new and {} edited responses)",
+                    xmbridge_bench::sync::new_responses(args.responses),
+                    xmbridge_bench::sync::edited_responses(args.responses)
+                )
+            } else {
+                String::new()
+            },
             args.responses,
             args.questions,
             if cfg!(debug_assertions) {
@@ -157,6 +174,11 @@ async fn sync(args: BenchSyncArgs) -> anyhow::Result<()> {
                     "limit_ratio": round3(m.limit_ratio()),
                 }),
             );
+            if let (Some(n), Some(serde_json::Value::Object(o))) =
+                (m.changed_responses, obj.get_mut(d.name()))
+            {
+                o.insert("changed_responses".into(), serde_json::json!(n));
+            }
         }
         println!("{}", serde_json::Value::Object(obj));
     }
@@ -177,6 +199,9 @@ fn print_table(d: BenchDest, m: &Measure) {
     };
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
     println!("{}:", d.name());
+    if let Some(n) = m.changed_responses {
+        println!("  changed responses     {n:>12}   (what the timed, incremental sync wrote)");
+    }
     println!("  wall time (sync)      {:>12.2} s", m.sync_s);
     println!("  responses/s           {:>12.0}", per_s(m.responses));
     println!(
@@ -219,6 +244,14 @@ fn print_table(d: BenchDest, m: &Measure) {
     );
 }
 
+fn mode(args: &BenchSyncArgs) -> Mode {
+    if args.incremental {
+        Mode::Incremental
+    } else {
+        Mode::FirstLoad
+    }
+}
+
 fn size(args: &BenchSyncArgs) -> SurveySize {
     SurveySize {
         responses: args.responses,
@@ -247,6 +280,9 @@ fn child_argv(args: &BenchSyncArgs, d: BenchDest) -> Vec<OsString> {
     if let Some(f) = &args.password_file {
         argv.push("--password-file".into());
         argv.push(f.into());
+    }
+    if args.incremental {
+        argv.push("--incremental".into());
     }
     argv
 }

@@ -37,28 +37,33 @@ fn bench(extra: &[&str]) -> Value {
     serde_json::from_str(lines[0]).unwrap()
 }
 
+const KEYS: [&str; 9] = [
+    "responses",
+    "rows",
+    "sync_s",
+    "baseline_s",
+    "ratio",
+    "peak_rss_mb",
+    "export_s",
+    "limit_s",
+    "limit_ratio",
+];
+
 fn check(v: &Value, dest: &str) {
     let obj = v.as_object().unwrap();
     assert_eq!(obj.keys().collect::<Vec<_>>(), vec![dest], "{v}");
     let m = obj[dest].as_object().unwrap();
     let keys: Vec<&str> = m.keys().map(String::as_str).collect();
-    assert_eq!(
-        keys,
-        [
-            "responses",
-            "rows",
-            "sync_s",
-            "baseline_s",
-            "ratio",
-            "peak_rss_mb",
-            "export_s",
-            "limit_s",
-            "limit_ratio"
-        ]
-    );
+    assert_eq!(keys, KEYS);
     // Responses the sync wrote: the export leaves out the simulator's in-progress ones.
     let responses = m["responses"].as_u64().unwrap();
     assert!((200..=300).contains(&responses), "{v}");
+    figures(v, m);
+}
+
+/// The timing figures of one destination are sane and consistent.
+fn figures(v: &Value, m: &serde_json::Map<String, Value>) {
+    let responses = m["responses"].as_u64().unwrap();
     // Several answer rows per response (10 questions plus one of each kind).
     let rows = m["rows"].as_u64().unwrap();
     assert!(rows >= responses * 5, "{v}");
@@ -102,4 +107,43 @@ fn bench_sync_postgres_json() {
     };
     let v = bench(&["--destination", "postgres", "--postgres", &server]);
     check(&v, "postgres");
+}
+
+/// `--incremental`: the same keys plus `changed_responses`; the timed second sync writes just
+/// the changed responses (1 % new and 0.5 % edited of 1,000: 10 + 5), and the baseline and limit
+/// load only their rows.
+#[test]
+fn bench_sync_incremental_json() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "sync",
+            "--incremental",
+            "--responses",
+            "1000",
+            "--questions",
+            "10",
+            "--destination",
+            "sqlite",
+            "--json",
+        ])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let m = v["sqlite"].as_object().unwrap();
+    let keys: Vec<&str> = m.keys().map(String::as_str).collect();
+    let mut expected = KEYS.to_vec();
+    expected.push("changed_responses");
+    assert_eq!(keys, expected, "{v}");
+    assert_eq!(m["changed_responses"], serde_json::json!(15), "{v}");
+    assert_eq!(m["responses"], serde_json::json!(15), "{v}");
+    figures(&v, m);
 }

@@ -42,6 +42,26 @@ pub struct SurveySize {
     pub questions: usize,
 }
 
+/// What one run times.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The first load of N responses into an empty destination.
+    FirstLoad,
+    /// After a first load of N responses, 1 % new and 0.5 % edited responses in the simulator:
+    /// the second sync, against loading just the changed rows.
+    Incremental,
+}
+
+/// New responses an incremental run adds: 1 % of `n`, at least 1.
+pub fn new_responses(n: u64) -> u64 {
+    (n / 100).max(1)
+}
+
+/// Responses an incremental run edits: 0.5 % of `n`, at least 1.
+pub fn edited_responses(n: u64) -> u64 {
+    (n / 200).max(1)
+}
+
 /// Where one child syncs to.
 pub enum Target {
     /// A SQLite file in a temp dir.
@@ -78,6 +98,9 @@ pub struct Measure {
     /// tables without indexes, then the same key and indexes built.
     #[serde(default)]
     pub limit_s: f64,
+    /// Incremental runs: the responses the second sync wrote (new and edited).
+    #[serde(default)]
+    pub changed_responses: Option<u64>,
 }
 
 impl Measure {
@@ -141,19 +164,23 @@ fn peak_rss_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// One destination, in this (child) process: sync, peak RSS, baseline.
-pub async fn child(size: SurveySize, target: Target) -> Result<Measure> {
+/// One destination, in this (child) process: sync, peak RSS, baseline and limit. In
+/// [`Mode::Incremental`] the sync timed is the second one, and the baseline and limit load only
+/// the rows of the responses it changed.
+pub async fn child(size: SurveySize, target: Target, mode: Mode) -> Result<Measure> {
     match target {
         Target::Sqlite => {
             let dir = tempfile::tempdir().context("cannot create a temp dir")?;
             let db = dir.path().join("bench.db");
             let url = format!("sqlite:{}", db.display());
             let settings = DestinationSettings::from_parts(&url, None)?;
-            let mut m = measure_sync(size, &settings).await?;
+            let reader = Reader::Sqlite(db.clone());
+            let (mut m, changed) = measure_sync(size, &settings, mode, &reader).await?;
             let path = db.clone();
-            let (baseline, limit) = tokio::task::spawn_blocking(move || sqlite_baselines(&path))
-                .await
-                .context("the SQLite baseline panicked")??;
+            let (baseline, limit) =
+                tokio::task::spawn_blocking(move || sqlite_baselines(&path, changed.as_deref()))
+                    .await
+                    .context("the SQLite baseline panicked")??;
             (m.baseline_rows, m.baseline_s) = baseline;
             (m.limit_rows, m.limit_s) = limit;
             Ok(m)
@@ -161,8 +188,9 @@ pub async fn child(size: SurveySize, target: Target) -> Result<Measure> {
         Target::Postgres(server) => {
             let db = PgDatabase::create(&server).await?;
             let result = async {
-                let mut m = measure_sync(size, &db.settings).await?;
-                let (baseline, limit) = pg_baselines(&db.settings).await?;
+                let reader = Reader::Postgres(db.settings.clone());
+                let (mut m, changed) = measure_sync(size, &db.settings, mode, &reader).await?;
+                let (baseline, limit) = pg_baselines(&db.settings, changed.as_deref()).await?;
                 (m.baseline_rows, m.baseline_s) = baseline;
                 (m.limit_rows, m.limit_s) = limit;
                 Ok(m)
@@ -171,6 +199,42 @@ pub async fn child(size: SurveySize, target: Target) -> Result<Measure> {
             // Dropped on success and on failure alike.
             db.drop_database().await;
             result
+        }
+    }
+}
+
+/// Reads response ids back from the destination the bench synced into.
+enum Reader {
+    Sqlite(std::path::PathBuf),
+    Postgres(DestinationSettings),
+}
+
+impl Reader {
+    /// Up to `n` ids of synced responses.
+    async fn response_ids(&self, n: u64) -> Result<Vec<String>> {
+        match self {
+            Reader::Sqlite(path) => {
+                let c = rusqlite::Connection::open(path)?;
+                let mut st =
+                    c.prepare("SELECT id FROM qualtrics_survey_response ORDER BY id LIMIT ?1")?;
+                let ids = st
+                    .query_map([n as i64], |r| r.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(ids)
+            }
+            Reader::Postgres(settings) => {
+                let c = xmbridge_destinations::postgres::connect(settings)
+                    .await
+                    .context("cannot connect to the bench database")?
+                    .client;
+                let rows = c
+                    .query(
+                        "SELECT id FROM qualtrics.survey_response ORDER BY id LIMIT $1",
+                        &[&(n as i64)],
+                    )
+                    .await?;
+                Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+            }
         }
     }
 }
@@ -243,14 +307,24 @@ impl Drop for SimProcess {
     }
 }
 
-/// Starts the simulator, syncs the response tables into `url` and times it.
-async fn measure_sync(size: SurveySize, settings: &DestinationSettings) -> Result<Measure> {
+/// Starts the simulator, syncs the response tables into `settings` and times it; in
+/// [`Mode::Incremental`], changes responses in the simulator after that first sync and times a
+/// second one. Returns the measure and, for an incremental run, the ids of the changed responses.
+async fn measure_sync(
+    size: SurveySize,
+    settings: &DestinationSettings,
+    mode: Mode,
+    reader: &Reader,
+) -> Result<(Measure, Option<Vec<String>>)> {
     let token = SimConfig::default().admin_token();
     let sim = SimProcess::start(size, &token).await?;
-    let client = Client::builder(BaseUrl::parse(&sim.base_url)?, Auth::api_token(token))
-        .request_timeout(Duration::from_secs(3600))
-        .no_rate_limit()
-        .build()?;
+    let client = Client::builder(
+        BaseUrl::parse(&sim.base_url)?,
+        Auth::api_token(token.clone()),
+    )
+    .request_timeout(Duration::from_secs(3600))
+    .no_rate_limit()
+    .build()?;
     let mut dest = xmbridge_destinations::open(settings, "qualtrics", Compat::Xmbridge)
         .await
         .context("cannot open the destination")?;
@@ -258,13 +332,20 @@ async fn measure_sync(size: SurveySize, settings: &DestinationSettings) -> Resul
         tables: Some(TABLES.iter().map(|t| t.to_string()).collect()),
         ..SyncOptions::default()
     };
+    let mut changed = None;
+    if mode == Mode::Incremental {
+        xmbridge_sync::sync(&client, dest.as_mut(), &opts, &NoProgress).await?;
+        changed = Some(change_responses(&sim, &token, size.responses, reader).await?);
+    }
+    let calls_before = client.api_calls();
+    let wait_before = client.export_wait();
     let started = Instant::now();
     let summary = xmbridge_sync::sync(&client, dest.as_mut(), &opts, &NoProgress).await?;
     let sync_s = started.elapsed().as_secs_f64();
     drop(dest);
     drop(sim);
     let qr = summary.table("question_response");
-    Ok(Measure {
+    let measure = Measure {
         responses: summary.responses,
         rows: qr.inserted + qr.updated,
         sync_s,
@@ -272,11 +353,110 @@ async fn measure_sync(size: SurveySize, settings: &DestinationSettings) -> Resul
         baseline_s: 0.0,
         // Read before the baseline loads every row into memory.
         peak_rss_mb: peak_rss_mb(),
-        api_calls: client.api_calls(),
-        export_s: client.export_wait().as_secs_f64(),
+        api_calls: client.api_calls() - calls_before,
+        export_s: (client.export_wait() - wait_before).as_secs_f64(),
         limit_rows: 0,
         limit_s: 0.0,
-    })
+        changed_responses: changed.as_ref().map(|_| summary.responses),
+    };
+    Ok((measure, changed))
+}
+
+/// Adds 1 % new responses and edits 0.5 % of the synced ones (an embedded-data value, as the
+/// API's update does) in the simulator; returns the ids of all of them.
+async fn change_responses(
+    sim: &SimProcess,
+    token: &str,
+    n: u64,
+    reader: &Reader,
+) -> Result<Vec<String>> {
+    use futures_util::{StreamExt, TryStreamExt};
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .context("cannot build an HTTP client")?;
+    let api = |path: &str| format!("{}/API/v3/{path}", sim.base_url);
+    let surveys: serde_json::Value = http
+        .get(api("surveys"))
+        .header("X-API-TOKEN", token)
+        .send()
+        .await
+        .context("cannot list the simulator's surveys")?
+        .json()
+        .await
+        .context("cannot read the simulator's survey list")?;
+    let sid = surveys["result"]["elements"][0]["id"]
+        .as_str()
+        .ok_or_else(|| BenchError::Failed("the simulator lists no survey".into()))?
+        .to_string();
+    let mut ids = Vec::new();
+    let mut left = new_responses(n);
+    while left > 0 {
+        let count = left.min(100_000);
+        let made: serde_json::Value = http
+            .post(format!("{}/_sim/surveys/{sid}/responses", sim.base_url))
+            .json(&serde_json::json!({"count": count}))
+            .send()
+            .await
+            .context("cannot add responses in the simulator")?
+            .json()
+            .await
+            .context("cannot read the simulator's new responses")?;
+        ids.extend(
+            made["response_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string)),
+        );
+        left -= count;
+    }
+    let edited = reader.response_ids(edited_responses(n)).await?;
+    futures_util::stream::iter(edited.iter().cloned())
+        .map(|rid| {
+            let http = http.clone();
+            let url = api(&format!("responses/{rid}"));
+            let body = serde_json::json!({"surveyId": sid, "embeddedData": {"bench_edit": "1"}});
+            async move {
+                let r = http
+                    .put(url)
+                    .header("X-API-TOKEN", token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .context("cannot edit a response in the simulator")?;
+                if r.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(BenchError::Failed(format!(
+                        "editing response {rid} in the simulator: HTTP {}",
+                        r.status()
+                    )))
+                }
+            }
+        })
+        .buffer_unordered(8)
+        .try_collect::<Vec<()>>()
+        .await?;
+    ids.extend(edited);
+    Ok(ids)
+}
+
+/// `WHERE` of one response table restricted to `ids` (incremental runs); empty for all rows.
+fn only(table: &str, ids: Option<&[String]>) -> String {
+    let Some(ids) = ids else {
+        return String::new();
+    };
+    let column = if table == "survey_response" {
+        "id"
+    } else {
+        "response_id"
+    };
+    let list: Vec<String> = ids
+        .iter()
+        .map(|id| format!("'{}'", id.replace('\'', "''")))
+        .collect();
+    format!(" WHERE {column} IN ({})", list.join(", "))
 }
 
 /// Cells of many rows in a few flat buffers (a `Vec` per cell would need gigabytes at full
@@ -369,7 +549,10 @@ struct SqliteTable {
 /// with the sync's pragmas: the baseline (the same tables with their indexes, then a bare
 /// prepared-insert loop in one transaction) and the limit (tables without indexes, the same
 /// loop, then the same indexes built). Returns (rows, seconds) of each.
-fn sqlite_baselines(synced: &std::path::Path) -> Result<((u64, f64), (u64, f64))> {
+fn sqlite_baselines(
+    synced: &std::path::Path,
+    ids: Option<&[String]>,
+) -> Result<((u64, f64), (u64, f64))> {
     use rusqlite::types::ValueRef;
     let src = rusqlite::Connection::open(synced)?;
     let mut loaded = Vec::new();
@@ -396,8 +579,9 @@ fn sqlite_baselines(synced: &std::path::Path) -> Result<((u64, f64), (u64, f64))
             .map(|(_, s)| s)
             .collect();
         let mut st = src.prepare(&format!(
-            "SELECT * FROM {}",
-            xmbridge_destinations::quote_ident(&table)
+            "SELECT * FROM {}{}",
+            xmbridge_destinations::quote_ident(&table),
+            only(t, ids)
         ))?;
         let ncols = st.column_count();
         let mut cells = Cells::new(ncols);
@@ -557,7 +741,10 @@ struct PgTable {
 /// the baseline (into tables `LIKE` the synced ones, indexes included) and the limit (into
 /// tables without indexes or key, then the same key and indexes built). Returns (rows, seconds)
 /// of each.
-async fn pg_baselines(settings: &DestinationSettings) -> Result<((u64, f64), (u64, f64))> {
+async fn pg_baselines(
+    settings: &DestinationSettings,
+    ids: Option<&[String]>,
+) -> Result<((u64, f64), (u64, f64))> {
     use futures_util::{StreamExt, pin_mut};
     // The same password and TLS as the sync's session, so the ratio compares like with like.
     let c = xmbridge_destinations::postgres::connect(settings)
@@ -566,7 +753,9 @@ async fn pg_baselines(settings: &DestinationSettings) -> Result<((u64, f64), (u6
         .client;
     let mut loaded = Vec::new();
     for t in TABLES {
-        let st = c.prepare(&format!("SELECT * FROM qualtrics.{t}")).await?;
+        let st = c
+            .prepare(&format!("SELECT * FROM qualtrics.{t}{}", only(t, ids)))
+            .await?;
         let types: Vec<_> = st.columns().iter().map(|c| c.type_().clone()).collect();
         let columns: Vec<String> = st
             .columns()
