@@ -609,6 +609,16 @@ impl PostgresDestination {
             let filter = self.filter_indexes.get(&name).cloned().unwrap_or_default();
             create_indexes(&tx, &self.schema, &name, r, &filter).await?;
             tx.commit().await.map_err(|e| sql_err(&r.display, e))?;
+            // Statistics now, not when autovacuum gets to it: the next sync deletes a changed
+            // response's answers by `response_id`, and without them the planner may scan.
+            self.client
+                .batch_execute(&format!(
+                    "ANALYZE {}.{}",
+                    quote_ident(&self.schema),
+                    quote_ident(&name)
+                ))
+                .await
+                .map_err(|e| sql_err(&r.display, e))?;
             tracing::info!(
                 table = %r.display,
                 duration_ms = started.elapsed().as_millis() as u64,
