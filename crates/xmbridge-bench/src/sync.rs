@@ -164,6 +164,13 @@ fn peak_rss_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Starts the peak-RSS count afresh (Linux: `5` into `/proc/self/clear_refs`), so that an
+/// incremental run's figure is its second sync's, not the first load's. Where that is not
+/// possible the figure stays the whole process's, which is never lower.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// One destination, in this (child) process: sync, peak RSS, baseline and limit. In
 /// [`Mode::Incremental`] the sync timed is the second one, and the baseline and limit load only
 /// the rows of the responses it changed.
@@ -336,6 +343,7 @@ async fn measure_sync(
     if mode == Mode::Incremental {
         xmbridge_sync::sync(&client, dest.as_mut(), &opts, &NoProgress).await?;
         changed = Some(change_responses(&sim, &token, size.responses, reader).await?);
+        reset_peak_rss();
     }
     let calls_before = client.api_calls();
     let wait_before = client.export_wait();
