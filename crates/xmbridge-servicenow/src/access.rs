@@ -75,11 +75,12 @@ impl ServiceNowClient {
             .list_all(
                 "sys_security_acl",
                 ListOptions {
-                    query: Some(format!("nameSTARTSWITH{table}^active=true^type=record")),
+                    query: Some(format!("nameSTARTSWITH{table}^active=true")),
                     fields: vec![
                         "sys_id".into(),
                         "name".into(),
                         "operation".into(),
+                        "type".into(),
                         "admin_overrides".into(),
                     ],
                     page_size: 1000,
@@ -102,6 +103,12 @@ impl ServiceNowClient {
             };
             // STARTSWITH also matches `incident_task`: keep the table and its own fields.
             if name != table && !name.starts_with(&field_prefix) {
+                continue;
+            }
+            // Record ACLs only (not REST endpoints, UI pages …). `type` is a reference on some
+            // releases and text on others: its display value is the name either way.
+            let kind = get("type", "display_value").or_else(|| get("type", "value"));
+            if kind.as_deref().is_some_and(|k| k != "record") {
                 continue;
             }
             ids.push(id);
