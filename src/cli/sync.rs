@@ -32,6 +32,7 @@ use xmbridge_sync::{LogProgress, Observer, Progress, ResponseObserver, SyncOptio
   xmbridge sync acme --destination sqlite:./q.db --compat fivetran   # dbt_qualtrics runs unchanged
   xmbridge sync acme --destination sqlite:./q.db --reconcile         # drop responses deleted upstream
   xmbridge sync acme --destination sqlite:./q.db --config xmbridge.toml  # + sync-responses workflows
+  xmbridge sync acme --destination sqlite:./q.db --json | jq .api_calls_by_stream
 
 Runs are incremental: each table's cursor is committed with its rows, so a killed sync resumes
 where it stopped. On SQLite the schema is a table prefix (qualtrics_survey, …).

@@ -883,6 +883,22 @@ async fn the_account_rules_through_the_command_line() {
     inst.ok(&argv(&a)[..]).await;
 }
 
+/// `workflow test WF --event-json EVENT`.
+async fn workflow_test(
+    inst: &Install,
+    wf: &str,
+    event: &std::path::Path,
+) -> xmbridge_test_kit::cli::Run {
+    inst.run(&[
+        "workflow",
+        "test",
+        wf,
+        "--event-json",
+        event.to_str().unwrap(),
+    ])
+    .await
+}
+
 // ---- ServiceNow ---------------------------------------------------------------------------------
 
 async fn servicenow() -> (xmbridge_sim::SnHandle, Value) {
@@ -1858,20 +1874,7 @@ NPS__c = "number(response.values.QID1)"
                 "survey": {"id": "SV_abc", "name": "NPS"}})
         .to_string(),
     );
-    let test = |wf: &'static str| {
-        let inst = &inst;
-        let event = event.clone();
-        async move {
-            inst.run(&[
-                "workflow",
-                "test",
-                wf,
-                "--event-json",
-                event.to_str().unwrap(),
-            ])
-            .await
-        }
-    };
+    let test = |wf: &'static str| workflow_test(&inst, wf, &event);
     // Fully checked, live, as the admin: a real pass.
     let r = test("as-admin").await;
     r.expect(0, &["checks: ok", "preflight passed"]);
@@ -2052,20 +2055,7 @@ u_qualtrics_idd = "response.id"
         &json!({"response": {"id": "R_1", "values": {}}, "survey": {"id": "SV_abc", "name": "NPS"}})
             .to_string(),
     );
-    let test = |wf: &'static str| {
-        let inst = &inst;
-        let event = event.clone();
-        async move {
-            inst.run(&[
-                "workflow",
-                "test",
-                wf,
-                "--event-json",
-                event.to_str().unwrap(),
-            ])
-            .await
-        }
-    };
+    let test = |wf: &'static str| workflow_test(&inst, wf, &event);
     // A base instance lets only security_admin read ACLs: create access is not checked, and the
     // note says what would make it checkable. Never a pass.
     test("incident").await.expect(
@@ -2159,20 +2149,7 @@ RecordTypeId = "'{record_type}'"
         &json!({"response": {"id": "R_1", "values": {}}, "survey": {"id": "SV_abc", "name": "NPS"}})
             .to_string(),
     );
-    let test = |wf: &'static str| {
-        let inst = &inst;
-        let event = event.clone();
-        async move {
-            inst.run(&[
-                "workflow",
-                "test",
-                wf,
-                "--event-json",
-                event.to_str().unwrap(),
-            ])
-            .await
-        }
-    };
+    let test = |wf: &'static str| workflow_test(&inst, wf, &event);
     test("detractor")
         .await
         .expect(0, &["checks: ok", "preflight passed"]);

@@ -154,25 +154,29 @@ impl ServiceNowSchema {
         let mut decided_by: Option<(Vec<xmbridge_servicenow::AccessControl>, Vec<String>)> = None;
         match roles {
             Err(e) => {
-                let why = format!(
-                    "{{}} access to {table}: the linked ServiceNow user cannot read its own roles (sys_user_has_role): {e}"
-                );
-                create_note.unknown = Some(why.replace("{}", "create"));
-                edit_note.unknown = Some(why.replace("{}", "edit"));
+                let why = |access: &str| {
+                    format!(
+                        "{access} access to {table}: the linked ServiceNow user cannot read its own roles (sys_user_has_role): {e}"
+                    )
+                };
+                create_note.unknown = Some(why("create"));
+                edit_note.unknown = Some(why("edit"));
             }
             Ok(roles) if roles.iter().any(|r| r == "admin") => {}
             Ok(roles) => match self.client.access_controls(table).await {
                 Err(e) => {
-                    let why = format!(
-                        "{{}} access to {table}: the linked ServiceNow user cannot read the ACLs ({e}); to have it checked, let one of the user's roles ({}) read sys_security_acl and sys_security_acl_role (base instances allow security_admin only)",
-                        if roles.is_empty() {
-                            "none".to_string()
-                        } else {
-                            roles.join(", ")
-                        }
-                    );
-                    create_note.unknown = Some(why.replace("{}", "create"));
-                    edit_note.unknown = Some(why.replace("{}", "edit"));
+                    let held = if roles.is_empty() {
+                        "none".to_string()
+                    } else {
+                        roles.join(", ")
+                    };
+                    let why = |access: &str| {
+                        format!(
+                            "{access} access to {table}: the linked ServiceNow user cannot read the ACLs ({e}); to have it checked, let one of the user's roles ({held}) read sys_security_acl and sys_security_acl_role (base instances allow security_admin only)"
+                        )
+                    };
+                    create_note.unknown = Some(why("create"));
+                    edit_note.unknown = Some(why("edit"));
                 }
                 Ok(acls) => {
                     for (op, label, flag, note) in [

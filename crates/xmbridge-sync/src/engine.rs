@@ -390,61 +390,49 @@ impl Batches {
 /// Runs the selected stream groups in order, making each group's commits durable before the
 /// next starts.
 async fn run_groups(ctx: &mut Ctx<'_>, groups: &[&str]) -> Result<(), SyncError> {
-    // Streams run one after another, so the client's count between two points is one stream's.
-    fn counted(ctx: &mut Ctx<'_>, stream: &str, before: u64) {
-        let n = ctx.client.api_calls().saturating_sub(before);
-        ctx.summary
-            .api_calls_by_stream
-            .push((stream.to_string(), n));
+    // Streams run one after another, so the client's count between two points is one stream's;
+    // it is recorded also when the stream fails.
+    macro_rules! counted {
+        ($stream:literal, $run:expr) => {{
+            let before = ctx.client.api_calls();
+            let result = $run.await;
+            let calls = ctx.client.api_calls().saturating_sub(before);
+            ctx.summary
+                .api_calls_by_stream
+                .push(($stream.to_string(), calls));
+            result
+        }};
     }
     let mut surveys = Vec::new();
     if groups.contains(&"surveys") {
-        let before = ctx.client.api_calls();
-        let r = streams::surveys::run(ctx).await;
-        counted(ctx, "surveys", before);
-        surveys = r?;
+        surveys = counted!("surveys", streams::surveys::run(ctx))?;
         ctx.flush().await?;
     }
     if groups.contains(&"responses") {
-        let before = ctx.client.api_calls();
-        let r = streams::responses::run(ctx, &surveys).await;
-        counted(ctx, "responses", before);
-        r?;
+        counted!("responses", streams::responses::run(ctx, &surveys))?;
         ctx.flush().await?;
     }
     if groups.contains(&"directories") {
-        let before = ctx.client.api_calls();
-        let r = streams::directories::run(ctx).await;
-        counted(ctx, "directories", before);
-        r?;
+        counted!("directories", streams::directories::run(ctx))?;
         ctx.flush().await?;
     }
     if groups.contains(&"transaction_batches") {
-        let before = ctx.client.api_calls();
-        let r = streams::directories::run_batches(ctx).await;
-        counted(ctx, "transaction_batches", before);
-        r?;
+        counted!(
+            "transaction_batches",
+            streams::directories::run_batches(ctx)
+        )?;
         ctx.flush().await?;
     }
     if groups.contains(&"distributions") {
-        let before = ctx.client.api_calls();
-        let r = streams::distributions::run(ctx, &surveys).await;
-        counted(ctx, "distributions", before);
-        r?;
+        counted!("distributions", streams::distributions::run(ctx, &surveys))?;
         ctx.flush().await?;
     }
     if groups.contains(&"users") {
-        let before = ctx.client.api_calls();
-        let r = streams::users::run(ctx).await;
-        counted(ctx, "users", before);
-        r?;
+        counted!("users", streams::users::run(ctx))?;
         ctx.flush().await?;
     }
     if groups.contains(&"libraries") {
-        let before = ctx.client.api_calls();
-        let r = streams::libraries::run(ctx).await;
-        counted(ctx, "libraries", before);
-        r?;
+        counted!("libraries", streams::libraries::run(ctx))?;
     }
     Ok(())
 }

@@ -147,6 +147,17 @@ impl ObjectDescribe {
             .find(|f| f.name.eq_ignore_ascii_case(name))
     }
 
+    /// "X has no field F", with the nearest field names when there are some.
+    pub(crate) fn no_such_field(&self, field: &str) -> String {
+        let near = close_matches(field, self.fields.iter().map(|f| f.name.as_str()), 3);
+        let hint = if near.is_empty() {
+            String::new()
+        } else {
+            format!("; did you mean {}?", near.join(", "))
+        };
+        format!("{} has no field {field}{hint}", self.name)
+    }
+
     /// Reads Salesforce's `GET /sobjects/{Object}/describe` body.
     pub fn from_salesforce_json(v: &Value) -> Result<ObjectDescribe, SchemaError> {
         let name = v["name"].as_str().ok_or_else(|| SchemaError::Malformed {
@@ -392,16 +403,7 @@ pub(crate) fn check_mapping(
 ) -> Vec<MappingProblem> {
     let mut problems = Vec::new();
     let object = &describe.name;
-    let names: Vec<&str> = describe.fields.iter().map(|f| f.name.as_str()).collect();
-    let unknown = |field: &str| {
-        let near = close_matches(field, names.iter().copied(), 3);
-        let hint = if near.is_empty() {
-            String::new()
-        } else {
-            format!("; did you mean {}?", near.join(", "))
-        };
-        format!("{object} has no field {field}{hint}")
-    };
+    let unknown = |field: &str| describe.no_such_field(field);
 
     if let Some(key) = &mapping.external_id_field {
         match describe.field(key) {

@@ -359,18 +359,11 @@ fn check_access(
             }
         }
         None => {
-            let names: Vec<&str> = d.fields.iter().map(|f| f.name.as_str()).collect();
             for name in fields.iter().filter(|f| d.field(f).is_none()) {
-                let near = crate::expr::close_matches(name, names.iter().copied(), 3);
-                let hint = if near.is_empty() {
-                    String::new()
-                } else {
-                    format!("; did you mean {}?", near.join(", "))
-                };
                 problems.push(Check {
                     kind: CheckKind::Type,
                     field: Some(name.clone()),
-                    message: unknown_field(format!("{} has no field {name}{hint}", d.name)),
+                    message: unknown_field(d.no_such_field(name)),
                 });
             }
         }

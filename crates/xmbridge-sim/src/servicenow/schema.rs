@@ -67,9 +67,6 @@ impl TableDef {
 
     /// Whether a client may write the field (`sys_*` and computed fields are read-only).
     pub fn writable(&self, field: &str) -> bool {
-        if ACCESS_TABLES.contains(&self.name) {
-            return false;
-        }
         let computed = self.name == "incident" && matches!(field, "number" | "priority");
         !field.starts_with("sys_") && !computed && self.fields.iter().any(|(f, _)| *f == field)
     }
