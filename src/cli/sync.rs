@@ -85,6 +85,11 @@ pub struct SyncArgs {
     /// Reconcile a survey automatically when its last reconcile is older than this many days.
     #[arg(long, default_value_t = 7)]
     pub reconcile_every_days: u64,
+    /// Read every directory contact in full at least once in this many days, even when nothing
+    /// shows it changed (its transactions and a few columns are only seen that way; see
+    /// docs/sync.md). 0 reads every contact on every run.
+    #[arg(long, default_value_t = 7, value_name = "DAYS")]
+    pub contact_refresh_days: u64,
     /// The workflow file (`xmbridge.toml`) whose `sync-responses` workflows get events (default:
     /// ./xmbridge.toml when it exists, plus ./workflows/ and $XMBRIDGE_HOME/workflows/).
     #[arg(long, value_name = "PATH")]
@@ -256,7 +261,12 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
         reconcile: args.reconcile,
         commit_every: args.commit_every,
         commit_rows: args.commit_rows,
-        reconcile_every: std::time::Duration::from_secs(args.reconcile_every_days * 86_400),
+        reconcile_every: std::time::Duration::from_secs(
+            args.reconcile_every_days.saturating_mul(86_400),
+        ),
+        contact_refresh: std::time::Duration::from_secs(
+            args.contact_refresh_days.saturating_mul(86_400),
+        ),
         observer: trigger
             .clone()
             .map(|t| Observer(t as Arc<dyn ResponseObserver>)),
@@ -333,6 +343,8 @@ fn summary_json(
         "surveys_exported": summary.surveys_exported,
         "surveys_reconciled": summary.surveys_reconciled,
         "definitions_read": summary.definitions_read,
+        "contacts_listed": summary.contacts_listed,
+        "contacts_read": summary.contacts_read,
         "api_calls": summary.api_calls,
         "api_calls_by_stream": by_stream,
         "throttled": throttled,

@@ -778,22 +778,56 @@ impl Client {
     where
         T: DeserializeOwned + Send + 'static,
     {
+        self.pages(first, None)
+    }
+
+    /// Like [`Client::paginate`] for a list read by POSTing a body (contact search): every page
+    /// is the same body POSTed to the `nextPage` URL. Searches change nothing, so they are
+    /// retried as idempotent calls.
+    pub fn paginate_post<T>(
+        &self,
+        first: Url,
+        body: Value,
+    ) -> impl Stream<Item = Result<T, Error>> + Send + 'static
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        self.pages(first, Some(body))
+    }
+
+    fn pages<T>(
+        &self,
+        first: Url,
+        body: Option<Value>,
+    ) -> impl Stream<Item = Result<T, Error>> + Send + 'static
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
         struct State {
             client: Client,
             next: Option<Url>,
             seen: HashSet<String>,
+            body: Option<Value>,
         }
         let state = State {
             client: self.clone(),
             next: Some(first),
             seen: HashSet::new(),
+            body,
         };
         stream::try_unfold(state, |mut st| async move {
             let Some(url) = st.next.take() else {
                 return Ok::<_, Error>(None);
             };
             st.seen.insert(url.to_string());
-            let page: Page<T> = st.client.get(url.clone()).await?;
+            let page: Page<T> = match &st.body {
+                None => st.client.get(url.clone()).await?,
+                Some(body) => {
+                    st.client
+                        .post(url.clone(), body, RetryMode::Idempotent)
+                        .await?
+                }
+            };
             st.next =
                 resolve_next_page(&st.client.base(), &url, page.next_page.as_deref(), &st.seen)?;
             Ok(Some((page.elements, st)))

@@ -46,6 +46,11 @@ pub struct SyncOptions {
     pub reconcile_every: Duration,
     /// Told about each response commit before it is applied (workflow triggers); `None` = nobody.
     pub observer: Option<crate::observer::Observer>,
+    /// Every directory contact is read in full (`GET …/contacts/{id}` and its transactions) at
+    /// least once in this interval, even when nothing shows it changed: the columns only that
+    /// read returns lag by at most this much (docs/sync.md, "Directory contacts"). Zero reads
+    /// every contact on every run. Default 7 days.
+    pub contact_refresh: Duration,
 }
 
 impl Default for SyncOptions {
@@ -61,6 +66,7 @@ impl Default for SyncOptions {
             reconcile: false,
             reconcile_every: Duration::from_secs(7 * 24 * 3600),
             observer: None,
+            contact_refresh: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -141,6 +147,11 @@ pub struct SyncSummary {
     pub responses: u64,
     /// Surveys whose response ids were reconciled with Qualtrics (deleted responses removed).
     pub surveys_reconciled: u64,
+    /// Directory contacts listed (all directories).
+    pub contacts_listed: u64,
+    /// Of those, contacts read in full (`GET …/contacts/{id}` and its transactions): new,
+    /// changed, or due for their periodic refresh (see [`SyncOptions::contact_refresh`]).
+    pub contacts_read: u64,
 }
 
 impl SyncSummary {
@@ -176,6 +187,13 @@ impl fmt::Display for SyncSummary {
         }
         for r in &self.reloaded {
             writeln!(f, "{}", r.message(true))?;
+        }
+        if self.contacts_listed > 0 {
+            writeln!(
+                f,
+                "contacts: {} listed, {} read in full (new, changed or due for refresh)",
+                self.contacts_listed, self.contacts_read
+            )?;
         }
         if !self.api_calls_by_stream.is_empty() {
             let each: Vec<String> = self

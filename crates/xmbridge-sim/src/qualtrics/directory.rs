@@ -200,6 +200,8 @@ struct DirData {
 pub struct DirectoryState {
     seed: u64,
     data: RwLock<DirData>,
+    /// How deep a contact search pages ([`SEARCH_LIMIT`] unless a test lowers it).
+    search_limit: std::sync::atomic::AtomicUsize,
 }
 
 /// A member of a mailing list, as distributions need it (history rows, links).
@@ -837,7 +839,15 @@ impl DirectoryState {
                 dirs: vec![default, partners],
                 next_id: 0,
             }),
+            search_limit: SEARCH_LIMIT.into(),
         }
+    }
+
+    /// Lowers (or restores) the depth a contact search pages to before its 400, so a test can
+    /// meet the limit without 10,000 contacts. Real Qualtrics: [`SEARCH_LIMIT`].
+    pub fn set_search_limit(&self, limit: usize) {
+        self.search_limit
+            .store(limit, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The `POOL_…` id of the brand's default directory.
@@ -1992,9 +2002,13 @@ async fn search_contacts(
         Some(t) if !t.is_empty() => paging::decode_skip_token(t)?,
         _ => 0,
     };
-    if offset >= SEARCH_LIMIT {
+    let limit = sim
+        .directory
+        .search_limit
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if offset >= limit {
         return Err(ApiError::bad_request(format!(
-            "Contact search returns at most {SEARCH_LIMIT} contacts; page {offset} onwards is not available. Use a contact export for larger result sets."
+            "Contact search returns at most {limit} contacts; page {offset} onwards is not available. Use a contact export for larger result sets."
         )));
     }
     let data = sim.directory.data.read();

@@ -7,17 +7,18 @@
 //! `GET …/contacts/{id}/transactions`), `directory_sample`, `frequency_rule` and
 //! `frequency_rule_target` (replaced per directory; a refused read skips just that table).
 //!
-//! Full streams, no cursor: `directory` and `directory_mailing_list` are soft-delete tables
-//! (unseen rows are marked deleted); the contact, membership and batch tables are not soft, so
-//! each directory's rows are replaced in one commit (delete by `directory_id`, then upsert), which
-//! removes contacts deleted upstream and never shows a half-replaced directory. The full contact
-//! (`GET …/contacts/{id}`) is read for every contact: only it carries the dates, `emailDomain`,
-//! `writeBlanks` and `mailingListMembership`.
+//! `directory` and `directory_mailing_list` are soft-delete tables (unseen rows are marked
+//! deleted), read in full on every run. Contacts follow what changed (see [`contacts`]): the
+//! contact list is read in full, a contact on its own only when it is new, changed, edited, moved
+//! between mailing lists or due for its periodic refresh; its rows, memberships and transactions
+//! are rewritten in the directory's one commit, and a reader never sees half a directory.
 
 use super::{first_call, list};
 use crate::engine::{Batches, Ctx, SyncError};
 use futures_util::{StreamExt, TryStreamExt, stream};
-use serde_json::Value as Json;
+use serde_json::{Value as Json, json};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
 use xmbridge_destinations::{Commit, MarkUnseenDeleted, Value};
 use xmbridge_qualtrics::Client;
 
@@ -84,42 +85,15 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
         let Some(did) = s(d, "directoryId") else {
             continue;
         };
-        let err = |table: &str, e| SyncError::api(table, None, e);
         let lists = list(
             &client,
             &["directories", &did, "mailinglists"],
-            &[("pageSize", "100")],
+            &[("pageSize", "100"), ("includeCount", "true")],
         )
         .await
-        .map_err(|e| err("directory_mailing_list", e))?;
-        let contacts = list(
-            &client,
-            &["directories", &did, "contacts"],
-            &[("pageSize", "100"), ("useNewPaginationScheme", "true")],
-        )
-        .await
-        .map_err(|e| err("directory_contact", e))?;
-        let ids: Vec<String> = contacts.iter().filter_map(|c| s(c, "contactId")).collect();
-        let full: Vec<Json> = stream::iter(ids)
-            .map(|cid| {
-                let client = client.clone();
-                let did = did.clone();
-                async move {
-                    client
-                        .get::<Json>(client.url(&["directories", &did, "contacts", &cid]))
-                        .await
-                }
-            })
-            .buffer_unordered(CONTACT_PARALLELISM)
-            .try_collect()
-            .await
-            .map_err(|e| err("directory_contact", e))?;
-
+        .map_err(|e| SyncError::api("directory_mailing_list", None, e))?;
         let mut b = Batches::default();
-        let dv = || vec![Value::Text(did.clone())];
-        b.delete_where("directory_contact", "directory_id", dv());
-        b.delete_where("contact_mailing_list_membership", "directory_id", dv());
-        tier2(ctx, &client, &did, &full, &mut b, &mut off).await?;
+        let cursor = contacts(ctx, &client, &did, &lists, &mut b, &mut off).await?;
         for l in &lists {
             let mut r = ctx.specs.row("directory_mailing_list");
             r.put("id", l.get("mailingListId"))
@@ -130,48 +104,13 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
                 .put("owner_id", l.get("ownerId"));
             b.push("directory_mailing_list", r.build());
         }
-        for c in &full {
-            let mut r = ctx.specs.row("directory_contact");
-            r.put("id", c.get("contactId"))
-                .text("directory_id", did.clone());
-            for (col, k) in [
-                ("creation_date", "creationDate"),
-                ("directory_unsubscribe_date", "directoryUnsubscribeDate"),
-                ("directory_unsubscribed", "directoryUnsubscribed"),
-                ("email", "email"),
-                ("email_domain", "emailDomain"),
-                ("ext_ref", "extRef"),
-                ("first_name", "firstName"),
-                ("language", "language"),
-                ("last_modified", "lastModified"),
-                ("last_name", "lastName"),
-                ("phone", "phone"),
-                ("write_blanks", "writeBlanks"),
-            ] {
-                r.put(col, c.get(k));
-            }
-            b.push("directory_contact", r.build());
-            if let Some(Json::Object(m)) = c.get("mailingListMembership") {
-                for (ml, mem) in m {
-                    let mut r = ctx.specs.row("contact_mailing_list_membership");
-                    r.put("contact_lookup_id", mem.get("contactLookupId"))
-                        .put("contact_id", c.get("contactId"))
-                        .text("directory_id", did.clone())
-                        .text("mailing_list_id", ml.clone())
-                        .put("name", mem.get("name"))
-                        .put("owner_id", mem.get("ownerId"))
-                        .put("unsubscribe_date", mem.get("unsubscribeDate"))
-                        .put("unsubscribed", mem.get("unsubscribed"));
-                    b.push("contact_mailing_list_membership", r.build());
-                }
-            }
-        }
         let commit = Commit {
             batches: b.into_vec(),
             mark_unseen_deleted: vec![MarkUnseenDeleted {
                 table: "directory_mailing_list".into(),
                 scope: vec![("directory_id".into(), Value::Text(did.clone()))],
             }],
+            cursors: vec![cursor],
             ..Default::default()
         };
         ctx.commit(commit, "directory_contact", None).await?;
@@ -179,6 +118,441 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
     }
     ctx.progress.stream_finished("directories");
     Ok(())
+}
+
+/// What earlier runs saw of one directory's contacts: the cursor `contacts:{directory}`,
+/// committed with the directory's rows.
+#[derive(Debug, Default)]
+struct Seen {
+    contacts: HashMap<String, SeenContact>,
+    /// Contacts edited at or after this (Qualtrics' clock, epoch ms) are searched for.
+    modified_since: Option<i64>,
+    /// Mailing list → its `contactCount` and `lastModifiedDate` when its members were compared.
+    lists: HashMap<String, Json>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SeenContact {
+    /// Of the contact's element in the contact list.
+    fingerprint: u64,
+    /// When it was last read in full (the run's time).
+    read_ms: i64,
+    /// Its `lastModified` at that read.
+    last_modified: Option<i64>,
+}
+
+const SEEN_VERSION: u64 = 1;
+
+impl Seen {
+    /// `None` for a cursor of another shape (an older version): every contact is read again.
+    fn parse(v: &Json) -> Option<Seen> {
+        if v.get("v").and_then(Json::as_u64) != Some(SEEN_VERSION) {
+            return None;
+        }
+        let mut contacts = HashMap::new();
+        for (cid, e) in v.get("contacts")?.as_object()? {
+            let e = e.as_array()?;
+            let fingerprint = u64::from_str_radix(e.first()?.as_str()?, 16).ok()?;
+            contacts.insert(
+                cid.clone(),
+                SeenContact {
+                    fingerprint,
+                    read_ms: e.get(1)?.as_i64()?,
+                    last_modified: e.get(2).and_then(Json::as_i64),
+                },
+            );
+        }
+        let lists = v
+            .get("lists")
+            .and_then(Json::as_object)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        Some(Seen {
+            contacts,
+            modified_since: v.get("modified_since").and_then(Json::as_i64),
+            lists,
+        })
+    }
+
+    fn to_json(&self) -> Json {
+        let contacts: serde_json::Map<String, Json> = self
+            .contacts
+            .iter()
+            .map(|(cid, c)| {
+                (
+                    cid.clone(),
+                    json!([
+                        format!("{:016x}", c.fingerprint),
+                        c.read_ms,
+                        c.last_modified
+                    ]),
+                )
+            })
+            .collect();
+        json!({
+            "v": SEEN_VERSION,
+            "modified_since": self.modified_since,
+            "lists": self.lists,
+            "contacts": contacts,
+        })
+    }
+}
+
+/// The first 8 bytes of SHA-256: stable across builds and platforms (the cursor outlives them).
+fn hash64(bytes: &[u8]) -> u64 {
+    let d = Sha256::digest(bytes);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// Whether a contact last read at `read_ms` is due for its periodic full read at `now_ms`. Each
+/// contact has its own phase within the interval (from its id), so after a first load the
+/// refreshes spread evenly over the interval instead of all falling on one run.
+fn refresh_due(cid: &str, read_ms: i64, now_ms: i64, interval_ms: i64) -> bool {
+    if interval_ms <= 0 {
+        return true;
+    }
+    let phase = (hash64(cid.as_bytes()) % interval_ms as u64) as i64;
+    (now_ms + phase).div_euclid(interval_ms) != (read_ms + phase).div_euclid(interval_ms)
+}
+
+/// Edits seen by a search are at least this far behind the clock they are compared with.
+const CLOCK_MARGIN_MS: i64 = 5 * 60 * 1000;
+
+/// A search hit's `lastModified`: epoch ms, or an ISO-8601 string.
+fn epoch_ms(v: Option<&Json>) -> Option<i64> {
+    match v? {
+        Json::Number(n) => n.as_i64(),
+        Json::String(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .ok()
+            .map(|d| d.timestamp_millis()),
+        _ => None,
+    }
+}
+
+/// One directory's contacts into `b`; returns the cursor to commit with them.
+///
+/// The contact list is read in full (one call per 100 contacts), but a contact is read on its own
+/// (`GET …/contacts/{id}` and its transactions: the only source of the dates, `emailDomain`,
+/// `writeBlanks`, list memberships and transactions) only when it is new, its list element
+/// changed, a search by `lastModified` finds it edited, a mailing list it joined or left changed,
+/// or its periodic refresh is due. Contacts gone from the list are deleted with their memberships
+/// and transactions. Without a cursor (first run, `--full`, tables dropped) every contact is read
+/// and the directory's rows are replaced.
+async fn contacts(
+    ctx: &mut Ctx<'_>,
+    client: &Client,
+    did: &str,
+    lists: &[Json],
+    b: &mut Batches,
+    off: &mut Vec<&'static str>,
+) -> Result<(String, Json), SyncError> {
+    let started = std::time::Instant::now();
+    let err = |table: &str, e| SyncError::api(table, None, e);
+    let stream_name = format!("contacts:{did}");
+    let cursor = ctx.cursor(&stream_name, "directory_contact").await?;
+    let loaded = cursor.is_some();
+    let mut seen = cursor.as_ref().and_then(Seen::parse);
+    if ctx.opts.full || (loaded && ctx.reload_missing("directories")) {
+        seen = None;
+    }
+    let listed = list(
+        client,
+        &["directories", did, "contacts"],
+        &[("pageSize", "100"), ("useNewPaginationScheme", "true")],
+    )
+    .await
+    .map_err(|e| err("directory_contact", e))?;
+    let listed: Vec<(String, u64)> = listed
+        .iter()
+        .filter_map(|c| {
+            let fp = hash64(&serde_json::to_vec(c).unwrap_or_default());
+            s(c, "contactId").map(|cid| (cid, fp))
+        })
+        .collect();
+    ctx.summary.contacts_listed += listed.len() as u64;
+
+    let now_ms = ctx.synced_at_ms;
+    let interval_ms = i64::try_from(ctx.opts.contact_refresh.as_millis()).unwrap_or(i64::MAX);
+    let mut due: HashSet<String> = HashSet::new();
+    if let Some(seen) = seen.as_mut() {
+        for (cid, fp) in &listed {
+            let stale = match seen.contacts.get(cid) {
+                None => true,
+                Some(c) => c.fingerprint != *fp || refresh_due(cid, c.read_ms, now_ms, interval_ms),
+            };
+            if stale {
+                due.insert(cid.clone());
+            }
+        }
+        let known: HashSet<&str> = listed.iter().map(|(c, _)| c.as_str()).collect();
+        match edited_since(client, did, seen).await {
+            Ok(edited) => due.extend(edited.into_iter().filter(|c| known.contains(c.as_str()))),
+            Err(why) => {
+                tracing::warn!(
+                    directory = did,
+                    "{why}; reading every contact of this directory in full this run"
+                );
+                due.extend(known.iter().map(|c| c.to_string()));
+            }
+        }
+        for cid in membership_changes(ctx, client, did, lists, seen).await? {
+            if known.contains(cid.as_str()) {
+                due.insert(cid);
+            }
+        }
+    }
+    let replace_all = seen.is_none();
+    let to_read: Vec<String> = if replace_all {
+        listed.iter().map(|(c, _)| c.clone()).collect()
+    } else {
+        listed
+            .iter()
+            .filter(|(c, _)| due.contains(c))
+            .map(|(c, _)| c.clone())
+            .collect()
+    };
+    let read: Vec<Option<Json>> = stream::iter(to_read.clone())
+        .map(|cid| {
+            let client = client.clone();
+            let did = did.to_string();
+            async move {
+                match client
+                    .get::<Json>(client.url(&["directories", &did, "contacts", &cid]))
+                    .await
+                {
+                    Ok(c) => Ok(Some(c)),
+                    // Deleted since the list was read: it goes with the vanished ones.
+                    Err(e) if e.status() == Some(404) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+        })
+        .buffered(CONTACT_PARALLELISM)
+        .try_collect()
+        .await
+        .map_err(|e| err("directory_contact", e))?;
+    ctx.summary.contacts_read += to_read.len() as u64;
+    let full: Vec<Json> = read.into_iter().flatten().collect();
+    // Contact id → its `lastModified`, for every contact read.
+    let read_ids: HashMap<String, Option<i64>> = full
+        .iter()
+        .filter_map(|c| Some((s(c, "contactId")?, epoch_ms(c.get("lastModified")))))
+        .collect();
+
+    // What the cursor will say: every listed contact that still exists.
+    let mut next = Seen::default();
+    let previous = seen.unwrap_or_default();
+    for (cid, fp) in &listed {
+        let entry = if let Some(last_modified) = read_ids.get(cid) {
+            SeenContact {
+                fingerprint: *fp,
+                read_ms: now_ms,
+                last_modified: *last_modified,
+            }
+        } else if let Some(old) = previous.contacts.get(cid).filter(|_| !due.contains(cid)) {
+            *old
+        } else {
+            // Read but gone (404): not kept; its rows are deleted below.
+            continue;
+        };
+        next.contacts.insert(cid.clone(), entry);
+    }
+    // The next search starts before anything this run could have missed: the newest edit it
+    // knows of, less the time this pass took and a margin for clock skew.
+    next.modified_since = next
+        .contacts
+        .values()
+        .filter_map(|c| c.last_modified)
+        .max()
+        .map(|m| m - started.elapsed().as_millis() as i64 - CLOCK_MARGIN_MS);
+    next.lists = lists
+        .iter()
+        .filter_map(|l| Some((s(l, "mailingListId")?, list_stamp(l))))
+        .collect();
+
+    let dv = || vec![Value::Text(did.to_string())];
+    let rewritten: Vec<Value> = if replace_all {
+        b.delete_where("directory_contact", "directory_id", dv());
+        b.delete_where("contact_mailing_list_membership", "directory_id", dv());
+        Vec::new()
+    } else {
+        let gone: Vec<Value> = previous
+            .contacts
+            .keys()
+            .chain(to_read.iter())
+            .filter(|c| !next.contacts.contains_key(*c))
+            .map(|c| Value::Text(c.clone()))
+            .collect();
+        b.delete_where("directory_contact", "id", gone.clone());
+        let mut rewritten = gone;
+        rewritten.extend(read_ids.keys().map(|c| Value::Text(c.clone())));
+        b.delete_where(
+            "contact_mailing_list_membership",
+            "contact_id",
+            rewritten.clone(),
+        );
+        rewritten
+    };
+    let replace = if replace_all {
+        Replace::Directory
+    } else {
+        Replace::Contacts(rewritten)
+    };
+    tier2(ctx, client, did, &full, replace, b, off).await?;
+    for c in &full {
+        let mut r = ctx.specs.row("directory_contact");
+        r.put("id", c.get("contactId")).text("directory_id", did);
+        for (col, k) in [
+            ("creation_date", "creationDate"),
+            ("directory_unsubscribe_date", "directoryUnsubscribeDate"),
+            ("directory_unsubscribed", "directoryUnsubscribed"),
+            ("email", "email"),
+            ("email_domain", "emailDomain"),
+            ("ext_ref", "extRef"),
+            ("first_name", "firstName"),
+            ("language", "language"),
+            ("last_modified", "lastModified"),
+            ("last_name", "lastName"),
+            ("phone", "phone"),
+            ("write_blanks", "writeBlanks"),
+        ] {
+            r.put(col, c.get(k));
+        }
+        b.push("directory_contact", r.build());
+        if let Some(Json::Object(m)) = c.get("mailingListMembership") {
+            for (ml, mem) in m {
+                let mut r = ctx.specs.row("contact_mailing_list_membership");
+                r.put("contact_lookup_id", mem.get("contactLookupId"))
+                    .put("contact_id", c.get("contactId"))
+                    .text("directory_id", did)
+                    .text("mailing_list_id", ml.clone())
+                    .put("name", mem.get("name"))
+                    .put("owner_id", mem.get("ownerId"))
+                    .put("unsubscribe_date", mem.get("unsubscribeDate"))
+                    .put("unsubscribed", mem.get("unsubscribed"));
+                b.push("contact_mailing_list_membership", r.build());
+            }
+        }
+    }
+    Ok((stream_name, next.to_json()))
+}
+
+/// Contacts a search finds edited since the last run whose edit is newer than their last full
+/// read. `Err` with the reason when the search cannot answer completely (more than 10,000 hits:
+/// Qualtrics refuses to page further; or the search is refused): the caller then reads every
+/// contact.
+async fn edited_since(client: &Client, did: &str, seen: &Seen) -> Result<Vec<String>, String> {
+    let Some(since) = seen.modified_since else {
+        return Err("no edit time is known from the last run".into());
+    };
+    let mut url = client.url(&["directories", did, "contacts", "search"]);
+    url.query_pairs_mut().append_pair("pageSize", "100");
+    let body =
+        json!({"filter": {"filterType": "lastModified", "comparison": "gte", "value": since}});
+    let hits: Vec<Json> = client
+        .paginate_post(url, body)
+        .try_collect()
+        .await
+        .map_err(|e| format!("the search for contacts edited since the last run failed ({e})"))?;
+    Ok(hits
+        .iter()
+        .filter_map(|h| {
+            let cid = s(h, "id").or_else(|| s(h, "contactId"))?;
+            let modified = epoch_ms(h.get("lastModified"));
+            let known = seen.contacts.get(&cid).and_then(|c| c.last_modified);
+            match (modified, known) {
+                (Some(m), Some(k)) if m <= k => None,
+                _ => Some(cid),
+            }
+        })
+        .collect())
+}
+
+/// A mailing list's count and modification date: when they differ from the last run, its
+/// members are compared with the memberships held.
+fn list_stamp(l: &Json) -> Json {
+    json!([l.get("contactCount"), l.get("lastModifiedDate")])
+}
+
+/// Contacts that joined or left a mailing list since the last run: for every list whose stamp
+/// changed (or that is new or gone), its members now against the memberships held in the
+/// destination. Reading a list's members needs `read:mailing_list_contacts`; without it the
+/// change waits for the contacts' refresh (said in the log).
+async fn membership_changes(
+    ctx: &mut Ctx<'_>,
+    client: &Client,
+    did: &str,
+    lists: &[Json],
+    seen: &Seen,
+) -> Result<HashSet<String>, SyncError> {
+    let mut changed = HashSet::new();
+    let mut now: Vec<String> = Vec::new();
+    for l in lists {
+        let Some(ml) = s(l, "mailingListId") else {
+            continue;
+        };
+        now.push(ml.clone());
+        if seen.lists.get(&ml) == Some(&list_stamp(l)) {
+            continue;
+        }
+        let members = match list(
+            client,
+            &["directories", did, "mailinglists", &ml, "contacts"],
+            &[("pageSize", "100"), ("useNewPaginationScheme", "true")],
+        )
+        .await
+        {
+            Ok(m) => m,
+            Err(e) if super::forbidden(&e) => {
+                tracing::warn!(
+                    directory = did,
+                    mailing_list = ml,
+                    "cannot read the list's members ({e}); membership changes of unchanged contacts wait for their refresh"
+                );
+                continue;
+            }
+            Err(e) => return Err(SyncError::api("contact_mailing_list_membership", None, e)),
+        };
+        let members: HashSet<String> = members.iter().filter_map(|m| s(m, "contactId")).collect();
+        let held: HashSet<String> = held_members(ctx, did, &ml).await?;
+        changed.extend(members.symmetric_difference(&held).cloned());
+    }
+    for ml in seen.lists.keys().filter(|ml| !now.contains(ml)) {
+        changed.extend(held_members(ctx, did, ml).await?);
+    }
+    Ok(changed)
+}
+
+/// The contacts the destination holds as members of a mailing list.
+async fn held_members(
+    ctx: &mut Ctx<'_>,
+    did: &str,
+    ml: &str,
+) -> Result<HashSet<String>, SyncError> {
+    let filter = [
+        ("directory_id".to_string(), Value::Text(did.to_string())),
+        ("mailing_list_id".to_string(), Value::Text(ml.to_string())),
+    ];
+    Ok(ctx
+        .keys(
+            "contact_mailing_list_membership",
+            "contact_id",
+            &filter,
+            None,
+        )
+        .await?
+        .into_iter()
+        .collect())
+}
+
+/// Which rows of the per-contact Tier 2 tables a directory's commit replaces.
+enum Replace {
+    /// All of the directory's (every contact was read).
+    Directory,
+    /// Those of these contacts (read again, or gone).
+    Contacts(Vec<Value>),
 }
 
 /// A Tier 2 read of one directory: `Ok(None)` when refused (the table is skipped, once).
@@ -211,6 +585,7 @@ async fn tier2(
     client: &Client,
     did: &str,
     contacts: &[Json],
+    replace: Replace,
     b: &mut Batches,
     off: &mut Vec<&'static str>,
 ) -> Result<(), SyncError> {
@@ -238,7 +613,10 @@ async fn tier2(
     )
     .await?;
     if let Some(txs) = txs {
-        b.delete_where("contact_transaction", "directory_id", dv());
+        match replace {
+            Replace::Directory => b.delete_where("contact_transaction", "directory_id", dv()),
+            Replace::Contacts(ids) => b.delete_where("contact_transaction", "contact_id", ids),
+        }
         for t in &txs {
             let mut r = ctx.specs.row("contact_transaction");
             r.put("id", t.get("transactionId"))

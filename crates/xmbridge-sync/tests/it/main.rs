@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod sync_contacts;
 mod sync_core;
 mod sync_observer;
 mod sync_real;

@@ -1,0 +1,323 @@
+//! Directory contacts follow what changed: a sync where nothing changed lists the contacts and
+//! reads none of them on its own; each kind of change upstream is found and gives the rows a
+//! from-scratch sync gives; what only the per-contact read shows catches up at the refresh.
+
+use crate::common;
+
+use common::{MemDest, MemState, sim};
+use futures_util::TryStreamExt;
+use reqwest::Method;
+use serde_json::{Value as Json, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use xmbridge_destinations::Value;
+use xmbridge_qualtrics::{Client, RetryMode};
+use xmbridge_sim::SimConfig;
+use xmbridge_sync::{NoProgress, SyncOptions, SyncSummary, sync};
+
+const T0: i64 = 1_780_000_000_000;
+const DAY_MS: i64 = 86_400_000;
+const CONTACT_TABLES: [&str; 3] = [
+    "directory_contact",
+    "contact_mailing_list_membership",
+    "contact_transaction",
+];
+
+fn opts(at: i64) -> SyncOptions {
+    SyncOptions {
+        tables: Some(CONTACT_TABLES.iter().map(|t| t.to_string()).collect()),
+        synced_at_ms: Some(at),
+        ..Default::default()
+    }
+}
+
+async fn run(client: &Client, dest: &mut MemDest, at: i64) -> SyncSummary {
+    sync(client, dest, &opts(at), &NoProgress).await.unwrap()
+}
+
+/// Live rows of a table by key, without the sync time.
+fn rows(st: &MemState, table: &str) -> BTreeMap<String, Vec<Value>> {
+    st.tables
+        .get(table)
+        .into_iter()
+        .flatten()
+        .filter(|(_, r)| !r.deleted)
+        .map(|(k, r)| (k.clone(), r.cells.clone()))
+        .collect()
+}
+
+/// What a sync from scratch writes now.
+async fn from_scratch(client: &Client) -> MemState {
+    let mut fresh = MemDest::default();
+    run(client, &mut fresh, T0).await;
+    fresh.state()
+}
+
+async fn call(client: &Client, method: Method, segs: &[&str], body: Option<Json>) -> Json {
+    client
+        .call(
+            method,
+            client.url(segs),
+            body.as_ref(),
+            RetryMode::NotIdempotent,
+        )
+        .await
+        .unwrap()
+        .result
+        .unwrap_or(Json::Null)
+}
+
+fn directories_calls(s: &SyncSummary) -> u64 {
+    s.api_calls_by_stream
+        .iter()
+        .find(|(n, _)| n == "directories")
+        .map(|(_, c)| *c)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn contacts_are_read_on_their_own_only_when_something_shows_they_changed() {
+    let (_h, client) = sim(SimConfig {
+        surveys: 1,
+        responses: 1,
+        contacts: 450,
+        ..Default::default()
+    })
+    .await;
+    let dirs: Vec<Json> = call(&client, Method::GET, &["directories"], None).await["elements"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let mut dest = MemDest::default();
+
+    // First load: every contact is read.
+    let first = run(&client, &mut dest, T0).await;
+    assert!(first.contacts_listed >= 450, "{}", first.contacts_listed);
+    assert_eq!(first.contacts_read, first.contacts_listed);
+
+    // Nothing changed: list pages, one search and the mailing lists per directory, plus the
+    // Tier 2 lists; no contact read on its own.
+    let idle = run(&client, &mut dest, T0).await;
+    assert_eq!(idle.contacts_listed, first.contacts_listed);
+    assert_eq!(idle.contacts_read, 0, "{idle}");
+    let pages: u64 = dirs
+        .iter()
+        .map(|d| d["contactCount"].as_u64().unwrap().div_ceil(100).max(1))
+        .sum();
+    let per_directory = 5; // mailing lists, search, samples, frequency rules, + 1 spare
+    let budget = 1 + pages + per_directory * dirs.len() as u64;
+    assert!(
+        directories_calls(&idle) <= budget,
+        "{} calls for {} contacts in {} directories (budget {budget}): {idle}",
+        directories_calls(&idle),
+        idle.contacts_listed,
+        dirs.len()
+    );
+    for t in CONTACT_TABLES {
+        assert_eq!(
+            rows(&dest.state(), t),
+            rows(&from_scratch(&client).await, t),
+            "{t}"
+        );
+    }
+
+    // One change of each kind in the biggest directory.
+    let d = dirs
+        .iter()
+        .max_by_key(|d| d["contactCount"].as_u64())
+        .unwrap()["directoryId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let st = dest.state();
+    let cids: Vec<String> = st
+        .rows_where("directory_contact", "directory_id", &d)
+        .iter()
+        .map(|r| st.text("directory_contact", r, "id").unwrap())
+        .collect();
+    let member = st.rows("contact_mailing_list_membership")[0].clone();
+    let (ml, leaver) = (
+        st.text(
+            "contact_mailing_list_membership",
+            &member,
+            "mailing_list_id",
+        )
+        .unwrap(),
+        st.text("contact_mailing_list_membership", &member, "contact_id")
+            .unwrap(),
+    );
+    let others: Vec<&String> = cids.iter().filter(|c| **c != leaver).collect();
+    let (renamed, edited, deleted, buyer) = (others[0], others[1], others[2], others[3]);
+    // In the list element (fingerprint).
+    call(
+        &client,
+        Method::PUT,
+        &["directories", &d, "contacts", renamed],
+        Some(json!({"firstName": "Renamed"})),
+    )
+    .await;
+    // Not in the list element: only lastModified moves (search).
+    call(
+        &client,
+        Method::PUT,
+        &["directories", &d, "contacts", edited],
+        Some(json!({"embeddedData": {"tier": "platinum"}})),
+    )
+    .await;
+    // Leaves a mailing list, nothing else (the list's count and date move).
+    call(
+        &client,
+        Method::DELETE,
+        &["directories", &d, "mailinglists", &ml, "contacts", &leaver],
+        None,
+    )
+    .await;
+    call(
+        &client,
+        Method::DELETE,
+        &["directories", &d, "contacts", deleted],
+        None,
+    )
+    .await;
+    let created = call(
+        &client,
+        Method::POST,
+        &["directories", &d, "contacts"],
+        Some(json!({"firstName": "New", "lastName": "Person", "email": "new.person@example.test"})),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A transaction only the per-contact read shows: it waits for the refresh.
+    let tx = call(
+        &client,
+        Method::POST,
+        &["directories", &d, "transactions"],
+        Some(json!({"t1": {"contactId": buyer, "mailingListId": ml,
+            "transactionDate": "2026-01-05 14:30:00", "data": {"orderId": "A-9"}}})),
+    )
+    .await["createdTransactions"]["t1"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Same run time: no contact's periodic refresh can fall between the two runs.
+    let next = run(&client, &mut dest, T0).await;
+    assert_eq!(next.contacts_listed, first.contacts_listed);
+    // renamed, edited, the leaver, the new one; the deleted one is gone without a read.
+    assert_eq!(next.contacts_read, 4, "{next}");
+    let now = dest.state();
+    let fresh = from_scratch(&client).await;
+    for t in ["directory_contact", "contact_mailing_list_membership"] {
+        assert_eq!(rows(&now, t), rows(&fresh, t), "{t}");
+    }
+    assert!(
+        !now.keys("directory_contact")
+            .iter()
+            .any(|k| k.contains(deleted.as_str()))
+    );
+    assert!(
+        now.keys("directory_contact")
+            .iter()
+            .any(|k| k.contains(&created))
+    );
+    let mut lagging = rows(&fresh, "contact_transaction");
+    let held = rows(&now, "contact_transaction");
+    let missing: Vec<String> = lagging
+        .keys()
+        .filter(|k| !held.contains_key(*k))
+        .cloned()
+        .collect();
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    assert!(missing[0].contains(&tx));
+    lagging.remove(&missing[0]);
+    assert_eq!(held, lagging);
+
+    // Past the refresh interval every contact has been read once more.
+    let quiet = run(&client, &mut dest, T0).await;
+    assert_eq!(quiet.contacts_read, 0, "{quiet}");
+    let refreshed = run(&client, &mut dest, T0 + 8 * DAY_MS).await;
+    assert_eq!(refreshed.contacts_read, refreshed.contacts_listed);
+    for t in CONTACT_TABLES {
+        assert_eq!(rows(&dest.state(), t), rows(&fresh, t), "{t}");
+    }
+}
+
+#[tokio::test]
+async fn refreshes_spread_over_the_interval_and_zero_reads_every_contact_every_run() {
+    let (_h, client) = sim(SimConfig {
+        surveys: 1,
+        responses: 1,
+        contacts: 400,
+        ..Default::default()
+    })
+    .await;
+    let mut dest = MemDest::default();
+    let first = run(&client, &mut dest, T0).await;
+    // Day by day over a week, each contact is read once, and no day reads most of them.
+    let mut total = 0;
+    for day in 1..=7 {
+        let s = run(&client, &mut dest, T0 + day * DAY_MS).await;
+        assert!(
+            s.contacts_read < first.contacts_listed / 3,
+            "day {day}: {} of {}",
+            s.contacts_read,
+            s.contacts_listed
+        );
+        total += s.contacts_read;
+    }
+    assert_eq!(total, first.contacts_listed);
+
+    let every_run = SyncOptions {
+        contact_refresh: Duration::ZERO,
+        ..opts(T0 + 7 * DAY_MS)
+    };
+    let s = sync(&client, &mut dest, &every_run, &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(s.contacts_read, s.contacts_listed);
+}
+
+#[tokio::test]
+async fn more_edits_than_a_search_can_page_through_read_every_contact() {
+    let (h, client) = sim(SimConfig {
+        surveys: 1,
+        responses: 1,
+        contacts: 250,
+        ..Default::default()
+    })
+    .await;
+    let mut dest = MemDest::default();
+    run(&client, &mut dest, T0).await;
+    // The search refuses to page past 100 hits, as it does past 10,000.
+    h.sim.directory.set_search_limit(100);
+    let d = h.sim.directory.default_directory_id();
+    let mut url = client.url(&["directories", &d, "contacts"]);
+    url.query_pairs_mut()
+        .append_pair("useNewPaginationScheme", "true");
+    let listed: Vec<Json> = client.paginate(url).try_collect().await.unwrap();
+    for c in listed.iter().take(150) {
+        call(
+            &client,
+            Method::PUT,
+            &[
+                "directories",
+                &d,
+                "contacts",
+                c["contactId"].as_str().unwrap(),
+            ],
+            Some(json!({"embeddedData": {"seen": "yes"}})),
+        )
+        .await;
+    }
+    let s = run(&client, &mut dest, T0).await;
+    assert_eq!(s.contacts_read, 250, "{s}");
+    for t in CONTACT_TABLES {
+        assert_eq!(
+            rows(&dest.state(), t),
+            rows(&from_scratch(&client).await, t),
+            "{t}"
+        );
+    }
+}
