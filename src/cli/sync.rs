@@ -85,11 +85,12 @@ pub struct SyncArgs {
     /// Reconcile a survey automatically when its last reconcile is older than this many days.
     #[arg(long, default_value_t = 7)]
     pub reconcile_every_days: u64,
-    /// Read every directory contact in full at least once in this many days, even when nothing
-    /// shows it changed (its transactions and a few columns are only seen that way; see
-    /// docs/sync.md). 0 reads every contact on every run.
+    /// Directory contacts, users and distribution histories can only be read one by one: they
+    /// are read when their list shows them new or changed, and otherwise at least once in this
+    /// many days (what only that read shows lags by at most this; see docs/sync.md). 0 reads
+    /// every one on every run.
     #[arg(long, default_value_t = 7, value_name = "DAYS")]
-    pub contact_refresh_days: u64,
+    pub refresh_every_days: u64,
     /// The workflow file (`xmbridge.toml`) whose `sync-responses` workflows get events (default:
     /// ./xmbridge.toml when it exists, plus ./workflows/ and $XMBRIDGE_HOME/workflows/).
     #[arg(long, value_name = "PATH")]

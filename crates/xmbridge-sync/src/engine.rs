@@ -46,11 +46,12 @@ pub struct SyncOptions {
     pub reconcile_every: Duration,
     /// Told about each response commit before it is applied (workflow triggers); `None` = nobody.
     pub observer: Option<crate::observer::Observer>,
-    /// Every directory contact is read in full (`GET …/contacts/{id}` and its transactions) at
-    /// least once in this interval, even when nothing shows it changed: the columns only that
-    /// read returns lag by at most this much (docs/sync.md, "Directory contacts"). Zero reads
-    /// every contact on every run. Default 7 days.
-    pub contact_refresh: Duration,
+    /// Items only readable one by one — directory contacts (`GET …/contacts/{id}` and their
+    /// transactions), users (`GET /users/{id}`), distribution histories — are read when their
+    /// list shows them new or changed, and otherwise at least once in this interval: what only
+    /// that read returns lags by at most this much (docs/sync.md, "Items read one by one").
+    /// Zero reads every item on every run. Default 7 days.
+    pub refresh_every: Duration,
 }
 
 impl Default for SyncOptions {
@@ -66,7 +67,7 @@ impl Default for SyncOptions {
             reconcile: false,
             reconcile_every: Duration::from_secs(7 * 24 * 3600),
             observer: None,
-            contact_refresh: Duration::from_secs(7 * 24 * 3600),
+            refresh_every: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -150,7 +151,7 @@ pub struct SyncSummary {
     /// Directory contacts listed (all directories).
     pub contacts_listed: u64,
     /// Of those, contacts read in full (`GET …/contacts/{id}` and its transactions): new,
-    /// changed, or due for their periodic refresh (see [`SyncOptions::contact_refresh`]).
+    /// changed, or due for their periodic refresh (see [`SyncOptions::refresh_every`]).
     pub contacts_read: u64,
 }
 

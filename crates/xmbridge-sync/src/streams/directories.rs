@@ -13,11 +13,11 @@
 //! between mailing lists or due for its periodic refresh; its rows, memberships and transactions
 //! are rewritten in the directory's one commit, and a reader never sees half a directory.
 
+use super::tracked::{SeenItem, Tracked, fingerprint, interval_ms};
 use super::{first_call, list};
 use crate::engine::{Batches, Ctx, SyncError};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use serde_json::{Value as Json, json};
-use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use xmbridge_destinations::{Commit, MarkUnseenDeleted, Value};
 use xmbridge_qualtrics::Client;
@@ -124,21 +124,11 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
 /// committed with the directory's rows.
 #[derive(Debug, Default)]
 struct Seen {
-    contacts: HashMap<String, SeenContact>,
+    contacts: Tracked,
     /// Contacts edited at or after this (Qualtrics' clock, epoch ms) are searched for.
     modified_since: Option<i64>,
     /// Mailing list → its `contactCount` and `lastModifiedDate` when its members were compared.
     lists: HashMap<String, Json>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct SeenContact {
-    /// Of the contact's element in the contact list.
-    fingerprint: u64,
-    /// When it was last read in full (the run's time).
-    read_ms: i64,
-    /// Its `lastModified` at that read.
-    last_modified: Option<i64>,
 }
 
 const SEEN_VERSION: u64 = 1;
@@ -149,72 +139,26 @@ impl Seen {
         if v.get("v").and_then(Json::as_u64) != Some(SEEN_VERSION) {
             return None;
         }
-        let mut contacts = HashMap::new();
-        for (cid, e) in v.get("contacts")?.as_object()? {
-            let e = e.as_array()?;
-            let fingerprint = u64::from_str_radix(e.first()?.as_str()?, 16).ok()?;
-            contacts.insert(
-                cid.clone(),
-                SeenContact {
-                    fingerprint,
-                    read_ms: e.get(1)?.as_i64()?,
-                    last_modified: e.get(2).and_then(Json::as_i64),
-                },
-            );
-        }
         let lists = v
             .get("lists")
             .and_then(Json::as_object)
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
         Some(Seen {
-            contacts,
+            contacts: Tracked::parse(v.get("contacts")?)?,
             modified_since: v.get("modified_since").and_then(Json::as_i64),
             lists,
         })
     }
 
     fn to_json(&self) -> Json {
-        let contacts: serde_json::Map<String, Json> = self
-            .contacts
-            .iter()
-            .map(|(cid, c)| {
-                (
-                    cid.clone(),
-                    json!([
-                        format!("{:016x}", c.fingerprint),
-                        c.read_ms,
-                        c.last_modified
-                    ]),
-                )
-            })
-            .collect();
         json!({
             "v": SEEN_VERSION,
             "modified_since": self.modified_since,
             "lists": self.lists,
-            "contacts": contacts,
+            "contacts": self.contacts.to_json(),
         })
     }
-}
-
-/// The first 8 bytes of SHA-256: stable across builds and platforms (the cursor outlives them).
-fn hash64(bytes: &[u8]) -> u64 {
-    let d = Sha256::digest(bytes);
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&d[..8]);
-    u64::from_be_bytes(b)
-}
-
-/// Whether a contact last read at `read_ms` is due for its periodic full read at `now_ms`. Each
-/// contact has its own phase within the interval (from its id), so after a first load the
-/// refreshes spread evenly over the interval instead of all falling on one run.
-fn refresh_due(cid: &str, read_ms: i64, now_ms: i64, interval_ms: i64) -> bool {
-    if interval_ms <= 0 {
-        return true;
-    }
-    let phase = (hash64(cid.as_bytes()) % interval_ms as u64) as i64;
-    (now_ms + phase).div_euclid(interval_ms) != (read_ms + phase).div_euclid(interval_ms)
 }
 
 /// Edits seen by a search are at least this far behind the clock they are compared with.
@@ -267,22 +211,18 @@ async fn contacts(
     let listed: Vec<(String, u64)> = listed
         .iter()
         .filter_map(|c| {
-            let fp = hash64(&serde_json::to_vec(c).unwrap_or_default());
+            let fp = fingerprint(c);
             s(c, "contactId").map(|cid| (cid, fp))
         })
         .collect();
     ctx.summary.contacts_listed += listed.len() as u64;
 
     let now_ms = ctx.synced_at_ms;
-    let interval_ms = i64::try_from(ctx.opts.contact_refresh.as_millis()).unwrap_or(i64::MAX);
+    let interval_ms = interval_ms(ctx.opts);
     let mut due: HashSet<String> = HashSet::new();
     if let Some(seen) = seen.as_mut() {
         for (cid, fp) in &listed {
-            let stale = match seen.contacts.get(cid) {
-                None => true,
-                Some(c) => c.fingerprint != *fp || refresh_due(cid, c.read_ms, now_ms, interval_ms),
-            };
-            if stale {
+            if seen.contacts.stale(cid, *fp, now_ms, interval_ms) {
                 due.insert(cid.clone());
             }
         }
@@ -346,25 +286,26 @@ async fn contacts(
     let previous = seen.unwrap_or_default();
     for (cid, fp) in &listed {
         let entry = if let Some(last_modified) = read_ids.get(cid) {
-            SeenContact {
+            SeenItem {
                 fingerprint: *fp,
                 read_ms: now_ms,
-                last_modified: *last_modified,
+                modified: *last_modified,
             }
-        } else if let Some(old) = previous.contacts.get(cid).filter(|_| !due.contains(cid)) {
+        } else if let Some(old) = previous.contacts.0.get(cid).filter(|_| !due.contains(cid)) {
             *old
         } else {
             // Read but gone (404): not kept; its rows are deleted below.
             continue;
         };
-        next.contacts.insert(cid.clone(), entry);
+        next.contacts.0.insert(cid.clone(), entry);
     }
     // The next search starts before anything this run could have missed: the newest edit it
     // knows of, less the time this pass took and a margin for clock skew.
     next.modified_since = next
         .contacts
+        .0
         .values()
-        .filter_map(|c| c.last_modified)
+        .filter_map(|c| c.modified)
         .max()
         .map(|m| m - started.elapsed().as_millis() as i64 - CLOCK_MARGIN_MS);
     next.lists = lists
@@ -380,9 +321,10 @@ async fn contacts(
     } else {
         let gone: Vec<Value> = previous
             .contacts
+            .0
             .keys()
             .chain(to_read.iter())
-            .filter(|c| !next.contacts.contains_key(*c))
+            .filter(|c| !next.contacts.0.contains_key(*c))
             .map(|c| Value::Text(c.clone()))
             .collect();
         b.delete_where("directory_contact", "id", gone.clone());
@@ -461,7 +403,7 @@ async fn edited_since(client: &Client, did: &str, seen: &Seen) -> Result<Vec<Str
         .filter_map(|h| {
             let cid = s(h, "id").or_else(|| s(h, "contactId"))?;
             let modified = epoch_ms(h.get("lastModified"));
-            let known = seen.contacts.get(&cid).and_then(|c| c.last_modified);
+            let known = seen.contacts.0.get(&cid).and_then(|c| c.modified);
             match (modified, known) {
                 (Some(m), Some(k)) if m <= k => None,
                 _ => Some(cid),

@@ -2,17 +2,18 @@
 //! a field not yet in the table widens it through `ensure_tables`, never failing the sync) and
 //! `distribution_contact` (the distribution history).
 //!
-//! Full stream per survey, no cursor: one commit per survey replaces the history rows of its
-//! distributions; `distribution` is a soft table, so distributions not seen in this run are
-//! marked deleted at the end. The same commit replaces the survey's SMS distributions
+//! Per survey, one commit: the distributions are upserted, and the history rows of those whose
+//! history is read again ([`Histories`]) are replaced; `distribution` is a soft table, so
+//! distributions not seen in this run are marked deleted at the end. The same commit replaces the survey's SMS distributions
 //! (`sms_distribution`, `sms_distribution_contact` from `/distributions/sms?surveyId=` and
 //! `/distributions/sms/{id}/history`; not soft tables).
 
+use super::tracked::{SeenItem, Tracked, fingerprint, interval_ms};
 use super::{first_call, list};
 use crate::catalog::stats_column;
 use crate::engine::{Batches, Ctx, SyncError};
 use futures_util::TryStreamExt;
-use serde_json::Value as Json;
+use serde_json::{Value as Json, json};
 use xmbridge_destinations::{ColumnType, Commit, MarkUnseenDeleted, Value};
 use xmbridge_qualtrics::SurveySummary;
 
@@ -35,11 +36,16 @@ const HISTORY: &[(&str, &str)] = &[
 ];
 
 /// SMS distributions of one survey → `sms_distribution` and `sms_distribution_contact`, added
-/// to `b`. Not soft tables: the survey's SMS distributions are replaced (delete by `survey_id`),
-/// and the history rows of every SMS distribution seen now or held from an earlier run (read
-/// back with `Destination::keys`) are replaced, so a distribution deleted upstream loses its
-/// history rows too.
-async fn sms(ctx: &mut Ctx<'_>, survey: &str, b: &mut Batches) -> Result<(), SyncError> {
+/// to `b`. Not soft tables: the survey's SMS distributions are replaced (delete by `survey_id`);
+/// the history rows of a listed SMS distribution are replaced when [`Histories::stale`] says
+/// so, and those of one held from an earlier run (read back with `Destination::keys`) but gone
+/// upstream are deleted.
+async fn sms(
+    ctx: &mut Ctx<'_>,
+    survey: &str,
+    b: &mut Batches,
+    histories: &mut Histories,
+) -> Result<(), SyncError> {
     let client = ctx.client.clone();
     let dists = list(
         &client,
@@ -56,7 +62,15 @@ async fn sms(ctx: &mut Ctx<'_>, survey: &str, b: &mut Batches) -> Result<(), Syn
             Some(survey),
         )
         .await?;
-    let mut ids: Vec<Value> = held.into_iter().map(Value::Text).collect();
+    let listed: Vec<&str> = dists
+        .iter()
+        .filter_map(|d| d.get("id").and_then(Json::as_str))
+        .collect();
+    let mut ids: Vec<Value> = held
+        .into_iter()
+        .filter(|h| !listed.contains(&h.as_str()))
+        .map(Value::Text)
+        .collect();
     b.delete_where(
         "sms_distribution",
         "survey_id",
@@ -66,9 +80,6 @@ async fn sms(ctx: &mut Ctx<'_>, survey: &str, b: &mut Batches) -> Result<(), Syn
         let Some(id) = d.get("id").and_then(Json::as_str) else {
             continue;
         };
-        if !ids.contains(&Value::Text(id.to_string())) {
-            ids.push(Value::Text(id.to_string()));
-        }
         let mut r = ctx.specs.row("sms_distribution");
         r.text("id", id);
         for (col, path) in [
@@ -96,6 +107,10 @@ async fn sms(ctx: &mut Ctx<'_>, survey: &str, b: &mut Batches) -> Result<(), Syn
             r.put(col, crate::convert::at(d, path));
         }
         b.push("sms_distribution", r.build());
+        if !histories.stale(id, d) {
+            continue;
+        }
+        ids.push(Value::Text(id.to_string()));
         let history = list(&client, &["distributions", "sms", id, "history"], &[])
             .await
             .map_err(|e| SyncError::api("sms_distribution_contact", Some(survey), e))?;
@@ -114,6 +129,73 @@ async fn sms(ctx: &mut Ctx<'_>, survey: &str, b: &mut Batches) -> Result<(), Syn
     Ok(())
 }
 
+/// Which distributions' histories (e-mail and SMS) to read again: those new or changed in their
+/// list (the element carries the stats, which move with every send, open and response) or due
+/// for their refresh ([`super::tracked`]); kept in the cursor `distributions`. It holds the
+/// distributions handled so far in this run, so a run cut short reads the rest in full next
+/// time.
+struct Histories {
+    seen: Option<Tracked>,
+    next: Tracked,
+    now_ms: i64,
+    interval_ms: i64,
+}
+
+const CURSOR_VERSION: u64 = 1;
+
+impl Histories {
+    async fn open(ctx: &mut Ctx<'_>) -> Result<Histories, SyncError> {
+        let cursor = ctx.cursor("distributions", "distribution").await?;
+        let loaded = cursor.is_some();
+        let mut seen = cursor
+            .as_ref()
+            .filter(|c| c.get("v").and_then(Json::as_u64) == Some(CURSOR_VERSION))
+            .and_then(|c| Tracked::parse(c.get("histories")?));
+        if ctx.opts.full || (loaded && ctx.reload_missing("distributions")) {
+            seen = None;
+        }
+        Ok(Histories {
+            seen,
+            next: Tracked::default(),
+            now_ms: ctx.synced_at_ms,
+            interval_ms: interval_ms(ctx.opts),
+        })
+    }
+
+    /// Whether to read this listed distribution's history again; records it either way.
+    fn stale(&mut self, id: &str, element: &Json) -> bool {
+        let fp = fingerprint(element);
+        let old = self
+            .seen
+            .as_ref()
+            .map(|s| (s.stale(id, fp, self.now_ms, self.interval_ms), s.0.get(id)));
+        match old {
+            Some((false, Some(kept))) => {
+                self.next.0.insert(id.to_string(), *kept);
+                false
+            }
+            _ => {
+                self.next.0.insert(
+                    id.to_string(),
+                    SeenItem {
+                        fingerprint: fp,
+                        read_ms: self.now_ms,
+                        modified: None,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    fn cursor(&self) -> (String, Json) {
+        (
+            "distributions".into(),
+            json!({"v": CURSOR_VERSION, "histories": self.next.to_json()}),
+        )
+    }
+}
+
 pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<(), SyncError> {
     let client = ctx.client.clone();
     let owned;
@@ -129,6 +211,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
     };
     let fix =
         "needs access to the surveys' distributions (scope read:distributions for OAuth clients)";
+    let mut histories = Histories::open(ctx).await?;
     ctx.progress
         .stream_started("distributions", Some(surveys.len() as u64));
     for s in surveys {
@@ -164,12 +247,11 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
             ctx.widen(spec).await?;
         }
         let mut b = Batches::default();
-        let mut ids = Vec::new();
+        let mut reread = Vec::new();
         for d in &dists {
             let Some(id) = d.get("id").and_then(Json::as_str) else {
                 continue;
             };
-            ids.push(Value::Text(id.to_string()));
             let mut r = ctx.specs.row("distribution");
             r.text("id", id);
             for (col, path) in [
@@ -204,6 +286,10 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
                 }
             }
             b.push("distribution", r.build());
+            if !histories.stale(id, d) {
+                continue;
+            }
+            reread.push(Value::Text(id.to_string()));
             let history = list(&client, &["distributions", id, "history"], &[])
                 .await
                 .map_err(|e| SyncError::api("distribution_contact", Some(&s.id), e))?;
@@ -218,10 +304,11 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
                 b.push("distribution_contact", r.build());
             }
         }
-        b.delete_where("distribution_contact", "distribution_id", ids);
-        sms(ctx, &s.id, &mut b).await?;
+        b.delete_where("distribution_contact", "distribution_id", reread);
+        sms(ctx, &s.id, &mut b, &mut histories).await?;
         let commit = Commit {
             batches: b.into_vec(),
+            cursors: vec![histories.cursor()],
             ..Default::default()
         };
         ctx.commit(commit, "distribution", Some(&s.id)).await?;
@@ -232,6 +319,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
             table: "distribution".into(),
             scope: vec![],
         }],
+        cursors: vec![histories.cursor()],
         ..Default::default()
     };
     ctx.commit(commit, "distribution", None).await?;

@@ -6,6 +6,7 @@ pub mod libraries;
 pub mod reconcile;
 pub mod responses;
 pub mod surveys;
+mod tracked;
 pub mod users;
 
 use crate::engine::SyncError;

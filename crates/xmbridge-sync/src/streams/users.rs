@@ -1,12 +1,17 @@
 //! Users → `user` (brand administrators only: for anyone else the table is skipped with the
-//! reason). Full stream: the list, then each user's details; users gone upstream are marked
-//! deleted.
+//! reason). The list is read on every run; a user's details (`GET /users/{id}`) only when the
+//! user is new, their list element changed, or their refresh is due (see [`super::tracked`]).
+//! Users gone upstream are marked deleted.
 
+use super::tracked::{SeenItem, Tracked, fingerprint, interval_ms};
 use super::{first_call, list};
 use crate::engine::{Batches, Ctx, SyncError};
 use futures_util::{StreamExt, TryStreamExt, stream};
-use serde_json::Value as Json;
-use xmbridge_destinations::{Commit, MarkUnseenDeleted};
+use serde_json::{Value as Json, json};
+use std::collections::HashSet;
+use xmbridge_destinations::{Commit, MarkUnseenDeleted, Value};
+
+const CURSOR_VERSION: u64 = 1;
 
 pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
     let client = ctx.client.clone();
@@ -14,21 +19,88 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
     let Some(users) = first_call(ctx, &["user"], fix, list(&client, &["users"], &[])).await? else {
         return Ok(());
     };
-    ctx.progress
-        .stream_started("users", Some(users.len() as u64));
-    let ids: Vec<String> = users
+    let cursor = ctx.cursor("users", "user").await?;
+    let loaded = cursor.is_some();
+    let mut seen = cursor
+        .as_ref()
+        .filter(|c| c.get("v").and_then(Json::as_u64) == Some(CURSOR_VERSION))
+        .and_then(|c| Tracked::parse(c.get("users")?));
+    if ctx.opts.full || (loaded && ctx.reload_missing("users")) {
+        seen = None;
+    }
+    let listed: Vec<(String, u64)> = users
         .iter()
-        .filter_map(|u| u.get("id").and_then(Json::as_str).map(str::to_string))
+        .filter_map(|u| Some((u.get("id")?.as_str()?.to_string(), fingerprint(u))))
         .collect();
-    let details: Vec<Json> = stream::iter(ids)
+    let (now_ms, interval) = (ctx.synced_at_ms, interval_ms(ctx.opts));
+    let to_read: Vec<String> = listed
+        .iter()
+        .filter(|(id, fp)| {
+            seen.as_ref()
+                .is_none_or(|s| s.stale(id, *fp, now_ms, interval))
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    ctx.progress
+        .stream_started("users", Some(to_read.len() as u64));
+    let details: Vec<Json> = stream::iter(to_read.clone())
         .map(|id| {
             let client = client.clone();
-            async move { client.get::<Json>(client.url(&["users", &id])).await }
+            async move {
+                match client.get::<Json>(client.url(&["users", &id])).await {
+                    Ok(u) => Ok(Some(u)),
+                    // Deleted since the list was read: marked deleted below.
+                    Err(e) if e.status() == Some(404) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
         })
         .buffered(ctx.opts.survey_parallelism.max(1))
-        .try_collect()
+        .try_collect::<Vec<_>>()
         .await
-        .map_err(|e| SyncError::api("user", None, e))?;
+        .map_err(|e| SyncError::api("user", None, e))?
+        .into_iter()
+        .flatten()
+        .collect();
+    let read: HashSet<&str> = details
+        .iter()
+        .filter_map(|u| u.get("id").and_then(Json::as_str))
+        .collect();
+    let mut next = Tracked::default();
+    for (id, fp) in &listed {
+        let entry = if read.contains(id.as_str()) {
+            SeenItem {
+                fingerprint: *fp,
+                read_ms: now_ms,
+                modified: None,
+            }
+        } else if let Some(old) = seen.as_ref().and_then(|s| s.0.get(id))
+            && !to_read.contains(id)
+        {
+            *old
+        } else {
+            continue;
+        };
+        next.0.insert(id.clone(), entry);
+    }
+    // Without a cursor every user was read: whatever was not is gone. With one, only the users
+    // the cursor knew and the list (or a 404) no longer shows.
+    let marks: Vec<MarkUnseenDeleted> = match &seen {
+        None => vec![MarkUnseenDeleted {
+            table: "user".into(),
+            scope: vec![],
+        }],
+        Some(seen) => seen
+            .0
+            .keys()
+            .chain(to_read.iter())
+            .filter(|id| !next.0.contains_key(*id))
+            .map(|id| MarkUnseenDeleted {
+                table: "user".into(),
+                scope: vec![("id".into(), Value::Text(id.clone()))],
+            })
+            .collect(),
+    };
     let mut b = Batches::default();
     for u in &details {
         let mut r = ctx.specs.row("user");
@@ -60,10 +132,11 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
     }
     let commit = Commit {
         batches: b.into_vec(),
-        mark_unseen_deleted: vec![MarkUnseenDeleted {
-            table: "user".into(),
-            scope: vec![],
-        }],
+        mark_unseen_deleted: marks,
+        cursors: vec![(
+            "users".into(),
+            json!({"v": CURSOR_VERSION, "users": next.to_json()}),
+        )],
         ..Default::default()
     };
     ctx.commit(commit, "user", None).await?;

@@ -270,7 +270,7 @@ async fn refreshes_spread_over_the_interval_and_zero_reads_every_contact_every_r
     assert_eq!(total, first.contacts_listed);
 
     let every_run = SyncOptions {
-        contact_refresh: Duration::ZERO,
+        refresh_every: Duration::ZERO,
         ..opts(T0 + 7 * DAY_MS)
     };
     let s = sync(&client, &mut dest, &every_run, &NoProgress)
@@ -320,4 +320,107 @@ async fn more_edits_than_a_search_can_page_through_read_every_contact() {
             "{t}"
         );
     }
+}
+
+fn calls_of(s: &SyncSummary, stream: &str) -> u64 {
+    s.api_calls_by_stream
+        .iter()
+        .find(|(n, _)| n == stream)
+        .map(|(_, c)| *c)
+        .unwrap()
+}
+
+/// The keys whose live rows differ between two destinations, per table (empty: the same rows).
+fn differences(a: &MemState, b: &MemState, tables: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in tables {
+        let (x, y) = (rows(a, t), rows(b, t));
+        for k in x.keys().chain(y.keys()) {
+            if x.get(k) != y.get(k) {
+                out.push(format!("{t} {k}: {:?} vs {:?}", x.get(k), y.get(k)));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn users_and_distribution_histories_are_read_again_only_when_their_list_shows_a_change() {
+    let (h, client) = sim(SimConfig {
+        surveys: 2,
+        responses: 5,
+        contacts: 30,
+        ..Default::default()
+    })
+    .await;
+    let tables = [
+        "user",
+        "distribution",
+        "distribution_contact",
+        "sms_distribution",
+        "sms_distribution_contact",
+    ];
+    let o = |at| SyncOptions {
+        tables: Some(tables.iter().map(|t| t.to_string()).collect()),
+        synced_at_ms: Some(at),
+        ..Default::default()
+    };
+    let mut dest = MemDest::default();
+    let first = sync(&client, &mut dest, &o(T0), &NoProgress).await.unwrap();
+    let users = h.sim.users.read().len() as u64;
+    assert!(calls_of(&first, "users") > users, "{first}");
+    assert!(dest.state().count("distribution_contact") > 0);
+    assert!(dest.state().count("sms_distribution_contact") > 0);
+
+    // Nothing changed: one list page of users; the survey list (the survey stream did not run)
+    // and per survey its e-mail and SMS distribution lists, no history.
+    // (Each run at its own time: soft deletes mark the rows a run did not write.)
+    let idle = sync(&client, &mut dest, &o(T0 + 1000), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(calls_of(&idle, "users"), 1, "{idle}");
+    assert_eq!(calls_of(&idle, "distributions"), 1 + 2 * 2, "{idle}");
+
+    // A user renamed and one deleted: one detail read; the deleted one is marked deleted.
+    let ids: Vec<String> = h.sim.users.read().iter().map(|u| u.id.clone()).collect();
+    let admin = ids[0].clone();
+    let (renamed, removed) = (&ids[1], &ids[2]);
+    call(
+        &client,
+        Method::PUT,
+        &["users", renamed],
+        Some(json!({"firstName": "Renamed"})),
+    )
+    .await;
+    call(&client, Method::DELETE, &["users", removed], None).await;
+    let next = sync(&client, &mut dest, &o(T0 + 2000), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(calls_of(&next, "users"), 2, "{next}");
+    let st = dest.state();
+    let mut fresh = MemDest::default();
+    sync(&client, &mut fresh, &o(T0), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(
+        differences(&st, &fresh.state(), &tables),
+        Vec::<String>::new()
+    );
+    let gone = st.tables["user"]
+        .values()
+        .find(|r| st.text("user", r, "id").as_deref() == Some(removed.as_str()))
+        .unwrap();
+    assert!(gone.deleted, "the removed user is marked deleted");
+    assert!(admin.starts_with("UR_"));
+
+    // Past the refresh interval every user and history is read again, with the same result.
+    let later = sync(&client, &mut dest, &o(T0 + 8 * DAY_MS), &NoProgress)
+        .await
+        .unwrap();
+    assert!(calls_of(&later, "distributions") > 1 + 2 * 2, "{later}");
+    assert_eq!(calls_of(&later, "users"), 1 + users - 1);
+    assert_eq!(
+        differences(&dest.state(), &fresh.state(), &tables),
+        Vec::<String>::new()
+    );
 }
