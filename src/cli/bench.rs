@@ -24,6 +24,9 @@ pub enum BenchWhat {
     Sync(BenchSyncArgs),
     /// Events/s and latency from a webhook POST to the Salesforce upsert, against direct upserts.
     Workflows(super::bench_workflows::BenchWorkflowsArgs),
+    /// API calls, time and memory of a directory sync with nothing changed, against the fewest
+    /// calls the API allows.
+    Contacts(super::bench_contacts::BenchContactsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -84,7 +87,7 @@ pub enum BenchDest {
 }
 
 impl BenchDest {
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             BenchDest::Postgres => "postgres",
             BenchDest::Sqlite => "sqlite",
@@ -96,6 +99,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.what {
         BenchWhat::Sync(a) => sync(a).await,
         BenchWhat::Workflows(a) => super::bench_workflows::run(a).await,
+        BenchWhat::Contacts(a) => super::bench_contacts::run(a).await,
     }
 }
 

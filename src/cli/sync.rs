@@ -265,8 +265,8 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
         reconcile_every: std::time::Duration::from_secs(
             args.reconcile_every_days.saturating_mul(86_400),
         ),
-        contact_refresh: std::time::Duration::from_secs(
-            args.contact_refresh_days.saturating_mul(86_400),
+        refresh_every: std::time::Duration::from_secs(
+            args.refresh_every_days.saturating_mul(86_400),
         ),
         observer: trigger
             .clone()

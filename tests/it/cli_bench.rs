@@ -147,3 +147,77 @@ fn bench_sync_incremental_json() {
     assert_eq!(m["responses"], serde_json::json!(15), "{v}");
     figures(&v, m);
 }
+
+/// `bench contacts`: the sync with nothing changed reads no contact on its own and stays within
+/// the budget (1 + one page per 100 contacts + 5 per directory: 450 + 25 contacts in two
+/// directories → 1 + 5 + 1 + 10), counted by the client and by the simulator alike.
+#[test]
+fn bench_contacts_json() {
+    for dest in ["sqlite", "postgres"] {
+        let out = Command::new(BIN)
+            .args([
+                "bench",
+                "contacts",
+                "--contacts",
+                "450",
+                "--destination",
+                dest,
+                "--json",
+            ])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+        let m = v[dest].as_object().unwrap();
+        let keys: Vec<&str> = m.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "contacts",
+                "directories",
+                "first_s",
+                "first_api_calls",
+                "first_contacts_read",
+                "first_peak_rss_mb",
+                "idle_s",
+                "idle_api_calls",
+                "idle_sim_calls",
+                "idle_calls_by_stream",
+                "idle_contacts_read",
+                "idle_peak_rss_mb",
+                "budget_calls",
+            ],
+            "{v}"
+        );
+        let n = |k: &str| m[k].as_u64().unwrap_or_else(|| panic!("{k}: {v}"));
+        let f = |k: &str| m[k].as_f64().unwrap_or_else(|| panic!("{k}: {v}"));
+        assert_eq!(n("contacts"), 475, "{v}");
+        assert_eq!(n("directories"), 2, "{v}");
+        assert_eq!(n("first_contacts_read"), 475, "{v}");
+        // Every contact and its transactions, read on their own.
+        assert!(n("first_api_calls") > 2 * 475, "{v}");
+        assert_eq!(n("idle_contacts_read"), 0, "{v}");
+        assert_eq!(n("budget_calls"), 17, "{v}");
+        assert!(n("idle_api_calls") > 0 && n("idle_api_calls") <= 17, "{v}");
+        assert!(n("idle_sim_calls") >= n("idle_api_calls") - 1, "{v}");
+        assert!(n("idle_sim_calls") <= 17, "{v}");
+        let by_stream: u64 = m["idle_calls_by_stream"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|c| c.as_u64().unwrap())
+            .sum();
+        assert!(by_stream > 0 && by_stream <= n("idle_api_calls"), "{v}");
+        for k in ["first_s", "idle_s", "first_peak_rss_mb", "idle_peak_rss_mb"] {
+            assert!(f(k) > 0.0 && f(k).is_finite(), "{k}: {v}");
+        }
+        assert!(f("first_peak_rss_mb") < 1024.0, "{v}");
+    }
+}

@@ -9,6 +9,7 @@
 //! child's command line), and must not hold sync, destination or workflow mechanics (it
 //! measures the crates that do).
 
+pub mod contacts;
 mod error;
 pub mod sync;
 pub mod workflows;

@@ -124,7 +124,10 @@ impl Measure {
 /// Runs one destination in a child process of this executable (the caller's `argv` puts it in
 /// its child mode, which prints the [`Measure`] as its last JSON line), so that its peak RSS is
 /// its own. `name` names the destination in errors.
-pub async fn spawn_child(argv: Vec<OsString>, name: &str) -> Result<Measure> {
+pub async fn spawn_child<M: serde::de::DeserializeOwned>(
+    argv: Vec<OsString>,
+    name: &str,
+) -> Result<M> {
     let exe = std::env::current_exe().context("cannot find the xmbridge executable")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(argv)
@@ -153,7 +156,7 @@ pub async fn spawn_child(argv: Vec<OsString>, name: &str) -> Result<Measure> {
 }
 
 /// Peak resident set size of this process in MB (`VmHWM`; 0 where /proc is missing).
-fn peak_rss_mb() -> f64 {
+pub(crate) fn peak_rss_mb() -> f64 {
     let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
         return 0.0;
     };
@@ -167,7 +170,7 @@ fn peak_rss_mb() -> f64 {
 /// Starts the peak-RSS count afresh (Linux: `5` into `/proc/self/clear_refs`), so that an
 /// incremental run's figure is its second sync's, not the first load's. Where that is not
 /// possible the figure stays the whole process's, which is never lower.
-fn reset_peak_rss() {
+pub(crate) fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
@@ -248,31 +251,42 @@ impl Reader {
 
 /// The simulator in a process of its own (`xmbridge simulate`), so that generating and zipping
 /// the export does not count in the sync's peak RSS. Killed on drop.
-struct SimProcess {
+pub(crate) struct SimProcess {
     child: std::process::Child,
-    base_url: String,
+    pub(crate) base_url: String,
 }
 
 impl SimProcess {
     async fn start(size: SurveySize, token: &str) -> Result<SimProcess> {
+        SimProcess::start_with(
+            &[
+                "--surveys",
+                "1",
+                "--responses",
+                &size.responses.to_string(),
+                "--questions",
+                &size.questions.to_string(),
+            ],
+            token,
+        )
+        .await
+    }
+
+    /// `xmbridge simulate` on a free loopback port with these arguments, without the simulated
+    /// export wait and brand rate limit (nothing paces the bench but the work).
+    pub(crate) async fn start_with(args: &[&str], token: &str) -> Result<SimProcess> {
         let exe = std::env::current_exe().context("cannot find the xmbridge executable")?;
         let mut cmd = std::process::Command::new(exe);
         cmd.args([
             "simulate",
             "--listen",
             "127.0.0.1:0",
-            "--surveys",
-            "1",
-            "--responses",
-            &size.responses.to_string(),
-            "--questions",
-            &size.questions.to_string(),
-            // Loopback: no simulated export wait or brand rate limit to pace the bench.
             "--export-delay-ms",
             "0",
             "--rate-limit",
             "0",
         ])
+        .args(args)
         .env("XMBRIDGE_SIM_API_TOKEN", token)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -885,14 +899,14 @@ async fn pg_load(
 }
 
 /// The bench's own database on the PostgreSQL server, dropped by [`PgDatabase::drop_database`].
-struct PgDatabase {
+pub(crate) struct PgDatabase {
     admin: tokio_postgres::Client,
     name: String,
-    settings: DestinationSettings,
+    pub(crate) settings: DestinationSettings,
 }
 
 impl PgDatabase {
-    async fn create(server: &DestinationSettings) -> Result<PgDatabase> {
+    pub(crate) async fn create(server: &DestinationSettings) -> Result<PgDatabase> {
         let admin = xmbridge_destinations::postgres::connect(server)
             .await
             .context("cannot connect to PostgreSQL (set --postgres or XMBRIDGE_TEST_PG)")?
@@ -914,7 +928,7 @@ impl PgDatabase {
         })
     }
 
-    async fn drop_database(self) {
+    pub(crate) async fn drop_database(self) {
         if let Err(e) = self
             .admin
             .batch_execute(&format!(
