@@ -72,7 +72,8 @@ pub struct SyncArgs {
     /// Surveys exported at the same time.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
-    /// Responses per destination transaction (smaller: less re-done after a kill; larger: faster).
+    /// Responses (and directory contacts read) per destination transaction (smaller: less
+    /// re-done after a kill; larger: faster).
     #[arg(long, default_value_t = 5000)]
     pub commit_every: usize,
     /// Rows (all tables) per destination transaction, whichever of this and --commit-every comes

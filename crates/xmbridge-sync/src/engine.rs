@@ -30,7 +30,8 @@ pub struct SyncOptions {
     pub compat: Compat,
     /// Surveys exported (and definitions read) at the same time. Default 4.
     pub survey_parallelism: usize,
-    /// Responses per destination transaction within one survey's export. Default 5,000.
+    /// Responses per destination transaction within one survey's export, and directory
+    /// contacts read per transaction. Default 5,000.
     pub commit_every: usize,
     /// Rows (of all tables) per destination transaction within one survey's export, whichever
     /// of this and `commit_every` comes first. It bounds the memory a sync holds: one survey's

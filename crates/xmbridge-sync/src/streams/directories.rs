@@ -201,20 +201,17 @@ async fn contacts(
     if ctx.opts.full || (loaded && ctx.reload_missing("directories")) {
         seen = None;
     }
-    let listed = list(
-        client,
-        &["directories", did, "contacts"],
-        &[("pageSize", "100"), ("useNewPaginationScheme", "true")],
-    )
-    .await
-    .map_err(|e| err("directory_contact", e))?;
-    let listed: Vec<(String, u64)> = listed
-        .iter()
-        .filter_map(|c| {
-            let fp = fingerprint(c);
-            s(c, "contactId").map(|cid| (cid, fp))
-        })
-        .collect();
+    // Only the id and fingerprint of each element are kept, page by page.
+    let mut url = client.url(&["directories", did, "contacts"]);
+    url.query_pairs_mut()
+        .append_pair("pageSize", "100")
+        .append_pair("useNewPaginationScheme", "true");
+    let listed: Vec<(String, u64)> = client
+        .paginate::<Json>(url)
+        .try_filter_map(|c| async move { Ok(s(&c, "contactId").map(|cid| (cid, fingerprint(&c)))) })
+        .try_collect()
+        .await
+        .map_err(|e| err("directory_contact", e))?;
     ctx.summary.contacts_listed += listed.len() as u64;
 
     let now_ms = ctx.synced_at_ms;
@@ -253,33 +250,31 @@ async fn contacts(
             .map(|(c, _)| c.clone())
             .collect()
     };
-    let read: Vec<Option<Json>> = stream::iter(to_read.clone())
-        .map(|cid| {
-            let client = client.clone();
-            let did = did.to_string();
-            async move {
-                match client
-                    .get::<Json>(client.url(&["directories", &did, "contacts", &cid]))
-                    .await
-                {
-                    Ok(c) => Ok(Some(c)),
-                    // Deleted since the list was read: it goes with the vanished ones.
-                    Err(e) if e.status() == Some(404) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            }
-        })
-        .buffered(CONTACT_PARALLELISM)
-        .try_collect()
-        .await
-        .map_err(|e| err("directory_contact", e))?;
-    ctx.summary.contacts_read += to_read.len() as u64;
-    let full: Vec<Json> = read.into_iter().flatten().collect();
-    // Contact id → its `lastModified`, for every contact read.
-    let read_ids: HashMap<String, Option<i64>> = full
-        .iter()
-        .filter_map(|c| Some((s(c, "contactId")?, epoch_ms(c.get("lastModified")))))
-        .collect();
+    // Read in chunks, each its own commit but the last (which goes with the mailing lists and the
+    // cursor): memory stays flat however large the directory. Every write is an upsert or a
+    // delete by key, and the cursor commits last, so a run cut short between chunks is redone
+    // by the next (the contacts still differ from the old cursor) to the same rows.
+    let chunks: Vec<&[String]> = to_read.chunks(ctx.opts.commit_every.max(1)).collect();
+    let mut read_ids: HashMap<String, Option<i64>> = HashMap::new();
+    let mut own = Batches::default();
+    for i in 0..chunks.len().max(1) {
+        let ids = chunks.get(i).copied().unwrap_or_default();
+        let last = i + 1 >= chunks.len();
+        let into: &mut Batches = if last { &mut *b } else { &mut own };
+        let replace = match (replace_all, i) {
+            (true, 0) => Replace::Directory,
+            (true, _) => Replace::Nothing,
+            (false, _) => Replace::Contacts(ids.iter().map(|c| Value::Text(c.clone())).collect()),
+        };
+        read_contacts(ctx, client, did, ids, replace, into, off, &mut read_ids).await?;
+        if !last {
+            let commit = Commit {
+                batches: std::mem::take(&mut own).into_vec(),
+                ..Default::default()
+            };
+            ctx.commit(commit, "directory_contact", None).await?;
+        }
+    }
 
     // What the cursor will say: every listed contact that still exists.
     let mut next = Seen::default();
@@ -312,38 +307,93 @@ async fn contacts(
         .iter()
         .filter_map(|l| Some((s(l, "mailingListId")?, list_stamp(l))))
         .collect();
-
-    let dv = || vec![Value::Text(did.to_string())];
-    let rewritten: Vec<Value> = if replace_all {
-        b.delete_where("directory_contact", "directory_id", dv());
-        b.delete_where("contact_mailing_list_membership", "directory_id", dv());
-        Vec::new()
-    } else {
+    if !replace_all {
+        // Gone from the list since the last run: the contact, its memberships and transactions.
         let gone: Vec<Value> = previous
             .contacts
             .0
             .keys()
-            .chain(to_read.iter())
-            .filter(|c| !next.contacts.0.contains_key(*c))
+            .filter(|c| !next.contacts.0.contains_key(*c) && !read_ids.contains_key(*c))
             .map(|c| Value::Text(c.clone()))
             .collect();
         b.delete_where("directory_contact", "id", gone.clone());
-        let mut rewritten = gone;
-        rewritten.extend(read_ids.keys().map(|c| Value::Text(c.clone())));
         b.delete_where(
             "contact_mailing_list_membership",
             "contact_id",
-            rewritten.clone(),
+            gone.clone(),
         );
-        rewritten
-    };
-    let replace = if replace_all {
-        Replace::Directory
-    } else {
-        Replace::Contacts(rewritten)
-    };
-    tier2(ctx, client, did, &full, replace, b, off).await?;
+        if !off.contains(&"contact_transaction") {
+            b.delete_where("contact_transaction", "contact_id", gone);
+        }
+    }
+    tier2(ctx, client, did, b, off).await?;
+    Ok((stream_name, next.to_json()))
+}
+
+/// Reads `ids` in full with their transactions, and writes their rows, memberships and
+/// transactions into `b` after the deletes `replace` says. Records each read contact's
+/// `lastModified` in `read_ids`; a contact that answers 404 (deleted since the list was read) is
+/// left out, and its old rows go with the `replace` deletes.
+#[allow(clippy::too_many_arguments)]
+async fn read_contacts(
+    ctx: &mut Ctx<'_>,
+    client: &Client,
+    did: &str,
+    ids: &[String],
+    replace: Replace,
+    b: &mut Batches,
+    off: &mut Vec<&'static str>,
+    read_ids: &mut HashMap<String, Option<i64>>,
+) -> Result<(), SyncError> {
+    let full: Vec<Json> = stream::iter(ids.to_vec())
+        .map(|cid| {
+            let client = client.clone();
+            let did = did.to_string();
+            async move {
+                match client
+                    .get::<Json>(client.url(&["directories", &did, "contacts", &cid]))
+                    .await
+                {
+                    Ok(c) => Ok(Some(c)),
+                    Err(e) if e.status() == Some(404) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+        })
+        .buffered(CONTACT_PARALLELISM)
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(|e| SyncError::api("directory_contact", None, e))?
+        .into_iter()
+        .flatten()
+        .collect();
+    ctx.summary.contacts_read += ids.len() as u64;
+    let dv = || vec![Value::Text(did.to_string())];
+    match &replace {
+        Replace::Directory => {
+            b.delete_where("directory_contact", "directory_id", dv());
+            b.delete_where("contact_mailing_list_membership", "directory_id", dv());
+        }
+        Replace::Contacts(ids) => {
+            // The contact row itself is upserted (or, gone, deleted with the vanished ones).
+            b.delete_where("contact_mailing_list_membership", "contact_id", ids.clone());
+            b.delete_where("directory_contact", "id", {
+                let read: HashSet<Option<String>> =
+                    full.iter().map(|c| s(c, "contactId")).collect();
+                ids.iter()
+                    .filter(|v| !matches!(v, Value::Text(t) if read.contains(&Some(t.clone()))))
+                    .cloned()
+                    .collect()
+            });
+        }
+        Replace::Nothing => {}
+    }
+    transactions(ctx, client, did, &full, &replace, b, off).await?;
     for c in &full {
+        read_ids.insert(
+            s(c, "contactId").unwrap_or_default(),
+            epoch_ms(c.get("lastModified")),
+        );
         let mut r = ctx.specs.row("directory_contact");
         r.put("id", c.get("contactId")).text("directory_id", did);
         for (col, k) in [
@@ -378,7 +428,64 @@ async fn contacts(
             }
         }
     }
-    Ok((stream_name, next.to_json()))
+    Ok(())
+}
+
+/// `contact_transaction` of the contacts read (`GET …/contacts/{id}/transactions`, 8 at a time),
+/// after the deletes `replace` says; a refused read skips the table (said once).
+async fn transactions(
+    ctx: &mut Ctx<'_>,
+    client: &Client,
+    did: &str,
+    contacts: &[Json],
+    replace: &Replace,
+    b: &mut Batches,
+    off: &mut Vec<&'static str>,
+) -> Result<(), SyncError> {
+    let ids: Vec<String> = contacts.iter().filter_map(|c| s(c, "contactId")).collect();
+    let txs = optional(
+        ctx,
+        "contact_transaction",
+        "read:contact_transactions",
+        off,
+        stream::iter(ids)
+            .map(|cid| {
+                let client = client.clone();
+                async move {
+                    list(
+                        &client,
+                        &["directories", did, "contacts", &cid, "transactions"],
+                        &[("pageSize", "100")],
+                    )
+                    .await
+                }
+            })
+            .buffer_unordered(CONTACT_PARALLELISM)
+            .try_concat(),
+    )
+    .await?;
+    let Some(txs) = txs else {
+        return Ok(());
+    };
+    match replace {
+        Replace::Directory => b.delete_where(
+            "contact_transaction",
+            "directory_id",
+            vec![Value::Text(did.to_string())],
+        ),
+        Replace::Contacts(ids) => b.delete_where("contact_transaction", "contact_id", ids.clone()),
+        Replace::Nothing => {}
+    }
+    for t in &txs {
+        let mut r = ctx.specs.row("contact_transaction");
+        r.put("id", t.get("transactionId"))
+            .text("directory_id", did)
+            .put("contact_id", t.get("contactId"))
+            .put("mailing_list_id", t.get("mailingListId"))
+            .put("transaction_date", t.get("transactionDate"));
+        b.push("contact_transaction", r.build());
+    }
+    Ok(())
 }
 
 /// Contacts a search finds edited since the last run whose edit is newer than their last full
@@ -489,12 +596,14 @@ async fn held_members(
         .collect())
 }
 
-/// Which rows of the per-contact Tier 2 tables a directory's commit replaces.
+/// Which rows a chunk of contacts replaces.
 enum Replace {
-    /// All of the directory's (every contact was read).
+    /// All of the directory's (the first chunk when every contact is read).
     Directory,
     /// Those of these contacts (read again, or gone).
     Contacts(Vec<Value>),
+    /// None (later chunks when every contact is read: the first chunk's deletes covered them).
+    Nothing,
 }
 
 /// A Tier 2 read of one directory: `Ok(None)` when refused (the table is skipped, once).
@@ -520,55 +629,16 @@ async fn optional<T>(
     }
 }
 
-/// `contact_transaction` (per contact), `directory_sample`, `frequency_rule` and
-/// `frequency_rule_target` of one directory, replacing its rows in `b` (not soft tables).
+/// `directory_sample`, `frequency_rule` and `frequency_rule_target` of one directory, replacing
+/// its rows in `b` (not soft tables).
 async fn tier2(
     ctx: &mut Ctx<'_>,
     client: &Client,
     did: &str,
-    contacts: &[Json],
-    replace: Replace,
     b: &mut Batches,
     off: &mut Vec<&'static str>,
 ) -> Result<(), SyncError> {
     let dv = || vec![Value::Text(did.to_string())];
-    let ids: Vec<String> = contacts.iter().filter_map(|c| s(c, "contactId")).collect();
-    let txs = optional(
-        ctx,
-        "contact_transaction",
-        "read:contact_transactions",
-        off,
-        stream::iter(ids)
-            .map(|cid| {
-                let client = client.clone();
-                async move {
-                    list(
-                        &client,
-                        &["directories", did, "contacts", &cid, "transactions"],
-                        &[("pageSize", "100")],
-                    )
-                    .await
-                }
-            })
-            .buffer_unordered(CONTACT_PARALLELISM)
-            .try_concat(),
-    )
-    .await?;
-    if let Some(txs) = txs {
-        match replace {
-            Replace::Directory => b.delete_where("contact_transaction", "directory_id", dv()),
-            Replace::Contacts(ids) => b.delete_where("contact_transaction", "contact_id", ids),
-        }
-        for t in &txs {
-            let mut r = ctx.specs.row("contact_transaction");
-            r.put("id", t.get("transactionId"))
-                .text("directory_id", did)
-                .put("contact_id", t.get("contactId"))
-                .put("mailing_list_id", t.get("mailingListId"))
-                .put("transaction_date", t.get("transactionDate"));
-            b.push("contact_transaction", r.build());
-        }
-    }
     let samples = optional(
         ctx,
         "directory_sample",

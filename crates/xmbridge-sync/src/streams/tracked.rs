@@ -5,7 +5,7 @@
 //!
 //! [`SyncOptions::refresh_every`]: crate::SyncOptions::refresh_every
 
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
@@ -20,22 +20,32 @@ pub(crate) struct SeenItem {
     pub modified: Option<i64>,
 }
 
-/// Item id → what was seen; serialized as `{id: ["<16 hex>", read_ms, modified]}`.
+/// Item id → what was seen. Serialized as one string, a line per item:
+/// `<id> <fingerprint, 16 hex> <read_ms>[ <modified>]` — a JSON object of arrays costs several
+/// times the memory to parse and build, which matters at a million items.
 #[derive(Debug, Default)]
 pub(crate) struct Tracked(pub HashMap<String, SeenItem>);
 
 impl Tracked {
-    /// `None` when the value is not such a map (an older cursor): every item is read again.
+    /// `None` when the value is not such a string (an older cursor): every item is read again.
     pub fn parse(v: &Json) -> Option<Tracked> {
-        let mut items = HashMap::new();
-        for (id, e) in v.as_object()? {
-            let e = e.as_array()?;
+        let text = v.as_str()?;
+        let mut items = HashMap::with_capacity(text.len() / 48);
+        for line in text.lines() {
+            let mut f = line.split(' ');
+            let id = f.next()?;
+            let fingerprint = u64::from_str_radix(f.next()?, 16).ok()?;
+            let read_ms = f.next()?.parse().ok()?;
+            let modified = match f.next() {
+                Some(m) => Some(m.parse().ok()?),
+                None => None,
+            };
             items.insert(
-                id.clone(),
+                id.to_string(),
                 SeenItem {
-                    fingerprint: u64::from_str_radix(e.first()?.as_str()?, 16).ok()?,
-                    read_ms: e.get(1)?.as_i64()?,
-                    modified: e.get(2).and_then(Json::as_i64),
+                    fingerprint,
+                    read_ms,
+                    modified,
                 },
             );
         }
@@ -43,19 +53,17 @@ impl Tracked {
     }
 
     pub fn to_json(&self) -> Json {
-        let map: serde_json::Map<String, Json> = self
-            .0
-            .iter()
-            .map(|(id, i)| {
-                let fp = format!("{:016x}", i.fingerprint);
-                let v = match i.modified {
-                    Some(m) => json!([fp, i.read_ms, m]),
-                    None => json!([fp, i.read_ms]),
-                };
-                (id.clone(), v)
-            })
-            .collect();
-        Json::Object(map)
+        use std::fmt::Write;
+        let mut text = String::with_capacity(self.0.len() * 48);
+        for (id, i) in &self.0 {
+            // Ids come from the API's lists (CID_…, UR_…, EMD_…): no spaces or line breaks.
+            let _ = write!(text, "{id} {:016x} {}", i.fingerprint, i.read_ms);
+            if let Some(m) = i.modified {
+                let _ = write!(text, " {m}");
+            }
+            text.push('\n');
+        }
+        Json::String(text)
     }
 
     /// Whether the item with this list element must be read in full now: new, changed, or due
@@ -103,6 +111,7 @@ pub(crate) fn interval_ms(opts: &crate::SyncOptions) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     const WEEK: i64 = 7 * 86_400_000;
 
@@ -144,7 +153,8 @@ mod tests {
         );
         let back = Tracked::parse(&t.to_json()).unwrap();
         assert_eq!(back.0, t.0);
-        assert!(Tracked::parse(&json!({"a": "old"})).is_none());
-        assert!(Tracked::parse(&json!([1])).is_none());
+        assert!(Tracked::parse(&json!({"a": ["0", 1]})).is_none());
+        assert!(Tracked::parse(&json!("a zz 1\n")).is_none());
+        assert_eq!(Tracked::parse(&json!("")).unwrap().0.len(), 0);
     }
 }

@@ -424,3 +424,55 @@ async fn users_and_distribution_histories_are_read_again_only_when_their_list_sh
         Vec::<String>::new()
     );
 }
+
+/// A large directory is read in several commits (here 50 contacts each), so memory stays flat;
+/// a run cut short between them leaves nothing the next run does not finish to the same rows.
+#[tokio::test]
+async fn contacts_commit_in_chunks_and_a_run_cut_between_them_is_finished_by_the_next() {
+    let (_h, client) = sim(SimConfig {
+        surveys: 1,
+        responses: 1,
+        contacts: 420,
+        ..Default::default()
+    })
+    .await;
+    let chunked = |at| SyncOptions {
+        commit_every: 50,
+        ..opts(at)
+    };
+    let fresh = from_scratch(&client).await;
+    let mut dest = MemDest::default();
+    // Refuse every commit after the fourth: the first load stops between chunks.
+    dest.with(|st| st.fail_after = Some(4));
+    assert!(
+        sync(&client, &mut dest, &chunked(T0), &NoProgress)
+            .await
+            .is_err()
+    );
+    assert!(
+        dest.state().count("directory_contact") > 0,
+        "some chunks were committed"
+    );
+    assert!(
+        dest.state().count("directory_contact") < 445,
+        "not all of them"
+    );
+    dest.with(|st| st.fail_after = None);
+    let s = sync(&client, &mut dest, &chunked(T0), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.contacts_read, s.contacts_listed,
+        "no cursor yet: all read again"
+    );
+    let commits = dest.state().commits;
+    for t in CONTACT_TABLES {
+        assert_eq!(rows(&dest.state(), t), rows(&fresh, t), "{t}");
+    }
+    // And an idle run after it reads nothing.
+    let idle = sync(&client, &mut dest, &chunked(T0), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(idle.contacts_read, 0);
+    assert!(commits >= 420 / 50, "{commits} commits");
+}
