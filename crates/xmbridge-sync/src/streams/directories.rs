@@ -11,7 +11,8 @@
 //! deleted), read in full on every run. Contacts follow what changed (see [`contacts`]): the
 //! contact list is read in full, a contact on its own only when it is new, changed, edited, moved
 //! between mailing lists or due for its periodic refresh; its rows, memberships and transactions
-//! are rewritten in the directory's one commit, and a reader never sees half a directory.
+//! are rewritten, in commits of `--commit-every` contacts (memory stays flat), the cursor with
+//! the last.
 
 use super::tracked::{SeenItem, Tracked, fingerprint, interval_ms};
 use super::{first_call, list};
