@@ -34,8 +34,14 @@ use xmbridge_destinations::{Commit, Value};
 use xmbridge_qualtrics::response::is_metadata_key;
 use xmbridge_qualtrics::{Client, ExportOptions, SurveySummary};
 
-/// The `<p>_id` of a `question_response` row: sha256 (hex) of the cell's identity. Fields are
-/// length-prefixed so no two different identities hash the same input.
+/// The `<p>_id` of a `question_response` row: `<response_id>:<16 hex>`, the hex being the first
+/// 8 bytes of sha256 of the cell's identity (fields length-prefixed, so no two different
+/// identities hash the same input). Led by the response id, a response's answer rows sit
+/// together in the key's index: rewriting a changed response touches a few index pages, not one
+/// random page per answer (the 64-hex key of before did), and the key is about half as wide. 64
+/// bits tell apart the few hundred cells of one response with room to spare. Rows written with
+/// the old key are replaced like any others when their response is rewritten (answer rows are
+/// deleted by `response_id` first).
 pub fn answer_id(
     response_id: &str,
     question_id: &str,
@@ -64,7 +70,12 @@ pub fn answer_id(
             }
         }
     }
-    lower_hex(&h.finalize())
+    let digest = h.finalize();
+    let mut id = String::with_capacity(response_id.len() + 17);
+    id.push_str(response_id);
+    id.push(':');
+    id.push_str(&lower_hex(&digest[..8]));
+    id
 }
 
 /// Lowercase hex of `bytes`, as `hex::encode` writes it; one per answer row, so without its
@@ -728,7 +739,8 @@ mod tests {
             a,
             answer_id("R_1", "QID1", None, None, Some("2"), None, "QID1")
         );
-        assert_eq!(a.len(), 64);
+        // Led by the response id, so a response's rows sit together in the key's index.
+        assert!(a.starts_with("R_1:") && a.len() == 4 + 16, "{a}");
         assert_ne!(
             a,
             answer_id("R_1", "QID1", None, None, Some("3"), None, "QID1")
