@@ -471,8 +471,16 @@ impl PostgresDestination {
             match existing {
                 None => {
                     let mut defs: Vec<String> = Vec::new();
+                    let surrogate = crate::names::resolve_name("<p>_id", self.compat);
                     for (i, (col, ty)) in r.stored_columns().into_iter().enumerate() {
                         let mut d = format!("{} {}", quote_ident(&col), pg_type(ty));
+                        // The surrogate key (`question_response`) compares bytewise: its values
+                        // share a long response-id prefix, which a locale collation compares
+                        // character by character through strcoll in every sort and index
+                        // descent. No query joins on it, so its order is nobody's concern.
+                        if col == surrogate && ty == ColumnType::Text {
+                            d.push_str(" COLLATE \"C\"");
+                        }
                         if r.pk.contains(&i) {
                             d.push_str(" NOT NULL");
                         }

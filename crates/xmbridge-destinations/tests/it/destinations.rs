@@ -1294,6 +1294,19 @@ async fn first_load_builds_indexes(mut h: H) {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         assert_eq!(analyzed.len(), 1, "{analyzed:?}");
+        // The surrogate key compares bytewise (its values share a response-id prefix); the
+        // columns queries join on keep the database's collation.
+        let collations = h
+            .rows(&format!(
+                "SELECT column_name::text || '=' || coalesce(collation_name::text, 'default')                  FROM information_schema.columns WHERE table_schema = '{SCHEMA}'                  AND table_name = 'question_response'                  AND column_name IN ('_xmbridge_id', 'response_id') ORDER BY 1"
+            ))
+            .await;
+        let collations: Vec<String> = collations.into_iter().flatten().flatten().collect();
+        assert_eq!(
+            collations,
+            ["_xmbridge_id=C", "response_id=default"],
+            "{collations:?}"
+        );
     }
 }
 
