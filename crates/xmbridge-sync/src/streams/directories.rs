@@ -269,8 +269,17 @@ async fn contacts(
         };
         read_contacts(ctx, client, did, ids, replace, into, off, &mut read_ids).await?;
         if !last {
+            // Replacing everything: the first commit deletes the directory's rows, so an older
+            // cursor must not outlive it (a run cut short after it, then a plain run, would
+            // trust that cursor and never read the contacts of the chunks not written yet).
+            let cursors = if replace_all && i == 0 {
+                vec![(stream_name.clone(), Json::Null)]
+            } else {
+                Vec::new()
+            };
             let commit = Commit {
                 batches: std::mem::take(&mut own).into_vec(),
+                cursors,
                 ..Default::default()
             };
             ctx.commit(commit, "directory_contact", None).await?;

@@ -475,4 +475,22 @@ async fn contacts_commit_in_chunks_and_a_run_cut_between_them_is_finished_by_the
         .unwrap();
     assert_eq!(idle.contacts_read, 0);
     assert!(commits >= 420 / 50, "{commits} commits");
+
+    // A --full run cut short after its first chunk (which deleted the directory's rows), then a
+    // plain run: the old cursor must not make it skip the contacts not written yet.
+    let done = dest.state().commits;
+    dest.with(|st| st.fail_after = Some(done + 2));
+    let full = SyncOptions {
+        full: true,
+        ..chunked(T0)
+    };
+    assert!(sync(&client, &mut dest, &full, &NoProgress).await.is_err());
+    assert!(dest.state().count("directory_contact") < 445);
+    dest.with(|st| st.fail_after = None);
+    sync(&client, &mut dest, &chunked(T0), &NoProgress)
+        .await
+        .unwrap();
+    for t in CONTACT_TABLES {
+        assert_eq!(rows(&dest.state(), t), rows(&fresh, t), "{t}");
+    }
 }
