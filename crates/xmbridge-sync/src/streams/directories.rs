@@ -14,8 +14,9 @@
 //! are rewritten, in commits of `--commit-every` contacts (memory stays flat), the cursor with
 //! the last.
 
-use super::tracked::{SeenItem, Tracked, fingerprint, interval_ms};
+use super::tracked::{CURSOR_VERSION, Tracked, fingerprint, interval_ms, trusted_cursor};
 use super::{first_call, list};
+use crate::convert::parse_time;
 use crate::engine::{Batches, Ctx, SyncError};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use serde_json::{Value as Json, json};
@@ -132,21 +133,16 @@ struct Seen {
     lists: HashMap<String, Json>,
 }
 
-const SEEN_VERSION: u64 = 1;
-
 impl Seen {
     /// `None` for a cursor of another shape (an older version): every contact is read again.
     fn parse(v: &Json) -> Option<Seen> {
-        if v.get("v").and_then(Json::as_u64) != Some(SEEN_VERSION) {
-            return None;
-        }
         let lists = v
             .get("lists")
             .and_then(Json::as_object)
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
         Some(Seen {
-            contacts: Tracked::parse(v.get("contacts")?)?,
+            contacts: Tracked::from_cursor(v, "contacts")?,
             modified_since: v.get("modified_since").and_then(Json::as_i64),
             lists,
         })
@@ -154,7 +150,7 @@ impl Seen {
 
     fn to_json(&self) -> Json {
         json!({
-            "v": SEEN_VERSION,
+            "v": CURSOR_VERSION,
             "modified_since": self.modified_since,
             "lists": self.lists,
             "contacts": self.contacts.to_json(),
@@ -164,17 +160,6 @@ impl Seen {
 
 /// Edits seen by a search are at least this far behind the clock they are compared with.
 const CLOCK_MARGIN_MS: i64 = 5 * 60 * 1000;
-
-/// A search hit's `lastModified`: epoch ms, or an ISO-8601 string.
-fn epoch_ms(v: Option<&Json>) -> Option<i64> {
-    match v? {
-        Json::Number(n) => n.as_i64(),
-        Json::String(t) => chrono::DateTime::parse_from_rfc3339(t)
-            .ok()
-            .map(|d| d.timestamp_millis()),
-        _ => None,
-    }
-}
 
 /// One directory's contacts into `b`; returns the cursor to commit with them.
 ///
@@ -196,12 +181,10 @@ async fn contacts(
     let started = std::time::Instant::now();
     let err = |table: &str, e| SyncError::api(table, None, e);
     let stream_name = format!("contacts:{did}");
-    let cursor = ctx.cursor(&stream_name, "directory_contact").await?;
-    let loaded = cursor.is_some();
-    let mut seen = cursor.as_ref().and_then(Seen::parse);
-    if ctx.opts.full || (loaded && ctx.reload_missing("directories")) {
-        seen = None;
-    }
+    let mut seen = trusted_cursor(ctx, &stream_name, "directory_contact", "directories")
+        .await?
+        .as_ref()
+        .and_then(Seen::parse);
     // Only the id and fingerprint of each element are kept, page by page.
     let mut url = client.url(&["directories", did, "contacts"]);
     url.query_pairs_mut()
@@ -287,36 +270,30 @@ async fn contacts(
     }
 
     // What the cursor will say: every listed contact that still exists.
-    let mut next = Seen::default();
     let previous = seen.unwrap_or_default();
-    for (cid, fp) in &listed {
-        let entry = if let Some(last_modified) = read_ids.get(cid) {
-            SeenItem {
-                fingerprint: *fp,
-                read_ms: now_ms,
-                modified: *last_modified,
-            }
-        } else if let Some(old) = previous.contacts.0.get(cid).filter(|_| !due.contains(cid)) {
-            *old
-        } else {
-            // Read but gone (404): not kept; its rows are deleted below.
-            continue;
-        };
-        next.contacts.0.insert(cid.clone(), entry);
-    }
-    // The next search starts before anything this run could have missed: the newest edit it
-    // knows of, less the time this pass took and a margin for clock skew.
-    next.modified_since = next
-        .contacts
-        .0
-        .values()
-        .filter_map(|c| c.modified)
-        .max()
-        .map(|m| m - started.elapsed().as_millis() as i64 - CLOCK_MARGIN_MS);
-    next.lists = lists
-        .iter()
-        .filter_map(|l| Some((s(l, "mailingListId")?, list_stamp(l))))
-        .collect();
+    let wanted: HashSet<&str> = to_read.iter().map(String::as_str).collect();
+    let contacts = Tracked::next(
+        Some(&previous.contacts),
+        &listed,
+        &wanted,
+        &read_ids,
+        now_ms,
+    );
+    let next = Seen {
+        // The next search starts before anything this run could have missed: the newest edit
+        // it knows of, less the time this pass took and a margin for clock skew.
+        modified_since: contacts
+            .0
+            .values()
+            .filter_map(|c| c.modified)
+            .max()
+            .map(|m| m - started.elapsed().as_millis() as i64 - CLOCK_MARGIN_MS),
+        contacts,
+        lists: lists
+            .iter()
+            .filter_map(|l| Some((s(l, "mailingListId")?, list_stamp(l))))
+            .collect(),
+    };
     if !replace_all {
         // Gone from the list since the last run: the contact, its memberships and transactions.
         let gone: Vec<Value> = previous
@@ -402,7 +379,7 @@ async fn read_contacts(
     for c in &full {
         read_ids.insert(
             s(c, "contactId").unwrap_or_default(),
-            epoch_ms(c.get("lastModified")),
+            c.get("lastModified").and_then(parse_time),
         );
         let mut r = ctx.specs.row("directory_contact");
         r.put("id", c.get("contactId")).text("directory_id", did);
@@ -519,7 +496,7 @@ async fn edited_since(client: &Client, did: &str, seen: &Seen) -> Result<Vec<Str
         .iter()
         .filter_map(|h| {
             let cid = s(h, "id").or_else(|| s(h, "contactId"))?;
-            let modified = epoch_ms(h.get("lastModified"));
+            let modified = h.get("lastModified").and_then(parse_time);
             let known = seen.contacts.0.get(&cid).and_then(|c| c.modified);
             match (modified, known) {
                 (Some(m), Some(k)) if m <= k => None,

@@ -4,11 +4,11 @@
 //!
 //! Per survey, one commit: the distributions are upserted, and the history rows of those whose
 //! history is read again ([`Histories`]) are replaced; `distribution` is a soft table, so
-//! distributions not seen in this run are marked deleted at the end. The same commit replaces the survey's SMS distributions
-//! (`sms_distribution`, `sms_distribution_contact` from `/distributions/sms?surveyId=` and
-//! `/distributions/sms/{id}/history`; not soft tables).
+//! distributions not seen in this run are marked deleted at the end. The same commit replaces
+//! the survey's SMS distributions (`sms_distribution`, `sms_distribution_contact` from
+//! `/distributions/sms?surveyId=` and `/distributions/sms/{id}/history`; not soft tables).
 
-use super::tracked::{SeenItem, Tracked, fingerprint, interval_ms};
+use super::tracked::{CURSOR_VERSION, SeenItem, Tracked, fingerprint, interval_ms, trusted_cursor};
 use super::{first_call, list};
 use crate::catalog::stats_column;
 use crate::engine::{Batches, Ctx, SyncError};
@@ -141,19 +141,11 @@ struct Histories {
     interval_ms: i64,
 }
 
-const CURSOR_VERSION: u64 = 1;
-
 impl Histories {
     async fn open(ctx: &mut Ctx<'_>) -> Result<Histories, SyncError> {
-        let cursor = ctx.cursor("distributions", "distribution").await?;
-        let loaded = cursor.is_some();
-        let mut seen = cursor
-            .as_ref()
-            .filter(|c| c.get("v").and_then(Json::as_u64) == Some(CURSOR_VERSION))
-            .and_then(|c| Tracked::parse(c.get("histories")?));
-        if ctx.opts.full || (loaded && ctx.reload_missing("distributions")) {
-            seen = None;
-        }
+        let seen = trusted_cursor(ctx, "distributions", "distribution", "distributions")
+            .await?
+            .and_then(|c| Tracked::from_cursor(&c, "histories"));
         Ok(Histories {
             seen,
             next: Tracked::default(),

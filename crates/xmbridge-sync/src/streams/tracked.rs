@@ -5,9 +5,29 @@
 //!
 //! [`SyncOptions::refresh_every`]: crate::SyncOptions::refresh_every
 
+use crate::engine::{Ctx, SyncError};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+
+/// The `"v"` of the cursors holding a [`Tracked`]; another value is an older shape, and every
+/// item is read again.
+pub(crate) const CURSOR_VERSION: u64 = 1;
+
+/// The stream's committed cursor, unless this run must read everything again: `--full`, or a
+/// table of `group` had to be created although the cursor says data was loaded.
+pub(crate) async fn trusted_cursor(
+    ctx: &mut Ctx<'_>,
+    stream: &str,
+    table: &str,
+    group: &str,
+) -> Result<Option<Json>, SyncError> {
+    let cursor = ctx.cursor(stream, table).await?;
+    if ctx.opts.full || (cursor.is_some() && ctx.reload_missing(group)) {
+        return Ok(None);
+    }
+    Ok(cursor)
+}
 
 /// What an earlier run saw of one item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +70,40 @@ impl Tracked {
             );
         }
         Some(Tracked(items))
+    }
+
+    /// The [`Tracked`] under `key` of a cursor of [`CURSOR_VERSION`].
+    pub fn from_cursor(cursor: &Json, key: &str) -> Option<Tracked> {
+        if cursor.get("v").and_then(Json::as_u64) != Some(CURSOR_VERSION) {
+            return None;
+        }
+        Tracked::parse(cursor.get(key)?)
+    }
+
+    /// What the cursor says after a run: every listed item that still exists — those read now
+    /// with this run's time (and their modification time), the rest as they were seen. An item
+    /// that was to be read but was not (a 404: gone since the list was read) is left out.
+    pub fn next(
+        seen: Option<&Tracked>,
+        listed: &[(String, u64)],
+        to_read: &HashSet<&str>,
+        read: &HashMap<String, Option<i64>>,
+        now_ms: i64,
+    ) -> Tracked {
+        let mut next = HashMap::with_capacity(listed.len());
+        for (id, fp) in listed {
+            let entry = match (read.get(id), seen.and_then(|s| s.0.get(id))) {
+                (Some(modified), _) => SeenItem {
+                    fingerprint: *fp,
+                    read_ms: now_ms,
+                    modified: *modified,
+                },
+                (None, Some(old)) if !to_read.contains(id.as_str()) => *old,
+                _ => continue,
+            };
+            next.insert(id.clone(), entry);
+        }
+        Tracked(next)
     }
 
     pub fn to_json(&self) -> Json {

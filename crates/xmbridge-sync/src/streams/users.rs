@@ -3,15 +3,13 @@
 //! user is new, their list element changed, or their refresh is due (see [`super::tracked`]).
 //! Users gone upstream are marked deleted.
 
-use super::tracked::{SeenItem, Tracked, fingerprint, interval_ms};
+use super::tracked::{CURSOR_VERSION, Tracked, fingerprint, interval_ms, trusted_cursor};
 use super::{first_call, list};
 use crate::engine::{Batches, Ctx, SyncError};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use serde_json::{Value as Json, json};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use xmbridge_destinations::{Commit, MarkUnseenDeleted, Value};
-
-const CURSOR_VERSION: u64 = 1;
 
 pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
     let client = ctx.client.clone();
@@ -19,15 +17,9 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
     let Some(users) = first_call(ctx, &["user"], fix, list(&client, &["users"], &[])).await? else {
         return Ok(());
     };
-    let cursor = ctx.cursor("users", "user").await?;
-    let loaded = cursor.is_some();
-    let mut seen = cursor
-        .as_ref()
-        .filter(|c| c.get("v").and_then(Json::as_u64) == Some(CURSOR_VERSION))
-        .and_then(|c| Tracked::parse(c.get("users")?));
-    if ctx.opts.full || (loaded && ctx.reload_missing("users")) {
-        seen = None;
-    }
+    let seen = trusted_cursor(ctx, "users", "user", "users")
+        .await?
+        .and_then(|c| Tracked::from_cursor(&c, "users"));
     let listed: Vec<(String, u64)> = users
         .iter()
         .filter_map(|u| Some((u.get("id")?.as_str()?.to_string(), fingerprint(u))))
@@ -62,27 +54,12 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
         .into_iter()
         .flatten()
         .collect();
-    let read: HashSet<&str> = details
+    let read: HashMap<String, Option<i64>> = details
         .iter()
-        .filter_map(|u| u.get("id").and_then(Json::as_str))
+        .filter_map(|u| Some((u.get("id")?.as_str()?.to_string(), None)))
         .collect();
-    let mut next = Tracked::default();
-    for (id, fp) in &listed {
-        let entry = if read.contains(id.as_str()) {
-            SeenItem {
-                fingerprint: *fp,
-                read_ms: now_ms,
-                modified: None,
-            }
-        } else if let Some(old) = seen.as_ref().and_then(|s| s.0.get(id))
-            && !to_read.contains(id)
-        {
-            *old
-        } else {
-            continue;
-        };
-        next.0.insert(id.clone(), entry);
-    }
+    let wanted: HashSet<&str> = to_read.iter().map(String::as_str).collect();
+    let next = Tracked::next(seen.as_ref(), &listed, &wanted, &read, now_ms);
     // Without a cursor every user was read: whatever was not is gone. With one, only the users
     // the cursor knew and the list (or a 404) no longer shows.
     let marks: Vec<MarkUnseenDeleted> = match &seen {
