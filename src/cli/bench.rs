@@ -53,6 +53,17 @@ pub struct BenchSyncArgs {
     /// Questions in the simulated survey.
     #[arg(long, default_value_t = 30)]
     pub questions: usize,
+    /// Time a second, incremental sync after 1 % new and 0.5 % edited responses, against
+    /// loading only the changed rows.
+    #[arg(long)]
+    pub incremental: bool,
+    #[command(flatten)]
+    pub target: BenchTargetArgs,
+}
+
+/// Where a bench measures and how it prints; `bench sync` and `bench contacts` take the same.
+#[derive(Args, Debug)]
+pub struct BenchTargetArgs {
     /// Run only this destination (default: both).
     #[arg(long, value_enum)]
     pub destination: Option<BenchDest>,
@@ -68,16 +79,68 @@ pub struct BenchSyncArgs {
     /// for `xmbridge sync`.
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<std::path::PathBuf>,
-    /// Time a second, incremental sync after 1 % new and 0.5 % edited responses, against
-    /// loading only the changed rows.
-    #[arg(long)]
-    pub incremental: bool,
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
     /// Internal: measure one destination in this process and print its JSON line.
     #[arg(long, hide = true)]
     pub child: bool,
+}
+
+impl BenchTargetArgs {
+    /// The destinations to measure, in order.
+    pub(super) fn dests(&self) -> Vec<BenchDest> {
+        match self.destination {
+            Some(d) => vec![d],
+            None => vec![BenchDest::Postgres, BenchDest::Sqlite],
+        }
+    }
+
+    /// In `--child` mode: the one destination this process measures.
+    pub(super) fn child_target(&self) -> anyhow::Result<Target> {
+        let dest = self
+            .destination
+            .ok_or_else(|| anyhow!(UsageError("--child needs --destination".into())))?;
+        Ok(match dest {
+            BenchDest::Sqlite => Target::Sqlite,
+            BenchDest::Postgres => Target::Postgres(super::sync::destination_settings(
+                &self.postgres,
+                self.password_file.as_deref(),
+            )?),
+        })
+    }
+
+    /// The command line of the child of `bench <what>` that measures `d`: the bench's own
+    /// arguments (`own`), then where to measure.
+    pub(super) fn child_argv(&self, what: &str, d: BenchDest, own: &[String]) -> Vec<OsString> {
+        let mut argv: Vec<OsString> = ["bench", what, "--child", "--destination", d.name()]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        argv.extend(own.iter().map(OsString::from));
+        argv.push("--postgres".into());
+        argv.push((&self.postgres).into());
+        if let Some(f) = &self.password_file {
+            argv.push("--password-file".into());
+            argv.push(f.into());
+        }
+        argv
+    }
+}
+
+/// The kind of build, for the benches' first line (only a release build gives figures worth
+/// comparing).
+pub(super) fn build_kind() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
+
+/// Rounded to milliseconds (or thousandths) for the JSON output.
+pub(super) fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -110,26 +173,14 @@ async fn sync(args: BenchSyncArgs) -> anyhow::Result<()> {
     if args.questions == 0 {
         return Err(anyhow!(UsageError("--questions must be at least 1".into())));
     }
-    if args.child {
-        let dest = args
-            .destination
-            .ok_or_else(|| anyhow!(UsageError("--child needs --destination".into())))?;
-        let target = match dest {
-            BenchDest::Sqlite => Target::Sqlite,
-            BenchDest::Postgres => Target::Postgres(super::sync::destination_settings(
-                &args.postgres,
-                args.password_file.as_deref(),
-            )?),
-        };
+    if args.target.child {
+        let target = args.target.child_target()?;
         let m = xmbridge_bench::sync::child(size(&args), target, mode(&args)).await?;
         println!("{}", serde_json::to_string(&m)?);
         return Ok(());
     }
-    let dests = match args.destination {
-        Some(d) => vec![d],
-        None => vec![BenchDest::Postgres, BenchDest::Sqlite],
-    };
-    if !args.json {
+    let dests = args.target.dests();
+    if !args.target.json {
         println!(
             "xmbridge bench sync{}: 1 survey × {} responses × {} questions ({} build)",
             if args.incremental {
@@ -143,25 +194,21 @@ async fn sync(args: BenchSyncArgs) -> anyhow::Result<()> {
             },
             args.responses,
             args.questions,
-            if cfg!(debug_assertions) {
-                "debug"
-            } else {
-                "release"
-            }
+            build_kind()
         );
     }
     let mut results = Vec::new();
     for d in dests {
-        if !args.json {
+        if !args.target.json {
             println!("running {} …", d.name());
         }
         let m = xmbridge_bench::sync::spawn_child(child_argv(&args, d), d.name()).await?;
-        if !args.json {
+        if !args.target.json {
             print_table(d, &m);
         }
         results.push((d, m));
     }
-    if args.json {
+    if args.target.json {
         let mut obj = serde_json::Map::new();
         for (d, m) in &results {
             obj.insert(
@@ -187,10 +234,6 @@ async fn sync(args: BenchSyncArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::Value::Object(obj));
     }
     Ok(())
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 fn print_table(d: BenchDest, m: &Measure) {
@@ -265,28 +308,14 @@ fn size(args: &BenchSyncArgs) -> SurveySize {
 
 /// The command line of the child that measures `d`.
 fn child_argv(args: &BenchSyncArgs, d: BenchDest) -> Vec<OsString> {
-    let mut argv: Vec<OsString> = [
-        "bench",
-        "sync",
-        "--child",
-        "--destination",
-        d.name(),
-        "--responses",
-        &args.responses.to_string(),
-        "--questions",
-        &args.questions.to_string(),
-        "--postgres",
-        &args.postgres,
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
-    if let Some(f) = &args.password_file {
-        argv.push("--password-file".into());
-        argv.push(f.into());
-    }
+    let mut own = vec![
+        "--responses".to_string(),
+        args.responses.to_string(),
+        "--questions".to_string(),
+        args.questions.to_string(),
+    ];
     if args.incremental {
-        argv.push("--incremental".into());
+        own.push("--incremental".into());
     }
-    argv
+    args.target.child_argv("sync", d, &own)
 }

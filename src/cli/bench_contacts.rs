@@ -4,12 +4,11 @@
 //! prints.
 
 use super::UsageError;
-use super::bench::BenchDest;
+use super::bench::{BenchDest, BenchTargetArgs, build_kind, round3};
 use anyhow::anyhow;
 use clap::Args;
-use std::ffi::OsString;
 use xmbridge_bench::contacts::{CALLS_PER_DIRECTORY, ContactsMeasure};
-use xmbridge_bench::sync::{TARGET_RSS_MB, Target};
+use xmbridge_bench::sync::TARGET_RSS_MB;
 
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
@@ -26,84 +25,48 @@ pub struct BenchContactsArgs {
     /// Contacts in the simulated default directory (a second directory holds 25).
     #[arg(long, default_value_t = 100_000)]
     pub contacts: u64,
-    /// Run only this destination (default: both).
-    #[arg(long, value_enum)]
-    pub destination: Option<BenchDest>,
-    /// PostgreSQL server to use (the bench creates and drops its own database there).
-    #[arg(
-        long,
-        env = "XMBRIDGE_TEST_PG",
-        hide_env_values = true,
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    pub postgres: String,
-    /// File whose first line is the PostgreSQL password (else PGPASSWORD, else ~/.pgpass), as
-    /// for `xmbridge sync`.
-    #[arg(long, value_name = "FILE")]
-    pub password_file: Option<std::path::PathBuf>,
-    /// Print one JSON object instead of tables.
-    #[arg(long)]
-    pub json: bool,
-    /// Internal: measure one destination in this process and print its JSON line.
-    #[arg(long, hide = true)]
-    pub child: bool,
+    #[command(flatten)]
+    pub target: BenchTargetArgs,
 }
 
 pub async fn run(args: BenchContactsArgs) -> anyhow::Result<()> {
     if args.contacts == 0 {
         return Err(anyhow!(UsageError("--contacts must be at least 1".into())));
     }
-    if args.child {
-        let dest = args
-            .destination
-            .ok_or_else(|| anyhow!(UsageError("--child needs --destination".into())))?;
-        let target = match dest {
-            BenchDest::Sqlite => Target::Sqlite,
-            BenchDest::Postgres => Target::Postgres(super::sync::destination_settings(
-                &args.postgres,
-                args.password_file.as_deref(),
-            )?),
-        };
+    if args.target.child {
+        let target = args.target.child_target()?;
         let m = xmbridge_bench::contacts::child(args.contacts, target).await?;
         println!("{}", serde_json::to_string(&m)?);
         return Ok(());
     }
-    let dests = match args.destination {
-        Some(d) => vec![d],
-        None => vec![BenchDest::Postgres, BenchDest::Sqlite],
-    };
-    if !args.json {
+    if !args.target.json {
         println!(
             "xmbridge bench contacts: {} contacts in the default directory ({} build)",
             args.contacts,
-            if cfg!(debug_assertions) {
-                "debug"
-            } else {
-                "release"
-            }
+            build_kind()
         );
     }
     let mut obj = serde_json::Map::new();
-    for d in dests {
-        if !args.json {
+    for d in args.target.dests() {
+        if !args.target.json {
             println!("running {} …", d.name());
         }
-        let m: ContactsMeasure =
-            xmbridge_bench::sync::spawn_child(child_argv(&args, d), d.name()).await?;
-        if args.json {
+        let own = ["--contacts".to_string(), args.contacts.to_string()];
+        let m: ContactsMeasure = xmbridge_bench::sync::spawn_child(
+            args.target.child_argv("contacts", d, &own),
+            d.name(),
+        )
+        .await?;
+        if args.target.json {
             obj.insert(d.name().to_string(), json(&m));
         } else {
             print_table(d, &m);
         }
     }
-    if args.json {
+    if args.target.json {
         println!("{}", serde_json::Value::Object(obj));
     }
     Ok(())
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 fn json(m: &ContactsMeasure) -> serde_json::Value {
@@ -164,27 +127,4 @@ fn print_table(d: BenchDest, m: &ContactsMeasure) {
         met(m.idle_api_calls <= m.budget_calls && m.idle_sim_calls <= m.budget_calls),
         met(m.first_peak_rss_mb.max(m.idle_peak_rss_mb) < TARGET_RSS_MB)
     );
-}
-
-/// The command line of the child that measures `d`.
-fn child_argv(args: &BenchContactsArgs, d: BenchDest) -> Vec<OsString> {
-    let mut argv: Vec<OsString> = [
-        "bench",
-        "contacts",
-        "--child",
-        "--destination",
-        d.name(),
-        "--contacts",
-        &args.contacts.to_string(),
-        "--postgres",
-        &args.postgres,
-    ]
-    .iter()
-    .map(OsString::from)
-    .collect();
-    if let Some(f) = &args.password_file {
-        argv.push("--password-file".into());
-        argv.push(f.into());
-    }
-    argv
 }

@@ -7,19 +7,10 @@ use std::process::{Command, Stdio};
 
 use crate::support::BIN;
 
-fn bench(extra: &[&str]) -> Value {
-    let mut args = vec![
-        "bench",
-        "sync",
-        "--responses",
-        "300",
-        "--questions",
-        "10",
-        "--json",
-    ];
-    args.extend_from_slice(extra);
+/// Runs `xmbridge <args>`, which must succeed and print exactly one JSON object on stdout.
+fn run_json(args: &[&str]) -> Value {
     let out = Command::new(BIN)
-        .args(&args)
+        .args(args)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .output()
@@ -31,10 +22,23 @@ fn bench(extra: &[&str]) -> Value {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    // Exactly one JSON object on stdout.
     let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "stdout: {stdout}");
     serde_json::from_str(lines[0]).unwrap()
+}
+
+fn bench(extra: &[&str]) -> Value {
+    let mut args = vec![
+        "bench",
+        "sync",
+        "--responses",
+        "300",
+        "--questions",
+        "10",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    run_json(&args)
 }
 
 const KEYS: [&str; 9] = [
@@ -114,30 +118,18 @@ fn bench_sync_postgres_json() {
 /// load only their rows.
 #[test]
 fn bench_sync_incremental_json() {
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "sync",
-            "--incremental",
-            "--responses",
-            "1000",
-            "--questions",
-            "10",
-            "--destination",
-            "sqlite",
-            "--json",
-        ])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let v = run_json(&[
+        "bench",
+        "sync",
+        "--incremental",
+        "--responses",
+        "1000",
+        "--questions",
+        "10",
+        "--destination",
+        "sqlite",
+        "--json",
+    ]);
     let m = v["sqlite"].as_object().unwrap();
     let keys: Vec<&str> = m.keys().map(String::as_str).collect();
     let mut expected = KEYS.to_vec();
@@ -153,28 +145,26 @@ fn bench_sync_incremental_json() {
 /// directories → 1 + 5 + 1 + 10), counted by the client and by the simulator alike.
 #[test]
 fn bench_contacts_json() {
-    for dest in ["sqlite", "postgres"] {
-        let out = Command::new(BIN)
-            .args([
-                "bench",
-                "contacts",
-                "--contacts",
-                "450",
-                "--destination",
-                dest,
-                "--json",
-            ])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    // The bench creates and drops a database of its own on this server.
+    let server = xmbridge_test_kit::pg::server_url();
+    let mut runs = vec![("sqlite", None)];
+    if let Some(server) = &server {
+        runs.push(("postgres", Some(server.as_str())));
+    }
+    for (dest, server) in runs {
+        let mut args = vec![
+            "bench",
+            "contacts",
+            "--contacts",
+            "450",
+            "--destination",
+            dest,
+            "--json",
+        ];
+        if let Some(server) = server {
+            args.extend(["--postgres", server]);
+        }
+        let v = run_json(&args);
         let m = v[dest].as_object().unwrap();
         let keys: Vec<&str> = m.keys().map(String::as_str).collect();
         assert_eq!(

@@ -68,7 +68,12 @@ async fn sim_stats(
         .json()
         .await
         .context("cannot read the simulator's /_sim/stats")?;
-    Ok(v["calls_total"].as_u64().unwrap_or(0))
+    // A missing count must not read as zero calls: the target check compares it.
+    v["calls_total"].as_u64().ok_or_else(|| {
+        BenchError::Failed(format!(
+            "the simulator's /_sim/stats has no calls_total: {v}"
+        ))
+    })
 }
 
 /// One run, in this (child) process.
