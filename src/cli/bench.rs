@@ -9,7 +9,8 @@ use anyhow::anyhow;
 use clap::{Args, Subcommand, ValueEnum};
 use std::ffi::OsString;
 use xmbridge_bench::sync::{
-    Measure, Mode, SurveySize, TARGET_LIMIT_RATIO, TARGET_RATIO, TARGET_RSS_MB, Target,
+    Measure, Mode, SurveySize, TARGET_INCREMENTAL_LIMIT_RATIO, TARGET_LIMIT_RATIO, TARGET_RATIO,
+    TARGET_RSS_MB, Target,
 };
 
 #[derive(Args, Debug)]
@@ -229,6 +230,13 @@ async fn sync(args: BenchSyncArgs) -> anyhow::Result<()> {
                 (m.changed_responses, obj.get_mut(d.name()))
             {
                 o.insert("changed_responses".into(), serde_json::json!(n));
+                if let (Some(s), Some(rss)) = (m.first_load_s, m.first_load_peak_rss_mb) {
+                    o.insert("first_load_s".into(), serde_json::json!(round3(s)));
+                    o.insert(
+                        "first_load_peak_rss_mb".into(),
+                        serde_json::json!(round3(rss)),
+                    );
+                }
             }
         }
         println!("{}", serde_json::Value::Object(obj));
@@ -246,6 +254,11 @@ fn print_table(d: BenchDest, m: &Measure) {
     };
     let met = |ok: bool| if ok { "met" } else { "NOT met" };
     println!("{}:", d.name());
+    if let (Some(s), Some(rss)) = (m.first_load_s, m.first_load_peak_rss_mb) {
+        println!(
+            "  first load            {s:>12.2} s   (untimed by the ratios; peak RSS {rss:.1} MB)"
+        );
+    }
     if let Some(n) = m.changed_responses {
         println!("  changed responses     {n:>12}   (what the timed, incremental sync wrote)");
     }
@@ -283,11 +296,17 @@ fn print_table(d: BenchDest, m: &Measure) {
         "  limit ratio           {:>12.2}     (limit / (sync − export wait); 1.0 = at the physical limit)",
         m.limit_ratio()
     );
+    // An incremental sync's limit target is issue 14's "at most 2× its limit".
+    let limit_target = if m.changed_responses.is_some() {
+        TARGET_INCREMENTAL_LIMIT_RATIO
+    } else {
+        TARGET_LIMIT_RATIO
+    };
     println!(
-        "  target ratio ≥ {TARGET_RATIO}: {}; target limit ratio ≥ {TARGET_LIMIT_RATIO}: {}; target peak RSS < {TARGET_RSS_MB} MB: {}",
+        "  target ratio ≥ {TARGET_RATIO}: {}; target limit ratio ≥ {limit_target}: {}; target peak RSS < {TARGET_RSS_MB} MB: {}",
         met(m.ratio() >= TARGET_RATIO),
-        met(m.limit_ratio() >= TARGET_LIMIT_RATIO),
-        met(m.peak_rss_mb < TARGET_RSS_MB)
+        met(m.limit_ratio() >= limit_target),
+        met(m.peak_rss_mb.max(m.first_load_peak_rss_mb.unwrap_or(0.0)) < TARGET_RSS_MB)
     );
 }
 

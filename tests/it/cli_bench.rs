@@ -113,7 +113,8 @@ fn bench_sync_postgres_json() {
     check(&v, "postgres");
 }
 
-/// `--incremental`: the same keys plus `changed_responses`; the timed second sync writes just
+/// `--incremental`: the same keys plus `changed_responses` and the first load's time and peak
+/// RSS; the timed second sync writes just
 /// the changed responses (1 % new and 0.5 % edited of 1,000: 10 + 5), and the baseline and limit
 /// load only their rows.
 #[test]
@@ -133,10 +134,18 @@ fn bench_sync_incremental_json() {
     let m = v["sqlite"].as_object().unwrap();
     let keys: Vec<&str> = m.keys().map(String::as_str).collect();
     let mut expected = KEYS.to_vec();
-    expected.push("changed_responses");
+    expected.extend([
+        "changed_responses",
+        "first_load_s",
+        "first_load_peak_rss_mb",
+    ]);
     assert_eq!(keys, expected, "{v}");
     assert_eq!(m["changed_responses"], serde_json::json!(15), "{v}");
     assert_eq!(m["responses"], serde_json::json!(15), "{v}");
+    for key in ["first_load_s", "first_load_peak_rss_mb"] {
+        let x = m[key].as_f64().unwrap();
+        assert!(x > 0.0 && x.is_finite(), "{key}: {v}");
+    }
     figures(&v, m);
 }
 

@@ -30,6 +30,8 @@ const TABLES: [&str; 3] = [
 pub const TARGET_RATIO: f64 = 0.7;
 /// Target from issue 14: the ratio limit/(sync − export wait) at least this.
 pub const TARGET_LIMIT_RATIO: f64 = 0.85;
+/// … and for an incremental sync (issue 14 item 3: at most 2× its limit).
+pub const TARGET_INCREMENTAL_LIMIT_RATIO: f64 = 0.5;
 /// … and peak RSS below this many MB.
 pub const TARGET_RSS_MB: f64 = 250.0;
 
@@ -101,6 +103,13 @@ pub struct Measure {
     /// Incremental runs: the responses the second sync wrote (new and edited).
     #[serde(default)]
     pub changed_responses: Option<u64>,
+    /// Incremental runs: seconds of the (untimed by the ratios) first load.
+    #[serde(default)]
+    pub first_load_s: Option<f64>,
+    /// Incremental runs: the peak RSS of the first load, in MB (`peak_rss_mb` is the second
+    /// sync's, counted afresh).
+    #[serde(default)]
+    pub first_load_peak_rss_mb: Option<f64>,
 }
 
 impl Measure {
@@ -354,8 +363,11 @@ async fn measure_sync(
         ..SyncOptions::default()
     };
     let mut changed = None;
+    let mut first_load = None;
     if mode == Mode::Incremental {
+        let started = Instant::now();
         xmbridge_sync::sync(&client, dest.as_mut(), &opts, &NoProgress).await?;
+        first_load = Some((started.elapsed().as_secs_f64(), peak_rss_mb()));
         changed = Some(change_responses(&sim, &token, size.responses, reader).await?);
         reset_peak_rss();
     }
@@ -380,6 +392,8 @@ async fn measure_sync(
         limit_rows: 0,
         limit_s: 0.0,
         changed_responses: changed.as_ref().map(|_| summary.responses),
+        first_load_s: first_load.map(|f| f.0),
+        first_load_peak_rss_mb: first_load.map(|f| f.1),
     };
     Ok((measure, changed))
 }

@@ -200,6 +200,14 @@ impl TableBatch {
     }
 }
 
+/// Whether `batch` replaces whole groups of rows (its `delete_where` groups are exactly its
+/// upserts) on a table where rows that stay the same can simply be kept: not in bulk load (no key
+/// to find them by) and no soft delete (which tells the rows a sync saw by `<p>_synced`). Both
+/// SQL destinations then keep a group's unchanged rows as they are, `<p>_synced` included.
+pub(crate) fn replaces_groups(batch: &TableBatch, bulk: bool, r: &names::Resolved) -> bool {
+    !bulk && !batch.delete_where.is_empty() && !batch.upserts.is_empty() && r.deleted.is_none()
+}
+
 /// After a full read of a soft-delete table (optionally limited to rows where `scope` matches),
 /// mark every row not written by this sync (`<p>_synced` older than the commit's `synced_at_ms`)
 /// as deleted.

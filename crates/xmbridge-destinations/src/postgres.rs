@@ -16,7 +16,9 @@
 //!   `COPY` into a temporary staging table built from the spec (`ON COMMIT DROP`) and one
 //!   `INSERT … SELECT … ON CONFLICT (pk) DO UPDATE` merges them (`RETURNING xmax = 0` counts
 //!   inserts vs updates). A batch repeating a key is merged again with `DISTINCT ON` (last row
-//!   wins) inside a savepoint. Then soft deletes, then the cursors; then `COMMIT`.
+//!   wins) inside a savepoint. A batch that rewrites whole groups (deletes + upserts, no soft
+//!   delete) deletes only the groups' rows missing from the stage and updates only rows whose
+//!   values differ. Then soft deletes, then the cursors; then `COMMIT`.
 //! - A first load into an empty table drops the primary key and filter indexes, `COPY`s the rows
 //!   straight in and adds them back at `flush` (see `PostgresDestination::bulk`).
 //! - A failed write is diagnosed after the rollback: a table or column dropped or retyped by
@@ -876,27 +878,22 @@ async fn apply_batch(
 ) -> Result<(), Box<Failure>> {
     let table = format!("{}.{}", quote_ident(schema), quote_ident(&batch.table));
     let entry = stats.entry(&batch.table);
-    // Deletes first: a response about to be rewritten loses its old answer rows.
-    for (col, values) in &batch.delete_where {
-        let c = r.spec_column(col, compat)?;
-        let mut cells = Vec::with_capacity(values.len());
-        for v in values {
-            r.check_value(c, v)?;
-            if !matches!(v, Value::Null) {
-                cells.push(PgCell(v, c.ty));
-            }
+    // Rows that replace whole groups (a rewritten response's answers) on a table without soft
+    // delete: rows already there with the same values are kept as they are, and only the rest of
+    // the groups is deleted (after staging, below). Rewriting every row of an edited response
+    // cost a delete and an insert through every index per answer, most of them unchanged.
+    let replace = crate::replaces_groups(batch, bulk, r);
+    if !replace {
+        // Deletes first: a response about to be rewritten loses its old answer rows.
+        for (col, values) in &batch.delete_where {
+            let Some((sql, cells)) = group_delete(&table, r, col, values, compat, None)? else {
+                continue;
+            };
+            entry.3 += tx
+                .execute(&sql, &[&cells])
+                .await
+                .map_err(|e| failure(&batch.table, e))?;
         }
-        if cells.is_empty() {
-            continue;
-        }
-        let sql = format!(
-            "DELETE FROM {table} WHERE {} = ANY($1)",
-            quote_ident(&c.name)
-        );
-        entry.3 += tx
-            .execute(&sql, &[&cells])
-            .await
-            .map_err(|e| failure(&batch.table, e))?;
     }
     if batch.upserts.is_empty() {
         return Ok(());
@@ -907,44 +904,58 @@ async fn apply_batch(
     }
     let cols: Vec<String> = r.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let col_list = cols.join(", ");
-    let mut types: Vec<Type> = r.columns.iter().map(|c| wire_type(c.ty)).collect();
+    let types: Vec<Type> = r.columns.iter().map(|c| wire_type(c.ty)).collect();
+    // The rows the merge below takes: all of them, unless some go straight in first.
+    let mut rows: Vec<&[Value]> = batch.upserts.iter().map(Vec::as_slice).collect();
+    // When replacing: the groups whose old rows are compared (all of the batch's, unless the
+    // groups with no rows yet were split off).
+    let mut groups: Vec<(String, Vec<Value>)> = batch.delete_where.clone();
+    let direct = Direct::new(&table, r, &col_list, &types, synced);
     if batch.appends_only() {
         // New rows only: one COPY straight into the table, no staging table and no merge. A key
         // that exists after all (unique violation) rolls back to the savepoint and merges.
-        let mut target_cols = format!("{col_list}, {}", quote_ident(&r.synced));
-        let mut tail = vec![PgCell(synced, ColumnType::Timestamp)];
-        let mut direct_types = types.clone();
-        direct_types.push(Type::TIMESTAMPTZ);
-        if let Some(d) = &r.deleted {
-            target_cols.push_str(&format!(", {}", quote_ident(d)));
-            tail.push(PgCell(&Value::Bool(false), ColumnType::Bool));
-            direct_types.push(Type::BOOL);
-        }
-        let copy = format!("COPY {table} ({target_cols}) FROM STDIN (FORMAT binary)");
         if bulk {
             // No key to violate while the table is in bulk load: a repeated key is resolved
             // when the key is added back.
-            copy_rows(tx, &copy, &direct_types, &batch.upserts, &r.columns, &tail)
-                .await
-                .map_err(|e| failure(&batch.table, e))?;
-            entry.1 += batch.upserts.len() as u64;
-            return Ok(());
-        }
-        let sp = tx
-            .savepoint("xmbridge_direct")
+            copy_rows(
+                tx,
+                &direct.copy,
+                &direct.types,
+                &rows,
+                &r.columns,
+                &direct.tail,
+            )
             .await
             .map_err(|e| failure(&batch.table, e))?;
-        let copied = copy_rows(&sp, &copy, &direct_types, &batch.upserts, &r.columns, &tail).await;
-        match copied {
-            Ok(()) => {
-                sp.commit().await.map_err(|e| failure(&batch.table, e))?;
-                entry.1 += batch.upserts.len() as u64;
-                return Ok(());
+            entry.1 += rows.len() as u64;
+            return Ok(());
+        }
+        if direct
+            .copy_or_conflict(tx, &rows, r)
+            .await
+            .map_err(|e| failure(&batch.table, e))?
+        {
+            entry.1 += rows.len() as u64;
+            return Ok(());
+        }
+    } else if replace {
+        // Groups with no row in the table yet (new responses) need no comparison: their rows
+        // go straight in by COPY, and only the groups that exist are staged and merged.
+        if let Some(split) = split_new_groups(tx, &table, r, batch, compat).await? {
+            let new: Vec<&[Value]> = split.new_rows.iter().map(|&i| rows[i]).collect();
+            if new.is_empty()
+                || direct
+                    .copy_or_conflict(tx, &new, r)
+                    .await
+                    .map_err(|e| failure(&batch.table, e))?
+            {
+                entry.1 += new.len() as u64;
+                rows = split.old_rows.iter().map(|&i| rows[i]).collect();
+                groups = vec![(split.column, split.existing)];
+                if rows.is_empty() && groups[0].1.is_empty() {
+                    return Ok(());
+                }
             }
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-                sp.rollback().await.map_err(|e| failure(&batch.table, e))?;
-            }
-            Err(e) => return Err(failure(&batch.table, e)),
         }
     }
     let stage = quote_ident(&format!("xmbridge_stage_{index}"));
@@ -960,24 +971,45 @@ async fn apply_batch(
     ))
     .await
     .map_err(|e| failure(&batch.table, e))?;
-    types.truncate(r.columns.len());
     copy_rows(
         tx,
         &format!("COPY {stage} ({col_list}) FROM STDIN (FORMAT binary)"),
         &types,
-        &batch.upserts,
+        &rows,
         &r.columns,
         &[],
     )
     .await
     .map_err(|e| failure(&batch.table, e))?;
 
-    let synced_col = quote_ident(&r.synced);
     let pk_list =
         r.pk.iter()
             .map(|&i| cols[i].as_str())
             .collect::<Vec<_>>()
             .join(", ");
+    if replace {
+        // The groups' rows that the batch does not hold any more.
+        let kept: Vec<String> =
+            r.pk.iter()
+                .map(|&i| format!("s.{c} = t.{c}", c = cols[i]))
+                .collect();
+        let keep = format!(
+            "NOT EXISTS (SELECT 1 FROM {stage} s WHERE {})",
+            kept.join(" AND ")
+        );
+        for (col, values) in &groups {
+            let Some((sql, cells)) = group_delete(&table, r, col, values, compat, Some(&keep))?
+            else {
+                continue;
+            };
+            entry.3 += tx
+                .execute(&sql, &[&cells])
+                .await
+                .map_err(|e| failure(&batch.table, e))?;
+        }
+    }
+
+    let synced_col = quote_ident(&r.synced);
     let mut sets: Vec<String> = (0..cols.len())
         .filter(|i| !r.pk.contains(i))
         .map(|i| format!("{c} = EXCLUDED.{c}", c = cols[i]))
@@ -991,11 +1023,29 @@ async fn apply_batch(
         select_cols.push_str(", false");
         sets.push(format!("{d} = false"));
     }
-    let sets = sets.join(", ");
+    let mut sets = format!("DO UPDATE SET {}", sets.join(", "));
+    if replace {
+        // A row whose values are all the same stays as it is (its `<p>_synced` too).
+        let values: Vec<&String> = (0..cols.len())
+            .filter(|i| !r.pk.contains(i))
+            .map(|i| &cols[i])
+            .collect();
+        if values.is_empty() {
+            sets = "DO NOTHING".into();
+        } else {
+            let old: Vec<String> = values.iter().map(|c| format!("t.{c}")).collect();
+            let new: Vec<String> = values.iter().map(|c| format!("EXCLUDED.{c}")).collect();
+            sets.push_str(&format!(
+                " WHERE ({}) IS DISTINCT FROM ({})",
+                old.join(", "),
+                new.join(", ")
+            ));
+        }
+    }
     let merge = |source: String| -> String {
         format!(
-            "WITH m AS (INSERT INTO {table} ({target_cols}) {source} \
-             ON CONFLICT ({pk_list}) DO UPDATE SET {sets} RETURNING (xmax = 0) AS inserted) \
+            "WITH m AS (INSERT INTO {table} AS t ({target_cols}) {source} \
+             ON CONFLICT ({pk_list}) {sets} RETURNING (xmax = 0) AS inserted) \
              SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM m"
         )
     };
@@ -1036,12 +1086,167 @@ async fn apply_batch(
     Ok(())
 }
 
+/// A `COPY` straight into a table: its columns, then `<p>_synced` and `<p>_deleted`.
+struct Direct<'a> {
+    copy: String,
+    types: Vec<Type>,
+    tail: Vec<PgCell<'a>>,
+}
+
+impl<'a> Direct<'a> {
+    fn new(table: &str, r: &Resolved, col_list: &str, types: &[Type], synced: &'a Value) -> Self {
+        let mut target_cols = format!("{col_list}, {}", quote_ident(&r.synced));
+        let mut tail = vec![PgCell(synced, ColumnType::Timestamp)];
+        let mut types = types.to_vec();
+        types.push(Type::TIMESTAMPTZ);
+        if let Some(d) = &r.deleted {
+            target_cols.push_str(&format!(", {}", quote_ident(d)));
+            tail.push(PgCell(&Value::Bool(false), ColumnType::Bool));
+            types.push(Type::BOOL);
+        }
+        Direct {
+            copy: format!("COPY {table} ({target_cols}) FROM STDIN (FORMAT binary)"),
+            types,
+            tail,
+        }
+    }
+
+    /// Copies `rows` in under a savepoint; `false` (rolled back, nothing written) when a key
+    /// exists after all, so that the caller merges them instead.
+    async fn copy_or_conflict(
+        &self,
+        tx: &mut tokio_postgres::Transaction<'_>,
+        rows: &[&[Value]],
+        r: &Resolved,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let sp = tx.savepoint("xmbridge_direct").await?;
+        match copy_rows(&sp, &self.copy, &self.types, rows, &r.columns, &self.tail).await {
+            Ok(()) => {
+                sp.commit().await?;
+                Ok(true)
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                sp.rollback().await?;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A replacing batch split by whether its group already has rows in the table.
+struct Split {
+    column: String,
+    /// The batch's groups that have rows in the table.
+    existing: Vec<Value>,
+    /// Positions in `batch.upserts` of rows of groups with no rows yet.
+    new_rows: Vec<usize>,
+    /// Positions of the other rows.
+    old_rows: Vec<usize>,
+}
+
+/// For a batch that replaces groups of one text column: which of its groups have rows in the
+/// table already (one index probe per group). `None` when the batch does not have that shape.
+async fn split_new_groups(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    r: &Resolved,
+    batch: &TableBatch,
+    compat: Compat,
+) -> Result<Option<Split>, Box<Failure>> {
+    let [(col, values)] = batch.delete_where.as_slice() else {
+        return Ok(None);
+    };
+    let c = r.spec_column(col, compat)?;
+    let Some(at) = r.columns.iter().position(|x| x.name == c.name) else {
+        return Ok(None);
+    };
+    if c.ty != ColumnType::Text {
+        return Ok(None);
+    }
+    let mut cells = Vec::with_capacity(values.len());
+    for v in values {
+        r.check_value(c, v)?;
+        if !matches!(v, Value::Null) {
+            cells.push(PgCell(v, c.ty));
+        }
+    }
+    let sql = format!(
+        "SELECT v FROM unnest($1::text[]) AS v WHERE EXISTS (SELECT 1 FROM {table} t WHERE t.{} = v)",
+        quote_ident(&c.name)
+    );
+    let found = tx
+        .query(&sql, &[&cells])
+        .await
+        .map_err(|e| failure(&batch.table, e))?;
+    let mut existing = HashSet::with_capacity(found.len());
+    for row in &found {
+        let v: String = row.try_get(0).map_err(|e| failure(&batch.table, e))?;
+        existing.insert(v);
+    }
+    let asked: HashSet<&str> = values
+        .iter()
+        .filter_map(|v| match v {
+            Value::Text(s) => Some(s.as_str()),
+            _ => None,
+        })
+        .collect();
+    let (mut new_rows, mut old_rows) = (Vec::new(), Vec::new());
+    for (i, row) in batch.upserts.iter().enumerate() {
+        match row.get(at) {
+            // A row of a group the batch replaces that has no rows yet.
+            Some(Value::Text(g)) if asked.contains(g.as_str()) && !existing.contains(g) => {
+                new_rows.push(i)
+            }
+            _ => old_rows.push(i),
+        }
+    }
+    Ok(Some(Split {
+        column: col.clone(),
+        existing: existing.into_iter().map(Value::Text).collect(),
+        new_rows,
+        old_rows,
+    }))
+}
+
+/// The `DELETE` of the rows whose `col` is one of `values` (and, with `keep`, that condition is
+/// false), with its one array parameter; `None` when there is nothing to delete.
+fn group_delete<'v>(
+    table: &str,
+    r: &Resolved,
+    col: &str,
+    values: &'v [Value],
+    compat: Compat,
+    keep: Option<&str>,
+) -> Result<Option<(String, Vec<PgCell<'v>>)>, Box<Failure>> {
+    let c = r.spec_column(col, compat)?;
+    let mut cells = Vec::with_capacity(values.len());
+    for v in values {
+        r.check_value(c, v)?;
+        if !matches!(v, Value::Null) {
+            cells.push(PgCell(v, c.ty));
+        }
+    }
+    if cells.is_empty() {
+        return Ok(None);
+    }
+    let mut sql = format!(
+        "DELETE FROM {table} AS t WHERE t.{} = ANY($1)",
+        quote_ident(&c.name)
+    );
+    if let Some(keep) = keep {
+        sql.push_str(" AND ");
+        sql.push_str(keep);
+    }
+    Ok(Some((sql, cells)))
+}
+
 /// Sends `rows` (each followed by the `tail` cells) through one binary `COPY … FROM STDIN`.
 async fn copy_rows(
     tx: &tokio_postgres::Transaction<'_>,
     copy: &str,
     types: &[Type],
-    rows: &[Vec<Value>],
+    rows: &[&[Value]],
     cols: &[crate::Column],
     tail: &[PgCell<'_>],
 ) -> Result<(), tokio_postgres::Error> {

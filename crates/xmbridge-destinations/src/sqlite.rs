@@ -16,7 +16,9 @@
 //!   group transaction (see [`GROUP_ROWS`]), cursors
 //!   upserted in the same transaction. Upserts are `INSERT … ON CONFLICT (pk) DO NOTHING`
 //!   followed, when nothing was inserted, by `UPDATE … WHERE pk`, both `prepare_cached`: exact
-//!   inserted/updated counts for the price of one statement per new row.
+//!   inserted/updated counts for the price of one statement per new row. A batch that rewrites
+//!   whole groups (deletes + upserts, no soft delete) deletes only the groups' rows whose keys it
+//!   no longer holds and updates only rows whose values differ (`IS NOT`).
 //! - The key is a unique index `<table>__pkey`, not a `PRIMARY KEY` constraint, so that a first
 //!   load into an empty table can append without it and build it at the end (see `Indexes`).
 //! - Double-quoted string literals are switched off (`SQLITE_DBCONFIG_DQS_*`), so a quoted
@@ -930,7 +932,31 @@ fn apply_batch(
     let table = quote_ident(&r.display);
     let fail = || at(&batch.table);
     let entry = stats.entry(&batch.table);
-    // Deletes first: a response about to be rewritten loses its old answer rows.
+    let n = r.columns.len();
+    let cols: Vec<String> = r.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let pk: Vec<String> = r.pk.iter().map(|&i| cols[i].clone()).collect();
+    // Rows that replace whole groups (a rewritten response's answers) on a table without soft
+    // delete: rows that stay the same are kept as they are, as on PostgreSQL.
+    let replace = crate::replaces_groups(batch, bulk, r);
+    // The keys of the batch's rows as stored, to tell a group's rows the batch no longer holds.
+    let keep: HashSet<Vec<u8>> = if replace {
+        let mut keep = HashSet::with_capacity(batch.upserts.len());
+        for row in &batch.upserts {
+            let mut key = Vec::new();
+            for &i in &r.pk {
+                let cell = row.get(i).map(Cell).unwrap_or(Cell(&Value::Null));
+                let out = cell.to_sql().map_err(fail())?;
+                push_key(&mut key, stored(&out));
+            }
+            keep.insert(key);
+        }
+        keep
+    } else {
+        HashSet::new()
+    };
+    // Deletes first: a response about to be rewritten loses its old answer rows (when replacing,
+    // only those the batch does not hold again; should a key read back differ from the batch's
+    // encoding, the row is deleted and then written again, never lost).
     for (col, values) in &batch.delete_where {
         let c = r.spec_column(col, compat)?;
         let mut st = tx
@@ -939,20 +965,55 @@ fn apply_batch(
                 quote_ident(&c.name)
             ))
             .map_err(fail())?;
+        let mut keys = tx
+            .prepare_cached(&format!(
+                "SELECT {} FROM {table} WHERE {} = ?1",
+                pk.join(", "),
+                quote_ident(&c.name)
+            ))
+            .map_err(fail())?;
+        let by_key = pk
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{k} IS ?{}", i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let mut one = tx
+            .prepare_cached(&format!("DELETE FROM {table} WHERE {by_key}"))
+            .map_err(fail())?;
         for v in values {
             r.check_value(c, v)?;
             if matches!(v, Value::Null) {
                 continue;
             }
-            entry.3 += st.execute([Cell(v)]).map_err(fail())? as u64;
+            if !replace {
+                entry.3 += st.execute([Cell(v)]).map_err(fail())? as u64;
+                continue;
+            }
+            let mut stale: Vec<Vec<rusqlite::types::Value>> = Vec::new();
+            let mut rows = keys.query([Cell(v)]).map_err(fail())?;
+            while let Some(row) = rows.next().map_err(fail())? {
+                let mut key = Vec::new();
+                let mut values = Vec::with_capacity(pk.len());
+                for i in 0..pk.len() {
+                    push_key(&mut key, row.get_ref(i).map_err(fail())?);
+                    values.push(row.get::<_, rusqlite::types::Value>(i).map_err(fail())?);
+                }
+                if !keep.contains(&key) {
+                    stale.push(values);
+                }
+            }
+            drop(rows);
+            for key in stale {
+                entry.3 += one
+                    .execute(rusqlite::params_from_iter(key))
+                    .map_err(fail())? as u64;
+            }
         }
     }
     if batch.upserts.is_empty() {
         return Ok(());
     }
-    let n = r.columns.len();
-    let cols: Vec<String> = r.columns.iter().map(|c| quote_ident(&c.name)).collect();
-    let pk: Vec<String> = r.pk.iter().map(|&i| cols[i].clone()).collect();
     let synced_col = quote_ident(&r.synced);
     let mut insert_cols = cols.join(", ");
     let mut insert_vals: String = (1..=n + 1)
@@ -983,11 +1044,27 @@ fn apply_batch(
         r.pk.iter()
             .map(|&i| format!("{} = ?{}", cols[i], i + 1))
             .collect();
-    let update = format!(
+    let mut update = format!(
         "UPDATE {table} SET {} WHERE {}",
         sets.join(", "),
         wheres.join(" AND ")
     );
+    if replace {
+        // A row whose values are all the same stays as it is (its `<p>_synced` too).
+        let (old, new): (Vec<String>, Vec<String>) = (0..n)
+            .filter(|i| !r.pk.contains(i))
+            .map(|i| (cols[i].clone(), format!("?{}", i + 1)))
+            .unzip();
+        if old.is_empty() {
+            update.push_str(" AND false");
+        } else {
+            update.push_str(&format!(
+                " AND ({}) IS NOT ({})",
+                old.join(", "),
+                new.join(", ")
+            ));
+        }
+    }
     let mut ins = tx.prepare_cached(&insert).map_err(fail())?;
     let mut upd = tx.prepare_cached(&update).map_err(fail())?;
     for row in &batch.upserts {
@@ -1003,11 +1080,45 @@ fn apply_batch(
                 upd.raw_bind_parameter(i + 1, Cell(v)).map_err(fail())?;
             }
             upd.raw_bind_parameter(n + 1, synced).map_err(fail())?;
-            upd.raw_execute().map_err(fail())?;
-            entry.2 += 1;
+            entry.2 += upd.raw_execute().map_err(fail())? as u64;
         }
     }
     Ok(())
+}
+
+/// A cell as SQLite stores it (an owned conversion borrowed back).
+fn stored<'a>(out: &'a ToSqlOutput<'a>) -> ValueRef<'a> {
+    match out {
+        ToSqlOutput::Borrowed(v) => *v,
+        ToSqlOutput::Owned(v) => ValueRef::from(v),
+        // `Cell` produces only the two above.
+        _ => ValueRef::Null,
+    }
+}
+
+/// Appends one key cell, tagged by storage class and length-prefixed, so that two different
+/// keys never encode alike.
+fn push_key(out: &mut Vec<u8>, cell: ValueRef<'_>) {
+    match cell {
+        ValueRef::Null => out.push(0),
+        ValueRef::Integer(i) => {
+            out.push(1);
+            out.extend_from_slice(&i.to_le_bytes());
+        }
+        ValueRef::Real(f) => {
+            out.push(2);
+            out.extend_from_slice(&f.to_bits().to_le_bytes());
+        }
+        ValueRef::Text(b) | ValueRef::Blob(b) => {
+            out.push(if matches!(cell, ValueRef::Text(_)) {
+                3
+            } else {
+                4
+            });
+            out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+            out.extend_from_slice(b);
+        }
+    }
 }
 
 /// Whether `table` has a `PRIMARY KEY` constraint (tables made before the key became a unique

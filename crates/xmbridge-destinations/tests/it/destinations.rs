@@ -433,6 +433,154 @@ async fn delete_where(mut h: H) {
     assert_eq!(ids, ["a2", "b"]);
 }
 
+/// A batch that replaces whole groups (`delete_where` + its upserts: a rewritten response's
+/// answers) on a table without soft delete keeps the rows that stay the same as they are, its
+/// `<p>_synced` included: only changed rows are written, rows the batch no longer holds deleted.
+async fn replace_keeps_unchanged_rows(mut h: H) {
+    let spec = TableSpec {
+        soft_delete: false,
+        ..item_spec()
+    };
+    h.dest.ensure_tables(&[spec]).await.unwrap();
+    h.commit(commit_of(
+        T0,
+        vec![upserts(
+            "item",
+            vec![
+                item("a", "s1", "A", 1),
+                item("b", "s1", "B", 2),
+                item("c", "s2", "C", 3),
+            ],
+        )],
+    ))
+    .await
+    .unwrap();
+    let replace = |rows: Vec<Vec<Value>>| TableBatch {
+        table: "item".into(),
+        upserts: rows,
+        fresh: false,
+        delete_where: vec![("survey_id".into(), vec![Value::Text("s1".into())])],
+    };
+    // a unchanged, b changed, d new.
+    let s = h
+        .commit(commit_of(
+            T0 + 1,
+            vec![replace(vec![
+                item("a", "s1", "A", 1),
+                item("b", "s1", "B2", 2),
+                item("d", "s1", "D", 4),
+            ])],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stat(&s, "item"), (1, 1, 0), "inserted, updated, deleted");
+    let sql = format!(
+        "SELECT id, name, {} FROM {} ORDER BY id",
+        h.txt(&h.p("_synced"), ColumnType::Timestamp),
+        h.t("item")
+    );
+    let got = |rows: Vec<Vec<Option<String>>>| -> Vec<(String, String, String)> {
+        rows.into_iter()
+            .map(|r| {
+                let mut r = r.into_iter().map(Option::unwrap_or_default);
+                let mut next = || r.next().unwrap_or_default();
+                (next(), next(), next())
+            })
+            .collect()
+    };
+    let t = |id: &str, name: &str, at: i64| (id.to_string(), name.to_string(), iso_millis(at));
+    assert_eq!(
+        got(h.rows(&sql).await),
+        vec![
+            t("a", "A", T0),
+            t("b", "B2", T0 + 1),
+            t("c", "C", T0),
+            t("d", "D", T0 + 1),
+        ]
+    );
+    // The group shrinks to a: b and d go, c (another group) stays.
+    let s = h
+        .commit(commit_of(
+            T0 + 2,
+            vec![replace(vec![item("a", "s1", "A", 1)])],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stat(&s, "item"), (0, 0, 2), "inserted, updated, deleted");
+    assert_eq!(
+        got(h.rows(&sql).await),
+        vec![t("a", "A", T0), t("c", "C", T0)]
+    );
+    // A value set to NULL is a change too.
+    let s = h
+        .commit(commit_of(
+            T0 + 3,
+            vec![replace(vec![vec![
+                Value::Text("a".into()),
+                Value::Text("s1".into()),
+                Value::Null,
+                Value::Int(1),
+            ]])],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stat(&s, "item"), (0, 1, 0), "inserted, updated, deleted");
+    assert_eq!(
+        got(h.rows(&sql).await),
+        vec![t("a", "", T0 + 3), t("c", "C", T0)]
+    );
+    // Groups with no rows yet (new responses) go straight in; one of their keys that exists
+    // after all (c, in group s2) is merged, not doubled or lost.
+    let groups = |ids: &[&str]| ids.iter().map(|g| Value::Text(g.to_string())).collect();
+    let s = h
+        .commit(commit_of(
+            T0 + 4,
+            vec![TableBatch {
+                table: "item".into(),
+                upserts: vec![item("e", "s3", "E", 5), item("f", "s4", "F", 6)],
+                fresh: false,
+                delete_where: vec![("survey_id".into(), groups(&["s3", "s4"]))],
+            }],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stat(&s, "item"), (2, 0, 0), "inserted, updated, deleted");
+    let s = h
+        .commit(commit_of(
+            T0 + 5,
+            vec![TableBatch {
+                table: "item".into(),
+                upserts: vec![item("g", "s5", "G", 7), item("c", "s5", "C", 3)],
+                fresh: false,
+                delete_where: vec![("survey_id".into(), groups(&["s5"]))],
+            }],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stat(&s, "item"), (1, 1, 0), "inserted, updated, deleted");
+    let rows = h
+        .rows(&format!(
+            "SELECT id, survey_id FROM {} ORDER BY id",
+            h.t("item")
+        ))
+        .await;
+    let pairs: Vec<(String, String)> = rows
+        .into_iter()
+        .map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap()))
+        .collect();
+    let p = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        pairs,
+        vec![
+            p("a", "s1"),
+            p("c", "s5"),
+            p("e", "s3"),
+            p("f", "s4"),
+            p("g", "s5")
+        ]
+    );
+}
+
 /// `keys`: distinct values of a text column, filtered by equal columns (the sync's reconcile).
 async fn keys(mut h: H) {
     h.dest.ensure_tables(&[item_spec()]).await.unwrap();
@@ -1359,6 +1507,7 @@ both!(create_catalog);
 both!(upsert_counts);
 both!(fresh_batches);
 both!(delete_where);
+both!(replace_keeps_unchanged_rows);
 both!(keys);
 both!(mark_unseen_with_scope);
 both!(cursor_round_trip_and_atomicity);

@@ -13,8 +13,9 @@
 //! write `{"continuationToken": <the old token>, "complete": false}`. If the run dies in between,
 //! the next run exports again from the old token and re-applies the same rows: every table is an
 //! upsert by primary key (`<p>_id` is a hash of the cell's identity), and a rewritten response's
-//! answer and embedded-data rows are deleted in the same commit before its new rows are written,
-//! so nothing is doubled and edits leave no stale answers. The deletes are skipped while a
+//! answer and embedded-data rows are replaced in the same commit (`delete_where` + upserts; the
+//! destination keeps the rows that did not change), so nothing is doubled and edits leave no
+//! stale answers. The deletes are skipped while a
 //! survey has no cursor at all (nothing of it was ever committed), which keeps the first load a
 //! pure insert.
 //!
