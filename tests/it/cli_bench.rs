@@ -78,10 +78,7 @@ fn figures(v: &Value, m: &serde_json::Map<String, Value>) {
     assert!(sync_s > 0.0 && sync_s < 600.0, "{v}");
     assert!(baseline_s > 0.0 && baseline_s < 600.0, "{v}");
     assert!(ratio > 0.0 && ratio.is_finite(), "{v}");
-    assert!(
-        (ratio - baseline_s / sync_s).abs() < 0.05 * ratio + 0.01,
-        "{v}"
-    );
+    assert!(consistent(ratio, baseline_s, sync_s), "{v}");
     assert!(rss > 1.0 && rss < 100_000.0, "{v}");
     // The export wait is part of the sync; the limit is measured in the same run, and its ratio
     // is against the rest of the sync.
@@ -91,10 +88,20 @@ fn figures(v: &Value, m: &serde_json::Map<String, Value>) {
     assert!(export_s >= 0.0 && export_s < sync_s, "{v}");
     assert!(limit_s > 0.0 && limit_s < 600.0, "{v}");
     assert!(limit_ratio > 0.0 && limit_ratio.is_finite(), "{v}");
-    assert!(
-        (limit_ratio - limit_s / (sync_s - export_s)).abs() < 0.05 * limit_ratio + 0.01,
-        "{v}"
+    assert!(consistent(limit_ratio, limit_s, sync_s - export_s), "{v}");
+}
+
+/// Whether `ratio` is `num / den` computed before the three were rounded to 3 decimals: a
+/// small run's figures are a few milliseconds, where rounding alone moves the quotient by a
+/// quarter (limit 0.002 s against 0.022 s printed 0.074, where the rounded figures give 0.091).
+fn consistent(ratio: f64, num: f64, den: f64) -> bool {
+    // `den` may be a difference of two rounded figures: up to 0.001 off.
+    let (lo, hi) = (
+        (num - 0.0005).max(0.0) / (den + 0.001),
+        (num + 0.0005) / (den - 0.001).max(1e-9),
     );
+    // The ratio itself was rounded too.
+    ratio >= lo * 0.95 - 0.0005 && ratio <= hi * 1.05 + 0.0005
 }
 
 #[test]
