@@ -909,7 +909,7 @@ async fn apply_batch(
     let mut rows: Vec<&[Value]> = batch.upserts.iter().map(Vec::as_slice).collect();
     // When replacing: the groups whose old rows are compared (all of the batch's, unless the
     // groups with no rows yet were split off).
-    let mut groups: Vec<(String, Vec<Value>)> = batch.delete_where.clone();
+    let mut groups = std::borrow::Cow::Borrowed(batch.delete_where.as_slice());
     let direct = Direct::new(&table, r, &col_list, &types, synced);
     if batch.appends_only() {
         // New rows only: one COPY straight into the table, no staging table and no merge. A key
@@ -951,10 +951,10 @@ async fn apply_batch(
             {
                 entry.1 += new.len() as u64;
                 rows = split.old_rows.iter().map(|&i| rows[i]).collect();
-                groups = vec![(split.column, split.existing)];
-                if rows.is_empty() && groups[0].1.is_empty() {
+                if rows.is_empty() && split.existing.is_empty() {
                     return Ok(());
                 }
+                groups = std::borrow::Cow::Owned(vec![(split.column, split.existing)]);
             }
         }
     }
@@ -997,7 +997,7 @@ async fn apply_batch(
             "NOT EXISTS (SELECT 1 FROM {stage} s WHERE {})",
             kept.join(" AND ")
         );
-        for (col, values) in &groups {
+        for (col, values) in groups.iter() {
             let Some((sql, cells)) = group_delete(&table, r, col, values, compat, Some(&keep))?
             else {
                 continue;
@@ -1164,13 +1164,7 @@ async fn split_new_groups(
     if c.ty != ColumnType::Text {
         return Ok(None);
     }
-    let mut cells = Vec::with_capacity(values.len());
-    for v in values {
-        r.check_value(c, v)?;
-        if !matches!(v, Value::Null) {
-            cells.push(PgCell(v, c.ty));
-        }
-    }
+    let cells = group_cells(r, c, values)?;
     let sql = format!(
         "SELECT v FROM unnest($1::text[]) AS v WHERE EXISTS (SELECT 1 FROM {table} t WHERE t.{} = v)",
         quote_ident(&c.name)
@@ -1220,13 +1214,7 @@ fn group_delete<'v>(
     keep: Option<&str>,
 ) -> Result<Option<(String, Vec<PgCell<'v>>)>, Box<Failure>> {
     let c = r.spec_column(col, compat)?;
-    let mut cells = Vec::with_capacity(values.len());
-    for v in values {
-        r.check_value(c, v)?;
-        if !matches!(v, Value::Null) {
-            cells.push(PgCell(v, c.ty));
-        }
-    }
+    let cells = group_cells(r, c, values)?;
     if cells.is_empty() {
         return Ok(None);
     }
@@ -1239,6 +1227,23 @@ fn group_delete<'v>(
         sql.push_str(keep);
     }
     Ok(Some((sql, cells)))
+}
+
+/// The group values of column `c` as one array parameter (checked against its type; NULL
+/// matches no row, so it is left out).
+fn group_cells<'v>(
+    r: &Resolved,
+    c: &crate::Column,
+    values: &'v [Value],
+) -> Result<Vec<PgCell<'v>>, Box<Failure>> {
+    let mut cells = Vec::with_capacity(values.len());
+    for v in values {
+        r.check_value(c, v)?;
+        if !matches!(v, Value::Null) {
+            cells.push(PgCell(v, c.ty));
+        }
+    }
+    Ok(cells)
 }
 
 /// Sends `rows` (each followed by the `tail` cells) through one binary `COPY … FROM STDIN`.

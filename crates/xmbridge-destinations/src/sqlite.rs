@@ -959,17 +959,28 @@ fn apply_batch(
     // encoding, the row is deleted and then written again, never lost).
     for (col, values) in &batch.delete_where {
         let c = r.spec_column(col, compat)?;
-        let mut st = tx
-            .prepare_cached(&format!(
-                "DELETE FROM {table} WHERE {} = ?1",
-                quote_ident(&c.name)
-            ))
-            .map_err(fail())?;
+        let name = quote_ident(&c.name);
+        // NULL matches no row.
+        let mut groups = Vec::with_capacity(values.len());
+        for v in values {
+            r.check_value(c, v)?;
+            if !matches!(v, Value::Null) {
+                groups.push(Cell(v));
+            }
+        }
+        if !replace {
+            let mut st = tx
+                .prepare_cached(&format!("DELETE FROM {table} WHERE {name} = ?1"))
+                .map_err(fail())?;
+            for g in &groups {
+                entry.3 += st.execute([g]).map_err(fail())? as u64;
+            }
+            continue;
+        }
         let mut keys = tx
             .prepare_cached(&format!(
-                "SELECT {} FROM {table} WHERE {} = ?1",
-                pk.join(", "),
-                quote_ident(&c.name)
+                "SELECT {} FROM {table} WHERE {name} = ?1",
+                pk.join(", ")
             ))
             .map_err(fail())?;
         let by_key = pk
@@ -981,17 +992,9 @@ fn apply_batch(
         let mut one = tx
             .prepare_cached(&format!("DELETE FROM {table} WHERE {by_key}"))
             .map_err(fail())?;
-        for v in values {
-            r.check_value(c, v)?;
-            if matches!(v, Value::Null) {
-                continue;
-            }
-            if !replace {
-                entry.3 += st.execute([Cell(v)]).map_err(fail())? as u64;
-                continue;
-            }
+        for g in &groups {
             let mut stale: Vec<Vec<rusqlite::types::Value>> = Vec::new();
-            let mut rows = keys.query([Cell(v)]).map_err(fail())?;
+            let mut rows = keys.query([g]).map_err(fail())?;
             while let Some(row) = rows.next().map_err(fail())? {
                 let mut key = Vec::new();
                 let mut values = Vec::with_capacity(pk.len());
