@@ -226,6 +226,11 @@ async fn sync(args: BenchSyncArgs) -> anyhow::Result<()> {
                     "limit_ratio": round3(m.limit_ratio()),
                 }),
             );
+            if let (Some(done), Some(serde_json::Value::Object(o))) =
+                (m.checkpointed, obj.get_mut(d.name()))
+            {
+                o.insert("checkpointed".into(), serde_json::json!(done));
+            }
             if let (Some(n), Some(serde_json::Value::Object(o))) =
                 (m.changed_responses, obj.get_mut(d.name()))
             {
@@ -296,6 +301,15 @@ fn print_table(d: BenchDest, m: &Measure) {
         "  limit ratio           {:>12.2}     (limit / (sync − export wait); 1.0 = at the physical limit)",
         m.limit_ratio()
     );
+    match m.checkpointed {
+        Some(true) => println!(
+            "  checkpoints           each timed phase (sync, baseline, limit) started after a CHECKPOINT"
+        ),
+        Some(false) => println!(
+            "  checkpoints           NOT written (the role may not run CHECKPOINT): a phase may pay for the one before; the figures move more between runs"
+        ),
+        None => {}
+    }
     // An incremental sync's limit target is issue 14's "at most 2× its limit".
     let limit_target = if m.changed_responses.is_some() {
         TARGET_INCREMENTAL_LIMIT_RATIO

@@ -110,6 +110,12 @@ pub struct Measure {
     /// sync's, counted afresh).
     #[serde(default)]
     pub first_load_peak_rss_mb: Option<f64>,
+    /// PostgreSQL: whether the server wrote a checkpoint before each timed phase (the sync, the
+    /// baseline, the limit), so that none paid for the dirty pages and WAL of the one before.
+    /// `false` when the role may not run `CHECKPOINT` (superuser or `pg_checkpoint`): the
+    /// figures then move more between runs. `None` for SQLite.
+    #[serde(default)]
+    pub checkpointed: Option<bool>,
 }
 
 impl Measure {
@@ -194,7 +200,7 @@ pub async fn child(size: SurveySize, target: Target, mode: Mode) -> Result<Measu
             let url = format!("sqlite:{}", db.display());
             let settings = DestinationSettings::from_parts(&url, None)?;
             let reader = Reader::Sqlite(db.clone());
-            let (mut m, changed) = measure_sync(size, &settings, mode, &reader).await?;
+            let (mut m, changed) = measure_sync(size, &settings, mode, &reader, None).await?;
             let path = db.clone();
             let (baseline, limit) =
                 tokio::task::spawn_blocking(move || sqlite_baselines(&path, changed.as_deref()))
@@ -207,11 +213,21 @@ pub async fn child(size: SurveySize, target: Target, mode: Mode) -> Result<Measu
         Target::Postgres(server) => {
             let db = PgDatabase::create(&server).await?;
             let result = async {
+                // The same password and TLS as the sync's session, so the ratios compare like
+                // with like.
+                let c = xmbridge_destinations::postgres::connect(&db.settings)
+                    .await
+                    .context("cannot connect to the bench database")?
+                    .client;
                 let reader = Reader::Postgres(db.settings.clone());
-                let (mut m, changed) = measure_sync(size, &db.settings, mode, &reader).await?;
-                let (baseline, limit) = pg_baselines(&db.settings, changed.as_deref()).await?;
+                let (mut m, changed) =
+                    measure_sync(size, &db.settings, mode, &reader, Some(&c)).await?;
+                let (baseline, limit, checkpointed) = pg_baselines(&c, changed.as_deref()).await?;
                 (m.baseline_rows, m.baseline_s) = baseline;
                 (m.limit_rows, m.limit_s) = limit;
+                m.checkpointed = m
+                    .checkpointed
+                    .map(|before_sync| before_sync && checkpointed);
                 Ok(m)
             }
             .await;
@@ -340,11 +356,14 @@ impl Drop for SimProcess {
 /// Starts the simulator, syncs the response tables into `settings` and times it; in
 /// [`Mode::Incremental`], changes responses in the simulator after that first sync and times a
 /// second one. Returns the measure and, for an incremental run, the ids of the changed responses.
+/// Syncs into `settings` and times it; `pg` (PostgreSQL) writes a checkpoint right before the
+/// timed sync.
 async fn measure_sync(
     size: SurveySize,
     settings: &DestinationSettings,
     mode: Mode,
     reader: &Reader,
+    pg: Option<&tokio_postgres::Client>,
 ) -> Result<(Measure, Option<Vec<String>>)> {
     let token = SimConfig::default().admin_token();
     let sim = SimProcess::start(size, &token).await?;
@@ -371,6 +390,10 @@ async fn measure_sync(
         changed = Some(change_responses(&sim, &token, size.responses, reader).await?);
         reset_peak_rss();
     }
+    let checkpointed = match pg {
+        Some(c) => Some(checkpoint(c).await),
+        None => None,
+    };
     let calls_before = client.api_calls();
     let wait_before = client.export_wait();
     let started = Instant::now();
@@ -394,6 +417,7 @@ async fn measure_sync(
         changed_responses: changed.as_ref().map(|_| summary.responses),
         first_load_s: first_load.map(|f| f.0),
         first_load_peak_rss_mb: first_load.map(|f| f.1),
+        checkpointed,
     };
     Ok((measure, changed))
 }
@@ -738,35 +762,10 @@ impl<'a> tokio_postgres::types::FromSql<'a> for RawIn<'a> {
     }
 }
 
-/// Binary wire bytes written back unchanged (they came from a column of the same type).
-#[derive(Debug)]
-struct RawOut<'a>(Option<&'a [u8]>);
-
-impl tokio_postgres::types::ToSql for RawOut<'_> {
-    fn to_sql(
-        &self,
-        _: &tokio_postgres::types::Type,
-        out: &mut bytes::BytesMut,
-    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match self.0 {
-            None => Ok(tokio_postgres::types::IsNull::Yes),
-            Some(b) => {
-                out.extend_from_slice(b);
-                Ok(tokio_postgres::types::IsNull::No)
-            }
-        }
-    }
-    fn accepts(_: &tokio_postgres::types::Type) -> bool {
-        true
-    }
-    tokio_postgres::types::to_sql_checked!();
-}
-
-/// One synced PostgreSQL table in memory: its name, column types and names, its rows, and the
+/// One synced PostgreSQL table in memory: its name, column names, its rows, and the
 /// key and indexes the sync built on it.
 struct PgTable {
     name: &'static str,
-    types: Vec<tokio_postgres::types::Type>,
     columns: Vec<String>,
     cells: Cells,
     primary_key: Option<String>,
@@ -777,16 +776,21 @@ struct PgTable {
 /// the baseline (into tables `LIKE` the synced ones, indexes included) and the limit (into
 /// tables without indexes or key, then the same key and indexes built). Returns (rows, seconds)
 /// of each.
+/// Writes a checkpoint, so that the timed phase after it starts from the same server state as
+/// the others (no dirty pages or WAL of the phase before to flush on its time). `false` when
+/// the server refuses (the role is neither superuser nor `pg_checkpoint`): the output says so
+/// next to the figures.
+async fn checkpoint(c: &tokio_postgres::Client) -> bool {
+    c.batch_execute("CHECKPOINT").await.is_ok()
+}
+
+/// Reads the synced rows back and times the baseline and the limit, each after a checkpoint;
+/// the last value says whether both checkpoints were written.
 async fn pg_baselines(
-    settings: &DestinationSettings,
+    c: &tokio_postgres::Client,
     ids: Option<&[String]>,
-) -> Result<((u64, f64), (u64, f64))> {
+) -> Result<((u64, f64), (u64, f64), bool)> {
     use futures_util::{StreamExt, pin_mut};
-    // The same password and TLS as the sync's session, so the ratio compares like with like.
-    let c = xmbridge_destinations::postgres::connect(settings)
-        .await
-        .context("cannot connect to the bench database")?
-        .client;
     let mut loaded = Vec::new();
     for t in TABLES {
         let st = c
@@ -836,16 +840,17 @@ async fn pg_baselines(
             .collect();
         loaded.push(PgTable {
             name: t,
-            types,
             columns,
             cells,
             primary_key,
             indexes,
         });
     }
-    let baseline = pg_load(&c, "bench_baseline", &loaded, false).await?;
-    let limit = pg_load(&c, "bench_limit", &loaded, true).await?;
-    Ok((baseline, limit))
+    let before_baseline = checkpoint(c).await;
+    let baseline = pg_load(c, "bench_baseline", &loaded, false).await?;
+    let before_limit = checkpoint(c).await;
+    let limit = pg_load(c, "bench_limit", &loaded, true).await?;
+    Ok((baseline, limit, before_baseline && before_limit))
 }
 
 /// Loads `loaded` with binary `COPY` into new tables in `schema`; the clock covers the copies
@@ -857,8 +862,10 @@ async fn pg_load(
     loaded: &[PgTable],
     indexes_after: bool,
 ) -> Result<(u64, f64)> {
-    use futures_util::pin_mut;
-    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use bytes::BufMut;
+    use futures_util::{SinkExt, pin_mut};
+    /// Bytes handed to the connection at a time.
+    const COPY_CHUNK: usize = 1 << 20;
     c.batch_execute(&format!("CREATE SCHEMA {schema}")).await?;
     for t in loaded {
         let including = if indexes_after {
@@ -876,25 +883,43 @@ async fn pg_load(
     let mut total = 0u64;
     for t in loaded {
         let sink = c
-            .copy_in(&format!(
+            .copy_in::<_, bytes::Bytes>(&format!(
                 "COPY {schema}.{} ({}) FROM STDIN (FORMAT binary)",
                 t.name,
                 t.columns.join(", ")
             ))
             .await?;
-        let writer = BinaryCopyInWriter::new(sink, &t.types);
-        pin_mut!(writer);
+        pin_mut!(sink);
+        // The binary copy format, handed over in chunks of 1 MiB as the sync's own COPY does
+        // (the 4 KiB hand-overs of tokio-postgres' writer cost the client a share of a core).
+        let mut buf = bytes::BytesMut::with_capacity(COPY_CHUNK + (COPY_CHUNK >> 3));
+        buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.put_i32(0);
+        buf.put_i32(0);
         let cells = &t.cells;
+        let fields = i16::try_from(cells.ncols)
+            .map_err(|_| BenchError::Failed(format!("{}: too many columns for COPY", t.name)))?;
         for (chunk, first) in cells.each_row() {
-            writer
-                .as_mut()
-                .write_raw((0..cells.ncols).map(|j| {
-                    let (tag, b) = chunk.cell(first + j);
-                    RawOut(if tag == 0 { None } else { Some(b) })
-                }))
-                .await?;
+            buf.put_i16(fields);
+            for j in 0..cells.ncols {
+                match chunk.cell(first + j) {
+                    (0, _) => buf.put_i32(-1),
+                    (_, b) => {
+                        let len = i32::try_from(b.len()).map_err(|_| {
+                            BenchError::Failed(format!("{}: a value over 2 GiB", t.name))
+                        })?;
+                        buf.put_i32(len);
+                        buf.put_slice(b);
+                    }
+                }
+            }
+            if buf.len() >= COPY_CHUNK {
+                sink.send(buf.split().freeze()).await?;
+            }
         }
-        total += writer.finish().await?;
+        buf.put_i16(-1);
+        sink.send(buf.freeze()).await?;
+        total += sink.as_mut().finish().await?;
     }
     if indexes_after {
         for t in loaded {
