@@ -31,7 +31,6 @@ use std::error::Error as StdError;
 
 use bytes::{BufMut, BytesMut};
 use tokio_postgres::Client;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::config::Host;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
@@ -61,18 +60,6 @@ pub fn pg_type(ty: ColumnType) -> &'static str {
     }
 }
 
-fn wire_type(ty: ColumnType) -> Type {
-    match ty {
-        ColumnType::Text => Type::TEXT,
-        ColumnType::Timestamp => Type::TIMESTAMPTZ,
-        ColumnType::Bool => Type::BOOL,
-        ColumnType::Int => Type::INT4,
-        ColumnType::BigInt => Type::INT8,
-        ColumnType::Float => Type::FLOAT8,
-        ColumnType::Json => Type::JSONB,
-    }
-}
-
 pub(crate) struct PostgresDestination {
     client: Client,
     schema: String,
@@ -97,12 +84,11 @@ pub(crate) struct PostgresDestination {
 #[derive(Debug)]
 struct PgCell<'a>(&'a Value, ColumnType);
 
-impl ToSql for PgCell<'_> {
-    fn to_sql(
-        &self,
-        _ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+impl PgCell<'_> {
+    /// Appends the value's binary form to `out`; `IsNull::Yes` (nothing written) for a null. An
+    /// int outside the 32-bit range in an integer column is the one value that cannot be
+    /// encoded (each row is checked right before it is encoded, so this is a second guard).
+    fn encode(&self, out: &mut BytesMut) -> Result<IsNull, std::num::TryFromIntError> {
         match (self.0, self.1) {
             (Value::Null, _) => return Ok(IsNull::Yes),
             (Value::Text(s), _) => put_text(s, out),
@@ -120,6 +106,16 @@ impl ToSql for PgCell<'_> {
             }
         }
         Ok(IsNull::No)
+    }
+}
+
+impl ToSql for PgCell<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        Ok(self.encode(out)?)
     }
 
     fn accepts(_ty: &Type) -> bool {
@@ -721,6 +717,9 @@ impl PostgresDestination {
             &commit,
         )
         .await;
+        // Freeing a commit's rows (hundreds of thousands of strings) took longer than sending
+        // them; the next commit need not wait for it.
+        drop(tokio::task::spawn_blocking(move || drop(commit)));
         match result.map_err(|f| *f) {
             Ok(stats) => Ok(stats),
             Err(Failure { error: Ok(e), .. }) => Err(e),
@@ -898,43 +897,25 @@ async fn apply_batch(
     if batch.upserts.is_empty() {
         return Ok(());
     }
-    // Check every row before the COPY starts: a bad row must not leave a COPY half sent.
-    for row in &batch.upserts {
-        r.check_row(row)?;
-    }
     let cols: Vec<String> = r.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let col_list = cols.join(", ");
-    let types: Vec<Type> = r.columns.iter().map(|c| wire_type(c.ty)).collect();
     // The rows the merge below takes: all of them, unless some go straight in first.
     let mut rows: Vec<&[Value]> = batch.upserts.iter().map(Vec::as_slice).collect();
     // When replacing: the groups whose old rows are compared (all of the batch's, unless the
     // groups with no rows yet were split off).
     let mut groups = std::borrow::Cow::Borrowed(batch.delete_where.as_slice());
-    let direct = Direct::new(&table, r, &col_list, &types, synced);
+    let direct = Direct::new(&table, r, &col_list, synced);
     if batch.appends_only() {
         // New rows only: one COPY straight into the table, no staging table and no merge. A key
         // that exists after all (unique violation) rolls back to the savepoint and merges.
         if bulk {
             // No key to violate while the table is in bulk load: a repeated key is resolved
             // when the key is added back.
-            copy_rows(
-                tx,
-                &direct.copy,
-                &direct.types,
-                &rows,
-                &r.columns,
-                &direct.tail,
-            )
-            .await
-            .map_err(|e| failure(&batch.table, e))?;
+            copy_rows(tx, &direct.copy, &rows, r, &direct.tail, &batch.table).await?;
             entry.1 += rows.len() as u64;
             return Ok(());
         }
-        if direct
-            .copy_or_conflict(tx, &rows, r)
-            .await
-            .map_err(|e| failure(&batch.table, e))?
-        {
+        if direct.copy_or_conflict(tx, &rows, r, &batch.table).await? {
             entry.1 += rows.len() as u64;
             return Ok(());
         }
@@ -943,12 +924,7 @@ async fn apply_batch(
         // go straight in by COPY, and only the groups that exist are staged and merged.
         if let Some(split) = split_new_groups(tx, &table, r, batch, compat).await? {
             let new: Vec<&[Value]> = split.new_rows.iter().map(|&i| rows[i]).collect();
-            if new.is_empty()
-                || direct
-                    .copy_or_conflict(tx, &new, r)
-                    .await
-                    .map_err(|e| failure(&batch.table, e))?
-            {
+            if new.is_empty() || direct.copy_or_conflict(tx, &new, r, &batch.table).await? {
                 entry.1 += new.len() as u64;
                 rows = split.old_rows.iter().map(|&i| rows[i]).collect();
                 if rows.is_empty() && split.existing.is_empty() {
@@ -974,13 +950,12 @@ async fn apply_batch(
     copy_rows(
         tx,
         &format!("COPY {stage} ({col_list}) FROM STDIN (FORMAT binary)"),
-        &types,
         &rows,
-        &r.columns,
+        r,
         &[],
+        &batch.table,
     )
-    .await
-    .map_err(|e| failure(&batch.table, e))?;
+    .await?;
 
     let pk_list =
         r.pk.iter()
@@ -1089,24 +1064,19 @@ async fn apply_batch(
 /// A `COPY` straight into a table: its columns, then `<p>_synced` and `<p>_deleted`.
 struct Direct<'a> {
     copy: String,
-    types: Vec<Type>,
     tail: Vec<PgCell<'a>>,
 }
 
 impl<'a> Direct<'a> {
-    fn new(table: &str, r: &Resolved, col_list: &str, types: &[Type], synced: &'a Value) -> Self {
+    fn new(table: &str, r: &Resolved, col_list: &str, synced: &'a Value) -> Self {
         let mut target_cols = format!("{col_list}, {}", quote_ident(&r.synced));
         let mut tail = vec![PgCell(synced, ColumnType::Timestamp)];
-        let mut types = types.to_vec();
-        types.push(Type::TIMESTAMPTZ);
         if let Some(d) = &r.deleted {
             target_cols.push_str(&format!(", {}", quote_ident(d)));
             tail.push(PgCell(&Value::Bool(false), ColumnType::Bool));
-            types.push(Type::BOOL);
         }
         Direct {
             copy: format!("COPY {table} ({target_cols}) FROM STDIN (FORMAT binary)"),
-            types,
             tail,
         }
     }
@@ -1118,18 +1088,22 @@ impl<'a> Direct<'a> {
         tx: &mut tokio_postgres::Transaction<'_>,
         rows: &[&[Value]],
         r: &Resolved,
-    ) -> Result<bool, tokio_postgres::Error> {
-        let sp = tx.savepoint("xmbridge_direct").await?;
-        match copy_rows(&sp, &self.copy, &self.types, rows, &r.columns, &self.tail).await {
+        table: &str,
+    ) -> Result<bool, Box<Failure>> {
+        let sp = tx.savepoint("xmbridge_direct").await.map_err(at(table))?;
+        match copy_rows(&sp, &self.copy, rows, r, &self.tail, table).await {
             Ok(()) => {
-                sp.commit().await?;
+                sp.commit().await.map_err(at(table))?;
                 Ok(true)
             }
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-                sp.rollback().await?;
+            Err(f)
+                if matches!(&f.error, Err(e)
+                    if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)) =>
+            {
+                sp.rollback().await.map_err(at(table))?;
                 Ok(false)
             }
-            Err(e) => Err(e),
+            Err(f) => Err(f),
         }
     }
 }
@@ -1246,60 +1220,84 @@ fn group_cells<'v>(
     Ok(cells)
 }
 
-/// Sends `rows` (each followed by the `tail` cells) through one binary `COPY … FROM STDIN`.
+/// Bytes of encoded rows handed to the connection at a time. tokio-postgres' own binary writer
+/// hands over every 4 KiB, and each hand-over wakes the connection task on another thread: on a
+/// first load that was a hundred thousand wake-ups a second, and the server's `COPY` sat idle
+/// for about half of the load waiting for them.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// Sends `rows` (each followed by the `tail` cells) through one binary `COPY … FROM STDIN`,
+/// encoded here in the binary copy format (header, per row the field count and each field's
+/// length and bytes, trailer) and sent in chunks of [`COPY_CHUNK`].
 async fn copy_rows(
     tx: &tokio_postgres::Transaction<'_>,
     copy: &str,
-    types: &[Type],
     rows: &[&[Value]],
-    cols: &[crate::Column],
+    r: &Resolved,
     tail: &[PgCell<'_>],
-) -> Result<(), tokio_postgres::Error> {
-    let sink = tx.copy_in(copy).await?;
-    let writer = BinaryCopyInWriter::new(sink, types);
-    futures_util::pin_mut!(writer);
+    table: &str,
+) -> Result<(), Box<Failure>> {
+    use futures_util::SinkExt;
+    let sink = tx
+        .copy_in::<_, bytes::Bytes>(copy)
+        .await
+        .map_err(at(table))?;
+    futures_util::pin_mut!(sink);
+    let cols = &r.columns;
+    let mut buf = BytesMut::with_capacity(COPY_CHUNK + (COPY_CHUNK >> 3));
+    buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.put_i32(0); // flags
+    buf.put_i32(0); // header extension length
     for row in rows {
-        let cells = RowCells {
-            row,
-            cols,
-            at: 0,
-            tail,
-        };
-        writer.as_mut().write_raw(cells).await?;
-    }
-    writer.finish().await?;
-    Ok(())
-}
-
-/// The cells of one row, without a closure (closures held across an await trip the compiler's
-/// `Send` check, rust-lang/rust#102211).
-struct RowCells<'a> {
-    row: &'a [Value],
-    cols: &'a [crate::Column],
-    at: usize,
-    /// Cells after the row's own (the `<p>_synced` and `<p>_deleted` of a direct COPY).
-    tail: &'a [PgCell<'a>],
-}
-
-impl<'a> Iterator for RowCells<'a> {
-    type Item = PgCell<'a>;
-    fn next(&mut self) -> Option<PgCell<'a>> {
-        let n = self.row.len().min(self.cols.len());
-        let i = self.at;
-        self.at += 1;
-        if i < n {
-            Some(PgCell(&self.row[i], self.cols[i].ty))
-        } else {
-            self.tail.get(i - n).map(|c| PgCell(c.0, c.1))
+        // Checked here, where the row is read anyway, not in a pass of its own before: a bad
+        // row ends the COPY (the connection sends CopyFail) and the commit rolls back.
+        r.check_row(row)?;
+        let n = row.len().min(cols.len());
+        let fields = i16::try_from(n + tail.len()).map_err(|_| {
+            Box::<Failure>::from(DestError::Sql {
+                context: r.display.clone(),
+                message: format!("{} columns are more than a COPY row holds", n + tail.len()),
+            })
+        })?;
+        buf.put_i16(fields);
+        let cells = row[..n]
+            .iter()
+            .zip(cols)
+            .map(|(v, c)| (PgCell(v, c.ty), c.name.as_str()))
+            .chain(tail.iter().map(|t| (PgCell(t.0, t.1), "")));
+        for (cell, column) in cells {
+            let at = buf.len();
+            buf.put_i32(0);
+            let encoded = cell.encode(&mut buf).map_err(|_| {
+                Box::<Failure>::from(DestError::ValueType {
+                    table: r.display.clone(),
+                    column: column.to_string(),
+                    expected: "integer (32-bit)",
+                    found: "int outside the 32-bit range",
+                })
+            })?;
+            let len = match encoded {
+                IsNull::Yes => -1,
+                IsNull::No => i32::try_from(buf.len() - at - 4).map_err(|_| {
+                    Box::<Failure>::from(DestError::ValueType {
+                        table: r.display.clone(),
+                        column: column.to_string(),
+                        expected: "a value under 2 GiB",
+                        found: "a larger value",
+                    })
+                })?,
+            };
+            buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        }
+        if buf.len() >= COPY_CHUNK {
+            sink.send(buf.split().freeze()).await.map_err(at(table))?;
         }
     }
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = (self.row.len().min(self.cols.len()) + self.tail.len()).saturating_sub(self.at);
-        (n, Some(n))
-    }
+    buf.put_i16(-1); // trailer
+    sink.send(buf.freeze()).await.map_err(at(table))?;
+    sink.as_mut().finish().await.map_err(at(table))?;
+    Ok(())
 }
-
-impl ExactSizeIterator for RowCells<'_> {}
 
 /// Columns (name, data_type) of a table, or `None` when it does not exist.
 async fn columns_of<C: tokio_postgres::GenericClient>(

@@ -1293,6 +1293,41 @@ async fn large_batch(mut h: H) {
     assert_eq!(h.count("question_response", "value = 'old'").await, 3000);
 }
 
+/// A bad value after megabytes of good rows (PostgreSQL has streamed part of the `COPY` by
+/// then): the commit fails naming the column, writes nothing, moves no cursor, and the same
+/// destination takes the good rows right after — as a first load and as a merge.
+async fn bad_row_after_megabytes(mut h: H) {
+    h.dest.ensure_tables(&[item_spec()]).await.unwrap();
+    let good: Vec<Vec<Value>> = (0..40_000)
+        .map(|i| item(&format!("id-{i:06}"), "s1", &"x".repeat(40), i))
+        .collect();
+    let mut bad = item("id-bad", "s1", "B", 1);
+    bad[3] = Value::Int(1 << 40);
+    for (round, fresh) in [(0i64, true), (1, false)] {
+        let mut rows = good.clone();
+        rows.push(bad.clone());
+        let mut batch = upserts("item", rows);
+        batch.fresh = fresh;
+        let mut c = commit_of(T0 + round, vec![batch]);
+        c.cursors = vec![("s".into(), json!(round))];
+        let err = h.commit(c).await.unwrap_err();
+        assert!(
+            matches!(&err, DestError::ValueType { column, .. } if column == "n"),
+            "{err:?}"
+        );
+        let expected = if round == 0 { None } else { Some(json!(0)) };
+        assert_eq!(h.dest.cursor("s").await.unwrap(), expected);
+        assert_eq!(h.count("item", "1=1").await, 40_000 * round);
+        let mut batch = upserts("item", good.clone());
+        batch.fresh = fresh;
+        let mut c = commit_of(T0 + round, vec![batch]);
+        c.cursors = vec![("s".into(), json!(round))];
+        h.commit(c).await.unwrap();
+        assert_eq!(h.count("item", "1=1").await, 40_000);
+        assert_eq!(h.dest.cursor("s").await.unwrap(), Some(json!(round)));
+    }
+}
+
 /// Every column the sync deletes or filters by has an index (with the tables, idempotent).
 async fn filter_indexes(mut h: H) {
     let specs = catalog::tables();
@@ -1520,6 +1555,7 @@ both!(hostile_identifiers);
 both!(values_round_trip);
 both!(fivetran_compat, Compat::Fivetran);
 both!(large_batch);
+both!(bad_row_after_megabytes);
 both!(filter_indexes);
 both!(first_load_builds_indexes);
 both!(one_writer);
