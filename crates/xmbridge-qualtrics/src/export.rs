@@ -8,7 +8,9 @@
 use crate::client::{Client, RetryMode};
 use crate::error::Error;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
@@ -180,6 +182,15 @@ impl ExportFile {
     pub fn for_each_response(&self, on_response: impl FnMut(Value)) -> Result<u64, Error> {
         read_responses(self.path(), self.compressed, self.format, on_response)
     }
+
+    /// Like [`Self::for_each_response`], but hands over each response's JSON text unparsed
+    /// (checked to be well-formed), so that the caller can parse responses on other threads.
+    pub fn for_each_raw_response(
+        &self,
+        on_response: impl FnMut(Box<RawValue>),
+    ) -> Result<u64, Error> {
+        read_responses_as(self.path(), self.compressed, self.format, on_response)
+    }
 }
 
 /// Parses the responses of an export file on disk (see [`ExportFile::for_each_response`]).
@@ -187,7 +198,18 @@ pub fn read_responses(
     path: &Path,
     compressed: bool,
     format: ExportFormat,
-    mut on_response: impl FnMut(Value),
+    on_response: impl FnMut(Value),
+) -> Result<u64, Error> {
+    read_responses_as(path, compressed, format, on_response)
+}
+
+/// [`read_responses`], each response deserialized as `T` (a [`Value`], or a [`RawValue`] to
+/// parse later).
+fn read_responses_as<T: DeserializeOwned>(
+    path: &Path,
+    compressed: bool,
+    format: ExportFormat,
+    mut on_response: impl FnMut(T),
 ) -> Result<u64, Error> {
     if !matches!(format, ExportFormat::Json | ExportFormat::Ndjson) {
         return Err(Error::Config(format!(
@@ -212,10 +234,10 @@ pub fn read_responses(
     }
 }
 
-fn parse_stream<R: Read>(
+fn parse_stream<R: Read, T: DeserializeOwned>(
     reader: BufReader<R>,
     format: ExportFormat,
-    on_response: &mut dyn FnMut(Value),
+    on_response: &mut dyn FnMut(T),
 ) -> Result<u64, Error> {
     let decode = |e: serde_json::Error| Error::Decode {
         url: "export file".into(),
@@ -244,16 +266,16 @@ fn parse_stream<R: Read>(
 }
 
 /// `{"responses": [...]}` visited element by element (other keys skipped).
-struct Root<'f>(&'f mut dyn FnMut(Value));
+struct Root<'f, T>(&'f mut dyn FnMut(T));
 
-impl<'de> DeserializeSeed<'de> for Root<'_> {
+impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for Root<'_, T> {
     type Value = u64;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for Root<'_> {
+impl<'de, T: DeserializeOwned> Visitor<'de> for Root<'_, T> {
     type Value = u64;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an object with a \"responses\" array")
@@ -271,23 +293,23 @@ impl<'de> Visitor<'de> for Root<'_> {
     }
 }
 
-struct Responses<'f>(&'f mut dyn FnMut(Value));
+struct Responses<'f, T>(&'f mut dyn FnMut(T));
 
-impl<'de> DeserializeSeed<'de> for Responses<'_> {
+impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for Responses<'_, T> {
     type Value = u64;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de> Visitor<'de> for Responses<'_> {
+impl<'de, T: DeserializeOwned> Visitor<'de> for Responses<'_, T> {
     type Value = u64;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an array of responses")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
         let mut n = 0;
-        while let Some(v) = seq.next_element::<Value>()? {
+        while let Some(v) = seq.next_element::<T>()? {
             (self.0)(v);
             n += 1;
         }
@@ -533,6 +555,40 @@ mod tests {
         assert!(collect(r#"{"responses":[{"a":1}"#).is_err(), "truncated");
         assert!(collect(r#"[]"#).is_err());
         assert!(collect(r#"{"responses":[]} trailing"#).is_err());
+    }
+
+    /// Raw responses are each one response's exact JSON text, in order; a file that breaks
+    /// part way hands over the responses before the break, then fails.
+    #[test]
+    fn raw_responses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.json");
+        let body = r#"{"meta":1,"responses":[{"responseId":"R_1","values":{"QID1":[1,"a]"]}}, {"responseId":"R_2"}]}"#;
+        std::fs::write(&path, body).unwrap();
+        let mut raw = Vec::new();
+        let n = read_responses_as(&path, false, ExportFormat::Json, |r: Box<RawValue>| {
+            raw.push(r.get().to_string())
+        })
+        .unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(
+            raw,
+            [
+                r#"{"responseId":"R_1","values":{"QID1":[1,"a]"]}}"#,
+                r#"{"responseId":"R_2"}"#
+            ]
+        );
+        std::fs::write(
+            &path,
+            r#"{"responses":[{"responseId":"R_1"},{"responseId":}]}"#,
+        )
+        .unwrap();
+        let mut seen = 0;
+        let read = read_responses_as(&path, false, ExportFormat::Json, |_: Box<RawValue>| {
+            seen += 1
+        });
+        assert!(matches!(read, Err(Error::Decode { .. })), "{read:?}");
+        assert_eq!(seen, 1);
     }
 
     #[test]

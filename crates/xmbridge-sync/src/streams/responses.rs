@@ -19,17 +19,21 @@
 //! survey has no cursor at all (nothing of it was ever committed), which keeps the first load a
 //! pure insert.
 //!
-//! **Parallelism.** Up to `survey_parallelism` surveys export and parse at once (parsing runs on a
-//! blocking thread, one response at a time); their commits go through a bounded channel to the
-//! engine task, the only writer of the destination.
+//! **Parallelism.** Up to `survey_parallelism` surveys export and parse at once; their commits go
+//! through a bounded channel to the engine task, the only writer of the destination. Within a
+//! survey, a reader thread splits the file into responses, [`parse_threads`] threads parse and
+//! flatten them, and the survey's own blocking thread puts the rows back in file order and
+//! builds the commits (see `worker`).
 
 use super::surveys::{QDef, SurveyDef, definition};
 use crate::convert::as_text;
 use crate::engine::{Batches, Ctx, Specs, SyncError};
 use crate::observer::{ExportKind, SeenBatch, SeenResponse};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json, json};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use std::sync::mpsc::sync_channel;
 use tokio::sync::{Semaphore, mpsc};
 use xmbridge_destinations::{Commit, Value};
 use xmbridge_qualtrics::response::is_metadata_key;
@@ -283,7 +287,7 @@ fn flatten(
     def: &SurveyDef,
     survey_id: &str,
     resp: &Json,
-    b: &mut Batches,
+    b: &mut Vec<(&'static str, Vec<Value>)>,
 ) -> Option<String> {
     let rid = resp.get("responseId").and_then(Json::as_str)?;
     let empty = Map::new();
@@ -324,7 +328,7 @@ fn flatten(
             .get("externalDataReference")
             .or_else(|| values.get("externalReference")),
     );
-    b.push("survey_response", r.build());
+    b.push(("survey_response", r.build()));
 
     for (key, value) in values {
         if is_metadata_key(key) || value.is_null() {
@@ -337,7 +341,7 @@ fn flatten(
                 .text("key", key.clone())
                 .text("response_id", rid)
                 .put("value", Some(value));
-            b.push("survey_embedded_data", r.build());
+            b.push(("survey_embedded_data", r.build()));
             continue;
         };
         let q = def.questions.get(k.qid);
@@ -370,7 +374,7 @@ fn flatten(
                 .set("label", opt(c.label))
                 .set("text", opt(c.text))
                 .set("value", opt(c.value));
-            b.push("question_response", r.build());
+            b.push(("question_response", r.build()));
         }
     }
     Some(rid.to_string())
@@ -452,6 +456,54 @@ async fn export(
     }
 }
 
+/// Responses handed to a parser thread at a time: enough to keep the hand-over cost small,
+/// few enough that a chunk's rows are a small part of a commit.
+const PARSE_CHUNK: usize = 64;
+
+/// Threads that parse and flatten an export's responses: the machine's cores less one (left to
+/// the writer and, often on the same machine, the database), at least 1, at most 4. The reader
+/// (unzip, and find where each response ends) is a thread of its own beside them: on a first
+/// load, one thread doing all of it was the pace-setter (docs/bench.md).
+fn parse_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .saturating_sub(1)
+        .clamp(1, 4)
+}
+
+/// One response's rows, parsed and flattened on a parser thread.
+struct Flat {
+    /// `None` for an element without a `responseId` (skipped, as before).
+    response_id: Option<String>,
+    rows: Vec<(&'static str, Vec<Value>)>,
+    /// For the observer, when there is one.
+    last_modified: Option<String>,
+}
+
+/// Parses and flattens a chunk of responses, in order.
+fn parse_chunk(
+    specs: &Specs,
+    def: &SurveyDef,
+    survey_id: &str,
+    chunk: &[Box<RawValue>],
+    observe: bool,
+) -> Result<Vec<Flat>, serde_json::Error> {
+    chunk
+        .iter()
+        .map(|raw| {
+            let resp: Json = serde_json::from_str(raw.get())?;
+            let mut rows = Vec::new();
+            let response_id = flatten(specs, def, survey_id, &resp, &mut rows);
+            Ok(Flat {
+                last_modified: (observe && response_id.is_some()).then(|| last_modified(&resp)),
+                response_id,
+                rows,
+            })
+        })
+        .collect()
+}
+
 async fn worker(
     client: Client,
     specs: Arc<Specs>,
@@ -512,7 +564,6 @@ async fn worker(
         let mut ids: Vec<Value> = Vec::new();
         let mut seen: Vec<SeenResponse> = Vec::new();
         let mut n = 0u64;
-        let mut gone = false;
         let take =
             |b: &mut Batches, ids: &mut Vec<Value>| -> Vec<xmbridge_destinations::TableBatch> {
                 let mut out = std::mem::take(b);
@@ -529,59 +580,136 @@ async fn worker(
                 }
                 batches
             };
-        let res = file.for_each_response(|resp| {
-            if gone {
-                return;
+        let parsers = parse_threads();
+        std::thread::scope(|scope| {
+            // Chunk k goes to parser k mod P, and its rows come back from parser k mod P's
+            // queue: the rows stay in file order with no reordering buffer, and when a queue
+            // ends, every later chunk's would too (the reader deals them round-robin).
+            let mut to_parsers = Vec::with_capacity(parsers);
+            let mut from_parsers = Vec::with_capacity(parsers);
+            for _ in 0..parsers {
+                let (raw_tx, raw_rx) = sync_channel::<Vec<Box<RawValue>>>(2);
+                let (out_tx, out_rx) = sync_channel::<Result<Vec<Flat>, serde_json::Error>>(2);
+                let (specs, def, sv) = (&*specs, &*def, sv.as_str());
+                scope.spawn(move || {
+                    for chunk in raw_rx {
+                        if out_tx
+                            .send(parse_chunk(specs, def, sv, &chunk, observe))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                to_parsers.push(raw_tx);
+                from_parsers.push(out_rx);
             }
-            if let Some(rid) = flatten(&specs, &def, &sv, &resp, &mut b) {
-                if observe {
-                    seen.push(SeenResponse {
-                        last_modified: last_modified(&resp),
-                        response_id: rid.clone(),
-                    });
+            let file = &file;
+            let reader = scope.spawn(move || {
+                let mut chunk = Vec::with_capacity(PARSE_CHUNK);
+                let mut dealt = 0usize;
+                // A parser gone means the sync stopped: the rest is read and dropped.
+                let mut stopped = false;
+                let read = file.for_each_raw_response(|raw| {
+                    if stopped {
+                        return;
+                    }
+                    chunk.push(raw);
+                    if chunk.len() == PARSE_CHUNK {
+                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(PARSE_CHUNK));
+                        match to_parsers[dealt % parsers].send(full) {
+                            Ok(()) => dealt += 1,
+                            Err(_) => stopped = true,
+                        }
+                    }
+                });
+                if read.is_ok()
+                    && !stopped
+                    && !chunk.is_empty()
+                    && to_parsers[dealt % parsers].send(chunk).is_ok()
+                {
+                    dealt += 1;
                 }
-                ids.push(Value::Text(rid));
-                n += 1;
+                // The chunks handed to parsers: the assembler must get back as many.
+                read.map(|_| dealt)
+            });
+            let mut next = 0usize;
+            while let Ok(flats) = from_parsers[next % parsers].recv() {
+                next += 1;
+                let flats = flats.map_err(|e| xmbridge_qualtrics::Error::Decode {
+                    url: "export file".into(),
+                    message: e.to_string(),
+                })?;
+                for flat in flats {
+                    let Some(rid) = flat.response_id else {
+                        continue;
+                    };
+                    for (table, row) in flat.rows {
+                        b.push(table, row);
+                    }
+                    if let Some(last_modified) = flat.last_modified {
+                        seen.push(SeenResponse {
+                            last_modified,
+                            response_id: rid.clone(),
+                        });
+                    }
+                    ids.push(Value::Text(rid));
+                    n += 1;
+                    if n as usize >= limits.responses || b.rows() >= limits.rows {
+                        let commit = Commit {
+                            batches: take(&mut b, &mut ids),
+                            cursors: vec![(stream.clone(), partial.clone())],
+                            ..Default::default()
+                        };
+                        let sent = tx2.blocking_send(Msg::Rows {
+                            survey: sv.clone(),
+                            commit,
+                            responses: n,
+                            seen: std::mem::take(&mut seen),
+                            kind,
+                        });
+                        if sent.is_err() {
+                            // The engine stopped: dropping the queues stops the parsers and
+                            // the reader.
+                            return Ok(());
+                        }
+                        n = 0;
+                    }
+                }
             }
-            if n as usize >= limits.responses || b.rows() >= limits.rows {
-                let commit = Commit {
-                    batches: take(&mut b, &mut ids),
-                    cursors: vec![(stream.clone(), partial.clone())],
-                    ..Default::default()
-                };
-                gone = tx2
-                    .blocking_send(Msg::Rows {
-                        survey: sv.clone(),
-                        commit,
-                        responses: n,
-                        seen: std::mem::take(&mut seen),
-                        kind,
-                    })
-                    .is_err();
-                n = 0;
+            drop(from_parsers);
+            // A file that failed to read part way must not commit its token, nor one whose
+            // parser stopped early (a panic: its queue ended before its chunks did).
+            let dealt = match reader.join() {
+                Ok(read) => read?,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            if dealt != next {
+                return Err(xmbridge_qualtrics::Error::Decode {
+                    url: "export file".into(),
+                    message: format!(
+                        "a parser thread stopped after {next} of {dealt} chunks of responses"
+                    ),
+                });
             }
-        });
-        if gone {
-            return Ok(());
-        }
-        res?;
-        // The last commit carries the new token: the whole file is in.
-        let commit = Commit {
-            batches: take(&mut b, &mut ids),
-            cursors: vec![(
-                stream.clone(),
-                cursor_value(file.continuation_token.as_deref(), true, last_reconciled),
-            )],
-            ..Default::default()
-        };
-        let _ = tx2.blocking_send(Msg::Rows {
-            survey: sv.clone(),
-            commit,
-            responses: n,
-            seen,
-            kind,
-        });
-        Ok::<(), xmbridge_qualtrics::Error>(())
+            // The last commit carries the new token: the whole file is in.
+            let commit = Commit {
+                batches: take(&mut b, &mut ids),
+                cursors: vec![(
+                    stream.clone(),
+                    cursor_value(file.continuation_token.as_deref(), true, last_reconciled),
+                )],
+                ..Default::default()
+            };
+            let _ = tx2.blocking_send(Msg::Rows {
+                survey: sv.clone(),
+                commit,
+                responses: n,
+                seen,
+                kind,
+            });
+            Ok::<(), xmbridge_qualtrics::Error>(())
+        })
     })
     .await;
     let msg = match parsed {
