@@ -1456,7 +1456,15 @@ async fn token_revoked_mid_sync(auth: Auth) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    await_rows(&db, "survey", "1 = 1").await;
+    // Both surveys' definitions committed (SQLite commits the first one early): the credentials
+    // then die during the response export, not while the second definition is read.
+    let surveys = db.t("survey");
+    await_rows(
+        &db,
+        "survey",
+        &format!("(SELECT COUNT(*) FROM {surveys}) >= 2"),
+    )
+    .await;
     let new_token = match auth {
         Auth::ApiToken => {
             // Generating a new API token invalidates the old one (as in Qualtrics).
