@@ -306,7 +306,7 @@ fn print_table(d: BenchDest, m: &Measure) {
             "  checkpoints           each timed phase (sync, baseline, limit) started after a CHECKPOINT"
         ),
         Some(false) => println!(
-            "  checkpoints           NOT written (the role may not run CHECKPOINT): a phase may pay for the one before; the figures move more between runs"
+            "  checkpoints           NOT written (the server refused CHECKPOINT, which takes superuser or pg_checkpoint): a phase may pay for the one before; the figures move more between runs"
         ),
         None => {}
     }
