@@ -864,8 +864,7 @@ async fn pg_load(
 ) -> Result<(u64, f64)> {
     use bytes::BufMut;
     use futures_util::{SinkExt, pin_mut};
-    /// Bytes handed to the connection at a time.
-    const COPY_CHUNK: usize = 1 << 20;
+    use xmbridge_destinations::postgres::{COPY_BINARY_HEADER, COPY_CHUNK};
     c.batch_execute(&format!("CREATE SCHEMA {schema}")).await?;
     for t in loaded {
         let including = if indexes_after {
@@ -893,9 +892,7 @@ async fn pg_load(
         // The binary copy format, handed over in chunks of 1 MiB as the sync's own COPY does
         // (the 4 KiB hand-overs of tokio-postgres' writer cost the client a share of a core).
         let mut buf = bytes::BytesMut::with_capacity(COPY_CHUNK + (COPY_CHUNK >> 3));
-        buf.put_slice(b"PGCOPY\n\xff\r\n\0");
-        buf.put_i32(0);
-        buf.put_i32(0);
+        buf.put_slice(COPY_BINARY_HEADER);
         let cells = &t.cells;
         let fields = i16::try_from(cells.ncols)
             .map_err(|_| BenchError::Failed(format!("{}: too many columns for COPY", t.name)))?;

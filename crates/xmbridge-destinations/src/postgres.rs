@@ -1225,7 +1225,10 @@ fn group_cells<'v>(
 /// 140,000 for a 50,000-response first load): the runtime's worker threads took 8–9 % of a core
 /// each during the load with it, 3–4 % with this, CPU that the server's `COPY` needs on a small
 /// machine.
-const COPY_CHUNK: usize = 1 << 20;
+pub const COPY_CHUNK: usize = 1 << 20;
+
+/// The signature, flags and header-extension length that open a binary `COPY` stream.
+pub const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 
 /// Sends `rows` (each followed by the `tail` cells) through one binary `COPY … FROM STDIN`,
 /// encoded here in the binary copy format (header, per row the field count and each field's
@@ -1245,23 +1248,24 @@ async fn copy_rows(
         .map_err(at(table))?;
     futures_util::pin_mut!(sink);
     let cols = &r.columns;
+    let fields = i16::try_from(cols.len() + tail.len()).map_err(|_| {
+        Box::<Failure>::from(DestError::Sql {
+            context: r.display.clone(),
+            message: format!(
+                "{} columns are more than a COPY row holds",
+                cols.len() + tail.len()
+            ),
+        })
+    })?;
     let mut buf = BytesMut::with_capacity(COPY_CHUNK + (COPY_CHUNK >> 3));
-    buf.put_slice(b"PGCOPY\n\xff\r\n\0");
-    buf.put_i32(0); // flags
-    buf.put_i32(0); // header extension length
+    buf.put_slice(COPY_BINARY_HEADER);
     for row in rows {
         // Checked here, where the row is read anyway, not in a pass of its own before: a bad
-        // row ends the COPY (the connection sends CopyFail) and the commit rolls back.
+        // row ends the COPY (the connection sends CopyFail) and the commit rolls back. It also
+        // holds exactly one value per column.
         r.check_row(row)?;
-        let n = row.len().min(cols.len());
-        let fields = i16::try_from(n + tail.len()).map_err(|_| {
-            Box::<Failure>::from(DestError::Sql {
-                context: r.display.clone(),
-                message: format!("{} columns are more than a COPY row holds", n + tail.len()),
-            })
-        })?;
         buf.put_i16(fields);
-        let cells = row[..n]
+        let cells = row
             .iter()
             .zip(cols)
             .map(|(v, c)| (PgCell(v, c.ty), c.name.as_str()))

@@ -239,10 +239,7 @@ fn parse_stream<R: Read, T: DeserializeOwned>(
     format: ExportFormat,
     on_response: &mut dyn FnMut(T),
 ) -> Result<u64, Error> {
-    let decode = |e: serde_json::Error| Error::Decode {
-        url: "export file".into(),
-        message: e.to_string(),
-    };
+    let decode = export_decode;
     match format {
         ExportFormat::Ndjson => {
             let mut n = 0;
@@ -263,6 +260,20 @@ fn parse_stream<R: Read, T: DeserializeOwned>(
             Ok(n)
         }
     }
+}
+
+/// A malformed export file.
+fn export_decode(e: serde_json::Error) -> Error {
+    Error::Decode {
+        url: "export file".into(),
+        message: e.to_string(),
+    }
+}
+
+/// Parses one response handed over by [`ExportFile::for_each_raw_response`], with the same
+/// error as [`ExportFile::for_each_response`] for a malformed one.
+pub fn parse_raw_response(raw: &RawValue) -> Result<Value, Error> {
+    serde_json::from_str(raw.get()).map_err(export_decode)
 }
 
 /// `{"responses": [...]}` visited element by element (other keys skipped).

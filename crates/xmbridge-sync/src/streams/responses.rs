@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::sync::mpsc::sync_channel;
 use tokio::sync::{Semaphore, mpsc};
 use xmbridge_destinations::{Commit, Value};
+use xmbridge_qualtrics::export::parse_raw_response;
 use xmbridge_qualtrics::response::is_metadata_key;
 use xmbridge_qualtrics::{Client, ExportOptions, SurveySummary};
 
@@ -488,11 +489,11 @@ fn parse_chunk(
     survey_id: &str,
     chunk: &[Box<RawValue>],
     observe: bool,
-) -> Result<Vec<Flat>, serde_json::Error> {
+) -> Result<Vec<Flat>, xmbridge_qualtrics::Error> {
     chunk
         .iter()
         .map(|raw| {
-            let resp: Json = serde_json::from_str(raw.get())?;
+            let resp = parse_raw_response(raw)?;
             let mut rows = Vec::new();
             let response_id = flatten(specs, def, survey_id, &resp, &mut rows);
             Ok(Flat {
@@ -589,7 +590,8 @@ async fn worker(
             let mut from_parsers = Vec::with_capacity(parsers);
             for _ in 0..parsers {
                 let (raw_tx, raw_rx) = sync_channel::<Vec<Box<RawValue>>>(2);
-                let (out_tx, out_rx) = sync_channel::<Result<Vec<Flat>, serde_json::Error>>(2);
+                let (out_tx, out_rx) =
+                    sync_channel::<Result<Vec<Flat>, xmbridge_qualtrics::Error>>(2);
                 let (specs, def, sv) = (&*specs, &*def, sv.as_str());
                 scope.spawn(move || {
                     for chunk in raw_rx {
@@ -636,11 +638,7 @@ async fn worker(
             let mut next = 0usize;
             while let Ok(flats) = from_parsers[next % parsers].recv() {
                 next += 1;
-                let flats = flats.map_err(|e| xmbridge_qualtrics::Error::Decode {
-                    url: "export file".into(),
-                    message: e.to_string(),
-                })?;
-                for flat in flats {
+                for flat in flats? {
                     let Some(rid) = flat.response_id else {
                         continue;
                     };
