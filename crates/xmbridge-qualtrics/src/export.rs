@@ -8,12 +8,9 @@
 use crate::client::{Client, RetryMode};
 use crate::error::Error;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::value::RawValue;
+use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
-use std::fmt;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
@@ -183,13 +180,58 @@ impl ExportFile {
         read_responses(self.path(), self.compressed, self.format, on_response)
     }
 
-    /// Like [`Self::for_each_response`], but hands over each response's JSON text unparsed
-    /// (checked to be well-formed), so that the caller can parse responses on other threads.
-    pub fn for_each_raw_response(
+    /// Hands over the responses of a `json` or `ndjson` export `per_batch` at a time, each as
+    /// its JSON text, unparsed, so that the caller can parse them on other threads
+    /// ([`parse_response`], [`crate::record::parse_record`]). This checks the file's structure
+    /// around the responses (`{"responses": [ … ]}`, or one per line); what is malformed inside
+    /// a response is found by whoever parses it. `on_batch` may stop the read with an error,
+    /// which is returned as is. Blocking: run it on a blocking thread.
+    pub fn for_each_raw_batch(
         &self,
-        on_response: impl FnMut(Box<RawValue>),
+        per_batch: usize,
+        on_batch: impl FnMut(RawResponses) -> Result<(), Error>,
     ) -> Result<u64, Error> {
-        read_responses_as(self.path(), self.compressed, self.format, on_response)
+        read_raw_batches(
+            self.path(),
+            self.compressed,
+            self.format,
+            per_batch,
+            on_batch,
+        )
+    }
+}
+
+/// Responses of an export file, a batch at a time (see [`ExportFile::for_each_raw_batch`]):
+/// each response's JSON text, one after another in one buffer, so that a batch costs two
+/// allocations whatever the number of responses in it.
+#[derive(Debug, Default)]
+pub struct RawResponses {
+    /// Position in the file of the batch's first response, counted from 1.
+    first: u64,
+    text: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl RawResponses {
+    /// Position in the file of the batch's first response, counted from 1 (for messages).
+    pub fn first(&self) -> u64 {
+        self.first
+    }
+
+    /// How many responses the batch holds.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// True when the batch holds no response.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Each response's JSON text, in file order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter()).map(|(a, &b)| &self.text[a..b])
     }
 }
 
@@ -198,18 +240,37 @@ pub fn read_responses(
     path: &Path,
     compressed: bool,
     format: ExportFormat,
-    on_response: impl FnMut(Value),
+    mut on_response: impl FnMut(Value),
 ) -> Result<u64, Error> {
-    read_responses_as(path, compressed, format, on_response)
+    read_raw_batches(path, compressed, format, 64, |batch| {
+        for (n, text) in (batch.first()..).zip(batch.iter()) {
+            on_response(parse_response(n, text)?);
+        }
+        Ok(())
+    })
 }
 
-/// [`read_responses`], each response deserialized as `T` (a [`Value`], or a [`RawValue`] to
-/// parse later).
-fn read_responses_as<T: DeserializeOwned>(
+/// Parses response number `n` (counted from 1) of an export file, handed over by
+/// [`ExportFile::for_each_raw_batch`].
+pub fn parse_response(n: u64, text: &[u8]) -> Result<Value, Error> {
+    serde_json::from_slice(text).map_err(|e| malformed_response(n, e))
+}
+
+/// A response of an export file that is not valid JSON. serde_json counts lines and columns
+/// from the start of the text it was given: the response's, not the file's.
+pub fn malformed_response(n: u64, e: serde_json::Error) -> Error {
+    export_decode(format!(
+        "response {n} of the file is not valid JSON: {e} (line and column within that response)"
+    ))
+}
+
+/// See [`ExportFile::for_each_raw_batch`].
+pub fn read_raw_batches(
     path: &Path,
     compressed: bool,
     format: ExportFormat,
-    mut on_response: impl FnMut(T),
+    per_batch: usize,
+    on_batch: impl FnMut(RawResponses) -> Result<(), Error>,
 ) -> Result<u64, Error> {
     if !matches!(format, ExportFormat::Json | ExportFormat::Ndjson) {
         return Err(Error::Config(format!(
@@ -219,6 +280,9 @@ fn read_responses_as<T: DeserializeOwned>(
     }
     let file = std::fs::File::open(path)
         .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    // Large reads: the splitter's loop runs over whole buffers.
+    const READ_BUFFER: usize = 256 * 1024;
+    let batches = Batcher::new(per_batch, on_batch);
     if compressed {
         let mut archive =
             zip::ZipArchive::new(BufReader::new(file)).map_err(|e| Error::Zip(e.to_string()))?;
@@ -228,103 +292,289 @@ fn read_responses_as<T: DeserializeOwned>(
         let entry = archive
             .by_index(index)
             .map_err(|e| Error::Zip(e.to_string()))?;
-        parse_stream(BufReader::new(entry), format, &mut on_response)
+        split(
+            BufReader::with_capacity(READ_BUFFER, entry),
+            format,
+            batches,
+        )
     } else {
-        parse_stream(BufReader::new(file), format, &mut on_response)
+        split(BufReader::with_capacity(READ_BUFFER, file), format, batches)
     }
 }
 
-fn parse_stream<R: Read, T: DeserializeOwned>(
-    reader: BufReader<R>,
+fn split<R: BufRead, F: FnMut(RawResponses) -> Result<(), Error>>(
+    reader: R,
     format: ExportFormat,
-    on_response: &mut dyn FnMut(T),
+    mut batches: Batcher<F>,
 ) -> Result<u64, Error> {
-    let decode = export_decode;
     match format {
         ExportFormat::Ndjson => {
-            let mut n = 0;
-            for line in reader.lines() {
+            for line in reader.split(b'\n') {
                 let line = line.map_err(|e| Error::io("cannot read the export file", e))?;
-                if line.trim().is_empty() {
+                if line.trim_ascii().is_empty() {
                     continue;
                 }
-                on_response(serde_json::from_str(&line).map_err(decode)?);
-                n += 1;
+                batches.text().extend_from_slice(&line);
+                batches.end_response()?;
             }
-            Ok(n)
         }
-        _ => {
-            let mut de = serde_json::Deserializer::from_reader(reader);
-            let n = Root(on_response).deserialize(&mut de).map_err(decode)?;
-            de.end().map_err(decode)?;
-            Ok(n)
+        _ => Splitter { reader, offset: 0 }.document(&mut batches)?,
+    }
+    batches.finish()
+}
+
+/// Gathers responses' text into [`RawResponses`] and hands each full batch over.
+struct Batcher<F> {
+    per_batch: usize,
+    on_batch: F,
+    batch: RawResponses,
+    count: u64,
+}
+
+impl<F: FnMut(RawResponses) -> Result<(), Error>> Batcher<F> {
+    fn new(per_batch: usize, on_batch: F) -> Self {
+        Batcher {
+            per_batch: per_batch.max(1),
+            on_batch,
+            batch: RawResponses {
+                first: 1,
+                ..Default::default()
+            },
+            count: 0,
         }
+    }
+
+    /// Where the next response's text goes.
+    fn text(&mut self) -> &mut Vec<u8> {
+        &mut self.batch.text
+    }
+
+    /// The text written since the last response is one more response.
+    fn end_response(&mut self) -> Result<(), Error> {
+        self.batch.ends.push(self.batch.text.len());
+        self.count += 1;
+        if self.batch.len() >= self.per_batch {
+            self.hand_over()?;
+        }
+        Ok(())
+    }
+
+    fn hand_over(&mut self) -> Result<(), Error> {
+        let next = RawResponses {
+            first: self.count + 1,
+            text: Vec::with_capacity(self.batch.text.len()),
+            ends: Vec::with_capacity(self.per_batch),
+        };
+        (self.on_batch)(std::mem::replace(&mut self.batch, next))
+    }
+
+    /// Hands over the last, partly filled batch; returns how many responses there were.
+    fn finish(mut self) -> Result<u64, Error> {
+        if !self.batch.is_empty() {
+            self.hand_over()?;
+        }
+        Ok(self.count)
     }
 }
 
 /// A malformed export file.
-fn export_decode(e: serde_json::Error) -> Error {
+fn export_decode(message: String) -> Error {
     Error::Decode {
         url: "export file".into(),
-        message: e.to_string(),
+        message,
     }
 }
 
-/// Parses one response handed over by [`ExportFile::for_each_raw_response`], with the same
-/// error as [`ExportFile::for_each_response`] for a malformed one.
-pub fn parse_raw_response(raw: &RawValue) -> Result<Value, Error> {
-    serde_json::from_str(raw.get()).map_err(export_decode)
+/// Walks a JSON export, `{"responses": [ … ], …}`, and copies each response's text out without
+/// parsing it: what starts and ends a value is found by counting brackets outside strings. The
+/// keys around the array and their values are parsed (they are small); every response is parsed
+/// later, by whoever takes the batch, which also finds what is malformed inside one.
+struct Splitter<R> {
+    reader: R,
+    /// Bytes consumed so far, for messages.
+    offset: u64,
 }
 
-/// `{"responses": [...]}` visited element by element (other keys skipped).
-struct Root<'f, T>(&'f mut dyn FnMut(T));
-
-impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for Root<'_, T> {
-    type Value = u64;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
-        d.deserialize_map(self)
+impl<R: BufRead> Splitter<R> {
+    fn malformed(&self, what: &str) -> Error {
+        export_decode(format!(
+            "the file is not a JSON export: expected {what} at byte {}",
+            self.offset
+        ))
     }
-}
 
-impl<'de, T: DeserializeOwned> Visitor<'de> for Root<'_, T> {
-    type Value = u64;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an object with a \"responses\" array")
+    fn consume(&mut self, n: usize) {
+        self.reader.consume(n);
+        self.offset += n as u64;
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
-        let mut count = None;
-        while let Some(key) = map.next_key::<String>()? {
-            if key == "responses" && count.is_none() {
-                count = Some(map.next_value_seed(Responses(&mut *self.0))?);
-            } else {
-                map.next_value::<IgnoredAny>()?;
+
+    fn fill(&mut self) -> Result<&[u8], Error> {
+        self.reader
+            .fill_buf()
+            .map_err(|e| Error::io("cannot read the export file", e))
+    }
+
+    /// The next byte that is not whitespace, not consumed; `None` at the end of the file.
+    fn peek(&mut self) -> Result<Option<u8>, Error> {
+        loop {
+            let buf = self.fill()?;
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            match buf.iter().position(|b| !b.is_ascii_whitespace()) {
+                Some(i) => {
+                    let b = buf[i];
+                    self.consume(i);
+                    return Ok(Some(b));
+                }
+                None => {
+                    let n = buf.len();
+                    self.consume(n);
+                }
             }
         }
-        count.ok_or_else(|| de::Error::missing_field("responses"))
     }
-}
 
-struct Responses<'f, T>(&'f mut dyn FnMut(T));
-
-impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for Responses<'_, T> {
-    type Value = u64;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de, T: DeserializeOwned> Visitor<'de> for Responses<'_, T> {
-    type Value = u64;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an array of responses")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
-        let mut n = 0;
-        while let Some(v) = seq.next_element::<T>()? {
-            (self.0)(v);
-            n += 1;
+    /// Consumes `byte` (after whitespace), or fails saying `what` was expected.
+    fn expect(&mut self, byte: u8, what: &str) -> Result<(), Error> {
+        if self.peek()? != Some(byte) {
+            return Err(self.malformed(what));
         }
-        Ok(n)
+        self.consume(1);
+        Ok(())
+    }
+
+    /// Copies the next value (object, array, string or scalar) to `out`, whole, without
+    /// checking what is inside it.
+    fn value(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
+        let Some(first) = self.peek()? else {
+            return Err(self.malformed("a value"));
+        };
+        let scalar = !matches!(first, b'{' | b'[' | b'"');
+        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        loop {
+            let buf = self.fill()?;
+            if buf.is_empty() {
+                if scalar {
+                    return Ok(());
+                }
+                return Err(self.malformed("the rest of a value (the file ends inside one)"));
+            }
+            let mut end = None;
+            for (i, &b) in buf.iter().enumerate() {
+                if in_string {
+                    if escaped {
+                        escaped = false;
+                    } else if b == b'\\' {
+                        escaped = true;
+                    } else if b == b'"' {
+                        in_string = false;
+                        if depth == 0 {
+                            end = Some(i + 1);
+                            break;
+                        }
+                    }
+                } else if scalar {
+                    if matches!(b, b',' | b']' | b'}') || b.is_ascii_whitespace() {
+                        end = Some(i);
+                        break;
+                    }
+                } else {
+                    match b {
+                        b'"' => in_string = true,
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth = depth.saturating_sub(1);
+                            if depth == 0 {
+                                end = Some(i + 1);
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let n = end.unwrap_or(buf.len());
+            out.extend_from_slice(&buf[..n]);
+            self.consume(n);
+            if end.is_some() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The whole document: the root object, its `responses` array, nothing after it.
+    fn document<F>(&mut self, batches: &mut Batcher<F>) -> Result<(), Error>
+    where
+        F: FnMut(RawResponses) -> Result<(), Error>,
+    {
+        let root = "an object with a \"responses\" array";
+        self.expect(b'{', root)?;
+        let mut found = false;
+        let mut scratch = Vec::new();
+        if self.peek()? == Some(b'}') {
+            self.consume(1);
+        } else {
+            loop {
+                scratch.clear();
+                self.value(&mut scratch)?;
+                let key: String = serde_json::from_slice(&scratch)
+                    .map_err(|_| self.malformed("a key (a string) of the root object"))?;
+                self.expect(b':', "':' after a key")?;
+                if key == "responses" && !found {
+                    found = true;
+                    self.responses(batches)?;
+                } else {
+                    // Another key's value: checked to be JSON, then dropped.
+                    scratch.clear();
+                    self.value(&mut scratch)?;
+                    serde_json::from_slice::<IgnoredAny>(&scratch).map_err(|e| {
+                        export_decode(format!(
+                            "the value of the export's {key:?} is not valid JSON: {e}"
+                        ))
+                    })?;
+                }
+                match self.peek()? {
+                    Some(b',') => self.consume(1),
+                    Some(b'}') => {
+                        self.consume(1);
+                        break;
+                    }
+                    _ => return Err(self.malformed("',' or '}' in the root object")),
+                }
+            }
+        }
+        if self.peek()?.is_some() {
+            return Err(self.malformed("the end of the file after the root object"));
+        }
+        if !found {
+            return Err(self.malformed(root));
+        }
+        Ok(())
+    }
+
+    /// The `responses` array, each element handed to `batches` as its text.
+    fn responses<F>(&mut self, batches: &mut Batcher<F>) -> Result<(), Error>
+    where
+        F: FnMut(RawResponses) -> Result<(), Error>,
+    {
+        self.expect(b'[', "'[' (the responses array)")?;
+        if self.peek()? == Some(b']') {
+            self.consume(1);
+            return Ok(());
+        }
+        loop {
+            self.value(batches.text())?;
+            batches.end_response()?;
+            match self.peek()? {
+                Some(b',') => self.consume(1),
+                Some(b']') => {
+                    self.consume(1);
+                    return Ok(());
+                }
+                _ => return Err(self.malformed("',' or ']' after a response")),
+            }
+        }
     }
 }
 
@@ -526,12 +776,26 @@ mod tests {
 
     fn collect(json: &str) -> Result<(u64, Vec<Value>), Error> {
         let mut v = Vec::new();
-        let n = parse_stream(
-            BufReader::new(json.as_bytes()),
-            ExportFormat::Json,
-            &mut |r| v.push(r),
-        )?;
+        let batches = Batcher::new(2, |batch: RawResponses| {
+            for (n, text) in (batch.first()..).zip(batch.iter()) {
+                v.push(parse_response(n, text)?);
+            }
+            Ok(())
+        });
+        let n = split(json.as_bytes(), ExportFormat::Json, batches)?;
         Ok((n, v))
+    }
+
+    /// Every batch's responses' text, as strings.
+    fn raw_batches(json: &str, per_batch: usize) -> Result<Vec<(u64, Vec<String>)>, Error> {
+        let mut out = Vec::new();
+        let batches = Batcher::new(per_batch, |batch: RawResponses| {
+            let texts = batch.iter().map(|t| String::from_utf8_lossy(t).into());
+            out.push((batch.first(), texts.collect()));
+            Ok(())
+        });
+        split(json.as_bytes(), ExportFormat::Json, batches)?;
+        Ok(out)
     }
 
     #[test]
@@ -568,38 +832,80 @@ mod tests {
         assert!(collect(r#"{"responses":[]} trailing"#).is_err());
     }
 
-    /// Raw responses are each one response's exact JSON text, in order; a file that breaks
-    /// part way hands over the responses before the break, then fails.
+    /// Raw responses are each one response's exact JSON text, in order and in batches; what
+    /// is malformed inside a response is found by its parser, with the response's number.
     #[test]
-    fn raw_responses() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.json");
-        let body = r#"{"meta":1,"responses":[{"responseId":"R_1","values":{"QID1":[1,"a]"]}}, {"responseId":"R_2"}]}"#;
-        std::fs::write(&path, body).unwrap();
-        let mut raw = Vec::new();
-        let n = read_responses_as(&path, false, ExportFormat::Json, |r: Box<RawValue>| {
-            raw.push(r.get().to_string())
-        })
-        .unwrap();
-        assert_eq!(n, 2);
+    fn raw_batches_split_the_file() {
+        let body = r#"{"meta":1,"responses":[ {"responseId":"R_1","values":{"QID1":[1,"a]}\\\"{"]}},
+            {"responseId":"R_2"} ,"text",-1.5e3,{"x":{}}] , "tail": [true,{"y":null}]}
+        "#;
+        let got = raw_batches(body, 2).unwrap();
         assert_eq!(
-            raw,
+            got,
             [
-                r#"{"responseId":"R_1","values":{"QID1":[1,"a]"]}}"#,
-                r#"{"responseId":"R_2"}"#
+                (
+                    1,
+                    vec![
+                        r#"{"responseId":"R_1","values":{"QID1":[1,"a]}\\\"{"]}}"#.to_string(),
+                        r#"{"responseId":"R_2"}"#.to_string()
+                    ]
+                ),
+                (3, vec![r#""text""#.to_string(), "-1.5e3".to_string()]),
+                (5, vec![r#"{"x":{}}"#.to_string()]),
             ]
         );
-        std::fs::write(
-            &path,
-            r#"{"responses":[{"responseId":"R_1"},{"responseId":}]}"#,
-        )
-        .unwrap();
-        let mut seen = 0;
-        let read = read_responses_as(&path, false, ExportFormat::Json, |_: Box<RawValue>| {
-            seen += 1
-        });
-        assert!(matches!(read, Err(Error::Decode { .. })), "{read:?}");
-        assert_eq!(seen, 1);
+        let bad = r#"{"responses":[{"responseId":"R_1"},{"responseId":}]}"#;
+        let texts = raw_batches(bad, 64).unwrap();
+        let e = parse_response(2, texts[0].1[1].as_bytes()).unwrap_err();
+        assert!(matches!(e, Error::Decode { .. }), "{e:?}");
+        assert!(e.to_string().contains("response 2 of the file"), "{e}");
+        assert!(matches!(collect(bad), Err(Error::Decode { .. })));
+    }
+
+    /// The structure around the responses is checked by the splitter, with the byte offset.
+    #[test]
+    fn splitter_refuses_what_is_not_an_export() {
+        for (body, expected) in [
+            ("", "expected an object"),
+            ("[]", "expected an object"),
+            (r#"{"responses":{}}"#, "'[' (the responses array)"),
+            (
+                r#"{"responses":[{"a":1}"#,
+                "',' or ']' after a response at byte 21",
+            ),
+            (r#"{"responses":[{"a":[1"#, "the file ends inside one"),
+            (
+                r#"{"responses":[{"a":1} {"b":2}]}"#,
+                "',' or ']' after a response",
+            ),
+            (r#"{"responses":[]} x"#, "the end of the file"),
+            (
+                r#"{"responses":[],"other":[1,}"#,
+                "\"other\" is not valid JSON",
+            ),
+            (r#"{3:[]}"#, "a key (a string)"),
+            (
+                r#"{"other":[]}"#,
+                "expected an object with a \"responses\" array at byte 12",
+            ),
+        ] {
+            let e = raw_batches(body, 64).unwrap_err();
+            assert!(matches!(e, Error::Decode { .. }), "{body}: {e:?}");
+            assert!(e.to_string().contains(expected), "{body}: {e}");
+        }
+        // An error from the caller stops the read and comes back as is.
+        let body = r#"{"responses":[1,2,3,4,5]}"#;
+        let mut handed = 0;
+        let stop = split(
+            body.as_bytes(),
+            ExportFormat::Json,
+            Batcher::new(2, |_| {
+                handed += 1;
+                Err(Error::Config("stop".into()))
+            }),
+        );
+        assert!(matches!(stop, Err(Error::Config(_))), "{stop:?}");
+        assert_eq!(handed, 1);
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub mod envelope;
 pub mod error;
 pub mod export;
 pub mod ratelimit;
+pub mod record;
 pub mod response;
 
 pub use client::{Auth, Client, ClientBuilder, RetryMode, SurveySummary, WhoAmI};

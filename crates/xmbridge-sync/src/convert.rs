@@ -9,6 +9,7 @@
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use serde_json::Value as Json;
 use xmbridge_destinations::{ColumnType, TableSpec, Value};
+use xmbridge_qualtrics::record::Field;
 
 /// Epoch milliseconds of an API time: ISO-8601 with offset, `YYYY-MM-DD HH:MM:SS` (UTC),
 /// `YYYY-MM-DD`, or a number of epoch milliseconds. `0000-00-00 …` (Qualtrics' "never") is None.
@@ -51,6 +52,17 @@ pub fn as_text(v: &Json) -> Option<String> {
         Json::Number(n) => Some(n.to_string()),
         Json::Bool(b) => Some(b.to_string()),
         other => Some(other.to_string()),
+    }
+}
+
+/// [`as_text`] of an export record's field (the same text for the same JSON).
+pub fn field_text(v: &Field<'_>) -> Option<String> {
+    match v {
+        Field::Null => None,
+        Field::Str(s) => Some(s.to_string()),
+        Field::Number(n) => Some(n.to_string()),
+        Field::Bool(b) => Some(b.to_string()),
+        other => Some(other.to_json().to_string()),
     }
 }
 
@@ -149,11 +161,6 @@ impl<'a> Row<'a> {
         self.set(col, Value::Text(s.into()))
     }
 
-    /// Sets a text column, NULL for None.
-    pub fn opt_text(&mut self, col: &str, s: Option<impl Into<String>>) -> &mut Self {
-        self.set(col, s.map(|s| Value::Text(s.into())).unwrap_or(Value::Null))
-    }
-
     pub fn build(&mut self) -> Vec<Value> {
         std::mem::take(&mut self.cells)
     }
@@ -163,6 +170,18 @@ impl<'a> Row<'a> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn field_text_is_as_text() {
+        let text = r#"{"values":{"s":"a\"b","i":-5,"u":18446744073709551615,"f":2.50,"e":1e3,
+            "t":true,"n":null,"a":[1,"x",{"b":[]}],"o":{"z":1,"a":null,"z":2}}}"#;
+        let record = xmbridge_qualtrics::record::parse_record(text.as_bytes()).unwrap();
+        let value: Json = serde_json::from_str(text).unwrap();
+        for (key, field) in record.values.iter() {
+            assert_eq!(field_text(field), as_text(&value["values"][key]), "{key}");
+        }
+        assert_eq!(record.values.len(), 9);
+    }
 
     #[test]
     fn times() {

@@ -361,8 +361,13 @@ impl Specs {
     /// A new row of `table`. Streams only name tables of their group, which the engine always
     /// prepares; a missing spec is a programming error.
     pub fn row(&self, table: &str) -> Row<'_> {
+        Row::new(self.spec(table))
+    }
+
+    /// A table's spec, for a stream that places cells by position.
+    pub fn spec(&self, table: &str) -> &TableSpec {
         match self.0.get(table) {
-            Some(spec) => Row::new(spec),
+            Some(spec) => spec,
             None => panic!("table {table} was not prepared by the engine"),
         }
     }
@@ -383,7 +388,11 @@ impl Batches {
     }
 
     pub fn push(&mut self, table: &str, row: Vec<Value>) {
-        self.batch(table).upserts.push(row);
+        // Looked up without making the table's name a String: once per row of a first load.
+        match self.0.get_mut(table) {
+            Some(batch) => batch.upserts.push(row),
+            None => self.batch(table).upserts.push(row),
+        }
     }
 
     /// Hard-deletes rows of `table` whose `column` is one of `values` (applied before the

@@ -26,17 +26,17 @@
 //! builds the commits (see `worker`).
 
 use super::surveys::{QDef, SurveyDef, definition};
-use crate::convert::as_text;
+use crate::convert::field_text;
 use crate::engine::{Batches, Ctx, Specs, SyncError};
 use crate::observer::{ExportKind, SeenBatch, SeenResponse};
-use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json, json};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::sync::mpsc::sync_channel;
 use tokio::sync::{Semaphore, mpsc};
-use xmbridge_destinations::{Commit, Value};
-use xmbridge_qualtrics::export::parse_raw_response;
+use xmbridge_destinations::{Commit, TableSpec, Value};
+use xmbridge_qualtrics::export::{RawResponses, malformed_response};
+use xmbridge_qualtrics::record::{ExportRecord, Field, parse_record};
 use xmbridge_qualtrics::response::is_metadata_key;
 use xmbridge_qualtrics::{Client, ExportOptions, SurveySummary};
 
@@ -149,35 +149,35 @@ struct Cell {
     value: Option<String>,
 }
 
-fn label_at(label: Option<&Json>, i: Option<usize>) -> Option<String> {
+fn label_at(label: Option<&Field<'_>>, i: Option<usize>) -> Option<String> {
     match (label, i) {
-        (Some(Json::Array(a)), Some(i)) => a.get(i).and_then(as_text),
-        (Some(Json::Array(_)), None) => None,
-        (Some(l), _) => as_text(l),
+        (Some(Field::Array(a)), Some(i)) => a.get(i).and_then(field_text),
+        (Some(Field::Array(_)), None) => None,
+        (Some(l), _) => field_text(l),
         (None, _) => None,
     }
 }
 
 /// The cells of one `values` entry (empty for display-order fields).
-fn cells(q: Option<&QDef>, rest: &str, value: &Json, label: Option<&Json>) -> Vec<Cell> {
+fn cells(q: Option<&QDef>, rest: &str, value: &Field<'_>, label: Option<&Field<'_>>) -> Vec<Cell> {
     let is_text_entry = q.is_some_and(|q| q.qtype == "TE");
     let matrix = q.is_some_and(|q| !q.answers.is_empty());
     match rest {
         "_DO" => Vec::new(),
         "" => match value {
             // Multi-select: one row per selected choice.
-            Json::Array(items) => items
+            Field::Array(items) => items
                 .iter()
                 .enumerate()
                 .map(|(i, v)| Cell {
-                    option_key: as_text(v),
+                    option_key: field_text(v),
                     label: label_at(label, Some(i)),
-                    value: as_text(v),
+                    value: field_text(v),
                     ..Default::default()
                 })
                 .collect(),
             v => {
-                let value = as_text(v);
+                let value = field_text(v);
                 let option_key = value
                     .as_ref()
                     .and_then(|v| q.and_then(|q| q.choice_by_recode.get(v).cloned()));
@@ -197,12 +197,12 @@ fn cells(q: Option<&QDef>, rest: &str, value: &Json, label: Option<&Json>) -> Ve
             }
         },
         "_TEXT" => vec![Cell {
-            text: as_text(value),
+            text: field_text(value),
             ..Default::default()
         }],
         "_NPS_GROUP" => vec![Cell {
             label: label_at(label, None),
-            value: as_text(value),
+            value: field_text(value),
             ..Default::default()
         }],
         _ => {
@@ -212,14 +212,14 @@ fn cells(q: Option<&QDef>, rest: &str, value: &Json, label: Option<&Json>) -> Ve
                 // "Other, please specify" text of choice n (or a text box on matrix row n).
                 return vec![Cell {
                     option_key: Some(tail[..n].to_string()),
-                    text: as_text(value),
+                    text: field_text(value),
                     ..Default::default()
                 }];
             }
             if n > 0 && n == tail.len() {
                 let sub = tail.to_string();
                 let sub_text = q.and_then(|q| q.choices.get(&sub).cloned());
-                let v = as_text(value);
+                let v = field_text(value);
                 if is_text_entry {
                     return vec![Cell {
                         sub_question_key: Some(sub),
@@ -245,21 +245,21 @@ fn cells(q: Option<&QDef>, rest: &str, value: &Json, label: Option<&Json>) -> Ve
             }
             // Anything else (timing, file upload, heat map …): keep it, keyed by its suffix.
             match value {
-                Json::Array(items) => items
+                Field::Array(items) => items
                     .iter()
                     .enumerate()
                     .map(|(i, v)| Cell {
                         sub_question_key: Some(tail.to_string()),
-                        option_key: as_text(v),
+                        option_key: field_text(v),
                         label: label_at(label, Some(i)),
-                        value: as_text(v),
+                        value: field_text(v),
                         ..Default::default()
                     })
                     .collect(),
                 v => vec![Cell {
                     sub_question_key: Some(tail.to_string()),
                     label: label_at(label, None),
-                    value: as_text(v),
+                    value: field_text(v),
                     ..Default::default()
                 }],
             }
@@ -269,37 +269,77 @@ fn cells(q: Option<&QDef>, rest: &str, value: &Json, label: Option<&Json>) -> Ve
 
 /// A response's version for observers: `lastModifiedDate` (the export asks for it), else
 /// `recordedDate`.
-fn last_modified(resp: &Json) -> String {
-    let values = resp.get("values");
+fn last_modified(record: &ExportRecord<'_>) -> String {
     ["lastModifiedDate", "recordedDate"]
         .iter()
-        .find_map(|k| values.and_then(|v| v.get(*k)).and_then(Json::as_str))
+        .find_map(|k| record.values.get(k).and_then(Field::as_str))
         .unwrap_or_default()
         .to_string()
 }
 
-fn opt(s: Option<String>) -> Value {
-    s.map(Value::Text).unwrap_or(Value::Null)
+/// `question_response`'s columns by position, found once per chunk of responses instead of by
+/// name for every cell (the name lookups showed in a profile of a first load).
+struct AnswerColumns {
+    width: usize,
+    id: Option<usize>,
+    response_id: Option<usize>,
+    question_id: Option<usize>,
+    question: Option<usize>,
+    sub_question_key: Option<usize>,
+    sub_question_text: Option<usize>,
+    option_key: Option<usize>,
+    loop_id: Option<usize>,
+    label: Option<usize>,
+    text: Option<usize>,
+    value: Option<usize>,
+}
+
+impl AnswerColumns {
+    fn new(spec: &TableSpec) -> Self {
+        let at = |name: &str| {
+            let i = spec.column_index(name);
+            debug_assert!(
+                i.is_some(),
+                "question_response.{name} is not in the catalog"
+            );
+            i
+        };
+        AnswerColumns {
+            width: spec.columns.len(),
+            id: at("<p>_id"),
+            response_id: at("response_id"),
+            question_id: at("question_id"),
+            question: at("question"),
+            sub_question_key: at("sub_question_key"),
+            sub_question_text: at("sub_question_text"),
+            option_key: at("question_option_key"),
+            loop_id: at("loop_id"),
+            label: at("label"),
+            text: at("text"),
+            value: at("value"),
+        }
+    }
+}
+
+/// Puts `v` in its column, NULL for None.
+fn place(row: &mut [Value], at: Option<usize>, v: Option<String>) {
+    if let (Some(i), Some(v)) = (at, v) {
+        row[i] = Value::Text(v);
+    }
 }
 
 /// Adds one export record's rows to `b`; returns its response id.
 fn flatten(
     specs: &Specs,
+    cols: &AnswerColumns,
     def: &SurveyDef,
     survey_id: &str,
-    resp: &Json,
+    record: &ExportRecord<'_>,
     b: &mut Vec<(&'static str, Vec<Value>)>,
 ) -> Option<String> {
-    let rid = resp.get("responseId").and_then(Json::as_str)?;
-    let empty = Map::new();
-    let values = resp
-        .get("values")
-        .and_then(Json::as_object)
-        .unwrap_or(&empty);
-    let labels = resp
-        .get("labels")
-        .and_then(Json::as_object)
-        .unwrap_or(&empty);
+    let rid = record.response_id.as_deref()?;
+    let (values, labels) = (&record.values, &record.labels);
+    let json = |key: &str| values.get(key).map(Field::to_json);
 
     let mut r = specs.row("survey_response");
     r.text("id", rid).text("survey_id", survey_id);
@@ -321,27 +361,27 @@ fn flatten(
         ("status", "status"),
         ("user_language", "userLanguage"),
     ] {
-        r.put(col, values.get(key));
+        r.put(col, json(key).as_ref());
     }
     r.put(
         "external_reference",
-        values
-            .get("externalDataReference")
-            .or_else(|| values.get("externalReference")),
+        json("externalDataReference")
+            .or_else(|| json("externalReference"))
+            .as_ref(),
     );
     b.push(("survey_response", r.build()));
 
-    for (key, value) in values {
+    for (key, value) in values.iter() {
         if is_metadata_key(key) || value.is_null() {
             continue;
         }
         let Some(k) = parse_key(key) else {
             // Embedded data: declared in the flow, or set on the response through the API.
             let mut r = specs.row("survey_embedded_data");
-            r.text("import_id", key.clone())
-                .text("key", key.clone())
+            r.text("import_id", key)
+                .text("key", key)
                 .text("response_id", rid)
-                .put("value", Some(value));
+                .put("value", Some(&value.to_json()));
             b.push(("survey_embedded_data", r.build()));
             continue;
         };
@@ -351,7 +391,7 @@ fn flatten(
                 Some(l) => format!("{l}_{}{}", q.tag, k.rest),
                 None => format!("{}{}", q.tag, k.rest),
             },
-            _ => key.clone(),
+            _ => key.to_string(),
         };
         for c in cells(q, k.rest, value, labels.get(key)) {
             let id = answer_id(
@@ -363,19 +403,19 @@ fn flatten(
                 k.loop_id,
                 key,
             );
-            let mut r = specs.row("question_response");
-            r.text("<p>_id", id)
-                .text("response_id", rid)
-                .text("question_id", k.qid)
-                .text("question", question.clone())
-                .set("sub_question_key", opt(c.sub_question_key))
-                .set("sub_question_text", opt(c.sub_question_text))
-                .set("question_option_key", opt(c.option_key))
-                .opt_text("loop_id", k.loop_id)
-                .set("label", opt(c.label))
-                .set("text", opt(c.text))
-                .set("value", opt(c.value));
-            b.push(("question_response", r.build()));
+            let mut row = vec![Value::Null; cols.width];
+            place(&mut row, cols.id, Some(id));
+            place(&mut row, cols.response_id, Some(rid.to_string()));
+            place(&mut row, cols.question_id, Some(k.qid.to_string()));
+            place(&mut row, cols.question, Some(question.clone()));
+            place(&mut row, cols.sub_question_key, c.sub_question_key);
+            place(&mut row, cols.sub_question_text, c.sub_question_text);
+            place(&mut row, cols.option_key, c.option_key);
+            place(&mut row, cols.loop_id, k.loop_id.map(str::to_string));
+            place(&mut row, cols.label, c.label);
+            place(&mut row, cols.text, c.text);
+            place(&mut row, cols.value, c.value);
+            b.push(("question_response", row));
         }
     }
     Some(rid.to_string())
@@ -487,17 +527,18 @@ fn parse_chunk(
     specs: &Specs,
     def: &SurveyDef,
     survey_id: &str,
-    chunk: &[Box<RawValue>],
+    chunk: &RawResponses,
     observe: bool,
 ) -> Result<Vec<Flat>, xmbridge_qualtrics::Error> {
-    chunk
-        .iter()
-        .map(|raw| {
-            let resp = parse_raw_response(raw)?;
+    let cols = AnswerColumns::new(specs.spec("question_response"));
+    (chunk.first()..)
+        .zip(chunk.iter())
+        .map(|(n, text)| {
+            let record = parse_record(text).map_err(|e| malformed_response(n, e))?;
             let mut rows = Vec::new();
-            let response_id = flatten(specs, def, survey_id, &resp, &mut rows);
+            let response_id = flatten(specs, &cols, def, survey_id, &record, &mut rows);
             Ok(Flat {
-                last_modified: (observe && response_id.is_some()).then(|| last_modified(&resp)),
+                last_modified: (observe && response_id.is_some()).then(|| last_modified(&record)),
                 response_id,
                 rows,
             })
@@ -589,7 +630,7 @@ async fn worker(
             let mut to_parsers = Vec::with_capacity(parsers);
             let mut from_parsers = Vec::with_capacity(parsers);
             for _ in 0..parsers {
-                let (raw_tx, raw_rx) = sync_channel::<Vec<Box<RawValue>>>(2);
+                let (raw_tx, raw_rx) = sync_channel::<RawResponses>(2);
                 let (out_tx, out_rx) =
                     sync_channel::<Result<Vec<Flat>, xmbridge_qualtrics::Error>>(2);
                 let (specs, def, sv) = (&*specs, &*def, sv.as_str());
@@ -608,32 +649,25 @@ async fn worker(
             }
             let file = &file;
             let reader = scope.spawn(move || {
-                let mut chunk = Vec::with_capacity(PARSE_CHUNK);
                 let mut dealt = 0usize;
-                // A parser gone means the sync stopped: the rest is read and dropped.
+                // A parser gone means the sync stopped (or the parser failed, which the
+                // assembler reports): the read ends there.
                 let mut stopped = false;
-                let read = file.for_each_raw_response(|raw| {
-                    if stopped {
-                        return;
+                let read = file.for_each_raw_batch(PARSE_CHUNK, |chunk| {
+                    if to_parsers[dealt % parsers].send(chunk).is_err() {
+                        stopped = true;
+                        return Err(xmbridge_qualtrics::Error::Config(
+                            "the export's parsers stopped".into(),
+                        ));
                     }
-                    chunk.push(raw);
-                    if chunk.len() == PARSE_CHUNK {
-                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(PARSE_CHUNK));
-                        match to_parsers[dealt % parsers].send(full) {
-                            Ok(()) => dealt += 1,
-                            Err(_) => stopped = true,
-                        }
-                    }
-                });
-                if read.is_ok()
-                    && !stopped
-                    && !chunk.is_empty()
-                    && to_parsers[dealt % parsers].send(chunk).is_ok()
-                {
                     dealt += 1;
-                }
+                    Ok(())
+                });
                 // The chunks handed to parsers: the assembler must get back as many.
-                read.map(|_| dealt)
+                match read {
+                    Err(_) if stopped => Ok(dealt),
+                    read => read.map(|_| dealt),
+                }
             });
             let mut next = 0usize;
             while let Ok(flats) = from_parsers[next % parsers].recv() {
