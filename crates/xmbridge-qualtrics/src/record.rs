@@ -4,9 +4,10 @@
 //!
 //! A first load reads every response of a survey through this (docs/sync.md, "Reading an export
 //! file"); building a `serde_json::Value` per response (a hashed map per object, a string per
-//! key) was a third of the client's CPU there. What it reads is what `serde_json::Value` would
-//! hold for the same text: the same numbers, later duplicate keys replacing earlier ones in the
-//! earlier one's place, and [`Field::to_json`] gives that `Value` back where one is needed.
+//! key) took 18 % of the client's CPU there (perf, docs/bench.md). What it reads is what
+//! `serde_json::Value` would hold for the same text: the same numbers, later duplicate keys
+//! replacing earlier ones in the earlier one's place, and [`Field::to_json`] gives that `Value`
+//! back where one is needed.
 
 use serde::Deserializer as _;
 use serde::de::{self, Deserialize, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};

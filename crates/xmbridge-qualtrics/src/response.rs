@@ -31,12 +31,25 @@ pub const METADATA_KEYS: &[&str] = &[
 /// Whether `key` of a response's `values` is response metadata (not an answer, not embedded
 /// data).
 pub fn is_metadata_key(key: &str) -> bool {
-    METADATA_KEYS.contains(&key)
+    // Every metadata key starts with a lowercase letter or `_`; question cells (`QID…`, loop
+    // cells `2_QID…`) do not, and are told apart without comparing against the list: a first
+    // load asks this for every cell of every response.
+    key.as_bytes()
+        .first()
+        .is_some_and(|b| b.is_ascii_lowercase() || *b == b'_')
+        && METADATA_KEYS.contains(&key)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_metadata_key_passes_the_first_letter_check() {
+        for key in METADATA_KEYS {
+            assert!(is_metadata_key(key), "{key}");
+        }
+    }
 
     #[test]
     fn metadata_keys_are_told_apart_from_answers_and_embedded_data() {

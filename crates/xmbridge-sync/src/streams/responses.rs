@@ -112,9 +112,11 @@ fn digits(s: &str) -> usize {
 }
 
 fn parse_key(key: &str) -> Option<Key<'_>> {
-    let (loop_id, body) = match key.find("_QID") {
-        Some(i) if i > 0 && digits(key) == i => (Some(&key[..i]), &key[i + 1..]),
-        _ => (None, key),
+    let d = digits(key);
+    let (loop_id, body) = if d > 0 && key[d..].starts_with("_QID") {
+        (Some(&key[..d]), &key[d + 1..])
+    } else {
+        (None, key)
     };
     let n = digits(body.strip_prefix("QID")?);
     if n == 0 {
@@ -158,75 +160,79 @@ fn label_at(label: Option<&Field<'_>>, i: Option<usize>) -> Option<String> {
     }
 }
 
-/// The cells of one `values` entry (empty for display-order fields).
-fn cells(q: Option<&QDef>, rest: &str, value: &Field<'_>, label: Option<&Field<'_>>) -> Vec<Cell> {
+/// Adds the cells of one `values` entry to `out` (none for display-order fields).
+fn cells(
+    q: Option<&QDef>,
+    rest: &str,
+    value: &Field<'_>,
+    label: Option<&Field<'_>>,
+    out: &mut Vec<Cell>,
+) {
     let is_text_entry = q.is_some_and(|q| q.qtype == "TE");
     let matrix = q.is_some_and(|q| !q.answers.is_empty());
     match rest {
-        "_DO" => Vec::new(),
+        "_DO" => {}
         "" => match value {
             // Multi-select: one row per selected choice.
-            Field::Array(items) => items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| Cell {
-                    option_key: field_text(v),
-                    label: label_at(label, Some(i)),
-                    value: field_text(v),
-                    ..Default::default()
-                })
-                .collect(),
+            Field::Array(items) => out.extend(items.iter().enumerate().map(|(i, v)| Cell {
+                option_key: field_text(v),
+                label: label_at(label, Some(i)),
+                value: field_text(v),
+                ..Default::default()
+            })),
             v => {
                 let value = field_text(v);
                 let option_key = value
                     .as_ref()
                     .and_then(|v| q.and_then(|q| q.choice_by_recode.get(v).cloned()));
                 if is_text_entry {
-                    vec![Cell {
+                    out.push(Cell {
                         text: value,
                         ..Default::default()
-                    }]
+                    })
                 } else {
-                    vec![Cell {
+                    out.push(Cell {
                         option_key,
                         label: label_at(label, None),
                         value,
                         ..Default::default()
-                    }]
+                    })
                 }
             }
         },
-        "_TEXT" => vec![Cell {
+        "_TEXT" => out.push(Cell {
             text: field_text(value),
             ..Default::default()
-        }],
-        "_NPS_GROUP" => vec![Cell {
+        }),
+        "_NPS_GROUP" => out.push(Cell {
             label: label_at(label, None),
             value: field_text(value),
             ..Default::default()
-        }],
+        }),
         _ => {
             let tail = &rest[1..];
             let n = digits(tail);
             if n > 0 && &tail[n..] == "_TEXT" {
                 // "Other, please specify" text of choice n (or a text box on matrix row n).
-                return vec![Cell {
+                out.push(Cell {
                     option_key: Some(tail[..n].to_string()),
                     text: field_text(value),
                     ..Default::default()
-                }];
+                });
+                return;
             }
             if n > 0 && n == tail.len() {
                 let sub = tail.to_string();
                 let sub_text = q.and_then(|q| q.choices.get(&sub).cloned());
                 let v = field_text(value);
                 if is_text_entry {
-                    return vec![Cell {
+                    out.push(Cell {
                         sub_question_key: Some(sub),
                         sub_question_text: sub_text,
                         text: v,
                         ..Default::default()
-                    }];
+                    });
+                    return;
                 }
                 let option_key = if matrix {
                     v.as_ref()
@@ -234,34 +240,31 @@ fn cells(q: Option<&QDef>, rest: &str, value: &Field<'_>, label: Option<&Field<'
                 } else {
                     None
                 };
-                return vec![Cell {
+                out.push(Cell {
                     sub_question_key: Some(sub),
                     sub_question_text: sub_text,
                     option_key,
                     label: label_at(label, None),
                     value: v,
                     ..Default::default()
-                }];
+                });
+                return;
             }
             // Anything else (timing, file upload, heat map …): keep it, keyed by its suffix.
             match value {
-                Field::Array(items) => items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| Cell {
-                        sub_question_key: Some(tail.to_string()),
-                        option_key: field_text(v),
-                        label: label_at(label, Some(i)),
-                        value: field_text(v),
-                        ..Default::default()
-                    })
-                    .collect(),
-                v => vec![Cell {
+                Field::Array(items) => out.extend(items.iter().enumerate().map(|(i, v)| Cell {
+                    sub_question_key: Some(tail.to_string()),
+                    option_key: field_text(v),
+                    label: label_at(label, Some(i)),
+                    value: field_text(v),
+                    ..Default::default()
+                })),
+                v => out.push(Cell {
                     sub_question_key: Some(tail.to_string()),
                     label: label_at(label, None),
                     value: field_text(v),
                     ..Default::default()
-                }],
+                }),
             }
         }
     }
@@ -371,6 +374,8 @@ fn flatten(
     );
     b.push(("survey_response", r.build()));
 
+    // One buffer for every entry's cells.
+    let mut cell_buf = Vec::new();
     for (key, value) in values.iter() {
         if is_metadata_key(key) || value.is_null() {
             continue;
@@ -386,14 +391,16 @@ fn flatten(
             continue;
         };
         let q = def.questions.get(k.qid);
-        let question = match q {
+        let mut question = match q {
             Some(q) if !q.tag.is_empty() => match k.loop_id {
                 Some(l) => format!("{l}_{}{}", q.tag, k.rest),
                 None => format!("{}{}", q.tag, k.rest),
             },
             _ => key.to_string(),
         };
-        for c in cells(q, k.rest, value, labels.get(key)) {
+        cells(q, k.rest, value, labels.get(key), &mut cell_buf);
+        let last = cell_buf.len().saturating_sub(1);
+        for (i, c) in cell_buf.drain(..).enumerate() {
             let id = answer_id(
                 rid,
                 k.qid,
@@ -407,7 +414,13 @@ fn flatten(
             place(&mut row, cols.id, Some(id));
             place(&mut row, cols.response_id, Some(rid.to_string()));
             place(&mut row, cols.question_id, Some(k.qid.to_string()));
-            place(&mut row, cols.question, Some(question.clone()));
+            // The last cell takes the question's text; the others copy it.
+            let question = if i == last {
+                std::mem::take(&mut question)
+            } else {
+                question.clone()
+            };
+            place(&mut row, cols.question, Some(question));
             place(&mut row, cols.sub_question_key, c.sub_question_key);
             place(&mut row, cols.sub_question_text, c.sub_question_text);
             place(&mut row, cols.option_key, c.option_key);
