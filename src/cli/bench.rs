@@ -231,6 +231,11 @@ async fn sync(args: BenchSyncArgs) -> anyhow::Result<()> {
             {
                 o.insert("checkpointed".into(), serde_json::json!(done));
             }
+            if let (Some(cpu), Some(serde_json::Value::Object(o))) =
+                (m.client_cpu_s, obj.get_mut(d.name()))
+            {
+                o.insert("client_cpu_s".into(), serde_json::json!(round3(cpu)));
+            }
             if let (Some(n), Some(serde_json::Value::Object(o))) =
                 (m.changed_responses, obj.get_mut(d.name()))
             {
@@ -275,6 +280,11 @@ fn print_table(d: BenchDest, m: &Measure) {
         m.rows
     );
     println!("  peak RSS              {:>12.1} MB", m.peak_rss_mb);
+    if let Some(cpu) = m.client_cpu_s {
+        println!(
+            "  client CPU            {cpu:>12.2} s   (every thread of the syncing process, not the simulator or the server)"
+        );
+    }
     println!("  API calls             {:>12}", m.api_calls);
     println!(
         "  baseline              {:>12.2} s   ({} rows, {})",

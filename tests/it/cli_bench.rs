@@ -65,6 +65,8 @@ fn check(v: &Value, dest: &str) {
         expected.push("checkpointed");
         assert_eq!(m["checkpointed"], serde_json::json!(true), "{v}");
     }
+    // Where /proc is (every machine these tests run on): the client's CPU seconds.
+    expected.push("client_cpu_s");
     assert_eq!(keys, expected);
     // Responses the sync wrote: the export leaves out the simulator's in-progress ones.
     let responses = m["responses"].as_u64().unwrap();
@@ -96,6 +98,11 @@ fn figures(v: &Value, m: &serde_json::Map<String, Value>) {
     assert!(limit_s > 0.0 && limit_s < 600.0, "{v}");
     assert!(limit_ratio > 0.0 && limit_ratio.is_finite(), "{v}");
     assert!(consistent(limit_ratio, limit_s, sync_s - export_s), "{v}");
+    // CPU seconds: some work was done, and no more than every core for the whole sync (plus a
+    // clock tick of rounding on each side).
+    let cpu = m["client_cpu_s"].as_f64().unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    assert!(cpu > 0.0 && cpu <= sync_s * cores + 0.02, "{v}");
 }
 
 /// Whether `ratio` is `num / den` computed before the three were rounded to 3 decimals: a
@@ -149,6 +156,7 @@ fn bench_sync_incremental_json() {
     let keys: Vec<&str> = m.keys().map(String::as_str).collect();
     let mut expected = KEYS.to_vec();
     expected.extend([
+        "client_cpu_s",
         "changed_responses",
         "first_load_s",
         "first_load_peak_rss_mb",

@@ -116,6 +116,12 @@ pub struct Measure {
     /// figures then move more between runs. `None` for SQLite.
     #[serde(default)]
     pub checkpointed: Option<bool>,
+    /// CPU seconds (user and system, every thread) this process spent in the timed sync: the
+    /// client's work (download, unzip, parse, flatten, encode), without the simulator (a
+    /// process of its own) or the database server. Steadier between runs than the wall times,
+    /// which move with what the server and the disk are doing. `None` where /proc is missing.
+    #[serde(default)]
+    pub client_cpu_s: Option<f64>,
 }
 
 impl Measure {
@@ -180,6 +186,19 @@ pub(crate) fn peak_rss_mb() -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// CPU seconds (user and system, all threads, exited ones included) this process has used so
+/// far, from `/proc/self/stat`; `None` where it cannot be read. Its clock ticks are USER_HZ,
+/// which Linux fixes at 100 for user space on every architecture it runs on.
+pub(crate) fn process_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// Starts the peak-RSS count afresh (Linux: `5` into `/proc/self/clear_refs`), so that an
@@ -396,9 +415,13 @@ async fn measure_sync(
     };
     let calls_before = client.api_calls();
     let wait_before = client.export_wait();
+    let cpu_before = process_cpu_s();
     let started = Instant::now();
     let summary = xmbridge_sync::sync(&client, dest.as_mut(), &opts, &NoProgress).await?;
     let sync_s = started.elapsed().as_secs_f64();
+    let client_cpu_s = cpu_before
+        .zip(process_cpu_s())
+        .map(|(before, after)| after - before);
     drop(dest);
     drop(sim);
     let qr = summary.table("question_response");
@@ -418,6 +441,7 @@ async fn measure_sync(
         first_load_s: first_load.map(|f| f.0),
         first_load_peak_rss_mb: first_load.map(|f| f.1),
         checkpointed,
+        client_cpu_s,
     };
     Ok((measure, changed))
 }
