@@ -3,7 +3,9 @@
 //!
 //! The download goes to a temporary file, never into memory; the zip is then opened with its central
 //! directory (a truncated download fails cleanly there and is fetched again), and the JSON inside is
-//! parsed one response at a time so memory stays flat whatever the export size.
+//! split into responses without parsing them ([`ExportFile::for_each_raw_batch`]), handed over a
+//! batch at a time so memory stays flat whatever the export size, and parsed by the caller
+//! ([`parse_response`], or in place with [`crate::record::parse_record`]).
 
 use crate::client::{Client, RetryMode};
 use crate::error::Error;
