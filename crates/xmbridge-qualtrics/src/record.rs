@@ -78,12 +78,13 @@ impl<'a> Fields<'a> {
     fn new(mut entries: Vec<(Cow<'a, str>, Field<'a>)>) -> Self {
         let mut by_key: Vec<u32> = (0..entries.len() as u32).collect();
         let key = |i: &u32| &entries[*i as usize].0;
-        by_key.sort_by(|a, b| key(a).cmp(key(b)).then(a.cmp(b)));
+        // Positions break ties: the order is total, so an unstable sort gives the same result.
+        by_key.sort_unstable_by(|a, b| key(a).cmp(key(b)).then(a.cmp(b)));
         if by_key.windows(2).any(|w| key(&w[0]) == key(&w[1])) {
             entries = dedup(entries, &by_key);
             by_key = (0..entries.len() as u32).collect();
             let key = |i: &u32| &entries[*i as usize].0;
-            by_key.sort_by(|a, b| key(a).cmp(key(b)));
+            by_key.sort_unstable_by(|a, b| key(a).cmp(key(b)));
         }
         Fields { entries, by_key }
     }
