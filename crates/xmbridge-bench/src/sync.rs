@@ -375,8 +375,7 @@ impl Drop for SimProcess {
 /// Starts the simulator, syncs the response tables into `settings` and times it; in
 /// [`Mode::Incremental`], changes responses in the simulator after that first sync and times a
 /// second one. Returns the measure and, for an incremental run, the ids of the changed responses.
-/// Syncs into `settings` and times it; `pg` (PostgreSQL) writes a checkpoint right before the
-/// timed sync.
+/// With `pg` (PostgreSQL), a checkpoint is written right before the timed sync.
 async fn measure_sync(
     size: SurveySize,
     settings: &DestinationSettings,
@@ -796,10 +795,6 @@ struct PgTable {
     indexes: Vec<String>,
 }
 
-/// Reads the synced response tables into memory, then times two binary `COPY` loads of them:
-/// the baseline (into tables `LIKE` the synced ones, indexes included) and the limit (into
-/// tables without indexes or key, then the same key and indexes built). Returns (rows, seconds)
-/// of each.
 /// Writes a checkpoint, so that the timed phase after it starts from the same server state as
 /// the others (no dirty pages or WAL of the phase before to flush on its time). `false` when
 /// the server refuses (the role is neither superuser nor `pg_checkpoint`): the output says so
@@ -808,8 +803,10 @@ async fn checkpoint(c: &tokio_postgres::Client) -> bool {
     c.batch_execute("CHECKPOINT").await.is_ok()
 }
 
-/// Reads the synced rows back and times the baseline and the limit, each after a checkpoint;
-/// the last value says whether both checkpoints were written.
+/// Reads the synced response tables into memory, then times two binary `COPY` loads of them,
+/// each after a checkpoint: the baseline (into tables `LIKE` the synced ones, indexes included)
+/// and the limit (into tables without indexes or key, then the same key and indexes built).
+/// Returns (rows, seconds) of each, and whether both checkpoints were written.
 async fn pg_baselines(
     c: &tokio_postgres::Client,
     ids: Option<&[String]>,
