@@ -230,6 +230,11 @@ pub struct Commit {
     pub mark_unseen_deleted: Vec<MarkUnseenDeleted>,
     /// Stream cursors committed with the rows (stream name → opaque JSON).
     pub cursors: Vec<(String, serde_json::Value)>,
+    /// The commit may be applied while the commit just before it is still being applied, on
+    /// another connection of the same destination: no row is in both, and its cursors hold the
+    /// same values as that one's, so the order the two land in does not matter. A commit without
+    /// it starts only after every earlier commit is in. See [`Destination::settle`].
+    pub concurrent: bool,
 }
 
 impl Commit {
@@ -249,6 +254,22 @@ impl Commit {
 pub struct CommitStats {
     /// table → (inserted, updated, deleted)
     pub tables: Vec<(String, u64, u64, u64)>,
+}
+
+impl CommitStats {
+    /// Adds `other`'s counts to these, table by table.
+    pub fn add(&mut self, other: CommitStats) {
+        for (table, i, u, d) in other.tables {
+            match self.tables.iter_mut().find(|e| e.0 == table) {
+                Some(e) => {
+                    e.1 += i;
+                    e.2 += u;
+                    e.3 += d;
+                }
+                None => self.tables.push((table, i, u, d)),
+            }
+        }
+    }
 }
 
 /// Why a destination call failed; messages name the table (and column) and what to do.
@@ -522,9 +543,21 @@ pub trait Destination: Send {
     fn commit(&mut self, commit: Commit) -> BoxFuture<'_, Result<CommitStats, DestError>>;
 
     /// Makes every commit so far durable. Callers flush at the end of a run and before they
-    /// report a failure, so that work done before it is kept.
-    fn flush(&mut self) -> BoxFuture<'_, Result<(), DestError>> {
-        Box::pin(async { Ok(()) })
+    /// report a failure, so that work done before it is kept. Settles first (see
+    /// [`Destination::settle`]) and returns what that reported.
+    fn flush(&mut self) -> BoxFuture<'_, Result<CommitStats, DestError>> {
+        Box::pin(async { Ok(CommitStats::default()) })
+    }
+
+    /// Waits for the [`Commit::concurrent`] commits still being applied and returns what they
+    /// changed; an error is the first of them that failed. A destination may apply such a commit
+    /// after `commit` returned (PostgreSQL: on a second connection, while the next one is applied
+    /// on the first); its changes and its failure are then reported by a later `commit`, by
+    /// `settle` or by `flush`. A caller that needs to know which commit failed settles before a
+    /// commit of another kind and before it reads. Unlike `flush`, ends no grouping or bulk
+    /// load. Default: nothing is left in flight.
+    fn settle(&mut self) -> BoxFuture<'_, Result<CommitStats, DestError>> {
+        Box::pin(async { Ok(CommitStats::default()) })
     }
 
     /// `sqlite:PATH (prefix qualtrics_)`, `postgres://host/db (schema qualtrics)` — no secret.

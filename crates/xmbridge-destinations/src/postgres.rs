@@ -28,6 +28,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::error::Error as StdError;
+use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use tokio_postgres::Client;
@@ -64,8 +65,9 @@ pub(crate) struct PostgresDestination {
     client: Client,
     schema: String,
     compat: Compat,
-    /// Spec name → resolved spec, filled by `ensure_tables`.
-    tables: HashMap<String, Resolved>,
+    /// Spec name → resolved spec, filled by `ensure_tables` (shared with a commit on the second
+    /// connection).
+    tables: Arc<HashMap<String, Resolved>>,
     /// Spec name → its filter-index columns, filled by `ensure_tables`.
     filter_indexes: HashMap<String, Vec<String>>,
     /// Tables in bulk load: primary key and filter indexes dropped until
@@ -78,6 +80,42 @@ pub(crate) struct PostgresDestination {
     bulk_judged: HashSet<String>,
     state: String,
     describe: String,
+    /// For the second connection [`Commit::concurrent`] commits are applied on.
+    settings: DestinationSettings,
+    /// The second connection while no commit is being applied on it; `None` before the first
+    /// concurrent commit (and after one whose task died).
+    spare: Option<Client>,
+    /// Opening the second connection failed once: concurrent commits are applied on the first.
+    no_spare: bool,
+    /// The concurrent commit being applied on the second connection.
+    in_flight: Option<tokio::task::JoinHandle<(Client, Result<CommitStats, DestError>)>>,
+    /// A commit was applied on the first connection since `in_flight` started: the next one
+    /// waits for it (a commit overlaps only the one just before it).
+    overlapped: bool,
+    /// What finished concurrent commits changed, and the first of their failures, until a
+    /// `commit`, `settle` or `flush` reports them.
+    settled: CommitStats,
+    settled_error: Option<DestError>,
+}
+
+impl Drop for PostgresDestination {
+    /// A destination dropped without `flush` (a cancelled run) stops the commit on the second
+    /// connection rather than leave it writing on its own once the schema lock is gone: its
+    /// connection closes, and the server rolls back what it had not committed yet.
+    fn drop(&mut self) {
+        if let Some(handle) = self.in_flight.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// What a commit applied away from the destination (on the second connection) needs of it.
+struct Target {
+    tables: Arc<HashMap<String, Resolved>>,
+    bulk: HashSet<String>,
+    schema: String,
+    state: String,
+    compat: Compat,
 }
 
 /// Encodes a [`Value`] in PostgreSQL's binary format for its column type.
@@ -434,13 +472,99 @@ impl PostgresDestination {
             client,
             schema: schema.to_string(),
             compat,
-            tables: HashMap::new(),
+            tables: Arc::default(),
             filter_indexes: HashMap::new(),
             bulk: HashSet::new(),
             bulk_judged: HashSet::new(),
             state,
             describe,
+            settings: settings.clone(),
+            spare: None,
+            no_spare: false,
+            in_flight: None,
+            overlapped: false,
+            settled: CommitStats::default(),
+            settled_error: None,
         })
+    }
+
+    /// Waits for the commit on the second connection, keeping what it reported for the next
+    /// `commit`, `settle` or `flush`.
+    async fn wait_in_flight(&mut self) {
+        let Some(handle) = self.in_flight.take() else {
+            return;
+        };
+        let result = match handle.await {
+            Ok((client, result)) => {
+                self.spare = Some(client);
+                result
+            }
+            // The task panicked or was cancelled: its connection is gone with it (a new one is
+            // opened for the next concurrent commit) and its transaction was never committed.
+            Err(e) => Err(DestError::Sql {
+                context: "commit".into(),
+                message: format!("the commit on the second connection stopped: {e}"),
+            }),
+        };
+        match result {
+            Ok(stats) => self.settled.add(stats),
+            Err(e) => {
+                self.settled_error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Waits for the concurrent commit, then reports what finished ones changed (or the first
+    /// failure, keeping their counts for later).
+    async fn settle(&mut self) -> Result<CommitStats, DestError> {
+        self.wait_in_flight().await;
+        self.take_settled()
+    }
+
+    fn take_settled(&mut self) -> Result<CommitStats, DestError> {
+        match self.settled_error.take() {
+            Some(e) => Err(e),
+            None => Ok(std::mem::take(&mut self.settled)),
+        }
+    }
+
+    /// The second connection, opened at the first concurrent commit; `None` when it cannot be
+    /// opened (the server's `max_connections`, say): commits then go one after another on the
+    /// first, as before, and the log says why once.
+    async fn spare_connection(&mut self) -> Option<Client> {
+        if let Some(c) = self.spare.take() {
+            return Some(c);
+        }
+        if self.no_spare {
+            return None;
+        }
+        match connect(&self.settings).await {
+            Ok(session) => Some(session.client),
+            Err(e) => {
+                self.no_spare = true;
+                tracing::warn!(destination = %self.describe, error = %e, "cannot open a second connection; commits are applied one after another");
+                None
+            }
+        }
+    }
+
+    /// Whether `commit` starts or ends a bulk load ([`Self::begin_bulk`], [`Self::finish_bulk`]):
+    /// such a commit changes the tables' keys and is applied on the first connection, after
+    /// every earlier one.
+    fn changes_bulk(&self, commit: &Commit) -> bool {
+        commit.batches.iter().any(|b| {
+            b.appends_only() && !b.upserts.is_empty() && !self.bulk_judged.contains(&b.table)
+        }) || commit.merged_tables().any(|t| self.bulk.contains(t))
+    }
+
+    fn target(&self) -> Target {
+        Target {
+            tables: self.tables.clone(),
+            bulk: self.bulk.clone(),
+            schema: self.schema.clone(),
+            state: self.state.clone(),
+            compat: self.compat,
+        }
     }
 
     fn display(&self, table: &str) -> String {
@@ -448,6 +572,7 @@ impl PostgresDestination {
     }
 
     async fn ensure(&mut self, specs: &[TableSpec]) -> Result<Ensured, DestError> {
+        self.wait_in_flight().await;
         self.finish_bulk(None).await?;
         let mut resolved = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -533,7 +658,7 @@ impl PostgresDestination {
                 .map(str::to_string)
                 .collect();
             self.filter_indexes.insert(name.clone(), filter);
-            self.tables.insert(name, r);
+            Arc::make_mut(&mut self.tables).insert(name, r);
         }
         Ok(ensured)
     }
@@ -593,6 +718,7 @@ impl PostgresDestination {
     /// Ends the bulk load of `only` (or of every table in bulk): adds the primary key back and
     /// builds the filter indexes, in one transaction.
     async fn finish_bulk(&mut self, only: Option<&str>) -> Result<(), DestError> {
+        self.wait_in_flight().await;
         let names: Vec<String> = self
             .bulk
             .iter()
@@ -635,7 +761,9 @@ impl PostgresDestination {
         Ok(())
     }
 
-    async fn cursor(&self, stream: &str) -> Result<Option<serde_json::Value>, DestError> {
+    async fn cursor(&mut self, stream: &str) -> Result<Option<serde_json::Value>, DestError> {
+        // Reads see every commit made so far.
+        self.wait_in_flight().await;
         let ctx = self.display(&self.state);
         let row = self
             .client
@@ -666,6 +794,7 @@ impl PostgresDestination {
         column: &str,
         filter: &[(String, Value)],
     ) -> Result<Vec<String>, DestError> {
+        self.wait_in_flight().await;
         if self.bulk.contains(table) {
             self.finish_bulk(Some(table)).await?;
         }
@@ -698,48 +827,83 @@ impl PostgresDestination {
     }
 
     async fn commit(&mut self, commit: Commit) -> Result<CommitStats, DestError> {
-        self.begin_bulk(&commit).await?;
-        let merging: Vec<String> = commit
-            .merged_tables()
-            .filter(|t| self.bulk.contains(*t))
-            .map(str::to_string)
-            .collect();
-        for table in merging {
-            self.finish_bulk(Some(&table)).await?;
-        }
-        let result = try_commit(
-            &mut self.client,
-            &self.tables,
-            &self.bulk,
-            &self.schema,
-            &self.state,
-            self.compat,
-            &commit,
-        )
-        .await;
-        // Freeing a commit's rows (hundreds of thousands of strings) took longer than sending
-        // them; the next commit need not wait for it.
-        drop(tokio::task::spawn_blocking(move || drop(commit)));
-        match result.map_err(|f| *f) {
-            Ok(stats) => Ok(stats),
-            Err(Failure { error: Ok(e), .. }) => Err(e),
-            Err(Failure {
-                table,
-                error: Err(e),
-            }) => {
-                // The transaction is rolled back; find out whether the table was altered by hand.
-                if let Some(t) = table.as_deref()
-                    && let Some(r) = self.tables.get(t)
-                    && let Some(diag) = diagnose(&self.client, &self.schema, t, r).await
-                {
-                    return Err(diag);
-                }
-                let context = match table {
-                    Some(t) => format!("table {}", self.display(&t)),
-                    None => "commit".to_string(),
-                };
-                Err(sql_err(&context, e))
+        if commit.concurrent && !self.changes_bulk(&commit) {
+            if self.overlapped || self.in_flight.as_ref().is_some_and(|h| h.is_finished()) {
+                self.wait_in_flight().await;
             }
+            // The second connection is free: the commit is applied there while the caller
+            // prepares the next one, which goes on the first connection meanwhile.
+            if self.in_flight.is_none()
+                && let Some(mut client) = self.spare_connection().await
+            {
+                let target = self.target();
+                self.overlapped = false;
+                self.in_flight = Some(tokio::spawn(async move {
+                    let result = apply(&mut client, &target, commit).await;
+                    (client, result)
+                }));
+                return self.take_settled();
+            }
+        } else {
+            self.wait_in_flight().await;
+            self.begin_bulk(&commit).await?;
+            let merging: Vec<String> = commit
+                .merged_tables()
+                .filter(|t| self.bulk.contains(*t))
+                .map(str::to_string)
+                .collect();
+            for table in merging {
+                self.finish_bulk(Some(&table)).await?;
+            }
+        }
+        self.overlapped = self.in_flight.is_some();
+        let target = self.target();
+        let own = apply(&mut self.client, &target, commit).await?;
+        let mut stats = self.take_settled()?;
+        stats.add(own);
+        Ok(stats)
+    }
+}
+
+/// Applies one commit in one transaction on `client`; a failure after the rollback is
+/// diagnosed (a table or column altered by hand) or named by its table.
+async fn apply(
+    client: &mut Client,
+    target: &Target,
+    commit: Commit,
+) -> Result<CommitStats, DestError> {
+    let result = try_commit(
+        client,
+        &target.tables,
+        &target.bulk,
+        &target.schema,
+        &target.state,
+        target.compat,
+        &commit,
+    )
+    .await;
+    // Freeing a commit's rows (hundreds of thousands of strings) took longer than sending
+    // them; the next commit need not wait for it.
+    drop(tokio::task::spawn_blocking(move || drop(commit)));
+    match result.map_err(|f| *f) {
+        Ok(stats) => Ok(stats),
+        Err(Failure { error: Ok(e), .. }) => Err(e),
+        Err(Failure {
+            table,
+            error: Err(e),
+        }) => {
+            // The transaction is rolled back; find out whether the table was altered by hand.
+            if let Some(t) = table.as_deref()
+                && let Some(r) = target.tables.get(t)
+                && let Some(diag) = diagnose(client, &target.schema, t, r).await
+            {
+                return Err(diag);
+            }
+            let context = match table {
+                Some(t) => format!("table {}.{t}", target.schema),
+                None => "commit".to_string(),
+            };
+            Err(sql_err(&context, e))
         }
     }
 }
@@ -1487,8 +1651,19 @@ impl Destination for PostgresDestination {
         Box::pin(PostgresDestination::commit(self, commit))
     }
 
-    fn flush(&mut self) -> BoxFuture<'_, Result<(), DestError>> {
-        Box::pin(self.finish_bulk(None))
+    fn flush(&mut self) -> BoxFuture<'_, Result<CommitStats, DestError>> {
+        Box::pin(async move {
+            let settled = PostgresDestination::settle(self).await;
+            // Also after a failed commit: the keys of a bulk load are built either way.
+            let finished = self.finish_bulk(None).await;
+            let settled = settled?;
+            finished?;
+            Ok(settled)
+        })
+    }
+
+    fn settle(&mut self) -> BoxFuture<'_, Result<CommitStats, DestError>> {
+        Box::pin(PostgresDestination::settle(self))
     }
 
     fn describe(&self) -> String {

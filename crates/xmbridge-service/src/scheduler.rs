@@ -531,6 +531,25 @@ impl StopAtCommit {
             metrics,
         }
     }
+
+    /// Adds what commits changed to the run's counts and the metrics.
+    fn count(&self, stats: &CommitStats) {
+        {
+            let mut counts = self.counts.lock();
+            for (t, i, u, d) in &stats.tables {
+                let c = counts.entry(t.clone()).or_default();
+                c.inserted += i;
+                c.updated += u;
+                c.deleted += d;
+            }
+        }
+        self.metrics.add_rows(
+            stats
+                .tables
+                .iter()
+                .map(|(t, i, u, d)| (t.as_str(), *i, *u, *d)),
+        );
+    }
 }
 
 impl Destination for StopAtCommit {
@@ -551,25 +570,13 @@ impl Destination for StopAtCommit {
     fn commit(&mut self, commit: Commit) -> BoxFuture<'_, Result<CommitStats, DestError>> {
         Box::pin(async move {
             let stats = self.inner.commit(commit).await?;
-            {
-                let mut counts = self.counts.lock();
-                for (t, i, u, d) in &stats.tables {
-                    let c = counts.entry(t.clone()).or_default();
-                    c.inserted += i;
-                    c.updated += u;
-                    c.deleted += d;
-                }
-            }
-            self.metrics.add_rows(
-                stats
-                    .tables
-                    .iter()
-                    .map(|(t, i, u, d)| (t.as_str(), *i, *u, *d)),
-            );
+            self.count(&stats);
             if self.stop.load(Ordering::SeqCst) {
-                // This commit is the boundary: make it durable (SQLite groups commits), then
+                // This commit is the boundary: make it and any still being applied durable
+                // (SQLite groups commits, PostgreSQL may apply one on a second connection), then
                 // refuse to go on; the engine ends the run with this error.
-                self.inner.flush().await?;
+                let earlier = self.inner.flush().await?;
+                self.count(&earlier);
                 self.stopped.store(true, Ordering::SeqCst);
                 return Err(DestError::Sql {
                     context: "sync run".into(),
@@ -580,8 +587,20 @@ impl Destination for StopAtCommit {
         })
     }
 
-    fn flush(&mut self) -> BoxFuture<'_, Result<(), DestError>> {
-        self.inner.flush()
+    fn flush(&mut self) -> BoxFuture<'_, Result<CommitStats, DestError>> {
+        Box::pin(async move {
+            let stats = self.inner.flush().await?;
+            self.count(&stats);
+            Ok(stats)
+        })
+    }
+
+    fn settle(&mut self) -> BoxFuture<'_, Result<CommitStats, DestError>> {
+        Box::pin(async move {
+            let stats = self.inner.settle().await?;
+            self.count(&stats);
+            Ok(stats)
+        })
     }
 
     fn describe(&self) -> String {

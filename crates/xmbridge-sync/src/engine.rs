@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use xmbridge_destinations::{Commit, Compat, DestError, Destination, TableBatch, TableSpec, Value};
+use xmbridge_destinations::{
+    Commit, CommitStats, Compat, DestError, Destination, TableBatch, TableSpec, Value,
+};
 use xmbridge_qualtrics::Client;
 use xmbridge_qualtrics::capabilities::{TABLE_GROUPS, group_of_stream, group_of_table};
 
@@ -479,6 +481,9 @@ pub(crate) struct Ctx<'a> {
     pub defs: HashMap<String, Arc<streams::surveys::SurveyDef>>,
     /// Tables `ensure_tables` had to create this run.
     created: Vec<String>,
+    /// The table and survey of the [`Commit::concurrent`] commits the destination may still be
+    /// applying: a failure it reports later is theirs.
+    in_flight: Option<(String, Option<String>)>,
 }
 
 impl Ctx<'_> {
@@ -493,6 +498,7 @@ impl Ctx<'_> {
         stream: &str,
         table: &str,
     ) -> Result<Option<serde_json::Value>, SyncError> {
+        self.settle().await?;
         match self.dest.cursor(stream).await {
             Ok(c) => Ok(c),
             Err(e @ DestError::UnreadableCursor { .. }) if self.opts.full => {
@@ -541,6 +547,7 @@ impl Ctx<'_> {
         filter: &[(String, Value)],
         survey: Option<&str>,
     ) -> Result<Vec<String>, SyncError> {
+        self.settle().await?;
         self.dest
             .keys(table, column, filter)
             .await
@@ -551,46 +558,83 @@ impl Ctx<'_> {
             })
     }
 
-    /// Applies one commit (rows + cursors, atomically) and adds its counts to the summary.
+    /// Applies one commit (rows + cursors, atomically) and adds its counts to the summary. A
+    /// [`Commit::concurrent`] commit may still be being applied when this returns; commits of
+    /// another table or survey, and every other kind, first wait for it ([`Ctx::settle`]), so
+    /// that a failure is always reported with the table and survey it belongs to.
     pub async fn commit(
         &mut self,
         mut commit: Commit,
         table: &str,
         survey: Option<&str>,
     ) -> Result<(), SyncError> {
+        let context = (table.to_string(), survey.map(str::to_string));
+        if !commit.concurrent || self.in_flight.as_ref().is_some_and(|c| *c != context) {
+            self.settle().await?;
+        }
         commit.synced_at_ms = self.synced_at_ms;
+        if commit.concurrent {
+            self.in_flight = Some(context.clone());
+        }
         let stats = self
             .dest
             .commit(commit)
             .await
             .map_err(|source| SyncError::Destination {
-                table: table.into(),
-                survey: survey.map(Into::into),
+                table: context.0,
+                survey: context.1,
                 source: Box::new(source),
             })?;
+        self.count(stats);
+        Ok(())
+    }
+
+    fn count(&mut self, stats: CommitStats) {
         for (t, i, u, d) in stats.tables {
             let c = self.summary.tables.entry(t).or_default();
             c.inserted += i;
             c.updated += u;
             c.deleted += d;
         }
+    }
+
+    /// Waits for the concurrent commits the destination may still be applying and adds their
+    /// counts; a failure among them is reported with their table and survey.
+    pub async fn settle(&mut self) -> Result<(), SyncError> {
+        if self.in_flight.is_none() {
+            return Ok(());
+        }
+        let failed = self.failure_in_flight();
+        let stats = self.dest.settle().await.map_err(failed)?;
+        self.count(stats);
         Ok(())
     }
 
     /// Makes every commit so far durable (destinations may group commits).
     pub async fn flush(&mut self) -> Result<(), SyncError> {
-        self.dest
-            .flush()
-            .await
-            .map_err(|source| SyncError::Destination {
-                table: "(commit)".into(),
-                survey: None,
-                source: Box::new(source),
-            })
+        let failed = self.failure_in_flight();
+        let stats = self.dest.flush().await.map_err(failed)?;
+        self.count(stats);
+        Ok(())
+    }
+
+    /// Names a failure that settling reports: the in-flight commits' table and survey, or the
+    /// run's commits in general when none is in flight.
+    fn failure_in_flight(&mut self) -> impl FnOnce(DestError) -> SyncError + use<> {
+        let (table, survey) = self
+            .in_flight
+            .take()
+            .unwrap_or_else(|| ("(commit)".to_string(), None));
+        move |source| SyncError::Destination {
+            table,
+            survey,
+            source: Box::new(source),
+        }
     }
 
     /// Widens a table (schema evolution, e.g. a new `stats_*` column) and tells the destination.
     pub async fn widen(&mut self, spec: TableSpec) -> Result<(), SyncError> {
+        self.settle().await?;
         let name = spec.name.clone();
         self.dest
             .ensure_tables(std::slice::from_ref(&spec))
@@ -711,6 +755,7 @@ pub async fn sync(
         summary,
         defs: HashMap::new(),
         created: ensured.created,
+        in_flight: None,
     };
     tracing::info!(groups = ?groups, full = opts.full, "sync started");
 

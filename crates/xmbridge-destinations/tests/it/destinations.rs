@@ -159,8 +159,8 @@ impl H {
     /// One commit, made durable (as a sync does before it ends), so the raw connection can
     /// read and alter the tables in between.
     async fn commit(&mut self, c: Commit) -> Result<CommitStats, DestError> {
-        let stats = self.dest.commit(c).await?;
-        self.dest.flush().await?;
+        let mut stats = self.dest.commit(c).await?;
+        stats.add(self.dest.flush().await?);
         Ok(stats)
     }
 }
@@ -1059,6 +1059,7 @@ async fn hostile_identifiers(mut h: H) {
                 scope: vec![(c3.into(), Value::Int(99))],
             }],
             cursors: vec![(table.into(), json!(table))],
+            concurrent: false,
         })
         .await
         .unwrap();
@@ -1517,6 +1518,105 @@ async fn one_writer(h: H) {
     again.ensure_tables(&[item_spec()]).await.unwrap();
 }
 
+/// Concurrent commits (a survey's intermediate ones) all land and are each counted once (by
+/// `commit`, `settle` or `flush`); a commit without the flag starts only after them, so every
+/// row before it is in when it returns and its cursor is the one that stays. PostgreSQL applies
+/// them on a second connection.
+async fn concurrent_commits(mut h: H) {
+    h.dest.ensure_tables(&[item_spec()]).await.unwrap();
+    let mut stats = h
+        .dest
+        .commit(commit_of(
+            T0,
+            vec![upserts("item", vec![item("a", "s1", "first", 0)])],
+        ))
+        .await
+        .unwrap();
+    let rows = |k: usize| -> Vec<Vec<Value>> {
+        (0..2000)
+            .map(|i| item(&format!("k{k}-{i:04}"), "s1", "x", i))
+            .collect()
+    };
+    for k in 0..6 {
+        let c = Commit {
+            synced_at_ms: T0,
+            batches: vec![upserts("item", rows(k))],
+            cursors: vec![("s".into(), json!({"token": "old"}))],
+            concurrent: true,
+            ..Default::default()
+        };
+        stats.add(h.dest.commit(c).await.unwrap());
+    }
+    let last = Commit {
+        synced_at_ms: T0,
+        batches: vec![upserts("item", vec![item("z", "s1", "last", 1)])],
+        cursors: vec![("s".into(), json!({"token": "new"}))],
+        ..Default::default()
+    };
+    stats.add(h.dest.commit(last).await.unwrap());
+    if h.is_pg() {
+        // SQLite holds its group open until `flush`; PostgreSQL committed each one.
+        assert_eq!(h.count("item", "1=1").await, 12_002);
+        let sessions = h
+            .rows(
+                "SELECT CAST(count(*) AS TEXT) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name = 'xmbridge'",
+            )
+            .await;
+        assert_eq!(sessions[0][0].as_deref(), Some("2"), "a second connection");
+    }
+    stats.add(h.dest.settle().await.unwrap());
+    stats.add(h.dest.flush().await.unwrap());
+    assert_eq!(stat(&stats, "item"), (12_002, 0, 0));
+    assert_eq!(
+        h.dest.cursor("s").await.unwrap(),
+        Some(json!({"token": "new"}))
+    );
+    assert_eq!(h.count("item", "1=1").await, 12_002);
+}
+
+/// A concurrent commit that fails changes nothing, and its failure is reported once: by
+/// `commit` where it is applied at once (SQLite), by the next `settle` where it was still being
+/// applied (PostgreSQL). Commits after it work.
+async fn concurrent_commit_failure(mut h: H) {
+    h.dest.ensure_tables(&[item_spec()]).await.unwrap();
+    h.commit(commit_of(
+        T0,
+        vec![upserts("item", vec![item("a", "s1", "first", 0)])],
+    ))
+    .await
+    .unwrap();
+    let mut bad = item("b", "s1", "bad", 0);
+    bad[3] = Value::Text("not a number".into());
+    let failing = Commit {
+        synced_at_ms: T0,
+        batches: vec![upserts("item", vec![item("c", "s1", "fine", 1), bad])],
+        concurrent: true,
+        ..Default::default()
+    };
+    let committed = h.dest.commit(failing).await;
+    let settled = h.dest.settle().await;
+    let err = if h.is_pg() {
+        assert!(committed.is_ok(), "applied on the second connection");
+        settled.unwrap_err()
+    } else {
+        assert!(settled.is_ok());
+        committed.unwrap_err()
+    };
+    assert!(err.to_string().contains(&h.shown("item")), "{err}");
+    assert_eq!(h.count("item", "1=1").await, 1, "nothing of it landed");
+    let after = Commit {
+        synced_at_ms: T0,
+        batches: vec![upserts("item", vec![item("d", "s1", "after", 2)])],
+        concurrent: true,
+        ..Default::default()
+    };
+    let mut stats = h.dest.commit(after).await.unwrap();
+    stats.add(h.dest.flush().await.unwrap());
+    assert_eq!(stat(&stats, "item"), (1, 0, 0));
+    assert_eq!(h.count("item", "1=1").await, 2);
+}
+
 macro_rules! both {
     ($case:ident, $compat:expr) => {
         mod $case {
@@ -1559,6 +1659,64 @@ both!(bad_row_after_megabytes);
 both!(filter_indexes);
 both!(first_load_builds_indexes);
 both!(one_writer);
+both!(concurrent_commits);
+both!(concurrent_commit_failure);
+
+/// A commit without the concurrent flag starts only once the concurrent commit before it is in,
+/// even when that one is held up (here by a row lock another session holds for half a second).
+#[tokio::test]
+async fn postgres_commit_waits_for_the_concurrent_one() {
+    let Some(mut h) = postgres(Compat::Xmbridge).await else {
+        return;
+    };
+    h.dest.ensure_tables(&[item_spec()]).await.unwrap();
+    h.commit(commit_of(
+        T0,
+        vec![upserts("item", vec![item("held", "s1", "before", 0)])],
+    ))
+    .await
+    .unwrap();
+    let locker = h._db.as_ref().unwrap().client().await;
+    locker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM {} WHERE id = 'held' FOR UPDATE",
+            h.t("item")
+        ))
+        .await
+        .unwrap();
+    let held = Commit {
+        synced_at_ms: T0,
+        batches: vec![upserts(
+            "item",
+            vec![item("held", "s1", "after", 1), item("x", "s1", "x", 2)],
+        )],
+        concurrent: true,
+        ..Default::default()
+    };
+    let mut stats = h.dest.commit(held).await.unwrap();
+    let released = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        locker.batch_execute("COMMIT").await.unwrap();
+        std::time::Instant::now()
+    });
+    let last = Commit {
+        synced_at_ms: T0,
+        batches: vec![upserts("item", vec![item("y", "s1", "y", 3)])],
+        cursors: vec![("s".into(), json!("new"))],
+        ..Default::default()
+    };
+    stats.add(h.dest.commit(last).await.unwrap());
+    let returned = std::time::Instant::now();
+    assert!(
+        returned >= released.await.unwrap(),
+        "returned before the lock was released"
+    );
+    assert_eq!(
+        h.count("item", "name = 'after' OR id IN ('x', 'y')").await,
+        3
+    );
+    assert_eq!(stat(&stats, "item"), (2, 1, 0));
+}
 
 /// A first load killed after its indexes were dropped (the group with the drop committed, the
 /// rest not) leaves a table without indexes, perhaps holding a key twice; the next run's

@@ -19,6 +19,10 @@
 //! survey has no cursor at all (nothing of it was ever committed), which keeps the first load a
 //! pure insert.
 //!
+//! Intermediate commits are [`Commit::concurrent`] (a destination may apply one beside the one
+//! before it, on a second connection) unless a response is in both; the last one waits for all
+//! of them, so the token never lands before the rows it covers.
+//!
 //! **Parallelism.** Up to `survey_parallelism` surveys export and parse at once; their commits go
 //! through a bounded channel to the engine task, the only writer of the destination. Within a
 //! survey, a reader thread splits the file into responses, [`parse_threads`] threads parse and
@@ -31,6 +35,7 @@ use crate::engine::{Batches, Ctx, Specs, SyncError};
 use crate::observer::{ExportKind, SeenBatch, SeenResponse};
 use serde_json::{Map, Value as Json, json};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::mpsc::sync_channel;
 use tokio::sync::{Semaphore, mpsc};
@@ -619,6 +624,8 @@ async fn worker(
         let mut ids: Vec<Value> = Vec::new();
         let mut seen: Vec<SeenResponse> = Vec::new();
         let mut n = 0u64;
+        // The response ids of the commit before, which the next may be applied beside.
+        let mut before: HashSet<String> = HashSet::new();
         let take =
             |b: &mut Batches, ids: &mut Vec<Value>| -> Vec<xmbridge_destinations::TableBatch> {
                 let mut out = std::mem::take(b);
@@ -701,9 +708,21 @@ async fn worker(
                     ids.push(Value::Text(rid));
                     n += 1;
                     if n as usize >= limits.responses || b.rows() >= limits.rows {
+                        // Applied beside the commit before it (a destination may), unless a
+                        // response is in both: the later rows must land last.
+                        let these: HashSet<String> = ids
+                            .iter()
+                            .filter_map(|v| match v {
+                                Value::Text(id) => Some(id.clone()),
+                                _ => None,
+                            })
+                            .collect();
+                        let concurrent = these.is_disjoint(&before);
+                        before = these;
                         let commit = Commit {
                             batches: take(&mut b, &mut ids),
                             cursors: vec![(stream.clone(), partial.clone())],
+                            concurrent,
                             ..Default::default()
                         };
                         let sent = tx2.blocking_send(Msg::Rows {
