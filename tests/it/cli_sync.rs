@@ -159,6 +159,9 @@ async fn kill_loop(clean: &Db, killed: &Db) {
     // PostgreSQL: kills that left a first load without its primary key (dropped, not yet rebuilt).
     let mut keyless = 0;
     let mut seed: u64 = 0x5EED;
+    // Halved each time a run finishes before its kill: once most rows are in, a resumed run is
+    // much shorter than the clean one (on a fast machine, shorter than most kill moments).
+    let mut window_ms = span_ms;
     for _attempt in 0..80 {
         if kills >= 20 {
             break;
@@ -166,7 +169,7 @@ async fn kill_loop(clean: &Db, killed: &Db) {
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let delay_ms = 60 + (seed >> 33) % span_ms;
+        let delay_ms = 60 + (seed >> 33) % window_ms;
         let mut child = i
             .cmd(&killed_argv)
             .stdout(Stdio::null())
@@ -177,6 +180,8 @@ async fn kill_loop(clean: &Db, killed: &Db) {
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
             kills += 1;
+        } else {
+            window_ms = (window_ms / 2).max(20);
         }
         child.wait().unwrap();
         if let Db::Pg { url, .. } = killed {
