@@ -1188,36 +1188,7 @@ async fn apply_batch(
              SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM m"
         )
     };
-    // Rows equal to the table's are left out before the insert, not only by the `DO UPDATE`'s
-    // condition, which still locks each conflicting row it skips (a WAL record and a dirtied
-    // heap page per row): an edited response's answers are mostly unchanged. Only when no key
-    // repeats, since the last row of a repeated key must be the one that counts.
-    let unchanged = match (replace, repeats_a_key(&rows, &r.pk)) {
-        (true, false) => {
-            let same_key: Vec<String> =
-                r.pk.iter()
-                    .map(|&i| format!("o.{c} = s.{c}", c = cols[i]))
-                    .collect();
-            let values: Vec<usize> = (0..cols.len()).filter(|i| !r.pk.contains(i)).collect();
-            let same_values = if values.is_empty() {
-                String::new()
-            } else {
-                let o: Vec<String> = values.iter().map(|&i| format!("o.{}", cols[i])).collect();
-                let n: Vec<String> = values.iter().map(|&i| format!("s.{}", cols[i])).collect();
-                format!(
-                    " AND ({}) IS NOT DISTINCT FROM ({})",
-                    o.join(", "),
-                    n.join(", ")
-                )
-            };
-            format!(
-                " s WHERE NOT EXISTS (SELECT 1 FROM {table} o WHERE {}{same_values})",
-                same_key.join(" AND ")
-            )
-        }
-        _ => String::new(),
-    };
-    let plain = merge(format!("SELECT {select_cols} FROM {stage}{unchanged}"));
+    let plain = merge(format!("SELECT {select_cols} FROM {stage}"));
     let dedup = merge(format!(
         "SELECT DISTINCT ON ({pk_list}) {select_cols} FROM {stage} ORDER BY {pk_list}, ctid DESC"
     ));
@@ -1252,35 +1223,6 @@ async fn apply_batch(
     entry.1 += inserted as u64;
     entry.2 += updated as u64;
     Ok(())
-}
-
-/// Whether two of `rows` may have the same key (the columns at `pk`); a key with a float in it
-/// counts as repeated (PostgreSQL's equality of floats is not their bits').
-fn repeats_a_key(rows: &[&[Value]], pk: &[usize]) -> bool {
-    #[derive(Hash, PartialEq, Eq)]
-    enum Cell<'a> {
-        Null,
-        Text(&'a str),
-        Number(i64),
-        Bool(bool),
-    }
-    let mut seen = HashSet::with_capacity(rows.len());
-    for row in rows {
-        let mut key = Vec::with_capacity(pk.len());
-        for &i in pk {
-            key.push(match row.get(i) {
-                None | Some(Value::Null) => Cell::Null,
-                Some(Value::Text(s) | Value::Json(s)) => Cell::Text(s),
-                Some(Value::Int(n) | Value::Timestamp(n)) => Cell::Number(*n),
-                Some(Value::Bool(b)) => Cell::Bool(*b),
-                Some(Value::Float(_)) => return true,
-            });
-        }
-        if !seen.insert(key) {
-            return true;
-        }
-    }
-    false
 }
 
 /// A `COPY` straight into a table: its columns, then `<p>_synced` and `<p>_deleted`.
