@@ -109,6 +109,11 @@ impl Drop for PostgresDestination {
     }
 }
 
+/// Whether `batch` is the kind whose first one for a table decides a bulk load: new rows only.
+fn judges_bulk(batch: &TableBatch) -> bool {
+    batch.appends_only() && !batch.upserts.is_empty()
+}
+
 /// What a commit applied away from the destination (on the second connection) needs of it.
 struct Target {
     tables: Arc<HashMap<String, Resolved>>,
@@ -552,9 +557,11 @@ impl PostgresDestination {
     /// such a commit changes the tables' keys and is applied on the first connection, after
     /// every earlier one.
     fn changes_bulk(&self, commit: &Commit) -> bool {
-        commit.batches.iter().any(|b| {
-            b.appends_only() && !b.upserts.is_empty() && !self.bulk_judged.contains(&b.table)
-        }) || commit.merged_tables().any(|t| self.bulk.contains(t))
+        commit
+            .batches
+            .iter()
+            .any(|b| judges_bulk(b) && !self.bulk_judged.contains(&b.table))
+            || commit.merged_tables().any(|t| self.bulk.contains(t))
     }
 
     fn target(&self) -> Target {
@@ -572,7 +579,7 @@ impl PostgresDestination {
     }
 
     async fn ensure(&mut self, specs: &[TableSpec]) -> Result<Ensured, DestError> {
-        self.wait_in_flight().await;
+        // Waits for a commit in flight first.
         self.finish_bulk(None).await?;
         let mut resolved = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -667,10 +674,7 @@ impl PostgresDestination {
     /// empty: its primary key and filter indexes are dropped (see [`Self::bulk`]).
     async fn begin_bulk(&mut self, commit: &Commit) -> Result<(), DestError> {
         for batch in &commit.batches {
-            if !batch.appends_only()
-                || batch.upserts.is_empty()
-                || !self.bulk_judged.insert(batch.table.clone())
-            {
+            if !judges_bulk(batch) || !self.bulk_judged.insert(batch.table.clone()) {
                 continue;
             }
             let Some(r) = self.tables.get(&batch.table) else {
