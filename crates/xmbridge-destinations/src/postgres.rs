@@ -1276,19 +1276,29 @@ impl<'a> Direct<'a> {
     }
 }
 
-/// A replacing batch split by whether its group already has rows in the table.
+/// A replacing batch split by whether its group already has rows in the table, and whether
+/// those rows are exactly the batch's.
 struct Split {
     column: String,
-    /// The batch's groups that have rows in the table.
+    /// The batch's groups that have rows in the table that differ from the batch's.
     existing: Vec<Value>,
     /// Positions in `batch.upserts` of rows of groups with no rows yet.
     new_rows: Vec<usize>,
-    /// Positions of the other rows.
+    /// Positions of the rows of `existing` groups, and of rows outside the batch's groups.
     old_rows: Vec<usize>,
 }
 
 /// For a batch that replaces groups of one text column: which of its groups have rows in the
-/// table already (one index probe per group). `None` when the batch does not have that shape.
+/// table already (one index probe per group), and of those, which hold exactly the batch's rows
+/// already — their rows are left out, as the merge would change nothing. An edited response
+/// whose answers stayed the same (an embedded-data edit) then costs a read of its answers, not a
+/// staged copy, a delete and a merge through the key. `None` when the batch does not have that
+/// shape.
+///
+/// The comparison is a SHA-256 over each group's rows in key order (byte order, `COLLATE "C"`),
+/// each value written as `n` (NULL) or `v<bytes>:<text>`, so that the text is read back in only
+/// one way. It is made on tables whose columns are all text and on UTF-8 databases (the server
+/// counts bytes in its own encoding); elsewhere every existing group is compared by the merge.
 async fn split_new_groups(
     tx: &tokio_postgres::Transaction<'_>,
     table: &str,
@@ -1307,18 +1317,43 @@ async fn split_new_groups(
         return Ok(None);
     }
     let cells = group_cells(r, c, values)?;
-    let sql = format!(
-        "SELECT v FROM unnest($1::text[]) AS v WHERE EXISTS (SELECT 1 FROM {table} t WHERE t.{} = v)",
-        quote_ident(&c.name)
-    );
+    let group = quote_ident(&c.name);
+    let sql = if r.columns.iter().all(|c| c.ty == ColumnType::Text) {
+        let row: Vec<String> = r
+            .columns
+            .iter()
+            .map(|c| {
+                let q = quote_ident(&c.name);
+                format!("CASE WHEN t.{q} IS NULL THEN 'n' ELSE 'v' || octet_length(t.{q})::text || ':' || t.{q} END")
+            })
+            .collect();
+        let order: Vec<String> =
+            r.pk.iter()
+                .map(|&i| format!("t.{} COLLATE \"C\"", quote_ident(&r.columns[i].name)))
+                .collect();
+        format!(
+            "SELECT t.{group}, CASE WHEN current_setting('server_encoding') = 'UTF8' \
+             THEN sha256(convert_to(string_agg({}, '' ORDER BY {}), 'UTF8')) END \
+             FROM {table} t WHERE t.{group} = ANY($1::text[]) GROUP BY t.{group}",
+            row.join(" || "),
+            order.join(", ")
+        )
+    } else {
+        format!(
+            "SELECT v, NULL::bytea FROM unnest($1::text[]) AS v \
+             WHERE EXISTS (SELECT 1 FROM {table} t WHERE t.{group} = v)"
+        )
+    };
     let found = tx
         .query(&sql, &[&cells])
         .await
         .map_err(|e| failure(&batch.table, e))?;
-    let mut existing = HashSet::with_capacity(found.len());
+    // Existing group → the digest of its rows in the table, when one was made.
+    let mut existing: HashMap<String, Option<Vec<u8>>> = HashMap::with_capacity(found.len());
     for row in &found {
         let v: String = row.try_get(0).map_err(|e| failure(&batch.table, e))?;
-        existing.insert(v);
+        let digest: Option<Vec<u8>> = row.try_get(1).map_err(|e| failure(&batch.table, e))?;
+        existing.insert(v, digest);
     }
     let asked: HashSet<&str> = values
         .iter()
@@ -1327,22 +1362,86 @@ async fn split_new_groups(
             _ => None,
         })
         .collect();
+    let mut by_group: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, row) in batch.upserts.iter().enumerate() {
+        if let Some(Value::Text(g)) = row.get(at)
+            && asked.contains(g.as_str())
+            && existing.contains_key(g)
+        {
+            by_group.entry(g.as_str()).or_default().push(i);
+        }
+    }
+    let unchanged: HashSet<&str> = by_group
+        .iter()
+        .filter(|(g, rows)| {
+            let theirs = existing.get(**g).and_then(Option::as_deref);
+            theirs.is_some() && theirs == group_digest(r, &batch.upserts, rows).as_deref()
+        })
+        .map(|(g, _)| *g)
+        .collect();
     let (mut new_rows, mut old_rows) = (Vec::new(), Vec::new());
     for (i, row) in batch.upserts.iter().enumerate() {
         match row.get(at) {
+            Some(Value::Text(g)) if unchanged.contains(g.as_str()) => {}
             // A row of a group the batch replaces that has no rows yet.
-            Some(Value::Text(g)) if asked.contains(g.as_str()) && !existing.contains(g) => {
+            Some(Value::Text(g)) if asked.contains(g.as_str()) && !existing.contains_key(g) => {
                 new_rows.push(i)
             }
             _ => old_rows.push(i),
         }
     }
+    let existing = existing
+        .into_keys()
+        .filter(|g| !unchanged.contains(g.as_str()))
+        .map(Value::Text)
+        .collect();
     Ok(Some(Split {
         column: col.clone(),
-        existing: existing.into_iter().map(Value::Text).collect(),
+        existing,
         new_rows,
         old_rows,
     }))
+}
+
+/// The digest [`split_new_groups`] compares for one group: its rows (`at`, positions in `rows`)
+/// in key order, written as the server writes them. `None` when it cannot be made the same way
+/// (a value that is not text, or a key repeated in the batch, whose last row wins in the merge).
+fn group_digest(r: &Resolved, rows: &[Vec<Value>], at: &[usize]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    let key = |i: usize| -> Option<Vec<&str>> {
+        r.pk.iter()
+            .map(|&k| match rows[i].get(k) {
+                Some(Value::Text(s)) => Some(s.as_str()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut keyed: Vec<(Vec<&str>, usize)> = at
+        .iter()
+        .map(|&i| key(i).map(|k| (k, i)))
+        .collect::<Option<_>>()?;
+    keyed.sort_unstable();
+    if keyed.windows(2).any(|w| w[0].0 == w[1].0) {
+        return None;
+    }
+    let mut hash = sha2::Sha256::new();
+    for (_, i) in keyed {
+        let row = &rows[i];
+        if row.len() != r.columns.len() {
+            return None;
+        }
+        for v in row {
+            match v {
+                Value::Null => hash.update(b"n"),
+                Value::Text(s) => {
+                    hash.update(format!("v{}:", s.len()).as_bytes());
+                    hash.update(s.as_bytes());
+                }
+                _ => return None,
+            }
+        }
+    }
+    Some(hash.finalize().to_vec())
 }
 
 /// The `DELETE` of the rows whose `col` is one of `values` (and, with `keep`, that condition is
