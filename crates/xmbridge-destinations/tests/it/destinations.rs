@@ -626,7 +626,8 @@ fn answer(id: &str, response: &str, a: Option<&str>, b: Option<&str>) -> Vec<Val
 
 /// Replacing groups of an all-text table: a group equal to the table's changes nothing, and
 /// values that would read alike if they were simply joined (`xvy|z` and `x|yvz`, NULL and `""`
-/// and `"n"`, in another key order) are told apart.
+/// and `"n"`, in another key order) are told apart, and values the server quotes (`,`, `"`,
+/// `\\`, white space) compare equal when equal.
 async fn replace_text_groups(mut h: H) {
     h.dest.ensure_tables(&[answer_spec()]).await.unwrap();
     let first = vec![
@@ -635,6 +636,7 @@ async fn replace_text_groups(mut h: H) {
         answer("r2:1", "r2", Some("x"), None),
         answer("r3:1", "r3", Some("n"), Some("v1:")),
         answer("r5:1", "r5", Some("xvy"), Some("z")),
+        answer("r6:1", "r6", Some("a,b"), Some("(\"\\ \t)")),
     ];
     h.commit(commit_of(T0, vec![upserts("answer", first)]))
         .await
@@ -664,8 +666,9 @@ async fn replace_text_groups(mut h: H) {
                     answer("r3:1", "r3", Some("n"), Some("v1:")),
                     answer("r4:1", "r4", Some(""), None),
                     answer("r5:1", "r5", Some("x"), Some("yvz")),
+                    answer("r6:1", "r6", Some("a,b"), Some("(\"\\ \t)")),
                 ],
-                &["r1", "r2", "r3", "r4", "r5"],
+                &["r1", "r2", "r3", "r4", "r5", "r6"],
             )],
         ))
         .await
@@ -689,6 +692,7 @@ async fn replace_text_groups(mut h: H) {
             before[3].clone(),
             row("r4:1", Some(""), None, T0 + 1),
             row("r5:1", Some("x"), Some("yvz"), T0 + 1),
+            before[5].clone(),
         ]
     );
     // Subtle changes: "ab","c" → "a","bc"; "" → NULL; a group gone.
@@ -731,6 +735,7 @@ async fn replace_text_groups(mut h: H) {
             row("r1:2", None, None, T0 + 2),
             row("r4:1", Some(""), None, T0 + 1),
             row("r5:1", Some("x"), Some("yvz"), T0 + 1),
+            before[5].clone(),
         ]
     );
 }
@@ -1829,6 +1834,19 @@ async fn postgres_unchanged_groups_are_not_touched() {
         vec![
             answer("r1:1", "r1", Some("a"), None),
             answer("r1:2", "r1", Some("b"), Some("")),
+            answer(
+                "r1:3",
+                "r1",
+                Some("é (\"q\"), \\ \t\r\n\u{b}\u{c}"),
+                Some("ü"),
+            ),
+            // Each character the server quotes for, alone.
+            answer("r1:4", "r1", Some("a b"), Some("a\tb")),
+            answer("r1:5", "r1", Some("a\nb"), Some("a\u{b}b")),
+            answer("r1:6", "r1", Some("a\u{c}b"), Some("a\rb")),
+            answer("r1:7", "r1", Some("a(b"), Some("a)b")),
+            answer("r1:8", "r1", Some("a,b"), Some("a\\b")),
+            answer("r1:9", "r1", Some("a\"b"), Some("a\u{a0}b")),
             answer("r2:1", "r2", Some(b), None),
         ]
     };
@@ -1857,9 +1875,9 @@ async fn postgres_unchanged_groups_are_not_touched() {
         .unwrap();
     assert_eq!(stat(&s, "answer"), (0, 1, 0), "inserted, updated, deleted");
     let after = h.rows(&sql).await;
-    assert_eq!(after[..2], before[..2], "r1's rows untouched: {after:?}");
+    assert_eq!(after[..9], before[..9], "r1's rows untouched: {after:?}");
     assert_eq!(after[0][2].as_deref(), Some("0"));
-    assert_ne!(after[2][1], before[2][1], "r2's row rewritten");
+    assert_ne!(after[9][1], before[9][1], "r2's row rewritten");
 }
 
 /// A commit without the concurrent flag starts only once the concurrent commit before it is in,
