@@ -117,8 +117,23 @@ async fn twenty_kills_during_delivery_of_a_thousand_events_deliver_each_once() {
     let mut kills = 0;
     let started = Instant::now();
     let mut runs = 0;
+    let store = inst.store();
+    let done = || {
+        store
+            .status("kill-loop")
+            .unwrap()
+            .counts
+            .get(&EventState::Done)
+            .copied()
+            .unwrap_or(0)
+    };
     while kills < KILLS && runs < 3 * KILLS {
         runs += 1;
+        // Each run is killed after a seeded number of further deliveries (1–29), then a few
+        // milliseconds more so the kill lands at varied points of the next call. Counting
+        // deliveries, not time, keeps every kill inside delivery however fast the machine
+        // drains the queue: 20 runs × at most 29 events (plus what one poll misses) < 1,000.
+        let kill_after = done() + rng.range(1, 30);
         let mut child = inst
             .cmd(&[
                 "workflow",
@@ -133,22 +148,19 @@ async fn twenty_kills_during_delivery_of_a_thousand_events_deliver_each_once() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // Short enough that 20 kills land before an idle machine drains the 1,000 events.
-        tokio::time::sleep(Duration::from_millis(rng.range(20, 100))).await;
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while done() < kill_after && Instant::now() < give_up && child.try_wait().unwrap().is_none()
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.range(0, 6))).await;
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
             kills += 1;
         }
         child.wait().unwrap();
     }
-    let done_before_final = inst
-        .store()
-        .status("kill-loop")
-        .unwrap()
-        .counts
-        .get(&EventState::Done)
-        .copied()
-        .unwrap_or(0);
+    let done_before_final = done();
     // Let the killed runs' leases run out, then finish.
     let mut status = inst.store().status("kill-loop").unwrap();
     for _ in 0..10 {
