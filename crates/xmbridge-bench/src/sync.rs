@@ -392,9 +392,14 @@ async fn measure_sync(
     .request_timeout(Duration::from_secs(3600))
     .no_rate_limit()
     .build()?;
-    let mut dest = xmbridge_destinations::open(settings, "qualtrics", Compat::Xmbridge)
-        .await
-        .context("cannot open the destination")?;
+    // Each sync opens the destination and closes it when done, as `xmbridge sync` and every
+    // run of `xmbridge serve` do: what one sync leaves behind is what the process keeps, not
+    // an open destination's caches.
+    let open = || async {
+        xmbridge_destinations::open(settings, "qualtrics", Compat::Xmbridge)
+            .await
+            .context("cannot open the destination")
+    };
     let opts = SyncOptions {
         tables: Some(TABLES.iter().map(|t| t.to_string()).collect()),
         ..SyncOptions::default()
@@ -402,12 +407,15 @@ async fn measure_sync(
     let mut changed = None;
     let mut first_load = None;
     if mode == Mode::Incremental {
+        let mut dest = open().await?;
         let started = Instant::now();
         xmbridge_sync::sync(&client, dest.as_mut(), &opts, &NoProgress).await?;
+        drop(dest);
         first_load = Some((started.elapsed().as_secs_f64(), peak_rss_mb()));
         changed = Some(change_responses(&sim, &token, size.responses, reader).await?);
         reset_peak_rss();
     }
+    let mut dest = open().await?;
     let checkpointed = match pg {
         Some(c) => Some(checkpoint(c).await),
         None => None,
