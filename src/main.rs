@@ -66,6 +66,8 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Add, list and remove the users who sign in to `xmbridge serve`, and their API tokens.
     User(cli::user::UserArgs),
+    /// The state store's schema: `state migrate` brings it to this build's versions.
+    State(cli::state::StateArgs),
 }
 
 fn init_logging(format: LogFormat, verbose: u8) {
@@ -118,6 +120,7 @@ fn main() -> ExitCode {
             Command::Account(args) => cli::account::run(args).await,
             Command::Serve(args) => cli::serve::run(args).await,
             Command::User(args) => cli::user::run(args).await,
+            Command::State(args) => cli::state::run(args).await,
         }
     });
     match result {

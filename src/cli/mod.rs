@@ -11,6 +11,7 @@ pub mod connection;
 pub mod demo;
 pub mod serve;
 pub mod simulate;
+pub mod state;
 pub mod sync;
 pub mod user;
 pub mod workflow;

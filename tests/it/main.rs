@@ -13,6 +13,7 @@ mod cli_demo;
 mod cli_destination;
 mod cli_serve;
 mod cli_simulate;
+mod cli_state;
 mod cli_sync;
 mod cli_sync_trigger;
 mod cli_user;

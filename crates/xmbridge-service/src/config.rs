@@ -19,7 +19,17 @@ use xmbridge_vault::{Provider, SecretField, Vault, VaultError};
 use crate::error::{ErrorKind, Result, ServiceError};
 use crate::users::{now_ms, open_db};
 
-const SCHEMA: &str = "
+/// This module's tables in the state store, as versioned migrations (`xmbridge_state`).
+pub static COMPONENT: xmbridge_state::Component = xmbridge_state::Component {
+    name: "service_sync_config",
+    migrations: &[xmbridge_state::Migration {
+        version: 1,
+        name: "sync configuration per connection",
+        sqlite: SCHEMA_V1,
+    }],
+};
+
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS svc_sync_config (
     connection TEXT PRIMARY KEY NOT NULL,
     destination TEXT NOT NULL,
@@ -357,7 +367,7 @@ impl SyncConfigs {
     /// Opens the sync set-ups of the state store at `path` (the vault's file), creating
     /// `svc_sync_config` if missing.
     pub fn open(path: &Path, vault: Arc<Vault>) -> Result<SyncConfigs> {
-        let conn = open_db(path, SCHEMA)?;
+        let conn = open_db(path, &COMPONENT)?;
         Ok(SyncConfigs {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),

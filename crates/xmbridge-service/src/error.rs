@@ -45,6 +45,10 @@ pub enum ServiceError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The service's tables could not be brought to this build's version, or are at a newer
+    /// one.
+    #[error(transparent)]
+    Migrate(Box<xmbridge_state::MigrateError>),
     /// The vault failed.
     #[error(transparent)]
     Vault(#[from] xmbridge_vault::VaultError),
@@ -106,3 +110,9 @@ impl ServiceError {
 
 /// The service's result.
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+impl From<xmbridge_state::MigrateError> for ServiceError {
+    fn from(e: xmbridge_state::MigrateError) -> Self {
+        ServiceError::Migrate(Box::new(e))
+    }
+}

@@ -18,7 +18,17 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ErrorKind, Result, ServiceError};
 use crate::users::{from_ms, now_ms, open_db};
 
-const SCHEMA: &str = "
+/// This module's tables in the state store, as versioned migrations (`xmbridge_state`).
+pub static COMPONENT: xmbridge_state::Component = xmbridge_state::Component {
+    name: "service_runs",
+    migrations: &[xmbridge_state::Migration {
+        version: 1,
+        name: "sync runs and schedule slots",
+        sqlite: SCHEMA_V1,
+    }],
+};
+
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS svc_sync_runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     connection TEXT NOT NULL,
@@ -318,7 +328,7 @@ fn wrong_state(run: &SyncRun, wanted: &str) -> ServiceError {
 impl Runs {
     /// Opens the run history of the state store at `path`, creating its tables if missing.
     pub fn open(path: &Path) -> Result<Runs> {
-        let conn = open_db(path, SCHEMA)?;
+        let conn = open_db(path, &COMPONENT)?;
         Ok(Runs {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),

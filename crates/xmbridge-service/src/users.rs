@@ -40,7 +40,17 @@ pub const TOKEN_PREFIX: &str = "xmb_";
 /// How long a writer waits for another connection's lock (as the vault and workflow store do).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-const SCHEMA: &str = "
+/// This module's tables in the state store, as versioned migrations (`xmbridge_state`).
+pub static COMPONENT: xmbridge_state::Component = xmbridge_state::Component {
+    name: "service_users",
+    migrations: &[xmbridge_state::Migration {
+        version: 1,
+        name: "users, API tokens, sessions, audit",
+        sqlite: SCHEMA_V1,
+    }],
+};
+
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS svc_users (
     name TEXT PRIMARY KEY NOT NULL,
     role TEXT NOT NULL,
@@ -287,8 +297,8 @@ impl fmt::Debug for Users {
 }
 
 /// Opens the state store at `path` the way the vault and workflow store do (WAL, busy timeout,
-/// foreign keys) and creates `schema`'s tables if missing.
-pub(crate) fn open_db(path: &Path, schema: &str) -> Result<Connection> {
+/// foreign keys) and brings `component`'s tables to this build's version.
+pub(crate) fn open_db(path: &Path, component: &xmbridge_state::Component) -> Result<Connection> {
     let what = || format!("open the state store {}", path.display());
     let conn = Connection::open_with_flags(
         path,
@@ -306,11 +316,8 @@ pub(crate) fn open_db(path: &Path, schema: &str) -> Result<Connection> {
         .map_err(ServiceError::store(what()))?;
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(ServiceError::store(what()))?;
-    conn.execute_batch(schema)
-        .map_err(ServiceError::store(format!(
-            "create the service tables in {}",
-            path.display()
-        )))?;
+    let mut conn = conn;
+    xmbridge_state::migrate(&mut conn, path, component)?;
     Ok(conn)
 }
 
@@ -449,7 +456,7 @@ impl Users {
     /// Opens the users of the state store at `path` (normally `Home::state_db()`), creating the
     /// `svc_` tables if missing.
     pub fn open(path: &Path) -> Result<Users> {
-        let conn = open_db(path, SCHEMA)?;
+        let conn = open_db(path, &COMPONENT)?;
         Ok(Users {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),

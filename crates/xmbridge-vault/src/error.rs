@@ -168,6 +168,10 @@ pub enum VaultError {
         supported: i64,
     },
 
+    /// The vault's tables could not be brought to this build's version, or are at a newer one.
+    #[error(transparent)]
+    Migrate(Box<xmbridge_state::MigrateError>),
+
     /// Any other SQLite failure (locked for too long, disk full, read-only file …).
     #[error(
         "the state store {path} could not be used: {source}; check free disk space and file permissions, and that no other program holds it locked"
@@ -237,5 +241,11 @@ impl VaultError {
             path: path.into(),
             source,
         }
+    }
+}
+
+impl From<xmbridge_state::MigrateError> for VaultError {
+    fn from(e: xmbridge_state::MigrateError) -> Self {
+        VaultError::Migrate(Box::new(e))
     }
 }

@@ -40,6 +40,6 @@ pub use key::{KeyId, KeySource, MASTER_KEY_ENV, MASTER_KEY_LEN, MasterKey};
 pub use random::random_secret;
 pub use secrecy::{ExposeSecret, SecretString};
 pub use vault::{
-    ConnectionRecord, Provider, SCHEMA_VERSION, SecretField, SecretInfo, Vault,
+    COMPONENT, ConnectionRecord, Provider, SCHEMA_VERSION, SecretField, SecretInfo, Vault,
     VaultRefreshTokenSink, validate_connection_name,
 };

@@ -23,6 +23,36 @@ use crate::{Home, KeyId, MasterKey, VaultError};
 /// The vault schema version this code writes and understands.
 pub const SCHEMA_VERSION: i64 = 1;
 
+/// The vault's tables in the state store, as versioned migrations (`xmbridge_state`).
+/// `vault_meta`'s `schema_version` is the sealing format's version, checked by `init`.
+pub static COMPONENT: xmbridge_state::Component = xmbridge_state::Component {
+    name: "vault",
+    migrations: &[xmbridge_state::Migration {
+        version: 1,
+        name: "connections and sealed secrets",
+        sqlite: "CREATE TABLE IF NOT EXISTS vault_meta (
+                     key   TEXT PRIMARY KEY,
+                     value BLOB NOT NULL
+                 );
+                 CREATE TABLE IF NOT EXISTS connections (
+                     name       TEXT PRIMARY KEY,
+                     provider   TEXT NOT NULL,
+                     settings   TEXT NOT NULL,
+                     created_at TEXT NOT NULL,
+                     updated_at TEXT NOT NULL
+                 );
+                 CREATE TABLE IF NOT EXISTS connection_secrets (
+                     connection TEXT NOT NULL REFERENCES connections(name) ON DELETE CASCADE,
+                     field      TEXT NOT NULL,
+                     key_id     TEXT NOT NULL,
+                     nonce      BLOB NOT NULL,
+                     ciphertext BLOB NOT NULL,
+                     updated_at TEXT NOT NULL,
+                     PRIMARY KEY (connection, field)
+                 );",
+    }],
+};
+
 /// How long a writer waits for another process's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -212,6 +242,8 @@ pub struct Vault {
     sealer: Sealer,
     path: PathBuf,
     tightened: Vec<(PathBuf, u32)>,
+    /// The schema migrations of the vault's tables this process applied while opening.
+    migrated: Vec<xmbridge_state::Applied>,
 }
 
 impl fmt::Debug for Vault {
@@ -239,11 +271,14 @@ impl Vault {
     /// in [`Vault::tightened`].
     pub fn open(path: impl AsRef<Path>, key: MasterKey) -> Result<Vault, VaultError> {
         let path = path.as_ref().to_path_buf();
-        match std::fs::metadata(&path) {
+        let mut migrated = match std::fs::metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_store(&path, &key)?,
             Err(e) => return Err(VaultError::io("read", &path, e)),
-            Ok(_) => refuse_empty_store(&path)?,
-        }
+            Ok(_) => {
+                refuse_empty_store(&path)?;
+                Vec::new()
+            }
+        };
         let tightened = restrict_store_files(&path)?;
         let db = |e: rusqlite::Error| db_error(&path, e);
         // No CREATE: the file exists now; were it removed meanwhile, SQLite would make a new one
@@ -261,14 +296,23 @@ impl Vault {
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
-        let vault = Vault {
+        let mut vault = Vault {
             conn: Mutex::new(conn),
             sealer: Sealer::new(&key),
             path,
             tightened,
+            migrated: Vec::new(),
         };
-        vault.init()?;
+        migrated.extend(vault.init()?);
+        vault.migrated = migrated;
         Ok(vault)
+    }
+
+    /// The schema migrations of the vault's tables ([`COMPONENT`]) this process applied while
+    /// opening: all of them when it created the store, the missing ones of an older store, none
+    /// otherwise (another process may have applied them meanwhile).
+    pub fn migrations_applied(&self) -> &[xmbridge_state::Applied] {
+        &self.migrated
     }
 
     /// State store files (`state.db`, `-wal`, `-shm`) that other users could read when this
@@ -292,35 +336,14 @@ impl Vault {
     }
 
     /// Creates the tables and key check on first use; checks schema version and key otherwise.
-    fn init(&self) -> Result<(), VaultError> {
+    /// Returns the migrations it applied.
+    fn init(&self) -> Result<Vec<xmbridge_state::Applied>, VaultError> {
         let mut conn = self.conn.lock();
+        let migrated = xmbridge_state::migrate(&mut conn, &self.path, &COMPONENT)?;
         // IMMEDIATE: two processes initialising a fresh file must not both write a key check.
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.db(e))?;
-        tx.execute_batch(
-            "CREATE TABLE IF NOT EXISTS vault_meta (
-                 key   TEXT PRIMARY KEY,
-                 value BLOB NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS connections (
-                 name       TEXT PRIMARY KEY,
-                 provider   TEXT NOT NULL,
-                 settings   TEXT NOT NULL,
-                 created_at TEXT NOT NULL,
-                 updated_at TEXT NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS connection_secrets (
-                 connection TEXT NOT NULL REFERENCES connections(name) ON DELETE CASCADE,
-                 field      TEXT NOT NULL,
-                 key_id     TEXT NOT NULL,
-                 nonce      BLOB NOT NULL,
-                 ciphertext BLOB NOT NULL,
-                 updated_at TEXT NOT NULL,
-                 PRIMARY KEY (connection, field)
-             );",
-        )
-        .map_err(|e| self.db(e))?;
         let meta = |k: &str| -> Result<Option<Vec<u8>>, VaultError> {
             let v = tx
                 .query_row("SELECT value FROM vault_meta WHERE key = ?1", [k], |r| {
@@ -388,7 +411,8 @@ impl Vault {
             }
             _ => return Err(self.corrupted("the vault metadata (table vault_meta)")),
         }
-        tx.commit().map_err(|e| self.db(e))
+        tx.commit().map_err(|e| self.db(e))?;
+        Ok(migrated)
     }
 
     fn corrupted(&self, what: impl Into<String>) -> VaultError {
@@ -843,7 +867,7 @@ static CREATE_SEQ: AtomicU64 = AtomicU64::new(0);
 /// temporary file, then linked into place, so no process ever sees an empty or half-made
 /// `state.db` — an empty one can then always be refused as damaged. If another process linked
 /// its store first, that one is used (and must have been made with the same key).
-fn create_store(path: &Path, key: &MasterKey) -> Result<(), VaultError> {
+fn create_store(path: &Path, key: &MasterKey) -> Result<Vec<xmbridge_state::Applied>, VaultError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".state.db.{}.{}.tmp",
@@ -864,15 +888,17 @@ fn create_store(path: &Path, key: &MasterKey) -> Result<(), VaultError> {
             sealer: Sealer::new(key),
             path: tmp.clone(),
             tightened: Vec::new(),
+            migrated: Vec::new(),
         };
-        fresh.init()?;
+        let migrated = fresh.init()?;
         drop(fresh);
         std::fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(|e| VaultError::io("write the new state store", &tmp, e))?;
         match std::fs::hard_link(&tmp, path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Ok(()) => Ok(migrated),
+            // Another process created it first: its migrations are the ones in the store.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Vec::new()),
             Err(e) => Err(VaultError::io("create the state store", path, e)),
         }
     })();

@@ -71,6 +71,15 @@ pub enum StoreError {
         /// The account name asked for.
         name: String,
     },
+    /// The workflow tables could not be brought to this build's version, or are at a newer one.
+    #[error(transparent)]
+    Migrate(Box<xmbridge_state::MigrateError>),
+}
+
+impl From<xmbridge_state::MigrateError> for StoreError {
+    fn from(e: xmbridge_state::MigrateError) -> Self {
+        StoreError::Migrate(Box::new(e))
+    }
 }
 
 /// Where an event came from.
@@ -591,7 +600,17 @@ pub struct OutboxStats {
     pub latency_sum_ms: u64,
 }
 
-const SCHEMA: &str = "
+/// The workflow store's tables in the state store, as versioned migrations (`xmbridge_state`).
+pub static COMPONENT: xmbridge_state::Component = xmbridge_state::Component {
+    name: "workflows",
+    migrations: &[xmbridge_state::Migration {
+        version: 1,
+        name: "events, workflow state, accounts, subscriptions",
+        sqlite: SCHEMA_V1,
+    }],
+};
+
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS wf_events (
     id              TEXT PRIMARY KEY,
     workflow        TEXT NOT NULL,
@@ -753,7 +772,8 @@ impl SqliteStore {
         // FULL: an acknowledged webhook must survive a power cut, not only a process kill.
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
-        conn.execute_batch(SCHEMA).map_err(db)?;
+        let mut conn = conn;
+        xmbridge_state::migrate(&mut conn, &path, &COMPONENT)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             path,
