@@ -68,6 +68,8 @@ enum Command {
     User(cli::user::UserArgs),
     /// The state store's schema: `state migrate` brings it to this build's versions.
     State(cli::state::StateArgs),
+    /// The serving processes of this installation: `cluster status`.
+    Cluster(cli::cluster::ClusterArgs),
 }
 
 fn init_logging(format: LogFormat, verbose: u8) {
@@ -121,6 +123,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => cli::serve::run(args).await,
             Command::User(args) => cli::user::run(args).await,
             Command::State(args) => cli::state::run(args).await,
+            Command::Cluster(args) => cli::cluster::run(args).await,
         }
     });
     match result {

@@ -7,6 +7,7 @@ pub mod action;
 pub mod bench;
 pub mod bench_contacts;
 pub mod bench_workflows;
+pub mod cluster;
 pub mod connection;
 pub mod demo;
 pub mod serve;

@@ -71,6 +71,10 @@ pub struct ServeArgs {
     /// Seconds running syncs get at shutdown to reach their next commit boundary.
     #[arg(long, default_value_t = 20)]
     pub grace_secs: u64,
+    /// Seconds between this node's heartbeats in the state store; `xmbridge cluster status`
+    /// reports a node that missed three as not responding.
+    #[arg(long, default_value_t = 5)]
+    pub heartbeat_secs: u64,
     /// For tests: schedule intervals are divided by N (5m with 300 fires every second).
     #[arg(
         long,
@@ -97,6 +101,9 @@ fn service_error(e: ServiceError) -> anyhow::Error {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.schedule_scale == 0 {
         return Err(usage("--schedule-scale must be at least 1"));
+    }
+    if args.heartbeat_secs == 0 {
+        return Err(usage("--heartbeat-secs must be at least 1"));
     }
     let opts = ServeOptions {
         listen: args.listen,
@@ -128,6 +135,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             ..SchedulerOptions::default()
         },
         workflow_config: args.config.clone(),
+        heartbeat_every: Duration::from_secs(args.heartbeat_secs),
     };
     // Refused before anything is opened or bound.
     if let Some(warning) = serve::check_listen(&opts).map_err(service_error)? {

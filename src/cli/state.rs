@@ -16,13 +16,14 @@ use xmbridge_state::{Applied, Component};
 use super::connection::open_vault;
 
 /// Every component with tables in the state store, in the order they are opened.
-fn components() -> [&'static Component; 5] {
+fn components() -> [&'static Component; 6] {
     [
         &xmbridge_vault::COMPONENT,
         &xmbridge_workflows::store::COMPONENT,
         &xmbridge_service::users::COMPONENT,
         &xmbridge_service::runs::COMPONENT,
         &xmbridge_service::config::COMPONENT,
+        &xmbridge_service::nodes::COMPONENT,
     ]
 }
 
@@ -77,6 +78,7 @@ fn migrate(json: bool) -> anyhow::Result<()> {
     xmbridge_service::users::Users::open(&path)?;
     xmbridge_service::runs::Runs::open(&path)?;
     xmbridge_service::config::SyncConfigs::open(&path, Arc::clone(&vault))?;
+    xmbridge_service::nodes::Nodes::open(&path)?;
     let after = xmbridge_state::applied(&conn, &path)?;
     let version_of = |c: &Component| {
         after

@@ -958,3 +958,100 @@ async fn several_qualtrics_connections_do_not_stop_the_server_from_starting() {
     let out = i.run(&["workflow", "run", "--once"]).await;
     out.fails(2, "several Qualtrics connections");
 }
+
+/// This installation's nodes as `cluster status --json` lists them.
+async fn nodes(i: &Install) -> Vec<serde_json::Value> {
+    i.json(&["cluster", "status", "--json"]).await["nodes"]
+        .as_array()
+        .expect("nodes")
+        .clone()
+}
+
+#[tokio::test]
+async fn cluster_status_and_the_api_list_the_node_alive_then_stopped() {
+    let i = support::install();
+    let token = token(&i);
+    let mut s = start_server(&i, &["--heartbeat-secs", "1"]).await;
+    let listed = nodes(&i).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let node = &listed[0];
+    assert_eq!(node["state"], "alive", "{node}");
+    assert_eq!(node["pid"], s.pid(), "{node}");
+    assert_eq!(node["version"], env!("CARGO_PKG_VERSION"), "{node}");
+    assert_eq!(node["url"], s.url.trim_end_matches('/'), "{node}");
+    assert_eq!(node["heartbeat_every_s"], 1.0, "{node}");
+    let id = node["id"].as_str().expect("id").to_string();
+    // A heartbeat follows within its interval.
+    let first_beat = node["last_heartbeat"].clone();
+    let start = Instant::now();
+    while nodes(&i).await[0]["last_heartbeat"] == first_beat {
+        assert!(start.elapsed() < Duration::from_secs(10), "no heartbeat");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let c = http();
+    let answer = c
+        .get(s.at("/api/v1/cluster"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["this_node"], id.as_str(), "{body}");
+    assert_eq!(body["nodes"][0]["id"], id.as_str(), "{body}");
+    assert_eq!(body["nodes"][0]["state"], "alive", "{body}");
+    assert_eq!(
+        c.get(s.at("/api/v1/cluster"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "the cluster needs a signed-in caller"
+    );
+    let text = i.ok(&["cluster", "status"]).await;
+    assert!(
+        text.contains(&id) && text.contains("1 of 1 node(s) alive"),
+        "{text}"
+    );
+    s.terminate();
+    assert!(s.wait(Duration::from_secs(30)).await.success());
+    let after = nodes(&i).await;
+    assert_eq!(after[0]["id"], id.as_str());
+    assert_eq!(after[0]["state"], "stopped", "{after:?}");
+    assert!(after[0]["stopped_at"].is_string(), "{after:?}");
+}
+
+#[tokio::test]
+async fn a_killed_node_is_reported_not_responding_and_the_next_one_alive() {
+    let i = support::install();
+    let mut s = start_server(&i, &["--heartbeat-secs", "1"]).await;
+    let killed = nodes(&i).await[0]["id"].as_str().expect("id").to_string();
+    s.kill();
+    let start = Instant::now();
+    loop {
+        let listed = nodes(&i).await;
+        let state = listed[0]["state"].as_str().expect("state").to_string();
+        if state == "not_responding" {
+            break;
+        }
+        assert_eq!(
+            state, "alive",
+            "a killed node never says stopped: {listed:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "still alive after 15 s: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut next = start_server(&i, &["--heartbeat-secs", "1"]).await;
+    let listed = nodes(&i).await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[0]["state"], "alive", "the newest first: {listed:?}");
+    assert_eq!(listed[0]["pid"], next.pid());
+    assert_eq!(listed[1]["id"], killed.as_str());
+    assert_eq!(listed[1]["state"], "not_responding");
+    next.terminate();
+    assert!(next.wait(Duration::from_secs(30)).await.success());
+}

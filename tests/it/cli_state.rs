@@ -7,12 +7,13 @@ use serde_json::Value;
 
 use crate::support::{self, Install};
 
-const COMPONENTS: [&str; 5] = [
+const COMPONENTS: [&str; 6] = [
     "vault",
     "workflows",
     "service_users",
     "service_runs",
     "service_sync_config",
+    "service_nodes",
 ];
 
 fn state_db(inst: &Install) -> Connection {
@@ -38,7 +39,7 @@ fn versions(report: &Value) -> Vec<(String, i64, i64)> {
 async fn a_fresh_home_is_migrated_once_and_then_up_to_date() {
     let inst = support::install();
     let first = inst.json(&["state", "migrate", "--json"]).await;
-    assert_eq!(first["applied_now"], 5, "{first}");
+    assert_eq!(first["applied_now"], 6, "{first}");
     assert_eq!(
         versions(&first),
         COMPONENTS
@@ -58,7 +59,7 @@ async fn a_fresh_home_is_migrated_once_and_then_up_to_date() {
     let rows: i64 = state_db(&inst)
         .query_row("SELECT COUNT(*) FROM state_migrations", [], |r| r.get(0))
         .expect("count");
-    assert_eq!(rows, 5);
+    assert_eq!(rows, 6);
 }
 
 #[tokio::test]
@@ -82,7 +83,7 @@ async fn a_store_from_before_versions_adopts_version_one_and_keeps_its_data() {
         .execute_batch("DROP TABLE state_migrations")
         .expect("drop");
     let report = inst.json(&["state", "migrate", "--json"]).await;
-    assert_eq!(report["applied_now"], 5, "{report}");
+    assert_eq!(report["applied_now"], 6, "{report}");
     let list = inst.ok(&["connection", "list"]).await;
     assert!(list.contains("prod"), "the connection is kept:\n{list}");
 }
@@ -130,7 +131,7 @@ async fn processes_migrating_at_once_apply_each_migration_once() {
         .iter()
         .map(|r| r["applied_now"].as_i64().expect("applied_now"))
         .sum();
-    assert_eq!(applied, 4, "{runs:?}");
+    assert_eq!(applied, 5, "{runs:?}");
     let rows: Vec<(String, i64)> = {
         let db = state_db(&inst);
         let mut st = db

@@ -371,6 +371,22 @@ fn scaled(every: Duration, scale: u32) -> Duration {
 }
 
 impl SchedulerHandle {
+    /// The runs this process is executing now, by connection.
+    pub fn running(&self) -> Vec<crate::nodes::RunningSync> {
+        let mut running: Vec<_> = self
+            .shared
+            .active
+            .lock()
+            .iter()
+            .map(|(connection, a)| crate::nodes::RunningSync {
+                connection: connection.clone(),
+                run: a.run,
+            })
+            .collect();
+        running.sort_by(|a, b| a.connection.cmp(&b.connection));
+        running
+    }
+
     /// Queues a run of `connection` now (whatever its schedule says, paused or not). During a
     /// run, one more is queued; when one is queued already, that one is returned and nothing
     /// new is queued.

@@ -35,6 +35,7 @@ use xmbridge_workflows::worker::RunSummary;
 use crate::config::SyncConfigs;
 use crate::error::{ErrorKind, Result, ServiceError};
 use crate::metrics::{LATENCY_BOUNDS_MS, Metrics, Snapshot};
+use crate::nodes::{NodeStart, Nodes};
 use crate::runs::Runs;
 use crate::scheduler::{Scheduler, SchedulerHandle, SchedulerOptions};
 use crate::users::Users;
@@ -54,6 +55,10 @@ pub struct AppState {
     pub configs: SyncConfigs,
     /// The sync run history.
     pub runs: Runs,
+    /// The installation's serving processes (`GET /api/v1/cluster`).
+    pub nodes: Nodes,
+    /// This process's node id.
+    pub node_id: String,
     /// Queues, cancels and re-plans syncs.
     pub scheduler: SchedulerHandle,
     /// The process's counters.
@@ -94,6 +99,8 @@ pub struct ServeOptions {
     pub scheduler: SchedulerOptions,
     /// The workflow file of `sync-responses` workflows (as `sync --config`).
     pub workflow_config: Option<PathBuf>,
+    /// How often this node records its heartbeat (`cluster status`).
+    pub heartbeat_every: Duration,
 }
 
 /// Checks the listen address before anything is bound: another address than loopback needs
@@ -273,6 +280,7 @@ pub struct Server {
     wanted: Arc<Vec<xmbridge_workflows::hooks::WantedSubscription>>,
     recovered: Vec<i64>,
     state: AppState,
+    heartbeat_every: Duration,
 }
 
 /// What [`Server::run`] did.
@@ -302,6 +310,7 @@ impl Server {
         let users = Users::open(&state_db)?;
         let configs = SyncConfigs::open(&state_db, vault.clone())?;
         let runs = Runs::open(&state_db)?;
+        let nodes = Nodes::open(&state_db)?;
         let metrics = Arc::new(Metrics::new());
         let process = WorkflowProcess::assemble(
             vault.clone(),
@@ -347,6 +356,15 @@ impl Server {
             opts.scheduler.clone(),
         );
         let recovered = scheduler.recover()?;
+        let node = NodeStart {
+            id: node_id()?,
+            host: crate::nodes::host_name(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            url: public_url.clone(),
+            heartbeat_every: opts.heartbeat_every,
+        };
+        nodes.register(&node)?;
         let state = AppState {
             home,
             vault,
@@ -354,6 +372,8 @@ impl Server {
             users,
             configs,
             runs,
+            nodes,
+            node_id: node.id.clone(),
             scheduler: scheduler.handle(),
             metrics,
             public_url: public_url.clone(),
@@ -376,6 +396,7 @@ impl Server {
             wanted: Arc::new(setup.wanted),
             recovered,
             state,
+            heartbeat_every: opts.heartbeat_every,
         })
     }
 
@@ -433,6 +454,11 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<ServeSummary> {
         let (tx, rx) = tokio::sync::watch::channel(false);
+        let heartbeat = tokio::spawn(heartbeats(
+            self.state.clone(),
+            self.heartbeat_every,
+            rx.clone(),
+        ));
         let mut sched_rx = rx.clone();
         let scheduler = tokio::spawn(self.scheduler.run(async move {
             let _ = sched_rx.wait_for(|v| *v).await;
@@ -457,10 +483,57 @@ impl Server {
                 None,
             )
         })?;
+        let _ = heartbeat.await;
+        let nodes = self.state.nodes.clone();
+        let id = self.state.node_id.clone();
+        match tokio::task::spawn_blocking(move || nodes.stopped(&id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot record that this node stopped"),
+            Err(e) => tracing::warn!(error = %e, "cannot record that this node stopped"),
+        }
         Ok(ServeSummary {
             delivered,
             stopped_runs,
         })
+    }
+}
+
+/// A new node id: 16 random hex digits.
+fn node_id() -> Result<String> {
+    let mut bytes = [0u8; 8];
+    xmbridge_auth::random_bytes(&mut bytes).map_err(|e| {
+        ServiceError::refused(
+            ErrorKind::Internal,
+            "no_randomness",
+            format!("cannot make a node id: {e}"),
+            None,
+        )
+    })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Records this node's heartbeat, with the syncs it runs, every `every` until `stop` turns true.
+/// A failed write is logged and retried at the next beat: the node keeps serving, and others
+/// see it as not responding until a write succeeds.
+async fn heartbeats(
+    state: AppState,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|v| *v) => return,
+        }
+        let running = state.scheduler.running();
+        let (nodes, id) = (state.nodes.clone(), state.node_id.clone());
+        match tokio::task::spawn_blocking(move || nodes.heartbeat(&id, &running)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot record this node's heartbeat"),
+            Err(e) => tracing::warn!(error = %e, "cannot record this node's heartbeat"),
+        }
     }
 }
 
@@ -615,6 +688,7 @@ mod tests {
             },
             scheduler: SchedulerOptions::default(),
             workflow_config: None,
+            heartbeat_every: crate::nodes::DEFAULT_HEARTBEAT,
         }
     }
 

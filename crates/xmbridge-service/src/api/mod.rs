@@ -22,6 +22,7 @@ use xmbridge_workflows::catalog::Sources;
 
 mod accounts;
 pub mod auth;
+mod cluster;
 mod connections;
 pub mod error;
 pub mod openapi;
@@ -146,6 +147,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(connections::routes());
     all.extend(workflows::routes());
     all.extend(accounts::routes());
+    all.extend(cluster::routes());
     all.push(route(
         Method::GET,
         "/api/v1/openapi.json",

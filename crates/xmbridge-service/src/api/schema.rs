@@ -22,6 +22,11 @@ pub fn integer() -> Value {
     json!({"type": "integer"})
 }
 
+/// A number.
+pub fn number() -> Value {
+    json!({"type": "number"})
+}
+
 /// A date-time string (RFC 3339).
 pub fn time() -> Value {
     json!({"type": "string", "format": "date-time"})

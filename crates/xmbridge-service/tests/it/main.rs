@@ -89,6 +89,7 @@ impl Service {
         let users = Users::open(&db).expect("the users open");
         let configs = SyncConfigs::open(&db, vault.clone()).expect("the sync configs open");
         let runs = Runs::open(&db).expect("the runs open");
+        let nodes = xmbridge_service::nodes::Nodes::open(&db).expect("the nodes open");
         let metrics = Arc::new(Metrics::new());
         let scheduler = Scheduler::new(
             Deps {
@@ -124,6 +125,8 @@ impl Service {
             users,
             configs,
             runs,
+            nodes,
+            node_id: "test-node".into(),
             scheduler: handle,
             metrics,
             public_url: base.clone(),
