@@ -454,10 +454,13 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<ServeSummary> {
         let (tx, rx) = tokio::sync::watch::channel(false);
+        // Heartbeats go on through the shutdown's grace period, until the syncs have stopped:
+        // a node stopping slowly is not reported as not responding.
+        let (beats_done, beats_rx) = tokio::sync::watch::channel(false);
         let heartbeat = tokio::spawn(heartbeats(
             self.state.clone(),
             self.heartbeat_every,
-            rx.clone(),
+            beats_rx,
         ));
         let mut sched_rx = rx.clone();
         let scheduler = tokio::spawn(self.scheduler.run(async move {
@@ -483,6 +486,7 @@ impl Server {
                 None,
             )
         })?;
+        let _ = beats_done.send(true);
         let _ = heartbeat.await;
         let nodes = self.state.nodes.clone();
         let id = self.state.node_id.clone();
