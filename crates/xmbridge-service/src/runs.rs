@@ -594,6 +594,34 @@ impl Runs {
         Ok(())
     }
 
+    /// Takes the schedule slot at `now` for `connection` when the last one taken is at least
+    /// `interval` old (or there is none): true when this call took it. One statement, a
+    /// compare-and-set in the state store, so processes planning the same schedule at once fire
+    /// each slot once between them.
+    pub fn claim_slot(
+        &self,
+        connection: &str,
+        now: DateTime<Utc>,
+        interval: std::time::Duration,
+    ) -> Result<bool> {
+        let now_ms = now.timestamp_millis();
+        let due_before =
+            now_ms.saturating_sub(i64::try_from(interval.as_millis()).unwrap_or(i64::MAX));
+        let conn = self.inner.conn.lock();
+        let taken: Option<i64> = conn
+            .query_row(
+                "INSERT INTO svc_sync_slots (connection, last_slot) VALUES (?1, ?2)
+                 ON CONFLICT (connection) DO UPDATE SET last_slot = excluded.last_slot
+                 WHERE svc_sync_slots.last_slot <= ?3
+                 RETURNING last_slot",
+                params![connection, now_ms, due_before],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(ServiceError::store("take a schedule slot"))?;
+        Ok(taken.is_some())
+    }
+
     /// How many runs there are in each status (every status present, zero included).
     pub fn counts_by_status(&self) -> Result<BTreeMap<String, u64>> {
         let mut out: BTreeMap<String, u64> = RunStatus::ALL
@@ -740,5 +768,45 @@ mod tests {
         // Another handle on the same file sees it (a restarted server).
         let again = Runs::open(&d.path().join("state.db")).unwrap();
         assert_eq!(again.last_slot("acme").unwrap(), Some(at));
+    }
+
+    #[test]
+    fn a_slot_is_taken_once_and_the_next_one_an_interval_later() {
+        let (_d, r) = runs();
+        let hour = std::time::Duration::from_secs(3600);
+        let t0 = from_ms(1_700_000_000_000);
+        assert!(r.claim_slot("acme", t0, hour).unwrap(), "the first slot");
+        assert!(
+            !r.claim_slot("acme", t0, hour).unwrap(),
+            "the same slot again"
+        );
+        let half = t0 + chrono::Duration::minutes(30);
+        assert!(!r.claim_slot("acme", half, hour).unwrap(), "not due yet");
+        assert_eq!(r.last_slot("acme").unwrap(), Some(t0));
+        let next = t0 + chrono::Duration::hours(1);
+        assert!(r.claim_slot("acme", next, hour).unwrap(), "due again");
+        assert_eq!(r.last_slot("acme").unwrap(), Some(next));
+        assert!(r.claim_slot("other", half, hour).unwrap(), "per connection");
+    }
+
+    #[test]
+    fn processes_planning_at_once_take_each_slot_once() {
+        let (d, _r) = runs();
+        let path = d.path().join("state.db");
+        let hour = std::time::Duration::from_secs(3600);
+        for round in 0..5i64 {
+            let at = from_ms(1_700_000_000_000 + round * 3_600_000);
+            let taken: usize = (0..4)
+                .map(|_| {
+                    // A handle each, as separate processes have.
+                    let handle = Runs::open(&path).unwrap();
+                    std::thread::spawn(move || handle.claim_slot("acme", at, hour).unwrap())
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| usize::from(t.join().unwrap()))
+                .sum();
+            assert_eq!(taken, 1, "round {round}");
+        }
     }
 }

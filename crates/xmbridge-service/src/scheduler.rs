@@ -294,9 +294,13 @@ fn plan(shared: &Arc<Shared>) -> Result<(Duration, Vec<SyncRun>)> {
             continue;
         }
         // However many slots passed (a server down for hours), one run, and the next slot
-        // counts from now.
-        deps.runs.set_last_slot(&connection, now)?;
+        // counts from now. Taken in one compare-and-set: another process planning the same
+        // schedule may have taken it since the read above.
         next = next.min(interval);
+        if !deps.runs.claim_slot(&connection, now, interval)? {
+            tracing::debug!(connection = %connection, "schedule slot taken by another process");
+            continue;
+        }
         let _guard = shared.queueing.lock();
         if deps.runs.active(&connection)?.is_empty() {
             let run = deps.runs.queue(&connection, RunTrigger::Schedule, None)?;
