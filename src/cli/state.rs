@@ -70,7 +70,11 @@ fn migrate(json: bool) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("cannot open the state store {}: {e}", path.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
-    for c in components().into_iter().skip(1) {
+    // The vault's were applied (and reported) by opening it.
+    for c in components()
+        .into_iter()
+        .filter(|c| c.name != xmbridge_vault::COMPONENT.name)
+    {
         now.extend(xmbridge_state::migrate(&mut conn, &path, c)?);
     }
     // Each component opens as every command opens it (nothing left to apply).
