@@ -21,12 +21,45 @@ use crate::users::{from_ms, now_ms, open_db};
 /// This module's tables in the state store, as versioned migrations (`xmbridge_state`).
 pub static COMPONENT: xmbridge_state::Component = xmbridge_state::Component {
     name: "service_runs",
-    migrations: &[xmbridge_state::Migration {
-        version: 1,
-        name: "sync runs and schedule slots",
-        sqlite: SCHEMA_V1,
-    }],
+    migrations: &[
+        xmbridge_state::Migration {
+            version: 1,
+            name: "sync runs and schedule slots",
+            sqlite: SCHEMA_V1,
+        },
+        xmbridge_state::Migration {
+            version: 2,
+            name: "one queued and one running run per connection",
+            sqlite: SCHEMA_V2,
+        },
+    ],
 };
+
+/// At most one queued and one running run per connection, kept by the state store itself (not
+/// only by one process's memory). Rows that break it, which no xmbridge before it wrote, are
+/// settled first: extra queued runs are cancelled (the oldest stays), extra running ones
+/// failed (the newest stays).
+const SCHEMA_V2: &str = "
+UPDATE svc_sync_runs
+   SET status = 'cancelled',
+       finished_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000,
+       error_message = 'cancelled by the upgrade to schema version 2: another run of this connection was queued before it'
+ WHERE status = 'queued'
+   AND id NOT IN (SELECT MIN(id) FROM svc_sync_runs WHERE status = 'queued' GROUP BY connection);
+UPDATE svc_sync_runs
+   SET status = 'failed',
+       finished_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000,
+       error_message = 'the server stopped during this run (found at the upgrade to schema version 2); the batches it committed are kept'
+ WHERE status = 'running'
+   AND id NOT IN (SELECT MAX(id) FROM svc_sync_runs WHERE status = 'running' GROUP BY connection);
+CREATE UNIQUE INDEX IF NOT EXISTS svc_sync_runs_one_queued ON svc_sync_runs(connection) WHERE status = 'queued';
+CREATE UNIQUE INDEX IF NOT EXISTS svc_sync_runs_one_running ON svc_sync_runs(connection) WHERE status = 'running';
+";
+
+/// SQLite refused a write because of a constraint (here: a second queued or running run).
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS svc_sync_runs (
@@ -399,27 +432,48 @@ impl Runs {
     ) -> Result<SyncRun> {
         let id = {
             let conn = self.inner.conn.lock();
-            conn.execute(
+            match conn.execute(
                 "INSERT INTO svc_sync_runs (connection, status, trigger, requested_by, queued_at)
                  VALUES (?1, 'queued', ?2, ?3, ?4)",
                 params![connection, trigger.as_str(), by, now_ms()],
-            )
-            .map_err(ServiceError::store("queue a sync run"))?;
-            conn.last_insert_rowid()
+            ) {
+                Ok(_) => conn.last_insert_rowid(),
+                Err(e) if is_constraint(&e) => {
+                    return Err(ServiceError::refused(
+                        ErrorKind::Conflict,
+                        "already_queued",
+                        format!("a run of '{connection}' is queued already"),
+                        None,
+                    ));
+                }
+                Err(e) => return Err(ServiceError::store("queue a sync run")(e)),
+            }
         };
         self.get(id)
     }
 
     /// Starts a queued run (`Conflict` when it is not queued, e.g. cancelled meanwhile).
     pub fn start(&self, id: i64) -> Result<SyncRun> {
-        let n = {
-            let conn = self.inner.conn.lock();
-            conn.execute(
-                "UPDATE svc_sync_runs SET status = 'running', started_at = ?2
-                 WHERE id = ?1 AND status = 'queued'",
-                params![id, now_ms()],
-            )
-            .map_err(ServiceError::store("start a sync run"))?
+        let updated = self.inner.conn.lock().execute(
+            "UPDATE svc_sync_runs SET status = 'running', started_at = ?2
+             WHERE id = ?1 AND status = 'queued'",
+            params![id, now_ms()],
+        );
+        let n = match updated {
+            Ok(n) => n,
+            Err(e) if is_constraint(&e) => {
+                let run = self.get(id)?;
+                return Err(ServiceError::refused(
+                    ErrorKind::Conflict,
+                    "already_running",
+                    format!(
+                        "sync run {id} of '{}' cannot start: another run of it is running",
+                        run.connection
+                    ),
+                    None,
+                ));
+            }
+            Err(e) => return Err(ServiceError::store("start a sync run")(e)),
         };
         let run = self.get(id)?;
         if n == 0 {
@@ -731,11 +785,14 @@ mod tests {
     fn a_queued_run_is_cancelled_at_once_a_running_one_is_marked() {
         let (_d, r) = runs();
         let a = r.queue("acme", RunTrigger::Api, None).unwrap();
-        let b = r.queue("acme", RunTrigger::User, None).unwrap();
+        let other = r.queue("other", RunTrigger::Api, None).unwrap();
         assert_eq!(
             r.queued().unwrap().iter().map(|x| x.id).collect::<Vec<_>>(),
-            vec![a.id, b.id]
+            vec![a.id, other.id]
         );
+        r.request_cancel(other.id).unwrap();
+        r.start(a.id).unwrap();
+        let b = r.queue("acme", RunTrigger::User, None).unwrap();
         let c = r.request_cancel(b.id).unwrap();
         assert_eq!(c.status, RunStatus::Cancelled);
         assert!(c.finished_at.is_some());
@@ -744,18 +801,96 @@ mod tests {
             r.request_cancel(b.id).unwrap_err().kind(),
             ErrorKind::Conflict
         );
-        r.start(a.id).unwrap();
         let m = r.request_cancel(a.id).unwrap();
         assert_eq!(m.status, RunStatus::Running);
         assert!(m.cancel_requested);
         r.finish(a.id, outcome(RunStatus::Cancelled)).unwrap();
         let counts = r.counts_by_status().unwrap();
-        assert_eq!(counts["cancelled"], 2);
+        assert_eq!(counts["cancelled"], 3);
         assert_eq!(counts["queued"], 0);
         assert_eq!(counts.len(), 5);
         assert_eq!(r.list("acme", 1).unwrap()[0].id, b.id);
         assert_eq!(r.list("acme", 10).unwrap().len(), 2);
-        assert!(r.list("other", 10).unwrap().is_empty());
+        assert!(r.list("nobody", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_store_keeps_one_queued_and_one_running_run_per_connection() {
+        let (d, r) = runs();
+        // A second handle, as another process has.
+        let other = Runs::open(&d.path().join("state.db")).unwrap();
+        let a = r.queue("acme", RunTrigger::Api, None).unwrap();
+        let e = other.queue("acme", RunTrigger::Schedule, None).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        assert!(e.to_string().contains("queued already"), "{e}");
+        r.start(a.id).unwrap();
+        let b = other.queue("acme", RunTrigger::Schedule, None).unwrap();
+        // b cannot run beside a: it stays queued.
+        let e = other.start(b.id).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        assert!(
+            e.to_string().contains("another run of it is running"),
+            "{e}"
+        );
+        assert_eq!(r.get(b.id).unwrap().status, RunStatus::Queued);
+        r.finish(a.id, outcome(RunStatus::Succeeded)).unwrap();
+        assert_eq!(other.start(b.id).unwrap().status, RunStatus::Running);
+        assert_eq!(
+            r.queue("other", RunTrigger::Api, None).unwrap().status,
+            RunStatus::Queued,
+            "per connection"
+        );
+    }
+
+    #[test]
+    fn the_upgrade_to_version_2_settles_runs_that_break_the_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        let v1 = xmbridge_state::Component {
+            name: COMPONENT.name,
+            migrations: &COMPONENT.migrations[..1],
+        };
+        xmbridge_state::migrate(&mut conn, &path, &v1).unwrap();
+        for (connection, status) in [
+            ("acme", "queued"),
+            ("acme", "queued"),
+            ("acme", "running"),
+            ("acme", "running"),
+            ("other", "queued"),
+        ] {
+            conn.execute(
+                "INSERT INTO svc_sync_runs (connection, status, trigger, queued_at) VALUES (?1, ?2, 'api', 0)",
+                params![connection, status],
+            )
+            .unwrap();
+        }
+        drop(conn);
+        let r = Runs::open(&path).unwrap();
+        let status = |id: i64| r.get(id).unwrap().status;
+        assert_eq!(
+            (status(1), status(2), status(3), status(4), status(5)),
+            (
+                RunStatus::Queued,
+                RunStatus::Cancelled,
+                RunStatus::Failed,
+                RunStatus::Running,
+                RunStatus::Queued
+            )
+        );
+        assert!(
+            r.get(2)
+                .unwrap()
+                .error
+                .unwrap()
+                .message
+                .contains("schema version 2"),
+            "the reason is recorded"
+        );
+        assert_eq!(
+            r.queue("acme", RunTrigger::Api, None).unwrap_err().kind(),
+            ErrorKind::Conflict
+        );
     }
 
     #[test]

@@ -303,8 +303,16 @@ fn plan(shared: &Arc<Shared>) -> Result<(Duration, Vec<SyncRun>)> {
         }
         let _guard = shared.queueing.lock();
         if deps.runs.active(&connection)?.is_empty() {
-            let run = deps.runs.queue(&connection, RunTrigger::Schedule, None)?;
-            tracing::info!(run = run.id, connection = %connection, "scheduled sync queued");
+            match deps.runs.queue(&connection, RunTrigger::Schedule, None) {
+                Ok(run) => {
+                    tracing::info!(run = run.id, connection = %connection, "scheduled sync queued")
+                }
+                // Another process queued one since the look above.
+                Err(e) if e.kind() == ErrorKind::Conflict => {
+                    tracing::info!(connection = %connection, "scheduled slot skipped: another process queued a run of this connection")
+                }
+                Err(e) => return Err(e),
+            }
         } else {
             tracing::info!(connection = %connection, "scheduled slot skipped: a run of this connection is queued or running");
         }
@@ -356,7 +364,13 @@ fn queue_resume(runs: &Runs, connection: &str) -> Result<()> {
         .iter()
         .any(|r| r.status == RunStatus::Queued);
     if !queued {
-        runs.queue(connection, RunTrigger::Resume, None)?;
+        match runs.queue(connection, RunTrigger::Resume, None) {
+            // Queued meanwhile by another process: that run resumes just as well.
+            Err(e) if e.kind() == ErrorKind::Conflict => {}
+            other => {
+                other?;
+            }
+        }
     }
     Ok(())
 }
@@ -417,7 +431,25 @@ impl SchedulerHandle {
                 already_queued: true,
             });
         }
-        let run = deps.runs.queue(connection, trigger, by)?;
+        let run = match deps.runs.queue(connection, trigger, by) {
+            Ok(run) => run,
+            // Another process queued one since the look above: that is the run to wait for.
+            Err(e) if e.kind() == ErrorKind::Conflict => {
+                let active = deps.runs.active(connection)?;
+                let Some(queued) = active.iter().find(|r| r.status == RunStatus::Queued) else {
+                    return Err(e);
+                };
+                return Ok(Enqueued {
+                    run: queued.clone(),
+                    running: active
+                        .iter()
+                        .find(|r| r.status == RunStatus::Running)
+                        .map(|r| r.id),
+                    already_queued: true,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         self.shared.wake.notify_waiters();
         Ok(Enqueued {
             run,
