@@ -474,6 +474,14 @@ async fn a_schedule_fires_and_each_run_is_recorded_with_the_counts_the_destinati
     ] {
         assert!(text.contains(family), "{family} missing:\n{text}");
     }
+    let node = nodes(&i).await[0]["id"].as_str().unwrap().to_string();
+    assert!(
+        text.lines().any(
+            |l| l.starts_with(&format!("xmbridge_node_info{{node=\"{node}\","))
+                && l.ends_with("} 1")
+        ),
+        "the node's series are labelled with its id:\n{text}"
+    );
     let rows_line = text
         .lines()
         .find(|l| l.starts_with("xmbridge_sync_rows_written_total{table=\"survey_response\",operation=\"inserted\"}"))

@@ -45,6 +45,19 @@ pub struct Snapshot {
     pub runs_by_status: BTreeMap<String, u64>,
     /// The outbox (`SqliteStore::outbox_stats` over [`LATENCY_BOUNDS_MS`]).
     pub outbox: OutboxStats,
+    /// The serving process, so each node's series can be told apart (`xmbridge_node_info`).
+    pub node: Option<NodeLabels>,
+}
+
+/// What `xmbridge_node_info` says about the serving process.
+#[derive(Clone, Debug, Default)]
+pub struct NodeLabels {
+    /// Its node id, as `xmbridge cluster status` lists it.
+    pub id: String,
+    /// Its machine.
+    pub host: String,
+    /// Its xmbridge version.
+    pub version: String,
 }
 
 impl Metrics {
@@ -76,6 +89,21 @@ impl Metrics {
     /// The exposition text.
     pub fn render(&self, snap: &Snapshot) -> String {
         let mut out = String::new();
+        if let Some(node) = &snap.node {
+            family(
+                &mut out,
+                "xmbridge_node_info",
+                "gauge",
+                "The serving process (node) these metrics are from: its id as `xmbridge cluster status` lists it, host and version; always 1.",
+            );
+            let _ = writeln!(
+                out,
+                "xmbridge_node_info{{node=\"{}\",host=\"{}\",version=\"{}\"}} 1",
+                label(&node.id),
+                label(&node.host),
+                label(&node.version)
+            );
+        }
         let c = self.inner.lock();
         family(
             &mut out,
@@ -224,8 +252,15 @@ mod tests {
         snap.outbox.latency_buckets = vec![1; LATENCY_BOUNDS_MS.len()];
         snap.outbox.delivered = 2;
         snap.outbox.latency_sum_ms = 1500;
+        snap.node = Some(NodeLabels {
+            id: "5f0c2a9e81d4b7a3".into(),
+            host: "db-01".into(),
+            version: "0.1.0".into(),
+        });
         let text = m.render(&snap);
         for line in [
+            "# TYPE xmbridge_node_info gauge",
+            "xmbridge_node_info{node=\"5f0c2a9e81d4b7a3\",host=\"db-01\",version=\"0.1.0\"} 1",
             "# TYPE xmbridge_sync_runs gauge",
             "xmbridge_sync_runs{status=\"succeeded\"} 4",
             "xmbridge_sync_runs{status=\"failed\"} 0",

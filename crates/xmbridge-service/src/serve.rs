@@ -558,6 +558,11 @@ fn operations_router(state: AppState) -> Router {
 /// Reads what `/metrics` shows from the state store (on a blocking thread: SQLite blocks).
 async fn snapshot(state: &AppState) -> Result<Snapshot> {
     let (store, runs) = (state.store.clone(), state.runs.clone());
+    let node = crate::metrics::NodeLabels {
+        id: state.node_id.clone(),
+        host: crate::nodes::host_name(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
     tokio::task::spawn_blocking(move || -> Result<Snapshot> {
         let outbox = store
             .outbox_stats(LATENCY_BOUNDS_MS)
@@ -566,6 +571,7 @@ async fn snapshot(state: &AppState) -> Result<Snapshot> {
         Ok(Snapshot {
             runs_by_status,
             outbox,
+            node: Some(node),
         })
     })
     .await
