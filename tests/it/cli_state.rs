@@ -10,7 +10,7 @@ use crate::support::{self, Install};
 /// Every component and the newest version this build has.
 const COMPONENTS: [(&str, i64); 6] = [
     ("vault", 1),
-    ("workflows", 1),
+    ("workflows", 2),
     ("service_users", 1),
     ("service_runs", 2),
     ("service_sync_config", 1),
@@ -94,10 +94,16 @@ async fn a_store_from_before_versions_adopts_version_one_and_keeps_its_data() {
     ])
     .await;
     inst.ok(&["state", "migrate"]).await;
-    // What an xmbridge from before schema versions left: the same tables, no record of them.
+    // What an xmbridge from before schema versions left: the tables of every version 1, no
+    // record of them (the later versions' column and indexes taken away again).
     state_db(&inst)
-        .execute_batch("DROP TABLE state_migrations")
-        .expect("drop");
+        .execute_batch(
+            "DROP TABLE state_migrations;
+             ALTER TABLE wf_events DROP COLUMN lease_token;
+             DROP INDEX svc_sync_runs_one_queued;
+             DROP INDEX svc_sync_runs_one_running;",
+        )
+        .expect("back to before versions");
     let report = inst.json(&["state", "migrate", "--json"]).await;
     assert_eq!(report["applied_now"], all_migrations(), "{report}");
     let list = inst.ok(&["connection", "list"]).await;
@@ -110,7 +116,7 @@ async fn a_store_from_a_newer_xmbridge_is_refused_with_both_versions() {
     inst.ok(&["state", "migrate"]).await;
     state_db(&inst)
         .execute(
-            "INSERT INTO state_migrations (component, version, name, applied_at) VALUES ('workflows', 2, 'from a newer xmbridge', 0)",
+            "INSERT INTO state_migrations (component, version, name, applied_at) VALUES ('workflows', 3, 'from a newer xmbridge', 0)",
             [],
         )
         .expect("insert");
@@ -118,8 +124,8 @@ async fn a_store_from_a_newer_xmbridge_is_refused_with_both_versions() {
         let (code, err) = inst.fails(args).await;
         assert_eq!(code, 1, "{args:?}: {err}");
         assert!(
-            err.contains("has the workflows tables at schema version 2")
-                && err.contains("knows versions up to 1")
+            err.contains("has the workflows tables at schema version 3")
+                && err.contains("knows versions up to 2")
                 && err.contains(env!("CARGO_PKG_VERSION"))
                 && err.contains("run a newer xmbridge"),
             "{args:?}: {err}"
@@ -132,7 +138,7 @@ async fn a_store_from_a_newer_xmbridge_is_refused_with_both_versions() {
             |r| r.get(0),
         )
         .expect("count");
-    assert_eq!(rows, 2, "nothing was applied or removed");
+    assert_eq!(rows, 3, "nothing was applied or removed");
 }
 
 #[tokio::test]

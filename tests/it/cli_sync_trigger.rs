@@ -146,7 +146,9 @@ async fn a_response_added_after_a_sync_becomes_one_event_and_is_delivered() {
     assert_eq!(ev.payload["qualtrics_msg"]["ResponseID"], json!(rid));
     assert_eq!(ev.payload["qualtrics_msg"]["SurveyID"], json!(survey));
     // Hand the probe's lease back.
-    store.release(&ev.id, "probe", 0).unwrap();
+    store
+        .release(&ev.id, ev.lease.as_deref().unwrap(), 0)
+        .unwrap();
     drop(store);
 
     // A re-run, and a --full re-export, add nothing.

@@ -246,6 +246,11 @@ pub struct EventRow {
     pub created_at: i64,
     /// When its row last changed, Unix milliseconds.
     pub updated_at: i64,
+    /// The lease this caller holds on it (from [`Store::lease_due`]): `<owner>#<token>`, the
+    /// token growing on every lease of the event. Every write while it is leased names this,
+    /// so a write under a lease that ran out and was taken again is refused
+    /// ([`StoreError::LeaseLost`]). `None` for an event read any other way.
+    pub lease: Option<String>,
 }
 
 /// A workflow's run state.
@@ -603,11 +608,20 @@ pub struct OutboxStats {
 /// The workflow store's tables in the state store, as versioned migrations (`xmbridge_state`).
 pub static COMPONENT: xmbridge_state::Component = xmbridge_state::Component {
     name: "workflows",
-    migrations: &[xmbridge_state::Migration {
-        version: 1,
-        name: "events, workflow state, accounts, subscriptions",
-        sqlite: SCHEMA_V1,
-    }],
+    migrations: &[
+        xmbridge_state::Migration {
+            version: 1,
+            name: "events, workflow state, accounts, subscriptions",
+            sqlite: SCHEMA_V1,
+        },
+        xmbridge_state::Migration {
+            version: 2,
+            name: "lease tokens",
+            // Grows by one on every lease of the event: the lease id is `<owner>#<token>`, so a
+            // worker whose lease was taken over, even by itself, cannot write with the old one.
+            sqlite: "ALTER TABLE wf_events ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0",
+        },
+    ],
 };
 
 const SCHEMA_V1: &str = "
@@ -892,6 +906,7 @@ impl SqliteStore {
             last_step: raw.last_step,
             created_at: raw.created_at,
             updated_at: raw.updated_at,
+            lease: None,
         })
     }
 
@@ -1077,13 +1092,17 @@ impl Store for SqliteStore {
             {
                 let mut mark = tx
                     .prepare_cached(
-                        "UPDATE wf_events SET state = 'running', lease_owner = ?2, lease_until = ?3,
-                             updated_at = ?4 WHERE id = ?1",
+                        "UPDATE wf_events SET state = 'running',
+                             lease_owner = ?2 || '#' || (lease_token + 1),
+                             lease_token = lease_token + 1, lease_until = ?3, updated_at = ?4
+                         WHERE id = ?1 RETURNING lease_owner",
                     )
                     .map_err(|e| self.db(e))?;
-                for ev in &good {
-                    mark.execute(params![ev.id, owner, until, now_ms])
+                for ev in &mut good {
+                    let lease: String = mark
+                        .query_row(params![ev.id, owner, until, now_ms], |r| r.get(0))
                         .map_err(|e| self.db(e))?;
+                    ev.lease = Some(lease);
                 }
                 let mut bury = tx
                     .prepare_cached(
@@ -1951,10 +1970,15 @@ mod tests {
             .lease_due("w2", 200, Duration::from_millis(100), 10)
             .unwrap();
         assert_eq!(again.len(), 1);
+        let (old, new) = (
+            got[0].lease.clone().unwrap(),
+            again[0].lease.clone().unwrap(),
+        );
+        assert_ne!(old, new, "each lease has its own id");
         let err = s
             .record_step(
                 &got[0].id,
-                "w1",
+                &old,
                 "a",
                 &json!(1),
                 201,
@@ -1964,7 +1988,7 @@ mod tests {
         assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
         s.record_step(
             &got[0].id,
-            "w2",
+            &new,
             "a",
             &json!(1),
             201,
@@ -1972,8 +1996,37 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.step_outputs(&got[0].id).unwrap()["a"], json!(1));
-        s.complete(&got[0].id, "w2", EventState::Done, 300).unwrap();
+        s.complete(&got[0].id, &new, EventState::Done, 300).unwrap();
         assert_eq!(s.get_event(&got[0].id).unwrap().state, EventState::Done);
+    }
+
+    #[test]
+    fn a_worker_that_leases_an_event_again_cannot_write_with_its_old_lease() {
+        // The same owner twice: a worker frozen past its lease that, once resumed, leased the
+        // event again. Its delivery under the first lease must not land.
+        let (_d, s) = store();
+        s.enqueue(&ev("R_1"), 0).unwrap();
+        let first = s
+            .lease_due("w1", 10, Duration::from_millis(100), 10)
+            .unwrap();
+        let second = s
+            .lease_due("w1", 200, Duration::from_millis(100), 10)
+            .unwrap();
+        let (old, new) = (
+            first[0].lease.clone().unwrap(),
+            second[0].lease.clone().unwrap(),
+        );
+        assert_eq!((old.as_str(), new.as_str()), ("w1#1", "w1#2"));
+        let err = s
+            .complete(&first[0].id, &old, EventState::Done, 201)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
+        assert_eq!(
+            s.get_event(&first[0].id).unwrap().state,
+            EventState::Running
+        );
+        s.complete(&first[0].id, &new, EventState::Done, 202)
+            .unwrap();
     }
 
     #[test]
@@ -1984,10 +2037,20 @@ mod tests {
         }
         let got = s.lease_due("w", 1_000, Duration::from_secs(60), 2).unwrap();
         // Delivered 200 ms and 5 s after arrival.
-        s.complete(&got[0].id, "w", EventState::Done, 1_200)
-            .unwrap();
-        s.complete(&got[1].id, "w", EventState::Done, 6_000)
-            .unwrap();
+        s.complete(
+            &got[0].id,
+            got[0].lease.as_deref().unwrap(),
+            EventState::Done,
+            1_200,
+        )
+        .unwrap();
+        s.complete(
+            &got[1].id,
+            got[1].lease.as_deref().unwrap(),
+            EventState::Done,
+            6_000,
+        )
+        .unwrap();
         let st = s.outbox_stats(&[100, 1_000, 10_000]).unwrap();
         assert_eq!(st.by_state.get("done"), Some(&2));
         assert_eq!(st.by_state.get("pending"), Some(&1));
@@ -2149,8 +2212,16 @@ mod tests {
     fn replay_moves_dead_back() {
         let (_d, s) = store();
         let id = s.enqueue(&ev("R_1"), 0).unwrap().id().to_string();
-        s.lease_due("w", 0, Duration::from_secs(1), 1).unwrap();
-        s.dead(&id, "w", 3, "boom", "step1", 5).unwrap();
+        let leased = s.lease_due("w", 0, Duration::from_secs(1), 1).unwrap();
+        s.dead(
+            &id,
+            leased[0].lease.as_deref().unwrap(),
+            3,
+            "boom",
+            "step1",
+            5,
+        )
+        .unwrap();
         let st = s.status("wf").unwrap();
         assert_eq!(st.counts[&EventState::Dead], 1);
         assert_eq!(st.dead[0].last_error.as_deref(), Some("boom"));

@@ -526,14 +526,15 @@ impl Engine {
                 continue;
             }
             for ev in leased {
+                let lease = ev.lease.clone().unwrap_or_else(|| owner.clone());
                 if stopped.load(Ordering::SeqCst) {
                     // Shutting down: the events of the batch not started yet go back to the
                     // outbox now, rather than when their lease runs out (the one in delivery
                     // finished above).
-                    self.store.release(&ev.id, &owner, now_ms())?;
+                    self.store.release(&ev.id, &lease, now_ms())?;
                     continue;
                 }
-                let outcome = self.process(&owner, ev).await?;
+                let outcome = self.process(&lease, ev).await?;
                 summary.lock().add(&outcome);
             }
         }

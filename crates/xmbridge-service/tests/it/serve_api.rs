@@ -962,7 +962,7 @@ extRef = "record.sys_id"
     store
         .dead(
             &id,
-            "test",
+            leased[0].lease.as_deref().unwrap(),
             3,
             "boom: the directory does not exist",
             "contact",

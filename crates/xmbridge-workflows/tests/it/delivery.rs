@@ -292,7 +292,11 @@ async fn transient_errors_retry_with_backoff_then_succeed_without_redoing_done_s
         .unwrap();
     t.fail_next(transient("HTTP 503"));
     // First run: step a fails (scripted) -> retry.
-    let o = s.engine.process("w", leased[0].clone()).await.unwrap();
+    let o = s
+        .engine
+        .process(leased[0].lease.as_deref().unwrap(), leased[0].clone())
+        .await
+        .unwrap();
     let Outcome::Retry { attempts, at_ms } = o else {
         panic!("{o:?}")
     };
@@ -324,7 +328,11 @@ async fn retry_after_is_honoured() {
         .store
         .lease_due("w", before, Duration::from_secs(5), 1)
         .unwrap();
-    let o = s.engine.process("w", leased[0].clone()).await.unwrap();
+    let o = s
+        .engine
+        .process(leased[0].lease.as_deref().unwrap(), leased[0].clone())
+        .await
+        .unwrap();
     let Outcome::Retry { at_ms, .. } = o else {
         panic!("{o:?}")
     };
