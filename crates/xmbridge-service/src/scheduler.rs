@@ -418,35 +418,34 @@ impl SchedulerHandle {
         if deps.configs.get(connection)?.is_none() {
             return Err(no_config(connection));
         }
+        let running_in = |active: &[SyncRun]| {
+            active
+                .iter()
+                .find(|r| r.status == RunStatus::Running)
+                .map(|r| r.id)
+        };
+        // The queued run of `active`, as the one to wait for.
+        let queued_in = |active: &[SyncRun]| {
+            active
+                .iter()
+                .find(|r| r.status == RunStatus::Queued)
+                .map(|queued| Enqueued {
+                    run: queued.clone(),
+                    running: running_in(active),
+                    already_queued: true,
+                })
+        };
         let _guard = self.shared.queueing.lock();
         let active = deps.runs.active(connection)?;
-        let running = active
-            .iter()
-            .find(|r| r.status == RunStatus::Running)
-            .map(|r| r.id);
-        if let Some(queued) = active.iter().find(|r| r.status == RunStatus::Queued) {
-            return Ok(Enqueued {
-                run: queued.clone(),
-                running,
-                already_queued: true,
-            });
+        if let Some(queued) = queued_in(&active) {
+            return Ok(queued);
         }
+        let running = running_in(&active);
         let run = match deps.runs.queue(connection, trigger, by) {
             Ok(run) => run,
             // Another process queued one since the look above: that is the run to wait for.
             Err(e) if e.kind() == ErrorKind::Conflict => {
-                let active = deps.runs.active(connection)?;
-                let Some(queued) = active.iter().find(|r| r.status == RunStatus::Queued) else {
-                    return Err(e);
-                };
-                return Ok(Enqueued {
-                    run: queued.clone(),
-                    running: active
-                        .iter()
-                        .find(|r| r.status == RunStatus::Running)
-                        .map(|r| r.id),
-                    already_queued: true,
-                });
+                return queued_in(&deps.runs.active(connection)?).ok_or(e);
             }
             Err(e) => return Err(e),
         };

@@ -300,7 +300,7 @@ impl fmt::Debug for Users {
 /// foreign keys) and brings `component`'s tables to this build's version.
 pub(crate) fn open_db(path: &Path, component: &xmbridge_state::Component) -> Result<Connection> {
     let what = || format!("open the state store {}", path.display());
-    let conn = Connection::open_with_flags(
+    let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
@@ -316,7 +316,6 @@ pub(crate) fn open_db(path: &Path, component: &xmbridge_state::Component) -> Res
         .map_err(ServiceError::store(what()))?;
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(ServiceError::store(what()))?;
-    let mut conn = conn;
     xmbridge_state::migrate(&mut conn, path, component)?;
     Ok(conn)
 }

@@ -771,7 +771,7 @@ impl SqliteStore {
             path: path.clone(),
             source: e,
         };
-        let conn = Connection::open_with_flags(
+        let mut conn = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_CREATE
@@ -786,7 +786,6 @@ impl SqliteStore {
         // FULL: an acknowledged webhook must survive a power cut, not only a process kill.
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
-        let mut conn = conn;
         xmbridge_state::migrate(&mut conn, &path, &COMPONENT)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
