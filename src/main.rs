@@ -33,6 +33,17 @@ struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
 
+    /// A PostgreSQL state store (postgres://USER@HOST:PORT/DATABASE) instead of
+    /// XMBRIDGE_HOME/state.db; so far for `state migrate` and `state copy` (docs/state.md).
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "XMBRIDGE_STATE",
+        hide_env_values = true
+    )]
+    state: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -66,10 +77,29 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Add, list and remove the users who sign in to `xmbridge serve`, and their API tokens.
     User(cli::user::UserArgs),
-    /// The state store's schema: `state migrate` brings it to this build's versions.
+    /// The state store: `state migrate` brings its schema to this build's versions, `state
+    /// copy` moves it into PostgreSQL.
     State(cli::state::StateArgs),
     /// The serving processes of this installation: `cluster status`.
     Cluster(cli::cluster::ClusterArgs),
+}
+
+impl Command {
+    /// The command's name when it reads or writes XMBRIDGE_HOME/state.db (every one but the
+    /// demo, the simulators, the benchmarks, which keep their own, and `state`).
+    fn keeps_state_in_home(&self) -> Option<&'static str> {
+        match self {
+            Command::Demo(_) | Command::Simulate(_) | Command::Bench(_) | Command::State(_) => None,
+            Command::Connection(_) => Some("connection"),
+            Command::Sync(_) => Some("sync"),
+            Command::Workflow(_) => Some("workflow"),
+            Command::Action(_) => Some("action"),
+            Command::Account(_) => Some("account"),
+            Command::Serve(_) => Some("serve"),
+            Command::User(_) => Some("user"),
+            Command::Cluster(_) => Some("cluster"),
+        }
+    }
 }
 
 fn init_logging(format: LogFormat, verbose: u8) {
@@ -111,6 +141,12 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let state = cli::state::postgres_state(cli.state)?;
+        if state.is_some()
+            && let Some(name) = cli.command.keeps_state_in_home()
+        {
+            return Err(cli::state::not_on_postgres(name));
+        }
         match cli.command {
             Command::Demo(args) => cli::demo::run(args).await,
             Command::Simulate(args) => cli::simulate::run(args).await,
@@ -122,7 +158,7 @@ fn main() -> ExitCode {
             Command::Account(args) => cli::account::run(args).await,
             Command::Serve(args) => cli::serve::run(args).await,
             Command::User(args) => cli::user::run(args).await,
-            Command::State(args) => cli::state::run(args).await,
+            Command::State(args) => cli::state::run(args, state).await,
             Command::Cluster(args) => cli::cluster::run(args).await,
         }
     });

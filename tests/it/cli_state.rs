@@ -1,9 +1,12 @@
-//! `xmbridge state migrate` end to end: the real binary and a real state store in a temporary
-//! XMBRIDGE_HOME — a fresh home, a store from before schema versions, a store from a newer
-//! xmbridge, and several processes migrating at once.
+//! `xmbridge state migrate` and `state copy` end to end: the real binary and a real state store
+//! in a temporary XMBRIDGE_HOME — a fresh home, a store from before schema versions, a store from
+//! a newer xmbridge, several processes migrating at once — and the same on a PostgreSQL state
+//! store (`XMBRIDGE_TEST_PG`, a database per test), copied into from a home.
 
 use rusqlite::Connection;
 use serde_json::Value;
+
+use xmbridge_test_kit::pg::TestDb;
 
 use crate::support::{self, Install};
 
@@ -174,4 +177,414 @@ async fn processes_migrating_at_once_apply_each_migration_once() {
         .collect();
     expected.sort();
     assert_eq!(rows, expected);
+}
+
+/// Every table of every component, as `state copy` lists them.
+async fn copied_tables(inst: &Install, to: &str) -> Vec<String> {
+    let dry = inst
+        .json(&["state", "copy", "--dry-run", "--json", "--to", to])
+        .await;
+    dry["tables"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .map(|t| t["table"].as_str().expect("table").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_postgres_state_store_is_migrated_once_even_by_processes_starting_at_once() {
+    let Some(db) = TestDb::create("xmb_state_pg_migrate").await else {
+        return;
+    };
+    let inst = support::install();
+    let args = ["state", "migrate", "--json", "--state", db.url()];
+    let runs = futures_util::future::join_all((0..4).map(|_| inst.json(&args))).await;
+    let applied: i64 = runs
+        .iter()
+        .map(|r| r["applied_now"].as_i64().expect("applied_now"))
+        .sum();
+    assert_eq!(applied, all_migrations(), "{runs:?}");
+    for r in &runs {
+        assert_eq!(
+            versions(r),
+            COMPONENTS
+                .iter()
+                .map(|(c, v)| (c.to_string(), *v, *v))
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            r["state_store"]
+                .as_str()
+                .expect("state_store")
+                .starts_with("postgres://"),
+            "{r}"
+        );
+    }
+    // The environment variable works as the flag does.
+    let mut again = inst.cmd(&["state", "migrate"]);
+    again.env("XMBRIDGE_STATE", db.url());
+    let out = again.output().expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("up to date: no migration was needed"),
+        "{text}"
+    );
+    assert!(
+        !inst.home().join("state.db").exists(),
+        "nothing was written to XMBRIDGE_HOME"
+    );
+    let client = db.client().await;
+    let rows: i64 = client
+        .query_one("SELECT COUNT(*) FROM state_migrations", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, all_migrations());
+    // A newer xmbridge's version is refused, as on SQLite.
+    client
+        .execute(
+            "INSERT INTO state_migrations (component, version, name, applied_at) VALUES ('service_runs', 3, 'from a newer xmbridge', 0)",
+            &[],
+        )
+        .await
+        .expect("insert");
+    let (code, err) = inst.fails(&["state", "migrate", "--state", db.url()]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("has the service_runs tables at schema version 3")
+            && err.contains("knows versions up to 2")
+            && err.contains("XMBRIDGE_STATE"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_state_url_that_cannot_work_fails_fast_with_the_fix() {
+    let inst = support::install();
+    // Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    let started = std::time::Instant::now();
+    let (code, err) = inst
+        .fails(&[
+            "state",
+            "migrate",
+            "--state",
+            "postgres://xmb@127.0.0.1:1/state",
+        ])
+        .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("the state store postgres://xmb@127.0.0.1:1/state cannot be reached")
+            && err.contains("names the right host, port and database"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let (code, err) = inst
+        .fails(&["state", "migrate", "--state", "sqlite:///tmp/state.db"])
+        .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("must be a postgres:// or postgresql:// URL"),
+        "{err}"
+    );
+    // A password in a refused URL is not repeated.
+    let (code, err) = inst
+        .fails(&[
+            "state",
+            "migrate",
+            "--state",
+            "mysql://u:hunter2@127.0.0.1/x",
+        ])
+        .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    // A command that keeps its state in XMBRIDGE_HOME refuses rather than use another store.
+    let mut list = inst.cmd(&["connection", "list"]);
+    list.env("XMBRIDGE_STATE", "postgres://xmb@127.0.0.1:1/state");
+    let out = list.output().expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("`xmbridge connection` still keeps its state in XMBRIDGE_HOME/state.db")
+            && err.contains("Unset XMBRIDGE_STATE"),
+        "{err}"
+    );
+    assert!(!inst.home().join("state.db").exists());
+}
+
+/// Declared type → a value of that type, the same text for every key column, so that every
+/// foreign key (`connection_secrets.connection` → `connections.name`, …) finds its row.
+fn fill_every_table(conn: &Connection, tables: &[String]) {
+    for table in tables {
+        let columns: Vec<(String, String)> = {
+            let mut st = conn
+                .prepare(&format!("PRAGMA table_info(\"{table}\")"))
+                .expect("table_info");
+            st.query_map([], |r| Ok((r.get(1)?, r.get(2)?)))
+                .expect("columns")
+                .collect::<Result<_, _>>()
+                .expect("columns")
+        };
+        let (names, values): (Vec<String>, Vec<&str>) = columns
+            .iter()
+            .map(|(name, ty)| {
+                let value = match ty.as_str() {
+                    "INTEGER" => "7",
+                    "BLOB" => "x'00ff10'",
+                    _ => "'copied'",
+                };
+                (format!("\"{name}\""), value)
+            })
+            .unzip();
+        conn.execute(
+            &format!(
+                "INSERT OR IGNORE INTO \"{table}\" ({}) VALUES ({})",
+                names.join(", "),
+                values.join(", ")
+            ),
+            [],
+        )
+        .unwrap_or_else(|e| panic!("{table}: {e}"));
+    }
+    // NULLs of every kind of column travel too.
+    conn.execute(
+        "INSERT INTO wf_events (id, workflow, source, dedupe_key, payload, state, next_attempt_at, created_at, updated_at) VALUES ('e-null', 'w', 's', 'd-null', '{}', 'pending', 1, 1, 1)",
+        [],
+    )
+    .expect("a row with NULLs");
+    // More rows than one page of the copy's reads (2,000).
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4500)
+         INSERT INTO wf_events (id, workflow, source, dedupe_key, payload, state, next_attempt_at, created_at, updated_at)
+         SELECT 'bulk-' || i, 'w', 's', 'bulk-' || i, '{\"n\":' || i || '}', 'done', i, i, i FROM n",
+        [],
+    )
+    .expect("many events");
+}
+
+/// Every row of `table` on both sides, as text (blobs as lowercase hex), sorted.
+async fn both_sides(
+    conn: &Connection,
+    client: &tokio_postgres::Client,
+    table: &str,
+) -> (Vec<Vec<Option<String>>>, Vec<Vec<Option<String>>>) {
+    let columns: Vec<(String, String)> = {
+        let mut st = conn
+            .prepare(&format!("PRAGMA table_info(\"{table}\")"))
+            .expect("table_info");
+        st.query_map([], |r| Ok((r.get(1)?, r.get(2)?)))
+            .expect("columns")
+            .collect::<Result<_, _>>()
+            .expect("columns")
+    };
+    let (lite, pg): (Vec<String>, Vec<String>) = columns
+        .iter()
+        .map(|(c, ty)| {
+            if ty == "BLOB" {
+                (
+                    format!("lower(hex(\"{c}\"))"),
+                    format!("encode(\"{c}\", 'hex')"),
+                )
+            } else {
+                (format!("CAST(\"{c}\" AS TEXT)"), format!("\"{c}\"::text"))
+            }
+        })
+        .unzip();
+    let mut a: Vec<Vec<Option<String>>> = {
+        let mut st = conn
+            .prepare(&format!("SELECT {} FROM \"{table}\"", lite.join(", ")))
+            .expect("select");
+        st.query_map([], |r| {
+            (0..columns.len())
+                .map(|i| r.get::<_, Option<String>>(i))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+    };
+    let mut b: Vec<Vec<Option<String>>> = client
+        .query(&format!("SELECT {} FROM \"{table}\"", pg.join(", ")), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{table}: {e}"))
+        .iter()
+        .map(|r| (0..columns.len()).map(|i| r.get(i)).collect())
+        .collect();
+    a.sort();
+    b.sort();
+    (a, b)
+}
+
+#[tokio::test]
+async fn state_copy_moves_every_row_of_every_table_and_never_into_a_store_with_rows() {
+    let Some(db) = TestDb::create("xmb_state_pg_copy").await else {
+        return;
+    };
+    let inst = support::install();
+    inst.ok(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "prod",
+        "--no-test",
+        "--url",
+        "http://127.0.0.1:9",
+        "--api-token-file",
+        inst.file("t", "tok-1\n").to_str().expect("path"),
+    ])
+    .await;
+    inst.ok(&[
+        "user",
+        "add",
+        "alice",
+        "--role",
+        "admin",
+        "--password-file",
+        inst.file("pw", "correct horse battery staple\n")
+            .to_str()
+            .expect("path"),
+    ])
+    .await;
+    inst.ok(&["state", "migrate"]).await;
+    let tables = copied_tables(&inst, db.url()).await;
+    assert_eq!(tables.len(), 18, "{tables:?}");
+    fill_every_table(&state_db(&inst), &tables);
+
+    let dry = inst
+        .json(&["state", "copy", "--dry-run", "--json", "--to", db.url()])
+        .await;
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["copied"], false);
+    assert_eq!(dry["target"], "no_tables", "{dry}");
+    let listed: u64 = dry["rows"].as_u64().expect("rows");
+    let counted: i64 = tables
+        .iter()
+        .map(|t| {
+            state_db(&inst)
+                .query_row(&format!("SELECT COUNT(*) FROM \"{t}\""), [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .expect("count")
+        })
+        .sum();
+    assert_eq!(listed, counted.unsigned_abs(), "{dry}");
+    for t in dry["tables"].as_array().expect("tables") {
+        assert!(t["rows"].as_u64().expect("rows") >= 1, "{t}");
+    }
+    let client = db.client().await;
+    let none: Option<String> = client
+        .query_one("SELECT to_regclass('connections')::text", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(none, None, "a dry run writes nothing");
+
+    let done = inst
+        .json(&["state", "copy", "--json", "--to", db.url()])
+        .await;
+    assert_eq!(done["copied"], true, "{done}");
+    assert_eq!(done["rows"], listed, "{done}");
+    let conn = state_db(&inst);
+    for t in &tables {
+        let (lite, pg) = both_sides(&conn, &client, t).await;
+        assert!(!lite.is_empty(), "{t}");
+        assert_eq!(lite, pg, "{t} differs after the copy");
+    }
+    // Ids given by the database go on after the copied ones.
+    let max_copied: i64 = conn
+        .query_row("SELECT MAX(id) FROM svc_audit", [], |r| r.get(0))
+        .expect("max");
+    let next: i64 = client
+        .query_one(
+            "INSERT INTO svc_audit (at, actor, via, action, target, detail) VALUES (1, 'a', 'cli', 'x', 't', '{}') RETURNING id",
+            &[],
+        )
+        .await
+        .expect("insert")
+        .get(0);
+    assert!(next > max_copied, "{next} after {max_copied}");
+
+    // A second copy would merge into rows: refused, and the dry run says so first.
+    let dry = inst
+        .json(&["state", "copy", "--dry-run", "--json", "--to", db.url()])
+        .await;
+    assert_eq!(dry["target"], "not_empty", "{dry}");
+    let (code, err) = inst.fails(&["state", "copy", "--to", db.url()]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("already holds") && err.contains("a new database"),
+        "{err}"
+    );
+    let connections: i64 = client
+        .query_one("SELECT COUNT(*) FROM connections", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(connections, 2, "the refused copy wrote nothing");
+}
+
+#[tokio::test]
+async fn state_copy_refuses_while_serving_and_a_value_of_the_wrong_type_and_writes_nothing() {
+    let Some(db) = TestDb::create("xmb_state_pg_copy_bad").await else {
+        return;
+    };
+    let inst = support::install();
+    inst.ok(&["state", "migrate"]).await;
+    inst.ok(&["state", "migrate", "--state", db.url()]).await;
+    state_db(&inst)
+        .execute_batch(
+            "INSERT INTO svc_users (name, role, password_hash, created_at, password_changed_at) VALUES ('bob', 'viewer', 'h', 1, 1);
+             INSERT INTO svc_nodes (node_id, host, pid, version, url, started_at, heartbeat_at, heartbeat_every_ms) VALUES ('n1', 'h', 'not a pid', 'v', 'u', 1, 1, 1);",
+        )
+        .expect("insert");
+    // While a server holds the home, it could write rows the copy would not take.
+    let serving = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(inst.home().join("serve.lock"))
+        .expect("the lock file");
+    serving.try_lock().expect("the lock is free");
+    let (code, err) = inst.fails(&["state", "copy", "--to", db.url()]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("`xmbridge serve` is running on") && err.contains("stop it first"),
+        "{err}"
+    );
+    drop(serving);
+    // A table no component declares would be left behind: refused.
+    state_db(&inst)
+        .execute_batch(
+            "CREATE TABLE my_notes (note TEXT); INSERT INTO my_notes VALUES ('keep me');",
+        )
+        .expect("a table of someone's own");
+    let (code, err) = inst.fails(&["state", "copy", "--to", db.url()]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("no component of this xmbridge declares (my_notes)"),
+        "{err}"
+    );
+    state_db(&inst)
+        .execute_batch("DROP TABLE my_notes")
+        .expect("dropped");
+    let (code, err) = inst.fails(&["state", "copy", "--to", db.url()]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("of svc_nodes")
+            && err.contains("holds text in the column pid, which is an integer"),
+        "{err}"
+    );
+    let client = db.client().await;
+    let users: i64 = client
+        .query_one("SELECT COUNT(*) FROM svc_users", &[])
+        .await
+        .expect("count")
+        .get(0);
+    let vault: i64 = client
+        .query_one("SELECT COUNT(*) FROM vault_meta", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!((users, vault), (0, 0), "nothing was half-copied");
 }

@@ -23,7 +23,7 @@ pub mod postgres;
 pub mod settings;
 pub mod sqlite;
 
-pub use names::{iso_millis, parse_iso_millis, quote_ident};
+pub use names::{iso_millis, parse_iso_millis, quote_ident, redact_url};
 pub use settings::{DestinationSettings, Password, PasswordSource, PgEnv};
 
 /// A boxed future, so that [`Destination`] stays object safe.

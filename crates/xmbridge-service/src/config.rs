@@ -26,7 +26,19 @@ pub static COMPONENT: xmbridge_state::Component = xmbridge_state::Component {
         version: 1,
         name: "sync configuration per connection",
         sqlite: SCHEMA_V1,
+        postgres: "
+CREATE TABLE IF NOT EXISTS svc_sync_config (
+    connection TEXT PRIMARY KEY NOT NULL,
+    destination TEXT NOT NULL,
+    schema_name TEXT NOT NULL,
+    tables TEXT,
+    every TEXT,
+    paused BIGINT NOT NULL DEFAULT 0,
+    updated_at BIGINT NOT NULL
+);
+",
     }],
+    tables: &["svc_sync_config"],
 };
 
 const SCHEMA_V1: &str = "

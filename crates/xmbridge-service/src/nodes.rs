@@ -26,7 +26,22 @@ pub static COMPONENT: xmbridge_state::Component = xmbridge_state::Component {
         version: 1,
         name: "serving processes and their heartbeats",
         sqlite: SCHEMA_V1,
+        postgres: "
+CREATE TABLE IF NOT EXISTS svc_nodes (
+    node_id            TEXT PRIMARY KEY NOT NULL,
+    host               TEXT NOT NULL,
+    pid                BIGINT NOT NULL,
+    version            TEXT NOT NULL,
+    url                TEXT NOT NULL,
+    started_at         BIGINT NOT NULL,
+    heartbeat_at       BIGINT NOT NULL,
+    heartbeat_every_ms BIGINT NOT NULL,
+    stopped_at         BIGINT,
+    running            TEXT NOT NULL DEFAULT '[]'
+);
+",
     }],
+    tables: &["svc_nodes"],
 };
 
 const SCHEMA_V1: &str = "

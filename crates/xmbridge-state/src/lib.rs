@@ -1,4 +1,5 @@
-//! Versioned schema migrations of the state store (`$XMBRIDGE_HOME/state.db`).
+//! Versioned schema migrations of the state store (`$XMBRIDGE_HOME/state.db`, or a PostgreSQL
+//! database: [`pg`]), and copying a SQLite state store into PostgreSQL ([`copy`]).
 //!
 //! Each component that keeps tables in the state store (the vault, the workflow store, the
 //! service's users, sync runs and sync configuration) declares them as a [`Component`]: a name
@@ -12,12 +13,20 @@
 //! Version 1 of every component is the tables as they were before versioning, written with
 //! `IF NOT EXISTS`, so a state store made by an older xmbridge adopts version 1 unchanged.
 //!
+//! Each migration is written twice, for SQLite and for PostgreSQL, with the same tables and
+//! column names on both (integers are `BIGINT`, blobs `BYTEA`; the column `user` is quoted,
+//! a reserved word in PostgreSQL), so that rows copy column by column.
+//!
 //! It owns the `state_migrations` table; it must not hold any component's tables or data (each
 //! component owns its own migrations).
 
 #![warn(missing_docs)]
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+
+pub mod copy;
+pub mod pg;
 
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
@@ -30,6 +39,8 @@ pub struct Migration {
     pub name: &'static str,
     /// The SQLite statements.
     pub sqlite: &'static str,
+    /// The same change in PostgreSQL's dialect: the same tables and columns.
+    pub postgres: &'static str,
 }
 
 /// A component's tables in the state store, as migrations.
@@ -39,12 +50,43 @@ pub struct Component {
     pub name: &'static str,
     /// Its migrations, versions 1, 2, 3 … without gaps.
     pub migrations: &'static [Migration],
+    /// Its tables at the latest version, each after the tables its foreign keys name (the
+    /// order `state copy` fills them in).
+    pub tables: &'static [&'static str],
 }
 
 impl Component {
     /// The newest version this build knows.
     pub fn latest(&self) -> u32 {
         self.migrations.last().map_or(0, |m| m.version)
+    }
+}
+
+/// Which state store a message is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreRef {
+    /// The SQLite file.
+    File(PathBuf),
+    /// A PostgreSQL database, described without its password (`postgres://user@host:port/db`).
+    Postgres(String),
+}
+
+impl StoreRef {
+    /// What a user does to use another store instead.
+    fn elsewhere(&self) -> &'static str {
+        match self {
+            StoreRef::File(_) => "point XMBRIDGE_HOME at another installation",
+            StoreRef::Postgres(_) => "point --state (XMBRIDGE_STATE) at another database",
+        }
+    }
+}
+
+impl fmt::Display for StoreRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreRef::File(path) => write!(f, "{}", path.display()),
+            StoreRef::Postgres(describe) => f.write_str(describe),
+        }
     }
 }
 
@@ -63,11 +105,11 @@ pub enum ErrorKind {
 pub enum MigrateError {
     /// The store holds a component at a version this build does not know.
     #[error(
-        "the state store {path} has the {component} tables at schema version {found}, but this xmbridge ({binary}) knows versions up to {supported}; run a newer xmbridge (every process using this state store must know version {found}), or point XMBRIDGE_HOME at another installation"
+        "the state store {store} has the {component} tables at schema version {found}, but this xmbridge ({binary}) knows versions up to {supported}; run a newer xmbridge (every process using this state store must know version {found}), or {}", store.elsewhere()
     )]
     TooNew {
         /// The state store.
-        path: PathBuf,
+        store: StoreRef,
         /// The component.
         component: &'static str,
         /// The version in the store.
@@ -91,6 +133,20 @@ pub enum MigrateError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The same, on a PostgreSQL state store.
+    #[error(
+        "the state store {store} could not be brought up to date ({doing}): {}; check that the server is up and that its user may create tables in the database",
+        pg::describe(source)
+    )]
+    Postgres {
+        /// The database, without its password.
+        store: String,
+        /// What was being done.
+        doing: String,
+        /// The database error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
 }
 
 impl MigrateError {
@@ -98,7 +154,7 @@ impl MigrateError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             MigrateError::TooNew { .. } => ErrorKind::TooNew,
-            MigrateError::Database { .. } => ErrorKind::Database,
+            MigrateError::Database { .. } | MigrateError::Postgres { .. } => ErrorKind::Database,
         }
     }
 }
@@ -142,7 +198,7 @@ pub fn migrate(
     // Most opens find the store up to date: read first, and take the write lock only when
     // something is missing.
     if let Some(found) = current(conn, component.name).map_err(db("reading its versions".into()))?
-        && check(found, path, component)? == component.latest()
+        && check(found, &StoreRef::File(path.to_path_buf()), component)? == component.latest()
     {
         return Ok(Vec::new());
     }
@@ -154,7 +210,7 @@ pub fn migrate(
     let found = current(&tx, component.name)
         .map_err(db("reading its versions".into()))?
         .unwrap_or(0);
-    let from = check(found, path, component)?;
+    let from = check(found, &StoreRef::File(path.to_path_buf()), component)?;
     let now = chrono::Utc::now().timestamp_millis();
     let mut applied = Vec::new();
     for m in component.migrations.iter().filter(|m| m.version > from) {
@@ -232,12 +288,32 @@ fn current(conn: &Connection, component: &str) -> rusqlite::Result<Option<i64>> 
     )
 }
 
+/// Refuses a store (described by its `applied` migrations) that holds any of `components` at a
+/// version this build does not know; for looking without migrating (`state copy --dry-run`).
+pub fn refuse_newer(
+    applied: &[Applied],
+    store: &StoreRef,
+    components: &[&Component],
+) -> Result<(), MigrateError> {
+    for c in components {
+        if let Some(found) = applied
+            .iter()
+            .filter(|a| a.component == c.name)
+            .map(|a| a.version)
+            .max()
+        {
+            check(found, store, c)?;
+        }
+    }
+    Ok(())
+}
+
 /// `found`, refused when newer than this build knows.
-fn check(found: i64, path: &Path, component: &Component) -> Result<u32, MigrateError> {
+fn check(found: i64, store: &StoreRef, component: &Component) -> Result<u32, MigrateError> {
     match u32::try_from(found) {
         Ok(v) if v <= component.latest() => Ok(v),
         _ => Err(MigrateError::TooNew {
-            path: path.to_path_buf(),
+            store: store.clone(),
             component: component.name,
             found,
             supported: component.latest(),
@@ -254,19 +330,23 @@ mod tests {
         version: 1,
         name: "tables",
         sqlite: "CREATE TABLE IF NOT EXISTS t_one (a TEXT PRIMARY KEY)",
+        postgres: "CREATE TABLE IF NOT EXISTS t_one (a TEXT PRIMARY KEY)",
     };
     const V2: Migration = Migration {
         version: 2,
         name: "a column",
         sqlite: "ALTER TABLE t_one ADD COLUMN b INTEGER NOT NULL DEFAULT 0",
+        postgres: "ALTER TABLE t_one ADD COLUMN b BIGINT NOT NULL DEFAULT 0",
     };
     static ONE: Component = Component {
         name: "one",
         migrations: &[V1],
+        tables: &["t_one"],
     };
     static TWO: Component = Component {
         name: "one",
         migrations: &[V1, V2],
+        tables: &["t_one"],
     };
 
     fn open(dir: &tempfile::TempDir) -> (Connection, PathBuf) {
@@ -320,8 +400,10 @@ mod tests {
                     version: 2,
                     name: "broken",
                     sqlite: "CREATE TABLE t_two (a TEXT); THIS IS NOT SQL",
+                    postgres: "CREATE TABLE t_two (a TEXT); THIS IS NOT SQL",
                 },
             ],
+            tables: &["t_one", "t_two"],
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut conn, path) = open(&dir);

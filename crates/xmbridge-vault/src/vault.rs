@@ -50,7 +50,28 @@ pub static COMPONENT: xmbridge_state::Component = xmbridge_state::Component {
                      updated_at TEXT NOT NULL,
                      PRIMARY KEY (connection, field)
                  );",
+        postgres: "CREATE TABLE IF NOT EXISTS vault_meta (
+                       key   TEXT PRIMARY KEY,
+                       value BYTEA NOT NULL
+                   );
+                   CREATE TABLE IF NOT EXISTS connections (
+                       name       TEXT PRIMARY KEY,
+                       provider   TEXT NOT NULL,
+                       settings   TEXT NOT NULL,
+                       created_at TEXT NOT NULL,
+                       updated_at TEXT NOT NULL
+                   );
+                   CREATE TABLE IF NOT EXISTS connection_secrets (
+                       connection TEXT NOT NULL REFERENCES connections(name) ON DELETE CASCADE,
+                       field      TEXT NOT NULL,
+                       key_id     TEXT NOT NULL,
+                       nonce      BYTEA NOT NULL,
+                       ciphertext BYTEA NOT NULL,
+                       updated_at TEXT NOT NULL,
+                       PRIMARY KEY (connection, field)
+                   );",
     }],
+    tables: &["vault_meta", "connections", "connection_secrets"],
 };
 
 /// How long a writer waits for another process's lock before giving up.

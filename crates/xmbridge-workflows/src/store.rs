@@ -613,6 +613,7 @@ pub static COMPONENT: xmbridge_state::Component = xmbridge_state::Component {
             version: 1,
             name: "events, workflow state, accounts, subscriptions",
             sqlite: SCHEMA_V1,
+            postgres: PG_SCHEMA_V1,
         },
         xmbridge_state::Migration {
             version: 2,
@@ -620,9 +621,89 @@ pub static COMPONENT: xmbridge_state::Component = xmbridge_state::Component {
             // Grows by one on every lease of the event: the lease id is `<owner>#<token>`, so a
             // worker whose lease was taken over, even by itself, cannot write with the old one.
             sqlite: "ALTER TABLE wf_events ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0",
+            postgres: "ALTER TABLE wf_events ADD COLUMN IF NOT EXISTS lease_token BIGINT NOT NULL DEFAULT 0",
         },
     ],
+    tables: &[
+        "wf_events",
+        "wf_step_results",
+        "wf_workflow_state",
+        "wf_accounts",
+        "wf_subscriptions",
+        "wf_account_grants",
+        "wf_account_checks",
+    ],
 };
+
+/// [`SCHEMA_V1`] in PostgreSQL's dialect: the same tables and columns.
+const PG_SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS wf_events (
+    id              TEXT PRIMARY KEY,
+    workflow        TEXT NOT NULL,
+    source          TEXT NOT NULL,
+    dedupe_key      TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        BIGINT NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL,
+    lease_owner     TEXT,
+    lease_until     BIGINT,
+    last_error      TEXT,
+    last_step       TEXT,
+    created_at      BIGINT NOT NULL,
+    updated_at      BIGINT NOT NULL,
+    UNIQUE (workflow, dedupe_key)
+);
+CREATE INDEX IF NOT EXISTS wf_events_due ON wf_events (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS wf_events_workflow ON wf_events (workflow, state);
+CREATE TABLE IF NOT EXISTS wf_step_results (
+    event_id TEXT NOT NULL,
+    step     TEXT NOT NULL,
+    output   TEXT NOT NULL,
+    done_at  BIGINT NOT NULL,
+    PRIMARY KEY (event_id, step)
+);
+CREATE TABLE IF NOT EXISTS wf_workflow_state (
+    workflow       TEXT PRIMARY KEY,
+    paused         BIGINT NOT NULL DEFAULT 0,
+    reason         TEXT,
+    fix            TEXT,
+    paused_account TEXT,
+    creator        TEXT,
+    last_editor    TEXT,
+    binding_valid  BIGINT NOT NULL DEFAULT 1,
+    fingerprint    TEXT
+);
+CREATE TABLE IF NOT EXISTS wf_accounts (
+    name       TEXT PRIMARY KEY,
+    system     TEXT NOT NULL,
+    owner      TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    brand      BIGINT NOT NULL,
+    org_id     TEXT,
+    token_ok   BIGINT NOT NULL DEFAULT 1,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS wf_subscriptions (
+    subscription_id TEXT PRIMARY KEY,
+    workflow        TEXT NOT NULL,
+    connection      TEXT NOT NULL,
+    topic           TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    created_at      BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS wf_account_grants (
+    account TEXT NOT NULL REFERENCES wf_accounts(name) ON DELETE CASCADE,
+    \"user\"  TEXT NOT NULL,
+    PRIMARY KEY (account, \"user\")
+);
+CREATE TABLE IF NOT EXISTS wf_account_checks (
+    account    TEXT PRIMARY KEY REFERENCES wf_accounts(name) ON DELETE CASCADE,
+    checked_at BIGINT NOT NULL,
+    ok         BIGINT NOT NULL,
+    message    TEXT NOT NULL
+);
+";
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS wf_events (
