@@ -34,7 +34,7 @@ struct Cli {
     verbose: u8,
 
     /// A PostgreSQL state store (postgres://USER@HOST:PORT/DATABASE) instead of
-    /// XMBRIDGE_HOME/state.db; so far for `state migrate` and `state copy` (docs/state.md).
+    /// XMBRIDGE_HOME/state.db; so far for `state`, `user` and `cluster status` (docs/state.md).
     #[arg(
         long,
         global = true,
@@ -86,18 +86,22 @@ enum Command {
 
 impl Command {
     /// The command's name when it reads or writes XMBRIDGE_HOME/state.db (every one but the
-    /// demo, the simulators, the benchmarks, which keep their own, and `state`).
+    /// demo, the simulators, the benchmarks, which keep their own, and those that can use a
+    /// PostgreSQL state store: `state`, `user`, `cluster`).
     fn keeps_state_in_home(&self) -> Option<&'static str> {
         match self {
-            Command::Demo(_) | Command::Simulate(_) | Command::Bench(_) | Command::State(_) => None,
+            Command::Demo(_)
+            | Command::Simulate(_)
+            | Command::Bench(_)
+            | Command::State(_)
+            | Command::User(_)
+            | Command::Cluster(_) => None,
             Command::Connection(_) => Some("connection"),
             Command::Sync(_) => Some("sync"),
             Command::Workflow(_) => Some("workflow"),
             Command::Action(_) => Some("action"),
             Command::Account(_) => Some("account"),
             Command::Serve(_) => Some("serve"),
-            Command::User(_) => Some("user"),
-            Command::Cluster(_) => Some("cluster"),
         }
     }
 }
@@ -157,9 +161,9 @@ fn main() -> ExitCode {
             Command::Action(args) => cli::action::run(args).await,
             Command::Account(args) => cli::account::run(args).await,
             Command::Serve(args) => cli::serve::run(args).await,
-            Command::User(args) => cli::user::run(args).await,
+            Command::User(args) => cli::user::run(args, state.as_deref()).await,
             Command::State(args) => cli::state::run(args, state).await,
-            Command::Cluster(args) => cli::cluster::run(args).await,
+            Command::Cluster(args) => cli::cluster::run(args, state.as_deref()).await,
         }
     });
     match result {

@@ -30,15 +30,20 @@ pub enum ClusterCommand {
     },
 }
 
-pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
+pub async fn run(args: ClusterArgs, state: Option<&str>) -> anyhow::Result<()> {
     match args.command {
-        ClusterCommand::Status { json } => status(json).await,
+        ClusterCommand::Status { json } => status(json, state).await,
     }
 }
 
-async fn status(json: bool) -> anyhow::Result<()> {
+async fn status(json: bool, state: Option<&str>) -> anyhow::Result<()> {
     let home = Home::from_env()?;
     let path = home.state_db();
+    if state.is_some() {
+        let at = super::state::location(state, &home)?;
+        let nodes = tokio::task::spawn_blocking(move || Nodes::open_at(&at)?.list()).await??;
+        return print_nodes(&nodes, json);
+    }
     if !path.exists() {
         if json {
             println!("{}", serde_json::json!({ "nodes": [] }));
@@ -51,6 +56,10 @@ async fn status(json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let nodes = tokio::task::spawn_blocking(move || Nodes::open(&path)?.list()).await??;
+    print_nodes(&nodes, json)
+}
+
+fn print_nodes(nodes: &[Node], json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::json!({ "nodes": nodes }));
         return Ok(());
@@ -63,7 +72,7 @@ async fn status(json: bool) -> anyhow::Result<()> {
         "{:<16}  {:<14}  {:>7}  {:<8}  {:<14}  {:>16}  running",
         "node", "state", "pid", "version", "host", "last heartbeat"
     );
-    for n in &nodes {
+    for n in nodes {
         println!(
             "{:<16}  {:<14}  {:>7}  {:<8}  {:<14}  {:>16}  {}",
             n.id,

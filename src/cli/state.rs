@@ -19,6 +19,7 @@ use clap::{Args, Subcommand};
 use rusqlite::{Connection, OpenFlags};
 use serde_json::json;
 use xmbridge_state::copy::TableRows;
+use xmbridge_state::db::{PgWorker, StateLocation};
 use xmbridge_state::{Applied, Component, StoreRef};
 use xmbridge_vault::Home;
 
@@ -58,7 +59,7 @@ pub(crate) fn postgres_state(arg: Option<String>) -> anyhow::Result<Option<Strin
 /// another store than the one the user chose.
 pub(crate) fn not_on_postgres(command: &str) -> anyhow::Error {
     usage(format!(
-        "--state (XMBRIDGE_STATE) names a PostgreSQL state store, which this xmbridge uses for `xmbridge state migrate` and `xmbridge state copy` only; `xmbridge {command}` still keeps its state in XMBRIDGE_HOME/state.db, so it refuses rather than use another store than the one you chose. Unset XMBRIDGE_STATE (or drop --state) to run it on XMBRIDGE_HOME (docs/state.md)"
+        "--state (XMBRIDGE_STATE) names a PostgreSQL state store, which this xmbridge uses for `xmbridge state`, `xmbridge user` and `xmbridge cluster status` only so far; `xmbridge {command}` still keeps its state in XMBRIDGE_HOME/state.db, so it refuses rather than use another store than the one you chose. Unset XMBRIDGE_STATE (or drop --state) to run it on XMBRIDGE_HOME (docs/state.md)"
     ))
 }
 
@@ -69,9 +70,10 @@ struct PgStore {
     describe: String,
 }
 
-/// Connects with the same password sources and TLS options as a PostgreSQL destination
-/// (PGPASSWORD, ~/.pgpass, `sslmode=` in the URL; docs/destinations.md).
-async fn connect(url: &str) -> anyhow::Result<PgStore> {
+/// The settings to connect with: the same password sources and TLS options as a PostgreSQL
+/// destination (PGPASSWORD, ~/.pgpass, `sslmode=` in the URL; docs/destinations.md). Warnings
+/// are printed; the second value is the URL without its password.
+fn settings(url: &str) -> anyhow::Result<(xmbridge_destinations::DestinationSettings, String)> {
     let shown = xmbridge_destinations::redact_url(url);
     if shown != url {
         eprintln!(
@@ -90,17 +92,42 @@ async fn connect(url: &str) -> anyhow::Result<PgStore> {
     {
         eprintln!("warning: {w}");
     }
-    let session = xmbridge_destinations::postgres::connect(&resolved.settings)
+    Ok((resolved.settings, shown))
+}
+
+fn unreachable(shown: &str) -> String {
+    format!(
+        "the state store {shown} cannot be reached; check that PostgreSQL runs there and that --state (XMBRIDGE_STATE) names the right host, port and database"
+    )
+}
+
+/// Connects for the state commands' own work (migrations, the copy).
+async fn connect(url: &str) -> anyhow::Result<PgStore> {
+    let (settings, shown) = settings(url)?;
+    let session = xmbridge_destinations::postgres::connect(&settings)
         .await
-        .with_context(|| {
-            format!(
-                "the state store {shown} cannot be reached; check that PostgreSQL runs there and that --state (XMBRIDGE_STATE) names the right host, port and database"
-            )
-        })?;
+        .with_context(|| unreachable(&shown))?;
     Ok(PgStore {
         client: session.client,
         describe: session.describe,
     })
+}
+
+/// Where the components open their tables: `--state`'s PostgreSQL database through a
+/// connection of its own (`xmbridge_state::db::PgWorker`), else XMBRIDGE_HOME/state.db.
+pub(crate) fn location(state: Option<&str>, home: &Home) -> anyhow::Result<StateLocation> {
+    let Some(url) = state else {
+        return Ok(StateLocation::File(home.state_db()));
+    };
+    let (settings, shown) = settings(url)?;
+    let worker = PgWorker::start(move || async move {
+        xmbridge_destinations::postgres::connect(&settings)
+            .await
+            .map(|s| (s.client, s.describe))
+            .map_err(|e| e.to_string())
+    })
+    .with_context(|| unreachable(&shown))?;
+    Ok(StateLocation::Postgres(worker))
 }
 
 #[derive(Args, Debug)]
@@ -117,8 +144,9 @@ xmbridge command brings the ones it opens up to date, so `migrate` is the explic
 upgrade. A state store written by a newer xmbridge is refused with both versions: upgrade the
 binary instead of using it.
 
---state (XMBRIDGE_STATE) names a PostgreSQL state store instead. So far `state migrate` and
-`state copy` use it; the other commands refuse while it is set (docs/state.md). The password
+--state (XMBRIDGE_STATE) names a PostgreSQL state store instead. So far `state migrate`,
+`state copy`, `user` and `cluster status` use it; the other commands refuse while it is set
+(docs/state.md). The password
 comes from PGPASSWORD or ~/.pgpass, TLS from sslmode= in the URL, as for a PostgreSQL
 destination.")]
 pub struct StateArgs {

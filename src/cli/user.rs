@@ -275,9 +275,15 @@ fn token_status(t: &TokenInfo) -> &'static str {
     }
 }
 
-pub async fn run(args: UserArgs) -> anyhow::Result<()> {
-    let (_, vault) = open_vault()?;
-    let users = open_users(&vault)?;
+pub async fn run(args: UserArgs, state: Option<&str>) -> anyhow::Result<()> {
+    let users = match state {
+        // The users' tables hold no sealed value: a PostgreSQL store needs no master key here.
+        Some(_) => {
+            let at = super::state::location(state, &Home::from_env()?)?;
+            Users::open_at(&at).map_err(service_error)?
+        }
+        None => open_users(&open_vault()?.1)?,
+    };
     match args.command {
         UserCommand::Add {
             name,

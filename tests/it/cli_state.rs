@@ -588,3 +588,123 @@ async fn state_copy_refuses_while_serving_and_a_value_of_the_wrong_type_and_writ
         .get(0);
     assert_eq!((users, vault), (0, 0), "nothing was half-copied");
 }
+
+#[tokio::test]
+async fn users_and_cluster_status_run_on_a_postgres_state_store() {
+    let Some(db) = TestDb::create("xmb_state_pg_users").await else {
+        return;
+    };
+    let inst = support::install();
+    let url = db.url();
+    let pw = inst.file("pw", "correct horse battery staple\n");
+    let pw = pw.to_str().expect("path");
+    inst.ok(&[
+        "user",
+        "add",
+        "alice",
+        "--role",
+        "admin",
+        "--password-file",
+        pw,
+        "--state",
+        url,
+    ])
+    .await;
+    inst.ok(&[
+        "user",
+        "add",
+        "bob",
+        "--role",
+        "member",
+        "--password-file",
+        pw,
+        "--state",
+        url,
+    ])
+    .await;
+    let (code, err) = inst
+        .fails(&[
+            "user",
+            "add",
+            "bob",
+            "--role",
+            "member",
+            "--password-file",
+            pw,
+            "--state",
+            url,
+        ])
+        .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("a user named 'bob' already exists"), "{err}");
+    let list = inst.json(&["user", "list", "--json", "--state", url]).await;
+    let names: Vec<&str> = list
+        .as_array()
+        .or_else(|| list["users"].as_array())
+        .expect("users")
+        .iter()
+        .map(|u| u["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["alice", "bob"], "{list}");
+    let token = inst.ok(&["user", "token", "bob", "--state", url]).await;
+    assert!(token.contains("xmb_"), "{token}");
+    let tokens = inst.ok(&["user", "tokens", "bob", "--state", url]).await;
+    assert!(tokens.contains("active"), "{tokens}");
+    // The last admin stays, decided inside one transaction on PostgreSQL too.
+    let (code, err) = inst
+        .fails(&["user", "remove", "alice", "--state", url])
+        .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("'alice' is the last admin"), "{err}");
+    inst.ok(&["user", "remove", "bob", "--state", url]).await;
+
+    let client = db.client().await;
+    let users: Vec<String> = client
+        .query("SELECT name FROM svc_users ORDER BY name", &[])
+        .await
+        .expect("users")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(users, ["alice"]);
+    let tokens: i64 = client
+        .query_one("SELECT COUNT(*) FROM svc_tokens", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(tokens, 0, "bob's token went with him");
+    let actions: Vec<String> = client
+        .query("SELECT action FROM svc_audit ORDER BY id", &[])
+        .await
+        .expect("audit")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        actions,
+        ["user.add", "user.add", "token.create", "user.remove"],
+        "the audit log is in PostgreSQL"
+    );
+    assert!(
+        !inst.home().join("state.db").exists() && !inst.home().join("master.key").exists(),
+        "nothing was written to XMBRIDGE_HOME"
+    );
+
+    let status = inst
+        .json(&["cluster", "status", "--json", "--state", url])
+        .await;
+    assert_eq!(status["nodes"], serde_json::json!([]), "{status}");
+    let now = chrono::Utc::now().timestamp_millis();
+    client
+        .execute(
+            "INSERT INTO svc_nodes (node_id, host, pid, version, url, started_at, heartbeat_at, heartbeat_every_ms) VALUES ('n-pg', 'db-host', 7, '0.1.0', 'http://127.0.0.1:1', $1, $1, 60000)",
+            &[&now],
+        )
+        .await
+        .expect("a node");
+    let status = inst
+        .json(&["cluster", "status", "--json", "--state", url])
+        .await;
+    assert_eq!(status["nodes"][0]["id"], "n-pg", "{status}");
+    assert_eq!(status["nodes"][0]["state"], "alive", "{status}");
+}

@@ -4,20 +4,20 @@
 //! split off the URL and sealed in the vault as [`SecretField::DestinationPassword`].
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use rusqlite::{Connection, OptionalExtension as _, params};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 use xmbridge_destinations::{DestinationSettings, Password, PasswordSource, PgEnv};
+use xmbridge_state::db::{DbError, Row, StateDb, StateLocation};
+use xmbridge_state::vals;
 use xmbridge_vault::{Provider, SecretField, Vault, VaultError};
 
 use crate::error::{ErrorKind, Result, ServiceError};
-use crate::users::{now_ms, open_db};
+use crate::users::now_ms;
 
 /// This module's tables in the state store, as versioned migrations (`xmbridge_state`).
 pub static COMPONENT: xmbridge_state::Component = xmbridge_state::Component {
@@ -190,15 +190,14 @@ pub struct SyncConfigs {
 }
 
 struct Inner {
-    conn: Mutex<Connection>,
+    db: StateDb,
     vault: Arc<Vault>,
-    path: PathBuf,
 }
 
 impl fmt::Debug for SyncConfigs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SyncConfigs")
-            .field("path", &self.inner.path)
+            .field("store", self.inner.db.store())
             .finish()
     }
 }
@@ -375,17 +374,32 @@ fn check_tables(tables: &[String]) -> Result<Vec<String>> {
 
 type RawConfig = (String, String, Option<String>, Option<String>, bool);
 
+/// Columns `from`…`from + 4` as a [`RawConfig`].
+fn raw_config(r: &Row, from: usize) -> std::result::Result<RawConfig, DbError> {
+    Ok((
+        r.get(from)?,
+        r.get(from + 1)?,
+        r.get(from + 2)?,
+        r.get(from + 3)?,
+        r.get(from + 4)?,
+    ))
+}
+
 impl SyncConfigs {
     /// Opens the sync set-ups of the state store at `path` (the vault's file), creating
     /// `svc_sync_config` if missing.
     pub fn open(path: &Path, vault: Arc<Vault>) -> Result<SyncConfigs> {
-        let conn = open_db(path, &COMPONENT)?;
+        SyncConfigs::open_at(&StateLocation::File(path.to_path_buf()), vault)
+    }
+
+    /// The same on any state store, SQLite or PostgreSQL.
+    pub fn open_at(at: &StateLocation, vault: Arc<Vault>) -> Result<SyncConfigs> {
+        let db = StateDb::open(at, &COMPONENT).map_err(ServiceError::state(format!(
+            "open the sync configurations in {}",
+            at.store()
+        )))?;
         Ok(SyncConfigs {
-            inner: Arc::new(Inner {
-                conn: Mutex::new(conn),
-                vault,
-                path: path.to_path_buf(),
-            }),
+            inner: Arc::new(Inner { db, vault }),
         })
     }
 
@@ -405,7 +419,7 @@ impl SyncConfigs {
         let damaged = |what: &str, detail: String| ServiceError::Io {
             context: format!(
                 "the {what} of connection '{connection}' in {} is damaged; set it again with `xmbridge connection set {connection}`",
-                self.inner.path.display()
+                self.inner.db.store()
             ),
             source: std::io::Error::other(detail),
         };
@@ -429,39 +443,38 @@ impl SyncConfigs {
 
     /// A connection's sync set-up, if it has one.
     pub fn get(&self, connection: &str) -> Result<Option<SyncConfig>> {
-        let raw: Option<RawConfig> = {
-            let conn = self.inner.conn.lock();
-            conn.query_row(
+        let failed = || ServiceError::state("read a sync configuration");
+        let raw: Option<RawConfig> = self
+            .inner
+            .db
+            .query_opt(
                 "SELECT destination, schema_name, tables, every, paused
                  FROM svc_sync_config WHERE connection = ?1",
-                [connection],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                &vals![connection],
             )
-            .optional()
-            .map_err(ServiceError::store("read a sync configuration"))?
-        };
+            .map_err(failed())?
+            .map(|r| raw_config(&r, 0))
+            .transpose()
+            .map_err(failed())?;
         raw.map(|r| self.config_of(connection, r)).transpose()
     }
 
     /// Every connection's sync set-up, ordered by connection name.
     pub fn list(&self) -> Result<Vec<(String, SyncConfig)>> {
-        let raws: Vec<(String, RawConfig)> = {
-            let conn = self.inner.conn.lock();
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT connection, destination, schema_name, tables, every, paused
-                     FROM svc_sync_config ORDER BY connection",
-                )
-                .map_err(ServiceError::store("list sync configurations"))?;
-            stmt.query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?),
-                ))
-            })
-            .and_then(|rows| rows.collect::<std::result::Result<Vec<_>, _>>())
-            .map_err(ServiceError::store("list sync configurations"))?
-        };
+        let failed = || ServiceError::state("list sync configurations");
+        let raws: Vec<(String, RawConfig)> = self
+            .inner
+            .db
+            .query(
+                "SELECT connection, destination, schema_name, tables, every, paused
+                 FROM svc_sync_config ORDER BY connection",
+                &[],
+            )
+            .map_err(failed())?
+            .iter()
+            .map(|r| Ok((r.get(0)?, raw_config(r, 1)?)))
+            .collect::<std::result::Result<_, DbError>>()
+            .map_err(failed())?;
         raws.into_iter()
             .map(|(name, raw)| Ok((name.clone(), self.config_of(&name, raw)?)))
             .collect()
@@ -609,9 +622,9 @@ impl SyncConfigs {
         let tables_json = tables
             .as_ref()
             .map(|t| serde_json::to_string(t).unwrap_or_else(|_| "[]".into()));
-        {
-            let conn = self.inner.conn.lock();
-            conn.execute(
+        self.inner
+            .db
+            .exec(
                 "INSERT INTO svc_sync_config
                      (connection, destination, schema_name, tables, every, paused, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -619,18 +632,17 @@ impl SyncConfigs {
                      destination = excluded.destination, schema_name = excluded.schema_name,
                      tables = excluded.tables, every = excluded.every, paused = excluded.paused,
                      updated_at = excluded.updated_at",
-                params![
+                &vals![
                     connection,
-                    destination,
-                    schema,
+                    &destination,
+                    &schema,
                     tables_json,
                     every.map(Every::as_str),
                     paused,
                     now_ms()
                 ],
             )
-            .map_err(ServiceError::store("save a sync configuration"))?;
-        }
+            .map_err(ServiceError::state("save a sync configuration"))?;
         Ok(SyncConfig {
             has_password: self.has_password(connection)?,
             destination,
@@ -644,14 +656,13 @@ impl SyncConfigs {
     /// Removes a connection's sync set-up and its sealed destination password (nothing to do
     /// when it has none).
     pub fn remove(&self, connection: &str) -> Result<()> {
-        {
-            let conn = self.inner.conn.lock();
-            conn.execute(
+        self.inner
+            .db
+            .exec(
                 "DELETE FROM svc_sync_config WHERE connection = ?1",
-                [connection],
+                &vals![connection],
             )
-            .map_err(ServiceError::store("remove a sync configuration"))?;
-        }
+            .map_err(ServiceError::state("remove a sync configuration"))?;
         match self
             .inner
             .vault

@@ -45,6 +45,15 @@ pub enum ServiceError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The state store failed (a component on [`xmbridge_state::db::StateDb`]).
+    #[error("state store: {context}")]
+    State {
+        /// What was being done.
+        context: String,
+        /// The database error.
+        #[source]
+        source: xmbridge_state::db::DbError,
+    },
     /// The service's tables could not be brought to this build's version, or are at a newer
     /// one.
     #[error(transparent)]
@@ -88,6 +97,14 @@ impl ServiceError {
         move |source| ServiceError::Store { context, source }
     }
 
+    /// The same for a component on [`xmbridge_state::db::StateDb`].
+    pub fn state(
+        context: impl Into<String>,
+    ) -> impl FnOnce(xmbridge_state::db::DbError) -> ServiceError {
+        let context = context.into();
+        move |source| ServiceError::State { context, source }
+    }
+
     /// The kind, for branching.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -110,6 +127,20 @@ impl ServiceError {
 
 /// The service's result.
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// A statement or commit inside a state-store transaction ([`xmbridge_state::db::StateDb::tx`])
+/// that failed without a more precise context.
+impl From<xmbridge_state::db::DbError> for ServiceError {
+    fn from(source: xmbridge_state::db::DbError) -> Self {
+        match source {
+            xmbridge_state::db::DbError::Migrate(e) => ServiceError::Migrate(e),
+            source => ServiceError::State {
+                context: "a transaction".into(),
+                source,
+            },
+        }
+    }
+}
 
 impl From<xmbridge_state::MigrateError> for ServiceError {
     fn from(e: xmbridge_state::MigrateError) -> Self {

@@ -7,17 +7,17 @@
 //! `not_responding` (killed, frozen, or cut off from the state store); one that stopped cleanly
 //! is `stopped`. Stopped and unresponsive nodes are forgotten a week after their last heartbeat.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use parking_lot::Mutex;
-use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
+use xmbridge_state::db::{StateDb, StateLocation};
+use xmbridge_state::vals;
 
 use crate::error::{Result, ServiceError};
-use crate::users::{from_ms, now_ms, open_db};
+use crate::users::{from_ms, now_ms};
 
 /// This module's tables in the state store, as versioned migrations (`xmbridge_state`).
 pub static COMPONENT: xmbridge_state::Component = xmbridge_state::Component {
@@ -149,58 +149,55 @@ pub struct Node {
 /// The nodes table; cheap to clone.
 #[derive(Clone)]
 pub struct Nodes {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    conn: Mutex<Connection>,
-    path: PathBuf,
+    db: Arc<StateDb>,
 }
 
 impl Nodes {
     /// Opens the nodes of the state store at `path`, bringing its table to this build's version.
     pub fn open(path: &Path) -> Result<Nodes> {
-        let conn = open_db(path, &COMPONENT)?;
-        Ok(Nodes {
-            inner: Arc::new(Inner {
-                conn: Mutex::new(conn),
-                path: path.to_path_buf(),
-            }),
-        })
+        Nodes::open_at(&StateLocation::File(path.to_path_buf()))
     }
 
-    fn store(&self, doing: &str) -> impl FnOnce(rusqlite::Error) -> ServiceError {
-        ServiceError::store(format!("{doing} in {}", self.inner.path.display()))
+    /// The same on any state store, SQLite or PostgreSQL.
+    pub fn open_at(at: &StateLocation) -> Result<Nodes> {
+        let db = StateDb::open(at, &COMPONENT).map_err(ServiceError::state(format!(
+            "open the nodes in {}",
+            at.store()
+        )))?;
+        Ok(Nodes { db: Arc::new(db) })
+    }
+
+    fn store(&self, doing: &str) -> impl FnOnce(xmbridge_state::db::DbError) -> ServiceError {
+        ServiceError::state(format!("{doing} in {}", self.db.store()))
     }
 
     /// Records a starting node (and forgets nodes gone for over a week).
     pub fn register(&self, node: &NodeStart) -> Result<()> {
         let now = now_ms();
         let every = i64::try_from(node.heartbeat_every.as_millis()).unwrap_or(i64::MAX);
-        let conn = self.inner.conn.lock();
-        conn.execute(
-            "DELETE FROM svc_nodes WHERE heartbeat_at < ?1 AND node_id <> ?2",
-            params![now - FORGET_AFTER_MS, node.id],
-        )
-        .map_err(self.store("forget old nodes"))?;
-        conn.execute(
-            "INSERT INTO svc_nodes (node_id, host, pid, version, url, started_at, heartbeat_at, heartbeat_every_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
-            params![node.id, node.host, node.pid, node.version, node.url, now, every],
-        )
-        .map_err(self.store("register this node"))?;
+        self.db
+            .exec(
+                "DELETE FROM svc_nodes WHERE heartbeat_at < ?1 AND node_id <> ?2",
+                &vals![now - FORGET_AFTER_MS, &node.id],
+            )
+            .map_err(self.store("forget old nodes"))?;
+        self.db
+            .exec(
+                "INSERT INTO svc_nodes (node_id, host, pid, version, url, started_at, heartbeat_at, heartbeat_every_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
+                &vals![&node.id, &node.host, node.pid, &node.version, &node.url, now, every],
+            )
+            .map_err(self.store("register this node"))?;
         Ok(())
     }
 
     /// Records that node `id` is alive and runs `running`.
     pub fn heartbeat(&self, id: &str, running: &[RunningSync]) -> Result<()> {
         let running = serde_json::to_string(running).unwrap_or_else(|_| "[]".into());
-        self.inner
-            .conn
-            .lock()
-            .execute(
+        self.db
+            .exec(
                 "UPDATE svc_nodes SET heartbeat_at = ?2, running = ?3 WHERE node_id = ?1",
-                params![id, now_ms(), running],
+                &vals![id, now_ms(), running],
             )
             .map_err(self.store("record this node's heartbeat"))?;
         Ok(())
@@ -208,13 +205,10 @@ impl Nodes {
 
     /// Records that node `id` stopped cleanly.
     pub fn stopped(&self, id: &str) -> Result<()> {
-        let now = now_ms();
-        self.inner
-            .conn
-            .lock()
-            .execute(
+        self.db
+            .exec(
                 "UPDATE svc_nodes SET stopped_at = ?2, heartbeat_at = ?2, running = '[]' WHERE node_id = ?1",
-                params![id, now],
+                &vals![id, now_ms()],
             )
             .map_err(self.store("record that this node stopped"))?;
         Ok(())
@@ -223,33 +217,32 @@ impl Nodes {
     /// Every known node, the most recently started first.
     pub fn list(&self) -> Result<Vec<Node>> {
         let now = now_ms();
-        let conn = self.inner.conn.lock();
-        let mut st = conn
-            .prepare(
+        let rows = self
+            .db
+            .query(
                 "SELECT node_id, host, pid, version, url, started_at, heartbeat_at, heartbeat_every_ms, stopped_at, running \
                  FROM svc_nodes ORDER BY started_at DESC, node_id",
+                &[],
             )
             .map_err(self.store("read the nodes"))?;
-        let rows = st
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, i64>(7)?,
-                    r.get::<_, Option<i64>>(8)?,
-                    r.get::<_, String>(9)?,
-                ))
-            })
-            .map_err(self.store("read the nodes"))?;
         let mut nodes = Vec::new();
-        for row in rows {
+        for r in rows {
+            let read = || -> std::result::Result<_, xmbridge_state::db::DbError> {
+                Ok((
+                    r.get::<String>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<i64>(2)?,
+                    r.get::<String>(3)?,
+                    r.get::<String>(4)?,
+                    r.get::<i64>(5)?,
+                    r.get::<i64>(6)?,
+                    r.get::<i64>(7)?,
+                    r.get::<Option<i64>>(8)?,
+                    r.get::<String>(9)?,
+                ))
+            };
             let (id, host, pid, version, url, started, beat, every, stopped, running) =
-                row.map_err(self.store("read the nodes"))?;
+                read().map_err(self.store("read the nodes"))?;
             let state = match stopped {
                 Some(_) => NodeState::Stopped,
                 None if now - beat > MISSED_HEARTBEATS * every => NodeState::NotResponding,

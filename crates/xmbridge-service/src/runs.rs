@@ -7,16 +7,16 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use parking_lot::Mutex;
-use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::{Deserialize, Serialize};
+use xmbridge_state::db::{DbError, ErrorKind as DbErrorKind, Row, StateDb, StateLocation, Val};
+use xmbridge_state::vals;
 
 use crate::error::{ErrorKind, Result, ServiceError};
-use crate::users::{from_ms, now_ms, open_db};
+use crate::users::{from_ms, now_ms};
 
 /// This module's tables in the state store, as versioned migrations (`xmbridge_state`).
 pub static COMPONENT: xmbridge_state::Component = xmbridge_state::Component {
@@ -106,8 +106,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS svc_sync_runs_one_running ON svc_sync_runs(con
 ";
 
 /// SQLite refused a write because of a constraint (here: a second queued or running run).
-fn is_constraint(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+fn is_constraint(e: &DbError) -> bool {
+    e.kind() == DbErrorKind::Unique
 }
 
 const SCHEMA_V1: &str = "
@@ -325,14 +325,13 @@ pub struct Runs {
 }
 
 struct Inner {
-    conn: Mutex<Connection>,
-    path: PathBuf,
+    db: StateDb,
 }
 
 impl fmt::Debug for Runs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Runs")
-            .field("path", &self.inner.path)
+            .field("store", self.inner.db.store())
             .finish()
     }
 }
@@ -361,7 +360,7 @@ struct RawRun {
     cancel_requested: bool,
 }
 
-fn raw_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRun> {
+fn raw_run(r: &Row) -> std::result::Result<RawRun, DbError> {
     Ok(RawRun {
         id: r.get(0)?,
         connection: r.get(1)?,
@@ -410,12 +409,17 @@ fn wrong_state(run: &SyncRun, wanted: &str) -> ServiceError {
 impl Runs {
     /// Opens the run history of the state store at `path`, creating its tables if missing.
     pub fn open(path: &Path) -> Result<Runs> {
-        let conn = open_db(path, &COMPONENT)?;
+        Runs::open_at(&StateLocation::File(path.to_path_buf()))
+    }
+
+    /// The same on any state store, SQLite or PostgreSQL.
+    pub fn open_at(at: &StateLocation) -> Result<Runs> {
+        let db = StateDb::open(at, &COMPONENT).map_err(ServiceError::state(format!(
+            "open the sync runs in {}",
+            at.store()
+        )))?;
         Ok(Runs {
-            inner: Arc::new(Inner {
-                conn: Mutex::new(conn),
-                path: path.to_path_buf(),
-            }),
+            inner: Arc::new(Inner { db }),
         })
     }
 
@@ -424,7 +428,7 @@ impl Runs {
             context: format!(
                 "the {what} of sync run {} in {} is damaged",
                 raw.id,
-                self.inner.path.display()
+                self.inner.db.store()
             ),
             source: std::io::Error::other(detail),
         };
@@ -459,17 +463,22 @@ impl Runs {
         })
     }
 
-    fn select(&self, where_: &str, params: &[&dyn rusqlite::ToSql]) -> Result<Vec<SyncRun>> {
-        let raws = {
-            let conn = self.inner.conn.lock();
-            let mut stmt = conn
-                .prepare_cached(&format!("SELECT {COLUMNS} FROM svc_sync_runs {where_}"))
-                .map_err(ServiceError::store("read sync runs"))?;
-            stmt.query_map(params, raw_run)
-                .and_then(|rows| rows.collect::<std::result::Result<Vec<_>, _>>())
-                .map_err(ServiceError::store("read sync runs"))?
-        };
-        raws.into_iter().map(|r| self.run_of(r)).collect()
+    fn select(&self, where_: &str, params: &[Val]) -> Result<Vec<SyncRun>> {
+        let failed = || ServiceError::state("read sync runs");
+        self.inner
+            .db
+            .query(
+                &format!("SELECT {COLUMNS} FROM svc_sync_runs {where_}"),
+                params,
+            )
+            .map_err(failed())?
+            .iter()
+            .map(|r| {
+                raw_run(r)
+                    .map_err(failed())
+                    .and_then(|raw| self.run_of(raw))
+            })
+            .collect()
     }
 
     /// Queues a run of `connection`.
@@ -479,14 +488,25 @@ impl Runs {
         trigger: RunTrigger,
         by: Option<&str>,
     ) -> Result<SyncRun> {
-        let id = {
-            let conn = self.inner.conn.lock();
-            match conn.execute(
+        let inserted = self
+            .inner
+            .db
+            .query_opt(
                 "INSERT INTO svc_sync_runs (connection, status, trigger, requested_by, queued_at)
-                 VALUES (?1, 'queued', ?2, ?3, ?4)",
-                params![connection, trigger.as_str(), by, now_ms()],
-            ) {
-                Ok(_) => conn.last_insert_rowid(),
+                 VALUES (?1, 'queued', ?2, ?3, ?4) RETURNING id",
+                &vals![connection, trigger.as_str(), by, now_ms()],
+            )
+            .and_then(|r| r.map_or(Ok(None), |r| r.get::<i64>(0).map(Some)));
+        let id = {
+            match inserted {
+                Ok(Some(id)) => id,
+                Ok(None) => {
+                    return Err(ServiceError::state("queue a sync run")(DbError::Type {
+                        column: 0,
+                        found: "no row",
+                        expected: "the new run's id",
+                    }));
+                }
                 Err(e) if is_constraint(&e) => {
                     return Err(ServiceError::refused(
                         ErrorKind::Conflict,
@@ -495,7 +515,7 @@ impl Runs {
                         None,
                     ));
                 }
-                Err(e) => return Err(ServiceError::store("queue a sync run")(e)),
+                Err(e) => return Err(ServiceError::state("queue a sync run")(e)),
             }
         };
         self.get(id)
@@ -503,10 +523,10 @@ impl Runs {
 
     /// Starts a queued run (`Conflict` when it is not queued, e.g. cancelled meanwhile).
     pub fn start(&self, id: i64) -> Result<SyncRun> {
-        let updated = self.inner.conn.lock().execute(
+        let updated = self.inner.db.exec(
             "UPDATE svc_sync_runs SET status = 'running', started_at = ?2
              WHERE id = ?1 AND status = 'queued'",
-            params![id, now_ms()],
+            &vals![id, now_ms()],
         );
         let n = match updated {
             Ok(n) => n,
@@ -522,7 +542,7 @@ impl Runs {
                     None,
                 ));
             }
-            Err(e) => return Err(ServiceError::store("start a sync run")(e)),
+            Err(e) => return Err(ServiceError::state("start a sync run")(e)),
         };
         let run = self.get(id)?;
         if n == 0 {
@@ -533,13 +553,14 @@ impl Runs {
 
     /// Records a running run's progress (any JSON the scheduler chooses).
     pub fn set_progress(&self, id: i64, progress: &serde_json::Value) -> Result<()> {
-        let conn = self.inner.conn.lock();
-        let n = conn
-            .execute(
+        let n = self
+            .inner
+            .db
+            .exec(
                 "UPDATE svc_sync_runs SET progress = ?2 WHERE id = ?1",
-                params![id, progress.to_string()],
+                &vals![id, progress.to_string()],
             )
-            .map_err(ServiceError::store("record a sync run's progress"))?;
+            .map_err(ServiceError::state("record a sync run's progress"))?;
         if n == 0 {
             return Err(no_run(id));
         }
@@ -562,14 +583,15 @@ impl Runs {
             Some(e) => (Some(e.message), e.fix),
             None => (None, None),
         };
-        let n = {
-            let conn = self.inner.conn.lock();
-            conn.execute(
+        let n = self
+            .inner
+            .db
+            .exec(
                 "UPDATE svc_sync_runs SET status = ?2, finished_at = ?3, responses = ?4,
                      api_calls = ?5, throttled = ?6, tables = ?7, error_message = ?8,
                      error_fix = ?9
                  WHERE id = ?1 AND status IN ('queued', 'running')",
-                params![
+                &vals![
                     id,
                     outcome.status.as_str(),
                     now_ms(),
@@ -581,8 +603,7 @@ impl Runs {
                     fix
                 ],
             )
-            .map_err(ServiceError::store("finish a sync run"))?
-        };
+            .map_err(ServiceError::state("finish a sync run"))?;
         let run = self.get(id)?;
         if n == 0 {
             return Err(wrong_state(&run, "queued or running"));
@@ -594,42 +615,36 @@ impl Runs {
     /// at its next commit boundary (the scheduler reads the mark). A finished run is a
     /// `Conflict`.
     pub fn request_cancel(&self, id: i64) -> Result<SyncRun> {
-        let status: Option<String> = {
-            let mut conn = self.inner.conn.lock();
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(ServiceError::store("cancel a sync run"))?;
-            let status: Option<String> = tx
-                .query_row(
-                    "SELECT status FROM svc_sync_runs WHERE id = ?1",
-                    [id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(ServiceError::store("cancel a sync run"))?;
+        let status: Option<String> = self.inner.db.tx(move |tx| {
+            let failed = || ServiceError::state("cancel a sync run");
+            let status: Option<String> = match tx
+                .query_opt("SELECT status FROM svc_sync_runs WHERE id = ?1", &vals![id])
+                .map_err(failed())?
+            {
+                Some(r) => Some(r.get(0).map_err(failed())?),
+                None => None,
+            };
             match status.as_deref() {
                 Some("queued") => {
-                    tx.execute(
+                    tx.exec(
                         "UPDATE svc_sync_runs SET status = 'cancelled', finished_at = ?2,
                              cancel_requested = 1
                          WHERE id = ?1",
-                        params![id, now_ms()],
+                        &vals![id, now_ms()],
                     )
-                    .map_err(ServiceError::store("cancel a sync run"))?;
+                    .map_err(failed())?;
                 }
                 Some("running") => {
-                    tx.execute(
+                    tx.exec(
                         "UPDATE svc_sync_runs SET cancel_requested = 1 WHERE id = ?1",
-                        [id],
+                        &vals![id],
                     )
-                    .map_err(ServiceError::store("cancel a sync run"))?;
+                    .map_err(failed())?;
                 }
                 _ => {}
             }
-            tx.commit()
-                .map_err(ServiceError::store("cancel a sync run"))?;
-            status
-        };
+            Ok::<_, ServiceError>(status)
+        })?;
         let run = self.get(id)?;
         match status.as_deref() {
             Some("queued" | "running") => Ok(run),
@@ -639,7 +654,7 @@ impl Runs {
 
     /// One run (`NotFound`).
     pub fn get(&self, id: i64) -> Result<SyncRun> {
-        self.select("WHERE id = ?1", &[&id])?
+        self.select("WHERE id = ?1", &vals![id])?
             .pop()
             .ok_or_else(|| no_run(id))
     }
@@ -649,7 +664,7 @@ impl Runs {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.select(
             "WHERE connection = ?1 ORDER BY id DESC LIMIT ?2",
-            &[&connection, &limit],
+            &vals![connection, limit],
         )
     }
 
@@ -662,7 +677,7 @@ impl Runs {
     pub fn active(&self, connection: &str) -> Result<Vec<SyncRun>> {
         self.select(
             "WHERE connection = ?1 AND status IN ('queued', 'running') ORDER BY id",
-            &[&connection],
+            &vals![connection],
         )
     }
 
@@ -673,27 +688,28 @@ impl Runs {
 
     /// The last schedule slot a run was queued for, if any.
     pub fn last_slot(&self, connection: &str) -> Result<Option<DateTime<Utc>>> {
-        let conn = self.inner.conn.lock();
-        let at: Option<i64> = conn
-            .query_row(
+        let at: Option<i64> = self
+            .inner
+            .db
+            .query_opt(
                 "SELECT last_slot FROM svc_sync_slots WHERE connection = ?1",
-                [connection],
-                |r| r.get(0),
+                &vals![connection],
             )
-            .optional()
-            .map_err(ServiceError::store("read a schedule slot"))?;
+            .and_then(|r| r.map_or(Ok(None), |r| r.get(0).map(Some)))
+            .map_err(ServiceError::state("read a schedule slot"))?;
         Ok(at.map(from_ms))
     }
 
     /// Records the last schedule slot a run was queued for.
     pub fn set_last_slot(&self, connection: &str, at: DateTime<Utc>) -> Result<()> {
-        let conn = self.inner.conn.lock();
-        conn.execute(
-            "INSERT INTO svc_sync_slots (connection, last_slot) VALUES (?1, ?2)
-             ON CONFLICT (connection) DO UPDATE SET last_slot = excluded.last_slot",
-            params![connection, at.timestamp_millis()],
-        )
-        .map_err(ServiceError::store("record a schedule slot"))?;
+        self.inner
+            .db
+            .exec(
+                "INSERT INTO svc_sync_slots (connection, last_slot) VALUES (?1, ?2)
+                 ON CONFLICT (connection) DO UPDATE SET last_slot = excluded.last_slot",
+                &vals![connection, at.timestamp_millis()],
+            )
+            .map_err(ServiceError::state("record a schedule slot"))?;
         Ok(())
     }
 
@@ -710,18 +726,17 @@ impl Runs {
         let now_ms = now.timestamp_millis();
         let due_before =
             now_ms.saturating_sub(i64::try_from(interval.as_millis()).unwrap_or(i64::MAX));
-        let conn = self.inner.conn.lock();
-        let taken: Option<i64> = conn
-            .query_row(
+        let taken = self
+            .inner
+            .db
+            .query_opt(
                 "INSERT INTO svc_sync_slots (connection, last_slot) VALUES (?1, ?2)
                  ON CONFLICT (connection) DO UPDATE SET last_slot = excluded.last_slot
                  WHERE svc_sync_slots.last_slot <= ?3
                  RETURNING last_slot",
-                params![connection, now_ms, due_before],
-                |r| r.get(0),
+                &vals![connection, now_ms, due_before],
             )
-            .optional()
-            .map_err(ServiceError::store("take a schedule slot"))?;
+            .map_err(ServiceError::state("take a schedule slot"))?;
         Ok(taken.is_some())
     }
 
@@ -731,15 +746,18 @@ impl Runs {
             .iter()
             .map(|s| (s.as_str().to_string(), 0))
             .collect();
-        let conn = self.inner.conn.lock();
-        let mut stmt = conn
-            .prepare_cached("SELECT status, COUNT(*) FROM svc_sync_runs GROUP BY status")
-            .map_err(ServiceError::store("count sync runs"))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-            .and_then(|rows| rows.collect::<std::result::Result<Vec<_>, _>>())
-            .map_err(ServiceError::store("count sync runs"))?;
-        for (status, n) in rows {
+        let failed = || ServiceError::state("count sync runs");
+        let rows = self
+            .inner
+            .db
+            .query(
+                "SELECT status, COUNT(*) FROM svc_sync_runs GROUP BY status",
+                &[],
+            )
+            .map_err(failed())?;
+        for r in rows {
+            let status: String = r.get(0).map_err(failed())?;
+            let n: i64 = r.get(1).map_err(failed())?;
             out.insert(status, u64::try_from(n).unwrap_or(0));
         }
         Ok(out)
@@ -777,6 +795,10 @@ mod tests {
     #[test]
     fn a_run_goes_queued_running_finished() {
         let (_d, r) = runs();
+        a_run_goes_queued_running_finished_on(&r);
+    }
+
+    fn a_run_goes_queued_running_finished_on(r: &Runs) {
         let q = r.queue("acme", RunTrigger::User, Some("lee")).unwrap();
         assert_eq!(q.status, RunStatus::Queued);
         assert_eq!(q.requested_by.as_deref(), Some("lee"));
@@ -812,6 +834,10 @@ mod tests {
     #[test]
     fn failures_keep_their_error_and_fix() {
         let (_d, r) = runs();
+        failures_keep_their_error_and_fix_on(&r);
+    }
+
+    fn failures_keep_their_error_and_fix_on(r: &Runs) {
         let q = r.queue("acme", RunTrigger::Schedule, None).unwrap();
         r.start(q.id).unwrap();
         let f = r
@@ -833,6 +859,10 @@ mod tests {
     #[test]
     fn a_queued_run_is_cancelled_at_once_a_running_one_is_marked() {
         let (_d, r) = runs();
+        a_queued_run_is_cancelled_at_once_a_running_one_is_marked_on(&r);
+    }
+
+    fn a_queued_run_is_cancelled_at_once_a_running_one_is_marked_on(r: &Runs) {
         let a = r.queue("acme", RunTrigger::Api, None).unwrap();
         let other = r.queue("other", RunTrigger::Api, None).unwrap();
         assert_eq!(
@@ -865,9 +895,19 @@ mod tests {
 
     #[test]
     fn the_store_keeps_one_queued_and_one_running_run_per_connection() {
-        let (d, r) = runs();
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        the_store_keeps_one_queued_and_one_running_run_per_connection_at(&|| {
+            StateLocation::File(path.clone())
+        });
+    }
+
+    fn the_store_keeps_one_queued_and_one_running_run_per_connection_at(
+        at: &dyn Fn() -> StateLocation,
+    ) {
+        let r = Runs::open_at(&at()).unwrap();
         // A second handle, as another process has.
-        let other = Runs::open(&d.path().join("state.db")).unwrap();
+        let other = Runs::open_at(&at()).unwrap();
         let a = r.queue("acme", RunTrigger::Api, None).unwrap();
         let e = other.queue("acme", RunTrigger::Schedule, None).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Conflict);
@@ -911,7 +951,7 @@ mod tests {
         ] {
             conn.execute(
                 "INSERT INTO svc_sync_runs (connection, status, trigger, queued_at) VALUES (?1, ?2, 'api', 0)",
-                params![connection, status],
+                rusqlite::params![connection, status],
             )
             .unwrap();
         }
@@ -945,19 +985,29 @@ mod tests {
 
     #[test]
     fn slots_are_remembered() {
-        let (d, r) = runs();
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        slots_are_remembered_at(&|| StateLocation::File(path.clone()));
+    }
+
+    fn slots_are_remembered_at(at: &dyn Fn() -> StateLocation) {
+        let r = Runs::open_at(&at()).unwrap();
         assert!(r.last_slot("acme").unwrap().is_none());
-        let at = from_ms(1_700_000_000_123);
-        r.set_last_slot("acme", at).unwrap();
-        r.set_last_slot("acme", at).unwrap();
-        // Another handle on the same file sees it (a restarted server).
-        let again = Runs::open(&d.path().join("state.db")).unwrap();
-        assert_eq!(again.last_slot("acme").unwrap(), Some(at));
+        let at_ms = from_ms(1_700_000_000_123);
+        r.set_last_slot("acme", at_ms).unwrap();
+        r.set_last_slot("acme", at_ms).unwrap();
+        // Another handle on the same store sees it (a restarted server).
+        let again = Runs::open_at(&at()).unwrap();
+        assert_eq!(again.last_slot("acme").unwrap(), Some(at_ms));
     }
 
     #[test]
     fn a_slot_is_taken_once_and_the_next_one_an_interval_later() {
         let (_d, r) = runs();
+        a_slot_is_taken_once_and_the_next_one_an_interval_later_on(&r);
+    }
+
+    fn a_slot_is_taken_once_and_the_next_one_an_interval_later_on(r: &Runs) {
         let hour = std::time::Duration::from_secs(3600);
         let t0 = from_ms(1_700_000_000_000);
         assert!(r.claim_slot("acme", t0, hour).unwrap(), "the first slot");
@@ -978,13 +1028,17 @@ mod tests {
     fn processes_planning_at_once_take_each_slot_once() {
         let (d, _r) = runs();
         let path = d.path().join("state.db");
+        processes_planning_at_once_take_each_slot_once_at(&|| StateLocation::File(path.clone()));
+    }
+
+    fn processes_planning_at_once_take_each_slot_once_at(store: &dyn Fn() -> StateLocation) {
         let hour = std::time::Duration::from_secs(3600);
         for round in 0..5i64 {
             let at = from_ms(1_700_000_000_000 + round * 3_600_000);
             let taken: usize = (0..4)
                 .map(|_| {
                     // A handle each, as separate processes have.
-                    let handle = Runs::open(&path).unwrap();
+                    let handle = Runs::open_at(&store()).unwrap();
                     std::thread::spawn(move || handle.claim_slot("acme", at, hour).unwrap())
                 })
                 .collect::<Vec<_>>()
@@ -992,6 +1046,64 @@ mod tests {
                 .map(|t| usize::from(t.join().unwrap()))
                 .sum();
             assert_eq!(taken, 1, "round {round}");
+        }
+    }
+
+    /// The same rules on a PostgreSQL state store (`XMBRIDGE_TEST_PG`), each in a database of
+    /// its own, every handle with a connection of its own.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_same_rules_hold_on_postgres() {
+        use xmbridge_test_kit::pg::TestDb;
+        type Check = fn(&dyn Fn() -> StateLocation);
+        let checks: [(&str, Check); 7] = [
+            ("lifecycle", |at| {
+                a_run_goes_queued_running_finished_on(&Runs::open_at(&at()).unwrap())
+            }),
+            ("failures", |at| {
+                failures_keep_their_error_and_fix_on(&Runs::open_at(&at()).unwrap())
+            }),
+            ("cancel", |at| {
+                a_queued_run_is_cancelled_at_once_a_running_one_is_marked_on(
+                    &Runs::open_at(&at()).unwrap(),
+                )
+            }),
+            ("one_per_connection", |at| {
+                the_store_keeps_one_queued_and_one_running_run_per_connection_at(at)
+            }),
+            ("slot_once", |at| {
+                a_slot_is_taken_once_and_the_next_one_an_interval_later_on(
+                    &Runs::open_at(&at()).unwrap(),
+                )
+            }),
+            ("slots", |at| slots_are_remembered_at(at)),
+            ("planning", |at| {
+                processes_planning_at_once_take_each_slot_once_at(at)
+            }),
+        ];
+        for (name, check) in checks {
+            let Some(db) = TestDb::create(&format!("xmb_runs_{name}")).await else {
+                return;
+            };
+            let url = db.url().to_string();
+            tokio::task::spawn_blocking(move || {
+                let at = move || {
+                    let url = url.clone();
+                    StateLocation::Postgres(
+                        xmbridge_state::db::PgWorker::start(move || async move {
+                            let (client, conn) =
+                                tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                                    .await
+                                    .map_err(|e| e.to_string())?;
+                            tokio::spawn(conn);
+                            Ok((client, url))
+                        })
+                        .unwrap(),
+                    )
+                };
+                check(&at);
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
     }
 }

@@ -15,18 +15,19 @@
 //! verification), so the answer does not tell which names exist.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use argon2::{Argon2, PasswordHasher as _, PasswordVerifier as _};
 use chrono::{DateTime, TimeZone as _, Utc};
-use parking_lot::Mutex;
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension as _, params};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
+
+use xmbridge_state::db::{DbError, ErrorKind as DbErrorKind, Row, StateDb, StateLocation};
+use xmbridge_state::vals;
 
 use crate::error::{ErrorKind, Result, ServiceError};
 
@@ -36,9 +37,6 @@ pub const MIN_PASSWORD_CHARS: usize = 12;
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 /// What every API token starts with, so a leaked one is recognisable (secret scanners).
 pub const TOKEN_PREFIX: &str = "xmb_";
-
-/// How long a writer waits for another connection's lock (as the vault and workflow store do).
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// This module's tables in the state store, as versioned migrations (`xmbridge_state`).
 pub static COMPONENT: xmbridge_state::Component = xmbridge_state::Component {
@@ -326,40 +324,15 @@ pub struct Users {
 }
 
 struct Inner {
-    conn: Mutex<Connection>,
-    path: PathBuf,
+    db: StateDb,
 }
 
 impl fmt::Debug for Users {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Users")
-            .field("path", &self.inner.path)
+            .field("store", self.inner.db.store())
             .finish()
     }
-}
-
-/// Opens the state store at `path` the way the vault and workflow store do (WAL, busy timeout,
-/// foreign keys) and brings `component`'s tables to this build's version.
-pub(crate) fn open_db(path: &Path, component: &xmbridge_state::Component) -> Result<Connection> {
-    let what = || format!("open the state store {}", path.display());
-    let mut conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(ServiceError::store(what()))?;
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(ServiceError::store(what()))?;
-    let _mode: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .map_err(ServiceError::store(what()))?;
-    conn.pragma_update(None, "foreign_keys", "ON")
-        .map_err(ServiceError::store(what()))?;
-    conn.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(ServiceError::store(what()))?;
-    xmbridge_state::migrate(&mut conn, path, component)?;
-    Ok(conn)
 }
 
 /// Now, as unix milliseconds.
@@ -497,12 +470,17 @@ impl Users {
     /// Opens the users of the state store at `path` (normally `Home::state_db()`), creating the
     /// `svc_` tables if missing.
     pub fn open(path: &Path) -> Result<Users> {
-        let conn = open_db(path, &COMPONENT)?;
+        Users::open_at(&StateLocation::File(path.to_path_buf()))
+    }
+
+    /// The same on any state store, SQLite or PostgreSQL.
+    pub fn open_at(at: &StateLocation) -> Result<Users> {
+        let db = StateDb::open(at, &COMPONENT).map_err(ServiceError::state(format!(
+            "open the users in {}",
+            at.store()
+        )))?;
         Ok(Users {
-            inner: Arc::new(Inner {
-                conn: Mutex::new(conn),
-                path: path.to_path_buf(),
-            }),
+            inner: Arc::new(Inner { db }),
         })
     }
 
@@ -511,7 +489,7 @@ impl Users {
         let role = role.parse::<Role>().map_err(|_| ServiceError::Io {
             context: format!(
                 "the role of user '{name}' in {} is damaged",
-                self.inner.path.display()
+                self.inner.db.store()
             ),
             source: std::io::Error::other(format!("unknown role {role:?}")),
         })?;
@@ -529,11 +507,10 @@ impl Users {
         validate_password(password)?;
         let hash = hash_password(password)?;
         let now = now_ms();
-        let conn = self.inner.conn.lock();
-        let res = conn.execute(
+        let res = self.inner.db.exec(
             "INSERT INTO svc_users (name, role, password_hash, created_at, password_changed_at)
              VALUES (?1, ?2, ?3, ?4, ?4)",
-            params![name, role.as_str(), hash, now],
+            &vals![name, role.as_str(), hash, now],
         );
         match res {
             Ok(_) => Ok(User {
@@ -541,46 +518,49 @@ impl Users {
                 role,
                 created_at: from_ms(now),
             }),
-            Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
-                Err(ServiceError::refused(
-                    ErrorKind::Conflict,
-                    "user_exists",
-                    format!("a user named '{name}' already exists"),
-                    Some(format!(
-                        "pick another name, or change their password with `xmbridge user passwd {name}`"
-                    )),
-                ))
-            }
-            Err(e) => Err(ServiceError::store("add a user")(e)),
+            Err(e) if e.kind() == DbErrorKind::Unique => Err(ServiceError::refused(
+                ErrorKind::Conflict,
+                "user_exists",
+                format!("a user named '{name}' already exists"),
+                Some(format!(
+                    "pick another name, or change their password with `xmbridge user passwd {name}`"
+                )),
+            )),
+            Err(e) => Err(ServiceError::state("add a user")(e)),
         }
     }
 
     /// Every user, ordered by name.
     pub fn list(&self) -> Result<Vec<User>> {
-        let raws: Vec<RawUser> = {
-            let conn = self.inner.conn.lock();
-            let mut stmt = conn
-                .prepare_cached("SELECT name, role, created_at FROM svc_users ORDER BY name")
-                .map_err(ServiceError::store("list users"))?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .and_then(|rows| rows.collect::<std::result::Result<Vec<_>, _>>())
-                .map_err(ServiceError::store("list users"))?
-        };
-        raws.into_iter().map(|r| self.user_of(r)).collect()
+        let rows = self
+            .inner
+            .db
+            .query(
+                "SELECT name, role, created_at FROM svc_users ORDER BY name",
+                &[],
+            )
+            .map_err(ServiceError::state("list users"))?;
+        rows.iter()
+            .map(|r| raw_user(r).map_err(ServiceError::state("list users")))
+            .map(|raw| raw.and_then(|raw| self.user_of(raw)))
+            .collect()
     }
 
     fn find(&self, name: &str) -> Result<Option<User>> {
-        let raw: Option<RawUser> = {
-            let conn = self.inner.conn.lock();
-            conn.query_row(
+        let row = self
+            .inner
+            .db
+            .query_opt(
                 "SELECT name, role, created_at FROM svc_users WHERE name = ?1",
-                [name],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                &vals![name],
             )
-            .optional()
-            .map_err(ServiceError::store("read a user"))?
-        };
-        raw.map(|r| self.user_of(r)).transpose()
+            .map_err(ServiceError::state("read a user"))?;
+        row.map(|r| {
+            raw_user(&r)
+                .map_err(ServiceError::state("read a user"))
+                .and_then(|raw| self.user_of(raw))
+        })
+        .transpose()
     }
 
     /// One user by name (`NotFound`).
@@ -590,95 +570,106 @@ impl Users {
 
     /// How many users there are.
     pub fn count(&self) -> Result<usize> {
-        let conn = self.inner.conn.lock();
-        let n: i64 = conn
-            .query_row("SELECT COUNT(*) FROM svc_users", [], |r| r.get(0))
-            .map_err(ServiceError::store("count users"))?;
+        let n: i64 = self
+            .inner
+            .db
+            .query_opt("SELECT COUNT(*) FROM svc_users", &[])
+            .and_then(|r| r.map_or(Ok(0), |r| r.get(0)))
+            .map_err(ServiceError::state("count users"))?;
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
     /// Removes a user, their tokens and their sessions. The last admin cannot be removed
     /// (`Conflict`): nobody could manage the installation through the server any more.
     pub fn remove(&self, name: &str) -> Result<()> {
-        let mut conn = self.inner.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(ServiceError::store("remove a user"))?;
-        let role: Option<String> = tx
-            .query_row("SELECT role FROM svc_users WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(ServiceError::store("remove a user"))?;
-        let Some(role) = role else {
-            return Err(no_user(name));
-        };
-        if role == Role::Admin.as_str() {
-            let admins: i64 = tx
-                .query_row(
-                    "SELECT COUNT(*) FROM svc_users WHERE role = 'admin'",
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(ServiceError::store("remove a user"))?;
-            if admins <= 1 {
-                return Err(ServiceError::refused(
-                    ErrorKind::Conflict,
-                    "last_admin",
-                    format!("'{name}' is the last admin and cannot be removed"),
-                    Some("add another admin first (`xmbridge user add NAME --role admin`)".into()),
-                ));
+        let name = name.to_string();
+        self.inner.db.tx(move |tx| {
+            let failed = || ServiceError::state("remove a user");
+            let role: Option<String> = match tx
+                .query_opt("SELECT role FROM svc_users WHERE name = ?1", &vals![&name])
+                .map_err(failed())?
+            {
+                Some(r) => Some(r.get(0).map_err(failed())?),
+                None => None,
+            };
+            let Some(role) = role else {
+                return Err(no_user(&name));
+            };
+            if role == Role::Admin.as_str() {
+                let admins: i64 = match tx
+                    .query_opt("SELECT COUNT(*) FROM svc_users WHERE role = 'admin'", &[])
+                    .map_err(failed())?
+                {
+                    Some(r) => r.get(0).map_err(failed())?,
+                    None => 0,
+                };
+                if admins <= 1 {
+                    return Err(ServiceError::refused(
+                        ErrorKind::Conflict,
+                        "last_admin",
+                        format!("'{name}' is the last admin and cannot be removed"),
+                        Some(
+                            "add another admin first (`xmbridge user add NAME --role admin`)"
+                                .into(),
+                        ),
+                    ));
+                }
             }
-        }
-        // Tokens and sessions go with the user (ON DELETE CASCADE; deleted explicitly too, so
-        // nothing depends on the foreign-key pragma).
-        for sql in [
-            "DELETE FROM svc_tokens WHERE user = ?1",
-            "DELETE FROM svc_sessions WHERE user = ?1",
-            "DELETE FROM svc_users WHERE name = ?1",
-        ] {
-            tx.execute(sql, [name])
-                .map_err(ServiceError::store("remove a user"))?;
-        }
-        tx.commit().map_err(ServiceError::store("remove a user"))
+            // Tokens and sessions go with the user (ON DELETE CASCADE; deleted explicitly too,
+            // so nothing depends on the foreign-key pragma).
+            for sql in [
+                "DELETE FROM svc_tokens WHERE \"user\" = ?1",
+                "DELETE FROM svc_sessions WHERE \"user\" = ?1",
+                "DELETE FROM svc_users WHERE name = ?1",
+            ] {
+                tx.exec(sql, &vals![&name]).map_err(failed())?;
+            }
+            Ok(())
+        })
     }
 
     /// Sets a user's password (same rule as [`Users::add`]) and ends their sessions.
     pub fn set_password(&self, name: &str, password: &SecretString) -> Result<()> {
         validate_password(password)?;
         let hash = hash_password(password)?;
-        let mut conn = self.inner.conn.lock();
-        let tx = conn
-            .transaction()
-            .map_err(ServiceError::store("set a password"))?;
-        let n = tx
-            .execute(
-                "UPDATE svc_users SET password_hash = ?2, password_changed_at = ?3 WHERE name = ?1",
-                params![name, hash, now_ms()],
+        let name = name.to_string();
+        self.inner.db.tx(move |tx| {
+            let failed = || ServiceError::state("set a password");
+            let n = tx
+                .exec(
+                    "UPDATE svc_users SET password_hash = ?2, password_changed_at = ?3 WHERE name = ?1",
+                    &vals![&name, hash, now_ms()],
+                )
+                .map_err(failed())?;
+            if n == 0 {
+                return Err(no_user(&name));
+            }
+            tx.exec(
+                "DELETE FROM svc_sessions WHERE \"user\" = ?1",
+                &vals![&name],
             )
-            .map_err(ServiceError::store("set a password"))?;
-        if n == 0 {
-            return Err(no_user(name));
-        }
-        tx.execute("DELETE FROM svc_sessions WHERE user = ?1", [name])
-            .map_err(ServiceError::store("set a password"))?;
-        tx.commit().map_err(ServiceError::store("set a password"))
+            .map_err(failed())?;
+            Ok(())
+        })
     }
 
     /// The user if the password is theirs. An unknown user and a wrong password both give
     /// `Unauthenticated` "wrong user name or password", after one argon2 verification each.
     pub fn verify_password(&self, name: &str, password: &SecretString) -> Result<User> {
-        let row: Option<(RawUser, String)> = {
-            let conn = self.inner.conn.lock();
-            conn.query_row(
+        let failed = || ServiceError::state("read a user");
+        let row = self
+            .inner
+            .db
+            .query_opt(
                 "SELECT name, role, created_at, password_hash FROM svc_users WHERE name = ?1",
-                [name],
-                |r| Ok(((r.get(0)?, r.get(1)?, r.get(2)?), r.get(3)?)),
+                &vals![name],
             )
-            .optional()
-            .map_err(ServiceError::store("read a user"))?
+            .map_err(failed())?;
+        let row: Option<(RawUser, String)> = match row {
+            Some(r) => Some((raw_user(&r).map_err(failed())?, r.get(3).map_err(failed())?)),
+            None => None,
         };
-        // The lock is released before hashing: a verification takes tens of milliseconds.
+        // No statement runs while hashing: a verification takes tens of milliseconds.
         match row {
             Some((raw, phc)) if password_matches(password, &phc) => self.user_of(raw),
             Some(_) => Err(unauthenticated(WRONG_LOGIN)),
@@ -701,15 +692,14 @@ impl Users {
         let id = random_hex(8)?;
         let now = now_ms();
         let expires_at = expires.map(|d| now.saturating_add(dur_ms(d)));
-        {
-            let conn = self.inner.conn.lock();
-            conn.execute(
-                "INSERT INTO svc_tokens (id, user, hash, created_at, expires_at)
+        self.inner
+            .db
+            .exec(
+                "INSERT INTO svc_tokens (id, \"user\", hash, created_at, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id, user, sha256_hex(&secret), now, expires_at],
+                &vals![&id, user, sha256_hex(&secret), now, expires_at],
             )
-            .map_err(ServiceError::store("create a token"))?;
-        }
+            .map_err(ServiceError::state("create a token"))?;
         Ok((
             TokenInfo {
                 id,
@@ -726,41 +716,46 @@ impl Users {
     /// A user's tokens (revoked and expired ones too), newest first.
     pub fn list_tokens(&self, user: &str) -> Result<Vec<TokenInfo>> {
         self.get(user)?;
-        let conn = self.inner.conn.lock();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, user, created_at, expires_at, revoked_at, last_used_at
-                 FROM svc_tokens WHERE user = ?1 ORDER BY created_at DESC, id",
+        let failed = || ServiceError::state("list tokens");
+        self.inner
+            .db
+            .query(
+                "SELECT id, \"user\", created_at, expires_at, revoked_at, last_used_at
+                 FROM svc_tokens WHERE \"user\" = ?1 ORDER BY created_at DESC, id",
+                &vals![user],
             )
-            .map_err(ServiceError::store("list tokens"))?;
-        stmt.query_map([user], token_row)
-            .and_then(|rows| rows.collect::<std::result::Result<Vec<_>, _>>())
-            .map_err(ServiceError::store("list tokens"))
+            .map_err(failed())?
+            .iter()
+            .map(|r| token_row(r).map_err(failed()))
+            .collect()
     }
 
     /// One token's record (`NotFound`).
     pub fn token(&self, id: &str) -> Result<TokenInfo> {
-        let conn = self.inner.conn.lock();
-        conn.query_row(
-            "SELECT id, user, created_at, expires_at, revoked_at, last_used_at
-             FROM svc_tokens WHERE id = ?1",
-            [id],
-            token_row,
-        )
-        .optional()
-        .map_err(ServiceError::store("read a token"))?
-        .ok_or_else(|| no_token(id))
+        let failed = || ServiceError::state("read a token");
+        self.inner
+            .db
+            .query_opt(
+                "SELECT id, \"user\", created_at, expires_at, revoked_at, last_used_at
+                 FROM svc_tokens WHERE id = ?1",
+                &vals![id],
+            )
+            .map_err(failed())?
+            .map(|r| token_row(&r).map_err(failed()))
+            .transpose()?
+            .ok_or_else(|| no_token(id))
     }
 
     /// Revokes a token by id (`NotFound`); revoking a revoked token changes nothing.
     pub fn revoke_token(&self, id: &str) -> Result<()> {
-        let conn = self.inner.conn.lock();
-        let n = conn
-            .execute(
+        let n = self
+            .inner
+            .db
+            .exec(
                 "UPDATE svc_tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
-                params![id, now_ms()],
+                &vals![id, now_ms()],
             )
-            .map_err(ServiceError::store("revoke a token"))?;
+            .map_err(ServiceError::state("revoke a token"))?;
         if n == 0 {
             return Err(no_token(id));
         }
@@ -775,34 +770,35 @@ impl Users {
             return Err(unauthenticated("not an xmbridge API token"));
         }
         let now = now_ms();
-        let info = {
-            let conn = self.inner.conn.lock();
-            let info = conn
-                .query_row(
-                    "SELECT id, user, created_at, expires_at, revoked_at, last_used_at
-                     FROM svc_tokens WHERE hash = ?1",
-                    [sha256_hex(bearer)],
-                    token_row,
-                )
-                .optional()
-                .map_err(ServiceError::store("read a token"))?;
-            let Some(mut info) = info else {
-                return Err(unauthenticated("unknown API token"));
-            };
-            if info.revoked {
-                return Err(unauthenticated("this API token was revoked"));
-            }
-            if info.expires_at.is_some_and(|e| e.timestamp_millis() <= now) {
-                return Err(unauthenticated("this API token has expired"));
-            }
-            conn.execute(
-                "UPDATE svc_tokens SET last_used_at = ?2 WHERE id = ?1",
-                params![info.id, now],
+        let failed = || ServiceError::state("read a token");
+        let info = self
+            .inner
+            .db
+            .query_opt(
+                "SELECT id, \"user\", created_at, expires_at, revoked_at, last_used_at
+                 FROM svc_tokens WHERE hash = ?1",
+                &vals![sha256_hex(bearer)],
             )
-            .map_err(ServiceError::store("record a token's use"))?;
-            info.last_used_at = Some(from_ms(now));
-            info
+            .map_err(failed())?
+            .map(|r| token_row(&r).map_err(failed()))
+            .transpose()?;
+        let Some(mut info) = info else {
+            return Err(unauthenticated("unknown API token"));
         };
+        if info.revoked {
+            return Err(unauthenticated("this API token was revoked"));
+        }
+        if info.expires_at.is_some_and(|e| e.timestamp_millis() <= now) {
+            return Err(unauthenticated("this API token has expired"));
+        }
+        self.inner
+            .db
+            .exec(
+                "UPDATE svc_tokens SET last_used_at = ?2 WHERE id = ?1",
+                &vals![&info.id, now],
+            )
+            .map_err(ServiceError::state("record a token's use"))?;
+        info.last_used_at = Some(from_ms(now));
         let user = self
             .find(&info.user)?
             .ok_or_else(|| unauthenticated("unknown API token"))?;
@@ -817,18 +813,23 @@ impl Users {
         let csrf_token = random_hex(32)?;
         let now = now_ms();
         let expires = now.saturating_add(dur_ms(ttl));
-        {
-            let conn = self.inner.conn.lock();
+        let row = vals![sha256_hex(&cookie), user, &csrf_token, now, expires];
+        self.inner.db.tx(move |tx| {
+            let failed = || ServiceError::state("open a session");
             // Expired sessions are dropped here, so the table does not grow without bound.
-            conn.execute("DELETE FROM svc_sessions WHERE expires_at <= ?1", [now])
-                .map_err(ServiceError::store("open a session"))?;
-            conn.execute(
-                "INSERT INTO svc_sessions (hash, user, csrf_token, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![sha256_hex(&cookie), user, csrf_token, now, expires],
+            tx.exec(
+                "DELETE FROM svc_sessions WHERE expires_at <= ?1",
+                &vals![now],
             )
-            .map_err(ServiceError::store("open a session"))?;
-        }
+            .map_err(failed())?;
+            tx.exec(
+                "INSERT INTO svc_sessions (hash, \"user\", csrf_token, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                &row,
+            )
+            .map_err(failed())?;
+            Ok::<(), ServiceError>(())
+        })?;
         Ok(NewSession {
             cookie: SecretString::from(cookie),
             csrf_token,
@@ -838,19 +839,22 @@ impl Users {
 
     /// The live session of a cookie value; unknown and expired ones are `Unauthenticated`.
     pub fn session(&self, cookie: &str) -> Result<Session> {
-        let row: Option<(String, String, i64)> = {
-            let conn = self.inner.conn.lock();
-            conn.query_row(
-                "SELECT user, csrf_token, expires_at FROM svc_sessions WHERE hash = ?1",
-                [sha256_hex(cookie)],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        let failed = || ServiceError::state("read a session");
+        let row = self
+            .inner
+            .db
+            .query_opt(
+                "SELECT \"user\", csrf_token, expires_at FROM svc_sessions WHERE hash = ?1",
+                &vals![sha256_hex(cookie)],
             )
-            .optional()
-            .map_err(ServiceError::store("read a session"))?
-        };
-        let Some((user, csrf_token, expires)) = row else {
+            .map_err(failed())?;
+        let Some(row) = row else {
             return Err(unauthenticated("not signed in (no such session)"));
         };
+        let read = || -> std::result::Result<(String, String, i64), DbError> {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        };
+        let (user, csrf_token, expires) = read().map_err(failed())?;
         if expires <= now_ms() {
             return Err(unauthenticated("the session has expired: sign in again"));
         }
@@ -866,62 +870,75 @@ impl Users {
 
     /// Ends the session of a cookie value (an unknown one is already ended).
     pub fn end_session(&self, cookie: &str) -> Result<()> {
-        let conn = self.inner.conn.lock();
-        conn.execute(
-            "DELETE FROM svc_sessions WHERE hash = ?1",
-            [sha256_hex(cookie)],
-        )
-        .map_err(ServiceError::store("end a session"))?;
+        self.inner
+            .db
+            .exec(
+                "DELETE FROM svc_sessions WHERE hash = ?1",
+                &vals![sha256_hex(cookie)],
+            )
+            .map_err(ServiceError::state("end a session"))?;
         Ok(())
     }
 
     /// Appends an entry to the audit log.
     pub fn record(&self, entry: AuditEntry) -> Result<()> {
-        let conn = self.inner.conn.lock();
-        conn.execute(
-            "INSERT INTO svc_audit (at, actor, via, action, target, detail, address)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                now_ms(),
-                entry.actor,
-                entry.via.to_text(),
-                entry.action,
-                entry.target,
-                entry.detail.to_string(),
-                entry.address
-            ],
-        )
-        .map_err(ServiceError::store("write the audit log"))?;
+        self.inner
+            .db
+            .exec(
+                "INSERT INTO svc_audit (at, actor, via, action, target, detail, address)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                &vals![
+                    now_ms(),
+                    entry.actor,
+                    entry.via.to_text(),
+                    entry.action,
+                    entry.target,
+                    entry.detail.to_string(),
+                    entry.address
+                ],
+            )
+            .map_err(ServiceError::state("write the audit log"))?;
         Ok(())
     }
 
     /// The last `limit` audit entries, newest first.
     pub fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>> {
-        let conn = self.inner.conn.lock();
-        let mut stmt = conn
-            .prepare_cached(
+        let failed = || ServiceError::state("read the audit log");
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .inner
+            .db
+            .query(
                 "SELECT id, at, actor, via, action, target, detail, address
                  FROM svc_audit ORDER BY id DESC LIMIT ?1",
+                &vals![limit],
             )
-            .map_err(ServiceError::store("read the audit log"))?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        stmt.query_map([limit], |r| {
-            let detail: String = r.get(6)?;
-            Ok(AuditRecord {
-                id: r.get(0)?,
-                at: from_ms(r.get(1)?),
-                actor: r.get(2)?,
-                via: r.get(3)?,
-                action: r.get(4)?,
-                target: r.get(5)?,
-                // Written by `record` as JSON; anything else is shown as the text it is.
-                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
-                address: r.get(7)?,
+            .map_err(failed())?;
+        rows.iter()
+            .map(|r| {
+                let read = || -> std::result::Result<AuditRecord, DbError> {
+                    let detail: String = r.get(6)?;
+                    Ok(AuditRecord {
+                        id: r.get(0)?,
+                        at: from_ms(r.get(1)?),
+                        actor: r.get(2)?,
+                        via: r.get(3)?,
+                        action: r.get(4)?,
+                        target: r.get(5)?,
+                        // Written by `record` as JSON; anything else is shown as the text it is.
+                        detail: serde_json::from_str(&detail)
+                            .unwrap_or(serde_json::Value::String(detail)),
+                        address: r.get(7)?,
+                    })
+                };
+                read().map_err(failed())
             })
-        })
-        .and_then(|rows| rows.collect::<std::result::Result<Vec<_>, _>>())
-        .map_err(ServiceError::store("read the audit log"))
+            .collect()
     }
+}
+
+fn raw_user(r: &Row) -> std::result::Result<RawUser, DbError> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
 }
 
 fn no_token(id: &str) -> ServiceError {
@@ -936,14 +953,14 @@ fn no_token(id: &str) -> ServiceError {
     )
 }
 
-fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenInfo> {
+fn token_row(r: &Row) -> std::result::Result<TokenInfo, DbError> {
     Ok(TokenInfo {
         id: r.get(0)?,
         user: r.get(1)?,
         created_at: from_ms(r.get(2)?),
-        expires_at: r.get::<_, Option<i64>>(3)?.map(from_ms),
-        revoked: r.get::<_, Option<i64>>(4)?.is_some(),
-        last_used_at: r.get::<_, Option<i64>>(5)?.map(from_ms),
+        expires_at: r.get::<Option<i64>>(3)?.map(from_ms),
+        revoked: r.get::<Option<i64>>(4)?.is_some(),
+        last_used_at: r.get::<Option<i64>>(5)?.map(from_ms),
     })
 }
 
@@ -988,7 +1005,7 @@ mod tests {
         let (d, u) = users();
         u.add("lee", Role::Member, &pw("a long enough secret"))
             .unwrap();
-        let conn = Connection::open(d.path().join("state.db")).unwrap();
+        let conn = rusqlite::Connection::open(d.path().join("state.db")).unwrap();
         let h: String = conn
             .query_row("SELECT password_hash FROM svc_users", [], |r| r.get(0))
             .unwrap();

@@ -26,6 +26,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub mod copy;
+pub mod db;
 pub mod pg;
 
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};

@@ -1,0 +1,726 @@
+//! One handle on a component's tables, on SQLite or PostgreSQL: [`StateDb`].
+//!
+//! A component writes each statement once, in the SQL both databases read (`?1`, `?2` …
+//! placeholders, `"user"` quoted, `CAST(… AS BIGINT)` around sums, `ON CONFLICT` rather than
+//! `INSERT OR …`), passes its parameters as [`Val`]s and reads [`Row`]s back. On SQLite the
+//! statement runs on the component's own connection; on PostgreSQL the placeholders become
+//! `$1`, `$2` … and the statement runs on a connection owned by a thread of its own
+//! ([`PgWorker`]), because the stores' methods are synchronous and are called from async code,
+//! where blocking on another runtime would panic. Either way the caller's thread waits, as it
+//! already does for SQLite's lock.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+
+use crate::{Component, MigrateError, StoreRef};
+
+/// How long a SQLite statement waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One value of a parameter or a column: the four kinds the state store keeps (flags are
+/// integers 0/1 on both databases).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Val {
+    /// NULL.
+    Null,
+    /// An integer (`INTEGER`, `BIGINT`).
+    Int(i64),
+    /// Text.
+    Text(String),
+    /// Bytes (`BLOB`, `BYTEA`).
+    Blob(Vec<u8>),
+}
+
+impl From<i64> for Val {
+    fn from(v: i64) -> Val {
+        Val::Int(v)
+    }
+}
+impl From<u32> for Val {
+    fn from(v: u32) -> Val {
+        Val::Int(i64::from(v))
+    }
+}
+impl From<bool> for Val {
+    fn from(v: bool) -> Val {
+        Val::Int(i64::from(v))
+    }
+}
+impl From<&str> for Val {
+    fn from(v: &str) -> Val {
+        Val::Text(v.to_string())
+    }
+}
+impl From<String> for Val {
+    fn from(v: String) -> Val {
+        Val::Text(v)
+    }
+}
+impl From<&String> for Val {
+    fn from(v: &String) -> Val {
+        Val::Text(v.clone())
+    }
+}
+impl From<Vec<u8>> for Val {
+    fn from(v: Vec<u8>) -> Val {
+        Val::Blob(v)
+    }
+}
+impl<T: Into<Val>> From<Option<T>> for Val {
+    fn from(v: Option<T>) -> Val {
+        v.map_or(Val::Null, Into::into)
+    }
+}
+
+/// An array of [`Val`]s from values of any convertible types: `vals![name, now, None::<i64>]`.
+#[macro_export]
+macro_rules! vals {
+    ($($v:expr),* $(,)?) => {
+        [$($crate::db::Val::from($v)),*]
+    };
+}
+
+impl Val {
+    fn kind(&self) -> &'static str {
+        match self {
+            Val::Null => "NULL",
+            Val::Int(_) => "an integer",
+            Val::Text(_) => "text",
+            Val::Blob(_) => "bytes",
+        }
+    }
+}
+
+impl rusqlite::ToSql for Val {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef as R};
+        Ok(ToSqlOutput::Borrowed(match self {
+            Val::Null => R::Null,
+            Val::Int(v) => R::Integer(*v),
+            Val::Text(v) => R::Text(v.as_bytes()),
+            Val::Blob(v) => R::Blob(v),
+        }))
+    }
+}
+
+impl ToSql for Val {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Val::Null => Ok(IsNull::Yes),
+            Val::Int(v) => match *ty {
+                Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(*v)?.to_sql(ty, out),
+                Type::BOOL => (*v != 0).to_sql(ty, out),
+                _ => v.to_sql(ty, out),
+            },
+            Val::Text(v) => v.to_sql(ty, out),
+            Val::Blob(v) => v.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        // Checked per value in `to_sql`, where the value's kind is known.
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// A row read back: its columns in the order the statement selected them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row(Vec<Val>);
+
+/// A Rust type a column reads into.
+pub trait FromVal: Sized {
+    /// The value as `Self`, or `None` when it is of another kind.
+    fn from_val(v: &Val) -> Option<Self>;
+    /// What `Self` expects, for messages.
+    const EXPECTED: &'static str;
+}
+
+impl FromVal for i64 {
+    fn from_val(v: &Val) -> Option<i64> {
+        match v {
+            Val::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+    const EXPECTED: &'static str = "an integer";
+}
+impl FromVal for bool {
+    fn from_val(v: &Val) -> Option<bool> {
+        i64::from_val(v).map(|i| i != 0)
+    }
+    const EXPECTED: &'static str = "a flag (0 or 1)";
+}
+impl FromVal for String {
+    fn from_val(v: &Val) -> Option<String> {
+        match v {
+            Val::Text(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+    const EXPECTED: &'static str = "text";
+}
+impl FromVal for Vec<u8> {
+    fn from_val(v: &Val) -> Option<Vec<u8>> {
+        match v {
+            Val::Blob(b) => Some(b.clone()),
+            _ => None,
+        }
+    }
+    const EXPECTED: &'static str = "bytes";
+}
+impl<T: FromVal> FromVal for Option<T> {
+    fn from_val(v: &Val) -> Option<Option<T>> {
+        match v {
+            Val::Null => Some(None),
+            other => T::from_val(other).map(Some),
+        }
+    }
+    const EXPECTED: &'static str = T::EXPECTED;
+}
+
+impl Row {
+    /// Column `i` as `T`; a column of another kind is an error naming both.
+    pub fn get<T: FromVal>(&self, i: usize) -> Result<T, DbError> {
+        let v = self.0.get(i).unwrap_or(&Val::Null);
+        T::from_val(v).ok_or_else(|| DbError::Type {
+            column: i,
+            found: v.kind(),
+            expected: T::EXPECTED,
+        })
+    }
+}
+
+/// What kind of failure a [`DbError`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A unique key or index refused the row.
+    Unique,
+    /// The database cannot be reached, or its connection was lost.
+    Unavailable,
+    /// Anything else the database answered.
+    Database,
+}
+
+/// A statement that failed, on either database.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// SQLite's error.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL's error.
+    #[error("{}", crate::pg::describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// A column holds another kind of value than the code reads.
+    #[error("column {column} holds {found}, where {expected} was expected")]
+    Type {
+        /// Its position in the statement's result.
+        column: usize,
+        /// What it holds.
+        found: &'static str,
+        /// What was expected.
+        expected: &'static str,
+    },
+    /// A PostgreSQL column type the state store never uses.
+    #[error("column {column} has the PostgreSQL type {ty}, which the state store does not use")]
+    PgType {
+        /// Its position.
+        column: usize,
+        /// Its type's name.
+        ty: String,
+    },
+    /// The PostgreSQL connection could not be opened.
+    #[error("{0}")]
+    Connect(String),
+    /// The thread holding the PostgreSQL connection is gone (its connection failed).
+    #[error("the connection to the PostgreSQL state store was lost; the statement was not run")]
+    Gone,
+    /// Bringing the component's tables up to date failed.
+    #[error(transparent)]
+    Migrate(Box<MigrateError>),
+}
+
+impl From<MigrateError> for DbError {
+    fn from(e: MigrateError) -> Self {
+        DbError::Migrate(Box::new(e))
+    }
+}
+
+impl DbError {
+    /// The kind, for branching.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+            {
+                ErrorKind::Unique
+            }
+            DbError::Postgres(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
+            {
+                ErrorKind::Unique
+            }
+            DbError::Postgres(e) if e.is_closed() || e.as_db_error().is_none() => {
+                ErrorKind::Unavailable
+            }
+            DbError::Connect(_) | DbError::Gone => ErrorKind::Unavailable,
+            _ => ErrorKind::Database,
+        }
+    }
+}
+
+/// `?1`, `?2` … (and bare `?`) as PostgreSQL's `$1`, `$2` …, outside quoted text.
+pub fn to_postgres(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.chars().peekable();
+    let (mut in_text, mut in_ident, mut bare) = (false, false, 0);
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' if !in_ident => in_text = !in_text,
+            '"' if !in_text => in_ident = !in_ident,
+            '?' if !in_text && !in_ident => {
+                out.push('$');
+                if chars.peek().is_some_and(char::is_ascii_digit) {
+                    while let Some(d) = chars.next_if(char::is_ascii_digit) {
+                        out.push(d);
+                    }
+                } else {
+                    bare += 1;
+                    out.push_str(&bare.to_string());
+                }
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Where a component's tables live.
+#[derive(Clone, Debug)]
+pub enum StateLocation {
+    /// The SQLite file (`$XMBRIDGE_HOME/state.db`).
+    File(PathBuf),
+    /// A PostgreSQL database, through a connection thread shared by the components.
+    Postgres(PgWorker),
+}
+
+impl StateLocation {
+    /// The store, for messages.
+    pub fn store(&self) -> StoreRef {
+        match self {
+            StateLocation::File(p) => StoreRef::File(p.clone()),
+            StateLocation::Postgres(w) => StoreRef::Postgres(w.describe.clone()),
+        }
+    }
+}
+
+enum Backend {
+    Sqlite(Mutex<Connection>),
+    Postgres(PgWorker),
+}
+
+/// A component's handle on its tables. Statements on one handle run one at a time.
+pub struct StateDb {
+    backend: Backend,
+    store: StoreRef,
+}
+
+impl std::fmt::Debug for StateDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateDb")
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+/// Opens the SQLite state store at `path` as every component does (WAL, busy timeout, foreign
+/// keys, `synchronous=NORMAL`), creating the file when missing.
+pub fn open_sqlite(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
+impl StateDb {
+    /// Opens `component`'s tables at `at`, bringing them to this build's version.
+    pub fn open(at: &StateLocation, component: &'static Component) -> Result<StateDb, DbError> {
+        match at {
+            StateLocation::File(path) => {
+                let mut conn = open_sqlite(path)?;
+                crate::migrate(&mut conn, path, component)?;
+                Ok(StateDb {
+                    backend: Backend::Sqlite(Mutex::new(conn)),
+                    store: StoreRef::File(path.clone()),
+                })
+            }
+            StateLocation::Postgres(worker) => {
+                let describe = worker.describe.clone();
+                worker.run(move |pg| {
+                    pg.rt
+                        .block_on(crate::pg::migrate(&mut pg.client, &describe, component))
+                        .map_err(DbError::from)
+                })??;
+                Ok(StateDb {
+                    backend: Backend::Postgres(worker.clone()),
+                    store: StoreRef::Postgres(worker.describe.clone()),
+                })
+            }
+        }
+    }
+
+    /// The store, for messages.
+    pub fn store(&self) -> &StoreRef {
+        &self.store
+    }
+
+    /// Runs a statement; returns the rows it changed.
+    pub fn exec(&self, sql: &str, params: &[Val]) -> Result<u64, DbError> {
+        self.tx(Tx::exec_owned(sql, params))
+    }
+
+    /// Runs a query; returns its rows.
+    pub fn query(&self, sql: &str, params: &[Val]) -> Result<Vec<Row>, DbError> {
+        self.tx(Tx::query_owned(sql, params))
+    }
+
+    /// Runs a query; returns its first row, if any.
+    pub fn query_opt(&self, sql: &str, params: &[Val]) -> Result<Option<Row>, DbError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    /// Runs `work` in one transaction (on SQLite an immediate one: the write lock first), and
+    /// commits when it returns `Ok`; an `Err` rolls everything back.
+    pub fn tx<R, E>(
+        &self,
+        work: impl FnOnce(&mut Tx<'_>) -> Result<R, E> + Send + 'static,
+    ) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        match &self.backend {
+            Backend::Sqlite(conn) => {
+                let mut conn = conn.lock();
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(DbError::from)?;
+                let out = work(&mut Tx::Sqlite(&tx))?;
+                tx.commit().map_err(DbError::from)?;
+                Ok(out)
+            }
+            Backend::Postgres(worker) => worker
+                .run(move |pg| {
+                    let PgConn { rt, client } = pg;
+                    let tx = rt.block_on(client.transaction()).map_err(DbError::from)?;
+                    let mut t = Tx::Postgres { rt, tx: &tx };
+                    let out = work(&mut t)?;
+                    rt.block_on(tx.commit()).map_err(DbError::from)?;
+                    Ok(out)
+                })
+                .map_err(E::from)?,
+        }
+    }
+}
+
+/// Statements inside one transaction ([`StateDb::tx`]).
+pub enum Tx<'a> {
+    /// On SQLite.
+    Sqlite(&'a rusqlite::Transaction<'a>),
+    /// On PostgreSQL.
+    Postgres {
+        /// The connection thread's runtime.
+        rt: &'a tokio::runtime::Runtime,
+        /// The open transaction.
+        tx: &'a tokio_postgres::Transaction<'a>,
+    },
+}
+
+impl Tx<'_> {
+    fn exec_owned(
+        sql: &str,
+        params: &[Val],
+    ) -> impl FnOnce(&mut Tx<'_>) -> Result<u64, DbError> + Send + 'static {
+        let (sql, params) = (sql.to_string(), params.to_vec());
+        move |t| t.exec(&sql, &params)
+    }
+
+    fn query_owned(
+        sql: &str,
+        params: &[Val],
+    ) -> impl FnOnce(&mut Tx<'_>) -> Result<Vec<Row>, DbError> + Send + 'static {
+        let (sql, params) = (sql.to_string(), params.to_vec());
+        move |t| t.query(&sql, &params)
+    }
+
+    /// Runs a statement; returns the rows it changed.
+    pub fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, DbError> {
+        match self {
+            Tx::Sqlite(tx) => {
+                let mut st = tx.prepare_cached(sql)?;
+                Ok(st.execute(rusqlite::params_from_iter(params.iter()))? as u64)
+            }
+            Tx::Postgres { rt, tx } => {
+                let refs: Vec<&(dyn ToSql + Sync)> =
+                    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+                Ok(rt.block_on(tx.execute(to_postgres(sql).as_str(), &refs))?)
+            }
+        }
+    }
+
+    /// Runs a query; returns its rows.
+    pub fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, DbError> {
+        match self {
+            Tx::Sqlite(tx) => {
+                let mut st = tx.prepare_cached(sql)?;
+                let n = st.column_count();
+                let mut rows = st.query(rusqlite::params_from_iter(params.iter()))?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next()? {
+                    let mut vals = Vec::with_capacity(n);
+                    for i in 0..n {
+                        vals.push(match r.get_ref(i)? {
+                            ValueRef::Null => Val::Null,
+                            ValueRef::Integer(v) => Val::Int(v),
+                            // The state store keeps no real numbers; a stray one reads as
+                            // its integer part rather than failing a whole listing.
+                            ValueRef::Real(v) => Val::Int(v as i64),
+                            ValueRef::Text(v) => Val::Text(String::from_utf8_lossy(v).into_owned()),
+                            ValueRef::Blob(v) => Val::Blob(v.to_vec()),
+                        });
+                    }
+                    out.push(Row(vals));
+                }
+                Ok(out)
+            }
+            Tx::Postgres { rt, tx } => {
+                let refs: Vec<&(dyn ToSql + Sync)> =
+                    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+                let rows = rt.block_on(tx.query(to_postgres(sql).as_str(), &refs))?;
+                rows.iter().map(pg_row).collect()
+            }
+        }
+    }
+
+    /// Runs a query; returns its first row, if any.
+    pub fn query_opt(&mut self, sql: &str, params: &[Val]) -> Result<Option<Row>, DbError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+}
+
+fn pg_row(r: &tokio_postgres::Row) -> Result<Row, DbError> {
+    let mut vals = Vec::with_capacity(r.len());
+    for (i, c) in r.columns().iter().enumerate() {
+        let ty = c.type_();
+        let v = if *ty == Type::INT8 {
+            r.try_get::<_, Option<i64>>(i)?.map(Val::Int)
+        } else if *ty == Type::INT4 {
+            r.try_get::<_, Option<i32>>(i)?
+                .map(|v| Val::Int(i64::from(v)))
+        } else if *ty == Type::INT2 {
+            r.try_get::<_, Option<i16>>(i)?
+                .map(|v| Val::Int(i64::from(v)))
+        } else if *ty == Type::BOOL {
+            r.try_get::<_, Option<bool>>(i)?
+                .map(|v| Val::Int(i64::from(v)))
+        } else if *ty == Type::TEXT || *ty == Type::VARCHAR || *ty == Type::NAME {
+            r.try_get::<_, Option<String>>(i)?.map(Val::Text)
+        } else if *ty == Type::BYTEA {
+            r.try_get::<_, Option<Vec<u8>>>(i)?.map(Val::Blob)
+        } else {
+            return Err(DbError::PgType {
+                column: i,
+                ty: ty.name().to_string(),
+            });
+        };
+        vals.push(v.unwrap_or(Val::Null));
+    }
+    Ok(Row(vals))
+}
+
+/// The connection a [`PgWorker`]'s thread owns, with the runtime that drives it.
+pub struct PgConn {
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+type Job = Box<dyn FnOnce(&mut PgConn) + Send>;
+
+/// A thread owning one PostgreSQL connection and running the statements sent to it in order.
+/// Cheap to clone: clones share the thread; it ends when the last clone is dropped.
+#[derive(Clone)]
+pub struct PgWorker {
+    jobs: mpsc::Sender<Job>,
+    describe: String,
+}
+
+impl std::fmt::Debug for PgWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgWorker")
+            .field("store", &self.describe)
+            .finish()
+    }
+}
+
+impl PgWorker {
+    /// Starts the thread and connects with `connect`, run on the thread's own runtime (so the
+    /// connection's task lives there); returns once connected, or with the reason it could not.
+    /// `connect` answers the client and the store's name for messages
+    /// (`postgres://user@host:port/db`, no password).
+    pub fn start<F, Fut>(connect: F) -> Result<PgWorker, DbError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(tokio_postgres::Client, String), String>>,
+    {
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        let (ready, connected) = mpsc::sync_channel::<Result<String, String>>(1);
+        std::thread::Builder::new()
+            .name("xmbridge-state-pg".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("cannot start its runtime: {e}")));
+                        return;
+                    }
+                };
+                let client = match rt.block_on(connect()) {
+                    Ok((client, describe)) => {
+                        let _ = ready.send(Ok(describe));
+                        client
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                let mut pg = PgConn { rt, client };
+                while let Ok(job) = inbox.recv() {
+                    job(&mut pg);
+                }
+            })
+            .map_err(|e| DbError::Connect(format!("cannot start a thread: {e}")))?;
+        match connected.recv() {
+            Ok(Ok(describe)) => Ok(PgWorker { jobs, describe }),
+            Ok(Err(reason)) => Err(DbError::Connect(reason)),
+            Err(_) => Err(DbError::Gone),
+        }
+    }
+
+    /// The store, without its password.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// Runs `work` on the connection's thread and waits for its answer.
+    pub fn run<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut PgConn) -> R + Send + 'static,
+    ) -> Result<R, DbError> {
+        let (answer, answered) = mpsc::sync_channel(1);
+        self.jobs
+            .send(Box::new(move |pg| {
+                let _ = answer.send(work(pg));
+            }))
+            .map_err(|_| DbError::Gone)?;
+        answered.recv().map_err(|_| DbError::Gone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_become_numbered_outside_quotes() {
+        assert_eq!(
+            to_postgres("SELECT a FROM t WHERE b = ?1 AND c = ?12"),
+            "SELECT a FROM t WHERE b = $1 AND c = $12"
+        );
+        assert_eq!(to_postgres("VALUES (?, ?)"), "VALUES ($1, $2)");
+        assert_eq!(
+            to_postgres("SELECT '?1', \"w?\" FROM t WHERE x = ?2"),
+            "SELECT '?1', \"w?\" FROM t WHERE x = $2"
+        );
+    }
+
+    #[test]
+    fn rows_read_typed_values_and_say_what_did_not_fit() {
+        let row = Row(vec![
+            Val::Int(3),
+            Val::Null,
+            Val::Text("x".into()),
+            Val::Int(1),
+        ]);
+        assert_eq!(row.get::<i64>(0).expect("int"), 3);
+        assert_eq!(row.get::<Option<String>>(1).expect("null"), None);
+        assert_eq!(row.get::<String>(2).expect("text"), "x");
+        assert!(row.get::<bool>(3).expect("flag"));
+        let e = row.get::<i64>(2).expect_err("text is no integer");
+        assert_eq!(
+            e.to_string(),
+            "column 2 holds text, where an integer was expected"
+        );
+    }
+
+    #[test]
+    fn sqlite_transactions_commit_or_roll_back_whole() {
+        static C: Component = Component {
+            name: "t",
+            migrations: &[crate::Migration {
+                version: 1,
+                name: "t",
+                sqlite: "CREATE TABLE IF NOT EXISTS t_db (k TEXT PRIMARY KEY, n INTEGER)",
+                postgres: "CREATE TABLE IF NOT EXISTS t_db (k TEXT PRIMARY KEY, n BIGINT)",
+            }],
+            tables: &["t_db"],
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = StateDb::open(&StateLocation::File(dir.path().join("s.db")), &C).expect("open");
+        db.exec(
+            "INSERT INTO t_db (k, n) VALUES (?1, ?2)",
+            &vals!["a", 1_i64],
+        )
+        .expect("insert");
+        let failed: Result<(), DbError> = db.tx(|t| {
+            t.exec("UPDATE t_db SET n = 2", &[])?;
+            t.exec("INSERT INTO t_db (k, n) VALUES ('a', 3)", &[])?;
+            Ok(())
+        });
+        assert_eq!(failed.expect_err("duplicate").kind(), ErrorKind::Unique);
+        let n: i64 = db
+            .query_opt("SELECT n FROM t_db WHERE k = ?1", &vals!["a"])
+            .expect("query")
+            .expect("row")
+            .get(0)
+            .expect("n");
+        assert_eq!(n, 1, "the update rolled back with the failed insert");
+    }
+}
