@@ -34,7 +34,8 @@ struct Cli {
     verbose: u8,
 
     /// A PostgreSQL state store (postgres://USER@HOST:PORT/DATABASE) instead of
-    /// XMBRIDGE_HOME/state.db; so far for `state`, `user` and `cluster status` (docs/state.md).
+    /// XMBRIDGE_HOME/state.db; so far for `state`, `connection`, `user` and `cluster status`
+    /// (docs/state.md).
     #[arg(
         long,
         global = true,
@@ -87,7 +88,7 @@ enum Command {
 impl Command {
     /// The command's name when it reads or writes XMBRIDGE_HOME/state.db (every one but the
     /// demo, the simulators, the benchmarks, which keep their own, and those that can use a
-    /// PostgreSQL state store: `state`, `user`, `cluster`).
+    /// PostgreSQL state store: `state`, `connection`, `user`, `cluster`).
     fn keeps_state_in_home(&self) -> Option<&'static str> {
         match self {
             Command::Demo(_)
@@ -95,8 +96,8 @@ impl Command {
             | Command::Bench(_)
             | Command::State(_)
             | Command::User(_)
-            | Command::Cluster(_) => None,
-            Command::Connection(_) => Some("connection"),
+            | Command::Cluster(_)
+            | Command::Connection(_) => None,
             Command::Sync(_) => Some("sync"),
             Command::Workflow(_) => Some("workflow"),
             Command::Action(_) => Some("action"),
@@ -145,8 +146,8 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let state = cli::state::postgres_state(cli.state)?;
-        if state.is_some()
+        cli::state::choose(cli::state::postgres_state(cli.state)?);
+        if cli::state::chosen().is_some()
             && let Some(name) = cli.command.keeps_state_in_home()
         {
             return Err(cli::state::not_on_postgres(name));
@@ -161,9 +162,9 @@ fn main() -> ExitCode {
             Command::Action(args) => cli::action::run(args).await,
             Command::Account(args) => cli::account::run(args).await,
             Command::Serve(args) => cli::serve::run(args).await,
-            Command::User(args) => cli::user::run(args, state.as_deref()).await,
-            Command::State(args) => cli::state::run(args, state).await,
-            Command::Cluster(args) => cli::cluster::run(args, state.as_deref()).await,
+            Command::User(args) => cli::user::run(args).await,
+            Command::State(args) => cli::state::run(args).await,
+            Command::Cluster(args) => cli::cluster::run(args).await,
         }
     });
     match result {

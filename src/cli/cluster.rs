@@ -30,17 +30,17 @@ pub enum ClusterCommand {
     },
 }
 
-pub async fn run(args: ClusterArgs, state: Option<&str>) -> anyhow::Result<()> {
+pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     match args.command {
-        ClusterCommand::Status { json } => status(json, state).await,
+        ClusterCommand::Status { json } => status(json).await,
     }
 }
 
-async fn status(json: bool, state: Option<&str>) -> anyhow::Result<()> {
+async fn status(json: bool) -> anyhow::Result<()> {
     let home = Home::from_env()?;
     let path = home.state_db();
-    if state.is_some() {
-        let at = super::state::location(state, &home)?;
+    if super::state::chosen().is_some() {
+        let at = super::state::location(&home)?;
         let nodes = tokio::task::spawn_blocking(move || Nodes::open_at(&at)?.list()).await??;
         return print_nodes(&nodes, json);
     }

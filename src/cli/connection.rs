@@ -248,6 +248,21 @@ pub struct AuthorizeArgs {
 
 pub(crate) fn open_vault() -> anyhow::Result<(Home, Arc<Vault>)> {
     let home = Home::from_env()?;
+    if super::state::chosen().is_some() {
+        // Reached first: a store that cannot be reached leaves no new key file behind.
+        let at = super::state::location(&home)?;
+        // Every process on a PostgreSQL store must bring the key it was created with; a new
+        // key file made here would only be refused (the vault names both key ids).
+        let key = MasterKey::from_env(&home)?;
+        if let xmbridge_vault::KeySource::NewKeyFile(path) = key.source() {
+            eprintln!(
+                "created a new master key in {} (mode 0600); back it up, and give every process that uses this PostgreSQL state store the same key (XMBRIDGE_MASTER_KEY): without it the stored secrets cannot be opened",
+                path.display()
+            );
+        }
+        let vault = Vault::open_at(&at, key)?;
+        return Ok((home, Arc::new(vault)));
+    }
     let key = MasterKey::from_env(&home)?;
     if let xmbridge_vault::KeySource::NewKeyFile(path) = key.source() {
         eprintln!(
@@ -382,8 +397,8 @@ pub async fn run(args: ConnectionArgs) -> anyhow::Result<()> {
             // Fails with "no connection named …" before anything else is touched.
             vault.get_connection(&name)?;
             let users = open_users(&vault)?;
-            let configs =
-                SyncConfigs::open(vault.path(), Arc::clone(&vault)).map_err(service_error)?;
+            let configs = SyncConfigs::open_at(vault.location(), Arc::clone(&vault))
+                .map_err(service_error)?;
             let had_sync = configs.get(&name).map_err(service_error)?.is_some();
             configs.remove(&name).map_err(service_error)?;
             vault.remove_connection(&name)?;
@@ -488,7 +503,10 @@ fn list() -> anyhow::Result<()> {
     if conns.is_empty() {
         println!(
             "no connections in {} (add one with: xmbridge connection add qualtrics NAME --url … --auth token)",
-            home.root().display()
+            match vault.location() {
+                xmbridge_state::db::StateLocation::File(_) => home.root().display().to_string(),
+                xmbridge_state::db::StateLocation::Postgres(w) => w.describe().to_string(),
+            }
         );
         return Ok(());
     }
@@ -522,7 +540,8 @@ fn show(name: &str, json: bool) -> anyhow::Result<()> {
     let rec = vault.get_connection(name)?;
     let s = load_settings(&vault, name)?;
     if json {
-        let configs = SyncConfigs::open(vault.path(), Arc::clone(&vault)).map_err(service_error)?;
+        let configs =
+            SyncConfigs::open_at(vault.location(), Arc::clone(&vault)).map_err(service_error)?;
         let sync = configs.get(name).map_err(service_error)?;
         let secrets: Vec<serde_json::Value> = vault
             .list_secrets(name)?
@@ -595,7 +614,8 @@ fn show(name: &str, json: bool) -> anyhow::Result<()> {
             names.join(", ")
         }
     );
-    let configs = SyncConfigs::open(vault.path(), Arc::clone(&vault)).map_err(service_error)?;
+    let configs =
+        SyncConfigs::open_at(vault.location(), Arc::clone(&vault)).map_err(service_error)?;
     match configs.get(name).map_err(service_error)? {
         Some(cfg) => print_sync(&cfg),
         None => println!(
@@ -661,7 +681,8 @@ fn set(args: SetArgs) -> anyhow::Result<()> {
     let name = args.name.as_str();
     let (_, vault) = open_vault()?;
     let users = open_users(&vault)?;
-    let configs = SyncConfigs::open(vault.path(), Arc::clone(&vault)).map_err(service_error)?;
+    let configs =
+        SyncConfigs::open_at(vault.location(), Arc::clone(&vault)).map_err(service_error)?;
     let password = args
         .password_file
         .as_deref()

@@ -59,7 +59,7 @@ pub(crate) fn postgres_state(arg: Option<String>) -> anyhow::Result<Option<Strin
 /// another store than the one the user chose.
 pub(crate) fn not_on_postgres(command: &str) -> anyhow::Error {
     usage(format!(
-        "--state (XMBRIDGE_STATE) names a PostgreSQL state store, which this xmbridge uses for `xmbridge state`, `xmbridge user` and `xmbridge cluster status` only so far; `xmbridge {command}` still keeps its state in XMBRIDGE_HOME/state.db, so it refuses rather than use another store than the one you chose. Unset XMBRIDGE_STATE (or drop --state) to run it on XMBRIDGE_HOME (docs/state.md)"
+        "--state (XMBRIDGE_STATE) names a PostgreSQL state store, which this xmbridge uses for `xmbridge state`, `xmbridge connection`, `xmbridge user` and `xmbridge cluster status` only so far; `xmbridge {command}` still keeps its state in XMBRIDGE_HOME/state.db, so it refuses rather than use another store than the one you chose. Unset XMBRIDGE_STATE (or drop --state) to run it on XMBRIDGE_HOME (docs/state.md)"
     ))
 }
 
@@ -115,8 +115,8 @@ async fn connect(url: &str) -> anyhow::Result<PgStore> {
 
 /// Where the components open their tables: `--state`'s PostgreSQL database through a
 /// connection of its own (`xmbridge_state::db::PgWorker`), else XMBRIDGE_HOME/state.db.
-pub(crate) fn location(state: Option<&str>, home: &Home) -> anyhow::Result<StateLocation> {
-    let Some(url) = state else {
+pub(crate) fn location(home: &Home) -> anyhow::Result<StateLocation> {
+    let Some(url) = chosen() else {
         return Ok(StateLocation::File(home.state_db()));
     };
     let (settings, shown) = settings(url)?;
@@ -145,8 +145,8 @@ upgrade. A state store written by a newer xmbridge is refused with both versions
 binary instead of using it.
 
 --state (XMBRIDGE_STATE) names a PostgreSQL state store instead. So far `state migrate`,
-`state copy`, `user` and `cluster status` use it; the other commands refuse while it is set
-(docs/state.md). The password
+`state copy`, `connection`, `user` and `cluster status` use it; the other commands refuse while
+it is set (docs/state.md). The password
 comes from PGPASSWORD or ~/.pgpass, TLS from sslmode= in the URL, as for a PostgreSQL
 destination.")]
 pub struct StateArgs {
@@ -181,7 +181,22 @@ pub enum StateCommand {
     },
 }
 
-pub async fn run(args: StateArgs, state: Option<String>) -> anyhow::Result<()> {
+/// The PostgreSQL state store `--state`/`XMBRIDGE_STATE` chose for this process, set once by
+/// `main` before any command runs.
+static CHOSEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Records the state store chosen on the command line or in the environment.
+pub(crate) fn choose(state: Option<String>) {
+    let _ = CHOSEN.set(state);
+}
+
+/// The PostgreSQL state store chosen, if any (else XMBRIDGE_HOME/state.db).
+pub(crate) fn chosen() -> Option<&'static str> {
+    CHOSEN.get().and_then(|s| s.as_deref())
+}
+
+pub async fn run(args: StateArgs) -> anyhow::Result<()> {
+    let state = chosen().map(str::to_string);
     match args.command {
         StateCommand::Migrate { json } => match state {
             Some(url) => migrate_postgres(&url, json).await,

@@ -153,7 +153,7 @@ pub(crate) fn operator() -> String {
 
 /// The users of the vault's state store.
 pub(crate) fn open_users(vault: &Vault) -> anyhow::Result<Users> {
-    Users::open(vault.path()).map_err(service_error)
+    Users::open_at(vault.location()).map_err(service_error)
 }
 
 /// A service error for the CLI: its message and fix in one line; invalid input exits with 2.
@@ -275,11 +275,11 @@ fn token_status(t: &TokenInfo) -> &'static str {
     }
 }
 
-pub async fn run(args: UserArgs, state: Option<&str>) -> anyhow::Result<()> {
-    let users = match state {
+pub async fn run(args: UserArgs) -> anyhow::Result<()> {
+    let users = match super::state::chosen() {
         // The users' tables hold no sealed value: a PostgreSQL store needs no master key here.
         Some(_) => {
-            let at = super::state::location(state, &Home::from_env()?)?;
+            let at = super::state::location(&Home::from_env()?)?;
             Users::open_at(&at).map_err(service_error)?
         }
         None => open_users(&open_vault()?.1)?,

@@ -280,6 +280,18 @@ async fn a_state_url_that_cannot_work_fails_fast_with_the_fix() {
         "{err}"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // A command that would open the vault there leaves no new master key behind.
+    let (code, err) = inst
+        .fails(&[
+            "connection",
+            "list",
+            "--state",
+            "postgres://xmb@127.0.0.1:1/state",
+        ])
+        .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot be reached"), "{err}");
+    assert!(!inst.home().join("master.key").exists(), "{err}");
     let (code, err) = inst
         .fails(&["state", "migrate", "--state", "sqlite:///tmp/state.db"])
         .await;
@@ -300,13 +312,13 @@ async fn a_state_url_that_cannot_work_fails_fast_with_the_fix() {
     assert_eq!(code, 2, "{err}");
     assert!(!err.contains("hunter2"), "{err}");
     // A command that keeps its state in XMBRIDGE_HOME refuses rather than use another store.
-    let mut list = inst.cmd(&["connection", "list"]);
+    let mut list = inst.cmd(&["account", "list"]);
     list.env("XMBRIDGE_STATE", "postgres://xmb@127.0.0.1:1/state");
     let out = list.output().expect("runs");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("`xmbridge connection` still keeps its state in XMBRIDGE_HOME/state.db")
+        err.contains("`xmbridge account` still keeps its state in XMBRIDGE_HOME/state.db")
             && err.contains("Unset XMBRIDGE_STATE"),
         "{err}"
     );
@@ -707,4 +719,106 @@ async fn users_and_cluster_status_run_on_a_postgres_state_store() {
         .await;
     assert_eq!(status["nodes"][0]["id"], "n-pg", "{status}");
     assert_eq!(status["nodes"][0]["state"], "alive", "{status}");
+}
+
+#[tokio::test]
+async fn connections_on_a_postgres_state_store_are_sealed_and_need_the_same_master_key() {
+    let Some(db) = TestDb::create("xmb_state_pg_connections").await else {
+        return;
+    };
+    let first = support::install();
+    let url = db.url();
+    first
+        .ok(&[
+            "connection",
+            "add",
+            "qualtrics",
+            "prod",
+            "--no-test",
+            "--url",
+            "http://127.0.0.1:9",
+            "--api-token-file",
+            first.file("t", "tok-secret-1\n").to_str().expect("path"),
+            "--state",
+            url,
+        ])
+        .await;
+    let list = first.ok(&["connection", "list", "--state", url]).await;
+    assert!(list.contains("prod"), "{list}");
+    assert!(
+        !first.home().join("state.db").exists(),
+        "the connection is not in XMBRIDGE_HOME"
+    );
+    let client = db.client().await;
+    let sealed: Vec<u8> = client
+        .query_one(
+            "SELECT ciphertext FROM connection_secrets WHERE connection = 'prod' AND field = 'api_token'",
+            &[],
+        )
+        .await
+        .expect("the sealed token is in PostgreSQL")
+        .get(0);
+    assert!(
+        !sealed.windows(12).any(|w| w == b"tok-secret-1"),
+        "the token is sealed"
+    );
+
+    // Another node with a key of its own is refused, naming both key ids.
+    let other = support::install();
+    let (code, err) = other.fails(&["connection", "list", "--state", url]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("the master key does not match this state store (postgres://")
+            && err.contains("--state (XMBRIDGE_STATE)"),
+        "{err}"
+    );
+    // With the key the store was created with, it sees the same connections.
+    let key = std::fs::read_to_string(first.home().join("master.key")).expect("the key file");
+    let mut same_key = support::install();
+    same_key.master_key = Some(key.trim().to_string());
+    let list = same_key.ok(&["connection", "list", "--state", url]).await;
+    assert!(list.contains("prod"), "{list}");
+    let shown = same_key
+        .ok(&["connection", "show", "prod", "--state", url])
+        .await;
+    assert!(
+        shown.contains("API token") || shown.contains("api_token"),
+        "{shown}"
+    );
+    assert!(!shown.contains("tok-secret-1"), "{shown}");
+    same_key
+        .ok(&["connection", "remove", "prod", "--state", url])
+        .await;
+    let left: i64 = client
+        .query_one("SELECT COUNT(*) FROM connection_secrets", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "the secrets went with the connection");
+    let list = first.ok(&["connection", "list", "--state", url]).await;
+    assert!(list.contains("no connections in postgres://"), "{list}");
+}
+
+#[tokio::test]
+async fn processes_opening_a_new_postgres_vault_at_once_record_one_key() {
+    let Some(db) = TestDb::create("xmb_state_pg_vault_race").await else {
+        return;
+    };
+    let mut inst = support::install();
+    // 32 bytes, base64: the key every process brings.
+    inst.master_key = Some("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into());
+    let args = ["connection", "list", "--state", db.url()];
+    let runs = futures_util::future::join_all((0..4).map(|_| inst.run(&args))).await;
+    for r in &runs {
+        assert_eq!(r.code(), 0, "{}", r.all());
+    }
+    let client = db.client().await;
+    let keys: Vec<String> = client
+        .query("SELECT key FROM vault_meta ORDER BY key", &[])
+        .await
+        .expect("vault_meta")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(keys, ["key_check", "key_id", "schema_version"]);
 }

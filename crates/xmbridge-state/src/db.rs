@@ -88,7 +88,8 @@ macro_rules! vals {
 }
 
 impl Val {
-    fn kind(&self) -> &'static str {
+    /// What kind of value it is, for messages (`NULL`, `an integer`, `text`, `bytes`).
+    pub fn kind(&self) -> &'static str {
         match self {
             Val::Null => "NULL",
             Val::Int(_) => "an integer",
@@ -182,6 +183,12 @@ impl FromVal for Vec<u8> {
     }
     const EXPECTED: &'static str = "bytes";
 }
+impl FromVal for Val {
+    fn from_val(v: &Val) -> Option<Val> {
+        Some(v.clone())
+    }
+    const EXPECTED: &'static str = "any value";
+}
 impl<T: FromVal> FromVal for Option<T> {
     fn from_val(v: &Val) -> Option<Option<T>> {
         match v {
@@ -193,6 +200,12 @@ impl<T: FromVal> FromVal for Option<T> {
 }
 
 impl Row {
+    /// The first `N` columns as they are (NULL for columns the row does not have).
+    pub fn into_array<const N: usize>(self) -> [Val; N] {
+        let mut cols = self.0.into_iter();
+        std::array::from_fn(|_| cols.next().unwrap_or(Val::Null))
+    }
+
     /// Column `i` as `T`; a column of another kind is an error naming both.
     pub fn get<T: FromVal>(&self, i: usize) -> Result<T, DbError> {
         let v = self.0.get(i).unwrap_or(&Val::Null);
@@ -209,6 +222,8 @@ impl Row {
 pub enum ErrorKind {
     /// A unique key or index refused the row.
     Unique,
+    /// A foreign key refused the row (the row it names is missing).
+    ForeignKey,
     /// The database cannot be reached, or its connection was lost.
     Unavailable,
     /// Anything else the database answered.
@@ -270,10 +285,20 @@ impl DbError {
             {
                 ErrorKind::Unique
             }
+            DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
+            {
+                ErrorKind::ForeignKey
+            }
             DbError::Postgres(e)
                 if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
             {
                 ErrorKind::Unique
+            }
+            DbError::Postgres(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) =>
+            {
+                ErrorKind::ForeignKey
             }
             DbError::Postgres(e) if e.is_closed() || e.as_db_error().is_none() => {
                 ErrorKind::Unavailable
@@ -332,7 +357,7 @@ impl StateLocation {
 }
 
 enum Backend {
-    Sqlite(Mutex<Connection>),
+    Sqlite(Mutex<Connection>, PathBuf),
     Postgres(PgWorker),
 }
 
@@ -369,26 +394,43 @@ pub fn open_sqlite(path: &Path) -> Result<Connection, rusqlite::Error> {
 impl StateDb {
     /// Opens `component`'s tables at `at`, bringing them to this build's version.
     pub fn open(at: &StateLocation, component: &'static Component) -> Result<StateDb, DbError> {
-        match at {
-            StateLocation::File(path) => {
-                let mut conn = open_sqlite(path)?;
-                crate::migrate(&mut conn, path, component)?;
-                Ok(StateDb {
-                    backend: Backend::Sqlite(Mutex::new(conn)),
-                    store: StoreRef::File(path.clone()),
-                })
-            }
-            StateLocation::Postgres(worker) => {
+        let db = match at {
+            StateLocation::File(path) => StateDb::from_sqlite(open_sqlite(path)?, path),
+            StateLocation::Postgres(worker) => StateDb::on_postgres(worker),
+        };
+        db.migrate(component)?;
+        Ok(db)
+    }
+
+    /// A handle on a SQLite connection opened by the caller (with its own settings), without
+    /// migrating anything.
+    pub fn from_sqlite(conn: Connection, path: &Path) -> StateDb {
+        StateDb {
+            backend: Backend::Sqlite(Mutex::new(conn), path.to_path_buf()),
+            store: StoreRef::File(path.to_path_buf()),
+        }
+    }
+
+    /// A handle on the PostgreSQL store of `worker`, without migrating anything.
+    pub fn on_postgres(worker: &PgWorker) -> StateDb {
+        StateDb {
+            backend: Backend::Postgres(worker.clone()),
+            store: StoreRef::Postgres(worker.describe.clone()),
+        }
+    }
+
+    /// Brings `component`'s tables to this build's version ([`crate::migrate`],
+    /// [`crate::pg::migrate`]); returns what it applied.
+    pub fn migrate(&self, component: &'static Component) -> Result<Vec<crate::Applied>, DbError> {
+        match &self.backend {
+            Backend::Sqlite(conn, path) => Ok(crate::migrate(&mut conn.lock(), path, component)?),
+            Backend::Postgres(worker) => {
                 let describe = worker.describe.clone();
                 worker.run(move |pg| {
                     pg.rt
                         .block_on(crate::pg::migrate(&mut pg.client, &describe, component))
                         .map_err(DbError::from)
-                })??;
-                Ok(StateDb {
-                    backend: Backend::Postgres(worker.clone()),
-                    store: StoreRef::Postgres(worker.describe.clone()),
-                })
+                })?
             }
         }
     }
@@ -424,7 +466,7 @@ impl StateDb {
         E: From<DbError> + Send + 'static,
     {
         match &self.backend {
-            Backend::Sqlite(conn) => {
+            Backend::Sqlite(conn, _) => {
                 let mut conn = conn.lock();
                 let tx = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -529,6 +571,22 @@ impl Tx<'_> {
     /// Runs a query; returns its first row, if any.
     pub fn query_opt(&mut self, sql: &str, params: &[Val]) -> Result<Option<Row>, DbError> {
         Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    /// Makes this transaction the only one of its kind on the store until it ends: on SQLite
+    /// it already is (an immediate transaction holds the write lock); on PostgreSQL it takes
+    /// the store's advisory lock ([`crate::pg::LOCK_KEY`]). For a first initialisation that two
+    /// processes could otherwise both do.
+    pub fn lock_store(&mut self) -> Result<(), DbError> {
+        match self {
+            Tx::Sqlite(_) => Ok(()),
+            Tx::Postgres { .. } => self
+                .exec(
+                    "SELECT pg_advisory_xact_lock(?1)",
+                    &[Val::Int(crate::pg::LOCK_KEY)],
+                )
+                .map(|_| ()),
+        }
     }
 }
 
@@ -690,18 +748,80 @@ mod tests {
         );
     }
 
+    static C: Component = Component {
+        name: "t",
+        migrations: &[crate::Migration {
+            version: 1,
+            name: "t",
+            sqlite: "CREATE TABLE IF NOT EXISTS t_db (k TEXT PRIMARY KEY, n INTEGER)",
+            postgres: "CREATE TABLE IF NOT EXISTS t_db (k TEXT PRIMARY KEY, n BIGINT)",
+        }],
+        tables: &["t_db"],
+    };
+
+    /// A handle on a PostgreSQL test database with a connection of its own.
+    fn on_postgres(url: &str) -> StateDb {
+        let url = url.to_string();
+        let worker = PgWorker::start(move || async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            Ok((client, url))
+        })
+        .expect("connects");
+        StateDb::open(&StateLocation::Postgres(worker), &C).expect("open")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn postgres_transactions_holding_the_store_lock_take_turns() {
+        let Some(db) = xmbridge_test_kit::pg::TestDb::create("xmb_state_lock").await else {
+            return;
+        };
+        let url = db.url().to_string();
+        tokio::task::spawn_blocking(move || {
+            let (first, second) = (on_postgres(&url), on_postgres(&url));
+            let holder = std::thread::spawn(move || {
+                first.tx(|tx| {
+                    tx.lock_store()?;
+                    tx.exec("INSERT INTO t_db (k, n) VALUES ('first', 1)", &[])?;
+                    std::thread::sleep(Duration::from_millis(500));
+                    Ok::<_, DbError>(())
+                })
+            });
+            std::thread::sleep(Duration::from_millis(150));
+            // Without the lock this would read before the first commits, and see nothing.
+            let seen: i64 = second
+                .tx(|tx| {
+                    tx.lock_store()?;
+                    tx.query_opt("SELECT COUNT(*) FROM t_db", &[])?
+                        .map_or(Ok(0), |r| r.get(0))
+                })
+                .expect("second");
+            holder.join().expect("thread").expect("first");
+            assert_eq!(seen, 1, "the second waited for the first to commit");
+            // A unique key's refusal is the same kind on PostgreSQL as on SQLite.
+            let dup = second
+                .exec("INSERT INTO t_db (k, n) VALUES ('first', 2)", &[])
+                .expect_err("duplicate");
+            assert_eq!(dup.kind(), ErrorKind::Unique);
+            let row = second
+                .query_opt(
+                    "SELECT k, n, NULL::text FROM t_db WHERE k = ?1",
+                    &vals!["first"],
+                )
+                .expect("query")
+                .expect("row");
+            assert_eq!(row.get::<String>(0).expect("k"), "first");
+            assert_eq!(row.get::<i64>(1).expect("n"), 1);
+            assert_eq!(row.get::<Option<String>>(2).expect("null"), None);
+        })
+        .await
+        .expect("the check's thread");
+    }
+
     #[test]
     fn sqlite_transactions_commit_or_roll_back_whole() {
-        static C: Component = Component {
-            name: "t",
-            migrations: &[crate::Migration {
-                version: 1,
-                name: "t",
-                sqlite: "CREATE TABLE IF NOT EXISTS t_db (k TEXT PRIMARY KEY, n INTEGER)",
-                postgres: "CREATE TABLE IF NOT EXISTS t_db (k TEXT PRIMARY KEY, n BIGINT)",
-            }],
-            tables: &["t_db"],
-        };
         let dir = tempfile::tempdir().expect("tempdir");
         let db = StateDb::open(&StateLocation::File(dir.path().join("s.db")), &C).expect("open");
         db.exec(

@@ -74,7 +74,7 @@ pub enum StoreRef {
 
 impl StoreRef {
     /// What a user does to use another store instead.
-    fn elsewhere(&self) -> &'static str {
+    pub fn elsewhere(&self) -> &'static str {
         match self {
             StoreRef::File(_) => "point XMBRIDGE_HOME at another installation",
             StoreRef::Postgres(_) => "point --state (XMBRIDGE_STATE) at another database",

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use xmbridge_state::StoreRef;
+
 /// How to make a new master key, quoted in several messages.
 pub(crate) const GENERATE_KEY_HINT: &str = "generate one with `head -c 32 /dev/urandom | base64`";
 
@@ -110,7 +112,7 @@ pub enum VaultError {
 
     /// A value in the state store has the wrong SQL type (edited by hand or by another program).
     #[error(
-        "the {part} of connection '{connection}' in the state store {path} is damaged (stored as {found} where {expected} belongs): set it again with `xmbridge connection remove {connection}` and `xmbridge connection add ...` (a linked account: `xmbridge account unlink {connection}` and `xmbridge account link ...`), or restore the state store from a backup"
+        "the {part} of connection '{connection}' in the state store {store} is damaged (stored as {found} where {expected} belongs): set it again with `xmbridge connection remove {connection}` and `xmbridge connection add ...` (a linked account: `xmbridge account unlink {connection}` and `xmbridge account link ...`), or restore the state store from a backup"
     )]
     DamagedValue {
         /// The connection it belongs to.
@@ -122,7 +124,7 @@ pub enum VaultError {
         /// The SQL type expected.
         expected: &'static str,
         /// The state store.
-        path: PathBuf,
+        store: StoreRef,
     },
 
     /// The operating system's random source failed (needed for keys and nonces).
@@ -133,11 +135,11 @@ pub enum VaultError {
 
     /// The state store was sealed under a different master key.
     #[error(
-        "the master key does not match this state store ({path}: created with key id {store_key_id}, the given key has id {given_key_id}); set XMBRIDGE_MASTER_KEY to the key it was created with, or point XMBRIDGE_HOME at another installation"
+        "the master key does not match this state store ({store}: created with key id {store_key_id}, the given key has id {given_key_id}); set XMBRIDGE_MASTER_KEY to the key it was created with, or {}", store.elsewhere()
     )]
     WrongMasterKey {
         /// The state store.
-        path: PathBuf,
+        store: StoreRef,
         /// Id of the key the store was created with.
         store_key_id: String,
         /// Id of the key that was given.
@@ -146,22 +148,22 @@ pub enum VaultError {
 
     /// The file is not an SQLite database, or a sealed value in it fails authentication.
     #[error(
-        "{what} in the state store {path} is damaged or was tampered with: restore the file from a backup, or set the affected secret again (`xmbridge connection remove NAME` and `xmbridge connection add ...`); if the whole file is damaged, move it away and xmbridge starts an empty state store"
+        "{what} in the state store {store} is damaged or was tampered with: restore the file from a backup, or set the affected secret again (`xmbridge connection remove NAME` and `xmbridge connection add ...`); if the whole file is damaged, move it away and xmbridge starts an empty state store"
     )]
     Corrupted {
         /// Which part is damaged, for people.
         what: String,
         /// The state store.
-        path: PathBuf,
+        store: StoreRef,
     },
 
     /// The state store was written by a newer xmbridge.
     #[error(
-        "the state store {path} has vault schema version {found}, but this xmbridge understands up to {supported}; upgrade xmbridge, or point XMBRIDGE_HOME at another installation"
+        "the state store {store} has vault schema version {found}, but this xmbridge understands up to {supported}; upgrade xmbridge, or {}", store.elsewhere()
     )]
     SchemaTooNew {
         /// The state store.
-        path: PathBuf,
+        store: StoreRef,
         /// The version in the store.
         found: i64,
         /// The newest version this build understands.
@@ -182,6 +184,17 @@ pub enum VaultError {
         /// SQLite's error.
         #[source]
         source: rusqlite::Error,
+    },
+
+    /// A state store reached through `xmbridge_state::db` failed (PostgreSQL unreachable, the
+    /// connection lost, a statement refused).
+    #[error("the state store {store} could not be used: {source}")]
+    State {
+        /// The state store.
+        store: StoreRef,
+        /// The database's error.
+        #[source]
+        source: xmbridge_state::db::DbError,
     },
 
     /// A connection name breaks the naming rule.

@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use parking_lot::Mutex;
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
+use xmbridge_state::StoreRef;
+use xmbridge_state::db::{DbError, ErrorKind as DbErrorKind, Row, StateDb, StateLocation, Val};
+use xmbridge_state::vals;
 
 use crate::seal::{self, Sealer};
 use crate::{Home, KeyId, MasterKey, VaultError};
@@ -255,13 +256,13 @@ fn validate_settings(settings: &Value) -> Result<(), VaultError> {
     Ok(())
 }
 
-/// Connections and sealed secrets in one SQLite state store. `Send + Sync`: share it with `Arc`;
-/// calls are serialized on one SQLite connection, and several `Vault`s (threads or processes)
-/// may open the same file.
+/// Connections and sealed secrets in one state store (SQLite or PostgreSQL). `Send + Sync`:
+/// share it with `Arc`; calls are serialized on one connection, and several `Vault`s (threads
+/// or processes) may open the same store.
 pub struct Vault {
-    conn: Mutex<Connection>,
+    db: StateDb,
     sealer: Sealer,
-    path: PathBuf,
+    at: StateLocation,
     tightened: Vec<(PathBuf, u32)>,
     /// The schema migrations of the vault's tables this process applied while opening.
     migrated: Vec<xmbridge_state::Applied>,
@@ -270,7 +271,7 @@ pub struct Vault {
 impl fmt::Debug for Vault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Vault")
-            .field("path", &self.path)
+            .field("store", self.db.store())
             .field("key_id", &self.sealer.key_id())
             .finish()
     }
@@ -318,15 +319,35 @@ impl Vault {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
         let mut vault = Vault {
-            conn: Mutex::new(conn),
+            db: StateDb::from_sqlite(conn, &path),
             sealer: Sealer::new(&key),
-            path,
+            at: StateLocation::File(path),
             tightened,
             migrated: Vec::new(),
         };
         migrated.extend(vault.init()?);
         vault.migrated = migrated;
         Ok(vault)
+    }
+
+    /// Opens the vault in any state store: the SQLite file as [`Vault::open`] does, or a
+    /// PostgreSQL database, whose first opener records the key's id and key check (every later
+    /// process must bring the same key: [`VaultError::WrongMasterKey`]).
+    pub fn open_at(at: &StateLocation, key: MasterKey) -> Result<Vault, VaultError> {
+        match at {
+            StateLocation::File(path) => Vault::open(path, key),
+            StateLocation::Postgres(worker) => {
+                let mut vault = Vault {
+                    db: StateDb::on_postgres(worker),
+                    sealer: Sealer::new(&key),
+                    at: at.clone(),
+                    tightened: Vec::new(),
+                    migrated: Vec::new(),
+                };
+                vault.migrated = vault.init()?;
+                Ok(vault)
+            }
+        }
     }
 
     /// The schema migrations of the vault's tables ([`COMPONENT`]) this process applied while
@@ -342,9 +363,14 @@ impl Vault {
         &self.tightened
     }
 
-    /// The state store file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the state store is: the other components open their tables there.
+    pub fn location(&self) -> &StateLocation {
+        &self.at
+    }
+
+    /// The state store, for messages.
+    pub fn store(&self) -> &StoreRef {
+        self.db.store()
     }
 
     /// The id of the master key this vault seals with.
@@ -352,62 +378,81 @@ impl Vault {
         self.sealer.key_id()
     }
 
-    fn db(&self, e: rusqlite::Error) -> VaultError {
-        db_error(&self.path, e)
+    fn db(&self, e: DbError) -> VaultError {
+        match e {
+            DbError::Sqlite(e) => match &self.at {
+                StateLocation::File(path) => db_error(path, e),
+                StateLocation::Postgres(_) => VaultError::State {
+                    store: self.store().clone(),
+                    source: DbError::Sqlite(e),
+                },
+            },
+            DbError::Migrate(m) => VaultError::Migrate(m),
+            DbError::Type { .. } => self.corrupted(format!("a stored value ({e})")),
+            other => VaultError::State {
+                store: self.store().clone(),
+                source: other,
+            },
+        }
     }
 
     /// Creates the tables and key check on first use; checks schema version and key otherwise.
     /// Returns the migrations it applied.
     fn init(&self) -> Result<Vec<xmbridge_state::Applied>, VaultError> {
-        let mut conn = self.conn.lock();
-        let migrated = xmbridge_state::migrate(&mut conn, &self.path, &COMPONENT)?;
-        // IMMEDIATE: two processes initialising a fresh file must not both write a key check.
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.db(e))?;
-        let meta = |k: &str| -> Result<Option<Vec<u8>>, VaultError> {
-            let v = tx
-                .query_row("SELECT value FROM vault_meta WHERE key = ?1", [k], |r| {
-                    r.get::<_, SqlValue>(0)
-                })
-                .optional()
-                .map_err(|e| self.db(e))?;
-            match v {
-                None => Ok(None),
-                Some(SqlValue::Blob(b)) => Ok(Some(b)),
-                Some(_) => Err(self.corrupted(format!(
-                    "the vault metadata '{k}' (table vault_meta: not a blob)"
-                ))),
-            }
-        };
-        let version = meta("schema_version")?;
-        let key_id = meta("key_id")?;
-        let key_check = meta("key_check")?;
+        let migrated = self.db.migrate(&COMPONENT).map_err(|e| self.db(e))?;
         let ours = self.sealer.key_id();
-        match (version, key_id, key_check) {
-            (None, None, None) => {
-                let sealed = self
-                    .sealer
-                    .seal(seal::KEY_CHECK_PLAINTEXT, &seal::key_check_aad(ours))?;
-                let mut check = sealed.nonce;
-                check.extend_from_slice(&sealed.ciphertext);
-                let put = "INSERT INTO vault_meta (key, value) VALUES (?1, ?2)";
-                tx.execute(
-                    put,
-                    params!["schema_version", SCHEMA_VERSION.to_string().into_bytes()],
-                )
-                .and_then(|_| tx.execute(put, params!["key_id", ours.to_hex().into_bytes()]))
-                .and_then(|_| tx.execute(put, params!["key_check", check]))
-                .map_err(|e| self.db(e))?;
-            }
+        let sealed = self
+            .sealer
+            .seal(seal::KEY_CHECK_PLAINTEXT, &seal::key_check_aad(ours))?;
+        let mut new_check = sealed.nonce;
+        new_check.extend_from_slice(&sealed.ciphertext);
+        // Two processes initialising a fresh store must not both write a key check.
+        let found = self
+            .db
+            .tx(move |tx| {
+                tx.lock_store()?;
+                let mut meta = |k: &str| -> Result<Option<Val>, DbError> {
+                    Ok(
+                        match tx
+                            .query_opt("SELECT value FROM vault_meta WHERE key = ?1", &vals![k])?
+                        {
+                            Some(r) => Some(r.get::<Option<Val>>(0)?.unwrap_or(Val::Null)),
+                            None => None,
+                        },
+                    )
+                };
+                let found = (meta("schema_version")?, meta("key_id")?, meta("key_check")?);
+                if let (None, None, None) = found {
+                    let put = "INSERT INTO vault_meta (key, value) VALUES (?1, ?2)";
+                    tx.exec(
+                        put,
+                        &vals!["schema_version", SCHEMA_VERSION.to_string().into_bytes()],
+                    )?;
+                    tx.exec(put, &vals!["key_id", ours.to_hex().into_bytes()])?;
+                    tx.exec(put, &vals!["key_check", new_check])?;
+                }
+                Ok::<_, DbError>(found)
+            })
+            .map_err(|e| self.db(e))?;
+        let blob = |k: &str, v: Val| match v {
+            Val::Blob(b) => Ok(b),
+            _ => Err(self.corrupted(format!(
+                "the vault metadata '{k}' (table vault_meta: not a blob)"
+            ))),
+        };
+        match found {
+            (None, None, None) => {}
             (Some(version), Some(key_id), Some(check)) => {
+                let version = blob("schema_version", version)?;
+                let key_id = blob("key_id", key_id)?;
+                let check = blob("key_check", check)?;
                 let version = std::str::from_utf8(&version)
                     .ok()
                     .and_then(|v| v.parse::<i64>().ok())
                     .ok_or_else(|| self.corrupted("the vault schema version"))?;
                 if version > SCHEMA_VERSION {
                     return Err(VaultError::SchemaTooNew {
-                        path: self.path.clone(),
+                        store: self.store().clone(),
                         found: version,
                         supported: SCHEMA_VERSION,
                     });
@@ -415,7 +460,7 @@ impl Vault {
                 let store_key_id = String::from_utf8_lossy(&key_id).into_owned();
                 if store_key_id != ours.to_hex() {
                     return Err(VaultError::WrongMasterKey {
-                        path: self.path.clone(),
+                        store: self.store().clone(),
                         store_key_id,
                         given_key_id: ours.to_hex(),
                     });
@@ -432,37 +477,36 @@ impl Vault {
             }
             _ => return Err(self.corrupted("the vault metadata (table vault_meta)")),
         }
-        tx.commit().map_err(|e| self.db(e))?;
         Ok(migrated)
     }
 
     fn corrupted(&self, what: impl Into<String>) -> VaultError {
         VaultError::Corrupted {
             what: what.into(),
-            path: self.path.clone(),
+            store: self.store().clone(),
         }
     }
 
     /// A value of `connection` read without a type, as text; any other SQL type is
     /// [`VaultError::DamagedValue`] naming the connection and the part.
-    fn text(&self, v: SqlValue, connection: &str, part: &str) -> Result<String, VaultError> {
+    fn text(&self, v: Val, connection: &str, part: &str) -> Result<String, VaultError> {
         match v {
-            SqlValue::Text(t) => Ok(t),
+            Val::Text(t) => Ok(t),
             other => Err(self.damaged(&other, "text", connection, part)),
         }
     }
 
     /// Like [`Vault::text`] for blobs (nonces and ciphertexts).
-    fn blob(&self, v: SqlValue, connection: &str, part: &str) -> Result<Vec<u8>, VaultError> {
+    fn blob(&self, v: Val, connection: &str, part: &str) -> Result<Vec<u8>, VaultError> {
         match v {
-            SqlValue::Blob(b) => Ok(b),
+            Val::Blob(b) => Ok(b),
             other => Err(self.damaged(&other, "a blob", connection, part)),
         }
     }
 
     fn damaged(
         &self,
-        found: &SqlValue,
+        found: &Val,
         expected: &'static str,
         connection: &str,
         part: &str,
@@ -472,7 +516,7 @@ impl Vault {
             part: part.to_string(),
             found: sql_type(found),
             expected,
-            path: self.path.clone(),
+            store: self.store().clone(),
         }
     }
 
@@ -487,15 +531,14 @@ impl Vault {
         validate_connection_name(name)?;
         validate_settings(&settings)?;
         let now = now();
-        let conn = self.conn.lock();
-        let res = conn.execute(
+        let res = self.db.exec(
             "INSERT INTO connections (name, provider, settings, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?4)",
-            params![name, provider.as_str(), settings.to_string(), ts(now)],
+            &vals![name, provider.as_str(), settings.to_string(), ts(now)],
         );
         match res {
             Ok(_) => {}
-            Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+            Err(e) if e.kind() == DbErrorKind::Unique => {
                 return Err(VaultError::DuplicateConnection {
                     name: name.to_string(),
                 });
@@ -513,36 +556,32 @@ impl Vault {
 
     /// One connection by name.
     pub fn get_connection(&self, name: &str) -> Result<ConnectionRecord, VaultError> {
-        let conn = self.conn.lock();
-        let row = conn
-            .query_row(
+        let row = self
+            .db
+            .query_opt(
                 "SELECT name, provider, settings, created_at, updated_at
                  FROM connections WHERE name = ?1",
-                [name],
-                raw_record,
+                &vals![name],
             )
-            .optional()
             .map_err(|e| self.db(e))?;
         match row {
-            Some(raw) => self.record(raw),
+            Some(r) => self.record(raw_record(r)),
             None => Err(not_found(name)),
         }
     }
 
     /// Every connection, ordered by name.
     pub fn list_connections(&self) -> Result<Vec<ConnectionRecord>, VaultError> {
-        let conn = self.conn.lock();
-        let mut stmt = conn
-            .prepare_cached(
+        self.db
+            .query(
                 "SELECT name, provider, settings, created_at, updated_at
                  FROM connections ORDER BY name",
+                &[],
             )
-            .map_err(|e| self.db(e))?;
-        let raws = stmt
-            .query_map([], raw_record)
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.db(e))?;
-        raws.into_iter().map(|raw| self.record(raw)).collect()
+            .map_err(|e| self.db(e))?
+            .into_iter()
+            .map(|r| self.record(raw_record(r)))
+            .collect()
     }
 
     /// Replaces a connection's settings; returns the updated record.
@@ -552,39 +591,37 @@ impl Vault {
         settings: Value,
     ) -> Result<ConnectionRecord, VaultError> {
         validate_settings(&settings)?;
-        {
-            let conn = self.conn.lock();
-            let n = conn
-                .execute(
-                    "UPDATE connections SET settings = ?2, updated_at = ?3 WHERE name = ?1",
-                    params![name, settings.to_string(), ts(now())],
-                )
-                .map_err(|e| self.db(e))?;
-            if n == 0 {
-                return Err(not_found(name));
-            }
+        let n = self
+            .db
+            .exec(
+                "UPDATE connections SET settings = ?2, updated_at = ?3 WHERE name = ?1",
+                &vals![name, settings.to_string(), ts(now())],
+            )
+            .map_err(|e| self.db(e))?;
+        if n == 0 {
+            return Err(not_found(name));
         }
         self.get_connection(name)
     }
 
     /// Removes a connection and all its secrets, in one transaction.
     pub fn remove_connection(&self, name: &str) -> Result<(), VaultError> {
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.db(e))?;
-        tx.execute(
-            "DELETE FROM connection_secrets WHERE connection = ?1",
-            [name],
-        )
-        .map_err(|e| self.db(e))?;
-        let n = tx
-            .execute("DELETE FROM connections WHERE name = ?1", [name])
+        let owned = name.to_string();
+        let n = self
+            .db
+            .tx(move |tx| {
+                tx.exec(
+                    "DELETE FROM connection_secrets WHERE connection = ?1",
+                    &vals![&owned],
+                )?;
+                let n = tx.exec("DELETE FROM connections WHERE name = ?1", &vals![&owned])?;
+                Ok::<_, DbError>(n)
+            })
             .map_err(|e| self.db(e))?;
         if n == 0 {
             return Err(not_found(name));
         }
-        tx.commit().map_err(|e| self.db(e))
+        Ok(())
     }
 
     /// Seals and saves a secret, replacing any previous value atomically: a concurrent reader
@@ -600,16 +637,15 @@ impl Vault {
             value.expose_secret().as_bytes(),
             &seal::secret_aad(connection, field.as_str(), key_id),
         )?;
-        let conn = self.conn.lock();
         // One statement: it fails on the foreign key when the connection is missing, and an
         // upsert is a single atomic write.
-        let res = conn.execute(
+        let res = self.db.exec(
             "INSERT INTO connection_secrets (connection, field, key_id, nonce, ciphertext, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (connection, field) DO UPDATE SET
                  key_id = excluded.key_id, nonce = excluded.nonce,
                  ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
-            params![
+            &vals![
                 connection,
                 field.as_str(),
                 key_id.to_hex(),
@@ -620,9 +656,7 @@ impl Vault {
         );
         match res {
             Ok(_) => Ok(()),
-            Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
-                Err(not_found(connection))
-            }
+            Err(e) if e.kind() == DbErrorKind::ForeignKey => Err(not_found(connection)),
             Err(e) => Err(self.db(e)),
         }
     }
@@ -634,28 +668,20 @@ impl Vault {
         connection: &str,
         field: SecretField,
     ) -> Result<Option<SecretString>, VaultError> {
-        let row = {
-            let conn = self.conn.lock();
-            conn.query_row(
+        let row = self
+            .db
+            .query_opt(
                 "SELECT key_id, nonce, ciphertext FROM connection_secrets
                  WHERE connection = ?1 AND field = ?2",
-                params![connection, field.as_str()],
-                |r| {
-                    Ok((
-                        r.get::<_, SqlValue>(0)?,
-                        r.get::<_, SqlValue>(1)?,
-                        r.get::<_, SqlValue>(2)?,
-                    ))
-                },
+                &vals![connection, field.as_str()],
             )
-            .optional()
-            .map_err(|e| self.db(e))?
-        };
-        let Some((row_key_id, nonce, ciphertext)) = row else {
+            .map_err(|e| self.db(e))?;
+        let Some(row) = row else {
             // Distinguish "no such connection" from "not set".
             self.get_connection(connection)?;
             return Ok(None);
         };
+        let [row_key_id, nonce, ciphertext] = row.into_array::<3>();
         let part = |p: &str| format!("{p} of the sealed {}", field.label());
         let row_key_id = self.text(row_key_id, connection, &part("key id"))?;
         let nonce = self.blob(nonce, connection, &part("nonce"))?;
@@ -679,14 +705,13 @@ impl Vault {
 
     /// Deletes one secret; `true` if it was set.
     pub fn remove_secret(&self, connection: &str, field: SecretField) -> Result<bool, VaultError> {
-        let n = {
-            let conn = self.conn.lock();
-            conn.execute(
+        let n = self
+            .db
+            .exec(
                 "DELETE FROM connection_secrets WHERE connection = ?1 AND field = ?2",
-                params![connection, field.as_str()],
+                &vals![connection, field.as_str()],
             )
-            .map_err(|e| self.db(e))?
-        };
+            .map_err(|e| self.db(e))?;
         if n == 0 {
             self.get_connection(connection)?;
         }
@@ -697,20 +722,16 @@ impl Vault {
     /// Unknown field names written by a newer xmbridge are skipped.
     pub fn list_secrets(&self, connection: &str) -> Result<Vec<SecretInfo>, VaultError> {
         self.get_connection(connection)?;
-        let conn = self.conn.lock();
-        let mut stmt = conn
-            .prepare_cached(
+        let rows = self
+            .db
+            .query(
                 "SELECT field, updated_at FROM connection_secrets WHERE connection = ?1",
+                &vals![connection],
             )
             .map_err(|e| self.db(e))?;
-        let rows = stmt
-            .query_map([connection], |r| {
-                Ok((r.get::<_, SqlValue>(0)?, r.get::<_, SqlValue>(1)?))
-            })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.db(e))?;
         let mut out = Vec::new();
-        for (field, at) in rows {
+        for row in rows {
+            let [field, at] = row.into_array::<2>();
             let field = self.text(field, connection, "name of a secret")?;
             let Ok(field) = field.parse::<SecretField>() else {
                 continue;
@@ -738,11 +759,11 @@ impl Vault {
 
     fn record(&self, raw: RawRecord) -> Result<ConnectionRecord, VaultError> {
         let name = match raw.name {
-            SqlValue::Text(t) => t,
+            Val::Text(t) => t,
             other => {
                 let shown = match &other {
-                    SqlValue::Blob(b) => String::from_utf8_lossy(b).chars().take(80).collect(),
-                    SqlValue::Integer(i) => i.to_string(),
+                    Val::Blob(b) => String::from_utf8_lossy(b).chars().take(80).collect(),
+                    Val::Int(i) => i.to_string(),
                     _ => "?".to_string(),
                 };
                 return Err(self.damaged(&other, "text", &shown, "name"));
@@ -799,21 +820,22 @@ impl xmbridge_auth::RefreshTokenSink for VaultRefreshTokenSink {
 
 /// A `connections` row as stored, types unchecked (see [`Vault::text`]).
 struct RawRecord {
-    name: SqlValue,
-    provider: SqlValue,
-    settings: SqlValue,
-    created_at: SqlValue,
-    updated_at: SqlValue,
+    name: Val,
+    provider: Val,
+    settings: Val,
+    created_at: Val,
+    updated_at: Val,
 }
 
-fn raw_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
-    Ok(RawRecord {
-        name: r.get(0)?,
-        provider: r.get(1)?,
-        settings: r.get(2)?,
-        created_at: r.get(3)?,
-        updated_at: r.get(4)?,
-    })
+fn raw_record(r: Row) -> RawRecord {
+    let [name, provider, settings, created_at, updated_at] = r.into_array::<5>();
+    RawRecord {
+        name,
+        provider,
+        settings,
+        created_at,
+        updated_at,
+    }
 }
 
 fn not_found(name: &str) -> VaultError {
@@ -822,20 +844,22 @@ fn not_found(name: &str) -> VaultError {
     }
 }
 
+/// A SQLite error of the file at `path` as the vault reports it.
 fn db_error(path: &Path, e: rusqlite::Error) -> VaultError {
+    let store = StoreRef::File(path.to_path_buf());
     if let rusqlite::Error::InvalidColumnType(..) | rusqlite::Error::FromSqlConversionFailure(..) =
         e
     {
         // A value of the wrong type: damage, not a disk or lock problem.
         return VaultError::Corrupted {
             what: format!("a stored value ({e})"),
-            path: path.to_path_buf(),
+            store,
         };
     }
     match e.sqlite_error_code() {
         Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => VaultError::Corrupted {
             what: "the file itself (it is not a valid SQLite database)".into(),
-            path: path.to_path_buf(),
+            store,
         },
         _ => VaultError::Database {
             path: path.to_path_buf(),
@@ -844,13 +868,10 @@ fn db_error(path: &Path, e: rusqlite::Error) -> VaultError {
     }
 }
 
-fn sql_type(v: &SqlValue) -> &'static str {
+fn sql_type(v: &Val) -> &'static str {
     match v {
-        SqlValue::Null => "NULL",
-        SqlValue::Integer(_) => "an integer",
-        SqlValue::Real(_) => "a real number",
-        SqlValue::Text(_) => "text",
-        SqlValue::Blob(_) => "a blob",
+        Val::Blob(_) => "a blob",
+        other => other.kind(),
     }
 }
 
@@ -905,9 +926,9 @@ fn create_store(path: &Path, key: &MasterKey) -> Result<Vec<xmbridge_state::Appl
         )
         .map_err(db)?;
         let fresh = Vault {
-            conn: Mutex::new(conn),
+            db: StateDb::from_sqlite(conn, &tmp),
             sealer: Sealer::new(key),
-            path: tmp.clone(),
+            at: StateLocation::File(tmp.clone()),
             tightened: Vec::new(),
             migrated: Vec::new(),
         };

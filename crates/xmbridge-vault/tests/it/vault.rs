@@ -229,7 +229,9 @@ fn a_file_that_is_not_a_database_is_corrupted() {
     std::fs::write(home.state_db(), vec![0x42u8; 8192]).unwrap();
     let err = Vault::open_home(&home, MasterKey::generate().unwrap()).unwrap_err();
     match &err {
-        VaultError::Corrupted { path, .. } => assert_eq!(path, &home.state_db()),
+        VaultError::Corrupted { store, .. } => {
+            assert_eq!(store, &xmbridge_state::StoreRef::File(home.state_db()))
+        }
         other => panic!("expected Corrupted, got {other:?}"),
     }
     let msg = err.to_string();
