@@ -34,8 +34,7 @@ struct Cli {
     verbose: u8,
 
     /// A PostgreSQL state store (postgres://USER@HOST:PORT/DATABASE) instead of
-    /// XMBRIDGE_HOME/state.db; so far for `state`, `connection`, `user` and `cluster status`
-    /// (docs/state.md).
+    /// XMBRIDGE_HOME/state.db; every command but `serve` so far (docs/state.md).
     #[arg(
         long,
         global = true,
@@ -88,7 +87,7 @@ enum Command {
 impl Command {
     /// The command's name when it reads or writes XMBRIDGE_HOME/state.db (every one but the
     /// demo, the simulators, the benchmarks, which keep their own, and those that can use a
-    /// PostgreSQL state store: `state`, `connection`, `user`, `cluster`).
+    /// PostgreSQL state store: all but `serve` so far).
     fn keeps_state_in_home(&self) -> Option<&'static str> {
         match self {
             Command::Demo(_)
@@ -97,11 +96,11 @@ impl Command {
             | Command::State(_)
             | Command::User(_)
             | Command::Cluster(_)
-            | Command::Connection(_) => None,
-            Command::Sync(_) => Some("sync"),
-            Command::Workflow(_) => Some("workflow"),
-            Command::Action(_) => Some("action"),
-            Command::Account(_) => Some("account"),
+            | Command::Connection(_)
+            | Command::Sync(_)
+            | Command::Workflow(_)
+            | Command::Action(_)
+            | Command::Account(_) => None,
             Command::Serve(_) => Some("serve"),
         }
     }

@@ -16,7 +16,7 @@ use xmbridge_runtime::link::{AccountLogin, AskedSecret, Linked, LinkedVia, Opera
 use xmbridge_runtime::systems;
 use xmbridge_vault::Vault;
 use xmbridge_workflows::accounts::{Access, Accounts};
-use xmbridge_workflows::store::{SqliteStore, Store};
+use xmbridge_workflows::store::{Store, WorkflowStore};
 
 use super::UsageError;
 use super::connection::{open_vault, read_secret};
@@ -180,9 +180,9 @@ pub struct LinkArgs {
 }
 
 /// The vault, the workflow store on the same file, and the account rules.
-pub(crate) fn open_accounts() -> anyhow::Result<(Arc<Vault>, Arc<SqliteStore>, Accounts)> {
-    let (home, vault) = open_vault()?;
-    let store = Arc::new(SqliteStore::open(home.state_db())?);
+pub(crate) fn open_accounts() -> anyhow::Result<(Arc<Vault>, Arc<WorkflowStore>, Accounts)> {
+    let (_, vault) = open_vault()?;
+    let store = Arc::new(WorkflowStore::open_at(vault.location())?);
     let accounts = Accounts::new(store.clone(), vault.clone());
     Ok((vault, store, accounts))
 }
@@ -322,7 +322,7 @@ fn rename(name: &str, new_name: &str, user: &str) -> anyhow::Result<()> {
 /// proven (by a test, else by the link itself).
 fn status(
     a: &xmbridge_workflows::store::AccountRow,
-    store: &SqliteStore,
+    store: &WorkflowStore,
 ) -> anyhow::Result<String> {
     let when = |ms: i64| {
         chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)

@@ -16,7 +16,7 @@ use xmbridge_actions::{ActionRequest, Inputs, Registry, System};
 use xmbridge_runtime::action::{
     ActionRunError, choose_qualtrics_connection, run_account_action, run_qualtrics_action,
 };
-use xmbridge_workflows::store::SqliteStore;
+use xmbridge_workflows::store::WorkflowStore;
 
 #[derive(Args, Debug)]
 pub struct ActionArgs {
@@ -294,7 +294,7 @@ pub async fn run(args: ActionArgs) -> anyhow::Result<()> {
         run_qualtrics_action(&vault, &name, args.directory, action.as_ref(), request).await
     } else {
         let user = args.user.resolve()?;
-        let store = Arc::new(SqliteStore::open(home.state_db())?);
+        let store = Arc::new(WorkflowStore::open_at(vault.location())?);
         run_account_action(
             &vault,
             store,

@@ -59,7 +59,7 @@ pub(crate) fn postgres_state(arg: Option<String>) -> anyhow::Result<Option<Strin
 /// another store than the one the user chose.
 pub(crate) fn not_on_postgres(command: &str) -> anyhow::Error {
     usage(format!(
-        "--state (XMBRIDGE_STATE) names a PostgreSQL state store, which this xmbridge uses for `xmbridge state`, `xmbridge connection`, `xmbridge user` and `xmbridge cluster status` only so far; `xmbridge {command}` still keeps its state in XMBRIDGE_HOME/state.db, so it refuses rather than use another store than the one you chose. Unset XMBRIDGE_STATE (or drop --state) to run it on XMBRIDGE_HOME (docs/state.md)"
+        "--state (XMBRIDGE_STATE) names a PostgreSQL state store, which every xmbridge command but `xmbridge serve` uses so far; `xmbridge {command}` still keeps its state in XMBRIDGE_HOME/state.db, so it refuses rather than use another store than the one you chose. Unset XMBRIDGE_STATE (or drop --state) to run it on XMBRIDGE_HOME (docs/state.md)"
     ))
 }
 
@@ -144,9 +144,8 @@ xmbridge command brings the ones it opens up to date, so `migrate` is the explic
 upgrade. A state store written by a newer xmbridge is refused with both versions: upgrade the
 binary instead of using it.
 
---state (XMBRIDGE_STATE) names a PostgreSQL state store instead. So far `state migrate`,
-`state copy`, `connection`, `user` and `cluster status` use it; the other commands refuse while
-it is set (docs/state.md). The password
+--state (XMBRIDGE_STATE) names a PostgreSQL state store instead. Every command but `serve`
+uses it so far; `serve` refuses while it is set (docs/state.md). The password
 comes from PGPASSWORD or ~/.pgpass, TLS from sslmode= in the URL, as for a PostgreSQL
 destination.")]
 pub struct StateArgs {
@@ -235,7 +234,7 @@ fn migrate_home(json: bool) -> anyhow::Result<()> {
         now.extend(xmbridge_state::migrate(&mut conn, &path, c)?);
     }
     // Each component opens as every command opens it (nothing left to apply).
-    xmbridge_workflows::store::SqliteStore::open(&path)?;
+    xmbridge_workflows::store::WorkflowStore::open(&path)?;
     xmbridge_service::users::Users::open(&path)?;
     xmbridge_service::runs::Runs::open(&path)?;
     xmbridge_service::config::SyncConfigs::open(&path, Arc::clone(&vault))?;

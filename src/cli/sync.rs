@@ -253,7 +253,14 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
         None
     } else {
         let home = xmbridge_vault::Home::from_env()?;
-        workflow_trigger(&home, args.config.clone(), args.trigger_on_first_load)?.map(Arc::new)
+        let state = super::state::location(&home)?;
+        workflow_trigger(
+            &home,
+            &state,
+            args.config.clone(),
+            args.trigger_on_first_load,
+        )?
+        .map(Arc::new)
     };
     let opts = SyncOptions {
         tables: args.tables.clone(),

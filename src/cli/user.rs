@@ -194,6 +194,10 @@ pub(crate) fn audit(
 /// created it: then there are no users, and no rule about them applies). Opened without the
 /// master key: the users' tables hold no sealed value.
 pub(crate) fn existing_users(home: &Home) -> anyhow::Result<Option<Users>> {
+    if super::state::chosen().is_some() {
+        let at = super::state::location(home)?;
+        return Users::open_at(&at).map(Some).map_err(service_error);
+    }
     let path = home.state_db();
     // A missing store has no users; an empty (0-byte) one is damaged, and opening it here would
     // hide that from the vault, which refuses it with the fix.

@@ -291,7 +291,8 @@ fn add(
     definitions::write_definition(&target, &w, &text)?;
     // Recorded now, under the editor who saved it: a runner started later by someone else
     // must not take the edit for theirs.
-    let state = xmbridge_workflows::store::SqliteStore::open(home.state_db())
+    let at = super::state::location(home)?;
+    let state = xmbridge_workflows::store::WorkflowStore::open_at(&at)
         .and_then(|store| {
             xmbridge_workflows::store::Store::note_saved(
                 &store,

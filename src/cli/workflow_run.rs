@@ -19,7 +19,7 @@ use xmbridge_server::receiver::{Limits, Receiver};
 use xmbridge_vault::{Home, Vault};
 use xmbridge_workflows::catalog::Sources;
 use xmbridge_workflows::hooks::SubscriptionChange;
-use xmbridge_workflows::store::{EventState, SqliteStore};
+use xmbridge_workflows::store::{EventState, WorkflowStore};
 use xmbridge_workflows::worker::DeliveryBackoff;
 
 use super::account::AsUser;
@@ -120,9 +120,9 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-pub(super) fn open_store() -> anyhow::Result<(Home, Arc<Vault>, Arc<SqliteStore>)> {
+pub(super) fn open_store() -> anyhow::Result<(Home, Arc<Vault>, Arc<WorkflowStore>)> {
     let (home, vault) = open_vault()?;
-    let store = Arc::new(SqliteStore::open(home.state_db())?);
+    let store = Arc::new(WorkflowStore::open_at(vault.location())?);
     Ok((home, vault, store))
 }
 

@@ -312,13 +312,13 @@ async fn a_state_url_that_cannot_work_fails_fast_with_the_fix() {
     assert_eq!(code, 2, "{err}");
     assert!(!err.contains("hunter2"), "{err}");
     // A command that keeps its state in XMBRIDGE_HOME refuses rather than use another store.
-    let mut list = inst.cmd(&["account", "list"]);
+    let mut list = inst.cmd(&["serve"]);
     list.env("XMBRIDGE_STATE", "postgres://xmb@127.0.0.1:1/state");
     let out = list.output().expect("runs");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("`xmbridge account` still keeps its state in XMBRIDGE_HOME/state.db")
+        err.contains("`xmbridge serve` still keeps its state in XMBRIDGE_HOME/state.db")
             && err.contains("Unset XMBRIDGE_STATE"),
         "{err}"
     );

@@ -79,6 +79,24 @@ async fn contacts_with_ext_ref(h: &SimHandle, dir: &str, ext: &str) -> usize {
     }
 }
 
+/// A new response to `survey`, added through the simulator's API; its id.
+async fn add_response(h: &SimHandle, survey: &str) -> String {
+    let created: Value = reqwest::Client::new()
+        .post(format!("{}/surveys/{survey}/responses", h.api_url()))
+        .header("X-API-TOKEN", h.sim.cfg.admin_token())
+        .json(&json!({"values": {"QID1": 1}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    created["result"]["responseId"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_added_after_a_sync_becomes_one_event_and_is_delivered() {
     let inst = support::install();
@@ -94,20 +112,7 @@ async fn a_response_added_after_a_sync_becomes_one_event_and_is_delivered() {
     assert!(out.contains("workflow events: 0 new"), "{out}");
     assert_eq!(outbox_counts(&inst).await["pending"], 0);
 
-    let created: Value = reqwest::Client::new()
-        .post(format!("{}/surveys/{survey}/responses", h.api_url()))
-        .header("X-API-TOKEN", h.sim.cfg.admin_token())
-        .json(&json!({"values": {"QID1": 1}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let rid = created["result"]["responseId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let rid = add_response(&h, &survey).await;
 
     let out = inst.ok(&["sync", "q", "--destination", &dest]).await;
     assert!(out.contains("workflow events: 1 new"), "{out}");
@@ -225,4 +230,66 @@ async fn trigger_on_first_load_enqueues_the_history_and_no_triggers_enqueues_not
         "{responses}\n{out}"
     );
     assert_eq!(outbox_counts(&inst).await["pending"], responses);
+}
+
+/// Two installations (two machines, say) on one PostgreSQL state store, with the same master
+/// key and the same workflow file: a connection added on one syncs there, the new response
+/// becomes one event in the shared outbox, and the other installation delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_installations_on_one_postgres_state_store_share_connections_and_the_outbox() {
+    let Some(db) = xmbridge_test_kit::pg::TestDb::create("xmb_sync_trigger_pg").await else {
+        return;
+    };
+    let url = db.url();
+    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let mut a = support::install();
+    a.master_key = Some(key.into());
+    let mut b = support::install();
+    b.master_key = Some(key.into());
+    let h = sim().await;
+    let token = a.file("q.token", &format!("{}\n", h.sim.cfg.admin_token()));
+    a.ok(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "q",
+        "--no-test",
+        "--url",
+        &h.base_url,
+        "--api-token-file",
+        token.to_str().expect("path"),
+        "--state",
+        url,
+    ])
+    .await;
+    let survey = h.sim.surveys[0].id.clone();
+    let dir = h.sim.directory.default_directory_id();
+    write_synced_workflow(&a, &survey, &dir);
+    write_synced_workflow(&b, &survey, &dir);
+    let dest = format!("sqlite:{}", a.path("q.db").display());
+    let sync = ["sync", "q", "--destination", &dest, "--state", url];
+
+    let out = a.ok(&sync).await;
+    assert!(out.contains("workflow events: 0 new"), "{out}");
+    let rid = add_response(&h, &survey).await;
+    let out = a.ok(&sync).await;
+    assert!(out.contains("workflow events: 1 new"), "{out}");
+
+    // The other installation sees the event, and delivers it.
+    let status = ["workflow", "status", "synced", "--json", "--state", url];
+    assert_eq!(b.json(&status).await["counts"]["pending"], 1);
+    let out = b.ok(&["workflow", "run", "--once", "--state", url]).await;
+    assert!(out.contains("delivered 1 event(s)"), "{out}");
+    let counts = a.json(&status).await["counts"].clone();
+    assert_eq!(
+        (counts["done"].as_u64(), counts["pending"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(contacts_with_ext_ref(&h, &dir, &rid).await, 1);
+    for inst in [&a, &b] {
+        assert!(
+            !inst.home().join("state.db").exists(),
+            "nothing was kept in XMBRIDGE_HOME"
+        );
+    }
 }

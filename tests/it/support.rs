@@ -1,7 +1,7 @@
 //! The binary under test and what its tests add to the test kit's installation.
 
 pub use xmbridge_test_kit::cli::{Install, Run, start_runner};
-use xmbridge_workflows::store::SqliteStore;
+use xmbridge_workflows::store::WorkflowStore;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_xmbridge");
 
@@ -12,11 +12,11 @@ pub fn install() -> Install {
 
 /// The installation's state store, opened directly.
 pub trait StateStore {
-    fn store(&self) -> SqliteStore;
+    fn store(&self) -> WorkflowStore;
 }
 
 impl StateStore for Install {
-    fn store(&self) -> SqliteStore {
-        SqliteStore::open(self.home().join("state.db")).expect("the state store opens")
+    fn store(&self) -> WorkflowStore {
+        WorkflowStore::open(self.home().join("state.db")).expect("the state store opens")
     }
 }

@@ -18,7 +18,7 @@ use xmbridge_salesforce::{ClientCredentials, SalesforceClient, TokenProvider};
 use xmbridge_server::receiver::{Hook, Hooks, Limits, Receiver, SERVICENOW_SECRET_HEADER, router};
 use xmbridge_workflows::definition::PlanError;
 use xmbridge_workflows::outbox::Outbox;
-use xmbridge_workflows::store::SqliteStore;
+use xmbridge_workflows::store::WorkflowStore;
 use xmbridge_workflows::worker::{
     Connector, DeliveryBackoff, Engine, EngineConfig, Plan, RunMode, StepCall,
 };
@@ -222,7 +222,7 @@ pub async fn run(args: Load) -> Result<Report> {
 
     // Through the receiver, the outbox and the workers.
     let dir = tempfile::tempdir()?;
-    let store = Arc::new(SqliteStore::open(dir.path().join("state.db"))?);
+    let store = Arc::new(WorkflowStore::open(dir.path().join("state.db"))?);
     let outbox = Outbox::new(store.clone());
     let engine = Arc::new(Engine::new(
         store,

@@ -10,7 +10,7 @@ use serde_json::Value;
 use xmbridge_actions::{Action, ActionContext, ActionError, ActionRequest};
 use xmbridge_vault::{Home, Vault};
 use xmbridge_workflows::accounts::{AccountError, Accounts};
-use xmbridge_workflows::store::{SqliteStore, Store, StoreError};
+use xmbridge_workflows::store::{Store, StoreError, WorkflowStore};
 
 use crate::connection::{connect, qualtrics_connections};
 use crate::{Result, RuntimeError};
@@ -73,7 +73,7 @@ pub async fn run_qualtrics_action(
 /// the account expired, as a workflow's delivery does, so `account list` says so.
 pub async fn run_account_action(
     vault: &Arc<Vault>,
-    store: Arc<SqliteStore>,
+    store: Arc<WorkflowStore>,
     user: &str,
     account: Option<&str>,
     action: &dyn Action,

@@ -5,7 +5,7 @@
 use xmbridge_actions::Registry;
 use xmbridge_workflows::catalog::Sources;
 use xmbridge_workflows::definition::Workflow;
-use xmbridge_workflows::store::{SqliteStore, Store, WorkflowState, WorkflowStatus, now_ms};
+use xmbridge_workflows::store::{Store, WorkflowState, WorkflowStatus, WorkflowStore, now_ms};
 
 use crate::workflow::load_workflows;
 use crate::{Result, RuntimeError};
@@ -42,7 +42,7 @@ pub fn no_such_workflow(name: &str, names: &[&str]) -> RuntimeError {
 }
 
 /// Pauses workflow `name` for `user`: events keep arriving and wait.
-pub fn pause(store: &SqliteStore, name: &str, user: &str, reason: Option<String>) -> Result<()> {
+pub fn pause(store: &WorkflowStore, name: &str, user: &str, reason: Option<String>) -> Result<()> {
     let reason = reason.unwrap_or_else(|| format!("paused by {user}"));
     store.set_paused(
         name,
@@ -55,7 +55,7 @@ pub fn pause(store: &SqliteStore, name: &str, user: &str, reason: Option<String>
 
 /// Re-establishes the credential binding of workflow `name`; only its owner `user` may.
 pub fn reauthorize(
-    store: &SqliteStore,
+    store: &WorkflowStore,
     sources: &Sources,
     registry: &Registry,
     name: &str,
@@ -79,7 +79,7 @@ pub fn reauthorize(
 
 /// Resumes workflow `name`, unless an edit dropped its credential binding (and it was not just
 /// re-authorized) or the account whose expired token paused it is still refused.
-pub fn resume(store: &SqliteStore, name: &str, reauthorized: bool) -> Result<()> {
+pub fn resume(store: &WorkflowStore, name: &str, reauthorized: bool) -> Result<()> {
     let state = store.workflow_state(name)?;
     if !reauthorized && !state.binding_valid {
         return Err(RuntimeError::usage(format!(
@@ -125,7 +125,7 @@ pub fn check_replayable(name: &str, sources: &Sources, registry: &Registry) -> R
 
 /// Puts dead events of workflow `name` back in the outbox with fresh attempts (after
 /// [`check_replayable`]); returns how many.
-pub fn replay(store: &SqliteStore, name: &str, which: Replay<'_>) -> Result<u64> {
+pub fn replay(store: &WorkflowStore, name: &str, which: Replay<'_>) -> Result<u64> {
     let event = match which {
         Replay::Event(id) => Some(id),
         Replay::All => None,
@@ -147,7 +147,7 @@ pub struct StatusReport {
 /// The status of workflow `name`; a workflow removed from the files but with events left is
 /// reported (not defined) rather than refused.
 pub fn status(
-    store: &SqliteStore,
+    store: &WorkflowStore,
     sources: &Sources,
     registry: &Registry,
     name: &str,

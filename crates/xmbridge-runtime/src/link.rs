@@ -12,7 +12,7 @@ use xmbridge_auth::{SecretString, TokenResponse};
 use xmbridge_servicenow::Auth;
 use xmbridge_vault::{SecretField, Vault};
 use xmbridge_workflows::accounts::{Accounts, LinkRequest, MAX_USER_SALESFORCE_ACCOUNTS};
-use xmbridge_workflows::store::{AccountCheck, AccountKind, AccountRow, SqliteStore, Store};
+use xmbridge_workflows::store::{AccountCheck, AccountKind, AccountRow, Store, WorkflowStore};
 
 use crate::servicenow::{
     self, SIGN_IN_BASIC, SIGN_IN_CLIENT_CREDENTIALS, SIGN_IN_PASSWORD, SignIn,
@@ -260,7 +260,7 @@ fn endpoint_url(flag: &str, value: &str) -> Result<url::Url> {
 pub async fn link(
     request: &AccountLogin,
     operator: &dyn Operator,
-    store: &SqliteStore,
+    store: &WorkflowStore,
     accounts: &Accounts,
 ) -> Result<Linked> {
     request.check()?;
@@ -629,7 +629,7 @@ pub async fn refresh(
     request: &AccountLogin,
     operator: &dyn Operator,
     vault: &Vault,
-    store: &SqliteStore,
+    store: &WorkflowStore,
     accounts: &Accounts,
 ) -> Result<Refreshed> {
     request.check()?;
@@ -660,7 +660,7 @@ async fn refresh_salesforce(
     request: &AccountLogin,
     operator: &dyn Operator,
     vault: &Vault,
-    store: &SqliteStore,
+    store: &WorkflowStore,
     kind: AccountKind,
 ) -> Result<(Option<SecretString>, Option<RevokedApproval>)> {
     let name = request.name.as_str();
@@ -799,7 +799,7 @@ pub struct WebLogin {
 pub fn start_web_login(
     request: &AccountLogin,
     secret: SecretString,
-    store: &SqliteStore,
+    store: &WorkflowStore,
     redirect_uri: &str,
 ) -> Result<WebLogin> {
     use xmbridge_auth::ExposeSecret;
@@ -938,7 +938,7 @@ pub fn workflows_naming_account(
 /// resumes the workflows its refusal paused. Returns the check and those workflows.
 pub async fn check_account(
     vault: &Arc<Vault>,
-    store: &Arc<SqliteStore>,
+    store: &Arc<WorkflowStore>,
     name: &str,
 ) -> Result<(AccountCheck, Vec<String>)> {
     let row = store.get_account(name)?;

@@ -261,7 +261,7 @@ impl AccountDescribes {
     /// The describes for the Salesforce and ServiceNow steps of `workflow`.
     pub fn for_workflow(
         vault: &Arc<xmbridge_vault::Vault>,
-        store: Arc<xmbridge_workflows::store::SqliteStore>,
+        store: Arc<xmbridge_workflows::store::WorkflowStore>,
         workflow: &xmbridge_workflows::definition::Workflow,
         registry: &xmbridge_actions::Registry,
     ) -> AccountDescribes {

@@ -33,6 +33,7 @@ pub async fn open_destination(
 /// under `home`), or `None` when there are none.
 pub fn workflow_trigger(
     home: &Home,
+    state: &xmbridge_state::db::StateLocation,
     config: Option<PathBuf>,
     on_first_load: bool,
 ) -> Result<Option<WorkflowTrigger>> {
@@ -42,7 +43,7 @@ pub fn workflow_trigger(
             "{e} (fix the workflow definitions, or pass --no-triggers to sync without them)"
         ))
     })?;
-    WorkflowTrigger::open(&home.state_db(), by_survey, on_first_load)
+    WorkflowTrigger::open(state, by_survey, on_first_load)
 }
 
 impl RuntimeError {

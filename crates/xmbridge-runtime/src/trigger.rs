@@ -5,7 +5,6 @@
 //! duplicates are dropped).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -16,7 +15,7 @@ use xmbridge_workflows::catalog::{self, Sources};
 use xmbridge_workflows::definition::{DefinitionError, Trigger};
 use xmbridge_workflows::event::sync_response_event;
 use xmbridge_workflows::outbox::Outbox;
-use xmbridge_workflows::store::{Enqueued, NewEvent, SqliteStore};
+use xmbridge_workflows::store::{Enqueued, NewEvent, WorkflowStore};
 
 use crate::error::Result;
 
@@ -78,17 +77,17 @@ impl WorkflowTrigger {
         }
     }
 
-    /// The trigger of `by_survey` on the state store at `state_db`, or `None` when no workflow
+    /// The trigger of `by_survey` on the state store at `state`, or `None` when no workflow
     /// is triggered by a sync.
     pub fn open(
-        state_db: &Path,
+        state: &xmbridge_state::db::StateLocation,
         by_survey: BTreeMap<String, Vec<String>>,
         on_first_load: bool,
     ) -> Result<Option<WorkflowTrigger>> {
         if by_survey.is_empty() {
             return Ok(None);
         }
-        let store = SqliteStore::open(state_db)?;
+        let store = WorkflowStore::open_at(state)?;
         let outbox = Outbox::new(Arc::new(store));
         Ok(Some(WorkflowTrigger::new(outbox, by_survey, on_first_load)))
     }

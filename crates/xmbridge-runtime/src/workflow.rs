@@ -21,7 +21,7 @@ use xmbridge_workflows::definition::{EventContext, PlanError, Trigger, Workflow}
 use xmbridge_workflows::event::QUALTRICS_MSG;
 use xmbridge_workflows::hooks::{self, SubscriptionChange, WantedSubscription};
 use xmbridge_workflows::outbox::Outbox;
-use xmbridge_workflows::store::{SqliteStore, Store, WorkflowState, now_ms};
+use xmbridge_workflows::store::{Store, WorkflowState, WorkflowStore, now_ms};
 use xmbridge_workflows::worker::{
     Connector, DeliveryBackoff, Engine, EngineConfig, Plan, RunMode, RunSummary, StepCall,
 };
@@ -41,7 +41,7 @@ pub fn load_workflows(sources: &Sources, registry: &Registry) -> Result<Vec<Work
 
 /// Re-binds the workflows owned by `owner` whose binding a collaborator's edit dropped. Returns
 /// their names.
-pub fn rebind_for_owner(store: &SqliteStore, owner: &str) -> Result<Vec<String>> {
+pub fn rebind_for_owner(store: &WorkflowStore, owner: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for wf in store.unbound_workflows()? {
         if store.workflow_state(&wf)?.creator.as_deref() == Some(owner) {
@@ -58,7 +58,7 @@ pub fn rebind_for_owner(store: &SqliteStore, owner: &str) -> Result<Vec<String>>
 /// workflows resumed.
 pub fn account_reauthorized(
     accounts: &Accounts,
-    store: &SqliteStore,
+    store: &WorkflowStore,
     name: &str,
     user: &str,
     refresh_token: Option<&xmbridge_vault::SecretString>,
@@ -458,7 +458,7 @@ pub struct WorkflowProcess {
     /// Where received events go.
     pub outbox: Outbox,
     vault: Arc<Vault>,
-    store: Arc<SqliteStore>,
+    store: Arc<WorkflowStore>,
     accounts: Accounts,
     sources: Sources,
     registry: Arc<Registry>,
@@ -496,7 +496,7 @@ impl WorkflowProcess {
     /// drops the credential binding) and assembles the workers.
     pub fn assemble(
         vault: Arc<Vault>,
-        store: Arc<SqliteStore>,
+        store: Arc<WorkflowStore>,
         sources: &Sources,
         registry: Registry,
         opts: ProcessOptions,

@@ -43,7 +43,7 @@ struct Counters {
 pub struct Snapshot {
     /// Sync runs by status (`Runs::counts_by_status`).
     pub runs_by_status: BTreeMap<String, u64>,
-    /// The outbox (`SqliteStore::outbox_stats` over [`LATENCY_BOUNDS_MS`]).
+    /// The outbox (`WorkflowStore::outbox_stats` over [`LATENCY_BOUNDS_MS`]).
     pub outbox: OutboxStats,
     /// The serving process, so each node's series can be told apart (`xmbridge_node_info`).
     pub node: Option<NodeLabels>,

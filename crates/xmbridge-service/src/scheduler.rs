@@ -792,9 +792,14 @@ async fn prepare(
             };
             run_error(&e, Some(fix))
         })?;
-    let trigger = workflow_trigger(&deps.home, deps.workflow_config.clone(), false)
-        .map_err(|e| run_error(&e, None))?
-        .map(Arc::new);
+    let trigger = workflow_trigger(
+        &deps.home,
+        deps.vault.location(),
+        deps.workflow_config.clone(),
+        false,
+    )
+    .map_err(|e| run_error(&e, None))?
+    .map(Arc::new);
     let opts = SyncOptions {
         tables: cfg.tables.clone(),
         compat: Compat::Xmbridge,

@@ -29,7 +29,7 @@ use xmbridge_server::receiver::{BindOptions, Limits, Receiver};
 use xmbridge_vault::{Home, SecretString, Vault};
 use xmbridge_workflows::catalog::Sources;
 use xmbridge_workflows::hooks::SubscriptionChange;
-use xmbridge_workflows::store::SqliteStore;
+use xmbridge_workflows::store::WorkflowStore;
 use xmbridge_workflows::worker::RunSummary;
 
 use crate::config::SyncConfigs;
@@ -48,7 +48,7 @@ pub struct AppState {
     /// Connections and sealed secrets.
     pub vault: Arc<Vault>,
     /// The workflow store (outbox, workflow state, linked accounts).
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<WorkflowStore>,
     /// Users, tokens, sessions, the audit log.
     pub users: Users,
     /// Each connection's sync configuration and schedule.
@@ -264,7 +264,7 @@ pub struct Opened {
     /// The vault.
     pub vault: Arc<Vault>,
     /// The workflow store.
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<WorkflowStore>,
 }
 
 /// A started server: bound, its hooks set up, not yet serving.
@@ -306,11 +306,12 @@ impl Server {
         check_listen(&opts)?;
         let Opened { home, vault, store } = opened;
         let tls = opts.tls.as_ref().map(load_tls).transpose()?;
-        let state_db = home.state_db();
-        let users = Users::open(&state_db)?;
-        let configs = SyncConfigs::open(&state_db, vault.clone())?;
-        let runs = Runs::open(&state_db)?;
-        let nodes = Nodes::open(&state_db)?;
+        // Every component in the vault's state store.
+        let at = vault.location().clone();
+        let users = Users::open_at(&at)?;
+        let configs = SyncConfigs::open_at(&at, vault.clone())?;
+        let runs = Runs::open_at(&at)?;
+        let nodes = Nodes::open_at(&at)?;
         let metrics = Arc::new(Metrics::new());
         let process = WorkflowProcess::assemble(
             vault.clone(),

@@ -378,6 +378,16 @@ impl std::fmt::Debug for StateDb {
 /// Opens the SQLite state store at `path` as every component does (WAL, busy timeout, foreign
 /// keys, `synchronous=NORMAL`), creating the file when missing.
 pub fn open_sqlite(path: &Path) -> Result<Connection, rusqlite::Error> {
+    open_sqlite_as(path, "NORMAL")
+}
+
+/// The same with `synchronous=FULL`: for what must survive a power cut, not only a process
+/// kill (an acknowledged webhook in the outbox).
+pub fn open_sqlite_durable(path: &Path) -> Result<Connection, rusqlite::Error> {
+    open_sqlite_as(path, "FULL")
+}
+
+fn open_sqlite_as(path: &Path, synchronous: &str) -> Result<Connection, rusqlite::Error> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -387,7 +397,7 @@ pub fn open_sqlite(path: &Path) -> Result<Connection, rusqlite::Error> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "synchronous", synchronous)?;
     Ok(conn)
 }
 
@@ -571,6 +581,12 @@ impl Tx<'_> {
     /// Runs a query; returns its first row, if any.
     pub fn query_opt(&mut self, sql: &str, params: &[Val]) -> Result<Option<Row>, DbError> {
         Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    /// Whether this transaction runs on PostgreSQL: for the few clauses only it has
+    /// (`FOR UPDATE SKIP LOCKED`).
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Tx::Postgres { .. })
     }
 
     /// Makes this transaction the only one of its kind on the store until it ends: on SQLite

@@ -1,7 +1,7 @@
 //! The workflow state store: the outbox of events, each step's recorded output, per-workflow run
 //! state (paused, credential binding) and linked accounts with their grants.
 //!
-//! [`Store`] is the trait the outbox, workers and account rules use; [`SqliteStore`] keeps the
+//! [`Store`] is the trait the outbox, workers and account rules use; [`WorkflowStore`] keeps the
 //! tables (all prefixed `wf_`) in the vault's SQLite file (`$XMBRIDGE_HOME/state.db`, WAL, busy
 //! timeout) on a connection of its own. A PostgreSQL store (leases with `FOR UPDATE SKIP LOCKED`
 //! for several processes) is one more file implementing [`Store`]. It must not touch the vault's
@@ -9,15 +9,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
-use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use xmbridge_actions::System;
+use xmbridge_state::StoreRef;
+use xmbridge_state::db::{DbError, Row, StateDb, StateLocation, Tx, Val};
+use xmbridge_state::vals;
 
 /// How long a writer waits for another process's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,20 +26,20 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// SQLite failed.
-    #[error("workflow state store {path}: {source}")]
+    /// The database failed.
+    #[error("workflow state store {store}: {source}")]
     Database {
-        /// The store's database file.
-        path: PathBuf,
-        /// SQLite's error.
+        /// The state store.
+        store: StoreRef,
+        /// The database's error.
         #[source]
-        source: rusqlite::Error,
+        source: DbError,
     },
     /// A row holds something this code cannot read (hand-edited or from a newer version).
-    #[error("workflow state store {path}: {what} is not readable ({detail})")]
+    #[error("workflow state store {store}: {what} is not readable ({detail})")]
     Corrupted {
-        /// The store's database file.
-        path: PathBuf,
+        /// The state store.
+        store: StoreRef,
         /// The unreadable value and its row (`the payload of event ev_…`, `the kind of account a`).
         what: String,
         /// Why it could not be read.
@@ -578,21 +578,20 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The SQLite state store.
-pub struct SqliteStore {
-    conn: Mutex<Connection>,
-    path: PathBuf,
+/// The workflow tables of a state store (SQLite or PostgreSQL).
+pub struct WorkflowStore {
+    db: StateDb,
 }
 
-impl fmt::Debug for SqliteStore {
+impl fmt::Debug for WorkflowStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("path", &self.path)
+        f.debug_struct("WorkflowStore")
+            .field("store", self.db.store())
             .finish()
     }
 }
 
-/// What [`SqliteStore::outbox_stats`] found.
+/// What [`WorkflowStore::outbox_stats`] found.
 #[derive(Clone, Debug, Default)]
 pub struct OutboxStats {
     /// Events by the word of their state (`pending`, `running`, `done`, `skipped`, `dead`).
@@ -792,12 +791,12 @@ struct RawEvent {
     updated_at: i64,
 }
 
-fn raw_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawEvent> {
+fn raw_event(r: &Row) -> Result<RawEvent, DbError> {
     raw_event_at(r, 0)
 }
 
 /// [`EVENT_COLUMNS`] starting at column `at`.
-fn raw_event_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<RawEvent> {
+fn raw_event_at(r: &Row, at: usize) -> Result<RawEvent, DbError> {
     Ok(RawEvent {
         id: r.get(at)?,
         workflow: r.get(at + 1)?,
@@ -825,7 +824,7 @@ struct RawAccount {
     created_at: i64,
 }
 
-fn raw_account(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawAccount> {
+fn raw_account(r: &Row) -> Result<RawAccount, DbError> {
     Ok(RawAccount {
         name: r.get(0)?,
         system: r.get(1)?,
@@ -844,39 +843,36 @@ const ACCOUNT_COLUMNS: &str = "name, system, owner, kind, brand, org_id, token_o
 const NOT_HELD: &str = "workflow NOT IN (SELECT workflow FROM wf_workflow_state \
      WHERE paused = 1 OR binding_valid = 0)";
 
-impl SqliteStore {
+impl WorkflowStore {
     /// Opens (creating tables if missing) the store at `path`, normally `Home::state_db()`.
-    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
-        let path = path.as_ref().to_path_buf();
-        let db = |e| StoreError::Database {
-            path: path.clone(),
-            source: e,
-        };
-        let mut conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(db)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
-        let _mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(db)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
-        // FULL: an acknowledged webhook must survive a power cut, not only a process kill.
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(db)?;
-        xmbridge_state::migrate(&mut conn, &path, &COMPONENT)?;
-        Ok(SqliteStore {
-            conn: Mutex::new(conn),
-            path,
-        })
+    pub fn open(path: impl AsRef<Path>) -> Result<WorkflowStore, StoreError> {
+        WorkflowStore::open_at(&StateLocation::File(path.as_ref().to_path_buf()))
     }
 
-    /// The SQLite database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The same on any state store, SQLite or PostgreSQL.
+    pub fn open_at(at: &StateLocation) -> Result<WorkflowStore, StoreError> {
+        let db = match at {
+            // FULL: an acknowledged webhook must survive a power cut, not only a process kill.
+            // (PostgreSQL's commits are durable by default.)
+            StateLocation::File(path) => {
+                let conn = xmbridge_state::db::open_sqlite_durable(path)
+                    .and_then(|conn| conn.busy_timeout(BUSY_TIMEOUT).map(|()| conn))
+                    .map_err(|source| StoreError::Database {
+                        store: at.store(),
+                        source: DbError::Sqlite(source),
+                    })?;
+                StateDb::from_sqlite(conn, path)
+            }
+            StateLocation::Postgres(worker) => StateDb::on_postgres(worker),
+        };
+        let store = WorkflowStore { db };
+        store.db.migrate(&COMPONENT).map_err(|e| store.err(e))?;
+        Ok(store)
+    }
+
+    /// The state store, for messages.
+    pub fn store(&self) -> &StoreRef {
+        self.db.store()
     }
 
     /// Up to `limit` events of `workflow` in `state`, most recently changed first (what the
@@ -888,27 +884,23 @@ impl SqliteStore {
         state: EventState,
         limit: usize,
     ) -> Result<Vec<EventRow>, StoreError> {
-        let raws = {
-            let conn = self.conn.lock();
-            let mut stmt = conn
-                .prepare_cached(&format!(
+        let rows = self
+            .db
+            .query(
+                &format!(
                     "SELECT {EVENT_COLUMNS} FROM wf_events WHERE workflow = ?1 AND state = ?2
                      ORDER BY updated_at DESC, id LIMIT ?3"
-                ))
-                .map_err(|e| self.db(e))?;
-            stmt.query_map(
-                params![
+                ),
+                &vals![
                     workflow,
                     state.as_str(),
                     i64::try_from(limit).unwrap_or(i64::MAX)
                 ],
-                raw_event,
             )
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.db(e))?
-        };
-        Ok(raws
-            .into_iter()
+            .map_err(|e| self.err(e))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| raw_event(r).ok())
             .filter_map(|raw| self.event(raw).ok())
             .collect())
     }
@@ -918,81 +910,61 @@ impl SqliteStore {
     /// as a Prometheus histogram wants), their number and their sum in milliseconds. One read
     /// transaction, so `/metrics` and `/readyz` also prove the store answers.
     pub fn outbox_stats(&self, bounds_ms: &[i64]) -> Result<OutboxStats, StoreError> {
-        let conn = self.conn.lock();
-        let read = || -> rusqlite::Result<OutboxStats> {
-            let mut by_state = BTreeMap::new();
-            let mut stmt =
-                conn.prepare_cached("SELECT state, COUNT(*) FROM wf_events GROUP BY state")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-            for row in rows {
-                let (state, n) = row?;
-                by_state.insert(state, n.max(0) as u64);
-            }
-            let mut stmt = conn.prepare_cached(
-                "SELECT MAX(updated_at - created_at, 0) FROM wf_events WHERE state = 'done'",
-            )?;
-            let mut buckets = vec![0u64; bounds_ms.len()];
-            let (mut count, mut sum_ms) = (0u64, 0i64);
-            let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
-            for row in rows {
-                let ms = row?;
-                count += 1;
-                sum_ms = sum_ms.saturating_add(ms);
-                for (b, bound) in buckets.iter_mut().zip(bounds_ms) {
-                    if ms <= *bound {
-                        *b += 1;
-                    }
+        let (states, latencies) = self
+            .db
+            .tx(|tx| {
+                let states = tx.query("SELECT state, COUNT(*) FROM wf_events GROUP BY state", &[])?;
+                let latencies = tx.query(
+                    "SELECT CASE WHEN updated_at > created_at THEN updated_at - created_at ELSE 0 END
+                     FROM wf_events WHERE state = 'done'",
+                    &[],
+                )?;
+                Ok::<_, DbError>((states, latencies))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut by_state = BTreeMap::new();
+        for r in &states {
+            let state: String = r.get(0).map_err(|e| self.err(e))?;
+            let n: i64 = r.get(1).map_err(|e| self.err(e))?;
+            by_state.insert(state, n.max(0) as u64);
+        }
+        let mut buckets = vec![0u64; bounds_ms.len()];
+        let (mut count, mut sum_ms) = (0u64, 0i64);
+        for r in &latencies {
+            let ms: i64 = r.get(0).map_err(|e| self.err(e))?;
+            count += 1;
+            sum_ms = sum_ms.saturating_add(ms);
+            for (b, bound) in buckets.iter_mut().zip(bounds_ms) {
+                if ms <= *bound {
+                    *b += 1;
                 }
             }
-            Ok(OutboxStats {
-                by_state,
-                latency_buckets: buckets,
-                delivered: count,
-                latency_sum_ms: sum_ms.max(0) as u64,
-            })
-        };
-        read().map_err(|e| self.db(e))
+        }
+        Ok(OutboxStats {
+            by_state,
+            latency_buckets: buckets,
+            delivered: count,
+            latency_sum_ms: sum_ms.max(0) as u64,
+        })
     }
 
-    fn db(&self, e: rusqlite::Error) -> StoreError {
-        StoreError::Database {
-            path: self.path.clone(),
-            source: e,
+    fn err(&self, source: DbError) -> StoreError {
+        match source {
+            DbError::Migrate(m) => StoreError::Migrate(m),
+            source => StoreError::Database {
+                store: self.store().clone(),
+                source,
+            },
         }
     }
 
     fn event(&self, raw: RawEvent) -> Result<EventRow, StoreError> {
-        let corrupted = |what: &str, detail: String| StoreError::Corrupted {
-            path: self.path.clone(),
-            what: format!("{what} of event {}", raw.id),
-            detail,
-        };
-        let payload = serde_json::from_str(&raw.payload)
-            .map_err(|e| corrupted("the payload", e.to_string()))?;
-        let state = EventState::parse(&raw.state)
-            .ok_or_else(|| corrupted("the state", raw.state.clone()))?;
-        let source = EventSource::parse(&raw.source)
-            .ok_or_else(|| corrupted("the source", raw.source.clone()))?;
-        Ok(EventRow {
-            id: raw.id,
-            workflow: raw.workflow,
-            source,
-            dedupe_key: raw.dedupe_key,
-            payload,
-            state,
-            attempts: u32::try_from(raw.attempts).unwrap_or(0),
-            next_attempt_at: raw.next_attempt_at,
-            last_error: raw.last_error,
-            last_step: raw.last_step,
-            created_at: raw.created_at,
-            updated_at: raw.updated_at,
-            lease: None,
-        })
+        event_of(self.store(), raw)
     }
 
     fn account(&self, raw: RawAccount) -> Result<AccountRow, StoreError> {
         let kind = AccountKind::parse(&raw.kind).ok_or_else(|| StoreError::Corrupted {
-            path: self.path.clone(),
+            store: self.store().clone(),
             what: format!("the kind of account {}", raw.name),
             detail: raw.kind.clone(),
         })?;
@@ -1008,20 +980,18 @@ impl SqliteStore {
         })
     }
 
-    /// Runs an UPDATE on a leased event; zero rows means the lease is gone.
+    /// Runs an UPDATE on a leased event (`?1` the event, `?2` the lease); zero rows means the
+    /// lease is gone.
     fn leased_update(
         &self,
         event: &str,
         owner: &str,
         sql: &str,
-        extra: &[&dyn rusqlite::ToSql],
+        extra: &[Val],
     ) -> Result<(), StoreError> {
-        let conn = self.conn.lock();
-        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&event, &owner];
+        let mut args = vals![event, owner].to_vec();
         args.extend_from_slice(extra);
-        let n = conn
-            .execute(sql, rusqlite::params_from_iter(args))
-            .map_err(|e| self.db(e))?;
+        let n = self.db.exec(sql, &args).map_err(|e| self.err(e))?;
         if n == 0 {
             return Err(StoreError::LeaseLost {
                 event: event.to_string(),
@@ -1031,53 +1001,15 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Inserts one event unless its dedupe key is taken (no transaction of its own).
-    fn insert_event(
-        &self,
-        conn: &Connection,
-        event: &NewEvent,
-        now_ms: i64,
-    ) -> Result<Enqueued, StoreError> {
-        let id = event.id();
-        let n = conn
-            .execute(
-                "INSERT INTO wf_events (id, workflow, source, dedupe_key, payload, state, attempts,
-                     next_attempt_at, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6, ?6)
-                 ON CONFLICT DO NOTHING",
-                params![
-                    id,
-                    event.workflow,
-                    event.source.as_str(),
-                    event.dedupe_key,
-                    event.payload.to_string(),
-                    now_ms
-                ],
-            )
-            .map_err(|e| self.db(e))?;
-        if n == 1 {
-            return Ok(Enqueued::New(id));
-        }
-        let existing: Option<String> = conn
-            .query_row(
-                "SELECT id FROM wf_events WHERE workflow = ?1 AND dedupe_key = ?2",
-                params![event.workflow, event.dedupe_key],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.db(e))?;
-        Ok(Enqueued::Duplicate(existing.unwrap_or(id)))
-    }
-
     /// Moves the recorded creator to `owner` when it was someone else, dropping the binding
     /// unless `by` is the new owner. A workflow never seen before just gets its creator.
     fn change_owner(
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         workflow: &str,
         owner: &str,
         by: Option<&str>,
-    ) -> rusqlite::Result<()> {
-        conn.execute(
+    ) -> Result<(), DbError> {
+        tx.exec(
             "UPDATE wf_workflow_state SET
                  binding_valid = CASE WHEN creator IS NULL OR ?3 = ?2 THEN binding_valid
                                       ELSE 0 END,
@@ -1085,38 +1017,125 @@ impl SqliteStore {
                                     ELSE COALESCE(?3, last_editor) END,
                  creator = ?2
              WHERE workflow = ?1 AND (creator IS NULL OR creator <> ?2)",
-            params![workflow, owner, by],
+            &vals![workflow, owner, by],
         )?;
         Ok(())
     }
 
-    fn ensure_state_row(conn: &Connection, workflow: &str) -> rusqlite::Result<()> {
-        conn.execute(
-            "INSERT OR IGNORE INTO wf_workflow_state (workflow) VALUES (?1)",
-            [workflow],
+    fn ensure_state_row(tx: &mut Tx<'_>, workflow: &str) -> Result<(), DbError> {
+        tx.exec(
+            "INSERT INTO wf_workflow_state (workflow) VALUES (?1) ON CONFLICT DO NOTHING",
+            &vals![workflow],
         )
         .map(|_| ())
     }
+
+    /// Runs `work` in one transaction after making sure `workflow` has its state row, then
+    /// reads the workflow's state.
+    fn on_state_row(
+        &self,
+        workflow: &str,
+        work: impl FnOnce(&mut Tx<'_>, &str) -> Result<(), DbError> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let workflow = workflow.to_string();
+        self.db
+            .tx(move |tx| {
+                Self::ensure_state_row(tx, &workflow)?;
+                work(tx, &workflow)
+            })
+            .map_err(|e| self.err(e))
+    }
 }
 
-impl Store for SqliteStore {
+/// An event row as the code uses it; what cannot be read is [`StoreError::Corrupted`].
+fn event_of(store: &StoreRef, raw: RawEvent) -> Result<EventRow, StoreError> {
+    let corrupted = |what: &str, detail: String| StoreError::Corrupted {
+        store: store.clone(),
+        what: format!("{what} of event {}", raw.id),
+        detail,
+    };
+    let payload =
+        serde_json::from_str(&raw.payload).map_err(|e| corrupted("the payload", e.to_string()))?;
+    let state =
+        EventState::parse(&raw.state).ok_or_else(|| corrupted("the state", raw.state.clone()))?;
+    let source = EventSource::parse(&raw.source)
+        .ok_or_else(|| corrupted("the source", raw.source.clone()))?;
+    Ok(EventRow {
+        id: raw.id,
+        workflow: raw.workflow,
+        source,
+        dedupe_key: raw.dedupe_key,
+        payload,
+        state,
+        attempts: u32::try_from(raw.attempts).unwrap_or(0),
+        next_attempt_at: raw.next_attempt_at,
+        last_error: raw.last_error,
+        last_step: raw.last_step,
+        created_at: raw.created_at,
+        updated_at: raw.updated_at,
+        lease: None,
+    })
+}
+
+/// Inserts one event unless its dedupe key is taken.
+fn insert_event(tx: &mut Tx<'_>, event: &NewEvent, now_ms: i64) -> Result<Enqueued, DbError> {
+    let id = event.id();
+    let n = tx.exec(
+        "INSERT INTO wf_events (id, workflow, source, dedupe_key, payload, state, attempts,
+             next_attempt_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6, ?6)
+         ON CONFLICT DO NOTHING",
+        &vals![
+            &id,
+            &event.workflow,
+            event.source.as_str(),
+            &event.dedupe_key,
+            event.payload.to_string(),
+            now_ms
+        ],
+    )?;
+    if n == 1 {
+        return Ok(Enqueued::New(id));
+    }
+    let existing: Option<String> = match tx.query_opt(
+        "SELECT id FROM wf_events WHERE workflow = ?1 AND dedupe_key = ?2",
+        &vals![&event.workflow, &event.dedupe_key],
+    )? {
+        Some(r) => Some(r.get(0)?),
+        None => None,
+    };
+    Ok(Enqueued::Duplicate(existing.unwrap_or(id)))
+}
+
+/// A value of a damaged row as text, whatever it holds (so the dead letter still shows it).
+fn loose_text(v: &Val) -> Option<String> {
+    match v {
+        Val::Null => None,
+        Val::Int(n) => Some(n.to_string()),
+        Val::Text(t) => Some(t.clone()),
+        Val::Blob(b) => Some(String::from_utf8_lossy(b).into_owned()),
+    }
+}
+
+impl Store for WorkflowStore {
     fn enqueue_batch(&self, events: &[NewEvent], now_ms: i64) -> Result<Vec<Enqueued>, StoreError> {
-        let mut conn = self.conn.lock();
+        let events = events.to_vec();
         // One transaction: one fsync for a sync's whole commit of responses, not one per event.
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.db(e))?;
-        let out = events
-            .iter()
-            .map(|e| self.insert_event(&tx, e, now_ms))
-            .collect::<Result<Vec<_>, _>>()?;
-        tx.commit().map_err(|e| self.db(e))?;
-        Ok(out)
+        self.db
+            .tx(move |tx| {
+                events
+                    .iter()
+                    .map(|e| insert_event(tx, e, now_ms))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|e| self.err(e))
     }
 
     fn enqueue(&self, event: &NewEvent, now_ms: i64) -> Result<Enqueued, StoreError> {
-        let conn = self.conn.lock();
-        self.insert_event(&conn, event, now_ms)
+        let event = event.clone();
+        self.db
+            .tx(move |tx| insert_event(tx, &event, now_ms))
+            .map_err(|e| self.err(e))
     }
 
     fn lease_due(
@@ -1127,82 +1146,75 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Leased, StoreError> {
         let until = now_ms + lease.as_millis() as i64;
-        let (leased, unreadable) = {
-            let mut conn = self.conn.lock();
-            // IMMEDIATE: select and mark in one write transaction so two processes never lease
-            // the same event.
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| self.db(e))?;
-            // Rows are read one by one (by rowid, which every row has): a row this code cannot
-            // read goes to the dead letter with the reason instead of failing every lease.
-            let mut good = Vec::new();
-            let mut unreadable: Vec<(i64, String, String)> = Vec::new();
-            {
-                let mut stmt = tx
-                    .prepare_cached(&format!(
-                        "SELECT rowid, {EVENT_COLUMNS} FROM wf_events
+        let owner = owner.to_string();
+        let store = self.store().clone();
+        let (leased, unreadable) = self
+            .db
+            .tx(move |tx| {
+                // SQLite: the immediate transaction already excludes every other writer.
+                // PostgreSQL: rows another worker is leasing right now are skipped, not waited
+                // for, and never leased twice.
+                let skip_locked = if tx.is_postgres() {
+                    " FOR UPDATE SKIP LOCKED"
+                } else {
+                    ""
+                };
+                let rows = tx.query(
+                    &format!(
+                        "SELECT CAST(id AS TEXT), {EVENT_COLUMNS} FROM wf_events
                          WHERE ((state = 'pending' AND next_attempt_at <= ?1)
                              OR (state = 'running' AND lease_until < ?1))
                            AND {NOT_HELD}
-                         ORDER BY next_attempt_at, created_at LIMIT ?2"
-                    ))
-                    .map_err(|e| self.db(e))?;
-                let mut rows = stmt
-                    .query(params![now_ms, limit as i64])
-                    .map_err(|e| self.db(e))?;
-                while let Some(row) = rows.next().map_err(|e| self.db(e))? {
-                    let rowid: i64 = row.get(0).map_err(|e| self.db(e))?;
-                    let label = row
-                        .get::<_, String>(1)
-                        .unwrap_or_else(|_| format!("at rowid {rowid}"));
+                         ORDER BY next_attempt_at, created_at LIMIT ?2{skip_locked}"
+                    ),
+                    &vals![now_ms, limit as i64],
+                )?;
+                // Each row is read on its own: a row this code cannot read goes to the dead
+                // letter with the reason instead of failing every lease.
+                let mut good = Vec::new();
+                let mut unreadable: Vec<(String, String)> = Vec::new();
+                for row in &rows {
+                    let label: String = row.get(0)?;
                     let read = raw_event_at(row, 1)
                         .map_err(|e| StoreError::Corrupted {
-                            path: self.path.clone(),
+                            store: store.clone(),
                             what: format!("event {label}"),
                             detail: e.to_string(),
                         })
-                        .and_then(|raw| self.event(raw));
+                        .and_then(|raw| event_of(&store, raw));
                     match read {
                         Ok(ev) => good.push(ev),
-                        Err(e) => unreadable.push((rowid, label, e.to_string())),
+                        Err(e) => unreadable.push((label, e.to_string())),
                     }
                 }
-            }
-            {
-                let mut mark = tx
-                    .prepare_cached(
-                        "UPDATE wf_events SET state = 'running',
-                             lease_owner = ?2 || '#' || (lease_token + 1),
-                             lease_token = lease_token + 1, lease_until = ?3, updated_at = ?4
-                         WHERE id = ?1 RETURNING lease_owner",
-                    )
-                    .map_err(|e| self.db(e))?;
                 for ev in &mut good {
-                    let lease: String = mark
-                        .query_row(params![ev.id, owner, until, now_ms], |r| r.get(0))
-                        .map_err(|e| self.db(e))?;
+                    let lease: String = tx
+                        .query_opt(
+                            "UPDATE wf_events SET state = 'running',
+                                 lease_owner = ?2 || '#' || CAST(lease_token + 1 AS TEXT),
+                                 lease_token = lease_token + 1, lease_until = ?3, updated_at = ?4
+                             WHERE id = ?1 RETURNING lease_owner",
+                            &vals![&ev.id, &owner, until, now_ms],
+                        )?
+                        .map_or(Ok(String::new()), |r| r.get(0))?;
                     ev.lease = Some(lease);
                 }
-                let mut bury = tx
-                    .prepare_cached(
-                        "UPDATE wf_events SET state = 'dead', lease_owner = NULL,
-                             lease_until = NULL, last_error = ?2, updated_at = ?3 WHERE rowid = ?1",
-                    )
-                    .map_err(|e| self.db(e))?;
-                for (rowid, _, error) in &unreadable {
+                for (label, error) in &unreadable {
                     let why = format!(
                         "{error}; it cannot be delivered: repair or delete the row, then replay it \
                          with `xmbridge workflow replay`"
                     );
-                    bury.execute(params![rowid, why, now_ms])
-                        .map_err(|e| self.db(e))?;
+                    tx.exec(
+                        "UPDATE wf_events SET state = 'dead', lease_owner = NULL,
+                             lease_until = NULL, last_error = ?2, updated_at = ?3
+                         WHERE CAST(id AS TEXT) = ?1",
+                        &vals![label, why, now_ms],
+                    )?;
                 }
-            }
-            tx.commit().map_err(|e| self.db(e))?;
-            (good, unreadable)
-        };
-        for (_, label, error) in &unreadable {
+                Ok::<_, DbError>((good, unreadable))
+            })
+            .map_err(|e| self.err(e))?;
+        for (label, error) in &unreadable {
             tracing::error!(event = %label, error = %error, "an outbox row could not be read; it was moved to the dead letter");
         }
         Ok(Leased {
@@ -1218,33 +1230,32 @@ impl Store for SqliteStore {
     }
 
     fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
-        let conn = self.conn.lock();
-        conn.query_row(
-            &format!(
-                "SELECT MIN(CASE state WHEN 'pending' THEN next_attempt_at ELSE lease_until END)
-                 FROM wf_events WHERE state IN ('pending', 'running') AND {NOT_HELD}"
-            ),
-            [],
-            |r| r.get::<_, Option<i64>>(0),
-        )
-        .map_err(|e| self.db(e))
+        self.db
+            .query_opt(
+                &format!(
+                    "SELECT MIN(CASE state WHEN 'pending' THEN next_attempt_at ELSE lease_until END)
+                     FROM wf_events WHERE state IN ('pending', 'running') AND {NOT_HELD}"
+                ),
+                &[],
+            )
+            .and_then(|r| r.map_or(Ok(None), |r| r.get(0)))
+            .map_err(|e| self.err(e))
     }
 
     fn step_outputs(&self, event: &str) -> Result<Map<String, Value>, StoreError> {
-        let conn = self.conn.lock();
-        let mut stmt = conn
-            .prepare_cached("SELECT step, output FROM wf_step_results WHERE event_id = ?1")
-            .map_err(|e| self.db(e))?;
-        let rows = stmt
-            .query_map([event], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.db(e))?;
+        let rows = self
+            .db
+            .query(
+                "SELECT step, output FROM wf_step_results WHERE event_id = ?1",
+                &vals![event],
+            )
+            .map_err(|e| self.err(e))?;
         let mut out = Map::new();
-        for (step, output) in rows {
+        for r in rows {
+            let step: String = r.get(0).map_err(|e| self.err(e))?;
+            let output: String = r.get(1).map_err(|e| self.err(e))?;
             let v = serde_json::from_str(&output).map_err(|e| StoreError::Corrupted {
-                path: self.path.clone(),
+                store: self.store().clone(),
                 what: format!("the output of step {step} of event {event}"),
                 detail: e.to_string(),
             })?;
@@ -1262,30 +1273,36 @@ impl Store for SqliteStore {
         now_ms: i64,
         lease: Duration,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.db(e))?;
-        let n = tx
-            .execute(
-                "UPDATE wf_events SET lease_until = ?3, updated_at = ?4
-                 WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
-                params![event, owner, now_ms + lease.as_millis() as i64, now_ms],
-            )
-            .map_err(|e| self.db(e))?;
-        if n == 0 {
+        let args = vals![event, owner, now_ms + lease.as_millis() as i64, now_ms];
+        let step_row = vals![event, step, output.to_string(), now_ms];
+        let held = self
+            .db
+            .tx(move |tx| {
+                let n = tx.exec(
+                    "UPDATE wf_events SET lease_until = ?3, updated_at = ?4
+                     WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
+                    &args,
+                )?;
+                if n == 0 {
+                    return Ok(false);
+                }
+                tx.exec(
+                    "INSERT INTO wf_step_results (event_id, step, output, done_at)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (event_id, step) DO UPDATE SET
+                         output = excluded.output, done_at = excluded.done_at",
+                    &step_row,
+                )?;
+                Ok::<_, DbError>(true)
+            })
+            .map_err(|e| self.err(e))?;
+        if !held {
             return Err(StoreError::LeaseLost {
                 event: event.to_string(),
                 owner: owner.to_string(),
             });
         }
-        tx.execute(
-            "INSERT OR REPLACE INTO wf_step_results (event_id, step, output, done_at)
-             VALUES (?1, ?2, ?3, ?4)",
-            params![event, step, output.to_string(), now_ms],
-        )
-        .map_err(|e| self.db(e))?;
-        tx.commit().map_err(|e| self.db(e))
+        Ok(())
     }
 
     fn set_payload(&self, event: &str, owner: &str, payload: &Value) -> Result<(), StoreError> {
@@ -1294,7 +1311,7 @@ impl Store for SqliteStore {
             owner,
             "UPDATE wf_events SET payload = ?3
              WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
-            &[&payload.to_string()],
+            &vals![payload.to_string()],
         )
     }
 
@@ -1311,7 +1328,7 @@ impl Store for SqliteStore {
             "UPDATE wf_events SET state = ?3, lease_owner = NULL, lease_until = NULL,
                  updated_at = ?4
              WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
-            &[&state.as_str(), &now_ms],
+            &vals![state.as_str(), now_ms],
         )
     }
 
@@ -1333,7 +1350,7 @@ impl Store for SqliteStore {
                  last_error = ?5, last_step = ?6, lease_owner = NULL, lease_until = NULL,
                  updated_at = ?7
              WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
-            &[&attempts, &next_ms, &error, &step, &now_ms],
+            &vals![attempts, next_ms, error, step, now_ms],
         )
     }
 
@@ -1352,7 +1369,7 @@ impl Store for SqliteStore {
             "UPDATE wf_events SET state = 'dead', attempts = ?3, last_error = ?4, last_step = ?5,
                  lease_owner = NULL, lease_until = NULL, updated_at = ?6
              WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
-            &[&attempts, &error, &step, &now_ms],
+            &vals![attempts, error, step, now_ms],
         )
     }
 
@@ -1363,31 +1380,30 @@ impl Store for SqliteStore {
             "UPDATE wf_events SET state = 'pending', lease_owner = NULL, lease_until = NULL,
                  updated_at = ?3
              WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
-            &[&now_ms],
+            &vals![now_ms],
         )
     }
 
     fn replay(&self, workflow: &str, event: Option<&str>, now_ms: i64) -> Result<u64, StoreError> {
-        let conn = self.conn.lock();
         let n = match event {
             Some(id) => {
-                let n = conn
-                    .execute(
+                let n = self
+                    .db
+                    .exec(
                         "UPDATE wf_events SET state = 'pending', attempts = 0, next_attempt_at = ?3,
                              updated_at = ?3
                          WHERE id = ?1 AND workflow = ?2 AND state = 'dead'",
-                        params![id, workflow, now_ms],
+                        &vals![id, workflow, now_ms],
                     )
-                    .map_err(|e| self.db(e))?;
+                    .map_err(|e| self.err(e))?;
                 if n == 0 {
-                    let exists: Option<String> = conn
-                        .query_row(
+                    let exists = self
+                        .db
+                        .query_opt(
                             "SELECT state FROM wf_events WHERE id = ?1 AND workflow = ?2",
-                            params![id, workflow],
-                            |r| r.get(0),
+                            &vals![id, workflow],
                         )
-                        .optional()
-                        .map_err(|e| self.db(e))?;
+                        .map_err(|e| self.err(e))?;
                     if exists.is_none() {
                         return Err(StoreError::NoSuchEvent {
                             event: id.to_string(),
@@ -1396,31 +1412,36 @@ impl Store for SqliteStore {
                 }
                 n
             }
-            None => conn
-                .execute(
+            None => self
+                .db
+                .exec(
                     "UPDATE wf_events SET state = 'pending', attempts = 0, next_attempt_at = ?2,
                          updated_at = ?2
                      WHERE workflow = ?1 AND state = 'dead'",
-                    params![workflow, now_ms],
+                    &vals![workflow, now_ms],
                 )
-                .map_err(|e| self.db(e))?,
+                .map_err(|e| self.err(e))?,
         };
-        Ok(n as u64)
+        Ok(n)
     }
 
     fn get_event(&self, event: &str) -> Result<EventRow, StoreError> {
-        let raw = {
-            let conn = self.conn.lock();
-            conn.query_row(
+        let row = self
+            .db
+            .query_opt(
                 &format!("SELECT {EVENT_COLUMNS} FROM wf_events WHERE id = ?1"),
-                [event],
-                raw_event,
+                &vals![event],
             )
-            .optional()
-            .map_err(|e| self.db(e))?
-        };
-        match raw {
-            Some(raw) => self.event(raw),
+            .map_err(|e| self.err(e))?;
+        match row {
+            Some(r) => {
+                let raw = raw_event(&r).map_err(|e| StoreError::Corrupted {
+                    store: self.store().clone(),
+                    what: format!("event {event}"),
+                    detail: e.to_string(),
+                })?;
+                self.event(raw)
+            }
             None => Err(StoreError::NoSuchEvent {
                 event: event.to_string(),
             }),
@@ -1428,101 +1449,89 @@ impl Store for SqliteStore {
     }
 
     fn status(&self, workflow: &str) -> Result<WorkflowStatus, StoreError> {
-        let (counts, dead) = {
-            let conn = self.conn.lock();
-            let mut stmt = conn
-                .prepare_cached(
-                    // CAST: a damaged row's text in `attempts` must not turn the sum into a REAL.
+        let args = vals![workflow];
+        let (counts, dead) = self
+            .db
+            .tx(move |tx| {
+                // CAST: a damaged row's text in `attempts` must not turn the sum into a REAL.
+                let counts = tx.query(
                     "SELECT state, COUNT(*), COALESCE(SUM(CAST(attempts AS INTEGER)), 0),
-                            COALESCE(SUM(CAST(attempts AS INTEGER) > 0), 0)
+                            COALESCE(SUM(CASE WHEN CAST(attempts AS INTEGER) > 0 THEN 1 ELSE 0 END), 0)
                      FROM wf_events WHERE workflow = ?1 GROUP BY state",
-                )
-                .map_err(|e| self.db(e))?;
-            let counts = stmt
-                .query_map([workflow], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
-                })
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| self.db(e))?;
-            // Columns are read as loosely typed values so that a damaged row still shows.
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT rowid, id, dedupe_key, attempts, last_step, last_error, payload
+                    &args,
+                )?;
+                // Columns are read as loosely typed values so that a damaged row still shows.
+                let dead = tx.query(
+                    "SELECT id, dedupe_key, attempts, last_step, last_error, payload
                      FROM wf_events WHERE workflow = ?1 AND state = 'dead' ORDER BY updated_at",
-                )
-                .map_err(|e| self.db(e))?;
-            let dead = stmt
-                .query_map([workflow], |r| {
-                    let text = |i: usize| -> rusqlite::Result<Option<String>> {
-                        Ok(match r.get_ref(i)? {
-                            ValueRef::Null => None,
-                            ValueRef::Integer(n) => Some(n.to_string()),
-                            ValueRef::Real(x) => Some(x.to_string()),
-                            ValueRef::Text(t) | ValueRef::Blob(t) => {
-                                Some(String::from_utf8_lossy(t).into_owned())
-                            }
-                        })
-                    };
-                    let rowid: i64 = r.get(0)?;
-                    Ok(DeadEvent {
-                        id: text(1)?.unwrap_or_else(|| format!("rowid {rowid}")),
-                        dedupe_key: text(2)?.unwrap_or_default(),
-                        attempts: text(3)?.and_then(|a| a.parse().ok()).unwrap_or(0),
-                        last_step: text(4)?,
-                        last_error: text(5)?,
-                        payload: text(6)?
-                            .and_then(|p| serde_json::from_str(&p).ok())
-                            .unwrap_or(Value::Null),
-                    })
-                })
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| self.db(e))?;
-            (counts, dead)
-        };
+                    &args,
+                )?;
+                Ok::<_, DbError>((counts, dead))
+            })
+            .map_err(|e| self.err(e))?;
         let mut status = WorkflowStatus::default();
-        for (state, n, attempts, retried) in counts {
+        for r in counts {
+            let read = || -> Result<(String, i64, i64, i64), DbError> {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            };
+            let (state, n, attempts, retried) = read().map_err(|e| self.err(e))?;
             if let Some(s) = EventState::parse(&state) {
                 status.counts.insert(s, n as u64);
             }
             status.failed_attempts += attempts.max(0) as u64;
             status.retried_events += retried.max(0) as u64;
         }
-        status.dead = dead;
+        status.dead = dead
+            .into_iter()
+            .map(|r| {
+                let [id, dedupe_key, attempts, last_step, last_error, payload] =
+                    r.into_array::<6>();
+                DeadEvent {
+                    id: loose_text(&id).unwrap_or_else(|| "(no id)".into()),
+                    dedupe_key: loose_text(&dedupe_key).unwrap_or_default(),
+                    attempts: loose_text(&attempts)
+                        .and_then(|a| a.parse().ok())
+                        .unwrap_or(0),
+                    last_step: loose_text(&last_step),
+                    last_error: loose_text(&last_error),
+                    payload: loose_text(&payload)
+                        .and_then(|p| serde_json::from_str(&p).ok())
+                        .unwrap_or(Value::Null),
+                }
+            })
+            .collect();
         Ok(status)
     }
 
     fn workflow_state(&self, workflow: &str) -> Result<WorkflowState, StoreError> {
-        let conn = self.conn.lock();
-        let row = conn
-            .query_row(
+        let row = self
+            .db
+            .query_opt(
                 "SELECT paused, reason, fix, paused_account, creator, last_editor, binding_valid
                  FROM wf_workflow_state WHERE workflow = ?1",
-                [workflow],
-                |r| {
-                    Ok(WorkflowState {
-                        workflow: workflow.to_string(),
-                        paused: r.get(0)?,
-                        reason: r.get(1)?,
-                        fix: r.get(2)?,
-                        paused_account: r.get(3)?,
-                        creator: r.get(4)?,
-                        last_editor: r.get(5)?,
-                        binding_valid: r.get(6)?,
-                    })
-                },
+                &vals![workflow],
             )
-            .optional()
-            .map_err(|e| self.db(e))?;
-        Ok(row.unwrap_or_else(|| WorkflowState {
-            workflow: workflow.to_string(),
-            binding_valid: true,
-            ..WorkflowState::default()
-        }))
+            .map_err(|e| self.err(e))?;
+        let Some(r) = row else {
+            return Ok(WorkflowState {
+                workflow: workflow.to_string(),
+                binding_valid: true,
+                ..WorkflowState::default()
+            });
+        };
+        let read = || -> Result<WorkflowState, DbError> {
+            Ok(WorkflowState {
+                workflow: workflow.to_string(),
+                paused: r.get(0)?,
+                reason: r.get(1)?,
+                fix: r.get(2)?,
+                paused_account: r.get(3)?,
+                creator: r.get(4)?,
+                last_editor: r.get(5)?,
+                binding_valid: r.get(6)?,
+            })
+        };
+        read().map_err(|e| self.err(e))
     }
 
     fn set_paused(
@@ -1532,57 +1541,50 @@ impl Store for SqliteStore {
         fix: &str,
         account: Option<&str>,
     ) -> Result<(), StoreError> {
-        let conn = self.conn.lock();
-        Self::ensure_state_row(&conn, workflow).map_err(|e| self.db(e))?;
-        conn.execute(
-            "UPDATE wf_workflow_state SET paused = 1, reason = ?2, fix = ?3, paused_account = ?4
-             WHERE workflow = ?1",
-            params![workflow, reason, fix, account],
-        )
-        .map_err(|e| self.db(e))?;
-        Ok(())
+        let args = vals![workflow, reason, fix, account];
+        self.on_state_row(workflow, move |tx, _| {
+            tx.exec(
+                "UPDATE wf_workflow_state SET paused = 1, reason = ?2, fix = ?3, paused_account = ?4
+                 WHERE workflow = ?1",
+                &args,
+            )
+            .map(|_| ())
+        })
     }
 
     fn resume(&self, workflow: &str) -> Result<(), StoreError> {
-        let conn = self.conn.lock();
-        Self::ensure_state_row(&conn, workflow).map_err(|e| self.db(e))?;
-        conn.execute(
-            "UPDATE wf_workflow_state SET paused = 0, reason = NULL, fix = NULL,
-                 paused_account = NULL WHERE workflow = ?1",
-            [workflow],
-        )
-        .map_err(|e| self.db(e))?;
-        Ok(())
+        self.on_state_row(workflow, |tx, workflow| {
+            tx.exec(
+                "UPDATE wf_workflow_state SET paused = 0, reason = NULL, fix = NULL,
+                     paused_account = NULL WHERE workflow = ?1",
+                &vals![workflow],
+            )
+            .map(|_| ())
+        })
     }
 
     fn paused_on_account(&self, account: &str) -> Result<Vec<String>, StoreError> {
-        let conn = self.conn.lock();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT workflow FROM wf_workflow_state
-                 WHERE paused = 1 AND paused_account = ?1 ORDER BY workflow",
-            )
-            .map_err(|e| self.db(e))?;
-        stmt.query_map([account], |r| r.get(0))
-            .and_then(|rows| rows.collect())
-            .map_err(|e| self.db(e))
+        self.strings(
+            "SELECT workflow FROM wf_workflow_state
+             WHERE paused = 1 AND paused_account = ?1 ORDER BY workflow",
+            &vals![account],
+        )
     }
 
     fn note_edit(&self, workflow: &str, editor: &str) -> Result<WorkflowState, StoreError> {
-        {
-            let conn = self.conn.lock();
-            Self::ensure_state_row(&conn, workflow).map_err(|e| self.db(e))?;
-            conn.execute(
+        let editor = editor.to_string();
+        self.on_state_row(workflow, move |tx, workflow| {
+            tx.exec(
                 "UPDATE wf_workflow_state SET
                      creator = COALESCE(creator, ?2),
                      last_editor = ?2,
                      binding_valid = CASE WHEN COALESCE(creator, ?2) = ?2 THEN binding_valid
                                           ELSE 0 END
                  WHERE workflow = ?1",
-                params![workflow, editor],
+                &vals![workflow, &editor],
             )
-            .map_err(|e| self.db(e))?;
-        }
+            .map(|_| ())
+        })?;
         self.workflow_state(workflow)
     }
 
@@ -1594,44 +1596,39 @@ impl Store for SqliteStore {
         owner: &str,
         editor: Option<&str>,
     ) -> Result<WorkflowState, StoreError> {
-        {
-            let mut conn = self.conn.lock();
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| self.db(e))?;
-            Self::ensure_state_row(&tx, workflow).map_err(|e| self.db(e))?;
-            tx.execute(
+        let (fingerprint, owner) = (fingerprint.to_string(), owner.to_string());
+        let previous_owner = previous_owner.map(str::to_string);
+        let editor = editor.map(str::to_string);
+        self.on_state_row(workflow, move |tx, workflow| {
+            tx.exec(
                 "UPDATE wf_workflow_state SET creator = ?2 WHERE workflow = ?1 AND creator IS NULL",
-                params![workflow, previous_owner.unwrap_or(owner)],
-            )
-            .map_err(|e| self.db(e))?;
-            Self::change_owner(&tx, workflow, owner, editor).map_err(|e| self.db(e))?;
-            let old: Option<String> = tx
-                .query_row(
-                    "SELECT fingerprint FROM wf_workflow_state WHERE workflow = ?1",
-                    [workflow],
-                    |r| r.get(0),
-                )
-                .map_err(|e| self.db(e))?;
+                &vals![workflow, previous_owner.as_deref().unwrap_or(&owner)],
+            )?;
+            Self::change_owner(tx, workflow, &owner, editor.as_deref())?;
+            let old: Option<String> = match tx.query_opt(
+                "SELECT fingerprint FROM wf_workflow_state WHERE workflow = ?1",
+                &vals![workflow],
+            )? {
+                Some(r) => r.get(0)?,
+                None => None,
+            };
             if previous_owner.is_some()
-                && old.as_deref() != Some(fingerprint)
-                && let Some(editor) = editor
+                && old.as_deref() != Some(fingerprint.as_str())
+                && let Some(editor) = &editor
             {
-                tx.execute(
+                tx.exec(
                     "UPDATE wf_workflow_state SET last_editor = ?2,
                          binding_valid = CASE WHEN creator = ?2 THEN binding_valid ELSE 0 END
                      WHERE workflow = ?1",
-                    params![workflow, editor],
-                )
-                .map_err(|e| self.db(e))?;
+                    &vals![workflow, editor],
+                )?;
             }
-            tx.execute(
+            tx.exec(
                 "UPDATE wf_workflow_state SET fingerprint = ?2 WHERE workflow = ?1",
-                params![workflow, fingerprint],
+                &vals![workflow, &fingerprint],
             )
-            .map_err(|e| self.db(e))?;
-            tx.commit().map_err(|e| self.db(e))?;
-        }
+            .map(|_| ())
+        })?;
         self.workflow_state(workflow)
     }
 
@@ -1642,17 +1639,15 @@ impl Store for SqliteStore {
         owner: &str,
         by: Option<&str>,
     ) -> Result<WorkflowState, StoreError> {
-        {
-            let conn = self.conn.lock();
-            Self::ensure_state_row(&conn, workflow).map_err(|e| self.db(e))?;
+        let (from, owner, by) = (from.to_string(), owner.to_string(), by.map(str::to_string));
+        self.on_state_row(workflow, move |tx, workflow| {
             // Not seen by a runner yet: its creator is the owner it had until now.
-            conn.execute(
+            tx.exec(
                 "UPDATE wf_workflow_state SET creator = ?2 WHERE workflow = ?1 AND creator IS NULL",
-                params![workflow, from],
-            )
-            .map_err(|e| self.db(e))?;
-            Self::change_owner(&conn, workflow, owner, by).map_err(|e| self.db(e))?;
-        }
+                &vals![workflow, &from],
+            )?;
+            Self::change_owner(tx, workflow, &owner, by.as_deref())
+        })?;
         self.workflow_state(workflow)
     }
 
@@ -1663,94 +1658,83 @@ impl Store for SqliteStore {
         editor: Option<&str>,
         owner: &str,
     ) -> Result<WorkflowState, StoreError> {
-        {
-            let mut conn = self.conn.lock();
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| self.db(e))?;
-            Self::ensure_state_row(&tx, workflow).map_err(|e| self.db(e))?;
+        let (fingerprint, owner) = (fingerprint.to_string(), owner.to_string());
+        let editor = editor.map(str::to_string);
+        self.on_state_row(workflow, move |tx, workflow| {
             // An owner changed in the file since the last start is a transfer (the CLI records
             // its own at once; this catches an edit made by hand).
-            Self::change_owner(&tx, workflow, owner, editor).map_err(|e| self.db(e))?;
-            let old: Option<String> = tx
-                .query_row(
-                    "SELECT fingerprint FROM wf_workflow_state WHERE workflow = ?1",
-                    [workflow],
-                    |r| r.get(0),
-                )
-                .map_err(|e| self.db(e))?;
-            tx.execute(
+            Self::change_owner(tx, workflow, &owner, editor.as_deref())?;
+            let old: Option<String> = match tx.query_opt(
+                "SELECT fingerprint FROM wf_workflow_state WHERE workflow = ?1",
+                &vals![workflow],
+            )? {
+                Some(r) => r.get(0)?,
+                None => None,
+            };
+            tx.exec(
                 "UPDATE wf_workflow_state SET creator = COALESCE(creator, ?2), fingerprint = ?3
                  WHERE workflow = ?1",
-                params![workflow, owner, fingerprint],
-            )
-            .map_err(|e| self.db(e))?;
+                &vals![workflow, &owner, &fingerprint],
+            )?;
             // A fingerprint of another scheme (an earlier version hashed `Debug` output) cannot
             // be compared: it is replaced, and not counted as an edit.
             let comparable = |old: &str| {
                 old.starts_with(crate::definition::FINGERPRINT_SCHEME)
                     == fingerprint.starts_with(crate::definition::FINGERPRINT_SCHEME)
             };
-            if let (Some(old), Some(editor)) = (old, editor)
+            if let (Some(old), Some(editor)) = (old, &editor)
                 && comparable(&old)
                 && old != fingerprint
             {
-                tx.execute(
+                tx.exec(
                     "UPDATE wf_workflow_state SET last_editor = ?2,
                          binding_valid = CASE WHEN creator = ?2 THEN binding_valid ELSE 0 END
                      WHERE workflow = ?1",
-                    params![workflow, editor],
-                )
-                .map_err(|e| self.db(e))?;
+                    &vals![workflow, editor],
+                )?;
             }
-            tx.commit().map_err(|e| self.db(e))?;
-        }
+            Ok(())
+        })?;
         self.workflow_state(workflow)
     }
 
     fn rebind(&self, workflow: &str) -> Result<(), StoreError> {
-        let conn = self.conn.lock();
-        Self::ensure_state_row(&conn, workflow).map_err(|e| self.db(e))?;
-        conn.execute(
-            "UPDATE wf_workflow_state SET binding_valid = 1 WHERE workflow = ?1",
-            [workflow],
-        )
-        .map_err(|e| self.db(e))?;
-        Ok(())
+        self.on_state_row(workflow, |tx, workflow| {
+            tx.exec(
+                "UPDATE wf_workflow_state SET binding_valid = 1 WHERE workflow = ?1",
+                &vals![workflow],
+            )
+            .map(|_| ())
+        })
     }
 
     fn unbound_workflows(&self) -> Result<Vec<String>, StoreError> {
-        let conn = self.conn.lock();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT workflow FROM wf_workflow_state WHERE binding_valid = 0 ORDER BY workflow",
-            )
-            .map_err(|e| self.db(e))?;
-        stmt.query_map([], |r| r.get(0))
-            .and_then(|rows| rows.collect())
-            .map_err(|e| self.db(e))
+        self.strings(
+            "SELECT workflow FROM wf_workflow_state WHERE binding_valid = 0 ORDER BY workflow",
+            &[],
+        )
     }
 
     fn insert_account(&self, a: &AccountRow) -> Result<(), StoreError> {
-        let conn = self.conn.lock();
-        let n = conn
-            .execute(
+        let n = self
+            .db
+            .exec(
                 &format!(
                     "INSERT INTO wf_accounts ({ACCOUNT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                      ON CONFLICT DO NOTHING"
                 ),
-                params![
-                    a.name,
-                    a.system,
-                    a.owner,
+                &vals![
+                    &a.name,
+                    &a.system,
+                    &a.owner,
                     a.kind.as_str(),
                     a.brand,
-                    a.org_id,
+                    a.org_id.as_deref(),
                     a.token_ok,
                     a.created_at
                 ],
             )
-            .map_err(|e| self.db(e))?;
+            .map_err(|e| self.err(e))?;
         if n == 0 {
             return Err(StoreError::DuplicateAccount {
                 name: a.name.clone(),
@@ -1760,18 +1744,15 @@ impl Store for SqliteStore {
     }
 
     fn get_account(&self, name: &str) -> Result<AccountRow, StoreError> {
-        let raw = {
-            let conn = self.conn.lock();
-            conn.query_row(
+        let row = self
+            .db
+            .query_opt(
                 &format!("SELECT {ACCOUNT_COLUMNS} FROM wf_accounts WHERE name = ?1"),
-                [name],
-                raw_account,
+                &vals![name],
             )
-            .optional()
-            .map_err(|e| self.db(e))?
-        };
-        match raw {
-            Some(raw) => self.account(raw),
+            .map_err(|e| self.err(e))?;
+        match row {
+            Some(r) => self.account(raw_account(&r).map_err(|e| self.err(e))?),
             None => Err(StoreError::NoSuchAccount {
                 name: name.to_string(),
             }),
@@ -1779,25 +1760,22 @@ impl Store for SqliteStore {
     }
 
     fn list_accounts(&self) -> Result<Vec<AccountRow>, StoreError> {
-        let raws = {
-            let conn = self.conn.lock();
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {ACCOUNT_COLUMNS} FROM wf_accounts ORDER BY name"
-                ))
-                .map_err(|e| self.db(e))?;
-            stmt.query_map([], raw_account)
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| self.db(e))?
-        };
-        raws.into_iter().map(|r| self.account(r)).collect()
+        self.db
+            .query(
+                &format!("SELECT {ACCOUNT_COLUMNS} FROM wf_accounts ORDER BY name"),
+                &[],
+            )
+            .map_err(|e| self.err(e))?
+            .iter()
+            .map(|r| self.account(raw_account(r).map_err(|e| self.err(e))?))
+            .collect()
     }
 
     fn remove_account(&self, name: &str) -> Result<(), StoreError> {
-        let conn = self.conn.lock();
-        let n = conn
-            .execute("DELETE FROM wf_accounts WHERE name = ?1", [name])
-            .map_err(|e| self.db(e))?;
+        let n = self
+            .db
+            .exec("DELETE FROM wf_accounts WHERE name = ?1", &vals![name])
+            .map_err(|e| self.err(e))?;
         if n == 0 {
             return Err(StoreError::NoSuchAccount {
                 name: name.to_string(),
@@ -1807,63 +1785,59 @@ impl Store for SqliteStore {
     }
 
     fn rename_account(&self, old: &str, new: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.db(e))?;
-        let copied = tx
-            .execute(
-                &format!(
-                    "INSERT INTO wf_accounts ({ACCOUNT_COLUMNS})
-                     SELECT ?2, system, owner, kind, brand, org_id, token_ok, created_at
-                     FROM wf_accounts WHERE name = ?1
-                     ON CONFLICT DO NOTHING"
-                ),
-                params![old, new],
-            )
-            .map_err(|e| self.db(e))?;
-        if copied == 0 {
-            // Either `old` is missing or `new` is taken: say which.
-            let exists: bool = tx
-                .query_row(
-                    "SELECT EXISTS(SELECT 1 FROM wf_accounts WHERE name = ?1)",
-                    [old],
-                    |r| r.get(0),
-                )
-                .map_err(|e| self.db(e))?;
-            return Err(if exists {
-                StoreError::DuplicateAccount {
-                    name: new.to_string(),
+        let args = vals![old, new];
+        let outcome = self
+            .db
+            .tx(move |tx| {
+                let copied = tx.exec(
+                    &format!(
+                        "INSERT INTO wf_accounts ({ACCOUNT_COLUMNS})
+                         SELECT ?2, system, owner, kind, brand, org_id, token_ok, created_at
+                         FROM wf_accounts WHERE name = ?1
+                         ON CONFLICT DO NOTHING"
+                    ),
+                    &args,
+                )?;
+                if copied == 0 {
+                    // Either `old` is missing or `new` is taken: say which.
+                    let exists = tx
+                        .query_opt("SELECT 1 FROM wf_accounts WHERE name = ?1", &args[..1])?
+                        .is_some();
+                    return Ok(Some(exists));
                 }
-            } else {
-                StoreError::NoSuchAccount {
-                    name: old.to_string(),
+                for sql in [
+                    "UPDATE wf_account_grants SET account = ?2 WHERE account = ?1",
+                    "UPDATE wf_account_checks SET account = ?2 WHERE account = ?1",
+                    "UPDATE wf_workflow_state SET paused_account = ?2 WHERE paused_account = ?1",
+                ] {
+                    tx.exec(sql, &args)?;
                 }
-            });
+                tx.exec("DELETE FROM wf_accounts WHERE name = ?1", &args[..1])?;
+                Ok::<_, DbError>(None)
+            })
+            .map_err(|e| self.err(e))?;
+        match outcome {
+            None => Ok(()),
+            Some(true) => Err(StoreError::DuplicateAccount {
+                name: new.to_string(),
+            }),
+            Some(false) => Err(StoreError::NoSuchAccount {
+                name: old.to_string(),
+            }),
         }
-        for sql in [
-            "UPDATE wf_account_grants SET account = ?2 WHERE account = ?1",
-            "UPDATE wf_account_checks SET account = ?2 WHERE account = ?1",
-            "UPDATE wf_workflow_state SET paused_account = ?2 WHERE paused_account = ?1",
-        ] {
-            tx.execute(sql, params![old, new]).map_err(|e| self.db(e))?;
-        }
-        tx.execute("DELETE FROM wf_accounts WHERE name = ?1", [old])
-            .map_err(|e| self.db(e))?;
-        tx.commit().map_err(|e| self.db(e))
     }
 
     fn record_account_check(&self, check: &AccountCheck) -> Result<(), StoreError> {
-        let conn = self.conn.lock();
-        let n = conn
-            .execute(
+        let n = self
+            .db
+            .exec(
                 "INSERT INTO wf_account_checks (account, checked_at, ok, message)
                  SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM wf_accounts WHERE name = ?1)
                  ON CONFLICT (account) DO UPDATE SET
                      checked_at = excluded.checked_at, ok = excluded.ok, message = excluded.message",
-                params![check.account, check.checked_at, check.ok, check.message],
+                &vals![&check.account, check.checked_at, check.ok, &check.message],
             )
-            .map_err(|e| self.db(e))?;
+            .map_err(|e| self.err(e))?;
         if n == 0 {
             return Err(StoreError::NoSuchAccount {
                 name: check.account.clone(),
@@ -1873,31 +1847,35 @@ impl Store for SqliteStore {
     }
 
     fn account_check(&self, account: &str) -> Result<Option<AccountCheck>, StoreError> {
-        let conn = self.conn.lock();
-        conn.query_row(
-            "SELECT account, checked_at, ok, message FROM wf_account_checks WHERE account = ?1",
-            [account],
-            |r| {
-                Ok(AccountCheck {
-                    account: r.get(0)?,
-                    checked_at: r.get(1)?,
-                    ok: r.get(2)?,
-                    message: r.get(3)?,
-                })
-            },
-        )
-        .optional()
-        .map_err(|e| self.db(e))
+        let row = self
+            .db
+            .query_opt(
+                "SELECT account, checked_at, ok, message FROM wf_account_checks WHERE account = ?1",
+                &vals![account],
+            )
+            .map_err(|e| self.err(e))?;
+        let Some(r) = row else {
+            return Ok(None);
+        };
+        let read = || -> Result<AccountCheck, DbError> {
+            Ok(AccountCheck {
+                account: r.get(0)?,
+                checked_at: r.get(1)?,
+                ok: r.get(2)?,
+                message: r.get(3)?,
+            })
+        };
+        read().map(Some).map_err(|e| self.err(e))
     }
 
     fn set_token_ok(&self, name: &str, ok: bool) -> Result<(), StoreError> {
-        let conn = self.conn.lock();
-        let n = conn
-            .execute(
+        let n = self
+            .db
+            .exec(
                 "UPDATE wf_accounts SET token_ok = ?2 WHERE name = ?1",
-                params![name, ok],
+                &vals![name, ok],
             )
-            .map_err(|e| self.db(e))?;
+            .map_err(|e| self.err(e))?;
         if n == 0 {
             return Err(StoreError::NoSuchAccount {
                 name: name.to_string(),
@@ -1907,84 +1885,100 @@ impl Store for SqliteStore {
     }
 
     fn set_org_id(&self, name: &str, org_id: &str) -> Result<(), StoreError> {
-        let conn = self.conn.lock();
-        conn.execute(
-            "UPDATE wf_accounts SET org_id = ?2 WHERE name = ?1",
-            params![name, org_id],
-        )
-        .map_err(|e| self.db(e))?;
+        self.db
+            .exec(
+                "UPDATE wf_accounts SET org_id = ?2 WHERE name = ?1",
+                &vals![name, org_id],
+            )
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
     fn grant(&self, account: &str, user: &str) -> Result<(), StoreError> {
-        let conn = self.conn.lock();
-        conn.execute(
-            "INSERT OR IGNORE INTO wf_account_grants (account, user) VALUES (?1, ?2)",
-            params![account, user],
-        )
-        .map_err(|e| self.db(e))?;
+        self.db
+            .exec(
+                "INSERT INTO wf_account_grants (account, \"user\") VALUES (?1, ?2)
+                 ON CONFLICT DO NOTHING",
+                &vals![account, user],
+            )
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
     fn grants(&self, account: &str) -> Result<Vec<String>, StoreError> {
-        let conn = self.conn.lock();
-        let mut stmt = conn
-            .prepare_cached("SELECT user FROM wf_account_grants WHERE account = ?1 ORDER BY user")
-            .map_err(|e| self.db(e))?;
-        stmt.query_map([account], |r| r.get(0))
-            .and_then(|rows| rows.collect())
-            .map_err(|e| self.db(e))
+        self.strings(
+            "SELECT \"user\" FROM wf_account_grants WHERE account = ?1 ORDER BY \"user\"",
+            &vals![account],
+        )
     }
 
     fn record_subscription(&self, s: &SubscriptionRecord) -> Result<(), StoreError> {
-        let conn = self.conn.lock();
-        conn.execute(
-            "INSERT OR REPLACE INTO wf_subscriptions
-                 (subscription_id, workflow, connection, topic, url, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                s.subscription_id,
-                s.workflow,
-                s.connection,
-                s.topic,
-                s.url,
-                s.created_at
-            ],
-        )
-        .map_err(|e| self.db(e))?;
+        self.db
+            .exec(
+                "INSERT INTO wf_subscriptions
+                     (subscription_id, workflow, connection, topic, url, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (subscription_id) DO UPDATE SET
+                     workflow = excluded.workflow, connection = excluded.connection,
+                     topic = excluded.topic, url = excluded.url, created_at = excluded.created_at",
+                &vals![
+                    &s.subscription_id,
+                    &s.workflow,
+                    &s.connection,
+                    &s.topic,
+                    &s.url,
+                    s.created_at
+                ],
+            )
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
     fn subscriptions(&self) -> Result<Vec<SubscriptionRecord>, StoreError> {
-        let conn = self.conn.lock();
-        let mut stmt = conn
-            .prepare_cached(
+        self.db
+            .query(
                 "SELECT subscription_id, workflow, connection, topic, url, created_at
                  FROM wf_subscriptions ORDER BY created_at, subscription_id",
+                &[],
             )
-            .map_err(|e| self.db(e))?;
-        stmt.query_map([], |r| {
-            Ok(SubscriptionRecord {
-                subscription_id: r.get(0)?,
-                workflow: r.get(1)?,
-                connection: r.get(2)?,
-                topic: r.get(3)?,
-                url: r.get(4)?,
-                created_at: r.get(5)?,
+            .map_err(|e| self.err(e))?
+            .iter()
+            .map(|r| {
+                let read = || -> Result<SubscriptionRecord, DbError> {
+                    Ok(SubscriptionRecord {
+                        subscription_id: r.get(0)?,
+                        workflow: r.get(1)?,
+                        connection: r.get(2)?,
+                        topic: r.get(3)?,
+                        url: r.get(4)?,
+                        created_at: r.get(5)?,
+                    })
+                };
+                read().map_err(|e| self.err(e))
             })
-        })
-        .and_then(|rows| rows.collect())
-        .map_err(|e| self.db(e))
+            .collect()
     }
 
     fn forget_subscription(&self, subscription_id: &str) -> Result<(), StoreError> {
-        let conn = self.conn.lock();
-        conn.execute(
-            "DELETE FROM wf_subscriptions WHERE subscription_id = ?1",
-            [subscription_id],
-        )
-        .map_err(|e| self.db(e))?;
+        self.db
+            .exec(
+                "DELETE FROM wf_subscriptions WHERE subscription_id = ?1",
+                &vals![subscription_id],
+            )
+            .map_err(|e| self.err(e))?;
         Ok(())
+    }
+}
+
+impl WorkflowStore {
+    /// The first column of every row, as text.
+    fn strings(&self, sql: &str, params: &[Val]) -> Result<Vec<String>, StoreError> {
+        self.db
+            .query(sql, params)
+            .map_err(|e| self.err(e))?
+            .iter()
+            .map(|r| r.get(0).map_err(|e| self.err(e)))
+            .collect()
     }
 }
 
@@ -1993,9 +1987,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn store() -> (tempfile::TempDir, SqliteStore) {
+    fn store() -> (tempfile::TempDir, WorkflowStore) {
         let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(dir.path().join("state.db")).unwrap();
+        let s = WorkflowStore::open(dir.path().join("state.db")).unwrap();
         (dir, s)
     }
 

@@ -15,7 +15,7 @@ use xmbridge_server::receiver::{
 };
 use xmbridge_vault::SecretString;
 use xmbridge_workflows::outbox::Outbox;
-use xmbridge_workflows::store::{EventState, SqliteStore, Store};
+use xmbridge_workflows::store::{EventState, Store, WorkflowStore};
 use xmbridge_workflows::worker::{
     Connector, Engine, EngineConfig, Health, Plan, RunMode, WorkerState,
 };
@@ -36,8 +36,8 @@ struct Running {
 
 impl Running {
     /// A second, independent connection: sees only what was committed.
-    fn fresh_store(&self) -> SqliteStore {
-        SqliteStore::open(self.dir.path().join("state.db")).unwrap()
+    fn fresh_store(&self) -> WorkflowStore {
+        WorkflowStore::open(self.dir.path().join("state.db")).unwrap()
     }
     fn total(&self, workflow: &str) -> u64 {
         self.fresh_store()
@@ -83,7 +83,7 @@ fn hooks() -> Hooks {
 }
 
 async fn serve(dir: tempfile::TempDir, health: Health, limits: Limits) -> Running {
-    let store = Arc::new(SqliteStore::open(dir.path().join("state.db")).unwrap());
+    let store = Arc::new(WorkflowStore::open(dir.path().join("state.db")).unwrap());
     let app = router(Outbox::new(store), hooks(), health, limits);
     let r = Receiver::bind("127.0.0.1:0".parse().unwrap(), limits)
         .await
@@ -453,7 +453,7 @@ async fn wait_health(base: &str, want: u16) -> String {
 async fn healthz_says_when_delivery_workers_fail_and_when_they_recover() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("state.db");
-    let store = Arc::new(SqliteStore::open(&db).unwrap());
+    let store = Arc::new(WorkflowStore::open(&db).unwrap());
     let outbox = Outbox::new(store.clone());
     let engine = Arc::new(Engine::new(
         store,

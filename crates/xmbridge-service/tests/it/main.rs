@@ -25,7 +25,7 @@ use xmbridge_service::serve::AppState;
 use xmbridge_service::users::{Role, Users};
 use xmbridge_sim::{SimConfig, SimHandle};
 use xmbridge_vault::{Home, MasterKey, SecretString, Vault};
-use xmbridge_workflows::store::SqliteStore;
+use xmbridge_workflows::store::WorkflowStore;
 
 /// The admin's and the member's passwords (checked absent from every answer).
 pub(crate) const ADMIN_PASSWORD: &str = "correct horse battery admin";
@@ -85,7 +85,7 @@ impl Service {
         let key = MasterKey::load(&home, None).expect("a master key");
         let vault = Arc::new(Vault::open_home(&home, key).expect("the vault opens"));
         let db = home.state_db();
-        let store = Arc::new(SqliteStore::open(&db).expect("the workflow store opens"));
+        let store = Arc::new(WorkflowStore::open(&db).expect("the workflow store opens"));
         let users = Users::open(&db).expect("the users open");
         let configs = SyncConfigs::open(&db, vault.clone()).expect("the sync configs open");
         let runs = Runs::open(&db).expect("the runs open");

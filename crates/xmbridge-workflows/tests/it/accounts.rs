@@ -5,13 +5,13 @@ use std::sync::Arc;
 use serde_json::json;
 use xmbridge_vault::{ExposeSecret, MasterKey, SecretField, SecretString, Vault};
 use xmbridge_workflows::accounts::{Access, AccountError, Accounts, LinkRequest};
-use xmbridge_workflows::store::{AccountKind, SqliteStore, Store};
+use xmbridge_workflows::store::{AccountKind, Store, WorkflowStore};
 
-fn setup() -> (tempfile::TempDir, Arc<SqliteStore>, Accounts) {
+fn setup() -> (tempfile::TempDir, Arc<WorkflowStore>, Accounts) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("state.db");
     let vault = Arc::new(Vault::open(&path, MasterKey::from_bytes([7; 32])).expect("vault opens"));
-    let store = Arc::new(SqliteStore::open(&path).expect("state store opens"));
+    let store = Arc::new(WorkflowStore::open(&path).expect("state store opens"));
     let accounts = Accounts::new(store.clone(), vault);
     (dir, store, accounts)
 }

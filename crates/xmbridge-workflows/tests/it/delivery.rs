@@ -14,7 +14,7 @@ use xmbridge_actions::{
 use xmbridge_workflows::definition::PlanError;
 use xmbridge_workflows::event::{QUALTRICS_MSG, response_event};
 use xmbridge_workflows::outbox::Outbox;
-use xmbridge_workflows::store::{EventSource, EventState, NewEvent, SqliteStore, Store, now_ms};
+use xmbridge_workflows::store::{EventSource, EventState, NewEvent, Store, WorkflowStore, now_ms};
 use xmbridge_workflows::worker::{
     Connector, DeliveryBackoff, Engine, EngineConfig, Outcome, Plan, RunMode, StepCall,
 };
@@ -160,8 +160,8 @@ impl Connector for TestConnector {
 }
 
 struct Setup {
-    _dir: tempfile::TempDir,
-    store: Arc<SqliteStore>,
+    _dir: Option<tempfile::TempDir>,
+    store: Arc<WorkflowStore>,
     outbox: Outbox,
     engine: Arc<Engine>,
     target: Target,
@@ -170,7 +170,16 @@ struct Setup {
 fn setup(steps: &[&str], max_attempts: u32) -> Setup {
     let dir = tempfile::tempdir().expect("temporary directory");
     let store =
-        Arc::new(SqliteStore::open(dir.path().join("state.db")).expect("state store opens"));
+        Arc::new(WorkflowStore::open(dir.path().join("state.db")).expect("state store opens"));
+    setup_on(store, Some(dir), steps, max_attempts)
+}
+
+fn setup_on(
+    store: Arc<WorkflowStore>,
+    dir: Option<tempfile::TempDir>,
+    steps: &[&str],
+    max_attempts: u32,
+) -> Setup {
     let outbox = Outbox::new(store.clone());
     let target = Target::default();
     let mut registry = Registry::new();
@@ -489,12 +498,46 @@ async fn a_dropped_credential_binding_holds_events_until_reauthorized() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_engines_on_one_store_file_never_deliver_an_event_twice() {
-    let s = setup(&["a"], 8);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("state.db");
+    let open = move || WorkflowStore::open(&path).expect("state store opens");
+    two_engines_never_deliver_an_event_twice(&open, Some(dir)).await;
+}
+
+/// The same with the outbox in PostgreSQL (`XMBRIDGE_TEST_PG`), each engine on a connection of
+/// its own: leases are taken with `FOR UPDATE SKIP LOCKED` there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_engines_on_one_postgres_store_never_deliver_an_event_twice() {
+    let Some(db) = xmbridge_test_kit::pg::TestDb::create("xmb_wf_two_engines").await else {
+        return;
+    };
+    let url = db.url().to_string();
+    let open = move || {
+        let url = url.clone();
+        let worker = xmbridge_state::db::PgWorker::start(move || async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            Ok((client, url))
+        })
+        .expect("PostgreSQL answers");
+        WorkflowStore::open_at(&xmbridge_state::db::StateLocation::Postgres(worker))
+            .expect("state store opens")
+    };
+    two_engines_never_deliver_an_event_twice(&open, None).await;
+}
+
+async fn two_engines_never_deliver_an_event_twice(
+    open: &dyn Fn() -> WorkflowStore,
+    dir: Option<tempfile::TempDir>,
+) {
+    let s = setup_on(Arc::new(open()), dir, &["a"], 8);
     for n in 0..200 {
         s.outbox.enqueue(&event(n)).unwrap();
     }
-    // A second process's view: its own connection to the same file, same target.
-    let store2 = Arc::new(SqliteStore::open(s.store.path()).unwrap());
+    // A second process's view: its own connection to the same store, same target.
+    let store2 = Arc::new(open());
     let mut registry = Registry::new();
     registry.register(WriteAction(s.target.clone()));
     let plan: Arc<dyn Plan> = Arc::new(TestPlan {
