@@ -822,3 +822,61 @@ async fn processes_opening_a_new_postgres_vault_at_once_record_one_key() {
         .collect();
     assert_eq!(keys, ["key_check", "key_id", "schema_version"]);
 }
+
+#[tokio::test]
+async fn an_installation_copied_into_postgres_works_there_with_its_master_key() {
+    let Some(db) = TestDb::create("xmb_state_pg_copied_works").await else {
+        return;
+    };
+    let inst = support::install();
+    let url = db.url();
+    inst.ok(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "prod",
+        "--no-test",
+        "--url",
+        "http://127.0.0.1:9",
+        "--api-token-file",
+        inst.file("t", "tok-1\n").to_str().expect("path"),
+    ])
+    .await;
+    let pw = inst.file("pw", "correct horse battery staple\n");
+    inst.ok(&[
+        "user",
+        "add",
+        "alice",
+        "--role",
+        "admin",
+        "--password-file",
+        pw.to_str().expect("path"),
+    ])
+    .await;
+    inst.ok(&["state", "copy", "--to", url]).await;
+    // The same home (its key file) on the copy: the connections, their sealed secrets and the
+    // users are all there.
+    let list = inst.ok(&["connection", "list", "--state", url]).await;
+    assert!(list.contains("prod"), "{list}");
+    let shown = inst
+        .ok(&["connection", "show", "prod", "--state", url])
+        .await;
+    assert!(
+        shown.contains("API token") || shown.contains("api_token"),
+        "{shown}"
+    );
+    let users = inst.json(&["user", "list", "--json", "--state", url]).await;
+    assert!(users.to_string().contains("alice"), "{users}");
+    // New ids go on after the copied ones (the audit log's).
+    inst.ok(&["user", "token", "alice", "--state", url]).await;
+    let client = db.client().await;
+    let ids: Vec<i64> = client
+        .query("SELECT id FROM svc_audit ORDER BY id", &[])
+        .await
+        .expect("audit")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // The copied `user.add`, then the new `token.create` (a reused id would have failed it).
+    assert_eq!(ids, [1, 2]);
+}
