@@ -120,11 +120,14 @@ pub(crate) fn location(home: &Home) -> anyhow::Result<StateLocation> {
         return Ok(StateLocation::File(home.state_db()));
     };
     let (settings, shown) = settings(url)?;
-    let worker = PgWorker::start(move || async move {
-        xmbridge_destinations::postgres::connect(&settings)
-            .await
-            .map(|s| (s.client, s.describe))
-            .map_err(|e| e.to_string())
+    let worker = PgWorker::start(move || {
+        let settings = settings.clone();
+        async move {
+            xmbridge_destinations::postgres::connect(&settings)
+                .await
+                .map(|s| (s.client, s.describe))
+                .map_err(|e| e.to_string())
+        }
     })
     .with_context(|| unreachable(&shown))?;
     Ok(StateLocation::Postgres(worker))

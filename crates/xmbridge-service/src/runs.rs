@@ -1089,13 +1089,16 @@ mod tests {
                 let at = move || {
                     let url = url.clone();
                     StateLocation::Postgres(
-                        xmbridge_state::db::PgWorker::start(move || async move {
-                            let (client, conn) =
-                                tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                                    .await
-                                    .map_err(|e| e.to_string())?;
-                            tokio::spawn(conn);
-                            Ok((client, url))
+                        xmbridge_state::db::PgWorker::start(move || {
+                            let url = url.clone();
+                            async move {
+                                let (client, conn) =
+                                    tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                                        .await
+                                        .map_err(|e| e.to_string())?;
+                                tokio::spawn(conn);
+                                Ok((client, url))
+                            }
                         })
                         .unwrap(),
                     )

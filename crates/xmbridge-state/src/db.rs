@@ -664,10 +664,12 @@ impl PgWorker {
     /// Starts the thread and connects with `connect`, run on the thread's own runtime (so the
     /// connection's task lives there); returns once connected, or with the reason it could not.
     /// `connect` answers the client and the store's name for messages
-    /// (`postgres://user@host:port/db`, no password).
+    /// (`postgres://user@host:port/db`, no password). A connection the server ended (a restart,
+    /// a failover, an administrator) is opened again with `connect` before the next statement;
+    /// the statements of a transaction it was in fail and roll back with it.
     pub fn start<F, Fut>(connect: F) -> Result<PgWorker, DbError>
     where
-        F: FnOnce() -> Fut + Send + 'static,
+        F: Fn() -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<(tokio_postgres::Client, String), String>>,
     {
         let (jobs, inbox) = mpsc::channel::<Job>();
@@ -697,6 +699,19 @@ impl PgWorker {
                 };
                 let mut pg = PgConn { rt, client };
                 while let Ok(job) = inbox.recv() {
+                    if pg.client.is_closed() {
+                        match pg.rt.block_on(connect()) {
+                            Ok((client, describe)) => {
+                                tracing::info!(store = %describe, "connected to the PostgreSQL state store again");
+                                pg.client = client;
+                            }
+                            // The statement fails on the closed connection and says so; the
+                            // next one tries again.
+                            Err(e) => {
+                                tracing::warn!(error = %e, "the PostgreSQL state store cannot be reached");
+                            }
+                        }
+                    }
                     job(&mut pg);
                 }
             })
@@ -778,12 +793,15 @@ mod tests {
     /// A handle on a PostgreSQL test database with a connection of its own.
     fn on_postgres(url: &str) -> StateDb {
         let url = url.to_string();
-        let worker = PgWorker::start(move || async move {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
-            Ok((client, url))
+        let worker = PgWorker::start(move || {
+            let url = url.clone();
+            async move {
+                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(conn);
+                Ok((client, url))
+            }
         })
         .expect("connects");
         StateDb::open(&StateLocation::Postgres(worker), &C).expect("open")
@@ -831,6 +849,47 @@ mod tests {
             assert_eq!(row.get::<String>(0).expect("k"), "first");
             assert_eq!(row.get::<i64>(1).expect("n"), 1);
             assert_eq!(row.get::<Option<String>>(2).expect("null"), None);
+        })
+        .await
+        .expect("the check's thread");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_connection_the_server_ended_is_opened_again_for_the_next_statement() {
+        let Some(db) = xmbridge_test_kit::pg::TestDb::create("xmb_state_reconnect").await else {
+            return;
+        };
+        let url = db.url().to_string();
+        let name = db.name().to_string();
+        let admin = db.client().await;
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let h = on_postgres(&url);
+            h.exec("INSERT INTO t_db (k, n) VALUES ('a', 1)", &[])
+                .expect("before");
+            // What a server restart does to the session.
+            let ended: u64 = runtime
+                .block_on(admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    &[&name],
+                ))
+                .expect("terminate");
+            assert_eq!(ended, 1, "the handle's session was ended");
+            // A statement may still meet the closed session; within a few seconds one runs on
+            // a new connection.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let n: i64 = loop {
+                match h.query_opt("SELECT n FROM t_db WHERE k = ?1", &vals!["a"]) {
+                    Ok(row) => break row.expect("the row").get(0).expect("n"),
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        let _ = e;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => panic!("never connected again: {e}"),
+                }
+            };
+            assert_eq!(n, 1);
         })
         .await
         .expect("the check's thread");

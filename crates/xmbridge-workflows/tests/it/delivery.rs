@@ -514,12 +514,15 @@ async fn two_engines_on_one_postgres_store_never_deliver_an_event_twice() {
     let url = db.url().to_string();
     let open = move || {
         let url = url.clone();
-        let worker = xmbridge_state::db::PgWorker::start(move || async move {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
-            Ok((client, url))
+        let worker = xmbridge_state::db::PgWorker::start(move || {
+            let url = url.clone();
+            async move {
+                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(conn);
+                Ok((client, url))
+            }
         })
         .expect("PostgreSQL answers");
         WorkflowStore::open_at(&xmbridge_state::db::StateLocation::Postgres(worker))
