@@ -450,19 +450,49 @@ impl StateDb {
         &self.store
     }
 
-    /// Runs a statement; returns the rows it changed.
+    /// Runs a statement on its own (no transaction around it); returns the rows it changed.
     pub fn exec(&self, sql: &str, params: &[Val]) -> Result<u64, DbError> {
-        self.tx(Tx::exec_owned(sql, params))
+        let (sql, params) = (sql.to_string(), params.to_vec());
+        self.alone(move |t| t.exec(&sql, &params))
     }
 
-    /// Runs a query; returns its rows.
+    /// Runs a query on its own; returns its rows.
     pub fn query(&self, sql: &str, params: &[Val]) -> Result<Vec<Row>, DbError> {
-        self.tx(Tx::query_owned(sql, params))
+        let (sql, params) = (sql.to_string(), params.to_vec());
+        self.alone(move |t| t.query(&sql, &params))
     }
 
-    /// Runs a query; returns its first row, if any.
+    /// Runs a query on its own; returns its first row, if any.
     pub fn query_opt(&self, sql: &str, params: &[Val]) -> Result<Option<Row>, DbError> {
         Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    /// One statement, no transaction: on SQLite no lock is taken before the statement needs
+    /// one (readers never wait for the write lock), on PostgreSQL one round trip.
+    fn alone<R>(
+        &self,
+        work: impl FnOnce(&mut Tx<'_>) -> Result<R, DbError> + Send + 'static,
+    ) -> Result<R, DbError>
+    where
+        R: Send + 'static,
+    {
+        match &self.backend {
+            Backend::Sqlite(conn, _) => {
+                let conn = conn.lock();
+                work(&mut Tx {
+                    on: On::Sqlite(&conn),
+                })
+            }
+            Backend::Postgres(worker) => worker.run(move |pg| {
+                let PgConn { rt, client } = pg;
+                work(&mut Tx {
+                    on: On::Postgres {
+                        rt,
+                        client: PgClient::Alone(client),
+                    },
+                })
+            })?,
+        }
     }
 
     /// Runs `work` in one transaction (on SQLite an immediate one: the write lock first), and
@@ -475,13 +505,40 @@ impl StateDb {
         R: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
+        self.transaction(TransactionBehavior::Immediate, work)
+    }
+
+    /// Runs reads in one snapshot (on SQLite a deferred transaction: no write lock, writers
+    /// are not held up), for answers that must agree with each other.
+    pub fn read<R, E>(
+        &self,
+        work: impl FnOnce(&mut Tx<'_>) -> Result<R, E> + Send + 'static,
+    ) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        self.transaction(TransactionBehavior::Deferred, work)
+    }
+
+    fn transaction<R, E>(
+        &self,
+        behavior: TransactionBehavior,
+        work: impl FnOnce(&mut Tx<'_>) -> Result<R, E> + Send + 'static,
+    ) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
         match &self.backend {
             Backend::Sqlite(conn, _) => {
                 let mut conn = conn.lock();
                 let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .transaction_with_behavior(behavior)
                     .map_err(DbError::from)?;
-                let out = work(&mut Tx::Sqlite(&tx))?;
+                let out = work(&mut Tx {
+                    on: On::Sqlite(&tx),
+                })?;
                 tx.commit().map_err(DbError::from)?;
                 Ok(out)
             }
@@ -489,8 +546,12 @@ impl StateDb {
                 .run(move |pg| {
                     let PgConn { rt, client } = pg;
                     let tx = rt.block_on(client.transaction()).map_err(DbError::from)?;
-                    let mut t = Tx::Postgres { rt, tx: &tx };
-                    let out = work(&mut t)?;
+                    let out = work(&mut Tx {
+                        on: On::Postgres {
+                            rt,
+                            client: PgClient::InTx(&tx),
+                        },
+                    })?;
                     rt.block_on(tx.commit()).map_err(DbError::from)?;
                     Ok(out)
                 })
@@ -499,56 +560,70 @@ impl StateDb {
     }
 }
 
-/// Statements inside one transaction ([`StateDb::tx`]).
-pub enum Tx<'a> {
-    /// On SQLite.
-    Sqlite(&'a rusqlite::Transaction<'a>),
-    /// On PostgreSQL.
+/// Statements on a component's connection: inside a transaction ([`StateDb::tx`],
+/// [`StateDb::read`]) or one at a time.
+pub struct Tx<'a> {
+    on: On<'a>,
+}
+
+enum On<'a> {
+    Sqlite(&'a Connection),
     Postgres {
-        /// The connection thread's runtime.
         rt: &'a tokio::runtime::Runtime,
-        /// The open transaction.
-        tx: &'a tokio_postgres::Transaction<'a>,
+        client: PgClient<'a>,
     },
 }
 
+enum PgClient<'a> {
+    Alone(&'a tokio_postgres::Client),
+    InTx(&'a tokio_postgres::Transaction<'a>),
+}
+
+impl PgClient<'_> {
+    async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        match self {
+            PgClient::Alone(c) => c.execute(sql, params).await,
+            PgClient::InTx(t) => t.execute(sql, params).await,
+        }
+    }
+
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        match self {
+            PgClient::Alone(c) => c.query(sql, params).await,
+            PgClient::InTx(t) => t.query(sql, params).await,
+        }
+    }
+}
+
 impl Tx<'_> {
-    fn exec_owned(
-        sql: &str,
-        params: &[Val],
-    ) -> impl FnOnce(&mut Tx<'_>) -> Result<u64, DbError> + Send + 'static {
-        let (sql, params) = (sql.to_string(), params.to_vec());
-        move |t| t.exec(&sql, &params)
-    }
-
-    fn query_owned(
-        sql: &str,
-        params: &[Val],
-    ) -> impl FnOnce(&mut Tx<'_>) -> Result<Vec<Row>, DbError> + Send + 'static {
-        let (sql, params) = (sql.to_string(), params.to_vec());
-        move |t| t.query(&sql, &params)
-    }
-
     /// Runs a statement; returns the rows it changed.
     pub fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, DbError> {
-        match self {
-            Tx::Sqlite(tx) => {
-                let mut st = tx.prepare_cached(sql)?;
+        match &self.on {
+            On::Sqlite(conn) => {
+                let mut st = conn.prepare_cached(sql)?;
                 Ok(st.execute(rusqlite::params_from_iter(params.iter()))? as u64)
             }
-            Tx::Postgres { rt, tx } => {
+            On::Postgres { rt, client } => {
                 let refs: Vec<&(dyn ToSql + Sync)> =
                     params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-                Ok(rt.block_on(tx.execute(to_postgres(sql).as_str(), &refs))?)
+                Ok(rt.block_on(client.execute(to_postgres(sql).as_str(), &refs))?)
             }
         }
     }
 
     /// Runs a query; returns its rows.
     pub fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, DbError> {
-        match self {
-            Tx::Sqlite(tx) => {
-                let mut st = tx.prepare_cached(sql)?;
+        match &self.on {
+            On::Sqlite(conn) => {
+                let mut st = conn.prepare_cached(sql)?;
                 let n = st.column_count();
                 let mut rows = st.query(rusqlite::params_from_iter(params.iter()))?;
                 let mut out = Vec::new();
@@ -569,10 +644,10 @@ impl Tx<'_> {
                 }
                 Ok(out)
             }
-            Tx::Postgres { rt, tx } => {
+            On::Postgres { rt, client } => {
                 let refs: Vec<&(dyn ToSql + Sync)> =
                     params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-                let rows = rt.block_on(tx.query(to_postgres(sql).as_str(), &refs))?;
+                let rows = rt.block_on(client.query(to_postgres(sql).as_str(), &refs))?;
                 rows.iter().map(pg_row).collect()
             }
         }
@@ -583,20 +658,20 @@ impl Tx<'_> {
         Ok(self.query(sql, params)?.into_iter().next())
     }
 
-    /// Whether this transaction runs on PostgreSQL: for the few clauses only it has
+    /// Whether this runs on PostgreSQL: for the few clauses only it has
     /// (`FOR UPDATE SKIP LOCKED`).
     pub fn is_postgres(&self) -> bool {
-        matches!(self, Tx::Postgres { .. })
+        matches!(self.on, On::Postgres { .. })
     }
 
     /// Makes this transaction the only one of its kind on the store until it ends: on SQLite
     /// it already is (an immediate transaction holds the write lock); on PostgreSQL it takes
     /// the store's advisory lock ([`crate::pg::LOCK_KEY`]). For a first initialisation that two
-    /// processes could otherwise both do.
+    /// processes could otherwise both do; only inside [`StateDb::tx`].
     pub fn lock_store(&mut self) -> Result<(), DbError> {
-        match self {
-            Tx::Sqlite(_) => Ok(()),
-            Tx::Postgres { .. } => self
+        match self.on {
+            On::Sqlite(_) => Ok(()),
+            On::Postgres { .. } => self
                 .exec(
                     "SELECT pg_advisory_xact_lock(?1)",
                     &[Val::Int(crate::pg::LOCK_KEY)],

@@ -912,7 +912,7 @@ impl WorkflowStore {
     pub fn outbox_stats(&self, bounds_ms: &[i64]) -> Result<OutboxStats, StoreError> {
         let (states, latencies) = self
             .db
-            .tx(|tx| {
+            .read(|tx| {
                 let states = tx.query("SELECT state, COUNT(*) FROM wf_events GROUP BY state", &[])?;
                 let latencies = tx.query(
                     "SELECT CASE WHEN updated_at > created_at THEN updated_at - created_at ELSE 0 END
@@ -1452,7 +1452,7 @@ impl Store for WorkflowStore {
         let args = vals![workflow];
         let (counts, dead) = self
             .db
-            .tx(move |tx| {
+            .read(move |tx| {
                 // CAST: a damaged row's text in `attempts` must not turn the sum into a REAL.
                 let counts = tx.query(
                     "SELECT state, COUNT(*), COALESCE(SUM(CAST(attempts AS INTEGER)), 0),
