@@ -34,7 +34,8 @@ struct Cli {
     verbose: u8,
 
     /// A PostgreSQL state store (postgres://USER@HOST:PORT/DATABASE) instead of
-    /// XMBRIDGE_HOME/state.db; every command but `serve` so far (docs/state.md).
+    /// XMBRIDGE_HOME/state.db, which several installations and servers may share
+    /// (docs/state.md).
     #[arg(
         long,
         global = true,
@@ -84,28 +85,6 @@ enum Command {
     Cluster(cli::cluster::ClusterArgs),
 }
 
-impl Command {
-    /// The command's name when it reads or writes XMBRIDGE_HOME/state.db (every one but the
-    /// demo, the simulators, the benchmarks, which keep their own, and those that can use a
-    /// PostgreSQL state store: all but `serve` so far).
-    fn keeps_state_in_home(&self) -> Option<&'static str> {
-        match self {
-            Command::Demo(_)
-            | Command::Simulate(_)
-            | Command::Bench(_)
-            | Command::State(_)
-            | Command::User(_)
-            | Command::Cluster(_)
-            | Command::Connection(_)
-            | Command::Sync(_)
-            | Command::Workflow(_)
-            | Command::Action(_)
-            | Command::Account(_) => None,
-            Command::Serve(_) => Some("serve"),
-        }
-    }
-}
-
 fn init_logging(format: LogFormat, verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
@@ -146,11 +125,6 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         cli::state::choose(cli::state::postgres_state(cli.state)?);
-        if cli::state::chosen().is_some()
-            && let Some(name) = cli.command.keeps_state_in_home()
-        {
-            return Err(cli::state::not_on_postgres(name));
-        }
         match cli.command {
             Command::Demo(args) => cli::demo::run(args).await,
             Command::Simulate(args) => cli::simulate::run(args).await,

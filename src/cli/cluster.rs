@@ -11,8 +11,8 @@ use xmbridge_vault::Home;
   xmbridge cluster status
   xmbridge cluster status --json
 
-Each `xmbridge serve` records a heartbeat in the state store (XMBRIDGE_HOME/state.db) every few
-seconds (serve --heartbeat-secs, default 5). A node that missed three is `not_responding`
+Each `xmbridge serve` records a heartbeat in the state store (XMBRIDGE_HOME/state.db, or the
+PostgreSQL database of --state, which several servers may share) every few seconds (serve --heartbeat-secs, default 5). A node that missed three is `not_responding`
 (killed, frozen, or cut off from the state store); one that stopped cleanly is `stopped`. Nodes
 gone for a week are forgotten. The same list: GET /api/v1/cluster.")]
 pub struct ClusterArgs {

@@ -148,8 +148,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let home = xmbridge_vault::Home::from_env()?;
-    // Before the stores are opened: a second server changes nothing.
-    let lock = HomeLock::acquire(&home).map_err(service_error)?;
+    // Before the stores are opened: a second server changes nothing. A PostgreSQL state store
+    // is shared by any number of servers instead (each registers as a node).
+    let lock = match super::state::chosen() {
+        Some(_) => None,
+        None => Some(HomeLock::acquire(&home).map_err(service_error)?),
+    };
     let (home, vault, store) = super::workflow_run::open_store()?;
     if args.qualtrics.is_none() {
         let names = xmbridge_runtime::connection::qualtrics_connections(&vault)?;

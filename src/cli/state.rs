@@ -54,15 +54,6 @@ pub(crate) fn postgres_state(arg: Option<String>) -> anyhow::Result<Option<Strin
     }
 }
 
-/// The refusal of a command that keeps its state in XMBRIDGE_HOME/state.db while
-/// `--state`/`XMBRIDGE_STATE` names a PostgreSQL store: running it would read and write
-/// another store than the one the user chose.
-pub(crate) fn not_on_postgres(command: &str) -> anyhow::Error {
-    usage(format!(
-        "--state (XMBRIDGE_STATE) names a PostgreSQL state store, which every xmbridge command but `xmbridge serve` uses so far; `xmbridge {command}` still keeps its state in XMBRIDGE_HOME/state.db, so it refuses rather than use another store than the one you chose. Unset XMBRIDGE_STATE (or drop --state) to run it on XMBRIDGE_HOME (docs/state.md)"
-    ))
-}
-
 /// A connected PostgreSQL state store.
 struct PgStore {
     client: tokio_postgres::Client,
@@ -147,8 +138,8 @@ xmbridge command brings the ones it opens up to date, so `migrate` is the explic
 upgrade. A state store written by a newer xmbridge is refused with both versions: upgrade the
 binary instead of using it.
 
---state (XMBRIDGE_STATE) names a PostgreSQL state store instead. Every command but `serve`
-uses it so far; `serve` refuses while it is set (docs/state.md). The password
+--state (XMBRIDGE_STATE) names a PostgreSQL state store instead, which every command uses and
+several installations and servers may share (docs/state.md). The password
 comes from PGPASSWORD or ~/.pgpass, TLS from sslmode= in the URL, as for a PostgreSQL
 destination.")]
 pub struct StateArgs {

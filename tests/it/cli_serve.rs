@@ -1063,3 +1063,186 @@ async fn a_killed_node_is_reported_not_responding_and_the_next_one_alive() {
     next.terminate();
     assert!(next.wait(Duration::from_secs(30)).await.success());
 }
+
+// ---------------------------------------------------------------- several servers, one store
+
+/// `(id, status, trigger, node, error)` of every run of `connection` in a PostgreSQL state
+/// store, oldest first.
+async fn pg_runs(
+    state: &tokio_postgres::Client,
+    connection: &str,
+) -> Vec<(i64, String, String, Option<String>, Option<String>)> {
+    state
+        .query(
+            "SELECT id, status, trigger, node_id, error_message FROM svc_sync_runs
+             WHERE connection = $1 ORDER BY id",
+            &[&connection],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect()
+}
+
+/// Two servers on one PostgreSQL state store (two homes, one master key): the schedule's slot
+/// fires once between them; the server running the sync is killed; the other one takes the run
+/// over once the killed one has missed three heartbeats, and its resume leaves the destination
+/// as a clean sync would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_on_one_postgres_store_fire_a_slot_once_and_take_over_a_killed_ones_run() {
+    let Some(state_db) = TestDb::create("xmb_serve_two_nodes").await else {
+        return;
+    };
+    let url = state_db.url().to_string();
+    let state = state_db.client().await;
+    let h = slow_sim().await;
+    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let mut a = support::install();
+    a.master_key = Some(key.into());
+    let mut b = support::install();
+    b.master_key = Some(key.into());
+    let token = a.file("acme.token", &format!("{}\n", h.sim.cfg.admin_token()));
+    a.ok(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "acme",
+        "--no-test",
+        "--url",
+        &h.base_url,
+        "--api-token-file",
+        token.to_str().unwrap(),
+        "--state",
+        &url,
+    ])
+    .await;
+    let dest = a.path("two.db");
+    // A daily schedule: its first slot is now, and no second one comes during the test.
+    a.ok(&[
+        "connection",
+        "set",
+        "acme",
+        "--destination",
+        &format!("sqlite:{}", dest.display()),
+        "--every",
+        "24h",
+        "--state",
+        &url,
+    ])
+    .await;
+    let args = [
+        "--state",
+        url.as_str(),
+        "--heartbeat-secs",
+        "1",
+        "--grace-secs",
+        "30",
+    ];
+    let mut servers = [start_server(&a, &args).await, start_server(&b, &args).await];
+
+    // One run, started by one of the two, committing.
+    let start = Instant::now();
+    let (run, node) = loop {
+        let runs = pg_runs(&state, "acme").await;
+        if let Some((id, status, _, Some(node), _)) = runs.first()
+            && status == "running"
+            && std::fs::metadata(&dest).is_ok_and(|m| m.len() > 0)
+        {
+            break (*id, node.clone());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no run started: {runs:?}\n{}\n{}",
+            servers[0].stderr(),
+            servers[1].stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let cluster = a
+        .json(&["cluster", "status", "--json", "--state", &url])
+        .await;
+    let listed: Vec<&serde_json::Value> = cluster["nodes"].as_array().unwrap().iter().collect();
+    assert_eq!(listed.len(), 2, "{cluster}");
+    assert!(listed.iter().all(|n| n["state"] == "alive"), "{cluster}");
+    let runner_url = listed
+        .iter()
+        .find(|n| n["id"] == node.as_str())
+        .map(|n| n["url"].as_str().unwrap().to_string())
+        .expect("the run's node is listed");
+    let runner = servers
+        .iter()
+        .position(|s| s.at("") == runner_url)
+        .expect("the run's node is one of the two");
+
+    // A node that heartbeats keeps its run: after more than three heartbeats and two looks
+    // by the other node, it is still running there.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let now = pg_runs(&state, "acme").await;
+    assert_eq!(
+        (now[0].0, now[0].1.as_str(), now[0].3.as_deref()),
+        (run, "running", Some(node.as_str())),
+        "{now:?}"
+    );
+
+    servers[runner].kill();
+    fast_again(&h).await;
+    let survivor = &servers[1 - runner];
+    let start = Instant::now();
+    let runs = loop {
+        let runs = pg_runs(&state, "acme").await;
+        if runs.iter().any(|r| r.2 == "resume" && r.1 == "succeeded") {
+            break runs;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "the run was not taken over: {runs:?}\n{}",
+            survivor.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let killed = runs.iter().find(|r| r.0 == run).unwrap();
+    assert_eq!(killed.1, "failed", "{runs:?}");
+    assert!(
+        killed.4.as_deref().is_some_and(|m| m.contains(&format!(
+            "the server {node} that ran it stopped heartbeating"
+        ))),
+        "{runs:?}"
+    );
+    // The slot fired once across both servers, and one resume took over.
+    assert_eq!(
+        runs.iter().filter(|r| r.2 == "schedule").count(),
+        1,
+        "{runs:?}"
+    );
+    assert_eq!(
+        runs.iter().filter(|r| r.2 == "resume").count(),
+        1,
+        "{runs:?}"
+    );
+    let resume = runs.iter().find(|r| r.2 == "resume").unwrap();
+    assert_ne!(resume.3.as_deref(), Some(node.as_str()), "{runs:?}");
+    servers[1 - runner].terminate();
+    assert!(
+        servers[1 - runner]
+            .wait(Duration::from_secs(60))
+            .await
+            .success()
+    );
+
+    // Nothing lost, nothing doubled.
+    let clean = a.path("clean.db");
+    a.ok(&[
+        "sync",
+        "acme",
+        "--destination",
+        &format!("sqlite:{}", clean.display()),
+        "--no-triggers",
+        "--state",
+        &url,
+    ])
+    .await;
+    let held = sqlite_counts(&dest);
+    assert_eq!(held, sqlite_counts(&clean));
+    assert!(held["survey_response"] > 1000, "{held:?}");
+}

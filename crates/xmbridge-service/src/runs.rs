@@ -34,6 +34,14 @@ pub static COMPONENT: xmbridge_state::Component = xmbridge_state::Component {
             sqlite: SCHEMA_V2,
             postgres: PG_SCHEMA_V2,
         },
+        xmbridge_state::Migration {
+            version: 3,
+            name: "the node that runs each run",
+            // Several servers on one store: a run left `running` is taken over only when its
+            // node stopped heartbeating (docs/serve.md, "Nodes").
+            sqlite: "ALTER TABLE svc_sync_runs ADD COLUMN node_id TEXT",
+            postgres: "ALTER TABLE svc_sync_runs ADD COLUMN IF NOT EXISTS node_id TEXT",
+        },
     ],
     tables: &["svc_sync_runs", "svc_sync_slots"],
 };
@@ -299,6 +307,8 @@ pub struct SyncRun {
     pub error: Option<RunError>,
     /// A cancel was asked for while it ran; it stops at its next commit boundary.
     pub cancel_requested: bool,
+    /// The serving process that started it (`cluster status` lists them), if one did.
+    pub node: Option<String>,
 }
 
 /// How a run ended.
@@ -322,6 +332,8 @@ pub struct RunOutcome {
 #[derive(Clone)]
 pub struct Runs {
     inner: Arc<Inner>,
+    /// The node whose runs [`Runs::start`] records, if set ([`Runs::on_node`]).
+    node: Option<Arc<str>>,
 }
 
 struct Inner {
@@ -338,7 +350,7 @@ impl fmt::Debug for Runs {
 
 const COLUMNS: &str = "id, connection, status, trigger, requested_by, queued_at, started_at,
     finished_at, responses, api_calls, throttled, tables, progress, error_message, error_fix,
-    cancel_requested";
+    cancel_requested, node_id";
 
 /// A row as stored, checked in [`Runs::run_of`].
 struct RawRun {
@@ -358,6 +370,7 @@ struct RawRun {
     error_message: Option<String>,
     error_fix: Option<String>,
     cancel_requested: bool,
+    node: Option<String>,
 }
 
 fn raw_run(r: &Row) -> std::result::Result<RawRun, DbError> {
@@ -378,6 +391,7 @@ fn raw_run(r: &Row) -> std::result::Result<RawRun, DbError> {
         error_message: r.get(13)?,
         error_fix: r.get(14)?,
         cancel_requested: r.get(15)?,
+        node: r.get(16)?,
     })
 }
 
@@ -420,7 +434,14 @@ impl Runs {
         )))?;
         Ok(Runs {
             inner: Arc::new(Inner { db }),
+            node: None,
         })
+    }
+
+    /// The same history, recording `node` as the one that starts runs.
+    pub fn on_node(mut self, node: &str) -> Runs {
+        self.node = Some(Arc::from(node));
+        self
     }
 
     fn run_of(&self, raw: RawRun) -> Result<SyncRun> {
@@ -460,6 +481,7 @@ impl Runs {
                 fix: raw.error_fix,
             }),
             cancel_requested: raw.cancel_requested,
+            node: raw.node,
         })
     }
 
@@ -524,9 +546,9 @@ impl Runs {
     /// Starts a queued run (`Conflict` when it is not queued, e.g. cancelled meanwhile).
     pub fn start(&self, id: i64) -> Result<SyncRun> {
         let updated = self.inner.db.exec(
-            "UPDATE svc_sync_runs SET status = 'running', started_at = ?2
+            "UPDATE svc_sync_runs SET status = 'running', started_at = ?2, node_id = ?3
              WHERE id = ?1 AND status = 'queued'",
-            &vals![id, now_ms()],
+            &vals![id, now_ms(), self.node.as_deref()],
         );
         let n = match updated {
             Ok(n) => n,

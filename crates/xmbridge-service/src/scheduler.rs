@@ -74,6 +74,11 @@ pub struct Deps {
     pub configs: SyncConfigs,
     /// The run history.
     pub runs: Runs,
+    /// The serving processes, when the state store is shared by several (PostgreSQL): a run
+    /// left `running` is then taken over only when its node stopped heartbeating, checked
+    /// at start and every few seconds. `None`: this process is the only server (SQLite, under
+    /// the home's lock), so every run left `running` at its start was interrupted.
+    pub nodes: Option<crate::nodes::Nodes>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// The workflow file of `sync-responses` workflows (as `sync --config`).
@@ -151,30 +156,10 @@ impl Scheduler {
     }
 
     /// Marks the runs a killed server left `running` as failed and queues one `resume` run for
-    /// each connection (unless one is queued already). Returns the failed runs' ids.
+    /// each connection (unless one is queued already). Returns the failed runs' ids. On a
+    /// shared store only runs whose node stopped heartbeating are taken over.
     pub fn recover(&self) -> Result<Vec<i64>> {
-        let runs = &self.shared.deps.runs;
-        let mut failed = Vec::new();
-        for run in runs.interrupted()? {
-            runs.finish(
-                run.id,
-                RunOutcome {
-                    status: RunStatus::Failed,
-                    responses: run.responses,
-                    api_calls: run.api_calls,
-                    throttled: run.throttled,
-                    tables: run.tables.clone(),
-                    error: Some(RunError {
-                        message: "the server stopped during this run (it was killed or crashed); the batches it committed are kept".into(),
-                        fix: Some("nothing to do: a resume run was queued at the next start and continues from the last commit".into()),
-                    }),
-                },
-            )?;
-            failed.push(run.id);
-            queue_resume(runs, &run.connection)?;
-            tracing::warn!(run = run.id, connection = %run.connection, "run interrupted by a stopped server marked failed; a resume run is queued");
-        }
-        Ok(failed)
+        recover(&self.shared)
     }
 
     /// Plans and starts runs until `shutdown` resolves; then asks running runs to stop at their
@@ -192,15 +177,27 @@ impl Scheduler {
             });
         }
         let mut tasks = tokio::task::JoinSet::new();
+        let mut looked_for_stopped_nodes = Instant::now();
         loop {
             let woken = shared.wake.notified();
             if stopping.load(Ordering::SeqCst) {
                 break;
             }
+            let take_over = shared.deps.nodes.is_some()
+                && looked_for_stopped_nodes.elapsed() >= TAKE_OVER_EVERY;
+            if take_over {
+                looked_for_stopped_nodes = Instant::now();
+            }
             // SQLite blocks (up to its busy timeout): off the async workers.
             let planned = {
                 let shared = shared.clone();
-                tokio::task::spawn_blocking(move || plan(&shared)).await
+                tokio::task::spawn_blocking(move || {
+                    if take_over && let Err(e) = recover(&shared) {
+                        tracing::error!(error = %e, "could not look for runs of stopped servers; retrying");
+                    }
+                    plan(&shared)
+                })
+                .await
             };
             let next = match planned {
                 Ok(Ok((next, queued))) => {
@@ -267,6 +264,61 @@ impl Scheduler {
         }
         stopped
     }
+}
+
+/// How often a server on a shared store looks for runs whose node stopped heartbeating.
+const TAKE_OVER_EVERY: Duration = Duration::from_secs(2);
+
+fn recover(shared: &Shared) -> Result<Vec<i64>> {
+    let deps = &shared.deps;
+    let alive: std::collections::HashSet<String> = match &deps.nodes {
+        None => Default::default(),
+        Some(nodes) => nodes
+            .list()?
+            .into_iter()
+            .filter(|n| n.state == crate::nodes::NodeState::Alive)
+            .map(|n| n.id)
+            .collect(),
+    };
+    let mut failed = Vec::new();
+    for run in deps.runs.interrupted()? {
+        // Another node's run, still at work (or this one's own).
+        if run.node.as_ref().is_some_and(|n| alive.contains(n))
+            || shared.active.lock().values().any(|a| a.run == run.id)
+        {
+            continue;
+        }
+        let message = match (&deps.nodes, &run.node) {
+            (Some(_), Some(node)) => format!(
+                "the server {node} that ran it stopped heartbeating (killed, crashed, frozen or cut off from the state store); the batches it committed are kept"
+            ),
+            _ => "the server stopped during this run (it was killed or crashed); the batches it committed are kept".to_string(),
+        };
+        let outcome = RunOutcome {
+            status: RunStatus::Failed,
+            responses: run.responses,
+            api_calls: run.api_calls,
+            throttled: run.throttled,
+            tables: run.tables.clone(),
+            error: Some(RunError {
+                message,
+                fix: Some(
+                    "nothing to do: a resume run was queued and continues from the last commit"
+                        .into(),
+                ),
+            }),
+        };
+        match deps.runs.finish(run.id, outcome) {
+            Ok(_) => {}
+            // Finished meanwhile by its node, or taken over by another.
+            Err(e) if e.kind() == ErrorKind::Conflict => continue,
+            Err(e) => return Err(e),
+        }
+        failed.push(run.id);
+        queue_resume(&deps.runs, &run.connection)?;
+        tracing::warn!(run = run.id, connection = %run.connection, node = ?run.node, "run interrupted by a stopped server marked failed; a resume run is queued");
+    }
+    Ok(failed)
 }
 
 /// Queues the runs due by schedule. Returns how long to sleep before planning again and the

@@ -269,7 +269,8 @@ pub struct Opened {
 
 /// A started server: bound, its hooks set up, not yet serving.
 pub struct Server {
-    _lock: HomeLock,
+    /// The home's lock (`None` on a PostgreSQL state store, which several servers share).
+    _lock: Option<HomeLock>,
     process: Arc<WorkflowProcess>,
     receiver: Receiver,
     app: Router,
@@ -297,7 +298,7 @@ impl Server {
     /// listener, sets up the hooks and recovers runs of a killed server. `lock` is the lock
     /// taken with [`HomeLock::acquire`] (before the stores were opened).
     pub async fn start(
-        lock: HomeLock,
+        lock: Option<HomeLock>,
         opened: Opened,
         sources: &Sources,
         registry: Registry,
@@ -310,8 +311,12 @@ impl Server {
         let at = vault.location().clone();
         let users = Users::open_at(&at)?;
         let configs = SyncConfigs::open_at(&at, vault.clone())?;
-        let runs = Runs::open_at(&at)?;
+        let node_id = node_id()?;
+        let runs = Runs::open_at(&at)?.on_node(&node_id);
         let nodes = Nodes::open_at(&at)?;
+        // Several servers may share a PostgreSQL store; a SQLite one has one server, under the
+        // home's lock.
+        let shared_store = matches!(at, xmbridge_state::db::StateLocation::Postgres(_));
         let metrics = Arc::new(Metrics::new());
         let process = WorkflowProcess::assemble(
             vault.clone(),
@@ -351,6 +356,7 @@ impl Server {
                 vault: vault.clone(),
                 configs: configs.clone(),
                 runs: runs.clone(),
+                nodes: shared_store.then(|| nodes.clone()),
                 metrics: metrics.clone(),
                 workflow_config: opts.workflow_config.clone(),
             },
@@ -358,7 +364,7 @@ impl Server {
         );
         let recovered = scheduler.recover()?;
         let node = NodeStart {
-            id: node_id()?,
+            id: node_id,
             host: crate::nodes::host_name(),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -97,6 +97,7 @@ impl Service {
                 vault: vault.clone(),
                 configs: configs.clone(),
                 runs: runs.clone(),
+                nodes: None,
                 metrics: metrics.clone(),
                 workflow_config: None,
             },
