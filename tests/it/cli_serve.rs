@@ -1246,3 +1246,110 @@ async fn two_servers_on_one_postgres_store_fire_a_slot_once_and_take_over_a_kill
     assert_eq!(held, sqlite_counts(&clean));
     assert!(held["survey_response"] > 1000, "{held:?}");
 }
+
+/// A loopback TCP relay to the test's PostgreSQL server that the test can cut and restore,
+/// as a network partition or a database restart would.
+struct Relay {
+    port: u16,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(to: std::net::SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let relay = Relay {
+            port,
+            tasks: Arc::default(),
+        };
+        relay.serve(listener, to);
+        relay
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener, to: std::net::SocketAddr) {
+        let tasks = self.tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let pipe = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tasks.lock().unwrap().push(pipe);
+            }
+        });
+        self.tasks.lock().unwrap().push(accept);
+    }
+
+    /// Drops every relayed connection and refuses new ones.
+    fn cut(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Accepts again on the same port.
+    async fn restore(&self, to: std::net::SocketAddr) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        self.serve(listener, to);
+    }
+}
+
+/// Polls `/readyz` until it answers `status`; returns its body.
+async fn readyz_until(s: &Served, status: u16, within: Duration) -> String {
+    let c = http();
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = c.get(s.at("/readyz")).send().await {
+            let code = r.status().as_u16();
+            let body = r.text().await.unwrap_or_default();
+            if code == status {
+                return body;
+            }
+        }
+        assert!(
+            start.elapsed() < within,
+            "/readyz did not answer {status} within {within:?}\n{}",
+            s.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_loses_its_postgres_state_store_says_so_and_picks_up_again() {
+    let Some(db) = TestDb::create("xmb_serve_lost_state").await else {
+        return;
+    };
+    let server: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let relay = Relay::start(server).await;
+    let url = format!("postgres://postgres@127.0.0.1:{}/{}", relay.port, db.name());
+    let i = support::install();
+    let mut s = start_server(&i, &["--state", &url, "--heartbeat-secs", "1"]).await;
+    let body = readyz_until(&s, 200, Duration::from_secs(10)).await;
+    assert!(body.contains("the state store answers"), "{body}");
+
+    relay.cut();
+    let body = readyz_until(&s, 503, Duration::from_secs(20)).await;
+    assert!(body.contains("the state store does not answer"), "{body}");
+    // The next statement (a heartbeat, at the latest) tries to connect again, and says why not.
+    let start = Instant::now();
+    while !s
+        .stderr()
+        .contains("the PostgreSQL state store cannot be reached")
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", s.stderr());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    relay.restore(server).await;
+    readyz_until(&s, 200, Duration::from_secs(20)).await;
+    s.terminate();
+    assert!(
+        s.wait(Duration::from_secs(30)).await.success(),
+        "{}",
+        s.stderr()
+    );
+}
