@@ -1323,9 +1323,17 @@ async fn a_server_that_loses_its_postgres_state_store_says_so_and_picks_up_again
     let Some(db) = TestDb::create("xmb_serve_lost_state").await else {
         return;
     };
-    let server: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    // XMBRIDGE_TEST_PG's user and address (postgres://USER@IP:PORT/DB); the relay stands
+    // between them and the server.
+    let rest = db.server_url().split_once("://").unwrap().1;
+    let (user, host) = rest.split_once('@').unwrap_or(("postgres", rest));
+    let host = host.split('/').next().unwrap();
+    let server: std::net::SocketAddr = host
+        .parse()
+        .or_else(|_| format!("{host}:5432").parse())
+        .unwrap_or_else(|e| panic!("XMBRIDGE_TEST_PG must name an IP address for this test: {e}"));
     let relay = Relay::start(server).await;
-    let url = format!("postgres://postgres@127.0.0.1:{}/{}", relay.port, db.name());
+    let url = format!("postgres://{user}@127.0.0.1:{}/{}", relay.port, db.name());
     let i = support::install();
     let mut s = start_server(&i, &["--state", &url, "--heartbeat-secs", "1"]).await;
     let body = readyz_until(&s, 200, Duration::from_secs(10)).await;
