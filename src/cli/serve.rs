@@ -98,6 +98,9 @@ fn service_error(e: ServiceError) -> anyhow::Error {
     }
 }
 
+/// PostgreSQL state store connections a server keeps (a command keeps one).
+const SERVE_STATE_CONNECTIONS: usize = 4;
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.schedule_scale == 0 {
         return Err(usage("--schedule-scale must be at least 1"));
@@ -154,6 +157,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(_) => None,
         None => Some(HomeLock::acquire(&home).map_err(service_error)?),
     };
+    // Delivery workers, the scheduler, the API and heartbeats run statements at once.
+    super::state::use_connections(SERVE_STATE_CONNECTIONS);
     let (home, vault, store) = super::workflow_run::open_store()?;
     if args.qualtrics.is_none() {
         let names = xmbridge_runtime::connection::qualtrics_connections(&vault)?;

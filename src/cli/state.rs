@@ -111,7 +111,8 @@ pub(crate) fn location(home: &Home) -> anyhow::Result<StateLocation> {
         return Ok(StateLocation::File(home.state_db()));
     };
     let (settings, shown) = settings(url)?;
-    let worker = PgWorker::start(move || {
+    let connections = CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed);
+    let worker = PgWorker::start_pool(connections, move || {
         let settings = settings.clone();
         async move {
             xmbridge_destinations::postgres::connect(&settings)
@@ -177,6 +178,15 @@ pub enum StateCommand {
 /// The PostgreSQL state store `--state`/`XMBRIDGE_STATE` chose for this process, set once by
 /// `main` before any command runs.
 static CHOSEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// PostgreSQL connections per process: one for a command, more for `serve`
+/// ([`use_connections`]), whose delivery workers, scheduler and API run statements at once.
+static CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+/// Sets the connections the state store is opened with from now on.
+pub(crate) fn use_connections(n: usize) {
+    CONNECTIONS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Records the state store chosen on the command line or in the environment.
 pub(crate) fn choose(state: Option<String>) {

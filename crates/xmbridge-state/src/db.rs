@@ -719,8 +719,9 @@ pub struct PgConn {
 
 type Job = Box<dyn FnOnce(&mut PgConn) + Send>;
 
-/// A thread owning one PostgreSQL connection and running the statements sent to it in order.
-/// Cheap to clone: clones share the thread; it ends when the last clone is dropped.
+/// Threads owning PostgreSQL connections (one each) and running the statements sent to them;
+/// a job (a statement, or a whole transaction) runs on whichever thread is free. Cheap to
+/// clone: clones share the threads; they end when the last clone is dropped.
 #[derive(Clone)]
 pub struct PgWorker {
     jobs: mpsc::Sender<Job>,
@@ -736,66 +737,93 @@ impl std::fmt::Debug for PgWorker {
 }
 
 impl PgWorker {
-    /// Starts the thread and connects with `connect`, run on the thread's own runtime (so the
-    /// connection's task lives there); returns once connected, or with the reason it could not.
-    /// `connect` answers the client and the store's name for messages
-    /// (`postgres://user@host:port/db`, no password). A connection the server ended (a restart,
-    /// a failover, an administrator) is opened again with `connect` before the next statement;
-    /// the statements of a transaction it was in fail and roll back with it.
+    /// [`PgWorker::start_pool`] with one connection: what a command that does one thing at a
+    /// time needs.
     pub fn start<F, Fut>(connect: F) -> Result<PgWorker, DbError>
     where
-        F: Fn() -> Fut + Send + 'static,
+        F: Fn() -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<(tokio_postgres::Client, String), String>>,
     {
+        PgWorker::start_pool(1, connect)
+    }
+
+    /// Starts `connections` threads (at least one), each connecting with `connect` on a runtime
+    /// of its own (so the connection's task lives there); returns once all are connected, or
+    /// with the reason one could not. `connect` answers the client and the store's name for
+    /// messages (`postgres://user@host:port/db`, no password). A connection the server ended
+    /// (a restart, a failover, an administrator) is opened again with `connect` before the
+    /// thread's next job; the statements of a transaction it was in fail and roll back with it.
+    pub fn start_pool<F, Fut>(connections: usize, connect: F) -> Result<PgWorker, DbError>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(tokio_postgres::Client, String), String>>,
+    {
+        let connections = connections.max(1);
+        let connect = std::sync::Arc::new(connect);
         let (jobs, inbox) = mpsc::channel::<Job>();
-        let (ready, connected) = mpsc::sync_channel::<Result<String, String>>(1);
-        std::thread::Builder::new()
-            .name("xmbridge-state-pg".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready.send(Err(format!("cannot start its runtime: {e}")));
-                        return;
-                    }
-                };
-                let client = match rt.block_on(connect()) {
-                    Ok((client, describe)) => {
-                        let _ = ready.send(Ok(describe));
-                        client
-                    }
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
-                        return;
-                    }
-                };
-                let mut pg = PgConn { rt, client };
-                while let Ok(job) = inbox.recv() {
-                    if pg.client.is_closed() {
-                        match pg.rt.block_on(connect()) {
-                            Ok((client, describe)) => {
-                                tracing::info!(store = %describe, "connected to the PostgreSQL state store again");
-                                pg.client = client;
-                            }
-                            // The statement fails on the closed connection and says so; the
-                            // next one tries again.
-                            Err(e) => {
-                                tracing::warn!(error = %e, "the PostgreSQL state store cannot be reached");
+        // One waiting thread at a time holds the lock while it waits for the next job.
+        let inbox = std::sync::Arc::new(Mutex::new(inbox));
+        let (ready, connected) = mpsc::sync_channel::<Result<String, String>>(connections);
+        for n in 0..connections {
+            let (connect, inbox, ready) = (connect.clone(), inbox.clone(), ready.clone());
+            std::thread::Builder::new()
+                .name(format!("xmbridge-state-pg-{n}"))
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = ready.send(Err(format!("cannot start its runtime: {e}")));
+                            return;
+                        }
+                    };
+                    let client = match rt.block_on(connect()) {
+                        Ok((client, describe)) => {
+                            let _ = ready.send(Ok(describe));
+                            client
+                        }
+                        Err(e) => {
+                            let _ = ready.send(Err(e));
+                            return;
+                        }
+                    };
+                    drop(ready);
+                    let mut pg = PgConn { rt, client };
+                    loop {
+                        let next = inbox.lock().recv();
+                        let Ok(job) = next else {
+                            break;
+                        };
+                        if pg.client.is_closed() {
+                            match pg.rt.block_on(connect()) {
+                                Ok((client, describe)) => {
+                                    tracing::info!(store = %describe, "connected to the PostgreSQL state store again");
+                                    pg.client = client;
+                                }
+                                // The job fails on the closed connection and says so; the
+                                // next one tries again.
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "the PostgreSQL state store cannot be reached");
+                                }
                             }
                         }
+                        job(&mut pg);
                     }
-                    job(&mut pg);
-                }
-            })
-            .map_err(|e| DbError::Connect(format!("cannot start a thread: {e}")))?;
-        match connected.recv() {
-            Ok(Ok(describe)) => Ok(PgWorker { jobs, describe }),
-            Ok(Err(reason)) => Err(DbError::Connect(reason)),
-            Err(_) => Err(DbError::Gone),
+                })
+                .map_err(|e| DbError::Connect(format!("cannot start a thread: {e}")))?;
         }
+        drop(ready);
+        let mut describe = String::new();
+        for _ in 0..connections {
+            match connected.recv() {
+                Ok(Ok(d)) => describe = d,
+                Ok(Err(reason)) => return Err(DbError::Connect(reason)),
+                Err(_) => return Err(DbError::Gone),
+            }
+        }
+        Ok(PgWorker { jobs, describe })
     }
 
     /// The store, without its password.
@@ -803,7 +831,7 @@ impl PgWorker {
         &self.describe
     }
 
-    /// Runs `work` on the connection's thread and waits for its answer.
+    /// Runs `work` on a free connection's thread and waits for its answer.
     pub fn run<R: Send + 'static>(
         &self,
         work: impl FnOnce(&mut PgConn) -> R + Send + 'static,
@@ -867,8 +895,13 @@ mod tests {
 
     /// A handle on a PostgreSQL test database with a connection of its own.
     fn on_postgres(url: &str) -> StateDb {
+        on_postgres_pool(url, 1)
+    }
+
+    /// The same with `connections` connections.
+    fn on_postgres_pool(url: &str, connections: usize) -> StateDb {
         let url = url.to_string();
-        let worker = PgWorker::start(move || {
+        let worker = PgWorker::start_pool(connections, move || {
             let url = url.clone();
             async move {
                 let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -965,6 +998,43 @@ mod tests {
                 }
             };
             assert_eq!(n, 1);
+        })
+        .await
+        .expect("the check's thread");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_pool_answers_while_one_of_its_connections_is_in_a_long_transaction() {
+        let Some(db) = xmbridge_test_kit::pg::TestDb::create("xmb_state_pool").await else {
+            return;
+        };
+        let url = db.url().to_string();
+        tokio::task::spawn_blocking(move || {
+            let handle = std::sync::Arc::new(on_postgres_pool(&url, 2));
+            let busy = handle.clone();
+            let holder = std::thread::spawn(move || {
+                busy.tx(|tx| {
+                    tx.exec("INSERT INTO t_db (k, n) VALUES ('held', 1)", &[])?;
+                    std::thread::sleep(Duration::from_millis(900));
+                    Ok::<_, DbError>(())
+                })
+            });
+            std::thread::sleep(Duration::from_millis(150));
+            let asked = std::time::Instant::now();
+            let seen: i64 = handle
+                .query_opt("SELECT COUNT(*) FROM t_db", &[])
+                .expect("query")
+                .expect("row")
+                .get(0)
+                .expect("count");
+            let waited = asked.elapsed();
+            holder
+                .join()
+                .expect("thread")
+                .expect("the long transaction");
+            // One connection would have made the query wait for the transaction (~750 ms).
+            assert!(waited < Duration::from_millis(450), "waited {waited:?}");
+            assert_eq!(seen, 0, "the uncommitted row is not seen");
         })
         .await
         .expect("the check's thread");
