@@ -104,15 +104,23 @@ async fn connect(url: &str) -> anyhow::Result<PgStore> {
     })
 }
 
-/// Where the components open their tables: `--state`'s PostgreSQL database through a
-/// connection of its own (`xmbridge_state::db::PgWorker`), else XMBRIDGE_HOME/state.db.
+/// The process's connections to `--state`'s database, opened by the first [`location`] and
+/// shared by every component after it (one set of connections per process, not one per store).
+static WORKER: parking_lot::Mutex<Option<PgWorker>> = parking_lot::Mutex::new(None);
+
+/// Where the components open their tables: `--state`'s PostgreSQL database through the
+/// process's connections (`xmbridge_state::db::PgWorker`), else XMBRIDGE_HOME/state.db.
 pub(crate) fn location(home: &Home) -> anyhow::Result<StateLocation> {
     let Some(url) = chosen() else {
         return Ok(StateLocation::File(home.state_db()));
     };
+    let mut worker = WORKER.lock();
+    if let Some(w) = worker.as_ref() {
+        return Ok(StateLocation::Postgres(w.clone()));
+    }
     let (settings, shown) = settings(url)?;
     let connections = CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed);
-    let worker = PgWorker::start_pool(connections, move || {
+    let started = PgWorker::start_pool(connections, move || {
         let settings = settings.clone();
         async move {
             xmbridge_destinations::postgres::connect(&settings)
@@ -122,7 +130,8 @@ pub(crate) fn location(home: &Home) -> anyhow::Result<StateLocation> {
         }
     })
     .with_context(|| unreachable(&shown))?;
-    Ok(StateLocation::Postgres(worker))
+    *worker = Some(started.clone());
+    Ok(StateLocation::Postgres(started))
 }
 
 #[derive(Args, Debug)]
@@ -183,7 +192,7 @@ static CHOSEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 /// ([`use_connections`]), whose delivery workers, scheduler and API run statements at once.
 static CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
 
-/// Sets the connections the state store is opened with from now on.
+/// Sets the connections the state store is opened with (before the first [`location`]).
 pub(crate) fn use_connections(n: usize) {
     CONNECTIONS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
 }

@@ -44,6 +44,41 @@ fn versions(report: &Value) -> Vec<(String, i64, i64)> {
         .collect()
 }
 
+/// Adds the untested token connection `prod` (to a closed loopback port) with `token`, and
+/// `extra` arguments (`--state URL`).
+async fn add_prod(inst: &Install, token: &str, extra: &[&str]) {
+    let file = inst.file("t", &format!("{token}\n"));
+    let mut args = vec![
+        "connection",
+        "add",
+        "qualtrics",
+        "prod",
+        "--no-test",
+        "--url",
+        "http://127.0.0.1:9",
+        "--api-token-file",
+        file.to_str().expect("path"),
+    ];
+    args.extend_from_slice(extra);
+    inst.ok(&args).await;
+}
+
+/// Adds user `name` with `role` and a good password, and `extra` arguments (`--state URL`).
+async fn add_user(inst: &Install, name: &str, role: &str, extra: &[&str]) {
+    let pw = inst.file("pw", "correct horse battery staple\n");
+    let mut args = vec![
+        "user",
+        "add",
+        name,
+        "--role",
+        role,
+        "--password-file",
+        pw.to_str().expect("path"),
+    ];
+    args.extend_from_slice(extra);
+    inst.ok(&args).await;
+}
+
 #[tokio::test]
 async fn a_fresh_home_is_migrated_once_and_then_up_to_date() {
     let inst = support::install();
@@ -84,18 +119,7 @@ async fn a_fresh_home_is_migrated_once_and_then_up_to_date() {
 #[tokio::test]
 async fn a_store_from_before_versions_adopts_version_one_and_keeps_its_data() {
     let inst = support::install();
-    inst.ok(&[
-        "connection",
-        "add",
-        "qualtrics",
-        "prod",
-        "--no-test",
-        "--url",
-        "http://127.0.0.1:9",
-        "--api-token-file",
-        inst.file("t", "tok-1\n").to_str().expect("path"),
-    ])
-    .await;
+    add_prod(&inst, "tok-1", &[]).await;
     inst.ok(&["state", "migrate"]).await;
     // What an xmbridge from before schema versions left: the tables of every version 1, no
     // record of them (the later versions' column and indexes taken away again).
@@ -424,30 +448,8 @@ async fn state_copy_moves_every_row_of_every_table_and_never_into_a_store_with_r
         return;
     };
     let inst = support::install();
-    inst.ok(&[
-        "connection",
-        "add",
-        "qualtrics",
-        "prod",
-        "--no-test",
-        "--url",
-        "http://127.0.0.1:9",
-        "--api-token-file",
-        inst.file("t", "tok-1\n").to_str().expect("path"),
-    ])
-    .await;
-    inst.ok(&[
-        "user",
-        "add",
-        "alice",
-        "--role",
-        "admin",
-        "--password-file",
-        inst.file("pw", "correct horse battery staple\n")
-            .to_str()
-            .expect("path"),
-    ])
-    .await;
+    add_prod(&inst, "tok-1", &[]).await;
+    add_user(&inst, "alice", "admin", &[]).await;
     inst.ok(&["state", "migrate"]).await;
     let tables = copied_tables(&inst, db.url()).await;
     assert_eq!(tables.len(), 18, "{tables:?}");
@@ -600,30 +602,8 @@ async fn users_and_cluster_status_run_on_a_postgres_state_store() {
     let url = db.url();
     let pw = inst.file("pw", "correct horse battery staple\n");
     let pw = pw.to_str().expect("path");
-    inst.ok(&[
-        "user",
-        "add",
-        "alice",
-        "--role",
-        "admin",
-        "--password-file",
-        pw,
-        "--state",
-        url,
-    ])
-    .await;
-    inst.ok(&[
-        "user",
-        "add",
-        "bob",
-        "--role",
-        "member",
-        "--password-file",
-        pw,
-        "--state",
-        url,
-    ])
-    .await;
+    add_user(&inst, "alice", "admin", &["--state", url]).await;
+    add_user(&inst, "bob", "member", &["--state", url]).await;
     let (code, err) = inst
         .fails(&[
             "user",
@@ -718,21 +698,7 @@ async fn connections_on_a_postgres_state_store_are_sealed_and_need_the_same_mast
     };
     let first = support::install();
     let url = db.url();
-    first
-        .ok(&[
-            "connection",
-            "add",
-            "qualtrics",
-            "prod",
-            "--no-test",
-            "--url",
-            "http://127.0.0.1:9",
-            "--api-token-file",
-            first.file("t", "tok-secret-1\n").to_str().expect("path"),
-            "--state",
-            url,
-        ])
-        .await;
+    add_prod(&first, "tok-secret-1", &["--state", url]).await;
     let list = first.ok(&["connection", "list", "--state", url]).await;
     assert!(list.contains("prod"), "{list}");
     assert!(
@@ -820,29 +786,8 @@ async fn an_installation_copied_into_postgres_works_there_with_its_master_key() 
     };
     let inst = support::install();
     let url = db.url();
-    inst.ok(&[
-        "connection",
-        "add",
-        "qualtrics",
-        "prod",
-        "--no-test",
-        "--url",
-        "http://127.0.0.1:9",
-        "--api-token-file",
-        inst.file("t", "tok-1\n").to_str().expect("path"),
-    ])
-    .await;
-    let pw = inst.file("pw", "correct horse battery staple\n");
-    inst.ok(&[
-        "user",
-        "add",
-        "alice",
-        "--role",
-        "admin",
-        "--password-file",
-        pw.to_str().expect("path"),
-    ])
-    .await;
+    add_prod(&inst, "tok-1", &[]).await;
+    add_user(&inst, "alice", "admin", &[]).await;
     inst.ok(&["state", "copy", "--to", url]).await;
     // The same home (its key file) on the copy: the connections, their sealed secrets and the
     // users are all there.
