@@ -101,7 +101,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let url = format!("sqlite:{}", args.database.display());
     let settings = xmbridge_destinations::DestinationSettings::from_parts(&url, None)?;
-    let mut dest = xmbridge_destinations::open(&settings, "qualtrics", Compat::Xmbridge)
+    let mut dest = xmbridge_destinations::open(&settings, "qualtrics", Compat::Xmbridge, None)
         .await
         .with_context(|| format!("cannot create {}", args.database.display()))?;
     println!("syncing everything into {} …", dest.describe());

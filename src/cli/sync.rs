@@ -248,7 +248,7 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     let compat: Compat = args.compat.into();
     // Unusable settings are usage errors (exit 2); another sync holding the destination exits
     // with [`super::EXIT_BUSY`] (see `main`).
-    let mut dest = open_destination(&settings, &args.schema, compat).await?;
+    let mut dest = open_destination(&settings, &args.schema, compat, None).await?;
     let trigger = if args.no_triggers {
         None
     } else {

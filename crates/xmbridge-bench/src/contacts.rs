@@ -109,7 +109,7 @@ async fn measure(contacts: u64, settings: &DestinationSettings) -> Result<Contac
         .no_proxy()
         .build()
         .context("cannot build an HTTP client")?;
-    let mut dest = xmbridge_destinations::open(settings, "qualtrics", Compat::Xmbridge)
+    let mut dest = xmbridge_destinations::open(settings, "qualtrics", Compat::Xmbridge, None)
         .await
         .context("cannot open the destination")?;
     let now_ms = std::time::SystemTime::now()

@@ -396,7 +396,7 @@ async fn measure_sync(
     // run of `xmbridge serve` do: what one sync leaves behind is what the process keeps, not
     // an open destination's caches.
     let open = || async {
-        xmbridge_destinations::open(settings, "qualtrics", Compat::Xmbridge)
+        xmbridge_destinations::open(settings, "qualtrics", Compat::Xmbridge, None)
             .await
             .context("cannot open the destination")
     };

@@ -249,6 +249,89 @@ impl Commit {
     }
 }
 
+/// A sync run's lease on a destination (docs/destinations.md, "Fencing"). Opening with one
+/// claims the destination for the run: the destination records the token in its fence table
+/// (`<p>_fence`, one row per scope), refusing when a higher one is there already, and every
+/// commit of this session checks in its own transaction that the recorded token is still its
+/// own. A later run of the scope that claims a higher token therefore stops every commit of
+/// this one, even of a process that was frozen and wakes up; on PostgreSQL the claim also ends
+/// the sessions of runs with lower tokens, so their locks do not hold it up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    /// What is leased: the connection's name (one run of it at a time writes).
+    pub scope: String,
+    /// The run's token: higher than that of every earlier run of the scope.
+    pub token: i64,
+}
+
+impl Fence {
+    /// The scope hashed to 16 hex digits (FNV-1a), for the PostgreSQL session names of fenced
+    /// runs, which hold at most 63 bytes (a connection name may be longer).
+    pub(crate) fn scope_tag(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.scope.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+}
+
+/// Why a leased run may not write ([`DestError::Fenced`]).
+#[derive(Debug)]
+pub struct FenceLost {
+    /// The destination, described for messages.
+    pub destination: String,
+    /// The run's fence.
+    pub fence: Fence,
+    /// The token recorded now (`None`: the claim was removed by hand).
+    pub current: Option<i64>,
+    /// The physical fence table.
+    pub table: String,
+    /// Refused when opening, where a state store replaced or restored from a backup is the
+    /// other likely cause: the message says how to remove the stale claim.
+    pub at_claim: bool,
+}
+
+impl std::fmt::Display for FenceLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let current = self
+            .current
+            .map_or_else(|| "none".to_string(), |t| t.to_string());
+        write!(
+            f,
+            "this sync run lost its lease on {}: a later run of {:?} claimed it (fence token {current} in {}, this run holds {}); nothing of this commit was applied and this run writes nothing more, the later run continues from the last commit",
+            self.destination, self.fence.scope, self.table, self.fence.token
+        )?;
+        if self.at_claim {
+            write!(
+                f,
+                "; if no later run of it exists (the state store was replaced or restored from a backup), remove the stale claim: DELETE FROM {} WHERE scope = '{}'",
+                self.table,
+                self.fence.scope.replace('\'', "''")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The error of a run whose `fence` is not (any more) the one `table` records (`current`).
+pub(crate) fn fenced(
+    destination: &str,
+    fence: &Fence,
+    current: Option<i64>,
+    table: &str,
+    at_claim: bool,
+) -> DestError {
+    DestError::Fenced(Box::new(FenceLost {
+        destination: destination.to_string(),
+        fence: fence.clone(),
+        current,
+        table: table.to_string(),
+        at_claim,
+    }))
+}
+
 /// What a commit changed, per table.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CommitStats {
@@ -449,6 +532,10 @@ pub enum DestError {
         /// The table whose keys were asked for.
         table: String,
     },
+    /// A later run of the same scope claimed the destination (it took this run's lease over):
+    /// this run may not write any more; nothing of the refused commit was applied.
+    #[error("{0}")]
+    Fenced(Box<FenceLost>),
     /// The blocking worker that runs the destination's statements died (a panic).
     #[error("{destination} worker failed: {source}")]
     Worker {
@@ -480,6 +567,8 @@ pub enum DestErrorKind {
     Usage,
     /// The destination cannot do what was asked, or its worker died.
     Unsupported,
+    /// A later run claimed the destination: this one lost its lease ([`Fence`]).
+    Fenced,
 }
 
 impl DestError {
@@ -507,6 +596,7 @@ impl DestError {
             DestError::KeysUnsupported { .. } | DestError::Worker { .. } => {
                 DestErrorKind::Unsupported
             }
+            DestError::Fenced(_) => DestErrorKind::Fenced,
         }
     }
 }
@@ -590,22 +680,27 @@ pub const KNOWN_DESTINATIONS: &str =
 /// Opens the destination the settings name and takes its lock (one sync at a time per SQLite
 /// file, per PostgreSQL schema; [`DestError::Busy`] otherwise). `schema` is the PostgreSQL
 /// schema or the SQLite table-name prefix (`qualtrics` → tables `qualtrics_survey`, …);
-/// `compat` chooses the system-column prefix.
+/// `compat` chooses the system-column prefix. With a `fence` the destination is claimed for a
+/// leased run ([`Fence`]); without one (a sync from the command line) no fence is checked.
 pub async fn open(
     settings: &DestinationSettings,
     schema: &str,
     compat: Compat,
+    fence: Option<Fence>,
 ) -> Result<Box<dyn Destination>, DestError> {
     let url = settings.url();
     if let Some(path) = sqlite::path_of_url(url) {
-        let opts = sqlite::SqliteOptions::from_url(url)?;
+        let opts = sqlite::SqliteOptions {
+            fence,
+            ..sqlite::SqliteOptions::from_url(url)?
+        };
         return Ok(Box::new(
             sqlite::SqliteDestination::open_with(path, schema, compat, opts).await?,
         ));
     }
     if settings::is_postgres_url(url) {
         return Ok(Box::new(
-            postgres::PostgresDestination::connect(settings, schema, compat).await?,
+            postgres::PostgresDestination::connect(settings, schema, compat, fence).await?,
         ));
     }
     Err(DestError::UnknownScheme {

@@ -8,6 +8,11 @@
 //!   schema name (`pg_advisory_lock(hashtextextended('xmbridge destination schema <s>', 0))`),
 //!   waiting up to [`LOCK_WAIT`], else [`DestError::Busy`] naming the holder's session. The
 //!   server drops it when the session ends, so a killed sync never leaves it behind.
+//! - A run opened with a [`Fence`] names its sessions `xmbridge fence <scope hash> <token>`,
+//!   claims the schema in `<schema>.<p>_fence` before it takes the lock (refused when a higher
+//!   token is recorded), then ends the sessions of runs of the same scope with lower tokens
+//!   (`pg_terminate_backend`: a frozen process's locks and open transaction go with them), and
+//!   begins every commit with `SELECT token … FOR SHARE`, refusing when it is not its own.
 //! - The schema name is a real schema (`CREATE SCHEMA IF NOT EXISTS`); the cursor table is
 //!   `<schema>.<p>_state (stream text PRIMARY KEY, cursor jsonb, updated_at timestamptz)`.
 //! - Types: s text, ts timestamptz, b boolean, i integer, l bigint, f double precision,
@@ -39,7 +44,7 @@ use crate::names::{Resolved, check_name, keys_target, quote_ident};
 use crate::pgtls::{MakeRustls, RootCerts, SslMode, rustls_error};
 use crate::settings::{DestinationSettings, PgUrl, expose, parse_config, split_tls};
 use crate::{
-    BoxFuture, ColumnType, Commit, CommitStats, Compat, DestError, Destination, Ensured,
+    BoxFuture, ColumnType, Commit, CommitStats, Compat, DestError, Destination, Ensured, Fence,
     TableBatch, TableSpec, Value,
 };
 
@@ -96,6 +101,8 @@ pub(crate) struct PostgresDestination {
     /// `commit`, `settle` or `flush` reports them.
     settled: CommitStats,
     settled_error: Option<DestError>,
+    /// The run's lease, when opened with one: every commit on either connection checks it.
+    fence: Option<Fence>,
 }
 
 impl Drop for PostgresDestination {
@@ -121,6 +128,7 @@ struct Target {
     schema: String,
     state: String,
     compat: Compat,
+    fence: Option<Fence>,
 }
 
 /// Encodes a [`Value`] in PostgreSQL's binary format for its column type.
@@ -212,6 +220,156 @@ async fn lock_schema(client: &Client, schema: &str, describe: &str) -> Result<()
         }
         Err(e) => Err(sql_err(&context, e)),
     }
+}
+
+/// The fence table's name in the schema: `<p>_fence`.
+fn fence_table(compat: Compat) -> String {
+    format!("{}_fence", compat.prefix())
+}
+
+/// Names the session after the fence (`xmbridge fence <scope tag> <token>`), so that a later
+/// run of the scope finds it in `pg_stat_activity`.
+async fn name_session(client: &Client, fence: &Fence) -> Result<(), DestError> {
+    let name = format!("xmbridge fence {} {}", fence.scope_tag(), fence.token);
+    client
+        .execute("SELECT set_config('application_name', $1, false)", &[&name])
+        .await
+        .map(drop)
+        .map_err(|e| sql_err("naming the session", e))
+}
+
+/// How long a claim waits for the fence row, held by a commit of another run, before it ends
+/// that run's sessions (when its token is lower) and tries again.
+const FENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Claims `schema` for `fence`'s run (see [`Fence`]): records its token unless a higher one is
+/// there ([`DestError::Fenced`]), then ends the sessions of the scope's runs with lower tokens.
+async fn claim_fence(
+    client: &Client,
+    schema: &str,
+    compat: Compat,
+    fence: &Fence,
+    describe: &str,
+) -> Result<(), DestError> {
+    let table = fence_table(compat);
+    let q = format!("{}.{}", quote_ident(schema), quote_ident(&table));
+    let context = format!("claiming {schema}.{table} for run token {}", fence.token);
+    let create = format!(
+        "CREATE SCHEMA IF NOT EXISTS {s}; \
+         CREATE TABLE IF NOT EXISTS {q} (\"scope\" text PRIMARY KEY, \"token\" bigint NOT NULL, \"claimed_at\" timestamptz NOT NULL)",
+        s = quote_ident(schema)
+    );
+    if let Err(e) = client.batch_execute(&create).await {
+        // Two first claims at once: one of them creates the table, the other finds it next time.
+        if e.code() != Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+            return Err(sql_err(&context, e));
+        }
+        client
+            .batch_execute(&create)
+            .await
+            .map_err(|e| sql_err(&context, e))?;
+    }
+    let claim = format!(
+        "INSERT INTO {q} AS f (\"scope\", \"token\", \"claimed_at\") VALUES ($1, $2, now()) \
+         ON CONFLICT (\"scope\") DO UPDATE SET \"token\" = EXCLUDED.\"token\", \"claimed_at\" = EXCLUDED.\"claimed_at\" \
+         WHERE f.\"token\" <= EXCLUDED.\"token\" RETURNING \"token\""
+    );
+    for _ in 0..3 {
+        client
+            .batch_execute(&format!("SET lock_timeout = {}", FENCE_WAIT.as_millis()))
+            .await
+            .map_err(|e| sql_err(&context, e))?;
+        let claimed = client
+            .query_opt(&claim, &[&fence.scope, &fence.token])
+            .await;
+        client
+            .batch_execute("RESET lock_timeout")
+            .await
+            .map_err(|e| sql_err(&context, e))?;
+        match claimed {
+            Ok(Some(_)) => {
+                end_older_sessions(client, fence, describe).await?;
+                return Ok(());
+            }
+            Ok(None) => {
+                let current: Option<i64> = client
+                    .query_opt(
+                        &format!("SELECT \"token\" FROM {q} WHERE \"scope\" = $1"),
+                        &[&fence.scope],
+                    )
+                    .await
+                    .map_err(|e| sql_err(&context, e))?
+                    .map(|r| r.try_get(0))
+                    .transpose()
+                    .map_err(|e| sql_err(&context, e))?;
+                return Err(crate::fenced(
+                    describe,
+                    fence,
+                    current,
+                    &format!("{schema}.{table}"),
+                    true,
+                ));
+            }
+            // A commit of another run holds the row: of an older run (frozen, or slow to see
+            // that it lost its lease), whose sessions are ended now; of a newer one, which
+            // the next attempt finds recorded.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                end_older_sessions(client, fence, describe).await?;
+            }
+            Err(e) => return Err(sql_err(&context, e)),
+        }
+    }
+    Err(DestError::Busy {
+        destination: describe.to_string(),
+        holder: format!(
+            ", whose fence row {schema}.{table} stayed locked by another session of {:?} for {} s",
+            fence.scope,
+            3 * FENCE_WAIT.as_secs()
+        ),
+    })
+}
+
+/// Ends the sessions of runs of `fence`'s scope with lower tokens: they lost their lease, and a
+/// frozen one would otherwise hold the schema's lock (and its open transaction) until it wakes.
+async fn end_older_sessions(
+    client: &Client,
+    fence: &Fence,
+    describe: &str,
+) -> Result<(), DestError> {
+    let prefix = format!("xmbridge fence {} ", fence.scope_tag());
+    let rows = client
+        .query(
+            "SELECT pid, application_name, pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+               AND starts_with(application_name, $1) \
+               AND (CASE WHEN substr(application_name, length($1) + 1) ~ '^[0-9]{1,18}$' \
+                         THEN substr(application_name, length($1) + 1)::bigint END) < $2",
+            &[&prefix, &fence.token],
+        )
+        .await
+        .map_err(|e| {
+            sql_err(
+                &format!(
+                    "ending the PostgreSQL sessions of earlier runs of {:?} (the role needs to own them or be a member of pg_signal_backend)",
+                    fence.scope
+                ),
+                e,
+            )
+        })?;
+    for row in rows {
+        let pid: i32 = row.try_get(0).unwrap_or_default();
+        let name: String = row.try_get(1).unwrap_or_default();
+        let ended: bool = row.try_get(2).unwrap_or(false);
+        tracing::warn!(
+            destination = %describe,
+            session = pid,
+            session_name = %name,
+            ended,
+            token = fence.token,
+            "ended the destination session of an earlier run that lost its lease (a later run of its connection took over)"
+        );
+    }
+    Ok(())
 }
 
 /// `, held by PostgreSQL session PID (application …, client …, since …)`, as far as this role
@@ -457,11 +615,16 @@ impl PostgresDestination {
         settings: &DestinationSettings,
         schema: &str,
         compat: Compat,
+        fence: Option<Fence>,
     ) -> Result<Self, DestError> {
         check_name(schema, Some(MAX_IDENT))?;
         let session = connect(settings).await?;
         let client = session.client;
         let describe = format!("{} (schema {schema})", session.describe);
+        if let Some(fence) = &fence {
+            name_session(&client, fence).await?;
+            claim_fence(&client, schema, compat, fence, &describe).await?;
+        }
         lock_schema(&client, schema, &describe).await?;
         let state = format!("{}_state", compat.prefix());
         client
@@ -490,6 +653,7 @@ impl PostgresDestination {
             overlapped: false,
             settled: CommitStats::default(),
             settled_error: None,
+            fence,
         })
     }
 
@@ -543,8 +707,15 @@ impl PostgresDestination {
         if self.no_spare {
             return None;
         }
-        match connect(&self.settings).await {
-            Ok(session) => Some(session.client),
+        let named = async {
+            let session = connect(&self.settings).await?;
+            if let Some(fence) = &self.fence {
+                name_session(&session.client, fence).await?;
+            }
+            Ok::<_, DestError>(session.client)
+        };
+        match named.await {
+            Ok(client) => Some(client),
             Err(e) => {
                 self.no_spare = true;
                 tracing::warn!(destination = %self.describe, error = %e, "cannot open a second connection; commits are applied one after another");
@@ -571,6 +742,7 @@ impl PostgresDestination {
             schema: self.schema.clone(),
             state: self.state.clone(),
             compat: self.compat,
+            fence: self.fence.clone(),
         }
     }
 
@@ -876,16 +1048,7 @@ async fn apply(
     target: &Target,
     commit: Commit,
 ) -> Result<CommitStats, DestError> {
-    let result = try_commit(
-        client,
-        &target.tables,
-        &target.bulk,
-        &target.schema,
-        &target.state,
-        target.compat,
-        &commit,
-    )
-    .await;
+    let result = try_commit(client, target, &commit).await;
     // Freeing a commit's rows (hundreds of thousands of strings) took longer than sending
     // them; the next commit need not wait for it.
     drop(tokio::task::spawn_blocking(move || drop(commit)));
@@ -933,30 +1096,53 @@ impl Stats {
 // trait method trips the compiler's higher-ranked lifetime check (rust-lang/rust#102211).
 fn try_commit<'a>(
     client: &'a mut Client,
-    tables: &'a HashMap<String, Resolved>,
-    bulk: &'a HashSet<String>,
-    schema: &'a str,
-    state: &'a str,
-    compat: Compat,
+    target: &'a Target,
     commit: &'a Commit,
 ) -> BoxFuture<'a, Result<CommitStats, Box<Failure>>> {
-    Box::pin(try_commit_inner(
-        client, tables, bulk, schema, state, compat, commit,
-    ))
+    Box::pin(try_commit_inner(client, target, commit))
 }
 
 async fn try_commit_inner(
     client: &mut Client,
-    tables: &HashMap<String, Resolved>,
-    bulk: &HashSet<String>,
-    schema: &str,
-    state: &str,
-    compat: Compat,
+    target: &Target,
     commit: &Commit,
 ) -> Result<CommitStats, Box<Failure>> {
+    let Target {
+        tables,
+        bulk,
+        schema,
+        state,
+        compat,
+        fence,
+    } = target;
+    let (schema, state, compat) = (schema.as_str(), state.as_str(), *compat);
     let synced = Value::Timestamp(commit.synced_at_ms);
     let mut stats = Stats::default();
     let mut tx = client.transaction().await.map_err(at("commit"))?;
+    if let Some(fence) = fence {
+        // First, and held to the end: a later run's claim waits for this transaction, and once
+        // it is in, this run's next commit sees the other token here.
+        let table = fence_table(compat);
+        let current: Option<i64> = tx
+            .query_opt(
+                &format!(
+                    "SELECT \"token\" FROM {}.{} WHERE \"scope\" = $1 FOR SHARE",
+                    quote_ident(schema),
+                    quote_ident(&table)
+                ),
+                &[&fence.scope],
+            )
+            .await
+            .map_err(at("fence table"))?
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(at("fence table"))?;
+        if current != Some(fence.token) {
+            let describe = format!("schema {schema}");
+            let shown = format!("{schema}.{table}");
+            return Err(crate::fenced(&describe, fence, current, &shown, false).into());
+        }
+    }
     for (bi, batch) in commit.batches.iter().enumerate() {
         let r = tables
             .get(&batch.table)

@@ -64,6 +64,9 @@ pub struct SqliteOptions {
     /// The file may not grow beyond this many MiB (`PRAGMA max_page_count`); a write that would
     /// fails like a full disk. Useful to cap a destination on a shared disk.
     pub max_size_mb: Option<u64>,
+    /// The run's lease, claimed at open and checked by every commit (not a URL option: the
+    /// scheduler gives it, see [`crate::Fence`]).
+    pub fence: Option<crate::Fence>,
 }
 
 impl SqliteOptions {
@@ -93,6 +96,68 @@ impl SqliteOptions {
         }
         Ok(opts)
     }
+}
+
+/// The token `table` records for `scope`, if any.
+fn fence_token(conn: &Connection, table: &str, scope: &str) -> rusqlite::Result<Option<i64>> {
+    use rusqlite::OptionalExtension;
+    conn.query_row(
+        &format!(
+            "SELECT \"token\" FROM {} WHERE \"scope\" = ?1",
+            quote_ident(table)
+        ),
+        [scope],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Claims the destination for `fence`'s run (see [`crate::Fence`]): records its token unless a
+/// higher one is recorded. Under the writer lock, so no commit of another run is in progress;
+/// a run frozen while it holds the lock keeps the others out until it wakes (unlike on
+/// PostgreSQL, a session of another process cannot be ended from here).
+fn claim_fence(
+    conn: &Connection,
+    table: &str,
+    fence: &crate::Fence,
+    path: &str,
+) -> Result<(), DestError> {
+    let context = format!("claiming {table} for run token {}", fence.token);
+    let err = |e: rusqlite::Error| sql_err(&context, e);
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {} (\"scope\" TEXT PRIMARY KEY NOT NULL, \"token\" INTEGER NOT NULL, \"claimed_at\" TIMESTAMP); BEGIN IMMEDIATE",
+        quote_ident(table)
+    ))
+    .map_err(err)?;
+    let claimed = (|| {
+        let current = fence_token(conn, table, &fence.scope).map_err(err)?;
+        if current.is_some_and(|t| t > fence.token) {
+            return Err(crate::fenced(
+                &format!("sqlite:{path}"),
+                fence,
+                current,
+                table,
+                true,
+            ));
+        }
+        conn.execute(
+            &format!(
+                "INSERT INTO {} (\"scope\", \"token\", \"claimed_at\") VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (\"scope\") DO UPDATE SET \"token\" = excluded.\"token\", \"claimed_at\" = excluded.\"claimed_at\"",
+                quote_ident(table)
+            ),
+            rusqlite::params![fence.scope, fence.token, iso_millis(now_ms())],
+        )
+        .map_err(err)?;
+        Ok(())
+    })();
+    let end = if claimed.is_ok() {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    conn.execute_batch(end).map_err(err)?;
+    claimed
 }
 
 /// The declared type a column gets in SQLite.
@@ -139,6 +204,9 @@ struct Inner {
     opened: std::time::Instant,
     /// When a group was last committed in this session, if one was.
     durable_at: Option<std::time::Instant>,
+    /// The run's lease and the physical fence table, when opened with one: every commit checks
+    /// that the table still holds this token.
+    fence: Option<(crate::Fence, String)>,
     /// Last, so it is released after the connection has closed.
     _lock: WriterLock,
 }
@@ -280,14 +348,13 @@ impl SqliteDestination {
         let path_owned = path.to_string();
         let prefix2 = prefix.clone();
         let max_size_mb = opts.max_size_mb;
-        let inner = tokio::task::spawn_blocking(move || {
-            Inner::open(&path_owned, prefix2, compat, max_size_mb)
-        })
-        .await
-        .map_err(|source| DestError::Worker {
-            destination: "sqlite",
-            source,
-        })??;
+        let inner =
+            tokio::task::spawn_blocking(move || Inner::open(&path_owned, prefix2, compat, opts))
+                .await
+                .map_err(|source| DestError::Worker {
+                    destination: "sqlite",
+                    source,
+                })??;
         Ok(SqliteDestination {
             inner: Arc::new(Mutex::new(inner)),
             path: path.to_string(),
@@ -404,8 +471,9 @@ impl Inner {
         path: &str,
         prefix: String,
         compat: Compat,
-        max_size_mb: Option<u64>,
+        opts: SqliteOptions,
     ) -> Result<Inner, DestError> {
+        let SqliteOptions { max_size_mb, fence } = opts;
         let connect_err = |e: rusqlite::Error| DestError::Connect {
             destination: format!("sqlite:{path}"),
             reason: e.to_string(),
@@ -451,6 +519,10 @@ impl Inner {
             quote_ident(&state)
         ))
         .map_err(connect_err)?;
+        let fence_table = format!("{prefix}{}_fence", compat.prefix());
+        if let Some(fence) = &fence {
+            claim_fence(&conn, &fence_table, fence, path)?;
+        }
         Ok(Inner {
             conn,
             destination: format!("sqlite:{path}"),
@@ -465,6 +537,7 @@ impl Inner {
             group: None,
             opened: std::time::Instant::now(),
             durable_at: None,
+            fence: fence.map(|f| (f, fence_table)),
             _lock: lock,
         })
     }
@@ -823,6 +896,13 @@ impl Inner {
         let synced = iso_millis(commit.synced_at_ms);
         let mut stats = Stats::default();
         let tx = &self.conn;
+        if let Some((fence, table)) = &self.fence {
+            // In the commit's own transaction: a later run's claim makes this one fail.
+            let current = fence_token(tx, table, &fence.scope).map_err(at("fence table"))?;
+            if current != Some(fence.token) {
+                return Err(crate::fenced(&self.destination, fence, current, table, false).into());
+            }
+        }
         for batch in &commit.batches {
             let r = self
                 .tables
@@ -1329,7 +1409,8 @@ mod tests {
         assert_eq!(
             SqliteOptions::from_url("sqlite:a.db?max_size_mb=5").unwrap(),
             SqliteOptions {
-                max_size_mb: Some(5)
+                max_size_mb: Some(5),
+                fence: None,
             }
         );
         assert_eq!(

@@ -4,20 +4,22 @@
 
 use std::path::PathBuf;
 
-use xmbridge_destinations::{Compat, DestError, Destination, DestinationSettings};
+use xmbridge_destinations::{Compat, DestError, Destination, DestinationSettings, Fence};
 use xmbridge_vault::Home;
 use xmbridge_workflows::catalog::Sources;
 
 use crate::trigger::{WorkflowTrigger, sync_workflows};
 use crate::{Result, RuntimeError};
 
-/// Opens the destination of `settings` in `schema`.
+/// Opens the destination of `settings` in `schema`, claimed for a leased run's `fence` when
+/// there is one (the scheduler's runs; a sync from the command line has none).
 pub async fn open_destination(
     settings: &DestinationSettings,
     schema: &str,
     compat: Compat,
+    fence: Option<Fence>,
 ) -> Result<Box<dyn Destination>> {
-    xmbridge_destinations::open(settings, schema, compat)
+    xmbridge_destinations::open(settings, schema, compat, fence)
         .await
         .map_err(|e| match e {
             DestError::Settings(m) | DestError::UrlOption(m) => RuntimeError::Usage(m),

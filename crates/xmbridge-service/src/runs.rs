@@ -42,6 +42,15 @@ pub static COMPONENT: xmbridge_state::Component = xmbridge_state::Component {
             sqlite: "ALTER TABLE svc_sync_runs ADD COLUMN node_id TEXT",
             postgres: "ALTER TABLE svc_sync_runs ADD COLUMN IF NOT EXISTS node_id TEXT",
         },
+        xmbridge_state::Migration {
+            version: 4,
+            name: "a fencing token per started run",
+            // The destination refuses commits of a run once a later run of its connection
+            // claimed it (docs/scale-out.md, "Fencing"): a frozen node that wakes up after
+            // its run was taken over writes nothing more.
+            sqlite: "ALTER TABLE svc_sync_runs ADD COLUMN fence BIGINT",
+            postgres: "ALTER TABLE svc_sync_runs ADD COLUMN IF NOT EXISTS fence BIGINT",
+        },
     ],
     tables: &["svc_sync_runs", "svc_sync_slots"],
 };
@@ -309,6 +318,10 @@ pub struct SyncRun {
     pub cancel_requested: bool,
     /// The serving process that started it (`cluster status` lists them), if one did.
     pub node: Option<String>,
+    /// Its fencing token, given when it started: higher than that of every earlier run of the
+    /// connection. The destination refuses its commits once a run with a higher token has
+    /// claimed it (a take-over), so a run that lost its lease cannot write afterwards.
+    pub fence: Option<i64>,
 }
 
 /// How a run ended.
@@ -350,7 +363,7 @@ impl fmt::Debug for Runs {
 
 const COLUMNS: &str = "id, connection, status, trigger, requested_by, queued_at, started_at,
     finished_at, responses, api_calls, throttled, tables, progress, error_message, error_fix,
-    cancel_requested, node_id";
+    cancel_requested, node_id, fence";
 
 /// A row as stored, checked in [`Runs::run_of`].
 struct RawRun {
@@ -371,6 +384,7 @@ struct RawRun {
     error_fix: Option<String>,
     cancel_requested: bool,
     node: Option<String>,
+    fence: Option<i64>,
 }
 
 fn raw_run(r: &Row) -> std::result::Result<RawRun, DbError> {
@@ -392,6 +406,7 @@ fn raw_run(r: &Row) -> std::result::Result<RawRun, DbError> {
         error_fix: r.get(14)?,
         cancel_requested: r.get(15)?,
         node: r.get(16)?,
+        fence: r.get(17)?,
     })
 }
 
@@ -482,6 +497,7 @@ impl Runs {
             }),
             cancel_requested: raw.cancel_requested,
             node: raw.node,
+            fence: raw.fence,
         })
     }
 
@@ -546,7 +562,10 @@ impl Runs {
     /// Starts a queued run (`Conflict` when it is not queued, e.g. cancelled meanwhile).
     pub fn start(&self, id: i64) -> Result<SyncRun> {
         let updated = self.inner.db.exec(
-            "UPDATE svc_sync_runs SET status = 'running', started_at = ?2, node_id = ?3
+            // Runs are never deleted, so the connection's highest token only grows.
+            "UPDATE svc_sync_runs SET status = 'running', started_at = ?2, node_id = ?3,
+                 fence = (SELECT COALESCE(MAX(fence), 0) + 1 FROM svc_sync_runs AS earlier
+                          WHERE earlier.connection = svc_sync_runs.connection)
              WHERE id = ?1 AND status = 'queued'",
             &vals![id, now_ms(), self.node.as_deref()],
         );

@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use xmbridge_destinations::{
-    Commit, CommitStats, Compat, DestError, DestErrorKind, Destination, Ensured, TableSpec,
+    Commit, CommitStats, Compat, DestError, DestErrorKind, Destination, Ensured, Fence, TableSpec,
 };
 use xmbridge_runtime::sync::{open_destination, workflow_trigger};
 use xmbridge_sync::{Observer, Progress, ResponseObserver, SyncError, SyncOptions};
@@ -730,14 +730,20 @@ async fn execute(shared: &Arc<Shared>, run: SyncRun, switches: Switches) {
     let deps = &shared.deps;
     let id = run.id;
     let connection = run.connection.clone();
-    if let Err(e) = deps.runs.start(id) {
-        // Cancelled between the look and the start, most likely.
-        tracing::info!(run = id, error = %e, "queued run not started");
-        return;
-    }
-    tracing::info!(run = id, connection = %connection, trigger = run.trigger.as_str(), "sync run started");
+    let fence = match deps.runs.start(id) {
+        Ok(started) => started.fence.map(|token| Fence {
+            scope: connection.clone(),
+            token,
+        }),
+        Err(e) => {
+            // Cancelled between the look and the start, most likely.
+            tracing::info!(run = id, error = %e, "queued run not started");
+            return;
+        }
+    };
+    tracing::info!(run = id, connection = %connection, trigger = run.trigger.as_str(), fence = ?fence.as_ref().map(|f| f.token), "sync run started");
     let started = Instant::now();
-    let outcome = match prepare(deps, &connection, stop.clone(), counts).await {
+    let outcome = match prepare(deps, &connection, fence, stop.clone(), counts).await {
         Err(error) => RunOutcome {
             status: RunStatus::Failed,
             responses: 0,
@@ -778,6 +784,15 @@ async fn execute(shared: &Arc<Shared>, run: SyncRun, switches: Switches) {
             error = r.error.as_ref().map(|e| e.message.as_str()).unwrap_or(""),
             "sync run finished"
         ),
+        // Another server took the run over while this one was frozen or cut off from the
+        // store: that server recorded its end, and the destination's fence kept this one
+        // from writing after the take-over.
+        Err(e) if e.kind() == ErrorKind::Conflict => tracing::warn!(
+            run = id,
+            connection = %connection,
+            status = status.as_str(),
+            "sync run was taken over by another server meanwhile; its end stays as that server recorded it"
+        ),
         Err(e) => tracing::error!(run = id, error = %e, "could not record the end of a sync run"),
     }
     if status == RunStatus::Cancelled
@@ -800,6 +815,7 @@ struct Prepared {
 async fn prepare(
     deps: &Deps,
     connection: &str,
+    fence: Option<Fence>,
     stop: Arc<AtomicBool>,
     counts: Arc<Mutex<BTreeMap<String, TableCounts>>>,
 ) -> std::result::Result<Prepared, RunError> {
@@ -834,7 +850,7 @@ async fn prepare(
                 )),
             )
         })?;
-    let dest = open_destination(&settings, &cfg.schema, Compat::Xmbridge)
+    let dest = open_destination(&settings, &cfg.schema, Compat::Xmbridge, fence)
         .await
         .map_err(|e| {
             let fix = if e.destination_busy() {
@@ -895,10 +911,14 @@ async fn drive(
                 r = &mut sync => break r,
                 _ = ticker.tick() => {
                     let (runs, p) = (deps.runs.clone(), progress.json());
-                    // A cancel asked through the store (another handle, the CLI) counts too.
+                    // A cancel asked through the store (another handle, the CLI) counts too, and
+                    // so does a take-over by another server (the destination's fence refuses
+                    // this run's commits then anyway).
                     let cancel = tokio::task::spawn_blocking(move || {
                         let _ = runs.set_progress(id, &p);
-                        runs.get(id).map(|r| r.cancel_requested).unwrap_or(false)
+                        runs.get(id)
+                            .map(|r| r.cancel_requested || r.status != RunStatus::Running)
+                            .unwrap_or(false)
                     })
                     .await
                     .unwrap_or(false);
@@ -970,6 +990,7 @@ fn sync_fix(e: &SyncError, connection: &str) -> Option<String> {
         SyncError::Destination { source, table, .. } => Some(match source.kind() {
             DestErrorKind::Connect => format!("check that the destination is reachable and its URL and password are right: xmbridge connection set {connection} --destination URL"),
             DestErrorKind::Busy => "another sync is writing this destination; this connection syncs again at its next slot".into(),
+            DestErrorKind::Fenced => "nothing to do: another server took this run over (this one was frozen or cut off from the state store) and continues from the last commit".into(),
             DestErrorKind::Cursor => format!("reload the table's stream once: xmbridge sync {connection} --destination URL --full --tables {table} (later runs are incremental again)"),
             DestErrorKind::DiskFull => "free space on the destination (or raise its size cap); the next run continues from the last commit".into(),
             DestErrorKind::Schema => "the destination's tables were changed by hand; restore them, or drop the table so the next run recreates and reloads it".into(),

@@ -4,17 +4,32 @@
 
 use serde_json::json;
 use xmbridge_destinations::{
-    Column, ColumnType, Commit, CommitStats, Compat, DestError, Destination, DestinationSettings,
-    MarkUnseenDeleted, PgEnv, TableBatch, TableSpec, Value, iso_millis, quote_ident,
+    Column, ColumnType, Commit, CommitStats, Compat, DestError, DestErrorKind, Destination,
+    DestinationSettings, Fence, MarkUnseenDeleted, PgEnv, TableBatch, TableSpec, Value, iso_millis,
+    quote_ident,
 };
 // Realistic specs: the tables the sync writes (the destinations themselves know no catalog).
 use xmbridge_sync::catalog;
 use xmbridge_test_kit::pg::TestDb;
 
+/// Opens a destination by URL for a leased run of `scope` with fencing token `token`.
+async fn open_fenced(
+    url: &str,
+    scope: &str,
+    token: i64,
+) -> Result<Box<dyn Destination>, DestError> {
+    let settings = DestinationSettings::from_parts(url, None)?;
+    let fence = Fence {
+        scope: scope.to_string(),
+        token,
+    };
+    xmbridge_destinations::open(&settings, SCHEMA, Compat::Xmbridge, Some(fence)).await
+}
+
 /// Opens a destination by URL (no password).
 async fn open(url: &str, schema: &str, compat: Compat) -> Result<Box<dyn Destination>, DestError> {
     let settings = DestinationSettings::from_parts(url, None)?;
-    xmbridge_destinations::open(&settings, schema, compat).await
+    xmbridge_destinations::open(&settings, schema, compat, None).await
 }
 
 const SCHEMA: &str = "qualtrics";
@@ -68,7 +83,40 @@ async fn postgres(compat: Compat) -> Option<H> {
     })
 }
 
+/// What [`H::close`] leaves in place of the destination.
+struct Closed;
+
+impl Destination for Closed {
+    fn ensure_tables<'a>(
+        &'a mut self,
+        _: &'a [TableSpec],
+    ) -> xmbridge_destinations::BoxFuture<'a, Result<xmbridge_destinations::Ensured, DestError>>
+    {
+        panic!("the destination was closed")
+    }
+    fn cursor<'a>(
+        &'a mut self,
+        _: &'a str,
+    ) -> xmbridge_destinations::BoxFuture<'a, Result<Option<serde_json::Value>, DestError>> {
+        panic!("the destination was closed")
+    }
+    fn commit(
+        &mut self,
+        _: Commit,
+    ) -> xmbridge_destinations::BoxFuture<'_, Result<CommitStats, DestError>> {
+        panic!("the destination was closed")
+    }
+    fn describe(&self) -> String {
+        "closed".into()
+    }
+}
+
 impl H {
+    /// Closes the destination (and so releases its lock), keeping the raw connection.
+    fn close(&mut self) {
+        self.dest = Box::new(Closed);
+    }
+
     /// The quoted physical name of a table.
     fn t(&self, name: &str) -> String {
         match self.raw {
@@ -1677,6 +1725,68 @@ async fn one_writer(h: H) {
     again.ensure_tables(&[item_spec()]).await.unwrap();
 }
 
+/// A leased run claims the destination with its fencing token: a run with a lower token is
+/// refused at open (with how to remove a stale claim), and once a later run claimed it, the
+/// earlier run's next commit is refused in its own transaction and applies nothing. Another
+/// scope and a sync without a lease are not affected.
+async fn fencing(mut h: H) {
+    let url = h.url.clone();
+    h.close();
+    let one = |id: &str, n: i64| commit_of(T0, vec![upserts("item", vec![item(id, "s1", "x", n)])]);
+    let mut first = open_fenced(&url, "prod", 1).await.unwrap();
+    first.ensure_tables(&[item_spec()]).await.unwrap();
+    first.commit(one("a", 1)).await.unwrap();
+    first.flush().await.unwrap();
+    drop(first);
+    let mut third = open_fenced(&url, "prod", 3).await.unwrap();
+    third.ensure_tables(&[item_spec()]).await.unwrap();
+    third.commit(one("b", 3)).await.unwrap();
+    third.flush().await.unwrap();
+    drop(third);
+
+    // Token 2 started before 3 but reaches the destination after it: too late.
+    let err = open_fenced(&url, "prod", 2).await.err().unwrap();
+    assert_eq!(err.kind(), DestErrorKind::Fenced, "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("lost its lease"), "{msg}");
+    assert!(msg.contains("fence token 3"), "{msg}");
+    assert!(msg.contains("this run holds 2"), "{msg}");
+    assert!(msg.contains(&h.shown("_xmbridge_fence")), "{msg}");
+    assert!(msg.contains("DELETE FROM"), "{msg}");
+
+    // A run holding the destination loses it to a later claim (written here by hand: the
+    // claim of a run on another node) and applies nothing more.
+    let mut fourth = open_fenced(&url, "prod", 4).await.unwrap();
+    fourth.ensure_tables(&[item_spec()]).await.unwrap();
+    fourth.commit(one("c", 4)).await.unwrap();
+    fourth.flush().await.unwrap();
+    h.exec(&format!(
+        "UPDATE {} SET \"token\" = 5 WHERE \"scope\" = 'prod'",
+        h.t("_xmbridge_fence")
+    ))
+    .await;
+    let err = fourth.commit(one("d", 4)).await.unwrap_err();
+    assert_eq!(err.kind(), DestErrorKind::Fenced, "{err:?}");
+    assert!(err.to_string().contains("fence token 5"), "{err}");
+    assert!(!err.to_string().contains("DELETE FROM"), "{err}");
+    fourth.flush().await.unwrap();
+    drop(fourth);
+    assert_eq!(h.count("item", "id = 'd'").await, 0, "nothing of it landed");
+    assert_eq!(h.count("item", "1=1").await, 3);
+
+    // Other scopes have fences of their own; a sync without a lease checks none.
+    let mut other = open_fenced(&url, "staging", 1).await.unwrap();
+    other.ensure_tables(&[item_spec()]).await.unwrap();
+    other.commit(one("e", 1)).await.unwrap();
+    other.flush().await.unwrap();
+    drop(other);
+    let mut cli = open(&url, SCHEMA, Compat::Xmbridge).await.unwrap();
+    cli.ensure_tables(&[item_spec()]).await.unwrap();
+    cli.commit(one("f", 0)).await.unwrap();
+    cli.flush().await.unwrap();
+    assert_eq!(h.count("item", "1=1").await, 5);
+}
+
 /// Concurrent commits (a survey's intermediate ones) all land and are each counted once (by
 /// `commit`, `settle` or `flush`); a commit without the flag starts only after them, so every
 /// row before it is in when it returns and its cursor is the one that stays. PostgreSQL applies
@@ -1819,8 +1929,90 @@ both!(bad_row_after_megabytes);
 both!(filter_indexes);
 both!(first_load_builds_indexes);
 both!(one_writer);
+both!(fencing);
 both!(concurrent_commits);
 both!(concurrent_commit_failure);
+
+/// On PostgreSQL a later run's claim ends the sessions of the earlier run of its scope, which
+/// would otherwise keep the schema's lock (a process frozen between commits) or the fence row
+/// (frozen inside a commit) until it wakes: the later run opens in seconds, the earlier one
+/// cannot write again, and runs of other scopes are left alone.
+#[tokio::test]
+async fn postgres_a_later_claim_ends_the_earlier_runs_sessions() {
+    let Some(mut h) = postgres(Compat::Xmbridge).await else {
+        return;
+    };
+    let url = h.url.clone();
+    h.close();
+    let one = |id: &str| commit_of(T0, vec![upserts("item", vec![item(id, "s1", "x", 0)])]);
+    // Frozen between commits: holds the schema lock.
+    let mut frozen = open_fenced(&url, "prod", 1).await.unwrap();
+    frozen.ensure_tables(&[item_spec()]).await.unwrap();
+    frozen.commit(one("a")).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut later = open_fenced(&url, "prod", 2).await.unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "opened without waiting out the lock ({:?})",
+        started.elapsed()
+    );
+    later.ensure_tables(&[item_spec()]).await.unwrap();
+    later.commit(one("b")).await.unwrap();
+    assert!(frozen.commit(one("late")).await.is_err());
+    drop(frozen);
+    drop(later);
+
+    // Frozen inside a commit: a session named as run 3's holds the fence row in an open
+    // transaction (what run 3's commit does first). A session of another scope stays.
+    let mut names = Vec::new();
+    for (scope, token) in [("prod", 3), ("staging", 1)] {
+        let mut probe = open_fenced(&url, scope, token).await.unwrap();
+        probe.ensure_tables(&[item_spec()]).await.unwrap();
+        let rows = h
+            .rows(&format!(
+                "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE 'xmbridge fence % {token}' AND datname = current_database()"
+            ))
+            .await;
+        names.push(rows[0][0].clone().unwrap());
+    }
+    let (run3, other) = (names[0].clone(), names[1].clone());
+    let holder = h._db.as_ref().unwrap().client().await;
+    holder
+        .execute("SELECT set_config('application_name', $1, false)", &[&run3])
+        .await
+        .unwrap();
+    holder
+        .batch_execute(
+            "BEGIN; SELECT token FROM qualtrics._xmbridge_fence WHERE scope = 'prod' FOR SHARE",
+        )
+        .await
+        .unwrap();
+    let bystander = h._db.as_ref().unwrap().client().await;
+    bystander
+        .execute(
+            "SELECT set_config('application_name', $1, false)",
+            &[&other],
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut fourth = open_fenced(&url, "prod", 4).await.unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    fourth.ensure_tables(&[item_spec()]).await.unwrap();
+    fourth.commit(one("c")).await.unwrap();
+    assert!(holder.batch_execute("SELECT 1").await.is_err(), "ended");
+    bystander.batch_execute("SELECT 1").await.unwrap();
+    assert_eq!(
+        h.rows("SELECT CAST(token AS TEXT) FROM qualtrics._xmbridge_fence WHERE scope = 'prod'")
+            .await[0][0]
+            .as_deref(),
+        Some("4")
+    );
+}
 
 /// PostgreSQL leaves a replaced group that equals the table's alone: not rewritten, not even
 /// locked by the merge (its rows' `xmax` stays 0), while a changed group is written.
@@ -2050,7 +2242,7 @@ async fn unreachable_and_unknown_destinations() {
     .unwrap()
     .settings;
     assert!(!settings.url().contains("s3cret"));
-    let err = xmbridge_destinations::open(&settings, SCHEMA, Compat::Xmbridge)
+    let err = xmbridge_destinations::open(&settings, SCHEMA, Compat::Xmbridge, None)
         .await
         .err()
         .unwrap();

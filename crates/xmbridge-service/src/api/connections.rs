@@ -643,6 +643,7 @@ async fn check_destination(api: &Api, name: &str, report: &mut Report) {
                 &settings,
                 &cfg.schema,
                 xmbridge_destinations::Compat::Xmbridge,
+                None,
             )
             .await
         }

@@ -28,6 +28,7 @@ async fn sqlite_full_then_incremental() {
         &DestinationSettings::from_parts(&url, None).unwrap(),
         "qualtrics",
         Compat::Fivetran,
+        None,
     )
     .await
     .unwrap();
@@ -83,6 +84,7 @@ async fn postgres_full_then_incremental() {
             &DestinationSettings::from_parts(&url, None).unwrap(),
             "qualtrics",
             Compat::Xmbridge,
+            None,
         )
         .await
         .unwrap();
@@ -123,7 +125,7 @@ async fn postgres_concurrent_commits_count_once_and_fail_with_their_survey() {
         })
         .await;
         let settings = DestinationSettings::from_parts(&url, None).unwrap();
-        let mut dest = open(&settings, "qualtrics", Compat::Xmbridge).await.unwrap();
+        let mut dest = open(&settings, "qualtrics", Compat::Xmbridge, None).await.unwrap();
         let o = SyncOptions {
             commit_every: 3,
             tables: Some(
@@ -174,7 +176,7 @@ async fn postgres_concurrent_commits_count_once_and_fail_with_their_survey() {
         let s = sync(&client, dest.as_mut(), &o, &NoProgress).await.unwrap();
         drop(dest);
         // What a clean run loads into another schema is the reference.
-        let mut fresh = open(&settings, "reference", Compat::Xmbridge).await.unwrap();
+        let mut fresh = open(&settings, "reference", Compat::Xmbridge, None).await.unwrap();
         sync(&client, fresh.as_mut(), &o, &NoProgress).await.unwrap();
         drop(fresh);
         for table in ["survey_response", "question_response", "survey_embedded_data"] {

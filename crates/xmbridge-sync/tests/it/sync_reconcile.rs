@@ -133,6 +133,7 @@ async fn reconcile_into(url: &str, h: &SimHandle, client: &xmbridge_qualtrics::C
         &DestinationSettings::from_parts(url, None).unwrap(),
         "qualtrics",
         Compat::Xmbridge,
+        None,
     )
     .await
     .unwrap();
