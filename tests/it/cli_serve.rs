@@ -1247,6 +1247,204 @@ async fn two_servers_on_one_postgres_store_fire_a_slot_once_and_take_over_a_kill
     assert!(held["survey_response"] > 1000, "{held:?}");
 }
 
+/// A server frozen (SIGSTOP) past its heartbeats while it syncs into PostgreSQL loses the run:
+/// the other server takes it over, and the resume's claim on the destination ends the frozen
+/// server's sessions (which held the schema's lock). Woken (SIGCONT), the frozen server writes
+/// nothing more: no cursor was written after the resume ended, the fence row holds the resume's
+/// token, and the destination equals a clean sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_frozen_past_its_lease_loses_its_run_and_writes_nothing_after_waking() {
+    let Some(state_db) = TestDb::create("xmb_serve_frozen").await else {
+        return;
+    };
+    let Some(dest_db) = TestDb::create("xmb_serve_frozen_dest").await else {
+        return;
+    };
+    let url = state_db.url().to_string();
+    let state = state_db.client().await;
+    let h = slow_sim().await;
+    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let mut a = support::install();
+    a.master_key = Some(key.into());
+    let mut b = support::install();
+    b.master_key = Some(key.into());
+    let token = a.file("acme.token", &format!("{}\n", h.sim.cfg.admin_token()));
+    a.ok(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "acme",
+        "--no-test",
+        "--url",
+        &h.base_url,
+        "--api-token-file",
+        token.to_str().unwrap(),
+        "--state",
+        &url,
+    ])
+    .await;
+    a.ok(&[
+        "connection",
+        "set",
+        "acme",
+        "--destination",
+        dest_db.url(),
+        "--every",
+        "24h",
+        "--state",
+        &url,
+    ])
+    .await;
+    let args = [
+        "--state",
+        url.as_str(),
+        "--heartbeat-secs",
+        "1",
+        "--grace-secs",
+        "30",
+    ];
+    let mut servers = [start_server(&a, &args).await, start_server(&b, &args).await];
+
+    // The scheduled run, committing on one of the two.
+    let start = Instant::now();
+    let (run, node) = loop {
+        let row = state
+            .query_opt(
+                "SELECT id, node_id FROM svc_sync_runs WHERE connection = 'acme' AND status = 'running' \
+                 AND jsonb_path_exists(progress::jsonb, '$.streams.*.done ? (@ > 0)')",
+                &[],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = row
+            && let Some(node) = row.get::<_, Option<String>>(1)
+        {
+            break (row.get::<_, i64>(0), node);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no run started: {:?}\n{}\n{}",
+            pg_runs(&state, "acme").await,
+            servers[0].stderr(),
+            servers[1].stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cluster = a
+        .json(&["cluster", "status", "--json", "--state", &url])
+        .await;
+    let runner_url = cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == node.as_str())
+        .map(|n| n["url"].as_str().unwrap().to_string())
+        .expect("the run's node is listed");
+    let runner = servers
+        .iter()
+        .position(|s| s.at("") == runner_url)
+        .expect("the run's node is one of the two");
+
+    servers[runner].freeze();
+    fast_again(&h).await;
+    let survivor = &servers[1 - runner];
+    let start = Instant::now();
+    let runs = loop {
+        let runs = pg_runs(&state, "acme").await;
+        if runs.iter().any(|r| r.2 == "resume" && r.1 == "succeeded") {
+            break runs;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "the frozen server's run was not taken over: {runs:?}\n{}",
+            survivor.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let frozen = runs.iter().find(|r| r.0 == run).unwrap();
+    assert_eq!(frozen.1, "failed", "{runs:?}");
+    let resume = runs.iter().find(|r| r.2 == "resume").unwrap();
+    let row = state
+        .query_one(
+            "SELECT fence, finished_at, (SELECT fence FROM svc_sync_runs WHERE id = $2) \
+             FROM svc_sync_runs WHERE id = $1",
+            &[&resume.0, &run],
+        )
+        .await
+        .unwrap();
+    let (resume_fence, resume_end, frozen_fence): (i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2));
+    assert!(resume_fence > frozen_fence, "{resume_fence} {frozen_fence}");
+    assert!(
+        survivor
+            .stderr()
+            .contains("ended the destination session of an earlier run that lost its lease"),
+        "{}",
+        survivor.stderr()
+    );
+
+    // Woken, the frozen server finds its run taken over and writes nothing.
+    servers[runner].thaw();
+    let start = Instant::now();
+    while !servers[runner]
+        .stderr()
+        .contains("sync run was taken over by another server meanwhile")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the woken server did not notice: {}",
+            servers[runner].stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dest = dest_db.client().await;
+    let fence: i64 = dest
+        .query_one(
+            "SELECT token FROM qualtrics._xmbridge_fence WHERE scope = 'acme'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(fence, resume_fence);
+    let last_cursor_ms: i64 = dest
+        .query_one(
+            "SELECT CAST(EXTRACT(EPOCH FROM max(updated_at)) * 1000 AS BIGINT) FROM qualtrics._xmbridge_state",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        last_cursor_ms <= resume_end,
+        "a cursor was written {} ms after the resume ended",
+        last_cursor_ms - resume_end
+    );
+    for s in servers.iter_mut() {
+        s.terminate();
+        assert!(
+            s.wait(Duration::from_secs(60)).await.success(),
+            "{}",
+            s.stderr()
+        );
+    }
+    let held = Dest::Pg(dest_db).counts().await;
+    let clean = a.path("clean.db");
+    a.ok(&[
+        "sync",
+        "acme",
+        "--destination",
+        &format!("sqlite:{}", clean.display()),
+        "--no-triggers",
+        "--state",
+        &url,
+    ])
+    .await;
+    assert_eq!(held, sqlite_counts(&clean));
+    assert!(held["survey_response"] > 1000, "{held:?}");
+}
+
 /// A loopback TCP relay to the test's PostgreSQL server that the test can cut and restore,
 /// as a network partition or a database restart would.
 struct Relay {

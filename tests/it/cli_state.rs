@@ -15,7 +15,7 @@ const COMPONENTS: [(&str, i64); 6] = [
     ("vault", 1),
     ("workflows", 2),
     ("service_users", 1),
-    ("service_runs", 3),
+    ("service_runs", 4),
     ("service_sync_config", 1),
     ("service_nodes", 1),
 ];
@@ -128,6 +128,7 @@ async fn a_store_from_before_versions_adopts_version_one_and_keeps_its_data() {
             "DROP TABLE state_migrations;
              ALTER TABLE wf_events DROP COLUMN lease_token;
              ALTER TABLE svc_sync_runs DROP COLUMN node_id;
+             ALTER TABLE svc_sync_runs DROP COLUMN fence;
              DROP INDEX svc_sync_runs_one_queued;
              DROP INDEX svc_sync_runs_one_running;",
         )
@@ -270,7 +271,7 @@ async fn a_postgres_state_store_is_migrated_once_even_by_processes_starting_at_o
     // A newer xmbridge's version is refused, as on SQLite.
     client
         .execute(
-            "INSERT INTO state_migrations (component, version, name, applied_at) VALUES ('service_runs', 4, 'from a newer xmbridge', 0)",
+            "INSERT INTO state_migrations (component, version, name, applied_at) VALUES ('service_runs', 5, 'from a newer xmbridge', 0)",
             &[],
         )
         .await
@@ -278,8 +279,8 @@ async fn a_postgres_state_store_is_migrated_once_even_by_processes_starting_at_o
     let (code, err) = inst.fails(&["state", "migrate", "--state", db.url()]).await;
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("has the service_runs tables at schema version 4")
-            && err.contains("knows versions up to 3")
+        err.contains("has the service_runs tables at schema version 5")
+            && err.contains("knows versions up to 4")
             && err.contains("XMBRIDGE_STATE"),
         "{err}"
     );

@@ -48,7 +48,7 @@ pub static COMPONENT: xmbridge_state::Component = xmbridge_state::Component {
             // The destination refuses commits of a run once a later run of its connection
             // claimed it (docs/scale-out.md, "Fencing"): a frozen node that wakes up after
             // its run was taken over writes nothing more.
-            sqlite: "ALTER TABLE svc_sync_runs ADD COLUMN fence BIGINT",
+            sqlite: "ALTER TABLE svc_sync_runs ADD COLUMN fence INTEGER",
             postgres: "ALTER TABLE svc_sync_runs ADD COLUMN IF NOT EXISTS fence BIGINT",
         },
     ],

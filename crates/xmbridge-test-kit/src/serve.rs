@@ -143,11 +143,26 @@ impl Served {
 
     /// Sends SIGTERM (a graceful stop).
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends SIGSTOP: the process freezes where it is, its sockets and locks held, as a
+    /// machine that stalls or a long garbage-collection-like pause would.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Sends SIGCONT: a frozen process goes on from where it stopped.
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("kill(1) runs");
-        assert!(status.success(), "kill -TERM failed");
+        assert!(status.success(), "kill -{name} failed");
     }
 
     /// Sends SIGKILL (no chance to clean up) and reaps the process.
