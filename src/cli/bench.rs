@@ -28,6 +28,9 @@ pub enum BenchWhat {
     /// API calls, time and memory of a directory sync with nothing changed, against the fewest
     /// calls the API allows.
     Contacts(super::bench_contacts::BenchContactsArgs),
+    /// Full syncs per minute and webhook events per second with one `xmbridge serve` and with
+    /// several on one PostgreSQL state store, and where the CPU time went.
+    Cluster(super::bench_cluster::BenchClusterArgs),
 }
 
 #[derive(Args, Debug)]
@@ -164,6 +167,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchWhat::Sync(a) => sync(a).await,
         BenchWhat::Workflows(a) => super::bench_workflows::run(a).await,
         BenchWhat::Contacts(a) => super::bench_contacts::run(a).await,
+        BenchWhat::Cluster(a) => super::bench_cluster::run(a).await,
     }
 }
 

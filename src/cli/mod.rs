@@ -5,6 +5,7 @@
 pub mod account;
 pub mod action;
 pub mod bench;
+pub mod bench_cluster;
 pub mod bench_contacts;
 pub mod bench_workflows;
 pub mod cluster;

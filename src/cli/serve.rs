@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// reports a node that missed three as not responding.
     #[arg(long, default_value_t = 5)]
     pub heartbeat_secs: u64,
+    /// Sync runs this server executes at once; more wait in the queue, or run on another server
+    /// sharing the state store.
+    #[arg(long, default_value_t = xmbridge_service::scheduler::DEFAULT_MAX_RUNNING, value_name = "N")]
+    pub max_syncs: usize,
     /// For tests: schedule intervals are divided by N (5m with 300 fires every second).
     #[arg(
         long,
@@ -108,6 +112,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.heartbeat_secs == 0 {
         return Err(usage("--heartbeat-secs must be at least 1"));
     }
+    if args.max_syncs == 0 {
+        return Err(usage(
+            "--max-syncs must be at least 1 (a server that runs no sync would leave every run queued)",
+        ));
+    }
     let opts = ServeOptions {
         listen: args.listen,
         public_url: args.public_url.clone(),
@@ -134,6 +143,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         scheduler: SchedulerOptions {
             scale: args.schedule_scale,
+            max_running: args.max_syncs,
             grace: Duration::from_secs(args.grace_secs),
             ..SchedulerOptions::default()
         },

@@ -7,21 +7,28 @@ use std::process::{Command, Stdio};
 
 use crate::support::BIN;
 
-/// Runs `xmbridge <args>`, which must succeed and print exactly one JSON object on stdout.
-fn run_json(args: &[&str]) -> Value {
+/// Runs `xmbridge <args>`, which must succeed; returns its stdout.
+fn run_ok(args: &[&str]) -> String {
     let out = Command::new(BIN)
         .args(args)
         .env_remove("RUST_LOG")
+        .env_remove("XMBRIDGE_HOME")
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "bench failed: {}\nstdout: {stdout}\nstderr: {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+/// Runs `xmbridge <args>`, which must succeed and print exactly one JSON object on stdout.
+fn run_json(args: &[&str]) -> Value {
+    let stdout = run_ok(args);
     let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "stdout: {stdout}");
     serde_json::from_str(lines[0]).unwrap()
@@ -241,4 +248,57 @@ fn bench_contacts_json() {
         }
         assert!(f("first_peak_rss_mb") < 1024.0, "{v}");
     }
+}
+
+/// `bench cluster`: both rounds (1 node, then 2) did every sync and delivered every event, the
+/// rates and the ratios agree with the counts and times, and the CPU readings are sane.
+#[test]
+fn bench_cluster_json() {
+    // The bench creates and drops databases of its own on this server.
+    let Some(server) = xmbridge_test_kit::pg::server_url() else {
+        return;
+    };
+    let stdout = run_ok(&[
+        "bench",
+        "cluster",
+        "--nodes",
+        "2",
+        "--connections",
+        "3",
+        "--responses",
+        "200",
+        "--events",
+        "120",
+        "--postgres",
+        &server,
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    let rounds = v["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2, "{v}");
+    let rate = |r: &Value, phase: &str, key: &str| r[phase][key].as_f64().unwrap();
+    for (r, nodes) in rounds.iter().zip([1, 2]) {
+        assert_eq!(r["nodes"], nodes, "{v}");
+        assert_eq!(r["syncs"]["done"], 3, "{v}");
+        assert_eq!(r["events"]["done"], 120, "{v}");
+        let per_min = 3.0 * 60.0 / rate(r, "syncs", "elapsed_s");
+        assert!(
+            consistent(rate(r, "syncs", "syncs_per_min"), per_min, 1.0),
+            "{v}"
+        );
+        let per_sec = 120.0 / rate(r, "events", "elapsed_s");
+        assert!(
+            consistent(rate(r, "events", "events_per_sec"), per_sec, 1.0),
+            "{v}"
+        );
+        for phase in ["syncs", "events"] {
+            let busy = rate(r, phase, "cores_busy");
+            assert!(busy > 0.0 && busy.is_finite(), "{phase}: {v}");
+            assert!(rate(&r[phase], "cpu_s", "servers") > 0.0, "{phase}: {v}");
+        }
+    }
+    let ratio = v["ratio"]["syncs_per_min"].as_f64().unwrap();
+    let expected =
+        rate(&rounds[1], "syncs", "syncs_per_min") / rate(&rounds[0], "syncs", "syncs_per_min");
+    assert!(consistent(ratio, expected, 1.0), "{v}");
 }

@@ -13,6 +13,7 @@ use xmbridge_workflows::store::{EventSource, EventState, NewEvent, Store};
 
 use crate::support;
 use support::{Install, StateStore, start_runner};
+use xmbridge_test_kit::Rng;
 
 async fn sim() -> SimHandle {
     let cfg = SimConfig {
@@ -25,7 +26,10 @@ async fn sim() -> SimHandle {
 }
 
 /// Every contact of `dir` through the API: extRef → count.
-async fn contacts_by_ext_ref(h: &SimHandle, dir: &str) -> std::collections::HashMap<String, u32> {
+pub(crate) async fn contacts_by_ext_ref(
+    h: &SimHandle,
+    dir: &str,
+) -> std::collections::HashMap<String, u32> {
     let http = reqwest::Client::new();
     let mut url = format!("{}/directories/{dir}/contacts?pageSize=100", h.api_url());
     let mut out = std::collections::HashMap::new();
@@ -52,9 +56,16 @@ async fn contacts_by_ext_ref(h: &SimHandle, dir: &str) -> std::collections::Hash
 }
 
 fn kill_workflow(dir: &str) -> String {
+    servicenow_contact_workflow("kill-loop", dir)
+}
+
+/// A workflow named `name` that makes each ServiceNow incident record a contact of `dir` in the
+/// Qualtrics simulator (extRef = the record's sys_id, so a contact per record proves a delivery
+/// per event).
+pub(crate) fn servicenow_contact_workflow(name: &str, dir: &str) -> String {
     format!(
         r#"[[workflow]]
-name = "kill-loop"
+name = "{name}"
 owner = "pat"
 
 [workflow.trigger]
@@ -74,20 +85,6 @@ extRef = "record.sys_id"
 
 fn argv(a: &[String]) -> Vec<&str> {
     a.iter().map(String::as_str).collect()
-}
-
-/// A seeded xorshift for the kill moments.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

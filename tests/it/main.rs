@@ -8,6 +8,7 @@
 mod cli_account;
 mod cli_action;
 mod cli_bench;
+mod cli_cluster;
 mod cli_connection;
 mod cli_demo;
 mod cli_destination;

@@ -1,7 +1,8 @@
 //! The benchmarks behind `xmbridge bench`: how fast and how lean the response sync is against a
 //! raw load of the same rows ([`sync`]), and how many webhook events per second reach a
 //! Salesforce upsert through the receiver, outbox and workers against direct upserts
-//! ([`workflows`]).
+//! ([`workflows`]), and what several `xmbridge serve` nodes on one PostgreSQL state store do
+//! against one ([`cluster`]).
 //!
 //! It owns the measuring: the child process per destination (so peak RSS is its own), the
 //! simulator process, the raw baselines (binary `COPY`, a prepared-insert loop) and the
@@ -9,6 +10,7 @@
 //! child's command line), and must not hold sync, destination or workflow mechanics (it
 //! measures the crates that do).
 
+pub mod cluster;
 pub mod contacts;
 mod error;
 pub mod sync;

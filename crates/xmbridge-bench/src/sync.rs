@@ -365,6 +365,13 @@ impl SimProcess {
     }
 }
 
+impl SimProcess {
+    /// The simulator's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for SimProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -271,7 +271,7 @@ async fn claim_fence(
     }
     let claim = format!(
         "INSERT INTO {q} AS f (\"scope\", \"token\", \"claimed_at\") VALUES ($1, $2, now()) \
-         ON CONFLICT (\"scope\") DO UPDATE SET \"token\" = EXCLUDED.\"token\", \"claimed_at\" = EXCLUDED.\"claimed_at\" \
+         ON CONFLICT (\"scope\") DO UPDATE SET \"token\" = EXCLUDED.\"token\", \"claimed_at\" = clock_timestamp() \
          WHERE f.\"token\" <= EXCLUDED.\"token\" RETURNING \"token\""
     );
     for _ in 0..3 {
@@ -630,12 +630,28 @@ impl PostgresDestination {
         client
             .batch_execute(&format!(
                 "CREATE SCHEMA IF NOT EXISTS {s}; \
-                 CREATE TABLE IF NOT EXISTS {s}.{t} (\"stream\" text PRIMARY KEY, \"cursor\" jsonb, \"updated_at\" timestamptz)",
+                 CREATE TABLE IF NOT EXISTS {s}.{t} (\"stream\" text PRIMARY KEY, \"cursor\" jsonb, \"updated_at\" timestamptz, \"fence\" bigint)",
                 s = quote_ident(schema),
                 t = quote_ident(&state)
             ))
             .await
             .map_err(|e| sql_err(&format!("schema {schema}"), e))?;
+        // Cursor tables from before fencing get the column of the token that wrote each cursor;
+        // looked up first, as ALTER TABLE locks the table even when there is nothing to add.
+        if !columns_of(&client, schema, &state)
+            .await
+            .map_err(|e| sql_err(&format!("{schema}.{state}"), e))?
+            .is_some_and(|cols| cols.iter().any(|(c, _)| c == "fence"))
+        {
+            client
+                .batch_execute(&format!(
+                    "ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS \"fence\" bigint",
+                    quote_ident(schema),
+                    quote_ident(&state)
+                ))
+                .await
+                .map_err(|e| sql_err(&format!("{schema}.{state}"), e))?;
+        }
         Ok(PostgresDestination {
             client,
             schema: schema.to_string(),
@@ -1200,15 +1216,16 @@ async fn try_commit_inner(
     }
     if !commit.cursors.is_empty() {
         let sql = format!(
-            "INSERT INTO {}.{} (\"stream\", \"cursor\", \"updated_at\") VALUES ($1, $2, now()) \
-             ON CONFLICT (\"stream\") DO UPDATE SET \"cursor\" = EXCLUDED.\"cursor\", \"updated_at\" = EXCLUDED.\"updated_at\"",
+            "INSERT INTO {}.{} (\"stream\", \"cursor\", \"updated_at\", \"fence\") VALUES ($1, $2, now(), $3) \
+             ON CONFLICT (\"stream\") DO UPDATE SET \"cursor\" = EXCLUDED.\"cursor\", \"updated_at\" = EXCLUDED.\"updated_at\", \"fence\" = EXCLUDED.\"fence\"",
             quote_ident(schema),
             quote_ident(state)
         );
         let st = tx.prepare(&sql).await.map_err(at("cursor table"))?;
+        let token = fence.as_ref().map(|f| f.token);
         for i in 0..commit.cursors.len() {
             let (stream, cursor) = &commit.cursors[i];
-            tx.execute(&st, &[stream as &(dyn ToSql + Sync), cursor])
+            tx.execute(&st, &[stream as &(dyn ToSql + Sync), cursor, &token])
                 .await
                 .map_err(at("cursor table"))?;
         }

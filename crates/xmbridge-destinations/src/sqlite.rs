@@ -515,10 +515,21 @@ impl Inner {
         }
         let state = format!("{prefix}{}_state", compat.prefix());
         conn.execute_batch(&format!(
-            "CREATE TABLE IF NOT EXISTS {} (\"stream\" TEXT PRIMARY KEY NOT NULL, \"cursor\" JSON_TEXT, \"updated_at\" TIMESTAMP)",
+            "CREATE TABLE IF NOT EXISTS {} (\"stream\" TEXT PRIMARY KEY NOT NULL, \"cursor\" JSON_TEXT, \"updated_at\" TIMESTAMP, \"fence\" INTEGER)",
             quote_ident(&state)
         ))
         .map_err(connect_err)?;
+        // Cursor tables from before fencing get the column of the token that wrote each cursor.
+        let has_fence = columns_of(&conn, &state)
+            .map_err(connect_err)?
+            .is_some_and(|cols| cols.iter().any(|(c, _)| c == "fence"));
+        if !has_fence {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {} ADD COLUMN \"fence\" INTEGER",
+                quote_ident(&state)
+            ))
+            .map_err(connect_err)?;
+        }
         let fence_table = format!("{prefix}{}_fence", compat.prefix());
         if let Some(fence) = &fence {
             claim_fence(&conn, &fence_table, fence, path)?;
@@ -968,13 +979,14 @@ impl Inner {
             let now = iso_millis(now_ms());
             let mut st = tx
                 .prepare_cached(&format!(
-                    "INSERT INTO {} (\"stream\", \"cursor\", \"updated_at\") VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (\"stream\") DO UPDATE SET \"cursor\" = excluded.\"cursor\", \"updated_at\" = excluded.\"updated_at\"",
+                    "INSERT INTO {} (\"stream\", \"cursor\", \"updated_at\", \"fence\") VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (\"stream\") DO UPDATE SET \"cursor\" = excluded.\"cursor\", \"updated_at\" = excluded.\"updated_at\", \"fence\" = excluded.\"fence\"",
                     quote_ident(&self.state)
                 ))
                 .map_err(at("cursor table"))?;
+            let token = self.fence.as_ref().map(|(f, _)| f.token);
             for (stream, cursor) in &commit.cursors {
-                st.execute(rusqlite::params![stream, cursor.to_string(), now])
+                st.execute(rusqlite::params![stream, cursor.to_string(), now, token])
                     .map_err(at("cursor table"))?;
             }
         }

@@ -51,6 +51,9 @@ pub struct SchedulerOptions {
     pub grace: Duration,
     /// How often a run's progress is written (and a cancel looked for in the store).
     pub progress_every: Duration,
+    /// Runs this process executes at once; queued runs beyond it wait, or are started by
+    /// another server on the same store (which is how several servers share the work).
+    pub max_running: usize,
 }
 
 impl Default for SchedulerOptions {
@@ -59,9 +62,13 @@ impl Default for SchedulerOptions {
             scale: 1,
             grace: Duration::from_secs(20),
             progress_every: Duration::from_secs(1),
+            max_running: DEFAULT_MAX_RUNNING,
         }
     }
 }
+
+/// [`SchedulerOptions::max_running`] by default (`serve --max-syncs`).
+pub const DEFAULT_MAX_RUNNING: usize = 4;
 
 /// What the scheduler works with.
 #[derive(Clone)]
@@ -372,10 +379,17 @@ fn plan(shared: &Arc<Shared>) -> Result<(Duration, Vec<SyncRun>)> {
     Ok((next.max(Duration::from_millis(50)), deps.runs.queued()?))
 }
 
-/// Starts the queued runs whose connection has none running.
+/// Starts the queued runs whose connection has none running, up to the process's limit.
 fn start_queued(shared: &Arc<Shared>, tasks: &mut tokio::task::JoinSet<()>, queued: Vec<SyncRun>) {
     for run in queued {
         let mut active = shared.active.lock();
+        if active.len() >= shared.opts.max_running.max(1) {
+            tracing::debug!(
+                running = active.len(),
+                "at --max-syncs: queued runs wait for a free slot here or start on another server"
+            );
+            break;
+        }
         if active.contains_key(&run.connection) {
             continue;
         }

@@ -15,3 +15,23 @@ pub mod pg;
 pub mod recorded;
 pub mod serve;
 pub mod sim;
+
+/// A seeded xorshift: fault tests pick their moments and victims from it, so a failing run can
+/// be repeated with the same seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `lo..hi` (`hi` > `lo`).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}

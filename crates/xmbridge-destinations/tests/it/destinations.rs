@@ -1732,7 +1732,18 @@ async fn one_writer(h: H) {
 async fn fencing(mut h: H) {
     let url = h.url.clone();
     h.close();
-    let one = |id: &str, n: i64| commit_of(T0, vec![upserts("item", vec![item(id, "s1", "x", n)])]);
+    let one = |id: &str, n: i64| Commit {
+        cursors: vec![("s".into(), json!(n))],
+        ..commit_of(T0, vec![upserts("item", vec![item(id, "s1", "x", n)])])
+    };
+    let writer = async |h: &H| {
+        h.rows(&format!(
+            "SELECT CAST(\"fence\" AS TEXT) FROM {} WHERE \"stream\" = 's'",
+            h.t("_xmbridge_state")
+        ))
+        .await[0][0]
+            .clone()
+    };
     let mut first = open_fenced(&url, "prod", 1).await.unwrap();
     first.ensure_tables(&[item_spec()]).await.unwrap();
     first.commit(one("a", 1)).await.unwrap();
@@ -1760,6 +1771,8 @@ async fn fencing(mut h: H) {
     fourth.ensure_tables(&[item_spec()]).await.unwrap();
     fourth.commit(one("c", 4)).await.unwrap();
     fourth.flush().await.unwrap();
+    // Each cursor names the run that wrote it.
+    assert_eq!(writer(&h).await.as_deref(), Some("4"));
     h.exec(&format!(
         "UPDATE {} SET \"token\" = 5 WHERE \"scope\" = 'prod'",
         h.t("_xmbridge_fence")
@@ -1785,6 +1798,7 @@ async fn fencing(mut h: H) {
     cli.commit(one("f", 0)).await.unwrap();
     cli.flush().await.unwrap();
     assert_eq!(h.count("item", "1=1").await, 5);
+    assert_eq!(writer(&h).await, None);
 }
 
 /// Concurrent commits (a survey's intermediate ones) all land and are each counted once (by
