@@ -1445,6 +1445,76 @@ async fn a_server_frozen_past_its_lease_loses_its_run_and_writes_nothing_after_w
     assert!(held["survey_response"] > 1000, "{held:?}");
 }
 
+/// Each Qualtrics brand's rate limit is divided among the live servers on one store: with two
+/// servers, each says in `/metrics` that it paces at half; once one is killed and has missed its
+/// heartbeats, the other takes the whole limit again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_brand_rate_limit_is_divided_among_the_live_servers() {
+    let Some(state_db) = TestDb::create("xmb_serve_share").await else {
+        return;
+    };
+    let url = state_db.url().to_string();
+    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let mut a = support::install();
+    a.master_key = Some(key.into());
+    let mut b = support::install();
+    b.master_key = Some(key.into());
+    let pw = a.file("pw", "correct horse battery staple\n");
+    a.ok(&[
+        "user",
+        "add",
+        "ops",
+        "--role",
+        "admin",
+        "--password-file",
+        pw.to_str().unwrap(),
+        "--state",
+        &url,
+    ])
+    .await;
+    let token = a.ok(&["user", "token", "ops", "--state", &url]).await;
+    let token = token.trim().to_string();
+    let args = ["--state", url.as_str(), "--heartbeat-secs", "1"];
+    let mut servers = [start_server(&a, &args).await, start_server(&b, &args).await];
+    let share = async |s: &Served| -> Option<u32> {
+        let text = http()
+            .get(s.at("/metrics"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("xmbridge_brand_rate_limit_share "))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let wait_for = async |s: &Served, wanted: u32, why: &str| {
+        let start = Instant::now();
+        loop {
+            let now = share(s).await;
+            if now == Some(wanted) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{why}: the share is {now:?}, not {wanted}\n{}",
+                s.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    wait_for(&servers[0], 2, "two servers alive").await;
+    wait_for(&servers[1], 2, "two servers alive").await;
+    servers[1].kill();
+    wait_for(&servers[0], 1, "one server left").await;
+    servers[0].terminate();
+    assert!(servers[0].wait(Duration::from_secs(30)).await.success());
+}
+
 /// A loopback TCP relay to the test's PostgreSQL server that the test can cut and restore,
 /// as a network partition or a database restart would.
 struct Relay {

@@ -13,6 +13,10 @@
 //! the bucket stops until `Retry-After` has passed and halves its rate (at most once per pause);
 //! every later success gives back 1% of the configured rate (AIMD, as TCP does).
 //!
+//! Several processes pacing one brand (the nodes of a cluster, docs/scale-out.md) divide it
+//! explicitly: [`RateLimiter::set_share`] runs every bucket at `1/n` of its limit, so that `n`
+//! processes together stay within it.
+//!
 //! This module owns pacing only; which calls are retried lives in `client.rs` and `retry.rs`.
 
 use crate::error::Error;
@@ -20,7 +24,7 @@ use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Qualtrics' documented brand limit (requests per minute); the client refuses to be set above it.
@@ -216,6 +220,24 @@ impl Bucket {
     fn rate_per_min(&self) -> f64 {
         self.rate * 60.0
     }
+
+    /// Runs at a new limit from now on (a share of the configured one), keeping how far 429s
+    /// have slowed it down and no more saved tokens than the new burst.
+    fn rescale(&mut self, per_min: u32, now: Instant) {
+        self.refill(now);
+        let slowed = self.rate / self.full_rate;
+        let fresh = Bucket::new(per_min, now);
+        self.capacity = fresh.capacity;
+        self.full_rate = fresh.full_rate;
+        self.min_rate = fresh.min_rate;
+        self.rate = (fresh.full_rate * slowed).clamp(fresh.min_rate, fresh.full_rate);
+        self.tokens = self.tokens.min(self.capacity);
+    }
+}
+
+/// `per_min` divided among `share` processes: at least 1 per minute each.
+fn share_of(per_min: u32, share: u32) -> u32 {
+    (per_min / share.max(1)).max(1)
 }
 
 /// Counters of a [`RateLimiter`], for logs and tests.
@@ -241,6 +263,8 @@ pub struct RateLimiter {
     acquired: AtomicU64,
     waited: AtomicU64,
     throttled: AtomicU64,
+    /// How many processes the limits are divided among ([`RateLimiter::set_share`]).
+    share: AtomicU32,
 }
 
 impl fmt::Debug for RateLimiter {
@@ -268,7 +292,36 @@ impl RateLimiter {
             acquired: AtomicU64::new(0),
             waited: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
+            share: AtomicU32::new(1),
         }))
+    }
+
+    /// Divides every limit among `processes` (at least 1) that pace the same brand, each
+    /// running this at `limit / processes` (at least 1 per minute), so that together they stay
+    /// within it. Takes effect at once; 1 gives back the whole limit.
+    pub fn set_share(&self, processes: u32) {
+        let processes = processes.max(1);
+        if self.share.swap(processes, Ordering::Relaxed) == processes {
+            return;
+        }
+        let now = Instant::now();
+        self.brand
+            .lock()
+            .rescale(share_of(self.limits.brand_per_min, processes), now);
+        for (key, bucket) in &self.routes {
+            let per_min = self.limits.routes.get(key).copied().unwrap_or(1);
+            bucket.lock().rescale(share_of(per_min, processes), now);
+        }
+        tracing::info!(
+            processes,
+            brand_per_min = share_of(self.limits.brand_per_min, processes),
+            "the brand's rate limit is divided among the servers sharing the state store"
+        );
+    }
+
+    /// How many processes the limits are divided among.
+    pub fn share(&self) -> u32 {
+        self.share.load(Ordering::Relaxed)
     }
 
     /// The configured limits.
@@ -395,6 +448,46 @@ mod tests {
             best = best.max(q.len());
         }
         best
+    }
+
+    #[test]
+    fn a_share_runs_each_process_at_its_part_and_together_within_the_limit() {
+        let limiter = RateLimiter::new(RateLimits::brand(2000).route("export-responses", 90))
+            .expect("valid limits");
+        let full = limiter.stats().brand_rate_per_min;
+        limiter.set_share(3);
+        assert_eq!(limiter.share(), 3);
+        let part = limiter.stats().brand_rate_per_min;
+        // 666/min each, of which a burst of 33: three processes refill at 3 × 633/min.
+        assert!((part - 633.0).abs() < 1.0, "{part}");
+        assert!(3.0 * part < full, "{part} × 3 against {full}");
+        // Three processes driven greedily for five minutes never exceed 2000 in a minute.
+        let start = Instant::now();
+        let mut sent = Vec::new();
+        for _ in 0..3 {
+            let mut b = Bucket::new(share_of(2000, 3), start);
+            sent.extend(greedy(&mut b, start, Duration::from_secs(300)));
+        }
+        sent.sort();
+        assert!(max_in_window(&sent, Duration::from_secs(60)) <= 2000);
+        // A route limit is divided too, to no less than 1 a minute.
+        assert_eq!(share_of(90, 3), 30);
+        assert_eq!(share_of(2, 3), 1);
+        // Back to one process: the whole limit again.
+        limiter.set_share(1);
+        assert!((limiter.stats().brand_rate_per_min - full).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_share_keeps_how_far_429s_slowed_the_bucket() {
+        let now = Instant::now();
+        let mut b = Bucket::new(2000, now);
+        b.slow_down(now, Duration::from_secs(1));
+        let slowed = b.rate / b.full_rate;
+        assert!((slowed - 0.5).abs() < 1e-9);
+        b.rescale(1000, now + Duration::from_secs(2));
+        assert!((b.rate / b.full_rate - 0.5).abs() < 1e-9);
+        assert!(b.tokens <= b.capacity);
     }
 
     #[test]

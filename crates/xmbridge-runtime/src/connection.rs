@@ -3,11 +3,14 @@
 //! or OAuth client credentials over mutual TLS), and a new connection checked and saved
 //! ([`NewConnection`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, LazyLock};
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use xmbridge_auth::{ExposeSecret, OAuthClient, TokenSource};
-use xmbridge_qualtrics::{Auth, BaseUrl, Client};
+use xmbridge_qualtrics::{Auth, BaseUrl, Client, RateLimiter, RateLimits};
 use xmbridge_vault::{Provider, SecretField, Vault};
 
 use crate::error::{Result, RuntimeError};
@@ -324,6 +327,51 @@ impl Connected {
     }
 }
 
+/// The rate limiters of the brands this process calls, one per brand: every client of a brand
+/// (each sync run, each workflow step) takes its tokens from the same buckets.
+static BRAND_LIMITERS: LazyLock<Mutex<HashMap<String, Arc<RateLimiter>>>> =
+    LazyLock::new(Default::default);
+
+/// How many processes divide each brand's limit ([`share_brand_limits`]).
+static BRAND_SHARE: AtomicU32 = AtomicU32::new(1);
+
+/// The brand's limiter in this process, made on first use. A brand is its API host and brand
+/// id; a connection whose brand id is not known yet is a brand of its own.
+fn brand_limiter(
+    base: &BaseUrl,
+    name: &str,
+    settings: &QualtricsSettings,
+) -> Result<Arc<RateLimiter>> {
+    let key = match &settings.brand_id {
+        Some(brand) => format!("{} brand {brand}", base.as_str()),
+        None => format!("{} connection {name}", base.as_str()),
+    };
+    let mut limiters = BRAND_LIMITERS.lock();
+    if let Some(l) = limiters.get(&key) {
+        return Ok(l.clone());
+    }
+    let limiter = RateLimiter::new(RateLimits::default())?;
+    limiter.set_share(BRAND_SHARE.load(Ordering::Relaxed));
+    limiters.insert(key, limiter.clone());
+    Ok(limiter)
+}
+
+/// Divides every brand's rate limit among `processes` that call the brands (the live servers
+/// on one state store, docs/scale-out.md): each runs at `limit / processes`, now and for
+/// brands it calls later.
+pub fn share_brand_limits(processes: u32) {
+    let processes = processes.max(1);
+    BRAND_SHARE.store(processes, Ordering::Relaxed);
+    for limiter in BRAND_LIMITERS.lock().values() {
+        limiter.set_share(processes);
+    }
+}
+
+/// How many processes divide each brand's rate limit now.
+pub fn brand_limit_share() -> u32 {
+    BRAND_SHARE.load(Ordering::Relaxed)
+}
+
 /// Opens the stored connection `name` as a client.
 pub fn connect(vault: &Arc<Vault>, name: &str) -> Result<Connected> {
     let settings = load_settings(vault, name)?;
@@ -331,11 +379,14 @@ pub fn connect(vault: &Arc<Vault>, name: &str) -> Result<Connected> {
     let source = token_source(vault, name, &settings, &http)?;
     let base = BaseUrl::parse(&settings.base_url)?;
     let loopback = base.is_loopback();
-    let mut builder = Client::builder(base, Auth::token_source(source.clone())).http_client(http);
+    let mut builder =
+        Client::builder(base.clone(), Auth::token_source(source.clone())).http_client(http);
     if loopback {
         // A simulator on this machine enforces its own limit (429 + Retry-After, which the
         // client honours); pacing for a remote brand's 2,000/min would only slow it down.
         builder = builder.no_rate_limit();
+    } else {
+        builder = builder.rate_limiter(brand_limiter(&base, name, &settings)?);
     }
     let client = builder.build()?;
     Ok(Connected {

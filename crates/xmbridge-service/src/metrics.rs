@@ -104,6 +104,17 @@ impl Metrics {
                 label(&node.version)
             );
         }
+        family(
+            &mut out,
+            "xmbridge_brand_rate_limit_share",
+            "gauge",
+            "How many live servers each Qualtrics brand's rate limit is divided among: this one paces every brand at its limit divided by this.",
+        );
+        let _ = writeln!(
+            out,
+            "xmbridge_brand_rate_limit_share {}",
+            xmbridge_runtime::connection::brand_limit_share()
+        );
         let c = self.inner.lock();
         family(
             &mut out,

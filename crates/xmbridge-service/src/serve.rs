@@ -523,7 +523,8 @@ fn node_id() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Records this node's heartbeat, with the syncs it runs, every `every` until `stop` turns true.
+/// Records this node's heartbeat, with the syncs it runs, every `every` until `stop` turns true,
+/// and divides each Qualtrics brand's rate limit among the nodes alive then (docs/scale-out.md).
 /// A failed write is logged and retried at the next beat: the node keeps serving, and others
 /// see it as not responding until a write succeeds.
 async fn heartbeats(
@@ -540,8 +541,20 @@ async fn heartbeats(
         }
         let running = state.scheduler.running();
         let (nodes, id) = (state.nodes.clone(), state.node_id.clone());
-        match tokio::task::spawn_blocking(move || nodes.heartbeat(&id, &running)).await {
-            Ok(Ok(())) => {}
+        let beat = move || {
+            nodes.heartbeat(&id, &running)?;
+            nodes.list()
+        };
+        match tokio::task::spawn_blocking(beat).await {
+            Ok(Ok(listed)) => {
+                let alive = listed
+                    .iter()
+                    .filter(|n| n.state == crate::nodes::NodeState::Alive)
+                    .count();
+                xmbridge_runtime::connection::share_brand_limits(
+                    u32::try_from(alive).unwrap_or(u32::MAX),
+                );
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot record this node's heartbeat"),
             Err(e) => tracing::warn!(error = %e, "cannot record this node's heartbeat"),
         }
