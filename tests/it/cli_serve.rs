@@ -1586,9 +1586,15 @@ async fn readyz_until(s: &Served, status: u16, within: Duration) -> String {
     }
 }
 
+/// A server cut off from its PostgreSQL state store says so in `/readyz` and its log, and picks
+/// up again once it is back. A sync that finishes while the store is away has its end recorded
+/// then: the run does not stay `running` (which would keep its connection from syncing again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_loses_its_postgres_state_store_says_so_and_picks_up_again() {
     let Some(db) = TestDb::create("xmb_serve_lost_state").await else {
+        return;
+    };
+    let Some(dest) = TestDb::create("xmb_serve_lost_state_dest").await else {
         return;
     };
     // XMBRIDGE_TEST_PG's user and address (postgres://USER@IP:PORT/DB); the relay stands
@@ -1603,11 +1609,71 @@ async fn a_server_that_loses_its_postgres_state_store_says_so_and_picks_up_again
     let relay = Relay::start(server).await;
     let url = format!("postgres://{user}@127.0.0.1:{}/{}", relay.port, db.name());
     let i = support::install();
+    let h = slow_sim().await;
+    let token = i.file("acme.token", &format!("{}\n", h.sim.cfg.admin_token()));
+    i.ok(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "acme",
+        "--no-test",
+        "--url",
+        &h.base_url,
+        "--api-token-file",
+        token.to_str().unwrap(),
+        "--state",
+        &url,
+    ])
+    .await;
+    i.ok(&[
+        "connection",
+        "set",
+        "acme",
+        "--destination",
+        dest.url(),
+        "--every",
+        "24h",
+        "--state",
+        &url,
+    ])
+    .await;
     let mut s = start_server(&i, &["--state", &url, "--heartbeat-secs", "1"]).await;
     let body = readyz_until(&s, 200, Duration::from_secs(10)).await;
     assert!(body.contains("the state store answers"), "{body}");
+    // The daily schedule's first slot: a run, committing.
+    let state = db.client().await;
+    let run_state = async || -> Option<(i64, String)> {
+        state
+            .query_opt(
+                "SELECT id, status FROM svc_sync_runs WHERE connection = 'acme'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| (r.get(0), r.get(1)))
+    };
+    let start = Instant::now();
+    let run = loop {
+        let committed = dest
+            .client()
+            .await
+            .query_opt("SELECT 1 FROM qualtrics._xmbridge_state LIMIT 1", &[])
+            .await
+            .is_ok_and(|r| r.is_some());
+        if let Some((id, status)) = run_state().await
+            && status == "running"
+            && committed
+        {
+            break id;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{}", s.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
 
     relay.cut();
+    // The sync goes on (its destination is not behind the relay) and ends while the store is
+    // away.
+    fast_again(&h).await;
     let body = readyz_until(&s, 503, Duration::from_secs(20)).await;
     assert!(body.contains("the state store does not answer"), "{body}");
     // The next statement (a heartbeat, at the latest) tries to connect again, and says why not.
@@ -1620,8 +1686,28 @@ async fn a_server_that_loses_its_postgres_state_store_says_so_and_picks_up_again
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    let start = Instant::now();
+    while !s
+        .stderr()
+        .contains("cannot record the end of the sync run (the state store does not answer)")
+    {
+        assert!(start.elapsed() < Duration::from_secs(60), "{}", s.stderr());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(run_state().await, Some((run, "running".to_string())));
+
     relay.restore(server).await;
     readyz_until(&s, 200, Duration::from_secs(20)).await;
+    let start = Instant::now();
+    while run_state().await != Some((run, "succeeded".to_string())) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{:?}\n{}",
+            run_state().await,
+            s.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     s.terminate();
     assert!(
         s.wait(Duration::from_secs(30)).await.success(),

@@ -273,6 +273,9 @@ impl Scheduler {
     }
 }
 
+/// How often a run's end is tried again while the state store does not answer.
+const FINISH_RETRY: Duration = Duration::from_secs(2);
+
 /// How often a server on a shared store looks for runs whose node stopped heartbeating.
 const TAKE_OVER_EVERY: Duration = Duration::from_secs(2);
 
@@ -780,7 +783,25 @@ async fn execute(shared: &Arc<Shared>, run: SyncRun, switches: Switches) {
     let status = outcome.status;
     deps.metrics
         .add_calls(&connection, outcome.api_calls, outcome.throttled);
-    match deps.runs.finish(id, outcome) {
+    // The end is recorded however long the state store is away: a run left `running` by a node
+    // that is alive would keep its connection from ever starting another one.
+    let mut waiting = false;
+    let recorded = loop {
+        match deps.runs.finish(id, outcome.clone()) {
+            Err(e) if e.kind() == ErrorKind::Internal => {
+                if !waiting {
+                    tracing::warn!(run = id, connection = %connection, error = %e, "cannot record the end of the sync run (the state store does not answer); trying again every 2 s");
+                    waiting = true;
+                }
+                tokio::time::sleep(FINISH_RETRY).await;
+            }
+            other => break other,
+        }
+    };
+    if waiting && recorded.is_ok() {
+        tracing::info!(run = id, connection = %connection, "the end of the sync run is recorded now that the state store answers again");
+    }
+    match recorded {
         // A failure is logged at warn, which the default log level shows.
         Ok(r) if r.status == RunStatus::Failed => tracing::warn!(
             run = id,
