@@ -105,11 +105,15 @@ fn figures(v: &Value, m: &serde_json::Map<String, Value>) {
     assert!(limit_s > 0.0 && limit_s < 600.0, "{v}");
     assert!(limit_ratio > 0.0 && limit_ratio.is_finite(), "{v}");
     assert!(consistent(limit_ratio, limit_s, sync_s - export_s), "{v}");
-    // CPU seconds: some work was done, and no more than every core for the whole sync (plus a
-    // clock tick of rounding on each side).
+    // CPU seconds: no more than every core for the whole sync (plus a clock tick of rounding on
+    // each side). The kernel counts in ticks of 10 ms, so an incremental sync of a few rows may
+    // read 0; a first load always does some work.
     let cpu = m["client_cpu_s"].as_f64().unwrap();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    assert!(cpu > 0.0 && cpu <= sync_s * cores + 0.02, "{v}");
+    assert!(cpu >= 0.0 && cpu <= sync_s * cores + 0.02, "{v}");
+    if !m.contains_key("changed_responses") {
+        assert!(cpu > 0.0, "{v}");
+    }
 }
 
 /// Whether `ratio` is `num / den` computed before the three were rounded to 3 decimals: a

@@ -283,6 +283,24 @@ pub struct RunError {
     pub fix: Option<String>,
 }
 
+/// What [`Runs::fire_slot`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// Not due (or fired by another process already): nothing changed.
+    NotDue,
+    /// The slot fired and queued this run.
+    Queued(i64),
+    /// The slot fired, but a run of the connection was queued or running: none was queued.
+    Skipped,
+}
+
+impl Slot {
+    /// Whether this call fired the slot.
+    pub fn fired(self) -> bool {
+        self != Slot::NotDue
+    }
+}
+
 /// One sync run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SyncRun {
@@ -754,31 +772,70 @@ impl Runs {
         Ok(())
     }
 
-    /// Takes the schedule slot at `now` for `connection` when the last one taken is at least
-    /// `interval` old (or there is none): true when this call took it. One statement, a
-    /// compare-and-set in the state store, so processes planning the same schedule at once fire
-    /// each slot once between them.
-    pub fn claim_slot(
+    /// Fires the schedule slot at `now` for `connection` when the last one fired is at least
+    /// `interval` old (or there is none), in one transaction: the slot is taken by a
+    /// compare-and-set, and a `schedule` run is queued unless a run of the connection is queued
+    /// or running already (the slot is then skipped). So processes planning the same schedule at
+    /// once fire each slot once between them, and a process killed halfway fires nothing: the
+    /// slot stays for the next one to plan it.
+    pub fn fire_slot(
         &self,
         connection: &str,
         now: DateTime<Utc>,
         interval: std::time::Duration,
-    ) -> Result<bool> {
+    ) -> Result<Slot> {
         let now_ms = now.timestamp_millis();
         let due_before =
             now_ms.saturating_sub(i64::try_from(interval.as_millis()).unwrap_or(i64::MAX));
-        let taken = self
-            .inner
-            .db
-            .query_opt(
-                "INSERT INTO svc_sync_slots (connection, last_slot) VALUES (?1, ?2)
-                 ON CONFLICT (connection) DO UPDATE SET last_slot = excluded.last_slot
-                 WHERE svc_sync_slots.last_slot <= ?3
-                 RETURNING last_slot",
-                &vals![connection, now_ms, due_before],
-            )
-            .map_err(ServiceError::state("take a schedule slot"))?;
-        Ok(taken.is_some())
+        let connection = connection.to_string();
+        let fired = self.inner.db.tx(move |tx| {
+            let failed = || ServiceError::state("fire a schedule slot");
+            let taken = tx
+                .query_opt(
+                    "INSERT INTO svc_sync_slots (connection, last_slot) VALUES (?1, ?2)
+                     ON CONFLICT (connection) DO UPDATE SET last_slot = excluded.last_slot
+                     WHERE svc_sync_slots.last_slot <= ?3
+                     RETURNING last_slot",
+                    &vals![connection.as_str(), now_ms, due_before],
+                )
+                .map_err(failed())?;
+            if taken.is_none() {
+                return Ok::<_, ServiceError>(Slot::NotDue);
+            }
+            let busy = tx
+                .query_opt(
+                    "SELECT id FROM svc_sync_runs
+                     WHERE connection = ?1 AND status IN ('queued', 'running') LIMIT 1",
+                    &vals![connection.as_str()],
+                )
+                .map_err(failed())?;
+            if busy.is_some() {
+                return Ok(Slot::Skipped);
+            }
+            let id: i64 = tx
+                .query_opt(
+                    "INSERT INTO svc_sync_runs (connection, status, trigger, queued_at)
+                     VALUES (?1, 'queued', ?2, ?3) RETURNING id",
+                    &vals![connection.as_str(), RunTrigger::Schedule.as_str(), now_ms],
+                )
+                .map_err(failed())?
+                .ok_or_else(|| {
+                    failed()(DbError::Type {
+                        column: 0,
+                        found: "no row",
+                        expected: "the new run's id",
+                    })
+                })?
+                .get(0)
+                .map_err(failed())?;
+            Ok(Slot::Queued(id))
+        });
+        match fired {
+            // A run queued by another process between the look and the insert: the whole
+            // transaction is undone, and the next plan finds the slot due and the run queued.
+            Err(ServiceError::State { source, .. }) if is_constraint(&source) => Ok(Slot::NotDue),
+            other => other,
+        }
     }
 
     /// How many runs there are in each status (every status present, zero included).
@@ -1051,18 +1108,36 @@ mod tests {
     fn a_slot_is_taken_once_and_the_next_one_an_interval_later_on(r: &Runs) {
         let hour = std::time::Duration::from_secs(3600);
         let t0 = from_ms(1_700_000_000_000);
-        assert!(r.claim_slot("acme", t0, hour).unwrap(), "the first slot");
+        let first = r.fire_slot("acme", t0, hour).unwrap();
         assert!(
-            !r.claim_slot("acme", t0, hour).unwrap(),
+            matches!(first, Slot::Queued(_)),
+            "the first slot: {first:?}"
+        );
+        assert!(
+            !r.fire_slot("acme", t0, hour).unwrap().fired(),
             "the same slot again"
         );
         let half = t0 + chrono::Duration::minutes(30);
-        assert!(!r.claim_slot("acme", half, hour).unwrap(), "not due yet");
+        assert!(
+            !r.fire_slot("acme", half, hour).unwrap().fired(),
+            "not due yet"
+        );
         assert_eq!(r.last_slot("acme").unwrap(), Some(t0));
         let next = t0 + chrono::Duration::hours(1);
-        assert!(r.claim_slot("acme", next, hour).unwrap(), "due again");
+        // Fired, but the first slot's run is still queued: none is queued for it.
+        assert_eq!(
+            r.fire_slot("acme", next, hour).unwrap(),
+            Slot::Skipped,
+            "due again"
+        );
+        let queued = r.active("acme").unwrap();
+        assert_eq!(queued.len(), 1, "{queued:?}");
+        assert_eq!(queued[0].trigger, RunTrigger::Schedule);
         assert_eq!(r.last_slot("acme").unwrap(), Some(next));
-        assert!(r.claim_slot("other", half, hour).unwrap(), "per connection");
+        assert!(
+            r.fire_slot("other", half, hour).unwrap().fired(),
+            "per connection"
+        );
     }
 
     #[test]
@@ -1080,7 +1155,7 @@ mod tests {
                 .map(|_| {
                     // A handle each, as separate processes have.
                     let handle = Runs::open_at(&store()).unwrap();
-                    std::thread::spawn(move || handle.claim_slot("acme", at, hour).unwrap())
+                    std::thread::spawn(move || handle.fire_slot("acme", at, hour).unwrap().fired())
                 })
                 .collect::<Vec<_>>()
                 .into_iter()

@@ -38,7 +38,7 @@ use xmbridge_vault::{Home, Vault};
 use crate::config::SyncConfigs;
 use crate::error::{ErrorKind, Result, ServiceError};
 use crate::metrics::Metrics;
-use crate::runs::{RunError, RunOutcome, RunStatus, RunTrigger, Runs, SyncRun, TableCounts};
+use crate::runs::{RunError, RunOutcome, RunStatus, RunTrigger, Runs, Slot, SyncRun, TableCounts};
 
 /// How the scheduler runs.
 #[derive(Clone, Debug)]
@@ -356,27 +356,20 @@ fn plan(shared: &Arc<Shared>) -> Result<(Duration, Vec<SyncRun>)> {
             continue;
         }
         // However many slots passed (a server down for hours), one run, and the next slot
-        // counts from now. Taken in one compare-and-set: another process planning the same
-        // schedule may have taken it since the read above.
+        // counts from now. Taken and queued in one transaction: another process planning the
+        // same schedule may have fired it since the read above.
         next = next.min(interval);
-        if !deps.runs.claim_slot(&connection, now, interval)? {
-            tracing::debug!(connection = %connection, "schedule slot taken by another process");
-            continue;
-        }
         let _guard = shared.queueing.lock();
-        if deps.runs.active(&connection)?.is_empty() {
-            match deps.runs.queue(&connection, RunTrigger::Schedule, None) {
-                Ok(run) => {
-                    tracing::info!(run = run.id, connection = %connection, "scheduled sync queued")
-                }
-                // Another process queued one since the look above.
-                Err(e) if e.kind() == ErrorKind::Conflict => {
-                    tracing::info!(connection = %connection, "scheduled slot skipped: another process queued a run of this connection")
-                }
-                Err(e) => return Err(e),
+        match deps.runs.fire_slot(&connection, now, interval)? {
+            Slot::NotDue => {
+                tracing::debug!(connection = %connection, "schedule slot taken by another process")
             }
-        } else {
-            tracing::info!(connection = %connection, "scheduled slot skipped: a run of this connection is queued or running");
+            Slot::Queued(run) => {
+                tracing::info!(run, connection = %connection, "scheduled sync queued")
+            }
+            Slot::Skipped => {
+                tracing::info!(connection = %connection, "scheduled slot skipped: a run of this connection is queued or running")
+            }
         }
     }
     Ok((next.max(Duration::from_millis(50)), deps.runs.queued()?))
