@@ -337,13 +337,30 @@ async fn end_older_sessions(
     describe: &str,
 ) -> Result<(), DestError> {
     let prefix = format!("xmbridge fence {} ", fence.scope_tag());
+    // PostgreSQL 14 and later wait (up to 5 s) until the session has ended; older ones only
+    // signal it, and the schema lock's own wait (LOCK_WAIT) covers the rest.
+    let waits: bool = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int >= 140000",
+            &[],
+        )
+        .await
+        .and_then(|r| r.try_get(0))
+        .unwrap_or(false);
+    let terminate = if waits {
+        "pg_terminate_backend(pid, 5000)"
+    } else {
+        "pg_terminate_backend(pid)"
+    };
     let rows = client
         .query(
-            "SELECT pid, application_name, pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
-             WHERE datname = current_database() AND pid <> pg_backend_pid() \
-               AND starts_with(application_name, $1) \
-               AND (CASE WHEN substr(application_name, length($1) + 1) ~ '^[0-9]{1,18}$' \
-                         THEN substr(application_name, length($1) + 1)::bigint END) < $2",
+            &format!(
+                "SELECT pid, application_name, {terminate} FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                   AND starts_with(application_name, $1) \
+                   AND (CASE WHEN substr(application_name, length($1) + 1) ~ '^[0-9]{{1,18}}$' \
+                             THEN substr(application_name, length($1) + 1)::bigint END) < $2"
+            ),
             &[&prefix, &fence.token],
         )
         .await
