@@ -87,6 +87,15 @@ pub struct ServeArgs {
         hide = true
     )]
     pub schedule_scale: u32,
+    /// For tests: how long idle delivery workers wait before looking for due events again when
+    /// nothing wakes them, in milliseconds.
+    #[arg(
+        long,
+        env = "XMBRIDGE_DELIVERY_POLL_MS",
+        default_value_t = 500,
+        hide = true
+    )]
+    pub delivery_poll_ms: u64,
 }
 
 /// The service's error as the CLI reports it: its fix appended; an invalid input is a usage
@@ -140,6 +149,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             // The server is not a person editing definitions.
             acting_user: None,
             default_qualtrics_optional: true,
+            poll: Duration::from_millis(args.delivery_poll_ms),
         },
         scheduler: SchedulerOptions {
             scale: args.schedule_scale,
@@ -149,6 +159,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         workflow_config: args.config.clone(),
         heartbeat_every: Duration::from_secs(args.heartbeat_secs),
+        event_wakeups: super::state::chosen()
+            .map(super::state::settings)
+            .transpose()?
+            .map(|(settings, _)| settings),
     };
     // Refused before anything is opened or bound.
     if let Some(warning) = serve::check_listen(&opts).map_err(service_error)? {

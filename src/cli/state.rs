@@ -64,7 +64,9 @@ struct PgStore {
 /// The settings to connect with: the same password sources and TLS options as a PostgreSQL
 /// destination (PGPASSWORD, ~/.pgpass, `sslmode=` in the URL; docs/destinations.md). Warnings
 /// are printed; the second value is the URL without its password.
-fn settings(url: &str) -> anyhow::Result<(xmbridge_destinations::DestinationSettings, String)> {
+pub(crate) fn settings(
+    url: &str,
+) -> anyhow::Result<(xmbridge_destinations::DestinationSettings, String)> {
     let shown = xmbridge_destinations::redact_url(url);
     if shown != url {
         eprintln!(

@@ -314,6 +314,7 @@ pub async fn run(args: RunArgs, sources: &Sources, registry: Registry) -> anyhow
             // than the creator (the owner when first seen) drops the credential binding.
             acting_user: args.user.resolve().ok(),
             default_qualtrics_optional: false,
+            poll: xmbridge_runtime::workflow::DEFAULT_POLL,
         },
     )?;
     print_unbound(&process.unbound);

@@ -1515,6 +1515,94 @@ async fn the_brand_rate_limit_is_divided_among_the_live_servers() {
     assert!(servers[0].wait(Duration::from_secs(30)).await.success());
 }
 
+/// On a PostgreSQL state store, an event another process stores wakes this server's idle
+/// delivery workers at once (the commit announces it, the server LISTENs): here they would
+/// otherwise look again only after a minute (`--delivery-poll-ms 60000`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_stored_elsewhere_wakes_this_servers_idle_workers_at_once() {
+    use xmbridge_workflows::outbox::Outbox;
+    use xmbridge_workflows::store::{EventSource, NewEvent, WorkflowStore};
+    let Some(state_db) = TestDb::create("xmb_serve_wakeups").await else {
+        return;
+    };
+    let url = state_db.url().to_string();
+    let h = sim(SimConfig {
+        contacts: 0,
+        rate_limit_per_min: 0,
+        ..SimConfig::default()
+    })
+    .await;
+    let dir = h.sim.directory.default_directory_id();
+    let mut i = support::install();
+    i.master_key = Some("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into());
+    let token = i.file("q.token", &format!("{}\n", h.sim.cfg.admin_token()));
+    i.ok(&[
+        "connection",
+        "add",
+        "qualtrics",
+        "q",
+        "--no-test",
+        "--url",
+        &h.base_url,
+        "--api-token-file",
+        token.to_str().unwrap(),
+        "--state",
+        &url,
+    ])
+    .await;
+    i.write_workflow(
+        "wake.toml",
+        &crate::cli_workflow_run::servicenow_contact_workflow("wake", &dir),
+    );
+    let mut s = start_server(&i, &["--state", &url, "--delivery-poll-ms", "60000"]).await;
+    // The workers' first look (nothing due) is over: the next one is a minute away.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Another process stores an event in the shared outbox.
+    let store_url = url.clone();
+    let worker = xmbridge_state::db::PgWorker::start(move || {
+        let url = store_url.clone();
+        async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            Ok((client, url))
+        }
+    })
+    .unwrap();
+    let store =
+        WorkflowStore::open_at(&xmbridge_state::db::StateLocation::Postgres(worker)).unwrap();
+    let stored = Instant::now();
+    Outbox::new(Arc::new(store))
+        .enqueue(&NewEvent {
+            workflow: "wake".into(),
+            source: EventSource::ServiceNow,
+            dedupe_key: "wake-1@1".into(),
+            payload: serde_json::json!({"table": "incident",
+                "record": {"sys_id": "wake-1", "email": "wake@example.com"}}),
+        })
+        .unwrap();
+    loop {
+        let contacts = crate::cli_workflow_run::contacts_by_ext_ref(&h, &dir).await;
+        if contacts.get("wake-1") == Some(&1) {
+            break;
+        }
+        assert!(
+            stored.elapsed() < Duration::from_secs(20),
+            "not delivered: {contacts:?}\n{}",
+            s.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.terminate();
+    assert!(
+        s.wait(Duration::from_secs(30)).await.success(),
+        "{}",
+        s.stderr()
+    );
+}
+
 /// A loopback TCP relay to the test's PostgreSQL server that the test can cut and restore,
 /// as a network partition or a database restart would.
 struct Relay {

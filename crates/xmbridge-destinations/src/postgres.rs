@@ -500,6 +500,63 @@ pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Connects with the settings' password and TLS (see the `pgtls` module for `sslmode`).
 pub async fn connect(settings: &DestinationSettings) -> Result<Session, DestError> {
+    let (session, connection) = open_session(settings).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "PostgreSQL connection closed");
+        }
+    });
+    Ok(session)
+}
+
+/// [`connect`], and `LISTEN channel` on the session: the receiver gets a `()` for every
+/// notification on the channel, and ends when the session does (the caller connects again).
+pub async fn listen(
+    settings: &DestinationSettings,
+    channel: &str,
+) -> Result<(Session, tokio::sync::mpsc::UnboundedReceiver<()>), DestError> {
+    use futures_util::StreamExt;
+    let (session, mut connection) = open_session(settings).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let wanted = channel.to_string();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) if n.channel() == wanted => {
+                    if tx.send(()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "PostgreSQL connection closed");
+                    return;
+                }
+            }
+        }
+    });
+    session
+        .client
+        .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
+        .await
+        .map_err(|e| sql_err(&format!("listening on {channel}"), e))?;
+    Ok((session, rx))
+}
+
+/// Opens a session; the caller drives its connection.
+async fn open_session(
+    settings: &DestinationSettings,
+) -> Result<
+    (
+        Session,
+        tokio_postgres::Connection<
+            tokio_postgres::Socket,
+            crate::pgtls::RustlsStream<tokio_postgres::Socket>,
+        >,
+    ),
+    DestError,
+> {
     let parts = split_tls(settings.url())?;
     let mut config = parse_config(&parts.rest)?;
     if let Some(p) = settings.password() {
@@ -545,16 +602,14 @@ pub async fn connect(settings: &DestinationSettings) -> Result<Session, DestErro
         destination: target.clone(),
         reason: connect_reason(&e, &parts, settings),
     })?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "PostgreSQL connection closed");
-        }
-    });
-    Ok(Session {
-        client,
-        target,
-        describe: format!("postgres://{user}@{host}:{port}/{db}"),
-    })
+    Ok((
+        Session {
+            client,
+            target,
+            describe: format!("postgres://{user}@{host}:{port}/{db}"),
+        },
+        connection,
+    ))
 }
 
 /// The server accepted TLS but the handshake failed (a rustls error, or the connection cut

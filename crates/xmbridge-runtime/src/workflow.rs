@@ -435,7 +435,13 @@ pub struct ProcessOptions {
     /// steps and event enrichment fail with the fix) instead of refusing to start: a
     /// long-running server must start whatever connections people have added.
     pub default_qualtrics_optional: bool,
+    /// How long an idle worker waits before it looks for due events again, when nothing wakes
+    /// it (an event stored by this process, or announced by another on a PostgreSQL store).
+    pub poll: Duration,
 }
+
+/// [`ProcessOptions::poll`] by default.
+pub const DEFAULT_POLL: Duration = Duration::from_millis(500);
 
 /// A workflow whose binding an edit by someone other than its creator dropped.
 pub struct UnboundEdit {
@@ -539,7 +545,7 @@ impl WorkflowProcess {
                 base,
                 cap: opts.retry.cap.max(base),
             },
-            poll: Duration::from_millis(500),
+            poll: opts.poll.max(Duration::from_millis(10)),
             seed: now_ms() as u64,
         };
         let plans: Vec<Arc<dyn Plan>> = workflows

@@ -101,6 +101,10 @@ pub struct ServeOptions {
     pub workflow_config: Option<PathBuf>,
     /// How often this node records its heartbeat (`cluster status`).
     pub heartbeat_every: Duration,
+    /// The PostgreSQL state store, where one session LISTENs for the events other servers store
+    /// (their commits announce them), so that this server's idle workers wake at once; `None` on
+    /// SQLite, where this server is the only one.
+    pub event_wakeups: Option<xmbridge_destinations::DestinationSettings>,
 }
 
 /// Checks the listen address before anything is bound: another address than loopback needs
@@ -282,6 +286,7 @@ pub struct Server {
     recovered: Vec<i64>,
     state: AppState,
     heartbeat_every: Duration,
+    event_wakeups: Option<xmbridge_destinations::DestinationSettings>,
 }
 
 /// What [`Server::run`] did.
@@ -404,6 +409,7 @@ impl Server {
             recovered,
             state,
             heartbeat_every: opts.heartbeat_every,
+            event_wakeups: opts.event_wakeups.clone(),
         })
     }
 
@@ -469,6 +475,13 @@ impl Server {
             self.heartbeat_every,
             beats_rx,
         ));
+        let wakeups = self.event_wakeups.clone().map(|settings| {
+            tokio::spawn(event_wakeups(
+                settings,
+                self.process.outbox.wake_signal(),
+                rx.clone(),
+            ))
+        });
         let mut sched_rx = rx.clone();
         let scheduler = tokio::spawn(self.scheduler.run(async move {
             let _ = sched_rx.wait_for(|v| *v).await;
@@ -495,6 +508,9 @@ impl Server {
         })?;
         let _ = beats_done.send(true);
         let _ = heartbeat.await;
+        if let Some(w) = wakeups {
+            let _ = w.await;
+        }
         let nodes = self.state.nodes.clone();
         let id = self.state.node_id.clone();
         match tokio::task::spawn_blocking(move || nodes.stopped(&id)).await {
@@ -557,6 +573,57 @@ async fn heartbeats(
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot record this node's heartbeat"),
             Err(e) => tracing::warn!(error = %e, "cannot record this node's heartbeat"),
+        }
+    }
+}
+
+/// Wakes this server's idle delivery workers whenever another server stores an event: on a
+/// PostgreSQL state store each new event's commit announces it on
+/// [`xmbridge_workflows::store::NEW_EVENTS_CHANNEL`], and one session here LISTENs, connecting
+/// again after it lost the database. Until it is back, idle workers still look at every poll.
+async fn event_wakeups(
+    settings: xmbridge_destinations::DestinationSettings,
+    wake: Arc<tokio::sync::Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use xmbridge_workflows::store::NEW_EVENTS_CHANNEL;
+    let mut lost = false;
+    loop {
+        let listening = tokio::select! {
+            l = xmbridge_destinations::postgres::listen(&settings, NEW_EVENTS_CHANNEL) => l,
+            _ = stop.wait_for(|v| *v) => return,
+        };
+        match listening {
+            Ok((_session, mut announced)) => {
+                if lost {
+                    tracing::info!("listening again for events other servers store");
+                } else {
+                    tracing::debug!("listening for events other servers store");
+                }
+                loop {
+                    tokio::select! {
+                        got = announced.recv() => match got {
+                            Some(()) => {
+                                wake.notify_waiters();
+                                wake.notify_one();
+                            }
+                            None => break,
+                        },
+                        _ = stop.wait_for(|v| *v) => return,
+                    }
+                }
+                tracing::warn!(
+                    "lost the session that listens for events other servers store; connecting again in 5 s (idle delivery workers still look at every poll)"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for events other servers store; trying again in 5 s (idle delivery workers still look at every poll)")
+            }
+        }
+        lost = true;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stop.wait_for(|v| *v) => return,
         }
     }
 }
@@ -715,10 +782,12 @@ mod tests {
                 qualtrics: None,
                 acting_user: None,
                 default_qualtrics_optional: true,
+                poll: xmbridge_runtime::workflow::DEFAULT_POLL,
             },
             scheduler: SchedulerOptions::default(),
             workflow_config: None,
             heartbeat_every: crate::nodes::DEFAULT_HEARTBEAT,
+            event_wakeups: None,
         }
     }
 

@@ -1077,6 +1077,11 @@ fn event_of(store: &StoreRef, raw: RawEvent) -> Result<EventRow, StoreError> {
     })
 }
 
+/// The PostgreSQL channel a new event is announced on when its transaction commits, so that
+/// idle delivery workers of other servers on the same store wake at once (`LISTEN
+/// xmbridge_outbox`) rather than at their next poll.
+pub const NEW_EVENTS_CHANNEL: &str = "xmbridge_outbox";
+
 /// Inserts one event unless its dedupe key is taken.
 fn insert_event(tx: &mut Tx<'_>, event: &NewEvent, now_ms: i64) -> Result<Enqueued, DbError> {
     let id = event.id();
@@ -1095,6 +1100,11 @@ fn insert_event(tx: &mut Tx<'_>, event: &NewEvent, now_ms: i64) -> Result<Enqueu
         ],
     )?;
     if n == 1 {
+        if tx.is_postgres() {
+            // Sent when the transaction commits, and once per transaction however many events
+            // it holds (PostgreSQL folds equal notifications).
+            tx.query_opt("SELECT pg_notify(?1, '')::text", &vals![NEW_EVENTS_CHANNEL])?;
+        }
         return Ok(Enqueued::New(id));
     }
     let existing: Option<String> = match tx.query_opt(
