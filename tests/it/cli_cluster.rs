@@ -16,7 +16,6 @@ use xmbridge_test_kit::serve::{Served, start_server};
 use crate::cli_workflow_run::{contacts_by_ext_ref, servicenow_contact_workflow};
 use crate::support::{self, Install};
 
-const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const NODES: usize = 3;
 const CONNECTIONS: usize = 3;
 const EVENTS: usize = 200;
@@ -155,30 +154,15 @@ async fn three_servers_killed_and_frozen_at_random_lose_nothing_and_double_nothi
 
     let installs: Vec<Install> = (0..NODES)
         .map(|_| {
-            let mut i = support::install();
-            i.master_key = Some(KEY.into());
+            let i = support::install_sharing_key();
             i.write_workflow("chaos.toml", &servicenow_contact_workflow("chaos", &dir));
             i
         })
         .collect();
     let a = &installs[0];
-    let token = a.file("q.token", &format!("{}\n", h.sim.cfg.admin_token()));
     for (n, dest) in dests.iter().enumerate() {
         let name = format!("c{n}");
-        a.ok(&[
-            "connection",
-            "add",
-            "qualtrics",
-            &name,
-            "--no-test",
-            "--url",
-            &h.base_url,
-            "--api-token-file",
-            token.to_str().unwrap(),
-            "--state",
-            &url,
-        ])
-        .await;
+        a.connect_with(&h, &name, &["--state", &url]).await;
         a.ok(&[
             "connection",
             "set",

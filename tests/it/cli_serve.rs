@@ -1066,6 +1066,23 @@ async fn a_killed_node_is_reported_not_responding_and_the_next_one_alive() {
 
 // ---------------------------------------------------------------- several servers, one store
 
+/// Connection `acme` of the PostgreSQL state store `state` syncs into `destination` once a day:
+/// its first slot is now, and no second one comes during a test.
+async fn daily_on_store(i: &Install, destination: &str, state: &str) {
+    i.ok(&[
+        "connection",
+        "set",
+        "acme",
+        "--destination",
+        destination,
+        "--every",
+        "24h",
+        "--state",
+        state,
+    ])
+    .await;
+}
+
 /// `(id, status, trigger, node, error)` of every run of `connection` in a PostgreSQL state
 /// store, oldest first.
 async fn pg_runs(
@@ -1097,40 +1114,12 @@ async fn two_servers_on_one_postgres_store_fire_a_slot_once_and_take_over_a_kill
     let url = state_db.url().to_string();
     let state = state_db.client().await;
     let h = slow_sim().await;
-    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-    let mut a = support::install();
-    a.master_key = Some(key.into());
-    let mut b = support::install();
-    b.master_key = Some(key.into());
-    let token = a.file("acme.token", &format!("{}\n", h.sim.cfg.admin_token()));
-    a.ok(&[
-        "connection",
-        "add",
-        "qualtrics",
-        "acme",
-        "--no-test",
-        "--url",
-        &h.base_url,
-        "--api-token-file",
-        token.to_str().unwrap(),
-        "--state",
-        &url,
-    ])
-    .await;
+    let a = support::install_sharing_key();
+    let b = support::install_sharing_key();
+    a.connect_with(&h, "acme", &["--state", &url]).await;
     let dest = a.path("two.db");
     // A daily schedule: its first slot is now, and no second one comes during the test.
-    a.ok(&[
-        "connection",
-        "set",
-        "acme",
-        "--destination",
-        &format!("sqlite:{}", dest.display()),
-        "--every",
-        "24h",
-        "--state",
-        &url,
-    ])
-    .await;
+    daily_on_store(&a, &format!("sqlite:{}", dest.display()), &url).await;
     let args = [
         "--state",
         url.as_str(),
@@ -1263,38 +1252,10 @@ async fn a_server_frozen_past_its_lease_loses_its_run_and_writes_nothing_after_w
     let url = state_db.url().to_string();
     let state = state_db.client().await;
     let h = slow_sim().await;
-    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-    let mut a = support::install();
-    a.master_key = Some(key.into());
-    let mut b = support::install();
-    b.master_key = Some(key.into());
-    let token = a.file("acme.token", &format!("{}\n", h.sim.cfg.admin_token()));
-    a.ok(&[
-        "connection",
-        "add",
-        "qualtrics",
-        "acme",
-        "--no-test",
-        "--url",
-        &h.base_url,
-        "--api-token-file",
-        token.to_str().unwrap(),
-        "--state",
-        &url,
-    ])
-    .await;
-    a.ok(&[
-        "connection",
-        "set",
-        "acme",
-        "--destination",
-        dest_db.url(),
-        "--every",
-        "24h",
-        "--state",
-        &url,
-    ])
-    .await;
+    let a = support::install_sharing_key();
+    let b = support::install_sharing_key();
+    a.connect_with(&h, "acme", &["--state", &url]).await;
+    daily_on_store(&a, dest_db.url(), &url).await;
     let args = [
         "--state",
         url.as_str(),
@@ -1454,11 +1415,8 @@ async fn the_brand_rate_limit_is_divided_among_the_live_servers() {
         return;
     };
     let url = state_db.url().to_string();
-    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-    let mut a = support::install();
-    a.master_key = Some(key.into());
-    let mut b = support::install();
-    b.master_key = Some(key.into());
+    let a = support::install_sharing_key();
+    let b = support::install_sharing_key();
     let pw = a.file("pw", "correct horse battery staple\n");
     a.ok(&[
         "user",
@@ -1533,23 +1491,8 @@ async fn an_event_stored_elsewhere_wakes_this_servers_idle_workers_at_once() {
     })
     .await;
     let dir = h.sim.directory.default_directory_id();
-    let mut i = support::install();
-    i.master_key = Some("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into());
-    let token = i.file("q.token", &format!("{}\n", h.sim.cfg.admin_token()));
-    i.ok(&[
-        "connection",
-        "add",
-        "qualtrics",
-        "q",
-        "--no-test",
-        "--url",
-        &h.base_url,
-        "--api-token-file",
-        token.to_str().unwrap(),
-        "--state",
-        &url,
-    ])
-    .await;
+    let i = support::install_sharing_key();
+    i.connect_with(&h, "q", &["--state", &url]).await;
     i.write_workflow(
         "wake.toml",
         &crate::cli_workflow_run::servicenow_contact_workflow("wake", &dir),
@@ -1698,33 +1641,8 @@ async fn a_server_that_loses_its_postgres_state_store_says_so_and_picks_up_again
     let url = format!("postgres://{user}@127.0.0.1:{}/{}", relay.port, db.name());
     let i = support::install();
     let h = slow_sim().await;
-    let token = i.file("acme.token", &format!("{}\n", h.sim.cfg.admin_token()));
-    i.ok(&[
-        "connection",
-        "add",
-        "qualtrics",
-        "acme",
-        "--no-test",
-        "--url",
-        &h.base_url,
-        "--api-token-file",
-        token.to_str().unwrap(),
-        "--state",
-        &url,
-    ])
-    .await;
-    i.ok(&[
-        "connection",
-        "set",
-        "acme",
-        "--destination",
-        dest.url(),
-        "--every",
-        "24h",
-        "--state",
-        &url,
-    ])
-    .await;
+    i.connect_with(&h, "acme", &["--state", &url]).await;
+    daily_on_store(&i, dest.url(), &url).await;
     let mut s = start_server(&i, &["--state", &url, "--heartbeat-secs", "1"]).await;
     let body = readyz_until(&s, 200, Duration::from_secs(10)).await;
     assert!(body.contains("the state store answers"), "{body}");

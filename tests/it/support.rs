@@ -10,6 +10,17 @@ pub fn install() -> Install {
     Install::new(BIN).user("pat")
 }
 
+/// The master key of the test installations that share one PostgreSQL state store (every
+/// process on a store needs the same one).
+pub const SHARED_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+/// [`install`] with [`SHARED_KEY`] as its master key.
+pub fn install_sharing_key() -> Install {
+    let mut i = install();
+    i.master_key = Some(SHARED_KEY.into());
+    i
+}
+
 /// The installation's state store, opened directly.
 pub trait StateStore {
     fn store(&self) -> WorkflowStore;

@@ -142,10 +142,15 @@ impl Install {
 
     /// Adds a token connection named `name` to the Qualtrics simulator.
     pub async fn connect(&self, h: &SimHandle, name: &str) {
+        self.connect_with(h, name, &[]).await;
+    }
+
+    /// [`Install::connect`] with more arguments (`--state URL`, say).
+    pub async fn connect_with(&self, h: &SimHandle, name: &str, extra: &[&str]) {
         let tf = self.path(&format!("{name}.token"));
         std::fs::write(&tf, h.sim.cfg.admin_token()).expect("the token file is written");
         let tf = tf.to_str().expect("a UTF-8 temporary path");
-        self.ok(&[
+        let mut args = vec![
             "connection",
             "add",
             "qualtrics",
@@ -155,8 +160,9 @@ impl Install {
             &h.base_url,
             "--api-token-file",
             tf,
-        ])
-        .await;
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args).await;
     }
 }
 
