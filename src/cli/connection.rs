@@ -660,11 +660,16 @@ fn print_sync(cfg: &SyncConfig) {
     println!("schedule:     {schedule}");
 }
 
-/// A relative `sqlite:` path made absolute against the current directory: `xmbridge serve`
+/// A relative `sqlite:` or `delta:` path made absolute against the current directory: `xmbridge serve`
 /// may run elsewhere.
 fn absolute_destination(url: &str) -> anyhow::Result<String> {
-    let Some(path) = xmbridge_destinations::sqlite::path_of_url(url) else {
-        return Ok(url.to_string());
+    let (scheme, path) = match (
+        xmbridge_destinations::sqlite::path_of_url(url),
+        xmbridge_destinations::delta::path_of_url(url),
+    ) {
+        (Some(path), _) => ("sqlite", path),
+        (None, Some(path)) => ("delta", path),
+        (None, None) => return Ok(url.to_string()),
     };
     if path.is_empty() || Path::new(path).is_absolute() || path == ":memory:" {
         return Ok(url.to_string());
@@ -674,7 +679,7 @@ fn absolute_destination(url: &str) -> anyhow::Result<String> {
         .map(|(_, q)| format!("?{q}"))
         .unwrap_or_default();
     let abs = std::env::current_dir()?.join(path);
-    Ok(format!("sqlite:{}{query}", abs.display()))
+    Ok(format!("{scheme}:{}{query}", abs.display()))
 }
 
 fn set(args: SetArgs) -> anyhow::Result<()> {

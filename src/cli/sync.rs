@@ -1,4 +1,4 @@
-//! `xmbridge sync CONNECTION --destination URL`: Qualtrics into SQLite or PostgreSQL.
+//! `xmbridge sync CONNECTION --destination URL`: Qualtrics into SQLite, PostgreSQL or Delta Lake.
 //!
 //! Opens the stored connection and the destination, runs the sync engine with progress bars on
 //! a terminal (structured log lines otherwise) and prints the summary. The engine, the streams and
@@ -28,6 +28,7 @@ use xmbridge_sync::{LogProgress, Observer, Progress, ResponseObserver, SyncOptio
   xmbridge sync acme --destination postgres://postgres@127.0.0.1:5432/warehouse --schema qualtrics
   xmbridge sync acme --destination 'postgres://loader@db.example.com/warehouse?sslmode=verify-full&sslrootcert=ca.pem' \\
       --password-file ~/.config/xmbridge/pg-password
+  xmbridge sync acme --destination delta:/var/lib/xmbridge/lake   # Delta tables under lake/qualtrics/
   xmbridge sync acme --destination sqlite:./q.db --tables survey_response,question_response
   xmbridge sync acme --destination sqlite:./q.db --compat fivetran   # dbt_qualtrics runs unchanged
   xmbridge sync acme --destination sqlite:./q.db --reconcile         # drop responses deleted upstream
@@ -35,8 +36,10 @@ use xmbridge_sync::{LogProgress, Observer, Progress, ResponseObserver, SyncOptio
   xmbridge sync acme --destination sqlite:./q.db --json | jq .api_calls_by_stream
 
 Runs are incremental: each table's cursor is committed with its rows, so a killed sync resumes
-where it stopped. On SQLite the schema is a table prefix (qualtrics_survey, …).
-One sync at a time writes a destination (a SQLite file, a PostgreSQL schema): a second one stops
+where it stopped. On SQLite the schema is a table prefix (qualtrics_survey, …); on Delta Lake a
+directory (PATH/qualtrics/survey, …), each table a Delta table Spark, Trino and DuckDB read.
+One sync at a time writes a destination (a SQLite file, a PostgreSQL schema, a Delta schema
+directory): a second one stops
 before it writes anything, with exit code 75, and says so.
 The PostgreSQL password comes from --password-file, else PGPASSWORD, else ~/.pgpass (PGPASSFILE);
 a password inside the URL still works but is visible to other local users in `ps`.
@@ -48,15 +51,16 @@ changed since the last run (not for a survey's first load unless --trigger-on-fi
 pub struct SyncArgs {
     /// The connection to read (see `xmbridge connection list`).
     pub connection: String,
-    /// Where to write: `sqlite:PATH` or `postgres://USER@HOST:PORT/DB` (TLS options:
-    /// `?sslmode=verify-full&sslrootcert=CA.pem`).
+    /// Where to write: `sqlite:PATH`, `postgres://USER@HOST:PORT/DB` (TLS options:
+    /// `?sslmode=verify-full&sslrootcert=CA.pem`) or `delta:DIR` (Delta Lake tables,
+    /// `?target_file_mb=128`).
     #[arg(long)]
     pub destination: String,
     /// File whose first line is the PostgreSQL password (else PGPASSWORD, else ~/.pgpass); keeps
     /// it off the command line, which other local users can read.
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
-    /// Schema name (PostgreSQL schema; table prefix on SQLite).
+    /// Schema name (PostgreSQL schema; table prefix on SQLite; directory under a Delta DIR).
     #[arg(long, default_value = "qualtrics")]
     pub schema: String,
     /// Only these tables (comma separated, named as in docs/design/schema.md); a table brings its

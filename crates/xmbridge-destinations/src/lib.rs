@@ -1,4 +1,4 @@
-//! Destination writers: SQLite (the embedded default) and PostgreSQL (Parquet later).
+//! Destination writers: SQLite (the embedded default), PostgreSQL and Delta Lake tables.
 //!
 //! It owns schema creation and evolution, batched writes (prepared statements in large
 //! transactions on SQLite; binary COPY into a staging table and one merge per batch on
@@ -16,6 +16,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+pub mod delta;
 mod names;
 pub(crate) mod pgpass;
 pub(crate) mod pgtls;
@@ -674,8 +675,7 @@ pub trait Destination: Send {
 }
 
 /// The destinations [`open`] knows, for error messages.
-pub const KNOWN_DESTINATIONS: &str =
-    "sqlite:PATH, sqlite://PATH, sqlite:PATH?max_size_mb=N, postgres://USER@HOST:PORT/DB";
+pub const KNOWN_DESTINATIONS: &str = "sqlite:PATH, sqlite://PATH, sqlite:PATH?max_size_mb=N, postgres://USER@HOST:PORT/DB, delta:PATH, delta:PATH?target_file_mb=N";
 
 /// Opens the destination the settings name and takes its lock (one sync at a time per SQLite
 /// file, per PostgreSQL schema; [`DestError::Busy`] otherwise). `schema` is the PostgreSQL
@@ -696,6 +696,15 @@ pub async fn open(
         };
         return Ok(Box::new(
             sqlite::SqliteDestination::open_with(path, schema, compat, opts).await?,
+        ));
+    }
+    if let Some(path) = delta::path_of_url(url) {
+        let opts = delta::DeltaOptions {
+            fence,
+            ..delta::DeltaOptions::from_url(url)?
+        };
+        return Ok(Box::new(
+            delta::DeltaDestination::open(path, schema, compat, opts).await?,
         ));
     }
     if settings::is_postgres_url(url) {

@@ -227,7 +227,8 @@ fn vault_error(connection: &str, e: VaultError) -> ServiceError {
 }
 
 /// Checks a destination URL (already without password) the way the destinations open it: a
-/// known scheme, a SQLite path and its options, a PostgreSQL URL with a host and no password.
+/// known scheme, a SQLite path and its options, a Delta directory and its options, a PostgreSQL
+/// URL with a host and no password.
 fn check_destination(url: &str) -> Result<()> {
     const FIX: &str = "give a destination like sqlite:/var/lib/xmbridge/acme.db or \
                        postgres://loader@db.example.com:5432/warehouse";
@@ -251,6 +252,23 @@ fn check_destination(url: &str) -> Result<()> {
                 "invalid_destination",
                 e.to_string(),
                 "the only SQLite option is ?max_size_mb=N",
+            )
+        })?;
+        return Ok(());
+    }
+    if let Some(path) = xmbridge_destinations::delta::path_of_url(url) {
+        if path.trim().is_empty() {
+            return Err(invalid(
+                "invalid_destination",
+                format!("the Delta destination {url:?} names no directory"),
+                "name the directory after delta:, e.g. delta:/var/lib/xmbridge/lake",
+            ));
+        }
+        xmbridge_destinations::delta::DeltaOptions::from_url(url).map_err(|e| {
+            invalid(
+                "invalid_destination",
+                e.to_string(),
+                "the only Delta option is ?target_file_mb=N",
             )
         })?;
         return Ok(());

@@ -5,4 +5,5 @@
 // #[test] functions; this covers the helpers beside them).
 #![allow(clippy::unwrap_used)]
 
+mod delta;
 mod destinations;

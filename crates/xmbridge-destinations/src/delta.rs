@@ -1,0 +1,1639 @@
+//! The Delta Lake destination: `delta:PATH` writes one Delta table per xmbridge table under
+//! `PATH/<schema>/<table>`, which Spark, Databricks, Trino, DuckDB and the Python `deltalake`
+//! package read (docs/destinations.md, "Delta Lake").
+//!
+//! Files are written and logged with delta-rs (the `deltalake` crate, without DataFusion): its
+//! Parquet writer (with per-file statistics), its log reader and its optimistic commit. What
+//! SQL gives the other destinations is done here by hand:
+//!
+//! - **Upserts by key and `delete_where`** read the table's files that may hold an affected row
+//!   (first only the key and filter columns), and rewrite only the files that do: one commit
+//!   removes them and adds the rewritten files and the new rows.
+//! - **Exactly once**: each [`Commit`] gets a sequence number. Its actions for every table are
+//!   first written to a redo file (`_xmbridge_pending.json`, after every data file it names is
+//!   written), then committed table by table, each Delta commit carrying the transaction
+//!   identifier `txn {appId: "xmbridge", version: seq}`, and last the cursor table
+//!   (`<p>_state`) with the same identifier. A run that was killed part way is finished by the
+//!   next open from the redo file: a table whose `txn` version already reached the sequence
+//!   number is skipped, so no commit lands twice and none is lost. Data files written before the
+//!   redo file are never referenced; `xmbridge lake vacuum` removes them.
+//! - **First loads** (batches marked fresh, nothing to merge) stream into one open Parquet writer
+//!   per table and commit every [`GROUP_SECS`] seconds (and at `flush`), so files approach the
+//!   target size (`?target_file_mb=`, default 128) instead of one small file per commit.
+//! - **One writer**: an exclusive lock on `PATH/<schema>/_xmbridge.lock` while open.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use deltalake::arrow::array::{
+    Array, ArrayRef, BooleanArray, BooleanBuilder, Float64Array, Float64Builder, Int32Array,
+    Int32Builder, Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondArray, TimestampMicrosecondBuilder, new_null_array,
+};
+use deltalake::arrow::compute::filter_record_batch;
+use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, Remove, StructField, Transaction};
+use deltalake::parquet::arrow::ProjectionMask;
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableBuilder};
+
+use crate::names::{Resolved, check_name, keys_target, parse_cursor};
+use crate::{
+    BoxFuture, ColumnType, Commit, CommitStats, Compat, DestError, Destination, Ensured, Fence,
+    TableBatch, TableSpec, Value,
+};
+
+/// The transaction identifier (`txn.appId`) of xmbridge's commits.
+pub const APP_ID: &str = "xmbridge";
+
+/// A first load's open files are committed at least this often (seconds).
+pub const GROUP_SECS: u64 = 30;
+
+/// Default target size of a data file (`?target_file_mb=`).
+pub const DEFAULT_TARGET_FILE_MB: u64 = 128;
+
+/// Rows per Parquet row group: bounds what the writer holds in memory per open file.
+const ROW_GROUP_ROWS: usize = 65_536;
+
+/// Rows per record batch read back from a file.
+const READ_BATCH_ROWS: usize = 8_192;
+
+/// The redo file of the commit in flight.
+const PENDING_FILE: &str = "_xmbridge_pending.json";
+
+/// The lock file that keeps a second writer out.
+const LOCK_FILE: &str = "_xmbridge.lock";
+
+/// The root of a `delta:PATH` URL (without its `?options`).
+pub fn path_of_url(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("delta://")
+        .or_else(|| url.strip_prefix("delta:"))?;
+    Some(rest.split_once('?').map_or(rest, |(path, _)| path))
+}
+
+/// Options of a Delta destination URL: `delta:PATH?target_file_mb=N`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeltaOptions {
+    /// Target size of a data file in MiB.
+    pub target_file_mb: u64,
+    /// The leased run writing, if any ([`Fence`]).
+    pub fence: Option<Fence>,
+}
+
+impl Default for DeltaOptions {
+    fn default() -> Self {
+        DeltaOptions {
+            target_file_mb: DEFAULT_TARGET_FILE_MB,
+            fence: None,
+        }
+    }
+}
+
+impl DeltaOptions {
+    /// Reads the options of a `delta:` URL's query; an unknown option or a bad value is an error.
+    pub fn from_url(url: &str) -> Result<DeltaOptions, DestError> {
+        let mut opts = DeltaOptions::default();
+        let Some((_, query)) = url.split_once('?') else {
+            return Ok(opts);
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "target_file_mb" => {
+                    opts.target_file_mb = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        DestError::UrlOption(format!(
+                            "target_file_mb={v:?} in the Delta destination URL is not a whole number of MiB above 0; write e.g. ?target_file_mb=128"
+                        ))
+                    })?;
+                }
+                other => {
+                    return Err(DestError::UrlOption(format!(
+                        "unknown option {other:?} in the Delta destination URL; the only option is ?target_file_mb=N"
+                    )));
+                }
+            }
+        }
+        Ok(opts)
+    }
+}
+
+/// One table as written here.
+struct Table {
+    r: Resolved,
+    /// Stored columns (spec columns, then `<p>_synced`, then `<p>_deleted`) and their types.
+    stored: Vec<(String, ColumnType)>,
+    schema: SchemaRef,
+    dir: PathBuf,
+    delta: DeltaTable,
+}
+
+/// A first load's open writers and what they hold.
+struct Group {
+    writers: HashMap<String, RecordBatchWriter>,
+    stats: CommitStats,
+    cursors: Vec<(String, serde_json::Value)>,
+    started: std::time::Instant,
+}
+
+/// The redo record of a commit in flight.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Pending {
+    seq: i64,
+    /// Directory name of a table → the actions of its commit.
+    tables: Vec<(String, Vec<Action>)>,
+    /// The whole cursor table after the commit (stream → cursor JSON text).
+    cursors: Vec<(String, String)>,
+}
+
+/// A Delta Lake destination (see the module docs).
+pub struct DeltaDestination {
+    root: PathBuf,
+    described: String,
+    compat: Compat,
+    opts: DeltaOptions,
+    tables: HashMap<String, Table>,
+    /// The cursor table and what it holds (stream → cursor JSON text).
+    state: DeltaTable,
+    state_name: String,
+    cursors: HashMap<String, String>,
+    /// The last committed sequence number (the cursor table's `txn` version).
+    seq: i64,
+    group: Option<Group>,
+    /// Set by [`DeltaDestination::stop_after_tables_for_tests`].
+    stop_after_tables: Option<usize>,
+    _lock: std::fs::File,
+}
+
+fn lake_err(context: &str, e: impl std::fmt::Display) -> DestError {
+    DestError::Sql {
+        context: context.to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn is_disk_full(message: &str) -> bool {
+    message.contains("No space left on device") || message.contains("os error 28")
+}
+
+/// A table or cursor-table error: disk full and conflicts get their own messages.
+fn write_err(root: &Path, table: &str, e: impl std::fmt::Display) -> DestError {
+    let message = e.to_string();
+    if is_disk_full(&message) {
+        return DestError::DiskFull {
+            table: table.to_string(),
+            destination: format!("delta:{}", root.display()),
+            fix: "free disk space where the tables live (or move them to a larger disk)".into(),
+        };
+    }
+    if message.contains("ersion") && message.contains("already exists")
+        || message.contains("onflict")
+    {
+        return DestError::Sql {
+            context: format!("Delta table {table}"),
+            message: format!(
+                "another writer committed to this table at the same time ({message}); nothing of this commit was applied to it; stop the other writer (xmbridge keeps one writer per schema) and run the sync again: it resumes from the last commit"
+            ),
+        };
+    }
+    lake_err(&format!("Delta table {table}"), message)
+}
+
+/// Delta has no column names with these characters (without column mapping).
+const DELTA_BAD_CHARS: &[char] = &[' ', ',', ';', '{', '}', '(', ')', '\n', '\t', '='];
+
+fn check_dir_name(name: &str) -> Result<(), DestError> {
+    check_name(name, None)?;
+    let ok = !name.starts_with('.')
+        && !name.starts_with("_delta")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(DestError::InvalidName {
+            name: name.to_string(),
+            reason: "a Delta table's name becomes a directory name: use ASCII letters, digits, _ and - only, not starting with . or _delta".into(),
+        })
+    }
+}
+
+fn check_column_name(name: &str) -> Result<(), DestError> {
+    if name.contains(DELTA_BAD_CHARS) {
+        return Err(DestError::InvalidName {
+            name: name.to_string(),
+            reason:
+                "Delta Lake column names may not contain spaces or any of , ; { } ( ) = tab newline"
+                    .into(),
+        });
+    }
+    Ok(())
+}
+
+fn arrow_type(ty: ColumnType) -> DataType {
+    match ty {
+        ColumnType::Text | ColumnType::Json => DataType::Utf8,
+        ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        ColumnType::Bool => DataType::Boolean,
+        ColumnType::Int => DataType::Int32,
+        ColumnType::BigInt => DataType::Int64,
+        ColumnType::Float => DataType::Float64,
+    }
+}
+
+fn delta_type(ty: ColumnType) -> deltalake::kernel::DataType {
+    use deltalake::kernel::DataType as D;
+    match ty {
+        ColumnType::Text | ColumnType::Json => D::STRING,
+        ColumnType::Timestamp => D::TIMESTAMP,
+        ColumnType::Bool => D::BOOLEAN,
+        ColumnType::Int => D::INTEGER,
+        ColumnType::BigInt => D::LONG,
+        ColumnType::Float => D::DOUBLE,
+    }
+}
+
+/// The Delta spelling of a column type, for messages.
+fn delta_type_name(ty: &deltalake::kernel::DataType) -> String {
+    match serde_json::to_value(ty) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => format!("{ty:?}"),
+    }
+}
+
+fn schema_of(stored: &[(String, ColumnType)]) -> SchemaRef {
+    Arc::new(Schema::new(
+        stored
+            .iter()
+            .map(|(n, t)| Field::new(n, arrow_type(*t), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// One stored cell of an Arrow column, as a [`Value`].
+fn cell(col: &ArrayRef, i: usize, ty: ColumnType) -> Value {
+    if col.is_null(i) {
+        return Value::Null;
+    }
+    let any = col.as_any();
+    match ty {
+        ColumnType::Text | ColumnType::Json => {
+            any.downcast_ref::<StringArray>().map_or(Value::Null, |a| {
+                let s = a.value(i).to_string();
+                if ty == ColumnType::Json {
+                    Value::Json(s)
+                } else {
+                    Value::Text(s)
+                }
+            })
+        }
+        ColumnType::Timestamp => any
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .map_or(Value::Null, |a| {
+                Value::Timestamp(a.value(i).div_euclid(1000))
+            }),
+        ColumnType::Bool => any
+            .downcast_ref::<BooleanArray>()
+            .map_or(Value::Null, |a| Value::Bool(a.value(i))),
+        ColumnType::Int => any
+            .downcast_ref::<Int32Array>()
+            .map_or(Value::Null, |a| Value::Int(i64::from(a.value(i)))),
+        ColumnType::BigInt => any
+            .downcast_ref::<Int64Array>()
+            .map_or(Value::Null, |a| Value::Int(a.value(i))),
+        ColumnType::Float => any
+            .downcast_ref::<Float64Array>()
+            .map_or(Value::Null, |a| Value::Float(a.value(i))),
+    }
+}
+
+/// A value as its column stores it (an int in a float column is a float), for comparisons.
+fn normalized(v: &Value, ty: ColumnType) -> Value {
+    match (ty, v) {
+        (ColumnType::Float, Value::Int(i)) => Value::Float(*i as f64),
+        _ => v.clone(),
+    }
+}
+
+/// The bytes that identify a key (or a filter value), equal for equal stored values.
+fn push_key(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Null => out.push(0),
+        Value::Text(s) | Value::Json(s) => {
+            out.push(1);
+            out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        Value::Int(i) => {
+            out.push(2);
+            out.extend_from_slice(&i.to_le_bytes());
+        }
+        Value::Float(f) => {
+            out.push(3);
+            out.extend_from_slice(&f.to_bits().to_le_bytes());
+        }
+        Value::Bool(b) => out.extend_from_slice(&[4, u8::from(*b)]),
+        Value::Timestamp(t) => {
+            out.push(5);
+            out.extend_from_slice(&t.to_le_bytes());
+        }
+    }
+}
+
+fn key_of(values: impl IntoIterator<Item = Value>) -> Vec<u8> {
+    let mut k = Vec::new();
+    for v in values {
+        push_key(&mut k, &v);
+    }
+    k
+}
+
+/// Builds a record batch of `stored` columns from spec rows plus the system cells.
+fn batch_of(
+    t: &Table,
+    rows: &[&Vec<Value>],
+    synced_ms: i64,
+    deleted: bool,
+) -> Result<RecordBatch, DestError> {
+    let n_spec = t.r.columns.len();
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(t.stored.len());
+    for (ci, (_, ty)) in t.stored.iter().enumerate() {
+        let get = |row: &Vec<Value>| -> Value {
+            if ci < n_spec {
+                normalized(&row[ci], *ty)
+            } else if ci == n_spec {
+                Value::Timestamp(synced_ms)
+            } else {
+                Value::Bool(deleted)
+            }
+        };
+        let array: ArrayRef = match ty {
+            ColumnType::Text | ColumnType::Json => {
+                let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 16);
+                for row in rows {
+                    match get(row) {
+                        Value::Text(s) | Value::Json(s) => b.append_value(s),
+                        _ => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Timestamp => {
+                let mut b = TimestampMicrosecondBuilder::with_capacity(rows.len());
+                for row in rows {
+                    match get(row) {
+                        Value::Timestamp(ms) => b.append_value(ms.saturating_mul(1000)),
+                        _ => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish().with_timezone("UTC"))
+            }
+            ColumnType::Bool => {
+                let mut b = BooleanBuilder::with_capacity(rows.len());
+                for row in rows {
+                    match get(row) {
+                        Value::Bool(v) => b.append_value(v),
+                        _ => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Int => {
+                let mut b = Int32Builder::with_capacity(rows.len());
+                for row in rows {
+                    match get(row) {
+                        // Checked to fit by `check_row`.
+                        Value::Int(v) => b.append_value(i32::try_from(v).unwrap_or_default()),
+                        _ => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::BigInt => {
+                let mut b = Int64Builder::with_capacity(rows.len());
+                for row in rows {
+                    match get(row) {
+                        Value::Int(v) => b.append_value(v),
+                        _ => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            ColumnType::Float => {
+                let mut b = Float64Builder::with_capacity(rows.len());
+                for row in rows {
+                    match get(row) {
+                        Value::Float(v) => b.append_value(v),
+                        _ => b.append_null(),
+                    }
+                }
+                Arc::new(b.finish())
+            }
+        };
+        arrays.push(array);
+    }
+    RecordBatch::try_new(Arc::clone(&t.schema), arrays)
+        .map_err(|e| lake_err(&format!("Delta table {}", t.r.display), e))
+}
+
+/// A batch read from an older file, widened to the table's current columns (columns added
+/// since are null in it).
+fn conform(t: &Table, batch: &RecordBatch) -> Result<RecordBatch, DestError> {
+    let mut arrays = Vec::with_capacity(t.stored.len());
+    for f in t.schema.fields() {
+        match batch.column_by_name(f.name()) {
+            Some(a) => arrays.push(Arc::clone(a)),
+            None => arrays.push(new_null_array(f.data_type(), batch.num_rows())),
+        }
+    }
+    RecordBatch::try_new(Arc::clone(&t.schema), arrays)
+        .map_err(|e| lake_err(&format!("Delta table {}", t.r.display), e))
+}
+
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .build()
+}
+
+/// Fsyncs a directory so a rename in it is durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl DeltaDestination {
+    /// Opens (creating it if needed) `PATH/<schema>`, takes its lock, reads the cursor table and
+    /// finishes a commit a killed run left half applied.
+    pub async fn open(
+        path: &str,
+        schema: &str,
+        compat: Compat,
+        opts: DeltaOptions,
+    ) -> Result<Self, DestError> {
+        let described = format!("delta:{path}");
+        if path.trim().is_empty() {
+            return Err(DestError::Settings(
+                "the Delta destination names no directory: write delta:PATH, for example delta:/var/lib/xmbridge/lake".into(),
+            ));
+        }
+        if path.contains("://") {
+            return Err(DestError::Settings(format!(
+                "the Delta destination {described:?} names an object store; this build writes local directories only (delta:/path/to/lake); see docs/destinations.md, \"Delta Lake\""
+            )));
+        }
+        check_dir_name(schema)?;
+        let base = std::path::absolute(path).map_err(|e| DestError::Connect {
+            destination: described.clone(),
+            reason: format!("cannot resolve the path: {e}"),
+        })?;
+        let root = base.join(schema);
+        std::fs::create_dir_all(&root).map_err(|e| DestError::Connect {
+            destination: described.clone(),
+            reason: format!(
+                "cannot create the directory {}: {e}; choose a directory this user may write",
+                root.display()
+            ),
+        })?;
+        let lock = take_lock(&root, &described)?;
+        let state_name = format!("{}_state", compat.prefix());
+        let state = open_or_create(
+            &root.join(&state_name),
+            &state_name,
+            &[
+                ("stream".to_string(), ColumnType::Text),
+                ("cursor".to_string(), ColumnType::Text),
+            ],
+        )
+        .await?
+        .0;
+        let mut dest = DeltaDestination {
+            root,
+            described,
+            compat,
+            opts,
+            tables: HashMap::new(),
+            state,
+            state_name,
+            cursors: HashMap::new(),
+            seq: 0,
+            group: None,
+            stop_after_tables: None,
+            _lock: lock,
+        };
+        dest.load_state().await?;
+        dest.finish_pending().await?;
+        if let Some(fence) = dest.opts.fence.clone() {
+            dest.claim(&fence)?;
+        }
+        Ok(dest)
+    }
+
+    /// Makes the next commit stop, as a kill would, after its redo file and `n` of its tables
+    /// are written, failing with "stopped for a test". For tests of the redo path only.
+    #[doc(hidden)]
+    pub fn stop_after_tables_for_tests(&mut self, n: usize) {
+        self.stop_after_tables = Some(n);
+    }
+
+    fn fence_path(&self) -> PathBuf {
+        self.root
+            .join(format!("{}_fence.json", self.compat.prefix()))
+    }
+
+    fn fence_tokens(&self) -> Result<HashMap<String, i64>, DestError> {
+        let path = self.fence_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                DestError::Settings(format!(
+                    "the fence file {} is not valid JSON ({e}); remove it if no run holds a lease",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
+            Err(e) => Err(lake_err(&format!("fence file {}", path.display()), e)),
+        }
+    }
+
+    /// Records the run's token, refusing when a higher one is there.
+    fn claim(&self, fence: &Fence) -> Result<(), DestError> {
+        let mut tokens = self.fence_tokens()?;
+        let path = self.fence_path();
+        let shown = path.display().to_string();
+        if let Some(&current) = tokens.get(&fence.scope)
+            && current > fence.token
+        {
+            return Err(crate::fenced(
+                &self.described,
+                fence,
+                Some(current),
+                &shown,
+                true,
+            ));
+        }
+        tokens.insert(fence.scope.clone(), fence.token);
+        let text = serde_json::to_vec(&tokens).map_err(|e| lake_err(&shown, e))?;
+        write_atomically(&path, &text).map_err(|e| write_err(&self.root, &shown, e))
+    }
+
+    /// Refuses a commit of a run whose lease a later run took.
+    fn check_fence(&self) -> Result<(), DestError> {
+        let Some(fence) = &self.opts.fence else {
+            return Ok(());
+        };
+        let current = self.fence_tokens()?.get(&fence.scope).copied();
+        if current == Some(fence.token) {
+            Ok(())
+        } else {
+            let shown = self.fence_path().display().to_string();
+            Err(crate::fenced(
+                &self.described,
+                fence,
+                current,
+                &shown,
+                false,
+            ))
+        }
+    }
+
+    async fn load_state(&mut self) -> Result<(), DestError> {
+        let shown = self.root.join(&self.state_name).display().to_string();
+        self.seq = self
+            .state
+            .snapshot()
+            .map_err(|e| lake_err(&shown, e))?
+            .transaction_version(self.state.log_store().as_ref(), APP_ID)
+            .await
+            .map_err(|e| lake_err(&shown, e))?
+            .unwrap_or(0);
+        let cols = [
+            ("stream".to_string(), ColumnType::Text),
+            ("cursor".to_string(), ColumnType::Text),
+        ];
+        self.cursors.clear();
+        for path in live_files(&self.state, &shown)? {
+            for batch in read_file(&self.root.join(&self.state_name), &path.0, None, &shown)? {
+                let batch = batch?;
+                let (Some(s), Some(c)) = (
+                    batch.column_by_name("stream"),
+                    batch.column_by_name("cursor"),
+                ) else {
+                    continue;
+                };
+                for i in 0..batch.num_rows() {
+                    if let (Value::Text(stream), Value::Text(cursor)) =
+                        (cell(s, i, cols[0].1), cell(c, i, cols[1].1))
+                    {
+                        self.cursors.insert(stream, cursor);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the redo file a killed run left behind, if its commit is not in yet.
+    async fn finish_pending(&mut self) -> Result<(), DestError> {
+        let path = self.root.join(PENDING_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(lake_err(&path.display().to_string(), e)),
+        };
+        let pending: Pending = serde_json::from_slice(&bytes).map_err(|e| {
+            DestError::Settings(format!(
+                "the redo file {} of an unfinished commit cannot be read ({e}); it was written by another version or damaged: move it away and run the sync with --full",
+                path.display()
+            ))
+        })?;
+        if pending.seq > self.seq {
+            tracing::info!(
+                seq = pending.seq,
+                "finishing the commit an earlier run left half applied"
+            );
+            self.apply_pending(&pending).await?;
+        }
+        remove_pending(&self.root)
+    }
+
+    /// Commits every table of `pending` that does not have it yet, then the cursor table.
+    async fn apply_pending(&mut self, pending: &Pending) -> Result<(), DestError> {
+        let mut landed = 0usize;
+        for (dir, actions) in &pending.tables {
+            let shown = self.root.join(dir).display().to_string();
+            let mut table = match self.tables.values_mut().find(|t| t.dir.ends_with(dir)) {
+                Some(t) => t.delta.clone(),
+                None => load_table(&self.root.join(dir), &shown).await?,
+            };
+            let done = table
+                .snapshot()
+                .map_err(|e| lake_err(&shown, e))?
+                .transaction_version(table.log_store().as_ref(), APP_ID)
+                .await
+                .map_err(|e| lake_err(&shown, e))?
+                .unwrap_or(0);
+            if done < pending.seq {
+                commit_actions(&mut table, actions.clone(), pending.seq, &self.root, &shown)
+                    .await?;
+                landed += 1;
+                if self.stop_after_tables.take_if(|n| landed >= *n).is_some() {
+                    return Err(lake_err(
+                        "Delta commit",
+                        format!("stopped for a test after {landed} table(s)"),
+                    ));
+                }
+            } else {
+                table
+                    .update_state()
+                    .await
+                    .map_err(|e| lake_err(&shown, e))?;
+            }
+            if let Some(t) = self.tables.values_mut().find(|t| t.dir.ends_with(dir)) {
+                t.delta = table;
+            }
+        }
+        // The cursor table: its one file replaced by the whole map.
+        let cursors: HashMap<String, String> = pending.cursors.iter().cloned().collect();
+        let shown = self.root.join(&self.state_name).display().to_string();
+        let mut actions: Vec<Action> = live_files(&self.state, &shown)?
+            .iter()
+            .map(|f| Action::Remove(f.2.clone()))
+            .collect();
+        if !cursors.is_empty() {
+            let mut sorted: Vec<(&String, &String)> = cursors.iter().collect();
+            sorted.sort();
+            let schema = schema_of(&[
+                ("stream".to_string(), ColumnType::Text),
+                ("cursor".to_string(), ColumnType::Text),
+            ]);
+            let batch = RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(StringArray::from_iter_values(sorted.iter().map(|e| e.0))) as ArrayRef,
+                    Arc::new(StringArray::from_iter_values(sorted.iter().map(|e| e.1))) as ArrayRef,
+                ],
+            )
+            .map_err(|e| lake_err(&shown, e))?;
+            let mut w = RecordBatchWriter::for_table(&self.state)
+                .map_err(|e| lake_err(&shown, e))?
+                .with_writer_properties(writer_properties());
+            w.write(batch)
+                .await
+                .map_err(|e| write_err(&self.root, &shown, e))?;
+            actions.extend(
+                w.flush()
+                    .await
+                    .map_err(|e| write_err(&self.root, &shown, e))?
+                    .into_iter()
+                    .map(Action::Add),
+            );
+        }
+        commit_actions(&mut self.state, actions, pending.seq, &self.root, &shown).await?;
+        self.cursors = cursors;
+        self.seq = pending.seq;
+        Ok(())
+    }
+
+    /// Writes the redo file, applies it, removes it.
+    async fn land(
+        &mut self,
+        tables: Vec<(String, Vec<Action>)>,
+        cursors: &[(String, serde_json::Value)],
+    ) -> Result<(), DestError> {
+        self.check_fence()?;
+        let mut all = self.cursors.clone();
+        for (stream, cursor) in cursors {
+            all.insert(stream.clone(), cursor.to_string());
+        }
+        let mut listed: Vec<(String, String)> = all.into_iter().collect();
+        listed.sort();
+        let pending = Pending {
+            seq: self.seq + 1,
+            tables: tables.into_iter().filter(|(_, a)| !a.is_empty()).collect(),
+            cursors: listed,
+        };
+        let path = self.root.join(PENDING_FILE);
+        let text =
+            serde_json::to_vec(&pending).map_err(|e| lake_err(&path.display().to_string(), e))?;
+        write_atomically(&path, &text)
+            .map_err(|e| write_err(&self.root, &path.display().to_string(), e))?;
+        self.apply_pending(&pending).await?;
+        remove_pending(&self.root)
+    }
+
+    fn table(&self, name: &str) -> Result<&Table, DestError> {
+        self.tables
+            .get(name)
+            .ok_or_else(|| DestError::UnknownTable {
+                table: name.to_string(),
+            })
+    }
+
+    /// Commits the open first-load writers and their cursors.
+    async fn close_group(&mut self) -> Result<CommitStats, DestError> {
+        let Some(group) = self.group.take() else {
+            return Ok(CommitStats::default());
+        };
+        let mut tables = Vec::new();
+        for (name, mut w) in group.writers {
+            let t = self.table(&name)?;
+            let shown = t.r.display.clone();
+            let dir = dir_name(&t.dir);
+            let adds = w
+                .flush()
+                .await
+                .map_err(|e| write_err(&self.root, &shown, e))?;
+            tables.push((dir, adds.into_iter().map(Action::Add).collect()));
+        }
+        self.land(tables, &group.cursors).await?;
+        Ok(group.stats)
+    }
+
+    async fn ensure(&mut self, specs: &[TableSpec]) -> Result<Ensured, DestError> {
+        self.close_group().await?;
+        let mut ensured = Ensured::default();
+        for spec in specs {
+            check_dir_name(&spec.name)?;
+            let dir = self.root.join(&spec.name);
+            let display = dir.display().to_string();
+            let r = Resolved::new(spec, self.compat, display.clone(), None)?;
+            let stored = r.stored_columns();
+            for (name, _) in &stored {
+                check_column_name(name)?;
+            }
+            let (delta, created) = open_or_create(&dir, &display, &stored).await?;
+            let delta = evolve(delta, &stored, &display).await?;
+            if created {
+                ensured.created.push(spec.name.clone());
+            }
+            let schema = schema_of(&stored);
+            self.tables.insert(
+                spec.name.clone(),
+                Table {
+                    r,
+                    stored,
+                    schema,
+                    dir,
+                    delta,
+                },
+            );
+        }
+        Ok(ensured)
+    }
+
+    async fn commit(&mut self, commit: Commit) -> Result<CommitStats, DestError> {
+        for b in &commit.batches {
+            let t = self.table(&b.table)?;
+            for row in &b.upserts {
+                t.r.check_row(row)?;
+            }
+        }
+        for m in &commit.mark_unseen_deleted {
+            let t = self.table(&m.table)?;
+            if t.r.deleted.is_none() {
+                return Err(DestError::NotSoftDelete {
+                    table: t.r.display.clone(),
+                });
+            }
+        }
+        let appends = commit.mark_unseen_deleted.is_empty()
+            && commit.batches.iter().all(TableBatch::appends_only);
+        if appends {
+            return self.append(commit).await;
+        }
+        let mut stats = self.close_group().await?;
+        // Each step sees what the steps before it in this commit did to the table.
+        let mut staged: Vec<(String, Staged)> = Vec::new();
+        let mut commit_stats = CommitStats::default();
+        for b in &commit.batches {
+            let t = self.table(&b.table)?;
+            let st = staged_for(&mut staged, &t.dir);
+            commit_stats.add(merge(t, &self.root, self.compat, st, b, commit.synced_at_ms).await?);
+        }
+        for m in &commit.mark_unseen_deleted {
+            let t = self.table(&m.table)?;
+            let st = staged_for(&mut staged, &t.dir);
+            commit_stats
+                .add(mark_unseen(t, &self.root, self.compat, st, m, commit.synced_at_ms).await?);
+        }
+        let per_table = staged
+            .into_iter()
+            .map(|(dir, st)| (dir, st.into_actions()))
+            .collect();
+        self.land(per_table, &commit.cursors).await?;
+        stats.add(commit_stats);
+        Ok(stats)
+    }
+
+    /// A first-load commit: its rows go to the open writers; the group commits every
+    /// [`GROUP_SECS`] seconds.
+    async fn append(&mut self, commit: Commit) -> Result<CommitStats, DestError> {
+        if self.group.is_none() {
+            self.group = Some(Group {
+                writers: HashMap::new(),
+                stats: CommitStats::default(),
+                cursors: Vec::new(),
+                started: std::time::Instant::now(),
+            });
+        }
+        let target = self.opts.target_file_mb.saturating_mul(1024 * 1024);
+        for b in &commit.batches {
+            if b.upserts.is_empty() {
+                continue;
+            }
+            let open = self.group.as_mut().and_then(|g| g.writers.remove(&b.table));
+            let t = self.table(&b.table)?;
+            let rows: Vec<&Vec<Value>> = b.upserts.iter().collect();
+            let batch = batch_of(t, &rows, commit.synced_at_ms, false)?;
+            let shown = t.r.display.clone();
+            let mut writer = match open {
+                Some(w) => w,
+                None => RecordBatchWriter::for_table(&t.delta)
+                    .map_err(|e| lake_err(&shown, e))?
+                    .with_writer_properties(writer_properties())
+                    .with_target_file_size(target),
+            };
+            writer
+                .write(batch)
+                .await
+                .map_err(|e| write_err(&self.root, &shown, e))?;
+            if let Some(g) = self.group.as_mut() {
+                g.writers.insert(b.table.clone(), writer);
+                g.stats.add(CommitStats {
+                    tables: vec![(b.table.clone(), rows.len() as u64, 0, 0)],
+                });
+            }
+        }
+        let due = self.group.as_mut().is_some_and(|g| {
+            for (stream, cursor) in &commit.cursors {
+                match g.cursors.iter_mut().find(|c| &c.0 == stream) {
+                    Some(c) => c.1 = cursor.clone(),
+                    None => g.cursors.push((stream.clone(), cursor.clone())),
+                }
+            }
+            g.started.elapsed().as_secs() >= GROUP_SECS
+        });
+        if due {
+            return self.close_group().await;
+        }
+        Ok(CommitStats::default())
+    }
+}
+
+/// A data file a commit step reads: one the table has, or one an earlier step of the same commit
+/// wrote.
+enum FileRef {
+    Committed(Box<Remove>),
+    Staged(String),
+}
+
+/// One table's changes in a commit being built.
+#[derive(Default)]
+struct Staged {
+    removes: Vec<Remove>,
+    adds: Vec<Add>,
+}
+
+impl Staged {
+    /// The table's files as the next step sees them: the committed ones not removed by an
+    /// earlier step, then those earlier steps wrote.
+    fn files(&self, t: &Table) -> Result<Vec<(String, FileRef)>, DestError> {
+        let mut v: Vec<(String, FileRef)> = live_files(&t.delta, &t.r.display)?
+            .into_iter()
+            .filter(|(path, _, _)| !self.removes.iter().any(|r| &r.path == path))
+            .map(|(path, _, remove)| (path, FileRef::Committed(Box::new(remove))))
+            .collect();
+        v.extend(
+            self.adds
+                .iter()
+                .map(|a| (a.path.clone(), FileRef::Staged(a.path.clone()))),
+        );
+        Ok(v)
+    }
+
+    /// Takes a file out of the table: a committed one is removed by the commit, one written
+    /// earlier in it is simply not added (the file stays unreferenced; vacuum deletes it).
+    fn drop_file(&mut self, file: FileRef) {
+        match file {
+            FileRef::Committed(remove) => self.removes.push(*remove),
+            FileRef::Staged(path) => self.adds.retain(|a| a.path != path),
+        }
+    }
+
+    fn into_actions(self) -> Vec<Action> {
+        self.removes
+            .into_iter()
+            .map(Action::Remove)
+            .chain(self.adds.into_iter().map(Action::Add))
+            .collect()
+    }
+}
+
+/// The staging of the table in `dir`.
+fn staged_for<'a>(staged: &'a mut Vec<(String, Staged)>, dir: &Path) -> &'a mut Staged {
+    let name = dir_name(dir);
+    let i = match staged.iter().position(|e| e.0 == name) {
+        Some(i) => i,
+        None => {
+            staged.push((name, Staged::default()));
+            staged.len() - 1
+        }
+    };
+    &mut staged[i].1
+}
+
+/// What a merge does with one stored row.
+enum Fate {
+    Keep,
+    /// Replaced by the batch's upsert at this index; `true` when its values are the same (a
+    /// rewritten group's unchanged row, kept as it is).
+    Replaced(usize, bool),
+    Deleted,
+}
+
+/// A table's rewritten files and new rows, written through one writer.
+struct Output<'a> {
+    t: &'a Table,
+    root: &'a Path,
+    writer: Option<RecordBatchWriter>,
+}
+
+impl Output<'_> {
+    async fn write(&mut self, batch: RecordBatch) -> Result<(), DestError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let shown = &self.t.r.display;
+        let w = match self.writer.as_mut() {
+            Some(w) => w,
+            None => self.writer.insert(
+                RecordBatchWriter::for_table(&self.t.delta)
+                    .map_err(|e| lake_err(shown, e))?
+                    .with_writer_properties(writer_properties()),
+            ),
+        };
+        w.write(batch)
+            .await
+            .map_err(|e| write_err(self.root, shown, e))
+    }
+
+    async fn finish(self) -> Result<Vec<Add>, DestError> {
+        let Some(mut w) = self.writer else {
+            return Ok(Vec::new());
+        };
+        w.flush()
+            .await
+            .map_err(|e| write_err(self.root, &self.t.r.display, e))
+    }
+
+    /// Streams the file at `path` into new files, each row through `change` (`None`: dropped).
+    async fn rewrite(
+        &mut self,
+        path: &str,
+        mut change: impl FnMut(&RecordBatch) -> Result<RecordBatch, DestError>,
+    ) -> Result<(), DestError> {
+        let t = self.t;
+        for b in read_file(&t.dir, path, None, &t.r.display)? {
+            let b = conform(t, &b?)?;
+            let out = change(&b)?;
+            self.write(out).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The actions that apply one batch's deletes and upserts to its table: files holding an
+/// affected row are rewritten without it (found by their key and filter columns first), and the
+/// upserts are written as new rows.
+async fn merge(
+    t: &Table,
+    root: &Path,
+    compat: Compat,
+    staged: &mut Staged,
+    batch: &TableBatch,
+    synced_at_ms: i64,
+) -> Result<CommitStats, DestError> {
+    let shown = t.r.display.as_str();
+    let replace = crate::replaces_groups(batch, false, &t.r);
+    // Upserts by key (the last row of a key wins).
+    let mut upserts: HashMap<Vec<u8>, usize> = HashMap::with_capacity(batch.upserts.len());
+    for (i, row) in batch.upserts.iter().enumerate() {
+        upserts.insert(key_of(t.r.pk.iter().map(|&k| row[k].clone())), i);
+    }
+    // Deletes by column value.
+    let mut deletes: Vec<(usize, HashSet<Vec<u8>>)> = Vec::new();
+    for (col, values) in &batch.delete_where {
+        let c = t.r.spec_column(col, compat)?;
+        let ci =
+            t.r.columns
+                .iter()
+                .position(|x| x.name == c.name)
+                .unwrap_or(0);
+        let mut set = HashSet::new();
+        for v in values {
+            t.r.check_value(c, v)?;
+            if !matches!(v, Value::Null) {
+                set.insert(key_of([normalized(v, c.ty)]));
+            }
+        }
+        deletes.push((ci, set));
+    }
+    let mut probe: Vec<usize> = t.r.pk.clone();
+    for (ci, _) in &deletes {
+        if !probe.contains(ci) {
+            probe.push(*ci);
+        }
+    }
+    let probe_names: Vec<String> = probe.iter().map(|&i| t.stored[i].0.clone()).collect();
+    // A stored row's key and what becomes of it, in a batch of all the table's columns.
+    let fate = |b: &RecordBatch, i: usize| -> Fate {
+        let key = key_of(t.r.pk.iter().map(|&k| cell(b.column(k), i, t.stored[k].1)));
+        if let Some(&ui) = upserts.get(&key) {
+            let same = replace
+                && t.r.columns.iter().enumerate().all(|(ci, c)| {
+                    t.r.pk.contains(&ci)
+                        || cell(b.column(ci), i, c.ty) == normalized(&batch.upserts[ui][ci], c.ty)
+                });
+            return Fate::Replaced(ui, same);
+        }
+        if deletes
+            .iter()
+            .any(|(ci, set)| set.contains(&key_of([cell(b.column(*ci), i, t.stored[*ci].1)])))
+        {
+            return Fate::Deleted;
+        }
+        Fate::Keep
+    };
+    let (mut updated, mut deleted) = (0u64, 0u64);
+    let mut found: HashSet<usize> = HashSet::new();
+    let mut unchanged: HashSet<usize> = HashSet::new();
+    let mut out = Output {
+        t,
+        root,
+        writer: None,
+    };
+    if !upserts.is_empty() || deletes.iter().any(|d| !d.1.is_empty()) {
+        for (path, file) in staged.files(t)? {
+            // First only the key and filter columns: most files hold no affected row.
+            let mut hit = false;
+            for b in read_file(&t.dir, &path, Some(&probe_names), shown)? {
+                let b = b?;
+                let col = |name: &str| b.column_by_name(name);
+                hit = (0..b.num_rows()).any(|i| {
+                    let key = key_of(t.r.pk.iter().map(|&k| {
+                        col(&t.stored[k].0).map_or(Value::Null, |c| cell(c, i, t.stored[k].1))
+                    }));
+                    upserts.contains_key(&key)
+                        || deletes.iter().any(|(ci, set)| {
+                            let v = col(&t.stored[*ci].0)
+                                .map_or(Value::Null, |c| cell(c, i, t.stored[*ci].1));
+                            set.contains(&key_of([v]))
+                        })
+                });
+                if hit {
+                    break;
+                }
+            }
+            if !hit {
+                continue;
+            }
+            // Then the whole rows: does the file change (an unchanged row of a rewritten group
+            // does not change it)?
+            let mut changes = false;
+            let (mut file_updated, mut file_deleted) = (0u64, 0u64);
+            let mut file_found = Vec::new();
+            for b in read_file(&t.dir, &path, None, shown)? {
+                let b = conform(t, &b?)?;
+                for i in 0..b.num_rows() {
+                    match fate(&b, i) {
+                        Fate::Keep => {}
+                        Fate::Replaced(ui, true) => {
+                            file_found.push(ui);
+                            unchanged.insert(ui);
+                        }
+                        Fate::Replaced(ui, false) => {
+                            file_found.push(ui);
+                            file_updated += 1;
+                            changes = true;
+                        }
+                        Fate::Deleted => {
+                            file_deleted += 1;
+                            changes = true;
+                        }
+                    }
+                }
+            }
+            found.extend(file_found);
+            if !changes {
+                continue;
+            }
+            updated += file_updated;
+            deleted += file_deleted;
+            staged.drop_file(file);
+            out.rewrite(&path, |b| {
+                let keep: BooleanArray = (0..b.num_rows())
+                    .map(|i| Some(matches!(fate(b, i), Fate::Keep | Fate::Replaced(_, true))))
+                    .collect();
+                filter_record_batch(b, &keep).map_err(|e| lake_err(shown, e))
+            })
+            .await?;
+        }
+    }
+    // The rows to write: every upsert not found unchanged in place (one per key).
+    let mut picked: Vec<usize> = upserts
+        .values()
+        .copied()
+        .filter(|ui| !unchanged.contains(ui))
+        .collect();
+    picked.sort_unstable();
+    let inserted = picked.iter().filter(|ui| !found.contains(ui)).count() as u64;
+    let rows: Vec<&Vec<Value>> = picked.iter().map(|&ui| &batch.upserts[ui]).collect();
+    if !rows.is_empty() {
+        out.write(batch_of(t, &rows, synced_at_ms, false)?).await?;
+    }
+    staged.adds.extend(out.finish().await?);
+    Ok(CommitStats {
+        tables: vec![(batch.table.clone(), inserted, updated, deleted)],
+    })
+}
+
+/// The actions that mark a soft-delete table's rows not written by this sync as deleted.
+async fn mark_unseen(
+    t: &Table,
+    root: &Path,
+    compat: Compat,
+    staged: &mut Staged,
+    m: &crate::MarkUnseenDeleted,
+    synced_at_ms: i64,
+) -> Result<CommitStats, DestError> {
+    let shown = t.r.display.as_str();
+    let n_spec = t.r.columns.len();
+    let (synced_i, deleted_i) = (n_spec, n_spec + 1);
+    let mut scope = Vec::new();
+    for (col, v) in &m.scope {
+        let c = t.r.spec_column(col, compat)?;
+        t.r.check_value(c, v)?;
+        let ci =
+            t.r.columns
+                .iter()
+                .position(|x| x.name == c.name)
+                .unwrap_or(0);
+        scope.push((ci, normalized(v, c.ty)));
+    }
+    // Whether a stored row is to be marked now.
+    let stale = |b: &RecordBatch, i: usize| -> bool {
+        let deleted = matches!(
+            cell(b.column(deleted_i), i, ColumnType::Bool),
+            Value::Bool(true)
+        );
+        let in_scope = scope
+            .iter()
+            .all(|(ci, v)| &cell(b.column(*ci), i, t.stored[*ci].1) == v);
+        let older = match cell(b.column(synced_i), i, ColumnType::Timestamp) {
+            Value::Timestamp(ms) => ms < synced_at_ms,
+            _ => true,
+        };
+        !deleted && in_scope && older
+    };
+    let mut marked = 0u64;
+    let mut out = Output {
+        t,
+        root,
+        writer: None,
+    };
+    for (path, file) in staged.files(t)? {
+        let mut in_file = 0u64;
+        for b in read_file(&t.dir, &path, None, shown)? {
+            let b = conform(t, &b?)?;
+            in_file += (0..b.num_rows()).filter(|&i| stale(&b, i)).count() as u64;
+        }
+        if in_file == 0 {
+            continue;
+        }
+        marked += in_file;
+        staged.drop_file(file);
+        out.rewrite(&path, |b| {
+            let flags: BooleanArray = (0..b.num_rows())
+                .map(|i| {
+                    Some(
+                        stale(b, i)
+                            || matches!(
+                                cell(b.column(deleted_i), i, ColumnType::Bool),
+                                Value::Bool(true)
+                            ),
+                    )
+                })
+                .collect();
+            let mut cols: Vec<ArrayRef> = b.columns().to_vec();
+            cols[deleted_i] = Arc::new(flags);
+            RecordBatch::try_new(Arc::clone(&t.schema), cols).map_err(|e| lake_err(shown, e))
+        })
+        .await?;
+    }
+    staged.adds.extend(out.finish().await?);
+    Ok(CommitStats {
+        tables: vec![(m.table.clone(), 0, marked, 0)],
+    })
+}
+
+impl DeltaDestination {
+    async fn keys(
+        &mut self,
+        table: &str,
+        column: &str,
+        filter: &[(String, Value)],
+    ) -> Result<Vec<String>, DestError> {
+        self.close_group().await?;
+        let resolved: HashMap<String, Resolved> = self
+            .tables
+            .iter()
+            .map(|(k, t)| (k.clone(), t.r.clone()))
+            .collect();
+        let (r, c) = keys_target(&resolved, table, column, self.compat)?;
+        let t = self.table(table)?;
+        let mut wanted: Vec<(String, ColumnType, Value)> = Vec::new();
+        for (col, v) in filter {
+            let fc = r.spec_column(col, self.compat)?;
+            r.check_value(fc, v)?;
+            wanted.push((fc.name.clone(), fc.ty, normalized(v, fc.ty)));
+        }
+        let mut names = vec![c.name.clone()];
+        names.extend(wanted.iter().map(|w| w.0.clone()));
+        names.dedup();
+        let mut out = HashSet::new();
+        for (path, _, _) in live_files(&t.delta, &r.display)? {
+            for b in read_file(&t.dir, &path, Some(&names), &r.display)? {
+                let b = b?;
+                let Some(col) = b.column_by_name(&c.name) else {
+                    continue;
+                };
+                for i in 0..b.num_rows() {
+                    let ok = wanted.iter().all(|(n, ty, v)| {
+                        b.column_by_name(n).is_some_and(|fc| &cell(fc, i, *ty) == v)
+                    });
+                    if let (true, Value::Text(s)) = (ok, cell(col, i, ColumnType::Text)) {
+                        out.insert(s);
+                    }
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn cursor(&self, stream: &str) -> Result<Option<serde_json::Value>, DestError> {
+        if let Some(g) = &self.group
+            && let Some((_, c)) = g.cursors.iter().find(|c| c.0 == stream)
+        {
+            return Ok(Some(c.clone()));
+        }
+        let shown = self.root.join(&self.state_name).display().to_string();
+        self.cursors
+            .get(stream)
+            .map(|text| parse_cursor(stream, &shown, text))
+            .transpose()
+    }
+}
+
+fn dir_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn take_lock(root: &Path, described: &str) -> Result<std::fs::File, DestError> {
+    let path = root.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| DestError::Connect {
+            destination: described.to_string(),
+            reason: format!("cannot open the lock file {}: {e}", path.display()),
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DestError::Busy {
+            destination: described.to_string(),
+            holder: format!(
+                ", locked by another process through {} (`fuser -v {}` shows which)",
+                path.display(),
+                path.display()
+            ),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(DestError::Connect {
+            destination: described.to_string(),
+            reason: format!("cannot lock {}: {e}", path.display()),
+        }),
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+fn remove_pending(root: &Path) -> Result<(), DestError> {
+    let path = root.join(PENDING_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => sync_dir(root).map_err(|e| lake_err(&path.display().to_string(), e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(lake_err(&path.display().to_string(), e)),
+    }
+}
+
+fn table_url(dir: &Path, shown: &str) -> Result<url::Url, DestError> {
+    url::Url::from_directory_path(dir)
+        .map_err(|()| DestError::Settings(format!("{shown} is not an absolute local path")))
+}
+
+async fn load_table(dir: &Path, shown: &str) -> Result<DeltaTable, DestError> {
+    let url = table_url(dir, shown)?;
+    DeltaTableBuilder::from_url(url)
+        .map_err(|e| lake_err(shown, e))?
+        .load()
+        .await
+        .map_err(|e| lake_err(shown, e))
+}
+
+/// Opens the table at `dir`, creating it with `stored` columns when the directory holds none.
+/// Says whether it was created. A directory holding other files is refused.
+async fn open_or_create(
+    dir: &Path,
+    shown: &str,
+    stored: &[(String, ColumnType)],
+) -> Result<(DeltaTable, bool), DestError> {
+    if dir.join("_delta_log").is_dir() {
+        return Ok((load_table(dir, shown).await?, false));
+    }
+    if let Ok(mut entries) = std::fs::read_dir(dir)
+        && entries.next().is_some()
+    {
+        return Err(DestError::Settings(format!(
+            "{shown} is not empty and holds no Delta table (no _delta_log directory); xmbridge writes a Delta table there: move what is there away, or choose another destination directory"
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| write_err(dir, shown, e))?;
+    let url = table_url(dir, shown)?;
+    let table = DeltaTable::try_from_url(url)
+        .await
+        .map_err(|e| lake_err(shown, e))?;
+    let name = dir_name(dir);
+    let created = table
+        .create()
+        .with_table_name(name)
+        .with_columns(
+            stored
+                .iter()
+                .map(|(n, t)| StructField::new(n.clone(), delta_type(*t), true)),
+        )
+        .await
+        .map_err(|e| write_err(dir, shown, e))?;
+    Ok((created, true))
+}
+
+/// Adds the `stored` columns the table lacks (schema evolution); a column of another type is
+/// an error naming it.
+async fn evolve(
+    table: DeltaTable,
+    stored: &[(String, ColumnType)],
+    shown: &str,
+) -> Result<DeltaTable, DestError> {
+    let schema = table.snapshot().map_err(|e| lake_err(shown, e))?.schema();
+    let mut missing = Vec::new();
+    for (name, ty) in stored {
+        match schema.field(name) {
+            Some(f) => {
+                let want = delta_type(*ty);
+                if f.data_type() != &want {
+                    return Err(DestError::TypeConflict {
+                        table: shown.to_string(),
+                        column: name.clone(),
+                        found: delta_type_name(f.data_type()),
+                        expected: delta_type_name(&want),
+                        fix: "another writer changed the Delta table's schema; restore the column's type (or move the table away and sync with --full)".into(),
+                    });
+                }
+            }
+            None => missing.push(StructField::new(name.clone(), delta_type(*ty), true)),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(table);
+    }
+    table
+        .add_columns()
+        .with_fields(missing)
+        .await
+        .map_err(|e| lake_err(shown, e))
+}
+
+/// The table's live files: path (relative to the table's directory), size and the action that
+/// removes it.
+fn live_files(
+    table: &DeltaTable,
+    shown: &str,
+) -> Result<Vec<(String, u64, deltalake::kernel::Remove)>, DestError> {
+    let snapshot = table.snapshot().map_err(|e| lake_err(shown, e))?;
+    Ok(snapshot
+        .log_data()
+        .iter()
+        .map(|f| {
+            (
+                f.path().into_owned(),
+                u64::try_from(f.size()).unwrap_or(0),
+                f.remove_action(true),
+            )
+        })
+        .collect())
+}
+
+/// Streams a data file of the table in `dir` (only `columns` when given; those the file lacks
+/// are left out), a few thousand rows at a time.
+fn read_file(
+    dir: &Path,
+    path: &str,
+    columns: Option<&[String]>,
+    shown: &str,
+) -> Result<impl Iterator<Item = Result<RecordBatch, DestError>> + use<>, DestError> {
+    let full = dir.join(path);
+    let shown = shown.to_string();
+    let err = move |e: &dyn std::fmt::Display| {
+        lake_err(
+            &shown,
+            format!("cannot read data file {}: {e}", full.display()),
+        )
+    };
+    let file = std::fs::File::open(dir.join(path)).map_err(|e| err(&e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(&e))?;
+    let builder = match columns {
+        Some(cols) => {
+            let mask =
+                ProjectionMask::columns(builder.parquet_schema(), cols.iter().map(String::as_str));
+            builder.with_projection(mask)
+        }
+        None => builder,
+    };
+    let reader = builder
+        .with_batch_size(READ_BATCH_ROWS)
+        .build()
+        .map_err(|e| err(&e))?;
+    Ok(reader.map(move |b| b.map_err(|e| err(&e))))
+}
+
+/// Commits `actions` to `table` with the transaction identifier of commit `seq`.
+async fn commit_actions(
+    table: &mut DeltaTable,
+    actions: Vec<Action>,
+    seq: i64,
+    root: &Path,
+    shown: &str,
+) -> Result<(), DestError> {
+    let props =
+        CommitProperties::default().with_application_transaction(Transaction::new(APP_ID, seq));
+    let snapshot = table.snapshot().map_err(|e| lake_err(shown, e))?;
+    CommitBuilder::from(props)
+        .with_actions(actions)
+        .build(
+            Some(snapshot),
+            table.log_store(),
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            },
+        )
+        .await
+        .map_err(|e| write_err(root, shown, e))?;
+    table.update_state().await.map_err(|e| lake_err(shown, e))
+}
+
+impl Destination for DeltaDestination {
+    fn ensure_tables<'a>(
+        &'a mut self,
+        specs: &'a [TableSpec],
+    ) -> BoxFuture<'a, Result<Ensured, DestError>> {
+        Box::pin(self.ensure(specs))
+    }
+
+    fn cursor<'a>(
+        &'a mut self,
+        stream: &'a str,
+    ) -> BoxFuture<'a, Result<Option<serde_json::Value>, DestError>> {
+        let got = DeltaDestination::cursor(self, stream);
+        Box::pin(async move { got })
+    }
+
+    fn commit(&mut self, commit: Commit) -> BoxFuture<'_, Result<CommitStats, DestError>> {
+        Box::pin(DeltaDestination::commit(self, commit))
+    }
+
+    fn flush(&mut self) -> BoxFuture<'_, Result<CommitStats, DestError>> {
+        Box::pin(self.close_group())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} (schema directory {})",
+            self.described,
+            self.root.display()
+        )
+    }
+
+    fn keys<'a>(
+        &'a mut self,
+        table: &'a str,
+        column: &'a str,
+        filter: &'a [(String, Value)],
+    ) -> BoxFuture<'a, Result<Vec<String>, DestError>> {
+        Box::pin(DeltaDestination::keys(self, table, column, filter))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_come_from_the_url_query() {
+        assert_eq!(
+            path_of_url("delta:/tmp/lake?target_file_mb=8"),
+            Some("/tmp/lake")
+        );
+        assert_eq!(path_of_url("delta:///tmp/lake"), Some("/tmp/lake"));
+        assert_eq!(path_of_url("sqlite:/tmp/a.db"), None);
+        assert_eq!(
+            DeltaOptions::from_url("delta:/x?target_file_mb=8")
+                .unwrap()
+                .target_file_mb,
+            8
+        );
+        assert!(DeltaOptions::from_url("delta:/x?target_file_mb=0").is_err());
+        assert!(DeltaOptions::from_url("delta:/x?size=1").is_err());
+    }
+
+    #[test]
+    fn keys_of_equal_values_are_equal() {
+        let a = key_of([Value::Text("a".into()), Value::Int(1)]);
+        let b = key_of([Value::Text("a".into()), Value::Int(1)]);
+        let c = key_of([Value::Text("a1".into())]);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+}

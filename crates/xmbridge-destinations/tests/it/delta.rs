@@ -1,0 +1,443 @@
+//! The Delta Lake destination, read back by independent readers (the Python `deltalake` package
+//! and DuckDB's `delta` extension, through `xmbridge_test_kit::lake`): merges, deletes, soft
+//! deletes, cursors committed with the rows, a commit finished after a kill, schema evolution
+//! and the errors for bad input.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value as J, json};
+use xmbridge_destinations::delta::{DeltaDestination, DeltaOptions};
+use xmbridge_destinations::{
+    Column, ColumnType, Commit, CommitStats, Compat, DestErrorKind, Destination,
+    DestinationSettings, MarkUnseenDeleted, TableBatch, TableSpec, Value,
+};
+use xmbridge_test_kit::lake;
+
+const T0: i64 = 1_700_000_000_000;
+
+fn col(name: &str, ty: ColumnType) -> Column {
+    Column {
+        name: name.into(),
+        ty,
+    }
+}
+
+/// `item (id, survey_id, name, n, score, seen_at, ok)`, soft delete.
+fn item_spec() -> TableSpec {
+    TableSpec {
+        name: "item".into(),
+        columns: vec![
+            col("id", ColumnType::Text),
+            col("survey_id", ColumnType::Text),
+            col("name", ColumnType::Text),
+            col("n", ColumnType::Int),
+            col("score", ColumnType::Float),
+            col("seen_at", ColumnType::Timestamp),
+            col("ok", ColumnType::Bool),
+        ],
+        primary_key: vec!["id".into()],
+        soft_delete: true,
+        filter_columns: vec!["survey_id".into()],
+    }
+}
+
+fn item(id: &str, survey: &str, name: &str, n: i64) -> Vec<Value> {
+    vec![
+        Value::Text(id.into()),
+        Value::Text(survey.into()),
+        Value::Text(name.into()),
+        Value::Int(n),
+        Value::Float(n as f64 / 2.0),
+        Value::Timestamp(T0 + n),
+        Value::Bool(n % 2 == 0),
+    ]
+}
+
+/// `answer (<p>_id, response_id, value)`, rows replaced per response.
+fn answer_spec() -> TableSpec {
+    TableSpec {
+        name: "answer".into(),
+        columns: vec![
+            col("<p>_id", ColumnType::Text),
+            col("response_id", ColumnType::Text),
+            col("value", ColumnType::Text),
+        ],
+        primary_key: vec!["<p>_id".into()],
+        soft_delete: false,
+        filter_columns: vec!["response_id".into()],
+    }
+}
+
+fn answer(id: &str, response: &str, value: &str) -> Vec<Value> {
+    vec![
+        Value::Text(id.into()),
+        Value::Text(response.into()),
+        Value::Text(value.into()),
+    ]
+}
+
+fn batch(table: &str, rows: Vec<Vec<Value>>) -> TableBatch {
+    TableBatch {
+        table: table.into(),
+        upserts: rows,
+        ..Default::default()
+    }
+}
+
+fn stat(s: &CommitStats, table: &str) -> (u64, u64, u64) {
+    s.tables
+        .iter()
+        .find(|e| e.0 == table)
+        .map(|e| (e.1, e.2, e.3))
+        .unwrap_or_default()
+}
+
+async fn open(dir: &Path) -> Box<dyn Destination> {
+    let url = format!("delta:{}", dir.display());
+    let settings = DestinationSettings::from_parts(&url, None).unwrap();
+    xmbridge_destinations::open(&settings, "qualtrics", Compat::Xmbridge, None)
+        .await
+        .unwrap()
+}
+
+/// The rows of `table` as both readers see them, columns named.
+fn read(python: &Path, dir: &Path, table: &str) -> Vec<serde_json::Map<String, J>> {
+    let path: PathBuf = dir.join("qualtrics").join(table);
+    let t = lake::read(python, &[path]).remove(table).unwrap();
+    t.rows
+        .into_iter()
+        .map(|r| t.columns.iter().cloned().zip(r).collect())
+        .collect()
+}
+
+fn ids(rows: &[serde_json::Map<String, J>], column: &str) -> Vec<String> {
+    let mut v: Vec<String> = rows
+        .iter()
+        .map(|r| r[column].as_str().unwrap_or("null").to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn delta_merges_deletes_and_soft_deletes_as_the_sql_destinations_do() {
+    let Some(py) = lake::readers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = open(dir.path()).await;
+    let created = d
+        .ensure_tables(&[item_spec(), answer_spec()])
+        .await
+        .unwrap();
+    assert_eq!(created.created, vec!["item", "answer"]);
+
+    // A first load: fresh rows, grouped until the flush.
+    let first = Commit {
+        synced_at_ms: T0,
+        batches: vec![
+            TableBatch {
+                fresh: true,
+                ..batch(
+                    "item",
+                    vec![
+                        item("a", "S1", "A", 1),
+                        item("b", "S1", "B", 2),
+                        item("c", "S2", "C", 3),
+                    ],
+                )
+            },
+            TableBatch {
+                fresh: true,
+                ..batch(
+                    "answer",
+                    vec![
+                        answer("a1", "R1", "x"),
+                        answer("a2", "R1", "y"),
+                        answer("b1", "R2", "z"),
+                    ],
+                )
+            },
+        ],
+        cursors: vec![("items".into(), json!({"at": 1}))],
+        ..Default::default()
+    };
+    let s = d.commit(first).await.unwrap();
+    d.flush().await.unwrap();
+    assert_eq!(
+        stat(&s, "item").0 + stat(&d.flush().await.unwrap(), "item").0,
+        0
+    );
+    let rows = read(&py, dir.path(), "item");
+    assert_eq!(ids(&rows, "id"), ["a", "b", "c"]);
+    let a = rows.iter().find(|r| r["id"] == "a").unwrap();
+    // Typed columns: an int, a double, a timestamp, a boolean, the system columns.
+    assert_eq!(a["n"], json!(1));
+    assert_eq!(a["score"], json!(0.5));
+    assert_eq!(a["seen_at"], json!(T0 + 1));
+    assert_eq!(a["ok"], json!(false));
+    assert_eq!(a["_xmbridge_synced"], json!(T0));
+    assert_eq!(a["_xmbridge_deleted"], json!(false));
+    assert_eq!(d.cursor("items").await.unwrap(), Some(json!({"at": 1})));
+
+    // Upserts by key: one update, one insert; the answers of R1 replaced (a2 gone, a1 kept as
+    // it is), R2's deleted.
+    let s = d
+        .commit(Commit {
+            synced_at_ms: T0 + 10,
+            batches: vec![
+                batch(
+                    "item",
+                    vec![item("b", "S1", "B2", 20), item("d", "S1", "D", 4)],
+                ),
+                TableBatch {
+                    table: "answer".into(),
+                    upserts: vec![answer("a1", "R1", "x"), answer("a3", "R1", "w")],
+                    delete_where: vec![(
+                        "response_id".into(),
+                        vec![Value::Text("R1".into()), Value::Text("R2".into())],
+                    )],
+                    fresh: false,
+                },
+            ],
+            cursors: vec![("items".into(), json!({"at": 2}))],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(stat(&s, "item"), (1, 1, 0));
+    assert_eq!(stat(&s, "answer"), (1, 0, 2));
+    let rows = read(&py, dir.path(), "item");
+    assert_eq!(ids(&rows, "id"), ["a", "b", "c", "d"]);
+    let b = rows.iter().find(|r| r["id"] == "b").unwrap();
+    assert_eq!(
+        (b["name"].clone(), b["n"].clone()),
+        (json!("B2"), json!(20))
+    );
+    assert_eq!(b["_xmbridge_synced"], json!(T0 + 10));
+    let answers = read(&py, dir.path(), "answer");
+    assert_eq!(ids(&answers, "_xmbridge_id"), ["a1", "a3"]);
+    let a1 = answers.iter().find(|r| r["_xmbridge_id"] == "a1").unwrap();
+    assert_eq!(
+        a1["_xmbridge_synced"],
+        json!(T0),
+        "an unchanged row is kept as it was"
+    );
+
+    // Soft delete: rows of S1 this sync did not write are marked, S2's are left alone.
+    let s = d
+        .commit(Commit {
+            synced_at_ms: T0 + 20,
+            batches: vec![batch("item", vec![item("b", "S1", "B2", 20)])],
+            mark_unseen_deleted: vec![MarkUnseenDeleted {
+                table: "item".into(),
+                scope: vec![("survey_id".into(), Value::Text("S1".into()))],
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(stat(&s, "item"), (0, 3, 0), "b updated, a and d marked");
+    let rows = read(&py, dir.path(), "item");
+    let deleted: Vec<String> = {
+        let mut v: Vec<String> = rows
+            .iter()
+            .filter(|r| r["_xmbridge_deleted"] == json!(true))
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(deleted, ["a", "d"]);
+
+    // Keys read back, with a filter.
+    let mut keys = d
+        .keys(
+            "item",
+            "id",
+            &[("survey_id".into(), Value::Text("S1".into()))],
+        )
+        .await
+        .unwrap();
+    keys.sort();
+    assert_eq!(keys, ["a", "b", "d"]);
+
+    // Reopened: the cursors are what was committed with the rows.
+    drop(d);
+    let mut d = open(dir.path()).await;
+    d.ensure_tables(&[item_spec(), answer_spec()])
+        .await
+        .unwrap();
+    assert_eq!(d.cursor("items").await.unwrap(), Some(json!({"at": 2})));
+    assert_eq!(d.cursor("other").await.unwrap(), None);
+}
+
+/// The redo file a run killed after writing it is finished by the next open: every table gets
+/// the commit once (its `txn` version says whether it has it) and the cursors with it.
+#[tokio::test]
+async fn delta_a_commit_cut_after_its_redo_file_lands_once_at_the_next_open() {
+    let Some(py) = lake::readers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let schema_dir = dir.path().join("qualtrics");
+    let mut d = DeltaDestination::open(
+        &dir.path().display().to_string(),
+        "qualtrics",
+        Compat::Xmbridge,
+        DeltaOptions::default(),
+    )
+    .await
+    .unwrap();
+    d.ensure_tables(&[item_spec(), answer_spec()])
+        .await
+        .unwrap();
+    d.commit(Commit {
+        synced_at_ms: T0,
+        batches: vec![batch("item", vec![item("a", "S1", "A", 1)])],
+        cursors: vec![("items".into(), json!(1))],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // The next commit, stopped after its redo file and its first table's commit: the state a
+    // kill at that moment leaves (a hidden hook; nothing else sets it).
+    d.stop_after_tables_for_tests(1);
+    let err = d
+        .commit(Commit {
+            synced_at_ms: T0 + 1,
+            batches: vec![
+                batch("item", vec![item("b", "S1", "B", 2)]),
+                batch("answer", vec![answer("x", "R9", "v")]),
+            ],
+            cursors: vec![("items".into(), json!(2))],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("stopped for a test"), "{err}");
+    drop(d);
+    assert!(schema_dir.join("_xmbridge_pending.json").is_file());
+
+    // Until the next open, the cursor table still says 1.
+    let mut d = open(dir.path()).await;
+    assert!(!schema_dir.join("_xmbridge_pending.json").exists());
+    d.ensure_tables(&[item_spec(), answer_spec()])
+        .await
+        .unwrap();
+    assert_eq!(d.cursor("items").await.unwrap(), Some(json!(2)));
+    assert_eq!(ids(&read(&py, dir.path(), "item"), "id"), ["a", "b"]);
+    assert_eq!(ids(&read(&py, dir.path(), "answer"), "_xmbridge_id"), ["x"]);
+    // Each table's log holds the commit once: item has versions 0 (create), 1, 2; answer 0, 1.
+    let versions = |t: &str| {
+        let mut v: Vec<String> = std::fs::read_dir(schema_dir.join(t).join("_delta_log"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".json"))
+            .collect();
+        v.sort();
+        v.len()
+    };
+    assert_eq!(versions("item"), 3);
+    assert_eq!(versions("answer"), 2);
+}
+
+#[tokio::test]
+async fn delta_schema_evolution_adds_columns_older_rows_read_as_null() {
+    let Some(py) = lake::readers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = open(dir.path()).await;
+    d.ensure_tables(&[item_spec()]).await.unwrap();
+    d.commit(Commit {
+        synced_at_ms: T0,
+        batches: vec![batch("item", vec![item("a", "S1", "A", 1)])],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut wider = item_spec();
+    wider.add_column("stats_count", ColumnType::BigInt);
+    let e = d.ensure_tables(&[wider]).await.unwrap();
+    assert!(e.created.is_empty());
+    let mut row = item("b", "S1", "B", 2);
+    row.push(Value::Int(7));
+    d.commit(Commit {
+        synced_at_ms: T0,
+        batches: vec![batch("item", vec![row])],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let rows = read(&py, dir.path(), "item");
+    let by = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap()["stats_count"].clone();
+    assert_eq!((by("a"), by("b")), (J::Null, json!(7)));
+}
+
+#[tokio::test]
+async fn delta_bad_input_gets_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory that holds something else where a table goes.
+    std::fs::create_dir_all(dir.path().join("qualtrics/item")).unwrap();
+    std::fs::write(dir.path().join("qualtrics/item/notes.txt"), "mine").unwrap();
+    let mut d = open(dir.path()).await;
+    let err = d.ensure_tables(&[item_spec()]).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("qualtrics/item") && msg.contains("holds no Delta table"),
+        "{msg}"
+    );
+
+    // A column whose type another writer changed.
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut d2 = open(dir2.path()).await;
+    d2.ensure_tables(&[answer_spec()]).await.unwrap();
+    let mut changed = answer_spec();
+    changed.columns[2].ty = ColumnType::BigInt;
+    let err = d2.ensure_tables(&[changed]).await.unwrap_err();
+    assert_eq!(err.kind(), DestErrorKind::Schema);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("\"value\"") && msg.contains("string") && msg.contains("long"),
+        "{msg}"
+    );
+
+    // A second writer of the same schema directory.
+    let err = match DeltaDestination::open(
+        &dir2.path().display().to_string(),
+        "qualtrics",
+        Compat::Xmbridge,
+        DeltaOptions::default(),
+    )
+    .await
+    {
+        Ok(_) => panic!("a second writer opened the schema directory"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), DestErrorKind::Busy, "{err}");
+
+    // A path that cannot be created.
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, "x").unwrap();
+    let err = match DeltaDestination::open(
+        &file.display().to_string(),
+        "qualtrics",
+        Compat::Xmbridge,
+        DeltaOptions::default(),
+    )
+    .await
+    {
+        Ok(_) => panic!("opened a destination inside a file"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), DestErrorKind::Connect);
+    assert!(
+        err.to_string().contains("cannot create the directory"),
+        "{err}"
+    );
+
+    // Unknown URL options.
+    let settings = DestinationSettings::from_parts("delta:/tmp/x?size=1", None).unwrap();
+    let err =
+        match xmbridge_destinations::open(&settings, "qualtrics", Compat::Xmbridge, None).await {
+            Ok(_) => panic!("an unknown option was accepted"),
+            Err(e) => e,
+        };
+    assert!(err.to_string().contains("target_file_mb"), "{err}");
+}
