@@ -10,6 +10,7 @@ mod cli_action;
 mod cli_bench;
 mod cli_cluster;
 mod cli_connection;
+mod cli_delta;
 mod cli_demo;
 mod cli_destination;
 mod cli_serve;

@@ -18,8 +18,10 @@
 //!   number is skipped, so no commit lands twice and none is lost. Data files written before the
 //!   redo file are never referenced; `xmbridge lake vacuum` removes them.
 //! - **First loads** (batches marked fresh, nothing to merge) stream into one open Parquet writer
-//!   per table and commit every [`GROUP_SECS`] seconds (and at `flush`), so files approach the
-//!   target size (`?target_file_mb=`, default 128) instead of one small file per commit.
+//!   per table and commit every [`commit_interval`] (a quarter of the time the destination has
+//!   been open, from 1 up to [`GROUP_SECS`] seconds) and at `flush`, so files grow towards the
+//!   target size (`?target_file_mb=`, default 128) instead of one small file per commit, while a
+//!   run stopped after a few seconds still keeps most of its work.
 //! - **One writer**: an exclusive lock on `PATH/<schema>/_xmbridge.lock` while open.
 
 use std::collections::{HashMap, HashSet};
@@ -54,6 +56,20 @@ pub const APP_ID: &str = "xmbridge";
 
 /// A first load's open files are committed at least this often (seconds).
 pub const GROUP_SECS: u64 = 30;
+
+/// How long a first load's open files stay uncommitted, for a destination open for `open_for`:
+/// a quarter of it, from 1 to [`GROUP_SECS`] seconds (as SQLite's group commits, and for the
+/// same reason: a run always stopped after a few seconds must still advance).
+pub fn commit_interval(open_for: std::time::Duration) -> std::time::Duration {
+    (open_for / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(GROUP_SECS),
+    )
+}
+
+/// Test knob: milliseconds to wait after each table's part of a commit, so that a test's
+/// random kills land between the tables of one commit (never set in production).
+const COMMIT_PAUSE_ENV: &str = "XMBRIDGE_TEST_DELTA_COMMIT_PAUSE_MS";
 
 /// Default target size of a data file (`?target_file_mb=`).
 pub const DEFAULT_TARGET_FILE_MB: u64 = 128;
@@ -168,6 +184,9 @@ pub struct DeltaDestination {
     group: Option<Group>,
     /// Set by [`DeltaDestination::stop_after_tables_for_tests`].
     stop_after_tables: Option<usize>,
+    /// [`COMMIT_PAUSE_ENV`].
+    commit_pause: Option<std::time::Duration>,
+    opened: std::time::Instant,
     _lock: std::fs::File,
 }
 
@@ -527,6 +546,11 @@ impl DeltaDestination {
             seq: 0,
             group: None,
             stop_after_tables: None,
+            commit_pause: std::env::var(COMMIT_PAUSE_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(std::time::Duration::from_millis),
+            opened: std::time::Instant::now(),
             _lock: lock,
         };
         dest.load_state().await?;
@@ -684,6 +708,9 @@ impl DeltaDestination {
                 commit_actions(&mut table, actions.clone(), pending.seq, &self.root, &shown)
                     .await?;
                 landed += 1;
+                if let Some(pause) = self.commit_pause {
+                    tokio::time::sleep(pause).await;
+                }
                 if self.stop_after_tables.take_if(|n| landed >= *n).is_some() {
                     return Err(lake_err(
                         "Delta commit",
@@ -874,7 +901,7 @@ impl DeltaDestination {
     }
 
     /// A first-load commit: its rows go to the open writers; the group commits every
-    /// [`GROUP_SECS`] seconds.
+    /// [`commit_interval`].
     async fn append(&mut self, commit: Commit) -> Result<CommitStats, DestError> {
         if self.group.is_none() {
             self.group = Some(Group {
@@ -912,6 +939,7 @@ impl DeltaDestination {
                 });
             }
         }
+        let interval = commit_interval(self.opened.elapsed());
         let due = self.group.as_mut().is_some_and(|g| {
             for (stream, cursor) in &commit.cursors {
                 match g.cursors.iter_mut().find(|c| &c.0 == stream) {
@@ -919,7 +947,7 @@ impl DeltaDestination {
                     None => g.cursors.push((stream.clone(), cursor.clone())),
                 }
             }
-            g.started.elapsed().as_secs() >= GROUP_SECS
+            g.started.elapsed() >= interval
         });
         if due {
             return self.close_group().await;

@@ -1,0 +1,338 @@
+//! `xmbridge sync --destination delta:PATH` end to end: the simulator over loopback, the real
+//! binary, and every Delta table read back by two independent readers (the Python `deltalake`
+//! package and DuckDB's `delta` extension) and compared row for row with the same sync into a
+//! real PostgreSQL — after a first load, after an incremental sync with new, edited and deleted
+//! responses, and after a sync killed with SIGKILL 20 times.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value as J, json};
+use xmbridge_sim::{SimConfig, SimHandle};
+use xmbridge_test_kit::lake;
+use xmbridge_test_kit::pg::{TestDb, connect as pg_client};
+
+use crate::support::{self, Install};
+
+/// Rows of a table, each as a canonical string (numbers as floats, JSON text parsed), sorted.
+type Canon = BTreeMap<String, Vec<String>>;
+
+/// Every cell made comparable: numbers as f64 (an int and a float of equal value are equal),
+/// JSON documents parsed (jsonb normalizes spacing and key order).
+fn canon_cell(v: &J, json_col: bool) -> J {
+    match v {
+        J::Number(n) => json!(n.as_f64()),
+        J::String(s) if json_col => {
+            sorted_keys(serde_json::from_str(s).unwrap_or_else(|_| v.clone()))
+        }
+        other => other.clone(),
+    }
+}
+
+/// A JSON document with every object's keys in order (jsonb reorders them).
+fn sorted_keys(v: J) -> J {
+    match v {
+        J::Object(m) => {
+            let sorted: BTreeMap<String, J> =
+                m.into_iter().map(|(k, v)| (k, sorted_keys(v))).collect();
+            J::Object(sorted.into_iter().collect())
+        }
+        J::Array(a) => J::Array(a.into_iter().map(sorted_keys).collect()),
+        other => other,
+    }
+}
+
+fn canon_rows(columns: &[String], rows: Vec<Vec<J>>, json_cols: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = rows
+        .into_iter()
+        .map(|r| {
+            let m: BTreeMap<&str, J> = columns
+                .iter()
+                .zip(r)
+                .filter(|(c, _)| !c.ends_with("_synced"))
+                .map(|(c, v)| {
+                    let is_json = json_cols.contains(c);
+                    (c.as_str(), canon_cell(&v, is_json))
+                })
+                .collect();
+            serde_json::to_string(&m).unwrap()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The PostgreSQL schema's tables (without the cursor and fence tables), read as the Delta
+/// readers print them: timestamps as epoch milliseconds, jsonb as documents.
+async fn postgres_tables(url: &str) -> (Canon, Vec<String>) {
+    let c = pg_client(url).await;
+    let cols = c
+        .query(
+            "SELECT table_name::text, column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_schema = 'qualtrics' ORDER BY table_name, ordinal_position",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut tables: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for r in &cols {
+        let (t, c, ty): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        if t.ends_with("_state") || t.ends_with("_fence") {
+            continue;
+        }
+        tables.entry(t).or_default().push((c, ty));
+    }
+    let mut out = Canon::new();
+    let mut json_cols = Vec::new();
+    for (table, columns) in &tables {
+        let exprs: Vec<String> = columns
+            .iter()
+            .map(|(c, ty)| {
+                let q = format!("\"{}\"", c.replace('"', "\"\""));
+                if ty.starts_with("timestamp") {
+                    format!("(extract(epoch from {q}) * 1000)::bigint")
+                } else {
+                    q
+                }
+            })
+            .collect();
+        json_cols.extend(
+            columns
+                .iter()
+                .filter(|(_, ty)| ty == "jsonb" || ty == "json")
+                .map(|(c, _)| c.clone()),
+        );
+        let sql = format!(
+            "SELECT json_build_array({})::text FROM qualtrics.\"{table}\"",
+            exprs.join(", ")
+        );
+        let rows: Vec<Vec<J>> = c
+            .query(&sql, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let text: String = r.get(0);
+                match serde_json::from_str::<J>(&text).unwrap() {
+                    J::Array(a) => a
+                        .into_iter()
+                        .zip(columns)
+                        // jsonb arrives as a document; the Delta side holds its text.
+                        .map(|(v, (_, ty))| {
+                            if ty == "jsonb" || ty == "json" {
+                                if v.is_null() {
+                                    v
+                                } else {
+                                    J::String(v.to_string())
+                                }
+                            } else {
+                                v
+                            }
+                        })
+                        .collect(),
+                    other => panic!("not an array: {other}"),
+                }
+            })
+            .collect();
+        let names: Vec<String> = columns.iter().map(|(c, _)| c.clone()).collect();
+        out.insert(table.clone(), canon_rows(&names, rows, &json_cols));
+    }
+    (out, json_cols)
+}
+
+/// Every Delta table under `lake/qualtrics`, read by both readers.
+fn delta_tables(py: &Path, lake_dir: &Path, json_cols: &[String]) -> Canon {
+    let dirs: Vec<_> = lake::tables_under(&lake_dir.join("qualtrics"))
+        .into_iter()
+        .filter(|d| !d.ends_with("_xmbridge_state"))
+        .collect();
+    lake::read(py, &dirs)
+        .into_iter()
+        .map(|(name, t)| (name, canon_rows(&t.columns, t.rows, json_cols)))
+        .collect()
+}
+
+async fn assert_same(py: &Path, lake_dir: &Path, pg_url: &str, when: &str) {
+    let (pg, json_cols) = postgres_tables(pg_url).await;
+    let delta = delta_tables(py, lake_dir, &json_cols);
+    assert_eq!(
+        delta.keys().collect::<Vec<_>>(),
+        pg.keys().collect::<Vec<_>>(),
+        "the same tables {when}"
+    );
+    for (table, rows) in &pg {
+        let d = &delta[table];
+        assert_eq!(d.len(), rows.len(), "{table}: row counts differ {when}");
+        if let Some((a, b)) = d.iter().zip(rows).find(|(a, b)| a != b) {
+            panic!("{table}: rows differ {when}:\n delta:    {a}\n postgres: {b}");
+        }
+    }
+    assert!(
+        pg.get("question_response").is_some_and(|r| !r.is_empty()),
+        "answers were synced {when}"
+    );
+}
+
+async fn sim(responses: u64) -> SimHandle {
+    xmbridge_test_kit::sim::qualtrics(SimConfig {
+        surveys: 2,
+        responses,
+        ..SimConfig::default()
+    })
+    .await
+}
+
+async fn admin(h: &SimHandle, method: reqwest::Method, path: &str, body: Option<J>) -> J {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{}{path}", h.api_url()))
+        .header("X-API-TOKEN", h.sim.cfg.admin_token());
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap_or(J::Null)
+}
+
+fn sync_args(dest: &str) -> Vec<String> {
+    ["sync", "acme", "--destination", dest]
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+
+async fn sync(i: &Install, dest: &str, extra: &[&str]) -> String {
+    let mut args = sync_args(dest);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    i.ok(&argv).await
+}
+
+#[tokio::test]
+async fn delta_equals_postgres_after_a_first_load_and_an_incremental_sync_with_edits_and_deletes() {
+    let Some(py) = lake::readers() else { return };
+    let Some(db) = TestDb::create("xmb_cli_delta").await else {
+        return;
+    };
+    let h = sim(150).await;
+    let i = support::install();
+    i.connect(&h, "acme").await;
+    let lake_dir = i.path("lake");
+    let delta = format!("delta:{}", lake_dir.display());
+    let pg = db.url().to_string();
+
+    let out = sync(&i, &delta, &[]).await;
+    assert!(out.contains("question_response"), "{out}");
+    sync(&i, &pg, &[]).await;
+    assert_same(&py, &lake_dir, &pg, "after the first load").await;
+
+    // New, edited and deleted responses; a reconcile drops the deleted one.
+    let sid = h.sim.surveys[0].id.clone();
+    admin(
+        &h,
+        reqwest::Method::POST,
+        &format!("/surveys/{sid}/responses"),
+        Some(json!({"values": {"QID1": 1, "segment": "3"}})),
+    )
+    .await;
+    let picked: Vec<String> = pg_client(&pg)
+        .await
+        .query(
+            "SELECT id FROM qualtrics.survey_response WHERE survey_id = $1 ORDER BY id LIMIT 2",
+            &[&sid],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    admin(
+        &h,
+        reqwest::Method::PUT,
+        &format!("/responses/{}", picked[0]),
+        Some(json!({"surveyId": sid, "embeddedData": {"segment": "9"}})),
+    )
+    .await;
+    admin(
+        &h,
+        reqwest::Method::DELETE,
+        &format!("/surveys/{sid}/responses/{}", picked[1]),
+        None,
+    )
+    .await;
+    for dest in [&delta, &pg] {
+        sync(&i, dest, &["--reconcile"]).await;
+    }
+    assert_same(
+        &py,
+        &lake_dir,
+        &pg,
+        "after an incremental sync with edits and deletes",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn delta_syncs_killed_20_times_resume_to_the_rows_of_a_clean_postgres_sync() {
+    let Some(py) = lake::readers() else { return };
+    let Some(db) = TestDb::create("xmb_cli_delta_kill").await else {
+        return;
+    };
+    let h = sim(1200).await;
+    let i = support::install();
+    i.connect(&h, "acme").await;
+    let lake_dir = i.path("lake");
+    let delta = format!("delta:{}", lake_dir.display());
+    let pg = db.url().to_string();
+    let extra = ["--commit-every", "150"];
+
+    let started = std::time::Instant::now();
+    sync(&i, &pg, &extra).await;
+    let span_ms = (started.elapsed().as_millis() as u64).clamp(600, 4000);
+
+    let mut args = sync_args(&delta);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut rng = xmbridge_test_kit::Rng(0xDE17A);
+    let (mut kills, mut window_ms, mut cut_commits) = (0, span_ms, 0);
+    let pending = lake_dir.join("qualtrics/_xmbridge_pending.json");
+    for _ in 0..80 {
+        if kills >= 20 {
+            break;
+        }
+        let delay = Duration::from_millis(rng.range(40, 40 + window_ms));
+        // Each table's part of a commit is followed by a pause, so that some kills land between
+        // the tables of one commit (the redo file then finishes it).
+        let mut child = i
+            .cmd(&argv)
+            .env("XMBRIDGE_TEST_DELTA_COMMIT_PAUSE_MS", "150")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(delay).await;
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        } else {
+            window_ms = (window_ms / 2).max(20);
+        }
+        child.wait().unwrap();
+        cut_commits += usize::from(pending.exists());
+    }
+    assert!(kills >= 20, "only {kills} runs could be killed");
+    eprintln!("{cut_commits} of {kills} kills cut a commit between its tables");
+    assert!(
+        cut_commits >= 2,
+        "only {cut_commits} kills landed inside a commit: the redo path was hardly exercised"
+    );
+    let committed = lake::tables_under(&lake_dir.join("qualtrics")).len();
+    eprintln!(
+        "{kills} delta syncs killed with SIGKILL; {committed} tables exist before the last run"
+    );
+    sync(&i, &delta, &extra).await;
+    assert!(!pending.exists(), "no commit is left half applied");
+    assert_same(&py, &lake_dir, &pg, &format!("after {kills} kills")).await;
+}
