@@ -83,6 +83,9 @@ enum Command {
     State(cli::state::StateArgs),
     /// The serving processes of this installation: `cluster status`.
     Cluster(cli::cluster::ClusterArgs),
+    /// Upkeep of a `delta:PATH` destination's Delta Lake tables: `lake optimize` compacts small
+    /// files, `lake vacuum --older-than 7d` deletes files no table version uses any more.
+    Lake(cli::lake::LakeArgs),
 }
 
 fn init_logging(format: LogFormat, verbose: u8) {
@@ -138,6 +141,7 @@ fn main() -> ExitCode {
             Command::User(args) => cli::user::run(args).await,
             Command::State(args) => cli::state::run(args).await,
             Command::Cluster(args) => cli::cluster::run(args).await,
+            Command::Lake(args) => cli::lake::run(args).await,
         }
     });
     match result {

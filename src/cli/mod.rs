@@ -11,6 +11,7 @@ pub mod bench_workflows;
 pub mod cluster;
 pub mod connection;
 pub mod demo;
+pub mod lake;
 pub mod serve;
 pub mod simulate;
 pub mod state;

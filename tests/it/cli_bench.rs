@@ -145,6 +145,36 @@ fn bench_sync_postgres_json() {
     check(&v, "postgres");
 }
 
+/// Delta Lake: the same keys; the baseline and the limit are the same raw write of the rows as
+/// new Delta tables (there is no index to build), so they are equal.
+#[test]
+fn bench_sync_delta_json() {
+    let v = bench(&["--destination", "delta"]);
+    check(&v, "delta");
+    assert_eq!(v["delta"]["baseline_s"], v["delta"]["limit_s"], "{v}");
+}
+
+/// `--incremental` on Delta Lake: the merge path (edited responses rewrite the files that hold
+/// them), the same keys as for SQLite.
+#[test]
+fn bench_sync_delta_incremental_json() {
+    let v = run_json(&[
+        "bench",
+        "sync",
+        "--incremental",
+        "--responses",
+        "1000",
+        "--questions",
+        "10",
+        "--destination",
+        "delta",
+        "--json",
+    ]);
+    let m = v["delta"].as_object().unwrap();
+    assert_eq!(m["changed_responses"], serde_json::json!(15), "{v}");
+    figures(&v, m);
+}
+
 /// `--incremental`: the same keys plus `changed_responses` and the first load's time and peak
 /// RSS; the timed second sync writes just
 /// the changed responses (1 % new and 0.5 % edited of 1,000: 10 + 5), and the baseline and limit

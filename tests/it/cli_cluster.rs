@@ -363,6 +363,7 @@ async fn three_servers_killed_and_frozen_at_random_lose_nothing_and_double_nothi
         ));
     }
     let mut taken_over = 0;
+    let mut all_slots = 0;
     for (connection, runs) in &by_connection {
         let slots: Vec<i64> = runs
             .iter()
@@ -370,8 +371,10 @@ async fn three_servers_killed_and_frozen_at_random_lose_nothing_and_double_nothi
             .map(|r| r.3)
             .collect();
         // A slot is skipped while a run of the connection is queued or running (a resume
-        // after a fault, say), so a connection hit often has few.
-        assert!(slots.len() >= 2, "{connection}: {runs:?}");
+        // after a fault, say), so a connection hit often has few: on a loaded machine a run
+        // resumed again and again for the whole minute leaves its connection only the first.
+        assert!(!slots.is_empty(), "{connection}: {runs:?}");
+        all_slots += slots.len();
         for pair in slots.windows(2) {
             assert!(
                 pair[1] - pair[0] >= SLOT.as_millis() as i64 * 9 / 10,
@@ -398,6 +401,10 @@ async fn three_servers_killed_and_frozen_at_random_lose_nothing_and_double_nothi
             }
         }
     }
+    assert!(
+        all_slots > by_connection.len(),
+        "the schedules fired only {all_slots} slots in all: {by_connection:?}"
+    );
     assert!(
         kills >= 2 && freezes >= 2 && taken_over >= 2,
         "too few faults to prove anything: {kills} kills, {freezes} freezes, {taken_over} runs taken over"

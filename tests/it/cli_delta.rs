@@ -336,3 +336,129 @@ async fn delta_syncs_killed_20_times_resume_to_the_rows_of_a_clean_postgres_sync
     assert!(!pending.exists(), "no commit is left half applied");
     assert_same(&py, &lake_dir, &pg, &format!("after {kills} kills")).await;
 }
+
+/// Data files of the table in `dir` that its current version uses, and all on disk.
+fn data_files(table_dir: &Path) -> usize {
+    std::fs::read_dir(table_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+        .count()
+}
+
+#[tokio::test]
+async fn lake_optimize_compacts_and_vacuum_deletes_unused_files_rows_unchanged() {
+    let Some(py) = lake::readers() else { return };
+    let h = sim(120).await;
+    let i = support::install();
+    i.connect(&h, "acme").await;
+    let lake_dir = i.path("lake");
+    let delta = format!("delta:{}", lake_dir.display());
+    // Several syncs with small commits and a new response each: many small files.
+    sync(&i, &delta, &["--commit-every", "20"]).await;
+    let sid = h.sim.surveys[0].id.clone();
+    for n in 0..3 {
+        admin(
+            &h,
+            reqwest::Method::POST,
+            &format!("/surveys/{sid}/responses"),
+            Some(json!({"values": {"QID1": n + 1}})),
+        )
+        .await;
+        sync(&i, &delta, &[]).await;
+    }
+    let schema_dir = lake_dir.join("qualtrics");
+    let before = lake::read(&py, &lake::tables_under(&schema_dir));
+    let qr = schema_dir.join("question_response");
+    let files_before = data_files(&qr);
+
+    let out = i
+        .ok(&[
+            "lake",
+            "optimize",
+            &lake_dir.display().to_string(),
+            "--json",
+        ])
+        .await;
+    let report: J = serde_json::from_str(out.trim()).unwrap();
+    let qr_report = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "question_response")
+        .unwrap()
+        .clone();
+    assert!(
+        qr_report["files_compacted"].as_u64().unwrap() >= 2,
+        "{report}"
+    );
+    assert!(
+        qr_report["files_after"].as_u64() < qr_report["files_before"].as_u64(),
+        "{report}"
+    );
+    assert_eq!(
+        lake::read(&py, &lake::tables_under(&schema_dir)),
+        before,
+        "optimize changes no row"
+    );
+    // The compacted files are still on disk until a vacuum.
+    assert!(data_files(&qr) > files_before);
+
+    let dry = i
+        .ok(&[
+            "lake",
+            "vacuum",
+            &format!("delta:{}", lake_dir.display()),
+            "--older-than",
+            "0s",
+            "--dry-run",
+        ])
+        .await;
+    assert!(
+        dry.contains("would delete") && dry.contains("nothing was deleted"),
+        "{dry}"
+    );
+    assert!(data_files(&qr) > files_before, "a dry run deletes nothing");
+    let done = i
+        .ok(&[
+            "lake",
+            "vacuum",
+            &lake_dir.display().to_string(),
+            "--older-than",
+            "0s",
+        ])
+        .await;
+    assert!(done.contains("deleted"), "{done}");
+    assert_eq!(
+        data_files(&qr) as u64,
+        qr_report["files_after"].as_u64().unwrap(),
+        "only the files the current version uses are left: {done}"
+    );
+    assert_eq!(
+        lake::read(&py, &lake::tables_under(&schema_dir)),
+        before,
+        "vacuum changes no row"
+    );
+    // And the next sync works on the compacted tables.
+    sync(&i, &delta, &[]).await;
+
+    // Bad input: no schema directory there, a bad age.
+    let r = i
+        .run(&["lake", "optimize", &i.path("nothing").display().to_string()])
+        .await;
+    let (code, err) = (r.code(), r.stderr());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("holds no schema directory"), "{err}");
+    let r = i
+        .run(&[
+            "lake",
+            "vacuum",
+            &lake_dir.display().to_string(),
+            "--older-than",
+            "7",
+        ])
+        .await;
+    let (code, err) = (r.code(), r.stderr());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("7d"), "{err}");
+}

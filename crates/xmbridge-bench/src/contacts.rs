@@ -84,6 +84,11 @@ pub async fn child(contacts: u64, target: Target) -> Result<ContactsMeasure> {
             let url = format!("sqlite:{}", dir.path().join("bench.db").display());
             measure(contacts, &DestinationSettings::from_parts(&url, None)?).await
         }
+        Target::Delta => {
+            let dir = tempfile::tempdir().context("cannot create a temp dir")?;
+            let url = format!("delta:{}", dir.path().join("lake").display());
+            measure(contacts, &DestinationSettings::from_parts(&url, None)?).await
+        }
         Target::Postgres(server) => {
             let db = PgDatabase::create(&server).await?;
             let result = measure(contacts, &db.settings).await;

@@ -12,6 +12,7 @@
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
+use xmbridge_destinations::delta::arrow::array::{Array, StringArray};
 use xmbridge_destinations::{Compat, DestinationSettings};
 use xmbridge_qualtrics::{Auth, BaseUrl, Client};
 use xmbridge_sim::SimConfig;
@@ -70,6 +71,8 @@ pub enum Target {
     Sqlite,
     /// A database of its own, created and dropped on this PostgreSQL server.
     Postgres(DestinationSettings),
+    /// A `delta:` directory in a temp dir.
+    Delta,
 }
 
 /// What one child measured.
@@ -229,6 +232,19 @@ pub async fn child(size: SurveySize, target: Target, mode: Mode) -> Result<Measu
             (m.limit_rows, m.limit_s) = limit;
             Ok(m)
         }
+        Target::Delta => {
+            let dir = tempfile::tempdir().context("cannot create a temp dir")?;
+            let lake = dir.path().join("lake");
+            let url = format!("delta:{}", lake.display());
+            let settings = DestinationSettings::from_parts(&url, None)?;
+            let reader = Reader::Delta(lake.clone());
+            let (mut m, changed) = measure_sync(size, &settings, mode, &reader, None).await?;
+            let (rows, secs) = delta_baseline(&lake, dir.path(), changed.as_deref()).await?;
+            // Delta has no index to build: the raw write of the same rows is both.
+            (m.baseline_rows, m.baseline_s) = (rows, secs);
+            (m.limit_rows, m.limit_s) = (rows, secs);
+            Ok(m)
+        }
         Target::Postgres(server) => {
             let db = PgDatabase::create(&server).await?;
             let result = async {
@@ -261,6 +277,8 @@ pub async fn child(size: SurveySize, target: Target, mode: Mode) -> Result<Measu
 enum Reader {
     Sqlite(std::path::PathBuf),
     Postgres(DestinationSettings),
+    /// The `delta:` directory (tables under `qualtrics/`).
+    Delta(std::path::PathBuf),
 }
 
 impl Reader {
@@ -274,6 +292,24 @@ impl Reader {
                 let ids = st
                     .query_map([n as i64], |r| r.get::<_, String>(0))?
                     .collect::<Result<Vec<_>, _>>()?;
+                Ok(ids)
+            }
+            Reader::Delta(lake) => {
+                let (_, batches) = xmbridge_destinations::delta::read_table(
+                    &lake.join("qualtrics/survey_response"),
+                    None,
+                )
+                .await?;
+                let mut ids: Vec<String> = batches
+                    .iter()
+                    .filter_map(|b| b.column_by_name("id"))
+                    .flat_map(|c| {
+                        let a = c.as_any().downcast_ref::<StringArray>();
+                        (0..c.len()).filter_map(move |i| a.map(|a| a.value(i).to_string()))
+                    })
+                    .collect();
+                ids.sort();
+                ids.truncate(usize::try_from(n).unwrap_or(usize::MAX));
                 Ok(ids)
             }
             Reader::Postgres(settings) => {
@@ -626,6 +662,41 @@ impl Chunk {
 }
 
 // ---------------------------------------------------------------- SQLite baseline
+
+/// Reads the synced response tables of the Delta directory `lake` into memory (only the rows of
+/// `ids` when given), then times writing them as new Delta tables under `scratch`: one streamed
+/// Parquet write and one commit per table. Returns (rows, seconds).
+async fn delta_baseline(
+    lake: &std::path::Path,
+    scratch: &std::path::Path,
+    ids: Option<&[String]>,
+) -> Result<(u64, f64)> {
+    let keep: Option<std::collections::HashSet<String>> = ids.map(|v| v.iter().cloned().collect());
+    let mut loaded = Vec::new();
+    for t in TABLES {
+        let column = if t == "survey_response" {
+            "id"
+        } else {
+            "response_id"
+        };
+        let only = keep.as_ref().map(|k| (column, k));
+        let (schema, batches) =
+            xmbridge_destinations::delta::read_table(&lake.join("qualtrics").join(t), only).await?;
+        loaded.push((t, schema, batches));
+    }
+    let started = Instant::now();
+    let mut rows = 0;
+    for (t, schema, batches) in &loaded {
+        rows += xmbridge_destinations::delta::write_table(
+            &scratch.join("baseline").join(t),
+            schema,
+            batches,
+            xmbridge_destinations::delta::DEFAULT_TARGET_FILE_MB,
+        )
+        .await?;
+    }
+    Ok((rows, started.elapsed().as_secs_f64()))
+}
 
 const SQL_NULL: u8 = 0;
 const SQL_INT: u8 = 1;

@@ -51,6 +51,9 @@ use crate::{
     TableBatch, TableSpec, Value,
 };
 
+/// The Arrow crates delta-rs writes with, for callers that read [`read_table`]'s batches.
+pub use deltalake::arrow;
+
 /// The transaction identifier (`txn.appId`) of xmbridge's commits.
 pub const APP_ID: &str = "xmbridge";
 
@@ -1431,6 +1434,14 @@ fn table_url(dir: &Path, shown: &str) -> Result<url::Url, DestError> {
         .map_err(|()| DestError::Settings(format!("{shown} is not an absolute local path")))
 }
 
+/// A table handle for a location that holds no table yet, to create one: not loaded, since
+/// delta-rs logs an error for each attempt to load a log that is not there.
+fn unloaded(url: url::Url, shown: &str) -> Result<DeltaTable, DestError> {
+    DeltaTableBuilder::from_url(url)
+        .and_then(|b| b.build())
+        .map_err(|e| lake_err(shown, e))
+}
+
 async fn load_table(dir: &Path, shown: &str) -> Result<DeltaTable, DestError> {
     let url = table_url(dir, shown)?;
     DeltaTableBuilder::from_url(url)
@@ -1459,9 +1470,7 @@ async fn open_or_create(
     }
     std::fs::create_dir_all(dir).map_err(|e| write_err(dir, shown, e))?;
     let url = table_url(dir, shown)?;
-    let table = DeltaTable::try_from_url(url)
-        .await
-        .map_err(|e| lake_err(shown, e))?;
+    let table = unloaded(url, shown)?;
     let name = dir_name(dir);
     let created = table
         .create()
@@ -1590,6 +1599,281 @@ async fn commit_actions(
         .await
         .map_err(|e| write_err(root, shown, e))?;
     table.update_state().await.map_err(|e| lake_err(shown, e))
+}
+
+/// What `xmbridge lake optimize` did to one table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OptimizeReport {
+    /// The table's directory name.
+    pub table: String,
+    /// Live data files before and after.
+    pub files_before: usize,
+    /// Live data files after.
+    pub files_after: usize,
+    /// Small files that were rewritten into larger ones.
+    pub files_compacted: usize,
+    /// Rows in the rewritten files.
+    pub rows_rewritten: u64,
+}
+
+/// What `xmbridge lake vacuum` removed (or would remove) from one table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VacuumReport {
+    /// The table's directory name.
+    pub table: String,
+    /// Files deleted (or, in a dry run, that would be).
+    pub files: Vec<String>,
+}
+
+impl DeltaDestination {
+    /// Every Delta table in the schema directory (the cursor table included), by directory.
+    fn table_dirs(&self) -> Result<Vec<PathBuf>, DestError> {
+        let entries = std::fs::read_dir(&self.root)
+            .map_err(|e| lake_err(&self.root.display().to_string(), e))?;
+        let mut dirs: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.join("_delta_log").is_dir())
+            .collect();
+        dirs.sort();
+        Ok(dirs)
+    }
+
+    /// Rewrites each table's small files (under half the target size) into files of about the
+    /// target size, in one commit per table that changes no data (`dataChange: false`), so
+    /// readers and an incremental sync's merges open fewer files. Tables with fewer than two
+    /// small files are left alone. Holds the schema directory's lock: a sync cannot run meanwhile.
+    pub async fn optimize(&mut self) -> Result<Vec<OptimizeReport>, DestError> {
+        self.close_group().await?;
+        let target = self.opts.target_file_mb.saturating_mul(1024 * 1024);
+        let mut reports = Vec::new();
+        for dir in self.table_dirs()? {
+            let shown = dir.display().to_string();
+            let mut table = load_table(&dir, &shown).await?;
+            let files = live_files(&table, &shown)?;
+            let small: Vec<_> = files.iter().filter(|f| f.1 < target / 2).collect();
+            let mut report = OptimizeReport {
+                table: dir_name(&dir),
+                files_before: files.len(),
+                files_after: files.len(),
+                files_compacted: 0,
+                rows_rewritten: 0,
+            };
+            if small.len() < 2 {
+                reports.push(report);
+                continue;
+            }
+            let mut writer = RecordBatchWriter::for_table(&table)
+                .map_err(|e| lake_err(&shown, e))?
+                .with_writer_properties(writer_properties())
+                .with_target_file_size(target);
+            let schema = writer.arrow_schema();
+            let mut actions = Vec::new();
+            for (path, _, remove) in &small {
+                for b in read_file(&dir, path, None, &shown)? {
+                    let b = b?;
+                    report.rows_rewritten += b.num_rows() as u64;
+                    let columns = schema
+                        .fields()
+                        .iter()
+                        .map(|f| match b.column_by_name(f.name()) {
+                            Some(c) => Arc::clone(c),
+                            None => new_null_array(f.data_type(), b.num_rows()),
+                        })
+                        .collect();
+                    let b = RecordBatch::try_new(Arc::clone(&schema), columns)
+                        .map_err(|e| lake_err(&shown, e))?;
+                    writer
+                        .write(b)
+                        .await
+                        .map_err(|e| write_err(&self.root, &shown, e))?;
+                }
+                let mut remove = remove.clone();
+                remove.data_change = false;
+                actions.push(Action::Remove(remove));
+            }
+            let adds = writer
+                .flush()
+                .await
+                .map_err(|e| write_err(&self.root, &shown, e))?;
+            report.files_compacted = small.len();
+            report.files_after = files.len() - small.len() + adds.len();
+            actions.extend(adds.into_iter().map(|mut a| {
+                a.data_change = false;
+                Action::Add(a)
+            }));
+            let snapshot = table.snapshot().map_err(|e| lake_err(&shown, e))?;
+            CommitBuilder::default()
+                .with_actions(actions)
+                .build(
+                    Some(snapshot),
+                    table.log_store(),
+                    DeltaOperation::Optimize {
+                        predicate: None,
+                        target_size: i64::try_from(target).unwrap_or(i64::MAX),
+                    },
+                )
+                .await
+                .map_err(|e| write_err(&self.root, &shown, e))?;
+            table
+                .update_state()
+                .await
+                .map_err(|e| lake_err(&shown, e))?;
+            reports.push(report);
+        }
+        // The tables this destination holds open see the new files.
+        for t in self.tables.values_mut() {
+            t.delta
+                .update_state()
+                .await
+                .map_err(|e| lake_err(&t.r.display, e))?;
+        }
+        Ok(reports)
+    }
+
+    /// Deletes the data files no table version newer than `older_than` refers to any more
+    /// (removed by a merge or an optimize) and files no version ever referred to (written by a
+    /// run killed before its commit), once they are older than `older_than`. A reader that
+    /// looks at versions older than that ("time travel") cannot read them afterwards.
+    pub async fn vacuum(
+        &mut self,
+        older_than: std::time::Duration,
+        dry_run: bool,
+    ) -> Result<Vec<VacuumReport>, DestError> {
+        self.close_group().await?;
+        let retention = chrono::Duration::from_std(older_than)
+            .map_err(|_| DestError::Settings(format!("--older-than {older_than:?} is too long")))?;
+        let mut reports = Vec::new();
+        for dir in self.table_dirs()? {
+            let shown = dir.display().to_string();
+            let table = load_table(&dir, &shown).await?;
+            let (_, metrics) = table
+                .vacuum()
+                .with_retention_period(retention)
+                .with_enforce_retention_duration(false)
+                .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
+                .with_dry_run(dry_run)
+                .await
+                .map_err(|e| write_err(&self.root, &shown, e))?;
+            reports.push(VacuumReport {
+                table: dir_name(&dir),
+                files: metrics.files_deleted,
+            });
+        }
+        for t in self.tables.values_mut() {
+            t.delta
+                .update_state()
+                .await
+                .map_err(|e| lake_err(&t.r.display, e))?;
+        }
+        Ok(reports)
+    }
+}
+
+/// Reads the live rows of the Delta table in `dir` (only those whose text column `column` holds
+/// one of `keep`, when given), for benchmarks and tools that compare a table with a raw write of
+/// the same rows.
+pub async fn read_table(
+    dir: &Path,
+    only: Option<(&str, &HashSet<String>)>,
+) -> Result<(SchemaRef, Vec<RecordBatch>), DestError> {
+    let shown = dir.display().to_string();
+    let table = load_table(dir, &shown).await?;
+    let mut schema = None;
+    let mut out = Vec::new();
+    for (path, _, _) in live_files(&table, &shown)? {
+        for b in read_file(dir, &path, None, &shown)? {
+            let b = b?;
+            let b = match only {
+                None => b,
+                Some((column, keep)) => {
+                    let Some(c) = b.column_by_name(column) else {
+                        continue;
+                    };
+                    let mask: BooleanArray = (0..b.num_rows())
+                        .map(|i| {
+                            Some(matches!(cell(c, i, ColumnType::Text), Value::Text(s) if keep.contains(&s)))
+                        })
+                        .collect();
+                    filter_record_batch(&b, &mask).map_err(|e| lake_err(&shown, e))?
+                }
+            };
+            schema.get_or_insert_with(|| b.schema());
+            out.push(b);
+        }
+    }
+    let schema = match schema {
+        Some(s) => s,
+        None => {
+            let w = RecordBatchWriter::for_table(&table).map_err(|e| lake_err(&shown, e))?;
+            w.arrow_schema()
+        }
+    };
+    Ok((schema, out))
+}
+
+/// Writes `batches` as a new Delta table in `dir` in one commit, the rows streamed into files of
+/// about `target_file_mb`: the raw write a benchmark compares a sync with. Returns the rows.
+pub async fn write_table(
+    dir: &Path,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    target_file_mb: u64,
+) -> Result<u64, DestError> {
+    let shown = dir.display().to_string();
+    let stored: Vec<StructField> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let ty = match f.data_type() {
+                DataType::Timestamp(..) => deltalake::kernel::DataType::TIMESTAMP,
+                DataType::Boolean => deltalake::kernel::DataType::BOOLEAN,
+                DataType::Int32 => deltalake::kernel::DataType::INTEGER,
+                DataType::Int64 => deltalake::kernel::DataType::LONG,
+                DataType::Float64 => deltalake::kernel::DataType::DOUBLE,
+                _ => deltalake::kernel::DataType::STRING,
+            };
+            StructField::new(f.name().clone(), ty, true)
+        })
+        .collect();
+    std::fs::create_dir_all(dir).map_err(|e| write_err(dir, &shown, e))?;
+    let url = table_url(dir, &shown)?;
+    let mut table = unloaded(url, &shown)?
+        .create()
+        .with_columns(stored)
+        .await
+        .map_err(|e| write_err(dir, &shown, e))?;
+    let mut w = RecordBatchWriter::for_table(&table)
+        .map_err(|e| lake_err(&shown, e))?
+        .with_writer_properties(writer_properties())
+        .with_target_file_size(target_file_mb.saturating_mul(1024 * 1024));
+    let mut rows = 0u64;
+    for b in batches {
+        rows += b.num_rows() as u64;
+        w.write(b.clone())
+            .await
+            .map_err(|e| write_err(dir, &shown, e))?;
+    }
+    let adds = w.flush().await.map_err(|e| write_err(dir, &shown, e))?;
+    let snapshot = table.snapshot().map_err(|e| lake_err(&shown, e))?;
+    CommitBuilder::default()
+        .with_actions(adds.into_iter().map(Action::Add).collect())
+        .build(
+            Some(snapshot),
+            table.log_store(),
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            },
+        )
+        .await
+        .map_err(|e| write_err(dir, &shown, e))?;
+    table
+        .update_state()
+        .await
+        .map_err(|e| lake_err(&shown, e))?;
+    Ok(rows)
 }
 
 impl Destination for DeltaDestination {
