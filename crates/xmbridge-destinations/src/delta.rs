@@ -216,6 +216,7 @@ fn write_err(root: &Path, table: &str, e: impl std::fmt::Display) -> DestError {
     }
     if message.contains("ersion") && message.contains("already exists")
         || message.contains("onflict")
+        || message.contains("concurrent transaction")
     {
         return DestError::Sql {
             context: format!("Delta table {table}"),
@@ -346,34 +347,10 @@ fn normalized(v: &Value, ty: ColumnType) -> Value {
 }
 
 /// The bytes that identify a key (or a filter value), equal for equal stored values.
-fn push_key(out: &mut Vec<u8>, v: &Value) {
-    match v {
-        Value::Null => out.push(0),
-        Value::Text(s) | Value::Json(s) => {
-            out.push(1);
-            out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-            out.extend_from_slice(s.as_bytes());
-        }
-        Value::Int(i) => {
-            out.push(2);
-            out.extend_from_slice(&i.to_le_bytes());
-        }
-        Value::Float(f) => {
-            out.push(3);
-            out.extend_from_slice(&f.to_bits().to_le_bytes());
-        }
-        Value::Bool(b) => out.extend_from_slice(&[4, u8::from(*b)]),
-        Value::Timestamp(t) => {
-            out.push(5);
-            out.extend_from_slice(&t.to_le_bytes());
-        }
-    }
-}
-
 fn key_of(values: impl IntoIterator<Item = Value>) -> Vec<u8> {
     let mut k = Vec::new();
     for v in values {
-        push_key(&mut k, &v);
+        crate::push_key(&mut k, &v);
     }
     k
 }
@@ -795,7 +772,15 @@ impl DeltaDestination {
             serde_json::to_vec(&pending).map_err(|e| lake_err(&path.display().to_string(), e))?;
         write_atomically(&path, &text)
             .map_err(|e| write_err(&self.root, &path.display().to_string(), e))?;
-        self.apply_pending(&pending).await?;
+        if let Err(e) = self.apply_pending(&pending).await {
+            // Refused before any table took it (another writer's conflicting commit, a full
+            // disk): the commit is as if never made, and the next run does the work again. Once
+            // a table has it, the redo file stays, and the next open finishes the commit.
+            if !any_landed(&self.root, &pending).await {
+                remove_pending(&self.root)?;
+            }
+            return Err(e);
+        }
         remove_pending(&self.root)
     }
 
@@ -1303,8 +1288,23 @@ async fn mark_unseen(
                     )
                 })
                 .collect();
+            // A row marked now was written (soft-deleted) by this sync: its `<p>_synced` says so.
+            let synced: TimestampMicrosecondArray = (0..b.num_rows())
+                .map(|i| {
+                    if stale(b, i) {
+                        Some(synced_at_ms.saturating_mul(1000))
+                    } else {
+                        match cell(b.column(synced_i), i, ColumnType::Timestamp) {
+                            Value::Timestamp(ms) => Some(ms.saturating_mul(1000)),
+                            _ => None,
+                        }
+                    }
+                })
+                .collect::<TimestampMicrosecondArray>()
+                .with_timezone("UTC");
             let mut cols: Vec<ArrayRef> = b.columns().to_vec();
             cols[deleted_i] = Arc::new(flags);
+            cols[synced_i] = Arc::new(synced);
             RecordBatch::try_new(Arc::clone(&t.schema), cols).map_err(|e| lake_err(shown, e))
         })
         .await?;
@@ -1359,6 +1359,28 @@ impl DeltaDestination {
         Ok(out.into_iter().collect())
     }
 
+    async fn rows(&mut self, table: &str) -> Result<Vec<Vec<Value>>, DestError> {
+        self.close_group().await?;
+        let t = self.table(table)?;
+        let mut out = Vec::new();
+        for (path, _, _) in live_files(&t.delta, &t.r.display)? {
+            for b in read_file(&t.dir, &path, None, &t.r.display)? {
+                let b = conform(t, &b?)?;
+                for i in 0..b.num_rows() {
+                    out.push(
+                        t.stored
+                            .iter()
+                            .enumerate()
+                            .map(|(ci, (_, ty))| cell(b.column(ci), i, *ty))
+                            .collect(),
+                    );
+                }
+            }
+        }
+        crate::sort_by_key(&mut out, &t.r.pk);
+        Ok(out)
+    }
+
     fn cursor(&self, stream: &str) -> Result<Option<serde_json::Value>, DestError> {
         if let Some(g) = &self.group
             && let Some((_, c)) = g.cursors.iter().find(|c| c.0 == stream)
@@ -1371,6 +1393,28 @@ impl DeltaDestination {
             .map(|text| parse_cursor(stream, &shown, text))
             .transpose()
     }
+}
+
+/// Whether a table of `pending` (in the schema directory `root`) already has its commit.
+async fn any_landed(root: &Path, pending: &Pending) -> bool {
+    for (dir, _) in &pending.tables {
+        let shown = root.join(dir).display().to_string();
+        let Ok(table) = load_table(&root.join(dir), &shown).await else {
+            return true;
+        };
+        let done = match table.snapshot() {
+            Ok(s) => s
+                .transaction_version(table.log_store().as_ref(), APP_ID)
+                .await
+                .ok()
+                .flatten(),
+            Err(_) => return true,
+        };
+        if done.unwrap_or(0) >= pending.seq {
+            return true;
+        }
+    }
+    false
 }
 
 fn dir_name(dir: &Path) -> String {
@@ -1585,17 +1629,27 @@ async fn commit_actions(
     let props =
         CommitProperties::default().with_application_transaction(Transaction::new(APP_ID, seq));
     let snapshot = table.snapshot().map_err(|e| lake_err(shown, e))?;
+    // A commit that rewrites files read the table as of `snapshot`: as a merge over the whole
+    // table, Delta's conflict check refuses it when another writer changed the table since.
+    // New rows alone are a blind append, which commutes with any other writer's.
+    let operation = if actions.iter().any(|a| matches!(a, Action::Remove(_))) {
+        DeltaOperation::Merge {
+            predicate: None,
+            merge_predicate: None,
+            matched_predicates: Vec::new(),
+            not_matched_predicates: Vec::new(),
+            not_matched_by_source_predicates: Vec::new(),
+        }
+    } else {
+        DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: None,
+            predicate: None,
+        }
+    };
     CommitBuilder::from(props)
         .with_actions(actions)
-        .build(
-            Some(snapshot),
-            table.log_store(),
-            DeltaOperation::Write {
-                mode: SaveMode::Append,
-                partition_by: None,
-                predicate: None,
-            },
-        )
+        .build(Some(snapshot), table.log_store(), operation)
         .await
         .map_err(|e| write_err(root, shown, e))?;
     table.update_state().await.map_err(|e| lake_err(shown, e))
@@ -1915,6 +1969,10 @@ impl Destination for DeltaDestination {
         filter: &'a [(String, Value)],
     ) -> BoxFuture<'a, Result<Vec<String>, DestError>> {
         Box::pin(DeltaDestination::keys(self, table, column, filter))
+    }
+
+    fn rows<'a>(&'a mut self, table: &'a str) -> BoxFuture<'a, Result<Vec<Vec<Value>>, DestError>> {
+        Box::pin(DeltaDestination::rows(self, table))
     }
 }
 

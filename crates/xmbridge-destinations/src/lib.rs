@@ -654,6 +654,20 @@ pub trait Destination: Send {
     /// `sqlite:PATH (prefix qualtrics_)`, `postgres://host/db (schema qualtrics)` — no secret.
     fn describe(&self) -> String;
 
+    /// Every row of a prepared table as stored, in primary-key order: its spec columns, then
+    /// `<p>_synced`, then `<p>_deleted` on soft-delete tables; timestamps as epoch milliseconds,
+    /// JSON as its text (PostgreSQL's jsonb gives its own normalized spelling). For tests and
+    /// tools that compare destinations without knowing how each stores rows; the whole table is
+    /// read into memory. Destinations that cannot read rows back keep this default, which says
+    /// so.
+    fn rows<'a>(&'a mut self, table: &'a str) -> BoxFuture<'a, Result<Vec<Vec<Value>>, DestError>> {
+        let err = DestError::KeysUnsupported {
+            destination: self.describe(),
+            table: table.to_string(),
+        };
+        Box::pin(async move { Err(err) })
+    }
+
     /// The distinct non-NULL values of the text column `column` of a prepared table, on the rows
     /// where every `(column, value)` of `filter` is equal (soft-deleted rows included). The only
     /// read besides cursors: the sync's reconcile pass compares the response ids it holds with
@@ -672,6 +686,50 @@ pub trait Destination: Send {
         };
         Box::pin(async move { Err(err) })
     }
+}
+
+/// The bytes that identify a cell among the cells of its column, equal for equal stored values:
+/// keys compared, sorted and looked up alike on every destination.
+pub(crate) fn push_key(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Null => out.push(0),
+        Value::Text(s) | Value::Json(s) => {
+            out.push(1);
+            // NUL escaped and a NUL NUL terminator: "a" + "b" stays apart from "ab", and a
+            // prefix sorts first ("" < "1" < "10").
+            for &b in s.as_bytes() {
+                out.push(b);
+                if b == 0 {
+                    out.push(1);
+                }
+            }
+            out.extend_from_slice(&[0, 0]);
+        }
+        Value::Int(i) => {
+            out.push(2);
+            out.extend_from_slice(&(*i as u64 ^ (1 << 63)).to_be_bytes());
+        }
+        Value::Float(f) => {
+            out.push(3);
+            out.extend_from_slice(&f.to_bits().to_be_bytes());
+        }
+        Value::Bool(b) => out.extend_from_slice(&[4, u8::from(*b)]),
+        Value::Timestamp(t) => {
+            out.push(5);
+            out.extend_from_slice(&(*t as u64 ^ (1 << 63)).to_be_bytes());
+        }
+    }
+}
+
+/// Rows read back by [`Destination::rows`], put in the order of their key columns `pk`.
+pub(crate) fn sort_by_key(rows: &mut [Vec<Value>], pk: &[usize]) {
+    rows.sort_by_cached_key(|row| {
+        let mut k = Vec::new();
+        for &i in pk {
+            push_key(&mut k, row.get(i).unwrap_or(&Value::Null));
+        }
+        k
+    });
 }
 
 /// The destinations [`open`] knows, for error messages.

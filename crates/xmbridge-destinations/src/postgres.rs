@@ -1090,6 +1090,81 @@ impl PostgresDestination {
             .map_err(|e| sql_err(&r.display, e))
     }
 
+    async fn rows(&mut self, table: &str) -> Result<Vec<Vec<Value>>, DestError> {
+        self.wait_in_flight().await;
+        if self.bulk.contains(table) {
+            self.finish_bulk(Some(table)).await?;
+        }
+        let r = self
+            .tables
+            .get(table)
+            .ok_or_else(|| DestError::UnknownTable {
+                table: table.to_string(),
+            })?;
+        let stored = r.stored_columns();
+        // Timestamps as epoch milliseconds and JSON as text: as the other destinations give them.
+        let exprs: Vec<String> = stored
+            .iter()
+            .map(|(n, ty)| match ty {
+                ColumnType::Timestamp => {
+                    format!("(extract(epoch FROM {}) * 1000)::bigint", quote_ident(n))
+                }
+                ColumnType::Json => format!("{}::text", quote_ident(n)),
+                _ => quote_ident(n),
+            })
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {}.{}",
+            exprs.join(", "),
+            quote_ident(&self.schema),
+            quote_ident(table)
+        );
+        let err = |e| sql_err(&r.display, e);
+        let found = self.client.query(&sql, &[]).await.map_err(err)?;
+        let mut out = Vec::with_capacity(found.len());
+        for row in &found {
+            let mut values = Vec::with_capacity(stored.len());
+            for (i, (_, ty)) in stored.iter().enumerate() {
+                values.push(
+                    match ty {
+                        ColumnType::Text => row
+                            .try_get::<_, Option<String>>(i)
+                            .map_err(err)?
+                            .map(Value::Text),
+                        ColumnType::Json => row
+                            .try_get::<_, Option<String>>(i)
+                            .map_err(err)?
+                            .map(Value::Json),
+                        ColumnType::Timestamp | ColumnType::BigInt => {
+                            let v = row.try_get::<_, Option<i64>>(i).map_err(err)?;
+                            if *ty == ColumnType::Timestamp {
+                                v.map(Value::Timestamp)
+                            } else {
+                                v.map(Value::Int)
+                            }
+                        }
+                        ColumnType::Int => row
+                            .try_get::<_, Option<i32>>(i)
+                            .map_err(err)?
+                            .map(|v| Value::Int(i64::from(v))),
+                        ColumnType::Bool => row
+                            .try_get::<_, Option<bool>>(i)
+                            .map_err(err)?
+                            .map(Value::Bool),
+                        ColumnType::Float => row
+                            .try_get::<_, Option<f64>>(i)
+                            .map_err(err)?
+                            .map(Value::Float),
+                    }
+                    .unwrap_or(Value::Null),
+                );
+            }
+            out.push(values);
+        }
+        crate::sort_by_key(&mut out, &r.pk);
+        Ok(out)
+    }
+
     async fn commit(&mut self, commit: Commit) -> Result<CommitStats, DestError> {
         if commit.concurrent && !self.changes_bulk(&commit) {
             if self.overlapped || self.in_flight.as_ref().is_some_and(|h| h.is_finished()) {
@@ -2089,5 +2164,9 @@ impl Destination for PostgresDestination {
         filter: &'a [(String, Value)],
     ) -> BoxFuture<'a, Result<Vec<String>, DestError>> {
         Box::pin(PostgresDestination::keys(self, table, column, filter))
+    }
+
+    fn rows<'a>(&'a mut self, table: &'a str) -> BoxFuture<'a, Result<Vec<Vec<Value>>, DestError>> {
+        Box::pin(PostgresDestination::rows(self, table))
     }
 }

@@ -794,6 +794,55 @@ impl Inner {
             .map_err(|e| sql_err(&ctx, e))
     }
 
+    fn rows(&mut self, table: &str) -> Result<Vec<Vec<Value>>, DestError> {
+        if self.bulk.contains(table) {
+            self.finish_bulk(Some(table))?;
+        }
+        let r = self
+            .tables
+            .get(table)
+            .ok_or_else(|| DestError::UnknownTable {
+                table: table.to_string(),
+            })?;
+        let stored = r.stored_columns();
+        let cols: Vec<String> = stored.iter().map(|(n, _)| quote_ident(n)).collect();
+        let sql = format!(
+            "SELECT {} FROM {}",
+            cols.join(", "),
+            quote_ident(&r.display)
+        );
+        let ctx = format!("rows of {}", r.display);
+        let mut st = self.conn.prepare(&sql).map_err(|e| sql_err(&ctx, e))?;
+        let mut rows = st.query([]).map_err(|e| sql_err(&ctx, e))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(|e| sql_err(&ctx, e))? {
+            let mut values = Vec::with_capacity(stored.len());
+            for (i, (_, ty)) in stored.iter().enumerate() {
+                let cell = row.get_ref(i).map_err(|e| sql_err(&ctx, e))?;
+                values.push(match (cell, ty) {
+                    (ValueRef::Null, _) => Value::Null,
+                    (ValueRef::Integer(v), ColumnType::Bool) => Value::Bool(v != 0),
+                    (ValueRef::Integer(v), ColumnType::Float) => Value::Float(v as f64),
+                    (ValueRef::Integer(v), ColumnType::Timestamp) => Value::Timestamp(v),
+                    (ValueRef::Integer(v), _) => Value::Int(v),
+                    (ValueRef::Real(f), _) => Value::Float(f),
+                    (ValueRef::Text(b) | ValueRef::Blob(b), ty) => {
+                        let text = String::from_utf8_lossy(b).into_owned();
+                        match ty {
+                            ColumnType::Timestamp => crate::parse_iso_millis(&text)
+                                .map_or(Value::Text(text), Value::Timestamp),
+                            ColumnType::Json => Value::Json(text),
+                            _ => Value::Text(text),
+                        }
+                    }
+                });
+            }
+            out.push(values);
+        }
+        crate::sort_by_key(&mut out, &r.pk);
+        Ok(out)
+    }
+
     /// Builds the indexes of tables in bulk load, then commits the open group.
     fn close_group(&mut self) -> Result<(), DestError> {
         let built = self.finish_bulk(None);
@@ -1395,6 +1444,11 @@ impl Destination for SqliteDestination {
     ) -> BoxFuture<'a, Result<Vec<String>, DestError>> {
         let (table, column, filter) = (table.to_string(), column.to_string(), filter.to_vec());
         Box::pin(async move { self.run(move |i| i.keys(&table, &column, &filter)).await })
+    }
+
+    fn rows<'a>(&'a mut self, table: &'a str) -> BoxFuture<'a, Result<Vec<Vec<Value>>, DestError>> {
+        let table = table.to_string();
+        Box::pin(async move { self.run(move |i| i.rows(&table)).await })
     }
 }
 

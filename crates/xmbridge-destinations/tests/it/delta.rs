@@ -441,3 +441,56 @@ async fn delta_bad_input_gets_clear_errors() {
         };
     assert!(err.to_string().contains("target_file_mb"), "{err}");
 }
+
+/// Another writer (here the Python `deltalake` package, as Spark would) commits to a table after
+/// xmbridge read it: the merge built on the older version is refused by Delta's conflict check,
+/// with a message that says so, nothing of that commit is applied, and the next one works.
+#[tokio::test]
+async fn delta_a_concurrent_writer_makes_a_merge_fail_clearly() {
+    let Some(py) = lake::readers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = open(dir.path()).await;
+    d.ensure_tables(&[item_spec()]).await.unwrap();
+    d.commit(Commit {
+        synced_at_ms: T0,
+        batches: vec![batch("item", vec![item("a", "S1", "A", 1)])],
+        cursors: vec![("items".into(), json!(1))],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let table = dir.path().join("qualtrics/item");
+    let status = std::process::Command::new(&py)
+        .arg("-c")
+        .arg(
+            "import sys, deltalake; t = deltalake.DeltaTable(sys.argv[1]); \
+             deltalake.write_deltalake(sys.argv[1], t.to_pyarrow_table(), mode='append')",
+        )
+        .arg(&table)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let err = d
+        .commit(Commit {
+            synced_at_ms: T0 + 1,
+            batches: vec![batch("item", vec![item("a", "S1", "A2", 2)])],
+            cursors: vec![("items".into(), json!(2))],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("another writer committed to this table"),
+        "{msg}"
+    );
+    assert!(msg.contains("qualtrics/item"), "{msg}");
+    assert_eq!(d.cursor("items").await.unwrap(), Some(json!(1)));
+    assert!(!dir.path().join("qualtrics/_xmbridge_pending.json").exists());
+    // The other writer's rows are there (two of "a" now: its doing), the refused update is not.
+    let names: Vec<String> = read(&py, dir.path(), "item")
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["A", "A"]);
+}

@@ -7,3 +7,4 @@
 
 mod delta;
 mod destinations;
+mod interface;
