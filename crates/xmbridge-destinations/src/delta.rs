@@ -1109,6 +1109,40 @@ async fn merge(
         }
     }
     let probe_names: Vec<String> = probe.iter().map(|&i| t.stored[i].0.clone()).collect();
+    // The probe as text sets when the key and every filter are single text columns.
+    let text_probes: Option<Vec<(String, HashSet<&str>)>> = {
+        let mut v = Vec::new();
+        let text_key = t.r.pk.len() == 1 && t.stored[t.r.pk[0]].1 == ColumnType::Text;
+        let mut ok = text_key || upserts.is_empty();
+        if text_key && !batch.upserts.is_empty() {
+            let k = t.r.pk[0];
+            let set: HashSet<&str> = batch
+                .upserts
+                .iter()
+                .filter_map(|row| match &row[k] {
+                    Value::Text(s) => Some(s.as_str()),
+                    _ => None,
+                })
+                .collect();
+            v.push((t.stored[k].0.clone(), set));
+        }
+        for (col, values) in &batch.delete_where {
+            let c = t.r.spec_column(col, compat)?;
+            if c.ty != ColumnType::Text {
+                ok = false;
+                break;
+            }
+            let set: HashSet<&str> = values
+                .iter()
+                .filter_map(|v| match v {
+                    Value::Text(s) => Some(s.as_str()),
+                    _ => None,
+                })
+                .collect();
+            v.push((c.name.clone(), set));
+        }
+        ok.then_some(v)
+    };
     // A stored row's key and what becomes of it, in a batch of all the table's columns.
     let fate = |b: &RecordBatch, i: usize| -> Fate {
         let key = key_of(t.r.pk.iter().map(|&k| cell(b.column(k), i, t.stored[k].1)));
@@ -1142,6 +1176,21 @@ async fn merge(
             let mut hit = false;
             for b in read_file(&t.dir, &path, Some(&probe_names), shown)? {
                 let b = b?;
+                if let Some(probes) = &text_probes {
+                    // Text keys and filters (every table of the catalog): compared in place,
+                    // without building a value per row.
+                    hit = probes.iter().any(|(name, set)| {
+                        b.column_by_name(name)
+                            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                            .is_some_and(|a| {
+                                (0..a.len()).any(|i| !a.is_null(i) && set.contains(a.value(i)))
+                            })
+                    });
+                    if hit {
+                        break;
+                    }
+                    continue;
+                }
                 let col = |name: &str| b.column_by_name(name);
                 hit = (0..b.num_rows()).any(|i| {
                     let key = key_of(t.r.pk.iter().map(|&k| {

@@ -2,8 +2,9 @@
 //!
 //! It owns schema creation and evolution, batched writes (prepared statements in large
 //! transactions on SQLite; binary COPY into a staging table and one merge per batch on
-//! PostgreSQL), and the transaction that commits a batch together with its sync cursors, so a
-//! killed sync resumes with nothing lost and nothing doubled. It also owns how a destination is
+//! PostgreSQL; Parquet files and their rewrite on merges on Delta Lake), and the commit of a
+//! batch together with its sync cursors (a transaction on SQL; a redo file and Delta `txn`
+//! identifiers on Delta Lake), so a killed sync resumes with nothing lost and nothing doubled. It also owns how a destination is
 //! reached: [`DestinationSettings`] (the PostgreSQL password apart from the URL, from a file,
 //! `PGPASSWORD` or pgpass), TLS to PostgreSQL (the `pgtls` module), and the lock that lets one
 //! sync at a time write a destination. Identifiers that come from survey content are always

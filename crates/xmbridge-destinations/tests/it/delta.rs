@@ -494,3 +494,51 @@ async fn delta_a_concurrent_writer_makes_a_merge_fail_clearly() {
         .collect();
     assert_eq!(names, ["A", "A"]);
 }
+
+/// Another writer (the Python `deltalake` package) changed a column's type: the next
+/// `ensure_tables` names the table, the column and both types, and writes nothing.
+#[tokio::test]
+async fn delta_a_column_retyped_by_another_writer_is_a_clear_error() {
+    let Some(py) = lake::readers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = open(dir.path()).await;
+    d.ensure_tables(&[item_spec()]).await.unwrap();
+    d.commit(Commit {
+        synced_at_ms: T0,
+        batches: vec![batch("item", vec![item("a", "S1", "A", 1)])],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    drop(d);
+    let table = dir.path().join("qualtrics/item");
+    // `n` (an integer) rewritten as a string column, schema and all.
+    let out = std::process::Command::new(&py)
+        .arg("-c")
+        .arg(
+            "import sys, deltalake, pyarrow as pa, pyarrow.compute as pc\n\
+             t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()\n\
+             i = t.schema.get_field_index('n')\n\
+             t = t.set_column(i, 'n', pc.cast(t.column('n'), pa.string()))\n\
+             deltalake.write_deltalake(sys.argv[1], t, mode='overwrite', schema_mode='overwrite')",
+        )
+        .arg(&table)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut d = open(dir.path()).await;
+    let err = d.ensure_tables(&[item_spec()]).await.unwrap_err();
+    assert_eq!(err.kind(), DestErrorKind::Schema, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("qualtrics/item")
+            && msg.contains("\"n\"")
+            && msg.contains("string")
+            && msg.contains("integer"),
+        "{msg}"
+    );
+}
