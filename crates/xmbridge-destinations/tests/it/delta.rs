@@ -542,3 +542,45 @@ async fn delta_a_column_retyped_by_another_writer_is_a_clear_error() {
         "{msg}"
     );
 }
+
+/// A leased run's token is recorded in `<p>_fence.json`; a run of the same scope with a lower
+/// token than the one recorded is refused when it opens, with the way to clear a stale claim.
+#[tokio::test]
+async fn delta_a_run_with_an_older_fence_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().display().to_string();
+    let fenced = |token: i64| DeltaOptions {
+        fence: Some(xmbridge_destinations::Fence {
+            scope: "acme".into(),
+            token,
+        }),
+        ..DeltaOptions::default()
+    };
+    let mut d = DeltaDestination::open(&path, "qualtrics", Compat::Xmbridge, fenced(1))
+        .await
+        .unwrap();
+    d.ensure_tables(&[item_spec()]).await.unwrap();
+    d.commit(Commit {
+        synced_at_ms: T0,
+        batches: vec![batch("item", vec![item("a", "S1", "A", 1)])],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    drop(d);
+    drop(
+        DeltaDestination::open(&path, "qualtrics", Compat::Xmbridge, fenced(2))
+            .await
+            .unwrap(),
+    );
+    let err = match DeltaDestination::open(&path, "qualtrics", Compat::Xmbridge, fenced(1)).await {
+        Ok(_) => panic!("a run with an older token opened"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), DestErrorKind::Fenced, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("fence token 2") && msg.contains("holds 1"),
+        "{msg}"
+    );
+}
