@@ -98,8 +98,18 @@ async fn open(path: &str, schema: &str, target_file_mb: u64) -> anyhow::Result<D
         target_file_mb,
         fence: None,
     };
+    // The cursor table tells which system-column prefix the syncs used (`--compat`): a commit
+    // left half applied is finished into that one.
+    let schema_dir = std::path::Path::new(dir).join(schema);
+    let compat = if !schema_dir.join(Compat::Xmbridge.state_table()).exists()
+        && schema_dir.join(Compat::Fivetran.state_table()).exists()
+    {
+        Compat::Fivetran
+    } else {
+        Compat::Xmbridge
+    };
     // A busy schema directory exits 75 and bad settings 2, as for `xmbridge sync` (main.rs).
-    Ok(DeltaDestination::open(dir, schema, Compat::Xmbridge, opts).await?)
+    Ok(DeltaDestination::open(dir, schema, compat, opts).await?)
 }
 
 pub async fn run(args: LakeArgs) -> anyhow::Result<()> {

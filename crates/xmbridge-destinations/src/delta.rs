@@ -187,6 +187,9 @@ pub struct DeltaDestination {
     group: Option<Group>,
     /// Set by [`DeltaDestination::stop_after_tables_for_tests`].
     stop_after_tables: Option<usize>,
+    /// A commit failed after some of its tables took it: its redo file must be finished by the
+    /// next open before anything else is committed.
+    unfinished: bool,
     /// [`COMMIT_PAUSE_ENV`].
     commit_pause: Option<std::time::Duration>,
     opened: std::time::Instant,
@@ -503,7 +506,7 @@ impl DeltaDestination {
             ),
         })?;
         let lock = take_lock(&root, &described)?;
-        let state_name = format!("{}_state", compat.prefix());
+        let state_name = compat.state_table();
         let state = open_or_create(
             &root.join(&state_name),
             &state_name,
@@ -526,6 +529,7 @@ impl DeltaDestination {
             seq: 0,
             group: None,
             stop_after_tables: None,
+            unfinished: false,
             commit_pause: std::env::var(COMMIT_PAUSE_ENV)
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -756,6 +760,15 @@ impl DeltaDestination {
         cursors: &[(String, serde_json::Value)],
     ) -> Result<(), DestError> {
         self.check_fence()?;
+        if self.unfinished {
+            return Err(DestError::Sql {
+                context: format!("Delta commit in {}", self.root.display()),
+                message: format!(
+                    "an earlier commit of this run stopped part way ({} is kept); nothing more is committed until the next run finishes it: run the sync again",
+                    self.root.join(PENDING_FILE).display()
+                ),
+            });
+        }
         let mut all = self.cursors.clone();
         for (stream, cursor) in cursors {
             all.insert(stream.clone(), cursor.to_string());
@@ -776,7 +789,9 @@ impl DeltaDestination {
             // Refused before any table took it (another writer's conflicting commit, a full
             // disk): the commit is as if never made, and the next run does the work again. Once
             // a table has it, the redo file stays, and the next open finishes the commit.
-            if !any_landed(&self.root, &pending).await {
+            if any_landed(&self.root, &pending).await {
+                self.unfinished = true;
+            } else {
                 remove_pending(&self.root)?;
             }
             return Err(e);

@@ -114,6 +114,11 @@ impl Compat {
             Compat::Fivetran => "_fivetran",
         }
     }
+
+    /// The cursor table's name (`<p>_state`).
+    pub fn state_table(self) -> String {
+        format!("{}_state", self.prefix())
+    }
 }
 
 impl TableSpec {

@@ -312,6 +312,17 @@ async fn delta_a_commit_cut_after_its_redo_file_lands_once_at_the_next_open() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("stopped for a test"), "{err}");
+    // Nothing more is committed by this process: the next open finishes that commit first.
+    let err = d
+        .commit(Commit {
+            synced_at_ms: T0 + 2,
+            batches: vec![batch("item", vec![item("c", "S1", "C", 3)])],
+            cursors: vec![("items".into(), json!(3))],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("stopped part way"), "{err}");
     drop(d);
     assert!(schema_dir.join("_xmbridge_pending.json").is_file());
 
