@@ -146,7 +146,7 @@ async fn postgres_tables(url: &str) -> (Canon, Vec<String>) {
 fn delta_tables(py: &Path, lake_dir: &Path, json_cols: &[String]) -> Canon {
     let dirs: Vec<_> = lake::tables_under(&lake_dir.join("qualtrics"))
         .into_iter()
-        .filter(|d| !d.ends_with("_xmbridge_state"))
+        .filter(|d| !d.ends_with("_xmbridge_state") && !d.ends_with("_fivetran_state"))
         .collect();
     lake::read(py, &dirs)
         .into_iter()
@@ -461,4 +461,41 @@ async fn lake_optimize_compacts_and_vacuum_deletes_unused_files_rows_unchanged()
     let (code, err) = (r.code(), r.stderr());
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("7d"), "{err}");
+}
+
+/// `--compat fivetran`: the same `_fivetran_*` columns and cursor table as on PostgreSQL, and the
+/// lake commands find that cursor table (they finish a pending commit into it).
+#[tokio::test]
+async fn delta_with_fivetran_compat_equals_postgres() {
+    let Some(py) = lake::readers() else { return };
+    let Some(db) = TestDb::create("xmb_cli_delta_ft").await else {
+        return;
+    };
+    let h = sim(60).await;
+    let i = support::install();
+    i.connect(&h, "acme").await;
+    let lake_dir = i.path("lake");
+    let delta = format!("delta:{}", lake_dir.display());
+    let pg = db.url().to_string();
+    for dest in [&delta, &pg] {
+        sync(&i, dest, &["--compat", "fivetran"]).await;
+    }
+    assert_same(&py, &lake_dir, &pg, "with --compat fivetran").await;
+    let schema_dir = lake_dir.join("qualtrics");
+    let qr = lake::read(&py, &[schema_dir.join("question_response")]);
+    assert!(
+        qr["question_response"]
+            .columns
+            .iter()
+            .any(|c| c == "_fivetran_id"),
+        "{:?}",
+        qr["question_response"].columns
+    );
+    assert!(schema_dir.join("_fivetran_state/_delta_log").is_dir());
+    i.ok(&["lake", "optimize", &lake_dir.display().to_string()])
+        .await;
+    assert!(
+        !schema_dir.join("_xmbridge_state").exists(),
+        "lake optimize used the fivetran cursor table"
+    );
 }
