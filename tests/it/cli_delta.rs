@@ -496,6 +496,6 @@ async fn delta_with_fivetran_compat_equals_postgres() {
         .await;
     assert!(
         !schema_dir.join("_xmbridge_state").exists(),
-        "lake optimize used the fivetran cursor table"
+        "lake optimize made an _xmbridge_state table instead of using the fivetran one"
     );
 }
