@@ -17,9 +17,8 @@ use xmbridge_destinations::delta::{DeltaDestination, DeltaOptions};
 
 PATH is the directory of a delta:PATH destination (with or without `delta:`); the tables are
 PATH/<schema>/<table>. Both commands take the schema directory's lock, as a sync does: while a
-sync writes it they stop at once with exit code 75, and a sync started meanwhile waits for
-nothing either (it stops the same way). A commit a killed sync left half applied is finished
-first.")]
+sync writes there they stop at once with exit code 75, and a sync started while they run stops
+the same way. A commit that a killed sync left half applied is finished first.")]
 pub struct LakeArgs {
     #[command(subcommand)]
     pub command: LakeCommand,
