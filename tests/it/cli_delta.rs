@@ -499,3 +499,25 @@ async fn delta_with_fivetran_compat_equals_postgres() {
         "lake optimize made an _xmbridge_state table instead of using the fivetran one"
     );
 }
+
+/// `--full` reads every survey again as if new (its batches say "fresh"): on Delta, where rows
+/// are appended without a key check, the tables that already hold rows must still be merged, so
+/// that nothing is doubled.
+#[tokio::test]
+async fn delta_full_resync_doubles_nothing() {
+    let Some(py) = lake::readers() else { return };
+    let Some(db) = TestDb::create("xmb_cli_delta_full").await else {
+        return;
+    };
+    let h = sim(80).await;
+    let i = support::install();
+    i.connect(&h, "acme").await;
+    let lake_dir = i.path("lake");
+    let delta = format!("delta:{}", lake_dir.display());
+    let pg = db.url().to_string();
+    for dest in [&delta, &pg] {
+        sync(&i, dest, &[]).await;
+        sync(&i, dest, &["--full"]).await;
+    }
+    assert_same(&py, &lake_dir, &pg, "after a sync and a --full sync").await;
+}
