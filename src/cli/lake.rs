@@ -154,7 +154,7 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
             if compacted == 0 {
                 println!(
                     "no table had two or more files under {} MiB: nothing was rewritten",
-                    target_file_mb / 2
+                    target_file_mb as f64 / 2.0
                 );
             } else {
                 println!(

@@ -196,6 +196,37 @@ async fn admin(h: &SimHandle, method: reqwest::Method, path: &str, body: Option<
     r.json().await.unwrap_or(J::Null)
 }
 
+/// The Delta readers, the simulator (2 surveys, `responses` each), an installation connected to
+/// it as `acme`, a `delta:` directory and a PostgreSQL database of its own; `None` (after a
+/// skip line) without the readers or PostgreSQL.
+struct Setup {
+    py: std::path::PathBuf,
+    h: SimHandle,
+    i: Install,
+    lake_dir: std::path::PathBuf,
+    delta: String,
+    pg: String,
+    _db: TestDb,
+}
+
+async fn setup(db_tag: &str, responses: u64) -> Option<Setup> {
+    let py = lake::readers()?;
+    let db = TestDb::create(db_tag).await?;
+    let h = sim(responses).await;
+    let i = support::install();
+    i.connect(&h, "acme").await;
+    let lake_dir = i.path("lake");
+    Some(Setup {
+        py,
+        delta: format!("delta:{}", lake_dir.display()),
+        pg: db.url().to_string(),
+        h,
+        i,
+        lake_dir,
+        _db: db,
+    })
+}
+
 fn sync_args(dest: &str) -> Vec<String> {
     ["sync", "acme", "--destination", dest]
         .into_iter()
@@ -212,16 +243,18 @@ async fn sync(i: &Install, dest: &str, extra: &[&str]) -> String {
 
 #[tokio::test]
 async fn delta_equals_postgres_after_a_first_load_and_an_incremental_sync_with_edits_and_deletes() {
-    let Some(py) = lake::readers() else { return };
-    let Some(db) = TestDb::create("xmb_cli_delta").await else {
+    let Some(Setup {
+        py,
+        h,
+        i,
+        lake_dir,
+        delta,
+        pg,
+        _db,
+    }) = setup("xmb_cli_delta", 150).await
+    else {
         return;
     };
-    let h = sim(150).await;
-    let i = support::install();
-    i.connect(&h, "acme").await;
-    let lake_dir = i.path("lake");
-    let delta = format!("delta:{}", lake_dir.display());
-    let pg = db.url().to_string();
 
     let out = sync(&i, &delta, &[]).await;
     assert!(out.contains("question_response"), "{out}");
@@ -276,16 +309,18 @@ async fn delta_equals_postgres_after_a_first_load_and_an_incremental_sync_with_e
 
 #[tokio::test]
 async fn delta_syncs_killed_20_times_resume_to_the_rows_of_a_clean_postgres_sync() {
-    let Some(py) = lake::readers() else { return };
-    let Some(db) = TestDb::create("xmb_cli_delta_kill").await else {
+    let Some(Setup {
+        py,
+        h: _sim,
+        i,
+        lake_dir,
+        delta,
+        pg,
+        _db,
+    }) = setup("xmb_cli_delta_kill", 1200).await
+    else {
         return;
     };
-    let h = sim(1200).await;
-    let i = support::install();
-    i.connect(&h, "acme").await;
-    let lake_dir = i.path("lake");
-    let delta = format!("delta:{}", lake_dir.display());
-    let pg = db.url().to_string();
     let extra = ["--commit-every", "150"];
 
     let started = std::time::Instant::now();
@@ -467,16 +502,18 @@ async fn lake_optimize_compacts_and_vacuum_deletes_unused_files_rows_unchanged()
 /// lake commands find that cursor table (they finish a pending commit into it).
 #[tokio::test]
 async fn delta_with_fivetran_compat_equals_postgres() {
-    let Some(py) = lake::readers() else { return };
-    let Some(db) = TestDb::create("xmb_cli_delta_ft").await else {
+    let Some(Setup {
+        py,
+        h: _sim,
+        i,
+        lake_dir,
+        delta,
+        pg,
+        _db,
+    }) = setup("xmb_cli_delta_ft", 60).await
+    else {
         return;
     };
-    let h = sim(60).await;
-    let i = support::install();
-    i.connect(&h, "acme").await;
-    let lake_dir = i.path("lake");
-    let delta = format!("delta:{}", lake_dir.display());
-    let pg = db.url().to_string();
     for dest in [&delta, &pg] {
         sync(&i, dest, &["--compat", "fivetran"]).await;
     }
@@ -505,16 +542,18 @@ async fn delta_with_fivetran_compat_equals_postgres() {
 /// that nothing is doubled.
 #[tokio::test]
 async fn delta_full_resync_doubles_nothing() {
-    let Some(py) = lake::readers() else { return };
-    let Some(db) = TestDb::create("xmb_cli_delta_full").await else {
+    let Some(Setup {
+        py,
+        h: _sim,
+        i,
+        lake_dir,
+        delta,
+        pg,
+        _db,
+    }) = setup("xmb_cli_delta_full", 80).await
+    else {
         return;
     };
-    let h = sim(80).await;
-    let i = support::install();
-    i.connect(&h, "acme").await;
-    let lake_dir = i.path("lake");
-    let delta = format!("delta:{}", lake_dir.display());
-    let pg = db.url().to_string();
     for dest in [&delta, &pg] {
         sync(&i, dest, &[]).await;
         sync(&i, dest, &["--full"]).await;

@@ -358,6 +358,23 @@ fn key_of(values: impl IntoIterator<Item = Value>) -> Vec<u8> {
     k
 }
 
+/// Cell `ci` of a stored row: a spec cell of `row`, then `<p>_synced`, then `<p>_deleted`.
+fn pick<'a>(
+    row: &'a [Value],
+    ci: usize,
+    n_spec: usize,
+    synced: &'a Value,
+    deleted: &'a Value,
+) -> &'a Value {
+    if ci < n_spec {
+        &row[ci]
+    } else if ci == n_spec {
+        synced
+    } else {
+        deleted
+    }
+}
+
 /// Builds a record batch of `stored` columns from spec rows plus the system cells.
 fn batch_of(
     t: &Table,
@@ -366,17 +383,11 @@ fn batch_of(
     deleted: bool,
 ) -> Result<RecordBatch, DestError> {
     let n_spec = t.r.columns.len();
+    let (synced, deleted) = (Value::Timestamp(synced_ms), Value::Bool(deleted));
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(t.stored.len());
     for (ci, (_, ty)) in t.stored.iter().enumerate() {
-        let get = |row: &Vec<Value>| -> Value {
-            if ci < n_spec {
-                normalized(&row[ci], *ty)
-            } else if ci == n_spec {
-                Value::Timestamp(synced_ms)
-            } else {
-                Value::Bool(deleted)
-            }
-        };
+        // Borrowed, not cloned: this runs for every cell of a first load.
+        let get = |row| pick(row, ci, n_spec, &synced, &deleted);
         let array: ArrayRef = match ty {
             ColumnType::Text | ColumnType::Json => {
                 let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 16);
@@ -402,7 +413,7 @@ fn batch_of(
                 let mut b = BooleanBuilder::with_capacity(rows.len());
                 for row in rows {
                     match get(row) {
-                        Value::Bool(v) => b.append_value(v),
+                        Value::Bool(v) => b.append_value(*v),
                         _ => b.append_null(),
                     }
                 }
@@ -413,7 +424,7 @@ fn batch_of(
                 for row in rows {
                     match get(row) {
                         // Checked to fit by `check_row`.
-                        Value::Int(v) => b.append_value(i32::try_from(v).unwrap_or_default()),
+                        Value::Int(v) => b.append_value(i32::try_from(*v).unwrap_or_default()),
                         _ => b.append_null(),
                     }
                 }
@@ -423,7 +434,7 @@ fn batch_of(
                 let mut b = Int64Builder::with_capacity(rows.len());
                 for row in rows {
                     match get(row) {
-                        Value::Int(v) => b.append_value(v),
+                        Value::Int(v) => b.append_value(*v),
                         _ => b.append_null(),
                     }
                 }
@@ -433,7 +444,9 @@ fn batch_of(
                 let mut b = Float64Builder::with_capacity(rows.len());
                 for row in rows {
                     match get(row) {
-                        Value::Float(v) => b.append_value(v),
+                        Value::Float(v) => b.append_value(*v),
+                        // An int in a float column (`check_value` allows it).
+                        Value::Int(v) => b.append_value(*v as f64),
                         _ => b.append_null(),
                     }
                 }
@@ -458,6 +471,13 @@ fn conform(t: &Table, batch: &RecordBatch) -> Result<RecordBatch, DestError> {
     }
     RecordBatch::try_new(Arc::clone(&t.schema), arrays)
         .map_err(|e| lake_err(&format!("Delta table {}", t.r.display), e))
+}
+
+/// A Parquet writer for `table`'s files, with xmbridge's file and row-group settings.
+fn new_writer(table: &DeltaTable, shown: &str) -> Result<RecordBatchWriter, DestError> {
+    Ok(RecordBatchWriter::for_table(table)
+        .map_err(|e| lake_err(shown, e))?
+        .with_writer_properties(writer_properties()))
 }
 
 fn writer_properties() -> WriterProperties {
@@ -733,9 +753,7 @@ impl DeltaDestination {
                 ],
             )
             .map_err(|e| lake_err(&shown, e))?;
-            let mut w = RecordBatchWriter::for_table(&self.state)
-                .map_err(|e| lake_err(&shown, e))?
-                .with_writer_properties(writer_properties());
+            let mut w = new_writer(&self.state, &shown)?;
             w.write(batch)
                 .await
                 .map_err(|e| write_err(&self.root, &shown, e))?;
@@ -926,10 +944,7 @@ impl DeltaDestination {
             let shown = t.r.display.clone();
             let mut writer = match open {
                 Some(w) => w,
-                None => RecordBatchWriter::for_table(&t.delta)
-                    .map_err(|e| lake_err(&shown, e))?
-                    .with_writer_properties(writer_properties())
-                    .with_target_file_size(target),
+                None => new_writer(&t.delta, &shown)?.with_target_file_size(target),
             };
             writer
                 .write(batch)
@@ -1045,11 +1060,7 @@ impl Output<'_> {
         let shown = &self.t.r.display;
         let w = match self.writer.as_mut() {
             Some(w) => w,
-            None => self.writer.insert(
-                RecordBatchWriter::for_table(&self.t.delta)
-                    .map_err(|e| lake_err(shown, e))?
-                    .with_writer_properties(writer_properties()),
-            ),
+            None => self.writer.insert(new_writer(&self.t.delta, shown)?),
         };
         w.write(batch)
             .await
@@ -1658,14 +1669,11 @@ fn read_file(
     shown: &str,
 ) -> Result<impl Iterator<Item = Result<RecordBatch, DestError>> + use<>, DestError> {
     let full = dir.join(path);
-    let shown = shown.to_string();
+    let (shown, named) = (shown.to_string(), full.display().to_string());
     let err = move |e: &dyn std::fmt::Display| {
-        lake_err(
-            &shown,
-            format!("cannot read data file {}: {e}", full.display()),
-        )
+        lake_err(&shown, format!("cannot read data file {named}: {e}"))
     };
-    let file = std::fs::File::open(dir.join(path)).map_err(|e| err(&e))?;
+    let file = std::fs::File::open(&full).map_err(|e| err(&e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(&e))?;
     let builder = match columns {
         Some(cols) => {
@@ -1744,6 +1752,17 @@ pub struct VacuumReport {
 }
 
 impl DeltaDestination {
+    /// Reloads the tables this destination holds open, so they see files another step wrote.
+    async fn refresh_open_tables(&mut self) -> Result<(), DestError> {
+        for t in self.tables.values_mut() {
+            t.delta
+                .update_state()
+                .await
+                .map_err(|e| lake_err(&t.r.display, e))?;
+        }
+        Ok(())
+    }
+
     /// Every Delta table in the schema directory (the cursor table included), by directory.
     fn table_dirs(&self) -> Result<Vec<PathBuf>, DestError> {
         let entries = std::fs::read_dir(&self.root)
@@ -1781,10 +1800,7 @@ impl DeltaDestination {
                 reports.push(report);
                 continue;
             }
-            let mut writer = RecordBatchWriter::for_table(&table)
-                .map_err(|e| lake_err(&shown, e))?
-                .with_writer_properties(writer_properties())
-                .with_target_file_size(target);
+            let mut writer = new_writer(&table, &shown)?.with_target_file_size(target);
             let schema = writer.arrow_schema();
             let mut actions = Vec::new();
             for (path, _, remove) in &small {
@@ -1839,13 +1855,7 @@ impl DeltaDestination {
                 .map_err(|e| lake_err(&shown, e))?;
             reports.push(report);
         }
-        // The tables this destination holds open see the new files.
-        for t in self.tables.values_mut() {
-            t.delta
-                .update_state()
-                .await
-                .map_err(|e| lake_err(&t.r.display, e))?;
-        }
+        self.refresh_open_tables().await?;
         Ok(reports)
     }
 
@@ -1878,12 +1888,7 @@ impl DeltaDestination {
                 files: metrics.files_deleted,
             });
         }
-        for t in self.tables.values_mut() {
-            t.delta
-                .update_state()
-                .await
-                .map_err(|e| lake_err(&t.r.display, e))?;
-        }
+        self.refresh_open_tables().await?;
         Ok(reports)
     }
 }
@@ -1961,9 +1966,7 @@ pub async fn write_table(
         .with_columns(stored)
         .await
         .map_err(|e| write_err(dir, &shown, e))?;
-    let mut w = RecordBatchWriter::for_table(&table)
-        .map_err(|e| lake_err(&shown, e))?
-        .with_writer_properties(writer_properties())
+    let mut w = new_writer(&table, &shown)?
         .with_target_file_size(target_file_mb.saturating_mul(1024 * 1024));
     let mut rows = 0u64;
     for b in batches {

@@ -5,22 +5,16 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::common::{col, stat, upserts};
 use serde_json::{Value as J, json};
 use xmbridge_destinations::delta::{DeltaDestination, DeltaOptions};
 use xmbridge_destinations::{
-    Column, ColumnType, Commit, CommitStats, Compat, DestErrorKind, Destination,
-    DestinationSettings, MarkUnseenDeleted, TableBatch, TableSpec, Value,
+    ColumnType, Commit, Compat, DestErrorKind, Destination, DestinationSettings, MarkUnseenDeleted,
+    TableBatch, TableSpec, Value,
 };
 use xmbridge_test_kit::lake;
 
 const T0: i64 = 1_700_000_000_000;
-
-fn col(name: &str, ty: ColumnType) -> Column {
-    Column {
-        name: name.into(),
-        ty,
-    }
-}
 
 /// `item (id, survey_id, name, n, score, seen_at, ok)`, soft delete.
 fn item_spec() -> TableSpec {
@@ -76,22 +70,6 @@ fn answer(id: &str, response: &str, value: &str) -> Vec<Value> {
     ]
 }
 
-fn batch(table: &str, rows: Vec<Vec<Value>>) -> TableBatch {
-    TableBatch {
-        table: table.into(),
-        upserts: rows,
-        ..Default::default()
-    }
-}
-
-fn stat(s: &CommitStats, table: &str) -> (u64, u64, u64) {
-    s.tables
-        .iter()
-        .find(|e| e.0 == table)
-        .map(|e| (e.1, e.2, e.3))
-        .unwrap_or_default()
-}
-
 async fn open(dir: &Path) -> Box<dyn Destination> {
     let url = format!("delta:{}", dir.display());
     let settings = DestinationSettings::from_parts(&url, None).unwrap();
@@ -136,7 +114,7 @@ async fn delta_merges_deletes_and_soft_deletes_as_the_sql_destinations_do() {
         batches: vec![
             TableBatch {
                 fresh: true,
-                ..batch(
+                ..upserts(
                     "item",
                     vec![
                         item("a", "S1", "A", 1),
@@ -147,7 +125,7 @@ async fn delta_merges_deletes_and_soft_deletes_as_the_sql_destinations_do() {
             },
             TableBatch {
                 fresh: true,
-                ..batch(
+                ..upserts(
                     "answer",
                     vec![
                         answer("a1", "R1", "x"),
@@ -184,7 +162,7 @@ async fn delta_merges_deletes_and_soft_deletes_as_the_sql_destinations_do() {
         .commit(Commit {
             synced_at_ms: T0 + 10,
             batches: vec![
-                batch(
+                upserts(
                     "item",
                     vec![item("b", "S1", "B2", 20), item("d", "S1", "D", 4)],
                 ),
@@ -226,7 +204,7 @@ async fn delta_merges_deletes_and_soft_deletes_as_the_sql_destinations_do() {
     let s = d
         .commit(Commit {
             synced_at_ms: T0 + 20,
-            batches: vec![batch("item", vec![item("b", "S1", "B2", 20)])],
+            batches: vec![upserts("item", vec![item("b", "S1", "B2", 20)])],
             mark_unseen_deleted: vec![MarkUnseenDeleted {
                 table: "item".into(),
                 scope: vec![("survey_id".into(), Value::Text("S1".into()))],
@@ -290,7 +268,7 @@ async fn delta_a_commit_cut_after_its_redo_file_lands_once_at_the_next_open() {
         .unwrap();
     d.commit(Commit {
         synced_at_ms: T0,
-        batches: vec![batch("item", vec![item("a", "S1", "A", 1)])],
+        batches: vec![upserts("item", vec![item("a", "S1", "A", 1)])],
         cursors: vec![("items".into(), json!(1))],
         ..Default::default()
     })
@@ -303,8 +281,8 @@ async fn delta_a_commit_cut_after_its_redo_file_lands_once_at_the_next_open() {
         .commit(Commit {
             synced_at_ms: T0 + 1,
             batches: vec![
-                batch("item", vec![item("b", "S1", "B", 2)]),
-                batch("answer", vec![answer("x", "R9", "v")]),
+                upserts("item", vec![item("b", "S1", "B", 2)]),
+                upserts("answer", vec![answer("x", "R9", "v")]),
             ],
             cursors: vec![("items".into(), json!(2))],
             ..Default::default()
@@ -316,7 +294,7 @@ async fn delta_a_commit_cut_after_its_redo_file_lands_once_at_the_next_open() {
     let err = d
         .commit(Commit {
             synced_at_ms: T0 + 2,
-            batches: vec![batch("item", vec![item("c", "S1", "C", 3)])],
+            batches: vec![upserts("item", vec![item("c", "S1", "C", 3)])],
             cursors: vec![("items".into(), json!(3))],
             ..Default::default()
         })
@@ -358,7 +336,7 @@ async fn delta_schema_evolution_adds_columns_older_rows_read_as_null() {
     d.ensure_tables(&[item_spec()]).await.unwrap();
     d.commit(Commit {
         synced_at_ms: T0,
-        batches: vec![batch("item", vec![item("a", "S1", "A", 1)])],
+        batches: vec![upserts("item", vec![item("a", "S1", "A", 1)])],
         ..Default::default()
     })
     .await
@@ -371,7 +349,7 @@ async fn delta_schema_evolution_adds_columns_older_rows_read_as_null() {
     row.push(Value::Int(7));
     d.commit(Commit {
         synced_at_ms: T0,
-        batches: vec![batch("item", vec![row])],
+        batches: vec![upserts("item", vec![row])],
         ..Default::default()
     })
     .await
@@ -464,7 +442,7 @@ async fn delta_a_concurrent_writer_makes_a_merge_fail_clearly() {
     d.ensure_tables(&[item_spec()]).await.unwrap();
     d.commit(Commit {
         synced_at_ms: T0,
-        batches: vec![batch("item", vec![item("a", "S1", "A", 1)])],
+        batches: vec![upserts("item", vec![item("a", "S1", "A", 1)])],
         cursors: vec![("items".into(), json!(1))],
         ..Default::default()
     })
@@ -484,7 +462,7 @@ async fn delta_a_concurrent_writer_makes_a_merge_fail_clearly() {
     let err = d
         .commit(Commit {
             synced_at_ms: T0 + 1,
-            batches: vec![batch("item", vec![item("a", "S1", "A2", 2)])],
+            batches: vec![upserts("item", vec![item("a", "S1", "A2", 2)])],
             cursors: vec![("items".into(), json!(2))],
             ..Default::default()
         })
@@ -516,7 +494,7 @@ async fn delta_a_column_retyped_by_another_writer_is_a_clear_error() {
     d.ensure_tables(&[item_spec()]).await.unwrap();
     d.commit(Commit {
         synced_at_ms: T0,
-        batches: vec![batch("item", vec![item("a", "S1", "A", 1)])],
+        batches: vec![upserts("item", vec![item("a", "S1", "A", 1)])],
         ..Default::default()
     })
     .await
@@ -573,7 +551,7 @@ async fn delta_a_run_with_an_older_fence_token_is_refused() {
     d.ensure_tables(&[item_spec()]).await.unwrap();
     d.commit(Commit {
         synced_at_ms: T0,
-        batches: vec![batch("item", vec![item("a", "S1", "A", 1)])],
+        batches: vec![upserts("item", vec![item("a", "S1", "A", 1)])],
         ..Default::default()
     })
     .await

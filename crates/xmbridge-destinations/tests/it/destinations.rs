@@ -2,9 +2,10 @@
 //! database per test, dropped by a guard even when the test fails). The PostgreSQL server comes
 //! from `XMBRIDGE_TEST_PG` (the test kit's rule: set → required, unset → skipped).
 
+use crate::common::{col, stat, upserts};
 use serde_json::json;
 use xmbridge_destinations::{
-    Column, ColumnType, Commit, CommitStats, Compat, DestError, DestErrorKind, Destination,
+    ColumnType, Commit, CommitStats, Compat, DestError, DestErrorKind, Destination,
     DestinationSettings, Fence, MarkUnseenDeleted, PgEnv, TableBatch, TableSpec, Value, iso_millis,
     quote_ident,
 };
@@ -213,13 +214,6 @@ impl H {
     }
 }
 
-fn col(name: &str, ty: ColumnType) -> Column {
-    Column {
-        name: name.to_string(),
-        ty,
-    }
-}
-
 /// A soft table `item (id, survey_id, name, n)`.
 fn item_spec() -> TableSpec {
     TableSpec {
@@ -245,29 +239,12 @@ fn item(id: &str, survey: &str, name: &str, n: i64) -> Vec<Value> {
     ]
 }
 
-fn upserts(table: &str, rows: Vec<Vec<Value>>) -> TableBatch {
-    TableBatch {
-        table: table.into(),
-        upserts: rows,
-        fresh: false,
-        delete_where: vec![],
-    }
-}
-
 fn commit_of(at: i64, batches: Vec<TableBatch>) -> Commit {
     Commit {
         synced_at_ms: at,
         batches,
         ..Default::default()
     }
-}
-
-fn stat(s: &CommitStats, table: &str) -> (u64, u64, u64) {
-    s.tables
-        .iter()
-        .find(|e| e.0 == table)
-        .map(|e| (e.1, e.2, e.3))
-        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------- cases

@@ -3,10 +3,11 @@
 //! PostgreSQL and Delta Lake alike. (`destinations.rs` holds the SQL destinations' own cases,
 //! which look at indexes, locks and sessions.)
 
+use crate::common::{col, stat, upserts};
 use serde_json::json;
 use xmbridge_destinations::{
-    Column, ColumnType, Commit, CommitStats, Compat, Destination, DestinationSettings,
-    MarkUnseenDeleted, TableBatch, TableSpec, Value,
+    ColumnType, Commit, CommitStats, Compat, Destination, DestinationSettings, MarkUnseenDeleted,
+    TableBatch, TableSpec, Value,
 };
 use xmbridge_test_kit::pg::TestDb;
 
@@ -107,13 +108,6 @@ impl Destination for Closed {
     }
 }
 
-fn col(name: &str, ty: ColumnType) -> Column {
-    Column {
-        name: name.into(),
-        ty,
-    }
-}
-
 /// `item (id, survey_id, name, n)`, soft delete, filtered by survey.
 fn item_spec() -> TableSpec {
     TableSpec {
@@ -163,22 +157,6 @@ fn commit(at: i64, batches: Vec<TableBatch>) -> Commit {
         batches,
         ..Default::default()
     }
-}
-
-fn upserts(table: &str, rows: Vec<Vec<Value>>) -> TableBatch {
-    TableBatch {
-        table: table.into(),
-        upserts: rows,
-        ..Default::default()
-    }
-}
-
-fn stat(s: &CommitStats, table: &str) -> (u64, u64, u64) {
-    s.tables
-        .iter()
-        .find(|e| e.0 == table)
-        .map(|e| (e.1, e.2, e.3))
-        .unwrap_or_default()
 }
 
 /// A stored row of `item`: its cells, `<p>_synced`, `<p>_deleted`.

@@ -5,6 +5,7 @@
 // #[test] functions; this covers the helpers beside them).
 #![allow(clippy::unwrap_used)]
 
+mod common;
 mod delta;
 mod destinations;
 mod interface;
