@@ -671,7 +671,12 @@ fn absolute_destination(url: &str) -> anyhow::Result<String> {
         (None, Some(path)) => ("delta", path),
         (None, None) => return Ok(url.to_string()),
     };
-    if path.is_empty() || Path::new(path).is_absolute() || path == ":memory:" {
+    // An object store URL (delta:s3://bucket/prefix) is absolute already.
+    if path.is_empty()
+        || Path::new(path).is_absolute()
+        || path == ":memory:"
+        || path.contains("://")
+    {
         return Ok(url.to_string());
     }
     let query = url

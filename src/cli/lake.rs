@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use xmbridge_destinations::Compat;
 use xmbridge_destinations::delta::{DeltaDestination, DeltaOptions};
 
 #[derive(Args, Debug)]
@@ -88,24 +87,18 @@ fn dir_of(path: &str) -> &str {
 
 async fn open(path: &str, schema: &str, target_file_mb: u64) -> anyhow::Result<DeltaDestination> {
     let dir = dir_of(path);
-    if !std::path::Path::new(dir).join(schema).is_dir() {
-        return Err(crate::cli::usage(format!(
-            "{dir} holds no schema directory {schema:?}: give the directory of a delta:PATH destination (and --schema if the sync used another)"
-        )));
-    }
-    let opts = DeltaOptions {
-        target_file_mb,
-        fence: None,
-    };
     // The cursor table tells which system-column prefix the syncs used (`--compat`): a commit
     // left half applied is finished into that one.
-    let schema_dir = std::path::Path::new(dir).join(schema);
-    let compat = if !schema_dir.join(Compat::Xmbridge.state_table()).exists()
-        && schema_dir.join(Compat::Fivetran.state_table()).exists()
-    {
-        Compat::Fivetran
-    } else {
-        Compat::Xmbridge
+    let Some(compat) =
+        xmbridge_destinations::delta::synced_compat(dir, schema, &Default::default()).await?
+    else {
+        return Err(crate::cli::usage(format!(
+            "{dir} holds no schema directory {schema:?} that xmbridge synced into (no cursor table): give the directory or s3:// URL of a delta: destination (and --schema if the sync used another)"
+        )));
+    };
+    let opts = DeltaOptions {
+        target_file_mb,
+        ..DeltaOptions::default()
     };
     // A busy schema directory exits 75 and bad settings 2, as for `xmbridge sync` (main.rs).
     Ok(DeltaDestination::open(dir, schema, compat, opts).await?)
@@ -124,6 +117,7 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
             }
             let mut lake = open(&path, &schema, target_file_mb).await?;
             let reports = lake.optimize().await?;
+            lake.close().await?;
             if json {
                 let tables: Vec<_> = reports
                     .iter()
@@ -177,6 +171,7 @@ pub async fn run(args: LakeArgs) -> anyhow::Result<()> {
             )
             .await?;
             let reports = lake.vacuum(older_than, dry_run).await?;
+            lake.close().await?;
             if json {
                 let tables: Vec<_> = reports
                     .iter()

@@ -9,7 +9,7 @@
 //! trigger are opened by `xmbridge_runtime::sync`.
 
 use super::UsageError;
-use anyhow::anyhow;
+use anyhow::{Context as _, anyhow};
 use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::HashMap;
@@ -295,9 +295,11 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     } else {
         println!("{starting}");
     }
-    let summary = run_sync(&connected.client, dest.as_mut(), &opts)
-        .await
-        .map_err(|e| with_cursor_fix(e, &args))?;
+    let synced = run_sync(&connected.client, dest.as_mut(), &opts).await;
+    // Gives up what the destination holds (a Delta writer lease on S3) on success and failure.
+    let closed = dest.close().await;
+    let summary = synced.map_err(|e| with_cursor_fix(e, &args))?;
+    closed.context("the sync finished, but closing the destination failed")?;
     let throttled = connected.client.throttled();
     if args.json {
         println!("{}", summary_json(&summary, throttled, trigger.as_deref()));

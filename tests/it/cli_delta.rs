@@ -13,6 +13,7 @@ use serde_json::{Value as J, json};
 use xmbridge_sim::{SimConfig, SimHandle};
 use xmbridge_test_kit::lake;
 use xmbridge_test_kit::pg::{TestDb, connect as pg_client};
+use xmbridge_test_kit::s3::S3Server;
 
 use crate::support::{self, Install};
 
@@ -330,34 +331,20 @@ async fn delta_syncs_killed_20_times_resume_to_the_rows_of_a_clean_postgres_sync
     let mut args = sync_args(&delta);
     args.extend(extra.iter().map(|s| s.to_string()));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut rng = xmbridge_test_kit::Rng(0xDE17A);
-    let (mut kills, mut window_ms, mut cut_commits) = (0, span_ms, 0);
     let pending = lake_dir.join("qualtrics/_xmbridge_pending.json");
-    for _ in 0..80 {
-        if kills >= 20 {
-            break;
-        }
-        let delay = Duration::from_millis(rng.range(40, 40 + window_ms));
-        // Each table's part of a commit is followed by a pause, so that some kills land between
-        // the tables of one commit (the redo file then finishes it).
-        let mut child = i
-            .cmd(&argv)
-            .env("XMBRIDGE_TEST_DELTA_COMMIT_PAUSE_MS", "150")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        tokio::time::sleep(delay).await;
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            kills += 1;
-        } else {
-            window_ms = (window_ms / 2).max(20);
-        }
-        child.wait().unwrap();
-        cut_commits += usize::from(pending.exists());
-    }
-    assert!(kills >= 20, "only {kills} runs could be killed");
+    let (kills, cut_commits) = kill_runs(
+        &i,
+        &argv,
+        Kills {
+            seed: 0xDE17A,
+            wanted: 20,
+            min_ms: 40,
+            window_ms: span_ms,
+            after_kill: Duration::ZERO,
+        },
+        || pending.exists(),
+    )
+    .await;
     eprintln!("{cut_commits} of {kills} kills cut a commit between its tables");
     assert!(
         cut_commits >= 2,
@@ -370,6 +357,54 @@ async fn delta_syncs_killed_20_times_resume_to_the_rows_of_a_clean_postgres_sync
     sync(&i, &delta, &extra).await;
     assert!(!pending.exists(), "no commit is left half applied");
     assert_same(&py, &lake_dir, &pg, &format!("after {kills} kills")).await;
+}
+
+/// How [`kill_runs`] kills.
+struct Kills {
+    seed: u64,
+    /// Runs to kill.
+    wanted: usize,
+    /// Each run is killed after `min_ms` plus up to `window_ms` (seeded random); the window
+    /// halves each time a run finishes first.
+    min_ms: u64,
+    window_ms: u64,
+    /// Waited after each kill.
+    after_kill: Duration,
+}
+
+/// Runs `xmbridge argv…` again and again and kills each run with SIGKILL at a random moment,
+/// until `k.wanted` runs were killed (asserted). Each table's part of a commit is followed by a
+/// pause, so that some kills land between the tables of one commit (the redo file then
+/// finishes it); `cut()`, asked after each kill, tells whether this one did. Returns the kills
+/// and the cut commits.
+async fn kill_runs(i: &Install, argv: &[&str], k: Kills, cut: impl Fn() -> bool) -> (usize, usize) {
+    let mut rng = xmbridge_test_kit::Rng(k.seed);
+    let (mut kills, mut cut_commits, mut window_ms) = (0, 0, k.window_ms);
+    for _ in 0..80 {
+        if kills >= k.wanted {
+            break;
+        }
+        let delay = Duration::from_millis(rng.range(k.min_ms, k.min_ms + window_ms));
+        let mut child = i
+            .cmd(argv)
+            .env("XMBRIDGE_TEST_DELTA_COMMIT_PAUSE_MS", "150")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(delay).await;
+        if child.try_wait().unwrap().is_some() {
+            window_ms = (window_ms / 2).max(20);
+            continue;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        cut_commits += usize::from(cut());
+        tokio::time::sleep(k.after_kill).await;
+    }
+    assert!(kills >= k.wanted, "only {kills} runs could be killed");
+    (kills, cut_commits)
 }
 
 /// Data files of the table in `dir` that its current version uses, and all on disk.
@@ -559,4 +594,157 @@ async fn delta_full_resync_doubles_nothing() {
         sync(&i, dest, &["--full"]).await;
     }
     assert_same(&py, &lake_dir, &pg, "after a sync and a --full sync").await;
+}
+
+/// `delta:s3://…` end to end against a local S3 server: a first load and an incremental sync
+/// equal PostgreSQL's, a second writer is kept out by the lease a killed run left (exit 75)
+/// until it lapses, a sync killed 6 times resumes to PostgreSQL's rows, and `lake optimize` and
+/// `lake vacuum` work on the bucket with no row changed. The bucket's objects are copied to a
+/// local directory for the readers.
+#[tokio::test]
+async fn delta_on_s3_equals_postgres_after_loads_kills_and_lake_upkeep() {
+    let Some(Setup {
+        py,
+        h,
+        mut i,
+        lake_dir,
+        delta: _,
+        pg,
+        _db,
+    }) = setup("xmb_cli_delta_s3", 100).await
+    else {
+        return;
+    };
+    let s3 = S3Server::start(&py);
+    s3.create_bucket("xmbridge-lake");
+    for (k, v) in s3.env() {
+        i.set_env(&k, &v);
+    }
+    let dest = "delta:s3://xmbridge-lake/lake?lease_secs=3";
+    let began = std::time::Instant::now();
+    let out = sync(&i, dest, &[]).await;
+    eprintln!("first load into S3: {:?}", began.elapsed());
+    assert!(out.contains("s3://xmbridge-lake/lake/qualtrics"), "{out}");
+    sync(&i, &pg, &[]).await;
+    s3.mirror("xmbridge-lake", "lake", &lake_dir);
+    assert_same(&py, &lake_dir, &pg, "on S3 after the first load").await;
+    let keys = s3.keys("xmbridge-lake", "lake/qualtrics");
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k.ends_with("_xmbridge.lock") || k.ends_with("_pending.json")),
+        "a finished sync leaves no lease and no redo object: {keys:?}"
+    );
+
+    let sid = h.sim.surveys[0].id.clone();
+    admin(
+        &h,
+        reqwest::Method::POST,
+        &format!("/surveys/{sid}/responses"),
+        Some(json!({"values": {"QID1": 2, "segment": "4"}})),
+    )
+    .await;
+    let first: String = pg_client(&pg)
+        .await
+        .query_one(
+            "SELECT id FROM qualtrics.survey_response WHERE survey_id = $1 ORDER BY id LIMIT 1",
+            &[&sid],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    admin(
+        &h,
+        reqwest::Method::PUT,
+        &format!("/responses/{first}"),
+        Some(json!({"surveyId": sid, "embeddedData": {"segment": "8"}})),
+    )
+    .await;
+    for d in [dest, pg.as_str()] {
+        sync(&i, d, &[]).await;
+    }
+    s3.mirror("xmbridge-lake", "lake", &lake_dir);
+    assert_same(&py, &lake_dir, &pg, "on S3 after an incremental sync").await;
+
+    // A first load into another prefix, killed 6 times (after its tables are made, mostly).
+    let killed = "delta:s3://xmbridge-lake/killed?lease_secs=3";
+    let extra = ["--commit-every", "100"];
+    let mut args = sync_args(killed);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    // A killed run's lease stays until it lapses: the next run is refused (exit 75) until then.
+    let (first, _) = kill_runs(
+        &i,
+        &argv,
+        Kills {
+            seed: 0x53DE17A,
+            wanted: 1,
+            min_ms: 1500,
+            window_ms: 3000,
+            after_kill: Duration::ZERO,
+        },
+        || false,
+    )
+    .await;
+    let r = i.run(&argv).await;
+    assert_eq!(r.code(), 75, "{}", r.stderr());
+    assert!(r.stderr().contains("leased by"), "{}", r.stderr());
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let (more, cut_commits) = kill_runs(
+        &i,
+        &argv,
+        Kills {
+            seed: 0x53DE17B,
+            wanted: 5,
+            min_ms: 1500,
+            window_ms: 3000,
+            after_kill: Duration::from_millis(3100),
+        },
+        || {
+            s3.keys("xmbridge-lake", "killed/qualtrics")
+                .iter()
+                .any(|k| k.ends_with("_xmbridge_pending.json"))
+        },
+    )
+    .await;
+    let kills = first + more;
+    eprintln!(
+        "{cut_commits} of {kills} kills on S3 cut a commit between its tables ({:?} since the start)",
+        began.elapsed()
+    );
+    sync(&i, killed, &extra).await;
+    eprintln!(
+        "resumed after the kills ({:?} since the start)",
+        began.elapsed()
+    );
+    let killed_dir = i.path("killed");
+    s3.mirror("xmbridge-lake", "killed", &killed_dir);
+    assert_same(&py, &killed_dir, &pg, &format!("on S3 after {kills} kills")).await;
+
+    // Upkeep on the bucket: no row changes.
+    let out = i
+        .ok(&["lake", "optimize", "s3://xmbridge-lake/lake", "--json"])
+        .await;
+    let report: J = serde_json::from_str(out.trim()).unwrap();
+    assert!(
+        report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["table"] == "question_response"),
+        "{report}"
+    );
+    let done = i
+        .ok(&[
+            "lake",
+            "vacuum",
+            "delta:s3://xmbridge-lake/lake",
+            "--older-than",
+            "0s",
+        ])
+        .await;
+    assert!(done.contains("deleted"), "{done}");
+    s3.mirror("xmbridge-lake", "lake", &lake_dir);
+    assert_same(&py, &lake_dir, &pg, "on S3 after optimize and vacuum").await;
+    eprintln!("S3 end to end done in {:?}", began.elapsed());
 }

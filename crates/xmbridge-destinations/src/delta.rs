@@ -22,12 +22,19 @@
 //!   been open, from 1 up to [`GROUP_SECS`] seconds) and at `flush`, so files grow towards the
 //!   target size (`?target_file_mb=`, default 128) instead of one small file per commit, while a
 //!   run stopped after a few seconds still keeps most of its work.
-//! - **One writer**: an exclusive lock on `PATH/<schema>/_xmbridge.lock` while open.
+//! - **One writer**: an exclusive lock on `PATH/<schema>/_xmbridge.lock` while open (on S3 a
+//!   lease object of that name, see [`crate::delta_place`]).
+//!
+//! `PATH` is a local directory or an S3 URL (`delta:s3://bucket/prefix`); everything that
+//! differs between the two lives in [`crate::delta_place`].
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
+use futures_util::StreamExt as _;
+
+use deltalake::DeltaTable;
 use deltalake::arrow::array::{
     Array, ArrayRef, BooleanArray, BooleanBuilder, Float64Array, Float64Builder, Int32Array,
     Int32Builder, Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder,
@@ -37,14 +44,13 @@ use deltalake::arrow::compute::filter_record_batch;
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Remove, StructField, Transaction};
-use deltalake::parquet::arrow::ProjectionMask;
-use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use deltalake::{DeltaTable, DeltaTableBuilder};
 
+pub use crate::delta_place::S3Settings;
+use crate::delta_place::{Holds, Lock, Place};
 use crate::names::{Resolved, check_name, keys_target, parse_cursor};
 use crate::{
     BoxFuture, ColumnType, Commit, CommitStats, Compat, DestError, Destination, Ensured, Fence,
@@ -80,14 +86,8 @@ pub const DEFAULT_TARGET_FILE_MB: u64 = 128;
 /// Rows per Parquet row group: bounds what the writer holds in memory per open file.
 const ROW_GROUP_ROWS: usize = 65_536;
 
-/// Rows per record batch read back from a file.
-const READ_BATCH_ROWS: usize = 8_192;
-
 /// The redo file of the commit in flight.
 const PENDING_FILE: &str = "_xmbridge_pending.json";
-
-/// The lock file that keeps a second writer out.
-const LOCK_FILE: &str = "_xmbridge.lock";
 
 /// The root of a `delta:PATH` URL (without its `?options`).
 pub fn path_of_url(url: &str) -> Option<&str> {
@@ -102,6 +102,10 @@ pub fn path_of_url(url: &str) -> Option<&str> {
 pub struct DeltaOptions {
     /// Target size of a data file in MiB.
     pub target_file_mb: u64,
+    /// On an object store: how long the writer lease lasts without renewal (seconds).
+    pub lease_secs: u64,
+    /// On S3: client settings over the `AWS_*` environment (tests name a local server here).
+    pub s3: S3Settings,
     /// The leased run writing, if any ([`Fence`]).
     pub fence: Option<Fence>,
 }
@@ -110,6 +114,8 @@ impl Default for DeltaOptions {
     fn default() -> Self {
         DeltaOptions {
             target_file_mb: DEFAULT_TARGET_FILE_MB,
+            lease_secs: crate::delta_place::DEFAULT_LEASE_SECS,
+            s3: S3Settings::default(),
             fence: None,
         }
     }
@@ -132,9 +138,16 @@ impl DeltaOptions {
                         ))
                     })?;
                 }
+                "lease_secs" => {
+                    opts.lease_secs = v.parse().ok().filter(|n| (3..=3600).contains(n)).ok_or_else(|| {
+                        DestError::UrlOption(format!(
+                            "lease_secs={v:?} in the Delta destination URL is not a whole number of seconds from 3 to 3600; write e.g. ?lease_secs=30"
+                        ))
+                    })?;
+                }
                 other => {
                     return Err(DestError::UrlOption(format!(
-                        "unknown option {other:?} in the Delta destination URL; the only option is ?target_file_mb=N"
+                        "unknown option {other:?} in the Delta destination URL; the options are ?target_file_mb=N and (on S3) ?lease_secs=N"
                     )));
                 }
             }
@@ -149,7 +162,8 @@ struct Table {
     /// Stored columns (spec columns, then `<p>_synced`, then `<p>_deleted`) and their types.
     stored: Vec<(String, ColumnType)>,
     schema: SchemaRef,
-    dir: PathBuf,
+    /// The table's directory name under the schema.
+    dir: String,
     delta: DeltaTable,
 }
 
@@ -173,7 +187,7 @@ struct Pending {
 
 /// A Delta Lake destination (see the module docs).
 pub struct DeltaDestination {
-    root: PathBuf,
+    place: Place,
     described: String,
     compat: Compat,
     opts: DeltaOptions,
@@ -193,7 +207,7 @@ pub struct DeltaDestination {
     /// [`COMMIT_PAUSE_ENV`].
     commit_pause: Option<std::time::Duration>,
     opened: std::time::Instant,
-    _lock: std::fs::File,
+    lock: Lock,
 }
 
 fn lake_err(context: &str, e: impl std::fmt::Display) -> DestError {
@@ -208,12 +222,12 @@ fn is_disk_full(message: &str) -> bool {
 }
 
 /// A table or cursor-table error: disk full and conflicts get their own messages.
-fn write_err(root: &Path, table: &str, e: impl std::fmt::Display) -> DestError {
+fn write_err(place: &str, table: &str, e: impl std::fmt::Display) -> DestError {
     let message = e.to_string();
     if is_disk_full(&message) {
         return DestError::DiskFull {
             table: table.to_string(),
-            destination: format!("delta:{}", root.display()),
+            destination: format!("delta:{place}"),
             fix: "free disk space where the tables live (or move them to a larger disk)".into(),
         };
     }
@@ -487,11 +501,6 @@ fn writer_properties() -> WriterProperties {
         .build()
 }
 
-/// Fsyncs a directory so a rename in it is durable.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
 impl DeltaDestination {
     /// Opens (creating it if needed) `PATH/<schema>`, takes its lock, reads the cursor table and
     /// finishes a commit a killed run left half applied.
@@ -507,29 +516,17 @@ impl DeltaDestination {
                 "the Delta destination names no directory: write delta:PATH, for example delta:/var/lib/xmbridge/lake".into(),
             ));
         }
-        if path.contains("://") {
-            return Err(DestError::Settings(format!(
-                "the Delta destination {described:?} names an object store; this build writes local directories only (delta:/path/to/lake); see docs/destinations.md, \"Delta Lake\""
-            )));
-        }
         check_dir_name(schema)?;
-        let base = std::path::absolute(path).map_err(|e| DestError::Connect {
-            destination: described.clone(),
-            reason: format!("cannot resolve the path: {e}"),
-        })?;
-        let root = base.join(schema);
-        std::fs::create_dir_all(&root).map_err(|e| DestError::Connect {
-            destination: described.clone(),
-            reason: format!(
-                "cannot create the directory {}: {e}; choose a directory this user may write",
-                root.display()
-            ),
-        })?;
-        let lock = take_lock(&root, &described)?;
+        let place = Place::open(path, schema, &described, &opts.s3)?;
+        place.create(&described)?;
+        let lock = place
+            .lock(&described, std::time::Duration::from_secs(opts.lease_secs))
+            .await?;
         let state_name = compat.state_table();
         let state = open_or_create(
-            &root.join(&state_name),
+            &place,
             &state_name,
+            &place.shown_of(&state_name),
             &[
                 ("stream".to_string(), ColumnType::Text),
                 ("cursor".to_string(), ColumnType::Text),
@@ -538,7 +535,7 @@ impl DeltaDestination {
         .await?
         .0;
         let mut dest = DeltaDestination {
-            root,
+            place,
             described,
             compat,
             opts,
@@ -555,14 +552,23 @@ impl DeltaDestination {
                 .and_then(|v| v.parse().ok())
                 .map(std::time::Duration::from_millis),
             opened: std::time::Instant::now(),
-            _lock: lock,
+            lock,
         };
         dest.load_state().await?;
         dest.finish_pending().await?;
         if let Some(fence) = dest.opts.fence.clone() {
-            dest.claim(&fence)?;
+            dest.claim(&fence).await?;
         }
         Ok(dest)
+    }
+
+    /// Commits what is open and gives the writer lock up (on S3 the lease is deleted, so the
+    /// next writer need not wait for it to lapse). Dropping the destination without closing
+    /// leaves an S3 lease to lapse.
+    pub async fn close(&mut self) -> Result<CommitStats, DestError> {
+        let stats = self.close_group().await;
+        self.lock.release().await;
+        stats
     }
 
     /// Makes the next commit stop, as a kill would, after its redo file and `n` of its tables
@@ -572,30 +578,30 @@ impl DeltaDestination {
         self.stop_after_tables = Some(n);
     }
 
-    fn fence_path(&self) -> PathBuf {
-        self.root
-            .join(format!("{}_fence.json", self.compat.prefix()))
+    fn fence_name(&self) -> String {
+        format!("{}_fence.json", self.compat.prefix())
     }
 
-    fn fence_tokens(&self) -> Result<HashMap<String, i64>, DestError> {
-        let path = self.fence_path();
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+    // `&mut self` below: a future holding `&self` would need the destination to be `Sync`,
+    // which its open Parquet writers are not.
+    async fn fence_tokens(&mut self) -> Result<HashMap<String, i64>, DestError> {
+        let name = self.fence_name();
+        match self.place.read(&name).await? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 DestError::Settings(format!(
                     "the fence file {} is not valid JSON ({e}); remove it if no run holds a lease",
-                    path.display()
+                    self.place.shown_of(&name)
                 ))
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
-            Err(e) => Err(lake_err(&format!("fence file {}", path.display()), e)),
+            None => Ok(HashMap::new()),
         }
     }
 
     /// Records the run's token, refusing when a higher one is there.
-    fn claim(&self, fence: &Fence) -> Result<(), DestError> {
-        let mut tokens = self.fence_tokens()?;
-        let path = self.fence_path();
-        let shown = path.display().to_string();
+    async fn claim(&mut self, fence: &Fence) -> Result<(), DestError> {
+        let mut tokens = self.fence_tokens().await?;
+        let name = self.fence_name();
+        let shown = self.place.shown_of(&name);
         if let Some(&current) = tokens.get(&fence.scope)
             && current > fence.token
         {
@@ -609,22 +615,25 @@ impl DeltaDestination {
         }
         tokens.insert(fence.scope.clone(), fence.token);
         let text = serde_json::to_vec(&tokens).map_err(|e| lake_err(&shown, e))?;
-        write_atomically(&path, &text).map_err(|e| write_err(&self.root, &shown, e))
+        self.place
+            .write(&name, text)
+            .await
+            .map_err(|e| write_err(&self.place.shown(), &shown, e))
     }
 
     /// Refuses a commit of a run whose lease a later run took.
-    fn check_fence(&self) -> Result<(), DestError> {
-        let Some(fence) = &self.opts.fence else {
+    async fn check_fence(&mut self) -> Result<(), DestError> {
+        let Some(fence) = self.opts.fence.clone() else {
             return Ok(());
         };
-        let current = self.fence_tokens()?.get(&fence.scope).copied();
+        let current = self.fence_tokens().await?.get(&fence.scope).copied();
         if current == Some(fence.token) {
             Ok(())
         } else {
-            let shown = self.fence_path().display().to_string();
+            let shown = self.place.shown_of(&self.fence_name());
             Err(crate::fenced(
                 &self.described,
-                fence,
+                &fence,
                 current,
                 &shown,
                 false,
@@ -633,7 +642,7 @@ impl DeltaDestination {
     }
 
     async fn load_state(&mut self) -> Result<(), DestError> {
-        let shown = self.root.join(&self.state_name).display().to_string();
+        let shown = self.place.shown_of(&self.state_name);
         self.seq = self
             .state
             .snapshot()
@@ -648,7 +657,11 @@ impl DeltaDestination {
         ];
         self.cursors.clear();
         for path in live_files(&self.state, &shown)? {
-            for batch in read_file(&self.root.join(&self.state_name), &path.0, None, &shown)? {
+            let mut batches = self
+                .place
+                .read_file(&self.state_name, &path.0, None, &shown)
+                .await?;
+            while let Some(batch) = batches.next().await {
                 let batch = batch?;
                 let (Some(s), Some(c)) = (
                     batch.column_by_name("stream"),
@@ -670,16 +683,13 @@ impl DeltaDestination {
 
     /// Applies the redo file a killed run left behind, if its commit is not in yet.
     async fn finish_pending(&mut self) -> Result<(), DestError> {
-        let path = self.root.join(PENDING_FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(lake_err(&path.display().to_string(), e)),
+        let Some(bytes) = self.place.read(PENDING_FILE).await? else {
+            return Ok(());
         };
         let pending: Pending = serde_json::from_slice(&bytes).map_err(|e| {
             DestError::Settings(format!(
                 "the redo file {} of an unfinished commit cannot be read ({e}); it was written by another version or damaged: move it away and run the sync with --full",
-                path.display()
+                self.place.shown_of(PENDING_FILE)
             ))
         })?;
         if pending.seq > self.seq {
@@ -687,30 +697,45 @@ impl DeltaDestination {
                 seq = pending.seq,
                 "finishing the commit an earlier run left half applied"
             );
-            self.apply_pending(&pending).await?;
+            self.apply_pending(&pending, true).await?;
         }
-        remove_pending(&self.root)
+        self.place.remove(PENDING_FILE).await
     }
 
     /// Commits every table of `pending` that does not have it yet, then the cursor table.
-    async fn apply_pending(&mut self, pending: &Pending) -> Result<(), DestError> {
+    ///
+    /// `resumed`: the redo file of an earlier run, some of whose tables may have it already.
+    /// A commit of this run's own is new to every table (one writer; a commit stopped part way
+    /// blocks the next), so their `txn` versions are not read: the kernel replays a table's log
+    /// since its last checkpoint for that, one GET per version on S3.
+    async fn apply_pending(&mut self, pending: &Pending, resumed: bool) -> Result<(), DestError> {
         let mut landed = 0usize;
         for (dir, actions) in &pending.tables {
-            let shown = self.root.join(dir).display().to_string();
-            let mut table = match self.tables.values_mut().find(|t| t.dir.ends_with(dir)) {
+            let shown = self.place.shown_of(dir);
+            let mut table = match self.tables.values_mut().find(|t| t.dir == *dir) {
                 Some(t) => t.delta.clone(),
-                None => load_table(&self.root.join(dir), &shown).await?,
+                None => load_table(&self.place, dir, &shown).await?,
             };
-            let done = table
-                .snapshot()
-                .map_err(|e| lake_err(&shown, e))?
-                .transaction_version(table.log_store().as_ref(), APP_ID)
-                .await
-                .map_err(|e| lake_err(&shown, e))?
-                .unwrap_or(0);
+            let done = if resumed {
+                table
+                    .snapshot()
+                    .map_err(|e| lake_err(&shown, e))?
+                    .transaction_version(table.log_store().as_ref(), APP_ID)
+                    .await
+                    .map_err(|e| lake_err(&shown, e))?
+                    .unwrap_or(0)
+            } else {
+                0
+            };
             if done < pending.seq {
-                commit_actions(&mut table, actions.clone(), pending.seq, &self.root, &shown)
-                    .await?;
+                commit_actions(
+                    &mut table,
+                    actions.clone(),
+                    pending.seq,
+                    &self.place.shown(),
+                    &shown,
+                )
+                .await?;
                 landed += 1;
                 if let Some(pause) = self.commit_pause {
                     tokio::time::sleep(pause).await;
@@ -727,13 +752,13 @@ impl DeltaDestination {
                     .await
                     .map_err(|e| lake_err(&shown, e))?;
             }
-            if let Some(t) = self.tables.values_mut().find(|t| t.dir.ends_with(dir)) {
+            if let Some(t) = self.tables.values_mut().find(|t| t.dir == *dir) {
                 t.delta = table;
             }
         }
         // The cursor table: its one file replaced by the whole map.
         let cursors: HashMap<String, String> = pending.cursors.iter().cloned().collect();
-        let shown = self.root.join(&self.state_name).display().to_string();
+        let shown = self.place.shown_of(&self.state_name);
         let mut actions: Vec<Action> = live_files(&self.state, &shown)?
             .iter()
             .map(|f| Action::Remove(f.2.clone()))
@@ -756,16 +781,23 @@ impl DeltaDestination {
             let mut w = new_writer(&self.state, &shown)?;
             w.write(batch)
                 .await
-                .map_err(|e| write_err(&self.root, &shown, e))?;
+                .map_err(|e| write_err(&self.place.shown(), &shown, e))?;
             actions.extend(
                 w.flush()
                     .await
-                    .map_err(|e| write_err(&self.root, &shown, e))?
+                    .map_err(|e| write_err(&self.place.shown(), &shown, e))?
                     .into_iter()
                     .map(Action::Add),
             );
         }
-        commit_actions(&mut self.state, actions, pending.seq, &self.root, &shown).await?;
+        commit_actions(
+            &mut self.state,
+            actions,
+            pending.seq,
+            &self.place.shown(),
+            &shown,
+        )
+        .await?;
         self.cursors = cursors;
         self.seq = pending.seq;
         Ok(())
@@ -777,13 +809,14 @@ impl DeltaDestination {
         tables: Vec<(String, Vec<Action>)>,
         cursors: &[(String, serde_json::Value)],
     ) -> Result<(), DestError> {
-        self.check_fence()?;
+        self.lock.check(&self.described)?;
+        self.check_fence().await?;
         if self.unfinished {
             return Err(DestError::Sql {
-                context: format!("Delta commit in {}", self.root.display()),
+                context: format!("Delta commit in {}", self.place.shown()),
                 message: format!(
                     "an earlier commit of this run stopped part way ({} is kept); nothing more is committed until the next run finishes it: run the sync again",
-                    self.root.join(PENDING_FILE).display()
+                    self.place.shown_of(PENDING_FILE)
                 ),
             });
         }
@@ -798,23 +831,24 @@ impl DeltaDestination {
             tables: tables.into_iter().filter(|(_, a)| !a.is_empty()).collect(),
             cursors: listed,
         };
-        let path = self.root.join(PENDING_FILE);
-        let text =
-            serde_json::to_vec(&pending).map_err(|e| lake_err(&path.display().to_string(), e))?;
-        write_atomically(&path, &text)
-            .map_err(|e| write_err(&self.root, &path.display().to_string(), e))?;
-        if let Err(e) = self.apply_pending(&pending).await {
+        let shown = self.place.shown_of(PENDING_FILE);
+        let text = serde_json::to_vec(&pending).map_err(|e| lake_err(&shown, e))?;
+        self.place
+            .write(PENDING_FILE, text)
+            .await
+            .map_err(|e| write_err(&self.place.shown(), &shown, e))?;
+        if let Err(e) = self.apply_pending(&pending, false).await {
             // Refused before any table took it (another writer's conflicting commit, a full
             // disk): the commit is as if never made, and the next run does the work again. Once
             // a table has it, the redo file stays, and the next open finishes the commit.
-            if any_landed(&self.root, &pending).await {
+            if any_landed(&self.place, &pending).await {
                 self.unfinished = true;
             } else {
-                remove_pending(&self.root)?;
+                self.place.remove(PENDING_FILE).await?;
             }
             return Err(e);
         }
-        remove_pending(&self.root)
+        self.place.remove(PENDING_FILE).await
     }
 
     fn table(&self, name: &str) -> Result<&Table, DestError> {
@@ -834,11 +868,11 @@ impl DeltaDestination {
         for (name, mut w) in group.writers {
             let t = self.table(&name)?;
             let shown = t.r.display.clone();
-            let dir = dir_name(&t.dir);
+            let dir = t.dir.clone();
             let adds = w
                 .flush()
                 .await
-                .map_err(|e| write_err(&self.root, &shown, e))?;
+                .map_err(|e| write_err(&self.place.shown(), &shown, e))?;
             tables.push((dir, adds.into_iter().map(Action::Add).collect()));
         }
         self.land(tables, &group.cursors).await?;
@@ -850,14 +884,14 @@ impl DeltaDestination {
         let mut ensured = Ensured::default();
         for spec in specs {
             check_dir_name(&spec.name)?;
-            let dir = self.root.join(&spec.name);
-            let display = dir.display().to_string();
+            let dir = spec.name.clone();
+            let display = self.place.shown_of(&dir);
             let r = Resolved::new(spec, self.compat, display.clone(), None)?;
             let stored = r.stored_columns();
             for (name, _) in &stored {
                 check_column_name(name)?;
             }
-            let (delta, created) = open_or_create(&dir, &display, &stored).await?;
+            let (delta, created) = open_or_create(&self.place, &dir, &display, &stored).await?;
             let delta = evolve(delta, &stored, &display).await?;
             if created {
                 ensured.created.push(spec.name.clone());
@@ -904,13 +938,13 @@ impl DeltaDestination {
         for b in &commit.batches {
             let t = self.table(&b.table)?;
             let st = staged_for(&mut staged, &t.dir);
-            commit_stats.add(merge(t, &self.root, self.compat, st, b, commit.synced_at_ms).await?);
+            commit_stats.add(merge(t, &self.place, self.compat, st, b, commit.synced_at_ms).await?);
         }
         for m in &commit.mark_unseen_deleted {
             let t = self.table(&m.table)?;
             let st = staged_for(&mut staged, &t.dir);
             commit_stats
-                .add(mark_unseen(t, &self.root, self.compat, st, m, commit.synced_at_ms).await?);
+                .add(mark_unseen(t, &self.place, self.compat, st, m, commit.synced_at_ms).await?);
         }
         let per_table = staged
             .into_iter()
@@ -949,7 +983,7 @@ impl DeltaDestination {
             writer
                 .write(batch)
                 .await
-                .map_err(|e| write_err(&self.root, &shown, e))?;
+                .map_err(|e| write_err(&self.place.shown(), &shown, e))?;
             if let Some(g) = self.group.as_mut() {
                 g.writers.insert(b.table.clone(), writer);
                 g.stats.add(CommitStats {
@@ -1024,12 +1058,11 @@ impl Staged {
 }
 
 /// The staging of the table in `dir`.
-fn staged_for<'a>(staged: &'a mut Vec<(String, Staged)>, dir: &Path) -> &'a mut Staged {
-    let name = dir_name(dir);
-    let i = match staged.iter().position(|e| e.0 == name) {
+fn staged_for<'a>(staged: &'a mut Vec<(String, Staged)>, dir: &str) -> &'a mut Staged {
+    let i = match staged.iter().position(|e| e.0 == dir) {
         Some(i) => i,
         None => {
-            staged.push((name, Staged::default()));
+            staged.push((dir.to_string(), Staged::default()));
             staged.len() - 1
         }
     };
@@ -1048,7 +1081,7 @@ enum Fate {
 /// A table's rewritten files and new rows, written through one writer.
 struct Output<'a> {
     t: &'a Table,
-    root: &'a Path,
+    place: &'a Place,
     writer: Option<RecordBatchWriter>,
 }
 
@@ -1064,7 +1097,7 @@ impl Output<'_> {
         };
         w.write(batch)
             .await
-            .map_err(|e| write_err(self.root, shown, e))
+            .map_err(|e| write_err(&self.place.shown(), shown, e))
     }
 
     async fn finish(self) -> Result<Vec<Add>, DestError> {
@@ -1073,7 +1106,7 @@ impl Output<'_> {
         };
         w.flush()
             .await
-            .map_err(|e| write_err(self.root, &self.t.r.display, e))
+            .map_err(|e| write_err(&self.place.shown(), &self.t.r.display, e))
     }
 
     /// Streams the file at `path` into new files, each row through `change` (`None`: dropped).
@@ -1083,7 +1116,11 @@ impl Output<'_> {
         mut change: impl FnMut(&RecordBatch) -> Result<RecordBatch, DestError>,
     ) -> Result<(), DestError> {
         let t = self.t;
-        for b in read_file(&t.dir, path, None, &t.r.display)? {
+        let mut batches = self
+            .place
+            .read_file(&t.dir, path, None, &t.r.display)
+            .await?;
+        while let Some(b) = batches.next().await {
             let b = conform(t, &b?)?;
             let out = change(&b)?;
             self.write(out).await?;
@@ -1097,7 +1134,7 @@ impl Output<'_> {
 /// upserts are written as new rows.
 async fn merge(
     t: &Table,
-    root: &Path,
+    place: &Place,
     compat: Compat,
     staged: &mut Staged,
     batch: &TableBatch,
@@ -1193,14 +1230,17 @@ async fn merge(
     let mut unchanged: HashSet<usize> = HashSet::new();
     let mut out = Output {
         t,
-        root,
+        place,
         writer: None,
     };
     if !upserts.is_empty() || deletes.iter().any(|d| !d.1.is_empty()) {
         for (path, file) in staged.files(t)? {
             // First only the key and filter columns: most files hold no affected row.
             let mut hit = false;
-            for b in read_file(&t.dir, &path, Some(&probe_names), shown)? {
+            let mut probed = place
+                .read_file(&t.dir, &path, Some(&probe_names), shown)
+                .await?;
+            while let Some(b) = probed.next().await {
                 let b = b?;
                 if let Some(probes) = &text_probes {
                     // Text keys and filters (every table of the catalog): compared in place,
@@ -1241,7 +1281,8 @@ async fn merge(
             let mut changes = false;
             let (mut file_updated, mut file_deleted) = (0u64, 0u64);
             let mut file_found = Vec::new();
-            for b in read_file(&t.dir, &path, None, shown)? {
+            let mut batches = place.read_file(&t.dir, &path, None, shown).await?;
+            while let Some(b) = batches.next().await {
                 let b = conform(t, &b?)?;
                 for i in 0..b.num_rows() {
                     match fate(&b, i) {
@@ -1299,7 +1340,7 @@ async fn merge(
 /// The actions that mark a soft-delete table's rows not written by this sync as deleted.
 async fn mark_unseen(
     t: &Table,
-    root: &Path,
+    place: &Place,
     compat: Compat,
     staged: &mut Staged,
     m: &crate::MarkUnseenDeleted,
@@ -1337,12 +1378,13 @@ async fn mark_unseen(
     let mut marked = 0u64;
     let mut out = Output {
         t,
-        root,
+        place,
         writer: None,
     };
     for (path, file) in staged.files(t)? {
         let mut in_file = 0u64;
-        for b in read_file(&t.dir, &path, None, shown)? {
+        let mut batches = place.read_file(&t.dir, &path, None, shown).await?;
+        while let Some(b) = batches.next().await {
             let b = conform(t, &b?)?;
             in_file += (0..b.num_rows()).filter(|&i| stale(&b, i)).count() as u64;
         }
@@ -1416,7 +1458,11 @@ impl DeltaDestination {
         names.dedup();
         let mut out = HashSet::new();
         for (path, _, _) in live_files(&t.delta, &r.display)? {
-            for b in read_file(&t.dir, &path, Some(&names), &r.display)? {
+            let mut batches = self
+                .place
+                .read_file(&t.dir, &path, Some(&names), &r.display)
+                .await?;
+            while let Some(b) = batches.next().await {
                 let b = b?;
                 let Some(col) = b.column_by_name(&c.name) else {
                     continue;
@@ -1439,7 +1485,11 @@ impl DeltaDestination {
         let t = self.table(table)?;
         let mut out = Vec::new();
         for (path, _, _) in live_files(&t.delta, &t.r.display)? {
-            for b in read_file(&t.dir, &path, None, &t.r.display)? {
+            let mut batches = self
+                .place
+                .read_file(&t.dir, &path, None, &t.r.display)
+                .await?;
+            while let Some(b) = batches.next().await {
                 let b = conform(t, &b?)?;
                 for i in 0..b.num_rows() {
                     out.push(
@@ -1462,7 +1512,7 @@ impl DeltaDestination {
         {
             return Ok(Some(c.clone()));
         }
-        let shown = self.root.join(&self.state_name).display().to_string();
+        let shown = self.place.shown_of(&self.state_name);
         self.cursors
             .get(stream)
             .map(|text| parse_cursor(stream, &shown, text))
@@ -1470,11 +1520,11 @@ impl DeltaDestination {
     }
 }
 
-/// Whether a table of `pending` (in the schema directory `root`) already has its commit.
-async fn any_landed(root: &Path, pending: &Pending) -> bool {
+/// Whether a table of `pending` already has its commit.
+async fn any_landed(place: &Place, pending: &Pending) -> bool {
     for (dir, _) in &pending.tables {
-        let shown = root.join(dir).display().to_string();
-        let Ok(table) = load_table(&root.join(dir), &shown).await else {
+        let shown = place.shown_of(dir);
+        let Ok(table) = load_table(place, dir, &shown).await else {
             return true;
         };
         let done = match table.snapshot() {
@@ -1492,115 +1542,54 @@ async fn any_landed(root: &Path, pending: &Pending) -> bool {
     false
 }
 
-fn dir_name(dir: &Path) -> String {
-    dir.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-fn take_lock(root: &Path, described: &str) -> Result<std::fs::File, DestError> {
-    let path = root.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| DestError::Connect {
-            destination: described.to_string(),
-            reason: format!("cannot open the lock file {}: {e}", path.display()),
-        })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(DestError::Busy {
-            destination: described.to_string(),
-            holder: format!(
-                ", locked by another process through {} (`fuser -v {}` shows which)",
-                path.display(),
-                path.display()
-            ),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(DestError::Connect {
-            destination: described.to_string(),
-            reason: format!("cannot lock {}: {e}", path.display()),
-        }),
-    }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
-    }
-    Ok(())
-}
-
-fn remove_pending(root: &Path) -> Result<(), DestError> {
-    let path = root.join(PENDING_FILE);
-    match std::fs::remove_file(&path) {
-        Ok(()) => sync_dir(root).map_err(|e| lake_err(&path.display().to_string(), e)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(lake_err(&path.display().to_string(), e)),
-    }
-}
-
-fn table_url(dir: &Path, shown: &str) -> Result<url::Url, DestError> {
-    url::Url::from_directory_path(dir)
-        .map_err(|()| DestError::Settings(format!("{shown} is not an absolute local path")))
-}
-
 /// A table handle for a location that holds no table yet, to create one: not loaded, since
 /// delta-rs logs an error for each attempt to load a log that is not there.
-fn unloaded(url: url::Url, shown: &str) -> Result<DeltaTable, DestError> {
-    DeltaTableBuilder::from_url(url)
-        .and_then(|b| b.build())
+fn unloaded(place: &Place, dir: &str, shown: &str) -> Result<DeltaTable, DestError> {
+    place
+        .table_builder(dir)?
+        .build()
         .map_err(|e| lake_err(shown, e))
 }
 
-async fn load_table(dir: &Path, shown: &str) -> Result<DeltaTable, DestError> {
-    let url = table_url(dir, shown)?;
-    DeltaTableBuilder::from_url(url)
-        .map_err(|e| lake_err(shown, e))?
+async fn load_table(place: &Place, dir: &str, shown: &str) -> Result<DeltaTable, DestError> {
+    place
+        .table_builder(dir)?
         .load()
         .await
         .map_err(|e| lake_err(shown, e))
 }
 
-/// Opens the table at `dir`, creating it with `stored` columns when the directory holds none.
-/// Says whether it was created. A directory holding other files is refused.
+/// Opens the table `dir`, creating it with `stored` columns when its location holds nothing.
+/// Says whether it was created. A location holding other files is refused.
 async fn open_or_create(
-    dir: &Path,
+    place: &Place,
+    dir: &str,
     shown: &str,
     stored: &[(String, ColumnType)],
 ) -> Result<(DeltaTable, bool), DestError> {
-    if dir.join("_delta_log").is_dir() {
-        return Ok((load_table(dir, shown).await?, false));
+    match place.holds(dir).await? {
+        Holds::Table => return Ok((load_table(place, dir, shown).await?, false)),
+        Holds::Other(found) => {
+            return Err(DestError::Settings(format!(
+                "{shown} is not empty ({found} is there) and holds no Delta table (no _delta_log directory); xmbridge writes a Delta table there: move what is there away, or choose another destination directory"
+            )));
+        }
+        Holds::Nothing => {}
     }
-    if let Ok(mut entries) = std::fs::read_dir(dir)
-        && entries.next().is_some()
-    {
-        return Err(DestError::Settings(format!(
-            "{shown} is not empty and holds no Delta table (no _delta_log directory); xmbridge writes a Delta table there: move what is there away, or choose another destination directory"
-        )));
-    }
-    std::fs::create_dir_all(dir).map_err(|e| write_err(dir, shown, e))?;
-    let url = table_url(dir, shown)?;
-    let table = unloaded(url, shown)?;
-    let name = dir_name(dir);
+    place
+        .prepare(dir)
+        .map_err(|e| write_err(&place.shown(), shown, e))?;
+    let table = unloaded(place, dir, shown)?;
     let created = table
         .create()
-        .with_table_name(name)
+        .with_table_name(dir)
         .with_columns(
             stored
                 .iter()
                 .map(|(n, t)| StructField::new(n.clone(), delta_type(*t), true)),
         )
         .await
-        .map_err(|e| write_err(dir, shown, e))?;
+        .map_err(|e| write_err(&place.shown(), shown, e))?;
     Ok((created, true))
 }
 
@@ -1660,42 +1649,12 @@ fn live_files(
         .collect())
 }
 
-/// Streams a data file of the table in `dir` (only `columns` when given; those the file lacks
-/// are left out), a few thousand rows at a time.
-fn read_file(
-    dir: &Path,
-    path: &str,
-    columns: Option<&[String]>,
-    shown: &str,
-) -> Result<impl Iterator<Item = Result<RecordBatch, DestError>> + use<>, DestError> {
-    let full = dir.join(path);
-    let (shown, named) = (shown.to_string(), full.display().to_string());
-    let err = move |e: &dyn std::fmt::Display| {
-        lake_err(&shown, format!("cannot read data file {named}: {e}"))
-    };
-    let file = std::fs::File::open(&full).map_err(|e| err(&e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(&e))?;
-    let builder = match columns {
-        Some(cols) => {
-            let mask =
-                ProjectionMask::columns(builder.parquet_schema(), cols.iter().map(String::as_str));
-            builder.with_projection(mask)
-        }
-        None => builder,
-    };
-    let reader = builder
-        .with_batch_size(READ_BATCH_ROWS)
-        .build()
-        .map_err(|e| err(&e))?;
-    Ok(reader.map(move |b| b.map_err(|e| err(&e))))
-}
-
 /// Commits `actions` to `table` with the transaction identifier of commit `seq`.
 async fn commit_actions(
     table: &mut DeltaTable,
     actions: Vec<Action>,
     seq: i64,
-    root: &Path,
+    place: &str,
     shown: &str,
 ) -> Result<(), DestError> {
     let props =
@@ -1719,12 +1678,15 @@ async fn commit_actions(
             predicate: None,
         }
     };
-    CommitBuilder::from(props)
+    let committed = CommitBuilder::from(props)
         .with_actions(actions)
         .build(Some(snapshot), table.log_store(), operation)
         .await
-        .map_err(|e| write_err(root, shown, e))?;
-    table.update_state().await.map_err(|e| lake_err(shown, e))
+        .map_err(|e| write_err(place, shown, e))?;
+    // The state the commit ended with: reading the log again would cost a LIST and GETs (on S3,
+    // a round trip each).
+    table.state = Some(committed.snapshot);
+    Ok(())
 }
 
 /// What `xmbridge lake optimize` did to one table.
@@ -1763,19 +1725,6 @@ impl DeltaDestination {
         Ok(())
     }
 
-    /// Every Delta table in the schema directory (the cursor table included), by directory.
-    fn table_dirs(&self) -> Result<Vec<PathBuf>, DestError> {
-        let entries = std::fs::read_dir(&self.root)
-            .map_err(|e| lake_err(&self.root.display().to_string(), e))?;
-        let mut dirs: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.join("_delta_log").is_dir())
-            .collect();
-        dirs.sort();
-        Ok(dirs)
-    }
-
     /// Rewrites each table's small files (under half the target size) into files of about the
     /// target size, in one commit per table that changes no data (`dataChange: false`), so
     /// readers and an incremental sync's merges open fewer files. Tables with fewer than two
@@ -1784,13 +1733,14 @@ impl DeltaDestination {
         self.close_group().await?;
         let target = self.opts.target_file_mb.saturating_mul(1024 * 1024);
         let mut reports = Vec::new();
-        for dir in self.table_dirs()? {
-            let shown = dir.display().to_string();
-            let mut table = load_table(&dir, &shown).await?;
+        let place_shown = self.place.shown();
+        for dir in self.place.table_dirs().await? {
+            let shown = self.place.shown_of(&dir);
+            let mut table = load_table(&self.place, &dir, &shown).await?;
             let files = live_files(&table, &shown)?;
             let small: Vec<_> = files.iter().filter(|f| f.1 < target / 2).collect();
             let mut report = OptimizeReport {
-                table: dir_name(&dir),
+                table: dir.clone(),
                 files_before: files.len(),
                 files_after: files.len(),
                 files_compacted: 0,
@@ -1804,7 +1754,8 @@ impl DeltaDestination {
             let schema = writer.arrow_schema();
             let mut actions = Vec::new();
             for (path, _, remove) in &small {
-                for b in read_file(&dir, path, None, &shown)? {
+                let mut batches = self.place.read_file(&dir, path, None, &shown).await?;
+                while let Some(b) = batches.next().await {
                     let b = b?;
                     report.rows_rewritten += b.num_rows() as u64;
                     let columns = schema
@@ -1820,7 +1771,7 @@ impl DeltaDestination {
                     writer
                         .write(b)
                         .await
-                        .map_err(|e| write_err(&self.root, &shown, e))?;
+                        .map_err(|e| write_err(&place_shown, &shown, e))?;
                 }
                 let mut remove = remove.clone();
                 remove.data_change = false;
@@ -1829,7 +1780,7 @@ impl DeltaDestination {
             let adds = writer
                 .flush()
                 .await
-                .map_err(|e| write_err(&self.root, &shown, e))?;
+                .map_err(|e| write_err(&place_shown, &shown, e))?;
             report.files_compacted = small.len();
             report.files_after = files.len() - small.len() + adds.len();
             actions.extend(adds.into_iter().map(|mut a| {
@@ -1848,7 +1799,7 @@ impl DeltaDestination {
                     },
                 )
                 .await
-                .map_err(|e| write_err(&self.root, &shown, e))?;
+                .map_err(|e| write_err(&place_shown, &shown, e))?;
             table
                 .update_state()
                 .await
@@ -1872,9 +1823,9 @@ impl DeltaDestination {
         let retention = chrono::Duration::from_std(older_than)
             .map_err(|_| DestError::Settings(format!("--older-than {older_than:?} is too long")))?;
         let mut reports = Vec::new();
-        for dir in self.table_dirs()? {
-            let shown = dir.display().to_string();
-            let table = load_table(&dir, &shown).await?;
+        for dir in self.place.table_dirs().await? {
+            let shown = self.place.shown_of(&dir);
+            let table = load_table(&self.place, &dir, &shown).await?;
             let (_, metrics) = table
                 .vacuum()
                 .with_retention_period(retention)
@@ -1882,9 +1833,9 @@ impl DeltaDestination {
                 .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
                 .with_dry_run(dry_run)
                 .await
-                .map_err(|e| write_err(&self.root, &shown, e))?;
+                .map_err(|e| write_err(&self.place.shown(), &shown, e))?;
             reports.push(VacuumReport {
-                table: dir_name(&dir),
+                table: dir.clone(),
                 files: metrics.files_deleted,
             });
         }
@@ -1901,11 +1852,13 @@ pub async fn read_table(
     only: Option<(&str, &HashSet<String>)>,
 ) -> Result<(SchemaRef, Vec<RecordBatch>), DestError> {
     let shown = dir.display().to_string();
-    let table = load_table(dir, &shown).await?;
+    let (place, name) = local_table(dir)?;
+    let table = load_table(&place, &name, &shown).await?;
     let mut schema = None;
     let mut out = Vec::new();
     for (path, _, _) in live_files(&table, &shown)? {
-        for b in read_file(dir, &path, None, &shown)? {
+        let mut batches = place.read_file(&name, &path, None, &shown).await?;
+        while let Some(b) = batches.next().await {
             let b = b?;
             let b = match only {
                 None => b,
@@ -1959,13 +1912,15 @@ pub async fn write_table(
             StructField::new(f.name().clone(), ty, true)
         })
         .collect();
-    std::fs::create_dir_all(dir).map_err(|e| write_err(dir, &shown, e))?;
-    let url = table_url(dir, &shown)?;
-    let mut table = unloaded(url, &shown)?
+    let (place, name) = local_table(dir)?;
+    place
+        .prepare(&name)
+        .map_err(|e| write_err(&shown, &shown, e))?;
+    let mut table = unloaded(&place, &name, &shown)?
         .create()
         .with_columns(stored)
         .await
-        .map_err(|e| write_err(dir, &shown, e))?;
+        .map_err(|e| write_err(&shown, &shown, e))?;
     let mut w = new_writer(&table, &shown)?
         .with_target_file_size(target_file_mb.saturating_mul(1024 * 1024));
     let mut rows = 0u64;
@@ -1973,9 +1928,9 @@ pub async fn write_table(
         rows += b.num_rows() as u64;
         w.write(b.clone())
             .await
-            .map_err(|e| write_err(dir, &shown, e))?;
+            .map_err(|e| write_err(&shown, &shown, e))?;
     }
-    let adds = w.flush().await.map_err(|e| write_err(dir, &shown, e))?;
+    let adds = w.flush().await.map_err(|e| write_err(&shown, &shown, e))?;
     let snapshot = table.snapshot().map_err(|e| lake_err(&shown, e))?;
     CommitBuilder::default()
         .with_actions(adds.into_iter().map(Action::Add).collect())
@@ -1989,12 +1944,45 @@ pub async fn write_table(
             },
         )
         .await
-        .map_err(|e| write_err(dir, &shown, e))?;
+        .map_err(|e| write_err(&shown, &shown, e))?;
     table
         .update_state()
         .await
         .map_err(|e| lake_err(&shown, e))?;
     Ok(rows)
+}
+
+/// Which system-column names the syncs into the schema `schema` under `path` (a directory or
+/// an `s3://` URL) used, told by its cursor table; `None` when there is no cursor table there
+/// (nothing was synced into it). Creates nothing.
+pub async fn synced_compat(
+    path: &str,
+    schema: &str,
+    s3: &S3Settings,
+) -> Result<Option<Compat>, DestError> {
+    check_dir_name(schema)?;
+    let place = Place::open(path, schema, &format!("delta:{path}"), s3)?;
+    for compat in [Compat::Xmbridge, Compat::Fivetran] {
+        if matches!(place.holds(&compat.state_table()).await?, Holds::Table) {
+            return Ok(Some(compat));
+        }
+    }
+    Ok(None)
+}
+
+/// The local table directory `dir` as its parent's place and its name.
+fn local_table(dir: &Path) -> Result<(Place, String), DestError> {
+    let absolute = std::path::absolute(dir).map_err(|e| lake_err(&dir.display().to_string(), e))?;
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(parent), Some(name)) => Ok((
+            Place::Local(parent.to_path_buf()),
+            name.to_string_lossy().into_owned(),
+        )),
+        _ => Err(DestError::Settings(format!(
+            "{} names no table directory",
+            dir.display()
+        ))),
+    }
 }
 
 impl Destination for DeltaDestination {
@@ -2021,11 +2009,15 @@ impl Destination for DeltaDestination {
         Box::pin(self.close_group())
     }
 
+    fn close(&mut self) -> BoxFuture<'_, Result<CommitStats, DestError>> {
+        Box::pin(DeltaDestination::close(self))
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} (schema directory {})",
             self.described,
-            self.root.display()
+            self.place.shown()
         )
     }
 

@@ -18,6 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub mod delta;
+pub mod delta_place;
 mod names;
 pub(crate) mod pgpass;
 pub(crate) mod pgtls;
@@ -646,6 +647,14 @@ pub trait Destination: Send {
         Box::pin(async { Ok(CommitStats::default()) })
     }
 
+    /// Flushes, then gives up what the destination holds for its writer before it is dropped:
+    /// a Delta destination on S3 deletes its writer lease, so that the next run need not wait
+    /// for it to lapse. Nothing may be committed after it. Default: [`Destination::flush`]
+    /// (a local lock ends when the destination is dropped).
+    fn close(&mut self) -> BoxFuture<'_, Result<CommitStats, DestError>> {
+        self.flush()
+    }
+
     /// Waits for the [`Commit::concurrent`] commits still being applied and returns what they
     /// changed; an error is the first of them that failed. A destination may apply such a commit
     /// after `commit` returned (PostgreSQL: on a second connection, while the next one is applied
@@ -739,7 +748,7 @@ pub(crate) fn sort_by_key(rows: &mut [Vec<Value>], pk: &[usize]) {
 }
 
 /// The destinations [`open`] knows, for error messages.
-pub const KNOWN_DESTINATIONS: &str = "sqlite:PATH, sqlite://PATH, sqlite:PATH?max_size_mb=N, postgres://USER@HOST:PORT/DB, delta:PATH, delta:PATH?target_file_mb=N";
+pub const KNOWN_DESTINATIONS: &str = "sqlite:PATH, sqlite://PATH, sqlite:PATH?max_size_mb=N, postgres://USER@HOST:PORT/DB, delta:PATH, delta:PATH?target_file_mb=N, delta:s3://BUCKET/PREFIX";
 
 /// Opens the destination the settings name and takes its lock (one sync at a time per SQLite
 /// file, per PostgreSQL schema; [`DestError::Busy`] otherwise). `schema` is the PostgreSQL

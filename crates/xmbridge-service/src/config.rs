@@ -264,11 +264,32 @@ fn check_destination(url: &str) -> Result<()> {
                 "name the directory after delta:, e.g. delta:/var/lib/xmbridge/lake",
             ));
         }
+        if let Some((scheme, _)) = path.split_once("://")
+            && !xmbridge_destinations::delta_place::OBJECT_STORE_SCHEMES.contains(&scheme)
+        {
+            return Err(invalid(
+                "invalid_destination",
+                format!(
+                    "the Delta destination names the object store scheme {scheme}://, which this build does not write"
+                ),
+                "write to a local directory (delta:/path) or to S3 (delta:s3://bucket/prefix)",
+            ));
+        }
+        if path.contains("://")
+            && url::Url::parse(path)
+                .is_ok_and(|u| !u.username().is_empty() || u.password().is_some())
+        {
+            return Err(invalid(
+                "invalid_destination",
+                "the Delta destination's S3 URL carries a user or a password".to_string(),
+                "give S3 credentials in the server's environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), never in the URL",
+            ));
+        }
         xmbridge_destinations::delta::DeltaOptions::from_url(url).map_err(|e| {
             invalid(
                 "invalid_destination",
                 e.to_string(),
-                "the only Delta option is ?target_file_mb=N",
+                "the Delta options are ?target_file_mb=N and (on S3) ?lease_secs=N",
             )
         })?;
         return Ok(());

@@ -716,6 +716,10 @@ impl Destination for StopAtCommit {
         })
     }
 
+    fn close(&mut self) -> BoxFuture<'_, Result<CommitStats, DestError>> {
+        self.inner.close()
+    }
+
     fn describe(&self) -> String {
         self.inner.describe()
     }
@@ -957,6 +961,11 @@ async fn drive(
             }
         }
     };
+    // Gives up what the destination holds (a Delta writer lease on S3); the sync flushed
+    // already, so a failure here changes no data and is only logged.
+    if let Err(e) = dest.close().await {
+        tracing::warn!(connection, error = %e, "closing the destination after the run failed");
+    }
     let _ = deps.runs.set_progress(id, &progress.json());
     let api_calls = client.api_calls().saturating_sub(calls_before);
     let throttled = client.throttled().saturating_sub(throttled_before);

@@ -22,6 +22,8 @@ pub struct Install {
     user: Option<String>,
     /// `XMBRIDGE_MASTER_KEY` of every command (removed when `None`).
     pub master_key: Option<String>,
+    /// More environment for every command ([`Install::set_env`]).
+    env: Vec<(String, String)>,
 }
 
 impl Install {
@@ -34,7 +36,14 @@ impl Install {
             bin: bin.into(),
             user: None,
             master_key: None,
+            env: Vec::new(),
         }
+    }
+
+    /// Sets `key=value` in the environment of every command from now on.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// Runs every command as `XMBRIDGE_USER=user`.
@@ -88,11 +97,16 @@ impl Install {
         c.args(args)
             .current_dir(&self.work_dir)
             .stdin(Stdio::null());
-        // Whatever the developer's shell holds must not leak into a test.
+        // Whatever the developer's shell holds must not leak into a test (AWS_* could point a
+        // Delta destination at a real bucket).
         for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("XMBRIDGE_") {
+            let key_text = key.to_string_lossy();
+            if key_text.starts_with("XMBRIDGE_") || key_text.starts_with("AWS_") {
                 c.env_remove(&key);
             }
+        }
+        for (key, value) in &self.env {
+            c.env(key, value);
         }
         c.env_remove("RUST_LOG").env("XMBRIDGE_HOME", self.home());
         if let Some(user) = &self.user {

@@ -4,7 +4,8 @@
 //! in-process on loopback ([`sim`]), `xmbridge serve` as a child process ([`serve`]), PostgreSQL
 //! test databases with the one rule on `XMBRIDGE_TEST_PG` ([`pg`]), shapes recorded from the real
 //! API that the simulator is held to ([`recorded`]), Delta tables read back by independent
-//! readers with the same rule on `XMBRIDGE_TEST_DELTA_PYTHON` ([`lake`]), and a headless Chromium
+//! readers with the same rule on `XMBRIDGE_TEST_DELTA_PYTHON` ([`lake`]) and a local S3 server from
+//! the same environment ([`s3`]), and a headless Chromium
 //! driven over WebDriver with the same rule on `XMBRIDGE_TEST_BROWSER` ([`browser`]). Must not:
 //! be a dependency of any production crate (it is a dev-dependency only and never published), or
 //! depend on the client, sync or workflow crates (their tests use it; what needs them stays in
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod lake;
 pub mod pg;
 pub mod recorded;
+pub mod s3;
 pub mod serve;
 pub mod sim;
 

@@ -1,15 +1,17 @@
 //! The destinations' common behaviour, checked through the [`Destination`] interface alone —
 //! rows are read back with [`Destination::rows`], never with SQL — so every case runs on SQLite,
-//! PostgreSQL and Delta Lake alike. (`destinations.rs` holds the SQL destinations' own cases,
+//! PostgreSQL and Delta Lake (on a local directory and on a local S3 server) alike. (`destinations.rs` holds the SQL destinations' own cases,
 //! which look at indexes, locks and sessions.)
 
 use crate::common::{col, stat, upserts};
 use serde_json::json;
+use xmbridge_destinations::delta::{DeltaDestination, DeltaOptions, S3Settings};
 use xmbridge_destinations::{
     ColumnType, Commit, CommitStats, Compat, Destination, DestinationSettings, MarkUnseenDeleted,
     TableBatch, TableSpec, Value,
 };
 use xmbridge_test_kit::pg::TestDb;
+use xmbridge_test_kit::s3::S3Server;
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -17,6 +19,8 @@ const T0: i64 = 1_700_000_000_000;
 struct D {
     dest: Box<dyn Destination>,
     url: String,
+    /// A Delta destination on the local S3 server: opened with its settings, not by URL.
+    s3: Option<(S3Server, S3Settings)>,
     _dir: Option<tempfile::TempDir>,
     _db: Option<TestDb>,
 }
@@ -35,6 +39,7 @@ impl D {
         D {
             dest: open_url(&url).await,
             url,
+            s3: None,
             _dir: Some(dir),
             _db: None,
         }
@@ -46,8 +51,26 @@ impl D {
         Some(D {
             dest: open_url(&url).await,
             url,
+            s3: None,
             _dir: None,
             _db: Some(db),
+        })
+    }
+
+    /// Delta on a local S3 server (its own, with one bucket); `None` (after a skip line)
+    /// without the Delta readers' environment, which holds the server.
+    async fn delta_s3() -> Option<D> {
+        let py = xmbridge_test_kit::lake::readers()?;
+        let server = S3Server::start(&py);
+        server.create_bucket("xmbridge-lake");
+        let settings = S3Settings(server.settings());
+        let url = "s3://xmbridge-lake/lake".to_string();
+        Some(D {
+            dest: open_s3(&url, &settings).await,
+            url,
+            s3: Some((server, settings)),
+            _dir: None,
+            _db: None,
         })
     }
 
@@ -57,6 +80,7 @@ impl D {
         D {
             dest: open_url(&url).await,
             url,
+            s3: None,
             _dir: Some(dir),
             _db: None,
         }
@@ -64,14 +88,31 @@ impl D {
 
     /// Closes the destination (its lock too) and opens it again, as the next run would.
     async fn reopen(&mut self, specs: &[TableSpec]) {
+        // A failed commit's error was seen already; closing only gives the lock up.
+        let _ = self.dest.close().await;
         self.dest = Box::new(Closed);
-        self.dest = open_url(&self.url).await;
+        self.dest = match &self.s3 {
+            Some((_, settings)) => open_s3(&self.url, settings).await,
+            None => open_url(&self.url).await,
+        };
         self.dest.ensure_tables(specs).await.unwrap();
     }
 
     async fn rows(&mut self, table: &str) -> Vec<Vec<Value>> {
         self.dest.rows(table).await.unwrap()
     }
+}
+
+async fn open_s3(url: &str, settings: &S3Settings) -> Box<dyn Destination> {
+    let opts = DeltaOptions {
+        s3: settings.clone(),
+        ..DeltaOptions::default()
+    };
+    Box::new(
+        DeltaDestination::open(url, "qualtrics", Compat::Xmbridge, opts)
+            .await
+            .unwrap(),
+    )
 }
 
 /// What [`D::reopen`] leaves for a moment in place of the destination.
@@ -454,6 +495,12 @@ macro_rules! every {
             #[tokio::test]
             async fn delta() {
                 super::$case(super::D::delta().await).await;
+            }
+            #[tokio::test]
+            async fn delta_s3() {
+                if let Some(d) = super::D::delta_s3().await {
+                    super::$case(d).await;
+                }
             }
         }
     };

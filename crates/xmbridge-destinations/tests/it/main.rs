@@ -7,5 +7,6 @@
 
 mod common;
 mod delta;
+mod delta_s3;
 mod destinations;
 mod interface;

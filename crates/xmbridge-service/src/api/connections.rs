@@ -655,8 +655,8 @@ async fn check_destination(api: &Api, name: &str, report: &mut Report) {
         }
     };
     let failure = match opened {
-        Ok(dest) => {
-            drop(dest);
+        Ok(mut dest) => {
+            let _ = dest.close().await;
             None
         }
         Err(RuntimeError::Destination { source, .. })
