@@ -13,9 +13,11 @@ use xmbridge_destinations::delta::{DeltaDestination, DeltaOptions};
   xmbridge lake optimize delta:/var/lib/xmbridge/lake --schema qualtrics --target-file-mb 256
   xmbridge lake vacuum /var/lib/xmbridge/lake --older-than 7d --dry-run
   xmbridge lake vacuum /var/lib/xmbridge/lake --older-than 7d
+  xmbridge lake optimize s3://acme-lake/xmbridge     # credentials from AWS_* in the environment
 
-PATH is the directory of a delta:PATH destination (with or without `delta:`); the tables are
-PATH/<schema>/<table>. Both commands take the schema directory's lock, as a sync does: while a
+PATH is the directory of a delta:PATH destination (with or without `delta:`), or its
+s3://BUCKET/PREFIX; the tables are PATH/<schema>/<table>. On S3 the lock is the destination's
+writer lease (docs/destinations.md, \"Delta Lake on S3\"). Both commands take the schema directory's lock, as a sync does: while a
 sync writes there they stop at once with exit code 75, and a sync started while they run stops
 the same way. A commit that a killed sync left half applied is finished first.")]
 pub struct LakeArgs {
@@ -28,7 +30,7 @@ pub enum LakeCommand {
     /// Rewrite each table's small data files into files of about the target size (one commit
     /// per table that changes no data), so readers and merges open fewer files.
     Optimize {
-        /// The destination directory (`delta:PATH` or `PATH`).
+        /// The destination directory or S3 URL (`delta:PATH`, `PATH` or `s3://BUCKET/PREFIX`).
         path: String,
         /// The schema directory under PATH.
         #[arg(long, default_value = "qualtrics")]
@@ -43,7 +45,7 @@ pub enum LakeCommand {
     /// Delete data files no longer part of a table (replaced by a merge or an optimize, or
     /// written by a run killed before it committed) once they are older than --older-than.
     Vacuum {
-        /// The destination directory (`delta:PATH` or `PATH`).
+        /// The destination directory or S3 URL (`delta:PATH`, `PATH` or `s3://BUCKET/PREFIX`).
         path: String,
         /// Keep files younger than this: readers of table versions from within this time
         /// ("time travel") can still read them. `7d`, `36h`, `90m`, `0s`.

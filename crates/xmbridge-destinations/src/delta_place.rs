@@ -520,6 +520,24 @@ fn put_mode(mode: PutMode) -> PutOptions {
     }
 }
 
+/// Writes the lease afresh (held by `holder` for `lease` from now), only if the object still
+/// has the ETag `etag`: a take-over, a renewal and the check before a release are all this.
+async fn write_lease_if(
+    store: &Arc<dyn ObjectStore>,
+    object: &ObjPath,
+    holder: &str,
+    lease: Duration,
+    etag: Option<String>,
+) -> object_store::Result<object_store::PutResult> {
+    let mode = PutMode::Update(UpdateVersion {
+        e_tag: etag,
+        version: None,
+    });
+    store
+        .put_opts(object, lease_body(holder, lease), put_mode(mode))
+        .await
+}
+
 impl Lease {
     async fn take(
         store: Arc<dyn ObjectStore>,
@@ -568,16 +586,7 @@ impl Lease {
                     });
                 }
                 // Lapsed (or unreadable): taken over only if nobody renewed or took it since.
-                let taken = store
-                    .put_opts(
-                        &object,
-                        lease_body(&holder, lease),
-                        put_mode(PutMode::Update(UpdateVersion {
-                            e_tag: etag,
-                            version: None,
-                        })),
-                    )
-                    .await;
+                let taken = write_lease_if(&store, &object, &holder, lease, etag).await;
                 match taken {
                     Ok(r) => r.e_tag,
                     Err(object_store::Error::Precondition { .. }) => {
@@ -638,16 +647,7 @@ impl Lease {
         let etag = self.etag.lock().ok().and_then(|e| e.clone());
         // Delete only our own lease: a renewal that still matches our ETag proves it is ours
         // (S3 has no conditional delete) and keeps others out until the delete.
-        let still_ours = self
-            .store
-            .put_opts(
-                &self.object,
-                lease_body(&self.holder, self.lease),
-                put_mode(PutMode::Update(UpdateVersion {
-                    e_tag: etag,
-                    version: None,
-                })),
-            )
+        let still_ours = write_lease_if(&self.store, &self.object, &self.holder, self.lease, etag)
             .await
             .is_ok();
         if still_ours && let Err(e) = self.store.delete(&self.object).await {
@@ -678,16 +678,7 @@ async fn renew(
     loop {
         tokio::time::sleep(every).await;
         let current = etag.lock().ok().and_then(|e| e.clone());
-        let renewed = store
-            .put_opts(
-                &object,
-                lease_body(&holder, lease),
-                put_mode(PutMode::Update(UpdateVersion {
-                    e_tag: current,
-                    version: None,
-                })),
-            )
-            .await;
+        let renewed = write_lease_if(&store, &object, &holder, lease, current).await;
         match renewed {
             Ok(r) => {
                 if let Ok(mut e) = etag.lock() {
