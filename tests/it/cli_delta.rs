@@ -2,7 +2,8 @@
 //! binary, and every Delta table read back by two independent readers (the Python `deltalake`
 //! package and DuckDB's `delta` extension) and compared row for row with the same sync into a
 //! real PostgreSQL — after a first load, after an incremental sync with new, edited and deleted
-//! responses, and after a sync killed with SIGKILL 20 times.
+//! responses, after a sync killed with SIGKILL 20 times, and after a disk that filled up part way
+//! through a first load was given room.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value as J, json};
 use xmbridge_sim::{SimConfig, SimHandle};
+use xmbridge_test_kit::disk::{self, SmallDisk};
 use xmbridge_test_kit::lake;
 use xmbridge_test_kit::pg::{TestDb, connect as pg_client};
 use xmbridge_test_kit::s3::S3Server;
@@ -594,6 +596,83 @@ async fn delta_full_resync_doubles_nothing() {
         sync(&i, dest, &["--full"]).await;
     }
     assert_same(&py, &lake_dir, &pg, "after a sync and a --full sync").await;
+}
+
+/// A disk that fills part way through a first load (a tmpfs half the size the load needs): the
+/// sync fails with the disk-full error, says truly whether part of the failed commit is in, and
+/// leaves tables both readers read; given room, the next run ends with the rows of a clean
+/// PostgreSQL sync.
+#[tokio::test]
+async fn delta_on_a_full_disk_fails_clearly_and_the_next_run_with_room_completes() {
+    if !disk::available() {
+        return;
+    }
+    let Some(Setup {
+        py,
+        h: _sim,
+        i,
+        lake_dir,
+        delta,
+        pg,
+        _db,
+    }) = setup("xmb_cli_delta_disk", 300).await
+    else {
+        return;
+    };
+    let extra = ["--commit-every", "150"];
+    // What the load needs: the same sync into a directory without a limit.
+    let roomy = i.path("roomy");
+    sync(&i, &format!("delta:{}", roomy.display()), &extra).await;
+    let need = disk::used_bytes(&roomy);
+    let small = SmallDisk::mount(&lake_dir, need / 2);
+
+    let mut args = sync_args(&delta);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = i.run(&argv).await;
+    let said = run.all();
+    assert!(
+        !run.status.success(),
+        "a sync into half the room it needs fails:\n{said}"
+    );
+    assert!(
+        said.contains("disk is full")
+            && said.contains("free disk space where the tables live")
+            && !said.contains("table (commit)"),
+        "the error says the disk is full and what to do:\n{said}"
+    );
+    let pending = lake_dir.join("qualtrics/_xmbridge_pending.json");
+    if pending.exists() {
+        assert!(
+            said.contains("the next run finishes it")
+                && !said.contains("nothing of this commit was applied"),
+            "part of the commit is in, and the error says so:\n{said}"
+        );
+    } else {
+        assert!(
+            said.contains("nothing of this commit was applied"),
+            "{said}"
+        );
+    }
+    let committed = lake::tables_under(&lake_dir.join("qualtrics"));
+    lake::read(&py, &committed);
+    eprintln!(
+        "full at {} of {need} bytes: {} tables readable, a commit {}; the error: {}",
+        disk::used_bytes(&lake_dir),
+        committed.len(),
+        if pending.exists() {
+            "half applied"
+        } else {
+            "refused whole"
+        },
+        said.trim()
+    );
+
+    small.resize(need * 4);
+    sync(&i, &delta, &extra).await;
+    assert!(!pending.exists(), "no commit is left half applied");
+    sync(&i, &pg, &extra).await;
+    assert_same(&py, &lake_dir, &pg, "after a full disk and a run with room").await;
 }
 
 /// `delta:s3://…` end to end against a local S3 server: a first load and an incremental sync

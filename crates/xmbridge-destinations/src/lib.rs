@@ -496,9 +496,15 @@ pub enum DestError {
         /// The primary-key column that is null.
         column: String,
     },
-    /// The disk (or the destination's size cap) is full; the commit was rolled back.
+    /// The disk (or the destination's size cap) is full; the commit was rolled back, or (a
+    /// destination without transactions across tables) is kept to be finished by the next run.
     #[error(
-        "table {table}: database or disk is full ({destination}); nothing of this commit was applied, earlier commits stay; {fix}, then run the sync again: it resumes from the last commit"
+        "table {table}: database or disk is full ({destination}); {}; {fix}, then run the sync again: it resumes from the last commit",
+        if *.partly_applied {
+            "part of this commit is in: its redo record is kept and the next run finishes it before anything else, earlier commits stay"
+        } else {
+            "nothing of this commit was applied, earlier commits stay"
+        }
     )]
     DiskFull {
         /// The table being written when the disk filled, or the step's name.
@@ -507,6 +513,8 @@ pub enum DestError {
         destination: String,
         /// What to do to make room (free space, raise `max_size_mb`).
         fix: String,
+        /// Some tables took the commit before the disk filled (Delta's redo record finishes it).
+        partly_applied: bool,
     },
     /// The database refused a statement; `context` names the table or the step.
     #[error("{context}: {message}")]
@@ -664,6 +672,15 @@ pub trait Destination: Send {
     /// load. Default: nothing is left in flight.
     fn settle(&mut self) -> BoxFuture<'_, Result<CommitStats, DestError>> {
         Box::pin(async { Ok(CommitStats::default()) })
+    }
+
+    /// Rows per commit this destination asks for while a survey's first load appends
+    /// ([`TableBatch::appends_only`]): one that groups appends itself, so that a smaller commit
+    /// costs it nothing, lowers what a sync holds in memory (the rows being built, waiting and
+    /// being written). The sync takes the smaller of this and its own `commit_rows`. Default
+    /// `None`: the sync's `commit_rows`.
+    fn append_commit_rows(&self) -> Option<usize> {
+        None
     }
 
     /// `sqlite:PATH (prefix qualtrics_)`, `postgres://host/db (schema qualtrics)` — no secret.

@@ -400,6 +400,7 @@ fn sql_err(context: &str, e: rusqlite::Error) -> DestError {
             table: context.to_string(),
             destination: "the SQLite file".into(),
             fix: "free disk space (or raise max_size_mb in the destination URL)".into(),
+            partly_applied: false,
         };
     }
     DestError::Sql {
@@ -738,6 +739,7 @@ impl Inner {
                 ),
                 None => "free disk space where the file lives (or move it to a larger disk)".into(),
             },
+            partly_applied: false,
         }
     }
 

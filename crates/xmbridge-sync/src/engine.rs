@@ -278,7 +278,14 @@ pub enum SyncError {
     Options(String),
 }
 
+/// The "table" of a failure no one table or survey is to blame for: a commit the destination
+/// grouped and applied when flushed (SQLite's and Delta's group commits).
+const GROUPED_COMMITS: &str = "(commit)";
+
 fn place(table: &str, survey: Option<&str>) -> String {
+    if table == GROUPED_COMMITS {
+        return "committing the rows written so far".into();
+    }
     match survey {
         Some(s) => format!("table {table}, survey {s}"),
         None => format!("table {table}"),
@@ -487,6 +494,11 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// [`Destination::append_commit_rows`] of the destination.
+    pub fn append_commit_rows(&self) -> Option<usize> {
+        self.dest.append_commit_rows()
+    }
+
     /// The committed cursor of a stream (`None` with [`SyncOptions::full`] is up to the stream).
     ///
     /// An unreadable cursor (not JSON) is an error naming it, except with
@@ -624,7 +636,7 @@ impl Ctx<'_> {
         let (table, survey) = self
             .in_flight
             .take()
-            .unwrap_or_else(|| ("(commit)".to_string(), None));
+            .unwrap_or_else(|| (GROUPED_COMMITS.to_string(), None));
         move |source| SyncError::Destination {
             table,
             survey,

@@ -5,7 +5,8 @@
 //! test databases with the one rule on `XMBRIDGE_TEST_PG` ([`pg`]), shapes recorded from the real
 //! API that the simulator is held to ([`recorded`]), Delta tables read back by independent
 //! readers with the same rule on `XMBRIDGE_TEST_DELTA_PYTHON` ([`lake`]) and a local S3 server from
-//! the same environment ([`s3`]), and a headless Chromium
+//! the same environment ([`s3`]), a small tmpfs that fills up with the rule on
+//! `XMBRIDGE_TEST_TMPFS` ([`disk`]), and a headless Chromium
 //! driven over WebDriver with the same rule on `XMBRIDGE_TEST_BROWSER` ([`browser`]). Must not:
 //! be a dependency of any production crate (it is a dev-dependency only and never published), or
 //! depend on the client, sync or workflow crates (their tests use it; what needs them stays in
@@ -13,6 +14,7 @@
 
 pub mod browser;
 pub mod cli;
+pub mod disk;
 pub mod lake;
 pub mod pg;
 pub mod recorded;

@@ -463,6 +463,8 @@ enum Msg {
 struct CommitLimits {
     responses: usize,
     rows: usize,
+    /// `rows` while the survey's first load appends (the destination may ask for fewer).
+    first_load_rows: usize,
 }
 
 struct Job {
@@ -613,6 +615,11 @@ async fn worker(
     }
     let old_token = job.token;
     let loaded = job.loaded;
+    let row_limit = if loaded {
+        limits.rows
+    } else {
+        limits.first_load_rows
+    };
     let last_reconciled = job.last_reconciled;
     let observe = job.observe;
     let tx2 = tx.clone();
@@ -707,7 +714,7 @@ async fn worker(
                     }
                     ids.push(Value::Text(rid));
                     n += 1;
-                    if n as usize >= limits.responses || b.rows() >= limits.rows {
+                    if n as usize >= limits.responses || b.rows() >= row_limit {
                         // Applied beside the commit before it (a destination may), unless a
                         // response is in both: the later rows must land last.
                         let these: HashSet<String> = ids
@@ -828,9 +835,11 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
     // One message waits while the engine writes another: more would only hold more rows in
     // memory, since the destination (one writer) is the pace-setter.
     let (tx, mut rx) = mpsc::channel::<Msg>(1);
+    let rows = ctx.opts.commit_rows.max(1);
     let limits = CommitLimits {
         responses: ctx.opts.commit_every.max(1),
-        rows: ctx.opts.commit_rows.max(1),
+        rows,
+        first_load_rows: ctx.append_commit_rows().map_or(rows, |r| r.clamp(1, rows)),
     };
     let mut handles = Vec::new();
     for job in jobs {

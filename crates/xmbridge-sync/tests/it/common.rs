@@ -9,7 +9,8 @@ use serde_json::Value as Json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use xmbridge_destinations::{
-    BoxFuture, ColumnType, Commit, CommitStats, DestError, Destination, Ensured, TableSpec, Value,
+    BoxFuture, ColumnType, Commit, CommitStats, DestError, Destination, Ensured, TableBatch,
+    TableSpec, Value,
 };
 use xmbridge_qualtrics::{Auth, BaseUrl, Client, RetryPolicy};
 use xmbridge_sim::{SimConfig, SimHandle};
@@ -43,6 +44,10 @@ pub struct MemState {
     pub commits: usize,
     /// Refuse every commit after this many (simulates a crash mid-sync).
     pub fail_after: Option<usize>,
+    /// What [`Destination::append_commit_rows`] answers.
+    pub append_commit_rows: Option<usize>,
+    /// Each commit's upserts (all tables), and whether they were all first-load appends.
+    pub commit_sizes: Vec<(bool, usize)>,
 }
 
 impl MemState {
@@ -242,6 +247,10 @@ fn apply(st: &mut MemState, c: Commit) -> Result<CommitStats, DestError> {
 }
 
 impl Destination for MemDest {
+    fn append_commit_rows(&self) -> Option<usize> {
+        self.0.lock().append_commit_rows
+    }
+
     fn ensure_tables<'a>(
         &'a mut self,
         specs: &'a [TableSpec],
@@ -292,6 +301,9 @@ impl Destination for MemDest {
                     message: "simulated crash: commit refused".into(),
                 });
             }
+            let appends = commit.batches.iter().all(TableBatch::appends_only);
+            let rows = commit.batches.iter().map(|b| b.upserts.len()).sum();
+            st.commit_sizes.push((appends, rows));
             // Atomic: apply to a copy, keep it only if everything applied.
             let mut copy = st.clone();
             let stats = apply(&mut copy, commit)?;

@@ -399,3 +399,47 @@ async fn an_expired_continuation_token_falls_back_to_a_full_export() {
         .unwrap();
     assert_eq!(s.responses, 0, "a fresh token was stored");
 }
+
+/// A destination that groups appends itself asks for smaller commits: a survey's first load
+/// comes in commits of about that many rows (fewer rows held in memory), while a loaded survey's
+/// commits (here a `--full` reload) keep the sync's own `commit_rows`.
+#[tokio::test]
+async fn first_load_commits_follow_the_destinations_append_commit_rows() {
+    let (_h, client) = sim(cfg(1, 80)).await;
+    let dest = MemDest::default();
+    dest.with(|st| st.append_commit_rows = Some(40));
+    let opts = SyncOptions {
+        tables: Some(vec!["survey".into(), "question_response".into()]),
+        commit_every: 1000,
+        commit_rows: 400,
+        ..Default::default()
+    };
+    let mut d = dest.clone();
+    sync(&client, &mut d, &opts, &NoProgress).await.unwrap();
+    let first: Vec<usize> = dest.with(|st| {
+        let sizes = st
+            .commit_sizes
+            .iter()
+            .filter(|c| c.0)
+            .map(|c| c.1)
+            .collect();
+        st.commit_sizes.clear();
+        sizes
+    });
+    let full = SyncOptions { full: true, ..opts };
+    sync(&client, &mut d, &full, &NoProgress).await.unwrap();
+    let reload: Vec<usize> = dest.with(|st| st.commit_sizes.iter().map(|c| c.1).collect());
+    let (first_max, reload_max) = (
+        first.iter().copied().max().unwrap_or(0),
+        reload.iter().copied().max().unwrap_or(0),
+    );
+    // A commit closes after the response that reaches the limit: a few rows over 40.
+    assert!(
+        first.len() >= 5 && first_max < 100,
+        "first-load commits of about 40 rows: {first:?}"
+    );
+    assert!(
+        reload_max > 200,
+        "a loaded survey's commits keep commit_rows = 400: {reload:?}"
+    );
+}
