@@ -89,7 +89,7 @@ const ROW_GROUP_ROWS: usize = 65_536;
 /// Rows per commit a first load asks the sync for ([`Destination::append_commit_rows`]): its
 /// commits only feed the open writers, which commit on their own clock, so small ones cost
 /// nothing, and the rows a sync holds in memory shrink with them (a 200,000-response first
-/// load's peak RSS 221 -> 165 MB with 5,000 rows instead of the sync's 40,000; docs/bench.md).
+/// load's peak RSS 242–251 -> 167–179 MB; docs/bench.md).
 const APPEND_COMMIT_ROWS: usize = 8_192;
 
 /// The redo file of the commit in flight.
