@@ -720,6 +720,10 @@ impl Destination for StopAtCommit {
         self.inner.close()
     }
 
+    fn append_commit_rows(&self) -> Option<usize> {
+        self.inner.append_commit_rows()
+    }
+
     fn describe(&self) -> String {
         self.inner.describe()
     }
