@@ -230,18 +230,15 @@ async fn setup(db_tag: &str, responses: u64) -> Option<Setup> {
     })
 }
 
-fn sync_args(dest: &str) -> Vec<String> {
-    ["sync", "acme", "--destination", dest]
-        .into_iter()
-        .map(String::from)
-        .collect()
+/// `sync acme --destination DEST EXTRA…`.
+fn sync_args<'a>(dest: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["sync", "acme", "--destination", dest];
+    args.extend_from_slice(extra);
+    args
 }
 
 async fn sync(i: &Install, dest: &str, extra: &[&str]) -> String {
-    let mut args = sync_args(dest);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    i.ok(&argv).await
+    i.ok(&sync_args(dest, extra)).await
 }
 
 #[tokio::test]
@@ -330,9 +327,7 @@ async fn delta_syncs_killed_20_times_resume_to_the_rows_of_a_clean_postgres_sync
     sync(&i, &pg, &extra).await;
     let span_ms = (started.elapsed().as_millis() as u64).clamp(600, 4000);
 
-    let mut args = sync_args(&delta);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let argv = sync_args(&delta, &extra);
     let pending = lake_dir.join("qualtrics/_xmbridge_pending.json");
     let (kills, cut_commits) = kill_runs(
         &i,
@@ -626,9 +621,7 @@ async fn delta_on_a_full_disk_fails_clearly_and_the_next_run_with_room_completes
     let need = disk::used_bytes(&roomy);
     let small = SmallDisk::mount(&lake_dir, need / 2);
 
-    let mut args = sync_args(&delta);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let argv = sync_args(&delta, &extra);
     let run = i.run(&argv).await;
     let said = run.all();
     assert!(
@@ -748,9 +741,7 @@ async fn delta_on_s3_equals_postgres_after_loads_kills_and_lake_upkeep() {
     // A first load into another prefix, killed 6 times (after its tables are made, mostly).
     let killed = "delta:s3://xmbridge-lake/killed?lease_secs=3";
     let extra = ["--commit-every", "100"];
-    let mut args = sync_args(killed);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let argv = sync_args(killed, &extra);
     // A killed run's lease stays until it lapses: the next run is refused (exit 75) until then.
     let (first, _) = kill_runs(
         &i,

@@ -844,25 +844,14 @@ impl DeltaDestination {
             .write(PENDING_FILE, text)
             .await
             .map_err(|e| write_err(&self.place.shown(), &shown, e))?;
-        if let Err(e) = self.apply_pending(&pending, false).await {
+        if let Err(mut e) = self.apply_pending(&pending, false).await {
             // Refused before any table took it (another writer's conflicting commit, a full
             // disk): the commit is as if never made, and the next run does the work again. Once
             // a table has it, the redo file stays, and the next open finishes the commit.
             if any_landed(&self.place, &pending).await {
                 self.unfinished = true;
-                if let DestError::DiskFull {
-                    table,
-                    destination,
-                    fix,
-                    ..
-                } = e
-                {
-                    return Err(DestError::DiskFull {
-                        table,
-                        destination,
-                        fix,
-                        partly_applied: true,
-                    });
+                if let DestError::DiskFull { partly_applied, .. } = &mut e {
+                    *partly_applied = true;
                 }
             } else {
                 self.place.remove(PENDING_FILE).await?;
