@@ -214,6 +214,8 @@ pub struct DeltaDestination {
     commit_pause: Option<std::time::Duration>,
     opened: std::time::Instant,
     lock: Lock,
+    /// Per table directory: what merges keep between commits and what they read.
+    merges: HashMap<String, MergeState>,
 }
 
 fn lake_err(context: &str, e: impl std::fmt::Display) -> DestError {
@@ -560,6 +562,7 @@ impl DeltaDestination {
                 .map(std::time::Duration::from_millis),
             opened: std::time::Instant::now(),
             lock,
+            merges: HashMap::new(),
         };
         dest.load_state().await?;
         dest.finish_pending().await?;
@@ -575,7 +578,27 @@ impl DeltaDestination {
     pub async fn close(&mut self) -> Result<CommitStats, DestError> {
         let stats = self.close_group().await;
         self.lock.release().await;
+        let reads = self.merge_reads();
+        if reads != MergeReads::default() {
+            tracing::debug!(
+                probed_rows = reads.probed_rows,
+                indexed_rows = reads.indexed_rows,
+                whole_rows = reads.whole_rows,
+                "rows the Delta merges read"
+            );
+        }
         stats
+    }
+
+    /// What the upserts and deletes of this destination read so far, over all tables.
+    pub fn merge_reads(&self) -> MergeReads {
+        let mut all = MergeReads::default();
+        for s in self.merges.values() {
+            all.probed_rows += s.reads.probed_rows;
+            all.indexed_rows += s.reads.indexed_rows;
+            all.whole_rows += s.reads.whole_rows;
+        }
+        all
     }
 
     /// Makes the next commit stop, as a kill would, after its redo file and `n` of its tables
@@ -946,9 +969,24 @@ impl DeltaDestination {
         let mut staged: Vec<(String, Staged)> = Vec::new();
         let mut commit_stats = CommitStats::default();
         for b in &commit.batches {
-            let t = self.table(&b.table)?;
+            let t = self
+                .tables
+                .get(&b.table)
+                .ok_or_else(|| DestError::UnknownTable {
+                    table: b.table.clone(),
+                })?;
             let st = staged_for(&mut staged, &t.dir);
-            commit_stats.add(merge(t, &self.place, self.compat, st, b, commit.synced_at_ms).await?);
+            let state = self.merges.entry(t.dir.clone()).or_default();
+            let merged = merge(
+                t,
+                &self.place,
+                self.compat,
+                st,
+                state,
+                b,
+                commit.synced_at_ms,
+            );
+            commit_stats.add(merged.await?);
         }
         for m in &commit.mark_unseen_deleted {
             let t = self.table(&m.table)?;
@@ -1120,37 +1158,47 @@ impl Output<'_> {
     }
 
     /// Streams the file at `path` into new files, each row through `change` (`None`: dropped).
+    /// Returns the rows read.
     async fn rewrite(
         &mut self,
         path: &str,
         mut change: impl FnMut(&RecordBatch) -> Result<RecordBatch, DestError>,
-    ) -> Result<(), DestError> {
+    ) -> Result<u64, DestError> {
         let t = self.t;
         let mut batches = self
             .place
             .read_file(&t.dir, path, None, &t.r.display)
             .await?;
+        let mut rows = 0u64;
         while let Some(b) = batches.next().await {
             let b = conform(t, &b?)?;
+            rows += b.num_rows() as u64;
             let out = change(&b)?;
             self.write(out).await?;
         }
-        Ok(())
+        Ok(rows)
     }
 }
 
 /// The actions that apply one batch's deletes and upserts to its table: files holding an
 /// affected row are rewritten without it (found by their key and filter columns first), and the
 /// upserts are written as new rows.
+///
+/// When every stored row the batch may touch is found by one text column (see [`group_of`]),
+/// the files are looked up in the table's [`GroupIndex`] instead, and of a file only the rows
+/// of the batch's groups are read: an incremental commit then costs what it changes, not what
+/// the table holds.
 async fn merge(
     t: &Table,
     place: &Place,
     compat: Compat,
     staged: &mut Staged,
+    state: &mut MergeState,
     batch: &TableBatch,
     synced_at_ms: i64,
 ) -> Result<CommitStats, DestError> {
     let shown = t.r.display.as_str();
+    let group = group_of(t, batch, compat)?;
     let replace = crate::replaces_groups(batch, false, &t.r);
     // Upserts by key (the last row of a key wins).
     let mut upserts: HashMap<Vec<u8>, usize> = HashMap::with_capacity(batch.upserts.len());
@@ -1244,14 +1292,33 @@ async fn merge(
         writer: None,
     };
     if !upserts.is_empty() || deletes.iter().any(|d| !d.1.is_empty()) {
-        for (path, file) in staged.files(t)? {
-            // First only the key and filter columns: most files hold no affected row.
-            let mut hit = false;
-            let mut probed = place
-                .read_file(&t.dir, &path, Some(&probe_names), shown)
-                .await?;
+        let MergeState { index, reads } = state;
+        let files = staged.files(t)?;
+        index.retain(files.iter().map(|(path, _)| path.as_str()));
+        for (path, file) in files {
+            // By the group index: only the rows of the batch's groups, or nothing at all.
+            let ranges = match &group {
+                Some((column, hashes)) => {
+                    match index.ranges(t, place, &path, column, hashes, reads).await? {
+                        Some(r) if r.is_empty() => continue,
+                        found => found,
+                    }
+                }
+                None => None,
+            };
+            // Else first only the key and filter columns: most files hold no affected row.
+            let mut hit = ranges.is_some();
+            let mut probed = match ranges {
+                Some(_) => futures_util::stream::empty().boxed(),
+                None => {
+                    place
+                        .read_file(&t.dir, &path, Some(&probe_names), shown)
+                        .await?
+                }
+            };
             while let Some(b) = probed.next().await {
                 let b = b?;
+                reads.probed_rows += b.num_rows() as u64;
                 if let Some(probes) = &text_probes {
                     // Text keys and filters (every table of the catalog): compared in place,
                     // without building a value per row.
@@ -1291,9 +1358,13 @@ async fn merge(
             let mut changes = false;
             let (mut file_updated, mut file_deleted) = (0u64, 0u64);
             let mut file_found = Vec::new();
-            let mut batches = place.read_file(&t.dir, &path, None, shown).await?;
+            let mut batches = match &ranges {
+                Some(r) => place.read_rows(&t.dir, &path, r, shown).await?,
+                None => place.read_file(&t.dir, &path, None, shown).await?,
+            };
             while let Some(b) = batches.next().await {
                 let b = conform(t, &b?)?;
+                reads.whole_rows += b.num_rows() as u64;
                 for i in 0..b.num_rows() {
                     match fate(&b, i) {
                         Fate::Keep => {}
@@ -1320,13 +1391,14 @@ async fn merge(
             updated += file_updated;
             deleted += file_deleted;
             staged.drop_file(file);
-            out.rewrite(&path, |b| {
-                let keep: BooleanArray = (0..b.num_rows())
-                    .map(|i| Some(matches!(fate(b, i), Fate::Keep | Fate::Replaced(_, true))))
-                    .collect();
-                filter_record_batch(b, &keep).map_err(|e| lake_err(shown, e))
-            })
-            .await?;
+            reads.whole_rows += out
+                .rewrite(&path, |b| {
+                    let keep: BooleanArray = (0..b.num_rows())
+                        .map(|i| Some(matches!(fate(b, i), Fate::Keep | Fate::Replaced(_, true))))
+                        .collect();
+                    filter_record_batch(b, &keep).map_err(|e| lake_err(shown, e))
+                })
+                .await?;
         }
     }
     // The rows to write: every upsert not found unchanged in place (one per key).
@@ -1345,6 +1417,206 @@ async fn merge(
     Ok(CommitStats {
         tables: vec![(batch.table.clone(), inserted, updated, deleted)],
     })
+}
+
+/// The column by which `batch` finds every stored row it may touch, and the hashes of its values:
+/// the batch deletes by that one text column only, every upsert's value of it is among the
+/// deleted ones, and a stored row with an upsert's key holds the same value (the column is part
+/// of the key, or the key is derived from it: [`crate::TableSpec::key_implies`]). A stored row
+/// outside those groups is then neither replaced nor deleted.
+fn group_of(
+    t: &Table,
+    batch: &TableBatch,
+    compat: Compat,
+) -> Result<Option<(String, Vec<u64>)>, DestError> {
+    let mut column: Option<usize> = None;
+    let mut values: HashSet<&str> = HashSet::new();
+    for (name, vals) in &batch.delete_where {
+        let c = t.r.spec_column(name, compat)?;
+        let ci = t.r.columns.iter().position(|x| x.name == c.name);
+        if c.ty != ColumnType::Text || ci.is_none() || (column.is_some() && column != ci) {
+            return Ok(None);
+        }
+        column = ci;
+        values.extend(vals.iter().filter_map(|v| match v {
+            Value::Text(s) => Some(s.as_str()),
+            _ => None,
+        }));
+    }
+    let Some(ci) = column else {
+        return Ok(None);
+    };
+    if !t.r.pk.contains(&ci) && t.r.key_implies != Some(ci) {
+        return Ok(None);
+    }
+    let covered = batch
+        .upserts
+        .iter()
+        .all(|row| matches!(&row[ci], Value::Text(s) if values.contains(s.as_str())));
+    let mut hashes: Vec<u64> = values.into_iter().map(group_hash).collect();
+    hashes.sort_unstable();
+    hashes.dedup();
+    Ok(covered.then(|| (t.stored[ci].0.clone(), hashes)))
+}
+
+fn group_hash(value: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+/// What merges keep of one table between commits, and what they read of it.
+#[derive(Default)]
+struct MergeState {
+    index: GroupIndex,
+    reads: MergeReads,
+}
+
+/// Rows the upserts and deletes of an open destination read from data files (per kind of read),
+/// for the debug log and for tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MergeReads {
+    /// Rows of which the key and filter columns were read, to find the files with affected rows.
+    pub probed_rows: u64,
+    /// Rows of which the group column was read once, into the group index.
+    pub indexed_rows: u64,
+    /// Rows read whole: to see whether a file changes, and to rewrite it.
+    pub whole_rows: u64,
+}
+
+/// Where the values of one column of a table lie in its data files: per file, runs of rows that
+/// hold the same value, by the value's hash (two values of one hash only cost a few more rows
+/// read). A file is read for it the first time a merge needs it, and it is kept while the
+/// destination is open: a data file never changes, so what was learnt of it stays true, and a
+/// file the table no longer has is dropped when a merge sees it gone. A 200,000-response
+/// `question_response` takes about 3 MB (one run per response).
+#[derive(Default)]
+struct GroupIndex {
+    /// Stored column name → data file path → the file's runs, or `None` for a file that cannot
+    /// be indexed (the column is not plain text there, or it holds more rows than a run counts).
+    columns: HashMap<String, HashMap<String, Option<Vec<Run>>>>,
+}
+
+/// Rows `start .. start + len` of a file hold one value, whose hash is `hash`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Run {
+    hash: u64,
+    start: u32,
+    len: u32,
+}
+
+impl GroupIndex {
+    /// Forgets files that are not among `live`.
+    fn retain<'a>(&mut self, live: impl Iterator<Item = &'a str>) {
+        let live: HashSet<&str> = live.collect();
+        for files in self.columns.values_mut() {
+            files.retain(|path, _| live.contains(path.as_str()));
+        }
+    }
+
+    /// The rows of the file at `path` whose `column` may hold a value of one of `hashes`
+    /// (sorted): sorted, separate ranges; `None` when the file cannot be indexed.
+    async fn ranges(
+        &mut self,
+        t: &Table,
+        place: &Place,
+        path: &str,
+        column: &str,
+        hashes: &[u64],
+        reads: &mut MergeReads,
+    ) -> Result<Option<Vec<std::ops::Range<usize>>>, DestError> {
+        let files = self.columns.entry(column.to_string()).or_default();
+        if !files.contains_key(path) {
+            let runs = read_runs(t, place, path, column, reads).await?;
+            files.insert(path.to_string(), runs);
+        }
+        let Some(Some(runs)) = files.get(path) else {
+            return Ok(None);
+        };
+        let mut found: Vec<std::ops::Range<usize>> = Vec::new();
+        for &h in hashes {
+            let first = runs.partition_point(|r| r.hash < h);
+            for r in runs[first..].iter().take_while(|r| r.hash == h) {
+                let start = r.start as usize;
+                found.push(start..start + r.len as usize);
+            }
+        }
+        found.sort_unstable_by_key(|r| r.start);
+        let mut ranges: Vec<std::ops::Range<usize>> = Vec::with_capacity(found.len());
+        for r in found {
+            match ranges.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => ranges.push(r),
+            }
+        }
+        Ok(Some(ranges))
+    }
+}
+
+/// Reads one column of a data file into runs of equal values (sorted by hash); `None` when the
+/// column is not a plain text column there or the file is too long to count in a run. A file
+/// without the column (written before it was added) has no runs: its rows hold null there.
+async fn read_runs(
+    t: &Table,
+    place: &Place,
+    path: &str,
+    column: &str,
+    reads: &mut MergeReads,
+) -> Result<Option<Vec<Run>>, DestError> {
+    let mut batches = place
+        .read_file(&t.dir, path, Some(&[column.to_string()]), &t.r.display)
+        .await?;
+    let mut runs: Vec<Run> = Vec::new();
+    // The value of the run being read, and its first row.
+    let mut open: Option<(String, usize)> = None;
+    let mut row = 0usize;
+    let close = |open: &mut Option<(String, usize)>, end: usize, runs: &mut Vec<Run>| -> bool {
+        let Some((value, start)) = open.take() else {
+            return true;
+        };
+        let (Ok(start), Ok(len)) = (u32::try_from(start), u32::try_from(end - start)) else {
+            return false;
+        };
+        runs.push(Run {
+            hash: group_hash(&value),
+            start,
+            len,
+        });
+        true
+    };
+    while let Some(b) = batches.next().await {
+        let b = b?;
+        match b.column_by_name(column) {
+            None => {
+                if !close(&mut open, row, &mut runs) {
+                    return Ok(None);
+                }
+            }
+            Some(c) => {
+                let Some(a) = c.as_any().downcast_ref::<StringArray>() else {
+                    return Ok(None);
+                };
+                for i in 0..a.len() {
+                    let value = (!a.is_null(i)).then(|| a.value(i));
+                    if open.as_ref().map(|(v, _)| v.as_str()) == value {
+                        continue;
+                    }
+                    if !close(&mut open, row + i, &mut runs) {
+                        return Ok(None);
+                    }
+                    open = value.map(|v| (v.to_string(), row + i));
+                }
+            }
+        }
+        row += b.num_rows();
+        reads.indexed_rows += b.num_rows() as u64;
+    }
+    if !close(&mut open, row, &mut runs) || u32::try_from(row).is_err() {
+        return Ok(None);
+    }
+    runs.sort_unstable();
+    Ok(Some(runs))
 }
 
 /// The actions that mark a soft-delete table's rows not written by this sync as deleted.

@@ -33,8 +33,9 @@ use deltalake::logstore::{
 };
 use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::parquet::arrow::arrow_reader::{
-    ArrowReaderBuilder, ParquetRecordBatchReaderBuilder,
+    ArrowReaderBuilder, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
 };
+use deltalake::parquet::file::metadata::PageIndexPolicy;
 use deltalake::{DeltaResult, DeltaTableBuilder};
 // parquet 59 deprecates its object_store reader in favour of one's own `AsyncFileReader` run on
 // a dedicated I/O runtime; it still works, and the writer side (delta-rs) runs on this runtime too.
@@ -369,6 +370,29 @@ impl Place {
         columns: Option<&[String]>,
         shown: &str,
     ) -> Result<BoxStream<'static, Result<RecordBatch, DestError>>, DestError> {
+        self.read_data(dir, path, columns, None, shown).await
+    }
+
+    /// Streams only the rows in `ranges` (sorted, not overlapping) of the data file `path`,
+    /// every column: through the file's page index, pages without a selected row are not read.
+    pub(crate) async fn read_rows(
+        &self,
+        dir: &str,
+        path: &str,
+        ranges: &[std::ops::Range<usize>],
+        shown: &str,
+    ) -> Result<BoxStream<'static, Result<RecordBatch, DestError>>, DestError> {
+        self.read_data(dir, path, None, Some(ranges), shown).await
+    }
+
+    async fn read_data(
+        &self,
+        dir: &str,
+        path: &str,
+        columns: Option<&[String]>,
+        ranges: Option<&[std::ops::Range<usize>]>,
+        shown: &str,
+    ) -> Result<BoxStream<'static, Result<RecordBatch, DestError>>, DestError> {
         let named = format!("{}/{path}", self.shown_of(dir));
         let err = {
             let (shown, named) = (shown.to_string(), named.clone());
@@ -380,19 +404,29 @@ impl Place {
             // Local files through the synchronous reader: no task hand-off per read.
             Place::Local(root) => {
                 let file = std::fs::File::open(root.join(dir).join(path)).map_err(|e| err(&e))?;
-                let builder =
-                    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(&e))?;
-                let reader = shaped(builder, columns).build().map_err(|e| err(&e))?;
+                let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(
+                    file,
+                    reader_options(ranges),
+                )
+                .map_err(|e| err(&e))?;
+                let reader = shaped(builder, columns, ranges)
+                    .build()
+                    .map_err(|e| err(&e))?;
                 Ok(futures_util::stream::iter(reader.map(move |b| b.map_err(|e| err(&e)))).boxed())
             }
             Place::Remote { store, prefix, .. } => {
                 let object = Self::object(&Self::object(prefix, dir), path);
                 #[allow(deprecated)]
                 let reader = ParquetObjectReader::new(Arc::clone(store), object);
-                let builder = ParquetRecordBatchStreamBuilder::new(reader)
-                    .await
+                let builder = ParquetRecordBatchStreamBuilder::new_with_options(
+                    reader,
+                    reader_options(ranges),
+                )
+                .await
+                .map_err(|e| err(&e))?;
+                let stream = shaped(builder, columns, ranges)
+                    .build()
                     .map_err(|e| err(&e))?;
-                let stream = shaped(builder, columns).build().map_err(|e| err(&e))?;
                 Ok(stream.map(move |b| b.map_err(|e| err(&e))).boxed())
             }
         }
@@ -417,8 +451,40 @@ impl Place {
     }
 }
 
-/// A reader of only `columns` (when given), a few thousand rows at a time.
-fn shaped<T>(builder: ArrowReaderBuilder<T>, columns: Option<&[String]>) -> ArrowReaderBuilder<T> {
+/// A reader that skips pages by the file's offset index (where the file has one) when only some
+/// rows are read.
+fn reader_options(ranges: Option<&[std::ops::Range<usize>]>) -> ArrowReaderOptions {
+    let policy = match ranges {
+        Some(_) => PageIndexPolicy::Optional,
+        None => PageIndexPolicy::Skip,
+    };
+    ArrowReaderOptions::new().with_offset_index_policy(policy)
+}
+
+/// A reader of only `columns` and `ranges` of rows (when given), a few thousand rows at a time.
+fn shaped<T>(
+    builder: ArrowReaderBuilder<T>,
+    columns: Option<&[String]>,
+    ranges: Option<&[std::ops::Range<usize>]>,
+) -> ArrowReaderBuilder<T> {
+    let builder = match ranges {
+        Some(ranges) => {
+            let total = usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+            // Ranges past the file's end or behind the one before are trimmed: the reader
+            // panics on them.
+            let mut end = 0;
+            let ranges = ranges.iter().filter_map(|r| {
+                let (start, stop) = (r.start.max(end), r.end.min(total));
+                (start < stop).then(|| {
+                    end = stop;
+                    start..stop
+                })
+            });
+            let selection = RowSelection::from_consecutive_ranges(ranges, total);
+            builder.with_row_selection(selection)
+        }
+        None => builder,
+    };
     let builder = match columns {
         Some(cols) => {
             let mask =

@@ -76,6 +76,13 @@ pub struct TableSpec {
     /// scopes, `keys` filters). The destination indexes each one the table has that is not
     /// already the leading primary-key column, so incremental writes of large tables do not scan.
     pub filter_columns: Vec<String>,
+    /// A column that every row with a given key shares because the key is derived from it
+    /// (`question_response`'s `<p>_id` is `<response_id>:…`); columns of the key itself need no
+    /// mention. A destination without a key index may then find the stored rows a batch
+    /// replaces by that column alone (Delta: docs/destinations.md, "Incremental syncs and
+    /// merges"). Naming a column the key does not determine would let such a destination keep a
+    /// second row of a key.
+    pub key_implies: Option<String>,
 }
 
 /// One cell. Timestamps are epoch milliseconds, UTC.

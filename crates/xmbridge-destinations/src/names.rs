@@ -70,6 +70,8 @@ pub struct Resolved {
     pub synced: String,
     /// `<p>_deleted` on soft-delete tables.
     pub deleted: Option<String>,
+    /// The index in `columns` of [`TableSpec::key_implies`].
+    pub key_implies: Option<usize>,
 }
 
 /// The table and text column `Destination::keys` reads, checked alike on every destination.
@@ -161,12 +163,25 @@ impl Resolved {
                 }
             }
         }
+        let key_implies = match &spec.key_implies {
+            None => None,
+            Some(col) => {
+                let col = resolve_name(col, compat);
+                Some(columns.iter().position(|c| c.name == col).ok_or_else(|| {
+                    DestError::InvalidName {
+                        name: col,
+                        reason: format!("the column the key implies is not a column of {display}"),
+                    }
+                })?)
+            }
+        };
         Ok(Resolved {
             display,
             columns,
             pk,
             synced,
             deleted,
+            key_implies,
         })
     }
 

@@ -32,6 +32,12 @@ pub const DISTRIBUTION_STATS: [&str; 9] = [
     "blocked",
 ];
 
+/// Tables whose key is derived from one of their columns, which every row of a key then shares:
+/// `question_response`'s `<p>_id` is `<response_id>:<hash>` (`answer_id` in
+/// `streams/responses.rs`). They become each spec's [`TableSpec::key_implies`]: Delta finds the
+/// rows a rewritten response replaces by its `response_id` alone.
+pub const KEY_IMPLIES: &[(&str, &str)] = &[("question_response", "response_id")];
+
 /// The columns the sync deletes, marks or reads rows by, per table (edited and reconciled
 /// responses by `response_id`; per-parent replacing commits (`delete_where`), soft-delete scopes
 /// (`MarkUnseenDeleted`) and `keys` filters by `survey_id`, `directory_id`, `distribution_id`,
@@ -396,12 +402,35 @@ fn t(name: &str, key: &str, soft: bool, cols: &str) -> TableSpec {
         primary_key,
         soft_delete: soft,
         filter_columns,
+        key_implies: KEY_IMPLIES
+            .iter()
+            .find(|(table, _)| *table == name)
+            .map(|(_, col)| col.to_string()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_implies_names_real_tables_and_columns_outside_their_keys() {
+        let all = tables();
+        for (name, col) in KEY_IMPLIES {
+            let spec = all
+                .iter()
+                .find(|t| t.name == *name)
+                .unwrap_or_else(|| panic!("KEY_IMPLIES: no table {name}"));
+            assert!(spec.columns.iter().any(|c| c.name == *col), "{name}.{col}");
+            assert!(
+                !spec.primary_key.iter().any(|k| k == col),
+                "{name}: {col} is in the key"
+            );
+            assert_eq!(spec.key_implies.as_deref(), Some(*col));
+        }
+        let with = all.iter().filter(|t| t.key_implies.is_some()).count();
+        assert_eq!(with, KEY_IMPLIES.len());
+    }
 
     #[test]
     fn filter_columns_name_real_tables_and_columns() {

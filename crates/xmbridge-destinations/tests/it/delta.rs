@@ -32,6 +32,7 @@ fn item_spec() -> TableSpec {
         primary_key: vec!["id".into()],
         soft_delete: true,
         filter_columns: vec!["survey_id".into()],
+        key_implies: None,
     }
 }
 
@@ -59,6 +60,7 @@ fn answer_spec() -> TableSpec {
         primary_key: vec!["<p>_id".into()],
         soft_delete: false,
         filter_columns: vec!["response_id".into()],
+        key_implies: None,
     }
 }
 
@@ -571,5 +573,196 @@ async fn delta_a_run_with_an_older_fence_token_is_refused() {
     assert!(
         msg.contains("fence token 2") && msg.contains("holds 1"),
         "{msg}"
+    );
+}
+
+/// `answer`'s rows of response `r` with values `v<r>.<q>`, for answers `qs`.
+fn answers_of(r: usize, qs: &[usize]) -> Vec<Vec<Value>> {
+    qs.iter()
+        .map(|q| answer(&format!("R{r}:{q}"), &format!("R{r}"), &format!("v{r}.{q}")))
+        .collect()
+}
+
+/// A commit that rewrites whole responses: their old answers go, `upserts` come.
+fn replacing(responses: &[usize], upserts: Vec<Vec<Value>>) -> Commit {
+    Commit {
+        synced_at_ms: T0 + 10,
+        batches: vec![TableBatch {
+            table: "answer".into(),
+            upserts,
+            delete_where: vec![(
+                "response_id".into(),
+                responses
+                    .iter()
+                    .map(|r| Value::Text(format!("R{r}")))
+                    .collect(),
+            )],
+            fresh: false,
+        }],
+        ..Default::default()
+    }
+}
+
+/// The answers as stored: (id, response, value), sorted.
+async fn stored_answers(d: &mut DeltaDestination) -> Vec<(String, String, String)> {
+    let text = |v: &Value| match v {
+        Value::Text(s) => s.clone(),
+        other => format!("{other:?}"),
+    };
+    let mut v: Vec<(String, String, String)> = d
+        .rows("answer")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (text(&r[0]), text(&r[1]), text(&r[2])))
+        .collect();
+    v.sort();
+    v
+}
+
+/// On a table whose key implies its group column (as `question_response`'s `<p>_id` does its
+/// `response_id`), a commit that rewrites whole groups finds them through the group index: the
+/// group column of each file is read once, and after that a commit reads only the rows of the
+/// groups it rewrites — while the rows come out as a merge that reads everything leaves them.
+#[tokio::test]
+async fn delta_merges_by_group_read_only_the_rows_of_the_groups_they_rewrite() {
+    let Some(py) = lake::readers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = DeltaDestination::open(
+        dir.path().to_str().unwrap(),
+        "qualtrics",
+        Compat::Xmbridge,
+        DeltaOptions::default(),
+    )
+    .await
+    .unwrap();
+    let spec = TableSpec {
+        key_implies: Some("response_id".into()),
+        ..answer_spec()
+    };
+    d.ensure_tables(&[spec]).await.unwrap();
+    // Two files of 500 responses with 4 answers each; in the first, R5 has a fifth answer
+    // at the end, apart from its other four (a group in two runs of rows).
+    let mut expected: std::collections::BTreeMap<String, (String, String)> = Default::default();
+    let keep = |rows: &[Vec<Value>], expected: &mut std::collections::BTreeMap<_, _>| {
+        for r in rows {
+            let t = |i: usize| match &r[i] {
+                Value::Text(s) => s.clone(),
+                _ => unreachable!(),
+            };
+            expected.insert(t(0), (t(1), t(2)));
+        }
+    };
+    for part in 0..2 {
+        let mut rows: Vec<Vec<Value>> = (part * 500..part * 500 + 500)
+            .flat_map(|r| answers_of(r, &[0, 1, 2, 3]))
+            .collect();
+        if part == 0 {
+            rows.extend(answers_of(5, &[9]));
+        }
+        keep(&rows, &mut expected);
+        d.commit(Commit {
+            synced_at_ms: T0,
+            batches: vec![TableBatch {
+                fresh: true,
+                ..upserts("answer", rows)
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        d.flush().await.unwrap();
+    }
+    assert_eq!(d.merge_reads(), Default::default(), "appends read nothing");
+
+    // R10 unchanged, R600 with answer 1 changed, 2 dropped and 7 new, R20 deleted, R5 without
+    // its fifth answer, R2000 new.
+    let mut r600 = answers_of(600, &[0, 1, 3, 7]);
+    r600[1][2] = Value::Text("changed".into());
+    let mut upserts_a = answers_of(10, &[0, 1, 2, 3]);
+    upserts_a.extend(r600.clone());
+    upserts_a.extend(answers_of(5, &[0, 1, 2, 3]));
+    upserts_a.extend(answers_of(2000, &[0, 1, 2, 3]));
+    let s = d
+        .commit(replacing(&[10, 600, 20, 5, 2000], upserts_a.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        stat(&s, "answer"),
+        (5, 1, 6),
+        "inserted R600:7 and R2000's 4; updated R600:1; deleted R600:2, R20's 4 and R5:9"
+    );
+    for k in ["R600:2", "R20:0", "R20:1", "R20:2", "R20:3", "R5:9"] {
+        expected.remove(k);
+    }
+    keep(&upserts_a, &mut expected);
+    let reads = d.merge_reads();
+    assert_eq!(reads.probed_rows, 0, "no key column read: {reads:?}");
+    assert_eq!(
+        reads.indexed_rows, 4001,
+        "each file's group column once: {reads:?}"
+    );
+    // The groups' rows (R10, R20, R5 in the first file: 13; R600 in the second: 4), then both
+    // files whole to rewrite them.
+    assert_eq!(reads.whole_rows, 13 + 4 + 2001 + 2000, "{reads:?}");
+
+    // The rewritten files are new: their group column is read once more, then not again.
+    let before = d.merge_reads();
+    let s = d
+        .commit(replacing(&[30], answers_of(30, &[0, 1, 2, 3])))
+        .await
+        .unwrap();
+    assert_eq!(stat(&s, "answer"), (0, 0, 0), "R30 unchanged");
+    let after_b = d.merge_reads();
+    assert_eq!(
+        after_b.indexed_rows - before.indexed_rows,
+        expected.len() as u64,
+        "{after_b:?}"
+    );
+    let s = d
+        .commit(replacing(&[40, 700], answers_of(40, &[0, 1, 2, 3])))
+        .await
+        .unwrap();
+    assert_eq!(stat(&s, "answer"), (0, 0, 4), "R700 deleted");
+    for q in 0..4 {
+        expected.remove(&format!("R700:{q}"));
+    }
+    let after_c = d.merge_reads();
+    assert_eq!(after_c.indexed_rows, after_b.indexed_rows, "{after_c:?}");
+    assert_eq!(after_c.probed_rows, 0, "{after_c:?}");
+    // R40's and R700's rows to see what changes, then the file R700 was in, whole.
+    assert_eq!(
+        after_c.whole_rows - after_b.whole_rows,
+        8 + expected.len() as u64 + 4,
+        "{after_c:?}"
+    );
+
+    // An upsert outside the deleted groups: the key column must be read (every file probed).
+    let s = d
+        .commit(replacing(&[50], answers_of(51, &[0])))
+        .await
+        .unwrap();
+    assert_eq!(
+        stat(&s, "answer"),
+        (0, 0, 4),
+        "R50 deleted, R51:0 unchanged"
+    );
+    for q in 0..4 {
+        expected.remove(&format!("R50:{q}"));
+    }
+    assert!(d.merge_reads().probed_rows > 0, "{:?}", d.merge_reads());
+
+    let expected: Vec<(String, String, String)> = expected
+        .into_iter()
+        .map(|(id, (r, v))| (id, r, v))
+        .collect();
+    assert_eq!(stored_answers(&mut d).await, expected);
+    let mut ids_expected: Vec<String> = expected.iter().map(|e| e.0.clone()).collect();
+    ids_expected.sort();
+    let rows = read(&py, dir.path(), "answer");
+    assert_eq!(
+        ids(&rows, "_xmbridge_id"),
+        ids_expected,
+        "both readers agree"
     );
 }

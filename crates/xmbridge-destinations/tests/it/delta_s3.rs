@@ -28,6 +28,7 @@ fn item_spec() -> TableSpec {
         primary_key: vec!["id".into()],
         soft_delete: false,
         filter_columns: vec![],
+        key_implies: None,
     }
 }
 

@@ -227,6 +227,7 @@ fn item_spec() -> TableSpec {
         primary_key: vec!["id".into()],
         soft_delete: true,
         filter_columns: vec![],
+        key_implies: None,
     }
 }
 
@@ -636,6 +637,7 @@ fn answer_spec() -> TableSpec {
         primary_key: vec!["id".into()],
         soft_delete: false,
         filter_columns: vec![],
+        key_implies: None,
     }
 }
 
@@ -877,6 +879,7 @@ async fn cursor_round_trip_and_atomicity(mut h: H) {
         primary_key: vec!["id".into()],
         soft_delete: false,
         filter_columns: vec![],
+        key_implies: None,
     };
     h.dest
         .ensure_tables(&[item_spec(), other.clone()])
@@ -1122,6 +1125,7 @@ async fn ensure_reports_created_tables(mut h: H) {
         primary_key: vec!["id".into()],
         soft_delete: false,
         filter_columns: vec![],
+        key_implies: None,
     };
     let specs = [item_spec(), other];
     let mut first = h.dest.ensure_tables(&specs).await.unwrap().created;
@@ -1213,6 +1217,7 @@ async fn hostile_identifiers(mut h: H) {
         primary_key: vec![c2.into()],
         soft_delete: true,
         filter_columns: vec![],
+        key_implies: None,
     };
     h.dest
         .ensure_tables(std::slice::from_ref(&spec))
@@ -1286,6 +1291,7 @@ async fn values_round_trip(mut h: H) {
         primary_key: vec!["id".into()],
         soft_delete: false,
         filter_columns: vec![],
+        key_implies: None,
     };
     h.dest
         .ensure_tables(std::slice::from_ref(&spec))

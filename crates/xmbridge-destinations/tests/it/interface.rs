@@ -162,6 +162,7 @@ fn item_spec() -> TableSpec {
         primary_key: vec!["id".into()],
         soft_delete: true,
         filter_columns: vec!["survey_id".into()],
+        key_implies: None,
     }
 }
 
@@ -181,6 +182,7 @@ fn answer_spec() -> TableSpec {
         primary_key: vec!["<p>_id".into()],
         soft_delete: false,
         filter_columns: vec!["response_id".into()],
+        key_implies: None,
     }
 }
 
@@ -377,6 +379,7 @@ async fn typed_values_round_trip(mut d: D) {
         primary_key: vec!["id".into()],
         soft_delete: false,
         filter_columns: vec![],
+        key_implies: None,
     };
     d.dest
         .ensure_tables(std::slice::from_ref(&spec))
