@@ -4,12 +4,8 @@
 //! Exit codes: 0 ok, 1 failure, 2 bad usage or configuration, 75 another sync is writing the
 //! destination (try again later).
 
+mod allocator;
 mod cli;
-
-// glibc's allocator spent about 30 % of a sync's CPU in malloc/free (rows are built on the
-// parser thread and freed on the writer's): mimalloc is measured faster (docs/bench.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
@@ -110,6 +106,7 @@ fn init_logging(format: LogFormat, verbose: u8) {
 }
 
 fn main() -> ExitCode {
+    allocator::tune();
     // `action --help` lists every registered action, so its help text is built at run time.
     let command =
         Cli::command().mut_subcommand("action", |c| c.after_help(cli::action::help_text()));
