@@ -182,7 +182,9 @@ fn answer_spec() -> TableSpec {
         primary_key: vec!["<p>_id".into()],
         soft_delete: false,
         filter_columns: vec!["response_id".into()],
-        key_implies: None,
+        // As `question_response`'s: each key below belongs to one response. Delta then merges
+        // by group (locally and on S3); the SQL destinations ignore it.
+        key_implies: Some("response_id".into()),
     }
 }
 
