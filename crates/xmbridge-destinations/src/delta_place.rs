@@ -374,7 +374,8 @@ impl Place {
     }
 
     /// Streams only the rows in `ranges` (sorted, not overlapping) of the data file `path`,
-    /// every column: through the file's page index, pages without a selected row are not read.
+    /// every column: where the file has an offset index (xmbridge's files do), pages without a
+    /// selected row are not read.
     pub(crate) async fn read_rows(
         &self,
         dir: &str,
