@@ -311,10 +311,7 @@ impl Vault {
         )
         .map_err(db)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
-        // journal_mode answers with a row; pragma_update would reject that.
-        let _mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(db)?;
+        wal_mode(&conn).map_err(db)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
@@ -909,6 +906,28 @@ static CREATE_SEQ: AtomicU64 = AtomicU64::new(0);
 /// temporary file, then linked into place, so no process ever sees an empty or half-made
 /// `state.db` — an empty one can then always be refused as damaged. If another process linked
 /// its store first, that one is used (and must have been made with the same key).
+/// Switches the store to WAL mode (a no-op once it is). The first switch needs the file to
+/// itself: when two processes open a new store at once, both hold a read lock and want the
+/// exclusive one, and SQLite answers one of them "database is locked" at once instead of
+/// waiting (its busy timeout does not apply to such a deadlock; seen as 1 run in 150 of
+/// `racing_first_use_agrees_on_one_key_file`). That one drops its lock, waits a moment and
+/// tries again, until the busy timeout.
+fn wal_mode(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        // journal_mode answers with a row; pragma_update would reject that.
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other.map(|_| ()),
+        }
+    }
+}
+
 fn create_store(path: &Path, key: &MasterKey) -> Result<Vec<xmbridge_state::Applied>, VaultError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
