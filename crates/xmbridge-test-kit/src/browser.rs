@@ -11,7 +11,6 @@
 //! reports a failure. A wait that times out saves a screenshot (`failed-<what>.png`) next to the
 //! others, in [`screenshot_dir`].
 
-use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -80,16 +79,10 @@ pub fn chromedriver() -> Option<PathBuf> {
              (scripts/test does when run as root with apt-get)"
         );
     }
-    let test = std::thread::current()
-        .name()
-        .unwrap_or("a browser test")
-        .to_string();
-    // Straight to the process's stderr: the test harness would swallow `eprintln!`.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED: {test} needs a headless browser; install `chromium` and `chromium-driver` and \
-         set {VAR}=1 (scripts/test does)"
-    );
+    crate::skipped(&format!(
+        "needs a headless browser; install `chromium` and `chromium-driver` and set {VAR}=1 \
+         (scripts/test does)"
+    ));
     None
 }
 

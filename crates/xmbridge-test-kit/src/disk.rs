@@ -6,7 +6,6 @@
 //! required (a test that cannot mount fails); unset or empty → the test prints a `SKIPPED:` line
 //! and returns. scripts/test sets it when it runs as root.
 
-use std::io::Write as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,14 +23,9 @@ pub fn available() -> bool {
     if std::env::var_os(VAR).is_some_and(|v| !v.is_empty()) {
         return true;
     }
-    let test = std::thread::current()
-        .name()
-        .unwrap_or("a full-disk test")
-        .to_string();
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED: {test} mounts a small tmpfs to fill it; run it as root with {VAR}=1 (scripts/test sets it as root)"
-    );
+    crate::skipped(&format!(
+        "mounts a small tmpfs to fill it; run it as root with {VAR}=1 (scripts/test sets it as root)"
+    ));
     false
 }
 

@@ -7,7 +7,6 @@
 //! readers fails); unset or empty → the test prints a `SKIPPED:` line and returns.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 const VAR: &str = "XMBRIDGE_TEST_DELTA_PYTHON";
@@ -25,14 +24,9 @@ pub fn readers() -> Option<PathBuf> {
             Some(p)
         }
         None => {
-            let test = std::thread::current()
-                .name()
-                .unwrap_or("a Delta Lake test")
-                .to_string();
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: {test} needs the Python Delta readers; set {VAR} to a python with deltalake, duckdb and duckdb-extension-delta (scripts/test does)"
-            );
+            crate::skipped(&format!(
+                "needs the Python Delta readers; set {VAR} to a python with deltalake, duckdb and duckdb-extension-delta (scripts/test does)"
+            ));
             None
         }
     }

@@ -22,6 +22,16 @@ pub mod s3;
 pub mod serve;
 pub mod sim;
 
+/// Prints `SKIPPED: <this test> <reason>` straight to the process's stderr (the test harness
+/// would swallow `eprintln!`): how every kit here says that a test returned without running
+/// because its environment variable is unset.
+pub fn skipped(reason: &str) {
+    use std::io::Write as _;
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("this test");
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test} {reason}");
+}
+
 /// A seeded xorshift: fault tests pick their moments and victims from it, so a failing run can
 /// be repeated with the same seed.
 pub struct Rng(pub u64);

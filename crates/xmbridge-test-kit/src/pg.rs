@@ -5,7 +5,6 @@
 //! returns. Each test gets a database of its own, created here and dropped when the handle is
 //! dropped (also when the test panics), so tests may share a process and a server.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 const VAR: &str = "XMBRIDGE_TEST_PG";
@@ -16,15 +15,9 @@ pub fn server_url() -> Option<String> {
     match std::env::var(VAR) {
         Ok(url) if !url.trim().is_empty() => Some(url),
         _ => {
-            let test = std::thread::current()
-                .name()
-                .unwrap_or("a PostgreSQL test")
-                .to_string();
-            // Straight to the process's stderr: the test harness would swallow `eprintln!`.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: {test} needs PostgreSQL; set {VAR}={EXAMPLE} (scripts/test does)"
-            );
+            crate::skipped(&format!(
+                "needs PostgreSQL; set {VAR}={EXAMPLE} (scripts/test does)"
+            ));
             None
         }
     }
