@@ -295,9 +295,12 @@ impl Reader {
                 Ok(ids)
             }
             Reader::Delta(lake) => {
+                // Only the id column: the whole table, read just before the timed sync, would
+                // leave the allocator holding memory that counts in that sync's peak.
                 let (_, batches) = xmbridge_destinations::delta::read_table(
                     &lake.join("qualtrics/survey_response"),
                     None,
+                    Some(&["id".to_string()]),
                 )
                 .await?;
                 let mut ids: Vec<String> = batches
@@ -681,7 +684,8 @@ async fn delta_baseline(
         };
         let only = keep.as_ref().map(|k| (column, k));
         let (schema, batches) =
-            xmbridge_destinations::delta::read_table(&lake.join("qualtrics").join(t), only).await?;
+            xmbridge_destinations::delta::read_table(&lake.join("qualtrics").join(t), only, None)
+                .await?;
         loaded.push((t, schema, batches));
     }
     let started = Instant::now();
