@@ -689,7 +689,7 @@ impl DeltaDestination {
         for path in live_files(&self.state, &shown)? {
             let mut batches = self
                 .place
-                .read_file(&self.state_name, &path.0, None, &shown)
+                .read_file(&self.state_name, &path.0, path.1, None, &shown)
                 .await?;
             while let Some(batch) = batches.next().await {
                 let batch = batch?;
@@ -1073,17 +1073,17 @@ struct Staged {
 impl Staged {
     /// The table's files as the next step sees them: the committed ones not removed by an
     /// earlier step, then those earlier steps wrote.
-    fn files(&self, t: &Table) -> Result<Vec<(String, FileRef)>, DestError> {
-        let mut v: Vec<(String, FileRef)> = live_files(&t.delta, &t.r.display)?
+    /// Each with its size in bytes.
+    fn files(&self, t: &Table) -> Result<Vec<(String, u64, FileRef)>, DestError> {
+        let mut v: Vec<(String, u64, FileRef)> = live_files(&t.delta, &t.r.display)?
             .into_iter()
             .filter(|(path, _, _)| !self.removes.iter().any(|r| &r.path == path))
-            .map(|(path, _, remove)| (path, FileRef::Committed(Box::new(remove))))
+            .map(|(path, size, remove)| (path, size, FileRef::Committed(Box::new(remove))))
             .collect();
-        v.extend(
-            self.adds
-                .iter()
-                .map(|a| (a.path.clone(), FileRef::Staged(a.path.clone()))),
-        );
+        v.extend(self.adds.iter().map(|a| {
+            let size = u64::try_from(a.size).unwrap_or(0);
+            (a.path.clone(), size, FileRef::Staged(a.path.clone()))
+        }));
         Ok(v)
     }
 
@@ -1162,12 +1162,13 @@ impl Output<'_> {
     async fn rewrite(
         &mut self,
         path: &str,
+        size: u64,
         mut change: impl FnMut(&RecordBatch) -> Result<RecordBatch, DestError>,
     ) -> Result<u64, DestError> {
         let t = self.t;
         let mut batches = self
             .place
-            .read_file(&t.dir, path, None, &t.r.display)
+            .read_file(&t.dir, path, size, None, &t.r.display)
             .await?;
         let mut rows = 0u64;
         while let Some(b) = batches.next().await {
@@ -1294,12 +1295,15 @@ async fn merge(
     if !upserts.is_empty() || deletes.iter().any(|d| !d.1.is_empty()) {
         let MergeState { index, reads } = state;
         let files = staged.files(t)?;
-        index.retain(files.iter().map(|(path, _)| path.as_str()));
-        for (path, file) in files {
+        index.retain(files.iter().map(|(path, _, _)| path.as_str()));
+        for (path, size, file) in files {
             // By the group index: only the rows of the batch's groups, or nothing at all.
             let ranges = match &group {
                 Some((column, hashes)) => {
-                    match index.ranges(t, place, &path, column, hashes, reads).await? {
+                    match index
+                        .ranges(t, place, (&path, size), column, hashes, reads)
+                        .await?
+                    {
                         Some(r) if r.is_empty() => continue,
                         found => found,
                     }
@@ -1312,7 +1316,7 @@ async fn merge(
                 Some(_) => futures_util::stream::empty().boxed(),
                 None => {
                     place
-                        .read_file(&t.dir, &path, Some(&probe_names), shown)
+                        .read_file(&t.dir, &path, size, Some(&probe_names), shown)
                         .await?
                 }
             };
@@ -1359,8 +1363,8 @@ async fn merge(
             let (mut file_updated, mut file_deleted) = (0u64, 0u64);
             let mut file_found = Vec::new();
             let mut batches = match &ranges {
-                Some(r) => place.read_rows(&t.dir, &path, r, shown).await?,
-                None => place.read_file(&t.dir, &path, None, shown).await?,
+                Some(r) => place.read_rows(&t.dir, &path, size, r, shown).await?,
+                None => place.read_file(&t.dir, &path, size, None, shown).await?,
             };
             while let Some(b) = batches.next().await {
                 let b = conform(t, &b?)?;
@@ -1392,7 +1396,7 @@ async fn merge(
             deleted += file_deleted;
             staged.drop_file(file);
             reads.whole_rows += out
-                .rewrite(&path, |b| {
+                .rewrite(&path, size, |b| {
                     let keep: BooleanArray = (0..b.num_rows())
                         .map(|i| Some(matches!(fate(b, i), Fate::Keep | Fate::Replaced(_, true))))
                         .collect();
@@ -1519,20 +1523,20 @@ impl GroupIndex {
         }
     }
 
-    /// The rows of the file at `path` whose `column` may hold a value of one of `hashes`
-    /// (sorted): sorted, separate ranges; `None` when the file cannot be indexed.
+    /// The rows of the file at `path` (`size` bytes) whose `column` may hold a value of one of
+    /// `hashes` (sorted): sorted, separate ranges; `None` when the file cannot be indexed.
     async fn ranges(
         &mut self,
         t: &Table,
         place: &Place,
-        path: &str,
+        (path, size): (&str, u64),
         column: &str,
         hashes: &[u32],
         reads: &mut MergeReads,
     ) -> Result<Option<Vec<std::ops::Range<usize>>>, DestError> {
         let files = self.columns.entry(column.to_string()).or_default();
         if !files.contains_key(path) {
-            let runs = read_runs(t, place, path, column, reads).await?;
+            let runs = read_runs(t, place, path, size, column, reads).await?;
             files.insert(path.to_string(), runs);
         }
         let Some(Some(runs)) = files.get(path) else {
@@ -1565,11 +1569,18 @@ async fn read_runs(
     t: &Table,
     place: &Place,
     path: &str,
+    size: u64,
     column: &str,
     reads: &mut MergeReads,
 ) -> Result<Option<Vec<Run>>, DestError> {
     let mut batches = place
-        .read_file(&t.dir, path, Some(&[column.to_string()]), &t.r.display)
+        .read_file(
+            &t.dir,
+            path,
+            size,
+            Some(&[column.to_string()]),
+            &t.r.display,
+        )
         .await?;
     let mut runs: Vec<Run> = Vec::new();
     // The first row of the run being read and its value's hash (`None`: a null run, which no
@@ -1678,9 +1689,9 @@ async fn mark_unseen(
         place,
         writer: None,
     };
-    for (path, file) in staged.files(t)? {
+    for (path, size, file) in staged.files(t)? {
         let mut in_file = 0u64;
-        let mut batches = place.read_file(&t.dir, &path, None, shown).await?;
+        let mut batches = place.read_file(&t.dir, &path, size, None, shown).await?;
         while let Some(b) = batches.next().await {
             let b = conform(t, &b?)?;
             in_file += (0..b.num_rows()).filter(|&i| stale(&b, i)).count() as u64;
@@ -1690,7 +1701,7 @@ async fn mark_unseen(
         }
         marked += in_file;
         staged.drop_file(file);
-        out.rewrite(&path, |b| {
+        out.rewrite(&path, size, |b| {
             let flags: BooleanArray = (0..b.num_rows())
                 .map(|i| {
                     Some(
@@ -1754,10 +1765,10 @@ impl DeltaDestination {
         names.extend(wanted.iter().map(|w| w.0.clone()));
         names.dedup();
         let mut out = HashSet::new();
-        for (path, _, _) in live_files(&t.delta, &r.display)? {
+        for (path, size, _) in live_files(&t.delta, &r.display)? {
             let mut batches = self
                 .place
-                .read_file(&t.dir, &path, Some(&names), &r.display)
+                .read_file(&t.dir, &path, size, Some(&names), &r.display)
                 .await?;
             while let Some(b) = batches.next().await {
                 let b = b?;
@@ -1781,10 +1792,10 @@ impl DeltaDestination {
         self.close_group().await?;
         let t = self.table(table)?;
         let mut out = Vec::new();
-        for (path, _, _) in live_files(&t.delta, &t.r.display)? {
+        for (path, size, _) in live_files(&t.delta, &t.r.display)? {
             let mut batches = self
                 .place
-                .read_file(&t.dir, &path, None, &t.r.display)
+                .read_file(&t.dir, &path, size, None, &t.r.display)
                 .await?;
             while let Some(b) = batches.next().await {
                 let b = conform(t, &b?)?;
@@ -2050,8 +2061,11 @@ impl DeltaDestination {
             let mut writer = new_writer(&table, &shown)?.with_target_file_size(target);
             let schema = writer.arrow_schema();
             let mut actions = Vec::new();
-            for (path, _, remove) in &small {
-                let mut batches = self.place.read_file(&dir, path, None, &shown).await?;
+            for (path, size, remove) in &small {
+                let mut batches = self
+                    .place
+                    .read_file(&dir, path, *size, None, &shown)
+                    .await?;
                 while let Some(b) = batches.next().await {
                     let b = b?;
                     report.rows_rewritten += b.num_rows() as u64;
@@ -2155,8 +2169,8 @@ pub async fn read_table(
     let table = load_table(&place, &name, &shown).await?;
     let mut schema = None;
     let mut out = Vec::new();
-    for (path, _, _) in live_files(&table, &shown)? {
-        let mut batches = place.read_file(&name, &path, columns, &shown).await?;
+    for (path, size, _) in live_files(&table, &shown)? {
+        let mut batches = place.read_file(&name, &path, size, columns, &shown).await?;
         while let Some(b) = batches.next().await {
             let b = b?;
             let b = match only {

@@ -367,10 +367,11 @@ impl Place {
         &self,
         dir: &str,
         path: &str,
+        size: u64,
         columns: Option<&[String]>,
         shown: &str,
     ) -> Result<BoxStream<'static, Result<RecordBatch, DestError>>, DestError> {
-        self.read_data(dir, path, columns, None, shown).await
+        self.read_data(dir, path, size, columns, None, shown).await
     }
 
     /// Streams only the rows in `ranges` (sorted, not overlapping) of the data file `path`,
@@ -380,16 +381,20 @@ impl Place {
         &self,
         dir: &str,
         path: &str,
+        size: u64,
         ranges: &[std::ops::Range<usize>],
         shown: &str,
     ) -> Result<BoxStream<'static, Result<RecordBatch, DestError>>, DestError> {
-        self.read_data(dir, path, None, Some(ranges), shown).await
+        self.read_data(dir, path, size, None, Some(ranges), shown)
+            .await
     }
 
+    /// `size` is the file's size in bytes as the table's log records it (0: unknown).
     async fn read_data(
         &self,
         dir: &str,
         path: &str,
+        size: u64,
         columns: Option<&[String]>,
         ranges: Option<&[std::ops::Range<usize>]>,
         shown: &str,
@@ -419,6 +424,13 @@ impl Place {
                 let object = Self::object(&Self::object(prefix, dir), path);
                 #[allow(deprecated)]
                 let reader = ParquetObjectReader::new(Arc::clone(store), object);
+                // With the size known, the footer is read by plain byte ranges: some
+                // S3-compatible stores do not serve the suffix ranges the reader needs without it.
+                #[allow(deprecated)]
+                let reader = match size {
+                    0 => reader,
+                    size => reader.with_file_size(size),
+                };
                 let builder = ParquetRecordBatchStreamBuilder::new_with_options(
                     reader,
                     reader_options(ranges),
