@@ -340,6 +340,7 @@ async fn delta_syncs_killed_20_times_resume_to_the_rows_of_a_clean_postgres_sync
             after_kill: Duration::ZERO,
         },
         || pending.exists(),
+        || log_entries(&lake_dir.join("qualtrics")),
     )
     .await;
     eprintln!("{cut_commits} of {kills} kills cut a commit between its tables");
@@ -362,7 +363,9 @@ struct Kills {
     /// Runs to kill.
     wanted: usize,
     /// Each run is killed after `min_ms` plus up to `window_ms` (seeded random); the window
-    /// halves each time a run finishes first.
+    /// halves each time a run finishes first, and doubles (up to 4 times its first width) each
+    /// time a run is killed before it committed anything: on a busy machine a run takes longer
+    /// to reach its first commit.
     min_ms: u64,
     window_ms: u64,
     /// Waited after each kill.
@@ -372,11 +375,19 @@ struct Kills {
 /// Runs `xmbridge argv…` again and again and kills each run with SIGKILL at a random moment,
 /// until `k.wanted` runs were killed (asserted). Each table's part of a commit is followed by a
 /// pause, so that some kills land between the tables of one commit (the redo file then
-/// finishes it); `cut()`, asked after each kill, tells whether this one did. Returns the kills
-/// and the cut commits.
-async fn kill_runs(i: &Install, argv: &[&str], k: Kills, cut: impl Fn() -> bool) -> (usize, usize) {
+/// finishes it); `cut()`, asked after each kill, tells whether this one did, and `progress()`
+/// counts what the runs committed so far (a kill that leaves it unchanged came too early).
+/// Returns the kills and the cut commits.
+async fn kill_runs(
+    i: &Install,
+    argv: &[&str],
+    k: Kills,
+    cut: impl Fn() -> bool,
+    progress: impl Fn() -> usize,
+) -> (usize, usize) {
     let mut rng = xmbridge_test_kit::Rng(k.seed);
     let (mut kills, mut cut_commits, mut window_ms) = (0, 0, k.window_ms);
+    let mut committed = progress();
     for _ in 0..80 {
         if kills >= k.wanted {
             break;
@@ -397,11 +408,35 @@ async fn kill_runs(i: &Install, argv: &[&str], k: Kills, cut: impl Fn() -> bool)
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;
-        cut_commits += usize::from(cut());
+        let was_cut = cut();
+        cut_commits += usize::from(was_cut);
+        let now = progress();
+        if now == committed && !was_cut {
+            window_ms = (window_ms * 2).min(k.window_ms * 4);
+        }
+        committed = now;
         tokio::time::sleep(k.after_kill).await;
     }
     assert!(kills >= k.wanted, "only {kills} runs could be killed");
     (kills, cut_commits)
+}
+
+/// The commits of the tables under `killed/qualtrics` in the S3 test's bucket so far.
+fn s3_log_entries(s3: &S3Server) -> usize {
+    s3.keys("xmbridge-lake", "killed/qualtrics")
+        .iter()
+        .filter(|k| k.contains("/_delta_log/") && k.ends_with(".json"))
+        .count()
+}
+
+/// The commits of every table under `schema_dir` so far (their `_delta_log` JSON entries).
+fn log_entries(schema_dir: &Path) -> usize {
+    lake::tables_under(schema_dir)
+        .iter()
+        .filter_map(|t| std::fs::read_dir(t.join("_delta_log")).ok())
+        .flat_map(|entries| entries.filter_map(Result::ok))
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .count()
 }
 
 /// Data files of the table in `dir` that its current version uses, and all on disk.
@@ -754,6 +789,7 @@ async fn delta_on_s3_equals_postgres_after_loads_kills_and_lake_upkeep() {
             after_kill: Duration::ZERO,
         },
         || false,
+        || s3_log_entries(&s3),
     )
     .await;
     let r = i.run(&argv).await;
@@ -775,6 +811,7 @@ async fn delta_on_s3_equals_postgres_after_loads_kills_and_lake_upkeep() {
                 .iter()
                 .any(|k| k.ends_with("_xmbridge_pending.json"))
         },
+        || s3_log_entries(&s3),
     )
     .await;
     let kills = first + more;
