@@ -969,6 +969,7 @@ impl DeltaDestination {
         let mut staged: Vec<(String, Staged)> = Vec::new();
         let mut commit_stats = CommitStats::default();
         for b in &commit.batches {
+            // Not `self.table()`: `self.merges` is borrowed mutably beside it.
             let t = self
                 .tables
                 .get(&b.table)
@@ -1498,7 +1499,7 @@ pub struct MergeReads {
 /// read). A file is read for it the first time a merge needs it, and it is kept while the
 /// destination is open: a data file never changes, so what was learnt of it stays true, and a
 /// file the table no longer has is dropped when a merge sees it gone. A 200,000-response
-/// `question_response` takes about 3 MB (one run per response).
+/// `question_response` takes about 2.4 MB (one 12-byte run per response).
 #[derive(Default)]
 struct GroupIndex {
     /// Stored column name → data file path → the file's runs, or `None` for a file that cannot

@@ -902,10 +902,6 @@ pub(crate) fn refuse_empty_store(path: &Path) -> Result<(), VaultError> {
 /// Distinguishes the temporary files of several creators in one process.
 static CREATE_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// Creates a new state store: built complete (tables, key id, key check) in a private (0600)
-/// temporary file, then linked into place, so no process ever sees an empty or half-made
-/// `state.db` — an empty one can then always be refused as damaged. If another process linked
-/// its store first, that one is used (and must have been made with the same key).
 /// Switches the store to WAL mode (a no-op once it is). The first switch needs the file to
 /// itself: when two processes open a new store at once, both hold a read lock and want the
 /// exclusive one, and SQLite answers one of them "database is locked" at once instead of
@@ -928,6 +924,10 @@ fn wal_mode(conn: &Connection) -> Result<(), rusqlite::Error> {
     }
 }
 
+/// Creates a new state store: built complete (tables, key id, key check) in a private (0600)
+/// temporary file, then linked into place, so no process ever sees an empty or half-made
+/// `state.db` — an empty one can then always be refused as damaged. If another process linked
+/// its store first, that one is used (and must have been made with the same key).
 fn create_store(path: &Path, key: &MasterKey) -> Result<Vec<xmbridge_state::Applied>, VaultError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
