@@ -115,6 +115,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format, cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(allocator::collect_when_idle)
         .build()
     {
         Ok(rt) => rt,

@@ -1199,6 +1199,7 @@ async fn merge(
     batch: &TableBatch,
     synced_at_ms: i64,
 ) -> Result<CommitStats, DestError> {
+    let started = std::time::Instant::now();
     let shown = t.r.display.as_str();
     let group = group_of(t, batch, compat)?;
     let replace = crate::replaces_groups(batch, false, &t.r);
@@ -1285,7 +1286,7 @@ async fn merge(
         }
         Fate::Keep
     };
-    let (mut updated, mut deleted) = (0u64, 0u64);
+    let (mut updated, mut deleted, mut rewritten) = (0u64, 0u64, 0usize);
     let mut found: HashSet<usize> = HashSet::new();
     let mut unchanged: HashSet<usize> = HashSet::new();
     let mut out = Output {
@@ -1311,66 +1312,73 @@ async fn merge(
                 }
                 None => None,
             };
-            // Else first only the key and filter columns: most files hold no affected row.
-            let mut hit = ranges.is_some();
-            let mut probed = match ranges {
-                Some(_) => futures_util::stream::empty().boxed(),
+            // Else first only the key and filter columns: most files hold no affected row, and
+            // of a file that does, only the rows found here are read whole to see what changes
+            // (an edit commit's few rows of a 1,000,000-row `survey_response` file, not all).
+            let ranges = match ranges {
+                Some(r) => r,
                 None => {
-                    place
-                        .read_file(&t.dir, &path, size, Some(&probe_names), shown)
-                        .await?
+                    let found = find_rows(place, t, (&path, size), &probe_names, reads, |b| {
+                        if let Some(probes) = &text_probes {
+                            // Text keys and filters (every table of the catalog): compared in
+                            // place, without building a value per row.
+                            let arrays: Vec<Option<&StringArray>> = probes
+                                .iter()
+                                .map(|(name, _)| {
+                                    b.column_by_name(name)
+                                        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                                })
+                                .collect();
+                            return (0..b.num_rows())
+                                .map(|i| {
+                                    probes.iter().zip(&arrays).any(|((_, set), a)| {
+                                        a.is_some_and(|a| !a.is_null(i) && set.contains(a.value(i)))
+                                    })
+                                })
+                                .collect();
+                        }
+                        let col = |name: &str| b.column_by_name(name);
+                        (0..b.num_rows())
+                            .map(|i| {
+                                let key = key_of(t.r.pk.iter().map(|&k| {
+                                    col(&t.stored[k].0)
+                                        .map_or(Value::Null, |c| cell(c, i, t.stored[k].1))
+                                }));
+                                upserts.contains_key(&key)
+                                    || deletes.iter().any(|(ci, set)| {
+                                        let v = col(&t.stored[*ci].0)
+                                            .map_or(Value::Null, |c| cell(c, i, t.stored[*ci].1));
+                                        set.contains(&key_of([v]))
+                                    })
+                            })
+                            .collect()
+                    })
+                    .await?;
+                    if found.is_empty() {
+                        continue;
+                    }
+                    found
                 }
             };
-            while let Some(b) = probed.next().await {
-                let b = b?;
-                reads.probed_rows += b.num_rows() as u64;
-                if let Some(probes) = &text_probes {
-                    // Text keys and filters (every table of the catalog): compared in place,
-                    // without building a value per row.
-                    hit = probes.iter().any(|(name, set)| {
-                        b.column_by_name(name)
-                            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                            .is_some_and(|a| {
-                                (0..a.len()).any(|i| !a.is_null(i) && set.contains(a.value(i)))
-                            })
-                    });
-                    if hit {
-                        break;
-                    }
-                    continue;
-                }
-                let col = |name: &str| b.column_by_name(name);
-                hit = (0..b.num_rows()).any(|i| {
-                    let key = key_of(t.r.pk.iter().map(|&k| {
-                        col(&t.stored[k].0).map_or(Value::Null, |c| cell(c, i, t.stored[k].1))
-                    }));
-                    upserts.contains_key(&key)
-                        || deletes.iter().any(|(ci, set)| {
-                            let v = col(&t.stored[*ci].0)
-                                .map_or(Value::Null, |c| cell(c, i, t.stored[*ci].1));
-                            set.contains(&key_of([v]))
-                        })
-                });
-                if hit {
-                    break;
-                }
-            }
-            if !hit {
-                continue;
-            }
-            // Then the whole rows: does the file change (an unchanged row of a rewritten group
-            // does not change it)?
-            let mut changes = false;
+            // Then those rows whole: does the file change (an unchanged row of a rewritten group
+            // does not change it)? The rows that go (replaced by a changed row, or deleted) are
+            // kept by position, so the rewrite keeps every other row without looking at it.
+            let mut dropped: Vec<usize> = Vec::new();
             let (mut file_updated, mut file_deleted) = (0u64, 0u64);
             let mut file_found = Vec::new();
-            let mut batches = match &ranges {
-                Some(r) => place.read_rows(&t.dir, &path, size, r, shown).await?,
-                None => place.read_file(&t.dir, &path, size, None, shown).await?,
-            };
+            let ranges = crate::delta_place::separate_ranges(&ranges);
+            let mut positions = ranges.iter().flat_map(|r| r.clone());
+            let mut batches = place.read_rows(&t.dir, &path, size, &ranges, shown).await?;
             while let Some(b) = batches.next().await {
                 let b = conform(t, &b?)?;
                 reads.whole_rows += b.num_rows() as u64;
                 for i in 0..b.num_rows() {
+                    let Some(at) = positions.next() else {
+                        return Err(lake_err(
+                            shown,
+                            format!("data file {path} returned more rows than were selected"),
+                        ));
+                    };
                     match fate(&b, i) {
                         Fate::Keep => {}
                         Fate::Replaced(ui, true) => {
@@ -1380,27 +1388,31 @@ async fn merge(
                         Fate::Replaced(ui, false) => {
                             file_found.push(ui);
                             file_updated += 1;
-                            changes = true;
+                            dropped.push(at);
                         }
                         Fate::Deleted => {
                             file_deleted += 1;
-                            changes = true;
+                            dropped.push(at);
                         }
                     }
                 }
             }
             found.extend(file_found);
-            if !changes {
+            if dropped.is_empty() {
                 continue;
             }
             updated += file_updated;
             deleted += file_deleted;
             staged.drop_file(file);
+            rewritten += 1;
+            let mut dropped = dropped.into_iter().peekable();
+            let mut at = 0usize;
             reads.whole_rows += out
                 .rewrite(&path, size, |b| {
-                    let keep: BooleanArray = (0..b.num_rows())
-                        .map(|i| Some(matches!(fate(b, i), Fate::Keep | Fate::Replaced(_, true))))
+                    let keep: BooleanArray = (at..at + b.num_rows())
+                        .map(|row| Some(dropped.next_if_eq(&row).is_none()))
                         .collect();
+                    at += b.num_rows();
                     filter_record_batch(b, &keep).map_err(|e| lake_err(shown, e))
                 })
                 .await?;
@@ -1419,6 +1431,16 @@ async fn merge(
         out.write(batch_of(t, &rows, synced_at_ms, false)?).await?;
     }
     staged.adds.extend(out.finish().await?);
+    tracing::debug!(
+        table = %t.r.display,
+        upserts = batch.upserts.len(),
+        inserted,
+        updated,
+        deleted,
+        rewritten_files = rewritten,
+        ms = started.elapsed().as_millis() as u64,
+        "Delta merge"
+    );
     Ok(CommitStats {
         tables: vec![(batch.table.clone(), inserted, updated, deleted)],
     })
@@ -1473,6 +1495,39 @@ fn group_hash(value: &str) -> u32 {
     value.hash(&mut h);
     let h = h.finish();
     (h ^ (h >> 32)) as u32
+}
+
+/// Reads the `columns` of the file at `path` (`size` bytes) and returns the rows where `hits`
+/// says yes, as sorted, separate ranges (empty when none does).
+async fn find_rows(
+    place: &Place,
+    t: &Table,
+    (path, size): (&str, u64),
+    columns: &[String],
+    reads: &mut MergeReads,
+    mut hits: impl FnMut(&RecordBatch) -> Vec<bool>,
+) -> Result<Vec<std::ops::Range<usize>>, DestError> {
+    let mut batches = place
+        .read_file(&t.dir, path, size, Some(columns), &t.r.display)
+        .await?;
+    let mut found: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut at = 0usize;
+    while let Some(b) = batches.next().await {
+        let b = b?;
+        reads.probed_rows += b.num_rows() as u64;
+        for (i, hit) in hits(&b).into_iter().enumerate() {
+            if !hit {
+                continue;
+            }
+            let row = at + i;
+            match found.last_mut() {
+                Some(last) if last.end == row => last.end = row + 1,
+                _ => found.push(row..row + 1),
+            }
+        }
+        at += b.num_rows();
+    }
+    Ok(found)
 }
 
 /// What merges keep of one table between commits, and what they read of it.

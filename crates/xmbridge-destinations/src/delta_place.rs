@@ -474,6 +474,23 @@ fn reader_options(ranges: Option<&[std::ops::Range<usize>]>) -> ArrowReaderOptio
     ArrowReaderOptions::new().with_offset_index_policy(policy)
 }
 
+/// `ranges` in order without overlaps: each range is trimmed to start where the one before
+/// ended, and dropped if nothing is left. The rows a selection of them reads are then, in order,
+/// the positions the ranges list.
+pub(crate) fn separate_ranges(ranges: &[std::ops::Range<usize>]) -> Vec<std::ops::Range<usize>> {
+    let mut end = 0;
+    ranges
+        .iter()
+        .filter_map(|r| {
+            let start = r.start.max(end);
+            (start < r.end).then(|| {
+                end = r.end;
+                start..r.end
+            })
+        })
+        .collect()
+}
+
 /// A reader of only `columns` and `ranges` of rows (when given), a few thousand rows at a time.
 fn shaped<T>(
     builder: ArrowReaderBuilder<T>,
@@ -485,14 +502,9 @@ fn shaped<T>(
             let total = usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
             // Ranges past the file's end or behind the one before are trimmed: the reader
             // panics on them.
-            let mut end = 0;
-            let ranges = ranges.iter().filter_map(|r| {
-                let (start, stop) = (r.start.max(end), r.end.min(total));
-                (start < stop).then(|| {
-                    end = stop;
-                    start..stop
-                })
-            });
+            let ranges = separate_ranges(ranges)
+                .into_iter()
+                .filter_map(|r| (r.start < total).then(|| r.start..r.end.min(total)));
             let selection = RowSelection::from_consecutive_ranges(ranges, total);
             builder.with_row_selection(selection)
         }

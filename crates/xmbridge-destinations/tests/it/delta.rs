@@ -620,6 +620,35 @@ async fn stored_answers(d: &mut DeltaDestination) -> Vec<(String, String, String
     v
 }
 
+/// The destination itself (not boxed: the tests read its `merge_reads`) with the one table `spec`.
+async fn open_with(dir: &Path, spec: TableSpec) -> DeltaDestination {
+    let mut d = DeltaDestination::open(
+        dir.to_str().unwrap(),
+        "qualtrics",
+        Compat::Xmbridge,
+        DeltaOptions::default(),
+    )
+    .await
+    .unwrap();
+    d.ensure_tables(&[spec]).await.unwrap();
+    d
+}
+
+/// Appends `rows` to `answer` as new rows and commits them: one data file.
+async fn append_file(d: &mut DeltaDestination, rows: Vec<Vec<Value>>) {
+    d.commit(Commit {
+        synced_at_ms: T0,
+        batches: vec![TableBatch {
+            fresh: true,
+            ..upserts("answer", rows)
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    d.flush().await.unwrap();
+}
+
 /// On a table whose key implies its group column (as `question_response`'s `<p>_id` does its
 /// `response_id`), a commit that rewrites whole groups finds them through the group index: the
 /// group column of each file is read once, and after that a commit reads only the rows of the
@@ -628,19 +657,11 @@ async fn stored_answers(d: &mut DeltaDestination) -> Vec<(String, String, String
 async fn delta_merges_by_group_read_only_the_rows_of_the_groups_they_rewrite() {
     let Some(py) = lake::readers() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut d = DeltaDestination::open(
-        dir.path().to_str().unwrap(),
-        "qualtrics",
-        Compat::Xmbridge,
-        DeltaOptions::default(),
-    )
-    .await
-    .unwrap();
     let spec = TableSpec {
         key_implies: Some("response_id".into()),
         ..answer_spec()
     };
-    d.ensure_tables(&[spec]).await.unwrap();
+    let mut d = open_with(dir.path(), spec).await;
     // Two files of 500 responses with 4 answers each; in the first, R5 has a fifth answer
     // at the end, apart from its other four (a group in two runs of rows).
     let mut expected: std::collections::BTreeMap<String, (String, String)> = Default::default();
@@ -661,17 +682,7 @@ async fn delta_merges_by_group_read_only_the_rows_of_the_groups_they_rewrite() {
             rows.extend(answers_of(5, &[9]));
         }
         keep(&rows, &mut expected);
-        d.commit(Commit {
-            synced_at_ms: T0,
-            batches: vec![TableBatch {
-                fresh: true,
-                ..upserts("answer", rows)
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        d.flush().await.unwrap();
+        append_file(&mut d, rows).await;
     }
     assert_eq!(d.merge_reads(), Default::default(), "appends read nothing");
 
@@ -765,4 +776,67 @@ async fn delta_merges_by_group_read_only_the_rows_of_the_groups_they_rewrite() {
         ids_expected,
         "both readers agree"
     );
+}
+
+/// Upserts by key into a table without a group index (as `survey_response`'s edits): each file's
+/// key column is read to find the rows they replace, and of a file that holds some, only those
+/// rows are read whole to see whether it changes — then the file whole, once, to rewrite it.
+/// A file whose found rows of rewritten responses are all unchanged is not rewritten.
+#[tokio::test]
+async fn delta_upserts_by_key_read_whole_only_the_rows_they_find_and_the_file_they_rewrite() {
+    let Some(py) = lake::readers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = open_with(dir.path(), answer_spec()).await;
+    // Two files of 1,000 answers each.
+    for part in 0..2 {
+        let rows: Vec<Vec<Value>> = (part * 250..part * 250 + 250)
+            .flat_map(|r| answers_of(r, &[0, 1, 2, 3]))
+            .collect();
+        append_file(&mut d, rows).await;
+    }
+    // Three rows of the first file: one changed, two as stored; and one new row.
+    let mut changed = answers_of(10, &[1]);
+    changed[0][2] = Value::Text("edited".into());
+    let mut rows = changed.clone();
+    rows.extend(answers_of(20, &[0, 3]));
+    rows.push(answer("R9000:0", "R9000", "new"));
+    let s = d
+        .commit(Commit {
+            synced_at_ms: T0 + 10,
+            batches: vec![upserts("answer", rows)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        stat(&s, "answer"),
+        (1, 3, 0),
+        "R9000:0 new; R10:1, R20:0 and R20:3 replaced (an upsert by key counts as an update)"
+    );
+    let reads = d.merge_reads();
+    assert_eq!(reads.probed_rows, 2000, "both files' key column: {reads:?}");
+    assert_eq!(
+        reads.whole_rows,
+        3 + 1000,
+        "the 3 rows found, then the first file whole to rewrite it: {reads:?}"
+    );
+
+    // A response rewritten whole with the answers it has: its 4 rows are found (by key and by
+    // `response_id`), read whole, all unchanged, and nothing is rewritten.
+    let s = d
+        .commit(replacing(&[300], answers_of(300, &[0, 1, 2, 3])))
+        .await
+        .unwrap();
+    assert_eq!(stat(&s, "answer"), (0, 0, 0), "R300 unchanged");
+    let after = d.merge_reads();
+    assert_eq!(after.whole_rows - reads.whole_rows, 4, "{after:?}");
+
+    let rows = read(&py, dir.path(), "answer");
+    assert_eq!(rows.len(), 2001, "2,000 answers and R9000:0");
+    let edited: Vec<&J> = rows
+        .iter()
+        .filter(|r| r["_xmbridge_id"] == json!("R10:1"))
+        .map(|r| &r["value"])
+        .collect();
+    assert_eq!(edited, vec![&json!("edited")]);
 }

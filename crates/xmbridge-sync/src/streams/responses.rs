@@ -697,8 +697,21 @@ async fn worker(
                 }
             });
             let mut next = 0usize;
+            // A loaded survey's merges set the pace, so a commit built while another waits to
+            // be taken would only wait in memory: its next commit starts once there is room to
+            // send it (one commit fewer held; a 1,000,000-response Delta incremental's peak RSS
+            // 248 -> 227-229 MB, docs/bench.md). A first load's parse sets the pace instead,
+            // and a commit queued ready lets the writer go on at once.
+            let handle = tokio::runtime::Handle::current();
+            let mut permit = None;
             while let Ok(flats) = from_parsers[next % parsers].recv() {
                 next += 1;
+                if loaded && permit.is_none() {
+                    match handle.block_on(tx2.reserve()) {
+                        Ok(p) => permit = Some(p),
+                        Err(_) => return Ok(()),
+                    }
+                }
                 for flat in flats? {
                     let Some(rid) = flat.response_id else {
                         continue;
@@ -732,13 +745,20 @@ async fn worker(
                             concurrent,
                             ..Default::default()
                         };
-                        let sent = tx2.blocking_send(Msg::Rows {
+                        let msg = Msg::Rows {
                             survey: sv.clone(),
                             commit,
                             responses: n,
                             seen: std::mem::take(&mut seen),
                             kind,
-                        });
+                        };
+                        let sent = match permit.take() {
+                            Some(p) => {
+                                p.send(msg);
+                                Ok(())
+                            }
+                            None => tx2.blocking_send(msg).map_err(|_| ()),
+                        };
                         if sent.is_err() {
                             // The engine stopped: dropping the queues stops the parsers and
                             // the reader.
@@ -749,6 +769,7 @@ async fn worker(
                 }
             }
             drop(from_parsers);
+            drop(permit);
             // A file that failed to read part way must not commit its token, nor one whose
             // parser stopped early (a panic: its queue ended before its chunks did).
             let dealt = match reader.join() {
