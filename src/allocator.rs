@@ -49,7 +49,7 @@ pub const IDLE_COLLECT_EVERY: Duration = Duration::from_millis(100);
 /// again, and a worker that went idle does neither: after a 1,000,000-response Delta first load
 /// 1.1 MB of heap was live (heaptrack) while the process stayed 89–115 MB resident, and the
 /// incremental sync after it started from there. With this, and incremental commits built only
-/// when there is room to send them (`xmbridge-sync`), that sync peaked at 231–233 MB instead of
+/// when there is room to send them (`xmbridge-sync`), that sync peaked at 231–234 MB instead of
 /// 278 MB (docs/bench.md, "Delta Lake at 1,000,000 responses: under 250 MB").
 pub fn collect_when_idle() {
     thread_local! {
