@@ -1318,7 +1318,7 @@ async fn merge(
             let ranges = match ranges {
                 Some(r) => r,
                 None => {
-                    let found = find_rows(place, t, (&path, size), &probe_names, reads, |b| {
+                    let hits = find_rows(place, t, (&path, size), &probe_names, reads, |b| {
                         if let Some(probes) = &text_probes {
                             // Text keys and filters (every table of the catalog): compared in
                             // place, without building a value per row.
@@ -1354,10 +1354,10 @@ async fn merge(
                             .collect()
                     })
                     .await?;
-                    if found.is_empty() {
+                    if hits.is_empty() {
                         continue;
                     }
-                    found
+                    hits
                 }
             };
             // Then those rows whole: does the file change (an unchanged row of a rewritten group
