@@ -8,7 +8,9 @@
 //!
 //! - **Upserts by key and `delete_where`** read the table's files that may hold an affected row
 //!   (first only the key and filter columns), and rewrite only the files that do: one commit
-//!   removes them and adds the rewritten files and the new rows.
+//!   removes them and adds the rewritten files and the new rows. Batches that rewrite whole
+//!   responses find their rows through a group index instead, whose runs live on disk
+//!   ([`crate::delta_runs`]).
 //! - **Exactly once**: each [`Commit`] gets a sequence number. Its actions for every table are
 //!   first written to a redo file (`_xmbridge_pending.json`, after every data file it names is
 //!   written), then committed table by table, each Delta commit carrying the transaction
@@ -51,6 +53,7 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 
 pub use crate::delta_place::S3Settings;
 use crate::delta_place::{Holds, Lock, Place};
+use crate::delta_runs::{Run, RunStore, StoredRuns};
 use crate::names::{Resolved, check_name, keys_target, parse_cursor};
 use crate::{
     BoxFuture, ColumnType, Commit, CommitStats, Compat, DestError, Destination, Ensured, Fence,
@@ -1553,21 +1556,15 @@ pub struct MergeReads {
 /// hold the same value, by the value's hash (two values of one hash only cost a few more rows
 /// read). A file is read for it the first time a merge needs it, and it is kept while the
 /// destination is open: a data file never changes, so what was learnt of it stays true, and a
-/// file the table no longer has is dropped when a merge sees it gone. A 200,000-response
-/// `question_response` takes about 2.4 MB (one 12-byte run per response).
+/// file the table no longer has is dropped when a merge sees it gone. The runs (12 bytes each,
+/// one per response and file) are kept in a temporary file, [`RunStore`]; memory holds 4 bytes
+/// per 256 of them, so the index does not grow the process with the table.
 #[derive(Default)]
 struct GroupIndex {
     /// Stored column name → data file path → the file's runs, or `None` for a file that cannot
     /// be indexed (the column is not plain text there, or it holds more rows than a run counts).
-    columns: HashMap<String, HashMap<String, Option<Vec<Run>>>>,
-}
-
-/// Rows `start .. start + len` of a file hold one value, whose hash is `hash`.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Run {
-    hash: u32,
-    start: u32,
-    len: u32,
+    columns: HashMap<String, HashMap<String, Option<StoredRuns>>>,
+    store: RunStore,
 }
 
 impl GroupIndex {
@@ -1590,22 +1587,26 @@ impl GroupIndex {
         hashes: &[u32],
         reads: &mut MergeReads,
     ) -> Result<Option<Vec<std::ops::Range<usize>>>, DestError> {
-        let files = self.columns.entry(column.to_string()).or_default();
+        let GroupIndex { columns, store } = self;
+        let files = columns.entry(column.to_string()).or_default();
         if !files.contains_key(path) {
-            let runs = read_runs(t, place, path, size, column, reads).await?;
-            files.insert(path.to_string(), runs);
+            let stored = match read_runs(t, place, path, size, column, reads).await? {
+                Some(mut runs) => Some(
+                    store
+                        .put(&mut runs)
+                        .map_err(|e| index_err(&t.r.display, store.dir(), e))?,
+                ),
+                None => None,
+            };
+            files.insert(path.to_string(), stored);
         }
         let Some(Some(runs)) = files.get(path) else {
             return Ok(None);
         };
         let mut found: Vec<std::ops::Range<usize>> = Vec::new();
-        for &h in hashes {
-            let first = runs.partition_point(|r| r.hash < h);
-            for r in runs[first..].iter().take_while(|r| r.hash == h) {
-                let start = r.start as usize;
-                found.push(start..start + r.len as usize);
-            }
-        }
+        store
+            .find(runs, hashes, &mut found)
+            .map_err(|e| index_err(&t.r.display, store.dir(), e))?;
         found.sort_unstable_by_key(|r| r.start);
         let mut ranges: Vec<std::ops::Range<usize>> = Vec::with_capacity(found.len());
         for r in found {
@@ -1618,7 +1619,27 @@ impl GroupIndex {
     }
 }
 
-/// Reads one column of a data file into runs of equal values (sorted by hash); `None` when the
+/// An error of the group index's temporary file in `dir` (a full or unwritable temporary
+/// directory), while merging into `table`.
+fn index_err(table: &str, dir: &Path, e: std::io::Error) -> DestError {
+    if is_disk_full(&e.to_string()) {
+        return DestError::DiskFull {
+            table: table.to_string(),
+            destination: format!("the temporary directory {}, which holds the merge's group index", dir.display()),
+            fix: "free space there, or set TMPDIR to a directory with room (the index takes 12 bytes per response and indexed table)".into(),
+            partly_applied: false,
+        };
+    }
+    lake_err(
+        &format!("Delta table {table}"),
+        format!(
+            "cannot keep the merge's group index in a temporary file under {}: {e}; set TMPDIR to a writable directory with room",
+            dir.display()
+        ),
+    )
+}
+
+/// Reads one column of a data file into runs of equal values (in row order); `None` when the
 /// column is not a plain text column there or the file is too long to count in a run. A file
 /// without the column (written before it was added) has no runs: its rows hold null there.
 async fn read_runs(
@@ -1695,9 +1716,6 @@ async fn read_runs(
     if !close(&mut open, row, &mut runs) || u32::try_from(row).is_err() {
         return Ok(None);
     }
-    runs.sort_unstable();
-    // Kept for as long as the destination is open: without the growth's spare capacity.
-    runs.shrink_to_fit();
     Ok(Some(runs))
 }
 
@@ -2428,6 +2446,60 @@ mod tests {
         );
         assert!(DeltaOptions::from_url("delta:/x?target_file_mb=0").is_err());
         assert!(DeltaOptions::from_url("delta:/x?size=1").is_err());
+    }
+
+    /// The group index's file cannot be made (a missing directory) or written (a full tmpfs, when
+    /// this run may mount one): the merge's error names the directory and the fix, and a full
+    /// one is a disk-full error that says nothing of the commit was applied.
+    #[test]
+    fn a_group_index_without_room_is_a_clear_error() {
+        use xmbridge_test_kit::disk::{self, SmallDisk};
+        let runs = |n: u32| -> Vec<Run> {
+            (0..n)
+                .map(|i| Run {
+                    hash: i.wrapping_mul(2_654_435_761),
+                    start: i,
+                    len: 1,
+                })
+                .collect()
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("no-such-directory");
+        let mut store = RunStore::in_dir(missing.clone());
+        let e = store.put(&mut runs(10)).unwrap_err();
+        let e = index_err("question_response", store.dir(), e);
+        let said = e.to_string();
+        assert_eq!(e.kind(), crate::DestErrorKind::Database, "{said}");
+        assert!(
+            said.contains("question_response")
+                && said.contains("group index")
+                && said.contains(&missing.display().to_string())
+                && said.contains("set TMPDIR"),
+            "{said}"
+        );
+
+        if !disk::available() {
+            return;
+        }
+        let small_dir = tmp.path().join("small");
+        let small = SmallDisk::mount(&small_dir, 64 * 1024);
+        // Filled to the last page, so the index's first write meets ENOSPC.
+        let mut filler = std::fs::File::create(small_dir.join("filler")).unwrap();
+        while std::io::Write::write_all(&mut filler, &[0u8; 4096]).is_ok() {}
+        drop(filler);
+        let mut store = RunStore::in_dir(small_dir.clone());
+        let e = store.put(&mut runs(100_000)).unwrap_err();
+        let e = index_err("question_response", store.dir(), e);
+        let said = e.to_string();
+        assert_eq!(e.kind(), crate::DestErrorKind::DiskFull, "{said}");
+        assert!(
+            said.contains(&small_dir.display().to_string())
+                && said.contains("set TMPDIR")
+                && said.contains("nothing of this commit was applied"),
+            "{said}"
+        );
+        drop(store);
+        drop(small);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::pin::Pin;
 
 pub mod delta;
 pub mod delta_place;
+mod delta_runs;
 mod names;
 pub(crate) mod pgpass;
 pub(crate) mod pgtls;
