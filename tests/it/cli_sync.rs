@@ -548,6 +548,47 @@ async fn a_5xx_storm_fails_clearly_and_the_next_run_completes() {
     assert!(inserted(&done, "survey_response") > 400, "{done}");
 }
 
+/// Export files are downloaded into `TMPDIR`: a sync whose temporary directory does not exist
+/// fails saying where it tried and what to do, and the next run with one completes.
+#[tokio::test]
+async fn a_missing_temporary_directory_is_a_clear_error() {
+    let h = sim(SimConfig {
+        surveys: 1,
+        responses: 20,
+        ..SimConfig::default()
+    })
+    .await;
+    let i = support::install();
+    i.connect(&h, "acme").await;
+    let db = i.path("q.db");
+    let dest = format!("sqlite:{}", db.display());
+    let args = [
+        "sync",
+        "acme",
+        "--destination",
+        &dest,
+        "--tables",
+        "survey_response",
+    ];
+    let missing = i.path("no-such-directory");
+    let mut c = i.cmd(&args);
+    c.env("TMPDIR", &missing);
+    let out = tokio::task::spawn_blocking(move || c.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot create a temporary file")
+            && err.contains(&missing.display().to_string())
+            && err.contains("set TMPDIR to a writable directory"),
+        "the error names the directory and the fix:\n{err}"
+    );
+    let done = i.ok(&args).await;
+    assert!(inserted(&done, "survey_response") >= 20, "{done}");
+}
+
 /// The first response-export start of a sync gets a 500 (the simulator's `fail_next`, so exactly
 /// that call fails, once): the start is retried like a GET, and the sync completes with exactly
 /// the rows of a clean sync.

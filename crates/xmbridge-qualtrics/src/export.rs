@@ -636,10 +636,17 @@ impl Client {
         file_id: &str,
     ) -> Result<(tempfile::NamedTempFile, u64), Error> {
         let url = self.url(&["surveys", survey_id, "export-responses", file_id, "file"]);
+        // Where the download goes, and what to do when it cannot go there, in the error.
+        let in_tmp = |what: &str| {
+            format!(
+                "{what} in {} for the export download (set TMPDIR to a writable directory with room)",
+                std::env::temp_dir().display()
+            )
+        };
         let tmp = tempfile::Builder::new()
             .prefix("xmbridge-export-")
             .tempfile()
-            .map_err(|e| Error::io("cannot create a temporary file", e))?;
+            .map_err(|e| Error::io(in_tmp("cannot create a temporary file"), e))?;
         let mut retry = 0u32;
         loop {
             let std_file = tmp
@@ -662,7 +669,7 @@ impl Client {
                         bytes += chunk.len() as u64;
                         out.write_all(&chunk)
                             .await
-                            .map_err(|e| Error::io("cannot write the export file", e))?;
+                            .map_err(|e| Error::io(in_tmp("cannot write the export file"), e))?;
                     }
                     Ok(None) => break None,
                     Err(e) => break Some(Error::transport(url.as_str(), e)),
@@ -670,7 +677,7 @@ impl Client {
             };
             out.flush()
                 .await
-                .map_err(|e| Error::io("cannot write the export file", e))?;
+                .map_err(|e| Error::io(in_tmp("cannot write the export file"), e))?;
             match broken {
                 None => return Ok((tmp, bytes)),
                 Some(err) if retry < self.retry_policy().max_retries => {
