@@ -2012,7 +2012,8 @@ async fn postgres_a_later_claim_ends_the_earlier_runs_sessions() {
 }
 
 /// PostgreSQL leaves a replaced group that equals the table's alone: not rewritten, not even
-/// locked by the merge (its rows' `xmax` stays 0), while a changed group is written.
+/// locked by the merge (its rows' `xmax` stays 0), while a changed group is written: one with a
+/// value changed (also NULL to "" and back), one that lost a row, one that gained a row.
 #[tokio::test]
 async fn postgres_unchanged_groups_are_not_touched() {
     let Some(mut h) = postgres(Compat::Xmbridge).await else {
@@ -2037,11 +2038,20 @@ async fn postgres_unchanged_groups_are_not_touched() {
             answer("r1:8", "r1", Some("a,b"), Some("a\\b")),
             answer("r1:9", "r1", Some("a\"b"), Some("a\u{a0}b")),
             answer("r2:1", "r2", Some(b), None),
+            // r3 loses a row, r4 gains one, r5's value goes from NULL to "", r6's back.
+            answer("r3:1", "r3", Some("kept"), None),
+            answer("r4:1", "r4", Some("kept"), None),
+            answer("r5:1", "r5", Some("x"), (b == "new").then_some("")),
+            answer("r6:1", "r6", Some("x"), (b == "old").then_some("")),
         ]
     };
-    h.commit(commit_of(T0, vec![upserts("answer", rows("old"))]))
+    let mut old = rows("old");
+    old.push(answer("r3:2", "r3", Some("gone"), None));
+    h.commit(commit_of(T0, vec![upserts("answer", old)]))
         .await
         .unwrap();
+    let mut new = rows("new");
+    new.push(answer("r4:2", "r4", Some("added"), None));
     let sql = format!(
         "SELECT id, xmin::text, xmax::text FROM {} ORDER BY id",
         h.t("answer")
@@ -2052,17 +2062,36 @@ async fn postgres_unchanged_groups_are_not_touched() {
             T0 + 1,
             vec![TableBatch {
                 table: "answer".into(),
-                upserts: rows("new"),
+                upserts: new,
                 fresh: false,
                 delete_where: vec![(
                     "response_id".into(),
-                    vec![Value::Text("r1".into()), Value::Text("r2".into())],
+                    ["r1", "r2", "r3", "r4", "r5", "r6"]
+                        .map(|g| Value::Text(g.into()))
+                        .to_vec(),
                 )],
             }],
         ))
         .await
         .unwrap();
-    assert_eq!(stat(&s, "answer"), (0, 1, 0), "inserted, updated, deleted");
+    assert_eq!(stat(&s, "answer"), (1, 3, 1), "inserted, updated, deleted");
+    let changed = format!(
+        "SELECT id, a, b FROM {} WHERE response_id IN ('r3', 'r4', 'r5', 'r6') ORDER BY id",
+        h.t("answer")
+    );
+    let text = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+    let mut r5 = text(&["r5:1", "x"]);
+    r5.push(Some(String::new()));
+    assert_eq!(
+        h.rows(&changed).await,
+        vec![
+            [text(&["r3:1", "kept"]), vec![None]].concat(),
+            [text(&["r4:1", "kept"]), vec![None]].concat(),
+            [text(&["r4:2", "added"]), vec![None]].concat(),
+            r5,
+            [text(&["r6:1", "x"]), vec![None]].concat(),
+        ]
+    );
     let after = h.rows(&sql).await;
     assert_eq!(after[..9], before[..9], "r1's rows untouched: {after:?}");
     assert_eq!(after[0][2].as_deref(), Some("0"));
