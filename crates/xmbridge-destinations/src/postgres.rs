@@ -1647,6 +1647,43 @@ struct Seen {
     differs: bool,
 }
 
+impl Seen {
+    fn add(&mut self, other: Seen) {
+        self.matched += other.matched;
+        self.differs |= other.differs;
+    }
+}
+
+/// A text value as the server sent it (binary format: its UTF-8 bytes), compared with the batch's
+/// without decoding.
+struct Raw<'a>(Option<&'a [u8]>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Raw<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn StdError + Sync + Send>> {
+        Ok(Raw(Some(raw)))
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Self, Box<dyn StdError + Sync + Send>> {
+        Ok(Raw(None))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <&str as tokio_postgres::types::FromSql>::accepts(ty)
+    }
+}
+
+/// A hash of a row's key columns (`None` when one is NULL), each followed by a byte UTF-8
+/// never holds, so that ("ab", "c") and ("a", "bc") differ.
+fn key_hash<'a>(columns: impl Iterator<Item = Option<&'a [u8]>>) -> Option<u64> {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    for c in columns {
+        h.write(c?);
+        h.write_u8(0xff);
+    }
+    Some(h.finish())
+}
+
 /// For a batch that replaces groups of one text column: which of its groups have rows in the
 /// table already (one index scan per group), and of those, which hold exactly the batch's rows
 /// already — their rows are left out, as the merge would change nothing. An edited response
@@ -1656,9 +1693,9 @@ struct Seen {
 ///
 /// On tables whose columns are all text, the groups' rows are read back (binary, as they are
 /// stored) and compared here with the batch's, row by row by key. Comparing on the server
-/// instead (a SHA-256 of each group's `ROW(…)::text` in key order) cost three to four times the
-/// read itself: at 1,000,000 responses, 86–97 ms for 500 edited responses against 21–32 ms for
-/// reading their 39,000 rows (docs/bench.md). Elsewhere every existing group is merged.
+/// instead (a SHA-256 of each group's `ROW(…)::text` in key order) took the server 96–101 ms
+/// for 500 edited responses at 1,000,000; reading their 39,000 rows takes it 40–42 ms
+/// (docs/bench.md). Elsewhere every existing group is merged.
 async fn split_new_groups(
     tx: &tokio_postgres::Transaction<'_>,
     table: &str,
@@ -1686,10 +1723,10 @@ async fn split_new_groups(
             _ => None,
         })
         .collect();
-    // The batch's rows of each group it replaces, by key; `None` for a group whose rows cannot
-    // be compared (a key repeated in the batch, whose last row wins in the merge; a key that is
-    // not text).
-    let mut keyed: HashMap<&str, Option<HashMap<Vec<&str>, usize>>> = HashMap::new();
+    // The batch's rows of each group it replaces, by a hash of their key; `None` for a group
+    // whose rows cannot be compared (a key repeated in the batch, whose last row wins in the
+    // merge; a key that is not text; two keys of one hash, which only costs the merge).
+    let mut keyed: HashMap<&str, Option<HashMap<u64, usize>>> = HashMap::new();
     for (i, row) in batch.upserts.iter().enumerate() {
         let Some(Value::Text(g)) = row.get(at) else {
             continue;
@@ -1703,13 +1740,10 @@ async fn split_new_groups(
         let Some(rows) = entry else {
             continue;
         };
-        let key: Option<Vec<&str>> =
-            r.pk.iter()
-                .map(|&k| match row.get(k) {
-                    Some(Value::Text(s)) => Some(s.as_str()),
-                    _ => None,
-                })
-                .collect();
+        let key = key_hash(r.pk.iter().map(|&k| match row.get(k) {
+            Some(Value::Text(s)) => Some(s.as_bytes()),
+            _ => None,
+        }));
         let kept = match key {
             Some(key) if row.len() == r.columns.len() => rows.insert(key, i).is_none(),
             _ => false,
@@ -1741,36 +1775,47 @@ async fn split_new_groups(
             .map_err(|e| failure(&batch.table, e))?;
         futures_util::pin_mut!(stream);
         let fail = |e| failure(&batch.table, e);
+        // A group's rows come one after another (one index scan per group): the group being read
+        // and what it showed so far, added to `seen` when the next one starts.
+        let mut current: Option<(String, Seen)> = None;
         while let Some(row) = stream.try_next().await.map_err(fail)? {
-            let g: &str = row.try_get(at).map_err(fail)?;
-            if !seen.contains_key(g) {
-                seen.insert(g.to_string(), Seen::default());
+            let Raw(Some(g)) = row.try_get(at).map_err(fail)? else {
+                continue;
+            };
+            if current.as_ref().is_none_or(|(c, _)| c.as_bytes() != g) {
+                if let Some((c, s)) = current.take() {
+                    seen.entry(c).or_default().add(s);
+                }
+                let g = String::from_utf8_lossy(g).into_owned();
+                current = Some((g, Seen::default()));
             }
-            let Some(s) = seen.get_mut(g) else {
+            let Some((g, s)) = current.as_mut() else {
                 continue;
             };
             if s.differs {
                 continue;
             }
-            let Some(Some(rows)) = keyed.get(g) else {
+            let Some(Some(rows)) = keyed.get(g.as_str()) else {
                 s.differs = true;
                 continue;
             };
-            let key: Vec<&str> =
-                r.pk.iter()
-                    .map(|&k| row.try_get::<_, &str>(k))
-                    .collect::<Result<_, _>>()
-                    .map_err(fail)?;
-            let Some(&i) = rows.get(&key) else {
+            let mut key = Vec::with_capacity(r.pk.len());
+            for &k in &r.pk {
+                let Raw(v) = row.try_get(k).map_err(fail)?;
+                key.push(v);
+            }
+            // The whole row is compared below, the key included: a hash that matches another
+            // key only makes the group look changed.
+            let Some(&i) = key_hash(key.into_iter()).and_then(|h| rows.get(&h)) else {
                 s.differs = true;
                 continue;
             };
             let mut equal = true;
             for (n, v) in batch.upserts[i].iter().enumerate() {
-                let stored: Option<&str> = row.try_get(n).map_err(fail)?;
+                let Raw(stored) = row.try_get(n).map_err(fail)?;
                 equal = match v {
                     Value::Null => stored.is_none(),
-                    Value::Text(t) => stored == Some(t.as_str()),
+                    Value::Text(t) => stored == Some(t.as_bytes()),
                     _ => false,
                 };
                 if !equal {
@@ -1782,6 +1827,9 @@ async fn split_new_groups(
             } else {
                 s.differs = true;
             }
+        }
+        if let Some((c, s)) = current {
+            seen.entry(c).or_default().add(s);
         }
     } else {
         let sql = format!(
