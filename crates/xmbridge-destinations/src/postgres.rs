@@ -1673,15 +1673,21 @@ impl<'a> tokio_postgres::types::FromSql<'a> for Raw<'a> {
 }
 
 /// A hash of a row's key columns (`None` when one is NULL), each followed by a byte UTF-8
-/// never holds, so that ("ab", "c") and ("a", "bc") differ.
-fn key_hash<'a>(columns: impl Iterator<Item = Option<&'a [u8]>>) -> Option<u64> {
+/// never holds, so that ("ab", "c") and ("a", "bc") differ. The columns are read as they are
+/// hashed, so that the stored rows' keys need no vector per row.
+fn key_hash<'a, E>(
+    columns: impl Iterator<Item = Result<Option<&'a [u8]>, E>>,
+) -> Result<Option<u64>, E> {
     use std::hash::Hasher;
     let mut h = std::hash::DefaultHasher::new();
     for c in columns {
-        h.write(c?);
+        let Some(c) = c? else {
+            return Ok(None);
+        };
+        h.write(c);
         h.write_u8(0xff);
     }
-    Some(h.finish())
+    Ok(Some(h.finish()))
 }
 
 /// For a batch that replaces groups of one text column: which of its groups have rows in the
@@ -1740,9 +1746,11 @@ async fn split_new_groups(
         let Some(rows) = entry else {
             continue;
         };
-        let key = key_hash(r.pk.iter().map(|&k| match row.get(k) {
-            Some(Value::Text(s)) => Some(s.as_bytes()),
-            _ => None,
+        let Ok(key) = key_hash(r.pk.iter().map(|&k| {
+            Ok::<_, std::convert::Infallible>(match row.get(k) {
+                Some(Value::Text(s)) => Some(s.as_bytes()),
+                _ => None,
+            })
         }));
         let kept = match key {
             Some(key) if row.len() == r.columns.len() => rows.insert(key, i).is_none(),
@@ -1799,14 +1807,10 @@ async fn split_new_groups(
                 s.differs = true;
                 continue;
             };
-            let mut key = Vec::with_capacity(r.pk.len());
-            for &k in &r.pk {
-                let Raw(v) = row.try_get(k).map_err(fail)?;
-                key.push(v);
-            }
+            let key = key_hash(r.pk.iter().map(|&k| row.try_get(k).map(|Raw(v)| v)));
             // The whole row is compared below, the key included: a hash that matches another
             // key only makes the group look changed.
-            let Some(&i) = key_hash(key.into_iter()).and_then(|h| rows.get(&h)) else {
+            let Some(&i) = key.map_err(fail)?.and_then(|h| rows.get(&h)) else {
                 s.differs = true;
                 continue;
             };
