@@ -223,7 +223,8 @@ async fn kill_loop(clean: &Db, killed: &Db) {
         &format!("after {kills} kills"),
     )
     .await;
-    // Key and filter index of the answer table are in place.
+    // The answer table's key and a filter index are in place (on PostgreSQL the answer table's
+    // key serves its `response_id` lookups, so the filter index checked is the embedded data's).
     let (key_sql, index_sql) = match killed {
         Db::Sqlite(_) => (
             "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'qualtrics_question_response__pkey'",
@@ -231,7 +232,7 @@ async fn kill_loop(clean: &Db, killed: &Db) {
         ),
         Db::Pg { .. } => (
             "SELECT conname::text FROM pg_constraint WHERE conrelid = 'qualtrics.question_response'::regclass AND contype = 'p'",
-            "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'qualtrics' AND indexname = 'question_response__response_id_idx'",
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'qualtrics' AND indexname = 'survey_embedded_data__response_id_idx'",
         ),
     };
     assert_eq!(

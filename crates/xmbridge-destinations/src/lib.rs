@@ -77,12 +77,14 @@ pub struct TableSpec {
     /// scopes, `keys` filters). The destination indexes each one the table has that is not
     /// already the leading primary-key column, so incremental writes of large tables do not scan.
     pub filter_columns: Vec<String>,
-    /// A column that every row with a given key shares because the key is derived from it
-    /// (`question_response`'s `<p>_id` is `<response_id>:…`); columns of the key itself need no
-    /// mention. A destination without a key index may then find the stored rows a batch
-    /// replaces by that column alone (Delta: docs/destinations.md, "Incremental syncs and
-    /// merges"). Naming a column the key does not determine would let such a destination keep a
-    /// second row of a key.
+    /// A column that every row with a given key shares because the key is derived from it:
+    /// the key is that column's value, `:`, then the rest (`question_response`'s `<p>_id` is
+    /// `<response_id>:…`); columns of the key itself need no mention. PostgreSQL relies on the
+    /// prefix (a group's rows are one range of the key's index, so the column needs no index
+    /// of its own) and refuses a row without it. A destination without a key index may find the
+    /// stored rows a batch replaces by that column alone (Delta: docs/destinations.md,
+    /// "Incremental syncs and merges"). Naming a column the key does not determine would let
+    /// such a destination keep a second row of a key.
     pub key_implies: Option<String>,
 }
 
@@ -504,6 +506,23 @@ pub enum DestError {
         /// The primary-key column that is null.
         column: String,
     },
+    /// A row of a table whose key is led by a group column (`question_response`: `<p>_id` is
+    /// `<response_id>:…`, [`TableSpec::key_implies`]) has a key that does not start with its
+    /// group value and `:` (a bug in the caller). PostgreSQL finds a group's rows by that
+    /// prefix, so such a row would be missed when its group is rewritten.
+    #[error(
+        "table {table}: key {key:?} does not start with the row's {column} value and ':' (expected {value:?} followed by ':')"
+    )]
+    KeyNotLed {
+        /// The physical table name.
+        table: String,
+        /// The group column the key must start with.
+        column: String,
+        /// The row's key.
+        key: String,
+        /// The row's value of the group column.
+        value: String,
+    },
     /// The disk (or the destination's size cap) is full; the commit was rolled back, or (a
     /// destination without transactions across tables) is kept to be finished by the next run.
     #[error(
@@ -615,6 +634,7 @@ impl DestError {
             | DestError::RowShape { .. }
             | DestError::ValueType { .. }
             | DestError::NullKey { .. }
+            | DestError::KeyNotLed { .. }
             | DestError::NotSoftDelete { .. }
             | DestError::KeysNotText { .. } => DestErrorKind::Usage,
             DestError::KeysUnsupported { .. } | DestError::Worker { .. } => {

@@ -83,6 +83,9 @@ pub(crate) struct PostgresDestination {
     bulk: HashSet<String>,
     /// Tables whose first fresh batch was seen this session (bulk load is decided once).
     bulk_judged: HashSet<String>,
+    /// Tables whose groups are found through the primary key, filled by `ensure_tables`: see
+    /// [`key_ranged`].
+    ranged: HashSet<String>,
     state: String,
     describe: String,
     /// For the second connection [`Commit::concurrent`] commits are applied on.
@@ -125,6 +128,7 @@ fn judges_bulk(batch: &TableBatch) -> bool {
 struct Target {
     tables: Arc<HashMap<String, Resolved>>,
     bulk: HashSet<String>,
+    ranged: HashSet<String>,
     schema: String,
     state: String,
     compat: Compat,
@@ -732,6 +736,7 @@ impl PostgresDestination {
             filter_indexes: HashMap::new(),
             bulk: HashSet::new(),
             bulk_judged: HashSet::new(),
+            ranged: HashSet::new(),
             state,
             describe,
             settings: settings.clone(),
@@ -827,6 +832,7 @@ impl PostgresDestination {
         Target {
             tables: self.tables.clone(),
             bulk: self.bulk.clone(),
+            ranged: self.ranged.clone(),
             schema: self.schema.clone(),
             state: self.state.clone(),
             compat: self.compat,
@@ -861,14 +867,19 @@ impl PostgresDestination {
             match existing {
                 None => {
                     let mut defs: Vec<String> = Vec::new();
-                    let surrogate = crate::names::resolve_name("<p>_id", self.compat);
+                    // A key led by its group value (`question_response`'s surrogate key,
+                    // `<response_id>:…`) compares bytewise: its values share a long prefix,
+                    // which a locale collation compares character by character through strcoll
+                    // in every sort and index descent, and a group's rows are then one range of
+                    // the key's index (`key_ranged`). No query joins on it, so its order is
+                    // nobody's concern.
+                    let led_key = match (r.key_implies, r.pk.as_slice()) {
+                        (Some(_), &[k]) => Some(k),
+                        _ => None,
+                    };
                     for (i, (col, ty)) in r.stored_columns().into_iter().enumerate() {
                         let mut d = format!("{} {}", quote_ident(&col), pg_type(ty));
-                        // The surrogate key (`question_response`) compares bytewise: its values
-                        // share a long response-id prefix, which a locale collation compares
-                        // character by character through strcoll in every sort and index
-                        // descent. No query joins on it, so its order is nobody's concern.
-                        if col == surrogate && ty == ColumnType::Text {
+                        if led_key == Some(i) && ty == ColumnType::Text {
                             d.push_str(" COLLATE \"C\"");
                         }
                         if r.pk.contains(&i) {
@@ -913,17 +924,27 @@ impl PostgresDestination {
                 }
             }
         }
+        let mut filters = Vec::with_capacity(specs.len());
         for (spec, (name, r)) in specs.iter().zip(&resolved) {
-            // Also adds back what a first load killed before its index build left out.
-            create_indexes(&tx, &schema, name, r, &spec.indexed_columns()).await?;
-        }
-        tx.commit().await.map_err(|e| sql_err("ensure_tables", e))?;
-        for (spec, (name, r)) in specs.iter().zip(resolved) {
-            let filter = spec
+            let ranged = key_ranged(&tx, &schema, name, r).await?;
+            // A group found through the key's index needs no index of its own.
+            let filter: Vec<String> = spec
                 .indexed_columns()
                 .into_iter()
+                .filter(|col| !(ranged && spec.key_implies.as_deref() == Some(*col)))
                 .map(str::to_string)
                 .collect();
+            // Also adds back what a first load killed before its index build left out.
+            create_indexes(&tx, &schema, name, r, &filter).await?;
+            filters.push((ranged, filter));
+        }
+        tx.commit().await.map_err(|e| sql_err("ensure_tables", e))?;
+        for ((name, r), (ranged, filter)) in resolved.into_iter().zip(filters) {
+            if ranged {
+                self.ranged.insert(name.clone());
+            } else {
+                self.ranged.remove(&name);
+            }
             self.filter_indexes.insert(name.clone(), filter);
             Arc::make_mut(&mut self.tables).insert(name, r);
         }
@@ -1273,6 +1294,7 @@ async fn try_commit_inner(
     let Target {
         tables,
         bulk,
+        ranged,
         schema,
         state,
         compat,
@@ -1313,11 +1335,27 @@ async fn try_commit_inner(
                 table: format!("{schema}.{}", batch.table),
             })?;
         let bulk = bulk.contains(&batch.table);
-        apply_batch(
-            &mut tx, schema, r, batch, bi, bulk, &synced, compat, &mut stats,
-        )
-        .await
-        .map_err(|mut f| {
+        let ranged = ranged.contains(&batch.table);
+        let bitmap = ranged && !batch.delete_where.is_empty();
+        let applied = async {
+            if ranged {
+                check_key_led(r, batch)?;
+            }
+            if bitmap {
+                tx.batch_execute(RANGES_BY_BITMAP)
+                    .await
+                    .map_err(at("commit"))?;
+            }
+            apply_batch(
+                &mut tx, schema, r, batch, bi, bulk, ranged, &synced, compat, &mut stats,
+            )
+            .await?;
+            if bitmap {
+                tx.batch_execute(RANGES_DONE).await.map_err(at("commit"))?;
+            }
+            Ok::<_, Box<Failure>>(())
+        };
+        applied.await.map_err(|mut f| {
             f.table = Some(batch.table.clone());
             f
         })?;
@@ -1389,6 +1427,7 @@ async fn apply_batch(
     batch: &TableBatch,
     index: usize,
     bulk: bool,
+    ranged: bool,
     synced: &Value,
     compat: Compat,
     stats: &mut Stats,
@@ -1403,7 +1442,8 @@ async fn apply_batch(
     if !replace {
         // Deletes first: a response about to be rewritten loses its old answer rows.
         for (col, values) in &batch.delete_where {
-            let Some((sql, cells)) = group_delete(&table, r, col, values, compat, None)? else {
+            let Some((sql, cells)) = group_delete(&table, r, col, values, compat, None, ranged)?
+            else {
                 continue;
             };
             entry.3 += tx
@@ -1440,7 +1480,7 @@ async fn apply_batch(
     } else if replace {
         // Groups with no row in the table yet (new responses) need no comparison: their rows
         // go straight in by COPY, and only the groups that exist are staged and merged.
-        if let Some(split) = split_new_groups(tx, &table, r, batch, compat).await? {
+        if let Some(split) = split_new_groups(tx, &table, r, batch, compat, ranged).await? {
             let new: Vec<&[Value]> = split.new_rows.iter().map(|&i| rows[i]).collect();
             if new.is_empty() || direct.copy_or_conflict(tx, &new, r, &batch.table).await? {
                 entry.1 += new.len() as u64;
@@ -1491,7 +1531,8 @@ async fn apply_batch(
             kept.join(" AND ")
         );
         for (col, values) in groups.iter() {
-            let Some((sql, cells)) = group_delete(&table, r, col, values, compat, Some(&keep))?
+            let Some((sql, cells)) =
+                group_delete(&table, r, col, values, compat, Some(&keep), ranged)?
             else {
                 continue;
             };
@@ -1708,6 +1749,7 @@ async fn split_new_groups(
     r: &Resolved,
     batch: &TableBatch,
     compat: Compat,
+    ranged: bool,
 ) -> Result<Option<Split>, Box<Failure>> {
     use futures_util::TryStreamExt;
     let [(col, values)] = batch.delete_where.as_slice() else {
@@ -1773,9 +1815,14 @@ async fn split_new_groups(
             .await
             .map_err(|e| failure(&batch.table, e))?;
         let sql = format!(
-            "SELECT s.* FROM unnest($1::text[]) AS v, \
-             LATERAL (SELECT {} FROM {table} t WHERE t.{group} = v) AS s",
-            cols.join(", ")
+            "SELECT s.* {}",
+            group_rows(
+                table,
+                r,
+                &group,
+                by_key_range(r, c, ranged),
+                &cols.join(", ")
+            )
         );
         let stream = tx
             .query_raw(&sql, [&cells as &(dyn ToSql + Sync)])
@@ -1836,10 +1883,15 @@ async fn split_new_groups(
             seen.entry(c).or_default().add(s);
         }
     } else {
-        let sql = format!(
-            "SELECT v FROM unnest($1::text[]) AS v \
-             WHERE EXISTS (SELECT 1 FROM {table} t WHERE t.{group} = v)"
-        );
+        let sql = if by_key_range(r, c, ranged) {
+            let rows = group_rows(table, r, &group, true, &format!("t.{group}"));
+            format!("SELECT DISTINCT s.{group} {rows}")
+        } else {
+            format!(
+                "SELECT v FROM unnest($1::text[]) AS v \
+                 WHERE EXISTS (SELECT 1 FROM {table} t WHERE t.{group} = v)"
+            )
+        };
         for row in tx
             .query(&sql, &[&cells])
             .await
@@ -1889,8 +1941,103 @@ async fn split_new_groups(
     }))
 }
 
+/// Whether `table`'s rows of one group are found through its primary key instead of an index on
+/// the group column: the key is one text column that starts with the group value and `:`
+/// ([`crate::TableSpec::key_implies`]) and compares bytewise (`COLLATE "C"`, which new tables
+/// get), so a group's rows are the one range `[<value>:, <value>;)` of the key's index. Inserting
+/// a new response's answers then maintains one index instead of two (docs/destinations.md,
+/// "Indexes"). A table made before its key compared bytewise keeps its group column's index.
+async fn key_ranged(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    table: &str,
+    r: &Resolved,
+) -> Result<bool, DestError> {
+    let (Some(g), &[k]) = (r.key_implies, r.pk.as_slice()) else {
+        return Ok(false);
+    };
+    if r.columns[g].ty != ColumnType::Text || r.columns[k].ty != ColumnType::Text {
+        return Ok(false);
+    }
+    let q = format!("{}.{}", quote_ident(schema), quote_ident(table));
+    let err = |e| sql_err(&r.display, e);
+    let collation: Option<String> = tx
+        .query_opt(
+            "SELECT c.collname::text FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation \
+             WHERE a.attrelid = $1::text::regclass AND a.attname = $2 AND NOT a.attisdropped",
+            &[&q, &r.columns[k].name],
+        )
+        .await
+        .map_err(err)?
+        .map(|row| row.try_get(0))
+        .transpose()
+        .map_err(err)?;
+    Ok(matches!(collation.as_deref(), Some("C" | "POSIX")))
+}
+
+/// `FROM … WHERE …` yielding, as `s`, the rows of `table` whose group column `group` (quoted) is
+/// one of the text array `$1`, with `select` (columns of `t`, `group` among them), group after
+/// group. A [`key_ranged`] table reads each group as its key's range, rechecking the group
+/// column (a group value may itself hold `:`); `OFFSET 0` keeps the planner from turning the
+/// lookups into one join over the whole table. Run it with `enable_indexscan` off
+/// ([`RANGES_BY_BITMAP`]).
+fn group_rows(table: &str, r: &Resolved, group: &str, ranged: bool, select: &str) -> String {
+    match (ranged, r.pk.as_slice()) {
+        (true, &[k]) => {
+            let key = quote_ident(&r.columns[k].name);
+            format!(
+                "FROM unnest($1::text[]) AS v, LATERAL (SELECT {select} FROM {table} t \
+                 WHERE t.{key} >= v || ':' AND t.{key} < v || ';' OFFSET 0) AS s WHERE s.{group} = v"
+            )
+        }
+        _ => format!(
+            "FROM unnest($1::text[]) AS v, LATERAL (SELECT {select} FROM {table} t WHERE t.{group} = v) AS s"
+        ),
+    }
+}
+
+/// Set before reading or deleting a [`key_ranged`] table's groups (and back to the default
+/// after): each group's range is then read as a bitmap scan, its rows in table order, instead of
+/// an index scan that visits the table once per row. Measured at 1,000,000 responses, 500 groups
+/// of about 78 rows from a cold key index: 28–38 ms against 87–123 ms.
+const RANGES_BY_BITMAP: &str = "SET LOCAL enable_indexscan = off";
+const RANGES_DONE: &str = "SET LOCAL enable_indexscan TO DEFAULT";
+
+/// Whether the groups of column `c` of a [`key_ranged`] table are found through its key: `c` is
+/// the column the key starts with.
+fn by_key_range(r: &Resolved, c: &crate::Column, ranged: bool) -> bool {
+    ranged && c.ty == ColumnType::Text && r.key_implies.is_some_and(|g| r.columns[g].name == c.name)
+}
+
+/// Refuses a row of a [`key_ranged`] table whose key does not start with its group value and
+/// `:`: that row would not be found when its group is next rewritten or deleted.
+fn check_key_led(r: &Resolved, batch: &TableBatch) -> Result<(), DestError> {
+    let (Some(g), &[k]) = (r.key_implies, r.pk.as_slice()) else {
+        return Ok(());
+    };
+    for row in &batch.upserts {
+        let (Some(Value::Text(key)), Some(Value::Text(value))) = (row.get(k), row.get(g)) else {
+            continue;
+        };
+        let led = key
+            .strip_prefix(value.as_str())
+            .is_some_and(|rest| rest.starts_with(':'));
+        if !led {
+            return Err(DestError::KeyNotLed {
+                table: r.display.clone(),
+                column: r.columns[g].name.clone(),
+                key: key.clone(),
+                value: value.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The `DELETE` of the rows whose `col` is one of `values` (and, with `keep`, that condition is
-/// false), with its one array parameter; `None` when there is nothing to delete.
+/// false), with its one array parameter; `None` when there is nothing to delete. A
+/// [`key_ranged`] table's rows are found through its key ([`group_rows`]) and deleted by
+/// `ctid`.
 fn group_delete<'v>(
     table: &str,
     r: &Resolved,
@@ -1898,16 +2045,20 @@ fn group_delete<'v>(
     values: &'v [Value],
     compat: Compat,
     keep: Option<&str>,
+    ranged: bool,
 ) -> Result<Option<(String, Vec<PgCell<'v>>)>, Box<Failure>> {
     let c = r.spec_column(col, compat)?;
     let cells = group_cells(r, c, values)?;
     if cells.is_empty() {
         return Ok(None);
     }
-    let mut sql = format!(
-        "DELETE FROM {table} AS t WHERE t.{} = ANY($1)",
-        quote_ident(&c.name)
-    );
+    let group = quote_ident(&c.name);
+    let mut sql = if by_key_range(r, c, ranged) {
+        let rows = group_rows(table, r, &group, true, &format!("t.ctid, t.{group}"));
+        format!("DELETE FROM {table} AS t WHERE t.ctid = ANY(ARRAY(SELECT s.ctid {rows}))")
+    } else {
+        format!("DELETE FROM {table} AS t WHERE t.{group} = ANY($1)")
+    };
     if let Some(keep) = keep {
         sql.push_str(" AND ");
         sql.push_str(keep);

@@ -35,7 +35,8 @@ pub const DISTRIBUTION_STATS: [&str; 9] = [
 /// Tables whose key is derived from one of their columns, which every row of a key then shares:
 /// `question_response`'s `<p>_id` is `<response_id>:<hash>` (`answer_id` in
 /// `streams/responses.rs`). They become each spec's [`TableSpec::key_implies`]: Delta finds the
-/// rows a rewritten response replaces by its `response_id` alone.
+/// rows a rewritten response replaces by its `response_id` alone, PostgreSQL as the range of keys
+/// that start with `<response_id>:` (so the key must keep starting with it).
 pub const KEY_IMPLIES: &[(&str, &str)] = &[("question_response", "response_id")];
 
 /// The columns the sync deletes, marks or reads rows by, per table (edited and reconciled

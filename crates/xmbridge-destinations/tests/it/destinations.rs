@@ -297,7 +297,7 @@ async fn create_catalog(mut h: H) {
     // question_response keyed by <p>_id.
     let spec = catalog::table("question_response").unwrap();
     let mut row = vec![Value::Null; spec.columns.len()];
-    row[0] = Value::Text("h1".into());
+    row[0] = Value::Text("R_1:h1".into());
     row[1] = Value::Text("R_1".into());
     let s = h
         .commit(commit_of(
@@ -1454,7 +1454,7 @@ async fn large_batch(mut h: H) {
         let mut r: Vec<Value> = (0..spec.columns.len())
             .map(|c| Value::Text(format!("c{c}-{i}")))
             .collect();
-        r[0] = Value::Text(format!("h{i:06}"));
+        r[0] = Value::Text(format!("c1-{i}:h{i:06}"));
         r[10] = Value::Text(v.into());
         r
     };
@@ -1519,7 +1519,9 @@ async fn bad_row_after_megabytes(mut h: H) {
     }
 }
 
-/// Every column the sync deletes or filters by has an index (with the tables, idempotent).
+/// Every column the sync deletes or filters by has an index (with the tables, idempotent),
+/// except on PostgreSQL the column a table's key starts with (`question_response.response_id`),
+/// whose rows the key's own index finds.
 async fn filter_indexes(mut h: H) {
     let specs = catalog::tables();
     h.dest.ensure_tables(&specs).await.unwrap();
@@ -1527,6 +1529,17 @@ async fn filter_indexes(mut h: H) {
     let mut checked = 0;
     for spec in &specs {
         for col in spec.indexed_columns() {
+            if h.is_pg() && spec.key_implies.as_deref() == Some(col) {
+                let found = h
+                    .rows(&format!(
+                        "SELECT indexname::text FROM pg_indexes WHERE schemaname = '{SCHEMA}' \
+                         AND tablename = '{}' AND indexdef LIKE '%({col})%'",
+                        spec.name
+                    ))
+                    .await;
+                assert!(found.is_empty(), "{}: {found:?}", spec.name);
+                continue;
+            }
             let sql = if h.is_pg() {
                 format!(
                     "SELECT a.attname::text FROM pg_index i \
@@ -1562,10 +1575,11 @@ async fn filter_indexes(mut h: H) {
                 .map(|r| r.unwrap())
                 .collect()
         }
+        // A response's rows are one range of the bytewise key (`<response_id>:…`).
         Raw::Pg(c) => {
             c.batch_execute("SET enable_seqscan = off").await.unwrap();
             let sql = format!(
-                "EXPLAIN (COSTS OFF) DELETE FROM {} WHERE response_id = 'R_1'",
+                "EXPLAIN (COSTS OFF) DELETE FROM {} WHERE _xmbridge_id >= 'R_1:' AND _xmbridge_id < 'R_1;'",
                 h.t("question_response")
             );
             c.query(&sql, &[])
@@ -1576,10 +1590,12 @@ async fn filter_indexes(mut h: H) {
                 .collect()
         }
     };
-    assert!(
-        plan.iter().any(|l| l.contains("response_id_idx")),
-        "{plan:?}"
-    );
+    let index = if h.is_pg() {
+        "question_response_pkey"
+    } else {
+        "response_id_idx"
+    };
+    assert!(plan.iter().any(|l| l.contains(index)), "{plan:?}");
 }
 
 /// A first load into an empty table (fresh batches) ends with the same table, key and indexes
@@ -1595,8 +1611,8 @@ async fn first_load_builds_indexes(mut h: H) {
         let mut r: Vec<Value> = (0..spec.columns.len())
             .map(|c| Value::Text(format!("c{c}-{i}")))
             .collect();
-        r[0] = Value::Text(format!("h{i:06}"));
         r[1] = Value::Text(format!("R_{}", i / 10));
+        r[0] = Value::Text(format!("R_{}:h{i:06}", i / 10));
         r[10] = Value::Text(v.into());
         r
     };
@@ -1636,11 +1652,12 @@ async fn first_load_builds_indexes(mut h: H) {
         .unwrap();
     assert_eq!(stat(&s, "question_response"), (0, 1, 0));
     assert_eq!(h.count("question_response", "1=1").await, 3500);
-    // And the filter index is back.
+    // And the indexes are back: on SQLite the filter index; PostgreSQL's key serves
+    // `response_id` itself (`postgres_groups_found_through_the_key`), so only the key is there.
     let found = if h.is_pg() {
         h.rows(&format!(
             "SELECT indexname::text FROM pg_indexes WHERE schemaname = '{SCHEMA}' \
-             AND tablename = 'question_response' AND indexdef LIKE '%(response_id)%'"
+             AND tablename = 'question_response'"
         ))
         .await
     } else {
@@ -1649,7 +1666,12 @@ async fn first_load_builds_indexes(mut h: H) {
         ))
         .await
     };
-    assert_eq!(found.len(), 1, "{found:?}");
+    let expected = if h.is_pg() {
+        "question_response_pkey".to_string()
+    } else {
+        format!("{SCHEMA}_question_response__response_id_idx")
+    };
+    assert_eq!(found, vec![vec![Some(expected)]], "{found:?}");
     // PostgreSQL: the loaded table has its statistics at once, so the next sync's deletes by
     // response_id are planned on the index rather than as a scan.
     if h.is_pg() {
@@ -2096,6 +2118,189 @@ async fn postgres_unchanged_groups_are_not_touched() {
     assert_eq!(after[..9], before[..9], "r1's rows untouched: {after:?}");
     assert_eq!(after[0][2].as_deref(), Some("0"));
     assert_ne!(after[9][1], before[9][1], "r2's row rewritten");
+}
+
+/// `answer` with its key led by its response (`key_implies`, as `question_response`'s
+/// `<p>_id`): on PostgreSQL the key compares bytewise and `response_id` gets no index of its
+/// own; a group's rows are read, rewritten and deleted through the key's range. The sessions
+/// plan with `enable_seqscan = off`, so a lookup the key could not serve would still scan the
+/// table and show in `pg_stat_user_tables`. A group value holding `:` is not taken for the
+/// prefix of another group's keys, and a key not led by its group is refused. A table made
+/// before (a key in the database's collation) keeps its `response_id` index and its old lookups.
+#[tokio::test]
+async fn postgres_groups_found_through_the_key() {
+    let Some(mut h) = postgres(Compat::Xmbridge).await else {
+        return;
+    };
+    let spec = TableSpec {
+        key_implies: Some("response_id".into()),
+        filter_columns: vec!["response_id".into()],
+        ..answer_spec()
+    };
+    h.dest
+        .ensure_tables(std::slice::from_ref(&spec))
+        .await
+        .unwrap();
+    let indexes = |table: &str| {
+        format!(
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = '{SCHEMA}' \
+             AND tablename = '{table}' ORDER BY 1"
+        )
+    };
+    let one = |s: &str| vec![vec![Some(s.to_string())]];
+    assert_eq!(h.rows(&indexes("answer")).await, one("answer_pkey"));
+    let collation = h
+        .rows(&format!(
+            "SELECT collation_name::text FROM information_schema.columns \
+             WHERE table_schema = '{SCHEMA}' AND table_name = 'answer' AND column_name = 'id'"
+        ))
+        .await;
+    assert_eq!(collation, one("C"));
+    h.commit(commit_of(
+        T0,
+        vec![upserts(
+            "answer",
+            vec![
+                answer("g:1", "g", Some("a"), None),
+                answer("g:2", "g", Some("b"), None),
+                answer("g:x:1", "g:x", Some("c"), None),
+                answer("h:1", "h", Some("d"), None),
+            ],
+        )],
+    ))
+    .await
+    .unwrap();
+
+    // Reopened so that its sessions plan without sequential scans.
+    let db = h.rows("SELECT current_database()::text").await[0][0]
+        .clone()
+        .unwrap();
+    h.rows(&format!(
+        "ALTER DATABASE {} SET enable_seqscan = off",
+        quote_ident(&db)
+    ))
+    .await;
+    h.close();
+    h.dest = open(&h.url, SCHEMA, Compat::Xmbridge).await.unwrap();
+    h.dest
+        .ensure_tables(std::slice::from_ref(&spec))
+        .await
+        .unwrap();
+    // A backend reports its table statistics at the end of a transaction at most once a second:
+    // a commit of a cursor alone, a second after the last, makes it report what came before.
+    let scans = async |h: &mut H| {
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let mut c = commit_of(T0, vec![]);
+        c.cursors = vec![("flush".into(), json!(1))];
+        h.commit(c).await.unwrap();
+        let row = h
+            .rows(&format!(
+                "SELECT seq_scan::text, idx_scan::text FROM pg_stat_user_tables \
+                 WHERE relid = '{SCHEMA}.answer'::regclass"
+            ))
+            .await;
+        let n = |i: usize| row[0][i].as_deref().unwrap().parse::<i64>().unwrap();
+        (n(0), n(1))
+    };
+    let (seq_before, idx_before) = scans(&mut h).await;
+
+    // Group g rewritten: g:1 changes, g:2 goes; g:x's row (a key that starts with "g:") stays.
+    let s = h
+        .commit(commit_of(
+            T0 + 1,
+            vec![TableBatch {
+                table: "answer".into(),
+                upserts: vec![answer("g:1", "g", Some("a2"), None)],
+                fresh: false,
+                delete_where: vec![("response_id".into(), vec![Value::Text("g".into())])],
+            }],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stat(&s, "answer"), (0, 1, 1), "inserted, updated, deleted");
+    // Group g:x deleted outright (as a response gone upstream): g's row stays.
+    let s = h
+        .commit(commit_of(
+            T0 + 2,
+            vec![TableBatch {
+                table: "answer".into(),
+                delete_where: vec![("response_id".into(), vec![Value::Text("g:x".into())])],
+                ..Default::default()
+            }],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stat(&s, "answer"), (0, 0, 1));
+    // Counted before this test's own session reads the table (with a scan).
+    let (seq_after, idx_after) = scans(&mut h).await;
+    assert_eq!(seq_after, seq_before, "a sequential scan of the table");
+    assert!(idx_after > idx_before, "{idx_before} -> {idx_after}");
+    let all = format!("SELECT id, a FROM {} ORDER BY id", h.t("answer"));
+    let pair = |a: &str, b: &str| vec![Some(a.to_string()), Some(b.to_string())];
+    assert_eq!(
+        h.rows(&all).await,
+        vec![pair("g:1", "a2"), pair("h:1", "d")]
+    );
+
+    // A key not led by its group is refused, and nothing of its commit is written.
+    let err = h
+        .commit(commit_of(
+            T0 + 3,
+            vec![upserts(
+                "answer",
+                vec![
+                    answer("k:1", "k", Some("e"), None),
+                    answer("k1", "k", Some("e"), None),
+                ],
+            )],
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, DestError::KeyNotLed { key, value, .. } if key == "k1" && value == "k"),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), DestErrorKind::Usage);
+    assert_eq!(h.count("answer", "1=1").await, 2);
+
+    // A table made before: its key in the database's collation.
+    h.rows(&format!(
+        "CREATE TABLE {SCHEMA}.old_answer (id text PRIMARY KEY, response_id text, a text, b text, \
+         _xmbridge_synced timestamptz)"
+    ))
+    .await;
+    let old = TableSpec {
+        name: "old_answer".into(),
+        ..spec.clone()
+    };
+    h.dest
+        .ensure_tables(std::slice::from_ref(&old))
+        .await
+        .unwrap();
+    assert_eq!(
+        h.rows(&indexes("old_answer")).await,
+        vec![
+            vec![Some("old_answer__response_id_idx".into())],
+            vec![Some("old_answer_pkey".into())],
+        ]
+    );
+    for (at, value) in [(T0 + 4, "old"), (T0 + 5, "new")] {
+        let s = h
+            .commit(commit_of(
+                at,
+                vec![TableBatch {
+                    table: "old_answer".into(),
+                    upserts: vec![answer("x1", "x", Some(value), None)],
+                    fresh: false,
+                    delete_where: vec![("response_id".into(), vec![Value::Text("x".into())])],
+                }],
+            ))
+            .await
+            .unwrap();
+        let expected = if value == "old" { (1, 0, 0) } else { (0, 1, 0) };
+        assert_eq!(stat(&s, "old_answer"), expected);
+    }
+    assert_eq!(h.count("old_answer", "a = 'new'").await, 1);
 }
 
 /// A commit without the concurrent flag starts only once the concurrent commit before it is in,

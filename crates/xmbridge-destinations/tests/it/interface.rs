@@ -182,8 +182,9 @@ fn answer_spec() -> TableSpec {
         primary_key: vec!["<p>_id".into()],
         soft_delete: false,
         filter_columns: vec!["response_id".into()],
-        // As `question_response`'s: each key below belongs to one response. Delta then merges
-        // by group (locally and on S3); the SQL destinations ignore it.
+        // As `question_response`'s: each key below is `<response_id>:…`. Delta then merges by
+        // group (locally and on S3), PostgreSQL finds a group's rows through the key's range,
+        // SQLite ignores it.
         key_implies: Some("response_id".into()),
     }
 }
@@ -242,9 +243,9 @@ async fn upserts_deletes_and_soft_deletes(mut d: D) {
                 ..upserts(
                     "answer",
                     vec![
-                        vec![t("a1"), t("R1"), t("x")],
-                        vec![t("a2"), t("R1"), t("y")],
-                        vec![t("b1"), t("R2"), t("z")],
+                        vec![t("R1:a1"), t("R1"), t("x")],
+                        vec![t("R1:a2"), t("R1"), t("y")],
+                        vec![t("R2:b1"), t("R2"), t("z")],
                     ],
                 )
             },
@@ -275,8 +276,8 @@ async fn upserts_deletes_and_soft_deletes(mut d: D) {
                 TableBatch {
                     table: "answer".into(),
                     upserts: vec![
-                        vec![t("a1"), t("R1"), t("x")],
-                        vec![t("a3"), t("R1"), t("w")],
+                        vec![t("R1:a1"), t("R1"), t("x")],
+                        vec![t("R1:a3"), t("R1"), t("w")],
                     ],
                     delete_where: vec![("response_id".into(), vec![t("R1"), t("R2")])],
                     fresh: false,
@@ -300,8 +301,8 @@ async fn upserts_deletes_and_soft_deletes(mut d: D) {
         d.rows("answer").await,
         vec![
             // Unchanged: kept as it was, with its first sync's time.
-            vec![t("a1"), t("R1"), t("x"), ts(T0)],
-            vec![t("a3"), t("R1"), t("w"), ts(T0 + 10)],
+            vec![t("R1:a1"), t("R1"), t("x"), ts(T0)],
+            vec![t("R1:a3"), t("R1"), t("w"), ts(T0 + 10)],
         ]
     );
 
