@@ -199,6 +199,15 @@ impl Resolved {
         v
     }
 
+    /// `(key, group)`: the table's one key column and the column whose value, then `:`, starts
+    /// every key ([`TableSpec::key_implies`]); `None` for any other key.
+    pub fn led_key(&self) -> Option<(usize, usize)> {
+        match (self.pk.as_slice(), self.key_implies) {
+            (&[k], Some(g)) => Some((k, g)),
+            _ => None,
+        }
+    }
+
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
     }

@@ -873,10 +873,7 @@ impl PostgresDestination {
                     // in every sort and index descent, and a group's rows are then one range of
                     // the key's index (`key_ranged`). No query joins on it, so its order is
                     // nobody's concern.
-                    let led_key = match (r.key_implies, r.pk.as_slice()) {
-                        (Some(_), &[k]) => Some(k),
-                        _ => None,
-                    };
+                    let led_key = r.led_key().map(|(k, _)| k);
                     for (i, (col, ty)) in r.stored_columns().into_iter().enumerate() {
                         let mut d = format!("{} {}", quote_ident(&col), pg_type(ty));
                         if led_key == Some(i) && ty == ColumnType::Text {
@@ -1695,6 +1692,9 @@ impl Seen {
     }
 }
 
+/// A batch's rows of one group: the hash of each one's key ([`key_hash`]) → its position.
+type GroupRows = HashMap<u64, usize>;
+
 /// A text value as the server sent it (binary format: its UTF-8 bytes), compared with the batch's
 /// without decoding.
 struct Raw<'a>(Option<&'a [u8]>);
@@ -1774,7 +1774,7 @@ async fn split_new_groups(
     // The batch's rows of each group it replaces, by a hash of their key; `None` for a group
     // whose rows cannot be compared (a key repeated in the batch, whose last row wins in the
     // merge; a key that is not text; two keys of one hash, which only costs the merge).
-    let mut keyed: HashMap<&str, Option<HashMap<u64, usize>>> = HashMap::new();
+    let mut keyed: HashMap<&str, Option<GroupRows>> = HashMap::new();
     for (i, row) in batch.upserts.iter().enumerate() {
         let Some(Value::Text(g)) = row.get(at) else {
             continue;
@@ -1832,25 +1832,27 @@ async fn split_new_groups(
         let fail = |e| failure(&batch.table, e);
         // A group's rows come one after another (one index scan per group): the group being read
         // and what it showed so far, added to `seen` when the next one starts.
-        let mut current: Option<(String, Seen)> = None;
+        // The batch's rows of that group are looked up once, when its first row comes.
+        let mut current: Option<(String, Seen, Option<&GroupRows>)> = None;
         while let Some(row) = stream.try_next().await.map_err(fail)? {
             let Raw(Some(g)) = row.try_get(at).map_err(fail)? else {
                 continue;
             };
-            if current.as_ref().is_none_or(|(c, _)| c.as_bytes() != g) {
-                if let Some((c, s)) = current.take() {
+            if current.as_ref().is_none_or(|(c, ..)| c.as_bytes() != g) {
+                if let Some((c, s, _)) = current.take() {
                     seen.entry(c).or_default().add(s);
                 }
                 let g = String::from_utf8_lossy(g).into_owned();
-                current = Some((g, Seen::default()));
+                let rows = keyed.get(g.as_str()).and_then(Option::as_ref);
+                current = Some((g, Seen::default(), rows));
             }
-            let Some((g, s)) = current.as_mut() else {
+            let Some((_, s, rows)) = current.as_mut() else {
                 continue;
             };
             if s.differs {
                 continue;
             }
-            let Some(Some(rows)) = keyed.get(g.as_str()) else {
+            let Some(rows) = *rows else {
                 s.differs = true;
                 continue;
             };
@@ -1879,7 +1881,7 @@ async fn split_new_groups(
                 s.differs = true;
             }
         }
-        if let Some((c, s)) = current {
+        if let Some((c, s, _)) = current {
             seen.entry(c).or_default().add(s);
         }
     } else {
@@ -1953,7 +1955,7 @@ async fn key_ranged(
     table: &str,
     r: &Resolved,
 ) -> Result<bool, DestError> {
-    let (Some(g), &[k]) = (r.key_implies, r.pk.as_slice()) else {
+    let Some((k, g)) = r.led_key() else {
         return Ok(false);
     };
     if r.columns[g].ty != ColumnType::Text || r.columns[k].ty != ColumnType::Text {
@@ -1982,15 +1984,15 @@ async fn key_ranged(
 /// lookups into one join over the whole table. Run it with `enable_indexscan` off
 /// ([`RANGES_BY_BITMAP`]).
 fn group_rows(table: &str, r: &Resolved, group: &str, ranged: bool, select: &str) -> String {
-    match (ranged, r.pk.as_slice()) {
-        (true, &[k]) => {
+    match r.led_key().filter(|_| ranged) {
+        Some((k, _)) => {
             let key = quote_ident(&r.columns[k].name);
             format!(
                 "FROM unnest($1::text[]) AS v, LATERAL (SELECT {select} FROM {table} t \
                  WHERE t.{key} >= v || ':' AND t.{key} < v || ';' OFFSET 0) AS s WHERE s.{group} = v"
             )
         }
-        _ => format!(
+        None => format!(
             "FROM unnest($1::text[]) AS v, LATERAL (SELECT {select} FROM {table} t WHERE t.{group} = v) AS s"
         ),
     }
@@ -2006,13 +2008,16 @@ const RANGES_DONE: &str = "SET LOCAL enable_indexscan TO DEFAULT";
 /// Whether the groups of column `c` of a [`key_ranged`] table are found through its key: `c` is
 /// the column the key starts with.
 fn by_key_range(r: &Resolved, c: &crate::Column, ranged: bool) -> bool {
-    ranged && c.ty == ColumnType::Text && r.key_implies.is_some_and(|g| r.columns[g].name == c.name)
+    ranged
+        && c.ty == ColumnType::Text
+        && r.led_key()
+            .is_some_and(|(_, g)| r.columns[g].name == c.name)
 }
 
 /// Refuses a row of a [`key_ranged`] table whose key does not start with its group value and
 /// `:`: that row would not be found when its group is next rewritten or deleted.
 fn check_key_led(r: &Resolved, batch: &TableBatch) -> Result<(), DestError> {
-    let (Some(g), &[k]) = (r.key_implies, r.pk.as_slice()) else {
+    let Some((k, g)) = r.led_key() else {
         return Ok(());
     };
     for row in &batch.upserts {
