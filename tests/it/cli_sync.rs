@@ -224,7 +224,8 @@ async fn kill_loop(clean: &Db, killed: &Db) {
     )
     .await;
     // The answer table's key and a filter index are in place (on PostgreSQL the answer table's
-    // key serves its `response_id` lookups, so the filter index checked is the embedded data's).
+    // key serves its `response_id` lookups, and so does the embedded data's key, which leads
+    // with `response_id`: the filter index checked there is `survey_response`'s).
     let (key_sql, index_sql) = match killed {
         Db::Sqlite(_) => (
             "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'qualtrics_question_response__pkey'",
@@ -232,7 +233,7 @@ async fn kill_loop(clean: &Db, killed: &Db) {
         ),
         Db::Pg { .. } => (
             "SELECT conname::text FROM pg_constraint WHERE conrelid = 'qualtrics.question_response'::regclass AND contype = 'p'",
-            "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'qualtrics' AND indexname = 'survey_embedded_data__response_id_idx'",
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'qualtrics' AND indexname = 'survey_response__survey_id_idx'",
         ),
     };
     assert_eq!(
@@ -243,8 +244,20 @@ async fn kill_loop(clean: &Db, killed: &Db) {
     assert_eq!(
         killed.rows(index_sql).await.len(),
         1,
-        "no response_id index after the kills"
+        "no filter index after the kills"
     );
+    if let Db::Pg { .. } = killed {
+        // The embedded data's key was built back in its order, led by `response_id`.
+        assert_eq!(
+            killed
+                .rows(
+                    "SELECT pg_get_constraintdef(oid) FROM pg_constraint \
+                     WHERE conrelid = 'qualtrics.survey_embedded_data'::regclass AND contype = 'p'"
+                )
+                .await,
+            vec!["PRIMARY KEY (response_id, import_id, key)".to_string()],
+        );
+    }
 }
 
 #[tokio::test]

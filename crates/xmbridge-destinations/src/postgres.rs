@@ -31,7 +31,7 @@
 //!
 //! It owns the tables of its schema; it must not touch other schemas.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::error::Error as StdError;
 use std::sync::Arc;
 
@@ -88,43 +88,53 @@ pub(crate) struct PostgresDestination {
     ranged: HashSet<String>,
     state: String,
     describe: String,
-    /// For the second connection [`Commit::concurrent`] commits are applied on.
+    /// For the connections [`Commit::concurrent`] commits are applied on.
     settings: DestinationSettings,
-    /// The second connection while no commit is being applied on it; `None` before the first
-    /// concurrent commit (and after one whose task died).
-    spare: Option<Client>,
-    /// Opening the second connection failed once: concurrent commits are applied on the first.
+    /// Connections for concurrent commits while no commit is being applied on them; opened at
+    /// the first concurrent commits (and again after one whose task died), at most
+    /// [`COMMITS_IN_FLIGHT`].
+    spare: Vec<Client>,
+    /// Opening such a connection failed once: no more are opened, and a concurrent commit that
+    /// finds none free is applied on the first connection.
     no_spare: bool,
-    /// The concurrent commit being applied on the second connection.
-    in_flight: Option<tokio::task::JoinHandle<(Client, Result<CommitStats, DestError>)>>,
-    /// A commit was applied on the first connection since `in_flight` started: the next one
-    /// waits for it (a commit overlaps only the one just before it).
+    /// The concurrent commits being applied on their own connections, oldest first.
+    in_flight: VecDeque<InFlight>,
+    /// A commit was applied on the first connection while one was in flight: the next one
+    /// waits for every commit in flight (a commit overlaps only the one just before it).
     overlapped: bool,
     /// What finished concurrent commits changed, and the first of their failures, until a
     /// `commit`, `settle` or `flush` reports them.
     settled: CommitStats,
     settled_error: Option<DestError>,
-    /// The run's lease, when opened with one: every commit on either connection checks it.
+    /// The run's lease, when opened with one: every commit on any of the connections checks it.
     fence: Option<Fence>,
 }
 
 impl Drop for PostgresDestination {
-    /// A destination dropped without `flush` (a cancelled run) stops the commit on the second
-    /// connection rather than leave it writing on its own once the schema lock is gone: its
-    /// connection closes, and the server rolls back what it had not committed yet.
+    /// A destination dropped without `flush` (a cancelled run) stops the concurrent commits in
+    /// flight rather than leave them writing on their own once the schema lock is gone: their
+    /// connections close, and the server rolls back what they had not committed yet.
     fn drop(&mut self) {
-        if let Some(handle) = self.in_flight.take() {
-            handle.abort();
-        }
+        self.in_flight.iter().for_each(InFlight::abort);
     }
 }
+
+/// A concurrent commit being applied on a connection of its own; the task hands the connection
+/// back with the commit's result.
+type InFlight = tokio::task::JoinHandle<(Client, Result<CommitStats, DestError>)>;
+
+/// Concurrent commits applied at once, each on a connection of its own. A commit overlaps only
+/// the one before it, so two: while one is applied, the next goes on the other connection, and
+/// the one after waits only for the older of the two, not for both (which left a connection
+/// idle while its partner finished: docs/destinations.md, "Two commits at once").
+const COMMITS_IN_FLIGHT: usize = 2;
 
 /// Whether `batch` is the kind whose first one for a table decides a bulk load: new rows only.
 fn judges_bulk(batch: &TableBatch) -> bool {
     batch.appends_only() && !batch.upserts.is_empty()
 }
 
-/// What a commit applied away from the destination (on the second connection) needs of it.
+/// What a commit applied away from the destination (on a connection of its own) needs of it.
 struct Target {
     tables: Arc<HashMap<String, Resolved>>,
     bulk: HashSet<String>,
@@ -740,9 +750,9 @@ impl PostgresDestination {
             state,
             describe,
             settings: settings.clone(),
-            spare: None,
+            spare: Vec::new(),
             no_spare: false,
-            in_flight: None,
+            in_flight: VecDeque::new(),
             overlapped: false,
             settled: CommitStats::default(),
             settled_error: None,
@@ -750,22 +760,29 @@ impl PostgresDestination {
         })
     }
 
-    /// Waits for the commit on the second connection, keeping what it reported for the next
+    /// Waits for every concurrent commit in flight, keeping what they reported for the next
     /// `commit`, `settle` or `flush`.
     async fn wait_in_flight(&mut self) {
-        let Some(handle) = self.in_flight.take() else {
+        while !self.in_flight.is_empty() {
+            self.wait_oldest().await;
+        }
+    }
+
+    /// Waits for the oldest concurrent commit in flight, as [`Self::wait_in_flight`].
+    async fn wait_oldest(&mut self) {
+        let Some(handle) = self.in_flight.pop_front() else {
             return;
         };
         let result = match handle.await {
             Ok((client, result)) => {
-                self.spare = Some(client);
+                self.spare.push(client);
                 result
             }
             // The task panicked or was cancelled: its connection is gone with it (a new one is
             // opened for the next concurrent commit) and its transaction was never committed.
             Err(e) => Err(DestError::Sql {
                 context: "commit".into(),
-                message: format!("the commit on the second connection stopped: {e}"),
+                message: format!("a commit on a connection of its own stopped: {e}"),
             }),
         };
         match result {
@@ -790,11 +807,11 @@ impl PostgresDestination {
         }
     }
 
-    /// The second connection, opened at the first concurrent commit; `None` when it cannot be
-    /// opened (the server's `max_connections`, say): commits then go one after another on the
-    /// first, as before, and the log says why once.
+    /// A free connection for a concurrent commit, opened when none is; `None` when one cannot
+    /// be opened (the server's `max_connections`, say): the commit then goes on the first
+    /// connection, and the log says why once.
     async fn spare_connection(&mut self) -> Option<Client> {
-        if let Some(c) = self.spare.take() {
+        if let Some(c) = self.spare.pop() {
             return Some(c);
         }
         if self.no_spare {
@@ -811,7 +828,7 @@ impl PostgresDestination {
             Ok(client) => Some(client),
             Err(e) => {
                 self.no_spare = true;
-                tracing::warn!(destination = %self.describe, error = %e, "cannot open a second connection; commits are applied one after another");
+                tracing::warn!(destination = %self.describe, error = %e, "cannot open another connection; commits that find none free are applied on the first");
                 None
             }
         }
@@ -1185,17 +1202,21 @@ impl PostgresDestination {
 
     async fn commit(&mut self, commit: Commit) -> Result<CommitStats, DestError> {
         if commit.concurrent && !self.changes_bulk(&commit) {
-            if self.overlapped || self.in_flight.as_ref().is_some_and(|h| h.is_finished()) {
+            if self.overlapped {
                 self.wait_in_flight().await;
             }
-            // The second connection is free: the commit is applied there while the caller
-            // prepares the next one, which goes on the first connection meanwhile.
-            if self.in_flight.is_none()
-                && let Some(mut client) = self.spare_connection().await
+            // This commit may overlap only the one before it: anything older is waited for,
+            // and finished ones are collected.
+            while self.in_flight.len() >= COMMITS_IN_FLIGHT
+                || self.in_flight.front().is_some_and(InFlight::is_finished)
             {
+                self.wait_oldest().await;
+            }
+            // Applied on a connection of its own while the caller prepares the next commit.
+            if let Some(mut client) = self.spare_connection().await {
                 let target = self.target();
                 self.overlapped = false;
-                self.in_flight = Some(tokio::spawn(async move {
+                self.in_flight.push_back(tokio::spawn(async move {
                     let result = apply(&mut client, &target, commit).await;
                     (client, result)
                 }));
@@ -1213,7 +1234,7 @@ impl PostgresDestination {
                 self.finish_bulk(Some(&table)).await?;
             }
         }
-        self.overlapped = self.in_flight.is_some();
+        self.overlapped = !self.in_flight.is_empty();
         let target = self.target();
         let own = apply(&mut self.client, &target, commit).await?;
         let mut stats = self.take_settled()?;
