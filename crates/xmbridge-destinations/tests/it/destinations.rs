@@ -1957,6 +1957,117 @@ both!(one_writer);
 both!(fencing);
 both!(concurrent_commits);
 both!(concurrent_commit_failure);
+both!(key_made_in_another_order);
+
+/// A table whose key was made in another order than its spec's (`survey_embedded_data` made
+/// before its key led with `response_id`: docs/destinations.md, "Indexes") keeps that key and
+/// its `response_id` index, and a commit that replaces a response's rows works on it as on a
+/// table made now: conflicts are found by the key's columns, not their order.
+async fn key_made_in_another_order(mut h: H) {
+    let spec = |key: [&str; 3]| TableSpec {
+        name: "embedded".into(),
+        columns: ["import_id", "key", "response_id", "value"]
+            .into_iter()
+            .map(|c| col(c, ColumnType::Text))
+            .collect(),
+        primary_key: key.into_iter().map(str::to_string).collect(),
+        soft_delete: false,
+        filter_columns: vec!["response_id".into()],
+        key_implies: None,
+    };
+    let row = |k: &str, r: &str, v: &str| -> Vec<Value> {
+        [k, k, r, v]
+            .into_iter()
+            .map(|x| Value::Text(x.into()))
+            .collect()
+    };
+    h.dest
+        .ensure_tables(&[spec(["import_id", "key", "response_id"])])
+        .await
+        .unwrap();
+    h.commit(commit_of(
+        T0,
+        vec![upserts(
+            "embedded",
+            vec![
+                row("a", "R_1", "1"),
+                row("b", "R_1", "2"),
+                row("a", "R_2", "3"),
+            ],
+        )],
+    ))
+    .await
+    .unwrap();
+    h.close();
+    h.dest = open(&h.url, SCHEMA, h.compat).await.unwrap();
+    h.dest
+        .ensure_tables(&[spec(["response_id", "import_id", "key"])])
+        .await
+        .unwrap();
+    // R_1 rewritten (a changed, b gone, c new), R_2 left alone, R_3 new.
+    let mut batch = upserts(
+        "embedded",
+        vec![
+            row("a", "R_1", "9"),
+            row("c", "R_1", "4"),
+            row("a", "R_3", "5"),
+        ],
+    );
+    batch.delete_where = vec![(
+        "response_id".into(),
+        vec![Value::Text("R_1".into()), Value::Text("R_3".into())],
+    )];
+    h.commit(commit_of(T0, vec![batch])).await.unwrap();
+    let stored = h
+        .rows(&format!(
+            "SELECT key, response_id, value FROM {} ORDER BY response_id, key",
+            h.t("embedded")
+        ))
+        .await;
+    let expected: Vec<Vec<Option<String>>> = [
+        ["a", "R_1", "9"],
+        ["c", "R_1", "4"],
+        ["a", "R_2", "3"],
+        ["a", "R_3", "5"],
+    ]
+    .iter()
+    .map(|r| r.iter().map(|x| Some(x.to_string())).collect())
+    .collect();
+    assert_eq!(stored, expected);
+    let (key_sql, index_sql) = if h.is_pg() {
+        (
+            format!(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint \
+                 WHERE conrelid = '{SCHEMA}.embedded'::regclass AND contype = 'p'"
+            ),
+            format!(
+                "SELECT indexname::text FROM pg_indexes \
+                 WHERE schemaname = '{SCHEMA}' AND indexname = 'embedded__response_id_idx'"
+            ),
+        )
+    } else {
+        (
+            format!(
+                "SELECT group_concat(name, ', ') FROM \
+                 (SELECT name FROM pragma_index_info('{SCHEMA}_embedded__pkey') ORDER BY seqno)"
+            ),
+            format!(
+                "SELECT name FROM pragma_index_list('{SCHEMA}_embedded') \
+                 WHERE name = '{SCHEMA}_embedded__response_id_idx'"
+            ),
+        )
+    };
+    let key = h.rows(&key_sql).await;
+    assert!(
+        matches!(key[0][0].as_deref(), Some(k) if k.contains("import_id, key, response_id")),
+        "the key kept its order: {key:?}"
+    );
+    assert_eq!(
+        h.rows(&index_sql).await.len(),
+        1,
+        "the response_id index stays"
+    );
+}
 
 /// A session of its own holding the lock of `item`'s row `id` (PostgreSQL) until it ends its
 /// transaction: a commit that writes the row waits on the server meanwhile.
