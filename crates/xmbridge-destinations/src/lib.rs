@@ -694,10 +694,10 @@ pub trait Destination: Send {
     /// Waits for the [`Commit::concurrent`] commits still being applied and returns what they
     /// changed; an error is the first of them that failed. A destination may apply such a commit
     /// after `commit` returned (PostgreSQL: on a connection of its own, beside the one before it,
-    /// while the caller prepares the next); its changes and its failure are then reported by a later `commit`, by
-    /// `settle` or by `flush`. A caller that needs to know which commit failed settles before a
-    /// commit of another kind and before it reads. Unlike `flush`, ends no grouping or bulk
-    /// load. Default: nothing is left in flight.
+    /// while the caller prepares the next); its changes and its failure are then reported by a
+    /// later `commit`, by `settle` or by `flush`. A caller that needs to know which commit failed
+    /// settles before a commit of another kind and before it reads. Unlike `flush`, ends no
+    /// grouping or bulk load. Default: nothing is left in flight.
     fn settle(&mut self) -> BoxFuture<'_, Result<CommitStats, DestError>> {
         Box::pin(async { Ok(CommitStats::default()) })
     }

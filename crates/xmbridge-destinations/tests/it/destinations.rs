@@ -2069,6 +2069,17 @@ async fn key_made_in_another_order(mut h: H) {
     );
 }
 
+/// A PostgreSQL destination (`None` when `XMBRIDGE_TEST_PG` is unset) with the table `item`
+/// made and `rows` committed in it.
+async fn postgres_with_items(rows: Vec<Vec<Value>>) -> Option<H> {
+    let mut h = postgres(Compat::Xmbridge).await?;
+    h.dest.ensure_tables(&[item_spec()]).await.unwrap();
+    h.commit(commit_of(T0, vec![upserts("item", rows)]))
+        .await
+        .unwrap();
+    Some(h)
+}
+
 /// A session of its own holding the lock of `item`'s row `id` (PostgreSQL) until it ends its
 /// transaction: a commit that writes the row waits on the server meanwhile.
 async fn lock_item(h: &H, id: &str) -> tokio_postgres::Client {
@@ -2092,22 +2103,14 @@ async fn lock_item(h: &H, id: &str) -> tokio_postgres::Client {
 #[tokio::test]
 async fn postgres_a_held_commit_does_not_hold_back_the_next() {
     use std::time::Duration;
-    let Some(mut h) = postgres(Compat::Xmbridge).await else {
+    let Some(mut h) = postgres_with_items(vec![
+        item("first", "s1", "old", 0),
+        item("second", "s1", "old", 0),
+    ])
+    .await
+    else {
         return;
     };
-    h.dest.ensure_tables(&[item_spec()]).await.unwrap();
-    h.commit(commit_of(
-        T0,
-        vec![upserts(
-            "item",
-            vec![
-                item("first", "s1", "old", 0),
-                item("second", "s1", "old", 0),
-            ],
-        )],
-    ))
-    .await
-    .unwrap();
     let (first_lock, second_lock) = (lock_item(&h, "first").await, lock_item(&h, "second").await);
     let concurrent = |rows: Vec<Vec<Value>>| Commit {
         synced_at_ms: T0,
@@ -2503,16 +2506,9 @@ async fn postgres_groups_found_through_the_key() {
 /// even when that one is held up (here by a row lock another session holds for half a second).
 #[tokio::test]
 async fn postgres_commit_waits_for_the_concurrent_one() {
-    let Some(mut h) = postgres(Compat::Xmbridge).await else {
+    let Some(mut h) = postgres_with_items(vec![item("held", "s1", "before", 0)]).await else {
         return;
     };
-    h.dest.ensure_tables(&[item_spec()]).await.unwrap();
-    h.commit(commit_of(
-        T0,
-        vec![upserts("item", vec![item("held", "s1", "before", 0)])],
-    ))
-    .await
-    .unwrap();
     let locker = lock_item(&h, "held").await;
     let held = Commit {
         synced_at_ms: T0,
