@@ -7,10 +7,11 @@
 //! SQL gives the other destinations is done here by hand:
 //!
 //! - **Upserts by key and `delete_where`** read the table's files that may hold an affected row
-//!   (first only the key and filter columns), and rewrite only the files that do: one commit
-//!   removes them and adds the rewritten files and the new rows. Batches that rewrite whole
-//!   responses find their rows through a group index instead, whose runs live on disk
-//!   ([`crate::delta_runs`]).
+//!   (first only the key and filter columns), and note which rows of them go; the new rows go
+//!   to new files. Batches that rewrite whole responses find their rows through a group index
+//!   instead, whose runs live on disk ([`crate::delta_runs`]). Merge commits land as a group,
+//!   on the first loads' clock ([`commit_interval`]), and each file that lost rows is rewritten
+//!   once when the group lands, however many of its commits touched it.
 //! - **Exactly once**: each [`Commit`] gets a sequence number. Its actions for every table are
 //!   first written to a redo file (`_xmbridge_pending.json`, after every data file it names is
 //!   written), then committed table by table, each Delta commit carrying the transaction
@@ -176,12 +177,42 @@ struct Table {
     delta: DeltaTable,
 }
 
-/// A first load's open writers and what they hold.
+/// Commits that land as one Delta commit per table, every [`commit_interval`]: either a first
+/// load's open writers, or merges' staged files and the rows they take out of files (each file
+/// is then rewritten once per group, not once per commit that touches it).
 struct Group {
     writers: HashMap<String, RecordBatchWriter>,
+    staged: Vec<(String, Staged)>,
     stats: CommitStats,
     cursors: Vec<(String, serde_json::Value)>,
     started: std::time::Instant,
+}
+
+impl Group {
+    fn new() -> Group {
+        Group {
+            writers: HashMap::new(),
+            staged: Vec::new(),
+            stats: CommitStats::default(),
+            cursors: Vec::new(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Takes a commit's cursors; true when the group is due to land.
+    fn note_cursors(
+        &mut self,
+        cursors: &[(String, serde_json::Value)],
+        interval: std::time::Duration,
+    ) -> bool {
+        for (stream, cursor) in cursors {
+            match self.cursors.iter_mut().find(|c| &c.0 == stream) {
+                Some(c) => c.1 = cursor.clone(),
+                None => self.cursors.push((stream.clone(), cursor.clone())),
+            }
+        }
+        self.started.elapsed() >= interval
+    }
 }
 
 /// The redo record of a commit in flight.
@@ -210,9 +241,14 @@ pub struct DeltaDestination {
     group: Option<Group>,
     /// Set by [`DeltaDestination::stop_after_tables_for_tests`].
     stop_after_tables: Option<usize>,
+    /// Set by [`DeltaDestination::hold_groups_for_tests`].
+    hold_groups: bool,
     /// A commit failed after some of its tables took it: its redo file must be finished by the
     /// next open before anything else is committed.
     unfinished: bool,
+    /// A merge failed part way while a group was open: the group was dropped, so nothing more
+    /// is committed in this run (a later commit would land a cursor past the dropped rows).
+    dropped_group: Option<String>,
     /// [`COMMIT_PAUSE_ENV`].
     commit_pause: Option<std::time::Duration>,
     opened: std::time::Instant,
@@ -558,7 +594,9 @@ impl DeltaDestination {
             seq: 0,
             group: None,
             stop_after_tables: None,
+            hold_groups: false,
             unfinished: false,
+            dropped_group: None,
             commit_pause: std::env::var(COMMIT_PAUSE_ENV)
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -609,6 +647,23 @@ impl DeltaDestination {
     #[doc(hidden)]
     pub fn stop_after_tables_for_tests(&mut self, n: usize) {
         self.stop_after_tables = Some(n);
+    }
+
+    /// Test knob: an open group lands only when something needs it landed (`flush`, `keys`,
+    /// `rows`, a commit of the other kind), never by its clock, so that a test's commits land
+    /// as one group however slowly they run.
+    #[doc(hidden)]
+    pub fn hold_groups_for_tests(&mut self) {
+        self.hold_groups = true;
+    }
+
+    /// How long the open group may stay open now ([`commit_interval`]).
+    fn group_interval(&self) -> std::time::Duration {
+        if self.hold_groups {
+            std::time::Duration::MAX
+        } else {
+            commit_interval(self.opened.elapsed())
+        }
     }
 
     fn fence_name(&self) -> String {
@@ -844,15 +899,7 @@ impl DeltaDestination {
     ) -> Result<(), DestError> {
         self.lock.check(&self.described)?;
         self.check_fence().await?;
-        if self.unfinished {
-            return Err(DestError::Sql {
-                context: format!("Delta commit in {}", self.place.shown()),
-                message: format!(
-                    "an earlier commit of this run stopped part way ({} is kept); nothing more is committed until the next run finishes it: run the sync again",
-                    self.place.shown_of(PENDING_FILE)
-                ),
-            });
-        }
+        self.check_committable()?;
         let mut all = self.cursors.clone();
         for (stream, cursor) in cursors {
             all.insert(stream.clone(), cursor.to_string());
@@ -895,11 +942,54 @@ impl DeltaDestination {
             })
     }
 
-    /// Commits the open first-load writers and their cursors.
+    /// Refuses to commit after a commit stopped part way ([`Self::unfinished`]) or a group was
+    /// dropped ([`Self::dropped_group`]).
+    fn check_committable(&self) -> Result<(), DestError> {
+        if self.unfinished {
+            return Err(DestError::Sql {
+                context: format!("Delta commit in {}", self.place.shown()),
+                message: format!(
+                    "an earlier commit of this run stopped part way ({} is kept); nothing more is committed until the next run finishes it: run the sync again",
+                    self.place.shown_of(PENDING_FILE)
+                ),
+            });
+        }
+        match &self.dropped_group {
+            None => Ok(()),
+            Some(why) => Err(DestError::Sql {
+                context: format!("Delta commit in {}", self.place.shown()),
+                message: format!(
+                    "an earlier commit of this run failed ({why}); the commits grouped with it were not landed, so nothing more is committed in this run: run the sync again, it resumes from the last landed commit"
+                ),
+            }),
+        }
+    }
+
+    /// Drops the open group after a failed step of it: nothing of it lands (its files stay
+    /// unreferenced), and nothing more is committed in this run.
+    fn drop_group(&mut self, e: &DestError) {
+        if self.group.take().is_some() {
+            self.dropped_group = Some(e.to_string());
+        }
+    }
+
+    /// Lands the open group: the first-load writers' files, or the merges' staged files after
+    /// each file that lost rows is rewritten without them; then the group's cursors.
     async fn close_group(&mut self) -> Result<CommitStats, DestError> {
         let Some(group) = self.group.take() else {
             return Ok(CommitStats::default());
         };
+        let landed = self.land_group(group).await;
+        if let Err(e) = &landed
+            && self.dropped_group.is_none()
+            && !self.unfinished
+        {
+            self.dropped_group = Some(e.to_string());
+        }
+        landed
+    }
+
+    async fn land_group(&mut self, group: Group) -> Result<CommitStats, DestError> {
         let mut tables = Vec::new();
         for (name, mut w) in group.writers {
             let t = self.table(&name)?;
@@ -910,6 +1000,16 @@ impl DeltaDestination {
                 .await
                 .map_err(|e| write_err(&self.place.shown(), &shown, e))?;
             tables.push((dir, adds.into_iter().map(Action::Add).collect()));
+        }
+        for (dir, mut st) in group.staged {
+            let t = self
+                .tables
+                .values()
+                .find(|t| t.dir == dir)
+                .ok_or_else(|| DestError::UnknownTable { table: dir.clone() })?;
+            let state = self.merges.entry(dir.clone()).or_default();
+            st.apply_drops(t, &self.place, &mut state.reads).await?;
+            tables.push((dir, st.into_actions()));
         }
         self.land(tables, &group.cursors).await?;
         Ok(group.stats)
@@ -962,24 +1062,57 @@ impl DeltaDestination {
                 });
             }
         }
+        // Early, so that no merge work is done for a commit that cannot land.
+        self.lock.check(&self.described)?;
+        self.check_committable()?;
         let appends = commit.mark_unseen_deleted.is_empty()
             && commit.batches.iter().all(TableBatch::appends_only);
+        // One kind of commit per group: a merge reads files, which an open writer has not
+        // written yet, and an append goes to writers a merge group does not have.
+        let other_kind = self.group.as_ref().is_some_and(|g| {
+            if appends {
+                !g.staged.is_empty()
+            } else {
+                !g.writers.is_empty()
+            }
+        });
+        let mut stats = if other_kind {
+            self.close_group().await?
+        } else {
+            CommitStats::default()
+        };
         if appends {
-            return self.append(commit).await;
+            stats.add(self.append(commit).await?);
+            return Ok(stats);
         }
-        let mut stats = self.close_group().await?;
-        // Each step sees what the steps before it in this commit did to the table.
-        let mut staged: Vec<(String, Staged)> = Vec::new();
+        match self.merge_into_group(&commit).await {
+            Ok(due) if due => stats.add(self.close_group().await?),
+            Ok(_) => {}
+            Err(e) => {
+                self.drop_group(&e);
+                return Err(e);
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Merges a commit's batches into the open group (opening one); true when the group is due.
+    /// Each step sees what the steps before it, in this commit and the group's earlier ones,
+    /// did to the table.
+    async fn merge_into_group(&mut self, commit: &Commit) -> Result<bool, DestError> {
+        let interval = self.group_interval();
+        let group = self.group.get_or_insert_with(Group::new);
+        // Not `self.table()`: `self.group` and `self.merges` are borrowed mutably beside it.
+        let tables = &self.tables;
+        let table = |name: &str| {
+            tables.get(name).ok_or_else(|| DestError::UnknownTable {
+                table: name.to_string(),
+            })
+        };
         let mut commit_stats = CommitStats::default();
         for b in &commit.batches {
-            // Not `self.table()`: `self.merges` is borrowed mutably beside it.
-            let t = self
-                .tables
-                .get(&b.table)
-                .ok_or_else(|| DestError::UnknownTable {
-                    table: b.table.clone(),
-                })?;
-            let st = staged_for(&mut staged, &t.dir);
+            let t = table(&b.table)?;
+            let st = staged_for(&mut group.staged, &t.dir);
             let state = self.merges.entry(t.dir.clone()).or_default();
             let merged = merge(
                 t,
@@ -993,31 +1126,22 @@ impl DeltaDestination {
             commit_stats.add(merged.await?);
         }
         for m in &commit.mark_unseen_deleted {
-            let t = self.table(&m.table)?;
-            let st = staged_for(&mut staged, &t.dir);
+            let t = table(&m.table)?;
+            let st = staged_for(&mut group.staged, &t.dir);
+            let state = self.merges.entry(t.dir.clone()).or_default();
+            // Marking rewrites whole files: the rows dropped so far go first.
+            st.apply_drops(t, &self.place, &mut state.reads).await?;
             commit_stats
                 .add(mark_unseen(t, &self.place, self.compat, st, m, commit.synced_at_ms).await?);
         }
-        let per_table = staged
-            .into_iter()
-            .map(|(dir, st)| (dir, st.into_actions()))
-            .collect();
-        self.land(per_table, &commit.cursors).await?;
-        stats.add(commit_stats);
-        Ok(stats)
+        group.stats.add(commit_stats);
+        Ok(group.note_cursors(&commit.cursors, interval))
     }
 
     /// A first-load commit: its rows go to the open writers; the group commits every
     /// [`commit_interval`].
     async fn append(&mut self, commit: Commit) -> Result<CommitStats, DestError> {
-        if self.group.is_none() {
-            self.group = Some(Group {
-                writers: HashMap::new(),
-                stats: CommitStats::default(),
-                cursors: Vec::new(),
-                started: std::time::Instant::now(),
-            });
-        }
+        self.group.get_or_insert_with(Group::new);
         let target = self.opts.target_file_mb.saturating_mul(1024 * 1024);
         for b in &commit.batches {
             if b.upserts.is_empty() {
@@ -1043,16 +1167,11 @@ impl DeltaDestination {
                 });
             }
         }
-        let interval = commit_interval(self.opened.elapsed());
-        let due = self.group.as_mut().is_some_and(|g| {
-            for (stream, cursor) in &commit.cursors {
-                match g.cursors.iter_mut().find(|c| &c.0 == stream) {
-                    Some(c) => c.1 = cursor.clone(),
-                    None => g.cursors.push((stream.clone(), cursor.clone())),
-                }
-            }
-            g.started.elapsed() >= interval
-        });
+        let interval = self.group_interval();
+        let due = self
+            .group
+            .as_mut()
+            .is_some_and(|g| g.note_cursors(&commit.cursors, interval));
         if due {
             return self.close_group().await;
         }
@@ -1060,18 +1179,32 @@ impl DeltaDestination {
     }
 }
 
-/// A data file a commit step reads: one the table has, or one an earlier step of the same commit
+/// A data file a commit step reads: one the table has, or one an earlier step of the same group
 /// wrote.
 enum FileRef {
     Committed(Box<Remove>),
     Staged(String),
 }
 
-/// One table's changes in a commit being built.
+/// One table's changes in a group being built.
 #[derive(Default)]
 struct Staged {
     removes: Vec<Remove>,
     adds: Vec<Add>,
+    /// Files that lost rows to the group's merges, each rewritten without them when the group
+    /// lands ([`Staged::apply_drops`]): an edit commit takes a few rows out of every file of a
+    /// large table, and rewriting those files once per group instead of once per commit is most
+    /// of what an incremental sync with edits costs.
+    dropping: Vec<Dropping>,
+}
+
+/// Rows taken out of one data file by the open group's merges.
+struct Dropping {
+    path: String,
+    size: u64,
+    file: FileRef,
+    /// Row positions in the file.
+    rows: std::collections::BTreeSet<usize>,
 }
 
 impl Staged {
@@ -1098,6 +1231,72 @@ impl Staged {
             FileRef::Committed(remove) => self.removes.push(*remove),
             FileRef::Staged(path) => self.adds.retain(|a| a.path != path),
         }
+    }
+
+    /// The rows of the file at `path` that the group already took out.
+    fn dropped(&self, path: &str) -> Option<&std::collections::BTreeSet<usize>> {
+        self.dropping
+            .iter()
+            .find(|d| d.path == path)
+            .map(|d| &d.rows)
+    }
+
+    /// Takes `rows` (positions) out of the file at `path` when the group lands; until then the
+    /// file stays in the table, and merges skip those rows of it.
+    fn drop_rows(&mut self, path: &str, size: u64, file: FileRef, rows: Vec<usize>) {
+        match self.dropping.iter_mut().find(|d| d.path == path) {
+            Some(d) => d.rows.extend(rows),
+            None => self.dropping.push(Dropping {
+                path: path.to_string(),
+                size,
+                file,
+                rows: rows.into_iter().collect(),
+            }),
+        }
+    }
+
+    /// Rewrites each file that lost rows without them, once; returns with no file pending.
+    async fn apply_drops(
+        &mut self,
+        t: &Table,
+        place: &Place,
+        reads: &mut MergeReads,
+    ) -> Result<(), DestError> {
+        let mut out = Output {
+            t,
+            place,
+            writer: None,
+        };
+        let started = std::time::Instant::now();
+        let (mut files, mut dropped) = (0usize, 0usize);
+        for d in std::mem::take(&mut self.dropping) {
+            files += 1;
+            dropped += d.rows.len();
+            self.drop_file(d.file);
+            let mut gone = d.rows.into_iter().peekable();
+            let mut at = 0usize;
+            let shown = t.r.display.as_str();
+            reads.whole_rows += out
+                .rewrite(&d.path, d.size, |b| {
+                    let keep: BooleanArray = (at..at + b.num_rows())
+                        .map(|row| Some(gone.next_if_eq(&row).is_none()))
+                        .collect();
+                    at += b.num_rows();
+                    filter_record_batch(b, &keep).map_err(|e| lake_err(shown, e))
+                })
+                .await?;
+        }
+        self.adds.extend(out.finish().await?);
+        if files > 0 {
+            tracing::debug!(
+                table = %t.r.display,
+                rewritten_files = files,
+                dropped_rows = dropped,
+                ms = started.elapsed().as_millis() as u64,
+                "Delta rewrite"
+            );
+        }
+        Ok(())
     }
 
     fn into_actions(self) -> Vec<Action> {
@@ -1289,7 +1488,7 @@ async fn merge(
         }
         Fate::Keep
     };
-    let (mut updated, mut deleted, mut rewritten) = (0u64, 0u64, 0usize);
+    let (mut updated, mut deleted, mut touched) = (0u64, 0u64, 0usize);
     let mut found: HashSet<usize> = HashSet::new();
     let mut unchanged: HashSet<usize> = HashSet::new();
     let mut out = Output {
@@ -1369,6 +1568,8 @@ async fn merge(
             let mut dropped: Vec<usize> = Vec::new();
             let (mut file_updated, mut file_deleted) = (0u64, 0u64);
             let mut file_found = Vec::new();
+            // Rows an earlier commit of the group took out are gone already.
+            let gone = staged.dropped(&path).cloned().unwrap_or_default();
             let ranges = crate::delta_place::separate_ranges(&ranges);
             let mut positions = ranges.iter().flat_map(|r| r.clone());
             let mut batches = place.read_rows(&t.dir, &path, size, &ranges, shown).await?;
@@ -1382,6 +1583,9 @@ async fn merge(
                             format!("data file {path} returned more rows than were selected"),
                         ));
                     };
+                    if gone.contains(&at) {
+                        continue;
+                    }
                     match fate(&b, i) {
                         Fate::Keep => {}
                         Fate::Replaced(ui, true) => {
@@ -1406,19 +1610,8 @@ async fn merge(
             }
             updated += file_updated;
             deleted += file_deleted;
-            staged.drop_file(file);
-            rewritten += 1;
-            let mut dropped = dropped.into_iter().peekable();
-            let mut at = 0usize;
-            reads.whole_rows += out
-                .rewrite(&path, size, |b| {
-                    let keep: BooleanArray = (at..at + b.num_rows())
-                        .map(|row| Some(dropped.next_if_eq(&row).is_none()))
-                        .collect();
-                    at += b.num_rows();
-                    filter_record_batch(b, &keep).map_err(|e| lake_err(shown, e))
-                })
-                .await?;
+            touched += 1;
+            staged.drop_rows(&path, size, file, dropped);
         }
     }
     // The rows to write: every upsert not found unchanged in place (one per key).
@@ -1440,7 +1633,7 @@ async fn merge(
         inserted,
         updated,
         deleted,
-        rewritten_files = rewritten,
+        files_losing_rows = touched,
         ms = started.elapsed().as_millis() as u64,
         "Delta merge"
     );

@@ -9,8 +9,8 @@ use crate::common::{col, stat, upserts};
 use serde_json::{Value as J, json};
 use xmbridge_destinations::delta::{DeltaDestination, DeltaOptions};
 use xmbridge_destinations::{
-    ColumnType, Commit, Compat, DestErrorKind, Destination, DestinationSettings, MarkUnseenDeleted,
-    TableBatch, TableSpec, Value,
+    ColumnType, Commit, CommitStats, Compat, DestErrorKind, Destination, DestinationSettings,
+    MarkUnseenDeleted, TableBatch, TableSpec, Value,
 };
 use xmbridge_test_kit::lake;
 
@@ -183,6 +183,7 @@ async fn delta_merges_deletes_and_soft_deletes_as_the_sql_destinations_do() {
         })
         .await
         .unwrap();
+    let s = flushed(&mut *d, s).await;
     assert_eq!(stat(&s, "item"), (1, 1, 0));
     assert_eq!(stat(&s, "answer"), (1, 0, 2));
     let rows = read(&py, dir.path(), "item");
@@ -215,6 +216,7 @@ async fn delta_merges_deletes_and_soft_deletes_as_the_sql_destinations_do() {
         })
         .await
         .unwrap();
+    let s = flushed(&mut *d, s).await;
     assert_eq!(stat(&s, "item"), (0, 3, 0), "b updated, a and d marked");
     let rows = read(&py, dir.path(), "item");
     let deleted: Vec<String> = {
@@ -250,6 +252,17 @@ async fn delta_merges_deletes_and_soft_deletes_as_the_sql_destinations_do() {
     assert_eq!(d.cursor("other").await.unwrap(), None);
 }
 
+/// A commit of item `c` with the cursor 3: what a run would commit next in the tests whose run
+/// must commit nothing more.
+fn item_c_at_3() -> Commit {
+    Commit {
+        synced_at_ms: T0 + 2,
+        batches: vec![upserts("item", vec![item("c", "S1", "C", 3)])],
+        cursors: vec![("items".into(), json!(3))],
+        ..Default::default()
+    }
+}
+
 /// The redo file a run killed after writing it is finished by the next open: every table gets
 /// the commit once (its `txn` version says whether it has it) and the cursors with it.
 #[tokio::test]
@@ -276,32 +289,26 @@ async fn delta_a_commit_cut_after_its_redo_file_lands_once_at_the_next_open() {
     })
     .await
     .unwrap();
-    // The next commit, stopped after its redo file and its first table's commit: the state a
-    // kill at that moment leaves (a hidden hook; nothing else sets it).
+    d.flush().await.unwrap();
+    // The next commit, stopped after its redo file and its first table's commit when it lands
+    // (merges land as a group, here at the flush): the state a kill at that moment leaves (a
+    // hidden hook; nothing else sets it).
     d.stop_after_tables_for_tests(1);
-    let err = d
-        .commit(Commit {
-            synced_at_ms: T0 + 1,
-            batches: vec![
-                upserts("item", vec![item("b", "S1", "B", 2)]),
-                upserts("answer", vec![answer("x", "R9", "v")]),
-            ],
-            cursors: vec![("items".into(), json!(2))],
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    d.commit(Commit {
+        synced_at_ms: T0 + 1,
+        batches: vec![
+            upserts("item", vec![item("b", "S1", "B", 2)]),
+            upserts("answer", vec![answer("x", "R9", "v")]),
+        ],
+        cursors: vec![("items".into(), json!(2))],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = d.flush().await.unwrap_err();
     assert!(err.to_string().contains("stopped for a test"), "{err}");
     // Nothing more is committed by this process: the next open finishes that commit first.
-    let err = d
-        .commit(Commit {
-            synced_at_ms: T0 + 2,
-            batches: vec![upserts("item", vec![item("c", "S1", "C", 3)])],
-            cursors: vec![("items".into(), json!(3))],
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = d.commit(item_c_at_3()).await.unwrap_err();
     assert!(err.to_string().contains("stopped part way"), "{err}");
     drop(d);
     assert!(schema_dir.join("_xmbridge_pending.json").is_file());
@@ -356,6 +363,7 @@ async fn delta_schema_evolution_adds_columns_older_rows_read_as_null() {
     })
     .await
     .unwrap();
+    d.flush().await.unwrap();
     let rows = read(&py, dir.path(), "item");
     let by = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap()["stats_count"].clone();
     assert_eq!((by("a"), by("b")), (J::Null, json!(7)));
@@ -435,7 +443,8 @@ async fn delta_bad_input_gets_clear_errors() {
 
 /// Another writer (here the Python `deltalake` package, as Spark would) commits to a table after
 /// xmbridge read it: the merge built on the older version is refused by Delta's conflict check,
-/// with a message that says so, nothing of that commit is applied, and the next one works.
+/// with a message that says so, nothing of that group is applied, and the run commits nothing
+/// more.
 #[tokio::test]
 async fn delta_a_concurrent_writer_makes_a_merge_fail_clearly() {
     let Some(py) = lake::readers() else { return };
@@ -450,6 +459,7 @@ async fn delta_a_concurrent_writer_makes_a_merge_fail_clearly() {
     })
     .await
     .unwrap();
+    d.flush().await.unwrap();
     let table = dir.path().join("qualtrics/item");
     let status = std::process::Command::new(&py)
         .arg("-c")
@@ -461,22 +471,29 @@ async fn delta_a_concurrent_writer_makes_a_merge_fail_clearly() {
         .status()
         .unwrap();
     assert!(status.success());
-    let err = d
-        .commit(Commit {
-            synced_at_ms: T0 + 1,
-            batches: vec![upserts("item", vec![item("a", "S1", "A2", 2)])],
-            cursors: vec![("items".into(), json!(2))],
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    let msg = err.to_string();
+    // The update lands with its group, here at the flush.
+    d.commit(Commit {
+        synced_at_ms: T0 + 1,
+        batches: vec![upserts("item", vec![item("a", "S1", "A2", 2)])],
+        cursors: vec![("items".into(), json!(2))],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let msg = d.flush().await.unwrap_err().to_string();
     assert!(
         msg.contains("another writer committed to this table"),
         "{msg}"
     );
     assert!(msg.contains("qualtrics/item"), "{msg}");
     assert_eq!(d.cursor("items").await.unwrap(), Some(json!(1)));
+    // The run commits nothing more (a later commit would land its cursor past the refused
+    // rows); the next run does that work again.
+    let later = d.commit(item_c_at_3()).await.unwrap_err().to_string();
+    assert!(
+        later.contains("an earlier commit of this run failed"),
+        "{later}"
+    );
     assert!(!dir.path().join("qualtrics/_xmbridge_pending.json").exists());
     // The other writer's rows are there (two of "a" now: its doing), the refused update is not.
     let names: Vec<String> = read(&py, dir.path(), "item")
@@ -620,6 +637,15 @@ async fn stored_answers(d: &mut DeltaDestination) -> Vec<(String, String, String
     v
 }
 
+/// `answer` with its key implying `response_id` (as `question_response`'s `<p>_id` does): its
+/// merges that rewrite whole responses go through the group index.
+fn answers_by_response() -> TableSpec {
+    TableSpec {
+        key_implies: Some("response_id".into()),
+        ..answer_spec()
+    }
+}
+
 /// The destination itself (not boxed: the tests read its `merge_reads`) with the one table `spec`.
 async fn open_with(dir: &Path, spec: TableSpec) -> DeltaDestination {
     let mut d = DeltaDestination::open(
@@ -649,6 +675,20 @@ async fn append_file(d: &mut DeltaDestination, rows: Vec<Vec<Value>>) {
     d.flush().await.unwrap();
 }
 
+/// `s`, a commit's stats, with what landing it at once adds: merges land as a group, which a
+/// flush closes.
+async fn flushed(d: &mut (impl Destination + ?Sized), mut s: CommitStats) -> CommitStats {
+    s.add(d.flush().await.unwrap());
+    s
+}
+
+/// Commits `c` and lands it at once (merges are grouped until a flush): the stats of both.
+async fn commit_now(d: &mut DeltaDestination, c: Commit) -> CommitStats {
+    let mut s = d.commit(c).await.unwrap();
+    s.add(d.flush().await.unwrap());
+    s
+}
+
 /// On a table whose key implies its group column (as `question_response`'s `<p>_id` does its
 /// `response_id`), a commit that rewrites whole groups finds them through the group index: the
 /// group column of each file is read once, and after that a commit reads only the rows of the
@@ -657,11 +697,7 @@ async fn append_file(d: &mut DeltaDestination, rows: Vec<Vec<Value>>) {
 async fn delta_merges_by_group_read_only_the_rows_of_the_groups_they_rewrite() {
     let Some(py) = lake::readers() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let spec = TableSpec {
-        key_implies: Some("response_id".into()),
-        ..answer_spec()
-    };
-    let mut d = open_with(dir.path(), spec).await;
+    let mut d = open_with(dir.path(), answers_by_response()).await;
     // Two files of 500 responses with 4 answers each; in the first, R5 has a fifth answer
     // at the end, apart from its other four (a group in two runs of rows).
     let mut expected: std::collections::BTreeMap<String, (String, String)> = Default::default();
@@ -694,10 +730,11 @@ async fn delta_merges_by_group_read_only_the_rows_of_the_groups_they_rewrite() {
     upserts_a.extend(r600.clone());
     upserts_a.extend(answers_of(5, &[0, 1, 2, 3]));
     upserts_a.extend(answers_of(2000, &[0, 1, 2, 3]));
-    let s = d
-        .commit(replacing(&[10, 600, 20, 5, 2000], upserts_a.clone()))
-        .await
-        .unwrap();
+    let s = commit_now(
+        &mut d,
+        replacing(&[10, 600, 20, 5, 2000], upserts_a.clone()),
+    )
+    .await;
     assert_eq!(
         stat(&s, "answer"),
         (5, 1, 6),
@@ -719,10 +756,7 @@ async fn delta_merges_by_group_read_only_the_rows_of_the_groups_they_rewrite() {
 
     // The rewritten files are new: their group column is read once more, then not again.
     let before = d.merge_reads();
-    let s = d
-        .commit(replacing(&[30], answers_of(30, &[0, 1, 2, 3])))
-        .await
-        .unwrap();
+    let s = commit_now(&mut d, replacing(&[30], answers_of(30, &[0, 1, 2, 3]))).await;
     assert_eq!(stat(&s, "answer"), (0, 0, 0), "R30 unchanged");
     let after_b = d.merge_reads();
     assert_eq!(
@@ -730,10 +764,7 @@ async fn delta_merges_by_group_read_only_the_rows_of_the_groups_they_rewrite() {
         expected.len() as u64,
         "{after_b:?}"
     );
-    let s = d
-        .commit(replacing(&[40, 700], answers_of(40, &[0, 1, 2, 3])))
-        .await
-        .unwrap();
+    let s = commit_now(&mut d, replacing(&[40, 700], answers_of(40, &[0, 1, 2, 3]))).await;
     assert_eq!(stat(&s, "answer"), (0, 0, 4), "R700 deleted");
     for q in 0..4 {
         expected.remove(&format!("R700:{q}"));
@@ -741,18 +772,16 @@ async fn delta_merges_by_group_read_only_the_rows_of_the_groups_they_rewrite() {
     let after_c = d.merge_reads();
     assert_eq!(after_c.indexed_rows, after_b.indexed_rows, "{after_c:?}");
     assert_eq!(after_c.probed_rows, 0, "{after_c:?}");
-    // R40's and R700's rows to see what changes, then the file R700 was in, whole.
+    // R40's and R700's rows to see what changes, then the file R700 was in, whole: every row
+    // but the 6 that the first commit wrote to a file of their own (R600:1, R600:7, R2000's 4).
     assert_eq!(
         after_c.whole_rows - after_b.whole_rows,
-        8 + expected.len() as u64 + 4,
+        8 + expected.len() as u64 + 4 - 6,
         "{after_c:?}"
     );
 
     // An upsert outside the deleted groups: the key column must be read (every file probed).
-    let s = d
-        .commit(replacing(&[50], answers_of(51, &[0])))
-        .await
-        .unwrap();
+    let s = commit_now(&mut d, replacing(&[50], answers_of(51, &[0]))).await;
     assert_eq!(
         stat(&s, "answer"),
         (0, 0, 4),
@@ -778,6 +807,146 @@ async fn delta_merges_by_group_read_only_the_rows_of_the_groups_they_rewrite() {
     );
 }
 
+/// The commits of a merge group take rows out of a file without rewriting it; the file is
+/// rewritten once, when the group lands, however many of them touched it (an incremental sync's
+/// edits hit every file of `survey_response`, once per commit before). Nothing of the group is
+/// in the table until it lands, cursors included; then the rows are as if each commit had
+/// landed on its own: a row edited twice holds the second edit, a row edited and then deleted
+/// is gone.
+#[tokio::test]
+async fn delta_a_merge_group_rewrites_each_file_once() {
+    let Some(py) = lake::readers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = open_with(dir.path(), answers_by_response()).await;
+    let rows: Vec<Vec<Value>> = (0..250)
+        .flat_map(|r| answers_of(r, &[0, 1, 2, 3]))
+        .collect();
+    append_file(&mut d, rows).await;
+    d.hold_groups_for_tests();
+    let before = d.merge_reads();
+
+    let mut edit1 = answers_of(10, &[0, 1, 2, 3]);
+    edit1[1][2] = Value::Text("e1".into());
+    let mut edit2 = answers_of(10, &[0, 1, 3]);
+    edit2[1][2] = Value::Text("e2".into());
+    let commits = [
+        replacing(&[10], edit1),
+        replacing(&[10], edit2),
+        replacing(&[20], Vec::new()),
+        replacing(&[30], answers_of(30, &[0, 1, 2, 3])),
+    ];
+    for (i, mut c) in commits.into_iter().enumerate() {
+        c.cursors = vec![("answers".into(), json!({"at": i}))];
+        let s = d.commit(c).await.unwrap();
+        assert_eq!(s, CommitStats::default(), "commit {i}: nothing landed yet");
+    }
+    assert_eq!(
+        read(&py, dir.path(), "answer").len(),
+        1000,
+        "the group is not in the table before it lands"
+    );
+    let landed = d.flush().await.unwrap();
+    assert_eq!(
+        stat(&landed, "answer"),
+        (0, 2, 5),
+        "R10:1 updated twice; R10:2 and R20's 4 deleted"
+    );
+    let reads = d.merge_reads();
+    let whole = reads.whole_rows - before.whole_rows;
+    // The file whole once (1,000 rows) and the few rows each commit found (about 20); before,
+    // each of the three commits that took rows out of it rewrote it (over 3,000).
+    assert!(
+        (1000..1100).contains(&whole),
+        "rows read whole: {whole} ({reads:?})"
+    );
+
+    let mut expected: Vec<(String, String, String)> = (0..250)
+        .filter(|&r| r != 20)
+        .flat_map(|r| {
+            [0, 1, 2, 3]
+                .into_iter()
+                .filter(move |&q| !(r == 10 && q == 2))
+                .map(move |q| {
+                    let v = if (r, q) == (10, 1) {
+                        "e2".to_string()
+                    } else {
+                        format!("v{r}.{q}")
+                    };
+                    (format!("R{r}:{q}"), format!("R{r}"), v)
+                })
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(stored_answers(&mut d).await, expected);
+    let rows = read(&py, dir.path(), "answer");
+    let mut seen: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            let t = |c: &str| r[c].as_str().unwrap_or("null").to_string();
+            (t("_xmbridge_id"), t("response_id"), t("value"))
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, expected, "the Python reader agrees");
+    drop(d);
+    let mut d = open(dir.path()).await;
+    assert_eq!(
+        d.cursor("answers").await.unwrap(),
+        Some(json!({"at": 3})),
+        "the group's last cursor landed with it"
+    );
+}
+
+/// A merge that fails part way through a group drops the whole group (its earlier commits
+/// included: they were not landed), and the run commits nothing more — a later commit landing
+/// its cursor would skip the dropped rows. The next run finds the table as the last landed
+/// commit left it.
+#[tokio::test]
+async fn delta_a_failed_merge_drops_its_group_and_stops_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = open_with(dir.path(), answer_spec()).await;
+    let rows: Vec<Vec<Value>> = (0..50).flat_map(|r| answers_of(r, &[0, 1])).collect();
+    append_file(&mut d, rows).await;
+    d.hold_groups_for_tests();
+    let mut edit = answers_of(10, &[0, 1]);
+    edit[0][2] = Value::Text("edited".into());
+    let mut first = replacing(&[10], edit);
+    first.cursors = vec![("answers".into(), json!({"at": 1}))];
+    d.commit(first).await.unwrap();
+    // A delete by a value of the wrong type fails inside the merge, after the group has staged
+    // the first commit.
+    let mut bad = replacing(&[11], Vec::new());
+    bad.batches[0].delete_where[0].1 = vec![Value::Int(11)];
+    let err = d.commit(bad).await.unwrap_err();
+    let mut later = replacing(&[12], Vec::new());
+    later.cursors = vec![("answers".into(), json!({"at": 3}))];
+    let refused = d.commit(later).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("an earlier commit of this run failed")
+            && refused.contains("run the sync again"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains(&err.to_string()),
+        "names the first failure: {refused}"
+    );
+    assert_eq!(d.flush().await.unwrap(), CommitStats::default());
+    d.close().await.unwrap();
+    drop(d);
+    let mut d = open_with(dir.path(), answer_spec()).await;
+    assert_eq!(
+        Destination::cursor(&mut d, "answers").await.unwrap(),
+        None,
+        "no cursor of the run landed"
+    );
+    let stored = stored_answers(&mut d).await;
+    assert_eq!(stored.len(), 100, "R12 not deleted");
+    assert!(
+        stored.contains(&("R10:0".into(), "R10".into(), "v10.0".into())),
+        "the first commit of the dropped group did not land"
+    );
+}
+
 /// Upserts by key into a table without a group index (as `survey_response`'s edits): each file's
 /// key column is read to find the rows they replace, and of a file that holds some, only those
 /// rows are read whole to see whether it changes — then the file whole, once, to rewrite it.
@@ -800,14 +969,15 @@ async fn delta_upserts_by_key_read_whole_only_the_rows_they_find_and_the_file_th
     let mut rows = changed.clone();
     rows.extend(answers_of(20, &[0, 3]));
     rows.push(answer("R9000:0", "R9000", "new"));
-    let s = d
-        .commit(Commit {
+    let s = commit_now(
+        &mut d,
+        Commit {
             synced_at_ms: T0 + 10,
             batches: vec![upserts("answer", rows)],
             ..Default::default()
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     assert_eq!(
         stat(&s, "answer"),
         (1, 3, 0),
@@ -823,10 +993,7 @@ async fn delta_upserts_by_key_read_whole_only_the_rows_they_find_and_the_file_th
 
     // A response rewritten whole with the answers it has: its 4 rows are found (by key and by
     // `response_id`), read whole, all unchanged, and nothing is rewritten.
-    let s = d
-        .commit(replacing(&[300], answers_of(300, &[0, 1, 2, 3])))
-        .await
-        .unwrap();
+    let s = commit_now(&mut d, replacing(&[300], answers_of(300, &[0, 1, 2, 3]))).await;
     assert_eq!(stat(&s, "answer"), (0, 0, 0), "R300 unchanged");
     let after = d.merge_reads();
     assert_eq!(after.whole_rows - reads.whole_rows, 4, "{after:?}");

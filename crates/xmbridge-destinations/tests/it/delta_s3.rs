@@ -91,11 +91,13 @@ async fn delta_on_s3_a_commit_cut_after_its_redo_object_lands_once_at_the_next_o
     let mut d = open(&s, 3).await.unwrap();
     d.ensure_tables(&[item_spec()]).await.unwrap();
     d.commit(commit(T0, vec![item("a", 1)], 1)).await.unwrap();
+    d.flush().await.unwrap();
     d.stop_after_tables_for_tests(1);
-    let err = d
-        .commit(commit(T0 + 1, vec![item("b", 2)], 2))
+    // Merges land as a group, here at the flush.
+    d.commit(commit(T0 + 1, vec![item("b", 2)], 2))
         .await
-        .unwrap_err();
+        .unwrap();
+    let err = d.flush().await.unwrap_err();
     assert!(err.to_string().contains("stopped for a test"), "{err}");
     // Dropped without closing, as a killed run: the redo object and the lease stay.
     drop(d);
@@ -173,6 +175,7 @@ async fn delta_on_s3_a_writer_whose_lease_was_taken_commits_nothing_more() {
     let mut a = open(&s, 3).await.unwrap();
     a.ensure_tables(&[item_spec()]).await.unwrap();
     a.commit(commit(T0, vec![item("a", 1)], 1)).await.unwrap();
+    a.flush().await.unwrap();
     // Another writer takes the lease over (as after a pause longer than the lease): the
     // stalled writer's next renewal finds it is not its own any more.
     let mut lease = s.keys(BUCKET, "lake/qualtrics");
