@@ -246,8 +246,8 @@ pub struct DeltaDestination {
     /// A commit failed after some of its tables took it: its redo file must be finished by the
     /// next open before anything else is committed.
     unfinished: bool,
-    /// A merge failed part way while a group was open: the group was dropped, so nothing more
-    /// is committed in this run (a later commit would land a cursor past the dropped rows).
+    /// A merge failed part way, or a group could not land: the group was dropped, so nothing
+    /// more is committed in this run (a later commit would land a cursor past its rows).
     dropped_group: Option<String>,
     /// [`COMMIT_PAUSE_ENV`].
     commit_pause: Option<std::time::Duration>,
@@ -1081,19 +1081,28 @@ impl DeltaDestination {
         } else {
             CommitStats::default()
         };
-        if appends {
-            stats.add(self.append(commit).await?);
-            return Ok(stats);
-        }
-        match self.merge_into_group(&commit).await {
-            Ok(due) if due => stats.add(self.close_group().await?),
-            Ok(_) => {}
+        // A failed step leaves the group without some of its rows (a writer that failed is
+        // gone with what it held), so the group goes whole: the engine flushes after a failed
+        // stream, and landing the rest would advance cursors past the lost rows.
+        let done = if appends {
+            self.append(commit).await
+        } else {
+            match self.merge_into_group(&commit).await {
+                Ok(true) => self.close_group().await,
+                Ok(false) => Ok(CommitStats::default()),
+                Err(e) => Err(e),
+            }
+        };
+        match done {
+            Ok(s) => {
+                stats.add(s);
+                Ok(stats)
+            }
             Err(e) => {
                 self.drop_group(&e);
-                return Err(e);
+                Err(e)
             }
         }
-        Ok(stats)
     }
 
     /// Merges a commit's batches into the open group (opening one); true when the group is due.
