@@ -396,6 +396,9 @@ async fn kill_runs(
         let mut child = i
             .cmd(argv)
             .env("XMBRIDGE_TEST_DELTA_COMMIT_PAUSE_MS", "150")
+            // Groups of a few commits landing every 100 ms, not every second or more: the
+            // runs are short, and the kills are to fall inside landings too.
+            .env("XMBRIDGE_TEST_DELTA_GROUP_MS", "100")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

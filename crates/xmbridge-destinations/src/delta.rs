@@ -84,6 +84,11 @@ pub fn commit_interval(open_for: std::time::Duration) -> std::time::Duration {
 /// random kills land between the tables of one commit (never set in production).
 const COMMIT_PAUSE_ENV: &str = "XMBRIDGE_TEST_DELTA_COMMIT_PAUSE_MS";
 
+/// Test knob: milliseconds an open group stays open instead of [`commit_interval`], so that a
+/// kill test's short runs land groups often enough for its kills to fall inside a landing
+/// (never set in production).
+const GROUP_MS_ENV: &str = "XMBRIDGE_TEST_DELTA_GROUP_MS";
+
 /// Default target size of a data file (`?target_file_mb=`).
 pub const DEFAULT_TARGET_FILE_MB: u64 = 128;
 
@@ -251,6 +256,8 @@ pub struct DeltaDestination {
     dropped_group: Option<String>,
     /// [`COMMIT_PAUSE_ENV`].
     commit_pause: Option<std::time::Duration>,
+    /// [`GROUP_MS_ENV`].
+    group_clock: Option<std::time::Duration>,
     opened: std::time::Instant,
     lock: Lock,
     /// Per table directory: what merges keep between commits and what they read.
@@ -601,6 +608,10 @@ impl DeltaDestination {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .map(std::time::Duration::from_millis),
+            group_clock: std::env::var(GROUP_MS_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(std::time::Duration::from_millis),
             opened: std::time::Instant::now(),
             lock,
             merges: HashMap::new(),
@@ -661,6 +672,8 @@ impl DeltaDestination {
     fn group_interval(&self) -> std::time::Duration {
         if self.hold_groups {
             std::time::Duration::MAX
+        } else if let Some(clock) = self.group_clock {
+            clock
         } else {
             commit_interval(self.opened.elapsed())
         }
