@@ -246,8 +246,6 @@ pub struct DeltaDestination {
     group: Option<Group>,
     /// Set by [`DeltaDestination::stop_after_tables_for_tests`].
     stop_after_tables: Option<usize>,
-    /// Set by [`DeltaDestination::hold_groups_for_tests`].
-    hold_groups: bool,
     /// A commit failed after some of its tables took it: its redo file must be finished by the
     /// next open before anything else is committed.
     unfinished: bool,
@@ -256,7 +254,8 @@ pub struct DeltaDestination {
     dropped_group: Option<String>,
     /// [`COMMIT_PAUSE_ENV`].
     commit_pause: Option<std::time::Duration>,
-    /// [`GROUP_MS_ENV`].
+    /// How long a group stays open when set: [`GROUP_MS_ENV`], or
+    /// [`DeltaDestination::hold_groups_for_tests`]; else [`commit_interval`].
     group_clock: Option<std::time::Duration>,
     opened: std::time::Instant,
     lock: Lock,
@@ -601,7 +600,6 @@ impl DeltaDestination {
             seq: 0,
             group: None,
             stop_after_tables: None,
-            hold_groups: false,
             unfinished: false,
             dropped_group: None,
             commit_pause: std::env::var(COMMIT_PAUSE_ENV)
@@ -665,18 +663,13 @@ impl DeltaDestination {
     /// as one group however slowly they run.
     #[doc(hidden)]
     pub fn hold_groups_for_tests(&mut self) {
-        self.hold_groups = true;
+        self.group_clock = Some(std::time::Duration::MAX);
     }
 
     /// How long the open group may stay open now ([`commit_interval`]).
     fn group_interval(&self) -> std::time::Duration {
-        if self.hold_groups {
-            std::time::Duration::MAX
-        } else if let Some(clock) = self.group_clock {
-            clock
-        } else {
-            commit_interval(self.opened.elapsed())
-        }
+        self.group_clock
+            .unwrap_or_else(|| commit_interval(self.opened.elapsed()))
     }
 
     fn fence_name(&self) -> String {
@@ -1591,7 +1584,7 @@ async fn merge(
             let (mut file_updated, mut file_deleted) = (0u64, 0u64);
             let mut file_found = Vec::new();
             // Rows an earlier commit of the group took out are gone already.
-            let gone = staged.dropped(&path).cloned().unwrap_or_default();
+            let gone = staged.dropped(&path);
             let ranges = crate::delta_place::separate_ranges(&ranges);
             let mut positions = ranges.iter().flat_map(|r| r.clone());
             let mut batches = place.read_rows(&t.dir, &path, size, &ranges, shown).await?;
@@ -1605,7 +1598,7 @@ async fn merge(
                             format!("data file {path} returned more rows than were selected"),
                         ));
                     };
-                    if gone.contains(&at) {
+                    if gone.is_some_and(|g| g.contains(&at)) {
                         continue;
                     }
                     match fate(&b, i) {
