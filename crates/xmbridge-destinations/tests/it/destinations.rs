@@ -1690,6 +1690,16 @@ async fn first_load_builds_indexes(mut h: H) {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         assert_eq!(analyzed.len(), 1, "{analyzed:?}");
+        // Of the columns our statements search by (the key and its group column), at least.
+        let with_stats = h
+            .rows(&format!(
+                "SELECT attname::text FROM pg_stats WHERE schemaname = '{SCHEMA}' \
+                 AND tablename = 'question_response' \
+                 AND attname IN ('_xmbridge_id', 'response_id') ORDER BY 1"
+            ))
+            .await;
+        let with_stats: Vec<String> = with_stats.into_iter().flatten().flatten().collect();
+        assert_eq!(with_stats, ["_xmbridge_id", "response_id"]);
         // The surrogate key compares bytewise (its values share a response-id prefix); the
         // columns queries join on keep the database's collation.
         let collations = h
