@@ -1045,16 +1045,21 @@ impl PostgresDestination {
             // scan. Only the columns our statements search by: the other columns' statistics
             // were most of the ANALYZE's time, and a column list leaves the table's change
             // count as it is, so autovacuum still analyzes every column soon after.
+            let searched: Vec<String> = searched_columns(r, &filter)
+                .into_iter()
+                .map(quote_ident)
+                .collect();
+            // A table with nothing to search by (none today) gets every column.
+            let columns = if searched.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", searched.join(", "))
+            };
             self.client
                 .batch_execute(&format!(
-                    "ANALYZE {}.{} ({})",
+                    "ANALYZE {}.{}{columns}",
                     quote_ident(&self.schema),
-                    quote_ident(&name),
-                    searched_columns(r, &filter)
-                        .iter()
-                        .map(|c| quote_ident(c))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    quote_ident(&name)
                 ))
                 .await
                 .map_err(|e| sql_err(&r.display, e))?;
@@ -2255,8 +2260,6 @@ pub fn index_name(table: &str, column: &str) -> String {
     format!("{table}__{column}_idx")
 }
 
-/// Adds the primary key (when missing) and the filter indexes on `columns` of `table`. Index
-/// names are per schema; only the target is indexed, never a merge's staging table.
 /// The columns the destination's own statements search `r` by: its key, the group column the
 /// key implies, and the filter-indexed columns, each once.
 fn searched_columns<'a>(r: &'a Resolved, filter: &'a [String]) -> Vec<&'a str> {
@@ -2273,6 +2276,8 @@ fn searched_columns<'a>(r: &'a Resolved, filter: &'a [String]) -> Vec<&'a str> {
     columns
 }
 
+/// Adds the primary key (when missing) and the filter indexes on `columns` of `table`. Index
+/// names are per schema; only the target is indexed, never a merge's staging table.
 async fn create_indexes<S: AsRef<str>>(
     tx: &tokio_postgres::Transaction<'_>,
     schema: &str,
