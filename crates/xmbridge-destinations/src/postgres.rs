@@ -1042,25 +1042,34 @@ impl PostgresDestination {
             tx.commit().await.map_err(|e| sql_err(&r.display, e))?;
             // Statistics now, not when autovacuum gets to it: the next sync finds a changed
             // response's rows by its key and group columns, and without them the planner may
-            // scan. Only the columns our statements search by: the other columns' statistics
-            // were most of the ANALYZE's time, and a column list leaves the table's change
-            // count as it is, so autovacuum still analyzes every column soon after.
+            // scan. Only the columns our statements search by when autovacuum will do the rest:
+            // the other columns' statistics were most of the ANALYZE's time, and a column list
+            // leaves the table's change count as it is, so autovacuum still analyzes every
+            // column on its next round. With autovacuum off nobody would: every column then.
+            let q = format!("{}.{}", quote_ident(&self.schema), quote_ident(&name));
+            let autovacuum: bool = self
+                .client
+                .query_one(
+                    "SELECT current_setting('autovacuum')::bool AND coalesce((SELECT o.option_value::bool \
+                     FROM pg_class c, pg_options_to_table(c.reloptions) o \
+                     WHERE c.oid = $1::text::regclass AND o.option_name = 'autovacuum_enabled'), true)",
+                    &[&q],
+                )
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(|e| sql_err(&r.display, e))?;
             let searched: Vec<String> = searched_columns(r, &filter)
                 .into_iter()
                 .map(quote_ident)
                 .collect();
-            // A table with nothing to search by (none today) gets every column.
-            let columns = if searched.is_empty() {
+            // A table with nothing to search by (none today) gets every column too.
+            let columns = if !autovacuum || searched.is_empty() {
                 String::new()
             } else {
                 format!(" ({})", searched.join(", "))
             };
             self.client
-                .batch_execute(&format!(
-                    "ANALYZE {}.{}{columns}",
-                    quote_ident(&self.schema),
-                    quote_ident(&name)
-                ))
+                .batch_execute(&format!("ANALYZE {q}{columns}"))
                 .await
                 .map_err(|e| sql_err(&r.display, e))?;
             tracing::info!(

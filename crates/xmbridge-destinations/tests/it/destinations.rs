@@ -1690,16 +1690,21 @@ async fn first_load_builds_indexes(mut h: H) {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         assert_eq!(analyzed.len(), 1, "{analyzed:?}");
-        // Of the columns our statements search by (the key and its group column), at least.
+        // Of the columns our statements search by (the key and its group column) where
+        // autovacuum analyzes the rest later; of every column where it is off.
         let with_stats = h
             .rows(&format!(
                 "SELECT attname::text FROM pg_stats WHERE schemaname = '{SCHEMA}' \
-                 AND tablename = 'question_response' \
-                 AND attname IN ('_xmbridge_id', 'response_id') ORDER BY 1"
+                 AND tablename = 'question_response' ORDER BY 1"
             ))
             .await;
         let with_stats: Vec<String> = with_stats.into_iter().flatten().flatten().collect();
-        assert_eq!(with_stats, ["_xmbridge_id", "response_id"]);
+        let autovacuum = h.rows("SELECT current_setting('autovacuum')").await;
+        if autovacuum == vec![vec![Some("on".to_string())]] {
+            assert_eq!(with_stats, ["_xmbridge_id", "response_id"]);
+        } else {
+            assert_eq!(with_stats.len(), spec.columns.len() + 1, "{with_stats:?}");
+        }
         // The surrogate key compares bytewise (its values share a response-id prefix); the
         // columns queries join on keep the database's collation.
         let collations = h
