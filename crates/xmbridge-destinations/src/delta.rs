@@ -89,6 +89,14 @@ const COMMIT_PAUSE_ENV: &str = "XMBRIDGE_TEST_DELTA_COMMIT_PAUSE_MS";
 /// (never set in production).
 const GROUP_MS_ENV: &str = "XMBRIDGE_TEST_DELTA_GROUP_MS";
 
+/// A test knob's milliseconds (`None` when unset or not a number).
+fn millis_from_env(name: &str) -> Option<std::time::Duration> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_millis)
+}
+
 /// Default target size of a data file (`?target_file_mb=`).
 pub const DEFAULT_TARGET_FILE_MB: u64 = 128;
 
@@ -602,14 +610,8 @@ impl DeltaDestination {
             stop_after_tables: None,
             unfinished: false,
             dropped_group: None,
-            commit_pause: std::env::var(COMMIT_PAUSE_ENV)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .map(std::time::Duration::from_millis),
-            group_clock: std::env::var(GROUP_MS_ENV)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .map(std::time::Duration::from_millis),
+            commit_pause: millis_from_env(COMMIT_PAUSE_ENV),
+            group_clock: millis_from_env(GROUP_MS_ENV),
             opened: std::time::Instant::now(),
             lock,
             merges: HashMap::new(),

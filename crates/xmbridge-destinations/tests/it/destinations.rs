@@ -1703,7 +1703,15 @@ async fn first_load_builds_indexes(mut h: H) {
         if autovacuum == vec![vec![Some("on".to_string())]] {
             assert_eq!(with_stats, ["_xmbridge_id", "response_id"]);
         } else {
-            assert_eq!(with_stats.len(), spec.columns.len() + 1, "{with_stats:?}");
+            let every_column = h
+                .rows(&format!(
+                    "SELECT column_name::text FROM information_schema.columns \
+                     WHERE table_schema = '{SCHEMA}' AND table_name = 'question_response' \
+                     ORDER BY 1"
+                ))
+                .await;
+            let every_column: Vec<String> = every_column.into_iter().flatten().flatten().collect();
+            assert_eq!(with_stats, every_column);
         }
         // The surrogate key compares bytewise (its values share a response-id prefix); the
         // columns queries join on keep the database's collation.
