@@ -1,18 +1,32 @@
 //! The process's memory allocator, mimalloc, and how soon it gives freed memory back.
 //!
 //! mimalloc 3 keeps memory a thread freed committed for `purge_delay` (1,000 ms by default) so
-//! that the next allocation finds it ready. A sync frees in bursts — a commit's rows, a Parquet
-//! writer's buffers — and allocates the next burst before the delay is over, so the freed memory
-//! stays resident beside the new: a Delta incremental sync peaked at 285–313 MB resident while
-//! its heap never held more than 54 MB (heaptrack). [`tune`] shortens the delay to 30 ms: the
-//! lowest setting measured whose cost in CPU stayed small (0 ms cost a PostgreSQL first load 30 %
-//! more client CPU, 30 ms 10 %); docs/bench.md ("Delta Lake: merges by group, and the allocator's
-//! purge delay") has the figures for each setting. [`collect_when_idle`] gives back what a
-//! runtime worker's heap holds free when the worker goes idle, which the delay alone does not.
+//! that the next allocation finds it ready, without a page fault. Which way to lean depends on
+//! the destination (`xmbridge_destinations::memory`), so [`tune`] registers [`set_mode`] to
+//! follow it:
+//!
+//! - **Fast** (no SQLite or Delta Lake destination open: PostgreSQL, and everything that is
+//!   not a sync): a purge delay of 1,000 ms, and a runtime worker gives its free memory back
+//!   when it goes idle at most every 2 s. Rows for PostgreSQL are freed and allocated in a
+//!   steady stream, and keeping the freed pages took 11–12 % off a first load's client CPU
+//!   (page faults 970,000 → 260,000 at 50,000 responses) for 30–50 MB more resident memory;
+//!   docs/bench.md ("The allocator follows the destination").
+//! - **Lean** (while a SQLite or Delta Lake destination is open: they write in this process):
+//!   30 ms, and an idle worker gives its free memory back at most every 100 ms. A Delta merge
+//!   frees and allocates whole files' batches in bursts faster than 1,000 ms, so the freed
+//!   memory stayed resident beside the new: an incremental sync peaked at 285–313 MB while its
+//!   heap never held more than 54 MB (heaptrack); 30 ms was the lowest delay whose CPU cost
+//!   stayed small (docs/bench.md, "Delta Lake: merges by group, and the allocator's purge
+//!   delay"). SQLite's process also holds the database's page cache and sorter.
+//!
+//! `MIMALLOC_PURGE_DELAY` in the environment still sets the delay for both.
 
 use std::cell::Cell;
 use std::ffi::{c_int, c_long};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use xmbridge_destinations::memory::{self, MemoryMode};
 
 // glibc's allocator spent about 30 % of a sync's CPU in malloc/free (rows are built on the
 // parser thread and freed on the writer's): mimalloc is measured faster (docs/bench.md).
@@ -23,8 +37,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// fails if the linked mimalloc numbers its options otherwise.
 const MI_OPTION_PURGE_DELAY: c_int = 15;
 
-/// The purge delay xmbridge runs with, in milliseconds.
-pub const PURGE_DELAY_MS: c_long = 30;
+/// The purge delay in [`MemoryMode::Fast`], in milliseconds (mimalloc 3's own default, set
+/// explicitly so that another mimalloc version does not change it).
+pub const FAST_PURGE_DELAY_MS: c_long = 1_000;
+
+/// The purge delay in [`MemoryMode::Lean`], in milliseconds.
+pub const LEAN_PURGE_DELAY_MS: c_long = 30;
 
 /// The environment variable with which mimalloc reads the delay itself; when it is set, [`tune`]
 /// leaves the delay as it says.
@@ -37,13 +55,23 @@ unsafe extern "C" {
     fn mi_collect(force: bool);
 }
 
-/// How often, at most, one runtime worker thread gives its free memory back when it goes idle.
-pub const IDLE_COLLECT_EVERY: Duration = Duration::from_millis(100);
+/// How often, at most, one runtime worker thread gives its free memory back when it goes idle,
+/// in [`MemoryMode::Lean`].
+pub const LEAN_IDLE_COLLECT_EVERY: Duration = Duration::from_millis(100);
+
+/// The same in [`MemoryMode::Fast`]: rarely enough that the pages given back cost no CPU seen
+/// in a sync, often enough that an idle process does not keep a sync's memory.
+pub const FAST_IDLE_COLLECT_EVERY: Duration = Duration::from_secs(2);
+
+/// Whether [`MemoryMode::Lean`] is on.
+static LEAN: AtomicBool = AtomicBool::new(false);
 
 /// Run by each async runtime worker just before it parks (goes idle): gives back to the system
 /// what the thread's own mimalloc heap holds free (`mi_collect(true)`), at most once per
-/// [`IDLE_COLLECT_EVERY`] on each thread, so a worker that parks thousands of times a second
-/// pays for it ten times.
+/// [`LEAN_IDLE_COLLECT_EVERY`] or [`FAST_IDLE_COLLECT_EVERY`] on each thread, so a worker that
+/// parks thousands of times a second pays for it rarely. A forced collect also purges at once
+/// what the delay would keep: every 100 ms during a PostgreSQL first load it cost as much
+/// client CPU as the short delay itself (docs/bench.md).
 ///
 /// mimalloc gives a thread's free pages back lazily, when that same thread allocates or frees
 /// again, and a worker that went idle does neither: after a 1,000,000-response Delta first load
@@ -57,9 +85,12 @@ pub fn collect_when_idle() {
     }
     let now = Instant::now();
     let due = LAST.with(|last| {
-        let due = last
-            .get()
-            .is_none_or(|t| now.duration_since(t) >= IDLE_COLLECT_EVERY);
+        let every = if LEAN.load(Ordering::Relaxed) {
+            LEAN_IDLE_COLLECT_EVERY
+        } else {
+            FAST_IDLE_COLLECT_EVERY
+        };
+        let due = last.get().is_none_or(|t| now.duration_since(t) >= every);
         if due {
             last.set(Some(now));
         }
@@ -72,12 +103,25 @@ pub fn collect_when_idle() {
     }
 }
 
-/// Sets mimalloc's purge delay to [`PURGE_DELAY_MS`] unless [`PURGE_DELAY_ENV`] chose one.
+/// Starts in the mode the destinations want (none open yet: [`MemoryMode::Fast`]) and follows
+/// it from then on.
 pub fn tune() {
+    memory::on_memory_mode_change(set_mode);
+    set_mode(memory::memory_mode());
+}
+
+/// Sets mimalloc's purge delay (unless [`PURGE_DELAY_ENV`] chose one) and how often idle
+/// workers give memory back, for `mode`.
+pub fn set_mode(mode: MemoryMode) {
+    LEAN.store(mode == MemoryMode::Lean, Ordering::Relaxed);
     if std::env::var_os(PURGE_DELAY_ENV).is_none() {
+        let delay = match mode {
+            MemoryMode::Fast => FAST_PURGE_DELAY_MS,
+            MemoryMode::Lean => LEAN_PURGE_DELAY_MS,
+        };
         // SAFETY: mimalloc's option setter (linked from libmimalloc-sys) writes one entry of its
         // option table; any thread may call it at any time.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) }
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, delay) }
     }
 }
 
@@ -92,21 +136,60 @@ fn purge_delay_ms() -> c_long {
 mod tests {
     use super::*;
 
+    /// One test, so that nothing else in this binary moves the delay between its steps.
     #[test]
-    fn the_purge_delay_option_is_mimallocs_and_tune_sets_it() {
+    fn the_delay_follows_the_open_destinations() {
+        if let Ok(set) = std::env::var(PURGE_DELAY_ENV) {
+            // The environment's delay wins in both modes.
+            tune();
+            set_mode(MemoryMode::Lean);
+            assert_eq!(purge_delay_ms().to_string(), set.trim());
+            set_mode(MemoryMode::Fast);
+            assert_eq!(purge_delay_ms().to_string(), set.trim());
+            return;
+        }
         // mimalloc 3's default for `purge_delay` is 1,000 ms, which no neighbouring option has:
         // a renumbered option table reads as another value here.
-        match std::env::var(PURGE_DELAY_ENV) {
-            Ok(set) => assert_eq!(purge_delay_ms().to_string(), set.trim()),
-            Err(_) => {
-                assert_eq!(
-                    purge_delay_ms(),
-                    1_000,
-                    "not mimalloc 3's purge_delay option"
-                );
-                tune();
-                assert_eq!(purge_delay_ms(), PURGE_DELAY_MS);
-            }
-        }
+        assert_eq!(
+            purge_delay_ms(),
+            1_000,
+            "not mimalloc 3's purge_delay option"
+        );
+        tune();
+        assert_eq!(purge_delay_ms(), FAST_PURGE_DELAY_MS);
+        assert!(!LEAN.load(Ordering::Relaxed));
+
+        // SQLite and Delta Lake destinations, opened the way a sync opens them, switch to Lean
+        // while any of them is open.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let open = |url: String| {
+            let settings = xmbridge_destinations::DestinationSettings::from_parts(&url, None)
+                .expect("settings");
+            runtime
+                .block_on(xmbridge_destinations::open(
+                    &settings,
+                    "qualtrics",
+                    xmbridge_destinations::Compat::Xmbridge,
+                    None,
+                ))
+                .expect("destination opens")
+        };
+        let lake = open(format!("delta:{}", dir.path().join("lake").display()));
+        assert_eq!(purge_delay_ms(), LEAN_PURGE_DELAY_MS);
+        assert!(LEAN.load(Ordering::Relaxed));
+        let sqlite = open(format!("sqlite:{}", dir.path().join("x.db").display()));
+        drop(lake);
+        assert_eq!(
+            purge_delay_ms(),
+            LEAN_PURGE_DELAY_MS,
+            "the SQLite destination is still open"
+        );
+        drop(sqlite);
+        assert_eq!(purge_delay_ms(), FAST_PURGE_DELAY_MS);
+        assert!(!LEAN.load(Ordering::Relaxed));
     }
 }

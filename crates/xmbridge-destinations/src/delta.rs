@@ -269,6 +269,9 @@ pub struct DeltaDestination {
     lock: Lock,
     /// Per table directory: what merges keep between commits and what they read.
     merges: HashMap<String, MergeState>,
+    /// Merges free and allocate whole files' batches in bursts: the allocator gives freed
+    /// memory back soon while this destination is open (`crate::memory`).
+    _lean_memory: crate::memory::LeanMemory,
 }
 
 fn lake_err(context: &str, e: impl std::fmt::Display) -> DestError {
@@ -579,6 +582,7 @@ impl DeltaDestination {
             ));
         }
         check_dir_name(schema)?;
+        let lean_memory = crate::memory::LeanMemory::hold();
         let place = Place::open(path, schema, &described, &opts.s3)?;
         place.create(&described)?;
         let lock = place
@@ -615,6 +619,7 @@ impl DeltaDestination {
             opened: std::time::Instant::now(),
             lock,
             merges: HashMap::new(),
+            _lean_memory: lean_memory,
         };
         dest.load_state().await?;
         dest.finish_pending().await?;

@@ -20,6 +20,7 @@ use std::pin::Pin;
 pub mod delta;
 pub mod delta_place;
 mod delta_runs;
+pub mod memory;
 mod names;
 pub(crate) mod pgpass;
 pub(crate) mod pgtls;
