@@ -8,9 +8,9 @@
 //! - **Fast** (no SQLite or Delta Lake destination open: PostgreSQL, and everything that is
 //!   not a sync): a purge delay of 1,000 ms, and a runtime worker gives its free memory back
 //!   when it goes idle at most every 2 s. Rows for PostgreSQL are freed and allocated in a
-//!   steady stream, and keeping the freed pages took 11–12 % off a first load's client CPU
-//!   (page faults 970,000 → 260,000 at 50,000 responses) for 30–50 MB more resident memory;
-//!   docs/bench.md ("The allocator follows the destination").
+//!   steady stream, and keeping the freed pages took 12–15 % off a first load's client CPU
+//!   (minor page faults about 1,000,000 → 285,000 at 50,000 responses) for about 30–50 MB
+//!   more peak memory; docs/bench.md ("The allocator follows the destination").
 //! - **Lean** (while a SQLite or Delta Lake destination is open: they write in this process):
 //!   30 ms, and an idle worker gives its free memory back at most every 100 ms. A Delta merge
 //!   frees and allocates whole files' batches in bursts faster than 1,000 ms, so the freed

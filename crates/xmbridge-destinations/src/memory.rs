@@ -4,7 +4,7 @@
 //! An allocator that keeps freed memory a while (mimalloc's purge delay) hands it out again
 //! without page faults; one that gives it back at once keeps the process small but pays a page
 //! fault for every page it touches again. Into PostgreSQL, rows are freed and allocated in a
-//! steady stream and the server holds the written data: keeping freed memory took 11–12 % off
+//! steady stream and the server holds the written data: keeping freed memory took 12–15 % off
 //! a first load's client CPU. SQLite and Delta Lake write in this process: SQLite's page cache
 //! and sorter are ours, and a Delta merge frees and allocates whole files' batches in bursts,
 //! where kept memory stacked up to 285–313 MB resident (docs/bench.md, "The allocator follows
