@@ -7,9 +7,11 @@
 //! identifiers on Delta Lake), so a killed sync resumes with nothing lost and nothing doubled. It also owns how a destination is
 //! reached: [`DestinationSettings`] (the PostgreSQL password apart from the URL, from a file,
 //! `PGPASSWORD` or pgpass), TLS to PostgreSQL (the `pgtls` module), and the lock that lets one
-//! sync at a time write a destination. Identifiers that come from survey content are always
-//! quoted, never spliced into SQL. It must not know about Qualtrics or its API:
-//! it receives table specs, typed rows and cursors from `xmbridge-sync`.
+//! sync at a time write a destination. It says which way the process's allocator should lean
+//! while destinations are open ([`memory`]: the binary owns the allocator and registers a hook).
+//! Identifiers that come from survey content are always quoted, never spliced into SQL. It must
+//! not know about Qualtrics or its API: it receives table specs, typed rows and cursors from
+//! `xmbridge-sync`.
 //!
 //! The contract below is shared with `xmbridge-sync`; a destination is one file implementing
 //! [`Destination`] plus one line in the registry of [`open`].

@@ -7,9 +7,10 @@
 //! steady stream and the server holds the written data: keeping freed memory took 12–15 % off
 //! a first load's client CPU. SQLite and Delta Lake write in this process: SQLite's page cache
 //! and sorter are ours, and a Delta merge frees and allocates whole files' batches in bursts,
-//! where kept memory stacked up to 285–313 MB resident (docs/bench.md, "The allocator follows
-//! the destination"). So the choice follows the destinations: [`MemoryMode::Lean`] while any
-//! SQLite or Delta Lake destination is open, [`MemoryMode::Fast`] otherwise.
+//! where kept memory stacked up to 285–313 MB resident (docs/bench.md: "The allocator follows
+//! the destination" and "Delta Lake: merges by group, and the allocator's purge delay"). So the
+//! choice follows the destinations: [`MemoryMode::Lean`] while any SQLite or Delta Lake
+//! destination is open, [`MemoryMode::Fast`] otherwise.
 //!
 //! This crate does not own the allocator (the binary does); it only says which mode is wanted,
 //! through the hook the binary registers with [`on_memory_mode_change`]. Without a hook (the
