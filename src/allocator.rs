@@ -5,19 +5,19 @@
 //! the destination (`xmbridge_destinations::memory`), so [`tune`] registers [`set_mode`] to
 //! follow it:
 //!
-//! - **Fast** (no SQLite or Delta Lake destination open: PostgreSQL, and everything that is
-//!   not a sync): a purge delay of 1,000 ms, and a runtime worker gives its free memory back
-//!   when it goes idle at most every 2 s. Rows for PostgreSQL are freed and allocated in a
-//!   steady stream, and keeping the freed pages took 12–15 % off a first load's client CPU
-//!   (minor page faults about 1,000,000 → 285,000 at 50,000 responses) for about 30–50 MB
-//!   more peak memory; docs/bench.md ("The allocator follows the destination").
-//! - **Lean** (while a SQLite or Delta Lake destination is open: they write in this process):
-//!   30 ms, and an idle worker gives its free memory back at most every 100 ms. A Delta merge
+//! - **Fast** (no Delta Lake destination open: PostgreSQL, SQLite, and everything that is not
+//!   a sync): a purge delay of 1,000 ms, and a runtime worker gives its free memory back when
+//!   it goes idle at most every 2 s. Rows are freed and allocated in a steady stream, and
+//!   keeping the freed pages took 12–15 % off a PostgreSQL first load's client CPU (minor page
+//!   faults about 1,000,000 → 285,000 at 50,000 responses) and about 6 % off SQLite's, for
+//!   about 10–50 MB more peak memory; docs/bench.md ("The allocator follows the destination").
+//! - **Lean** (while a Delta Lake destination is open): 30 ms, and an idle worker gives its
+//!   free memory back at most every 100 ms. A Delta merge
 //!   frees and allocates whole files' batches in bursts faster than 1,000 ms, so the freed
 //!   memory stayed resident beside the new: an incremental sync peaked at 285–313 MB while its
 //!   heap never held more than 54 MB (heaptrack); 30 ms was the lowest delay whose CPU cost
 //!   stayed small (docs/bench.md, "Delta Lake: merges by group, and the allocator's purge
-//!   delay"). SQLite's process also holds the database's page cache and sorter.
+//!   delay").
 //!
 //! `MIMALLOC_PURGE_DELAY` in the environment still sets the delay for both.
 
@@ -159,8 +159,8 @@ mod tests {
         assert_eq!(purge_delay_ms(), FAST_PURGE_DELAY_MS);
         assert!(!LEAN.load(Ordering::Relaxed));
 
-        // SQLite and Delta Lake destinations, opened the way a sync opens them, switch to Lean
-        // while any of them is open.
+        // Delta Lake destinations, opened the way a sync opens them, switch to Lean while any
+        // of them is open; a SQLite one leaves the mode as it is.
         let dir = tempfile::tempdir().expect("temp dir");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -178,18 +178,21 @@ mod tests {
                 ))
                 .expect("destination opens")
         };
+        let sqlite = open(format!("sqlite:{}", dir.path().join("x.db").display()));
+        assert_eq!(purge_delay_ms(), FAST_PURGE_DELAY_MS);
         let lake = open(format!("delta:{}", dir.path().join("lake").display()));
         assert_eq!(purge_delay_ms(), LEAN_PURGE_DELAY_MS);
         assert!(LEAN.load(Ordering::Relaxed));
-        let sqlite = open(format!("sqlite:{}", dir.path().join("x.db").display()));
+        let second = open(format!("delta:{}", dir.path().join("lake2").display()));
         drop(lake);
         assert_eq!(
             purge_delay_ms(),
             LEAN_PURGE_DELAY_MS,
-            "the SQLite destination is still open"
+            "one Delta Lake destination is still open"
         );
-        drop(sqlite);
+        drop(second);
         assert_eq!(purge_delay_ms(), FAST_PURGE_DELAY_MS);
         assert!(!LEAN.load(Ordering::Relaxed));
+        drop(sqlite);
     }
 }

@@ -3,13 +3,12 @@
 //!
 //! An allocator that keeps freed memory a while (mimalloc's purge delay) hands it out again
 //! without page faults; one that gives it back at once keeps the process small but pays a page
-//! fault for every page it touches again. Into PostgreSQL, rows are freed and allocated in a
-//! steady stream and the server holds the written data: keeping freed memory took 12–15 % off
-//! a first load's client CPU. SQLite and Delta Lake write in this process: SQLite's page cache
-//! and sorter are ours, and a Delta merge frees and allocates whole files' batches in bursts,
-//! where kept memory stacked up to 285–313 MB resident (docs/bench.md: "The allocator follows
-//! the destination" and "Delta Lake: merges by group, and the allocator's purge delay"). So the
-//! choice follows the destinations: [`MemoryMode::Lean`] while any SQLite or Delta Lake
+//! fault for every page it touches again. Into PostgreSQL and SQLite, rows are freed and
+//! allocated in a steady stream: keeping freed memory took 12–15 % off a PostgreSQL first load's
+//! client CPU and 6 % off SQLite's. A Delta merge frees and allocates whole files' batches in
+//! bursts, where kept memory stacked up to 285–313 MB resident (docs/bench.md: "The allocator
+//! follows the destination" and "Delta Lake: merges by group, and the allocator's purge
+//! delay"). So the choice follows the destinations: [`MemoryMode::Lean`] while any Delta Lake
 //! destination is open, [`MemoryMode::Fast`] otherwise.
 //!
 //! This crate does not own the allocator (the binary does); it only says which mode is wanted,

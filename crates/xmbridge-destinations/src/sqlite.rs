@@ -179,9 +179,6 @@ pub struct SqliteDestination {
     path: String,
     prefix: String,
     max_size_mb: Option<u64>,
-    /// SQLite writes in this process (its page cache and sorter are ours): the allocator gives
-    /// freed memory back soon while the destination is open (`crate::memory`).
-    _lean_memory: crate::memory::LeanMemory,
 }
 
 struct Inner {
@@ -351,7 +348,6 @@ impl SqliteDestination {
         let path_owned = path.to_string();
         let prefix2 = prefix.clone();
         let max_size_mb = opts.max_size_mb;
-        let lean_memory = crate::memory::LeanMemory::hold();
         let inner =
             tokio::task::spawn_blocking(move || Inner::open(&path_owned, prefix2, compat, opts))
                 .await
@@ -364,7 +360,6 @@ impl SqliteDestination {
             path: path.to_string(),
             prefix,
             max_size_mb,
-            _lean_memory: lean_memory,
         })
     }
 
