@@ -12,12 +12,11 @@
 //!   faults about 1,000,000 → 285,000 at 50,000 responses) and about 6 % off SQLite's, for
 //!   about 10–50 MB more peak memory; docs/bench.md ("The allocator follows the destination").
 //! - **Lean** (while a Delta Lake destination is open): 30 ms, and an idle worker gives its
-//!   free memory back at most every 100 ms. A Delta merge
-//!   frees and allocates whole files' batches in bursts faster than 1,000 ms, so the freed
-//!   memory stayed resident beside the new: an incremental sync peaked at 285–313 MB while its
-//!   heap never held more than 54 MB (heaptrack); 30 ms was the lowest delay whose CPU cost
-//!   stayed small (docs/bench.md, "Delta Lake: merges by group, and the allocator's purge
-//!   delay").
+//!   free memory back at most every 100 ms. A Delta merge frees and allocates whole files'
+//!   batches in bursts faster than 1,000 ms, so the freed memory stayed resident beside the
+//!   new: an incremental sync peaked at 285–313 MB while its heap never held more than 54 MB
+//!   (heaptrack); 30 ms was the lowest delay whose CPU cost stayed small (docs/bench.md, "Delta
+//!   Lake: merges by group, and the allocator's purge delay").
 //!
 //! `MIMALLOC_PURGE_DELAY` in the environment still sets the delay for both.
 
