@@ -58,7 +58,7 @@ use crate::delta_runs::{Run, RunStore, StoredRuns};
 use crate::names::{Resolved, check_name, keys_target, parse_cursor};
 use crate::{
     BoxFuture, ColumnType, Commit, CommitStats, Compat, DestError, Destination, Ensured, Fence,
-    TableBatch, TableSpec, Value,
+    TableBatch, TableSpec, Text, Value,
 };
 
 /// The Arrow crates delta-rs writes with, for callers that read [`read_table`]'s batches.
@@ -392,7 +392,7 @@ fn cell(col: &ArrayRef, i: usize, ty: ColumnType) -> Value {
     match ty {
         ColumnType::Text | ColumnType::Json => {
             any.downcast_ref::<StringArray>().map_or(Value::Null, |a| {
-                let s = a.value(i).to_string();
+                let s = Text::from(a.value(i));
                 if ty == ColumnType::Json {
                     Value::Json(s)
                 } else {
@@ -774,7 +774,7 @@ impl DeltaDestination {
                     if let (Value::Text(stream), Value::Text(cursor)) =
                         (cell(s, i, cols[0].1), cell(c, i, cols[1].1))
                     {
-                        self.cursors.insert(stream, cursor);
+                        self.cursors.insert(stream.into(), cursor.into());
                     }
                 }
             }
@@ -2069,7 +2069,7 @@ impl DeltaDestination {
                         b.column_by_name(n).is_some_and(|fc| &cell(fc, i, *ty) == v)
                     });
                     if let (true, Value::Text(s)) = (ok, cell(col, i, ColumnType::Text)) {
-                        out.insert(s);
+                        out.insert(s.into_string());
                     }
                 }
             }
@@ -2470,7 +2470,7 @@ pub async fn read_table(
                     };
                     let mask: BooleanArray = (0..b.num_rows())
                         .map(|i| {
-                            Some(matches!(cell(c, i, ColumnType::Text), Value::Text(s) if keep.contains(&s)))
+                            Some(matches!(cell(c, i, ColumnType::Text), Value::Text(s) if keep.contains(s.as_str())))
                         })
                         .collect();
                     filter_record_batch(&b, &mask).map_err(|e| lake_err(&shown, e))?

@@ -1185,13 +1185,13 @@ impl PostgresDestination {
                 values.push(
                     match ty {
                         ColumnType::Text => row
-                            .try_get::<_, Option<String>>(i)
+                            .try_get::<_, Option<&str>>(i)
                             .map_err(err)?
-                            .map(Value::Text),
+                            .map(|s| Value::Text(s.into())),
                         ColumnType::Json => row
-                            .try_get::<_, Option<String>>(i)
+                            .try_get::<_, Option<&str>>(i)
                             .map_err(err)?
-                            .map(Value::Json),
+                            .map(|s| Value::Json(s.into())),
                         ColumnType::Timestamp | ColumnType::BigInt => {
                             let v = row.try_get::<_, Option<i64>>(i).map_err(err)?;
                             if *ty == ColumnType::Timestamp {
@@ -1967,7 +1967,9 @@ async fn split_new_groups(
         match row.get(at) {
             Some(Value::Text(g)) if unchanged.contains(g.as_str()) => {}
             // A row of a group the batch replaces that has no rows yet.
-            Some(Value::Text(g)) if asked.contains(g.as_str()) && !seen.contains_key(g) => {
+            Some(Value::Text(g))
+                if asked.contains(g.as_str()) && !seen.contains_key(g.as_str()) =>
+            {
                 new_rows.push(i)
             }
             _ => old_rows.push(i),
@@ -1976,7 +1978,7 @@ async fn split_new_groups(
     let existing = seen
         .keys()
         .filter(|g| !unchanged.contains(g.as_str()))
-        .map(|g| Value::Text(g.clone()))
+        .map(|g| Value::Text(g.as_str().into()))
         .collect();
     Ok(Some(Split {
         column: col.clone(),
@@ -2074,8 +2076,8 @@ fn check_key_led(r: &Resolved, batch: &TableBatch) -> Result<(), DestError> {
             return Err(DestError::KeyNotLed {
                 table: r.display.clone(),
                 column: r.columns[g].name.clone(),
-                key: key.clone(),
-                value: value.clone(),
+                key: key.to_string(),
+                value: value.to_string(),
             });
         }
     }

@@ -38,7 +38,7 @@ use rusqlite::{Connection, ToSql};
 use crate::names::{Resolved, iso_millis, keys_target, quote_ident};
 use crate::{
     BoxFuture, ColumnType, Commit, CommitStats, Compat, DestError, Destination, Ensured,
-    TableBatch, TableSpec, Value,
+    TableBatch, TableSpec, Text, Value,
 };
 
 /// Page cache of the destination's connection, in KiB. SQLite's 2 MB default makes a large load
@@ -829,7 +829,7 @@ impl Inner {
                     (ValueRef::Integer(v), _) => Value::Int(v),
                     (ValueRef::Real(f), _) => Value::Float(f),
                     (ValueRef::Text(b) | ValueRef::Blob(b), ty) => {
-                        let text = String::from_utf8_lossy(b).into_owned();
+                        let text = Text::from(String::from_utf8_lossy(b));
                         match ty {
                             ColumnType::Timestamp => crate::parse_iso_millis(&text)
                                 .map_or(Value::Text(text), Value::Timestamp),

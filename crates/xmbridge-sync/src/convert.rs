@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use serde_json::Value as Json;
-use xmbridge_destinations::{ColumnType, TableSpec, Value};
+use xmbridge_destinations::{ColumnType, TableSpec, Text, ToText, Value};
 use xmbridge_qualtrics::record::Field;
 
 /// Epoch milliseconds of an API time: ISO-8601 with offset, `YYYY-MM-DD HH:MM:SS` (UTC),
@@ -55,14 +55,15 @@ pub fn as_text(v: &Json) -> Option<String> {
     }
 }
 
-/// [`as_text`] of an export record's field (the same text for the same JSON).
-pub fn field_text(v: &Field<'_>) -> Option<String> {
+/// [`as_text`] of an export record's field (the same text for the same JSON), as a cell's
+/// text: one per answer cell, so a short one is built in place, with no `String` in between.
+pub fn field_text(v: &Field<'_>) -> Option<Text> {
     match v {
         Field::Null => None,
-        Field::Str(s) => Some(s.to_string()),
-        Field::Number(n) => Some(n.to_string()),
-        Field::Bool(b) => Some(b.to_string()),
-        other => Some(other.to_json().to_string()),
+        Field::Str(s) => Some(Text::from(s.as_ref())),
+        Field::Number(n) => Some(n.to_compact_string()),
+        Field::Bool(b) => Some(Text::const_new(if *b { "true" } else { "false" })),
+        other => Some(other.to_json().to_compact_string()),
     }
 }
 
@@ -108,12 +109,12 @@ pub fn convert(ty: ColumnType, v: Option<&Json>) -> Value {
         return Value::Null;
     }
     let out = match ty {
-        ColumnType::Text => as_text(v).map(Value::Text),
+        ColumnType::Text => as_text(v).map(|s| Value::Text(s.into())),
         ColumnType::Timestamp => parse_time(v).map(Value::Timestamp),
         ColumnType::Bool => as_bool(v).map(Value::Bool),
         ColumnType::Int | ColumnType::BigInt => as_i64(v).map(Value::Int),
         ColumnType::Float => as_f64(v).map(Value::Float),
-        ColumnType::Json => Some(Value::Json(v.to_string())),
+        ColumnType::Json => Some(Value::Json(v.to_compact_string())),
     };
     out.unwrap_or(Value::Null)
 }
@@ -157,7 +158,7 @@ impl<'a> Row<'a> {
     }
 
     /// Sets a text column.
-    pub fn text(&mut self, col: &str, s: impl Into<String>) -> &mut Self {
+    pub fn text(&mut self, col: &str, s: impl Into<Text>) -> &mut Self {
         self.set(col, Value::Text(s.into()))
     }
 
@@ -178,7 +179,11 @@ mod tests {
         let record = xmbridge_qualtrics::record::parse_record(text.as_bytes()).unwrap();
         let value: Json = serde_json::from_str(text).unwrap();
         for (key, field) in record.values.iter() {
-            assert_eq!(field_text(field), as_text(&value["values"][key]), "{key}");
+            assert_eq!(
+                field_text(field).map(Text::into_string),
+                as_text(&value["values"][key]),
+                "{key}"
+            );
         }
         assert_eq!(record.values.len(), 9);
     }

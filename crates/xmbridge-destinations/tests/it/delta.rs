@@ -611,7 +611,7 @@ fn replacing(responses: &[usize], upserts: Vec<Vec<Value>>) -> Commit {
                 "response_id".into(),
                 responses
                     .iter()
-                    .map(|r| Value::Text(format!("R{r}")))
+                    .map(|r| Value::Text(format!("R{r}").into()))
                     .collect(),
             )],
             fresh: false,
@@ -623,7 +623,7 @@ fn replacing(responses: &[usize], upserts: Vec<Vec<Value>>) -> Commit {
 /// The answers as stored: (id, response, value), sorted.
 async fn stored_answers(d: &mut DeltaDestination) -> Vec<(String, String, String)> {
     let text = |v: &Value| match v {
-        Value::Text(s) => s.clone(),
+        Value::Text(s) => s.to_string(),
         other => format!("{other:?}"),
     };
     let mut v: Vec<(String, String, String)> = d
@@ -704,7 +704,7 @@ async fn delta_merges_by_group_read_only_the_rows_of_the_groups_they_rewrite() {
     let keep = |rows: &[Vec<Value>], expected: &mut std::collections::BTreeMap<_, _>| {
         for r in rows {
             let t = |i: usize| match &r[i] {
-                Value::Text(s) => s.clone(),
+                Value::Text(s) => s.to_string(),
                 _ => unreachable!(),
             };
             expected.insert(t(0), (t(1), t(2)));

@@ -573,7 +573,7 @@ async fn replace_keeps_unchanged_rows(mut h: H) {
     assert_eq!(h.rows(&name).await, vec![vec![None]]);
     // Groups with no rows yet (new responses) go straight in; one of their keys that exists
     // after all (c, in group s2) is merged, not doubled or lost.
-    let groups = |ids: &[&str]| ids.iter().map(|g| Value::Text(g.to_string())).collect();
+    let groups = |ids: &[&str]| ids.iter().map(|g| Value::Text((*g).into())).collect();
     let s = h
         .commit(commit_of(
             T0 + 4,
@@ -668,7 +668,7 @@ async fn replace_text_groups(mut h: H) {
     h.commit(commit_of(T0, vec![upserts("answer", first)]))
         .await
         .unwrap();
-    let groups = |ids: &[&str]| ids.iter().map(|g| Value::Text(g.to_string())).collect();
+    let groups = |ids: &[&str]| ids.iter().map(|g| Value::Text((*g).into())).collect();
     let replace = |rows: Vec<Vec<Value>>, ids: &[&str]| TableBatch {
         table: "answer".into(),
         upserts: rows,
@@ -1313,7 +1313,7 @@ async fn values_round_trip(mut h: H) {
         ],
         vec![
             Value::Text(nasty.into()),
-            Value::Text(String::new()),
+            Value::Text(String::new().into()),
             Value::Timestamp(0),
             Value::Bool(false),
             Value::Int(i32::MAX as i64),
@@ -1452,9 +1452,9 @@ async fn large_batch(mut h: H) {
         .unwrap();
     let row = |i: usize, v: &str| -> Vec<Value> {
         let mut r: Vec<Value> = (0..spec.columns.len())
-            .map(|c| Value::Text(format!("c{c}-{i}")))
+            .map(|c| Value::Text(format!("c{c}-{i}").into()))
             .collect();
-        r[0] = Value::Text(format!("c1-{i}:h{i:06}"));
+        r[0] = Value::Text(format!("c1-{i}:h{i:06}").into());
         r[10] = Value::Text(v.into());
         r
     };
@@ -1609,10 +1609,10 @@ async fn first_load_builds_indexes(mut h: H) {
         .unwrap();
     let row = |i: usize, v: &str| -> Vec<Value> {
         let mut r: Vec<Value> = (0..spec.columns.len())
-            .map(|c| Value::Text(format!("c{c}-{i}")))
+            .map(|c| Value::Text(format!("c{c}-{i}").into()))
             .collect();
-        r[1] = Value::Text(format!("R_{}", i / 10));
-        r[0] = Value::Text(format!("R_{}:h{i:06}", i / 10));
+        r[1] = Value::Text(format!("R_{}", i / 10).into());
+        r[0] = Value::Text(format!("R_{}:h{i:06}", i / 10).into());
         r[10] = Value::Text(v.into());
         r
     };

@@ -476,7 +476,8 @@ fn same_json(rows: Vec<Vec<Value>>) -> Vec<Vec<Value>> {
                     Value::Json(s) => Value::Json(
                         serde_json::from_str::<serde_json::Value>(&s)
                             .unwrap()
-                            .to_string(),
+                            .to_string()
+                            .into(),
                     ),
                     other => other,
                 })

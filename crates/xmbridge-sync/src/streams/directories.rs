@@ -110,7 +110,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
             batches: b.into_vec(),
             mark_unseen_deleted: vec![MarkUnseenDeleted {
                 table: "directory_mailing_list".into(),
-                scope: vec![("directory_id".into(), Value::Text(did.clone()))],
+                scope: vec![("directory_id".into(), Value::Text(did.as_str().into()))],
             }],
             cursors: vec![cursor],
             ..Default::default()
@@ -248,7 +248,9 @@ async fn contacts(
         let replace = match (replace_all, i) {
             (true, 0) => Replace::Directory,
             (true, _) => Replace::Nothing,
-            (false, _) => Replace::Contacts(ids.iter().map(|c| Value::Text(c.clone())).collect()),
+            (false, _) => {
+                Replace::Contacts(ids.iter().map(|c| Value::Text(c.as_str().into())).collect())
+            }
         };
         read_contacts(ctx, client, did, ids, replace, into, off, &mut read_ids).await?;
         if !last {
@@ -301,7 +303,7 @@ async fn contacts(
             .0
             .keys()
             .filter(|c| !next.contacts.0.contains_key(*c) && !read_ids.contains_key(*c))
-            .map(|c| Value::Text(c.clone()))
+            .map(|c| Value::Text(c.as_str().into()))
             .collect();
         b.delete_where("directory_contact", "id", gone.clone());
         b.delete_where(
@@ -355,7 +357,7 @@ async fn read_contacts(
         .flatten()
         .collect();
     ctx.summary.contacts_read += ids.len() as u64;
-    let dv = || vec![Value::Text(did.to_string())];
+    let dv = || vec![Value::Text(did.into())];
     match &replace {
         Replace::Directory => {
             b.delete_where("directory_contact", "directory_id", dv());
@@ -365,10 +367,9 @@ async fn read_contacts(
             // The contact row itself is upserted (or, gone, deleted with the vanished ones).
             b.delete_where("contact_mailing_list_membership", "contact_id", ids.clone());
             b.delete_where("directory_contact", "id", {
-                let read: HashSet<Option<String>> =
-                    full.iter().map(|c| s(c, "contactId")).collect();
+                let read: HashSet<String> = full.iter().filter_map(|c| s(c, "contactId")).collect();
                 ids.iter()
-                    .filter(|v| !matches!(v, Value::Text(t) if read.contains(&Some(t.clone()))))
+                    .filter(|v| !matches!(v, Value::Text(t) if read.contains(t.as_str())))
                     .cloned()
                     .collect()
             });
@@ -458,7 +459,7 @@ async fn transactions(
         Replace::Directory => b.delete_where(
             "contact_transaction",
             "directory_id",
-            vec![Value::Text(did.to_string())],
+            vec![Value::Text(did.into())],
         ),
         Replace::Contacts(ids) => b.delete_where("contact_transaction", "contact_id", ids.clone()),
         Replace::Nothing => {}
@@ -568,8 +569,8 @@ async fn held_members(
     ml: &str,
 ) -> Result<HashSet<String>, SyncError> {
     let filter = [
-        ("directory_id".to_string(), Value::Text(did.to_string())),
-        ("mailing_list_id".to_string(), Value::Text(ml.to_string())),
+        ("directory_id".to_string(), Value::Text(did.into())),
+        ("mailing_list_id".to_string(), Value::Text(ml.into())),
     ];
     Ok(ctx
         .keys(
@@ -625,7 +626,7 @@ async fn tier2(
     b: &mut Batches,
     off: &mut Vec<&'static str>,
 ) -> Result<(), SyncError> {
-    let dv = || vec![Value::Text(did.to_string())];
+    let dv = || vec![Value::Text(did.into())];
     let samples = optional(
         ctx,
         "directory_sample",
@@ -742,12 +743,12 @@ pub(crate) async fn run_batches(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
         b.delete_where(
             "transaction_batch",
             "directory_id",
-            vec![Value::Text(did.clone())],
+            vec![Value::Text(did.as_str().into())],
         );
         b.delete_where(
             "batch_transaction_membership",
             "directory_id",
-            vec![Value::Text(did.clone())],
+            vec![Value::Text(did.as_str().into())],
         );
         for bt in &batches {
             let Some(bid) = s(bt, "batchId") else {

@@ -58,7 +58,7 @@ async fn sms(
         .keys(
             "sms_distribution",
             "id",
-            &[("survey_id".into(), Value::Text(survey.to_string()))],
+            &[("survey_id".into(), Value::Text(survey.into()))],
             Some(survey),
         )
         .await?;
@@ -69,12 +69,12 @@ async fn sms(
     let mut ids: Vec<Value> = held
         .into_iter()
         .filter(|h| !listed.contains(&h.as_str()))
-        .map(Value::Text)
+        .map(|h| Value::Text(h.into()))
         .collect();
     b.delete_where(
         "sms_distribution",
         "survey_id",
-        vec![Value::Text(survey.to_string())],
+        vec![Value::Text(survey.into())],
     );
     for d in &dists {
         let Some(id) = d.get("id").and_then(Json::as_str) else {
@@ -110,7 +110,7 @@ async fn sms(
         if !histories.stale(id, d) {
             continue;
         }
-        ids.push(Value::Text(id.to_string()));
+        ids.push(Value::Text(id.into()));
         let history = list(&client, &["distributions", "sms", id, "history"], &[])
             .await
             .map_err(|e| SyncError::api("sms_distribution_contact", Some(survey), e))?;
@@ -281,7 +281,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
             if !histories.stale(id, d) {
                 continue;
             }
-            reread.push(Value::Text(id.to_string()));
+            reread.push(Value::Text(id.into()));
             let history = list(&client, &["distributions", id, "history"], &[])
                 .await
                 .map_err(|e| SyncError::api("distribution_contact", Some(&s.id), e))?;

@@ -77,7 +77,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
                 }
                 Err(e) => return Err(SyncError::api(table, None, e)),
             };
-            b.delete_where(table, "library_id", vec![Value::Text(lid.to_string())]);
+            b.delete_where(table, "library_id", vec![Value::Text(lid.into())]);
             for it in &items {
                 let mut r = ctx.specs.row(table);
                 r.put(id_col, it.get(id_key))

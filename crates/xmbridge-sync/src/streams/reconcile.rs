@@ -95,14 +95,14 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, surveys: &[SurveySummary]) -> Result<
             .keys(
                 "survey_response",
                 "id",
-                &[("survey_id".into(), Value::Text(sid.clone()))],
+                &[("survey_id".into(), Value::Text(sid.as_str().into()))],
                 Some(&sid),
             )
             .await?;
         let gone: Vec<Value> = held
             .into_iter()
             .filter(|id| !upstream.contains(id))
-            .map(Value::Text)
+            .map(|id| Value::Text(id.into()))
             .collect();
         tracing::info!(survey = %sid, removed = gone.len(), "responses reconciled");
         let mut b = Batches::default();

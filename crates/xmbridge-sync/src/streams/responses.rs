@@ -39,7 +39,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::mpsc::sync_channel;
 use tokio::sync::{Semaphore, mpsc};
-use xmbridge_destinations::{Commit, TableSpec, Value};
+use xmbridge_destinations::{Commit, TableSpec, Text, Value};
 use xmbridge_qualtrics::export::{RawResponses, malformed_response};
 use xmbridge_qualtrics::record::{ExportRecord, Field, parse_record};
 use xmbridge_qualtrics::response::is_metadata_key;
@@ -61,7 +61,7 @@ pub fn answer_id(
     question_option_key: Option<&str>,
     loop_id: Option<&str>,
     import_id: &str,
-) -> String {
+) -> Text {
     // The identity is laid out in one reused buffer and hashed at once: feeding the hasher
     // field by field cost more than the hashing itself (a profile of a first load).
     thread_local! {
@@ -89,24 +89,25 @@ pub fn answer_id(
         }
         Sha256::digest(buf.as_slice())
     });
-    let mut id = String::with_capacity(response_id.len() + 17);
+    let mut hex = [0u8; 16];
+    let mut id = Text::with_capacity(response_id.len() + 1 + hex.len());
     id.push_str(response_id);
     id.push(':');
-    id.push_str(&lower_hex(&digest[..8]));
+    id.push_str(lower_hex(&digest[..8], &mut hex));
     id
 }
 
-/// Lowercase hex of `bytes`, as `hex::encode` writes it; one per answer row, so without its
-/// char-by-char iterator (which showed in a profile of the sync).
-fn lower_hex(bytes: &[u8]) -> String {
+/// The lowercase hex of `bytes`, as `hex::encode` writes it, in `out` (twice as long); one per
+/// answer row, so without its char-by-char iterator or a pushed char at a time (each showed in
+/// a profile of the sync) and without an allocation.
+fn lower_hex<'o>(bytes: &[u8], out: &'o mut [u8]) -> &'o str {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 0x0f)]);
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
     }
     // Only ASCII digits were written.
-    String::from_utf8(out).unwrap_or_default()
+    std::str::from_utf8(&out[..bytes.len() * 2]).unwrap_or_default()
 }
 
 /// An export key split into its parts: `{loop}_QID{n}[#{col}]{rest}`.
@@ -155,15 +156,15 @@ fn parse_key(key: &str) -> Option<Key<'_>> {
 /// One answer cell before it becomes a row.
 #[derive(Debug, Default)]
 struct Cell {
-    sub_question_key: Option<String>,
-    sub_question_text: Option<String>,
-    option_key: Option<String>,
-    label: Option<String>,
-    text: Option<String>,
-    value: Option<String>,
+    sub_question_key: Option<Text>,
+    sub_question_text: Option<Text>,
+    option_key: Option<Text>,
+    label: Option<Text>,
+    text: Option<Text>,
+    value: Option<Text>,
 }
 
-fn label_at(label: Option<&Field<'_>>, i: Option<usize>) -> Option<String> {
+fn label_at(label: Option<&Field<'_>>, i: Option<usize>) -> Option<Text> {
     match (label, i) {
         (Some(Field::Array(a)), Some(i)) => a.get(i).and_then(field_text),
         (Some(Field::Array(_)), None) => None,
@@ -196,7 +197,7 @@ fn cells(
                 let value = field_text(v);
                 let option_key = value
                     .as_ref()
-                    .and_then(|v| q.and_then(|q| q.choice_by_recode.get(v).cloned()));
+                    .and_then(|v| q.and_then(|q| q.choice_by_recode.get(v.as_str()).cloned()));
                 if is_text_entry {
                     out.push(Cell {
                         text: value,
@@ -227,15 +228,15 @@ fn cells(
             if n > 0 && &tail[n..] == "_TEXT" {
                 // "Other, please specify" text of choice n (or a text box on matrix row n).
                 out.push(Cell {
-                    option_key: Some(tail[..n].to_string()),
+                    option_key: Some(Text::from(&tail[..n])),
                     text: field_text(value),
                     ..Default::default()
                 });
                 return;
             }
             if n > 0 && n == tail.len() {
-                let sub = tail.to_string();
-                let sub_text = q.and_then(|q| q.choices.get(&sub).cloned());
+                let sub = Text::from(tail);
+                let sub_text = q.and_then(|q| q.choices.get(tail).cloned());
                 let v = field_text(value);
                 if is_text_entry {
                     out.push(Cell {
@@ -248,7 +249,7 @@ fn cells(
                 }
                 let option_key = if matrix {
                     v.as_ref()
-                        .and_then(|v| q.and_then(|q| q.answer_by_recode.get(v).cloned()))
+                        .and_then(|v| q.and_then(|q| q.answer_by_recode.get(v.as_str()).cloned()))
                 } else {
                     None
                 };
@@ -265,14 +266,14 @@ fn cells(
             // Anything else (timing, file upload, heat map …): keep it, keyed by its suffix.
             match value {
                 Field::Array(items) => out.extend(items.iter().enumerate().map(|(i, v)| Cell {
-                    sub_question_key: Some(tail.to_string()),
+                    sub_question_key: Some(Text::from(tail)),
                     option_key: field_text(v),
                     label: label_at(label, Some(i)),
                     value: field_text(v),
                     ..Default::default()
                 })),
                 v => out.push(Cell {
-                    sub_question_key: Some(tail.to_string()),
+                    sub_question_key: Some(Text::from(tail)),
                     label: label_at(label, None),
                     value: field_text(v),
                     ..Default::default()
@@ -337,7 +338,7 @@ impl AnswerColumns {
 }
 
 /// Puts `v` in its column, NULL for None.
-fn place(row: &mut [Value], at: Option<usize>, v: Option<String>) {
+fn place(row: &mut [Value], at: Option<usize>, v: Option<Text>) {
     if let (Some(i), Some(v)) = (at, v) {
         row[i] = Value::Text(v);
     }
@@ -404,11 +405,17 @@ fn flatten(
         };
         let q = def.questions.get(k.qid);
         let mut question = match q {
-            Some(q) if !q.tag.is_empty() => match k.loop_id {
-                Some(l) => format!("{l}_{}{}", q.tag, k.rest),
-                None => format!("{}{}", q.tag, k.rest),
-            },
-            _ => key.to_string(),
+            Some(q) if !q.tag.is_empty() => {
+                let mut t = Text::default();
+                if let Some(l) = k.loop_id {
+                    t.push_str(l);
+                    t.push('_');
+                }
+                t.push_str(&q.tag);
+                t.push_str(k.rest);
+                t
+            }
+            _ => Text::from(key),
         };
         cells(q, k.rest, value, label, &mut cell_buf);
         let last = cell_buf.len().saturating_sub(1);
@@ -424,8 +431,8 @@ fn flatten(
             );
             let mut row = vec![Value::Null; cols.width];
             place(&mut row, cols.id, Some(id));
-            place(&mut row, cols.response_id, Some(rid.to_string()));
-            place(&mut row, cols.question_id, Some(k.qid.to_string()));
+            place(&mut row, cols.response_id, Some(Text::from(rid)));
+            place(&mut row, cols.question_id, Some(Text::from(k.qid)));
             // The last cell takes the question's text; the others copy it.
             let question = if i == last {
                 std::mem::take(&mut question)
@@ -436,7 +443,7 @@ fn flatten(
             place(&mut row, cols.sub_question_key, c.sub_question_key);
             place(&mut row, cols.sub_question_text, c.sub_question_text);
             place(&mut row, cols.option_key, c.option_key);
-            place(&mut row, cols.loop_id, k.loop_id.map(str::to_string));
+            place(&mut row, cols.loop_id, k.loop_id.map(Text::from));
             place(&mut row, cols.label, c.label);
             place(&mut row, cols.text, c.text);
             place(&mut row, cols.value, c.value);
@@ -639,7 +646,7 @@ async fn worker(
         let mut seen: Vec<SeenResponse> = Vec::new();
         let mut n = 0u64;
         // The response ids of the commit before, which the next may be applied beside.
-        let mut before: HashSet<String> = HashSet::new();
+        let mut before: HashSet<Text> = HashSet::new();
         let take =
             |b: &mut Batches, ids: &mut Vec<Value>| -> Vec<xmbridge_destinations::TableBatch> {
                 let mut out = std::mem::take(b);
@@ -732,12 +739,12 @@ async fn worker(
                             response_id: rid.clone(),
                         });
                     }
-                    ids.push(Value::Text(rid));
+                    ids.push(Value::Text(rid.into()));
                     n += 1;
                     if n as usize >= limits.responses || b.rows() >= row_limit {
                         // Applied beside the commit before it (a destination may), unless a
                         // response is in both: the later rows must land last.
-                        let these: HashSet<String> = ids
+                        let these: HashSet<Text> = ids
                             .iter()
                             .filter_map(|v| match v {
                                 Value::Text(id) => Some(id.clone()),
@@ -959,7 +966,8 @@ mod tests {
     #[test]
     fn lower_hex_matches_the_hex_crate() {
         let bytes: Vec<u8> = (0..=255u8).collect();
-        assert_eq!(lower_hex(&bytes), hex::encode(&bytes));
+        let mut out = [0u8; 512];
+        assert_eq!(lower_hex(&bytes, &mut out), hex::encode(&bytes));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use serde_json::{Map, Value as Json, json};
 use std::collections::HashMap;
 use std::sync::Arc;
-use xmbridge_destinations::{Commit, MarkUnseenDeleted, Value};
+use xmbridge_destinations::{Commit, MarkUnseenDeleted, Text, Value};
 use xmbridge_qualtrics::{Client, Error as QError, SurveySummary};
 
 /// Per-survey soft tables (their stale rows are marked deleted when a definition is re-read).
@@ -44,13 +44,14 @@ pub struct QDef {
     pub tag: String,
     pub qtype: String,
     /// Choice id → text (MC options; rows of a matrix; items of a form/slider/rank order).
-    pub choices: HashMap<String, String>,
+    /// Values are cell text: an answer row copies one, which is free when it is short.
+    pub choices: HashMap<String, Text>,
     /// Recode → choice id (MC).
-    pub choice_by_recode: HashMap<String, String>,
+    pub choice_by_recode: HashMap<String, Text>,
     /// Answer id → text (matrix scale points).
-    pub answers: HashMap<String, String>,
+    pub answers: HashMap<String, Text>,
     /// Recode → answer id.
-    pub answer_by_recode: HashMap<String, String>,
+    pub answer_by_recode: HashMap<String, Text>,
 }
 
 fn displays(m: Option<&Json>) -> Vec<(String, String)> {
@@ -95,15 +96,15 @@ fn qdef(q: &Json) -> QDef {
     // Recode values belong to the options: the scale of a matrix, the choices otherwise.
     if answers.is_empty() {
         for (id, _) in &choices {
-            d.choice_by_recode.insert(recode_of(q, id), id.clone());
+            d.choice_by_recode.insert(recode_of(q, id), id.into());
         }
     } else {
         for (id, _) in &answers {
-            d.answer_by_recode.insert(recode_of(q, id), id.clone());
+            d.answer_by_recode.insert(recode_of(q, id), id.into());
         }
     }
-    d.choices = choices.into_iter().collect();
-    d.answers = answers.into_iter().collect();
+    d.choices = choices.into_iter().map(|(id, t)| (id, t.into())).collect();
+    d.answers = answers.into_iter().map(|(id, t)| (id, t.into())).collect();
     d
 }
 
@@ -199,7 +200,7 @@ fn stamp(s: &SurveySummary) -> Json {
 }
 
 fn survey_scope(sid: &str) -> Vec<(String, Value)> {
-    vec![("survey_id".to_string(), Value::Text(sid.to_string()))]
+    vec![("survey_id".to_string(), Value::Text(sid.into()))]
 }
 
 fn question_rows(specs: &Specs, b: &mut Batches, sid: &str, qid: &str, q: &Json) {
@@ -433,7 +434,7 @@ fn definition_rows(
             .put("selected", g.get("Selected"));
         b.push("quota_group", r.build());
         if let Some(gid) = gid.and_then(Json::as_str) {
-            group_ids.push(Value::Text(gid.to_string()));
+            group_ids.push(Value::Text(gid.into()));
             if let Some(Json::Array(qs)) = g.get("Quotas") {
                 for qo in qs {
                     let mut r = specs.row("group_quota_membership");
@@ -445,7 +446,7 @@ fn definition_rows(
     }
 
     for t in HARD_PER_SURVEY {
-        b.delete_where(t, "survey_id", vec![Value::Text(sid.to_string())]);
+        b.delete_where(t, "survey_id", vec![Value::Text(sid.into())]);
     }
     b.delete_where("group_quota_membership", "quota_group_id", group_ids);
     let marks = SOFT_PER_SURVEY
@@ -529,7 +530,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<Vec<SurveySummary>, SyncErr
             known.remove(sid);
             marks.push(MarkUnseenDeleted {
                 table: "survey".into(),
-                scope: vec![("id".into(), Value::Text(sid.clone()))],
+                scope: vec![("id".into(), Value::Text(sid.as_str().into()))],
             });
             for t in SOFT_PER_SURVEY {
                 marks.push(MarkUnseenDeleted {
@@ -538,7 +539,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<Vec<SurveySummary>, SyncErr
                 });
             }
             for t in HARD_PER_SURVEY {
-                b.delete_where(t, "survey_id", vec![Value::Text(sid.clone())]);
+                b.delete_where(t, "survey_id", vec![Value::Text(sid.as_str().into())]);
             }
         }
         tracing::info!(surveys = ?vanished, "surveys gone upstream: marked deleted");

@@ -74,7 +74,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>) -> Result<(), SyncError> {
             .filter(|id| !next.0.contains_key(*id))
             .map(|id| MarkUnseenDeleted {
                 table: "user".into(),
-                scope: vec![("id".into(), Value::Text(id.clone()))],
+                scope: vec![("id".into(), Value::Text(id.as_str().into()))],
             })
             .collect(),
     };

@@ -73,7 +73,7 @@ impl MemState {
 
     pub fn text(&self, table: &str, row: &MemRow, col: &str) -> Option<String> {
         match &row.cells[self.col(table, col)] {
-            Value::Text(s) => Some(s.clone()),
+            Value::Text(s) => Some(s.to_string()),
             Value::Null => None,
             other => Some(format!("{other:?}")),
         }
@@ -84,7 +84,7 @@ impl MemState {
         let i = self.col(table, col);
         self.rows(table)
             .into_iter()
-            .filter(|r| r.cells[i] == Value::Text(val.to_string()))
+            .filter(|r| r.cells[i] == Value::Text(val.into()))
             .collect()
     }
 
@@ -352,7 +352,7 @@ impl Destination for MemDest {
                 if f.iter().all(|(j, v)| &r.cells[*j] == *v)
                     && let Value::Text(s) = &r.cells[i]
                 {
-                    out.insert(s.clone());
+                    out.insert(s.to_string());
                 }
             }
             Ok(out.into_iter().collect())

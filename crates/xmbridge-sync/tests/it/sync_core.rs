@@ -162,7 +162,7 @@ async fn created_and_updated_responses_are_picked_up_and_answers_replaced() {
         let mut cells = vec![xmbridge_destinations::Value::Null; spec.columns.len()];
         cells[0] = xmbridge_destinations::Value::Text("stale".into());
         cells[st.col("question_response", "response_id")] =
-            xmbridge_destinations::Value::Text(rid.clone());
+            xmbridge_destinations::Value::Text(rid.as_str().into());
         st.tables.get_mut("question_response").unwrap().insert(
             "stale".into(),
             common::MemRow {
