@@ -58,7 +58,7 @@ use crate::delta_runs::{Run, RunStore, StoredRuns};
 use crate::names::{Resolved, check_name, keys_target, parse_cursor};
 use crate::{
     BoxFuture, ColumnType, Commit, CommitStats, Compat, DestError, Destination, Ensured, Fence,
-    TableBatch, TableSpec, Text, Value,
+    TableBatch, TableSpec, Value,
 };
 
 /// The Arrow crates delta-rs writes with, for callers that read [`read_table`]'s batches.
@@ -392,11 +392,11 @@ fn cell(col: &ArrayRef, i: usize, ty: ColumnType) -> Value {
     match ty {
         ColumnType::Text | ColumnType::Json => {
             any.downcast_ref::<StringArray>().map_or(Value::Null, |a| {
-                let s = Text::from(a.value(i));
+                let s = a.value(i);
                 if ty == ColumnType::Json {
-                    Value::Json(s)
+                    Value::Json(s.into())
                 } else {
-                    Value::Text(s)
+                    Value::Text(s.into())
                 }
             })
         }
@@ -472,7 +472,8 @@ fn batch_of(
                 let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 16);
                 for row in rows {
                     match get(row) {
-                        Value::Text(s) | Value::Json(s) => b.append_value(s),
+                        Value::Text(s) => b.append_value(s),
+                        Value::Json(s) => b.append_value(s),
                         _ => b.append_null(),
                     }
                 }

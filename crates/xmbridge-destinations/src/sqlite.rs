@@ -417,7 +417,8 @@ impl ToSql for Cell<'_> {
         use rusqlite::types::Value as V;
         Ok(match self.0 {
             Value::Null => ToSqlOutput::Owned(V::Null),
-            Value::Text(s) | Value::Json(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Value::Json(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
             Value::Int(i) => ToSqlOutput::Owned(V::Integer(*i)),
             Value::Float(f) => ToSqlOutput::Owned(V::Real(*f)),
             Value::Bool(b) => ToSqlOutput::Owned(V::Integer(i64::from(*b))),
@@ -833,7 +834,7 @@ impl Inner {
                         match ty {
                             ColumnType::Timestamp => crate::parse_iso_millis(&text)
                                 .map_or(Value::Text(text), Value::Timestamp),
-                            ColumnType::Json => Value::Json(text),
+                            ColumnType::Json => Value::Json(text.as_str().into()),
                             _ => Value::Text(text),
                         }
                     }

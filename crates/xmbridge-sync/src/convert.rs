@@ -114,7 +114,7 @@ pub fn convert(ty: ColumnType, v: Option<&Json>) -> Value {
         ColumnType::Bool => as_bool(v).map(Value::Bool),
         ColumnType::Int | ColumnType::BigInt => as_i64(v).map(Value::Int),
         ColumnType::Float => as_f64(v).map(Value::Float),
-        ColumnType::Json => Some(Value::Json(v.to_compact_string())),
+        ColumnType::Json => Some(Value::Json(v.to_string().into())),
     };
     out.unwrap_or(Value::Null)
 }
