@@ -830,12 +830,12 @@ impl Inner {
                     (ValueRef::Integer(v), _) => Value::Int(v),
                     (ValueRef::Real(f), _) => Value::Float(f),
                     (ValueRef::Text(b) | ValueRef::Blob(b), ty) => {
-                        let text = Text::from(String::from_utf8_lossy(b));
+                        let text = String::from_utf8_lossy(b);
                         match ty {
                             ColumnType::Timestamp => crate::parse_iso_millis(&text)
-                                .map_or(Value::Text(text), Value::Timestamp),
-                            ColumnType::Json => Value::Json(text.as_str().into()),
-                            _ => Value::Text(text),
+                                .map_or_else(|| Value::Text(Text::from(&*text)), Value::Timestamp),
+                            ColumnType::Json => Value::Json(text.into()),
+                            _ => Value::Text(text.into()),
                         }
                     }
                 });

@@ -102,12 +102,14 @@ pub fn answer_id(
 /// a profile of the sync) and without an allocation.
 fn lower_hex<'o>(bytes: &[u8], out: &'o mut [u8]) -> &'o str {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut written = 0;
     for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
         pair[0] = DIGITS[usize::from(b >> 4)];
         pair[1] = DIGITS[usize::from(b & 0x0f)];
+        written += 2;
     }
     // Only ASCII digits were written.
-    std::str::from_utf8(&out[..bytes.len() * 2]).unwrap_or_default()
+    std::str::from_utf8(&out[..written]).unwrap_or_default()
 }
 
 /// An export key split into its parts: `{loop}_QID{n}[#{col}]{rest}`.
