@@ -1014,71 +1014,75 @@ impl PostgresDestination {
         Ok(())
     }
 
-    /// Ends the bulk load of `only` (or of every table in bulk): adds the primary key back and
-    /// builds the filter indexes, in one transaction.
+    /// Ends the bulk load of `only` (or of every table in bulk): adds each table's primary key
+    /// back and builds its filter indexes in one transaction, then its statistics.
+    ///
+    /// With several tables the largest (by its file's size) is built on the first connection
+    /// while the others are built one after another on a second one: the answer table's key
+    /// takes most of the time, and the small tables' keys and `ANALYZE`s would otherwise wait
+    /// for it with a connection idle (docs/destinations.md, "First loads build their indexes
+    /// last").
     async fn finish_bulk(&mut self, only: Option<&str>) -> Result<(), DestError> {
         self.wait_in_flight().await;
-        let names: Vec<String> = self
+        let mut names: Vec<String> = self
             .bulk
             .iter()
-            .filter(|t| only.is_none_or(|o| o == t.as_str()))
+            .filter(|t| only.is_none_or(|o| o == t.as_str()) && self.tables.contains_key(*t))
             .cloned()
             .collect();
-        for name in names {
-            let Some(r) = self.tables.get(&name) else {
-                self.bulk.remove(&name);
-                continue;
-            };
-            // Minutes on a large first load: say so before, not only after.
-            tracing::info!(table = %r.display, "building the key and indexes after a first load");
-            let started = std::time::Instant::now();
-            let tx = self
+        // A table no longer prepared is no longer ours to build.
+        self.bulk
+            .retain(|t| only.is_some_and(|o| o != t.as_str()) || names.contains(t));
+        if names.is_empty() {
+            return Ok(());
+        }
+        let mut spare = None;
+        if names.len() > 1 {
+            self.largest_first(&mut names).await?;
+            spare = self.spare_connection().await;
+        }
+        let (alone, rest) = match spare {
+            Some(_) => names.split_at(1),
+            None => (&names[..], &[][..]),
+        };
+        let Self {
+            client,
+            schema,
+            tables,
+            filter_indexes,
+            ..
+        } = &mut *self;
+        let (schema, tables, filter_indexes) = (&**schema, &**tables, &*filter_indexes);
+        let on_first = finish_tables(client, schema, tables, filter_indexes, alone);
+        let beside = async {
+            match spare.as_mut() {
+                Some(second) => finish_tables(second, schema, tables, filter_indexes, rest).await,
+                None => (Vec::new(), Ok(())),
+            }
+        };
+        let ((mut built, first), (built_beside, second)) = tokio::join!(on_first, beside);
+        if let Some(second) = spare {
+            self.spare.push(second);
+        }
+        built.extend(built_beside);
+        self.bulk.retain(|t| !built.contains(t));
+        first.and(second)
+    }
+
+    /// Orders `names` largest table first (its heap's size on disk).
+    async fn largest_first(&self, names: &mut [String]) -> Result<(), DestError> {
+        let mut sizes = HashMap::with_capacity(names.len());
+        for name in names.iter() {
+            let q = format!("{}.{}", quote_ident(&self.schema), quote_ident(name));
+            let size: i64 = self
                 .client
-                .transaction()
-                .await
-                .map_err(|e| sql_err(&r.display, e))?;
-            let filter = self.filter_indexes.get(&name).cloned().unwrap_or_default();
-            create_indexes(&tx, &self.schema, &name, r, &filter).await?;
-            tx.commit().await.map_err(|e| sql_err(&r.display, e))?;
-            // Statistics now, not when autovacuum gets to it: the next sync finds a changed
-            // response's rows by its key and group columns, and without them the planner may
-            // scan. Only the columns our statements search by when autovacuum will do the rest:
-            // the other columns' statistics were most of the ANALYZE's time, and a column list
-            // leaves the table's change count as it is, so autovacuum still analyzes every
-            // column on its next round. With autovacuum off nobody would: every column then.
-            let q = format!("{}.{}", quote_ident(&self.schema), quote_ident(&name));
-            let autovacuum: bool = self
-                .client
-                .query_one(
-                    "SELECT current_setting('autovacuum')::bool AND coalesce((SELECT o.option_value::bool \
-                     FROM pg_class c, pg_options_to_table(c.reloptions) o \
-                     WHERE c.oid = $1::text::regclass AND o.option_name = 'autovacuum_enabled'), true)",
-                    &[&q],
-                )
+                .query_one("SELECT pg_relation_size($1::text::regclass)", &[&q])
                 .await
                 .and_then(|row| row.try_get(0))
-                .map_err(|e| sql_err(&r.display, e))?;
-            let searched: Vec<String> = searched_columns(r, &filter)
-                .into_iter()
-                .map(quote_ident)
-                .collect();
-            // A table with nothing to search by (none today) gets every column too.
-            let columns = if !autovacuum || searched.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", searched.join(", "))
-            };
-            self.client
-                .batch_execute(&format!("ANALYZE {q}{columns}"))
-                .await
-                .map_err(|e| sql_err(&r.display, e))?;
-            tracing::info!(
-                table = %r.display,
-                duration_ms = started.elapsed().as_millis() as u64,
-                "built the key and indexes after a first load"
-            );
-            self.bulk.remove(&name);
+                .map_err(|e| sql_err(&self.display(name), e))?;
+            sizes.insert(name.clone(), size);
         }
+        names.sort_by_key(|n| std::cmp::Reverse(sizes.get(n).copied().unwrap_or(0)));
         Ok(())
     }
 
@@ -2285,6 +2289,86 @@ fn searched_columns<'a>(r: &'a Resolved, filter: &'a [String]) -> Vec<&'a str> {
         }
     }
     columns
+}
+
+/// Ends the bulk load of each of `names` in turn on `client` (see
+/// [`PostgresDestination::finish_bulk`]): key and filter indexes in one transaction, then
+/// `ANALYZE`. Returns the tables finished, and the first failure (the tables after it are left
+/// in bulk, and the next `finish_bulk` or `ensure_tables` builds them).
+async fn finish_tables(
+    client: &mut Client,
+    schema: &str,
+    tables: &HashMap<String, Resolved>,
+    filter_indexes: &HashMap<String, Vec<String>>,
+    names: &[String],
+) -> (Vec<String>, Result<(), DestError>) {
+    let mut built = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(r) = tables.get(name) else {
+            continue;
+        };
+        let filter = filter_indexes.get(name).map(Vec::as_slice).unwrap_or(&[]);
+        if let Err(e) = finish_table(client, schema, name, r, filter).await {
+            return (built, Err(e));
+        }
+        built.push(name.clone());
+    }
+    (built, Ok(()))
+}
+
+async fn finish_table(
+    client: &mut Client,
+    schema: &str,
+    name: &str,
+    r: &Resolved,
+    filter: &[String],
+) -> Result<(), DestError> {
+    // Minutes on a large first load: say so before, not only after.
+    tracing::info!(table = %r.display, "building the key and indexes after a first load");
+    let started = std::time::Instant::now();
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| sql_err(&r.display, e))?;
+    create_indexes(&tx, schema, name, r, filter).await?;
+    tx.commit().await.map_err(|e| sql_err(&r.display, e))?;
+    // Statistics now, not when autovacuum gets to it: the next sync finds a changed
+    // response's rows by its key and group columns, and without them the planner may
+    // scan. Only the columns our statements search by when autovacuum will do the rest:
+    // the other columns' statistics were most of the ANALYZE's time, and a column list
+    // leaves the table's change count as it is, so autovacuum still analyzes every
+    // column on its next round. With autovacuum off nobody would: every column then.
+    let q = format!("{}.{}", quote_ident(schema), quote_ident(name));
+    let autovacuum: bool = client
+        .query_one(
+            "SELECT current_setting('autovacuum')::bool AND coalesce((SELECT o.option_value::bool \
+             FROM pg_class c, pg_options_to_table(c.reloptions) o \
+             WHERE c.oid = $1::text::regclass AND o.option_name = 'autovacuum_enabled'), true)",
+            &[&q],
+        )
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| sql_err(&r.display, e))?;
+    let searched: Vec<String> = searched_columns(r, filter)
+        .into_iter()
+        .map(quote_ident)
+        .collect();
+    // A table with nothing to search by (none today) gets every column too.
+    let columns = if !autovacuum || searched.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", searched.join(", "))
+    };
+    client
+        .batch_execute(&format!("ANALYZE {q}{columns}"))
+        .await
+        .map_err(|e| sql_err(&r.display, e))?;
+    tracing::info!(
+        table = %r.display,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "built the key and indexes after a first load"
+    );
+    Ok(())
 }
 
 /// Adds the primary key (when missing) and the filter indexes on `columns` of `table`. Index

@@ -2174,6 +2174,105 @@ async fn postgres_a_held_commit_does_not_hold_back_the_next() {
     assert_eq!(h.count("item", "1=1").await, 502);
 }
 
+/// On PostgreSQL, tables that end a first load together build their keys side by side: the
+/// largest on the first connection, the others on a second. Here another session holds a lock
+/// on the largest table, so its key cannot be built; the two small tables still get their keys
+/// and statistics meanwhile, and once the lock goes the flush builds the largest too. Built one
+/// after another, largest first, the small tables waited for the lock.
+#[tokio::test]
+async fn postgres_small_tables_build_beside_the_largest() {
+    use std::time::Duration;
+    let Some(mut h) = postgres(Compat::Xmbridge).await else {
+        return;
+    };
+    let named = |name: &str| TableSpec {
+        name: name.into(),
+        ..item_spec()
+    };
+    let specs = [named("big"), named("small_a"), named("small_b")];
+    h.dest.ensure_tables(&specs).await.unwrap();
+    let fresh = |table: &str, n: usize| TableBatch {
+        fresh: true,
+        ..upserts(
+            table,
+            (0..n)
+                .map(|i| item(&format!("{table}-{i:05}"), "s1", "x", i as i64))
+                .collect(),
+        )
+    };
+    h.dest
+        .commit(commit_of(
+            T0,
+            vec![
+                fresh("big", 20_000),
+                fresh("small_a", 10),
+                fresh("small_b", 10),
+            ],
+        ))
+        .await
+        .unwrap();
+    let locker = h._db.as_ref().unwrap().client().await;
+    locker
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {} IN ACCESS SHARE MODE",
+            h.t("big")
+        ))
+        .await
+        .unwrap();
+    let keyed = |table: &'static str| {
+        format!(
+            "SELECT count(*)::text FROM pg_constraint \
+             WHERE conrelid = '{SCHEMA}.{table}'::regclass AND contype = 'p'"
+        )
+    };
+    let analyzed = |table: &'static str| {
+        format!(
+            "SELECT count(*)::text FROM pg_stats WHERE schemaname = '{SCHEMA}' \
+             AND tablename = '{table}' AND attname = 'id'"
+        )
+    };
+    // A session of its own: `h` is busy flushing meanwhile.
+    let probe = h._db.as_ref().unwrap().client().await;
+    let count = |sql: String| {
+        let probe = &probe;
+        async move {
+            probe
+                .query_one(&sql, &[])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+    let watch = async {
+        let started = std::time::Instant::now();
+        let mut seen = false;
+        while started.elapsed() < Duration::from_secs(20) {
+            let mut done = true;
+            for table in ["small_a", "small_b"] {
+                done &= count(keyed(table)).await == "1" && count(analyzed(table)).await == "1";
+            }
+            if done {
+                seen = count(keyed("big")).await == "0";
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        locker.batch_execute("ROLLBACK").await.unwrap();
+        seen
+    };
+    let (flushed, built_beside) = tokio::join!(h.dest.flush(), watch);
+    flushed.unwrap();
+    assert!(
+        built_beside,
+        "the small tables' keys and statistics were not built while the largest waited"
+    );
+    for table in ["big", "small_a", "small_b"] {
+        assert_eq!(count(keyed(table)).await, "1", "{table} has its key");
+        assert_eq!(count(analyzed(table)).await, "1", "{table} was analyzed");
+    }
+    assert_eq!(h.count("big", "1=1").await, 20_000);
+}
+
 /// On PostgreSQL a later run's claim ends the sessions of the earlier run of its scope, which
 /// would otherwise keep the schema's lock (a process frozen between commits) or the fence row
 /// (frozen inside a commit) until it wakes: the later run opens in seconds, the earlier one
