@@ -1066,7 +1066,14 @@ impl PostgresDestination {
         }
         built.extend(built_beside);
         self.bulk.retain(|t| !built.contains(t));
-        first.and(second)
+        match (first, second) {
+            (Err(e), Err(also)) => {
+                // One error is returned; the other is not lost.
+                tracing::warn!(destination = %self.describe, error = %also, "building keys on the second connection failed too");
+                Err(e)
+            }
+            (first, second) => first.and(second),
+        }
     }
 
     /// Orders `names` largest table first (its heap's size on disk).
