@@ -1076,20 +1076,33 @@ impl PostgresDestination {
         }
     }
 
-    /// Orders `names` largest table first (its heap's size on disk).
-    async fn largest_first(&self, names: &mut [String]) -> Result<(), DestError> {
-        let mut sizes = HashMap::with_capacity(names.len());
-        for name in names.iter() {
-            let q = format!("{}.{}", quote_ident(&self.schema), quote_ident(name));
-            let size: i64 = self
-                .client
-                .query_one("SELECT pg_relation_size($1::text::regclass)", &[&q])
-                .await
-                .and_then(|row| row.try_get(0))
-                .map_err(|e| sql_err(&self.display(name), e))?;
-            sizes.insert(name.clone(), size);
-        }
-        names.sort_by_key(|n| std::cmp::Reverse(sizes.get(n).copied().unwrap_or(0)));
+    /// Orders `names` largest table first (its heap's size on disk), asked in one query.
+    async fn largest_first(&self, names: &mut Vec<String>) -> Result<(), DestError> {
+        let qualified: Vec<String> = names
+            .iter()
+            .map(|n| format!("{}.{}", quote_ident(&self.schema), quote_ident(n)))
+            .collect();
+        let rows = self
+            .client
+            .query(
+                "SELECT pg_relation_size(q::regclass) FROM unnest($1::text[]) WITH ORDINALITY AS u(q, i) ORDER BY i",
+                &[&qualified],
+            )
+            .await
+            .map_err(|e| sql_err(&format!("schema {}", self.schema), e))?;
+        let sizes = rows
+            .iter()
+            .map(|row| row.try_get::<_, i64>(0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| sql_err(&format!("schema {}", self.schema), e))?;
+        // One size per name; a name without one (none expected) sorts last rather than is lost.
+        let mut sized: Vec<(i64, String)> = sizes
+            .into_iter()
+            .chain(std::iter::repeat(-1))
+            .zip(names.drain(..))
+            .collect();
+        sized.sort_by_key(|(size, _)| std::cmp::Reverse(*size));
+        names.extend(sized.into_iter().map(|(_, name)| name));
         Ok(())
     }
 
