@@ -10,6 +10,7 @@
 //! the same shape. It returns one [`Measure`], which the child prints as one JSON line.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BinaryHeap;
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 use xmbridge_destinations::delta::arrow::array::{Array, StringArray};
@@ -295,25 +296,27 @@ impl Reader {
                 Ok(ids)
             }
             Reader::Delta(lake) => {
-                // Only the id column: the whole table, read just before the timed sync, would
-                // leave the allocator holding memory that counts in that sync's peak.
-                let (_, batches) = xmbridge_destinations::delta::read_table(
+                // The `n` smallest ids, read one batch at a time and kept in a heap of `n`: this
+                // runs in the measured process just before the timed sync, and the whole id
+                // column of 1,000,000 responses as strings, sorted (about 66 MB), left the
+                // allocator holding memory that counted in that sync's peak.
+                let mut smallest = Smallest::new(usize::try_from(n).unwrap_or(usize::MAX));
+                xmbridge_destinations::delta::scan_table(
                     &lake.join("qualtrics/survey_response"),
-                    None,
                     Some(&["id".to_string()]),
+                    |b| {
+                        let ids = b
+                            .column_by_name("id")
+                            .and_then(|c| c.as_any().downcast_ref::<StringArray>());
+                        ids.into_iter()
+                            .flatten()
+                            .flatten()
+                            .for_each(|id| smallest.offer(id));
+                        Ok(())
+                    },
                 )
                 .await?;
-                let mut ids: Vec<String> = batches
-                    .iter()
-                    .filter_map(|b| b.column_by_name("id"))
-                    .flat_map(|c| {
-                        let a = c.as_any().downcast_ref::<StringArray>();
-                        (0..c.len()).filter_map(move |i| a.map(|a| a.value(i).to_string()))
-                    })
-                    .collect();
-                ids.sort();
-                ids.truncate(usize::try_from(n).unwrap_or(usize::MAX));
-                Ok(ids)
+                Ok(smallest.into_sorted())
             }
             Reader::Postgres(settings) => {
                 let c = xmbridge_destinations::postgres::connect(settings)
@@ -329,6 +332,36 @@ impl Reader {
                 Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
             }
         }
+    }
+}
+
+/// The `keep` smallest of the ids offered, holding no more than `keep` of them at a time.
+struct Smallest {
+    keep: usize,
+    /// A max-heap: its top is the first to go when a smaller id comes.
+    heap: BinaryHeap<String>,
+}
+
+impl Smallest {
+    fn new(keep: usize) -> Smallest {
+        Smallest {
+            keep,
+            heap: BinaryHeap::new(),
+        }
+    }
+
+    fn offer(&mut self, id: &str) {
+        if self.heap.len() < self.keep {
+            self.heap.push(id.to_string());
+        } else if self.heap.peek().is_some_and(|top| id < top.as_str()) {
+            self.heap.pop();
+            self.heap.push(id.to_string());
+        }
+    }
+
+    /// In ascending order.
+    fn into_sorted(self) -> Vec<String> {
+        self.heap.into_sorted_vec()
     }
 }
 
@@ -1109,6 +1142,23 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, 100_000);
+    }
+
+    /// The same ids as sorting them all and keeping the first, duplicates and all, in any order
+    /// of arrival.
+    #[test]
+    fn smallest_keeps_what_a_full_sort_keeps() {
+        let ids: Vec<String> = (0..2_000u64)
+            .map(|i| format!("R_{:05}", (i * 7_919) % 1_500))
+            .collect();
+        for keep in [0, 1, 5, 1_499, 1_500, 3_000] {
+            let mut smallest = Smallest::new(keep);
+            ids.iter().for_each(|id| smallest.offer(id));
+            let mut sorted = ids.clone();
+            sorted.sort();
+            sorted.truncate(keep);
+            assert_eq!(smallest.into_sorted(), sorted, "keep {keep}");
+        }
     }
 
     #[test]

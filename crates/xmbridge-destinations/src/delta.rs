@@ -2455,40 +2455,50 @@ pub async fn read_table(
     columns: Option<&[String]>,
 ) -> Result<(SchemaRef, Vec<RecordBatch>), DestError> {
     let shown = dir.display().to_string();
-    let (place, name) = local_table(dir)?;
-    let table = load_table(&place, &name, &shown).await?;
     let mut schema = None;
     let mut out = Vec::new();
+    let table_schema = scan_table(dir, columns, |b| {
+        let b = match only {
+            None => b,
+            Some((column, keep)) => {
+                let Some(c) = b.column_by_name(column) else {
+                    return Ok(());
+                };
+                let mask: BooleanArray = (0..b.num_rows())
+                    .map(|i| {
+                        Some(matches!(cell(c, i, ColumnType::Text), Value::Text(s) if keep.contains(s.as_str())))
+                    })
+                    .collect();
+                filter_record_batch(&b, &mask).map_err(|e| lake_err(&shown, e))?
+            }
+        };
+        schema.get_or_insert_with(|| b.schema());
+        out.push(b);
+        Ok(())
+    })
+    .await?;
+    Ok((schema.unwrap_or(table_schema), out))
+}
+
+/// Hands the live rows of the Delta table in `dir` (only the `columns` named, when given) to
+/// `each`, one record batch at a time, so that a caller that keeps little of them holds little;
+/// returns the whole table's schema.
+pub async fn scan_table(
+    dir: &Path,
+    columns: Option<&[String]>,
+    mut each: impl FnMut(RecordBatch) -> Result<(), DestError>,
+) -> Result<SchemaRef, DestError> {
+    let shown = dir.display().to_string();
+    let (place, name) = local_table(dir)?;
+    let table = load_table(&place, &name, &shown).await?;
     for (path, size, _) in live_files(&table, &shown)? {
         let mut batches = place.read_file(&name, &path, size, columns, &shown).await?;
         while let Some(b) = batches.next().await {
-            let b = b?;
-            let b = match only {
-                None => b,
-                Some((column, keep)) => {
-                    let Some(c) = b.column_by_name(column) else {
-                        continue;
-                    };
-                    let mask: BooleanArray = (0..b.num_rows())
-                        .map(|i| {
-                            Some(matches!(cell(c, i, ColumnType::Text), Value::Text(s) if keep.contains(s.as_str())))
-                        })
-                        .collect();
-                    filter_record_batch(&b, &mask).map_err(|e| lake_err(&shown, e))?
-                }
-            };
-            schema.get_or_insert_with(|| b.schema());
-            out.push(b);
+            each(b?)?;
         }
     }
-    let schema = match schema {
-        Some(s) => s,
-        None => {
-            let w = RecordBatchWriter::for_table(&table).map_err(|e| lake_err(&shown, e))?;
-            w.arrow_schema()
-        }
-    };
-    Ok((schema, out))
+    let w = RecordBatchWriter::for_table(&table).map_err(|e| lake_err(&shown, e))?;
+    Ok(w.arrow_schema())
 }
 
 /// Writes `batches` as a new Delta table in `dir` in one commit, the rows streamed into files of
