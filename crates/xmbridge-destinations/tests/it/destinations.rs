@@ -2103,18 +2103,22 @@ async fn postgres_with_items(rows: Vec<Vec<Value>>) -> Option<H> {
     Some(h)
 }
 
-/// A session of its own holding the lock of `item`'s row `id` (PostgreSQL) until it ends its
-/// transaction: a commit that writes the row waits on the server meanwhile.
-async fn lock_item(h: &H, id: &str) -> tokio_postgres::Client {
+/// A session of its own (PostgreSQL) that began a transaction and ran `lock` in it: what that
+/// locks stays locked until the session ends its transaction.
+async fn session_holding(h: &H, lock: &str) -> tokio_postgres::Client {
     let locker = h._db.as_ref().unwrap().client().await;
     locker
-        .batch_execute(&format!(
-            "BEGIN; SELECT 1 FROM {} WHERE id = '{id}' FOR UPDATE",
-            h.t("item")
-        ))
+        .batch_execute(&format!("BEGIN; {lock}"))
         .await
         .unwrap();
     locker
+}
+
+/// A session of its own holding the lock of `item`'s row `id` (PostgreSQL) until it ends its
+/// transaction: a commit that writes the row waits on the server meanwhile.
+async fn lock_item(h: &H, id: &str) -> tokio_postgres::Client {
+    let lock = format!("SELECT 1 FROM {} WHERE id = '{id}' FOR UPDATE", h.t("item"));
+    session_holding(h, &lock).await
 }
 
 /// On PostgreSQL two concurrent commits are in flight at once, each on a connection of its own,
@@ -2211,14 +2215,8 @@ async fn postgres_small_tables_build_beside_the_largest() {
         ))
         .await
         .unwrap();
-    let locker = h._db.as_ref().unwrap().client().await;
-    locker
-        .batch_execute(&format!(
-            "BEGIN; LOCK TABLE {} IN ACCESS SHARE MODE",
-            h.t("big")
-        ))
-        .await
-        .unwrap();
+    let lock = format!("LOCK TABLE {} IN ACCESS SHARE MODE", h.t("big"));
+    let locker = session_holding(&h, &lock).await;
     let keyed = |table: &'static str| {
         format!(
             "SELECT count(*)::text FROM pg_constraint \
