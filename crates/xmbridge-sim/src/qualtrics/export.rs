@@ -95,8 +95,10 @@ enum Outcome {
 #[derive(Debug)]
 struct ExportFile {
     survey_id: String,
-    /// Deleted from disk when dropped (expiry or simulator shutdown).
-    tmp: tempfile::NamedTempFile,
+    /// An unnamed temporary file: the system frees it with its last handle, so a simulator
+    /// that is killed (as the bench and the tests stop theirs) leaves no export behind in the
+    /// temp directory — named files did, about 1 GB per 1,000,000-response bench.
+    file: Arc<std::fs::File>,
     len: u64,
     content_type: &'static str,
     download_name: String,
@@ -930,16 +932,20 @@ async fn export_file(
             .get(&fid)
             .filter(|f| f.survey_id == survey.id)
             .ok_or_else(not_found)?;
-        // A second handle keeps the data readable even if the entry expires mid-download.
-        let file = f.tmp.reopen().map_err(|_| not_found())?;
-        (file, f.len, f.content_type, f.download_name.clone())
+        // A handle of its own keeps the data readable even if the entry expires mid-download.
+        (
+            Arc::clone(&f.file),
+            f.len,
+            f.content_type,
+            f.download_name.clone(),
+        )
     };
     let len = if fault_truncate_zip(&sim) {
         len / 2
     } else {
         len
     };
-    let stream = file_stream(tokio::fs::File::from_std(file), len);
+    let stream = file_stream(file, len);
     let mut resp = Response::new(Body::from_stream(stream));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -950,21 +956,35 @@ async fn export_file(
     Ok(resp)
 }
 
-/// Reads `len` bytes of `file` in 64 KiB chunks.
+/// Reads the first `len` bytes of `file` in 64 KiB chunks, each at its own offset (downloads of
+/// one file share its handle, not a read position).
 fn file_stream(
-    file: tokio::fs::File,
+    file: Arc<std::fs::File>,
     len: u64,
 ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send {
-    use tokio::io::AsyncReadExt;
-    futures_util::stream::unfold(file.take(len), |mut r| async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        match r.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), r))
+    use std::os::unix::fs::FileExt as _;
+    futures_util::stream::unfold((file, 0u64), move |(file, at)| async move {
+        if at >= len {
+            return None;
+        }
+        let want = usize::try_from((len - at).min(64 * 1024)).unwrap_or(64 * 1024);
+        let reader = Arc::clone(&file);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; want];
+            let n = reader.read_at(&mut buf, at)?;
+            buf.truncate(n);
+            Ok::<_, io::Error>(buf)
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)));
+        match read {
+            Ok(buf) if buf.is_empty() => None,
+            Ok(buf) => {
+                let next = at + buf.len() as u64;
+                Some((Ok(Bytes::from(buf)), (file, next)))
             }
-            Err(e) => Some((Err(e), r)),
+            // The stream ends after an error.
+            Err(e) => Some((Err(e), (file, len))),
         }
     })
 }
@@ -1019,7 +1039,7 @@ fn run_job(
     };
     let survey = &*survey_def;
     match write_export(sim, survey, req, snap, progress, started_ms) {
-        Ok((tmp, len)) => {
+        Ok((file, len)) => {
             let stem = file_stem(survey);
             let ext = if req.compress {
                 "zip"
@@ -1036,7 +1056,7 @@ fn run_job(
                 file_id.clone(),
                 ExportFile {
                     survey_id: survey.id.clone(),
-                    tmp,
+                    file,
                     len,
                     content_type,
                     download_name: format!("{stem}.{ext}"),
@@ -1067,10 +1087,9 @@ fn write_export(
     snap: &Snapshot,
     progress: &JobProgress,
     started_ms: i64,
-) -> io::Result<(tempfile::NamedTempFile, u64)> {
-    let tmp = tempfile::NamedTempFile::new()?;
-    let file = tmp.reopen()?;
-    let out = BufWriter::with_capacity(1 << 20, file);
+) -> io::Result<(Arc<std::fs::File>, u64)> {
+    let tmp = tempfile::tempfile()?;
+    let out = BufWriter::with_capacity(1 << 20, tmp.try_clone()?);
     if req.compress {
         let mut zw = zip::ZipWriter::new(out);
         // zip64 headers only when the entry might pass 4 GiB, so small exports stay plain zips.
@@ -1095,8 +1114,8 @@ fn write_export(
         write_body(&mut out, sim, survey, req, snap, progress, started_ms)?;
         out.flush()?;
     }
-    let len = tmp.as_file().metadata()?.len();
-    Ok((tmp, len))
+    let len = tmp.metadata()?.len();
+    Ok((Arc::new(tmp), len))
 }
 
 fn write_body<W: Write>(
