@@ -64,6 +64,9 @@ use crate::{
 /// The Arrow crates delta-rs writes with, for callers that read [`read_table`]'s batches.
 pub use deltalake::arrow;
 
+/// The Parquet crate delta-rs writes with, for callers that read a data file's own metadata.
+pub use deltalake::parquet;
+
 /// The transaction identifier (`txn.appId`) of xmbridge's commits.
 pub const APP_ID: &str = "xmbridge";
 
@@ -102,6 +105,14 @@ pub const DEFAULT_TARGET_FILE_MB: u64 = 128;
 
 /// Rows per Parquet row group: bounds what the writer holds in memory per open file.
 const ROW_GROUP_ROWS: usize = 65_536;
+
+/// Largest dictionary a column chunk builds before the writer falls back to plain encoding
+/// (the Parquet crate's default is 1 MiB). A column of ids, e-mail addresses or names never
+/// repeats, yet at 1 MiB each of them filled a dictionary per row group before falling back;
+/// at 64 KiB they fall back early, while columns of few values keep theirs. At 1,000,000
+/// responses the tables came out 3–9 % smaller, an incremental sync's file rewrites took 40 %
+/// less time and its peak RSS was lower (docs/bench.md, "Delta Lake: small dictionaries").
+const DICTIONARY_PAGE_BYTES: usize = 64 * 1024;
 
 /// Rows per commit a first load asks the sync for ([`Destination::append_commit_rows`]): its
 /// commits only feed the open writers, which commit on their own clock, so small ones cost
@@ -564,6 +575,7 @@ fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
         .build()
 }
 

@@ -1007,3 +1007,59 @@ async fn delta_upserts_by_key_read_whole_only_the_rows_they_find_and_the_file_th
         .collect();
     assert_eq!(edited, vec![&json!("edited")]);
 }
+
+/// Data files keep dictionaries small: a column whose values never repeat falls back to plain
+/// encoding after its first 64 KiB of values (at the Parquet crate's default of 1 MiB, these
+/// 20,000 keys of 36 bytes would all have gone into one dictionary), while a column of three
+/// values stays dictionary-encoded.
+#[tokio::test]
+async fn delta_files_fall_back_from_dictionaries_early() {
+    use xmbridge_destinations::delta::parquet::basic::Encoding;
+    use xmbridge_destinations::delta::parquet::file::reader::{FileReader, SerializedFileReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = open_with(dir.path(), answer_spec()).await;
+    let rows = (0..20_000)
+        .map(|i| {
+            let value = ["yes", "no", "maybe"][i % 3];
+            answer(&format!("{i:036}"), &format!("R_{}", i / 30), value)
+        })
+        .collect();
+    append_file(&mut d, rows).await;
+    d.close().await.unwrap();
+
+    let table = dir.path().join("qualtrics").join("answer");
+    let files: Vec<PathBuf> = std::fs::read_dir(&table)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let reader = SerializedFileReader::new(std::fs::File::open(&files[0]).unwrap()).unwrap();
+    let meta = reader.metadata();
+    assert_eq!(meta.num_row_groups(), 1);
+    // The encodings of one column's data pages, by its name.
+    let data_pages = |name: &str| -> Vec<Encoding> {
+        let rg = meta.row_group(0);
+        let column = rg
+            .columns()
+            .iter()
+            .find(|c| c.column_path().string() == name)
+            .unwrap_or_else(|| panic!("no column {name} in {:?}", rg.columns()));
+        column
+            .page_encoding_stats_mask()
+            .expect("the writer records its pages' encodings")
+            .encodings()
+            .collect()
+    };
+    let key = data_pages("_xmbridge_id");
+    assert!(
+        key.contains(&Encoding::RLE_DICTIONARY) && key.contains(&Encoding::PLAIN),
+        "the key's pages should start with a dictionary and fall back to plain: {key:?}"
+    );
+    let value = data_pages("value");
+    assert!(
+        !value.is_empty() && value.iter().all(|e| *e == Encoding::RLE_DICTIONARY),
+        "three values should keep their dictionary: {value:?}"
+    );
+}
