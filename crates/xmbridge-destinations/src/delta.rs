@@ -103,8 +103,18 @@ fn millis_from_env(name: &str) -> Option<std::time::Duration> {
 /// Default target size of a data file (`?target_file_mb=`).
 pub const DEFAULT_TARGET_FILE_MB: u64 = 128;
 
-/// Rows per Parquet row group: bounds what the writer holds in memory per open file.
+/// Rows per Parquet row group of the files a first load and `xmbridge lake optimize` write,
+/// the bulk of a table: bounds what the writer holds in memory per open file.
 const ROW_GROUP_ROWS: usize = 65_536;
+
+/// Rows per row group of the files a merge writes (an upsert's new rows, a file rewritten
+/// without the rows a merge took out). Those are written while the sync holds its next commits'
+/// rows, and the Parquet writer holds about two row groups' encoded bytes beside the one it
+/// builds (each handed on whole to the upload buffer, which keeps it until its part is full).
+/// At 65,536 rows that was about 22 MB during a `survey_response` rewrite, the peak of an
+/// incremental sync at 1,000,000 responses; at 16,384 the peak fell from 147-150 to 129-132 MB,
+/// for files about 1-6 % larger (docs/bench.md, "Delta Lake: smaller row groups in merges").
+const MERGE_ROW_GROUP_ROWS: usize = 16_384;
 
 /// Largest dictionary a column chunk builds before the writer falls back to plain encoding
 /// (the Parquet crate's default is 1 MiB). A column of ids, e-mail addresses or names never
@@ -564,17 +574,22 @@ fn conform(t: &Table, batch: &RecordBatch) -> Result<RecordBatch, DestError> {
         .map_err(|e| lake_err(&format!("Delta table {}", t.r.display), e))
 }
 
-/// A Parquet writer for `table`'s files, with xmbridge's file and row-group settings.
-fn new_writer(table: &DeltaTable, shown: &str) -> Result<RecordBatchWriter, DestError> {
+/// A Parquet writer for `table`'s files, with xmbridge's file settings and row groups of
+/// `row_group_rows` rows ([`ROW_GROUP_ROWS`] or [`MERGE_ROW_GROUP_ROWS`]).
+fn new_writer(
+    table: &DeltaTable,
+    shown: &str,
+    row_group_rows: usize,
+) -> Result<RecordBatchWriter, DestError> {
     Ok(RecordBatchWriter::for_table(table)
         .map_err(|e| lake_err(shown, e))?
-        .with_writer_properties(writer_properties()))
+        .with_writer_properties(writer_properties(row_group_rows)))
 }
 
-fn writer_properties() -> WriterProperties {
+fn writer_properties(row_group_rows: usize) -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_max_row_group_row_count(Some(row_group_rows))
         .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
         .build()
 }
@@ -892,7 +907,7 @@ impl DeltaDestination {
                 ],
             )
             .map_err(|e| lake_err(&shown, e))?;
-            let mut w = new_writer(&self.state, &shown)?;
+            let mut w = new_writer(&self.state, &shown, ROW_GROUP_ROWS)?;
             w.write(batch)
                 .await
                 .map_err(|e| write_err(&self.place.shown(), &shown, e))?;
@@ -1189,7 +1204,7 @@ impl DeltaDestination {
             let shown = t.r.display.clone();
             let mut writer = match open {
                 Some(w) => w,
-                None => new_writer(&t.delta, &shown)?.with_target_file_size(target),
+                None => new_writer(&t.delta, &shown, ROW_GROUP_ROWS)?.with_target_file_size(target),
             };
             writer
                 .write(batch)
@@ -1379,7 +1394,9 @@ impl Output<'_> {
         let shown = &self.t.r.display;
         let w = match self.writer.as_mut() {
             Some(w) => w,
-            None => self.writer.insert(new_writer(&self.t.delta, shown)?),
+            None => self
+                .writer
+                .insert(new_writer(&self.t.delta, shown, MERGE_ROW_GROUP_ROWS)?),
         };
         w.write(batch)
             .await
@@ -2360,7 +2377,8 @@ impl DeltaDestination {
                 reports.push(report);
                 continue;
             }
-            let mut writer = new_writer(&table, &shown)?.with_target_file_size(target);
+            let mut writer =
+                new_writer(&table, &shown, ROW_GROUP_ROWS)?.with_target_file_size(target);
             let schema = writer.arrow_schema();
             let mut actions = Vec::new();
             for (path, size, remove) in &small {
@@ -2546,7 +2564,7 @@ pub async fn write_table(
         .with_columns(stored)
         .await
         .map_err(|e| write_err(&shown, &shown, e))?;
-    let mut w = new_writer(&table, &shown)?
+    let mut w = new_writer(&table, &shown, ROW_GROUP_ROWS)?
         .with_target_file_size(target_file_mb.saturating_mul(1024 * 1024));
     let mut rows = 0u64;
     for b in batches {

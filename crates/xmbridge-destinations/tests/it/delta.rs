@@ -1063,3 +1063,58 @@ async fn delta_files_fall_back_from_dictionaries_early() {
         "three values should keep their dictionary: {value:?}"
     );
 }
+
+/// A first load writes row groups of 65,536 rows, the files a merge rewrites hold 16,384 (a
+/// rewrite runs while the sync holds its next commits' rows, and the Parquet writer keeps about
+/// three row groups' bytes at once).
+#[tokio::test]
+async fn delta_merges_write_smaller_row_groups_than_first_loads() {
+    use xmbridge_destinations::delta::parquet::file::reader::{FileReader, SerializedFileReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = open_with(dir.path(), answer_spec()).await;
+    let rows: Vec<Vec<Value>> = (0..7_000)
+        .flat_map(|r| answers_of(r, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]))
+        .collect();
+    append_file(&mut d, rows).await;
+    // One answer edited: its file is rewritten without the old row, the new row written apart.
+    let mut edited = answers_of(10, &[1]);
+    edited[0][2] = Value::Text("edited".into());
+    let s = commit_now(
+        &mut d,
+        Commit {
+            synced_at_ms: T0 + 10,
+            batches: vec![upserts("answer", edited)],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(stat(&s, "answer"), (0, 1, 0));
+
+    let table = dir.path().join("qualtrics").join("answer");
+    let mut groups: Vec<Vec<i64>> = std::fs::read_dir(&table)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .map(|p| {
+            let reader = SerializedFileReader::new(std::fs::File::open(&p).unwrap()).unwrap();
+            reader
+                .metadata()
+                .row_groups()
+                .iter()
+                .map(|g| g.num_rows())
+                .collect()
+        })
+        .collect();
+    groups.sort();
+    assert_eq!(
+        groups,
+        vec![
+            vec![1],
+            vec![16_384, 16_384, 16_384, 16_384, 4_463],
+            vec![65_536, 4_464],
+        ],
+        "the edited row's file; the first load's file rewritten without it; the first load's file"
+    );
+    assert_eq!(stored_answers(&mut d).await.len(), 70_000);
+}
