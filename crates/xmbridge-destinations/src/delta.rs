@@ -1128,7 +1128,12 @@ impl DeltaDestination {
         let done = if appends {
             self.append(commit).await
         } else {
-            match self.merge_into_group(&commit).await {
+            let merged = self.merge_into_group(&commit).await;
+            // Its rows are in the group's files now: freed before a landing rewrites files, so
+            // that they are not held beside the rewrite (docs/bench.md, "Delta Lake: smaller row
+            // groups in merges; a commit's rows freed before its group lands").
+            drop(commit);
+            match merged {
                 Ok(true) => self.close_group().await,
                 Ok(false) => Ok(CommitStats::default()),
                 Err(e) => Err(e),
@@ -1222,6 +1227,8 @@ impl DeltaDestination {
             .group
             .as_mut()
             .is_some_and(|g| g.note_cursors(&commit.cursors, interval));
+        // As in a merge: the rows are in the writers now, not to be held while the group lands.
+        drop(commit);
         if due {
             return self.close_group().await;
         }
