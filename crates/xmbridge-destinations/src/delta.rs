@@ -113,7 +113,8 @@ const ROW_GROUP_ROWS: usize = 65_536;
 /// builds (each handed on whole to the upload buffer, which keeps it until its part is full).
 /// At 65,536 rows that was about 22 MB during a `survey_response` rewrite, the peak of an
 /// incremental sync at 1,000,000 responses; at 16,384 the peak fell from 147-150 to 129-132 MB,
-/// for files about 1-6 % larger (docs/bench.md, "Delta Lake: smaller row groups in merges").
+/// for files about 1-6 % larger (docs/bench.md, "Delta Lake: smaller row groups in merges; a
+/// commit's rows freed before its group lands").
 const MERGE_ROW_GROUP_ROWS: usize = 16_384;
 
 /// Largest dictionary a column chunk builds before the writer falls back to plain encoding
