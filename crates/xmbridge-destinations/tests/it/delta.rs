@@ -1008,6 +1008,23 @@ async fn delta_upserts_by_key_read_whole_only_the_rows_they_find_and_the_file_th
     assert_eq!(edited, vec![&json!("edited")]);
 }
 
+/// The footers of every Parquet file in `answer`'s directory under `dir`, removed ones too
+/// (nothing vacuums them in these tests).
+fn answer_file_footers(
+    dir: &Path,
+) -> Vec<xmbridge_destinations::delta::parquet::file::metadata::ParquetMetaData> {
+    use xmbridge_destinations::delta::parquet::file::reader::{FileReader, SerializedFileReader};
+    std::fs::read_dir(dir.join("qualtrics").join("answer"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .map(|p| {
+            let reader = SerializedFileReader::new(std::fs::File::open(&p).unwrap()).unwrap();
+            reader.metadata().clone()
+        })
+        .collect()
+}
+
 /// Data files keep dictionaries small: a column whose values never repeat falls back to plain
 /// encoding after its first 64 KiB of values (at the Parquet crate's default of 1 MiB, these
 /// 20,000 keys of 36 bytes would all have gone into one dictionary), while a column of three
@@ -1015,7 +1032,6 @@ async fn delta_upserts_by_key_read_whole_only_the_rows_they_find_and_the_file_th
 #[tokio::test]
 async fn delta_files_fall_back_from_dictionaries_early() {
     use xmbridge_destinations::delta::parquet::basic::Encoding;
-    use xmbridge_destinations::delta::parquet::file::reader::{FileReader, SerializedFileReader};
 
     let dir = tempfile::tempdir().unwrap();
     let mut d = open_with(dir.path(), answer_spec()).await;
@@ -1028,15 +1044,9 @@ async fn delta_files_fall_back_from_dictionaries_early() {
     append_file(&mut d, rows).await;
     d.close().await.unwrap();
 
-    let table = dir.path().join("qualtrics").join("answer");
-    let files: Vec<PathBuf> = std::fs::read_dir(&table)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
-        .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    let reader = SerializedFileReader::new(std::fs::File::open(&files[0]).unwrap()).unwrap();
-    let meta = reader.metadata();
+    let footers = answer_file_footers(dir.path());
+    assert_eq!(footers.len(), 1);
+    let meta = &footers[0];
     assert_eq!(meta.num_row_groups(), 1);
     // The encodings of one column's data pages, by its name.
     let data_pages = |name: &str| -> Vec<Encoding> {
@@ -1069,8 +1079,6 @@ async fn delta_files_fall_back_from_dictionaries_early() {
 /// three row groups' bytes at once).
 #[tokio::test]
 async fn delta_merges_write_smaller_row_groups_than_first_loads() {
-    use xmbridge_destinations::delta::parquet::file::reader::{FileReader, SerializedFileReader};
-
     let dir = tempfile::tempdir().unwrap();
     let mut d = open_with(dir.path(), answer_spec()).await;
     let rows: Vec<Vec<Value>> = (0..7_000)
@@ -1091,20 +1099,9 @@ async fn delta_merges_write_smaller_row_groups_than_first_loads() {
     .await;
     assert_eq!(stat(&s, "answer"), (0, 1, 0));
 
-    let table = dir.path().join("qualtrics").join("answer");
-    let mut groups: Vec<Vec<i64>> = std::fs::read_dir(&table)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
-        .map(|p| {
-            let reader = SerializedFileReader::new(std::fs::File::open(&p).unwrap()).unwrap();
-            reader
-                .metadata()
-                .row_groups()
-                .iter()
-                .map(|g| g.num_rows())
-                .collect()
-        })
+    let mut groups: Vec<Vec<i64>> = answer_file_footers(dir.path())
+        .iter()
+        .map(|meta| meta.row_groups().iter().map(|g| g.num_rows()).collect())
         .collect();
     groups.sort();
     assert_eq!(
